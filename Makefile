@@ -1,0 +1,38 @@
+# Quick start: `make demo` and `make test`, from a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+AS_OF  := 2025-01-10T00:00:00Z
+
+.PHONY: install install-test demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+
+demo: install
+	$(BIN)/engine demo --reset
+	$(BIN)/engine validate
+	$(BIN)/engine plan --as-of $(AS_OF)
+	$(BIN)/engine run --once --as-of $(AS_OF)
+	@echo
+	@echo "Delivered into the file outbox (var/outbox/):"
+	@echo "  $$(ls var/outbox/email 2>/dev/null | wc -l) emails in var/outbox/email/, e.g. $$(ls var/outbox/email | head -1)"
+	@echo "  $$(cat var/outbox/sms/messages.jsonl 2>/dev/null | wc -l) SMS in var/outbox/sms/messages.jsonl"
+	@echo "A second pass at the same instant sends nothing (the ledger remembers):"
+	$(BIN)/engine run --once --as-of $(AS_OF)
+
+test: install-test
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,18 @@
+"""A declarative, git-native campaign engine for shops.
+
+Public API (the CLI is a thin layer over it):
+
+- ``load_project(dir)`` / ``check_project(dir)``: YAML -> validated ``Project``
+- ``due_query(campaign, config, now, exclude_ledger=...)``: the campaign's SQL (sqlglot AST)
+- ``Reconciler(project)``: ``.due(now)`` streams the plan, ``.run_once(now)`` sends it
+"""
+from .compile import due_query, render_sql
+from .errors import EngineError, Issue, ProjectInvalid
+from .project import check_project, load_project
+from .reconcile import DueMessage, PassReport, Reconciler
+
+__all__ = [
+    "DueMessage", "EngineError", "Issue", "PassReport", "ProjectInvalid", "Reconciler",
+    "check_project", "due_query", "load_project", "render_sql",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,51 @@
+"""SMS over an HTTP provider API (httpx), one keep-alive client per pass.
+
+Request: POST <url> with JSON {"to", "from", "text", "reference"} and a
+bearer token from the environment; the ``reference`` is the ledger key so the
+provider can deduplicate. A 2xx answer is delivery (its body's ``id`` is kept),
+429 and 5xx are transient failures, other 4xx permanent ones.
+"""
+from __future__ import annotations
+
+import httpx
+
+from ..config import resolve
+from ..errors import ChannelError
+from ..model import ChannelConfig
+from .base import Delivered, Failed, OutgoingMessage, Outcome
+
+
+class HttpSmsChannel:
+    def __init__(self, config: ChannelConfig):
+        settings = config.settings
+        self.name = config.name
+        self.url = resolve(str(settings["url"]))
+        self.token = resolve(str(settings["token"])) if "token" in settings else None
+        self.timeout = float(resolve(str(settings.get("timeout", 10))))
+        self._client: httpx.Client | None = None
+
+    def open(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._client = httpx.Client(timeout=self.timeout, headers=headers)
+
+    def send(self, message: OutgoingMessage) -> Outcome:
+        if self._client is None:
+            raise ChannelError(f"channel '{self.name}' is not open")
+        payload = {"to": message.to, "from": message.sender, "text": message.text, "reference": message.key}
+        try:
+            response = self._client.post(self.url, json=payload)
+        except httpx.HTTPError as exc:
+            return Failed(detail=f"{type(exc).__name__}: {exc}")
+        if response.is_success:
+            try:
+                provider_id = str(response.json().get("id", ""))
+            except ValueError:
+                provider_id = ""
+            return Delivered(provider_id=provider_id, detail=f"{response.status_code}")
+        transient = response.status_code == 429 or response.status_code >= 500
+        return Failed(detail=f"{response.status_code} {response.text[:200]}", permanent=not transient)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None

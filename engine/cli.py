@@ -1,0 +1,224 @@
+"""The ``engine`` command: a few lines per command over the Python API.
+
+One error handler turns every ``EngineError`` into ``Error: ...`` and exit 1;
+anything unexpected is exit 2 with a short message (``ENGINE_DEBUG=1`` shows
+the traceback). Exit codes: 0 ok, 1 user error or failed sends, 2 crash.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import click
+
+from .clock import FixedClock, SystemClock, format_instant, parse_instant, parse_interval
+from .compile import due_query, render_sql
+from .demo import build_demo, ensure_demo
+from .errors import EngineError, ProjectInvalid
+from .output import write_issues, write_plan, write_report
+from .project import check_project, load_project
+from .validate import campaign_files
+from .warehouse import file_of
+
+DIALECTS = ["duckdb", "sqlite", "postgres", "snowflake", "bigquery"]
+
+
+def handle_errors(command):
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ProjectInvalid as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(1)
+        except EngineError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if os.environ.get("ENGINE_DEBUG"):
+                traceback.print_exc()
+            click.echo(f"Internal error: {type(exc).__name__}: {exc} (set ENGINE_DEBUG=1 for the traceback)", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+def _instant(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        return parse_instant(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+as_of_option = click.option("--as-of", "as_of", callback=_instant, metavar="INSTANT",
+                            help="Compute as if now were INSTANT (ISO 8601, e.g. 2025-01-10T00:00:00Z).")
+campaign_option = click.option("--campaign", "campaigns", multiple=True, metavar="NAME",
+                               help="Only this campaign (repeatable). Default: all enabled campaigns.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=lambda: os.environ.get("ENGINE_PROJECT", "."), show_default=".",
+              help="Project directory holding engine.yaml, campaigns.d/ and templates/.")
+@click.pass_context
+def main(ctx, project_dir: Path):
+    """Declarative, git-native campaigns for shops: validate, compile, plan and run."""
+    ctx.obj = project_dir
+
+
+def _reconciler(project_dir: Path):
+    from .reconcile import Reconciler
+
+    project = load_project(project_dir)
+    ensure_demo(project.config, echo=lambda text: click.echo(text, err=True))
+    return project, Reconciler(project)
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(["text", "github", "json"]), default="text", show_default=True)
+@click.pass_obj
+@handle_errors
+def validate(project_dir: Path, paths: tuple[str, ...], fmt: str):
+    """Check engine.yaml, campaign files (default campaigns.d/) and their templates."""
+    _, issues = check_project(project_dir, paths or None)
+    files = len(campaign_files(Path(project_dir).resolve(), paths or None))
+    write_issues(issues, fmt, sys.stdout, files)
+    sys.exit(1 if any(i.severity == "error" for i in issues) else 0)
+
+
+@main.command(name="compile")
+@click.argument("campaign")
+@click.option("--dialect", type=click.Choice(DIALECTS), default=None, help="Default: the warehouse's dialect.")
+@as_of_option
+@click.pass_obj
+@handle_errors
+def compile_command(project_dir: Path, campaign: str, dialect: str | None, as_of):
+    """Print the SQL that finds CAMPAIGN's due messages."""
+    project = load_project(project_dir)
+    try:
+        chosen = project.campaign(campaign)
+    except KeyError as exc:
+        raise click.UsageError(exc.args[0]) from None
+    now = as_of or SystemClock().now()
+    query = due_query(chosen, project.config, now, exclude_ledger=project.config.ledger_shares_warehouse)
+    click.echo(f"-- {chosen.name} at {format_instant(now)} ({dialect or project.config.dialect})")
+    click.echo(render_sql(query, dialect or project.config.dialect, pretty=True) + ";")
+
+
+@main.command()
+@as_of_option
+@campaign_option
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True)
+@click.option("--include-skipped", is_flag=True, help="Also list messages that would be skipped, with the reason.")
+@click.option("--limit", default=20, show_default=True, help="Rows shown in the table format.")
+@click.pass_obj
+@handle_errors
+def plan(project_dir: Path, as_of, campaigns, fmt: str, include_skipped: bool, limit: int):
+    """Show who would receive which message now (or at --as-of), without sending."""
+    project, reconciler = _reconciler(project_dir)
+    try:
+        now = (FixedClock(as_of) if as_of else SystemClock()).now()
+        selected = _select(reconciler, campaigns)
+        header = f"Plan at {format_instant(now)} for {len(selected)} campaign(s)"
+        write_plan(reconciler.due(now, selected), fmt, sys.stdout, include_skipped=include_skipped,
+                   limit=limit, header=header)
+    finally:
+        reconciler.close()
+
+
+def _select(reconciler, names):
+    try:
+        return reconciler.campaigns(list(names) or None)
+    except KeyError as exc:
+        raise click.UsageError(exc.args[0]) from None
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Run one pass and exit.")
+@click.option("--interval", metavar="DURATION", help="Run a pass every DURATION (e.g. 60s, 5m) until SIGTERM.")
+@as_of_option
+@campaign_option
+@click.pass_obj
+@handle_errors
+def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns):
+    """Reconcile: send every due message that the ledger does not hold yet."""
+    if once == bool(interval):
+        raise click.UsageError("give exactly one of --once or --interval DURATION")
+    if interval and as_of:
+        raise click.UsageError("--as-of freezes time and only makes sense with --once")
+    project, reconciler = _reconciler(project_dir)
+    clock = FixedClock(as_of) if as_of else SystemClock()
+    try:
+        selected = _select(reconciler, campaigns)
+        if once:
+            report = reconciler.run_once(clock.now(), selected)
+            click.echo(f"Pass at {format_instant(report.now)}:")
+            write_report(report, sys.stdout)
+            sys.exit(1 if report.errors or report.total("failed") else 0)
+        try:
+            seconds = parse_interval(interval)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--interval") from None
+        _loop(reconciler, clock, selected, seconds)
+    finally:
+        reconciler.close()
+
+
+def _loop(reconciler, clock, selected, seconds: float) -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    click.echo(f"Reconciling every {seconds:g}s; SIGTERM or Ctrl-C stops after the current pass.", err=True)
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            report = reconciler.run_once(clock.now(), selected)
+            click.echo(f"Pass at {format_instant(report.now)}: {report.total('sent')} sent, "
+                       f"{report.total('skipped')} skipped, {report.total('failed')} failed "
+                       f"in {time.monotonic() - started:.2f}s")
+            for error in report.errors:
+                click.echo(f"Error: {error}", err=True)
+        except EngineError as exc:  # e.g. warehouse briefly unreachable: report, keep looping
+            click.echo(f"Error: {exc}", err=True)
+        stop.wait(max(0.0, seconds - (time.monotonic() - started)))
+    click.echo("Stopped.", err=True)
+
+
+@main.command()
+@click.option("--reset/--keep", default=True, show_default=True, help="Rebuild the shop (and empty its ledger and outbox).")
+@click.pass_obj
+@handle_errors
+def demo(project_dir: Path, reset: bool):
+    """(Re)build the embedded demo shop named by engine.yaml's demo: section."""
+    import shutil
+
+    from .config import database_url
+
+    project = load_project(project_dir)
+    config = project.config
+    if config.demo is None:
+        raise click.UsageError("engine.yaml has no demo: section; this project's warehouse is not the demo shop")
+    path = file_of(database_url(config, "warehouse"))
+    if path is None:
+        raise click.UsageError("the demo shop must be a DuckDB or SQLite file")
+    if reset or not path.exists():
+        for channel in config.channels.values():
+            if channel.transport == "file":
+                shutil.rmtree(config.root / str(channel.settings.get("path", "var/outbox")), ignore_errors=True)
+        counts = build_demo(path, config.demo.seed, config.demo.customers, config.demo.anchor)
+        click.echo(f"Demo shop in {path}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+        click.echo(f"Its history ends at {config.demo.anchor}: use --as-of {config.demo.anchor}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,89 @@
+"""Time: the injected clock, instants and durations.
+
+The engine never reads the wall clock deep inside: a ``Clock`` is passed in,
+and ``--as-of`` replaces it with a fixed instant. All instants are timezone
+aware UTC datetimes inside the engine; warehouses store naive UTC.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+UTC = timezone.utc
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """The real clock, truncated to whole seconds so SQL literals stay simple."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC).replace(microsecond=0)
+
+
+class FixedClock:
+    """A clock that always answers the same instant (tests, ``--as-of``)."""
+
+    def __init__(self, instant: datetime):
+        self.instant = to_utc(instant)
+
+    def now(self) -> datetime:
+        return self.instant
+
+
+def to_utc(value: datetime) -> datetime:
+    """Naive datetimes are UTC by convention; aware ones are converted."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def parse_instant(text: str) -> datetime:
+    """Parse an ISO 8601 instant such as ``2025-01-10T00:00:00Z`` or ``2025-01-10``."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        return to_utc(datetime.fromisoformat(value))
+    except ValueError:
+        raise ValueError(
+            f"'{text}' is not an ISO 8601 instant; write e.g. 2025-01-10T00:00:00Z"
+        ) from None
+
+
+def format_instant(value: datetime) -> str:
+    """ISO 8601 in UTC with a trailing Z, the engine's one output format."""
+    return to_utc(value).isoformat().replace("+00:00", "Z")
+
+
+def sql_timestamp_text(value: datetime) -> str:
+    """The naive-UTC text form every supported warehouse compares correctly."""
+    return to_utc(value).replace(tzinfo=None).isoformat(sep=" ")
+
+
+_DURATION_PART = re.compile(r"(\d+)\s*(w|d|h|m|s)")
+_UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+DURATION_PATTERN = r"^\s*(\d+\s*[wdhms]\s*)+$"
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``90m``, ``1h``, ``7d``, ``2w`` or combinations like ``1d12h``."""
+    value = str(text).strip()
+    if not re.fullmatch(DURATION_PATTERN, value):
+        raise ValueError(
+            f"'{text}' is not a duration; write a number and a unit "
+            "(m=minutes, h=hours, d=days, w=weeks), e.g. 90m, 2h, 7d, 1d12h"
+        )
+    seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    return timedelta(seconds=seconds)
+
+
+def parse_interval(text: str) -> float:
+    """A loop interval in seconds: ``60s``, ``5m`` or a bare number of seconds."""
+    value = str(text).strip()
+    if value.isdigit():
+        return float(value)
+    return parse_duration(value).total_seconds()

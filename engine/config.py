@@ -1,0 +1,178 @@
+"""engine.yaml -> ``ProjectConfig``: warehouse, ledger, source mapping, channels.
+
+Strings may read the environment with ``${VAR}`` or ``${VAR:-default}``; they
+are resolved when used (``resolve``), not when loaded, so ``engine validate``
+runs in CI without the production secrets. Relative file paths in DuckDB and
+SQLite URLs are relative to the project directory.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Mapping
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from .clock import parse_duration, parse_instant
+from .errors import ConfigError, Issue
+from .load import Document, load_yaml_file
+from .model import ENTITY_COLUMNS, ChannelConfig, DemoConfig, EntitySource, ProjectConfig
+from .schemas import schema_issues
+
+CONFIG_FILE = "engine.yaml"
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+#: URL scheme -> sqlglot dialect
+URL_DIALECTS = {
+    "duckdb": "duckdb",
+    "sqlite": "sqlite",
+    "postgresql": "postgres",
+    "postgres": "postgres",
+    "snowflake": "snowflake",
+    "bigquery": "bigquery",
+}
+
+
+def resolve(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """Replace ``${VAR}`` / ``${VAR:-default}``; an unset variable without default is an error."""
+    env = os.environ if environ is None else environ
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable {name} is not set (used in {CONFIG_FILE}); export it or give a default with ${{{name}:-value}}")
+
+    return _ENV.sub(substitute, value)
+
+
+def dialect_of_url(url: str) -> str | None:
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    return URL_DIALECTS.get(scheme)
+
+
+def database_url(config: ProjectConfig, which: str = "warehouse") -> str:
+    """The resolved SQLAlchemy URL of the warehouse or the ledger."""
+    raw = config.warehouse_url if which == "warehouse" or config.ledger_url is None else config.ledger_url
+    url = resolve(raw)
+    for scheme in ("duckdb:///", "sqlite:///"):
+        if url.startswith(scheme):
+            path = url[len(scheme):]
+            if path and not path.startswith("/") and not path.startswith(":memory:"):
+                return scheme + str((config.root / path).resolve())
+    return url
+
+
+def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
+    path = root / CONFIG_FILE
+    name = _display(path, root)
+    if not path.exists():
+        return None, [Issue(file=name, message=f"no {CONFIG_FILE} in {root}", fix="run the command in the project directory or pass --project DIR")]
+    doc = load_yaml_file(path, name)
+    if doc.issues:
+        return None, doc.issues
+    issues = schema_issues(doc, "project.schema.json")
+    if issues:
+        return None, issues
+    data = doc.data
+    warehouse_url = data["warehouse"]["url"]
+    dialect = data["warehouse"].get("dialect")
+    if dialect is None:
+        try:
+            dialect = dialect_of_url(resolve(warehouse_url))
+        except ConfigError:
+            dialect = dialect_of_url(warehouse_url)
+    if dialect is None:
+        issues.append(doc.issue(("warehouse", "url"), f"cannot tell the SQL dialect of '{warehouse_url}'",
+                                fix="use a duckdb://, sqlite://, postgresql:// ... URL or set warehouse.dialect"))
+        dialect = "duckdb"
+    ledger = data.get("ledger", {})
+    stale_horizon = parse_duration(ledger.get("stale_horizon", "7d"))
+    sources = {}
+    for entity, spec in data["sources"].items():
+        source, source_issues = _source(doc, entity, spec, dialect)
+        sources[entity] = source
+        issues += source_issues
+    channels = {}
+    for channel_name, spec in data["channels"].items():
+        channel, channel_issues = _channel(doc, channel_name, spec)
+        channels[channel_name] = channel
+        issues += channel_issues
+    demo = None
+    if "demo" in data:
+        demo = DemoConfig(**data["demo"])
+        try:
+            parse_instant(demo.anchor)
+        except ValueError as exc:
+            issues.append(doc.issue(("demo", "anchor"), str(exc)))
+    config = ProjectConfig(
+        root=root,
+        warehouse_url=warehouse_url,
+        ledger_url=ledger.get("url"),
+        sources=sources,
+        channels=channels,
+        stale_horizon=stale_horizon,
+        demo=demo,
+        file=name,
+        dialect=dialect,
+    )
+    return config, issues
+
+
+def _display(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _source(doc: Document, entity: str, spec: dict, dialect: str) -> tuple[EntitySource, list[Issue]]:
+    where = ("sources", entity)
+    issues: list[Issue] = []
+    if ("table" in spec) == ("query" in spec):
+        issues.append(doc.issue(where, f"source '{entity}' needs exactly one of 'table' or 'query'",
+                                fix="give the table name (e.g. table: shop.kunden) or a SELECT as query"))
+    if "query" in spec:
+        try:
+            parsed = sqlglot.parse(spec["query"], read=dialect)
+            if len(parsed) != 1 or not isinstance(parsed[0], exp.Query):
+                raise ParseError("not a single SELECT")
+        except (ParseError, TokenError) as exc:
+            issues.append(doc.issue(where + ("query",), f"query of source '{entity}' is not one SELECT statement: {str(exc).splitlines()[0]}",
+                                    fix="write a single SELECT ... FROM ... (no trailing statements)"))
+    required, optional = ENTITY_COLUMNS[entity]
+    given = dict(spec.get("columns", {}))
+    for name, expression in given.items():
+        if entity != "customers" and name not in required + optional:
+            issues.append(doc.issue(where + ("columns", name), f"'{name}' is not a column of {entity}",
+                                    fix="known columns: " + ", ".join(required + optional)))
+        try:
+            sqlglot.parse_one(expression, read=dialect)
+        except (ParseError, TokenError) as exc:
+            issues.append(doc.issue(where + ("columns", name), f"column expression '{expression}' does not parse: {str(exc).splitlines()[0]}",
+                                    fix="give a column name or a SQL expression of the warehouse's dialect"))
+    columns = {name: given.get(name, name) for name in required}
+    columns.update(given)
+    return EntitySource(entity=entity, table=spec.get("table"), query=spec.get("query"), columns=columns), issues
+
+
+def _channel(doc: Document, name: str, spec: dict) -> tuple[ChannelConfig, list[Issue]]:
+    where = ("channels", name)
+    issues = []
+    kind, transport = spec["kind"], spec["transport"]
+    needs = {"smtp": ("host",), "http": ("url",), "file": ("path",)}[transport]
+    for key in needs:
+        if key not in spec:
+            issues.append(doc.issue(where, f"channel '{name}' with transport {transport} needs '{key}'",
+                                    fix=f"add {key}: to channels.{name}"))
+    if kind == "sms" and transport == "smtp":
+        issues.append(doc.issue(where + ("transport",), "an sms channel cannot use the smtp transport", fix="use http or file"))
+    if kind == "email" and transport == "http":
+        issues.append(doc.issue(where + ("transport",), "an email channel cannot use the http transport", fix="use smtp or file"))
+    settings = {k: v for k, v in spec.items() if k not in ("kind", "transport")}
+    return ChannelConfig(name=name, kind=kind, transport=transport, settings=settings), issues

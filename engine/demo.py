@@ -1,0 +1,178 @@
+"""The embedded demo shop: a deterministic history in the engine's canonical schema.
+
+``generate_shop`` makes plain rows from a seed (same seed, same shop);
+``load_shop`` writes any such rows into a database through SQLAlchemy, so the
+tests load their hand-built histories the same way into DuckDB, SQLite or
+PostgreSQL. The history ends at the anchor instant (the demo's ``--as-of``)
+and is shaped so that every shipped campaign has someone due then.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from .clock import parse_instant
+from .warehouse import Database
+
+shop_metadata = sa.MetaData()
+
+TABLES = {
+    "customers": sa.Table(
+        "customers", shop_metadata,
+        sa.Column("customer_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", sa.String), sa.Column("phone", sa.String),
+        sa.Column("first_name", sa.String), sa.Column("last_name", sa.String),
+        sa.Column("created_at", sa.DateTime), sa.Column("city", sa.String),
+    ),
+    "orders": sa.Table(
+        "orders", shop_metadata,
+        sa.Column("order_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("customer_id", sa.Integer, index=True),
+        sa.Column("created_at", sa.DateTime), sa.Column("status", sa.String),
+        sa.Column("total", sa.Numeric(12, 2)),
+    ),
+    "order_items": sa.Table(
+        "order_items", shop_metadata,
+        sa.Column("order_id", sa.Integer, index=True), sa.Column("product_id", sa.Integer),
+        sa.Column("name", sa.String), sa.Column("quantity", sa.Integer),
+        sa.Column("price", sa.Numeric(12, 2)), sa.Column("image_url", sa.String),
+    ),
+    "checkouts": sa.Table(
+        "checkouts", shop_metadata,
+        sa.Column("checkout_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("customer_id", sa.Integer, index=True),
+        sa.Column("created_at", sa.DateTime), sa.Column("completed_at", sa.DateTime),
+        sa.Column("total", sa.Numeric(12, 2)),
+    ),
+    "checkout_items": sa.Table(
+        "checkout_items", shop_metadata,
+        sa.Column("checkout_id", sa.Integer, index=True), sa.Column("product_id", sa.Integer),
+        sa.Column("name", sa.String), sa.Column("quantity", sa.Integer),
+        sa.Column("price", sa.Numeric(12, 2)), sa.Column("image_url", sa.String),
+    ),
+}
+
+PRODUCTS = [
+    (1, "Espresso beans 1 kg", 24.90), (2, "Pour-over kettle", 49.00), (3, "Ceramic dripper", 19.50),
+    (4, "Paper filters (100)", 4.90), (5, "Hand grinder", 89.00), (6, "Milk frother", 34.00),
+    (7, "Travel mug", 22.00), (8, "Decaf blend 500 g", 13.90), (9, "Cold brew jar", 29.00),
+    (10, "Tasting set", 39.00),
+]
+FIRST_NAMES = ["Anna", "Ben", "Clara", "David", "Elif", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kim", "Lena", "Mia", "Noah"]
+LAST_NAMES = ["Meyer", "Schmidt", "Rossi", "Nowak", "Yilmaz", "Dubois", "Jensen", "Garcia", "Kowalski", "Berg"]
+CITIES = ["Berlin", "Hamburg", "Munich", "Cologne", "Vienna", "Zurich"]
+
+
+@dataclass
+class ShopData:
+    rows: dict[str, list[dict]] = field(default_factory=lambda: {name: [] for name in TABLES})
+
+
+def _items(rng: random.Random, key: str, key_value: int) -> tuple[list[dict], float]:
+    items, total = [], 0.0
+    for product_id, name, price in rng.sample(PRODUCTS, rng.randint(1, 3)):
+        quantity = rng.randint(1, 2)
+        total += price * quantity
+        items.append({key: key_value, "product_id": product_id, "name": name, "quantity": quantity,
+                      "price": price, "image_url": f"https://shop.example.com/img/{product_id}.jpg"})
+    return items, round(total, 2)
+
+
+def generate_shop(seed: int = 42, customers: int = 2000, anchor: str = "2025-01-10T00:00:00Z") -> ShopData:
+    """A year of history ending at ``anchor``: most customers order once, a few often."""
+    rng = random.Random(seed)
+    end = parse_instant(anchor).replace(tzinfo=None)
+    data = ShopData()
+    order_id = checkout_id = 0
+    for customer_id in range(1, customers + 1):
+        registered = end - timedelta(days=rng.uniform(1, 400))
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        data.rows["customers"].append({
+            "customer_id": customer_id,
+            "email": None if rng.random() < 0.03 else f"{first.lower()}.{last.lower()}{customer_id}@example.com",
+            "phone": f"+4915{rng.randint(10_000_000, 99_999_999)}" if rng.random() < 0.4 else None,
+            "first_name": first, "last_name": last, "created_at": registered.replace(microsecond=0),
+            "city": rng.choice(CITIES),
+        })
+        # skewed order counts: 0 (25%), 1 (45%), then a geometric tail
+        draw = rng.random()
+        count = 0 if draw < 0.25 else 1 if draw < 0.70 else 2 + int(rng.expovariate(0.5))
+        when = registered
+        for _ in range(count):
+            when = when + timedelta(days=rng.expovariate(1 / 45), minutes=rng.randint(1, 600))
+            if when >= end:
+                break
+            order_id += 1
+            items, total = _items(rng, "order_id", order_id)
+            data.rows["orders"].append({"order_id": order_id, "customer_id": customer_id,
+                                        "created_at": when.replace(microsecond=0),
+                                        "status": "completed" if rng.random() < 0.95 else "cancelled", "total": total})
+            data.rows["order_items"] += items
+        # checkouts in the last six hours: some completed, some abandoned
+        if rng.random() < 0.05:
+            started = end - timedelta(minutes=rng.randint(10, 6 * 60))
+            checkout_id += 1
+            items, total = _items(rng, "checkout_id", checkout_id)
+            completed = started + timedelta(minutes=rng.randint(2, 30)) if rng.random() < 0.5 else None
+            if completed is not None and completed > end:
+                completed = None
+            data.rows["checkouts"].append({"checkout_id": checkout_id, "customer_id": customer_id,
+                                           "created_at": started.replace(microsecond=0),
+                                           "completed_at": completed.replace(microsecond=0) if completed else None,
+                                           "total": total})
+            data.rows["checkout_items"] += items
+    return data
+
+
+def create_tables(db: Database, schema: str | None = None) -> None:
+    metadata = sa.MetaData(schema=schema)
+    for table in TABLES.values():
+        table.to_metadata(metadata)
+    metadata.drop_all(db.engine)
+    metadata.create_all(db.engine)
+
+
+def load_shop(db: Database, data: ShopData) -> None:
+    """(Re)create the canonical shop tables in ``db`` and insert ``data``."""
+    create_tables(db)
+    with db.engine.begin() as conn:
+        for name, table in TABLES.items():
+            rows = data.rows.get(name) or []
+            for start in range(0, len(rows), 5000):
+                conn.execute(table.insert(), rows[start:start + 5000])
+
+
+def build_demo(db_path, seed: int, customers: int, anchor: str) -> dict[str, int]:
+    """Generate the demo shop into a fresh DuckDB/SQLite file; return row counts."""
+    from pathlib import Path
+
+    path = Path(db_path)
+    for suffix in ("", ".wal", "-wal", "-shm"):
+        candidate = path.with_name(path.name + suffix)
+        if candidate.exists():
+            candidate.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend = "sqlite" if path.suffix in (".db", ".sqlite", ".sqlite3") else "duckdb"
+    db = Database(f"{backend}:///{path}")
+    data = generate_shop(seed, customers, anchor)
+    load_shop(db, data)
+    db.dispose()
+    return {name: len(rows) for name, rows in data.rows.items()}
+
+
+def ensure_demo(config, echo=print) -> None:
+    """Build the demo shop when the project says its warehouse is the demo and the file is missing."""
+    from .config import database_url
+    from .warehouse import file_of
+
+    if config.demo is None:
+        return
+    path = file_of(database_url(config, "warehouse"))
+    if path is None or path.exists():
+        return
+    echo(f"Building the demo shop in {path} (seed {config.demo.seed}, {config.demo.customers} customers) ...")
+    counts = build_demo(path, config.demo.seed, config.demo.customers, config.demo.anchor)
+    echo("  " + ", ".join(f"{n} {name}" for name, n in counts.items()))

@@ -1,0 +1,169 @@
+"""The ledger: engine-owned tables recording every message decision.
+
+``engine_ledger`` has one row per message key (campaign, step, customer,
+trigger instance). The primary key is what guarantees a message is never
+recorded - hence never claimed, hence never sent - twice: a claim is an
+INSERT that silently does nothing when the key exists, and only the rows
+this INSERT created are dispatched. ``engine_entries`` remembers when a
+customer entered a segment-triggered campaign.
+
+Life cycle (this version): claimed -> sent | failed, or skipped with a
+reason. A row left ``claimed`` means the process stopped between claim and
+outcome; it is never resent (at-most-once).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .compile import ENTRIES_TABLE, LEDGER_TABLE
+from .warehouse import Database
+
+metadata = sa.MetaData()
+
+ledger_table = sa.Table(
+    LEDGER_TABLE,
+    metadata,
+    sa.Column("message_key", sa.String(400), primary_key=True),
+    sa.Column("campaign", sa.String(64), nullable=False),
+    sa.Column("step", sa.String(64), nullable=False),
+    sa.Column("customer_id", sa.String(128), nullable=False),
+    sa.Column("trigger_key", sa.String(128), nullable=False),
+    sa.Column("channel", sa.String(64)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(32)),
+    sa.Column("detail", sa.Text),
+    sa.Column("due_at", sa.DateTime),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("content", sa.Text),
+    sa.UniqueConstraint("campaign", "step", "customer_id", "trigger_key", name="engine_ledger_identity"),
+)
+
+entries_table = sa.Table(
+    ENTRIES_TABLE,
+    metadata,
+    sa.Column("campaign", sa.String(64), primary_key=True),
+    sa.Column("customer_id", sa.String(128), primary_key=True),
+    sa.Column("trigger_key", sa.String(128), primary_key=True),
+    sa.Column("entered_at", sa.DateTime, nullable=False),
+)
+
+STATUSES = ("claimed", "sent", "failed", "skipped")
+
+
+def message_key(campaign: str, step: str, customer_id: str, trigger_key: str) -> str:
+    return f"{campaign}:{step}:{customer_id}:{trigger_key}"
+
+
+@dataclass(frozen=True)
+class Record:
+    """A row to write: a claim, a skip or an outcome."""
+
+    message_key: str
+    campaign: str
+    step: str
+    customer_id: str
+    trigger_key: str
+    channel: str | None
+    status: str
+    due_at: datetime | None = None
+    reason: str | None = None
+    detail: str | None = None
+    content: str | None = None
+
+
+def _naive(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=None) if value is not None and value.tzinfo else value
+
+
+class Ledger:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def ensure_schema(self) -> None:
+        metadata.create_all(self.db.engine)
+
+    def _insert_ignoring_existing(self, rows: list[dict]) -> set[str]:
+        """INSERT rows whose key is new; return the keys this call inserted."""
+        if not rows:
+            return set()
+        backend = self.db.backend
+        if backend in ("postgresql", "duckdb", "sqlite"):
+            dialect_insert = sqlite.insert if backend == "sqlite" else postgresql.insert
+            statement = (
+                dialect_insert(ledger_table).values(rows).on_conflict_do_nothing().returning(ledger_table.c.message_key)
+            )
+            result = self.db.execute(statement)
+            return {row[0] for row in result}
+        inserted = set()  # other backends: one row at a time, the key decides
+        for row in rows:
+            try:
+                self.db.execute(ledger_table.insert().values(row))
+                inserted.add(row["message_key"])
+            except Exception:  # noqa: BLE001 - a duplicate key means someone else holds it
+                continue
+        return inserted
+
+    def write_new(self, records: Iterable[Record], now: datetime) -> set[str]:
+        now = _naive(now)
+        rows = [
+            {
+                "message_key": r.message_key, "campaign": r.campaign, "step": r.step,
+                "customer_id": r.customer_id, "trigger_key": r.trigger_key, "channel": r.channel,
+                "status": r.status, "reason": r.reason, "detail": r.detail, "due_at": _naive(r.due_at),
+                "created_at": now, "updated_at": now, "content": r.content,
+            }
+            for r in records
+        ]
+        inserted: set[str] = set()
+        for start in range(0, len(rows), 500):
+            inserted |= self._insert_ignoring_existing(rows[start:start + 500])
+        return inserted
+
+    def record_outcomes(self, records: Iterable[Record], now: datetime) -> None:
+        """Set the final status of claimed messages (one statement, many rows)."""
+        params = [
+            {"k": r.message_key, "s": r.status, "r": r.reason, "d": r.detail, "c": r.content, "u": _naive(now)}
+            for r in records
+        ]
+        if not params:
+            return
+        statement = (
+            ledger_table.update()
+            .where(ledger_table.c.message_key == sa.bindparam("k"))
+            .where(ledger_table.c.status == "claimed")
+            .values(status=sa.bindparam("s"), reason=sa.bindparam("r"), detail=sa.bindparam("d"),
+                    content=sa.bindparam("c"), updated_at=sa.bindparam("u"))
+        )
+        self.db.execute(statement, params)
+
+    def existing_keys(self, keys: list[str]) -> set[str]:
+        """Which of ``keys`` the ledger already holds (for a ledger in another database)."""
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            with self.db.engine.connect() as conn:
+                rows = conn.execute(sa.select(ledger_table.c.message_key).where(ledger_table.c.message_key.in_(chunk)))
+                found |= {row[0] for row in rows}
+        return found
+
+    def counts(self) -> list[tuple[str, str, str, str | None, int]]:
+        """(campaign, step, status, reason, count) over the whole ledger."""
+        c = ledger_table.c
+        query = (
+            sa.select(c.campaign, c.step, c.status, c.reason, sa.func.count())
+            .group_by(c.campaign, c.step, c.status, c.reason)
+            .order_by(c.campaign, c.step, c.status, c.reason)
+        )
+        with self.db.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(query)]
+
+    def get(self, key: str) -> dict | None:
+        with self.db.engine.connect() as conn:
+            row = conn.execute(sa.select(ledger_table).where(ledger_table.c.message_key == key)).mappings().first()
+            return dict(row) if row else None

@@ -1,0 +1,108 @@
+"""Database access through SQLAlchemy: connect, stream query results, execute.
+
+Owns SQLAlchemy engines for both the warehouse (read) and the ledger (write).
+Results are streamed in batches with server-side cursors where the driver
+has them, so memory stays flat however many rows are due. Connection and
+query failures become ``WarehouseError`` naming the database (password
+masked) and what to check.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from .errors import WarehouseError
+
+
+def masked(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as is
+        return url
+
+
+def file_of(url: str) -> Path | None:
+    """The database file of a DuckDB or SQLite URL, None for servers and memory."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() in ("duckdb", "sqlite") and parsed.database and parsed.database != ":memory:":
+        return Path(parsed.database)
+    return None
+
+
+class Database:
+    """One SQLAlchemy engine plus the few operations the engine needs."""
+
+    def __init__(self, url: str, *, must_exist: bool = False):
+        self.url = url
+        path = file_of(url)
+        if must_exist and path is not None and not path.exists():
+            raise WarehouseError(f"database file {path} does not exist; check warehouse.url in engine.yaml")
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = sa.create_engine(url)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+            raise WarehouseError(f"cannot use database URL {masked(url)}: {exc}; install its driver or fix the URL") from None
+        self.backend = self.engine.dialect.name
+        if self.backend == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def __repr__(self) -> str:
+        return f"Database({masked(self.url)})"
+
+    def check(self) -> None:
+        """Connect once, turning failure into a clear error."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("cannot connect to", exc) from None
+
+    def stream(self, sql: str, batch_size: int = 1000) -> Iterator[list[sa.Row]]:
+        """Run ``sql`` and yield its rows in batches, never holding all of them."""
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(sa.text(sql))
+                while True:
+                    rows = result.fetchmany(batch_size)
+                    if not rows:
+                        break
+                    yield rows
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("query failed on", exc) from None
+
+    def fetch_all(self, sql: str) -> list[sa.Row]:
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(sa.text(sql)))
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("query failed on", exc) from None
+
+    def execute(self, statement: Any, parameters: Any = None) -> list[sa.Row]:
+        """Run one statement in its own transaction; return the rows it returns, if any."""
+        try:
+            with self.engine.begin() as conn:
+                if isinstance(statement, str):
+                    statement = sa.text(statement)
+                result = conn.execute(statement, parameters) if parameters is not None else conn.execute(statement)
+                return list(result) if result.returns_rows else []
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("statement failed on", exc) from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def _error(self, what: str, exc: Exception) -> WarehouseError:
+        detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        return WarehouseError(f"{what} {masked(self.url)}: {detail}")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the reconciler stream the due set while it writes ledger rows.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
