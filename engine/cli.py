@@ -110,7 +110,8 @@ def compile_command(project_dir: Path, campaign: str, dialect: str | None, as_of
     except KeyError as exc:
         raise click.UsageError(exc.args[0]) from None
     now = as_of or SystemClock().now()
-    query = due_query(chosen, project.config, now, exclude_ledger=project.config.ledger_shares_warehouse)
+    query = due_query(chosen, project.config, now, exclude_ledger=project.config.ledger_shares_warehouse,
+                      dialect=dialect)
     click.echo(f"-- {chosen.name} at {format_instant(now)} ({dialect or project.config.dialect})")
     click.echo(render_sql(query, dialect or project.config.dialect, pretty=True) + ";")
 

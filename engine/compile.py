@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 import sqlglot
 from sqlglot import exp
 
-from .clock import sql_timestamp_text
+from .clock import sql_timestamp_text, to_utc
 from .filters import bind_filter, parse_filter, referenced_attributes
 from .model import (
     CUSTOMER_FACTS, ENTITY_COLUMNS, AtRisk, Campaign, CheckoutAbandoned, EntitySource,
@@ -35,8 +35,17 @@ CUSTOMER_PREFIX = "cust__"
 DUE_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at")
 
 
-def ts(value: datetime) -> exp.Expression:
-    """A timestamp literal every dialect compares with its naive-UTC columns."""
+#: Canonical columns holding instants. SQLite has no timestamp type: there they
+#: are normalised to one text format so that comparisons are exact.
+TIMESTAMP_COLUMNS = frozenset({"created_at", "completed_at", "occurred_at"})
+SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%f"
+
+
+def ts(value: datetime, dialect: str) -> exp.Expression:
+    """A timestamp literal that compares exactly with the dialect's timestamp columns."""
+    if dialect == "sqlite":
+        naive = to_utc(value).replace(tzinfo=None)
+        return exp.Literal.string(naive.strftime("%Y-%m-%d %H:%M:%S.") + f"{naive.microsecond // 1000:03d}")
     return exp.cast(exp.Literal.string(sql_timestamp_text(value)), exp.DataType.build("TIMESTAMP"))
 
 
@@ -73,6 +82,8 @@ def source_select(source: EntitySource, dialect: str) -> exp.Select:
     for name in names:
         if name in source.columns:
             value = sqlglot.parse_one(source.columns[name], read=dialect)
+            if dialect == "sqlite" and name in TIMESTAMP_COLUMNS:
+                value = exp.Anonymous(this="STRFTIME", expressions=[exp.Literal.string(SQLITE_TIMESTAMP_FORMAT), value])
         else:
             value = exp.Null()
         projections.append(exp.alias_(value, exp.to_identifier(name)))
@@ -86,15 +97,19 @@ def source_select(source: EntitySource, dialect: str) -> exp.Select:
 class _QueryBuilder:
     """Collects the CTEs one campaign query needs, each added once."""
 
-    def __init__(self, config: ProjectConfig, now: datetime):
+    def __init__(self, config: ProjectConfig, now: datetime, dialect: str):
         self.config = config
         self.now = now
+        self.dialect = dialect
         self.ctes: dict[str, exp.Expression] = {}
+
+    def ts(self, value: datetime) -> exp.Expression:
+        return ts(value, self.dialect)
 
     def source(self, entity: str) -> str:
         name = f"src_{entity}"
         if name not in self.ctes:
-            self.ctes[name] = source_select(self.config.sources[entity], self.config.dialect)
+            self.ctes[name] = source_select(self.config.sources[entity], self.dialect)
         return name
 
     def customer_facts(self) -> str:
@@ -110,7 +125,7 @@ class _QueryBuilder:
                     exp.alias_(exp.Sum(this=col("o", "total")), "total_spent"),
                 )
                 .from_(exp.to_table(orders).as_("o"))
-                .where(col("o", "created_at") <= ts(self.now))
+                .where(col("o", "created_at") <= self.ts(self.now))
                 .group_by(col("o", "customer_id"))
             )
         return name
@@ -138,7 +153,7 @@ def _trigger_cte(builder: _QueryBuilder, campaign: Campaign) -> exp.Select:
                 order=exp.Order(expressions=[exp.Ordered(this=col("o", "created_at")), exp.Ordered(this=col("o", "order_id"))]),
             )
             projections.append(exp.alias_(rank, "nth"))
-        query = exp.select(*projections).from_(exp.to_table(orders).as_("o")).where(col("o", "created_at") <= ts(now))
+        query = exp.select(*projections).from_(exp.to_table(orders).as_("o")).where(col("o", "created_at") <= builder.ts(now))
         if trigger.statuses:
             query = query.where(col("o", "status").isin(*[exp.Literal.string(s) for s in trigger.statuses]))
         return query
@@ -152,8 +167,8 @@ def _trigger_cte(builder: _QueryBuilder, campaign: Campaign) -> exp.Select:
                 exp.alias_(col("k", "created_at"), "trigger_at"),
             )
             .from_(exp.to_table(checkouts).as_("k"))
-            .where(col("k", "created_at") <= ts(now))
-            .where(exp.or_(completed.is_(exp.Null()), completed > ts(now)))
+            .where(col("k", "created_at") <= builder.ts(now))
+            .where(exp.or_(completed.is_(exp.Null()), completed > builder.ts(now)))
         )
     if isinstance(trigger, AtRisk):
         _at_risk_members(builder, trigger)
@@ -164,10 +179,10 @@ def _trigger_cte(builder: _QueryBuilder, campaign: Campaign) -> exp.Select:
             .from_(entries)
             .join(exp.to_table(customers).as_("c"), on=text(col("c", "customer_id")).eq(col("e", "customer_id")))
             .where(col("e", "campaign").eq(exp.Literal.string(campaign.name)))
-            .where(col("e", "entered_at") <= ts(now))
+            .where(col("e", "entered_at") <= builder.ts(now))
         )
         entering = (
-            exp.select(col("m", "customer_id"), col("m", "trigger_key"), exp.alias_(ts(now), "trigger_at"))
+            exp.select(col("m", "customer_id"), col("m", "trigger_key"), exp.alias_(builder.ts(now), "trigger_at"))
             .from_(exp.to_table("at_risk_members").as_("m"))
             .where(exp.not_(exp.Exists(this=_entry_exists(campaign))))
         )
@@ -205,7 +220,7 @@ def _at_risk_members(builder: _QueryBuilder, trigger: AtRisk) -> None:
             exp.alias_(latest_first, "recency_rank"),
         )
         .from_(exp.to_table(orders).as_("o"))
-        .where(col("o", "created_at") <= ts(now))
+        .where(col("o", "created_at") <= builder.ts(now))
     )
     position = exp.Window(
         this=exp.RowNumber(),
@@ -220,7 +235,7 @@ def _at_risk_members(builder: _QueryBuilder, trigger: AtRisk) -> None:
         )
         .from_(exp.to_table("last_orders").as_("l"))
         .where(col("l", "recency_rank").eq(1))
-        .where(col("l", "last_order_at") > ts(now - trigger.window))
+        .where(col("l", "last_order_at") > builder.ts(now - trigger.window))
     )
     builder.ctes["at_risk_members"] = (
         exp.select(col("r", "customer_id"), exp.alias_(col("r", "last_order_key"), "trigger_key"))
@@ -246,7 +261,7 @@ def _stop_condition(builder: _QueryBuilder, stop: str) -> exp.Expression:
             .from_(exp.to_table(orders).as_("o2"))
             .where(col("o2", "customer_id").eq(col("t", "customer_id")))
             .where(col("o2", "created_at") > col("t", "trigger_at"))
-            .where(col("o2", "created_at") <= ts(builder.now))
+            .where(col("o2", "created_at") <= builder.ts(builder.now))
         )
         return exp.not_(exp.Exists(this=later_order))
     raise ValueError(f"unknown stop condition {stop}")  # pragma: no cover
@@ -264,14 +279,16 @@ def _ledger_absent(campaign: Campaign, step: Step) -> exp.Expression:
     return exp.not_(exp.Exists(this=recorded))
 
 
-def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool) -> exp.Select:
+def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
+              dialect: str | None = None) -> exp.Select:
     """All due (and recently stale) rows of every step of ``campaign`` at ``now``.
 
     Columns: DUE_COLUMNS, then ``cust__<attribute>`` for every customer attribute.
     With ``exclude_ledger`` the rows already in the ledger are left out in SQL
-    (the ledger shares the warehouse's database).
+    (the ledger shares the warehouse's database). ``dialect`` defaults to the
+    warehouse's; the AST is built for it (SQLite needs its own timestamp form).
     """
-    builder = _QueryBuilder(config, now)
+    builder = _QueryBuilder(config, now, dialect or config.dialect)
     customers = builder.source("customers")
     builder.ctes["trigger_instances"] = _trigger_cte(builder, campaign)
     attributes = filter_attributes(config)
@@ -292,13 +309,13 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             )
             .from_(exp.to_table("trigger_instances").as_("t"))
             .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
-            .where(col("t", "trigger_at") <= ts(window.due_cutoff))
+            .where(col("t", "trigger_at") <= builder.ts(window.due_cutoff))
         )
         if uses_facts:
             facts = builder.customer_facts()
             query = query.join(exp.to_table(facts).as_("f"), on=col("f", "customer_id").eq(col("t", "customer_id")), join_type="left")
         if window.earliest is not None:
-            query = query.where(col("t", "trigger_at") >= ts(window.earliest))
+            query = query.where(col("t", "trigger_at") >= builder.ts(window.earliest))
         if isinstance(campaign.trigger, OrderPlaced) and campaign.trigger.nth is not None:
             query = query.where(col("t", "nth").eq(campaign.trigger.nth))
         for stop in campaign.stop:
@@ -320,14 +337,14 @@ def entries_insert(campaign: Campaign, config: ProjectConfig, now: datetime) -> 
     """For segment triggers: INSERT the customers who entered the segment since the last pass."""
     if not isinstance(campaign.trigger, AtRisk):
         return None
-    builder = _QueryBuilder(config, now)
+    builder = _QueryBuilder(config, now, config.dialect)
     _at_risk_members(builder, campaign.trigger)
     select = (
         exp.select(
             exp.Literal.string(campaign.name),
             text(col("m", "customer_id")),
             col("m", "trigger_key"),
-            ts(now),
+            builder.ts(now),
         )
         .from_(exp.to_table("at_risk_members").as_("m"))
         .where(exp.not_(exp.Exists(this=_entry_exists(campaign))))

@@ -1,0 +1,46 @@
+"""Shared fixtures: a throwaway copy of the shipped project, and shop databases.
+
+Every test that runs SQL gets a real database file (DuckDB or SQLite) in a
+temporary directory; ``backend`` parametrises a test over both, so the same
+campaigns must give the same due sets on each.
+"""
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BACKENDS = ["duckdb", "sqlite"]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def copy_project(target: Path) -> Path:
+    """A copy of the repository's project files (engine.yaml, campaigns.d/, templates/)."""
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "engine.yaml", target / "engine.yaml")
+    shutil.copytree(REPO / "campaigns.d", target / "campaigns.d")
+    shutil.copytree(REPO / "templates", target / "templates")
+    return target
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path) -> Path:
+    return copy_project(tmp_path)
+
+
+def database_url(backend: str, directory: Path, name: str = "shop") -> str:
+    suffix = {"duckdb": "duckdb", "sqlite": "db"}[backend]
+    return f"{backend}:///{directory / f'{name}.{suffix}'}"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
