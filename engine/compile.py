@@ -153,10 +153,10 @@ def _trigger_cte(builder: _QueryBuilder, campaign: Campaign) -> exp.Select:
                 order=exp.Order(expressions=[exp.Ordered(this=col("o", "created_at")), exp.Ordered(this=col("o", "order_id"))]),
             )
             projections.append(exp.alias_(rank, "nth"))
-        query = exp.select(*projections).from_(exp.to_table(orders).as_("o")).where(col("o", "created_at") <= builder.ts(now))
+        conditions = [col("o", "created_at") <= builder.ts(now)]
         if trigger.statuses:
-            query = query.where(col("o", "status").isin(*[exp.Literal.string(s) for s in trigger.statuses]))
-        return query
+            conditions.append(col("o", "status").isin(*[exp.Literal.string(s) for s in trigger.statuses]))
+        return exp.select(*projections).from_(exp.to_table(orders).as_("o")).where(*conditions)
     if isinstance(trigger, CheckoutAbandoned):
         checkouts = builder.source("checkouts")
         completed = col("k", "completed_at")
@@ -167,8 +167,10 @@ def _trigger_cte(builder: _QueryBuilder, campaign: Campaign) -> exp.Select:
                 exp.alias_(col("k", "created_at"), "trigger_at"),
             )
             .from_(exp.to_table(checkouts).as_("k"))
-            .where(col("k", "created_at") <= builder.ts(now))
-            .where(exp.or_(completed.is_(exp.Null()), completed > builder.ts(now)))
+            .where(
+                col("k", "created_at") <= builder.ts(now),
+                exp.or_(completed.is_(exp.Null()), completed > builder.ts(now)),
+            )
         )
     if isinstance(trigger, AtRisk):
         _at_risk_members(builder, trigger)
@@ -178,8 +180,10 @@ def _trigger_cte(builder: _QueryBuilder, campaign: Campaign) -> exp.Select:
             exp.select(col("c", "customer_id"), col("e", "trigger_key"), exp.alias_(col("e", "entered_at"), "trigger_at"))
             .from_(entries)
             .join(exp.to_table(customers).as_("c"), on=text(col("c", "customer_id")).eq(col("e", "customer_id")))
-            .where(col("e", "campaign").eq(exp.Literal.string(campaign.name)))
-            .where(col("e", "entered_at") <= builder.ts(now))
+            .where(
+                col("e", "campaign").eq(exp.Literal.string(campaign.name)),
+                col("e", "entered_at") <= builder.ts(now),
+            )
         )
         entering = (
             exp.select(col("m", "customer_id"), col("m", "trigger_key"), exp.alias_(builder.ts(now), "trigger_at"))
@@ -194,9 +198,11 @@ def _entry_exists(campaign: Campaign) -> exp.Select:
     return (
         exp.select(exp.Literal.number(1))
         .from_(exp.to_table(ENTRIES_TABLE).as_("e"))
-        .where(col("e", "campaign").eq(exp.Literal.string(campaign.name)))
-        .where(col("e", "customer_id").eq(text(col("m", "customer_id"))))
-        .where(col("e", "trigger_key").eq(col("m", "trigger_key")))
+        .where(
+            col("e", "campaign").eq(exp.Literal.string(campaign.name)),
+            col("e", "customer_id").eq(text(col("m", "customer_id"))),
+            col("e", "trigger_key").eq(col("m", "trigger_key")),
+        )
     )
 
 
@@ -234,8 +240,10 @@ def _at_risk_members(builder: _QueryBuilder, trigger: AtRisk) -> None:
             exp.alias_(exp.Window(this=exp.Count(this=exp.Star())), "population"),
         )
         .from_(exp.to_table("last_orders").as_("l"))
-        .where(col("l", "recency_rank").eq(1))
-        .where(col("l", "last_order_at") > builder.ts(now - trigger.window))
+        .where(
+            col("l", "recency_rank").eq(1),
+            col("l", "last_order_at") > builder.ts(now - trigger.window),
+        )
     )
     builder.ctes["at_risk_members"] = (
         exp.select(col("r", "customer_id"), exp.alias_(col("r", "last_order_key"), "trigger_key"))
@@ -259,9 +267,11 @@ def _stop_condition(builder: _QueryBuilder, stop: str) -> exp.Expression:
         later_order = (
             exp.select(exp.Literal.number(1))
             .from_(exp.to_table(orders).as_("o2"))
-            .where(col("o2", "customer_id").eq(col("t", "customer_id")))
-            .where(col("o2", "created_at") > col("t", "trigger_at"))
-            .where(col("o2", "created_at") <= builder.ts(builder.now))
+            .where(
+                col("o2", "customer_id").eq(col("t", "customer_id")),
+                col("o2", "created_at") > col("t", "trigger_at"),
+                col("o2", "created_at") <= builder.ts(builder.now),
+            )
         )
         return exp.not_(exp.Exists(this=later_order))
     raise ValueError(f"unknown stop condition {stop}")  # pragma: no cover
@@ -271,10 +281,12 @@ def _ledger_absent(campaign: Campaign, step: Step) -> exp.Expression:
     recorded = (
         exp.select(exp.Literal.number(1))
         .from_(exp.to_table(LEDGER_TABLE).as_("l"))
-        .where(col("l", "campaign").eq(exp.Literal.string(campaign.name)))
-        .where(col("l", "step").eq(exp.Literal.string(step.id)))
-        .where(col("l", "customer_id").eq(text(col("t", "customer_id"))))
-        .where(col("l", "trigger_key").eq(col("t", "trigger_key")))
+        .where(
+            col("l", "campaign").eq(exp.Literal.string(campaign.name)),
+            col("l", "step").eq(exp.Literal.string(step.id)),
+            col("l", "customer_id").eq(text(col("t", "customer_id"))),
+            col("l", "trigger_key").eq(col("t", "trigger_key")),
+        )
     )
     return exp.not_(exp.Exists(this=recorded))
 
@@ -298,6 +310,15 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
         window = step_window(step, now, config.stale_horizon)
         filters = [f for f in (campaign_filter, parse_filter(step.audience, attributes) if step.audience else None) if f is not None]
         uses_facts = any(referenced_attributes(f) & set(CUSTOMER_FACTS) for f in filters)
+        conditions: list[exp.Expression] = [col("t", "trigger_at") <= builder.ts(window.due_cutoff)]
+        if window.earliest is not None:
+            conditions.append(col("t", "trigger_at") >= builder.ts(window.earliest))
+        if isinstance(campaign.trigger, OrderPlaced) and campaign.trigger.nth is not None:
+            conditions.append(col("t", "nth").eq(campaign.trigger.nth))
+        conditions += [_stop_condition(builder, stop) for stop in campaign.stop]
+        conditions += [bind_filter(tree, _attribute) for tree in filters]
+        if exclude_ledger:
+            conditions.append(_ledger_absent(campaign, step))
         query = (
             exp.select(
                 exp.alias_(exp.Literal.string(campaign.name), "campaign"),
@@ -309,21 +330,11 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             )
             .from_(exp.to_table("trigger_instances").as_("t"))
             .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
-            .where(col("t", "trigger_at") <= builder.ts(window.due_cutoff))
         )
         if uses_facts:
             facts = builder.customer_facts()
             query = query.join(exp.to_table(facts).as_("f"), on=col("f", "customer_id").eq(col("t", "customer_id")), join_type="left")
-        if window.earliest is not None:
-            query = query.where(col("t", "trigger_at") >= builder.ts(window.earliest))
-        if isinstance(campaign.trigger, OrderPlaced) and campaign.trigger.nth is not None:
-            query = query.where(col("t", "nth").eq(campaign.trigger.nth))
-        for stop in campaign.stop:
-            query = query.where(_stop_condition(builder, stop))
-        for tree in filters:
-            query = query.where(exp.paren(bind_filter(tree, _attribute)))
-        if exclude_ledger:
-            query = query.where(_ledger_absent(campaign, step))
+        query = query.where(*conditions)
         selects.append(query)
     body = selects[0]
     for other in selects[1:]:
