@@ -164,7 +164,7 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns):
         if once:
             report = reconciler.run_once(clock.now(), selected)
             click.echo(f"Pass at {format_instant(report.now)}:")
-            write_report(report, sys.stdout)
+            write_report(report, sys.stdout, sys.stderr)
             sys.exit(1 if report.errors or report.total("failed") else 0)
         try:
             seconds = parse_interval(interval)

@@ -68,10 +68,10 @@ def summary_table(counts: Counter, main_outcome: str) -> str:
     return _table(["campaign", "step"] + outcomes, rows + [totals])
 
 
-def write_report(report: PassReport, out: IO[str]) -> None:
+def write_report(report: PassReport, out: IO[str], err: IO[str]) -> None:
     out.write(summary_table(report.counts, "sent") + "\n")
     for error in report.errors:
-        out.write(f"Error: {error}\n")
+        err.write(f"Error: {error}\n")
 
 
 def write_issues(issues: list[Issue], fmt: str, out: IO[str], files_checked: int) -> None:

@@ -155,19 +155,25 @@ class Reconciler:
             if insert is not None:
                 self.warehouse.execute(render_sql(insert, self.config.dialect))
         renderer = Renderer(self.project.templates_dir)
+        # Build every adapter first: a missing secret fails the pass before anything is claimed.
+        adapters = {
+            step.channel: open_channel(self.config.channels[step.channel], self.config.root)
+            for campaign in selected for step in campaign.steps
+        }
         sessions: dict[str, ChannelSession | None] = {}
         try:
             for batch in self.due(now, selected):
-                self._process(batch, now, renderer, sessions, report)
+                self._process(batch, now, renderer, adapters, sessions, report)
         finally:
             for session in sessions.values():
                 if session is not None:
                     session.close()
         return report
 
-    def _session(self, name: str, sessions: dict, report: PassReport) -> ChannelSession | None:
+    def _session(self, name: str, adapters: dict, sessions: dict, report: PassReport) -> ChannelSession | None:
+        """The open session of channel ``name``, opened on first use; None if it cannot open."""
         if name not in sessions:
-            session = open_channel(self.config.channels[name], self.config.root)
+            session = adapters[name]
             try:
                 session.open()
                 sessions[name] = session
@@ -177,14 +183,14 @@ class Reconciler:
         return sessions[name]
 
     def _process(self, batch: list[DueMessage], now: datetime, renderer: Renderer,
-                 sessions: dict, report: PassReport) -> None:
+                 adapters: dict, sessions: dict, report: PassReport) -> None:
         skips = [m for m in batch if m.action == "skip"]
         recorded = self.ledger.write_new((_record(m, "skipped", reason=m.reason) for m in skips), now)
         for m in skips:
             if m.key in recorded:
                 report.add(m.campaign, m.step, f"skipped:{m.reason}")
         # open channels before claiming: a channel that cannot open gets no claims
-        sendable = [m for m in batch if m.action == "send" and self._session(m.channel, sessions, report) is not None]
+        sendable = [m for m in batch if m.action == "send" and self._session(m.channel, adapters, sessions, report) is not None]
         for m in batch:
             if m.action == "send" and sessions.get(m.channel) is None:
                 report.add(m.campaign, m.step, "not_sent:channel_unavailable")

@@ -1,0 +1,90 @@
+"""Real servers on loopback for end-to-end tests: an SMTP sink and an SMS provider.
+
+Both record what they receive and can be told to refuse, so tests assert on
+what actually crossed the wire, not on calls to a mock.
+"""
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from aiosmtpd.controller import Controller
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SmtpSink:
+    """aiosmtpd on 127.0.0.1; ``messages`` holds parsed emails; ``refuse`` maps address -> reply."""
+
+    def __init__(self):
+        self.messages: list[email.message.Message] = []
+        self.refuse: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.port = free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 Message accepted"
+
+    def keys(self) -> list[str]:
+        with self.lock:
+            return [m["X-Engine-Message-Key"] for m in self.messages]
+
+    def __enter__(self):
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.controller.stop()
+
+
+class SmsProvider:
+    """A JSON HTTP endpoint like an SMS provider's; records requests, answers 200 with an id."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.status_for: dict[str, int] = {}  # phone number -> HTTP status to answer
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                sink.requests.append({"body": body, "authorization": self.headers.get("Authorization")})
+                status = sink.status_for.get(body.get("to"), 200)
+                payload = json.dumps({"id": f"sms-{len(sink.requests)}"} if status == 200 else {"error": "refused"}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/messages"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
