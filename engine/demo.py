@@ -145,18 +145,27 @@ def load_shop(db: Database, data: ShopData) -> None:
                 conn.execute(table.insert(), rows[start:start + 5000])
 
 
-def build_demo(db_path, seed: int, customers: int, anchor: str) -> dict[str, int]:
-    """Generate the demo shop into a fresh DuckDB/SQLite file; return row counts."""
+def build_demo(target, seed: int, customers: int, anchor: str) -> dict[str, int]:
+    """Generate the demo shop; return row counts.
+
+    ``target`` is a file path (a fresh DuckDB file, or SQLite for .db/.sqlite,
+    replacing any old one with its ledger) or a SQLAlchemy URL of an existing
+    database, whose shop tables are recreated.
+    """
     from pathlib import Path
 
-    path = Path(db_path)
-    for suffix in ("", ".wal", "-wal", "-shm"):
-        candidate = path.with_name(path.name + suffix)
-        if candidate.exists():
-            candidate.unlink()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    backend = "sqlite" if path.suffix in (".db", ".sqlite", ".sqlite3") else "duckdb"
-    db = Database(f"{backend}:///{path}")
+    if "://" in str(target):
+        url = str(target)
+    else:
+        path = Path(target)
+        for suffix in ("", ".wal", "-wal", "-shm"):
+            candidate = path.with_name(path.name + suffix)
+            if candidate.exists():
+                candidate.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = "sqlite" if path.suffix in (".db", ".sqlite", ".sqlite3") else "duckdb"
+        url = f"{backend}:///{path}"
+    db = Database(url)
     data = generate_shop(seed, customers, anchor)
     load_shop(db, data)
     db.dispose()

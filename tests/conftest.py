@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-BACKENDS = ["duckdb", "sqlite"]
+#: Every database that can run here; the same tests must pass on each.
+BACKENDS = ["duckdb", "sqlite", "postgres"]
 
 
 def write(path: Path, text: str) -> Path:
@@ -37,8 +38,19 @@ def project_dir(tmp_path: Path) -> Path:
 
 
 def database_url(backend: str, directory: Path, name: str = "shop") -> str:
+    """A new, empty database of ``backend``: a file under ``directory`` or a fresh PostgreSQL database."""
+    if backend == "postgres":
+        import pg
+
+        return pg.server().new_database()
     suffix = {"duckdb": "duckdb", "sqlite": "db"}[backend]
     return f"{backend}:///{directory / f'{name}.{suffix}'}"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import pg
+
+    pg.stop()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -47,7 +47,7 @@ def configure_channels(root, smtp_port: int, sms_url: str) -> None:
 def demo_project(tmp_path, backend, monkeypatch):
     root = copy_project(tmp_path / "project")
     url = database_url(backend, tmp_path)
-    build_demo(url.split(":///", 1)[1], seed=42, customers=2000, anchor=ANCHOR)
+    build_demo(url, seed=42, customers=2000, anchor=ANCHOR)
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
     monkeypatch.setenv("SMS_TOKEN", "secret-token")
     return root
