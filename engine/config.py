@@ -7,6 +7,7 @@ SQLite URLs are relative to the project directory.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -109,7 +110,7 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         try:
             parse_instant(demo.anchor)
         except ValueError as exc:
-            issues.append(doc.issue(("demo", "anchor"), str(exc)))
+            issues.append(doc.issue(("demo", "anchor"), str(exc), fix="write an instant such as 2025-01-10T00:00:00Z"))
     config = ProjectConfig(
         root=root,
         warehouse_url=warehouse_url,
@@ -134,31 +135,49 @@ def _display(path: Path, root: Path) -> str:
 def _source(doc: Document, entity: str, spec: dict, dialect: str) -> tuple[EntitySource, list[Issue]]:
     where = ("sources", entity)
     issues: list[Issue] = []
-    if ("table" in spec) == ("query" in spec):
+    if "table" in spec and "query" in spec:
+        issues.append(doc.issue(where + ("query",), f"source '{entity}' has both 'table' and 'query'",
+                                fix="keep one: the table name (e.g. table: shop.kunden) or a SELECT as query"))
+    elif "table" not in spec and "query" not in spec:
         issues.append(doc.issue(where, f"source '{entity}' needs exactly one of 'table' or 'query'",
                                 fix="give the table name (e.g. table: shop.kunden) or a SELECT as query"))
     if "query" in spec:
+        problem = None
         try:
-            parsed = sqlglot.parse(spec["query"], read=dialect)
-            if len(parsed) != 1 or not isinstance(parsed[0], exp.Query):
-                raise ParseError("not a single SELECT")
+            parsed = [s for s in sqlglot.parse(spec["query"], read=dialect) if s is not None]
+            if len(parsed) != 1:
+                problem = f"has {len(parsed)} statements"
+            elif not isinstance(parsed[0], exp.Query):
+                problem = f"is not a SELECT: '{' '.join(spec['query'].split())[:40]}'"
         except (ParseError, TokenError) as exc:
-            issues.append(doc.issue(where + ("query",), f"query of source '{entity}' is not one SELECT statement: {str(exc).splitlines()[0]}",
-                                    fix="write a single SELECT ... FROM ... (no trailing statements)"))
+            problem = f"does not parse: {_sql_error(exc)}"
+        if problem:
+            issues.append(doc.issue(where + ("query",), f"the query of source '{entity}' {problem}",
+                                    fix="write one SELECT ... FROM ... statement (no trailing statements)"))
     required, optional = ENTITY_COLUMNS[entity]
     given = dict(spec.get("columns", {}))
     for name, expression in given.items():
         if entity != "customers" and name not in required + optional:
-            issues.append(doc.issue(where + ("columns", name), f"'{name}' is not a column of {entity}",
+            close = difflib.get_close_matches(name, required + optional, n=1)
+            issues.append(doc.issue(where + ("columns", name), f"'{name}' is not a column of {entity}"
+                                    + (f" (did you mean '{close[0]}'?)" if close else ""),
                                     fix="known columns: " + ", ".join(required + optional)))
         try:
-            sqlglot.parse_one(expression, read=dialect)
+            tree = sqlglot.parse_one(expression, read=dialect)
+            problem = None if isinstance(tree, (exp.Condition, exp.Subquery)) else "is not a column or expression"
         except (ParseError, TokenError) as exc:
-            issues.append(doc.issue(where + ("columns", name), f"column expression '{expression}' does not parse: {str(exc).splitlines()[0]}",
+            problem = f"does not parse: {_sql_error(exc)}"
+        if problem:
+            issues.append(doc.issue(where + ("columns", name), f"column expression '{expression}' {problem}",
                                     fix="give a column name or a SQL expression of the warehouse's dialect"))
     columns = {name: given.get(name, name) for name in required}
     columns.update(given)
     return EntitySource(entity=entity, table=spec.get("table"), query=spec.get("query"), columns=columns), issues
+
+
+def _sql_error(exc: Exception) -> str:
+    """The first line of a sqlglot error, without Python class names."""
+    return re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", str(exc).splitlines()[0])
 
 
 def _channel(doc: Document, name: str, spec: dict) -> tuple[ChannelConfig, list[Issue]]:

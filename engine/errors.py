@@ -71,12 +71,17 @@ class ConfigError(EngineError):
 
 
 class FilterError(EngineError):
-    """A filter expression fails to parse or uses something not allowed."""
+    """A filter expression fails to parse or uses something not allowed.
 
-    def __init__(self, message: str, fix: str = ""):
+    ``offset`` is the 0-based position of the offending text in the filter,
+    when known, so the validator can point at it in the YAML file.
+    """
+
+    def __init__(self, message: str, fix: str = "", offset: int | None = None):
         super().__init__(message)
         self.message = message
         self.fix = fix
+        self.offset = offset
 
 
 class WarehouseError(EngineError):

@@ -11,11 +11,13 @@ filter can never become arbitrary SQL. Pure: no I/O.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Callable, Iterable
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import TokenType
 
 from .errors import FilterError
 
@@ -42,24 +44,37 @@ def parse_filter(text: str, attributes: Iterable[str]) -> exp.Expression:
     """Parse ``text`` and check it against the whitelist and the known attributes.
 
     Returns the AST with bare (unqualified) columns; ``bind_filter`` later
-    replaces them with the warehouse expressions.
+    replaces them with the warehouse expressions. A ``FilterError`` carries the
+    offset of the offending text in ``text`` where sqlglot reports it.
     """
     known = sorted(set(attributes))
     try:
         statements = [s for s in sqlglot.parse(text) if s is not None]
     except (ParseError, TokenError) as exc:
+        problem, offset = _parse_problem(exc, text)
         raise FilterError(
-            f"filter does not parse: {_parse_problem(exc)}",
+            f"filter does not parse: {problem}",
             fix="write a SQL-like condition, e.g. order_count = 1 AND email IS NOT NULL",
+            offset=offset,
         ) from None
     if len(statements) != 1:
+        semicolons = [t.start for t in sqlglot.tokenize(text) if t.token_type == TokenType.SEMICOLON]
         raise FilterError(
             "a filter must be exactly one expression",
             fix="remove the ';' and everything after it",
+            offset=semicolons[0] if semicolons else None,
         )
     tree = statements[0]
+    query = tree if isinstance(tree, exp.Query) else tree.find(exp.Query)
+    if query is not None:
+        raise FilterError(
+            "subqueries (SELECT ...) are not allowed in filters",
+            fix="filter on the customer's attributes (e.g. order_count, total_spent); "
+            "map extra customer columns in engine.yaml sources.customers.columns",
+            offset=_offset(query, text, keyword="select"),
+        )
     for node in tree.walk():
-        _check_node(node, known)
+        _check_node(node, known, text)
     return tree
 
 
@@ -78,36 +93,57 @@ def bind_filter(tree: exp.Expression, resolve: Callable[[str], exp.Expression]) 
     return tree.copy().transform(replace)
 
 
-def _check_node(node: exp.Expression, known: list[str]) -> None:
+def _check_node(node: exp.Expression, known: list[str], text: str) -> None:
     if isinstance(node, exp.Column):
         if node.table or node.args.get("db") or node.args.get("catalog"):
             raise FilterError(
                 f"'{node.sql()}' is a qualified column; filters name attributes only",
                 fix=f"write just the attribute name, e.g. {node.name}",
+                offset=_offset(node, text),
             )
         if node.name not in known:
             raise FilterError(
                 f"unknown attribute '{node.name}'" + _did_you_mean(node.name, known),
                 fix="use one of the known attributes: " + ", ".join(known)
                 + " (extra customer columns can be mapped in engine.yaml sources.customers.columns)",
+                offset=_offset(node, text),
             )
         return
     if isinstance(node, ALLOWED_NODES):
         if isinstance(node, exp.Identifier) and not isinstance(node.parent, exp.Column):
-            raise FilterError(f"'{node.sql()}' is not allowed here", fix="compare an attribute with a value")
+            raise FilterError(f"'{node.sql()}' is not allowed here", fix="compare an attribute with a value",
+                              offset=_offset(node, text))
         return
     if type(node) in ALLOWED_FUNCTIONS:
         return
     if isinstance(node, exp.Func):
         name = node.sql_name() if not isinstance(node, exp.Anonymous) else node.name
-        raise FilterError(
-            f"function '{name.lower()}' is not allowed in filters",
+        offset = _offset(node, text, keyword=name)
+        written = re.match(r"\w+", text[offset:]) if "start" in node.meta else None
+        raise FilterError(  # the name as written: sqlglot normalises e.g. random() to RAND
+            f"function '{(written.group() if written else name).lower()}' is not allowed in filters",
             fix="allowed functions: " + ", ".join(sorted(ALLOWED_FUNCTIONS.values())),
+            offset=offset,
         )
     raise FilterError(
         f"'{node.sql()}' ({type(node).__name__}) is not allowed in filters",
         fix="use comparisons, AND/OR/NOT, IN, BETWEEN, LIKE, IS NULL, arithmetic and literals",
+        offset=_offset(node, text),
     )
+
+
+def _offset(node: exp.Expression, text: str, keyword: str | None = None) -> int | None:
+    """Where ``node`` starts in ``text``: sqlglot records offsets on tokens such as
+    identifiers, literals and function names; other nodes start at (or, with a
+    leading ``keyword`` like SELECT or CAST, just before) their first such token."""
+    if "start" in node.meta:
+        return node.meta["start"]
+    first = min((n.meta["start"] for n in node.walk() if "start" in n.meta), default=None)
+    if keyword and first is not None:
+        words = list(re.finditer(rf"\b{re.escape(keyword)}\b", text[:first], re.IGNORECASE))
+        if words:
+            return words[-1].start()
+    return first
 
 
 def _did_you_mean(name: str, known: list[str]) -> str:
@@ -115,11 +151,17 @@ def _did_you_mean(name: str, known: list[str]) -> str:
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
-def _parse_problem(exc: Exception) -> str:
+def _parse_problem(exc: Exception, text: str) -> tuple[str, int | None]:
+    """A readable description of a sqlglot parse error and its offset in ``text``."""
     errors = getattr(exc, "errors", None)
-    if errors:
-        first = errors[0]
-        description = first.get("description", "syntax error")
-        column = first.get("col")
-        return f"{description} near column {column}" if column else description
-    return str(exc).splitlines()[0]
+    if not errors:  # TokenError: sqlglot gives no position
+        return "a quote or comment is not closed", None
+    first = errors[0]
+    description = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", first.get("description") or "syntax error")
+    highlight, line, column = first.get("highlight") or "", first.get("line"), first.get("col")
+    if not line or not column:
+        return description, None
+    # sqlglot's line/col are 1-based and point at the last character of the highlighted token
+    line_start = sum(len(part) + 1 for part in text.split("\n")[: line - 1])
+    offset = max(0, line_start + column - max(len(highlight), 1))
+    return (f"{description} at '{highlight}'" if highlight else description), offset

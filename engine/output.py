@@ -84,7 +84,7 @@ def write_issues(issues: list[Issue], fmt: str, out: IO[str], files_checked: int
     if fmt == "github":
         for i in issues:
             level = "error" if i.severity == "error" else "warning"
-            props = [f"file={i.file}"] + ([f"line={i.line}"] if i.line else []) + ([f"col={i.column}"] if i.column else [])
+            props = [f"file={_escape_property(i.file)}"] + ([f"line={i.line}"] if i.line else []) + ([f"col={i.column}"] if i.column else [])
             message = i.message + (f" Fix: {i.fix}" if i.fix else "")
             out.write(f"::{level} {','.join(props)},title=engine validate::{_escape(message)}\n")
         return
@@ -98,3 +98,8 @@ def write_issues(issues: list[Issue], fmt: str, out: IO[str], files_checked: int
 
 def _escape(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    """GitHub workflow command property values also escape ':' and ','."""
+    return _escape(text).replace(":", "%3A").replace(",", "%2C")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import TemplateError
@@ -63,19 +64,36 @@ class Renderer:
         except jinja2.TemplateSyntaxError as exc:
             return [TemplateProblem(f"template '{name}' does not compile: {exc.message}", line=exc.lineno,
                                     fix=f"fix the Jinja2 syntax in templates/{name} line {exc.lineno}")]
+        except UnicodeDecodeError:
+            return [TemplateProblem(f"template '{name}' is not UTF-8 text", fix=f"save templates/{name} as UTF-8")]
         required, optional = REQUIRED_BLOCKS[kind]
-        problems = []
+        problems = [TemplateProblem(f"template '{name}' refers to '{missing}', which does not exist",
+                                    fix=f"create templates/{missing} or fix the name in templates/{name}")
+                    for missing in self._missing_references(name)]
         blocks = set(template.blocks)
         for block in required:
             if block not in blocks:
                 problems.append(TemplateProblem(
-                    f"template '{name}' has no '{block}' block, which a {kind} message needs",
+                    f"template '{name}' has no '{block}' block, which {kind} messages need",
                     fix=f"add {{% block {block} %}}...{{% endblock %}}"))
         if optional and not blocks & set(optional):
             problems.append(TemplateProblem(
                 f"template '{name}' has none of the blocks {', '.join(optional)}",
                 fix="add a text or html block with the message body"))
         return problems
+
+    def _missing_references(self, name: str) -> list[str]:
+        """Templates that ``name`` extends, includes or imports by a constant name and that do not exist."""
+        env = self._plain
+        source, _, _ = env.loader.get_source(env, name)
+        missing = []
+        for node in env.parse(source).find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+            if isinstance(node.template, nodes.Const) and not getattr(node, "ignore_missing", False):
+                try:
+                    env.loader.get_source(env, node.template.value)
+                except jinja2.TemplateNotFound:
+                    missing.append(node.template.value)
+        return missing
 
     def render(self, name: str, kind: str, context: dict[str, Any]) -> RenderedContent:
         try:

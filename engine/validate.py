@@ -89,7 +89,7 @@ def _duration(doc: Document, path: tuple, text: str, issues: list[Issue]) -> tim
     try:
         return parse_duration(text)
     except ValueError as exc:
-        issues.append(doc.issue(path, str(exc)))
+        issues.append(doc.issue(path, str(exc), fix="write a duration such as 90m, 2h, 7d or 1d12h"))
         return timedelta(0)
 
 
@@ -109,7 +109,7 @@ def _check_filter(doc: Document, path: tuple, text: str | None, attributes: list
     try:
         parse_filter(text, attributes)
     except FilterError as exc:
-        issues.append(doc.issue(path, exc.message, fix=exc.fix))
+        issues.append(doc.issue(path, exc.message, fix=exc.fix, position=doc.value_position(path, exc.offset)))
 
 
 def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) -> tuple[Campaign, list[Issue]]:
