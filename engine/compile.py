@@ -1,11 +1,13 @@
 """Campaign -> sqlglot AST of its due rows, rendered per dialect.
 
 The warehouse does the set work: one query per campaign returns, for every
-step, the (customer, trigger instance) pairs whose step is due at ``now`` and
-still inside its freshness window (plus the stale horizon, so late messages
-can be recorded as skipped). Time cut-offs are computed here in Python and
-inlined as timestamp literals, so the SQL needs no dialect-specific date
-arithmetic; due times (trigger + delay) are added back in Python per row.
+step, the (customer, trigger instance) pairs whose step is due at ``now``
+(within a conservative time window that also covers the stale horizon, so
+late messages can be recorded as skipped), with the stop condition that ended
+the series if any and, per variant, whether its audience matches. Time
+cut-offs are computed here in Python and inlined as timestamp literals, so the
+SQL needs no dialect-specific date arithmetic; exact due times (delay, local
+send time, yearly dates) are computed back in Python per row.
 
 Each entity is first read through a CTE that renames the shop's columns to
 the engine's canonical names (the source mapping, R-O5), so everything after
@@ -14,30 +16,31 @@ it speaks one vocabulary. Pure: builds expressions, executes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import sqlglot
 from sqlglot import exp
 
 from .clock import sql_timestamp_text, to_utc
-from .filters import bind_filter, parse_filter, referenced_attributes
+from .filters import bind_filter, parse_filter
 from .model import (
-    CUSTOMER_FACTS, ENTITY_COLUMNS, AtRisk, Campaign, CheckoutAbandoned, EntitySource,
-    OrderPlaced, ProjectConfig, Step,
+    CUSTOMER_FACTS, ENTITY_COLUMNS, Anniversary, AtRisk, Campaign, CheckoutAbandoned, EntitySource, Event,
+    LastActivity, OrderDate, OrderPlaced, ProjectConfig, Registration, Step,
 )
 from .validate import filter_attributes
 
 LEDGER_TABLE = "engine_ledger"
 ENTRIES_TABLE = "engine_entries"
+TAGS_TABLE = "engine_tags"
 CUSTOMER_PREFIX = "cust__"
+VARIANT_PREFIX = "variant_match_"
 
 #: The columns every due row starts with, in this order.
-DUE_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at")
-
+DUE_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "stopped_by")
 
 #: Canonical columns holding instants. SQLite has no timestamp type: there they
 #: are normalised to one text format so that comparisons are exact.
-TIMESTAMP_COLUMNS = frozenset({"created_at", "completed_at", "occurred_at"})
+INSTANT_COLUMNS = frozenset({"created_at", "completed_at", "occurred_at", "unsubscribed_at", "delivery_date"})
 SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%f"
 
 
@@ -57,9 +60,39 @@ def col(table: str, name: str) -> exp.Column:
     return exp.column(exp.to_identifier(name), table=exp.to_identifier(table))
 
 
+def lit(value: str) -> exp.Literal:
+    return exp.Literal.string(value)
+
+
+def day_text(value: exp.Expression, dialect: str) -> exp.Expression:
+    """'YYYY-MM-DD' of an instant, the same text in every dialect."""
+    if dialect == "sqlite":
+        return exp.Substring(this=value, start=exp.Literal.number(1), length=exp.Literal.number(10))
+    return text(exp.cast(value, exp.DataType.build("DATE")))
+
+
+def month_day(value: exp.Expression, dialect: str) -> exp.Expression:
+    """month * 100 + day of a date, as an integer (0229 = 229)."""
+    if dialect == "sqlite":
+        return exp.cast(exp.Anonymous(this="STRFTIME", expressions=[lit("%m%d"), value]), exp.DataType.build("INT"))
+    return exp.Add(this=exp.Mul(this=exp.Month(this=value), expression=exp.Literal.number(100)), expression=exp.Day(this=value))
+
+
+def exists(query: exp.Select) -> exp.Exists:
+    return exp.Exists(this=query)
+
+
+def one_from(table: str, alias: str) -> exp.Select:
+    return exp.select(exp.Literal.number(1)).from_(exp.to_table(table).as_(alias))
+
+
 @dataclass(frozen=True)
 class StepWindow:
-    """Which trigger times make a step due now: ``earliest <= trigger_at <= due_cutoff``."""
+    """Which trigger times may make a step due now: ``earliest <= trigger_at <= due_cutoff``.
+
+    The window is conservative (a local send time can only push the due time
+    later, by less than a day); Python drops rows that are not due yet.
+    """
 
     due_cutoff: datetime
     earliest: datetime | None
@@ -69,7 +102,30 @@ def step_window(step: Step, now: datetime, stale_horizon: timedelta) -> StepWind
     due_cutoff = now - step.delay
     if step.freshness is None:
         return StepWindow(due_cutoff, None)
-    return StepWindow(due_cutoff, due_cutoff - step.freshness - stale_horizon)
+    slack = timedelta(days=1) if step.send_at is not None else timedelta(0)
+    return StepWindow(due_cutoff, due_cutoff - step.freshness - stale_horizon - slack)
+
+
+def anniversary_month_days(window: StepWindow) -> list[int] | None:
+    """month*100+day of every date whose midnight falls in ``window``; None = all dates.
+
+    Feb 28 of a common year also stands for Feb 29, so leap-day birthdays come
+    round every year.
+    """
+    if window.earliest is None or window.due_cutoff - window.earliest >= timedelta(days=366):
+        return None
+    days: set[int] = set()
+    day: date = window.earliest.date()
+    while day <= window.due_cutoff.date():
+        days.add(day.month * 100 + day.day)
+        if day.month == 2 and day.day == 28 and not _is_leap(day.year):
+            days.add(229)
+        day += timedelta(days=1)
+    return sorted(days)
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
 
 
 def source_select(source: EntitySource, dialect: str) -> exp.Select:
@@ -82,8 +138,8 @@ def source_select(source: EntitySource, dialect: str) -> exp.Select:
     for name in names:
         if name in source.columns:
             value = sqlglot.parse_one(source.columns[name], read=dialect)
-            if dialect == "sqlite" and name in TIMESTAMP_COLUMNS:
-                value = exp.Anonymous(this="STRFTIME", expressions=[exp.Literal.string(SQLITE_TIMESTAMP_FORMAT), value])
+            if dialect == "sqlite" and name in INSTANT_COLUMNS:
+                value = exp.Anonymous(this="STRFTIME", expressions=[lit(SQLITE_TIMESTAMP_FORMAT), value])
         else:
             value = exp.Null()
         projections.append(exp.alias_(value, exp.to_identifier(name)))
@@ -95,13 +151,14 @@ def source_select(source: EntitySource, dialect: str) -> exp.Select:
 
 
 class _QueryBuilder:
-    """Collects the CTEs one campaign query needs, each added once."""
+    """Collects the CTEs one campaign query needs, each added once, and binds filters."""
 
     def __init__(self, config: ProjectConfig, now: datetime, dialect: str):
         self.config = config
         self.now = now
         self.dialect = dialect
         self.ctes: dict[str, exp.Expression] = {}
+        self.uses_facts = False
 
     def ts(self, value: datetime) -> exp.Expression:
         return ts(value, self.dialect)
@@ -130,15 +187,92 @@ class _QueryBuilder:
             )
         return name
 
-    def with_ctes(self, body: exp.Select) -> exp.Select:
+    def with_ctes(self, body: exp.Query) -> exp.Query:
         for name, query in self.ctes.items():
             body = body.with_(name, as_=query)
         return body
 
+    # --- what happened after the trigger (stop conditions, since-trigger facts) ---
 
-def _trigger_cte(builder: _QueryBuilder, campaign: Campaign) -> exp.Select:
+    def ordered_after_trigger(self) -> exp.Exists:
+        orders = self.source("orders")
+        return exists(one_from(orders, "o2").where(
+            col("o2", "customer_id").eq(col("t", "customer_id")),
+            col("o2", "created_at") > col("t", "trigger_at"),
+            col("o2", "created_at") <= self.ts(self.now),
+        ))
+
+    def active_after_trigger(self) -> exp.Exists:
+        events = self.source("events")
+        return exists(one_from(events, "e2").where(
+            col("e2", "customer_id").eq(col("t", "customer_id")),
+            col("e2", "occurred_at") > col("t", "trigger_at"),
+            col("e2", "occurred_at") <= self.ts(self.now),
+        ))
+
+    def stop_condition(self, stop: str) -> exp.Expression:
+        if stop == "ordered_again":
+            return self.ordered_after_trigger()
+        if stop == "came_back":
+            return self.active_after_trigger()
+        if stop == "unsubscribed":
+            unsubscribed = col("c", "unsubscribed_at")
+            return exp.and_(unsubscribed.is_(exp.null()).not_(), unsubscribed <= self.ts(self.now))
+        raise ValueError(f"unknown stop condition {stop}")  # pragma: no cover
+
+    # --- filters ---------------------------------------------------------------
+
+    def attribute(self, name: str) -> exp.Expression:
+        if name in ("order_count", "total_spent"):
+            self.uses_facts = True
+            return exp.func("COALESCE", col("f", name), exp.Literal.number(0))
+        if name == "last_payment_method":
+            orders = self.source("orders")
+            latest = (
+                exp.select(col("o4", "payment_method")).from_(exp.to_table(orders).as_("o4"))
+                .where(col("o4", "customer_id").eq(col("c", "customer_id")), col("o4", "created_at") <= self.ts(self.now))
+                .order_by(exp.Ordered(this=col("o4", "created_at"), desc=True), exp.Ordered(this=col("o4", "order_id"), desc=True))
+                .limit(1)
+            )
+            return latest.subquery()
+        if name in CUSTOMER_FACTS:
+            self.uses_facts = True
+            return col("f", name)
+        if name == "ordered_since_trigger":
+            return self.ordered_after_trigger()
+        if name == "came_back_since_trigger":
+            return self.active_after_trigger()
+        return col("c", name)
+
+    def function(self, name: str, argument: exp.Literal) -> exp.Expression:
+        if name == "days_ago":
+            return self.ts(self.now - timedelta(days=float(argument.this)))
+        if name == "hours_ago":
+            return self.ts(self.now - timedelta(hours=float(argument.this)))
+        if name == "has_tag":
+            return exists(one_from(TAGS_TABLE, "g").where(
+                col("g", "customer_id").eq(text(col("c", "customer_id"))), col("g", "tag").eq(lit(argument.this))))
+        if name == "bought_category":
+            orders, items = self.source("orders"), self.source("order_items")
+            return exists(
+                one_from(orders, "o3")
+                .join(exp.to_table(items).as_("i3"), on=col("i3", "order_id").eq(col("o3", "order_id")))
+                .where(col("o3", "customer_id").eq(col("c", "customer_id")),
+                       col("i3", "category").eq(lit(argument.this)),
+                       col("o3", "created_at") <= self.ts(self.now)))
+        raise ValueError(f"unknown function {name}")  # pragma: no cover
+
+    def bind(self, text_: str, attributes: list[str]) -> exp.Expression:
+        return bind_filter(parse_filter(text_, attributes), self.attribute, self.function)
+
+
+# --- trigger instances -----------------------------------------------------------
+
+
+def _trigger_cte(builder: _QueryBuilder, campaign: Campaign) -> exp.Query:
+    """trigger_instances(customer_id, trigger_key, trigger_at [, nth | anniversary])."""
     trigger = campaign.trigger
-    now = builder.now
+    now = builder.ts(builder.now)
     if isinstance(trigger, OrderPlaced):
         orders = builder.source("orders")
         projections = [
@@ -153,9 +287,9 @@ def _trigger_cte(builder: _QueryBuilder, campaign: Campaign) -> exp.Select:
                 order=exp.Order(expressions=[exp.Ordered(this=col("o", "created_at")), exp.Ordered(this=col("o", "order_id"))]),
             )
             projections.append(exp.alias_(rank, "nth"))
-        conditions = [col("o", "created_at") <= builder.ts(now)]
+        conditions = [col("o", "created_at") <= now]
         if trigger.statuses:
-            conditions.append(col("o", "status").isin(*[exp.Literal.string(s) for s in trigger.statuses]))
+            conditions.append(col("o", "status").isin(*[lit(s) for s in trigger.statuses]))
         return exp.select(*projections).from_(exp.to_table(orders).as_("o")).where(*conditions)
     if isinstance(trigger, CheckoutAbandoned):
         checkouts = builder.source("checkouts")
@@ -167,42 +301,114 @@ def _trigger_cte(builder: _QueryBuilder, campaign: Campaign) -> exp.Select:
                 exp.alias_(col("k", "created_at"), "trigger_at"),
             )
             .from_(exp.to_table(checkouts).as_("k"))
-            .where(
-                col("k", "created_at") <= builder.ts(now),
-                exp.or_(completed.is_(exp.Null()), completed > builder.ts(now)),
-            )
+            .where(col("k", "created_at") <= now, exp.or_(completed.is_(exp.null()), completed > now))
         )
+    if isinstance(trigger, Registration):
+        customers = builder.source("customers")
+        return (
+            exp.select(col("r", "customer_id"), exp.alias_(text(col("r", "customer_id")), "trigger_key"),
+                       exp.alias_(col("r", "created_at"), "trigger_at"))
+            .from_(exp.to_table(customers).as_("r"))
+            .where(col("r", "created_at") <= now)
+        )
+    if isinstance(trigger, Event):
+        events = builder.source("events")
+        conditions = [col("e", "type").eq(lit(trigger.type)), col("e", "occurred_at") <= now]
+        if trigger.per == "event":
+            return (
+                exp.select(col("e", "customer_id"), exp.alias_(text(col("e", "event_id")), "trigger_key"),
+                           exp.alias_(col("e", "occurred_at"), "trigger_at"))
+                .from_(exp.to_table(events).as_("e")).where(*conditions)
+            )
+        day = day_text(col("e", "occurred_at"), builder.dialect)
+        return (
+            exp.select(col("e", "customer_id"), exp.alias_(day, "trigger_key"),
+                       exp.alias_(exp.Max(this=col("e", "occurred_at")), "trigger_at"))
+            .from_(exp.to_table(events).as_("e")).where(*conditions)
+            .group_by(col("e", "customer_id"), day.copy())
+        )
+    if isinstance(trigger, Anniversary):
+        customers = builder.source("customers")
+        value = col("a", trigger.attribute)
+        return (
+            exp.select(col("a", "customer_id"), exp.alias_(exp.null(), "trigger_key"),
+                       exp.alias_(exp.null(), "trigger_at"), exp.alias_(value.copy(), "anniversary"))
+            .from_(exp.to_table(customers).as_("a"))
+            .where(value.is_(exp.null()).not_())
+        )
+    if isinstance(trigger, OrderDate):
+        orders = builder.source("orders")
+        return (
+            exp.select(col("o", "customer_id"), exp.alias_(text(col("o", "order_id")), "trigger_key"),
+                       exp.alias_(col("o", trigger.column), "trigger_at"))
+            .from_(exp.to_table(orders).as_("o"))
+            .where(col("o", trigger.column).is_(exp.null()).not_(), col("o", "created_at") <= now)
+        )
+    if isinstance(trigger, LastActivity):
+        return _last_activity(builder, trigger)
     if isinstance(trigger, AtRisk):
         _at_risk_members(builder, trigger)
         customers = builder.source("customers")
-        entries = exp.to_table(ENTRIES_TABLE).as_("e")
         entered = (
             exp.select(col("c", "customer_id"), col("e", "trigger_key"), exp.alias_(col("e", "entered_at"), "trigger_at"))
-            .from_(entries)
+            .from_(exp.to_table(ENTRIES_TABLE).as_("e"))
             .join(exp.to_table(customers).as_("c"), on=text(col("c", "customer_id")).eq(col("e", "customer_id")))
-            .where(
-                col("e", "campaign").eq(exp.Literal.string(campaign.name)),
-                col("e", "entered_at") <= builder.ts(now),
-            )
+            .where(col("e", "campaign").eq(lit(campaign.name)), col("e", "entered_at") <= now)
         )
         entering = (
-            exp.select(col("m", "customer_id"), col("m", "trigger_key"), exp.alias_(builder.ts(now), "trigger_at"))
+            exp.select(col("m", "customer_id"), col("m", "trigger_key"), exp.alias_(now.copy(), "trigger_at"))
             .from_(exp.to_table("at_risk_members").as_("m"))
-            .where(exp.not_(exp.Exists(this=_entry_exists(campaign))))
+            .where(exists(_entry_exists(campaign)).not_())
         )
         return exp.union(entered, entering, distinct=False)
     raise TypeError(f"unknown trigger {trigger!r}")  # pragma: no cover
 
 
-def _entry_exists(campaign: Campaign) -> exp.Select:
+def _last_activity(builder: _QueryBuilder, trigger: LastActivity) -> exp.Select:
+    """The newest activity per customer; its key ('order:12', 'login:98') names the instance."""
+    now = builder.ts(builder.now)
+    parts = []
+    if "order" in trigger.activities:
+        orders = builder.source("orders")
+        parts.append(
+            exp.select(col("o", "customer_id"),
+                       exp.alias_(exp.DPipe(this=lit("order:"), expression=text(col("o", "order_id")), safe=True), "activity_key"),
+                       exp.alias_(col("o", "created_at"), "activity_at"))
+            .from_(exp.to_table(orders).as_("o")).where(col("o", "created_at") <= now))
+    if "login" in trigger.activities:
+        events = builder.source("events")
+        parts.append(
+            exp.select(col("e", "customer_id"),
+                       exp.alias_(exp.DPipe(this=lit("login:"), expression=text(col("e", "event_id")), safe=True), "activity_key"),
+                       exp.alias_(col("e", "occurred_at"), "activity_at"))
+            .from_(exp.to_table(events).as_("e")).where(col("e", "type").eq(lit("login")), col("e", "occurred_at") <= now))
+    activities = parts[0]
+    for part in parts[1:]:
+        activities = exp.union(activities, part, distinct=False)
+    builder.ctes["activities"] = activities
+    newest_first = exp.Window(
+        this=exp.RowNumber(),
+        partition_by=[col("a", "customer_id")],
+        order=exp.Order(expressions=[exp.Ordered(this=col("a", "activity_at"), desc=True),
+                                     exp.Ordered(this=col("a", "activity_key"), desc=True)]),
+    )
+    builder.ctes["ranked_activities"] = (
+        exp.select(col("a", "customer_id"), col("a", "activity_key"), col("a", "activity_at"), exp.alias_(newest_first, "recency"))
+        .from_(exp.to_table("activities").as_("a"))
+    )
     return (
-        exp.select(exp.Literal.number(1))
-        .from_(exp.to_table(ENTRIES_TABLE).as_("e"))
-        .where(
-            col("e", "campaign").eq(exp.Literal.string(campaign.name)),
-            col("e", "customer_id").eq(text(col("m", "customer_id"))),
-            col("e", "trigger_key").eq(col("m", "trigger_key")),
-        )
+        exp.select(col("r", "customer_id"), exp.alias_(col("r", "activity_key"), "trigger_key"),
+                   exp.alias_(col("r", "activity_at"), "trigger_at"))
+        .from_(exp.to_table("ranked_activities").as_("r"))
+        .where(col("r", "recency").eq(1))
+    )
+
+
+def _entry_exists(campaign: Campaign) -> exp.Select:
+    return one_from(ENTRIES_TABLE, "e").where(
+        col("e", "campaign").eq(lit(campaign.name)),
+        col("e", "customer_id").eq(text(col("m", "customer_id"))),
+        col("e", "trigger_key").eq(col("m", "trigger_key")),
     )
 
 
@@ -240,10 +446,7 @@ def _at_risk_members(builder: _QueryBuilder, trigger: AtRisk) -> None:
             exp.alias_(exp.Window(this=exp.Count(this=exp.Star())), "population"),
         )
         .from_(exp.to_table("last_orders").as_("l"))
-        .where(
-            col("l", "recency_rank").eq(1),
-            col("l", "last_order_at") > builder.ts(now - trigger.window),
-        )
+        .where(col("l", "recency_rank").eq(1), col("l", "last_order_at") > builder.ts(now - trigger.window))
     )
     builder.ctes["at_risk_members"] = (
         exp.select(col("r", "customer_id"), exp.alias_(col("r", "last_order_key"), "trigger_key"))
@@ -253,90 +456,95 @@ def _at_risk_members(builder: _QueryBuilder, trigger: AtRisk) -> None:
     )
 
 
-def _attribute(name: str) -> exp.Expression:
-    if name in ("order_count", "total_spent"):
-        return exp.func("COALESCE", col("f", name), exp.Literal.number(0))
-    if name in CUSTOMER_FACTS:
-        return col("f", name)
-    return col("c", name)
-
-
-def _stop_condition(builder: _QueryBuilder, stop: str) -> exp.Expression:
-    if stop == "ordered_again":
-        orders = builder.source("orders")
-        later_order = (
-            exp.select(exp.Literal.number(1))
-            .from_(exp.to_table(orders).as_("o2"))
-            .where(
-                col("o2", "customer_id").eq(col("t", "customer_id")),
-                col("o2", "created_at") > col("t", "trigger_at"),
-                col("o2", "created_at") <= builder.ts(builder.now),
-            )
-        )
-        return exp.not_(exp.Exists(this=later_order))
-    raise ValueError(f"unknown stop condition {stop}")  # pragma: no cover
-
-
 def _ledger_absent(campaign: Campaign, step: Step) -> exp.Expression:
-    recorded = (
-        exp.select(exp.Literal.number(1))
-        .from_(exp.to_table(LEDGER_TABLE).as_("l"))
-        .where(
-            col("l", "campaign").eq(exp.Literal.string(campaign.name)),
-            col("l", "step").eq(exp.Literal.string(step.id)),
-            col("l", "customer_id").eq(text(col("t", "customer_id"))),
-            col("l", "trigger_key").eq(col("t", "trigger_key")),
-        )
-    )
-    return exp.not_(exp.Exists(this=recorded))
+    return exists(one_from(LEDGER_TABLE, "l").where(
+        col("l", "campaign").eq(lit(campaign.name)),
+        col("l", "step").eq(lit(step.id)),
+        col("l", "customer_id").eq(text(col("t", "customer_id"))),
+        col("l", "trigger_key").eq(col("t", "trigger_key")),
+    )).not_()
+
+
+def keys_in_sql(campaign: Campaign) -> bool:
+    """Whether trigger keys come from SQL (else Python derives them, e.g. the birthday's year)."""
+    return not isinstance(campaign.trigger, Anniversary)
+
+
+def variant_columns(campaign: Campaign) -> int:
+    return max(len(step.variants) for step in campaign.steps)
 
 
 def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
-              dialect: str | None = None) -> exp.Select:
-    """All due (and recently stale) rows of every step of ``campaign`` at ``now``.
+              dialect: str | None = None) -> exp.Query:
+    """All due (and recently stale or stopped) rows of every step of ``campaign`` at ``now``.
 
-    Columns: DUE_COLUMNS, then ``cust__<attribute>`` for every customer attribute.
-    With ``exclude_ledger`` the rows already in the ledger are left out in SQL
-    (the ledger shares the warehouse's database). ``dialect`` defaults to the
-    warehouse's; the AST is built for it (SQLite needs its own timestamp form).
+    Columns: DUE_COLUMNS, ``anniversary`` for yearly triggers,
+    ``variant_match_<i>`` (1/0/NULL) per variant position, then
+    ``cust__<attribute>`` for every customer attribute. With ``exclude_ledger``
+    rows already in the ledger are left out in SQL (the ledger shares the
+    warehouse's database). ``dialect`` defaults to the warehouse's; the AST is
+    built for it (SQLite needs its own timestamp form).
     """
     builder = _QueryBuilder(config, now, dialect or config.dialect)
     customers = builder.source("customers")
     builder.ctes["trigger_instances"] = _trigger_cte(builder, campaign)
     attributes = filter_attributes(config)
-    campaign_filter = parse_filter(campaign.audience, attributes) if campaign.audience else None
+    yearly = isinstance(campaign.trigger, Anniversary)
+    width = variant_columns(campaign)
     selects = []
     for step in campaign.steps:
         window = step_window(step, now, config.stale_horizon)
-        filters = [f for f in (campaign_filter, parse_filter(step.audience, attributes) if step.audience else None) if f is not None]
-        uses_facts = any(referenced_attributes(f) & set(CUSTOMER_FACTS) for f in filters)
-        conditions: list[exp.Expression] = [col("t", "trigger_at") <= builder.ts(window.due_cutoff)]
-        if window.earliest is not None:
-            conditions.append(col("t", "trigger_at") >= builder.ts(window.earliest))
+        conditions: list[exp.Expression] = []
+        if yearly:
+            month_days = anniversary_month_days(window)
+            if month_days is not None:
+                conditions.append(month_day(col("t", "anniversary"), builder.dialect).isin(
+                    *[exp.Literal.number(d) for d in month_days]))
+        else:
+            conditions.append(col("t", "trigger_at") <= builder.ts(window.due_cutoff))
+            if window.earliest is not None:
+                conditions.append(col("t", "trigger_at") >= builder.ts(window.earliest))
         if isinstance(campaign.trigger, OrderPlaced) and campaign.trigger.nth is not None:
             conditions.append(col("t", "nth").eq(campaign.trigger.nth))
-        conditions += [_stop_condition(builder, stop) for stop in campaign.stop]
-        conditions += [bind_filter(tree, _attribute) for tree in filters]
-        if exclude_ledger:
+        for text_ in (campaign.audience, step.audience):
+            if text_:
+                conditions.append(builder.bind(text_, attributes))
+        if exclude_ledger and keys_in_sql(campaign):
             conditions.append(_ledger_absent(campaign, step))
+        stopped_by = exp.null()
+        if campaign.stop:
+            stopped_by = exp.Case(ifs=[exp.If(this=builder.stop_condition(stop), true=lit(stop)) for stop in campaign.stop])
+        matches = []
+        for index in range(width):
+            variant = step.variants[index] if index < len(step.variants) else None
+            if variant is None:
+                value: exp.Expression = exp.null()
+            elif variant.audience is None:
+                value = exp.Literal.number(1)
+            else:
+                value = exp.Case(ifs=[exp.If(this=builder.bind(variant.audience, attributes), true=exp.Literal.number(1))],
+                                 default=exp.Literal.number(0))
+            matches.append(exp.alias_(value, f"{VARIANT_PREFIX}{index}"))
         query = (
             exp.select(
-                exp.alias_(exp.Literal.string(campaign.name), "campaign"),
-                exp.alias_(exp.Literal.string(step.id), "step"),
+                exp.alias_(lit(campaign.name), "campaign"),
+                exp.alias_(lit(step.id), "step"),
                 exp.alias_(text(col("t", "customer_id")), "customer_id"),
                 col("t", "trigger_key"),
                 col("t", "trigger_at"),
+                exp.alias_(stopped_by, "stopped_by"),
+                *([col("t", "anniversary")] if yearly else []),
+                *matches,
                 *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in config.customer_attributes()],
             )
             .from_(exp.to_table("trigger_instances").as_("t"))
             .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
         )
-        if uses_facts:
+        if builder.uses_facts:
             facts = builder.customer_facts()
             query = query.join(exp.to_table(facts).as_("f"), on=col("f", "customer_id").eq(col("t", "customer_id")), join_type="left")
-        query = query.where(*conditions)
-        selects.append(query)
-    body = selects[0]
+        selects.append(query.where(*conditions))
+    body: exp.Query = selects[0]
     for other in selects[1:]:
         body = exp.union(body, other, distinct=False)
     if not isinstance(body, exp.Select):
@@ -351,14 +559,9 @@ def entries_insert(campaign: Campaign, config: ProjectConfig, now: datetime) -> 
     builder = _QueryBuilder(config, now, config.dialect)
     _at_risk_members(builder, campaign.trigger)
     select = (
-        exp.select(
-            exp.Literal.string(campaign.name),
-            text(col("m", "customer_id")),
-            col("m", "trigger_key"),
-            builder.ts(now),
-        )
+        exp.select(lit(campaign.name), text(col("m", "customer_id")), col("m", "trigger_key"), builder.ts(now))
         .from_(exp.to_table("at_risk_members").as_("m"))
-        .where(exp.not_(exp.Exists(this=_entry_exists(campaign))))
+        .where(exists(_entry_exists(campaign)).not_())
     )
     return exp.insert(builder.with_ctes(select), ENTRIES_TABLE, columns=["campaign", "customer_id", "trigger_key", "entered_at"])
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import os
+from datetime import time
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import re
 from pathlib import Path
 from typing import Mapping
@@ -20,11 +22,13 @@ from sqlglot.errors import ParseError, TokenError
 from .clock import parse_duration, parse_instant
 from .errors import ConfigError, Issue
 from .load import Document, load_yaml_file
-from .model import ENTITY_COLUMNS, ChannelConfig, DemoConfig, EntitySource, ProjectConfig
+from .model import ENTITY_COLUMNS, ChannelConfig, DemoConfig, EntitySource, ProjectConfig, QuietHours
 from .schemas import schema_issues
 
 CONFIG_FILE = "engine.yaml"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: When set, overrides ledger.url of engine.yaml (12-factor; see ``_ledger_url``).
+LEDGER_URL_ENV = "ENGINE_LEDGER_URL"
 
 #: URL scheme -> sqlglot dialect
 URL_DIALECTS = {
@@ -111,18 +115,63 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
             parse_instant(demo.anchor)
         except ValueError as exc:
             issues.append(doc.issue(("demo", "anchor"), str(exc), fix="write an instant such as 2025-01-10T00:00:00Z"))
+    defaults = data.get("defaults", {})
+    timezone_name = defaults.get("timezone", "UTC")
+    if not is_timezone(timezone_name):
+        issues.append(doc.issue(("defaults", "timezone"), f"unknown time zone '{timezone_name}'",
+                                fix="use an IANA name such as Europe/Berlin or UTC"))
+        timezone_name = "UTC"
+    quiet_hours = {}
+    for channel_name, spec in defaults.get("quiet_hours", {}).items():
+        if channel_name not in channels:
+            issues.append(doc.issue(("defaults", "quiet_hours", channel_name), f"quiet hours for channel '{channel_name}', which is not configured",
+                                    fix="configured channels: " + ", ".join(channels)))
+        quiet_hours[channel_name] = parse_quiet_hours(spec)
     config = ProjectConfig(
         root=root,
         warehouse_url=warehouse_url,
-        ledger_url=ledger.get("url"),
+        ledger_url=_ledger_url(ledger.get("url"), warehouse_url),
         sources=sources,
         channels=channels,
         stale_horizon=stale_horizon,
         demo=demo,
         file=name,
         dialect=dialect,
+        default_timezone=timezone_name,
+        quiet_hours=quiet_hours,
+        code_secret=defaults.get("code_secret", ProjectConfig.code_secret),
     )
     return config, issues
+
+
+def is_timezone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+        return True
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+
+
+def parse_clock(text: str) -> time:
+    hours, minutes = text.split(":")
+    return time(int(hours), int(minutes))
+
+
+def parse_quiet_hours(spec: dict) -> QuietHours:
+    return QuietHours(start=parse_clock(spec["start"]), end=parse_clock(spec["end"]))
+
+
+def _ledger_url(configured: str | None, warehouse_url: str) -> str | None:
+    """ENGINE_LEDGER_URL, when set, wins over ledger.url; kept as a ``${...}`` reference
+    (resolved when used, like every secret). The warehouse's own URL means no separate ledger."""
+    if os.environ.get(LEDGER_URL_ENV, "") == "":
+        return configured
+    try:
+        if resolve(os.environ[LEDGER_URL_ENV]) == resolve(warehouse_url):
+            return None
+    except ConfigError:
+        pass
+    return "${" + LEDGER_URL_ENV + "}"
 
 
 def _display(path: Path, root: Path) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -26,19 +26,25 @@ TABLES = {
         sa.Column("email", sa.String), sa.Column("phone", sa.String),
         sa.Column("first_name", sa.String), sa.Column("last_name", sa.String),
         sa.Column("created_at", sa.DateTime), sa.Column("city", sa.String),
+        sa.Column("birthday", sa.Date), sa.Column("timezone", sa.String),
+        sa.Column("customer_type", sa.String), sa.Column("is_wholesaler", sa.Boolean),
+        sa.Column("affiliate_program", sa.String), sa.Column("customer_group", sa.String),
+        sa.Column("unsubscribed_at", sa.DateTime),
     ),
     "orders": sa.Table(
         "orders", shop_metadata,
         sa.Column("order_id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("customer_id", sa.Integer, index=True),
         sa.Column("created_at", sa.DateTime), sa.Column("status", sa.String),
-        sa.Column("total", sa.Numeric(12, 2)),
+        sa.Column("total", sa.Numeric(12, 2)), sa.Column("payment_method", sa.String),
+        sa.Column("delivery_date", sa.Date),
     ),
     "order_items": sa.Table(
         "order_items", shop_metadata,
         sa.Column("order_id", sa.Integer, index=True), sa.Column("product_id", sa.Integer),
         sa.Column("name", sa.String), sa.Column("quantity", sa.Integer),
         sa.Column("price", sa.Numeric(12, 2)), sa.Column("image_url", sa.String),
+        sa.Column("category", sa.String),
     ),
     "checkouts": sa.Table(
         "checkouts", shop_metadata,
@@ -53,6 +59,15 @@ TABLES = {
         sa.Column("name", sa.String), sa.Column("quantity", sa.Integer),
         sa.Column("price", sa.Numeric(12, 2)), sa.Column("image_url", sa.String),
     ),
+    "events": sa.Table(
+        "events", shop_metadata,
+        sa.Column("event_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("customer_id", sa.Integer, index=True), sa.Column("type", sa.String),
+        sa.Column("occurred_at", sa.DateTime), sa.Column("product_id", sa.Integer),
+        sa.Column("product_name", sa.String), sa.Column("url", sa.String),
+        sa.Column("image_url", sa.String), sa.Column("price", sa.Numeric(12, 2)),
+        sa.Column("search_query", sa.String),
+    ),
 }
 
 PRODUCTS = [
@@ -61,6 +76,10 @@ PRODUCTS = [
     (7, "Travel mug", 22.00), (8, "Decaf blend 500 g", 13.90), (9, "Cold brew jar", 29.00),
     (10, "Tasting set", 39.00),
 ]
+CATEGORIES = {1: "coffee", 2: "equipment", 3: "equipment", 4: "accessories", 5: "equipment",
+              6: "equipment", 7: "accessories", 8: "coffee", 9: "equipment", 10: "coffee"}
+SEARCHES = ["decaf", "grinder", "gift", "cold brew", "espresso", "filter"]
+TIMEZONES = ["Europe/Berlin", "Europe/Berlin", "Europe/Vienna", "Europe/London", "America/New_York", None]
 FIRST_NAMES = ["Anna", "Ben", "Clara", "David", "Elif", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kim", "Lena", "Mia", "Noah"]
 LAST_NAMES = ["Meyer", "Schmidt", "Rossi", "Nowak", "Yilmaz", "Dubois", "Jensen", "Garcia", "Kowalski", "Berg"]
 CITIES = ["Berlin", "Hamburg", "Munich", "Cologne", "Vienna", "Zurich"]
@@ -76,8 +95,11 @@ def _items(rng: random.Random, key: str, key_value: int) -> tuple[list[dict], fl
     for product_id, name, price in rng.sample(PRODUCTS, rng.randint(1, 3)):
         quantity = rng.randint(1, 2)
         total += price * quantity
-        items.append({key: key_value, "product_id": product_id, "name": name, "quantity": quantity,
-                      "price": price, "image_url": f"https://shop.example.com/img/{product_id}.jpg"})
+        item = {key: key_value, "product_id": product_id, "name": name, "quantity": quantity,
+                "price": price, "image_url": f"https://shop.example.com/img/{product_id}.jpg"}
+        if key == "order_id":
+            item["category"] = CATEGORIES[product_id]
+        items.append(item)
     return items, round(total, 2)
 
 
@@ -96,6 +118,13 @@ def generate_shop(seed: int = 42, customers: int = 2000, anchor: str = "2025-01-
             "phone": f"+4915{rng.randint(10_000_000, 99_999_999)}" if rng.random() < 0.4 else None,
             "first_name": first, "last_name": last, "created_at": registered.replace(microsecond=0),
             "city": rng.choice(CITIES),
+            "birthday": date(rng.randint(1950, 2005), 1, 1) + timedelta(days=rng.randint(0, 365)) if rng.random() < 0.6 else None,
+            "timezone": rng.choice(TIMEZONES),
+            "customer_type": "company" if rng.random() < 0.1 else rng.choice(["female", "male"]),
+            "is_wholesaler": rng.random() < 0.03,
+            "affiliate_program": rng.choice([None, None, None, "vouchers", "cash"]),
+            "customer_group": "gold" if rng.random() < 0.1 else "standard",
+            "unsubscribed_at": (end - timedelta(days=rng.uniform(1, 300))).replace(microsecond=0) if rng.random() < 0.02 else None,
         })
         # skewed order counts: 0 (25%), 1 (45%), then a geometric tail
         draw = rng.random()
@@ -109,7 +138,9 @@ def generate_shop(seed: int = 42, customers: int = 2000, anchor: str = "2025-01-
             items, total = _items(rng, "order_id", order_id)
             data.rows["orders"].append({"order_id": order_id, "customer_id": customer_id,
                                         "created_at": when.replace(microsecond=0),
-                                        "status": "completed" if rng.random() < 0.95 else "cancelled", "total": total})
+                                        "status": "completed" if rng.random() < 0.95 else "cancelled", "total": total,
+                                        "payment_method": rng.choice(["card", "card", "paypal", "invoice"]),
+                                        "delivery_date": (when + timedelta(days=rng.randint(2, 5))).date()})
             data.rows["order_items"] += items
         # checkouts in the last six hours: some completed, some abandoned
         if rng.random() < 0.05:
@@ -124,7 +155,33 @@ def generate_shop(seed: int = 42, customers: int = 2000, anchor: str = "2025-01-
                                            "completed_at": completed.replace(microsecond=0) if completed else None,
                                            "total": total})
             data.rows["checkout_items"] += items
+        _events(rng, data, customer_id, registered, end)
     return data
+
+
+def _events(rng: random.Random, data: ShopData, customer_id: int, registered: datetime, end: datetime) -> None:
+    """Logins over the customer's life, and in the last days newsletter signups, product views and searches."""
+    rows = data.rows["events"]
+
+    def add(kind: str, when: datetime, **extra) -> None:
+        rows.append({"event_id": len(rows) + 1, "customer_id": customer_id, "type": kind,
+                     "occurred_at": when.replace(microsecond=0), **extra})
+
+    for _ in range(rng.randint(0, 4)):
+        when = registered + timedelta(days=rng.uniform(0, max(1.0, (end - registered).days)))
+        if when < end:
+            add("login", when)
+    if rng.random() < 0.08:
+        add("newsletter_signup", end - timedelta(days=rng.uniform(0, 8)))
+    if rng.random() < 0.12:
+        day = end - timedelta(days=rng.randint(0, 6), hours=rng.uniform(0, 20))
+        for _ in range(rng.randint(1, 4)):
+            product_id, name, price = rng.choice(PRODUCTS)
+            add("product_viewed", day - timedelta(minutes=rng.randint(0, 90)), product_id=product_id, product_name=name,
+                url=f"https://shop.example.com/p/{product_id}", image_url=f"https://shop.example.com/img/{product_id}.jpg",
+                price=price)
+    if rng.random() < 0.05:
+        add("search", end - timedelta(days=1, hours=rng.uniform(0, 20)), search_query=rng.choice(SEARCHES))
 
 
 def create_tables(db: Database, schema: str | None = None) -> None:
@@ -140,7 +197,8 @@ def load_shop(db: Database, data: ShopData) -> None:
     create_tables(db)
     with db.engine.begin() as conn:
         for name, table in TABLES.items():
-            rows = data.rows.get(name) or []
+            columns = [c.name for c in table.columns]
+            rows = [{c: row.get(c) for c in columns} for row in data.rows.get(name) or []]
             for start in range(0, len(rows), 5000):
                 conn.execute(table.insert(), rows[start:start + 5000])
 

@@ -40,6 +40,28 @@ ALLOWED_FUNCTIONS: dict[type[exp.Expression], str] = {
 }
 
 
+#: Engine functions: name -> (argument kind, what it means). They are bound by the
+#: compiler (days_ago(3) becomes a timestamp literal computed in Python,
+#: has_tag('vip') an EXISTS over the engine's tag table).
+ENGINE_FUNCTIONS: dict[str, tuple[str, str]] = {
+    "days_ago": ("number", "the instant N days before now"),
+    "hours_ago": ("number", "the instant N hours before now"),
+    "has_tag": ("string", "the customer has this engine tag (set by a campaign action)"),
+    "bought_category": ("string", "the customer ordered an item of this category"),
+}
+
+
+def _check_engine_function(node: exp.Anonymous, text: str) -> None:
+    name = node.name.lower()
+    kind, meaning = ENGINE_FUNCTIONS[name]
+    args = node.expressions
+    ok = len(args) == 1 and isinstance(args[0], exp.Literal) and args[0].is_string == (kind == "string")
+    if not ok:
+        example = f"{name}(30)" if kind == "number" else f"{name}('vip')"
+        raise FilterError(f"{name}() takes one {kind} literal ({meaning})", fix=f"write e.g. {example}",
+                          offset=_offset(node, text, keyword=name))
+
+
 def parse_filter(text: str, attributes: Iterable[str]) -> exp.Expression:
     """Parse ``text`` and check it against the whitelist and the known attributes.
 
@@ -82,12 +104,24 @@ def referenced_attributes(tree: exp.Expression) -> set[str]:
     return {column.name for column in tree.find_all(exp.Column)}
 
 
-def bind_filter(tree: exp.Expression, resolve: Callable[[str], exp.Expression]) -> exp.Expression:
-    """Replace every attribute column by ``resolve(name)`` (a copy; input untouched)."""
+def referenced_functions(tree: exp.Expression) -> set[str]:
+    """The engine functions (has_tag, days_ago, ...) a filter calls."""
+    return {node.name.lower() for node in tree.find_all(exp.Anonymous)}
+
+
+def bind_filter(
+    tree: exp.Expression,
+    resolve: Callable[[str], exp.Expression],
+    call: Callable[[str, exp.Literal], exp.Expression] | None = None,
+) -> exp.Expression:
+    """Replace every attribute column by ``resolve(name)`` and every engine function
+    by ``call(name, argument)`` (a copy; the input is untouched)."""
 
     def replace(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.Column):
             return resolve(node.name)
+        if isinstance(node, exp.Anonymous) and call is not None:
+            return call(node.name.lower(), node.expressions[0])
         return node
 
     return tree.copy().transform(replace)
@@ -116,13 +150,16 @@ def _check_node(node: exp.Expression, known: list[str], text: str) -> None:
         return
     if type(node) in ALLOWED_FUNCTIONS:
         return
+    if isinstance(node, exp.Anonymous) and node.name.lower() in ENGINE_FUNCTIONS:
+        _check_engine_function(node, text)
+        return
     if isinstance(node, exp.Func):
         name = node.sql_name() if not isinstance(node, exp.Anonymous) else node.name
         offset = _offset(node, text, keyword=name)
         written = re.match(r"\w+", text[offset:]) if "start" in node.meta else None
         raise FilterError(  # the name as written: sqlglot normalises e.g. random() to RAND
             f"function '{(written.group() if written else name).lower()}' is not allowed in filters",
-            fix="allowed functions: " + ", ".join(sorted(ALLOWED_FUNCTIONS.values())),
+            fix="allowed functions: " + ", ".join(sorted([*ALLOWED_FUNCTIONS.values(), *ENGINE_FUNCTIONS])),
             offset=offset,
         )
     raise FilterError(

@@ -20,7 +20,7 @@ from typing import Iterable
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .compile import ENTRIES_TABLE, LEDGER_TABLE
+from .compile import ENTRIES_TABLE, LEDGER_TABLE, TAGS_TABLE
 from .warehouse import Database
 
 metadata = sa.MetaData()
@@ -33,10 +33,12 @@ ledger_table = sa.Table(
     sa.Column("step", sa.String(64), nullable=False),
     sa.Column("customer_id", sa.String(128), nullable=False),
     sa.Column("trigger_key", sa.String(128), nullable=False),
+    sa.Column("variant", sa.String(64)),
     sa.Column("channel", sa.String(64)),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("reason", sa.String(32)),
     sa.Column("detail", sa.Text),
+    sa.Column("trigger_at", sa.DateTime),
     sa.Column("due_at", sa.DateTime),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
@@ -51,6 +53,15 @@ entries_table = sa.Table(
     sa.Column("customer_id", sa.String(128), primary_key=True),
     sa.Column("trigger_key", sa.String(128), primary_key=True),
     sa.Column("entered_at", sa.DateTime, nullable=False),
+)
+
+tags_table = sa.Table(
+    TAGS_TABLE,
+    metadata,
+    sa.Column("customer_id", sa.String(128), primary_key=True),
+    sa.Column("tag", sa.String(64), primary_key=True),
+    sa.Column("campaign", sa.String(64)),
+    sa.Column("set_at", sa.DateTime, nullable=False),
 )
 
 STATUSES = ("claimed", "sent", "failed", "skipped")
@@ -72,6 +83,8 @@ class Record:
     channel: str | None
     status: str
     due_at: datetime | None = None
+    trigger_at: datetime | None = None
+    variant: str | None = None
     reason: str | None = None
     detail: str | None = None
     content: str | None = None
@@ -79,6 +92,12 @@ class Record:
 
 def _naive(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=None) if value is not None and value.tzinfo else value
+
+
+def _parse(value) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
 
 
 class Ledger:
@@ -116,6 +135,7 @@ class Ledger:
                 "message_key": r.message_key, "campaign": r.campaign, "step": r.step,
                 "customer_id": r.customer_id, "trigger_key": r.trigger_key, "channel": r.channel,
                 "status": r.status, "reason": r.reason, "detail": r.detail, "due_at": _naive(r.due_at),
+                "trigger_at": _naive(r.trigger_at), "variant": r.variant,
                 "created_at": now, "updated_at": now, "content": r.content,
             }
             for r in records
@@ -151,6 +171,45 @@ class Ledger:
                 rows = conn.execute(sa.select(ledger_table.c.message_key).where(ledger_table.c.message_key.in_(chunk)))
                 found |= {row[0] for row in rows}
         return found
+
+    def sent_instances(self, campaign: str, customer_ids: list[str]) -> dict[str, list[tuple[str, datetime]]]:
+        """customer -> [(trigger_key, trigger_at)] of instances with a claimed or sent message
+        (re-entry rules: an instance 'entered' when something went out for it)."""
+        c = ledger_table.c
+        found: dict[str, list[tuple[str, datetime]]] = {}
+        for start in range(0, len(customer_ids), 500):
+            chunk = customer_ids[start:start + 500]
+            query = (
+                sa.select(c.customer_id, c.trigger_key, sa.func.min(c.trigger_at))
+                .where(c.campaign == campaign, c.customer_id.in_(chunk), c.status.in_(("claimed", "sent")))
+                .group_by(c.customer_id, c.trigger_key)
+            )
+            with self.db.engine.connect() as conn:
+                for customer_id, trigger_key, trigger_at in conn.execute(query):
+                    found.setdefault(customer_id, []).append((trigger_key, _parse(trigger_at)))
+        return found
+
+    def apply_tags(self, changes: list[tuple[str, str, str, str]], now: datetime) -> None:
+        """(customer_id, 'set_tag'|'remove_tag', tag, campaign) in order; setting an existing tag is a no-op."""
+        for customer_id, kind, tag, campaign in changes:
+            if kind == "remove_tag":
+                self.db.execute(tags_table.delete().where(tags_table.c.customer_id == customer_id, tags_table.c.tag == tag))
+                continue
+            backend = self.db.backend
+            dialect_insert = sqlite.insert if backend == "sqlite" else postgresql.insert
+            row = {"customer_id": customer_id, "tag": tag, "campaign": campaign, "set_at": _naive(now)}
+            if backend in ("postgresql", "duckdb", "sqlite"):
+                self.db.execute(dialect_insert(tags_table).values(row).on_conflict_do_nothing())
+            else:  # pragma: no cover - other backends
+                try:
+                    self.db.execute(tags_table.insert().values(row))
+                except Exception:  # noqa: BLE001 - already tagged
+                    pass
+
+    def tags(self, customer_id: str) -> list[str]:
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(sa.select(tags_table.c.tag).where(tags_table.c.customer_id == customer_id).order_by(tags_table.c.tag))
+            return [row[0] for row in rows]
 
     def counts(self) -> list[tuple[str, str, str, str | None, int]]:
         """(campaign, step, status, reason, count) over the whole ledger."""

@@ -6,7 +6,7 @@ never from raw YAML. ``validate.py`` is the only producer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import time, timedelta
 from pathlib import Path
 from typing import Mapping
 
@@ -17,13 +17,20 @@ from typing import Mapping
 ENTITY_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "customers": (
         ("customer_id",),
-        ("email", "phone", "first_name", "last_name", "created_at", "locale", "timezone"),
+        ("email", "phone", "first_name", "last_name", "created_at", "locale", "timezone",
+         "birthday", "unsubscribed_at"),
     ),
-    "orders": (("order_id", "customer_id", "created_at"), ("status", "total", "currency")),
+    "orders": (
+        ("order_id", "customer_id", "created_at"),
+        ("status", "total", "currency", "payment_method", "delivery_date"),
+    ),
     "order_items": (("order_id",), ("product_id", "name", "quantity", "price", "image_url", "url", "category")),
     "checkouts": (("checkout_id", "customer_id", "created_at"), ("completed_at", "total", "currency", "url")),
     "checkout_items": (("checkout_id",), ("product_id", "name", "quantity", "price", "image_url", "url")),
-    "events": (("customer_id", "type", "occurred_at"), ("event_id", "properties")),
+    "events": (
+        ("customer_id", "type", "occurred_at"),
+        ("event_id", "product_id", "product_name", "url", "image_url", "price", "search_query"),
+    ),
 }
 
 #: Per-customer facts the engine derives from orders (usable in filters).
@@ -32,6 +39,13 @@ CUSTOMER_FACTS: dict[str, str] = {
     "first_order_at": "time of the customer's first order",
     "last_order_at": "time of the customer's most recent order",
     "total_spent": "sum of the totals of the customer's orders",
+    "last_payment_method": "payment method of the customer's most recent order (needs orders.payment_method)",
+}
+
+#: Attributes that describe what happened since the trigger (usable in any filter).
+SINCE_TRIGGER_FACTS: dict[str, tuple[str, str]] = {
+    "ordered_since_trigger": ("orders", "the customer placed an order after the trigger"),
+    "came_back_since_trigger": ("events", "the customer had any event (visit, login, view) after the trigger"),
 }
 
 
@@ -79,6 +93,12 @@ class ProjectConfig:
     demo: DemoConfig | None = None
     file: str = "engine.yaml"
     dialect: str = "duckdb"
+    #: time zone for customers without one (send times, quiet hours)
+    default_timezone: str = "UTC"
+    #: channel name -> default quiet hours for steps on that channel
+    quiet_hours: Mapping[str, "QuietHours"] = field(default_factory=dict)
+    #: secret that makes discount codes unguessable (an ${ENV} reference, resolved when used)
+    code_secret: str = "${ENGINE_CODE_SECRET:-change-me}"
 
     @property
     def ledger_shares_warehouse(self) -> bool:
@@ -110,6 +130,56 @@ class CheckoutAbandoned:
 
 
 @dataclass(frozen=True)
+class Registration:
+    """The customer registered (customers.created_at); one instance per customer."""
+
+    kind: str = "registration"
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event of ``type`` (newsletter_signup, product_viewed, search, login, ...).
+
+    ``per`` = "event": every event is an instance (needs events.event_id);
+    ``per`` = "day": one instance per customer and UTC day, timed at that day's
+    last such event, so a series restarts when the customer comes back.
+    """
+
+    type: str
+    per: str = "day"
+    kind: str = "event"
+
+
+@dataclass(frozen=True)
+class Anniversary:
+    """A yearly customer date (birthday): one instance per year; Feb 29 falls on Feb 28
+    in common years. The trigger instant is midnight UTC of that day."""
+
+    attribute: str = "birthday"
+    kind: str = "anniversary"
+
+
+@dataclass(frozen=True)
+class OrderDate:
+    """A date on the order (planned delivery): steps before (negative delay) or after it."""
+
+    column: str = "delivery_date"
+    kind: str = "order_date"
+
+
+@dataclass(frozen=True)
+class LastActivity:
+    """The customer's most recent activity (an order and/or a login event).
+
+    Steps are timed from it ("60 days after the last activity"); any newer
+    activity replaces the instance, which ends the old series.
+    """
+
+    activities: tuple[str, ...] = ("order",)
+    kind: str = "last_activity"
+
+
+@dataclass(frozen=True)
 class AtRisk:
     """Segment entry: among customers who ordered within ``window``, the
     ``percent`` % whose last order is the oldest."""
@@ -119,29 +189,100 @@ class AtRisk:
     kind: str = "at_risk"
 
 
-Trigger = OrderPlaced | CheckoutAbandoned | AtRisk
+Trigger = OrderPlaced | CheckoutAbandoned | Registration | Event | Anniversary | OrderDate | LastActivity | AtRisk
 
 #: Trigger kind -> entities it needs from the warehouse.
 TRIGGER_ENTITIES = {
     "order_placed": ("orders",),
     "checkout_abandoned": ("checkouts",),
+    "registration": ("customers",),
+    "event": ("events",),
+    "anniversary": ("customers",),
+    "order_date": ("orders",),
+    "last_activity": (),  # depends on the activities; checked in validate
     "at_risk": ("orders",),
 }
+
+#: Triggers whose instance key is computed in Python (the ledger diff is then done in batches).
+PYTHON_KEYED_TRIGGERS = frozenset({"anniversary"})
 
 #: Stop condition -> entities it needs.
 STOP_CONDITIONS = {
     "ordered_again": ("orders",),
+    "came_back": ("events",),
+    "unsubscribed": ("customers",),
 }
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """Local clock times between which nothing is sent (may wrap midnight)."""
+
+    start: time
+    end: time
+
+    def contains(self, moment: time) -> bool:
+        if self.start <= self.end:
+            return self.start <= moment < self.end
+        return moment >= self.start or moment < self.end
+
+
+@dataclass(frozen=True)
+class DiscountCode:
+    prefix: str = ""
+    length: int = 8
+
+
+@dataclass(frozen=True)
+class Action:
+    """Done when a message is sent: set or remove a customer tag."""
+
+    kind: str  # "set_tag" | "remove_tag"
+    tag: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One message of a step, for its own audience; the first matching variant wins."""
+
+    id: str
+    channel: str
+    template: str
+    audience: str | None = None
+    #: share of customers (by a stable hash) this variant takes, for A/B tests
+    percent: int | None = None
 
 
 @dataclass(frozen=True)
 class Step:
     id: str
     delay: timedelta
-    channel: str
-    template: str
+    variants: tuple[Variant, ...]
     freshness: timedelta | None = None
     audience: str | None = None
+    send_at: time | None = None
+    quiet_hours: QuietHours | None = None
+    discount_code: DiscountCode | None = None
+    actions: tuple[Action, ...] = ()
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v.channel for v in self.variants))
+
+    def variant(self, variant_id: str) -> Variant:
+        for variant in self.variants:
+            if variant.id == variant_id:
+                return variant
+        raise KeyError(variant_id)
+
+
+@dataclass(frozen=True)
+class Reentry:
+    """per_trigger: every trigger instance may enter; once: only the first ever;
+    cooldown: again only after ``cooldown`` since the last instance that was sent."""
+
+    mode: str = "per_trigger"
+    cooldown: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +294,7 @@ class Campaign:
     audience: str | None = None
     stop: tuple[str, ...] = ()
     enabled: bool = True
+    reentry: Reentry = Reentry()
     file: str = ""
 
     def step(self, step_id: str) -> Step:

@@ -33,7 +33,7 @@ def write_plan(batches: Iterable[list[DueMessage]], fmt: str, out: IO[str], *, i
         writer.writeheader()
     for batch in batches:
         for m in batch:
-            counts[(m.campaign, m.step, m.action if m.action == "send" else f"skip:{m.reason}")] += 1
+            counts[(m.campaign, m.step, m.outcome)] += 1
             if m.action != "send" and not include_skipped:
                 continue
             if fmt == "jsonl":

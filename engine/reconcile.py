@@ -11,19 +11,24 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Iterator
 
-import sqlglot
 from sqlglot import exp
 
 from .channels import ChannelSession, Delivered, OutgoingMessage, open_channel
 from .clock import format_instant, to_utc
-from .compile import CUSTOMER_PREFIX, DUE_COLUMNS, due_query, entries_insert, render_sql, source_select
-from .config import database_url
+from .compile import (
+    CUSTOMER_PREFIX, VARIANT_PREFIX, due_query, entries_insert, keys_in_sql, render_sql,
+    source_select, variant_columns,
+)
+from .config import database_url, resolve
+from .decide import (
+    anniversary_instance, customer_zone, discount_code, due_time, in_quiet_hours, pick_variant, stable_bucket,
+)
 from .errors import ChannelError, TemplateError
 from .ledger import Ledger, Record, message_key
-from .model import AtRisk, Campaign, CheckoutAbandoned, Project
+from .model import Anniversary, Campaign, Event, Project
 from .render import Renderer
 from .warehouse import Database
 
@@ -33,7 +38,11 @@ CONTACT_FIELD = {"email": "email", "sms": "phone"}
 
 @dataclass(frozen=True)
 class DueMessage:
-    """One message the pass decided about: send it, or skip it with a reason."""
+    """One message the pass decided about: send it, skip it with a reason, or defer it.
+
+    ``defer`` (quiet hours) is not recorded: the message stays due and is
+    reconsidered at the next pass, until its freshness window runs out.
+    """
 
     campaign: str
     step: str
@@ -41,14 +50,20 @@ class DueMessage:
     trigger_key: str
     trigger_at: datetime
     due_at: datetime
-    channel: str
+    channel: str | None
     customer: dict
-    action: str  # "send" | "skip"
+    action: str  # "send" | "skip" | "defer"
     reason: str | None = None
+    variant: str | None = None
+    detail: str | None = None
 
     @property
     def key(self) -> str:
         return message_key(self.campaign, self.step, self.customer_id, self.trigger_key)
+
+    @property
+    def outcome(self) -> str:
+        return self.action if self.action == "send" else f"{self.action}:{self.reason}"
 
     def as_dict(self) -> dict:
         return {
@@ -57,24 +72,32 @@ class DueMessage:
             "customer_id": self.customer_id,
             "trigger_key": self.trigger_key,
             "channel": self.channel,
+            "variant": self.variant,
             "due_at": format_instant(self.due_at),
             "trigger_at": format_instant(self.trigger_at),
             "action": self.action,
             "reason": self.reason,
+            "detail": self.detail,
             "message_key": self.key,
         }
 
 
 @dataclass
 class PassReport:
-    """Counts per (campaign, step, outcome) and any channel that could not open."""
+    """Counts per (campaign, step, outcome) and any channel that could not open.
+
+    ``by_channel`` has the same counts split by channel (campaign, step,
+    channel, outcome), for metrics; channel is None when no variant applied.
+    """
 
     now: datetime
     counts: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    by_channel: Counter = field(default_factory=Counter)
 
-    def add(self, campaign: str, step: str, outcome: str, n: int = 1) -> None:
+    def add(self, campaign: str, step: str, outcome: str, n: int = 1, channel: str | None = None) -> None:
         self.counts[(campaign, step, outcome)] += n
+        self.by_channel[(campaign, step, channel, outcome)] += n
 
     def total(self, outcome_prefix: str) -> int:
         return sum(n for (_, _, outcome), n in self.counts.items() if outcome.startswith(outcome_prefix))
@@ -86,8 +109,16 @@ def _parse_timestamp(value: object) -> datetime:
     return to_utc(datetime.fromisoformat(str(value)))
 
 
+def _parse_date(value: object) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
+
+
 class Reconciler:
-    """Binds a project to its databases and channels; ``plan`` reads, ``run_once`` acts."""
+    """Binds a project to its databases and channels; ``due`` reads, ``run_once`` acts."""
 
     def __init__(self, project: Project, batch_size: int = BATCH_SIZE):
         self.project = project
@@ -116,34 +147,77 @@ class Reconciler:
         shares = self.config.ledger_shares_warehouse
         for campaign in campaigns if campaigns is not None else self.campaigns():
             sql = render_sql(due_query(campaign, self.config, now, exclude_ledger=shares), self.config.dialect)
+            entered: dict[str, list[tuple[str, datetime]]] = {}  # re-entry: instances sent in this pass
             for rows in self.warehouse.stream(sql, self.batch_size):
-                batch = [self._decide(campaign, row, now) for row in rows]
-                if not shares:
+                batch = [m for m in (self._decide(campaign, row, now) for row in rows) if m is not None]
+                if not shares or not keys_in_sql(campaign):
                     known = self.ledger.existing_keys([m.key for m in batch])
                     batch = [m for m in batch if m.key not in known]
+                if campaign.reentry.mode != "per_trigger":
+                    batch = self._apply_reentry(campaign, batch, entered)
                 if batch:
                     yield batch
 
-    def _decide(self, campaign: Campaign, row, now: datetime) -> DueMessage:
+    def _decide(self, campaign: Campaign, row, now: datetime) -> DueMessage | None:
+        """What to do with one candidate row, or None when it is not due (yet, or any more)."""
         values = row._mapping
         step = campaign.step(values["step"])
-        trigger_at = _parse_timestamp(values["trigger_at"])
-        due_at = trigger_at + step.delay
-        customer = {"customer_id": str(values["customer_id"])}
-        for name, value in values.items():
-            if name.startswith(CUSTOMER_PREFIX):
-                customer[name[len(CUSTOMER_PREFIX):]] = value
-        kind = self.config.channels[step.channel].kind
-        action, reason = "send", None
+        customer = {name[len(CUSTOMER_PREFIX):]: value for name, value in values.items() if name.startswith(CUSTOMER_PREFIX)}
+        customer["customer_id"] = str(values["customer_id"])
+        zone = customer_zone(customer.get("timezone"), self.config.default_timezone)
+        trigger_key = values["trigger_key"]
+        if isinstance(campaign.trigger, Anniversary):
+            instance = anniversary_instance(_parse_date(values["anniversary"]), step, now, zone)
+            if instance is None:
+                return None
+            trigger_at, trigger_key = instance
+        else:
+            trigger_at = _parse_timestamp(values["trigger_at"])
+        due_at = due_time(trigger_at, step, zone)
+        if due_at > now:
+            return None
+        if step.freshness is not None and now > due_at + step.freshness + self.config.stale_horizon:
+            return None
+        matches = [values[f"{VARIANT_PREFIX}{i}"] for i in range(variant_columns(campaign))]
+        variant = pick_variant(step, matches, stable_bucket(campaign.name, customer["customer_id"]))
+        base = dict(campaign=campaign.name, step=step.id, customer_id=customer["customer_id"],
+                    trigger_key=str(trigger_key), trigger_at=trigger_at, due_at=due_at, customer=customer,
+                    variant=variant.id if variant else None, channel=variant.channel if variant else None)
+        if values["stopped_by"]:
+            return DueMessage(**base, action="skip", reason="stopped", detail=str(values["stopped_by"]))
         if step.freshness is not None and now > due_at + step.freshness:
-            action, reason = "skip", "stale"
-        elif not customer.get(CONTACT_FIELD[kind]):
-            action, reason = "skip", "no_contact"
-        return DueMessage(
-            campaign=campaign.name, step=step.id, customer_id=str(values["customer_id"]),
-            trigger_key=str(values["trigger_key"]), trigger_at=trigger_at, due_at=due_at,
-            channel=step.channel, customer=customer, action=action, reason=reason,
-        )
+            return DueMessage(**base, action="skip", reason="stale")
+        if variant is None:
+            return DueMessage(**base, action="skip", reason="no_variant")
+        kind = self.config.channels[variant.channel].kind
+        if not customer.get(CONTACT_FIELD[kind]):
+            return DueMessage(**base, action="skip", reason="no_contact")
+        quiet = step.quiet_hours or self.config.quiet_hours.get(variant.channel)
+        if in_quiet_hours(now, quiet, zone):
+            return DueMessage(**base, action="defer", reason="quiet_hours")
+        return DueMessage(**base, action="send")
+
+    def _apply_reentry(self, campaign: Campaign, batch: list[DueMessage],
+                       entered: dict[str, list[tuple[str, datetime]]]) -> list[DueMessage]:
+        """Skip instances the re-entry rule forbids (once ever / within the cool-down)."""
+        sending = [m for m in batch if m.action == "send"]
+        history = self.ledger.sent_instances(campaign.name, sorted({m.customer_id for m in sending}))
+        decided = []
+        for m in batch:
+            if m.action == "send":
+                earlier = [(k, at) for k, at in history.get(m.customer_id, []) + entered.get(m.customer_id, [])
+                           if k != m.trigger_key]
+                if campaign.reentry.mode == "once":
+                    blocked = bool(earlier)
+                else:
+                    blocked = any(at is not None and abs(to_utc(at) - m.trigger_at) < campaign.reentry.cooldown
+                                  for _, at in earlier)
+                if blocked:
+                    m = DueMessage(**{**m.__dict__, "action": "skip", "reason": "reentry"})
+                else:
+                    entered.setdefault(m.customer_id, []).append((m.trigger_key, m.trigger_at))
+            decided.append(m)
+        return decided
 
     # --- acting ------------------------------------------------------------
 
@@ -157,13 +231,15 @@ class Reconciler:
         renderer = Renderer(self.project.templates_dir)
         # Build every adapter first: a missing secret fails the pass before anything is claimed.
         adapters = {
-            step.channel: open_channel(self.config.channels[step.channel], self.config.root)
-            for campaign in selected for step in campaign.steps
+            channel: open_channel(self.config.channels[channel], self.config.root)
+            for campaign in selected for step in campaign.steps for channel in step.channels
         }
+        code_secret = resolve(self.config.code_secret) if any(
+            s.discount_code for c in selected for s in c.steps) else ""
         sessions: dict[str, ChannelSession | None] = {}
         try:
             for batch in self.due(now, selected):
-                self._process(batch, now, renderer, adapters, sessions, report)
+                self._process(batch, now, renderer, adapters, sessions, report, code_secret)
         finally:
             for session in sessions.values():
                 if session is not None:
@@ -183,31 +259,37 @@ class Reconciler:
         return sessions[name]
 
     def _process(self, batch: list[DueMessage], now: datetime, renderer: Renderer,
-                 adapters: dict, sessions: dict, report: PassReport) -> None:
+                 adapters: dict, sessions: dict, report: PassReport, code_secret: str) -> None:
+        for m in batch:
+            if m.action == "defer":
+                report.add(m.campaign, m.step, m.outcome, channel=m.channel)
         skips = [m for m in batch if m.action == "skip"]
-        recorded = self.ledger.write_new((_record(m, "skipped", reason=m.reason) for m in skips), now)
+        recorded = self.ledger.write_new((_record(m, "skipped", reason=m.reason, detail=m.detail) for m in skips), now)
         for m in skips:
             if m.key in recorded:
-                report.add(m.campaign, m.step, f"skipped:{m.reason}")
+                report.add(m.campaign, m.step, f"skipped:{m.reason}", channel=m.channel)
         # open channels before claiming: a channel that cannot open gets no claims
         sendable = [m for m in batch if m.action == "send" and self._session(m.channel, adapters, sessions, report) is not None]
         for m in batch:
             if m.action == "send" and sessions.get(m.channel) is None:
-                report.add(m.campaign, m.step, "not_sent:channel_unavailable")
+                report.add(m.campaign, m.step, "not_sent:channel_unavailable", channel=m.channel)
         claimed = self.ledger.write_new((_record(m, "claimed") for m in sendable), now)
         to_send = [m for m in sendable if m.key in claimed]
         contexts = _TriggerContexts(self).load(to_send)
-        outcomes = []
+        outcomes, tag_changes = [], []
         for m in to_send:
             campaign = self.project.campaign(m.campaign)
             step = campaign.step(m.step)
-            channel = self.config.channels[m.channel]
-            context = _template_context(m, contexts.get((m.campaign, m.trigger_key), {}))
+            variant = step.variant(m.variant)
+            channel = self.config.channels[variant.channel]
+            context = _template_context(m, contexts.get((m.campaign, m.customer_id, m.trigger_key), {}))
+            if step.discount_code is not None:
+                context["discount_code"] = discount_code(code_secret, m.key, step.discount_code.prefix, step.discount_code.length)
             try:
-                content = renderer.render(step.template, channel.kind, context)
+                content = renderer.render(variant.template, channel.kind, context)
             except TemplateError as exc:
                 outcomes.append(_record(m, "failed", reason="render_error", detail=str(exc)))
-                report.add(m.campaign, m.step, "failed:render_error")
+                report.add(m.campaign, m.step, "failed:render_error", channel=m.channel)
                 continue
             message = OutgoingMessage(
                 key=m.key, kind=channel.kind, to=str(m.customer[CONTACT_FIELD[channel.kind]]),
@@ -215,23 +297,27 @@ class Reconciler:
                 subject=content.subject, text=content.text, html=content.html,
             )
             outcome = sessions[m.channel].send(message)
-            stored = json.dumps({"to": message.to, "subject": content.subject, "text": content.text, "html": content.html})
+            stored = json.dumps({"to": message.to, "subject": content.subject, "text": content.text, "html": content.html,
+                                 "discount_code": context.get("discount_code")})
             if isinstance(outcome, Delivered):
                 outcomes.append(_record(m, "sent", detail=f"{outcome.provider_id} {outcome.detail}".strip(), content=stored))
-                report.add(m.campaign, m.step, "sent")
+                report.add(m.campaign, m.step, "sent", channel=m.channel)
+                tag_changes += [(m.customer_id, action.kind, action.tag, m.campaign) for action in step.actions]
             else:
                 reason = "permanent" if outcome.permanent else "transient"
                 outcomes.append(_record(m, "failed", reason=reason, detail=outcome.detail, content=stored))
-                report.add(m.campaign, m.step, f"failed:{reason}")
+                report.add(m.campaign, m.step, f"failed:{reason}", channel=m.channel)
         self.ledger.record_outcomes(outcomes, now)
+        if tag_changes:
+            self.ledger.apply_tags(tag_changes, now)
 
 
 def _record(m: DueMessage, status: str, reason: str | None = None, detail: str | None = None,
             content: str | None = None) -> Record:
     return Record(
         message_key=m.key, campaign=m.campaign, step=m.step, customer_id=m.customer_id,
-        trigger_key=m.trigger_key, channel=m.channel, status=status, due_at=m.due_at,
-        reason=reason, detail=detail, content=content,
+        trigger_key=m.trigger_key, channel=m.channel, status=status, due_at=m.due_at, trigger_at=m.trigger_at,
+        variant=m.variant, reason=reason, detail=detail, content=content,
     )
 
 
@@ -240,19 +326,22 @@ def _template_context(m: DueMessage, trigger_record: dict) -> dict:
         "customer": m.customer,
         "campaign": m.campaign,
         "step": m.step,
+        "variant": m.variant,
         "message_key": m.key,
         "due_at": m.due_at,
-        "trigger": {"key": m.trigger_key, "at": m.trigger_at, **trigger_record},
+        "trigger": {"key": m.trigger_key, "at": m.trigger_at, **{k: v for k, v in trigger_record.items() if k != "items"}},
         "items": trigger_record.get("items", []),
     }
 
 
 class _TriggerContexts:
-    """Loads the triggering order or checkout and its items for a batch, in two queries."""
+    """Loads what a template shows about the trigger, for a whole batch in a few queries:
+    the order or checkout and its items, or the day's events (viewed products, searches)."""
 
     #: trigger kind -> (record entity, items entity, id column)
     ENTITIES = {
         "order_placed": ("orders", "order_items", "order_id"),
+        "order_date": ("orders", "order_items", "order_id"),
         "at_risk": ("orders", "order_items", "order_id"),
         "checkout_abandoned": ("checkouts", "checkout_items", "checkout_id"),
     }
@@ -261,38 +350,64 @@ class _TriggerContexts:
         self.reconciler = reconciler
         self.config = reconciler.config
 
-    def load(self, messages: list[DueMessage]) -> dict[tuple[str, str], dict]:
-        by_kind: dict[str, dict[str, set[str]]] = {}
+    def load(self, messages: list[DueMessage]) -> dict[tuple[str, str, str], dict]:
+        contexts: dict[tuple[str, str, str], dict] = {}
+        by_campaign: dict[str, list[DueMessage]] = {}
         for m in messages:
-            kind = self.reconciler.project.campaign(m.campaign).trigger.kind
-            by_kind.setdefault(kind, {}).setdefault(m.campaign, set()).add(m.trigger_key)
-        contexts: dict[tuple[str, str], dict] = {}
-        for kind, campaigns in by_kind.items():
-            record_entity, items_entity, id_column = self.ENTITIES[kind]
-            keys = sorted(set().union(*campaigns.values()))
+            by_campaign.setdefault(m.campaign, []).append(m)
+        for name, group in by_campaign.items():
+            trigger = self.reconciler.project.campaign(name).trigger
+            if isinstance(trigger, Event) and "events" in self.config.sources:
+                contexts.update(self._events(name, trigger, group))
+                continue
+            if trigger.kind not in self.ENTITIES:
+                continue
+            record_entity, items_entity, id_column = self.ENTITIES[trigger.kind]
+            keys = sorted({m.trigger_key for m in group})
             records = self._fetch(record_entity, id_column, keys)
             items = self._fetch(items_entity, id_column, keys)
-            for key in keys:
-                record = dict(records.get(key, [{}])[0]) if key in records else {}
-                record["items"] = items.get(key, [])
-                for campaign, campaign_keys in campaigns.items():
-                    if key in campaign_keys:
-                        contexts[(campaign, key)] = record
+            for m in group:
+                record = dict(records.get(m.trigger_key, [{}])[0])
+                record["items"] = items.get(m.trigger_key, [])
+                contexts[(name, m.customer_id, m.trigger_key)] = record
         return contexts
 
+    def _query(self, entity: str, condition: exp.Expression) -> list[dict]:
+        query = (
+            exp.select("*").from_("src").where(condition)
+            .with_("src", as_=source_select(self.config.sources[entity], self.config.dialect))
+        )
+        return [dict(row._mapping) for row in self.reconciler.warehouse.fetch_all(render_sql(query, self.config.dialect))]
+
     def _fetch(self, entity: str, id_column: str, keys: list[str]) -> dict[str, list[dict]]:
-        source = self.config.sources.get(entity)
-        if source is None or not keys:
+        if entity not in self.config.sources or not keys:
             return {}
         key_expr = exp.cast(exp.column(id_column), exp.DataType.build("VARCHAR"))
-        query = (
-            exp.select("*")
-            .from_("src")
-            .where(key_expr.isin(*[exp.Literal.string(k) for k in keys]))
-            .with_("src", as_=source_select(source, self.config.dialect))
-        )
         grouped: dict[str, list[dict]] = {}
-        for row in self.reconciler.warehouse.fetch_all(render_sql(query, self.config.dialect)):
-            values = dict(row._mapping)
+        for values in self._query(entity, key_expr.isin(*[exp.Literal.string(k) for k in keys])):
             grouped.setdefault(str(values[id_column]), []).append(values)
         return grouped
+
+    def _events(self, campaign: str, trigger: Event, group: list[DueMessage]) -> dict[tuple[str, str, str], dict]:
+        """The instance's events, newest first: for per-day triggers all of that day's events of the type."""
+        customers = sorted({m.customer_id for m in group})
+        condition = exp.and_(
+            exp.column("type").eq(exp.Literal.string(trigger.type)),
+            exp.cast(exp.column("customer_id"), exp.DataType.build("VARCHAR")).isin(*[exp.Literal.string(c) for c in customers]),
+        )
+        wanted = {(m.customer_id, m.trigger_key) for m in group}
+        by_instance: dict[tuple[str, str], list[dict]] = {}
+        for values in self._query("events", condition):
+            at = _parse_timestamp(values["occurred_at"])
+            key = str(values["event_id"]) if trigger.per == "event" else at.date().isoformat()
+            instance = (str(values["customer_id"]), key)
+            if instance in wanted:
+                by_instance.setdefault(instance, []).append(values)
+        contexts = {}
+        for (customer_id, key), events in by_instance.items():
+            events.sort(key=lambda e: str(e["occurred_at"]), reverse=True)
+            contexts[(campaign, customer_id, key)] = {"items": events, "events": events}
+        return contexts
+
+
+__all__ = ["DueMessage", "PassReport", "Reconciler"]

@@ -55,10 +55,15 @@ class Renderer:
             self._cache[key] = env.get_template(name)
         return self._cache[key]
 
-    def check(self, name: str, kind: str) -> list[TemplateProblem]:
-        """Problems that make ``name`` unusable for a channel of ``kind``."""
+    def check(self, name: str, kind: str, sample: dict[str, Any]) -> list[TemplateProblem]:
+        """Problems that make ``name`` unusable for a channel of ``kind``.
+
+        The template is rendered once against ``sample`` (every variable the
+        trigger provides, with placeholder values), so an undefined variable
+        is reported here rather than at send time.
+        """
         try:
-            template = self._template(name, html=False)
+            self._template(name, html=False)
         except jinja2.TemplateNotFound:
             return [TemplateProblem(f"template '{name}' does not exist", fix="create it under templates/ or fix the path")]
         except jinja2.TemplateSyntaxError as exc:
@@ -66,11 +71,22 @@ class Renderer:
                                     fix=f"fix the Jinja2 syntax in templates/{name} line {exc.lineno}")]
         except UnicodeDecodeError:
             return [TemplateProblem(f"template '{name}' is not UTF-8 text", fix=f"save templates/{name} as UTF-8")]
-        required, optional = REQUIRED_BLOCKS[kind]
         problems = [TemplateProblem(f"template '{name}' refers to '{missing}', which does not exist",
                                     fix=f"create templates/{missing} or fix the name in templates/{name}")
                     for missing in self._missing_references(name)]
-        blocks = set(template.blocks)
+        if problems:
+            return problems
+        try:
+            blocks = set(self._render_blocks(name, sample, html=False).names)
+            if "html" in blocks:
+                self._render_blocks(name, sample, html=True)
+        except jinja2.UndefinedError as exc:
+            known = ", ".join(sorted(sample))
+            return [TemplateProblem(f"template '{name}' uses an undefined variable: {exc.message}",
+                                    fix=f"use only what this trigger provides ({known}; customer.<attribute>, trigger.<column>)")]
+        except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:
+            return [TemplateProblem(f"template '{name}' fails to render: {exc}", fix=f"fix templates/{name}")]
+        required, optional = REQUIRED_BLOCKS[kind]
         for block in required:
             if block not in blocks:
                 problems.append(TemplateProblem(
@@ -97,21 +113,35 @@ class Renderer:
 
     def render(self, name: str, kind: str, context: dict[str, Any]) -> RenderedContent:
         try:
-            plain = self._template(name, html=False)
-            subject = self._block(plain, "subject", context)
-            text = self._block(plain, "text", context)
-            html = None
-            if "html" in plain.blocks:
-                html = self._block(self._template(name, html=True), "html", context)
+            parts = self._render_blocks(name, context, html=False)
+            html = self._render_blocks(name, context, html=True).get("html") if "html" in parts.names else None
         except jinja2.TemplateError as exc:
             raise TemplateError(f"template '{name}' failed to render: {exc}") from None
+        subject = parts.get("subject")
         if subject is not None:
             subject = " ".join(subject.split())
-        return RenderedContent(subject=subject if kind == "email" else None, text=text, html=html)
+        return RenderedContent(subject=subject if kind == "email" else None, text=parts.get("text"), html=html)
 
-    @staticmethod
-    def _block(template: jinja2.Template, block: str, context: dict[str, Any]) -> str | None:
-        render_block = template.blocks.get(block)
-        if render_block is None:
-            return None
-        return "".join(render_block(template.new_context(context))).strip()
+    def _render_blocks(self, name: str, context: dict[str, Any], html: bool) -> "_Blocks":
+        """Render the message blocks of ``name``, following ``{% extends %}`` to its layout.
+
+        Running the template's root once registers the whole inheritance chain's
+        blocks in the context; each part is then the most derived version of its
+        block, so a campaign template can override only the blocks the layout
+        leaves open (title, body, ...).
+        """
+        template = self._template(name, html=html)
+        ctx = template.new_context({**context, "format": "html" if html else "text"})
+        for _ in template.root_render_func(ctx):
+            pass
+        wanted = ("html",) if html else ("subject", "text")
+        rendered = {block: "".join(ctx.blocks[block][0](ctx)).strip() for block in wanted if block in ctx.blocks}
+        return _Blocks(rendered, names=frozenset(ctx.blocks))
+
+
+class _Blocks(dict):
+    """Rendered blocks, plus the names of every block the template chain defines."""
+
+    def __init__(self, rendered: dict[str, str], names: frozenset[str]):
+        super().__init__(rendered)
+        self.names = names

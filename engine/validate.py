@@ -14,11 +14,13 @@ from typing import Iterable
 
 from .clock import parse_duration
 from .errors import FilterError, Issue
-from .filters import parse_filter
-from .load import Document, load_yaml_file
+from .config import parse_clock, parse_quiet_hours
+from .filters import parse_filter, referenced_functions
+from .load import Document, format_path, load_yaml_file
 from .model import (
-    CUSTOMER_FACTS, STOP_CONDITIONS, TRIGGER_ENTITIES,
-    AtRisk, Campaign, CheckoutAbandoned, OrderPlaced, ProjectConfig, Step, Trigger,
+    CUSTOMER_FACTS, SINCE_TRIGGER_FACTS, STOP_CONDITIONS, TRIGGER_ENTITIES,
+    Action, Anniversary, AtRisk, Campaign, CheckoutAbandoned, DiscountCode, Event, LastActivity,
+    OrderDate, OrderPlaced, ProjectConfig, Registration, Reentry, Step, Trigger, Variant,
 )
 from .render import Renderer
 from .schemas import schema_issues
@@ -42,9 +44,12 @@ def campaign_files(root: Path, paths: Iterable[str] | None = None) -> list[Path]
 
 
 def filter_attributes(config: ProjectConfig) -> list[str]:
+    """Every attribute a filter may name, given what the source mapping provides."""
     attributes = list(config.customer_attributes())
-    if "orders" in config.sources:
-        attributes += list(CUSTOMER_FACTS)
+    orders = config.sources.get("orders")
+    if orders is not None:
+        attributes += [f for f in CUSTOMER_FACTS if f != "last_payment_method" or orders.has_column("payment_method")]
+    attributes += [name for name, (entity, _) in SINCE_TRIGGER_FACTS.items() if entity in config.sources]
     return attributes
 
 
@@ -99,17 +104,77 @@ def _trigger(doc: Document, data: dict, issues: list[Issue]) -> Trigger:
         return OrderPlaced(nth=spec.get("nth"), statuses=tuple(spec.get("statuses", ())))
     if kind == "checkout_abandoned":
         return CheckoutAbandoned()
+    if kind == "registration":
+        return Registration()
+    if kind == "event":
+        return Event(type=spec["type"], per=spec.get("per", "day"))
+    if kind == "anniversary":
+        return Anniversary(attribute=spec.get("attribute", "birthday"))
+    if kind == "order_date":
+        return OrderDate(column=spec.get("column", "delivery_date"))
+    if kind == "last_activity":
+        return LastActivity(activities=tuple(spec.get("activity", ["order"])))
     window = _duration(doc, ("trigger", "at_risk", "window"), spec.get("window", "26w"), issues)
     return AtRisk(window=window, percent=spec.get("percent", 60))
 
 
-def _check_filter(doc: Document, path: tuple, text: str | None, attributes: list[str], issues: list[Issue]) -> None:
+def _needs(doc: Document, config: ProjectConfig, path: tuple, what: str, entity: str,
+           column: str | None, issues: list[Issue]) -> None:
+    """An issue at ``path`` when the mapping lacks ``entity`` (or its ``column``); one issue
+    per missing entity and place, however many features need it."""
+    source = config.sources.get(entity)
+    if source is None:
+        message = f"needs the '{entity}' entity, which engine.yaml does not map"
+        if not any(i.path == format_path(path) and i.message.endswith(message) for i in issues):
+            issues.append(doc.issue(path, f"{what} {message}",
+                                    fix=f"add sources.{entity} to {config.file}, or use another trigger"))
+    elif column is not None and not source.has_column(column):
+        issues.append(doc.issue(path, f"{what} needs the {entity}.{column} column, which is not mapped",
+                                fix=f"map it in {config.file}: sources.{entity}.columns.{column}"))
+
+
+def _check_trigger(doc: Document, config: ProjectConfig, trigger: Trigger, issues: list[Issue]) -> None:
+    where = ("trigger", trigger.kind)
+    what = f"trigger {trigger.kind}"
+    for entity in TRIGGER_ENTITIES[trigger.kind]:
+        _needs(doc, config, where, what, entity, None, issues)
+    if isinstance(trigger, OrderPlaced) and trigger.statuses:
+        _needs(doc, config, where + ("statuses",), "order statuses", "orders", "status", issues)
+    if isinstance(trigger, CheckoutAbandoned):
+        _needs(doc, config, where, "abandoned checkouts", "checkouts", "completed_at", issues)
+    if isinstance(trigger, Registration):
+        _needs(doc, config, where, what, "customers", "created_at", issues)
+    if isinstance(trigger, Event) and trigger.per == "event":
+        _needs(doc, config, where + ("per",), "one instance per event", "events", "event_id", issues)
+    if isinstance(trigger, Anniversary):
+        _needs(doc, config, where, what, "customers", trigger.attribute, issues)
+    if isinstance(trigger, OrderDate):
+        _needs(doc, config, where, what, "orders", trigger.column, issues)
+    if isinstance(trigger, LastActivity):
+        if "order" in trigger.activities:
+            _needs(doc, config, where + ("activity",), "order activity", "orders", None, issues)
+        if "login" in trigger.activities:
+            _needs(doc, config, where + ("activity",), "login activity", "events", "event_id", issues)
+    if isinstance(trigger, AtRisk) and not config.ledger_shares_warehouse:
+        issues.append(doc.issue(where, "segment triggers record entries next to the warehouse and need the ledger in the warehouse database",
+                                fix="remove ledger.url from engine.yaml, or use an event trigger"))
+
+
+def _check_filter(doc: Document, path: tuple, text: str | None, attributes: list[str], issues: list[Issue],
+                  config: ProjectConfig) -> None:
     if text is None:
         return
     try:
-        parse_filter(text, attributes)
+        tree = parse_filter(text, attributes)
     except FilterError as exc:
         issues.append(doc.issue(path, exc.message, fix=exc.fix, position=doc.value_position(path, exc.offset)))
+        return
+    functions = referenced_functions(tree)
+    if "has_tag" in functions and not config.ledger_shares_warehouse:
+        issues.append(doc.issue(path, "has_tag() reads the engine's tag table, which lives in the ledger database, not the warehouse",
+                                fix="remove ledger.url from engine.yaml to use tags in filters"))
+    if "bought_category" in functions:
+        _needs(doc, config, path, "bought_category()", "order_items", "category", issues)
 
 
 def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) -> tuple[Campaign, list[Issue]]:
@@ -117,48 +182,22 @@ def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) ->
     issues: list[Issue] = []
     attributes = filter_attributes(config)
     trigger = _trigger(doc, data["trigger"], issues)
-    for entity in TRIGGER_ENTITIES[trigger.kind]:
-        if entity not in config.sources:
-            issues.append(doc.issue(("trigger", trigger.kind), f"trigger {trigger.kind} needs the '{entity}' entity, which engine.yaml does not map",
-                                    fix=f"add sources.{entity} to {config.file}, or use another trigger"))
-    if isinstance(trigger, OrderPlaced) and trigger.statuses and "orders" in config.sources \
-            and not config.sources["orders"].has_column("status"):
-        issues.append(doc.issue(("trigger", "order_placed", "statuses"), "order statuses need the orders.status column, which is not mapped",
-                                fix=f"map it in {config.file}: sources.orders.columns.status"))
-    if isinstance(trigger, CheckoutAbandoned) and "checkouts" in config.sources \
-            and not config.sources["checkouts"].has_column("completed_at"):
-        issues.append(doc.issue(("trigger", "checkout_abandoned"), "abandoned checkouts need the checkouts.completed_at column, which is not mapped",
-                                fix=f"map it in {config.file}: sources.checkouts.columns.completed_at"))
-    if isinstance(trigger, AtRisk) and not config.ledger_shares_warehouse:
-        issues.append(doc.issue(("trigger", "at_risk"), "segment triggers record entries next to the warehouse and need the ledger in the warehouse database",
-                                fix="remove ledger.url from engine.yaml, or use an event trigger"))
+    _check_trigger(doc, config, trigger, issues)
     for index, stop in enumerate(data.get("stop", [])):
         for entity in STOP_CONDITIONS[stop]:
-            if entity not in config.sources:
-                issues.append(doc.issue(("stop", index), f"stop condition {stop} needs the '{entity}' entity, which engine.yaml does not map",
-                                        fix=f"add sources.{entity} to {config.file}"))
-    _check_filter(doc, ("audience",), data.get("audience"), attributes, issues)
+            column = "unsubscribed_at" if stop == "unsubscribed" else None
+            _needs(doc, config, ("stop", index), f"stop condition {stop}", entity, column, issues)
+    _check_filter(doc, ("audience",), data.get("audience"), attributes, issues, config)
+    reentry = _reentry(doc, data.get("reentry", "per_trigger"), issues)
     steps = []
     seen_ids: dict[str, int] = {}
     for index, raw in enumerate(data["steps"]):
-        where = ("steps", index)
-        if raw["id"] in seen_ids:
-            issues.append(doc.issue(where + ("id",), f"step id '{raw['id']}' is used twice (also steps[{seen_ids[raw['id']]}])",
+        step = _step(doc, config, renderer, trigger, ("steps", index), raw, attributes, issues)
+        if step.id in seen_ids:
+            issues.append(doc.issue(("steps", index, "id"), f"step id '{step.id}' is used twice (also steps[{seen_ids[step.id]}])",
                                     fix="step ids are ledger identities; give each step its own id"))
-        seen_ids.setdefault(raw["id"], index)
-        delay = _duration(doc, where + ("delay",), raw["delay"], issues)
-        freshness = _duration(doc, where + ("freshness",), raw["freshness"], issues) if "freshness" in raw else None
-        channel = config.channels.get(raw["channel"])
-        if channel is None:
-            known = ", ".join(config.channels) or "none"
-            issues.append(doc.issue(where + ("channel",), f"channel '{raw['channel']}' is not configured (configured: {known})",
-                                    fix=f"add it under channels: in {config.file} or use a configured one"))
-        else:
-            for problem in renderer.check(raw["template"], channel.kind):
-                issues.append(doc.issue(where + ("template",), problem.message, fix=problem.fix))
-        _check_filter(doc, where + ("audience",), raw.get("audience"), attributes, issues)
-        steps.append(Step(id=raw["id"], delay=delay, freshness=freshness, channel=raw["channel"],
-                          template=raw["template"], audience=raw.get("audience")))
+        seen_ids.setdefault(step.id, index)
+        steps.append(step)
     campaign = Campaign(
         name=data["name"],
         description=data.get("description", ""),
@@ -166,7 +205,168 @@ def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) ->
         trigger=trigger,
         audience=data.get("audience"),
         stop=tuple(data.get("stop", ())),
+        reentry=reentry,
         steps=tuple(steps),
         file=doc.file,
     )
+    issues += lint(doc, campaign, config)
     return campaign, issues
+
+
+def _reentry(doc: Document, spec, issues: list[Issue]) -> Reentry:
+    if isinstance(spec, dict):
+        return Reentry(mode="cooldown", cooldown=_duration(doc, ("reentry", "cooldown"), spec["cooldown"], issues))
+    return Reentry(mode=spec)
+
+
+def _step(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Trigger, where: tuple,
+          raw: dict, attributes: list[str], issues: list[Issue]) -> Step:
+    delay_text = str(raw["delay"]).strip()
+    negative = delay_text.startswith("-")
+    delay = _duration(doc, where + ("delay",), delay_text.lstrip("-").strip(), issues)
+    if negative:
+        delay = -delay
+        if not isinstance(trigger, (Anniversary, OrderDate)):
+            issues.append(doc.issue(where + ("delay",), f"a negative delay (before the trigger) only makes sense for date triggers, not {trigger.kind}",
+                                    fix="use a delay of 0m or more, or an anniversary / order_date trigger"))
+    freshness = _duration(doc, where + ("freshness",), raw["freshness"], issues) if "freshness" in raw else None
+    single = [key for key in ("channel", "template") if key in raw]
+    if "variants" in raw and single:
+        issues.append(doc.issue(where + (single[0],), "a step has either channel and template, or variants, not both",
+                                fix="move channel and template into the variants, or remove variants"))
+    elif "variants" not in raw and len(single) < 2:
+        missing = " and ".join(repr(k) for k in ("channel", "template") if k not in raw)
+        issues.append(doc.issue(where, f"missing required key {missing}",
+                                fix="a step sends a template over a channel: give channel: and template: (or variants:)"))
+    if "variants" in raw:
+        raw_variants = raw["variants"]
+    elif "channel" in raw and "template" in raw:
+        raw_variants = [{"id": "default", "channel": raw["channel"], "template": raw["template"]}]
+    else:
+        raw_variants = []
+    variants = []
+    for v_index, v in enumerate(raw_variants):
+        v_where = where + ("variants", v_index) if "variants" in raw else where
+        channel = config.channels.get(v["channel"])
+        if channel is None:
+            known = ", ".join(config.channels) or "none"
+            issues.append(doc.issue(v_where + ("channel",), f"channel '{v['channel']}' is not configured (configured: {known})",
+                                    fix=f"add it under channels: in {config.file} or use a configured one"))
+        else:
+            sample = sample_context(config, trigger, raw.get("discount_code") is not None)
+            for problem in renderer.check(v["template"], channel.kind, sample):
+                issues.append(doc.issue(v_where + ("template",), problem.message, fix=problem.fix))
+        _check_filter(doc, v_where + ("audience",), v.get("audience"), attributes, issues, config)
+        variants.append(Variant(id=v["id"], channel=v["channel"], template=v["template"],
+                                audience=v.get("audience"), percent=v.get("percent")))
+    if "variants" in raw:
+        seen = set()
+        for v_index, variant in enumerate(variants):
+            if variant.id in seen:
+                issues.append(doc.issue(where + ("variants", v_index, "id"), f"variant id '{variant.id}' is used twice",
+                                        fix="give each variant of a step its own id"))
+            seen.add(variant.id)
+        if sum(v.percent or 0 for v in variants) > 100:
+            issues.append(doc.issue(where + ("variants",), "the percents of the variants add up to more than 100",
+                                    fix="split at most 100 % of customers"))
+    _check_filter(doc, where + ("audience",), raw.get("audience"), attributes, issues, config)
+    quiet = raw.get("quiet_hours")
+    code = raw.get("discount_code")
+    return Step(
+        id=raw["id"], delay=delay, freshness=freshness, variants=tuple(variants),
+        audience=raw.get("audience"),
+        send_at=parse_clock(raw["send_at"]) if "send_at" in raw else None,
+        quiet_hours=parse_quiet_hours(quiet) if quiet else None,
+        discount_code=DiscountCode(prefix=code.get("prefix", ""), length=code.get("length", 8)) if code is not None else None,
+        actions=tuple(Action(kind=k, tag=t) for a in raw.get("actions", []) for k, t in a.items()),
+    )
+
+
+def sample_context(config: ProjectConfig, trigger: Trigger, discount_code: bool) -> dict:
+    """A context with every variable a template of this trigger may use, for validation.
+
+    Rendering each template against it with StrictUndefined turns a missing or
+    misspelt variable into a validation error instead of an empty string.
+    """
+    from .model import ENTITY_COLUMNS
+
+    def record(entity: str) -> dict:
+        source = config.sources.get(entity)
+        names = list(source.columns) if source else list(ENTITY_COLUMNS[entity][0])
+        return {name: _SAMPLE_VALUES.get(name, "sample") for name in names}
+
+    trigger_entity, item_entity = {
+        "order_placed": ("orders", "order_items"), "order_date": ("orders", "order_items"),
+        "at_risk": ("orders", "order_items"), "checkout_abandoned": ("checkouts", "checkout_items"),
+        "event": ("events", "events"),
+    }.get(trigger.kind, (None, None))
+    trigger_record = record(trigger_entity) if trigger_entity and trigger_entity in config.sources else {}
+    items = [record(item_entity)] if item_entity and item_entity in config.sources else []
+    context = {
+        "customer": record("customers"),
+        "trigger": {"key": "1", "at": "2025-01-01 00:00:00", **trigger_record},
+        "items": items,
+        "campaign": "campaign", "step": "step", "variant": "default",
+        "message_key": "campaign:step:1:1", "due_at": "2025-01-01 00:00:00",
+    }
+    if discount_code:
+        context["discount_code"] = "SAMPLE-CODE"
+    return context
+
+
+_SAMPLE_VALUES = {"price": 9.5, "total": 19.0, "quantity": 1}
+
+
+def lint(doc: Document, campaign: Campaign, config: ProjectConfig) -> list[Issue]:
+    """Non-fatal warnings: things that are allowed but usually a mistake."""
+    warnings = []
+    if not campaign.stop and campaign.trigger.kind not in ("last_activity", "checkout_abandoned"):
+        warnings.append(doc.issue(("name",), f"campaign '{campaign.name}' has no stop condition",
+                                  fix="add stop: [ordered_again] (or came_back, unsubscribed) unless every step must go out regardless",
+                                  severity="warning"))
+    for index, step in enumerate(campaign.steps):
+        where = ("steps", index)
+        if step.freshness is None:
+            warnings.append(doc.issue(where + ("id",), f"step '{step.id}' has no freshness window: after an outage it would still be sent, however late",
+                                      fix="add freshness: (e.g. 1d) so late messages are skipped", severity="warning"))
+        for channel in step.channels:
+            kind = config.channels[channel].kind if channel in config.channels else None
+            if kind == "sms" and step.quiet_hours is None and channel not in config.quiet_hours:
+                warnings.append(doc.issue(where + ("id",), f"step '{step.id}' sends SMS without quiet hours",
+                                          fix=f"add quiet_hours: {{start: '21:00', end: '08:00'}} to the step or defaults.quiet_hours.{channel} in {config.file}",
+                                          severity="warning"))
+    warnings += renamed_steps(doc, campaign, config)
+    return warnings
+
+
+def renamed_steps(doc: Document, campaign: Campaign, config: ProjectConfig) -> list[Issue]:
+    """Warn when a step id disappeared and another appeared since git's HEAD: a renamed
+    id is a new step, so everyone who got the old one would get the new one too."""
+    import subprocess
+
+    import yaml
+
+    path = Path(doc.file)
+    try:
+        relative = path.resolve().relative_to(config.root)
+        result = subprocess.run(["git", "-C", str(config.root), "show", f"HEAD:./{relative}"],
+                                capture_output=True, text=True, timeout=10)
+    except (ValueError, OSError, subprocess.SubprocessError):
+        return []
+    if result.returncode != 0:
+        return []
+    try:
+        before = yaml.safe_load(result.stdout) or {}
+        old_ids = [s["id"] for s in before.get("steps", []) if isinstance(s, dict) and "id" in s]
+    except (yaml.YAMLError, AttributeError, TypeError):
+        return []
+    new_ids = [s.id for s in campaign.steps]
+    gone = [i for i in old_ids if i not in new_ids]
+    added = [i for i in new_ids if i not in old_ids]
+    if not gone or not added:
+        return []
+    return [doc.issue(("steps", new_ids.index(step_id), "id"),
+                      f"step '{step_id}' is new and '{', '.join(gone)}' is gone since the last commit: if this is a rename, "
+                      f"customers who already got '{gone[0]}' will get '{step_id}' too",
+                      fix=f"keep the old id '{gone[0]}' to keep its ledger history (ids are identities, not labels)",
+                      severity="warning") for step_id in added]

@@ -17,6 +17,11 @@ REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ["duckdb", "sqlite", "postgres"]
 
 
+def recorded_outcomes(report) -> int:
+    """Messages a pass sent, skipped or failed (deferrals by quiet hours are not outcomes)."""
+    return sum(n for (_, _, outcome), n in report.counts.items() if not outcome.startswith("defer"))
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")

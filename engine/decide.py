@@ -1,0 +1,101 @@
+"""Per-message decisions the SQL leaves to Python: exact due times, variants, codes.
+
+Pure functions, no I/O. The warehouse narrows the candidates with a
+conservative time window; these functions then work on each candidate row:
+local send times and quiet hours in the customer's time zone (DST included,
+via zoneinfo), the yearly occurrence of a birthday (Feb 29 -> Feb 28 in common
+years), the stable A/B bucket of a customer, and unguessable discount codes.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .clock import UTC
+from .model import QuietHours, Step, Variant
+
+
+def customer_zone(name: object, default: str) -> ZoneInfo:
+    """The customer's time zone, or the project's default when unknown or invalid."""
+    if isinstance(name, str) and name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return ZoneInfo(default)
+
+
+def at_local_time(instant: datetime, clock: time, zone: ZoneInfo) -> datetime:
+    """The first moment at or after ``instant`` when the local clock in ``zone`` shows ``clock``."""
+    local = instant.astimezone(zone)
+    candidate = datetime.combine(local.date(), clock, tzinfo=zone)
+    if candidate < local:
+        candidate = datetime.combine(local.date() + timedelta(days=1), clock, tzinfo=zone)
+    return candidate.astimezone(UTC)
+
+
+def due_time(trigger_at: datetime, step: Step, zone: ZoneInfo) -> datetime:
+    base = trigger_at + step.delay
+    return at_local_time(base, step.send_at, zone) if step.send_at is not None else base
+
+
+def yearly_occurrence(day: date, year: int) -> date:
+    """``day``'s month and day in ``year``; Feb 29 becomes Feb 28 in common years."""
+    try:
+        return day.replace(year=year)
+    except ValueError:
+        return date(year, 2, 28)
+
+
+def anniversary_instance(day: date, step: Step, now: datetime, zone: ZoneInfo) -> tuple[datetime, str] | None:
+    """(trigger instant, key = the year) of the latest occurrence whose step is due by ``now``."""
+    reference = (now - step.delay).year
+    for year in (reference + 1, reference, reference - 1):
+        occurrence = yearly_occurrence(day, year)
+        trigger_at = datetime.combine(occurrence, time(0, 0), tzinfo=UTC)
+        if due_time(trigger_at, step, zone) <= now:
+            return trigger_at, str(year)
+    return None
+
+
+def in_quiet_hours(now: datetime, quiet: QuietHours | None, zone: ZoneInfo) -> bool:
+    if quiet is None:
+        return False
+    return quiet.contains(now.astimezone(zone).time())
+
+
+def stable_bucket(campaign: str, customer_id: str) -> int:
+    """0..99 from a hash of campaign and customer: the same customer always lands in the same bucket."""
+    digest = hashlib.sha256(f"{campaign}:{customer_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 100
+
+
+def pick_variant(step: Step, matches: list[object], bucket: int) -> Variant | None:
+    """The first variant whose audience matched and, for A/B variants, whose share holds ``bucket``.
+
+    Shares are laid out in variant order ([0, p1), [p1, p1 + p2), ...) whatever
+    the audiences, so editing one variant's audience never moves another's customers.
+    """
+    start = 0
+    for variant, match in zip(step.variants, matches):
+        in_share = True
+        if variant.percent is not None:
+            in_share = start <= bucket < start + variant.percent
+            start += variant.percent
+        if match and in_share:
+            return variant
+    return None
+
+
+_CODE_ALPHABET = str.maketrans({"0": "8", "1": "9", "O": "X", "I": "Y"})
+
+
+def discount_code(secret: str, message_key: str, prefix: str, length: int) -> str:
+    """A per-recipient code: an HMAC of the message key, so it is unique, stable across
+    re-renders and unguessable without the secret."""
+    digest = hmac.new(secret.encode(), message_key.encode(), hashlib.sha256).digest()
+    body = base64.b32encode(digest).decode().rstrip("=").translate(_CODE_ALPHABET)
+    return prefix + body[:length]
