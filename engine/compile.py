@@ -91,7 +91,8 @@ class StepWindow:
     """Which trigger times may make a step due now: ``earliest <= trigger_at <= due_cutoff``.
 
     The window is conservative (a local send time can only push the due time
-    later, by less than a day); Python drops rows that are not due yet.
+    later, by less than a day plus a DST shift: up to 25 h on a fall-back day);
+    Python drops rows that are not due yet.
     """
 
     due_cutoff: datetime
@@ -102,7 +103,9 @@ def step_window(step: Step, now: datetime, stale_horizon: timedelta) -> StepWind
     due_cutoff = now - step.delay
     if step.freshness is None:
         return StepWindow(due_cutoff, None)
-    slack = timedelta(days=1) if step.send_at is not None else timedelta(0)
+    # a local send time is at most a day plus a DST shift (1 h; 2 h in Antarctica/Troll) after
+    # trigger + delay; a slack of exactly one day lost stale rows on fall-back days
+    slack = timedelta(days=2) if step.send_at is not None else timedelta(0)
     return StepWindow(due_cutoff, due_cutoff - step.freshness - stale_horizon - slack)
 
 
@@ -517,8 +520,8 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
         matches = []
         for index in range(width):
             variant = step.variants[index] if index < len(step.variants) else None
-            if variant is None:
-                value: exp.Expression = exp.null()
+            if variant is None:  # typed: PostgreSQL resolves a UNION of untyped NULLs to text, then fails against 1/0
+                value: exp.Expression = exp.cast(exp.null(), exp.DataType.build("INT"))
             elif variant.audience is None:
                 value = exp.Literal.number(1)
             else:

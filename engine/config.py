@@ -22,7 +22,9 @@ from sqlglot.errors import ParseError, TokenError
 from .clock import parse_duration, parse_instant
 from .errors import ConfigError, Issue
 from .load import Document, load_yaml_file
-from .model import ENTITY_COLUMNS, ChannelConfig, DemoConfig, EntitySource, ProjectConfig, QuietHours
+from .model import (
+    ENTITY_COLUMNS, ChannelConfig, DemoConfig, EntitySource, FrequencyCap, ProjectConfig, QuietHours, RetryPolicy,
+)
 from .schemas import schema_issues
 
 CONFIG_FILE = "engine.yaml"
@@ -38,6 +40,9 @@ URL_DIALECTS = {
     "postgres": "postgres",
     "snowflake": "snowflake",
     "bigquery": "bigquery",
+    "trino": "trino",
+    "hive": "spark",        # PyHive against the Spark Thrift Server
+    "databricks": "spark",  # databricks-sqlalchemy; Databricks SQL runs Spark SQL
 }
 
 
@@ -140,8 +145,33 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         default_timezone=timezone_name,
         quiet_hours=quiet_hours,
         code_secret=defaults.get("code_secret", ProjectConfig.code_secret),
+        **_policies(doc, data.get("policies", {}), channels, issues),
     )
     return config, issues
+
+
+def _policies(doc: Document, spec: dict, channels: dict, issues: list[Issue]) -> dict:
+    caps = []
+    for index, cap in enumerate(spec.get("frequency_caps", [])):
+        channel = cap.get("channel")
+        if channel is not None and channel not in channels:
+            issues.append(doc.issue(("policies", "frequency_caps", index, "channel"), f"channel '{channel}' is not configured",
+                                    fix="configured channels: " + ", ".join(channels)))
+        caps.append(FrequencyCap(max=cap["max"], per=parse_duration(cap["per"]), channel=channel))
+    retry = spec.get("retry", {})
+    policies = {
+        "frequency_caps": tuple(caps),
+        "retry": RetryPolicy(
+            max_attempts=retry.get("max_attempts", RetryPolicy.max_attempts),
+            backoff=parse_duration(retry["backoff"]) if "backoff" in retry else RetryPolicy.backoff,
+            max_backoff=parse_duration(retry["max_backoff"]) if "max_backoff" in retry else RetryPolicy.max_backoff,
+        ),
+    }
+    if "claim_timeout" in spec:
+        policies["claim_timeout"] = parse_duration(spec["claim_timeout"])
+    if "unsubscribe_url" in spec:
+        policies["unsubscribe_url"] = spec["unsubscribe_url"]
+    return policies
 
 
 def is_timezone(name: str) -> bool:

@@ -1,4 +1,4 @@
-"""The ledger: engine-owned tables recording every message decision.
+r"""The ledger: engine-owned tables recording every message decision.
 
 ``engine_ledger`` has one row per message key (campaign, step, customer,
 trigger instance). The primary key is what guarantees a message is never
@@ -7,9 +7,21 @@ INSERT that silently does nothing when the key exists, and only the rows
 this INSERT created are dispatched. ``engine_entries`` remembers when a
 customer entered a segment-triggered campaign.
 
-Life cycle (this version): claimed -> sent | failed, or skipped with a
-reason. A row left ``claimed`` means the process stopped between claim and
-outcome; it is never resent (at-most-once).
+Life cycle of a message row::
+
+    claimed --render--> claimed + content --send--> sent
+                                               \--> failed (transient: attempts, next_attempt_at)
+                                               |       \--> claimed again at next_attempt_at ... sent | failed (exhausted)
+                                               \--> failed (permanent: the address is suppressed)
+    skipped (reason: stale, stopped, no_variant, no_contact, no_consent,
+             suppressed, frequency_cap, reentry)
+    claimed, older than the claim timeout (the process died):
+        without content -> released (deleted; nothing was sent, the next pass re-derives it)
+        with content    -> unknown (at-most-once: never resent, reported)
+                           or sent again with the same Message-ID (at-least-once)
+
+The content is written before the send, so "no content" proves "not sent".
+Also here: suppressed addresses (hard bounces), unsubscribes and tags.
 """
 from __future__ import annotations
 
@@ -43,7 +55,11 @@ ledger_table = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
     sa.Column("content", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.DateTime),
     sa.UniqueConstraint("campaign", "step", "customer_id", "trigger_key", name="engine_ledger_identity"),
+    sa.Index("engine_ledger_customer", "customer_id", "updated_at"),
+    sa.Index("engine_ledger_status", "status", "next_attempt_at"),
 )
 
 entries_table = sa.Table(
@@ -64,7 +80,26 @@ tags_table = sa.Table(
     sa.Column("set_at", sa.DateTime, nullable=False),
 )
 
-STATUSES = ("claimed", "sent", "failed", "skipped")
+suppressions_table = sa.Table(
+    "engine_suppressions",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),  # email | sms
+    sa.Column("address", sa.String(320), primary_key=True),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+unsubscribes_table = sa.Table(
+    "engine_unsubscribes",
+    metadata,
+    sa.Column("customer_id", sa.String(128), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),  # email | sms | all
+    sa.Column("source", sa.String(32)),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+STATUSES = ("claimed", "sent", "failed", "skipped", "unknown")
 
 
 def message_key(campaign: str, step: str, customer_id: str, trigger_key: str) -> str:
@@ -88,6 +123,7 @@ class Record:
     reason: str | None = None
     detail: str | None = None
     content: str | None = None
+    next_attempt_at: datetime | None = None
 
 
 def _naive(value: datetime | None) -> datetime | None:
@@ -137,6 +173,7 @@ class Ledger:
                 "status": r.status, "reason": r.reason, "detail": r.detail, "due_at": _naive(r.due_at),
                 "trigger_at": _naive(r.trigger_at), "variant": r.variant,
                 "created_at": now, "updated_at": now, "content": r.content,
+                "attempts": 1 if r.status == "claimed" else 0,
             }
             for r in records
         ]
@@ -148,7 +185,8 @@ class Ledger:
     def record_outcomes(self, records: Iterable[Record], now: datetime) -> None:
         """Set the final status of claimed messages (one statement, many rows)."""
         params = [
-            {"k": r.message_key, "s": r.status, "r": r.reason, "d": r.detail, "c": r.content, "u": _naive(now)}
+            {"k": r.message_key, "s": r.status, "r": r.reason, "d": r.detail, "u": _naive(now),
+             "n": _naive(r.next_attempt_at)}
             for r in records
         ]
         if not params:
@@ -158,9 +196,112 @@ class Ledger:
             .where(ledger_table.c.message_key == sa.bindparam("k"))
             .where(ledger_table.c.status == "claimed")
             .values(status=sa.bindparam("s"), reason=sa.bindparam("r"), detail=sa.bindparam("d"),
-                    content=sa.bindparam("c"), updated_at=sa.bindparam("u"))
+                    updated_at=sa.bindparam("u"), next_attempt_at=sa.bindparam("n"))
         )
         self.db.execute(statement, params)
+
+    def store_content(self, contents: list[tuple[str, str]], now: datetime) -> None:
+        """Keep the rendered message with its claim, before it is sent (R-M5, and proof of 'not sent')."""
+        if not contents:
+            return
+        statement = (
+            ledger_table.update()
+            .where(ledger_table.c.message_key == sa.bindparam("k"), ledger_table.c.status == "claimed")
+            .values(content=sa.bindparam("c"), updated_at=sa.bindparam("u"))
+        )
+        self.db.execute(statement, [{"k": k, "c": c, "u": _naive(now)} for k, c in contents])
+
+    def rows_where(self, *conditions, limit: int = 1000) -> list[dict]:
+        with self.db.engine.connect() as conn:
+            query = sa.select(ledger_table).where(*conditions).order_by(ledger_table.c.message_key).limit(limit)
+            return [dict(row) for row in conn.execute(query).mappings()]
+
+    def retries_due(self, now: datetime, limit: int = 1000) -> list[dict]:
+        c = ledger_table.c
+        return self.rows_where(c.status == "failed", c.next_attempt_at.is_not(None),
+                               c.next_attempt_at <= _naive(now), limit=limit)
+
+    def stale_claims(self, older_than: datetime, limit: int = 1000) -> list[dict]:
+        c = ledger_table.c
+        return self.rows_where(c.status == "claimed", c.updated_at < _naive(older_than), limit=limit)
+
+    def reclaim(self, row: dict, now: datetime) -> bool:
+        """Take over a failed or stale claimed row for another attempt; True if this process won it."""
+        c = ledger_table.c
+        statement = (
+            ledger_table.update()
+            .where(c.message_key == row["message_key"], c.status == row["status"], c.attempts == row["attempts"],
+                   c.updated_at == row["updated_at"])
+            .values(status="claimed", attempts=c.attempts + 1, updated_at=_naive(now), next_attempt_at=None)
+        )
+        with self.db.engine.begin() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def release(self, key: str) -> bool:
+        """Delete a claim that was never rendered, hence never sent: the next pass derives it again."""
+        c = ledger_table.c
+        with self.db.engine.begin() as conn:
+            return conn.execute(ledger_table.delete().where(
+                c.message_key == key, c.status == "claimed", c.content.is_(None))).rowcount == 1
+
+    def mark_unknown(self, key: str, now: datetime) -> None:
+        c = ledger_table.c
+        self.db.execute(ledger_table.update().where(c.message_key == key, c.status == "claimed").values(
+            status="unknown", reason="crashed", detail="claimed and rendered, but no outcome was recorded",
+            updated_at=_naive(now)))
+
+    # --- policies: suppressions, unsubscribes, contact pressure ---------------
+
+    def _insert_ignore(self, table: sa.Table, row: dict) -> None:
+        backend = self.db.backend
+        if backend in ("postgresql", "duckdb", "sqlite"):
+            dialect_insert = sqlite.insert if backend == "sqlite" else postgresql.insert
+            self.db.execute(dialect_insert(table).values(row).on_conflict_do_nothing())
+            return
+        try:  # pragma: no cover - other backends
+            self.db.execute(table.insert().values(row))
+        except Exception:  # noqa: BLE001 - already there
+            pass
+
+    def suppress(self, kind: str, address: str, reason: str, detail: str, now: datetime) -> None:
+        self._insert_ignore(suppressions_table, {"kind": kind, "address": address, "reason": reason,
+                                                 "detail": detail, "created_at": _naive(now)})
+
+    def suppressed(self, kind: str, addresses: list[str]) -> set[str]:
+        t = suppressions_table.c
+        found: set[str] = set()
+        for start in range(0, len(addresses), 500):
+            with self.db.engine.connect() as conn:
+                rows = conn.execute(sa.select(t.address).where(t.kind == kind, t.address.in_(addresses[start:start + 500])))
+                found |= {row[0] for row in rows}
+        return found
+
+    def unsubscribe(self, customer_id: str, kind: str, source: str, now: datetime) -> None:
+        self._insert_ignore(unsubscribes_table, {"customer_id": customer_id, "kind": kind, "source": source,
+                                                 "created_at": _naive(now)})
+
+    def unsubscribed(self, customer_ids: list[str]) -> set[tuple[str, str]]:
+        """(customer_id, kind) pairs; kind 'all' means every channel."""
+        t = unsubscribes_table.c
+        found: set[tuple[str, str]] = set()
+        for start in range(0, len(customer_ids), 500):
+            with self.db.engine.connect() as conn:
+                rows = conn.execute(sa.select(t.customer_id, t.kind).where(t.customer_id.in_(customer_ids[start:start + 500])))
+                found |= {(row[0], row[1]) for row in rows}
+        return found
+
+    def recent_sends(self, customer_ids: list[str], since: datetime) -> dict[str, list[tuple[datetime, str]]]:
+        """customer -> [(sent at, channel)] of messages sent (or in flight) since ``since``."""
+        c = ledger_table.c
+        found: dict[str, list[tuple[datetime, str]]] = {}
+        for start in range(0, len(customer_ids), 500):
+            query = sa.select(c.customer_id, c.created_at, c.channel).where(
+                c.customer_id.in_(customer_ids[start:start + 500]), c.status.in_(("sent", "claimed", "unknown")),
+                c.created_at >= _naive(since))
+            with self.db.engine.connect() as conn:
+                for customer_id, created_at, channel in conn.execute(query):
+                    found.setdefault(customer_id, []).append((_parse(created_at), channel))
+        return found
 
     def existing_keys(self, keys: list[str]) -> set[str]:
         """Which of ``keys`` the ledger already holds (for a ledger in another database)."""

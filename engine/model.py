@@ -18,7 +18,7 @@ ENTITY_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "customers": (
         ("customer_id",),
         ("email", "phone", "first_name", "last_name", "created_at", "locale", "timezone",
-         "birthday", "unsubscribed_at"),
+         "birthday", "unsubscribed_at", "email_consent", "sms_consent"),
     ),
     "orders": (
         ("order_id", "customer_id", "created_at"),
@@ -74,6 +74,24 @@ class ChannelConfig:
 
 
 @dataclass(frozen=True)
+class FrequencyCap:
+    """At most ``max`` messages per customer within ``per`` (on ``channel``, or across all)."""
+
+    max: int
+    per: timedelta
+    channel: str | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Transient failures are retried with exponential backoff (and jitter) up to ``max_attempts``."""
+
+    max_attempts: int = 4
+    backoff: timedelta = timedelta(minutes=1)
+    max_backoff: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """Marks the warehouse as the embedded demo shop, generated when missing."""
 
@@ -97,8 +115,14 @@ class ProjectConfig:
     default_timezone: str = "UTC"
     #: channel name -> default quiet hours for steps on that channel
     quiet_hours: Mapping[str, "QuietHours"] = field(default_factory=dict)
-    #: secret that makes discount codes unguessable (an ${ENV} reference, resolved when used)
+    #: secret that makes discount codes and unsubscribe links unguessable (resolved when used)
     code_secret: str = "${ENGINE_CODE_SECRET:-change-me}"
+    frequency_caps: tuple["FrequencyCap", ...] = ()
+    retry: "RetryPolicy" = field(default_factory=lambda: RetryPolicy())
+    #: a claim older than this without an outcome means its process died
+    claim_timeout: timedelta = timedelta(minutes=10)
+    #: base of the signed one-click unsubscribe link (RFC 8058) in every marketing email
+    unsubscribe_url: str = "https://shop.example/unsubscribe"
 
     @property
     def ledger_shares_warehouse(self) -> bool:
@@ -295,6 +319,8 @@ class Campaign:
     stop: tuple[str, ...] = ()
     enabled: bool = True
     reentry: Reentry = Reentry()
+    #: when a customer is due for several campaigns and a frequency cap allows fewer, higher wins
+    priority: int = 0
     file: str = ""
 
     def step(self, step_id: str) -> Step:

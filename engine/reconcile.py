@@ -8,7 +8,8 @@ due rows, in batches, and keeps counts, never the whole set.
 """
 from __future__ import annotations
 
-import json
+import hashlib
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -16,6 +17,7 @@ from typing import Iterator
 
 from sqlglot import exp
 
+from . import unsubscribe
 from .channels import ChannelSession, Delivered, OutgoingMessage, open_channel
 from .clock import format_instant, to_utc
 from .compile import (
@@ -26,14 +28,15 @@ from .config import database_url, resolve
 from .decide import (
     anniversary_instance, customer_zone, discount_code, due_time, in_quiet_hours, pick_variant, stable_bucket,
 )
+from .dispatch import Sent, deserialize, next_attempt, send_all, serialize
 from .errors import ChannelError, TemplateError
+from .policies import CONTACT_FIELD, PolicyState, apply_policies
 from .ledger import Ledger, Record, message_key
 from .model import Anniversary, Campaign, Event, Project
 from .render import Renderer
 from .warehouse import Database
 
 BATCH_SIZE = 1000
-CONTACT_FIELD = {"email": "email", "sms": "phone"}
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,11 @@ class PassReport:
         return sum(n for (_, _, outcome), n in self.counts.items() if outcome.startswith(outcome_prefix))
 
 
+def shard_of(customer_id: str, count: int) -> int:
+    """Which of ``count`` replicas owns this customer (a stable hash, not Python's salted one)."""
+    return int.from_bytes(hashlib.sha256(customer_id.encode()).digest()[:4], "big") % count
+
+
 def _parse_timestamp(value: object) -> datetime:
     if isinstance(value, datetime):
         return to_utc(value)
@@ -120,8 +128,9 @@ def _parse_date(value: object) -> date:
 class Reconciler:
     """Binds a project to its databases and channels; ``due`` reads, ``run_once`` acts."""
 
-    def __init__(self, project: Project, batch_size: int = BATCH_SIZE):
+    def __init__(self, project: Project, batch_size: int = BATCH_SIZE, shard: tuple[int, int] | None = None):
         self.project = project
+        self.shard = shard
         self.config = project.config
         self.batch_size = batch_size
         self.warehouse = Database(database_url(self.config, "warehouse"), must_exist=True)
@@ -143,18 +152,29 @@ class Reconciler:
         return [c for c in self.project.campaigns if c.enabled]
 
     def due(self, now: datetime, campaigns: list[Campaign] | None = None) -> Iterator[list[DueMessage]]:
-        """Batches of messages due at ``now`` and not yet in the ledger."""
+        """Batches of messages due at ``now`` and not yet in the ledger, policies applied.
+
+        Campaigns go in priority order (highest first), so when a frequency cap
+        lets a customer receive fewer messages than are due, the higher
+        priority campaign's message is the one that goes out.
+        """
         shares = self.config.ledger_shares_warehouse
-        for campaign in campaigns if campaigns is not None else self.campaigns():
+        state = PolicyState()
+        selected = campaigns if campaigns is not None else self.campaigns()
+        for campaign in sorted(selected, key=lambda c: -c.priority):
             sql = render_sql(due_query(campaign, self.config, now, exclude_ledger=shares), self.config.dialect)
             entered: dict[str, list[tuple[str, datetime]]] = {}  # re-entry: instances sent in this pass
             for rows in self.warehouse.stream(sql, self.batch_size):
                 batch = [m for m in (self._decide(campaign, row, now) for row in rows) if m is not None]
+                if self.shard is not None:
+                    index, count = self.shard
+                    batch = [m for m in batch if shard_of(m.customer_id, count) == index]
                 if not shares or not keys_in_sql(campaign):
                     known = self.ledger.existing_keys([m.key for m in batch])
                     batch = [m for m in batch if m.key not in known]
                 if campaign.reentry.mode != "per_trigger":
                     batch = self._apply_reentry(campaign, batch, entered)
+                batch = apply_policies(self.config, self.ledger, batch, now, state)
                 if batch:
                     yield batch
 
@@ -221,35 +241,42 @@ class Reconciler:
 
     # --- acting ------------------------------------------------------------
 
-    def run_once(self, now: datetime, campaigns: list[Campaign] | None = None) -> PassReport:
+    def run_once(self, now: datetime, campaigns: list[Campaign] | None = None,
+                 stop: threading.Event | None = None) -> PassReport:
+        """One pass. With ``stop`` set (SIGTERM) it ends after the batch in flight:
+        every claim it made is sent and recorded before it returns."""
         report = PassReport(now=now)
         selected = campaigns if campaigns is not None else self.campaigns()
-        for campaign in selected:
-            insert = entries_insert(campaign, self.config, now)
-            if insert is not None:
-                self.warehouse.execute(render_sql(insert, self.config.dialect))
-        renderer = Renderer(self.project.templates_dir)
         # Build every adapter first: a missing secret fails the pass before anything is claimed.
-        adapters = {
-            channel: open_channel(self.config.channels[channel], self.config.root)
-            for campaign in selected for step in campaign.steps for channel in step.channels
-        }
-        code_secret = resolve(self.config.code_secret) if any(
-            s.discount_code for c in selected for s in c.steps) else ""
+        adapters = {name: open_channel(self.config.channels[name], self.config.root) for name in self._channels(selected)}
+        secret = resolve(self.config.code_secret)
         sessions: dict[str, ChannelSession | None] = {}
         try:
+            self._recover(now, adapters, sessions, report)
+            for campaign in selected:
+                insert = entries_insert(campaign, self.config, now)
+                if insert is not None:
+                    self.warehouse.execute(render_sql(insert, self.config.dialect))
+            renderer = Renderer(self.project.templates_dir)
             for batch in self.due(now, selected):
-                self._process(batch, now, renderer, adapters, sessions, report, code_secret)
+                self._process(batch, now, renderer, adapters, sessions, report, secret)
+                if stop is not None and stop.is_set():
+                    report.errors.append("stopped early on request; the rest is due at the next pass")
+                    break
         finally:
             for session in sessions.values():
                 if session is not None:
                     session.close()
         return report
 
+    def _channels(self, campaigns: list[Campaign]) -> list[str]:
+        used = {channel for campaign in campaigns for step in campaign.steps for channel in step.channels}
+        return sorted(used)
+
     def _session(self, name: str, adapters: dict, sessions: dict, report: PassReport) -> ChannelSession | None:
         """The open session of channel ``name``, opened on first use; None if it cannot open."""
         if name not in sessions:
-            session = adapters[name]
+            session = adapters.get(name) or open_channel(self.config.channels[name], self.config.root)
             try:
                 session.open()
                 sessions[name] = session
@@ -258,8 +285,58 @@ class Reconciler:
                 sessions[name] = None
         return sessions[name]
 
+    def _recover(self, now: datetime, adapters: dict, sessions: dict, report: PassReport) -> None:
+        """Finish what earlier passes left: claims of dead processes, and retries that are due."""
+        for row in self.ledger.stale_claims(now - self.config.claim_timeout):
+            channel = self.config.channels.get(row["channel"] or "")
+            if row["content"] is None:  # never rendered, so never sent: let the next pass derive it again
+                if self.ledger.release(row["message_key"]):
+                    report.add(row["campaign"], row["step"], "released", channel=row["channel"])
+            elif channel is not None and channel.settings.get("delivery") == "at_least_once":
+                if self.ledger.reclaim(row, now):
+                    self._resend(row, now, adapters, sessions, report)
+            else:
+                self.ledger.mark_unknown(row["message_key"], now)
+                report.add(row["campaign"], row["step"], "unknown", channel=row["channel"])
+        for row in self.ledger.retries_due(now):
+            if row["channel"] in self.config.channels and self.ledger.reclaim(row, now):
+                self._resend(row, now, adapters, sessions, report)
+
+    def _resend(self, row: dict, now: datetime, adapters: dict, sessions: dict, report: PassReport) -> None:
+        """Send a stored message again, identical (same Message-ID / reference)."""
+        session = self._session(row["channel"], adapters, sessions, report)
+        if session is None:  # give it back: try again later
+            self.ledger.record_outcomes([Record(
+                message_key=row["message_key"], campaign=row["campaign"], step=row["step"], customer_id=row["customer_id"],
+                trigger_key=row["trigger_key"], channel=row["channel"], status="failed", reason="transient",
+                detail="channel unavailable", next_attempt_at=next_attempt(self.config.retry, row["message_key"], row["attempts"] + 1, now),
+            )], now)
+            return
+        message = deserialize(row["message_key"], row["content"])
+        [sent] = send_all([(row["channel"], message)], {row["channel"]: session})
+        record = self._outcome_record(row["message_key"], row["campaign"], row["step"], row["customer_id"],
+                                      row["trigger_key"], row["channel"], row["attempts"] + 1, sent, now, report)
+        self.ledger.record_outcomes([record], now)
+
+    def _outcome_record(self, key: str, campaign: str, step: str, customer_id: str, trigger_key: str, channel: str,
+                        attempts: int, sent: Sent, now: datetime, report: PassReport) -> Record:
+        common = dict(message_key=key, campaign=campaign, step=step, customer_id=customer_id,
+                      trigger_key=trigger_key, channel=channel)
+        outcome = sent.outcome
+        if isinstance(outcome, Delivered):
+            report.add(campaign, step, "sent", channel=channel)
+            return Record(**common, status="sent", detail=f"{outcome.provider_id} {outcome.detail}".strip())
+        if outcome.permanent:
+            self.ledger.suppress(sent.message.kind, sent.message.to, "bounced", outcome.detail, now)
+            report.add(campaign, step, "failed:permanent", channel=channel)
+            return Record(**common, status="failed", reason="permanent", detail=outcome.detail)
+        retry_at = next_attempt(self.config.retry, key, attempts, now)
+        reason = "transient" if retry_at is not None else "exhausted"
+        report.add(campaign, step, f"failed:{reason}", channel=channel)
+        return Record(**common, status="failed", reason=reason, detail=outcome.detail, next_attempt_at=retry_at)
+
     def _process(self, batch: list[DueMessage], now: datetime, renderer: Renderer,
-                 adapters: dict, sessions: dict, report: PassReport, code_secret: str) -> None:
+                 adapters: dict, sessions: dict, report: PassReport, secret: str) -> None:
         for m in batch:
             if m.action == "defer":
                 report.add(m.campaign, m.step, m.outcome, channel=m.channel)
@@ -276,37 +353,39 @@ class Reconciler:
         claimed = self.ledger.write_new((_record(m, "claimed") for m in sendable), now)
         to_send = [m for m in sendable if m.key in claimed]
         contexts = _TriggerContexts(self).load(to_send)
-        outcomes, tag_changes = [], []
+        rendered, failures, contents = [], [], []
         for m in to_send:
-            campaign = self.project.campaign(m.campaign)
-            step = campaign.step(m.step)
+            step = self.project.campaign(m.campaign).step(m.step)
             variant = step.variant(m.variant)
             channel = self.config.channels[variant.channel]
             context = _template_context(m, contexts.get((m.campaign, m.customer_id, m.trigger_key), {}))
+            context["unsubscribe_url"] = unsubscribe.link(self.config.unsubscribe_url, secret, m.customer_id, channel.kind)
             if step.discount_code is not None:
-                context["discount_code"] = discount_code(code_secret, m.key, step.discount_code.prefix, step.discount_code.length)
+                context["discount_code"] = discount_code(secret, m.key, step.discount_code.prefix, step.discount_code.length)
             try:
                 content = renderer.render(variant.template, channel.kind, context)
             except TemplateError as exc:
-                outcomes.append(_record(m, "failed", reason="render_error", detail=str(exc)))
+                failures.append(_record(m, "failed", reason="render_error", detail=str(exc)))
                 report.add(m.campaign, m.step, "failed:render_error", channel=m.channel)
                 continue
             message = OutgoingMessage(
                 key=m.key, kind=channel.kind, to=str(m.customer[CONTACT_FIELD[channel.kind]]),
                 sender=str(channel.settings.get("from", "shop@example.com")),
                 subject=content.subject, text=content.text, html=content.html,
+                headers=unsubscribe.headers(context["unsubscribe_url"]) if channel.kind == "email" else {},
             )
-            outcome = sessions[m.channel].send(message)
-            stored = json.dumps({"to": message.to, "subject": content.subject, "text": content.text, "html": content.html,
-                                 "discount_code": context.get("discount_code")})
-            if isinstance(outcome, Delivered):
-                outcomes.append(_record(m, "sent", detail=f"{outcome.provider_id} {outcome.detail}".strip(), content=stored))
-                report.add(m.campaign, m.step, "sent", channel=m.channel)
+            rendered.append((m, message))
+            contents.append((m.key, serialize(message, {"discount_code": context.get("discount_code")})))
+        # the content is stored before anything is sent: a claim without content was never sent
+        self.ledger.store_content(contents, now)
+        results = send_all([(m.channel, message) for m, message in rendered], sessions)
+        outcomes, tag_changes = list(failures), []
+        for (m, _), sent in zip(rendered, results):
+            record = self._outcome_record(m.key, m.campaign, m.step, m.customer_id, m.trigger_key, m.channel, 1, sent, now, report)
+            outcomes.append(record)
+            if record.status == "sent":
+                step = self.project.campaign(m.campaign).step(m.step)
                 tag_changes += [(m.customer_id, action.kind, action.tag, m.campaign) for action in step.actions]
-            else:
-                reason = "permanent" if outcome.permanent else "transient"
-                outcomes.append(_record(m, "failed", reason=reason, detail=outcome.detail, content=stored))
-                report.add(m.campaign, m.step, f"failed:{reason}", channel=m.channel)
         self.ledger.record_outcomes(outcomes, now)
         if tag_changes:
             self.ledger.apply_tags(tag_changes, now)

@@ -202,6 +202,7 @@ def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) ->
         name=data["name"],
         description=data.get("description", ""),
         enabled=data.get("enabled", True),
+        priority=data.get("priority", 0),
         trigger=trigger,
         audience=data.get("audience"),
         stop=tuple(data.get("stop", ())),
@@ -308,6 +309,7 @@ def sample_context(config: ProjectConfig, trigger: Trigger, discount_code: bool)
         "items": items,
         "campaign": "campaign", "step": "step", "variant": "default",
         "message_key": "campaign:step:1:1", "due_at": "2025-01-01 00:00:00",
+        "unsubscribe_url": "https://shop.example/unsubscribe?c=1&k=email&s=0",
     }
     if discount_code:
         context["discount_code"] = "SAMPLE-CODE"

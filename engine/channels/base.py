@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import parseaddr
 from typing import Mapping, Protocol
+
+
+_POLICY = email_policy.default.clone(max_line_length=998)
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,8 @@ class OutgoingMessage:
         return f"<{digest}@{domain}>"
 
     def to_email(self) -> EmailMessage:
-        email = EmailMessage()
+        # no folding into encoded words: List-Unsubscribe must stay a plain <URL> (RFC 8058)
+        email = EmailMessage(policy=_POLICY)
         email["From"] = self.sender
         email["To"] = self.to
         email["Subject"] = self.subject or ""
