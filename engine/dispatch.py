@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .channels import ChannelSession, Delivered, Failed, OutgoingMessage, Outcome
+from .faults import checkpoint
 from .model import RetryPolicy
 
 
@@ -60,6 +61,7 @@ def send_all(messages: list[tuple[str, OutgoingMessage]], sessions: dict[str, Ch
                 outcome = session.send(message)
             except Exception as exc:  # noqa: BLE001 - an adapter bug must not lose the outcome of others
                 outcome = Failed(detail=f"{type(exc).__name__}: {exc}")
+            checkpoint("sent")  # crash tests: after the provider accepted, before the ledger knows
             results[index] = Sent(message, outcome)
 
     if len(by_channel) == 1:

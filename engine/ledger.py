@@ -141,7 +141,14 @@ class Ledger:
         self.db = db
 
     def ensure_schema(self) -> None:
-        metadata.create_all(self.db.engine)
+        try:
+            metadata.create_all(self.db.engine)
+        except sa.exc.SQLAlchemyError as exc:
+            error = self.db._error("cannot open the ledger tables in", exc)
+            if "lock" in str(error).lower() and self.db.backend == "duckdb":
+                raise type(error)(f"{error}; DuckDB allows one writing process per file: stop the other "
+                                  "engine process, or use PostgreSQL (or SQLite) to run replicas") from None
+            raise error from None
 
     def _insert_ignoring_existing(self, rows: list[dict]) -> set[str]:
         """INSERT rows whose key is new; return the keys this call inserted."""

@@ -30,6 +30,7 @@ from .decide import (
 )
 from .dispatch import Sent, deserialize, next_attempt, send_all, serialize
 from .errors import ChannelError, TemplateError
+from .faults import checkpoint
 from .policies import CONTACT_FIELD, PolicyState, apply_policies
 from .ledger import Ledger, Record, message_key
 from .model import Anniversary, Campaign, Event, Project
@@ -351,6 +352,7 @@ class Reconciler:
             if m.action == "send" and sessions.get(m.channel) is None:
                 report.add(m.campaign, m.step, "not_sent:channel_unavailable", channel=m.channel)
         claimed = self.ledger.write_new((_record(m, "claimed") for m in sendable), now)
+        checkpoint("claimed")
         to_send = [m for m in sendable if m.key in claimed]
         contexts = _TriggerContexts(self).load(to_send)
         rendered, failures, contents = [], [], []
@@ -378,6 +380,7 @@ class Reconciler:
             contents.append((m.key, serialize(message, {"discount_code": context.get("discount_code")})))
         # the content is stored before anything is sent: a claim without content was never sent
         self.ledger.store_content(contents, now)
+        checkpoint("stored")
         results = send_all([(m.channel, message) for m, message in rendered], sessions)
         outcomes, tag_changes = list(failures), []
         for (m, _), sent in zip(rendered, results):

@@ -27,17 +27,29 @@ class SmtpSink:
     def __init__(self):
         self.messages: list[email.message.Message] = []
         self.refuse: dict[str, str] = {}
+        #: address -> replies to give to its next RCPTs, in order ("250 OK" accepts)
+        self.script: dict[str, list[str]] = {}
+        #: seconds to wait before accepting each message (a slow provider)
+        self.delay = 0.0
         self.lock = threading.Lock()
         self.port = free_port()
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.script.get(address):
+            reply = self.script[address].pop(0)
+            if not reply.startswith("250"):
+                return reply
         if address in self.refuse:
             return self.refuse[address]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.delay:
+            import asyncio
+
+            await asyncio.sleep(self.delay)
         with self.lock:
             self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
         return "250 Message accepted"
@@ -60,13 +72,20 @@ class SmsProvider:
     def __init__(self):
         self.requests: list[dict] = []
         self.status_for: dict[str, int] = {}  # phone number -> HTTP status to answer
+        self.script: dict[str, list[int]] = {}  # phone number -> statuses for its next requests
+        self.delay = 0.0  # seconds before answering (longer than the client timeout = a timeout)
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 sink.requests.append({"body": body, "authorization": self.headers.get("Authorization")})
-                status = sink.status_for.get(body.get("to"), 200)
+                scripted = sink.script.get(body.get("to"))
+                status = scripted.pop(0) if scripted else sink.status_for.get(body.get("to"), 200)
+                if sink.delay:
+                    import time
+
+                    time.sleep(sink.delay)
                 payload = json.dumps({"id": f"sms-{len(sink.requests)}"} if status == 200 else {"error": "refused"}).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
