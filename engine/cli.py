@@ -7,16 +7,18 @@ the traceback). Exit codes: 0 ok, 1 user error or failed sends, 2 crash.
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
 import signal
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 
 import click
 
+from . import logs, settings
 from .clock import FixedClock, SystemClock, format_instant, parse_instant, parse_interval
 from .compile import due_query, render_sql
 from .demo import build_demo, ensure_demo
@@ -26,7 +28,7 @@ from .project import check_project, load_project
 from .validate import campaign_files
 from .warehouse import file_of
 
-DIALECTS = ["duckdb", "sqlite", "postgres", "snowflake", "bigquery"]
+DIALECTS = ["duckdb", "sqlite", "postgres", "snowflake", "bigquery", "spark", "trino"]
 
 
 def handle_errors(command):
@@ -86,11 +88,17 @@ def _reconciler(project_dir: Path):
 @main.command()
 @click.argument("paths", nargs=-1)
 @click.option("--format", "fmt", type=click.Choice(["text", "github", "json"]), default="text", show_default=True)
+@click.option("--check-warehouse", is_flag=True,
+              help="Also connect to the warehouse: do the mapped tables, columns and types exist?")
 @click.pass_obj
 @handle_errors
-def validate(project_dir: Path, paths: tuple[str, ...], fmt: str):
+def validate(project_dir: Path, paths: tuple[str, ...], fmt: str, check_warehouse: bool):
     """Check engine.yaml, campaign files (default campaigns.d/) and their templates."""
     _, issues = check_project(project_dir, paths or None)
+    if check_warehouse:
+        from .introspect import check_warehouse as warehouse_issues
+
+        issues += warehouse_issues(project_dir)
     files = len(campaign_files(Path(project_dir).resolve(), paths or None))
     write_issues(issues, fmt, sys.stdout, files)
     sys.exit(1 if any(i.severity == "error" for i in issues) else 0)
@@ -146,53 +154,101 @@ def _select(reconciler, names):
 
 @main.command()
 @click.option("--once", is_flag=True, help="Run one pass and exit.")
-@click.option("--interval", metavar="DURATION", help="Run a pass every DURATION (e.g. 60s, 5m) until SIGTERM.")
+@click.option("--interval", metavar="DURATION",
+              help="Run a pass every DURATION (e.g. 60s, 5m) until SIGTERM. Env: ENGINE_INTERVAL (when --once is not given).")
 @as_of_option
 @campaign_option
+@click.option("--metrics-host", envvar="ENGINE_METRICS_HOST", default=settings.ENV["metrics_host"][1], show_default=True,
+              help="Address of /healthz, /readyz and /metrics with --interval (0.0.0.0 in the container). Env: ENGINE_METRICS_HOST.")
+@click.option("--metrics-port", envvar="ENGINE_METRICS_PORT", type=click.IntRange(0, 65535),
+              default=settings.DEFAULT_METRICS_PORT, show_default=True,
+              help="Port of /healthz, /readyz and /metrics with --interval (0: any free port). Env: ENGINE_METRICS_PORT.")
+@click.option("--log-level", envvar="ENGINE_LOG_LEVEL", type=click.Choice(logs.LEVELS, case_sensitive=False),
+              default="info", show_default=True, help="With --interval. Env: ENGINE_LOG_LEVEL.")
+@click.option("--log-format", envvar="ENGINE_LOG_FORMAT", type=click.Choice(logs.FORMATS, case_sensitive=False),
+              default="text", show_default=True, help="With --interval: one JSON object per line, or text. Env: ENGINE_LOG_FORMAT.")
+@click.option("--log-personal-data", envvar="ENGINE_LOG_PERSONAL_DATA", is_flag=True,
+              help="Do not redact email addresses and phone numbers in logs (debugging only). Env: ENGINE_LOG_PERSONAL_DATA=1.")
 @click.pass_obj
 @handle_errors
-def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns):
+def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, metrics_host: str, metrics_port: int,
+        log_level: str, log_format: str, log_personal_data: bool):
     """Reconcile: send every due message that the ledger does not hold yet."""
+    if not once and not interval:
+        interval = os.environ.get(settings.ENV["interval"][0]) or None
     if once == bool(interval):
-        raise click.UsageError("give exactly one of --once or --interval DURATION")
+        raise click.UsageError("give exactly one of --once or --interval DURATION (or set ENGINE_INTERVAL)")
     if interval and as_of:
         raise click.UsageError("--as-of freezes time and only makes sense with --once")
+    if interval:
+        try:
+            seconds = parse_interval(interval)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--interval / ENGINE_INTERVAL") from None
+        if seconds <= 0:
+            raise click.BadParameter(f"'{interval}' is not a positive duration", param_hint="--interval / ENGINE_INTERVAL")
+        logs.configure(log_level.lower(), log_format.lower(), log_personal_data)
+        _loop(project_dir, seconds, campaigns, metrics_host, metrics_port)
+        return
     project, reconciler = _reconciler(project_dir)
     clock = FixedClock(as_of) if as_of else SystemClock()
     try:
         selected = _select(reconciler, campaigns)
-        if once:
-            report = reconciler.run_once(clock.now(), selected)
-            click.echo(f"Pass at {format_instant(report.now)}:")
-            write_report(report, sys.stdout, sys.stderr)
-            sys.exit(1 if report.errors or report.total("failed") else 0)
-        try:
-            seconds = parse_interval(interval)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--interval") from None
-        _loop(reconciler, clock, selected, seconds)
+        report = reconciler.run_once(clock.now(), selected)
+        click.echo(f"Pass at {format_instant(report.now)}:")
+        write_report(report, sys.stdout, sys.stderr)
+        sys.exit(1 if report.errors or report.total("failed") else 0)
     finally:
         reconciler.close()
 
 
-def _loop(reconciler, clock, selected, seconds: float) -> None:
+def _loop(project_dir: Path, seconds: float, campaigns, metrics_host: str, metrics_port: int) -> None:
+    """The service (engine.service) until SIGTERM/SIGINT; a second signal exits at once."""
+    from .service import Service
+
     stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        if stop.is_set():
+            logs.event("service.killed", "Second signal: exiting now; messages claimed in this pass stay unsent",
+                       logging.WARNING)
+            raise SystemExit(1)
+        stop.set()
+        logs.event("service.stopping", f"{signal.Signals(signum).name}: stopping after the current pass")
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    click.echo(f"Reconciling every {seconds:g}s; SIGTERM or Ctrl-C stops after the current pass.", err=True)
-    while not stop.is_set():
-        started = time.monotonic()
-        try:
-            report = reconciler.run_once(clock.now(), selected)
-            click.echo(f"Pass at {format_instant(report.now)}: {report.total('sent')} sent, "
-                       f"{report.total('skipped')} skipped, {report.total('failed')} failed "
-                       f"in {time.monotonic() - started:.2f}s")
-            for error in report.errors:
-                click.echo(f"Error: {error}", err=True)
-        except EngineError as exc:  # e.g. warehouse briefly unreachable: report, keep looping
-            click.echo(f"Error: {exc}", err=True)
-        stop.wait(max(0.0, seconds - (time.monotonic() - started)))
-    click.echo("Stopped.", err=True)
+        signal.signal(signum, on_signal)
+    service = Service(project_dir, seconds, campaigns=campaigns, metrics_host=metrics_host, metrics_port=metrics_port)
+    try:
+        service.start()
+        service.run(stop)
+    finally:
+        service.close()
+    logs.event("service.stopped", "Stopped.")
+
+
+@main.group(name="config")
+def config_group():
+    """Inspect the configuration the engine runs with."""
+
+
+@config_group.command(name="show")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_obj
+@handle_errors
+def config_show(project_dir: Path, fmt: str):
+    """Print the effective configuration: engine.yaml with ${VAR} resolved, service settings, secrets masked."""
+    shown = settings.effective_config(project_dir)
+    if fmt == "json":
+        click.echo(json.dumps({s.key: s.as_dict() for s in shown}, indent=2))
+    else:
+        width = max(len(s.key) for s in shown)
+        value_width = min(60, max(len(s.value) for s in shown))
+        for s in shown:
+            click.echo(f"{s.key:<{width}}  {s.value:<{value_width}}  # {s.origin}")
+    missing = [s.key for s in shown if s.origin.startswith("missing")]
+    if missing:
+        click.echo(f"Warning: environment variables not set for {', '.join(missing)}", err=True)
 
 
 @main.command()

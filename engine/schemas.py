@@ -17,7 +17,9 @@ import jsonschema
 from .errors import Issue
 from .load import Document
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schema"
+_SOURCE_SCHEMAS = Path(__file__).resolve().parent.parent / "schema"
+_INSTALLED_SCHEMAS = Path(__file__).resolve().parent / "schema"  # a wheel carries schema/ as engine/schema/
+SCHEMA_DIR = _SOURCE_SCHEMAS if (_SOURCE_SCHEMAS / "campaign.schema.json").is_file() else _INSTALLED_SCHEMAS
 
 
 @lru_cache(maxsize=None)

@@ -30,7 +30,7 @@ def test_interval_loop_runs_passes_and_exits_cleanly_on_sigterm(tmp_path):
         started = time.monotonic()
         assert process.wait(timeout=15) == 0
         assert time.monotonic() - started < 15
-        assert "Stopped." in process.stderr.read()
+        assert "Stopped." in process.stdout.read()  # the service logs to stdout
     finally:
         if process.poll() is None:
             process.kill()
