@@ -77,12 +77,25 @@ def main(ctx, project_dir: Path):
     ctx.obj = project_dir
 
 
-def _reconciler(project_dir: Path):
+def _reconciler(project_dir: Path, shard: tuple[int, int] | None = None):
     from .reconcile import Reconciler
 
     project = load_project(project_dir)
     ensure_demo(project.config, echo=lambda text: click.echo(text, err=True))
-    return project, Reconciler(project)
+    return project, Reconciler(project, shard=shard)
+
+
+def _shard(_ctx, _param, value):
+    if value is None:
+        return None
+    index, _, count = value.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(count) > 0 and int(index) < int(count)):
+        raise click.BadParameter(f"'{value}' is not i/n with 0 <= i < n, e.g. 0/3")
+    return int(index), int(count)
+
+
+shard_option = click.option("--shard", callback=_shard, metavar="I/N", envvar="ENGINE_SHARD",
+                            help="Only customers whose stable hash falls in shard I of N (replicas split the work). Env: ENGINE_SHARD.")
 
 
 @main.command()
@@ -130,11 +143,12 @@ def compile_command(project_dir: Path, campaign: str, dialect: str | None, as_of
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True)
 @click.option("--include-skipped", is_flag=True, help="Also list messages that would be skipped, with the reason.")
 @click.option("--limit", default=20, show_default=True, help="Rows shown in the table format.")
+@shard_option
 @click.pass_obj
 @handle_errors
-def plan(project_dir: Path, as_of, campaigns, fmt: str, include_skipped: bool, limit: int):
+def plan(project_dir: Path, as_of, campaigns, fmt: str, include_skipped: bool, limit: int, shard):
     """Show who would receive which message now (or at --as-of), without sending."""
-    project, reconciler = _reconciler(project_dir)
+    project, reconciler = _reconciler(project_dir, shard)
     try:
         now = (FixedClock(as_of) if as_of else SystemClock()).now()
         selected = _select(reconciler, campaigns)
@@ -169,10 +183,11 @@ def _select(reconciler, names):
               default="text", show_default=True, help="With --interval: one JSON object per line, or text. Env: ENGINE_LOG_FORMAT.")
 @click.option("--log-personal-data", envvar="ENGINE_LOG_PERSONAL_DATA", is_flag=True,
               help="Do not redact email addresses and phone numbers in logs (debugging only). Env: ENGINE_LOG_PERSONAL_DATA=1.")
+@shard_option
 @click.pass_obj
 @handle_errors
 def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, metrics_host: str, metrics_port: int,
-        log_level: str, log_format: str, log_personal_data: bool):
+        log_level: str, log_format: str, log_personal_data: bool, shard):
     """Reconcile: send every due message that the ledger does not hold yet."""
     if not once and not interval:
         interval = os.environ.get(settings.ENV["interval"][0]) or None
@@ -187,10 +202,12 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
             raise click.BadParameter(str(exc), param_hint="--interval / ENGINE_INTERVAL") from None
         if seconds <= 0:
             raise click.BadParameter(f"'{interval}' is not a positive duration", param_hint="--interval / ENGINE_INTERVAL")
+        if shard is not None:
+            raise click.UsageError("--shard works with --once in this version; run one service per database instead")
         logs.configure(log_level.lower(), log_format.lower(), log_personal_data)
         _loop(project_dir, seconds, campaigns, metrics_host, metrics_port)
         return
-    project, reconciler = _reconciler(project_dir)
+    project, reconciler = _reconciler(project_dir, shard)
     clock = FixedClock(as_of) if as_of else SystemClock()
     try:
         selected = _select(reconciler, campaigns)
@@ -275,6 +292,50 @@ def demo(project_dir: Path, reset: bool):
         counts = build_demo(path, config.demo.seed, config.demo.customers, config.demo.anchor)
         click.echo(f"Demo shop in {path}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
         click.echo(f"Its history ends at {config.demo.anchor}: use --as-of {config.demo.anchor}")
+
+
+@main.command(name="show-message")
+@click.argument("message_key")
+@click.pass_obj
+@handle_errors
+def show_message(project_dir: Path, message_key: str):
+    """Print a message exactly as it was sent (R-M5), with its ledger history."""
+    from .dispatch import deserialize
+
+    _, reconciler = _reconciler(project_dir)
+    try:
+        row = reconciler.ledger.get(message_key)
+    finally:
+        reconciler.close()
+    if row is None:
+        raise click.ClickException(f"no message with key '{message_key}' in the ledger (keys look like campaign:step:customer:trigger)")
+    click.echo(f"# {row['message_key']}: {row['status']}" + (f" ({row['reason']})" if row["reason"] else "")
+               + f", attempts {row['attempts']}, updated {row['updated_at']}")
+    if row["detail"]:
+        click.echo(f"# provider: {row['detail']}")
+    if not row["content"]:
+        click.echo("# (nothing was rendered for this message)")
+        return
+    message = deserialize(message_key, row["content"])
+    if message.kind == "email":
+        click.echo(message.to_email().as_string())
+    else:
+        click.echo(f"To: {message.to}\nFrom: {message.sender}\n\n{message.text}")
+
+
+@main.command()
+@click.argument("customer_id")
+@click.option("--channel", "kind", type=click.Choice(["email", "sms", "all"]), default="all", show_default=True)
+@click.pass_obj
+@handle_errors
+def unsubscribe(project_dir: Path, customer_id: str, kind: str):
+    """Record that CUSTOMER_ID unsubscribed (from one channel kind or all); no message is sent after it."""
+    _, reconciler = _reconciler(project_dir)
+    try:
+        reconciler.ledger.unsubscribe(customer_id, kind, "cli", SystemClock().now())
+    finally:
+        reconciler.close()
+    click.echo(f"Customer {customer_id} is unsubscribed from {kind}.")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-"""The service's HTTP endpoints on the stdlib server: /healthz, /readyz and /metrics.
+"""The service's HTTP endpoints on the stdlib server: /healthz, /readyz, /metrics and /unsubscribe.
 
 Owns the socket and the request handling only; what "ready" means and what
 the metrics say come in as callables from ``service.py``. One daemon thread
@@ -32,9 +32,21 @@ class StatusServer:
     """Serves liveness, readiness and Prometheus metrics until ``stop``."""
 
     def __init__(self, host: str, port: int, *, readiness: Readiness,
-                 metrics: Callable[[], bytes], metrics_content_type: str):
+                 metrics: Callable[[], bytes], metrics_content_type: str,
+                 unsubscribe: Callable[[str, bool], tuple[int, str]] | None = None):
         class Handler(BaseHTTPRequestHandler):
             server_version = "engine"
+
+            def do_POST(self):  # noqa: N802 - RFC 8058 one-click: POST <link> with List-Unsubscribe=One-Click
+                path, _, query = self.path.partition("?")
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(min(length, 4096))
+                if path == "/unsubscribe" and unsubscribe is not None:
+                    status, text = unsubscribe(query, True)
+                    self._reply(status, (text + "\n").encode(), "text/plain; charset=utf-8")
+                else:
+                    self._reply(404, b"not found\n", "text/plain; charset=utf-8")
 
             def do_GET(self):  # noqa: N802 - the stdlib's name
                 path = self.path.split("?", 1)[0]
@@ -50,6 +62,10 @@ class StatusServer:
                     self._reply(200 if ready else 503, body, "application/json")
                 elif path == "/metrics":
                     self._reply(200, metrics(), metrics_content_type)
+                elif path == "/unsubscribe" and unsubscribe is not None:
+                    # a GET only confirms: mail scanners follow links, so the change needs the POST
+                    status, text = unsubscribe(self.path.partition("?")[2], False)
+                    self._reply(status, text.encode(), "text/html; charset=utf-8" if status == 200 else "text/plain; charset=utf-8")
                 else:
                     self._reply(404, b"not found; try /healthz, /readyz or /metrics\n", "text/plain; charset=utf-8")
 

@@ -13,6 +13,7 @@ given event is set, after the pass in progress.
 """
 from __future__ import annotations
 
+import html
 import logging
 import threading
 import time
@@ -25,6 +26,8 @@ import sqlalchemy as sa
 from .clock import Clock, SystemClock, format_instant, to_utc
 from .demo import ensure_demo
 from .errors import EngineError, ProjectInvalid
+from . import unsubscribe as unsubscribe_link
+from .config import resolve
 from .httpd import StatusServer
 from .ledger import Ledger, Record, ledger_table
 from .logs import event
@@ -137,7 +140,8 @@ class Service:
             _issue_event(issue)
         self._check_names(result.project)
         self.server = StatusServer(self.metrics_host, self.metrics_port, readiness=self.readiness,
-                                   metrics=self.metrics.exposition, metrics_content_type=CONTENT_TYPE)
+                                   metrics=self.metrics.exposition, metrics_content_type=CONTENT_TYPE,
+                                   unsubscribe=self.unsubscribe)
         self.server.start()
         event("http.listening", f"Serving /healthz, /readyz and /metrics on http://{self.server.host}:{self.server.port}",
               host=self.server.host, port=self.server.port)
@@ -150,8 +154,25 @@ class Service:
         event("project.loaded", f"Loaded {self.root}: {_campaign_list(reconciler)}",
               campaigns=[c.name for c in reconciler.campaigns(list(self.names) or None)])
 
+    def unsubscribe(self, query: str, confirm: bool) -> tuple[int, str]:
+        """/unsubscribe: a signed link; GET shows a confirmation form, POST (RFC 8058 one-click) records it."""
+        reconciler = self._reconciler
+        if reconciler is None:
+            return 503, "not ready, try again in a minute"
+        found = unsubscribe_link.verify(query, resolve(reconciler.config.code_secret))
+        if found is None:
+            return 400, "this unsubscribe link is not valid"
+        customer_id, kind = found
+        if not confirm:
+            return 200, (f"<!doctype html><form method=post action='/unsubscribe?{html.escape(query)}'>"
+                         f"<p>Stop {html.escape(kind)} messages?</p><button>Unsubscribe</button></form>")
+        reconciler.ledger.unsubscribe(customer_id, kind, "link", self.clock.now())
+        event("customer.unsubscribed", f"Unsubscribed a customer from {kind} by link", kind=kind)
+        return 200, "You are unsubscribed."
+
     def run(self, stop: threading.Event) -> None:
         """Pass, wait, repeat until ``stop`` is set; the pass in progress always finishes."""
+        self._stop = stop
         event("service.started", f"Reconciling every {self.interval:g}s; SIGTERM or Ctrl-C stops after the current pass.",
               interval=self.interval)
         while not stop.is_set():
@@ -178,7 +199,8 @@ class Service:
         now = self.clock.now()
         started = self.monotonic()
         try:
-            report = reconciler.run_once(now, reconciler.campaigns(list(self.names) or None))
+            report = reconciler.run_once(now, reconciler.campaigns(list(self.names) or None),
+                                         stop=getattr(self, "_stop", None))
         except Exception as exc:  # noqa: BLE001 - a service reports and goes on; readiness turns stale
             duration = self.monotonic() - started
             self.metrics.record_failed_pass(duration)

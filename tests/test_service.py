@@ -541,3 +541,68 @@ def test_compose_project_runs_against_postgres_and_smtp(tmp_path):
         result = subprocess.run(ENGINE + ["run", "--once"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
         assert len(smtp.messages) > 0
+
+
+def test_one_click_unsubscribe_link_is_served_and_recorded(tmp_path, service_factory):
+    """POST to the signed link (RFC 8058) records the unsubscribe; a forged one is refused; GET only confirms."""
+    from engine import unsubscribe
+
+    root = live_project(tmp_path / "project", customers=50)
+    port = free_port()
+    service = service_factory(ENGINE + ["run", "--interval", "1s", "--metrics-port", str(port), "--log-format", "json"],
+                              cwd=root, port=port)
+    service.wait_for(lambda: service.passes() >= 1, "the first pass", timeout=START_BOUND)
+    secret = "demo-secret-change-me"  # engine.yaml: ${ENGINE_CODE_SECRET:-demo-secret-change-me}
+    query = unsubscribe.link("", secret, "7", "email").lstrip("?")
+
+    def post(q: str) -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/unsubscribe?{q}", data=b"List-Unsubscribe=One-Click",
+                                         method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    status, page = service.get(f"/unsubscribe?{query}")
+    assert status == 200 and "<form method=post" in page
+    assert post(query.replace("c=7", "c=8")) == 400
+    assert post(query) == 200
+    service.wait_for(lambda: service.events("customer.unsubscribed"), "the unsubscribe event")
+    code, _ = service.stop()
+    assert code == 0
+    import sqlalchemy as sa
+
+    config, _ = load_config(root)
+    engine = sa.create_engine(database_url(config))
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT customer_id, kind, source FROM engine_unsubscribes")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("7", "email", "link")]
+
+
+def test_cli_unsubscribe_show_message_and_shards(tmp_path):
+    root = copy_project(tmp_path)
+    env = {**os.environ}
+    run = lambda *args: subprocess.run(ENGINE + list(args), cwd=root, capture_output=True, text=True, timeout=180, env=env)  # noqa: E731
+    as_of = "2025-01-10T00:00:00Z"
+    plan = run("plan", "--as-of", as_of, "--format", "jsonl")
+    assert plan.returncode == 0, plan.stderr
+    everyone = {json.loads(line)["message_key"] for line in plan.stdout.splitlines()}
+    halves = [run("plan", "--as-of", as_of, "--format", "jsonl", "--shard", f"{i}/2") for i in (0, 1)]
+    parts = [{json.loads(line)["message_key"] for line in half.stdout.splitlines()} for half in halves]
+    assert parts[0] | parts[1] == everyone and not parts[0] & parts[1] and parts[0] and parts[1]
+    assert run("plan", "--shard", "2/2").returncode == 2
+    key = sorted(k for k in everyone if k.startswith("abandoned-cart"))[0]
+    customer = key.split(":")[2]
+    assert run("unsubscribe", customer, "--channel", "email").returncode == 0
+    replanned = run("plan", "--as-of", as_of, "--format", "jsonl", "--include-skipped", "--campaign", "abandoned-cart")
+    [row] = [json.loads(line) for line in replanned.stdout.splitlines() if json.loads(line)["message_key"] == key]
+    assert (row["action"], row["reason"]) == ("skip", "no_consent")
+    other = sorted(k for k in everyone if k.startswith("abandoned-cart") and k != key)[0]
+    assert run("run", "--once", "--as-of", as_of, "--campaign", "abandoned-cart").returncode == 0
+    shown = run("show-message", other)
+    assert shown.returncode == 0 and "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in shown.stdout
+    assert "Subject: You left something in your cart" in shown.stdout
+    missing = run("show-message", "nope:nope:1:1")
+    assert missing.returncode == 1 and "no message with key" in missing.stderr
