@@ -15,7 +15,7 @@ from conftest import REPO
 from engine import due_query, load_project, render_sql
 from engine.compile import entries_insert
 
-DIALECTS = ["duckdb", "sqlite", "postgres", "snowflake", "bigquery"]
+DIALECTS = ["duckdb", "sqlite", "postgres", "snowflake", "bigquery", "spark", "trino"]
 NOW = datetime(2025, 1, 10, tzinfo=timezone.utc)
 PROJECT = load_project(REPO)
 CAMPAIGNS = [c.name for c in PROJECT.campaigns]
@@ -75,3 +75,14 @@ def test_foreign_mapping_renames_tables_and_columns(tmp_path):
     assert "FROM shop.kunden" in sql
     assert "kunden_nr AS customer_id" in sql
     assert "mail AS email" in sql
+
+
+@pytest.mark.parametrize("url, dialect", [
+    ("trino://engine@trino.internal:8080/hive/shop", "trino"),
+    ("hive://engine@spark-thrift.internal:10000/shop", "spark"),          # Spark Thrift Server via PyHive
+    ("databricks://token:x@adb-1.azuredatabricks.net?http_path=/sql/1.0/warehouses/a", "spark"),
+])
+def test_spark_and_trino_dialects_follow_from_the_url(url, dialect):
+    from engine.config import dialect_of_url
+
+    assert dialect_of_url(url) == dialect
