@@ -550,8 +550,11 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     body: exp.Query = selects[0]
     for other in selects[1:]:
         body = exp.union(body, other, distinct=False)
-    if not isinstance(body, exp.Select):
+    ordered = campaign.reentry.mode != "per_trigger"
+    if not isinstance(body, exp.Select) or ordered:
         body = exp.select("*").from_(body.subquery("due_steps"))
+    if ordered:  # re-entry rules let the earliest instance in: it must come first
+        body = body.order_by(exp.column("trigger_at"), exp.column("customer_id"), exp.column("trigger_key"))
     return builder.with_ctes(body)
 
 
