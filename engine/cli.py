@@ -202,10 +202,8 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
             raise click.BadParameter(str(exc), param_hint="--interval / ENGINE_INTERVAL") from None
         if seconds <= 0:
             raise click.BadParameter(f"'{interval}' is not a positive duration", param_hint="--interval / ENGINE_INTERVAL")
-        if shard is not None:
-            raise click.UsageError("--shard works with --once in this version; run one service per database instead")
         logs.configure(log_level.lower(), log_format.lower(), log_personal_data)
-        _loop(project_dir, seconds, campaigns, metrics_host, metrics_port)
+        _loop(project_dir, seconds, campaigns, metrics_host, metrics_port, shard)
         return
     project, reconciler = _reconciler(project_dir, shard)
     clock = FixedClock(as_of) if as_of else SystemClock()
@@ -219,7 +217,8 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
         reconciler.close()
 
 
-def _loop(project_dir: Path, seconds: float, campaigns, metrics_host: str, metrics_port: int) -> None:
+def _loop(project_dir: Path, seconds: float, campaigns, metrics_host: str, metrics_port: int,
+          shard: tuple[int, int] | None = None) -> None:
     """The service (engine.service) until SIGTERM/SIGINT; a second signal exits at once."""
     from .service import Service
 
@@ -235,7 +234,8 @@ def _loop(project_dir: Path, seconds: float, campaigns, metrics_host: str, metri
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
-    service = Service(project_dir, seconds, campaigns=campaigns, metrics_host=metrics_host, metrics_port=metrics_port)
+    service = Service(project_dir, seconds, campaigns=campaigns, metrics_host=metrics_host, metrics_port=metrics_port,
+                      shard=shard)
     try:
         service.start()
         service.run(stop)

@@ -99,7 +99,8 @@ class Service:
     def __init__(self, root: Path | str, interval: float, *, campaigns: Iterable[str] = (),
                  metrics_host: str = "127.0.0.1", metrics_port: int = DEFAULT_METRICS_PORT,
                  clock: Clock | None = None, monotonic: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time, shard: tuple[int, int] | None = None):
+        self.shard = shard
         if interval <= 0:
             raise ValueError("the interval must be positive")
         self.root = Path(root).resolve()
@@ -304,7 +305,7 @@ class Service:
               f"project loaded at {loaded_at}", logging.ERROR, files=result.changed_files, errors=len(problems))
 
     def _build(self, project: Project) -> Reconciler:
-        reconciler = Reconciler(project)
+        reconciler = Reconciler(project, shard=self.shard)
         reconciler.ledger = LoggedLedger(reconciler.ledger, self.monotonic)
         return reconciler
 

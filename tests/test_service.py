@@ -606,3 +606,29 @@ def test_cli_unsubscribe_show_message_and_shards(tmp_path):
     assert "Subject: You left something in your cart" in shown.stdout
     missing = run("show-message", "nope:nope:1:1")
     assert missing.returncode == 1 and "no message with key" in missing.stderr
+
+
+def test_the_service_takes_its_shard_from_the_environment(tmp_path, monkeypatch):
+    """ENGINE_SHARD=i/n reaches the service's reconciler, so replicas can split the customers."""
+    from click.testing import CliRunner
+
+    import engine.cli as cli
+
+    root = copy_project(tmp_path)
+    seen = {}
+    monkeypatch.setattr(cli, "_loop", lambda *args: seen.setdefault("shard", args[-1]))
+    result = CliRunner().invoke(cli.main, ["--project", str(root), "run", "--interval", "1s"], env={"ENGINE_SHARD": "1/3"})
+    assert result.exit_code == 0, result.output
+    assert seen["shard"] == (1, 3)
+    service = Service(root, 1.0, shard=(1, 3))
+    from engine import load_project
+
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'shop.duckdb'}")
+    from engine.demo import build_demo
+
+    build_demo(tmp_path / "shop.duckdb", 42, 20, "2025-01-10T00:00:00Z")
+    reconciler = service._build(load_project(root))
+    try:
+        assert reconciler.shard == (1, 3)
+    finally:
+        reconciler.close()
