@@ -17,6 +17,18 @@ REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ["duckdb", "sqlite", "postgres"]
 
 
+def load_history(url: str, **rows) -> None:
+    """(Re)create the canonical shop tables at ``url`` and insert the given rows per table."""
+    from engine.demo import ShopData, load_shop
+    from engine.warehouse import Database
+
+    data = ShopData()
+    data.rows.update({name: list(value) for name, value in rows.items()})
+    db = Database(url)
+    load_shop(db, data)
+    db.dispose()
+
+
 def recorded_outcomes(report) -> int:
     """Messages a pass sent, skipped or failed (deferrals by quiet hours are not outcomes)."""
     return sum(n for (_, _, outcome), n in report.counts.items() if not outcome.startswith("defer"))

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_project, database_url, write
+from conftest import copy_project, database_url, load_history, write
 from engine import Reconciler, load_project
 from engine import unsubscribe
-from engine.demo import ShopData, load_shop
 from engine.ledger import ledger_table
 from engine.warehouse import Database
 from servers import SmsProvider, SmtpSink
@@ -91,11 +90,7 @@ def project(tmp_path, monkeypatch, request):
     def load(campaigns: dict[str, str], **rows):
         for name, text in campaigns.items():
             write(root / "campaigns.d" / f"{name}.yaml", text)
-        data = ShopData()
-        data.rows.update({k: list(v) for k, v in rows.items()})
-        db = Database(url)
-        load_shop(db, data)
-        db.dispose()
+        load_history(url, **rows)
 
     root.load = load
     return root

@@ -10,10 +10,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from conftest import recorded_outcomes, copy_project, database_url
+from conftest import copy_project, database_url, load_history, recorded_outcomes
 from engine import Reconciler, load_project
-from engine.demo import ShopData, load_shop
-from engine.warehouse import Database
 
 T0 = datetime(2025, 1, 1, 12, 0, 0)
 UTC_T0 = T0.replace(tzinfo=__import__("datetime").timezone.utc)
@@ -47,12 +45,8 @@ def shop(tmp_path, backend, monkeypatch):
     opened = []
 
     def load(customers=(), orders=(), checkouts=(), order_items=(), checkout_items=()) -> Reconciler:
-        data = ShopData()
-        data.rows.update(customers=list(customers), orders=list(orders), checkouts=list(checkouts),
-                         order_items=list(order_items), checkout_items=list(checkout_items))
-        db = Database(url)
-        load_shop(db, data)
-        db.dispose()
+        load_history(url, customers=customers, orders=orders, checkouts=checkouts,
+                     order_items=order_items, checkout_items=checkout_items)
         reconciler = Reconciler(load_project(project_root))
         opened.append(reconciler)
         return reconciler

@@ -12,10 +12,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from conftest import copy_project, database_url, write
+from conftest import copy_project, database_url, load_history, write
 from engine import Reconciler, check_project, load_project
-from engine.demo import ShopData, load_shop
-from engine.warehouse import Database
 
 UTC = timezone.utc
 T0 = datetime(2025, 1, 6, 12, 0)  # a Monday, noon UTC (13:00 in Berlin)
@@ -55,11 +53,7 @@ def shop(tmp_path, backend, monkeypatch):
                     path.unlink()
             for name, text in campaigns.items():
                 write(root / "campaigns.d" / f"{name}.yaml", text)
-        data = ShopData()
-        data.rows.update({name: list(value) for name, value in rows.items()})
-        db = Database(url)
-        load_shop(db, data)
-        db.dispose()
+        load_history(url, **rows)
         reconciler = Reconciler(load_project(root))
         opened.append(reconciler)
         return reconciler
