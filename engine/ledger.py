@@ -101,6 +101,11 @@ unsubscribes_table = sa.Table(
 
 STATUSES = ("claimed", "sent", "failed", "skipped", "unknown")
 
+#: Rows per set-based UPDATE, and the SQL type of each ledger column for the array parameters.
+UPDATE_CHUNK = 1000
+_ARRAY_TYPES = {c.name: "TIMESTAMP" if isinstance(c.type, sa.DateTime) else "INTEGER" if isinstance(c.type, sa.Integer)
+                else "VARCHAR" for c in ledger_table.columns}
+
 
 def message_key(campaign: str, step: str, customer_id: str, trigger_key: str) -> str:
     return f"{campaign}:{step}:{customer_id}:{trigger_key}"
@@ -155,13 +160,23 @@ class Ledger:
         if not rows:
             return set()
         backend = self.db.backend
-        if backend in ("postgresql", "duckdb", "sqlite"):
+        if backend == "duckdb":
+            # one LIST parameter per column: no statement to compile, no thousands of parameters to bind
+            names = list(rows[0])
+            unnest = ", ".join(f"unnest(CAST(${i} AS {_ARRAY_TYPES[n]}[]))" for i, n in enumerate(names, 1))
+            sql = (f"INSERT INTO {LEDGER_TABLE} ({', '.join(names)}) SELECT {unnest} "
+                   "ON CONFLICT DO NOTHING RETURNING message_key")
+            try:
+                with self.db.engine.begin() as conn:
+                    return {row[0] for row in conn.exec_driver_sql(sql, tuple([row[n] for row in rows] for n in names))}
+            except sa.exc.SQLAlchemyError as exc:
+                raise self.db._error("statement failed on", exc) from None
+        if backend in ("postgresql", "sqlite"):
+            # a list of rows: SQLAlchemy's "insertmanyvalues" sends them as one multi-row INSERT
+            # (up to 1000 rows) from a statement compiled once and cached, not once per chunk
             dialect_insert = sqlite.insert if backend == "sqlite" else postgresql.insert
-            statement = (
-                dialect_insert(ledger_table).values(rows).on_conflict_do_nothing().returning(ledger_table.c.message_key)
-            )
-            result = self.db.execute(statement)
-            return {row[0] for row in result}
+            statement = dialect_insert(ledger_table).on_conflict_do_nothing().returning(ledger_table.c.message_key)
+            return {row[0] for row in self.db.execute(statement, rows)}
         inserted = set()  # other backends: one row at a time, the key decides
         for row in rows:
             try:
@@ -189,15 +204,61 @@ class Ledger:
             inserted |= self._insert_ignoring_existing(rows[start:start + 500])
         return inserted
 
+    def _update_claimed(self, columns: dict[str, list], now: datetime) -> bool:
+        """Set ``columns`` (name -> one value per row; "message_key" picks the row) and updated_at
+        on the rows still 'claimed', set-based: each column travels as one array parameter and
+        the UPDATE joins the ledger to their unnest, one statement per chunk. False when the
+        backend has no such form (SQLite: its executemany is a C loop over one prepared statement,
+        as fast as a join there)."""
+        backend = self.db.backend
+        if backend not in ("duckdb", "postgresql"):
+            return False
+        first: dict[str, int] = {}  # a key given twice: the first wins, as with one UPDATE per row
+        for index, key in enumerate(columns["message_key"]):
+            first.setdefault(key, index)
+        rows = sorted(first.values())
+        names = [n for n in columns if n != "message_key"]
+        arrays = ["message_key"] + names
+        table = LEDGER_TABLE
+        assignments = ", ".join(f"{n} = v.{n}" for n in names)
+        for start in range(0, len(rows), UPDATE_CHUNK):
+            chunk = rows[start:start + UPDATE_CHUNK]
+            values = [[columns[n][i] for i in chunk] for n in arrays]
+            if backend == "duckdb":  # positional $n; Python lists bind as DuckDB LISTs
+                unnest = ", ".join(f"unnest(CAST(${i} AS {_ARRAY_TYPES[n]}[])) AS {n}" for i, n in enumerate(arrays, 1))
+                sql = (f"UPDATE {table} SET {assignments}, updated_at = CAST(${len(arrays) + 1} AS TIMESTAMP) "
+                       f"FROM (SELECT {unnest}) AS v WHERE {table}.message_key = v.message_key AND {table}.status = 'claimed'")
+                parameters: tuple | dict = (*values, _naive(now))
+            else:  # PostgreSQL: lists bind as arrays; unnest of several arrays zips them
+                unnest = ", ".join(f"CAST(:a{i} AS {_ARRAY_TYPES[n]}[])" for i, n in enumerate(arrays))
+                sql = (f"UPDATE {table} SET {assignments}, updated_at = :u FROM unnest({unnest}) AS v({', '.join(arrays)}) "
+                       f"WHERE {table}.message_key = v.message_key AND {table}.status = 'claimed'")
+                parameters = {**{f"a{i}": v for i, v in enumerate(values)}, "u": _naive(now)}
+            try:
+                with self.db.engine.begin() as conn:
+                    if backend == "duckdb":
+                        conn.exec_driver_sql(sql, parameters)
+                    else:
+                        conn.execute(sa.text(sql), parameters)
+            except sa.exc.SQLAlchemyError as exc:
+                raise self.db._error("statement failed on", exc) from None
+        return True
+
     def record_outcomes(self, records: Iterable[Record], now: datetime) -> None:
-        """Set the final status of claimed messages (one statement, many rows)."""
+        """Set the final status of claimed messages (set-based where the backend allows)."""
+        records = list(records)
+        if not records:
+            return
+        columns = {"message_key": [r.message_key for r in records], "status": [r.status for r in records],
+                   "reason": [r.reason for r in records], "detail": [r.detail for r in records],
+                   "next_attempt_at": [_naive(r.next_attempt_at) for r in records]}
+        if self._update_claimed(columns, now):
+            return
         params = [
             {"k": r.message_key, "s": r.status, "r": r.reason, "d": r.detail, "u": _naive(now),
              "n": _naive(r.next_attempt_at)}
             for r in records
         ]
-        if not params:
-            return
         statement = (
             ledger_table.update()
             .where(ledger_table.c.message_key == sa.bindparam("k"))
@@ -210,6 +271,8 @@ class Ledger:
     def store_content(self, contents: list[tuple[str, str]], now: datetime) -> None:
         """Keep the rendered message with its claim, before it is sent (R-M5, and proof of 'not sent')."""
         if not contents:
+            return
+        if self._update_claimed({"message_key": [k for k, _ in contents], "content": [c for _, c in contents]}, now):
             return
         statement = (
             ledger_table.update()

@@ -9,6 +9,7 @@ due rows, in batches, and keeps counts, never the whole set.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from .render import Renderer
 from .warehouse import Database
 
 BATCH_SIZE = 1000
+_CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")  # what CAST(integer AS VARCHAR) gives
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class Reconciler:
         else:
             self.ledger = Ledger(Database(database_url(self.config, "ledger")))
         self.ledger.ensure_schema()
+        self.key_kinds: dict[tuple[str, str], str] = {}  # (entity, id column) -> "int" | "str" | "cast"
 
     def close(self) -> None:
         self.warehouse.dispose()
@@ -455,18 +458,47 @@ class _TriggerContexts:
         return contexts
 
     def _query(self, entity: str, condition: exp.Expression) -> list[dict]:
-        query = (
-            exp.select("*").from_("src").where(condition)
-            .with_("src", as_=source_select(self.config.sources[entity], self.config.dialect))
+        query = (  # copy=False: the condition may hold a thousand keys, copying them costs more than the query
+            exp.select("*").from_("src").where(condition, copy=False)
+            .with_("src", as_=source_select(self.config.sources[entity], self.config.dialect), copy=False)
         )
         return [dict(row._mapping) for row in self.reconciler.warehouse.fetch_all(render_sql(query, self.config.dialect))]
+
+    def _key_kind(self, entity: str, column: str) -> str:
+        """How ``column`` of ``entity`` holds its values: "int", "str", or "cast" (anything else,
+        or unknown yet), from one sample value; remembered for the reconciler's life."""
+        kinds = self.reconciler.key_kinds
+        if (entity, column) not in kinds:
+            query = (
+                exp.select(exp.column(column)).from_("src").where(exp.column(column).is_(exp.null()).not_()).limit(1)
+                .with_("src", as_=source_select(self.config.sources[entity], self.config.dialect))
+            )
+            rows = self.reconciler.warehouse.fetch_all(render_sql(query, self.config.dialect))
+            if not rows:
+                return "cast"  # nothing to match yet; look again next time
+            value = rows[0][0]
+            kinds[(entity, column)] = ("int" if isinstance(value, int) and not isinstance(value, bool)
+                                       else "str" if isinstance(value, str) else "cast")
+        return kinds[(entity, column)]
+
+    def _key_condition(self, entity: str, column: str, keys: list[str]) -> exp.Expression:
+        """``column IN (keys)`` on the native column, so the warehouse can use its index or zone maps.
+
+        Keys are text (the due query casts ids to text): they become integer
+        literals for an integer column and string literals for a text one; for
+        any other type the column is cast to text, which is always right but slow.
+        """
+        kind = self._key_kind(entity, column)
+        if kind == "int" and all(_CANONICAL_INT.fullmatch(k) for k in keys):
+            return exp.In(this=exp.column(column), expressions=[exp.Literal.number(int(k)) for k in keys])
+        target = exp.column(column) if kind == "str" else exp.cast(exp.column(column), exp.DataType.build("VARCHAR"))
+        return exp.In(this=target, expressions=[exp.Literal.string(k) for k in keys])
 
     def _fetch(self, entity: str, id_column: str, keys: list[str]) -> dict[str, list[dict]]:
         if entity not in self.config.sources or not keys:
             return {}
-        key_expr = exp.cast(exp.column(id_column), exp.DataType.build("VARCHAR"))
         grouped: dict[str, list[dict]] = {}
-        for values in self._query(entity, key_expr.isin(*[exp.Literal.string(k) for k in keys])):
+        for values in self._query(entity, self._key_condition(entity, id_column, keys)):
             grouped.setdefault(str(values[id_column]), []).append(values)
         return grouped
 
@@ -475,7 +507,8 @@ class _TriggerContexts:
         customers = sorted({m.customer_id for m in group})
         condition = exp.and_(
             exp.column("type").eq(exp.Literal.string(trigger.type)),
-            exp.cast(exp.column("customer_id"), exp.DataType.build("VARCHAR")).isin(*[exp.Literal.string(c) for c in customers]),
+            self._key_condition("events", "customer_id", customers),
+            copy=False,
         )
         wanted = {(m.customer_id, m.trigger_key) for m in group}
         by_instance: dict[tuple[str, str], list[dict]] = {}

@@ -27,7 +27,7 @@ class FileOutbox:
             if message.kind == "email":
                 name = re.sub(r"[^A-Za-z0-9_.-]+", "_", message.key) + ".eml"
                 path = self.directory / "email" / name
-                path.write_bytes(message.to_email().as_bytes())
+                path.write_bytes(message.to_bytes())
                 return Delivered(provider_id=str(path), detail="written to outbox")
             if self._sms is None:
                 self._sms = open(self.directory / "sms" / "messages.jsonl", "a", encoding="utf-8")

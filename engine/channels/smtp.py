@@ -46,12 +46,18 @@ class SmtpChannel:
             ) from None
 
     def send(self, message: OutgoingMessage) -> Outcome:
-        email = message.to_email()
+        # ASCII addresses (the usual case): the bytes send_message would send, built without the
+        # email package's header objects; otherwise send_message, which negotiates SMTPUTF8
+        plain = (message.sender + message.to).isascii()
+        data = message.to_bytes("\r\n") if plain else message.to_email()
         try:
             if self._smtp is None:
                 self.open()
             assert self._smtp is not None
-            refused = self._smtp.send_message(email)
+            if isinstance(data, bytes):
+                refused = self._smtp.sendmail(message.sender, [message.to], data)
+            else:
+                refused = self._smtp.send_message(data)
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()))
             return Failed(detail=f"{code} {text.decode(errors='replace')}", permanent=code >= 500)
@@ -62,7 +68,7 @@ class SmtpChannel:
             return Failed(detail=f"connection error: {exc}")
         if refused:
             return Failed(detail=str(refused), permanent=True)
-        return Delivered(provider_id=email["Message-ID"], detail="250 accepted")
+        return Delivered(provider_id=message.message_id(), detail="250 accepted")
 
     def close(self) -> None:
         if self._smtp is not None:
