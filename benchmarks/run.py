@@ -1,0 +1,769 @@
+#!/usr/bin/env python3
+"""Plan-time benchmark: the engine's due queries on a large shop, next to a floor.
+
+Builds a deterministic shop (default 100k customers / 1M orders) inside DuckDB
+with plain SQL, copies the shipped project (engine.yaml, campaigns.d/,
+templates/) into a scratch directory pointed at it, and measures in one run:
+
+- the floor: ``SELECT customer_id, count(*), min(created_at), max(created_at)
+  FROM orders GROUP BY 1``, all rows fetched through the same SQLAlchemy path
+  the engine streams its plan through;
+- the plan: ``Reconciler(project).due(now)`` for every shipped campaign,
+  consumed fully (compile + query + streaming + per-row decisions);
+- the plan per campaign, split into compile, SQL (execute + fetch the rendered
+  due query) and the rest (Python per-row work);
+- a full ``run_once(now)`` into the file outbox on an empty ledger, then a
+  second pass at the same instant and a third one minute later (the
+  incremental cost of a steady-state pass), and the ledger's size after them;
+  with ``--smtp`` the first pass again with emails to a loopback SMTP sink;
+- peak RSS of this process (the shop is built in a child process, so this is
+  the engine's own footprint, plus DuckDB's buffers).
+
+``--sqlite`` loads the same rows into SQLite and repeats the measurements there.
+Plain script, not a test: ``python benchmarks/run.py --help``.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import platform
+import re
+import resource
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # runnable from a checkout without `pip install -e .`
+    sys.path.insert(0, str(REPO))
+
+FLOOR_SQL = "SELECT customer_id, count(*), min(created_at), max(created_at) FROM orders GROUP BY 1"
+GENERATOR_VERSION = 2  # bump when the generated data changes (invalidates --keep reuse)
+LEDGER_TABLES = ("engine_ledger", "engine_entries")
+
+# Same catalogue, names and cities as engine/demo.py, so templates render the same way.
+PRODUCTS = [
+    (1, "Espresso beans 1 kg", 24.90), (2, "Pour-over kettle", 49.00), (3, "Ceramic dripper", 19.50),
+    (4, "Paper filters (100)", 4.90), (5, "Hand grinder", 89.00), (6, "Milk frother", 34.00),
+    (7, "Travel mug", 22.00), (8, "Decaf blend 500 g", 13.90), (9, "Cold brew jar", 29.00),
+    (10, "Tasting set", 39.00),
+]
+FIRST_NAMES = ["Anna", "Ben", "Clara", "David", "Elif", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kim", "Lena", "Mia", "Noah"]
+LAST_NAMES = ["Meyer", "Schmidt", "Rossi", "Nowak", "Yilmaz", "Dubois", "Jensen", "Garcia", "Kowalski", "Berg"]
+CITIES = ["Berlin", "Hamburg", "Munich", "Cologne", "Vienna", "Zurich"]
+CATEGORIES = {1: "coffee", 2: "equipment", 3: "equipment", 4: "accessories", 5: "equipment",
+              6: "equipment", 7: "accessories", 8: "coffee", 9: "equipment", 10: "coffee"}
+SEARCHES = ["decaf", "grinder", "gift", "cold brew", "espresso", "filter"]
+TIMEZONES = ["Europe/Berlin", "Europe/Berlin", "Europe/Vienna", "Europe/London", "America/New_York", None]
+PAYMENT_METHODS = ["card", "card", "paypal", "invoice"]
+
+# Order-count tiers per customer (percent of customers): none, one, a few, many.
+TIER_NONE, TIER_ONE, TIER_FEW = 20, 45, 20  # the remaining 15 % order often
+HEAVY_MIN_ORDERS = 6
+HEAVY_WEIGHT_CAP = 30.0  # weights u**-0.5, capped: the top buyers order ~20x as often as the median frequent one
+
+
+# --- building the shop (runs in a child process) ------------------------------------------
+
+
+def _sql_list(values: list[str | None]) -> str:
+    return "[" + ", ".join("NULL" if v is None else "'" + v.replace("'", "''") + "'" for v in values) + "]"
+
+
+def _pick(values: list[str | None], key: str, seed: int, salt: int) -> str:
+    """A deterministic uniform choice from ``values`` per ``key`` (repeats weight a value)."""
+    return f"{_sql_list(values)}[1 + CAST(hash({key}, {seed}, {salt}) % {len(values)} AS INTEGER)]"
+
+
+def _duckdb_connect(path: str, read_only: bool = False, config: dict | None = None):
+    import duckdb
+
+    con = duckdb.connect(path, read_only=read_only, config=config or {})
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
+def _items_sql(key: str, parents: str, seed: int, category: bool = False) -> str:
+    """1-3 distinct products per parent row, 1-2 of each (order items also carry the category)."""
+    return f"""
+        SELECT p.{key}, pr.product_id, pr.name, q.quantity, pr.price,
+               'https://shop.example.com/img/' || pr.product_id || '.jpg' AS image_url{', pr.category' if category else ''}
+        FROM (SELECT {key}, unnest(range(1 + CAST(hash({key}, {seed}, 21) % 3 AS INTEGER))) AS j,
+                     CAST(hash({key}, {seed}, 22) % 10 AS INTEGER) AS first_product
+              FROM {parents}) AS p
+        CROSS JOIN LATERAL (SELECT 1 + CAST(hash(p.{key}, p.j, {seed}, 23) % 2 AS INTEGER) AS quantity) AS q
+        JOIN bench_products AS pr ON pr.product_id = (p.first_product + 3 * p.j) % 10 + 1
+    """
+
+
+def build_shop(path: str, customers: int, orders: int, anchor: str, seed: int) -> dict:
+    """Create the canonical shop tables in a fresh DuckDB file and fill them with SQL.
+
+    Deterministic: every random choice is ``hash(row id, seed, salt)``. Returns
+    row counts, build seconds and this process's peak RSS.
+    """
+    from engine.demo import create_tables
+    from engine.warehouse import Database
+
+    started = time.perf_counter()
+    db = Database(f"duckdb:///{path}")
+    create_tables(db)  # the engine's own DDL: same column types, keys and indexes as the demo
+    db.dispose()
+
+    end = _naive_anchor(anchor)
+    A = f"TIMESTAMP '{end.isoformat(sep=' ')}'"
+    s = seed
+    con = _duckdb_connect(path)
+    con.execute("CREATE TEMP TABLE bench_products(product_id INTEGER, name VARCHAR, price DECIMAL(12, 2), category VARCHAR)")
+    con.executemany("INSERT INTO bench_products VALUES (?, ?, ?, ?)", [(*p, CATEGORIES[p[0]]) for p in PRODUCTS])
+
+    # Customers and how many orders each places: 20 % none, 45 % one, 20 % two to
+    # five, 15 % often (at least six, Pareto-like weights share the remaining orders).
+    con.execute(f"""
+        CREATE TEMP TABLE bench_customers AS
+        SELECT i AS customer_id,
+               CAST(hash(i, {s}, 1) % 100 AS INTEGER) AS tier_draw,
+               (hash(i, {s}, 3) % 1000000 + 1) / 1000000.0 AS weight_draw
+        FROM range(1, {customers} + 1) AS t(i)
+    """)
+    con.execute(f"""
+        CREATE TEMP TABLE bench_tiers AS
+        SELECT customer_id,
+               tier_draw >= {TIER_NONE + TIER_ONE + TIER_FEW} AS heavy,
+               CASE WHEN tier_draw < {TIER_NONE} THEN 0
+                    WHEN tier_draw < {TIER_NONE + TIER_ONE} THEN 1
+                    WHEN tier_draw < {TIER_NONE + TIER_ONE + TIER_FEW} THEN 2 + CAST(hash(customer_id, {s}, 2) % 4 AS INTEGER)
+                    ELSE {HEAVY_MIN_ORDERS} END AS base,
+               CASE WHEN tier_draw >= {TIER_NONE + TIER_ONE + TIER_FEW}
+                    THEN CAST(1000 * least(pow(weight_draw, -0.5), {HEAVY_WEIGHT_CAP}) AS BIGINT) ELSE 0 END AS weight
+        FROM bench_customers
+    """)
+    base_total, total_weight = con.execute("SELECT sum(base), sum(weight) FROM bench_tiers").fetchone()
+    extra = orders - int(base_total or 0)
+    if extra < 0 or not total_weight:
+        con.close()
+        raise SystemExit(f"--orders {orders:,} is too few for --customers {customers:,}: the skewed history "
+                         f"needs at least {int(base_total or 0):,} orders; give about 3x the customers or more")
+    # the frequent buyers share the remaining orders in proportion to their (integer) weights,
+    # exactly: customer i gets floor(W_i * extra / W) - floor(W_(i-1) * extra / W) for cumulative W_i
+    con.execute(f"""
+        CREATE TEMP TABLE bench_counts AS
+        SELECT customer_id, heavy,
+               base + CAST(CAST(cum_weight AS HUGEINT) * {extra} // {int(total_weight)}
+                           - CAST(cum_weight - weight AS HUGEINT) * {extra} // {int(total_weight)} AS BIGINT) AS n_orders
+        FROM (SELECT *, sum(weight) OVER (ORDER BY customer_id) AS cum_weight FROM bench_tiers)
+    """)
+
+    # The attribute mix of engine/demo.py: 60 % give a birthday (1950-2005), time zones as in the
+    # demo (one in six unset: the project default), 10 % companies, 3 % wholesalers, 40 % in an
+    # affiliate programme, 10 % gold, 2 % unsubscribed at some point in the last 300 days.
+    cid = "c.customer_id"
+    con.execute(f"""
+        INSERT INTO customers (customer_id, email, phone, first_name, last_name, created_at, city, birthday, timezone,
+                               customer_type, is_wholesaler, affiliate_program, customer_group, unsubscribed_at)
+        SELECT c.customer_id,
+               CASE WHEN hash(c.customer_id, {s}, 11) % 100 < 3 THEN NULL
+                    ELSE lower(first_name) || '.' || lower(last_name) || c.customer_id || '@example.com' END,
+               CASE WHEN hash(c.customer_id, {s}, 12) % 100 < 40
+                    THEN '+4915' || (10000000 + hash(c.customer_id, {s}, 13) % 90000000) END,
+               first_name, last_name, registered, city,
+               CASE WHEN hash({cid}, {s}, 17) % 100 < 60
+                    THEN DATE '1950-01-01' + CAST(hash({cid}, {s}, 18) % (56 * 365) AS INTEGER) END,
+               {_pick(TIMEZONES, cid, s, 19)},
+               CASE WHEN hash({cid}, {s}, 20) % 100 < 10 THEN 'company' ELSE {_pick(["female", "male"], cid, s, 24)} END,
+               hash({cid}, {s}, 25) % 100 < 3,
+               {_pick([None, None, None, "vouchers", "cash"], cid, s, 26)},
+               CASE WHEN hash({cid}, {s}, 27) % 100 < 10 THEN 'gold' ELSE 'standard' END,
+               CASE WHEN hash({cid}, {s}, 28) % 100 < 2
+                    THEN {A} - to_seconds(CAST(86400 + hash({cid}, {s}, 29) % (299 * 86400) AS BIGINT)) END
+        FROM (
+            SELECT b.customer_id,
+                   {_sql_list(FIRST_NAMES)}[1 + CAST(hash(b.customer_id, {s}, 14) % {len(FIRST_NAMES)} AS INTEGER)] AS first_name,
+                   {_sql_list(LAST_NAMES)}[1 + CAST(hash(b.customer_id, {s}, 15) % {len(LAST_NAMES)} AS INTEGER)] AS last_name,
+                   {_sql_list(CITIES)}[1 + CAST(hash(b.customer_id, {s}, 16) % {len(CITIES)} AS INTEGER)] AS city,
+                   -- frequent buyers have been around longer (100-400 days), others 1-400 days
+                   {A} - to_seconds(CAST(CASE WHEN b.heavy THEN 100 * 86400 + hash(b.customer_id, {s}, 4) % (300 * 86400)
+                                              ELSE 86400 + hash(b.customer_id, {s}, 4) % (399 * 86400) END AS BIGINT)) AS registered
+            FROM bench_counts AS b
+        ) AS c
+        ORDER BY c.customer_id
+    """)
+
+    # Orders: each customer's orders fall uniformly between registration and the anchor;
+    # order ids follow time, as in a real shop. Totals are the sum of the items.
+    con.execute(f"""
+        CREATE TEMP TABLE bench_orders AS
+        SELECT row_number() OVER (ORDER BY created_at, customer_id, k) AS order_id, customer_id, created_at
+        FROM (
+            SELECT c.customer_id, g.k,
+                   c.created_at + to_seconds(CAST(floor(date_diff('second', c.created_at, {A})
+                                                        * ((hash(c.customer_id, g.k, {s}, 5) % 1000000) / 1000000.0)) AS BIGINT)) AS created_at
+            FROM customers AS c
+            JOIN (SELECT customer_id, unnest(range(n_orders)) AS k FROM bench_counts WHERE n_orders > 0) AS g
+              ON g.customer_id = c.customer_id
+        )
+    """)
+    con.execute(f"INSERT INTO order_items {_items_sql('order_id', 'bench_orders', s, category=True)} ORDER BY 1, 2")
+    # delivery two to five days after the order (the last few days' orders deliver after the anchor)
+    con.execute(f"""
+        INSERT INTO orders
+        SELECT o.order_id, o.customer_id, o.created_at,
+               CASE WHEN hash(o.order_id, {s}, 6) % 100 < 95 THEN 'completed' ELSE 'cancelled' END,
+               t.total,
+               {_pick(PAYMENT_METHODS, 'o.order_id', s, 8)},
+               CAST(o.created_at + to_days(CAST(2 + hash(o.order_id, {s}, 9) % 4 AS INTEGER)) AS DATE)
+        FROM bench_orders AS o
+        JOIN (SELECT order_id, sum(price * quantity) AS total FROM order_items GROUP BY 1) AS t USING (order_id)
+        ORDER BY o.order_id
+    """)
+
+    # Checkouts: ~5 % of customers started one in the last six hours (half of them
+    # completed it, the rest abandoned it), plus one older checkout per ten orders
+    # spread over the year (70 % completed), so the due window has stale ones too.
+    con.execute(f"""
+        CREATE TEMP TABLE bench_checkouts AS
+        SELECT row_number() OVER (ORDER BY created_at, customer_id, src, k) AS checkout_id, *
+        FROM (
+            SELECT 'recent' AS src, customer_id, 0 AS k,
+                   {A} - to_seconds(600 + CAST(hash(customer_id, {s}, 31) % (350 * 60) AS BIGINT)) AS created_at,
+                   hash(customer_id, {s}, 32) % 100 < 50 AS completes,
+                   120 + CAST(hash(customer_id, {s}, 33) % (28 * 60) AS BIGINT) AS seconds_to_complete
+            FROM bench_customers WHERE hash(customer_id, {s}, 30) % 100 < 5
+            UNION ALL
+            SELECT 'history', 1 + CAST(hash(r, {s}, 34) % {customers} AS BIGINT), r,
+                   {A} - to_seconds(6 * 3600 + CAST(hash(r, {s}, 35) % (400 * 86400 - 6 * 3600) AS BIGINT)),
+                   hash(r, {s}, 36) % 100 < 70,
+                   120 + CAST(hash(r, {s}, 37) % (28 * 60) AS BIGINT)
+            FROM range({max(orders // 10, 1)}) AS t(r)
+        )
+    """)
+    con.execute(f"INSERT INTO checkout_items {_items_sql('checkout_id', 'bench_checkouts', s)} ORDER BY 1, 2")
+    con.execute(f"""
+        INSERT INTO checkouts
+        SELECT k.checkout_id, k.customer_id, k.created_at,
+               CASE WHEN k.completes AND k.created_at + to_seconds(k.seconds_to_complete) <= {A}
+                    THEN k.created_at + to_seconds(k.seconds_to_complete) END,
+               t.total
+        FROM bench_checkouts AS k
+        JOIN (SELECT checkout_id, sum(price * quantity) AS total FROM checkout_items GROUP BY 1) AS t USING (checkout_id)
+        ORDER BY k.checkout_id
+    """)
+    _build_events(con, A, s)
+    counts = {name: con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+              for name in ("customers", "orders", "order_items", "checkouts", "checkout_items", "events")}
+    con.execute("CHECKPOINT")
+    con.close()
+    return {"counts": counts, "seconds": time.perf_counter() - started, "rss_mb": _peak_rss_mb()}
+
+
+def _build_events(con, A: str, s: int) -> None:
+    """Events shaped like engine/demo.py's ``_events``: 0-4 logins over each customer's life;
+    newsletter signups (8 % of customers, last 8 days); a day of 1-4 product views within
+    90 minutes (12 %, one of the last 7 days); a search the day before the anchor (5 %).
+    Event ids follow time."""
+    cid = "customer_id"
+    con.execute(f"""
+        CREATE TEMP TABLE bench_events AS
+        SELECT c.customer_id, 'login' AS type, g.k,
+               c.created_at + to_seconds(CAST(floor(greatest(date_diff('second', c.created_at, {A}), 86400)
+                                                    * ((hash(c.customer_id, g.k, {s}, 41) % 1000000) / 1000000.0)) AS BIGINT)) AS occurred_at,
+               CAST(NULL AS INTEGER) AS product_id, CAST(NULL AS VARCHAR) AS search_query
+        FROM customers AS c
+        JOIN (SELECT customer_id, unnest(range(CAST(hash(customer_id, {s}, 40) % 5 AS INTEGER))) AS k FROM customers) AS g
+          ON g.customer_id = c.customer_id
+        UNION ALL
+        SELECT {cid}, 'newsletter_signup', 0, {A} - to_seconds(CAST(hash({cid}, {s}, 43) % (8 * 86400) AS BIGINT)), NULL, NULL
+        FROM customers WHERE hash({cid}, {s}, 42) % 100 < 8
+        UNION ALL
+        SELECT v.customer_id, 'product_viewed', v.j,
+               v.day - to_seconds(CAST(60 * (hash(v.customer_id, v.j, {s}, 47) % 91) AS BIGINT)),
+               CAST(1 + hash(v.customer_id, v.j, {s}, 48) % 10 AS INTEGER), NULL
+        FROM (SELECT {cid}, unnest(range(1 + CAST(hash({cid}, {s}, 46) % 4 AS INTEGER))) AS j,
+                     {A} - to_seconds(CAST((hash({cid}, {s}, 45) % 7) * 86400 + hash({cid}, {s}, 49) % (20 * 3600) AS BIGINT)) AS day
+              FROM customers WHERE hash({cid}, {s}, 44) % 100 < 12) AS v
+        UNION ALL
+        SELECT {cid}, 'search', 0, {A} - to_seconds(CAST(86400 + hash({cid}, {s}, 51) % (20 * 3600) AS BIGINT)), NULL,
+               {_pick(SEARCHES, cid, s, 52)}
+        FROM customers WHERE hash({cid}, {s}, 50) % 100 < 5
+    """)
+    con.execute(f"""
+        INSERT INTO events
+        SELECT row_number() OVER (ORDER BY e.occurred_at, e.customer_id, e.type, e.k) AS event_id,
+               e.customer_id, e.type, e.occurred_at, e.product_id, p.name,
+               CASE WHEN e.product_id IS NOT NULL THEN 'https://shop.example.com/p/' || e.product_id END,
+               CASE WHEN e.product_id IS NOT NULL THEN 'https://shop.example.com/img/' || e.product_id || '.jpg' END,
+               p.price, e.search_query
+        FROM bench_events AS e LEFT JOIN bench_products AS p ON p.product_id = e.product_id
+        WHERE e.occurred_at < {A}
+        ORDER BY event_id
+    """)
+
+
+SQLITE_COPY = {
+    # table -> SELECT over the DuckDB table giving exactly what SQLAlchemy would have stored:
+    # DateTime as 'YYYY-MM-DD HH:MM:SS.ffffff' text, Date as 'YYYY-MM-DD', Numeric as REAL, Boolean as 0/1.
+    "customers": "SELECT customer_id, email, phone, first_name, last_name, {ts:created_at}, city, {d:birthday}, "
+                 "timezone, customer_type, CAST(is_wholesaler AS INTEGER), affiliate_program, customer_group, "
+                 "{ts:unsubscribed_at} FROM customers",
+    "orders": "SELECT order_id, customer_id, {ts:created_at}, status, CAST(total AS DOUBLE), payment_method, "
+              "{d:delivery_date} FROM orders",
+    "order_items": "SELECT order_id, product_id, name, quantity, CAST(price AS DOUBLE), image_url, category FROM order_items",
+    "checkouts": "SELECT checkout_id, customer_id, {ts:created_at}, {ts:completed_at}, CAST(total AS DOUBLE) FROM checkouts",
+    "checkout_items": "SELECT checkout_id, product_id, name, quantity, CAST(price AS DOUBLE), image_url FROM checkout_items",
+    "events": "SELECT event_id, customer_id, type, {ts:occurred_at}, product_id, product_name, url, image_url, "
+              "CAST(price AS DOUBLE), search_query FROM events",
+}
+SQLALCHEMY_SQLITE_DATETIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
+
+
+def _copy_select(table: str) -> str:
+    select = re.sub(r"\{ts:(\w+)\}", r"strftime(\1, '%Y-%m-%d %H:%M:%S.%f') AS \1", SQLITE_COPY[table])
+    return re.sub(r"\{d:(\w+)\}", r"strftime(\1, '%Y-%m-%d') AS \1", select)
+
+
+def _fresh_sqlite(sqlite_path: str) -> None:
+    from engine.demo import create_tables
+    from engine.warehouse import Database
+
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(sqlite_path + suffix).unlink(missing_ok=True)
+    db = Database(f"sqlite:///{sqlite_path}")
+    create_tables(db)  # the engine's own DDL, as `engine demo` would create it
+    db.dispose()
+
+
+def copy_to_sqlite(duck_path: str, sqlite_path: str) -> dict:
+    """The same rows in a fresh SQLite file: via DuckDB's sqlite extension when it is
+    installed (it is never downloaded), else in batches through Python."""
+    started = time.perf_counter()
+    _fresh_sqlite(sqlite_path)
+    method = "duckdb sqlite extension"
+    if not _copy_with_extension(duck_path, sqlite_path):
+        method = "python batches"
+        _fresh_sqlite(sqlite_path)
+        _copy_python(duck_path, sqlite_path)
+    return {"method": method, "seconds": time.perf_counter() - started}
+
+
+def _copy_with_extension(duck_path: str, sqlite_path: str) -> bool:
+    """Copy with the sqlite extension; False if it is not installed or stored timestamps differently."""
+    import duckdb
+
+    con = _duckdb_connect(duck_path, read_only=True, config={"autoinstall_known_extensions": False})
+    try:
+        try:
+            con.execute("LOAD sqlite")
+        except duckdb.Error:
+            return False
+        quoted = sqlite_path.replace("'", "''")
+        con.execute(f"ATTACH '{quoted}' AS lite (TYPE sqlite)")
+        for table in SQLITE_COPY:
+            con.execute(f"INSERT INTO lite.{table} {_copy_select(table)}")
+        con.execute("DETACH lite")
+    except duckdb.Error:
+        return False
+    finally:
+        con.close()
+    probe = sqlite3.connect(sqlite_path)
+    sample = probe.execute("SELECT created_at FROM orders LIMIT 1").fetchone()
+    probe.close()
+    return sample is None or bool(SQLALCHEMY_SQLITE_DATETIME.match(str(sample[0])))
+
+
+def _copy_python(duck_path: str, sqlite_path: str) -> None:
+    con = _duckdb_connect(duck_path, read_only=True)
+    lite = sqlite3.connect(sqlite_path)
+    lite.execute("PRAGMA synchronous=OFF")
+    for table in SQLITE_COPY:
+        cursor = con.execute(_copy_select(table))
+        insert = f"INSERT INTO {table} VALUES ({', '.join('?' * len(cursor.description))})"
+        while rows := cursor.fetchmany(50_000):
+            lite.executemany(insert, rows)
+        lite.commit()
+    lite.close()
+    con.close()
+
+
+def build_all(directory: str, customers: int, orders: int, anchor: str, seed: int, sqlite: bool) -> dict:
+    """Child-process entry: build (or reuse) the DuckDB shop and, if asked, its SQLite copy."""
+    directory = Path(directory)
+    meta_path = directory / "shop.json"
+    wanted = {"generator": GENERATOR_VERSION, "customers": customers, "orders": orders, "anchor": anchor, "seed": seed}
+    duck, lite = directory / "shop.duckdb", directory / "shop.db"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    result: dict = {"reused": False}
+    if meta.get("shop") == wanted and duck.exists():
+        result.update(reused=True, counts=meta["counts"], seconds=0.0)
+    else:
+        for suffix in ("", ".wal"):
+            Path(str(duck) + suffix).unlink(missing_ok=True)
+        lite.unlink(missing_ok=True)
+        built = build_shop(str(duck), customers, orders, anchor, seed)
+        result.update(counts=built["counts"], seconds=built["seconds"])
+        meta = {"shop": wanted, "counts": built["counts"]}
+    if sqlite:
+        if meta.get("sqlite") == wanted and lite.exists():
+            result["sqlite"] = {"method": "reused", "seconds": 0.0}
+        else:
+            result["sqlite"] = copy_to_sqlite(str(duck), str(lite))
+            meta["sqlite"] = wanted
+    meta_path.write_text(json.dumps(meta, indent=2))
+    result["rss_mb"] = _peak_rss_mb()
+    return result
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+def _naive_anchor(anchor: str) -> datetime:
+    value = datetime.fromisoformat(anchor.replace("Z", "+00:00"))
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _timed(fn, repeat: int) -> tuple[float, object]:
+    """Median seconds of ``repeat`` calls of ``fn`` and the last call's result."""
+    times, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def _consume_sql(warehouse, sql: str) -> int:
+    return sum(len(rows) for rows in warehouse.stream(sql))
+
+
+def _consume_plan(reconciler, now, campaigns=None) -> dict:
+    counts = {"rows": 0, "send": 0, "skip": 0}
+    for batch in reconciler.due(now, campaigns):
+        counts["rows"] += len(batch)
+        for m in batch:
+            counts["send" if m.action == "send" else "skip"] += 1
+    return counts
+
+
+def _reset_ledger(reconciler, project_dir: Path) -> None:
+    """Drop the ledger tables and empty the outbox: the next pass starts from nothing."""
+    for table in LEDGER_TABLES:
+        reconciler.warehouse.execute(f"DROP TABLE IF EXISTS {table}")
+    reconciler.ledger.ensure_schema()
+    shutil.rmtree(project_dir / "var" / "outbox", ignore_errors=True)
+
+
+def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: int, run_repeat: int,
+            smtp_dir: Path | None = None) -> list[dict]:
+    """All measurements on one warehouse; rows for the result table (``run_repeat`` 0: no run_once;
+    ``smtp_dir``: a copy of the project whose email channel is the loopback SMTP sink)."""
+    import engine
+
+    os.environ["ENGINE_WAREHOUSE_URL"] = url  # engine.yaml: url: ${ENGINE_WAREHOUSE_URL:-...}
+    project = engine.load_project(project_dir)
+    if project.config.dialect != backend:
+        raise SystemExit(f"expected the {backend} dialect, the project says {project.config.dialect}")
+    reconciler = engine.Reconciler(project)
+    rows: list[dict] = []
+    campaigns = reconciler.campaigns()
+    try:
+        _reset_ledger(reconciler, project_dir)  # a kept directory may hold an old ledger
+
+        # warm-up: open the pool, load the database into the OS cache
+        _consume_sql(reconciler.warehouse, FLOOR_SQL)
+        floor, floor_rows = _timed(lambda: _consume_sql(reconciler.warehouse, FLOOR_SQL), repeat)
+        rows.append({"what": "floor: orders GROUP BY customer_id", "rows": floor_rows, "seconds": floor})
+
+        _consume_plan(reconciler, now)
+        plan, counts = _timed(lambda: _consume_plan(reconciler, now), repeat)
+        rows.append({"what": f"plan: all {len(campaigns)} campaigns", "rows": counts["rows"], "seconds": plan,
+                     "floor": floor, "note": f"{counts['send']:,} send, {counts['skip']:,} skip", "headline": True})
+
+        for campaign in campaigns:
+            compile_s, sql = _timed(lambda: engine.render_sql(
+                engine.due_query(campaign, project.config, now, exclude_ledger=project.config.ledger_shares_warehouse),
+                project.config.dialect), repeat)
+            sql_s, _ = _timed(lambda: _consume_sql(reconciler.warehouse, sql), repeat)
+            plan_s, counts = _timed(lambda: _consume_plan(reconciler, now, [campaign]), repeat)
+            rows.append({"what": f"  plan {campaign.name}", "rows": counts["rows"], "seconds": plan_s, "floor": floor,
+                         "note": f"{counts['send']:,} send; compile {compile_s * 1000:.0f} ms, SQL+fetch {sql_s:.3f} s, "
+                                 f"rest (per-row Python) {max(plan_s - sql_s - compile_s, 0):.3f} s"})
+        rss_plan = _peak_rss_mb()
+
+        if run_repeat == 0:
+            rows.append({"what": "peak RSS after plan", "rows": None, "seconds": None, "note": f"{rss_plan:.0f} MB"})
+            return rows
+        times: dict[str, list[float]] = {"run": [], "again": [], "later": []}
+        reports: dict[str, object] = {}
+        size_before = _database_bytes(reconciler, url)
+        for _ in range(run_repeat):
+            _reset_ledger(reconciler, project_dir)
+            size_before = _database_bytes(reconciler, url)
+            # the first pass on an empty ledger, the same instant again, then the next minute's pass
+            for name, instant in (("run", now), ("again", now), ("later", now + timedelta(minutes=1))):
+                started = time.perf_counter()
+                reports[name] = reconciler.run_once(instant)
+                times[name].append(time.perf_counter() - started)
+        run, report = statistics.median(times["run"]), reports["run"]
+        rows.append({"what": "run_once: empty ledger -> file outbox", "rows": _recorded(report), "seconds": run,
+                     "note": _run_note(report, run)})
+        again = _recorded(reports["again"])
+        rows.append({"what": "run_once again, same instant", "rows": again, "seconds": statistics.median(times["again"]),
+                     "note": "nothing left to do" if again == 0 else "expected nothing"})
+        later = statistics.median(times["later"])
+        rows.append({"what": "run_once one minute later (incremental)", "rows": _recorded(reports["later"]),
+                     "seconds": later, "floor": floor, "note": _run_note(reports["later"], later)})
+        rows.append({"what": "ledger after the three passes", "rows": None, "seconds": None,
+                     "note": _ledger_size(reconciler, url, size_before)})
+        rows.append({"what": "peak RSS after plan / after run", "rows": None, "seconds": None,
+                     "note": f"{rss_plan:.0f} MB / {_peak_rss_mb():.0f} MB"})
+    finally:
+        reconciler.close()
+        for row in rows:
+            row["backend"] = backend
+    if smtp_dir is not None and run_repeat:
+        rows += measure_smtp(backend, url, smtp_dir, now, run_repeat)
+    return rows
+
+
+def measure_smtp(backend: str, url: str, project_dir: Path, now: datetime, run_repeat: int) -> list[dict]:
+    """The first pass again, emails to a loopback SMTP sink (aiosmtpd in a child process) instead of files."""
+    import engine
+
+    os.environ["ENGINE_WAREHOUSE_URL"] = url
+    reconciler = engine.Reconciler(engine.load_project(project_dir))
+    times, report = [], None
+    try:
+        for _ in range(run_repeat):
+            _reset_ledger(reconciler, project_dir)
+            started = time.perf_counter()
+            report = reconciler.run_once(now)
+            times.append(time.perf_counter() - started)
+    finally:
+        reconciler.close()
+    run = statistics.median(times)
+    return [{"what": "run_once: empty ledger -> SMTP sink", "rows": _recorded(report), "seconds": run,
+             "note": _run_note(report, run), "backend": backend}]
+
+
+def _recorded(report) -> int:
+    return report.total("sent") + report.total("skipped") + report.total("failed")
+
+
+def _run_note(report, seconds: float) -> str:
+    sent, skipped, failed, deferred = (report.total(o) for o in ("sent", "skipped", "failed", "defer"))
+    return (f"{sent:,} sent ({sent / seconds:,.0f}/s), {skipped:,} skipped, {failed:,} failed, {deferred:,} deferred"
+            + (f", errors: {report.errors}" if report.errors else ""))
+
+
+def _database_bytes(reconciler, url: str) -> int:
+    """Bytes of the database file(s) after a checkpoint (the ledger shares the shop's file)."""
+    from engine.warehouse import file_of
+
+    path = file_of(url)
+    if path is None:
+        return 0
+    reconciler.warehouse.execute("CHECKPOINT" if reconciler.warehouse.backend == "duckdb" else "PRAGMA wal_checkpoint(TRUNCATE)")
+    return sum(Path(str(path) + suffix).stat().st_size for suffix in ("", ".wal", "-wal")
+               if Path(str(path) + suffix).exists())
+
+
+def _ledger_size(reconciler, url: str, size_before: int) -> str:
+    by_status = reconciler.ledger.db.execute(
+        "SELECT status, count(*), sum(length(content)) FROM engine_ledger GROUP BY status ORDER BY status")
+    [(entries,)] = reconciler.ledger.db.execute("SELECT count(*) FROM engine_entries")
+    total = sum(n for _, n, _ in by_status)
+    content = sum(c or 0 for _, _, c in by_status)
+    growth = _database_bytes(reconciler, url) - size_before
+    return (f"{total:,} rows ({', '.join(f'{n:,} {status}' for status, n, _ in by_status)}), "
+            f"content {content / 1e6:.1f} MB, {entries:,} engine_entries rows; database file +{growth / 1e6:.1f} MB")
+
+
+def _smtp_sink(port: int, ready, received) -> None:
+    """Child-process entry: an aiosmtpd server on 127.0.0.1 that accepts and counts every message."""
+    import threading
+
+    from aiosmtpd.controller import Controller
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            with received.get_lock():
+                received.value += 1
+            return "250 Message accepted"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    ready.set()
+    threading.Event().wait()  # until terminated
+
+
+class SmtpSinkProcess:
+    """The loopback SMTP sink of ``--smtp``, in its own process so that it does not share the engine's GIL."""
+
+    def __init__(self):
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        context = multiprocessing.get_context("spawn")
+        self._ready, self._received = context.Event(), context.Value("q", 0)
+        self._process = context.Process(target=_smtp_sink, args=(self.port, self._ready, self._received), daemon=True)
+        self._process.start()
+        if not self._ready.wait(60):
+            self.stop()
+            raise SystemExit("the SMTP sink did not start (is aiosmtpd installed? pip install -e '.[test]')")
+
+    def received(self) -> int:
+        return self._received.value
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.join(10)
+
+
+def _use_smtp(engine_yaml: Path, port: int) -> None:
+    """Point the project's email channel at the sink; SMS stays in the file outbox."""
+    text = engine_yaml.read_text()
+    start = text.index("channels:")
+    text = text[:start] + f"""channels:
+  email:
+    kind: email
+    transport: smtp
+    host: 127.0.0.1
+    port: {port}
+    from: "Bean & Brew <hello@beanandbrew.example>"
+  sms:
+    kind: sms
+    transport: file
+    path: var/outbox
+    from: BeanBrew
+"""
+    engine_yaml.write_text(text)
+
+
+def _format_table(rows: list[dict]) -> str:
+    headers = ["backend", "measurement", "rows", "seconds", "x floor", "notes"]
+    body = []
+    for r in rows:
+        body.append([
+            r["backend"], r["what"],
+            "" if r["rows"] is None else f"{r['rows']:,}",
+            "" if r["seconds"] is None else f"{r['seconds']:.3f}",
+            f"{r['seconds'] / r['floor']:.1f}" if r.get("floor") else "",
+            r.get("note", ""),
+        ])
+    widths = [max(len(x) for x in column) for column in zip(headers, *body)]
+    align = ["<", "<", ">", ">", ">", "<"]
+    line = lambda values: "  ".join(f"{v:{a}{w}}" for v, a, w in zip(values, align, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in body])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=100_000, help="customers in the shop (default 100000)")
+    parser.add_argument("--orders", type=int, default=1_000_000, help="orders in the shop (default 1000000)")
+    parser.add_argument("--quick", action="store_true", help="10k customers / 100k orders (overrides the sizes)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported (default 3)")
+    parser.add_argument("--run-repeat", type=int, default=1,
+                        help="full run_once passes (each on an emptied ledger and outbox); the median is reported. "
+                             "Default 1: at the default sizes one pass writes ~40k files and takes minutes")
+    parser.add_argument("--no-run", action="store_true", help="measure the plan only, skip the run_once passes")
+    parser.add_argument("--keep", metavar="DIR", type=Path,
+                        help="build the project and shop in DIR and keep them; a later run with the same sizes reuses the shop")
+    parser.add_argument("--sqlite", action="store_true", help="also load the shop into SQLite and measure there")
+    parser.add_argument("--smtp", action="store_true",
+                        help="also run the first pass with emails going to a loopback SMTP sink (aiosmtpd, in a child process)")
+    parser.add_argument("--anchor", default="2025-01-10T00:00:00Z", help="end of the history and the plan instant")
+    parser.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.customers, args.orders = 10_000, 100_000
+    if args.repeat < 1 or args.run_repeat < 1:
+        parser.error("--repeat and --run-repeat must be at least 1")
+
+    import duckdb
+    import sqlalchemy
+
+    import engine
+
+    directory = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="engine-bench-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    project_dir = directory / "project"
+    if project_dir.exists():
+        shutil.rmtree(project_dir)
+    project_dir.mkdir()
+    shutil.copy(REPO / "engine.yaml", project_dir / "engine.yaml")
+    shutil.copytree(REPO / "campaigns.d", project_dir / "campaigns.d")
+    shutil.copytree(REPO / "templates", project_dir / "templates")
+    smtp_dir, sink = None, None
+
+    try:
+        if args.smtp and not args.no_run:
+            sink = SmtpSinkProcess()
+            smtp_dir = directory / "project-smtp"
+            shutil.rmtree(smtp_dir, ignore_errors=True)
+            shutil.copytree(project_dir, smtp_dir)
+            _use_smtp(smtp_dir / "engine.yaml", sink.port)
+        print(f"Building a shop of {args.customers:,} customers / {args.orders:,} orders in {directory} ...", flush=True)
+        # In a child process, so this process's peak RSS is the engine's, not the generator's.
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            built = pool.submit(build_all, str(directory), args.customers, args.orders, args.anchor, args.seed,
+                                args.sqlite).result()
+        counts = built["counts"]
+        print("  " + ", ".join(f"{n:,} {name}" for name, n in counts.items())
+              + (" (reused)" if built["reused"] else f" in {built['seconds']:.1f} s") + f", builder peak RSS {built['rss_mb']:.0f} MB")
+        if args.sqlite:
+            print(f"  SQLite copy: {built['sqlite']['method']}, {built['sqlite']['seconds']:.1f} s")
+
+        now = _naive_anchor(args.anchor).replace(tzinfo=timezone.utc)
+        run_repeat = 0 if args.no_run else args.run_repeat
+        rows = []
+        print("Measuring duckdb ...", flush=True)
+        rows += measure("duckdb", f"duckdb:///{directory / 'shop.duckdb'}", project_dir, now, args.repeat, run_repeat,
+                        smtp_dir)
+        if args.sqlite:
+            print("Measuring sqlite ...", flush=True)
+            rows += measure("sqlite", f"sqlite:///{directory / 'shop.db'}", project_dir, now, args.repeat, run_repeat,
+                            smtp_dir)
+
+        print()
+        print(f"Plan at {args.anchor} on {counts['customers']:,} customers / {counts['orders']:,} orders "
+              f"({counts['order_items']:,} order items, {counts['checkouts']:,} checkouts, {counts.get('events', 0):,} events); "
+              f"median of {args.repeat}" + ("" if args.no_run else f" (run_once: {args.run_repeat})"))
+        print(f"{os.cpu_count()} CPUs, Python {platform.python_version()}, DuckDB {duckdb.__version__}, "
+              f"SQLite {sqlite3.sqlite_version}, SQLAlchemy {sqlalchemy.__version__}, engine {engine.__version__}")
+        print()
+        print(_format_table(rows))
+        print()
+        for r in rows:
+            if r.get("headline"):
+                print(f"Headline ({r['backend']}): plan / floor = {r['seconds'] / r['floor']:.1f}x "
+                      f"(plan {r['seconds']:.3f} s, floor {r['floor']:.3f} s)")
+        if sink is not None:
+            print(f"SMTP sink: {sink.received():,} messages received")
+    finally:
+        if sink is not None:
+            sink.stop()
+        if args.keep is None:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            print(f"Kept {directory}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
