@@ -73,6 +73,14 @@ def stable_bucket(campaign: str, customer_id: str) -> int:
     return int.from_bytes(digest[:4], "big") % 100
 
 
+def in_holdout(campaign: str, customer_id: str, percent: float) -> bool:
+    """Whether the customer is in the campaign's holdout group (stable, and independent of the A/B bucket)."""
+    if percent <= 0:
+        return False
+    digest = hashlib.sha256(f"holdout:{campaign}:{customer_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 10000 < round(percent * 100)
+
+
 def pick_variant(step: Step, matches: list[object], bucket: int) -> Variant | None:
     """The first variant whose audience matched and, for A/B variants, whose share holds ``bucket``.
 

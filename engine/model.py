@@ -321,6 +321,12 @@ class Campaign:
     reentry: Reentry = Reentry()
     #: when a customer is due for several campaigns and a frequency cap allows fewer, higher wins
     priority: int = 0
+    #: an order within this time after a message is a conversion (stats, backtest)
+    conversion_window: timedelta = timedelta(days=7)
+    #: percent of entrants (stable hash) who get nothing, recorded as skipped:holdout
+    holdout: float = 0.0
+    #: skip (recently_contacted) when anything was sent to the customer within this time
+    not_contacted_within: timedelta | None = None
     file: str = ""
 
     def step(self, step_id: str) -> Step:

@@ -27,7 +27,8 @@ from .compile import (
 )
 from .config import database_url, resolve
 from .decide import (
-    anniversary_instance, customer_zone, discount_code, due_time, in_quiet_hours, pick_variant, stable_bucket,
+    anniversary_instance, customer_zone, discount_code, due_time, in_holdout, in_quiet_hours, pick_variant,
+    stable_bucket,
 )
 from .dispatch import Sent, deserialize, next_attempt, send_all, serialize
 from .errors import ChannelError, TemplateError
@@ -216,6 +217,8 @@ class Reconciler:
         kind = self.config.channels[variant.channel].kind
         if not customer.get(CONTACT_FIELD[kind]):
             return DueMessage(**base, action="skip", reason="no_contact")
+        if in_holdout(campaign.name, customer["customer_id"], campaign.holdout):
+            return DueMessage(**base, action="skip", reason="holdout")
         quiet = step.quiet_hours or self.config.quiet_hours.get(variant.channel)
         if in_quiet_hours(now, quiet, zone):
             return DueMessage(**base, action="defer", reason="quiet_hours")

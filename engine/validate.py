@@ -203,6 +203,10 @@ def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) ->
         description=data.get("description", ""),
         enabled=data.get("enabled", True),
         priority=data.get("priority", 0),
+        conversion_window=_duration(doc, ("conversion_window",), data.get("conversion_window", "7d"), issues),
+        holdout=float(data.get("holdout", 0)),
+        not_contacted_within=(_duration(doc, ("not_contacted_within",), data["not_contacted_within"], issues)
+                              if "not_contacted_within" in data else None),
         trigger=trigger,
         audience=data.get("audience"),
         stop=tuple(data.get("stop", ())),
