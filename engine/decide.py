@@ -81,21 +81,22 @@ def in_holdout(campaign: str, customer_id: str, percent: float) -> bool:
     return int.from_bytes(digest[:4], "big") % 10000 < round(percent * 100)
 
 
-def pick_variant(step: Step, matches: list[object], bucket: int) -> Variant | None:
-    """The first variant whose audience matched and, for A/B variants, whose share holds ``bucket``.
+def matching_variants(step: Step, matches: list[object], bucket: int) -> list[Variant]:
+    """The variants whose audience matched and, for A/B variants, whose share holds ``bucket``,
+    in file order: the first one the customer can receive is used (policies.choose_channels).
 
     Shares are laid out in variant order ([0, p1), [p1, p1 + p2), ...) whatever
     the audiences, so editing one variant's audience never moves another's customers.
     """
-    start = 0
+    start, found = 0, []
     for variant, match in zip(step.variants, matches):
         in_share = True
         if variant.percent is not None:
             in_share = start <= bucket < start + variant.percent
             start += variant.percent
         if match and in_share:
-            return variant
-    return None
+            found.append(variant)
+    return found
 
 
 _CODE_ALPHABET = str.maketrans({"0": "8", "1": "9", "O": "X", "I": "Y"})

@@ -360,17 +360,17 @@ class Ledger:
                 found |= {(row[0], row[1]) for row in rows}
         return found
 
-    def recent_sends(self, customer_ids: list[str], since: datetime) -> dict[str, list[tuple[datetime, str]]]:
-        """customer -> [(sent at, channel)] of messages sent (or in flight) since ``since``."""
+    def recent_sends(self, customer_ids: list[str], since: datetime) -> dict[str, list[tuple[datetime, str, str]]]:
+        """customer -> [(sent at, channel, campaign)] of messages sent (or in flight) since ``since``."""
         c = ledger_table.c
-        found: dict[str, list[tuple[datetime, str]]] = {}
+        found: dict[str, list[tuple[datetime, str, str]]] = {}
         for start in range(0, len(customer_ids), 500):
-            query = sa.select(c.customer_id, c.created_at, c.channel).where(
+            query = sa.select(c.customer_id, c.created_at, c.channel, c.campaign).where(
                 c.customer_id.in_(customer_ids[start:start + 500]), c.status.in_(("sent", "claimed", "unknown")),
                 c.created_at >= _naive(since))
             with self.db.engine.connect() as conn:
-                for customer_id, created_at, channel in conn.execute(query):
-                    found.setdefault(customer_id, []).append((_parse(created_at), channel))
+                for customer_id, created_at, channel, campaign in conn.execute(query):
+                    found.setdefault(customer_id, []).append((_parse(created_at), channel, campaign))
         return found
 
     def existing_keys(self, keys: list[str]) -> set[str]:

@@ -12,7 +12,7 @@ import hashlib
 import re
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Iterator
 
@@ -27,13 +27,13 @@ from .compile import (
 )
 from .config import database_url, resolve
 from .decide import (
-    anniversary_instance, customer_zone, discount_code, due_time, in_holdout, in_quiet_hours, pick_variant,
+    anniversary_instance, customer_zone, discount_code, due_time, in_holdout, in_quiet_hours, matching_variants,
     stable_bucket,
 )
 from .dispatch import Sent, deserialize, next_attempt, send_all, serialize
 from .errors import ChannelError, TemplateError
 from .faults import checkpoint
-from .policies import CONTACT_FIELD, PolicyState, apply_policies
+from .policies import CONTACT_FIELD, PolicyState, apply_policies, choose_channels
 from .ledger import Ledger, Record, message_key
 from .model import Anniversary, Campaign, Event, Project
 from .render import Renderer
@@ -63,6 +63,8 @@ class DueMessage:
     reason: str | None = None
     variant: str | None = None
     detail: str | None = None
+    #: ids of the step's variants this customer qualifies for, in preference order (channel choice)
+    candidates: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -145,6 +147,15 @@ class Reconciler:
         self.ledger.ensure_schema()
         self.key_kinds: dict[tuple[str, str], str] = {}  # (entity, id column) -> "int" | "str" | "cast"
 
+    @property
+    def variant_channels(self) -> dict[str, str]:
+        """"campaign:step:variant" -> channel, for the channel choice; follows a reloaded project."""
+        if getattr(self, "_variant_channels_of", None) is not self.project:
+            self._variant_channels = {f"{c.name}:{s.id}:{v.id}": v.channel
+                                      for c in self.project.campaigns for s in c.steps for v in s.variants}
+            self._variant_channels_of = self.project
+        return self._variant_channels
+
     def close(self) -> None:
         self.warehouse.dispose()
         self.ledger.db.dispose()
@@ -166,6 +177,7 @@ class Reconciler:
         shares = self.config.ledger_shares_warehouse
         state = PolicyState()
         selected = campaigns if campaigns is not None else self.campaigns()
+        recency = {c.name: c.not_contacted_within for c in self.project.campaigns}
         for campaign in sorted(selected, key=lambda c: -c.priority):
             sql = render_sql(due_query(campaign, self.config, now, exclude_ledger=shares), self.config.dialect)
             entered: dict[str, list[tuple[str, datetime]]] = {}  # re-entry: instances sent in this pass
@@ -177,9 +189,11 @@ class Reconciler:
                 if not shares or not keys_in_sql(campaign):
                     known = self.ledger.existing_keys([m.key for m in batch])
                     batch = [m for m in batch if m.key not in known]
+                batch = choose_channels(self.config, self.ledger, batch, self.variant_channels)
+                batch = self._after_channel_choice(batch, now)
                 if campaign.reentry.mode != "per_trigger":
                     batch = self._apply_reentry(campaign, batch, entered)
-                batch = apply_policies(self.config, self.ledger, batch, now, state)
+                batch = apply_policies(self.config, self.ledger, batch, now, state, recency)
                 if batch:
                     yield batch
 
@@ -204,25 +218,33 @@ class Reconciler:
         if step.freshness is not None and now > due_at + step.freshness + self.config.stale_horizon:
             return None
         matches = [values[f"{VARIANT_PREFIX}{i}"] for i in range(variant_columns(campaign))]
-        variant = pick_variant(step, matches, stable_bucket(campaign.name, customer["customer_id"]))
+        candidates = matching_variants(step, matches, stable_bucket(campaign.name, customer["customer_id"]))
+        first = candidates[0] if candidates else None
         base = dict(campaign=campaign.name, step=step.id, customer_id=customer["customer_id"],
                     trigger_key=str(trigger_key), trigger_at=trigger_at, due_at=due_at, customer=customer,
-                    variant=variant.id if variant else None, channel=variant.channel if variant else None)
+                    variant=first.id if first else None, channel=first.channel if first else None)
         if values["stopped_by"]:
             return DueMessage(**base, action="skip", reason="stopped", detail=str(values["stopped_by"]))
         if step.freshness is not None and now > due_at + step.freshness:
             return DueMessage(**base, action="skip", reason="stale")
-        if variant is None:
+        if first is None:
             return DueMessage(**base, action="skip", reason="no_variant")
-        kind = self.config.channels[variant.channel].kind
-        if not customer.get(CONTACT_FIELD[kind]):
-            return DueMessage(**base, action="skip", reason="no_contact")
-        if in_holdout(campaign.name, customer["customer_id"], campaign.holdout):
-            return DueMessage(**base, action="skip", reason="holdout")
-        quiet = step.quiet_hours or self.config.quiet_hours.get(variant.channel)
-        if in_quiet_hours(now, quiet, zone):
-            return DueMessage(**base, action="defer", reason="quiet_hours")
-        return DueMessage(**base, action="send")
+        return DueMessage(**base, action="send", candidates=tuple(v.id for v in candidates))
+
+    def _after_channel_choice(self, batch: list[DueMessage], now: datetime) -> list[DueMessage]:
+        """Holdout and quiet hours, which depend on the campaign and on the channel finally chosen."""
+        decided = []
+        for m in batch:
+            if m.action == "send":
+                campaign = self.project.campaign(m.campaign)
+                step = campaign.step(m.step)
+                zone = customer_zone(m.customer.get("timezone"), self.config.default_timezone)
+                if in_holdout(campaign.name, m.customer_id, campaign.holdout):
+                    m = replace(m, action="skip", reason="holdout")
+                elif in_quiet_hours(now, step.quiet_hours or self.config.quiet_hours.get(m.channel), zone):
+                    m = replace(m, action="defer", reason="quiet_hours")
+            decided.append(m)
+        return decided
 
     def _apply_reentry(self, campaign: Campaign, batch: list[DueMessage],
                        entered: dict[str, list[tuple[str, datetime]]]) -> list[DueMessage]:
@@ -240,7 +262,7 @@ class Reconciler:
                     blocked = any(at is not None and abs(to_utc(at) - m.trigger_at) < campaign.reentry.cooldown
                                   for _, at in earlier)
                 if blocked:
-                    m = DueMessage(**{**m.__dict__, "action": "skip", "reason": "reentry"})
+                    m = replace(m, action="skip", reason="reentry")
                 else:
                     entered.setdefault(m.customer_id, []).append((m.trigger_key, m.trigger_at))
             decided.append(m)

@@ -257,6 +257,116 @@ def test_no_message_without_consent_or_after_an_unsubscribe(project):
             r.close()
 
 
+EMAIL_OR_SMS = """
+    name: greet
+    trigger: {order_placed: {}}
+    steps:
+      - id: hello
+        delay: 0m
+        freshness: 7d
+        variants:
+          - {id: email, audience: email IS NOT NULL, channel: email, template: second-order/nudge.email.j2}
+          - {id: sms, audience: phone IS NOT NULL, channel: sms, template: re-engage/last-call.sms.j2}
+"""
+
+
+@pytest.mark.parametrize("project", ["sqlite", "postgres"], indirect=True)
+def test_one_channel_per_customer_chosen_by_consent_and_contact_data(project):
+    """R-M2: the first variant the customer can receive wins; a variant they cannot receive
+    (no consent, unsubscribed, suppressed, no address) hands over to the next one."""
+    with SmtpSink() as smtp, SmsProvider() as sms:
+        configure(project, smtp.port, sms.url)
+        text = (project / "engine.yaml").read_text().replace(
+            "      unsubscribed_at: unsubscribed_at", "      unsubscribed_at: unsubscribed_at\n      email_consent: email_consent")
+        (project / "engine.yaml").write_text(text)
+        rows = customers(7)
+        rows[5]["phone"] = None  # 6: no consent for email and no phone
+        rows[6]["email"] = rows[6]["phone"] = None  # 7: nothing to reach
+        project.load({"greet": EMAIL_OR_SMS}, customers=rows, orders=orders(7))
+        db = Database(project.url)
+        db.execute("ALTER TABLE customers ADD COLUMN email_consent BOOLEAN")
+        db.execute("UPDATE customers SET email_consent = (customer_id NOT IN (2, 6))")
+        db.dispose()
+        r = Reconciler(load_project(project))
+        try:
+            r.ledger.unsubscribe("3", "email", "link", at())
+            r.ledger.suppress("email", "c4@example.com", "bounced", "550", at())
+            r.ledger.unsubscribe("5", "all", "cli", at())
+            plan = {m.customer_id: (m.action, m.reason, m.channel) for batch in r.due(at(minutes=1)) for m in batch}
+            assert plan == {
+                "1": ("send", None, "email"),
+                "2": ("send", None, "sms"),       # no email consent
+                "3": ("send", None, "sms"),       # unsubscribed from email only
+                "4": ("send", None, "sms"),       # email address bounced before
+                "5": ("skip", "no_consent", "email"),  # unsubscribed from everything
+                "6": ("skip", "no_consent", "email"),  # the first variant's reason is the one reported
+                "7": ("skip", "no_variant", None),
+            }
+            report = r.run_once(at(minutes=1))
+            assert report.counts[("greet", "hello", "sent")] == 4
+            assert sorted(smtp.keys()) == ["greet:hello:1:1"]
+            assert sorted(q["body"]["reference"] for q in sms.requests) == ["greet:hello:2:2", "greet:hello:3:3", "greet:hello:4:4"]
+            assert statuses(r)["greet:hello:6:6"] == ("skipped", "no_consent", 0)
+        finally:
+            r.close()
+
+
+def test_not_contacted_within_skips_customers_other_campaigns_just_reached(project):
+    """R-P2: "not contacted in the last 3 days" counts what other campaigns sent, not the campaign's own series."""
+    series = """
+    name: quiet-series
+    not_contacted_within: 3d
+    trigger: {order_placed: {}}
+    steps:
+      - {id: first, delay: 1d, freshness: 7d, channel: email, template: second-order/nudge.email.j2}
+      - {id: second, delay: 2d, freshness: 7d, channel: email, template: second-order/nudge.email.j2}
+"""
+    with SmtpSink() as smtp:
+        configure(project, smtp.port)
+        notify_one = campaign().replace("priority: 0", "priority: 0\n    audience: first_name = 'C1'")
+        project.load({"quiet-series": series, "notify": notify_one}, customers=customers(2), orders=orders(2))
+        r = Reconciler(load_project(project))
+        try:
+            # notify reaches customer 1 only, at T0 + 1 min
+            r.run_once(at(minutes=1), [r.project.campaign("notify")])
+            assert sorted(smtp.keys()) == ["notify:mail:1:1"]
+            day1 = r.run_once(at(days=1, minutes=1), [r.project.campaign("quiet-series")])
+            assert day1.counts[("quiet-series", "first", "skipped:recently_contacted")] == 1
+            assert day1.counts[("quiet-series", "first", "sent")] == 1
+            assert statuses(r)["quiet-series:first:1:1"] == ("skipped", "recently_contacted", 0)
+            # day 2: customer 2's own first step (1 day ago) does not block its second step; customer 1
+            # is still within 3 days of notify's message
+            day2 = r.run_once(at(days=2, minutes=1), [r.project.campaign("quiet-series")])
+            assert day2.counts[("quiet-series", "second", "sent")] == 1
+            assert day2.counts[("quiet-series", "second", "skipped:recently_contacted")] == 1
+            assert sorted(smtp.keys()) == ["notify:mail:1:1", "quiet-series:first:2:2", "quiet-series:second:2:2"]
+        finally:
+            r.close()
+
+
+def test_holdout_customers_get_nothing_and_stay_in_the_holdout(project):
+    """A 30 % holdout: exactly the customers the stable hash puts there are skipped (holdout), every pass."""
+    from engine.decide import in_holdout
+
+    held = campaign("held").replace("priority: 0", "priority: 0\n    holdout: 30")
+    with SmtpSink() as smtp:
+        configure(project, smtp.port)
+        project.load({"held": held}, customers=customers(200), orders=orders(200))
+        expected = {str(i) for i in range(1, 201) if in_holdout("held", str(i), 30)}
+        assert 40 <= len(expected) <= 80  # about 30 % of 200
+        r = Reconciler(load_project(project))
+        try:
+            report = r.run_once(at(minutes=1))
+            assert report.counts[("held", "mail", "skipped:holdout")] == len(expected)
+            assert report.counts[("held", "mail", "sent")] == 200 - len(expected)
+            delivered = {key.split(":")[2] for key in smtp.keys()}
+            assert delivered == {str(i) for i in range(1, 201)} - expected
+            assert {k.split(":")[2] for k, (status, reason, _) in statuses(r).items() if reason == "holdout"} == expected
+            assert r.run_once(at(minutes=30)).total("") == 0  # recorded: nothing is decided again
+        finally:
+            r.close()
+
+
 # --- crashes ------------------------------------------------------------------------------
 
 

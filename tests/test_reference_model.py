@@ -342,33 +342,36 @@ def variants_of(step: dict) -> list[dict]:
     return [{"id": "default", "channel": step["channel"], "template": step["template"]}]
 
 
-def choose_variant(spec: dict, step: dict, customer: dict, context: FilterContext) -> dict | None:
-    """The first variant whose audience holds and whose A/B share (laid out in variant order) has the customer."""
-    start, share = 0, bucket(spec["name"], str(customer["customer_id"]))
+def qualifying_variants(spec: dict, step: dict, customer: dict, context: FilterContext) -> list[dict]:
+    """The variants whose audience holds and whose A/B share (laid out in variant order) has the customer."""
+    start, share, found = 0, bucket(spec["name"], str(customer["customer_id"])), []
     for variant in variants_of(step):
         in_share = True
         if variant.get("percent") is not None:
             in_share = start <= share < start + variant["percent"]
             start += variant["percent"]
         if in_share and holds(variant.get("audience"), context):
-            return variant
-    return None
+            found.append(variant)
+    return found
 
 
 def outcome(spec: dict, step: dict, customer: dict, instance: Instance, due: datetime, shop: History,
-            variant: dict | None, now: datetime) -> str:
-    """send / defer:quiet_hours / skip:<reason>, in the documented order."""
+            candidates: list[dict], now: datetime) -> tuple[str, dict | None]:
+    """(send / defer:quiet_hours / skip:<reason>, the variant), in the documented order: the
+    message goes by the first qualifying variant the customer has contact data for."""
+    first = candidates[0] if candidates else None
     if any(stop_holds(s, customer, shop, instance.at, now) for s in spec.get("stop", [])):
-        return "skip:stopped"
+        return "skip:stopped", first
     if "freshness" in step and now > due + duration(step["freshness"]):
-        return "skip:stale"
-    if variant is None:
-        return "skip:no_variant"
-    if customer[CONTACT[CHANNEL_KIND[variant["channel"]]]] in (None, ""):
-        return "skip:no_contact"
-    if quiet(step, variant["channel"], now.astimezone(zone_of(customer)).time()):
-        return "defer:quiet_hours"
-    return "send"
+        return "skip:stale", first
+    if first is None:
+        return "skip:no_variant", None
+    reachable = [v for v in candidates if customer[CONTACT[CHANNEL_KIND[v["channel"]]]] not in (None, "")]
+    if not reachable:
+        return "skip:no_contact", first
+    if quiet(step, reachable[0]["channel"], now.astimezone(zone_of(customer)).time()):
+        return "defer:quiet_hours", reachable[0]
+    return "send", reachable[0]
 
 
 def instant_text(value: datetime) -> str:
@@ -406,10 +409,10 @@ def reference_plan(spec: dict, shop: History, now: datetime) -> set[tuple]:
                 for o in shop.orders))
             if not (holds(spec.get("audience"), context) and holds(step.get("audience"), context)):
                 continue
-            variant = choose_variant(spec, step, customer, context)
+            candidates = qualifying_variants(spec, step, customer, context)
+            result, variant = outcome(spec, step, customer, instance, due, shop, candidates, now)
             plan.add((spec["name"], step["id"], str(instance.customer_id), instance.key,
-                      outcome(spec, step, customer, instance, due, shop, variant, now),
-                      variant["id"] if variant else None, instant_text(due)))
+                      result, variant["id"] if variant else None, instant_text(due)))
     return plan
 
 
