@@ -141,9 +141,37 @@ def _parse(value) -> datetime | None:
     return datetime.fromisoformat(str(value))
 
 
+#: Unsubscribe and suppression tables up to this many rows are read whole once per pass
+#: (one query instead of two per batch); larger ones are looked up per batch.
+SNAPSHOT_LIMIT = 50_000
+
+
 class Ledger:
     def __init__(self, db: Database):
         self.db = db
+        self._unsubscribed: dict[str, set[str]] | None = None  # customer -> kinds, when snapshotted
+        self._suppressed: dict[str, set[str]] | None = None  # kind -> addresses, when snapshotted
+
+    def snapshot_policies(self) -> None:
+        """Read the unsubscribe and suppression tables into memory when they are small.
+
+        Called at the start of every pass (and plan). Writes through this
+        object (a bounce mid-pass, an unsubscribe) update the snapshot; another
+        replica's writes are seen from its next pass on.
+        """
+        self._unsubscribed = self._suppressed = None
+        u, s = unsubscribes_table.c, suppressions_table.c
+        with self.db.engine.connect() as conn:
+            if conn.execute(sa.select(sa.func.count()).select_from(unsubscribes_table)).scalar() <= SNAPSHOT_LIMIT:
+                unsubscribed: dict[str, set[str]] = {}
+                for customer_id, kind in conn.execute(sa.select(u.customer_id, u.kind)):
+                    unsubscribed.setdefault(customer_id, set()).add(kind)
+                self._unsubscribed = unsubscribed
+            if conn.execute(sa.select(sa.func.count()).select_from(suppressions_table)).scalar() <= SNAPSHOT_LIMIT:
+                suppressed: dict[str, set[str]] = {}
+                for kind, address in conn.execute(sa.select(s.kind, s.address)):
+                    suppressed.setdefault(kind, set()).add(address)
+                self._suppressed = suppressed
 
     def ensure_schema(self) -> None:
         try:
@@ -336,12 +364,16 @@ class Ledger:
     def suppress(self, kind: str, address: str, reason: str, detail: str, now: datetime) -> None:
         self._insert_ignore(suppressions_table, {"kind": kind, "address": address, "reason": reason,
                                                  "detail": detail, "created_at": _naive(now)})
+        if self._suppressed is not None:
+            self._suppressed.setdefault(kind, set()).add(address)
 
     def suppressed(self, kind: str, addresses: list[str]) -> set[str]:
+        if self._suppressed is not None:
+            return self._suppressed.get(kind, set()).intersection(addresses)
         t = suppressions_table.c
         found: set[str] = set()
-        for start in range(0, len(addresses), 500):
-            with self.db.engine.connect() as conn:
+        with self.db.engine.connect() as conn:
+            for start in range(0, len(addresses), 500):
                 rows = conn.execute(sa.select(t.address).where(t.kind == kind, t.address.in_(addresses[start:start + 500])))
                 found |= {row[0] for row in rows}
         return found
@@ -349,13 +381,18 @@ class Ledger:
     def unsubscribe(self, customer_id: str, kind: str, source: str, now: datetime) -> None:
         self._insert_ignore(unsubscribes_table, {"customer_id": customer_id, "kind": kind, "source": source,
                                                  "created_at": _naive(now)})
+        if self._unsubscribed is not None:
+            self._unsubscribed.setdefault(customer_id, set()).add(kind)
 
     def unsubscribed(self, customer_ids: list[str]) -> set[tuple[str, str]]:
         """(customer_id, kind) pairs; kind 'all' means every channel."""
+        if self._unsubscribed is not None:
+            return {(customer_id, kind) for customer_id in customer_ids
+                    for kind in self._unsubscribed.get(customer_id, ())}
         t = unsubscribes_table.c
         found: set[tuple[str, str]] = set()
-        for start in range(0, len(customer_ids), 500):
-            with self.db.engine.connect() as conn:
+        with self.db.engine.connect() as conn:
+            for start in range(0, len(customer_ids), 500):
                 rows = conn.execute(sa.select(t.customer_id, t.kind).where(t.customer_id.in_(customer_ids[start:start + 500])))
                 found |= {(row[0], row[1]) for row in rows}
         return found

@@ -8,6 +8,7 @@ due rows, in batches, and keeps counts, never the whole set.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import threading
@@ -20,7 +21,7 @@ from sqlglot import exp
 
 from . import unsubscribe
 from .channels import ChannelSession, Delivered, OutgoingMessage, open_channel
-from .clock import format_instant, to_utc
+from .clock import UTC, format_instant, to_utc
 from .compile import (
     CUSTOMER_PREFIX, VARIANT_PREFIX, due_query, entries_insert, keys_in_sql, render_sql,
     source_select, variant_columns,
@@ -43,7 +44,7 @@ BATCH_SIZE = 1000
 _CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")  # what CAST(integer AS VARCHAR) gives
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DueMessage:
     """One message the pass decided about: send it, skip it with a reason, or defer it.
 
@@ -131,6 +132,31 @@ def _parse_date(value: object) -> date:
     return date.fromisoformat(str(value)[:10])
 
 
+class _RowLayout:
+    """Where each column of a campaign's due query sits in its rows (worked out once per query)."""
+
+    def __init__(self, fields: tuple[str, ...], campaign: Campaign):
+        position = {name: index for index, name in enumerate(fields)}
+        self.step, self.customer_id = position["step"], position["customer_id"]
+        self.trigger_key, self.trigger_at = position["trigger_key"], position["trigger_at"]
+        self.stopped_by = position["stopped_by"]
+        self.yearly = isinstance(campaign.trigger, Anniversary)
+        self.anniversary = position.get("anniversary")
+        self.matches = [position[f"{VARIANT_PREFIX}{i}"] for i in range(variant_columns(campaign))]
+        # the customer's attributes are the query's last columns (compile.due_query)
+        self.customer_start = min(i for name, i in position.items() if name.startswith(CUSTOMER_PREFIX))
+        self.customer_names = [name[len(CUSTOMER_PREFIX):] for name in fields[self.customer_start:]]
+        assert all(name.startswith(CUSTOMER_PREFIX) for name in fields[self.customer_start:])
+        self.steps = {step.id: step for step in campaign.steps}
+        #: steps with an A/B split: only those need the customer's stable bucket
+        self.split_steps = {step.id for step in campaign.steps if any(v.percent is not None for v in step.variants)}
+
+
+@functools.lru_cache(maxsize=1024)
+def _zone(name: object, default: str):
+    return customer_zone(name, default)
+
+
 class Reconciler:
     """Binds a project to its databases and channels; ``due`` reads, ``run_once`` acts."""
 
@@ -178,11 +204,14 @@ class Reconciler:
         state = PolicyState()
         selected = campaigns if campaigns is not None else self.campaigns()
         recency = {c.name: c.not_contacted_within for c in self.project.campaigns}
+        self.ledger.snapshot_policies()
         for campaign in sorted(selected, key=lambda c: -c.priority):
             sql = render_sql(due_query(campaign, self.config, now, exclude_ledger=shares), self.config.dialect)
             entered: dict[str, list[tuple[str, datetime]]] = {}  # re-entry: instances sent in this pass
+            layout = None
             for rows in self.warehouse.stream(sql, self.batch_size):
-                batch = [m for m in (self._decide(campaign, row, now) for row in rows) if m is not None]
+                layout = layout or _RowLayout(rows[0]._fields, campaign)
+                batch = [m for m in (self._decide(campaign, row, now, layout) for row in rows) if m is not None]
                 if self.shard is not None:
                     index, count = self.shard
                     batch = [m for m in batch if shard_of(m.customer_id, count) == index]
@@ -197,39 +226,52 @@ class Reconciler:
                 if batch:
                     yield batch
 
-    def _decide(self, campaign: Campaign, row, now: datetime) -> DueMessage | None:
-        """What to do with one candidate row, or None when it is not due (yet, or any more)."""
-        values = row._mapping
-        step = campaign.step(values["step"])
-        customer = {name[len(CUSTOMER_PREFIX):]: value for name, value in values.items() if name.startswith(CUSTOMER_PREFIX)}
-        customer["customer_id"] = str(values["customer_id"])
-        zone = customer_zone(customer.get("timezone"), self.config.default_timezone)
-        trigger_key = values["trigger_key"]
-        if isinstance(campaign.trigger, Anniversary):
-            instance = anniversary_instance(_parse_date(values["anniversary"]), step, now, zone)
+    def _decide(self, campaign: Campaign, row, now: datetime, layout: "_RowLayout | None" = None) -> DueMessage | None:
+        """What to do with one candidate row, or None when it is not due (yet, or any more).
+
+        Runs once per candidate row, so it reads columns by position (``layout``,
+        worked out once per query) rather than by name.
+        """
+        layout = layout or _RowLayout(row._fields, campaign)
+        step = layout.steps[row[layout.step]]
+        customer = dict(zip(layout.customer_names, row[layout.customer_start:]))
+        customer_id = customer["customer_id"] = str(row[layout.customer_id])
+        trigger_key = row[layout.trigger_key]
+        if layout.yearly:
+            zone = _zone(customer.get("timezone"), self.config.default_timezone)
+            instance = anniversary_instance(_parse_date(row[layout.anniversary]), step, now, zone)
             if instance is None:
                 return None
             trigger_at, trigger_key = instance
         else:
-            trigger_at = _parse_timestamp(values["trigger_at"])
-        due_at = due_time(trigger_at, step, zone)
+            value = row[layout.trigger_at]
+            trigger_at = value.replace(tzinfo=UTC) if type(value) is datetime and value.tzinfo is None \
+                else _parse_timestamp(value)
+        if step.send_at is None:  # the common case needs no time zone
+            due_at = trigger_at + step.delay
+        else:
+            due_at = due_time(trigger_at, step, _zone(customer.get("timezone"), self.config.default_timezone))
         if due_at > now:
             return None
         if step.freshness is not None and now > due_at + step.freshness + self.config.stale_horizon:
             return None
-        matches = [values[f"{VARIANT_PREFIX}{i}"] for i in range(variant_columns(campaign))]
-        candidates = matching_variants(step, matches, stable_bucket(campaign.name, customer["customer_id"]))
+        matches = [row[i] for i in layout.matches]
+        bucket = stable_bucket(campaign.name, customer_id) if step.id in layout.split_steps else 0
+        candidates = matching_variants(step, matches, bucket)
         first = candidates[0] if candidates else None
-        base = dict(campaign=campaign.name, step=step.id, customer_id=customer["customer_id"],
-                    trigger_key=str(trigger_key), trigger_at=trigger_at, due_at=due_at, customer=customer,
-                    variant=first.id if first else None, channel=first.channel if first else None)
-        if values["stopped_by"]:
-            return DueMessage(**base, action="skip", reason="stopped", detail=str(values["stopped_by"]))
-        if step.freshness is not None and now > due_at + step.freshness:
-            return DueMessage(**base, action="skip", reason="stale")
-        if first is None:
-            return DueMessage(**base, action="skip", reason="no_variant")
-        return DueMessage(**base, action="send", candidates=tuple(v.id for v in candidates))
+        message = DueMessage(campaign.name, step.id, customer_id, str(trigger_key), trigger_at, due_at,
+                             first.channel if first else None, customer, "send", None,
+                             first.id if first else None)
+        stopped_by = row[layout.stopped_by]
+        if stopped_by:
+            message.action, message.reason, message.detail = "skip", "stopped", str(stopped_by)
+        elif step.freshness is not None and now > due_at + step.freshness:
+            message.action, message.reason = "skip", "stale"
+        elif first is None:
+            message.action, message.reason = "skip", "no_variant"
+        else:
+            message.candidates = tuple(v.id for v in candidates)
+        return message
 
     def _after_channel_choice(self, batch: list[DueMessage], now: datetime) -> list[DueMessage]:
         """Holdout and quiet hours, which depend on the campaign and on the channel finally chosen."""
