@@ -299,7 +299,8 @@ def format_text(e: Explanation) -> str:
              + ("" if e.enabled else " (campaign disabled: plan and run only include it when named)"),
              f"  trigger: {e.trigger}; stop: {', '.join(e.stop) or '-'}; time zone: {e.timezone}",
              f"  campaign audience: {e.audience or '(everyone)'}",
-             f"  trigger instances: {e.instance_count}" + (f" (newest {MAX_INSTANCES} shown)" if e.instance_count > MAX_INSTANCES else "")]
+             f"  trigger instances: {e.instance_count}"
+             + (f" (newest {MAX_INSTANCES} shown)" if e.instance_count > MAX_INSTANCES else "")]
     for s in e.steps:
         lines.append("")
         lines.append(f"step {s.id}: delay {_duration(s.delay)}, freshness {_duration(s.freshness) or '-'}, "

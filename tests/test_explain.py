@@ -9,7 +9,7 @@ for the customers the plan leaves out. On every backend.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from click.testing import CliRunner
@@ -66,13 +66,14 @@ EXPECTED = {
 def shop(tmp_path, backend, monkeypatch):
     root = copy_project(tmp_path / "project")
     for path in (root / "campaigns.d").glob("*.yaml"):
-        if path.stem != "second-order":
+        if path.stem not in ("second-order", "birthday"):
             path.unlink()
     write(root / "campaigns.d" / "sms-nudge.yaml", SMS_CAMPAIGN)
     url = database_url(backend, tmp_path)
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
     customers = [customer(1), customer(2, email=None), customer(3), customer(4), customer(5), customer(6),
-                 customer(7), customer(8), customer(9, email=None, phone="+4915100000009", timezone="Asia/Tokyo")]
+                 customer(7), customer(8), customer(9, email=None, phone="+4915100000009", timezone="Asia/Tokyo"),
+                 customer(11, birthday=date(1990, 1, 14)), customer(12, birthday=date(1990, 1, 20))]
     orders = [order(101, 1, T0), order(102, 2, T0), order(103, 3, T0), order(1031, 3, T0 + timedelta(days=1)),
               order(104, 4, T0 + timedelta(days=3)), order(105, 5, T0 - timedelta(days=2)),
               order(106, 6, T0 - timedelta(days=30)), order(107, 7, T0), order(108, 8, T0), order(109, 9, T0)]
@@ -154,3 +155,42 @@ def test_cli_json_and_bad_input(shop):
     assert "Traceback" not in unknown.output
     nobody = runner.invoke(main, base + ["second-order", "424242"])
     assert nobody.exit_code == 1 and "no customer with id '424242'" in nobody.output
+
+
+def test_yearly_trigger_names_the_year_and_the_local_send_time(shop):
+    # birthday greeting at 09:00 Berlin (08:00 UTC) on the day; NOW is Jan 14, 13:00 in Berlin
+    assert plan(shop, "birthday") == {"11": ("send", None)}
+    today = verdict(shop, "birthday", "11")
+    assert (today.trigger_key, today.due_at, today.verdict.status) == ("2025", datetime(2025, 1, 14, 8, tzinfo=UTC), "send")
+    later = verdict(shop, "birthday", "12")
+    assert (later.trigger_key, later.due_at, later.verdict.status) == ("2025", datetime(2025, 1, 20, 8, tzinfo=UTC), "not_yet")
+
+
+def test_frequency_caps_count_what_higher_priority_campaigns_send_first(shop):
+    """With a cap of one message a day, the higher-priority campaign's message wins; explain
+    plans that campaign first for the customer, exactly as a pass does."""
+    root = shop.root
+    with open(root / "engine.yaml", "a", encoding="utf-8") as config:
+        config.write("\npolicies:\n  frequency_caps: [{max: 1, per: 1d}]\n")
+    write(root / "campaigns.d" / "first-thanks.yaml", """
+        name: first-thanks
+        priority: 10
+        trigger:
+          order_placed: {nth: 1}
+        steps:
+          - id: thanks
+            delay: 7d
+            freshness: 2d
+            channel: email
+            template: second-order/nudge.email.j2
+        """)
+    capped = Reconciler(load_project(root))
+    try:
+        both = [capped.project.campaign("second-order"), capped.project.campaign("first-thanks")]
+        planned = {(m.campaign, m.customer_id): m.outcome for batch in capped.due(NOW, both) for m in batch}
+        assert (planned[("first-thanks", "1")], planned[("second-order", "1")]) == ("send", "skip:frequency_cap")
+        got = verdict(capped, "second-order", "1").verdict
+        assert (got.status, got.reason) == ("skip", "frequency_cap")
+        assert verdict(capped, "first-thanks", "1").verdict.status == "send"
+    finally:
+        capped.close()
