@@ -136,8 +136,13 @@ def _duration(value: timedelta | None) -> str | None:
 def _trigger_text(campaign: Campaign) -> str:
     trigger = campaign.trigger
     settings = {k: v for k, v in vars(trigger).items() if k != "kind" and v not in ((), None)}
-    return trigger.kind + (" " + ", ".join(f"{k}={_duration(v) if isinstance(v, timedelta) else v}"
-                                           for k, v in settings.items()) if settings else "")
+
+    def shown(value) -> str:
+        if isinstance(value, timedelta):
+            return _duration(value)
+        return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, tuple) else str(value)
+
+    return trigger.kind + (" " + ", ".join(f"{k}={shown(v)}" for k, v in settings.items()) if settings else "")
 
 
 def explain(reconciler: Reconciler, campaign_name: str, customer_id: str, now: datetime) -> Explanation:

@@ -61,6 +61,22 @@ EXPECTED = {
     "8": ("skip", "no_consent"),             # unsubscribed from all channels
 }
 
+STEP_AUDIENCE_CAMPAIGN = """
+name: repeaters
+trigger:
+  order_placed: {nth: 1}
+steps:
+  - id: hello
+    delay: 7d
+    freshness: 2d
+    audience: order_count >= 2
+    variants:
+      - id: paris
+        audience: city = 'Paris'
+        channel: email
+        template: second-order/nudge.email.j2
+"""
+
 
 @pytest.fixture
 def shop(tmp_path, backend, monkeypatch):
@@ -69,6 +85,7 @@ def shop(tmp_path, backend, monkeypatch):
         if path.stem not in ("second-order", "birthday"):
             path.unlink()
     write(root / "campaigns.d" / "sms-nudge.yaml", SMS_CAMPAIGN)
+    write(root / "campaigns.d" / "repeaters.yaml", STEP_AUDIENCE_CAMPAIGN)
     url = database_url(backend, tmp_path)
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
     customers = [customer(1), customer(2, email=None), customer(3), customer(4), customer(5), customer(6),
@@ -194,3 +211,16 @@ def test_frequency_caps_count_what_higher_priority_campaigns_send_first(shop):
         assert verdict(capped, "first-thanks", "1").verdict.status == "send"
     finally:
         capped.close()
+
+
+def test_step_audience_and_variant_audiences(shop):
+    # customer 1 has one order (step audience order_count >= 2 fails); customer 3 has two, but no
+    # variant matches (city = 'Paris'): the plan skips them as no_variant
+    assert plan(shop, "repeaters") == {"3": ("skip", "no_variant")}
+    one = verdict(shop, "repeaters", "1")
+    assert (one.verdict.status, one.verdict.reason) == ("excluded", "step_audience")
+    assert one.verdict.text == "excluded by the step audience: order_count >= 2"
+    three = verdict(shop, "repeaters", "3")
+    assert (three.verdict.status, three.verdict.reason) == ("skip", "no_variant")
+    assert three.filters == [{"scope": "step", "variant": None, "filter": "order_count >= 2", "matched": True},
+                             {"scope": "variant", "variant": "paris", "filter": "city = 'Paris'", "matched": False}]
