@@ -338,5 +338,13 @@ def unsubscribe(project_dir: Path, customer_id: str, kind: str):
     click.echo(f"Customer {customer_id} is unsubscribed from {kind}.")
 
 
+from .commands.customer import customer  # noqa: E402 - registered after main exists
+from .commands.explain import explain  # noqa: E402
+from .commands.export import export  # noqa: E402
+
+for _command in (explain, customer, export):
+    main.add_command(_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -24,7 +24,7 @@ from sqlglot import exp
 from .clock import sql_timestamp_text, to_utc
 from .filters import bind_filter, parse_filter
 from .model import (
-    CUSTOMER_FACTS, ENTITY_COLUMNS, Anniversary, AtRisk, Campaign, CheckoutAbandoned, EntitySource, Event,
+    CUSTOMER_FACTS, ENTITY_COLUMNS, SINCE_TRIGGER_FACTS, Anniversary, AtRisk, Campaign, CheckoutAbandoned, EntitySource, Event,
     LastActivity, OrderDate, OrderPlaced, ProjectConfig, Registration, Step,
 )
 from .validate import filter_attributes
@@ -478,7 +478,7 @@ def variant_columns(campaign: Campaign) -> int:
 
 
 def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
-              dialect: str | None = None) -> exp.Query:
+              dialect: str | None = None, customer_id: str | None = None) -> exp.Query:
     """All due (and recently stale or stopped) rows of every step of ``campaign`` at ``now``.
 
     Columns: DUE_COLUMNS, ``anniversary`` for yearly triggers,
@@ -486,7 +486,8 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     ``cust__<attribute>`` for every customer attribute. With ``exclude_ledger``
     rows already in the ledger are left out in SQL (the ledger shares the
     warehouse's database). ``dialect`` defaults to the warehouse's; the AST is
-    built for it (SQLite needs its own timestamp form).
+    built for it (SQLite needs its own timestamp form). ``customer_id`` keeps
+    only that customer's rows (``engine explain``): the same rules, one customer.
     """
     builder = _QueryBuilder(config, now, dialect or config.dialect)
     customers = builder.source("customers")
@@ -514,6 +515,8 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                 conditions.append(builder.bind(text_, attributes))
         if exclude_ledger and keys_in_sql(campaign):
             conditions.append(_ledger_absent(campaign, step))
+        if customer_id is not None:
+            conditions.append(is_customer(col("t", "customer_id"), customer_id))
         stopped_by = exp.null()
         if campaign.stop:
             stopped_by = exp.Case(ifs=[exp.If(this=builder.stop_condition(stop), true=lit(stop)) for stop in campaign.stop])
@@ -556,6 +559,98 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     if ordered:  # re-entry rules let the earliest instance in: it must come first
         body = body.order_by(exp.column("trigger_at"), exp.column("customer_id"), exp.column("trigger_key"))
     return builder.with_ctes(body)
+
+
+def is_customer(column: exp.Expression, customer_id: str) -> exp.Expression:
+    """``column`` is this customer: ids compare as text, as in the ledger."""
+    return text(column).eq(lit(customer_id))
+
+
+@dataclass(frozen=True)
+class FilterCheck:
+    """One audience filter or stop condition of a campaign, evaluated alone for ``engine explain``.
+
+    ``scope`` is "campaign", "step" or "variant" (an audience filter, ``text``
+    its expression) or "stop" (``text`` the stop condition's name); ``column``
+    names its 1/0 result in ``explain_query``.
+    """
+
+    column: str
+    scope: str
+    text: str
+    step: str | None = None
+    variant: str | None = None
+
+
+def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, customer_id: str,
+                  dialect: str | None = None) -> tuple[exp.Query, list[FilterCheck]]:
+    """Every trigger instance of one customer (newest first, no time window) with each filter
+    and stop condition of the campaign evaluated on its own: which one excluded them.
+
+    Columns: ``trigger_key``, ``trigger_at`` (``anniversary`` for yearly
+    triggers), then one 1/0 column per ``FilterCheck``. The filters are bound
+    exactly as ``due_query`` binds them, so the answer is the due query's.
+    """
+    builder = _QueryBuilder(config, now, dialect or config.dialect)
+    customers = builder.source("customers")
+    builder.ctes["trigger_instances"] = _trigger_cte(builder, campaign)
+    attributes = filter_attributes(config)
+    checks: list[FilterCheck] = []
+
+    def add(scope: str, text_: str, step: str | None = None, variant: str | None = None) -> None:
+        checks.append(FilterCheck(f"check_{len(checks)}", scope, text_, step, variant))
+
+    if campaign.audience:
+        add("campaign", campaign.audience)
+    for step in campaign.steps:
+        if step.audience:
+            add("step", step.audience, step.id)
+        for variant in step.variants:
+            if variant.audience:
+                add("variant", variant.audience, step.id, variant.id)
+    for stop in campaign.stop:
+        add("stop", stop)
+    results = []
+    for check in checks:
+        condition = builder.stop_condition(check.text) if check.scope == "stop" else builder.bind(check.text, attributes)
+        value = exp.Case(ifs=[exp.If(this=condition, true=exp.Literal.number(1))], default=exp.Literal.number(0))
+        results.append(exp.alias_(value, check.column))
+    yearly = isinstance(campaign.trigger, Anniversary)
+    query = (
+        exp.select(col("t", "trigger_key"), col("t", "trigger_at"), *([col("t", "anniversary")] if yearly else []), *results)
+        .from_(exp.to_table("trigger_instances").as_("t"))
+        .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
+    )
+    if builder.uses_facts:
+        facts = builder.customer_facts()
+        query = query.join(exp.to_table(facts).as_("f"), on=col("f", "customer_id").eq(col("t", "customer_id")), join_type="left")
+    conditions = [is_customer(col("t", "customer_id"), customer_id)]
+    if isinstance(campaign.trigger, OrderPlaced) and campaign.trigger.nth is not None:
+        conditions.append(col("t", "nth").eq(campaign.trigger.nth))
+    query = query.where(*conditions).order_by(exp.Ordered(this=col("t", "trigger_at"), desc=True),
+                                              exp.Ordered(this=col("t", "trigger_key"), desc=True))
+    return builder.with_ctes(query), checks
+
+
+def segment_attributes(config: ProjectConfig) -> list[str]:
+    """What a segment filter may name: a campaign filter's attributes minus those about a trigger."""
+    return [a for a in filter_attributes(config) if a not in SINCE_TRIGGER_FACTS]
+
+
+def segment_query(config: ProjectConfig, now: datetime, where: str, dialect: str | None = None) -> exp.Query:
+    """customer_id and every mapped customer attribute of the customers matching ``where``
+    (the campaign filter language; facts like order_count are as of ``now``), by customer id."""
+    builder = _QueryBuilder(config, now, dialect or config.dialect)
+    customers = builder.source("customers")
+    condition = builder.bind(where, segment_attributes(config))
+    query = (
+        exp.select(*[exp.alias_(col("c", a), exp.to_identifier(a)) for a in config.customer_attributes()])
+        .from_(exp.to_table(customers).as_("c"))
+    )
+    if builder.uses_facts:
+        facts = builder.customer_facts()
+        query = query.join(exp.to_table(facts).as_("f"), on=col("f", "customer_id").eq(col("c", "customer_id")), join_type="left")
+    return builder.with_ctes(query.where(condition).order_by(col("c", "customer_id")))
 
 
 def entries_insert(campaign: Campaign, config: ProjectConfig, now: datetime) -> exp.Insert | None:

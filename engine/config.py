@@ -20,7 +20,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from .clock import parse_duration, parse_instant
-from .errors import ConfigError, Issue
+from .errors import ConfigError, FilterError, Issue
 from .load import Document, load_yaml_file
 from .model import (
     ENTITY_COLUMNS, ChannelConfig, DemoConfig, EntitySource, FrequencyCap, ProjectConfig, QuietHours, RetryPolicy,
@@ -145,9 +145,32 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         default_timezone=timezone_name,
         quiet_hours=quiet_hours,
         code_secret=defaults.get("code_secret", ProjectConfig.code_secret),
+        segments=dict(data.get("segments", {})),
         **_policies(doc, data.get("policies", {}), channels, issues),
     )
+    issues += _segment_issues(doc, config)
     return config, issues
+
+
+def _segment_issues(doc: Document, config: ProjectConfig) -> list[Issue]:
+    """Each segment filter must pass the filter whitelist over the customer attributes."""
+    from .compile import segment_attributes  # compile imports validate, which imports this module
+    from .filters import parse_filter, referenced_functions
+
+    issues = []
+    for name, text in config.segments.items():
+        path = ("segments", name)
+        try:
+            tree = parse_filter(text, segment_attributes(config))
+        except FilterError as exc:
+            issues.append(doc.issue(path, f"segment '{name}': {exc.message}", fix=exc.fix,
+                                    position=doc.value_position(path, exc.offset)))
+            continue
+        if "has_tag" in referenced_functions(tree) and not config.ledger_shares_warehouse:
+            issues.append(doc.issue(path, f"segment '{name}': has_tag() reads the engine's tag table, which lives in "
+                                    "the ledger database, not the warehouse",
+                                    fix="remove ledger.url from engine.yaml to use tags in filters"))
+    return issues
 
 
 def _policies(doc: Document, spec: dict, channels: dict, issues: list[Issue]) -> dict:

@@ -123,6 +123,8 @@ class ProjectConfig:
     claim_timeout: timedelta = timedelta(minutes=10)
     #: base of the signed one-click unsubscribe link (RFC 8058) in every marketing email
     unsubscribe_url: str = "https://shop.example/unsubscribe"
+    #: named customer segments for ``engine export``: name -> filter expression
+    segments: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def ledger_shares_warehouse(self) -> bool:

@@ -193,12 +193,14 @@ class Reconciler:
             return [self.project.campaign(n) for n in names]
         return [c for c in self.project.campaigns if c.enabled]
 
-    def due(self, now: datetime, campaigns: list[Campaign] | None = None) -> Iterator[list[DueMessage]]:
+    def due(self, now: datetime, campaigns: list[Campaign] | None = None,
+            customer_id: str | None = None) -> Iterator[list[DueMessage]]:
         """Batches of messages due at ``now`` and not yet in the ledger, policies applied.
 
         Campaigns go in priority order (highest first), so when a frequency cap
         lets a customer receive fewer messages than are due, the higher
-        priority campaign's message is the one that goes out.
+        priority campaign's message is the one that goes out. ``customer_id``
+        restricts the plan to one customer (``engine explain``), same rules.
         """
         shares = self.config.ledger_shares_warehouse
         state = PolicyState()
@@ -206,7 +208,8 @@ class Reconciler:
         recency = {c.name: c.not_contacted_within for c in self.project.campaigns}
         self.ledger.snapshot_policies()
         for campaign in sorted(selected, key=lambda c: -c.priority):
-            sql = render_sql(due_query(campaign, self.config, now, exclude_ledger=shares), self.config.dialect)
+            query = due_query(campaign, self.config, now, exclude_ledger=shares, customer_id=customer_id)
+            sql = render_sql(query, self.config.dialect)
             entered: dict[str, list[tuple[str, datetime]]] = {}  # re-entry: instances sent in this pass
             layout = None
             for rows in self.warehouse.stream(sql, self.batch_size):
