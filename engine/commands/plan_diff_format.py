@@ -99,15 +99,16 @@ def write_markdown(diff: PlanDiff, out: IO[str]) -> None:
         for issue in issues:
             out.write(f"> - `{_cell(issue.strip())}`\n")
         out.write("\n")
-    out.write("| campaign | step | change | before | after | added | removed | unchanged |\n")
-    out.write("|---|---|---|--:|--:|--:|--:|--:|\n")
-    for c, s in _rows(diff):
-        counts = s.counts if s else None
-        bold = "**" if _changed(c, s) else ""
-        out.write(f"| {bold}{_cell(c.name)}{bold} | {_cell(s.step) if s else '-'} | {_cell(_change(c, s))} | "
-                  f"{counts.before if counts else 0} | {counts.after if counts else 0} | "
-                  f"+{counts.added if counts else 0} | -{counts.removed if counts else 0} | "
-                  f"={counts.unchanged if counts else 0} |\n")
+    rows = _rows(diff)
+    changed = [(c, s) for c, s in rows if _changed(c, s)]
+    same = [(c, s) for c, s in rows if not _changed(c, s)]
+    if changed:
+        _markdown_table(changed, out)
+    if same:
+        recipients = sum(s.counts.unchanged for _, s in same if s)
+        out.write(f"\n<details><summary>Unchanged: {len(same)} step(s), {recipients} recipient(s)</summary>\n\n")
+        _markdown_table(same, out)
+        out.write("\n</details>\n")
     samples = _samples(diff)
     if samples:
         out.write("\n<details><summary>Sample customer ids</summary>\n\n")
@@ -115,6 +116,17 @@ def write_markdown(diff: PlanDiff, out: IO[str]) -> None:
         for name, added, removed in samples:
             out.write(f"| {_cell(name)} | {_cell(added)} | {_cell(removed)} |\n")
         out.write("\n</details>\n")
+
+
+def _markdown_table(rows: list[tuple[CampaignChange, StepChange | None]], out: IO[str]) -> None:
+    out.write("| campaign | step | change | before | after | added | removed | unchanged |\n")
+    out.write("|---|---|---|--:|--:|--:|--:|--:|\n")
+    for c, s in rows:
+        counts = s.counts if s else None
+        out.write(f"| {_cell(c.name)} | {_cell(s.step) if s else '-'} | {_cell(_change(c, s))} | "
+                  f"{counts.before if counts else 0} | {counts.after if counts else 0} | "
+                  f"+{counts.added if counts else 0} | -{counts.removed if counts else 0} | "
+                  f"={counts.unchanged if counts else 0} |\n")
 
 
 def as_json(diff: PlanDiff) -> dict:
