@@ -140,14 +140,29 @@ def compile_command(project_dir: Path, campaign: str, dialect: str | None, as_of
 @main.command()
 @as_of_option
 @campaign_option
-@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv", "text", "markdown", "json"]), default=None,
+              help="table, jsonl or csv (default table); with --diff: text, markdown or json (default text).")
 @click.option("--include-skipped", is_flag=True, help="Also list messages that would be skipped, with the reason.")
 @click.option("--limit", default=20, show_default=True, help="Rows shown in the table format.")
+@click.option("--diff", "diff_ref", is_flag=False, flag_value="", default=None, metavar="[REF]",
+              help="Compare with the campaigns at git REF (default: merge base of HEAD and main): recipients added/removed per step.")
+@click.option("--sample", default=5, show_default=True, type=click.IntRange(0), help="With --diff: customer ids shown per step.")
 @shard_option
 @click.pass_obj
 @handle_errors
-def plan(project_dir: Path, as_of, campaigns, fmt: str, include_skipped: bool, limit: int, shard):
-    """Show who would receive which message now (or at --as-of), without sending."""
+def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: bool, limit: int, diff_ref, sample: int,
+         shard):
+    """Show who would receive which message now (or at --as-of), without sending; --diff: what a change alters."""
+    if diff_ref is not None:
+        from .commands.plan_diff import DIFF_FORMATS, run_plan_diff
+
+        if fmt not in DIFF_FORMATS:
+            raise click.UsageError(f"--diff writes {', '.join(f for f in DIFF_FORMATS if f)}, not {fmt}")
+        return run_plan_diff(project_dir, diff_ref or None, as_of or SystemClock().now(), campaigns, fmt or "text",
+                             sample, shard, sys.stdout)
+    if fmt not in (None, "table", "jsonl", "csv"):
+        raise click.UsageError(f"--format {fmt} is for --diff; the plan itself is table, jsonl or csv")
+    fmt = fmt or "table"
     project, reconciler = _reconciler(project_dir, shard)
     try:
         now = (FixedClock(as_of) if as_of else SystemClock()).now()
