@@ -338,5 +338,8 @@ def unsubscribe(project_dir: Path, customer_id: str, kind: str):
     click.echo(f"Customer {customer_id} is unsubscribed from {kind}.")
 
 
+from .commands.backtest import backtest  # noqa: E402 - registered last: fewer merge conflicts
+main.add_command(backtest)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -34,6 +34,7 @@ from .dispatch import Sent, deserialize, next_attempt, send_all, serialize
 from .errors import ChannelError, TemplateError
 from .faults import checkpoint
 from .policies import CONTACT_FIELD, PolicyState, apply_policies
+from .progress import Progress
 from .ledger import Ledger, Record, message_key
 from .model import Anniversary, Campaign, Event, Project
 from .render import Renderer
@@ -132,13 +133,20 @@ def _parse_date(value: object) -> date:
 class Reconciler:
     """Binds a project to its databases and channels; ``due`` reads, ``run_once`` acts."""
 
-    def __init__(self, project: Project, batch_size: int = BATCH_SIZE, shard: tuple[int, int] | None = None):
+    def __init__(self, project: Project, batch_size: int = BATCH_SIZE, shard: tuple[int, int] | None = None,
+                 ledger: Ledger | None = None, progress: Progress | None = None):
+        """``ledger`` replaces the configured one (a backtest's scratch ledger in another database);
+        ``progress`` hears of each campaign and batch of rows (default: silent)."""
         self.project = project
         self.shard = shard
         self.config = project.config
         self.batch_size = batch_size
+        self.progress = progress or Progress()
         self.warehouse = Database(database_url(self.config, "warehouse"), must_exist=True)
-        if self.config.ledger_shares_warehouse:
+        self.ledger_shares_warehouse = ledger is None and self.config.ledger_shares_warehouse
+        if ledger is not None:
+            self.ledger = ledger
+        elif self.config.ledger_shares_warehouse:
             self.ledger = Ledger(self.warehouse)
         else:
             self.ledger = Ledger(Database(database_url(self.config, "ledger")))
@@ -163,13 +171,16 @@ class Reconciler:
         lets a customer receive fewer messages than are due, the higher
         priority campaign's message is the one that goes out.
         """
-        shares = self.config.ledger_shares_warehouse
+        shares = self.ledger_shares_warehouse
         state = PolicyState()
         selected = campaigns if campaigns is not None else self.campaigns()
-        for campaign in sorted(selected, key=lambda c: -c.priority):
+        ordered = sorted(selected, key=lambda c: -c.priority)
+        for index, campaign in enumerate(ordered, 1):
+            self.progress.stage("campaign", index, len(ordered), campaign.name)
             sql = render_sql(due_query(campaign, self.config, now, exclude_ledger=shares), self.config.dialect)
             entered: dict[str, list[tuple[str, datetime]]] = {}  # re-entry: instances sent in this pass
             for rows in self.warehouse.stream(sql, self.batch_size):
+                self.progress.rows(len(rows))
                 batch = [m for m in (self._decide(campaign, row, now) for row in rows) if m is not None]
                 if self.shard is not None:
                     index, count = self.shard
