@@ -24,6 +24,7 @@ from .compile import due_query, render_sql
 from .demo import build_demo, ensure_demo
 from .errors import EngineError, ProjectInvalid
 from .output import write_issues, write_plan, write_report
+from .progress import around_output, progress_for
 from .project import check_project, load_project
 from .validate import campaign_files
 from .warehouse import file_of
@@ -77,12 +78,12 @@ def main(ctx, project_dir: Path):
     ctx.obj = project_dir
 
 
-def _reconciler(project_dir: Path, shard: tuple[int, int] | None = None):
+def _reconciler(project_dir: Path, shard: tuple[int, int] | None = None, progress=None):
     from .reconcile import Reconciler
 
     project = load_project(project_dir)
     ensure_demo(project.config, echo=lambda text: click.echo(text, err=True))
-    return project, Reconciler(project, shard=shard)
+    return project, Reconciler(project, shard=shard, progress=progress)
 
 
 def _shard(_ctx, _param, value):
@@ -94,6 +95,8 @@ def _shard(_ctx, _param, value):
     return int(index), int(count)
 
 
+quiet_option = click.option("--quiet", is_flag=True,
+                            help="No progress display on stderr (shown only when stderr is a terminal anyway).")
 shard_option = click.option("--shard", callback=_shard, metavar="I/N", envvar="ENGINE_SHARD",
                             help="Only customers whose stable hash falls in shard I of N (replicas split the work). Env: ENGINE_SHARD.")
 
@@ -144,18 +147,21 @@ def compile_command(project_dir: Path, campaign: str, dialect: str | None, as_of
 @click.option("--include-skipped", is_flag=True, help="Also list messages that would be skipped, with the reason.")
 @click.option("--limit", default=20, show_default=True, help="Rows shown in the table format.")
 @shard_option
+@quiet_option
 @click.pass_obj
 @handle_errors
-def plan(project_dir: Path, as_of, campaigns, fmt: str, include_skipped: bool, limit: int, shard):
+def plan(project_dir: Path, as_of, campaigns, fmt: str, include_skipped: bool, limit: int, shard, quiet: bool):
     """Show who would receive which message now (or at --as-of), without sending."""
-    project, reconciler = _reconciler(project_dir, shard)
+    progress = progress_for("plan", quiet)
+    project, reconciler = _reconciler(project_dir, shard, progress)
     try:
         now = (FixedClock(as_of) if as_of else SystemClock()).now()
         selected = _select(reconciler, campaigns)
         header = f"Plan at {format_instant(now)} for {len(selected)} campaign(s)"
-        write_plan(reconciler.due(now, selected), fmt, sys.stdout, include_skipped=include_skipped,
-                   limit=limit, header=header)
+        write_plan(around_output(reconciler.due(now, selected), progress), fmt, sys.stdout,
+                   include_skipped=include_skipped, limit=limit, header=header)
     finally:
+        progress.finish()
         reconciler.close()
 
 
@@ -184,10 +190,11 @@ def _select(reconciler, names):
 @click.option("--log-personal-data", envvar="ENGINE_LOG_PERSONAL_DATA", is_flag=True,
               help="Do not redact email addresses and phone numbers in logs (debugging only). Env: ENGINE_LOG_PERSONAL_DATA=1.")
 @shard_option
+@quiet_option
 @click.pass_obj
 @handle_errors
 def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, metrics_host: str, metrics_port: int,
-        log_level: str, log_format: str, log_personal_data: bool, shard):
+        log_level: str, log_format: str, log_personal_data: bool, shard, quiet: bool):
     """Reconcile: send every due message that the ledger does not hold yet."""
     if not once and not interval:
         interval = os.environ.get(settings.ENV["interval"][0]) or None
@@ -205,11 +212,13 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
         logs.configure(log_level.lower(), log_format.lower(), log_personal_data)
         _loop(project_dir, seconds, campaigns, metrics_host, metrics_port, shard)
         return
-    project, reconciler = _reconciler(project_dir, shard)
+    progress = progress_for("run", quiet)
+    project, reconciler = _reconciler(project_dir, shard, progress)
     clock = FixedClock(as_of) if as_of else SystemClock()
     try:
         selected = _select(reconciler, campaigns)
         report = reconciler.run_once(clock.now(), selected)
+        progress.finish()
         click.echo(f"Pass at {format_instant(report.now)}:")
         write_report(report, sys.stdout, sys.stderr)
         sys.exit(1 if report.errors or report.total("failed") else 0)

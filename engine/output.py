@@ -29,7 +29,7 @@ def write_plan(batches: Iterable[list[DueMessage]], fmt: str, out: IO[str], *, i
     sample: list[DueMessage] = []
     writer = None
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=PLAN_FIELDS)
+        writer = csv.DictWriter(out, fieldnames=PLAN_FIELDS, extrasaction="ignore")
         writer.writeheader()
     for batch in batches:
         for m in batch:

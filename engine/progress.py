@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Callable
+from typing import IO, Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 
 class Progress:
@@ -23,6 +25,9 @@ class Progress:
 
     def rows(self, count: int) -> None:
         """``count`` more rows were read from the warehouse."""
+
+    def clear(self) -> None:
+        """The command is about to write output: take the status line off the screen for now."""
 
     def finish(self) -> None:
         """The command is done (a display closes its line)."""
@@ -65,6 +70,11 @@ class TerminalProgress(Progress):
         self.stream.write("\n")
         self.stream.flush()
 
+    def clear(self) -> None:
+        if self.drawn_at is not None and not self.finished:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
     def line(self) -> str:
         parts = list(self.levels.values()) + [f"{self.seen:,} rows", f"{self.clock() - self.started:.1f}s"]
         return f"{self.label}: " + " · ".join(parts)
@@ -78,6 +88,15 @@ class TerminalProgress(Progress):
         self.stream.flush()
 
 
+def around_output(batches: Iterable[T], progress: Progress) -> Iterator[T]:
+    """Pass ``batches`` through, clearing the status line before each is written out and
+    closing it when they end, so streamed output and the status line never share a line."""
+    for batch in batches:
+        progress.clear()
+        yield batch
+    progress.finish()
+
+
 def progress_for(label: str, quiet: bool = False, stream: IO[str] | None = None) -> Progress:
     """The terminal display when ``stream`` (default stderr) is a terminal and not ``quiet``; else silence."""
     stream = stream if stream is not None else sys.stderr
@@ -87,4 +106,4 @@ def progress_for(label: str, quiet: bool = False, stream: IO[str] | None = None)
     return TerminalProgress(label, stream)
 
 
-__all__ = ["Progress", "TerminalProgress", "progress_for"]
+__all__ = ["Progress", "TerminalProgress", "around_output", "progress_for"]
