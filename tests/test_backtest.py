@@ -106,11 +106,11 @@ def test_the_reference_agrees_with_the_hand_written_expectation():
 
 @pytest.fixture
 def shop(tmp_path, backend, monkeypatch):
-    """The project (shipped second-order, re-engage and inactivity campaigns) on ``backend`` with the history above,
+    """The project (shipped second-order, re-engage, inactivity and birthday campaigns) on ``backend`` with the history above,
     and a real ledger holding one row: customer 1's nudge, as if it had been sent already."""
     root = copy_project(tmp_path / "project")
     for path in (root / "campaigns.d").glob("*.yaml"):
-        if path.stem not in ("second-order", "re-engage", "inactivity"):
+        if path.stem not in ("second-order", "re-engage", "inactivity", "birthday"):
             path.unlink()
     url = database_url(backend, tmp_path)
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
@@ -171,6 +171,22 @@ def test_later_orders_do_not_leak_into_an_earlier_instant(shop):
     assert backtest(project, "second-order", at, at, EVERY).counts == Counter({
         ("nudge", "2025-03-12", "sent"): 2, ("nudge", "2025-03-12", "skipped:stale"): 1,
         ("nudge", "2025-03-12", "skipped:stopped"): 1})
+
+
+def test_customers_who_registered_later_get_no_birthday_greeting_earlier(shop):
+    """Birthdays (greeting at 09:00 Berlin = 08:00 UTC on March 5): 20 is an old customer, 22 registered
+    that morning before the greeting, 23 unsubscribes after it - all greeted; 21 registers only on
+    March 11 and must not be greeted on March 5 (no look-ahead into the customers table)."""
+    root, url = shop
+    born = {"20": (1990, None, None), "21": (1991, T0 + 10 * DAY, None), "22": (1992, T0 + 4 * DAY + timedelta(hours=7), None),
+            "23": (1993, None, T0 + 4 * DAY + timedelta(hours=12))}
+    birthdays = [{**customer(int(i)), "birthday": datetime(year, 3, 5).date(), "unsubscribed_at": unsubscribed,
+                  **({"created_at": created} if created else {})} for i, (year, created, unsubscribed) in born.items()]
+    load_history(url, customers=CUSTOMERS + birthdays, orders=ORDERS)
+    report = backtest(load_project(root), "birthday", (T0 + 4 * DAY).replace(tzinfo=timezone.utc),
+                      (T0 + 5 * DAY).replace(tzinfo=timezone.utc), timedelta(hours=1))
+    assert report.counts == Counter({("greeting", "2025-03-05", "sent"): 3})
+    assert report.converted == Counter()
 
 
 @pytest.mark.parametrize("backend", ["duckdb"])
