@@ -192,7 +192,7 @@ class _QueryBuilder:
 
     def with_ctes(self, body: exp.Query) -> exp.Query:
         for name, query in self.ctes.items():
-            body = body.with_(name, as_=query)
+            body = body.with_(name, as_=query, copy=False)  # body is built fresh per call: no copy
         return body
 
     # --- what happened after the trigger (stop conditions, since-trigger facts) ---
