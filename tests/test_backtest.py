@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from conftest import copy_project, database_url, load_history
+from conftest import copy_project, database_url, load_history, write
 from engine import Reconciler, load_project
 from engine.backtest import BacktestError, backtest, check_backtestable
 from engine.cli import main
@@ -187,6 +187,34 @@ def test_customers_who_registered_later_get_no_birthday_greeting_earlier(shop):
                       (T0 + 5 * DAY).replace(tzinfo=timezone.utc), timedelta(hours=1))
     assert report.counts == Counter({("greeting", "2025-03-05", "sent"): 3})
     assert report.converted == Counter()
+
+
+def test_later_instants_see_earlier_simulated_sends_through_the_frequency_cap(shop):
+    """A cap of one message per 3 days across instants: customer 30's thanks for the order of day 1 is sent,
+    the one for day 2 is capped, the one for day 5 (4 days after the first send) is sent again."""
+    root, url = shop
+    with open(root / "engine.yaml", "a", encoding="utf-8") as config:
+        config.write("\npolicies:\n  frequency_caps: [{max: 1, per: 3d}]\n")
+    write(root / "campaigns.d" / "every-order.yaml", """
+        name: every-order
+        trigger: {order_placed: {}}
+        audience: email IS NOT NULL
+        steps:
+          - id: thanks
+            delay: 1h
+            freshness: 1d
+            channel: email
+            template: second-order/nudge.email.j2
+    """)
+    orders = [order(3001, 30, T0 + DAY), order(3002, 30, T0 + 2 * DAY), order(3005, 30, T0 + 5 * DAY),
+              order(3101, 31, T0 + DAY + timedelta(minutes=30))]
+    load_history(url, customers=[customer(30), customer(31)], orders=orders)
+    report = backtest(load_project(root), "every-order", T0.replace(tzinfo=timezone.utc),
+                      (T0 + 6 * DAY).replace(tzinfo=timezone.utc), timedelta(hours=1))
+    assert report.counts == Counter({("thanks", "2025-03-02", "sent"): 2, ("thanks", "2025-03-03", "skipped:frequency_cap"): 1,
+                                     ("thanks", "2025-03-06", "sent"): 1})
+    # 30's first thanks (day 1, 01:00) is followed by the order of day 2; 31 and the day-5 send by none
+    assert report.converted == Counter({("thanks", "2025-03-02"): 1})
 
 
 @pytest.mark.parametrize("backend", ["duckdb"])
