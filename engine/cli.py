@@ -24,6 +24,7 @@ from .compile import due_query, render_sql
 from .demo import build_demo, ensure_demo
 from .errors import EngineError, ProjectInvalid
 from .output import write_issues, write_plan, write_report
+from .progress import around_output, progress_for
 from .project import check_project, load_project
 from .validate import campaign_files
 from .warehouse import file_of
@@ -77,12 +78,12 @@ def main(ctx, project_dir: Path):
     ctx.obj = project_dir
 
 
-def _reconciler(project_dir: Path, shard: tuple[int, int] | None = None):
+def _reconciler(project_dir: Path, shard: tuple[int, int] | None = None, progress=None):
     from .reconcile import Reconciler
 
     project = load_project(project_dir)
     ensure_demo(project.config, echo=lambda text: click.echo(text, err=True))
-    return project, Reconciler(project, shard=shard)
+    return project, Reconciler(project, shard=shard, progress=progress)
 
 
 def _shard(_ctx, _param, value):
@@ -94,6 +95,8 @@ def _shard(_ctx, _param, value):
     return int(index), int(count)
 
 
+quiet_option = click.option("--quiet", is_flag=True,
+                            help="No progress display on stderr (shown only when stderr is a terminal anyway).")
 shard_option = click.option("--shard", callback=_shard, metavar="I/N", envvar="ENGINE_SHARD",
                             help="Only customers whose stable hash falls in shard I of N (replicas split the work). Env: ENGINE_SHARD.")
 
@@ -148,10 +151,11 @@ def compile_command(project_dir: Path, campaign: str, dialect: str | None, as_of
               help="Compare with the campaigns at git REF (default: merge base of HEAD and main): recipients added/removed per step.")
 @click.option("--sample", default=5, show_default=True, type=click.IntRange(0), help="With --diff: customer ids shown per step.")
 @shard_option
+@quiet_option
 @click.pass_obj
 @handle_errors
 def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: bool, limit: int, diff_ref, sample: int,
-         shard):
+         shard, quiet: bool):
     """Show who would receive which message now (or at --as-of), without sending; --diff: what a change alters."""
     if diff_ref is not None:
         from .commands.plan_diff import DIFF_FORMATS, run_plan_diff
@@ -163,14 +167,16 @@ def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: 
     if fmt not in (None, "table", "jsonl", "csv"):
         raise click.UsageError(f"--format {fmt} is for --diff; the plan itself is table, jsonl or csv")
     fmt = fmt or "table"
-    project, reconciler = _reconciler(project_dir, shard)
+    progress = progress_for("plan", quiet)
+    project, reconciler = _reconciler(project_dir, shard, progress)
     try:
         now = (FixedClock(as_of) if as_of else SystemClock()).now()
         selected = _select(reconciler, campaigns)
         header = f"Plan at {format_instant(now)} for {len(selected)} campaign(s)"
-        write_plan(reconciler.due(now, selected), fmt, sys.stdout, include_skipped=include_skipped,
-                   limit=limit, header=header)
+        write_plan(around_output(reconciler.due(now, selected), progress), fmt, sys.stdout,
+                   include_skipped=include_skipped, limit=limit, header=header)
     finally:
+        progress.finish()
         reconciler.close()
 
 
@@ -199,10 +205,11 @@ def _select(reconciler, names):
 @click.option("--log-personal-data", envvar="ENGINE_LOG_PERSONAL_DATA", is_flag=True,
               help="Do not redact email addresses and phone numbers in logs (debugging only). Env: ENGINE_LOG_PERSONAL_DATA=1.")
 @shard_option
+@quiet_option
 @click.pass_obj
 @handle_errors
 def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, metrics_host: str, metrics_port: int,
-        log_level: str, log_format: str, log_personal_data: bool, shard):
+        log_level: str, log_format: str, log_personal_data: bool, shard, quiet: bool):
     """Reconcile: send every due message that the ledger does not hold yet."""
     if not once and not interval:
         interval = os.environ.get(settings.ENV["interval"][0]) or None
@@ -220,11 +227,13 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
         logs.configure(log_level.lower(), log_format.lower(), log_personal_data)
         _loop(project_dir, seconds, campaigns, metrics_host, metrics_port, shard)
         return
-    project, reconciler = _reconciler(project_dir, shard)
+    progress = progress_for("run", quiet)
+    project, reconciler = _reconciler(project_dir, shard, progress)
     clock = FixedClock(as_of) if as_of else SystemClock()
     try:
         selected = _select(reconciler, campaigns)
         report = reconciler.run_once(clock.now(), selected)
+        progress.finish()
         click.echo(f"Pass at {format_instant(report.now)}:")
         write_report(report, sys.stdout, sys.stderr)
         sys.exit(1 if report.errors or report.total("failed") else 0)
@@ -353,11 +362,12 @@ def unsubscribe(project_dir: Path, customer_id: str, kind: str):
     click.echo(f"Customer {customer_id} is unsubscribed from {kind}.")
 
 
-from .commands.customer import customer  # noqa: E402 - registered after main exists
+from .commands.backtest import backtest  # noqa: E402 - registered after main exists
+from .commands.customer import customer  # noqa: E402
 from .commands.explain import explain  # noqa: E402
 from .commands.export import export  # noqa: E402
 
-for _command in (explain, customer, export):
+for _command in (explain, customer, export, backtest):
     main.add_command(_command)
 
 

@@ -192,7 +192,7 @@ class _QueryBuilder:
 
     def with_ctes(self, body: exp.Query) -> exp.Query:
         for name, query in self.ctes.items():
-            body = body.with_(name, as_=query)
+            body = body.with_(name, as_=query, copy=False)  # body is built fresh per call: no copy
         return body
 
     # --- what happened after the trigger (stop conditions, since-trigger facts) ---
@@ -333,11 +333,16 @@ def _trigger_cte(builder: _QueryBuilder, campaign: Campaign) -> exp.Query:
     if isinstance(trigger, Anniversary):
         customers = builder.source("customers")
         value = col("a", trigger.attribute)
+        conditions = [value.is_(exp.null()).not_()]
+        if "created_at" in builder.config.sources["customers"].columns:
+            # only customers who exist at ``now`` (no look-ahead when ``now`` is in the past: backtest)
+            created = col("a", "created_at")
+            conditions.append(exp.or_(created.is_(exp.null()), created <= now))
         return (
             exp.select(col("a", "customer_id"), exp.alias_(exp.null(), "trigger_key"),
                        exp.alias_(exp.null(), "trigger_at"), exp.alias_(value.copy(), "anniversary"))
             .from_(exp.to_table(customers).as_("a"))
-            .where(value.is_(exp.null()).not_())
+            .where(*conditions)
         )
     if isinstance(trigger, OrderDate):
         orders = builder.source("orders")

@@ -35,6 +35,7 @@ from .dispatch import Sent, deserialize, next_attempt, send_all, serialize
 from .errors import ChannelError, TemplateError
 from .faults import checkpoint
 from .policies import CONTACT_FIELD, PolicyState, apply_policies, choose_channels
+from .progress import Progress
 from .ledger import Ledger, Record, message_key
 from .model import Anniversary, Campaign, Event, Project
 from .render import Renderer
@@ -160,13 +161,20 @@ def _zone(name: object, default: str):
 class Reconciler:
     """Binds a project to its databases and channels; ``due`` reads, ``run_once`` acts."""
 
-    def __init__(self, project: Project, batch_size: int = BATCH_SIZE, shard: tuple[int, int] | None = None):
+    def __init__(self, project: Project, batch_size: int = BATCH_SIZE, shard: tuple[int, int] | None = None,
+                 ledger: Ledger | None = None, progress: Progress | None = None):
+        """``ledger`` replaces the configured one (a backtest's scratch ledger in another database);
+        ``progress`` hears of each campaign and batch of rows (default: silent)."""
         self.project = project
         self.shard = shard
         self.config = project.config
         self.batch_size = batch_size
+        self.progress = progress or Progress()
         self.warehouse = Database(database_url(self.config, "warehouse"), must_exist=True)
-        if self.config.ledger_shares_warehouse:
+        self.ledger_shares_warehouse = ledger is None and self.config.ledger_shares_warehouse
+        if ledger is not None:
+            self.ledger = ledger
+        elif self.config.ledger_shares_warehouse:
             self.ledger = Ledger(self.warehouse)
         else:
             self.ledger = Ledger(Database(database_url(self.config, "ledger")))
@@ -202,17 +210,20 @@ class Reconciler:
         priority campaign's message is the one that goes out. ``customer_id``
         restricts the plan to one customer (``engine explain``), same rules.
         """
-        shares = self.config.ledger_shares_warehouse
+        shares = self.ledger_shares_warehouse
         state = PolicyState()
         selected = campaigns if campaigns is not None else self.campaigns()
         recency = {c.name: c.not_contacted_within for c in self.project.campaigns}
         self.ledger.snapshot_policies()
-        for campaign in sorted(selected, key=lambda c: -c.priority):
+        ordered = sorted(selected, key=lambda c: -c.priority)
+        for position, campaign in enumerate(ordered, 1):
+            self.progress.stage("campaign", position, len(ordered), campaign.name)
             query = due_query(campaign, self.config, now, exclude_ledger=shares, customer_id=customer_id)
             sql = render_sql(query, self.config.dialect)
             entered: dict[str, list[tuple[str, datetime]]] = {}  # re-entry: instances sent in this pass
             layout = None
             for rows in self.warehouse.stream(sql, self.batch_size):
+                self.progress.rows(len(rows))
                 layout = layout or _RowLayout(rows[0]._fields, campaign)
                 batch = [m for m in (self._decide(campaign, row, now, layout) for row in rows) if m is not None]
                 if self.shard is not None:

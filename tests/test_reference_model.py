@@ -308,6 +308,8 @@ def anniversary_instance(customer: dict, attribute: str, step: dict, now: dateti
     day = customer.get(attribute)
     if day is None:
         return None
+    if customer.get("created_at") is not None and utc(customer["created_at"]) > now:
+        return None  # not a customer yet at ``now``
     zone = zone_of(customer)
     for year in range(now.year + 1, now.year - 3, -1):
         at = midnight(yearly(day, year))
