@@ -338,5 +338,9 @@ def unsubscribe(project_dir: Path, customer_id: str, kind: str):
     click.echo(f"Customer {customer_id} is unsubscribed from {kind}.")
 
 
+from .commands.stats import report, stats  # noqa: E402 - registered last, after main exists
+main.add_command(stats)
+main.add_command(report)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
