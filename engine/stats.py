@@ -241,17 +241,17 @@ def conversions_query(campaign: Campaign, config: ProjectConfig, messages: exp.E
         exp.union(level("step", col("a", "step"), col("a", "step")), level("campaign", lit("")), distinct=False),
         level("day", col("a", "day"), col("a", "day")), distinct=False)
     return (body.with_("src_orders", as_=source_select(config.sources["orders"], dialect))
-            .with_("msgs", as_=messages).with_("attributed", as_=attributed))
+            .with_(f"msgs({', '.join(MESSAGE_COLUMNS)})", as_=messages).with_("attributed", as_=attributed))
 
 
-def messages_values(rows: list, dialect: str) -> exp.Select:
-    """A batch of message rows from the ledger database as a VALUES table for the warehouse."""
-    names = ["step", "customer_id", "trigger_key", "grp", "message_at"]
-    tuples = [exp.Tuple(expressions=[lit(str(r.step)), lit(str(r.customer_id)), lit(str(r.trigger_key)),
-                                     lit(str(r.grp)), ts(_parse(r.message_at), dialect)]) for r in rows]
-    values = exp.Values(expressions=tuples, alias=exp.TableAlias(
-        this=exp.to_identifier("v"), columns=[exp.to_identifier(n) for n in names]))
-    return exp.select(*[col("v", n) for n in names]).from_(values)
+MESSAGE_COLUMNS = ("step", "customer_id", "trigger_key", "grp", "message_at")
+
+
+def messages_values(rows: list, dialect: str) -> exp.Values:
+    """A batch of message rows from the ledger database as VALUES for the warehouse (named by the CTE)."""
+    return exp.Values(expressions=[
+        exp.Tuple(expressions=[lit(str(r.step)), lit(str(r.customer_id)), lit(str(r.trigger_key)), lit(str(r.grp)),
+                               ts(_parse(r.message_at), dialect)]) for r in rows])
 
 
 def _parse(value) -> datetime:
