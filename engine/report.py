@@ -23,7 +23,7 @@ h1{font-size:24px;margin:0 0 4px} h2{font-size:19px;margin:0 0 4px}
 section.campaign{background:#fff;border:1px solid #d9e2ec;border-radius:8px;padding:20px;margin:0 0 20px}
 .table{overflow-x:auto} table{border-collapse:collapse;width:100%;margin:12px 0;font-size:13px;font-variant-numeric:tabular-nums}
 th,td{text-align:right;padding:4px 8px;border-bottom:1px solid #e4e7eb} th:first-child,td:first-child{text-align:left}
-th{color:#52606d;font-weight:600;white-space:nowrap}
+th,td{white-space:nowrap} th{color:#52606d;font-weight:600}
 .charts{display:flex;flex-wrap:wrap;gap:16px} svg{background:#fff}
 .uplift{background:#f0f4f8;border-radius:6px;padding:8px 12px}
 .empty{color:#7b8794}

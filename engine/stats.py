@@ -21,7 +21,7 @@ Definitions (README "Measuring campaigns"):
 - An order *converts* for a campaign when it is placed after one of the
   campaign's messages to that customer and within the campaign's
   ``conversion_window`` of it. It is attributed to exactly one message: the
-  last one of the campaign before the order (ties: the later step id, then
+  last one of the campaign before the order (ties: the step id that sorts last, then
   trigger key). So each order counts once per campaign, in one step, in the
   sent or the holdout group of that message.
 - ``converted``: distinct customers with at least one attributed order;

@@ -141,6 +141,7 @@ def expected_stats(rows: list[dict], unsubscribes: list[dict], order_rows: list[
                    "holdout_customers": set(), "unsubscribed": set(),
                    "sent": {"converted": set(), "orders": 0, "revenue": 0.0},
                    "holdout": {"converted": set(), "orders": 0, "revenue": 0.0}} for s in steps + ["*"]}
+    figures["daily"] = {"sent": Counter(), "conversions": Counter()}  # by the message's / the order's day
     instances = set()
     messages: dict[str, list[tuple]] = {}
     for r in rows:
@@ -159,6 +160,8 @@ def expected_stats(rows: list[dict], unsubscribes: list[dict], order_rows: list[
             continue
         for key in (r["step"], "*"):
             figures[key][f"{group}_customers"].add(r["customer_id"])
+        if group == "sent":
+            figures["daily"]["sent"][at.date().isoformat()] += 1
         messages.setdefault(r["customer_id"], []).append((at, r["step"], r["trigger_key"], group))
     figures["*"]["entered"] = len(instances)
     for order in order_rows:
@@ -167,6 +170,8 @@ def expected_stats(rows: list[dict], unsubscribes: list[dict], order_rows: list[
         if not candidates:
             continue
         at, step, _, group = max(candidates)
+        if group == "sent":
+            figures["daily"]["conversions"][order["created_at"].date().isoformat()] += 1
         for key in (step, "*"):
             g = figures[key][group]
             g["converted"].add(customer)
