@@ -1,6 +1,6 @@
 """A measured campaign for the stats and report tests, and an independent count of its figures.
 
-``promo`` (holdout 30 %, conversion window 2d) greets ~200 first-time buyers
+``promo`` (holdout 30 %, conversion window 4d) greets ~200 first-time buyers
 with two emails, one and three days after their first order. Real reconciler
 passes at four instants fill the ledger (file outbox); orders placed after
 the messages, and unsubscribes, are known to the test. ``expected_stats``
@@ -25,7 +25,7 @@ from engine.ledger import ledger_table, unsubscribes_table
 UTC = timezone.utc
 T0 = datetime(2025, 3, 3, 9, 0)  # naive UTC, as stored
 CUSTOMERS = range(1, 201)
-WINDOW = timedelta(days=2)
+WINDOW = timedelta(days=4)  # the first message (1d) and the second (4d) overlap
 PASSES = [T0 + timedelta(days=d) for d in (1, 2, 4, 6)]
 UNSUBSCRIBED_AT = T0 + timedelta(days=2, hours=3)
 
@@ -36,7 +36,7 @@ trigger:
   order_placed: {nth: 1}
 audience: email IS NOT NULL
 holdout: 30
-conversion_window: 2d
+conversion_window: 4d
 steps:
   - id: first
     delay: 1d

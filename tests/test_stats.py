@@ -93,27 +93,31 @@ def test_every_figure_matches_an_independent_count(history):
 
 
 def test_conversions_follow_from_the_scenario(history):
-    """Orders 1d5h after T0 (i % 3) follow only the first message; orders 4d1h after T0 (i % 5)
-    follow the second, which the unsubscribed (i % 11) never got; i % 7 ordered too late."""
+    """Orders 1d5h after T0 (i % 3) follow only the first message. Orders 4d1h after T0 (i % 5)
+    follow both (the window is 4d): the second, the last one, wins - except for the unsubscribed
+    (i % 11), who never got it. i % 7 ordered too late for any window."""
     stats = read(history)
     first, second = stats.steps
     held = holdout_ids()
     emailed = {str(i) for i in CUSTOMERS if has_email(i)}
-    unsubscribed = {str(i) for i in unsubscribers()}
+    unsubscribed = {str(i) for i in unsubscribers()} & emailed
     by_three = {str(i) for i in CUSTOMERS if i % 3 == 0} & emailed
     by_five = {str(i) for i in CUSTOMERS if i % 5 == 0} & emailed
-    assert first.reached.converted == first.reached.orders == len(by_three - held)
-    assert first.reached.revenue == round(sum(10 + int(i) * 0.25 for i in by_three - held), 2)
-    assert first.holdout.converted == len(by_three & held)
-    assert second.reached.converted == len(by_five - held - unsubscribed)
+    assert by_five & unsubscribed - held  # the scenario has such customers
+    assert first.reached.converted == len((by_three | (by_five & unsubscribed)) - held)
+    assert first.reached.orders == len(by_three - held) + len(by_five & unsubscribed - held)
+    assert first.reached.revenue == round(sum(10 + int(i) * 0.25 for i in by_three - held)
+                                          + 7.5 * len(by_five & unsubscribed - held), 2)
+    assert first.holdout.converted == first.holdout.orders == len(by_three & held)
+    assert second.reached.converted == second.reached.orders == len(by_five - held - unsubscribed)
     assert second.reached.revenue == 7.5 * len(by_five - held - unsubscribed)
-    # the holdout's second "message" (its due time) precedes these orders for every holdout customer
+    # holdout rows (their due times) of both steps precede these orders: the second wins
     assert second.holdout.converted == len(by_five & held)
-    assert stats.total.reached.converted == len((by_three | (by_five - unsubscribed)) - held)
+    assert stats.total.reached.converted == len((by_three | by_five) - held)
     assert stats.total.reached.orders == first.reached.orders + second.reached.orders
     assert first.sent == len(emailed - held) and second.sent == len(emailed - held - unsubscribed)
-    assert second.skipped["no_consent"] == len(unsubscribed & emailed - held)
-    assert stats.total.unsubscribed == first.unsubscribed == len(unsubscribed & emailed - held)
+    assert second.skipped["no_consent"] == len(unsubscribed - held)
+    assert stats.total.unsubscribed == first.unsubscribed == len(unsubscribed - held)
     comparison = stats.total.comparison
     assert comparison.sent_rate == stats.total.reached.converted / stats.total.reached.customers
     assert comparison.holdout_rate == stats.total.holdout.converted / len(held)
@@ -127,7 +131,13 @@ def test_the_period_selects_messages_by_due_time(history):
     first, second = stats.steps
     assert first.entered == 0 and first.reached.customers == 0
     assert second.as_dict() == everything.steps[1].as_dict()
-    assert read(history, until=since).steps[0].as_dict() == everything.steps[0].as_dict()
+    before = read(history, until=since)
+    assert before.steps[1].entered == 0
+    only_first = before.steps[0].as_dict()
+    for key in ("entered", "sent", "skipped", "unsubscribed"):
+        assert only_first[key] == everything.steps[0].as_dict()[key]
+    # without the second messages, every attributed order goes to the first one
+    assert before.steps[0].reached == everything.total.reached and before.steps[0].holdout == everything.total.holdout
 
 
 def _copy_ledger(history, url: str) -> None:
@@ -181,7 +191,7 @@ def test_the_command_prints_text_json_and_csv(history):
     assert int(rows[("promo", "*")]["converted"]) == total["sent_group"]["converted"]
     assert int(rows[("promo", "*")]["holdout_customers"]) == len(holdout_ids())
     as_text = runner.invoke(main, ["--project", str(history.root), "stats"])
-    assert as_text.exit_code == 0 and "promo (conversion window 2d, holdout 30%)" in as_text.output
+    assert as_text.exit_code == 0 and "promo (conversion window 4d, holdout 30%)" in as_text.output
     assert "uplift: sent " in as_text.output
 
 
