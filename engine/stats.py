@@ -38,6 +38,7 @@ from typing import Iterator
 
 from sqlglot import exp
 
+from .clock import sql_timestamp_text
 from .compile import LEDGER_TABLE, col, day_text, lit, render_sql, source_select, text, ts
 from .errors import ConfigError
 from .model import Campaign, ProjectConfig
@@ -45,8 +46,9 @@ from .uplift import Comparison, compare
 from .warehouse import Database
 
 UNSUBSCRIBES_TABLE = "engine_unsubscribes"
-#: messages per warehouse query when the ledger lives in another database (rounded up to whole customers)
-BATCH_SIZE = 500
+#: messages per warehouse query when the ledger lives in another database (rounded up to whole customers;
+#: each query scans the orders once, so fewer, larger batches)
+BATCH_SIZE = 2000
 SQLITE_INSTANT = "%Y-%m-%d %H:%M:%f"
 _SQLGLOT_DIALECT = {"postgresql": "postgres"}
 
@@ -240,18 +242,28 @@ def conversions_query(campaign: Campaign, config: ProjectConfig, messages: exp.E
     body = exp.union(
         exp.union(level("step", col("a", "step"), col("a", "step")), level("campaign", lit("")), distinct=False),
         level("day", col("a", "day"), col("a", "day")), distinct=False)
-    return (body.with_("src_orders", as_=source_select(config.sources["orders"], dialect))
-            .with_(f"msgs({', '.join(MESSAGE_COLUMNS)})", as_=messages).with_("attributed", as_=attributed))
+    return (body.with_("src_orders", as_=source_select(config.sources["orders"], dialect), copy=False)
+            .with_(f"msgs({', '.join(MESSAGE_COLUMNS)})", as_=messages, copy=False)
+            .with_("attributed", as_=attributed, copy=False))
 
 
 MESSAGE_COLUMNS = ("step", "customer_id", "trigger_key", "grp", "message_at")
 
 
 def messages_values(rows: list, dialect: str) -> exp.Values:
-    """A batch of message rows from the ledger database as VALUES for the warehouse (named by the CTE)."""
+    """A batch of message rows from the ledger database as VALUES for the warehouse (named by the CTE).
+
+    Built without sqlglot's builders (which parse and copy): this runs for every message."""
+    timestamp = exp.DataType.build("TIMESTAMP")
+
+    def instant_literal(value) -> exp.Expression:
+        if dialect == "sqlite":
+            return ts(_parse(value), dialect)
+        return exp.Cast(this=exp.Literal.string(sql_timestamp_text(_parse(value))), to=timestamp.copy())
+
     return exp.Values(expressions=[
         exp.Tuple(expressions=[lit(str(r.step)), lit(str(r.customer_id)), lit(str(r.trigger_key)), lit(str(r.grp)),
-                               ts(_parse(r.message_at), dialect)]) for r in rows])
+                               instant_literal(r.message_at)]) for r in rows])
 
 
 def _parse(value) -> datetime:
