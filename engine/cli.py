@@ -366,8 +366,9 @@ from .commands.backtest import backtest  # noqa: E402 - registered after main ex
 from .commands.customer import customer  # noqa: E402
 from .commands.explain import explain  # noqa: E402
 from .commands.export import export  # noqa: E402
+from .commands.stats import report, stats  # noqa: E402
 
-for _command in (explain, customer, export, backtest):
+for _command in (explain, customer, export, backtest, stats, report):
     main.add_command(_command)
 
 
