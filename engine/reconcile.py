@@ -325,11 +325,12 @@ class Reconciler:
         rows = [row for row in self.ledger.retries_due(now) if row["channel"] in self.config.channels]
         if not rows:
             return []
-        contexts = _TriggerContexts(self)
-        found = contexts._fetch("customers", "customer_id", sorted({row["customer_id"] for row in rows}))
+        found = _TriggerContexts(self)._fetch("customers", "customer_id", sorted({row["customer_id"] for row in rows}))
+        mapped = self.config.sources["customers"].columns  # an unmapped consent column reads NULL: not "no consent"
         candidates = []
         for row in rows:
-            customer = {**(found.get(row["customer_id"]) or [{}])[0], "customer_id": row["customer_id"]}
+            attributes = (found.get(row["customer_id"]) or [{}])[0]
+            customer = {**{k: v for k, v in attributes.items() if k in mapped}, "customer_id": row["customer_id"]}
             zone = customer_zone(customer.get("timezone"), self.config.default_timezone)
             if in_quiet_hours(now, self._quiet_hours(row["campaign"], row["step"], row["channel"]), zone):
                 continue
