@@ -786,17 +786,37 @@ def test_a_claim_abandoned_by_a_crash_still_gets_an_outcome_after_a_long_outage(
     assert machine.ledger_rows().get("thanks:mail:3:1") == ("skipped", "stale")
 
 
-def test_a_retry_and_a_new_message_in_one_pass_share_the_cap(machine):
-    """Found by the machine (seed 52026): a retried SMS and a newly due one for the same customer went
-    out in the same pass, two SMS where one a day is allowed."""
-    machine.sms_fault(who=4, status=500, times=1)
+def test_two_retries_in_one_pass_share_the_cap(machine):
+    """Found by the machine (sqlite, seed 52026): two failed SMS of one customer were both retried in
+    the same pass, two SMS where one a day is allowed (retries bypassed the caps)."""
+    machine.sms_fault(who=4, status=500, times=3)
     machine.place_order(customer=4, minutes_ago=0)
     machine.advance(minutes=10)
     machine.place_order(customer=4, minutes_ago=0)
     machine.advance(minutes=171)
-    machine.a_pass()  # 13:01 UTC: thanks:text:4:1 fails; thanks:text:4:2 is due at 13:10
-    machine.advance(minutes=14)
-    machine.a_pass()  # 13:15: the retry goes out; the new one must wait for the cap
+    machine.a_pass()  # 13:01 UTC: thanks:text:4:1 fails (retry within 5-10 min)
+    machine.advance(minutes=11)
+    machine.a_pass()  # 13:12: its retry fails, thanks:text:4:2 (due 13:10) fails too
+    machine.advance(minutes=28)
+    machine.a_pass()  # 13:40: both retries are due; one SMS a day
     check_invariants(machine)
     rows = machine.ledger_rows()
     assert (rows["thanks:text:4:1"], rows["thanks:text:4:2"]) == (("sent", None), ("skipped", "frequency_cap"))
+
+
+def test_a_cap_counts_a_retried_message_when_it_was_delivered(machine):
+    """Caps counted a message at its claim: a text claimed at 13:01 but delivered by its retry at
+    13:20 dropped out of the 1-day window at 13:01 the next day, and another text went out at 13:11 -
+    two SMS 23 h 51 min apart."""
+    machine.sms_fault(who=4, status=500, times=1)
+    machine.place_order(customer=4, minutes_ago=0)
+    machine.advance(minutes=181)
+    machine.a_pass()  # 13:01 UTC: thanks:text:4:1 fails
+    machine.advance(minutes=19)
+    machine.a_pass()  # 13:20: delivered by its retry
+    machine.advance(minutes=1250)
+    machine.place_order(customer=4, minutes_ago=0)  # next day 10:10
+    machine.advance(minutes=181)
+    machine.a_pass()  # 13:11: thanks:text:4:2 is due, 23 h 51 min after the first text arrived
+    check_invariants(machine)
+    assert machine.ledger_rows()["thanks:text:4:2"] == ("skipped", "frequency_cap")
