@@ -12,11 +12,14 @@ Life cycle of a message row::
     claimed --render--> claimed + content --send--> sent
                                                \--> failed (transient: attempts, next_attempt_at)
                                                |       \--> claimed again at next_attempt_at ... sent | failed (exhausted)
+                                               |       \--> skipped (no_consent, suppressed, frequency_cap: the retry
+                                               |            passes the policies again; quiet hours hold it)
                                                \--> failed (permanent: the address is suppressed)
     skipped (reason: stale, stopped, no_variant, no_contact, no_consent,
              suppressed, frequency_cap, reentry)
     claimed, older than the claim timeout (the process died):
-        without content -> released (deleted; nothing was sent, the next pass re-derives it)
+        without content -> released (deleted; nothing was sent, the next pass re-derives it),
+                           or skipped (stale) when past its freshness window
         with content    -> unknown (at-most-once: never resent, reported)
                            or sent again with the same Message-ID (at-least-once)
 
@@ -342,6 +345,24 @@ class Ledger:
             return conn.execute(ledger_table.delete().where(
                 c.message_key == key, c.status == "claimed", c.content.is_(None))).rowcount == 1
 
+    def skip_failed(self, key: str, reason: str, now: datetime) -> bool:
+        """A failed message whose retry a policy now forbids (unsubscribed, suppressed, capped):
+        skipped with that reason, never retried; False if another process took it first."""
+        c = ledger_table.c
+        with self.db.engine.begin() as conn:
+            return conn.execute(ledger_table.update().where(c.message_key == key, c.status == "failed").values(
+                status="skipped", reason=reason, next_attempt_at=None, updated_at=_naive(now))).rowcount == 1
+
+    def skip_unsent_claim(self, key: str, reason: str, now: datetime) -> bool:
+        """A claim of a dead process that was never rendered (so never sent) and is too late to
+        send now: skipped with ``reason`` instead of released."""
+        c = ledger_table.c
+        with self.db.engine.begin() as conn:
+            return conn.execute(ledger_table.update().where(
+                c.message_key == key, c.status == "claimed", c.content.is_(None)).values(
+                status="skipped", reason=reason, detail="claimed by a pass that died before sending it",
+                updated_at=_naive(now))).rowcount == 1
+
     def mark_unknown(self, key: str, now: datetime) -> None:
         c = ledger_table.c
         self.db.execute(ledger_table.update().where(c.message_key == key, c.status == "claimed").values(
@@ -398,16 +419,21 @@ class Ledger:
         return found
 
     def recent_sends(self, customer_ids: list[str], since: datetime) -> dict[str, list[tuple[datetime, str, str]]]:
-        """customer -> [(sent at, channel, campaign)] of messages sent (or in flight) since ``since``."""
+        """customer -> [(sent at, channel, campaign)] of messages sent (or in flight) since ``since``.
+
+        "Sent at" is the row's last update: for a sent row the pass that delivered it (a
+        retry delivers later than its claim), for a claimed or unknown row a moment at or
+        after its send - never earlier than the delivery, so a cap window never misses one.
+        """
         c = ledger_table.c
         found: dict[str, list[tuple[datetime, str, str]]] = {}
         for start in range(0, len(customer_ids), 500):
-            query = sa.select(c.customer_id, c.created_at, c.channel, c.campaign).where(
+            query = sa.select(c.customer_id, c.updated_at, c.channel, c.campaign).where(
                 c.customer_id.in_(customer_ids[start:start + 500]), c.status.in_(("sent", "claimed", "unknown")),
-                c.created_at >= _naive(since))
+                c.updated_at >= _naive(since))
             with self.db.engine.connect() as conn:
-                for customer_id, created_at, channel, campaign in conn.execute(query):
-                    found.setdefault(customer_id, []).append((_parse(created_at), channel, campaign))
+                for customer_id, updated_at, channel, campaign in conn.execute(query):
+                    found.setdefault(customer_id, []).append((_parse(updated_at), channel, campaign))
         return found
 
     def existing_keys(self, keys: list[str]) -> set[str]:

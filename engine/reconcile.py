@@ -374,7 +374,12 @@ class Reconciler:
         """Finish what earlier passes left: claims of dead processes, and retries that are due."""
         for row in self.ledger.stale_claims(now - self.config.claim_timeout):
             channel = self.config.channels.get(row["channel"] or "")
-            if row["content"] is None:  # never rendered, so never sent: let the next pass derive it again
+            if row["content"] is None and self._past_freshness(row, now):
+                # never sent, and too late now: record it, as a pass would, since the due query
+                # may no longer look back far enough to derive it again (freshness + stale horizon)
+                if self.ledger.skip_unsent_claim(row["message_key"], "stale", now):
+                    report.add(row["campaign"], row["step"], "skipped:stale", channel=row["channel"])
+            elif row["content"] is None:  # never rendered, so never sent: let the next pass derive it again
                 if self.ledger.release(row["message_key"]):
                     report.add(row["campaign"], row["step"], "released", channel=row["channel"])
             elif channel is not None and channel.settings.get("delivery") == "at_least_once":
@@ -383,9 +388,63 @@ class Reconciler:
             else:
                 self.ledger.mark_unknown(row["message_key"], now)
                 report.add(row["campaign"], row["step"], "unknown", channel=row["channel"])
-        for row in self.ledger.retries_due(now):
-            if row["channel"] in self.config.channels and self.ledger.reclaim(row, now):
+        for row in self._retries_allowed(now, report):
+            if self.ledger.reclaim(row, now):
                 self._resend(row, now, adapters, sessions, report)
+
+    def _retries_allowed(self, now: datetime, report: PassReport) -> list[dict]:
+        """The retries due now that the policies still allow: a retry is a send like any other.
+
+        An unsubscribe, a lost consent, a suppression or a frequency cap reached since
+        the first attempt turns the retry into ``skipped`` with that reason; quiet hours
+        leave it failed and due, for the first pass after they end. The customer's
+        consent columns and time zone are read from the warehouse, for these customers only.
+        """
+        rows = [row for row in self.ledger.retries_due(now) if row["channel"] in self.config.channels]
+        if not rows:
+            return []
+        found = _TriggerContexts(self)._fetch("customers", "customer_id", sorted({row["customer_id"] for row in rows}))
+        mapped = self.config.sources["customers"].columns  # an unmapped consent column reads NULL: not "no consent"
+        candidates = []
+        for row in rows:
+            attributes = (found.get(row["customer_id"]) or [{}])[0]
+            customer = {**{k: v for k, v in attributes.items() if k in mapped}, "customer_id": row["customer_id"]}
+            zone = customer_zone(customer.get("timezone"), self.config.default_timezone)
+            if in_quiet_hours(now, self._quiet_hours(row["campaign"], row["step"], row["channel"]), zone):
+                continue
+            candidates.append((row, DueMessage(
+                campaign=row["campaign"], step=row["step"], customer_id=row["customer_id"], trigger_key=row["trigger_key"],
+                trigger_at=row["trigger_at"], due_at=row["due_at"], channel=row["channel"], customer=customer,
+                action="send", variant=row["variant"], candidates=(row["variant"],))))
+        # the channel is the one the message was rendered for: consent and suppression are checked
+        # for it alone, then caps (not_contacted_within was decided with the first attempt)
+        channels = {f"{row['campaign']}:{row['step']}:{row['variant']}": row["channel"] for row, _ in candidates}
+        self.ledger.snapshot_policies()
+        decided = choose_channels(self.config, self.ledger, [m for _, m in candidates], channels)
+        decided = apply_policies(self.config, self.ledger, decided, now, PolicyState())
+        allowed = []
+        for (row, _), m in zip(candidates, decided):
+            if m.action == "send":
+                allowed.append(row)
+            elif self.ledger.skip_failed(row["message_key"], m.reason, now):
+                report.add(m.campaign, m.step, f"skipped:{m.reason}", channel=m.channel)
+        return allowed
+
+    def _past_freshness(self, row: dict, now: datetime) -> bool:
+        """Whether a ledger row's message is past its step's freshness window at ``now``."""
+        try:
+            freshness = self.project.campaign(row["campaign"]).step(row["step"]).freshness
+        except KeyError:
+            return False
+        return freshness is not None and row["due_at"] is not None and now > _parse_timestamp(row["due_at"]) + freshness
+
+    def _quiet_hours(self, campaign: str, step: str, channel: str):
+        """The quiet hours of a step (or its channel's default), also for a campaign removed since."""
+        try:
+            quiet = self.project.campaign(campaign).step(step).quiet_hours
+        except KeyError:
+            quiet = None
+        return quiet or self.config.quiet_hours.get(channel)
 
     def _resend(self, row: dict, now: datetime, adapters: dict, sessions: dict, report: PassReport) -> None:
         """Send a stored message again, identical (same Message-ID / reference)."""

@@ -79,9 +79,10 @@ class SmsProvider:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                sink.requests.append({"body": body, "authorization": self.headers.get("Authorization")})
                 scripted = sink.script.get(body.get("to"))
                 status = scripted.pop(0) if scripted else sink.status_for.get(body.get("to"), 200)
+                # the status answered, so tests can tell deliveries (200) from refused attempts
+                sink.requests.append({"body": body, "authorization": self.headers.get("Authorization"), "status": status})
                 if sink.delay:
                     import time
 
