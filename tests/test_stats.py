@@ -59,10 +59,15 @@ def test_holdout_customers_receive_nothing_and_keep_their_group(history):
     held = {step: {r["customer_id"] for r in rows if r["step"] == step and r["reason"] == "holdout"} for step in STEPS}
     entrants = {str(i) for i in CUSTOMERS if has_email(i)}
     assert {r["customer_id"] for r in rows} == entrants and len(entrants) == 189
-    # exactly the customers in_holdout picks, the same at the first pass (step first) and the third (step second)
-    assert held["first"] == held["second"] == holdout_ids()
-    assert 0.2 < len(holdout_ids()) / len(entrants) < 0.4
+    # exactly the customers in_holdout picks, the same at the first pass (step first) and the third (step
+    # second) - except those who unsubscribed in between: they could not have received it (no_consent),
+    # so they are not in the comparison group either
     unsubscribed = {str(i) for i in unsubscribers()}
+    assert held["first"] == holdout_ids()
+    assert held["second"] == holdout_ids() - unsubscribed and holdout_ids() & unsubscribed
+    assert {r["customer_id"] for r in rows if r["step"] == "second" and r["reason"] == "no_consent"} == \
+        unsubscribed & entrants
+    assert 0.2 < len(holdout_ids()) / len(entrants) < 0.4
     expected = {f"c{i}@example.com": 1 if i in unsubscribed else 2
                 for i in entrants - holdout_ids()}
     assert dict(history.outbox_recipients()) == expected  # nothing ever reached a holdout customer
@@ -108,15 +113,19 @@ def test_conversions_follow_from_the_scenario(history):
     assert first.reached.orders == len(by_three - held) + len(by_five & unsubscribed - held)
     assert first.reached.revenue == round(sum(10 + int(i) * 0.25 for i in by_three - held)
                                           + 7.5 * len(by_five & unsubscribed - held), 2)
-    assert first.holdout.converted == first.holdout.orders == len(by_three & held)
+    # unsubscribed holdout customers have no holdout row for the second step (no_consent), like the
+    # reached ones have no second message: their later order goes to the first step in both groups
+    assert first.holdout.converted == len((by_three | (by_five & unsubscribed)) & held)
+    assert first.holdout.orders == len(by_three & held) + len(by_five & unsubscribed & held)
     assert second.reached.converted == second.reached.orders == len(by_five - held - unsubscribed)
     assert second.reached.revenue == 7.5 * len(by_five - held - unsubscribed)
     # holdout rows (their due times) of both steps precede these orders: the second wins
-    assert second.holdout.converted == len(by_five & held)
+    assert second.holdout.converted == len(by_five & held - unsubscribed)
     assert stats.total.reached.converted == len((by_three | by_five) - held)
     assert stats.total.reached.orders == first.reached.orders + second.reached.orders
     assert first.sent == len(emailed - held) and second.sent == len(emailed - held - unsubscribed)
-    assert second.skipped["no_consent"] == len(unsubscribed - held)
+    assert second.skipped["no_consent"] == len(unsubscribed)  # held or not: consent is decided first
+    assert second.skipped["holdout"] == len(held - unsubscribed)
     assert stats.total.unsubscribed == first.unsubscribed == len(unsubscribed - held)
     comparison = stats.total.comparison
     assert comparison.sent_rate == stats.total.reached.converted / stats.total.reached.customers
