@@ -671,19 +671,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=None,
                         help="SMTP connections of the email channel (default: the engine's default)")
     parser.add_argument("--history", type=int, default=None, metavar="N",
-                        help="rows of history in the ledger measurements (default 1000000; 0 skips them)")
+                        help="rows of history in the ledger measurements (default 1000000, --quick 200000; 0 skips them)")
     parser.add_argument("--memory-customers", type=int, default=None, metavar="N",
                         help="peak RSS of a plan where all N customers are due, on a separate shop "
-                             "(default 1000000, --quick 100000; 0 skips it)")
+                             "(default 1000000, --quick 50000; 0 skips it)")
     parser.add_argument("--anchor", default="2025-01-10T00:00:00Z", help="end of the history and the plan instant")
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     args = parser.parse_args(argv)
     if args.quick:
         args.customers, args.orders, args.repeat = 10_000, 100_000, 1
     if args.history is None:
-        args.history = 1_000_000
+        args.history = 200_000 if args.quick else 1_000_000
     if args.memory_customers is None:
-        args.memory_customers = 100_000 if args.quick else 1_000_000
+        args.memory_customers = 50_000 if args.quick else 1_000_000
     if args.repeat < 1 or args.run_repeat < 1:
         parser.error("--repeat and --run-repeat must be at least 1")
 
