@@ -15,9 +15,16 @@ templates/) into a scratch directory pointed at it, and measures in one run:
 - a full ``run_once(now)`` into the file outbox on an empty ledger, then a
   second pass at the same instant and a third one minute later (the
   incremental cost of a steady-state pass), and the ledger's size after them;
-  with ``--smtp`` the first pass again with emails to a loopback SMTP sink;
+  then that minute-later pass again once the ledger holds ``--history`` extra
+  rows of history;
+- the first pass again with emails to a loopback SMTP sink in its own process
+  (benchmarks/smtp_sink.py), the time inside dispatch, the sink's ceiling (a
+  bare smtplib client) and the engine's dispatch path alone as a ratio of it
+  (benchmarks/dispatch.py); ``--no-smtp`` skips this;
+- a pass's ledger operations on 1,000 keys, empty ledger vs ``--history`` rows;
 - peak RSS of this process (the shop is built in a child process, so this is
-  the engine's own footprint, plus DuckDB's buffers).
+  the engine's own footprint, plus DuckDB's buffers), and of a child process
+  planning a shop where all ``--memory-customers`` customers are due.
 
 ``--sqlite`` loads the same rows into SQLite and repeats the measurements there.
 Plain script, not a test: ``python benchmarks/run.py --help``.
