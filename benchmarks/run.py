@@ -40,6 +40,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import sqlite3
 import statistics
 import sys
@@ -699,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import engine
 
+    # SIGTERM ends the run through the finally below, so the sink process does not outlive it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     directory = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="engine-bench-"))
     directory.mkdir(parents=True, exist_ok=True)
     project_dir = directory / "project"
