@@ -15,9 +15,16 @@ templates/) into a scratch directory pointed at it, and measures in one run:
 - a full ``run_once(now)`` into the file outbox on an empty ledger, then a
   second pass at the same instant and a third one minute later (the
   incremental cost of a steady-state pass), and the ledger's size after them;
-  with ``--smtp`` the first pass again with emails to a loopback SMTP sink;
+  then that minute-later pass again once the ledger holds ``--history`` extra
+  rows of history;
+- the first pass again with emails to a loopback SMTP sink in its own process
+  (benchmarks/smtp_sink.py), the time inside dispatch, the sink's ceiling (a
+  bare smtplib client) and the engine's dispatch path alone as a ratio of it
+  (benchmarks/dispatch.py); ``--no-smtp`` skips this;
+- a pass's ledger operations on 1,000 keys, empty ledger vs ``--history`` rows;
 - peak RSS of this process (the shop is built in a child process, so this is
-  the engine's own footprint, plus DuckDB's buffers).
+  the engine's own footprint, plus DuckDB's buffers), and of a child process
+  planning a shop where all ``--memory-customers`` customers are due.
 
 ``--sqlite`` loads the same rows into SQLite and repeats the measurements there.
 Plain script, not a test: ``python benchmarks/run.py --help``.
@@ -33,6 +40,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import sqlite3
 import statistics
 import sys
@@ -44,6 +52,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # runnable from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # dispatch.py, smtp_sink.py next to this file
+
+import dispatch  # noqa: E402
+from smtp_sink import SinkProcess  # noqa: E402
 
 FLOOR_SQL = "SELECT customer_id, count(*), min(created_at), max(created_at) FROM orders GROUP BY 1"
 GENERATOR_VERSION = 2  # bump when the generated data changes (invalidates --keep reuse)
@@ -466,9 +478,11 @@ def _reset_ledger(reconciler, project_dir: Path) -> None:
 
 
 def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: int, run_repeat: int,
-            smtp_dir: Path | None = None) -> list[dict]:
+            smtp_dir: Path | None = None, sink=None, quick: bool = False, history: int = 0,
+            customers: int = 0) -> list[dict]:
     """All measurements on one warehouse; rows for the result table (``run_repeat`` 0: no run_once;
-    ``smtp_dir``: a copy of the project whose email channel is the loopback SMTP sink)."""
+    ``smtp_dir``: a copy of the project whose email channel is ``sink``, the loopback SMTP sink;
+    ``history``: rows of history added to the ledger before one more pass)."""
     import engine
 
     os.environ["ENGINE_WAREHOUSE_URL"] = url  # engine.yaml: url: ${ENGINE_WAREHOUSE_URL:-...}
@@ -527,35 +541,29 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
                      "seconds": later, "floor": floor, "note": _run_note(reports["later"], later)})
         rows.append({"what": "ledger after the three passes", "rows": None, "seconds": None,
                      "note": _ledger_size(reconciler, url, size_before)})
+        rss_run = _peak_rss_mb()  # before the history below: filling 1M rows grows DuckDB's buffers, not the engine
+        if history:
+            # the same minute-later pass once the ledger also holds a long history: its due queries
+            # anti-join the ledger by key, so this is what a big ledger costs a steady-state pass
+            filled = dispatch.fill_history(reconciler.ledger.db, history, customers, now)
+            started = time.perf_counter()
+            report = reconciler.run_once(now + timedelta(minutes=2))
+            seconds = time.perf_counter() - started
+            rows.append({"what": f"run_once two minutes later, +{history:,} history rows", "rows": _recorded(report),
+                         "seconds": seconds, "floor": floor,
+                         "note": f"vs {later:.3f} s without them (x{seconds / later:.1f}); history added in {filled:.1f} s; "
+                                 + _run_note(report, seconds)})
         rows.append({"what": "peak RSS after plan / after run", "rows": None, "seconds": None,
-                     "note": f"{rss_plan:.0f} MB / {_peak_rss_mb():.0f} MB"})
+                     "note": f"{rss_plan:.0f} MB / {rss_run:.0f} MB"})
     finally:
         reconciler.close()
         for row in rows:
             row["backend"] = backend
     if smtp_dir is not None and run_repeat:
-        rows += measure_smtp(backend, url, smtp_dir, now, run_repeat)
+        rows += dispatch.measure_smtp(backend, url, smtp_dir, now, sink, _reset_ledger, _run_note, _recorded, quick)
+    for row in rows:
+        row.setdefault("backend", backend)
     return rows
-
-
-def measure_smtp(backend: str, url: str, project_dir: Path, now: datetime, run_repeat: int) -> list[dict]:
-    """The first pass again, emails to a loopback SMTP sink (aiosmtpd in a child process) instead of files."""
-    import engine
-
-    os.environ["ENGINE_WAREHOUSE_URL"] = url
-    reconciler = engine.Reconciler(engine.load_project(project_dir))
-    times, report = [], None
-    try:
-        for _ in range(run_repeat):
-            _reset_ledger(reconciler, project_dir)
-            started = time.perf_counter()
-            report = reconciler.run_once(now)
-            times.append(time.perf_counter() - started)
-    finally:
-        reconciler.close()
-    run = statistics.median(times)
-    return [{"what": "run_once: empty ledger -> SMTP sink", "rows": _recorded(report), "seconds": run,
-             "note": _run_note(report, run), "backend": backend}]
 
 
 def _recorded(report) -> int:
@@ -564,7 +572,9 @@ def _recorded(report) -> int:
 
 def _run_note(report, seconds: float) -> str:
     sent, skipped, failed, deferred = (report.total(o) for o in ("sent", "skipped", "failed", "defer"))
-    return (f"{sent:,} sent ({sent / seconds:,.0f}/s), {skipped:,} skipped, {failed:,} failed, {deferred:,} deferred"
+    emails = sum(n for (_, _, channel, outcome), n in report.by_channel.items() if channel == "email" and outcome == "sent")
+    return (f"{sent:,} sent ({sent / seconds:,.0f}/s; {emails:,} emails, {emails / seconds:,.0f}/s), "
+            f"{skipped:,} skipped, {failed:,} failed, {deferred:,} deferred"
             + (f", errors: {report.errors}" if report.errors else ""))
 
 
@@ -591,50 +601,28 @@ def _ledger_size(reconciler, url: str, size_before: int) -> str:
             f"content {content / 1e6:.1f} MB, {entries:,} engine_entries rows; database file +{growth / 1e6:.1f} MB")
 
 
-def _smtp_sink(port: int, ready, received) -> None:
-    """Child-process entry: an aiosmtpd server on 127.0.0.1 that accepts and counts every message."""
-    import threading
-
-    from aiosmtpd.controller import Controller
-
-    class Handler:
-        async def handle_DATA(self, server, session, envelope):
-            with received.get_lock():
-                received.value += 1
-            return "250 Message accepted"
-
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
-    controller.start()
-    ready.set()
-    threading.Event().wait()  # until terminated
-
-
-class SmtpSinkProcess:
-    """The loopback SMTP sink of ``--smtp``, in its own process so that it does not share the engine's GIL."""
-
-    def __init__(self):
-        import socket
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        context = multiprocessing.get_context("spawn")
-        self._ready, self._received = context.Event(), context.Value("q", 0)
-        self._process = context.Process(target=_smtp_sink, args=(self.port, self._ready, self._received), daemon=True)
-        self._process.start()
-        if not self._ready.wait(60):
-            self.stop()
-            raise SystemExit("the SMTP sink did not start (is aiosmtpd installed? pip install -e '.[test]')")
-
-    def received(self) -> int:
-        return self._received.value
-
-    def stop(self) -> None:
-        self._process.terminate()
-        self._process.join(10)
+def measure_memory(directory: Path, project_dir: Path, customers: int, anchor: str, seed: int,
+                   now: datetime) -> list[dict]:
+    """Peak RSS of a child process streaming a plan in which every one of ``customers`` is due
+    (a shop of its own, built in another child process)."""
+    shop_dir = directory / f"memory-{customers}"
+    shop_dir.mkdir(exist_ok=True)
+    print(f"Building a shop of {customers:,} customers for the memory measurement ...", flush=True)
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        built = pool.submit(build_all, str(shop_dir), customers, 3 * customers, anchor, seed, False).result()
+    target = dispatch.memory_project(project_dir, shop_dir / "project")
+    print(f"Planning {customers:,} due messages in a child process ...", flush=True)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        result = pool.submit(dispatch.memory_child, str(target), f"duckdb:///{shop_dir / 'shop.duckdb'}",
+                             now.isoformat()).result()
+    return [{"what": f"memory: plan with every customer due", "rows": result["due"], "seconds": result["seconds"],
+             "backend": "duckdb",
+             "note": f"peak RSS {result['peak_mb']:.0f} MB (after start-up {result['baseline_mb']:.0f} MB) for "
+                     f"{result['due']:,} due messages of {built['counts']['customers']:,} customers"}]
 
 
-def _use_smtp(engine_yaml: Path, port: int) -> None:
+def _use_smtp(engine_yaml: Path, port: int, connections: int | None = None) -> None:
     """Point the project's email channel at the sink; SMS stays in the file outbox."""
     text = engine_yaml.read_text()
     start = text.index("channels:")
@@ -644,7 +632,7 @@ def _use_smtp(engine_yaml: Path, port: int) -> None:
     transport: smtp
     host: 127.0.0.1
     port: {port}
-    from: "Bean & Brew <hello@beanandbrew.example>"
+    from: "Bean & Brew <hello@beanandbrew.example>"{f"{chr(10)}    connections: {connections}" if connections else ""}
   sms:
     kind: sms
     transport: file
@@ -685,13 +673,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", metavar="DIR", type=Path,
                         help="build the project and shop in DIR and keep them; a later run with the same sizes reuses the shop")
     parser.add_argument("--sqlite", action="store_true", help="also load the shop into SQLite and measure there")
-    parser.add_argument("--smtp", action="store_true",
-                        help="also run the first pass with emails going to a loopback SMTP sink (aiosmtpd, in a child process)")
+    parser.add_argument("--no-smtp", action="store_true",
+                        help="skip the SMTP measurements (a pass to a loopback SMTP sink, its ceiling, dispatch alone)")
+    parser.add_argument("--sink", choices=("fast", "aiosmtpd"), default="fast",
+                        help="the loopback SMTP sink, in a child process: a minimal asyncio server (default) or aiosmtpd")
+    parser.add_argument("--connections", type=int, default=None,
+                        help="SMTP connections of the email channel (default: the engine's default)")
+    parser.add_argument("--history", type=int, default=None, metavar="N",
+                        help="rows of history in the ledger measurements (default 1000000, --quick 200000; 0 skips them)")
+    parser.add_argument("--memory-customers", type=int, default=None, metavar="N",
+                        help="peak RSS of a plan where all N customers are due, on a separate shop "
+                             "(default 1000000, --quick 50000; 0 skips it)")
     parser.add_argument("--anchor", default="2025-01-10T00:00:00Z", help="end of the history and the plan instant")
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.customers, args.orders = 10_000, 100_000
+        args.customers, args.orders, args.repeat = 10_000, 100_000, 1
+    if args.history is None:
+        args.history = 200_000 if args.quick else 1_000_000
+    if args.memory_customers is None:
+        args.memory_customers = 50_000 if args.quick else 1_000_000
     if args.repeat < 1 or args.run_repeat < 1:
         parser.error("--repeat and --run-repeat must be at least 1")
 
@@ -700,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import engine
 
+    # SIGTERM ends the run through the finally below, so the sink process does not outlive it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     directory = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="engine-bench-"))
     directory.mkdir(parents=True, exist_ok=True)
     project_dir = directory / "project"
@@ -712,12 +715,12 @@ def main(argv: list[str] | None = None) -> int:
     smtp_dir, sink = None, None
 
     try:
-        if args.smtp and not args.no_run:
-            sink = SmtpSinkProcess()
+        if not args.no_smtp and not args.no_run:
+            sink = SinkProcess(args.sink)
             smtp_dir = directory / "project-smtp"
             shutil.rmtree(smtp_dir, ignore_errors=True)
             shutil.copytree(project_dir, smtp_dir)
-            _use_smtp(smtp_dir / "engine.yaml", sink.port)
+            _use_smtp(smtp_dir / "engine.yaml", sink.port, args.connections)
         print(f"Building a shop of {args.customers:,} customers / {args.orders:,} orders in {directory} ...", flush=True)
         # In a child process, so this process's peak RSS is the engine's, not the generator's.
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -733,12 +736,24 @@ def main(argv: list[str] | None = None) -> int:
         run_repeat = 0 if args.no_run else args.run_repeat
         rows = []
         print("Measuring duckdb ...", flush=True)
+        common = dict(sink=sink, quick=args.quick, history=args.history, customers=counts["customers"])
         rows += measure("duckdb", f"duckdb:///{directory / 'shop.duckdb'}", project_dir, now, args.repeat, run_repeat,
-                        smtp_dir)
+                        smtp_dir, **common)
+        if sink is not None and args.sink == "fast":
+            sample = [r for r in rows if r.get("sample")]
+            if sample:
+                rows.append({**dispatch.aiosmtpd_ceiling(1000, sample[0]["sample"], 1), "backend": "-"})
+        if args.history:
+            for backend in ("duckdb", "sqlite") if args.sqlite else ("duckdb",):
+                print(f"Measuring the {backend} ledger with {args.history:,} rows of history ...", flush=True)
+                rows += [{**r, "backend": backend} for r in dispatch.measure_ledger(
+                    backend, directory, args.history, counts["customers"], now, max(args.repeat, 3))]
         if args.sqlite:
             print("Measuring sqlite ...", flush=True)
             rows += measure("sqlite", f"sqlite:///{directory / 'shop.db'}", project_dir, now, args.repeat, run_repeat,
-                            smtp_dir)
+                            smtp_dir, **common)
+        if args.memory_customers:
+            rows += measure_memory(directory, project_dir, args.memory_customers, args.anchor, args.seed, now)
 
         print()
         print(f"Plan at {args.anchor} on {counts['customers']:,} customers / {counts['orders']:,} orders "

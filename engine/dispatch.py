@@ -1,7 +1,8 @@
 """Sending a rendered batch: per-channel workers, outcomes turned into ledger records.
 
-Each channel's messages go out on their own thread over one reused session,
-so a slow or dead provider delays only its own channel. Transient failures
+Each channel's messages go out on their own threads (as many as the channel's
+session sends in parallel: SMTP connections) over sessions reused for the
+whole pass, so a slow or dead provider delays only its own channel. Transient failures
 get a next attempt with exponential backoff and a deterministic jitter (a
 hash of the message key and attempt, so replicas spread out but tests stay
 reproducible); permanent ones are final and suppress the address.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -47,15 +49,25 @@ class Sent:
 
 
 def send_all(messages: list[tuple[str, OutgoingMessage]], sessions: dict[str, ChannelSession]) -> list[Sent]:
-    """Send (channel, message) pairs, one worker per channel; results in input order."""
+    """Send (channel, message) pairs; results in input order.
+
+    Each channel gets as many workers as its session allows at once
+    (``parallelism``: an SMTP channel's ``connections``, otherwise 1); the
+    workers take the channel's messages from one shared queue, so each
+    message is sent exactly once and gets its own outcome.
+    """
     by_channel: dict[str, list[int]] = {}
     for index, (channel, _) in enumerate(messages):
         by_channel.setdefault(channel, []).append(index)
     results: list[Sent | None] = [None] * len(messages)
 
-    def work(channel: str) -> None:
+    def work(channel: str, pending: queue.SimpleQueue) -> None:
         session = sessions[channel]
-        for index in by_channel[channel]:
+        while True:
+            try:
+                index = pending.get_nowait()
+            except queue.Empty:
+                return
             message = messages[index][1]
             try:
                 outcome = session.send(message)
@@ -64,11 +76,19 @@ def send_all(messages: list[tuple[str, OutgoingMessage]], sessions: dict[str, Ch
             checkpoint("sent")  # crash tests: after the provider accepted, before the ledger knows
             results[index] = Sent(message, outcome)
 
-    if len(by_channel) == 1:
-        work(next(iter(by_channel)))
-    elif by_channel:
-        with ThreadPoolExecutor(max_workers=len(by_channel)) as pool:
-            list(pool.map(work, by_channel))
+    workers: list[tuple[str, queue.SimpleQueue]] = []
+    for channel, indices in by_channel.items():
+        pending: queue.SimpleQueue = queue.SimpleQueue()
+        for index in indices:
+            pending.put(index)
+        width = max(1, min(int(getattr(sessions[channel], "parallelism", 1)), len(indices)))
+        workers += [(channel, pending)] * width
+    if len(workers) == 1:
+        work(*workers[0])
+    elif workers:
+        with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+            for future in [pool.submit(work, channel, pending) for channel, pending in workers]:
+                future.result()
     return [r for r in results if r is not None]
 
 

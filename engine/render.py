@@ -47,6 +47,7 @@ class Renderer:
         self._plain = SandboxedEnvironment(autoescape=False, **common)
         self._html = SandboxedEnvironment(autoescape=True, **common)
         self._cache: dict[tuple[str, bool], jinja2.Template] = {}
+        self._chains: dict[tuple[str, str, bool], list[jinja2.Template] | None] = {}
 
     def _template(self, name: str, html: bool) -> jinja2.Template:
         key = (name, html)
@@ -125,18 +126,87 @@ class Renderer:
     def _render_blocks(self, name: str, context: dict[str, Any], html: bool) -> "_Blocks":
         """Render the message blocks of ``name``, following ``{% extends %}`` to its layout.
 
-        Running the template's root once registers the whole inheritance chain's
-        blocks in the context; each part is then the most derived version of its
-        block, so a campaign template can override only the blocks the layout
-        leaves open (title, body, ...).
+        Each part is the most derived version of its block, so a campaign
+        template can override only the blocks the layout leaves open (title,
+        body, ...). The blocks of the whole inheritance chain are registered
+        in the context the way Jinja's own ``extends`` does it; only a chain
+        whose templates do more than extend and define blocks at the top level
+        (set, import, macro, a dynamic extends) runs the template's root for
+        that, which renders every block once more just to throw it away.
         """
         template = self._template(name, html=html)
         ctx = template.new_context({**context, "format": "html" if html else "text"})
-        for _ in template.root_render_func(ctx):
-            pass
+        chain = self._chain(name, html)
+        if chain is None:
+            for _ in template.root_render_func(ctx):
+                pass
+        else:
+            for parent in chain:
+                for block, render in parent.blocks.items():
+                    ctx.blocks.setdefault(block, []).append(render)
         wanted = ("html",) if html else ("subject", "text")
         rendered = {block: "".join(ctx.blocks[block][0](ctx)).strip() for block in wanted if block in ctx.blocks}
         return _Blocks(rendered, names=frozenset(ctx.blocks))
+
+    def _chain(self, name: str, html: bool) -> list[jinja2.Template] | None:
+        """The templates ``name`` extends, nearest first; None when running its root could do more
+        than register their blocks (the caller then runs it). Cached per template and mode."""
+        key = ("chain", name, html)
+        if key not in self._chains:
+            env = self._html if html else self._plain
+            chain: list[jinja2.Template] | None = []
+            current, seen = name, {name}
+            while chain is not None:
+                parent = _static_parent(env, current)
+                if parent is False:
+                    chain = None
+                elif parent is None:
+                    break
+                elif parent in seen:  # a cycle: let Jinja report it
+                    chain = None
+                else:
+                    seen.add(parent)
+                    chain.append(env.get_template(parent, parent=current))
+                    current = parent
+            self._chains[key] = chain
+        return self._chains[key]
+
+
+#: Top-level statements that only produce output (or nothing) when a template's root runs.
+_PASSIVE = (nodes.Output, nodes.Block, nodes.If, nodes.For)
+#: Statements that change the context a block sees, wherever they sit outside blocks.
+_ACTIVE = (nodes.Assign, nodes.AssignBlock, nodes.Import, nodes.FromImport, nodes.Macro, nodes.CallBlock,
+           nodes.Include, nodes.ExprStmt, nodes.With, nodes.Extends, nodes.Scope, nodes.OverlayScope,
+           nodes.EvalContextModifier, nodes.ScopedEvalContextModifier)
+
+
+def _static_parent(env: jinja2.Environment, name: str) -> str | None | bool:
+    """The template ``name`` extends (None: none), or False when its top level does anything
+    besides a constant ``{% extends %}``, blocks and output."""
+    source, _, _ = env.loader.get_source(env, name)
+    parent: str | None = None
+    for node in env.parse(source).body:
+        if isinstance(node, nodes.Extends):
+            if parent is not None or not isinstance(node.template, nodes.Const):
+                return False
+            parent = node.template.value
+            continue
+        if not isinstance(node, _PASSIVE):
+            return False
+        outside_blocks = [node] if not isinstance(node, nodes.Block) else []
+        for outer in outside_blocks:
+            for inner in outer.find_all(_ACTIVE):
+                if not _inside_block(outer, inner):
+                    return False
+    return parent
+
+
+def _inside_block(top: nodes.Node, target: nodes.Node) -> bool:
+    """Whether ``target`` sits in a ``{% block %}`` nested in ``top`` (blocks are not run by the root)."""
+    for block in top.find_all(nodes.Block):
+        if target is block or any(target is n for n in block.find_all(type(target))):
+            return True
+    return False
 
 
 class _Blocks(dict):

@@ -31,9 +31,26 @@ class SmtpSink:
         self.script: dict[str, list[str]] = {}
         #: seconds to wait before accepting each message (a slow provider)
         self.delay = 0.0
+        #: messages one connection may carry; the next MAIL on it is refused with 421 and, with
+        #: ``over_limit = "disconnect"``, the connection is closed without an answer instead
+        self.max_per_connection: int | None = None
+        self.over_limit = "421"
+        #: the client address and port of the connection each accepted message came on
+        self.peers: list[tuple] = []
         self.lock = threading.Lock()
         self.port = free_port()
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        with self.lock:
+            carried = sum(1 for peer in self.peers if peer == session.peer)
+        if self.max_per_connection is not None and carried >= self.max_per_connection:
+            if self.over_limit == "disconnect":
+                server.transport.close()
+            return "421 4.7.0 too many messages on this connection, closing"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if self.script.get(address):
@@ -52,6 +69,7 @@ class SmtpSink:
             await asyncio.sleep(self.delay)
         with self.lock:
             self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+            self.peers.append(session.peer)
         return "250 Message accepted"
 
     def keys(self) -> list[str]:

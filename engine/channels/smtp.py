@@ -1,18 +1,42 @@
-"""Email over SMTP (stdlib smtplib): one connection reused for a whole pass.
+"""Email over SMTP (stdlib smtplib): a small pool of connections reused for a whole pass.
 
 Credentials come from the environment through ``${VAR}`` in engine.yaml.
 A 4xx answer is a transient failure, a 5xx a permanent one (bounce); the
 reconciler records both with the server's words.
+
+``connections`` (default 4) is how many connections the channel keeps open
+in parallel: each SMTP transaction waits for the server four times (MAIL,
+RCPT, DATA, end of data), so one connection spends most of its time waiting
+and a few in parallel multiply throughput. ``send`` is safe to call from that
+many threads at once; each call borrows one idle connection (or opens one),
+so every message is one transaction on one connection with its own outcome.
+
+A connection that the server closed or answered 421 with ("closing") is
+dropped and the next message opens a new one. When that happens at a
+message's MAIL command on a reused connection, the server has accepted
+nothing of it yet, so it is sent once more on a fresh connection; at any
+later stage the message is a transient failure, retried by the ledger.
 """
 from __future__ import annotations
 
 import smtplib
 import ssl
+import threading
 
 from ..config import resolve
 from ..errors import ChannelError
 from ..model import ChannelConfig
 from .base import Delivered, Failed, OutgoingMessage, Outcome
+
+DEFAULT_CONNECTIONS = 4
+
+
+class _Closed(Exception):
+    """The server closed the connection (or said it will: 421) before accepting anything of the message."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
 
 
 class SmtpChannel:
@@ -26,54 +50,167 @@ class SmtpChannel:
         self.username = resolve(str(settings["username"])) if "username" in settings else None
         self.password = resolve(str(settings["password"])) if "password" in settings else None
         self.timeout = float(resolve(str(settings.get("timeout", 30))))
-        self._smtp: smtplib.SMTP | None = None
+        # "max_connections" is the setting's older name
+        self.connections = max(1, int(resolve(str(settings.get("connections", settings.get("max_connections", DEFAULT_CONNECTIONS))))))
+        self._idle: list[smtplib.SMTP] = []
+        self._all: set[smtplib.SMTP] = set()
+        self._busy = 0  # connections lent out or being opened
+        self._available = threading.Condition()
 
-    def open(self) -> None:
+    @property
+    def parallelism(self) -> int:
+        """How many ``send`` calls dispatch may run at once on this session."""
+        return self.connections
+
+    def _connect(self) -> smtplib.SMTP:
+        smtp = None
         try:
             if self.security == "ssl":
-                self._smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=ssl.create_default_context())
+                smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=ssl.create_default_context())
             else:
-                self._smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
                 if self.security == "starttls":
-                    self._smtp.starttls(context=ssl.create_default_context())
+                    smtp.starttls(context=ssl.create_default_context())
             if self.username:
-                self._smtp.login(self.username, self.password or "")
+                smtp.login(self.username, self.password or "")
+            smtp.ehlo_or_helo_if_needed()
         except (OSError, smtplib.SMTPException) as exc:
-            self._smtp = None
+            if smtp is not None:
+                smtp.close()
             raise ChannelError(
                 f"channel '{self.name}': cannot connect to SMTP server {self.host}:{self.port}: {exc}; "
                 "check host, port and security in engine.yaml and that the server is running"
             ) from None
+        with self._available:
+            self._all.add(smtp)
+        return smtp
+
+    def open(self) -> None:
+        """Open the first connection (the others open on demand): a server that is down fails here,
+        before anything is claimed."""
+        smtp = self._connect()
+        with self._available:
+            self._idle.append(smtp)
+
+    def _borrow(self) -> smtplib.SMTP | None:
+        """An idle connection, or None when the caller may open a new one; waits while all are busy."""
+        with self._available:
+            while not self._idle and self._busy >= self.connections:
+                self._available.wait()
+            self._busy += 1
+            return self._idle.pop() if self._idle else None
+
+    def _give_back(self, smtp: smtplib.SMTP | None) -> None:
+        with self._available:
+            self._busy -= 1
+            if smtp is not None:
+                self._idle.append(smtp)
+            self._available.notify()
+
+    def _drop(self, smtp: smtplib.SMTP) -> None:
+        with self._available:
+            self._all.discard(smtp)
+        try:
+            smtp.close()
+        except OSError:
+            pass
 
     def send(self, message: OutgoingMessage) -> Outcome:
+        smtp = self._borrow()
+        try:
+            reused = smtp is not None
+            if smtp is None:
+                smtp = self._connect()
+            try:
+                outcome = self._transaction(smtp, message)
+            except _Closed as closed:
+                self._drop(smtp)
+                smtp = None
+                if not reused:
+                    return Failed(detail=closed.detail)
+                smtp = self._connect()  # nothing of the message was accepted: once more on a new connection
+                try:
+                    outcome = self._transaction(smtp, message)
+                except _Closed as again:
+                    self._drop(smtp)
+                    smtp = None
+                    return Failed(detail=again.detail)
+            if isinstance(outcome, Failed) and outcome.detail.startswith(("421", "connection error")):
+                self._drop(smtp)  # the server is closing it, or it broke mid-message
+                smtp = None
+            return outcome
+        except ChannelError as exc:
+            smtp = None
+            return Failed(detail=f"connection error: {exc}")
+        finally:
+            self._give_back(smtp)
+
+    def _transaction(self, smtp: smtplib.SMTP, message: OutgoingMessage) -> Outcome:
+        """One message on one connection: MAIL, RCPT, DATA. Raises ``_Closed`` when the server
+        closes or refuses the connection at MAIL, before it accepted any of the message."""
         # ASCII addresses (the usual case): the bytes send_message would send, built without the
         # email package's header objects; otherwise send_message, which negotiates SMTPUTF8
-        plain = (message.sender + message.to).isascii()
-        data = message.to_bytes("\r\n") if plain else message.to_email()
+        if not (message.sender + message.to).isascii():
+            return self._send_message(smtp, message)
+        data = message.to_bytes("\r\n")
         try:
-            if self._smtp is None:
-                self.open()
-            assert self._smtp is not None
-            if isinstance(data, bytes):
-                refused = self._smtp.sendmail(message.sender, [message.to], data)
-            else:
-                refused = self._smtp.send_message(data)
+            code, reply = smtp.mail(message.sender)
+        except (OSError, smtplib.SMTPServerDisconnected) as exc:
+            raise _Closed(f"connection error: {exc}") from None
+        if code == 421:
+            raise _Closed(_detail(code, reply))
+        try:
+            if code != 250:
+                _reset_quietly(smtp)
+                return Failed(detail=_detail(code, reply), permanent=code >= 500)
+            code, reply = smtp.rcpt(message.to)
+            if code not in (250, 251):
+                if code != 421:
+                    _reset_quietly(smtp)
+                return Failed(detail=_detail(code, reply), permanent=code >= 500)
+            code, reply = smtp.data(data)
+        except smtplib.SMTPDataError as exc:  # DATA itself refused
+            if exc.smtp_code != 421:
+                _reset_quietly(smtp)
+            return Failed(detail=_detail(exc.smtp_code, exc.smtp_error), permanent=exc.smtp_code >= 500)
+        except (OSError, smtplib.SMTPException) as exc:
+            return Failed(detail=f"connection error: {exc}")
+        if code != 250:
+            return Failed(detail=_detail(code, reply), permanent=code >= 500)
+        return Delivered(provider_id=message.message_id(), detail="250 accepted")
+
+    def _send_message(self, smtp: smtplib.SMTP, message: OutgoingMessage) -> Outcome:
+        """Non-ASCII addresses: smtplib's send_message negotiates SMTPUTF8."""
+        try:
+            refused = smtp.send_message(message.to_email())
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()))
-            return Failed(detail=f"{code} {text.decode(errors='replace')}", permanent=code >= 500)
+            return Failed(detail=_detail(code, text), permanent=code >= 500)
         except smtplib.SMTPResponseException as exc:
-            return Failed(detail=f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace')}", permanent=exc.smtp_code >= 500)
-        except (OSError, smtplib.SMTPException, ChannelError) as exc:
-            self._smtp = None  # reconnect for the next message
+            return Failed(detail=_detail(exc.smtp_code, exc.smtp_error), permanent=exc.smtp_code >= 500)
+        except (OSError, smtplib.SMTPException) as exc:
             return Failed(detail=f"connection error: {exc}")
         if refused:
             return Failed(detail=str(refused), permanent=True)
         return Delivered(provider_id=message.message_id(), detail="250 accepted")
 
     def close(self) -> None:
-        if self._smtp is not None:
+        with self._available:
+            connections, self._all, self._idle = list(self._all), set(), []
+        for smtp in connections:
             try:
-                self._smtp.quit()
+                smtp.quit()
             except (OSError, smtplib.SMTPException):
-                pass
-            self._smtp = None
+                smtp.close()
+
+
+def _detail(code: int, reply: bytes | str) -> str:
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+    return f"{code} {text}"
+
+
+def _reset_quietly(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.rset()
+    except (OSError, smtplib.SMTPException):
+        pass

@@ -1,0 +1,266 @@
+"""Dispatch and ledger measurements for benchmarks/run.py (imported by it; not run alone).
+
+- ``measure_smtp``: a full pass with emails to the loopback SMTP sink, the
+  time spent inside dispatch, the sink's ceiling (a bare smtplib client
+  sending pre-built messages) and the engine's dispatch path alone
+  (``SmtpChannel`` + ``send_all`` on already rendered messages) at 1 and N
+  connections, as a ratio of that ceiling in the same run;
+- ``measure_ledger``: a pass's ledger operations on a batch of 1,000 keys,
+  on an empty ledger and on one holding N rows of history;
+- ``add_history``: N history rows in a project's own ledger, so the next pass
+  shows what a big ledger costs the whole pass (its due queries anti-join it);
+- ``measure_memory``: peak RSS of a child process streaming a plan in which
+  every one of N customers is due.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+LEDGER_BATCH = 1000
+HISTORY_CAMPAIGNS = 20  # history rows spread over this many (retired) campaign names
+
+
+def _timed(fn, repeat: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+# --- SMTP ------------------------------------------------------------------------------------
+
+
+def measure_smtp(backend: str, url: str, project_dir: Path, now: datetime, sink, reset_ledger, run_note,
+                 recorded, quick: bool) -> list[dict]:
+    """The first pass with emails to ``sink``; then the sink's ceiling and the bare dispatch path."""
+    import engine
+    import engine.reconcile as reconcile
+    from engine.channels.smtp import SmtpChannel
+    from engine.dispatch import deserialize, send_all
+    from smtp_sink import ceiling
+
+    os.environ["ENGINE_WAREHOUSE_URL"] = url
+    project = engine.load_project(project_dir)
+    reconciler = engine.Reconciler(project)
+    channel = project.config.channels["email"]
+    connections = SmtpChannel(channel).connections
+    dispatch_seconds = [0.0]
+    original = reconcile.send_all
+
+    def timed_send_all(messages, sessions):  # how much of the pass is dispatch
+        started = time.perf_counter()
+        try:
+            return original(messages, sessions)
+        finally:
+            dispatch_seconds[0] += time.perf_counter() - started
+
+    rows = []
+    try:
+        reset_ledger(reconciler, project_dir)
+        received_before = sink.received()
+        reconcile.send_all = timed_send_all
+        started = time.perf_counter()
+        report = reconciler.run_once(now)
+        seconds = time.perf_counter() - started
+        reconcile.send_all = original
+        emails = sink.received() - received_before
+        rows.append({"what": f"run_once: empty ledger -> SMTP sink ({connections} connections)", "rows": recorded(report),
+                     "seconds": seconds, "note": f"{emails:,} emails at the sink ({emails / seconds:,.0f}/s of the pass); "
+                                                 + run_note(report, seconds)})
+        rows.append({"what": "  of which dispatch (send_all)", "rows": emails, "seconds": dispatch_seconds[0],
+                     "note": f"{emails / max(dispatch_seconds[0], 1e-9):,.0f} emails/s while dispatching"})
+        stored = reconciler.ledger.db.execute(
+            "SELECT message_key, content FROM engine_ledger WHERE channel = 'email' AND status = 'sent' "
+            f"ORDER BY message_key LIMIT {2000 if quick else 5000}")
+    finally:
+        reconcile.send_all = original
+        reconciler.close()
+    if not stored:
+        return rows
+    messages = [deserialize(key, content) for key, content in stored]
+    sample = messages[0].to_bytes("\r\n")
+    count = len(messages)
+    for width in sorted({1, connections}):
+        limit = ceiling(sink.port, sample, count, width)
+        session = SmtpChannel(engine.model.ChannelConfig(
+            name="email", kind="email", transport="smtp", settings={**channel.settings, "connections": width}))
+        session.open()
+        before = sink.received()
+        started = time.perf_counter()
+        results = send_all([("email", m) for m in messages], {"email": session})
+        seconds = time.perf_counter() - started
+        session.close()
+        delivered = sum(1 for r in results if r.outcome.status == "sent")
+        rows.append({"what": f"sink ceiling: bare smtplib, {width} connection{'s' * (width > 1)}", "rows": count,
+                     "seconds": count / limit, "note": f"{limit:,.0f} msg/s, {len(sample):,}-byte message",
+                     "sample": sample})
+        rows.append({"what": f"dispatch only: send_all, {width} connection{'s' * (width > 1)}", "rows": delivered,
+                     "seconds": seconds,
+                     "note": f"{delivered / seconds:,.0f} emails/s = {delivered / seconds / limit:.2f} x ceiling; "
+                             f"sink got {sink.received() - before:,}"})
+    return rows
+
+
+def aiosmtpd_ceiling(count: int, sample: bytes, connections: int) -> dict:
+    """The test suite's aiosmtpd sink, for comparison with the fast sink."""
+    from smtp_sink import SinkProcess, ceiling
+
+    with SinkProcess("aiosmtpd") as sink:
+        limit = ceiling(sink.port, sample, count, connections)
+    return {"what": f"aiosmtpd ceiling: bare smtplib, {connections} connections", "rows": count,
+            "seconds": count / limit, "note": f"{limit:,.0f} msg/s"}
+
+
+# --- the ledger ------------------------------------------------------------------------------
+
+
+def fill_history(db, rows: int, customers: int, anchor: datetime) -> float:
+    """Insert ``rows`` sent messages of retired campaigns, 60 to 420 days old, in SQL; seconds taken.
+    Rows carry no stored content (a real ledger's would make the file bigger, not the key lookups slower)."""
+    started = time.perf_counter()
+    A = f"TIMESTAMP '{anchor.replace(tzinfo=None).isoformat(sep=' ')}'"
+    if db.backend == "duckdb":
+        source = f"range({rows}) AS t(i)"
+        ts = f"{A} - to_seconds(CAST(60 * 86400 + (i * 7919) % (360 * 86400) AS BIGINT))"
+        text = "CAST({} AS VARCHAR)"
+    else:  # SQLite: a recursive counter
+        source = f"(WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {rows - 1}) SELECT i FROM n)"
+        ts = f"strftime('%Y-%m-%d %H:%M:%f000', '{anchor.replace(tzinfo=None).isoformat(sep=' ')}', '-' || (60 * 86400 + (i * 7919) % (360 * 86400)) || ' seconds')"
+        text = "CAST({} AS TEXT)"
+    campaign = f"'history-' || {text.format(f'i % {HISTORY_CAMPAIGNS}')}"
+    customer = text.format(f"i % {customers} + 1")
+    db.execute(f"""
+        INSERT INTO engine_ledger (message_key, campaign, step, customer_id, trigger_key, variant, channel, status,
+                                   reason, detail, trigger_at, due_at, created_at, updated_at, content, attempts)
+        SELECT campaign || ':mail:' || customer_id || ':' || trigger_key, campaign, 'mail', customer_id, trigger_key,
+               NULL, 'email', 'sent', NULL, '250 accepted', ts, ts, ts, ts, NULL, 1
+        FROM (SELECT {campaign} AS campaign, {customer} AS customer_id, {text.format('i')} AS trigger_key, {ts} AS ts
+              FROM {source}) AS h
+    """)
+    return time.perf_counter() - started
+
+
+def _ledger_ops(ledger, now: datetime, customers: int, round_: int) -> dict[str, float]:
+    """Seconds for one batch of a pass's ledger operations (1,000 keys each)."""
+    from engine.ledger import Record
+
+    n = LEDGER_BATCH
+    keys = [f"bench:mail:{(round_ * n + i) % customers + 1}:r{round_}-{i}" for i in range(n)]
+    # the key lookup a pass does for a ledger in another database: half of the keys exist (history)
+    probe = keys[: n // 2] + [f"history-{i % HISTORY_CAMPAIGNS}:mail:{i % customers + 1}:{i}" for i in range(round_ * n, round_ * n + n // 2)]
+    records = [Record(message_key=k, campaign="bench", step="mail", customer_id=k.split(":")[2], trigger_key=k.split(":")[3],
+                      channel="email", status="claimed", due_at=now, trigger_at=now) for k in keys]
+    customer_ids = sorted({r.customer_id for r in records})
+    out = {}
+    started = time.perf_counter()
+    ledger.existing_keys(probe)
+    out["existing_keys"] = time.perf_counter() - started
+    started = time.perf_counter()
+    claimed = ledger.write_new(records, now)
+    out["claim (insert)"] = time.perf_counter() - started
+    assert len(claimed) == n, len(claimed)
+    started = time.perf_counter()
+    ledger.store_content([(k, "x" * 1400) for k in keys], now)
+    out["store content"] = time.perf_counter() - started
+    started = time.perf_counter()
+    ledger.record_outcomes([Record(**{**r.__dict__, "status": "sent", "detail": "250 accepted"}) for r in records], now)
+    out["record outcomes"] = time.perf_counter() - started
+    started = time.perf_counter()
+    ledger.recent_sends(customer_ids, now - timedelta(days=7))
+    out["recent sends (caps)"] = time.perf_counter() - started
+    return out
+
+
+def measure_ledger(backend: str, directory: Path, history: int, customers: int, anchor: datetime,
+                   repeat: int) -> list[dict]:
+    """A pass's ledger operations on 1,000 keys: empty ledger vs ``history`` rows of history."""
+    from engine.ledger import Ledger
+    from engine.warehouse import Database
+
+    results: dict[int, dict[str, float]] = {}
+    fill_seconds = 0.0
+    for size in (0, history):
+        path = directory / f"ledger-{size}.{'duckdb' if backend == 'duckdb' else 'db'}"
+        for suffix in ("", ".wal", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        db = Database(f"{backend}:///{path}")
+        ledger = Ledger(db)
+        ledger.ensure_schema()
+        if size:
+            fill_seconds = fill_history(db, size, customers, anchor)
+        rounds = [_ledger_ops(ledger, anchor, customers, r) for r in range(repeat + 1)][1:]  # the first warms up
+        results[size] = {op: statistics.median(r[op] for r in rounds) for op in rounds[0]}
+        db.dispose()
+        for suffix in ("", ".wal", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+    rows = [{"what": f"ledger: {history:,} rows of history", "rows": history, "seconds": fill_seconds,
+             "note": "filled with one INSERT ... SELECT (not a measurement of the engine)"}]
+    for op in results[0]:
+        empty, full = results[0][op], results[history][op]
+        rows.append({"what": f"  ledger {op}, {LEDGER_BATCH:,} keys", "rows": LEDGER_BATCH, "seconds": full,
+                     "note": f"empty ledger {empty * 1000:.1f} ms, with {history:,} rows {full * 1000:.1f} ms "
+                             f"({full / max(empty, 1e-9):.1f}x)"})
+    return rows
+
+
+# --- memory at many due messages -------------------------------------------------------------
+
+EVERYONE = """\
+name: everyone
+description: Benchmark only - every customer is due at once.
+trigger:
+  registration: {}
+steps:
+  - id: hello
+    delay: 0m
+    channel: email
+    template: registration/first-order.email.j2
+"""
+
+
+def _high_water_mb() -> float:
+    """This process's own peak RSS. Not ru_maxrss: on Linux a spawned child inherits its parent's
+    high-water mark through fork and exec; VmHWM belongs to the current address space only."""
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_child(directory: str, url: str, now_iso: str) -> dict:
+    """Child-process entry: stream the plan of a project where every customer is due; peak RSS."""
+    import engine
+
+    os.environ["ENGINE_WAREHOUSE_URL"] = url
+    reconciler = engine.Reconciler(engine.load_project(Path(directory)))
+    baseline = _high_water_mb()
+    started = time.perf_counter()
+    due = 0
+    for batch in reconciler.due(datetime.fromisoformat(now_iso)):
+        due += len(batch)
+    seconds = time.perf_counter() - started
+    reconciler.close()
+    return {"due": due, "seconds": seconds, "baseline_mb": baseline,
+            "peak_mb": _high_water_mb()}
+
+
+def memory_project(project_dir: Path, target: Path) -> Path:
+    """A copy of the project with the one campaign ``everyone`` (registration, no delay)."""
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(project_dir, target)
+    shutil.rmtree(target / "campaigns.d")
+    (target / "campaigns.d").mkdir()
+    (target / "campaigns.d" / "everyone.yaml").write_text(EVERYONE)
+    return target
