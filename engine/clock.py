@@ -87,3 +87,15 @@ def parse_interval(text: str) -> float:
     if value.isdigit():
         return float(value)
     return parse_duration(value).total_seconds()
+
+
+def format_duration(value: timedelta) -> str:
+    """The inverse of ``parse_duration`` for display: ``1d12h``, ``90m`` -> ``1h30m``, ``-3d``; zero is ``0s``."""
+    seconds = int(value.total_seconds())
+    sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return sign + ("".join(parts) or "0s")

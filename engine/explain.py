@@ -22,7 +22,7 @@ from datetime import datetime, time, timedelta
 
 import sqlalchemy as sa
 
-from .clock import UTC, format_instant
+from .clock import UTC, format_duration, format_instant
 from .compile import due_query, explain_query, render_sql
 from .decide import anniversary_instance, customer_zone, due_time, yearly_occurrence
 from .errors import EngineError
@@ -121,16 +121,7 @@ def _instant(value: datetime | None) -> str | None:
 
 
 def _duration(value: timedelta | None) -> str | None:
-    if value is None:
-        return None
-    seconds = int(value.total_seconds())
-    sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return sign + ("".join(parts) or "0m")
+    return None if value is None else (format_duration(value) if value else "0m")
 
 
 def _trigger_text(campaign: Campaign) -> str:

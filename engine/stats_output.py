@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import timedelta
 from typing import IO
 
+from .clock import format_duration
 from .stats import CampaignStats, StepStats
 
 CSV_FIELDS = ["campaign", "step", "entered", "sent", "failed", "unknown", "in_flight", "skipped", "skipped_by_reason",
@@ -13,16 +13,6 @@ CSV_FIELDS = ["campaign", "step", "entered", "sent", "failed", "unknown", "in_fl
               "holdout_customers", "holdout_converted", "holdout_orders", "holdout_revenue", "holdout_rate",
               "uplift_points", "uplift_relative", "p_value", "note"]
 ALL_STEPS = "*"
-
-
-def duration(value: timedelta) -> str:
-    seconds = int(value.total_seconds())
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "".join(parts) or "0s"
 
 
 def percent(value: float | None) -> str:
@@ -81,7 +71,7 @@ def write_stats(all_stats: list[CampaignStats], fmt: str, out: IO[str], header: 
                "holdout", "h.converted", "h.rate"]
     for stats in all_stats:
         holdout = f", holdout {stats.holdout_percent:g}%" if stats.holdout_percent else ""
-        out.write(f"\n{stats.name} (conversion window {duration(stats.conversion_window)}{holdout})\n")
+        out.write(f"\n{stats.name} (conversion window {format_duration(stats.conversion_window)}{holdout})\n")
         lines = []
         for figures in (*stats.steps, stats.total):
             c = figures.comparison

@@ -19,7 +19,6 @@ import sqlalchemy as sa
 
 from conftest import copy_project, database_url, load_history, write
 from engine import Reconciler, load_project
-from engine.decide import in_holdout
 from engine.ledger import ledger_table, unsubscribes_table
 
 UTC = timezone.utc

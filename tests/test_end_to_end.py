@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 
-from conftest import recorded_outcomes, REPO, copy_project, database_url
+from conftest import recorded_outcomes, copy_project, database_url
 from engine import Reconciler, load_project
 from engine.clock import parse_instant
 from engine.demo import build_demo

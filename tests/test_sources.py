@@ -10,9 +10,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import duckdb
-import pytest
 
-from conftest import recorded_outcomes, copy_project, write
+from conftest import recorded_outcomes, copy_project
 from engine import Reconciler, load_project
 from engine.clock import parse_instant
 from engine.demo import build_demo

@@ -11,7 +11,7 @@ from typing import IO
 import click
 
 from ..backtest import BacktestReport, backtest as run_backtest
-from ..clock import format_instant, parse_duration, parse_instant
+from ..clock import format_duration, format_instant, parse_duration, parse_instant
 from ..progress import progress_for
 
 
@@ -30,16 +30,6 @@ def _duration(_ctx, _param, value):
     if duration <= timedelta(0):
         raise click.BadParameter(f"'{value}' is not a positive duration", param_hint="--every")
     return duration
-
-
-def format_duration(value: timedelta) -> str:
-    seconds = int(value.total_seconds())
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "".join(parts) or "0s"
 
 
 def _rows(report: BacktestReport) -> tuple[list[dict], list[str]]:
