@@ -13,7 +13,8 @@ from html import escape
 from pathlib import Path
 
 from .stats import CampaignStats, StepStats
-from .stats_output import duration, percent, skipped_text, uplift_line
+from .clock import format_duration
+from .stats_output import percent, skipped_text, uplift_line
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2933;margin:0;background:#f5f7fa}
@@ -56,7 +57,7 @@ def _campaign(stats: CampaignStats) -> str:
         uplift = f'<p class="uplift" data-uplift="{escape(stats.name)}">Uplift: {escape(uplift_line(total))}</p>'
     return (f'<section class="campaign" id="campaign-{escape(stats.name)}" data-campaign="{escape(stats.name)}">'
             f"<h2>{escape(stats.name)}</h2><p class=\"meta\">conversion window "
-            f"{duration(stats.conversion_window)}{holdout}</p>"
+            f"{format_duration(stats.conversion_window)}{holdout}</p>"
             f'<div class="charts">{_funnel(total)}{_daily(stats)}</div>{uplift}{_steps_table(stats)}</section>')
 
 
