@@ -11,15 +11,9 @@ from typing import IO
 import click
 
 from ..backtest import BacktestReport, backtest as run_backtest
-from ..clock import format_duration, format_instant, parse_duration, parse_instant
+from ..cli import _instant, handle_errors, quiet_option
+from ..clock import format_duration, format_instant, parse_duration
 from ..progress import progress_for
-
-
-def _instant(_ctx, param, value):
-    try:
-        return parse_instant(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=f"--{param.name}") from None
 
 
 def _duration(_ctx, _param, value):
@@ -102,22 +96,18 @@ def write_backtest(report: BacktestReport, fmt: str, out: IO[str]) -> None:
 @click.option("--every", default="1h", show_default=True, callback=_duration, metavar="DURATION",
               help="Time between simulated passes (e.g. 15m, 1h, 1d).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress display on stderr (it only shows on a terminal anyway).")
+@quiet_option
 @click.pass_obj
+@handle_errors
 def backtest(project_dir: Path, campaign: str, start, end, every: timedelta, fmt: str, quiet: bool):
     """Replay CAMPAIGN over the warehouse's history: what it would have sent per step and day, and who ordered anyway.
 
     Nothing is sent and the real ledger is untouched: the simulated ledger is a scratch database, deleted afterwards.
     """
-    from ..cli import handle_errors
     from ..demo import ensure_demo
     from ..project import load_project
 
-    @handle_errors
-    def execute():
-        project = load_project(project_dir)
-        ensure_demo(project.config, echo=lambda text: click.echo(text, err=True))
-        report = run_backtest(project, campaign, start, end, every, progress=progress_for("backtest", quiet))
-        write_backtest(report, fmt, sys.stdout)
-
-    execute()
+    project = load_project(project_dir)
+    ensure_demo(project.config, echo=lambda text: click.echo(text, err=True))
+    report = run_backtest(project, campaign, start, end, every, progress=progress_for("backtest", quiet))
+    write_backtest(report, fmt, sys.stdout)

@@ -1,33 +1,14 @@
 """``engine stats`` and ``engine report``: a thin layer over engine.stats and engine.report."""
 from __future__ import annotations
 
-import functools
 import sys
 from datetime import datetime
 from pathlib import Path
 
 import click
 
-from ..clock import SystemClock, format_instant, parse_instant
-
-
-def _handled(command):
-    """engine.cli's error handling, looked up when the command runs (cli.py imports this module)."""
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from ..cli import handle_errors
-
-        return handle_errors(command)(*args, **kwargs)
-    return wrapper
-
-
-def _instant(_ctx, _param, value):
-    if value is None:
-        return None
-    try:
-        return parse_instant(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+from ..cli import _instant, handle_errors
+from ..clock import SystemClock, format_instant
 
 
 since_option = click.option("--since", callback=_instant, metavar="INSTANT",
@@ -70,7 +51,7 @@ def collect(project_dir: Path, campaign: str | None, since: datetime | None, unt
 @until_option
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
 @click.pass_obj
-@_handled
+@handle_errors
 def stats(project_dir: Path, campaign: str | None, since, until, fmt: str):
     """Per campaign and step: entered, sent, skipped, failed, unsubscribed, converted, revenue, holdout uplift."""
     from ..stats_output import write_stats
@@ -86,7 +67,7 @@ def stats(project_dir: Path, campaign: str | None, since, until, fmt: str):
 @until_option
 @click.option("--as-of", "as_of", callback=_instant, metavar="INSTANT", help="The 'generated' time shown (default: now).")
 @click.pass_obj
-@_handled
+@handle_errors
 def report(project_dir: Path, out_dir: Path, campaign: str | None, since, until, as_of):
     """Write a self-contained HTML report (funnels, holdout uplift, sends and conversions per day)."""
     from ..report import write_report
