@@ -26,6 +26,7 @@ HISTORY_CAMPAIGNS = 20  # history rows spread over this many (retired) campaign 
 
 
 def _timed(fn, repeat: int) -> tuple[float, object]:
+    """Median seconds of ``repeat`` calls of ``fn`` and the last call's result."""
     times, result = [], None
     for _ in range(repeat):
         started = time.perf_counter()

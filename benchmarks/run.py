@@ -55,6 +55,7 @@ if str(REPO) not in sys.path:  # runnable from a checkout without `pip install -
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # dispatch.py, smtp_sink.py next to this file
 
 import dispatch  # noqa: E402
+from dispatch import _timed  # noqa: E402 - one median timer for both scripts
 from smtp_sink import SinkProcess  # noqa: E402
 
 FLOOR_SQL = "SELECT customer_id, count(*), min(created_at), max(created_at) FROM orders GROUP BY 1"
@@ -444,16 +445,6 @@ def _naive_anchor(anchor: str) -> datetime:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _timed(fn, repeat: int) -> tuple[float, object]:
-    """Median seconds of ``repeat`` calls of ``fn`` and the last call's result."""
-    times, result = [], None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
 
 
 def _consume_sql(warehouse, sql: str) -> int:
