@@ -226,19 +226,22 @@ def test_frequency_caps_let_the_higher_priority_campaign_win(project):
             r.close()
 
 
+def map_email_consent(project, consented: str) -> None:
+    """Map an email_consent column in engine.yaml and add it to the loaded shop, true where ``consented`` holds."""
+    text = (project / "engine.yaml").read_text().replace(
+        "      unsubscribed_at: unsubscribed_at", "      unsubscribed_at: unsubscribed_at\n      email_consent: email_consent")
+    (project / "engine.yaml").write_text(text)
+    db = Database(project.url)
+    db.execute("ALTER TABLE customers ADD COLUMN email_consent BOOLEAN")
+    db.execute(f"UPDATE customers SET email_consent = ({consented})")
+    db.dispose()
+
+
 def test_no_message_without_consent_or_after_an_unsubscribe(project):
     with SmtpSink() as smtp:
         configure(project, smtp.port)
-        text = (project / "engine.yaml").read_text().replace("      unsubscribed_at: unsubscribed_at", "      unsubscribed_at: unsubscribed_at\n      email_consent: email_consent")
-        (project / "engine.yaml").write_text(text)
-        rows = customers(3)
-        for row in rows:
-            row["email_consent"] = row["customer_id"] != 2
-        project.load({"notify": campaign()}, customers=rows, orders=orders(3))
-        db = Database(project.url)
-        db.execute("ALTER TABLE customers ADD COLUMN email_consent BOOLEAN")
-        db.execute("UPDATE customers SET email_consent = (customer_id <> 2)")
-        db.dispose()
+        project.load({"notify": campaign()}, customers=customers(3), orders=orders(3))
+        map_email_consent(project, "customer_id <> 2")
         r = Reconciler(load_project(project))
         try:
             secret = "demo-secret-change-me"
@@ -276,17 +279,11 @@ def test_one_channel_per_customer_chosen_by_consent_and_contact_data(project):
     (no consent, unsubscribed, suppressed, no address) hands over to the next one."""
     with SmtpSink() as smtp, SmsProvider() as sms:
         configure(project, smtp.port, sms.url)
-        text = (project / "engine.yaml").read_text().replace(
-            "      unsubscribed_at: unsubscribed_at", "      unsubscribed_at: unsubscribed_at\n      email_consent: email_consent")
-        (project / "engine.yaml").write_text(text)
         rows = customers(7)
         rows[5]["phone"] = None  # 6: no consent for email and no phone
         rows[6]["email"] = rows[6]["phone"] = None  # 7: nothing to reach
         project.load({"greet": EMAIL_OR_SMS}, customers=rows, orders=orders(7))
-        db = Database(project.url)
-        db.execute("ALTER TABLE customers ADD COLUMN email_consent BOOLEAN")
-        db.execute("UPDATE customers SET email_consent = (customer_id NOT IN (2, 6))")
-        db.dispose()
+        map_email_consent(project, "customer_id NOT IN (2, 6)")
         r = Reconciler(load_project(project))
         try:
             r.ledger.unsubscribe("3", "email", "link", at())
