@@ -181,15 +181,6 @@ class Reconciler:
         self.ledger.ensure_schema()
         self.key_kinds: dict[tuple[str, str], str] = {}  # (entity, id column) -> "int" | "str" | "cast"
 
-    @property
-    def variant_channels(self) -> dict[str, str]:
-        """"campaign:step:variant" -> channel, for the channel choice; follows a reloaded project."""
-        if getattr(self, "_variant_channels_of", None) is not self.project:
-            self._variant_channels = {f"{c.name}:{s.id}:{v.id}": v.channel
-                                      for c in self.project.campaigns for s in c.steps for v in s.variants}
-            self._variant_channels_of = self.project
-        return self._variant_channels
-
     def close(self) -> None:
         self.warehouse.dispose()
         self.ledger.db.dispose()
@@ -222,6 +213,7 @@ class Reconciler:
             sql = render_sql(query, self.config.dialect)
             entered: dict[str, list[tuple[str, datetime]]] = {}  # re-entry: instances sent in this pass
             layout = None
+            channels = {f"{campaign.name}:{s.id}:{v.id}": v.channel for s in campaign.steps for v in s.variants}
             for rows in self.warehouse.stream(sql, self.batch_size):
                 self.progress.rows(len(rows))
                 layout = layout or _RowLayout(rows[0]._fields, campaign)
@@ -232,8 +224,8 @@ class Reconciler:
                 if not shares or not keys_in_sql(campaign):
                     known = self.ledger.existing_keys([m.key for m in batch])
                     batch = [m for m in batch if m.key not in known]
-                batch = choose_channels(self.config, self.ledger, batch, self.variant_channels)
-                batch = self._after_channel_choice(batch, now)
+                batch = choose_channels(self.config, self.ledger, batch, channels)
+                batch = self._after_channel_choice(campaign, batch, now)
                 if campaign.reentry.mode != "per_trigger":
                     batch = self._apply_reentry(campaign, batch, entered)
                 batch = apply_policies(self.config, self.ledger, batch, now, state, recency)
@@ -287,14 +279,13 @@ class Reconciler:
             message.candidates = tuple(v.id for v in candidates)
         return message
 
-    def _after_channel_choice(self, batch: list[DueMessage], now: datetime) -> list[DueMessage]:
+    def _after_channel_choice(self, campaign: Campaign, batch: list[DueMessage], now: datetime) -> list[DueMessage]:
         """Holdout and quiet hours, which depend on the campaign and on the channel finally chosen."""
         decided = []
         for m in batch:
             if m.action == "send":
-                campaign = self.project.campaign(m.campaign)
                 step = campaign.step(m.step)
-                zone = customer_zone(m.customer.get("timezone"), self.config.default_timezone)
+                zone = _zone(m.customer.get("timezone"), self.config.default_timezone)
                 if in_holdout(campaign.name, m.customer_id, campaign.holdout):
                     m = replace(m, action="skip", reason="holdout")
                 elif in_quiet_hours(now, step.quiet_hours or self.config.quiet_hours.get(m.channel), zone):
