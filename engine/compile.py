@@ -34,6 +34,11 @@ ENTRIES_TABLE = "engine_entries"
 TAGS_TABLE = "engine_tags"
 CUSTOMER_PREFIX = "cust__"
 VARIANT_PREFIX = "variant_match_"
+#: Per-customer fact tables a reconciler pass materialises once and every campaign query of
+#: the pass joins (entity they are derived from -> temporary table name).
+SHARED_FACTS = {"orders": "engine_order_facts", "events": "engine_event_facts"}
+#: Dialects whose sessions have CREATE TEMPORARY TABLE ... AS; elsewhere each query computes its facts itself.
+TEMP_TABLE_DIALECTS = frozenset({"duckdb", "sqlite", "postgres", "snowflake"})
 
 #: The columns every due row starts with, in this order.
 DUE_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "stopped_by")
@@ -153,15 +158,71 @@ def source_select(source: EntitySource, dialect: str) -> exp.Select:
     return exp.select(*projections).from_(origin)
 
 
+def _later(value: exp.Expression, than: exp.Expression) -> exp.Expression:
+    """``value > than``, false (never NULL) when either side is NULL, so that NOT of it is true."""
+    # parenthesised: a filter may negate it (NOT ordered_since_trigger)
+    return exp.paren(exp.and_(value.is_(exp.null()).not_(), than.copy().is_(exp.null()).not_(), value.copy() > than.copy()))
+
+
+def facts_select(builder: "_QueryBuilder", entity: str) -> exp.Select:
+    """One row per customer with what ``entity`` says about them up to ``now``.
+
+    orders: order_count, first_order_at, last_order_at, total_spent;
+    events: last_event_at (any type), last_login_at. A plain GROUP BY each, the cost of the benchmark's floor.
+    """
+    now = builder.ts(builder.now)
+    if entity == "orders":
+        orders = builder.source("orders")
+        return (
+            exp.select(
+                col("o", "customer_id"),
+                exp.alias_(exp.Count(this=exp.Star()), "order_count"),
+                exp.alias_(exp.Min(this=col("o", "created_at")), "first_order_at"),
+                exp.alias_(exp.Max(this=col("o", "created_at")), "last_order_at"),
+                exp.alias_(exp.Sum(this=col("o", "total")), "total_spent"),
+            )
+            .from_(exp.to_table(orders).as_("o"))
+            .where(col("o", "created_at") <= now)
+            .group_by(col("o", "customer_id"))
+        )
+    events = builder.source("events")
+    login_at = exp.Case(ifs=[exp.If(this=col("e", "type").eq(lit("login")), true=col("e", "occurred_at"))])
+    return (
+        exp.select(col("e", "customer_id"), exp.alias_(exp.Max(this=col("e", "occurred_at")), "last_event_at"),
+                   exp.alias_(exp.Max(this=login_at), "last_login_at"))
+        .from_(exp.to_table(events).as_("e"))
+        .where(col("e", "occurred_at") <= now)
+        .group_by(col("e", "customer_id"))
+    )
+
+
+def shared_facts_create(entity: str, config: ProjectConfig, now: datetime) -> exp.Create:
+    """CREATE TEMPORARY TABLE of one ``SHARED_FACTS`` relation, for a pass on one connection."""
+    builder = _QueryBuilder(config, now, config.dialect)
+    query = builder.with_ctes(facts_select(builder, entity))
+    return exp.Create(this=exp.to_table(SHARED_FACTS[entity]), kind="TABLE", expression=query,
+                      properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
+
+
+def shared_facts_used(query: exp.Expression) -> list[str]:
+    """The entities whose ``SHARED_FACTS`` table ``query`` reads (to create before running it)."""
+    names = {table.name for table in query.find_all(exp.Table)}
+    return [entity for entity, table in SHARED_FACTS.items() if table in names]
+
+
 class _QueryBuilder:
     """Collects the CTEs one campaign query needs, each added once, and binds filters."""
 
-    def __init__(self, config: ProjectConfig, now: datetime, dialect: str):
+    def __init__(self, config: ProjectConfig, now: datetime, dialect: str, shared_facts: bool = False):
         self.config = config
         self.now = now
         self.dialect = dialect
         self.ctes: dict[str, exp.Expression] = {}
+        #: the query reads per-customer facts (joined as ``f`` for orders, ``fe`` for events)
         self.uses_facts = False
+        self.uses_event_facts = False
+        #: facts come from the pass's shared tables (``SHARED_FACTS``) instead of CTEs of this query
+        self.shared_facts = shared_facts
 
     def ts(self, value: datetime) -> exp.Expression:
         return ts(value, self.dialect)
@@ -173,21 +234,19 @@ class _QueryBuilder:
         return name
 
     def customer_facts(self) -> str:
-        name = "customer_facts"
+        """Per-customer order facts as of ``now``: the shared pass table, or a CTE of this query."""
+        return self._facts("orders")
+
+    def event_facts(self) -> str:
+        """Per-customer time of the newest event as of ``now`` (for came_back)."""
+        return self._facts("events")
+
+    def _facts(self, entity: str) -> str:
+        if self.shared_facts:
+            return SHARED_FACTS[entity]
+        name = f"{entity[:-1]}_facts"
         if name not in self.ctes:
-            orders = self.source("orders")
-            self.ctes[name] = (
-                exp.select(
-                    col("o", "customer_id"),
-                    exp.alias_(exp.Count(this=exp.Star()), "order_count"),
-                    exp.alias_(exp.Min(this=col("o", "created_at")), "first_order_at"),
-                    exp.alias_(exp.Max(this=col("o", "created_at")), "last_order_at"),
-                    exp.alias_(exp.Sum(this=col("o", "total")), "total_spent"),
-                )
-                .from_(exp.to_table(orders).as_("o"))
-                .where(col("o", "created_at") <= self.ts(self.now))
-                .group_by(col("o", "customer_id"))
-            )
+            self.ctes[name] = facts_select(self, entity)
         return name
 
     def with_ctes(self, body: exp.Query) -> exp.Query:
@@ -197,21 +256,25 @@ class _QueryBuilder:
 
     # --- what happened after the trigger (stop conditions, since-trigger facts) ---
 
-    def ordered_after_trigger(self) -> exp.Exists:
-        orders = self.source("orders")
-        return exists(one_from(orders, "o2").where(
-            col("o2", "customer_id").eq(col("t", "customer_id")),
-            col("o2", "created_at") > col("t", "trigger_at"),
-            col("o2", "created_at") <= self.ts(self.now),
-        ))
+    def ordered_after_trigger(self) -> exp.Expression:
+        """An order after the trigger (and by ``now``) exists exactly when the newest order by
+        ``now`` is after the trigger: a column comparison on the shared facts, not a scan per row."""
+        self.uses_facts = True
+        return _later(col("f", "last_order_at"), col("t", "trigger_at"))
 
-    def active_after_trigger(self) -> exp.Exists:
-        events = self.source("events")
-        return exists(one_from(events, "e2").where(
-            col("e2", "customer_id").eq(col("t", "customer_id")),
-            col("e2", "occurred_at") > col("t", "trigger_at"),
-            col("e2", "occurred_at") <= self.ts(self.now),
-        ))
+    def active_after_trigger(self) -> exp.Expression:
+        self.uses_event_facts = True
+        return _later(col("fe", "last_event_at"), col("t", "trigger_at"))
+
+    def join_facts(self, query: exp.Select, customer: exp.Column) -> exp.Select:
+        """LEFT JOIN the fact relations this query's filters and stop conditions used."""
+        if self.uses_facts:
+            query = query.join(exp.to_table(self.customer_facts()).as_("f"),
+                               on=col("f", "customer_id").eq(customer.copy()), join_type="left")
+        if self.uses_event_facts:
+            query = query.join(exp.to_table(self.event_facts()).as_("fe"),
+                               on=col("fe", "customer_id").eq(customer.copy()), join_type="left")
+        return query
 
     def stop_condition(self, stop: str) -> exp.Expression:
         if stop == "ordered_again":
@@ -272,8 +335,14 @@ class _QueryBuilder:
 # --- trigger instances -----------------------------------------------------------
 
 
-def _trigger_cte(builder: _QueryBuilder, campaign: Campaign) -> exp.Query:
-    """trigger_instances(customer_id, trigger_key, trigger_at [, nth | anniversary])."""
+def _trigger_cte(builder: _QueryBuilder, campaign: Campaign, earliest: datetime | None = None) -> exp.Query:
+    """trigger_instances(customer_id, trigger_key, trigger_at [, nth | anniversary]).
+
+    ``earliest``: no step can use an instance triggered before it (the steps'
+    time windows), so the nth-order rank only needs the orders from then on
+    plus a count of each customer's earlier orders - a GROUP BY instead of a
+    window sorted over every order.
+    """
     trigger = campaign.trigger
     now = builder.ts(builder.now)
     if isinstance(trigger, OrderPlaced):
@@ -283,17 +352,31 @@ def _trigger_cte(builder: _QueryBuilder, campaign: Campaign) -> exp.Query:
             exp.alias_(text(col("o", "order_id")), "trigger_key"),
             exp.alias_(col("o", "created_at"), "trigger_at"),
         ]
+        conditions = [col("o", "created_at") <= now]
+        if trigger.statuses:
+            conditions.append(col("o", "status").isin(*[lit(s) for s in trigger.statuses]))
+        query = exp.select(*projections).from_(exp.to_table(orders).as_("o"))
         if trigger.nth is not None:
-            rank = exp.Window(
+            rank: exp.Expression = exp.Window(
                 this=exp.RowNumber(),
                 partition_by=[col("o", "customer_id")],
                 order=exp.Order(expressions=[exp.Ordered(this=col("o", "created_at")), exp.Ordered(this=col("o", "order_id"))]),
             )
-            projections.append(exp.alias_(rank, "nth"))
-        conditions = [col("o", "created_at") <= now]
-        if trigger.statuses:
-            conditions.append(col("o", "status").isin(*[lit(s) for s in trigger.statuses]))
-        return exp.select(*projections).from_(exp.to_table(orders).as_("o")).where(*conditions)
+            if earliest is not None:
+                # every order before ``earliest`` precedes every order from then on
+                before = [col("b", "created_at") < builder.ts(earliest)]
+                if trigger.statuses:
+                    before.append(col("b", "status").isin(*[lit(s) for s in trigger.statuses]))
+                builder.ctes["orders_before_window"] = (
+                    exp.select(col("b", "customer_id"), exp.alias_(exp.Count(this=exp.Star()), "placed"))
+                    .from_(exp.to_table(orders).as_("b")).where(*before).group_by(col("b", "customer_id"))
+                )
+                query = query.join(exp.to_table("orders_before_window").as_("w"),
+                                   on=col("w", "customer_id").eq(col("o", "customer_id")), join_type="left")
+                rank = exp.Add(this=exp.func("COALESCE", col("w", "placed"), exp.Literal.number(0)), expression=rank)
+                conditions.append(col("o", "created_at") >= builder.ts(earliest))
+            query = query.select(exp.alias_(rank, "nth"))
+        return query.where(*conditions)
     if isinstance(trigger, CheckoutAbandoned):
         checkouts = builder.source("checkouts")
         completed = col("k", "completed_at")
@@ -373,9 +456,14 @@ def _trigger_cte(builder: _QueryBuilder, campaign: Campaign) -> exp.Query:
 
 
 def _last_activity(builder: _QueryBuilder, trigger: LastActivity) -> exp.Select:
-    """The newest activity per customer; its key ('order:12', 'login:98') names the instance."""
+    """The newest activity per customer; its key ('order:12', 'login:98') names the instance.
+
+    When that was comes from the per-customer facts (newest order, newest
+    login); only those customers' activities at that very instant are read
+    back for the key. Ties take the greatest key, as ORDER BY key DESC would.
+    """
     now = builder.ts(builder.now)
-    parts = []
+    parts, newest = [], []
     if "order" in trigger.activities:
         orders = builder.source("orders")
         parts.append(
@@ -383,32 +471,41 @@ def _last_activity(builder: _QueryBuilder, trigger: LastActivity) -> exp.Select:
                        exp.alias_(exp.DPipe(this=lit("order:"), expression=text(col("o", "order_id")), safe=True), "activity_key"),
                        exp.alias_(col("o", "created_at"), "activity_at"))
             .from_(exp.to_table(orders).as_("o")).where(col("o", "created_at") <= now))
+        newest.append(col("f", "last_order_at"))
     if "login" in trigger.activities:
         events = builder.source("events")
         parts.append(
             exp.select(col("e", "customer_id"),
                        exp.alias_(exp.DPipe(this=lit("login:"), expression=text(col("e", "event_id")), safe=True), "activity_key"),
                        exp.alias_(col("e", "occurred_at"), "activity_at"))
-            .from_(exp.to_table(events).as_("e")).where(col("e", "type").eq(lit("login")), col("e", "occurred_at") <= now))
+            .from_(exp.to_table(events).as_("e")).where(col("e", "type").eq(lit("login")), col("e", "occurred_at") <= now.copy()))
+        newest.append(col("fe", "last_login_at"))
     activities = parts[0]
     for part in parts[1:]:
         activities = exp.union(activities, part, distinct=False)
     builder.ctes["activities"] = activities
-    newest_first = exp.Window(
-        this=exp.RowNumber(),
-        partition_by=[col("a", "customer_id")],
-        order=exp.Order(expressions=[exp.Ordered(this=col("a", "activity_at"), desc=True),
-                                     exp.Ordered(this=col("a", "activity_key"), desc=True)]),
-    )
-    builder.ctes["ranked_activities"] = (
-        exp.select(col("a", "customer_id"), col("a", "activity_key"), col("a", "activity_at"), exp.alias_(newest_first, "recency"))
-        .from_(exp.to_table("activities").as_("a"))
-    )
+    if len(newest) == 1:
+        activity_at = newest[0]
+    else:  # the later of the two; either may be NULL
+        order_at, login_at = newest
+        activity_at = exp.Case(ifs=[exp.If(this=exp.or_(login_at.is_(exp.null()), order_at >= login_at.copy()), true=order_at.copy())],
+                               default=login_at.copy())
+    customers = builder.source("customers")
+    base = exp.select(col("c", "customer_id"), exp.alias_(activity_at, "activity_at")).from_(exp.to_table(customers).as_("c"))
+    if "order" in trigger.activities:
+        base = base.join(exp.to_table(builder.customer_facts()).as_("f"), on=col("f", "customer_id").eq(col("c", "customer_id")),
+                         join_type="left")
+    if "login" in trigger.activities:
+        base = base.join(exp.to_table(builder.event_facts()).as_("fe"), on=col("fe", "customer_id").eq(col("c", "customer_id")),
+                         join_type="left")
+    builder.ctes["last_activity"] = base.where(activity_at.copy().is_(exp.null()).not_())
     return (
-        exp.select(col("r", "customer_id"), exp.alias_(col("r", "activity_key"), "trigger_key"),
-                   exp.alias_(col("r", "activity_at"), "trigger_at"))
-        .from_(exp.to_table("ranked_activities").as_("r"))
-        .where(col("r", "recency").eq(1))
+        exp.select(col("l", "customer_id"), exp.alias_(exp.Max(this=col("a", "activity_key")), "trigger_key"),
+                   exp.alias_(col("l", "activity_at"), "trigger_at"))
+        .from_(exp.to_table("last_activity").as_("l"))
+        .join(exp.to_table("activities").as_("a"), on=exp.and_(col("a", "customer_id").eq(col("l", "customer_id")),
+                                                               col("a", "activity_at").eq(col("l", "activity_at"))))
+        .group_by(col("l", "customer_id"), col("l", "activity_at"))
     )
 
 
@@ -421,27 +518,13 @@ def _entry_exists(campaign: Campaign) -> exp.Select:
 
 
 def _at_risk_members(builder: _QueryBuilder, trigger: AtRisk) -> None:
-    """CTEs ending in ``at_risk_members(customer_id, trigger_key)``; the key is the last order."""
-    orders = builder.source("orders")
+    """CTEs ending in ``at_risk_members(customer_id, trigger_key)``; the key is the last order.
+
+    Ranks the customers' last orders from the per-customer facts (no window over
+    all orders); only the members' last order ids are looked up in the orders.
+    """
     now = builder.now
-    latest_first = exp.Window(
-        this=exp.RowNumber(),
-        partition_by=[col("o", "customer_id")],
-        order=exp.Order(expressions=[
-            exp.Ordered(this=col("o", "created_at"), desc=True),
-            exp.Ordered(this=col("o", "order_id"), desc=True),
-        ]),
-    )
-    builder.ctes["last_orders"] = (
-        exp.select(
-            col("o", "customer_id"),
-            exp.alias_(text(col("o", "order_id")), "last_order_key"),
-            exp.alias_(col("o", "created_at"), "last_order_at"),
-            exp.alias_(latest_first, "recency_rank"),
-        )
-        .from_(exp.to_table(orders).as_("o"))
-        .where(col("o", "created_at") <= builder.ts(now))
-    )
+    facts = builder.customer_facts()
     position = exp.Window(
         this=exp.RowNumber(),
         order=exp.Order(expressions=[exp.Ordered(this=col("l", "last_order_at")), exp.Ordered(this=col("l", "customer_id"))]),
@@ -449,18 +532,23 @@ def _at_risk_members(builder: _QueryBuilder, trigger: AtRisk) -> None:
     builder.ctes["active_ranked"] = (
         exp.select(
             col("l", "customer_id"),
-            col("l", "last_order_key"),
+            col("l", "last_order_at"),
             exp.alias_(position, "position"),
             exp.alias_(exp.Window(this=exp.Count(this=exp.Star())), "population"),
         )
-        .from_(exp.to_table("last_orders").as_("l"))
-        .where(col("l", "recency_rank").eq(1), col("l", "last_order_at") > builder.ts(now - trigger.window))
+        .from_(exp.to_table(facts).as_("l"))
+        .where(col("l", "last_order_at") > builder.ts(now - trigger.window))
     )
+    orders = builder.source("orders")
+    # ties on the last order's time: the highest order id, as ORDER BY created_at DESC, order_id DESC would pick
     builder.ctes["at_risk_members"] = (
-        exp.select(col("r", "customer_id"), exp.alias_(col("r", "last_order_key"), "trigger_key"))
+        exp.select(col("r", "customer_id"), exp.alias_(text(exp.Max(this=col("o", "order_id"))), "trigger_key"))
         .from_(exp.to_table("active_ranked").as_("r"))
+        .join(exp.to_table(orders).as_("o"), on=exp.and_(col("o", "customer_id").eq(col("r", "customer_id")),
+                                                         col("o", "created_at").eq(col("r", "last_order_at"))))
         .where(exp.Mul(this=col("r", "position"), expression=exp.Literal.number(100))
                <= exp.Mul(this=col("r", "population"), expression=exp.Literal.number(trigger.percent)))
+        .group_by(col("r", "customer_id"))
     )
 
 
@@ -483,7 +571,7 @@ def variant_columns(campaign: Campaign) -> int:
 
 
 def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
-              dialect: str | None = None, customer_id: str | None = None) -> exp.Query:
+              dialect: str | None = None, customer_id: str | None = None, shared_facts: bool = False) -> exp.Query:
     """All due (and recently stale or stopped) rows of every step of ``campaign`` at ``now``.
 
     Columns: DUE_COLUMNS, ``anniversary`` for yearly triggers,
@@ -493,10 +581,14 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     warehouse's database). ``dialect`` defaults to the warehouse's; the AST is
     built for it (SQLite needs its own timestamp form). ``customer_id`` keeps
     only that customer's rows (``engine explain``): the same rules, one customer.
+    ``shared_facts`` reads per-customer facts from the pass's temporary tables
+    (``SHARED_FACTS``, see ``shared_facts_create``) instead of computing them here.
     """
-    builder = _QueryBuilder(config, now, dialect or config.dialect)
+    builder = _QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts)
     customers = builder.source("customers")
-    builder.ctes["trigger_instances"] = _trigger_cte(builder, campaign)
+    windows = [step_window(step, now, config.stale_horizon) for step in campaign.steps]
+    earliest = None if any(w.earliest is None for w in windows) else min(w.earliest for w in windows)
+    builder.ctes["trigger_instances"] = _trigger_cte(builder, campaign, earliest)
     attributes = filter_attributes(config)
     yearly = isinstance(campaign.trigger, Anniversary)
     width = variant_columns(campaign)
@@ -551,10 +643,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             .from_(exp.to_table("trigger_instances").as_("t"))
             .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
         )
-        if builder.uses_facts:
-            facts = builder.customer_facts()
-            query = query.join(exp.to_table(facts).as_("f"), on=col("f", "customer_id").eq(col("t", "customer_id")), join_type="left")
-        selects.append(query.where(*conditions))
+        selects.append(builder.join_facts(query, col("t", "customer_id")).where(*conditions))
     body: exp.Query = selects[0]
     for other in selects[1:]:
         body = exp.union(body, other, distinct=False)
@@ -626,9 +715,7 @@ def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, cust
         .from_(exp.to_table("trigger_instances").as_("t"))
         .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
     )
-    if builder.uses_facts:
-        facts = builder.customer_facts()
-        query = query.join(exp.to_table(facts).as_("f"), on=col("f", "customer_id").eq(col("t", "customer_id")), join_type="left")
+    query = builder.join_facts(query, col("t", "customer_id"))
     conditions = [is_customer(col("t", "customer_id"), customer_id)]
     if isinstance(campaign.trigger, OrderPlaced) and campaign.trigger.nth is not None:
         conditions.append(col("t", "nth").eq(campaign.trigger.nth))
@@ -652,9 +739,7 @@ def segment_query(config: ProjectConfig, now: datetime, where: str, dialect: str
         exp.select(*[exp.alias_(col("c", a), exp.to_identifier(a)) for a in config.customer_attributes()])
         .from_(exp.to_table(customers).as_("c"))
     )
-    if builder.uses_facts:
-        facts = builder.customer_facts()
-        query = query.join(exp.to_table(facts).as_("f"), on=col("f", "customer_id").eq(col("c", "customer_id")), join_type="left")
+    query = builder.join_facts(query, col("c", "customer_id"))
     return builder.with_ctes(query.where(condition).order_by(col("c", "customer_id")))
 
 

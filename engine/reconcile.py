@@ -23,8 +23,8 @@ from . import unsubscribe
 from .channels import ChannelSession, Delivered, OutgoingMessage, open_channel
 from .clock import UTC, format_instant, to_utc
 from .compile import (
-    CUSTOMER_PREFIX, VARIANT_PREFIX, due_query, entries_insert, keys_in_sql, render_sql,
-    source_select, variant_columns,
+    CUSTOMER_PREFIX, SHARED_FACTS, TEMP_TABLE_DIALECTS, VARIANT_PREFIX, due_query, entries_insert, keys_in_sql,
+    render_sql, shared_facts_create, shared_facts_used, source_select, variant_columns,
 )
 from .config import database_url, resolve
 from .decide import (
@@ -39,7 +39,7 @@ from .progress import Progress
 from .ledger import Ledger, Record, message_key
 from .model import Anniversary, Campaign, Event, Project
 from .render import Renderer
-from .warehouse import Database
+from .warehouse import Database, Session
 
 BATCH_SIZE = 1000
 _CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")  # what CAST(integer AS VARCHAR) gives
@@ -207,30 +207,50 @@ class Reconciler:
         recency = {c.name: c.not_contacted_within for c in self.project.campaigns}
         self.ledger.snapshot_policies()
         ordered = sorted(selected, key=lambda c: -c.priority)
-        for position, campaign in enumerate(ordered, 1):
-            self.progress.stage("campaign", position, len(ordered), campaign.name)
-            query = due_query(campaign, self.config, now, exclude_ledger=shares, customer_id=customer_id)
-            sql = render_sql(query, self.config.dialect)
-            entered: dict[str, list[tuple[str, datetime]]] = {}  # re-entry: instances sent in this pass
-            layout = None
-            channels = {f"{campaign.name}:{s.id}:{v.id}": v.channel for s in campaign.steps for v in s.variants}
-            for rows in self.warehouse.stream(sql, self.batch_size):
-                self.progress.rows(len(rows))
-                layout = layout or _RowLayout(rows[0]._fields, campaign)
-                batch = [m for m in (self._decide(campaign, row, now, layout) for row in rows) if m is not None]
-                if self.shard is not None:
-                    index, count = self.shard
-                    batch = [m for m in batch if shard_of(m.customer_id, count) == index]
-                if not shares or not keys_in_sql(campaign):
-                    known = self.ledger.existing_keys([m.key for m in batch])
-                    batch = [m for m in batch if m.key not in known]
-                batch = choose_channels(self.config, self.ledger, batch, channels)
-                batch = self._after_channel_choice(campaign, batch, now)
-                if campaign.reentry.mode != "per_trigger":
-                    batch = self._apply_reentry(campaign, batch, entered)
-                batch = apply_policies(self.config, self.ledger, batch, now, state, recency)
-                if batch:
-                    yield batch
+        # Per-customer facts (order count, last order, last event...) are computed once per pass into
+        # temporary tables on one connection and shared by every campaign's query (issue 7).
+        shared = self.config.dialect in TEMP_TABLE_DIALECTS and customer_id is None
+        with self.warehouse.session() as session:
+            created: list[str] = []
+            try:
+                for position, campaign in enumerate(ordered, 1):
+                    self.progress.stage("campaign", position, len(ordered), campaign.name)
+                    query = due_query(campaign, self.config, now, exclude_ledger=shares, customer_id=customer_id,
+                                      shared_facts=shared)
+                    for entity in shared_facts_used(query):
+                        if entity not in created:
+                            session.execute(f"DROP TABLE IF EXISTS {SHARED_FACTS[entity]}")
+                            session.execute(render_sql(shared_facts_create(entity, self.config, now), self.config.dialect))
+                            created.append(entity)
+                    yield from self._due_batches(campaign, render_sql(query, self.config.dialect), session, now, state, recency)
+            finally:
+                for entity in created:
+                    session.execute(f"DROP TABLE IF EXISTS {SHARED_FACTS[entity]}")
+
+    def _due_batches(self, campaign: Campaign, sql: str, session: Session, now: datetime, state: PolicyState,
+                     recency: dict) -> Iterator[list[DueMessage]]:
+        """One campaign's due query, streamed, decided and filtered through the policies batch by batch."""
+        shares = self.ledger_shares_warehouse
+        entered: dict[str, list[tuple[str, datetime]]] = {}  # re-entry: instances sent in this pass
+        layout = None
+        channels = {f"{campaign.name}:{s.id}:{v.id}": v.channel for s in campaign.steps for v in s.variants}
+        for rows in session.stream(sql, self.batch_size):
+            self.progress.rows(len(rows))
+            layout = layout or _RowLayout(rows[0]._fields, campaign)
+            batch = [m for m in (self._decide(campaign, row, now, layout) for row in rows) if m is not None]
+            if self.shard is not None:
+                index, count = self.shard
+                batch = [m for m in batch if shard_of(m.customer_id, count) == index]
+            if not shares or not keys_in_sql(campaign):
+                known = self.ledger.existing_keys([m.key for m in batch])
+                batch = [m for m in batch if m.key not in known]
+            batch = choose_channels(self.config, self.ledger, batch, channels)
+            batch = self._after_channel_choice(campaign, batch, now)
+            if campaign.reentry.mode != "per_trigger":
+                batch = self._apply_reentry(campaign, batch, entered)
+            batch = apply_policies(self.config, self.ledger, batch, now, state, recency)
+            if batch:
+                yield batch
 
     def _decide(self, campaign: Campaign, row, now: datetime, layout: "_RowLayout | None" = None) -> DueMessage | None:
         """What to do with one candidate row, or None when it is not due (yet, or any more).

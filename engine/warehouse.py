@@ -8,6 +8,7 @@ masked) and what to check.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -74,6 +75,16 @@ class Database:
         except sa.exc.SQLAlchemyError as exc:
             raise self._error("query failed on", exc) from None
 
+    @contextlib.contextmanager
+    def session(self) -> Iterator["Session"]:
+        """One connection kept for several statements that share its state, such as the
+        temporary tables of a reconciler pass. Each statement commits when it is done."""
+        try:
+            with self.engine.connect() as conn:
+                yield Session(self, conn)
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._error("query failed on", exc) from None
+
     def fetch_all(self, sql: str) -> list[sa.Row]:
         try:
             with self.engine.connect() as conn:
@@ -98,6 +109,41 @@ class Database:
     def _error(self, what: str, exc: Exception) -> WarehouseError:
         detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         return WarehouseError(f"{what} {masked(self.url)}: {detail}")
+
+
+class Session:
+    """Statements on one pinned connection (``Database.session``)."""
+
+    def __init__(self, database: Database, conn: sa.Connection):
+        self.database = database
+        self.conn = conn
+
+    def execute(self, sql: str) -> None:
+        try:
+            self.conn.execute(sa.text(sql))
+            self.conn.commit()
+        except sa.exc.SQLAlchemyError as exc:
+            self.conn.rollback()
+            raise self.database._error("statement failed on", exc) from None
+
+    def stream(self, sql: str, batch_size: int = 1000) -> Iterator[list[sa.Row]]:
+        """As ``Database.stream``, on this connection; ends its read transaction when done, so the
+        next statement sees what other connections (the ledger) wrote in the meantime."""
+        try:
+            # options on the statement: Connection.execution_options would stick to the pinned connection
+            statement = sa.text(sql).execution_options(stream_results=True, yield_per=batch_size)
+            result = self.conn.execute(statement)
+            try:
+                while True:
+                    rows = result.fetchmany(batch_size)
+                    if not rows:
+                        break
+                    yield rows
+            finally:
+                result.close()
+                self.conn.commit()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self.database._error("query failed on", exc) from None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
