@@ -32,7 +32,7 @@ from .decide import (
     stable_bucket,
 )
 from .dispatch import Sent, deserialize, next_attempt, send_all, serialize
-from .errors import ChannelError, TemplateError
+from .errors import ChannelError, TemplateError, WarehouseError
 from .faults import checkpoint
 from .policies import CONTACT_FIELD, PolicyState, apply_policies, choose_channels
 from .progress import Progress
@@ -223,9 +223,12 @@ class Reconciler:
                             session.execute(render_sql(shared_facts_create(entity, self.config, now), self.config.dialect))
                             created.append(entity)
                     yield from self._due_batches(campaign, render_sql(query, self.config.dialect), session, now, state, recency)
-            finally:
+            finally:  # temporary tables outlive the pass in a pooled connection; the next CREATE drops them too
                 for entity in created:
-                    session.execute(f"DROP TABLE IF EXISTS {SHARED_FACTS[entity]}")
+                    try:
+                        session.execute(f"DROP TABLE IF EXISTS {SHARED_FACTS[entity]}")
+                    except WarehouseError:  # do not hide the error that ended the pass
+                        break
 
     def _due_batches(self, campaign: Campaign, sql: str, session: Session, now: datetime, state: PolicyState,
                      recency: dict) -> Iterator[list[DueMessage]]:

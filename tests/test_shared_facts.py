@@ -92,3 +92,20 @@ def test_shared_facts_sql_snapshot(dialect, snapshot):
     for sql in statements:
         assert sqlglot.parse_one(sql, read=dialect) is not None
     assert set(shared_facts_used(query)) == {"orders", "events"}
+
+
+def test_a_query_failing_mid_pass_is_reported_not_hidden_by_the_cleanup(reconciler):
+    """The fact tables are dropped when a pass ends, also on failure, without masking the failure."""
+    from dataclasses import replace
+
+    from engine.errors import WarehouseError
+
+    config = reconciler.config
+    broken = {**config.sources, "checkouts": replace(config.sources["checkouts"], table="checkouts_gone")}
+    reconciler.config = replace(config, sources=broken)
+    with pytest.raises(WarehouseError) as failure:
+        for _ in reconciler.due(INSTANTS["anchor"]):
+            pass
+    assert "query failed on" in str(failure.value) and "checkouts_gone" in str(failure.value)
+    reconciler.config = config
+    assert any(batch for batch in reconciler.due(INSTANTS["anchor"]))  # the next pass creates its tables again
