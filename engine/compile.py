@@ -15,6 +15,7 @@ it speaks one vocabulary. Pure: builds expressions, executes nothing.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -54,11 +55,11 @@ def ts(value: datetime, dialect: str) -> exp.Expression:
     if dialect == "sqlite":
         naive = to_utc(value).replace(tzinfo=None)
         return exp.Literal.string(naive.strftime("%Y-%m-%d %H:%M:%S.") + f"{naive.microsecond // 1000:03d}")
-    return exp.cast(exp.Literal.string(sql_timestamp_text(value)), exp.DataType.build("TIMESTAMP"))
+    return exp.cast(exp.Literal.string(sql_timestamp_text(value)), _type("TIMESTAMP"))
 
 
 def text(value: exp.Expression) -> exp.Expression:
-    return exp.cast(value, exp.DataType.build("VARCHAR"))
+    return exp.cast(value, _type("VARCHAR"))
 
 
 def col(table: str, name: str) -> exp.Column:
@@ -73,13 +74,13 @@ def day_text(value: exp.Expression, dialect: str) -> exp.Expression:
     """'YYYY-MM-DD' of an instant, the same text in every dialect."""
     if dialect == "sqlite":
         return exp.Substring(this=value, start=exp.Literal.number(1), length=exp.Literal.number(10))
-    return text(exp.cast(value, exp.DataType.build("DATE")))
+    return text(exp.cast(value, _type("DATE")))
 
 
 def month_day(value: exp.Expression, dialect: str) -> exp.Expression:
     """month * 100 + day of a date, as an integer (0229 = 229)."""
     if dialect == "sqlite":
-        return exp.cast(exp.Anonymous(this="STRFTIME", expressions=[lit("%m%d"), value]), exp.DataType.build("INT"))
+        return exp.cast(exp.Anonymous(this="STRFTIME", expressions=[lit("%m%d"), value]), _type("INT"))
     return exp.Add(this=exp.Mul(this=exp.Month(this=value), expression=exp.Literal.number(100)), expression=exp.Day(this=value))
 
 
@@ -136,8 +137,30 @@ def _is_leap(year: int) -> bool:
     return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
 
 
+@functools.lru_cache(maxsize=None)
+def _type(name: str) -> exp.DataType:
+    """A parsed type; exp.cast copies it, so one parse serves every query (parsing dominated compiling)."""
+    return exp.DataType.build(name)
+
+
+#: (id of the source, dialect) -> (the source, its parsed SELECT); compiled once, copied per query
+_SOURCE_SELECTS: dict[tuple[int, str], tuple[EntitySource, exp.Select]] = {}
+
+
 def source_select(source: EntitySource, dialect: str) -> exp.Select:
-    """SELECT <shop expression> AS <canonical column>, ... FROM <shop table or query>."""
+    """SELECT <shop expression> AS <canonical column>, ... FROM <shop table or query>.
+
+    The shop's expressions are parsed once per source and dialect (a pass
+    compiles every campaign, each reading the same sources); callers get a copy.
+    """
+    key = (id(source), dialect)
+    cached = _SOURCE_SELECTS.get(key)
+    if cached is None or cached[0] is not source:
+        cached = _SOURCE_SELECTS[key] = (source, _source_select(source, dialect))
+    return cached[1].copy()
+
+
+def _source_select(source: EntitySource, dialect: str) -> exp.Select:
     required, optional = ENTITY_COLUMNS[source.entity]
     projections = []
     names = list(required) + [c for c in optional if c not in required]
@@ -621,7 +644,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
         for index in range(width):
             variant = step.variants[index] if index < len(step.variants) else None
             if variant is None:  # typed: PostgreSQL resolves a UNION of untyped NULLs to text, then fails against 1/0
-                value: exp.Expression = exp.cast(exp.null(), exp.DataType.build("INT"))
+                value: exp.Expression = exp.cast(exp.null(), _type("INT"))
             elif variant.audience is None:
                 value = exp.Literal.number(1)
             else:
