@@ -92,6 +92,13 @@ def one_from(table: str, alias: str) -> exp.Select:
     return exp.select(exp.Literal.number(1)).from_(exp.to_table(table).as_(alias))
 
 
+#: How much later than trigger + delay a local send time can be: the next time the local clock
+#: shows it is at most a day plus a DST shift away (1 h; 2 h in Antarctica/Troll). A slack of
+#: exactly one day lost stale rows on fall-back days; 27 h keeps an hour of margin. Every row in
+#: the slack is fetched and decided in Python each pass, so wider costs every pass.
+SEND_AT_SLACK = timedelta(hours=27)
+
+
 @dataclass(frozen=True)
 class StepWindow:
     """Which trigger times may make a step due now: ``earliest <= trigger_at <= due_cutoff``.
@@ -109,9 +116,7 @@ def step_window(step: Step, now: datetime, stale_horizon: timedelta) -> StepWind
     due_cutoff = now - step.delay
     if step.freshness is None:
         return StepWindow(due_cutoff, None)
-    # a local send time is at most a day plus a DST shift (1 h; 2 h in Antarctica/Troll) after
-    # trigger + delay; a slack of exactly one day lost stale rows on fall-back days
-    slack = timedelta(days=2) if step.send_at is not None else timedelta(0)
+    slack = SEND_AT_SLACK if step.send_at is not None else timedelta(0)
     return StepWindow(due_cutoff, due_cutoff - step.freshness - stale_horizon - slack)
 
 
