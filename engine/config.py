@@ -136,6 +136,7 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         root=root,
         warehouse_url=warehouse_url,
         ledger_url=_ledger_url(ledger.get("url"), warehouse_url),
+        duckdb_settings=dict(data["warehouse"].get("duckdb") or {}),
         sources=sources,
         channels=channels,
         stale_horizon=stale_horizon,

@@ -87,7 +87,7 @@ def warehouse_issues(config: ProjectConfig) -> list[Issue]:
     URL) when the database cannot be reached at all.
     """
     doc = load_yaml_file(config.root / CONFIG_FILE, config.file)
-    db = Database(database_url(config, "warehouse"), must_exist=True)
+    db = Database(database_url(config, "warehouse"), must_exist=True, duckdb_settings=config.duckdb_settings)
     try:
         db.check()
         checker = _Checker(config, doc, db)

@@ -125,6 +125,8 @@ class ProjectConfig:
     unsubscribe_url: str = "https://shop.example/unsubscribe"
     #: named customer segments for ``engine export``: name -> filter expression
     segments: Mapping[str, str] = field(default_factory=dict)
+    #: DuckDB settings (memory_limit, threads) for the warehouse connection; empty keeps DuckDB's defaults
+    duckdb_settings: Mapping[str, str | int] = field(default_factory=dict)
 
     @property
     def ledger_shares_warehouse(self) -> bool:

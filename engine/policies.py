@@ -113,7 +113,9 @@ def apply_policies(config: ProjectConfig, ledger: Ledger, batch: list, now: date
                 reason = "frequency_cap"
             if reason is not None:
                 m = replace(m, action="skip", reason=reason)
-            else:
+            elif caps or recency:
+                # Only caps and recency windows read the pass's sends; without them, remembering
+                # every customer sent to would grow by ~160 bytes per message (160 MB per million).
                 state.sends.setdefault(m.customer_id, []).append((now, m.channel, m.campaign))
         decided.append(m)
     return decided

@@ -170,7 +170,8 @@ class Reconciler:
         self.config = project.config
         self.batch_size = batch_size
         self.progress = progress or Progress()
-        self.warehouse = Database(database_url(self.config, "warehouse"), must_exist=True)
+        self.warehouse = Database(database_url(self.config, "warehouse"), must_exist=True,
+                                  duckdb_settings=self.config.duckdb_settings)
         self.ledger_shares_warehouse = ledger is None and self.config.ledger_shares_warehouse
         if ledger is not None:
             self.ledger = ledger

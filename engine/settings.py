@@ -136,6 +136,7 @@ def effective_config(root: Path, settings: Mapping[str, tuple[str | None, str]] 
     shown.append(show_value("warehouse.url", data["warehouse"]["url"], env))
     shown.append(Shown("warehouse.dialect", config.dialect,
                        CONFIG_FILE if "dialect" in data["warehouse"] else "from the URL"))
+    shown += _walk("warehouse.duckdb", data["warehouse"].get("duckdb") or {}, env)
     ledger = dict(data.get("ledger") or {})
     if env.get(LEDGER_URL_ENV, "") != "":
         ledger_url = show_value("ledger.url", f"${{{LEDGER_URL_ENV}}}", env)

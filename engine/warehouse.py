@@ -9,8 +9,9 @@ masked) and what to check.
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -36,7 +37,9 @@ def file_of(url: str) -> Path | None:
 class Database:
     """One SQLAlchemy engine plus the few operations the engine needs."""
 
-    def __init__(self, url: str, *, must_exist: bool = False):
+    def __init__(self, url: str, *, must_exist: bool = False, duckdb_settings: Mapping[str, str | int] | None = None):
+        """``duckdb_settings`` (engine.yaml ``warehouse.duckdb``: memory_limit, threads) are SET on every
+        connection to a DuckDB database and ignored for others."""
         self.url = url
         path = file_of(url)
         if must_exist and path is not None and not path.exists():
@@ -50,6 +53,8 @@ class Database:
         self.backend = self.engine.dialect.name
         if self.backend == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        if self.backend == "duckdb" and duckdb_settings:
+            sa.event.listen(self.engine, "connect", _duckdb_settings(duckdb_settings))
 
     def __repr__(self) -> str:
         return f"Database({masked(self.url)})"
@@ -108,6 +113,8 @@ class Database:
 
     def _error(self, what: str, exc: Exception) -> WarehouseError:
         detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        if self.backend == "duckdb" and "Out of Memory" in detail:
+            detail += "; raise or remove warehouse.duckdb.memory_limit in engine.yaml, or free memory on the host"
         return WarehouseError(f"{what} {masked(self.url)}: {detail}")
 
 
@@ -144,6 +151,37 @@ class Session:
                 self.conn.commit()
         except sa.exc.SQLAlchemyError as exc:
             raise self.database._error("query failed on", exc) from None
+
+
+#: A size DuckDB's memory_limit takes (the pattern of schema/project.schema.json).
+_MEMORY_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*([KkMmGgTt]i?[Bb]|[KkMmGgTt]|[Bb]|bytes)\s*$")
+
+
+def _duckdb_settings(settings: Mapping[str, str | int]) -> Callable[[Any, Any], None]:
+    """A connect hook that SETs engine.yaml's DuckDB limits.
+
+    SET, not ``connect(config=...)``: DuckDB shares one database instance
+    between the connections to a file (the warehouse and a ledger in the
+    same file) and refuses a second connection with a different config.
+    The values were checked against schema/project.schema.json; they are
+    passed as literals, as ``SET`` takes no parameters.
+    """
+    statements = []
+    for name, value in settings.items():
+        if name == "threads" and isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            statements.append(f"SET threads = {value}")
+        elif name == "memory_limit" and isinstance(value, str) and _MEMORY_SIZE.match(value):
+            statements.append(f"SET memory_limit = '{value.strip()}'")
+        else:
+            raise WarehouseError(f"warehouse.duckdb.{name}: {value!r} is not a DuckDB setting the engine takes; "
+                                 "use memory_limit (e.g. '512MB') or threads (a whole number from 1)")
+
+    def apply(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        for statement in statements:
+            cursor.execute(statement)
+        cursor.close()
+    return apply
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
