@@ -27,6 +27,7 @@ later stage the message is a transient failure, retried by the ledger.
 """
 from __future__ import annotations
 
+import functools
 import re
 import smtplib
 import ssl
@@ -266,10 +267,26 @@ def _detail(code: int, reply: bytes | str) -> str:
 def _envelope(message: OutgoingMessage) -> bytes | None:
     """MAIL, RCPT and DATA as one write; None when an address holds a line break (the plain
     path refuses it exactly as before)."""
-    commands = f"MAIL FROM:{smtplib.quoteaddr(message.sender)}\r\nRCPT TO:{smtplib.quoteaddr(message.to)}\r\nDATA\r\n"
+    commands = f"MAIL FROM:{_quoted(message.sender)}\r\nRCPT TO:{_quoted(message.to)}\r\nDATA\r\n"
     if commands.count("\r") != 3 or commands.count("\n") != 3:
         return None
     return commands.encode("ascii")
+
+
+_BARE_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+
+
+@functools.lru_cache(maxsize=256)
+def _quoted_sender(address: str) -> str:
+    return smtplib.quoteaddr(address)
+
+
+def _quoted(address: str) -> str:
+    """``<address>`` as smtplib's ``quoteaddr`` writes it for MAIL and RCPT; a bare address (the usual
+    recipient) without parsing, a sender (few per pass, often "Name <address>") parsed once."""
+    if _BARE_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return _quoted_sender(address)
 
 
 def _first_failure(replies: list[tuple[int, bytes]]) -> tuple[int, bytes] | None:
