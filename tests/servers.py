@@ -27,6 +27,8 @@ class SmtpSink:
 
     def __init__(self):
         self.messages: list[email.message.Message] = []
+        #: the same messages as the bytes that arrived (dot-stuffing undone)
+        self.contents: list[bytes] = []
         self.refuse: dict[str, str] = {}
         #: address -> replies to give to its next RCPTs, in order ("250 OK" accepts)
         self.script: dict[str, list[str]] = {}
@@ -94,6 +96,7 @@ class SmtpSink:
             return refused[0]
         with self.lock:
             self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+            self.contents.append(envelope.original_content)
             self.peers.append(session.peer)
         return "250 Message accepted"
 
