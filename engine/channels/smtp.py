@@ -222,7 +222,9 @@ class SmtpChannel:
             else:
                 _reset_quietly(smtp)
             return Failed(detail=_detail(*failed), permanent=failed[0] >= 500)
-        content = re.sub(rb"(?m)^\.", b"..", data)  # dot-stuffing, as smtplib's data() does
+        content = data
+        if content.startswith(b".") or b"\n." in content:
+            content = re.sub(rb"(?m)^\.", b"..", content)  # dot-stuffing, as smtplib's data() does
         if not content.endswith(b"\r\n"):
             content += b"\r\n"
         try:
