@@ -112,12 +112,14 @@ def measure_dispatch(sink, messages: list, settings: dict, connections: int, rep
         plural = "s" * (width > 1)
         limits = {}
         for pipelined in (False, True):
-            limits[pipelined] = statistics.median(ceiling(sink.port, sample, count, width, pipelined=pipelined)
+            cpu = []
+            limits[pipelined] = statistics.median(_with_cpu(cpu, ceiling, sink.port, sample, count, width, pipelined=pipelined)
                                                   for _ in range(repeat))
             client = "pipelined client" if pipelined else "bare smtplib"
             rows.append({"what": f"sink ceiling: {client}, {width} connection{plural}", "rows": count,
                          "seconds": count / limits[pipelined],
-                         "note": f"{limits[pipelined]:,.0f} msg/s, {len(sample):,}-byte message", "sample": sample})
+                         "note": f"{limits[pipelined]:,.0f} msg/s, {len(sample):,}-byte message; "
+                                 f"client CPU {statistics.median(cpu) / count * 1e6:.0f} us/msg", "sample": sample})
         for pipelining in (False, True):
             def dispatch():
                 session = SmtpChannel(engine.model.ChannelConfig(
@@ -129,8 +131,8 @@ def measure_dispatch(sink, messages: list, settings: dict, connections: int, rep
                 finally:
                     session.close()
 
-            before = sink.received()
-            seconds, results = _timed(dispatch, repeat)
+            before, cpu = sink.received(), []
+            seconds, results = _timed(lambda: _with_cpu(cpu, dispatch), repeat)
             delivered = sum(1 for r in results if r.outcome.status == "sent")
             limit = limits[pipelining]
             rows.append({"what": f"dispatch only: send_all, {width} connection{plural}, "
@@ -138,8 +140,18 @@ def measure_dispatch(sink, messages: list, settings: dict, connections: int, rep
                          "rows": delivered, "seconds": seconds,
                          "note": f"{delivered / seconds:,.0f} emails/s = {delivered / seconds / limit:.2f} x "
                                  f"{'pipelined' if pipelining else 'bare smtplib'} ceiling; "
+                                 f"engine CPU {statistics.median(cpu) / delivered * 1e6:.0f} us/msg; "
                                  f"sink got {sink.received() - before:,}" + (f" in {repeat} runs" if repeat > 1 else "")})
     return rows
+
+
+def _with_cpu(cpu: list, fn, *args, **kwargs):
+    """``fn``'s result; appends the CPU seconds this process (all its threads) spent in it to ``cpu``."""
+    started = time.process_time()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        cpu.append(time.process_time() - started)
 
 
 def aiosmtpd_ceiling(count: int, sample: bytes, connections: int) -> dict:
