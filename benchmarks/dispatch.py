@@ -113,13 +113,13 @@ def measure_dispatch(sink, messages: list, settings: dict, connections: int, rep
         limits = {}
         for pipelined in (False, True):
             cpu = []
-            limits[pipelined] = statistics.median(_with_cpu(cpu, ceiling, sink.port, sample, count, width, pipelined=pipelined)
-                                                  for _ in range(repeat))
+            limits[pipelined] = statistics.median(
+                _with_cpu(cpu, sink, ceiling, sink.port, sample, count, width, pipelined=pipelined) for _ in range(repeat))
             client = "pipelined client" if pipelined else "bare smtplib"
             rows.append({"what": f"sink ceiling: {client}, {width} connection{plural}", "rows": count,
                          "seconds": count / limits[pipelined],
                          "note": f"{limits[pipelined]:,.0f} msg/s, {len(sample):,}-byte message; "
-                                 f"client CPU {statistics.median(cpu) / count * 1e6:.0f} us/msg", "sample": sample})
+                                 + _cpu_note(cpu, count, "client"), "sample": sample})
         for pipelining in (False, True):
             def dispatch():
                 session = SmtpChannel(engine.model.ChannelConfig(
@@ -132,7 +132,7 @@ def measure_dispatch(sink, messages: list, settings: dict, connections: int, rep
                     session.close()
 
             before, cpu = sink.received(), []
-            seconds, results = _timed(lambda: _with_cpu(cpu, dispatch), repeat)
+            seconds, results = _timed(lambda: _with_cpu(cpu, sink, dispatch), repeat)
             delivered = sum(1 for r in results if r.outcome.status == "sent")
             limit = limits[pipelining]
             rows.append({"what": f"dispatch only: send_all, {width} connection{plural}, "
@@ -140,18 +140,28 @@ def measure_dispatch(sink, messages: list, settings: dict, connections: int, rep
                          "rows": delivered, "seconds": seconds,
                          "note": f"{delivered / seconds:,.0f} emails/s = {delivered / seconds / limit:.2f} x "
                                  f"{'pipelined' if pipelining else 'bare smtplib'} ceiling; "
-                                 f"engine CPU {statistics.median(cpu) / delivered * 1e6:.0f} us/msg; "
+                                 + _cpu_note(cpu, delivered, "engine") + "; "
                                  f"sink got {sink.received() - before:,}" + (f" in {repeat} runs" if repeat > 1 else "")})
     return rows
 
 
-def _with_cpu(cpu: list, fn, *args, **kwargs):
-    """``fn``'s result; appends the CPU seconds this process (all its threads) spent in it to ``cpu``."""
-    started = time.process_time()
+def _with_cpu(cpu: list, sink, fn, *args, **kwargs):
+    """``fn``'s result; appends to ``cpu`` the CPU seconds this process (all its threads) and the
+    sink process spent meanwhile (the sink's None where /proc is not available)."""
+    started, sink_started = time.process_time(), sink.cpu_seconds()
     try:
         return fn(*args, **kwargs)
     finally:
-        cpu.append(time.process_time() - started)
+        sink_now = sink.cpu_seconds()
+        cpu.append((time.process_time() - started, None if sink_now is None else sink_now - sink_started))
+
+
+def _cpu_note(cpu: list, count: int, who: str) -> str:
+    """Median CPU per message of this process (``who``) and of the sink, from ``_with_cpu``."""
+    note = f"{who} CPU {statistics.median(c for c, _ in cpu) / count * 1e6:.0f} us/msg"
+    if all(s is not None for _, s in cpu):
+        note += f", sink {statistics.median(s for _, s in cpu) / count * 1e6:.0f}"
+    return note
 
 
 def aiosmtpd_ceiling(count: int, sample: bytes, connections: int) -> dict:

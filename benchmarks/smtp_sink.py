@@ -19,6 +19,7 @@ import asyncio
 import multiprocessing
 import socket
 import threading
+from pathlib import Path
 
 
 class _FastSmtp(asyncio.Protocol):
@@ -115,6 +116,16 @@ class SinkProcess:
 
     def received(self) -> int:
         return self._received.value
+
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds the sink process has used so far (user + system; Linux /proc), else None."""
+        import os
+
+        try:
+            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self._process.terminate()
