@@ -193,3 +193,81 @@ def test_without_pipelining_each_command_waits_for_its_reply(advertised, setting
             b"mail FROM:<shop@example.com>\r\n", b"rcpt TO:<c1@example.com>\r\n", b"data\r\n",
             b"mail FROM:<shop@example.com>\r\n", b"rcpt TO:<gone@example.com>\r\n", b"rset\r\n",
             b"mail FROM:<shop@example.com>\r\n", b"rcpt TO:<c3@example.com>\r\n", b"data\r\n", b"quit\r\n"]
+
+
+class _CarelessServer:
+    """A raw SMTP server that advertises PIPELINING but answers DATA with 354 even after it refused
+    the recipient (RFC 2920 says it must not): it records what it read and how many connections."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received: list[bytes] = []
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn) -> None:
+        with conn:
+            conn.sendall(b"220 careless\r\n")
+            file = conn.makefile("rb")
+            in_data = False
+            for line in file:
+                self.received.append(line)
+                if in_data:
+                    if line == b".\r\n":
+                        in_data = False
+                        conn.sendall(b"250 OK\r\n")
+                    continue
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-careless\r\n250 PIPELINING\r\n")
+                elif verb == b"RCPT":
+                    conn.sendall(b"550 5.1.1 no such user\r\n" if b"gone@" in line else b"250 OK\r\n")
+                elif verb == b"DATA":
+                    in_data = True
+                    conn.sendall(b"354 go ahead\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 OK\r\n")
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_server_that_accepts_data_after_refusing_the_recipient_gets_no_content():
+    """DATA answered 354 although RCPT was refused: the engine sends no content (which would be an
+    empty or stray message), reports the RCPT refusal and leaves that connection for a new one."""
+    server = _CarelessServer()
+    session = SmtpChannel(ChannelConfig(name="email", kind="email", transport="smtp",
+                                        settings={"host": "127.0.0.1", "port": server.port, "connections": 1}))
+    try:
+        session.open()
+        refused = session.send(message(1, to="gone@example.com"))
+        delivered = session.send(message(2))
+        session.close()
+    finally:
+        server.close()
+    assert refused == Failed(detail="550 5.1.1 no such user", permanent=True)
+    assert delivered == Delivered(provider_id=message(2).message_id(), detail="250 accepted")
+    assert server.connections == 2
+    assert not any(b"gone@example.com" in line for line in server.received if not line.upper().startswith(b"RCPT"))
+    assert server.received.count(b".\r\n") == 1  # one message's end of data: message 2's
+    # nothing else on the confused connection either: a RSET there would be read as message content
+    assert [line.upper() for line in server.received].count(b"RSET\r\n") == 0

@@ -7,9 +7,10 @@ reconciler records both with the server's words.
 ``connections`` (default 4) is how many connections the channel keeps open
 in parallel: each SMTP transaction waits for the server four times (MAIL,
 RCPT, DATA, end of data; twice with PIPELINING, below), so one connection
-spends most of its time waiting and a few in parallel multiply throughput. ``send`` is safe to call from that
-many threads at once; each call borrows one idle connection (or opens one),
-so every message is one transaction on one connection with its own outcome.
+spends most of its time waiting and a few in parallel multiply throughput.
+``send`` is safe to call from that many threads at once; each call borrows
+one idle connection (or opens one), so every message is one transaction on
+one connection with its own outcome.
 
 When the server advertises PIPELINING (RFC 2920) and ``pipelining`` is not
 turned off, MAIL, RCPT and DATA go out in one write and their three replies
@@ -279,7 +280,7 @@ _BARE_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 
 
 @functools.lru_cache(maxsize=256)
-def _quoted_sender(address: str) -> str:
+def _parsed_and_quoted(address: str) -> str:
     return smtplib.quoteaddr(address)
 
 
@@ -288,7 +289,7 @@ def _quoted(address: str) -> str:
     recipient) without parsing, a sender (few per pass, often "Name <address>") parsed once."""
     if _BARE_ADDRESS.fullmatch(address):
         return f"<{address}>"
-    return _quoted_sender(address)
+    return _parsed_and_quoted(address)
 
 
 def _first_failure(replies: list[tuple[int, bytes]]) -> tuple[int, bytes] | None:
