@@ -271,3 +271,19 @@ def test_a_server_that_accepts_data_after_refusing_the_recipient_gets_no_content
     assert server.received.count(b".\r\n") == 1  # one message's end of data: message 2's
     # nothing else on the confused connection either: a RSET there would be read as message content
     assert [line.upper() for line in server.received].count(b"RSET\r\n") == 0
+
+
+def test_pipelining_false_in_engine_yaml_is_accepted_and_keeps_the_plain_path(project, sink):
+    configure(project, sink.port)
+    path = project / "engine.yaml"
+    path.write_text(path.read_text().replace("    delivery: at_most_once\n", "    delivery: at_most_once\n    pipelining: false\n", 1))  # noqa: E501
+    project.load({"notify": campaign()}, customers=customers(3), orders=orders(3))
+    r = Reconciler(load_project(project))
+    try:
+        report = r.run_once(at(minutes=1))
+    finally:
+        r.close()
+    assert report.counts[("notify", "mail", "sent")] == 3
+    assert sorted(sink.keys()) == expected_keys(3)
+    assert sum(read.upper().startswith(b"MAIL FROM") for read in sink.reads) == 3
+    assert not any(b"RCPT" in read.upper() and b"MAIL" in read.upper() for read in sink.reads)
