@@ -276,7 +276,7 @@ def test_a_server_that_accepts_data_after_refusing_the_recipient_gets_no_content
 def test_pipelining_false_in_engine_yaml_is_accepted_and_keeps_the_plain_path(project, sink):
     configure(project, sink.port)
     path = project / "engine.yaml"
-    path.write_text(path.read_text().replace("    delivery: at_most_once\n", "    delivery: at_most_once\n    pipelining: false\n", 1))  # noqa: E501
+    path.write_text(path.read_text().replace("    delivery: at_most_once\n", "    delivery: at_most_once\n    pipelining: false\n", 1))
     project.load({"notify": campaign()}, customers=customers(3), orders=orders(3))
     r = Reconciler(load_project(project))
     try:
