@@ -1,10 +1,13 @@
-"""Dispatch and ledger measurements for benchmarks/run.py (imported by it; not run alone).
+"""Dispatch and ledger measurements for benchmarks/run.py (imported by it), and the SMTP
+dispatch measurement alone: ``python benchmarks/dispatch.py --help``.
 
 - ``measure_smtp``: a full pass with emails to the loopback SMTP sink, the
   time spent inside dispatch, the sink's ceiling (a bare smtplib client
   sending pre-built messages) and the engine's dispatch path alone
   (``SmtpChannel`` + ``send_all`` on already rendered messages) at 1 and N
-  connections, as a ratio of that ceiling in the same run;
+  connections, with and without PIPELINING, as a ratio of the plain and the
+  pipelined ceiling in the same run (``measure_dispatch``; run alone by this
+  module's command line, on synthetic messages of the same size);
 - ``measure_ledger``: a pass's ledger operations on a batch of 1,000 keys,
   on an empty ledger and on one holding N rows of history;
 - ``add_history``: N history rows in a project's own ledger, so the next pass
@@ -45,7 +48,6 @@ def measure_smtp(backend: str, url: str, project_dir: Path, now: datetime, sink,
     import engine.reconcile as reconcile
     from engine.channels.smtp import SmtpChannel
     from engine.dispatch import deserialize, send_all
-    from smtp_sink import ceiling
 
     os.environ["ENGINE_WAREHOUSE_URL"] = url
     project = engine.load_project(project_dir)
@@ -86,27 +88,80 @@ def measure_smtp(backend: str, url: str, project_dir: Path, now: datetime, sink,
     if not stored:
         return rows
     messages = [deserialize(key, content) for key, content in stored]
+    return rows + measure_dispatch(sink, messages, channel.settings, connections)
+
+
+def measure_dispatch(sink, messages: list, settings: dict, connections: int, repeat: int = 1) -> list[dict]:
+    """The sink's ceilings and the engine's dispatch path alone on already rendered ``messages``,
+    over 1 and ``connections`` connections, in the same run.
+
+    Ceilings: a bare smtplib client sending one pre-built message (``sendmail``, four round
+    trips) and the same client pipelining MAIL, RCPT and DATA (two round trips). Dispatch:
+    ``SmtpChannel`` + ``send_all`` with pipelining (the default against a server that
+    advertises it, as the fast sink does) and with ``pipelining: false``, each as a ratio of the
+    ceiling with the same number of round trips. Each figure is the median of ``repeat`` runs."""
+    import engine
+    from engine.channels.smtp import SmtpChannel
+    from engine.dispatch import send_all
+    from smtp_sink import ceiling
+
     sample = messages[0].to_bytes("\r\n")
     count = len(messages)
+    rows = []
     for width in sorted({1, connections}):
-        limit = ceiling(sink.port, sample, count, width)
-        session = SmtpChannel(engine.model.ChannelConfig(
-            name="email", kind="email", transport="smtp", settings={**channel.settings, "connections": width}))
-        session.open()
-        before = sink.received()
-        started = time.perf_counter()
-        results = send_all([("email", m) for m in messages], {"email": session})
-        seconds = time.perf_counter() - started
-        session.close()
-        delivered = sum(1 for r in results if r.outcome.status == "sent")
-        rows.append({"what": f"sink ceiling: bare smtplib, {width} connection{'s' * (width > 1)}", "rows": count,
-                     "seconds": count / limit, "note": f"{limit:,.0f} msg/s, {len(sample):,}-byte message",
-                     "sample": sample})
-        rows.append({"what": f"dispatch only: send_all, {width} connection{'s' * (width > 1)}", "rows": delivered,
-                     "seconds": seconds,
-                     "note": f"{delivered / seconds:,.0f} emails/s = {delivered / seconds / limit:.2f} x ceiling; "
-                             f"sink got {sink.received() - before:,}"})
+        plural = "s" * (width > 1)
+        limits = {}
+        for pipelined in (False, True):
+            cpu = []
+            limits[pipelined] = statistics.median(
+                _with_cpu(cpu, sink, ceiling, sink.port, sample, count, width, pipelined=pipelined) for _ in range(repeat))
+            client = "pipelined client" if pipelined else "bare smtplib"
+            rows.append({"what": f"sink ceiling: {client}, {width} connection{plural}", "rows": count,
+                         "seconds": count / limits[pipelined],
+                         "note": f"{limits[pipelined]:,.0f} msg/s, {len(sample):,}-byte message; "
+                                 + _cpu_note(cpu, count, "client"), "sample": sample})
+        for pipelining in (False, True):
+            def dispatch():
+                session = SmtpChannel(engine.model.ChannelConfig(
+                    name="email", kind="email", transport="smtp",
+                    settings={**settings, "connections": width, "pipelining": pipelining}))
+                session.open()
+                try:
+                    return send_all([("email", m) for m in messages], {"email": session})
+                finally:
+                    session.close()
+
+            before, cpu = sink.received(), []
+            seconds, results = _timed(lambda: _with_cpu(cpu, sink, dispatch), repeat)
+            delivered = sum(1 for r in results if r.outcome.status == "sent")
+            limit = limits[pipelining]
+            rows.append({"what": f"dispatch only: send_all, {width} connection{plural}, "
+                                 + ("pipelined" if pipelining else "no pipelining"),
+                         "rows": delivered, "seconds": seconds,
+                         "note": f"{delivered / seconds:,.0f} emails/s = {delivered / seconds / limit:.2f} x "
+                                 f"{'pipelined' if pipelining else 'bare smtplib'} ceiling; "
+                                 + _cpu_note(cpu, delivered, "engine") + "; "
+                                 f"sink got {sink.received() - before:,}" + (f" in {repeat} runs" if repeat > 1 else "")})
     return rows
+
+
+def _with_cpu(cpu: list, sink, fn, *args, **kwargs):
+    """``fn``'s result; appends to ``cpu`` the CPU seconds this process (all its threads) and the
+    sink process spent meanwhile (the sink's None where /proc is not available)."""
+    started, sink_started = time.process_time(), sink.cpu_seconds()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        sink_now = sink.cpu_seconds()
+        cpu.append((time.process_time() - started, None if sink_now is None else sink_now - sink_started))
+
+
+def _cpu_note(cpu: list, count: int, who: str) -> str:
+    """Median CPU per message of this process (``who``) and of the sink, from ``_with_cpu``."""
+    note = f"{who} CPU {statistics.median(c for c, _ in cpu) / count * 1e6:.0f} us/msg"
+    if all(s is not None for _, s in cpu):
+        note += f", sink {statistics.median(s for _, s in cpu) / count * 1e6:.0f}"
+    return note
 
 
 def aiosmtpd_ceiling(count: int, sample: bytes, connections: int) -> dict:
@@ -265,3 +320,51 @@ def memory_project(project_dir: Path, target: Path) -> Path:
     (target / "campaigns.d").mkdir()
     (target / "campaigns.d" / "everyone.yaml").write_text(EVERYONE)
     return target
+
+
+# --- SMTP dispatch alone ---------------------------------------------------------------------
+
+
+def synthetic_messages(count: int) -> list:
+    """``count`` distinct emails shaped like the shipped templates' (plain and HTML parts,
+    List-Unsubscribe headers), about 2.1 KB each on the wire."""
+    from engine.channels.base import OutgoingMessage
+
+    text = "Hello {name},\n\nthank you for your first order. " + "Here is what we picked for you next. " * 12 + "\n"
+    html = "<html><body><p>Hello {name},</p><p>" + "Thank you for your first order, here is what we picked. " * 13 + "</p></body></html>\n"
+    return [OutgoingMessage(
+        key=f"bench:mail:{i}:{i}", kind="email", to=f"customer{i}@example.com", sender="Shop <shop@example.com>",
+        subject="Thank you for your first order", text=text.format(name=f"Customer {i}"),
+        html=html.format(name=f"Customer {i}"),
+        headers={"List-Unsubscribe": f"<https://shop.example.com/unsubscribe?c={i}&sig=0123456789abcdef>",
+                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}) for i in range(1, count + 1)]
+
+
+def main() -> None:
+    import argparse
+    import platform
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from smtp_sink import SinkProcess
+
+    parser = argparse.ArgumentParser(description="The SMTP dispatch measurement alone: the fast loopback sink's "
+                                     "ceilings (plain and pipelined bare client) and the engine's SmtpChannel + "
+                                     "send_all with and without pipelining, over 1 and N connections, on "
+                                     "synthetic messages (no shop, no ledger).")
+    parser.add_argument("--count", type=int, default=5000, help="messages per measurement (default 5000)")
+    parser.add_argument("--connections", type=int, default=4, help="N (default 4, the engine's default)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported (default 3)")
+    args = parser.parse_args()
+    messages = synthetic_messages(args.count)
+    with SinkProcess("fast") as sink:
+        rows = measure_dispatch(sink, messages, {"host": "127.0.0.1", "port": sink.port}, args.connections,
+                                args.repeat)
+    print(f"{args.count:,} messages, median of {args.repeat}; {os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    for r in rows:
+        print(f"{r['what']:<55} {r['rows']:>7,} {r['seconds']:>8.3f}  {r['note']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 
 def free_port() -> int:
@@ -26,6 +27,8 @@ class SmtpSink:
 
     def __init__(self):
         self.messages: list[email.message.Message] = []
+        #: the same messages as the bytes that arrived (dot-stuffing undone)
+        self.contents: list[bytes] = []
         self.refuse: dict[str, str] = {}
         #: address -> replies to give to its next RCPTs, in order ("250 OK" accepts)
         self.script: dict[str, list[str]] = {}
@@ -37,9 +40,25 @@ class SmtpSink:
         self.over_limit = "421"
         #: the client address and port of the connection each accepted message came on
         self.peers: list[tuple] = []
+        #: advertise PIPELINING (RFC 2920) in the EHLO reply; aiosmtpd reads commands line by line
+        #: and answers them in order, so it serves pipelined commands as they come
+        self.pipelining = False
+        #: replies to give to the next MAIL commands, in order ("250 OK" accepts)
+        self.mail_replies: list[str] = []
+        #: address -> replies to give at the end of its next DATA, in order ("250 ..." accepts)
+        self.data_script: dict[str, list[str]] = {}
+        #: every chunk of bytes the server read from a client, in order: one read holding
+        #: MAIL, RCPT and DATA proves they were pipelined
+        self.reads: list[bytes] = []
         self.lock = threading.Lock()
         self.port = free_port()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller = _RecordingController(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname  # this hook replaces aiosmtpd's own bookkeeping of EHLO
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         with self.lock:
@@ -48,6 +67,10 @@ class SmtpSink:
             if self.over_limit == "disconnect":
                 server.transport.close()
             return "421 4.7.0 too many messages on this connection, closing"
+        if self.mail_replies:
+            reply = self.mail_replies.pop(0)
+            if not reply.startswith("250"):
+                return reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -67,8 +90,13 @@ class SmtpSink:
             import asyncio
 
             await asyncio.sleep(self.delay)
+        scripted = [self.data_script[a].pop(0) for a in envelope.rcpt_tos if self.data_script.get(a)]
+        refused = [reply for reply in scripted if not reply.startswith("250")]
+        if refused:
+            return refused[0]
         with self.lock:
             self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+            self.contents.append(envelope.original_content)
             self.peers.append(session.peer)
         return "250 Message accepted"
 
@@ -82,6 +110,24 @@ class SmtpSink:
 
     def __exit__(self, *exc):
         self.controller.stop()
+
+
+class _RecordingSmtp(SMTP):
+    """aiosmtpd's protocol, also recording each chunk read from the client (see ``SmtpSink.reads``)."""
+
+    def __init__(self, sink: SmtpSink, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sink = sink
+
+    def data_received(self, data: bytes) -> None:
+        with self._sink.lock:
+            self._sink.reads.append(bytes(data))
+        super().data_received(data)
+
+
+class _RecordingController(Controller):
+    def factory(self):
+        return _RecordingSmtp(self.handler, self.handler, **self.SMTP_kwargs)
 
 
 class SmsProvider:

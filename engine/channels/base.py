@@ -1,6 +1,7 @@
 """The message a channel sends and the outcome it reports."""
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from email import policy as email_policy
@@ -26,7 +27,7 @@ class OutgoingMessage:
 
     def message_id(self) -> str:
         """A stable Message-ID derived from the ledger key (providers can deduplicate)."""
-        domain = parseaddr(self.sender)[1].rpartition("@")[2] or "engine.invalid"
+        domain = _sender_domain(self.sender)
         digest = hashlib.sha256(self.key.encode()).hexdigest()[:32]
         return f"<{digest}@{domain}>"
 
@@ -78,6 +79,13 @@ class OutgoingMessage:
         if self.html:
             email.add_alternative(self.html, subtype="html")
         return email
+
+
+@functools.lru_cache(maxsize=256)
+def _sender_domain(sender: str) -> str:
+    """The domain of a From address; cached because a pass has few senders and parsing one
+    costs more than the rest of a Message-ID (it is needed twice per email)."""
+    return parseaddr(sender)[1].rpartition("@")[2] or "engine.invalid"
 
 
 def _plain_header(name: str, value: str) -> bool:

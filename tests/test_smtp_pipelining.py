@@ -1,0 +1,289 @@
+"""SMTP command pipelining (RFC 2920): MAIL, RCPT and DATA in one write when the server
+advertises PIPELINING, with exactly the outcomes of the plain path.
+
+A real aiosmtpd server on loopback (tests/servers.py) that can advertise PIPELINING and
+records every chunk it read from a client: one read holding MAIL, RCPT and DATA is the
+proof that they went out together (two round trips per message instead of four).
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from engine import Reconciler, load_project
+from engine.channels.base import Delivered, Failed, OutgoingMessage
+from engine.channels.smtp import SmtpChannel
+from engine.model import ChannelConfig
+from servers import SmtpSink
+from test_delivery import at, campaign, configure, customers, orders, project, statuses  # noqa: F401 - fixture
+from test_smtp_connections import expected_keys, with_connections
+
+N = 40
+
+
+def envelope(to: str) -> bytes:
+    """What one pipelined write of the engine is, for a recipient (sender: the channel's From)."""
+    return f"MAIL FROM:<shop@example.com>\r\nRCPT TO:<{to}>\r\nDATA\r\n".encode()
+
+
+def commands(sink: SmtpSink) -> list[bytes]:
+    """The reads that carried commands, not message content."""
+    return [read for read in sink.reads if not read.startswith(b"From: ")]
+
+
+def message(i: int, to: str | None = None) -> OutgoingMessage:
+    # lines starting with a dot must be dot-stuffed on the wire and arrive unchanged
+    return OutgoingMessage(key=f"test:mail:{i}:{i}", kind="email", to=to or f"c{i}@example.com",
+                           sender="Shop <shop@example.com>", subject=f"Message {i}",
+                           text=f"Hello {i},\n.a line with a leading dot\n.\n..two dots\nbye\n", html=None)
+
+
+def channel(sink: SmtpSink, **settings) -> SmtpChannel:
+    session = SmtpChannel(ChannelConfig(name="email", kind="email", transport="smtp",
+                                        settings={"host": "127.0.0.1", "port": sink.port, "connections": 1, **settings}))
+    session.open()
+    return session
+
+
+@pytest.fixture
+def sink():
+    with SmtpSink() as server:
+        server.pipelining = True
+        yield server
+
+
+def test_a_pass_pipelines_every_message_and_delivers_each_exactly_once(project, sink):
+    configure(project, sink.port)
+    with_connections(project, 4)
+    project.load({"notify": campaign()}, customers=customers(N), orders=orders(N))
+    sink.refuse["c7@example.com"] = "550 5.1.1 no such user"
+    r = Reconciler(load_project(project))
+    try:
+        report = r.run_once(at(minutes=1))
+        assert sorted(sink.keys()) == [k for k in expected_keys(N) if k != "notify:mail:7:7"]  # each exactly once
+        assert len({m["Message-ID"] for m in sink.messages}) == N - 1
+        assert len(set(sink.peers)) == 4
+        # every message's MAIL, RCPT and DATA arrived in one read, and nothing else carried a MAIL
+        envelopes = Counter(read for read in commands(sink) if b"MAIL FROM" in read.upper())
+        assert envelopes == Counter(envelope(f"c{i}@example.com") for i in range(1, N + 1))
+        assert report.counts[("notify", "mail", "sent")] == N - 1
+        recorded = statuses(r)
+        assert recorded.pop("notify:mail:7:7") == ("failed", "permanent", 1)
+        assert set(recorded.values()) == {("sent", None, 1)}
+        assert r.ledger.get("notify:mail:7:7")["detail"] == "550 5.1.1 no such user"
+    finally:
+        r.close()
+
+
+def test_pipelined_messages_arrive_byte_for_byte(sink):
+    session = channel(sink)
+    try:
+        outcomes = [session.send(message(i)) for i in (1, 2, 3)]
+    finally:
+        session.close()
+    assert outcomes == [Delivered(provider_id=message(i).message_id(), detail="250 accepted") for i in (1, 2, 3)]
+    assert sink.contents == [message(i).to_bytes("\r\n") for i in (1, 2, 3)]  # dot-stuffing undone exactly
+    assert [read for read in commands(sink) if b"MAIL" in read.upper()] == [envelope(f"c{i}@example.com") for i in (1, 2, 3)]
+    assert len(set(sink.peers)) == 1
+
+
+def test_a_refused_recipient_is_permanent_and_the_connection_carries_the_next_message(sink):
+    sink.refuse["gone@example.com"] = "550 5.1.1 no such user"
+    session = channel(sink)
+    try:
+        refused = session.send(message(1, to="gone@example.com"))
+        delivered = session.send(message(2))
+    finally:
+        session.close()
+    assert refused == Failed(detail="550 5.1.1 no such user", permanent=True)
+    assert delivered == Delivered(provider_id=message(2).message_id(), detail="250 accepted")
+    assert sink.keys() == ["test:mail:2:2"]
+    # no content after the refused DATA; the transaction reset, then the next one on the same connection
+    assert commands(sink)[1:] == [envelope("gone@example.com"), b"rset\r\n", envelope("c2@example.com"), b"quit\r\n"]
+    assert sum(read.startswith(b"From: ") for read in sink.reads) == 1
+    assert len(set(sink.peers)) == 1
+
+
+@pytest.mark.parametrize("reply, permanent", [("451 4.3.0 try again later", False), ("550 5.7.1 sender rejected", True)])
+def test_a_refused_mail_command_fails_by_its_own_reply(sink, reply, permanent):
+    """MAIL refused: RCPT and DATA are answered 503 (no transaction), but the outcome is MAIL's."""
+    sink.mail_replies = [reply]
+    session = channel(sink)
+    try:
+        refused = session.send(message(1))
+        delivered = session.send(message(2))
+    finally:
+        session.close()
+    assert refused == Failed(detail=reply, permanent=permanent)
+    assert isinstance(delivered, Delivered)
+    assert sink.keys() == ["test:mail:2:2"]
+    assert commands(sink)[1:] == [envelope("c1@example.com"), b"rset\r\n", envelope("c2@example.com"), b"quit\r\n"]
+    assert len(set(sink.peers)) == 1
+
+
+def test_a_refusal_at_the_end_of_data_is_transient_and_the_connection_carries_on(sink):
+    sink.data_script["c1@example.com"] = ["451 4.3.0 queue full"]
+    session = channel(sink)
+    try:
+        refused = session.send(message(1))
+        delivered = session.send(message(2))
+    finally:
+        session.close()
+    assert refused == Failed(detail="451 4.3.0 queue full", permanent=False)
+    assert isinstance(delivered, Delivered)
+    assert sink.keys() == ["test:mail:2:2"]
+    assert len(set(sink.peers)) == 1
+
+
+def test_421_at_rcpt_is_transient_and_the_connection_is_replaced(sink):
+    sink.script["c1@example.com"] = ["421 4.7.0 closing"]
+    session = channel(sink)
+    try:
+        closing = session.send(message(1))
+        delivered = session.send(message(2))
+    finally:
+        session.close()
+    assert closing == Failed(detail="421 4.7.0 closing", permanent=False)
+    assert isinstance(delivered, Delivered)
+    assert sink.keys() == ["test:mail:2:2"]
+    assert sum(read.startswith(b"ehlo") for read in sink.reads) == 2  # a second connection for message 2
+
+
+@pytest.mark.parametrize("over_limit", ["421", "disconnect"])
+def test_a_server_closing_a_reused_connection_at_mail_gets_the_message_once_on_a_new_one(project, sink, over_limit):
+    """After five messages the server refuses the next MAIL with 421 (or hangs up) although RCPT and
+    DATA came with it: nothing of the message was accepted, so it goes out once on a new connection."""
+    sink.max_per_connection = 5
+    sink.over_limit = over_limit
+    configure(project, sink.port)
+    with_connections(project, 2)
+    project.load({"notify": campaign()}, customers=customers(N), orders=orders(N))
+    r = Reconciler(load_project(project))
+    try:
+        report = r.run_once(at(minutes=1))
+        assert sorted(sink.keys()) == expected_keys(N)  # every message exactly once
+        assert report.counts[("notify", "mail", "sent")] == N
+        assert set(statuses(r).values()) == {("sent", None, 1)}
+        per_connection = Counter(sink.peers)
+        assert max(per_connection.values()) == 5 and len(per_connection) >= N // 5
+        assert any(b"RCPT" in read for read in sink.reads)
+        assert not any(read.upper().startswith(b"RCPT") for read in sink.reads)  # never a RCPT of its own
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("advertised, setting", [(False, {}), (True, {"pipelining": False})])
+def test_without_pipelining_each_command_waits_for_its_reply(advertised, setting):
+    """A server that does not advertise PIPELINING (or the channel's ``pipelining: false``): the plain
+    path, one command per read, with the same outcomes."""
+    with SmtpSink() as sink:
+        sink.pipelining = advertised
+        sink.refuse["gone@example.com"] = "550 5.1.1 no such user"
+        session = channel(sink, **setting)
+        try:
+            outcomes = [session.send(message(1)), session.send(message(2, to="gone@example.com")), session.send(message(3))]
+        finally:
+            session.close()
+        assert [type(o) for o in outcomes] == [Delivered, Failed, Delivered]
+        assert outcomes[1] == Failed(detail="550 5.1.1 no such user", permanent=True)
+        assert sink.keys() == ["test:mail:1:1", "test:mail:3:3"]
+        assert sink.contents == [message(i).to_bytes("\r\n") for i in (1, 3)]
+        assert commands(sink)[1:] == [
+            b"mail FROM:<shop@example.com>\r\n", b"rcpt TO:<c1@example.com>\r\n", b"data\r\n",
+            b"mail FROM:<shop@example.com>\r\n", b"rcpt TO:<gone@example.com>\r\n", b"rset\r\n",
+            b"mail FROM:<shop@example.com>\r\n", b"rcpt TO:<c3@example.com>\r\n", b"data\r\n", b"quit\r\n"]
+
+
+class _CarelessServer:
+    """A raw SMTP server that advertises PIPELINING but answers DATA with 354 even after it refused
+    the recipient (RFC 2920 says it must not): it records what it read and how many connections."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received: list[bytes] = []
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn) -> None:
+        with conn:
+            conn.sendall(b"220 careless\r\n")
+            file = conn.makefile("rb")
+            in_data = False
+            for line in file:
+                self.received.append(line)
+                if in_data:
+                    if line == b".\r\n":
+                        in_data = False
+                        conn.sendall(b"250 OK\r\n")
+                    continue
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-careless\r\n250 PIPELINING\r\n")
+                elif verb == b"RCPT":
+                    conn.sendall(b"550 5.1.1 no such user\r\n" if b"gone@" in line else b"250 OK\r\n")
+                elif verb == b"DATA":
+                    in_data = True
+                    conn.sendall(b"354 go ahead\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 OK\r\n")
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_server_that_accepts_data_after_refusing_the_recipient_gets_no_content():
+    """DATA answered 354 although RCPT was refused: the engine sends no content (which would be an
+    empty or stray message), reports the RCPT refusal and leaves that connection for a new one."""
+    server = _CarelessServer()
+    session = SmtpChannel(ChannelConfig(name="email", kind="email", transport="smtp",
+                                        settings={"host": "127.0.0.1", "port": server.port, "connections": 1}))
+    try:
+        session.open()
+        refused = session.send(message(1, to="gone@example.com"))
+        delivered = session.send(message(2))
+        session.close()
+    finally:
+        server.close()
+    assert refused == Failed(detail="550 5.1.1 no such user", permanent=True)
+    assert delivered == Delivered(provider_id=message(2).message_id(), detail="250 accepted")
+    assert server.connections == 2
+    assert not any(b"gone@example.com" in line for line in server.received if not line.upper().startswith(b"RCPT"))
+    assert server.received.count(b".\r\n") == 1  # one message's end of data: message 2's
+    # nothing else on the confused connection either: a RSET there would be read as message content
+    assert [line.upper() for line in server.received].count(b"RSET\r\n") == 0
+
+
+def test_pipelining_false_in_engine_yaml_is_accepted_and_keeps_the_plain_path(project, sink):
+    configure(project, sink.port)
+    path = project / "engine.yaml"
+    path.write_text(path.read_text().replace("    delivery: at_most_once\n", "    delivery: at_most_once\n    pipelining: false\n", 1))
+    project.load({"notify": campaign()}, customers=customers(3), orders=orders(3))
+    r = Reconciler(load_project(project))
+    try:
+        report = r.run_once(at(minutes=1))
+    finally:
+        r.close()
+    assert report.counts[("notify", "mail", "sent")] == 3
+    assert sorted(sink.keys()) == expected_keys(3)
+    assert sum(read.upper().startswith(b"MAIL FROM") for read in sink.reads) == 3
+    assert not any(b"RCPT" in read.upper() and b"MAIL" in read.upper() for read in sink.reads)
