@@ -18,11 +18,14 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Sequence
+from zoneinfo import ZoneInfo
 
 import sqlglot
 from sqlglot import exp
 
 from .clock import sql_timestamp_text, to_utc
+from .decide import customer_zone
 from .filters import bind_filter, parse_filter
 from .model import (
     CUSTOMER_FACTS, ENTITY_COLUMNS, SINCE_TRIGGER_FACTS, Anniversary, AtRisk, Campaign, CheckoutAbandoned, EntitySource, Event,
@@ -118,6 +121,42 @@ def step_window(step: Step, now: datetime, stale_horizon: timedelta) -> StepWind
         return StepWindow(due_cutoff, None)
     slack = SEND_AT_SLACK if step.send_at is not None else timedelta(0)
     return StepWindow(due_cutoff, due_cutoff - step.freshness - stale_horizon - slack)
+
+
+#: How far the per-zone window (``zone_window``) is widened on each side. Rows inside the margin
+#: are decided in Python like any other; it only has to cover DST oddities of the local clock.
+ZONE_MARGIN = timedelta(hours=3)
+#: More distinct time zone values than this in the customers and the plan keeps the plain window.
+MAX_ZONES = 500
+
+
+def _last_local_time(before: datetime, clock, zone: ZoneInfo, inclusive: bool) -> datetime:
+    """The latest instant (UTC) at or before ``before`` (strictly before unless ``inclusive``)
+    at which the local clock in ``zone`` shows ``clock``."""
+    day = before.astimezone(zone).date() + timedelta(days=1)
+    while True:
+        candidate = datetime.combine(day, clock, tzinfo=zone).astimezone(before.tzinfo)
+        if candidate < before or (inclusive and candidate == before):
+            return candidate
+        day -= timedelta(days=1)
+
+
+def zone_window(step: Step, now: datetime, stale_horizon: timedelta, zone: ZoneInfo) -> StepWindow:
+    """``step_window`` for customers in one time zone: far tighter for a step with ``send_at``.
+
+    A message is due once the local clock has shown ``send_at`` at or after
+    trigger + delay, so every trigger up to the last local ``send_at`` before
+    ``now`` (minus the delay) is due, and none after it; likewise it is stale
+    beyond the stale horizon exactly when that local time came before
+    ``now - freshness - horizon``. The plain window must allow any zone (27 h
+    of slack on each side, rows Python then drops at every pass); per zone the
+    query can cut at those instants, widened by ``ZONE_MARGIN``.
+    """
+    cutoff = _last_local_time(now, step.send_at, zone, inclusive=True) + ZONE_MARGIN - step.delay
+    if step.freshness is None:
+        return StepWindow(cutoff, None)
+    gone = _last_local_time(now - step.freshness - stale_horizon, step.send_at, zone, inclusive=False)
+    return StepWindow(cutoff, gone - ZONE_MARGIN - step.delay)
 
 
 def anniversary_month_days(window: StepWindow) -> list[int] | None:
@@ -614,6 +653,35 @@ def _without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step) -> e
         col("l", "message_key").is_(exp.null()))
 
 
+def _per_zone_window(builder: _QueryBuilder, step: Step, window: StepWindow, zones: Sequence[object]) -> list[exp.Expression]:
+    """The trigger time bounds of ``zone_window`` for each of ``zones`` (the customers' time zone
+    values), chosen by the customer's zone column; other values keep the plain ``window``."""
+    default = builder.config.default_timezone
+    bounds = {value: zone_window(step, builder.now, builder.config.stale_horizon, customer_zone(value, default))
+              for value in zones if value is None or isinstance(value, str)}
+    zone = col("c", "timezone")
+
+    def pick(attribute: str) -> exp.Expression:
+        ifs = [exp.If(this=zone.copy().is_(exp.null()) if value is None else zone.copy().eq(lit(value)),
+                      true=builder.ts(getattr(bound, attribute)))
+               for value, bound in bounds.items()]
+        return exp.Case(ifs=ifs, default=builder.ts(getattr(window, attribute)))
+
+    if not bounds:
+        return []
+    conditions = [col("t", "trigger_at") <= pick("due_cutoff")]
+    if window.earliest is not None:
+        conditions.append(col("t", "trigger_at") >= pick("earliest"))
+    return conditions
+
+
+def zones_query(config: ProjectConfig) -> exp.Query:
+    """The distinct values of the customers' time zone column (for ``due_query``'s ``zones``)."""
+    builder = _QueryBuilder(config, datetime.min, config.dialect)
+    customers = builder.source("customers")
+    return builder.with_ctes(exp.select(col("c", "timezone")).distinct().from_(exp.to_table(customers).as_("c")))
+
+
 def keys_in_sql(campaign: Campaign) -> bool:
     """Whether trigger keys come from SQL (else Python derives them, e.g. the birthday's year)."""
     return not isinstance(campaign.trigger, Anniversary)
@@ -624,7 +692,8 @@ def variant_columns(campaign: Campaign) -> int:
 
 
 def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
-              dialect: str | None = None, customer_id: str | None = None, shared_facts: bool = False) -> exp.Query:
+              dialect: str | None = None, customer_id: str | None = None, shared_facts: bool = False,
+              zones: Sequence[object] | None = None) -> exp.Query:
     """All due (and recently stale or stopped) rows of every step of ``campaign`` at ``now``.
 
     Columns: DUE_COLUMNS, ``anniversary`` for yearly triggers,
@@ -636,6 +705,9 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     only that customer's rows (``engine explain``): the same rules, one customer.
     ``shared_facts`` reads per-customer facts from the pass's temporary tables
     (``SHARED_FACTS``, see ``shared_facts_create``) instead of computing them here.
+    ``zones``: the distinct values of the customers' time zone column
+    (``zones_query``); steps with a local send time then cut their time window
+    per zone (``zone_window``) instead of allowing a day of slack for any zone.
     """
     builder = _QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts)
     customers = builder.source("customers")
@@ -658,6 +730,8 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             conditions.append(col("t", "trigger_at") <= builder.ts(window.due_cutoff))
             if window.earliest is not None:
                 conditions.append(col("t", "trigger_at") >= builder.ts(window.earliest))
+            if step.send_at is not None and zones is not None:
+                conditions += _per_zone_window(builder, step, window, zones)
         if isinstance(campaign.trigger, OrderPlaced) and campaign.trigger.nth is not None:
             conditions.append(col("t", "nth").eq(campaign.trigger.nth))
         for text_ in (campaign.audience, step.audience):

@@ -23,8 +23,8 @@ from . import unsubscribe
 from .channels import ChannelSession, Delivered, OutgoingMessage, open_channel
 from .clock import UTC, format_instant, to_utc
 from .compile import (
-    CUSTOMER_PREFIX, SHARED_FACTS, TEMP_TABLE_DIALECTS, VARIANT_PREFIX, due_query, entries_insert, keys_in_sql,
-    render_sql, shared_facts_create, shared_facts_used, source_select, variant_columns,
+    CUSTOMER_PREFIX, MAX_ZONES, SHARED_FACTS, TEMP_TABLE_DIALECTS, VARIANT_PREFIX, due_query, entries_insert,
+    keys_in_sql, render_sql, shared_facts_create, shared_facts_used, source_select, variant_columns, zones_query,
 )
 from .config import database_url, resolve
 from .decide import (
@@ -213,11 +213,12 @@ class Reconciler:
         shared = self.config.dialect in TEMP_TABLE_DIALECTS and customer_id is None
         with self.warehouse.session() as session:
             created: list[str] = []
+            zones = self._customer_zones(session, ordered) if customer_id is None else None
             try:
                 for position, campaign in enumerate(ordered, 1):
                     self.progress.stage("campaign", position, len(ordered), campaign.name)
                     query = due_query(campaign, self.config, now, exclude_ledger=shares, customer_id=customer_id,
-                                      shared_facts=shared)
+                                      shared_facts=shared, zones=zones)
                     for entity in shared_facts_used(query):
                         if entity not in created:
                             session.execute(f"DROP TABLE IF EXISTS {SHARED_FACTS[entity]}")
@@ -230,6 +231,15 @@ class Reconciler:
                         session.execute(f"DROP TABLE IF EXISTS {SHARED_FACTS[entity]}")
                     except WarehouseError:  # do not hide the error that ended the pass
                         break
+
+    def _customer_zones(self, session: Session, campaigns: list[Campaign]) -> list | None:
+        """The customers' distinct time zone values, when a campaign has a local send time (its
+        query then cuts its time window per zone); None when there are too many to list."""
+        if not any(step.send_at is not None and keys_in_sql(c) for c in campaigns for step in c.steps):
+            return None
+        zones = [row[0] for rows in session.stream(render_sql(zones_query(self.config), self.config.dialect))
+                 for row in rows]
+        return zones if len(zones) <= MAX_ZONES else None
 
     def _due_batches(self, campaign: Campaign, sql: str, session: Session, now: datetime, state: PolicyState,
                      recency: dict) -> Iterator[list[DueMessage]]:

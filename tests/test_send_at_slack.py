@@ -47,3 +47,58 @@ def test_no_local_send_time_is_further_than_the_slack_after_its_base():
                 instant += timedelta(minutes=30)
     assert worst > timedelta(hours=24), "the sample should reach a fall-back day (a wait longer than a day)"
     assert SEND_AT_SLACK - worst <= timedelta(hours=2), f"the slack is much wider than needed: worst {worst}"
+
+
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Antarctica/Troll", "Asia/Kathmandu",
+         "Pacific/Chatham", "America/St_Johns", "Pacific/Kiritimati", "Pacific/Pago_Pago"]
+STEPS = [  # (delay, send_at, freshness)
+    (timedelta(0), time(9, 0), timedelta(hours=12)),
+    (timedelta(days=2), time(10, 0), timedelta(days=1)),
+    (timedelta(days=-1), time(18, 0), timedelta(hours=3)),
+    (timedelta(days=3), time(2, 30), timedelta(days=1)),   # 02:30 does not exist on spring-forward days
+    (timedelta(days=5), time(0, 0), None),
+]
+HORIZON = timedelta(days=7)
+
+
+def test_the_per_zone_window_keeps_every_row_python_would_keep_and_little_else():
+    """compile.zone_window: the due query's per-zone bounds for steps with a local send time.
+
+    For triggers every 20 minutes around each instant, Python's own rule (due by
+    now, and not past due + freshness + stale horizon) is the reference: every
+    trigger it keeps must be inside the zone's window, and the window may only
+    reach ``ZONE_MARGIN`` (plus a DST shift) beyond the kept triggers.
+    """
+    from engine.compile import ZONE_MARGIN, step_window, zone_window
+    from engine.decide import due_time
+    from engine.model import Step
+
+    checked = 0
+    for name in ZONES:
+        zone = ZoneInfo(name)
+        instants = [datetime(2025, 3, 1, 7, 13, tzinfo=timezone.utc), datetime(2025, 7, 4, 23, 59, tzinfo=timezone.utc)]
+        for change in _offset_changes(zone)[:2]:
+            instants += [change + timedelta(hours=h) for h in (-26, -3, 1, 2, 3, 9, 25)]
+        for now in instants:
+            for delay, clock, freshness in STEPS:
+                step = Step("s", delay, (), freshness=freshness, send_at=clock)
+                window, plain = zone_window(step, now, HORIZON, zone), step_window(step, now, HORIZON)
+                kept = []
+                trigger = plain.due_cutoff + timedelta(hours=1)
+                lowest = (plain.earliest if plain.earliest is not None else now - delay - timedelta(days=12)) - timedelta(days=1)
+                while trigger >= lowest:
+                    due = due_time(trigger, step, zone)
+                    if due <= now and not (freshness is not None and now > due + freshness + HORIZON):
+                        kept.append(trigger)
+                        assert trigger <= window.due_cutoff, f"{name} {now} {step}: due trigger {trigger} cut off"
+                        assert window.earliest is None or trigger >= window.earliest, \
+                            f"{name} {now} {step}: kept trigger {trigger} before {window.earliest}"
+                    trigger -= timedelta(minutes=20)
+                    checked += 1
+                assert kept, f"{name} {now} {step}: nothing kept in the sample"
+                slack = ZONE_MARGIN + timedelta(hours=2, minutes=20)
+                assert window.due_cutoff - max(kept) <= slack
+                if window.earliest is not None:
+                    assert min(kept) - window.earliest <= slack
+                    assert window.earliest >= plain.earliest and window.due_cutoff <= plain.due_cutoff + ZONE_MARGIN
+    assert checked > 100_000

@@ -109,3 +109,32 @@ def test_a_query_failing_mid_pass_is_reported_not_hidden_by_the_cleanup(reconcil
     assert "query failed on" in str(failure.value) and "checkouts_gone" in str(failure.value)
     reconciler.config = config
     assert any(batch for batch in reconciler.due(INSTANTS["anchor"]))  # the next pass creates its tables again
+
+
+def test_per_zone_windows_change_no_decision_only_the_rows_fetched(reconciler, monkeypatch):
+    """With the customers' time zones listed, steps with a local send time cut their window per
+    zone (compile.zone_window): the same decisions at every instant, from fewer candidate rows."""
+    from engine.progress import Progress
+    from engine.reconcile import Reconciler
+
+    class RowCounter(Progress):
+        fetched = 0
+
+        def rows(self, count: int) -> None:
+            self.fetched += count
+
+    def plan(now):
+        reconciler.progress = RowCounter()
+        decisions = sorted((m.key, m.action, m.reason, m.channel, str(m.due_at)) for batch in reconciler.due(now) for m in batch)
+        return decisions, reconciler.progress.fetched
+
+    decided = fetched = fetched_without = 0
+    for label, now in INSTANTS.items():
+        with_zones, rows = plan(now)
+        with monkeypatch.context() as patch:
+            patch.setattr(Reconciler, "_customer_zones", lambda self, session, campaigns: None)
+            without, rows_without = plan(now)
+        assert with_zones == without, f"at {label}"
+        decided, fetched, fetched_without = decided + len(with_zones), fetched + rows, fetched_without + rows_without
+    assert decided > 50
+    assert fetched < fetched_without, "the per-zone windows should leave out rows that are not due yet or long gone"
