@@ -771,7 +771,7 @@ def _prepare_postgres(url: str | None, directory: Path):
 
         if server is not None:
             server.stop()
-        raise SystemExit(f"cannot copy the shop into PostgreSQL at {masked(url)}: {str(exc).strip()}; "
+        raise SystemExit(f"cannot copy the shop into PostgreSQL at {masked(url)}: {str(exc).strip().splitlines()[0]}; "
                          "check the URL and that the server is running") from None
     print(f"  PostgreSQL {copied['version']} copy: {copied['rows']:,} rows by COPY in {copied['copy_seconds']:.1f} s, "
           f"ANALYZE {copied['seconds'] - copied['copy_seconds']:.1f} s, database {copied['bytes'] / 1e6:.0f} MB, "
