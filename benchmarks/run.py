@@ -766,11 +766,14 @@ def _prepare_postgres(url: str | None, directory: Path):
     try:
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             copied = pool.submit(copy_to_postgres, str(directory / "shop.duckdb"), url).result()
-    except Exception as exc:  # noqa: BLE001 - e.g. a wrong --postgres-url: say which database and why, no traceback
+    except BaseException as exc:  # also SIGTERM's SystemExit: the cluster must not outlive the run
         from engine.warehouse import masked
 
         if server is not None:
             server.stop()
+        if not isinstance(exc, Exception):
+            raise
+        # e.g. a wrong --postgres-url: say which database and why, no traceback
         raise SystemExit(f"cannot copy the shop into PostgreSQL at {masked(url)}: {str(exc).strip().splitlines()[0]}; "
                          "check the URL and that the server is running") from None
     print(f"  PostgreSQL {copied['version']} copy: {copied['rows']:,} rows by COPY in {copied['copy_seconds']:.1f} s, "
