@@ -186,6 +186,10 @@ def fill_history(db, rows: int, customers: int, anchor: datetime) -> float:
         source = f"range({rows}) AS t(i)"
         ts = f"{A} - to_seconds(CAST(60 * 86400 + (i * 7919) % (360 * 86400) AS BIGINT))"
         text = "CAST({} AS VARCHAR)"
+    elif db.backend == "postgresql":
+        source = f"generate_series(CAST(0 AS BIGINT), {rows - 1}) AS t(i)"
+        ts = f"{A} - make_interval(secs => 60 * 86400 + (i * 7919) % (360 * 86400))"
+        text = "CAST({} AS TEXT)"
     else:  # SQLite: a recursive counter
         source = f"(WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {rows - 1}) SELECT i FROM n)"
         ts = f"strftime('%Y-%m-%d %H:%M:%f000', '{anchor.replace(tzinfo=None).isoformat(sep=' ')}', '-' || (60 * 86400 + (i * 7919) % (360 * 86400)) || ' seconds')"

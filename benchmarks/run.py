@@ -26,7 +26,9 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   the engine's own footprint, plus DuckDB's buffers), and of a child process
   planning a shop where all ``--memory-customers`` customers are due.
 
-``--sqlite`` loads the same rows into SQLite and repeats the measurements there.
+``--sqlite`` loads the same rows into SQLite and repeats the measurements there;
+``--postgres`` does the same in a throwaway PostgreSQL cluster (``--postgres-url``: an
+existing database).
 Plain script, not a test: ``python benchmarks/run.py --help``.
 """
 from __future__ import annotations
@@ -433,6 +435,100 @@ def build_all(directory: str, customers: int, orders: int, anchor: str, seed: in
     return result
 
 
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+POSTGRES_BATCH = 50_000  # rows fetched from DuckDB per batch while copying: memory stays flat
+
+
+def _copy_line_sql(table) -> str:
+    """A SELECT giving one line of PostgreSQL's COPY text format per row, formatted by DuckDB
+    (3-4x faster than fetching Python objects and letting psycopg format them): columns joined
+    by tabs, NULL as \\N, backslash, tab, newline and carriage return escaped in strings.
+    Timestamps are DuckDB's naive TIMESTAMP text, read by PostgreSQL's ``timestamp without
+    time zone`` (SQLAlchemy's DateTime) unchanged; dates, decimals and booleans likewise."""
+    import sqlalchemy as sa
+
+    fields = []
+    for column in table.columns:
+        value = f'CAST("{column.name}" AS VARCHAR)'
+        if isinstance(column.type, sa.String):
+            for char, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
+                value = f"replace({value}, chr({ord(char)}), '{escaped}')"
+        fields.append(f"coalesce({value}, '\\N')")
+    return f"SELECT {' || chr(9) || '.join(fields)} FROM {table.name}"
+
+
+def start_postgres():
+    """A throwaway cluster as the tests start it (tests/pg.py: initdb in a temp dir, loopback,
+    fsync off); returns (server, SQLAlchemy URL of a fresh database) or (None, the reason it cannot)."""
+    tests = str(REPO / "tests")
+    if tests not in sys.path:
+        sys.path.append(tests)  # appended, so nothing in tests/ shadows an installed module
+    try:
+        import psycopg  # noqa: F401 - the copy and the engine both need it
+        from pg import PostgresServer  # tests/pg.py (it imports pytest and tests/servers.py: the test extras)
+    except ImportError as exc:
+        return None, f"{exc}; install the test extras: pip install -e '.[test]'"
+    try:
+        server = PostgresServer()
+    except (FileNotFoundError, RuntimeError) as exc:
+        return None, str(exc)
+    try:
+        return server, server.new_database()
+    except Exception as exc:  # noqa: BLE001 - a server that cannot create a database is a skip too
+        server.stop()
+        return None, f"cannot create a database: {exc}"
+
+
+def postgres_url(url: str) -> str:
+    """The SQLAlchemy URL with the psycopg 3 driver (plain postgresql:// would ask for psycopg2)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise SystemExit(f"--postgres-url {url!r} is not a PostgreSQL URL; give postgresql://user@host:port/database")
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def copy_to_postgres(duck_path: str, url: str) -> dict:
+    """Child-process entry: the engine's shop tables, recreated in ``url``, filled with the DuckDB
+    shop's rows by ``COPY ... FROM STDIN`` in batches, then ANALYZE. No indexes beyond the
+    engine's DDL, so the floor and the plan read the same physical tables as on DuckDB."""
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    from engine.demo import TABLES, create_tables
+    from engine.warehouse import Database
+
+    started = time.perf_counter()
+    db = Database(url)
+    create_tables(db)  # drops and recreates the shop tables: the same DDL as DuckDB and SQLite got
+    db.dispose()
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    duck = _duckdb_connect(duck_path, read_only=True)
+    rows_copied = 0
+    with psycopg.connect(conninfo) as pg:
+        for name, table in TABLES.items():
+            columns = [c.name for c in table.columns]
+            source = duck.execute(_copy_line_sql(table))
+            statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                sql.Identifier(name), sql.SQL(", ").join(map(sql.Identifier, columns)))
+            with pg.cursor() as cursor, cursor.copy(statement) as copy:
+                while batch := source.fetchmany(POSTGRES_BATCH):
+                    copy.write("".join(line + "\n" for (line,) in batch))
+                    rows_copied += len(batch)
+        pg.commit()
+        copied = time.perf_counter() - started
+        pg.execute("ANALYZE")
+        pg.commit()
+        [(size,)] = pg.execute("SELECT pg_database_size(current_database())").fetchall()
+        [(version,)] = pg.execute("SHOW server_version").fetchall()
+    duck.close()
+    return {"rows": rows_copied, "copy_seconds": copied, "seconds": time.perf_counter() - started,
+            "bytes": size, "version": version, "rss_mb": _peak_rss_mb()}
+
+
 # --- measuring ---------------------------------------------------------------------------------
 
 
@@ -614,9 +710,13 @@ def _run_note(report, seconds: float) -> str:
 
 
 def _database_bytes(reconciler, url: str) -> int:
-    """Bytes of the database file(s) after a checkpoint (the ledger shares the shop's file)."""
+    """Bytes of the database file(s) after a checkpoint (the ledger shares the shop's file);
+    on a server, the database's size as PostgreSQL reports it."""
     from engine.warehouse import file_of
 
+    if reconciler.warehouse.backend == "postgresql":
+        [(size,)] = reconciler.warehouse.execute("SELECT pg_database_size(current_database())")
+        return size
     path = file_of(url)
     if path is None:
         return 0
@@ -694,6 +794,38 @@ def _format_table(rows: list[dict]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in body])
 
 
+def _prepare_postgres(url: str | None, directory: Path):
+    """The database to measure on (a throwaway cluster unless ``url`` is given), filled with the
+    DuckDB shop's rows in a child process; returns (server to stop or None, SQLAlchemy URL or None)."""
+    server = None
+    if url is None:
+        server, url_or_reason = start_postgres()
+        if server is None:
+            print(f"  PostgreSQL: skipped, no server to measure on ({url_or_reason})", flush=True)
+            return None, None
+        url = url_or_reason
+    else:
+        url = postgres_url(url)
+    print("  Copying the shop into PostgreSQL ...", flush=True)
+    try:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            copied = pool.submit(copy_to_postgres, str(directory / "shop.duckdb"), url).result()
+    except BaseException as exc:  # also SIGTERM's SystemExit: the cluster must not outlive the run
+        from engine.warehouse import masked
+
+        if server is not None:
+            server.stop()
+        if not isinstance(exc, Exception):
+            raise
+        # e.g. a wrong --postgres-url: say which database and why, no traceback
+        raise SystemExit(f"cannot copy the shop into PostgreSQL at {masked(url)}: {str(exc).strip().splitlines()[0]}; "
+                         "check the URL and that the server is running") from None
+    print(f"  PostgreSQL {copied['version']} copy: {copied['rows']:,} rows by COPY in {copied['copy_seconds']:.1f} s, "
+          f"ANALYZE {copied['seconds'] - copied['copy_seconds']:.1f} s, database {copied['bytes'] / 1e6:.0f} MB, "
+          f"copier peak RSS {copied['rss_mb']:.0f} MB", flush=True)
+    return server, url
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -708,6 +840,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", metavar="DIR", type=Path,
                         help="build the project and shop in DIR and keep them; a later run with the same sizes reuses the shop")
     parser.add_argument("--sqlite", action="store_true", help="also load the shop into SQLite and measure there")
+    parser.add_argument("--postgres", action="store_true",
+                        help="also copy the shop into a throwaway PostgreSQL cluster (as the tests start one) and "
+                             "measure there; skipped with a note when the server binaries are missing")
+    parser.add_argument("--postgres-url", metavar="URL",
+                        help="like --postgres, on an existing database instead (its shop tables and ledger are replaced)")
     parser.add_argument("--no-smtp", action="store_true",
                         help="skip the SMTP measurements (a pass to a loopback SMTP sink, its ceiling, dispatch alone)")
     parser.add_argument("--sink", choices=("fast", "aiosmtpd"), default="fast",
@@ -748,6 +885,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copytree(REPO / "campaigns.d", project_dir / "campaigns.d")
     shutil.copytree(REPO / "templates", project_dir / "templates")
     smtp_dir, sink = None, None
+    pg_server, pg_url = None, None
 
     try:
         if not args.no_smtp and not args.no_run:
@@ -766,6 +904,8 @@ def main(argv: list[str] | None = None) -> int:
               + (" (reused)" if built["reused"] else f" in {built['seconds']:.1f} s") + f", builder peak RSS {built['rss_mb']:.0f} MB")
         if args.sqlite:
             print(f"  SQLite copy: {built['sqlite']['method']}, {built['sqlite']['seconds']:.1f} s")
+        if args.postgres or args.postgres_url:
+            pg_server, pg_url = _prepare_postgres(args.postgres_url, directory)
 
         now = _naive_anchor(args.anchor).replace(tzinfo=timezone.utc)
         run_repeat = 0 if args.no_run else args.run_repeat
@@ -787,6 +927,9 @@ def main(argv: list[str] | None = None) -> int:
             print("Measuring sqlite ...", flush=True)
             rows += measure("sqlite", f"sqlite:///{directory / 'shop.db'}", project_dir, now, args.repeat, run_repeat,
                             smtp_dir, **common)
+        if pg_url:
+            print("Measuring postgres ...", flush=True)
+            rows += measure("postgres", pg_url, project_dir, now, args.repeat, run_repeat, smtp_dir, **common)
         if args.memory_customers:
             rows += measure_memory(directory, project_dir, args.memory_customers, args.anchor, args.seed, now)
 
@@ -808,6 +951,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if sink is not None:
             sink.stop()
+        if pg_server is not None:
+            pg_server.stop()
         if args.keep is None:
             shutil.rmtree(directory, ignore_errors=True)
         else:

@@ -53,6 +53,8 @@ class Database:
         self.backend = self.engine.dialect.name
         if self.backend == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        elif self.backend == "postgresql":
+            sa.event.listen(self.engine, "connect", _postgres_settings)
         if self.backend == "duckdb" and duckdb_settings:
             sa.event.listen(self.engine, "connect", _duckdb_settings(duckdb_settings))
 
@@ -182,6 +184,17 @@ def _duckdb_settings(settings: Mapping[str, str | int]) -> Callable[[Any, Any], 
             cursor.execute(statement)
         cursor.close()
     return apply
+
+
+def _postgres_settings(dbapi_connection: Any, _record: Any) -> None:
+    # stream() reads through server-side cursors, which PostgreSQL plans for the first 10 % of
+    # rows (cursor_tuple_fraction 0.1): fast-start nested loops that took over 15 minutes for
+    # one due query on a 1M-order shop, against 2.4 s with the plan for all rows. The engine
+    # always reads every row, so it asks for that plan. Committed: a rollback would undo a SET.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET cursor_tuple_fraction = 1.0")
+    cursor.close()
+    dbapi_connection.commit()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
