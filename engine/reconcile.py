@@ -93,6 +93,10 @@ class DueMessage:
         }
 
 
+#: A pass that recorded at least this many outcomes refreshes the ledger's planner statistics.
+STATISTICS_AFTER = 10_000
+
+
 @dataclass
 class PassReport:
     """Counts per (campaign, step, outcome) and any channel that could not open.
@@ -377,6 +381,8 @@ class Reconciler:
             for session in sessions.values():
                 if session is not None:
                     session.close()
+        if sum(report.counts.values()) >= STATISTICS_AFTER:
+            self.ledger.refresh_statistics()
         return report
 
     def _channels(self, campaigns: list[Campaign]) -> list[str]:

@@ -49,3 +49,21 @@ def test_a_fresh_connection_without_the_engine_still_has_the_server_default(data
     with plain.connect() as conn:
         assert conn.execute(sa.text(SETTING)).scalar() == "0.1"
     plain.dispose()
+
+
+def test_refresh_statistics_lets_the_planner_see_the_ledger_grow(database):
+    """After a big first pass the ledger is analysed at once (reconcile.STATISTICS_AFTER), so the
+    next pass is not planned for the empty table autovacuum last saw."""
+    from datetime import datetime, timezone
+
+    from engine.ledger import Ledger, Record
+
+    ledger = Ledger(database)
+    ledger.ensure_schema()
+    now = datetime(2025, 1, 10, tzinfo=timezone.utc)
+    ledger.write_new([Record(message_key=f"c:s:{i}:{i}", campaign="c", step="s", customer_id=str(i), trigger_key=str(i),
+                             channel="email", status="skipped", due_at=now, reason="stale") for i in range(300)], now)
+    estimate = "SELECT reltuples::int FROM pg_class WHERE relname = 'engine_ledger'"
+    assert _streamed(database.stream(estimate))[0] <= 0  # never analysed: -1 (or 0)
+    ledger.refresh_statistics()
+    assert _streamed(database.stream(estimate)) == [300]
