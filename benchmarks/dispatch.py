@@ -47,7 +47,7 @@ def measure_smtp(backend: str, url: str, project_dir: Path, now: datetime, sink,
     import engine
     import engine.reconcile as reconcile
     from engine.channels.smtp import SmtpChannel
-    from engine.dispatch import deserialize, send_all
+    from engine.dispatch import deserialize
 
     os.environ["ENGINE_WAREHOUSE_URL"] = url
     project = engine.load_project(project_dir)

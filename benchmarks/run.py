@@ -640,7 +640,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         # only finds what became due since. This is what a reconciler pays every interval.
         filled = _record_plan(reconciler, now)
         later_plan, counts = _timed(lambda: _consume_plan(reconciler, now + timedelta(minutes=1)), repeat)
-        rows.append({"what": f"plan one minute later, ledger filled", "rows": counts["rows"], "seconds": later_plan,
+        rows.append({"what": "plan one minute later, ledger filled", "rows": counts["rows"], "seconds": later_plan,
                      "floor": floor, "headline": True,
                      "note": f"{counts['send']:,} send, {counts['skip']:,} skip; the ledger holds the plan above "
                              f"({filled:,} rows, recorded without sending)"})
@@ -751,7 +751,7 @@ def measure_memory(directory: Path, project_dir: Path, customers: int, anchor: s
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
         result = pool.submit(dispatch.memory_child, str(target), f"duckdb:///{shop_dir / 'shop.duckdb'}",
                              now.isoformat()).result()
-    return [{"what": f"memory: plan with every customer due", "rows": result["due"], "seconds": result["seconds"],
+    return [{"what": "memory: plan with every customer due", "rows": result["due"], "seconds": result["seconds"],
              "backend": "duckdb",
              "note": f"peak RSS {result['peak_mb']:.0f} MB (after start-up {result['baseline_mb']:.0f} MB) for "
                      f"{result['due']:,} due messages of {built['counts']['customers']:,} customers"}]

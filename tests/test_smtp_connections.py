@@ -51,11 +51,14 @@ def test_four_connections_send_every_message_once_with_its_own_outcome(project):
             r.close()
 
 
+@pytest.mark.parametrize("pipelining", [False, True])
 @pytest.mark.parametrize("over_limit", ["421", "disconnect"])
-def test_a_server_closing_connections_mid_batch_loses_and_duplicates_nothing(project, over_limit):
+def test_a_server_closing_connections_mid_batch_loses_and_duplicates_nothing(project, over_limit, pipelining):
     """After five messages the server refuses the next MAIL with 421 (or hangs up): nothing of
-    that message was accepted, so it goes out once more on a new connection."""
+    that message was accepted, so it goes out once more on a new connection. Pipelined (RFC 2920),
+    RCPT and DATA came in the same write as that MAIL, and still nothing of it was accepted."""
     with SmtpSink() as smtp:
+        smtp.pipelining = pipelining
         smtp.max_per_connection = 5
         smtp.over_limit = over_limit
         configure(project, smtp.port)
@@ -69,6 +72,9 @@ def test_a_server_closing_connections_mid_batch_loses_and_duplicates_nothing(pro
             assert set(statuses(r).values()) == {("sent", None, 1)}
             per_connection = Counter(smtp.peers)
             assert max(per_connection.values()) == 5 and len(per_connection) >= N // 5
+            if pipelining:
+                assert any(b"RCPT" in read for read in smtp.reads)
+                assert not any(read.upper().startswith(b"RCPT") for read in smtp.reads)  # never a RCPT of its own
         finally:
             r.close()
 

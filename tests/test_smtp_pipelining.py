@@ -150,29 +150,6 @@ def test_421_at_rcpt_is_transient_and_the_connection_is_replaced(sink):
     assert sum(read.startswith(b"ehlo") for read in sink.reads) == 2  # a second connection for message 2
 
 
-@pytest.mark.parametrize("over_limit", ["421", "disconnect"])
-def test_a_server_closing_a_reused_connection_at_mail_gets_the_message_once_on_a_new_one(project, sink, over_limit):
-    """After five messages the server refuses the next MAIL with 421 (or hangs up) although RCPT and
-    DATA came with it: nothing of the message was accepted, so it goes out once on a new connection."""
-    sink.max_per_connection = 5
-    sink.over_limit = over_limit
-    configure(project, sink.port)
-    with_connections(project, 2)
-    project.load({"notify": campaign()}, customers=customers(N), orders=orders(N))
-    r = Reconciler(load_project(project))
-    try:
-        report = r.run_once(at(minutes=1))
-        assert sorted(sink.keys()) == expected_keys(N)  # every message exactly once
-        assert report.counts[("notify", "mail", "sent")] == N
-        assert set(statuses(r).values()) == {("sent", None, 1)}
-        per_connection = Counter(sink.peers)
-        assert max(per_connection.values()) == 5 and len(per_connection) >= N // 5
-        assert any(b"RCPT" in read for read in sink.reads)
-        assert not any(read.upper().startswith(b"RCPT") for read in sink.reads)  # never a RCPT of its own
-    finally:
-        r.close()
-
-
 @pytest.mark.parametrize("advertised, setting", [(False, {}), (True, {"pipelining": False})])
 def test_without_pipelining_each_command_waits_for_its_reply(advertised, setting):
     """A server that does not advertise PIPELINING (or the channel's ``pipelining: false``): the plain
