@@ -271,6 +271,18 @@ def shared_facts_create(entity: str, config: ProjectConfig, now: datetime) -> ex
                       properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
 
 
+#: Where each dialect keeps a session's temporary tables: DROP names it, so that it can never
+#: drop a permanent table of the same name (an unqualified DROP does when no temporary one exists).
+TEMP_SCHEMAS = {"duckdb": "temp.main", "sqlite": "temp", "postgres": "pg_temp"}
+
+
+def shared_facts_drop(entity: str, dialect: str) -> str | None:
+    """DROP TABLE IF EXISTS for one ``SHARED_FACTS`` table left on a pooled connection by an
+    earlier pass; None where the temporary schema cannot be named (nothing is dropped then)."""
+    schema = TEMP_SCHEMAS.get(dialect)
+    return f"DROP TABLE IF EXISTS {schema}.{SHARED_FACTS[entity]}" if schema else None
+
+
 def shared_facts_used(query: exp.Expression) -> list[str]:
     """The entities whose ``SHARED_FACTS`` table ``query`` reads (to create before running it)."""
     names = {table.name for table in query.find_all(exp.Table)}

@@ -24,7 +24,8 @@ from .channels import ChannelSession, Delivered, OutgoingMessage, open_channel
 from .clock import UTC, format_instant, to_utc
 from .compile import (
     CUSTOMER_PREFIX, MAX_ZONES, SHARED_FACTS, TEMP_TABLE_DIALECTS, VARIANT_PREFIX, due_query, entries_insert,
-    keys_in_sql, render_sql, shared_facts_create, shared_facts_used, source_select, variant_columns, zones_query,
+    keys_in_sql, render_sql, shared_facts_create, shared_facts_drop, shared_facts_used, source_select,
+    variant_columns, zones_query,
 )
 from .config import database_url, resolve
 from .decide import (
@@ -225,16 +226,25 @@ class Reconciler:
                                       shared_facts=shared, zones=zones)
                     for entity in shared_facts_used(query):
                         if entity not in created:
-                            session.execute(f"DROP TABLE IF EXISTS {SHARED_FACTS[entity]}")
+                            self._drop_facts(session, entity)
                             session.execute(render_sql(shared_facts_create(entity, self.config, now), self.config.dialect))
                             created.append(entity)
                     yield from self._due_batches(campaign, render_sql(query, self.config.dialect), session, now, state, recency)
             finally:  # temporary tables outlive the pass in a pooled connection; the next CREATE drops them too
                 for entity in created:
                     try:
-                        session.execute(f"DROP TABLE IF EXISTS {SHARED_FACTS[entity]}")
+                        self._drop_facts(session, entity, created=True)
                     except WarehouseError:  # do not hide the error that ended the pass
                         break
+
+    def _drop_facts(self, session: Session, entity: str, created: bool = False) -> None:
+        """Drop a pass's fact table: by its temporary schema where the dialect can name it (never a
+        permanent table of the same name); elsewhere only a table this pass ``created``."""
+        statement = shared_facts_drop(entity, self.config.dialect)
+        if statement is None and created:
+            statement = f"DROP TABLE {SHARED_FACTS[entity]}"
+        if statement is not None:
+            session.execute(statement)
 
     def _customer_zones(self, session: Session, campaigns: list[Campaign]) -> list | None:
         """The customers' distinct time zone values, when a campaign has a local send time (its

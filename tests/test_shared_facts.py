@@ -17,7 +17,8 @@ import sqlglot
 from conftest import REPO, copy_project, database_url
 from engine import Reconciler, load_project, render_sql
 from engine.compile import (
-    SHARED_FACTS, TEMP_TABLE_DIALECTS, due_query, entries_insert, shared_facts_create, shared_facts_used,
+    SHARED_FACTS, TEMP_TABLE_DIALECTS, due_query, entries_insert, shared_facts_create, shared_facts_drop,
+    shared_facts_used,
 )
 from engine.demo import load_shop
 from engine.warehouse import Database
@@ -52,8 +53,8 @@ def test_shared_facts_give_the_rows_of_per_query_facts(reconciler):
             if insert is not None:
                 reconciler.warehouse.execute(render_sql(insert, config.dialect))
         with reconciler.warehouse.session() as session:
-            for entity, table in SHARED_FACTS.items():
-                session.execute(f"DROP TABLE IF EXISTS {table}")
+            for entity in SHARED_FACTS:
+                session.execute(shared_facts_drop(entity, config.dialect))
                 session.execute(render_sql(shared_facts_create(entity, config, now), config.dialect))
             for campaign in reconciler.campaigns():
                 alone = due_query(campaign, config, now, exclude_ledger=True)
@@ -67,6 +68,17 @@ def test_shared_facts_give_the_rows_of_per_query_facts(reconciler):
                 session.execute(f"DROP TABLE {table}")
     assert compared > 100, "the history should give the campaigns rows to compare"
     assert used >= 4, "most shipped campaigns read per-customer facts (stop conditions, audiences, segments)"
+
+
+def test_a_pass_never_drops_a_permanent_table_of_the_same_name(reconciler):
+    """An unqualified DROP TABLE IF EXISTS drops the permanent table when no temporary one
+    exists (DuckDB, SQLite and PostgreSQL alike): the pass names the temporary schema."""
+    for table in SHARED_FACTS.values():
+        reconciler.warehouse.execute(f"CREATE TABLE {table} (kept INTEGER)")
+        reconciler.warehouse.execute(f"INSERT INTO {table} VALUES (7)")
+    assert any(batch for batch in reconciler.due(INSTANTS["anchor"]))
+    for table in SHARED_FACTS.values():
+        assert [tuple(row) for row in reconciler.warehouse.fetch_all(f"SELECT kept FROM {table}")] == [(7,)]
 
 
 def test_a_pass_drops_its_fact_tables_and_can_run_again(reconciler):
