@@ -26,8 +26,21 @@ def expected_keys(n: int) -> list[str]:
     return sorted(f"notify:mail:{i}:{i}" for i in range(1, n + 1))
 
 
-def test_four_connections_send_every_message_once_with_its_own_outcome(project):
+def envelope(to: str) -> bytes:
+    """What one pipelined write of the engine is, for a recipient (sender: the channel's From)."""
+    return f"MAIL FROM:<shop@example.com>\r\nRCPT TO:<{to}>\r\nDATA\r\n".encode()
+
+
+def commands(sink: SmtpSink) -> list[bytes]:
+    """The reads that carried commands, not message content."""
+    return [read for read in sink.reads if not read.startswith(b"From: ")]
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_four_connections_send_every_message_once_with_its_own_outcome(project, pipelining):
+    """Pipelined (RFC 2920), every message's MAIL, RCPT and DATA also arrive in one read."""
     with SmtpSink() as smtp:
+        smtp.pipelining = pipelining
         smtp.delay = 0.005  # slow enough that the four workers overlap
         configure(project, smtp.port)
         with_connections(project, 4)
@@ -47,6 +60,9 @@ def test_four_connections_send_every_message_once_with_its_own_outcome(project):
             assert set(recorded.values()) == {("sent", None, 1)}
             assert sorted(recorded) == sorted(delivered)
             assert r.ledger.get("notify:mail:7:7")["detail"] == "550 5.1.1 no such user"
+            if pipelining:  # every message's MAIL, RCPT and DATA in one read, and nothing else carried a MAIL
+                envelopes = Counter(read for read in commands(smtp) if b"MAIL FROM" in read.upper())
+                assert envelopes == Counter(envelope(f"c{i}@example.com") for i in range(1, N + 1))
         finally:
             r.close()
 

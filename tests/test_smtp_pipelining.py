@@ -3,11 +3,10 @@ advertises PIPELINING, with exactly the outcomes of the plain path.
 
 A real aiosmtpd server on loopback (tests/servers.py) that can advertise PIPELINING and
 records every chunk it read from a client: one read holding MAIL, RCPT and DATA is the
-proof that they went out together (two round trips per message instead of four).
+proof that they went out together (two round trips per message instead of four). A whole
+pass over four pipelined connections is a parameter of tests/test_smtp_connections.py.
 """
 from __future__ import annotations
-
-from collections import Counter
 
 import pytest
 
@@ -16,20 +15,9 @@ from engine.channels.base import Delivered, Failed, OutgoingMessage
 from engine.channels.smtp import SmtpChannel
 from engine.model import ChannelConfig
 from servers import SmtpSink
-from test_delivery import at, campaign, configure, customers, orders, project, statuses  # noqa: F401 - fixture
-from test_smtp_connections import expected_keys, with_connections
+from test_delivery import at, campaign, configure, customers, orders, project  # noqa: F401 - fixture
+from test_smtp_connections import commands, envelope, expected_keys
 
-N = 40
-
-
-def envelope(to: str) -> bytes:
-    """What one pipelined write of the engine is, for a recipient (sender: the channel's From)."""
-    return f"MAIL FROM:<shop@example.com>\r\nRCPT TO:<{to}>\r\nDATA\r\n".encode()
-
-
-def commands(sink: SmtpSink) -> list[bytes]:
-    """The reads that carried commands, not message content."""
-    return [read for read in sink.reads if not read.startswith(b"From: ")]
 
 
 def message(i: int, to: str | None = None) -> OutgoingMessage:
@@ -39,11 +27,15 @@ def message(i: int, to: str | None = None) -> OutgoingMessage:
                            text=f"Hello {i},\n.a line with a leading dot\n.\n..two dots\nbye\n", html=None)
 
 
-def channel(sink: SmtpSink, **settings) -> SmtpChannel:
+def send_over_one_session(port: int, messages: list[OutgoingMessage], **settings) -> list:
+    """Each message's outcome, sent in order by one channel session with one connection to ``port``."""
     session = SmtpChannel(ChannelConfig(name="email", kind="email", transport="smtp",
-                                        settings={"host": "127.0.0.1", "port": sink.port, "connections": 1, **settings}))
+                                        settings={"host": "127.0.0.1", "port": port, "connections": 1, **settings}))
     session.open()
-    return session
+    try:
+        return [session.send(m) for m in messages]
+    finally:
+        session.close()
 
 
 @pytest.fixture
@@ -53,35 +45,8 @@ def sink():
         yield server
 
 
-def test_a_pass_pipelines_every_message_and_delivers_each_exactly_once(project, sink):
-    configure(project, sink.port)
-    with_connections(project, 4)
-    project.load({"notify": campaign()}, customers=customers(N), orders=orders(N))
-    sink.refuse["c7@example.com"] = "550 5.1.1 no such user"
-    r = Reconciler(load_project(project))
-    try:
-        report = r.run_once(at(minutes=1))
-        assert sorted(sink.keys()) == [k for k in expected_keys(N) if k != "notify:mail:7:7"]  # each exactly once
-        assert len({m["Message-ID"] for m in sink.messages}) == N - 1
-        assert len(set(sink.peers)) == 4
-        # every message's MAIL, RCPT and DATA arrived in one read, and nothing else carried a MAIL
-        envelopes = Counter(read for read in commands(sink) if b"MAIL FROM" in read.upper())
-        assert envelopes == Counter(envelope(f"c{i}@example.com") for i in range(1, N + 1))
-        assert report.counts[("notify", "mail", "sent")] == N - 1
-        recorded = statuses(r)
-        assert recorded.pop("notify:mail:7:7") == ("failed", "permanent", 1)
-        assert set(recorded.values()) == {("sent", None, 1)}
-        assert r.ledger.get("notify:mail:7:7")["detail"] == "550 5.1.1 no such user"
-    finally:
-        r.close()
-
-
 def test_pipelined_messages_arrive_byte_for_byte(sink):
-    session = channel(sink)
-    try:
-        outcomes = [session.send(message(i)) for i in (1, 2, 3)]
-    finally:
-        session.close()
+    outcomes = send_over_one_session(sink.port, [message(i) for i in (1, 2, 3)])
     assert outcomes == [Delivered(provider_id=message(i).message_id(), detail="250 accepted") for i in (1, 2, 3)]
     assert sink.contents == [message(i).to_bytes("\r\n") for i in (1, 2, 3)]  # dot-stuffing undone exactly
     assert [read for read in commands(sink) if b"MAIL" in read.upper()] == [envelope(f"c{i}@example.com") for i in (1, 2, 3)]
@@ -90,12 +55,7 @@ def test_pipelined_messages_arrive_byte_for_byte(sink):
 
 def test_a_refused_recipient_is_permanent_and_the_connection_carries_the_next_message(sink):
     sink.refuse["gone@example.com"] = "550 5.1.1 no such user"
-    session = channel(sink)
-    try:
-        refused = session.send(message(1, to="gone@example.com"))
-        delivered = session.send(message(2))
-    finally:
-        session.close()
+    refused, delivered = send_over_one_session(sink.port, [message(1, to="gone@example.com"), message(2)])
     assert refused == Failed(detail="550 5.1.1 no such user", permanent=True)
     assert delivered == Delivered(provider_id=message(2).message_id(), detail="250 accepted")
     assert sink.keys() == ["test:mail:2:2"]
@@ -109,12 +69,7 @@ def test_a_refused_recipient_is_permanent_and_the_connection_carries_the_next_me
 def test_a_refused_mail_command_fails_by_its_own_reply(sink, reply, permanent):
     """MAIL refused: RCPT and DATA are answered 503 (no transaction), but the outcome is MAIL's."""
     sink.mail_replies = [reply]
-    session = channel(sink)
-    try:
-        refused = session.send(message(1))
-        delivered = session.send(message(2))
-    finally:
-        session.close()
+    refused, delivered = send_over_one_session(sink.port, [message(1), message(2)])
     assert refused == Failed(detail=reply, permanent=permanent)
     assert isinstance(delivered, Delivered)
     assert sink.keys() == ["test:mail:2:2"]
@@ -124,12 +79,7 @@ def test_a_refused_mail_command_fails_by_its_own_reply(sink, reply, permanent):
 
 def test_a_refusal_at_the_end_of_data_is_transient_and_the_connection_carries_on(sink):
     sink.data_script["c1@example.com"] = ["451 4.3.0 queue full"]
-    session = channel(sink)
-    try:
-        refused = session.send(message(1))
-        delivered = session.send(message(2))
-    finally:
-        session.close()
+    refused, delivered = send_over_one_session(sink.port, [message(1), message(2)])
     assert refused == Failed(detail="451 4.3.0 queue full", permanent=False)
     assert isinstance(delivered, Delivered)
     assert sink.keys() == ["test:mail:2:2"]
@@ -138,12 +88,7 @@ def test_a_refusal_at_the_end_of_data_is_transient_and_the_connection_carries_on
 
 def test_421_at_rcpt_is_transient_and_the_connection_is_replaced(sink):
     sink.script["c1@example.com"] = ["421 4.7.0 closing"]
-    session = channel(sink)
-    try:
-        closing = session.send(message(1))
-        delivered = session.send(message(2))
-    finally:
-        session.close()
+    closing, delivered = send_over_one_session(sink.port, [message(1), message(2)])
     assert closing == Failed(detail="421 4.7.0 closing", permanent=False)
     assert isinstance(delivered, Delivered)
     assert sink.keys() == ["test:mail:2:2"]
@@ -157,11 +102,7 @@ def test_without_pipelining_each_command_waits_for_its_reply(advertised, setting
     with SmtpSink() as sink:
         sink.pipelining = advertised
         sink.refuse["gone@example.com"] = "550 5.1.1 no such user"
-        session = channel(sink, **setting)
-        try:
-            outcomes = [session.send(message(1)), session.send(message(2, to="gone@example.com")), session.send(message(3))]
-        finally:
-            session.close()
+        outcomes = send_over_one_session(sink.port, [message(1), message(2, to="gone@example.com"), message(3)], **setting)
         assert [type(o) for o in outcomes] == [Delivered, Failed, Delivered]
         assert outcomes[1] == Failed(detail="550 5.1.1 no such user", permanent=True)
         assert sink.keys() == ["test:mail:1:1", "test:mail:3:3"]
@@ -232,13 +173,8 @@ def test_a_server_that_accepts_data_after_refusing_the_recipient_gets_no_content
     """DATA answered 354 although RCPT was refused: the engine sends no content (which would be an
     empty or stray message), reports the RCPT refusal and leaves that connection for a new one."""
     server = _CarelessServer()
-    session = SmtpChannel(ChannelConfig(name="email", kind="email", transport="smtp",
-                                        settings={"host": "127.0.0.1", "port": server.port, "connections": 1}))
     try:
-        session.open()
-        refused = session.send(message(1, to="gone@example.com"))
-        delivered = session.send(message(2))
-        session.close()
+        refused, delivered = send_over_one_session(server.port, [message(1, to="gone@example.com"), message(2)])
     finally:
         server.close()
     assert refused == Failed(detail="550 5.1.1 no such user", permanent=True)
