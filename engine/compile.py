@@ -357,12 +357,14 @@ class _QueryBuilder:
         self.uses_event_facts = True
         return _later(col("fe", "last_event_at"), col("t", "trigger_at"))
 
-    def join_facts(self, query: exp.Select, customer: exp.Column) -> exp.Select:
-        """LEFT JOIN the fact relations this query's filters and stop conditions used."""
-        if self.uses_facts:
+    def join_facts(self, query: exp.Select, customer: exp.Column, orders: bool | None = None,
+                   events: bool | None = None) -> exp.Select:
+        """LEFT JOIN the fact relations (order facts as ``f``, event facts as ``fe``) on ``customer``:
+        by default those this query's filters and stop conditions used."""
+        if self.uses_facts if orders is None else orders:
             query = query.join(exp.to_table(self.customer_facts()).as_("f"),
                                on=col("f", "customer_id").eq(customer.copy()), join_type="left")
-        if self.uses_event_facts:
+        if self.uses_event_facts if events is None else events:
             query = query.join(exp.to_table(self.event_facts()).as_("fe"),
                                on=col("fe", "customer_id").eq(customer.copy()), join_type="left")
         return query
@@ -583,12 +585,8 @@ def _last_activity(builder: _QueryBuilder, trigger: LastActivity) -> exp.Select:
                                default=login_at.copy())
     customers = builder.source("customers")
     base = exp.select(col("c", "customer_id"), exp.alias_(activity_at, "activity_at")).from_(exp.to_table(customers).as_("c"))
-    if "order" in trigger.activities:
-        base = base.join(exp.to_table(builder.customer_facts()).as_("f"), on=col("f", "customer_id").eq(col("c", "customer_id")),
-                         join_type="left")
-    if "login" in trigger.activities:
-        base = base.join(exp.to_table(builder.event_facts()).as_("fe"), on=col("fe", "customer_id").eq(col("c", "customer_id")),
-                         join_type="left")
+    base = builder.join_facts(base, col("c", "customer_id"), orders="order" in trigger.activities,
+                              events="login" in trigger.activities)
     builder.ctes["last_activity"] = base.where(activity_at.copy().is_(exp.null()).not_())
     return (
         exp.select(col("l", "customer_id"), exp.alias_(exp.Max(this=col("a", "activity_key")), "trigger_key"),
