@@ -71,16 +71,8 @@ class Database:
 
     def stream(self, sql: str, batch_size: int = 1000) -> Iterator[list[sa.Row]]:
         """Run ``sql`` and yield its rows in batches, never holding all of them."""
-        try:
-            with self.engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(sa.text(sql))
-                while True:
-                    rows = result.fetchmany(batch_size)
-                    if not rows:
-                        break
-                    yield rows
-        except sa.exc.SQLAlchemyError as exc:
-            raise self._error("query failed on", exc) from None
+        with self.session() as session:
+            yield from session.stream(sql, batch_size)
 
     @contextlib.contextmanager
     def session(self) -> Iterator["Session"]:
