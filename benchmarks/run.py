@@ -569,19 +569,12 @@ def _create_facts(reconciler, now) -> None:
 def _record_plan(reconciler, now) -> int:
     """Record the plan at ``now`` in the ledger as a pass would (segment entries first; sends as
     'sent', skips as 'skipped', deferrals not at all) without rendering or sending anything."""
-    import engine
-    from engine.compile import entries_insert
-    from engine.ledger import Record
+    from engine.reconcile import _record
 
-    for campaign in reconciler.campaigns():
-        insert = entries_insert(campaign, reconciler.config, now)
-        if insert is not None:
-            reconciler.warehouse.execute(engine.render_sql(insert, reconciler.config.dialect))
+    reconciler.enter_segments(now)
     recorded = 0
     for batch in reconciler.due(now):
-        records = [Record(message_key=m.key, campaign=m.campaign, step=m.step, customer_id=m.customer_id,
-                          trigger_key=m.trigger_key, channel=m.channel, due_at=m.due_at, trigger_at=m.trigger_at,
-                          variant=m.variant, status="sent" if m.action == "send" else "skipped", reason=m.reason)
+        records = [_record(m, "sent" if m.action == "send" else "skipped", reason=m.reason, detail=m.detail)
                    for m in batch if m.action != "defer"]
         recorded += len(reconciler.ledger.write_new(records, now))
     return recorded

@@ -377,10 +377,7 @@ class Reconciler:
         sessions: dict[str, ChannelSession | None] = {}
         try:
             self._recover(now, adapters, sessions, report)
-            for campaign in selected:
-                insert = entries_insert(campaign, self.config, now)
-                if insert is not None:
-                    self.warehouse.execute(render_sql(insert, self.config.dialect))
+            self.enter_segments(now, selected)
             renderer = Renderer(self.project.templates_dir)
             for batch in self.due(now, selected):
                 self._process(batch, now, renderer, adapters, sessions, report, secret)
@@ -394,6 +391,14 @@ class Reconciler:
         if sum(report.counts.values()) >= STATISTICS_AFTER:
             self.ledger.refresh_statistics()
         return report
+
+    def enter_segments(self, now: datetime, campaigns: list[Campaign] | None = None) -> None:
+        """Record who entered a segment trigger (at risk) since the last pass; a pass does this
+        before it plans, so ``due`` sees the entries."""
+        for campaign in campaigns if campaigns is not None else self.campaigns():
+            insert = entries_insert(campaign, self.config, now)
+            if insert is not None:
+                self.warehouse.execute(render_sql(insert, self.config.dialect))
 
     def _channels(self, campaigns: list[Campaign]) -> list[str]:
         used = {channel for campaign in campaigns for step in campaign.steps for channel in step.channels}

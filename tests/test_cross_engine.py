@@ -17,9 +17,8 @@ from datetime import datetime
 import pytest
 
 from conftest import BACKENDS, REPO, copy_project, database_url
-from engine import Reconciler, load_project, render_sql
+from engine import Reconciler, load_project
 from engine.clock import format_instant
-from engine.compile import entries_insert
 from engine.demo import load_shop
 from engine.ledger import Record
 from engine.warehouse import Database
@@ -30,14 +29,6 @@ CAMPAIGNS = [c.name for c in load_project(REPO).campaigns if c.enabled]
 KNOWN = ("second-order", "abandoned-cart", "re-engage")
 
 Plan = dict[tuple[str, str], set[tuple]]  # (instant label, campaign) -> due set
-
-
-def enter_segments(reconciler: Reconciler, now: datetime) -> None:
-    """What ``run_once`` does first: record who entered a segment since the last pass."""
-    for campaign in reconciler.campaigns():
-        insert = entries_insert(campaign, reconciler.config, now)
-        if insert is not None:
-            reconciler.warehouse.execute(render_sql(insert, reconciler.config.dialect))
 
 
 def claim_half(reconciler: Reconciler, messages: list, now: datetime) -> None:
@@ -55,7 +46,7 @@ def claim_half(reconciler: Reconciler, messages: list, now: datetime) -> None:
 def live_through_instants(reconciler: Reconciler) -> Plan:
     plan: Plan = {}
     for label, now in INSTANTS.items():
-        enter_segments(reconciler, now)
+        reconciler.enter_segments(now)  # what run_once does first
         messages = [m for batch in reconciler.due(now) for m in batch]
         for name in CAMPAIGNS:
             plan[(label, name)] = set()

@@ -17,7 +17,7 @@ import sqlglot
 from conftest import REPO, copy_project, database_url
 from engine import Reconciler, load_project, render_sql
 from engine.compile import (
-    SHARED_FACTS, TEMP_TABLE_DIALECTS, due_query, entries_insert, shared_facts_create, shared_facts_drop,
+    SHARED_FACTS, TEMP_TABLE_DIALECTS, due_query, shared_facts_create, shared_facts_drop,
     shared_facts_used,
 )
 from engine.demo import load_shop
@@ -48,10 +48,7 @@ def test_shared_facts_give_the_rows_of_per_query_facts(reconciler):
     config = reconciler.config
     compared = used = 0
     for label, now in INSTANTS.items():
-        for campaign in reconciler.campaigns():  # segment entries, as run_once records them before planning
-            insert = entries_insert(campaign, config, now)
-            if insert is not None:
-                reconciler.warehouse.execute(render_sql(insert, config.dialect))
+        reconciler.enter_segments(now)  # as run_once does before planning
         with reconciler.warehouse.session() as session:
             for entity in SHARED_FACTS:
                 session.execute(shared_facts_drop(entity, config.dialect))
