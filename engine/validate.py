@@ -15,6 +15,7 @@ from typing import Iterable
 from .clock import MAX_DURATION, DurationTooLong, parse_duration
 from .errors import FilterError, Issue
 from .config import parse_clock, parse_quiet_hours
+from .filter_types import attribute_kinds, check_types
 from .filters import parse_filter, referenced_functions
 from .load import Document, format_path, load_yaml_file
 from .model import (
@@ -168,6 +169,7 @@ def _check_filter(doc: Document, path: tuple, text: str | None, attributes: list
         return
     try:
         tree = parse_filter(text, attributes)
+        check_types(tree, attribute_kinds(config), text)
     except FilterError as exc:
         issues.append(doc.issue(path, exc.message, fix=exc.fix, position=doc.value_position(path, exc.offset)))
         return
