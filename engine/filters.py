@@ -79,6 +79,18 @@ def _check_engine_function(node: exp.Anonymous, text: str) -> None:
                               fix=f"write at most {name}({maximum}) (a hundred years)", offset=_offset(args[0], text))
 
 
+#: Typographic quotes (word processors, chat apps) look like SQL quotes but are letters to a parser.
+_TYPOGRAPHIC_QUOTES = re.compile("[\u2018\u2019\u201a\u201b\u201c\u201d\u201e\u201f\u2032\u2033\u00b4\uff07\uff02]")
+
+
+def _check_quotes(text: str) -> None:
+    found = _TYPOGRAPHIC_QUOTES.search(text)
+    if found:
+        raise FilterError(f"the filter contains the typographic quote {found.group()} (U+{ord(found.group()):04X}), "
+                          "which SQL does not read as a quote",
+                          fix="write strings in straight single quotes, e.g. email = 'a@shop.example'", offset=found.start())
+
+
 def _check_size(text: str) -> None:
     """Refuse a filter too long or nested too deep for the parser (it recurses per level)."""
     if len(text) > MAX_FILTER_CHARS:
@@ -106,6 +118,7 @@ def parse_filter(text: str, attributes: Iterable[str]) -> exp.Expression:
     """
     known = sorted(set(attributes))
     try:
+        _check_quotes(text)
         _check_size(text)
         statements = [s for s in sqlglot.parse(text) if s is not None]
     except RecursionError:  # a safety net behind _check_size
@@ -136,6 +149,7 @@ def parse_filter(text: str, attributes: Iterable[str]) -> exp.Expression:
         )
     for node in tree.walk():
         _check_node(node, known, text)
+        node.comments = None  # sqlglot would carry -- and /* */ comments into the SQL: nothing but the whitelist goes there
     return tree
 
 
