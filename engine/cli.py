@@ -236,7 +236,7 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
         progress.finish()
         click.echo(f"Pass at {format_instant(report.now)}:")
         write_report(report, sys.stdout, sys.stderr)
-        sys.exit(1 if report.errors or report.total("failed") else 0)
+        sys.exit(1 if report.errors or report.failed_campaigns or report.total("failed") else 0)
     finally:
         reconciler.close()
 
