@@ -189,8 +189,9 @@ def _check_node(node: exp.Expression, known: list[str], text: str) -> None:
                 offset=_offset(node, text),
             )
         if node.name not in known:
+            shown = node.name if len(node.name) <= 60 else node.name[:60] + "..."
             raise FilterError(
-                f"unknown attribute '{node.name}'" + _did_you_mean(node.name, known),
+                f"unknown attribute '{shown}'" + _did_you_mean(node.name[:100], known),
                 fix="use one of the known attributes: " + ", ".join(known)
                 + " (extra customer columns can be mapped in engine.yaml sources.customers.columns)",
                 offset=_offset(node, text),
