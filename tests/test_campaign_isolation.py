@@ -11,16 +11,21 @@ extra attribute whose type only the warehouse knows.
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
+import time
+import urllib.request
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from engine import Reconciler, load_project
 from servers import SmtpSink
 from test_delivery import at, campaign, configure, customers, orders, project, statuses  # noqa: F401 - fixture
+from test_service import service_factory  # noqa: F401 - fixture
 
 ENGINE = [sys.executable, "-c", "from engine.cli import main; main()"]
 N = 12
@@ -102,3 +107,67 @@ def test_run_once_exits_non_zero_naming_the_campaign_and_sends_the_rest(project)
         assert "Traceback" not in result.stderr and "Internal error" not in result.stderr
         assert "campaign city-number failed" in result.stderr and "VARCHAR" in result.stderr
         assert sorted(smtp.keys()) == expected_keys("first")
+
+
+# --- the service ------------------------------------------------------------------------------
+
+CITY_NUMBER = """\
+name: city-number
+priority: 100
+trigger:
+  order_placed: {}
+audience: "city > 5"
+steps:
+  - {id: mail, delay: 0m, freshness: 30d, channel: email, template: second-order/nudge.email.j2}
+"""
+HEALTH_TIMEOUT = 3  # seconds an endpoint may take to answer while the service refuses the bomb
+
+
+def test_the_service_reports_a_failing_campaign_and_survives_an_alias_bomb(tmp_path, service_factory):
+    """A running service: a campaign the warehouse refuses shows in /readyz, the metric and the log while the
+    others send; then an alias bomb dropped into campaigns.d/ is refused at the next reload, /healthz and
+    /readyz keep answering within a short timeout, and passes go on with the old campaigns."""
+    from servers import free_port
+    from test_service import ENGINE as SERVICE, START_BOUND, atomic_write, live_project, metric
+
+    with SmtpSink() as smtp:
+        root = live_project(tmp_path / "project", customers=200, smtp_port=smtp.port)
+        (root / "campaigns.d" / "city-number.yaml").write_text(CITY_NUMBER)
+        port = free_port()
+        service = service_factory(SERVICE + ["run", "--interval", "1s", "--metrics-port", str(port), "--log-format", "json"],
+                                  root, port=port)
+        service.wait_for(lambda: service.passes() >= 1, "the first pass", timeout=START_BOUND)
+
+        # the failing campaign is named everywhere; the others sent
+        failed = service.events("campaign.failed")
+        assert failed and failed[0]["campaign"] == "city-number" and "VARCHAR" in failed[0]["reason"]
+        assert metric(service.metrics(), "engine_campaign_failures_total", campaign="city-number") >= 1
+        status, body = service.get("/readyz")
+        ready = json.loads(body)
+        assert status == 200 and "city-number" in ready["failed_campaigns"], body
+        assert smtp.keys() and not any(key.startswith("city-number:") for key in smtp.keys())
+        assert metric(service.metrics(), "engine_messages_sent_total", campaign="second-order") > 0
+
+        # the bomb: refused at the next reload, while health and readiness answer and passes go on
+        bomb = (Path(__file__).parent / "corpus" / "hostile" / "alias-bomb.yaml").read_text()
+        passes = service.passes()
+        atomic_write(root / "campaigns.d" / "alias-bomb.yaml", bomb)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            for path in ("/healthz", "/readyz"):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=HEALTH_TIMEOUT) as response:
+                    assert response.status == 200, path
+            assert time.monotonic() - started < 2 * HEALTH_TIMEOUT
+            if service.events("config.rejected") and service.passes() >= passes + 3:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"no rejection and three passes within 60 s (passes {passes} -> {service.passes()})")
+        invalid = service.events("config.invalid")
+        assert any(e["file"].endswith("alias-bomb.yaml") and "expands to more than" in e["message"] for e in invalid)
+        detail = json.loads(service.get("/readyz")[1])
+        assert detail["config"]["valid"] is False and "second-order" in detail["campaigns"]
+        assert "alias-bomb" not in detail["campaigns"]
+        code, _ = service.stop()
+        assert code == 0
