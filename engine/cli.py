@@ -114,7 +114,7 @@ def validate(project_dir: Path, paths: tuple[str, ...], fmt: str, check_warehous
     if check_warehouse:
         from .introspect import check_warehouse as warehouse_issues
 
-        issues += warehouse_issues(project_dir)
+        issues += warehouse_issues(project_dir, paths or None)
     files = len(campaign_files(Path(project_dir).resolve(), paths or None))
     write_issues(issues, fmt, sys.stdout, files)
     sys.exit(1 if any(i.severity == "error" for i in issues) else 0)
