@@ -12,7 +12,8 @@ Hostile files are bounded before they cost anything: a file larger than
 ``MAX_NODES`` values once every alias is expanded (a "billion laughs" of
 nested ``*aliases`` is refused while it is being composed, at the alias
 that crosses the bound) is an issue at its line, as is a character YAML
-does not allow (a NUL byte) or a number too long to read.
+does not allow (a NUL byte, also one written as an escape) or a number too
+long to read.
 """
 from __future__ import annotations
 
@@ -340,6 +341,11 @@ def _build_node(loader: _Loader, node: yaml.Node, path: Path_, doc: Document, bu
     except ValueError:  # int() refuses numbers of more than 4,300 digits
         doc.issues.append(doc.issue(path, "this number is too long to read",
                                     fix="write a number of a few digits, or quote it to make it a string",
+                                    position=(node.start_mark.line + 1, node.start_mark.column + 1)))
+        return None
+    if isinstance(value, str) and "\0" in value:  # an escaped NUL ("\0", "\x00"): file names and URLs end there
+        doc.issues.append(doc.issue(path, "this string contains a NUL character (written \\0 or \\x00)",
+                                    fix="remove it; no setting, name, path or filter takes a NUL character",
                                     position=(node.start_mark.line + 1, node.start_mark.column + 1)))
         return None
     doc.scalars[path] = Scalar(node.start_mark.index, node.end_mark.index,
