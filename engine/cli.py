@@ -173,11 +173,16 @@ def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: 
         now = (FixedClock(as_of) if as_of else SystemClock()).now()
         selected = _select(reconciler, campaigns)
         header = f"Plan at {format_instant(now)} for {len(selected)} campaign(s)"
-        write_plan(around_output(reconciler.due(now, selected), progress), fmt, sys.stdout,
+        failed: dict[str, str] = {}  # a campaign that fails is reported; the others are planned
+        write_plan(around_output(reconciler.due(now, selected, failures=failed), progress), fmt, sys.stdout,
                    include_skipped=include_skipped, limit=limit, header=header)
     finally:
         progress.finish()
         reconciler.close()
+    for name, reason in failed.items():
+        click.echo(f"Error: campaign {name} could not be planned (the others were): {reason}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 def _select(reconciler, names):

@@ -99,6 +99,11 @@ def test_run_once_exits_non_zero_naming_the_campaign_and_sends_the_rest(project)
         validated = subprocess.run(ENGINE + ["--project", str(project), "validate"], capture_output=True, text=True,
                                    timeout=120)
         assert validated.returncode == 0, validated.stdout + validated.stderr
+        planned = subprocess.run(ENGINE + ["--project", str(project), "plan", "--as-of", "2025-01-06T12:01:00Z",
+                                           "--format", "jsonl", "--quiet"], capture_output=True, text=True, timeout=120)
+        assert planned.returncode == 1, planned.stdout + planned.stderr
+        assert "campaign city-number could not be planned" in planned.stderr and "Traceback" not in planned.stderr
+        assert planned.stdout.count('"campaign": "first"') == N, planned.stdout  # the others are planned
 
         result = subprocess.run(ENGINE + ["--project", str(project), "run", "--once", "--as-of", "2025-01-06T12:01:00Z",
                                           "--quiet"], capture_output=True, text=True, timeout=120)
