@@ -186,3 +186,22 @@ def test_a_filter_comment_never_reaches_sql(project_dir: Path):
         for dialect in ("duckdb", "postgres", "sqlite"):
             sql = render_sql(due_query(tricked, project.config, now, exclude_ledger=True), dialect)
             assert "DROP" not in sql.upper() and "/*" not in sql, sql
+
+
+@pytest.mark.parametrize("dialect", ["duckdb", "postgres", "sqlite", "bigquery", "snowflake", "spark", "trino"])
+def test_quotes_and_backslashes_stay_inside_their_string_literal(dialect: str):
+    """A string literal cannot end early in any warehouse's dialect: what the filter compares is what runs."""
+    import sqlglot
+    from sqlglot import exp
+
+    from engine.errors import FilterError
+    from engine.filters import parse_filter
+
+    with pytest.raises(FilterError, match="exactly one expression"):  # the backslash does not escape: two statements
+        parse_filter("email = 'x\\'; DROP TABLE t; --'", ["email"])
+    for text in ("email = 'a\\' OR email = 'b'", "email = 'it''s' OR order_count = 1"):
+        tree = parse_filter(text, ["email", "order_count"])
+        again = sqlglot.parse_one(tree.sql(dialect=dialect), read=dialect)
+        assert [lit.this for lit in again.find_all(exp.Literal)] == [lit.this for lit in tree.find_all(exp.Literal)]
+        assert [c.name for c in again.find_all(exp.Column)] == [c.name for c in tree.find_all(exp.Column)]
+        assert not list(again.find_all(exp.Drop))
