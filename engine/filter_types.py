@@ -20,6 +20,7 @@ from typing import Mapping
 from sqlglot import exp
 
 from .errors import FilterError
+from .filters import _offset
 from .model import ProjectConfig
 
 #: The engine's per-customer facts and "since the trigger" facts.
@@ -75,8 +76,6 @@ class _Checker:
         self.kinds, self.text = kinds, text
 
     def error(self, node: exp.Expression, message: str, fix: str) -> FilterError:
-        from .filters import _offset
-
         return FilterError(message, fix=fix, offset=_offset(node, self.text))
 
     def kind(self, node: exp.Expression) -> str | None:
@@ -144,7 +143,8 @@ class _Checker:
         kind = self.kind(node)
         if kind in ("number", "text", "instant") or (kind or "").startswith("literal:"):
             word = "text" if kind.startswith("literal:") else _WORDS[kind]
-            raise self.error(node, f"'{node.sql()}' is {word}, not a condition ({parent.key.upper()} joins conditions)",
+            role = "NOT negates a condition" if isinstance(parent, exp.Not) else f"{parent.key.upper()} joins conditions"
+            raise self.error(node, f"'{node.sql()}' is {word}, not a condition ({role})",
                              "compare it with something, e.g. order_count > 1 or email IS NOT NULL")
 
     def operand(self, node: exp.Expression, wanted: str | None, what: str, fix: str) -> None:
