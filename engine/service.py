@@ -5,7 +5,8 @@ pass it reloads a changed project (``reload.py``; an invalid change is logged
 issue by issue and the last valid project keeps running), runs one pass,
 turns its ``PassReport`` into metrics (``metrics.py``) and log events
 (``logs.py``), and measures the ledger backlog. It answers readiness for
-``httpd.py``: warehouse and ledger reachable and the last pass recent.
+``httpd.py``: warehouse and ledger reachable and the last pass recent; its
+detail names the campaigns that failed alone in the last pass.
 
 Time is injected: ``clock`` gives the pass instant, ``monotonic`` measures
 durations and ages. Signals are the CLI's business: ``run`` stops when the
