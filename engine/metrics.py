@@ -34,7 +34,7 @@ class Metrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         Info("engine", "Version of the campaign engine.", registry=registry).info({"version": __version__})
-        self.passes = Counter("engine_passes", "Reconciler passes by result: ok, incomplete (a channel could not open) or error (the pass raised).",
+        self.passes = Counter("engine_passes", "Reconciler passes by result: ok, incomplete (a channel could not open or a campaign failed) or error (the pass raised).",
                               ["result"], registry=registry)
         self.pass_duration = Histogram("engine_pass_duration_seconds", "Wall time of one reconciler pass.",
                                        buckets=PASS_BUCKETS, registry=registry)
