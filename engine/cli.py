@@ -114,7 +114,7 @@ def validate(project_dir: Path, paths: tuple[str, ...], fmt: str, check_warehous
     if check_warehouse:
         from .introspect import check_warehouse as warehouse_issues
 
-        issues += warehouse_issues(project_dir)
+        issues += warehouse_issues(project_dir, paths or None)
     files = len(campaign_files(Path(project_dir).resolve(), paths or None))
     write_issues(issues, fmt, sys.stdout, files)
     sys.exit(1 if any(i.severity == "error" for i in issues) else 0)
@@ -173,11 +173,16 @@ def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: 
         now = (FixedClock(as_of) if as_of else SystemClock()).now()
         selected = _select(reconciler, campaigns)
         header = f"Plan at {format_instant(now)} for {len(selected)} campaign(s)"
-        write_plan(around_output(reconciler.due(now, selected), progress), fmt, sys.stdout,
+        failed: dict[str, str] = {}  # a campaign that fails is reported; the others are planned
+        write_plan(around_output(reconciler.due(now, selected, failures=failed), progress), fmt, sys.stdout,
                    include_skipped=include_skipped, limit=limit, header=header)
     finally:
         progress.finish()
         reconciler.close()
+    for name, reason in failed.items():
+        click.echo(f"Error: campaign {name} could not be planned (the others were): {reason}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 def _select(reconciler, names):
@@ -236,7 +241,7 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
         progress.finish()
         click.echo(f"Pass at {format_instant(report.now)}:")
         write_report(report, sys.stdout, sys.stderr)
-        sys.exit(1 if report.errors or report.total("failed") else 0)
+        sys.exit(1 if report.errors or report.failed_campaigns or report.total("failed") else 0)
     finally:
         reconciler.close()
 

@@ -67,25 +67,43 @@ def sql_timestamp_text(value: datetime) -> str:
 _DURATION_PART = re.compile(r"(\d+)\s*(w|d|h|m|s)")
 _UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 DURATION_PATTERN = r"^\s*(\d+\s*[wdhms]\s*)+$"
+#: The longest duration the engine takes (delays, windows, cool-downs, timeouts): about ten years.
+#: Longer ones are mistakes, and far longer ones overflow the date arithmetic of every pass.
+MAX_DURATION = timedelta(days=3660)
+
+
+class DurationTooLong(ValueError):
+    """A well-formed duration beyond ``MAX_DURATION``."""
 
 
 def parse_duration(text: str) -> timedelta:
-    """Parse ``90m``, ``1h``, ``7d``, ``2w`` or combinations like ``1d12h``."""
+    """Parse ``90m``, ``1h``, ``7d``, ``2w`` or combinations like ``1d12h``, at most ``MAX_DURATION``."""
     value = str(text).strip()
     if not re.fullmatch(DURATION_PATTERN, value):
         raise ValueError(
-            f"'{text}' is not a duration; write a number and a unit "
+            f"'{_shorten(str(text))}' is not a duration; write a number and a unit "
             "(m=minutes, h=hours, d=days, w=weeks), e.g. 90m, 2h, 7d, 1d12h"
         )
-    seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    parts = _DURATION_PART.findall(value)
+    # a number of more than 12 digits is beyond the maximum in any unit (and int() refuses 4,300+ digits)
+    seconds = sum(int(n) * _UNIT_SECONDS[u] if len(n.lstrip("0")) <= 12 else 10**18 for n, u in parts)
+    if seconds > MAX_DURATION.total_seconds():
+        raise DurationTooLong(
+            f"'{_shorten(value)}' is longer than the longest duration the engine takes, "
+            f"{MAX_DURATION.days}d (about ten years)"
+        )
     return timedelta(seconds=seconds)
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def parse_interval(text: str) -> float:
     """A loop interval in seconds: ``60s``, ``5m`` or a bare number of seconds."""
     value = str(text).strip()
     if value.isdigit():
-        return float(value)
+        value += "s"
     return parse_duration(value).total_seconds()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from datetime import time
+from datetime import time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import re
 from pathlib import Path
@@ -19,7 +19,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-from .clock import parse_duration, parse_instant
+from .clock import MAX_DURATION, DurationTooLong, parse_duration, parse_instant
 from .errors import ConfigError, FilterError, Issue
 from .load import Document, load_yaml_file
 from .model import (
@@ -102,7 +102,7 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
                                 fix="use a duckdb://, sqlite://, postgresql:// ... URL or set warehouse.dialect"))
         dialect = "duckdb"
     ledger = data.get("ledger", {})
-    stale_horizon = parse_duration(ledger.get("stale_horizon", "7d"))
+    stale_horizon = _duration(doc, ("ledger", "stale_horizon"), ledger.get("stale_horizon", "7d"), issues)
     sources = {}
     for entity, spec in data["sources"].items():
         source, source_issues = _source(doc, entity, spec, dialect)
@@ -174,6 +174,17 @@ def _segment_issues(doc: Document, config: ProjectConfig) -> list[Issue]:
     return issues
 
 
+def _duration(doc: Document, path: tuple, text: str, issues: list[Issue]) -> timedelta:
+    """A duration setting; one too long (or malformed) is an issue at ``path``, read as zero."""
+    try:
+        return parse_duration(text)
+    except DurationTooLong as exc:
+        issues.append(doc.issue(path, str(exc), fix=f"write at most {MAX_DURATION.days}d"))
+    except ValueError as exc:
+        issues.append(doc.issue(path, str(exc), fix="write a duration such as 90m, 2h, 7d or 1d12h"))
+    return timedelta(0)
+
+
 def _policies(doc: Document, spec: dict, channels: dict, issues: list[Issue]) -> dict:
     caps = []
     for index, cap in enumerate(spec.get("frequency_caps", [])):
@@ -181,18 +192,21 @@ def _policies(doc: Document, spec: dict, channels: dict, issues: list[Issue]) ->
         if channel is not None and channel not in channels:
             issues.append(doc.issue(("policies", "frequency_caps", index, "channel"), f"channel '{channel}' is not configured",
                                     fix="configured channels: " + ", ".join(channels)))
-        caps.append(FrequencyCap(max=cap["max"], per=parse_duration(cap["per"]), channel=channel))
+        per = _duration(doc, ("policies", "frequency_caps", index, "per"), cap["per"], issues)
+        caps.append(FrequencyCap(max=cap["max"], per=per, channel=channel))
     retry = spec.get("retry", {})
     policies = {
         "frequency_caps": tuple(caps),
         "retry": RetryPolicy(
             max_attempts=retry.get("max_attempts", RetryPolicy.max_attempts),
-            backoff=parse_duration(retry["backoff"]) if "backoff" in retry else RetryPolicy.backoff,
-            max_backoff=parse_duration(retry["max_backoff"]) if "max_backoff" in retry else RetryPolicy.max_backoff,
+            backoff=(_duration(doc, ("policies", "retry", "backoff"), retry["backoff"], issues)
+                     if "backoff" in retry else RetryPolicy.backoff),
+            max_backoff=(_duration(doc, ("policies", "retry", "max_backoff"), retry["max_backoff"], issues)
+                         if "max_backoff" in retry else RetryPolicy.max_backoff),
         ),
     }
     if "claim_timeout" in spec:
-        policies["claim_timeout"] = parse_duration(spec["claim_timeout"])
+        policies["claim_timeout"] = _duration(doc, ("policies", "claim_timeout"), spec["claim_timeout"], issues)
     if "unsubscribe_url" in spec:
         policies["unsubscribe_url"] = spec["unsubscribe_url"]
     return policies

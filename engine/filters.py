@@ -51,6 +51,14 @@ ENGINE_FUNCTIONS: dict[str, tuple[str, str]] = {
 }
 
 
+#: The largest argument of the time functions (a hundred years): more overflows the date arithmetic.
+ENGINE_FUNCTION_MAXIMUM = {"days_ago": 36_600, "hours_ago": 878_400}
+#: Longest filter, in characters; deepest nesting of brackets and NOT / unary minus signs.
+MAX_FILTER_CHARS = 4000
+MAX_FILTER_NESTING = 16
+_PREFIX_TOKENS = {TokenType.NOT, TokenType.DASH, TokenType.PLUS}
+
+
 def _check_engine_function(node: exp.Anonymous, text: str) -> None:
     name = node.name.lower()
     kind, meaning = ENGINE_FUNCTIONS[name]
@@ -60,6 +68,45 @@ def _check_engine_function(node: exp.Anonymous, text: str) -> None:
         example = f"{name}(30)" if kind == "number" else f"{name}('vip')"
         raise FilterError(f"{name}() takes one {kind} literal ({meaning})", fix=f"write e.g. {example}",
                           offset=_offset(node, text, keyword=name))
+    maximum = ENGINE_FUNCTION_MAXIMUM.get(name)
+    if maximum is not None:
+        try:
+            value = float(args[0].this)
+        except ValueError:  # pragma: no cover - sqlglot only makes number literals of numbers
+            value = float("inf")
+        if not value <= maximum:  # also catches inf and nan
+            raise FilterError(f"{name}({args[0].this}) is beyond the largest argument {name}() takes, {maximum:,}",
+                              fix=f"write at most {name}({maximum}) (a hundred years)", offset=_offset(args[0], text))
+
+
+#: Typographic quotes (word processors, chat apps) look like SQL quotes but are letters to a parser.
+_TYPOGRAPHIC_QUOTES = re.compile("[\u2018\u2019\u201a\u201b\u201c\u201d\u201e\u201f\u2032\u2033\u00b4\uff07\uff02]")
+
+
+def _check_quotes(text: str) -> None:
+    found = _TYPOGRAPHIC_QUOTES.search(text)
+    if found:
+        raise FilterError(f"the filter contains the typographic quote {found.group()} (U+{ord(found.group()):04X}), "
+                          "which SQL does not read as a quote",
+                          fix="write strings in straight single quotes, e.g. email = 'a@shop.example'", offset=found.start())
+
+
+def _check_size(text: str) -> None:
+    """Refuse a filter too long or nested too deep for the parser (it recurses per level)."""
+    if len(text) > MAX_FILTER_CHARS:
+        raise FilterError(f"the filter is {len(text):,} characters long, more than {MAX_FILTER_CHARS:,}",
+                          fix="shorten it: a filter is a condition of a line or two; use IN (...) instead of long OR chains",
+                          offset=MAX_FILTER_CHARS)
+    depth, prefixes = 0, 0
+    for token in sqlglot.tokenize(text):
+        if token.token_type == TokenType.L_PAREN:
+            depth += 1
+        elif token.token_type == TokenType.R_PAREN:
+            depth -= 1
+        prefixes = prefixes + 1 if token.token_type in _PREFIX_TOKENS else 0
+        if depth + prefixes > MAX_FILTER_NESTING:
+            raise FilterError(f"the filter is nested more than {MAX_FILTER_NESTING} levels deep (brackets, NOT, minus signs)",
+                              fix="simplify it: remove redundant brackets and double negations", offset=token.start)
 
 
 def parse_filter(text: str, attributes: Iterable[str]) -> exp.Expression:
@@ -71,7 +118,12 @@ def parse_filter(text: str, attributes: Iterable[str]) -> exp.Expression:
     """
     known = sorted(set(attributes))
     try:
+        _check_quotes(text)
+        _check_size(text)
         statements = [s for s in sqlglot.parse(text) if s is not None]
+    except RecursionError:  # a safety net behind _check_size
+        raise FilterError("the filter is nested too deeply to read",
+                          fix="simplify it: remove redundant brackets and double negations") from None
     except (ParseError, TokenError) as exc:
         problem, offset = _parse_problem(exc, text)
         raise FilterError(
@@ -97,6 +149,7 @@ def parse_filter(text: str, attributes: Iterable[str]) -> exp.Expression:
         )
     for node in tree.walk():
         _check_node(node, known, text)
+        node.comments = None  # sqlglot would carry -- and /* */ comments into the SQL: nothing but the whitelist goes there
     return tree
 
 
@@ -136,8 +189,9 @@ def _check_node(node: exp.Expression, known: list[str], text: str) -> None:
                 offset=_offset(node, text),
             )
         if node.name not in known:
+            shown = node.name if len(node.name) <= 60 else node.name[:60] + "..."
             raise FilterError(
-                f"unknown attribute '{node.name}'" + _did_you_mean(node.name, known),
+                f"unknown attribute '{shown}'" + _did_you_mean(node.name[:100], known),
                 fix="use one of the known attributes: " + ", ".join(known)
                 + " (extra customer columns can be mapped in engine.yaml sources.customers.columns)",
                 offset=_offset(node, text),

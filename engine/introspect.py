@@ -8,7 +8,10 @@ run wrapped as ``SELECT * FROM (<query>) AS src WHERE 1 = 0`` and its result
 columns read. Then every mapped column (and every required column left at its
 default name) must exist, and the source's mapping as the engine compiles it
 must run; columns the engine compares with instants must be timestamps or
-dates, totals, prices and quantities numbers.
+dates, totals, prices and quantities numbers. The customer columns' real
+kinds then type-check every campaign filter again (``filter_types``): an
+extra attribute such as ``city`` is text to the warehouse, so ``city > 5``
+is reported at its place in the campaign file.
 
 Everything found is an ``Issue`` at the mapping entry's line and column in
 engine.yaml (a missing column inside an expression: at that word), with a
@@ -22,6 +25,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import sqlalchemy as sa
 import sqlglot
@@ -30,9 +34,12 @@ from sqlglot.errors import ParseError, TokenError
 
 from .compile import render_sql, source_select
 from .config import CONFIG_FILE, database_url, load_config
-from .errors import Issue
+from .errors import FilterError, Issue
+from .filter_types import attribute_kinds, check_types
+from .filters import parse_filter
 from .load import Document, load_yaml_file
 from .model import EntitySource, ProjectConfig
+from .validate import campaign_files
 from .warehouse import Database, masked
 
 #: canonical column -> the kind of value the engine needs in it
@@ -80,7 +87,7 @@ class _Relation:
     columns: dict[str, tuple[str, str | None]]
 
 
-def warehouse_issues(config: ProjectConfig) -> list[Issue]:
+def warehouse_issues(config: ProjectConfig, paths: Iterable[str] | None = None) -> list[Issue]:
     """Every mismatch between engine.yaml's source mapping and the warehouse.
 
     Raises ``WarehouseError`` (or ``ConfigError`` for an unset variable in the
@@ -91,18 +98,61 @@ def warehouse_issues(config: ProjectConfig) -> list[Issue]:
     try:
         db.check()
         checker = _Checker(config, doc, db)
-        return [issue for entity, source in config.sources.items() for issue in checker.source(entity, source)]
+        issues = [issue for entity, source in config.sources.items() for issue in checker.source(entity, source)]
+        if checker.customer_kinds:
+            issues += filter_issues(config, campaign_files(config.root, paths), checker.customer_kinds)
+        return issues
     finally:
         db.dispose()
 
 
-def check_warehouse(root: Path | str) -> list[Issue]:
-    """``warehouse_issues`` of the project in ``root``; none when engine.yaml itself has errors
-    (``engine validate`` reports those, and the mapping is not known then)."""
+def check_warehouse(root: Path | str, paths: Iterable[str] | None = None) -> list[Issue]:
+    """``warehouse_issues`` of the project in ``root`` (campaign files ``paths``, default campaigns.d/);
+    none when engine.yaml itself has errors (``engine validate`` reports those, and the mapping is not known then)."""
     config, issues = load_config(Path(root).resolve())
     if config is None or any(i.severity == "error" for i in issues):
         return []
-    return warehouse_issues(config)
+    return warehouse_issues(config, paths)
+
+
+def filter_issues(config: ProjectConfig, files: list[Path], customer_kinds: dict[str, str]) -> list[Issue]:
+    """Filters that only the warehouse's column kinds show wrong (those wrong by the model's kinds alone
+    are reported by ``engine validate`` already)."""
+    from .validate import _display, filter_attributes  # validate imports nothing of this module
+
+    attributes = filter_attributes(config)
+    known, real = attribute_kinds(config), attribute_kinds(config, customer_kinds)
+    issues = []
+    for path in files:
+        doc = load_yaml_file(path, _display(path))
+        for where, text in _filters(doc.data):
+            try:
+                tree = parse_filter(text, attributes)
+                check_types(tree, known, text)
+            except FilterError:
+                continue
+            try:
+                check_types(tree, real, text)
+            except FilterError as exc:
+                issues.append(doc.issue(where, exc.message + " (by the column types in the warehouse)", fix=exc.fix,
+                                        position=doc.value_position(where, exc.offset)))
+    return issues
+
+
+def _filters(data) -> Iterator[tuple[tuple, str]]:
+    """(document path, text) of every filter of a campaign file's data."""
+    if not isinstance(data, dict):
+        return
+    if isinstance(data.get("audience"), str):
+        yield ("audience",), data["audience"]
+    for index, step in enumerate(data.get("steps") if isinstance(data.get("steps"), list) else []):
+        if not isinstance(step, dict):
+            continue
+        if isinstance(step.get("audience"), str):
+            yield ("steps", index, "audience"), step["audience"]
+        for v_index, variant in enumerate(step.get("variants") if isinstance(step.get("variants"), list) else []):
+            if isinstance(variant, dict) and isinstance(variant.get("audience"), str):
+                yield ("steps", index, "variants", v_index, "audience"), variant["audience"]
 
 
 def _first_line(exc: Exception) -> str:
@@ -123,6 +173,8 @@ class _Checker:
         self.dialect = config.dialect
         self.inspector = sa.inspect(db.engine)
         self.where = masked(db.url)
+        #: mapped customer column -> its kind in the warehouse (filled by ``source``; empty on SQLite)
+        self.customer_kinds: dict[str, str] = {}
 
     # --- one entity ------------------------------------------------------------
 
@@ -151,12 +203,27 @@ class _Checker:
                                    fix="check the SQL expressions under sources." + entity + ".columns in the warehouse's dialect")]
         if self.db.backend == "sqlite":
             return []  # no real column types: timestamps are text by design
+        if entity == "customers":
+            self.customer_kinds = self._kinds(source, relation, mapped)
         for name, expected in EXPECTED_KIND.items():
             if name in source.columns:
                 issue = self._type_issue(entity, name, source.columns[name], name in listed, expected, relation, mapped)
                 if issue is not None:
                     issues.append(issue)
         return issues
+
+    def _kinds(self, source: EntitySource, relation: _Relation, mapped: _Relation) -> dict[str, str]:
+        """The kind of every mapped column whose type the warehouse tells (declared type first, for a bare column)."""
+        kinds = {}
+        for name, expression in source.columns.items():
+            type_name = mapped.columns.get(name.lower(), (name, None))[1]
+            bare = expression.strip().lower()
+            if re.fullmatch(r"\w+", bare) and bare in relation.columns and relation.columns[bare][1]:
+                type_name = relation.columns[bare][1]
+            kind = type_kind(type_name)
+            if kind is not None:
+                kinds[name] = kind
+        return kinds
 
     def _references(self, entity: str, name: str, expression: str, listed: bool, relation: _Relation) -> list[Issue]:
         """A missing-column issue for every column ``expression`` names that ``relation`` lacks."""

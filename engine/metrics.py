@@ -34,7 +34,7 @@ class Metrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         Info("engine", "Version of the campaign engine.", registry=registry).info({"version": __version__})
-        self.passes = Counter("engine_passes", "Reconciler passes by result: ok, incomplete (a channel could not open) or error (the pass raised).",
+        self.passes = Counter("engine_passes", "Reconciler passes by result: ok, incomplete (a channel could not open or a campaign failed) or error (the pass raised).",
                               ["result"], registry=registry)
         self.pass_duration = Histogram("engine_pass_duration_seconds", "Wall time of one reconciler pass.",
                                        buckets=PASS_BUCKETS, registry=registry)
@@ -66,11 +66,16 @@ class Metrics:
         self.reload_failures = Counter("engine_config_reload_failures", "Project changes refused (invalid); the last valid project kept running.",
                                        registry=registry)
         self.campaigns = Gauge("engine_campaigns_active", "Campaigns the reconciler runs.", registry=registry)
+        self.campaign_failures = Counter("engine_campaign_failures", "Passes in which a campaign's query or decisions failed "
+                                         "(it sent nothing more that pass; the other campaigns went on).",
+                                         ["campaign"], registry=registry)
 
     def record_pass(self, report: PassReport, duration: float, ended_at: float) -> None:
         """Count one completed pass and every message decision in its report."""
-        self.passes.labels("incomplete" if report.errors else "ok").inc()
+        self.passes.labels("incomplete" if report.errors or report.failed_campaigns else "ok").inc()
         self.pass_errors.inc(len(report.errors))
+        for campaign in report.failed_campaigns:
+            self.campaign_failures.labels(campaign).inc()
         self.pass_duration.observe(duration)
         self.last_pass.set(ended_at)
         for (campaign, step, channel, outcome), n in report.by_channel.items():

@@ -72,6 +72,8 @@ def write_report(report: PassReport, out: IO[str], err: IO[str]) -> None:
     out.write(summary_table(report.counts, "sent") + "\n")
     for error in report.errors:
         err.write(f"Error: {error}\n")
+    for campaign, reason in report.failed_campaigns.items():
+        err.write(f"Error: campaign {campaign} failed and sent nothing more this pass (the others went on): {reason}\n")
 
 
 def write_issues(issues: list[Issue], fmt: str, out: IO[str], files_checked: int) -> None:

@@ -110,6 +110,8 @@ class PassReport:
     counts: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     by_channel: Counter = field(default_factory=Counter)
+    #: campaign -> why its segment entries, query or decisions failed this pass (the others went on)
+    failed_campaigns: dict[str, str] = field(default_factory=dict)
 
     def add(self, campaign: str, step: str, outcome: str, n: int = 1, channel: str | None = None) -> None:
         self.counts[(campaign, step, outcome)] += n
@@ -117,6 +119,18 @@ class PassReport:
 
     def total(self, outcome_prefix: str) -> int:
         return sum(n for (_, _, outcome), n in self.counts.items() if outcome.startswith(outcome_prefix))
+
+
+_QUOTED = re.compile(r"'(?:[^']|'')*'")
+
+
+def campaign_failure(exc: BaseException) -> str:
+    """One line saying why a campaign failed, without the values a database error may quote
+    (a customer's email in a conversion error): single-quoted strings become '...'."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    if not isinstance(exc, (WarehouseError, TemplateError, ChannelError)):
+        first = f"{type(exc).__name__}: {first}"
+    return _QUOTED.sub("'...'", first)[:500]
 
 
 def shard_of(customer_id: str, count: int) -> int:
@@ -199,13 +213,19 @@ class Reconciler:
         return [c for c in self.project.campaigns if c.enabled]
 
     def due(self, now: datetime, campaigns: list[Campaign] | None = None,
-            customer_id: str | None = None) -> Iterator[list[DueMessage]]:
+            customer_id: str | None = None, failures: dict[str, str] | None = None) -> Iterator[list[DueMessage]]:
         """Batches of messages due at ``now`` and not yet in the ledger, policies applied.
 
         Campaigns go in priority order (highest first), so when a frequency cap
         lets a customer receive fewer messages than are due, the higher
         priority campaign's message is the one that goes out. ``customer_id``
         restricts the plan to one customer (``engine explain``), same rules.
+
+        With ``failures`` given, a campaign whose query or decisions fail
+        (a type error only the warehouse sees, an overflow in its dates) is
+        recorded there by name with the reason, and the other campaigns go on;
+        the batches it yielded before failing stand. Without, the error ends
+        the iteration.
         """
         shares = self.ledger_shares_warehouse
         state = PolicyState()
@@ -221,15 +241,23 @@ class Reconciler:
             zones = self._customer_zones(session, ordered) if customer_id is None else None
             try:
                 for position, campaign in enumerate(ordered, 1):
+                    if failures is not None and campaign.name in failures:
+                        continue  # failed earlier in this pass (its segment entries)
                     self.progress.stage("campaign", position, len(ordered), campaign.name)
-                    query = due_query(campaign, self.config, now, exclude_ledger=shares, customer_id=customer_id,
-                                      shared_facts=shared, zones=zones)
-                    for entity in shared_facts_used(query):
-                        if entity not in created:
-                            self._drop_facts(session, entity)
-                            session.execute(render_sql(shared_facts_create(entity, self.config, now), self.config.dialect))
-                            created.append(entity)
-                    yield from self._due_batches(campaign, render_sql(query, self.config.dialect), session, now, state, recency)
+                    try:
+                        query = due_query(campaign, self.config, now, exclude_ledger=shares, customer_id=customer_id,
+                                          shared_facts=shared, zones=zones)
+                        for entity in shared_facts_used(query):
+                            if entity not in created:
+                                self._drop_facts(session, entity)
+                                session.execute(render_sql(shared_facts_create(entity, self.config, now), self.config.dialect))
+                                created.append(entity)
+                        yield from self._due_batches(campaign, render_sql(query, self.config.dialect), session, now,
+                                                     state, recency)
+                    except Exception as exc:  # noqa: BLE001 - one campaign's failure is reported, the others go on
+                        if failures is None:
+                            raise
+                        failures[campaign.name] = campaign_failure(exc)
             finally:  # temporary tables outlive the pass in a pooled connection; the next CREATE drops them too
                 for entity in created:
                     try:
@@ -377,9 +405,9 @@ class Reconciler:
         sessions: dict[str, ChannelSession | None] = {}
         try:
             self._recover(now, adapters, sessions, report)
-            self.enter_segments(now, selected)
+            self.enter_segments(now, selected, failures=report.failed_campaigns)
             renderer = Renderer(self.project.templates_dir)
-            for batch in self.due(now, selected):
+            for batch in self.due(now, selected, failures=report.failed_campaigns):
                 self._process(batch, now, renderer, adapters, sessions, report, secret)
                 if stop is not None and stop.is_set():
                     report.errors.append("stopped early on request; the rest is due at the next pass")
@@ -392,13 +420,20 @@ class Reconciler:
             self.ledger.refresh_statistics()
         return report
 
-    def enter_segments(self, now: datetime, campaigns: list[Campaign] | None = None) -> None:
+    def enter_segments(self, now: datetime, campaigns: list[Campaign] | None = None,
+                       failures: dict[str, str] | None = None) -> None:
         """Record who entered a segment trigger (at risk) since the last pass; a pass does this
-        before it plans, so ``due`` sees the entries."""
+        before it plans, so ``due`` sees the entries. With ``failures``, a campaign whose
+        entries fail is recorded there (and ``due`` skips it) instead of ending the pass."""
         for campaign in campaigns if campaigns is not None else self.campaigns():
-            insert = entries_insert(campaign, self.config, now)
-            if insert is not None:
-                self.warehouse.execute(render_sql(insert, self.config.dialect))
+            try:
+                insert = entries_insert(campaign, self.config, now)
+                if insert is not None:
+                    self.warehouse.execute(render_sql(insert, self.config.dialect))
+            except Exception as exc:  # noqa: BLE001 - as in due(): this campaign fails, the others go on
+                if failures is None:
+                    raise
+                failures[campaign.name] = campaign_failure(exc)
 
     def _channels(self, campaigns: list[Campaign]) -> list[str]:
         used = {channel for campaign in campaigns for step in campaign.steps for channel in step.channels}

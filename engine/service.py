@@ -5,7 +5,8 @@ pass it reloads a changed project (``reload.py``; an invalid change is logged
 issue by issue and the last valid project keeps running), runs one pass,
 turns its ``PassReport`` into metrics (``metrics.py``) and log events
 (``logs.py``), and measures the ledger backlog. It answers readiness for
-``httpd.py``: warehouse and ledger reachable and the last pass recent.
+``httpd.py``: warehouse and ledger reachable and the last pass recent; its
+detail names the campaigns that failed alone in the last pass.
 
 Time is injected: ``clock`` gives the pass instant, ``monotonic`` measures
 durations and ages. Signals are the CLI's business: ``run`` stops when the
@@ -120,6 +121,7 @@ class Service:
         self._loaded_at: str | None = None
         self._config_errors: list[str] = []
         self._last_error: str | None = None
+        self._failed_campaigns: dict[str, str] = {}  # of the last completed pass
 
     # --- life cycle --------------------------------------------------------------
 
@@ -219,8 +221,12 @@ class Service:
             self._last_pass_end = self.monotonic()
             self._last_pass_duration = duration
             self._last_error = report.errors[0] if report.errors else None
+            self._failed_campaigns = dict(report.failed_campaigns)
         for error in report.errors:
             event("pass.error", f"Error: {error}", logging.ERROR)
+        for campaign, reason in report.failed_campaigns.items():
+            event("campaign.failed", f"Campaign {campaign} failed this pass; the other campaigns went on: {reason}",
+                  logging.ERROR, campaign=campaign, reason=reason)
         sent, skipped, failed = report.total("sent"), report.total("skipped"), report.total("failed")
         event("pass.finished", f"Pass at {format_instant(now)}: {sent} sent, {skipped} skipped, {failed} failed "
               f"in {duration:.2f}s", now=format_instant(now), sent=sent, skipped=skipped, failed=failed,
@@ -333,6 +339,7 @@ class Service:
             reconciler = self._reconciler
             last_end, last_duration = self._last_pass_end, self._last_pass_duration
             config_errors, loaded_at, last_error = list(self._config_errors), self._loaded_at, self._last_error
+            failed_campaigns = dict(self._failed_campaigns)
         checks: dict[str, str] = {}
         ok = True
         if reconciler is None:
@@ -363,6 +370,8 @@ class Service:
         }
         if last_error:
             detail["last_error"] = last_error
+        if failed_campaigns:  # ready all the same: the other campaigns run; the metric and log say more
+            detail["failed_campaigns"] = failed_campaigns
         return ok, detail
 
 

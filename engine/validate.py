@@ -12,9 +12,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Iterable
 
-from .clock import parse_duration
+from .clock import MAX_DURATION, DurationTooLong, parse_duration
 from .errors import FilterError, Issue
 from .config import parse_clock, parse_quiet_hours
+from .filter_types import attribute_kinds, check_types
 from .filters import parse_filter, referenced_functions
 from .load import Document, format_path, load_yaml_file
 from .model import (
@@ -60,7 +61,7 @@ def load_campaigns(root: Path, config: ProjectConfig, files: list[Path]) -> tupl
     first_seen: dict[str, str] = {}
     for path in files:
         name = _display(path)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():  # a dangling link or loop: load_yaml_file says so
             issues.append(Issue(file=name, message="no such file", fix="check the path"))
             continue
         doc = load_yaml_file(path, name)
@@ -86,16 +87,18 @@ def load_campaigns(root: Path, config: ProjectConfig, files: list[Path]) -> tupl
 def _display(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (load_yaml_file reports it)
         return str(path)
 
 
 def _duration(doc: Document, path: tuple, text: str, issues: list[Issue]) -> timedelta:
     try:
         return parse_duration(text)
+    except DurationTooLong as exc:
+        issues.append(doc.issue(path, str(exc), fix=f"write at most {MAX_DURATION.days}d"))
     except ValueError as exc:
         issues.append(doc.issue(path, str(exc), fix="write a duration such as 90m, 2h, 7d or 1d12h"))
-        return timedelta(0)
+    return timedelta(0)
 
 
 def _trigger(doc: Document, data: dict, issues: list[Issue]) -> Trigger:
@@ -166,6 +169,7 @@ def _check_filter(doc: Document, path: tuple, text: str | None, attributes: list
         return
     try:
         tree = parse_filter(text, attributes)
+        check_types(tree, attribute_kinds(config), text)
     except FilterError as exc:
         issues.append(doc.issue(path, exc.message, fix=exc.fix, position=doc.value_position(path, exc.offset)))
         return
@@ -350,21 +354,21 @@ def renamed_steps(doc: Document, campaign: Campaign, config: ProjectConfig) -> l
     id is a new step, so everyone who got the old one would get the new one too."""
     import subprocess
 
-    import yaml
+    from .load import load_yaml_text
 
     path = Path(doc.file)
     try:
         relative = path.resolve().relative_to(config.root)
         result = subprocess.run(["git", "-C", str(config.root), "show", f"HEAD:./{relative}"],
                                 capture_output=True, text=True, timeout=10)
-    except (ValueError, OSError, subprocess.SubprocessError):
+    except (ValueError, OSError, RuntimeError, subprocess.SubprocessError):
         return []
     if result.returncode != 0:
         return []
+    before = load_yaml_text(result.stdout, doc.file).data  # the same limits as the file on disk
     try:
-        before = yaml.safe_load(result.stdout) or {}
         old_ids = [s["id"] for s in before.get("steps", []) if isinstance(s, dict) and "id" in s]
-    except (yaml.YAMLError, AttributeError, TypeError):
+    except (AttributeError, TypeError):
         return []
     new_ids = [s.id for s in campaign.steps]
     gone = [i for i in old_ids if i not in new_ids]

@@ -144,7 +144,14 @@ class Session:
                 result.close()
                 self.conn.commit()
         except sa.exc.SQLAlchemyError as exc:
+            self._rollback()  # PostgreSQL refuses every later statement of a failed transaction
             raise self.database._error("query failed on", exc) from None
+
+    def _rollback(self) -> None:
+        try:
+            self.conn.rollback()
+        except sa.exc.SQLAlchemyError:  # the connection itself is gone: the next statement says so
+            pass
 
 
 #: A size DuckDB's memory_limit takes (the pattern of schema/project.schema.json).

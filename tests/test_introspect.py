@@ -157,3 +157,27 @@ def test_type_kinds_of_common_warehouse_type_names():
         assert type_kind(name) == "number", name
     for name in (None, "", "JSON", "INTERVAL", "TIME", "BLOB"):
         assert type_kind(name) is None, name
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])  # SQLite declares no real types
+def test_filters_are_type_checked_against_the_warehouse_column_types(tmp_path, backend, monkeypatch):
+    """``city > 5`` is fine to the model (city is an extra attribute of unknown type) and wrong to the
+    warehouse, where city is text: reported at its place in the campaign file (issue 20, point 8)."""
+    url = database_url(backend, tmp_path)
+    _shop(url)
+    root = _project(tmp_path, url, monkeypatch)
+    campaign = root / "campaigns.d" / "second-order.yaml"
+    text = campaign.read_text()
+    assert "audience: email IS NOT NULL\n" in text
+    campaign.write_text(text.replace("audience: email IS NOT NULL\n", "audience: email IS NOT NULL AND city > 5\n"))
+    line = next(i for i, row in enumerate(campaign.read_text().splitlines(), 1) if row.startswith("audience:"))
+    plain = CliRunner().invoke(main, ["--project", str(root), "validate"])
+    assert plain.exit_code == 0, plain.output  # without the warehouse, city's type is unknown
+
+    issues = check_warehouse(root)
+
+    assert [(i.file.rsplit("/", 1)[-1], i.line, i.column) for i in issues] == [("second-order.yaml", line, 33)], \
+        "\n".join(i.format() for i in issues)
+    assert "'city' is text and '5' is a number" in issues[0].message and issues[0].fix
+    result = CliRunner().invoke(main, ["--project", str(root), "validate", "--check-warehouse"])
+    assert result.exit_code == 1 and f"second-order.yaml:{line}:33: error: 'city' is text" in result.output
