@@ -95,11 +95,12 @@ class Renderer:
                         for v in violations]
         try:
             with budget(self.limits):
-                blocks = set(self._render_blocks(name, sample, html=False).names)
+                data = read_only(sample)
+                blocks = set(self._render_blocks(name, data, html=False).names)
                 if "html" in blocks:
-                    self._render_blocks(name, sample, html=True)
+                    self._render_blocks(name, data, html=True)
                 if kind == "email" and self.layout is not None:
-                    self._footers(read_only(sample), html="html" in blocks)
+                    self._footers(data, html="html" in blocks)
         except jinja2.UndefinedError as exc:
             known = ", ".join(sorted(sample))
             return [TemplateProblem(f"template '{name}' uses an undefined variable: {exc.message}{_where(exc)}",

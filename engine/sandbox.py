@@ -393,6 +393,8 @@ class TemplateSandbox(ImmutableSandboxedEnvironment):
         return True
 
     def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, jinja2.Undefined):  # report the first undefined or forbidden step, not this one
+            obj._fail_with_undefined_error()
         if isinstance(obj, (str, bytes, bytearray)) and isinstance(attribute, str):
             method = getattr(obj, attribute, None)
             if method is not None and attribute not in _STR_METHODS and attribute not in ("format", "format_map"):
@@ -407,6 +409,8 @@ class TemplateSandbox(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, jinja2.Undefined):
+            obj._fail_with_undefined_error()
         if isinstance(obj, (str, bytes, bytearray)) and isinstance(argument, str):
             return self.getattr(obj, argument)
         return super().getitem(obj, argument)
@@ -523,7 +527,13 @@ def _filter_round(value=None, precision=0, method="common"):
         raise BudgetExceeded("round() precision must be a number between -100 and 100")
 
 
+def _filter_attr(obj=None, name=""):
+    if isinstance(obj, jinja2.Undefined):  # report the first undefined or forbidden step, not this one
+        obj._fail_with_undefined_error()
+
+
 _FILTER_CHECKS = {
+    "attr": _filter_attr,
     "center": lambda value="", width=80: _check_width(width, "center"),
     "indent": _filter_indent,
     "wordwrap": _filter_wordwrap,
