@@ -39,6 +39,7 @@ from typing import Any, Iterator
 
 import jinja2
 from jinja2.compiler import CodeGenerator
+from jinja2.filters import make_attrgetter
 from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import generate_lorem_ipsum
@@ -57,7 +58,7 @@ class Limits:
     output: int = 2_000_000       # characters of all output produced, blocks rendered twice included
     int_bits: int = 10_000        # bits of an integer an operator builds (about 3,000 digits)
     calls: int = 64               # nested calls (macros, self.block(), recursive loops)
-    seconds: float = 2.0          # CPU time of the rendering thread
+    seconds: float = 2.0          # wall-clock time (a thread CPU clock is a slow system call on some hosts)
 
 
 class BudgetExceeded(SecurityError):
@@ -91,12 +92,12 @@ class Budget:
         self.output = 0
         self.depth = 0
         self.ticks = 0
-        self.deadline = time.thread_time() + limits.seconds
+        self.deadline = time.monotonic() + limits.seconds
 
     def tick(self) -> None:
         self.ticks += 1
-        if not self.ticks & 31 and time.thread_time() > self.deadline:
-            raise BudgetExceeded(f"the render takes longer than its time budget ({self.limits.seconds:g} s of CPU)")
+        if not self.ticks & 31 and time.monotonic() > self.deadline:
+            raise BudgetExceeded(f"the render takes longer than its time budget ({self.limits.seconds:g} s)")
 
     def iterate(self) -> None:
         self.iterations += 1
@@ -342,7 +343,9 @@ class TemplateSandbox(ImmutableSandboxedEnvironment):
 
     def budgeted_concat(self, join, parts: tuple) -> str:
         _budget().produce(sum(_length(p) for p in parts), "a ~ concatenation")
-        return join(parts)
+        result = join(parts)
+        _budget().produce(len(result), "a ~ concatenation")
+        return result
 
     def budgeted_emit(self, text: str) -> str:
         _budget().emit(len(text))
@@ -470,9 +473,8 @@ def _materialized_join(filter_func):
     def join(eval_ctx, value, d="", attribute=None):
         parts = list(_counted(value))
         if attribute is not None:
-            parts = [eval_ctx.environment.getitem(p, attribute) for p in parts]
-            return filter_func(eval_ctx, _checked_list(parts, d), d)
-        return filter_func(eval_ctx, _checked_list(parts, d), d, attribute)
+            parts = list(map(make_attrgetter(eval_ctx.environment, attribute), parts))
+        return filter_func(eval_ctx, _checked_list(parts, d), d)
     return join
 
 

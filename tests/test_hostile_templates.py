@@ -185,9 +185,10 @@ def test_the_reload_snapshot_leaves_links_out_of_the_folder_behind(tmp_path: Pat
 def test_every_email_carries_the_footer_rendered_by_the_engine_from_the_layout(tmp_path: Path):
     """A template that fills in open blocks only (even with a look-alike footer) gets the layout's footer."""
     write(tmp_path / "layouts" / "email.j2", (REPO / "templates" / "layouts" / "email.j2").read_text())
-    write(tmp_path / "a.email.j2", '{% extends "layouts/email.j2" %}{% block title %}T{% endblock %}'
-                                   '{% block body %}{% set unsubscribe_url = "https://evil.example" %}x{% endblock %}')
+    write(tmp_path / "a.email.j2", '{% extends "layouts/email.j2" %}{% set unsubscribe_url = "https://evil.example" %}'
+                                   '{% block title %}T{% endblock %}{% block body %}x{% endblock %}')
     content = Renderer(tmp_path).render("a.email.j2", "email", SAMPLE_CONTEXT)
+    assert "evil.example" not in content.text + content.html
     assert content.text.endswith("Unsubscribe: https://shop.example/unsubscribe?c=1&k=email&s=0")
     assert content.html.endswith('<a href="https://shop.example/unsubscribe?c=1&amp;k=email&amp;s=0">Unsubscribe</a></p>\n</body></html>')
 
@@ -285,3 +286,52 @@ def test_templates_swapped_after_validation_fail_alone_and_never_redirect_mail(p
     assert {row[:2] for row in good.values()} == {("sent", None)} and len(good) == 3
     assert report.errors == []
     assert seconds < 120  # safety net: each bound stops its render long before
+
+
+# --- the bounds that no corpus case reaches first -------------------------------------------------
+
+
+def bounded_renderer(tmp_path: Path, body: str, **limits) -> Renderer:
+    from engine.sandbox import Limits
+
+    write(tmp_path / "layouts" / "email.j2", (REPO / "templates" / "layouts" / "email.j2").read_text())
+    write(tmp_path / "a.email.j2", '{% extends "layouts/email.j2" %}{% block title %}T{% endblock %}{% block body %}'
+                                   + body + "{% endblock %}")
+    return Renderer(tmp_path, limits=Limits(**limits))
+
+
+def test_the_time_budget_stops_a_render_that_stays_within_every_size_bound(tmp_path: Path):
+    renderer = bounded_renderer(tmp_path, "{% for i in range(100000) %}{% set x = 'ab' * 5000 %}{% endfor %}", seconds=0.01)
+    problems = renderer.check("a.email.j2", "email", SAMPLE_CONTEXT)
+    assert len(problems) == 1 and "the render takes longer than its time budget (0.01 s)" in problems[0].message
+    with pytest.raises(Exception, match="time budget"):
+        renderer.render("a.email.j2", "email", SAMPLE_CONTEXT)
+
+
+def test_the_output_budget_counts_everything_a_render_produces(tmp_path: Path):
+    renderer = bounded_renderer(tmp_path, "{% for i in range(1000) %}{{ 'x' * 10000 }}{% endfor %}")
+    problems = renderer.check("a.email.j2", "email", SAMPLE_CONTEXT)
+    assert len(problems) == 1 and "more than 2000000 characters (the output budget)" in problems[0].message
+
+
+def test_a_loop_over_data_counts_against_the_iteration_budget_at_send_time(tmp_path: Path):
+    """Validation's sample has one item; a real cart that makes nested loops explode fails that message alone."""
+    renderer = bounded_renderer(tmp_path, "{% for a in items %}{% for b in items %}{% for c in items %}.{% endfor %}{% endfor %}{% endfor %}")
+    assert renderer.check("a.email.j2", "email", {**SAMPLE_CONTEXT, "items": [{}]}) == []
+    with pytest.raises(Exception, match="the loops run more than 100000 iterations"):
+        renderer.render("a.email.j2", "email", {**SAMPLE_CONTEXT, "items": [{}] * 100})
+
+
+def test_template_data_is_a_read_only_copy(tmp_path: Path):
+    customer = {"first_name": "A", "email": "a@example.com"}
+    renderer = bounded_renderer(tmp_path, "{{ customer.__setitem__ }}")
+    with pytest.raises(Exception, match="unsafe"):
+        renderer.render("a.email.j2", "email", {**SAMPLE_CONTEXT, "customer": customer})
+    from engine.sandbox import read_only
+
+    copy = read_only({"customer": customer, "items": [{"sku": 1}]})
+    with pytest.raises(TypeError):
+        copy["customer"]["email"] = "attacker@evil.example"
+    with pytest.raises(TypeError):
+        copy["items"].append({})
+    assert customer == {"first_name": "A", "email": "a@example.com"}
