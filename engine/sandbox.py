@@ -55,6 +55,7 @@ class Limits:
 
     iterations: int = 100_000     # loop iterations, all loops together
     size: int = 1_000_000         # characters (or items) of one string or list an operation builds
+    built: int = 20_000_000       # ... and of all of them together (kept alive in a list, they add up)
     output: int = 2_000_000       # characters of all output produced, blocks rendered twice included
     int_bits: int = 10_000        # bits of an integer an operator builds (about 3,000 digits)
     calls: int = 64               # nested calls (macros, self.block(), recursive loops)
@@ -84,11 +85,12 @@ class TemplateTooLarge(jinja2.TemplateNotFound):
 class Budget:
     """Counters of one render, checked against ``Limits``."""
 
-    __slots__ = ("limits", "iterations", "output", "depth", "ticks", "deadline")
+    __slots__ = ("limits", "iterations", "built", "output", "depth", "ticks", "deadline")
 
     def __init__(self, limits: Limits):
         self.limits = limits
         self.iterations = 0
+        self.built = 0
         self.output = 0
         self.depth = 0
         self.ticks = 0
@@ -109,6 +111,10 @@ class Budget:
         """Refuse to build a string or list of ``size`` characters or items."""
         if size > self.limits.size:
             raise BudgetExceeded(f"{what} would be {size} long, more than the size budget of {self.limits.size}")
+        self.built += max(size, 0)
+        if self.built > self.limits.built:
+            raise BudgetExceeded(f"the template builds more than {self.limits.built} characters of strings and lists "
+                                 "in all (the size budget)")
         self.tick()
 
     def emit(self, size: int) -> None:
@@ -234,12 +240,16 @@ def _checked_str_method(obj: Any, name: str, method: Any) -> Any:
 class _BudgetedCodeGenerator(CodeGenerator):
     """Compiles loops, ``~`` and output so that they pass through the budget."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._counted_iters: set[int] = set()  # ids of the iterables of the loops seen so far
+
     def visit_For(self, node, frame):
-        self._counted_iters = getattr(self, "_counted_iters", set()) | {id(node.iter)}
+        self._counted_iters.add(id(node.iter))
         super().visit_For(node, frame)
 
     def visit(self, node, *args, **kwargs):
-        if id(node) in getattr(self, "_counted_iters", ()):
+        if id(node) in self._counted_iters:
             self.write("environment.budgeted_iter(")
             result = super().visit(node, *args, **kwargs)
             self.write(")")
