@@ -571,8 +571,10 @@ class FolderLoader(jinja2.BaseLoader):
 
     def get_source(self, environment, template: str):
         pieces = jinja2.loaders.split_template_path(template)  # refuses '..' segments
-        path = os.path.join(self.folder, *pieces)
-        real = os.path.realpath(path)
+        try:
+            real = os.path.realpath(os.path.join(self.folder, *pieces))
+        except (ValueError, OSError):  # a NUL byte in the name, a name too long
+            raise jinja2.TemplateNotFound(template) from None
         if not _inside(self.folder, real):
             raise TemplateOutsideFolder(template, real)
         if not os.path.isfile(real):
