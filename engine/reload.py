@@ -26,7 +26,7 @@ from .config import CONFIG_FILE
 from .errors import Issue
 from .model import Project
 from .project import check_project
-from .sandbox import escapes_folder
+from .template_loader import escapes_folder
 from .validate import CAMPAIGN_DIR, TEMPLATE_DIR
 
 WATCHED_DIRS = (CAMPAIGN_DIR, TEMPLATE_DIR)

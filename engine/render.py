@@ -6,9 +6,10 @@ autoescaping on, ``subject`` and ``text`` with it off, from two environments
 over the same files, so a template author cannot forget to escape HTML and
 plain text is never double-escaped. An email template fills in the locked
 layout (layout.py); the engine appends the layout's footer with the
-unsubscribe link to both parts itself. The sandbox, the loader that stays in
-the templates folder and the render budgets are sandbox.py's. Owns Jinja2
-rendering; no other I/O than reading templates.
+unsubscribe link to both parts itself. The sandbox and the render budgets
+are sandbox.py's, the loader that stays in the templates folder is
+template_loader.py's. Owns Jinja2 rendering; no other I/O than reading
+templates.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from markupsafe import escape
 
 from .errors import TemplateError
 from .layout import EMAIL_LAYOUT, FOOTERS, lock_violations
-from .sandbox import BudgetExceeded, Limits, FolderLoader, TemplateOutsideFolder, TemplateSandbox, TemplateTooLarge, budget, read_only
+from .sandbox import BudgetExceeded, Limits, TemplateSandbox, budget, read_only
+from .template_loader import FolderLoader, TemplateOutsideFolder, TemplateTooLarge
 
 #: Blocks each channel kind needs: (required, optional).
 REQUIRED_BLOCKS = {

@@ -1,4 +1,4 @@
-"""The template sandbox: read-only data, a loader that stays in its folder, and budgets.
+"""The template sandbox: read-only data and render budgets.
 
 Owns everything that stands between a template author and the engine process:
 
@@ -13,9 +13,6 @@ Owns everything that stands between a template author and the engine process:
   compiling every ``{% for %}`` over a counting iterator (a code generator
   subclass, Jinja's documented extension point), and all output and ``~``
   concatenations through the budget too.
-- ``FolderLoader``: a file loader that refuses any template whose real path
-  (symlinks of files and directories resolved) leaves the templates folder,
-  and any file larger than ``MAX_TEMPLATE_BYTES``.
 - ``read_only``: the copy of the engine's data a template receives.
 
 The budget of the render in progress lives in a ``ContextVar``; ``budget()``
@@ -26,7 +23,6 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import functools
-import os
 import re
 import string
 import time
@@ -34,7 +30,6 @@ import types
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Iterator
 
 import jinja2
@@ -44,10 +39,6 @@ from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import generate_lorem_ipsum
 from markupsafe import EscapeFormatter, Markup
-
-#: A template file larger than this is refused (message templates are a few kB).
-MAX_TEMPLATE_BYTES = 1_000_000
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -64,19 +55,6 @@ class Limits:
 
 class BudgetExceeded(SecurityError):
     """A render went past one of its ``Limits``; the message names the bound."""
-
-
-class TemplateOutsideFolder(jinja2.TemplateNotFound):
-    """A template name resolves (through symlinks) to a file outside the templates folder."""
-
-    def __init__(self, name: str, real_path: str):
-        super().__init__(name, f"template {name!r} resolves to {real_path}, outside the templates folder")
-        self.real_path = real_path
-
-
-class TemplateTooLarge(jinja2.TemplateNotFound):
-    def __init__(self, name: str):
-        super().__init__(name, f"template {name!r} is larger than {MAX_TEMPLATE_BYTES} bytes")
 
 
 # --- the budget of one render ------------------------------------------------------------
@@ -560,54 +538,6 @@ _FILTER_CHECKS = {
 }
 
 
-# --- the loader ----------------------------------------------------------------------------
-
-
-class FolderLoader(jinja2.BaseLoader):
-    """Templates from one folder; a name whose real path leaves it is refused (``TemplateOutsideFolder``)."""
-
-    def __init__(self, folder: Path | str):
-        self.folder = os.path.realpath(folder)
-
-    def get_source(self, environment, template: str):
-        pieces = jinja2.loaders.split_template_path(template)  # refuses '..' segments
-        try:
-            real = os.path.realpath(os.path.join(self.folder, *pieces))
-        except (ValueError, OSError):  # a NUL byte in the name, a name too long
-            raise jinja2.TemplateNotFound(template) from None
-        if not _inside(self.folder, real):
-            raise TemplateOutsideFolder(template, real)
-        if not os.path.isfile(real):
-            raise jinja2.TemplateNotFound(template)
-        try:
-            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            raise jinja2.TemplateNotFound(template) from None
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(MAX_TEMPLATE_BYTES + 1)
-            mtime = os.fstat(f.fileno()).st_mtime
-        if len(data) > MAX_TEMPLATE_BYTES:
-            raise TemplateTooLarge(template)
-        source = data.decode("utf-8")
-
-        def uptodate() -> bool:
-            try:
-                return os.path.getmtime(real) == mtime
-            except OSError:
-                return False
-
-        return source, real, uptodate
-
-
-def _inside(folder: str, real: str) -> bool:
-    return real == folder or real.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def escapes_folder(folder: Path | str, path: Path | str) -> bool:
-    """Whether ``path`` (under ``folder``) really lives outside it, symlinks resolved."""
-    return not _inside(os.path.realpath(folder), os.path.realpath(path))
-
-
 # --- read-only data --------------------------------------------------------------------------
 
 
@@ -641,7 +571,4 @@ def read_only(value: Any, depth: int = 0) -> Any:
     return value
 
 
-__all__ = [
-    "Budget", "BudgetExceeded", "FolderLoader", "Limits", "MAX_TEMPLATE_BYTES", "ReadOnlyDict", "TemplateOutsideFolder",
-    "TemplateSandbox", "TemplateTooLarge", "budget", "escapes_folder", "read_only",
-]
+__all__ = ["Budget", "BudgetExceeded", "Limits", "ReadOnlyDict", "TemplateSandbox", "budget", "read_only"]
