@@ -336,7 +336,7 @@ class TemplateSandbox(ImmutableSandboxedEnvironment):
         return result
 
     def budgeted_emit(self, text: str) -> str:
-        _budget().emit(len(text))
+        _budget().emit(len(text))  # called for every piece of output: keep it this short
         return text
 
     def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
@@ -563,12 +563,15 @@ def read_only(value: Any, depth: int = 0) -> Any:
     if depth > 8:
         return value
     if isinstance(value, dict):
-        return ReadOnlyDict({k: read_only(v, depth + 1) for k, v in value.items()})
-    if isinstance(value, (list, tuple)) and not isinstance(value, str):
+        return ReadOnlyDict({k: read_only(v, depth + 1) if isinstance(v, _CONTAINERS) else v for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
         copy = ReadOnlyList()
-        list.extend(copy, (read_only(v, depth + 1) for v in value))
+        list.extend(copy, (read_only(v, depth + 1) if isinstance(v, _CONTAINERS) else v for v in value))
         return copy if isinstance(value, list) else tuple(copy)
     return value
+
+
+_CONTAINERS = (dict, list, tuple)
 
 
 __all__ = ["Budget", "BudgetExceeded", "Limits", "ReadOnlyDict", "TemplateSandbox", "budget", "read_only"]
