@@ -584,6 +584,8 @@ class Reconciler:
             step = self.project.campaign(m.campaign).step(m.step)
             variant = step.variant(m.variant)
             channel = self.config.channels[variant.channel]
+            # the envelope comes from the engine's record, taken before any template runs
+            to = str(m.customer[CONTACT_FIELD[channel.kind]])
             context = _template_context(m, contexts.get((m.campaign, m.customer_id, m.trigger_key), {}))
             context["unsubscribe_url"] = unsubscribe.link(self.config.unsubscribe_url, secret, m.customer_id, channel.kind)
             if step.discount_code is not None:
@@ -595,7 +597,7 @@ class Reconciler:
                 report.add(m.campaign, m.step, "failed:render_error", channel=m.channel)
                 continue
             message = OutgoingMessage(
-                key=m.key, kind=channel.kind, to=str(m.customer[CONTACT_FIELD[channel.kind]]),
+                key=m.key, kind=channel.kind, to=to,
                 sender=str(channel.settings.get("from", "shop@example.com")),
                 subject=content.subject, text=content.text, html=content.html,
                 headers=unsubscribe.headers(context["unsubscribe_url"]) if channel.kind == "email" else {},

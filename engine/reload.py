@@ -26,6 +26,7 @@ from .config import CONFIG_FILE
 from .errors import Issue
 from .model import Project
 from .project import check_project
+from .template_loader import escapes_folder
 from .validate import CAMPAIGN_DIR, TEMPLATE_DIR
 
 WATCHED_DIRS = (CAMPAIGN_DIR, TEMPLATE_DIR)
@@ -66,6 +67,18 @@ def content_fingerprint(root: Path) -> str:
     return digest.hexdigest()
 
 
+def _snapshot_ignore(templates: Path):
+    """copytree's ignore: hidden files, and links whose real path leaves templates/ (copying would
+    turn a link to /etc/passwd into a regular template the run-time loader could not tell apart)."""
+    def loops(path: Path, directory: str) -> bool:  # a linked directory that contains itself
+        return path.is_symlink() and path.is_dir() and Path(directory).resolve().is_relative_to(path.resolve())
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        return {n for n in names
+                if n.startswith(".") or escapes_folder(templates, Path(directory) / n) or loops(Path(directory) / n, directory)}
+    return ignore
+
+
 @dataclass
 class LoadResult:
     """The outcome of one load: a project, or the issues that kept it out."""
@@ -103,8 +116,7 @@ class ProjectWatcher:
         try:
             templates = self.root / TEMPLATE_DIR
             if templates.is_dir():
-                shutil.copytree(templates, snapshot / TEMPLATE_DIR,
-                                ignore=shutil.ignore_patterns(".*"))
+                shutil.copytree(templates, snapshot / TEMPLATE_DIR, ignore=_snapshot_ignore(templates))
             else:
                 (snapshot / TEMPLATE_DIR).mkdir()
         except OSError:
