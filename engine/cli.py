@@ -78,10 +78,16 @@ def main(ctx, project_dir: Path):
     ctx.obj = project_dir
 
 
-def _reconciler(project_dir: Path, shard: tuple[int, int] | None = None, progress=None):
+def _reconciler(project_dir: Path, shard: tuple[int, int] | None = None, progress=None, signs: bool = False):
+    """The project and its reconciler; ``signs``: it will sign links and codes, so the code secret must be usable."""
+    from .code_secret import code_secrets
     from .reconcile import Reconciler
 
     project = load_project(project_dir)
+    if signs:
+        warning = code_secrets(project.config).warning  # ProjectInvalid outside the demo
+        if warning:
+            click.echo(f"Warning: {warning}", err=True)
     ensure_demo(project.config, echo=lambda text: click.echo(text, err=True))
     return project, Reconciler(project, shard=shard, progress=progress)
 
@@ -111,6 +117,13 @@ shard_option = click.option("--shard", callback=_shard, metavar="I/N", envvar="E
 def validate(project_dir: Path, paths: tuple[str, ...], fmt: str, check_warehouse: bool):
     """Check engine.yaml, campaign files (default campaigns.d/) and their templates."""
     _, issues = check_project(project_dir, paths or None)
+    if not paths:  # the whole project: also what it runs with
+        from .code_secret import secret_issues
+        from .config import load_config
+
+        config, config_issues = load_config(Path(project_dir).resolve())
+        if config is not None and not any(i.severity == "error" for i in config_issues):
+            issues += secret_issues(config)
     if check_warehouse:
         from .introspect import check_warehouse as warehouse_issues
 
@@ -228,7 +241,7 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
         _loop(project_dir, seconds, campaigns, metrics_host, metrics_port, shard)
         return
     progress = progress_for("run", quiet)
-    project, reconciler = _reconciler(project_dir, shard, progress)
+    project, reconciler = _reconciler(project_dir, shard, progress, signs=True)
     clock = FixedClock(as_of) if as_of else SystemClock()
     try:
         selected = _select(reconciler, campaigns)
@@ -305,7 +318,8 @@ def demo(project_dir: Path, reset: bool):
     project = load_project(project_dir)
     config = project.config
     if config.demo is None:
-        raise click.UsageError("engine.yaml has no demo: section; this project's warehouse is not the demo shop")
+        raise click.UsageError("engine.yaml has no demo: section with the demo shop's seed, customers and anchor; "
+                               "this project's warehouse is not the generated demo shop")
     path = file_of(database_url(config, "warehouse"))
     if path is None:
         raise click.UsageError("the demo shop must be a DuckDB or SQLite file")

@@ -114,7 +114,7 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         channels[channel_name] = channel
         issues += channel_issues
     demo = None
-    if "demo" in data:
+    if isinstance(data.get("demo"), dict):
         demo = DemoConfig(**data["demo"])
         try:
             parse_instant(demo.anchor)
@@ -146,6 +146,8 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         default_timezone=timezone_name,
         quiet_hours=quiet_hours,
         code_secret=defaults.get("code_secret", ProjectConfig.code_secret),
+        previous_code_secrets=defaults.get("previous_code_secrets", ProjectConfig.previous_code_secrets),
+        is_demo=data.get("demo") not in (None, False),
         segments=dict(data.get("segments", {})),
         **_policies(doc, data.get("policies", {}), channels, issues),
     )
