@@ -2,7 +2,7 @@
 
 One error handler turns every ``EngineError`` into ``Error: ...`` and exit 1;
 anything unexpected is exit 2 with a short message (``ENGINE_DEBUG=1`` shows
-the traceback). Exit codes: 0 ok, 1 user error or failed sends, 2 crash.
+the traceback); both with every secret masked (masking.mask). Exit codes: 0 ok, 1 user error or failed sends, 2 crash.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -23,6 +24,7 @@ from .clock import FixedClock, SystemClock, format_instant, parse_instant, parse
 from .compile import due_query, render_sql
 from .demo import build_demo, ensure_demo
 from .errors import EngineError, ProjectInvalid
+from .masking import mask
 from .output import write_issues, write_plan, write_report
 from .progress import around_output, progress_for
 from .project import check_project, load_project
@@ -38,17 +40,17 @@ def handle_errors(command):
         try:
             return command(*args, **kwargs)
         except ProjectInvalid as exc:
-            click.echo(str(exc), err=True)
+            click.echo(mask(str(exc)), err=True)
             sys.exit(1)
         except EngineError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(mask(f"Error: {exc}"), err=True)
             sys.exit(1)
         except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if os.environ.get("ENGINE_DEBUG"):
                 traceback.print_exc()
-            click.echo(f"Internal error: {type(exc).__name__}: {exc} (set ENGINE_DEBUG=1 for the traceback)", err=True)
+            click.echo(mask(f"Internal error: {type(exc).__name__}: {exc} (set ENGINE_DEBUG=1 for the traceback)"), err=True)
             sys.exit(2)
     return wrapper
 
@@ -88,7 +90,7 @@ def _reconciler(project_dir: Path, shard: tuple[int, int] | None = None, progres
         warning = code_secrets(project.config).warning  # ProjectInvalid outside the demo
         if warning:
             click.echo(f"Warning: {warning}", err=True)
-    ensure_demo(project.config, echo=lambda text: click.echo(text, err=True))
+    ensure_demo(project.config, echo=lambda text: click.echo(mask(text), err=True))
     return project, Reconciler(project, shard=shard, progress=progress)
 
 
@@ -127,7 +129,8 @@ def validate(project_dir: Path, paths: tuple[str, ...], fmt: str, check_warehous
     if check_warehouse:
         from .introspect import check_warehouse as warehouse_issues
 
-        issues += warehouse_issues(project_dir)
+        # driver errors may quote the URL or DSN
+        issues += [replace(i, message=mask(i.message), fix=mask(i.fix)) for i in warehouse_issues(project_dir)]
     files = len(campaign_files(Path(project_dir).resolve(), paths or None))
     write_issues(issues, fmt, sys.stdout, files)
     sys.exit(1 if any(i.severity == "error" for i in issues) else 0)
@@ -328,7 +331,7 @@ def demo(project_dir: Path, reset: bool):
             if channel.transport == "file":
                 shutil.rmtree(config.root / str(channel.settings.get("path", "var/outbox")), ignore_errors=True)
         counts = build_demo(path, config.demo.seed, config.demo.customers, config.demo.anchor)
-        click.echo(f"Demo shop in {path}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+        click.echo(mask(f"Demo shop in {path}: ") + ", ".join(f"{n} {name}" for name, n in counts.items()))
         click.echo(f"Its history ends at {config.demo.anchor}: use --as-of {config.demo.anchor}")
 
 

@@ -20,6 +20,8 @@ import sys
 from datetime import datetime, timezone
 from typing import IO, Any
 
+from .masking import mask
+
 LOGGER_NAME = "engine"
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("json", "text")
@@ -47,6 +49,28 @@ def _redact_value(value: Any) -> Any:
         return [_redact_value(v) for v in value]
     if isinstance(value, dict):
         return {k: _redact_value(v) for k, v in value.items()}
+    return value
+
+
+class _MaskSecrets(logging.Filter):
+    """Every record, always (even with personal data on): URL credentials and resolved secrets masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = mask(record.getMessage())
+        record.args = None
+        fields = getattr(record, "fields", None)
+        if fields:
+            record.fields = {k: _map_strings(v, mask) for k, v in fields.items()}
+        return True
+
+
+def _map_strings(value: Any, function) -> Any:
+    if isinstance(value, str):
+        return function(value)
+    if isinstance(value, (list, tuple)):
+        return [_map_strings(v, function) for v in value]
+    if isinstance(value, dict):
+        return {k: _map_strings(v, function) for k, v in value.items()}
     return value
 
 
@@ -109,6 +133,7 @@ def configure(level: str = "info", fmt: str = "text", personal_data: bool = Fals
         logger.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_MaskSecrets())
     if not personal_data:
         handler.addFilter(_RedactPersonalData())
     logger.addHandler(handler)

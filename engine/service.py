@@ -34,6 +34,7 @@ from .httpd import StatusServer
 from .lookup import customer_query
 from .ledger import Ledger, Record, ledger_table
 from .logs import event
+from .masking import mask
 from .metrics import CONTENT_TYPE, Metrics
 from .model import Project
 from .reconcile import PassReport, Reconciler
@@ -226,7 +227,7 @@ class Service:
             duration = self.monotonic() - started
             self.metrics.record_failed_pass(duration)
             first_line = (str(exc).strip().splitlines() or [""])[0]  # SQL and parameters stay out of the log
-            self._last_error = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {first_line}"
+            self._last_error = mask(str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {first_line}")
             event("pass.failed", f"Pass at {format_instant(now)} failed: {self._last_error}", logging.ERROR,
                   duration=round(duration, 4))
             return None
@@ -238,7 +239,7 @@ class Service:
         with self._lock:
             self._last_pass_end = self.monotonic()
             self._last_pass_duration = duration
-            self._last_error = report.errors[0] if report.errors else None
+            self._last_error = mask(report.errors[0]) if report.errors else None
         for error in report.errors:
             event("pass.error", f"Error: {error}", logging.ERROR)
         sent, skipped, failed = report.total("sent"), report.total("skipped"), report.total("failed")
@@ -319,7 +320,7 @@ class Service:
             _issue_event(issue)
         for problem in extra:
             event("config.invalid", problem, logging.ERROR)
-        problems = [i.format() for i in result.errors] + list(extra)
+        problems = [mask(p) for p in [i.format() for i in result.errors] + list(extra)]
         with self._lock:
             self._config_errors = problems
             loaded_at = self._loaded_at
@@ -381,7 +382,7 @@ class Service:
                 db.check()
                 checks[name] = "ok"
             except EngineError as exc:
-                checks[name] = str(exc)
+                checks[name] = mask(str(exc))
                 ok = False
         limit = STALE_PASSES * max(self.interval, last_duration)
         if last_end is None:
