@@ -353,7 +353,7 @@ def show_message(project_dir: Path, message_key: str):
     click.echo(f"# {row['message_key']}: {row['status']}" + (f" ({row['reason']})" if row["reason"] else "")
                + f", attempts {row['attempts']}, updated {row['updated_at']}")
     if row["detail"]:
-        click.echo(f"# provider: {row['detail']}")
+        click.echo(mask(f"# provider: {row['detail']}"))
     if not row["content"]:
         click.echo("# (nothing was rendered for this message)")
         return

@@ -27,6 +27,7 @@ from typing import Mapping
 
 from .config import _ENV as ENV_REFERENCE, CONFIG_FILE, resolve
 from .errors import ConfigError, Issue, ProjectInvalid
+from .masking import remember
 from .model import ProjectConfig
 
 SECRET_ENV = "ENGINE_CODE_SECRET"
@@ -131,6 +132,7 @@ def _previous(config: ProjectConfig, env: Mapping[str, str]) -> tuple[list[str],
                                      f"previous code secret {number} (of {source}) {problem}; links signed with it can "
                                      "be forged, so it must not verify them", f"remove it from {source}"))
         else:
+            remember(key)  # never shown in a message, like the current one (config.resolve)
             keys.append(key)
     return keys, problems
 

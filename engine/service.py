@@ -33,7 +33,7 @@ from .compile import render_sql
 from .httpd import StatusServer
 from .lookup import customer_query
 from .ledger import Ledger, Record, ledger_table
-from .logs import event
+from .logs import declare_personal, event
 from .masking import mask
 from .metrics import CONTENT_TYPE, Metrics
 from .model import Project
@@ -331,6 +331,7 @@ class Service:
               f"project loaded at {loaded_at}", logging.ERROR, files=result.changed_files, errors=len(problems))
 
     def _build(self, project: Project) -> Reconciler:
+        declare_personal(project.config.customer_attributes())  # never logged unless asked
         reconciler = Reconciler(project, shard=self.shard)
         reconciler.ledger = LoggedLedger(reconciler.ledger, self.monotonic)
         return reconciler
