@@ -2,7 +2,8 @@
 
 One error handler turns every ``EngineError`` into ``Error: ...`` and exit 1;
 anything unexpected is exit 2 with a short message (``ENGINE_DEBUG=1`` shows
-the traceback); both with every secret masked (masking.mask). Exit codes: 0 ok, 1 user error or failed sends, 2 crash.
+the traceback); both with every secret masked (masking.mask). Exit codes: 0 ok,
+1 user error or failed sends, 2 crash.
 """
 from __future__ import annotations
 

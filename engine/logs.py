@@ -79,9 +79,15 @@ def redact(text: str) -> str:
     return _PHONE.sub(lambda m: "<phone>" if _is_phone(m.group(0)) else m.group(0), text)
 
 
+#: The engine's own event fields: never personal, whatever a project names its customer columns.
+ENGINE_FIELDS = frozenset(FIELD_ORDER) | {"detail", "status", "kind", "files", "campaigns", "file", "line", "column",
+                                          "fix", "host", "port", "interval", "now", "sent", "skipped", "failed", "due",
+                                          "errors"}
+
+
 def declare_personal(names) -> None:
     """Also treat fields with these names (a project's customer attributes) as personal data."""
-    _personal_fields.update(n for n in names if n != "customer_id")
+    _personal_fields.update(n for n in names if n not in ENGINE_FIELDS)
 
 
 def _redact_field(name: str, value: Any) -> Any:

@@ -95,14 +95,15 @@ def test_fields_the_engine_knows_are_personal_are_never_logged_unless_asked():
     out = io.StringIO()
     logs.configure("info", "json", stream=out)
     try:
-        logs.declare_personal(["customer_type", "customer_id"])
+        logs.declare_personal(["customer_type", "customer_id", "status"])  # the engine's own fields stay its own
         logs.event("message.failed", "refused", logging.WARNING, to="Jörg Müller <j@x.de>", phone="0151 23456789",
-                   first_name="Jörg", customer_type="company", customer_id="42", campaign="birthday", reason="permanent")
+                   first_name="Jörg", customer_type="company", customer_id="42", campaign="birthday", reason="permanent",
+                   status=400)
     finally:
         logs.configure("info", "text")
     line = json.loads(out.getvalue())
     assert {line[k] for k in ("to", "phone", "first_name", "customer_type")} == {logs.REDACTED}
-    assert (line["customer_id"], line["campaign"], line["reason"]) == ("42", "birthday", "permanent")
+    assert (line["customer_id"], line["campaign"], line["reason"], line["status"]) == ("42", "birthday", "permanent", 400)
 
 
 @pytest.mark.parametrize("text", PERSONAL)
