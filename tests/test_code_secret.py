@@ -294,3 +294,61 @@ def test_the_service_warns_in_the_demo_and_refuses_a_reload_that_leaves_it_witho
     finally:
         svc.close()
         logs.configure()
+
+
+# --- discount codes across a rotation -----------------------------------------------------------------------------
+
+CODED = """
+    name: coded
+    trigger: {order_placed: {}}
+    steps:
+      - id: mail
+        delay: 0m
+        freshness: 7d
+        channel: email
+        template: second-order/nudge.email.j2
+        discount_code: {prefix: X-, length: 8}
+"""
+
+
+def test_a_rotation_never_changes_the_code_of_a_stored_message(tmp_path, monkeypatch):
+    """A message rendered (and stored) before the rotation is retried after it with its old code;
+    a message rendered after it gets a code of the new secret."""
+    from conftest import load_history, write
+    from test_delivery import at, configure, customers, orders, statuses
+
+    from engine import Reconciler, load_project
+    from engine.decide import discount_code
+    from servers import SmtpSink
+
+    root = copy_project(tmp_path / "project")
+    for path in (root / "campaigns.d").glob("*.yaml"):
+        path.unlink()
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    write(root / "campaigns.d" / "coded.yaml", CODED)
+    load_history(url, customers=customers(2), orders=orders(1))
+    with SmtpSink() as smtp:
+        configure(root, smtp.port)
+        smtp.script["c1@example.com"] = ["451 4.3.0 try again later"]
+        monkeypatch.setenv("ENGINE_CODE_SECRET", OLD)
+        r = Reconciler(load_project(root))
+        try:
+            r.run_once(at(minutes=1))
+            assert statuses(r)["coded:mail:1:1"] == ("failed", "transient", 1)
+        finally:
+            r.close()
+        monkeypatch.setenv("ENGINE_CODE_SECRET", NEW)  # rotated; the old one is not even kept for links
+        second = {"order_id": 2, "customer_id": 2, "created_at": at(minutes=5).replace(tzinfo=None),
+                  "status": "completed", "total": 5}
+        load_history(url, customers=customers(2), orders=orders(1) + [second])
+        r = Reconciler(load_project(root))
+        try:
+            r.run_once(at(minutes=30))
+            assert statuses(r)["coded:mail:1:1"][0] == "sent" and statuses(r)["coded:mail:2:2"][0] == "sent"
+        finally:
+            r.close()
+        bodies = {m["X-Engine-Message-Key"]: m.get_body(("plain",)).get_content() for m in smtp.messages}
+    assert discount_code(OLD, "coded:mail:1:1", "X-", 8) in bodies["coded:mail:1:1"]
+    assert discount_code(NEW, "coded:mail:1:1", "X-", 8) not in bodies["coded:mail:1:1"]
+    assert discount_code(NEW, "coded:mail:2:2", "X-", 8) in bodies["coded:mail:2:2"]
