@@ -73,9 +73,15 @@ def _is_phone(number: str) -> bool:
     return digits <= 16 or not number.isdigit()
 
 
+_NO_DIGITS = str.maketrans("", "", "0123456789")
+
+
 def redact(text: str) -> str:
     """``text`` with email addresses and phone numbers replaced by ``<email>`` / ``<phone>``."""
-    text = _EMAIL.sub("<email>", text)
+    if "@" in text or "%40" in text:
+        text = _EMAIL.sub("<email>", text)
+    if len(text) - len(text.translate(_NO_DIGITS)) < 7:  # no phone number without 7 digits (most fields)
+        return text
     return _PHONE.sub(lambda m: "<phone>" if _is_phone(m.group(0)) else m.group(0), text)
 
 

@@ -35,6 +35,8 @@ MIN_REMEMBERED = 4
 
 _lock = threading.Lock()
 _remembered: set[str] = set()
+#: the remembered values, longest first (a value inside another is replaced after it)
+_longest_first: tuple[str, ...] = ()
 
 #: a URL in free text: scheme://..., up to whitespace or a quote, without trailing punctuation
 _URL = re.compile(r"""\b[A-Za-z][A-Za-z0-9+.-]*://[^\s"'<>`]*[^\s"'<>`.,:;)\]]""")
@@ -52,12 +54,14 @@ def is_secret_name(name: str) -> bool:
 
 def remember(value: str | None) -> None:
     """From now on, ``value`` is masked wherever it appears in a message."""
-    if value and len(value) >= MIN_REMEMBERED:
+    global _longest_first
+    if value and len(value) >= MIN_REMEMBERED and value not in _remembered:
         with _lock:
             _remembered.add(value)
             decoded = unquote(value)
             if decoded != value and len(decoded) >= MIN_REMEMBERED:
                 _remembered.add(decoded)
+            _longest_first = tuple(sorted(_remembered, key=len, reverse=True))
 
 
 def remember_url(url: str) -> None:
@@ -92,16 +96,16 @@ def mask(text: str) -> str:
     """``text`` with every URL credential, secret parameter and remembered secret replaced by ``***``."""
     if not text:
         return text
-    with _lock:
-        remembered = sorted(_remembered, key=len, reverse=True)
-    for value in remembered:
+    for value in _longest_first:
         if value in text:
             text = text.replace(value, MASK)
-    text = _URL.sub(lambda m: mask_url(m.group(0)), text)
-    text = _QUOTED_PAIR.sub(lambda m: m.group(0) if not is_secret_name(m.group("name")) else
-                            f"{m.group('q')}{m.group('name')}{m.group('q')}{m.group('sep')}{m.group('v')}{MASK}{m.group('v')}",
-                            text)
-    return _mask_parameters(text)
+    if "://" in text:
+        text = _URL.sub(lambda m: mask_url(m.group(0)), text)
+    if ":" in text and ('"' in text or "'" in text):
+        text = _QUOTED_PAIR.sub(lambda m: m.group(0) if not is_secret_name(m.group("name")) else
+                                f"{m.group('q')}{m.group('name')}{m.group('q')}{m.group('sep')}{m.group('v')}{MASK}"
+                                f"{m.group('v')}", text)
+    return _mask_parameters(text) if "=" in text else text
 
 
 def _mask_parameters(text: str) -> str:
