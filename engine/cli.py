@@ -89,7 +89,7 @@ def _reconciler(project_dir: Path, shard: tuple[int, int] | None = None, progres
     project = load_project(project_dir)
     if signs:
         warning = code_secrets(project.config).warning  # ProjectInvalid outside the demo
-        if warning:
+        if warning and sys.stderr.isatty():  # for whoever runs the demo; piped stderr stays as it was
             click.echo(f"Warning: {warning}", err=True)
     ensure_demo(project.config, echo=lambda text: click.echo(mask(text), err=True))
     return project, Reconciler(project, shard=shard, progress=progress)
