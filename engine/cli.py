@@ -2,7 +2,8 @@
 
 One error handler turns every ``EngineError`` into ``Error: ...`` and exit 1;
 anything unexpected is exit 2 with a short message (``ENGINE_DEBUG=1`` shows
-the traceback). Exit codes: 0 ok, 1 user error or failed sends, 2 crash.
+the traceback); both with every secret masked (masking.mask). Exit codes: 0 ok,
+1 user error or failed sends, 2 crash.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import signal
 import sys
 import threading
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -23,6 +25,7 @@ from .clock import FixedClock, SystemClock, format_instant, parse_instant, parse
 from .compile import due_query, render_sql
 from .demo import build_demo, ensure_demo
 from .errors import EngineError, ProjectInvalid
+from .masking import mask
 from .output import write_issues, write_plan, write_report
 from .progress import around_output, progress_for
 from .project import check_project, load_project
@@ -38,17 +41,17 @@ def handle_errors(command):
         try:
             return command(*args, **kwargs)
         except ProjectInvalid as exc:
-            click.echo(str(exc), err=True)
+            click.echo(mask(str(exc)), err=True)
             sys.exit(1)
         except EngineError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(mask(f"Error: {exc}"), err=True)
             sys.exit(1)
         except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if os.environ.get("ENGINE_DEBUG"):
                 traceback.print_exc()
-            click.echo(f"Internal error: {type(exc).__name__}: {exc} (set ENGINE_DEBUG=1 for the traceback)", err=True)
+            click.echo(mask(f"Internal error: {type(exc).__name__}: {exc} (set ENGINE_DEBUG=1 for the traceback)"), err=True)
             sys.exit(2)
     return wrapper
 
@@ -78,11 +81,17 @@ def main(ctx, project_dir: Path):
     ctx.obj = project_dir
 
 
-def _reconciler(project_dir: Path, shard: tuple[int, int] | None = None, progress=None):
+def _reconciler(project_dir: Path, shard: tuple[int, int] | None = None, progress=None, signs: bool = False):
+    """The project and its reconciler; ``signs``: it will sign links and codes, so the code secret must be usable."""
+    from .code_secret import code_secrets
     from .reconcile import Reconciler
 
     project = load_project(project_dir)
-    ensure_demo(project.config, echo=lambda text: click.echo(text, err=True))
+    if signs:
+        warning = code_secrets(project.config).warning  # ProjectInvalid outside the demo
+        if warning and sys.stderr.isatty():  # for whoever runs the demo; piped stderr stays as it was
+            click.echo(f"Warning: {warning}", err=True)
+    ensure_demo(project.config, echo=lambda text: click.echo(mask(text), err=True))
     return project, Reconciler(project, shard=shard, progress=progress)
 
 
@@ -111,10 +120,18 @@ shard_option = click.option("--shard", callback=_shard, metavar="I/N", envvar="E
 def validate(project_dir: Path, paths: tuple[str, ...], fmt: str, check_warehouse: bool):
     """Check engine.yaml, campaign files (default campaigns.d/) and their templates."""
     _, issues = check_project(project_dir, paths or None)
+    if not paths:  # the whole project: also what it runs with
+        from .code_secret import secret_issues
+        from .config import load_config
+
+        config, config_issues = load_config(Path(project_dir).resolve())
+        if config is not None and not any(i.severity == "error" for i in config_issues):
+            issues += secret_issues(config)
     if check_warehouse:
         from .introspect import check_warehouse as warehouse_issues
 
-        issues += warehouse_issues(project_dir, paths or None)
+        # driver errors may quote the URL or DSN
+        issues += [replace(i, message=mask(i.message), fix=mask(i.fix)) for i in warehouse_issues(project_dir, paths or None)]
     files = len(campaign_files(Path(project_dir).resolve(), paths or None))
     write_issues(issues, fmt, sys.stdout, files)
     sys.exit(1 if any(i.severity == "error" for i in issues) else 0)
@@ -233,7 +250,7 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
         _loop(project_dir, seconds, campaigns, metrics_host, metrics_port, shard)
         return
     progress = progress_for("run", quiet)
-    project, reconciler = _reconciler(project_dir, shard, progress)
+    project, reconciler = _reconciler(project_dir, shard, progress, signs=True)
     clock = FixedClock(as_of) if as_of else SystemClock()
     try:
         selected = _select(reconciler, campaigns)
@@ -310,7 +327,8 @@ def demo(project_dir: Path, reset: bool):
     project = load_project(project_dir)
     config = project.config
     if config.demo is None:
-        raise click.UsageError("engine.yaml has no demo: section; this project's warehouse is not the demo shop")
+        raise click.UsageError("engine.yaml has no demo: section with the demo shop's seed, customers and anchor; "
+                               "this project's warehouse is not the generated demo shop")
     path = file_of(database_url(config, "warehouse"))
     if path is None:
         raise click.UsageError("the demo shop must be a DuckDB or SQLite file")
@@ -319,7 +337,7 @@ def demo(project_dir: Path, reset: bool):
             if channel.transport == "file":
                 shutil.rmtree(config.root / str(channel.settings.get("path", "var/outbox")), ignore_errors=True)
         counts = build_demo(path, config.demo.seed, config.demo.customers, config.demo.anchor)
-        click.echo(f"Demo shop in {path}: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+        click.echo(mask(f"Demo shop in {path}: ") + ", ".join(f"{n} {name}" for name, n in counts.items()))
         click.echo(f"Its history ends at {config.demo.anchor}: use --as-of {config.demo.anchor}")
 
 
@@ -341,7 +359,7 @@ def show_message(project_dir: Path, message_key: str):
     click.echo(f"# {row['message_key']}: {row['status']}" + (f" ({row['reason']})" if row["reason"] else "")
                + f", attempts {row['attempts']}, updated {row['updated_at']}")
     if row["detail"]:
-        click.echo(f"# provider: {row['detail']}")
+        click.echo(mask(f"# provider: {row['detail']}"))
     if not row["content"]:
         click.echo("# (nothing was rendered for this message)")
         return

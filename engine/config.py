@@ -22,6 +22,7 @@ from sqlglot.errors import ParseError, TokenError
 from .clock import MAX_DURATION, DurationTooLong, parse_duration, parse_instant
 from .errors import ConfigError, FilterError, Issue
 from .load import Document, load_yaml_file
+from .masking import remember, secret_references
 from .model import (
     ENTITY_COLUMNS, ChannelConfig, DemoConfig, EntitySource, FrequencyCap, ProjectConfig, QuietHours, RetryPolicy,
 )
@@ -47,14 +48,20 @@ URL_DIALECTS = {
 
 
 def resolve(value: str, environ: Mapping[str, str] | None = None) -> str:
-    """Replace ``${VAR}`` / ``${VAR:-default}``; an unset variable without default is an error."""
+    """Replace ``${VAR}`` / ``${VAR:-default}``; an unset variable without default is an error.
+    Secret values (masking.secret_references) are remembered, so no message shows them later."""
     env = os.environ if environ is None else environ
+    hidden = secret_references(value, _ENV) if "${" in value else set()
 
     def substitute(match: re.Match) -> str:
         name, default = match.group(1), match.group(2)
         if name in env and env[name] != "":
+            if name in hidden:
+                remember(env[name])
             return env[name]
         if default is not None:
+            if name in hidden:
+                remember(default)
             return default
         raise ConfigError(f"environment variable {name} is not set (used in {CONFIG_FILE}); export it or give a default with ${{{name}:-value}}")
 
@@ -114,7 +121,7 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         channels[channel_name] = channel
         issues += channel_issues
     demo = None
-    if "demo" in data:
+    if isinstance(data.get("demo"), dict):
         demo = DemoConfig(**data["demo"])
         try:
             parse_instant(demo.anchor)
@@ -146,6 +153,8 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         default_timezone=timezone_name,
         quiet_hours=quiet_hours,
         code_secret=defaults.get("code_secret", ProjectConfig.code_secret),
+        previous_code_secrets=defaults.get("previous_code_secrets", ProjectConfig.previous_code_secrets),
+        is_demo=data.get("demo") not in (None, False),
         segments=dict(data.get("segments", {})),
         **_policies(doc, data.get("policies", {}), channels, issues),
     )

@@ -7,9 +7,17 @@ fields (campaign, step, customer_id, message_key, outcome, duration, ...);
 single handler on the ``engine`` logger writing to stdout, one line per record,
 flushed at once (12-factor: the platform collects stdout).
 
-Email addresses and phone numbers are replaced by ``<email>`` / ``<phone>``
-in messages and fields - they reach logs through provider error texts such as
-``550 <anna@example.com> unknown user`` - unless ``personal_data`` is on.
+Personal data is redacted unless ``personal_data`` is on, in two ways. By
+structure: a field the engine knows is personal (``PERSONAL_FIELDS``: the
+recipient, phone, address and the customer's attributes, plus whatever
+``declare_personal`` adds) is logged as ``<redacted>``. By pattern, in every
+message and every other field: provider error texts quote the recipient (``550
+<jörg.müller@exämple.de> unknown user``, ``invalid number 0151 23456789``), so
+email addresses (IDN and non-ASCII too) become ``<email>`` and phone numbers,
+international (``+49 ...``, ``0049...``) and national (``0151 ...``, ``(030)
+...``, ``555-123-4567``), become ``<phone>`` - while message keys, ids, ISO
+timestamps, dates, status codes and durations stay as they are. Secrets are
+masked always (masking.mask), personal data or not.
 """
 from __future__ import annotations
 
@@ -20,6 +28,8 @@ import sys
 from datetime import datetime, timezone
 from typing import IO, Any
 
+from .masking import mask
+
 LOGGER_NAME = "engine"
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("json", "text")
@@ -27,26 +37,90 @@ FORMATS = ("json", "text")
 #: The fields an event may carry, in the order the JSON formatter writes them.
 FIELD_ORDER = ("campaign", "step", "channel", "customer_id", "message_key", "outcome", "reason", "duration")
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-#: International numbers (+49 151 ...), the form channels need; a bare digit run is
-#: too often an id or a timestamp to be redacted blindly.
-_PHONE = re.compile(r"\+\d[\d ()./-]{6,}\d")
+#: An email address, also with a non-ASCII (IDN) local part or domain (``\\w`` is Unicode) and
+#: URL-encoded (``%40``).
+_EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+(?:@|%40)[\w-]+(?:\.[\w-]+)+")
+#: A phone number, international or national, as providers quote them: digit groups joined by one
+#: separator (space, no-break space, . / -) or a parenthesised part such as ``(0)`` or ``(030)``.
+#: Candidates end where a word or a longer number would go on (so ids, keys and timestamps are not
+#: cut into numbers) and are kept only with a phone's count of digits and not a date's shape
+#: (``_is_phone``).
+_SEP = r"[ \u00a0./-]"
+_PHONE = re.compile(
+    r"(?:(?<![\w+.-])(?:\+|00(?=[1-9]))\d+(?:(?:" + _SEP + r"|[ \u00a0]?\(\d{1,4}\)[ \u00a0]?)\d+)*"  # +49 (0)151 2345-6789
+    r"|(?<![\w.:/+-])(?:\(0\d{1,5}\)[ \u00a0]?\d+|0[1-9]\d*)(?:" + _SEP + r"\d+)*"  # 0151 23456789, (030) 1234567
+    r"|(?<![\w.:/+-])\(\d{2,5}\)[ \u00a0]?\d+(?:" + _SEP + r"\d+)*"                # (555) 123-4567
+    r"|(?<![\w.:/+-])\d{3}[ .-]\d{3}[ .-]\d{4})"                                 # 555-123-4567
+    r"(?![\w-]|[./:]\d)"
+)
+#: dd.mm.yyyy, yyyy-mm-dd and similar: dates, never phone numbers
+_DATE = re.compile(r"\d{1,4}([./-])\d{1,2}\1\d{1,4}")
+#: Fields whose values are personal data whatever they hold: the recipient and the customer's
+#: attributes (``declare_personal`` adds the project's mapped customer columns).
+PERSONAL_FIELDS = frozenset({"to", "recipient", "email", "phone", "address", "first_name", "last_name", "name",
+                             "customer", "birthday", "street", "city", "zip", "postal_code"})
+REDACTED = "<redacted>"
+_personal_fields: set[str] = set(PERSONAL_FIELDS)
 
 logger = logging.getLogger(LOGGER_NAME)
 
 
+def _is_phone(number: str) -> bool:
+    """At least 7 digits (at most 16 in one unbroken run: longer ones are ids), and not a date."""
+    digits = sum(ch.isdigit() for ch in number)
+    if digits < 7 or _DATE.fullmatch(number.strip("()")):
+        return False
+    return digits <= 16 or not number.isdigit()
+
+
+_NO_DIGITS = str.maketrans("", "", "0123456789")
+
+
 def redact(text: str) -> str:
-    """``text`` with email addresses and phone numbers replaced."""
-    return _PHONE.sub("<phone>", _EMAIL.sub("<email>", text))
+    """``text`` with email addresses and phone numbers replaced by ``<email>`` / ``<phone>``."""
+    if "@" in text or "%40" in text:
+        text = _EMAIL.sub("<email>", text)
+    if len(text) - len(text.translate(_NO_DIGITS)) < 7:  # no phone number without 7 digits (most fields)
+        return text
+    return _PHONE.sub(lambda m: "<phone>" if _is_phone(m.group(0)) else m.group(0), text)
 
 
-def _redact_value(value: Any) -> Any:
+#: The engine's own event fields: never personal, whatever a project names its customer columns.
+ENGINE_FIELDS = frozenset(FIELD_ORDER) | {"detail", "status", "kind", "files", "campaigns", "file", "line", "column",
+                                          "fix", "host", "port", "interval", "now", "sent", "skipped", "failed", "due",
+                                          "errors"}
+
+
+def declare_personal(names) -> None:
+    """Also treat fields with these names (a project's customer attributes) as personal data."""
+    _personal_fields.update(n for n in names if n not in ENGINE_FIELDS)
+
+
+def _redact_field(name: str, value: Any) -> Any:
+    if name in _personal_fields and value not in (None, ""):
+        return REDACTED
+    return _map_strings(value, redact)
+
+
+class _MaskSecrets(logging.Filter):
+    """Every record, always (even with personal data on): URL credentials and resolved secrets masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = mask(record.getMessage())
+        record.args = None
+        fields = getattr(record, "fields", None)
+        if fields:
+            record.fields = {k: _map_strings(v, mask) for k, v in fields.items()}
+        return True
+
+
+def _map_strings(value: Any, function) -> Any:
     if isinstance(value, str):
-        return redact(value)
+        return function(value)
     if isinstance(value, (list, tuple)):
-        return [_redact_value(v) for v in value]
+        return [_map_strings(v, function) for v in value]
     if isinstance(value, dict):
-        return {k: _redact_value(v) for k, v in value.items()}
+        return {k: _map_strings(v, function) for k, v in value.items()}
     return value
 
 
@@ -56,7 +130,7 @@ class _RedactPersonalData(logging.Filter):
         record.args = None
         fields = getattr(record, "fields", None)
         if fields:
-            record.fields = {k: _redact_value(v) for k, v in fields.items()}
+            record.fields = {k: _redact_field(k, v) for k, v in fields.items()}
         return True
 
 
@@ -109,6 +183,7 @@ def configure(level: str = "info", fmt: str = "text", personal_data: bool = Fals
         logger.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_MaskSecrets())
     if not personal_data:
         handler.addFilter(_RedactPersonalData())
     logger.addHandler(handler)

@@ -115,8 +115,13 @@ class ProjectConfig:
     default_timezone: str = "UTC"
     #: channel name -> default quiet hours for steps on that channel
     quiet_hours: Mapping[str, "QuietHours"] = field(default_factory=dict)
-    #: secret that makes discount codes and unsubscribe links unguessable (resolved when used)
-    code_secret: str = "${ENGINE_CODE_SECRET:-change-me}"
+    #: secret that signs unsubscribe links and makes discount codes unguessable (resolved when used;
+    #: code_secret.py says what a usable one is)
+    code_secret: str = "${ENGINE_CODE_SECRET}"
+    #: comma-separated earlier secrets: unsubscribe links signed with them still verify (key rotation)
+    previous_code_secrets: str = "${ENGINE_CODE_SECRETS_PREVIOUS:-}"
+    #: engine.yaml has ``demo:`` (true or the demo shop's section): the demo's public secret is allowed
+    is_demo: bool = False
     frequency_caps: tuple["FrequencyCap", ...] = ()
     retry: "RetryPolicy" = field(default_factory=lambda: RetryPolicy())
     #: a claim older than this without an outcome means its process died

@@ -11,6 +11,7 @@ from collections import Counter
 from typing import IO, Iterable
 
 from .errors import Issue
+from .masking import mask
 from .reconcile import DueMessage, PassReport
 
 PLAN_FIELDS = ["campaign", "step", "customer_id", "trigger_key", "channel", "due_at", "trigger_at", "action", "reason", "message_key"]
@@ -71,9 +72,9 @@ def summary_table(counts: Counter, main_outcome: str) -> str:
 def write_report(report: PassReport, out: IO[str], err: IO[str]) -> None:
     out.write(summary_table(report.counts, "sent") + "\n")
     for error in report.errors:
-        err.write(f"Error: {error}\n")
+        err.write(mask(f"Error: {error}") + "\n")  # channel and driver errors may quote URLs
     for campaign, reason in report.failed_campaigns.items():
-        err.write(f"Error: campaign {campaign} failed and sent nothing more this pass (the others went on): {reason}\n")
+        err.write(mask(f"Error: campaign {campaign} failed and sent nothing more this pass (the others went on): {reason}") + "\n")
 
 
 def write_issues(issues: list[Issue], fmt: str, out: IO[str], files_checked: int) -> None:

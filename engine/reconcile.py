@@ -27,7 +27,8 @@ from .compile import (
     keys_in_sql, render_sql, shared_facts_create, shared_facts_drop, shared_facts_used, source_select,
     variant_columns, zones_query,
 )
-from .config import database_url, resolve
+from .code_secret import code_secrets
+from .config import database_url
 from .decide import (
     anniversary_instance, customer_zone, discount_code, due_time, in_holdout, in_quiet_hours, matching_variants,
     stable_bucket,
@@ -401,7 +402,7 @@ class Reconciler:
         selected = campaigns if campaigns is not None else self.campaigns()
         # Build every adapter first: a missing secret fails the pass before anything is claimed.
         adapters = {name: open_channel(self.config.channels[name], self.config.root) for name in self._channels(selected)}
-        secret = resolve(self.config.code_secret)
+        secret = code_secrets(self.config).signing  # refuses a missing or known secret outside the demo
         sessions: dict[str, ChannelSession | None] = {}
         try:
             self._recover(now, adapters, sessions, report)

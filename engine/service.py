@@ -14,6 +14,7 @@ given event is set, after the pass in progress.
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import logging
 import threading
@@ -28,10 +29,13 @@ from .clock import Clock, SystemClock, format_instant, to_utc
 from .demo import ensure_demo
 from .errors import EngineError, ProjectInvalid
 from . import unsubscribe as unsubscribe_link
-from .config import resolve
+from .code_secret import code_secrets, secret_issues
+from .compile import render_sql
 from .httpd import StatusServer
+from .lookup import customer_query
 from .ledger import Ledger, Record, ledger_table
-from .logs import event
+from .logs import declare_personal, event
+from .masking import mask
 from .metrics import CONTENT_TYPE, Metrics
 from .model import Project
 from .reconcile import PassReport, Reconciler
@@ -142,6 +146,7 @@ class Service:
         for issue in result.issues:
             _issue_event(issue)
         self._check_names(result.project)
+        self._check_secrets(result.project)
         self.server = StatusServer(self.metrics_host, self.metrics_port, readiness=self.readiness,
                                    metrics=self.metrics.exposition, metrics_content_type=CONTENT_TYPE,
                                    unsubscribe=self.unsubscribe)
@@ -158,14 +163,30 @@ class Service:
               campaigns=[c.name for c in reconciler.campaigns(list(self.names) or None)])
 
     def unsubscribe(self, query: str, confirm: bool) -> tuple[int, str]:
-        """/unsubscribe: a signed link; GET shows a confirmation form, POST (RFC 8058 one-click) records it."""
+        """/unsubscribe: a signed link; GET shows a confirmation form, POST (RFC 8058 one-click) records it.
+
+        400: not a link the engine makes (unsubscribe.check); 403: no code secret signed it; 404: the
+        customer is not in the warehouse's customers source. Nothing is recorded for any of them."""
         reconciler = self._reconciler
         if reconciler is None:
             return 503, "not ready, try again in a minute"
-        found = unsubscribe_link.verify(query, resolve(reconciler.config.code_secret))
-        if found is None:
-            return 400, "this unsubscribe link is not valid"
-        customer_id, kind = found
+        try:
+            keys = code_secrets(reconciler.config).verifying
+            customer_id, kind = unsubscribe_link.check(query, keys)
+        except unsubscribe_link.LinkRefused as refused:
+            event("unsubscribe.refused", f"Refused an unsubscribe link: {refused.reason}", logging.WARNING,
+                  status=refused.status)
+            return refused.status, refused.reason
+        except EngineError:
+            return 503, "unsubscribing is not possible right now, try again later"
+        try:
+            known = _customer_exists(reconciler, customer_id)
+        except EngineError as exc:
+            event("unsubscribe.unavailable", f"Could not look the customer up: {exc}", logging.WARNING)
+            return 503, "unsubscribing is not possible right now, try again later"
+        if not known:
+            event("unsubscribe.refused", "Refused an unsubscribe link: no such customer", logging.WARNING, status=404)
+            return 404, "this unsubscribe link names no customer of this shop"
         if not confirm:
             return 200, (f"<!doctype html><form method=post action='/unsubscribe?{html.escape(query)}'>"
                          f"<p>Stop {html.escape(kind)} messages?</p><button>Unsubscribe</button></form>")
@@ -208,7 +229,7 @@ class Service:
             duration = self.monotonic() - started
             self.metrics.record_failed_pass(duration)
             first_line = (str(exc).strip().splitlines() or [""])[0]  # SQL and parameters stay out of the log
-            self._last_error = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {first_line}"
+            self._last_error = mask(str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {first_line}")
             event("pass.failed", f"Pass at {format_instant(now)} failed: {self._last_error}", logging.ERROR,
                   duration=round(duration, 4))
             return None
@@ -220,8 +241,8 @@ class Service:
         with self._lock:
             self._last_pass_end = self.monotonic()
             self._last_pass_duration = duration
-            self._last_error = report.errors[0] if report.errors else None
-            self._failed_campaigns = dict(report.failed_campaigns)
+            self._last_error = mask(report.errors[0]) if report.errors else None
+            self._failed_campaigns = {name: mask(reason) for name, reason in report.failed_campaigns.items()}
         for error in report.errors:
             event("pass.error", f"Error: {error}", logging.ERROR)
         for campaign, reason in report.failed_campaigns.items():
@@ -268,6 +289,11 @@ class Service:
             self.watcher.release(keep=self._reconciler.project if self._reconciler else None)
             self._refuse(result, [problem])
             return False
+        refused = secret_issues(result.project.config)
+        if refused:
+            self.watcher.release(keep=self._reconciler.project if self._reconciler else None)
+            self._refuse(dataclasses.replace(result, project=None, issues=result.issues + refused))
+            return False
         try:
             reconciler = self._build(result.project)
         except EngineError as exc:
@@ -300,7 +326,7 @@ class Service:
             _issue_event(issue)
         for problem in extra:
             event("config.invalid", problem, logging.ERROR)
-        problems = [i.format() for i in result.errors] + list(extra)
+        problems = [mask(p) for p in [i.format() for i in result.errors] + list(extra)]
         with self._lock:
             self._config_errors = problems
             loaded_at = self._loaded_at
@@ -311,6 +337,7 @@ class Service:
               f"project loaded at {loaded_at}", logging.ERROR, files=result.changed_files, errors=len(problems))
 
     def _build(self, project: Project) -> Reconciler:
+        declare_personal(project.config.customer_attributes())  # never logged unless asked
         reconciler = Reconciler(project, shard=self.shard)
         reconciler.ledger = LoggedLedger(reconciler.ledger, self.monotonic)
         return reconciler
@@ -326,6 +353,17 @@ class Service:
         problem = self._names_problem(project)
         if problem:
             raise EngineError(problem)
+
+    def _check_secrets(self, project: Project) -> None:
+        """No start with a missing or known code secret outside the demo; the demo says what it signs with."""
+        issues = secret_issues(project.config)
+        for issue in issues:
+            _issue_event(issue)
+        if issues:
+            raise ProjectInvalid(issues)
+        warning = code_secrets(project.config).warning
+        if warning:
+            event("secret.demo", warning, logging.WARNING)
 
     # --- health -------------------------------------------------------------------
 
@@ -352,7 +390,7 @@ class Service:
                 db.check()
                 checks[name] = "ok"
             except EngineError as exc:
-                checks[name] = str(exc)
+                checks[name] = mask(str(exc))
                 ok = False
         limit = STALE_PASSES * max(self.interval, last_duration)
         if last_end is None:
@@ -373,6 +411,15 @@ class Service:
         if failed_campaigns:  # ready all the same: the other campaigns run; the metric and log say more
             detail["failed_campaigns"] = failed_campaigns
         return ok, detail
+
+
+def _customer_exists(reconciler: Reconciler, customer_id: str) -> bool:
+    """Is ``customer_id`` in the warehouse's customers source? (The id is a quoted literal, never SQL.)"""
+    config = reconciler.config
+    if "customers" not in config.sources:
+        return False
+    query = customer_query(config, customer_id).limit(1)
+    return bool(reconciler.warehouse.fetch_all(render_sql(query, config.dialect)))
 
 
 def _issue_event(issue) -> None:

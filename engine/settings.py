@@ -13,13 +13,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .config import _ENV as ENV_REFERENCE, CONFIG_FILE, LEDGER_URL_ENV, load_config
 from .errors import ProjectInvalid
 from .load import load_yaml_file
-
-MASK = "***"
+from .masking import MASK, is_secret_name, mask, secret_references
 
 #: setting -> (environment variable, default)
 ENV = {
@@ -32,13 +30,6 @@ ENV = {
 }
 DEFAULT_METRICS_PORT = int(ENV["metrics_port"][1])
 
-#: a setting or variable whose name says it holds a secret
-_SECRET_NAME = re.compile(r"pass|secret|token|key|credential|auth", re.IGNORECASE)
-
-
-def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
-
 
 def setting_origins(environ: Mapping[str, str] | None = None) -> dict[str, tuple[str | None, str]]:
     """For each service setting: (raw value, where it came from) without any flag."""
@@ -50,28 +41,6 @@ def setting_origins(environ: Mapping[str, str] | None = None) -> dict[str, tuple
         else:
             result[name] = (default, "default")
     return result
-
-
-# --- masking ----------------------------------------------------------------
-
-
-def mask_url(text: str) -> str:
-    """``scheme://user:***@host/...`` and secret-named query parameters masked."""
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return text
-    if not parts.scheme or not parts.netloc:
-        return text
-    netloc = parts.netloc
-    userinfo, at, hostinfo = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{hostinfo}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, MASK if is_secret_name(k) else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 @dataclass(frozen=True)
@@ -93,18 +62,19 @@ def show_value(key: str, raw: Any, environ: Mapping[str, str]) -> Shown:
     variables: list[str] = []
     unset: list[str] = []
     secret = is_secret_name(key.rsplit(".", 1)[-1])
+    hidden = secret_references(text, ENV_REFERENCE)  # named like a secret, or in a URL's userinfo/path/query
 
     def substitute(match: re.Match) -> str:
         nonlocal secret
         name, default = match.group(1), match.group(2)
         variables.append(name)
         if environ.get(name, "") != "":
-            if is_secret_name(name):
-                secret = True
+            if name in hidden:
+                secret = secret or is_secret_name(name)
                 return MASK
             return environ[name]
         if default is not None:
-            return default
+            return MASK if name in hidden and default else default
         unset.append(name)
         return f"<{name} unset>"
 
@@ -112,8 +82,8 @@ def show_value(key: str, raw: Any, environ: Mapping[str, str]) -> Shown:
     value = ENV_REFERENCE.sub(substitute, text)  # secret variables become *** in place
     if named_secret and not unset:
         value = MASK
-    elif "://" in value:
-        value = mask_url(value)
+    else:
+        value = mask(value)  # URL passwords and secret parameters, resolved secrets seen before
     origin = CONFIG_FILE
     if variables:
         used = [v for v in variables if v not in unset and environ.get(v, "") != ""]

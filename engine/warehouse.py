@@ -3,8 +3,8 @@
 Owns SQLAlchemy engines for both the warehouse (read) and the ledger (write).
 Results are streamed in batches with server-side cursors where the driver
 has them, so memory stays flat however many rows are due. Connection and
-query failures become ``WarehouseError`` naming the database (password
-masked) and what to check.
+query failures become ``WarehouseError`` naming the database and what to
+check, with every credential masked (masking.mask), the driver's words included.
 """
 from __future__ import annotations
 
@@ -17,13 +17,25 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from .errors import WarehouseError
+from .masking import is_secret_name, mask, remember, remember_url
 
 
 def masked(url: str) -> str:
+    """``url`` for a message: password, secret parameters and resolved secrets masked (masking.mask)."""
+    return mask(url)
+
+
+def _remember_credentials(url: str) -> None:
+    remember_url(url)
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL is shown as is
-        return url
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - an unparsable URL: Database reports it, masked
+        return
+    remember(parsed.password if isinstance(parsed.password, str) else None)
+    for name, value in parsed.query.items():
+        if is_secret_name(name):
+            for item in (value,) if isinstance(value, str) else value:
+                remember(item)
 
 
 def file_of(url: str) -> Path | None:
@@ -41,15 +53,19 @@ class Database:
         """``duckdb_settings`` (engine.yaml ``warehouse.duckdb``: memory_limit, threads) are SET on every
         connection to a DuckDB database and ignored for others."""
         self.url = url
-        path = file_of(url)
+        _remember_credentials(url)  # whatever a driver quotes later, its messages will not show them
+        try:
+            path = file_of(url)
+        except (sa.exc.ArgumentError, ValueError) as exc:
+            raise WarehouseError(mask(f"cannot use database URL {url}: {exc}; fix the URL")) from None
         if must_exist and path is not None and not path.exists():
-            raise WarehouseError(f"database file {path} does not exist; check warehouse.url in engine.yaml")
+            raise WarehouseError(mask(f"database file {path} does not exist; check warehouse.url in engine.yaml"))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.engine = sa.create_engine(url)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-            raise WarehouseError(f"cannot use database URL {masked(url)}: {exc}; install its driver or fix the URL") from None
+            raise WarehouseError(mask(f"cannot use database URL {url}: {exc}; install its driver or fix the URL")) from None
         self.backend = self.engine.dialect.name
         if self.backend == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -109,7 +125,7 @@ class Database:
         detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         if self.backend == "duckdb" and "Out of Memory" in detail:
             detail += "; raise or remove warehouse.duckdb.memory_limit in engine.yaml, or free memory on the host"
-        return WarehouseError(f"{what} {masked(self.url)}: {detail}")
+        return WarehouseError(mask(f"{what} {self.url}: {detail}"))
 
 
 class Session:

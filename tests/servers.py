@@ -138,6 +138,9 @@ class SmsProvider:
         self.status_for: dict[str, int] = {}  # phone number -> HTTP status to answer
         self.script: dict[str, list[int]] = {}  # phone number -> statuses for its next requests
         self.delay = 0.0  # seconds before answering (longer than the client timeout = a timeout)
+        #: phone number -> the body of an error answer, formatted with the request's to and reference
+        #: (providers quote the recipient back: "invalid number {to}")
+        self.reply_for: dict[str, str] = {}
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -152,6 +155,8 @@ class SmsProvider:
 
                     time.sleep(sink.delay)
                 payload = json.dumps({"id": f"sms-{len(sink.requests)}"} if status == 200 else {"error": "refused"}).encode()
+                if status != 200 and body.get("to") in sink.reply_for:
+                    payload = sink.reply_for[body["to"]].format(to=body["to"], reference=body.get("reference")).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

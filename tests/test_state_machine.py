@@ -117,7 +117,7 @@ defaults:
   timezone: Europe/Berlin
   quiet_hours:
     sms: {{start: "21:00", end: "08:00"}}
-  code_secret: state-machine-secret
+  code_secret: state-machine-secret-7f3a9c1e5b2d8046  # long enough to be usable (code_secret.py)
 policies:
   frequency_caps: [{{max: 2, per: 1d}}, {{max: 1, per: 1d, channel: sms}}]
   retry: {{max_attempts: 3, backoff: 10m, max_backoff: 1h}}

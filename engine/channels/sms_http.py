@@ -11,6 +11,7 @@ import httpx
 
 from ..config import resolve
 from ..errors import ChannelError
+from ..masking import mask
 from ..model import ChannelConfig
 from .base import Delivered, Failed, OutgoingMessage, Outcome
 
@@ -35,7 +36,7 @@ class HttpSmsChannel:
         try:
             response = self._client.post(self.url, json=payload)
         except httpx.HTTPError as exc:
-            return Failed(detail=f"{type(exc).__name__}: {exc}")
+            return Failed(detail=mask(f"{type(exc).__name__}: {exc}"))  # httpx may quote the URL and its token
         if response.is_success:
             try:
                 provider_id = str(response.json().get("id", ""))
