@@ -40,7 +40,8 @@ def campaign(name="notify", priority=0, channel="email", template="second-order/
     return NOTIFY.format(priority=priority, channel=channel, template=template).replace("name: notify", f"name: {name}")
 
 
-def configure(root, smtp_port: int, sms_url: str = "http://127.0.0.1:9/none", policies: str = "", email_delivery: str = "at_most_once"):
+def configure(root, smtp_port: int, sms_url: str = "http://127.0.0.1:9/none", policies: str = "", email_delivery: str = "at_most_once",
+              email_settings: str = ""):
     text = (root / "engine.yaml").read_text()
     text = text[:text.index("channels:")] + f"""channels:
   email:
@@ -49,7 +50,7 @@ def configure(root, smtp_port: int, sms_url: str = "http://127.0.0.1:9/none", po
     host: 127.0.0.1
     port: {smtp_port}
     delivery: {email_delivery}
-    from: "Shop <shop@example.com>"
+    from: "Shop <shop@example.com>"{email_settings}
   sms:
     kind: sms
     transport: http
@@ -407,6 +408,37 @@ def test_kill_9_at_any_point_never_sends_twice_or_loses_a_message(project, deliv
                 assert rows == {"sent": n}
         db.dispose()
     print("\n" + "\n".join(printed))
+
+
+def test_a_kill_leaves_in_doubt_only_the_messages_in_flight(project):
+    """Content is stored group by group, just before each group goes to the provider: a kill in the
+    middle of a 300-message batch leaves at most connections x in_flight messages in doubt
+    (``unknown``); every other claim has no content, is released and sent by the next pass."""
+    n, connections, in_flight = 300, 4, 5
+    with SmtpSink() as smtp:
+        configure(project, smtp.port, policies="  claim_timeout: 1m",
+                  email_settings=f"\n    connections: {connections}\n    in_flight: {in_flight}")
+        project.load({"notify": campaign()}, customers=customers(n), orders=orders(n))
+        crashed = _run(project, "2025-01-06T12:01:00Z", {"ENGINE_FAILPOINT": "sent:100"})
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        db = Database(project.url)
+        try:
+            in_doubt = db.fetch_all("SELECT message_key FROM engine_ledger WHERE status = 'claimed' AND content IS NOT NULL")
+            assert 0 < len(in_doubt) <= connections * in_flight
+            delivered_before = set(smtp.keys())
+            assert len(delivered_before) >= 99
+            recovered = _run(project, "2025-01-06T12:05:00Z")
+            assert recovered.returncode == 0, recovered.stderr
+            rows = dict(db.fetch_all("SELECT status, count(*) FROM engine_ledger GROUP BY status"))
+            unknown = {key for (key,) in db.fetch_all("SELECT message_key FROM engine_ledger WHERE status = 'unknown'")}
+        finally:
+            db.dispose()
+        keys = smtp.keys()
+        print(f"\nkilled after 100 sends: {len(in_doubt)} in doubt (bound {connections * in_flight}), ledger {rows}")
+        assert len(keys) == len(set(keys)), "a message was delivered twice"
+        assert unknown == {key for (key,) in in_doubt}
+        assert rows == {"sent": n - len(unknown), "unknown": len(unknown)}
+        assert set(keys) >= {f"notify:mail:{i}:{i}" for i in range(1, n + 1)} - unknown  # the rest all went out
 
 
 # --- replicas ------------------------------------------------------------------------------
