@@ -6,6 +6,7 @@ failpoints, and several started at once. Every test is bounded in time.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -439,6 +440,62 @@ def test_a_kill_leaves_in_doubt_only_the_messages_in_flight(project):
         assert unknown == {key for (key,) in in_doubt}
         assert rows == {"sent": n - len(unknown), "unknown": len(unknown)}
         assert set(keys) >= {f"notify:mail:{i}:{i}" for i in range(1, n + 1)} - unknown  # the rest all went out
+
+
+def test_sms_the_ledger_calls_sent_are_in_the_file_outbox_after_a_kill(project):
+    """SMS lines were buffered and written at the end of the pass while the ledger marked them sent
+    batch by batch: a kill at the 6th batch's claim left 15 SMS 'sent' that no file held, never
+    resent. Now each line is in the file when the ledger records it (and fsync'd before)."""
+    sms_campaigns = {f"texts{i}": campaign(f"texts{i}", priority=10 - i, channel="sms", template="re-engage/last-call.sms.j2")
+                     for i in range(6)}
+    project.load(sms_campaigns, customers=customers(3), orders=orders(3))
+    outbox = project / "var" / "outbox" / "sms" / "messages.jsonl"
+    crashed = _run(project, "2025-01-06T12:01:00Z", {"ENGINE_FAILPOINT": "claimed:6"})  # one batch per campaign
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    db = Database(project.url)
+    try:
+        sent = {key for (key,) in db.fetch_all("SELECT message_key FROM engine_ledger WHERE status = 'sent'")}
+        written = [json.loads(line)["key"] for line in outbox.read_text().splitlines()] if outbox.exists() else []
+        assert len(sent) == 15 and sorted(written) == sorted(sent)
+        recovered = _run(project, "2025-01-06T12:20:00Z")
+        assert recovered.returncode == 0, recovered.stderr
+        sent = {key for (key,) in db.fetch_all("SELECT message_key FROM engine_ledger WHERE status = 'sent'")}
+    finally:
+        db.dispose()
+    written = [json.loads(line)["key"] for line in outbox.read_text().splitlines()]
+    assert len(sent) == 18 and sorted(written) == sorted(sent)  # each exactly once
+
+
+def test_dispatch_syncs_a_session_before_the_ledger_records_what_it_sent():
+    """send_all's contract with a session whose acceptance is not yet durable (the file outbox):
+    ``sync`` comes between a group's sends and the hand-over that records their outcomes."""
+    from engine.channels import Delivered, OutgoingMessage
+    from engine.dispatch import send_all
+
+    events = []
+
+    class Recording:  # a channel session that writes down what dispatch asks of it
+        def send(self, message):
+            events.append(("send", message.key))
+            return Delivered(provider_id=message.key)
+
+        def sync(self):
+            events.append(("sync",))
+
+    def hand_over(done, group):
+        events.append(("record", tuple(messages[i][1].key for i, _ in done), "store", tuple(messages[i][1].key for i in group)))
+        return set(group)
+
+    messages = [("outbox", OutgoingMessage(key=f"k{i}", kind="sms", to="+491", sender="Shop", subject=None, text="hi", html=None))
+                for i in range(7)]
+    results = send_all(messages, {"outbox": Recording()}, hand_over, {"outbox": 3})
+    assert [r.message.key for r in results] == [f"k{i}" for i in range(7)]
+    assert events == [
+        ("record", (), "store", ("k0", "k1", "k2")), ("send", "k0"), ("send", "k1"), ("send", "k2"),
+        ("sync",), ("record", ("k0", "k1", "k2"), "store", ("k3", "k4", "k5")), ("send", "k3"), ("send", "k4"), ("send", "k5"),
+        ("sync",), ("record", ("k3", "k4", "k5"), "store", ("k6",)), ("send", "k6"),
+        ("sync",), ("record", ("k6",), "store", ()),
+    ]
 
 
 # --- replicas ------------------------------------------------------------------------------
