@@ -42,7 +42,7 @@ def campaign(name="notify", priority=0, channel="email", template="second-order/
 
 
 def configure(root, smtp_port: int, sms_url: str = "http://127.0.0.1:9/none", policies: str = "", email_delivery: str = "at_most_once",
-              email_settings: str = ""):
+              email_settings: str = "", sms_delivery: str = "at_most_once"):
     text = (root / "engine.yaml").read_text()
     text = text[:text.index("channels:")] + f"""channels:
   email:
@@ -57,6 +57,7 @@ def configure(root, smtp_port: int, sms_url: str = "http://127.0.0.1:9/none", po
     transport: http
     url: {sms_url}
     timeout: 1
+    delivery: {sms_delivery}
     from: Shop
 """
     if policies:
@@ -496,6 +497,33 @@ def test_dispatch_syncs_a_session_before_the_ledger_records_what_it_sent():
         ("sync",), ("record", ("k3", "k4", "k5"), "store", ("k6",)), ("send", "k6"),
         ("sync",), ("record", ("k6",), "store", ()),
     ]
+
+
+def test_sms_resent_after_a_kill_is_delivered_once_by_a_provider_that_honours_idempotency_keys(project):
+    """at_least_once SMS: a kill after 5 of 12 sends leaves the 12 handed over in doubt; recovery
+    sends them again with the same Idempotency-Key, and the provider delivers each exactly once."""
+    n = 12
+    with SmsProvider() as sms, SmtpSink() as smtp:
+        configure(project, smtp.port, sms.url, policies="  claim_timeout: 1m", sms_delivery="at_least_once")
+        project.load({"texts": campaign("texts", channel="sms", template="re-engage/last-call.sms.j2")},
+                     customers=customers(n), orders=orders(n))
+        crashed = _run(project, "2025-01-06T12:01:00Z", {"ENGINE_FAILPOINT": "sent:5"})
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        recovered = _run(project, "2025-01-06T12:05:00Z")
+        assert recovered.returncode == 0, recovered.stderr
+        db = Database(project.url)
+        rows = dict(db.fetch_all("SELECT status, count(*) FROM engine_ledger GROUP BY status"))
+        db.dispose()
+        on_the_wire = [r["body"]["reference"] for r in sms.requests]
+        replays = [r["body"]["reference"] for r in sms.requests if r["replayed"]]
+        assert len(replays) == 5 and len(on_the_wire) == n + 5  # the 5 sent before the kill went twice
+        assert sorted(sms.delivered()) == sorted(f"texts:mail:{i}:{i}" for i in range(1, n + 1))  # each once
+        keys = {}
+        for r in sms.requests:
+            keys.setdefault(r["body"]["reference"], set()).add(r["idempotency_key"])
+        assert all(len(k) == 1 and None not in k for k in keys.values())  # one Idempotency-Key per message
+        assert len({k for ks in keys.values() for k in ks}) == n
+        assert rows == {"sent": n}
 
 
 # --- replicas ------------------------------------------------------------------------------
