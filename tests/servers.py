@@ -153,7 +153,12 @@ class SmsProvider:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                length = int(self.headers["Content-Length"])
+                raw = self.rfile.read(length)
+                if len(raw) < length:  # the client died mid-request (a kill test): nothing was sent
+                    self.close_connection = True
+                    return
+                body = json.loads(raw)
                 key = (self.headers.get("Idempotency-Key") or "").strip().strip('"') or None
                 with sink.lock:
                     replayed = sink.honour_idempotency and key in sink.answered
