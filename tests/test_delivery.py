@@ -529,23 +529,48 @@ def test_sms_resent_after_a_kill_is_delivered_once_by_a_provider_that_honours_id
 # --- replicas ------------------------------------------------------------------------------
 
 
+def _start(root, as_of: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "from engine.cli import main; main()", "run", "--once", "--as-of", as_of],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+
+
+@pytest.mark.parametrize("claims", ["fresh", "expiring"])
 @pytest.mark.parametrize("project", ["sqlite", "postgres"], indirect=True)
-def test_replicas_started_at_once_never_send_the_same_message_twice(project):
-    n = 60
+def test_replicas_started_at_once_never_send_the_same_message_twice(project, claims):
+    """Four reconcilers at once. ``expiring``: the claim timeout (1 minute) is shorter than a batch's
+    send time (a slow SMTP sink), and the replicas run 2, 4 and 6 minutes later than the first one, so
+    each takes the others' claims for a dead process's: it releases their unsent claims and claims
+    them again while their owner is still sending. Storing the content is a compare-and-set, so
+    exactly one process hands each message over: 0 duplicates, every message delivered."""
+    n = 60 if claims == "fresh" else 400
     with SmtpSink() as smtp:
-        smtp.delay = 0.01
-        configure(project, smtp.port)
+        smtp.delay = 0.01 if claims == "fresh" else 0.1
+        policies = "  claim_timeout: 1m" if claims == "expiring" else ""
+        configure(project, smtp.port, policies=policies, email_settings="\n    in_flight: 4")
         project.load({"notify": campaign()}, customers=customers(n), orders=orders(n))
         Reconciler(load_project(project)).close()  # create the ledger tables before the race
-        procs = [subprocess.Popen([sys.executable, "-c", "from engine.cli import main; main()", "run", "--once",
-                                   "--as-of", "2025-01-06T12:01:00Z"], cwd=project, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-                 for _ in range(4)]
-        for proc in procs:
-            proc.wait(timeout=180)
+        if claims == "fresh":
+            procs = [_start(project, "2025-01-06T12:01:00Z") for _ in range(4)]
+        else:
+            procs = [_start(project, "2025-01-06T12:01:00Z")]
+            deadline = time.monotonic() + 120
+            while not smtp.keys() and time.monotonic() < deadline and procs[0].poll() is None:
+                time.sleep(0.05)  # the first one is sending its batch: now the others start
+            procs += [_start(project, f"2025-01-06T12:0{minute}:00Z") for minute in (3, 5, 7)]
+        outputs = [proc.communicate(timeout=300) for proc in procs]
         keys = smtp.keys()
-        print(f"\n4 replicas on {project.url.split(':')[0]}: {len(keys)} delivered, {len(set(keys))} distinct, of {n}")
+        db = Database(project.url)
+        rows = dict(db.fetch_all("SELECT status, count(*) FROM engine_ledger GROUP BY status"))
+        db.dispose()
+        print(f"\n4 replicas on {project.url.split(':')[0]}, {claims} claims: {len(keys)} delivered, "
+              f"{len(set(keys))} distinct, of {n}; ledger {rows}")
+        for proc, (out, err) in zip(procs, outputs):
+            assert proc.returncode == 0, err
+            print(out.strip())
         assert len(keys) == len(set(keys)) == n
+        if claims == "expiring":
+            assert any("released" in out for out, _ in outputs), "no replica took over another's claims"
+            assert rows.get("claimed", 0) == 0 and rows.get("sent", 0) + rows.get("unknown", 0) == n
 
 
 def test_a_second_process_on_one_duckdb_file_gets_a_clear_message(tmp_path, monkeypatch):
