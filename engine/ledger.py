@@ -9,7 +9,7 @@ customer entered a segment-triggered campaign.
 
 Life cycle of a message row::
 
-    claimed --render--> claimed + content --send--> sent
+    claimed --render, then hand-over--> claimed + content --send--> sent
                                                \--> failed (transient: attempts, next_attempt_at)
                                                |       \--> claimed again at next_attempt_at ... sent | failed (exhausted)
                                                |       \--> skipped (no_consent, suppressed, frequency_cap: the retry
@@ -23,8 +23,13 @@ Life cycle of a message row::
         with content    -> unknown (at-most-once: never resent, reported)
                            or sent again with the same Message-ID (at-least-once)
 
-The content is written before the send, so "no content" proves "not sent".
-Also here: suppressed addresses (hard bounces), unsubscribes and tags.
+The content is the hand-over: it is stored group by group (``hand_over``, one
+transaction per group of messages about to go to a provider, which also
+records the previous group's outcomes), committed before the group is sent,
+and only on a claim without content (a compare-and-set: one process hands a
+message over). So "no content" proves "not sent", and a crash leaves in doubt
+only the groups in flight. Also here: suppressed addresses (hard bounces),
+unsubscribes and tags.
 """
 from __future__ import annotations
 
