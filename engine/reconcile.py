@@ -582,12 +582,14 @@ class Reconciler:
         releases it and the next pass sends it. A claim whose content another process stored
         first (after releasing it as a dead process's) is not sent by this one.
         """
+        due = [m for m, _ in rendered]
+
         def hand_over(done: list[tuple[int, Sent]], group: list[int]) -> set[int]:
-            outcomes = [self._outcome_record(rendered[i][0].key, rendered[i][0].campaign, rendered[i][0].step,
-                                             rendered[i][0].customer_id, rendered[i][0].trigger_key,
-                                             rendered[i][0].channel, 1, sent, now, report) for i, sent in done]
-            stored = self.ledger.hand_over(outcomes, [(rendered[i][0].key, contents[i]) for i in group], now)
-            return {i for i in group if rendered[i][0].key in stored}
+            outcomes = [self._outcome_record(due[i].key, due[i].campaign, due[i].step, due[i].customer_id,
+                                             due[i].trigger_key, due[i].channel, 1, sent, now, report)
+                        for i, sent in done]
+            stored = self.ledger.hand_over(outcomes, [(due[i].key, contents[i]) for i in group], now)
+            return {i for i in group if due[i].key in stored}
 
         in_flight = {name: int(channel.settings.get("in_flight", DEFAULT_IN_FLIGHT))
                      for name, channel in self.config.channels.items()}
