@@ -40,6 +40,8 @@ class SmtpSink:
         self.over_limit = "421"
         #: the client address and port of the connection each accepted message came on
         self.peers: list[tuple] = []
+        #: (connection, reply, messages accepted before it) of each scripted RCPT refusal
+        self.refusals: list[tuple[tuple, str, int]] = []
         #: advertise PIPELINING (RFC 2920) in the EHLO reply; aiosmtpd reads commands line by line
         #: and answers them in order, so it serves pipelined commands as they come
         self.pipelining = False
@@ -79,6 +81,8 @@ class SmtpSink:
         if self.script.get(address):
             reply = self.script[address].pop(0)
             if not reply.startswith("250"):
+                with self.lock:
+                    self.refusals.append((session.peer, reply, len(self.peers)))
                 return reply
         if address in self.refuse:
             return self.refuse[address]
@@ -184,7 +188,10 @@ class SmsProvider:
                 if replayed:
                     self.send_header("Idempotent-Replayed", "true")
                 self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (a timeout test)
+                    self.close_connection = True
 
             def log_message(self, *args):
                 pass
