@@ -8,6 +8,9 @@ dispatch measurement alone: ``python benchmarks/dispatch.py --help``.
   connections, with and without PIPELINING, as a ratio of the plain and the
   pipelined ceiling in the same run (``measure_dispatch``; run alone by this
   module's command line, on synthetic messages of the same size);
+- ``measure_handover``: the same dispatch with the ledger writes of a pass on a
+  real SQLite or DuckDB ledger: the whole batch stored, sent and recorded
+  (before) against the group hand-over at several ``in_flight`` values;
 - ``measure_ledger``: a pass's ledger operations on a batch of 1,000 keys,
   on an empty ledger and on one holding N rows of history;
 - ``add_history``: N history rows in a project's own ledger, so the next pass
@@ -20,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
+import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -142,6 +146,76 @@ def measure_dispatch(sink, messages: list, settings: dict, connections: int, rep
                                  f"{'pipelined' if pipelining else 'bare smtplib'} ceiling; "
                                  + _cpu_note(cpu, delivered, "engine") + "; "
                                  f"sink got {sink.received() - before:,}" + (f" in {repeat} runs" if repeat > 1 else "")})
+    return rows
+
+
+#: in_flight values measured by ``measure_handover`` (messages per connection between two ledger writes)
+HANDOVER_IN_FLIGHT = (1, 4, 16, 64)
+
+
+def measure_handover(sink, messages: list, settings: dict, connections: int, backend: str, directory: Path,
+                     repeat: int = 1) -> list[dict]:
+    """What the ledger hand-over costs dispatch: ``send_all`` over ``connections`` pipelined connections
+    with the pass's ledger writes on a real ``backend`` ledger (sqlite, duckdb) in ``directory``.
+
+    "whole batch" is the sequence before the group hand-over: store every message's content, send
+    them all, record every outcome (two ledger writes per batch, the whole batch in doubt during
+    the send). Then the group hand-over as a pass does it, for each ``HANDOVER_IN_FLIGHT``: one
+    ledger write per group of in_flight messages per connection. Claims are written first (not
+    timed); each figure is the median of ``repeat`` runs on a fresh ledger."""
+    import engine
+    from engine.channels.smtp import SmtpChannel
+    from engine.dispatch import send_all, serialize
+    from engine.ledger import Ledger, Record
+    from engine.warehouse import Database
+
+    now = datetime(2025, 1, 10)
+    contents = [serialize(m) for m in messages]
+    records = [Record(message_key=m.key, campaign="bench", step="mail", customer_id=m.key.split(":")[2],
+                      trigger_key=m.key.split(":")[3], channel="email", status="claimed") for m in messages]
+    rows, baseline = [], None
+    for in_flight in (None, *HANDOVER_IN_FLIGHT):
+        def dispatch():
+            path = directory / f"handover.{'duckdb' if backend == 'duckdb' else 'db'}"
+            for suffix in ("", ".wal", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+            db = Database(f"{backend}:///{path}")
+            ledger = Ledger(db)
+            ledger.ensure_schema()
+            ledger.write_new(records, now)
+            session = SmtpChannel(engine.model.ChannelConfig(name="email", kind="email", transport="smtp",
+                                                             settings={**settings, "connections": connections}))
+            session.open()
+            writes = [0]
+            try:
+                started = time.perf_counter()
+                pairs = [("email", m) for m in messages]
+                if in_flight is None:
+                    ledger.store_content(list(zip([m.key for m in messages], contents)), now)
+                    results = send_all(pairs, {"email": session})
+                    ledger.record_outcomes([Record(**{**r.__dict__, "status": "sent"}) for r in records], now)
+                    writes[0] = 2
+                else:
+                    def hand_over(done, group):
+                        writes[0] += 1
+                        outcomes = [Record(**{**records[i].__dict__, "status": "sent"}) for i, _ in done]
+                        stored = ledger.hand_over(outcomes, [(messages[i].key, contents[i]) for i in group], now)
+                        return {i for i in group if messages[i].key in stored}
+                    results = send_all(pairs, {"email": session}, hand_over, {"email": in_flight})
+                return time.perf_counter() - started, results, writes[0]
+            finally:
+                session.close()
+                db.dispose()
+
+        runs = [dispatch() for _ in range(repeat)]
+        seconds = statistics.median(r[0] for r in runs)
+        delivered = sum(1 for r in runs[-1][1] if r is not None and r.outcome.status == "sent")
+        baseline = baseline or seconds
+        what = "whole batch (before)" if in_flight is None else f"hand-over, in_flight {in_flight}"
+        doubt = len(messages) if in_flight is None else connections * in_flight
+        rows.append({"what": f"dispatch + {backend} ledger: {what}", "rows": delivered, "seconds": seconds,
+                     "note": f"{delivered / seconds:,.0f} emails/s = {baseline / seconds:.2f} x whole batch; "
+                             f"{runs[-1][2]:,} ledger writes; in doubt at a crash: up to {doubt:,}"})
     return rows
 
 
@@ -359,11 +433,17 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=5000, help="messages per measurement (default 5000)")
     parser.add_argument("--connections", type=int, default=4, help="N (default 4, the engine's default)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported (default 3)")
+    parser.add_argument("--ledger", default="sqlite,duckdb",
+                        help="ledgers for the hand-over measurement, comma-separated, or 'none' (default sqlite,duckdb)")
     args = parser.parse_args()
     messages = synthetic_messages(args.count)
     with SinkProcess("fast") as sink:
-        rows = measure_dispatch(sink, messages, {"host": "127.0.0.1", "port": sink.port}, args.connections,
-                                args.repeat)
+        settings = {"host": "127.0.0.1", "port": sink.port}
+        rows = measure_dispatch(sink, messages, settings, args.connections, args.repeat)
+        with tempfile.TemporaryDirectory(prefix="engine-handover-") as directory:
+            for backend in [b for b in args.ledger.split(",") if b and b != "none"]:
+                rows += measure_handover(sink, messages, settings, args.connections, backend, Path(directory),
+                                         args.repeat)
     print(f"{args.count:,} messages, median of {args.repeat}; {os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
           + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     for r in rows:

@@ -9,7 +9,7 @@ customer entered a segment-triggered campaign.
 
 Life cycle of a message row::
 
-    claimed --render--> claimed + content --send--> sent
+    claimed --render, then hand-over--> claimed + content --send--> sent
                                                \--> failed (transient: attempts, next_attempt_at)
                                                |       \--> claimed again at next_attempt_at ... sent | failed (exhausted)
                                                |       \--> skipped (no_consent, suppressed, frequency_cap: the retry
@@ -23,8 +23,13 @@ Life cycle of a message row::
         with content    -> unknown (at-most-once: never resent, reported)
                            or sent again with the same Message-ID (at-least-once)
 
-The content is written before the send, so "no content" proves "not sent".
-Also here: suppressed addresses (hard bounces), unsubscribes and tags.
+The content is the hand-over: it is stored group by group (``hand_over``, one
+transaction per group of messages about to go to a provider, which also
+records the previous group's outcomes), committed before the group is sent,
+and only on a claim without content (a compare-and-set: one process hands a
+message over). So "no content" proves "not sent", and a crash leaves in doubt
+only the groups in flight. Also here: suppressed addresses (hard bounces),
+unsubscribes and tags.
 """
 from __future__ import annotations
 
@@ -252,82 +257,104 @@ class Ledger:
             inserted |= self._insert_ignoring_existing(rows[start:start + 500])
         return inserted
 
-    def _update_claimed(self, columns: dict[str, list], now: datetime) -> bool:
-        """Set ``columns`` (name -> one value per row; "message_key" picks the row) and updated_at
-        on the rows still 'claimed', set-based: each column travels as one array parameter and
-        the UPDATE joins the ledger to their unnest, one statement per chunk. False when the
-        backend has no such form (SQLite: its executemany is a C loop over one prepared statement,
-        as fast as a join there)."""
-        backend = self.db.backend
-        if backend not in ("duckdb", "postgresql"):
-            return False
+    def _update_claimed(self, conn: sa.Connection, columns: dict[str, list], now: datetime,
+                        hand_over: bool = False) -> set[str]:
+        """Set ``columns`` (name -> one value per row; "message_key" picks the row) and updated_at on
+        the rows still 'claimed' on ``conn`` (the caller's transaction). With ``hand_over`` only on
+        claims without content yet, returning the keys updated (else an empty set).
+
+        Set-based on DuckDB and PostgreSQL: each column travels as one array parameter and the UPDATE
+        joins the ledger to their unnest, one statement per chunk. SQLite: one prepared UPDATE for
+        all rows (executemany, a C loop, as fast as a join there), or per row when the rows that
+        matched are wanted.
+        """
         first: dict[str, int] = {}  # a key given twice: the first wins, as with one UPDATE per row
         for index, key in enumerate(columns["message_key"]):
             first.setdefault(key, index)
         rows = sorted(first.values())
         names = [n for n in columns if n != "message_key"]
+        table, backend = LEDGER_TABLE, self.db.backend
+        updated: set[str] = set()
+        if backend not in ("duckdb", "postgresql"):
+            c = ledger_table.c
+            statement = ledger_table.update().where(c.message_key == sa.bindparam("k"), c.status == "claimed")
+            if hand_over:
+                statement = statement.where(c.content.is_(None))
+            statement = statement.values(updated_at=sa.bindparam("u"), **{n: sa.bindparam(f"v_{n}") for n in names})
+            parameters = [{"k": columns["message_key"][i], "u": _naive(now), **{f"v_{n}": columns[n][i] for n in names}}
+                          for i in rows]
+            if not hand_over:
+                conn.execute(statement, parameters)
+            for row in parameters if hand_over else ():
+                if conn.execute(statement, row).rowcount == 1:
+                    updated.add(row["k"])
+            return updated
         arrays = ["message_key"] + names
-        table = LEDGER_TABLE
         assignments = ", ".join(f"{n} = v.{n}" for n in names)
+        condition = f"{table}.status = 'claimed'" + (f" AND {table}.content IS NULL" if hand_over else "")
+        returning = f" RETURNING {table}.message_key" if hand_over else ""
         for start in range(0, len(rows), UPDATE_CHUNK):
             chunk = rows[start:start + UPDATE_CHUNK]
             values = [[columns[n][i] for i in chunk] for n in arrays]
             if backend == "duckdb":  # positional $n; Python lists bind as DuckDB LISTs
                 unnest = ", ".join(f"unnest(CAST(${i} AS {_ARRAY_TYPES[n]}[])) AS {n}" for i, n in enumerate(arrays, 1))
                 sql = (f"UPDATE {table} SET {assignments}, updated_at = CAST(${len(arrays) + 1} AS TIMESTAMP) "
-                       f"FROM (SELECT {unnest}) AS v WHERE {table}.message_key = v.message_key AND {table}.status = 'claimed'")
-                parameters: tuple | dict = (*values, _naive(now))
+                       f"FROM (SELECT {unnest}) AS v WHERE {table}.message_key = v.message_key AND {condition}{returning}")
+                result = conn.exec_driver_sql(sql, (*values, _naive(now)))
             else:  # PostgreSQL: lists bind as arrays; unnest of several arrays zips them
                 unnest = ", ".join(f"CAST(:a{i} AS {_ARRAY_TYPES[n]}[])" for i, n in enumerate(arrays))
                 sql = (f"UPDATE {table} SET {assignments}, updated_at = :u FROM unnest({unnest}) AS v({', '.join(arrays)}) "
-                       f"WHERE {table}.message_key = v.message_key AND {table}.status = 'claimed'")
-                parameters = {**{f"a{i}": v for i, v in enumerate(values)}, "u": _naive(now)}
-            try:
-                with self.db.engine.begin() as conn:
-                    if backend == "duckdb":
-                        conn.exec_driver_sql(sql, parameters)
-                    else:
-                        conn.execute(sa.text(sql), parameters)
-            except sa.exc.SQLAlchemyError as exc:
-                raise self.db._error("statement failed on", exc) from None
-        return True
+                       f"WHERE {table}.message_key = v.message_key AND {condition}{returning}")
+                result = conn.execute(sa.text(sql), {**{f"a{i}": v for i, v in enumerate(values)}, "u": _naive(now)})
+            if hand_over:
+                updated |= {row[0] for row in result}
+        return updated
+
+    def _transaction(self, work) -> set[str]:
+        """``work(conn)`` in one transaction; database errors become ``WarehouseError``."""
+        try:
+            with self.db.engine.begin() as conn:
+                return work(conn)
+        except sa.exc.SQLAlchemyError as exc:
+            raise self.db._error("statement failed on", exc) from None
+
+    @staticmethod
+    def _outcome_columns(records: list[Record]) -> dict[str, list]:
+        return {"message_key": [r.message_key for r in records], "status": [r.status for r in records],
+                "reason": [r.reason for r in records], "detail": [r.detail for r in records],
+                "next_attempt_at": [_naive(r.next_attempt_at) for r in records]}
+
+    @staticmethod
+    def _content_columns(contents: list[tuple[str, str]]) -> dict[str, list]:
+        return {"message_key": [k for k, _ in contents], "content": [c for _, c in contents]}
 
     def record_outcomes(self, records: Iterable[Record], now: datetime) -> None:
         """Set the final status of claimed messages (set-based where the backend allows)."""
         records = list(records)
-        if not records:
-            return
-        columns = {"message_key": [r.message_key for r in records], "status": [r.status for r in records],
-                   "reason": [r.reason for r in records], "detail": [r.detail for r in records],
-                   "next_attempt_at": [_naive(r.next_attempt_at) for r in records]}
-        if self._update_claimed(columns, now):
-            return
-        params = [
-            {"k": r.message_key, "s": r.status, "r": r.reason, "d": r.detail, "u": _naive(now),
-             "n": _naive(r.next_attempt_at)}
-            for r in records
-        ]
-        statement = (
-            ledger_table.update()
-            .where(ledger_table.c.message_key == sa.bindparam("k"))
-            .where(ledger_table.c.status == "claimed")
-            .values(status=sa.bindparam("s"), reason=sa.bindparam("r"), detail=sa.bindparam("d"),
-                    updated_at=sa.bindparam("u"), next_attempt_at=sa.bindparam("n"))
-        )
-        self.db.execute(statement, params)
+        if records:
+            self._transaction(lambda conn: self._update_claimed(conn, self._outcome_columns(records), now))
 
-    def store_content(self, contents: list[tuple[str, str]], now: datetime) -> None:
-        """Keep the rendered message with its claim, before it is sent (R-M5, and proof of 'not sent')."""
+    def store_content(self, contents: list[tuple[str, str]], now: datetime) -> set[str]:
+        """Keep the rendered message with its claim, before it is sent (R-M5, and proof of 'not sent').
+
+        Only on claims without content yet: storing the content is the hand-over, and the keys
+        returned are the ones this call handed over - a claim released by another process's
+        recovery meanwhile (and maybe claimed again by it) is that process's to send or not.
+        """
         if not contents:
-            return
-        if self._update_claimed({"message_key": [k for k, _ in contents], "content": [c for _, c in contents]}, now):
-            return
-        statement = (
-            ledger_table.update()
-            .where(ledger_table.c.message_key == sa.bindparam("k"), ledger_table.c.status == "claimed")
-            .values(content=sa.bindparam("c"), updated_at=sa.bindparam("u"))
-        )
-        self.db.execute(statement, [{"k": k, "c": c, "u": _naive(now)} for k, c in contents])
+            return set()
+        return self._transaction(lambda conn: self._update_claimed(conn, self._content_columns(contents), now,
+                                                                   hand_over=True))
+
+    def hand_over(self, outcomes: list[Record], contents: list[tuple[str, str]], now: datetime) -> set[str]:
+        """One transaction per group of messages going to a provider: the outcomes of the group
+        sent before it (``record_outcomes``), then the content of this group (``store_content``);
+        returns the keys of ``contents`` this process may now send."""
+        def work(conn: sa.Connection) -> set[str]:
+            if outcomes:
+                self._update_claimed(conn, self._outcome_columns(outcomes), now)
+            return self._update_claimed(conn, self._content_columns(contents), now, hand_over=True) if contents else set()
+        return self._transaction(work) if outcomes or contents else set()
 
     def rows_where(self, *conditions, limit: int = 1000) -> list[dict]:
         with self.db.engine.connect() as conn:

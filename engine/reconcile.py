@@ -33,7 +33,7 @@ from .decide import (
     anniversary_instance, customer_zone, discount_code, due_time, in_holdout, in_quiet_hours, matching_variants,
     stable_bucket,
 )
-from .dispatch import Sent, deserialize, next_attempt, send_all, serialize
+from .dispatch import DEFAULT_IN_FLIGHT, Sent, deserialize, next_attempt, send_all, serialize
 from .errors import ChannelError, TemplateError, WarehouseError
 from .faults import checkpoint
 from .policies import CONTACT_FIELD, PolicyState, apply_policies, choose_channels
@@ -605,18 +605,40 @@ class Reconciler:
             )
             rendered.append((m, message))
             contents.append((m.key, serialize(message, {"discount_code": context.get("discount_code")})))
-        # the content is stored before anything is sent: a claim without content was never sent
-        self.ledger.store_content(contents, now)
-        checkpoint("stored")
-        results = send_all([(m.channel, message) for m, message in rendered], sessions)
-        outcomes, tag_changes = list(failures), []
+        # render failures are final: recorded before anything goes out
+        self.ledger.record_outcomes(failures, now)
+        self._hand_over_and_send(rendered, [content for _, content in contents], now, sessions, report)
+
+    def _hand_over_and_send(self, rendered: list[tuple[DueMessage, OutgoingMessage]], contents: list[str],
+                            now: datetime, sessions: dict, report: PassReport) -> None:
+        """Send a batch's rendered messages, handing them over group by group (``dispatch.send_all``).
+
+        Storing a message's content is its hand-over: it happens in the ledger, committed, just
+        before its group goes to the provider, in the same write as the outcomes of the group
+        before. A crash leaves in doubt only the groups in flight (at most connections x
+        ``in_flight`` per channel); every other claim of the batch has no content, so recovery
+        releases it and the next pass sends it. A claim whose content another process stored
+        first (after releasing it as a dead process's) is not sent by this one.
+        """
+        due = [m for m, _ in rendered]
+
+        def hand_over(done: list[tuple[int, Sent]], group: list[int]) -> set[int]:
+            outcomes = [self._outcome_record(due[i].key, due[i].campaign, due[i].step, due[i].customer_id,
+                                             due[i].trigger_key, due[i].channel, 1, sent, now, report)
+                        for i, sent in done]
+            stored = self.ledger.hand_over(outcomes, [(due[i].key, contents[i]) for i in group], now)
+            return {i for i in group if due[i].key in stored}
+
+        in_flight = {name: int(channel.settings.get("in_flight", DEFAULT_IN_FLIGHT))
+                     for name, channel in self.config.channels.items()}
+        results = send_all([(m.channel, message) for m, message in rendered], sessions, hand_over, in_flight)
+        tag_changes = []
         for (m, _), sent in zip(rendered, results):
-            record = self._outcome_record(m.key, m.campaign, m.step, m.customer_id, m.trigger_key, m.channel, 1, sent, now, report)
-            outcomes.append(record)
-            if record.status == "sent":
+            if sent is None:
+                report.add(m.campaign, m.step, "not_sent:claim_taken_over", channel=m.channel)
+            elif isinstance(sent.outcome, Delivered):
                 step = self.project.campaign(m.campaign).step(m.step)
                 tag_changes += [(m.customer_id, action.kind, action.tag, m.campaign) for action in step.actions]
-        self.ledger.record_outcomes(outcomes, now)
         if tag_changes:
             self.ledger.apply_tags(tag_changes, now)
 

@@ -80,6 +80,14 @@ class LoggedLedger:
     def record_outcomes(self, records: Iterable[Record], now: datetime) -> None:
         records = list(records)
         self._ledger.record_outcomes(records, now)
+        self._log_outcomes(records)
+
+    def hand_over(self, outcomes: list[Record], contents: list[tuple[str, str]], now: datetime) -> set[str]:
+        stored = self._ledger.hand_over(outcomes, contents, now)
+        self._log_outcomes(outcomes)
+        return stored
+
+    def _log_outcomes(self, records: list[Record]) -> None:
         ended = self._monotonic()
         for r in records:
             claimed = self._claimed_at.pop(r.message_key, None)

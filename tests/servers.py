@@ -40,6 +40,8 @@ class SmtpSink:
         self.over_limit = "421"
         #: the client address and port of the connection each accepted message came on
         self.peers: list[tuple] = []
+        #: (connection, reply, messages accepted before it) of each scripted RCPT refusal
+        self.refusals: list[tuple[tuple, str, int]] = []
         #: advertise PIPELINING (RFC 2920) in the EHLO reply; aiosmtpd reads commands line by line
         #: and answers them in order, so it serves pipelined commands as they come
         self.pipelining = False
@@ -79,6 +81,8 @@ class SmtpSink:
         if self.script.get(address):
             reply = self.script[address].pop(0)
             if not reply.startswith("250"):
+                with self.lock:
+                    self.refusals.append((session.peer, reply, len(self.peers)))
                 return reply
         if address in self.refuse:
             return self.refuse[address]
@@ -131,7 +135,15 @@ class _RecordingController(Controller):
 
 
 class SmsProvider:
-    """A JSON HTTP endpoint like an SMS provider's; records requests, answers 200 with an id."""
+    """A JSON HTTP endpoint like an SMS provider's; records requests, answers 200 with an id.
+
+    It honours the ``Idempotency-Key`` header as Stripe's API and the IETF httpapi draft describe:
+    a request whose key was already answered with a 200 gets that answer again (with
+    ``Idempotent-Replayed: true``) and delivers nothing new. Refused attempts are not remembered,
+    so a retry after a 429 or 500 is processed. ``requests`` still lists every request that arrived
+    (a replay has ``replayed`` set), so a test can count what crossed the wire as well as what
+    the provider delivered (``delivered``).
+    """
 
     def __init__(self):
         self.requests: list[dict] = []
@@ -141,27 +153,50 @@ class SmsProvider:
         #: phone number -> the body of an error answer, formatted with the request's to and reference
         #: (providers quote the recipient back: "invalid number {to}")
         self.reply_for: dict[str, str] = {}
+        self.honour_idempotency = True
+        self.answered: dict[str, bytes] = {}  # idempotency key -> the body of its 200 answer
+        self.lock = threading.Lock()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                scripted = sink.script.get(body.get("to"))
-                status = scripted.pop(0) if scripted else sink.status_for.get(body.get("to"), 200)
-                # the status answered, so tests can tell deliveries (200) from refused attempts
-                sink.requests.append({"body": body, "authorization": self.headers.get("Authorization"), "status": status})
+                length = int(self.headers["Content-Length"])
+                raw = self.rfile.read(length)
+                if len(raw) < length:  # the client died mid-request (a kill test): nothing was sent
+                    self.close_connection = True
+                    return
+                body = json.loads(raw)
+                key = (self.headers.get("Idempotency-Key") or "").strip().strip('"') or None
+                with sink.lock:
+                    replayed = sink.honour_idempotency and key in sink.answered
+                    if replayed:
+                        status, payload = 200, sink.answered[key]
+                    else:
+                        scripted = sink.script.get(body.get("to"))
+                        status = scripted.pop(0) if scripted else sink.status_for.get(body.get("to"), 200)
+                    # the status answered, so tests can tell deliveries (200) from refused attempts
+                    sink.requests.append({"body": body, "authorization": self.headers.get("Authorization"),
+                                          "status": status, "idempotency_key": key, "replayed": replayed})
+                    if not replayed:
+                        payload = json.dumps({"id": f"sms-{len(sink.requests)}"} if status == 200 else {"error": "refused"}).encode()
+                        if status != 200 and body.get("to") in sink.reply_for:
+                            payload = sink.reply_for[body["to"]].format(to=body["to"], reference=body.get("reference")).encode()
+                        if status == 200 and key is not None:
+                            sink.answered[key] = payload
                 if sink.delay:
                     import time
 
                     time.sleep(sink.delay)
-                payload = json.dumps({"id": f"sms-{len(sink.requests)}"} if status == 200 else {"error": "refused"}).encode()
-                if status != 200 and body.get("to") in sink.reply_for:
-                    payload = sink.reply_for[body["to"]].format(to=body["to"], reference=body.get("reference")).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
+                if replayed:
+                    self.send_header("Idempotent-Replayed", "true")
                 self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (a timeout test)
+                    self.close_connection = True
 
             def log_message(self, *args):
                 pass
@@ -169,6 +204,11 @@ class SmsProvider:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/messages"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def delivered(self) -> list[str]:
+        """The references of the messages the provider delivered: answered 200, not a replay."""
+        with self.lock:
+            return [r["body"]["reference"] for r in self.requests if r["status"] == 200 and not r["replayed"]]
 
     def __enter__(self):
         self.thread.start()

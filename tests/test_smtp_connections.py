@@ -110,7 +110,11 @@ def test_421_after_mail_was_accepted_is_transient_and_sent_once_later(project):
             assert first.counts[("notify", "mail", "failed:transient")] == 1
             assert statuses(r)["notify:mail:9:9"] == ("failed", "transient", 1)
             assert r.ledger.get("notify:mail:9:9")["detail"] == "421 4.7.0 closing"
-            assert len(set(smtp.peers)) == 4  # three connections, one replaced after the 421
+            # three connections; the one that got the 421 carried nothing after it (dropped). Whether a
+            # fourth opens depends on timing: between groups a worker waits for the ledger, and its idle
+            # connection may serve the worker whose connection was dropped
+            [(closed, _, accepted_before)] = smtp.refusals
+            assert len(set(smtp.peers)) in (3, 4) and closed not in smtp.peers[accepted_before:]
             r.run_once(at(minutes=5))  # after the backoff: the retry goes out
             assert sorted(smtp.keys()) == expected_keys(N)  # now each exactly once
             assert statuses(r)["notify:mail:9:9"] == ("sent", None, 2)

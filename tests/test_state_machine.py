@@ -317,6 +317,7 @@ class DeliveryMachine(RuleBasedStateMachine):
         res.smtp.script.clear()
         res.smtp.refuse.clear()
         res.sms.requests.clear()
+        res.sms.answered.clear()  # a new example's ledger sends the same keys again
         res.sms.script.clear()
         res.sms.status_for.clear()
         self.root = res.tmp / f"example-{res.examples}"

@@ -27,9 +27,13 @@ class OutgoingMessage:
 
     def message_id(self) -> str:
         """A stable Message-ID derived from the ledger key (providers can deduplicate)."""
-        domain = _sender_domain(self.sender)
-        digest = hashlib.sha256(self.key.encode()).hexdigest()[:32]
-        return f"<{digest}@{domain}>"
+        return f"<{self.idempotency_key()}@{_sender_domain(self.sender)}>"
+
+    def idempotency_key(self) -> str:
+        """The message's identity for a provider that deduplicates requests (an ``Idempotency-Key``
+        header): derived from the ledger key, so every attempt of one message carries the same one;
+        32 hex digits, so it fits any header whatever characters the key holds."""
+        return hashlib.sha256(self.key.encode()).hexdigest()[:32]
 
     def to_bytes(self, linesep: str = "\n") -> bytes:
         """The message as RFC 5322 bytes, lines ending in ``linesep`` (CRLF for SMTP).
@@ -120,7 +124,13 @@ Outcome = Delivered | Failed
 
 
 class ChannelSession(Protocol):
-    """An open connection to a provider, reused for a whole pass."""
+    """An open connection to a provider, reused for a whole pass.
+
+    ``send`` returns ``Delivered`` only once the provider has the message (an SMTP 250, an HTTP
+    2xx, the outbox's file written). A session whose acceptance is not yet durable at that point
+    also has ``sync()``, which makes everything sent so far durable; dispatch calls it before the
+    ledger records those messages as sent (the file outbox fsyncs there).
+    """
 
     def open(self) -> None: ...
 

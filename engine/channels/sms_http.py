@@ -1,9 +1,14 @@
 """SMS over an HTTP provider API (httpx), one keep-alive client per pass.
 
 Request: POST <url> with JSON {"to", "from", "text", "reference"} and a
-bearer token from the environment; the ``reference`` is the ledger key so the
-provider can deduplicate. A 2xx answer is delivery (its body's ``id`` is kept),
-429 and 5xx are transient failures, other 4xx permanent ones.
+bearer token from the environment; the ``reference`` is the ledger key. Every
+attempt of one message carries the same ``Idempotency-Key`` header (a digest
+of the ledger key, as a quoted string: the IETF httpapi draft "The
+Idempotency-Key HTTP Header Field" makes it a Structured Fields string; an API
+in Stripe's style takes the quotes as part of a key that is just as stable), so
+a provider that honours it delivers a message resent after a crash
+(``delivery: at_least_once``) only once. A 2xx answer is delivery (its body's
+``id`` is kept), 429 and 5xx are transient failures, other 4xx permanent ones.
 """
 from __future__ import annotations
 
@@ -34,7 +39,8 @@ class HttpSmsChannel:
             raise ChannelError(f"channel '{self.name}' is not open")
         payload = {"to": message.to, "from": message.sender, "text": message.text, "reference": message.key}
         try:
-            response = self._client.post(self.url, json=payload)
+            response = self._client.post(self.url, json=payload,
+                                         headers={"Idempotency-Key": f'"{message.idempotency_key()}"'})
         except httpx.HTTPError as exc:
             return Failed(detail=mask(f"{type(exc).__name__}: {exc}"))  # httpx may quote the URL and its token
         if response.is_success:
