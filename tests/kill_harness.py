@@ -48,7 +48,7 @@ warehouse:
   url: {url}
 defaults:
   timezone: UTC
-  code_secret: kill-test-secret
+  code_secret: kill-test-secret-for-the-loopback-sinks-only
 policies:
   claim_timeout: 1m
   retry: {{max_attempts: 5, backoff: 1m, max_backoff: 2m}}
