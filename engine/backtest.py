@@ -41,12 +41,12 @@ from sqlglot import exp
 from .clock import format_instant, to_utc
 from .compile import col, lit, render_sql, source_select, text, ts
 from .errors import EngineError
+from .filter_types import filter_attributes
 from .filters import parse_filter, referenced_functions
 from .ledger import Ledger, Record, ledger_table
 from .model import AtRisk, Campaign, Project
 from .progress import Progress
 from .reconcile import BATCH_SIZE, DueMessage, Reconciler
-from .validate import filter_attributes
 from .warehouse import Database
 
 #: Simulated instants in one backtest at most (a year at --every 5m); more is almost surely a typo.

@@ -3,28 +3,30 @@
 One error handler turns every ``EngineError`` into ``Error: ...`` and exit 1;
 anything unexpected is exit 2 with a short message (``ENGINE_DEBUG=1`` shows
 the traceback); both with every secret masked (masking.mask). Exit codes: 0 ok,
-1 user error or failed sends, 2 crash.
+1 user error or failed sends, 2 crash. The handler and the options every
+command shares are in engine.commands.common, which the command modules import
+instead of this module.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-import traceback
 from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from . import logs, settings
-from .clock import FixedClock, SystemClock, format_instant, parse_instant, parse_interval
+from .clock import FixedClock, SystemClock, format_instant, parse_interval
+from .commands.common import (
+    as_of_option, campaign_option, handle_errors, open_reconciler as _reconciler, quiet_option, shard_option,
+)
 from .compile import due_query, render_sql
-from .demo import build_demo, ensure_demo
-from .errors import EngineError, ProjectInvalid
+from .demo import build_demo
 from .masking import mask
 from .output import write_issues, write_plan, write_report
 from .progress import around_output, progress_for
@@ -35,42 +37,6 @@ from .warehouse import file_of
 DIALECTS = ["duckdb", "sqlite", "postgres", "snowflake", "bigquery", "spark", "trino"]
 
 
-def handle_errors(command):
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except ProjectInvalid as exc:
-            click.echo(mask(str(exc)), err=True)
-            sys.exit(1)
-        except EngineError as exc:
-            click.echo(mask(f"Error: {exc}"), err=True)
-            sys.exit(1)
-        except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the last line of defence
-            if os.environ.get("ENGINE_DEBUG"):
-                traceback.print_exc()
-            click.echo(mask(f"Internal error: {type(exc).__name__}: {exc} (set ENGINE_DEBUG=1 for the traceback)"), err=True)
-            sys.exit(2)
-    return wrapper
-
-
-def _instant(_ctx, _param, value):
-    if value is None:
-        return None
-    try:
-        return parse_instant(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-as_of_option = click.option("--as-of", "as_of", callback=_instant, metavar="INSTANT",
-                            help="Compute as if now were INSTANT (ISO 8601, e.g. 2025-01-10T00:00:00Z).")
-campaign_option = click.option("--campaign", "campaigns", multiple=True, metavar="NAME",
-                               help="Only this campaign (repeatable). Default: all enabled campaigns.")
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
               default=lambda: os.environ.get("ENGINE_PROJECT", "."), show_default=".",
@@ -79,35 +45,6 @@ campaign_option = click.option("--campaign", "campaigns", multiple=True, metavar
 def main(ctx, project_dir: Path):
     """Declarative, git-native campaigns for shops: validate, compile, plan and run."""
     ctx.obj = project_dir
-
-
-def _reconciler(project_dir: Path, shard: tuple[int, int] | None = None, progress=None, signs: bool = False):
-    """The project and its reconciler; ``signs``: it will sign links and codes, so the code secret must be usable."""
-    from .code_secret import code_secrets
-    from .reconcile import Reconciler
-
-    project = load_project(project_dir)
-    if signs:
-        warning = code_secrets(project.config).warning  # ProjectInvalid outside the demo
-        if warning and sys.stderr.isatty():  # for whoever runs the demo; piped stderr stays as it was
-            click.echo(f"Warning: {warning}", err=True)
-    ensure_demo(project.config, echo=lambda text: click.echo(mask(text), err=True))
-    return project, Reconciler(project, shard=shard, progress=progress)
-
-
-def _shard(_ctx, _param, value):
-    if value is None:
-        return None
-    index, _, count = value.partition("/")
-    if not (index.isdigit() and count.isdigit() and int(count) > 0 and int(index) < int(count)):
-        raise click.BadParameter(f"'{value}' is not i/n with 0 <= i < n, e.g. 0/3")
-    return int(index), int(count)
-
-
-quiet_option = click.option("--quiet", is_flag=True,
-                            help="No progress display on stderr (shown only when stderr is a terminal anyway).")
-shard_option = click.option("--shard", callback=_shard, metavar="I/N", envvar="ENGINE_SHARD",
-                            help="Only customers whose stable hash falls in shard I of N (replicas split the work). Env: ENGINE_SHARD.")
 
 
 @main.command()

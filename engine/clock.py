@@ -7,7 +7,7 @@ aware UTC datetimes inside the engine; warehouses store naive UTC.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Protocol
 
 UTC = timezone.utc
@@ -39,6 +39,22 @@ def to_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def parse_stored_timestamp(value: object) -> datetime:
+    """A timestamp as a database returns it (a datetime, or ISO text on SQLite), as aware UTC."""
+    if isinstance(value, datetime):
+        return to_utc(value)
+    return to_utc(datetime.fromisoformat(str(value)))
+
+
+def parse_stored_date(value: object) -> date:
+    """A date as a database returns it (a date, a datetime, or ISO text on SQLite)."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
 
 
 def parse_instant(text: str) -> datetime:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .config import _ENV as ENV_REFERENCE, CONFIG_FILE, resolve
+from .config import ENV_REFERENCE, CONFIG_FILE, resolve
 from .errors import ConfigError, Issue, ProjectInvalid
 from .masking import remember
 from .model import ProjectConfig

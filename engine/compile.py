@@ -26,12 +26,12 @@ from sqlglot import exp
 
 from .clock import sql_timestamp_text, to_utc
 from .decide import customer_zone
+from .filter_types import filter_attributes, segment_attributes
 from .filters import bind_filter, parse_filter
 from .model import (
-    CUSTOMER_FACTS, ENTITY_COLUMNS, SINCE_TRIGGER_FACTS, Anniversary, AtRisk, Campaign, CheckoutAbandoned, EntitySource, Event,
+    CUSTOMER_FACTS, ENTITY_COLUMNS, Anniversary, AtRisk, Campaign, CheckoutAbandoned, EntitySource, Event,
     LastActivity, OrderDate, OrderPlaced, ProjectConfig, Registration, Step,
 )
-from .validate import filter_attributes
 
 LEDGER_TABLE = "engine_ledger"
 ENTRIES_TABLE = "engine_entries"
@@ -860,11 +860,6 @@ def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, cust
     query = query.where(*conditions).order_by(exp.Ordered(this=col("t", "trigger_at"), desc=True),
                                               exp.Ordered(this=col("t", "trigger_key"), desc=True))
     return builder.with_ctes(query), checks
-
-
-def segment_attributes(config: ProjectConfig) -> list[str]:
-    """What a segment filter may name: a campaign filter's attributes minus those about a trigger."""
-    return [a for a in filter_attributes(config) if a not in SINCE_TRIGGER_FACTS]
 
 
 def segment_query(config: ProjectConfig, now: datetime, where: str, dialect: str | None = None) -> exp.Query:

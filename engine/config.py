@@ -21,6 +21,8 @@ from sqlglot.errors import ParseError, TokenError
 
 from .clock import MAX_DURATION, DurationTooLong, parse_duration, parse_instant
 from .errors import ConfigError, FilterError, Issue
+from .filter_types import segment_attributes
+from .filters import parse_filter, referenced_functions
 from .load import Document, load_yaml_file
 from .masking import remember, secret_references
 from .model import (
@@ -29,7 +31,7 @@ from .model import (
 from .schemas import schema_issues
 
 CONFIG_FILE = "engine.yaml"
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: When set, overrides ledger.url of engine.yaml (12-factor; see ``_ledger_url``).
 LEDGER_URL_ENV = "ENGINE_LEDGER_URL"
 
@@ -51,7 +53,7 @@ def resolve(value: str, environ: Mapping[str, str] | None = None) -> str:
     """Replace ``${VAR}`` / ``${VAR:-default}``; an unset variable without default is an error.
     Secret values (masking.secret_references) are remembered, so no message shows them later."""
     env = os.environ if environ is None else environ
-    hidden = secret_references(value, _ENV) if "${" in value else set()
+    hidden = secret_references(value, ENV_REFERENCE) if "${" in value else set()
 
     def substitute(match: re.Match) -> str:
         name, default = match.group(1), match.group(2)
@@ -65,7 +67,7 @@ def resolve(value: str, environ: Mapping[str, str] | None = None) -> str:
             return default
         raise ConfigError(f"environment variable {name} is not set (used in {CONFIG_FILE}); export it or give a default with ${{{name}:-value}}")
 
-    return _ENV.sub(substitute, value)
+    return ENV_REFERENCE.sub(substitute, value)
 
 
 def dialect_of_url(url: str) -> str | None:
@@ -164,9 +166,6 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
 
 def _segment_issues(doc: Document, config: ProjectConfig) -> list[Issue]:
     """Each segment filter must pass the filter whitelist over the customer attributes."""
-    from .compile import segment_attributes  # compile imports validate, which imports this module
-    from .filters import parse_filter, referenced_functions
-
     issues = []
     for name, text in config.segments.items():
         path = ("segments", name)

@@ -22,14 +22,14 @@ from datetime import datetime, time, timedelta
 
 import sqlalchemy as sa
 
-from .clock import UTC, format_duration, format_instant
+from .clock import UTC, format_duration, format_instant, parse_stored_date, parse_stored_timestamp
 from .compile import due_query, explain_query, render_sql
 from .decide import anniversary_instance, customer_zone, due_time, yearly_occurrence
 from .errors import EngineError
 from .ledger import ledger_table, message_key
 from .customer import find_customer
 from .model import Anniversary, Campaign, Step
-from .reconcile import DueMessage, Reconciler, _parse_date, _parse_timestamp
+from .reconcile import DueMessage, Reconciler
 
 #: Trigger instances shown per campaign (newest first); older ones are counted.
 MAX_INSTANCES = 10
@@ -210,7 +210,7 @@ def _instance_time(campaign: Campaign, step: Step, row: dict, zone, now: datetim
     """(trigger key, trigger instant, due time) of this step for this instance. For yearly
     triggers: the latest occurrence due by now, or the next one when that is long past."""
     if isinstance(campaign.trigger, Anniversary):
-        day = _parse_date(row["anniversary"])
+        day = parse_stored_date(row["anniversary"])
         latest = anniversary_instance(day, step, now, zone)
         if latest is not None:
             due_at = due_time(latest[0], step, zone)
@@ -219,7 +219,7 @@ def _instance_time(campaign: Campaign, step: Step, row: dict, zone, now: datetim
         year = int(latest[1]) + 1 if latest is not None else (now - step.delay).year + 1
         trigger_at = datetime.combine(yearly_occurrence(day, year), time(0, 0), tzinfo=UTC)
         return str(year), trigger_at, due_time(trigger_at, step, zone)
-    trigger_at = _parse_timestamp(row["trigger_at"])
+    trigger_at = parse_stored_timestamp(row["trigger_at"])
     return str(row["trigger_key"]), trigger_at, due_time(trigger_at, step, zone)
 
 
@@ -238,7 +238,7 @@ def _explain_instance(reconciler: Reconciler, campaign: Campaign, step: Step, ro
     mkey = message_key(campaign.name, step.id, customer_id, key)
     ledger = recorded.get(mkey)
     if ledger is not None:
-        ledger = {k: (format_instant(_parse_timestamp(v)) if k in ("created_at", "updated_at") and v is not None else v)
+        ledger = {k: (format_instant(parse_stored_timestamp(v)) if k in ("created_at", "updated_at") and v is not None else v)
                   for k, v in ledger.items() if k != "message_key"}
     result = InstanceStep(step.id, key, trigger_at, due_at, stale_after, filters, stopped, ledger,
                           Verdict("unknown"), message_key=mkey)

@@ -19,10 +19,11 @@ from typing import IO, Iterator
 
 from sqlglot import exp
 
-from .compile import LEDGER_TABLE, col, lit, render_sql, segment_attributes, segment_query
+from .compile import LEDGER_TABLE, col, lit, render_sql, segment_query
 from .config import database_url, dialect_of_url
 from .customer import plain
 from .errors import EngineError, FilterError
+from .filter_types import segment_attributes
 from .filters import parse_filter
 from .output import write_plan
 from .reconcile import Reconciler

@@ -1,16 +1,18 @@
-"""Type-checking of filter expressions against what is known of the attributes' types.
+"""What a filter may name, and type-checking of filter expressions against what is known of the attributes' types.
 
-Owns the kinds of value a filter attribute holds - ``number``, ``text``,
-``instant`` (timestamp or date) or ``boolean``, None when unknown - and the
-check that a parsed filter (``filters.parse_filter``) combines them in ways
-every warehouse accepts: no comparison of text or instants with numbers, no
-arithmetic on text or instants, no LIKE on numbers, no text where a
-condition belongs. Kinds come from the engine's own facts (order_count is a
-number, first_order_at an instant), from the canonical columns of the entity
-model (email is text, created_at an instant) and, under ``validate
---check-warehouse``, from the warehouse's declared column types. An unknown
-kind is never an error: the check only refuses what is sure to fail at run
-time. Pure: no I/O.
+Owns the attributes a campaign or segment filter may name given the source
+mapping (``filter_attributes``, ``segment_attributes``: config, validate and
+compile all need them, so they live below all three), the kinds of value a
+filter attribute holds - ``number``, ``text``, ``instant`` (timestamp or date)
+or ``boolean``, None when unknown - and the check that a parsed filter
+(``filters.parse_filter``) combines them in ways every warehouse accepts: no
+comparison of text or instants with numbers, no arithmetic on text or
+instants, no LIKE on numbers, no text where a condition belongs. Kinds come
+from the engine's own facts (order_count is a number, first_order_at an
+instant), from the canonical columns of the entity model (email is text,
+created_at an instant) and, under ``validate --check-warehouse``, from the
+warehouse's declared column types. An unknown kind is never an error: the
+check only refuses what is sure to fail at run time. Pure: no I/O.
 """
 from __future__ import annotations
 
@@ -20,8 +22,24 @@ from typing import Mapping
 from sqlglot import exp
 
 from .errors import FilterError
-from .filters import _offset
-from .model import ProjectConfig
+from .filters import source_offset
+from .model import CUSTOMER_FACTS, SINCE_TRIGGER_FACTS, ProjectConfig
+
+
+def filter_attributes(config: ProjectConfig) -> list[str]:
+    """Every attribute a filter may name, given what the source mapping provides."""
+    attributes = list(config.customer_attributes())
+    orders = config.sources.get("orders")
+    if orders is not None:
+        attributes += [f for f in CUSTOMER_FACTS if f != "last_payment_method" or orders.has_column("payment_method")]
+    attributes += [name for name, (entity, _) in SINCE_TRIGGER_FACTS.items() if entity in config.sources]
+    return attributes
+
+
+def segment_attributes(config: ProjectConfig) -> list[str]:
+    """What a segment filter may name: a campaign filter's attributes minus those about a trigger."""
+    return [a for a in filter_attributes(config) if a not in SINCE_TRIGGER_FACTS]
+
 
 #: The engine's per-customer facts and "since the trigger" facts.
 FACT_KINDS = {
@@ -76,7 +94,7 @@ class _Checker:
         self.kinds, self.text = kinds, text
 
     def error(self, node: exp.Expression, message: str, fix: str) -> FilterError:
-        return FilterError(message, fix=fix, offset=_offset(node, self.text))
+        return FilterError(message, fix=fix, offset=source_offset(node, self.text))
 
     def kind(self, node: exp.Expression) -> str | None:
         """The kind of ``node``'s value; "literal:..." for a string literal (it converts to what it spells)."""

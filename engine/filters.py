@@ -67,7 +67,7 @@ def _check_engine_function(node: exp.Anonymous, text: str) -> None:
     if not ok:
         example = f"{name}(30)" if kind == "number" else f"{name}('vip')"
         raise FilterError(f"{name}() takes one {kind} literal ({meaning})", fix=f"write e.g. {example}",
-                          offset=_offset(node, text, keyword=name))
+                          offset=source_offset(node, text, keyword=name))
     maximum = ENGINE_FUNCTION_MAXIMUM.get(name)
     if maximum is not None:
         try:
@@ -76,7 +76,7 @@ def _check_engine_function(node: exp.Anonymous, text: str) -> None:
             value = float("inf")
         if not value <= maximum:  # also catches inf and nan
             raise FilterError(f"{name}({args[0].this}) is beyond the largest argument {name}() takes, {maximum:,}",
-                              fix=f"write at most {name}({maximum}) (a hundred years)", offset=_offset(args[0], text))
+                              fix=f"write at most {name}({maximum}) (a hundred years)", offset=source_offset(args[0], text))
 
 
 #: Typographic quotes (word processors, chat apps) look like SQL quotes but are letters to a parser.
@@ -145,7 +145,7 @@ def parse_filter(text: str, attributes: Iterable[str]) -> exp.Expression:
             "subqueries (SELECT ...) are not allowed in filters",
             fix="filter on the customer's attributes (e.g. order_count, total_spent); "
             "map extra customer columns in engine.yaml sources.customers.columns",
-            offset=_offset(query, text, keyword="select"),
+            offset=source_offset(query, text, keyword="select"),
         )
     for node in tree.walk():
         _check_node(node, known, text)
@@ -186,7 +186,7 @@ def _check_node(node: exp.Expression, known: list[str], text: str) -> None:
             raise FilterError(
                 f"'{node.sql()}' is a qualified column; filters name attributes only",
                 fix=f"write just the attribute name, e.g. {node.name}",
-                offset=_offset(node, text),
+                offset=source_offset(node, text),
             )
         if node.name not in known:
             shown = node.name if len(node.name) <= 60 else node.name[:60] + "..."
@@ -194,13 +194,13 @@ def _check_node(node: exp.Expression, known: list[str], text: str) -> None:
                 f"unknown attribute '{shown}'" + _did_you_mean(node.name[:100], known),
                 fix="use one of the known attributes: " + ", ".join(known)
                 + " (extra customer columns can be mapped in engine.yaml sources.customers.columns)",
-                offset=_offset(node, text),
+                offset=source_offset(node, text),
             )
         return
     if isinstance(node, ALLOWED_NODES):
         if isinstance(node, exp.Identifier) and not isinstance(node.parent, exp.Column):
             raise FilterError(f"'{node.sql()}' is not allowed here", fix="compare an attribute with a value",
-                              offset=_offset(node, text))
+                              offset=source_offset(node, text))
         return
     if type(node) in ALLOWED_FUNCTIONS:
         return
@@ -209,7 +209,7 @@ def _check_node(node: exp.Expression, known: list[str], text: str) -> None:
         return
     if isinstance(node, exp.Func):
         name = node.sql_name() if not isinstance(node, exp.Anonymous) else node.name
-        offset = _offset(node, text, keyword=name)
+        offset = source_offset(node, text, keyword=name)
         written = re.match(r"\w+", text[offset:]) if "start" in node.meta else None
         raise FilterError(  # the name as written: sqlglot normalises e.g. random() to RAND
             f"function '{(written.group() if written else name).lower()}' is not allowed in filters",
@@ -219,11 +219,11 @@ def _check_node(node: exp.Expression, known: list[str], text: str) -> None:
     raise FilterError(
         f"'{node.sql()}' ({type(node).__name__}) is not allowed in filters",
         fix="use comparisons, AND/OR/NOT, IN, BETWEEN, LIKE, IS NULL, arithmetic and literals",
-        offset=_offset(node, text),
+        offset=source_offset(node, text),
     )
 
 
-def _offset(node: exp.Expression, text: str, keyword: str | None = None) -> int | None:
+def source_offset(node: exp.Expression, text: str, keyword: str | None = None) -> int | None:
     """Where ``node`` starts in ``text``: sqlglot records offsets on tokens such as
     identifiers, literals and function names; other nodes start at (or, with a
     leading ``keyword`` like SELECT or CAST, just before) their first such token."""

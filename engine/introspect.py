@@ -35,9 +35,9 @@ from sqlglot.errors import ParseError, TokenError
 from .compile import render_sql, source_select
 from .config import CONFIG_FILE, database_url, load_config
 from .errors import FilterError, Issue
-from .filter_types import attribute_kinds, check_types
+from .filter_types import attribute_kinds, check_types, filter_attributes
 from .filters import parse_filter
-from .load import Document, load_yaml_file
+from .load import Document, display_path, load_yaml_file
 from .model import EntitySource, ProjectConfig
 from .validate import campaign_files
 from .warehouse import Database, masked
@@ -118,13 +118,12 @@ def check_warehouse(root: Path | str, paths: Iterable[str] | None = None) -> lis
 def filter_issues(config: ProjectConfig, files: list[Path], customer_kinds: dict[str, str]) -> list[Issue]:
     """Filters that only the warehouse's column kinds show wrong (those wrong by the model's kinds alone
     are reported by ``engine validate`` already)."""
-    from .validate import _display, filter_attributes  # validate imports nothing of this module
 
     attributes = filter_attributes(config)
     known, real = attribute_kinds(config), attribute_kinds(config, customer_kinds)
     issues = []
     for path in files:
-        doc = load_yaml_file(path, _display(path))
+        doc = load_yaml_file(path, display_path(path))
         for where, text in _filters(doc.data):
             try:
                 tree = parse_filter(text, attributes)

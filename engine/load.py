@@ -159,6 +159,14 @@ class Document:
         )
 
 
+def display_path(path: Path) -> str:
+    """How a file is named in messages: relative to the working directory when it is under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (load_yaml_file reports it)
+        return str(path)
+
+
 def format_path(path: Path_) -> str:
     """``("steps", 0, "delay")`` -> ``steps[0].delay``."""
     text = ""

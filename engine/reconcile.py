@@ -14,14 +14,14 @@ import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import datetime
 from typing import Iterator
 
 from sqlglot import exp
 
 from . import unsubscribe
 from .channels import ChannelSession, Delivered, OutgoingMessage, open_channel
-from .clock import UTC, format_instant, to_utc
+from .clock import UTC, format_instant, parse_stored_date, parse_stored_timestamp, to_utc
 from .compile import (
     CUSTOMER_PREFIX, MAX_ZONES, SHARED_FACTS, TEMP_TABLE_DIALECTS, VARIANT_PREFIX, due_query, entries_insert,
     keys_in_sql, render_sql, shared_facts_create, shared_facts_drop, shared_facts_used, source_select,
@@ -137,20 +137,6 @@ def campaign_failure(exc: BaseException) -> str:
 def shard_of(customer_id: str, count: int) -> int:
     """Which of ``count`` replicas owns this customer (a stable hash, not Python's salted one)."""
     return int.from_bytes(hashlib.sha256(customer_id.encode()).digest()[:4], "big") % count
-
-
-def _parse_timestamp(value: object) -> datetime:
-    if isinstance(value, datetime):
-        return to_utc(value)
-    return to_utc(datetime.fromisoformat(str(value)))
-
-
-def _parse_date(value: object) -> date:
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    return date.fromisoformat(str(value)[:10])
 
 
 class _RowLayout:
@@ -322,14 +308,14 @@ class Reconciler:
         trigger_key = row[layout.trigger_key]
         if layout.yearly:
             zone = _zone(customer.get("timezone"), self.config.default_timezone)
-            instance = anniversary_instance(_parse_date(row[layout.anniversary]), step, now, zone)
+            instance = anniversary_instance(parse_stored_date(row[layout.anniversary]), step, now, zone)
             if instance is None:
                 return None
             trigger_at, trigger_key = instance
         else:
             value = row[layout.trigger_at]
             trigger_at = value.replace(tzinfo=UTC) if type(value) is datetime and value.tzinfo is None \
-                else _parse_timestamp(value)
+                else parse_stored_timestamp(value)
         if step.send_at is None:  # the common case needs no time zone
             due_at = trigger_at + step.delay
         else:
@@ -518,7 +504,7 @@ class Reconciler:
             freshness = self.project.campaign(row["campaign"]).step(row["step"]).freshness
         except KeyError:
             return False
-        return freshness is not None and row["due_at"] is not None and now > _parse_timestamp(row["due_at"]) + freshness
+        return freshness is not None and row["due_at"] is not None and now > parse_stored_timestamp(row["due_at"]) + freshness
 
     def _quiet_hours(self, campaign: str, step: str, channel: str):
         """The quiet hours of a step (or its channel's default), also for a campaign removed since."""
@@ -759,7 +745,7 @@ class _TriggerContexts:
         wanted = {(m.customer_id, m.trigger_key) for m in group}
         by_instance: dict[tuple[str, str], list[dict]] = {}
         for values in self._query("events", condition):
-            at = _parse_timestamp(values["occurred_at"])
+            at = parse_stored_timestamp(values["occurred_at"])
             key = str(values["event_id"]) if trigger.per == "event" else at.date().isoformat()
             instance = (str(values["customer_id"]), key)
             if instance in wanted:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import _ENV as ENV_REFERENCE, CONFIG_FILE, LEDGER_URL_ENV, load_config
+from .config import ENV_REFERENCE, CONFIG_FILE, LEDGER_URL_ENV, load_config
 from .errors import ProjectInvalid
 from .load import load_yaml_file
 from .masking import MASK, is_secret_name, mask, secret_references

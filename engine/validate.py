@@ -15,11 +15,11 @@ from typing import Iterable
 from .clock import MAX_DURATION, DurationTooLong, parse_duration
 from .errors import FilterError, Issue
 from .config import parse_clock, parse_quiet_hours
-from .filter_types import attribute_kinds, check_types
+from .filter_types import attribute_kinds, check_types, filter_attributes
 from .filters import parse_filter, referenced_functions
-from .load import Document, format_path, load_yaml_file
+from .load import Document, display_path, format_path, load_yaml_file
 from .model import (
-    CUSTOMER_FACTS, SINCE_TRIGGER_FACTS, STOP_CONDITIONS, TRIGGER_ENTITIES,
+    STOP_CONDITIONS, TRIGGER_ENTITIES,
     Action, Anniversary, AtRisk, Campaign, CheckoutAbandoned, DiscountCode, Event, LastActivity,
     OrderDate, OrderPlaced, ProjectConfig, Registration, Reentry, Step, Trigger, Variant,
 )
@@ -44,23 +44,13 @@ def campaign_files(root: Path, paths: Iterable[str] | None = None) -> list[Path]
     return files
 
 
-def filter_attributes(config: ProjectConfig) -> list[str]:
-    """Every attribute a filter may name, given what the source mapping provides."""
-    attributes = list(config.customer_attributes())
-    orders = config.sources.get("orders")
-    if orders is not None:
-        attributes += [f for f in CUSTOMER_FACTS if f != "last_payment_method" or orders.has_column("payment_method")]
-    attributes += [name for name, (entity, _) in SINCE_TRIGGER_FACTS.items() if entity in config.sources]
-    return attributes
-
-
 def load_campaigns(root: Path, config: ProjectConfig, files: list[Path]) -> tuple[list[Campaign], list[Issue]]:
     renderer = Renderer(root / TEMPLATE_DIR)
     campaigns: list[Campaign] = []
     issues: list[Issue] = []
     first_seen: dict[str, str] = {}
     for path in files:
-        name = _display(path)
+        name = display_path(path)
         if not path.exists() and not path.is_symlink():  # a dangling link or loop: load_yaml_file says so
             issues.append(Issue(file=name, message="no such file", fix="check the path"))
             continue
@@ -82,13 +72,6 @@ def load_campaigns(root: Path, config: ProjectConfig, files: list[Path]) -> tupl
         if not any(i.severity == "error" for i in semantic):
             campaigns.append(campaign)
     return campaigns, issues
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (load_yaml_file reports it)
-        return str(path)
 
 
 def _duration(doc: Document, path: tuple, text: str, issues: list[Issue]) -> timedelta:

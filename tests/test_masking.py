@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_project
-from engine.config import _ENV, resolve
+from engine.config import ENV_REFERENCE as _ENV, resolve
 from engine.masking import mask, mask_url, secret_references
 from servers import free_port
 

@@ -11,9 +11,9 @@ from typing import IO
 import click
 
 from ..backtest import BacktestReport, backtest as run_backtest
-from ..cli import _instant, handle_errors, quiet_option
 from ..clock import format_duration, format_instant, parse_duration
 from ..progress import progress_for
+from .common import handle_errors, instant_option_value, quiet_option
 
 
 def _duration(_ctx, _param, value):
@@ -90,9 +90,9 @@ def write_backtest(report: BacktestReport, fmt: str, out: IO[str]) -> None:
 
 @click.command()
 @click.argument("campaign")
-@click.option("--from", "start", required=True, callback=_instant, metavar="INSTANT",
+@click.option("--from", "start", required=True, callback=instant_option_value, metavar="INSTANT",
               help="First simulated instant (ISO 8601, e.g. 2025-01-01 or 2025-01-01T00:00:00Z).")
-@click.option("--to", "end", required=True, callback=_instant, metavar="INSTANT", help="Last simulated instant (inclusive).")
+@click.option("--to", "end", required=True, callback=instant_option_value, metavar="INSTANT", help="Last simulated instant (inclusive).")
 @click.option("--every", default="1h", show_default=True, callback=_duration, metavar="DURATION",
               help="Time between simulated passes (e.g. 15m, 1h, 1d).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import _reconciler, handle_errors
+from .common import handle_errors, open_reconciler
 
 
 @click.command()
@@ -20,7 +20,7 @@ def customer(project_dir: Path, customer_id: str, all_orders: bool, messages: bo
     """Show CUSTOMER_ID's attributes, orders and every campaign message the ledger holds for them."""
     from ..customer import customer_view, format_text
 
-    _, reconciler = _reconciler(project_dir)
+    _, reconciler = open_reconciler(project_dir)
     try:
         view = customer_view(reconciler, customer_id, all_orders=all_orders, messages=messages)
     finally:

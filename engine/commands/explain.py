@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import _reconciler, as_of_option, handle_errors
+from .common import as_of_option, handle_errors, open_reconciler
 
 
 @click.command()
@@ -21,7 +21,7 @@ def explain(project_dir: Path, campaign: str, customer_id: str, as_of, fmt: str)
     from ..clock import SystemClock
     from ..explain import explain as explain_customer, format_text
 
-    _, reconciler = _reconciler(project_dir)
+    _, reconciler = open_reconciler(project_dir)
     try:
         result = explain_customer(reconciler, campaign, customer_id, as_of or SystemClock().now())
     finally:

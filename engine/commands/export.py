@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import _reconciler, as_of_option, handle_errors
+from .common import as_of_option, handle_errors, open_reconciler
 
 
 @click.command()
@@ -24,7 +24,7 @@ def export(project_dir: Path, name: str | None, where: str | None, history: bool
     from ..clock import SystemClock
     from ..export import check_segment_filter, export_history, export_plan, export_segment, resolve_target
 
-    _, reconciler = _reconciler(project_dir)
+    _, reconciler = open_reconciler(project_dir)
     try:
         kind, target = resolve_target(reconciler, name, where)
         if history and kind != "campaign":

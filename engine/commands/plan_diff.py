@@ -12,7 +12,7 @@ tree's side is opened first (``ensure_schema`` is then a no-op).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -22,23 +22,15 @@ import jinja2
 from jinja2 import meta
 
 from ..errors import Issue
-from ..gitref import Ref, checkout_project, resolve_ref
+from ..gitref import checkout_project, resolve_ref
 from ..model import Campaign, Project
-from ..plandiff import CampaignChange, PlanKey, StepKey, compare, diff_plans
+from ..plandiff import PlanKey, StepKey, compare, diff_plans
 from ..project import check_project
+from .common import open_reconciler
+from .plan_diff_format import PlanDiff, write_plan_diff
 
 #: what --format may be with --diff (None: not given, text)
 DIFF_FORMATS = (None, "text", "markdown", "json")
-
-
-@dataclass
-class PlanDiff:
-    """Everything the formats show."""
-
-    ref: Ref
-    now: datetime
-    changes: list[CampaignChange]
-    ref_issues: list[Issue]
 
 
 def plan_keys(reconciler, now: datetime, campaigns: list[Campaign]) -> Iterator[PlanKey]:
@@ -118,14 +110,13 @@ def _relative(issues: list[Issue], root: Path) -> list[Issue]:
 def build_plan_diff(project_dir: Path, ref_name: str | None, now: datetime, names: tuple[str, ...] = (),
                     sample: int = 5, shard: tuple[int, int] | None = None) -> PlanDiff:
     """Plan REF and the working tree at ``now`` and compare them."""
-    from ..cli import _reconciler
     from ..reconcile import Reconciler
 
     ref = resolve_ref(project_dir, ref_name)
     with checkout_project(project_dir, ref) as ref_dir:
         ref_project, issues = check_project(ref_dir)
         ref_issues = _relative([i for i in issues if i.severity == "error"], Path(ref_dir).resolve())
-        work_project, work = _reconciler(project_dir, shard)
+        work_project, work = open_reconciler(project_dir, shard)
         before_reconciler = None
         try:
             work_campaigns = _selected(work_project, names)
@@ -155,6 +146,4 @@ def build_plan_diff(project_dir: Path, ref_name: str | None, now: datetime, name
 def run_plan_diff(project_dir: Path, ref_name: str | None, now: datetime, names: tuple[str, ...], fmt: str,
                   sample: int, shard: tuple[int, int] | None, out) -> None:
     """The command: build the diff, write it in ``fmt`` (text, markdown or json)."""
-    from .plan_diff_format import write_plan_diff
-
     write_plan_diff(build_plan_diff(project_dir, ref_name, now, names, sample, shard), fmt, out)

@@ -1,12 +1,26 @@
-"""A plan diff as text for a terminal, markdown for a pull-request comment, or JSON for tools."""
+"""A plan diff (what `engine plan --diff` found) as text for a terminal, markdown for a pull-request comment, or JSON for tools."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from datetime import datetime
 from typing import IO
 
 from ..clock import format_instant
+from ..errors import Issue
+from ..gitref import Ref
 from ..plandiff import CampaignChange, StepChange
-from .plan_diff import PlanDiff
+
+
+@dataclass
+class PlanDiff:
+    """Everything the formats show."""
+
+    ref: Ref
+    now: datetime
+    changes: list[CampaignChange]
+    ref_issues: list[Issue]
+
 
 RECIPIENT = "A recipient is one message: a customer and a trigger instance (order, checkout, ...)."
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from ..cli import _instant, handle_errors
 from ..clock import SystemClock, format_instant
+from .common import handle_errors, instant_option_value, open_reconciler
 
 
-since_option = click.option("--since", callback=_instant, metavar="INSTANT",
+since_option = click.option("--since", callback=instant_option_value, metavar="INSTANT",
                             help="Only messages due at or after INSTANT (ISO 8601: 2025-01-01 or 2025-01-01T00:00:00Z).")
-until_option = click.option("--until", callback=_instant, metavar="INSTANT", help="Only messages due before INSTANT.")
+until_option = click.option("--until", callback=instant_option_value, metavar="INSTANT", help="Only messages due before INSTANT.")
 
 
 def period_text(since: datetime | None, until: datetime | None) -> str:
@@ -28,12 +28,11 @@ def period_text(since: datetime | None, until: datetime | None) -> str:
 
 def collect(project_dir: Path, campaign: str | None, since: datetime | None, until: datetime | None):
     """Statistics of one campaign (or every campaign of the project, disabled ones included)."""
-    from ..cli import _reconciler
     from ..stats import StatsReader
 
     if since and until and since >= until:
         raise click.BadParameter(f"--since {format_instant(since)} is not before --until {format_instant(until)}")
-    project, reconciler = _reconciler(project_dir)
+    project, reconciler = open_reconciler(project_dir)
     try:
         try:
             selected = [project.campaign(campaign)] if campaign else list(project.campaigns)
@@ -65,7 +64,7 @@ def stats(project_dir: Path, campaign: str | None, since, until, fmt: str):
 @click.option("--campaign", metavar="NAME", help="Only this campaign. Default: every campaign of the project.")
 @since_option
 @until_option
-@click.option("--as-of", "as_of", callback=_instant, metavar="INSTANT", help="The 'generated' time shown (default: now).")
+@click.option("--as-of", "as_of", callback=instant_option_value, metavar="INSTANT", help="The 'generated' time shown (default: now).")
 @click.pass_obj
 @handle_errors
 def report(project_dir: Path, out_dir: Path, campaign: str | None, since, until, as_of):
