@@ -60,10 +60,6 @@ class Status:
     pending: tuple[str, ...]
     unversioned: bool = False  # engine tables without a version table: the release before migrations
 
-    @property
-    def at_head(self) -> bool:
-        return self.current == (self.head,)
-
 
 def _script(version_locations: Sequence[Path] = ()):
     from alembic.script import ScriptDirectory
@@ -132,8 +128,11 @@ def _known(script, current: Iterable[str]) -> bool:
 def ensure(db: Database, version_locations: Sequence[Path] = ()) -> list[str]:
     """Bring ``db``'s ledger schema to head; returns the revisions applied (a stamp of an
     unversioned ledger is not one). At head: one query, no alembic import."""
-    if not version_locations and _probe(db) == (HEAD,):
+    current = _probe(db)
+    if not version_locations and current == (HEAD,):
         return []
+    if current and not _known(_script(version_locations), current):  # refused before asking for a write lock
+        raise _newer_error(db, current, _script(version_locations).get_current_head())
     try:
         with db.engine.connect() as conn:
             applied = _upgrade_locked(db, conn, version_locations)
