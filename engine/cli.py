@@ -390,12 +390,11 @@ def ledger_group():
     """The ledger's schema: which revision it is at, and upgrading it (engine run upgrades by itself)."""
 
 
-def _ledger_database(project_dir: Path):
+def _ledger_url(project_dir: Path) -> str:
     from .config import database_url
-    from .warehouse import Database
 
     config = load_project(project_dir).config
-    return Database(database_url(config, "warehouse" if config.ledger_shares_warehouse else "ledger"))
+    return database_url(config, "warehouse" if config.ledger_shares_warehouse else "ledger")
 
 
 @ledger_group.command(name="status")
@@ -404,8 +403,15 @@ def _ledger_database(project_dir: Path):
 def ledger_status(project_dir: Path):
     """Show the ledger's schema revision, this engine's head and the migrations pending; writes nothing."""
     from . import migrations
+    from .warehouse import Database
 
-    db = _ledger_database(project_dir)
+    url = _ledger_url(project_dir)
+    path = file_of(url)
+    if path is not None and not path.exists():  # opening it would create the file
+        click.echo(f"Ledger: {mask(url)}\nRevision: none (no database file yet)\nHead: {migrations.HEAD}\n"
+                   f"Pending: {', '.join(migrations.revisions())}")
+        return
+    db = Database(url)
     try:
         state = migrations.status(db)
     finally:
@@ -422,8 +428,9 @@ def ledger_status(project_dir: Path):
 def ledger_upgrade(project_dir: Path):
     """Apply the pending migrations (under a lock, in one transaction)."""
     from . import migrations
+    from .warehouse import Database
 
-    db = _ledger_database(project_dir)
+    db = Database(_ledger_url(project_dir))
     try:
         applied = migrations.ensure(db)
     finally:

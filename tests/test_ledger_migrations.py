@@ -359,6 +359,9 @@ def test_engine_ledger_upgrade_on_an_empty_ledger(tmp_path, monkeypatch):
     root = copy_project(tmp_path / "p")
     ledger_path = tmp_path / "ledger.db"
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", f"sqlite:///{ledger_path}")
+    assert "Revision: none (no database file yet)\nHead: 0001\nPending: 0001" in _engine(root, "ledger", "status").stdout
+    assert not ledger_path.exists()
+    Database(f"sqlite:///{ledger_path}").check()  # an empty database file
     assert "Revision: none (empty)\nHead: 0001\nPending: 0001" in _engine(root, "ledger", "status").stdout
     upgrade = _engine(root, "ledger", "upgrade")
     assert upgrade.returncode == 0 and "applied 0001; now at 0001." in upgrade.stdout

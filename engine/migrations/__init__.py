@@ -95,6 +95,12 @@ def _pending(script, current: tuple[str, ...], target: str) -> tuple[str, ...]:
     return tuple(reversed([r.revision for r in revisions]))
 
 
+def revisions(version_locations: Sequence[Path] = ()) -> tuple[str, ...]:
+    """Every revision, oldest first: what an empty database is upgraded through."""
+    script = _script(version_locations)
+    return _pending(script, (), script.get_current_head())
+
+
 def status(db: Database, version_locations: Sequence[Path] = ()) -> Status:
     """Read where ``db`` stands, writing nothing."""
     script = _script(version_locations)
