@@ -322,6 +322,60 @@ def unsubscribe(project_dir: Path, customer_id: str, kind: str):
     click.echo(f"Customer {customer_id} is unsubscribed from {kind}.")
 
 
+@main.group(name="ledger")
+def ledger_group():
+    """The ledger's schema: which revision it is at, and upgrading it (engine run upgrades by itself)."""
+
+
+def _ledger_url(project_dir: Path) -> str:
+    from .config import database_url
+
+    config = load_project(project_dir).config
+    return database_url(config, "warehouse" if config.ledger_shares_warehouse else "ledger")
+
+
+@ledger_group.command(name="status")
+@click.pass_obj
+@handle_errors
+def ledger_status(project_dir: Path):
+    """Show the ledger's schema revision, this engine's head and the migrations pending; writes nothing."""
+    from . import migrations
+    from .warehouse import Database
+
+    url = _ledger_url(project_dir)
+    path = file_of(url)
+    if path is not None and not path.exists():  # opening it would create the file
+        click.echo(f"Ledger: {mask(url)}\nRevision: none (no database file yet)\nHead: {migrations.HEAD}\n"
+                   f"Pending: {', '.join(migrations.revisions())}")
+        return
+    db = Database(url)
+    try:
+        state = migrations.status(db)
+    finally:
+        db.dispose()
+    current = ", ".join(state.current) or ("none (tables of the release before versioned migrations; "
+                                           f"stamped {migrations.BASELINE} on upgrade)" if state.unversioned else "none (empty)")
+    click.echo(f"Ledger: {mask(db.url)}\nRevision: {current}\nHead: {state.head}\n"
+               f"Pending: {', '.join(state.pending) or 'none'}")
+
+
+@ledger_group.command(name="upgrade")
+@click.pass_obj
+@handle_errors
+def ledger_upgrade(project_dir: Path):
+    """Apply the pending migrations (under a lock, in one transaction)."""
+    from . import migrations
+    from .warehouse import Database
+
+    db = Database(_ledger_url(project_dir))
+    try:
+        applied = migrations.ensure(db)
+    finally:
+        db.dispose()
+    click.echo(f"Ledger {mask(db.url)}: " + (f"applied {', '.join(applied)}; now at {migrations.HEAD}." if applied
+                                             else f"already at {migrations.HEAD}, nothing to do."))
+
+
 from .commands.backtest import backtest  # noqa: E402 - registered after main exists
 from .commands.customer import customer  # noqa: E402
 from .commands.explain import explain  # noqa: E402

@@ -40,6 +40,7 @@ from typing import Iterable
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from . import migrations
 from .compile import ENTRIES_TABLE, LEDGER_TABLE, TAGS_TABLE
 from .warehouse import Database
 
@@ -182,14 +183,10 @@ class Ledger:
                 self._suppressed = suppressed
 
     def ensure_schema(self) -> None:
-        try:
-            metadata.create_all(self.db.engine)
-        except sa.exc.SQLAlchemyError as exc:
-            error = self.db._error("cannot open the ledger tables in", exc)
-            if "lock" in str(error).lower() and self.db.backend == "duckdb":
-                raise type(error)(f"{error}; DuckDB allows one writing process per file: stop the other "
-                                  "engine process, or use PostgreSQL (or SQLite) to run replicas") from None
-            raise error from None
+        """Bring the ledger's tables to this engine's schema (migrations.ensure): created in an empty
+        database, upgraded in place otherwise, one query when already at head; refused when a newer
+        engine wrote them."""
+        migrations.ensure(self.db)
 
     def refresh_statistics(self) -> None:
         """Let PostgreSQL's planner see how big the engine's tables are now.
