@@ -29,7 +29,7 @@ demo: install
 	$(BIN)/engine run --once --as-of $(AS_OF)
 
 test: install-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: install
 	$(BIN)/python benchmarks/run.py
