@@ -111,7 +111,7 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
                                 fix="use a duckdb://, sqlite://, postgresql:// ... URL or set warehouse.dialect"))
         dialect = "duckdb"
     ledger = data.get("ledger", {})
-    stale_horizon = _duration(doc, ("ledger", "stale_horizon"), ledger.get("stale_horizon", "7d"), issues)
+    stale_horizon = duration_setting(doc, ("ledger", "stale_horizon"), ledger.get("stale_horizon", "7d"), issues)
     sources = {}
     for entity, spec in data["sources"].items():
         source, source_issues = _source(doc, entity, spec, dialect)
@@ -182,8 +182,8 @@ def _segment_issues(doc: Document, config: ProjectConfig) -> list[Issue]:
     return issues
 
 
-def _duration(doc: Document, path: tuple, text: str, issues: list[Issue]) -> timedelta:
-    """A duration setting; one too long (or malformed) is an issue at ``path``, read as zero."""
+def duration_setting(doc: Document, path: tuple, text: str, issues: list[Issue]) -> timedelta:
+    """A duration in engine.yaml or a campaign file; one too long (or malformed) is an issue at ``path``, read as zero."""
     try:
         return parse_duration(text)
     except DurationTooLong as exc:
@@ -200,21 +200,21 @@ def _policies(doc: Document, spec: dict, channels: dict, issues: list[Issue]) ->
         if channel is not None and channel not in channels:
             issues.append(doc.issue(("policies", "frequency_caps", index, "channel"), f"channel '{channel}' is not configured",
                                     fix="configured channels: " + ", ".join(channels)))
-        per = _duration(doc, ("policies", "frequency_caps", index, "per"), cap["per"], issues)
+        per = duration_setting(doc, ("policies", "frequency_caps", index, "per"), cap["per"], issues)
         caps.append(FrequencyCap(max=cap["max"], per=per, channel=channel))
     retry = spec.get("retry", {})
     policies = {
         "frequency_caps": tuple(caps),
         "retry": RetryPolicy(
             max_attempts=retry.get("max_attempts", RetryPolicy.max_attempts),
-            backoff=(_duration(doc, ("policies", "retry", "backoff"), retry["backoff"], issues)
+            backoff=(duration_setting(doc, ("policies", "retry", "backoff"), retry["backoff"], issues)
                      if "backoff" in retry else RetryPolicy.backoff),
-            max_backoff=(_duration(doc, ("policies", "retry", "max_backoff"), retry["max_backoff"], issues)
+            max_backoff=(duration_setting(doc, ("policies", "retry", "max_backoff"), retry["max_backoff"], issues)
                          if "max_backoff" in retry else RetryPolicy.max_backoff),
         ),
     }
     if "claim_timeout" in spec:
-        policies["claim_timeout"] = _duration(doc, ("policies", "claim_timeout"), spec["claim_timeout"], issues)
+        policies["claim_timeout"] = duration_setting(doc, ("policies", "claim_timeout"), spec["claim_timeout"], issues)
     if "unsubscribe_url" in spec:
         policies["unsubscribe_url"] = spec["unsubscribe_url"]
     return policies

@@ -8,13 +8,11 @@ duplicate campaign names and step ids.
 """
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 from typing import Iterable
 
-from .clock import MAX_DURATION, DurationTooLong, parse_duration
 from .errors import FilterError, Issue
-from .config import parse_clock, parse_quiet_hours
+from .config import duration_setting, parse_clock, parse_quiet_hours
 from .filter_types import attribute_kinds, check_types, filter_attributes
 from .filters import parse_filter, referenced_functions
 from .load import Document, display_path, format_path, load_yaml_file
@@ -74,16 +72,6 @@ def load_campaigns(root: Path, config: ProjectConfig, files: list[Path]) -> tupl
     return campaigns, issues
 
 
-def _duration(doc: Document, path: tuple, text: str, issues: list[Issue]) -> timedelta:
-    try:
-        return parse_duration(text)
-    except DurationTooLong as exc:
-        issues.append(doc.issue(path, str(exc), fix=f"write at most {MAX_DURATION.days}d"))
-    except ValueError as exc:
-        issues.append(doc.issue(path, str(exc), fix="write a duration such as 90m, 2h, 7d or 1d12h"))
-    return timedelta(0)
-
-
 def _trigger(doc: Document, data: dict, issues: list[Issue]) -> Trigger:
     kind, spec = next(iter(data.items()))
     if kind == "order_placed":
@@ -100,7 +88,7 @@ def _trigger(doc: Document, data: dict, issues: list[Issue]) -> Trigger:
         return OrderDate(column=spec.get("column", "delivery_date"))
     if kind == "last_activity":
         return LastActivity(activities=tuple(spec.get("activity", ["order"])))
-    window = _duration(doc, ("trigger", "at_risk", "window"), spec.get("window", "26w"), issues)
+    window = duration_setting(doc, ("trigger", "at_risk", "window"), spec.get("window", "26w"), issues)
     return AtRisk(window=window, percent=spec.get("percent", 60))
 
 
@@ -190,9 +178,9 @@ def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) ->
         description=data.get("description", ""),
         enabled=data.get("enabled", True),
         priority=data.get("priority", 0),
-        conversion_window=_duration(doc, ("conversion_window",), data.get("conversion_window", "7d"), issues),
+        conversion_window=duration_setting(doc, ("conversion_window",), data.get("conversion_window", "7d"), issues),
         holdout=float(data.get("holdout", 0)),
-        not_contacted_within=(_duration(doc, ("not_contacted_within",), data["not_contacted_within"], issues)
+        not_contacted_within=(duration_setting(doc, ("not_contacted_within",), data["not_contacted_within"], issues)
                               if "not_contacted_within" in data else None),
         trigger=trigger,
         audience=data.get("audience"),
@@ -207,7 +195,7 @@ def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) ->
 
 def _reentry(doc: Document, spec, issues: list[Issue]) -> Reentry:
     if isinstance(spec, dict):
-        return Reentry(mode="cooldown", cooldown=_duration(doc, ("reentry", "cooldown"), spec["cooldown"], issues))
+        return Reentry(mode="cooldown", cooldown=duration_setting(doc, ("reentry", "cooldown"), spec["cooldown"], issues))
     return Reentry(mode=spec)
 
 
@@ -215,13 +203,13 @@ def _step(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Tri
           raw: dict, attributes: list[str], issues: list[Issue]) -> Step:
     delay_text = str(raw["delay"]).strip()
     negative = delay_text.startswith("-")
-    delay = _duration(doc, where + ("delay",), delay_text.lstrip("-").strip(), issues)
+    delay = duration_setting(doc, where + ("delay",), delay_text.lstrip("-").strip(), issues)
     if negative:
         delay = -delay
         if not isinstance(trigger, (Anniversary, OrderDate)):
             issues.append(doc.issue(where + ("delay",), f"a negative delay (before the trigger) only makes sense for date triggers, not {trigger.kind}",
                                     fix="use a delay of 0m or more, or an anniversary / order_date trigger"))
-    freshness = _duration(doc, where + ("freshness",), raw["freshness"], issues) if "freshness" in raw else None
+    freshness = duration_setting(doc, where + ("freshness",), raw["freshness"], issues) if "freshness" in raw else None
     single = [key for key in ("channel", "template") if key in raw]
     if "variants" in raw and single:
         issues.append(doc.issue(where + (single[0],), "a step has either channel and template, or variants, not both",
