@@ -62,7 +62,6 @@ from smtp_sink import SinkProcess  # noqa: E402
 
 FLOOR_SQL = "SELECT customer_id, count(*), min(created_at), max(created_at) FROM orders GROUP BY 1"
 GENERATOR_VERSION = 2  # bump when the generated data changes (invalidates --keep reuse)
-LEDGER_TABLES = ("engine_ledger", "engine_entries")
 
 # Same catalogue, names and cities as engine/demo.py, so templates render the same way.
 PRODUCTS = [
@@ -581,8 +580,13 @@ def _record_plan(reconciler, now) -> int:
 
 
 def _reset_ledger(reconciler, project_dir: Path) -> None:
-    """Drop the ledger tables and empty the outbox: the next pass starts from nothing."""
-    for table in LEDGER_TABLES:
+    """Drop the ledger's tables and its schema version and empty the outbox: the next pass starts
+    from nothing (ensure_schema creates the ledger anew; with the version table left, it would
+    take the ledger for one already at head)."""
+    from engine.ledger import metadata
+    from engine.migrations import VERSION_TABLE
+
+    for table in [VERSION_TABLE] + [t.name for t in reversed(metadata.sorted_tables)]:
         reconciler.warehouse.execute(f"DROP TABLE IF EXISTS {table}")
     reconciler.ledger.ensure_schema()
     shutil.rmtree(project_dir / "var" / "outbox", ignore_errors=True)
