@@ -49,9 +49,9 @@ def measure_smtp(backend: str, url: str, project_dir: Path, now: datetime, sink,
                  recorded, quick: bool) -> list[dict]:
     """The first pass with emails to ``sink``; then the sink's ceiling and the bare dispatch path."""
     import engine
-    import engine.reconcile as reconcile
+    import engine.run.reconcile as reconcile
     from engine.channels.smtp import SmtpChannel
-    from engine.dispatch import deserialize
+    from engine.run.dispatch import deserialize
 
     os.environ["ENGINE_WAREHOUSE_URL"] = url
     project = engine.load_project(project_dir)
@@ -106,7 +106,7 @@ def measure_dispatch(sink, messages: list, settings: dict, connections: int, rep
     ceiling with the same number of round trips. Each figure is the median of ``repeat`` runs."""
     import engine
     from engine.channels.smtp import SmtpChannel
-    from engine.dispatch import send_all
+    from engine.run.dispatch import send_all
     from smtp_sink import ceiling
 
     sample = messages[0].to_bytes("\r\n")
@@ -165,9 +165,9 @@ def measure_handover(sink, messages: list, settings: dict, connections: int, bac
     timed); each figure is the median of ``repeat`` runs on a fresh ledger."""
     import engine
     from engine.channels.smtp import SmtpChannel
-    from engine.dispatch import send_all, serialize
-    from engine.ledger import Ledger, Record
-    from engine.warehouse import Database
+    from engine.run.dispatch import send_all, serialize
+    from engine.state.ledger import Ledger, Record
+    from engine.state.warehouse import Database
 
     now = datetime(2025, 1, 10)
     contents = [serialize(m) for m in messages]
@@ -283,7 +283,7 @@ def fill_history(db, rows: int, customers: int, anchor: datetime) -> float:
 
 def _ledger_ops(ledger, now: datetime, customers: int, round_: int) -> dict[str, float]:
     """Seconds for one batch of a pass's ledger operations (1,000 keys each)."""
-    from engine.ledger import Record
+    from engine.state.ledger import Record
 
     n = LEDGER_BATCH
     keys = [f"bench:mail:{(round_ * n + i) % customers + 1}:r{round_}-{i}" for i in range(n)]
@@ -315,8 +315,8 @@ def _ledger_ops(ledger, now: datetime, customers: int, round_: int) -> dict[str,
 def measure_ledger(backend: str, directory: Path, history: int, customers: int, anchor: datetime,
                    repeat: int) -> list[dict]:
     """A pass's ledger operations on 1,000 keys: empty ledger vs ``history`` rows of history."""
-    from engine.ledger import Ledger
-    from engine.warehouse import Database
+    from engine.state.ledger import Ledger
+    from engine.state.warehouse import Database
 
     results: dict[int, dict[str, float]] = {}
     fill_seconds = 0.0

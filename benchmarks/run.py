@@ -124,8 +124,8 @@ def build_shop(path: str, customers: int, orders: int, anchor: str, seed: int) -
     Deterministic: every random choice is ``hash(row id, seed, salt)``. Returns
     row counts, build seconds and this process's peak RSS.
     """
-    from engine.demo import create_tables
-    from engine.warehouse import Database
+    from engine.tools.demo import create_tables
+    from engine.state.warehouse import Database
 
     started = time.perf_counter()
     db = Database(f"duckdb:///{path}")
@@ -344,8 +344,8 @@ def _copy_select(table: str) -> str:
 
 
 def _fresh_sqlite(sqlite_path: str) -> None:
-    from engine.demo import create_tables
-    from engine.warehouse import Database
+    from engine.tools.demo import create_tables
+    from engine.state.warehouse import Database
 
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(sqlite_path + suffix).unlink(missing_ok=True)
@@ -497,8 +497,8 @@ def copy_to_postgres(duck_path: str, url: str) -> dict:
     from psycopg import sql
     from sqlalchemy.engine import make_url
 
-    from engine.demo import TABLES, create_tables
-    from engine.warehouse import Database
+    from engine.tools.demo import TABLES, create_tables
+    from engine.state.warehouse import Database
 
     started = time.perf_counter()
     db = Database(url)
@@ -557,7 +557,7 @@ def _consume_plan(reconciler, now, campaigns=None) -> dict:
 
 def _create_facts(reconciler, now) -> None:
     import engine
-    from engine.compile import SHARED_FACTS, shared_facts_create
+    from engine.sql.compile import SHARED_FACTS, shared_facts_create
 
     with reconciler.warehouse.session() as session:
         for entity, table in SHARED_FACTS.items():
@@ -568,7 +568,7 @@ def _create_facts(reconciler, now) -> None:
 def _record_plan(reconciler, now) -> int:
     """Record the plan at ``now`` in the ledger as a pass would (segment entries first; sends as
     'sent', skips as 'skipped', deferrals not at all) without rendering or sending anything."""
-    from engine.reconcile import _record
+    from engine.run.reconcile import _record
 
     reconciler.enter_segments(now)
     recorded = 0
@@ -583,8 +583,8 @@ def _reset_ledger(reconciler, project_dir: Path) -> None:
     """Drop the ledger's tables and its schema version and empty the outbox: the next pass starts
     from nothing (ensure_schema creates the ledger anew; with the version table left, it would
     take the ledger for one already at head)."""
-    from engine.ledger import metadata
-    from engine.migrations import VERSION_TABLE
+    from engine.state.ledger import metadata
+    from engine.state.migrations import VERSION_TABLE
 
     for table in [VERSION_TABLE] + [t.name for t in reversed(metadata.sorted_tables)]:
         reconciler.warehouse.execute(f"DROP TABLE IF EXISTS {table}")
@@ -620,7 +620,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         rows.append({"what": f"plan: all {len(campaigns)} campaigns", "rows": counts["rows"], "seconds": plan,
                      "floor": floor, "note": f"{counts['send']:,} send, {counts['skip']:,} skip", "headline": True})
 
-        if project.config.dialect in engine.compile.TEMP_TABLE_DIALECTS:
+        if project.config.dialect in engine.sql.compile.TEMP_TABLE_DIALECTS:
             facts_s, _ = _timed(lambda: _create_facts(reconciler, now), repeat)
             rows.append({"what": "  per-customer facts, once per pass", "rows": None, "seconds": facts_s, "floor": floor,
                          "note": "CREATE TEMPORARY TABLE for order and event facts, shared by every campaign's query"})
@@ -709,7 +709,7 @@ def _run_note(report, seconds: float) -> str:
 def _database_bytes(reconciler, url: str) -> int:
     """Bytes of the database file(s) after a checkpoint (the ledger shares the shop's file);
     on a server, the database's size as PostgreSQL reports it."""
-    from engine.warehouse import file_of
+    from engine.state.warehouse import file_of
 
     if reconciler.warehouse.backend == "postgresql":
         [(size,)] = reconciler.warehouse.execute("SELECT pg_database_size(current_database())")
@@ -808,7 +808,7 @@ def _prepare_postgres(url: str | None, directory: Path):
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             copied = pool.submit(copy_to_postgres, str(directory / "shop.duckdb"), url).result()
     except BaseException as exc:  # also SIGTERM's SystemExit: the cluster must not outlive the run
-        from engine.warehouse import masked
+        from engine.state.warehouse import masked
 
         if server is not None:
             server.stop()

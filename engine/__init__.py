@@ -6,10 +6,10 @@ Public API (the CLI is a thin layer over it):
 - ``due_query(campaign, config, now, exclude_ledger=...)``: the campaign's SQL (sqlglot AST)
 - ``Reconciler(project)``: ``.due(now)`` streams the plan, ``.run_once(now)`` sends it
 """
-from .compile import due_query, render_sql
-from .errors import EngineError, Issue, ProjectInvalid
-from .project import check_project, load_project
-from .reconcile import DueMessage, PassReport, Reconciler
+from engine.sql.compile import due_query, render_sql
+from engine.errors import EngineError, Issue, ProjectInvalid
+from engine.spec.project import check_project, load_project
+from engine.run.reconcile import DueMessage, PassReport, Reconciler
 
 __all__ = [
     "DueMessage", "EngineError", "Issue", "PassReport", "ProjectInvalid", "Reconciler",

@@ -14,8 +14,8 @@ import hmac
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .clock import UTC
-from .model import QuietHours, Step, Variant
+from engine.clock import UTC
+from engine.model import QuietHours, Step, Variant
 
 
 def customer_zone(name: object, default: str) -> ZoneInfo:

@@ -28,7 +28,7 @@ import sys
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from .masking import mask
+from engine.masking import mask
 
 LOGGER_NAME = "engine"
 LEVELS = ("debug", "info", "warning", "error")

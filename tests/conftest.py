@@ -19,8 +19,8 @@ BACKENDS = ["duckdb", "sqlite", "postgres"]
 
 def load_history(url: str, **rows) -> None:
     """(Re)create the canonical shop tables at ``url`` and insert the given rows per table."""
-    from engine.demo import ShopData, load_shop
-    from engine.warehouse import Database
+    from engine.tools.demo import ShopData, load_shop
+    from engine.state.warehouse import Database
 
     data = ShopData()
     data.rows.update({name: list(value) for name, value in rows.items()})

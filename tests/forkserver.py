@@ -4,7 +4,7 @@ Starting Python and importing the engine costs 1.5-2 s, so a test that kills
 ``engine run --once`` a hundred times would spend minutes starting processes.
 ``ForkServer`` starts this file as a helper process that imports the engine
 and its drivers once and then, for each request, forks a child that runs
-the real command line (``engine.cli.main``) in its own process. The helper
+the real command line (``engine.cli.main.main``) in its own process. The helper
 holds no database connection and no thread when it forks, so a child inherits
 neither. When the request has ``kill_after``, the helper sends the child
 SIGKILL that many seconds after the fork unless it ended first - the helper,
@@ -30,7 +30,7 @@ import traceback
 from pathlib import Path
 
 #: imported once by the helper, so a child starts with them loaded
-PRELOAD = ["engine.cli", "engine.reconcile", "engine.channels.smtp", "engine.channels.sms_http",
+PRELOAD = ["engine.cli.main", "engine.run.reconcile", "engine.channels.smtp", "engine.channels.sms_http",
            "engine.channels.outbox", "httpx", "sqlalchemy.dialects.sqlite", "sqlalchemy.dialects.postgresql",
            "psycopg", "duckdb_engine"]
 
@@ -102,7 +102,7 @@ def _child(request: dict) -> None:
         os.dup2(null, 0)  # not the helper's request pipe
         os.dup2(log, 1)
         os.dup2(log, 2)
-        from engine.cli import main
+        from engine.cli.main import main
 
         try:
             main(args=request["args"], prog_name="engine")

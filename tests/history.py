@@ -1,6 +1,6 @@
 """One shared fixture history for the cross-engine proofs (test_cross_engine, test_spark).
 
-A smaller deterministic demo shop (``engine.demo.generate_shop``) plus hand-made
+A smaller deterministic demo shop (``engine.tools.demo.generate_shop``) plus hand-made
 edge rows, all in naive UTC, and the instants at which every campaign is asked
 what is due. Each engine gets exactly these rows; any difference in the due
 sets is then the engine's (or the compiler's), never the data's.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from engine.demo import ShopData, generate_shop
+from engine.tools.demo import ShopData, generate_shop
 
 ANCHOR = datetime(2025, 1, 10)  # naive UTC, as stored
 SEED = 7

@@ -31,9 +31,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from conftest import REPO, load_history, write
-from engine.demo import TABLES
-from engine.ledger import Ledger, ledger_table
-from engine.warehouse import Database
+from engine.tools.demo import TABLES
+from engine.state.ledger import Ledger, ledger_table
+from engine.state.warehouse import Database
 from forkserver import ForkServer
 
 T0 = datetime(2025, 1, 6, 12, 0)

@@ -4,7 +4,7 @@
 with two emails, one and three days after their first order. Real reconciler
 passes at four instants fill the ledger (file outbox); orders placed after
 the messages, and unsubscribes, are known to the test. ``expected_stats``
-recomputes every figure of engine.stats in plain Python from the raw ledger
+recomputes every figure of engine.tools.stats in plain Python from the raw ledger
 rows and the test's own order list, following the README's definitions.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from conftest import copy_project, database_url, load_history, write
 from engine import Reconciler, load_project
-from engine.ledger import ledger_table, unsubscribes_table
+from engine.state.ledger import ledger_table, unsubscribes_table
 
 UTC = timezone.utc
 T0 = datetime(2025, 3, 3, 9, 0)  # naive UTC, as stored

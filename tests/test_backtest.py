@@ -24,9 +24,9 @@ from click.testing import CliRunner
 
 from conftest import copy_project, database_url, load_history, write
 from engine import Reconciler, load_project
-from engine.backtest import BacktestError, backtest, check_backtestable
-from engine.cli import main
-from engine.ledger import Record, ledger_table
+from engine.tools.backtest import BacktestError, backtest, check_backtestable
+from engine.cli.main import main
+from engine.state.ledger import Record, ledger_table
 
 T0 = datetime(2025, 3, 1)  # naive UTC, as stored
 EVERY = timedelta(hours=2)

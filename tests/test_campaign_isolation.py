@@ -27,7 +27,7 @@ from servers import SmtpSink
 from test_delivery import at, campaign, configure, customers, orders, project, statuses  # noqa: F401 - fixture
 from test_service import service_factory  # noqa: F401 - fixture
 
-ENGINE = [sys.executable, "-c", "from engine.cli import main; main()"]
+ENGINE = [sys.executable, "-c", "from engine.cli.main import main; main()"]
 N = 12
 
 

@@ -12,7 +12,7 @@ from conftest import copy_project
 def test_interval_loop_runs_passes_and_exits_cleanly_on_sigterm(tmp_path):
     root = copy_project(tmp_path)
     process = subprocess.Popen(
-        [sys.executable, "-c", "from engine.cli import main; main()", "run", "--interval", "1s"],
+        [sys.executable, "-c", "from engine.cli.main import main; main()", "run", "--interval", "1s"],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -39,7 +39,7 @@ def test_interval_loop_runs_passes_and_exits_cleanly_on_sigterm(tmp_path):
 
 def test_run_needs_once_or_interval(tmp_path):
     root = copy_project(tmp_path)
-    result = subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", "run"],
+    result = subprocess.run([sys.executable, "-c", "from engine.cli.main import main; main()", "run"],
                             cwd=root, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2  # click usage error
     assert "--once or --interval" in result.stderr

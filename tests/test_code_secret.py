@@ -25,14 +25,14 @@ from click.testing import CliRunner
 
 from conftest import copy_project
 from engine import unsubscribe
-from engine.cli import main
+from engine.cli.main import main
 from engine.clock import FixedClock, parse_instant
-from engine.code_secret import DEMO_SECRET, MIN_LENGTH, weakness
-from engine.config import database_url, load_config
-from engine.service import Service
+from engine.spec.code_secret import DEMO_SECRET, MIN_LENGTH, weakness
+from engine.spec.config import database_url, load_config
+from engine.service.loop import Service
 from servers import free_port
 
-ENGINE = [sys.executable, "-c", "from engine.cli import main; main()"]
+ENGINE = [sys.executable, "-c", "from engine.cli.main import main; main()"]
 ANCHOR = "2025-01-10T00:00:00Z"
 NEW = "0f3c9a7e51d2b8463a9d0c7e5f1b2a84"
 OLD = "9b1e4d7a2c6f0835e7a9b3d1c5f80246"

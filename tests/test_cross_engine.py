@@ -19,9 +19,9 @@ import pytest
 from conftest import BACKENDS, REPO, copy_project, database_url
 from engine import Reconciler, load_project
 from engine.clock import format_instant
-from engine.demo import load_shop
-from engine.ledger import Record
-from engine.warehouse import Database
+from engine.tools.demo import load_shop
+from engine.state.ledger import Record
+from engine.state.warehouse import Database
 from history import INSTANTS, shared_history
 
 CAMPAIGNS = [c.name for c in load_project(REPO).campaigns if c.enabled]

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from conftest import copy_project, database_url, load_history
 from engine import Reconciler, load_project
-from engine.cli import main
-from engine.customer import customer_view
+from engine.cli.main import main
+from engine.tools.customer import customer_view
 
 UTC = timezone.utc
 T0 = datetime(2025, 1, 6, 12, 0)

@@ -20,8 +20,8 @@ import pytest
 from conftest import copy_project, database_url, load_history, write
 from engine import Reconciler, load_project
 from engine import unsubscribe
-from engine.ledger import ledger_table
-from engine.warehouse import Database
+from engine.state.ledger import ledger_table
+from engine.state.warehouse import Database
 from servers import SmsProvider, SmtpSink
 
 UTC = timezone.utc
@@ -371,7 +371,7 @@ def test_holdout_customers_get_nothing_and_stay_in_the_holdout(project):
 
 
 def _run(root, as_of: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", "run", "--once", "--as-of", as_of],
+    return subprocess.run([sys.executable, "-c", "from engine.cli.main import main; main()", "run", "--once", "--as-of", as_of],
                           cwd=root, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -471,7 +471,7 @@ def test_dispatch_syncs_a_session_before_the_ledger_records_what_it_sent():
     """send_all's contract with a session whose acceptance is not yet durable (the file outbox):
     ``sync`` comes between a group's sends and the hand-over that records their outcomes."""
     from engine.channels import Delivered, OutgoingMessage
-    from engine.dispatch import send_all
+    from engine.run.dispatch import send_all
 
     events = []
 
@@ -530,7 +530,7 @@ def test_sms_resent_after_a_kill_is_delivered_once_by_a_provider_that_honours_id
 
 
 def _start(root, as_of: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "from engine.cli import main; main()", "run", "--once", "--as-of", as_of],
+    return subprocess.Popen([sys.executable, "-c", "from engine.cli.main import main; main()", "run", "--once", "--as-of", as_of],
                             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
 
 
@@ -579,7 +579,7 @@ def test_a_second_process_on_one_duckdb_file_gets_a_clear_message(tmp_path, monk
     root = copy_project(tmp_path / "p")
     path = tmp_path / "shop.duckdb"
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", f"duckdb:///{path}")
-    from engine.demo import build_demo
+    from engine.tools.demo import build_demo
 
     build_demo(path, 42, 50, "2025-01-10T00:00:00Z")
     holder = duckdb.connect(str(path))  # another process would hold the same lock; so does this connection's file lock

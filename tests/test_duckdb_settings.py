@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from conftest import copy_project, load_history
 from engine import Reconciler, load_project
 from engine.errors import WarehouseError
-from engine.settings import effective_config
-from engine.warehouse import Database
+from engine.service.settings import effective_config
+from engine.state.warehouse import Database
 
 
 def _settings(db: Database) -> tuple:

@@ -158,7 +158,7 @@ def test_re_engage_series_follows_entry_and_stops_on_a_new_order(shop):
     assert due(r, at(), "re-engage") == set()  # nothing twice
     # customer 5 orders again three days later
     db = r.warehouse
-    from engine.demo import TABLES
+    from engine.tools.demo import TABLES
     db.execute(TABLES["orders"].insert().values(order(500, 5, T0 + timedelta(days=3))))
     expected_second = {("new-arrivals", str(i), str(100 + i), "send") for i in range(6, 11)}
     # customer 5 is now the most recent buyer, so customer 4 drifts into the 60 %

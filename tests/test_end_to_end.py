@@ -15,8 +15,8 @@ import pytest
 from conftest import recorded_outcomes, copy_project, database_url
 from engine import Reconciler, load_project
 from engine.clock import parse_instant
-from engine.demo import build_demo
-from engine.ledger import ledger_table
+from engine.tools.demo import build_demo
+from engine.state.ledger import ledger_table
 from servers import SmsProvider, SmtpSink, free_port
 
 ANCHOR = "2025-01-10T00:00:00Z"
@@ -146,7 +146,7 @@ def test_unreachable_smtp_server_claims_nothing_and_says_so(demo_project):
 
 
 def _engine(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-c", "from engine.cli.main import main; main()", *args], cwd=cwd,
                           capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
 
 
@@ -181,7 +181,7 @@ def test_cli_names_an_unset_secret(tmp_path):
     root = copy_project(tmp_path)
     configure_channels(root, 25, "http://127.0.0.1:9/x")
     env = {k: v for k, v in os.environ.items() if k != "SMS_TOKEN"}
-    result = subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", "run", "--once",
+    result = subprocess.run([sys.executable, "-c", "from engine.cli.main import main; main()", "run", "--once",
                              "--as-of", "2025-01-24T00:00:00Z", "--campaign", "re-engage"],
                             cwd=root, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 1

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 from conftest import copy_project, database_url, load_history, write
 from engine import Reconciler, load_project
-from engine.cli import main
-from engine.explain import explain, format_text
-from engine.ledger import Record, message_key
+from engine.cli.main import main
+from engine.tools.explain import explain, format_text
+from engine.state.ledger import Record, message_key
 
 UTC = timezone.utc
 T0 = datetime(2025, 1, 6, 12, 0)  # naive UTC, as stored

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from conftest import copy_project, database_url, load_history
 from engine import Reconciler, load_project
-from engine.cli import main
-from engine.export import export_segment
-from engine.warehouse import Database
+from engine.cli.main import main
+from engine.tools.export import export_segment
+from engine.state.warehouse import Database
 
 UTC = timezone.utc
 T0 = datetime(2025, 1, 6, 12, 0)

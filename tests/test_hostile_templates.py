@@ -26,8 +26,8 @@ import pytest
 
 from conftest import REPO, copy_project, write
 from engine import Reconciler, load_project
-from engine.ledger import ledger_table
-from engine.render import Renderer
+from engine.state.ledger import ledger_table
+from engine.templating.render import Renderer
 from servers import SmtpSink
 from test_delivery import at, configure, customers, orders, statuses
 
@@ -74,7 +74,7 @@ def hostile_project(tmp_path: Path, template: str, channel: str) -> Path:
 def validate_in_subprocess(root: Path) -> tuple[int, str, float, float]:
     """``engine --project ROOT validate`` as a child: exit code, output, wall seconds, peak RSS in MB."""
     started = time.monotonic()
-    child = subprocess.Popen([sys.executable, "-c", "from engine.cli import main; main()", "--project", str(root), "validate"],
+    child = subprocess.Popen([sys.executable, "-c", "from engine.cli.main import main; main()", "--project", str(root), "validate"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         output, _ = child.communicate(timeout=MAX_SECONDS * 2)
@@ -162,7 +162,7 @@ def test_links_inside_the_folder_still_work(tmp_path: Path):
 
 def test_the_reload_snapshot_leaves_links_out_of_the_folder_behind(tmp_path: Path):
     """The service renders from a copy of templates/: a link to /etc/passwd is not copied as a file."""
-    from engine.reload import ProjectWatcher
+    from engine.service.reload import ProjectWatcher
 
     root = copy_project(tmp_path / "project")
     (root / "templates" / "stray.j2").symlink_to("/etc/passwd")
@@ -292,7 +292,7 @@ def test_templates_swapped_after_validation_fail_alone_and_never_redirect_mail(p
 
 
 def bounded_renderer(tmp_path: Path, body: str, **limits) -> Renderer:
-    from engine.sandbox import Limits
+    from engine.templating.sandbox import Limits
 
     write(tmp_path / "layouts" / "email.j2", (REPO / "templates" / "layouts" / "email.j2").read_text())
     write(tmp_path / "a.email.j2", '{% extends "layouts/email.j2" %}{% block title %}T{% endblock %}{% block body %}'
@@ -328,7 +328,7 @@ def test_template_data_is_a_read_only_copy(tmp_path: Path):
     renderer = bounded_renderer(tmp_path, "{{ customer.__setitem__ }}")
     with pytest.raises(Exception, match="unsafe"):
         renderer.render("a.email.j2", "email", {**SAMPLE_CONTEXT, "customer": customer})
-    from engine.sandbox import read_only
+    from engine.templating.sandbox import read_only
 
     copy = read_only({"customer": customer, "items": [{"sku": 1}]})
     with pytest.raises(TypeError):

@@ -7,7 +7,7 @@ headers, a request line that never ends, slow-loris clients, connections
 aborted mid-request - and checks that each is answered or closed within a
 bound, that /healthz keeps answering a new client meanwhile, that nothing
 prints a traceback and that no log line carries a query string. Every wait
-is bounded; the limits come from ``engine.httpd``.
+is bounded; the limits come from ``engine.service.httpd``.
 """
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ import pytest
 
 from conftest import copy_project
 from engine import unsubscribe
-from engine.httpd import IDLE_TIMEOUT, MAX_BODY_BYTES, MAX_HEADER_BYTES, REQUEST_TIMEOUT, WORKERS, StatusServer
+from engine.service.httpd import IDLE_TIMEOUT, MAX_BODY_BYTES, MAX_HEADER_BYTES, REQUEST_TIMEOUT, WORKERS, StatusServer
 from servers import free_port
 
-ENGINE = [sys.executable, "-c", "from engine.cli import main; main()"]
+ENGINE = [sys.executable, "-c", "from engine.cli.main import main; main()"]
 START_BOUND = 90  # demo shop build and first pass, on a slow machine
 STOP_BOUND = 15
 #: an immediate answer (bad framing, over a limit) arrives within this many seconds

@@ -12,10 +12,10 @@ import yaml
 from click.testing import CliRunner
 
 from conftest import copy_project, database_url
-from engine.cli import main
-from engine.demo import create_tables, generate_shop, load_shop
-from engine.introspect import check_warehouse, type_kind
-from engine.warehouse import Database
+from engine.cli.main import main
+from engine.tools.demo import create_tables, generate_shop, load_shop
+from engine.tools.introspect import check_warehouse, type_kind
+from engine.state.warehouse import Database
 
 
 def _shop(url: str) -> None:

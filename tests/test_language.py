@@ -197,7 +197,7 @@ def test_variants_first_match_wins_and_tags_set_by_one_campaign_steer_another(sh
     r.run_once(at(days=-5, minutes=10), [r.project.campaign("vip")])  # 10 minutes after the fifth order
     assert r.ledger.tags("1") == ["vip"]
     db = r.warehouse
-    from engine.demo import TABLES
+    from engine.tools.demo import TABLES
     db.execute(TABLES["orders"].insert().values(order(6, 1, T0)))
     assert ("thank-you", "1", "6", "send", "vip") in {d[:5] for d in due(r, at(hours=1), "order-follow-up", detail=True)}
 
@@ -218,7 +218,7 @@ def test_reentry_once_lets_a_customer_into_the_welcome_series_only_once(shop):
              events=[event(1, 1, "newsletter_signup", T0)])
     r.run_once(at(minutes=5), [r.project.campaign("welcome-series")])
     db = r.warehouse
-    from engine.demo import TABLES
+    from engine.tools.demo import TABLES
     db.execute(TABLES["events"].insert().values(event(2, 1, "newsletter_signup", T0 + timedelta(days=1))))
     day2 = (T0 + timedelta(days=1)).date().isoformat()
     assert ("thanks", "1", day2, "skip:reentry") in due(r, at(days=1, minutes=5), "welcome-series")

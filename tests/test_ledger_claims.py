@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from conftest import database_url
-from engine.ledger import Ledger, Record
-from engine.warehouse import Database
+from engine.state.ledger import Ledger, Record
+from engine.state.warehouse import Database
 
 NOW = datetime(2025, 1, 10, 12, 0)
 

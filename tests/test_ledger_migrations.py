@@ -20,10 +20,10 @@ import sqlalchemy as sa
 
 import pg
 from conftest import copy_project
-from engine import migrations
+from engine.state import migrations
 from engine.errors import WarehouseError
-from engine.ledger import Ledger
-from engine.warehouse import Database
+from engine.state.ledger import Ledger
+from engine.state.warehouse import Database
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ledger_a504654"
 REPO = Path(__file__).parent.parent
@@ -263,9 +263,9 @@ def test_a_failed_migration_leaves_nothing_half_written(url, tmp_path):
 STARTER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from engine import migrations
-    from engine.ledger import Ledger
-    from engine.warehouse import Database
+    from engine.state import migrations
+    from engine.state.ledger import Ledger
+    from engine.state.warehouse import Database
     url, go = sys.argv[1], Path(sys.argv[2])
     db = Database(url)
     db.check()  # connected, and alembic and the scripts loaded, before the common start:
@@ -304,7 +304,7 @@ def test_four_replicas_starting_together_on_an_empty_ledger(backend, tmp_path):
 
 
 def _engine(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", "--project", str(root), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "engine.cli.main", "--project", str(root), *args], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=root)
 
 

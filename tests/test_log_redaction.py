@@ -18,7 +18,7 @@ import pytest
 
 from engine import logs
 from engine.clock import FixedClock
-from engine.service import Service
+from engine.service.loop import Service
 from servers import SmsProvider, SmtpSink, free_port
 from test_delivery import at, campaign, configure, customers, orders, project  # noqa: F401 - project is a fixture
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_project
-from engine.config import ENV_REFERENCE as _ENV, resolve
+from engine.spec.config import ENV_REFERENCE as _ENV, resolve
 from engine.masking import mask, mask_url, secret_references
 from servers import free_port
 
-ENGINE = [sys.executable, "-c", "from engine.cli import main; main()"]
+ENGINE = [sys.executable, "-c", "from engine.cli.main import main; main()"]
 CODE_SECRET = "0f3c9a7e51d2b8463a9d0c7e5f1b2a84"
 SECRETS = ("S3cret-userinfo", "S3cret-query", "S3cret-sig", "S3cret-access", "S3cret-token", "S3cret-key", "S3cret-path",
            "S3cret-real")

@@ -53,8 +53,8 @@ CHILD = textwrap.dedent("""
 
 def _shop(path: Path, customers: int) -> str:
     """A DuckDB shop of ``customers`` who all registered in the hour before NOW, built in SQL."""
-    from engine.demo import create_tables
-    from engine.warehouse import Database
+    from engine.tools.demo import create_tables
+    from engine.state.warehouse import Database
 
     url = f"duckdb:///{path}"
     db = Database(url)

@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from conftest import copy_project, database_url, load_history
-from engine.cli import main
-from engine.plandiff import diff_plans
+from engine.cli.main import main
+from engine.tools.plandiff import diff_plans
 
 T0 = datetime(2025, 1, 1, 12, 0, 0)
 NOW = "2025-01-08T12:00:00Z"  # T0 + 7 days

@@ -10,7 +10,7 @@ import pg
 import pytest
 
 from engine.errors import WarehouseError
-from engine.warehouse import Database
+from engine.state.warehouse import Database
 
 SETTING = "SELECT current_setting('cursor_tuple_fraction')"
 
@@ -56,7 +56,7 @@ def test_refresh_statistics_lets_the_planner_see_the_ledger_grow(database):
     next pass is not planned for the empty table autovacuum last saw."""
     from datetime import datetime, timezone
 
-    from engine.ledger import Ledger, Record
+    from engine.state.ledger import Ledger, Record
 
     ledger = Ledger(database)
     ledger.ensure_schema()

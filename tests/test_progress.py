@@ -20,7 +20,7 @@ from conftest import copy_project, load_history
 from engine.progress import Progress, TerminalProgress, around_output, progress_for
 
 T0 = datetime(2025, 3, 1)
-ENGINE = [sys.executable, "-c", "from engine.cli import main; main()"]
+ENGINE = [sys.executable, "-c", "from engine.cli.main import main; main()"]
 
 
 class FakeClock:

@@ -7,8 +7,8 @@ sharing an instant) and an instant ``now``. Each history is loaded into a fresh
 database (a new DuckDB/SQLite file, a new PostgreSQL database) and planned with
 ``Reconciler.due(now)``; the same history is planned again by
 ``reference_plan`` below: a plain-Python reading of campaigns.d/ and
-engine.yaml (parsed here with PyYAML) that shares no code with engine.compile,
-engine.decide or engine.reconcile. For every shipped campaign the sets of
+engine.yaml (parsed here with PyYAML) that shares no code with engine.sql.compile,
+engine.decide or engine.run.reconcile. For every shipped campaign the sets of
 ``(campaign, step, customer_id, trigger_key, outcome)`` must be equal; the
 rows also carry the chosen variant and the exact due time, which must agree too.
 
@@ -41,8 +41,8 @@ from hypothesis import strategies as st
 
 from conftest import BACKENDS, REPO, copy_project, database_url
 from engine import Reconciler, load_project
-from engine.demo import ShopData, load_shop
-from engine.warehouse import Database
+from engine.tools.demo import ShopData, load_shop
+from engine.state.warehouse import Database
 
 UTC = timezone.utc
 

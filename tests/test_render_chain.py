@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine import load_project
-from engine.render import Renderer
-from engine.validate import sample_context
+from engine.templating.render import Renderer
+from engine.spec.validate import sample_context
 
 REPO = Path(__file__).resolve().parent.parent
 

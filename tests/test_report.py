@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from engine.cli import main
-from engine.report import COLOURS
+from engine.cli.main import main
+from engine.tools.report import COLOURS
 from stats_history import CUSTOMERS, build_history, expected_stats, has_email, ledger_rows, orders, unsubscribe_rows
 from test_stats import STEPS, holdout_ids
 

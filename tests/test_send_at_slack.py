@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo, available_timezones
 
-from engine.compile import SEND_AT_SLACK
+from engine.sql.compile import SEND_AT_SLACK
 from engine.decide import at_local_time
 
 CLOCKS = [time(0, 0), time(0, 30), time(1, 30), time(2, 30), time(3, 0), time(10, 0), time(23, 59)]
@@ -69,7 +69,7 @@ def test_the_per_zone_window_keeps_every_row_python_would_keep_and_little_else()
     trigger it keeps must be inside the zone's window, and the window may only
     reach ``ZONE_MARGIN`` (plus a DST shift) beyond the kept triggers.
     """
-    from engine.compile import ZONE_MARGIN, step_window, zone_window
+    from engine.sql.compile import ZONE_MARGIN, step_window, zone_window
     from engine.decide import due_time
     from engine.model import Step
 

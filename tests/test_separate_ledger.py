@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from conftest import copy_project
 from engine import Reconciler, check_project, load_project
 from engine.clock import parse_instant
-from engine.demo import build_demo
-from engine.ledger import Record, ledger_table
+from engine.tools.demo import build_demo
+from engine.state.ledger import Record, ledger_table
 
 NOW = parse_instant("2025-01-10T00:00:00Z")
 UNRELATED = 100_000

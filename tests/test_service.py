@@ -31,14 +31,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, copy_project
 from engine import logs
-from engine.cli import main
+from engine.cli.main import main
 from engine.clock import SystemClock, format_instant
-from engine.config import database_url, load_config
-from engine.reload import ProjectWatcher
-from engine.service import Service
+from engine.spec.config import database_url, load_config
+from engine.service.reload import ProjectWatcher
+from engine.service.loop import Service
 from servers import SmtpSink, free_port
 
-ENGINE = [sys.executable, "-c", "from engine.cli import main; main()"]
+ENGINE = [sys.executable, "-c", "from engine.cli.main import main; main()"]
 STOP_BOUND = 15  # seconds from SIGTERM to exit
 START_BOUND = 90  # demo shop build and first pass, on a slow machine
 
@@ -492,8 +492,8 @@ def test_an_installed_engine_finds_its_schemas(tmp_path, project_dir):
     site = tmp_path / "site-packages"
     shutil.copytree(REPO / "engine", site / "engine", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "schema", site / "engine" / "schema")
-    result = subprocess.run([sys.executable, "-c", "import engine.schemas as s; print(s.SCHEMA_DIR); "
-                             "from engine.cli import main; main(['validate'])"],
+    result = subprocess.run([sys.executable, "-c", "import engine.spec.schemas as s; print(s.SCHEMA_DIR); "
+                             "from engine.cli.main import main; main(['validate'])"],
                             cwd=project_dir, capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(site), "PYTHONSAFEPATH": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
@@ -612,7 +612,7 @@ def test_the_service_takes_its_shard_from_the_environment(tmp_path, monkeypatch)
     """ENGINE_SHARD=i/n reaches the service's reconciler, so replicas can split the customers."""
     from click.testing import CliRunner
 
-    import engine.cli as cli
+    import engine.cli.main as cli
 
     root = copy_project(tmp_path)
     seen = {}
@@ -624,7 +624,7 @@ def test_the_service_takes_its_shard_from_the_environment(tmp_path, monkeypatch)
     from engine import load_project
 
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'shop.duckdb'}")
-    from engine.demo import build_demo
+    from engine.tools.demo import build_demo
 
     build_demo(tmp_path / "shop.duckdb", 42, 20, "2025-01-10T00:00:00Z")
     reconciler = service._build(load_project(root))

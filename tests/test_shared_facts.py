@@ -16,12 +16,12 @@ import sqlglot
 
 from conftest import REPO, copy_project, database_url
 from engine import Reconciler, load_project, render_sql
-from engine.compile import (
+from engine.sql.compile import (
     SHARED_FACTS, TEMP_TABLE_DIALECTS, due_query, shared_facts_create, shared_facts_drop,
     shared_facts_used,
 )
-from engine.demo import load_shop
-from engine.warehouse import Database
+from engine.tools.demo import load_shop
+from engine.state.warehouse import Database
 from history import INSTANTS, shared_history
 
 PROJECT = load_project(REPO)
@@ -124,7 +124,7 @@ def test_per_zone_windows_change_no_decision_only_the_rows_fetched(reconciler, m
     """With the customers' time zones listed, steps with a local send time cut their window per
     zone (compile.zone_window): the same decisions at every instant, from fewer candidate rows."""
     from engine.progress import Progress
-    from engine.reconcile import Reconciler
+    from engine.run.reconcile import Reconciler
 
     class RowCounter(Progress):
         fetched = 0

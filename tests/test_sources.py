@@ -14,7 +14,7 @@ import duckdb
 from conftest import recorded_outcomes, copy_project
 from engine import Reconciler, load_project
 from engine.clock import parse_instant
-from engine.demo import build_demo
+from engine.tools.demo import build_demo
 
 ANCHOR = "2025-01-10T00:00:00Z"
 NOW = parse_instant(ANCHOR)

@@ -28,11 +28,11 @@ import sqlalchemy as sa
 
 from conftest import copy_project
 from engine import Reconciler, due_query, load_project, render_sql
-from engine.compile import entries_insert
-from engine.demo import TABLES, load_shop
-from engine.ledger import ledger_table, message_key
-from engine.ledger import metadata as ledger_metadata
-from engine.warehouse import Database
+from engine.sql.compile import entries_insert
+from engine.tools.demo import TABLES, load_shop
+from engine.state.ledger import ledger_table, message_key
+from engine.state.ledger import metadata as ledger_metadata
+from engine.state.warehouse import Database
 from history import INSTANTS, shared_history
 
 pytestmark = pytest.mark.spark

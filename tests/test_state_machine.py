@@ -82,12 +82,12 @@ from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
-import engine.dispatch
-import engine.reconcile
+import engine.run.dispatch
+import engine.run.reconcile
 from conftest import REPO, database_url, load_history, write
 from engine import Reconciler, load_project
-from engine.demo import TABLES
-from engine.ledger import ledger_table
+from engine.tools.demo import TABLES
+from engine.state.ledger import ledger_table
 from servers import SmsProvider, SmtpSink
 
 UTC = timezone.utc
@@ -228,7 +228,7 @@ def each_due_query_compiled_once():
     """The plan (``Reconciler.due``) and the pass then ask for the same due query at one instant;
     compile it once per (campaign, config, instant). Only saves time: the SQL is a pure function of
     these, and sqlglot renders a copy, so the cached AST is never changed."""
-    original = engine.reconcile.due_query
+    original = engine.run.reconcile.due_query
     cache: dict = {}
 
     def due_query(campaign, config, now, **options):
@@ -239,7 +239,7 @@ def each_due_query_compiled_once():
             cache[key] = (campaign, config, original(campaign, config, now, **options))  # holds the objects: ids stay unique
         return cache[key][2]
 
-    with mock.patch.object(engine.reconcile, "due_query", due_query):
+    with mock.patch.object(engine.run.reconcile, "due_query", due_query):
         yield
 
 
@@ -262,8 +262,8 @@ def failpoint(name: str, hit: int):
                 state["crashed"] = True
                 raise Crash(f"{name}:{hit}")
 
-    with mock.patch.object(engine.reconcile, "checkpoint", checkpoint), \
-            mock.patch.object(engine.dispatch, "checkpoint", checkpoint):
+    with mock.patch.object(engine.run.reconcile, "checkpoint", checkpoint), \
+            mock.patch.object(engine.run.dispatch, "checkpoint", checkpoint):
         yield state
 
 
@@ -505,7 +505,7 @@ class DeliveryMachine(RuleBasedStateMachine):
         env = {**os.environ, "ENGINE_FAILPOINT": f"{point[0]}:{point[1]}"}
         as_of = self.now.strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
-            result = subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", "run", "--once",
+            result = subprocess.run([sys.executable, "-c", "from engine.cli.main import main; main()", "run", "--once",
                                      "--as-of", as_of], cwd=self.root, env=env, capture_output=True, text=True,
                                     timeout=120)
         finally:

@@ -20,11 +20,11 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from conftest import BACKENDS, database_url
-from engine.cli import main
+from engine.cli.main import main
 from engine.decide import in_holdout
-from engine.ledger import Ledger, ledger_table, unsubscribes_table
-from engine.stats import StatsReader
-from engine.warehouse import Database
+from engine.state.ledger import Ledger, ledger_table, unsubscribes_table
+from engine.tools.stats import StatsReader
+from engine.state.warehouse import Database
 from stats_history import (
     CUSTOMERS, T0, UTC, build_history, expected_stats, has_email, ledger_rows, orders, unsubscribe_rows, unsubscribers,
 )
@@ -222,8 +222,8 @@ def test_the_queries_render_and_parse_back_in_every_dialect(dialect, project_dir
     from sqlglot import exp
 
     from engine import load_project
-    from engine.compile import render_sql
-    from engine.stats import _Queries, conversions_query, messages_values
+    from engine.sql.compile import render_sql
+    from engine.tools.stats import _Queries, conversions_query, messages_values
 
     project = load_project(project_dir)
     config = replace(project.config, dialect=dialect)

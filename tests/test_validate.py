@@ -28,8 +28,8 @@ import yaml
 from click.testing import CliRunner
 
 from conftest import REPO, copy_project, write
-from engine.cli import main
-from engine.project import check_project
+from engine.cli.main import main
+from engine.spec.project import check_project
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 EXPECT = re.compile(r"#\s*expect:\s*(\d+):(\d+)\s+(.+?)\s*$")
@@ -307,7 +307,7 @@ def test_the_installed_command_exits_1_without_a_traceback(tmp_path: Path):
     for name in ("yaml-unclosed-bracket.yaml", "recursive-alias.yaml", "filter-subquery.yaml"):
         shutil.copy(CORPUS / "invalid" / name, project / "campaigns.d")
     command = Path(sys.executable).parent / "engine"
-    argv = [str(command)] if command.exists() else [sys.executable, "-c", "from engine.cli import main; main()"]
+    argv = [str(command)] if command.exists() else [sys.executable, "-c", "from engine.cli.main import main; main()"]
 
     done = subprocess.run(argv + ["--project", str(project), "validate"], capture_output=True, text=True, timeout=60)
 

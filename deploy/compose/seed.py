@@ -13,7 +13,7 @@ import sys
 import sqlalchemy as sa
 
 from engine.clock import SystemClock, format_instant
-from engine.demo import build_demo
+from engine.tools.demo import build_demo
 
 
 def main() -> int:

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..model import ChannelConfig
-from .base import ChannelSession, Delivered, Failed, OutgoingMessage, Outcome
+from engine.model import ChannelConfig
+from engine.channels.base import ChannelSession, Delivered, Failed, OutgoingMessage, Outcome
 
 
 def open_channel(config: ChannelConfig, root: Path) -> ChannelSession:
     if config.transport == "file":
-        from .outbox import FileOutbox
+        from engine.channels.outbox import FileOutbox
         return FileOutbox(config, root)
     if config.transport == "smtp":
-        from .smtp import SmtpChannel
+        from engine.channels.smtp import SmtpChannel
         return SmtpChannel(config)
     if config.transport == "http":
-        from .sms_http import HttpSmsChannel
+        from engine.channels.sms_http import HttpSmsChannel
         return HttpSmsChannel(config)
     raise ValueError(f"unknown transport {config.transport}")  # pragma: no cover - schema forbids it
 

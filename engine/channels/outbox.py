@@ -15,9 +15,9 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import ChannelError
-from ..model import ChannelConfig
-from .base import Delivered, Failed, OutgoingMessage, Outcome
+from engine.errors import ChannelError
+from engine.model import ChannelConfig
+from engine.channels.base import Delivered, Failed, OutgoingMessage, Outcome
 
 
 class FileOutbox:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import httpx
 
-from ..config import resolve
-from ..errors import ChannelError
-from ..masking import mask
-from ..model import ChannelConfig
-from .base import Delivered, Failed, OutgoingMessage, Outcome
+from engine.spec.config import resolve
+from engine.errors import ChannelError
+from engine.masking import mask
+from engine.model import ChannelConfig
+from engine.channels.base import Delivered, Failed, OutgoingMessage, Outcome
 
 
 class HttpSmsChannel:

@@ -34,10 +34,10 @@ import smtplib
 import ssl
 import threading
 
-from ..config import resolve
-from ..errors import ChannelError
-from ..model import ChannelConfig
-from .base import Delivered, Failed, OutgoingMessage, Outcome
+from engine.spec.config import resolve
+from engine.errors import ChannelError
+from engine.model import ChannelConfig
+from engine.channels.base import Delivered, Failed, OutgoingMessage, Outcome
 
 DEFAULT_CONNECTIONS = 4
 

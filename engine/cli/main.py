@@ -1,0 +1,391 @@
+"""The ``engine`` command: a few lines per command over the Python API.
+
+One error handler turns every ``EngineError`` into ``Error: ...`` and exit 1;
+anything unexpected is exit 2 with a short message (``ENGINE_DEBUG=1`` shows
+the traceback); both with every secret masked (masking.mask). Exit codes: 0 ok,
+1 user error or failed sends, 2 crash. The handler and the options every
+command shares are in engine.cli.common, which the command modules import
+instead of this module.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from engine import logs
+from engine.service import settings
+from engine.clock import FixedClock, SystemClock, format_instant, parse_interval
+from engine.cli.common import (
+    as_of_option, campaign_option, handle_errors, open_reconciler as _reconciler, quiet_option, shard_option,
+)
+from engine.sql.compile import due_query, render_sql
+from engine.tools.demo import build_demo
+from engine.masking import mask
+from engine.tools.output import write_issues, write_plan, write_report
+from engine.progress import around_output, progress_for
+from engine.spec.project import check_project, load_project
+from engine.spec.validate import campaign_files
+from engine.state.warehouse import file_of
+
+DIALECTS = ["duckdb", "sqlite", "postgres", "snowflake", "bigquery", "spark", "trino"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=lambda: os.environ.get("ENGINE_PROJECT", "."), show_default=".",
+              help="Project directory holding engine.yaml, campaigns.d/ and templates/.")
+@click.pass_context
+def main(ctx, project_dir: Path):
+    """Declarative, git-native campaigns for shops: validate, compile, plan and run."""
+    ctx.obj = project_dir
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(["text", "github", "json"]), default="text", show_default=True)
+@click.option("--check-warehouse", is_flag=True,
+              help="Also connect to the warehouse: do the mapped tables, columns and types exist?")
+@click.pass_obj
+@handle_errors
+def validate(project_dir: Path, paths: tuple[str, ...], fmt: str, check_warehouse: bool):
+    """Check engine.yaml, campaign files (default campaigns.d/) and their templates."""
+    _, issues = check_project(project_dir, paths or None)
+    if not paths:  # the whole project: also what it runs with
+        from engine.spec.code_secret import secret_issues
+        from engine.spec.config import load_config
+
+        config, config_issues = load_config(Path(project_dir).resolve())
+        if config is not None and not any(i.severity == "error" for i in config_issues):
+            issues += secret_issues(config)
+    if check_warehouse:
+        from engine.tools.introspect import check_warehouse as warehouse_issues
+
+        # driver errors may quote the URL or DSN
+        issues += [replace(i, message=mask(i.message), fix=mask(i.fix)) for i in warehouse_issues(project_dir, paths or None)]
+    files = len(campaign_files(Path(project_dir).resolve(), paths or None))
+    write_issues(issues, fmt, sys.stdout, files)
+    sys.exit(1 if any(i.severity == "error" for i in issues) else 0)
+
+
+@main.command(name="compile")
+@click.argument("campaign")
+@click.option("--dialect", type=click.Choice(DIALECTS), default=None, help="Default: the warehouse's dialect.")
+@as_of_option
+@click.pass_obj
+@handle_errors
+def compile_command(project_dir: Path, campaign: str, dialect: str | None, as_of):
+    """Print the SQL that finds CAMPAIGN's due messages."""
+    project = load_project(project_dir)
+    try:
+        chosen = project.campaign(campaign)
+    except KeyError as exc:
+        raise click.UsageError(exc.args[0]) from None
+    now = as_of or SystemClock().now()
+    query = due_query(chosen, project.config, now, exclude_ledger=project.config.ledger_shares_warehouse,
+                      dialect=dialect)
+    click.echo(f"-- {chosen.name} at {format_instant(now)} ({dialect or project.config.dialect})")
+    click.echo(render_sql(query, dialect or project.config.dialect, pretty=True) + ";")
+
+
+@main.command()
+@as_of_option
+@campaign_option
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv", "text", "markdown", "json"]), default=None,
+              help="table, jsonl or csv (default table); with --diff: text, markdown or json (default text).")
+@click.option("--include-skipped", is_flag=True, help="Also list messages that would be skipped, with the reason.")
+@click.option("--limit", default=20, show_default=True, help="Rows shown in the table format.")
+@click.option("--diff", "diff_ref", is_flag=False, flag_value="", default=None, metavar="[REF]",
+              help="Compare with the campaigns at git REF (default: merge base of HEAD and main): recipients added/removed per step.")
+@click.option("--sample", default=5, show_default=True, type=click.IntRange(0), help="With --diff: customer ids shown per step.")
+@shard_option
+@quiet_option
+@click.pass_obj
+@handle_errors
+def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: bool, limit: int, diff_ref, sample: int,
+         shard, quiet: bool):
+    """Show who would receive which message now (or at --as-of), without sending; --diff: what a change alters."""
+    if diff_ref is not None:
+        from engine.cli.plan_diff import DIFF_FORMATS, run_plan_diff
+
+        if fmt not in DIFF_FORMATS:
+            raise click.UsageError(f"--diff writes {', '.join(f for f in DIFF_FORMATS if f)}, not {fmt}")
+        return run_plan_diff(project_dir, diff_ref or None, as_of or SystemClock().now(), campaigns, fmt or "text",
+                             sample, shard, sys.stdout)
+    if fmt not in (None, "table", "jsonl", "csv"):
+        raise click.UsageError(f"--format {fmt} is for --diff; the plan itself is table, jsonl or csv")
+    fmt = fmt or "table"
+    progress = progress_for("plan", quiet)
+    project, reconciler = _reconciler(project_dir, shard, progress)
+    try:
+        now = (FixedClock(as_of) if as_of else SystemClock()).now()
+        selected = _select(reconciler, campaigns)
+        header = f"Plan at {format_instant(now)} for {len(selected)} campaign(s)"
+        failed: dict[str, str] = {}  # a campaign that fails is reported; the others are planned
+        write_plan(around_output(reconciler.due(now, selected, failures=failed), progress), fmt, sys.stdout,
+                   include_skipped=include_skipped, limit=limit, header=header)
+    finally:
+        progress.finish()
+        reconciler.close()
+    for name, reason in failed.items():
+        click.echo(f"Error: campaign {name} could not be planned (the others were): {reason}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+def _select(reconciler, names):
+    try:
+        return reconciler.campaigns(list(names) or None)
+    except KeyError as exc:
+        raise click.UsageError(exc.args[0]) from None
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Run one pass and exit.")
+@click.option("--interval", metavar="DURATION",
+              help="Run a pass every DURATION (e.g. 60s, 5m) until SIGTERM. Env: ENGINE_INTERVAL (when --once is not given).")
+@as_of_option
+@campaign_option
+@click.option("--metrics-host", envvar="ENGINE_METRICS_HOST", default=settings.ENV["metrics_host"][1], show_default=True,
+              help="Address of /healthz, /readyz and /metrics with --interval (0.0.0.0 in the container). Env: ENGINE_METRICS_HOST.")
+@click.option("--metrics-port", envvar="ENGINE_METRICS_PORT", type=click.IntRange(0, 65535),
+              default=settings.DEFAULT_METRICS_PORT, show_default=True,
+              help="Port of /healthz, /readyz and /metrics with --interval (0: any free port). Env: ENGINE_METRICS_PORT.")
+@click.option("--log-level", envvar="ENGINE_LOG_LEVEL", type=click.Choice(logs.LEVELS, case_sensitive=False),
+              default="info", show_default=True, help="With --interval. Env: ENGINE_LOG_LEVEL.")
+@click.option("--log-format", envvar="ENGINE_LOG_FORMAT", type=click.Choice(logs.FORMATS, case_sensitive=False),
+              default="text", show_default=True, help="With --interval: one JSON object per line, or text. Env: ENGINE_LOG_FORMAT.")
+@click.option("--log-personal-data", envvar="ENGINE_LOG_PERSONAL_DATA", is_flag=True,
+              help="Do not redact email addresses and phone numbers in logs (debugging only). Env: ENGINE_LOG_PERSONAL_DATA=1.")
+@shard_option
+@quiet_option
+@click.pass_obj
+@handle_errors
+def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, metrics_host: str, metrics_port: int,
+        log_level: str, log_format: str, log_personal_data: bool, shard, quiet: bool):
+    """Reconcile: send every due message that the ledger does not hold yet."""
+    if not once and not interval:
+        interval = os.environ.get(settings.ENV["interval"][0]) or None
+    if once == bool(interval):
+        raise click.UsageError("give exactly one of --once or --interval DURATION (or set ENGINE_INTERVAL)")
+    if interval and as_of:
+        raise click.UsageError("--as-of freezes time and only makes sense with --once")
+    if interval:
+        try:
+            seconds = parse_interval(interval)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--interval / ENGINE_INTERVAL") from None
+        if seconds <= 0:
+            raise click.BadParameter(f"'{interval}' is not a positive duration", param_hint="--interval / ENGINE_INTERVAL")
+        logs.configure(log_level.lower(), log_format.lower(), log_personal_data)
+        _loop(project_dir, seconds, campaigns, metrics_host, metrics_port, shard)
+        return
+    progress = progress_for("run", quiet)
+    project, reconciler = _reconciler(project_dir, shard, progress, signs=True)
+    clock = FixedClock(as_of) if as_of else SystemClock()
+    try:
+        selected = _select(reconciler, campaigns)
+        report = reconciler.run_once(clock.now(), selected)
+        progress.finish()
+        click.echo(f"Pass at {format_instant(report.now)}:")
+        write_report(report, sys.stdout, sys.stderr)
+        sys.exit(1 if report.errors or report.failed_campaigns or report.total("failed") else 0)
+    finally:
+        reconciler.close()
+
+
+def _loop(project_dir: Path, seconds: float, campaigns, metrics_host: str, metrics_port: int,
+          shard: tuple[int, int] | None = None) -> None:
+    """The service (engine.service.loop) until SIGTERM/SIGINT; a second signal exits at once."""
+    from engine.service.loop import Service
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        if stop.is_set():
+            logs.event("service.killed", "Second signal: exiting now; messages claimed in this pass stay unsent",
+                       logging.WARNING)
+            raise SystemExit(1)
+        stop.set()
+        logs.event("service.stopping", f"{signal.Signals(signum).name}: stopping after the current pass")
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    service = Service(project_dir, seconds, campaigns=campaigns, metrics_host=metrics_host, metrics_port=metrics_port,
+                      shard=shard)
+    try:
+        service.start()
+        service.run(stop)
+    finally:
+        service.close()
+    logs.event("service.stopped", "Stopped.")
+
+
+@main.group(name="config")
+def config_group():
+    """Inspect the configuration the engine runs with."""
+
+
+@config_group.command(name="show")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_obj
+@handle_errors
+def config_show(project_dir: Path, fmt: str):
+    """Print the effective configuration: engine.yaml with ${VAR} resolved, service settings, secrets masked."""
+    shown = settings.effective_config(project_dir)
+    if fmt == "json":
+        click.echo(json.dumps({s.key: s.as_dict() for s in shown}, indent=2))
+    else:
+        width = max(len(s.key) for s in shown)
+        value_width = min(60, max(len(s.value) for s in shown))
+        for s in shown:
+            click.echo(f"{s.key:<{width}}  {s.value:<{value_width}}  # {s.origin}")
+    missing = [s.key for s in shown if s.origin.startswith("missing")]
+    if missing:
+        click.echo(f"Warning: environment variables not set for {', '.join(missing)}", err=True)
+
+
+@main.command()
+@click.option("--reset/--keep", default=True, show_default=True, help="Rebuild the shop (and empty its ledger and outbox).")
+@click.pass_obj
+@handle_errors
+def demo(project_dir: Path, reset: bool):
+    """(Re)build the embedded demo shop named by engine.yaml's demo: section."""
+    import shutil
+
+    from engine.spec.config import database_url
+
+    project = load_project(project_dir)
+    config = project.config
+    if config.demo is None:
+        raise click.UsageError("engine.yaml has no demo: section with the demo shop's seed, customers and anchor; "
+                               "this project's warehouse is not the generated demo shop")
+    path = file_of(database_url(config, "warehouse"))
+    if path is None:
+        raise click.UsageError("the demo shop must be a DuckDB or SQLite file")
+    if reset or not path.exists():
+        for channel in config.channels.values():
+            if channel.transport == "file":
+                shutil.rmtree(config.root / str(channel.settings.get("path", "var/outbox")), ignore_errors=True)
+        counts = build_demo(path, config.demo.seed, config.demo.customers, config.demo.anchor)
+        click.echo(mask(f"Demo shop in {path}: ") + ", ".join(f"{n} {name}" for name, n in counts.items()))
+        click.echo(f"Its history ends at {config.demo.anchor}: use --as-of {config.demo.anchor}")
+
+
+@main.command(name="show-message")
+@click.argument("message_key")
+@click.pass_obj
+@handle_errors
+def show_message(project_dir: Path, message_key: str):
+    """Print a message exactly as it was sent (R-M5), with its ledger history."""
+    from engine.run.dispatch import deserialize
+
+    _, reconciler = _reconciler(project_dir)
+    try:
+        row = reconciler.ledger.get(message_key)
+    finally:
+        reconciler.close()
+    if row is None:
+        raise click.ClickException(f"no message with key '{message_key}' in the ledger (keys look like campaign:step:customer:trigger)")
+    click.echo(f"# {row['message_key']}: {row['status']}" + (f" ({row['reason']})" if row["reason"] else "")
+               + f", attempts {row['attempts']}, updated {row['updated_at']}")
+    if row["detail"]:
+        click.echo(mask(f"# provider: {row['detail']}"))
+    if not row["content"]:
+        click.echo("# (nothing was rendered for this message)")
+        return
+    message = deserialize(message_key, row["content"])
+    if message.kind == "email":
+        click.echo(message.to_email().as_string())
+    else:
+        click.echo(f"To: {message.to}\nFrom: {message.sender}\n\n{message.text}")
+
+
+@main.command()
+@click.argument("customer_id")
+@click.option("--channel", "kind", type=click.Choice(["email", "sms", "all"]), default="all", show_default=True)
+@click.pass_obj
+@handle_errors
+def unsubscribe(project_dir: Path, customer_id: str, kind: str):
+    """Record that CUSTOMER_ID unsubscribed (from one channel kind or all); no message is sent after it."""
+    _, reconciler = _reconciler(project_dir)
+    try:
+        reconciler.ledger.unsubscribe(customer_id, kind, "cli", SystemClock().now())
+    finally:
+        reconciler.close()
+    click.echo(f"Customer {customer_id} is unsubscribed from {kind}.")
+
+
+@main.group(name="ledger")
+def ledger_group():
+    """The ledger's schema: which revision it is at, and upgrading it (engine run upgrades by itself)."""
+
+
+def _ledger_url(project_dir: Path) -> str:
+    from engine.spec.config import database_url
+
+    config = load_project(project_dir).config
+    return database_url(config, "warehouse" if config.ledger_shares_warehouse else "ledger")
+
+
+@ledger_group.command(name="status")
+@click.pass_obj
+@handle_errors
+def ledger_status(project_dir: Path):
+    """Show the ledger's schema revision, this engine's head and the migrations pending; writes nothing."""
+    from engine.state import migrations
+    from engine.state.warehouse import Database
+
+    url = _ledger_url(project_dir)
+    path = file_of(url)
+    if path is not None and not path.exists():  # opening it would create the file
+        click.echo(f"Ledger: {mask(url)}\nRevision: none (no database file yet)\nHead: {migrations.HEAD}\n"
+                   f"Pending: {', '.join(migrations.revisions())}")
+        return
+    db = Database(url)
+    try:
+        state = migrations.status(db)
+    finally:
+        db.dispose()
+    current = ", ".join(state.current) or ("none (tables of the release before versioned migrations; "
+                                           f"stamped {migrations.BASELINE} on upgrade)" if state.unversioned else "none (empty)")
+    click.echo(f"Ledger: {mask(db.url)}\nRevision: {current}\nHead: {state.head}\n"
+               f"Pending: {', '.join(state.pending) or 'none'}")
+
+
+@ledger_group.command(name="upgrade")
+@click.pass_obj
+@handle_errors
+def ledger_upgrade(project_dir: Path):
+    """Apply the pending migrations (under a lock, in one transaction)."""
+    from engine.state import migrations
+    from engine.state.warehouse import Database
+
+    db = Database(_ledger_url(project_dir))
+    try:
+        applied = migrations.ensure(db)
+    finally:
+        db.dispose()
+    click.echo(f"Ledger {mask(db.url)}: " + (f"applied {', '.join(applied)}; now at {migrations.HEAD}." if applied
+                                             else f"already at {migrations.HEAD}, nothing to do."))
+
+
+from engine.cli.backtest import backtest  # noqa: E402 - registered after main exists
+from engine.cli.customer import customer  # noqa: E402
+from engine.cli.explain import explain  # noqa: E402
+from engine.cli.export import export  # noqa: E402
+from engine.cli.stats import report, stats  # noqa: E402
+
+for _command in (explain, customer, export, backtest, stats, report):
+    main.add_command(_command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,193 @@
+"""Sending a rendered batch: per-channel workers, outcomes turned into ledger records.
+
+Each channel's messages go out on their own threads (as many as the channel's
+session sends in parallel: SMTP connections) over sessions reused for the
+whole pass, so a slow or dead provider delays only its own channel. Transient failures
+get a next attempt with exponential backoff and a deterministic jitter (a
+hash of the message key and attempt, so replicas spread out but tests stay
+reproducible); permanent ones are final and suppress the address.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable
+
+from engine.channels import ChannelSession, Delivered, Failed, OutgoingMessage, Outcome
+from engine.faults import checkpoint
+from engine.model import RetryPolicy
+
+
+def serialize(message: OutgoingMessage, extra: dict | None = None) -> str:
+    """The message as stored with its ledger row: enough to show it and to send it again identically."""
+    return json.dumps({"kind": message.kind, "to": message.to, "from": message.sender, "subject": message.subject,
+                       "text": message.text, "html": message.html, "headers": dict(message.headers), **(extra or {})})
+
+
+def deserialize(key: str, content: str) -> OutgoingMessage:
+    data = json.loads(content)
+    return OutgoingMessage(key=key, kind=data["kind"], to=data["to"], sender=data["from"], subject=data.get("subject"),
+                           text=data.get("text"), html=data.get("html"), headers=data.get("headers") or {})
+
+
+def next_attempt(policy: RetryPolicy, key: str, attempts: int, now: datetime) -> datetime | None:
+    """When to try again after ``attempts`` failed attempts, or None when they are used up."""
+    if attempts >= policy.max_attempts:
+        return None
+    base = min(policy.max_backoff, policy.backoff * (2 ** (attempts - 1)))
+    jitter = 0.5 + int.from_bytes(hashlib.sha256(f"{key}:{attempts}".encode()).digest()[:2], "big") / 65535 / 2
+    return now + timedelta(seconds=base.total_seconds() * jitter)
+
+
+@dataclass(frozen=True)
+class Sent:
+    message: OutgoingMessage
+    outcome: Outcome
+
+
+#: Messages a worker hands to its provider between two ledger writes (a channel's ``in_flight``).
+DEFAULT_IN_FLIGHT = 16
+
+#: ``hand_over(done, group)``: record the outcomes of ``done`` ((index, Sent) pairs, each worker's
+#: previous group) and durably mark ``group`` (indices) as handed over, in one ledger write; return the
+#: indices of ``group`` this process may send (a claim another process took over is not sent).
+HandOver = Callable[[list[tuple[int, Sent]], list[int]], set[int]]
+
+
+def send_all(messages: list[tuple[str, OutgoingMessage]], sessions: dict[str, ChannelSession],
+             hand_over: HandOver | None = None, in_flight: dict[str, int] | None = None) -> list[Sent | None]:
+    """Send (channel, message) pairs; results in input order.
+
+    Each channel gets as many workers as its session allows at once
+    (``parallelism``: an SMTP channel's ``connections``, otherwise 1); the
+    workers take the channel's messages from one shared queue, so each
+    message is sent exactly once and gets its own outcome.
+
+    With ``hand_over`` (a pass's first attempts), each worker takes a group of
+    up to ``in_flight[channel]`` messages (``DEFAULT_IN_FLIGHT``) and calls
+    ``hand_over`` before sending it: one ledger write records the outcomes of
+    its previous group and stores the new group's content. So at any moment
+    only the groups being sent are "content stored, no outcome": a crash
+    leaves at most ``parallelism x in_flight`` messages of a channel in doubt,
+    and every other claim without content, which recovery releases as never
+    sent. Before outcomes are recorded the session's ``sync`` (if it has one)
+    makes what it accepted durable. A message ``hand_over`` refuses is not
+    sent: its result is None. Hand-overs are group-committed (``_GroupCommit``):
+    the workers that ask while a ledger write runs share the next one.
+    """
+    by_channel: dict[str, list[int]] = {}
+    for index, (channel, _) in enumerate(messages):
+        by_channel.setdefault(channel, []).append(index)
+    results: list[Sent | None] = [None] * len(messages)
+    commit = _GroupCommit(hand_over) if hand_over is not None else None
+
+    def work(channel: str, pending: queue.SimpleQueue, group_size: int) -> None:
+        session = sessions[channel]
+        done: list[tuple[int, Sent]] = []
+        while True:
+            group = _take(pending, group_size)
+            # what the provider accepted is durable before the ledger says "sent" (without hand_over the
+            # caller records the outcomes after this returns: once, at the end)
+            if done and (hand_over is not None or not group) and hasattr(session, "sync"):
+                session.sync()
+            allowed = set(group)
+            if commit is not None and (done or group):
+                allowed = commit(done, group)
+                done = []
+                if group:
+                    checkpoint("stored")  # crash tests: the group's content is stored, nothing of it sent yet
+            if not group:
+                return
+            for index in group:
+                if index not in allowed:
+                    continue
+                message = messages[index][1]
+                try:
+                    outcome = session.send(message)
+                except Exception as exc:  # noqa: BLE001 - an adapter bug must not lose the outcome of others
+                    outcome = Failed(detail=f"{type(exc).__name__}: {exc}")
+                checkpoint("sent")  # crash tests: after the provider accepted, before the ledger knows
+                results[index] = Sent(message, outcome)
+                done.append((index, results[index]))
+
+    workers: list[tuple[str, queue.SimpleQueue, int]] = []
+    for channel, indices in by_channel.items():
+        pending: queue.SimpleQueue = queue.SimpleQueue()
+        for index in indices:
+            pending.put(index)
+        width = max(1, min(int(getattr(sessions[channel], "parallelism", 1)), len(indices)))
+        # groups no larger than an even share, so a small batch still spreads over every connection
+        group_size = 1 if hand_over is None else max(1, min((in_flight or {}).get(channel, DEFAULT_IN_FLIGHT),
+                                                             -(-len(indices) // width)))
+        workers += [(channel, pending, group_size)] * width
+    if len(workers) == 1:
+        work(*workers[0])
+    elif workers:
+        with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+            for future in [pool.submit(work, *worker) for worker in workers]:
+                future.result()
+    return results
+
+
+class _HandOverRequest:
+    def __init__(self, done: list[tuple[int, Sent]], group: list[int]):
+        self.done, self.group = done, group
+        self.allowed: set[int] = set()
+        self.finished = False
+        self.error: BaseException | None = None
+
+
+class _GroupCommit:
+    """``hand_over`` shared by the workers of a ``send_all``, with group commit.
+
+    One ledger write at a time; a worker that asks while one runs queues its
+    request, and the next write does every queued request in one transaction
+    (like a database's group commit). Each worker still waits for its own
+    group's write before sending it, so the in-doubt bound is unchanged, but
+    with N connections there are up to N times fewer writes.
+    """
+
+    def __init__(self, hand_over: HandOver):
+        self.hand_over = hand_over
+        self.writing = threading.Lock()
+        self.queue_lock = threading.Lock()
+        self.queued: list[_HandOverRequest] = []
+
+    def __call__(self, done: list[tuple[int, Sent]], group: list[int]) -> set[int]:
+        request = _HandOverRequest(done, group)
+        with self.queue_lock:
+            self.queued.append(request)
+        with self.writing:
+            if not request.finished:  # nobody took it along: this worker writes everything queued
+                with self.queue_lock:
+                    batch, self.queued = self.queued, []
+                try:
+                    allowed = self.hand_over([d for r in batch for d in r.done], [i for r in batch for i in r.group])
+                except BaseException as exc:
+                    for r in batch:
+                        r.error, r.finished = exc, True
+                    raise
+                for r in batch:
+                    r.allowed, r.finished = allowed.intersection(r.group), True
+        if request.error is not None:
+            raise request.error
+        return request.allowed
+
+
+def _take(pending: queue.SimpleQueue, count: int) -> list[int]:
+    """Up to ``count`` items from ``pending`` (fewer when it runs out)."""
+    group = []
+    while len(group) < count:
+        try:
+            group.append(pending.get_nowait())
+        except queue.Empty:
+            break
+    return group
+
+
+__all__ = ["DEFAULT_IN_FLIGHT", "Delivered", "Failed", "HandOver", "Sent", "deserialize", "next_attempt", "send_all", "serialize"]

@@ -1,0 +1,225 @@
+"""The service's HTTP endpoints on waitress: /healthz, /readyz, /metrics and /unsubscribe.
+
+Owns the socket, the HTTP server's limits and the routing of requests; what
+"ready" means, what the metrics say and what an unsubscribe link does come in
+as callables from ``service.py``. Binds to 127.0.0.1 unless told otherwise
+(the container sets 0.0.0.0); a host with a ``:`` is an IPv6 address.
+
+waitress reads requests on one event loop and hands only complete ones to a
+fixed pool of ``WORKERS`` threads, so idle or slow connections never hold a
+worker. The limits, all enforced by waitress except the request deadline:
+
+- a request line plus headers of ``MAX_HEADER_BYTES`` or more: 431;
+- a body (Content-Length or chunked) of ``MAX_BODY_BYTES`` or more: 413,
+  answered before the body is read; a Content-Length that is not a number: 400;
+- a request not received whole within ``REQUEST_TIMEOUT`` seconds of its
+  first byte (a slow-loris client, a line that never ends): connection closed;
+- a connection with no request in progress for ``IDLE_TIMEOUT`` seconds: closed;
+- at most ``MAX_CONNECTIONS`` open connections; more wait in the listen backlog.
+
+Client misbehaviour is never logged with a traceback, and nothing here logs a
+request's query string (unsubscribe links carry signed ids).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from http import HTTPStatus
+from typing import Callable, Iterable
+
+from waitress import wasyncore
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+
+from engine.errors import ConfigError
+from engine.logs import event
+
+Readiness = Callable[[], tuple[bool, dict]]
+
+#: Bytes of request line plus headers from which a request is refused with 431.
+MAX_HEADER_BYTES = 16 * 1024
+#: Bytes of request body from which a request is refused with 413 (a one-click unsubscribe POST sends 26).
+MAX_BODY_BYTES = 16 * 1024
+#: Seconds within which a request must arrive whole, from its first byte.
+REQUEST_TIMEOUT = 5.0
+#: Seconds after which a connection with no request in progress is closed.
+IDLE_TIMEOUT = 5.0
+#: Threads that answer requests.
+WORKERS = 4
+#: Open connections at most; further clients wait in the listen backlog until one closes.
+MAX_CONNECTIONS = 200
+#: Seconds between two sweeps for connections past a timeout.
+SWEEP_INTERVAL = 0.5
+
+TEXT = "text/plain; charset=utf-8"
+
+
+class _Channel(HTTPChannel):
+    """A waitress connection that remembers when the request it is receiving began."""
+
+    request_started: float | None = None
+
+    def received(self, data: bytes) -> bool:
+        accepted = super().received(data)
+        if self.request is None:  # nothing half-received: every request so far is complete
+            self.request_started = None
+        elif self.request_started is None:
+            self.request_started = time.monotonic()
+        return accepted
+
+
+class _Server(TcpWSGIServer):
+    """waitress's TCP server plus a deadline for receiving each request whole."""
+
+    channel_class = _Channel
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)  # IDLE_TIMEOUT: waitress's channel_timeout
+        cutoff = time.monotonic() - REQUEST_TIMEOUT
+        for channel in list(self.active_channels.values()):
+            started = getattr(channel, "request_started", None)
+            if started is not None and started < cutoff and not channel.requests:
+                channel.will_close = True  # closed by the event loop at its next turn
+
+
+class _WaitressLog(logging.Handler):
+    """waitress's own warnings as ``http.server`` events in the service log: message only, never a traceback."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event("http.server", record.getMessage(), record.levelno)
+        except Exception:  # noqa: BLE001 - a log line must never break the server
+            pass
+
+
+def _route_waitress_logs() -> None:
+    waitress_log = logging.getLogger("waitress")
+    if not any(isinstance(h, _WaitressLog) for h in waitress_log.handlers):
+        waitress_log.addHandler(_WaitressLog())
+    waitress_log.setLevel(logging.WARNING)
+    waitress_log.propagate = False
+    # "Task queue depth is N": one line per request while all workers are busy, i.e. as many as a client likes
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+
+
+def _app(readiness: Readiness, metrics: Callable[[], bytes], metrics_content_type: str,
+         unsubscribe: Callable[[str, bool], tuple[int, str]] | None):
+    """The WSGI application: the four endpoints and the plain-text answers for anything else."""
+
+    def answer(method: str, path: str, query: str) -> tuple[int, bytes, str]:
+        if method == "POST":  # RFC 8058 one-click: POST <link> with List-Unsubscribe=One-Click
+            if path == "/unsubscribe" and unsubscribe is not None:
+                status, text = unsubscribe(query, True)
+                return status, (text + "\n").encode(), TEXT
+            return 404, b"not found\n", TEXT
+        if method not in ("GET", "HEAD"):
+            return 501, b"unsupported method; use GET, HEAD or POST\n", TEXT
+        if path == "/healthz":
+            return 200, b"ok\n", TEXT
+        if path == "/readyz":
+            try:
+                ready, detail = readiness()
+            except Exception as exc:  # noqa: BLE001 - a probe answers, it never crashes the server
+                ready, detail = False, {"error": f"{type(exc).__name__}: {exc}"}
+            body = (json.dumps({"ready": ready, **detail}, indent=2, default=str) + "\n").encode()
+            return (200 if ready else 503), body, "application/json"
+        if path == "/metrics":
+            return 200, metrics(), metrics_content_type
+        if path == "/unsubscribe" and unsubscribe is not None:
+            # a GET only confirms: mail scanners follow links, so the change needs the POST
+            status, text = unsubscribe(query, False)
+            return status, text.encode(), "text/html; charset=utf-8" if status == 200 else TEXT
+        return 404, b"not found; try /healthz, /readyz or /metrics\n", TEXT
+
+    def application(environ: dict, start_response) -> Iterable[bytes]:
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        try:
+            status, body, content_type = answer(method, path, environ.get("QUERY_STRING", ""))
+        except Exception as exc:  # noqa: BLE001 - one failed answer, logged on one line without the query
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            event("http.error", f"{method} {path} failed: {type(exc).__name__}: {first_line}", logging.ERROR,
+                  path=path)
+            status, body, content_type = 500, b"internal error; see the service log\n", TEXT
+        start_response(f"{status} {HTTPStatus(status).phrase}",
+                       [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                        ("Cache-Control", "no-store")])
+        return [body]
+
+    return application
+
+
+class StatusServer:
+    """Serves liveness, readiness, Prometheus metrics and unsubscribe links until ``stop``."""
+
+    def __init__(self, host: str, port: int, *, readiness: Readiness,
+                 metrics: Callable[[], bytes], metrics_content_type: str,
+                 unsubscribe: Callable[[str, bool], tuple[int, str]] | None = None):
+        try:
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+            except BaseException:
+                sock.close()
+                raise
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve /healthz, /readyz and /metrics on {host}:{port}: {exc.strerror or exc}; "
+                "choose another --metrics-port (ENGINE_METRICS_PORT) or --metrics-host (ENGINE_METRICS_HOST)"
+            ) from None
+        _route_waitress_logs()
+        adjustments = Adjustments(
+            sockets=[sock], threads=WORKERS, connection_limit=MAX_CONNECTIONS,
+            max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=MAX_BODY_BYTES,
+            channel_timeout=IDLE_TIMEOUT, cleanup_interval=SWEEP_INTERVAL, asyncore_use_poll=True,
+            log_socket_errors=False, expose_tracebacks=False, ident="engine")
+        self._map: dict = {}
+        self.server = _Server(_app(readiness, metrics, metrics_content_type, unsubscribe), map=self._map,
+                              _sock=sock, adj=adjustments, bind_socket=False,
+                              sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
+        self._address = sock.getsockname()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="engine-http", daemon=True)
+
+    @property
+    def host(self) -> str:
+        return str(self._address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self._address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _serve(self) -> None:
+        """The event loop: accept, read, time out and write connections until ``stop``."""
+        try:
+            while not self._stopping.is_set():
+                wasyncore.loop(timeout=1.0, map=self._map, use_poll=True, count=1)
+        finally:
+            # stop accepting now; connections in progress are closed by stop() once the workers are done
+            wasyncore.dispatcher.close(self.server)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, let answers in progress finish, close every connection; returns within about ``timeout``."""
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        if self._thread.is_alive():
+            self.server.pull_trigger()  # wake the loop from its poll
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        elif self.server.socket is not None:  # never started
+            wasyncore.dispatcher.close(self.server)
+        dispatcher = self.server.task_dispatcher
+        dispatcher.shutdown(cancel_pending=True, timeout=max(0.0, deadline - time.monotonic()))
+        if dispatcher.threads or self._thread.is_alive():
+            # a worker still inside a callable may pull the trigger: keep its pipe, close the connections
+            for channel in list(self._map.values()):
+                if channel is not self.server.trigger:
+                    channel.close()
+        else:
+            wasyncore.close_all(self._map, ignore_all=True)

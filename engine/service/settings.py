@@ -1,0 +1,140 @@
+"""Service settings from the environment (12-factor) and the effective configuration, secrets masked.
+
+Owns the names and defaults of the ``ENGINE_*`` variables of ``engine run``
+(interval, log level and format, personal data in logs, metrics host and
+port; a flag wins over its variable), and ``effective_config``: what ``engine config show``
+prints - engine.yaml with every ``${VAR}`` resolved, where each value came
+from, and passwords, tokens, secrets and keys masked.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from engine.spec.config import ENV_REFERENCE, CONFIG_FILE, LEDGER_URL_ENV, load_config
+from engine.errors import ProjectInvalid
+from engine.spec.load import load_yaml_file
+from engine.masking import MASK, is_secret_name, mask, secret_references
+
+#: setting -> (environment variable, default)
+ENV = {
+    "interval": ("ENGINE_INTERVAL", None),
+    "log_level": ("ENGINE_LOG_LEVEL", "info"),
+    "log_format": ("ENGINE_LOG_FORMAT", "text"),
+    "log_personal_data": ("ENGINE_LOG_PERSONAL_DATA", "0"),
+    "metrics_host": ("ENGINE_METRICS_HOST", "127.0.0.1"),
+    "metrics_port": ("ENGINE_METRICS_PORT", "9181"),
+}
+DEFAULT_METRICS_PORT = int(ENV["metrics_port"][1])
+
+
+def setting_origins(environ: Mapping[str, str] | None = None) -> dict[str, tuple[str | None, str]]:
+    """For each service setting: (raw value, where it came from) without any flag."""
+    env = os.environ if environ is None else environ
+    result = {}
+    for name, (variable, default) in ENV.items():
+        if env.get(variable, "") != "":
+            result[name] = (env[variable], f"env {variable}")
+        else:
+            result[name] = (default, "default")
+    return result
+
+
+@dataclass(frozen=True)
+class Shown:
+    """One line of ``engine config show``."""
+
+    key: str
+    value: str
+    origin: str
+    secret: bool = False
+
+    def as_dict(self) -> dict:
+        return {"value": self.value, "origin": self.origin, "secret": self.secret}
+
+
+def show_value(key: str, raw: Any, environ: Mapping[str, str]) -> Shown:
+    """Resolve ``${VAR}`` in ``raw`` for display: secrets masked, unset variables named."""
+    text = str(raw)
+    variables: list[str] = []
+    unset: list[str] = []
+    secret = is_secret_name(key.rsplit(".", 1)[-1])
+    hidden = secret_references(text, ENV_REFERENCE)  # named like a secret, or in a URL's userinfo/path/query
+
+    def substitute(match: re.Match) -> str:
+        nonlocal secret
+        name, default = match.group(1), match.group(2)
+        variables.append(name)
+        if environ.get(name, "") != "":
+            if name in hidden:
+                secret = secret or is_secret_name(name)
+                return MASK
+            return environ[name]
+        if default is not None:
+            return MASK if name in hidden and default else default
+        unset.append(name)
+        return f"<{name} unset>"
+
+    named_secret = secret
+    value = ENV_REFERENCE.sub(substitute, text)  # secret variables become *** in place
+    if named_secret and not unset:
+        value = MASK
+    else:
+        value = mask(value)  # URL passwords and secret parameters, resolved secrets seen before
+    origin = CONFIG_FILE
+    if variables:
+        used = [v for v in variables if v not in unset and environ.get(v, "") != ""]
+        origin = "env " + ", ".join(used) if used else f"{CONFIG_FILE} default"
+    if unset:
+        origin = "missing: " + ", ".join(f"{v} is not set" for v in unset)
+    return Shown(key=key, value=value, origin=origin, secret=secret)
+
+
+def effective_config(root: Path, settings: Mapping[str, tuple[str | None, str]] | None = None,
+                     environ: Mapping[str, str] | None = None) -> list[Shown]:
+    """Every setting of the project and the service, resolved and masked, in display order."""
+    env = os.environ if environ is None else environ
+    root = Path(root).resolve()
+    config, issues = load_config(root)
+    if config is None or any(i.severity == "error" for i in issues):
+        raise ProjectInvalid(issues)
+    data = load_yaml_file(root / CONFIG_FILE, config.file).data
+    shown = [Shown("project", str(root), "--project / ENGINE_PROJECT")]
+    shown.append(show_value("warehouse.url", data["warehouse"]["url"], env))
+    shown.append(Shown("warehouse.dialect", config.dialect,
+                       CONFIG_FILE if "dialect" in data["warehouse"] else "from the URL"))
+    shown += _walk("warehouse.duckdb", data["warehouse"].get("duckdb") or {}, env)
+    ledger = dict(data.get("ledger") or {})
+    if env.get(LEDGER_URL_ENV, "") != "":
+        ledger_url = show_value("ledger.url", f"${{{LEDGER_URL_ENV}}}", env)
+        if config.ledger_url is None:
+            ledger_url = Shown("ledger.url", "(the warehouse database)", f"env {LEDGER_URL_ENV} (same URL)")
+        shown.append(ledger_url)
+    elif "url" in ledger:
+        shown.append(show_value("ledger.url", ledger["url"], env))
+    else:
+        shown.append(Shown("ledger.url", "(the warehouse database)", "default"))
+    for name, value in ledger.items():
+        if name != "url":
+            shown.append(show_value(f"ledger.{name}", value, env))
+    for section in data:
+        if section in ("warehouse", "ledger", "sources"):
+            continue
+        shown += _walk(section, data[section], env)
+    for entity, spec in data.get("sources", {}).items():
+        where = f"table {spec['table']}" if "table" in spec else "query"
+        shown.append(Shown(f"sources.{entity}", where, CONFIG_FILE))
+    for name, (value, origin) in (settings or setting_origins(env)).items():
+        shown.append(Shown(f"service.{name}", "-" if value is None else str(value), origin))
+    return shown
+
+
+def _walk(prefix: str, value: Any, env: Mapping[str, str]) -> list[Shown]:
+    if isinstance(value, dict):
+        return [line for k, v in value.items() for line in _walk(f"{prefix}.{k}", v, env)]
+    if isinstance(value, list):
+        return [line for i, v in enumerate(value) for line in _walk(f"{prefix}[{i}]", v, env)]
+    return [show_value(prefix, value, env)]

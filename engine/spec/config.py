@@ -1,0 +1,322 @@
+"""engine.yaml -> ``ProjectConfig``: warehouse, ledger, source mapping, channels.
+
+Strings may read the environment with ``${VAR}`` or ``${VAR:-default}``; they
+are resolved when used (``resolve``), not when loaded, so ``engine validate``
+runs in CI without the production secrets. Relative file paths in DuckDB and
+SQLite URLs are relative to the project directory.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from datetime import time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+import re
+from pathlib import Path
+from typing import Mapping
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from engine.clock import MAX_DURATION, DurationTooLong, parse_duration, parse_instant
+from engine.errors import ConfigError, FilterError, Issue
+from engine.spec.filter_types import segment_attributes
+from engine.spec.filters import parse_filter, referenced_functions
+from engine.spec.load import Document, load_yaml_file
+from engine.masking import remember, secret_references
+from engine.model import (
+    ENTITY_COLUMNS, ChannelConfig, DemoConfig, EntitySource, FrequencyCap, ProjectConfig, QuietHours, RetryPolicy,
+)
+from engine.spec.schemas import schema_issues
+
+CONFIG_FILE = "engine.yaml"
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: When set, overrides ledger.url of engine.yaml (12-factor; see ``_ledger_url``).
+LEDGER_URL_ENV = "ENGINE_LEDGER_URL"
+
+#: URL scheme -> sqlglot dialect
+URL_DIALECTS = {
+    "duckdb": "duckdb",
+    "sqlite": "sqlite",
+    "postgresql": "postgres",
+    "postgres": "postgres",
+    "snowflake": "snowflake",
+    "bigquery": "bigquery",
+    "trino": "trino",
+    "hive": "spark",        # PyHive against the Spark Thrift Server
+    "databricks": "spark",  # databricks-sqlalchemy; Databricks SQL runs Spark SQL
+}
+
+
+def resolve(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """Replace ``${VAR}`` / ``${VAR:-default}``; an unset variable without default is an error.
+    Secret values (masking.secret_references) are remembered, so no message shows them later."""
+    env = os.environ if environ is None else environ
+    hidden = secret_references(value, ENV_REFERENCE) if "${" in value else set()
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            if name in hidden:
+                remember(env[name])
+            return env[name]
+        if default is not None:
+            if name in hidden:
+                remember(default)
+            return default
+        raise ConfigError(f"environment variable {name} is not set (used in {CONFIG_FILE}); export it or give a default with ${{{name}:-value}}")
+
+    return ENV_REFERENCE.sub(substitute, value)
+
+
+def dialect_of_url(url: str) -> str | None:
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    return URL_DIALECTS.get(scheme)
+
+
+def database_url(config: ProjectConfig, which: str = "warehouse") -> str:
+    """The resolved SQLAlchemy URL of the warehouse or the ledger."""
+    raw = config.warehouse_url if which == "warehouse" or config.ledger_url is None else config.ledger_url
+    url = resolve(raw)
+    for scheme in ("duckdb:///", "sqlite:///"):
+        if url.startswith(scheme):
+            path = url[len(scheme):]
+            if path and not path.startswith("/") and not path.startswith(":memory:"):
+                return scheme + str((config.root / path).resolve())
+    return url
+
+
+def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
+    path = root / CONFIG_FILE
+    name = _display(path, root)
+    if not path.exists():
+        return None, [Issue(file=name, message=f"no {CONFIG_FILE} in {root}", fix="run the command in the project directory or pass --project DIR")]
+    doc = load_yaml_file(path, name)
+    if doc.issues:
+        return None, doc.issues
+    issues = schema_issues(doc, "project.schema.json")
+    if issues:
+        return None, issues
+    data = doc.data
+    warehouse_url = data["warehouse"]["url"]
+    dialect = data["warehouse"].get("dialect")
+    if dialect is None:
+        try:
+            dialect = dialect_of_url(resolve(warehouse_url))
+        except ConfigError:
+            dialect = dialect_of_url(warehouse_url)
+    if dialect is None:
+        issues.append(doc.issue(("warehouse", "url"), f"cannot tell the SQL dialect of '{warehouse_url}'",
+                                fix="use a duckdb://, sqlite://, postgresql:// ... URL or set warehouse.dialect"))
+        dialect = "duckdb"
+    ledger = data.get("ledger", {})
+    stale_horizon = duration_setting(doc, ("ledger", "stale_horizon"), ledger.get("stale_horizon", "7d"), issues)
+    sources = {}
+    for entity, spec in data["sources"].items():
+        source, source_issues = _source(doc, entity, spec, dialect)
+        sources[entity] = source
+        issues += source_issues
+    channels = {}
+    for channel_name, spec in data["channels"].items():
+        channel, channel_issues = _channel(doc, channel_name, spec)
+        channels[channel_name] = channel
+        issues += channel_issues
+    demo = None
+    if isinstance(data.get("demo"), dict):
+        demo = DemoConfig(**data["demo"])
+        try:
+            parse_instant(demo.anchor)
+        except ValueError as exc:
+            issues.append(doc.issue(("demo", "anchor"), str(exc), fix="write an instant such as 2025-01-10T00:00:00Z"))
+    defaults = data.get("defaults", {})
+    timezone_name = defaults.get("timezone", "UTC")
+    if not is_timezone(timezone_name):
+        issues.append(doc.issue(("defaults", "timezone"), f"unknown time zone '{timezone_name}'",
+                                fix="use an IANA name such as Europe/Berlin or UTC"))
+        timezone_name = "UTC"
+    quiet_hours = {}
+    for channel_name, spec in defaults.get("quiet_hours", {}).items():
+        if channel_name not in channels:
+            issues.append(doc.issue(("defaults", "quiet_hours", channel_name), f"quiet hours for channel '{channel_name}', which is not configured",
+                                    fix="configured channels: " + ", ".join(channels)))
+        quiet_hours[channel_name] = parse_quiet_hours(spec)
+    config = ProjectConfig(
+        root=root,
+        warehouse_url=warehouse_url,
+        ledger_url=_ledger_url(ledger.get("url"), warehouse_url),
+        duckdb_settings=dict(data["warehouse"].get("duckdb") or {}),
+        sources=sources,
+        channels=channels,
+        stale_horizon=stale_horizon,
+        demo=demo,
+        file=name,
+        dialect=dialect,
+        default_timezone=timezone_name,
+        quiet_hours=quiet_hours,
+        code_secret=defaults.get("code_secret", ProjectConfig.code_secret),
+        previous_code_secrets=defaults.get("previous_code_secrets", ProjectConfig.previous_code_secrets),
+        is_demo=data.get("demo") not in (None, False),
+        segments=dict(data.get("segments", {})),
+        **_policies(doc, data.get("policies", {}), channels, issues),
+    )
+    issues += _segment_issues(doc, config)
+    return config, issues
+
+
+def _segment_issues(doc: Document, config: ProjectConfig) -> list[Issue]:
+    """Each segment filter must pass the filter whitelist over the customer attributes."""
+    issues = []
+    for name, text in config.segments.items():
+        path = ("segments", name)
+        try:
+            tree = parse_filter(text, segment_attributes(config))
+        except FilterError as exc:
+            issues.append(doc.issue(path, f"segment '{name}': {exc.message}", fix=exc.fix,
+                                    position=doc.value_position(path, exc.offset)))
+            continue
+        if "has_tag" in referenced_functions(tree) and not config.ledger_shares_warehouse:
+            issues.append(doc.issue(path, f"segment '{name}': has_tag() reads the engine's tag table, which lives in "
+                                    "the ledger database, not the warehouse",
+                                    fix="remove ledger.url from engine.yaml to use tags in filters"))
+    return issues
+
+
+def duration_setting(doc: Document, path: tuple, text: str, issues: list[Issue]) -> timedelta:
+    """A duration in engine.yaml or a campaign file; one too long (or malformed) is an issue at ``path``, read as zero."""
+    try:
+        return parse_duration(text)
+    except DurationTooLong as exc:
+        issues.append(doc.issue(path, str(exc), fix=f"write at most {MAX_DURATION.days}d"))
+    except ValueError as exc:
+        issues.append(doc.issue(path, str(exc), fix="write a duration such as 90m, 2h, 7d or 1d12h"))
+    return timedelta(0)
+
+
+def _policies(doc: Document, spec: dict, channels: dict, issues: list[Issue]) -> dict:
+    caps = []
+    for index, cap in enumerate(spec.get("frequency_caps", [])):
+        channel = cap.get("channel")
+        if channel is not None and channel not in channels:
+            issues.append(doc.issue(("policies", "frequency_caps", index, "channel"), f"channel '{channel}' is not configured",
+                                    fix="configured channels: " + ", ".join(channels)))
+        per = duration_setting(doc, ("policies", "frequency_caps", index, "per"), cap["per"], issues)
+        caps.append(FrequencyCap(max=cap["max"], per=per, channel=channel))
+    retry = spec.get("retry", {})
+    policies = {
+        "frequency_caps": tuple(caps),
+        "retry": RetryPolicy(
+            max_attempts=retry.get("max_attempts", RetryPolicy.max_attempts),
+            backoff=(duration_setting(doc, ("policies", "retry", "backoff"), retry["backoff"], issues)
+                     if "backoff" in retry else RetryPolicy.backoff),
+            max_backoff=(duration_setting(doc, ("policies", "retry", "max_backoff"), retry["max_backoff"], issues)
+                         if "max_backoff" in retry else RetryPolicy.max_backoff),
+        ),
+    }
+    if "claim_timeout" in spec:
+        policies["claim_timeout"] = duration_setting(doc, ("policies", "claim_timeout"), spec["claim_timeout"], issues)
+    if "unsubscribe_url" in spec:
+        policies["unsubscribe_url"] = spec["unsubscribe_url"]
+    return policies
+
+
+def is_timezone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+        return True
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+
+
+def parse_clock(text: str) -> time:
+    hours, minutes = text.split(":")
+    return time(int(hours), int(minutes))
+
+
+def parse_quiet_hours(spec: dict) -> QuietHours:
+    return QuietHours(start=parse_clock(spec["start"]), end=parse_clock(spec["end"]))
+
+
+def _ledger_url(configured: str | None, warehouse_url: str) -> str | None:
+    """ENGINE_LEDGER_URL, when set, wins over ledger.url; kept as a ``${...}`` reference
+    (resolved when used, like every secret). The warehouse's own URL means no separate ledger."""
+    if os.environ.get(LEDGER_URL_ENV, "") == "":
+        return configured
+    try:
+        if resolve(os.environ[LEDGER_URL_ENV]) == resolve(warehouse_url):
+            return None
+    except ConfigError:
+        pass
+    return "${" + LEDGER_URL_ENV + "}"
+
+
+def _display(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _source(doc: Document, entity: str, spec: dict, dialect: str) -> tuple[EntitySource, list[Issue]]:
+    where = ("sources", entity)
+    issues: list[Issue] = []
+    if "table" in spec and "query" in spec:
+        issues.append(doc.issue(where + ("query",), f"source '{entity}' has both 'table' and 'query'",
+                                fix="keep one: the table name (e.g. table: shop.kunden) or a SELECT as query"))
+    elif "table" not in spec and "query" not in spec:
+        issues.append(doc.issue(where, f"source '{entity}' needs exactly one of 'table' or 'query'",
+                                fix="give the table name (e.g. table: shop.kunden) or a SELECT as query"))
+    if "query" in spec:
+        problem = None
+        try:
+            parsed = [s for s in sqlglot.parse(spec["query"], read=dialect) if s is not None]
+            if len(parsed) != 1:
+                problem = f"has {len(parsed)} statements"
+            elif not isinstance(parsed[0], exp.Query):
+                problem = f"is not a SELECT: '{' '.join(spec['query'].split())[:40]}'"
+        except (ParseError, TokenError) as exc:
+            problem = f"does not parse: {_sql_error(exc)}"
+        if problem:
+            issues.append(doc.issue(where + ("query",), f"the query of source '{entity}' {problem}",
+                                    fix="write one SELECT ... FROM ... statement (no trailing statements)"))
+    required, optional = ENTITY_COLUMNS[entity]
+    given = dict(spec.get("columns", {}))
+    for name, expression in given.items():
+        if entity != "customers" and name not in required + optional:
+            close = difflib.get_close_matches(name, required + optional, n=1)
+            issues.append(doc.issue(where + ("columns", name), f"'{name}' is not a column of {entity}"
+                                    + (f" (did you mean '{close[0]}'?)" if close else ""),
+                                    fix="known columns: " + ", ".join(required + optional)))
+        try:
+            tree = sqlglot.parse_one(expression, read=dialect)
+            problem = None if isinstance(tree, (exp.Condition, exp.Subquery)) else "is not a column or expression"
+        except (ParseError, TokenError) as exc:
+            problem = f"does not parse: {_sql_error(exc)}"
+        if problem:
+            issues.append(doc.issue(where + ("columns", name), f"column expression '{expression}' {problem}",
+                                    fix="give a column name or a SQL expression of the warehouse's dialect"))
+    columns = {name: given.get(name, name) for name in required}
+    columns.update(given)
+    return EntitySource(entity=entity, table=spec.get("table"), query=spec.get("query"), columns=columns), issues
+
+
+def _sql_error(exc: Exception) -> str:
+    """The first line of a sqlglot error, without Python class names."""
+    return re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", str(exc).splitlines()[0])
+
+
+def _channel(doc: Document, name: str, spec: dict) -> tuple[ChannelConfig, list[Issue]]:
+    where = ("channels", name)
+    issues = []
+    kind, transport = spec["kind"], spec["transport"]
+    needs = {"smtp": ("host",), "http": ("url",), "file": ("path",)}[transport]
+    for key in needs:
+        if key not in spec:
+            issues.append(doc.issue(where, f"channel '{name}' with transport {transport} needs '{key}'",
+                                    fix=f"add {key}: to channels.{name}"))
+    if kind == "sms" and transport == "smtp":
+        issues.append(doc.issue(where + ("transport",), "an sms channel cannot use the smtp transport", fix="use http or file"))
+    if kind == "email" and transport == "http":
+        issues.append(doc.issue(where + ("transport",), "an email channel cannot use the http transport", fix="use smtp or file"))
+    settings = {k: v for k, v in spec.items() if k not in ("kind", "transport")}
+    return ChannelConfig(name=name, kind=kind, transport=transport, settings=settings), issues

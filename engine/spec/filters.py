@@ -1,0 +1,258 @@
+"""Filter expressions -> whitelisted sqlglot ASTs over known attributes.
+
+Audience filters in YAML are written in a small SQL expression language
+("order_count = 1 AND email LIKE '%@example.com'"). They are parsed with
+sqlglot and every node is checked against a whitelist: comparisons, boolean
+logic, IN, BETWEEN, LIKE, IS NULL, arithmetic, literals, a handful of scalar
+functions and columns that name a known attribute. Anything else (subqueries,
+unknown functions, qualified columns, several statements) is refused, so a
+filter can never become arbitrary SQL. Pure: no I/O.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Callable, Iterable
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import TokenType
+
+from engine.errors import FilterError
+
+ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
+    exp.And, exp.Or, exp.Not, exp.Paren,
+    exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE,
+    exp.Is, exp.In, exp.Between, exp.Like, exp.ILike,
+    exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Neg,
+    exp.Literal, exp.Boolean, exp.Null,
+    exp.Column, exp.Identifier,
+)
+
+#: Scalar functions a filter may call, by sqlglot node type -> name shown to users.
+ALLOWED_FUNCTIONS: dict[type[exp.Expression], str] = {
+    exp.Lower: "lower",
+    exp.Upper: "upper",
+    exp.Coalesce: "coalesce",
+    exp.Length: "length",
+    exp.Abs: "abs",
+}
+
+
+#: Engine functions: name -> (argument kind, what it means). They are bound by the
+#: compiler (days_ago(3) becomes a timestamp literal computed in Python,
+#: has_tag('vip') an EXISTS over the engine's tag table).
+ENGINE_FUNCTIONS: dict[str, tuple[str, str]] = {
+    "days_ago": ("number", "the instant N days before now"),
+    "hours_ago": ("number", "the instant N hours before now"),
+    "has_tag": ("string", "the customer has this engine tag (set by a campaign action)"),
+    "bought_category": ("string", "the customer ordered an item of this category"),
+}
+
+
+#: The largest argument of the time functions (a hundred years): more overflows the date arithmetic.
+ENGINE_FUNCTION_MAXIMUM = {"days_ago": 36_600, "hours_ago": 878_400}
+#: Longest filter, in characters; deepest nesting of brackets and NOT / unary minus signs.
+MAX_FILTER_CHARS = 4000
+MAX_FILTER_NESTING = 16
+_PREFIX_TOKENS = {TokenType.NOT, TokenType.DASH, TokenType.PLUS}
+
+
+def _check_engine_function(node: exp.Anonymous, text: str) -> None:
+    name = node.name.lower()
+    kind, meaning = ENGINE_FUNCTIONS[name]
+    args = node.expressions
+    ok = len(args) == 1 and isinstance(args[0], exp.Literal) and args[0].is_string == (kind == "string")
+    if not ok:
+        example = f"{name}(30)" if kind == "number" else f"{name}('vip')"
+        raise FilterError(f"{name}() takes one {kind} literal ({meaning})", fix=f"write e.g. {example}",
+                          offset=source_offset(node, text, keyword=name))
+    maximum = ENGINE_FUNCTION_MAXIMUM.get(name)
+    if maximum is not None:
+        try:
+            value = float(args[0].this)
+        except ValueError:  # pragma: no cover - sqlglot only makes number literals of numbers
+            value = float("inf")
+        if not value <= maximum:  # also catches inf and nan
+            raise FilterError(f"{name}({args[0].this}) is beyond the largest argument {name}() takes, {maximum:,}",
+                              fix=f"write at most {name}({maximum}) (a hundred years)", offset=source_offset(args[0], text))
+
+
+#: Typographic quotes (word processors, chat apps) look like SQL quotes but are letters to a parser.
+_TYPOGRAPHIC_QUOTES = re.compile("[\u2018\u2019\u201a\u201b\u201c\u201d\u201e\u201f\u2032\u2033\u00b4\uff07\uff02]")
+
+
+def _check_quotes(text: str) -> None:
+    found = _TYPOGRAPHIC_QUOTES.search(text)
+    if found:
+        raise FilterError(f"the filter contains the typographic quote {found.group()} (U+{ord(found.group()):04X}), "
+                          "which SQL does not read as a quote",
+                          fix="write strings in straight single quotes, e.g. email = 'a@shop.example'", offset=found.start())
+
+
+def _check_size(text: str) -> None:
+    """Refuse a filter too long or nested too deep for the parser (it recurses per level)."""
+    if len(text) > MAX_FILTER_CHARS:
+        raise FilterError(f"the filter is {len(text):,} characters long, more than {MAX_FILTER_CHARS:,}",
+                          fix="shorten it: a filter is a condition of a line or two; use IN (...) instead of long OR chains",
+                          offset=MAX_FILTER_CHARS)
+    depth, prefixes = 0, 0
+    for token in sqlglot.tokenize(text):
+        if token.token_type == TokenType.L_PAREN:
+            depth += 1
+        elif token.token_type == TokenType.R_PAREN:
+            depth -= 1
+        prefixes = prefixes + 1 if token.token_type in _PREFIX_TOKENS else 0
+        if depth + prefixes > MAX_FILTER_NESTING:
+            raise FilterError(f"the filter is nested more than {MAX_FILTER_NESTING} levels deep (brackets, NOT, minus signs)",
+                              fix="simplify it: remove redundant brackets and double negations", offset=token.start)
+
+
+def parse_filter(text: str, attributes: Iterable[str]) -> exp.Expression:
+    """Parse ``text`` and check it against the whitelist and the known attributes.
+
+    Returns the AST with bare (unqualified) columns; ``bind_filter`` later
+    replaces them with the warehouse expressions. A ``FilterError`` carries the
+    offset of the offending text in ``text`` where sqlglot reports it.
+    """
+    known = sorted(set(attributes))
+    try:
+        _check_quotes(text)
+        _check_size(text)
+        statements = [s for s in sqlglot.parse(text) if s is not None]
+    except RecursionError:  # a safety net behind _check_size
+        raise FilterError("the filter is nested too deeply to read",
+                          fix="simplify it: remove redundant brackets and double negations") from None
+    except (ParseError, TokenError) as exc:
+        problem, offset = _parse_problem(exc, text)
+        raise FilterError(
+            f"filter does not parse: {problem}",
+            fix="write a SQL-like condition, e.g. order_count = 1 AND email IS NOT NULL",
+            offset=offset,
+        ) from None
+    if len(statements) != 1:
+        semicolons = [t.start for t in sqlglot.tokenize(text) if t.token_type == TokenType.SEMICOLON]
+        raise FilterError(
+            "a filter must be exactly one expression",
+            fix="remove the ';' and everything after it",
+            offset=semicolons[0] if semicolons else None,
+        )
+    tree = statements[0]
+    query = tree if isinstance(tree, exp.Query) else tree.find(exp.Query)
+    if query is not None:
+        raise FilterError(
+            "subqueries (SELECT ...) are not allowed in filters",
+            fix="filter on the customer's attributes (e.g. order_count, total_spent); "
+            "map extra customer columns in engine.yaml sources.customers.columns",
+            offset=source_offset(query, text, keyword="select"),
+        )
+    for node in tree.walk():
+        _check_node(node, known, text)
+        node.comments = None  # sqlglot would carry -- and /* */ comments into the SQL: nothing but the whitelist goes there
+    return tree
+
+
+def referenced_attributes(tree: exp.Expression) -> set[str]:
+    return {column.name for column in tree.find_all(exp.Column)}
+
+
+def referenced_functions(tree: exp.Expression) -> set[str]:
+    """The engine functions (has_tag, days_ago, ...) a filter calls."""
+    return {node.name.lower() for node in tree.find_all(exp.Anonymous)}
+
+
+def bind_filter(
+    tree: exp.Expression,
+    resolve: Callable[[str], exp.Expression],
+    call: Callable[[str, exp.Literal], exp.Expression] | None = None,
+) -> exp.Expression:
+    """Replace every attribute column by ``resolve(name)`` and every engine function
+    by ``call(name, argument)`` (a copy; the input is untouched)."""
+
+    def replace(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Column):
+            return resolve(node.name)
+        if isinstance(node, exp.Anonymous) and call is not None:
+            return call(node.name.lower(), node.expressions[0])
+        return node
+
+    return tree.copy().transform(replace)
+
+
+def _check_node(node: exp.Expression, known: list[str], text: str) -> None:
+    if isinstance(node, exp.Column):
+        if node.table or node.args.get("db") or node.args.get("catalog"):
+            raise FilterError(
+                f"'{node.sql()}' is a qualified column; filters name attributes only",
+                fix=f"write just the attribute name, e.g. {node.name}",
+                offset=source_offset(node, text),
+            )
+        if node.name not in known:
+            shown = node.name if len(node.name) <= 60 else node.name[:60] + "..."
+            raise FilterError(
+                f"unknown attribute '{shown}'" + _did_you_mean(node.name[:100], known),
+                fix="use one of the known attributes: " + ", ".join(known)
+                + " (extra customer columns can be mapped in engine.yaml sources.customers.columns)",
+                offset=source_offset(node, text),
+            )
+        return
+    if isinstance(node, ALLOWED_NODES):
+        if isinstance(node, exp.Identifier) and not isinstance(node.parent, exp.Column):
+            raise FilterError(f"'{node.sql()}' is not allowed here", fix="compare an attribute with a value",
+                              offset=source_offset(node, text))
+        return
+    if type(node) in ALLOWED_FUNCTIONS:
+        return
+    if isinstance(node, exp.Anonymous) and node.name.lower() in ENGINE_FUNCTIONS:
+        _check_engine_function(node, text)
+        return
+    if isinstance(node, exp.Func):
+        name = node.sql_name() if not isinstance(node, exp.Anonymous) else node.name
+        offset = source_offset(node, text, keyword=name)
+        written = re.match(r"\w+", text[offset:]) if "start" in node.meta else None
+        raise FilterError(  # the name as written: sqlglot normalises e.g. random() to RAND
+            f"function '{(written.group() if written else name).lower()}' is not allowed in filters",
+            fix="allowed functions: " + ", ".join(sorted([*ALLOWED_FUNCTIONS.values(), *ENGINE_FUNCTIONS])),
+            offset=offset,
+        )
+    raise FilterError(
+        f"'{node.sql()}' ({type(node).__name__}) is not allowed in filters",
+        fix="use comparisons, AND/OR/NOT, IN, BETWEEN, LIKE, IS NULL, arithmetic and literals",
+        offset=source_offset(node, text),
+    )
+
+
+def source_offset(node: exp.Expression, text: str, keyword: str | None = None) -> int | None:
+    """Where ``node`` starts in ``text``: sqlglot records offsets on tokens such as
+    identifiers, literals and function names; other nodes start at (or, with a
+    leading ``keyword`` like SELECT or CAST, just before) their first such token."""
+    if "start" in node.meta:
+        return node.meta["start"]
+    first = min((n.meta["start"] for n in node.walk() if "start" in n.meta), default=None)
+    if keyword and first is not None:
+        words = list(re.finditer(rf"\b{re.escape(keyword)}\b", text[:first], re.IGNORECASE))
+        if words:
+            return words[-1].start()
+    return first
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _parse_problem(exc: Exception, text: str) -> tuple[str, int | None]:
+    """A readable description of a sqlglot parse error and its offset in ``text``."""
+    errors = getattr(exc, "errors", None)
+    if not errors:  # TokenError: sqlglot gives no position
+        return "a quote or comment is not closed", None
+    first = errors[0]
+    description = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", first.get("description") or "syntax error")
+    highlight, line, column = first.get("highlight") or "", first.get("line"), first.get("col")
+    if not line or not column:
+        return description, None
+    # sqlglot's line/col are 1-based and point at the last character of the highlighted token
+    line_start = sum(len(part) + 1 for part in text.split("\n")[: line - 1])
+    offset = max(0, line_start + column - max(len(highlight), 1))
+    return (f"{description} at '{highlight}'" if highlight else description), offset

@@ -1,0 +1,353 @@
+"""Campaign files -> ``Campaign`` values plus every problem found, with positions.
+
+Three layers, all collected rather than stopping at the first: YAML syntax
+(load.py), the JSON Schema (schemas.py), then semantic checks that need the
+whole project: durations, filters against the known attributes, channels that
+exist, templates that exist and compile, entities the source mapping lacks,
+duplicate campaign names and step ids.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from engine.errors import FilterError, Issue
+from engine.spec.config import duration_setting, parse_clock, parse_quiet_hours
+from engine.spec.filter_types import attribute_kinds, check_types, filter_attributes
+from engine.spec.filters import parse_filter, referenced_functions
+from engine.spec.load import Document, display_path, format_path, load_yaml_file
+from engine.model import (
+    STOP_CONDITIONS, TRIGGER_ENTITIES,
+    Action, Anniversary, AtRisk, Campaign, CheckoutAbandoned, DiscountCode, Event, LastActivity,
+    OrderDate, OrderPlaced, ProjectConfig, Registration, Reentry, Step, Trigger, Variant,
+)
+from engine.templating.render import Renderer
+from engine.spec.schemas import schema_issues
+
+CAMPAIGN_DIR = "campaigns.d"
+TEMPLATE_DIR = "templates"
+
+
+def campaign_files(root: Path, paths: Iterable[str] | None = None) -> list[Path]:
+    """The YAML files named by ``paths`` (files or directories), default campaigns.d/."""
+    targets = [Path(p) for p in paths] if paths else [root / CAMPAIGN_DIR]
+    files: list[Path] = []
+    for target in targets:
+        if not target.is_absolute() and not target.exists():
+            target = root / target
+        if target.is_dir():
+            files += sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml"))
+        else:
+            files.append(target)
+    return files
+
+
+def load_campaigns(root: Path, config: ProjectConfig, files: list[Path]) -> tuple[list[Campaign], list[Issue]]:
+    renderer = Renderer(root / TEMPLATE_DIR)
+    campaigns: list[Campaign] = []
+    issues: list[Issue] = []
+    first_seen: dict[str, str] = {}
+    for path in files:
+        name = display_path(path)
+        if not path.exists() and not path.is_symlink():  # a dangling link or loop: load_yaml_file says so
+            issues.append(Issue(file=name, message="no such file", fix="check the path"))
+            continue
+        doc = load_yaml_file(path, name)
+        if doc.issues:
+            issues += doc.issues
+            continue
+        doc_issues = schema_issues(doc, "campaign.schema.json")
+        if doc_issues:
+            issues += doc_issues
+            continue
+        campaign, semantic = _build_campaign(doc, config, renderer)
+        issues += semantic
+        if campaign.name in first_seen:
+            issues.append(doc.issue(("name",), f"campaign name '{campaign.name}' is already used by {first_seen[campaign.name]}",
+                                    fix="campaign names are ledger identities and must be unique; rename one"))
+            continue
+        first_seen[campaign.name] = name
+        if not any(i.severity == "error" for i in semantic):
+            campaigns.append(campaign)
+    return campaigns, issues
+
+
+def _trigger(doc: Document, data: dict, issues: list[Issue]) -> Trigger:
+    kind, spec = next(iter(data.items()))
+    if kind == "order_placed":
+        return OrderPlaced(nth=spec.get("nth"), statuses=tuple(spec.get("statuses", ())))
+    if kind == "checkout_abandoned":
+        return CheckoutAbandoned()
+    if kind == "registration":
+        return Registration()
+    if kind == "event":
+        return Event(type=spec["type"], per=spec.get("per", "day"))
+    if kind == "anniversary":
+        return Anniversary(attribute=spec.get("attribute", "birthday"))
+    if kind == "order_date":
+        return OrderDate(column=spec.get("column", "delivery_date"))
+    if kind == "last_activity":
+        return LastActivity(activities=tuple(spec.get("activity", ["order"])))
+    window = duration_setting(doc, ("trigger", "at_risk", "window"), spec.get("window", "26w"), issues)
+    return AtRisk(window=window, percent=spec.get("percent", 60))
+
+
+def _needs(doc: Document, config: ProjectConfig, path: tuple, what: str, entity: str,
+           column: str | None, issues: list[Issue]) -> None:
+    """An issue at ``path`` when the mapping lacks ``entity`` (or its ``column``); one issue
+    per missing entity and place, however many features need it."""
+    source = config.sources.get(entity)
+    if source is None:
+        message = f"needs the '{entity}' entity, which engine.yaml does not map"
+        if not any(i.path == format_path(path) and i.message.endswith(message) for i in issues):
+            issues.append(doc.issue(path, f"{what} {message}",
+                                    fix=f"add sources.{entity} to {config.file}, or use another trigger"))
+    elif column is not None and not source.has_column(column):
+        issues.append(doc.issue(path, f"{what} needs the {entity}.{column} column, which is not mapped",
+                                fix=f"map it in {config.file}: sources.{entity}.columns.{column}"))
+
+
+def _check_trigger(doc: Document, config: ProjectConfig, trigger: Trigger, issues: list[Issue]) -> None:
+    where = ("trigger", trigger.kind)
+    what = f"trigger {trigger.kind}"
+    for entity in TRIGGER_ENTITIES[trigger.kind]:
+        _needs(doc, config, where, what, entity, None, issues)
+    if isinstance(trigger, OrderPlaced) and trigger.statuses:
+        _needs(doc, config, where + ("statuses",), "order statuses", "orders", "status", issues)
+    if isinstance(trigger, CheckoutAbandoned):
+        _needs(doc, config, where, "abandoned checkouts", "checkouts", "completed_at", issues)
+    if isinstance(trigger, Registration):
+        _needs(doc, config, where, what, "customers", "created_at", issues)
+    if isinstance(trigger, Event) and trigger.per == "event":
+        _needs(doc, config, where + ("per",), "one instance per event", "events", "event_id", issues)
+    if isinstance(trigger, Anniversary):
+        _needs(doc, config, where, what, "customers", trigger.attribute, issues)
+    if isinstance(trigger, OrderDate):
+        _needs(doc, config, where, what, "orders", trigger.column, issues)
+    if isinstance(trigger, LastActivity):
+        if "order" in trigger.activities:
+            _needs(doc, config, where + ("activity",), "order activity", "orders", None, issues)
+        if "login" in trigger.activities:
+            _needs(doc, config, where + ("activity",), "login activity", "events", "event_id", issues)
+    if isinstance(trigger, AtRisk) and not config.ledger_shares_warehouse:
+        issues.append(doc.issue(where, "segment triggers record entries next to the warehouse and need the ledger in the warehouse database",
+                                fix="remove ledger.url from engine.yaml, or use an event trigger"))
+
+
+def _check_filter(doc: Document, path: tuple, text: str | None, attributes: list[str], issues: list[Issue],
+                  config: ProjectConfig) -> None:
+    if text is None:
+        return
+    try:
+        tree = parse_filter(text, attributes)
+        check_types(tree, attribute_kinds(config), text)
+    except FilterError as exc:
+        issues.append(doc.issue(path, exc.message, fix=exc.fix, position=doc.value_position(path, exc.offset)))
+        return
+    functions = referenced_functions(tree)
+    if "has_tag" in functions and not config.ledger_shares_warehouse:
+        issues.append(doc.issue(path, "has_tag() reads the engine's tag table, which lives in the ledger database, not the warehouse",
+                                fix="remove ledger.url from engine.yaml to use tags in filters"))
+    if "bought_category" in functions:
+        _needs(doc, config, path, "bought_category()", "order_items", "category", issues)
+
+
+def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) -> tuple[Campaign, list[Issue]]:
+    data = doc.data
+    issues: list[Issue] = []
+    attributes = filter_attributes(config)
+    trigger = _trigger(doc, data["trigger"], issues)
+    _check_trigger(doc, config, trigger, issues)
+    for index, stop in enumerate(data.get("stop", [])):
+        for entity in STOP_CONDITIONS[stop]:
+            column = "unsubscribed_at" if stop == "unsubscribed" else None
+            _needs(doc, config, ("stop", index), f"stop condition {stop}", entity, column, issues)
+    _check_filter(doc, ("audience",), data.get("audience"), attributes, issues, config)
+    reentry = _reentry(doc, data.get("reentry", "per_trigger"), issues)
+    steps = []
+    seen_ids: dict[str, int] = {}
+    for index, raw in enumerate(data["steps"]):
+        step = _step(doc, config, renderer, trigger, ("steps", index), raw, attributes, issues)
+        if step.id in seen_ids:
+            issues.append(doc.issue(("steps", index, "id"), f"step id '{step.id}' is used twice (also steps[{seen_ids[step.id]}])",
+                                    fix="step ids are ledger identities; give each step its own id"))
+        seen_ids.setdefault(step.id, index)
+        steps.append(step)
+    campaign = Campaign(
+        name=data["name"],
+        description=data.get("description", ""),
+        enabled=data.get("enabled", True),
+        priority=data.get("priority", 0),
+        conversion_window=duration_setting(doc, ("conversion_window",), data.get("conversion_window", "7d"), issues),
+        holdout=float(data.get("holdout", 0)),
+        not_contacted_within=(duration_setting(doc, ("not_contacted_within",), data["not_contacted_within"], issues)
+                              if "not_contacted_within" in data else None),
+        trigger=trigger,
+        audience=data.get("audience"),
+        stop=tuple(data.get("stop", ())),
+        reentry=reentry,
+        steps=tuple(steps),
+        file=doc.file,
+    )
+    issues += lint(doc, campaign, config)
+    return campaign, issues
+
+
+def _reentry(doc: Document, spec, issues: list[Issue]) -> Reentry:
+    if isinstance(spec, dict):
+        return Reentry(mode="cooldown", cooldown=duration_setting(doc, ("reentry", "cooldown"), spec["cooldown"], issues))
+    return Reentry(mode=spec)
+
+
+def _step(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Trigger, where: tuple,
+          raw: dict, attributes: list[str], issues: list[Issue]) -> Step:
+    delay_text = str(raw["delay"]).strip()
+    negative = delay_text.startswith("-")
+    delay = duration_setting(doc, where + ("delay",), delay_text.lstrip("-").strip(), issues)
+    if negative:
+        delay = -delay
+        if not isinstance(trigger, (Anniversary, OrderDate)):
+            issues.append(doc.issue(where + ("delay",), f"a negative delay (before the trigger) only makes sense for date triggers, not {trigger.kind}",
+                                    fix="use a delay of 0m or more, or an anniversary / order_date trigger"))
+    freshness = duration_setting(doc, where + ("freshness",), raw["freshness"], issues) if "freshness" in raw else None
+    single = [key for key in ("channel", "template") if key in raw]
+    if "variants" in raw and single:
+        issues.append(doc.issue(where + (single[0],), "a step has either channel and template, or variants, not both",
+                                fix="move channel and template into the variants, or remove variants"))
+    elif "variants" not in raw and len(single) < 2:
+        missing = " and ".join(repr(k) for k in ("channel", "template") if k not in raw)
+        issues.append(doc.issue(where, f"missing required key {missing}",
+                                fix="a step sends a template over a channel: give channel: and template: (or variants:)"))
+    if "variants" in raw:
+        raw_variants = raw["variants"]
+    elif "channel" in raw and "template" in raw:
+        raw_variants = [{"id": "default", "channel": raw["channel"], "template": raw["template"]}]
+    else:
+        raw_variants = []
+    variants = []
+    for v_index, v in enumerate(raw_variants):
+        v_where = where + ("variants", v_index) if "variants" in raw else where
+        channel = config.channels.get(v["channel"])
+        if channel is None:
+            known = ", ".join(config.channels) or "none"
+            issues.append(doc.issue(v_where + ("channel",), f"channel '{v['channel']}' is not configured (configured: {known})",
+                                    fix=f"add it under channels: in {config.file} or use a configured one"))
+        else:
+            sample = sample_context(config, trigger, raw.get("discount_code") is not None)
+            for problem in renderer.check(v["template"], channel.kind, sample):
+                issues.append(doc.issue(v_where + ("template",), problem.message, fix=problem.fix))
+        _check_filter(doc, v_where + ("audience",), v.get("audience"), attributes, issues, config)
+        variants.append(Variant(id=v["id"], channel=v["channel"], template=v["template"],
+                                audience=v.get("audience"), percent=v.get("percent")))
+    if "variants" in raw:
+        seen = set()
+        for v_index, variant in enumerate(variants):
+            if variant.id in seen:
+                issues.append(doc.issue(where + ("variants", v_index, "id"), f"variant id '{variant.id}' is used twice",
+                                        fix="give each variant of a step its own id"))
+            seen.add(variant.id)
+        if sum(v.percent or 0 for v in variants) > 100:
+            issues.append(doc.issue(where + ("variants",), "the percents of the variants add up to more than 100",
+                                    fix="split at most 100 % of customers"))
+    _check_filter(doc, where + ("audience",), raw.get("audience"), attributes, issues, config)
+    quiet = raw.get("quiet_hours")
+    code = raw.get("discount_code")
+    return Step(
+        id=raw["id"], delay=delay, freshness=freshness, variants=tuple(variants),
+        audience=raw.get("audience"),
+        send_at=parse_clock(raw["send_at"]) if "send_at" in raw else None,
+        quiet_hours=parse_quiet_hours(quiet) if quiet else None,
+        discount_code=DiscountCode(prefix=code.get("prefix", ""), length=code.get("length", 8)) if code is not None else None,
+        actions=tuple(Action(kind=k, tag=t) for a in raw.get("actions", []) for k, t in a.items()),
+    )
+
+
+def sample_context(config: ProjectConfig, trigger: Trigger, discount_code: bool) -> dict:
+    """A context with every variable a template of this trigger may use, for validation.
+
+    Rendering each template against it with StrictUndefined turns a missing or
+    misspelt variable into a validation error instead of an empty string.
+    """
+    from engine.model import ENTITY_COLUMNS
+
+    def record(entity: str) -> dict:
+        source = config.sources.get(entity)
+        names = list(source.columns) if source else list(ENTITY_COLUMNS[entity][0])
+        return {name: _SAMPLE_VALUES.get(name, "sample") for name in names}
+
+    trigger_entity, item_entity = {
+        "order_placed": ("orders", "order_items"), "order_date": ("orders", "order_items"),
+        "at_risk": ("orders", "order_items"), "checkout_abandoned": ("checkouts", "checkout_items"),
+        "event": ("events", "events"),
+    }.get(trigger.kind, (None, None))
+    trigger_record = record(trigger_entity) if trigger_entity and trigger_entity in config.sources else {}
+    items = [record(item_entity)] if item_entity and item_entity in config.sources else []
+    context = {
+        "customer": record("customers"),
+        "trigger": {"key": "1", "at": "2025-01-01 00:00:00", **trigger_record},
+        "items": items,
+        "campaign": "campaign", "step": "step", "variant": "default",
+        "message_key": "campaign:step:1:1", "due_at": "2025-01-01 00:00:00",
+        "unsubscribe_url": "https://shop.example/unsubscribe?c=1&k=email&s=0",
+    }
+    if discount_code:
+        context["discount_code"] = "SAMPLE-CODE"
+    return context
+
+
+_SAMPLE_VALUES = {"price": 9.5, "total": 19.0, "quantity": 1}
+
+
+def lint(doc: Document, campaign: Campaign, config: ProjectConfig) -> list[Issue]:
+    """Non-fatal warnings: things that are allowed but usually a mistake."""
+    warnings = []
+    if not campaign.stop and campaign.trigger.kind not in ("last_activity", "checkout_abandoned"):
+        warnings.append(doc.issue(("name",), f"campaign '{campaign.name}' has no stop condition",
+                                  fix="add stop: [ordered_again] (or came_back, unsubscribed) unless every step must go out regardless",
+                                  severity="warning"))
+    for index, step in enumerate(campaign.steps):
+        where = ("steps", index)
+        if step.freshness is None:
+            warnings.append(doc.issue(where + ("id",), f"step '{step.id}' has no freshness window: after an outage it would still be sent, however late",
+                                      fix="add freshness: (e.g. 1d) so late messages are skipped", severity="warning"))
+        for channel in step.channels:
+            kind = config.channels[channel].kind if channel in config.channels else None
+            if kind == "sms" and step.quiet_hours is None and channel not in config.quiet_hours:
+                warnings.append(doc.issue(where + ("id",), f"step '{step.id}' sends SMS without quiet hours",
+                                          fix=f"add quiet_hours: {{start: '21:00', end: '08:00'}} to the step or defaults.quiet_hours.{channel} in {config.file}",
+                                          severity="warning"))
+    warnings += renamed_steps(doc, campaign, config)
+    return warnings
+
+
+def renamed_steps(doc: Document, campaign: Campaign, config: ProjectConfig) -> list[Issue]:
+    """Warn when a step id disappeared and another appeared since git's HEAD: a renamed
+    id is a new step, so everyone who got the old one would get the new one too."""
+    import subprocess
+
+    from engine.spec.load import load_yaml_text
+
+    path = Path(doc.file)
+    try:
+        relative = path.resolve().relative_to(config.root)
+        result = subprocess.run(["git", "-C", str(config.root), "show", f"HEAD:./{relative}"],
+                                capture_output=True, text=True, timeout=10)
+    except (ValueError, OSError, RuntimeError, subprocess.SubprocessError):
+        return []
+    if result.returncode != 0:
+        return []
+    before = load_yaml_text(result.stdout, doc.file).data  # the same limits as the file on disk
+    try:
+        old_ids = [s["id"] for s in before.get("steps", []) if isinstance(s, dict) and "id" in s]
+    except (AttributeError, TypeError):
+        return []
+    new_ids = [s.id for s in campaign.steps]
+    gone = [i for i in old_ids if i not in new_ids]
+    added = [i for i in new_ids if i not in old_ids]
+    if not gone or not added:
+        return []
+    return [doc.issue(("steps", new_ids.index(step_id), "id"),
+                      f"step '{step_id}' is new and '{', '.join(gone)}' is gone since the last commit: if this is a rename, "
+                      f"customers who already got '{gone[0]}' will get '{step_id}' too",
+                      fix=f"keep the old id '{gone[0]}' to keep its ledger history (ids are identities, not labels)",
+                      severity="warning") for step_id in added]

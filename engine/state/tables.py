@@ -1,0 +1,8 @@
+"""The names of the ledger's tables: owned by the ledger, read by the SQL that joins engine state.
+
+Names only: no I/O, no imports, so the pure SQL compiler may use them without pulling in a database driver.
+"""
+
+LEDGER_TABLE = "engine_ledger"
+ENTRIES_TABLE = "engine_entries"
+TAGS_TABLE = "engine_tags"

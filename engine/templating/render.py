@@ -1,0 +1,393 @@
+"""Message templates: Jinja2 in a budgeted, read-only sandbox, strict about undefined variables.
+
+A message template is one file with named blocks: ``subject``, ``text`` and
+``html`` for email, ``text`` for SMS. The ``html`` block is rendered with
+autoescaping on, ``subject`` and ``text`` with it off, from two environments
+over the same files, so a template author cannot forget to escape HTML and
+plain text is never double-escaped. An email template fills in the locked
+layout (layout.py); the engine appends the layout's footer with the
+unsubscribe link to both parts itself. The sandbox and the render budgets
+are sandbox.py's, the loader that stays in the templates folder is
+template_loader.py's. Owns Jinja2 rendering; no other I/O than reading
+templates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+from markupsafe import escape
+
+from engine.errors import TemplateError
+from engine.templating.layout import EMAIL_LAYOUT, FOOTERS, lock_violations
+from engine.templating.sandbox import BudgetExceeded, Limits, TemplateSandbox, budget, read_only
+from engine.templating.loader import FolderLoader, TemplateOutsideFolder, TemplateTooLarge
+
+#: Blocks each channel kind needs: (required, optional).
+REQUIRED_BLOCKS = {
+    "email": (("subject",), ("text", "html")),
+    "sms": (("text",), ()),
+}
+
+
+@dataclass(frozen=True)
+class RenderedContent:
+    subject: str | None
+    text: str | None
+    html: str | None
+
+
+@dataclass(frozen=True)
+class TemplateProblem:
+    message: str
+    line: int | None = None
+    fix: str = ""
+
+
+class Renderer:
+    """Renders message templates from ``templates_dir``.
+
+    ``layout`` is the locked email layout every email template must fill in
+    (None only for renderers of ad-hoc templates in tests of the block chain);
+    ``limits`` bound each render.
+    """
+
+    def __init__(self, templates_dir: Path, limits: Limits = Limits(), layout: str | None = EMAIL_LAYOUT):
+        loader = FolderLoader(templates_dir)
+        common = dict(loader=loader, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        self._plain = TemplateSandbox(autoescape=False, **common)
+        self._html = TemplateSandbox(autoescape=True, **common)
+        self.limits = limits
+        self.layout = layout
+        self._cache: dict[tuple[str, bool], jinja2.Template] = {}
+        self._chains: dict[tuple[str, str, bool], list[jinja2.Template] | None] = {}
+        self._locks: dict[str, str | None] = {}
+
+    def _template(self, name: str, html: bool) -> jinja2.Template:
+        key = (name, html)
+        if key not in self._cache:
+            env = self._html if html else self._plain
+            self._cache[key] = env.get_template(name)
+        return self._cache[key]
+
+    def check(self, name: str, kind: str, sample: dict[str, Any]) -> list[TemplateProblem]:
+        """Problems that make ``name`` unusable for a channel of ``kind``.
+
+        Every template ``name`` reaches (extends, include, import) must exist
+        inside the templates folder, compile and be reached by a constant name,
+        without cycles; an email template must fill in the locked layout. The
+        template is then rendered once against ``sample`` (every variable the
+        trigger provides, with placeholder values) within the render budget,
+        so an undefined variable, a forbidden operation or a bound exceeded is
+        reported here rather than at send time.
+        """
+        problems = self._reference_problems(name)
+        if problems:
+            return problems
+        missing = self._missing_blocks(name, kind)
+        if missing:
+            return missing
+        if kind == "email" and self.layout is not None:
+            violations = lock_violations(self._plain, name, self.layout)
+            if violations:
+                return [TemplateProblem(f"{v.message} ({v.file}" + (f":{v.line})" if v.line else ")"), line=v.line, fix=v.fix)
+                        for v in violations]
+        try:
+            with budget(self.limits):
+                data = read_only(sample)
+                blocks = set(self._render_blocks(name, data, html=False).names)
+                if "html" in blocks:
+                    self._render_blocks(name, data, html=True)
+                if kind == "email" and self.layout is not None:
+                    self._footers(data, html="html" in blocks)
+        except jinja2.UndefinedError as exc:
+            known = ", ".join(sorted(sample))
+            return [TemplateProblem(f"template '{name}' uses an undefined variable: {exc.message}{_where(exc)}",
+                                    line=_line(exc),
+                                    fix=f"use only what this trigger provides ({known}; customer.<attribute>, trigger.<column>)")]
+        except BudgetExceeded as exc:
+            return [TemplateProblem(f"template '{name}' exceeds a render bound: {exc}{_where(exc)}", line=_line(exc),
+                                    fix=f"make templates/{name} do less work: fewer or smaller loops, shorter strings, smaller numbers")]
+        except jinja2.exceptions.SecurityError as exc:
+            return [TemplateProblem(f"template '{name}' does something the sandbox forbids: {exc}{_where(exc)}",
+                                    line=_line(exc),
+                                    fix=f"templates only read the data they are given: remove that from templates/{name}")]
+        except RecursionError:
+            return [TemplateProblem(f"template '{name}' nests too deeply (a macro, include or extends that never ends)",
+                                    fix=f"remove the recursion from templates/{name}")]
+        except TemplateError as exc:  # the layout's footer lost the unsubscribe link
+            return [TemplateProblem(str(exc), fix=f"keep {{{{ unsubscribe_url }}}} in the footer blocks of templates/{self.layout}")]
+        except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            return [TemplateProblem(f"template '{name}' fails to render: {exc}{_where(exc)}", line=_line(exc),
+                                    fix=f"fix templates/{name}")]
+        return self._missing_blocks(name, kind, blocks)
+
+    def _missing_blocks(self, name: str, kind: str, blocks: set[str] | None = None) -> list[TemplateProblem]:
+        """The blocks a ``kind`` message needs that ``name`` lacks; ``blocks`` defaults to every block
+        of its (constant) inheritance chain."""
+        if blocks is None:
+            blocks, seen, current, env = set(), set(), name, self._plain
+            while current is not None and current not in seen:
+                seen.add(current)
+                tree = env.parse(env.loader.get_source(env, current)[0])
+                blocks |= {b.name for b in tree.find_all(nodes.Block)}
+                parents = [e.template.value for e in tree.find_all(nodes.Extends) if isinstance(e.template, nodes.Const)]
+                current = parents[0] if parents else None
+        problems = []
+        required, optional = REQUIRED_BLOCKS[kind]
+        for block in required:
+            if block not in blocks:
+                fix = (f'extend the locked layout: {{% extends "{self.layout}" %}} and fill in {{% block title %}}...{{% endblock %}}'
+                       if kind == "email" and self.layout is not None else f"add {{% block {block} %}}...{{% endblock %}}")
+                problems.append(TemplateProblem(f"template '{name}' has no '{block}' block, which {kind} messages need", fix=fix))
+        if optional and not blocks & set(optional):
+            problems.append(TemplateProblem(
+                f"template '{name}' has none of the blocks {', '.join(optional)}",
+                fix="add a text or html block with the message body"))
+        return problems
+
+    def _reference_problems(self, name: str) -> list[TemplateProblem]:
+        """``name`` and every template it extends, includes or imports: each must exist inside the
+        templates folder, be UTF-8, compile and be named by a constant; no template may reach itself."""
+        env = self._plain
+        problems: list[TemplateProblem] = []
+        done: set[str] = set()
+
+        def visit(current: str, path: list[str], referrer: str | None, line: int | None) -> None:
+            where = f"templates/{referrer}" + (f":{line}" if line else "") if referrer else None
+            try:
+                source, _, _ = env.loader.get_source(env, current)
+            except TemplateOutsideFolder as exc:
+                shown = f"'{current}'" if referrer is None else f"'{current}' (used by {where})"
+                problems.append(TemplateProblem(
+                    f"template {shown} is a link to {exc.real_path}, outside the templates folder",
+                    line=line, fix=f"replace templates/{current} by a regular file inside templates/ (no symlinks out of it)"))
+                return
+            except TemplateTooLarge as exc:
+                problems.append(TemplateProblem(str(exc.message), fix=f"make templates/{current} smaller"))
+                return
+            except jinja2.TemplateNotFound:
+                if referrer is None:
+                    problems.append(TemplateProblem(f"template '{name}' does not exist",
+                                                    fix="create it under templates/ or fix the path"))
+                else:
+                    problems.append(TemplateProblem(f"template '{name}' refers to '{current}', which does not exist",
+                                                    line=line, fix=f"create templates/{current} or fix the name in {where}"))
+                return
+            except UnicodeDecodeError:
+                problems.append(TemplateProblem(f"template '{current}' is not UTF-8 text", fix=f"save templates/{current} as UTF-8"))
+                return
+            try:
+                tree = env.parse(source, current)
+                self._template(current, html=False)
+            except jinja2.TemplateSyntaxError as exc:
+                shown = f"'{current}'" if current == name else f"'{current}' (used by '{name}')"
+                problems.append(TemplateProblem(f"template {shown} does not compile: {exc.message}", line=exc.lineno,
+                                                fix=f"fix the Jinja2 syntax in templates/{current} line {exc.lineno}"))
+                return
+            for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+                kind = type(node).__name__.lower().replace("fromimport", "import")
+                if not isinstance(node.template, nodes.Const) or not isinstance(node.template.value, str):
+                    problems.append(TemplateProblem(
+                        f"template '{current}' line {node.lineno}: {kind} of a computed template name",
+                        line=node.lineno, fix=f'name the template as a constant string in templates/{current}, e.g. {{% {kind} "layouts/email.j2" %}}'))
+                    continue
+                child = node.template.value
+                if child in path:
+                    cycle = " -> ".join(path + [child])
+                    problems.append(TemplateProblem(
+                        f"template '{current}' line {node.lineno}: {kind} cycle {cycle}",
+                        line=node.lineno, fix=f"remove the {kind} of '{child}' from templates/{current}: a template may not reach itself"))
+                    continue
+                if getattr(node, "ignore_missing", False):
+                    try:
+                        env.loader.get_source(env, child)
+                    except TemplateOutsideFolder:
+                        pass  # reported by visit below
+                    except jinja2.TemplateNotFound:
+                        continue
+                if child not in done:
+                    visit(child, path + [child], current, node.lineno)
+            done.add(current)
+
+        visit(name, [name], None, None)
+        return problems
+
+    def render(self, name: str, kind: str, context: dict[str, Any]) -> RenderedContent:
+        """The message parts of ``name`` for ``context`` (a read-only copy is rendered), within the budget.
+
+        Any failure of the template (a bound exceeded, a forbidden operation,
+        an error in its expressions, a broken layout) is a ``TemplateError``
+        naming the template and the reason; nothing else escapes.
+        """
+        try:
+            with budget(self.limits):
+                data = read_only(context)
+                if kind == "email" and self.layout is not None:
+                    self._require_lock(name)
+                parts = self._render_blocks(name, data, html=False)
+                html = self._render_blocks(name, data, html=True).get("html") if "html" in parts.names else None
+                text = parts.get("text")
+                if kind == "email" and self.layout is not None:
+                    footer_text, footer_html = self._footers(data, html=html is not None)
+                    text = (text or "") + footer_text
+                    html = html + footer_html if html is not None else None
+        except TemplateError:
+            raise
+        except RecursionError:
+            raise TemplateError(f"template '{name}' failed to render: it nests too deeply") from None
+        except jinja2.TemplateNotFound as exc:
+            reason = exc.message if isinstance(exc, (TemplateOutsideFolder, TemplateTooLarge)) else f"'{exc.name}' does not exist"
+            raise TemplateError(f"template '{name}' failed to render: {reason}") from None
+        except Exception as exc:  # noqa: BLE001 (a template's failure fails its message, never the pass)
+            raise TemplateError(f"template '{name}' failed to render: {exc}{_where(exc)}") from None
+        subject = parts.get("subject")
+        if subject is not None:
+            subject = " ".join(subject.split())
+        return RenderedContent(subject=subject if kind == "email" else None,
+                               text=text.strip() if text is not None else None,
+                               html=html.strip() if html is not None else None)
+
+    def _require_lock(self, name: str) -> None:
+        """Refuse (at send time too) an email template that does not fill in the locked layout."""
+        if name not in self._locks:
+            violations = lock_violations(self._plain, name, self.layout)
+            self._locks[name] = f"{violations[0].message} ({violations[0].file}:{violations[0].line})" if violations else None
+        if self._locks[name] is not None:
+            raise TemplateError(f"template '{name}' failed to render: {self._locks[name]}")
+
+    def _footers(self, data: dict[str, Any], html: bool) -> tuple[str, str]:
+        """The layout's footer blocks, rendered by the engine from the layout itself (never from the
+        campaign template's blocks); each must contain the unsubscribe link."""
+        url = str(data.get("unsubscribe_url", ""))
+        parts = []
+        for mode in (False, True) if html else (False,):
+            layout = self._template(self.layout, html=mode)
+            block = FOOTERS["html" if mode else "text"]
+            if block not in layout.blocks:
+                raise TemplateError(f"the layout '{self.layout}' has no '{block}' block")
+            ctx = layout.new_context({**data, "format": "html" if mode else "text"})
+            footer = "".join(layout.blocks[block](ctx))
+            if not url or (escape(url) if mode else url) not in footer:
+                raise TemplateError(f"the footer block '{block}' of the layout '{self.layout}' does not contain the unsubscribe link")
+            parts.append(footer)
+        return parts[0], parts[1] if html else ""
+
+    def _render_blocks(self, name: str, context: dict[str, Any], html: bool) -> "_Blocks":
+        """Render the message blocks of ``name``, following ``{% extends %}`` to its layout.
+
+        Each part is the most derived version of its block, so a campaign
+        template can override only the blocks the layout leaves open (title,
+        body, ...). The blocks of the whole inheritance chain are registered
+        in the context the way Jinja's own ``extends`` does it; only a chain
+        whose templates do more than extend and define blocks at the top level
+        (set, import, macro, a dynamic extends) runs the template's root for
+        that, which renders every block once more just to throw it away.
+        """
+        template = self._template(name, html=html)
+        ctx = template.new_context({**context, "format": "html" if html else "text"})
+        chain = self._chain(name, html)
+        if chain is None:
+            for _ in template.root_render_func(ctx):
+                pass
+        else:
+            for parent in chain:
+                for block, render in parent.blocks.items():
+                    ctx.blocks.setdefault(block, []).append(render)
+        wanted = ("html",) if html else ("subject", "text")
+        # text and html are stripped by render, after the engine appended the footer
+        rendered = {block: "".join(ctx.blocks[block][0](ctx)) for block in wanted if block in ctx.blocks}
+        return _Blocks(rendered, names=frozenset(ctx.blocks))
+
+    def _chain(self, name: str, html: bool) -> list[jinja2.Template] | None:
+        """The templates ``name`` extends, nearest first; None when running its root could do more
+        than register their blocks (the caller then runs it). Cached per template and mode."""
+        key = ("chain", name, html)
+        if key not in self._chains:
+            env = self._html if html else self._plain
+            chain: list[jinja2.Template] | None = []
+            current, seen = name, {name}
+            while chain is not None:
+                parent = _static_parent(env, current)
+                if parent is False:
+                    chain = None
+                elif parent is None:
+                    break
+                elif parent in seen:  # a cycle: let Jinja report it
+                    chain = None
+                else:
+                    seen.add(parent)
+                    chain.append(env.get_template(parent, parent=current))
+                    current = parent
+            self._chains[key] = chain
+        return self._chains[key]
+
+
+#: Top-level statements that only produce output (or nothing) when a template's root runs.
+_PASSIVE = (nodes.Output, nodes.Block, nodes.If, nodes.For)
+#: Statements that change the context a block sees, wherever they sit outside blocks.
+_ACTIVE = (nodes.Assign, nodes.AssignBlock, nodes.Import, nodes.FromImport, nodes.Macro, nodes.CallBlock,
+           nodes.Include, nodes.ExprStmt, nodes.With, nodes.Extends, nodes.Scope, nodes.OverlayScope,
+           nodes.EvalContextModifier, nodes.ScopedEvalContextModifier)
+
+
+def _static_parent(env: jinja2.Environment, name: str) -> str | None | bool:
+    """The template ``name`` extends (None: none), or False when its top level does anything
+    besides a constant ``{% extends %}``, blocks and output."""
+    source, _, _ = env.loader.get_source(env, name)
+    parent: str | None = None
+    for node in env.parse(source).body:
+        if isinstance(node, nodes.Extends):
+            if parent is not None or not isinstance(node.template, nodes.Const):
+                return False
+            parent = node.template.value
+            continue
+        if not isinstance(node, _PASSIVE):
+            return False
+        outside_blocks = [node] if not isinstance(node, nodes.Block) else []
+        for outer in outside_blocks:
+            for inner in outer.find_all(_ACTIVE):
+                if not _inside_block(outer, inner):
+                    return False
+    return parent
+
+
+def _inside_block(top: nodes.Node, target: nodes.Node) -> bool:
+    """Whether ``target`` sits in a ``{% block %}`` nested in ``top`` (blocks are not run by the root)."""
+    for block in top.find_all(nodes.Block):
+        if target is block or any(target is n for n in block.find_all(type(target))):
+            return True
+    return False
+
+
+class _Blocks(dict):
+    """Rendered blocks, plus the names of every block the template chain defines."""
+
+    def __init__(self, rendered: dict[str, str], names: frozenset[str]):
+        super().__init__(rendered)
+        self.names = names
+
+
+def _template_frame(exc: BaseException) -> tuple[str, int] | None:
+    """The template name and line where ``exc`` was raised (the innermost template frame)."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        template = tb.tb_frame.f_globals.get("__jinja_template__")
+        if template is not None:
+            found = (template.name, template.get_corresponding_lineno(tb.tb_lineno))
+        tb = tb.tb_next
+    return found
+
+
+def _line(exc: BaseException) -> int | None:
+    frame = _template_frame(exc)
+    return frame[1] if frame else None
+
+
+def _where(exc: BaseException) -> str:
+    frame = _template_frame(exc)
+    return f" (templates/{frame[0]}:{frame[1]})" if frame else ""

@@ -1,0 +1,147 @@
+"""``engine customer``: one customer's data and campaign participation (R-S2).
+
+Attributes and orders come from the warehouse through the source mapping
+(lookup.py); participation is every ledger row of the customer (campaign,
+step, status, reason, channel, when), with the message as stored when asked
+(``dispatch.deserialize``, as ``engine show-message``), plus the engine's
+tags and unsubscribes. Read-only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from engine.sql.compile import render_sql
+from engine.run.dispatch import deserialize
+from engine.errors import EngineError
+from engine.state.ledger import ledger_table
+from engine.sql.lookup import customer_query, order_count_query, order_items_query, orders_query
+from engine.run.reconcile import Reconciler
+
+LATEST_ORDERS = 10
+
+
+class UnknownCustomer(EngineError):
+    """The customer id names no customer in the warehouse."""
+
+LEDGER_FIELDS = ("message_key", "campaign", "step", "trigger_key", "variant", "channel", "status", "reason",
+                 "detail", "due_at", "created_at", "updated_at", "attempts")
+
+
+def plain(value):
+    """A JSON-ready value: instants and dates as ISO text, decimals as numbers."""
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+@dataclass
+class CustomerView:
+    customer_id: str
+    attributes: dict
+    order_count: int | None
+    orders: list[dict]  # each with "items"
+    ledger: list[dict]  # each with "message" when asked
+    tags: list[str]
+    unsubscribed: list[str]
+
+    def as_dict(self) -> dict:
+        return {"customer_id": self.customer_id, "attributes": self.attributes, "order_count": self.order_count,
+                "orders": self.orders, "ledger": self.ledger, "tags": self.tags, "unsubscribed": self.unsubscribed}
+
+
+def find_customer(reconciler: Reconciler, customer_id: str) -> dict:
+    """The customer's mapped attributes as the warehouse returns them, or ``UnknownCustomer``."""
+    config = reconciler.config
+    found = reconciler.warehouse.fetch_all(render_sql(customer_query(config, customer_id), config.dialect))
+    if not found:
+        raise UnknownCustomer(f"no customer with id '{customer_id}' in the warehouse "
+                              "(source customers, column customer_id); check the id")
+    if len(found) > 1:
+        raise EngineError(f"{len(found)} customers have the id '{customer_id}'; customer_id must be unique")
+    return dict(found[0]._mapping)
+
+
+def customer_view(reconciler: Reconciler, customer_id: str, *, all_orders: bool = False,
+                  messages: bool = False) -> CustomerView:
+    config = reconciler.config
+    warehouse = reconciler.warehouse
+    attributes = {k: plain(v) for k, v in find_customer(reconciler, customer_id).items()}
+    orders: list[dict] = []
+    order_count = None
+    if "orders" in config.sources:
+        order_count = int(warehouse.fetch_all(render_sql(order_count_query(config, customer_id), config.dialect))[0][0])
+        limit = None if all_orders else LATEST_ORDERS
+        orders = [{k: plain(v) for k, v in row._mapping.items()}
+                  for row in warehouse.fetch_all(render_sql(orders_query(config, customer_id, limit), config.dialect))]
+        items: dict[str, list[dict]] = {}
+        if orders and "order_items" in config.sources:
+            ids = [str(o["order_id"]) for o in orders]
+            for start in range(0, len(ids), 500):
+                sql = render_sql(order_items_query(config, ids[start:start + 500]), config.dialect)
+                for row in warehouse.fetch_all(sql):
+                    item = {k: plain(v) for k, v in row._mapping.items()}
+                    items.setdefault(str(item["order_id"]), []).append(item)
+        for order in orders:
+            order["items"] = items.get(str(order["order_id"]), [])
+    return CustomerView(customer_id, attributes, order_count, orders, _ledger(reconciler, customer_id, messages),
+                        reconciler.ledger.tags(customer_id),
+                        sorted(kind for _, kind in reconciler.ledger.unsubscribed([customer_id])))
+
+
+def _ledger(reconciler: Reconciler, customer_id: str, messages: bool) -> list[dict]:
+    c = ledger_table.c
+    columns = [c[name] for name in LEDGER_FIELDS] + ([c.content] if messages else [])
+    query = sa.select(*columns).where(c.customer_id == customer_id).order_by(c.created_at, c.message_key)
+    rows = []
+    with reconciler.ledger.db.engine.connect() as conn:
+        for row in conn.execute(query).mappings():
+            entry = {k: plain(row[k]) for k in LEDGER_FIELDS}
+            if messages:
+                entry["message"] = _message(row["message_key"], row["content"])
+            rows.append(entry)
+    return rows
+
+
+def _message(key: str, content: str | None) -> dict | None:
+    if not content:
+        return None
+    m = deserialize(key, content)
+    return {"kind": m.kind, "to": m.to, "from": m.sender, "subject": m.subject, "text": m.text, "html": m.html}
+
+
+def format_text(view: CustomerView) -> str:
+    lines = [f"Customer {view.customer_id}"]
+    width = max((len(k) for k in view.attributes), default=0)
+    lines += [f"  {k:<{width}}  {'' if v is None else v}" for k, v in view.attributes.items()]
+    lines.append(f"  tags: {', '.join(view.tags) or '-'}; unsubscribed: {', '.join(view.unsubscribed) or '-'}")
+    if view.order_count is not None:
+        shown = "" if len(view.orders) == view.order_count else f", latest {len(view.orders)} shown (--all for all)"
+        lines += ["", f"Orders: {view.order_count}{shown}"]
+        for o in view.orders:
+            lines.append(f"  {o['order_id']}  {o['created_at']}  {o.get('status') or '-'}  total {o.get('total')}")
+            for i in o["items"]:
+                lines.append(f"      {i.get('quantity') or 1} x {i.get('name') or i.get('product_id')}"
+                             + (f"  {i['price']}" if i.get("price") is not None else ""))
+    lines += ["", f"Campaign participation (ledger): {len(view.ledger)} message(s)"]
+    for r in view.ledger:
+        outcome = r["status"] + (f" ({r['reason']})" if r["reason"] else "")
+        lines.append(f"  {r['created_at']}  {r['campaign']}/{r['step']}  {r['channel'] or '-'}  {outcome}"
+                     f"  trigger {r['trigger_key']}  [{r['message_key']}]")
+        message = r.get("message")
+        if message:
+            lines.append(f"      To: {message['to']}  From: {message['from']}")
+            if message.get("subject"):
+                lines.append(f"      Subject: {message['subject']}")
+            for text_line in (message.get("text") or "").splitlines():
+                lines.append(f"      | {text_line}")
+        elif "message" in r:
+            lines.append("      (nothing was rendered for this message)")
+    return "\n".join(lines)

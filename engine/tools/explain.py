@@ -1,0 +1,319 @@
+"""``engine explain``: why one customer is, or is not, due for each step of a campaign (R-O4).
+
+Nothing here re-implements campaign semantics. The answer is assembled from
+the machinery a pass uses:
+
+- the plan itself: ``Reconciler.due`` restricted to the customer (due query,
+  ledger anti-join, ``_decide``, re-entry, ``apply_policies``), so "send",
+  "skip: reason" and "defer" are exactly what ``engine plan`` says;
+- the due query without the ledger anti-join, through ``Reconciler._decide``,
+  for what the ledger already holds;
+- ``compile.explain_query``: every trigger instance of the customer (no time
+  window) with each audience filter and stop condition evaluated on its own,
+  which names the filter that excluded them;
+- ``decide.due_time`` / ``anniversary_instance`` for when each step is due.
+
+Read-only: no ledger writes, no segment entries recorded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+
+import sqlalchemy as sa
+
+from engine.clock import UTC, format_duration, format_instant, parse_stored_date, parse_stored_timestamp
+from engine.sql.compile import due_query, explain_query, render_sql
+from engine.decide import anniversary_instance, customer_zone, due_time, yearly_occurrence
+from engine.errors import EngineError
+from engine.state.ledger import ledger_table, message_key
+from engine.tools.customer import find_customer
+from engine.model import Anniversary, Campaign, Step
+from engine.run.reconcile import DueMessage, Reconciler
+
+#: Trigger instances shown per campaign (newest first); older ones are counted.
+MAX_INSTANCES = 10
+
+
+class UnknownCampaign(EngineError):
+    pass
+
+
+@dataclass
+class Verdict:
+    """The outcome for one (step, instance): what ``engine plan`` does with it and why.
+
+    ``status``: send | skip | defer (what the plan would do now), recorded
+    (the ledger holds it), not_yet (due later), excluded (an audience filter),
+    expired (past freshness and the stale horizon: neither sent nor recorded),
+    no_instance (no trigger for this customer).
+    """
+
+    status: str
+    reason: str | None = None
+    text: str = ""
+
+    def as_dict(self) -> dict:
+        return {"status": self.status, "reason": self.reason, "text": self.text}
+
+
+@dataclass
+class InstanceStep:
+    step: str
+    trigger_key: str | None
+    trigger_at: datetime | None
+    due_at: datetime | None
+    stale_after: datetime | None
+    filters: list[dict]
+    stopped_by: list[str]
+    ledger: dict | None
+    verdict: Verdict
+    message_key: str | None = None
+    variant: str | None = None
+    channel: str | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "step": self.step, "trigger_key": self.trigger_key, "trigger_at": _instant(self.trigger_at),
+            "due_at": _instant(self.due_at), "stale_after": _instant(self.stale_after), "message_key": self.message_key,
+            "filters": self.filters, "stopped_by": self.stopped_by, "ledger": self.ledger,
+            "variant": self.variant, "channel": self.channel, "verdict": self.verdict.as_dict(),
+        }
+
+
+@dataclass
+class StepInfo:
+    id: str
+    delay: timedelta
+    freshness: timedelta | None
+    send_at: time | None
+    audience: str | None
+    instances: list[InstanceStep] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "delay": _duration(self.delay), "freshness": _duration(self.freshness),
+                "send_at": self.send_at.strftime("%H:%M") if self.send_at else None, "audience": self.audience,
+                "instances": [i.as_dict() for i in self.instances]}
+
+
+@dataclass
+class Explanation:
+    campaign: str
+    customer_id: str
+    now: datetime
+    enabled: bool
+    trigger: str
+    audience: str | None
+    stop: tuple[str, ...]
+    timezone: str
+    instance_count: int
+    steps: list[StepInfo]
+
+    def as_dict(self) -> dict:
+        return {"campaign": self.campaign, "customer_id": self.customer_id, "now": format_instant(self.now),
+                "enabled": self.enabled, "trigger": self.trigger, "audience": self.audience, "stop": list(self.stop),
+                "timezone": self.timezone, "instances": self.instance_count,
+                "steps": [s.as_dict() for s in self.steps]}
+
+
+def _instant(value: datetime | None) -> str | None:
+    return format_instant(value) if value is not None else None
+
+
+def _duration(value: timedelta | None) -> str | None:
+    return None if value is None else (format_duration(value) if value else "0m")
+
+
+def _trigger_text(campaign: Campaign) -> str:
+    trigger = campaign.trigger
+    settings = {k: v for k, v in vars(trigger).items() if k != "kind" and v not in ((), None)}
+
+    def shown(value) -> str:
+        if isinstance(value, timedelta):
+            return _duration(value)
+        return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, tuple) else str(value)
+
+    return trigger.kind + (" " + ", ".join(f"{k}={shown(v)}" for k, v in settings.items()) if settings else "")
+
+
+def explain(reconciler: Reconciler, campaign_name: str, customer_id: str, now: datetime) -> Explanation:
+    """Why ``customer_id`` is or is not due for each step of ``campaign_name`` at ``now``."""
+    config = reconciler.config
+    try:
+        campaign = reconciler.project.campaign(campaign_name)
+    except KeyError as exc:
+        raise UnknownCampaign(exc.args[0]) from None
+    customer = find_customer(reconciler, customer_id)
+    zone = customer_zone(customer.get("timezone"), config.default_timezone)
+
+    planned = _planned(reconciler, campaign, customer_id, now)
+    candidates = _candidates(reconciler, campaign, customer_id, now)
+    recorded = _ledger_rows(reconciler, campaign.name, customer_id)
+    query, checks = explain_query(campaign, config, now, customer_id)
+    rows = [dict(r._mapping) for r in reconciler.warehouse.fetch_all(render_sql(query, config.dialect))]
+
+    steps = []
+    for step in campaign.steps:
+        info = StepInfo(step.id, step.delay, step.freshness, step.send_at, step.audience)
+        for row in rows[:MAX_INSTANCES]:
+            info.instances.append(_explain_instance(reconciler, campaign, step, row, checks, zone, now,
+                                                    planned, candidates, recorded, customer_id))
+        if not rows:
+            info.instances.append(InstanceStep(
+                step.id, None, None, None, None, [], [], None,
+                Verdict("no_instance", "no_trigger", f"no {campaign.trigger.kind} trigger instance for this customer "
+                        f"at {format_instant(now)}")))
+        steps.append(info)
+    return Explanation(campaign.name, customer_id, now, campaign.enabled, _trigger_text(campaign), campaign.audience,
+                       campaign.stop, zone.key, len(rows), steps)
+
+
+def _planned(reconciler: Reconciler, campaign: Campaign, customer_id: str, now: datetime) -> dict[str, DueMessage]:
+    """What ``engine plan`` decides for this customer: every message of ``campaign``, by key.
+
+    Frequency caps count what higher-priority campaigns send to the customer
+    in the same plan, so with caps those campaigns are planned first, as a
+    pass does; without caps the campaign alone gives the same answer.
+    """
+    selected = [campaign]
+    if reconciler.config.frequency_caps:
+        enabled = [c for c in reconciler.campaigns() if c.name != campaign.name]
+        ahead = sorted(enabled + [campaign], key=lambda c: -c.priority)
+        selected = ahead[:ahead.index(campaign) + 1]
+    return {m.key: m for batch in reconciler.due(now, selected, customer_id=customer_id) for m in batch
+            if m.campaign == campaign.name}
+
+
+def _candidates(reconciler: Reconciler, campaign: Campaign, customer_id: str, now: datetime) -> dict[str, DueMessage]:
+    """The due set before the ledger is subtracted, as ``_decide`` sees it, by message key."""
+    config = reconciler.config
+    sql = render_sql(due_query(campaign, config, now, exclude_ledger=False, customer_id=customer_id), config.dialect)
+    decided = {}
+    for rows in reconciler.warehouse.stream(sql):
+        for row in rows:
+            m = reconciler._decide(campaign, row, now)
+            if m is not None:
+                decided[m.key] = m
+    return decided
+
+
+def _ledger_rows(reconciler: Reconciler, campaign: str, customer_id: str) -> dict[str, dict]:
+    c = ledger_table.c
+    query = sa.select(c.message_key, c.status, c.reason, c.detail, c.channel, c.variant, c.created_at, c.updated_at).where(
+        c.campaign == campaign, c.customer_id == customer_id)
+    with reconciler.ledger.db.engine.connect() as conn:
+        return {row["message_key"]: dict(row) for row in conn.execute(query).mappings()}
+
+
+def _instance_time(campaign: Campaign, step: Step, row: dict, zone, now: datetime,
+                   horizon: timedelta) -> tuple[str | None, datetime | None, datetime | None]:
+    """(trigger key, trigger instant, due time) of this step for this instance. For yearly
+    triggers: the latest occurrence due by now, or the next one when that is long past."""
+    if isinstance(campaign.trigger, Anniversary):
+        day = parse_stored_date(row["anniversary"])
+        latest = anniversary_instance(day, step, now, zone)
+        if latest is not None:
+            due_at = due_time(latest[0], step, zone)
+            if step.freshness is None or now <= due_at + step.freshness + horizon:
+                return latest[1], latest[0], due_at
+        year = int(latest[1]) + 1 if latest is not None else (now - step.delay).year + 1
+        trigger_at = datetime.combine(yearly_occurrence(day, year), time(0, 0), tzinfo=UTC)
+        return str(year), trigger_at, due_time(trigger_at, step, zone)
+    trigger_at = parse_stored_timestamp(row["trigger_at"])
+    return str(row["trigger_key"]), trigger_at, due_time(trigger_at, step, zone)
+
+
+def _explain_instance(reconciler: Reconciler, campaign: Campaign, step: Step, row: dict, checks, zone, now: datetime,
+                      planned: dict, candidates: dict, recorded: dict, customer_id: str) -> InstanceStep:
+    key, trigger_at, due_at = _instance_time(campaign, step, row, zone, now, reconciler.config.stale_horizon)
+    stale_after = due_at + step.freshness if step.freshness is not None and due_at is not None else None
+    filters, stopped = [], []
+    for check in checks:
+        matched = bool(row[check.column])
+        if check.scope == "stop":
+            if matched:
+                stopped.append(check.text)
+        elif check.scope == "campaign" or check.step == step.id:
+            filters.append({"scope": check.scope, "variant": check.variant, "filter": check.text, "matched": matched})
+    mkey = message_key(campaign.name, step.id, customer_id, key)
+    ledger = recorded.get(mkey)
+    if ledger is not None:
+        ledger = {k: (format_instant(parse_stored_timestamp(v)) if k in ("created_at", "updated_at") and v is not None else v)
+                  for k, v in ledger.items() if k != "message_key"}
+    result = InstanceStep(step.id, key, trigger_at, due_at, stale_after, filters, stopped, ledger,
+                          Verdict("unknown"), message_key=mkey)
+    decided = planned.get(mkey) or candidates.get(mkey)
+    if decided is not None:
+        result.variant, result.channel = decided.variant, decided.channel
+    result.verdict = _verdict(reconciler, step, filters, stopped, due_at, stale_after, ledger, planned.get(mkey), now)
+    return result
+
+
+def _verdict(reconciler: Reconciler, step: Step, filters: list[dict], stopped: list[str], due_at: datetime,
+             stale_after: datetime | None, ledger: dict | None, planned: DueMessage | None, now: datetime) -> Verdict:
+    if planned is not None:
+        if planned.action == "send":
+            return Verdict("send", None, f"due: send by {planned.channel} (variant {planned.variant})")
+        detail = f" ({planned.detail})" if planned.detail else ""
+        return Verdict(planned.action, planned.reason, f"due: {planned.action} {planned.reason}{detail}: "
+                       + REASONS.get(planned.reason, ""))
+    if ledger is not None:
+        what = ledger["status"] + (f" ({ledger['reason']})" if ledger["reason"] else "")
+        return Verdict("recorded", ledger["status"], f"already in the ledger: {what} at {ledger['updated_at']}; "
+                       "never sent again")
+    if due_at > now:
+        return Verdict("not_yet", "too_early", f"not due yet: due at {format_instant(due_at)}")
+    for f in filters:
+        if not f["matched"] and f["scope"] in ("campaign", "step"):
+            return Verdict("excluded", f"{f['scope']}_audience",
+                           f"excluded by the {f['scope']} audience: {f['filter']}")
+    horizon = reconciler.config.stale_horizon
+    if stale_after is not None and now > stale_after + horizon:
+        return Verdict("expired", "stale", f"too late: stale since {format_instant(stale_after)} and beyond the "
+                       f"stale horizon ({_duration(horizon)}); neither sent nor recorded")
+    return Verdict("not_due", None, "not in the due set at this instant")
+
+
+#: What each skip or defer reason of the plan means, for the text output.
+REASONS = {
+    "stopped": "a stop condition fired after the trigger; later steps are never sent",
+    "stale": "later than due + freshness: recorded as skipped, never sent late",
+    "no_variant": "no variant's audience matched",
+    "no_contact": "no email address or phone number for the channel",
+    "holdout": "in the campaign's holdout group",
+    "quiet_hours": "in quiet hours in the customer's time zone; sent when they end",
+    "no_consent": "no consent, or unsubscribed",
+    "suppressed": "the address or number is suppressed (hard bounce / invalid)",
+    "frequency_cap": "a frequency cap is reached",
+    "reentry": "the re-entry rule blocks this trigger instance",
+    "recently_contacted": "something was sent to the customer recently",
+}
+
+
+def format_text(e: Explanation) -> str:
+    lines = [f"Campaign {e.campaign} for customer {e.customer_id} at {format_instant(e.now)}"
+             + ("" if e.enabled else " (campaign disabled: plan and run only include it when named)"),
+             f"  trigger: {e.trigger}; stop: {', '.join(e.stop) or '-'}; time zone: {e.timezone}",
+             f"  campaign audience: {e.audience or '(everyone)'}",
+             f"  trigger instances: {e.instance_count}"
+             + (f" (newest {MAX_INSTANCES} shown)" if e.instance_count > MAX_INSTANCES else "")]
+    for s in e.steps:
+        lines.append("")
+        lines.append(f"step {s.id}: delay {_duration(s.delay)}, freshness {_duration(s.freshness) or '-'}, "
+                     f"send_at {s.send_at.strftime('%H:%M') if s.send_at else '-'}")
+        for i in s.instances:
+            if i.trigger_key is None:
+                lines.append(f"  => {i.verdict.text}")
+                continue
+            lines.append(f"  instance {i.trigger_key} at {_instant(i.trigger_at)}: due {_instant(i.due_at)}"
+                         + (f", stale after {_instant(i.stale_after)}" if i.stale_after else ""))
+            for f in i.filters:
+                label = f"variant {f['variant']} audience" if f["scope"] == "variant" else f"{f['scope']} audience"
+                lines.append(f"    {label}: {f['filter']} -> {'matched' if f['matched'] else 'NOT matched'}")
+            if e.stop:
+                lines.append(f"    stop: {', '.join(i.stopped_by) + ' fired' if i.stopped_by else 'none fired'}")
+            ledger = i.ledger
+            lines.append("    ledger: " + (f"{ledger['status']}" + (f" ({ledger['reason']})" if ledger["reason"] else "")
+                                           + f", updated {ledger['updated_at']}" if ledger else "nothing recorded"))
+            lines.append(f"    => {i.verdict.text}  [{i.message_key}]")
+    return "\n".join(lines)

@@ -1,0 +1,344 @@
+"""``engine validate --check-warehouse``: does the warehouse hold what engine.yaml maps?
+
+Connects with SQLAlchemy and, for every mapped entity, reads what the source
+really has: a ``table:`` is probed with ``SELECT * FROM <table> WHERE 1 = 0``
+(the exact name the compiled SQL uses, schema-qualified names included) and
+its declared column types read with ``sqlalchemy.inspect``; a ``query:`` is
+run wrapped as ``SELECT * FROM (<query>) AS src WHERE 1 = 0`` and its result
+columns read. Then every mapped column (and every required column left at its
+default name) must exist, and the source's mapping as the engine compiles it
+must run; columns the engine compares with instants must be timestamps or
+dates, totals, prices and quantities numbers. The customer columns' real
+kinds then type-check every campaign filter again (``filter_types``): an
+extra attribute such as ``city`` is text to the warehouse, so ``city > 5``
+is reported at its place in the campaign file.
+
+Everything found is an ``Issue`` at the mapping entry's line and column in
+engine.yaml (a missing column inside an expression: at that word), with a
+did-you-mean where a close name exists. SQLite declares no real types
+(timestamps are text there by design), so on SQLite only names are checked.
+An unreachable database is a ``WarehouseError``: one line, exit 1.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import sqlalchemy as sa
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from engine.sql.compile import render_sql, source_select
+from engine.spec.config import CONFIG_FILE, database_url, load_config
+from engine.errors import FilterError, Issue
+from engine.spec.filter_types import attribute_kinds, check_types, filter_attributes
+from engine.spec.filters import parse_filter
+from engine.spec.load import Document, display_path, load_yaml_file
+from engine.model import EntitySource, ProjectConfig
+from engine.spec.validate import campaign_files
+from engine.state.warehouse import Database, masked
+
+#: canonical column -> the kind of value the engine needs in it
+EXPECTED_KIND = {
+    "created_at": "instant", "completed_at": "instant", "occurred_at": "instant",
+    "unsubscribed_at": "instant", "delivery_date": "instant", "birthday": "instant",
+    "total": "number", "price": "number", "quantity": "number",
+}
+_KIND_WORDS = {"instant": "a timestamp or date", "number": "a number", "text": "text", "boolean": "a boolean"}
+_CAST_TO = {"instant": "TIMESTAMP", "number": "DECIMAL(12, 2)", "quantity": "INTEGER"}
+
+_INSTANT = {"DATE", "DATETIME", "SMALLDATETIME", "DATETIMEOFFSET"}
+_TEXT = {"VARCHAR", "CHAR", "CHARACTER", "TEXT", "STRING", "NVARCHAR", "NCHAR", "CLOB", "BPCHAR", "CITEXT",
+         "NTEXT", "TINYTEXT", "MEDIUMTEXT", "LONGTEXT"}
+_NUMBER = {"INT", "INTEGER", "BIGINT", "SMALLINT", "TINYINT", "MEDIUMINT", "HUGEINT", "UBIGINT", "UINTEGER",
+           "USMALLINT", "UTINYINT", "UHUGEINT", "NUMERIC", "DECIMAL", "NUMBER", "FLOAT", "DOUBLE", "REAL",
+           "MONEY", "BYTEINT"}
+_BOOLEAN = {"BOOLEAN", "BOOL"}
+
+
+def type_kind(type_name: str | None) -> str | None:
+    """'instant', 'text', 'number', 'boolean' or None (unknown: not checked) of a SQL type name."""
+    if not type_name:
+        return None
+    match = re.match(r"\s*([A-Za-z]+)", type_name)
+    if not match:
+        return None
+    base = match.group(1).upper()
+    if base in _INSTANT or base.startswith("TIMESTAMP"):
+        return "instant"
+    if base in _TEXT:
+        return "text"
+    if base in _NUMBER:
+        return "number"
+    if base in _BOOLEAN:
+        return "boolean"
+    return None
+
+
+@dataclass
+class _Relation:
+    """What a table or query really has: lower-case name -> (name, type name or None)."""
+
+    label: str
+    columns: dict[str, tuple[str, str | None]]
+
+
+def warehouse_issues(config: ProjectConfig, paths: Iterable[str] | None = None) -> list[Issue]:
+    """Every mismatch between engine.yaml's source mapping and the warehouse.
+
+    Raises ``WarehouseError`` (or ``ConfigError`` for an unset variable in the
+    URL) when the database cannot be reached at all.
+    """
+    doc = load_yaml_file(config.root / CONFIG_FILE, config.file)
+    db = Database(database_url(config, "warehouse"), must_exist=True, duckdb_settings=config.duckdb_settings)
+    try:
+        db.check()
+        checker = _Checker(config, doc, db)
+        issues = [issue for entity, source in config.sources.items() for issue in checker.source(entity, source)]
+        if checker.customer_kinds:
+            issues += filter_issues(config, campaign_files(config.root, paths), checker.customer_kinds)
+        return issues
+    finally:
+        db.dispose()
+
+
+def check_warehouse(root: Path | str, paths: Iterable[str] | None = None) -> list[Issue]:
+    """``warehouse_issues`` of the project in ``root`` (campaign files ``paths``, default campaigns.d/);
+    none when engine.yaml itself has errors (``engine validate`` reports those, and the mapping is not known then)."""
+    config, issues = load_config(Path(root).resolve())
+    if config is None or any(i.severity == "error" for i in issues):
+        return []
+    return warehouse_issues(config, paths)
+
+
+def filter_issues(config: ProjectConfig, files: list[Path], customer_kinds: dict[str, str]) -> list[Issue]:
+    """Filters that only the warehouse's column kinds show wrong (those wrong by the model's kinds alone
+    are reported by ``engine validate`` already)."""
+
+    attributes = filter_attributes(config)
+    known, real = attribute_kinds(config), attribute_kinds(config, customer_kinds)
+    issues = []
+    for path in files:
+        doc = load_yaml_file(path, display_path(path))
+        for where, text in _filters(doc.data):
+            try:
+                tree = parse_filter(text, attributes)
+                check_types(tree, known, text)
+            except FilterError:
+                continue
+            try:
+                check_types(tree, real, text)
+            except FilterError as exc:
+                issues.append(doc.issue(where, exc.message + " (by the column types in the warehouse)", fix=exc.fix,
+                                        position=doc.value_position(where, exc.offset)))
+    return issues
+
+
+def _filters(data) -> Iterator[tuple[tuple, str]]:
+    """(document path, text) of every filter of a campaign file's data."""
+    if not isinstance(data, dict):
+        return
+    if isinstance(data.get("audience"), str):
+        yield ("audience",), data["audience"]
+    for index, step in enumerate(data.get("steps") if isinstance(data.get("steps"), list) else []):
+        if not isinstance(step, dict):
+            continue
+        if isinstance(step.get("audience"), str):
+            yield ("steps", index, "audience"), step["audience"]
+        for v_index, variant in enumerate(step.get("variants") if isinstance(step.get("variants"), list) else []):
+            if isinstance(variant, dict) and isinstance(variant.get("audience"), str):
+                yield ("steps", index, "variants", v_index, "audience"), variant["audience"]
+
+
+def _first_line(exc: Exception) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
+def _did_you_mean(name: str, candidates: list[str]) -> str:
+    by_lower = {c.lower(): c for c in candidates}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean '{by_lower[close[0]]}'?)" if close else ""
+
+
+class _Checker:
+    def __init__(self, config: ProjectConfig, doc: Document, db: Database):
+        self.config = config
+        self.doc = doc
+        self.db = db
+        self.dialect = config.dialect
+        self.inspector = sa.inspect(db.engine)
+        self.where = masked(db.url)
+        #: mapped customer column -> its kind in the warehouse (filled by ``source``; empty on SQLite)
+        self.customer_kinds: dict[str, str] = {}
+
+    # --- one entity ------------------------------------------------------------
+
+    def source(self, entity: str, source: EntitySource) -> list[Issue]:
+        at = ("sources", entity)
+        if source.table is not None:
+            relation = self._table(source.table)
+            if relation is None:
+                return [self._missing_table(entity, source.table)]
+        else:
+            relation, error = self._query(source.query or "", f"the result of the query of sources.{entity}")
+            if relation is None:
+                return [self.doc.issue(at + ("query",), f"the query of source '{entity}' fails on the warehouse: {error}",
+                                       fix="run the query in the warehouse and fix it; it must be one SELECT")]
+        listed = set((self.doc.data or {}).get("sources", {}).get(entity, {}).get("columns", {}) or {})
+        issues: list[Issue] = []
+        for name, expression in source.columns.items():
+            issues += self._references(entity, name, expression, name in listed, relation)
+        if issues:
+            return issues
+        # the mapping as the engine compiles it must run, and tells the type of every column
+        mapped, error = self._probe(render_sql(exp.select("*").from_(source_select(source, self.dialect).subquery("mapped"))
+                                               .where("1 = 0"), self.dialect))
+        if mapped is None:
+            return [self.doc.issue(at, f"the column mapping of source '{entity}' fails on the warehouse: {error}",
+                                   fix="check the SQL expressions under sources." + entity + ".columns in the warehouse's dialect")]
+        if self.db.backend == "sqlite":
+            return []  # no real column types: timestamps are text by design
+        if entity == "customers":
+            self.customer_kinds = self._kinds(source, relation, mapped)
+        for name, expected in EXPECTED_KIND.items():
+            if name in source.columns:
+                issue = self._type_issue(entity, name, source.columns[name], name in listed, expected, relation, mapped)
+                if issue is not None:
+                    issues.append(issue)
+        return issues
+
+    def _kinds(self, source: EntitySource, relation: _Relation, mapped: _Relation) -> dict[str, str]:
+        """The kind of every mapped column whose type the warehouse tells (declared type first, for a bare column)."""
+        kinds = {}
+        for name, expression in source.columns.items():
+            type_name = mapped.columns.get(name.lower(), (name, None))[1]
+            bare = expression.strip().lower()
+            if re.fullmatch(r"\w+", bare) and bare in relation.columns and relation.columns[bare][1]:
+                type_name = relation.columns[bare][1]
+            kind = type_kind(type_name)
+            if kind is not None:
+                kinds[name] = kind
+        return kinds
+
+    def _references(self, entity: str, name: str, expression: str, listed: bool, relation: _Relation) -> list[Issue]:
+        """A missing-column issue for every column ``expression`` names that ``relation`` lacks."""
+        try:
+            tree = sqlglot.parse_one(expression, read=self.dialect)
+        except (ParseError, TokenError):
+            return []  # engine validate reports it already
+        path = ("sources", entity, "columns", name) if listed else ("sources", entity)
+        issues = []
+        for column in tree.find_all(exp.Column):
+            if column.name.lower() in relation.columns:
+                continue
+            candidates = [real for real, _ in relation.columns.values()]
+            position = None
+            if listed:
+                found = re.search(rf"(?<![\w.]){re.escape(column.name)}(?!\w)", expression, re.IGNORECASE)
+                position = self.doc.value_position(path, found.start() if found else None)
+            default = "" if listed else " (not mapped, so the column of the same name is used)"
+            issues.append(self.doc.issue(
+                path, f"column '{column.name}' of {entity}.{name}{default} does not exist in {relation.label}"
+                + _did_you_mean(column.name, candidates),
+                fix=f"map {entity}.{name} under sources.{entity}.columns to one of: " + ", ".join(candidates[:12])
+                + (" ..." if len(candidates) > 12 else ""),
+                position=position))
+        return issues
+
+    def _type_issue(self, entity: str, name: str, expression: str, listed: bool, expected: str,
+                    relation: _Relation, mapped: _Relation) -> Issue | None:
+        type_name = mapped.columns.get(name.lower(), (name, None))[1]
+        try:
+            tree = sqlglot.parse_one(expression, read=self.dialect)
+        except (ParseError, TokenError):
+            return None
+        bare = tree.name.lower() if isinstance(tree, exp.Column) else None
+        if bare is not None and bare in relation.columns and relation.columns[bare][1]:
+            type_name = relation.columns[bare][1]  # the declared type says more than a driver's type code
+        kind = type_kind(type_name)
+        if kind is None or kind == expected:
+            return None
+        what = f"column '{relation.columns[bare][0]}'" if bare else f"the expression '{expression}'"
+        return self.doc.issue(
+            ("sources", entity, "columns", name) if listed else ("sources", entity),
+            f"{entity}.{name} is {what} of type {type_name} in {relation.label}, "
+            f"but the engine needs {_KIND_WORDS[expected]} there",
+            fix=f"map a {_KIND_WORDS[expected].split(' ', 1)[1]} column, or convert it in the mapping, "
+                f"e.g. {name}: CAST({expression} AS {_CAST_TO.get(name, _CAST_TO[expected])})")
+
+    # --- what the warehouse has ----------------------------------------------------
+
+    def _table(self, name: str) -> _Relation | None:
+        table = exp.to_table(name, dialect=self.dialect)
+        probed, error = self._probe(f"SELECT * FROM {table.sql(dialect=self.dialect)} WHERE 1 = 0")
+        if probed is None:
+            return None
+        schema = ".".join(part.name for part in table.parts[:-1]) or None
+        try:  # declared types, where the dialect can reflect them
+            declared = {c["name"].lower(): self._type_name(c["type"]) for c in self.inspector.get_columns(table.name, schema=schema)}
+        except (sa.exc.SQLAlchemyError, NotImplementedError):
+            declared = {}
+        columns = {key: (real, declared.get(key) or probed_type) for key, (real, probed_type) in probed.columns.items()}
+        return _Relation(f"table {name}", columns)
+
+    def _query(self, query: str, label: str) -> tuple[_Relation | None, str | None]:
+        try:
+            inner = sqlglot.parse_one(query, read=self.dialect)
+        except (ParseError, TokenError):
+            return None, "it does not parse"  # engine validate reports where
+        return self._probe(render_sql(exp.select("*").from_(inner.subquery("src")).where("1 = 0"), self.dialect),
+                           label=label)
+
+    def _probe(self, sql: str, label: str = "the mapping") -> tuple[_Relation | None, str | None]:
+        """Run ``sql`` (which returns no rows); its columns and, where the driver tells, their types."""
+        try:
+            with self.db.engine.connect() as conn:
+                result = conn.execute(sa.text(sql))
+                description = result.cursor.description if result.cursor is not None else None
+                keys = list(result.keys())
+                result.close()
+                types = self._described_types(conn, description, len(keys))
+        except sa.exc.SQLAlchemyError as exc:
+            return None, _first_line(exc)
+        return _Relation(label, {key.lower(): (key, type_name) for key, type_name in zip(keys, types)}), None
+
+    def _described_types(self, conn: sa.Connection, description, width: int) -> list[str | None]:
+        if not description:
+            return [None] * width
+        codes = [d[1] for d in description]
+        if self.db.backend == "postgresql" and all(isinstance(c, int) for c in codes if c is not None):
+            oids = sorted({c for c in codes if c is not None})
+            names = dict(conn.execute(sa.text("SELECT oid, format_type(oid, NULL) FROM pg_type WHERE oid IN ("
+                                              + ", ".join(str(int(o)) for o in oids) + ")")).all()) if oids else {}
+            return [names.get(c) for c in codes]
+        # DuckDB and others describe types by name; a bare number or class says nothing we can read
+        return [None if c is None or isinstance(c, (int, type)) else str(c) for c in codes]
+
+    def _type_name(self, sa_type) -> str | None:
+        try:
+            return sa_type.compile(dialect=self.db.engine.dialect)
+        except Exception:  # noqa: BLE001 - a type the dialect cannot render is simply unknown
+            return None
+
+    def _missing_table(self, entity: str, name: str) -> Issue:
+        table = exp.to_table(name, dialect=self.dialect)
+        schema = ".".join(part.name for part in table.parts[:-1]) or None
+        fix = "check the name (schema.table) and that the engine's database user may read it"
+        try:
+            schemas = self.inspector.get_schema_names()
+        except (sa.exc.SQLAlchemyError, NotImplementedError):
+            schemas = []
+        short = sorted({s.split(".")[-1] for s in schemas})  # DuckDB names them catalog.schema
+        if schema and short and schema.lower() not in {s.lower() for s in short}:
+            message = f"schema '{schema}' of table '{name}' does not exist in {self.where}" + _did_you_mean(schema, short)
+            return self.doc.issue(("sources", entity, "table"), message, fix=fix)
+        try:
+            names = self.inspector.get_table_names(schema=schema) + self.inspector.get_view_names(schema=schema)
+        except (sa.exc.SQLAlchemyError, NotImplementedError):
+            names = []
+        message = f"table '{name}' of source '{entity}' does not exist in {self.where}" + _did_you_mean(table.name, names)
+        return self.doc.issue(("sources", entity, "table"), message, fix=fix)

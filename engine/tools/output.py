@@ -1,0 +1,108 @@
+"""Formatting plans, pass reports and validation issues for people and machines.
+
+Streams: ``write_plan`` writes each batch as it arrives (jsonl/csv) and only
+keeps counts plus a bounded sample for the table format.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from typing import IO, Iterable
+
+from engine.errors import Issue
+from engine.masking import mask
+from engine.run.reconcile import DueMessage, PassReport
+
+PLAN_FIELDS = ["campaign", "step", "customer_id", "trigger_key", "channel", "due_at", "trigger_at", "action", "reason", "message_key"]
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)] if rows else [len(h) for h in headers]
+    line = lambda values: "  ".join(str(v).ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def write_plan(batches: Iterable[list[DueMessage]], fmt: str, out: IO[str], *, include_skipped: bool,
+               limit: int, header: str) -> Counter:
+    """Write the plan; return counts per (campaign, step, action[:reason])."""
+    counts: Counter = Counter()
+    sample: list[DueMessage] = []
+    writer = None
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=PLAN_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+    for batch in batches:
+        for m in batch:
+            counts[(m.campaign, m.step, m.outcome)] += 1
+            if m.action != "send" and not include_skipped:
+                continue
+            if fmt == "jsonl":
+                out.write(json.dumps(m.as_dict()) + "\n")
+            elif fmt == "csv":
+                writer.writerow(m.as_dict())
+            elif len(sample) < limit:
+                sample.append(m)
+    if fmt == "table":
+        out.write(header + "\n\n")
+        out.write(summary_table(counts, "send") + "\n")
+        if sample:
+            shown = len(sample)
+            total = sum(n for (_, _, a), n in counts.items() if include_skipped or a == "send")
+            out.write(f"\n{'First ' + str(shown) + ' of ' + str(total) if shown < total else 'All'} messages:\n")
+            out.write(_table(["campaign", "step", "customer", "email/phone", "trigger", "channel", "due_at", "action"],
+                             [[m.campaign, m.step, m.customer_id, m.customer.get("email") or m.customer.get("phone") or "-",
+                               m.trigger_key, m.channel, m.as_dict()["due_at"], m.action + (f" ({m.reason})" if m.reason else "")]
+                              for m in sample]) + "\n")
+    return counts
+
+
+def summary_table(counts: Counter, main_outcome: str) -> str:
+    by_step: dict[tuple[str, str], Counter] = {}
+    for (campaign, step, outcome), n in counts.items():
+        by_step.setdefault((campaign, step), Counter())[outcome] += n
+    outcomes = sorted({o for c in by_step.values() for o in c}, key=lambda o: (o != main_outcome, o))
+    if not outcomes:
+        return "(nothing due)"
+    rows = [[campaign, step] + [str(c.get(o, 0)) for o in outcomes] for (campaign, step), c in sorted(by_step.items())]
+    totals = ["total", ""] + [str(sum(c.get(o, 0) for c in by_step.values())) for o in outcomes]
+    return _table(["campaign", "step"] + outcomes, rows + [totals])
+
+
+def write_report(report: PassReport, out: IO[str], err: IO[str]) -> None:
+    out.write(summary_table(report.counts, "sent") + "\n")
+    for error in report.errors:
+        err.write(mask(f"Error: {error}") + "\n")  # channel and driver errors may quote URLs
+    for campaign, reason in report.failed_campaigns.items():
+        err.write(mask(f"Error: campaign {campaign} failed and sent nothing more this pass (the others went on): {reason}") + "\n")
+
+
+def write_issues(issues: list[Issue], fmt: str, out: IO[str], files_checked: int) -> None:
+    errors = [i for i in issues if i.severity == "error"]
+    warnings = [i for i in issues if i.severity == "warning"]
+    if fmt == "json":
+        out.write(json.dumps({"valid": not errors, "errors": len(errors), "warnings": len(warnings),
+                              "issues": [i.as_dict() for i in issues]}, indent=2) + "\n")
+        return
+    if fmt == "github":
+        for i in issues:
+            level = "error" if i.severity == "error" else "warning"
+            props = [f"file={_escape_property(i.file)}"] + ([f"line={i.line}"] if i.line else []) + ([f"col={i.column}"] if i.column else [])
+            message = i.message + (f" Fix: {i.fix}" if i.fix else "")
+            out.write(f"::{level} {','.join(props)},title=engine validate::{_escape(message)}\n")
+        return
+    for i in issues:
+        out.write(i.format() + "\n")
+    if errors:
+        out.write(f"\n{len(errors)} error(s), {len(warnings)} warning(s).\n")
+    else:
+        out.write(f"OK: {files_checked} campaign file(s) valid, {len(warnings)} warning(s).\n")
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    """GitHub workflow command property values also escape ':' and ','."""
+    return _escape(text).replace(":", "%3A").replace(",", "%2C")

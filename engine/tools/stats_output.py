@@ -1,0 +1,86 @@
+"""Campaign statistics for people (text) and tools (json, csv)."""
+from __future__ import annotations
+
+import csv
+import json
+from typing import IO
+
+from engine.clock import format_duration
+from engine.tools.stats import CampaignStats, StepStats
+
+CSV_FIELDS = ["campaign", "step", "entered", "sent", "failed", "unknown", "in_flight", "skipped", "skipped_by_reason",
+              "unsubscribed", "sent_customers", "converted", "orders", "revenue", "conversion_rate",
+              "holdout_customers", "holdout_converted", "holdout_orders", "holdout_revenue", "holdout_rate",
+              "uplift_points", "uplift_relative", "p_value", "note"]
+ALL_STEPS = "*"
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def skipped_text(figures: StepStats) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(figures.skipped.items())) or "-"
+
+
+def uplift_line(figures: StepStats) -> str:
+    c = figures.comparison
+    if figures.holdout.customers == 0:
+        return c.note
+    relative = "" if c.uplift_relative is None else f" ({c.uplift_relative * 100:+.1f}% relative)"
+    points = "-" if c.uplift_points is None else f"{c.uplift_points:+.1f} points"
+    return (f"sent {percent(c.sent_rate)} of {figures.reached.customers} vs holdout {percent(c.holdout_rate)} "
+            f"of {figures.holdout.customers}: {points}{relative}; {c.note}")
+
+
+def row(stats: CampaignStats, figures: StepStats) -> dict:
+    c = figures.comparison
+    return {
+        "campaign": stats.name, "step": figures.step or ALL_STEPS, "entered": figures.entered, "sent": figures.sent,
+        "failed": figures.failed, "unknown": figures.unknown, "in_flight": figures.in_flight,
+        "skipped": sum(figures.skipped.values()),
+        "skipped_by_reason": ";".join(f"{r}={n}" for r, n in sorted(figures.skipped.items())),
+        "unsubscribed": figures.unsubscribed, "sent_customers": figures.reached.customers,
+        "converted": figures.reached.converted, "orders": figures.reached.orders,
+        "revenue": f"{figures.reached.revenue:.2f}", "conversion_rate": _number(c.sent_rate),
+        "holdout_customers": figures.holdout.customers, "holdout_converted": figures.holdout.converted,
+        "holdout_orders": figures.holdout.orders, "holdout_revenue": f"{figures.holdout.revenue:.2f}",
+        "holdout_rate": _number(c.holdout_rate), "uplift_points": _number(c.uplift_points),
+        "uplift_relative": _number(c.uplift_relative), "p_value": _number(c.p_value), "note": c.note,
+    }
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def write_stats(all_stats: list[CampaignStats], fmt: str, out: IO[str], header: str) -> None:
+    if fmt == "json":
+        json.dump({"period": header, "campaigns": [s.as_dict() for s in all_stats]}, out, indent=2)
+        out.write("\n")
+        return
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for stats in all_stats:
+            for figures in (*stats.steps, stats.total):
+                writer.writerow(row(stats, figures))
+        return
+    out.write(header + "\n")
+    headers = ["step", "entered", "sent", "failed", "unknown", "skipped", "unsub", "converted", "rate", "revenue",
+               "holdout", "h.converted", "h.rate"]
+    for stats in all_stats:
+        holdout = f", holdout {stats.holdout_percent:g}%" if stats.holdout_percent else ""
+        out.write(f"\n{stats.name} (conversion window {format_duration(stats.conversion_window)}{holdout})\n")
+        lines = []
+        for figures in (*stats.steps, stats.total):
+            c = figures.comparison
+            lines.append([figures.step or "(all)", figures.entered, figures.sent, figures.failed, figures.unknown,
+                          skipped_text(figures), figures.unsubscribed, figures.reached.converted, percent(c.sent_rate),
+                          f"{figures.reached.revenue:.2f}", figures.holdout.customers, figures.holdout.converted,
+                          percent(c.holdout_rate)])
+        widths = [max(len(str(x)) for x in column) for column in zip(headers, *lines)]
+        for values in [headers, ["-" * w for w in widths], *lines]:
+            out.write("  ".join(str(v).ljust(w) for v, w in zip(values, widths)).rstrip() + "\n")
+        if stats.holdout_percent or stats.total.holdout.customers:
+            out.write(f"uplift: {uplift_line(stats.total)}\n")
