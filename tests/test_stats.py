@@ -23,6 +23,7 @@ from conftest import BACKENDS, database_url
 from engine.cli.main import main
 from engine.decide import in_holdout
 from engine.state.ledger import Ledger, ledger_table, unsubscribes_table
+from engine.state.ledger_reader import LedgerReader
 from engine.tools.stats import StatsReader
 from engine.state.warehouse import Database
 from stats_history import (
@@ -44,7 +45,7 @@ def holdout_ids() -> set[str]:
 def read(history, since=None, until=None, **kwargs):
     reconciler = history.reconciler()
     try:
-        reader = StatsReader(reconciler.config, reconciler.warehouse, reconciler.ledger.db, **kwargs)
+        reader = StatsReader(reconciler.config, reconciler.warehouse, reconciler.ledger, **kwargs)
         return reader.campaign(reconciler.project.campaign("promo"), since, until)
     finally:
         reconciler.close()
@@ -175,9 +176,9 @@ def test_a_ledger_in_another_database_gives_identical_numbers(history, tmp_path,
         config = replace(reconciler.config, ledger_url=ledger_url)
         assert not config.ledger_shares_warehouse
         campaign = reconciler.project.campaign("promo")
-        shared = StatsReader(reconciler.config, reconciler.warehouse, reconciler.ledger.db)
+        shared = StatsReader(reconciler.config, reconciler.warehouse, reconciler.ledger)
         ledger = Database(ledger_url)
-        separate = StatsReader(config, reconciler.warehouse, ledger, batch_size=batch_size)
+        separate = StatsReader(config, reconciler.warehouse, LedgerReader(ledger), batch_size=batch_size)
         for since in (None, (T0 + timedelta(days=2)).replace(tzinfo=UTC)):
             one_query = shared.campaign(campaign, since).as_dict()
             assert one_query["total"]["sent_group"]["converted"] > 0

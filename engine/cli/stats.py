@@ -38,7 +38,7 @@ def collect(project_dir: Path, campaign: str | None, since: datetime | None, unt
             selected = [project.campaign(campaign)] if campaign else list(project.campaigns)
         except KeyError as exc:
             raise click.UsageError(exc.args[0]) from None
-        reader = StatsReader(project.config, reconciler.warehouse, reconciler.ledger.db)
+        reader = StatsReader(project.config, reconciler.warehouse, reconciler.ledger)
         return [reader.campaign(c, since, until) for c in selected]
     finally:
         reconciler.close()

@@ -23,8 +23,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable
 
-import sqlalchemy as sa
-
 from engine.clock import Clock, SystemClock, format_instant, to_utc
 from engine.tools.demo import ensure_demo
 from engine.errors import EngineError, ProjectInvalid
@@ -33,7 +31,7 @@ from engine.spec.code_secret import code_secrets, secret_issues
 from engine.sql.compile import render_sql
 from engine.service.httpd import StatusServer
 from engine.sql.lookup import customer_query
-from engine.state.ledger import Ledger, Record, ledger_table
+from engine.state.ledger import Ledger, Record
 from engine.logs import declare_personal, event
 from engine.masking import mask
 from engine.service.metrics import CONTENT_TYPE, Metrics
@@ -265,15 +263,12 @@ class Service:
 
     def _measure_backlog(self, reconciler: Reconciler, now: datetime) -> None:
         """Claimed rows without an outcome: left by a pass that died between claim and send."""
-        c = ledger_table.c
-        query = sa.select(sa.func.count(), sa.func.min(c.created_at)).where(c.status == "claimed")
         try:
-            with reconciler.ledger.db.engine.connect() as conn:
-                count, oldest = conn.execute(query).one()
-        except sa.exc.SQLAlchemyError as exc:
+            count, oldest = reconciler.ledger.claimed_backlog()
+        except EngineError as exc:
             event("ledger.unreadable", f"Could not measure the ledger backlog: {str(exc).splitlines()[0]}", logging.WARNING)
             return
-        self.metrics.claimed.set(count or 0)
+        self.metrics.claimed.set(count)
         age = (now - to_utc(oldest)).total_seconds() if oldest is not None else 0.0
         self.metrics.oldest_claim.set(max(0.0, age))
 
@@ -390,12 +385,12 @@ class Service:
         ok = True
         if reconciler is None:
             return False, {"checks": {"project": "starting"}}
-        for name, db in (("warehouse", reconciler.warehouse), ("ledger", reconciler.ledger.db)):
-            if name == "ledger" and db is reconciler.warehouse:
+        for name, database in (("warehouse", reconciler.warehouse), ("ledger", reconciler.ledger)):
+            if name == "ledger" and reconciler.ledger.in_database(reconciler.warehouse):
                 checks[name] = checks["warehouse"] + " (the warehouse database)"
                 continue
             try:
-                db.check()
+                database.check()
                 checks[name] = "ok"
             except EngineError as exc:
                 checks[name] = mask(str(exc))

@@ -30,10 +30,13 @@ and only on a claim without content (a compare-and-set: one process hands a
 message over). So "no content" proves "not sent", and a crash leaves in doubt
 only the groups in flight. Also here: suppressed addresses (hard bounces),
 unsubscribes and tags.
+
+The tables are declared in ``ledger_tables``; ``Ledger`` is the ``LedgerReader``
+the tools read through (ledger_reader.py) and implements ``LedgerWriter``
+(ledger_writer.py), the writes of the pass and the service.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable
 
@@ -41,72 +44,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.state import migrations
-from engine.state.tables import ENTRIES_TABLE, LEDGER_TABLE, TAGS_TABLE
+from engine.state.ledger_reader import LedgerReader
+from engine.state.ledger_tables import (  # noqa: F401 - re-exported: the tests and benchmarks build ledgers from them
+    entries_table, ledger_table, metadata, suppressions_table, tags_table, unsubscribes_table,
+)
+from engine.state.ledger_writer import LedgerWriter, Record
+from engine.state.tables import LEDGER_TABLE
 from engine.state.warehouse import Database
-
-metadata = sa.MetaData()
-
-ledger_table = sa.Table(
-    LEDGER_TABLE,
-    metadata,
-    sa.Column("message_key", sa.String(400), primary_key=True),
-    sa.Column("campaign", sa.String(64), nullable=False),
-    sa.Column("step", sa.String(64), nullable=False),
-    sa.Column("customer_id", sa.String(128), nullable=False),
-    sa.Column("trigger_key", sa.String(128), nullable=False),
-    sa.Column("variant", sa.String(64)),
-    sa.Column("channel", sa.String(64)),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("reason", sa.String(32)),
-    sa.Column("detail", sa.Text),
-    sa.Column("trigger_at", sa.DateTime),
-    sa.Column("due_at", sa.DateTime),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
-    sa.Column("content", sa.Text),
-    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("next_attempt_at", sa.DateTime),
-    sa.UniqueConstraint("campaign", "step", "customer_id", "trigger_key", name="engine_ledger_identity"),
-    sa.Index("engine_ledger_customer", "customer_id", "updated_at"),
-    sa.Index("engine_ledger_status", "status", "next_attempt_at"),
-)
-
-entries_table = sa.Table(
-    ENTRIES_TABLE,
-    metadata,
-    sa.Column("campaign", sa.String(64), primary_key=True),
-    sa.Column("customer_id", sa.String(128), primary_key=True),
-    sa.Column("trigger_key", sa.String(128), primary_key=True),
-    sa.Column("entered_at", sa.DateTime, nullable=False),
-)
-
-tags_table = sa.Table(
-    TAGS_TABLE,
-    metadata,
-    sa.Column("customer_id", sa.String(128), primary_key=True),
-    sa.Column("tag", sa.String(64), primary_key=True),
-    sa.Column("campaign", sa.String(64)),
-    sa.Column("set_at", sa.DateTime, nullable=False),
-)
-
-suppressions_table = sa.Table(
-    "engine_suppressions",
-    metadata,
-    sa.Column("kind", sa.String(16), primary_key=True),  # email | sms
-    sa.Column("address", sa.String(320), primary_key=True),
-    sa.Column("reason", sa.String(32), nullable=False),
-    sa.Column("detail", sa.Text),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-)
-
-unsubscribes_table = sa.Table(
-    "engine_unsubscribes",
-    metadata,
-    sa.Column("customer_id", sa.String(128), primary_key=True),
-    sa.Column("kind", sa.String(16), primary_key=True),  # email | sms | all
-    sa.Column("source", sa.String(32)),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-)
 
 STATUSES = ("claimed", "sent", "failed", "skipped", "unknown")
 
@@ -118,26 +62,6 @@ _ARRAY_TYPES = {c.name: "TIMESTAMP" if isinstance(c.type, sa.DateTime) else "INT
 
 def message_key(campaign: str, step: str, customer_id: str, trigger_key: str) -> str:
     return f"{campaign}:{step}:{customer_id}:{trigger_key}"
-
-
-@dataclass(frozen=True)
-class Record:
-    """A row to write: a claim, a skip or an outcome."""
-
-    message_key: str
-    campaign: str
-    step: str
-    customer_id: str
-    trigger_key: str
-    channel: str | None
-    status: str
-    due_at: datetime | None = None
-    trigger_at: datetime | None = None
-    variant: str | None = None
-    reason: str | None = None
-    detail: str | None = None
-    content: str | None = None
-    next_attempt_at: datetime | None = None
 
 
 def _naive(value: datetime | None) -> datetime | None:
@@ -155,9 +79,12 @@ def _parse(value) -> datetime | None:
 SNAPSHOT_LIMIT = 50_000
 
 
-class Ledger:
+class Ledger(LedgerReader, LedgerWriter):
+    """The ledger as the pass uses it: its reads (``LedgerReader``'s and the policies'), and every write
+    (``LedgerWriter``, ledger_writer.py, lists them)."""
+
     def __init__(self, db: Database):
-        self.db = db
+        super().__init__(db)
         self._unsubscribed: dict[str, set[str]] | None = None  # customer -> kinds, when snapshotted
         self._suppressed: dict[str, set[str]] | None = None  # kind -> addresses, when snapshotted
 
@@ -528,24 +455,3 @@ class Ledger:
                     self.db.execute(tags_table.insert().values(row))
                 except Exception:  # noqa: BLE001 - already tagged
                     pass
-
-    def tags(self, customer_id: str) -> list[str]:
-        with self.db.engine.connect() as conn:
-            rows = conn.execute(sa.select(tags_table.c.tag).where(tags_table.c.customer_id == customer_id).order_by(tags_table.c.tag))
-            return [row[0] for row in rows]
-
-    def counts(self) -> list[tuple[str, str, str, str | None, int]]:
-        """(campaign, step, status, reason, count) over the whole ledger."""
-        c = ledger_table.c
-        query = (
-            sa.select(c.campaign, c.step, c.status, c.reason, sa.func.count())
-            .group_by(c.campaign, c.step, c.status, c.reason)
-            .order_by(c.campaign, c.step, c.status, c.reason)
-        )
-        with self.db.engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(query)]
-
-    def get(self, key: str) -> dict | None:
-        with self.db.engine.connect() as conn:
-            row = conn.execute(sa.select(ledger_table).where(ledger_table.c.message_key == key)).mappings().first()
-            return dict(row) if row else None

@@ -6,3 +6,5 @@ Names only: no I/O, no imports, so the pure SQL compiler may use them without pu
 LEDGER_TABLE = "engine_ledger"
 ENTRIES_TABLE = "engine_entries"
 TAGS_TABLE = "engine_tags"
+SUPPRESSIONS_TABLE = "engine_suppressions"
+UNSUBSCRIBES_TABLE = "engine_unsubscribes"

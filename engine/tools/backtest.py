@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import sqlalchemy as sa
 from sqlglot import exp
 
 from engine.clock import format_instant, to_utc
@@ -43,7 +42,7 @@ from engine.sql.compile import col, lit, render_sql, source_select, text, ts
 from engine.errors import EngineError
 from engine.spec.filter_types import filter_attributes
 from engine.spec.filters import parse_filter, referenced_functions
-from engine.state.ledger import Ledger, Record, ledger_table
+from engine.state.ledger import Ledger, Record
 from engine.model import AtRisk, Campaign, Project
 from engine.progress import Progress
 from engine.run.reconcile import BATCH_SIZE, DueMessage, Reconciler
@@ -152,19 +151,14 @@ def _conversions(reconciler: Reconciler, campaign: Campaign, report: BacktestRep
     config = reconciler.config
     if "orders" not in config.sources:
         return
-    c = ledger_table.c
-    query = (sa.select(c.step, c.customer_id, c.created_at).where(c.status == "sent", c.campaign == campaign.name)
-             .order_by(c.message_key))
     total = report.total("sent")
     done = 0
-    with reconciler.ledger.db.engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(query)
-        while rows := result.fetchmany(batch_size):
-            done += len(rows)
-            progress.stage("conversions", done, total)
-            sql = render_sql(conversion_query(config, rows, campaign.conversion_window), config.dialect)
-            for step, day, converted in reconciler.warehouse.fetch_all(sql):
-                report.converted[(step, str(day))] += int(converted)
+    for rows in reconciler.ledger.sent_messages(campaign.name, batch_size):
+        done += len(rows)
+        progress.stage("conversions", done, total)
+        sql = render_sql(conversion_query(config, rows, campaign.conversion_window), config.dialect)
+        for step, day, converted in reconciler.warehouse.fetch_all(sql):
+            report.converted[(step, str(day))] += int(converted)
 
 
 def conversion_query(config, sends, window: timedelta) -> exp.Select:

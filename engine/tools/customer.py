@@ -12,12 +12,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
-import sqlalchemy as sa
-
 from engine.sql.compile import render_sql
 from engine.run.dispatch import deserialize
 from engine.errors import EngineError
-from engine.state.ledger import ledger_table
 from engine.sql.lookup import customer_query, order_count_query, order_items_query, orders_query
 from engine.run.reconcile import Reconciler
 
@@ -92,21 +89,16 @@ def customer_view(reconciler: Reconciler, customer_id: str, *, all_orders: bool 
         for order in orders:
             order["items"] = items.get(str(order["order_id"]), [])
     return CustomerView(customer_id, attributes, order_count, orders, _ledger(reconciler, customer_id, messages),
-                        reconciler.ledger.tags(customer_id),
-                        sorted(kind for _, kind in reconciler.ledger.unsubscribed([customer_id])))
+                        reconciler.ledger.tags(customer_id), reconciler.ledger.unsubscribes_of(customer_id))
 
 
 def _ledger(reconciler: Reconciler, customer_id: str, messages: bool) -> list[dict]:
-    c = ledger_table.c
-    columns = [c[name] for name in LEDGER_FIELDS] + ([c.content] if messages else [])
-    query = sa.select(*columns).where(c.customer_id == customer_id).order_by(c.created_at, c.message_key)
     rows = []
-    with reconciler.ledger.db.engine.connect() as conn:
-        for row in conn.execute(query).mappings():
-            entry = {k: plain(row[k]) for k in LEDGER_FIELDS}
-            if messages:
-                entry["message"] = _message(row["message_key"], row["content"])
-            rows.append(entry)
+    for row in reconciler.ledger.customer_messages(customer_id, LEDGER_FIELDS + (("content",) if messages else ())):
+        entry = {k: plain(row[k]) for k in LEDGER_FIELDS}
+        if messages:
+            entry["message"] = _message(row["message_key"], row["content"])
+        rows.append(entry)
     return rows
 
 

@@ -20,13 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 
-import sqlalchemy as sa
-
 from engine.clock import UTC, format_duration, format_instant, parse_stored_date, parse_stored_timestamp
 from engine.sql.compile import due_query, explain_query, render_sql
 from engine.decide import anniversary_instance, customer_zone, due_time, yearly_occurrence
 from engine.errors import EngineError
-from engine.state.ledger import ledger_table, message_key
+from engine.state.ledger import message_key
 from engine.tools.customer import find_customer
 from engine.model import Anniversary, Campaign, Step
 from engine.run.reconcile import DueMessage, Reconciler
@@ -197,12 +195,12 @@ def _candidates(reconciler: Reconciler, campaign: Campaign, customer_id: str, no
     return decided
 
 
+#: The ledger columns explain shows of a recorded message.
+LEDGER_FIELDS = ("message_key", "status", "reason", "detail", "channel", "variant", "created_at", "updated_at")
+
+
 def _ledger_rows(reconciler: Reconciler, campaign: str, customer_id: str) -> dict[str, dict]:
-    c = ledger_table.c
-    query = sa.select(c.message_key, c.status, c.reason, c.detail, c.channel, c.variant, c.created_at, c.updated_at).where(
-        c.campaign == campaign, c.customer_id == customer_id)
-    with reconciler.ledger.db.engine.connect() as conn:
-        return {row["message_key"]: dict(row) for row in conn.execute(query).mappings()}
+    return {row["message_key"]: row for row in reconciler.ledger.customer_messages(customer_id, LEDGER_FIELDS, campaign)}
 
 
 def _instance_time(campaign: Campaign, step: Step, row: dict, zone, now: datetime,

@@ -8,7 +8,7 @@ Streamed: rows are written as the database returns them, batch by batch
   filter language (``compile.segment_query``);
 - a campaign: the messages due now, the rows and columns of ``engine plan``
   (``Reconciler.due``, ``output.write_plan``);
-- a campaign with ``history``: its ledger rows.
+- a campaign with ``history``: its ledger rows (``LedgerReader.history``).
 """
 from __future__ import annotations
 
@@ -17,10 +17,7 @@ import json
 from datetime import datetime
 from typing import IO, Iterator
 
-from sqlglot import exp
-
-from engine.state.tables import LEDGER_TABLE
-from engine.sql.compile import col, lit, render_sql, segment_query
+from engine.sql.compile import render_sql, segment_query
 from engine.spec.config import database_url, dialect_of_url
 from engine.tools.customer import plain
 from engine.errors import EngineError, FilterError
@@ -88,11 +85,9 @@ def export_segment(reconciler: Reconciler, where: str, now: datetime, fmt: str, 
 def export_history(reconciler: Reconciler, campaign: str, fmt: str, out: IO[str]) -> int:
     """Write every ledger row of ``campaign`` (without the stored content); return how many."""
     config = reconciler.config
-    query = (exp.select(*[col("l", f) for f in HISTORY_FIELDS]).from_(exp.to_table(LEDGER_TABLE).as_("l"))
-             .where(col("l", "campaign").eq(lit(campaign))).order_by(col("l", "created_at"), col("l", "message_key")))
     dialect = dialect_of_url(database_url(config, "ledger")) or config.dialect
     write = _writer(fmt, out, list(HISTORY_FIELDS))
-    return _write_stream(reconciler.ledger.db.stream(render_sql(query, dialect), BATCH_SIZE), write)
+    return _write_stream(reconciler.ledger.history(campaign, HISTORY_FIELDS, dialect, BATCH_SIZE), write)
 
 
 def export_plan(reconciler: Reconciler, campaign: str, now: datetime, fmt: str, out: IO[str]) -> int:

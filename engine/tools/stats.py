@@ -4,7 +4,9 @@ Everything is counted by the databases; Python only adds up aggregates.
 
 - The ledger side (entered, sent, skipped by reason, failed, unknown,
   unsubscribed, group sizes, messages per day) is aggregated by the ledger's
-  database.
+  database: sqlglot queries over the relations the ledger hands out
+  (``ledger_reader.messages_relation`` / ``unsubscribes_relation``), run by its
+  ``LedgerReader``; this module never names a ledger table.
 - Conversions join the campaign's messages to the mapped ``orders``. When the
   ledger shares the warehouse's database that is one query per campaign.
   Otherwise the campaign's messages are streamed from the ledger database in
@@ -39,19 +41,17 @@ from typing import Iterator
 from sqlglot import exp
 
 from engine.clock import sql_timestamp_text
-from engine.state.tables import LEDGER_TABLE
 from engine.sql.compile import col, day_text, lit, render_sql, source_select, text, ts
 from engine.errors import ConfigError
 from engine.model import Campaign, ProjectConfig
-from engine.tools.uplift import Comparison, compare
+from engine.state.ledger_reader import LedgerReader, messages_relation, unsubscribes_relation
 from engine.state.warehouse import Database
+from engine.tools.uplift import Comparison, compare
 
-UNSUBSCRIBES_TABLE = "engine_unsubscribes"
 #: messages per warehouse query when the ledger lives in another database (rounded up to whole customers;
 #: each query scans the orders once, so fewer, larger batches)
 BATCH_SIZE = 2000
 SQLITE_INSTANT = "%Y-%m-%d %H:%M:%f"
-_SQLGLOT_DIALECT = {"postgresql": "postgres"}
 
 
 @dataclass
@@ -118,10 +118,6 @@ class CampaignStats:
                           for d, v in sorted(self.daily.items())}}
 
 
-def sqlglot_dialect(db: Database) -> str:
-    return _SQLGLOT_DIALECT.get(db.backend, db.backend)
-
-
 def instant(value: exp.Expression, dialect: str) -> exp.Expression:
     """A ledger timestamp comparable with the warehouse's (SQLite: the compiler's one text form)."""
     if dialect == "sqlite":
@@ -153,7 +149,7 @@ class _Queries:
             conditions.append(due >= ts(self.since, self.dialect))
         if self.until is not None:
             conditions.append(due < ts(self.until, self.dialect))
-        return exp.select().from_(exp.to_table(LEDGER_TABLE).as_("l")).where(*conditions)
+        return exp.select().from_(messages_relation("l")).where(*conditions)
 
     def messages(self) -> exp.Select:
         """step, customer_id, trigger_key, grp ('sent' | 'holdout'), message_at."""
@@ -193,7 +189,7 @@ class _Queries:
         hits = (
             exp.select(col(m, "step"), col(m, "customer_id"), exp.alias_(rank, "rn"))
             .from_(exp.to_table("msgs").as_(m))
-            .join(exp.to_table(UNSUBSCRIBES_TABLE).as_(u),
+            .join(unsubscribes_relation(u),
                   on=exp.and_(col(u, "customer_id").eq(col(m, "customer_id")),
                               instant(col(u, "created_at"), self.dialect) > col(m, "message_at")))
             .where(col(m, "grp").eq(lit("sent")))
@@ -278,9 +274,9 @@ def _money(value) -> float:
 
 
 class StatsReader:
-    """Binds a project's campaigns to its warehouse and ledger databases."""
+    """Binds a project's campaigns to its warehouse database and its ledger's reader."""
 
-    def __init__(self, config: ProjectConfig, warehouse: Database, ledger: Database, batch_size: int = BATCH_SIZE):
+    def __init__(self, config: ProjectConfig, warehouse: Database, ledger: LedgerReader, batch_size: int = BATCH_SIZE):
         if "orders" not in config.sources:
             raise ConfigError("engine stats needs the orders entity to count conversions; map sources.orders in engine.yaml")
         self.config = config
@@ -290,9 +286,9 @@ class StatsReader:
         self.batch_size = batch_size
 
     def campaign(self, campaign: Campaign, since: datetime | None = None, until: datetime | None = None) -> CampaignStats:
-        ledger_dialect = self.config.dialect if self.shared else sqlglot_dialect(self.ledger)
+        ledger_dialect = self.config.dialect if self.shared else self.ledger.dialect
         queries = _Queries(campaign, ledger_dialect, since, until)
-        run = lambda q: self.ledger.fetch_all(render_sql(q, ledger_dialect))  # noqa: E731
+        run = lambda q: self.ledger.select(q, ledger_dialect)  # noqa: E731
         steps = {s.id: StepStats(s.id) for s in campaign.steps}
         total = StepStats(None)
 
@@ -351,8 +347,7 @@ class StatsReader:
         """The campaign's messages from the ledger database, about ``batch_size`` at a time, never
         splitting one customer's messages (attribution compares them)."""
         batch: list = []
-        sql = render_sql(queries.messages_by_customer(), queries.dialect)
-        for rows in self.ledger.stream(sql, self.batch_size):
+        for rows in self.ledger.stream(queries.messages_by_customer(), queries.dialect, self.batch_size):
             for row in rows:
                 if len(batch) >= self.batch_size and row.customer_id != batch[-1].customer_id:
                     yield batch

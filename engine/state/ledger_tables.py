@@ -1,0 +1,75 @@
+"""The ledger's tables as SQLAlchemy declares them (their names come from ``tables``).
+
+Owned by the ledger: ``ledger`` (the pass's reads and writes) and ``ledger_reader`` (the tools' reads) build
+their statements on these objects; the migrations bring a database to this shape. Declarations only: no
+connection, no statement; no engine module outside engine/state/ uses them (tests/test_ledger_interface.py).
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from engine.state.tables import ENTRIES_TABLE, LEDGER_TABLE, SUPPRESSIONS_TABLE, TAGS_TABLE, UNSUBSCRIBES_TABLE
+
+metadata = sa.MetaData()
+
+ledger_table = sa.Table(
+    LEDGER_TABLE,
+    metadata,
+    sa.Column("message_key", sa.String(400), primary_key=True),
+    sa.Column("campaign", sa.String(64), nullable=False),
+    sa.Column("step", sa.String(64), nullable=False),
+    sa.Column("customer_id", sa.String(128), nullable=False),
+    sa.Column("trigger_key", sa.String(128), nullable=False),
+    sa.Column("variant", sa.String(64)),
+    sa.Column("channel", sa.String(64)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(32)),
+    sa.Column("detail", sa.Text),
+    sa.Column("trigger_at", sa.DateTime),
+    sa.Column("due_at", sa.DateTime),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("content", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.DateTime),
+    sa.UniqueConstraint("campaign", "step", "customer_id", "trigger_key", name="engine_ledger_identity"),
+    sa.Index("engine_ledger_customer", "customer_id", "updated_at"),
+    sa.Index("engine_ledger_status", "status", "next_attempt_at"),
+)
+
+entries_table = sa.Table(
+    ENTRIES_TABLE,
+    metadata,
+    sa.Column("campaign", sa.String(64), primary_key=True),
+    sa.Column("customer_id", sa.String(128), primary_key=True),
+    sa.Column("trigger_key", sa.String(128), primary_key=True),
+    sa.Column("entered_at", sa.DateTime, nullable=False),
+)
+
+tags_table = sa.Table(
+    TAGS_TABLE,
+    metadata,
+    sa.Column("customer_id", sa.String(128), primary_key=True),
+    sa.Column("tag", sa.String(64), primary_key=True),
+    sa.Column("campaign", sa.String(64)),
+    sa.Column("set_at", sa.DateTime, nullable=False),
+)
+
+suppressions_table = sa.Table(
+    SUPPRESSIONS_TABLE,
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),  # email | sms
+    sa.Column("address", sa.String(320), primary_key=True),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+unsubscribes_table = sa.Table(
+    UNSUBSCRIBES_TABLE,
+    metadata,
+    sa.Column("customer_id", sa.String(128), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),  # email | sms | all
+    sa.Column("source", sa.String(32)),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
