@@ -21,7 +21,8 @@ from sqlglot import exp
 
 from engine.state.tables import LEDGER_TABLE
 from engine.sql.compile import col, lit, render_sql, segment_query
-from engine.spec.config import database_url, dialect_of_url
+from engine.dialects import dialect_of_url
+from engine.spec.config import database_url
 from engine.tools.customer import plain
 from engine.errors import EngineError, FilterError
 from engine.spec.filter_types import segment_attributes

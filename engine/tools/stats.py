@@ -39,6 +39,7 @@ from typing import Iterator
 from sqlglot import exp
 
 from engine.clock import sql_timestamp_text
+from engine.dialects import dialect_named
 from engine.state.tables import LEDGER_TABLE
 from engine.sql.compile import col, day_text, lit, render_sql, source_select, text, ts
 from engine.errors import ConfigError
@@ -50,8 +51,6 @@ UNSUBSCRIBES_TABLE = "engine_unsubscribes"
 #: messages per warehouse query when the ledger lives in another database (rounded up to whole customers;
 #: each query scans the orders once, so fewer, larger batches)
 BATCH_SIZE = 2000
-SQLITE_INSTANT = "%Y-%m-%d %H:%M:%f"
-_SQLGLOT_DIALECT = {"postgresql": "postgres"}
 
 
 @dataclass
@@ -118,21 +117,20 @@ class CampaignStats:
                           for d, v in sorted(self.daily.items())}}
 
 
-def sqlglot_dialect(db: Database) -> str:
-    return _SQLGLOT_DIALECT.get(db.backend, db.backend)
-
-
 def instant(value: exp.Expression, dialect: str) -> exp.Expression:
-    """A ledger timestamp comparable with the warehouse's (SQLite: the compiler's one text form)."""
-    if dialect == "sqlite":
-        return exp.Anonymous(this="STRFTIME", expressions=[lit(SQLITE_INSTANT), value])
+    """A ledger timestamp comparable with the warehouse's (instants kept as text, SQLite: the
+    compiler's one text form, Dialect.instant_text_format)."""
+    text_format = dialect_named(dialect).instant_text_format
+    if text_format is not None:
+        return exp.Anonymous(this="STRFTIME", expressions=[lit(text_format), value])
     return value
 
 
 def plus(value: exp.Expression, delta: timedelta, dialect: str) -> exp.Expression:
     seconds = int(delta.total_seconds())
-    if dialect == "sqlite":
-        return exp.Anonymous(this="STRFTIME", expressions=[lit(SQLITE_INSTANT), value, lit(f"+{seconds} seconds")])
+    text_format = dialect_named(dialect).instant_text_format
+    if text_format is not None:
+        return exp.Anonymous(this="STRFTIME", expressions=[lit(text_format), value, lit(f"+{seconds} seconds")])
     return exp.Add(this=value, expression=exp.Interval(this=lit(str(seconds)), unit=exp.var("SECOND")))
 
 
@@ -256,9 +254,10 @@ def messages_values(rows: list, dialect: str) -> exp.Values:
 
     Built without sqlglot's builders (which parse and copy): this runs for every message."""
     timestamp = exp.DataType.build("TIMESTAMP")
+    as_text = dialect_named(dialect).instant_text_format is not None
 
     def instant_literal(value) -> exp.Expression:
-        if dialect == "sqlite":
+        if as_text:
             return ts(_parse(value), dialect)
         return exp.Cast(this=exp.Literal.string(sql_timestamp_text(_parse(value))), to=timestamp.copy())
 
@@ -290,7 +289,7 @@ class StatsReader:
         self.batch_size = batch_size
 
     def campaign(self, campaign: Campaign, since: datetime | None = None, until: datetime | None = None) -> CampaignStats:
-        ledger_dialect = self.config.dialect if self.shared else sqlglot_dialect(self.ledger)
+        ledger_dialect = self.config.dialect if self.shared else self.ledger.dialect.name
         queries = _Queries(campaign, ledger_dialect, since, until)
         run = lambda q: self.ledger.fetch_all(render_sql(q, ledger_dialect))  # noqa: E731
         steps = {s.id: StepStats(s.id) for s in campaign.steps}
