@@ -599,6 +599,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
     ``smtp_dir``: a copy of the project whose email channel is ``sink``, the loopback SMTP sink;
     ``history``: rows of history added to the ledger before one more pass)."""
     import engine
+    import engine.dialects
 
     os.environ["ENGINE_WAREHOUSE_URL"] = url  # engine.yaml: url: ${ENGINE_WAREHOUSE_URL:-...}
     project = engine.load_project(project_dir)
@@ -620,7 +621,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         rows.append({"what": f"plan: all {len(campaigns)} campaigns", "rows": counts["rows"], "seconds": plan,
                      "floor": floor, "note": f"{counts['send']:,} send, {counts['skip']:,} skip", "headline": True})
 
-        if project.config.dialect in engine.sql.compile.TEMP_TABLE_DIALECTS:
+        if engine.dialects.dialect_named(project.config.dialect).temporary_tables:
             facts_s, _ = _timed(lambda: _create_facts(reconciler, now), repeat)
             rows.append({"what": "  per-customer facts, once per pass", "rows": None, "seconds": facts_s, "floor": floor,
                          "note": "CREATE TEMPORARY TABLE for order and event facts, shared by every campaign's query"})

@@ -13,9 +13,9 @@ import sqlglot
 
 from conftest import REPO
 from engine import due_query, load_project, render_sql
+from engine.dialects import DIALECTS
 from engine.sql.compile import entries_insert
 
-DIALECTS = ["duckdb", "sqlite", "postgres", "snowflake", "bigquery", "spark", "trino"]
 NOW = datetime(2025, 1, 10, tzinfo=timezone.utc)
 PROJECT = load_project(REPO)
 CAMPAIGNS = [c.name for c in PROJECT.campaigns]
@@ -83,6 +83,6 @@ def test_foreign_mapping_renames_tables_and_columns(tmp_path):
     ("databricks://token:x@adb-1.azuredatabricks.net?http_path=/sql/1.0/warehouses/a", "spark"),
 ])
 def test_spark_and_trino_dialects_follow_from_the_url(url, dialect):
-    from engine.spec.config import dialect_of_url
+    from engine.dialects import dialect_of_url
 
     assert dialect_of_url(url) == dialect

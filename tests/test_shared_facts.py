@@ -16,8 +16,9 @@ import sqlglot
 
 from conftest import REPO, copy_project, database_url
 from engine import Reconciler, load_project, render_sql
+from engine.dialects import DIALECTS
 from engine.sql.compile import (
-    SHARED_FACTS, TEMP_TABLE_DIALECTS, due_query, shared_facts_create, shared_facts_drop,
+    SHARED_FACTS, due_query, shared_facts_create, shared_facts_drop,
     shared_facts_used,
 )
 from engine.tools.demo import load_shop
@@ -89,7 +90,7 @@ def test_a_pass_drops_its_fact_tables_and_can_run_again(reconciler):
                 list(session.stream(f"SELECT * FROM {table}"))
 
 
-@pytest.mark.parametrize("dialect", sorted(TEMP_TABLE_DIALECTS))
+@pytest.mark.parametrize("dialect", sorted(d.name for d in DIALECTS.values() if d.temporary_tables))
 def test_shared_facts_sql_snapshot(dialect, snapshot):
     """What a pass runs first on each dialect with temporary tables, and a due query reading them."""
     now = INSTANTS["anchor"]

@@ -23,6 +23,7 @@ import click
 from engine import logs
 from engine.service import settings
 from engine.clock import FixedClock, SystemClock, format_instant, parse_interval
+from engine.dialects import DIALECTS
 from engine.cli.common import (
     as_of_option, campaign_option, handle_errors, open_reconciler as _reconciler, quiet_option, shard_option,
 )
@@ -35,7 +36,6 @@ from engine.spec.project import check_project, load_project
 from engine.spec.validate import campaign_files
 from engine.state.warehouse import file_of
 
-DIALECTS = ["duckdb", "sqlite", "postgres", "snowflake", "bigquery", "spark", "trino"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,7 +77,7 @@ def validate(project_dir: Path, paths: tuple[str, ...], fmt: str, check_warehous
 
 @main.command(name="compile")
 @click.argument("campaign")
-@click.option("--dialect", type=click.Choice(DIALECTS), default=None, help="Default: the warehouse's dialect.")
+@click.option("--dialect", type=click.Choice(list(DIALECTS)), default=None, help="Default: the warehouse's dialect.")
 @as_of_option
 @click.pass_obj
 @handle_errors

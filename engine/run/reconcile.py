@@ -22,8 +22,9 @@ from sqlglot import exp
 from engine import unsubscribe
 from engine.channels import ChannelSession, Delivered, OutgoingMessage, open_channel
 from engine.clock import UTC, format_instant, parse_stored_date, parse_stored_timestamp, to_utc
+from engine.dialects import dialect_named
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, MAX_ZONES, SHARED_FACTS, TEMP_TABLE_DIALECTS, VARIANT_PREFIX, due_query, entries_insert,
+    CUSTOMER_PREFIX, MAX_ZONES, SHARED_FACTS, VARIANT_PREFIX, due_query, entries_insert,
     keys_in_sql, render_sql, shared_facts_create, shared_facts_drop, shared_facts_used, source_select,
     variant_columns, zones_query,
 )
@@ -222,7 +223,7 @@ class Reconciler:
         ordered = sorted(selected, key=lambda c: -c.priority)
         # Per-customer facts (order count, last order, last event...) are computed once per pass into
         # temporary tables on one connection and shared by every campaign's query (issue 7).
-        shared = self.config.dialect in TEMP_TABLE_DIALECTS and customer_id is None
+        shared = dialect_named(self.config.dialect).temporary_tables and customer_id is None
         with self.warehouse.session() as session:
             created: list[str] = []
             zones = self._customer_zones(session, ordered) if customer_id is None else None

@@ -20,6 +20,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from engine.clock import MAX_DURATION, DurationTooLong, parse_duration, parse_instant
+from engine.dialects import dialect_of_url
 from engine.errors import ConfigError, FilterError, Issue
 from engine.spec.filter_types import segment_attributes
 from engine.spec.filters import parse_filter, referenced_functions
@@ -34,20 +35,6 @@ CONFIG_FILE = "engine.yaml"
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: When set, overrides ledger.url of engine.yaml (12-factor; see ``_ledger_url``).
 LEDGER_URL_ENV = "ENGINE_LEDGER_URL"
-
-#: URL scheme -> sqlglot dialect
-URL_DIALECTS = {
-    "duckdb": "duckdb",
-    "sqlite": "sqlite",
-    "postgresql": "postgres",
-    "postgres": "postgres",
-    "snowflake": "snowflake",
-    "bigquery": "bigquery",
-    "trino": "trino",
-    "hive": "spark",        # PyHive against the Spark Thrift Server
-    "databricks": "spark",  # databricks-sqlalchemy; Databricks SQL runs Spark SQL
-}
-
 
 def resolve(value: str, environ: Mapping[str, str] | None = None) -> str:
     """Replace ``${VAR}`` / ``${VAR:-default}``; an unset variable without default is an error.
@@ -68,11 +55,6 @@ def resolve(value: str, environ: Mapping[str, str] | None = None) -> str:
         raise ConfigError(f"environment variable {name} is not set (used in {CONFIG_FILE}); export it or give a default with ${{{name}:-value}}")
 
     return ENV_REFERENCE.sub(substitute, value)
-
-
-def dialect_of_url(url: str) -> str | None:
-    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
-    return URL_DIALECTS.get(scheme)
 
 
 def database_url(config: ProjectConfig, which: str = "warehouse") -> str:

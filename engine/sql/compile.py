@@ -26,6 +26,7 @@ from sqlglot import exp
 
 from engine.clock import sql_timestamp_text, to_utc
 from engine.decide import customer_zone
+from engine.dialects import dialect_named, drop_temporary_table
 from engine.spec.filter_types import filter_attributes, segment_attributes
 from engine.spec.filters import bind_filter, parse_filter
 from engine.state.tables import ENTRIES_TABLE, LEDGER_TABLE, TAGS_TABLE
@@ -39,21 +40,19 @@ VARIANT_PREFIX = "variant_match_"
 #: Per-customer fact tables a reconciler pass materialises once and every campaign query of
 #: the pass joins (entity they are derived from -> temporary table name).
 SHARED_FACTS = {"orders": "engine_order_facts", "events": "engine_event_facts"}
-#: Dialects whose sessions have CREATE TEMPORARY TABLE ... AS; elsewhere each query computes its facts itself.
-TEMP_TABLE_DIALECTS = frozenset({"duckdb", "sqlite", "postgres", "snowflake"})
 
 #: The columns every due row starts with, in this order.
 DUE_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "stopped_by")
 
-#: Canonical columns holding instants. SQLite has no timestamp type: there they
-#: are normalised to one text format so that comparisons are exact.
+#: Canonical columns holding instants. Where a dialect keeps instants as text (SQLite: no timestamp
+#: type; Dialect.instant_text_format) they are normalised to one text format so that comparisons are exact.
 INSTANT_COLUMNS = frozenset({"created_at", "completed_at", "occurred_at", "unsubscribed_at", "delivery_date"})
-SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%f"
 
 
 def ts(value: datetime, dialect: str) -> exp.Expression:
-    """A timestamp literal that compares exactly with the dialect's timestamp columns."""
-    if dialect == "sqlite":
+    """A timestamp literal that compares exactly with the dialect's timestamp columns (text with
+    milliseconds where instants are text, as Dialect.instant_text_format's ``%f`` writes them)."""
+    if dialect_named(dialect).instant_text_format is not None:
         naive = to_utc(value).replace(tzinfo=None)
         return exp.Literal.string(naive.strftime("%Y-%m-%d %H:%M:%S.") + f"{naive.microsecond // 1000:03d}")
     return exp.cast(exp.Literal.string(sql_timestamp_text(value)), _type("TIMESTAMP"))
@@ -73,14 +72,14 @@ def lit(value: str) -> exp.Literal:
 
 def day_text(value: exp.Expression, dialect: str) -> exp.Expression:
     """'YYYY-MM-DD' of an instant, the same text in every dialect."""
-    if dialect == "sqlite":
+    if dialect_named(dialect).instant_text_format is not None:
         return exp.Substring(this=value, start=exp.Literal.number(1), length=exp.Literal.number(10))
     return text(exp.cast(value, _type("DATE")))
 
 
 def month_day(value: exp.Expression, dialect: str) -> exp.Expression:
     """month * 100 + day of a date, as an integer (0229 = 229)."""
-    if dialect == "sqlite":
+    if dialect_named(dialect).instant_text_format is not None:
         return exp.cast(exp.Anonymous(this="STRFTIME", expressions=[lit("%m%d"), value]), _type("INT"))
     return exp.Add(this=exp.Mul(this=exp.Month(this=value), expression=exp.Literal.number(100)), expression=exp.Day(this=value))
 
@@ -206,13 +205,14 @@ def _source_select(source: EntitySource, dialect: str) -> exp.Select:
     required, optional = ENTITY_COLUMNS[source.entity]
     projections = []
     names = list(required) + [c for c in optional if c not in required]
+    text_format = dialect_named(dialect).instant_text_format
     if source.entity == "customers":
         names += [c for c in source.columns if c not in names]
     for name in names:
         if name in source.columns:
             value = sqlglot.parse_one(source.columns[name], read=dialect)
-            if dialect == "sqlite" and name in INSTANT_COLUMNS:
-                value = exp.Anonymous(this="STRFTIME", expressions=[lit(SQLITE_TIMESTAMP_FORMAT), value])
+            if text_format is not None and name in INSTANT_COLUMNS:
+                value = exp.Anonymous(this="STRFTIME", expressions=[lit(text_format), value])
         else:
             value = exp.Null()
         projections.append(exp.alias_(value, exp.to_identifier(name)))
@@ -269,16 +269,11 @@ def shared_facts_create(entity: str, config: ProjectConfig, now: datetime) -> ex
                       properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
 
 
-#: Where each dialect keeps a session's temporary tables: DROP names it, so that it can never
-#: drop a permanent table of the same name (an unqualified DROP does when no temporary one exists).
-TEMP_SCHEMAS = {"duckdb": "temp.main", "sqlite": "temp", "postgres": "pg_temp"}
-
-
 def shared_facts_drop(entity: str, dialect: str) -> str | None:
     """DROP TABLE IF EXISTS for one ``SHARED_FACTS`` table left on a pooled connection by an
-    earlier pass; None where the temporary schema cannot be named (nothing is dropped then)."""
-    schema = TEMP_SCHEMAS.get(dialect)
-    return f"DROP TABLE IF EXISTS {schema}.{SHARED_FACTS[entity]}" if schema else None
+    earlier pass, by the dialect's temporary schema so that it can never drop a permanent table of
+    the same name; None where that schema cannot be named (nothing is dropped then)."""
+    return drop_temporary_table(dialect_named(dialect), SHARED_FACTS[entity])
 
 
 def shared_facts_used(query: exp.Expression) -> list[str]:
@@ -332,7 +327,8 @@ class _QueryBuilder:
         return body
 
     def _materialized(self, name: str) -> bool | None:
-        """``False`` (NOT MATERIALIZED) for DuckDB's source CTEs, else the database's choice.
+        """``False`` (NOT MATERIALIZED) for source CTEs where Dialect.stream_source_ctes (DuckDB), else
+        the database's choice.
 
         DuckDB materialises a CTE that is read twice - ``src_customers`` is, by
         the trigger and by the customer join - and holds every row and column of
@@ -341,7 +337,7 @@ class _QueryBuilder:
         and lets the rows stream. Other dialects keep their default (PostgreSQL
         spills a materialised CTE to disk; others may not know the keyword).
         """
-        return False if self.dialect == "duckdb" and name.startswith("src_") else None
+        return False if dialect_named(self.dialect).stream_source_ctes and name.startswith("src_") else None
 
     # --- what happened after the trigger (stop conditions, since-trigger facts) ---
 

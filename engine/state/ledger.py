@@ -38,11 +38,12 @@ the tools read through (ledger_reader.py) and implements ``LedgerWriter``
 from __future__ import annotations
 
 from datetime import datetime
+from importlib import import_module
 from typing import Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
+from engine.dialects import Dialect
 from engine.state import migrations
 from engine.state.ledger_reader import LedgerReader
 from engine.state.ledger_tables import (  # noqa: F401 - re-exported: the tests and benchmarks build ledgers from them
@@ -72,6 +73,12 @@ def _parse(value) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return datetime.fromisoformat(str(value))
+
+
+def _conflict_insert(dialect: Dialect):
+    """The SQLAlchemy ``insert()`` that has ``on_conflict_do_nothing`` for ``dialect``
+    (Dialect.on_conflict_insert: DuckDB speaks PostgreSQL's)."""
+    return import_module(f"sqlalchemy.dialects.{dialect.on_conflict_insert}").insert
 
 
 #: Unsubscribe and suppression tables up to this many rows are read whole once per pass
@@ -126,15 +133,15 @@ class Ledger(LedgerReader, LedgerWriter):
         Other databases plan without such statistics (DuckDB) or keep them
         good enough through the identity index (SQLite).
         """
-        if self.db.backend == "postgresql":
+        if self.db.dialect.analyze_ledger:
             self.db.execute("ANALYZE " + ", ".join(table.name for table in metadata.sorted_tables))
 
     def _insert_ignoring_existing(self, rows: list[dict]) -> set[str]:
         """INSERT rows whose key is new; return the keys this call inserted."""
         if not rows:
             return set()
-        backend = self.db.backend
-        if backend == "duckdb":
+        dialect = self.db.dialect
+        if dialect.array_parameters == "positional":  # DuckDB
             # one LIST parameter per column: no statement to compile, no thousands of parameters to bind
             names = list(rows[0])
             unnest = ", ".join(f"unnest(CAST(${i} AS {_ARRAY_TYPES[n]}[]))" for i, n in enumerate(names, 1))
@@ -148,11 +155,10 @@ class Ledger(LedgerReader, LedgerWriter):
                     return {row[0] for row in conn.exec_driver_sql(sql, tuple([row[n] for row in rows] for n in names))}
             except sa.exc.SQLAlchemyError as exc:
                 raise self.db._error("statement failed on", exc) from None
-        if backend in ("postgresql", "sqlite"):
+        if dialect.on_conflict_insert is not None:
             # a list of rows: SQLAlchemy's "insertmanyvalues" sends them as one multi-row INSERT
             # (up to 1000 rows) from a statement compiled once and cached, not once per chunk
-            dialect_insert = sqlite.insert if backend == "sqlite" else postgresql.insert
-            statement = dialect_insert(ledger_table).on_conflict_do_nothing().returning(ledger_table.c.message_key)
+            statement = _conflict_insert(dialect)(ledger_table).on_conflict_do_nothing().returning(ledger_table.c.message_key)
             return {row[0] for row in self.db.execute(statement, rows)}
         inserted = set()  # other backends: one row at a time, the key decides
         for row in rows:
@@ -197,9 +203,9 @@ class Ledger(LedgerReader, LedgerWriter):
             first.setdefault(key, index)
         rows = sorted(first.values())
         names = [n for n in columns if n != "message_key"]
-        table, backend = LEDGER_TABLE, self.db.backend
+        table, arrays_as = LEDGER_TABLE, self.db.dialect.array_parameters
         updated: set[str] = set()
-        if backend not in ("duckdb", "postgresql"):
+        if arrays_as is None:
             c = ledger_table.c
             statement = ledger_table.update().where(c.message_key == sa.bindparam("k"), c.status == "claimed")
             if hand_over:
@@ -220,7 +226,7 @@ class Ledger(LedgerReader, LedgerWriter):
         for start in range(0, len(rows), UPDATE_CHUNK):
             chunk = rows[start:start + UPDATE_CHUNK]
             values = [[columns[n][i] for i in chunk] for n in arrays]
-            if backend == "duckdb":  # positional $n; Python lists bind as DuckDB LISTs
+            if arrays_as == "positional":  # DuckDB: positional $n; Python lists bind as DuckDB LISTs
                 unnest = ", ".join(f"unnest(CAST(${i} AS {_ARRAY_TYPES[n]}[])) AS {n}" for i, n in enumerate(arrays, 1))
                 sql = (f"UPDATE {table} SET {assignments}, updated_at = CAST(${len(arrays) + 1} AS TIMESTAMP) "
                        f"FROM (SELECT {unnest}) AS v WHERE {table}.message_key = v.message_key AND {condition}{returning}")
@@ -340,10 +346,8 @@ class Ledger(LedgerReader, LedgerWriter):
     # --- policies: suppressions, unsubscribes, contact pressure ---------------
 
     def _insert_ignore(self, table: sa.Table, row: dict) -> None:
-        backend = self.db.backend
-        if backend in ("postgresql", "duckdb", "sqlite"):
-            dialect_insert = sqlite.insert if backend == "sqlite" else postgresql.insert
-            self.db.execute(dialect_insert(table).values(row).on_conflict_do_nothing())
+        if self.db.dialect.on_conflict_insert is not None:
+            self.db.execute(_conflict_insert(self.db.dialect)(table).values(row).on_conflict_do_nothing())
             return
         try:  # pragma: no cover - other backends
             self.db.execute(table.insert().values(row))
@@ -406,7 +410,7 @@ class Ledger(LedgerReader, LedgerWriter):
 
     def existing_keys(self, keys: list[str]) -> set[str]:
         """Which of ``keys`` the ledger already holds (for a ledger in another database)."""
-        if self.db.backend == "duckdb" and keys:
+        if self.db.dialect.array_parameters == "positional" and keys:
             # the keys as one LIST parameter: no IN list of 500 bound values to compile (15x faster)
             sql = f"SELECT message_key FROM {LEDGER_TABLE} WHERE message_key IN (SELECT unnest(CAST($1 AS VARCHAR[])))"
             try:
@@ -445,11 +449,9 @@ class Ledger(LedgerReader, LedgerWriter):
             if kind == "remove_tag":
                 self.db.execute(tags_table.delete().where(tags_table.c.customer_id == customer_id, tags_table.c.tag == tag))
                 continue
-            backend = self.db.backend
-            dialect_insert = sqlite.insert if backend == "sqlite" else postgresql.insert
             row = {"customer_id": customer_id, "tag": tag, "campaign": campaign, "set_at": _naive(now)}
-            if backend in ("postgresql", "duckdb", "sqlite"):
-                self.db.execute(dialect_insert(tags_table).values(row).on_conflict_do_nothing())
+            if self.db.dialect.on_conflict_insert is not None:
+                self.db.execute(_conflict_insert(self.db.dialect)(tags_table).values(row).on_conflict_do_nothing())
             else:  # pragma: no cover - other backends
                 try:
                     self.db.execute(tags_table.insert().values(row))

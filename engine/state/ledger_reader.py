@@ -29,10 +29,6 @@ from engine.state.ledger_tables import ledger_table, tags_table, unsubscribes_ta
 from engine.state.tables import LEDGER_TABLE, UNSUBSCRIBES_TABLE
 from engine.state.warehouse import Database
 
-#: SQLAlchemy backend name -> sqlglot dialect, where they differ.
-_SQLGLOT_DIALECT = {"postgresql": "postgres"}
-
-
 def messages_relation(alias: str) -> exp.Table:
     """The ledger's message rows (one per message key) as a sqlglot table named ``alias``."""
     return exp.to_table(LEDGER_TABLE).as_(alias)
@@ -54,7 +50,7 @@ class LedgerReader:
     @property
     def dialect(self) -> str:
         """The sqlglot dialect of the ledger's database, for queries given to ``select`` / ``stream``."""
-        return _SQLGLOT_DIALECT.get(self.db.backend, self.db.backend)
+        return self.db.dialect.name
 
     def check(self) -> None:
         """Connect once; an unreachable ledger raises ``WarehouseError`` naming it."""

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from engine.dialects import Dialect, dialect_of_backend
 from engine.errors import WarehouseError
 from engine.masking import is_secret_name, mask, remember, remember_url
 
@@ -41,7 +42,7 @@ def _remember_credentials(url: str) -> None:
 def file_of(url: str) -> Path | None:
     """The database file of a DuckDB or SQLite URL, None for servers and memory."""
     parsed = make_url(url)
-    if parsed.get_backend_name() in ("duckdb", "sqlite") and parsed.database and parsed.database != ":memory:":
+    if dialect_of_backend(parsed.get_backend_name()).local_file and parsed.database and parsed.database != ":memory:":
         return Path(parsed.database)
     return None
 
@@ -67,11 +68,11 @@ class Database:
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
             raise WarehouseError(mask(f"cannot use database URL {url}: {exc}; install its driver or fix the URL")) from None
         self.backend = self.engine.dialect.name
-        if self.backend == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        elif self.backend == "postgresql":
-            sa.event.listen(self.engine, "connect", _postgres_settings)
-        if self.backend == "duckdb" and duckdb_settings:
+        #: what this database can do (engine.dialects): the one place its differences are looked up
+        self.dialect: Dialect = dialect_of_backend(self.backend)
+        if self.dialect.connect_statements:
+            sa.event.listen(self.engine, "connect", _run_on_connect(self.dialect.connect_statements))
+        if self.dialect.settings_section and duckdb_settings:
             sa.event.listen(self.engine, "connect", _duckdb_settings(duckdb_settings))
 
     def __repr__(self) -> str:
@@ -123,8 +124,9 @@ class Database:
 
     def _error(self, what: str, exc: Exception) -> WarehouseError:
         detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        if self.backend == "duckdb" and "Out of Memory" in detail:
-            detail += "; raise or remove warehouse.duckdb.memory_limit in engine.yaml, or free memory on the host"
+        if self.dialect.settings_section and "Out of Memory" in detail:
+            detail += (f"; raise or remove warehouse.{self.dialect.settings_section}.memory_limit in engine.yaml, "
+                       "or free memory on the host")
         return WarehouseError(mask(f"{what} {self.url}: {detail}"))
 
 
@@ -201,20 +203,14 @@ def _duckdb_settings(settings: Mapping[str, str | int]) -> Callable[[Any, Any], 
     return apply
 
 
-def _postgres_settings(dbapi_connection: Any, _record: Any) -> None:
-    # stream() reads through server-side cursors, which PostgreSQL plans for the first 10 % of
-    # rows (cursor_tuple_fraction 0.1): fast-start nested loops that took over 15 minutes for
-    # one due query on a 1M-order shop, against 2.4 s with the plan for all rows. The engine
-    # always reads every row, so it asks for that plan. Committed: a rollback would undo a SET.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("SET cursor_tuple_fraction = 1.0")
-    cursor.close()
-    dbapi_connection.commit()
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the reconciler stream the due set while it writes ledger rows.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
+def _run_on_connect(statements: tuple[str, ...]) -> Callable[[Any, Any], None]:
+    """A connect hook that runs the dialect's per-connection statements (Dialect.connect_statements:
+    SQLite's WAL and busy timeout, PostgreSQL's cursor_tuple_fraction) and commits them, so that a
+    later rollback cannot undo a SET."""
+    def run(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        for statement in statements:
+            cursor.execute(statement)
+        cursor.close()
+        dbapi_connection.commit()
+    return run

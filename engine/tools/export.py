@@ -18,7 +18,8 @@ from datetime import datetime
 from typing import IO, Iterator
 
 from engine.sql.compile import render_sql, segment_query
-from engine.spec.config import database_url, dialect_of_url
+from engine.dialects import dialect_of_url
+from engine.spec.config import database_url
 from engine.tools.customer import plain
 from engine.errors import EngineError, FilterError
 from engine.spec.filter_types import segment_attributes

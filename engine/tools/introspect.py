@@ -200,8 +200,8 @@ class _Checker:
         if mapped is None:
             return [self.doc.issue(at, f"the column mapping of source '{entity}' fails on the warehouse: {error}",
                                    fix="check the SQL expressions under sources." + entity + ".columns in the warehouse's dialect")]
-        if self.db.backend == "sqlite":
-            return []  # no real column types: timestamps are text by design
+        if not self.db.dialect.typed_columns:
+            return []  # no real column types (SQLite): timestamps are text by design
         if entity == "customers":
             self.customer_kinds = self._kinds(source, relation, mapped)
         for name, expected in EXPECTED_KIND.items():
@@ -310,7 +310,7 @@ class _Checker:
         if not description:
             return [None] * width
         codes = [d[1] for d in description]
-        if self.db.backend == "postgresql" and all(isinstance(c, int) for c in codes if c is not None):
+        if self.db.dialect.type_codes_are_oids and all(isinstance(c, int) for c in codes if c is not None):
             oids = sorted({c for c in codes if c is not None})
             names = dict(conn.execute(sa.text("SELECT oid, format_type(oid, NULL) FROM pg_type WHERE oid IN ("
                                               + ", ".join(str(int(o)) for o in oids) + ")")).all()) if oids else {}

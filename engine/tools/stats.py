@@ -41,6 +41,7 @@ from typing import Iterator
 from sqlglot import exp
 
 from engine.clock import sql_timestamp_text
+from engine.dialects import dialect_named
 from engine.sql.compile import col, day_text, lit, render_sql, source_select, text, ts
 from engine.errors import ConfigError
 from engine.model import Campaign, ProjectConfig
@@ -51,7 +52,6 @@ from engine.tools.uplift import Comparison, compare
 #: messages per warehouse query when the ledger lives in another database (rounded up to whole customers;
 #: each query scans the orders once, so fewer, larger batches)
 BATCH_SIZE = 2000
-SQLITE_INSTANT = "%Y-%m-%d %H:%M:%f"
 
 
 @dataclass
@@ -119,16 +119,19 @@ class CampaignStats:
 
 
 def instant(value: exp.Expression, dialect: str) -> exp.Expression:
-    """A ledger timestamp comparable with the warehouse's (SQLite: the compiler's one text form)."""
-    if dialect == "sqlite":
-        return exp.Anonymous(this="STRFTIME", expressions=[lit(SQLITE_INSTANT), value])
+    """A ledger timestamp comparable with the warehouse's (instants kept as text, SQLite: the
+    compiler's one text form, Dialect.instant_text_format)."""
+    text_format = dialect_named(dialect).instant_text_format
+    if text_format is not None:
+        return exp.Anonymous(this="STRFTIME", expressions=[lit(text_format), value])
     return value
 
 
 def plus(value: exp.Expression, delta: timedelta, dialect: str) -> exp.Expression:
     seconds = int(delta.total_seconds())
-    if dialect == "sqlite":
-        return exp.Anonymous(this="STRFTIME", expressions=[lit(SQLITE_INSTANT), value, lit(f"+{seconds} seconds")])
+    text_format = dialect_named(dialect).instant_text_format
+    if text_format is not None:
+        return exp.Anonymous(this="STRFTIME", expressions=[lit(text_format), value, lit(f"+{seconds} seconds")])
     return exp.Add(this=value, expression=exp.Interval(this=lit(str(seconds)), unit=exp.var("SECOND")))
 
 
@@ -252,9 +255,10 @@ def messages_values(rows: list, dialect: str) -> exp.Values:
 
     Built without sqlglot's builders (which parse and copy): this runs for every message."""
     timestamp = exp.DataType.build("TIMESTAMP")
+    as_text = dialect_named(dialect).instant_text_format is not None
 
     def instant_literal(value) -> exp.Expression:
-        if dialect == "sqlite":
+        if as_text:
             return ts(_parse(value), dialect)
         return exp.Cast(this=exp.Literal.string(sql_timestamp_text(_parse(value))), to=timestamp.copy())
 

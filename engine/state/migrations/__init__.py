@@ -162,12 +162,9 @@ def _probe(db: Database) -> tuple[str, ...] | None:
 
 def _lock(db: Database, conn: sa.Connection) -> None:
     """Start the transaction the check and the upgrade run in, holding the backend's lock."""
-    if db.backend == "sqlite":
-        # pysqlite begins transactions lazily (and not before DDL); an explicit BEGIN IMMEDIATE takes
-        # the write lock now - a second process waits here (busy_timeout) until the first commits
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    elif db.backend == "postgresql":
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_LOCK_KEY})")
+    # SQLite: BEGIN IMMEDIATE (the write lock, now); PostgreSQL: an advisory lock (Dialect.migration_lock)
+    if db.dialect.migration_lock is not None:
+        conn.exec_driver_sql(db.dialect.migration_lock.format(key=PG_LOCK_KEY))
     else:
         conn.begin()
 
@@ -226,7 +223,7 @@ def _error(db: Database, what: str, exc: Exception) -> WarehouseError:
     if "readonly" in text.lower().replace("-", "") or "read-only" in text.lower() or "permission denied" in text.lower():
         return WarehouseError(f"{text}; the ledger must be writable to create or upgrade its tables: give the engine "
                               f"write access there, or point {SETTING} at a writable database")
-    if "lock" in text.lower() and db.backend == "duckdb":
+    if "lock" in text.lower() and db.dialect.one_writer_per_file:
         return WarehouseError(f"{text}; DuckDB allows one writing process per file: stop the other engine process, "
                               "or use PostgreSQL (or SQLite) to run replicas")
     return WarehouseError(f"{text}; check {SETTING}")

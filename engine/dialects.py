@@ -1,0 +1,131 @@
+"""The databases the engine supports: one row per SQL dialect, every way they differ in one table.
+
+Owns: which URL schemes (and SQLAlchemy backend names) choose which sqlglot dialect, and each
+dialect's capabilities: how instants are stored (SQLite: text), temporary tables and where a
+session keeps them, how literal rows are written (VALUES or UNNEST), CTE materialisation, and
+for a database the engine connects to (warehouse or ledger): per-connection statements,
+conflict handling for claims, array parameters, the migration lock, planner statistics and how
+the driver describes column types. Every other module asks this table (``dialect_named``,
+``dialect_of_url``, ``dialect_of_backend``) instead of comparing a dialect's name; a test checks
+that no other module does.
+
+Must not: import the engine, a database driver, SQLAlchemy or sqlglot. It is data: the SQL
+builders (sql.compile, tools.stats) and the database layer (state) act on it.
+
+Adding a dialect: one row in ``DIALECTS``, its name in schema/project.schema.json's
+``warehouse.dialect`` enum, and its snapshots (tests/test_compile.py runs every row).
+There is no time zone function here: the engine computes local times in Python (decide.py), and
+its SQL compares UTC instants only, so no dialect's time zone SQL is needed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What the engine needs to know about one SQL dialect; the defaults are "capability absent"."""
+
+    #: sqlglot's name of the dialect: ``render_sql(query, name)``, ``sqlglot.parse_one(sql, read=name)``
+    name: str
+    #: URL schemes (the part before ``+driver``) that choose this dialect; SQLAlchemy's backend
+    #: name of a connection (``engine.dialect.name``) is one of them
+    url_schemes: tuple[str, ...] = ()
+    #: instants have no timestamp type and are kept as text in this STRFTIME format (``%f``:
+    #: seconds with milliseconds); the compiler normalises every instant column and literal to it
+    instant_text_format: str | None = None
+    #: columns have declared types the engine can check (SQLite's are affinities: timestamps are text)
+    typed_columns: bool = True
+    #: ``CREATE TEMPORARY TABLE ... AS`` lives as long as the session: a pass computes its
+    #: per-customer facts once (sql.compile.SHARED_FACTS); elsewhere each query computes them itself
+    temporary_tables: bool = False
+    #: the schema that names a session's temporary tables, so that a DROP can never drop a
+    #: permanent table of the same name; None: they cannot be named (nothing is dropped)
+    temporary_schema: str | None = None
+    #: how sqlglot writes literal rows in FROM: ``values`` (VALUES (...), (...) with a column
+    #: list) or ``unnest`` (BigQuery: UNNEST([STRUCT(...)]), which takes no column list)
+    inline_rows: Literal["values", "unnest"] = "values"
+    #: source CTEs are written NOT MATERIALIZED (DuckDB holds a CTE read twice whole in memory)
+    stream_source_ctes: bool = False
+    #: the database is a local file (URL path): created with its folder, removed by the demo
+    local_file: bool = False
+    #: statements run (and committed) on every new connection the engine opens
+    connect_statements: tuple[str, ...] = ()
+    #: engine.yaml ``warehouse.<section>`` whose limits are SET on every connection (and named
+    #: when the database runs out of memory)
+    settings_section: str | None = None
+    #: the SQLAlchemy dialect whose ``insert()`` has ``on_conflict_do_nothing``; None: each row
+    #: is inserted alone and a duplicate-key error means the row is already there
+    on_conflict_insert: Literal["postgresql", "sqlite"] | None = None
+    #: set-based claims and updates with one array parameter per column: ``positional``
+    #: (DuckDB: Python lists bound to ``$n`` as LISTs), ``named`` (PostgreSQL arrays, unnest
+    #: zips them); None: one prepared statement for all rows
+    array_parameters: Literal["positional", "named"] | None = None
+    #: the statement that takes the lock a ledger upgrade runs under (``{key}``: the engine's
+    #: lock number); None: a plain transaction
+    migration_lock: str | None = None
+    #: the ledger's tables are ANALYZEd after a pass (PostgreSQL plans with stale statistics)
+    analyze_ledger: bool = False
+    #: the driver describes result columns by type OID (PostgreSQL), looked up in ``pg_type``
+    type_codes_are_oids: bool = False
+    #: one writing process per database file: a lock error means another process holds it
+    one_writer_per_file: bool = False
+
+
+#: Every supported dialect, in the order commands list them (``engine compile --dialect``).
+DIALECTS: dict[str, Dialect] = {d.name: d for d in (
+    Dialect("duckdb", url_schemes=("duckdb",), temporary_tables=True, temporary_schema="temp.main",
+            stream_source_ctes=True, local_file=True, settings_section="duckdb", on_conflict_insert="postgresql",
+            array_parameters="positional", one_writer_per_file=True),
+    Dialect("sqlite", url_schemes=("sqlite",), instant_text_format="%Y-%m-%d %H:%M:%f", typed_columns=False,
+            temporary_tables=True, temporary_schema="temp", local_file=True,
+            # WAL lets the reconciler stream the due set while it writes ledger rows
+            connect_statements=("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=10000"),
+            on_conflict_insert="sqlite",
+            # pysqlite begins transactions lazily (and not before DDL); BEGIN IMMEDIATE takes the
+            # write lock now - a second process waits (busy_timeout) until the first commits
+            migration_lock="BEGIN IMMEDIATE"),
+    Dialect("postgres", url_schemes=("postgresql", "postgres"), temporary_tables=True, temporary_schema="pg_temp",
+            # stream() reads through server-side cursors, which PostgreSQL plans for the first 10 % of
+            # rows (cursor_tuple_fraction 0.1): fast-start nested loops that took over 15 minutes for
+            # one due query on a 1M-order shop, against 2.4 s with the plan for all rows. The engine
+            # always reads every row, so it asks for that plan. Committed: a rollback would undo a SET.
+            connect_statements=("SET cursor_tuple_fraction = 1.0",),
+            on_conflict_insert="postgresql", array_parameters="named",
+            migration_lock="SELECT pg_advisory_xact_lock({key})", analyze_ledger=True, type_codes_are_oids=True),
+    Dialect("snowflake", url_schemes=("snowflake",), temporary_tables=True),
+    Dialect("bigquery", url_schemes=("bigquery",), inline_rows="unnest"),
+    Dialect("spark", url_schemes=("hive",          # PyHive against the Spark Thrift Server
+                                  "databricks")),  # databricks-sqlalchemy; Databricks SQL runs Spark SQL
+    Dialect("trino", url_schemes=("trino",)),
+)}
+
+_BY_SCHEME = {scheme: d for d in DIALECTS.values() for scheme in d.url_schemes}
+
+
+def dialect_named(name: str) -> Dialect:
+    """The row of sqlglot dialect ``name``; a name not in the table has every capability absent."""
+    found = DIALECTS.get(name)
+    return found if found is not None else Dialect(name)
+
+
+def dialect_of_url(url: str) -> str | None:
+    """The sqlglot dialect a SQLAlchemy URL chooses, None when its scheme is not supported."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    found = _BY_SCHEME.get(scheme)
+    return found.name if found is not None else None
+
+
+def dialect_of_backend(backend: str) -> Dialect:
+    """The row of a connection's SQLAlchemy backend name (``postgresql`` -> postgres); another
+    backend renders as sqlglot's dialect of the same name, with every capability absent."""
+    found = _BY_SCHEME.get(backend)
+    return found if found is not None else Dialect(backend)
+
+
+def drop_temporary_table(dialect: Dialect, table: str) -> str | None:
+    """DROP TABLE IF EXISTS of a session's temporary ``table``, by its temporary schema; None where
+    the dialect cannot name that schema (an unqualified DROP would drop a permanent table)."""
+    schema = dialect.temporary_schema
+    return f"DROP TABLE IF EXISTS {schema}.{table}" if schema else None
