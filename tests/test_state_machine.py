@@ -83,7 +83,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
 import engine.run.dispatch
-import engine.run.reconcile
+import engine.run.claim
+import engine.run.plan
 from conftest import REPO, database_url, load_history, write
 from engine import Reconciler, load_project
 from engine.tools.demo import TABLES
@@ -228,7 +229,7 @@ def each_due_query_compiled_once():
     """The plan (``Reconciler.due``) and the pass then ask for the same due query at one instant;
     compile it once per (campaign, config, instant). Only saves time: the SQL is a pure function of
     these, and sqlglot renders a copy, so the cached AST is never changed."""
-    original = engine.run.reconcile.due_query
+    original = engine.run.plan.due_query
     cache: dict = {}
 
     def due_query(campaign, config, now, **options):
@@ -239,7 +240,7 @@ def each_due_query_compiled_once():
             cache[key] = (campaign, config, original(campaign, config, now, **options))  # holds the objects: ids stay unique
         return cache[key][2]
 
-    with mock.patch.object(engine.run.reconcile, "due_query", due_query):
+    with mock.patch.object(engine.run.plan, "due_query", due_query):
         yield
 
 
@@ -262,7 +263,7 @@ def failpoint(name: str, hit: int):
                 state["crashed"] = True
                 raise Crash(f"{name}:{hit}")
 
-    with mock.patch.object(engine.run.reconcile, "checkpoint", checkpoint), \
+    with mock.patch.object(engine.run.claim, "checkpoint", checkpoint), \
             mock.patch.object(engine.run.dispatch, "checkpoint", checkpoint):
         yield state
 
