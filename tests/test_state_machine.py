@@ -758,6 +758,25 @@ def test_a_retry_waits_for_the_end_of_quiet_hours(machine):
         ("thanks:mail:1:1", "12:00"), ("thanks:text:1:1", "08:30")]
 
 
+def test_a_retry_meets_the_policy_stages_in_the_order_of_a_first_attempt(machine):
+    """Retries run policies.STAGES like a first attempt: channel choice (consent) before quiet hours.
+    An SMS failed at 20:50 Berlin time and the customer unsubscribed from SMS: at 21:30, inside
+    quiet hours, the retry is skipped for the unsubscribe at once (it used to wait, failed, for
+    quiet hours to end), as a first attempt at 21:30 would be."""
+    machine.place_order(customer=1, minutes_ago=0)
+    machine.a_pass()
+    machine.sms_fault(who=1, status=500, times=1)
+    machine.advance(minutes=530)  # 18:50 UTC = 20:50 CEST: thanks:text fails
+    machine.a_pass()
+    assert machine.ledger_rows()["thanks:text:1:1"][0] == "failed"
+    machine.unsubscribe_now(customer=1, kind="sms", via="ledger")
+    machine.advance(minutes=40)  # 21:30 CEST: the retry is due, but it is quiet
+    machine.a_pass()
+    check_invariants(machine)
+    assert machine.ledger_rows()["thanks:text:1:1"] == ("skipped", "no_consent")
+    assert [d.key for d in machine.deliveries] == ["thanks:mail:1:1"]
+
+
 def test_a_retry_counts_against_the_frequency_cap(machine):
     """Customer 4 (SMS only, 1 SMS a day): a text failed, a second order's text went out while the
     first waited for its retry, then the retry went out too - two SMS within a day."""
