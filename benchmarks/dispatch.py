@@ -49,7 +49,7 @@ def measure_smtp(backend: str, url: str, project_dir: Path, now: datetime, sink,
                  recorded, quick: bool) -> list[dict]:
     """The first pass with emails to ``sink``; then the sink's ceiling and the bare dispatch path."""
     import engine
-    import engine.run.reconcile as reconcile
+    import engine.run.send as send_stage
     from engine.channels.smtp import SmtpChannel
     from engine.run.dispatch import deserialize
 
@@ -59,7 +59,7 @@ def measure_smtp(backend: str, url: str, project_dir: Path, now: datetime, sink,
     channel = project.config.channels["email"]
     connections = SmtpChannel(channel).connections
     dispatch_seconds = [0.0]
-    original = reconcile.send_all
+    original = send_stage.send_all
 
     def timed_send_all(*args, **kwargs):  # how much of the pass is dispatch (with the hand-over's ledger writes)
         started = time.perf_counter()
@@ -72,11 +72,11 @@ def measure_smtp(backend: str, url: str, project_dir: Path, now: datetime, sink,
     try:
         reset_ledger(reconciler, project_dir)
         received_before = sink.received()
-        reconcile.send_all = timed_send_all
+        send_stage.send_all = timed_send_all
         started = time.perf_counter()
         report = reconciler.run_once(now)
         seconds = time.perf_counter() - started
-        reconcile.send_all = original
+        send_stage.send_all = original
         emails = sink.received() - received_before
         rows.append({"what": f"run_once: empty ledger -> SMTP sink ({connections} connections)", "rows": recorded(report),
                      "seconds": seconds, "note": f"{emails:,} emails at the sink ({emails / seconds:,.0f}/s of the pass); "
@@ -87,7 +87,7 @@ def measure_smtp(backend: str, url: str, project_dir: Path, now: datetime, sink,
             "SELECT message_key, content FROM engine_ledger WHERE channel = 'email' AND status = 'sent' "
             f"ORDER BY message_key LIMIT {2000 if quick else 5000}")
     finally:
-        reconcile.send_all = original
+        send_stage.send_all = original
         reconciler.close()
     if not stored:
         return rows

@@ -568,12 +568,12 @@ def _create_facts(reconciler, now) -> None:
 def _record_plan(reconciler, now) -> int:
     """Record the plan at ``now`` in the ledger as a pass would (segment entries first; sends as
     'sent', skips as 'skipped', deferrals not at all) without rendering or sending anything."""
-    from engine.run.reconcile import _record
+    from engine.run.record import as_record
 
     reconciler.enter_segments(now)
     recorded = 0
     for batch in reconciler.due(now):
-        records = [_record(m, "sent" if m.action == "send" else "skipped", reason=m.reason, detail=m.detail)
+        records = [as_record(m, "sent" if m.action == "send" else "skipped", reason=m.reason, detail=m.detail)
                    for m in batch if m.action != "defer"]
         recorded += len(reconciler.ledger.write_new(records, now))
     return recorded

@@ -9,7 +9,8 @@ Public API (the CLI is a thin layer over it):
 from engine.sql.compile import due_query, render_sql
 from engine.errors import EngineError, Issue, ProjectInvalid
 from engine.spec.project import check_project, load_project
-from engine.run.reconcile import DueMessage, PassReport, Reconciler
+from engine.run.messages import DueMessage, PassReport
+from engine.run.reconcile import Reconciler
 
 __all__ = [
     "DueMessage", "EngineError", "Issue", "PassReport", "ProjectInvalid", "Reconciler",

@@ -8,7 +8,7 @@ database (a new DuckDB/SQLite file, a new PostgreSQL database) and planned with
 ``Reconciler.due(now)``; the same history is planned again by
 ``reference_plan`` below: a plain-Python reading of campaigns.d/ and
 engine.yaml (parsed here with PyYAML) that shares no code with engine.sql.compile,
-engine.decide or engine.run.reconcile. For every shipped campaign the sets of
+engine.decide or engine.run. For every shipped campaign the sets of
 ``(campaign, step, customer_id, trigger_key, outcome)`` must be equal; the
 rows also carry the chosen variant and the exact due time, which must agree too.
 

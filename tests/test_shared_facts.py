@@ -125,7 +125,7 @@ def test_per_zone_windows_change_no_decision_only_the_rows_fetched(reconciler, m
     """With the customers' time zones listed, steps with a local send time cut their window per
     zone (compile.zone_window): the same decisions at every instant, from fewer candidate rows."""
     from engine.progress import Progress
-    from engine.run.reconcile import Reconciler
+    from engine.run import plan as plan_stage
 
     class RowCounter(Progress):
         fetched = 0
@@ -142,7 +142,7 @@ def test_per_zone_windows_change_no_decision_only_the_rows_fetched(reconciler, m
     for label, now in INSTANTS.items():
         with_zones, rows = plan(now)
         with monkeypatch.context() as patch:
-            patch.setattr(Reconciler, "_customer_zones", lambda self, session, campaigns: None)
+            patch.setattr(plan_stage, "customer_zones", lambda session, config, campaigns: None)
             without, rows_without = plan(now)
         assert with_zones == without, f"at {label}"
         decided, fetched, fetched_without = decided + len(with_zones), fetched + rows, fetched_without + rows_without

@@ -83,7 +83,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
 import engine.run.dispatch
-import engine.run.reconcile
+import engine.run.claim
+import engine.run.plan
 from conftest import REPO, database_url, load_history, write
 from engine import Reconciler, load_project
 from engine.tools.demo import TABLES
@@ -228,7 +229,7 @@ def each_due_query_compiled_once():
     """The plan (``Reconciler.due``) and the pass then ask for the same due query at one instant;
     compile it once per (campaign, config, instant). Only saves time: the SQL is a pure function of
     these, and sqlglot renders a copy, so the cached AST is never changed."""
-    original = engine.run.reconcile.due_query
+    original = engine.run.plan.due_query
     cache: dict = {}
 
     def due_query(campaign, config, now, **options):
@@ -239,7 +240,7 @@ def each_due_query_compiled_once():
             cache[key] = (campaign, config, original(campaign, config, now, **options))  # holds the objects: ids stay unique
         return cache[key][2]
 
-    with mock.patch.object(engine.run.reconcile, "due_query", due_query):
+    with mock.patch.object(engine.run.plan, "due_query", due_query):
         yield
 
 
@@ -262,7 +263,7 @@ def failpoint(name: str, hit: int):
                 state["crashed"] = True
                 raise Crash(f"{name}:{hit}")
 
-    with mock.patch.object(engine.run.reconcile, "checkpoint", checkpoint), \
+    with mock.patch.object(engine.run.claim, "checkpoint", checkpoint), \
             mock.patch.object(engine.run.dispatch, "checkpoint", checkpoint):
         yield state
 
@@ -755,6 +756,25 @@ def test_a_retry_waits_for_the_end_of_quiet_hours(machine):
     check_invariants(machine)
     assert [(d.key, f"{d.at.astimezone(zone_of('1')):%H:%M}") for d in machine.deliveries] == [
         ("thanks:mail:1:1", "12:00"), ("thanks:text:1:1", "08:30")]
+
+
+def test_a_retry_meets_the_policy_stages_in_the_order_of_a_first_attempt(machine):
+    """Retries run policies.STAGES like a first attempt: channel choice (consent) before quiet hours.
+    An SMS failed at 20:50 Berlin time and the customer unsubscribed from SMS: at 21:30, inside
+    quiet hours, the retry is skipped for the unsubscribe at once (it used to wait, failed, for
+    quiet hours to end), as a first attempt at 21:30 would be."""
+    machine.place_order(customer=1, minutes_ago=0)
+    machine.a_pass()
+    machine.sms_fault(who=1, status=500, times=1)
+    machine.advance(minutes=530)  # 18:50 UTC = 20:50 CEST: thanks:text fails
+    machine.a_pass()
+    assert machine.ledger_rows()["thanks:text:1:1"][0] == "failed"
+    machine.unsubscribe_now(customer=1, kind="sms", via="ledger")
+    machine.advance(minutes=40)  # 21:30 CEST: the retry is due, but it is quiet
+    machine.a_pass()
+    check_invariants(machine)
+    assert machine.ledger_rows()["thanks:text:1:1"] == ("skipped", "no_consent")
+    assert [d.key for d in machine.deliveries] == ["thanks:mail:1:1"]
 
 
 def test_a_retry_counts_against_the_frequency_cap(machine):

@@ -1,4 +1,6 @@
-"""The reconciler pass: due set -> policies -> claim -> render -> send -> record, with recovery and retries.
+"""The reconciler pass: plan -> policies -> claim -> render -> send -> record, with recovery and retries.
 
-Owns the order of a pass and its report. Must not parse YAML or format output for people.
+``reconcile`` orders the stages; each stage is a module called with its collaborators
+(messages, isolation, sources, plan, policies, claim, render, send, record, recover, retry,
+segments, sessions, dispatch). Must not parse YAML or format output for people.
 """

@@ -1,4 +1,4 @@
-"""Sending a rendered batch: per-channel workers, outcomes turned into ledger records.
+"""Sending a rendered batch: per-channel workers over the pass's sessions, and when to try again.
 
 Each channel's messages go out on their own threads (as many as the channel's
 session sends in parallel: SMTP connections) over sessions reused for the
@@ -6,6 +6,9 @@ whole pass, so a slow or dead provider delays only its own channel. Transient fa
 get a next attempt with exponential backoff and a deterministic jitter (a
 hash of the message key and attempt, so replicas spread out but tests stay
 reproducible); permanent ones are final and suppress the address.
+
+Must not decide, claim, render or write to the ledger: the send stage's
+``hand_over`` callback records outcomes and stores contents.
 """
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """Policies that protect the customer, applied to each batch of due messages.
 
-Two stages, both set-based per batch (one ledger query per concern, never one
-per message):
+``STAGES`` is their one ordered list, run by ``apply_stages`` on the first
+attempt of a message (the plan) and on its retries alike; a stage marked
+``on_retry=False`` (holdout, re-entry) was decided with the first attempt and
+is left out for a retry. The two stages that read the ledger, both set-based
+per batch (one ledger query per concern, never one per message):
 
 ``choose_channels`` (R-M2, R-P1, R-P4): a step may offer several variants the
 customer qualifies for (e.g. email first, SMS otherwise). The message goes
@@ -17,16 +20,20 @@ what the ledger holds plus what this pass already decided, so campaigns
 handled earlier in the pass (higher priority) win.
 
 A message a policy stops becomes ``skip`` with the policy's reason; it is
-recorded, so the decision is visible later. Reads the ledger, writes nothing.
+recorded, so the decision is visible later (quiet hours only ``defer``). Reads
+the ledger, writes nothing; must not send, render or record.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from engine.clock import to_utc
+from engine.decide import customer_zone, in_holdout, in_quiet_hours
 from engine.state.ledger import Ledger
-from engine.model import ProjectConfig
+from engine.model import Campaign, ProjectConfig, QuietHours
 
 CONTACT_FIELD = {"email": "email", "sms": "phone"}
 
@@ -36,6 +43,8 @@ class PolicyState:
     """What this pass (or plan) has decided to send so far, per customer, for caps and recency."""
 
     sends: dict[str, list[tuple[datetime, str, str]]] = field(default_factory=dict)  # (at, channel, campaign)
+    #: re-entry: (campaign, customer) -> the instances (trigger key, trigger time) sent in this pass
+    entered: dict[tuple[str, str], list[tuple[str, datetime]]] = field(default_factory=dict)
 
 
 def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_of: dict[str, str]) -> list:
@@ -131,3 +140,145 @@ def _capped(config: ProjectConfig, m, now: datetime, sends: list[tuple[datetime,
         if count >= cap.max:
             return True
     return False
+
+
+# --- the ordered stages -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyInputs:
+    """Everything a policy stage reads; the stages reach into nothing else."""
+
+    config: ProjectConfig
+    ledger: Ledger
+    now: datetime
+    state: PolicyState
+    #: the campaigns decided about, by name (holdout, re-entry, a step's quiet hours); a retry's may be gone
+    campaigns: Mapping[str, Campaign]
+    #: "campaign:step:variant" -> the variant's channel (for a retry: the channel it was rendered for)
+    channel_of: Mapping[str, str]
+    #: campaign -> its ``not_contacted_within``; None for a retry (decided with the first attempt)
+    recency: Mapping[str, timedelta | None] | None
+    #: False for a retry: the stages marked ``on_retry=False`` are left out
+    first_attempt: bool
+
+
+def first_attempt_inputs(config: ProjectConfig, ledger: Ledger, now: datetime, campaigns: list[Campaign],
+                         all_campaigns: list[Campaign]) -> PolicyInputs:
+    """The inputs of one plan or pass over ``campaigns`` (recency windows are read from ``all_campaigns``)."""
+    return PolicyInputs(
+        config, ledger, now, PolicyState(), {c.name: c for c in campaigns},
+        {f"{c.name}:{s.id}:{v.id}": v.channel for c in campaigns for s in c.steps for v in s.variants},
+        {c.name: c.not_contacted_within for c in all_campaigns}, first_attempt=True)
+
+
+def retry_inputs(config: ProjectConfig, ledger: Ledger, now: datetime, all_campaigns: list[Campaign],
+                 channel_of: Mapping[str, str]) -> PolicyInputs:
+    """The inputs of a pass's retries: each message keeps the channel it was rendered for."""
+    return PolicyInputs(config, ledger, now, PolicyState(), {c.name: c for c in all_campaigns}, channel_of,
+                        recency=None, first_attempt=False)
+
+
+@functools.lru_cache(maxsize=1024)
+def _zone(name: object, default: str):
+    return customer_zone(name, default)
+
+
+def channel_choice(batch: list, inputs: PolicyInputs) -> list:
+    """Contact data, consent, unsubscribes, suppressions: ``choose_channels``."""
+    return choose_channels(inputs.config, inputs.ledger, batch, inputs.channel_of)
+
+
+def holdout(batch: list, inputs: PolicyInputs) -> list:
+    """The campaign's holdout group is skipped (stable per customer)."""
+    decided = []
+    for m in batch:
+        if m.action == "send":
+            campaign = inputs.campaigns[m.campaign]
+            if in_holdout(campaign.name, m.customer_id, campaign.holdout):
+                m = replace(m, action="skip", reason="holdout")
+        decided.append(m)
+    return decided
+
+
+def quiet_hours_of(inputs: PolicyInputs, campaign: str, step: str, channel: str | None) -> QuietHours | None:
+    """The quiet hours of a step (or its channel's default), also for a campaign removed since."""
+    try:
+        quiet = inputs.campaigns[campaign].step(step).quiet_hours
+    except KeyError:
+        quiet = None
+    return quiet or inputs.config.quiet_hours.get(channel)
+
+
+def quiet_hours(batch: list, inputs: PolicyInputs) -> list:
+    """In the quiet hours of the channel finally chosen, in the customer's time zone: ``defer``
+    (not recorded: the message stays due, for the first pass after they end)."""
+    decided = []
+    for m in batch:
+        if m.action == "send":
+            zone = _zone(m.customer.get("timezone"), inputs.config.default_timezone)
+            if in_quiet_hours(inputs.now, quiet_hours_of(inputs, m.campaign, m.step, m.channel), zone):
+                m = replace(m, action="defer", reason="quiet_hours")
+        decided.append(m)
+    return decided
+
+
+def reentry(batch: list, inputs: PolicyInputs) -> list:
+    """Skip instances the campaign's re-entry rule forbids (once ever / within the cool-down),
+    counting what the ledger holds and what this pass sent before."""
+    rules = {name: inputs.campaigns[name].reentry for name in dict.fromkeys(m.campaign for m in batch)}
+    history = {name: inputs.ledger.sent_instances(name, sorted({m.customer_id for m in batch
+                                                                 if m.campaign == name and m.action == "send"}))
+               for name, rule in rules.items() if rule.mode != "per_trigger"}
+    if not history:
+        return batch
+    entered = inputs.state.entered
+    decided = []
+    for m in batch:
+        if m.action == "send" and m.campaign in history:
+            rule = rules[m.campaign]
+            earlier = [(k, at) for k, at in history[m.campaign].get(m.customer_id, [])
+                       + entered.get((m.campaign, m.customer_id), []) if k != m.trigger_key]
+            if rule.mode == "once":
+                blocked = bool(earlier)
+            else:
+                blocked = any(at is not None and abs(to_utc(at) - m.trigger_at) < rule.cooldown for _, at in earlier)
+            if blocked:
+                m = replace(m, action="skip", reason="reentry")
+            else:
+                entered.setdefault((m.campaign, m.customer_id), []).append((m.trigger_key, m.trigger_at))
+        decided.append(m)
+    return decided
+
+
+def contact_pressure(batch: list, inputs: PolicyInputs) -> list:
+    """Recency windows and frequency caps: ``apply_policies``."""
+    return apply_policies(inputs.config, inputs.ledger, batch, inputs.now, inputs.state, inputs.recency)
+
+
+@dataclass(frozen=True)
+class PolicyStage:
+    name: str
+    apply: Callable[[list, PolicyInputs], list]
+    #: False: decided once, with the first attempt; a retry keeps that decision
+    on_retry: bool = True
+
+
+#: The policy stages in the order they run, for first attempts and retries alike. Channel choice
+#: comes first because holdout aside every later stage depends on the channel finally chosen;
+#: contact pressure comes last so that only messages that will go out count against the caps.
+STAGES: tuple[PolicyStage, ...] = (
+    PolicyStage("channel_choice", channel_choice),
+    PolicyStage("holdout", holdout, on_retry=False),
+    PolicyStage("quiet_hours", quiet_hours),
+    PolicyStage("reentry", reentry, on_retry=False),
+    PolicyStage("contact_pressure", contact_pressure),
+)
+
+
+def apply_stages(batch: list, inputs: PolicyInputs) -> list:
+    """``batch`` through every stage of ``STAGES`` that applies, in order."""
+    for stage in STAGES:
+        if inputs.first_attempt or stage.on_retry:
+            batch = stage.apply(batch, inputs)
+    return batch

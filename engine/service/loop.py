@@ -36,7 +36,8 @@ from engine.logs import declare_personal, event
 from engine.masking import mask
 from engine.service.metrics import CONTENT_TYPE, Metrics
 from engine.model import Project
-from engine.run.reconcile import PassReport, Reconciler
+from engine.run.messages import PassReport
+from engine.run.reconcile import Reconciler
 from engine.service.reload import LoadResult, ProjectWatcher
 from engine.service.settings import DEFAULT_METRICS_PORT
 

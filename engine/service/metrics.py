@@ -16,7 +16,7 @@ from prometheus_client import (
 )
 
 from engine import __version__
-from engine.run.reconcile import PassReport
+from engine.run.messages import PassReport
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)

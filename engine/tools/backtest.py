@@ -45,7 +45,9 @@ from engine.spec.filters import parse_filter, referenced_functions
 from engine.state.ledger import Ledger, Record
 from engine.model import AtRisk, Campaign, Project
 from engine.progress import Progress
-from engine.run.reconcile import BATCH_SIZE, DueMessage, Reconciler
+from engine.run.messages import DueMessage
+from engine.run.plan import BATCH_SIZE
+from engine.run.reconcile import Reconciler
 from engine.state.warehouse import Database
 
 #: Simulated instants in one backtest at most (a year at --every 5m); more is almost surely a typo.

@@ -4,9 +4,9 @@ Nothing here re-implements campaign semantics. The answer is assembled from
 the machinery a pass uses:
 
 - the plan itself: ``Reconciler.due`` restricted to the customer (due query,
-  ledger anti-join, ``_decide``, re-entry, ``apply_policies``), so "send",
+  ledger anti-join, ``plan.decide_row``, the policy stages), so "send",
   "skip: reason" and "defer" are exactly what ``engine plan`` says;
-- the due query without the ledger anti-join, through ``Reconciler._decide``,
+- the due query without the ledger anti-join, through ``plan.decide_row``,
   for what the ledger already holds;
 - ``compile.explain_query``: every trigger instance of the customer (no time
   window) with each audience filter and stop condition evaluated on its own,
@@ -27,7 +27,9 @@ from engine.errors import EngineError
 from engine.state.ledger import message_key
 from engine.tools.customer import find_customer
 from engine.model import Anniversary, Campaign, Step
-from engine.run.reconcile import DueMessage, Reconciler
+from engine.run.messages import DueMessage
+from engine.run.plan import decide_row
+from engine.run.reconcile import Reconciler
 
 #: Trigger instances shown per campaign (newest first); older ones are counted.
 MAX_INSTANCES = 10
@@ -183,13 +185,13 @@ def _planned(reconciler: Reconciler, campaign: Campaign, customer_id: str, now: 
 
 
 def _candidates(reconciler: Reconciler, campaign: Campaign, customer_id: str, now: datetime) -> dict[str, DueMessage]:
-    """The due set before the ledger is subtracted, as ``_decide`` sees it, by message key."""
+    """The due set before the ledger is subtracted, as ``plan.decide_row`` sees it, by message key."""
     config = reconciler.config
     sql = render_sql(due_query(campaign, config, now, exclude_ledger=False, customer_id=customer_id), config.dialect)
     decided = {}
     for rows in reconciler.warehouse.stream(sql):
         for row in rows:
-            m = reconciler._decide(campaign, row, now)
+            m = decide_row(campaign, row, now, config)
             if m is not None:
                 decided[m.key] = m
     return decided

@@ -12,7 +12,7 @@ from typing import IO, Iterable
 
 from engine.errors import Issue
 from engine.masking import mask
-from engine.run.reconcile import DueMessage, PassReport
+from engine.run.messages import DueMessage, PassReport
 
 PLAN_FIELDS = ["campaign", "step", "customer_id", "trigger_key", "channel", "due_at", "trigger_at", "action", "reason", "message_key"]
 

@@ -1,0 +1,184 @@
+"""The plan stage: a campaign's due rows, read from the warehouse, become ``DueMessage`` batches.
+
+Owns the pass's reads of the warehouse for the due sets (``due_rows``: one session, the shared
+per-customer fact tables, the customers' time zones) and the decision on each row
+(``decide_row``: exact due time, freshness, stop condition, qualifying variants), the replica's
+shard and the subtraction of what the ledger already holds. Must not apply a policy, write to
+the ledger or the warehouse's own tables (the pass's temporary fact tables aside), or send.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+from engine.clock import UTC, parse_stored_date, parse_stored_timestamp
+from engine.decide import anniversary_instance, customer_zone, due_time, matching_variants, stable_bucket
+from engine.errors import WarehouseError
+from engine.model import Anniversary, Campaign, ProjectConfig
+from engine.progress import Progress
+from engine.run.messages import DueMessage
+from engine.dialects import dialect_named
+from engine.sql.compile import (
+    CUSTOMER_PREFIX, MAX_ZONES, SHARED_FACTS, VARIANT_PREFIX, due_query, keys_in_sql,
+    render_sql, shared_facts_create, shared_facts_drop, shared_facts_used, variant_columns, zones_query,
+)
+from engine.state.ledger import Ledger
+from engine.state.warehouse import Database, Session
+
+BATCH_SIZE = 1000
+
+
+def shard_of(customer_id: str, count: int) -> int:
+    """Which of ``count`` replicas owns this customer (a stable hash, not Python's salted one)."""
+    return int.from_bytes(hashlib.sha256(customer_id.encode()).digest()[:4], "big") % count
+
+
+@contextmanager
+def due_rows(warehouse: Database, config: ProjectConfig, now: datetime, campaigns: list[Campaign], *,
+             exclude_ledger: bool, customer_id: str | None, batch_size: int,
+             ) -> Iterator[Callable[[Campaign], Iterator[list]]]:
+    """One pass's reads of the due sets: gives ``rows_of(campaign)``, the campaign's due rows in batches.
+
+    Per-customer facts (order count, last order, last event...) are computed once per pass into
+    temporary tables on one connection and shared by every campaign's query (issue 7); they are
+    dropped when the pass ends, also on failure. ``exclude_ledger``: the query itself leaves out
+    what the ledger holds (the ledger shares the warehouse's database).
+    """
+    shared = dialect_named(config.dialect).temporary_tables and customer_id is None
+    with warehouse.session() as session:
+        created: list[str] = []
+        zones = customer_zones(session, config, campaigns) if customer_id is None else None
+
+        def rows_of(campaign: Campaign) -> Iterator[list]:
+            query = due_query(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
+                              shared_facts=shared, zones=zones)
+            for entity in shared_facts_used(query):
+                if entity not in created:
+                    drop_facts(session, config, entity)
+                    session.execute(render_sql(shared_facts_create(entity, config, now), config.dialect))
+                    created.append(entity)
+            yield from session.stream(render_sql(query, config.dialect), batch_size)
+
+        try:
+            yield rows_of
+        finally:  # temporary tables outlive the pass in a pooled connection; the next CREATE drops them too
+            for entity in created:
+                try:
+                    drop_facts(session, config, entity, created=True)
+                except WarehouseError:  # do not hide the error that ended the pass
+                    break
+
+
+def drop_facts(session: Session, config: ProjectConfig, entity: str, created: bool = False) -> None:
+    """Drop a pass's fact table: by its temporary schema where the dialect can name it (never a
+    permanent table of the same name); elsewhere only a table this pass ``created``."""
+    statement = shared_facts_drop(entity, config.dialect)
+    if statement is None and created:
+        statement = f"DROP TABLE {SHARED_FACTS[entity]}"
+    if statement is not None:
+        session.execute(statement)
+
+
+def customer_zones(session: Session, config: ProjectConfig, campaigns: list[Campaign]) -> list | None:
+    """The customers' distinct time zone values, when a campaign has a local send time (its
+    query then cuts its time window per zone); None when there are too many to list."""
+    if not any(step.send_at is not None and keys_in_sql(c) for c in campaigns for step in c.steps):
+        return None
+    zones = [row[0] for rows in session.stream(render_sql(zones_query(config), config.dialect)) for row in rows]
+    return zones if len(zones) <= MAX_ZONES else None
+
+
+def decided_batches(campaign: Campaign, row_batches: Iterator[list], now: datetime, config: ProjectConfig,
+                    ledger: Ledger, *, ledger_in_query: bool, shard: tuple[int, int] | None,
+                    progress: Progress) -> Iterator[list[DueMessage]]:
+    """Each batch of a campaign's due rows decided (``decide_row``), cut to this replica's shard,
+    minus what the ledger holds (unless the query already left it out); a batch may end up empty."""
+    layout = None
+    for rows in row_batches:
+        progress.rows(len(rows))
+        layout = layout or RowLayout(rows[0]._fields, campaign)
+        batch = [m for m in (decide_row(campaign, row, now, config, layout) for row in rows) if m is not None]
+        if shard is not None:
+            index, count = shard
+            batch = [m for m in batch if shard_of(m.customer_id, count) == index]
+        if not ledger_in_query or not keys_in_sql(campaign):
+            known = ledger.existing_keys([m.key for m in batch])
+            batch = [m for m in batch if m.key not in known]
+        yield batch
+
+
+class RowLayout:
+    """Where each column of a campaign's due query sits in its rows (worked out once per query)."""
+
+    def __init__(self, fields: tuple[str, ...], campaign: Campaign):
+        position = {name: index for index, name in enumerate(fields)}
+        self.step, self.customer_id = position["step"], position["customer_id"]
+        self.trigger_key, self.trigger_at = position["trigger_key"], position["trigger_at"]
+        self.stopped_by = position["stopped_by"]
+        self.yearly = isinstance(campaign.trigger, Anniversary)
+        self.anniversary = position.get("anniversary")
+        self.matches = [position[f"{VARIANT_PREFIX}{i}"] for i in range(variant_columns(campaign))]
+        # the customer's attributes are the query's last columns (compile.due_query)
+        self.customer_start = min(i for name, i in position.items() if name.startswith(CUSTOMER_PREFIX))
+        self.customer_names = [name[len(CUSTOMER_PREFIX):] for name in fields[self.customer_start:]]
+        assert all(name.startswith(CUSTOMER_PREFIX) for name in fields[self.customer_start:])
+        self.steps = {step.id: step for step in campaign.steps}
+        #: steps with an A/B split: only those need the customer's stable bucket
+        self.split_steps = {step.id for step in campaign.steps if any(v.percent is not None for v in step.variants)}
+
+
+@functools.lru_cache(maxsize=1024)
+def _zone(name: object, default: str):
+    return customer_zone(name, default)
+
+
+def decide_row(campaign: Campaign, row, now: datetime, config: ProjectConfig,
+               layout: RowLayout | None = None) -> DueMessage | None:
+    """What to do with one candidate row, or None when it is not due (yet, or any more).
+
+    Runs once per candidate row, so it reads columns by position (``layout``,
+    worked out once per query) rather than by name.
+    """
+    layout = layout or RowLayout(row._fields, campaign)
+    step = layout.steps[row[layout.step]]
+    customer = dict(zip(layout.customer_names, row[layout.customer_start:]))
+    customer_id = customer["customer_id"] = str(row[layout.customer_id])
+    trigger_key = row[layout.trigger_key]
+    if layout.yearly:
+        zone = _zone(customer.get("timezone"), config.default_timezone)
+        instance = anniversary_instance(parse_stored_date(row[layout.anniversary]), step, now, zone)
+        if instance is None:
+            return None
+        trigger_at, trigger_key = instance
+    else:
+        value = row[layout.trigger_at]
+        trigger_at = value.replace(tzinfo=UTC) if type(value) is datetime and value.tzinfo is None \
+            else parse_stored_timestamp(value)
+    if step.send_at is None:  # the common case needs no time zone
+        due_at = trigger_at + step.delay
+    else:
+        due_at = due_time(trigger_at, step, _zone(customer.get("timezone"), config.default_timezone))
+    if due_at > now:
+        return None
+    if step.freshness is not None and now > due_at + step.freshness + config.stale_horizon:
+        return None
+    matches = [row[i] for i in layout.matches]
+    bucket = stable_bucket(campaign.name, customer_id) if step.id in layout.split_steps else 0
+    candidates = matching_variants(step, matches, bucket)
+    first = candidates[0] if candidates else None
+    message = DueMessage(campaign.name, step.id, customer_id, str(trigger_key), trigger_at, due_at,
+                         first.channel if first else None, customer, "send", None,
+                         first.id if first else None)
+    stopped_by = row[layout.stopped_by]
+    if stopped_by:
+        message.action, message.reason, message.detail = "skip", "stopped", str(stopped_by)
+    elif step.freshness is not None and now > due_at + step.freshness:
+        message.action, message.reason = "skip", "stale"
+    elif first is None:
+        message.action, message.reason = "skip", "no_variant"
+    else:
+        message.candidates = tuple(v.id for v in candidates)
+    return message

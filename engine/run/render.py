@@ -1,0 +1,143 @@
+"""The render stage: each claimed message becomes the message a channel sends, or a render failure.
+
+Owns what a template sees (the customer, the trigger's record and items or the day's events,
+loaded for a whole batch in a few queries; the unsubscribe link; the discount code) and the
+envelope (the address comes from the engine's record, taken before any template runs). Must not
+write to the ledger or send: the failures it returns are recorded by the caller.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from engine import unsubscribe
+from engine.channels import OutgoingMessage
+from engine.clock import parse_stored_timestamp
+from engine.decide import discount_code
+from engine.errors import TemplateError
+from engine.model import Event, Project, ProjectConfig
+from engine.run.dispatch import serialize
+from engine.run.messages import DueMessage, PassReport
+from engine.run.policies import CONTACT_FIELD
+from engine.run.record import as_record
+from engine.run.sources import SourceRows
+from engine.state.ledger import Record
+from engine.templating.render import Renderer
+
+
+@dataclass
+class Rendered:
+    """A batch after rendering: the messages to send (with their stored content, in the same order)
+    and the failures, which are final."""
+
+    messages: list[tuple[DueMessage, OutgoingMessage]] = field(default_factory=list)
+    contents: list[str] = field(default_factory=list)
+    failures: list[Record] = field(default_factory=list)
+
+
+def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, renderer: Renderer, secret: str,
+           sources: SourceRows, report: PassReport) -> Rendered:
+    """Render every claimed message of a batch; ``secret`` signs unsubscribe links and discount codes."""
+    contexts = TriggerContexts(sources, project, config).load(claimed)
+    rendered = Rendered()
+    for m in claimed:
+        step = project.campaign(m.campaign).step(m.step)
+        variant = step.variant(m.variant)
+        channel = config.channels[variant.channel]
+        # the envelope comes from the engine's record, taken before any template runs
+        to = str(m.customer[CONTACT_FIELD[channel.kind]])
+        context = template_context(m, contexts.get((m.campaign, m.customer_id, m.trigger_key), {}))
+        context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id, channel.kind)
+        if step.discount_code is not None:
+            context["discount_code"] = discount_code(secret, m.key, step.discount_code.prefix, step.discount_code.length)
+        try:
+            content = renderer.render(variant.template, channel.kind, context)
+        except TemplateError as exc:
+            rendered.failures.append(as_record(m, "failed", reason="render_error", detail=str(exc)))
+            report.add(m.campaign, m.step, "failed:render_error", channel=m.channel)
+            continue
+        message = OutgoingMessage(
+            key=m.key, kind=channel.kind, to=to,
+            sender=str(channel.settings.get("from", "shop@example.com")),
+            subject=content.subject, text=content.text, html=content.html,
+            headers=unsubscribe.headers(context["unsubscribe_url"]) if channel.kind == "email" else {},
+        )
+        rendered.messages.append((m, message))
+        rendered.contents.append(serialize(message, {"discount_code": context.get("discount_code")}))
+    return rendered
+
+
+def template_context(m: DueMessage, trigger_record: dict) -> dict:
+    return {
+        "customer": m.customer,
+        "campaign": m.campaign,
+        "step": m.step,
+        "variant": m.variant,
+        "message_key": m.key,
+        "due_at": m.due_at,
+        "trigger": {"key": m.trigger_key, "at": m.trigger_at, **{k: v for k, v in trigger_record.items() if k != "items"}},
+        "items": trigger_record.get("items", []),
+    }
+
+
+class TriggerContexts:
+    """Loads what a template shows about the trigger, for a whole batch in a few queries:
+    the order or checkout and its items, or the day's events (viewed products, searches)."""
+
+    #: trigger kind -> (record entity, items entity, id column)
+    ENTITIES = {
+        "order_placed": ("orders", "order_items", "order_id"),
+        "order_date": ("orders", "order_items", "order_id"),
+        "at_risk": ("orders", "order_items", "order_id"),
+        "checkout_abandoned": ("checkouts", "checkout_items", "checkout_id"),
+    }
+
+    def __init__(self, sources: SourceRows, project: Project, config: ProjectConfig):
+        self.sources = sources
+        self.project = project
+        self.config = config
+
+    def load(self, messages: list[DueMessage]) -> dict[tuple[str, str, str], dict]:
+        contexts: dict[tuple[str, str, str], dict] = {}
+        by_campaign: dict[str, list[DueMessage]] = {}
+        for m in messages:
+            by_campaign.setdefault(m.campaign, []).append(m)
+        for name, group in by_campaign.items():
+            trigger = self.project.campaign(name).trigger
+            if isinstance(trigger, Event) and "events" in self.config.sources:
+                contexts.update(self._events(name, trigger, group))
+                continue
+            if trigger.kind not in self.ENTITIES:
+                continue
+            record_entity, items_entity, id_column = self.ENTITIES[trigger.kind]
+            keys = sorted({m.trigger_key for m in group})
+            records = self.sources.by_key(record_entity, id_column, keys)
+            items = self.sources.by_key(items_entity, id_column, keys)
+            for m in group:
+                record = dict(records.get(m.trigger_key, [{}])[0])
+                record["items"] = items.get(m.trigger_key, [])
+                contexts[(name, m.customer_id, m.trigger_key)] = record
+        return contexts
+
+    def _events(self, campaign: str, trigger: Event, group: list[DueMessage]) -> dict[tuple[str, str, str], dict]:
+        """The instance's events, newest first: for per-day triggers all of that day's events of the type."""
+        customers = sorted({m.customer_id for m in group})
+        condition = exp.and_(
+            exp.column("type").eq(exp.Literal.string(trigger.type)),
+            self.sources.key_condition("events", "customer_id", customers),
+            copy=False,
+        )
+        wanted = {(m.customer_id, m.trigger_key) for m in group}
+        by_instance: dict[tuple[str, str], list[dict]] = {}
+        for values in self.sources.query("events", condition):
+            at = parse_stored_timestamp(values["occurred_at"])
+            key = str(values["event_id"]) if trigger.per == "event" else at.date().isoformat()
+            instance = (str(values["customer_id"]), key)
+            if instance in wanted:
+                by_instance.setdefault(instance, []).append(values)
+        contexts = {}
+        for (customer_id, key), events in by_instance.items():
+            events.sort(key=lambda e: str(e["occurred_at"]), reverse=True)
+            contexts[(campaign, customer_id, key)] = {"items": events, "events": events}
+        return contexts

@@ -1,0 +1,19 @@
+"""Segment entries: who entered a segment trigger (at risk) since the last pass, recorded before
+the pass plans so that the due query sees them.
+
+Owns the one write of a campaign's entries. Must not plan or decide anything about a message.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from engine.model import Campaign, ProjectConfig
+from engine.sql.compile import entries_insert, render_sql
+from engine.state.warehouse import Database
+
+
+def enter_segment(campaign: Campaign, warehouse: Database, config: ProjectConfig, now: datetime) -> None:
+    """Record the campaign's new segment entries at ``now`` (nothing for other triggers)."""
+    insert = entries_insert(campaign, config, now)
+    if insert is not None:
+        warehouse.execute(render_sql(insert, config.dialect))
