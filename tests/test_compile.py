@@ -13,7 +13,7 @@ import sqlglot
 
 from conftest import REPO
 from engine import due_query, load_project, render_sql
-from engine.sql.compile import entries_insert
+from engine.sql.due import entries_insert
 
 DIALECTS = ["duckdb", "sqlite", "postgres", "snowflake", "bigquery", "spark", "trino"]
 NOW = datetime(2025, 1, 10, tzinfo=timezone.utc)

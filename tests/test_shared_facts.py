@@ -17,9 +17,9 @@ import sqlglot
 from conftest import REPO, copy_project, database_url
 from engine import Reconciler, load_project, render_sql
 from engine.sql.compile import (
-    SHARED_FACTS, TEMP_TABLE_DIALECTS, due_query, shared_facts_create, shared_facts_drop,
-    shared_facts_used,
+    SHARED_FACTS, TEMP_TABLE_DIALECTS, shared_facts_create, shared_facts_drop, shared_facts_used,
 )
+from engine.sql.due import due_query
 from engine.tools.demo import load_shop
 from engine.state.warehouse import Database
 from history import INSTANTS, shared_history

@@ -23,10 +23,13 @@ from engine import unsubscribe
 from engine.channels import ChannelSession, Delivered, OutgoingMessage, open_channel
 from engine.clock import UTC, format_instant, parse_stored_date, parse_stored_timestamp, to_utc
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, MAX_ZONES, SHARED_FACTS, TEMP_TABLE_DIALECTS, VARIANT_PREFIX, due_query, entries_insert,
-    keys_in_sql, render_sql, shared_facts_create, shared_facts_drop, shared_facts_used, source_select,
+    CUSTOMER_PREFIX, MAX_ZONES, SHARED_FACTS, TEMP_TABLE_DIALECTS, VARIANT_PREFIX,
+    render_sql, shared_facts_create, shared_facts_drop, shared_facts_used, source_select,
     variant_columns, zones_query,
 )
+from engine.sql.due import due_query, entries_insert, keys_in_sql
+from engine.sql.triggers.event import Event
+from engine.sql.triggers.registry import kind_of
 from engine.spec.code_secret import code_secrets
 from engine.spec.config import database_url
 from engine.decide import (
@@ -39,7 +42,7 @@ from engine.faults import checkpoint
 from engine.run.policies import CONTACT_FIELD, PolicyState, apply_policies, choose_channels
 from engine.progress import Progress
 from engine.state.ledger import Ledger, Record, message_key
-from engine.model import Anniversary, Campaign, Event, Project
+from engine.model import Campaign, Project
 from engine.templating.render import Renderer
 from engine.state.warehouse import Database, Session
 
@@ -147,7 +150,7 @@ class _RowLayout:
         self.step, self.customer_id = position["step"], position["customer_id"]
         self.trigger_key, self.trigger_at = position["trigger_key"], position["trigger_at"]
         self.stopped_by = position["stopped_by"]
-        self.yearly = isinstance(campaign.trigger, Anniversary)
+        self.yearly = not keys_in_sql(campaign)  # a yearly date: Python derives the instance
         self.anniversary = position.get("anniversary")
         self.matches = [position[f"{VARIANT_PREFIX}{i}"] for i in range(variant_columns(campaign))]
         # the customer's attributes are the query's last columns (compile.due_query)
@@ -655,14 +658,6 @@ class _TriggerContexts:
     """Loads what a template shows about the trigger, for a whole batch in a few queries:
     the order or checkout and its items, or the day's events (viewed products, searches)."""
 
-    #: trigger kind -> (record entity, items entity, id column)
-    ENTITIES = {
-        "order_placed": ("orders", "order_items", "order_id"),
-        "order_date": ("orders", "order_items", "order_id"),
-        "at_risk": ("orders", "order_items", "order_id"),
-        "checkout_abandoned": ("checkouts", "checkout_items", "checkout_id"),
-    }
-
     def __init__(self, reconciler: Reconciler):
         self.reconciler = reconciler
         self.config = reconciler.config
@@ -674,12 +669,14 @@ class _TriggerContexts:
             by_campaign.setdefault(m.campaign, []).append(m)
         for name, group in by_campaign.items():
             trigger = self.reconciler.project.campaign(name).trigger
-            if isinstance(trigger, Event) and "events" in self.config.sources:
-                contexts.update(self._events(name, trigger, group))
+            record = kind_of(trigger).template_record  # where the trigger's template data comes from
+            if record is None:
                 continue
-            if trigger.kind not in self.ENTITIES:
+            if record.key_column is None:  # an event: the instance's events
+                if "events" in self.config.sources:
+                    contexts.update(self._events(name, trigger, group))
                 continue
-            record_entity, items_entity, id_column = self.ENTITIES[trigger.kind]
+            record_entity, items_entity, id_column = record.entity, record.items, record.key_column
             keys = sorted({m.trigger_key for m in group})
             records = self._fetch(record_entity, id_column, keys)
             items = self._fetch(items_entity, id_column, keys)
