@@ -6,7 +6,8 @@ Public API (the CLI is a thin layer over it):
 - ``due_query(campaign, config, now, exclude_ledger=...)``: the campaign's SQL (sqlglot AST)
 - ``Reconciler(project)``: ``.due(now)`` streams the plan, ``.run_once(now)`` sends it
 """
-from engine.sql.compile import due_query, render_sql
+from engine.sql.compile import render_sql
+from engine.sql.due import due_query
 from engine.errors import EngineError, Issue, ProjectInvalid
 from engine.spec.project import check_project, load_project
 from engine.run.messages import DueMessage, PassReport

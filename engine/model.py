@@ -146,98 +146,14 @@ class ProjectConfig:
 # --- campaigns ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class OrderPlaced:
-    """The customer's k-th order (or every order when ``nth`` is None)."""
+class Trigger:
+    """What makes a customer enter a campaign. Each kind is a frozen dataclass subclassing this,
+    defined with everything else the engine knows about the kind (how it is read and checked,
+    the SQL of its instances, its explain text, backtest support) in its own module of
+    engine/sql/triggers/; its ``kind`` field is the key under ``trigger:`` in a campaign file."""
 
-    nth: int | None = None
-    statuses: tuple[str, ...] = ()
-    kind: str = "order_placed"
+    kind: str
 
-
-@dataclass(frozen=True)
-class CheckoutAbandoned:
-    """A checkout was started and is still not completed when the step is due."""
-
-    kind: str = "checkout_abandoned"
-
-
-@dataclass(frozen=True)
-class Registration:
-    """The customer registered (customers.created_at); one instance per customer."""
-
-    kind: str = "registration"
-
-
-@dataclass(frozen=True)
-class Event:
-    """An event of ``type`` (newsletter_signup, product_viewed, search, login, ...).
-
-    ``per`` = "event": every event is an instance (needs events.event_id);
-    ``per`` = "day": one instance per customer and UTC day, timed at that day's
-    last such event, so a series restarts when the customer comes back.
-    """
-
-    type: str
-    per: str = "day"
-    kind: str = "event"
-
-
-@dataclass(frozen=True)
-class Anniversary:
-    """A yearly customer date (birthday): one instance per year; Feb 29 falls on Feb 28
-    in common years. The trigger instant is midnight UTC of that day."""
-
-    attribute: str = "birthday"
-    kind: str = "anniversary"
-
-
-@dataclass(frozen=True)
-class OrderDate:
-    """A date on the order (planned delivery): steps before (negative delay) or after it."""
-
-    column: str = "delivery_date"
-    kind: str = "order_date"
-
-
-@dataclass(frozen=True)
-class LastActivity:
-    """The customer's most recent activity (an order and/or a login event).
-
-    Steps are timed from it ("60 days after the last activity"); any newer
-    activity replaces the instance, which ends the old series.
-    """
-
-    activities: tuple[str, ...] = ("order",)
-    kind: str = "last_activity"
-
-
-@dataclass(frozen=True)
-class AtRisk:
-    """Segment entry: among customers who ordered within ``window``, the
-    ``percent`` % whose last order is the oldest."""
-
-    window: timedelta = timedelta(days=180)
-    percent: int = 60
-    kind: str = "at_risk"
-
-
-Trigger = OrderPlaced | CheckoutAbandoned | Registration | Event | Anniversary | OrderDate | LastActivity | AtRisk
-
-#: Trigger kind -> entities it needs from the warehouse.
-TRIGGER_ENTITIES = {
-    "order_placed": ("orders",),
-    "checkout_abandoned": ("checkouts",),
-    "registration": ("customers",),
-    "event": ("events",),
-    "anniversary": ("customers",),
-    "order_date": ("orders",),
-    "last_activity": (),  # depends on the activities; checked in validate
-    "at_risk": ("orders",),
-}
-
-#: Triggers whose instance key is computed in Python (the ledger diff is then done in batches).
-PYTHON_KEYED_TRIGGERS = frozenset({"anniversary"})
 
 #: Stop condition -> entities it needs.
 STOP_CONDITIONS = {

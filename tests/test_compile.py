@@ -14,7 +14,7 @@ import sqlglot
 from conftest import REPO
 from engine import due_query, load_project, render_sql
 from engine.dialects import DIALECTS
-from engine.sql.compile import entries_insert
+from engine.sql.due import entries_insert
 
 NOW = datetime(2025, 1, 10, tzinfo=timezone.utc)
 PROJECT = load_project(REPO)

@@ -121,7 +121,8 @@ def test_the_compiled_sql_follows_the_row(row: Dialect):
     from conftest import REPO
 
     from engine import load_project, render_sql
-    from engine.sql.compile import SHARED_FACTS, due_query, shared_facts_create
+    from engine.sql.compile import SHARED_FACTS, shared_facts_create
+    from engine.sql.due import due_query
 
     project = load_project(REPO)
     now = datetime(2025, 1, 10, tzinfo=timezone.utc)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import FilterError
-from engine.spec.filter_types import check_types
-from engine.spec.filters import parse_filter
+from engine.sql.filter_types import check_types
+from engine.sql.filters import parse_filter
 
 KINDS = {"order_count": "number", "total_spent": "number", "email": "text", "created_at": "instant",
          "birthday": "instant", "ordered_since_trigger": "boolean"}

@@ -5,7 +5,7 @@ import pytest
 from sqlglot import exp
 
 from engine.errors import FilterError
-from engine.spec.filters import bind_filter, parse_filter, referenced_attributes
+from engine.sql.filters import bind_filter, parse_filter, referenced_attributes
 
 ATTRIBUTES = ["email", "phone", "order_count", "total_spent", "city", "last_order_at"]
 

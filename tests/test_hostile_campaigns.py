@@ -174,7 +174,8 @@ def test_a_generated_hostile_file_is_refused_clearly(name: str, tmp_path: Path):
 
 def test_a_filter_comment_never_reaches_sql(project_dir: Path):
     """sqlglot would carry a comment into the SQL it writes; the parsed filter has none."""
-    from engine.sql.compile import due_query, render_sql
+    from engine.sql.compile import render_sql
+    from engine.sql.due import due_query
     from engine.spec.project import load_project
 
     project = load_project(project_dir)
@@ -195,7 +196,7 @@ def test_quotes_and_backslashes_stay_inside_their_string_literal(dialect: str):
     from sqlglot import exp
 
     from engine.errors import FilterError
-    from engine.spec.filters import parse_filter
+    from engine.sql.filters import parse_filter
 
     with pytest.raises(FilterError, match="exactly one expression"):  # the backslash does not escape: two statements
         parse_filter("email = 'x\\'; DROP TABLE t; --'", ["email"])

@@ -80,8 +80,14 @@ def test_the_engine_keeps_every_import_contract():
      "engine.state.ledger -> engine.run.policies"),
     # the command line's library below the command line
     ("service/reload.py", "import click\n", "only the command line", "engine.service.reload -> click"),
+    # one trigger kind reaching into another (each kind is one independent module)
+    ("sql/triggers/event.py", "from engine.sql.triggers.order_placed import OrderPlaced\n",
+     "one independent module per trigger kind", "engine.sql.triggers.event -> engine.sql.triggers.order_placed"),
+    # the query parts dispatching on trigger kinds (the due query does that, above the kinds)
+    ("sql/compile.py", "def _kinds():\n    from engine.sql.triggers.registry import KINDS\n",
+     "the due query over the trigger kinds", "engine.sql.compile -> engine.sql.triggers.registry"),
     # the pure core doing I/O
-    ("spec/filters.py", "import sqlalchemy\n", "do no I/O", "engine.spec.filters -> sqlalchemy"),
+    ("sql/filters.py", "import sqlalchemy\n", "do no I/O", "engine.sql.filters -> sqlalchemy"),
 ])
 def test_a_forbidden_import_breaks_a_contract(tmp_path, module, statement, broken, reported):
     """Each contract fails on a copy of engine/ with one forbidden import added, and names that import."""
@@ -104,7 +110,7 @@ def test_a_new_module_must_be_placed_in_a_layer(tmp_path):
 
 def test_a_cycle_between_modules_breaks_the_contracts(tmp_path):
     """A module importing, inside a function, one that imports it is a cycle (as compile -> validate -> config ->
-    compile was before the filter attributes moved to engine.spec.filter_types)."""
+    compile was before the filter attributes moved to engine.sql.filter_types)."""
     copy = copy_engine(tmp_path)
     config = copy / "spec" / "config.py"
     config.write_text(config.read_text() + "\ndef _late():\n    from .validate import campaign_files\n")

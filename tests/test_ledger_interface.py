@@ -31,6 +31,7 @@ TABLE_OBJECTS = {name for name in vars(tables) if name.endswith("_TABLE")} | {
 #: modules outside engine/state/ allowed to import the table names, and why
 JOINS_ENGINE_STATE = {
     "sql/compile.py": "the due queries join segment entries, tags and the ledger in SQL (issue 14 point 4)",
+    "sql/triggers/at_risk.py": "the at-risk segment's trigger reads and writes its entries in SQL",
 }
 
 

@@ -18,9 +18,9 @@ from conftest import REPO, copy_project, database_url
 from engine import Reconciler, load_project, render_sql
 from engine.dialects import DIALECTS
 from engine.sql.compile import (
-    SHARED_FACTS, due_query, shared_facts_create, shared_facts_drop,
-    shared_facts_used,
+    SHARED_FACTS, shared_facts_create, shared_facts_drop, shared_facts_used,
 )
+from engine.sql.due import due_query
 from engine.tools.demo import load_shop
 from engine.state.warehouse import Database
 from history import INSTANTS, shared_history

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from conftest import copy_project
 from engine import Reconciler, due_query, load_project, render_sql
-from engine.sql.compile import entries_insert
+from engine.sql.due import entries_insert
 from engine.tools.demo import TABLES, load_shop
 from engine.state.ledger import ledger_table, message_key
 from engine.state.ledger import metadata as ledger_metadata

@@ -27,7 +27,8 @@ from engine.dialects import DIALECTS
 from engine.cli.common import (
     as_of_option, campaign_option, handle_errors, open_reconciler as _reconciler, quiet_option, shard_option,
 )
-from engine.sql.compile import due_query, render_sql
+from engine.sql.compile import render_sql
+from engine.sql.due import due_query
 from engine.tools.demo import build_demo
 from engine.masking import mask
 from engine.tools.output import write_issues, write_plan, write_report

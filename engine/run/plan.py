@@ -17,14 +17,15 @@ from datetime import datetime
 from engine.clock import UTC, parse_stored_date, parse_stored_timestamp
 from engine.decide import anniversary_instance, customer_zone, due_time, matching_variants, stable_bucket
 from engine.errors import WarehouseError
-from engine.model import Anniversary, Campaign, ProjectConfig
+from engine.model import Campaign, ProjectConfig
 from engine.progress import Progress
 from engine.run.messages import DueMessage
 from engine.dialects import dialect_named
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, MAX_ZONES, SHARED_FACTS, VARIANT_PREFIX, due_query, keys_in_sql,
+    CUSTOMER_PREFIX, MAX_ZONES, SHARED_FACTS, VARIANT_PREFIX,
     render_sql, shared_facts_create, shared_facts_drop, shared_facts_used, variant_columns, zones_query,
 )
+from engine.sql.due import due_query, keys_in_sql
 from engine.state.ledger import Ledger
 from engine.state.warehouse import Database, Session
 
@@ -118,7 +119,7 @@ class RowLayout:
         self.step, self.customer_id = position["step"], position["customer_id"]
         self.trigger_key, self.trigger_at = position["trigger_key"], position["trigger_at"]
         self.stopped_by = position["stopped_by"]
-        self.yearly = isinstance(campaign.trigger, Anniversary)
+        self.yearly = not keys_in_sql(campaign)  # a yearly date: Python derives the instance
         self.anniversary = position.get("anniversary")
         self.matches = [position[f"{VARIANT_PREFIX}{i}"] for i in range(variant_columns(campaign))]
         # the customer's attributes are the query's last columns (compile.due_query)

@@ -16,7 +16,9 @@ from engine.channels import OutgoingMessage
 from engine.clock import parse_stored_timestamp
 from engine.decide import discount_code
 from engine.errors import TemplateError
-from engine.model import Event, Project, ProjectConfig
+from engine.model import Project, ProjectConfig
+from engine.sql.triggers.event import Event
+from engine.sql.triggers.registry import kind_of
 from engine.run.dispatch import serialize
 from engine.run.messages import DueMessage, PassReport
 from engine.run.policies import CONTACT_FIELD
@@ -85,14 +87,6 @@ class TriggerContexts:
     """Loads what a template shows about the trigger, for a whole batch in a few queries:
     the order or checkout and its items, or the day's events (viewed products, searches)."""
 
-    #: trigger kind -> (record entity, items entity, id column)
-    ENTITIES = {
-        "order_placed": ("orders", "order_items", "order_id"),
-        "order_date": ("orders", "order_items", "order_id"),
-        "at_risk": ("orders", "order_items", "order_id"),
-        "checkout_abandoned": ("checkouts", "checkout_items", "checkout_id"),
-    }
-
     def __init__(self, sources: SourceRows, project: Project, config: ProjectConfig):
         self.sources = sources
         self.project = project
@@ -105,12 +99,14 @@ class TriggerContexts:
             by_campaign.setdefault(m.campaign, []).append(m)
         for name, group in by_campaign.items():
             trigger = self.project.campaign(name).trigger
-            if isinstance(trigger, Event) and "events" in self.config.sources:
-                contexts.update(self._events(name, trigger, group))
+            record = kind_of(trigger).template_record  # where the trigger's template data comes from
+            if record is None:
                 continue
-            if trigger.kind not in self.ENTITIES:
+            if record.key_column is None:  # an event: the instance's events
+                if "events" in self.config.sources:
+                    contexts.update(self._events(name, trigger, group))
                 continue
-            record_entity, items_entity, id_column = self.ENTITIES[trigger.kind]
+            record_entity, items_entity, id_column = record.entity, record.items, record.key_column
             keys = sorted({m.trigger_key for m in group})
             records = self.sources.by_key(record_entity, id_column, keys)
             items = self.sources.by_key(items_entity, id_column, keys)

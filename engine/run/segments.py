@@ -8,7 +8,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from engine.model import Campaign, ProjectConfig
-from engine.sql.compile import entries_insert, render_sql
+from engine.sql.compile import render_sql
+from engine.sql.due import entries_insert
 from engine.state.warehouse import Database
 
 

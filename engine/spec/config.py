@@ -22,8 +22,8 @@ from sqlglot.errors import ParseError, TokenError
 from engine.clock import MAX_DURATION, DurationTooLong, parse_duration, parse_instant
 from engine.dialects import dialect_of_url
 from engine.errors import ConfigError, FilterError, Issue
-from engine.spec.filter_types import segment_attributes
-from engine.spec.filters import parse_filter, referenced_functions
+from engine.sql.filter_types import segment_attributes
+from engine.sql.filters import parse_filter, referenced_functions
 from engine.spec.load import Document, load_yaml_file
 from engine.masking import remember, secret_references
 from engine.model import (

@@ -8,19 +8,19 @@ duplicate campaign names and step ids.
 """
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterable
 
 from engine.errors import FilterError, Issue
 from engine.spec.config import duration_setting, parse_clock, parse_quiet_hours
-from engine.spec.filter_types import attribute_kinds, check_types, filter_attributes
-from engine.spec.filters import parse_filter, referenced_functions
+from engine.sql.filter_types import attribute_kinds, check_types, filter_attributes
+from engine.sql.filters import parse_filter, referenced_functions
 from engine.spec.load import Document, display_path, format_path, load_yaml_file
 from engine.model import (
-    STOP_CONDITIONS, TRIGGER_ENTITIES,
-    Action, Anniversary, AtRisk, Campaign, CheckoutAbandoned, DiscountCode, Event, LastActivity,
-    OrderDate, OrderPlaced, ProjectConfig, Registration, Reentry, Step, Trigger, Variant,
+    STOP_CONDITIONS, Action, Campaign, DiscountCode, ProjectConfig, Reentry, Step, Trigger, Variant,
 )
+from engine.sql.triggers.registry import KINDS, kind_named, kind_of
 from engine.templating.render import Renderer
 from engine.spec.schemas import schema_issues
 
@@ -72,24 +72,26 @@ def load_campaigns(root: Path, config: ProjectConfig, files: list[Path]) -> tupl
     return campaigns, issues
 
 
-def _trigger(doc: Document, data: dict, issues: list[Issue]) -> Trigger:
-    kind, spec = next(iter(data.items()))
-    if kind == "order_placed":
-        return OrderPlaced(nth=spec.get("nth"), statuses=tuple(spec.get("statuses", ())))
-    if kind == "checkout_abandoned":
-        return CheckoutAbandoned()
-    if kind == "registration":
-        return Registration()
-    if kind == "event":
-        return Event(type=spec["type"], per=spec.get("per", "day"))
-    if kind == "anniversary":
-        return Anniversary(attribute=spec.get("attribute", "birthday"))
-    if kind == "order_date":
-        return OrderDate(column=spec.get("column", "delivery_date"))
-    if kind == "last_activity":
-        return LastActivity(activities=tuple(spec.get("activity", ["order"])))
-    window = duration_setting(doc, ("trigger", "at_risk", "window"), spec.get("window", "26w"), issues)
-    return AtRisk(window=window, percent=spec.get("percent", 60))
+class _TriggerFile:
+    """The campaign file as a trigger kind's ``parse`` and ``check`` see it (``triggers.base.CampaignFile``):
+    each problem becomes an issue at its position."""
+
+    def __init__(self, doc: Document, config: ProjectConfig, issues: list[Issue]):
+        self.doc, self.config, self.issues = doc, config, issues
+
+    def duration(self, path: tuple, text: str) -> timedelta:
+        return duration_setting(self.doc, path, text, self.issues)
+
+    def needs(self, path: tuple, what: str, entity: str, column: str | None = None) -> None:
+        _needs(self.doc, self.config, path, what, entity, column, self.issues)
+
+    def problem(self, path: tuple, message: str, fix: str) -> None:
+        self.issues.append(self.doc.issue(path, message, fix=fix))
+
+
+def _trigger(doc: Document, config: ProjectConfig, data: dict, issues: list[Issue]) -> Trigger:
+    name, settings = next(iter(data.items()))  # the schema admits exactly one registered kind
+    return kind_named(name).parse(settings, _TriggerFile(doc, config, issues))
 
 
 def _needs(doc: Document, config: ProjectConfig, path: tuple, what: str, entity: str,
@@ -108,30 +110,10 @@ def _needs(doc: Document, config: ProjectConfig, path: tuple, what: str, entity:
 
 
 def _check_trigger(doc: Document, config: ProjectConfig, trigger: Trigger, issues: list[Issue]) -> None:
-    where = ("trigger", trigger.kind)
-    what = f"trigger {trigger.kind}"
-    for entity in TRIGGER_ENTITIES[trigger.kind]:
-        _needs(doc, config, where, what, entity, None, issues)
-    if isinstance(trigger, OrderPlaced) and trigger.statuses:
-        _needs(doc, config, where + ("statuses",), "order statuses", "orders", "status", issues)
-    if isinstance(trigger, CheckoutAbandoned):
-        _needs(doc, config, where, "abandoned checkouts", "checkouts", "completed_at", issues)
-    if isinstance(trigger, Registration):
-        _needs(doc, config, where, what, "customers", "created_at", issues)
-    if isinstance(trigger, Event) and trigger.per == "event":
-        _needs(doc, config, where + ("per",), "one instance per event", "events", "event_id", issues)
-    if isinstance(trigger, Anniversary):
-        _needs(doc, config, where, what, "customers", trigger.attribute, issues)
-    if isinstance(trigger, OrderDate):
-        _needs(doc, config, where, what, "orders", trigger.column, issues)
-    if isinstance(trigger, LastActivity):
-        if "order" in trigger.activities:
-            _needs(doc, config, where + ("activity",), "order activity", "orders", None, issues)
-        if "login" in trigger.activities:
-            _needs(doc, config, where + ("activity",), "login activity", "events", "event_id", issues)
-    if isinstance(trigger, AtRisk) and not config.ledger_shares_warehouse:
-        issues.append(doc.issue(where, "segment triggers record entries next to the warehouse and need the ledger in the warehouse database",
-                                fix="remove ledger.url from engine.yaml, or use an event trigger"))
+    kind = kind_of(trigger)
+    for entity in kind.entities:
+        _needs(doc, config, ("trigger", trigger.kind), f"trigger {trigger.kind}", entity, None, issues)
+    kind.check(trigger, config, _TriggerFile(doc, config, issues))
 
 
 def _check_filter(doc: Document, path: tuple, text: str | None, attributes: list[str], issues: list[Issue],
@@ -156,7 +138,7 @@ def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) ->
     data = doc.data
     issues: list[Issue] = []
     attributes = filter_attributes(config)
-    trigger = _trigger(doc, data["trigger"], issues)
+    trigger = _trigger(doc, config, data["trigger"], issues)
     _check_trigger(doc, config, trigger, issues)
     for index, stop in enumerate(data.get("stop", [])):
         for entity in STOP_CONDITIONS[stop]:
@@ -206,9 +188,10 @@ def _step(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Tri
     delay = duration_setting(doc, where + ("delay",), delay_text.lstrip("-").strip(), issues)
     if negative:
         delay = -delay
-        if not isinstance(trigger, (Anniversary, OrderDate)):
+        if not kind_of(trigger).dated:
+            dated = " / ".join(kind.name for kind in KINDS if kind.dated)
             issues.append(doc.issue(where + ("delay",), f"a negative delay (before the trigger) only makes sense for date triggers, not {trigger.kind}",
-                                    fix="use a delay of 0m or more, or an anniversary / order_date trigger"))
+                                    fix=f"use a delay of 0m or more, or an {dated} trigger"))
     freshness = duration_setting(doc, where + ("freshness",), raw["freshness"], issues) if "freshness" in raw else None
     single = [key for key in ("channel", "template") if key in raw]
     if "variants" in raw and single:
@@ -275,11 +258,8 @@ def sample_context(config: ProjectConfig, trigger: Trigger, discount_code: bool)
         names = list(source.columns) if source else list(ENTITY_COLUMNS[entity][0])
         return {name: _SAMPLE_VALUES.get(name, "sample") for name in names}
 
-    trigger_entity, item_entity = {
-        "order_placed": ("orders", "order_items"), "order_date": ("orders", "order_items"),
-        "at_risk": ("orders", "order_items"), "checkout_abandoned": ("checkouts", "checkout_items"),
-        "event": ("events", "events"),
-    }.get(trigger.kind, (None, None))
+    template_record = kind_of(trigger).template_record
+    trigger_entity, item_entity = (template_record.entity, template_record.items) if template_record else (None, None)
     trigger_record = record(trigger_entity) if trigger_entity and trigger_entity in config.sources else {}
     items = [record(item_entity)] if item_entity and item_entity in config.sources else []
     context = {
@@ -301,7 +281,7 @@ _SAMPLE_VALUES = {"price": 9.5, "total": 19.0, "quantity": 1}
 def lint(doc: Document, campaign: Campaign, config: ProjectConfig) -> list[Issue]:
     """Non-fatal warnings: things that are allowed but usually a mistake."""
     warnings = []
-    if not campaign.stop and campaign.trigger.kind not in ("last_activity", "checkout_abandoned"):
+    if not campaign.stop and not kind_of(campaign.trigger).ends_by_itself:
         warnings.append(doc.issue(("name",), f"campaign '{campaign.name}' has no stop condition",
                                   fix="add stop: [ordered_again] (or came_back, unsubscribed) unless every step must go out regardless",
                                   severity="warning"))

@@ -1,4 +1,4 @@
-"""Campaign -> sqlglot AST of its due rows, rendered per dialect.
+"""The parts every campaign query is built from, rendered per dialect.
 
 The warehouse does the set work: one query per campaign returns, for every
 step, the (customer, trigger instance) pairs whose step is due at ``now``
@@ -11,13 +11,18 @@ send time, yearly dates) are computed back in Python per row.
 
 Each entity is first read through a CTE that renames the shop's columns to
 the engine's canonical names (the source mapping, R-O5), so everything after
-it speaks one vocabulary. Pure: builds expressions, executes nothing.
+it speaks one vocabulary. Here: those source CTEs, the steps' time windows,
+the per-customer facts, ``QueryBuilder`` (a query's CTEs, filters and stop
+conditions) and the joins with the engine's state (ledger, tags, segment
+entries). ``due.py`` assembles the due query from them and the campaign's
+trigger kind (``triggers/``), which builds on them too; nothing here knows a
+trigger kind. Pure: builds expressions, executes nothing.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Sequence
 from zoneinfo import ZoneInfo
 
@@ -27,13 +32,10 @@ from sqlglot import exp
 from engine.clock import sql_timestamp_text, to_utc
 from engine.decide import customer_zone
 from engine.dialects import dialect_named, drop_temporary_table
-from engine.spec.filter_types import filter_attributes, segment_attributes
-from engine.spec.filters import bind_filter, parse_filter
+from engine.sql.filter_types import segment_attributes
+from engine.sql.filters import bind_filter, parse_filter
 from engine.state.tables import ENTRIES_TABLE, LEDGER_TABLE, TAGS_TABLE
-from engine.model import (
-    CUSTOMER_FACTS, ENTITY_COLUMNS, Anniversary, AtRisk, Campaign, CheckoutAbandoned, EntitySource, Event,
-    LastActivity, OrderDate, OrderPlaced, ProjectConfig, Registration, Step,
-)
+from engine.model import CUSTOMER_FACTS, ENTITY_COLUMNS, Campaign, EntitySource, ProjectConfig, Step
 
 CUSTOMER_PREFIX = "cust__"
 VARIANT_PREFIX = "variant_match_"
@@ -156,28 +158,6 @@ def zone_window(step: Step, now: datetime, stale_horizon: timedelta, zone: ZoneI
     return StepWindow(cutoff, gone - ZONE_MARGIN - step.delay)
 
 
-def anniversary_month_days(window: StepWindow) -> list[int] | None:
-    """month*100+day of every date whose midnight falls in ``window``; None = all dates.
-
-    Feb 28 of a common year also stands for Feb 29, so leap-day birthdays come
-    round every year.
-    """
-    if window.earliest is None or window.due_cutoff - window.earliest >= timedelta(days=366):
-        return None
-    days: set[int] = set()
-    day: date = window.earliest.date()
-    while day <= window.due_cutoff.date():
-        days.add(day.month * 100 + day.day)
-        if day.month == 2 and day.day == 28 and not _is_leap(day.year):
-            days.add(229)
-        day += timedelta(days=1)
-    return sorted(days)
-
-
-def _is_leap(year: int) -> bool:
-    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-
-
 @functools.lru_cache(maxsize=None)
 def _type(name: str) -> exp.DataType:
     """A parsed type; exp.cast copies it, so one parse serves every query (parsing dominated compiling)."""
@@ -229,7 +209,7 @@ def _later(value: exp.Expression, than: exp.Expression) -> exp.Expression:
     return exp.paren(exp.and_(value.is_(exp.null()).not_(), than.copy().is_(exp.null()).not_(), value.copy() > than.copy()))
 
 
-def facts_select(builder: "_QueryBuilder", entity: str) -> exp.Select:
+def facts_select(builder: "QueryBuilder", entity: str) -> exp.Select:
     """One row per customer with what ``entity`` says about them up to ``now``.
 
     orders: order_count, first_order_at, last_order_at, total_spent;
@@ -263,7 +243,7 @@ def facts_select(builder: "_QueryBuilder", entity: str) -> exp.Select:
 
 def shared_facts_create(entity: str, config: ProjectConfig, now: datetime) -> exp.Create:
     """CREATE TEMPORARY TABLE of one ``SHARED_FACTS`` relation, for a pass on one connection."""
-    builder = _QueryBuilder(config, now, config.dialect)
+    builder = QueryBuilder(config, now, config.dialect)
     query = builder.with_ctes(facts_select(builder, entity))
     return exp.Create(this=exp.to_table(SHARED_FACTS[entity]), kind="TABLE", expression=query,
                       properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
@@ -282,7 +262,7 @@ def shared_facts_used(query: exp.Expression) -> list[str]:
     return [entity for entity, table in SHARED_FACTS.items() if table in names]
 
 
-class _QueryBuilder:
+class QueryBuilder:
     """Collects the CTEs one campaign query needs, each added once, and binds filters."""
 
     def __init__(self, config: ProjectConfig, now: datetime, dialect: str, shared_facts: bool = False):
@@ -419,180 +399,7 @@ class _QueryBuilder:
         return bind_filter(parse_filter(text_, attributes), self.attribute, self.function)
 
 
-# --- trigger instances -----------------------------------------------------------
-
-
-def _trigger_cte(builder: _QueryBuilder, campaign: Campaign, earliest: datetime | None = None) -> exp.Query:
-    """trigger_instances(customer_id, trigger_key, trigger_at [, nth | anniversary]).
-
-    ``earliest``: no step can use an instance triggered before it (the steps'
-    time windows), so the nth-order rank only needs the orders from then on
-    plus a count of each customer's earlier orders - a GROUP BY instead of a
-    window sorted over every order.
-    """
-    trigger = campaign.trigger
-    now = builder.ts(builder.now)
-    if isinstance(trigger, OrderPlaced):
-        orders = builder.source("orders")
-        projections = [
-            col("o", "customer_id"),
-            exp.alias_(text(col("o", "order_id")), "trigger_key"),
-            exp.alias_(col("o", "created_at"), "trigger_at"),
-        ]
-        conditions = [col("o", "created_at") <= now]
-        if trigger.statuses:
-            conditions.append(col("o", "status").isin(*[lit(s) for s in trigger.statuses]))
-        query = exp.select(*projections).from_(exp.to_table(orders).as_("o"))
-        if trigger.nth is not None:
-            rank: exp.Expression = exp.Window(
-                this=exp.RowNumber(),
-                partition_by=[col("o", "customer_id")],
-                order=exp.Order(expressions=[exp.Ordered(this=col("o", "created_at")), exp.Ordered(this=col("o", "order_id"))]),
-            )
-            if earliest is not None:
-                # every order before ``earliest`` precedes every order from then on
-                before = [col("b", "created_at") < builder.ts(earliest)]
-                if trigger.statuses:
-                    before.append(col("b", "status").isin(*[lit(s) for s in trigger.statuses]))
-                builder.ctes["orders_before_window"] = (
-                    exp.select(col("b", "customer_id"), exp.alias_(exp.Count(this=exp.Star()), "placed"))
-                    .from_(exp.to_table(orders).as_("b")).where(*before).group_by(col("b", "customer_id"))
-                )
-                query = query.join(exp.to_table("orders_before_window").as_("w"),
-                                   on=col("w", "customer_id").eq(col("o", "customer_id")), join_type="left")
-                rank = exp.Add(this=exp.func("COALESCE", col("w", "placed"), exp.Literal.number(0)), expression=rank)
-                conditions.append(col("o", "created_at") >= builder.ts(earliest))
-            query = query.select(exp.alias_(rank, "nth"))
-        return query.where(*conditions)
-    if isinstance(trigger, CheckoutAbandoned):
-        checkouts = builder.source("checkouts")
-        completed = col("k", "completed_at")
-        return (
-            exp.select(
-                col("k", "customer_id"),
-                exp.alias_(text(col("k", "checkout_id")), "trigger_key"),
-                exp.alias_(col("k", "created_at"), "trigger_at"),
-            )
-            .from_(exp.to_table(checkouts).as_("k"))
-            .where(col("k", "created_at") <= now, exp.or_(completed.is_(exp.null()), completed > now))
-        )
-    if isinstance(trigger, Registration):
-        customers = builder.source("customers")
-        return (
-            exp.select(col("r", "customer_id"), exp.alias_(text(col("r", "customer_id")), "trigger_key"),
-                       exp.alias_(col("r", "created_at"), "trigger_at"))
-            .from_(exp.to_table(customers).as_("r"))
-            .where(col("r", "created_at") <= now)
-        )
-    if isinstance(trigger, Event):
-        events = builder.source("events")
-        conditions = [col("e", "type").eq(lit(trigger.type)), col("e", "occurred_at") <= now]
-        if trigger.per == "event":
-            return (
-                exp.select(col("e", "customer_id"), exp.alias_(text(col("e", "event_id")), "trigger_key"),
-                           exp.alias_(col("e", "occurred_at"), "trigger_at"))
-                .from_(exp.to_table(events).as_("e")).where(*conditions)
-            )
-        day = day_text(col("e", "occurred_at"), builder.dialect)
-        return (
-            exp.select(col("e", "customer_id"), exp.alias_(day, "trigger_key"),
-                       exp.alias_(exp.Max(this=col("e", "occurred_at")), "trigger_at"))
-            .from_(exp.to_table(events).as_("e")).where(*conditions)
-            .group_by(col("e", "customer_id"), day.copy())
-        )
-    if isinstance(trigger, Anniversary):
-        customers = builder.source("customers")
-        value = col("a", trigger.attribute)
-        conditions = [value.is_(exp.null()).not_()]
-        if "created_at" in builder.config.sources["customers"].columns:
-            # only customers who exist at ``now`` (no look-ahead when ``now`` is in the past: backtest)
-            created = col("a", "created_at")
-            conditions.append(exp.or_(created.is_(exp.null()), created <= now))
-        return (
-            exp.select(col("a", "customer_id"), exp.alias_(exp.null(), "trigger_key"),
-                       exp.alias_(exp.null(), "trigger_at"), exp.alias_(value.copy(), "anniversary"))
-            .from_(exp.to_table(customers).as_("a"))
-            .where(*conditions)
-        )
-    if isinstance(trigger, OrderDate):
-        orders = builder.source("orders")
-        return (
-            exp.select(col("o", "customer_id"), exp.alias_(text(col("o", "order_id")), "trigger_key"),
-                       exp.alias_(col("o", trigger.column), "trigger_at"))
-            .from_(exp.to_table(orders).as_("o"))
-            .where(col("o", trigger.column).is_(exp.null()).not_(), col("o", "created_at") <= now)
-        )
-    if isinstance(trigger, LastActivity):
-        return _last_activity(builder, trigger)
-    if isinstance(trigger, AtRisk):
-        _at_risk_members(builder, trigger)
-        customers = builder.source("customers")
-        entered = (
-            exp.select(col("c", "customer_id"), col("e", "trigger_key"), exp.alias_(col("e", "entered_at"), "trigger_at"))
-            .from_(exp.to_table(ENTRIES_TABLE).as_("e"))
-            .join(exp.to_table(customers).as_("c"), on=text(col("c", "customer_id")).eq(col("e", "customer_id")))
-            .where(col("e", "campaign").eq(lit(campaign.name)), col("e", "entered_at") <= now)
-        )
-        entering = (
-            exp.select(col("m", "customer_id"), col("m", "trigger_key"), exp.alias_(now.copy(), "trigger_at"))
-            .from_(exp.to_table("at_risk_members").as_("m"))
-            .where(exists(_entry_exists(campaign)).not_())
-        )
-        return exp.union(entered, entering, distinct=False)
-    raise TypeError(f"unknown trigger {trigger!r}")  # pragma: no cover
-
-
-def _last_activity(builder: _QueryBuilder, trigger: LastActivity) -> exp.Select:
-    """The newest activity per customer; its key ('order:12', 'login:98') names the instance.
-
-    When that was comes from the per-customer facts (newest order, newest
-    login); only those customers' activities at that very instant are read
-    back for the key. Ties take the greatest key, as ORDER BY key DESC would.
-    """
-    now = builder.ts(builder.now)
-    parts, newest = [], []
-    if "order" in trigger.activities:
-        orders = builder.source("orders")
-        parts.append(
-            exp.select(col("o", "customer_id"),
-                       exp.alias_(exp.DPipe(this=lit("order:"), expression=text(col("o", "order_id")), safe=True), "activity_key"),
-                       exp.alias_(col("o", "created_at"), "activity_at"))
-            .from_(exp.to_table(orders).as_("o")).where(col("o", "created_at") <= now))
-        newest.append(col("f", "last_order_at"))
-    if "login" in trigger.activities:
-        events = builder.source("events")
-        parts.append(
-            exp.select(col("e", "customer_id"),
-                       exp.alias_(exp.DPipe(this=lit("login:"), expression=text(col("e", "event_id")), safe=True), "activity_key"),
-                       exp.alias_(col("e", "occurred_at"), "activity_at"))
-            .from_(exp.to_table(events).as_("e")).where(col("e", "type").eq(lit("login")), col("e", "occurred_at") <= now.copy()))
-        newest.append(col("fe", "last_login_at"))
-    activities = parts[0]
-    for part in parts[1:]:
-        activities = exp.union(activities, part, distinct=False)
-    builder.ctes["activities"] = activities
-    if len(newest) == 1:
-        activity_at = newest[0]
-    else:  # the later of the two; either may be NULL
-        order_at, login_at = newest
-        activity_at = exp.Case(ifs=[exp.If(this=exp.or_(login_at.is_(exp.null()), order_at >= login_at.copy()), true=order_at.copy())],
-                               default=login_at.copy())
-    customers = builder.source("customers")
-    base = exp.select(col("c", "customer_id"), exp.alias_(activity_at, "activity_at")).from_(exp.to_table(customers).as_("c"))
-    base = builder.join_facts(base, col("c", "customer_id"), orders="order" in trigger.activities,
-                              events="login" in trigger.activities)
-    builder.ctes["last_activity"] = base.where(activity_at.copy().is_(exp.null()).not_())
-    return (
-        exp.select(col("l", "customer_id"), exp.alias_(exp.Max(this=col("a", "activity_key")), "trigger_key"),
-                   exp.alias_(col("l", "activity_at"), "trigger_at"))
-        .from_(exp.to_table("last_activity").as_("l"))
-        .join(exp.to_table("activities").as_("a"), on=exp.and_(col("a", "customer_id").eq(col("l", "customer_id")),
-                                                               col("a", "activity_at").eq(col("l", "activity_at"))))
-        .group_by(col("l", "customer_id"), col("l", "activity_at"))
-    )
-
-
-def _entry_exists(campaign: Campaign) -> exp.Select:
+def entry_exists(campaign: Campaign) -> exp.Select:
     return one_from(ENTRIES_TABLE, "e").where(
         col("e", "campaign").eq(lit(campaign.name)),
         col("e", "customer_id").eq(text(col("m", "customer_id"))),
@@ -600,42 +407,7 @@ def _entry_exists(campaign: Campaign) -> exp.Select:
     )
 
 
-def _at_risk_members(builder: _QueryBuilder, trigger: AtRisk) -> None:
-    """CTEs ending in ``at_risk_members(customer_id, trigger_key)``; the key is the last order.
-
-    Ranks the customers' last orders from the per-customer facts (no window over
-    all orders); only the members' last order ids are looked up in the orders.
-    """
-    now = builder.now
-    facts = builder.customer_facts()
-    position = exp.Window(
-        this=exp.RowNumber(),
-        order=exp.Order(expressions=[exp.Ordered(this=col("l", "last_order_at")), exp.Ordered(this=col("l", "customer_id"))]),
-    )
-    builder.ctes["active_ranked"] = (
-        exp.select(
-            col("l", "customer_id"),
-            col("l", "last_order_at"),
-            exp.alias_(position, "position"),
-            exp.alias_(exp.Window(this=exp.Count(this=exp.Star())), "population"),
-        )
-        .from_(exp.to_table(facts).as_("l"))
-        .where(col("l", "last_order_at") > builder.ts(now - trigger.window))
-    )
-    orders = builder.source("orders")
-    # ties on the last order's time: the highest order id, as ORDER BY created_at DESC, order_id DESC would pick
-    builder.ctes["at_risk_members"] = (
-        exp.select(col("r", "customer_id"), exp.alias_(text(exp.Max(this=col("o", "order_id"))), "trigger_key"))
-        .from_(exp.to_table("active_ranked").as_("r"))
-        .join(exp.to_table(orders).as_("o"), on=exp.and_(col("o", "customer_id").eq(col("r", "customer_id")),
-                                                         col("o", "created_at").eq(col("r", "last_order_at"))))
-        .where(exp.Mul(this=col("r", "position"), expression=exp.Literal.number(100))
-               <= exp.Mul(this=col("r", "population"), expression=exp.Literal.number(trigger.percent)))
-        .group_by(col("r", "customer_id"))
-    )
-
-
-def _without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step) -> exp.Select:
+def without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step) -> exp.Select:
     """Leave out instances the ledger already holds for this step: an anti-join written as a
     LEFT JOIN on the ledger's unique identity plus ``IS NULL`` rather than ``NOT EXISTS``.
 
@@ -657,7 +429,7 @@ def _without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step) -> e
         col("l", "message_key").is_(exp.null()))
 
 
-def _per_zone_window(builder: _QueryBuilder, step: Step, window: StepWindow, zones: Sequence[object]) -> list[exp.Expression]:
+def per_zone_window(builder: QueryBuilder, step: Step, window: StepWindow, zones: Sequence[object]) -> list[exp.Expression]:
     """The trigger time bounds of ``zone_window`` for each of ``zones`` (the customers' time zone
     values), chosen by the customer's zone column; other values keep the plain ``window``."""
     default = builder.config.default_timezone
@@ -681,110 +453,13 @@ def _per_zone_window(builder: _QueryBuilder, step: Step, window: StepWindow, zon
 
 def zones_query(config: ProjectConfig) -> exp.Query:
     """The distinct values of the customers' time zone column (for ``due_query``'s ``zones``)."""
-    builder = _QueryBuilder(config, datetime.min, config.dialect)
+    builder = QueryBuilder(config, datetime.min, config.dialect)
     customers = builder.source("customers")
     return builder.with_ctes(exp.select(col("c", "timezone")).distinct().from_(exp.to_table(customers).as_("c")))
 
 
-def keys_in_sql(campaign: Campaign) -> bool:
-    """Whether trigger keys come from SQL (else Python derives them, e.g. the birthday's year)."""
-    return not isinstance(campaign.trigger, Anniversary)
-
-
 def variant_columns(campaign: Campaign) -> int:
     return max(len(step.variants) for step in campaign.steps)
-
-
-def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
-              dialect: str | None = None, customer_id: str | None = None, shared_facts: bool = False,
-              zones: Sequence[object] | None = None) -> exp.Query:
-    """All due (and recently stale or stopped) rows of every step of ``campaign`` at ``now``.
-
-    Columns: DUE_COLUMNS, ``anniversary`` for yearly triggers,
-    ``variant_match_<i>`` (1/0/NULL) per variant position, then
-    ``cust__<attribute>`` for every customer attribute. With ``exclude_ledger``
-    rows already in the ledger are left out in SQL (the ledger shares the
-    warehouse's database). ``dialect`` defaults to the warehouse's; the AST is
-    built for it (SQLite needs its own timestamp form). ``customer_id`` keeps
-    only that customer's rows (``engine explain``): the same rules, one customer.
-    ``shared_facts`` reads per-customer facts from the pass's temporary tables
-    (``SHARED_FACTS``, see ``shared_facts_create``) instead of computing them here.
-    ``zones``: the distinct values of the customers' time zone column
-    (``zones_query``); steps with a local send time then cut their time window
-    per zone (``zone_window``) instead of allowing a day of slack for any zone.
-    """
-    builder = _QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts)
-    customers = builder.source("customers")
-    windows = [step_window(step, now, config.stale_horizon) for step in campaign.steps]
-    earliest = None if any(w.earliest is None for w in windows) else min(w.earliest for w in windows)
-    builder.ctes["trigger_instances"] = _trigger_cte(builder, campaign, earliest)
-    attributes = filter_attributes(config)
-    yearly = isinstance(campaign.trigger, Anniversary)
-    width = variant_columns(campaign)
-    selects = []
-    for step in campaign.steps:
-        window = step_window(step, now, config.stale_horizon)
-        conditions: list[exp.Expression] = []
-        if yearly:
-            month_days = anniversary_month_days(window)
-            if month_days is not None:
-                conditions.append(month_day(col("t", "anniversary"), builder.dialect).isin(
-                    *[exp.Literal.number(d) for d in month_days]))
-        else:
-            conditions.append(col("t", "trigger_at") <= builder.ts(window.due_cutoff))
-            if window.earliest is not None:
-                conditions.append(col("t", "trigger_at") >= builder.ts(window.earliest))
-            if step.send_at is not None and zones is not None:
-                conditions += _per_zone_window(builder, step, window, zones)
-        if isinstance(campaign.trigger, OrderPlaced) and campaign.trigger.nth is not None:
-            conditions.append(col("t", "nth").eq(campaign.trigger.nth))
-        for text_ in (campaign.audience, step.audience):
-            if text_:
-                conditions.append(builder.bind(text_, attributes))
-        if customer_id is not None:
-            conditions.append(is_customer(col("t", "customer_id"), customer_id))
-        stopped_by = exp.null()
-        if campaign.stop:
-            stopped_by = exp.Case(ifs=[exp.If(this=builder.stop_condition(stop), true=lit(stop)) for stop in campaign.stop])
-        matches = []
-        for index in range(width):
-            variant = step.variants[index] if index < len(step.variants) else None
-            if variant is None:  # typed: PostgreSQL resolves a UNION of untyped NULLs to text, then fails against 1/0
-                value: exp.Expression = exp.cast(exp.null(), _type("INT"))
-            elif variant.audience is None:
-                value = exp.Literal.number(1)
-            else:
-                value = exp.Case(ifs=[exp.If(this=builder.bind(variant.audience, attributes), true=exp.Literal.number(1))],
-                                 default=exp.Literal.number(0))
-            matches.append(exp.alias_(value, f"{VARIANT_PREFIX}{index}"))
-        query = (
-            exp.select(
-                exp.alias_(lit(campaign.name), "campaign"),
-                exp.alias_(lit(step.id), "step"),
-                exp.alias_(text(col("t", "customer_id")), "customer_id"),
-                col("t", "trigger_key"),
-                col("t", "trigger_at"),
-                exp.alias_(stopped_by, "stopped_by"),
-                *([col("t", "anniversary")] if yearly else []),
-                *matches,
-                *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in config.customer_attributes()],
-            )
-            .from_(exp.to_table("trigger_instances").as_("t"))
-            .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
-        )
-        query = builder.join_facts(query, col("t", "customer_id")).where(*conditions)
-        if exclude_ledger and keys_in_sql(campaign):
-            query = _without_ledger_rows(query, campaign, step)
-        selects.append(query)
-    body: exp.Query = selects[0]
-    for other in selects[1:]:
-        body = exp.union(body, other, distinct=False)
-    ordered = campaign.reentry.mode != "per_trigger"
-    if not isinstance(body, exp.Select) or ordered:
-        body = exp.select("*").from_(body.subquery("due_steps"))
-    if ordered:  # re-entry rules let the earliest instance in: it must come first
-        body = body.order_by(exp.column("trigger_at"), exp.column("customer_id"), exp.column("trigger_key"))
-    return builder.with_ctes(body)
 
 
 def is_customer(column: exp.Expression, customer_id: str) -> exp.Expression:
@@ -792,74 +467,10 @@ def is_customer(column: exp.Expression, customer_id: str) -> exp.Expression:
     return text(column).eq(lit(customer_id))
 
 
-@dataclass(frozen=True)
-class FilterCheck:
-    """One audience filter or stop condition of a campaign, evaluated alone for ``engine explain``.
-
-    ``scope`` is "campaign", "step" or "variant" (an audience filter, ``text``
-    its expression) or "stop" (``text`` the stop condition's name); ``column``
-    names its 1/0 result in ``explain_query``.
-    """
-
-    column: str
-    scope: str
-    text: str
-    step: str | None = None
-    variant: str | None = None
-
-
-def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, customer_id: str,
-                  dialect: str | None = None) -> tuple[exp.Query, list[FilterCheck]]:
-    """Every trigger instance of one customer (newest first, no time window) with each filter
-    and stop condition of the campaign evaluated on its own: which one excluded them.
-
-    Columns: ``trigger_key``, ``trigger_at`` (``anniversary`` for yearly
-    triggers), then one 1/0 column per ``FilterCheck``. The filters are bound
-    exactly as ``due_query`` binds them, so the answer is the due query's.
-    """
-    builder = _QueryBuilder(config, now, dialect or config.dialect)
-    customers = builder.source("customers")
-    builder.ctes["trigger_instances"] = _trigger_cte(builder, campaign)
-    attributes = filter_attributes(config)
-    checks: list[FilterCheck] = []
-
-    def add(scope: str, text_: str, step: str | None = None, variant: str | None = None) -> None:
-        checks.append(FilterCheck(f"check_{len(checks)}", scope, text_, step, variant))
-
-    if campaign.audience:
-        add("campaign", campaign.audience)
-    for step in campaign.steps:
-        if step.audience:
-            add("step", step.audience, step.id)
-        for variant in step.variants:
-            if variant.audience:
-                add("variant", variant.audience, step.id, variant.id)
-    for stop in campaign.stop:
-        add("stop", stop)
-    results = []
-    for check in checks:
-        condition = builder.stop_condition(check.text) if check.scope == "stop" else builder.bind(check.text, attributes)
-        value = exp.Case(ifs=[exp.If(this=condition, true=exp.Literal.number(1))], default=exp.Literal.number(0))
-        results.append(exp.alias_(value, check.column))
-    yearly = isinstance(campaign.trigger, Anniversary)
-    query = (
-        exp.select(col("t", "trigger_key"), col("t", "trigger_at"), *([col("t", "anniversary")] if yearly else []), *results)
-        .from_(exp.to_table("trigger_instances").as_("t"))
-        .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
-    )
-    query = builder.join_facts(query, col("t", "customer_id"))
-    conditions = [is_customer(col("t", "customer_id"), customer_id)]
-    if isinstance(campaign.trigger, OrderPlaced) and campaign.trigger.nth is not None:
-        conditions.append(col("t", "nth").eq(campaign.trigger.nth))
-    query = query.where(*conditions).order_by(exp.Ordered(this=col("t", "trigger_at"), desc=True),
-                                              exp.Ordered(this=col("t", "trigger_key"), desc=True))
-    return builder.with_ctes(query), checks
-
-
 def segment_query(config: ProjectConfig, now: datetime, where: str, dialect: str | None = None) -> exp.Query:
     """customer_id and every mapped customer attribute of the customers matching ``where``
     (the campaign filter language; facts like order_count are as of ``now``), by customer id."""
-    builder = _QueryBuilder(config, now, dialect or config.dialect)
+    builder = QueryBuilder(config, now, dialect or config.dialect)
     customers = builder.source("customers")
     condition = builder.bind(where, segment_attributes(config))
     query = (
@@ -868,20 +479,6 @@ def segment_query(config: ProjectConfig, now: datetime, where: str, dialect: str
     )
     query = builder.join_facts(query, col("c", "customer_id"))
     return builder.with_ctes(query.where(condition).order_by(col("c", "customer_id")))
-
-
-def entries_insert(campaign: Campaign, config: ProjectConfig, now: datetime) -> exp.Insert | None:
-    """For segment triggers: INSERT the customers who entered the segment since the last pass."""
-    if not isinstance(campaign.trigger, AtRisk):
-        return None
-    builder = _QueryBuilder(config, now, config.dialect)
-    _at_risk_members(builder, campaign.trigger)
-    select = (
-        exp.select(lit(campaign.name), text(col("m", "customer_id")), col("m", "trigger_key"), builder.ts(now))
-        .from_(exp.to_table("at_risk_members").as_("m"))
-        .where(exists(_entry_exists(campaign)).not_())
-    )
-    return exp.insert(builder.with_ctes(select), ENTRIES_TABLE, columns=["campaign", "customer_id", "trigger_key", "entered_at"])
 
 
 def render_sql(expression: exp.Expression, dialect: str, pretty: bool = False) -> str:

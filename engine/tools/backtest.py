@@ -39,11 +39,12 @@ from sqlglot import exp
 
 from engine.clock import format_instant, to_utc
 from engine.sql.compile import col, lit, render_sql, source_select, text, ts
+from engine.sql.triggers.registry import kind_of
 from engine.errors import EngineError
-from engine.spec.filter_types import filter_attributes
-from engine.spec.filters import parse_filter, referenced_functions
+from engine.sql.filter_types import filter_attributes
+from engine.sql.filters import parse_filter, referenced_functions
 from engine.state.ledger import Ledger, Record
-from engine.model import AtRisk, Campaign, Project
+from engine.model import Campaign, Project
 from engine.progress import Progress
 from engine.run.messages import DueMessage
 from engine.run.plan import BATCH_SIZE
@@ -92,9 +93,9 @@ def instants(start: datetime, end: datetime, every: timedelta) -> list[datetime]
 
 def check_backtestable(project: Project, campaign: Campaign) -> None:
     """Refuse campaigns whose decisions need engine tables inside the warehouse (see module docstring)."""
-    if isinstance(campaign.trigger, AtRisk):
-        raise BacktestError(f"campaign '{campaign.name}' has a segment trigger (at_risk), which records segment entries "
-                            "in the warehouse; a backtest never writes there. Backtest campaigns with other triggers")
+    refusal = kind_of(campaign.trigger).backtest_refusal(campaign)
+    if refusal is not None:
+        raise BacktestError(refusal)
     attributes = filter_attributes(project.config)
     filters = [campaign.audience] + [s.audience for s in campaign.steps] + \
               [v.audience for s in campaign.steps for v in s.variants]

@@ -8,10 +8,11 @@ the machinery a pass uses:
   "skip: reason" and "defer" are exactly what ``engine plan`` says;
 - the due query without the ledger anti-join, through ``plan.decide_row``,
   for what the ledger already holds;
-- ``compile.explain_query``: every trigger instance of the customer (no time
+- ``due.explain_query``: every trigger instance of the customer (no time
   window) with each audience filter and stop condition evaluated on its own,
   which names the filter that excluded them;
-- ``decide.due_time`` / ``anniversary_instance`` for when each step is due.
+- the trigger kind (``sql.triggers``) for the trigger in words and when each step
+  of an instance is due (``decide.due_time``; a yearly date's latest or next occurrence).
 
 Read-only: no ledger writes, no segment entries recorded.
 """
@@ -20,13 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 
-from engine.clock import UTC, format_duration, format_instant, parse_stored_date, parse_stored_timestamp
-from engine.sql.compile import due_query, explain_query, render_sql
-from engine.decide import anniversary_instance, customer_zone, due_time, yearly_occurrence
+from engine.clock import format_duration, format_instant, parse_stored_timestamp
+from engine.sql.compile import render_sql
+from engine.sql.due import due_query, explain_query
+from engine.sql.triggers.registry import kind_of
+from engine.decide import customer_zone
 from engine.errors import EngineError
 from engine.state.ledger import message_key
 from engine.tools.customer import find_customer
-from engine.model import Anniversary, Campaign, Step
+from engine.model import Campaign, Step
 from engine.run.messages import DueMessage
 from engine.run.plan import decide_row
 from engine.run.reconcile import Reconciler
@@ -124,18 +127,6 @@ def _duration(value: timedelta | None) -> str | None:
     return None if value is None else (format_duration(value) if value else "0m")
 
 
-def _trigger_text(campaign: Campaign) -> str:
-    trigger = campaign.trigger
-    settings = {k: v for k, v in vars(trigger).items() if k != "kind" and v not in ((), None)}
-
-    def shown(value) -> str:
-        if isinstance(value, timedelta):
-            return _duration(value)
-        return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, tuple) else str(value)
-
-    return trigger.kind + (" " + ", ".join(f"{k}={shown(v)}" for k, v in settings.items()) if settings else "")
-
-
 def explain(reconciler: Reconciler, campaign_name: str, customer_id: str, now: datetime) -> Explanation:
     """Why ``customer_id`` is or is not due for each step of ``campaign_name`` at ``now``."""
     config = reconciler.config
@@ -164,7 +155,7 @@ def explain(reconciler: Reconciler, campaign_name: str, customer_id: str, now: d
                 Verdict("no_instance", "no_trigger", f"no {campaign.trigger.kind} trigger instance for this customer "
                         f"at {format_instant(now)}")))
         steps.append(info)
-    return Explanation(campaign.name, customer_id, now, campaign.enabled, _trigger_text(campaign), campaign.audience,
+    return Explanation(campaign.name, customer_id, now, campaign.enabled, kind_of(campaign.trigger).describe(campaign.trigger), campaign.audience,
                        campaign.stop, zone.key, len(rows), steps)
 
 
@@ -205,27 +196,10 @@ def _ledger_rows(reconciler: Reconciler, campaign: str, customer_id: str) -> dic
     return {row["message_key"]: row for row in reconciler.ledger.customer_messages(customer_id, LEDGER_FIELDS, campaign)}
 
 
-def _instance_time(campaign: Campaign, step: Step, row: dict, zone, now: datetime,
-                   horizon: timedelta) -> tuple[str | None, datetime | None, datetime | None]:
-    """(trigger key, trigger instant, due time) of this step for this instance. For yearly
-    triggers: the latest occurrence due by now, or the next one when that is long past."""
-    if isinstance(campaign.trigger, Anniversary):
-        day = parse_stored_date(row["anniversary"])
-        latest = anniversary_instance(day, step, now, zone)
-        if latest is not None:
-            due_at = due_time(latest[0], step, zone)
-            if step.freshness is None or now <= due_at + step.freshness + horizon:
-                return latest[1], latest[0], due_at
-        year = int(latest[1]) + 1 if latest is not None else (now - step.delay).year + 1
-        trigger_at = datetime.combine(yearly_occurrence(day, year), time(0, 0), tzinfo=UTC)
-        return str(year), trigger_at, due_time(trigger_at, step, zone)
-    trigger_at = parse_stored_timestamp(row["trigger_at"])
-    return str(row["trigger_key"]), trigger_at, due_time(trigger_at, step, zone)
-
-
 def _explain_instance(reconciler: Reconciler, campaign: Campaign, step: Step, row: dict, checks, zone, now: datetime,
                       planned: dict, candidates: dict, recorded: dict, customer_id: str) -> InstanceStep:
-    key, trigger_at, due_at = _instance_time(campaign, step, row, zone, now, reconciler.config.stale_horizon)
+    key, trigger_at, due_at = kind_of(campaign.trigger).explain_instance(campaign.trigger, step, row, zone, now,
+                                                                         reconciler.config.stale_horizon)
     stale_after = due_at + step.freshness if step.freshness is not None and due_at is not None else None
     filters, stopped = [], []
     for check in checks:

@@ -22,8 +22,8 @@ from engine.dialects import dialect_of_url
 from engine.spec.config import database_url
 from engine.tools.customer import plain
 from engine.errors import EngineError, FilterError
-from engine.spec.filter_types import segment_attributes
-from engine.spec.filters import parse_filter
+from engine.sql.filter_types import segment_attributes
+from engine.sql.filters import parse_filter
 from engine.tools.output import write_plan
 from engine.run.reconcile import Reconciler
 

@@ -35,8 +35,8 @@ from sqlglot.errors import ParseError, TokenError
 from engine.sql.compile import render_sql, source_select
 from engine.spec.config import CONFIG_FILE, database_url, load_config
 from engine.errors import FilterError, Issue
-from engine.spec.filter_types import attribute_kinds, check_types, filter_attributes
-from engine.spec.filters import parse_filter
+from engine.sql.filter_types import attribute_kinds, check_types, filter_attributes
+from engine.sql.filters import parse_filter
 from engine.spec.load import Document, display_path, load_yaml_file
 from engine.model import EntitySource, ProjectConfig
 from engine.spec.validate import campaign_files

@@ -22,7 +22,7 @@ from typing import Mapping
 from sqlglot import exp
 
 from engine.errors import FilterError
-from engine.spec.filters import source_offset
+from engine.sql.filters import source_offset
 from engine.model import CUSTOMER_FACTS, SINCE_TRIGGER_FACTS, ProjectConfig
 
 

@@ -1,0 +1,186 @@
+"""The due query and the explain query of a campaign, assembled from compile.py's parts and
+the campaign's trigger kind (``triggers/``), plus the segment entries of segment triggers.
+
+``due_query`` is what every pass runs: one query per campaign returning, per step, the
+(customer, trigger instance) rows due at ``now`` (see compile.py). ``explain_query`` is the
+same instances and filters for one customer, each filter on its own. Whatever depends on
+the kind of trigger (its instances, extra conditions and columns, its time window, segment
+entries) is asked of the kind (``triggers.registry.kind_of``); nothing here tests a kind.
+Pure: builds expressions, executes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Sequence
+
+from sqlglot import exp
+
+from engine.model import Campaign, ProjectConfig
+from engine.sql.compile import (
+    CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, col, is_customer, lit, per_zone_window, step_window, text,
+    variant_columns, without_ledger_rows,
+)
+from engine.sql.filter_types import filter_attributes
+from engine.sql.triggers.registry import kind_of
+
+#: a typed NULL: PostgreSQL resolves a UNION of untyped NULLs to text, then fails against 1/0
+_INT = exp.DataType.build("INT")
+
+
+def keys_in_sql(campaign: Campaign) -> bool:
+    """Whether trigger keys come from SQL (else Python derives them, e.g. the birthday's year)."""
+    return kind_of(campaign.trigger).keys_in_sql
+
+
+def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
+              dialect: str | None = None, customer_id: str | None = None, shared_facts: bool = False,
+              zones: Sequence[object] | None = None) -> exp.Query:
+    """All due (and recently stale or stopped) rows of every step of ``campaign`` at ``now``.
+
+    Columns: DUE_COLUMNS, the kind's ``extra_columns`` (``anniversary`` for yearly triggers),
+    ``variant_match_<i>`` (1/0/NULL) per variant position, then
+    ``cust__<attribute>`` for every customer attribute. With ``exclude_ledger``
+    rows already in the ledger are left out in SQL (the ledger shares the
+    warehouse's database). ``dialect`` defaults to the warehouse's; the AST is
+    built for it (SQLite needs its own timestamp form). ``customer_id`` keeps
+    only that customer's rows (``engine explain``): the same rules, one customer.
+    ``shared_facts`` reads per-customer facts from the pass's temporary tables
+    (``SHARED_FACTS``, see ``shared_facts_create``) instead of computing them here.
+    ``zones``: the distinct values of the customers' time zone column
+    (``zones_query``); steps with a local send time then cut their time window
+    per zone (``zone_window``) instead of allowing a day of slack for any zone.
+    """
+    kind = kind_of(campaign.trigger)
+    builder = QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts)
+    customers = builder.source("customers")
+    windows = [step_window(step, now, config.stale_horizon) for step in campaign.steps]
+    earliest = None if any(w.earliest is None for w in windows) else min(w.earliest for w in windows)
+    builder.ctes["trigger_instances"] = kind.instances(builder, campaign, earliest)
+    attributes = filter_attributes(config)
+    width = variant_columns(campaign)
+    selects = []
+    for step in campaign.steps:
+        window = step_window(step, now, config.stale_horizon)
+        conditions = kind.window(builder, window)
+        if conditions is None:  # the common case: the instant between the window's bounds
+            conditions = [col("t", "trigger_at") <= builder.ts(window.due_cutoff)]
+            if window.earliest is not None:
+                conditions.append(col("t", "trigger_at") >= builder.ts(window.earliest))
+            if step.send_at is not None and zones is not None:
+                conditions += per_zone_window(builder, step, window, zones)
+        conditions += kind.conditions(campaign.trigger)
+        for text_ in (campaign.audience, step.audience):
+            if text_:
+                conditions.append(builder.bind(text_, attributes))
+        if customer_id is not None:
+            conditions.append(is_customer(col("t", "customer_id"), customer_id))
+        stopped_by = exp.null()
+        if campaign.stop:
+            stopped_by = exp.Case(ifs=[exp.If(this=builder.stop_condition(stop), true=lit(stop)) for stop in campaign.stop])
+        matches = []
+        for index in range(width):
+            variant = step.variants[index] if index < len(step.variants) else None
+            if variant is None:
+                value: exp.Expression = exp.cast(exp.null(), _INT)
+            elif variant.audience is None:
+                value = exp.Literal.number(1)
+            else:
+                value = exp.Case(ifs=[exp.If(this=builder.bind(variant.audience, attributes), true=exp.Literal.number(1))],
+                                 default=exp.Literal.number(0))
+            matches.append(exp.alias_(value, f"{VARIANT_PREFIX}{index}"))
+        query = (
+            exp.select(
+                exp.alias_(lit(campaign.name), "campaign"),
+                exp.alias_(lit(step.id), "step"),
+                exp.alias_(text(col("t", "customer_id")), "customer_id"),
+                col("t", "trigger_key"),
+                col("t", "trigger_at"),
+                exp.alias_(stopped_by, "stopped_by"),
+                *[col("t", column) for column in kind.extra_columns],
+                *matches,
+                *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in config.customer_attributes()],
+            )
+            .from_(exp.to_table("trigger_instances").as_("t"))
+            .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
+        )
+        query = builder.join_facts(query, col("t", "customer_id")).where(*conditions)
+        if exclude_ledger and keys_in_sql(campaign):
+            query = without_ledger_rows(query, campaign, step)
+        selects.append(query)
+    body: exp.Query = selects[0]
+    for other in selects[1:]:
+        body = exp.union(body, other, distinct=False)
+    ordered = campaign.reentry.mode != "per_trigger"
+    if not isinstance(body, exp.Select) or ordered:
+        body = exp.select("*").from_(body.subquery("due_steps"))
+    if ordered:  # re-entry rules let the earliest instance in: it must come first
+        body = body.order_by(exp.column("trigger_at"), exp.column("customer_id"), exp.column("trigger_key"))
+    return builder.with_ctes(body)
+
+
+@dataclass(frozen=True)
+class FilterCheck:
+    """One audience filter or stop condition of a campaign, evaluated alone for ``engine explain``.
+
+    ``scope`` is "campaign", "step" or "variant" (an audience filter, ``text``
+    its expression) or "stop" (``text`` the stop condition's name); ``column``
+    names its 1/0 result in ``explain_query``.
+    """
+
+    column: str
+    scope: str
+    text: str
+    step: str | None = None
+    variant: str | None = None
+
+
+def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, customer_id: str,
+                  dialect: str | None = None) -> tuple[exp.Query, list[FilterCheck]]:
+    """Every trigger instance of one customer (newest first, no time window) with each filter
+    and stop condition of the campaign evaluated on its own: which one excluded them.
+
+    Columns: ``trigger_key``, ``trigger_at`` (``anniversary`` for yearly
+    triggers), then one 1/0 column per ``FilterCheck``. The filters are bound
+    exactly as ``due_query`` binds them, so the answer is the due query's.
+    """
+    kind = kind_of(campaign.trigger)
+    builder = QueryBuilder(config, now, dialect or config.dialect)
+    customers = builder.source("customers")
+    builder.ctes["trigger_instances"] = kind.instances(builder, campaign, None)
+    attributes = filter_attributes(config)
+    checks: list[FilterCheck] = []
+
+    def add(scope: str, text_: str, step: str | None = None, variant: str | None = None) -> None:
+        checks.append(FilterCheck(f"check_{len(checks)}", scope, text_, step, variant))
+
+    if campaign.audience:
+        add("campaign", campaign.audience)
+    for step in campaign.steps:
+        if step.audience:
+            add("step", step.audience, step.id)
+        for variant in step.variants:
+            if variant.audience:
+                add("variant", variant.audience, step.id, variant.id)
+    for stop in campaign.stop:
+        add("stop", stop)
+    results = []
+    for check in checks:
+        condition = builder.stop_condition(check.text) if check.scope == "stop" else builder.bind(check.text, attributes)
+        value = exp.Case(ifs=[exp.If(this=condition, true=exp.Literal.number(1))], default=exp.Literal.number(0))
+        results.append(exp.alias_(value, check.column))
+    query = (
+        exp.select(col("t", "trigger_key"), col("t", "trigger_at"), *[col("t", c) for c in kind.extra_columns], *results)
+        .from_(exp.to_table("trigger_instances").as_("t"))
+        .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
+    )
+    query = builder.join_facts(query, col("t", "customer_id"))
+    conditions = [is_customer(col("t", "customer_id"), customer_id), *kind.conditions(campaign.trigger)]
+    query = query.where(*conditions).order_by(exp.Ordered(this=col("t", "trigger_at"), desc=True),
+                                              exp.Ordered(this=col("t", "trigger_key"), desc=True))
+    return builder.with_ctes(query), checks
+
+
+def entries_insert(campaign: Campaign, config: ProjectConfig, now: datetime) -> exp.Insert | None:
+    """For segment triggers: INSERT the customers who entered the segment since the last pass."""
+    return kind_of(campaign.trigger).entries_insert(QueryBuilder(config, now, config.dialect), campaign)

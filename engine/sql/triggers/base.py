@@ -1,0 +1,120 @@
+"""What a trigger kind declares, with the defaults of the common case.
+
+A kind's instances are rows ``trigger_instances(customer_id, trigger_key, trigger_at, ...)``
+(``instances``); a step is due for an instance ``delay`` after ``trigger_at``. The defaults
+here serve kinds whose key and instant come from SQL; a kind overrides what differs (the
+yearly anniversary computes both in Python, the at-risk segment records its entries).
+Validation reports through ``CampaignFile`` so that positions (file:line:col) and the
+YAML stay in ``engine.spec``. Pure: must not read files or databases.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlglot import exp
+
+from engine.clock import format_duration, parse_stored_timestamp
+from engine.decide import due_time
+from engine.model import Campaign, ProjectConfig, Step, Trigger
+from engine.sql.compile import QueryBuilder, StepWindow
+
+
+class CampaignFile(Protocol):
+    """The campaign file being validated, as a kind's ``parse`` and ``check`` see it
+    (``engine.spec.validate`` provides it). ``path`` is a path in the file, e.g.
+    ``("trigger", "event", "per")``; each problem becomes an issue at its position."""
+
+    def duration(self, path: tuple, text: str) -> timedelta:
+        """The duration ``text`` (90m, 2h, 7d, 26w); a malformed or too long one is a problem, read as zero."""
+
+    def needs(self, path: tuple, what: str, entity: str, column: str | None = None) -> None:
+        """A problem when the source mapping lacks ``entity`` (or its ``column``), which ``what`` needs."""
+
+    def problem(self, path: tuple, message: str, fix: str) -> None:
+        """A problem at ``path`` with a fix."""
+
+
+@dataclass(frozen=True)
+class TemplateRecord:
+    """What a template shows about an instance: ``trigger.*`` from the row of ``entity`` whose
+    ``key_column`` is the trigger key, ``items`` from the rows of ``items`` with that key. Without
+    a ``key_column`` (an event trigger) the instance's own events of the type are its items."""
+
+    entity: str
+    items: str
+    key_column: str | None
+
+
+class TriggerKind:
+    """One trigger kind. Subclass it in the kind's module and list the instance in registry.KINDS."""
+
+    #: the key under ``trigger:`` in a campaign file (and the model's ``kind``)
+    name: str
+    #: the frozen dataclass of this kind's settings (a ``model.Trigger``)
+    model: type[Trigger]
+    #: the warehouse entities every instance needs (the source mapping must have them)
+    entities: tuple[str, ...] = ()
+    #: what templates show about the instance; None: only its key and instant
+    template_record: TemplateRecord | None = None
+    #: the trigger is a date that may lie ahead (a delivery date, a birthday): steps may have a negative delay
+    dated: bool = False
+    #: a series ends by itself (a newer activity, a completed checkout): no warning without a stop condition
+    ends_by_itself: bool = False
+    #: trigger key and instant come from SQL; False: Python derives them per row (``extra_columns``)
+    keys_in_sql: bool = True
+    #: further ``trigger_instances`` columns each due row carries, after ``trigger_at``
+    extra_columns: tuple[str, ...] = ()
+
+    # --- the campaign file -----------------------------------------------------------
+
+    def parse(self, settings: dict, file: CampaignFile) -> Trigger:
+        """The model of ``settings`` (the mapping under ``trigger: {name: ...}``, schema-valid)."""
+        raise NotImplementedError
+
+    def check(self, trigger: Trigger, config: ProjectConfig, file: CampaignFile) -> None:
+        """Problems beyond ``entities``: columns or settings this trigger's settings need."""
+
+    # --- SQL -------------------------------------------------------------------------------
+
+    def instances(self, builder: QueryBuilder, campaign: Campaign, earliest: datetime | None) -> exp.Query:
+        """trigger_instances(customer_id, trigger_key, trigger_at [, extra columns]) as of ``builder.now``.
+        ``earliest``: no step can use an instance triggered before it (None: no such bound)."""
+        raise NotImplementedError
+
+    def conditions(self, trigger: Trigger) -> list[exp.Expression]:
+        """Further conditions on the instances (alias ``t``) of every due and explain query."""
+        return []
+
+    def window(self, builder: QueryBuilder, window: StepWindow) -> list[exp.Expression] | None:
+        """The conditions that keep the instances a step may be due for in ``window``;
+        None: ``trigger_at`` between the window's bounds (the due query's own, per time zone)."""
+        return None
+
+    def entries_insert(self, builder: QueryBuilder, campaign: Campaign) -> exp.Insert | None:
+        """For segment triggers: INSERT who entered the segment since the last pass; None for others."""
+        return None
+
+    # --- explain and backtest ----------------------------------------------------------------
+
+    def describe(self, trigger: Trigger) -> str:
+        """The trigger in one line for ``engine explain``: its kind and the settings that are set."""
+        settings = {k: v for k, v in vars(trigger).items() if k != "kind" and v not in ((), None)}
+        return trigger.kind + (" " + ", ".join(f"{k}={_shown(v)}" for k, v in settings.items()) if settings else "")
+
+    def explain_instance(self, trigger: Trigger, step: Step, row: dict, zone, now: datetime,
+                         horizon: timedelta) -> tuple[str | None, datetime | None, datetime | None]:
+        """(trigger key, trigger instant, due time) of ``step`` for one row of ``explain_query``."""
+        trigger_at = parse_stored_timestamp(row["trigger_at"])
+        return str(row["trigger_key"]), trigger_at, due_time(trigger_at, step, zone)
+
+    def backtest_refusal(self, campaign: Campaign) -> str | None:
+        """Why ``engine backtest`` cannot replay ``campaign``'s trigger, or None when it can."""
+        return None
+
+
+def _shown(value) -> str:
+    if isinstance(value, timedelta):
+        return format_duration(value) if value else "0m"
+    return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, tuple) else str(value)

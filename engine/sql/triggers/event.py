@@ -1,0 +1,66 @@
+"""Trigger ``event``: an event of a type (newsletter_signup, product_viewed, search, login, ...).
+
+``per: event``: every event is an instance (key: the event id, needs events.event_id);
+``per: day`` (default): one instance per customer and UTC day (key 'YYYY-MM-DD'), timed at
+that day's last such event, so a series restarts when the customer comes back. Templates
+get the instance's events as ``items``. Pure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlglot import exp
+
+from engine.model import Campaign, ProjectConfig, Trigger
+from engine.sql.compile import QueryBuilder, col, day_text, lit, text
+from engine.sql.triggers.base import CampaignFile, TemplateRecord, TriggerKind
+
+
+@dataclass(frozen=True)
+class Event(Trigger):
+    """An event of ``type`` (newsletter_signup, product_viewed, search, login, ...).
+
+    ``per`` = "event": every event is an instance (needs events.event_id);
+    ``per`` = "day": one instance per customer and UTC day, timed at that day's
+    last such event, so a series restarts when the customer comes back.
+    """
+
+    type: str
+    per: str = "day"
+    kind: str = "event"
+
+
+class EventKind(TriggerKind):
+    name = "event"
+    model = Event
+    entities = ("events",)
+    template_record = TemplateRecord("events", "events", None)
+
+    def parse(self, settings: dict, file: CampaignFile) -> Event:
+        return Event(type=settings["type"], per=settings.get("per", "day"))
+
+    def check(self, trigger: Event, config: ProjectConfig, file: CampaignFile) -> None:
+        if trigger.per == "event":
+            file.needs(("trigger", self.name, "per"), "one instance per event", "events", "event_id")
+
+    def instances(self, builder: QueryBuilder, campaign: Campaign, earliest: datetime | None) -> exp.Query:
+        trigger = campaign.trigger
+        events = builder.source("events")
+        conditions = [col("e", "type").eq(lit(trigger.type)), col("e", "occurred_at") <= builder.ts(builder.now)]
+        if trigger.per == "event":
+            return (
+                exp.select(col("e", "customer_id"), exp.alias_(text(col("e", "event_id")), "trigger_key"),
+                           exp.alias_(col("e", "occurred_at"), "trigger_at"))
+                .from_(exp.to_table(events).as_("e")).where(*conditions)
+            )
+        day = day_text(col("e", "occurred_at"), builder.dialect)
+        return (
+            exp.select(col("e", "customer_id"), exp.alias_(day, "trigger_key"),
+                       exp.alias_(exp.Max(this=col("e", "occurred_at")), "trigger_at"))
+            .from_(exp.to_table(events).as_("e")).where(*conditions)
+            .group_by(col("e", "customer_id"), day.copy())
+        )
+
+
+KIND = EventKind()

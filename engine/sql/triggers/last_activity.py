@@ -1,0 +1,97 @@
+"""Trigger ``last_activity``: the customer's most recent activity (an order and/or a login).
+
+Steps are timed from it ("60 days inactive"); a newer activity is a new instance (key
+'order:12' or 'login:98'), which ends the old series. Pure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlglot import exp
+
+from engine.model import Campaign, ProjectConfig, Trigger
+from engine.sql.compile import QueryBuilder, col, lit, text
+from engine.sql.triggers.base import CampaignFile, TriggerKind
+
+
+@dataclass(frozen=True)
+class LastActivity(Trigger):
+    """The customer's most recent activity (an order and/or a login event).
+
+    Steps are timed from it ("60 days after the last activity"); any newer
+    activity replaces the instance, which ends the old series.
+    """
+
+    activities: tuple[str, ...] = ("order",)
+    kind: str = "last_activity"
+
+
+class LastActivityKind(TriggerKind):
+    name = "last_activity"
+    model = LastActivity
+    entities = ()  # those of its activities (check)
+    ends_by_itself = True
+
+    def parse(self, settings: dict, file: CampaignFile) -> LastActivity:
+        return LastActivity(activities=tuple(settings.get("activity", ["order"])))
+
+    def check(self, trigger: LastActivity, config: ProjectConfig, file: CampaignFile) -> None:
+        where = ("trigger", self.name, "activity")
+        if "order" in trigger.activities:
+            file.needs(where, "order activity", "orders")
+        if "login" in trigger.activities:
+            file.needs(where, "login activity", "events", "event_id")
+
+    def instances(self, builder: QueryBuilder, campaign: Campaign, earliest: datetime | None) -> exp.Query:
+        """The newest activity per customer; its key ('order:12', 'login:98') names the instance.
+
+        When that was comes from the per-customer facts (newest order, newest
+        login); only those customers' activities at that very instant are read
+        back for the key. Ties take the greatest key, as ORDER BY key DESC would.
+        """
+        trigger = campaign.trigger
+        now = builder.ts(builder.now)
+        parts, newest = [], []
+        if "order" in trigger.activities:
+            orders = builder.source("orders")
+            parts.append(
+                exp.select(col("o", "customer_id"),
+                           exp.alias_(exp.DPipe(this=lit("order:"), expression=text(col("o", "order_id")), safe=True), "activity_key"),
+                           exp.alias_(col("o", "created_at"), "activity_at"))
+                .from_(exp.to_table(orders).as_("o")).where(col("o", "created_at") <= now))
+            newest.append(col("f", "last_order_at"))
+        if "login" in trigger.activities:
+            events = builder.source("events")
+            parts.append(
+                exp.select(col("e", "customer_id"),
+                           exp.alias_(exp.DPipe(this=lit("login:"), expression=text(col("e", "event_id")), safe=True), "activity_key"),
+                           exp.alias_(col("e", "occurred_at"), "activity_at"))
+                .from_(exp.to_table(events).as_("e")).where(col("e", "type").eq(lit("login")), col("e", "occurred_at") <= now.copy()))
+            newest.append(col("fe", "last_login_at"))
+        activities = parts[0]
+        for part in parts[1:]:
+            activities = exp.union(activities, part, distinct=False)
+        builder.ctes["activities"] = activities
+        if len(newest) == 1:
+            activity_at = newest[0]
+        else:  # the later of the two; either may be NULL
+            order_at, login_at = newest
+            activity_at = exp.Case(ifs=[exp.If(this=exp.or_(login_at.is_(exp.null()), order_at >= login_at.copy()), true=order_at.copy())],
+                                   default=login_at.copy())
+        customers = builder.source("customers")
+        base = exp.select(col("c", "customer_id"), exp.alias_(activity_at, "activity_at")).from_(exp.to_table(customers).as_("c"))
+        base = builder.join_facts(base, col("c", "customer_id"), orders="order" in trigger.activities,
+                                  events="login" in trigger.activities)
+        builder.ctes["last_activity"] = base.where(activity_at.copy().is_(exp.null()).not_())
+        return (
+            exp.select(col("l", "customer_id"), exp.alias_(exp.Max(this=col("a", "activity_key")), "trigger_key"),
+                       exp.alias_(col("l", "activity_at"), "trigger_at"))
+            .from_(exp.to_table("last_activity").as_("l"))
+            .join(exp.to_table("activities").as_("a"), on=exp.and_(col("a", "customer_id").eq(col("l", "customer_id")),
+                                                                   col("a", "activity_at").eq(col("l", "activity_at"))))
+            .group_by(col("l", "customer_id"), col("l", "activity_at"))
+        )
+
+
+KIND = LastActivityKind()
