@@ -36,7 +36,9 @@ from engine.decide import (
 from engine.run.dispatch import DEFAULT_IN_FLIGHT, Sent, deserialize, next_attempt, send_all, serialize
 from engine.errors import ChannelError, TemplateError, WarehouseError
 from engine.faults import checkpoint
+from engine.run.ledger_state import open_ledger, record_segment_entries, shipped_state
 from engine.run.policies import CONTACT_FIELD, PolicyState, apply_policies, choose_channels
+from engine.sql.shipping import StateNeeds, state_needs
 from engine.progress import Progress
 from engine.state.ledger import Ledger, Record, message_key
 from engine.model import Anniversary, Campaign, Event, Project
@@ -168,9 +170,10 @@ class Reconciler:
     """Binds a project to its databases and channels; ``due`` reads, ``run_once`` acts."""
 
     def __init__(self, project: Project, batch_size: int = BATCH_SIZE, shard: tuple[int, int] | None = None,
-                 ledger: Ledger | None = None, progress: Progress | None = None):
+                 ledger: Ledger | None = None, progress: Progress | None = None, writes: bool = True):
         """``ledger`` replaces the configured one (a backtest's scratch ledger in another database);
-        ``progress`` hears of each campaign and batch of rows (default: silent)."""
+        ``progress`` hears of each campaign and batch of rows (default: silent); ``writes``: False for
+        commands that only read (nothing is created anywhere, a missing ledger reads as empty)."""
         self.project = project
         self.shard = shard
         self.config = project.config
@@ -178,14 +181,11 @@ class Reconciler:
         self.progress = progress or Progress()
         self.warehouse = Database(database_url(self.config, "warehouse"), must_exist=True,
                                   duckdb_settings=self.config.duckdb_settings)
-        self.ledger_shares_warehouse = ledger is None and self.config.ledger_shares_warehouse
         if ledger is not None:
-            self.ledger = ledger
-        elif self.config.ledger_shares_warehouse:
-            self.ledger = Ledger(self.warehouse)
+            self.ledger, self.ledger_shares_warehouse = ledger, False
+            self.ledger.ensure_schema()
         else:
-            self.ledger = Ledger(Database(database_url(self.config, "ledger")))
-        self.ledger.ensure_schema()
+            self.ledger, self.ledger_shares_warehouse = open_ledger(self.config, self.warehouse, writes)
         self.key_kinds: dict[tuple[str, str], str] = {}  # (entity, id column) -> "int" | "str" | "cast"
 
     def close(self) -> None:
@@ -223,7 +223,8 @@ class Reconciler:
         # Per-customer facts (order count, last order, last event...) are computed once per pass into
         # temporary tables on one connection and shared by every campaign's query (issue 7).
         shared = self.config.dialect in TEMP_TABLE_DIALECTS and customer_id is None
-        with self.warehouse.session() as session:
+        needs = StateNeeds() if shares else state_needs(ordered, self.config)
+        with self.warehouse.session() as session, shipped_state(session, self.ledger, needs, self.config) as relations:
             created: list[str] = []
             zones = self._customer_zones(session, ordered) if customer_id is None else None
             try:
@@ -233,7 +234,7 @@ class Reconciler:
                     self.progress.stage("campaign", position, len(ordered), campaign.name)
                     try:
                         query = due_query(campaign, self.config, now, exclude_ledger=shares, customer_id=customer_id,
-                                          shared_facts=shared, zones=zones)
+                                          shared_facts=shared, zones=zones, state=relations)
                         for entity in shared_facts_used(query):
                             if entity not in created:
                                 self._drop_facts(session, entity)
@@ -414,6 +415,9 @@ class Reconciler:
         entries fail is recorded there (and ``due`` skips it) instead of ending the pass."""
         for campaign in campaigns if campaigns is not None else self.campaigns():
             try:
+                if not self.ledger_shares_warehouse:  # computed in the warehouse, recorded in the ledger
+                    record_segment_entries(self.warehouse, self.ledger, campaign, self.config, now)
+                    continue
                 insert = entries_insert(campaign, self.config, now)
                 if insert is not None:
                     self.warehouse.execute(render_sql(insert, self.config.dialect))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Sequence
+from typing import Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 import sqlglot
@@ -33,6 +33,10 @@ from engine.model import (
     CUSTOMER_FACTS, ENTITY_COLUMNS, Anniversary, AtRisk, Campaign, CheckoutAbandoned, EntitySource, Event,
     LastActivity, OrderDate, OrderPlaced, ProjectConfig, Registration, Step,
 )
+
+#: Where the engine state a query joins lives when the ledger is in another database: ledger table
+#: name (ENTRIES_TABLE, TAGS_TABLE) -> a temporary table, or a SELECT (over VALUES) read as a CTE.
+StateRelations = Mapping[str, exp.Expression]
 
 CUSTOMER_PREFIX = "cust__"
 VARIANT_PREFIX = "variant_match_"
@@ -290,8 +294,11 @@ def shared_facts_used(query: exp.Expression) -> list[str]:
 class _QueryBuilder:
     """Collects the CTEs one campaign query needs, each added once, and binds filters."""
 
-    def __init__(self, config: ProjectConfig, now: datetime, dialect: str, shared_facts: bool = False):
+    def __init__(self, config: ProjectConfig, now: datetime, dialect: str, shared_facts: bool = False,
+                 state: StateRelations | None = None):
         self.config = config
+        #: ledger table -> the relation holding its rows in the warehouse (see ``state_table``)
+        self.state = state or {}
         self.now = now
         self.dialect = dialect
         self.ctes: dict[str, exp.Expression] = {}
@@ -309,6 +316,20 @@ class _QueryBuilder:
         if name not in self.ctes:
             self.ctes[name] = source_select(self.config.sources[entity], self.dialect)
         return name
+
+    def state_table(self, name: str) -> str:
+        """Where this query reads the ledger's table ``name`` (entries, tags): the table itself when the
+        ledger shares the warehouse's database; else the pass's copy (``state.shipping``), a temporary
+        table or a SELECT over VALUES that becomes a CTE of this query."""
+        relation = self.state.get(name)
+        if relation is None:
+            return name
+        if isinstance(relation, exp.Table):
+            return relation.name
+        cte = f"{name}_rows"
+        if cte not in self.ctes:
+            self.ctes[cte] = relation.copy()
+        return cte
 
     def customer_facts(self) -> str:
         """Per-customer order facts as of ``now``: the shared pass table, or a CTE of this query."""
@@ -407,7 +428,7 @@ class _QueryBuilder:
         if name == "hours_ago":
             return self.ts(self.now - timedelta(hours=float(argument.this)))
         if name == "has_tag":
-            return exists(one_from(TAGS_TABLE, "g").where(
+            return exists(one_from(self.state_table(TAGS_TABLE), "g").where(
                 col("g", "customer_id").eq(text(col("c", "customer_id"))), col("g", "tag").eq(lit(argument.this))))
         if name == "bought_category":
             orders, items = self.source("orders"), self.source("order_items")
@@ -533,14 +554,14 @@ def _trigger_cte(builder: _QueryBuilder, campaign: Campaign, earliest: datetime 
         customers = builder.source("customers")
         entered = (
             exp.select(col("c", "customer_id"), col("e", "trigger_key"), exp.alias_(col("e", "entered_at"), "trigger_at"))
-            .from_(exp.to_table(ENTRIES_TABLE).as_("e"))
+            .from_(exp.to_table(builder.state_table(ENTRIES_TABLE)).as_("e"))
             .join(exp.to_table(customers).as_("c"), on=text(col("c", "customer_id")).eq(col("e", "customer_id")))
             .where(col("e", "campaign").eq(lit(campaign.name)), col("e", "entered_at") <= now)
         )
         entering = (
             exp.select(col("m", "customer_id"), col("m", "trigger_key"), exp.alias_(now.copy(), "trigger_at"))
             .from_(exp.to_table("at_risk_members").as_("m"))
-            .where(exists(_entry_exists(campaign)).not_())
+            .where(exists(_entry_exists(builder, campaign)).not_())
         )
         return exp.union(entered, entering, distinct=False)
     raise TypeError(f"unknown trigger {trigger!r}")  # pragma: no cover
@@ -596,8 +617,8 @@ def _last_activity(builder: _QueryBuilder, trigger: LastActivity) -> exp.Select:
     )
 
 
-def _entry_exists(campaign: Campaign) -> exp.Select:
-    return one_from(ENTRIES_TABLE, "e").where(
+def _entry_exists(builder: _QueryBuilder, campaign: Campaign) -> exp.Select:
+    return one_from(builder.state_table(ENTRIES_TABLE), "e").where(
         col("e", "campaign").eq(lit(campaign.name)),
         col("e", "customer_id").eq(text(col("m", "customer_id"))),
         col("e", "trigger_key").eq(col("m", "trigger_key")),
@@ -701,7 +722,7 @@ def variant_columns(campaign: Campaign) -> int:
 
 def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
               dialect: str | None = None, customer_id: str | None = None, shared_facts: bool = False,
-              zones: Sequence[object] | None = None) -> exp.Query:
+              zones: Sequence[object] | None = None, state: StateRelations | None = None) -> exp.Query:
     """All due (and recently stale or stopped) rows of every step of ``campaign`` at ``now``.
 
     Columns: DUE_COLUMNS, ``anniversary`` for yearly triggers,
@@ -716,8 +737,9 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     ``zones``: the distinct values of the customers' time zone column
     (``zones_query``); steps with a local send time then cut their time window
     per zone (``zone_window``) instead of allowing a day of slack for any zone.
+    ``state``: where the engine state it joins (entries, tags) is, when the ledger is elsewhere.
     """
-    builder = _QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts)
+    builder = _QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts, state=state)
     customers = builder.source("customers")
     windows = [step_window(step, now, config.stale_horizon) for step in campaign.steps]
     earliest = None if any(w.earliest is None for w in windows) else min(w.earliest for w in windows)
@@ -813,7 +835,7 @@ class FilterCheck:
 
 
 def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, customer_id: str,
-                  dialect: str | None = None) -> tuple[exp.Query, list[FilterCheck]]:
+                  dialect: str | None = None, state: StateRelations | None = None) -> tuple[exp.Query, list[FilterCheck]]:
     """Every trigger instance of one customer (newest first, no time window) with each filter
     and stop condition of the campaign evaluated on its own: which one excluded them.
 
@@ -821,7 +843,7 @@ def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, cust
     triggers), then one 1/0 column per ``FilterCheck``. The filters are bound
     exactly as ``due_query`` binds them, so the answer is the due query's.
     """
-    builder = _QueryBuilder(config, now, dialect or config.dialect)
+    builder = _QueryBuilder(config, now, dialect or config.dialect, state=state)
     customers = builder.source("customers")
     builder.ctes["trigger_instances"] = _trigger_cte(builder, campaign)
     attributes = filter_attributes(config)
@@ -860,10 +882,11 @@ def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, cust
     return builder.with_ctes(query), checks
 
 
-def segment_query(config: ProjectConfig, now: datetime, where: str, dialect: str | None = None) -> exp.Query:
+def segment_query(config: ProjectConfig, now: datetime, where: str, dialect: str | None = None,
+                  state: StateRelations | None = None) -> exp.Query:
     """customer_id and every mapped customer attribute of the customers matching ``where``
     (the campaign filter language; facts like order_count are as of ``now``), by customer id."""
-    builder = _QueryBuilder(config, now, dialect or config.dialect)
+    builder = _QueryBuilder(config, now, dialect or config.dialect, state=state)
     customers = builder.source("customers")
     condition = builder.bind(where, segment_attributes(config))
     query = (
@@ -874,18 +897,29 @@ def segment_query(config: ProjectConfig, now: datetime, where: str, dialect: str
     return builder.with_ctes(query.where(condition).order_by(col("c", "customer_id")))
 
 
-def entries_insert(campaign: Campaign, config: ProjectConfig, now: datetime) -> exp.Insert | None:
-    """For segment triggers: INSERT the customers who entered the segment since the last pass."""
+def entries_select(campaign: Campaign, config: ProjectConfig, now: datetime,
+                   state: StateRelations | None = None) -> exp.Query | None:
+    """For segment triggers: (campaign, customer_id, trigger_key, entered_at) of the customers who
+    entered the segment since the last pass (``state``: where the recorded entries are, as in ``due_query``)."""
     if not isinstance(campaign.trigger, AtRisk):
         return None
-    builder = _QueryBuilder(config, now, config.dialect)
+    builder = _QueryBuilder(config, now, config.dialect, state=state)
     _at_risk_members(builder, campaign.trigger)
     select = (
         exp.select(lit(campaign.name), text(col("m", "customer_id")), col("m", "trigger_key"), builder.ts(now))
         .from_(exp.to_table("at_risk_members").as_("m"))
-        .where(exists(_entry_exists(campaign)).not_())
+        .where(exists(_entry_exists(builder, campaign)).not_())
     )
-    return exp.insert(builder.with_ctes(select), ENTRIES_TABLE, columns=["campaign", "customer_id", "trigger_key", "entered_at"])
+    return builder.with_ctes(select)
+
+
+def entries_insert(campaign: Campaign, config: ProjectConfig, now: datetime) -> exp.Insert | None:
+    """For segment triggers: INSERT the customers who entered the segment since the last pass
+    (the ledger shares the warehouse's database)."""
+    select = entries_select(campaign, config, now)
+    if select is None:
+        return None
+    return exp.insert(select, ENTRIES_TABLE, columns=["campaign", "customer_id", "trigger_key", "entered_at"])
 
 
 def render_sql(expression: exp.Expression, dialect: str, pretty: bool = False) -> str:

@@ -188,6 +188,16 @@ class Ledger:
         engine wrote them."""
         migrations.ensure(self.db)
 
+    def check_writable(self) -> None:
+        """Fail now, having written nothing, when the ledger's database refuses writes (a read-only
+        file or connection, a role without INSERT/UPDATE/DELETE): a DELETE of no row, rolled back."""
+        try:
+            with self.db.engine.connect() as conn:
+                conn.execute(ledger_table.delete().where(sa.false()))
+                conn.rollback()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self.db._error("the ledger is not writable in", exc) from None
+
     def refresh_statistics(self) -> None:
         """Let PostgreSQL's planner see how big the engine's tables are now.
 
@@ -528,6 +538,33 @@ class Ledger:
                     self.db.execute(tags_table.insert().values(row))
                 except Exception:  # noqa: BLE001 - already tagged
                     pass
+
+    def segment_entries(self, campaigns: list[str]) -> list[tuple]:
+        """(campaign, customer_id, trigger_key, entered_at) of every segment entry of ``campaigns``
+        (for a warehouse in another database: the pass copies them there)."""
+        e = entries_table.c
+        with self.db.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(
+                sa.select(e.campaign, e.customer_id, e.trigger_key, e.entered_at).where(e.campaign.in_(campaigns)))]
+
+    def tag_holders(self, tags: list[str]) -> list[tuple[str, str]]:
+        """(customer_id, tag) of every customer holding one of ``tags``."""
+        t = tags_table.c
+        with self.db.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.select(t.customer_id, t.tag).where(t.tag.in_(tags)))]
+
+    def record_entries(self, rows: list[tuple[str, str, str, datetime]]) -> None:
+        """Record segment entries (campaign, customer_id, trigger_key, entered_at) computed in a warehouse
+        in another database; an entry already recorded stays as it was."""
+        values = [{"campaign": campaign, "customer_id": customer_id, "trigger_key": trigger_key,
+                   "entered_at": _naive(entered_at)} for campaign, customer_id, trigger_key, entered_at in rows]
+        if self.db.backend not in ("postgresql", "duckdb", "sqlite"):  # pragma: no cover - other backends
+            for row in values:
+                self._insert_ignore(entries_table, row)
+            return
+        dialect_insert = sqlite.insert if self.db.backend == "sqlite" else postgresql.insert
+        for start in range(0, len(values), 1000):  # one transaction per thousand entries
+            self.db.execute(dialect_insert(entries_table).on_conflict_do_nothing(), values[start:start + 1000])
 
     def tags(self, customer_id: str) -> list[str]:
         with self.db.engine.connect() as conn:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -41,8 +42,13 @@ def _remember_credentials(url: str) -> None:
 def file_of(url: str) -> Path | None:
     """The database file of a DuckDB or SQLite URL, None for servers and memory."""
     parsed = make_url(url)
-    if parsed.get_backend_name() in ("duckdb", "sqlite") and parsed.database and parsed.database != ":memory:":
-        return Path(parsed.database)
+    database = parsed.database
+    if parsed.get_backend_name() == "sqlite" and database and database.startswith("file:"):
+        # an SQLite URI (``sqlite:///file:/path/shop.db?mode=ro&uri=true``): the file is the URI's path
+        database = database[len("file:"):].split("?", 1)[0] if parsed.query.get("uri") == "true" else database
+    if parsed.get_backend_name() in ("duckdb", "sqlite") and database and database != ":memory:" \
+            and parsed.query.get("mode") != "memory":
+        return Path(database)
     return None
 
 
@@ -213,8 +219,13 @@ def _postgres_settings(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the reconciler stream the due set while it writes ledger rows.
+    # WAL lets the reconciler stream the due set while it writes ledger rows. A read-only
+    # connection (``?mode=ro``) cannot switch the journal mode and needs none: it only reads.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as exc:
+        if "readonly" not in str(exc).replace(" ", "").lower():
+            raise
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()

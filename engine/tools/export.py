@@ -21,13 +21,15 @@ from sqlglot import exp
 
 from engine.state.tables import LEDGER_TABLE
 from engine.sql.compile import col, lit, render_sql, segment_query
-from engine.spec.config import database_url, dialect_of_url
+from engine.spec.config import dialect_of_url
 from engine.tools.customer import plain
 from engine.errors import EngineError, FilterError
 from engine.spec.filter_types import segment_attributes
 from engine.spec.filters import parse_filter
 from engine.tools.output import write_plan
+from engine.run.ledger_state import warehouse_with_state
 from engine.run.reconcile import Reconciler
+from engine.sql.shipping import state_needs
 
 HISTORY_FIELDS = ("message_key", "campaign", "step", "customer_id", "trigger_key", "variant", "channel", "status",
                   "reason", "detail", "trigger_at", "due_at", "created_at", "updated_at", "attempts", "next_attempt_at")
@@ -81,8 +83,10 @@ def export_segment(reconciler: Reconciler, where: str, now: datetime, fmt: str, 
     config = reconciler.config
     fields = list(config.customer_attributes())
     write = _writer(fmt, out, fields)
-    return _write_stream(reconciler.warehouse.stream(render_sql(segment_query(config, now, where), config.dialect),
-                                                     BATCH_SIZE), write)
+    with warehouse_with_state(reconciler.warehouse, reconciler.ledger, reconciler.ledger_shares_warehouse,
+                              state_needs([], config, filters=[where]), config) as (session, state):
+        return _write_stream(session.stream(render_sql(segment_query(config, now, where, state=state), config.dialect),
+                                            BATCH_SIZE), write)
 
 
 def export_history(reconciler: Reconciler, campaign: str, fmt: str, out: IO[str]) -> int:
@@ -90,7 +94,7 @@ def export_history(reconciler: Reconciler, campaign: str, fmt: str, out: IO[str]
     config = reconciler.config
     query = (exp.select(*[col("l", f) for f in HISTORY_FIELDS]).from_(exp.to_table(LEDGER_TABLE).as_("l"))
              .where(col("l", "campaign").eq(lit(campaign))).order_by(col("l", "created_at"), col("l", "message_key")))
-    dialect = dialect_of_url(database_url(config, "ledger")) or config.dialect
+    dialect = dialect_of_url(reconciler.ledger.db.url) or config.dialect  # the ledger opened (empty: in memory)
     write = _writer(fmt, out, list(HISTORY_FIELDS))
     return _write_stream(reconciler.ledger.db.stream(render_sql(query, dialect), BATCH_SIZE), write)
 
