@@ -177,3 +177,23 @@ def test_the_shared_setups_agree_and_every_stateful_campaign_has_work(plans, cap
         sizes = {label: sum(len(shared[0][(label, c)]) for c in CAMPAIGNS) for label in INSTANTS}
         print(f"\ndue set sizes per instant (all setups): {sizes}")
         print("seconds per setup (5 instants): " + ", ".join(f"{k}: {v:.1f}" for k, v in TIMINGS.items()))
+
+
+def test_values_lists_plan_what_temporary_tables_plan(tmp_path, monkeypatch):
+    """Where sessions have no temporary tables (BigQuery, Spark, Trino) the state travels as a VALUES
+    CTE in each query; forced here on DuckDB, it must plan what the temporary tables plan."""
+    from engine.sql import shipping
+
+    url = f"duckdb:///{tmp_path / 'shop.duckdb'}"
+    db = Database(url)
+    load_shop(db, generate_shop(7, 600, "2025-01-10T00:00:00Z"))
+    db.dispose()
+    plans = {}
+    for transport in ("temporary", "values"):
+        monkeypatch.setattr(shipping, "TRANSPORT", {"duckdb": transport})
+        plans[transport] = _plan(f"duckdb {transport}", tmp_path / transport, f"{url}?access_mode=read_only",
+                                 f"sqlite:///{tmp_path / f'{transport}-ledger.db'}")
+    assert plans["values"] == plans["temporary"]
+    for name in ("re-engage", "inactivity"):
+        assert any(plans["values"][(label, name)] for label in INSTANTS), f"nothing due for {name}"
+    assert any(row[7] == "vip" for label in INSTANTS for row in plans["values"][(label, "order-follow-up")])
