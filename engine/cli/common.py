@@ -61,8 +61,10 @@ campaign_option = click.option("--campaign", "campaigns", multiple=True, metavar
                                help="Only this campaign (repeatable). Default: all enabled campaigns.")
 
 
-def open_reconciler(project_dir: Path, shard: tuple[int, int] | None = None, progress=None, signs: bool = False):
-    """The project and its reconciler; ``signs``: it will sign links and codes, so the code secret must be usable."""
+def open_reconciler(project_dir: Path, shard: tuple[int, int] | None = None, progress=None, signs: bool = False,
+                    writes: bool = False):
+    """The project and its reconciler; ``signs``: it will sign links and codes, so the code secret must be usable;
+    ``writes``: the command writes to the ledger (its tables are created or upgraded), else it writes nothing."""
     from engine.spec.code_secret import code_secrets
     from engine.run.reconcile import Reconciler
 
@@ -72,7 +74,7 @@ def open_reconciler(project_dir: Path, shard: tuple[int, int] | None = None, pro
         if warning and sys.stderr.isatty():  # for whoever runs the demo; piped stderr stays as it was
             click.echo(f"Warning: {warning}", err=True)
     ensure_demo(project.config, echo=lambda text: click.echo(mask(text), err=True))
-    return project, Reconciler(project, shard=shard, progress=progress)
+    return project, Reconciler(project, shard=shard, progress=progress, writes=writes)
 
 
 def shard_option_value(_ctx, _param, value):

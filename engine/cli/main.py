@@ -189,7 +189,7 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
         _loop(project_dir, seconds, campaigns, metrics_host, metrics_port, shard)
         return
     progress = progress_for("run", quiet)
-    project, reconciler = _reconciler(project_dir, shard, progress, signs=True)
+    project, reconciler = _reconciler(project_dir, shard, progress, signs=True, writes=True)
     clock = FixedClock(as_of) if as_of else SystemClock()
     try:
         selected = _select(reconciler, campaigns)
@@ -316,7 +316,7 @@ def show_message(project_dir: Path, message_key: str):
 @handle_errors
 def unsubscribe(project_dir: Path, customer_id: str, kind: str):
     """Record that CUSTOMER_ID unsubscribed (from one channel kind or all); no message is sent after it."""
-    _, reconciler = _reconciler(project_dir)
+    _, reconciler = _reconciler(project_dir, writes=True)
     try:
         reconciler.ledger.unsubscribe(customer_id, kind, "cli", SystemClock().now())
     finally:

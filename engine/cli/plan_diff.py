@@ -6,8 +6,8 @@ dialect). REF's engine.yaml still supplies REF's source mapping, channels and
 policies, so a changed mapping shows up in the diff too; but a connection
 that changed (or a secret that only production has) cannot make the two
 sides read different data. REF's plan only reads the ledger: ``Reconciler.due``
-never writes, and the ledger's tables already exist because the working
-tree's side is opened first (``ensure_schema`` is then a no-op).
+never writes, and both sides open the ledger only to read (a missing ledger
+reads as empty; nothing is created).
 """
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def build_plan_diff(project_dir: Path, ref_name: str | None, now: datetime, name
             before: Iterable[PlanKey] = ()
             if ref_project is not None:
                 ref_project = _on_shared_databases(ref_project, work_project)
-                before_reconciler = Reconciler(ref_project, shard=shard)
+                before_reconciler = Reconciler(ref_project, shard=shard, writes=False)
                 before = plan_keys(before_reconciler, now, [c for c in ref_campaigns if c.enabled])
             counts = diff_plans(before, plan_keys(work, now, [c for c in work_campaigns if c.enabled]), sample)
             changes = compare(ref_campaigns, work_campaigns, counts,

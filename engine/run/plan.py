@@ -25,7 +25,9 @@ from engine.sql.compile import (
     CUSTOMER_PREFIX, MAX_ZONES, SHARED_FACTS, VARIANT_PREFIX,
     render_sql, shared_facts_create, shared_facts_drop, shared_facts_used, variant_columns, zones_query,
 )
+from engine.run.ledger_state import shipped_state
 from engine.sql.due import due_query, keys_in_sql
+from engine.sql.shipping import StateNeeds, state_needs
 from engine.state.ledger import Ledger
 from engine.state.warehouse import Database, Session
 
@@ -38,7 +40,7 @@ def shard_of(customer_id: str, count: int) -> int:
 
 
 @contextmanager
-def due_rows(warehouse: Database, config: ProjectConfig, now: datetime, campaigns: list[Campaign], *,
+def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: datetime, campaigns: list[Campaign], *,
              exclude_ledger: bool, customer_id: str | None, batch_size: int,
              ) -> Iterator[Callable[[Campaign], Iterator[list]]]:
     """One pass's reads of the due sets: gives ``rows_of(campaign)``, the campaign's due rows in batches.
@@ -46,16 +48,18 @@ def due_rows(warehouse: Database, config: ProjectConfig, now: datetime, campaign
     Per-customer facts (order count, last order, last event...) are computed once per pass into
     temporary tables on one connection and shared by every campaign's query (issue 7); they are
     dropped when the pass ends, also on failure. ``exclude_ledger``: the query itself leaves out
-    what the ledger holds (the ledger shares the warehouse's database).
+    what the ledger holds (the ledger shares the warehouse's database); otherwise the engine state the
+    queries join (segment entries, tags) is brought from ``ledger`` into the session for the pass.
     """
     shared = dialect_named(config.dialect).temporary_tables and customer_id is None
-    with warehouse.session() as session:
+    needs = StateNeeds() if exclude_ledger else state_needs(campaigns, config)
+    with warehouse.session() as session, shipped_state(session, ledger, needs, config) as relations:
         created: list[str] = []
         zones = customer_zones(session, config, campaigns) if customer_id is None else None
 
         def rows_of(campaign: Campaign) -> Iterator[list]:
             query = due_query(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
-                              shared_facts=shared, zones=zones)
+                              shared_facts=shared, zones=zones, state=relations)
             for entity in shared_facts_used(query):
                 if entity not in created:
                     drop_facts(session, config, entity)

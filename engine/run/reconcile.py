@@ -22,6 +22,7 @@ from engine.progress import Progress
 from engine.run import plan, policies
 from engine.run.claim import claim
 from engine.run.isolation import isolated
+from engine.run.ledger_state import open_ledger, record_segment_entries
 from engine.run.messages import DueMessage, PassReport
 from engine.run.plan import BATCH_SIZE
 from engine.run.record import record_decisions, record_failures, record_sent
@@ -46,21 +47,19 @@ class Reconciler:
     """Binds a project to its databases and channels; ``due`` reads, ``run_once`` acts."""
 
     def __init__(self, project: Project, batch_size: int = BATCH_SIZE, shard: tuple[int, int] | None = None,
-                 ledger: Ledger | None = None, progress: Progress | None = None):
+                 ledger: Ledger | None = None, progress: Progress | None = None, writes: bool = True):
         """``ledger`` replaces the configured one (a backtest's scratch ledger in another database);
-        ``progress`` hears of each campaign and batch of rows (default: silent)."""
+        ``progress`` hears of each campaign and batch of rows (default: silent); ``writes``: False for
+        commands that only read (nothing is created anywhere, a missing ledger reads as empty)."""
         self.project, self.config, self.shard, self.batch_size = project, project.config, shard, batch_size
         self.progress = progress or Progress()
         self.warehouse = Database(database_url(self.config, "warehouse"), must_exist=True,
                                   duckdb_settings=self.config.duckdb_settings)
-        self.ledger_shares_warehouse = ledger is None and self.config.ledger_shares_warehouse
         if ledger is not None:
-            self.ledger = ledger
-        elif self.config.ledger_shares_warehouse:
-            self.ledger = Ledger(self.warehouse)
+            self.ledger, self.ledger_shares_warehouse = ledger, False
+            self.ledger.ensure_schema()
         else:
-            self.ledger = Ledger(Database(database_url(self.config, "ledger")))
-        self.ledger.ensure_schema()
+            self.ledger, self.ledger_shares_warehouse = open_ledger(self.config, self.warehouse, writes)
         self.key_kinds: dict[tuple[str, str], str] = {}  # (entity, id column) -> "int" | "str" | "cast"
 
     def close(self) -> None:
@@ -92,7 +91,7 @@ class Reconciler:
         rules = policies.first_attempt_inputs(self.config, self.ledger, now, ordered, self.project.campaigns)
         self.ledger.snapshot_policies()
         in_query = self.ledger_shares_warehouse
-        with plan.due_rows(self.warehouse, self.config, now, ordered, exclude_ledger=in_query,
+        with plan.due_rows(self.warehouse, self.ledger, self.config, now, ordered, exclude_ledger=in_query,
                            customer_id=customer_id, batch_size=self.batch_size) as rows_of:
             for position, campaign in enumerate(ordered, 1):
                 if failures is not None and campaign.name in failures:
@@ -144,7 +143,10 @@ class Reconciler:
         entries fail is recorded there (and ``due`` skips it) instead of ending the pass."""
         for campaign in campaigns if campaigns is not None else self.campaigns():
             with isolated(campaign.name, failures):
-                enter_segment(campaign, self.warehouse, self.config, now)
+                if self.ledger_shares_warehouse:
+                    enter_segment(campaign, self.warehouse, self.config, now)
+                else:  # computed in the warehouse, recorded in the ledger
+                    record_segment_entries(self.warehouse, self.ledger, campaign, self.config, now)
 
 
 __all__ = ["BATCH_SIZE", "DueMessage", "PassReport", "Reconciler", "STATISTICS_AFTER"]

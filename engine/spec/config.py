@@ -23,7 +23,7 @@ from engine.clock import MAX_DURATION, DurationTooLong, parse_duration, parse_in
 from engine.dialects import dialect_of_url
 from engine.errors import ConfigError, FilterError, Issue
 from engine.sql.filter_types import segment_attributes
-from engine.sql.filters import parse_filter, referenced_functions
+from engine.sql.filters import parse_filter
 from engine.spec.load import Document, load_yaml_file
 from engine.masking import remember, secret_references
 from engine.model import (
@@ -63,9 +63,12 @@ def database_url(config: ProjectConfig, which: str = "warehouse") -> str:
     url = resolve(raw)
     for scheme in ("duckdb:///", "sqlite:///"):
         if url.startswith(scheme):
-            path = url[len(scheme):]
+            path, mark, query = url[len(scheme):].partition("?")
+            # an SQLite URI (``sqlite:///file:var/shop.db?mode=ro&uri=true``): its path is relative, not "file:"
+            uri = "file:" if scheme == "sqlite:///" and path.startswith("file:") else ""
+            path = path[len(uri):]
             if path and not path.startswith("/") and not path.startswith(":memory:"):
-                return scheme + str((config.root / path).resolve())
+                return scheme + uri + str((config.root / path).resolve()) + mark + query
     return url
 
 
@@ -152,15 +155,10 @@ def _segment_issues(doc: Document, config: ProjectConfig) -> list[Issue]:
     for name, text in config.segments.items():
         path = ("segments", name)
         try:
-            tree = parse_filter(text, segment_attributes(config))
+            parse_filter(text, segment_attributes(config))
         except FilterError as exc:
             issues.append(doc.issue(path, f"segment '{name}': {exc.message}", fix=exc.fix,
                                     position=doc.value_position(path, exc.offset)))
-            continue
-        if "has_tag" in referenced_functions(tree) and not config.ledger_shares_warehouse:
-            issues.append(doc.issue(path, f"segment '{name}': has_tag() reads the engine's tag table, which lives in "
-                                    "the ledger database, not the warehouse",
-                                    fix="remove ledger.url from engine.yaml to use tags in filters"))
     return issues
 
 

@@ -127,9 +127,6 @@ def _check_filter(doc: Document, path: tuple, text: str | None, attributes: list
         issues.append(doc.issue(path, exc.message, fix=exc.fix, position=doc.value_position(path, exc.offset)))
         return
     functions = referenced_functions(tree)
-    if "has_tag" in functions and not config.ledger_shares_warehouse:
-        issues.append(doc.issue(path, "has_tag() reads the engine's tag table, which lives in the ledger database, not the warehouse",
-                                fix="remove ledger.url from engine.yaml to use tags in filters"))
     if "bought_category" in functions:
         _needs(doc, config, path, "bought_category()", "order_items", "category", issues)
 

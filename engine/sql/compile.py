@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Sequence
+from typing import Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 import sqlglot
@@ -36,6 +36,10 @@ from engine.sql.filter_types import segment_attributes
 from engine.sql.filters import bind_filter, parse_filter
 from engine.state.tables import ENTRIES_TABLE, LEDGER_TABLE, TAGS_TABLE
 from engine.model import CUSTOMER_FACTS, ENTITY_COLUMNS, Campaign, EntitySource, ProjectConfig, Step
+
+#: Where the engine state a query joins lives when the ledger is in another database: ledger table
+#: name (ENTRIES_TABLE, TAGS_TABLE) -> a temporary table, or a SELECT (over VALUES) read as a CTE.
+StateRelations = Mapping[str, exp.Expression]
 
 CUSTOMER_PREFIX = "cust__"
 VARIANT_PREFIX = "variant_match_"
@@ -265,8 +269,11 @@ def shared_facts_used(query: exp.Expression) -> list[str]:
 class QueryBuilder:
     """Collects the CTEs one campaign query needs, each added once, and binds filters."""
 
-    def __init__(self, config: ProjectConfig, now: datetime, dialect: str, shared_facts: bool = False):
+    def __init__(self, config: ProjectConfig, now: datetime, dialect: str, shared_facts: bool = False,
+                 state: StateRelations | None = None):
         self.config = config
+        #: ledger table -> the relation holding its rows in the warehouse (see ``state_table``)
+        self.state = state or {}
         self.now = now
         self.dialect = dialect
         self.ctes: dict[str, exp.Expression] = {}
@@ -284,6 +291,20 @@ class QueryBuilder:
         if name not in self.ctes:
             self.ctes[name] = source_select(self.config.sources[entity], self.dialect)
         return name
+
+    def state_table(self, name: str) -> str:
+        """Where this query reads the ledger's table ``name`` (entries, tags): the table itself when the
+        ledger shares the warehouse's database; else the pass's copy (``sql.shipping``), a temporary
+        table or a SELECT over VALUES that becomes a CTE of this query."""
+        relation = self.state.get(name)
+        if relation is None:
+            return name
+        if isinstance(relation, exp.Table):
+            return relation.name
+        cte = f"{name}_rows"
+        if cte not in self.ctes:
+            self.ctes[cte] = relation.copy()
+        return cte
 
     def customer_facts(self) -> str:
         """Per-customer order facts as of ``now``: the shared pass table, or a CTE of this query."""
@@ -383,7 +404,7 @@ class QueryBuilder:
         if name == "hours_ago":
             return self.ts(self.now - timedelta(hours=float(argument.this)))
         if name == "has_tag":
-            return exists(one_from(TAGS_TABLE, "g").where(
+            return exists(one_from(self.state_table(TAGS_TABLE), "g").where(
                 col("g", "customer_id").eq(text(col("c", "customer_id"))), col("g", "tag").eq(lit(argument.this))))
         if name == "bought_category":
             orders, items = self.source("orders"), self.source("order_items")
@@ -399,8 +420,8 @@ class QueryBuilder:
         return bind_filter(parse_filter(text_, attributes), self.attribute, self.function)
 
 
-def entry_exists(campaign: Campaign) -> exp.Select:
-    return one_from(ENTRIES_TABLE, "e").where(
+def entry_exists(builder: QueryBuilder, campaign: Campaign) -> exp.Select:
+    return one_from(builder.state_table(ENTRIES_TABLE), "e").where(
         col("e", "campaign").eq(lit(campaign.name)),
         col("e", "customer_id").eq(text(col("m", "customer_id"))),
         col("e", "trigger_key").eq(col("m", "trigger_key")),
@@ -467,10 +488,11 @@ def is_customer(column: exp.Expression, customer_id: str) -> exp.Expression:
     return text(column).eq(lit(customer_id))
 
 
-def segment_query(config: ProjectConfig, now: datetime, where: str, dialect: str | None = None) -> exp.Query:
+def segment_query(config: ProjectConfig, now: datetime, where: str, dialect: str | None = None,
+                  state: StateRelations | None = None) -> exp.Query:
     """customer_id and every mapped customer attribute of the customers matching ``where``
     (the campaign filter language; facts like order_count are as of ``now``), by customer id."""
-    builder = QueryBuilder(config, now, dialect or config.dialect)
+    builder = QueryBuilder(config, now, dialect or config.dialect, state=state)
     customers = builder.source("customers")
     condition = builder.bind(where, segment_attributes(config))
     query = (

@@ -18,7 +18,7 @@ from sqlglot import exp
 
 from engine.model import Campaign, ProjectConfig
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, col, is_customer, lit, per_zone_window, step_window, text,
+    CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, StateRelations, col, is_customer, lit, per_zone_window, step_window, text,
     variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
@@ -35,7 +35,7 @@ def keys_in_sql(campaign: Campaign) -> bool:
 
 def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
               dialect: str | None = None, customer_id: str | None = None, shared_facts: bool = False,
-              zones: Sequence[object] | None = None) -> exp.Query:
+              zones: Sequence[object] | None = None, state: StateRelations | None = None) -> exp.Query:
     """All due (and recently stale or stopped) rows of every step of ``campaign`` at ``now``.
 
     Columns: DUE_COLUMNS, the kind's ``extra_columns`` (``anniversary`` for yearly triggers),
@@ -50,9 +50,10 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     ``zones``: the distinct values of the customers' time zone column
     (``zones_query``); steps with a local send time then cut their time window
     per zone (``zone_window``) instead of allowing a day of slack for any zone.
+    ``state``: where the engine state it joins (entries, tags) is, when the ledger is elsewhere.
     """
     kind = kind_of(campaign.trigger)
-    builder = QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts)
+    builder = QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts, state=state)
     customers = builder.source("customers")
     windows = [step_window(step, now, config.stale_horizon) for step in campaign.steps]
     earliest = None if any(w.earliest is None for w in windows) else min(w.earliest for w in windows)
@@ -136,7 +137,7 @@ class FilterCheck:
 
 
 def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, customer_id: str,
-                  dialect: str | None = None) -> tuple[exp.Query, list[FilterCheck]]:
+                  dialect: str | None = None, state: StateRelations | None = None) -> tuple[exp.Query, list[FilterCheck]]:
     """Every trigger instance of one customer (newest first, no time window) with each filter
     and stop condition of the campaign evaluated on its own: which one excluded them.
 
@@ -145,7 +146,7 @@ def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, cust
     exactly as ``due_query`` binds them, so the answer is the due query's.
     """
     kind = kind_of(campaign.trigger)
-    builder = QueryBuilder(config, now, dialect or config.dialect)
+    builder = QueryBuilder(config, now, dialect or config.dialect, state=state)
     customers = builder.source("customers")
     builder.ctes["trigger_instances"] = kind.instances(builder, campaign, None)
     attributes = filter_attributes(config)
@@ -181,6 +182,14 @@ def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, cust
     return builder.with_ctes(query), checks
 
 
+def entries_select(campaign: Campaign, config: ProjectConfig, now: datetime,
+                   state: StateRelations | None = None) -> exp.Query | None:
+    """For segment triggers: (campaign, customer_id, trigger_key, entered_at) of the customers who
+    entered the segment since the last pass (``state``: where the recorded entries are, as in ``due_query``)."""
+    return kind_of(campaign.trigger).entries_select(QueryBuilder(config, now, config.dialect, state=state), campaign)
+
+
 def entries_insert(campaign: Campaign, config: ProjectConfig, now: datetime) -> exp.Insert | None:
-    """For segment triggers: INSERT the customers who entered the segment since the last pass."""
+    """For segment triggers: INSERT the customers who entered the segment since the last pass
+    (the ledger shares the warehouse's database)."""
     return kind_of(campaign.trigger).entries_insert(QueryBuilder(config, now, config.dialect), campaign)

@@ -122,6 +122,16 @@ class Ledger(LedgerReader, LedgerWriter):
         engine wrote them."""
         migrations.ensure(self.db)
 
+    def check_writable(self) -> None:
+        """Fail now, having written nothing, when the ledger's database refuses writes (a read-only
+        file or connection, a role without INSERT/UPDATE/DELETE): a DELETE of no row, rolled back."""
+        try:
+            with self.db.engine.connect() as conn:
+                conn.execute(ledger_table.delete().where(sa.false()))
+                conn.rollback()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self.db._error("the ledger is not writable in", exc) from None
+
     def refresh_statistics(self) -> None:
         """Let PostgreSQL's planner see how big the engine's tables are now.
 
@@ -457,3 +467,16 @@ class Ledger(LedgerReader, LedgerWriter):
                     self.db.execute(tags_table.insert().values(row))
                 except Exception:  # noqa: BLE001 - already tagged
                     pass
+
+    def record_entries(self, rows: list[tuple[str, str, str, datetime]]) -> None:
+        """Record segment entries (campaign, customer_id, trigger_key, entered_at) computed in a warehouse
+        in another database; an entry already recorded stays as it was."""
+        values = [{"campaign": campaign, "customer_id": customer_id, "trigger_key": trigger_key,
+                   "entered_at": _naive(entered_at)} for campaign, customer_id, trigger_key, entered_at in rows]
+        if self.db.dialect.on_conflict_insert is None:  # pragma: no cover - other backends
+            for row in values:
+                self._insert_ignore(entries_table, row)
+            return
+        insert = _conflict_insert(self.db.dialect)
+        for start in range(0, len(values), 1000):  # one transaction per thousand entries
+            self.db.execute(insert(entries_table).on_conflict_do_nothing(), values[start:start + 1000])

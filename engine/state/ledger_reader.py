@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 import sqlalchemy as sa
 from sqlglot import exp
 
-from engine.state.ledger_tables import ledger_table, tags_table, unsubscribes_table
+from engine.state.ledger_tables import entries_table, ledger_table, tags_table, unsubscribes_table
 from engine.state.tables import LEDGER_TABLE, UNSUBSCRIBES_TABLE
 from engine.state.warehouse import Database
 
@@ -75,6 +75,20 @@ class LedgerReader:
         query = sa.select(*[c[name] for name in fields]).where(*conditions).order_by(c.created_at, c.message_key)
         with self.db.engine.connect() as conn:
             return [dict(row) for row in conn.execute(query).mappings()]
+
+    def segment_entries(self, campaigns: list[str]) -> list[tuple]:
+        """(campaign, customer_id, trigger_key, entered_at) of every segment entry of ``campaigns``
+        (for a warehouse in another database: the pass copies them there)."""
+        e = entries_table.c
+        with self.db.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(
+                sa.select(e.campaign, e.customer_id, e.trigger_key, e.entered_at).where(e.campaign.in_(campaigns)))]
+
+    def tag_holders(self, tags: list[str]) -> list[tuple[str, str]]:
+        """(customer_id, tag) of every customer holding one of ``tags``."""
+        t = tags_table.c
+        with self.db.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.select(t.customer_id, t.tag).where(t.tag.in_(tags)))]
 
     def tags(self, customer_id: str) -> list[str]:
         with self.db.engine.connect() as conn:

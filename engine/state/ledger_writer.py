@@ -42,6 +42,9 @@ class LedgerWriter(Protocol):
     def ensure_schema(self) -> None:
         """Create or upgrade the ledger's tables (migrations), refused when a newer engine wrote them."""
 
+    def check_writable(self) -> None:
+        """Fail, having written nothing, when the ledger's database refuses writes."""
+
     def refresh_statistics(self) -> None:
         """Let the database's planner see how big the tables are now (after a large pass)."""
 
@@ -82,3 +85,7 @@ class LedgerWriter(Protocol):
 
     def apply_tags(self, changes: list[tuple[str, str, str, str]], now: datetime) -> None:
         """(customer_id, 'set_tag' | 'remove_tag', tag, campaign) in order."""
+
+    def record_entries(self, rows: list[tuple[str, str, str, datetime]]) -> None:
+        """Segment entries (campaign, customer_id, trigger_key, entered_at) computed in a warehouse in
+        another database; an entry already recorded stays as it was."""

@@ -42,8 +42,13 @@ def _remember_credentials(url: str) -> None:
 def file_of(url: str) -> Path | None:
     """The database file of a DuckDB or SQLite URL, None for servers and memory."""
     parsed = make_url(url)
-    if dialect_of_backend(parsed.get_backend_name()).local_file and parsed.database and parsed.database != ":memory:":
-        return Path(parsed.database)
+    database = parsed.database
+    if database and database.startswith("file:") and parsed.query.get("uri") == "true":
+        # an SQLite URI (``sqlite:///file:/path/shop.db?mode=ro&uri=true``): the file is the URI's path
+        database = database[len("file:"):].split("?", 1)[0]
+    if dialect_of_backend(parsed.get_backend_name()).local_file and database and database != ":memory:" \
+            and parsed.query.get("mode") != "memory":
+        return Path(database)
     return None
 
 
@@ -206,11 +211,16 @@ def _duckdb_settings(settings: Mapping[str, str | int]) -> Callable[[Any, Any], 
 def _run_on_connect(statements: tuple[str, ...]) -> Callable[[Any, Any], None]:
     """A connect hook that runs the dialect's per-connection statements (Dialect.connect_statements:
     SQLite's WAL and busy timeout, PostgreSQL's cursor_tuple_fraction) and commits them, so that a
-    later rollback cannot undo a SET."""
+    later rollback cannot undo a SET. A read-only connection (SQLite ``?mode=ro``) cannot switch the
+    journal mode and needs none (it only reads): a statement it refuses as read-only is skipped."""
     def run(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         for statement in statements:
-            cursor.execute(statement)
+            try:
+                cursor.execute(statement)
+            except Exception as exc:  # the driver's own error class; anything but read-only is raised
+                if "readonly" not in str(exc).replace(" ", "").replace("-", "").lower():
+                    raise
         cursor.close()
         dbapi_connection.commit()
     return run

@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 
 from engine.clock import format_duration, format_instant, parse_stored_timestamp
-from engine.sql.compile import render_sql
+from engine.run.ledger_state import warehouse_with_state
+from engine.sql.compile import StateRelations, render_sql
 from engine.sql.due import due_query, explain_query
+from engine.sql.shipping import state_needs
+from engine.state.warehouse import Session
 from engine.sql.triggers.registry import kind_of
 from engine.decide import customer_zone
 from engine.errors import EngineError
@@ -138,10 +141,12 @@ def explain(reconciler: Reconciler, campaign_name: str, customer_id: str, now: d
     zone = customer_zone(customer.get("timezone"), config.default_timezone)
 
     planned = _planned(reconciler, campaign, customer_id, now)
-    candidates = _candidates(reconciler, campaign, customer_id, now)
     recorded = _ledger_rows(reconciler, campaign.name, customer_id)
-    query, checks = explain_query(campaign, config, now, customer_id)
-    rows = [dict(r._mapping) for r in reconciler.warehouse.fetch_all(render_sql(query, config.dialect))]
+    with warehouse_with_state(reconciler.warehouse, reconciler.ledger, reconciler.ledger_shares_warehouse,
+                              state_needs([campaign], config), config) as (session, state):
+        candidates = _candidates(reconciler, session, state, campaign, customer_id, now)
+        query, checks = explain_query(campaign, config, now, customer_id, state=state)
+        rows = [dict(r._mapping) for batch in session.stream(render_sql(query, config.dialect)) for r in batch]
 
     steps = []
     for step in campaign.steps:
@@ -175,12 +180,14 @@ def _planned(reconciler: Reconciler, campaign: Campaign, customer_id: str, now: 
             if m.campaign == campaign.name}
 
 
-def _candidates(reconciler: Reconciler, campaign: Campaign, customer_id: str, now: datetime) -> dict[str, DueMessage]:
+def _candidates(reconciler: Reconciler, session: Session, state: StateRelations, campaign: Campaign,
+                customer_id: str, now: datetime) -> dict[str, DueMessage]:
     """The due set before the ledger is subtracted, as ``plan.decide_row`` sees it, by message key."""
     config = reconciler.config
-    sql = render_sql(due_query(campaign, config, now, exclude_ledger=False, customer_id=customer_id), config.dialect)
+    sql = render_sql(due_query(campaign, config, now, exclude_ledger=False, customer_id=customer_id, state=state),
+                     config.dialect)
     decided = {}
-    for rows in reconciler.warehouse.stream(sql):
+    for rows in session.stream(sql):
         for row in rows:
             m = decide_row(campaign, row, now, config)
             if m is not None:

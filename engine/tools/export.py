@@ -18,14 +18,14 @@ from datetime import datetime
 from typing import IO, Iterator
 
 from engine.sql.compile import render_sql, segment_query
-from engine.dialects import dialect_of_url
-from engine.spec.config import database_url
 from engine.tools.customer import plain
 from engine.errors import EngineError, FilterError
 from engine.sql.filter_types import segment_attributes
 from engine.sql.filters import parse_filter
 from engine.tools.output import write_plan
+from engine.run.ledger_state import warehouse_with_state
 from engine.run.reconcile import Reconciler
+from engine.sql.shipping import state_needs
 
 HISTORY_FIELDS = ("message_key", "campaign", "step", "customer_id", "trigger_key", "variant", "channel", "status",
                   "reason", "detail", "trigger_at", "due_at", "created_at", "updated_at", "attempts", "next_attempt_at")
@@ -79,14 +79,15 @@ def export_segment(reconciler: Reconciler, where: str, now: datetime, fmt: str, 
     config = reconciler.config
     fields = list(config.customer_attributes())
     write = _writer(fmt, out, fields)
-    return _write_stream(reconciler.warehouse.stream(render_sql(segment_query(config, now, where), config.dialect),
-                                                     BATCH_SIZE), write)
+    with warehouse_with_state(reconciler.warehouse, reconciler.ledger, reconciler.ledger_shares_warehouse,
+                              state_needs([], config, filters=[where]), config) as (session, state):
+        return _write_stream(session.stream(render_sql(segment_query(config, now, where, state=state), config.dialect),
+                                            BATCH_SIZE), write)
 
 
 def export_history(reconciler: Reconciler, campaign: str, fmt: str, out: IO[str]) -> int:
     """Write every ledger row of ``campaign`` (without the stored content); return how many."""
-    config = reconciler.config
-    dialect = dialect_of_url(database_url(config, "ledger")) or config.dialect
+    dialect = reconciler.ledger.dialect  # the ledger opened (a missing one: empty, in memory)
     write = _writer(fmt, out, list(HISTORY_FIELDS))
     return _write_stream(reconciler.ledger.history(campaign, HISTORY_FIELDS, dialect, BATCH_SIZE), write)
 

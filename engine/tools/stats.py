@@ -286,7 +286,8 @@ class StatsReader:
         self.config = config
         self.warehouse = warehouse
         self.ledger = ledger
-        self.shared = config.ledger_shares_warehouse
+        # a read-only command on a ledger not created yet reads an empty one in memory: not the warehouse's
+        self.shared = config.ledger_shares_warehouse and ledger.in_database(warehouse)
         self.batch_size = batch_size
 
     def campaign(self, campaign: Campaign, since: datetime | None = None, until: datetime | None = None) -> CampaignStats:

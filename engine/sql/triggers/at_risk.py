@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from sqlglot import exp
 
-from engine.model import Campaign, ProjectConfig, Trigger
+from engine.model import Campaign, Trigger
 from engine.sql.compile import QueryBuilder, col, entry_exists, exists, lit, text
 from engine.sql.triggers.base import CampaignFile, TemplateRecord, TriggerKind
 from engine.state.tables import ENTRIES_TABLE
@@ -33,15 +33,11 @@ class AtRiskKind(TriggerKind):
     model = AtRisk
     entities = ("orders",)
     template_record = TemplateRecord("orders", "order_items", "order_id")
+    records_entries = True
 
     def parse(self, settings: dict, file: CampaignFile) -> AtRisk:
         window = file.duration(("trigger", self.name, "window"), settings.get("window", "26w"))
         return AtRisk(window=window, percent=settings.get("percent", 60))
-
-    def check(self, trigger: AtRisk, config: ProjectConfig, file: CampaignFile) -> None:
-        if not config.ledger_shares_warehouse:
-            file.problem(("trigger", self.name), "segment triggers record entries next to the warehouse and need the ledger in the warehouse database",
-                         fix="remove ledger.url from engine.yaml, or use an event trigger")
 
     def instances(self, builder: QueryBuilder, campaign: Campaign, earliest: datetime | None) -> exp.Query:
         now = builder.ts(builder.now)
@@ -49,25 +45,29 @@ class AtRiskKind(TriggerKind):
         customers = builder.source("customers")
         entered = (
             exp.select(col("c", "customer_id"), col("e", "trigger_key"), exp.alias_(col("e", "entered_at"), "trigger_at"))
-            .from_(exp.to_table(ENTRIES_TABLE).as_("e"))
+            .from_(exp.to_table(builder.state_table(ENTRIES_TABLE)).as_("e"))
             .join(exp.to_table(customers).as_("c"), on=text(col("c", "customer_id")).eq(col("e", "customer_id")))
             .where(col("e", "campaign").eq(lit(campaign.name)), col("e", "entered_at") <= now)
         )
         entering = (
             exp.select(col("m", "customer_id"), col("m", "trigger_key"), exp.alias_(now.copy(), "trigger_at"))
             .from_(exp.to_table("at_risk_members").as_("m"))
-            .where(exists(entry_exists(campaign)).not_())
+            .where(exists(entry_exists(builder, campaign)).not_())
         )
         return exp.union(entered, entering, distinct=False)
 
-    def entries_insert(self, builder: QueryBuilder, campaign: Campaign) -> exp.Insert:
+    def entries_select(self, builder: QueryBuilder, campaign: Campaign) -> exp.Query:
         _members(builder, campaign.trigger)
         select = (
             exp.select(lit(campaign.name), text(col("m", "customer_id")), col("m", "trigger_key"), builder.ts(builder.now))
             .from_(exp.to_table("at_risk_members").as_("m"))
-            .where(exists(entry_exists(campaign)).not_())
+            .where(exists(entry_exists(builder, campaign)).not_())
         )
-        return exp.insert(builder.with_ctes(select), ENTRIES_TABLE, columns=["campaign", "customer_id", "trigger_key", "entered_at"])
+        return builder.with_ctes(select)
+
+    def entries_insert(self, builder: QueryBuilder, campaign: Campaign) -> exp.Insert:
+        return exp.insert(self.entries_select(builder, campaign), ENTRIES_TABLE,
+                          columns=["campaign", "customer_id", "trigger_key", "entered_at"])
 
     def backtest_refusal(self, campaign: Campaign) -> str:
         return (f"campaign '{campaign.name}' has a segment trigger (at_risk), which records segment entries "

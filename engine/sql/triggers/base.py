@@ -64,6 +64,9 @@ class TriggerKind:
     ends_by_itself: bool = False
     #: trigger key and instant come from SQL; False: Python derives them per row (``extra_columns``)
     keys_in_sql: bool = True
+    #: a segment trigger: who entered the segment is recorded each pass (the ledger's entries), and the
+    #: due query reads those entries (brought to the warehouse when the ledger is elsewhere)
+    records_entries: bool = False
     #: further ``trigger_instances`` columns each due row carries, after ``trigger_at``
     extra_columns: tuple[str, ...] = ()
 
@@ -90,6 +93,11 @@ class TriggerKind:
     def window(self, builder: QueryBuilder, window: StepWindow) -> list[exp.Expression] | None:
         """The conditions that keep the instances a step may be due for in ``window``;
         None: ``trigger_at`` between the window's bounds (the due query's own, per time zone)."""
+        return None
+
+    def entries_select(self, builder: QueryBuilder, campaign: Campaign) -> exp.Query | None:
+        """For segment triggers: (campaign, customer_id, trigger_key, entered_at) of who entered the
+        segment since the last pass; None for others."""
         return None
 
     def entries_insert(self, builder: QueryBuilder, campaign: Campaign) -> exp.Insert | None:
