@@ -19,7 +19,7 @@ from typing import Iterator
 
 from sqlglot import exp
 
-from engine import unsubscribe
+from engine import channel_kinds, unsubscribe
 from engine.channels import ChannelSession, Delivered, OutgoingMessage, open_channel
 from engine.clock import UTC, format_instant, parse_stored_date, parse_stored_timestamp, to_utc
 from engine.sql.compile import (
@@ -36,7 +36,7 @@ from engine.decide import (
 from engine.run.dispatch import DEFAULT_IN_FLIGHT, Sent, deserialize, next_attempt, send_all, serialize
 from engine.errors import ChannelError, TemplateError, WarehouseError
 from engine.faults import checkpoint
-from engine.run.policies import CONTACT_FIELD, PolicyState, apply_policies, choose_channels
+from engine.run.policies import PolicyState, apply_policies, choose_channels
 from engine.progress import Progress
 from engine.state.ledger import Ledger, Record, message_key
 from engine.model import Anniversary, Campaign, Event, Project
@@ -539,7 +539,8 @@ class Reconciler:
             report.add(campaign, step, "sent", channel=channel)
             return Record(**common, status="sent", detail=f"{outcome.provider_id} {outcome.detail}".strip())
         if outcome.permanent:
-            self.ledger.suppress(sent.message.kind, sent.message.to, "bounced", outcome.detail, now)
+            self.ledger.suppress(sent.message.kind, channel_kinds.kind(sent.message.kind).suppression_key(sent.message.to),
+                                 "bounced", outcome.detail, now)
             report.add(campaign, step, "failed:permanent", channel=channel)
             return Record(**common, status="failed", reason="permanent", detail=outcome.detail)
         retry_at = next_attempt(self.config.retry, key, attempts, now)
@@ -571,10 +572,12 @@ class Reconciler:
             step = self.project.campaign(m.campaign).step(m.step)
             variant = step.variant(m.variant)
             channel = self.config.channels[variant.channel]
+            kind = channel_kinds.kind(channel.kind)
             # the envelope comes from the engine's record, taken before any template runs
-            to = str(m.customer[CONTACT_FIELD[channel.kind]])
+            to = str(m.customer[kind.contact_field])
             context = _template_context(m, contexts.get((m.campaign, m.customer_id, m.trigger_key), {}))
-            context["unsubscribe_url"] = unsubscribe.link(self.config.unsubscribe_url, secret, m.customer_id, channel.kind)
+            context["unsubscribe_url"] = unsubscribe.link(self.config.unsubscribe_url, secret, m.customer_id,
+                                                          kind.unsubscribe_scope)
             if step.discount_code is not None:
                 context["discount_code"] = discount_code(secret, m.key, step.discount_code.prefix, step.discount_code.length)
             try:
@@ -587,7 +590,7 @@ class Reconciler:
                 key=m.key, kind=channel.kind, to=to,
                 sender=str(channel.settings.get("from", "shop@example.com")),
                 subject=content.subject, text=content.text, html=content.html,
-                headers=unsubscribe.headers(context["unsubscribe_url"]) if channel.kind == "email" else {},
+                headers=kind.headers(context["unsubscribe_url"]),
             )
             rendered.append((m, message))
             contents.append((m.key, serialize(message, {"discount_code": context.get("discount_code")})))
