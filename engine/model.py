@@ -1,7 +1,8 @@
 """The validated model: frozen dataclasses, no I/O, no third-party imports.
 
 Everything downstream (compiler, reconciler, CLI) works from these values,
-never from raw YAML. ``validate.py`` is the only producer.
+never from raw YAML. ``validate.py`` is the only producer. Imports only the
+channel kinds' declarations (pure data).
 """
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ from datetime import time, timedelta
 from pathlib import Path
 from typing import Mapping
 
+from engine.channel_kinds import consent_columns, contact_fields
+
 # --- the engine's entities and their canonical columns ----------------------
 
 #: For each entity: (required columns, optional columns). Required columns default
-#: to a column of the same name; optional ones exist only when mapped.
+#: to a column of the same name; optional ones exist only when mapped. The customers'
+#: address and consent columns are those the channel kinds declare (engine.channel_kinds).
 ENTITY_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "customers": (
         ("customer_id",),
-        ("email", "phone", "first_name", "last_name", "created_at", "locale", "timezone",
-         "birthday", "unsubscribed_at", "email_consent", "sms_consent"),
+        (*contact_fields(), "first_name", "last_name", "created_at", "locale", "timezone",
+         "birthday", "unsubscribed_at", *consent_columns()),
     ),
     "orders": (
         ("order_id", "customer_id", "created_at"),
@@ -68,7 +72,7 @@ class ChannelConfig:
     """A configured channel: what it carries (kind) and how (transport)."""
 
     name: str
-    kind: str  # "email" | "sms"
+    kind: str  # a channel kind (engine.channel_kinds)
     transport: str  # "smtp" | "http" | "file"
     settings: Mapping[str, object] = field(default_factory=dict)
 

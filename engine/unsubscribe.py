@@ -21,7 +21,10 @@ import re
 from typing import Sequence
 from urllib.parse import parse_qsl, urlencode, urlparse
 
-KINDS = ("email", "sms", "all")
+from engine.channel_kinds import unsubscribe_scopes
+
+#: what a link (and ``engine unsubscribe --channel``) may name: each channel kind's scope, or all
+KINDS = (*unsubscribe_scopes(), "all")
 #: the longest customer id a link may carry
 MAX_CUSTOMER_ID = 128
 #: letters and digits of any script, and the separators ids are made with
@@ -85,8 +88,3 @@ def verify(url_or_query: str, secrets: str | Sequence[str]) -> tuple[str, str] |
         return check(url_or_query, secrets)
     except LinkRefused:
         return None
-
-
-def headers(url: str) -> dict[str, str]:
-    """The RFC 8058 one-click headers every marketing email carries."""
-    return {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}

@@ -1,29 +1,30 @@
-"""Channel adapters behind one small interface: open a session, send, close.
+"""Transports behind one small interface: open a session, send, close.
 
-``open_channel`` picks the adapter for a configured channel. Adapters return
-outcomes as values (``Delivered`` or ``Failed``) instead of raising, so one
-bad address never stops a batch; only failing to open a session raises
-``ChannelError`` (nothing has been claimed for that channel yet).
+One module per transport (outbox, smtp, sms_http), each with
+``open_session(config, root)``; which module carries a transport is declared
+by the channel kinds that use it (engine.channel_kinds, ``Transport.module``),
+and ``open_channel`` imports it by that name - so a new kind's transport is
+its own module here and nothing else. Adapters return outcomes as values
+(``Delivered`` or ``Failed``) instead of raising, so one bad address never
+stops a batch; only failing to open a session raises ``ChannelError``
+(nothing has been claimed for that channel yet). Must not decide what is
+sent: that is the pass's (engine.run).
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
+from engine import channel_kinds
 from engine.model import ChannelConfig
 from engine.channels.base import ChannelSession, Delivered, Failed, OutgoingMessage, Outcome
 
 
 def open_channel(config: ChannelConfig, root: Path) -> ChannelSession:
-    if config.transport == "file":
-        from engine.channels.outbox import FileOutbox
-        return FileOutbox(config, root)
-    if config.transport == "smtp":
-        from engine.channels.smtp import SmtpChannel
-        return SmtpChannel(config)
-    if config.transport == "http":
-        from engine.channels.sms_http import HttpSmsChannel
-        return HttpSmsChannel(config)
-    raise ValueError(f"unknown transport {config.transport}")  # pragma: no cover - schema forbids it
+    transport = channel_kinds.transport(config.transport)
+    if transport is None:  # pragma: no cover - engine.yaml's schema lists the transports
+        raise ValueError(f"unknown transport {config.transport}")
+    return importlib.import_module(transport.module).open_session(config, root)
 
 
 __all__ = ["ChannelSession", "Delivered", "Failed", "OutgoingMessage", "Outcome", "open_channel"]

@@ -17,7 +17,7 @@ _MAX_LINE = 998  # RFC 5322: at most 998 characters per line, in headers and 7bi
 @dataclass(frozen=True)
 class OutgoingMessage:
     key: str
-    kind: str  # "email" | "sms"
+    kind: str  # a channel kind (engine.channel_kinds)
     to: str
     sender: str
     subject: str | None

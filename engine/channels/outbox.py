@@ -1,12 +1,13 @@
-"""File outbox: emails as .eml files, SMS as JSON lines. No server needed (demo, tests).
+"""File outbox: one folder per channel kind; RFC 5322 messages (email) as .eml files, others
+(SMS) as JSON lines in its messages.jsonl. No server needed (demo, tests).
 
 A message is handed over when it is in the file system: ``send`` writes each
-email to a temporary file, fsyncs it and renames it into place (a reader never
-sees half a message), and appends each SMS as one line with a single
-``write`` to the unbuffered file, so a killed process loses nothing it
+.eml to a temporary file, fsyncs it and renames it into place (a reader never
+sees half a message), and appends each other message as one line with a
+single ``write`` to the unbuffered file, so a killed process loses nothing it
 reported. ``sync`` - called before the ledger records a group as sent - fsyncs
-the SMS file and the directories, so the names and lines survive a power
-loss too.
+the lines file and the folders, so the names and lines survive a power loss
+too. Which form a kind takes is its declaration's ``rfc5322``.
 """
 from __future__ import annotations
 
@@ -15,18 +16,24 @@ import os
 import re
 from pathlib import Path
 
+from engine import channel_kinds
 from engine.errors import ChannelError
 from engine.model import ChannelConfig
 from engine.channels.base import Delivered, Failed, OutgoingMessage, Outcome
+
+
+def open_session(config: ChannelConfig, root: Path) -> "FileOutbox":
+    return FileOutbox(config, root)
 
 
 class FileOutbox:
     def __init__(self, config: ChannelConfig, root: Path):
         self.config = config
         self.directory = root / str(config.settings.get("path", "var/outbox"))
-        self._sms: int | None = None  # file descriptor of sms/messages.jsonl, opened for appending
-        self._written_email = False  # a new name in email/ since the last sync
-        self._new_sms_file = False  # sms/messages.jsonl opened since the last sync (maybe created)
+        self._lines: int | None = None  # file descriptor of <kind>/messages.jsonl, opened for appending
+        self._lines_folder: Path | None = None  # the folder of that file
+        self._written_files: set[Path] = set()  # folders with a new .eml name since the last sync
+        self._new_lines_file = False  # messages.jsonl opened since the last sync (maybe created)
 
     def open(self) -> None:
         try:
@@ -36,44 +43,46 @@ class FileOutbox:
 
     def send(self, message: OutgoingMessage) -> Outcome:
         try:
-            if message.kind == "email":
+            folder = self.directory / message.kind
+            if channel_kinds.kind(message.kind).rfc5322:
                 name = re.sub(r"[^A-Za-z0-9_.-]+", "_", message.key) + ".eml"
-                path = self.directory / "email" / name
+                path = folder / name
                 partial = path.with_name(f".{name}.partial")
                 with open(partial, "wb") as file:
                     file.write(message.to_bytes())
                     file.flush()
                     os.fsync(file.fileno())
                 os.replace(partial, path)
-                self._written_email = True
+                self._written_files.add(folder)
                 return Delivered(provider_id=str(path), detail="written to outbox")
-            if self._sms is None:
-                self._sms = os.open(self.directory / "sms" / "messages.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                self._new_sms_file = True
+            if self._lines is None:
+                self._lines = os.open(folder / "messages.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                self._lines_folder = folder
+                self._new_lines_file = True
             line = json.dumps({"key": message.key, "to": message.to, "from": message.sender, "text": message.text}) + "\n"
-            os.write(self._sms, line.encode("utf-8"))  # one write of the whole line: in the file, or not at all
+            os.write(self._lines, line.encode("utf-8"))  # one write of the whole line: in the file, or not at all
             return Delivered(provider_id=message.key, detail="appended to outbox")
         except OSError as exc:
             return Failed(detail=f"outbox write failed: {exc}")
 
     def sync(self) -> None:
-        """Make every message ``send`` reported durable: fsync the SMS file and the outbox directories."""
+        """Make every message ``send`` reported durable: fsync the lines file and the outbox folders."""
         try:
-            if self._sms is not None:
-                os.fsync(self._sms)
-            if self._new_sms_file:
-                _fsync_directory(self.directory / "sms")
-                self._new_sms_file = False
-            if self._written_email:
-                _fsync_directory(self.directory / "email")
-                self._written_email = False
+            if self._lines is not None:
+                os.fsync(self._lines)
+            if self._new_lines_file and self._lines_folder is not None:
+                _fsync_directory(self._lines_folder)
+                self._new_lines_file = False
+            for folder in sorted(self._written_files):
+                _fsync_directory(folder)
+            self._written_files.clear()
         except OSError as exc:
             raise ChannelError(f"channel '{self.config.name}': cannot sync outbox {self.directory}: {exc}") from None
 
     def close(self) -> None:
-        if self._sms is not None:
-            os.close(self._sms)
-            self._sms = None
+        if self._lines is not None:
+            os.close(self._lines)
+            self._lines = None
 
 
 def _fsync_directory(path: Path) -> None:

@@ -12,6 +12,8 @@ a provider that honours it delivers a message resent after a crash
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
 from engine.spec.config import resolve
@@ -19,6 +21,10 @@ from engine.errors import ChannelError
 from engine.masking import mask
 from engine.model import ChannelConfig
 from engine.channels.base import Delivered, Failed, OutgoingMessage, Outcome
+
+
+def open_session(config: ChannelConfig, root: Path) -> "HttpSmsChannel":
+    return HttpSmsChannel(config)
 
 
 class HttpSmsChannel:

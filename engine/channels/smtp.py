@@ -33,6 +33,7 @@ import re
 import smtplib
 import ssl
 import threading
+from pathlib import Path
 
 from engine.spec.config import resolve
 from engine.errors import ChannelError
@@ -48,6 +49,10 @@ class _Closed(Exception):
     def __init__(self, detail: str):
         super().__init__(detail)
         self.detail = detail
+
+
+def open_session(config: ChannelConfig, root: Path) -> "SmtpChannel":
+    return SmtpChannel(config)
 
 
 class SmtpChannel:

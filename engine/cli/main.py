@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from engine import logs
+from engine import channel_kinds, logs, unsubscribe as unsubscribe_link
 from engine.service import settings
 from engine.clock import FixedClock, SystemClock, format_instant, parse_interval
 from engine.dialects import DIALECTS
@@ -303,7 +303,8 @@ def show_message(project_dir: Path, message_key: str):
         click.echo("# (nothing was rendered for this message)")
         return
     message = deserialize(message_key, row["content"])
-    if message.kind == "email":
+    kind = channel_kinds.KINDS.get(message.kind)
+    if kind is not None and kind.rfc5322:
         click.echo(message.to_email().as_string())
     else:
         click.echo(f"To: {message.to}\nFrom: {message.sender}\n\n{message.text}")
@@ -311,7 +312,7 @@ def show_message(project_dir: Path, message_key: str):
 
 @main.command()
 @click.argument("customer_id")
-@click.option("--channel", "kind", type=click.Choice(["email", "sms", "all"]), default="all", show_default=True)
+@click.option("--channel", "kind", type=click.Choice(list(unsubscribe_link.KINDS)), default="all", show_default=True)
 @click.pass_obj
 @handle_errors
 def unsubscribe(project_dir: Path, customer_id: str, kind: str):

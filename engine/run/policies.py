@@ -10,7 +10,9 @@ per batch (one ledger query per concern, never one per message):
 customer qualifies for (e.g. email first, SMS otherwise). The message goes
 out on the first one the customer can actually receive: contact data present,
 the shop's consent column not false, not unsubscribed from that channel kind
-(or from all), address not suppressed after a hard bounce. When none is
+(or from all), address not suppressed after a hard bounce - each as the kind
+declares it (engine.channel_kinds: contact field, consent column, unsubscribe
+scope, suppression key). When none is
 receivable the message is skipped with the first candidate's reason, so
 "no_consent" is reported rather than a later variant's "no_contact".
 
@@ -30,12 +32,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from engine import channel_kinds
+from engine.channel_kinds import ChannelKind
 from engine.clock import to_utc
 from engine.decide import customer_zone, in_holdout, in_quiet_hours
 from engine.state.ledger import Ledger
 from engine.model import Campaign, ProjectConfig, QuietHours
-
-CONTACT_FIELD = {"email": "email", "sms": "phone"}
 
 
 @dataclass
@@ -57,30 +59,30 @@ def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_
     if not sending:
         return batch
 
-    def kind_of(m, variant_id: str) -> str:
-        return config.channels[channel_of[f"{m.campaign}:{m.step}:{variant_id}"]].kind
+    def kind_of(m, variant_id: str) -> ChannelKind:
+        return channel_kinds.kind(config.channels[channel_of[f"{m.campaign}:{m.step}:{variant_id}"]].kind)
 
     unsubscribed = ledger.unsubscribed(sorted({m.customer_id for m in sending}))
     addresses: dict[str, set[str]] = {}
     for m in sending:
         for variant_id in m.candidates:
             kind = kind_of(m, variant_id)
-            address = m.customer.get(CONTACT_FIELD[kind])
-            if address:
-                addresses.setdefault(kind, set()).add(str(address))
+            address = m.customer.get(kind.contact_field)
+            if kind.usable_address(address):
+                addresses.setdefault(kind.name, set()).add(kind.suppression_key(str(address)))
     suppressed = {(kind, address) for kind, found in addresses.items()
                   for address in ledger.suppressed(kind, sorted(found))}
 
     def obstacle(m, variant_id: str) -> str | None:
         kind = kind_of(m, variant_id)
-        address = m.customer.get(CONTACT_FIELD[kind])
-        if not address:
+        address = m.customer.get(kind.contact_field)
+        if not kind.usable_address(address):
             return "no_contact"
-        column = f"{kind}_consent"
+        column = kind.consent_column
         if (column in m.customer and not m.customer[column]) or \
-                (m.customer_id, kind) in unsubscribed or (m.customer_id, "all") in unsubscribed:
+                (m.customer_id, kind.unsubscribe_scope) in unsubscribed or (m.customer_id, "all") in unsubscribed:
             return "no_consent"
-        if (kind, str(address)) in suppressed:
+        if (kind.name, kind.suppression_key(str(address))) in suppressed:
             return "suppressed"
         return None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from engine import channel_kinds
 from engine.channels import Delivered
 from engine.model import Project, RetryPolicy
 from engine.run.dispatch import Sent, next_attempt
@@ -55,7 +56,8 @@ def outcome_record(ledger: Ledger, retry: RetryPolicy, key: str, campaign: str, 
         report.add(campaign, step, "sent", channel=channel)
         return Record(**common, status="sent", detail=f"{outcome.provider_id} {outcome.detail}".strip())
     if outcome.permanent:
-        ledger.suppress(sent.message.kind, sent.message.to, "bounced", outcome.detail, now)
+        ledger.suppress(sent.message.kind, channel_kinds.kind(sent.message.kind).suppression_key(sent.message.to),
+                        "bounced", outcome.detail, now)
         report.add(campaign, step, "failed:permanent", channel=channel)
         return Record(**common, status="failed", reason="permanent", detail=outcome.detail)
     retry_at = next_attempt(retry, key, attempts, now)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
-from engine import unsubscribe
+from engine import channel_kinds, unsubscribe
 from engine.channels import OutgoingMessage
 from engine.clock import parse_stored_timestamp
 from engine.decide import discount_code
@@ -21,7 +21,6 @@ from engine.sql.triggers.event import Event
 from engine.sql.triggers.registry import kind_of
 from engine.run.dispatch import serialize
 from engine.run.messages import DueMessage, PassReport
-from engine.run.policies import CONTACT_FIELD
 from engine.run.record import as_record
 from engine.run.sources import SourceRows
 from engine.state.ledger import Record
@@ -47,10 +46,12 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         step = project.campaign(m.campaign).step(m.step)
         variant = step.variant(m.variant)
         channel = config.channels[variant.channel]
+        kind = channel_kinds.kind(channel.kind)
         # the envelope comes from the engine's record, taken before any template runs
-        to = str(m.customer[CONTACT_FIELD[channel.kind]])
+        to = str(m.customer[kind.contact_field])
         context = template_context(m, contexts.get((m.campaign, m.customer_id, m.trigger_key), {}))
-        context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id, channel.kind)
+        context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id,
+                                                      kind.unsubscribe_scope)
         if step.discount_code is not None:
             context["discount_code"] = discount_code(secret, m.key, step.discount_code.prefix, step.discount_code.length)
         try:
@@ -63,7 +64,7 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
             key=m.key, kind=channel.kind, to=to,
             sender=str(channel.settings.get("from", "shop@example.com")),
             subject=content.subject, text=content.text, html=content.html,
-            headers=unsubscribe.headers(context["unsubscribe_url"]) if channel.kind == "email" else {},
+            headers=kind.headers(context["unsubscribe_url"]),
         )
         rendered.messages.append((m, message))
         rendered.contents.append(serialize(message, {"discount_code": context.get("discount_code")}))

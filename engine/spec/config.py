@@ -19,6 +19,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from engine import channel_kinds
 from engine.clock import MAX_DURATION, DurationTooLong, parse_duration, parse_instant
 from engine.dialects import dialect_of_url
 from engine.errors import ConfigError, FilterError, Issue
@@ -289,14 +290,13 @@ def _channel(doc: Document, name: str, spec: dict) -> tuple[ChannelConfig, list[
     where = ("channels", name)
     issues = []
     kind, transport = spec["kind"], spec["transport"]
-    needs = {"smtp": ("host",), "http": ("url",), "file": ("path",)}[transport]
-    for key in needs:
+    for key in channel_kinds.transport(transport).needs:
         if key not in spec:
             issues.append(doc.issue(where, f"channel '{name}' with transport {transport} needs '{key}'",
                                     fix=f"add {key}: to channels.{name}"))
-    if kind == "sms" and transport == "smtp":
-        issues.append(doc.issue(where + ("transport",), "an sms channel cannot use the smtp transport", fix="use http or file"))
-    if kind == "email" and transport == "http":
-        issues.append(doc.issue(where + ("transport",), "an email channel cannot use the http transport", fix="use smtp or file"))
+    carriers = channel_kinds.kind(kind).transport_names
+    if transport not in carriers:
+        issues.append(doc.issue(where + ("transport",), f"an {kind} channel cannot use the {transport} transport",
+                                fix="use " + " or ".join(carriers)))
     settings = {k: v for k, v in spec.items() if k not in ("kind", "transport")}
     return ChannelConfig(name=name, kind=kind, transport=transport, settings=settings), issues

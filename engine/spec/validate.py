@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Iterable
 
+from engine import channel_kinds
 from engine.errors import FilterError, Issue
 from engine.spec.config import duration_setting, parse_clock, parse_quiet_hours
 from engine.sql.filter_types import attribute_kinds, check_types, filter_attributes
@@ -288,9 +289,10 @@ def lint(doc: Document, campaign: Campaign, config: ProjectConfig) -> list[Issue
             warnings.append(doc.issue(where + ("id",), f"step '{step.id}' has no freshness window: after an outage it would still be sent, however late",
                                       fix="add freshness: (e.g. 1d) so late messages are skipped", severity="warning"))
         for channel in step.channels:
-            kind = config.channels[channel].kind if channel in config.channels else None
-            if kind == "sms" and step.quiet_hours is None and channel not in config.quiet_hours:
-                warnings.append(doc.issue(where + ("id",), f"step '{step.id}' sends SMS without quiet hours",
+            kind = channel_kinds.kind(config.channels[channel].kind) if channel in config.channels else None
+            if (kind is not None and kind.quiet_hours_expected and step.quiet_hours is None
+                    and channel not in config.quiet_hours):
+                warnings.append(doc.issue(where + ("id",), f"step '{step.id}' sends {kind.label} without quiet hours",
                                           fix=f"add quiet_hours: {{start: '21:00', end: '08:00'}} to the step or defaults.quiet_hours.{channel} in {config.file}",
                                           severity="warning"))
     warnings += renamed_steps(doc, campaign, config)

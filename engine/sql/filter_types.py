@@ -21,6 +21,7 @@ from typing import Mapping
 
 from sqlglot import exp
 
+from engine.channel_kinds import contact_fields
 from engine.errors import FilterError
 from engine.sql.filters import source_offset
 from engine.model import CUSTOMER_FACTS, SINCE_TRIGGER_FACTS, ProjectConfig
@@ -46,9 +47,10 @@ FACT_KINDS = {
     "order_count": "number", "total_spent": "number", "first_order_at": "instant", "last_order_at": "instant",
     "last_payment_method": "text", "ordered_since_trigger": "boolean", "came_back_since_trigger": "boolean",
 }
-#: Canonical customer columns whose kind the entity model implies (when mapped to a plain column).
+#: Canonical customer columns whose kind the entity model implies (when mapped to a plain column):
+#: every channel kind's contact field holds text.
 CUSTOMER_COLUMN_KINDS = {
-    "email": "text", "phone": "text", "first_name": "text", "last_name": "text", "locale": "text",
+    **{field: "text" for field in contact_fields()}, "first_name": "text", "last_name": "text", "locale": "text",
     "timezone": "text", "created_at": "instant", "birthday": "instant", "unsubscribed_at": "instant",
 }
 #: What an allowed function returns, and the kind its arguments must have (None: any).

@@ -1,12 +1,13 @@
 """Message templates: Jinja2 in a budgeted, read-only sandbox, strict about undefined variables.
 
-A message template is one file with named blocks: ``subject``, ``text`` and
-``html`` for email, ``text`` for SMS. The ``html`` block is rendered with
-autoescaping on, ``subject`` and ``text`` with it off, from two environments
-over the same files, so a template author cannot forget to escape HTML and
-plain text is never double-escaped. An email template fills in the locked
-layout (layout.py); the engine appends the layout's footer with the
-unsubscribe link to both parts itself. The sandbox and the render budgets
+A message template is one file with named blocks, the parts its channel kind
+declares (engine.channel_kinds: ``subject``, ``text`` and ``html`` for email,
+``text`` for SMS). The ``html`` block is rendered with autoescaping on, the
+others with it off, from two environments over the same files, so a template
+author cannot forget to escape HTML and plain text is never double-escaped. A
+template of a kind with ``locked_layout`` (email) fills in the locked layout
+(layout.py); the engine appends the layout's footer with the unsubscribe link
+to both parts itself. The sandbox and the render budgets
 are sandbox.py's, the loader that stays in the templates folder is
 template_loader.py's. Owns Jinja2 rendering; no other I/O than reading
 templates.
@@ -21,17 +22,11 @@ import jinja2
 from jinja2 import nodes
 from markupsafe import escape
 
+from engine import channel_kinds
 from engine.errors import TemplateError
 from engine.templating.layout import EMAIL_LAYOUT, FOOTERS, lock_violations
 from engine.templating.sandbox import BudgetExceeded, Limits, TemplateSandbox, budget, read_only
 from engine.templating.loader import FolderLoader, TemplateOutsideFolder, TemplateTooLarge
-
-#: Blocks each channel kind needs: (required, optional).
-REQUIRED_BLOCKS = {
-    "email": (("subject",), ("text", "html")),
-    "sms": (("text",), ()),
-}
-
 
 @dataclass(frozen=True)
 class RenderedContent:
@@ -90,7 +85,8 @@ class Renderer:
         missing = self._missing_blocks(name, kind)
         if missing:
             return missing
-        if kind == "email" and self.layout is not None:
+        locked = channel_kinds.kind(kind).locked_layout and self.layout is not None
+        if locked:
             violations = lock_violations(self._plain, name, self.layout)
             if violations:
                 return [TemplateProblem(f"{v.message} ({v.file}" + (f":{v.line})" if v.line else ")"), line=v.line, fix=v.fix)
@@ -101,7 +97,7 @@ class Renderer:
                 blocks = set(self._render_blocks(name, data, html=False).names)
                 if "html" in blocks:
                     self._render_blocks(name, data, html=True)
-                if kind == "email" and self.layout is not None:
+                if locked:
                     self._footers(data, html="html" in blocks)
         except jinja2.UndefinedError as exc:
             known = ", ".join(sorted(sample))
@@ -137,16 +133,16 @@ class Renderer:
                 parents = [e.template.value for e in tree.find_all(nodes.Extends) if isinstance(e.template, nodes.Const)]
                 current = parents[0] if parents else None
         problems = []
-        required, optional = REQUIRED_BLOCKS[kind]
-        for block in required:
+        declared = channel_kinds.kind(kind)
+        for block in declared.required_parts:
             if block not in blocks:
                 fix = (f'extend the locked layout: {{% extends "{self.layout}" %}} and fill in {{% block title %}}...{{% endblock %}}'
-                       if kind == "email" and self.layout is not None else f"add {{% block {block} %}}...{{% endblock %}}")
+                       if declared.locked_layout and self.layout is not None else f"add {{% block {block} %}}...{{% endblock %}}")
                 problems.append(TemplateProblem(f"template '{name}' has no '{block}' block, which {kind} messages need", fix=fix))
-        if optional and not blocks & set(optional):
+        if declared.body_parts and not blocks & set(declared.body_parts):
             problems.append(TemplateProblem(
-                f"template '{name}' has none of the blocks {', '.join(optional)}",
-                fix="add a text or html block with the message body"))
+                f"template '{name}' has none of the blocks {', '.join(declared.body_parts)}",
+                fix=f"add a {' or '.join(declared.body_parts)} block with the message body"))
         return problems
 
     def _reference_problems(self, name: str) -> list[TemplateProblem]:
@@ -223,15 +219,17 @@ class Renderer:
         an error in its expressions, a broken layout) is a ``TemplateError``
         naming the template and the reason; nothing else escapes.
         """
+        declared = channel_kinds.kind(kind)
+        locked = declared.locked_layout and self.layout is not None
         try:
             with budget(self.limits):
                 data = read_only(context)
-                if kind == "email" and self.layout is not None:
+                if locked:
                     self._require_lock(name)
                 parts = self._render_blocks(name, data, html=False)
                 html = self._render_blocks(name, data, html=True).get("html") if "html" in parts.names else None
                 text = parts.get("text")
-                if kind == "email" and self.layout is not None:
+                if locked:
                     footer_text, footer_html = self._footers(data, html=html is not None)
                     text = (text or "") + footer_text
                     html = html + footer_html if html is not None else None
@@ -247,7 +245,7 @@ class Renderer:
         subject = parts.get("subject")
         if subject is not None:
             subject = " ".join(subject.split())
-        return RenderedContent(subject=subject if kind == "email" else None,
+        return RenderedContent(subject=subject if "subject" in declared.parts else None,
                                text=text.strip() if text is not None else None,
                                html=html.strip() if html is not None else None)
 

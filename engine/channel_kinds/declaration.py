@@ -1,0 +1,110 @@
+"""What a channel kind declares: everything the rest of the engine needs to know about it.
+
+A ``ChannelKind`` is pure data (and a few pure functions): which customer
+column holds the address and when an address is usable, the consent column,
+the unsubscribe scope, the template parts and the file suffix of its
+templates, the headers every message carries, whether a step without quiet
+hours is worth a warning, how an address is suppressed, and the transports
+that carry it. A ``Transport`` names a transport of engine.yaml, the settings
+it needs and the module (in engine.channels) whose ``open_session(config,
+root)`` opens a session - by name, so these declarations sit below the spec
+layer that validates engine.yaml while the transports sit above it (they
+resolve ``${...}`` settings with spec.config). Owns the declaration types;
+must not import anything of the engine (every layer reads it).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+
+@dataclass(frozen=True)
+class Transport:
+    """A transport of engine.yaml (``transport: smtp``): the settings it needs and its module."""
+
+    name: str
+    #: settings a channel with this transport must have (engine.yaml says which is missing)
+    needs: tuple[str, ...]
+    #: the module in engine.channels whose ``open_session(config, root)`` opens a session
+    module: str
+
+
+#: The parts a message carries (engine.channels.base.OutgoingMessage, the ledger's stored content);
+#: a kind's template blocks are some of them ("html" rendered with autoescaping).
+MESSAGE_PARTS = ("subject", "text", "html")
+
+#: The file outbox (no server: the demo, tests); every kind can write to it.
+FILE_OUTBOX = Transport("file", ("path",), "engine.channels.outbox")
+
+
+def no_headers(unsubscribe_url: str) -> Mapping[str, str]:
+    return {}
+
+
+def present(address: object) -> bool:
+    """Any non-empty value is an address (what the engine checks of emails and phone numbers today)."""
+    return bool(address)
+
+
+def as_given(address: str) -> str:
+    return address
+
+
+def no_address(rng: random.Random, first_name: str, last_name: str, customer_id: int) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class ChannelKind:
+    """One kind of channel (``kind:`` in engine.yaml), declared once in its module of engine.channel_kinds."""
+
+    #: the kind's name in engine.yaml, the ledger, unsubscribe links and the outbox's folders
+    name: str
+    #: how messages speak of it ("sends SMS without quiet hours")
+    label: str
+    #: the customer column (an optional column of the customers source) holding the address
+    contact_field: str
+    #: the shop's optional boolean customer column: false means no consent for this kind
+    consent_column: str
+    #: the transports that carry this kind, in the order the fix of a wrong one lists them
+    transports: tuple[Transport, ...]
+    #: template blocks every message of this kind needs
+    required_parts: tuple[str, ...]
+    #: template blocks of which a message needs at least one (the body); () when none is asked for
+    body_parts: tuple[str, ...] = ()
+    #: templates of this kind are named ``<name><template_suffix>`` (a convention, tested on the shipped ones)
+    template_suffix: str = ".j2"
+    #: templates fill in the shop's locked layout, and the engine appends its footer (unsubscribe link)
+    locked_layout: bool = False
+    #: a message is an RFC 5322 document (MIME parts): the outbox writes .eml files, show-message prints it
+    rfc5322: bool = False
+    #: a step sending this kind without quiet hours gets a warning from engine validate
+    quiet_hours_expected: bool = False
+    #: the headers every message carries, given its unsubscribe link
+    headers: Callable[[str], Mapping[str, str]] = no_headers
+    #: whether a customer's contact value can receive a message (else the message is skipped: no_contact)
+    usable_address: Callable[[object], bool] = present
+    #: the form in which an address is suppressed after a permanent failure, and looked up
+    suppression_key: Callable[[str], str] = as_given
+    #: a demo customer's address (the embedded demo shop), drawn from ``rng``; None: the customer has none
+    sample_address: Callable[[random.Random, str, str, int], str | None] = no_address
+    #: the scope an unsubscribe from this kind is recorded under ("all" covers every kind); default: its name
+    unsubscribe_scope: str = field(default="")
+
+    def __post_init__(self) -> None:
+        unknown = [part for part in self.required_parts + self.body_parts if part not in MESSAGE_PARTS]
+        if unknown:
+            raise ValueError(f"channel kind '{self.name}': template parts {unknown} are not message parts "
+                             f"({', '.join(MESSAGE_PARTS)}); a message carries only those")
+        if not self.unsubscribe_scope:
+            object.__setattr__(self, "unsubscribe_scope", self.name)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Every template block a message of this kind is made of."""
+        return self.required_parts + tuple(p for p in self.body_parts if p not in self.required_parts)
+
+    @property
+    def transport_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.transports)
