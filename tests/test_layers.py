@@ -179,3 +179,11 @@ def test_the_private_name_check_finds_each_form(tmp_path):
     (package / "e.py").write_text("_own = 1\nprint(_own)\nimport json\njson._private = 1\n")
     assert private_imports(package) == ["engine.b: engine.a._hidden", "engine.c: engine.a._hidden",
                                         "engine.sub.d: engine.a._hidden"]
+
+
+def test_every_package_of_the_engine_is_installed():
+    """pyproject.toml lists the packages a wheel (and an editable install) carries: a new package of
+    engine/ missing there would import from a checkout and fail once installed."""
+    listed = set(tomllib.loads(CONFIG.read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(path.parent.relative_to(ROOT).parts) for path in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set()

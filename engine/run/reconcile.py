@@ -64,7 +64,7 @@ class Reconciler:
 
     def close(self) -> None:
         self.warehouse.dispose()
-        self.ledger.db.dispose()
+        self.ledger.close()
 
     def campaigns(self, names: list[str] | None = None) -> list[Campaign]:
         if names:

@@ -52,6 +52,10 @@ class LedgerReader:
         """The sqlglot dialect of the ledger's database, for queries given to ``select`` / ``stream``."""
         return self.db.dialect.name
 
+    def close(self) -> None:
+        """Close the ledger database's connections (a pass's end, a command's)."""
+        self.db.dispose()
+
     def check(self) -> None:
         """Connect once; an unreachable ledger raises ``WarehouseError`` naming it."""
         self.db.check()
