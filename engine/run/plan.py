@@ -59,7 +59,7 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
 
         def rows_of(campaign: Campaign) -> Iterator[list]:
             query = due_query(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
-                              shared_facts=shared, zones=zones, state=relations)
+                              shared_facts=shared, zones=zones, state=relations or None)
             for entity in shared_facts_used(query):
                 if entity not in created:
                     drop_facts(session, config, entity)
