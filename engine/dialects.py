@@ -124,8 +124,11 @@ def dialect_of_backend(backend: str) -> Dialect:
     return found if found is not None else Dialect(backend)
 
 
-def drop_temporary_table(dialect: Dialect, table: str) -> str | None:
-    """DROP TABLE IF EXISTS of a session's temporary ``table``, by its temporary schema; None where
-    the dialect cannot name that schema (an unqualified DROP would drop a permanent table)."""
+def drop_temporary_table(dialect: Dialect, table: str, created: bool = False) -> str | None:
+    """DROP TABLE IF EXISTS of a session's temporary ``table``, by its temporary schema. Where the
+    dialect cannot name that schema an unqualified DROP could hit a permanent table of the same name,
+    so it is only given for a table this session ``created``; None otherwise."""
     schema = dialect.temporary_schema
-    return f"DROP TABLE IF EXISTS {schema}.{table}" if schema else None
+    if schema:
+        return f"DROP TABLE IF EXISTS {schema}.{table}"
+    return f"DROP TABLE {table}" if created else None

@@ -22,7 +22,7 @@ from engine.progress import Progress
 from engine.run.messages import DueMessage
 from engine.dialects import dialect_named
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, MAX_ZONES, SHARED_FACTS, VARIANT_PREFIX,
+    CUSTOMER_PREFIX, MAX_ZONES, VARIANT_PREFIX,
     render_sql, shared_facts_create, shared_facts_drop, shared_facts_used, variant_columns, zones_query,
 )
 from engine.run.ledger_state import shipped_state
@@ -80,9 +80,7 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
 def drop_facts(session: Session, config: ProjectConfig, entity: str, created: bool = False) -> None:
     """Drop a pass's fact table: by its temporary schema where the dialect can name it (never a
     permanent table of the same name); elsewhere only a table this pass ``created``."""
-    statement = shared_facts_drop(entity, config.dialect)
-    if statement is None and created:
-        statement = f"DROP TABLE {SHARED_FACTS[entity]}"
+    statement = shared_facts_drop(entity, config.dialect, created)
     if statement is not None:
         session.execute(statement)
 

@@ -253,11 +253,11 @@ def shared_facts_create(entity: str, config: ProjectConfig, now: datetime) -> ex
                       properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
 
 
-def shared_facts_drop(entity: str, dialect: str) -> str | None:
+def shared_facts_drop(entity: str, dialect: str, created: bool = False) -> str | None:
     """DROP TABLE IF EXISTS for one ``SHARED_FACTS`` table left on a pooled connection by an
     earlier pass, by the dialect's temporary schema so that it can never drop a permanent table of
-    the same name; None where that schema cannot be named (nothing is dropped then)."""
-    return drop_temporary_table(dialect_named(dialect), SHARED_FACTS[entity])
+    the same name; where that schema cannot be named, only a table this pass ``created`` (else None)."""
+    return drop_temporary_table(dialect_named(dialect), SHARED_FACTS[entity], created)
 
 
 def shared_facts_used(query: exp.Expression) -> list[str]:

@@ -123,10 +123,7 @@ def create_copy(table: str, dialect: str) -> str:
 def drop_copy(table: str, dialect: str, created: bool = False) -> str | None:
     """DROP of the pass's copy: by the temporary schema where the dialect names it (never a permanent
     table of the same name); elsewhere only one this pass ``created`` (else None)."""
-    statement = drop_temporary_table(dialect_named(dialect), PASS_TABLES[table])
-    if statement is not None:
-        return statement
-    return f"DROP TABLE {PASS_TABLES[table]}" if created else None
+    return drop_temporary_table(dialect_named(dialect), PASS_TABLES[table], created)
 
 
 def insert_copy(table: str, rows: Sequence[tuple], dialect: str) -> Iterable[str]:
