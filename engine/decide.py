@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import functools
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -19,8 +20,14 @@ from engine.model import QuietHours, Step, Variant
 
 
 def customer_zone(name: object, default: str) -> ZoneInfo:
-    """The customer's time zone, or the project's default when unknown or invalid."""
-    if isinstance(name, str) and name:
+    """The customer's time zone, or the project's default when unknown or invalid (cached: a pass
+    asks this for every due row, of a few distinct zones)."""
+    return _zone(name if isinstance(name, str) else "", default)
+
+
+@functools.lru_cache(maxsize=1024)
+def _zone(name: str, default: str) -> ZoneInfo:
+    if name:
         try:
             return ZoneInfo(name)
         except (ZoneInfoNotFoundError, ValueError):

@@ -8,7 +8,6 @@ the ledger or the warehouse's own tables (the pass's temporary fact tables aside
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -133,11 +132,6 @@ class RowLayout:
         self.split_steps = {step.id for step in campaign.steps if any(v.percent is not None for v in step.variants)}
 
 
-@functools.lru_cache(maxsize=1024)
-def _zone(name: object, default: str):
-    return customer_zone(name, default)
-
-
 def decide_row(campaign: Campaign, row, now: datetime, config: ProjectConfig,
                layout: RowLayout | None = None) -> DueMessage | None:
     """What to do with one candidate row, or None when it is not due (yet, or any more).
@@ -151,7 +145,7 @@ def decide_row(campaign: Campaign, row, now: datetime, config: ProjectConfig,
     customer_id = customer["customer_id"] = str(row[layout.customer_id])
     trigger_key = row[layout.trigger_key]
     if layout.yearly:
-        zone = _zone(customer.get("timezone"), config.default_timezone)
+        zone = customer_zone(customer.get("timezone"), config.default_timezone)
         instance = anniversary_instance(parse_stored_date(row[layout.anniversary]), step, now, zone)
         if instance is None:
             return None
@@ -163,7 +157,7 @@ def decide_row(campaign: Campaign, row, now: datetime, config: ProjectConfig,
     if step.send_at is None:  # the common case needs no time zone
         due_at = trigger_at + step.delay
     else:
-        due_at = due_time(trigger_at, step, _zone(customer.get("timezone"), config.default_timezone))
+        due_at = due_time(trigger_at, step, customer_zone(customer.get("timezone"), config.default_timezone))
     if due_at > now:
         return None
     if step.freshness is not None and now > due_at + step.freshness + config.stale_horizon:

@@ -27,7 +27,6 @@ the ledger, writes nothing; must not send, render or record.
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -181,11 +180,6 @@ def retry_inputs(config: ProjectConfig, ledger: Ledger, now: datetime, all_campa
                         recency=None, first_attempt=False)
 
 
-@functools.lru_cache(maxsize=1024)
-def _zone(name: object, default: str):
-    return customer_zone(name, default)
-
-
 def channel_choice(batch: list, inputs: PolicyInputs) -> list:
     """Contact data, consent, unsubscribes, suppressions: ``choose_channels``."""
     return choose_channels(inputs.config, inputs.ledger, batch, inputs.channel_of)
@@ -218,7 +212,7 @@ def quiet_hours(batch: list, inputs: PolicyInputs) -> list:
     decided = []
     for m in batch:
         if m.action == "send":
-            zone = _zone(m.customer.get("timezone"), inputs.config.default_timezone)
+            zone = customer_zone(m.customer.get("timezone"), inputs.config.default_timezone)
             if in_quiet_hours(inputs.now, quiet_hours_of(inputs, m.campaign, m.step, m.channel), zone):
                 m = replace(m, action="defer", reason="quiet_hours")
         decided.append(m)

@@ -459,14 +459,8 @@ class Ledger(LedgerReader, LedgerWriter):
             if kind == "remove_tag":
                 self.db.execute(tags_table.delete().where(tags_table.c.customer_id == customer_id, tags_table.c.tag == tag))
                 continue
-            row = {"customer_id": customer_id, "tag": tag, "campaign": campaign, "set_at": _naive(now)}
-            if self.db.dialect.on_conflict_insert is not None:
-                self.db.execute(_conflict_insert(self.db.dialect)(tags_table).values(row).on_conflict_do_nothing())
-            else:  # pragma: no cover - other backends
-                try:
-                    self.db.execute(tags_table.insert().values(row))
-                except Exception:  # noqa: BLE001 - already tagged
-                    pass
+            self._insert_ignore(tags_table, {"customer_id": customer_id, "tag": tag, "campaign": campaign,
+                                             "set_at": _naive(now)})
 
     def record_entries(self, rows: list[tuple[str, str, str, datetime]]) -> None:
         """Record segment entries (campaign, customer_id, trigger_key, entered_at) computed in a warehouse
