@@ -87,6 +87,8 @@ def open_ledger(config: ProjectConfig, warehouse: Database, writes: bool) -> tup
         if path is not None and not path.exists():
             return _empty_ledger(), False
         db = Database(url)
+    if migrations.at_head(db):  # the usual case: one query, no alembic import at start-up
+        return Ledger(db), shares
     try:
         status = migrations.status(db)
     except WarehouseError as exc:

@@ -150,6 +150,11 @@ def ensure(db: Database, version_locations: Sequence[Path] = ()) -> list[str]:
         raise _error(db, "cannot create or upgrade the ledger tables in", exc) from None
 
 
+def at_head(db: Database) -> bool:
+    """Whether ``db``'s ledger is at this engine's head: the fast path's one query, no alembic import."""
+    return _probe(db) == (HEAD,)
+
+
 def _probe(db: Database) -> tuple[str, ...] | None:
     """The fast path's one query; None when it cannot tell (no version table yet, or an error that
     the locked path then reports properly)."""
