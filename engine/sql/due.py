@@ -61,8 +61,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     attributes = filter_attributes(config)
     width = variant_columns(campaign)
     selects = []
-    for step in campaign.steps:
-        window = step_window(step, now, config.stale_horizon)
+    for step, window in zip(campaign.steps, windows):
         conditions = kind.window(builder, window)
         if conditions is None:  # the common case: the instant between the window's bounds
             conditions = [col("t", "trigger_at") <= builder.ts(window.due_cutoff)]
@@ -106,7 +105,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
         )
         query = builder.join_facts(query, col("t", "customer_id")).where(*conditions)
-        if exclude_ledger and keys_in_sql(campaign):
+        if exclude_ledger and kind.keys_in_sql:
             query = without_ledger_rows(query, campaign, step)
         selects.append(query)
     body: exp.Query = selects[0]
