@@ -412,8 +412,8 @@ def synthetic_messages(count: int) -> list:
     html = "<html><body><p>Hello {name},</p><p>" + "Thank you for your first order, here is what we picked. " * 13 + "</p></body></html>\n"
     return [OutgoingMessage(
         key=f"bench:mail:{i}:{i}", kind="email", to=f"customer{i}@example.com", sender="Shop <shop@example.com>",
-        subject="Thank you for your first order", text=text.format(name=f"Customer {i}"),
-        html=html.format(name=f"Customer {i}"),
+        parts={"subject": "Thank you for your first order", "text": text.format(name=f"Customer {i}"),
+               "html": html.format(name=f"Customer {i}")},
         headers={"List-Unsubscribe": f"<https://shop.example.com/unsubscribe?c={i}&sig=0123456789abcdef>",
                  "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}) for i in range(1, count + 1)]
 

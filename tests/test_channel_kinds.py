@@ -103,7 +103,8 @@ def ring(unsubscribe_url):
 KIND = ChannelKind(
     name="pigeon", label="pigeons", contact_field="loft", consent_column="pigeon_consent",
     transports=(Transport("loft", ("roost",), "engine.channels.loft"), FILE_OUTBOX),
-    required_parts=("subject",), body_parts=("text",), template_suffix=".pigeon.j2", quiet_hours_expected=True, headers=ring,
+    required_parts=("subject",), body_parts=("text",), optional_parts=("leg_band",), template_suffix=".pigeon.j2",
+    quiet_hours_expected=True, headers=ring,
     usable_address=lambda address: bool(address) and str(address).startswith("loft-"),
 )
 '''
@@ -128,7 +129,8 @@ class Loft:
 
     def send(self, message):
         (self.folder / f"{message.to}.json").write_text(json.dumps(
-            {"to": message.to, "subject": message.subject, "text": message.text, "headers": dict(message.headers)}))
+            {"to": message.to, "subject": message.subject, "text": message.text, "leg_band": message.parts.get("leg_band"),
+             "headers": dict(message.headers)}))
         return Delivered(provider_id=message.to)
 
     def close(self):
@@ -215,7 +217,7 @@ def test_a_new_kind_is_its_module_its_schema_entry_and_nothing_else(tmp_path):
     # validate: the template parts the kind declares, and its quiet-hours warning
     result = engine_cli("validate")
     assert result.returncode == 1 and "has no 'subject' block, which pigeon messages need" in result.stdout, result.stdout
-    template.write_text("{% block subject %}Coo{% endblock %}"
+    template.write_text("{% block subject %}Coo{% endblock %}{% block leg_band %} band {{ customer.first_name }}\n{% endblock %}"
                         "{% block text %}Hello {{ customer.first_name }}, coo {{ unsubscribe_url }}{% endblock %}\n")
     result = engine_cli("validate")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -235,15 +237,19 @@ def test_a_new_kind_is_its_module_its_schema_entry_and_nothing_else(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     sent = json.loads((root / "var" / "roost" / "loft-1.json").read_text())
     assert sent["text"].startswith("Hello C1, coo https://") and sent["subject"] == "Coo"
+    assert sent["leg_band"] == "band C1"  # a part of the kind's own, rendered and trimmed like every part
     assert sent["headers"]["X-Ring"] in sent["text"] and "k=pigeon" in sent["headers"]["X-Ring"]
     assert sorted(p.name for p in (root / "var" / "roost").iterdir()) == ["loft-1.json"]
 
 
-def test_a_kind_may_only_declare_parts_a_message_carries():
+def test_a_kind_may_not_name_a_part_after_a_field_of_the_stored_message():
     import pytest
 
     from engine.channel_kinds.declaration import FILE_OUTBOX, ChannelKind
 
-    with pytest.raises(ValueError, match=r"template parts \['coo'\] are not message parts"):
-        ChannelKind(name="pigeon", label="pigeons", contact_field="loft", consent_column="pigeon_consent",
-                    transports=(FILE_OUTBOX,), required_parts=("coo",))
+    for name in ("to", "headers", "not an identifier"):
+        with pytest.raises(ValueError, match=r"cannot be part names"):
+            ChannelKind(name="pigeon", label="pigeons", contact_field="loft", consent_column="pigeon_consent",
+                        transports=(FILE_OUTBOX,), required_parts=("coo",), optional_parts=(name,))
+    assert ChannelKind(name="pigeon", label="pigeons", contact_field="loft", consent_column="pigeon_consent",
+                       transports=(FILE_OUTBOX,), required_parts=("coo",)).parts == ("coo",)

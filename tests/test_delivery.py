@@ -487,7 +487,7 @@ def test_dispatch_syncs_a_session_before_the_ledger_records_what_it_sent():
         events.append(("record", tuple(messages[i][1].key for i, _ in done), "store", tuple(messages[i][1].key for i in group)))
         return set(group)
 
-    messages = [("outbox", OutgoingMessage(key=f"k{i}", kind="sms", to="+491", sender="Shop", subject=None, text="hi", html=None))
+    messages = [("outbox", OutgoingMessage(key=f"k{i}", kind="sms", to="+491", sender="Shop", parts={"text": "hi"}))
                 for i in range(7)]
     results = send_all(messages, {"outbox": Recording()}, hand_over, {"outbox": 3})
     assert [r.message.key for r in results] == [f"k{i}" for i in range(7)]

@@ -23,8 +23,9 @@ from test_smtp_connections import commands, envelope, expected_keys
 def message(i: int, to: str | None = None) -> OutgoingMessage:
     # lines starting with a dot must be dot-stuffed on the wire and arrive unchanged
     return OutgoingMessage(key=f"test:mail:{i}:{i}", kind="email", to=to or f"c{i}@example.com",
-                           sender="Shop <shop@example.com>", subject=f"Message {i}",
-                           text=f"Hello {i},\n.a line with a leading dot\n.\n..two dots\nbye\n", html=None)
+                           sender="Shop <shop@example.com>",
+                           parts={"subject": f"Message {i}",
+                                  "text": f"Hello {i},\n.a line with a leading dot\n.\n..two dots\nbye\n"})
 
 
 def send_over_one_session(port: int, messages: list[OutgoingMessage], **settings) -> list:

@@ -30,9 +30,9 @@ class Transport:
     module: str
 
 
-#: The parts a message carries (engine.channels.base.OutgoingMessage, the ledger's stored content);
-#: a kind's template blocks are some of them ("html" rendered with autoescaping).
-MESSAGE_PARTS = ("subject", "text", "html")
+#: Names a template part cannot take: the other fields of a stored message (engine.run.dispatch.serialize
+#: keeps the parts beside them, so a kind's parts are free names except these).
+RESERVED_NAMES = frozenset({"kind", "to", "from", "headers", "discount_code", "parts", "key"})
 
 #: The file outbox (no server: the demo, tests); every kind can write to it.
 FILE_OUTBOX = Transport("file", ("path",), "engine.channels.outbox")
@@ -73,6 +73,11 @@ class ChannelKind:
     required_parts: tuple[str, ...]
     #: template blocks of which a message needs at least one (the body); () when none is asked for
     body_parts: tuple[str, ...] = ()
+    #: template blocks a message may have (an icon, a click URL)
+    optional_parts: tuple[str, ...] = ()
+    #: parts rendered with HTML autoescaping (every other part is plain text, whitespace-trimmed;
+    #: a part named "subject" is also folded onto one line)
+    html_parts: tuple[str, ...] = ("html",)
     #: templates of this kind are named ``<name><template_suffix>`` (a convention, tested on the shipped ones)
     template_suffix: str = ".j2"
     #: templates fill in the shop's locked layout, and the engine appends its footer (unsubscribe link)
@@ -93,17 +98,17 @@ class ChannelKind:
     unsubscribe_scope: str = field(default="")
 
     def __post_init__(self) -> None:
-        unknown = [part for part in self.required_parts + self.body_parts if part not in MESSAGE_PARTS]
-        if unknown:
-            raise ValueError(f"channel kind '{self.name}': template parts {unknown} are not message parts "
-                             f"({', '.join(MESSAGE_PARTS)}); a message carries only those")
+        reserved = [part for part in self.parts if part in RESERVED_NAMES or not part.isidentifier()]
+        if reserved:
+            raise ValueError(f"channel kind '{self.name}': template parts {reserved} cannot be part names "
+                             f"(reserved: {', '.join(sorted(RESERVED_NAMES))}; a part name is an identifier)")
         if not self.unsubscribe_scope:
             object.__setattr__(self, "unsubscribe_scope", self.name)
 
     @property
     def parts(self) -> tuple[str, ...]:
         """Every template block a message of this kind is made of."""
-        return self.required_parts + tuple(p for p in self.body_parts if p not in self.required_parts)
+        return tuple(dict.fromkeys(self.required_parts + self.body_parts + self.optional_parts))
 
     @property
     def transport_names(self) -> tuple[str, ...]:

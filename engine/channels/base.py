@@ -20,10 +20,21 @@ class OutgoingMessage:
     kind: str  # a channel kind (engine.channel_kinds)
     to: str
     sender: str
-    subject: str | None
-    text: str | None
-    html: str | None
+    #: the rendered template parts, by the names the kind declares (subject, text, html; title, body, ...)
+    parts: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def subject(self) -> str | None:
+        return self.parts.get("subject")
+
+    @property
+    def text(self) -> str | None:
+        return self.parts.get("text")
+
+    @property
+    def html(self) -> str | None:
+        return self.parts.get("html")
 
     def message_id(self) -> str:
         """A stable Message-ID derived from the ledger key (providers can deduplicate)."""

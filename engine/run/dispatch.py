@@ -21,21 +21,35 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
+from engine import channel_kinds
 from engine.channels import ChannelSession, Delivered, Failed, OutgoingMessage, Outcome
 from engine.faults import checkpoint
 from engine.model import RetryPolicy
 
 
+#: What a stored message holds besides its parts (a part cannot take these names: channel_kinds.declaration).
+_ENVELOPE = ("kind", "to", "from", "headers")
+
+
 def serialize(message: OutgoingMessage, extra: dict | None = None) -> str:
-    """The message as stored with its ledger row: enough to show it and to send it again identically."""
-    return json.dumps({"kind": message.kind, "to": message.to, "from": message.sender, "subject": message.subject,
-                       "text": message.text, "html": message.html, "headers": dict(message.headers), **(extra or {})})
+    """The message as stored with its ledger row: enough to show it and to send it again identically.
+
+    The parts sit beside the envelope, by their names, as they always have for
+    email and SMS (subject, text, html: None when absent), so rows written by
+    earlier releases read back the same.
+    """
+    parts = {"subject": None, "text": None, "html": None, **message.parts}
+    return json.dumps({"kind": message.kind, "to": message.to, "from": message.sender, **parts,
+                       "headers": dict(message.headers), **(extra or {})})
 
 
 def deserialize(key: str, content: str) -> OutgoingMessage:
     data = json.loads(content)
-    return OutgoingMessage(key=key, kind=data["kind"], to=data["to"], sender=data["from"], subject=data.get("subject"),
-                           text=data.get("text"), html=data.get("html"), headers=data.get("headers") or {})
+    declared = channel_kinds.KINDS.get(data["kind"])
+    names = declared.parts if declared is not None else ("subject", "text", "html")
+    parts = {name: data[name] for name in names if data.get(name) is not None}
+    return OutgoingMessage(key=key, kind=data["kind"], to=data["to"], sender=data["from"], parts=parts,
+                           headers=data.get("headers") or {})
 
 
 def next_attempt(policy: RetryPolicy, key: str, attempts: int, now: datetime) -> datetime | None:

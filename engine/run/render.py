@@ -63,7 +63,7 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         message = OutgoingMessage(
             key=m.key, kind=channel.kind, to=to,
             sender=str(channel.settings.get("from", "shop@example.com")),
-            subject=content.subject, text=content.text, html=content.html,
+            parts=content.parts,
             headers=kind.headers(context["unsubscribe_url"]),
         )
         rendered.messages.append((m, message))

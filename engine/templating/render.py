@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import jinja2
 from jinja2 import nodes
@@ -30,9 +30,22 @@ from engine.templating.loader import FolderLoader, TemplateOutsideFolder, Templa
 
 @dataclass(frozen=True)
 class RenderedContent:
-    subject: str | None
-    text: str | None
-    html: str | None
+    """The rendered parts of one message, by the part names its channel kind declares
+    (a part the template does not fill in is absent)."""
+
+    parts: Mapping[str, str]
+
+    @property
+    def subject(self) -> str | None:
+        return self.parts.get("subject")
+
+    @property
+    def text(self) -> str | None:
+        return self.parts.get("text")
+
+    @property
+    def html(self) -> str | None:
+        return self.parts.get("html")
 
 
 @dataclass(frozen=True)
@@ -94,9 +107,10 @@ class Renderer:
         try:
             with budget(self.limits):
                 data = read_only(sample)
-                blocks = set(self._render_blocks(name, data, html=False).names)
-                if "html" in blocks:
-                    self._render_blocks(name, data, html=True)
+                declared = channel_kinds.kind(kind)
+                blocks = set(self._render_blocks(name, data, html=False, wanted=_plain_parts(declared)).names)
+                if blocks & set(_html_parts(declared)):
+                    self._render_blocks(name, data, html=True, wanted=_html_parts(declared))
                 if locked:
                     self._footers(data, html="html" in blocks)
         except jinja2.UndefinedError as exc:
@@ -226,13 +240,14 @@ class Renderer:
                 data = read_only(context)
                 if locked:
                     self._require_lock(name)
-                parts = self._render_blocks(name, data, html=False)
-                html = self._render_blocks(name, data, html=True).get("html") if "html" in parts.names else None
-                text = parts.get("text")
+                parts = dict(plain := self._render_blocks(name, data, html=False, wanted=_plain_parts(declared)))
+                if plain.names & set(_html_parts(declared)):
+                    parts.update(self._render_blocks(name, data, html=True, wanted=_html_parts(declared)))
                 if locked:
-                    footer_text, footer_html = self._footers(data, html=html is not None)
-                    text = (text or "") + footer_text
-                    html = html + footer_html if html is not None else None
+                    footer_text, footer_html = self._footers(data, html="html" in parts)
+                    parts["text"] = parts.get("text", "") + footer_text
+                    if "html" in parts:
+                        parts["html"] += footer_html
         except TemplateError:
             raise
         except RecursionError:
@@ -242,12 +257,9 @@ class Renderer:
             raise TemplateError(f"template '{name}' failed to render: {reason}") from None
         except Exception as exc:  # noqa: BLE001 (a template's failure fails its message, never the pass)
             raise TemplateError(f"template '{name}' failed to render: {exc}{_where(exc)}") from None
-        subject = parts.get("subject")
-        if subject is not None:
-            subject = " ".join(subject.split())
-        return RenderedContent(subject=subject if "subject" in declared.parts else None,
-                               text=text.strip() if text is not None else None,
-                               html=html.strip() if html is not None else None)
+        # text parts are trimmed (after the engine appended the footer); a subject is one line
+        return RenderedContent({part: " ".join(value.split()) if part == "subject" else value.strip()
+                                for part, value in parts.items()})
 
     def _require_lock(self, name: str) -> None:
         """Refuse (at send time too) an email template that does not fill in the locked layout."""
@@ -274,7 +286,7 @@ class Renderer:
             parts.append(footer)
         return parts[0], parts[1] if html else ""
 
-    def _render_blocks(self, name: str, context: dict[str, Any], html: bool) -> "_Blocks":
+    def _render_blocks(self, name: str, context: dict[str, Any], html: bool, wanted: Iterable[str]) -> "_Blocks":
         """Render the message blocks of ``name``, following ``{% extends %}`` to its layout.
 
         Each part is the most derived version of its block, so a campaign
@@ -295,8 +307,6 @@ class Renderer:
             for parent in chain:
                 for block, render in parent.blocks.items():
                     ctx.blocks.setdefault(block, []).append(render)
-        wanted = ("html",) if html else ("subject", "text")
-        # text and html are stripped by render, after the engine appended the footer
         rendered = {block: "".join(ctx.blocks[block][0](ctx)) for block in wanted if block in ctx.blocks}
         return _Blocks(rendered, names=frozenset(ctx.blocks))
 
@@ -359,6 +369,16 @@ def _inside_block(top: nodes.Node, target: nodes.Node) -> bool:
         if target is block or any(target is n for n in block.find_all(type(target))):
             return True
     return False
+
+
+def _plain_parts(declared: channel_kinds.ChannelKind) -> tuple[str, ...]:
+    """The parts of a kind rendered without HTML autoescaping."""
+    return tuple(part for part in declared.parts if part not in declared.html_parts)
+
+
+def _html_parts(declared: channel_kinds.ChannelKind) -> tuple[str, ...]:
+    """The parts of a kind rendered with HTML autoescaping."""
+    return tuple(part for part in declared.parts if part in declared.html_parts)
 
 
 class _Blocks(dict):
