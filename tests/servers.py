@@ -175,7 +175,7 @@ class SmsProvider:
                         scripted = sink.script.get(body.get("to"))
                         status = scripted.pop(0) if scripted else sink.status_for.get(body.get("to"), 200)
                     # the status answered, so tests can tell deliveries (200) from refused attempts
-                    sink.requests.append({"body": body, "authorization": self.headers.get("Authorization"),
+                    sink.requests.append({"body": body, "raw": raw, "authorization": self.headers.get("Authorization"),
                                           "status": status, "idempotency_key": key, "replayed": replayed})
                     if not replayed:
                         payload = json.dumps({"id": f"sms-{len(sink.requests)}"} if status == 200 else {"error": "refused"}).encode()

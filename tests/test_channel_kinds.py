@@ -73,9 +73,11 @@ def test_the_registry_holds_what_the_engine_used_to_spell_out():
     assert (email.required_parts, email.body_parts, sms.required_parts, sms.body_parts) == (
         ("subject",), ("text", "html"), ("text",), ())
     assert email.transport_names == ("smtp", "file") and sms.transport_names == ("http", "file")
-    assert email.headers("https://x/u?c=1") == {"List-Unsubscribe": "<https://x/u?c=1>",
-                                                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
-    assert sms.headers("https://x/u?c=1") == {}
+    sent_by = dict(campaign="second order", sender="Shop <hello@shop.example.com>")
+    assert email.headers("https://x/u?c=1", **sent_by) == {
+        "List-Id": "<second-order.shop.example.com>", "List-Unsubscribe": "<https://x/u?c=1>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    assert sms.headers("https://x/u?c=1", **sent_by) == {}
     assert (email.locked_layout, email.rfc5322, email.quiet_hours_expected) == (True, True, False)
     assert (sms.locked_layout, sms.rfc5322, sms.quiet_hours_expected) == (False, False, True)
 
@@ -96,8 +98,8 @@ PIGEON = '''
 from engine.channel_kinds.declaration import FILE_OUTBOX, ChannelKind, Transport
 
 
-def ring(unsubscribe_url):
-    return {"X-Ring": unsubscribe_url}
+def ring(unsubscribe_url, *, campaign, sender):
+    return {"X-Ring": unsubscribe_url, "X-Flock": campaign}
 
 
 KIND = ChannelKind(
@@ -120,6 +122,11 @@ def open_session(config, root):
     return Loft(root / str(config.settings["roost"]))
 
 
+def document(message):
+    return json.dumps({"to": message.to, "subject": message.subject, "text": message.text,
+                       "leg_band": message.parts.get("leg_band"), "headers": dict(message.headers)}).encode()
+
+
 class Loft:
     def __init__(self, folder):
         self.folder = folder
@@ -128,9 +135,7 @@ class Loft:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def send(self, message):
-        (self.folder / f"{message.to}.json").write_text(json.dumps(
-            {"to": message.to, "subject": message.subject, "text": message.text, "leg_band": message.parts.get("leg_band"),
-             "headers": dict(message.headers)}))
+        (self.folder / f"{message.to}.json").write_bytes(message.document)
         return Delivered(provider_id=message.to)
 
     def close(self):

@@ -38,7 +38,7 @@ RESERVED_NAMES = frozenset({"kind", "to", "from", "headers", "discount_code", "p
 FILE_OUTBOX = Transport("file", ("path",), "engine.channels.outbox")
 
 
-def no_headers(unsubscribe_url: str) -> Mapping[str, str]:
+def no_headers(unsubscribe_url: str, *, campaign: str, sender: str) -> Mapping[str, str]:
     return {}
 
 
@@ -86,8 +86,8 @@ class ChannelKind:
     rfc5322: bool = False
     #: a step sending this kind without quiet hours gets a warning from engine validate
     quiet_hours_expected: bool = False
-    #: the headers every message carries, given its unsubscribe link
-    headers: Callable[[str], Mapping[str, str]] = no_headers
+    #: the headers every message carries, given its unsubscribe link (and, by keyword, its campaign and sender)
+    headers: Callable[..., Mapping[str, str]] = no_headers
     #: whether a customer's contact value can receive a message (else the message is skipped: no_contact)
     usable_address: Callable[[object], bool] = present
     #: the form in which an address is suppressed after a permanent failure, and looked up

@@ -23,6 +23,9 @@ class OutgoingMessage:
     #: the rendered template parts, by the names the kind declares (subject, text, html; title, body, ...)
     parts: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: the exact bytes handed to the provider (the transport module's ``document``), made once when the
+    #: message is rendered, kept with its ledger row and sent as they are by every attempt; None until then
+    document: bytes | None = None
 
     @property
     def subject(self) -> str | None:
@@ -56,15 +59,16 @@ class OutgoingMessage:
         non-ASCII or overlong header: RFC 2047 words, folding; a body line over
         998 bytes: quoted-printable) goes through ``to_email()``.
         """
-        boundary = f"==engine-{hashlib.sha256(self.key.encode()).hexdigest()[:32]}"
+        boundary = self.boundary()
         headers = [("From", self.sender), ("To", self.to), ("Subject", self.subject or ""),
                    ("Message-ID", self.message_id()), ("X-Engine-Message-Key", self.key), *self.headers.items()]
         text = _body(self.text or "", linesep)
         html = _body(self.html, linesep) if self.html else None
         if (not all(_plain_header(name, value) for name, value in headers) or text is None
                 or (self.html and (html is None or boundary.encode() in text or boundary.encode() in html))):
-            return self.to_email().as_bytes(policy=_POLICY.clone(linesep=linesep))
-        head = "".join(f"{name}: {value}{linesep}" for name, value in headers)
+            email = self.to_email()
+            return email.as_bytes(policy=email.policy.clone(linesep=linesep))
+        head = "".join(f"{name}: {value}{linesep}" if value else f"{name}:{linesep}" for name, value in headers)
         if html is None:
             return (f'{head}Content-Type: text/plain; charset="utf-8"{linesep}Content-Transfer-Encoding: {text[0]}{linesep}'
                     f"MIME-Version: 1.0{linesep}{linesep}").encode("ascii") + text[1]
@@ -80,9 +84,17 @@ class OutgoingMessage:
             nl + b"--" + boundary.encode("ascii") + b"--" + nl,
         ])
 
+    def boundary(self) -> str:
+        """The MIME boundary, derived from the key: the same message gives the same bytes."""
+        return f"==engine-{hashlib.sha256(self.key.encode()).hexdigest()[:32]}"
+
     def to_email(self) -> EmailMessage:
+        """The message built by the standard library's email package: the reference ``to_bytes``
+        writes the same bytes as (tests/test_email_bytes.py); non-ASCII addresses get the SMTPUTF8
+        form (RFC 6532: UTF-8 headers) that smtplib's send_message would send."""
         # no folding into encoded words: List-Unsubscribe must stay a plain <URL> (RFC 8058)
-        email = EmailMessage(policy=_POLICY)
+        policy = _POLICY if (self.sender + self.to).isascii() else _POLICY.clone(utf8=True)
+        email = EmailMessage(policy=policy)
         email["From"] = self.sender
         email["To"] = self.to
         email["Subject"] = self.subject or ""
@@ -93,6 +105,7 @@ class OutgoingMessage:
         email.set_content(self.text or "")
         if self.html:
             email.add_alternative(self.html, subtype="html")
+            email.set_boundary(self.boundary())
         return email
 
 

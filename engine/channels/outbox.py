@@ -26,6 +26,15 @@ def open_session(config: ChannelConfig, root: Path) -> "FileOutbox":
     return FileOutbox(config, root)
 
 
+def document(message: OutgoingMessage) -> bytes:
+    """What the outbox writes: an RFC 5322 kind's message as the .eml file's bytes (lines ending in
+    LF, as files on this system do); any other kind's as one JSON line {"key", "to", "from", <its
+    parts>} (without the line break)."""
+    if channel_kinds.kind(message.kind).rfc5322:
+        return message.to_bytes()
+    return json.dumps({"key": message.key, "to": message.to, "from": message.sender, **message.parts}).encode("utf-8")
+
+
 class FileOutbox:
     def __init__(self, config: ChannelConfig, root: Path):
         self.config = config
@@ -44,12 +53,13 @@ class FileOutbox:
     def send(self, message: OutgoingMessage) -> Outcome:
         try:
             folder = self.directory / message.kind
+            data = message.document if message.document is not None else document(message)
             if channel_kinds.kind(message.kind).rfc5322:
                 name = re.sub(r"[^A-Za-z0-9_.-]+", "_", message.key) + ".eml"
                 path = folder / name
                 partial = path.with_name(f".{name}.partial")
                 with open(partial, "wb") as file:
-                    file.write(message.to_bytes())
+                    file.write(data)
                     file.flush()
                     os.fsync(file.fileno())
                 os.replace(partial, path)
@@ -59,8 +69,7 @@ class FileOutbox:
                 self._lines = os.open(folder / "messages.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 self._lines_folder = folder
                 self._new_lines_file = True
-            line = json.dumps({"key": message.key, "to": message.to, "from": message.sender, "text": message.text}) + "\n"
-            os.write(self._lines, line.encode("utf-8"))  # one write of the whole line: in the file, or not at all
+            os.write(self._lines, data + b"\n")  # one write of the whole line: in the file, or not at all
             return Delivered(provider_id=message.key, detail="appended to outbox")
         except OSError as exc:
             return Failed(detail=f"outbox write failed: {exc}")

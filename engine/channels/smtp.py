@@ -55,6 +55,12 @@ def open_session(config: ChannelConfig, root: Path) -> "SmtpChannel":
     return SmtpChannel(config)
 
 
+def document(message: OutgoingMessage) -> bytes:
+    """What SMTP hands over: the RFC 5322 message, lines ending in CRLF (the DATA content before
+    dot-stuffing)."""
+    return message.to_bytes("\r\n")
+
+
 class SmtpChannel:
     def __init__(self, config: ChannelConfig):
         settings = config.settings
@@ -170,7 +176,7 @@ class SmtpChannel:
         # email package's header objects; otherwise send_message, which negotiates SMTPUTF8
         if not (message.sender + message.to).isascii():
             return self._send_message(smtp, message)
-        data = message.to_bytes("\r\n")
+        data = message.document if message.document is not None else document(message)
         if self.pipelining and smtp.has_extn("pipelining"):
             envelope = _envelope(message)
             if envelope is not None:
@@ -243,9 +249,15 @@ class SmtpChannel:
         return Delivered(provider_id=message.message_id(), detail="250 accepted")
 
     def _send_message(self, smtp: smtplib.SMTP, message: OutgoingMessage) -> Outcome:
-        """Non-ASCII addresses: smtplib's send_message negotiates SMTPUTF8."""
+        """Non-ASCII addresses: the document (UTF-8 headers) with SMTPUTF8, as smtplib's send_message
+        would negotiate it."""
+        data = message.document if message.document is not None else document(message)
         try:
-            refused = smtp.send_message(message.to_email())
+            smtp.ehlo_or_helo_if_needed()
+            if not smtp.has_extn("smtputf8"):
+                return Failed(detail="the server does not support SMTPUTF8, which a non-ASCII address needs",
+                              permanent=True)
+            refused = smtp.sendmail(message.sender, [message.to], data, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
         except smtplib.SMTPRecipientsRefused as exc:
             code, text = next(iter(exc.recipients.values()))
             return Failed(detail=_detail(code, text), permanent=code >= 500)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from engine import channel_kinds, logs, unsubscribe as unsubscribe_link
+from engine import logs, unsubscribe as unsubscribe_link
 from engine.service import settings
 from engine.clock import FixedClock, SystemClock, format_instant, parse_interval
 from engine.dialects import DIALECTS
@@ -282,13 +282,20 @@ def demo(project_dir: Path, reset: bool):
 
 @main.command(name="show-message")
 @click.argument("message_key")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the message's bytes to FILE (a letter's PDF) instead of standard output.")
 @click.pass_obj
 @handle_errors
-def show_message(project_dir: Path, message_key: str):
-    """Print a message exactly as it was sent (R-M5), with its ledger history."""
+def show_message(project_dir: Path, message_key: str, out: Path | None):
+    """Print a message exactly as it was sent (R-M5): the bytes handed to the provider, byte for byte.
+
+    Its ledger history goes to standard error, so standard output (or --out FILE) holds only the message.
+    """
+    from engine.channels import with_document
     from engine.run.dispatch import deserialize
 
     _, reconciler = _reconciler(project_dir)
+    config = reconciler.config
     try:
         row = reconciler.ledger.get(message_key)
     finally:
@@ -296,18 +303,28 @@ def show_message(project_dir: Path, message_key: str):
     if row is None:
         raise click.ClickException(f"no message with key '{message_key}' in the ledger (keys look like campaign:step:customer:trigger)")
     click.echo(f"# {row['message_key']}: {row['status']}" + (f" ({row['reason']})" if row["reason"] else "")
-               + f", attempts {row['attempts']}, updated {row['updated_at']}")
+               + f", attempts {row['attempts']}, updated {row['updated_at']}", err=True)
     if row["detail"]:
-        click.echo(mask(f"# provider: {row['detail']}"))
+        click.echo(mask(f"# provider: {row['detail']}"), err=True)
     if not row["content"]:
-        click.echo("# (nothing was rendered for this message)")
+        click.echo("# (nothing was rendered for this message)", err=True)
         return
     message = deserialize(message_key, row["content"])
-    kind = channel_kinds.KINDS.get(message.kind)
-    if kind is not None and kind.rfc5322:
-        click.echo(message.to_email().as_string())
-    else:
-        click.echo(f"To: {message.to}\nFrom: {message.sender}\n\n{message.text}")
+    document = message.document
+    if document is None:  # kept by a release that stored no documents: made again the way its channel makes it
+        channel = config.channels.get(row["channel"])
+        if channel is None:
+            raise click.ClickException(f"message '{message_key}' was stored without its bytes, and its channel "
+                                       f"'{row['channel']}' is no longer in engine.yaml to make them again")
+        document = with_document(channel, message).document
+        click.echo("# (stored before documents were kept: made again from its stored parts)", err=True)
+    if out is not None:
+        out.write_bytes(document)
+        click.echo(f"# written to {out} ({len(document)} bytes)", err=True)
+        return
+    stream = click.get_binary_stream("stdout")
+    stream.write(document)
+    stream.flush()
 
 
 @main.command()

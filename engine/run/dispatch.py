@@ -12,6 +12,7 @@ Must not decide, claim, render or write to the ledger: the send stage's
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import queue
@@ -36,11 +37,20 @@ def serialize(message: OutgoingMessage, extra: dict | None = None) -> str:
 
     The parts sit beside the envelope, by their names, as they always have for
     email and SMS (subject, text, html: None when absent), so rows written by
-    earlier releases read back the same.
+    earlier releases read back the same. The document - the exact bytes handed
+    to the provider - is kept as text when it is UTF-8 (an email, a JSON body)
+    and in base64 otherwise (a PDF), so ``engine show-message`` gives back
+    exactly what was sent and a resend after a crash sends the same bytes.
     """
     parts = {"subject": None, "text": None, "html": None, **message.parts}
-    return json.dumps({"kind": message.kind, "to": message.to, "from": message.sender, **parts,
-                       "headers": dict(message.headers), **(extra or {})})
+    stored = {"kind": message.kind, "to": message.to, "from": message.sender, **parts,
+              "headers": dict(message.headers), **(extra or {})}
+    if message.document is not None:
+        try:
+            stored["document"] = message.document.decode("utf-8")
+        except UnicodeDecodeError:  # a binary document (a PDF)
+            stored["document_base64"] = base64.b64encode(message.document).decode("ascii")
+    return json.dumps(stored)
 
 
 def deserialize(key: str, content: str) -> OutgoingMessage:
@@ -48,8 +58,14 @@ def deserialize(key: str, content: str) -> OutgoingMessage:
     declared = channel_kinds.KINDS.get(data["kind"])
     names = declared.parts if declared is not None else ("subject", "text", "html")
     parts = {name: data[name] for name in names if data.get(name) is not None}
+    if "document" in data:
+        document = data["document"].encode("utf-8")
+    elif "document_base64" in data:
+        document = base64.b64decode(data["document_base64"])
+    else:  # stored by a release that kept no documents: the transport makes it again when sending
+        document = None
     return OutgoingMessage(key=key, kind=data["kind"], to=data["to"], sender=data["from"], parts=parts,
-                           headers=data.get("headers") or {})
+                           headers=data.get("headers") or {}, document=document)
 
 
 def next_attempt(policy: RetryPolicy, key: str, attempts: int, now: datetime) -> datetime | None:

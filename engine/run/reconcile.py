@@ -123,7 +123,7 @@ class Reconciler:
             for batch in self.due(now, selected, failures=report.failed_campaigns):
                 record_decisions(batch, ledger, now, report)
                 claimed = claim(batch, ledger, sessions, now, report)
-                rendered = render(claimed, project, config, renderer, secret, sources, report)
+                rendered = render(claimed, project, config, renderer, secret, sources, report, now)
                 record_failures(rendered.failures, ledger, now)
                 sent = send(rendered.messages, rendered.contents, now, sessions, ledger, config, report)
                 record_sent(sent, project, ledger, now, report)

@@ -8,11 +8,13 @@ write to the ledger or send: the failures it returns are recorded by the caller.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import format_datetime
 
 from sqlglot import exp
 
 from engine import channel_kinds, unsubscribe
-from engine.channels import OutgoingMessage
+from engine.channels import OutgoingMessage, with_document
 from engine.clock import parse_stored_timestamp
 from engine.decide import discount_code
 from engine.errors import TemplateError
@@ -38,10 +40,12 @@ class Rendered:
 
 
 def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, renderer: Renderer, secret: str,
-           sources: SourceRows, report: PassReport) -> Rendered:
-    """Render every claimed message of a batch; ``secret`` signs unsubscribe links and discount codes."""
+           sources: SourceRows, report: PassReport, now: datetime) -> Rendered:
+    """Render every claimed message of a batch, each with its document (the bytes its transport hands
+    over); ``secret`` signs unsubscribe links and discount codes, ``now`` dates the messages."""
     contexts = TriggerContexts(sources, project, config).load(claimed)
     rendered = Rendered()
+    date = format_datetime(now.astimezone(timezone.utc))  # an RFC 5322 Date: the pass's instant
     for m in claimed:
         step = project.campaign(m.campaign).step(m.step)
         variant = step.variant(m.variant)
@@ -60,12 +64,13 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
             rendered.failures.append(as_record(m, "failed", reason="render_error", detail=str(exc)))
             report.add(m.campaign, m.step, "failed:render_error", channel=m.channel)
             continue
+        sender = str(channel.settings.get("from", "shop@example.com"))
+        headers = kind.headers(context["unsubscribe_url"], campaign=m.campaign, sender=sender)
         message = OutgoingMessage(
-            key=m.key, kind=channel.kind, to=to,
-            sender=str(channel.settings.get("from", "shop@example.com")),
-            parts=content.parts,
-            headers=kind.headers(context["unsubscribe_url"]),
+            key=m.key, kind=channel.kind, to=to, sender=sender, parts=content.parts,
+            headers={**({"Date": date} if kind.rfc5322 else {}), **headers},
         )
+        message = with_document(channel, message)
         rendered.messages.append((m, message))
         rendered.contents.append(serialize(message, {"discount_code": context.get("discount_code")}))
     return rendered

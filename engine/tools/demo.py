@@ -97,7 +97,7 @@ def _items(rng: random.Random, key: str, key_value: int) -> tuple[list[dict], fl
         quantity = rng.randint(1, 2)
         total += price * quantity
         item = {key: key_value, "product_id": product_id, "name": name, "quantity": quantity,
-                "price": price, "image_url": f"https://shop.example.com/img/{product_id}.jpg"}
+                "price": price, "image_url": f"https://beanandbrew.example/img/{product_id}.jpg"}
         if key == "order_id":
             item["category"] = CATEGORIES[product_id]
         items.append(item)
@@ -178,7 +178,7 @@ def _events(rng: random.Random, data: ShopData, customer_id: int, registered: da
         for _ in range(rng.randint(1, 4)):
             product_id, name, price = rng.choice(PRODUCTS)
             add("product_viewed", day - timedelta(minutes=rng.randint(0, 90)), product_id=product_id, product_name=name,
-                url=f"https://shop.example.com/p/{product_id}", image_url=f"https://shop.example.com/img/{product_id}.jpg",
+                url=f"https://beanandbrew.example/p/{product_id}", image_url=f"https://beanandbrew.example/img/{product_id}.jpg",
                 price=price)
     if rng.random() < 0.05:
         add("search", end - timedelta(days=1, hours=rng.uniform(0, 20)), search_query=rng.choice(SEARCHES))
