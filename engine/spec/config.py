@@ -146,6 +146,7 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         previous_code_secrets=defaults.get("previous_code_secrets", ProjectConfig.previous_code_secrets),
         is_demo=data.get("demo") not in (None, False),
         segments=dict(data.get("segments", {})),
+        currency=defaults.get("currency", ProjectConfig.currency),
         **_policies(doc, data.get("policies", {}), channels, issues),
     )
     issues += _segment_issues(doc, config)
