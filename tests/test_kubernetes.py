@@ -7,21 +7,31 @@ what the schemas cannot know: the pod runs as the Dockerfile's user on a
 read-only root with an emptyDir wherever the engine writes, probes and ports
 are the ones the image serves, credentials come only from the Secret, the PDB
 and the Service select the Deployment's pods, kustomization.yaml lists every
-manifest, and Dockerfile.project passes hadolint.
+manifest, and Dockerfile.project passes hadolint. Last, the engine runs as the
+pod does: the manifests' environment, a root filesystem remounted read-only in
+a mount namespace (unshare) with only the emptyDir paths writable; skipped
+where no mount namespace can be made, unless ENGINE_REQUIRE_READONLY_ROOT=1
+(CI), where that fails.
 """
 from __future__ import annotations
 
 import copy
+import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
+import urllib.error
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
+
+from servers import free_port
+from test_service import ENGINE, START_BOUND, ServiceProcess, live_project
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy" / "kubernetes"
@@ -156,3 +166,53 @@ def test_the_project_image_passes_hadolint():
     # the engine image's demo project is removed, not merged with the shop's
     assert re.search(r"rm -rf /app/engine.yaml /app/campaigns.d /app/templates", text)
     assert re.search(r"^USER 10001:10001$", text, re.M)
+
+
+def _read_only_root() -> list[str]:
+    """The prefix that runs a command in its own mount namespace (root here, else a user namespace)."""
+    prefix = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-r", "-m"]
+    probe = subprocess.run(prefix + ["sh", "-c", "mount --make-rprivate / && mount -o remount,bind,ro /"],
+                           capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        if os.environ.get("ENGINE_REQUIRE_READONLY_ROOT") == "1":
+            pytest.fail(f"ENGINE_REQUIRE_READONLY_ROOT=1 but no mount namespace here: {probe.stderr.strip()}")
+        pytest.skip(f"cannot make a read-only root in a mount namespace here: {probe.stderr.strip()}")
+    return prefix
+
+
+def test_the_service_runs_as_the_pod_does_on_a_read_only_root(tmp_path):
+    """`engine run` with the manifests' environment on a read-only root filesystem: only the emptyDir
+    paths (the project's var/ and $TMPDIR) writable. The probes' paths answer, a pass sends, SIGTERM ends it."""
+    prefix = _read_only_root()
+    project = live_project(tmp_path / "app", customers=200)
+    writable = [project / "var", tmp_path / "tmp"]
+    for path in writable:
+        path.mkdir()
+    settings = dict(objects()["ConfigMap"]["data"])
+    port = free_port()  # not the manifest's 9181: other tests may run at the same time
+    env = {**settings, "ENGINE_METRICS_PORT": str(port), "ENGINE_METRICS_HOST": "127.0.0.1", "ENGINE_INTERVAL": "2s",
+           "ENGINE_PROJECT": str(project), "TMPDIR": str(tmp_path / "tmp"), "PYTHONDONTWRITEBYTECODE": "1",
+           "ENGINE_WAREHOUSE_URL": "duckdb:///var/demo-shop.duckdb", "ENGINE_CODE_SECRET": "k8s-test-" + "0" * 40}
+    binds = " && ".join(f"mount --bind {shlex.quote(str(p))} {shlex.quote(str(p))}" for p in writable)
+    script = (f"mount --make-rprivate / && {binds} && mount -o remount,bind,ro / && "
+              f"touch {shlex.quote(str(project / 'engine.yaml'))} 2>/dev/null && exit 99; exec \"$@\"")
+    [container] = pod()["containers"]
+    command = prefix + ["sh", "-c", script, "sh", *ENGINE, *container["args"]]
+    service = ServiceProcess(command, project, env, port)
+
+    def status(probe: str) -> int | None:
+        try:
+            return service.get(container[probe]["httpGet"]["path"])[0]
+        except urllib.error.URLError:  # not listening yet
+            return None
+
+    try:
+        service.wait_for(lambda: status("livenessProbe") == 200, "liveness", timeout=START_BOUND)
+        service.wait_for(lambda: status("readinessProbe") == 200, "readiness", timeout=START_BOUND)
+        assert service.events("pass.finished")[0]["sent"] > 0
+        assert list((project / "var" / "outbox").rglob("*.eml"))
+        code, _ = service.stop()
+        assert code == 0, "\n".join(service.stderr[-20:])
+        assert not [line for line in service.stderr if "Read-only file system" in line or "Traceback" in line]
+    finally:
+        service.kill()
