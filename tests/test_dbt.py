@@ -11,6 +11,7 @@ canonical tables. Every way to get it wrong is one issue at engine.yaml's line.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -189,3 +190,23 @@ def test_a_file_that_is_not_a_manifest_is_an_error(tmp_path):
     (tmp_path / "manifest.json").write_text('{"version": 1}')
     with pytest.raises(DbtError, match="is not a dbt manifest"):
         Manifest(tmp_path / "manifest.json", "manifest.json")
+
+
+def test_check_warehouse_reads_the_relations_dbt_built_and_names_one_it_did_not(tmp_path, warehouses):
+    root = dbt_project(tmp_path / "project")
+    shutil.copy(warehouses / "shop.duckdb", tmp_path / "shop.duckdb")
+    env = {**os.environ, "ENGINE_WAREHOUSE_URL": f"duckdb:///{tmp_path / 'shop.duckdb'}"}
+    checked = subprocess.run(ENGINE + ["--project", str(root), "validate", "--check-warehouse"], capture_output=True,
+                             text=True, timeout=120, env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    with duckdb.connect(str(tmp_path / "shop.duckdb")) as conn:  # the model is in the manifest, not yet built
+        conn.execute("DROP TABLE analytics.fct_orders")
+    checked = subprocess.run(ENGINE + ["--project", str(root), "validate", "--check-warehouse"], capture_output=True,
+                             text=True, timeout=120, env=env)
+    output = checked.stdout + checked.stderr
+    assert checked.returncode == 1 and "Traceback" not in output
+    line = line_of(root, "ref('shop', 'orders')")
+    assert re.search(rf"engine.yaml:{line}:\d+: .*table 'shop.analytics.fct_orders' \(dbt: ref\('shop', 'orders'\)\) "
+                     r"of source 'orders' does not exist", output), output
+    assert "dbt run" in output
