@@ -136,6 +136,8 @@ class ProjectConfig:
     segments: Mapping[str, str] = field(default_factory=dict)
     #: DuckDB settings (memory_limit, threads) for the warehouse connection; empty keeps DuckDB's defaults
     duckdb_settings: Mapping[str, str | int] = field(default_factory=dict)
+    #: ISO 4217 code of the shop's currency (orders' totals): how ``engine report`` shows revenue
+    currency: str = "EUR"
 
     @property
     def ledger_shares_warehouse(self) -> bool:

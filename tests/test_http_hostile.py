@@ -29,6 +29,7 @@ import pytest
 from conftest import copy_project
 from engine import unsubscribe
 from engine.service.httpd import IDLE_TIMEOUT, MAX_BODY_BYTES, MAX_HEADER_BYTES, REQUEST_TIMEOUT, WORKERS, StatusServer
+from engine.service.metrics import Metrics
 from servers import free_port
 
 ENGINE = [sys.executable, "-c", "from engine.cli.main import main; main()"]
@@ -355,8 +356,7 @@ def test_400_connections_aborted_mid_request_print_no_traceback(service, clean_o
 
 def test_stop_closes_every_connection_promptly_and_threads_stay_bounded(capfd):
     threads_before = threading.active_count()
-    server = StatusServer("127.0.0.1", 0, readiness=lambda: (True, {}), metrics=lambda: b"",
-                          metrics_content_type="text/plain")
+    server = StatusServer("127.0.0.1", 0, readiness=lambda: (True, {}), metrics=Metrics().wsgi_app())
     server.start()
     slow = [connect(server.port) for _ in range(50)]
     try:
@@ -389,8 +389,7 @@ def _ipv6_loopback() -> bool:
 
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_an_ipv6_host_is_served():
-    server = StatusServer("::1", 0, readiness=lambda: (True, {}), metrics=lambda: b"",
-                          metrics_content_type="text/plain")
+    server = StatusServer("::1", 0, readiness=lambda: (True, {}), metrics=Metrics().wsgi_app())
     server.start()
     try:
         assert server.host == "::1"

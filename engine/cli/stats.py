@@ -69,9 +69,11 @@ def stats(project_dir: Path, campaign: str | None, since, until, fmt: str):
 @handle_errors
 def report(project_dir: Path, out_dir: Path, campaign: str | None, since, until, as_of):
     """Write a self-contained HTML report (funnels, holdout uplift, sends and conversions per day)."""
+    from engine.spec.config import load_config
     from engine.tools.report import write_report
 
     all_stats = collect(project_dir, campaign, since, until)
     generated = format_instant(as_of or SystemClock().now())
-    path = write_report(out_dir, all_stats, period_text(since, until), generated)
+    currency = load_config(project_dir)[0].currency  # collect() has loaded it already: it is valid
+    path = write_report(out_dir, all_stats, period_text(since, until), generated, currency)
     click.echo(f"Report for {len(all_stats)} campaign(s) written to {path}")

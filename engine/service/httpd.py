@@ -2,7 +2,10 @@
 
 Owns the socket, the HTTP server's limits and the routing of requests; what
 "ready" means, what the metrics say and what an unsubscribe link does come in
-as callables from ``service.py``. Binds to 127.0.0.1 unless told otherwise
+as callables from ``loop.py``. /metrics is prometheus-client's own WSGI
+exposition (``Metrics.wsgi_app``): it picks the Prometheus text format or
+OpenMetrics from the scraper's Accept header and gzips on request; this module
+only routes to it and adds the same limits and headers as every other answer. Binds to 127.0.0.1 unless told otherwise
 (the container sets 0.0.0.0); a host with a ``:`` is an IPv6 address.
 
 waitress reads requests on one event loop and hands only complete ones to a
@@ -39,6 +42,7 @@ from engine.errors import ConfigError
 from engine.logs import event
 
 Readiness = Callable[[], tuple[bool, dict]]
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 
 #: Bytes of request line plus headers from which a request is refused with 431.
 MAX_HEADER_BYTES = 16 * 1024
@@ -106,7 +110,7 @@ def _route_waitress_logs() -> None:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 
-def _app(readiness: Readiness, metrics: Callable[[], bytes], metrics_content_type: str,
+def _app(readiness: Readiness, metrics: WSGIApp,
          unsubscribe: Callable[[str, bool], tuple[int, str]] | None):
     """The WSGI application: the four endpoints and the plain-text answers for anything else."""
 
@@ -127,17 +131,27 @@ def _app(readiness: Readiness, metrics: Callable[[], bytes], metrics_content_typ
                 ready, detail = False, {"error": f"{type(exc).__name__}: {exc}"}
             body = (json.dumps({"ready": ready, **detail}, indent=2, default=str) + "\n").encode()
             return (200 if ready else 503), body, "application/json"
-        if path == "/metrics":
-            return 200, metrics(), metrics_content_type
         if path == "/unsubscribe" and unsubscribe is not None:
             # a GET only confirms: mail scanners follow links, so the change needs the POST
             status, text = unsubscribe(query, False)
             return status, text.encode(), "text/html; charset=utf-8" if status == 200 else TEXT
         return 404, b"not found; try /healthz, /readyz or /metrics\n", TEXT
 
+    def scrape(environ: dict) -> tuple[str, list[tuple[str, str]], bytes]:
+        """prometheus-client's answer for a GET; a HEAD is answered as a GET, as on every other endpoint here."""
+        answered: list = []
+        body = b"".join(metrics({**environ, "REQUEST_METHOD": "GET"},
+                                lambda status, headers, exc_info=None: answered.extend((status, headers))))
+        status, headers = answered
+        return status, [(k, v) for k, v in headers if k.lower() != "content-length"], body
+
     def application(environ: dict, start_response) -> Iterable[bytes]:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         try:
+            if path == "/metrics" and method in ("GET", "HEAD"):
+                status_line, headers, body = scrape(environ)
+                start_response(status_line, headers + [("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+                return [body]
             status, body, content_type = answer(method, path, environ.get("QUERY_STRING", ""))
         except Exception as exc:  # noqa: BLE001 - one failed answer, logged on one line without the query
             first_line = (str(exc).strip().splitlines() or [""])[0]
@@ -156,7 +170,7 @@ class StatusServer:
     """Serves liveness, readiness, Prometheus metrics and unsubscribe links until ``stop``."""
 
     def __init__(self, host: str, port: int, *, readiness: Readiness,
-                 metrics: Callable[[], bytes], metrics_content_type: str,
+                 metrics: WSGIApp,
                  unsubscribe: Callable[[str, bool], tuple[int, str]] | None = None):
         try:
             sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -178,7 +192,7 @@ class StatusServer:
             channel_timeout=IDLE_TIMEOUT, cleanup_interval=SWEEP_INTERVAL, asyncore_use_poll=True,
             log_socket_errors=False, expose_tracebacks=False, ident="engine")
         self._map: dict = {}
-        self.server = _Server(_app(readiness, metrics, metrics_content_type, unsubscribe), map=self._map,
+        self.server = _Server(_app(readiness, metrics, unsubscribe), map=self._map,
                               _sock=sock, adj=adjustments, bind_socket=False,
                               sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
         self._address = sock.getsockname()

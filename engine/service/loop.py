@@ -34,7 +34,7 @@ from engine.sql.lookup import customer_query
 from engine.state.ledger import Ledger, Record
 from engine.logs import declare_personal, event
 from engine.masking import mask
-from engine.service.metrics import CONTENT_TYPE, Metrics
+from engine.service.metrics import Metrics
 from engine.model import Project
 from engine.run.messages import PassReport
 from engine.run.reconcile import Reconciler
@@ -155,7 +155,7 @@ class Service:
         self._check_names(result.project)
         self._check_secrets(result.project)
         self.server = StatusServer(self.metrics_host, self.metrics_port, readiness=self.readiness,
-                                   metrics=self.metrics.exposition, metrics_content_type=CONTENT_TYPE,
+                                   metrics=self.metrics.wsgi_app(),
                                    unsubscribe=self.unsubscribe)
         self.server.start()
         event("http.listening", f"Serving /healthz, /readyz and /metrics on http://{self.server.host}:{self.server.port}",

@@ -2,7 +2,8 @@
 
 Owns the metric names and labels. The reconciler is not instrumented inside:
 ``record_pass`` turns a ``PassReport`` (counts per campaign, step, channel
-and outcome) into counters; ``none`` is the channel of messages no variant
+and outcome) into counters; ``wsgi_app`` is prometheus-client's own exposition
+of them (text format, or OpenMetrics when the scraper's Accept header asks). ``none`` is the channel of messages no variant
 applied to. Each ``Metrics`` has its own registry, so several
 services (tests) never share counters.
 """
@@ -11,14 +12,13 @@ from __future__ import annotations
 from typing import Callable
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector,
-    disable_created_metrics, generate_latest,
+    CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector,
+    disable_created_metrics, generate_latest, make_wsgi_app,
 )
 
 from engine import __version__
 from engine.run.messages import PassReport
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 MESSAGE_LABELS = ("campaign", "step", "channel")
 
@@ -98,4 +98,8 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def wsgi_app(self):
+        """The /metrics endpoint: content negotiation (text or OpenMetrics), ``name[]`` filters, gzip."""
+        return make_wsgi_app(self.registry)
 

@@ -25,6 +25,7 @@ from engine.dialects import dialect_of_url
 from engine.errors import ConfigError, FilterError, Issue
 from engine.sql.filter_types import segment_attributes
 from engine.sql.filters import parse_filter
+from engine.spec import dbt
 from engine.spec.load import Document, load_yaml_file
 from engine.masking import remember, secret_references
 from engine.model import (
@@ -99,8 +100,9 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
     ledger = data.get("ledger", {})
     stale_horizon = duration_setting(doc, ("ledger", "stale_horizon"), ledger.get("stale_horizon", "7d"), issues)
     sources = {}
+    dbt_relation = _dbt_resolver(doc, root, data.get("dbt") or {}, dialect)
     for entity, spec in data["sources"].items():
-        source, source_issues = _source(doc, entity, spec, dialect)
+        source, source_issues = _source(doc, entity, spec, dialect, dbt_relation)
         sources[entity] = source
         issues += source_issues
     channels = {}
@@ -144,6 +146,7 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         previous_code_secrets=defaults.get("previous_code_secrets", ProjectConfig.previous_code_secrets),
         is_demo=data.get("demo") not in (None, False),
         segments=dict(data.get("segments", {})),
+        currency=defaults.get("currency", ProjectConfig.currency),
         **_policies(doc, data.get("policies", {}), channels, issues),
     )
     issues += _segment_issues(doc, config)
@@ -238,15 +241,49 @@ def _display(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _source(doc: Document, entity: str, spec: dict, dialect: str) -> tuple[EntitySource, list[Issue]]:
+def _dbt_resolver(doc: Document, root: Path, settings: dict, dialect: str):
+    """``dbt:`` of a source -> (table name or None, issues); the manifest is read once, at the first ``dbt:``."""
+    path = root / settings.get("manifest", dbt.DEFAULT_MANIFEST)
+    loaded: dict = {}
+
+    def relation(at: tuple, text: str) -> tuple[str | None, list[Issue]]:
+        try:
+            reference = dbt.parse_reference(text)
+        except dbt.DbtError as exc:
+            return None, [doc.issue(at, exc.message, fix=exc.fix)]
+        if "manifest" not in loaded:
+            try:
+                loaded["manifest"] = dbt.Manifest(path, _display(path, root))
+            except dbt.DbtError as exc:
+                loaded["manifest"] = None
+                return None, [doc.issue(("dbt", "manifest") if "manifest" in settings else at, exc.message, fix=exc.fix)]
+        if loaded["manifest"] is None:  # its error is reported once, at the first dbt: source
+            return None, []
+        try:
+            return loaded["manifest"].relation(reference, dialect), []
+        except dbt.DbtError as exc:
+            return None, [doc.issue(at, exc.message, fix=exc.fix)]
+
+    return relation
+
+
+def _source(doc: Document, entity: str, spec: dict, dialect: str, dbt_relation) -> tuple[EntitySource, list[Issue]]:
     where = ("sources", entity)
     issues: list[Issue] = []
-    if "table" in spec and "query" in spec:
-        issues.append(doc.issue(where + ("query",), f"source '{entity}' has both 'table' and 'query'",
-                                fix="keep one: the table name (e.g. table: shop.kunden) or a SELECT as query"))
-    elif "table" not in spec and "query" not in spec:
-        issues.append(doc.issue(where, f"source '{entity}' needs exactly one of 'table' or 'query'",
-                                fix="give the table name (e.g. table: shop.kunden) or a SELECT as query"))
+    given_as = [key for key in ("table", "query", "dbt") if key in spec]
+    if len(given_as) > 1:
+        issues.append(doc.issue(where + (given_as[1],), f"source '{entity}' has both '{given_as[0]}' and '{given_as[1]}'",
+                                fix="keep one: the table name (e.g. table: shop.kunden), a SELECT as query, "
+                                    "or a dbt model or source (e.g. dbt: ref('customers'))"))
+    elif not given_as:
+        issues.append(doc.issue(where, f"source '{entity}' needs exactly one of 'table', 'query' or 'dbt'",
+                                fix="give the table name (e.g. table: shop.kunden), a SELECT as query, "
+                                    "or a dbt model or source (e.g. dbt: ref('customers'))"))
+    table = spec.get("table")
+    if "dbt" in spec:
+        resolved, dbt_issues = dbt_relation(where + ("dbt",), spec["dbt"])
+        issues += dbt_issues
+        table = table if table is not None or "query" in spec else resolved
     if "query" in spec:
         problem = None
         try:
@@ -278,7 +315,7 @@ def _source(doc: Document, entity: str, spec: dict, dialect: str) -> tuple[Entit
                                     fix="give a column name or a SQL expression of the warehouse's dialect"))
     columns = {name: given.get(name, name) for name in required}
     columns.update(given)
-    return EntitySource(entity=entity, table=spec.get("table"), query=spec.get("query"), columns=columns), issues
+    return EntitySource(entity=entity, table=table, query=spec.get("query"), columns=columns), issues
 
 
 def _sql_error(exc: Exception) -> str:

@@ -328,17 +328,22 @@ class _Checker:
         table = exp.to_table(name, dialect=self.dialect)
         schema = ".".join(part.name for part in table.parts[:-1]) or None
         fix = "check the name (schema.table) and that the engine's database user may read it"
+        key, label = "table", f"'{name}'"
+        reference = ((self.doc.data or {}).get("sources", {}).get(entity) or {}).get("dbt")
+        if reference is not None:  # a dbt model or source: the manifest named this relation
+            key, label = "dbt", f"'{name}' (dbt: {reference})"
+            fix = "build it (dbt run / dbt build) against this warehouse, or check that the engine's database user may read it"
         try:
             schemas = self.inspector.get_schema_names()
         except (sa.exc.SQLAlchemyError, NotImplementedError):
             schemas = []
         short = sorted({s.split(".")[-1] for s in schemas})  # DuckDB names them catalog.schema
-        if schema and short and schema.lower() not in {s.lower() for s in short}:
-            message = f"schema '{schema}' of table '{name}' does not exist in {self.where}" + _did_you_mean(schema, short)
-            return self.doc.issue(("sources", entity, "table"), message, fix=fix)
+        if table.db and short and table.db.lower() not in {s.lower() for s in short}:
+            message = f"schema '{table.db}' of table {label} does not exist in {self.where}" + _did_you_mean(table.db, short)
+            return self.doc.issue(("sources", entity, key), message, fix=fix)
         try:
             names = self.inspector.get_table_names(schema=schema) + self.inspector.get_view_names(schema=schema)
         except (sa.exc.SQLAlchemyError, NotImplementedError):
             names = []
-        message = f"table '{name}' of source '{entity}' does not exist in {self.where}" + _did_you_mean(table.name, names)
-        return self.doc.issue(("sources", entity, "table"), message, fix=fix)
+        message = f"table {label} of source '{entity}' does not exist in {self.where}" + _did_you_mean(table.name, names)
+        return self.doc.issue(("sources", entity, key), message, fix=fix)

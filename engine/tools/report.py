@@ -1,10 +1,13 @@
 """A self-contained HTML report of campaign statistics: one index.html, readable offline.
 
 Inline CSS and inline SVG drawn here from the figures ``engine.tools.stats``
-computed; no script, no web font, nothing fetched. Per campaign: the funnel
-(entered -> sent -> converted, the holdout group next to it), the uplift
-against the holdout, a table per step, and messages sent and conversions per
-day as a chart.
+computed; no script, no web font, nothing fetched. It opens with an overview
+of every campaign (messages sent, conversion rate, revenue in the shop's
+currency, uplift against the holdout) and a short glossary, then per campaign:
+the funnel (qualified -> reached -> bought, the holdout group next to it), the
+uplift, a table per step, and messages sent and conversions per day as a
+chart. Laid out for a 1280 px wide window without sideways scrolling. Words
+are a marketer's; the figures are exactly those of ``engine stats``.
 """
 from __future__ import annotations
 
@@ -14,91 +17,171 @@ from pathlib import Path
 
 from engine.tools.stats import CampaignStats, StepStats
 from engine.clock import format_duration
-from engine.tools.stats_output import percent, skipped_text, uplift_line
+from engine.tools.stats_output import percent, uplift_line
+from engine.tools.uplift import SIGNIFICANCE
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2933;margin:0;background:#f5f7fa}
-main{max-width:980px;margin:0 auto;padding:24px}
+main{max-width:1232px;margin:0 auto;padding:24px}
 h1{font-size:24px;margin:0 0 4px} h2{font-size:19px;margin:0 0 4px}
 .meta{color:#52606d;margin:0 0 16px}
-section.campaign{background:#fff;border:1px solid #d9e2ec;border-radius:8px;padding:20px;margin:0 0 20px}
-.table{overflow-x:auto} table{border-collapse:collapse;width:100%;margin:12px 0;font-size:13px;font-variant-numeric:tabular-nums}
-th,td{text-align:right;padding:4px 8px;border-bottom:1px solid #e4e7eb} th:first-child,td:first-child{text-align:left}
-th,td{white-space:nowrap} th{color:#52606d;font-weight:600}
-.charts{display:flex;flex-wrap:wrap;gap:16px} svg{background:#fff}
+section{background:#fff;border:1px solid #d9e2ec;border-radius:8px;padding:20px 16px;margin:0 0 20px}
+.table{overflow-x:auto} table{border-collapse:collapse;width:100%;margin:12px 0;font-size:12.5px;font-variant-numeric:tabular-nums}
+th,td{text-align:right;padding:4px 5px;border-bottom:1px solid #e4e7eb} th:first-child,td:first-child{text-align:left}
+td{white-space:nowrap} th{color:#52606d;font-weight:600;vertical-align:bottom}
+td:first-child{white-space:normal;overflow-wrap:anywhere;min-width:6em} td.why{text-align:left;font-size:11.5px}
+tr.all td{font-weight:600;border-top:2px solid #9aa5b1}
+.charts{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start} svg{background:#fff;max-width:100%;height:auto}
 .uplift{background:#f0f4f8;border-radius:6px;padding:8px 12px}
 .empty{color:#7b8794}
+dl.glossary{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:8px 0 0}
+dl.glossary dt{font-weight:600} dl.glossary dd{margin:0}
 """
 COLOURS = {"entered": "#9aa5b1", "sent": "#2680c2", "converted": "#27ab83", "holdout": "#f0b429",
            "holdout-converted": "#cb6e17"}
+#: the words of the report a marketer may not know, and what they mean here
+GLOSSARY = (
+    ("Qualified", "times a customer met the campaign's trigger in the period (one who qualifies twice, e.g. with "
+                  "two orders, counts twice), whether or not a message went out."),
+    ("Reached", "customers who were sent at least one message of the campaign."),
+    ("Bought / conversion rate", "customers with an order within the campaign's conversion window after a "
+                                 "message; the rate is bought / reached. Revenue is the total of those orders."),
+    ("Holdout", "a share of qualified customers, chosen at random, who on purpose get nothing. They show what "
+                "customers buy anyway."),
+    ("Uplift", "how much higher the conversion rate of reached customers is than the holdout's, in percentage "
+               "points. 'Significant' means it is unlikely to be chance (p < 0.05); with few orders the report says "
+               "it is too early to tell."),
+    ("Stale", "not sent because it would have gone out too late: the moment for it (the step's freshness window) "
+              "had passed, e.g. while the engine was stopped."),
+    ("Unknown", "handed to the email or SMS provider, but the engine stopped before it learnt whether the provider "
+                "accepted it; never sent twice, so it may or may not have arrived."),
+    ("Failed", "the provider refused it (a bad address, an outage that outlasted the retries)."),
+)
 
 
-def render_report(all_stats: list[CampaignStats], period: str, generated: str) -> str:
-    sections = "\n".join(_campaign(s) for s in all_stats) or '<p class="empty">No campaigns.</p>'
+def count(n: int) -> str:
+    return f"{n:,}"
+
+
+def money(amount: float, currency: str) -> str:
+    return f"{amount:,.2f} {currency}"
+
+
+def render_report(all_stats: list[CampaignStats], period: str, generated: str, currency: str = "EUR") -> str:
+    sections = "\n".join(_campaign(s, currency) for s in all_stats)
+    body = (f"{_overview(all_stats, currency)}{_glossary()}<h2 class=\"part\">Campaign details</h2>{sections}"
+            if all_stats else '<p class="empty">No campaigns.</p>')
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
             f"<title>Campaign report</title><style>{CSS}</style></head><body><main>"
             f"<h1>Campaign report</h1><p class=\"meta\">{escape(period)} &middot; generated {escape(generated)}</p>"
-            f"{sections}</main></body></html>\n")
+            f"{body}</main></body></html>\n")
 
 
-def write_report(out_dir: Path, all_stats: list[CampaignStats], period: str, generated: str) -> Path:
+def write_report(out_dir: Path, all_stats: list[CampaignStats], period: str, generated: str,
+                 currency: str = "EUR") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
-    path.write_text(render_report(all_stats, period, generated), encoding="utf-8")
+    path.write_text(render_report(all_stats, period, generated, currency), encoding="utf-8")
     return path
 
 
-def _campaign(stats: CampaignStats) -> str:
+def uplift_summary(figures: StepStats) -> str:
+    """The uplift in one cell: points, and whether it means anything."""
+    c = figures.comparison
+    if not figures.holdout.customers:
+        return "no holdout group"
+    if c.uplift_points is None:
+        return "nothing sent yet"
+    if c.p_value is None:
+        return f"{c.uplift_points:+.1f} pts (too early to tell)"
+    verdict = "significant" if c.p_value < SIGNIFICANCE else "may be chance"
+    return f"{c.uplift_points:+.1f} pts ({verdict})"
+
+
+def _overview(all_stats: list[CampaignStats], currency: str) -> str:
+    head = ("<tr><th>campaign</th><th>messages sent</th><th>customers reached</th><th>bought</th>"
+            f"<th>conversion rate</th><th>revenue ({escape(currency)})</th><th>uplift against the holdout</th></tr>")
+    rows = []
+    for stats in all_stats:
+        t = stats.total
+        cells = {"sent": count(t.sent), "reached": count(t.reached.customers), "converted": count(t.reached.converted),
+                 "rate": percent(t.comparison.sent_rate), "revenue": money(t.reached.revenue, currency),
+                 "uplift": uplift_summary(t)}
+        rows.append(f'<tr data-overview="{escape(stats.name)}"><td>{escape(stats.name)}</td>'
+                    + "".join(f'<td data-o="{k}">{escape(v)}</td>' for k, v in cells.items()) + "</tr>")
+    reached = sum(s.total.reached.customers for s in all_stats)
+    converted = sum(s.total.reached.converted for s in all_stats)
+    totals = {"sent": count(sum(s.total.sent for s in all_stats)), "reached": count(reached), "converted": count(converted),
+              "rate": percent(converted / reached if reached else None),
+              "revenue": money(sum(s.total.reached.revenue for s in all_stats), currency), "uplift": ""}
+    rows.append('<tr class="all" data-overview="*"><td>all campaigns</td>'
+                + "".join(f'<td data-o="{k}">{escape(v)}</td>' for k, v in totals.items()) + "</tr>")
+    return (f'<section class="overview" id="overview"><h2>All campaigns at a glance</h2>'
+            f"<div class=\"table\"><table>{head}{''.join(rows)}</table></div>"
+            '<p class="meta">A customer reached by two campaigns counts in both; an order can count for '
+            "several campaigns, so the revenue of all campaigns may be more than the shop's.</p></section>")
+
+
+def _glossary() -> str:
+    items = "".join(f"<dt>{escape(term)}</dt><dd>{escape(text)}</dd>" for term, text in GLOSSARY)
+    return f'<section class="glossary" id="glossary"><h2>What the words mean</h2><dl class="glossary">{items}</dl></section>'
+
+
+def _campaign(stats: CampaignStats, currency: str) -> str:
     total = stats.total
-    holdout = f" &middot; holdout {stats.holdout_percent:g}%" if stats.holdout_percent else ""
+    holdout = f" &middot; holdout {stats.holdout_percent:g}% of qualified customers" if stats.holdout_percent else ""
     uplift = ""
     if stats.holdout_percent or total.holdout.customers:
         uplift = f'<p class="uplift" data-uplift="{escape(stats.name)}">Uplift: {escape(uplift_line(total))}</p>'
     return (f'<section class="campaign" id="campaign-{escape(stats.name)}" data-campaign="{escape(stats.name)}">'
-            f"<h2>{escape(stats.name)}</h2><p class=\"meta\">conversion window "
-            f"{format_duration(stats.conversion_window)}{holdout}</p>"
-            f'<div class="charts">{_funnel(total)}{_daily(stats)}</div>{uplift}{_steps_table(stats)}</section>')
+            f"<h2>{escape(stats.name)}</h2><p class=\"meta\">an order counts if placed within "
+            f"{format_duration(stats.conversion_window)} of a message{holdout}</p>"
+            f'<div class="charts">{_funnel(total)}{_daily(stats)}</div>{uplift}{_steps_table(stats, currency)}</section>')
 
 
-def _steps_table(stats: CampaignStats) -> str:
-    head = ("<tr><th>step</th><th>entered</th><th>sent</th><th>failed</th><th>unknown</th><th>skipped</th>"
-            "<th>unsubscribed</th><th>converted</th><th>rate</th><th>revenue</th><th>holdout</th>"
-            "<th>holdout converted</th><th>holdout rate</th></tr>")
+def _steps_table(stats: CampaignStats, currency: str) -> str:
+    head = ("<tr><th>step</th><th>qualified</th><th>sent</th><th>failed</th><th>unknown</th><th>not sent, why</th>"
+            "<th>unsubscribed</th><th>bought</th><th>conversion rate</th>"
+            f"<th>revenue ({escape(currency)})</th><th>holdout</th><th>holdout bought</th>"
+            "<th>holdout conversion rate</th></tr>")
     rows = []
     for figures in (*stats.steps, stats.total):
         c = figures.comparison
         name = figures.step or "all steps"
-        cells = [figures.entered, figures.sent, figures.failed, figures.unknown, skipped_text(figures),
-                 figures.unsubscribed, figures.reached.converted, percent(c.sent_rate),
-                 f"{figures.reached.revenue:.2f}", figures.holdout.customers, figures.holdout.converted,
+        cells = [count(figures.entered), count(figures.sent), count(figures.failed), count(figures.unknown),
+                 count(figures.unsubscribed), count(figures.reached.converted), percent(c.sent_rate),
+                 f"{figures.reached.revenue:,.2f}", count(figures.holdout.customers), count(figures.holdout.converted),
                  percent(c.holdout_rate)]
-        keys = ["entered", "sent", "failed", "unknown", "skipped", "unsubscribed", "converted", "rate", "revenue",
+        keys = ["entered", "sent", "failed", "unknown", "unsubscribed", "converted", "rate", "revenue",
                 "holdout", "holdout-converted", "holdout-rate"]
-        rows.append(f'<tr data-step="{escape(name)}"><td>{escape(name)}</td>'
-                    + "".join(f'<td data-k="{k}">{escape(str(v))}</td>' for k, v in zip(keys, cells)) + "</tr>")
+        row_class = ' class="all"' if figures.step is None else ""
+        why = "<br>".join(f"{escape(reason)} {n:,}" for reason, n in sorted(figures.skipped.items())) or "-"
+        tds = [f'<td data-k="{k}">{escape(v)}</td>' for k, v in zip(keys, cells)]
+        tds.insert(4, f'<td data-k="skipped" class="why">{why}</td>')
+        rows.append(f'<tr data-step="{escape(name)}"{row_class}><td>{escape(name)}</td>{"".join(tds)}</tr>')
     return f"<div class=\"table\"><table>{head}{''.join(rows)}</table></div>"
 
 
 def _funnel(total: StepStats) -> str:
-    """Horizontal bars: entered, sent (customers), converted; holdout customers and converted below."""
-    bars = [("entered", "entered", total.entered), ("sent", "sent", total.reached.customers),
-            ("converted", "converted", total.reached.converted)]
+    """Horizontal bars: qualified, reached, bought (customers); holdout customers and those who bought below."""
+    bars = [("qualified", "entered", total.entered), ("reached", "sent", total.reached.customers),
+            ("bought", "converted", total.reached.converted)]
     if total.holdout.customers:
         bars += [("holdout", "holdout", total.holdout.customers),
-                 ("holdout converted", "holdout-converted", total.holdout.converted)]
+                 ("holdout bought", "holdout-converted", total.holdout.converted)]
     width, label_w, bar_h, gap = 420, 130, 22, 8
     top = max([n for _, _, n in bars] + [1])
     height = len(bars) * (bar_h + gap) + 30
     parts = [f'<svg class="funnel" role="img" aria-label="funnel" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
-             '<text x="0" y="14" font-size="13" font-weight="600">Funnel (customers; trigger instances entered)</text>']
+             '<text x="0" y="14" font-size="13" font-weight="600">From qualified to bought</text>']
     for i, (label, key, n) in enumerate(bars):
         y = 26 + i * (bar_h + gap)
-        length = 0 if not n else max(2.0, (width - label_w - 60) * n / top)
+        length = 0 if not n else max(2.0, (width - label_w - 80) * n / top)
         parts.append(f'<text x="0" y="{y + 16}" font-size="12">{label}</text>'
                      f'<rect x="{label_w}" y="{y}" width="{length:.1f}" height="{bar_h}" fill="{COLOURS[key]}"/>'
-                     f'<text x="{label_w + length + 6:.1f}" y="{y + 16}" font-size="12" data-funnel="{key}">{n}</text>')
+                     f'<text x="{label_w + length + 6:.1f}" y="{y + 16}" font-size="12" data-funnel="{key}">{n:,}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
