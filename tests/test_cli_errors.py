@@ -3,18 +3,20 @@
 - schema errors do not hide the semantic ones: one ``engine validate`` run reports both, each at file:line:column;
 - an undefined template variable is named as written (``customer.frist_name``), at the template's file and
   line, every one of them, with a did-you-mean against what the template is given;
+- a mapped column the warehouse lacks: ``engine plan`` / ``engine run`` name engine.yaml's line and the column;
 - "has the wrong format" says the format in words and gives a valid example.
 """
 from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import copy_project, write
+from conftest import copy_project, load_history, write
 from engine.cli.main import main
 from engine.spec.schemas import SCHEMA_DIR, pattern_words
 
@@ -148,6 +150,33 @@ def test_an_undefined_variable_at_send_time_is_named_the_same_way(tmp_path: Path
         Renderer(tmp_path).render("t.sms.j2", "sms", {"customer": {"first_name": "Ann"}})
     assert "'customer.frist_name' is undefined (templates/t.sms.j2:2)" in str(raised.value)
     assert "dict object" not in str(raised.value)
+
+
+# --- 3. a mapped column the warehouse lacks, at plan and run time -------------------------------------------
+
+T0 = datetime(2025, 3, 1)
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "sqlite"])
+@pytest.mark.parametrize("command", [["plan", "second-order"], ["run", "--once", "second-order"]])
+def test_a_wrong_column_in_the_mapping_names_engine_yaml_line_at_plan_and_run(project: Path, tmp_path: Path, backend,
+                                                                               command):
+    from conftest import database_url
+
+    url = database_url(backend, tmp_path)
+    load_history(url, customers=[{"customer_id": 1, "email": "a@example.com", "first_name": "Ann",
+                                  "created_at": T0 - timedelta(days=30)}],
+                 orders=[{"order_id": 10, "customer_id": 1, "created_at": T0 - timedelta(days=7, hours=1),
+                          "status": "completed", "total": 10}])
+    config = project / "engine.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace("first_name: first_name", "first_name: firstname"),
+                      encoding="utf-8")
+    result = engine("--project", str(project), *command, "--as-of", "2025-03-01T00:00:00Z",
+                    env={"ENGINE_WAREHOUSE_URL": url})
+    assert result.exit_code == 1, result.output
+    line = line_of(config, "first_name: firstname")
+    assert re.search(rf"engine\.yaml:{line}:\d+: error: column 'firstname' of customers\.first_name does not exist"
+                     r".*did you mean 'first_name'", result.stderr), result.stderr
 
 
 # --- 4. "has the wrong format" says which format --------------------------------------------------------------
