@@ -4,7 +4,9 @@ Three layers, all collected rather than stopping at the first: YAML syntax
 (load.py), the JSON Schema (schemas.py), then semantic checks that need the
 whole project: durations, filters against the known attributes, channels that
 exist, templates that exist and compile, entities the source mapping lacks,
-duplicate campaign names and step ids.
+duplicate campaign names and step ids. A file with schema errors still gets the
+semantic checks its intact parts allow (``_checks_despite_schema``), so one run
+reports both.
 """
 from __future__ import annotations
 
