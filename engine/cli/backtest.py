@@ -1,4 +1,4 @@
-"""``engine backtest CAMPAIGN --from D --to D``: what a campaign would have sent, and who ordered anyway."""
+"""``engine backtest CAMPAIGN --since D --until D``: what a campaign would have sent, and who ordered anyway."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +13,7 @@ import click
 from engine.tools.backtest import BacktestReport, backtest as run_backtest
 from engine.clock import format_duration, format_instant, parse_duration
 from engine.progress import progress_for
-from engine.cli.common import handle_errors, instant_option_value, quiet_option
+from engine.cli.common import handle_errors, quiet_option, time_range_options
 
 
 def _duration(_ctx, _param, value):
@@ -90,24 +90,23 @@ def write_backtest(report: BacktestReport, fmt: str, out: IO[str]) -> None:
 
 @click.command()
 @click.argument("campaign")
-@click.option("--from", "start", required=True, callback=instant_option_value, metavar="INSTANT",
-              help="First simulated instant (ISO 8601, e.g. 2025-01-01 or 2025-01-01T00:00:00Z).")
-@click.option("--to", "end", required=True, callback=instant_option_value, metavar="INSTANT", help="Last simulated instant (inclusive).")
 @click.option("--every", default="1h", show_default=True, callback=_duration, metavar="DURATION",
               help="Time between simulated passes (e.g. 15m, 1h, 1d).")
+@time_range_options(last_instant_every="every", required=True)
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
 @quiet_option
 @click.pass_obj
 @handle_errors
-def backtest(project_dir: Path, campaign: str, start, end, every: timedelta, fmt: str, quiet: bool):
+def backtest(project_dir: Path, campaign: str, since, until, every: timedelta, fmt: str, quiet: bool):
     """Replay CAMPAIGN over the warehouse's history: what it would have sent per step and day, and who ordered anyway.
 
-    Nothing is sent and the real ledger is untouched: the simulated ledger is a scratch database, deleted afterwards.
+    Passes are simulated at --since, --since + --every, ... before --until. Nothing is sent and the real
+    ledger is untouched: the simulated ledger is a scratch database, deleted afterwards.
     """
     from engine.tools.demo import ensure_demo
     from engine.spec.project import load_project
 
     project = load_project(project_dir)
     ensure_demo(project.config, echo=lambda text: click.echo(text, err=True))
-    report = run_backtest(project, campaign, start, end, every, progress=progress_for("backtest", quiet))
+    report = run_backtest(project, campaign, since, until, every, progress=progress_for("backtest", quiet))
     write_backtest(report, fmt, sys.stdout)

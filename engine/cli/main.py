@@ -25,7 +25,8 @@ from engine.service import settings
 from engine.clock import FixedClock, SystemClock, format_instant, parse_interval
 from engine.dialects import DIALECTS
 from engine.cli.common import (
-    as_of_option, campaign_option, handle_errors, open_reconciler as _reconciler, quiet_option, shard_option,
+    accept_project_anywhere, as_of_option, campaign_option, echo_mapping_issues, handle_errors,
+    open_reconciler as _reconciler, quiet_option, shard_option, version_option,
 )
 from engine.sql.compile import render_sql
 from engine.sql.due import due_query
@@ -40,9 +41,11 @@ from engine.state.warehouse import file_of
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option
 @click.option("--project", "project_dir", type=click.Path(file_okay=False, path_type=Path),
               default=lambda: os.environ.get("ENGINE_PROJECT", "."), show_default=".",
-              help="Project directory holding engine.yaml, campaigns.d/ and templates/.")
+              help="Project directory holding engine.yaml, campaigns.d/ and templates/ (also after the command). "
+                   "Env: ENGINE_PROJECT.")
 @click.pass_context
 def main(ctx, project_dir: Path):
     """Declarative, git-native campaigns for shops: validate, compile, plan and run."""
@@ -138,6 +141,7 @@ def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: 
     for name, reason in failed.items():
         click.echo(f"Error: campaign {name} could not be planned (the others were): {reason}", err=True)
     if failed:
+        echo_mapping_issues()
         sys.exit(1)
 
 
@@ -197,9 +201,11 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
         progress.finish()
         click.echo(f"Pass at {format_instant(report.now)}:")
         write_report(report, sys.stdout, sys.stderr)
-        sys.exit(1 if report.errors or report.failed_campaigns or report.total("failed") else 0)
     finally:
         reconciler.close()
+    if report.failed_campaigns:
+        echo_mapping_issues()
+    sys.exit(1 if report.errors or report.failed_campaigns or report.total("failed") else 0)
 
 
 def _loop(project_dir: Path, seconds: float, campaigns, metrics_host: str, metrics_port: int,
@@ -404,6 +410,7 @@ from engine.cli.stats import report, stats  # noqa: E402
 
 for _command in (explain, customer, export, backtest, stats, report):
     main.add_command(_command)
+accept_project_anywhere(main)  # after every command is registered
 
 
 if __name__ == "__main__":  # pragma: no cover

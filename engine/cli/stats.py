@@ -8,12 +8,10 @@ from pathlib import Path
 import click
 
 from engine.clock import SystemClock, format_instant
-from engine.cli.common import handle_errors, instant_option_value, open_reconciler
-
-
-since_option = click.option("--since", callback=instant_option_value, metavar="INSTANT",
-                            help="Only messages due at or after INSTANT (ISO 8601: 2025-01-01 or 2025-01-01T00:00:00Z).")
-until_option = click.option("--until", callback=instant_option_value, metavar="INSTANT", help="Only messages due before INSTANT.")
+from engine.cli.common import (
+    campaign_option, handle_errors, instant_option_value, open_reconciler, quiet_option, time_range_options,
+)
+from engine.progress import Progress, progress_for
 
 
 def period_text(since: datetime | None, until: datetime | None) -> str:
@@ -26,53 +24,58 @@ def period_text(since: datetime | None, until: datetime | None) -> str:
     return "All messages in the ledger"
 
 
-def collect(project_dir: Path, campaign: str | None, since: datetime | None, until: datetime | None):
-    """Statistics of one campaign (or every campaign of the project, disabled ones included)."""
+def collect(project_dir: Path, campaigns: tuple[str, ...], since: datetime | None, until: datetime | None,
+            progress: Progress = Progress()):
+    """Statistics of the named campaigns (default: every campaign of the project, disabled ones included)."""
     from engine.tools.stats import StatsReader
 
-    if since and until and since >= until:
-        raise click.BadParameter(f"--since {format_instant(since)} is not before --until {format_instant(until)}")
     project, reconciler = open_reconciler(project_dir)
     try:
         try:
-            selected = [project.campaign(campaign)] if campaign else list(project.campaigns)
+            selected = [project.campaign(c) for c in campaigns] if campaigns else list(project.campaigns)
         except KeyError as exc:
             raise click.UsageError(exc.args[0]) from None
         reader = StatsReader(project.config, reconciler.warehouse, reconciler.ledger)
-        return [reader.campaign(c, since, until) for c in selected]
+        collected = []
+        for index, campaign in enumerate(selected, 1):
+            progress.stage("campaign", index, len(selected), campaign.name)
+            collected.append(reader.campaign(campaign, since, until))
+        return collected
     finally:
+        progress.finish()
         reconciler.close()
 
 
 @click.command()
-@click.argument("campaign", required=False)
-@since_option
-@until_option
+@campaign_option
+@time_range_options
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
+@quiet_option
 @click.pass_obj
 @handle_errors
-def stats(project_dir: Path, campaign: str | None, since, until, fmt: str):
+def stats(project_dir: Path, campaigns, since, until, fmt: str, quiet: bool):
     """Per campaign and step: entered, sent, skipped, failed, unsubscribed, converted, revenue, holdout uplift."""
     from engine.tools.stats_output import write_stats
 
-    write_stats(collect(project_dir, campaign, since, until), fmt, sys.stdout, period_text(since, until))
+    all_stats = collect(project_dir, campaigns, since, until, progress_for("stats", quiet))
+    write_stats(all_stats, fmt, sys.stdout, period_text(since, until))
 
 
 @click.command()
+@campaign_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write index.html into (created if missing).")
-@click.option("--campaign", metavar="NAME", help="Only this campaign. Default: every campaign of the project.")
-@since_option
-@until_option
+@time_range_options
 @click.option("--as-of", "as_of", callback=instant_option_value, metavar="INSTANT", help="The 'generated' time shown (default: now).")
+@quiet_option
 @click.pass_obj
 @handle_errors
-def report(project_dir: Path, out_dir: Path, campaign: str | None, since, until, as_of):
+def report(project_dir: Path, campaigns, out_dir: Path, since, until, as_of, quiet: bool):
     """Write a self-contained HTML report (funnels, holdout uplift, sends and conversions per day)."""
     from engine.spec.config import load_config
     from engine.tools.report import write_report
 
-    all_stats = collect(project_dir, campaign, since, until)
+    all_stats = collect(project_dir, campaigns, since, until, progress_for("report", quiet))
     generated = format_instant(as_of or SystemClock().now())
     currency = load_config(project_dir)[0].currency  # collect() has loaded it already: it is valid
     path = write_report(out_dir, all_stats, period_text(since, until), generated, currency)

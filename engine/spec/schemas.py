@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def _to_issues(doc: Document, error: jsonschema.ValidationError, root: dict) -> 
     elif error.validator == "type":
         message, fix = _type_problem(doc, path, error, fix)
     elif error.validator == "pattern":
-        message = f"{instance!r} has the wrong format"
+        message = f"{instance!r} has the wrong format: " + pattern_words(error.validator_value, instance, schema)
     elif error.validator in ("minProperties", "maxProperties") and "properties" in schema:
         kinds = ", ".join(sorted(schema["properties"]))
         if error.validator == "maxProperties" and isinstance(instance, dict) and len(instance) > 1:
@@ -88,6 +89,51 @@ def _to_issues(doc: Document, error: jsonschema.ValidationError, root: dict) -> 
         else:
             message = "exactly one of " + kinds + " is required"
     return [doc.issue(path, message, fix=fix or f"see schema/{root.get('$id', '').rsplit('/', 1)[-1]} for what is allowed here")]
+
+
+def pattern_words(pattern: str, value, schema: dict | None = None) -> str:
+    """The format a schema ``pattern`` asks for, in words, with a valid example (made from ``value`` where
+    it can be: 'Bad Name!' -> 'bad-name'); a pattern not described here is quoted as it is."""
+    text = value if isinstance(value, str) else str(value)
+    for test, words, example in _PATTERN_WORDS:
+        if test(pattern):
+            return f"{words}, e.g. {example(text)!r}"
+    examples = (schema or {}).get("examples") or []
+    return f"it must match the regular expression {pattern}" + (f", e.g. {examples[0]!r}" if examples else "")
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")[:64].rstrip("-_")
+    return slug or "second-order"
+
+
+_UNITS = {"second": "s", "sec": "s", "minute": "m", "min": "m", "hour": "h", "day": "d", "week": "w"}
+
+
+def _duration_example(text: str, signed: bool = False) -> str:
+    """'7 days' -> '7d', '1 day 12 hours' -> '1d12h'; anything else -> a plain example."""
+    parts = re.findall(r"(\d+)\s*([a-z]+)", text.lower())
+    converted = "".join(f"{n}{_UNITS[u.rstrip('s')]}" for n, u in parts if u.rstrip("s") in _UNITS)
+    if parts and len(converted) and all(u.rstrip("s") in _UNITS for _, u in parts):
+        return ("-" if signed and text.strip().startswith("-") else "") + converted
+    return "-3d" if signed and text.strip().startswith("-") else "7d"
+
+
+_DURATION_WORDS = ("a whole number and a unit - s (seconds), m (minutes), h (hours), d (days) or w (weeks) - "
+                   "several combined as in 1d12h")
+
+#: (does this describe the pattern?, the format in words, a valid example from the bad value)
+_PATTERN_WORDS = (
+    (lambda p: p == "^[a-z0-9][a-z0-9_-]*$",
+     "lowercase letters a-z, digits 0-9, '-' and '_', starting with a letter or digit", _slug),
+    (lambda p: p.startswith("^\\s*-?") and "[wdhms]" in p,
+     _DURATION_WORDS + ", with a leading '-' for before the date", lambda t: _duration_example(t, signed=True)),
+    (lambda p: "[wdhms]" in p, _DURATION_WORDS, _duration_example),
+    (lambda p: p == "^([01]\\d|2[0-3]):[0-5]\\d$", "a 24-hour clock time HH:MM", lambda t: "09:00"),
+    (lambda p: p == "^[A-Z0-9-]*$", "capital letters A-Z, digits 0-9 and '-'",
+     lambda t: re.sub(r"[^A-Z0-9-]+", "-", t.upper()).strip("-")[:16] or "BDAY-"),
+    (lambda p: "[KkMmGgTt]" in p, "a number and a unit: KB, MB, GB or TB (or KiB, MiB, ...)", lambda t: "512MB"),
+)
 
 
 def _type_problem(doc: Document, path: tuple, error: jsonschema.ValidationError, fix: str) -> tuple[str, str]:

@@ -4,7 +4,9 @@ Three layers, all collected rather than stopping at the first: YAML syntax
 (load.py), the JSON Schema (schemas.py), then semantic checks that need the
 whole project: durations, filters against the known attributes, channels that
 exist, templates that exist and compile, entities the source mapping lacks,
-duplicate campaign names and step ids.
+duplicate campaign names and step ids. A file with schema errors still gets the
+semantic checks its intact parts allow (``_checks_despite_schema``), so one run
+reports both.
 """
 from __future__ import annotations
 
@@ -58,8 +60,9 @@ def load_campaigns(root: Path, config: ProjectConfig, files: list[Path]) -> tupl
             issues += doc.issues
             continue
         doc_issues = schema_issues(doc, "campaign.schema.json")
-        if doc_issues:
-            issues += doc_issues
+        if doc_issues:  # the schema errors, and the semantic checks the rest of the file still allows
+            issues += sorted(doc_issues + _checks_despite_schema(doc, config, renderer, doc_issues),
+                             key=lambda i: (i.line or 0, i.column or 0))
             continue
         campaign, semantic = _build_campaign(doc, config, renderer)
         issues += semantic
@@ -144,15 +147,9 @@ def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) ->
             _needs(doc, config, ("stop", index), f"stop condition {stop}", entity, column, issues)
     _check_filter(doc, ("audience",), data.get("audience"), attributes, issues, config)
     reentry = _reentry(doc, data.get("reentry", "per_trigger"), issues)
-    steps = []
-    seen_ids: dict[str, int] = {}
-    for index, raw in enumerate(data["steps"]):
-        step = _step(doc, config, renderer, trigger, ("steps", index), raw, attributes, issues)
-        if step.id in seen_ids:
-            issues.append(doc.issue(("steps", index, "id"), f"step id '{step.id}' is used twice (also steps[{seen_ids[step.id]}])",
-                                    fix="step ids are ledger identities; give each step its own id"))
-        seen_ids.setdefault(step.id, index)
-        steps.append(step)
+    steps = [_step(doc, config, renderer, trigger, ("steps", index), raw, attributes, issues)
+             for index, raw in enumerate(data["steps"])]
+    _check_step_ids(doc, [(index, step.id) for index, step in enumerate(steps)], issues)
     campaign = Campaign(
         name=data["name"],
         description=data.get("description", ""),
@@ -171,6 +168,111 @@ def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) ->
     )
     issues += lint(doc, campaign, config)
     return campaign, issues
+
+
+def _check_step_ids(doc: Document, ids: list[tuple[int, str]], issues: list[Issue]) -> None:
+    """An issue at each step whose id an earlier step has."""
+    seen_ids: dict[str, int] = {}
+    for index, step_id in ids:
+        if step_id in seen_ids:
+            issues.append(doc.issue(("steps", index, "id"), f"step id '{step_id}' is used twice (also steps[{seen_ids[step_id]}])",
+                                    fix="step ids are ledger identities; give each step its own id"))
+        seen_ids.setdefault(step_id, index)
+
+
+def _check_variant_ids(doc: Document, where: tuple, ids: list[tuple[int, str]], issues: list[Issue]) -> None:
+    seen = set()
+    for v_index, variant_id in ids:
+        if variant_id in seen:
+            issues.append(doc.issue(where + ("variants", v_index, "id"), f"variant id '{variant_id}' is used twice",
+                                    fix="give each variant of a step its own id"))
+        seen.add(variant_id)
+
+
+def _check_channel(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Trigger | None, where: tuple,
+                   channel_name: str, template: str | None, discount_code: bool, issues: list[Issue]) -> None:
+    """The channel at ``where`` must be configured; its ``template`` (unless None) must suit its kind and
+    render against the variables of ``trigger`` (not checked without one)."""
+    channel = config.channels.get(channel_name)
+    if channel is None:
+        known = ", ".join(config.channels) or "none"
+        issues.append(doc.issue(where + ("channel",), f"channel '{channel_name}' is not configured (configured: {known})",
+                                fix=f"add it under channels: in {config.file} or use a configured one"))
+    elif template is not None and trigger is not None:
+        sample = sample_context(config, trigger, discount_code)
+        for problem in renderer.check(template, channel.kind, sample):
+            if problem.template is not None and problem.line is not None:  # at its line in the template itself
+                used_by = doc.issue(where + ("template",), "")
+                issues.append(Issue(file=display_path(config.root / TEMPLATE_DIR / problem.template), line=problem.line,
+                                    message=f"{problem.message}, in the template of {used_by.location()} ({used_by.path})",
+                                    fix=problem.fix))
+            else:
+                issues.append(doc.issue(where + ("template",), problem.message, fix=problem.fix))
+
+
+def _checks_despite_schema(doc: Document, config: ProjectConfig, renderer: Renderer,
+                           schema_errors: list[Issue]) -> list[Issue]:
+    """The semantic checks of a file with schema errors that do not depend on its broken parts, so one run
+    reports them all: filters, channels (and their templates, when the trigger is intact), stop conditions,
+    duplicate step and variant ids. A value is left alone when a schema error is at it, or inside it for a
+    value read as a whole (the trigger)."""
+    broken = [i.path for i in schema_errors]
+
+    def usable(path: tuple, kind: type = str, whole: bool = True):
+        """The value at ``path`` if it is a ``kind`` the schema has no complaint about; a list is looked into
+        item by item (``whole=False``), so an error in one step leaves the others."""
+        here = format_path(path)
+        value = doc.data
+        for part in path:
+            if isinstance(value, dict) and part in value:
+                value = value[part]
+            elif isinstance(value, list) and isinstance(part, int) and part < len(value):
+                value = value[part]
+            else:
+                return None
+        if any(b == here or whole and (b.startswith(here + ".") or b.startswith(here + "[")) for b in broken):
+            return None
+        return value if isinstance(value, kind) else None
+
+    data = doc.data if isinstance(doc.data, dict) else {}
+    issues: list[Issue] = []
+    attributes = filter_attributes(config)
+    trigger = None
+    if usable(("trigger",), dict):
+        trigger = _trigger(doc, config, data["trigger"], issues)
+        _check_trigger(doc, config, trigger, issues)
+    for index, stop in enumerate(usable(("stop",), list, whole=False) or []):
+        if isinstance(stop, str) and stop in STOP_CONDITIONS and usable(("stop", index)):
+            column = "unsubscribed_at" if stop == "unsubscribed" else None
+            for entity in STOP_CONDITIONS[stop]:
+                _needs(doc, config, ("stop", index), f"stop condition {stop}", entity, column, issues)
+    _check_filter(doc, ("audience",), usable(("audience",)), attributes, issues, config)
+    step_ids = []
+    for index, raw in enumerate(usable(("steps",), list, whole=False) or []):
+        where = ("steps", index)
+        if not isinstance(raw, dict):
+            continue
+        if usable(where + ("id",)):
+            step_ids.append((index, raw["id"]))
+        _check_filter(doc, where + ("audience",), usable(where + ("audience",)), attributes, issues, config)
+        discount = "discount_code" in raw
+        if usable(where + ("channel",)):
+            _check_channel(doc, config, renderer, trigger, where, raw["channel"], usable(where + ("template",)),
+                           discount, issues)
+        variant_ids = []
+        for v_index, variant in enumerate(usable(where + ("variants",), list, whole=False) or []):
+            v_where = where + ("variants", v_index)
+            if not isinstance(variant, dict):
+                continue
+            if usable(v_where + ("id",)):
+                variant_ids.append((v_index, variant["id"]))
+            if usable(v_where + ("channel",)):
+                _check_channel(doc, config, renderer, trigger, v_where, variant["channel"],
+                               usable(v_where + ("template",)), discount, issues)
+            _check_filter(doc, v_where + ("audience",), usable(v_where + ("audience",)), attributes, issues, config)
+        _check_variant_ids(doc, where, variant_ids, issues)
+    _check_step_ids(doc, step_ids, issues)
+    return issues
 
 
 def _reentry(doc: Document, spec, issues: list[Issue]) -> Reentry:
@@ -208,25 +310,13 @@ def _step(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Tri
     variants = []
     for v_index, v in enumerate(raw_variants):
         v_where = where + ("variants", v_index) if "variants" in raw else where
-        channel = config.channels.get(v["channel"])
-        if channel is None:
-            known = ", ".join(config.channels) or "none"
-            issues.append(doc.issue(v_where + ("channel",), f"channel '{v['channel']}' is not configured (configured: {known})",
-                                    fix=f"add it under channels: in {config.file} or use a configured one"))
-        else:
-            sample = sample_context(config, trigger, raw.get("discount_code") is not None)
-            for problem in renderer.check(v["template"], channel.kind, sample):
-                issues.append(doc.issue(v_where + ("template",), problem.message, fix=problem.fix))
+        _check_channel(doc, config, renderer, trigger, v_where, v["channel"], v["template"],
+                       raw.get("discount_code") is not None, issues)
         _check_filter(doc, v_where + ("audience",), v.get("audience"), attributes, issues, config)
         variants.append(Variant(id=v["id"], channel=v["channel"], template=v["template"],
                                 audience=v.get("audience"), percent=v.get("percent")))
     if "variants" in raw:
-        seen = set()
-        for v_index, variant in enumerate(variants):
-            if variant.id in seen:
-                issues.append(doc.issue(where + ("variants", v_index, "id"), f"variant id '{variant.id}' is used twice",
-                                        fix="give each variant of a step its own id"))
-            seen.add(variant.id)
+        _check_variant_ids(doc, where, list(enumerate(v.id for v in variants)), issues)
         if sum(v.percent or 0 for v in variants) > 100:
             issues.append(doc.issue(where + ("variants",), "the percents of the variants add up to more than 100",
                                     fix="split at most 100 % of customers"))

@@ -27,6 +27,7 @@ from engine.errors import TemplateError
 from engine.templating.layout import EMAIL_LAYOUT, FOOTERS, lock_violations
 from engine.templating.sandbox import BudgetExceeded, Limits, TemplateSandbox, budget, read_only
 from engine.templating.loader import FolderLoader, TemplateOutsideFolder, TemplateTooLarge
+from engine.templating.undefined import RecordingUndefined, describe, record_uses
 
 @dataclass(frozen=True)
 class RenderedContent:
@@ -53,6 +54,7 @@ class TemplateProblem:
     message: str
     line: int | None = None
     fix: str = ""
+    template: str | None = None  # the template (under templates/) at whose ``line`` it is, when it is in one
 
 
 class Renderer:
@@ -63,9 +65,11 @@ class Renderer:
     ``limits`` bound each render.
     """
 
-    def __init__(self, templates_dir: Path, limits: Limits = Limits(), layout: str | None = EMAIL_LAYOUT):
+    def __init__(self, templates_dir: Path, limits: Limits = Limits(), layout: str | None = EMAIL_LAYOUT,
+                 undefined: type[jinja2.Undefined] = jinja2.StrictUndefined):
         loader = FolderLoader(templates_dir)
-        common = dict(loader=loader, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        self.templates_dir = templates_dir
+        common = dict(loader=loader, undefined=undefined, trim_blocks=True, lstrip_blocks=True)
         self._plain = TemplateSandbox(autoescape=False, **common)
         self._html = TemplateSandbox(autoescape=True, **common)
         self.limits = limits
@@ -114,10 +118,7 @@ class Renderer:
                 if locked:
                     self._footers(data, html="html" in blocks)
         except jinja2.UndefinedError as exc:
-            known = ", ".join(sorted(sample))
-            return [TemplateProblem(f"template '{name}' uses an undefined variable: {exc.message}{_where(exc)}",
-                                    line=_line(exc),
-                                    fix=f"use only what this trigger provides ({known}; customer.<attribute>, trigger.<column>)")]
+            return self._undefined_problems(name, sample, locked, exc)
         except BudgetExceeded as exc:
             return [TemplateProblem(f"template '{name}' exceeds a render bound: {exc}{_where(exc)}", line=_line(exc),
                                     fix=f"make templates/{name} do less work: fewer or smaller loops, shorter strings, smaller numbers")]
@@ -134,6 +135,34 @@ class Renderer:
             return [TemplateProblem(f"template '{name}' fails to render: {exc}{_where(exc)}", line=_line(exc),
                                     fix=f"fix templates/{name}")]
         return self._missing_blocks(name, kind, blocks)
+
+    def _undefined_problems(self, name: str, sample: dict[str, Any], locked: bool,
+                            first: jinja2.UndefinedError) -> list[TemplateProblem]:
+        """Every undefined variable a render of ``name`` against ``sample`` uses (``first`` stopped the strict
+        render), each at its template and line with a did-you-mean against what ``sample`` offers there."""
+        recorder = Renderer(self.templates_dir, self.limits, self.layout, undefined=RecordingUndefined)
+
+        def render() -> None:
+            with budget(self.limits):
+                data = read_only(sample)
+                blocks = recorder._render_blocks(name, data, html=False).names
+                if "html" in blocks:
+                    recorder._render_blocks(name, data, html=True)
+                if locked:
+                    recorder._footers(data, html="html" in blocks)
+
+        uses = record_uses(render, {**sample, "format": "text"}, self._parse)
+        if not uses:  # not reached again without the strict undefined: report the first as it was
+            frame = _template_frame(first)
+            message = describe(first, *(frame or (None, None)), self._parse)
+            return [TemplateProblem(f"template '{name}' uses an undefined variable: {message}{_where(first)}",
+                                    line=_line(first), template=frame[0] if frame else None,
+                                    fix=f"use only what this trigger provides ({', '.join(sorted(sample))})")]
+        return [TemplateProblem(use.message, line=use.line, fix=use.fix, template=use.template) for use in uses]
+
+    def _parse(self, name: str) -> nodes.Template:
+        env = self._plain
+        return env.parse(env.loader.get_source(env, name)[0])
 
     def _missing_blocks(self, name: str, kind: str, blocks: set[str] | None = None) -> list[TemplateProblem]:
         """The blocks a ``kind`` message needs that ``name`` lacks; ``blocks`` defaults to every block
@@ -255,6 +284,10 @@ class Renderer:
         except jinja2.TemplateNotFound as exc:
             reason = exc.message if isinstance(exc, (TemplateOutsideFolder, TemplateTooLarge)) else f"'{exc.name}' does not exist"
             raise TemplateError(f"template '{name}' failed to render: {reason}") from None
+        except jinja2.UndefinedError as exc:
+            frame = _template_frame(exc)
+            raise TemplateError(f"template '{name}' failed to render: "
+                                f"{describe(exc, *(frame or (None, None)), self._parse)}{_where(exc)}") from None
         except Exception as exc:  # noqa: BLE001 (a template's failure fails its message, never the pass)
             raise TemplateError(f"template '{name}' failed to render: {exc}{_where(exc)}") from None
         # text parts are trimmed (after the engine appended the footer); a subject is one line

@@ -83,10 +83,10 @@ def instants(start: datetime, end: datetime, every: timedelta) -> list[datetime]
     if every <= timedelta(0):
         raise BacktestError("--every must be a positive duration, e.g. 1h")
     if to_utc(end) < to_utc(start):
-        raise BacktestError(f"--to {format_instant(end)} is before --from {format_instant(start)}; swap them")
+        raise BacktestError(f"the last instant {format_instant(end)} is before the first {format_instant(start)}; swap them")
     count = int((to_utc(end) - to_utc(start)) / every) + 1
     if count > MAX_INSTANTS:
-        raise BacktestError(f"{count:,} instants from --from to --to at --every {every}: more than {MAX_INSTANTS:,}; "
+        raise BacktestError(f"{count:,} instants from --since to --until at --every {every}: more than {MAX_INSTANTS:,}; "
                             "use a larger --every or a shorter range")
     return [to_utc(start) + i * every for i in range(count)]
 

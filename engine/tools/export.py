@@ -15,13 +15,14 @@ from __future__ import annotations
 import csv
 import json
 from datetime import datetime
-from typing import IO, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 from engine.sql.compile import render_sql, segment_query
 from engine.tools.customer import plain
 from engine.errors import EngineError, FilterError
 from engine.sql.filter_types import segment_attributes
 from engine.sql.filters import parse_filter
+from engine.progress import Progress
 from engine.tools.output import write_plan
 from engine.run.ledger_state import warehouse_with_state
 from engine.run.reconcile import Reconciler
@@ -73,7 +74,8 @@ def _writer(fmt: str, out: IO[str], fields: list[str]):
     return lambda row: out.write(json.dumps({f: plain(row[f]) for f in fields}, default=str) + "\n")
 
 
-def export_segment(reconciler: Reconciler, where: str, now: datetime, fmt: str, out: IO[str]) -> int:
+def export_segment(reconciler: Reconciler, where: str, now: datetime, fmt: str, out: IO[str],
+                   progress: Progress = Progress()) -> int:
     """Write the customers matching ``where``; return how many."""
     check_segment_filter(reconciler, where)
     config = reconciler.config
@@ -82,27 +84,31 @@ def export_segment(reconciler: Reconciler, where: str, now: datetime, fmt: str, 
     with warehouse_with_state(reconciler.warehouse, reconciler.ledger, reconciler.ledger_shares_warehouse,
                               state_needs([], config, filters=[where]), config) as (session, state):
         return _write_stream(session.stream(render_sql(segment_query(config, now, where, state=state), config.dialect),
-                                            BATCH_SIZE), write)
+                                            BATCH_SIZE), write, progress)
 
 
-def export_history(reconciler: Reconciler, campaign: str, fmt: str, out: IO[str]) -> int:
+def export_history(reconciler: Reconciler, campaign: str, fmt: str, out: IO[str], progress: Progress = Progress()) -> int:
     """Write every ledger row of ``campaign`` (without the stored content); return how many."""
     dialect = reconciler.ledger.dialect  # the ledger opened (a missing one: empty, in memory)
     write = _writer(fmt, out, list(HISTORY_FIELDS))
-    return _write_stream(reconciler.ledger.history(campaign, HISTORY_FIELDS, dialect, BATCH_SIZE), write)
+    return _write_stream(reconciler.ledger.history(campaign, HISTORY_FIELDS, dialect, BATCH_SIZE), write, progress)
 
 
-def export_plan(reconciler: Reconciler, campaign: str, now: datetime, fmt: str, out: IO[str]) -> int:
-    """Write the messages of ``campaign`` due at ``now``, as ``engine plan --format csv|jsonl``."""
-    counts = write_plan(reconciler.due(now, [reconciler.project.campaign(campaign)]), fmt, out,
+def export_plan(reconciler: Reconciler, campaign: str, now: datetime, fmt: str, out: IO[str],
+                around: Callable[[Iterable], Iterable] = lambda batches: batches) -> int:
+    """Write the messages of ``campaign`` due at ``now``, as ``engine plan --format csv|jsonl``; ``around``
+    wraps the batches (progress.around_output: the reconciler's progress line off before each is written)."""
+    counts = write_plan(around(reconciler.due(now, [reconciler.project.campaign(campaign)])), fmt, out,
                         include_skipped=False, limit=0, header="")
     return sum(n for (_, _, outcome), n in counts.items() if outcome == "send")
 
 
-def _write_stream(batches: Iterator[list], write) -> int:
+def _write_stream(batches: Iterator[list], write, progress: Progress = Progress()) -> int:
     count = 0
     for rows in batches:
+        progress.clear()  # the status line off the terminal while rows are written
         for row in rows:
             write(row._mapping)
         count += len(rows)
+        progress.rows(len(rows))
     return count
