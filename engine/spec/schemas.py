@@ -133,6 +133,10 @@ _PATTERN_WORDS = (
     (lambda p: p == "^[A-Z0-9-]*$", "capital letters A-Z, digits 0-9 and '-'",
      lambda t: re.sub(r"[^A-Z0-9-]+", "-", t.upper()).strip("-")[:16] or "BDAY-"),
     (lambda p: "[KkMmGgTt]" in p, "a number and a unit: KB, MB, GB or TB (or KiB, MiB, ...)", lambda t: "512MB"),
+    (lambda p: p.startswith("^\\s*(ref|source)"), "a dbt reference: ref('model') or source('source', 'table')",
+     lambda t: f'ref("{_slug(t).replace("-", "_")}")'),
+    (lambda p: p == "^[A-Z]{3}$", "a three-letter ISO 4217 currency code in capitals",
+     lambda t: (re.sub(r"[^A-Z]+", "", t.upper()) + "EUR")[:3] if len(re.sub(r"[^A-Z]+", "", t.upper())) >= 3 else "EUR"),
 )
 
 

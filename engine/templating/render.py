@@ -118,7 +118,7 @@ class Renderer:
                 if locked:
                     self._footers(data, html="html" in blocks)
         except jinja2.UndefinedError as exc:
-            return self._undefined_problems(name, sample, locked, exc)
+            return self._undefined_problems(name, channel_kinds.kind(kind), sample, locked, exc)
         except BudgetExceeded as exc:
             return [TemplateProblem(f"template '{name}' exceeds a render bound: {exc}{_where(exc)}", line=_line(exc),
                                     fix=f"make templates/{name} do less work: fewer or smaller loops, shorter strings, smaller numbers")]
@@ -136,8 +136,8 @@ class Renderer:
                                     fix=f"fix templates/{name}")]
         return self._missing_blocks(name, kind, blocks)
 
-    def _undefined_problems(self, name: str, sample: dict[str, Any], locked: bool,
-                            first: jinja2.UndefinedError) -> list[TemplateProblem]:
+    def _undefined_problems(self, name: str, declared: channel_kinds.ChannelKind, sample: dict[str, Any],
+                            locked: bool, first: jinja2.UndefinedError) -> list[TemplateProblem]:
         """Every undefined variable a render of ``name`` against ``sample`` uses (``first`` stopped the strict
         render), each at its template and line with a did-you-mean against what ``sample`` offers there."""
         recorder = Renderer(self.templates_dir, self.limits, self.layout, undefined=RecordingUndefined)
@@ -145,9 +145,9 @@ class Renderer:
         def render() -> None:
             with budget(self.limits):
                 data = read_only(sample)
-                blocks = recorder._render_blocks(name, data, html=False).names
-                if "html" in blocks:
-                    recorder._render_blocks(name, data, html=True)
+                blocks = recorder._render_blocks(name, data, html=False, wanted=_plain_parts(declared)).names
+                if blocks & set(_html_parts(declared)):
+                    recorder._render_blocks(name, data, html=True, wanted=_html_parts(declared))
                 if locked:
                     recorder._footers(data, html="html" in blocks)
 
