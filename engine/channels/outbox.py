@@ -59,7 +59,9 @@ class FileOutbox:
                 self._lines = os.open(folder / "messages.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 self._lines_folder = folder
                 self._new_lines_file = True
-            line = json.dumps({"key": message.key, "to": message.to, "from": message.sender, "text": message.text}) + "\n"
+            # every part by its name (an SMS: text; a webhook: event, text, url, ...)
+            line = json.dumps({"key": message.key, "to": message.to, "from": message.sender, "text": message.text,
+                               **message.parts}) + "\n"
             os.write(self._lines, line.encode("utf-8"))  # one write of the whole line: in the file, or not at all
             return Delivered(provider_id=message.key, detail="appended to outbox")
         except OSError as exc:

@@ -28,7 +28,7 @@ from engine.model import RetryPolicy
 
 
 #: What a stored message holds besides its parts (a part cannot take these names: channel_kinds.declaration).
-_ENVELOPE = ("kind", "to", "from", "headers")
+_ENVELOPE = ("kind", "to", "from", "headers", "origin")
 
 
 def serialize(message: OutgoingMessage, extra: dict | None = None) -> str:
@@ -39,8 +39,9 @@ def serialize(message: OutgoingMessage, extra: dict | None = None) -> str:
     earlier releases read back the same.
     """
     parts = {"subject": None, "text": None, "html": None, **message.parts}
+    origin = {"origin": dict(message.origin)} if message.origin else {}
     return json.dumps({"kind": message.kind, "to": message.to, "from": message.sender, **parts,
-                       "headers": dict(message.headers), **(extra or {})})
+                       "headers": dict(message.headers), **origin, **(extra or {})})
 
 
 def deserialize(key: str, content: str) -> OutgoingMessage:
@@ -49,7 +50,7 @@ def deserialize(key: str, content: str) -> OutgoingMessage:
     names = declared.parts if declared is not None else ("subject", "text", "html")
     parts = {name: data[name] for name in names if data.get(name) is not None}
     return OutgoingMessage(key=key, kind=data["kind"], to=data["to"], sender=data["from"], parts=parts,
-                           headers=data.get("headers") or {})
+                           headers=data.get("headers") or {}, origin=data.get("origin") or {})
 
 
 def next_attempt(policy: RetryPolicy, key: str, attempts: int, now: datetime) -> datetime | None:

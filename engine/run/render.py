@@ -13,7 +13,7 @@ from sqlglot import exp
 
 from engine import channel_kinds, unsubscribe
 from engine.channels import OutgoingMessage
-from engine.clock import parse_stored_timestamp
+from engine.clock import format_instant, parse_stored_timestamp
 from engine.decide import discount_code
 from engine.errors import TemplateError
 from engine.model import Project, ProjectConfig
@@ -65,6 +65,8 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
             sender=str(channel.settings.get("from", "shop@example.com")),
             parts=content.parts,
             headers=kind.headers(context["unsubscribe_url"]),
+            origin={"campaign": m.campaign, "step": m.step, "variant": m.variant or "", "customer_id": m.customer_id,
+                    "trigger_key": m.trigger_key, "due_at": format_instant(m.due_at)},
         )
         rendered.messages.append((m, message))
         rendered.contents.append(serialize(message, {"discount_code": context.get("discount_code")}))
