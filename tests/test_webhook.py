@@ -398,3 +398,26 @@ def test_the_demos_commented_webhook_example_delivers_the_open_carts_into_the_ou
     for line in lines:
         assert line["event"] == "cart.abandoned" and line["key"].startswith(f"abandoned-cart:crm:{line['to']}:")
         assert " x " in line["text"] and line["url"].startswith("https://beanandbrew.example/checkout/")
+
+
+def test_replicas_started_at_once_post_each_webhook_once(project):
+    """Three reconcilers at once on one SQLite ledger: every webhook crosses the wire exactly once
+    (no duplicate webhook-id even for the receiver to drop), every message recorded sent."""
+    n = 40
+    with WebhookReceiver(SECRET) as receiver:
+        configure(project, receiver.url, settings="    in_flight: 4\n")
+        shop(project, n)
+        Reconciler(load_project(project)).close()  # create the ledger tables before the race
+        procs = [subprocess.Popen([sys.executable, "-c", "from engine.cli.main import main; main()", "run", "--once",
+                                   "--as-of", "2025-01-06T12:01:00Z"], cwd=project, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=dict(os.environ)) for _ in range(3)]
+        outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+    ids = [q["headers"]["webhook-id"] for q in receiver.requests]
+    assert len(ids) == len(set(ids)) == n and not any(q["duplicate"] for q in receiver.requests)
+    assert receiver.customers() == sorted(str(i) for i in range(1, n + 1))
+    db = sa.create_engine(project.url)
+    with db.connect() as conn:
+        assert dict(conn.execute(sa.text("SELECT status, count(*) FROM engine_ledger GROUP BY status")).all()) == {"sent": n}
+    db.dispose()
