@@ -421,3 +421,22 @@ def test_replicas_started_at_once_post_each_webhook_once(project):
     with db.connect() as conn:
         assert dict(conn.execute(sa.text("SELECT status, count(*) FROM engine_ledger GROUP BY status")).all()) == {"sent": n}
     db.dispose()
+
+
+@pytest.mark.parametrize("settings, says", [
+    ({"url": "ftp://crm.example.com/hooks"}, "channels.crm.url is not an http(s) URL"),
+    ({"headers": {"X-Note": "two\nlines"}}, "channels.crm.headers.X-Note: the value must be one line of ASCII"),
+    ({"headers": {"Bad Name": "x"}}, "'Bad Name' cannot be sent as an extra header"),
+    ({"headers": {"Content-Type": "text/plain"}}, "'Content-Type' cannot be sent as an extra header"),
+])
+def test_a_bad_url_or_header_is_a_config_error_naming_the_setting(monkeypatch, settings, says):
+    from engine.channels.webhook_http import WebhookChannel
+    from engine.errors import ConfigError
+    from engine.model import ChannelConfig
+
+    monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
+    config = ChannelConfig(name="crm", kind="webhook", transport="http_post",
+                           settings={"url": "https://crm.example.com/hooks", "secret": "${WEBHOOK_SECRET}", **settings})
+    with pytest.raises(ConfigError) as raised:
+        WebhookChannel(config)
+    assert says in str(raised.value)
