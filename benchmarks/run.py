@@ -21,6 +21,8 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   (benchmarks/smtp_sink.py), the time inside dispatch, the sink's ceiling (a
   bare smtplib client) and the engine's dispatch path alone as a ratio of it
   (benchmarks/dispatch.py); ``--no-smtp`` skips this;
+- webhook posts per second to a loopback receiver (signing included) beside emails per second
+  to the SMTP sink, dispatch alone on as many synthetic messages (benchmarks/webhook.py);
 - a pass's ledger operations on 1,000 keys, empty ledger vs ``--history`` rows;
 - peak RSS of this process (the shop is built in a child process, so this is
   the engine's own footprint, plus DuckDB's buffers), and of a child process
@@ -59,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # dispatch.py, smtp_si
 import dispatch  # noqa: E402
 from dispatch import _timed  # noqa: E402 - one median timer for both scripts
 from smtp_sink import SinkProcess  # noqa: E402
+import webhook as webhook_bench  # noqa: E402
 
 FLOOR_SQL = "SELECT customer_id, count(*), min(created_at), max(created_at) FROM orders GROUP BY 1"
 GENERATOR_VERSION = 2  # bump when the generated data changes (invalidates --keep reuse)
@@ -916,6 +919,9 @@ def main(argv: list[str] | None = None) -> int:
             sample = [r for r in rows if r.get("sample")]
             if sample:
                 rows.append({**dispatch.aiosmtpd_ceiling(1000, sample[0]["sample"], 1), "backend": "-"})
+            print("Measuring webhook posts beside emails ...", flush=True)
+            rows += [{**r, "backend": "-"} for r in webhook_bench.measure_webhooks(
+                2000 if args.quick else 5000, max(args.repeat, 3), sink)]
         if args.history:
             for backend in ("duckdb", "sqlite") if args.sqlite else ("duckdb",):
                 print(f"Measuring the {backend} ledger with {args.history:,} rows of history ...", flush=True)

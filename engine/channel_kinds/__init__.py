@@ -61,8 +61,9 @@ def transport(name: str) -> Transport | None:
 
 
 def contact_fields() -> tuple[str, ...]:
-    """The customer columns holding an address, one per kind (email, phone, ...)."""
-    return tuple(dict.fromkeys(k.contact_field for k in KINDS.values()))
+    """The optional customer columns holding an address, one per kind (email, phone, ...); a kind that
+    addresses customers by their key (``CUSTOMER_KEY``) adds none."""
+    return tuple(dict.fromkeys(k.address_column for k in KINDS.values() if k.address_column))
 
 
 def consent_columns() -> tuple[str, ...]:

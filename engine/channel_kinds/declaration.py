@@ -32,7 +32,11 @@ class Transport:
 
 #: Names a template part cannot take: the other fields of a stored message (engine.run.dispatch.serialize
 #: keeps the parts beside them, so a kind's parts are free names except these).
-RESERVED_NAMES = frozenset({"kind", "to", "from", "headers", "discount_code", "parts", "key"})
+RESERVED_NAMES = frozenset({"kind", "to", "from", "headers", "discount_code", "parts", "key", "origin"})
+
+#: The customers' key column: a kind whose contact field it is (a webhook) addresses every customer by
+#: their id, needs no mapped address column and never lacks an address.
+CUSTOMER_KEY = "customer_id"
 
 #: The file outbox (no server: the demo, tests); every kind can write to it.
 FILE_OUTBOX = Transport("file", ("path",), "engine.channels.outbox")
@@ -96,6 +100,9 @@ class ChannelKind:
     sample_address: Callable[[random.Random, str, str, int], str | None] = no_address
     #: the scope an unsubscribe from this kind is recorded under ("all" covers every kind); default: its name
     unsubscribe_scope: str = field(default="")
+    #: a permanent failure suppresses the address (an email's hard bounce); False: it is final for that
+    #: message only (a webhook receiver's 4xx says nothing about the customer)
+    suppress_on_permanent_failure: bool = True
 
     def __post_init__(self) -> None:
         reserved = [part for part in self.parts if part in RESERVED_NAMES or not part.isidentifier()]
@@ -109,6 +116,11 @@ class ChannelKind:
     def parts(self) -> tuple[str, ...]:
         """Every template block a message of this kind is made of."""
         return tuple(dict.fromkeys(self.required_parts + self.body_parts + self.optional_parts))
+
+    @property
+    def address_column(self) -> str | None:
+        """The optional customer column holding the address; None when the contact field is the key."""
+        return None if self.contact_field == CUSTOMER_KEY else self.contact_field
 
     @property
     def transport_names(self) -> tuple[str, ...]:

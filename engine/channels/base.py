@@ -23,6 +23,9 @@ class OutgoingMessage:
     #: the rendered template parts, by the names the kind declares (subject, text, html; title, body, ...)
     parts: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: where the message comes from, as the engine recorded it (campaign, step, variant, customer_id,
+    #: trigger_key, due_at): for a transport whose document names them (a webhook's body)
+    origin: Mapping[str, str] = field(default_factory=dict)
     #: the exact bytes handed to the provider (the transport module's ``document``), made once when the
     #: message is rendered, kept with its ledger row and sent as they are by every attempt; None until then
     document: bytes | None = None
@@ -142,6 +145,9 @@ class Failed:
     detail: str
     permanent: bool = False
     status: str = "failed"
+    #: seconds the provider asked to wait before the next attempt (an HTTP Retry-After); the next
+    #: attempt is then no earlier than that, whatever the backoff says
+    retry_after: float | None = None
 
 
 Outcome = Delivered | Failed

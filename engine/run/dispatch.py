@@ -29,7 +29,7 @@ from engine.model import RetryPolicy
 
 
 #: What a stored message holds besides its parts (a part cannot take these names: channel_kinds.declaration).
-_ENVELOPE = ("kind", "to", "from", "headers")
+_ENVELOPE = ("kind", "to", "from", "headers", "origin")
 
 
 def serialize(message: OutgoingMessage, extra: dict | None = None) -> str:
@@ -43,8 +43,9 @@ def serialize(message: OutgoingMessage, extra: dict | None = None) -> str:
     exactly what was sent and a resend after a crash sends the same bytes.
     """
     parts = {"subject": None, "text": None, "html": None, **message.parts}
+    origin = {"origin": dict(message.origin)} if message.origin else {}
     stored = {"kind": message.kind, "to": message.to, "from": message.sender, **parts,
-              "headers": dict(message.headers), **(extra or {})}
+              "headers": dict(message.headers), **origin, **(extra or {})}
     if message.document is not None:
         try:
             stored["document"] = message.document.decode("utf-8")
@@ -65,7 +66,8 @@ def deserialize(key: str, content: str) -> OutgoingMessage:
     else:  # stored by a release that kept no documents: the transport makes it again when sending
         document = None
     return OutgoingMessage(key=key, kind=data["kind"], to=data["to"], sender=data["from"], parts=parts,
-                           headers=data.get("headers") or {}, document=document)
+                           headers=data.get("headers") or {}, origin=data.get("origin") or {},
+                           document=document)
 
 
 def next_attempt(policy: RetryPolicy, key: str, attempts: int, now: datetime) -> datetime | None:

@@ -6,7 +6,7 @@ step sets; every outcome is counted in the pass report here. Must not decide, re
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from engine import channel_kinds
 from engine.channels import Delivered
@@ -56,11 +56,14 @@ def outcome_record(ledger: Ledger, retry: RetryPolicy, key: str, campaign: str, 
         report.add(campaign, step, "sent", channel=channel)
         return Record(**common, status="sent", detail=f"{outcome.provider_id} {outcome.detail}".strip())
     if outcome.permanent:
-        ledger.suppress(sent.message.kind, channel_kinds.kind(sent.message.kind).suppression_key(sent.message.to),
-                        "bounced", outcome.detail, now)
+        kind = channel_kinds.kind(sent.message.kind)
+        if kind.suppress_on_permanent_failure:
+            ledger.suppress(kind.name, kind.suppression_key(sent.message.to), "bounced", outcome.detail, now)
         report.add(campaign, step, "failed:permanent", channel=channel)
         return Record(**common, status="failed", reason="permanent", detail=outcome.detail)
     retry_at = next_attempt(retry, key, attempts, now)
+    if retry_at is not None and outcome.retry_after:  # the provider's Retry-After, when it asks for longer
+        retry_at = max(retry_at, now + timedelta(seconds=outcome.retry_after))
     reason = "transient" if retry_at is not None else "exhausted"
     report.add(campaign, step, f"failed:{reason}", channel=channel)
     return Record(**common, status="failed", reason=reason, detail=outcome.detail, next_attempt_at=retry_at)

@@ -15,7 +15,7 @@ from sqlglot import exp
 
 from engine import channel_kinds, unsubscribe
 from engine.channels import OutgoingMessage, with_document
-from engine.clock import parse_stored_timestamp
+from engine.clock import format_instant, parse_stored_timestamp
 from engine.decide import discount_code
 from engine.errors import TemplateError
 from engine.model import Project, ProjectConfig
@@ -69,6 +69,8 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         message = OutgoingMessage(
             key=m.key, kind=channel.kind, to=to, sender=sender, parts=content.parts,
             headers={**({"Date": date} if kind.rfc5322 else {}), **headers},
+            origin={"campaign": m.campaign, "step": m.step, "variant": m.variant or "", "customer_id": m.customer_id,
+                    "trigger_key": m.trigger_key, "due_at": format_instant(m.due_at)},
         )
         message = with_document(channel, message)
         rendered.messages.append((m, message))

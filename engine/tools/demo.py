@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 
 import sqlalchemy as sa
 
-from engine.channel_kinds import KINDS
+from engine.channel_kinds import KINDS, contact_fields
 from engine.clock import parse_instant
 from engine.state.warehouse import Database
 
@@ -24,7 +24,7 @@ TABLES = {
     "customers": sa.Table(
         "customers", shop_metadata,
         sa.Column("customer_id", sa.Integer, primary_key=True, autoincrement=False),
-        *(sa.Column(kind.contact_field, sa.String) for kind in KINDS.values()),
+        *(sa.Column(column, sa.String) for column in contact_fields()),
         sa.Column("first_name", sa.String), sa.Column("last_name", sa.String),
         sa.Column("created_at", sa.DateTime), sa.Column("city", sa.String),
         sa.Column("birthday", sa.Date), sa.Column("timezone", sa.String),
@@ -115,7 +115,8 @@ def generate_shop(seed: int = 42, customers: int = 2000, anchor: str = "2025-01-
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         data.rows["customers"].append({
             "customer_id": customer_id,
-            **{kind.contact_field: kind.sample_address(rng, first, last, customer_id) for kind in KINDS.values()},
+            **{kind.address_column: kind.sample_address(rng, first, last, customer_id) for kind in KINDS.values()
+               if kind.address_column},
             "first_name": first, "last_name": last, "created_at": registered.replace(microsecond=0),
             "city": rng.choice(CITIES),
             "birthday": date(rng.randint(1950, 2005), 1, 1) + timedelta(days=rng.randint(0, 365)) if rng.random() < 0.6 else None,
