@@ -52,8 +52,7 @@ steps:
 def configure(root, url: str, settings: str = "", policies: str = "  retry: {max_attempts: 4, backoff: 1m}",
               consent: str = ""):
     text = (root / "engine.yaml").read_text()
-    text = text.rstrip("\n") + f"""
-  crm:
+    crm = f"""  crm:
     kind: webhook
     transport: http_post
     url: {url}
@@ -61,7 +60,11 @@ def configure(root, url: str, settings: str = "", policies: str = "  retry: {max
     headers: {{Authorization: "Bearer ${{CRM_TOKEN}}", X-Shop: bean-and-brew}}
     timeout: 2
 {settings}"""
-    text = text.replace("sources:", "policies:\n" + policies + "\nsources:", 1)
+    text = text.replace("\nchannels:\n", "\nchannels:\n" + crm.rstrip("\n") + "\n", 1)
+    if "\npolicies:\n" in text:  # the demo's own policies (its unsubscribe URL): add these to them
+        text = text.replace("\npolicies:\n", "\npolicies:\n" + policies + "\n", 1)
+    else:
+        text = text.replace("sources:", "policies:\n" + policies + "\nsources:", 1)
     if consent:
         text = text.replace("      customer_id: customer_id\n", f"      customer_id: customer_id\n      webhook_consent: \"{consent}\"\n")
     (root / "engine.yaml").write_text(text)
