@@ -48,7 +48,11 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         channel = config.channels[variant.channel]
         kind = channel_kinds.kind(channel.kind)
         # the envelope comes from the engine's record, taken before any template runs
-        to = str(m.customer[kind.contact_field])
+        to = kind.normal_address(str(m.customer[kind.contact_field]), channel.settings)
+        if to is None:  # checked by the policies; a customer row changed since cannot reach a provider
+            rendered.failures.append(as_record(m, "skipped", reason="invalid_contact"))
+            report.add(m.campaign, m.step, "skipped:invalid_contact", channel=m.channel)
+            continue
         context = template_context(m, contexts.get((m.campaign, m.customer_id, m.trigger_key), {}))
         context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id,
                                                       kind.unsubscribe_scope)

@@ -299,4 +299,6 @@ def _channel(doc: Document, name: str, spec: dict) -> tuple[ChannelConfig, list[
         issues.append(doc.issue(where + ("transport",), f"an {kind} channel cannot use the {transport} transport",
                                 fix="use " + " or ".join(carriers)))
     settings = {k: v for k, v in spec.items() if k not in ("kind", "transport")}
+    for setting, message, fix in channel_kinds.kind(kind).setting_problems(settings):
+        issues.append(doc.issue(where + (setting,), f"channels.{name}.{setting}: {message}", fix=fix))
     return ChannelConfig(name=name, kind=kind, transport=transport, settings=settings), issues
