@@ -98,6 +98,10 @@ class ChannelKind:
     normal_address: Callable[[str, Mapping[str, object]], str | None] = address_as_given
     #: problems of the kind's own settings of a channel: (setting, message, fix) each; engine validate reports them
     setting_problems: Callable[[Mapping[str, object]], list[tuple[str, str, str]]] = no_setting_problems
+    #: usual warehouse names of the contact field besides its own (engine init proposes them for the mapping)
+    contact_column_names: tuple[str, ...] = ()
+    #: the kind's own channel settings -> what leaving it out means (engine config show)
+    setting_defaults: Mapping[str, str] = field(default_factory=dict)
     #: the form in which an address is suppressed after a permanent failure, and looked up
     suppression_key: Callable[[str], str] = as_given
     #: a demo customer's address (the embedded demo shop), drawn from ``rng``; None: the customer has none

@@ -35,5 +35,6 @@ KIND = ChannelKind(
     locked_layout=True,
     rfc5322=True,
     headers=unsubscribe_headers,
+    contact_column_names=("e_mail", "email_address", "emailaddress", "mail", "mail_address"),
     sample_address=sample_address,
 )

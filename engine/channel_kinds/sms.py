@@ -60,5 +60,7 @@ KIND = ChannelKind(
     quiet_hours_expected=True,
     normal_address=e164,
     setting_problems=region_problems,
+    contact_column_names=("phone_number", "mobile", "mobile_phone", "telephone", "tel", "telefon", "handy"),
+    setting_defaults={REGION_SETTING: "(none: only numbers with +country code are valid)"},
     sample_address=sample_address,
 )

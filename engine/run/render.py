@@ -17,6 +17,7 @@ from engine.clock import parse_stored_timestamp
 from engine.decide import discount_code
 from engine.errors import TemplateError
 from engine.model import Project, ProjectConfig
+from engine.spec.config import shop_settings
 from engine.sql.triggers.event import Event
 from engine.sql.triggers.registry import kind_of
 from engine.run.dispatch import serialize
@@ -54,6 +55,7 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
             report.add(m.campaign, m.step, "skipped:invalid_contact", channel=m.channel)
             continue
         context = template_context(m, contexts.get((m.campaign, m.customer_id, m.trigger_key), {}))
+        context["shop"] = shop_settings(config.shop)  # the layout's shop name, postal address, legal footer
         context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id,
                                                       kind.unsubscribe_scope)
         if step.discount_code is not None:
