@@ -130,8 +130,11 @@ class ProjectConfig:
     retry: "RetryPolicy" = field(default_factory=lambda: RetryPolicy())
     #: a claim older than this without an outcome means its process died
     claim_timeout: timedelta = timedelta(minutes=10)
-    #: base of the signed one-click unsubscribe link (RFC 8058) in every marketing email
+    #: base of the signed one-click unsubscribe link (RFC 8058) in every marketing email; outside the demo
+    #: engine.yaml must name it (spec.unsafe_defaults), the demo falls back to an example domain
     unsubscribe_url: str = "https://shop.example/unsubscribe"
+    #: the shop as its messages' layout shows it: name, postal address, legal footer, website (``shop:``)
+    shop: Mapping[str, str] = field(default_factory=dict)
     #: named customer segments for ``engine export``: name -> filter expression
     segments: Mapping[str, str] = field(default_factory=dict)
     #: DuckDB settings (memory_limit, threads) for the warehouse connection; empty keeps DuckDB's defaults

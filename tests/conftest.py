@@ -49,6 +49,21 @@ def copy_project(target: Path) -> Path:
     return target
 
 
+#: what a real shop sets where the demo may keep example domains (spec.unsafe_defaults)
+REAL_SHOP_POLICIES = "policies:\n  unsubscribe_url: https://campaigns.beanandbrew.de/unsubscribe\n\n"
+
+
+def as_real_shop(root: Path) -> Path:
+    """The copied project as a real shop: no demo: section, the shop's own domain instead of example ones."""
+    path = root / "engine.yaml"
+    text = path.read_text()
+    start = text.index("demo:\n")
+    end = text.index("\n\n", start) + 2
+    text = (text[:start] + text[end:]).replace("beanandbrew.example", "beanandbrew.de")
+    path.write_text(text.replace("defaults:", REAL_SHOP_POLICIES + "defaults:", 1))
+    return root
+
+
 @pytest.fixture
 def project_dir(tmp_path: Path) -> Path:
     return copy_project(tmp_path)

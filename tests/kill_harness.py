@@ -46,6 +46,7 @@ PARALLELISM = {"email": CONNECTIONS, "sms": 1}
 ENGINE_YAML = """
 warehouse:
   url: {url}
+demo: true  # the loopback sinks' example domains and default unsubscribe URL (spec.unsafe_defaults)
 defaults:
   timezone: UTC
   code_secret: kill-test-secret-for-the-loopback-sinks-only

@@ -146,6 +146,7 @@ class Loft:
 ENGINE_YAML = """
 warehouse:
   url: sqlite:///{warehouse}
+demo: true  # the loopback sinks' example domains and default unsubscribe URL (spec.unsafe_defaults)
 defaults:
   timezone: UTC
   code_secret: a-test-secret-of-enough-length-1234567890

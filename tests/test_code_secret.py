@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from conftest import copy_project
+from conftest import as_real_shop, copy_project
 from engine import unsubscribe
 from engine.cli.main import main
 from engine.clock import FixedClock, parse_instant
@@ -50,12 +50,7 @@ def small_demo(root: Path, customers: int = 60) -> Path:
 
 def without_demo(root: Path) -> Path:
     """The project as a real shop: no demo: section (its warehouse is the file the demo built)."""
-    path = root / "engine.yaml"
-    text = path.read_text()
-    start = text.index("demo:\n")
-    end = text.index("\n\n", start) + 2
-    path.write_text(text[:start] + text[end:])
-    return root
+    return as_real_shop(root)
 
 
 def build_shop(root: Path) -> None:

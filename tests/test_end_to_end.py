@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 
-from conftest import recorded_outcomes, copy_project, database_url
+from conftest import as_real_shop, recorded_outcomes, copy_project, database_url
 from engine import Reconciler, load_project
 from engine.clock import parse_instant
 from engine.tools.demo import build_demo
@@ -169,9 +169,7 @@ def test_cli_plan_jsonl_contract_and_run(demo_project, backend):
 
 
 def test_cli_reports_a_missing_warehouse_without_a_traceback(tmp_path):
-    root = copy_project(tmp_path)
-    text = (root / "engine.yaml").read_text().replace("demo:\n  seed: 42\n  customers: 2000\n  anchor: \"2025-01-10T00:00:00Z\"\n", "")
-    (root / "engine.yaml").write_text(text)
+    root = as_real_shop(copy_project(tmp_path))
     result = _engine("plan", cwd=root, env={"ENGINE_WAREHOUSE_URL": f"duckdb:///{tmp_path}/missing.duckdb"})
     assert result.returncode == 1
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr

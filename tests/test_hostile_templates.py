@@ -34,7 +34,8 @@ from test_delivery import at, configure, customers, orders, statuses
 CORPUS = Path(__file__).resolve().parent / "corpus" / "hostile-templates"
 EXPECT = re.compile(r"\{#-?\s*expect:\s*(.+?)\s*-?#\}")
 SAMPLE_CONTEXT = {"customer": {"first_name": "A", "email": "a@example.com"}, "items": [], "trigger": {"key": "1"},
-                  "unsubscribe_url": "https://shop.example/unsubscribe?c=1&k=email&s=0"}
+                  "unsubscribe_url": "https://shop.example/unsubscribe?c=1&k=email&s=0",
+                  "shop": {"name": "Shop", "address": "Street 1", "legal": "", "url": ""}}  # as the engine gives it
 
 #: generous safety nets for one `engine validate` child (the bounds themselves are far smaller)
 MAX_SECONDS = 60

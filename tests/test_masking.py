@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_project
+from conftest import as_real_shop, copy_project
 from engine.spec.config import ENV_REFERENCE as _ENV, resolve
 from engine.masking import mask, mask_url, secret_references
 from servers import free_port
@@ -64,11 +64,9 @@ def test_a_variable_in_a_url_path_is_a_secret_wherever_it_shows_up_later(monkeyp
 
 def shop_project(root: Path, url: str) -> Path:
     """The shipped campaigns with the warehouse at ``url`` (written into engine.yaml), as a real shop (no demo)."""
-    copy_project(root)
+    as_real_shop(copy_project(root))
     path = root / "engine.yaml"
     text = path.read_text()
-    start = text.index("demo:\n")
-    text = text[:start] + text[text.index("\n\n", start) + 2:]
     path.write_text(text.replace("url: ${ENGINE_WAREHOUSE_URL:-duckdb:///var/demo-shop.duckdb}", f"url: {url}"))
     return root
 

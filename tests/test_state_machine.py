@@ -114,6 +114,7 @@ ADDRESS = {(kind, value): cid for cid, (mail, phone, _) in CUSTOMERS.items()
 ENGINE_YAML = """
 warehouse:
   url: {url}
+demo: true  # the loopback sinks' example domains and default unsubscribe URL (spec.unsafe_defaults)
 defaults:
   timezone: Europe/Berlin
   quiet_hours:

@@ -55,6 +55,14 @@ def as_given(address: str) -> str:
     return address
 
 
+def address_as_given(address: str, settings: Mapping[str, object]) -> str | None:
+    return address
+
+
+def no_setting_problems(settings: Mapping[str, object]) -> list[tuple[str, str, str]]:
+    return []
+
+
 def no_address(rng: random.Random, first_name: str, last_name: str, customer_id: int) -> str | None:
     return None
 
@@ -94,6 +102,15 @@ class ChannelKind:
     headers: Callable[..., Mapping[str, str]] = no_headers
     #: whether a customer's contact value can receive a message (else the message is skipped: no_contact)
     usable_address: Callable[[object], bool] = present
+    #: the address as it is sent (e.g. a phone number in E.164), given the channel's settings in engine.yaml;
+    #: None: the value is no valid address (the message is skipped: invalid_contact, never sent)
+    normal_address: Callable[[str, Mapping[str, object]], str | None] = address_as_given
+    #: problems of the kind's own settings of a channel: (setting, message, fix) each; engine validate reports them
+    setting_problems: Callable[[Mapping[str, object]], list[tuple[str, str, str]]] = no_setting_problems
+    #: usual warehouse names of the contact field besides its own (engine init proposes them for the mapping)
+    contact_column_names: tuple[str, ...] = ()
+    #: the kind's own channel settings -> what leaving it out means (engine config show)
+    setting_defaults: Mapping[str, str] = field(default_factory=dict)
     #: the form in which an address is suppressed after a permanent failure, and looked up
     suppression_key: Callable[[str], str] = as_given
     #: a demo customer's address (the embedded demo shop), drawn from ``rng``; None: the customer has none

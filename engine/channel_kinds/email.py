@@ -43,5 +43,6 @@ KIND = ChannelKind(
     locked_layout=True,
     rfc5322=True,
     headers=list_headers,
+    contact_column_names=("e_mail", "email_address", "emailaddress", "mail", "mail_address"),
     sample_address=sample_address,
 )

@@ -405,10 +405,11 @@ def ledger_upgrade(project_dir: Path):
 from engine.cli.backtest import backtest  # noqa: E402 - registered after main exists
 from engine.cli.customer import customer  # noqa: E402
 from engine.cli.explain import explain  # noqa: E402
+from engine.cli.init import init  # noqa: E402
 from engine.cli.export import export  # noqa: E402
 from engine.cli.stats import report, stats  # noqa: E402
 
-for _command in (explain, customer, export, backtest, stats, report):
+for _command in (explain, customer, export, backtest, stats, report, init):
     main.add_command(_command)
 accept_project_anywhere(main)  # after every command is registered
 

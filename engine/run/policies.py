@@ -8,7 +8,8 @@ per batch (one ledger query per concern, never one per message):
 
 ``choose_channels`` (R-M2, R-P1, R-P4): a step may offer several variants the
 customer qualifies for (e.g. email first, SMS otherwise). The message goes
-out on the first one the customer can actually receive: contact data present,
+out on the first one the customer can actually receive: contact data present
+and valid (a phone number the kind reads as E.164: else ``invalid_contact``),
 the shop's consent column not false, not unsubscribed from that channel kind
 (or from all), address not suppressed after a hard bounce - each as the kind
 declares it (engine.channel_kinds: contact field, consent column, unsubscribe
@@ -61,27 +62,37 @@ def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_
     def kind_of(m, variant_id: str) -> ChannelKind:
         return channel_kinds.kind(config.channels[channel_of[f"{m.campaign}:{m.step}:{variant_id}"]].kind)
 
+    def address_of(m, variant_id: str) -> str | None:
+        """The address as the channel sends it (None: missing or invalid)."""
+        kind = kind_of(m, variant_id)
+        address = m.customer.get(kind.contact_field)
+        if not kind.usable_address(address):
+            return None
+        return kind.normal_address(str(address), config.channels[channel_of[f"{m.campaign}:{m.step}:{variant_id}"]].settings)
+
     unsubscribed = ledger.unsubscribed(sorted({m.customer_id for m in sending}))
     addresses: dict[str, set[str]] = {}
     for m in sending:
         for variant_id in m.candidates:
-            kind = kind_of(m, variant_id)
-            address = m.customer.get(kind.contact_field)
-            if kind.usable_address(address):
-                addresses.setdefault(kind.name, set()).add(kind.suppression_key(str(address)))
+            address = address_of(m, variant_id)
+            if address is not None:
+                kind = kind_of(m, variant_id)
+                addresses.setdefault(kind.name, set()).add(kind.suppression_key(address))
     suppressed = {(kind, address) for kind, found in addresses.items()
                   for address in ledger.suppressed(kind, sorted(found))}
 
     def obstacle(m, variant_id: str) -> str | None:
         kind = kind_of(m, variant_id)
-        address = m.customer.get(kind.contact_field)
-        if not kind.usable_address(address):
+        if not kind.usable_address(m.customer.get(kind.contact_field)):
             return "no_contact"
+        address = address_of(m, variant_id)
+        if address is None:
+            return "invalid_contact"
         column = kind.consent_column
         if (column in m.customer and not m.customer[column]) or \
                 (m.customer_id, kind.unsubscribe_scope) in unsubscribed or (m.customer_id, "all") in unsubscribed:
             return "no_consent"
-        if (kind.name, kind.suppression_key(str(address))) in suppressed:
+        if (kind.name, kind.suppression_key(address)) in suppressed:
             return "suppressed"
         return None
 

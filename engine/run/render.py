@@ -19,6 +19,7 @@ from engine.clock import format_instant, parse_stored_timestamp
 from engine.decide import discount_code
 from engine.errors import TemplateError
 from engine.model import Project, ProjectConfig
+from engine.spec.config import shop_settings
 from engine.sql.triggers.event import Event
 from engine.sql.triggers.registry import kind_of
 from engine.run.dispatch import serialize
@@ -52,8 +53,13 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         channel = config.channels[variant.channel]
         kind = channel_kinds.kind(channel.kind)
         # the envelope comes from the engine's record, taken before any template runs
-        to = str(m.customer[kind.contact_field])
+        to = kind.normal_address(str(m.customer[kind.contact_field]), channel.settings)
+        if to is None:  # checked by the policies; a customer row changed since cannot reach a provider
+            rendered.failures.append(as_record(m, "skipped", reason="invalid_contact"))
+            report.add(m.campaign, m.step, "skipped:invalid_contact", channel=m.channel)
+            continue
         context = template_context(m, contexts.get((m.campaign, m.customer_id, m.trigger_key), {}))
+        context["shop"] = shop_settings(config.shop)  # the layout's shop name, postal address, legal footer
         context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id,
                                                       kind.unsubscribe_scope)
         if step.discount_code is not None:

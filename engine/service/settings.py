@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from engine.spec.config import ENV_REFERENCE, CONFIG_FILE, LEDGER_URL_ENV, load_config
+from engine import channel_kinds
+from engine.clock import format_duration
+from engine.model import ProjectConfig, RetryPolicy
+from engine.spec.config import ENV_REFERENCE, CONFIG_FILE, LEDGER_URL_ENV, SHOP_SETTINGS, load_config
 from engine.errors import ProjectInvalid
 from engine.spec.load import load_yaml_file
 from engine.masking import MASK, is_secret_name, mask, secret_references
@@ -127,9 +130,82 @@ def effective_config(root: Path, settings: Mapping[str, tuple[str | None, str]] 
     for entity, spec in data.get("sources", {}).items():
         where = f"table {spec['table']}" if "table" in spec else "query"
         shown.append(Shown(f"sources.{entity}", where, CONFIG_FILE))
+        written = spec.get("columns") or {}
+        for column, expression in config.sources[entity].columns.items():
+            shown.append(Shown(f"sources.{entity}.columns.{column}", expression,
+                               CONFIG_FILE if column in written else "default (the column of the same name)"))
+    given = {line.key for line in shown}
+    for key, raw, origin in defaults_of(config, data):
+        if key not in given and not any(g.startswith(key + ".") or g.startswith(key + "[") for g in given):
+            if "${" in raw:  # a default read from the environment: resolved (and masked) like a setting
+                line = show_value(key, raw, env)
+                origin = f"default {raw}" + (f": {line.origin}" if line.origin != f"{CONFIG_FILE} default" else "")
+                shown.append(replace(line, origin=origin))
+            else:
+                shown.append(Shown(key, raw, origin))
     for name, (value, origin) in (settings or setting_origins(env)).items():
         shown.append(Shown(f"service.{name}", "-" if value is None else str(value), origin))
-    return shown
+    return sorted(shown, key=_place)  # stable: the defaults of a section (or channel) follow its settings
+
+
+def _place(line: Shown) -> tuple[int, str]:
+    section, _, rest = line.key.partition(".")
+    return (SECTIONS.index(section) if section in SECTIONS else len(SECTIONS),
+            rest.split(".")[0] if section == "channels" else "")
+
+
+#: the order of ``engine config show``'s sections
+SECTIONS = ("project", "warehouse", "ledger", "demo", "shop", "defaults", "policies", "segments", "channels",
+            "sources", "service")
+
+
+def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]:
+    """(setting, value, origin) of every setting engine.yaml may leave out, as the engine runs with it."""
+    from engine.channels.smtp import DEFAULT_CONNECTIONS
+    from engine.run.dispatch import DEFAULT_IN_FLIGHT
+
+    none = "(none)"
+    found = [("ledger.stale_horizon", format_duration(config.stale_horizon), "default")]
+    if config.dialect == "duckdb":
+        found += [("warehouse.duckdb.memory_limit", "(DuckDB's: 80% of RAM)", "default"),
+                  ("warehouse.duckdb.threads", "(DuckDB's: one per CPU core)", "default")]
+    found += [("demo", "false", "default")]
+    found += [(f"shop.{name}", "(empty)", "default") for name in SHOP_SETTINGS]
+    found += [("defaults.timezone", config.default_timezone, "default"),
+              ("defaults.quiet_hours", none, "default"),
+              ("defaults.code_secret", ProjectConfig.code_secret, "default"),
+              ("defaults.previous_code_secrets", ProjectConfig.previous_code_secrets, "default"),
+              ("policies.frequency_caps", none, "default"),
+              ("policies.retry.max_attempts", str(RetryPolicy.max_attempts), "default"),
+              ("policies.retry.backoff", format_duration(RetryPolicy.backoff), "default"),
+              ("policies.retry.max_backoff", format_duration(RetryPolicy.max_backoff), "default"),
+              ("policies.claim_timeout", format_duration(config.claim_timeout), "default")]
+    if config.is_demo:
+        found.append(("policies.unsubscribe_url", config.unsubscribe_url,
+                      "default of the demo" + (" (shop.url + /unsubscribe)" if config.shop.get("url") else "")))
+    else:
+        found.append(("policies.unsubscribe_url", "(not set)", "required outside the demo"))
+    found.append(("segments", none, "default"))
+    for name, channel in config.channels.items():
+        prefix = f"channels.{name}"
+        found += [(f"{prefix}.from", "(not set)", "required outside the demo"),
+                  (f"{prefix}.delivery", "at_most_once", "default"),
+                  (f"{prefix}.in_flight", str(DEFAULT_IN_FLIGHT), "default")]
+        if channel.transport == "smtp":
+            security = str(channel.settings.get("security", "none"))
+            found += [(f"{prefix}.security", "none", "default"),
+                      (f"{prefix}.port", str({"ssl": 465, "starttls": 587}.get(security, 25)), f"default for security {security}"),
+                      (f"{prefix}.username", none, "default"), (f"{prefix}.password", none, "default"),
+                      (f"{prefix}.timeout", "30", "default (seconds)"),
+                      (f"{prefix}.connections", str(DEFAULT_CONNECTIONS), "default"),
+                      (f"{prefix}.pipelining", "true", "default")]
+        elif channel.transport == "http":
+            found += [(f"{prefix}.token", none, "default"), (f"{prefix}.timeout", "10", "default (seconds)")]
+        elif channel.transport == "file":
+            found.append((f"{prefix}.path", "var/outbox", "default"))
+        found += [(f"{prefix}.{setting}", value, "default")
+                  for setting, value in channel_kinds.kind(channel.kind).setting_defaults.items()]
+    return found
 
 
 def _walk(prefix: str, value: Any, env: Mapping[str, str]) -> list[Shown]:

@@ -1,4 +1,4 @@
-"""engine.yaml -> ``ProjectConfig``: warehouse, ledger, source mapping, channels.
+"""engine.yaml -> ``ProjectConfig``: warehouse, ledger, source mapping, channels, the shop's footer settings.
 
 Strings may read the environment with ``${VAR}`` or ``${VAR:-default}``; they
 are resolved when used (``resolve``), not when loaded, so ``engine validate``
@@ -8,6 +8,7 @@ SQLite URLs are relative to the project directory.
 from __future__ import annotations
 
 import difflib
+from dataclasses import replace
 import os
 from datetime import time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -32,6 +33,7 @@ from engine.model import (
     ENTITY_COLUMNS, ChannelConfig, DemoConfig, EntitySource, FrequencyCap, ProjectConfig, QuietHours, RetryPolicy,
 )
 from engine.spec.schemas import schema_issues
+from engine.spec.unsafe_defaults import unsafe_setting_issues
 
 CONFIG_FILE = "engine.yaml"
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -147,10 +149,23 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         is_demo=data.get("demo") not in (None, False),
         segments=dict(data.get("segments", {})),
         currency=defaults.get("currency", ProjectConfig.currency),
+        shop=shop_settings(data.get("shop") or {}),
         **_policies(doc, data.get("policies", {}), channels, issues),
     )
+    if config.is_demo and "unsubscribe_url" not in data.get("policies", {}) and config.shop["url"]:
+        # the demo's links go to its own shop's domain (outside the demo the setting is required)
+        config = replace(config, unsubscribe_url=config.shop["url"].rstrip("/") + "/unsubscribe")
     issues += _segment_issues(doc, config)
+    issues += unsafe_setting_issues(doc, resolve)
     return config, issues
+
+
+#: what the layout may show of the shop (``shop`` in every template); a setting not given is empty
+SHOP_SETTINGS = ("name", "address", "legal", "url")
+
+
+def shop_settings(spec: dict) -> dict[str, str]:
+    return {name: str(spec.get(name, "")) for name in SHOP_SETTINGS}
 
 
 def _segment_issues(doc: Document, config: ProjectConfig) -> list[Issue]:
@@ -336,4 +351,6 @@ def _channel(doc: Document, name: str, spec: dict) -> tuple[ChannelConfig, list[
         issues.append(doc.issue(where + ("transport",), f"an {kind} channel cannot use the {transport} transport",
                                 fix="use " + " or ".join(carriers)))
     settings = {k: v for k, v in spec.items() if k not in ("kind", "transport")}
+    for setting, message, fix in channel_kinds.kind(kind).setting_problems(settings):
+        issues.append(doc.issue(where + (setting,), f"channels.{name}.{setting}: {message}", fix=fix))
     return ChannelConfig(name=name, kind=kind, transport=transport, settings=settings), issues

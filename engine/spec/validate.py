@@ -16,7 +16,7 @@ from typing import Iterable
 
 from engine import channel_kinds
 from engine.errors import FilterError, Issue
-from engine.spec.config import duration_setting, parse_clock, parse_quiet_hours
+from engine.spec.config import duration_setting, parse_clock, parse_quiet_hours, shop_settings
 from engine.sql.filter_types import attribute_kinds, check_types, filter_attributes
 from engine.sql.filters import parse_filter, referenced_functions
 from engine.spec.load import Document, display_path, format_path, load_yaml_file
@@ -357,6 +357,7 @@ def sample_context(config: ProjectConfig, trigger: Trigger, discount_code: bool)
         "campaign": "campaign", "step": "step", "variant": "default",
         "message_key": "campaign:step:1:1", "due_at": "2025-01-01 00:00:00",
         "unsubscribe_url": "https://shop.example/unsubscribe?c=1&k=email&s=0",
+        "shop": shop_settings(config.shop),
     }
     if discount_code:
         context["discount_code"] = "SAMPLE-CODE"

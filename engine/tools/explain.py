@@ -261,6 +261,7 @@ REASONS = {
     "stale": "later than due + freshness: recorded as skipped, never sent late",
     "no_variant": "no variant's audience matched",
     "no_contact": "no email address or phone number for the channel",
+    "invalid_contact": "the phone number (or address) is not valid for the channel; it is never sent to",
     "holdout": "in the campaign's holdout group",
     "quiet_hours": "in quiet hours in the customer's time zone; sent when they end",
     "no_consent": "no consent, or unsubscribed",
