@@ -128,7 +128,7 @@ def test_every_undefined_template_variable_is_named_at_its_line_with_did_you_mea
     assert set(by_message) == {
         "'customer.frist_name' is undefined (did you mean 'customer.first_name' or 'customer.last_name'?)",
         "'trigger.totl' is undefined (did you mean 'trigger.total'?)",
-        "'shop_nmae' is undefined",
+        "'shop_nmae' is undefined (did you mean 'shop'?)",
         "'item.nmae' is undefined (did you mean 'item.name'?)",
     }, result.stdout
     lines = {"frist_name": 2, "totl": 3, "shop_nmae": 4, "item.nmae": 5}
@@ -138,7 +138,7 @@ def test_every_undefined_template_variable_is_named_at_its_line_with_did_you_mea
         assert "campaigns.d/second-order.yaml:" in issue["message"]  # which campaign uses it
     assert "first_name" in by_message["'customer.frist_name' is undefined (did you mean 'customer.first_name' or "
                                       "'customer.last_name'?)"]["fix"]
-    assert "customer" in by_message["'shop_nmae' is undefined"]["fix"]  # what the template is given instead
+    assert "customer" in by_message["'shop_nmae' is undefined (did you mean 'shop'?)"]["fix"]  # what the template is given instead
 
 
 def test_an_undefined_variable_at_send_time_is_named_the_same_way(tmp_path: Path):

@@ -163,6 +163,7 @@ def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]
     """(setting, value, origin) of every setting engine.yaml may leave out, as the engine runs with it."""
     from engine.channels.smtp import DEFAULT_CONNECTIONS
     from engine.run.dispatch import DEFAULT_IN_FLIGHT
+    from engine.spec.dbt import DEFAULT_MANIFEST
 
     none = "(none)"
     found = [("ledger.stale_horizon", format_duration(config.stale_horizon), "default")]
@@ -171,7 +172,9 @@ def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]
                   ("warehouse.duckdb.threads", "(DuckDB's: one per CPU core)", "default")]
     found += [("demo", "false", "default")]
     found += [(f"shop.{name}", "(empty)", "default") for name in SHOP_SETTINGS]
-    found += [("defaults.timezone", config.default_timezone, "default"),
+    found += [("dbt.manifest", DEFAULT_MANIFEST, "default (relative to the project)"),
+              ("defaults.currency", ProjectConfig.currency, "default"),
+              ("defaults.timezone", config.default_timezone, "default"),
               ("defaults.quiet_hours", none, "default"),
               ("defaults.code_secret", ProjectConfig.code_secret, "default"),
               ("defaults.previous_code_secrets", ProjectConfig.previous_code_secrets, "default"),

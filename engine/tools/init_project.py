@@ -44,7 +44,8 @@ MEANING = {
     "type": "event type, e.g. product_viewed, search, login", "completed_at": "when it became an order (NULL: open)",
     "timezone": "IANA zone, e.g. Europe/Berlin", "birthday": "date of birth", "unsubscribed_at": "unsubscribed from all",
     "total": "amount (number)", "status": "e.g. completed, cancelled",
-    **{kind.contact_field: f"where the customer receives {kind.label}" for kind in channel_kinds.KINDS.values()},
+    **{kind.address_column: f"where the customer receives {kind.label}" for kind in channel_kinds.KINDS.values()
+       if kind.address_column},
 }
 #: the kind of the starter campaign's channel: the one whose locked layout engine init writes
 STARTER_KIND = next(kind for kind in channel_kinds.KINDS.values() if kind.locked_layout)

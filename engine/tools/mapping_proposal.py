@@ -55,7 +55,7 @@ COLUMN_NAMES: dict[str, tuple[str, ...]] = {
     "url": ("link", "product_url", "page_url"),
     "locale": ("language", "lang", "sprache"),
     # the customers' address columns: each channel kind names their usual names
-    **{kind.contact_field: kind.contact_column_names for kind in channel_kinds.KINDS.values()},
+    **{kind.address_column: kind.contact_column_names for kind in channel_kinds.KINDS.values() if kind.address_column},
 }
 #: a warehouse name at least this similar to a wanted one (difflib ratio) is offered as a did-you-mean
 NEAR = 0.75
