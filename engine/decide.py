@@ -21,8 +21,18 @@ from engine.model import QuietHours, Step, Variant
 
 def customer_zone(name: object, default: str) -> ZoneInfo:
     """The customer's time zone, or the project's default when unknown or invalid (cached: a pass
-    asks this for every due row, of a few distinct zones)."""
+    asks this for every due row, of a few distinct zones). ``validate --check-warehouse``
+    reports the customers whose zone is not known (``known_zone``)."""
     return _zone(name if isinstance(name, str) else "", default)
+
+
+def known_zone(name: str) -> bool:
+    """Whether ``name`` is a time zone of the IANA database (``Europe/Berlin``; not ``Mars/Olympus``)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=1024)
@@ -57,12 +67,20 @@ def yearly_occurrence(day: date, year: int) -> date:
         return date(year, 2, 28)
 
 
+def local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    """The instant (UTC) a calendar day begins for a customer in ``zone``: their local midnight.
+    Date triggers (a birthday, a delivery date) are anchored there, not at midnight UTC, so a
+    customer in Tokyo is greeted on their birthday and "3 days before" is 3 of their days."""
+    return datetime.combine(day, time(0, 0), tzinfo=zone).astimezone(UTC)
+
+
 def anniversary_instance(day: date, step: Step, now: datetime, zone: ZoneInfo) -> tuple[datetime, str] | None:
-    """(trigger instant, key = the year) of the latest occurrence whose step is due by ``now``."""
+    """(trigger instant, key = the year) of the latest occurrence whose step is due by ``now``;
+    the instant is the customer's local midnight of the day."""
     reference = (now - step.delay).year
     for year in (reference + 1, reference, reference - 1):
         occurrence = yearly_occurrence(day, year)
-        trigger_at = datetime.combine(occurrence, time(0, 0), tzinfo=UTC)
+        trigger_at = local_midnight(occurrence, zone)
         if due_time(trigger_at, step, zone) <= now:
             return trigger_at, str(year)
     return None

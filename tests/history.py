@@ -10,10 +10,12 @@ The edge rows, by customer id:
 - 90001, 90002: no orders at all; 90001 abandoned a checkout (the customer
   facts join finds nothing), 90002 has neither email nor phone.
 - 90003: two orders at the same instant (a tie for "first order"; the
-  tie-break is the order id, and the tied order is not "ordered again").
-- 90004: a first order exactly at the freshness edge at the anchor (sent),
-  90009 one a second older (skipped as stale), 90010 one exactly at the
-  anchor (due exactly at +7d); 90004's and 90010's totals are NULL.
+  tie-break is the order id, and the tied order is the second order: "ordered
+  again" compares order identity, not time).
+- 90004: a first order exactly at the freshness edge at the anchor (stale: the
+  window is [due, due + freshness)), 90009 one a second older (stale too),
+  90010 one exactly at the anchor (due exactly at +7d); 90004's and 90010's
+  totals are NULL.
 - 90005: an order with milliseconds (SQLite keeps them as text).
 - 99998 .. 100001: four customers whose last orders tie at the 60 % edge of
   the at-risk segment at the anchor, so the tie-break by customer id decides
@@ -36,8 +38,9 @@ OFFSETS = {"-30d": timedelta(days=-30), "anchor": timedelta(0), "+1h": timedelta
            "+7d": timedelta(days=7), "+14d": timedelta(days=14)}
 INSTANTS = {label: (ANCHOR + delta).replace(tzinfo=timezone.utc) for label, delta in OFFSETS.items()}
 
-#: the at-risk segment of the shipped re-engage campaign (26 weeks, 60 %)
-AT_RISK_WINDOW = timedelta(weeks=26)
+#: the at-risk segment of the shipped re-engage campaign (6 calendar months, 60 %): it starts
+#: 6 months before the anchor (2025-01-10)
+AT_RISK_SINCE = datetime(2024, 7, 10)
 AT_RISK_PERCENT = 60
 TIE_GROUP = (99_998, 99_999, 100_000, 100_001)
 
@@ -64,7 +67,7 @@ def _tie_instant(orders: list[dict]) -> datetime:
     for o in orders:
         if o["created_at"] <= ANCHOR:
             last[o["customer_id"]] = max(o["created_at"], last.get(o["customer_id"], o["created_at"]))
-    recent = sorted(t for t in last.values() if t > ANCHOR - AT_RISK_WINDOW)
+    recent = sorted(t for t in last.values() if t > AT_RISK_SINCE)
     population = len(recent) + len(TIE_GROUP)
     edge = population * AT_RISK_PERCENT // 100  # 1-based position of the last member
     # the group sorts after the existing customer at recent[i] (higher ids): positions i+2 .. i+5

@@ -89,9 +89,9 @@ def reference(customers, orders, start, end, every, freshness=timedelta(days=2),
         if seen is None or seen > due + freshness + horizon:
             continue
         day = seen.date().isoformat()
-        if any(first < t <= seen for t in times[1:]):  # only what had happened by then
+        if any(t <= seen for t in times[1:]):  # only what had happened by then; a tie is a second order too
             counts[("nudge", day, "skipped:stopped")] += 1
-        elif seen > due + freshness:
+        elif seen >= due + freshness:
             counts[("nudge", day, "skipped:stale")] += 1
         else:
             counts[("nudge", day, "sent")] += 1

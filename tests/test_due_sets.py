@@ -72,7 +72,9 @@ def test_second_order_is_due_exactly_seven_days_after_the_first_order(shop):
     r = shop(customers=[customer(1)], orders=[order(10, 1, T0)])
     assert due(r, at(days=6, hours=23, minutes=59, seconds=59), "second-order") == set()
     assert due(r, at(days=7), "second-order") == {("nudge", "1", "10", "send")}
-    assert due(r, at(days=9), "second-order") == {("nudge", "1", "10", "send")}  # freshness 2d, inclusive
+    # freshness 2d is the half-open window [due, due + 2d): the last second is in, due + 2d is not
+    assert due(r, at(days=8, hours=23, minutes=59, seconds=59), "second-order") == {("nudge", "1", "10", "send")}
+    assert due(r, at(days=9), "second-order") == {("nudge", "1", "10", "skip:stale")}
 
 
 def test_second_order_is_skipped_as_stale_after_its_freshness_window(shop):
@@ -109,8 +111,8 @@ def test_abandoned_cart_window_is_one_to_two_hours(shop):
     r = shop(customers=[customer(1)], checkouts=[checkout(5, 1, T0)])
     assert due(r, at(minutes=59), "abandoned-cart") == set()
     assert due(r, at(hours=1), "abandoned-cart") == {("reminder", "1", "5", "send")}
-    assert due(r, at(hours=2), "abandoned-cart") == {("reminder", "1", "5", "send")}
-    assert due(r, at(hours=2, minutes=1), "abandoned-cart") == {("reminder", "1", "5", "skip:stale")}
+    assert due(r, at(hours=1, minutes=59, seconds=59), "abandoned-cart") == {("reminder", "1", "5", "send")}
+    assert due(r, at(hours=2), "abandoned-cart") == {("reminder", "1", "5", "skip:stale")}  # [due, due + 1h)
 
 
 def test_completed_checkouts_and_later_orders_end_the_cart_reminder(shop):
@@ -140,14 +142,14 @@ def _drifting_shop(shop):
     """Ten customers whose last orders are 10, 20, ..., 100 days before T0, plus two outsiders."""
     customers = [customer(i, phone=(i % 2 == 0)) for i in range(1, 13)]
     orders = [order(100 + i, i, T0 - timedelta(days=10 * i)) for i in range(1, 11)]
-    orders.append(order(111, 11, T0 - timedelta(days=200)))  # outside the 26-week window
+    orders.append(order(111, 11, T0 - timedelta(days=200)))  # outside the 6-month window
     # customer 12 never ordered
     return shop(customers=customers, orders=orders)
 
 
 def test_at_risk_is_the_least_recent_sixty_percent_of_recent_buyers(shop):
     r = _drifting_shop(shop)
-    # 10 customers ordered within 26 weeks; the 6 least recent are 5..10 (50..100 days ago)
+    # 10 customers ordered within 6 months; the 6 least recent are 5..10 (50..100 days ago)
     assert due(r, at(), "re-engage") == {("miss-you", str(i), str(100 + i), "send") for i in range(5, 11)}
 
 

@@ -51,7 +51,7 @@ UTC = timezone.utc
 # re-states the documented semantics in plain Python; no engine code is used.
 # ==============================================================================
 
-_DURATION = re.compile(r"(\d+)\s*([wdhms])")
+_DURATION = re.compile(r"(\d+)\s*(mo|[wdhms])")
 _UNIT = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
@@ -59,7 +59,26 @@ def duration(text) -> timedelta:
     """'7d', '1d12h', '-1d', '26w' -> timedelta (a leading '-' means before the trigger)."""
     value = str(text).strip()
     sign = -1 if value.startswith("-") else 1
-    return sign * timedelta(seconds=sum(int(n) * _UNIT[u] for n, u in _DURATION.findall(value)))
+    parts = _DURATION.findall(value)
+    assert all(u != "mo" for _, u in parts), f"{text}: calendar months are applied with shift(), not as a timedelta"
+    return sign * timedelta(seconds=sum(int(n) * _UNIT[u] for n, u in parts))
+
+
+def shift(instant: datetime, text, direction: int = 1) -> datetime:
+    """``instant`` plus (``direction`` 1) or minus (-1) a duration that may hold calendar months
+    ('6mo'): the months first, the day clamped to the target month's last (Aug 31 + 6mo = Feb 28),
+    then the rest; a leading '-' flips the direction. Written out here, not taken from the engine."""
+    value = str(text).strip()
+    if value.startswith("-"):
+        direction, value = -direction, value[1:]
+    months = sum(int(n) for n, u in _DURATION.findall(value) if u == "mo")
+    rest = timedelta(seconds=sum(int(n) * _UNIT[u] for n, u in _DURATION.findall(value) if u != "mo"))
+    if months:
+        total = instant.year * 12 + (instant.month - 1) + direction * months
+        year, month = total // 12, total % 12 + 1
+        next_first = date(year + (month == 12), month % 12 + 1, 1)
+        instant = instant.replace(year=year, month=month, day=min(instant.day, (next_first - timedelta(days=1)).day))
+    return instant + direction * rest
 
 
 def clock(text: str) -> time:
@@ -211,7 +230,7 @@ def next_local(instant: datetime, at: time, zone: ZoneInfo) -> datetime:
 
 
 def step_due(trigger_at: datetime, step: dict, zone: ZoneInfo) -> datetime:
-    base = trigger_at + duration(step["delay"])
+    base = shift(trigger_at, step["delay"])
     return next_local(base, clock(step["send_at"]), zone) if "send_at" in step else base
 
 
@@ -229,8 +248,9 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC)
 
 
-def midnight(day: date) -> datetime:
-    return datetime.combine(day, time(0, 0), tzinfo=UTC)
+def midnight(day: date, zone: ZoneInfo) -> datetime:
+    """When ``day`` begins for a customer in ``zone``: date triggers are anchored at local midnight."""
+    return datetime.combine(day, time(0, 0), tzinfo=zone).astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -238,6 +258,8 @@ class Instance:
     customer_id: int
     key: str
     at: datetime
+    #: an order trigger's order as (created_at, order_id): "ordered again" is an order ranked after it
+    order: tuple | None = None
 
 
 def trigger_instances(spec: dict, shop: History, now: datetime) -> list[Instance]:
@@ -253,7 +275,8 @@ def trigger_instances(spec: dict, shop: History, now: datetime) -> list[Instance
         for o in counted:
             seen[o["customer_id"]] = seen.get(o["customer_id"], 0) + 1
             if options.get("nth") in (None, seen[o["customer_id"]]):
-                instances.append(Instance(o["customer_id"], str(o["order_id"]), utc(o["created_at"])))
+                instances.append(Instance(o["customer_id"], str(o["order_id"]), utc(o["created_at"]),
+                                          (o["created_at"], o["order_id"])))
         return instances
     if kind == "checkout_abandoned":
         return [Instance(k["customer_id"], str(k["checkout_id"]), utc(k["created_at"])) for k in shop.checkouts
@@ -272,8 +295,10 @@ def trigger_instances(spec: dict, shop: History, now: datetime) -> list[Instance
         return [Instance(c, day.isoformat(), utc(at)) for (c, day), at in days.items()]
     if kind == "order_date":
         column = options.get("column", "delivery_date")
-        return [Instance(o["customer_id"], str(o["order_id"]), midnight(o[column])) for o in orders
-                if o[column] is not None]
+        zones = {c["customer_id"]: zone_of(c) for c in shop.customers}
+        return [Instance(o["customer_id"], str(o["order_id"]),
+                         midnight(o[column], zones.get(o["customer_id"], ZoneInfo(DEFAULT_ZONE))))
+                for o in orders if o[column] is not None]
     if kind == "last_activity":
         kinds = options.get("activity", ["order"])
         kinds = [kinds] if isinstance(kinds, str) else kinds
@@ -290,13 +315,13 @@ def trigger_instances(spec: dict, shop: History, now: datetime) -> list[Instance
         return [Instance(c, key, at) for c, (at, key) in newest.items()]
     if kind == "at_risk":
         # Segment entry with an empty entries table: today's members enter at ``now``.
-        window, percent = duration(options.get("window", "180d")), options.get("percent", 60)
+        since, percent = shift(now, options.get("window", "26w"), -1), options.get("percent", 60)
         last: dict[int, dict] = {}
         for o in orders:
             current = last.get(o["customer_id"])
             if current is None or (o["created_at"], o["order_id"]) > (current["created_at"], current["order_id"]):
                 last[o["customer_id"]] = o
-        recent = sorted((o for o in last.values() if utc(o["created_at"]) > now - window),
+        recent = sorted((o for o in last.values() if utc(o["created_at"]) > since),
                         key=lambda o: (o["created_at"], o["customer_id"]))
         return [Instance(o["customer_id"], str(o["order_id"]), now) for position, o in enumerate(recent, start=1)
                 if position * 100 <= len(recent) * percent]
@@ -304,7 +329,7 @@ def trigger_instances(spec: dict, shop: History, now: datetime) -> list[Instance
 
 
 def anniversary_instance(customer: dict, attribute: str, step: dict, now: datetime) -> Instance | None:
-    """The latest yearly occurrence (midnight UTC) whose step is due by ``now``; key = the year."""
+    """The latest yearly occurrence (the customer's local midnight) whose step is due by ``now``; key = the year."""
     day = customer.get(attribute)
     if day is None:
         return None
@@ -312,16 +337,26 @@ def anniversary_instance(customer: dict, attribute: str, step: dict, now: dateti
         return None  # not a customer yet at ``now``
     zone = zone_of(customer)
     for year in range(now.year + 1, now.year - 3, -1):
-        at = midnight(yearly(day, year))
+        at = midnight(yearly(day, year), zone)
         if step_due(at, step, zone) <= now:
             return Instance(customer["customer_id"], str(year), at)
     return None
 
 
-def stop_holds(stop: str, customer: dict, shop: History, trigger_at: datetime, now: datetime) -> bool:
+def ordered_again(instance: Instance, shop: History, now: datetime) -> bool:
+    """An order by ``now`` after the trigger: for an order trigger one ranked after its order by
+    (created_at, order_id) - a tie at the same instant is a later order too; else one later in time."""
+    orders = [o for o in shop.orders if o["customer_id"] == instance.customer_id and utc(o["created_at"]) <= now]
+    if instance.order is not None:
+        return any((o["created_at"], o["order_id"]) > instance.order for o in orders)
+    return any(instance.at < utc(o["created_at"]) for o in orders)
+
+
+def stop_holds(stop: str, customer: dict, shop: History, instance: Instance, now: datetime) -> bool:
     cid = customer["customer_id"]
+    trigger_at = instance.at
     if stop == "ordered_again":
-        return any(o["customer_id"] == cid and trigger_at < utc(o["created_at"]) <= now for o in shop.orders)
+        return ordered_again(instance, shop, now)
     if stop == "came_back":
         return any(e["customer_id"] == cid and trigger_at < utc(e["occurred_at"]) <= now for e in shop.events)
     if stop == "unsubscribed":
@@ -362,9 +397,9 @@ def outcome(spec: dict, step: dict, customer: dict, instance: Instance, due: dat
     """(send / defer:quiet_hours / skip:<reason>, the variant), in the documented order: the
     message goes by the first qualifying variant the customer has contact data for."""
     first = candidates[0] if candidates else None
-    if any(stop_holds(s, customer, shop, instance.at, now) for s in spec.get("stop", [])):
+    if any(stop_holds(s, customer, shop, instance, now) for s in spec.get("stop", [])):
         return "skip:stopped", first
-    if "freshness" in step and now > due + duration(step["freshness"]):
+    if "freshness" in step and now >= shift(due, step["freshness"]):  # [due, due + freshness)
         return "skip:stale", first
     if first is None:
         return "skip:no_variant", None
@@ -404,11 +439,9 @@ def reference_plan(spec: dict, shop: History, now: datetime) -> set[tuple]:
             due = step_due(instance.at, step, zone_of(customer))
             if due > now:
                 continue  # not due yet
-            if "freshness" in step and now > due + duration(step["freshness"]) + STALE_HORIZON:
+            if "freshness" in step and now > shift(due, step["freshness"]) + STALE_HORIZON:
                 continue  # beyond the stale horizon: not even reported
-            context = FilterContext(customer, order_count[instance.customer_id], any(
-                o["customer_id"] == instance.customer_id and instance.at < utc(o["created_at"]) <= now
-                for o in shop.orders))
+            context = FilterContext(customer, order_count[instance.customer_id], ordered_again(instance, shop, now))
             if not (holds(spec.get("audience"), context) and holds(step.get("audience"), context)):
                 continue
             candidates = qualifying_variants(spec, step, customer, context)
@@ -481,13 +514,14 @@ def _reentry_once(engine: set[tuple], model: set[tuple]) -> set[tuple]:
 # ==============================================================================
 
 #: How long before ``now`` things happen, on the boundaries the shipped campaigns use
-#: (delays, delays + freshness, + the stale horizon, the 26-week window) ...
+#: (delays, delays + freshness, + the stale horizon, the 6-month window: 181 to 184 days) ...
 BOUNDARIES = sorted({timedelta(0), timedelta(minutes=10), timedelta(hours=1), timedelta(hours=2), timedelta(hours=3),
                      timedelta(days=1), timedelta(days=2), timedelta(days=3), timedelta(days=5), timedelta(days=6),
                      timedelta(days=7), timedelta(days=8), timedelta(days=9), timedelta(days=10), timedelta(days=14),
                      timedelta(days=16), timedelta(days=17), timedelta(days=24), timedelta(days=60),
                      timedelta(days=62), timedelta(days=69), timedelta(days=90), timedelta(days=92),
-                     timedelta(days=99), timedelta(weeks=26), timedelta(days=-1)})
+                     timedelta(days=99), timedelta(weeks=26), timedelta(days=181), timedelta(days=182),
+                     timedelta(days=183), timedelta(days=184), timedelta(days=-1)})
 ZONES = [None, "", "Europe/Berlin", "Europe/London", "America/New_York", "Asia/Tokyo", "Australia/Sydney",
          "Pacific/Kiritimati", "UTC", "Not/AZone"]
 EVENT_TYPES = ["newsletter_signup", "product_viewed", "search", "login"]

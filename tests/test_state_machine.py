@@ -651,7 +651,7 @@ class DeliveryMachine(RuleBasedStateMachine):
         freshness = self.project.campaign(listed.campaign).step(listed.step).freshness
         horizon_end = listed.due_at + freshness + STALE_HORIZON
         for t in self.pass_instants:
-            if listed.first_seen < t <= horizon_end and (t > listed.due_at + freshness
+            if listed.first_seen < t <= horizon_end and (t >= listed.due_at + freshness  # stale from due + freshness
                                                          or not in_quiet_hours(t, listed.customer_id)):
                 return True
         return False

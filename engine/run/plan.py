@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from engine.clock import UTC, parse_stored_date, parse_stored_timestamp
-from engine.decide import anniversary_instance, customer_zone, due_time, matching_variants, stable_bucket
+from engine.decide import anniversary_instance, customer_zone, due_time, local_midnight, matching_variants, stable_bucket
 from engine.errors import WarehouseError
 from engine.model import Campaign, ProjectConfig
 from engine.progress import Progress
@@ -27,6 +27,7 @@ from engine.sql.compile import (
 from engine.run.ledger_state import shipped_state
 from engine.sql.due import due_query, keys_in_sql
 from engine.sql.shipping import StateNeeds, state_needs
+from engine.sql.triggers.registry import kind_of
 from engine.state.ledger import Ledger
 from engine.state.warehouse import Database, Session
 
@@ -121,6 +122,7 @@ class RowLayout:
         self.trigger_key, self.trigger_at = position["trigger_key"], position["trigger_at"]
         self.stopped_by = position["stopped_by"]
         self.yearly = not keys_in_sql(campaign)  # a yearly date: Python derives the instance
+        self.local_date = kind_of(campaign.trigger).local_date  # a date: the customer's local midnight
         self.anniversary = position.get("anniversary")
         self.matches = [position[f"{VARIANT_PREFIX}{i}"] for i in range(variant_columns(campaign))]
         # the customer's attributes are the query's last columns (compile.due_query)
@@ -150,6 +152,9 @@ def decide_row(campaign: Campaign, row, now: datetime, config: ProjectConfig,
         if instance is None:
             return None
         trigger_at, trigger_key = instance
+    elif layout.local_date:
+        zone = customer_zone(customer.get("timezone"), config.default_timezone)
+        trigger_at = local_midnight(parse_stored_date(row[layout.trigger_at]), zone)
     else:
         value = row[layout.trigger_at]
         trigger_at = value.replace(tzinfo=UTC) if type(value) is datetime and value.tzinfo is None \
@@ -172,7 +177,7 @@ def decide_row(campaign: Campaign, row, now: datetime, config: ProjectConfig,
     stopped_by = row[layout.stopped_by]
     if stopped_by:
         message.action, message.reason, message.detail = "skip", "stopped", str(stopped_by)
-    elif step.freshness is not None and now > due_at + step.freshness:
+    elif step.freshness is not None and now >= due_at + step.freshness:  # half-open: [due, due + freshness)
         message.action, message.reason = "skip", "stale"
     elif first is None:
         message.action, message.reason = "skip", "no_variant"

@@ -10,8 +10,8 @@ per batch (one ledger query per concern, never one per message):
 customer qualifies for (e.g. email first, SMS otherwise). The message goes
 out on the first one the customer can actually receive: contact data present
 and valid (a phone number the kind reads as E.164: else ``invalid_contact``),
-the shop's consent column not false, not unsubscribed from that channel kind
-(or from all), address not suppressed after a hard bounce - each as the kind
+the shop's consent column true where mapped (opt-in: NULL is no consent), not
+unsubscribed from that channel kind (or from all), address not suppressed after a hard bounce - each as the kind
 declares it (engine.channel_kinds: contact field, consent column, unsubscribe
 scope, suppression key). When none is
 receivable the message is skipped with the first candidate's reason, so
@@ -120,7 +120,7 @@ def apply_policies(config: ProjectConfig, ledger: Ledger, batch: list, now: date
     windows = [cap.per for cap in caps] + [recency[m.campaign] for m in sending if m.campaign in recency]
     history: dict[str, list[tuple[datetime, str, str]]] = {}
     if windows:
-        history = ledger.recent_sends(sorted({m.customer_id for m in sending}), now - max(windows))
+        history = ledger.recent_sends(sorted({m.customer_id for m in sending}), min(now - w for w in windows))
     decided = []
     for m in batch:
         if m.action == "send":
@@ -249,7 +249,8 @@ def reentry(batch: list, inputs: PolicyInputs) -> list:
             if rule.mode == "once":
                 blocked = bool(earlier)
             else:
-                blocked = any(at is not None and abs(to_utc(at) - m.trigger_at) < rule.cooldown for _, at in earlier)
+                blocked = any(at is not None and m.trigger_at - rule.cooldown < to_utc(at) < m.trigger_at + rule.cooldown
+                              for _, at in earlier)
             if blocked:
                 m = replace(m, action="skip", reason="reentry")
             else:

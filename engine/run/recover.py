@@ -44,4 +44,4 @@ def past_freshness(project: Project, row: dict, now: datetime) -> bool:
         freshness = project.campaign(row["campaign"]).step(row["step"]).freshness
     except KeyError:
         return False
-    return freshness is not None and row["due_at"] is not None and now > parse_stored_timestamp(row["due_at"]) + freshness
+    return freshness is not None and row["due_at"] is not None and now >= parse_stored_timestamp(row["due_at"]) + freshness

@@ -21,7 +21,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from engine import channel_kinds
-from engine.clock import MAX_DURATION, DurationTooLong, parse_duration, parse_instant
+from engine.clock import MAX_DURATION, CalendarMonthsNotAccepted, Duration, DurationTooLong, parse_duration, parse_instant
 from engine.dialects import dialect_of_url
 from engine.errors import ConfigError, FilterError, Issue
 from engine.sql.filter_types import segment_attributes
@@ -181,12 +181,17 @@ def _segment_issues(doc: Document, config: ProjectConfig) -> list[Issue]:
     return issues
 
 
-def duration_setting(doc: Document, path: tuple, text: str, issues: list[Issue]) -> timedelta:
-    """A duration in engine.yaml or a campaign file; one too long (or malformed) is an issue at ``path``, read as zero."""
+def duration_setting(doc: Document, path: tuple, text: str, issues: list[Issue], months: bool = False) -> Duration:
+    """A duration in engine.yaml or a campaign file; one too long (or malformed) is an issue at ``path``, read as zero.
+    ``months``: calendar months (``6mo``) are accepted (a ``CalendarDuration``); else they are an issue."""
     try:
-        return parse_duration(text)
+        return parse_duration(text, months=months)
     except DurationTooLong as exc:
         issues.append(doc.issue(path, str(exc), fix=f"write at most {MAX_DURATION.days}d"))
+    except CalendarMonthsNotAccepted as exc:
+        issues.append(doc.issue(path, str(exc), fix="write days or weeks (e.g. 30d, 4w): calendar months are "
+                                "accepted in step delays and freshness, trigger windows, re-entry cool-downs, "
+                                "not_contacted_within and frequency caps"))
     except ValueError as exc:
         issues.append(doc.issue(path, str(exc), fix="write a duration such as 90m, 2h, 7d or 1d12h"))
     return timedelta(0)
@@ -199,7 +204,7 @@ def _policies(doc: Document, spec: dict, channels: dict, issues: list[Issue]) ->
         if channel is not None and channel not in channels:
             issues.append(doc.issue(("policies", "frequency_caps", index, "channel"), f"channel '{channel}' is not configured",
                                     fix="configured channels: " + ", ".join(channels)))
-        per = duration_setting(doc, ("policies", "frequency_caps", index, "per"), cap["per"], issues)
+        per = duration_setting(doc, ("policies", "frequency_caps", index, "per"), cap["per"], issues, months=True)
         caps.append(FrequencyCap(max=cap["max"], per=per, channel=channel))
     retry = spec.get("retry", {})
     policies = {

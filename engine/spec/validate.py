@@ -10,12 +10,12 @@ reports both.
 """
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 from typing import Iterable
 
 from engine import channel_kinds
 from engine.errors import FilterError, Issue
+from engine.clock import Duration
 from engine.spec.config import duration_setting, parse_clock, parse_quiet_hours, shop_settings
 from engine.sql.filter_types import attribute_kinds, check_types, filter_attributes
 from engine.sql.filters import parse_filter, referenced_functions
@@ -83,8 +83,8 @@ class _TriggerFile:
     def __init__(self, doc: Document, config: ProjectConfig, issues: list[Issue]):
         self.doc, self.config, self.issues = doc, config, issues
 
-    def duration(self, path: tuple, text: str) -> timedelta:
-        return duration_setting(self.doc, path, text, self.issues)
+    def duration(self, path: tuple, text: str) -> Duration:
+        return duration_setting(self.doc, path, text, self.issues, months=True)
 
     def needs(self, path: tuple, what: str, entity: str, column: str | None = None) -> None:
         _needs(self.doc, self.config, path, what, entity, column, self.issues)
@@ -155,9 +155,11 @@ def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) ->
         description=data.get("description", ""),
         enabled=data.get("enabled", True),
         priority=data.get("priority", 0),
-        conversion_window=duration_setting(doc, ("conversion_window",), data.get("conversion_window", "7d"), issues),
+        conversion_window=duration_setting(doc, ("conversion_window",), data.get("conversion_window", "7d"), issues,
+                                           months=True),
         holdout=float(data.get("holdout", 0)),
-        not_contacted_within=(duration_setting(doc, ("not_contacted_within",), data["not_contacted_within"], issues)
+        not_contacted_within=(duration_setting(doc, ("not_contacted_within",), data["not_contacted_within"], issues,
+                                               months=True)
                               if "not_contacted_within" in data else None),
         trigger=trigger,
         audience=data.get("audience"),
@@ -277,7 +279,8 @@ def _checks_despite_schema(doc: Document, config: ProjectConfig, renderer: Rende
 
 def _reentry(doc: Document, spec, issues: list[Issue]) -> Reentry:
     if isinstance(spec, dict):
-        return Reentry(mode="cooldown", cooldown=duration_setting(doc, ("reentry", "cooldown"), spec["cooldown"], issues))
+        return Reentry(mode="cooldown", cooldown=duration_setting(doc, ("reentry", "cooldown"), spec["cooldown"], issues,
+                                                                   months=True))
     return Reentry(mode=spec)
 
 
@@ -285,14 +288,14 @@ def _step(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Tri
           raw: dict, attributes: list[str], issues: list[Issue]) -> Step:
     delay_text = str(raw["delay"]).strip()
     negative = delay_text.startswith("-")
-    delay = duration_setting(doc, where + ("delay",), delay_text.lstrip("-").strip(), issues)
+    delay = duration_setting(doc, where + ("delay",), delay_text.lstrip("-").strip(), issues, months=True)
     if negative:
         delay = -delay
         if not kind_of(trigger).dated:
             dated = " / ".join(kind.name for kind in KINDS if kind.dated)
             issues.append(doc.issue(where + ("delay",), f"a negative delay (before the trigger) only makes sense for date triggers, not {trigger.kind}",
                                     fix=f"use a delay of 0m or more, or an {dated} trigger"))
-    freshness = duration_setting(doc, where + ("freshness",), raw["freshness"], issues) if "freshness" in raw else None
+    freshness = duration_setting(doc, where + ("freshness",), raw["freshness"], issues, months=True) if "freshness" in raw else None
     single = [key for key in ("channel", "template") if key in raw]
     if "variants" in raw and single:
         issues.append(doc.issue(where + (single[0],), "a step has either channel and template, or variants, not both",

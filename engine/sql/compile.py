@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 import sqlglot
 from sqlglot import exp
 
-from engine.clock import sql_timestamp_text, to_utc
+from engine.clock import CalendarDuration, sql_timestamp_text, to_utc
 from engine.decide import customer_zone
 from engine.dialects import dialect_named, drop_temporary_table
 from engine.sql.filter_types import segment_attributes
@@ -118,13 +118,30 @@ class StepWindow:
     earliest: datetime | None
 
 
+#: Calendar months (``6mo``) have no exact inverse: Aug 28 ... Aug 31 + 6 months are all Feb 28, so
+#: ``now - 6mo`` can be up to three days before the latest trigger that is due. Each month-valued
+#: duration of a step widens its window by this on each side; Python then decides exactly.
+MONTH_END_SLACK = timedelta(days=3)
+
+
+def calendar_slack(step: Step) -> timedelta:
+    return sum((MONTH_END_SLACK for value in (step.delay, step.freshness) if isinstance(value, CalendarDuration)),
+               timedelta(0))
+
+
 def step_window(step: Step, now: datetime, stale_horizon: timedelta) -> StepWindow:
+    months = calendar_slack(step)
     due_cutoff = now - step.delay
     if step.freshness is None:
-        return StepWindow(due_cutoff, None)
+        return StepWindow(due_cutoff + months, None)
     slack = SEND_AT_SLACK if step.send_at is not None else timedelta(0)
-    return StepWindow(due_cutoff, due_cutoff - step.freshness - stale_horizon - slack)
+    return StepWindow(due_cutoff + months, due_cutoff - step.freshness - stale_horizon - slack - months)
 
+
+#: A calendar day starts at the customer's local midnight (date triggers): up to 14 h before midnight
+#: UTC (UTC+14, Pacific/Kiritimati) and up to 12 h after it (UTC-12). SQL windows over dates widen by these.
+LOCAL_DAY_EARLIER = timedelta(hours=14)
+LOCAL_DAY_LATER = timedelta(hours=12)
 
 #: How far the per-zone window (``zone_window``) is widened on each side. Rows inside the margin
 #: are decided in Python like any other; it only has to cover DST oddities of the local clock.
@@ -155,11 +172,12 @@ def zone_window(step: Step, now: datetime, stale_horizon: timedelta, zone: ZoneI
     of slack on each side, rows Python then drops at every pass); per zone the
     query can cut at those instants, widened by ``ZONE_MARGIN``.
     """
-    cutoff = _last_local_time(now, step.send_at, zone, inclusive=True) + ZONE_MARGIN - step.delay
+    months = calendar_slack(step)
+    cutoff = _last_local_time(now, step.send_at, zone, inclusive=True) + ZONE_MARGIN - step.delay + months
     if step.freshness is None:
         return StepWindow(cutoff, None)
     gone = _last_local_time(now - step.freshness - stale_horizon, step.send_at, zone, inclusive=False)
-    return StepWindow(cutoff, gone - ZONE_MARGIN - step.delay)
+    return StepWindow(cutoff, gone - ZONE_MARGIN - step.delay - months)
 
 
 @functools.lru_cache(maxsize=None)
@@ -282,6 +300,9 @@ class QueryBuilder:
         self.uses_event_facts = False
         #: facts come from the pass's shared tables (``SHARED_FACTS``) instead of CTEs of this query
         self.shared_facts = shared_facts
+        #: "an order after the trigger" as the trigger kind knows it by identity (an order trigger: a
+        #: later order in its ranking, ties at one instant included); None: by time (``ordered_after_trigger``)
+        self.later_order: exp.Expression | None = None
 
     def ts(self, value: datetime) -> exp.Expression:
         return ts(value, self.dialect)
@@ -344,7 +365,10 @@ class QueryBuilder:
 
     def ordered_after_trigger(self) -> exp.Expression:
         """An order after the trigger (and by ``now``) exists exactly when the newest order by
-        ``now`` is after the trigger: a column comparison on the shared facts, not a scan per row."""
+        ``now`` is after the trigger: a column comparison on the shared facts, not a scan per row.
+        Where the trigger kind set ``later_order`` (an order trigger), that: by order identity."""
+        if self.later_order is not None:
+            return self.later_order.copy()
         self.uses_facts = True
         return _later(col("f", "last_order_at"), col("t", "trigger_at"))
 

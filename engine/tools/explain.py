@@ -12,7 +12,9 @@ the machinery a pass uses:
   window) with each audience filter and stop condition evaluated on its own,
   which names the filter that excluded them;
 - the trigger kind (``sql.triggers``) for the trigger in words and when each step
-  of an instance is due (``decide.due_time``; a yearly date's latest or next occurrence).
+  of an instance is due (``decide.due_time``; a yearly date's latest or next occurrence),
+  and, for a segment trigger, where the customer stands (``standing_query``: the
+  population, their position, the cut and how far they are from it).
 
 Read-only: no ledger writes, no segment entries recorded.
 """
@@ -23,7 +25,7 @@ from datetime import datetime, time, timedelta
 
 from engine.clock import format_duration, format_instant, parse_stored_timestamp
 from engine.run.ledger_state import warehouse_with_state
-from engine.sql.compile import StateRelations, render_sql
+from engine.sql.compile import QueryBuilder, StateRelations, render_sql
 from engine.sql.due import due_query, explain_query
 from engine.sql.shipping import state_needs
 from engine.state.warehouse import Session
@@ -114,11 +116,14 @@ class Explanation:
     timezone: str
     instance_count: int
     steps: list[StepInfo]
+    #: where the customer stands towards the trigger (a segment: population, position, cut), if the kind tells
+    standing: dict | None = None
+    standing_text: str | None = None
 
     def as_dict(self) -> dict:
         return {"campaign": self.campaign, "customer_id": self.customer_id, "now": format_instant(self.now),
                 "enabled": self.enabled, "trigger": self.trigger, "audience": self.audience, "stop": list(self.stop),
-                "timezone": self.timezone, "instances": self.instance_count,
+                "timezone": self.timezone, "instances": self.instance_count, "standing": self.standing,
                 "steps": [s.as_dict() for s in self.steps]}
 
 
@@ -147,6 +152,7 @@ def explain(reconciler: Reconciler, campaign_name: str, customer_id: str, now: d
         candidates = _candidates(reconciler, session, state, campaign, customer_id, now)
         query, checks = explain_query(campaign, config, now, customer_id, state=state)
         rows = [dict(r._mapping) for batch in session.stream(render_sql(query, config.dialect)) for r in batch]
+        standing = _standing(session, state, campaign, config, now, customer_id)
 
     steps = []
     for step in campaign.steps:
@@ -158,10 +164,22 @@ def explain(reconciler: Reconciler, campaign_name: str, customer_id: str, now: d
             info.instances.append(InstanceStep(
                 step.id, None, None, None, None, [], [], None,
                 Verdict("no_instance", "no_trigger", f"no {campaign.trigger.kind} trigger instance for this customer "
-                        f"at {format_instant(now)}")))
+                        f"at {format_instant(now)}" + (f" - {standing[1]}" if standing else ""))))
         steps.append(info)
     return Explanation(campaign.name, customer_id, now, campaign.enabled, kind_of(campaign.trigger).describe(campaign.trigger), campaign.audience,
-                       campaign.stop, zone.key, len(rows), steps)
+                       campaign.stop, zone.key, len(rows), steps,
+                       standing[0] if standing else None, standing[1] if standing else None)
+
+
+def _standing(session: Session, state: StateRelations, campaign: Campaign, config, now: datetime,
+              customer_id: str) -> tuple[dict, str] | None:
+    """The trigger kind's word on where the customer stands (a segment: population, position, cut)."""
+    kind = kind_of(campaign.trigger)
+    query = kind.standing_query(QueryBuilder(config, now, config.dialect, state=state), campaign, customer_id)
+    if query is None:
+        return None
+    [row] = [dict(r._mapping) for batch in session.stream(render_sql(query, config.dialect)) for r in batch]
+    return kind.standing(campaign.trigger, row, now)
 
 
 def _planned(reconciler: Reconciler, campaign: Campaign, customer_id: str, now: datetime) -> dict[str, DueMessage]:
@@ -279,6 +297,8 @@ def format_text(e: Explanation) -> str:
              f"  campaign audience: {e.audience or '(everyone)'}",
              f"  trigger instances: {e.instance_count}"
              + (f" (newest {MAX_INSTANCES} shown)" if e.instance_count > MAX_INSTANCES else "")]
+    if e.standing_text:
+        lines.append(f"  {e.standing_text}")
     for s in e.steps:
         lines.append("")
         lines.append(f"step {s.id}: delay {_duration(s.delay)}, freshness {_duration(s.freshness) or '-'}, "
@@ -288,7 +308,7 @@ def format_text(e: Explanation) -> str:
                 lines.append(f"  => {i.verdict.text}")
                 continue
             lines.append(f"  instance {i.trigger_key} at {_instant(i.trigger_at)}: due {_instant(i.due_at)}"
-                         + (f", stale after {_instant(i.stale_after)}" if i.stale_after else ""))
+                         + (f", stale from {_instant(i.stale_after)}" if i.stale_after else ""))
             for f in i.filters:
                 label = f"variant {f['variant']} audience" if f["scope"] == "variant" else f"{f['scope']} audience"
                 lines.append(f"    {label}: {f['filter']} -> {'matched' if f['matched'] else 'NOT matched'}")

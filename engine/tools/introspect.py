@@ -8,7 +8,9 @@ run wrapped as ``SELECT * FROM (<query>) AS src WHERE 1 = 0`` and its result
 columns read. Then every mapped column (and every required column left at its
 default name) must exist, and the source's mapping as the engine compiles it
 must run; columns the engine compares with instants must be timestamps or
-dates, totals, prices and quantities numbers. The customer columns' real
+dates, totals, prices and quantities numbers, and every customer's time zone
+value a zone the IANA database knows (an unknown one is reported with how many
+customers have it and a few of their ids). The customer columns' real
 kinds then type-check every campaign filter again (``filter_types``): an
 extra attribute such as ``city`` is text to the warehouse, so ``city > 5``
 is reported at its place in the campaign file.
@@ -32,6 +34,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from engine.decide import known_zone
 from engine.sql.compile import render_sql, source_select
 from engine.spec.config import CONFIG_FILE, database_url, load_config
 from engine.errors import FilterError, Issue
@@ -58,6 +61,11 @@ _NUMBER = {"INT", "INTEGER", "BIGINT", "SMALLINT", "TINYINT", "MEDIUMINT", "HUGE
            "USMALLINT", "UTINYINT", "UHUGEINT", "NUMERIC", "DECIMAL", "NUMBER", "FLOAT", "DOUBLE", "REAL",
            "MONEY", "BYTEINT"}
 _BOOLEAN = {"BOOLEAN", "BOOL"}
+#: Unknown time zone values: how many are shown by name, how many looked up for example customers,
+#: how many example customer ids are shown.
+SHOWN_ZONE_VALUES = 5
+MAX_UNKNOWN_ZONES_QUERIED = 100
+SHOWN_CUSTOMERS = 5
 
 
 def type_kind(type_name: str | None) -> str | None:
@@ -200,8 +208,10 @@ class _Checker:
         if mapped is None:
             return [self.doc.issue(at, f"the column mapping of source '{entity}' fails on the warehouse: {error}",
                                    fix="check the SQL expressions under sources." + entity + ".columns in the warehouse's dialect")]
+        if entity == "customers" and "timezone" in source.columns:
+            issues += self._zone_issues(source, "timezone" in listed)
         if not self.db.dialect.typed_columns:
-            return []  # no real column types (SQLite): timestamps are text by design
+            return issues  # no real column types (SQLite): timestamps are text by design
         if entity == "customers":
             self.customer_kinds = self._kinds(source, relation, mapped)
         for name, expected in EXPECTED_KIND.items():
@@ -210,6 +220,40 @@ class _Checker:
                 if issue is not None:
                     issues.append(issue)
         return issues
+
+    def _zone_issues(self, source: EntitySource, listed: bool) -> list[Issue]:
+        """An issue when customers have a time zone value the IANA database does not know: how many,
+        which values and a few of their ids. One GROUP BY over the mapped customers (the distinct
+        values, checked in Python), then the first ids of the unknown ones."""
+        customers = source_select(source, self.dialect).subquery("c")
+        zone = exp.column("timezone", table="c")
+        values = exp.select(zone, exp.alias_(exp.Count(this=exp.Star()), "customers")).from_(customers) \
+            .where(zone.is_(exp.null()).not_()).group_by(zone.copy())
+        try:
+            with self.db.engine.connect() as conn:
+                counts = {value: n for value, n in conn.execute(sa.text(render_sql(values, self.dialect))).all()
+                          if isinstance(value, str) and value.strip() and not known_zone(value)}
+                if not counts:
+                    return []
+                shown = sorted(counts, key=lambda v: (-counts[v], v))[:MAX_UNKNOWN_ZONES_QUERIED]
+                ids = exp.select(exp.column("customer_id", table="c")).from_(source_select(source, self.dialect).subquery("c")) \
+                    .where(zone.copy().isin(*[exp.Literal.string(v) for v in shown])) \
+                    .order_by(exp.column("customer_id", table="c")).limit(SHOWN_CUSTOMERS)
+                examples = [str(row[0]) for row in conn.execute(sa.text(render_sql(ids, self.dialect))).all()]
+        except sa.exc.SQLAlchemyError:
+            return []  # the mapping itself was probed already; a failure here says nothing new
+        values_text = ", ".join(f"'{v}' ({counts[v]})" for v in shown[:SHOWN_ZONE_VALUES])
+        more = len(counts) - SHOWN_ZONE_VALUES
+        total = sum(counts.values())
+        return [self.doc.issue(
+            ("sources", "customers", "columns", "timezone") if listed else ("sources", "customers"),
+            f"{total} customer{'s' if total != 1 else ''} have a time zone the engine does not know: {values_text}"
+            + (f" and {more} more value{'s' if more != 1 else ''}" if more > 0 else "")
+            + f"; e.g. customer{'s' if len(examples) != 1 else ''} {', '.join(examples)}. At run time they are "
+            f"treated as in defaults.timezone ({self.config.default_timezone}): send times, quiet hours and "
+            "local dates would be off for them",
+            fix="correct the values to IANA time zone names such as Europe/Berlin or America/New_York "
+                "(or map timezone to an expression that gives them; NULL or '' means defaults.timezone)")]
 
     def _kinds(self, source: EntitySource, relation: _Relation, mapped: _Relation) -> dict[str, str]:
         """The kind of every mapped column whose type the warehouse tells (declared type first, for a bare column)."""

@@ -1,28 +1,29 @@
 """Trigger ``anniversary``: a yearly customer date (the birthday); one instance per year.
 
-Feb 29 falls on Feb 28 in common years; the instant is midnight UTC of the day. The SQL
-returns the date (column ``anniversary``) and keeps the customers whose month and day fall
-in a step's window; the year (the key) and the instant are derived in Python per row
+Feb 29 falls on Feb 28 in common years; the instant is the customer's local midnight of
+the day (``decide.local_midnight``). The SQL returns the date (column ``anniversary``) and
+keeps the customers whose month and day fall in a step's window, widened by the farthest
+time zones; the year (the key) and the instant are derived in Python per row
 (``decide.anniversary_instance``). Steps may come before the date (a negative delay). Pure.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlglot import exp
 
-from engine.clock import UTC, parse_stored_date
-from engine.decide import anniversary_instance, due_time, yearly_occurrence
+from engine.clock import parse_stored_date
+from engine.decide import anniversary_instance, due_time, local_midnight, yearly_occurrence
 from engine.model import Campaign, ProjectConfig, Step, Trigger
-from engine.sql.compile import QueryBuilder, StepWindow, col, month_day
+from engine.sql.compile import LOCAL_DAY_EARLIER, LOCAL_DAY_LATER, QueryBuilder, StepWindow, col, month_day
 from engine.sql.triggers.base import CampaignFile, TriggerKind
 
 
 @dataclass(frozen=True)
 class Anniversary(Trigger):
     """A yearly customer date (birthday): one instance per year; Feb 29 falls on Feb 28
-    in common years. The trigger instant is midnight UTC of that day."""
+    in common years. The trigger instant is the customer's local midnight of that day."""
 
     attribute: str = "birthday"
     kind: str = "anniversary"
@@ -73,12 +74,14 @@ class AnniversaryKind(TriggerKind):
             if step.freshness is None or now <= due_at + step.freshness + horizon:
                 return latest[1], latest[0], due_at
         year = int(latest[1]) + 1 if latest is not None else (now - step.delay).year + 1
-        trigger_at = datetime.combine(yearly_occurrence(day, year), time(0, 0), tzinfo=UTC)
+        trigger_at = local_midnight(yearly_occurrence(day, year), zone)
         return str(year), trigger_at, due_time(trigger_at, step, zone)
 
 
 def anniversary_month_days(window: StepWindow) -> list[int] | None:
-    """month*100+day of every date whose midnight falls in ``window``; None = all dates.
+    """month*100+day of every date whose local midnight, in any time zone, falls in ``window``
+    (the UTC day ``LOCAL_DAY_LATER`` after the window's end to ``LOCAL_DAY_EARLIER`` before its
+    start); None = all dates.
 
     Feb 28 of a common year also stands for Feb 29, so leap-day birthdays come
     round every year.
@@ -86,8 +89,8 @@ def anniversary_month_days(window: StepWindow) -> list[int] | None:
     if window.earliest is None or window.due_cutoff - window.earliest >= timedelta(days=366):
         return None
     days: set[int] = set()
-    day: date = window.earliest.date()
-    while day <= window.due_cutoff.date():
+    day: date = (window.earliest - LOCAL_DAY_LATER).date()
+    while day <= (window.due_cutoff + LOCAL_DAY_EARLIER).date():
         days.add(day.month * 100 + day.day)
         if day.month == 2 and day.day == 28 and not _is_leap(day.year):
             days.add(229)

@@ -12,8 +12,9 @@ from datetime import datetime, timedelta
 
 from sqlglot import exp
 
+from engine.clock import Duration, format_duration, format_instant, parse_stored_timestamp
 from engine.model import Campaign, Trigger
-from engine.sql.compile import QueryBuilder, col, entry_exists, exists, lit, text
+from engine.sql.compile import QueryBuilder, col, entry_exists, exists, is_customer, lit, text
 from engine.sql.triggers.base import CampaignFile, TemplateRecord, TriggerKind
 from engine.state.tables import ENTRIES_TABLE
 
@@ -23,7 +24,7 @@ class AtRisk(Trigger):
     """Segment entry: among customers who ordered within ``window``, the
     ``percent`` % whose last order is the oldest."""
 
-    window: timedelta = timedelta(days=180)
+    window: Duration = timedelta(days=180)  # or calendar months (``6mo``)
     percent: int = 60
     kind: str = "at_risk"
 
@@ -68,6 +69,58 @@ class AtRiskKind(TriggerKind):
     def entries_insert(self, builder: QueryBuilder, campaign: Campaign) -> exp.Insert:
         return exp.insert(self.entries_select(builder, campaign), ENTRIES_TABLE,
                           columns=["campaign", "customer_id", "trigger_key", "entered_at"])
+
+    def standing_query(self, builder: QueryBuilder, campaign: Campaign, customer_id: str) -> exp.Query:
+        """population, members (the at-risk share), cut_at (the last member's last order), and the
+        customer's position and last order in the population, plus their last order at all."""
+        trigger = campaign.trigger
+        _members(builder, trigger)
+        member = exp.Mul(this=col("r", "position"), expression=exp.Literal.number(100)) \
+            <= exp.Mul(this=col("r", "population"), expression=exp.Literal.number(trigger.percent))
+        me = is_customer(col("r", "customer_id"), customer_id)
+
+        def when(condition: exp.Expression, value: exp.Expression) -> exp.Expression:
+            return exp.Max(this=exp.Case(ifs=[exp.If(this=condition, true=value)]))
+
+        facts = builder.customer_facts()
+        last_order = (exp.select(exp.Max(this=col("f", "last_order_at"))).from_(exp.to_table(facts).as_("f"))
+                      .where(is_customer(col("f", "customer_id"), customer_id)))
+        query = exp.select(
+            exp.alias_(exp.Count(this=exp.Star()), "population"),
+            exp.alias_(when(member, col("r", "position")), "members"),
+            exp.alias_(when(member.copy(), col("r", "last_order_at")), "cut_at"),
+            exp.alias_(when(me, col("r", "position")), "position"),
+            exp.alias_(last_order.subquery(), "last_order_at"),
+        ).from_(exp.to_table("active_ranked").as_("r"))
+        return builder.with_ctes(query)
+
+    def standing(self, trigger: AtRisk, row: dict, now: datetime) -> tuple[dict, str]:
+        def instant(value):
+            return None if value is None else parse_stored_timestamp(value)
+
+        population, members, position = row["population"] or 0, row["members"] or 0, row["position"]
+        cut_at, last_order_at = instant(row["cut_at"]), instant(row["last_order_at"])
+        since = now - trigger.window
+        facts = {"population": population, "members": members, "percent": trigger.percent,
+                 "window_start": format_instant(since), "cut_at": cut_at and format_instant(cut_at),
+                 "position": position, "last_order_at": last_order_at and format_instant(last_order_at),
+                 "behind_cut": None}
+        text_ = (f"at_risk segment: {population} customers ordered since {format_instant(since)} (window "
+                 f"{format_duration(trigger.window)}); the {trigger.percent} % whose last order is oldest are "
+                 f"{members} (positions 1-{members}" + (f", last orders up to {format_instant(cut_at)})" if cut_at else ")"))
+        if position is None:
+            reason = ("no order by now" if last_order_at is None
+                      else f"last order {format_instant(last_order_at)} is before the window")
+            return facts, text_ + f"; this customer is not in the population ({reason})"
+        text_ += f"; this customer is at position {position} of {population}"
+        if position <= members:
+            return facts, text_ + ", inside the share"
+        if cut_at is not None and last_order_at is not None:
+            facts["behind_cut"] = format_duration(last_order_at - cut_at)
+            return facts, text_ + (f", {position - members} places and {format_duration(last_order_at - cut_at)} "
+                                   f"after the cut: their last order {format_instant(last_order_at)} is newer than "
+                                   f"the share's newest {format_instant(cut_at)}")
+        return facts, text_ + f", {position - members} places after the share"
 
     def backtest_refusal(self, campaign: Campaign) -> str:
         return (f"campaign '{campaign.name}' has a segment trigger (at_risk), which records segment entries "

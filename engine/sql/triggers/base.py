@@ -15,7 +15,7 @@ from typing import Protocol
 
 from sqlglot import exp
 
-from engine.clock import format_duration, parse_stored_timestamp
+from engine.clock import CalendarDuration, Duration, format_duration, parse_stored_timestamp
 from engine.decide import due_time
 from engine.model import Campaign, ProjectConfig, Step, Trigger
 from engine.sql.compile import QueryBuilder, StepWindow
@@ -26,8 +26,8 @@ class CampaignFile(Protocol):
     (``engine.spec.validate`` provides it). ``path`` is a path in the file, e.g.
     ``("trigger", "event", "per")``; each problem becomes an issue at its position."""
 
-    def duration(self, path: tuple, text: str) -> timedelta:
-        """The duration ``text`` (90m, 2h, 7d, 26w); a malformed or too long one is a problem, read as zero."""
+    def duration(self, path: tuple, text: str) -> Duration:
+        """The duration ``text`` (90m, 2h, 7d, 26w, 6mo); a malformed or too long one is a problem, read as zero."""
 
     def needs(self, path: tuple, what: str, entity: str, column: str | None = None) -> None:
         """A problem when the source mapping lacks ``entity`` (or its ``column``), which ``what`` needs."""
@@ -60,6 +60,9 @@ class TriggerKind:
     template_record: TemplateRecord | None = None
     #: the trigger is a date that may lie ahead (a delivery date, a birthday): steps may have a negative delay
     dated: bool = False
+    #: ``trigger_at`` from SQL is a calendar date: the instant is the customer's local midnight of it
+    #: (``decide.local_midnight``), and ``window`` must widen the date window by the farthest zones
+    local_date: bool = False
     #: a series ends by itself (a newer activity, a completed checkout): no warning without a stop condition
     ends_by_itself: bool = False
     #: trigger key and instant come from SQL; False: Python derives them per row (``extra_columns``)
@@ -117,12 +120,21 @@ class TriggerKind:
         trigger_at = parse_stored_timestamp(row["trigger_at"])
         return str(row["trigger_key"]), trigger_at, due_time(trigger_at, step, zone)
 
+    def standing_query(self, builder: QueryBuilder, campaign: Campaign, customer_id: str) -> exp.Query | None:
+        """For ``engine explain``: one row telling where the customer stands towards becoming an
+        instance (a segment trigger: the population, their rank, the cut); None when the kind has none."""
+        return None
+
+    def standing(self, trigger: Trigger, row: dict, now: datetime) -> tuple[dict, str] | None:
+        """``standing_query``'s row as (facts for JSON, a sentence for the text output)."""
+        return None
+
     def backtest_refusal(self, campaign: Campaign) -> str | None:
         """Why ``engine backtest`` cannot replay ``campaign``'s trigger, or None when it can."""
         return None
 
 
 def _shown(value) -> str:
-    if isinstance(value, timedelta):
+    if isinstance(value, (timedelta, CalendarDuration)):
         return format_duration(value) if value else "0m"
     return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, tuple) else str(value)

@@ -1,17 +1,21 @@
 """Trigger ``order_date``: a date on the order (the planned delivery); steps before or after it.
 
 Instances are orders placed by now that have the date (key: the order id, instant: the
-date), so a step may come before it (a negative delay). Pure.
+customer's local midnight of the date, ``decide.local_midnight``), so a step may come
+before it (a negative delay). The SQL returns the date; its window is widened by the
+farthest time zones and Python anchors each row in the customer's zone. Pure.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlglot import exp
 
-from engine.model import Campaign, ProjectConfig, Trigger
-from engine.sql.compile import QueryBuilder, col, text
+from engine.clock import parse_stored_date
+from engine.decide import due_time, local_midnight
+from engine.model import Campaign, ProjectConfig, Step, Trigger
+from engine.sql.compile import LOCAL_DAY_EARLIER, LOCAL_DAY_LATER, QueryBuilder, StepWindow, col, text
 from engine.sql.triggers.base import CampaignFile, TemplateRecord, TriggerKind
 
 
@@ -29,6 +33,7 @@ class OrderDateKind(TriggerKind):
     entities = ("orders",)
     template_record = TemplateRecord("orders", "order_items", "order_id")
     dated = True
+    local_date = True
 
     def parse(self, settings: dict, file: CampaignFile) -> OrderDate:
         return OrderDate(column=settings.get("column", "delivery_date"))
@@ -45,6 +50,18 @@ class OrderDateKind(TriggerKind):
             .from_(exp.to_table(orders).as_("o"))
             .where(col("o", column).is_(exp.null()).not_(), col("o", "created_at") <= builder.ts(builder.now))
         )
+
+    def window(self, builder: QueryBuilder, window: StepWindow) -> list[exp.Expression]:
+        """The dates whose local midnight, in any time zone, can fall in ``window``."""
+        conditions = [col("t", "trigger_at") <= builder.ts(window.due_cutoff + LOCAL_DAY_LATER)]
+        if window.earliest is not None:
+            conditions.append(col("t", "trigger_at") >= builder.ts(window.earliest - LOCAL_DAY_EARLIER))
+        return conditions
+
+    def explain_instance(self, trigger: OrderDate, step: Step, row: dict, zone, now: datetime,
+                         horizon: timedelta) -> tuple[str | None, datetime | None, datetime | None]:
+        trigger_at = local_midnight(parse_stored_date(row["trigger_at"]), zone)
+        return str(row["trigger_key"]), trigger_at, due_time(trigger_at, step, zone)
 
 
 KIND = OrderDateKind()
