@@ -30,6 +30,8 @@ from pathlib import Path
 
 LEDGER_BATCH = 1000
 HISTORY_CAMPAIGNS = 20  # history rows spread over this many (retired) campaign names
+#: The ledger operations that write a recorded row: its claim, its content (the hand-over), its outcome.
+WRITES = ("claim (insert)", "store content", "record outcomes")
 
 
 def _timed(fn, repeat: int) -> tuple[float, object]:
@@ -313,8 +315,12 @@ def _ledger_ops(ledger, now: datetime, customers: int, round_: int) -> dict[str,
 
 
 def measure_ledger(backend: str, directory: Path, history: int, customers: int, anchor: datetime,
-                   repeat: int) -> list[dict]:
-    """A pass's ledger operations on 1,000 keys: empty ledger vs ``history`` rows of history."""
+                   repeat: int, postgres=None) -> list[dict]:
+    """A pass's ledger operations on 1,000 keys: empty ledger vs ``history`` rows of history.
+
+    ``backend`` is duckdb or sqlite (a file in ``directory``) or postgresql (a fresh database of
+    ``postgres``, a tests/pg.py server, per size). The last row is the headline of issue 15: the
+    write cost per recorded row (claim, content, outcome) on the full ledger against the empty one."""
     from engine.state.ledger import Ledger
     from engine.state.warehouse import Database
 
@@ -324,12 +330,15 @@ def measure_ledger(backend: str, directory: Path, history: int, customers: int, 
         path = directory / f"ledger-{size}.{'duckdb' if backend == 'duckdb' else 'db'}"
         for suffix in ("", ".wal", "-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)
-        db = Database(f"{backend}:///{path}")
+        db = Database(postgres.new_database() if backend == "postgresql" else f"{backend}:///{path}")
         ledger = Ledger(db)
         ledger.ensure_schema()
         if size:
             fill_seconds = fill_history(db, size, customers, anchor)
+            ledger.refresh_statistics()  # as a pass does after a large write (PostgreSQL's ANALYZE)
         rounds = [_ledger_ops(ledger, anchor, customers, r) for r in range(repeat + 1)][1:]  # the first warms up
+        for r in rounds:
+            r["write per row"] = sum(r[op] for op in WRITES) / LEDGER_BATCH
         results[size] = {op: statistics.median(r[op] for r in rounds) for op in rounds[0]}
         db.dispose()
         for suffix in ("", ".wal", "-wal", "-shm"):
@@ -338,9 +347,14 @@ def measure_ledger(backend: str, directory: Path, history: int, customers: int, 
              "note": "filled with one INSERT ... SELECT (not a measurement of the engine)"}]
     for op in results[0]:
         empty, full = results[0][op], results[history][op]
+        if op == "write per row":
+            rows.append({"what": "  ledger write cost per row", "rows": LEDGER_BATCH, "seconds": full * LEDGER_BATCH,
+                         "note": f"claim + content + outcome: empty ledger {empty * 1e6:.1f} us/row, with {history:,} "
+                                 f"rows {full * 1e6:.1f} us/row ({full / max(empty, 1e-12):.2f}x)", "ledger_ratio": full / max(empty, 1e-12)})
+            continue
         rows.append({"what": f"  ledger {op}, {LEDGER_BATCH:,} keys", "rows": LEDGER_BATCH, "seconds": full,
                      "note": f"empty ledger {empty * 1000:.1f} ms, with {history:,} rows {full * 1000:.1f} ms "
-                             f"({full / max(empty, 1e-9):.1f}x)"})
+                             f"({full / max(empty, 1e-9):.2f}x)"})
     return rows
 
 

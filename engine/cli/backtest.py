@@ -6,14 +6,16 @@ import json
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
 
-from engine.tools.backtest import BacktestReport, backtest as run_backtest
 from engine.clock import format_duration, format_instant, parse_duration
 from engine.progress import progress_for
 from engine.cli.common import handle_errors, instant_option_value, quiet_option
+
+if TYPE_CHECKING:
+    from engine.tools.backtest import BacktestReport
 
 
 def _duration(_ctx, _param, value):
@@ -104,6 +106,7 @@ def backtest(project_dir: Path, campaign: str, start, end, every: timedelta, fmt
 
     Nothing is sent and the real ledger is untouched: the simulated ledger is a scratch database, deleted afterwards.
     """
+    from engine.tools.backtest import backtest as run_backtest
     from engine.tools.demo import ensure_demo
     from engine.spec.project import load_project
 
