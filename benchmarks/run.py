@@ -21,7 +21,11 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   (benchmarks/smtp_sink.py), the time inside dispatch, the sink's ceiling (a
   bare smtplib client) and the engine's dispatch path alone as a ratio of it
   (benchmarks/dispatch.py); ``--no-smtp`` skips this;
-- a pass's ledger operations on 1,000 keys, empty ledger vs ``--history`` rows;
+- a pass's ledger operations on 1,000 keys, empty ledger vs ``--history`` rows, and the write cost per
+  recorded row as a ratio of the empty ledger's (``--ledger-growth N``: only that, on N rows, in SQLite,
+  DuckDB and PostgreSQL);
+- start-up: ``engine --help`` and ``engine validate`` as a ratio of ``python -c pass`` and their import
+  time under ``python -X importtime`` (``--start``: only that);
 - peak RSS of this process (the shop is built in a child process, so this is
   the engine's own footprint, plus DuckDB's buffers), and of a child process
   planning a shop where all ``--memory-customers`` customers are due.
