@@ -23,7 +23,11 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   (benchmarks/dispatch.py); ``--no-smtp`` skips this;
 - webhook posts per second to a loopback receiver (signing included) beside emails per second
   to the SMTP sink, dispatch alone on as many synthetic messages (benchmarks/webhook.py);
-- a pass's ledger operations on 1,000 keys, empty ledger vs ``--history`` rows;
+- a pass's ledger operations on 1,000 keys, empty ledger vs ``--history`` rows, and the write cost per
+  recorded row as a ratio of the empty ledger's (``--ledger-growth N``: only that, on N rows, in SQLite,
+  DuckDB and PostgreSQL);
+- start-up: ``engine --help`` and ``engine validate`` as a ratio of ``python -c pass`` and their import
+  time under ``python -X importtime`` (``--start``: only that);
 - peak RSS of this process (the shop is built in a child process, so this is
   the engine's own footprint, plus DuckDB's buffers), and of a child process
   planning a shop where all ``--memory-customers`` customers are due.
@@ -47,6 +51,7 @@ import shutil
 import signal
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -758,6 +763,54 @@ def measure_memory(directory: Path, project_dir: Path, customers: int, anchor: s
                      f"{result['due']:,} due messages of {built['counts']['customers']:,} customers"}]
 
 
+START_COMMANDS = {"engine --help": ["--help"], "engine validate": ["validate"]}
+
+
+def _import_seconds(stderr: str) -> float:
+    """``python -X importtime``'s report: the sum of the cumulative times of the top-level imports."""
+    total = 0
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            _, cumulative, name = line.split("|", 2)
+            if name.startswith(" ") and not name.startswith("  ") and cumulative.strip().isdigit():
+                total += int(cumulative)
+    return total / 1e6
+
+
+def measure_start(project_dir: Path, repeat: int = 5) -> list[dict]:
+    """Start-up of ``engine --help`` and ``engine validate`` on the shipped project, each a fresh interpreter
+    (``python -X importtime -m engine.cli.main ...``): wall time as a ratio of ``python -c pass`` started the
+    same way in the same run, and the import time (sum of the top-level cumulative times). Median of ``repeat``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+    def start(args: list[str]) -> tuple[float, float]:
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=project_dir, env=env,
+                                capture_output=True, text=True, timeout=120)
+        seconds = time.perf_counter() - started
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(args)} failed in {project_dir}: {result.stdout}{result.stderr[-2000:]}")
+        return seconds, _import_seconds(result.stderr)
+
+    runs = {"python -c pass": ["-c", "pass"], **{name: ["-m", "engine.cli.main", *args]
+                                                for name, args in START_COMMANDS.items()}}
+    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    for _ in range(repeat + 1):  # interleaved, so a burst of load hits all of them; the first round warms up
+        for name, args in runs.items():
+            measured[name].append(start(args))
+    medians = {name: (statistics.median(w for w, _ in m[1:]), statistics.median(i for _, i in m[1:]))
+               for name, m in measured.items()}
+    bare_wall, bare_import = medians["python -c pass"]
+    rows = [{"what": "start: python -c pass", "rows": None, "seconds": bare_wall, "backend": "-",
+             "note": f"a bare interpreter: imports {bare_import * 1000:.0f} ms (site)"}]
+    for name in START_COMMANDS:
+        wall, imports = medians[name]
+        rows.append({"what": f"start: {name}", "rows": None, "seconds": wall, "backend": "-", "start_ratio": wall / bare_wall,
+                     "note": f"{wall / bare_wall:.1f}x the bare start; import time {imports:.3f} s "
+                             f"(sum of top-level cumulative, target < 0.5 s)"})
+    return rows
+
+
 def _use_smtp(engine_yaml: Path, port: int, connections: int | None = None) -> None:
     """Point the project's email channel at the sink; SMS stays in the file outbox."""
     text = engine_yaml.read_text()
@@ -827,6 +880,46 @@ def _prepare_postgres(url: str | None, directory: Path):
     return server, url
 
 
+def ledger_growth(args) -> int:
+    """``--ledger-growth N``: a pass's ledger operations on an empty ledger and on one pre-filled with N
+    rows by one INSERT ... SELECT, per backend (PostgreSQL in a throwaway cluster); no shop."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    directory = Path(tempfile.mkdtemp(prefix="engine-ledger-", dir=args.keep))
+    now = _naive_anchor(args.anchor).replace(tzinfo=timezone.utc)
+    rows, load = [], os.getloadavg()
+    try:
+        for backend in [b.strip() for b in args.ledger_backends.split(",") if b.strip()]:
+            server = None
+            if backend == "postgresql":
+                server, reason = start_postgres()
+                if server is None:
+                    print(f"PostgreSQL: skipped ({reason})", flush=True)
+                    continue
+            print(f"Measuring the {backend} ledger, empty and with {args.ledger_growth:,} rows ...", flush=True)
+            try:
+                rows += [{**r, "backend": backend} for r in dispatch.measure_ledger(
+                    backend, directory, args.ledger_growth, args.customers, now, max(args.repeat, 5), postgres=server)]
+            finally:
+                if server is not None:
+                    server.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    print()
+    print(f"Ledger growth: {LEDGER_BATCH_NOTE}; median of {max(args.repeat, 5)} rounds after a warm-up; "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}; load average "
+          + " / ".join(f"{a:.2f}" for a in load) + " at the start, " + " / ".join(f"{a:.2f}" for a in os.getloadavg())
+          + " at the end")
+    print(_format_table(rows))
+    for r in rows:
+        if "ledger_ratio" in r:
+            print(f"Headline ({r['backend']}): ledger write cost per row at {args.ledger_growth:,} rows = "
+                  f"{r['ledger_ratio']:.2f}x of an empty ledger (target <= 1.2x)")
+    return 0
+
+
+LEDGER_BATCH_NOTE = f"{dispatch.LEDGER_BATCH:,} keys per operation, {dispatch.HISTORY_CAMPAIGNS} retired campaigns of history"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -857,6 +950,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-customers", type=int, default=None, metavar="N",
                         help="peak RSS of a plan where all N customers are due, on a separate shop "
                              "(default 1000000, --quick 50000; 0 skips it)")
+    parser.add_argument("--start", action="store_true",
+                        help="only the start-up measurement (engine --help, engine validate vs python -c pass), no shop")
+    parser.add_argument("--ledger-growth", type=int, default=None, metavar="N",
+                        help="only the ledger measurement, on ledgers pre-filled with N rows (set-based), "
+                             "no shop: write cost per row at N rows vs an empty ledger (issue 15 uses 10000000)")
+    parser.add_argument("--ledger-backends", default="sqlite,duckdb,postgresql",
+                        help="backends of --ledger-growth, comma-separated (default sqlite,duckdb,postgresql)")
     parser.add_argument("--anchor", default="2025-01-10T00:00:00Z", help="end of the history and the plan instant")
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     args = parser.parse_args(argv)
@@ -868,6 +968,9 @@ def main(argv: list[str] | None = None) -> int:
         args.memory_customers = 50_000 if args.quick else 1_000_000
     if args.repeat < 1 or args.run_repeat < 1:
         parser.error("--repeat and --run-repeat must be at least 1")
+
+    if args.ledger_growth:
+        return ledger_growth(args)
 
     import duckdb
     import sqlalchemy
@@ -887,6 +990,15 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copytree(REPO / "templates", project_dir / "templates")
     smtp_dir, sink = None, None
     pg_server, pg_url = None, None
+    print("Measuring start-up (median of 5) ...", flush=True)
+    start_rows = measure_start(project_dir)
+    if args.start:
+        print(f"load average {' / '.join(f'{a:.2f}' for a in os.getloadavg())}; {os.cpu_count()} CPUs, "
+              f"Python {platform.python_version()}")
+        print(_format_table(start_rows))
+        if args.keep is None:
+            shutil.rmtree(directory, ignore_errors=True)
+        return 0
 
     try:
         if not args.no_smtp and not args.no_run:
@@ -910,7 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
 
         now = _naive_anchor(args.anchor).replace(tzinfo=timezone.utc)
         run_repeat = 0 if args.no_run else args.run_repeat
-        rows = []
+        rows = list(start_rows)
         print("Measuring duckdb ...", flush=True)
         common = dict(sink=sink, quick=args.quick, history=args.history, customers=counts["customers"])
         rows += measure("duckdb", f"duckdb:///{directory / 'shop.duckdb'}", project_dir, now, args.repeat, run_repeat,
@@ -942,7 +1054,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({counts['order_items']:,} order items, {counts['checkouts']:,} checkouts, {counts.get('events', 0):,} events); "
               f"median of {args.repeat}" + ("" if args.no_run else f" (run_once: {args.run_repeat})"))
         print(f"{os.cpu_count()} CPUs, Python {platform.python_version()}, DuckDB {duckdb.__version__}, "
-              f"SQLite {sqlite3.sqlite_version}, SQLAlchemy {sqlalchemy.__version__}, engine {engine.__version__}")
+              f"SQLite {sqlite3.sqlite_version}, SQLAlchemy {sqlalchemy.__version__}, engine {engine.__version__}; "
+              f"load average {' / '.join(f'{a:.2f}' for a in os.getloadavg())} at the end")
         print()
         print(_format_table(rows))
         print()

@@ -80,8 +80,11 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             array_parameters="positional", one_writer_per_file=True),
     Dialect("sqlite", url_schemes=("sqlite",), instant_text_format="%Y-%m-%d %H:%M:%f", typed_columns=False,
             temporary_tables=True, temporary_schema="temp", local_file=True,
-            # WAL lets the reconciler stream the due set while it writes ledger rows
-            connect_statements=("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=10000"),
+            # WAL lets the reconciler stream the due set while it writes ledger rows. A 64 MB page cache
+            # (default 2 MB) holds the upper levels of the ledger's indexes: without it every claim read
+            # each level of each index from the file again, and a write cost 1.5x as much at 2M rows
+            # (benchmarks/run.py --ledger-growth). It is a limit, filled only as pages are read.
+            connect_statements=("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=10000", "PRAGMA cache_size=-65536"),
             on_conflict_insert="sqlite",
             # pysqlite begins transactions lazily (and not before DDL); BEGIN IMMEDIATE takes the
             # write lock now - a second process waits (busy_timeout) until the first commits

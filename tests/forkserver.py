@@ -30,7 +30,8 @@ import traceback
 from pathlib import Path
 
 #: imported once by the helper, so a child starts with them loaded
-PRELOAD = ["engine.cli.main", "engine.run.reconcile", "engine.channels.smtp", "engine.channels.sms_http",
+PRELOAD = ["engine.cli.main", "engine.run.reconcile", "engine.spec.project", "engine.tools.output", "engine.tools.demo",
+           "engine.channels.smtp", "engine.channels.sms_http",
            "engine.channels.outbox", "httpx", "sqlalchemy.dialects.sqlite", "sqlalchemy.dialects.postgresql",
            "psycopg", "duckdb_engine"]
 

@@ -137,17 +137,26 @@ def schema(db: Database) -> dict:
     return found
 
 
+HEAD = migrations.HEAD
+#: the revisions after the baseline (a previous release's ledger is stamped 0001, then upgraded by these)
+LATER = [r for r in migrations.revisions() if r != migrations.BASELINE]
+ALL = ", ".join(migrations.revisions())
+
+
 def test_the_scripts_head_is_the_head_the_fast_path_knows():
     assert migrations._script().get_current_head() == migrations.HEAD
 
 
 def test_revision_1_builds_the_tables_the_previous_release_created(url, tmp_path):
+    """A fresh ledger (0001, then the later revisions) has the same tables as the previous release's
+    once stamped 0001 and upgraded by the same later revisions: 0001 built what create_all built."""
     old = previous_release_ledger(url)
+    assert migrations.ensure(old) == LATER
     expected = schema(old)
     old.dispose()
     fresh_url = pg.server().new_database() if url.startswith("postgresql") else url.replace("ledger.", "fresh.")
     fresh = Database(fresh_url)
-    assert migrations.ensure(fresh) == ["0001"]
+    assert migrations.ensure(fresh) == ["0001", *LATER]
     assert schema(fresh) == expected
     assert revisions(fresh) == [migrations.HEAD]
     fresh.dispose()
@@ -207,14 +216,14 @@ def _extra_revisions(directory: Path, body: str) -> Path:
         import sqlalchemy as sa
         from alembic import op
 
-        revision = "0002"
-        down_revision = "0001"
+        revision = "9001"
+        down_revision = "{head}"
         branch_labels = None
         depends_on = None
 
 
         def upgrade():
-        ''') + textwrap.indent(textwrap.dedent(body), "    "))
+        ''').format(head=migrations.HEAD) + textwrap.indent(textwrap.dedent(body), "    "))
     return directory
 
 
@@ -227,17 +236,17 @@ def test_a_migration_adding_a_column_applies_to_a_previous_release_ledger(url, t
     fill(db)
     before = contents(db)
     state = migrations.status(db, [extra])
-    assert (state.head, state.pending, state.unversioned) == ("0002", ("0002",), True)
+    assert (state.head, state.pending, state.unversioned) == ("9001", (*LATER, "9001"), True)
 
-    assert migrations.ensure(db, [extra]) == ["0002"]  # stamped 0001, then upgraded
-    assert revisions(db) == ["0002"]
+    assert migrations.ensure(db, [extra]) == [*LATER, "9001"]  # stamped 0001, then upgraded
+    assert revisions(db) == ["9001"]
     assert contents(db) == before
     with db.engine.connect() as conn:
         priorities = conn.exec_driver_sql("SELECT DISTINCT priority FROM engine_ledger").all()
     assert priorities == [(5,)]
     assert migrations.ensure(db, [extra]) == []
-    # and this engine, which does not know 0002, refuses the upgraded ledger
-    with pytest.raises(WarehouseError, match="0002, which this engine does not know"):
+    # and this engine, which does not know 9001, refuses the upgraded ledger
+    with pytest.raises(WarehouseError, match="9001, which this engine does not know"):
         Ledger(db).ensure_schema()
     db.dispose()
 
@@ -253,8 +262,8 @@ def test_a_failed_migration_leaves_nothing_half_written(url, tmp_path):
     migrations.ensure(db)
     with pytest.raises(WarehouseError) as error:
         migrations.ensure(db, [extra])
-    assert "migration to revision 0002 failed (rolled back, nothing changed)" in str(error.value)
-    assert revisions(db) == ["0001"]
+    assert "migration to revision 9001 failed (rolled back, nothing changed)" in str(error.value)
+    assert revisions(db) == [migrations.HEAD]
     with db.engine.connect() as conn:
         assert "priority" not in conn.exec_driver_sql("SELECT * FROM engine_ledger WHERE 1 = 0").keys()
     db.dispose()
@@ -318,15 +327,15 @@ def test_engine_ledger_status_and_upgrade(tmp_path, monkeypatch):
     status = _engine(root, "ledger", "status")
     assert status.returncode == 0, status.stderr
     assert "Revision: none (tables of the release before versioned migrations; stamped 0001 on upgrade)" in status.stdout
-    assert "Head: 0001" in status.stdout and "Pending: none" in status.stdout
+    assert f"Head: {HEAD}" in status.stdout and f"Pending: {', '.join(LATER)}" in status.stdout
     assert not sa.inspect(db.engine).has_table(migrations.VERSION_TABLE)  # status writes nothing
 
     upgrade = _engine(root, "ledger", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr
-    assert "already at 0001, nothing to do." in upgrade.stdout  # stamping is not a migration
-    assert revisions(db) == ["0001"] and contents(db) == expected_contents()
+    assert f"applied {', '.join(LATER)}; now at {HEAD}." in upgrade.stdout  # stamping is not a migration
+    assert revisions(db) == [HEAD] and contents(db) == expected_contents()
     status = _engine(root, "ledger", "status")
-    assert "Revision: 0001\nHead: 0001\nPending: none" in status.stdout
+    assert f"Revision: {HEAD}\nHead: {HEAD}\nPending: none" in status.stdout
 
     with db.engine.begin() as conn:
         conn.exec_driver_sql(f"UPDATE {migrations.VERSION_TABLE} SET version_num = '0099'")
@@ -359,13 +368,13 @@ def test_engine_ledger_upgrade_on_an_empty_ledger(tmp_path, monkeypatch):
     root = copy_project(tmp_path / "p")
     ledger_path = tmp_path / "ledger.db"
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", f"sqlite:///{ledger_path}")
-    assert "Revision: none (no database file yet)\nHead: 0001\nPending: 0001" in _engine(root, "ledger", "status").stdout
+    assert f"Revision: none (no database file yet)\nHead: {HEAD}\nPending: {ALL}" in _engine(root, "ledger", "status").stdout
     assert not ledger_path.exists()
     Database(f"sqlite:///{ledger_path}").check()  # an empty database file
-    assert "Revision: none (empty)\nHead: 0001\nPending: 0001" in _engine(root, "ledger", "status").stdout
+    assert f"Revision: none (empty)\nHead: {HEAD}\nPending: {ALL}" in _engine(root, "ledger", "status").stdout
     upgrade = _engine(root, "ledger", "upgrade")
-    assert upgrade.returncode == 0 and "applied 0001; now at 0001." in upgrade.stdout
-    assert "already at 0001, nothing to do." in _engine(root, "ledger", "upgrade").stdout
+    assert upgrade.returncode == 0 and f"applied {ALL}; now at {HEAD}." in upgrade.stdout
+    assert f"already at {HEAD}, nothing to do." in _engine(root, "ledger", "upgrade").stdout
 
 
 def test_an_unreachable_ledger_is_one_error_line(tmp_path, monkeypatch):

@@ -6,14 +6,16 @@ import json
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
 
-from engine.tools.backtest import BacktestReport, backtest as run_backtest
 from engine.clock import format_duration, format_instant, parse_duration
 from engine.progress import progress_for
 from engine.cli.common import handle_errors, quiet_option, time_range_options
+
+if TYPE_CHECKING:
+    from engine.tools.backtest import BacktestReport
 
 
 def _duration(_ctx, _param, value):
@@ -103,6 +105,7 @@ def backtest(project_dir: Path, campaign: str, since, until, every: timedelta, f
     Passes are simulated at --since, --since + --every, ... before --until. Nothing is sent and the real
     ledger is untouched: the simulated ledger is a scratch database, deleted afterwards.
     """
+    from engine.tools.backtest import backtest as run_backtest
     from engine.tools.demo import ensure_demo
     from engine.spec.project import load_project
 

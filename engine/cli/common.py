@@ -25,10 +25,8 @@ from pathlib import Path
 import click
 
 from engine.clock import format_instant, parse_instant
-from engine.tools.demo import ensure_demo
 from engine.errors import EngineError, ProjectInvalid, WarehouseError
 from engine.masking import mask
-from engine.spec.project import load_project
 
 
 #: The exit status of a command whose reader closed the pipe: what a shell reports for git or ls killed by SIGPIPE.
@@ -208,6 +206,7 @@ def open_reconciler(project_dir: Path, shard: tuple[int, int] | None = None, pro
     ``writes``: the command writes to the ledger (its tables are created or upgraded), else it writes nothing."""
     from engine.spec.code_secret import code_secrets
     from engine.run.reconcile import Reconciler
+    from engine.tools.demo import ensure_demo
 
     project = load_project(project_dir)
     if signs:
@@ -216,6 +215,13 @@ def open_reconciler(project_dir: Path, shard: tuple[int, int] | None = None, pro
             click.echo(f"Warning: {warning}", err=True)
     ensure_demo(project.config, echo=lambda text: click.echo(mask(text), err=True))
     return project, Reconciler(project, shard=shard, progress=progress, writes=writes)
+
+
+def load_project(project_dir: Path):
+    """engine.spec.project.load_project, imported when a command runs (not at `engine --help`)."""
+    from engine.spec.project import load_project as load
+
+    return load(project_dir)
 
 
 def shard_option_value(_ctx, _param, value):

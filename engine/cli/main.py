@@ -25,19 +25,14 @@ from engine.service import settings
 from engine.clock import FixedClock, SystemClock, format_instant, parse_interval
 from engine.dialects import DIALECTS
 from engine.cli.common import (
-    accept_project_anywhere, as_of_option, campaign_option, echo_mapping_issues, handle_errors,
+    accept_project_anywhere, as_of_option, campaign_option, echo_mapping_issues, handle_errors, load_project,
     open_reconciler as _reconciler, quiet_option, shard_option, version_option,
 )
-from engine.sql.compile import render_sql
-from engine.sql.due import due_query
-from engine.tools.demo import build_demo
 from engine.masking import mask
-from engine.tools.output import write_issues, write_plan, write_report
 from engine.progress import around_output, progress_for
-from engine.spec.project import check_project, load_project
-from engine.spec.validate import campaign_files
-from engine.state.warehouse import file_of
 
+# Each command imports what only it needs (the project loader, the SQL compiler, the database layer) in its
+# body: `engine --help` and `engine validate` start without SQLAlchemy, DuckDB or alembic (tests/test_fast_start.py).
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,6 +56,10 @@ def main(ctx, project_dir: Path):
 @handle_errors
 def validate(project_dir: Path, paths: tuple[str, ...], fmt: str, check_warehouse: bool):
     """Check engine.yaml, campaign files (default campaigns.d/) and their templates."""
+    from engine.spec.project import check_project
+    from engine.spec.validate import campaign_files
+    from engine.tools.output import write_issues
+
     _, issues = check_project(project_dir, paths or None)
     if not paths:  # the whole project: also what it runs with
         from engine.spec.code_secret import secret_issues
@@ -87,6 +86,9 @@ def validate(project_dir: Path, paths: tuple[str, ...], fmt: str, check_warehous
 @handle_errors
 def compile_command(project_dir: Path, campaign: str, dialect: str | None, as_of):
     """Print the SQL that finds CAMPAIGN's due messages."""
+    from engine.sql.compile import render_sql
+    from engine.sql.due import due_query
+
     project = load_project(project_dir)
     try:
         chosen = project.campaign(campaign)
@@ -125,6 +127,8 @@ def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: 
                              sample, shard, sys.stdout)
     if fmt not in (None, "table", "jsonl", "csv"):
         raise click.UsageError(f"--format {fmt} is for --diff; the plan itself is table, jsonl or csv")
+    from engine.tools.output import write_plan
+
     fmt = fmt or "table"
     progress = progress_for("plan", quiet)
     project, reconciler = _reconciler(project_dir, shard, progress)
@@ -192,6 +196,8 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
         logs.configure(log_level.lower(), log_format.lower(), log_personal_data)
         _loop(project_dir, seconds, campaigns, metrics_host, metrics_port, shard)
         return
+    from engine.tools.output import write_report
+
     progress = progress_for("run", quiet)
     project, reconciler = _reconciler(project_dir, shard, progress, signs=True, writes=True)
     clock = FixedClock(as_of) if as_of else SystemClock()
@@ -268,6 +274,8 @@ def demo(project_dir: Path, reset: bool):
     import shutil
 
     from engine.spec.config import database_url
+    from engine.state.warehouse import file_of
+    from engine.tools.demo import build_demo
 
     project = load_project(project_dir)
     config = project.config
@@ -366,7 +374,7 @@ def _ledger_url(project_dir: Path) -> str:
 def ledger_status(project_dir: Path):
     """Show the ledger's schema revision, this engine's head and the migrations pending; writes nothing."""
     from engine.state import migrations
-    from engine.state.warehouse import Database
+    from engine.state.warehouse import Database, file_of
 
     url = _ledger_url(project_dir)
     path = file_of(url)

@@ -17,10 +17,11 @@ from typing import Any, Mapping
 from engine import channel_kinds
 from engine.clock import format_duration
 from engine.model import ProjectConfig, RetryPolicy
-from engine.spec.config import ENV_REFERENCE, CONFIG_FILE, LEDGER_URL_ENV, SHOP_SETTINGS, load_config
 from engine.errors import ProjectInvalid
-from engine.spec.load import load_yaml_file
 from engine.masking import MASK, is_secret_name, mask, secret_references
+
+# engine.spec.config (sqlglot, jsonschema, YAML) is imported by the functions that read engine.yaml: the
+# command line reads ENV and DEFAULT_METRICS_PORT for its options' defaults at `engine --help`.
 
 #: setting -> (environment variable, default)
 ENV = {
@@ -61,6 +62,8 @@ class Shown:
 
 def show_value(key: str, raw: Any, environ: Mapping[str, str]) -> Shown:
     """Resolve ``${VAR}`` in ``raw`` for display: secrets masked, unset variables named."""
+    from engine.spec.config import CONFIG_FILE, ENV_REFERENCE
+
     text = str(raw)
     variables: list[str] = []
     unset: list[str] = []
@@ -99,6 +102,9 @@ def show_value(key: str, raw: Any, environ: Mapping[str, str]) -> Shown:
 def effective_config(root: Path, settings: Mapping[str, tuple[str | None, str]] | None = None,
                      environ: Mapping[str, str] | None = None) -> list[Shown]:
     """Every setting of the project and the service, resolved and masked, in display order."""
+    from engine.spec.config import CONFIG_FILE, LEDGER_URL_ENV, load_config
+    from engine.spec.load import load_yaml_file
+
     env = os.environ if environ is None else environ
     root = Path(root).resolve()
     config, issues = load_config(root)
@@ -163,6 +169,7 @@ def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]
     """(setting, value, origin) of every setting engine.yaml may leave out, as the engine runs with it."""
     from engine.channels.smtp import DEFAULT_CONNECTIONS
     from engine.run.dispatch import DEFAULT_IN_FLIGHT
+    from engine.spec.config import SHOP_SETTINGS
     from engine.spec.dbt import DEFAULT_MANIFEST
 
     none = "(none)"

@@ -409,9 +409,13 @@ class Ledger(LedgerReader, LedgerWriter):
         """
         c = ledger_table.c
         found: dict[str, list[tuple[datetime, str, str]]] = {}
+        # the statuses "sent", "claimed" and "unknown", written as NOT IN the others: with IN, SQLite's
+        # planner (no statistics) read them through the status index - every sent row of the ledger, 55 s
+        # per 1,000 customers at 10M rows - instead of each customer's few rows (0.2 s)
+        not_sent = sorted(set(STATUSES) - {"sent", "claimed", "unknown"})
         for start in range(0, len(customer_ids), 500):
             query = sa.select(c.customer_id, c.updated_at, c.channel, c.campaign).where(
-                c.customer_id.in_(customer_ids[start:start + 500]), c.status.in_(("sent", "claimed", "unknown")),
+                c.customer_id.in_(customer_ids[start:start + 500]), c.status.not_in(not_sent),
                 c.updated_at >= _naive(since))
             with self.db.engine.connect() as conn:
                 for customer_id, updated_at, channel, campaign in conn.execute(query):

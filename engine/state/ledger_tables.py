@@ -33,7 +33,9 @@ ledger_table = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("next_attempt_at", sa.DateTime),
     sa.UniqueConstraint("campaign", "step", "customer_id", "trigger_key", name="engine_ledger_identity"),
-    sa.Index("engine_ledger_customer", "customer_id", "updated_at"),
+    # customer_id alone (migration 0002): updated_at changes at every hand-over and outcome, and
+    # would move the row's entry in this index each time
+    sa.Index("engine_ledger_customer", "customer_id"),
     sa.Index("engine_ledger_status", "status", "next_attempt_at"),
 )
 

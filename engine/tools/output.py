@@ -8,12 +8,14 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from typing import IO, Iterable
+from typing import IO, TYPE_CHECKING, Iterable
 
 from engine.channel_kinds import contact_fields
 from engine.errors import Issue
 from engine.masking import mask
-from engine.run.messages import DueMessage, PassReport
+
+if TYPE_CHECKING:  # annotations only: `engine validate` writes issues without importing the pass (SQLAlchemy)
+    from engine.run.messages import DueMessage, PassReport
 
 PLAN_FIELDS = ["campaign", "step", "customer_id", "trigger_key", "channel", "due_at", "trigger_at", "action", "reason", "message_key"]
 
