@@ -147,7 +147,7 @@ def test_revision_1_builds_the_tables_the_previous_release_created(url, tmp_path
     old.dispose()
     fresh_url = pg.server().new_database() if url.startswith("postgresql") else url.replace("ledger.", "fresh.")
     fresh = Database(fresh_url)
-    assert migrations.ensure(fresh) == ["0001"]
+    assert migrations.ensure(fresh) == list(migrations.revisions())  # 0001, then every later revision
     assert schema(fresh) == expected
     assert revisions(fresh) == [migrations.HEAD]
     fresh.dispose()
@@ -201,14 +201,20 @@ def test_tables_that_are_not_the_previous_release_are_refused_not_stamped(url):
     db.dispose()
 
 
+#: a revision of a test's own, after the shipped ones
+EXTRA = "0900"
+#: the shipped revisions after 0001 (a ledger of the release before versioned migrations is stamped 0001)
+LATER = migrations.revisions()[1:]
+
+
 def _extra_revisions(directory: Path, body: str) -> Path:
     directory.mkdir()
-    (directory / "0002_example.py").write_text(textwrap.dedent('''
+    (directory / f"{EXTRA}_example.py").write_text(textwrap.dedent(f'''
         import sqlalchemy as sa
         from alembic import op
 
-        revision = "0002"
-        down_revision = "0001"
+        revision = "{EXTRA}"
+        down_revision = "{migrations.HEAD}"
         branch_labels = None
         depends_on = None
 
@@ -227,17 +233,17 @@ def test_a_migration_adding_a_column_applies_to_a_previous_release_ledger(url, t
     fill(db)
     before = contents(db)
     state = migrations.status(db, [extra])
-    assert (state.head, state.pending, state.unversioned) == ("0002", ("0002",), True)
+    assert (state.head, state.pending, state.unversioned) == (EXTRA, (*LATER, EXTRA), True)
 
-    assert migrations.ensure(db, [extra]) == ["0002"]  # stamped 0001, then upgraded
-    assert revisions(db) == ["0002"]
+    assert migrations.ensure(db, [extra]) == [*LATER, EXTRA]  # stamped 0001, then upgraded
+    assert revisions(db) == [EXTRA]
     assert contents(db) == before
     with db.engine.connect() as conn:
         priorities = conn.exec_driver_sql("SELECT DISTINCT priority FROM engine_ledger").all()
     assert priorities == [(5,)]
     assert migrations.ensure(db, [extra]) == []
-    # and this engine, which does not know 0002, refuses the upgraded ledger
-    with pytest.raises(WarehouseError, match="0002, which this engine does not know"):
+    # and this engine, which does not know the extra revision, refuses the upgraded ledger
+    with pytest.raises(WarehouseError, match=f"{EXTRA}, which this engine does not know"):
         Ledger(db).ensure_schema()
     db.dispose()
 
@@ -253,8 +259,8 @@ def test_a_failed_migration_leaves_nothing_half_written(url, tmp_path):
     migrations.ensure(db)
     with pytest.raises(WarehouseError) as error:
         migrations.ensure(db, [extra])
-    assert "migration to revision 0002 failed (rolled back, nothing changed)" in str(error.value)
-    assert revisions(db) == ["0001"]
+    assert f"migration to revision {EXTRA} failed (rolled back, nothing changed)" in str(error.value)
+    assert revisions(db) == [migrations.HEAD]
     with db.engine.connect() as conn:
         assert "priority" not in conn.exec_driver_sql("SELECT * FROM engine_ledger WHERE 1 = 0").keys()
     db.dispose()
@@ -318,15 +324,16 @@ def test_engine_ledger_status_and_upgrade(tmp_path, monkeypatch):
     status = _engine(root, "ledger", "status")
     assert status.returncode == 0, status.stderr
     assert "Revision: none (tables of the release before versioned migrations; stamped 0001 on upgrade)" in status.stdout
-    assert "Head: 0001" in status.stdout and "Pending: none" in status.stdout
+    assert f"Head: {migrations.HEAD}" in status.stdout and f"Pending: {', '.join(LATER) or 'none'}" in status.stdout
     assert not sa.inspect(db.engine).has_table(migrations.VERSION_TABLE)  # status writes nothing
 
     upgrade = _engine(root, "ledger", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr
-    assert "already at 0001, nothing to do." in upgrade.stdout  # stamping is not a migration
-    assert revisions(db) == ["0001"] and contents(db) == expected_contents()
+    assert (f"applied {', '.join(LATER)}; now at {migrations.HEAD}." if LATER  # stamping is not a migration
+            else "already at 0001, nothing to do.") in upgrade.stdout
+    assert revisions(db) == [migrations.HEAD] and contents(db) == expected_contents()
     status = _engine(root, "ledger", "status")
-    assert "Revision: 0001\nHead: 0001\nPending: none" in status.stdout
+    assert f"Revision: {migrations.HEAD}\nHead: {migrations.HEAD}\nPending: none" in status.stdout
 
     with db.engine.begin() as conn:
         conn.exec_driver_sql(f"UPDATE {migrations.VERSION_TABLE} SET version_num = '0099'")
@@ -359,13 +366,15 @@ def test_engine_ledger_upgrade_on_an_empty_ledger(tmp_path, monkeypatch):
     root = copy_project(tmp_path / "p")
     ledger_path = tmp_path / "ledger.db"
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", f"sqlite:///{ledger_path}")
-    assert "Revision: none (no database file yet)\nHead: 0001\nPending: 0001" in _engine(root, "ledger", "status").stdout
+    every = ", ".join(migrations.revisions())
+    assert f"Revision: none (no database file yet)\nHead: {migrations.HEAD}\nPending: {every}" in \
+        _engine(root, "ledger", "status").stdout
     assert not ledger_path.exists()
     Database(f"sqlite:///{ledger_path}").check()  # an empty database file
-    assert "Revision: none (empty)\nHead: 0001\nPending: 0001" in _engine(root, "ledger", "status").stdout
+    assert f"Revision: none (empty)\nHead: {migrations.HEAD}\nPending: {every}" in _engine(root, "ledger", "status").stdout
     upgrade = _engine(root, "ledger", "upgrade")
-    assert upgrade.returncode == 0 and "applied 0001; now at 0001." in upgrade.stdout
-    assert "already at 0001, nothing to do." in _engine(root, "ledger", "upgrade").stdout
+    assert upgrade.returncode == 0 and f"applied {every}; now at {migrations.HEAD}." in upgrade.stdout
+    assert f"already at {migrations.HEAD}, nothing to do." in _engine(root, "ledger", "upgrade").stdout
 
 
 def test_an_unreachable_ledger_is_one_error_line(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import importlib
 import pkgutil
 from typing import Mapping
 
-from engine.channel_kinds.declaration import ChannelKind, Transport
+from engine.channel_kinds.declaration import ChannelKind, ContactEntity, Transport
 
 
 def _discover() -> tuple[dict[str, ChannelKind], dict[str, Transport]]:
@@ -61,8 +61,14 @@ def transport(name: str) -> Transport | None:
 
 
 def contact_fields() -> tuple[str, ...]:
-    """The customer columns holding an address, one per kind (email, phone, ...)."""
-    return tuple(dict.fromkeys(k.contact_field for k in KINDS.values()))
+    """The customer columns holding an address, one per kind (email, phone, ...); a kind whose contacts
+    live in a source of their own (``contact_entity``) has none."""
+    return tuple(dict.fromkeys(k.contact_field for k in KINDS.values() if k.contact_entity is None))
+
+
+def contact_entities() -> dict[str, ContactEntity]:
+    """The sources of contacts kept apart from the customers (several per customer), by entity name."""
+    return {k.contact_entity.entity: k.contact_entity for k in KINDS.values() if k.contact_entity is not None}
 
 
 def consent_columns() -> tuple[str, ...]:
@@ -74,5 +80,6 @@ def unsubscribe_scopes() -> tuple[str, ...]:
     return tuple(dict.fromkeys(k.unsubscribe_scope for k in KINDS.values()))
 
 
-__all__ = ["KINDS", "TRANSPORTS", "ChannelKind", "Transport", "consent_columns", "contact_fields", "kind", "names",
+__all__ = ["KINDS", "TRANSPORTS", "ChannelKind", "ContactEntity", "Transport", "consent_columns", "contact_entities",
+           "contact_fields", "kind", "names",
            "transport", "unsubscribe_scopes"]

@@ -122,6 +122,8 @@ class Delivered:
     provider_id: str
     detail: str = ""
     status: str = "sent"
+    #: contacts the provider reported gone on the way (a push subscription's 404/410): never sent to again
+    gone: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,10 @@ class Failed:
     detail: str
     permanent: bool = False
     status: str = "failed"
+    #: the provider's Retry-After in seconds: the next attempt is no sooner (the backoff may make it later)
+    retry_after: float | None = None
+    #: contacts the provider reported gone (a push subscription's 404/410): never sent to again
+    gone: tuple[str, ...] = ()
 
 
 Outcome = Delivered | Failed

@@ -1,5 +1,5 @@
 """File outbox: one folder per channel kind; RFC 5322 messages (email) as .eml files, others
-(SMS) as JSON lines in its messages.jsonl. No server needed (demo, tests).
+(SMS, web push) as JSON lines in its messages.jsonl (the envelope and the rendered parts). No server needed (demo, tests).
 
 A message is handed over when it is in the file system: ``send`` writes each
 .eml to a temporary file, fsyncs it and renames it into place (a reader never
@@ -59,7 +59,8 @@ class FileOutbox:
                 self._lines = os.open(folder / "messages.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 self._lines_folder = folder
                 self._new_lines_file = True
-            line = json.dumps({"key": message.key, "to": message.to, "from": message.sender, "text": message.text}) + "\n"
+            # the envelope and the rendered parts by name: an SMS's text, a push message's title, body, icon, url
+            line = json.dumps({"key": message.key, "to": message.to, "from": message.sender, **message.parts}) + "\n"
             os.write(self._lines, line.encode("utf-8"))  # one write of the whole line: in the file, or not at all
             return Delivered(provider_id=message.key, detail="appended to outbox")
         except OSError as exc:

@@ -64,7 +64,8 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
             key=m.key, kind=channel.kind, to=to,
             sender=str(channel.settings.get("from", "shop@example.com")),
             parts=content.parts,
-            headers=kind.headers(context["unsubscribe_url"]),
+            headers={**kind.headers(context["unsubscribe_url"]),
+                     **(step.delivery.headers() if kind.delivery_options and step.delivery is not None else {})},
         )
         rendered.messages.append((m, message))
         rendered.contents.append(serialize(message, {"discount_code": context.get("discount_code")}))
