@@ -21,6 +21,10 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   (benchmarks/smtp_sink.py), the time inside dispatch, the sink's ceiling (a
   bare smtplib client) and the engine's dispatch path alone as a ratio of it
   (benchmarks/dispatch.py); ``--no-smtp`` skips this;
+- web push to a loopback push service in its own process (benchmarks/push.py):
+  its ceiling (bare POSTs), encryption alone, and the engine's webpush dispatch
+  (encryption and VAPID included) as a ratio of the ceiling, beside email's;
+  ``--no-push`` skips this;
 - a pass's ledger operations on 1,000 keys, empty ledger vs ``--history`` rows;
 - peak RSS of this process (the shop is built in a child process, so this is
   the engine's own footprint, plus DuckDB's buffers), and of a child process
@@ -57,6 +61,7 @@ if str(REPO) not in sys.path:  # runnable from a checkout without `pip install -
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # dispatch.py, smtp_sink.py next to this file
 
 import dispatch  # noqa: E402
+import push  # noqa: E402 - web push dispatch against a loopback push service
 from dispatch import _timed  # noqa: E402 - one median timer for both scripts
 from smtp_sink import SinkProcess  # noqa: E402
 
@@ -845,6 +850,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="like --postgres, on an existing database instead (its shop tables and ledger are replaced)")
     parser.add_argument("--no-smtp", action="store_true",
                         help="skip the SMTP measurements (a pass to a loopback SMTP sink, its ceiling, dispatch alone)")
+    parser.add_argument("--no-push", action="store_true",
+                        help="skip the web push measurements (dispatch to a loopback push service, its ceiling)")
     parser.add_argument("--sink", choices=("fast", "aiosmtpd"), default="fast",
                         help="the loopback SMTP sink, in a child process: a minimal asyncio server (default) or aiosmtpd")
     parser.add_argument("--connections", type=int, default=None,
@@ -916,6 +923,9 @@ def main(argv: list[str] | None = None) -> int:
             sample = [r for r in rows if r.get("sample")]
             if sample:
                 rows.append({**dispatch.aiosmtpd_ceiling(1000, sample[0]["sample"], 1), "backend": "-"})
+        if not args.no_push and not args.no_run:
+            print("Measuring web push dispatch ...", flush=True)
+            rows += [{**r, "backend": "-"} for r in push.measure_push(1000 if args.quick else 5000, 4)]
         if args.history:
             for backend in ("duckdb", "sqlite") if args.sqlite else ("duckdb",):
                 print(f"Measuring the {backend} ledger with {args.history:,} rows of history ...", flush=True)

@@ -85,7 +85,7 @@ def test_shipped_templates_carry_their_kinds_suffix():
     project = load_project(REPO)
     used = [(variant.template, project.config.channels[variant.channel].kind)
             for campaign in project.campaigns for step in campaign.steps for variant in step.variants]
-    assert {kind for _, kind in used} == {"email", "sms"}
+    assert {kind for _, kind in used} == {"email", "push", "sms"}
     for template, kind in used:
         assert template.endswith(channel_kinds.kind(kind).template_suffix), (template, kind)
 

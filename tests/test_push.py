@@ -224,3 +224,18 @@ def test_the_payload_limit_of_web_push_is_a_clear_permanent_failure():
     channel._client, channel.name = object(), "push"
     outcome = channel.send(message)
     assert outcome.permanent and "at most 3993" in outcome.detail
+
+
+def test_an_unreachable_push_service_is_a_transient_failure_retried_later(project, vapid):
+    from servers import free_port
+
+    nobody = Subscriber(f"http://127.0.0.1:{free_port()}/push/x")  # nothing listens there
+    r = reconciler(project, customers=[customer(1)], events=[viewed(1, 1)], push_subscriptions=[nobody.row(1)])
+    try:
+        report = r.run_once(DAY1)
+        assert not report.errors
+        row = r.ledger.get("browse-abandonment:day-1:1:2025-01-06")
+        assert (row["status"], row["reason"]) == ("failed", "transient") and "ConnectError" in row["detail"]
+        assert row["next_attempt_at"] is not None and gone(r) == []
+    finally:
+        r.close()

@@ -122,7 +122,8 @@ def generate_shop(seed: int = 42, customers: int = 2000, anchor: str = "2025-01-
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         data.rows["customers"].append({
             "customer_id": customer_id,
-            **{kind.contact_field: kind.sample_address(rng, first, last, customer_id) for kind in KINDS.values()},
+            **{kind.contact_field: kind.sample_address(rng, first, last, customer_id) for kind in KINDS.values()
+               if kind.contact_entity is None},
             "first_name": first, "last_name": last, "created_at": registered.replace(microsecond=0),
             "city": rng.choice(CITIES),
             "birthday": date(rng.randint(1950, 2005), 1, 1) + timedelta(days=rng.randint(0, 365)) if rng.random() < 0.6 else None,
