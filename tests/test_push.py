@@ -20,7 +20,7 @@ from engine import Reconciler, load_project
 from engine.channels import webpush
 from engine.run.dispatch import deserialize
 from engine.spec.project import check_project
-from engine.state.ledger_tables import gone_contacts_table
+from engine.state.ledger_tables import gone_contacts_table, suppressions_table
 from push_service import PushService, Subscriber, vapid_keys
 
 UTC = timezone.utc
@@ -164,6 +164,9 @@ def test_malformed_subscription_keys_fail_with_a_clear_reason_and_spare_the_good
             assert (two["status"], two["reason"]) == ("failed", "permanent")
             assert "malformed auth secret: 5 bytes, RFC 8291 needs 16" in two["detail"]
             assert [m.endpoint for m in service.received] == [good.endpoint] and gone(r) == []
+            # a permanent failure of push says nothing about an address: nothing is suppressed
+            with r.ledger.db.engine.connect() as conn:
+                assert conn.execute(sa.select(sa.func.count()).select_from(suppressions_table)).scalar() == 0
         finally:
             r.close()
 
@@ -239,3 +242,31 @@ def test_an_unreachable_push_service_is_a_transient_failure_retried_later(projec
         assert row["next_attempt_at"] is not None and gone(r) == []
     finally:
         r.close()
+
+
+def test_delivery_options_are_checked_and_ignored_with_a_warning_where_no_channel_takes_them(project, vapid):
+    campaign = project / "campaigns.d" / "browse-abandonment.yaml"
+    text = campaign.read_text()
+    campaign.write_text(text.replace("urgency: normal", "urgency: urgent", 1))
+    _, issues = check_project(project)
+    errors = [i for i in issues if i.severity == "error"]
+    assert errors and "urgent" in errors[0].message and errors[0].file.endswith("browse-abandonment.yaml"), issues
+    assert errors[0].line == next(n for n, t in enumerate(text.splitlines(), 1) if "urgency: normal" in t)
+
+    write(campaign, """\
+        name: browse-abandonment
+        trigger:
+          event: {type: product_viewed, per: day}
+        stop: [came_back]
+        steps:
+          - id: day-1
+            delay: 1d
+            freshness: 12h
+            channel: email
+            template: browse/viewed.email.j2
+            delivery: {ttl: 12h}
+        """)
+    project_, issues = check_project(project)
+    assert project_ is not None
+    assert any("gives delivery options, but none of its channels takes them" in i.message and i.severity == "warning"
+               for i in issues), issues

@@ -130,6 +130,9 @@ class ChannelKind:
     contact_entity: ContactEntity | None = None
     #: the provider takes a step's ``delivery`` options (time to live, urgency, topic) as message headers
     delivery_options: bool = False
+    #: a permanent failure suppresses the address (a hard bounce); False where it says nothing about the address
+    #: (web push: a gone subscription is reported as such, a 400 or an oversized payload is the message's fault)
+    suppress_on_permanent: bool = True
 
     def __post_init__(self) -> None:
         reserved = [part for part in self.parts if part in RESERVED_NAMES or not part.isidentifier()]

@@ -45,8 +45,9 @@ def endpoint_of(row: Mapping[str, object]) -> str:
 
 
 def subscriptions_key(address: str) -> str:
-    """A set of subscriptions is suppressed (after a permanent failure) by its digest: short, and a new
-    subscription of the customer makes a new set."""
+    """A set of subscriptions is looked up among the suppressions by its digest (short; a new subscription
+    of the customer makes a new set). A permanent failure does not suppress it (``suppress_on_permanent``):
+    gone subscriptions are removed one by one instead."""
     return "sha256:" + hashlib.sha256(address.encode()).hexdigest()
 
 
@@ -94,4 +95,5 @@ KIND = ChannelKind(
     suppression_key=subscriptions_key,
     contact_entity=ContactEntity(SUBSCRIPTIONS, SUBSCRIPTION_COLUMNS, subscriptions_value, endpoint_of),
     delivery_options=True,
+    suppress_on_permanent=False,
 )

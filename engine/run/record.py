@@ -59,8 +59,9 @@ def outcome_record(ledger: Ledger, retry: RetryPolicy, key: str, campaign: str, 
         report.add(campaign, step, "sent", channel=channel)
         return Record(**common, status="sent", detail=f"{outcome.provider_id} {outcome.detail}".strip())
     if outcome.permanent:
-        ledger.suppress(sent.message.kind, channel_kinds.kind(sent.message.kind).suppression_key(sent.message.to),
-                        "bounced", outcome.detail, now)
+        kind = channel_kinds.kind(sent.message.kind)
+        if kind.suppress_on_permanent:
+            ledger.suppress(sent.message.kind, kind.suppression_key(sent.message.to), "bounced", outcome.detail, now)
         report.add(campaign, step, "failed:permanent", channel=channel)
         return Record(**common, status="failed", reason="permanent", detail=outcome.detail)
     retry_at = next_attempt(retry, key, attempts, now)
