@@ -270,3 +270,88 @@ def test_delivery_options_are_checked_and_ignored_with_a_warning_where_no_channe
     assert project_ is not None
     assert any("gives delivery options, but none of its channels takes them" in i.message and i.severity == "warning"
                for i in issues), issues
+
+
+# --- crashes and replicas: the delivery guarantees hold for push ----------------------------------------------
+
+NOTIFY = """\
+    name: notify
+    trigger: {order_placed: {}}
+    stop: [unsubscribed]
+    steps:
+      - {id: ping, delay: 0m, freshness: 7d, channel: push, template: notify/ping.push.j2}
+"""
+
+
+def notify_project(project: Path, service: PushService, n: int) -> list[Subscriber]:
+    """Only the notify campaign (a push per order), a claim timeout of one minute, n customers each with
+    one browser at ``service``."""
+    for path in (project / "campaigns.d").glob("*.yaml"):
+        path.unlink()
+    write(project / "campaigns.d" / "notify.yaml", NOTIFY)
+    write(project / "templates" / "notify" / "ping.push.j2",
+          "{% block title %}Order of {{ customer.customer_id }}{% endblock %}{% block body %}Thanks!{% endblock %}\n")
+    text = (project / "engine.yaml").read_text()
+    (project / "engine.yaml").write_text(text.replace("sources:", "policies:\n  claim_timeout: 1m\nsources:", 1))
+    browsers = [service.subscribe(f"c{i}") for i in range(1, n + 1)]
+    load_history(os.environ["ENGINE_WAREHOUSE_URL"], customers=[customer(i) for i in range(1, n + 1)],
+                 orders=[{"order_id": i, "customer_id": i, "created_at": T0, "status": "completed", "total": 5}
+                         for i in range(1, n + 1)],
+                 push_subscriptions=[b.row(i) for i, b in enumerate(browsers, 1)])
+    return browsers
+
+
+def run_engine(project: Path, as_of: str, env: dict | None = None, wait: bool = True):
+    command = [sys.executable, "-m", "engine.cli.main", "run", "--once", "--as-of", as_of]
+    if not wait:
+        return subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def ledger_counts(url: str) -> dict[str, int]:
+    from engine.state.warehouse import Database
+
+    db = Database(url)
+    try:
+        return dict(db.fetch_all("SELECT status, count(*) FROM engine_ledger GROUP BY status"))
+    finally:
+        db.dispose()
+
+
+def test_kill_9_at_any_point_never_pushes_twice_or_loses_a_message(project, vapid):
+    """at_most_once (the default): crash at each failpoint, recover after the claim timeout; every
+    message ends sent or unknown, and no browser gets one twice (each decrypted by the service)."""
+    from engine.state.warehouse import Database
+
+    n = 12
+    with PushService(vapid_public_key=vapid) as service:
+        notify_project(project, service, n)
+        url = os.environ["ENGINE_WAREHOUSE_URL"]
+        for point in ["claimed:1", "stored:1", "sent:1", "sent:7", "sent:12"]:
+            db = Database(url)
+            db.execute("DELETE FROM engine_ledger") if point != "claimed:1" else None
+            db.dispose()
+            service.received.clear()
+            crashed = run_engine(project, "2025-01-06T12:01:00Z", {"ENGINE_FAILPOINT": point})
+            assert crashed.returncode == -9, crashed.stderr
+            recovered = run_engine(project, "2025-01-06T12:05:00Z")
+            assert recovered.returncode == 0, recovered.stderr
+            endpoints = [m.endpoint for m in service.received]
+            rows = ledger_counts(url)
+            assert len(endpoints) == len(set(endpoints)), (point, "a push was delivered twice")
+            assert rows.get("sent", 0) + rows.get("unknown", 0) == n and rows.get("claimed", 0) == 0, (point, rows)
+            assert len(set(endpoints)) >= rows.get("sent", 0) and not service.rejected
+
+
+def test_replicas_started_at_once_never_push_the_same_message_twice(project, vapid):
+    n = 40
+    with PushService(vapid_public_key=vapid) as service:
+        browsers = notify_project(project, service, n)
+        Reconciler(load_project(project)).close()  # the ledger's tables, before the race
+        procs = [run_engine(project, "2025-01-06T12:01:00Z", wait=False) for _ in range(4)]
+        outputs = [proc.communicate(timeout=300) for proc in procs]
+        assert [proc.returncode for proc in procs] == [0] * 4, outputs
+        endpoints = [m.endpoint for m in service.received]
+        assert sorted(endpoints) == sorted(b.endpoint for b in browsers)  # each exactly once
+        assert ledger_counts(os.environ["ENGINE_WAREHOUSE_URL"]) == {"sent": n}
