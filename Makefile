@@ -25,6 +25,7 @@ demo: install
 	@echo "Delivered into the file outbox (var/outbox/):"
 	@echo "  $$(ls var/outbox/email 2>/dev/null | wc -l) emails in var/outbox/email/, e.g. $$(ls var/outbox/email | head -1)"
 	@echo "  $$(cat var/outbox/sms/messages.jsonl 2>/dev/null | wc -l) SMS in var/outbox/sms/messages.jsonl"
+	@echo "  $$(cat var/outbox/push/messages.jsonl 2>/dev/null | wc -l) web push notifications in var/outbox/push/messages.jsonl"
 	@echo "A second pass at the same instant sends nothing (the ledger remembers):"
 	$(BIN)/engine run --once --as-of $(AS_OF)
 

@@ -28,6 +28,10 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   DuckDB and PostgreSQL);
 - start-up: ``engine --help`` and ``engine validate`` as a ratio of ``python -c pass`` and their import
   time under ``python -X importtime`` (``--start``: only that);
+- web push to a loopback push service in its own process (benchmarks/push.py):
+  its ceiling (bare POSTs), encryption alone, and the engine's webpush dispatch
+  (encryption and VAPID included) as a ratio of the ceiling, beside email's;
+  ``--no-push`` skips this;
 - peak RSS of this process (the shop is built in a child process, so this is
   the engine's own footprint, plus DuckDB's buffers), and of a child process
   planning a shop where all ``--memory-customers`` customers are due.
@@ -64,6 +68,7 @@ if str(REPO) not in sys.path:  # runnable from a checkout without `pip install -
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # dispatch.py, smtp_sink.py next to this file
 
 import dispatch  # noqa: E402
+import push  # noqa: E402 - web push dispatch against a loopback push service
 from dispatch import _timed  # noqa: E402 - one median timer for both scripts
 from smtp_sink import SinkProcess  # noqa: E402
 import webhook as webhook_bench  # noqa: E402
@@ -941,6 +946,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="like --postgres, on an existing database instead (its shop tables and ledger are replaced)")
     parser.add_argument("--no-smtp", action="store_true",
                         help="skip the SMTP measurements (a pass to a loopback SMTP sink, its ceiling, dispatch alone)")
+    parser.add_argument("--no-push", action="store_true",
+                        help="skip the web push measurements (dispatch to a loopback push service, its ceiling)")
     parser.add_argument("--sink", choices=("fast", "aiosmtpd"), default="fast",
                         help="the loopback SMTP sink, in a child process: a minimal asyncio server (default) or aiosmtpd")
     parser.add_argument("--connections", type=int, default=None,
@@ -1034,6 +1041,9 @@ def main(argv: list[str] | None = None) -> int:
             print("Measuring webhook posts beside emails ...", flush=True)
             rows += [{**r, "backend": "-"} for r in webhook_bench.measure_webhooks(
                 2000 if args.quick else 5000, max(args.repeat, 3), sink)]
+        if not args.no_push and not args.no_run:
+            print("Measuring web push dispatch ...", flush=True)
+            rows += [{**r, "backend": "-"} for r in push.measure_push(1000 if args.quick else 5000, 4)]
         if args.history:
             for backend in ("duckdb", "sqlite") if args.sqlite else ("duckdb",):
                 print(f"Measuring the {backend} ledger with {args.history:,} rows of history ...", flush=True)

@@ -11,7 +11,7 @@ from datetime import time, timedelta
 from pathlib import Path
 from typing import Mapping
 
-from engine.channel_kinds import consent_columns, contact_fields
+from engine.channel_kinds import consent_columns, contact_entities, contact_fields
 
 # --- the engine's entities and their canonical columns ----------------------
 
@@ -35,6 +35,8 @@ ENTITY_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("customer_id", "type", "occurred_at"),
         ("event_id", "product_id", "product_name", "url", "image_url", "price", "search_query"),
     ),
+    # contacts kept apart from the customers, several per customer (push subscriptions): their kinds declare them
+    **{name: (entity.columns, ()) for name, entity in contact_entities().items()},
 }
 
 #: Per-customer facts the engine derives from orders (usable in filters).
@@ -212,6 +214,27 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class DeliveryOptions:
+    """How a provider that queues messages treats a step's (web push, RFC 8030): how long it keeps one for
+    an offline device, how urgent it is, and the topic under which a newer message replaces an older one."""
+
+    ttl: timedelta | None = None
+    urgency: str | None = None  # very-low | low | normal | high
+    topic: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        """The options as the RFC 8030 request headers (TTL, Urgency, Topic) a message carries."""
+        headers = {}
+        if self.ttl is not None:
+            headers["TTL"] = str(int(self.ttl.total_seconds()))
+        if self.urgency is not None:
+            headers["Urgency"] = self.urgency
+        if self.topic is not None:
+            headers["Topic"] = self.topic
+        return headers
+
+
+@dataclass(frozen=True)
 class Step:
     id: str
     delay: timedelta
@@ -222,6 +245,8 @@ class Step:
     quiet_hours: QuietHours | None = None
     discount_code: DiscountCode | None = None
     actions: tuple[Action, ...] = ()
+    #: for kinds whose provider queues messages (``ChannelKind.delivery_options``): TTL, urgency, topic
+    delivery: DeliveryOptions | None = None
 
     @property
     def channels(self) -> tuple[str, ...]:

@@ -59,6 +59,10 @@ def configure(root, smtp_port: int, sms_url: str = "http://127.0.0.1:9/none", po
     timeout: 1
     delivery: {sms_delivery}
     from: Shop
+  push:
+    kind: push
+    transport: file
+    path: var/outbox
 """
     if policies:
         text = text.replace("sources:", "policies:\n" + policies + "\nsources:", 1)

@@ -39,6 +39,10 @@ def configure_channels(root, smtp_port: int, sms_url: str) -> None:
     url: {sms_url}
     token: ${{SMS_TOKEN}}
     from: BeanBrew
+  push:
+    kind: push
+    transport: file
+    path: var/outbox
 """
     (root / "engine.yaml").write_text(text)
 

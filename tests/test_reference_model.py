@@ -178,11 +178,13 @@ class History:
     order_items: list[dict] = field(default_factory=list)
     checkouts: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
+    #: web push subscriptions (several per customer); a customer without one has no push contact
+    push_subscriptions: list[dict] = field(default_factory=list)
 
     def shop_data(self) -> ShopData:
         data = ShopData()
         data.rows.update(customers=self.customers, orders=self.orders, order_items=self.order_items,
-                         checkouts=self.checkouts, events=self.events)
+                         checkouts=self.checkouts, events=self.events, push_subscriptions=self.push_subscriptions)
         return data
 
     def _repr_pretty_(self, printer, cycle) -> None:  # Hypothesis prints falsifying examples with this
@@ -191,7 +193,7 @@ class History:
     def __repr__(self) -> str:
         """What a counterexample prints: Python that rebuilds it (paste it into a regression test)."""
         lines = ["History("]
-        for name in ("customers", "orders", "order_items", "checkouts", "events"):
+        for name in ("customers", "orders", "order_items", "checkouts", "events", "push_subscriptions"):
             rows = getattr(self, name)
             if rows:
                 lines.append(f"    {name}=[")
@@ -403,12 +405,19 @@ def outcome(spec: dict, step: dict, customer: dict, instance: Instance, due: dat
         return "skip:stale", first
     if first is None:
         return "skip:no_variant", None
-    reachable = [v for v in candidates if customer[CONTACT[CHANNEL_KIND[v["channel"]]]] not in (None, "")]
+    reachable = [v for v in candidates if reachable_by(customer, CHANNEL_KIND[v["channel"]], shop)]
     if not reachable:
         return "skip:no_contact", first
     if quiet(step, reachable[0]["channel"], now.astimezone(zone_of(customer)).time()):
         return "defer:quiet_hours", reachable[0]
     return "send", reachable[0]
+
+
+def reachable_by(customer: dict, kind: str, shop: History) -> bool:
+    """Contact data for the kind: an address column, or (web push) at least one subscription with an endpoint."""
+    if kind == "push":
+        return any(s["customer_id"] == customer["customer_id"] and s.get("endpoint") for s in shop.push_subscriptions)
+    return customer[CONTACT[kind]] not in (None, "")
 
 
 def instant_text(value: datetime) -> str:
@@ -618,6 +627,11 @@ def histories(draw) -> tuple[History, datetime]:
         cid = draw(st.sampled_from(customer_ids))
         shop.events.append({"event_id": 8 + index, "customer_id": cid, "type": draw(st.sampled_from(EVENT_TYPES)),
                             "occurred_at": activity(cid)})
+    for cid in customer_ids:  # none, one or two browsers; a row without an endpoint is no subscription
+        for n in range(draw(st.sampled_from([0, 0, 1, 2]))):
+            shop.push_subscriptions.append({"customer_id": cid, "p256dh": "BAAA", "auth": "AAAA",
+                                            "endpoint": draw(st.sampled_from([f"https://push.example.net/{cid}/{n}"] * 3
+                                                                             + [None]))})
     return shop, now
 
 
@@ -706,6 +720,7 @@ def without(shop: History, drop: set[tuple[str, int]]) -> History:
         order_items=[item for item in shop.order_items if item["order_id"] in order_ids],
         checkouts=[k for i, k in enumerate(shop.checkouts) if ("checkouts", i) not in drop and k["customer_id"] in kept],
         events=[e for i, e in enumerate(shop.events) if ("events", i) not in drop and e["customer_id"] in kept],
+        push_subscriptions=[s for s in shop.push_subscriptions if s["customer_id"] in kept],
     )
 
 

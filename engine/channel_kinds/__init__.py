@@ -16,7 +16,7 @@ import importlib
 import pkgutil
 from typing import Mapping
 
-from engine.channel_kinds.declaration import ChannelKind, Transport
+from engine.channel_kinds.declaration import ChannelKind, ContactEntity, Transport
 
 
 def _discover() -> tuple[dict[str, ChannelKind], dict[str, Transport]]:
@@ -62,8 +62,15 @@ def transport(name: str) -> Transport | None:
 
 def contact_fields() -> tuple[str, ...]:
     """The optional customer columns holding an address, one per kind (email, phone, ...); a kind that
-    addresses customers by their key (``CUSTOMER_KEY``) adds none."""
-    return tuple(dict.fromkeys(k.address_column for k in KINDS.values() if k.address_column))
+    addresses customers by their key (``CUSTOMER_KEY``) adds none, nor does one whose contacts live in a
+    source of their own (``contact_entity``)."""
+    return tuple(dict.fromkeys(k.address_column for k in KINDS.values()
+                               if k.address_column and k.contact_entity is None))
+
+
+def contact_entities() -> dict[str, ContactEntity]:
+    """The sources of contacts kept apart from the customers (several per customer), by entity name."""
+    return {k.contact_entity.entity: k.contact_entity for k in KINDS.values() if k.contact_entity is not None}
 
 
 def consent_columns() -> tuple[str, ...]:
@@ -75,5 +82,6 @@ def unsubscribe_scopes() -> tuple[str, ...]:
     return tuple(dict.fromkeys(k.unsubscribe_scope for k in KINDS.values()))
 
 
-__all__ = ["KINDS", "TRANSPORTS", "ChannelKind", "Transport", "consent_columns", "contact_fields", "kind", "names",
+__all__ = ["KINDS", "TRANSPORTS", "ChannelKind", "ContactEntity", "Transport", "consent_columns", "contact_entities",
+           "contact_fields", "kind", "names",
            "transport", "unsubscribe_scopes"]

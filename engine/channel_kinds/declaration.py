@@ -28,6 +28,12 @@ class Transport:
     needs: tuple[str, ...]
     #: the module in engine.channels whose ``open_session(config, root)`` opens a session
     module: str
+    #: setting -> a pure check of its value (after ``${VAR}`` resolution): the problem, or None when usable;
+    #: engine validate reports a problem naming the setting (the session checks again, fully, when it opens)
+    checks: Mapping[str, Callable[[str], str | None]] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.needs, self.module))
 
 
 #: Names a template part cannot take: the other fields of a stored message (engine.run.dispatch.serialize
@@ -65,6 +71,29 @@ def no_setting_problems(settings: Mapping[str, object]) -> list[tuple[str, str, 
 
 def no_address(rng: random.Random, first_name: str, last_name: str, customer_id: int) -> str | None:
     return None
+
+
+def no_contacts(rows: list[Mapping[str, object]]) -> str | None:
+    return None
+
+
+def contact_identity(row: Mapping[str, object]) -> str:
+    return str(row)
+
+
+@dataclass(frozen=True)
+class ContactEntity:
+    """Contacts kept in a source of their own, several per customer (web push subscriptions), instead of a
+    customer column: the source is mapped in engine.yaml like any entity, with these columns."""
+
+    #: the entity's name in engine.yaml's ``sources``
+    entity: str
+    #: its columns (all required; ``customer_id`` among them)
+    columns: tuple[str, ...]
+    #: a customer's live rows -> the contact value the message is addressed to (its ``to``); None: none usable
+    value: Callable[[list[Mapping[str, object]]], str | None] = no_contacts
+    #: one row's identity, the form in which the provider reports it gone (a push endpoint)
+    identity: Callable[[Mapping[str, object]], str] = contact_identity
 
 
 @dataclass(frozen=True)
@@ -117,8 +146,14 @@ class ChannelKind:
     sample_address: Callable[[random.Random, str, str, int], str | None] = no_address
     #: the scope an unsubscribe from this kind is recorded under ("all" covers every kind); default: its name
     unsubscribe_scope: str = field(default="")
+    #: the contacts live in a source of their own, several per customer (``contact_field`` then names the
+    #: customer attribute the pass fills from it, set-based per batch: engine.run.contacts); None: a customer column
+    contact_entity: ContactEntity | None = None
+    #: the provider takes a step's ``delivery`` options (time to live, urgency, topic) as message headers
+    delivery_options: bool = False
     #: a permanent failure suppresses the address (an email's hard bounce); False: it is final for that
-    #: message only (a webhook receiver's 4xx says nothing about the customer)
+    #: message only (a webhook receiver's 4xx says nothing about the customer; web push reports a gone
+    #: subscription as such, and a 400 or an oversized payload is the message's fault)
     suppress_on_permanent_failure: bool = True
 
     def __post_init__(self) -> None:

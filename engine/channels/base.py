@@ -138,6 +138,8 @@ class Delivered:
     provider_id: str
     detail: str = ""
     status: str = "sent"
+    #: contacts the provider reported gone on the way (a push subscription's 404/410): never sent to again
+    gone: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,8 @@ class Failed:
     #: seconds the provider asked to wait before the next attempt (an HTTP Retry-After); the next
     #: attempt is then no earlier than that, whatever the backoff says
     retry_after: float | None = None
+    #: contacts the provider reported gone (a push subscription's 404/410): never sent to again
+    gone: tuple[str, ...] = ()
 
 
 Outcome = Delivered | Failed

@@ -1,5 +1,5 @@
 """File outbox: one folder per channel kind; RFC 5322 messages (email) as .eml files, others
-(SMS) as JSON lines in its messages.jsonl. No server needed (demo, tests).
+(SMS, web push) as JSON lines in its messages.jsonl (the envelope and the rendered parts). No server needed (demo, tests).
 
 A message is handed over when it is in the file system: ``send`` writes each
 .eml to a temporary file, fsyncs it and renames it into place (a reader never

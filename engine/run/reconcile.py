@@ -1,4 +1,4 @@
-"""One reconciler pass: plan -> policies -> claim -> render -> send -> record, after recovery and retries.
+"""One reconciler pass: plan -> contacts -> policies -> claim -> render -> send -> record, after recovery and retries.
 
 Level-based like a Kubernetes controller: each pass recomputes what should
 have happened by ``now`` from the warehouse and the ledger alone, so a crash
@@ -21,6 +21,7 @@ from engine.model import Campaign, Project
 from engine.progress import Progress
 from engine.run import plan, policies
 from engine.run.claim import claim
+from engine.run.contacts import attach_contacts
 from engine.run.isolation import isolated
 from engine.run.ledger_state import open_ledger, record_segment_entries
 from engine.run.messages import DueMessage, PassReport
@@ -91,6 +92,7 @@ class Reconciler:
         rules = policies.first_attempt_inputs(self.config, self.ledger, now, ordered, self.project.campaigns)
         self.ledger.snapshot_policies()
         in_query = self.ledger_shares_warehouse
+        sources = SourceRows(self.warehouse, self.config, self.key_kinds)
         with plan.due_rows(self.warehouse, self.ledger, self.config, now, ordered, exclude_ledger=in_query,
                            customer_id=customer_id, batch_size=self.batch_size) as rows_of:
             for position, campaign in enumerate(ordered, 1):
@@ -101,7 +103,8 @@ class Reconciler:
                     for batch in plan.decided_batches(campaign, rows_of(campaign), now, self.config, self.ledger,
                                                       ledger_in_query=in_query, shard=self.shard,
                                                       progress=self.progress):
-                        batch = policies.apply_stages(batch, rules)
+                        batch = policies.apply_stages(attach_contacts(batch, self.config, sources, self.ledger,
+                                                                      rules.channel_of), rules)
                         if batch:
                             yield batch
 

@@ -1,7 +1,8 @@
 """The record stage: what the pass decided and what the providers answered, written to the ledger.
 
 Owns the ledger rows of a message (``as_record``), the skips of a batch, the outcome of a send
-(sent, failed with its next attempt, or bounced: the address suppressed) and the tags a delivered
+(sent, failed with its next attempt - no sooner than the provider's Retry-After -, or bounced: the
+address suppressed; contacts the provider reported gone) and the tags a delivered
 step sets; every outcome is counted in the pass report here. Must not decide, render or send.
 """
 from __future__ import annotations
@@ -52,6 +53,8 @@ def outcome_record(ledger: Ledger, retry: RetryPolicy, key: str, campaign: str, 
     common = dict(message_key=key, campaign=campaign, step=step, customer_id=customer_id,
                   trigger_key=trigger_key, channel=channel)
     outcome = sent.outcome
+    if outcome.gone:
+        ledger.record_gone(sent.message.kind, customer_id, list(outcome.gone), key, outcome.detail, now)
     if isinstance(outcome, Delivered):
         report.add(campaign, step, "sent", channel=channel)
         return Record(**common, status="sent", detail=f"{outcome.provider_id} {outcome.detail}".strip())

@@ -74,7 +74,8 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         headers = kind.headers(context["unsubscribe_url"], campaign=m.campaign, sender=sender)
         message = OutgoingMessage(
             key=m.key, kind=channel.kind, to=to, sender=sender, parts=content.parts,
-            headers={**({"Date": date} if kind.rfc5322 else {}), **headers},
+            headers={**({"Date": date} if kind.rfc5322 else {}), **headers,
+                     **(step.delivery.headers() if kind.delivery_options and step.delivery is not None else {})},
             origin={"campaign": m.campaign, "step": m.step, "variant": m.variant or "", "customer_id": m.customer_id,
                     "trigger_key": m.trigger_key, "due_at": format_instant(m.due_at)},
         )

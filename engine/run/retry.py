@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from engine.model import Project, ProjectConfig
+from engine.run.contacts import attach_contacts
 from engine.run.messages import DueMessage, PassReport
 from engine.run.policies import apply_stages, retry_inputs
 from engine.run.send import resend
@@ -53,6 +54,7 @@ def retries_allowed(now: datetime, project: Project, config: ProjectConfig, ledg
     # decided with the first attempt)
     channels = {f"{row['campaign']}:{row['step']}:{row['variant']}": row["channel"] for row in rows}
     ledger.snapshot_policies()
+    candidates = attach_contacts(candidates, config, sources, ledger, channels)  # e.g. every subscription gone since
     decided = apply_stages(candidates, retry_inputs(config, ledger, now, project.campaigns, channels))
     allowed = []
     for row, m in zip(rows, decided):

@@ -351,6 +351,9 @@ def _channel(doc: Document, name: str, spec: dict) -> tuple[ChannelConfig, list[
         if key not in spec:
             issues.append(doc.issue(where, f"channel '{name}' with transport {transport} needs '{key}'",
                                     fix=f"add {key}: to channels.{name}"))
+    for key, check in channel_kinds.transport(transport).checks.items():
+        if key in spec:
+            issues += _setting_problems(doc, where + (key,), f"channels.{name}.{key}", str(spec[key]), check)
     carriers = channel_kinds.kind(kind).transport_names
     if transport not in carriers:
         issues.append(doc.issue(where + ("transport",), f"an {kind} channel cannot use the {transport} transport",
@@ -359,3 +362,17 @@ def _channel(doc: Document, name: str, spec: dict) -> tuple[ChannelConfig, list[
     for setting, message, fix in channel_kinds.kind(kind).setting_problems(settings):
         issues.append(doc.issue(where + (setting,), f"channels.{name}.{setting}: {message}", fix=fix))
     return ChannelConfig(name=name, kind=kind, transport=transport, settings=settings), issues
+
+
+def _setting_problems(doc: Document, where: tuple, setting: str, raw: str, check) -> list[Issue]:
+    """A transport's check of one setting's value (a key's form): an error naming the setting when the
+    value is unusable; a warning when its environment variable is unset here (the run refuses to start then)."""
+    try:
+        value = resolve(raw)
+    except ConfigError as exc:
+        return [doc.issue(where, f"{setting}: {exc}", fix="export the variable before engine run", severity="warning")]
+    problem = check(value)
+    if problem is None:
+        return []
+    return [doc.issue(where, f"{setting} is unusable: {problem}", fix=f"set {setting} (usually from the environment) "
+                      f"to a valid value; see the README's channel configuration")]

@@ -21,7 +21,7 @@ from engine.sql.filter_types import attribute_kinds, check_types, filter_attribu
 from engine.sql.filters import parse_filter, referenced_functions
 from engine.spec.load import Document, display_path, format_path, load_yaml_file
 from engine.model import (
-    STOP_CONDITIONS, Action, Campaign, DiscountCode, ProjectConfig, Reentry, Step, Trigger, Variant,
+    STOP_CONDITIONS, Action, Campaign, DeliveryOptions, DiscountCode, ProjectConfig, Reentry, Step, Trigger, Variant,
 )
 from engine.sql.triggers.registry import KINDS, kind_named, kind_of
 from engine.templating.render import Renderer
@@ -326,6 +326,7 @@ def _step(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Tri
     _check_filter(doc, where + ("audience",), raw.get("audience"), attributes, issues, config)
     quiet = raw.get("quiet_hours")
     code = raw.get("discount_code")
+    delivery = raw.get("delivery")
     return Step(
         id=raw["id"], delay=delay, freshness=freshness, variants=tuple(variants),
         audience=raw.get("audience"),
@@ -333,6 +334,10 @@ def _step(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Tri
         quiet_hours=parse_quiet_hours(quiet) if quiet else None,
         discount_code=DiscountCode(prefix=code.get("prefix", ""), length=code.get("length", 8)) if code is not None else None,
         actions=tuple(Action(kind=k, tag=t) for a in raw.get("actions", []) for k, t in a.items()),
+        delivery=DeliveryOptions(
+            ttl=duration_setting(doc, where + ("delivery", "ttl"), delivery["ttl"], issues) if "ttl" in delivery else None,
+            urgency=delivery.get("urgency"), topic=delivery.get("topic"),
+        ) if delivery is not None else None,
     )
 
 
@@ -382,6 +387,14 @@ def lint(doc: Document, campaign: Campaign, config: ProjectConfig) -> list[Issue
         if step.freshness is None:
             warnings.append(doc.issue(where + ("id",), f"step '{step.id}' has no freshness window: after an outage it would still be sent, however late",
                                       fix="add freshness: (e.g. 1d) so late messages are skipped", severity="warning"))
+        queued = [channel for channel in step.channels if channel in config.channels
+                  and channel_kinds.kind(config.channels[channel].kind).delivery_options]
+        if step.delivery is not None and not queued:
+            warnings.append(doc.issue(where + ("delivery",), f"step '{step.id}' gives delivery options, but none of its "
+                                      f"channels takes them: they are ignored",
+                                      fix="remove delivery: or send the step on a channel of a kind that queues messages "
+                                          "(" + ", ".join(k.name for k in channel_kinds.KINDS.values() if k.delivery_options) + ")",
+                                      severity="warning"))
         for channel in step.channels:
             kind = channel_kinds.kind(config.channels[channel].kind) if channel in config.channels else None
             if (kind is not None and kind.quiet_hours_expected and step.quiet_hours is None

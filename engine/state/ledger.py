@@ -41,13 +41,15 @@ from datetime import datetime
 from importlib import import_module
 from typing import Iterable
 
+import hashlib
+
 import sqlalchemy as sa
 
 from engine.dialects import Dialect
 from engine.state import migrations
 from engine.state.ledger_reader import LedgerReader
 from engine.state.ledger_tables import (  # noqa: F401 - re-exported: the tests and benchmarks build ledgers from them
-    entries_table, ledger_table, metadata, suppressions_table, tags_table, unsubscribes_table,
+    entries_table, gone_contacts_table, ledger_table, metadata, suppressions_table, tags_table, unsubscribes_table,
 )
 from engine.state.ledger_writer import LedgerWriter, Record
 from engine.state.tables import LEDGER_TABLE
@@ -73,6 +75,10 @@ def _parse(value) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return datetime.fromisoformat(str(value))
+
+
+def _digest(contact: str) -> str:
+    return hashlib.sha256(contact.encode()).hexdigest()
 
 
 def _conflict_insert(dialect: Dialect):
@@ -379,6 +385,25 @@ class Ledger(LedgerReader, LedgerWriter):
             for start in range(0, len(addresses), 500):
                 rows = conn.execute(sa.select(t.address).where(t.kind == kind, t.address.in_(addresses[start:start + 500])))
                 found |= {row[0] for row in rows}
+        return found
+
+    def record_gone(self, kind: str, customer_id: str, contacts: list[str], message_key: str, detail: str,
+                    now: datetime) -> None:
+        for contact in dict.fromkeys(contacts):
+            self._insert_ignore(gone_contacts_table, {
+                "kind": kind, "digest": _digest(contact), "contact": contact, "customer_id": customer_id,
+                "message_key": message_key, "detail": detail, "gone_at": _naive(now)})
+
+    def gone_contacts(self, kind: str, contacts: list[str]) -> set[str]:
+        """Which of ``contacts`` (of kind ``kind``) a provider reported gone: one query per 500."""
+        t = gone_contacts_table.c
+        by_digest = {_digest(contact): contact for contact in contacts}
+        digests = sorted(by_digest)
+        found: set[str] = set()
+        with self.db.engine.connect() as conn:
+            for start in range(0, len(digests), 500):
+                rows = conn.execute(sa.select(t.digest).where(t.kind == kind, t.digest.in_(digests[start:start + 500])))
+                found |= {by_digest[row[0]] for row in rows}
         return found
 
     def unsubscribe(self, customer_id: str, kind: str, source: str, now: datetime) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from engine.state.tables import ENTRIES_TABLE, LEDGER_TABLE, SUPPRESSIONS_TABLE, TAGS_TABLE, UNSUBSCRIBES_TABLE
+from engine.state.tables import (
+    ENTRIES_TABLE, GONE_CONTACTS_TABLE, LEDGER_TABLE, SUPPRESSIONS_TABLE, TAGS_TABLE, UNSUBSCRIBES_TABLE,
+)
 
 metadata = sa.MetaData()
 
@@ -74,4 +76,18 @@ unsubscribes_table = sa.Table(
     sa.Column("kind", sa.String(16), primary_key=True),  # email | sms | all
     sa.Column("source", sa.String(32)),
     sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+#: Contacts a provider reported gone (a push subscription answered 404/410): never sent to again. The
+#: shop's data is read-only to the engine, so the removal is kept here and subtracted from what it maps.
+gone_contacts_table = sa.Table(
+    GONE_CONTACTS_TABLE,
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("digest", sa.String(64), primary_key=True),  # sha256 hex of the contact (endpoints are long)
+    sa.Column("contact", sa.Text, nullable=False),
+    sa.Column("customer_id", sa.String(128)),
+    sa.Column("message_key", sa.String(400)),
+    sa.Column("detail", sa.Text),
+    sa.Column("gone_at", sa.DateTime, nullable=False),
 )

@@ -80,6 +80,10 @@ class LedgerWriter(Protocol):
     def suppress(self, kind: str, address: str, reason: str, detail: str, now: datetime) -> None:
         """Never send to ``address`` on channel kind ``kind`` again (a hard bounce)."""
 
+    def record_gone(self, kind: str, customer_id: str, contacts: list[str], message_key: str, detail: str,
+                    now: datetime) -> None:
+        """The provider reported ``contacts`` of the customer gone (push subscriptions: 404/410): never again."""
+
     def unsubscribe(self, customer_id: str, kind: str, source: str, now: datetime) -> None:
         """The customer unsubscribed from ``kind`` ('all': every channel), by ``source`` (link, cli)."""
 

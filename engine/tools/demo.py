@@ -8,6 +8,7 @@ and is shaped so that every shipped campaign has someone due then.
 """
 from __future__ import annotations
 
+import base64
 import random
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -59,6 +60,12 @@ TABLES = {
         sa.Column("checkout_id", sa.Integer, index=True), sa.Column("product_id", sa.Integer),
         sa.Column("name", sa.String), sa.Column("quantity", sa.Integer),
         sa.Column("price", sa.Numeric(12, 2)), sa.Column("image_url", sa.String),
+    ),
+    # web push subscriptions (channel_kinds.push): several per customer, one per browser or device
+    "push_subscriptions": sa.Table(
+        "push_subscriptions", shop_metadata,
+        sa.Column("customer_id", sa.Integer, index=True), sa.Column("endpoint", sa.String),
+        sa.Column("p256dh", sa.String), sa.Column("auth", sa.String),
     ),
     "events": sa.Table(
         "events", shop_metadata,
@@ -157,7 +164,29 @@ def generate_shop(seed: int = 42, customers: int = 2000, anchor: str = "2025-01-
                                            "total": total})
             data.rows["checkout_items"] += items
         _events(rng, data, customer_id, registered, end)
+    _push_subscriptions(random.Random(f"{seed}:push"), data)
     return data
+
+
+def _push_subscriptions(rng: random.Random, data: ShopData) -> None:
+    """A quarter of the customers allowed web push, some on two devices: real P-256 keys (derived from
+    ``rng``, so the shop stays deterministic) and endpoints of a made-up push service. A random
+    generator of its own, so the rest of the shop is what it was before push existed."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    for customer in data.rows["customers"]:
+        if rng.random() >= 0.25:
+            continue
+        for _ in range(1 if rng.random() < 0.8 else 2):
+            public = ec.derive_private_key(rng.getrandbits(250) + 1, ec.SECP256R1()).public_key()
+            point = public.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+            data.rows["push_subscriptions"].append({
+                "customer_id": customer["customer_id"], "p256dh": b64(point), "auth": b64(rng.randbytes(16)),
+                "endpoint": f"https://push.example.net/wpush/v2/{b64(rng.randbytes(24))}"})
 
 
 def _events(rng: random.Random, data: ShopData, customer_id: int, registered: datetime, end: datetime) -> None:

@@ -278,7 +278,7 @@ REASONS = {
     "stopped": "a stop condition fired after the trigger; later steps are never sent",
     "stale": "later than due + freshness: recorded as skipped, never sent late",
     "no_variant": "no variant's audience matched",
-    "no_contact": "no email address or phone number for the channel",
+    "no_contact": "no address for the channel (email address, phone number, live push subscription)",
     "invalid_contact": "the phone number (or address) is not valid for the channel; it is never sent to",
     "holdout": "in the campaign's holdout group",
     "quiet_hours": "in quiet hours in the customer's time zone; sent when they end",
