@@ -55,6 +55,9 @@ class Dialect:
     #: engine.yaml ``warehouse.<section>`` whose limits are SET on every connection (and named
     #: when the database runs out of memory)
     settings_section: str | None = None
+    #: that section's settings and what the database does when engine.yaml leaves them out, as
+    #: "name: default" (engine config show)
+    setting_defaults: tuple[str, ...] = ()
     #: the SQLAlchemy dialect whose ``insert()`` has ``on_conflict_do_nothing``; None: each row
     #: is inserted alone and a duplicate-key error means the row is already there
     on_conflict_insert: Literal["postgresql", "sqlite"] | None = None
@@ -76,7 +79,9 @@ class Dialect:
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
 DIALECTS: dict[str, Dialect] = {d.name: d for d in (
     Dialect("duckdb", url_schemes=("duckdb",), temporary_tables=True, temporary_schema="temp.main",
-            stream_source_ctes=True, local_file=True, settings_section="duckdb", on_conflict_insert="postgresql",
+            stream_source_ctes=True, local_file=True, settings_section="duckdb",
+            setting_defaults=("memory_limit: (DuckDB's: 80% of RAM)", "threads: (DuckDB's: one per CPU core)"),
+            on_conflict_insert="postgresql",
             array_parameters="positional", one_writer_per_file=True),
     Dialect("sqlite", url_schemes=("sqlite",), instant_text_format="%Y-%m-%d %H:%M:%f", typed_columns=False,
             temporary_tables=True, temporary_schema="temp", local_file=True,

@@ -7,7 +7,6 @@ import click
 
 from engine.cli.common import handle_errors
 from engine.masking import mask
-from engine.tools.init_project import Shop, init_project
 
 
 @click.command(name="init")
@@ -22,6 +21,8 @@ from engine.tools.init_project import Shop, init_project
 @handle_errors
 def init(directory: Path, warehouse_url: str | None, shop_name, shop_url, shop_address, shop_legal, force: bool):
     """Start a project in DIR (default: here): engine.yaml with the mapping to fill in, one campaign, the layout."""
+    from engine.tools.init_project import Shop, init_project  # SQLAlchemy: not at `engine --help`
+
     shop = Shop(name=shop_name, url=shop_url, address=shop_address, legal=shop_legal)
     written = init_project(directory, warehouse_url, shop, force=force)
     click.echo(mask(f"Wrote {', '.join(written)} in {directory}."))

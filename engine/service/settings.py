@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from engine import channel_kinds
 from engine.clock import format_duration
+from engine.dialects import dialect_named
 from engine.model import ProjectConfig, RetryPolicy
 from engine.errors import ProjectInvalid
 from engine.masking import MASK, is_secret_name, mask, secret_references
@@ -174,9 +175,9 @@ def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]
 
     none = "(none)"
     found = [("ledger.stale_horizon", format_duration(config.stale_horizon), "default")]
-    if config.dialect == "duckdb":
-        found += [("warehouse.duckdb.memory_limit", "(DuckDB's: 80% of RAM)", "default"),
-                  ("warehouse.duckdb.threads", "(DuckDB's: one per CPU core)", "default")]
+    dialect = dialect_named(config.dialect)
+    found += [(f"warehouse.{dialect.settings_section}.{name}", value, "default")
+              for name, value in (setting.split(": ", 1) for setting in dialect.setting_defaults)]
     found += [("demo", "false", "default")]
     found += [(f"shop.{name}", "(empty)", "default") for name in SHOP_SETTINGS]
     found += [("dbt.manifest", DEFAULT_MANIFEST, "default (relative to the project)"),

@@ -135,6 +135,8 @@ _PATTERN_WORDS = (
     (lambda p: "[KkMmGgTt]" in p, "a number and a unit: KB, MB, GB or TB (or KiB, MiB, ...)", lambda t: "512MB"),
     (lambda p: p.startswith("^\\s*(ref|source)"), "a dbt reference: ref('model') or source('source', 'table')",
      lambda t: f'ref("{_slug(t).replace("-", "_")}")'),
+    (lambda p: p == "^[A-Za-z0-9_-]{1,32}$", "1 to 32 letters A-Z or a-z, digits 0-9, '-' and '_'",
+     lambda t: (re.sub(r"[^A-Za-z0-9_-]+", "-", t).strip("-")[:32] or "topic")),
     (lambda p: p == "^[A-Za-z]{2}$", "a two-letter ISO 3166 country code", lambda t: "DE"),
     (lambda p: p == "^[A-Z]{3}$", "a three-letter ISO 4217 currency code in capitals",
      lambda t: (re.sub(r"[^A-Z]+", "", t.upper()) + "EUR")[:3] if len(re.sub(r"[^A-Z]+", "", t.upper())) >= 3 else "EUR"),

@@ -31,6 +31,8 @@ TABLE_NAMES: dict[str, tuple[str, ...]] = {
     "checkouts": ("checkouts", "checkout", "carts", "cart", "baskets", "basket", "warenkoerbe"),
     "checkout_items": ("checkout_items", "checkout_item", "cart_items", "cart_item", "cart_lines", "basket_items"),
     "events": ("events", "event", "tracking_events", "activities", "activity"),
+    # a channel kind's contacts kept apart from the customers (web push subscriptions)
+    **{entity: (entity,) for entity in channel_kinds.contact_entities()},
 }
 #: engine column -> warehouse column names that usually mean it (the name itself is tried first)
 COLUMN_NAMES: dict[str, tuple[str, ...]] = {
@@ -108,7 +110,7 @@ def propose(url: str) -> tuple[list[EntityProposal], list[str]]:
         taken: set[str] = set()
         for entity in ENTITY_COLUMNS:
             free = {k: v for k, v in tables.items() if k not in taken}
-            found = _pick(entity, TABLE_NAMES[entity][1:], free)
+            found = _pick(entity, TABLE_NAMES.get(entity, (entity,))[1:], free)
             if found is None:
                 proposals.append(EntityProposal(entity))
                 continue
