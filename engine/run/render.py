@@ -47,6 +47,7 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
     contexts = TriggerContexts(sources, project, config).load(claimed)
     rendered = Rendered()
     date = format_datetime(now.astimezone(timezone.utc))  # an RFC 5322 Date: the pass's instant
+    shop = shop_settings(config.shop)  # the layout's shop name, postal address, legal footer
     for m in claimed:
         step = project.campaign(m.campaign).step(m.step)
         variant = step.variant(m.variant)
@@ -59,7 +60,7 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
             report.add(m.campaign, m.step, "skipped:invalid_contact", channel=m.channel)
             continue
         context = template_context(m, contexts.get((m.campaign, m.customer_id, m.trigger_key), {}))
-        context["shop"] = shop_settings(config.shop)  # the layout's shop name, postal address, legal footer
+        context["shop"] = shop
         context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id,
                                                       kind.unsubscribe_scope)
         if step.discount_code is not None:
