@@ -72,9 +72,11 @@ def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_
 
     unsubscribed = ledger.unsubscribed(sorted({m.customer_id for m in sending}))
     addresses: dict[str, set[str]] = {}
+    #: each candidate's address as the channel sends it, normalised once (a phone number is parsed here only)
+    address_by: dict[tuple[str, str], str | None] = {}
     for m in sending:
         for variant_id in m.candidates:
-            address = address_of(m, variant_id)
+            address = address_by[(m.key, variant_id)] = address_of(m, variant_id)
             if address is not None:
                 kind = kind_of(m, variant_id)
                 addresses.setdefault(kind.name, set()).add(kind.suppression_key(address))
@@ -85,7 +87,7 @@ def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_
         kind = kind_of(m, variant_id)
         if not kind.usable_address(m.customer.get(kind.contact_field)):
             return "no_contact"
-        address = address_of(m, variant_id)
+        address = address_by[(m.key, variant_id)]
         if address is None:
             return "invalid_contact"
         column = kind.consent_column
