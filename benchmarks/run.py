@@ -817,22 +817,19 @@ def measure_start(project_dir: Path, repeat: int = 5) -> list[dict]:
 
 
 def _use_smtp(engine_yaml: Path, port: int, connections: int | None = None) -> None:
-    """Point the project's email channel at the sink; SMS stays in the file outbox."""
+    """Point the project's email channel at the sink; the other channels (SMS, web push) stay as they are
+    (the file outbox), so the project keeps every channel its campaigns and quiet hours name."""
     text = engine_yaml.read_text()
     start = text.index("channels:")
-    text = text[:start] + f"""channels:
-  email:
+    email = re.compile(r"^  email:\n(?:    .*\n)+", re.M)
+    smtp = f"""  email:
     kind: email
     transport: smtp
     host: 127.0.0.1
     port: {port}
     from: "Bean & Brew <hello@beanandbrew.example>"{f"{chr(10)}    connections: {connections}" if connections else ""}
-  sms:
-    kind: sms
-    transport: file
-    path: var/outbox
-    from: BeanBrew
 """
+    text = text[:start] + email.sub(lambda _: smtp, text[start:], count=1)
     engine_yaml.write_text(text)
 
 
