@@ -132,6 +132,10 @@ class ProjectConfig:
     claim_timeout: timedelta = timedelta(minutes=10)
     #: base of the signed one-click unsubscribe link (RFC 8058) in every marketing email
     unsubscribe_url: str = "https://shop.example/unsubscribe"
+    #: base of the signed per-message link a printed message carries (a letter's QR code; the service's /scan)
+    scan_url: str = "https://shop.example/scan"
+    #: where the service sends whoever follows a valid printed link
+    scan_landing_url: str = "https://shop.example/"
     #: named customer segments for ``engine export``: name -> filter expression
     segments: Mapping[str, str] = field(default_factory=dict)
     #: DuckDB settings (memory_limit, threads) for the warehouse connection; empty keeps DuckDB's defaults

@@ -41,6 +41,7 @@ def kind_literals(package: Path, name: str) -> list[str]:
 def test_a_kind_is_named_only_in_its_own_module():
     assert [entry.split(":")[0] for entry in kind_literals(PACKAGE, "sms")] == ["engine/channel_kinds/sms.py"]
     assert [entry.split(":")[0] for entry in kind_literals(PACKAGE, "email")] == ["engine/channel_kinds/email.py"]
+    assert [entry.split(":")[0] for entry in kind_literals(PACKAGE, "letter")] == ["engine/channel_kinds/letter.py"]
 
 
 def test_the_literal_check_finds_a_kind_named_elsewhere(tmp_path):
@@ -62,14 +63,14 @@ def test_each_kind_module_imports_only_the_declarations():
 
 def test_the_schema_lists_exactly_the_registered_kinds_and_transports():
     channel = json.loads((REPO / "schema" / "project.schema.json").read_text())["$defs"]["channel"]["properties"]
-    assert channel["kind"]["enum"] == list(channel_kinds.names()) == ["email", "sms"]
+    assert channel["kind"]["enum"] == list(channel_kinds.names()) == ["email", "letter", "sms"]
     assert sorted(channel["transport"]["enum"]) == sorted(channel_kinds.TRANSPORTS)
 
 
 def test_the_registry_holds_what_the_engine_used_to_spell_out():
     email, sms = channel_kinds.kind("email"), channel_kinds.kind("sms")
-    assert channel_kinds.contact_fields() == ("email", "phone")
-    assert channel_kinds.consent_columns() == ("email_consent", "sms_consent")
+    assert channel_kinds.contact_fields() == ("email", "street", "postal_code", "city", "country", "phone")
+    assert channel_kinds.consent_columns() == ("email_consent", "letter_consent", "sms_consent")
     assert (email.required_parts, email.body_parts, sms.required_parts, sms.body_parts) == (
         ("subject",), ("text", "html"), ("text",), ())
     assert email.transport_names == ("smtp", "file") and sms.transport_names == ("http", "file")
@@ -84,7 +85,7 @@ def test_shipped_templates_carry_their_kinds_suffix():
     project = load_project(REPO)
     used = [(variant.template, project.config.channels[variant.channel].kind)
             for campaign in project.campaigns for step in campaign.steps for variant in step.variants]
-    assert {kind for _, kind in used} == {"email", "sms"}
+    assert {kind for _, kind in used} == {"email", "letter", "sms"}
     for template, kind in used:
         assert template.endswith(channel_kinds.kind(kind).template_suffix), (template, kind)
 

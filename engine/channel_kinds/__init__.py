@@ -61,8 +61,9 @@ def transport(name: str) -> Transport | None:
 
 
 def contact_fields() -> tuple[str, ...]:
-    """The customer columns holding an address, one per kind (email, phone, ...)."""
-    return tuple(dict.fromkeys(k.contact_field for k in KINDS.values()))
+    """The customer columns holding an address, one per kind (email, phone, ...), and the further
+    columns of the kinds whose address spans several (a postal address)."""
+    return tuple(dict.fromkeys(f for k in KINDS.values() for f in (k.contact_field, *k.address_fields)))
 
 
 def consent_columns() -> tuple[str, ...]:

@@ -34,6 +34,9 @@ class Transport:
 #: keeps the parts beside them, so a kind's parts are free names except these).
 RESERVED_NAMES = frozenset({"kind", "to", "from", "headers", "discount_code", "parts", "key"})
 
+#: The header of a message that carries its signed per-message link of the service (``printed_link``).
+PRINTED_LINK = "X-Engine-Printed-Link"
+
 #: The file outbox (no server: the demo, tests); every kind can write to it.
 FILE_OUTBOX = Transport("file", ("path",), "engine.channels.outbox")
 
@@ -92,10 +95,22 @@ class ChannelKind:
     usable_address: Callable[[object], bool] = present
     #: the form in which an address is suppressed after a permanent failure, and looked up
     suppression_key: Callable[[str], str] = as_given
-    #: a demo customer's address (the embedded demo shop), drawn from ``rng``; None: the customer has none
-    sample_address: Callable[[random.Random, str, str, int], str | None] = no_address
+    #: a demo customer's address (the embedded demo shop), drawn from ``rng``; None: the customer has none;
+    #: a mapping of columns for an address that spans several (``address_fields``)
+    sample_address: Callable[[random.Random, str, str, int], str | Mapping[str, str | None] | None] = no_address
     #: the scope an unsubscribe from this kind is recorded under ("all" covers every kind); default: its name
     unsubscribe_scope: str = field(default="")
+    #: further customer columns an address of this kind is made of (a postal address: postal code, city, ...)
+    address_fields: tuple[str, ...] = ()
+    #: a customer's address from their mapped columns when it spans several (``address``); None: incomplete
+    address_of: Callable[[Mapping[str, object]], object] | None = None
+    #: quiet hours defer its messages; False (a letter takes days): only quiet hours configured for the
+    #: channel itself in defaults.quiet_hours do (engine.run.policies)
+    observes_quiet_hours: bool = True
+    #: a step sending only this kind without a freshness window gets a warning from engine validate
+    freshness_expected: bool = True
+    #: each message carries the service's signed per-message link (header ``PRINTED_LINK``), printed on it
+    printed_link: bool = False
 
     def __post_init__(self) -> None:
         reserved = [part for part in self.parts if part in RESERVED_NAMES or not part.isidentifier()]
@@ -104,6 +119,10 @@ class ChannelKind:
                              f"(reserved: {', '.join(sorted(RESERVED_NAMES))}; a part name is an identifier)")
         if not self.unsubscribe_scope:
             object.__setattr__(self, "unsubscribe_scope", self.name)
+
+    def address(self, customer: Mapping[str, object]) -> object:
+        """The customer's address for this kind: the contact field's value, or what ``address_of`` makes."""
+        return customer.get(self.contact_field) if self.address_of is None else self.address_of(customer)
 
     @property
     def parts(self) -> tuple[str, ...]:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
-from engine import channel_kinds, unsubscribe
+from engine import channel_kinds, scan_link, unsubscribe
+from engine.channel_kinds.declaration import PRINTED_LINK
 from engine.channels import OutgoingMessage
 from engine.clock import parse_stored_timestamp
 from engine.decide import discount_code
@@ -48,10 +49,15 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         channel = config.channels[variant.channel]
         kind = channel_kinds.kind(channel.kind)
         # the envelope comes from the engine's record, taken before any template runs
-        to = str(m.customer[kind.contact_field])
+        to = str(kind.address(m.customer))
         context = template_context(m, contexts.get((m.campaign, m.customer_id, m.trigger_key), {}))
+        context["recipient"] = to
         context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id,
                                                       kind.unsubscribe_scope)
+        context["scan_url"] = scan_link.link(config.scan_url, secret, m.key)
+        headers = dict(kind.headers(context["unsubscribe_url"]))
+        if kind.printed_link:
+            headers[PRINTED_LINK] = context["scan_url"]
         if step.discount_code is not None:
             context["discount_code"] = discount_code(secret, m.key, step.discount_code.prefix, step.discount_code.length)
         try:
@@ -64,7 +70,7 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
             key=m.key, kind=channel.kind, to=to,
             sender=str(channel.settings.get("from", "shop@example.com")),
             parts=content.parts,
-            headers=kind.headers(context["unsubscribe_url"]),
+            headers=headers,
         )
         rendered.messages.append((m, message))
         rendered.contents.append(serialize(message, {"discount_code": context.get("discount_code")}))

@@ -198,6 +198,9 @@ def _policies(doc: Document, spec: dict, channels: dict, issues: list[Issue]) ->
         policies["claim_timeout"] = duration_setting(doc, ("policies", "claim_timeout"), spec["claim_timeout"], issues)
     if "unsubscribe_url" in spec:
         policies["unsubscribe_url"] = spec["unsubscribe_url"]
+    for name in ("scan_url", "scan_landing_url"):
+        if name in spec:
+            policies[name] = spec[name]
     return policies
 
 
