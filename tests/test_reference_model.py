@@ -76,6 +76,15 @@ STALE_HORIZON = duration(ENGINE_YAML.get("ledger", {}).get("stale_horizon", "7d"
 CONTACT = {"email": "email", "sms": "phone"}
 
 
+def has_contact(kind: str, customer: dict) -> bool:
+    """The customer has an address for ``kind``: a letter needs a name, street, postal code and city."""
+    if kind == "letter":
+        text = lambda column: " ".join(str(customer.get(column) or "").split())  # noqa: E731
+        return bool((text("first_name") or text("last_name")) and text("street") and text("postal_code")
+                    and text("city"))
+    return customer[CONTACT[kind]] not in (None, "")
+
+
 def shipped_campaigns() -> list[dict]:
     specs = []
     for path in sorted((REPO / "campaigns.d").iterdir()):
@@ -118,6 +127,8 @@ class FilterContext:
     customer: dict
     order_count: int
     ordered_since_trigger: bool
+    #: the sum of the totals of the customer's orders up to now (none: 0)
+    total_spent: float = 0
 
     def has_tag(self, tag: str) -> bool:
         return False  # a fresh ledger holds no tags
@@ -132,6 +143,7 @@ FILTERS = {
     "email IS NOT NULL AND order_count >= 1 AND NOT has_tag('vip')":
         lambda c: AND(c.customer["email"] is not None, c.order_count >= 1, NOT(c.has_tag("vip"))),
     "has_tag('vip')": lambda c: c.has_tag("vip"),
+    "total_spent >= 300": lambda c: c.total_spent >= 300,
     "customer_type = 'company' OR is_wholesaler":
         lambda c: OR(EQ(c.customer["customer_type"], "company"), c.customer["is_wholesaler"]),
     "customer_type <> 'company' AND NOT ordered_since_trigger":
@@ -368,7 +380,7 @@ def outcome(spec: dict, step: dict, customer: dict, instance: Instance, due: dat
         return "skip:stale", first
     if first is None:
         return "skip:no_variant", None
-    reachable = [v for v in candidates if customer[CONTACT[CHANNEL_KIND[v["channel"]]]] not in (None, "")]
+    reachable = [v for v in candidates if has_contact(CHANNEL_KIND[v["channel"]], customer)]
     if not reachable:
         return "skip:no_contact", first
     if quiet(step, reachable[0]["channel"], now.astimezone(zone_of(customer)).time()):
@@ -408,7 +420,9 @@ def reference_plan(spec: dict, shop: History, now: datetime) -> set[tuple]:
                 continue  # beyond the stale horizon: not even reported
             context = FilterContext(customer, order_count[instance.customer_id], any(
                 o["customer_id"] == instance.customer_id and instance.at < utc(o["created_at"]) <= now
-                for o in shop.orders))
+                for o in shop.orders), total_spent=sum(
+                o.get("total") or 0 for o in shop.orders
+                if o["customer_id"] == instance.customer_id and utc(o["created_at"]) <= now))
             if not (holds(spec.get("audience"), context) and holds(step.get("audience"), context)):
                 continue
             candidates = qualifying_variants(spec, step, customer, context)
