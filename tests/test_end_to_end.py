@@ -39,6 +39,10 @@ def configure_channels(root, smtp_port: int, sms_url: str) -> None:
     url: {sms_url}
     token: ${{SMS_TOKEN}}
     from: BeanBrew
+  letter:
+    kind: letter
+    transport: drop_folder
+    path: var/outbox/letter
 """
     (root / "engine.yaml").write_text(text)
 

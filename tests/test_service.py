@@ -280,6 +280,10 @@ def test_config_show_masks_secrets(tmp_path):
     url: https://sms.example.com/v1/messages?api_key=${SMS_API_KEY}
     token: ${SMS_TOKEN}
     from: Shop
+  letter:
+    kind: letter
+    transport: drop_folder
+    path: var/outbox/letter
 """)
     env = {**os.environ, "ENGINE_WAREHOUSE_URL": "postgresql://u:secret@h/db", "SMS_TOKEN": "tok-0123456789",
            "SMTP_USER": "mailer", "SMS_API_KEY": "key-9876", "ENGINE_LEDGER_URL": "postgresql://l:ledgerpw@h2/ledger",
