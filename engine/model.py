@@ -11,7 +11,7 @@ from datetime import time, timedelta
 from pathlib import Path
 from typing import Mapping
 
-from engine.channel_kinds import consent_columns, contact_fields
+from engine.channel_kinds import address_fields, consent_columns, contact_fields
 
 # --- the engine's entities and their canonical columns ----------------------
 
@@ -21,7 +21,7 @@ from engine.channel_kinds import consent_columns, contact_fields
 ENTITY_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "customers": (
         ("customer_id",),
-        (*contact_fields(), "first_name", "last_name", "created_at", "locale", "timezone",
+        (*contact_fields(), *address_fields(), "first_name", "last_name", "created_at", "locale", "timezone",
          "birthday", "unsubscribed_at", *consent_columns()),
     ),
     "orders": (

@@ -69,7 +69,8 @@ def test_the_schema_lists_exactly_the_registered_kinds_and_transports():
 
 def test_the_registry_holds_what_the_engine_used_to_spell_out():
     email, sms = channel_kinds.kind("email"), channel_kinds.kind("sms")
-    assert channel_kinds.contact_fields() == ("email", "street", "postal_code", "city", "country", "phone")
+    assert channel_kinds.contact_fields() == ("email", "street", "phone")
+    assert channel_kinds.address_fields() == ("postal_code", "city", "country")
     assert channel_kinds.consent_columns() == ("email_consent", "letter_consent", "sms_consent")
     assert (email.required_parts, email.body_parts, sms.required_parts, sms.body_parts) == (
         ("subject",), ("text", "html"), ("text",), ())

@@ -61,9 +61,14 @@ def transport(name: str) -> Transport | None:
 
 
 def contact_fields() -> tuple[str, ...]:
-    """The customer columns holding an address, one per kind (email, phone, ...), and the further
-    columns of the kinds whose address spans several (a postal address)."""
-    return tuple(dict.fromkeys(f for k in KINDS.values() for f in (k.contact_field, *k.address_fields)))
+    """The customer columns holding an address, one per kind (email, phone, ...)."""
+    return tuple(dict.fromkeys(k.contact_field for k in KINDS.values()))
+
+
+def address_fields() -> tuple[str, ...]:
+    """The further customer columns of the kinds whose address spans several (a postal address's postal
+    code, city, country): optional customer columns, of no declared type (city may be any attribute)."""
+    return tuple(dict.fromkeys(f for k in KINDS.values() for f in k.address_fields if f not in contact_fields()))
 
 
 def consent_columns() -> tuple[str, ...]:
@@ -75,5 +80,6 @@ def unsubscribe_scopes() -> tuple[str, ...]:
     return tuple(dict.fromkeys(k.unsubscribe_scope for k in KINDS.values()))
 
 
-__all__ = ["KINDS", "TRANSPORTS", "ChannelKind", "Transport", "consent_columns", "contact_fields", "kind", "names",
+__all__ = ["KINDS", "TRANSPORTS", "ChannelKind", "Transport", "address_fields", "consent_columns", "contact_fields",
+           "kind", "names",
            "transport", "unsubscribe_scopes"]

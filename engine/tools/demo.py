@@ -15,7 +15,7 @@ from typing import Mapping
 
 import sqlalchemy as sa
 
-from engine.channel_kinds import KINDS, contact_fields
+from engine.channel_kinds import KINDS, address_fields, contact_fields
 from engine.clock import parse_instant
 from engine.state.warehouse import Database
 
@@ -25,7 +25,7 @@ TABLES = {
     "customers": sa.Table(
         "customers", shop_metadata,
         sa.Column("customer_id", sa.Integer, primary_key=True, autoincrement=False),
-        *(sa.Column(field, sa.String) for field in contact_fields() if field != "city"),
+        *(sa.Column(field, sa.String) for field in (*contact_fields(), *address_fields()) if field != "city"),
         sa.Column("first_name", sa.String), sa.Column("last_name", sa.String),
         sa.Column("created_at", sa.DateTime), sa.Column("city", sa.String),
         sa.Column("birthday", sa.Date), sa.Column("timezone", sa.String),

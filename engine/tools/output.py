@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from typing import IO, Iterable
 
-from engine.channel_kinds import KINDS
+from engine.channel_kinds import contact_fields
 from engine.errors import Issue
 from engine.masking import mask
 from engine.run.messages import DueMessage, PassReport
@@ -51,7 +51,7 @@ def write_plan(batches: Iterable[list[DueMessage]], fmt: str, out: IO[str], *, i
             shown = len(sample)
             total = sum(n for (_, _, a), n in counts.items() if include_skipped or a == "send")
             out.write(f"\n{'First ' + str(shown) + ' of ' + str(total) if shown < total else 'All'} messages:\n")
-            contacts = tuple(dict.fromkeys(kind.contact_field for kind in KINDS.values()))  # one per kind
+            contacts = contact_fields()
             out.write(_table(["campaign", "step", "customer", "/".join(contacts), "trigger", "channel", "due_at", "action"],
                              [[m.campaign, m.step, m.customer_id, next(filter(None, map(m.customer.get, contacts)), None) or "-",
                                m.trigger_key, m.channel, m.as_dict()["due_at"], m.action + (f" ({m.reason})" if m.reason else "")]
