@@ -430,3 +430,26 @@ def test_letters_of_a_pass_go_to_the_drop_folder_and_their_qr_codes_resolve(tmp_
         assert get(f"http://127.0.0.1:{port}/scan?m=1&s=2")[0] == 400  # not a link the engine makes
     finally:
         service.close()
+
+
+def test_engine_validate_names_a_missing_font_file(tmp_path):
+    """Known at validation time: a letter channel's font file that does not exist, at its line, with the fix
+    (a relative path is under the project folder, where the transports look for it too)."""
+    from engine.spec.config import load_config
+
+    (tmp_path / "fonts").mkdir()
+    shutil.copy("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", tmp_path / "fonts" / "Shop.ttf")
+    text = textwrap.dedent(ENGINE_YAML).format(warehouse=tmp_path / "shop.db", secret=SECRET, port=9)
+    (tmp_path / "engine.yaml").write_text(text.replace("    max_pages: 1\n", "    max_pages: 1\n    font: fonts/Shop.ttf\n"))
+    config, issues = load_config(tmp_path)
+    assert config is not None and not [i for i in issues if i.severity == "error"], [i.format() for i in issues]
+    (tmp_path / "engine.yaml").write_text(text.replace("    max_pages: 1\n", "    max_pages: 1\n    font: fonts/Gone.ttf\n"))
+    _, issues = load_config(tmp_path)
+    problems = [i for i in issues if "font" in i.message]
+    font_line = text.splitlines().index("    max_pages: 1") + 2  # the line added after it
+    assert [(i.severity, i.line, i.message) for i in problems] == [
+        ("error", font_line, "channel 'post': the font file fonts/Gone.ttf does not exist"),
+        ("error", text.splitlines().index("  post:") + 1, "channel 'post': the font file fonts/Gone.ttf does not exist")], \
+        [i.format() for i in problems]  # font, and font_bold (not set: it defaults to font), at the channel
+    assert [i.fix.split(" or ")[1] for i in problems] == ["set font: to a TrueType font file",
+                                                         "set font_bold: to a TrueType font file"]

@@ -54,6 +54,10 @@ def as_given(address: str) -> str:
     return address
 
 
+def no_setting_problems(settings: Mapping[str, object], root: str) -> list[tuple[str, str, str]]:
+    return []
+
+
 def no_address(rng: random.Random, first_name: str, last_name: str, customer_id: int) -> str | None:
     return None
 
@@ -111,6 +115,10 @@ class ChannelKind:
     freshness_expected: bool = True
     #: each message carries the service's signed per-message link (header ``PRINTED_LINK``), printed on it
     printed_link: bool = False
+    #: problems engine validate can see in a channel's settings (relative paths are under ``root``, the
+    #: project folder): (setting, message, fix) each - e.g. a font file that does not exist; a ``${...}``
+    #: value is the environment's, checked when it is used
+    setting_problems: Callable[[Mapping[str, object], str], list[tuple[str, str, str]]] = no_setting_problems
 
     def __post_init__(self) -> None:
         reserved = [part for part in self.parts if part in RESERVED_NAMES or not part.isidentifier()]

@@ -13,6 +13,7 @@ print provider's HTTP API. Declarations only.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Mapping
 
 from engine.channel_kinds.declaration import ChannelKind, Transport
@@ -58,6 +59,23 @@ def sample_address(rng: random.Random, first_name: str, last_name: str, customer
             "city": city, "country": country or None}
 
 
+#: the font files a letter is set in unless the channel names others (Debian: fonts-dejavu-core)
+DEFAULT_FONTS = {"font": "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+                 "font_bold": "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"}
+
+
+def setting_problems(settings: Mapping[str, object], root: str) -> list[tuple[str, str, str]]:
+    """A font file that does not exist (a relative path is under the project folder ``root``), seen by
+    engine validate; a ``${...}`` path is checked when it is used."""
+    problems = []
+    for key, default in DEFAULT_FONTS.items():
+        path = str(settings.get(key, settings.get("font", default)))
+        if "${" not in path and not (Path(root) / path).is_file():
+            problems.append((key, f"the font file {path} does not exist",
+                             f"install it (Debian: fonts-dejavu-core) or set {key}: to a TrueType font file"))
+    return problems
+
+
 KIND = ChannelKind(
     name=NAME,
     label="letters",
@@ -75,5 +93,6 @@ KIND = ChannelKind(
     observes_quiet_hours=False,
     freshness_expected=False,
     printed_link=True,
+    setting_problems=setting_problems,
     sample_address=sample_address,
 )

@@ -28,7 +28,7 @@ from engine.channels.letter_pdf import LAYOUT_SETTINGS, LetterLayout, LetterProb
 
 
 def open_session(config: ChannelConfig, root: Path) -> "PrintApi":
-    return PrintApi(config)
+    return PrintApi(config, root)
 
 
 def document(message: OutgoingMessage, layout: LetterLayout = LetterLayout()) -> bytes:
@@ -37,7 +37,7 @@ def document(message: OutgoingMessage, layout: LetterLayout = LetterLayout()) ->
 
 
 class PrintApi:
-    def __init__(self, config: ChannelConfig):
+    def __init__(self, config: ChannelConfig, root: Path):
         settings = config.settings
         self.name = config.name
         self.url = resolve(str(settings["url"]))
@@ -46,7 +46,7 @@ class PrintApi:
         self.timeout = float(resolve(str(settings.get("timeout", 30))))
         try:
             self.layout = layout_of({key: resolve(str(value)) for key, value in settings.items()
-                                     if key in LAYOUT_SETTINGS})
+                                     if key in LAYOUT_SETTINGS}, root)
         except LetterProblem as exc:
             raise ChannelError(f"channel '{config.name}': {exc}") from None
         self._client: httpx.Client | None = None

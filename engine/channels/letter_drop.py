@@ -53,7 +53,7 @@ class DropFolder:
         self.directory = root / resolve(str(config.settings["path"]))
         try:
             self.layout = layout_of({key: resolve(str(value)) for key, value in config.settings.items()
-                                     if key in LAYOUT_SETTINGS})
+                                     if key in LAYOUT_SETTINGS}, root)
         except LetterProblem as exc:
             raise ChannelError(f"channel '{config.name}': {exc}") from None
         self._rows: list[tuple[str, str, int, str, str]] = []  # the manifest rows since the last sync

@@ -101,8 +101,9 @@ class LetterLayout:
         _weasyprint()
 
 
-def layout_of(settings: Mapping[str, object]) -> LetterLayout:
-    """The layout a channel's settings ask for (``LAYOUT_SETTINGS``, resolved already); a ``LetterProblem`` for a
+def layout_of(settings: Mapping[str, object], root: Path | None = None) -> LetterLayout:
+    """The layout a channel's settings ask for (``LAYOUT_SETTINGS``, resolved already; font paths relative to
+    ``root``); a ``LetterProblem`` for a
     format it does not know or a page limit that is not a positive number."""
     form = str(settings.get("format", DEFAULT_FORMAT))
     if form not in FORMATS:
@@ -115,6 +116,8 @@ def layout_of(settings: Mapping[str, object]) -> LetterLayout:
         raise LetterProblem(f"max_pages must be a whole number of at least 1, not '{settings.get('max_pages')}'")
     font = str(settings.get("font", LetterLayout.font))
     bold = str(settings.get("font_bold", font if "font" in settings else LetterLayout.font_bold))
+    if root is not None:  # a relative font path is under the project folder
+        font, bold = str(root / font), str(root / bold)
     return LetterLayout(form, max_pages, font, bold)
 
 

@@ -105,7 +105,7 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         issues += source_issues
     channels = {}
     for channel_name, spec in data["channels"].items():
-        channel, channel_issues = _channel(doc, channel_name, spec)
+        channel, channel_issues = _channel(doc, channel_name, spec, root)
         channels[channel_name] = channel
         issues += channel_issues
     demo = None
@@ -289,7 +289,7 @@ def _sql_error(exc: Exception) -> str:
     return re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", str(exc).splitlines()[0])
 
 
-def _channel(doc: Document, name: str, spec: dict) -> tuple[ChannelConfig, list[Issue]]:
+def _channel(doc: Document, name: str, spec: dict, root: Path) -> tuple[ChannelConfig, list[Issue]]:
     where = ("channels", name)
     issues = []
     kind, transport = spec["kind"], spec["transport"]
@@ -301,5 +301,7 @@ def _channel(doc: Document, name: str, spec: dict) -> tuple[ChannelConfig, list[
     if transport not in carriers:
         issues.append(doc.issue(where + ("transport",), f"an {kind} channel cannot use the {transport} transport",
                                 fix="use " + " or ".join(carriers)))
+    for key, message, fix in channel_kinds.kind(kind).setting_problems(spec, str(root)):
+        issues.append(doc.issue(where + ((key,) if key in spec else ()), f"channel '{name}': {message}", fix=fix))
     settings = {k: v for k, v in spec.items() if k not in ("kind", "transport")}
     return ChannelConfig(name=name, kind=kind, transport=transport, settings=settings), issues
