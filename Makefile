@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 AS_OF  := 2025-01-10T00:00:00Z
+# the re-engage series' letter (its last step, 21 days after the customer became at risk)
+LETTERS_AS_OF := 2025-01-31T09:00:00Z
 
 .PHONY: install install-test demo test bench clean
 
@@ -28,6 +30,10 @@ demo: install
 	@echo "  $$(cat var/outbox/push/messages.jsonl 2>/dev/null | wc -l) web push notifications in var/outbox/push/messages.jsonl"
 	@echo "A second pass at the same instant sends nothing (the ledger remembers):"
 	$(BIN)/engine run --once --as-of $(AS_OF)
+	@echo
+	@echo "Three weeks later the re-engage series ends with a printed letter to high-value customers:"
+	$(BIN)/engine run --once --as-of $(LETTERS_AS_OF) --campaign re-engage
+	@echo "  $$(ls var/outbox/letter/*.pdf 2>/dev/null | wc -l) letters (PDF) and their manifests in var/outbox/letter/"
 
 test: install-test
 	$(BIN)/python -m pytest -n 2 --dist loadfile

@@ -32,6 +32,10 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   its ceiling (bare POSTs), encryption alone, and the engine's webpush dispatch
   (encryption and VAPID included) as a ratio of the ceiling, beside email's;
   ``--no-push`` skips this;
+- a pass's ledger operations on 1,000 keys, empty ledger vs ``--history`` rows;
+- letters (PDF, DIN 5008 window, QR code) rendered per second, beside emails
+  (their MIME bytes) built per second from the same parts in the same run
+  (``--letters N``, 0 skips it);
 - peak RSS of this process (the shop is built in a child process, so this is
   the engine's own footprint, plus DuckDB's buffers), and of a child process
   planning a shop where all ``--memory-customers`` customers are due.
@@ -351,6 +355,15 @@ SQLITE_COPY = {
 SQLALCHEMY_SQLITE_DATETIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
 
 
+#: the columns SQLITE_COPY's SELECT gives, where the table has more (customers: every kind's address columns)
+SQLITE_COLUMNS = {"customers": "customer_id, email, phone, first_name, last_name, created_at, city, birthday, timezone, "
+                               "customer_type, is_wholesaler, affiliate_program, customer_group, unsubscribed_at"}
+
+
+def _copy_columns(table: str) -> str:
+    return f" ({SQLITE_COLUMNS[table]})" if table in SQLITE_COLUMNS else ""
+
+
 def _copy_select(table: str) -> str:
     select = re.sub(r"\{ts:(\w+)\}", r"strftime(\1, '%Y-%m-%d %H:%M:%S.%f') AS \1", SQLITE_COPY[table])
     return re.sub(r"\{d:(\w+)\}", r"strftime(\1, '%Y-%m-%d') AS \1", select)
@@ -393,7 +406,7 @@ def _copy_with_extension(duck_path: str, sqlite_path: str) -> bool:
         quoted = sqlite_path.replace("'", "''")
         con.execute(f"ATTACH '{quoted}' AS lite (TYPE sqlite)")
         for table in SQLITE_COPY:
-            con.execute(f"INSERT INTO lite.{table} {_copy_select(table)}")
+            con.execute(f"INSERT INTO lite.{table}{_copy_columns(table)} {_copy_select(table)}")
         con.execute("DETACH lite")
     except duckdb.Error:
         return False
@@ -411,7 +424,7 @@ def _copy_python(duck_path: str, sqlite_path: str) -> None:
     lite.execute("PRAGMA synchronous=OFF")
     for table in SQLITE_COPY:
         cursor = con.execute(_copy_select(table))
-        insert = f"INSERT INTO {table} VALUES ({', '.join('?' * len(cursor.description))})"
+        insert = f"INSERT INTO {table}{_copy_columns(table)} VALUES ({', '.join('?' * len(cursor.description))})"
         while rows := cursor.fetchmany(50_000):
             lite.executemany(insert, rows)
         lite.commit()
@@ -833,6 +846,50 @@ def _use_smtp(engine_yaml: Path, port: int, connections: int | None = None) -> N
     engine_yaml.write_text(text)
 
 
+def measure_letters(count: int) -> list[dict]:
+    """Letters rendered to PDF per second (engine.channels.letter_pdf: layout, font subsetting, QR code), and
+    emails built as MIME bytes per second from the same parts, in one run: the letter row's "x floor" is
+    how many times an email's cost a letter takes."""
+    from engine import scan_link
+    from engine.channel_kinds.declaration import PRINTED_LINK
+    from engine.channels.base import OutgoingMessage
+    from engine.channels.letter_pdf import render
+
+    body = ("<p>Dear Anna,</p><p>it has been a while since your last order at Bean &amp; Brew, and as one of our "
+            "best customers you deserve more than an email: 15% off your next order with the code "
+            "<b>LETTER15</b>.</p><p>Warm regards,<br>your Bean &amp; Brew team</p>")
+    address = "Anna Meyer\nLindenallee 5\n10115 Berlin"
+
+    def letter(i: int) -> OutgoingMessage:
+        key = f"re-engage:letter:{i}:{i}"
+        return OutgoingMessage(key=key, kind="letter", to=address, sender="Bean & Brew · Röstereistraße 7 · 10245 Berlin",
+                               parts={"address": address, "subject": "We have kept your favourites warm", "body": body},
+                               headers={PRINTED_LINK: scan_link.link("https://shop.example/scan", "s" * 32, key)})
+
+    def email(i: int) -> OutgoingMessage:
+        return OutgoingMessage(key=f"re-engage:miss-you:{i}:{i}", kind="email", to=f"anna{i}@example.com",
+                               sender="Bean & Brew <hello@beanandbrew.example>",
+                               parts={"subject": "We have kept your favourites warm", "text": body, "html": body})
+
+    print(f"Measuring {count:,} letters (PDF) ...", flush=True)
+    render(letter(0))  # imports WeasyPrint and loads the font: once per process, not per letter
+    letters = [letter(i) for i in range(1, count + 1)]
+    started = time.perf_counter()
+    pages = sum(render(m).pages for m in letters)
+    letter_s = time.perf_counter() - started
+    emails = [email(i) for i in range(1, count + 1)]
+    started = time.perf_counter()
+    size = sum(len(m.to_bytes()) for m in emails)
+    email_s = time.perf_counter() - started
+    return [
+        {"backend": "-", "what": "emails: MIME bytes built", "rows": count, "seconds": email_s,
+         "note": f"{count / email_s:,.0f} emails/s, {size // count:,} bytes each"},
+        {"backend": "-", "what": "letters: PDF rendered (window, QR)", "rows": count, "seconds": letter_s,
+         "floor": email_s, "note": f"{count / letter_s:,.1f} letters/s, {pages / count:.1f} pages each; "
+                                   f"x floor = an email's cost"},
+    ]
+
+
 def _format_table(rows: list[dict]) -> str:
     headers = ["backend", "measurement", "rows", "seconds", "x floor", "notes"]
     body = []
@@ -961,6 +1018,8 @@ def main(argv: list[str] | None = None) -> int:
                              "no shop: write cost per row at N rows vs an empty ledger (issue 15 uses 10000000)")
     parser.add_argument("--ledger-backends", default="sqlite,duckdb,postgresql",
                         help="backends of --ledger-growth, comma-separated (default sqlite,duckdb,postgresql)")
+    parser.add_argument("--letters", type=int, default=None, metavar="N",
+                        help="letters rendered to PDF for letters/s, beside emails/s (default 200, --quick 50; 0 skips it)")
     parser.add_argument("--anchor", default="2025-01-10T00:00:00Z", help="end of the history and the plan instant")
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     args = parser.parse_args(argv)
@@ -968,6 +1027,8 @@ def main(argv: list[str] | None = None) -> int:
         args.customers, args.orders, args.repeat = 10_000, 100_000, 1
     if args.history is None:
         args.history = 200_000 if args.quick else 1_000_000
+    if args.letters is None:
+        args.letters = 50 if args.quick else 200
     if args.memory_customers is None:
         args.memory_customers = 50_000 if args.quick else 1_000_000
     if args.repeat < 1 or args.run_repeat < 1:
@@ -1053,6 +1114,8 @@ def main(argv: list[str] | None = None) -> int:
         if pg_url:
             print("Measuring postgres ...", flush=True)
             rows += measure("postgres", pg_url, project_dir, now, args.repeat, run_repeat, smtp_dir, **common)
+        if args.letters:
+            rows += measure_letters(args.letters)
         if args.memory_customers:
             rows += measure_memory(directory, project_dir, args.memory_customers, args.anchor, args.seed, now)
 

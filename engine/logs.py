@@ -28,7 +28,7 @@ import sys
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from engine.channel_kinds import contact_entities, contact_fields
+from engine.channel_kinds import address_fields, contact_entities, contact_fields
 from engine.masking import mask
 
 LOGGER_NAME = "engine"
@@ -59,7 +59,7 @@ _DATE = re.compile(r"\d{1,4}([./-])\d{1,2}\1\d{1,4}")
 #: Fields whose values are personal data whatever they hold: the recipient, each channel kind's
 #: contact field and the customer's attributes (``declare_personal`` adds the project's mapped
 #: customer columns).
-PERSONAL_FIELDS = frozenset({"to", "recipient", *contact_fields(), *contact_entities(), "address", "first_name",
+PERSONAL_FIELDS = frozenset({"to", "recipient", *contact_fields(), *contact_entities(), *address_fields(), "address", "first_name",
                              "last_name", "name", "customer", "birthday", "street", "city", "zip", "postal_code"})
 REDACTED = "<redacted>"
 _personal_fields: set[str] = set(PERSONAL_FIELDS)

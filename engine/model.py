@@ -11,7 +11,7 @@ from datetime import time, timedelta
 from pathlib import Path
 from typing import Mapping
 
-from engine.channel_kinds import consent_columns, contact_entities, contact_fields
+from engine.channel_kinds import address_fields, consent_columns, contact_entities, contact_fields
 
 # --- the engine's entities and their canonical columns ----------------------
 
@@ -21,7 +21,7 @@ from engine.channel_kinds import consent_columns, contact_entities, contact_fiel
 ENTITY_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "customers": (
         ("customer_id",),
-        (*contact_fields(), "first_name", "last_name", "created_at", "locale", "timezone",
+        (*contact_fields(), *address_fields(), "first_name", "last_name", "created_at", "locale", "timezone",
          "birthday", "unsubscribed_at", *consent_columns()),
     ),
     "orders": (
@@ -137,6 +137,11 @@ class ProjectConfig:
     unsubscribe_url: str = "https://shop.example/unsubscribe"
     #: the shop as its messages' layout shows it: name, postal address, legal footer, website (``shop:``)
     shop: Mapping[str, str] = field(default_factory=dict)
+    #: base of the signed per-message link a printed message carries (a letter's QR code; the service's /scan);
+    #: default: the unsubscribe link's service, path /scan
+    scan_url: str = "https://shop.example/scan"
+    #: where the service sends whoever follows a valid printed link; default: the shop's website (shop.url)
+    scan_landing_url: str = "https://shop.example/"
     #: named customer segments for ``engine export``: name -> filter expression
     segments: Mapping[str, str] = field(default_factory=dict)
     #: DuckDB settings (memory_limit, threads) for the warehouse connection; empty keeps DuckDB's defaults

@@ -42,6 +42,7 @@ def test_a_kind_is_named_only_in_its_own_module():
     assert [entry.split(":")[0] for entry in kind_literals(PACKAGE, "email")] == ["engine/channel_kinds/email.py"]
     assert {entry.split(":")[0] for entry in kind_literals(PACKAGE, "webhook")} <= {"engine/channel_kinds/webhook.py"}
     assert [entry.split(":")[0] for entry in kind_literals(PACKAGE, "push")] == ["engine/channel_kinds/push.py"]
+    assert [entry.split(":")[0] for entry in kind_literals(PACKAGE, "letter")] == ["engine/channel_kinds/letter.py"]
 
 
 def test_the_literal_check_finds_a_kind_named_elsewhere(tmp_path):
@@ -63,14 +64,17 @@ def test_each_kind_module_imports_only_the_declarations():
 
 def test_the_schema_lists_exactly_the_registered_kinds_and_transports():
     channel = json.loads((REPO / "schema" / "project.schema.json").read_text())["$defs"]["channel"]["properties"]
-    assert channel["kind"]["enum"] == list(channel_kinds.names()) == ["email", "push", "sms", "webhook"]
+    assert channel["kind"]["enum"] == list(channel_kinds.names()) == ["email", "letter", "push", "sms", "webhook"]
     assert sorted(channel["transport"]["enum"]) == sorted(channel_kinds.TRANSPORTS)
 
 
 def test_the_registry_holds_what_the_engine_used_to_spell_out():
     email, sms = channel_kinds.kind("email"), channel_kinds.kind("sms")
-    assert channel_kinds.contact_fields() == ("email", "phone")  # a webhook addresses the customer's id, push its subscriptions
-    assert channel_kinds.consent_columns() == ("email_consent", "push_consent", "sms_consent", "webhook_consent")
+    # a webhook addresses the customer's id, push its subscriptions; a letter's street heads its address
+    assert channel_kinds.contact_fields() == ("email", "street", "phone")
+    assert channel_kinds.address_fields() == ("postal_code", "city", "country")
+    assert channel_kinds.consent_columns() == ("email_consent", "letter_consent", "push_consent", "sms_consent",
+                                               "webhook_consent")
     assert (email.required_parts, email.body_parts, sms.required_parts, sms.body_parts) == (
         ("subject",), ("text", "html"), ("text",), ())
     assert email.transport_names == ("smtp", "file") and sms.transport_names == ("http", "file")
@@ -87,7 +91,7 @@ def test_shipped_templates_carry_their_kinds_suffix():
     project = load_project(REPO)
     used = [(variant.template, project.config.channels[variant.channel].kind)
             for campaign in project.campaigns for step in campaign.steps for variant in step.variants]
-    assert {kind for _, kind in used} == {"email", "push", "sms"}
+    assert {kind for _, kind in used} == {"email", "letter", "push", "sms"}
     for template, kind in used:
         assert template.endswith(channel_kinds.kind(kind).template_suffix), (template, kind)
 

@@ -43,6 +43,10 @@ def configure_channels(root, smtp_port: int, sms_url: str) -> None:
     kind: push
     transport: file
     path: var/outbox
+  letter:
+    kind: letter
+    transport: drop_folder
+    path: var/outbox/letter
 """
     (root / "engine.yaml").write_text(text)
 

@@ -79,7 +79,7 @@ def test_the_readme_start_your_own_project_commands_work(tmp_path):
     assert config["warehouse"]["url"] == "sqlite:///../shop.db"
     assert config["sources"]["customers"] == {"table": "customer", "columns": {
         "customer_id": "id", "email": "email_address", "first_name": "vorname", "last_name": "surname",
-        "created_at": "created"}}
+        "created_at": "created", "city": "city"}}  # city: part of a letter's postal address
     assert config["sources"]["orders"]["columns"] == {"order_id": "order_no", "customer_id": "customer_id",
                                                      "created_at": "ordered_at", "status": "status",
                                                      "total": "total_amount"}

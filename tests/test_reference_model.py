@@ -95,6 +95,15 @@ STALE_HORIZON = duration(ENGINE_YAML.get("ledger", {}).get("stale_horizon", "7d"
 CONTACT = {"email": "email", "sms": "phone"}
 
 
+def has_contact(kind: str, customer: dict) -> bool:
+    """The customer has an address for ``kind``: a letter needs a name, street, postal code and city."""
+    if kind == "letter":
+        text = lambda column: " ".join(str(customer.get(column) or "").split())  # noqa: E731
+        return bool((text("first_name") or text("last_name")) and text("street") and text("postal_code")
+                    and text("city"))
+    return customer[CONTACT[kind]] not in (None, "")
+
+
 def shipped_campaigns() -> list[dict]:
     specs = []
     for path in sorted((REPO / "campaigns.d").iterdir()):
@@ -137,6 +146,8 @@ class FilterContext:
     customer: dict
     order_count: int
     ordered_since_trigger: bool
+    #: the sum of the totals of the customer's orders up to now (none: 0)
+    total_spent: float = 0
 
     def has_tag(self, tag: str) -> bool:
         return False  # a fresh ledger holds no tags
@@ -151,6 +162,7 @@ FILTERS = {
     "email IS NOT NULL AND order_count >= 1 AND NOT has_tag('vip')":
         lambda c: AND(c.customer["email"] is not None, c.order_count >= 1, NOT(c.has_tag("vip"))),
     "has_tag('vip')": lambda c: c.has_tag("vip"),
+    "total_spent >= 300": lambda c: c.total_spent >= 300,
     "customer_type = 'company' OR is_wholesaler":
         lambda c: OR(EQ(c.customer["customer_type"], "company"), c.customer["is_wholesaler"]),
     "customer_type <> 'company' AND NOT ordered_since_trigger":
@@ -417,7 +429,7 @@ def reachable_by(customer: dict, kind: str, shop: History) -> bool:
     """Contact data for the kind: an address column, or (web push) at least one subscription with an endpoint."""
     if kind == "push":
         return any(s["customer_id"] == customer["customer_id"] and s.get("endpoint") for s in shop.push_subscriptions)
-    return customer[CONTACT[kind]] not in (None, "")
+    return has_contact(kind, customer)
 
 
 def instant_text(value: datetime) -> str:
@@ -450,7 +462,10 @@ def reference_plan(spec: dict, shop: History, now: datetime) -> set[tuple]:
                 continue  # not due yet
             if "freshness" in step and now > shift(due, step["freshness"]) + STALE_HORIZON:
                 continue  # beyond the stale horizon: not even reported
-            context = FilterContext(customer, order_count[instance.customer_id], ordered_again(instance, shop, now))
+            context = FilterContext(customer, order_count[instance.customer_id], ordered_again(instance, shop, now),
+                                    total_spent=sum(o.get("total") or 0 for o in shop.orders
+                                                    if o["customer_id"] == instance.customer_id
+                                                    and utc(o["created_at"]) <= now))
             if not (holds(spec.get("audience"), context) and holds(step.get("audience"), context)):
                 continue
             candidates = qualifying_variants(spec, step, customer, context)

@@ -284,6 +284,10 @@ def test_config_show_masks_secrets(tmp_path):
     kind: push
     transport: file
     path: var/outbox
+  letter:
+    kind: letter
+    transport: drop_folder
+    path: var/outbox/letter
 """)
     env = {**os.environ, "ENGINE_WAREHOUSE_URL": "postgresql://u:secret@h/db", "SMS_TOKEN": "tok-0123456789",
            "SMTP_USER": "mailer", "SMS_API_KEY": "key-9876", "ENGINE_LEDGER_URL": "postgresql://l:ledgerpw@h2/ledger",

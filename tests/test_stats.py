@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
 
@@ -97,6 +98,29 @@ def test_every_figure_matches_an_independent_count(history):
             assert got.orders == want[group]["orders"]
             assert got.revenue == round(want[group]["revenue"], 2)
     assert stats.total.entered == 189
+
+
+def test_outcomes_per_kind_count_each_row_under_its_channels_kind(history):
+    """engine stats per kind: each ledger row counted under the kind of the channel it names, and
+    the kinds together add up to the campaign's figures."""
+    reconciler = history.reconciler()
+    try:
+        rows, channels = ledger_rows(reconciler), reconciler.config.channels
+    finally:
+        reconciler.close()
+    expected: dict[str, Counter] = {}
+    for r in rows:
+        kind = channels[r["channel"]].kind if r["channel"] in channels else (r["channel"] or "-")
+        expected.setdefault(kind, Counter())[r["status"] if r["status"] != "skipped" else f"skipped:{r['reason']}"] += 1
+    stats = read(history)
+    got = {k.kind: Counter({**({"sent": k.sent} if k.sent else {}), **({"failed": k.failed} if k.failed else {}),
+                            **{f"skipped:{reason}": n for reason, n in k.skipped.items()}}) for k in stats.kinds}
+    assert got == expected and "email" in got
+    assert sum(k.sent for k in stats.kinds) == stats.total.sent
+    assert sum(sum(k.skipped.values()) for k in stats.kinds) == sum(stats.total.skipped.values())
+    text = CliRunner().invoke(main, ["--project", str(history.root), "stats", "--format", "json"])
+    assert text.exit_code == 0, text.output
+    assert [k["kind"] for k in json.loads(text.output)["campaigns"][0]["kinds"]] == sorted(expected)
 
 
 def test_conversions_follow_from_the_scenario(history):

@@ -73,6 +73,12 @@ def contact_entities() -> dict[str, ContactEntity]:
     return {k.contact_entity.entity: k.contact_entity for k in KINDS.values() if k.contact_entity is not None}
 
 
+def address_fields() -> tuple[str, ...]:
+    """The further customer columns of the kinds whose address spans several (a postal address's postal
+    code, city, country): optional customer columns, of no declared type (city may be any attribute)."""
+    return tuple(dict.fromkeys(f for k in KINDS.values() for f in k.address_fields if f not in contact_fields()))
+
+
 def consent_columns() -> tuple[str, ...]:
     return tuple(dict.fromkeys(k.consent_column for k in KINDS.values()))
 
@@ -82,6 +88,7 @@ def unsubscribe_scopes() -> tuple[str, ...]:
     return tuple(dict.fromkeys(k.unsubscribe_scope for k in KINDS.values()))
 
 
-__all__ = ["KINDS", "TRANSPORTS", "ChannelKind", "ContactEntity", "Transport", "consent_columns", "contact_entities",
+__all__ = ["KINDS", "TRANSPORTS", "ChannelKind", "ContactEntity", "Transport", "address_fields", "consent_columns",
+           "contact_entities",
            "contact_fields", "kind", "names",
            "transport", "unsubscribe_scopes"]

@@ -44,6 +44,9 @@ RESERVED_NAMES = frozenset({"kind", "to", "from", "headers", "discount_code", "p
 #: their id, needs no mapped address column and never lacks an address.
 CUSTOMER_KEY = "customer_id"
 
+#: The header of a message that carries its signed per-message link of the service (``printed_link``).
+PRINTED_LINK = "X-Engine-Printed-Link"
+
 #: The file outbox (no server: the demo, tests); every kind can write to it.
 FILE_OUTBOX = Transport("file", ("path",), "engine.channels.outbox")
 
@@ -65,7 +68,7 @@ def address_as_given(address: str, settings: Mapping[str, object]) -> str | None
     return address
 
 
-def no_setting_problems(settings: Mapping[str, object]) -> list[tuple[str, str, str]]:
+def no_setting_problems(settings: Mapping[str, object], root: str) -> list[tuple[str, str, str]]:
     return []
 
 
@@ -134,16 +137,15 @@ class ChannelKind:
     #: the address as it is sent (e.g. a phone number in E.164), given the channel's settings in engine.yaml;
     #: None: the value is no valid address (the message is skipped: invalid_contact, never sent)
     normal_address: Callable[[str, Mapping[str, object]], str | None] = address_as_given
-    #: problems of the kind's own settings of a channel: (setting, message, fix) each; engine validate reports them
-    setting_problems: Callable[[Mapping[str, object]], list[tuple[str, str, str]]] = no_setting_problems
     #: usual warehouse names of the contact field besides its own (engine init proposes them for the mapping)
     contact_column_names: tuple[str, ...] = ()
     #: the kind's own channel settings -> what leaving it out means (engine config show)
     setting_defaults: Mapping[str, str] = field(default_factory=dict)
     #: the form in which an address is suppressed after a permanent failure, and looked up
     suppression_key: Callable[[str], str] = as_given
-    #: a demo customer's address (the embedded demo shop), drawn from ``rng``; None: the customer has none
-    sample_address: Callable[[random.Random, str, str, int], str | None] = no_address
+    #: a demo customer's address (the embedded demo shop), drawn from ``rng``; None: the customer has none;
+    #: a mapping of columns for an address that spans several (``address_fields``)
+    sample_address: Callable[[random.Random, str, str, int], str | Mapping[str, str | None] | None] = no_address
     #: the scope an unsubscribe from this kind is recorded under ("all" covers every kind); default: its name
     unsubscribe_scope: str = field(default="")
     #: the contacts live in a source of their own, several per customer (``contact_field`` then names the
@@ -155,6 +157,21 @@ class ChannelKind:
     #: message only (a webhook receiver's 4xx says nothing about the customer; web push reports a gone
     #: subscription as such, and a 400 or an oversized payload is the message's fault)
     suppress_on_permanent_failure: bool = True
+    #: further customer columns an address of this kind is made of (a postal address: postal code, city, ...)
+    address_fields: tuple[str, ...] = ()
+    #: a customer's address from their mapped columns when it spans several (``address``); None: incomplete
+    address_of: Callable[[Mapping[str, object]], object] | None = None
+    #: quiet hours defer its messages; False (a letter takes days): only quiet hours configured for the
+    #: channel itself in defaults.quiet_hours do (engine.run.policies)
+    observes_quiet_hours: bool = True
+    #: a step sending only this kind without a freshness window gets a warning from engine validate
+    freshness_expected: bool = True
+    #: each message carries the service's signed per-message link (header ``PRINTED_LINK``), printed on it
+    printed_link: bool = False
+    #: problems engine validate can see in a channel's settings (relative paths are under ``root``, the
+    #: project folder): (setting, message, fix) each - e.g. a font file that does not exist; a ``${...}``
+    #: value is the environment's, checked when it is used
+    setting_problems: Callable[[Mapping[str, object], str], list[tuple[str, str, str]]] = no_setting_problems
 
     def __post_init__(self) -> None:
         reserved = [part for part in self.parts if part in RESERVED_NAMES or not part.isidentifier()]
@@ -163,6 +180,10 @@ class ChannelKind:
                              f"(reserved: {', '.join(sorted(RESERVED_NAMES))}; a part name is an identifier)")
         if not self.unsubscribe_scope:
             object.__setattr__(self, "unsubscribe_scope", self.name)
+
+    def address(self, customer: Mapping[str, object]) -> object:
+        """The customer's address for this kind: the contact field's value, or what ``address_of`` makes."""
+        return customer.get(self.contact_field) if self.address_of is None else self.address_of(customer)
 
     @property
     def parts(self) -> tuple[str, ...]:

@@ -34,7 +34,7 @@ def e164(address: str, settings: Mapping[str, object]) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def region_problems(settings: Mapping[str, object]) -> list[tuple[str, str, str]]:
+def region_problems(settings: Mapping[str, object], root: str) -> list[tuple[str, str, str]]:
     import phonenumbers
 
     region = settings.get(REGION_SETTING)

@@ -133,6 +133,12 @@ def _body(text: str, linesep: str) -> tuple[str, bytes] | None:
     return ("7bit" if text.isascii() else "8bit"), nl.join(lines) + nl
 
 
+class DocumentProblem(Exception):
+    """Why a message cannot be made into its transport's document (e.g. a letter the printer cannot take:
+    a character its font lacks, too many pages). Final for that message: recorded failed with the reason
+    at render time, nothing is handed to the provider."""
+
+
 @dataclass(frozen=True)
 class Delivered:
     provider_id: str

@@ -26,7 +26,7 @@ def open_session(config: ChannelConfig, root: Path) -> "FileOutbox":
     return FileOutbox(config, root)
 
 
-def document(message: OutgoingMessage) -> bytes:
+def document(message: OutgoingMessage, config: ChannelConfig | None = None, root: Path | None = None) -> bytes:
     """What the outbox writes: an RFC 5322 kind's message as the .eml file's bytes (lines ending in
     LF, as files on this system do); any other kind's as one JSON line {"key", "to", "from", <its
     parts>} (without the line break)."""

@@ -28,7 +28,7 @@ def open_session(config: ChannelConfig, root: Path) -> "HttpSmsChannel":
     return HttpSmsChannel(config)
 
 
-def document(message: OutgoingMessage) -> bytes:
+def document(message: OutgoingMessage, config: ChannelConfig | None = None, root: Path | None = None) -> bytes:
     """The request body posted for ``message``: JSON {"to", "from", "text", "reference"}."""
     return json.dumps({"to": message.to, "from": message.sender, "text": message.text, "reference": message.key},
                       ensure_ascii=False).encode("utf-8")

@@ -55,7 +55,7 @@ def open_session(config: ChannelConfig, root: Path) -> "SmtpChannel":
     return SmtpChannel(config)
 
 
-def document(message: OutgoingMessage) -> bytes:
+def document(message: OutgoingMessage, config: ChannelConfig | None = None, root: Path | None = None) -> bytes:
     """What SMTP hands over: the RFC 5322 message, lines ending in CRLF (the DATA content before
     dot-stuffing)."""
     return message.to_bytes("\r\n")

@@ -70,7 +70,7 @@ def webhook_id(message: OutgoingMessage) -> str:
     return f"msg_{message.idempotency_key()}"
 
 
-def document(message: OutgoingMessage) -> bytes:
+def document(message: OutgoingMessage, config: ChannelConfig | None = None, root: Path | None = None) -> bytes:
     """The request body of ``message``, byte for byte what is signed and sent (compact UTF-8 JSON)."""
     origin = message.origin
     fields = {name: value for name, value in message.parts.items() if name != "event"}

@@ -49,7 +49,7 @@ JWT_LIFETIME, JWT_RENEW = 12 * 3600, 3600
 DEFAULT_TTL = 86400
 
 
-def document(message: OutgoingMessage) -> bytes:
+def document(message: OutgoingMessage, config: ChannelConfig | None = None, root: Path | None = None) -> bytes:
     """The exact payload handed to the push service before encryption: the rendered parts (title, body,
     and the icon and click URL when given) as one compact JSON object, keys sorted."""
     parts = {name: value for name, value in message.parts.items() if value}

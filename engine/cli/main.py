@@ -330,7 +330,7 @@ def show_message(project_dir: Path, message_key: str, out: Path | None):
         if channel is None:
             raise click.ClickException(f"message '{message_key}' was stored without its bytes, and its channel "
                                        f"'{row['channel']}' is no longer in engine.yaml to make them again")
-        document = with_document(channel, message).document
+        document = with_document(channel, message, config.root).document
         click.echo("# (stored before documents were kept: made again from its stored parts)", err=True)
     if out is not None:
         out.write_bytes(document)

@@ -65,7 +65,7 @@ def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_
     def address_of(m, variant_id: str) -> str | None:
         """The address as the channel sends it (None: missing or invalid)."""
         kind = kind_of(m, variant_id)
-        address = m.customer.get(kind.contact_field)
+        address = kind.address(m.customer)
         if not kind.usable_address(address):
             return None
         return kind.normal_address(str(address), config.channels[channel_of[f"{m.campaign}:{m.step}:{variant_id}"]].settings)
@@ -85,7 +85,7 @@ def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_
 
     def obstacle(m, variant_id: str) -> str | None:
         kind = kind_of(m, variant_id)
-        if not kind.usable_address(m.customer.get(kind.contact_field)):
+        if not kind.usable_address(kind.address(m.customer)):
             return "no_contact"
         address = address_by[(m.key, variant_id)]
         if address is None:
@@ -219,14 +219,24 @@ def quiet_hours_of(inputs: PolicyInputs, campaign: str, step: str, channel: str 
     return quiet or inputs.config.quiet_hours.get(channel)
 
 
+def _quiet_hours_for(inputs: PolicyInputs, m) -> QuietHours | None:
+    """The quiet hours that defer ``m``: for a kind that does not observe them (a letter takes days)
+    only those configured for its channel itself (defaults.quiet_hours.<channel>), never a step's."""
+    channel = inputs.config.channels.get(m.channel)
+    if channel is not None and not channel_kinds.kind(channel.kind).observes_quiet_hours:
+        return inputs.config.quiet_hours.get(m.channel)
+    return quiet_hours_of(inputs, m.campaign, m.step, m.channel)
+
+
 def quiet_hours(batch: list, inputs: PolicyInputs) -> list:
     """In the quiet hours of the channel finally chosen, in the customer's time zone: ``defer``
-    (not recorded: the message stays due, for the first pass after they end)."""
+    (not recorded: the message stays due, for the first pass after they end). A kind that does not
+    observe quiet hours (its declaration) is deferred only by those set for its channel."""
     decided = []
     for m in batch:
         if m.action == "send":
             zone = customer_zone(m.customer.get("timezone"), inputs.config.default_timezone)
-            if in_quiet_hours(inputs.now, quiet_hours_of(inputs, m.campaign, m.step, m.channel), zone):
+            if in_quiet_hours(inputs.now, _quiet_hours_for(inputs, m), zone):
                 m = replace(m, action="defer", reason="quiet_hours")
         decided.append(m)
     return decided

@@ -13,8 +13,10 @@ from email.utils import format_datetime
 
 from sqlglot import exp
 
-from engine import channel_kinds, unsubscribe
+from engine import channel_kinds, scan_link, unsubscribe
+from engine.channel_kinds.declaration import PRINTED_LINK
 from engine.channels import OutgoingMessage, with_document
+from engine.channels.base import DocumentProblem
 from engine.clock import format_instant, parse_stored_timestamp
 from engine.decide import discount_code
 from engine.errors import TemplateError
@@ -54,15 +56,17 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         channel = config.channels[variant.channel]
         kind = channel_kinds.kind(channel.kind)
         # the envelope comes from the engine's record, taken before any template runs
-        to = kind.normal_address(str(m.customer[kind.contact_field]), channel.settings)
+        to = kind.normal_address(str(kind.address(m.customer)), channel.settings)
         if to is None:  # checked by the policies; a customer row changed since cannot reach a provider
             rendered.failures.append(as_record(m, "skipped", reason="invalid_contact"))
             report.add(m.campaign, m.step, "skipped:invalid_contact", channel=m.channel)
             continue
         context = template_context(m, contexts.get((m.campaign, m.customer_id, m.trigger_key), {}))
         context["shop"] = shop
+        context["recipient"] = to
         context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id,
                                                       kind.unsubscribe_scope)
+        context["scan_url"] = scan_link.link(config.scan_url, secret, m.key)
         if step.discount_code is not None:
             context["discount_code"] = discount_code(secret, m.key, step.discount_code.prefix, step.discount_code.length)
         try:
@@ -76,11 +80,17 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         message = OutgoingMessage(
             key=m.key, kind=channel.kind, to=to, sender=sender, parts=content.parts,
             headers={**({"Date": date} if kind.rfc5322 else {}), **headers,
-                     **(step.delivery.headers() if kind.delivery_options and step.delivery is not None else {})},
+                     **(step.delivery.headers() if kind.delivery_options and step.delivery is not None else {}),
+                     **({PRINTED_LINK: context["scan_url"]} if kind.printed_link else {})},
             origin={"campaign": m.campaign, "step": m.step, "variant": m.variant or "", "customer_id": m.customer_id,
                     "trigger_key": m.trigger_key, "due_at": format_instant(m.due_at)},
         )
-        message = with_document(channel, message)
+        try:
+            message = with_document(channel, message, config.root)
+        except DocumentProblem as exc:  # e.g. a letter the printer cannot take: final, nothing handed over
+            rendered.failures.append(as_record(m, "failed", reason="render_error", detail=str(exc)))
+            report.add(m.campaign, m.step, "failed:render_error", channel=m.channel)
+            continue
         rendered.messages.append((m, message))
         rendered.contents.append(serialize(message, {"discount_code": context.get("discount_code")}))
     return rendered

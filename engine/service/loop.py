@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 from engine.clock import Clock, SystemClock, format_instant, to_utc
 from engine.tools.demo import ensure_demo
 from engine.errors import EngineError, ProjectInvalid
-from engine import unsubscribe as unsubscribe_link
+from engine import scan_link, unsubscribe as unsubscribe_link
 from engine.spec.code_secret import code_secrets, secret_issues
 from engine.sql.compile import render_sql
 from engine.service.httpd import StatusServer
@@ -156,7 +156,7 @@ class Service:
         self._check_secrets(result.project)
         self.server = StatusServer(self.metrics_host, self.metrics_port, readiness=self.readiness,
                                    metrics=self.metrics.wsgi_app(),
-                                   unsubscribe=self.unsubscribe)
+                                   unsubscribe=self.unsubscribe, scan=self.scan)
         self.server.start()
         event("http.listening", f"Serving /healthz, /readyz and /metrics on http://{self.server.host}:{self.server.port}",
               host=self.server.host, port=self.server.port)
@@ -200,6 +200,22 @@ class Service:
         reconciler.ledger.unsubscribe(customer_id, kind, "link", self.clock.now())
         event("customer.unsubscribed", f"Unsubscribed a customer from {kind} by link", kind=kind)
         return 200, "You are unsubscribed."
+
+    def scan(self, query: str) -> tuple[int, str, str | None]:
+        """/scan: a printed link (a letter's QR code). A link signed with a code secret redirects (302)
+        to policies.scan_landing_url; 400: not a link the engine makes; 404: no key signed it."""
+        reconciler = self._reconciler
+        if reconciler is None:
+            return 503, "not ready, try again in a minute", None
+        try:
+            scan_link.check(query, code_secrets(reconciler.config).verifying)
+        except scan_link.ScanRefused as refused:
+            event("scan.refused", f"Refused a printed link: {refused.reason}", logging.WARNING, status=refused.status)
+            return refused.status, refused.reason, None
+        except EngineError:
+            return 503, "this link cannot be followed right now, try again later", None
+        landing = reconciler.config.scan_landing_url
+        return 302, f"see {landing}", landing
 
     def run(self, stop: threading.Event) -> None:
         """Pass, wait, repeat until ``stop`` is set; the pass in progress always finishes."""

@@ -196,6 +196,8 @@ def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]
                       "default of the demo" + (" (shop.url + /unsubscribe)" if config.shop.get("url") else "")))
     else:
         found.append(("policies.unsubscribe_url", "(not set)", "required outside the demo"))
+    found.append(("policies.scan_url", config.scan_url, "default: the unsubscribe URL's host, path /scan"))
+    found.append(("policies.scan_landing_url", config.scan_landing_url, "default: shop.url"))
     found.append(("segments", none, "default"))
     for name, channel in config.channels.items():
         prefix = f"channels.{name}"

@@ -109,7 +109,7 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         issues += source_issues
     channels = {}
     for channel_name, spec in data["channels"].items():
-        channel, channel_issues = _channel(doc, channel_name, spec)
+        channel, channel_issues = _channel(doc, channel_name, spec, root)
         channels[channel_name] = channel
         issues += channel_issues
     demo = None
@@ -155,6 +155,12 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
     if config.is_demo and "unsubscribe_url" not in data.get("policies", {}) and config.shop["url"]:
         # the demo's links go to its own shop's domain (outside the demo the setting is required)
         config = replace(config, unsubscribe_url=config.shop["url"].rstrip("/") + "/unsubscribe")
+    given = data.get("policies") or {}
+    if "scan_url" not in given:  # a letter's printed link goes to the same service as the unsubscribe link
+        config = replace(config, scan_url=re.sub(r"/unsubscribe/?$", "", config.unsubscribe_url.split("?")[0].rstrip("/"))
+                         + "/scan")
+    if "scan_landing_url" not in given and config.shop.get("url"):
+        config = replace(config, scan_landing_url=config.shop["url"])
     issues += _segment_issues(doc, config)
     issues += unsafe_setting_issues(doc, resolve)
     return config, issues
@@ -221,6 +227,9 @@ def _policies(doc: Document, spec: dict, channels: dict, issues: list[Issue]) ->
         policies["claim_timeout"] = duration_setting(doc, ("policies", "claim_timeout"), spec["claim_timeout"], issues)
     if "unsubscribe_url" in spec:
         policies["unsubscribe_url"] = spec["unsubscribe_url"]
+    for name in ("scan_url", "scan_landing_url"):
+        if name in spec:
+            policies[name] = spec[name]
     return policies
 
 
@@ -343,7 +352,7 @@ def _sql_error(exc: Exception) -> str:
     return re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", str(exc).splitlines()[0])
 
 
-def _channel(doc: Document, name: str, spec: dict) -> tuple[ChannelConfig, list[Issue]]:
+def _channel(doc: Document, name: str, spec: dict, root: Path) -> tuple[ChannelConfig, list[Issue]]:
     where = ("channels", name)
     issues = []
     kind, transport = spec["kind"], spec["transport"]
@@ -359,8 +368,9 @@ def _channel(doc: Document, name: str, spec: dict) -> tuple[ChannelConfig, list[
         issues.append(doc.issue(where + ("transport",), f"an {kind} channel cannot use the {transport} transport",
                                 fix="use " + " or ".join(carriers)))
     settings = {k: v for k, v in spec.items() if k not in ("kind", "transport")}
-    for setting, message, fix in channel_kinds.kind(kind).setting_problems(settings):
-        issues.append(doc.issue(where + (setting,), f"channels.{name}.{setting}: {message}", fix=fix))
+    for setting, message, fix in channel_kinds.kind(kind).setting_problems(settings, str(root)):
+        issues.append(doc.issue(where + ((setting,) if setting in spec else ()), f"channels.{name}.{setting}: {message}",
+                                fix=fix))
     return ChannelConfig(name=name, kind=kind, transport=transport, settings=settings), issues
 
 

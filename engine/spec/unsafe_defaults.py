@@ -68,6 +68,11 @@ def settings_of(data: dict) -> list[Setting]:
                   "the public URL of your engine's /unsubscribe endpoint, e.g. "
                   "policies: {unsubscribe_url: https://campaigns.my-shop.de/unsubscribe}"))
     found.append((("shop", "url"), _url_domains, "your shop's website, e.g. shop: {url: https://www.my-shop.de}"))
+    found.append((("policies", "scan_url"), _url_domains,
+                  "the public URL of your engine's /scan endpoint (a letter's QR code), e.g. "
+                  "policies: {scan_url: https://campaigns.my-shop.de/scan}; without it, the unsubscribe URL's host"))
+    found.append((("policies", "scan_landing_url"), _url_domains,
+                  "where a scanned letter leads, e.g. policies: {scan_landing_url: https://www.my-shop.de/welcome-back}"))
     return found
 
 
@@ -88,6 +93,11 @@ def _value(data: dict, path: tuple) -> object:
     return data
 
 
+#: settings that may be left out: the shop's URL, and a letter's scan links (which default to the
+#: unsubscribe URL's host and the shop's URL)
+OPTIONAL = {("shop", "url"), ("policies", "scan_url"), ("policies", "scan_landing_url")}
+
+
 def unsafe_setting_issues(doc: Document, resolve: Callable[[str], str]) -> list[Issue]:
     """Outside the demo: each setting of ``SETTINGS`` that is missing (sender, unsubscribe URL) or at an example domain."""
     data = doc.data
@@ -99,7 +109,7 @@ def unsafe_setting_issues(doc: Document, resolve: Callable[[str], str]) -> list[
         setting = ".".join(str(p) for p in path)
         raw = _value(data, path)
         if raw is None:
-            if path[0] != "shop":  # the shop's URL is optional; a sender and an unsubscribe URL are not
+            if path not in OPTIONAL:  # a sender and an unsubscribe URL have no default outside the demo
                 where = path[:-1] if _value(data, path[:-1]) is not None else path[:1] if path[0] in data else ()
                 issues.append(doc.issue(where, f"{setting} is not set: outside the demo it has no default",
                                         fix=f"set it to {fix}"))

@@ -366,6 +366,8 @@ def sample_context(config: ProjectConfig, trigger: Trigger, discount_code: bool)
         "message_key": "campaign:step:1:1", "due_at": "2025-01-01 00:00:00",
         "unsubscribe_url": "https://shop.example/unsubscribe?c=1&k=email&s=0",
         "shop": shop_settings(config.shop),
+        "recipient": "Anna Meyer\nHauptstraße 1\n10115 Berlin",
+        "scan_url": "https://shop.example/scan?m=0&s=0",
     }
     if discount_code:
         context["discount_code"] = "SAMPLE-CODE"
@@ -384,7 +386,8 @@ def lint(doc: Document, campaign: Campaign, config: ProjectConfig) -> list[Issue
                                   severity="warning"))
     for index, step in enumerate(campaign.steps):
         where = ("steps", index)
-        if step.freshness is None:
+        kinds = [channel_kinds.kind(config.channels[c].kind) for c in step.channels if c in config.channels]
+        if step.freshness is None and (not kinds or any(kind.freshness_expected for kind in kinds)):
             warnings.append(doc.issue(where + ("id",), f"step '{step.id}' has no freshness window: after an outage it would still be sent, however late",
                                       fix="add freshness: (e.g. 1d) so late messages are skipped", severity="warning"))
         queued = [channel for channel in step.channels if channel in config.channels

@@ -12,10 +12,11 @@ import base64
 import random
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Mapping
 
 import sqlalchemy as sa
 
-from engine.channel_kinds import KINDS, contact_fields
+from engine.channel_kinds import KINDS, address_fields, contact_fields
 from engine.clock import parse_instant
 from engine.state.warehouse import Database
 
@@ -25,7 +26,7 @@ TABLES = {
     "customers": sa.Table(
         "customers", shop_metadata,
         sa.Column("customer_id", sa.Integer, primary_key=True, autoincrement=False),
-        *(sa.Column(column, sa.String) for column in contact_fields()),
+        *(sa.Column(field, sa.String) for field in (*contact_fields(), *address_fields()) if field != "city"),
         sa.Column("first_name", sa.String), sa.Column("last_name", sa.String),
         sa.Column("created_at", sa.DateTime), sa.Column("city", sa.String),
         sa.Column("birthday", sa.Date), sa.Column("timezone", sa.String),
@@ -120,10 +121,11 @@ def generate_shop(seed: int = 42, customers: int = 2000, anchor: str = "2025-01-
     for customer_id in range(1, customers + 1):
         registered = end - timedelta(days=rng.uniform(1, 400))
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        addresses = {kind.contact_field: kind.sample_address(rng, first, last, customer_id) for kind in KINDS.values()
+                     if kind.address_column}
         data.rows["customers"].append({
             "customer_id": customer_id,
-            **{kind.address_column: kind.sample_address(rng, first, last, customer_id) for kind in KINDS.values()
-               if kind.address_column},
+            **{field: address for field, address in addresses.items() if not isinstance(address, Mapping)},
             "first_name": first, "last_name": last, "created_at": registered.replace(microsecond=0),
             "city": rng.choice(CITIES),
             "birthday": date(rng.randint(1950, 2005), 1, 1) + timedelta(days=rng.randint(0, 365)) if rng.random() < 0.6 else None,
@@ -134,6 +136,9 @@ def generate_shop(seed: int = 42, customers: int = 2000, anchor: str = "2025-01-
             "customer_group": "gold" if rng.random() < 0.1 else "standard",
             "unsubscribed_at": (end - timedelta(days=rng.uniform(1, 300))).replace(microsecond=0) if rng.random() < 0.02 else None,
         })
+        for address in addresses.values():
+            if isinstance(address, Mapping):  # an address of several columns (a postal address, its city too)
+                data.rows["customers"][-1].update(address)
         # skewed order counts: 0 (25%), 1 (45%), then a geometric tail
         draw = rng.random()
         count = 0 if draw < 0.25 else 1 if draw < 0.70 else 2 + int(rng.expovariate(0.5))

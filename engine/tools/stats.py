@@ -95,6 +95,23 @@ class StepStats:
 
 
 @dataclass
+class KindStats:
+    """The outcomes of a campaign's messages of one channel kind (email, sms, push, webhook, letter):
+    the kind of the channel each ledger row names; "-" for rows decided before a channel was chosen."""
+
+    kind: str
+    sent: int = 0
+    failed: int = 0
+    unknown: int = 0
+    in_flight: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "sent": self.sent, "failed": self.failed, "unknown": self.unknown,
+                "in_flight": self.in_flight, "skipped": dict(sorted(self.skipped.items()))}
+
+
+@dataclass
 class Day:
     sent: int = 0
     conversions: int = 0  # orders attributed to a sent message, by the order's day
@@ -109,13 +126,14 @@ class CampaignStats:
     total: StepStats
     steps: list[StepStats]
     daily: dict[str, Day]
+    kinds: list[KindStats] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         window = self.conversion_window  # calendar months have no fixed number of seconds
         return {"campaign": self.name,
                 "conversion_window_seconds": int(window.total_seconds()) if isinstance(window, timedelta) else None,
                 "holdout_percent": self.holdout_percent, "total": self.total.as_dict(),
-                "steps": [s.as_dict() for s in self.steps],
+                "steps": [s.as_dict() for s in self.steps], "kinds": [k.as_dict() for k in self.kinds],
                 "daily": {d: {"sent": v.sent, "conversions": v.conversions, "revenue": round(v.revenue, 2)}
                           for d, v in sorted(self.daily.items())}}
 
@@ -195,8 +213,8 @@ class _Queries:
 
     def outcomes(self) -> exp.Select:
         c = lambda n: col("l", n)  # noqa: E731
-        return self.rows().select(c("step"), c("status"), c("reason"), exp.Count(this=exp.Star())).group_by(
-            c("step"), c("status"), c("reason"))
+        return self.rows().select(c("step"), c("status"), c("reason"), c("channel"), exp.Count(this=exp.Star())
+                                  ).group_by(c("step"), c("status"), c("reason"), c("channel"))
 
     def entered(self) -> exp.Select:
         distinct = self.rows().select(col("l", "customer_id"), col("l", "trigger_key")).distinct()
@@ -328,9 +346,12 @@ class StatsReader:
         def step(name: str) -> StepStats:  # a step since removed from the campaign still counts
             return steps.setdefault(name, StepStats(name))
 
-        for name, status, reason, n in run(queries.outcomes()):
+        kinds: dict[str, KindStats] = {}
+        for name, status, reason, channel, n in run(queries.outcomes()):
             target = step(name)
-            for figures in (target, total):
+            configured = self.config.channels.get(channel or "")
+            kind = configured.kind if configured is not None else (channel or "-")  # a channel since removed
+            for figures in (target, total, kinds.setdefault(kind, KindStats(kind))):
                 if status == "skipped":
                     figures.skipped[reason or "-"] += n
                 elif status in ("sent", "failed", "unknown"):
@@ -365,7 +386,7 @@ class StatsReader:
         for figures_day in daily.values():
             figures_day.revenue = round(figures_day.revenue, 2)
         return CampaignStats(campaign.name, campaign.conversion_window, campaign.holdout, total,
-                             list(steps.values()), daily)
+                             list(steps.values()), daily, [kinds[k] for k in sorted(kinds)])
 
     def _conversions(self, campaign: Campaign, queries: _Queries) -> Iterator[tuple]:
         dialect = self.config.dialect

@@ -6,7 +6,7 @@ import json
 from typing import IO
 
 from engine.clock import format_duration
-from engine.tools.stats import CampaignStats, StepStats
+from engine.tools.stats import CampaignStats, KindStats, StepStats
 
 CSV_FIELDS = ["campaign", "step", "entered", "sent", "failed", "unknown", "in_flight", "skipped", "skipped_by_reason",
               "unsubscribed", "sent_customers", "converted", "orders", "revenue", "conversion_rate",
@@ -21,6 +21,16 @@ def percent(value: float | None) -> str:
 
 def skipped_text(figures: StepStats) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in sorted(figures.skipped.items())) or "-"
+
+
+def kind_text(figures: KindStats) -> str:
+    """One kind's outcomes in a line: "email sent 120, failed 1, skipped 30 (no_contact 20, stale 10)"."""
+    counts = [f"{label} {n}" for label, n in (("sent", figures.sent), ("failed", figures.failed),
+                                              ("unknown", figures.unknown), ("in flight", figures.in_flight)) if n]
+    skipped = sum(figures.skipped.values())
+    if skipped:
+        counts.append(f"skipped {skipped} (" + ", ".join(f"{r} {n}" for r, n in sorted(figures.skipped.items())) + ")")
+    return f"{figures.kind} " + (", ".join(counts) or "-")
 
 
 def uplift_line(figures: StepStats) -> str:
@@ -84,3 +94,5 @@ def write_stats(all_stats: list[CampaignStats], fmt: str, out: IO[str], header: 
             out.write("  ".join(str(v).ljust(w) for v, w in zip(values, widths)).rstrip() + "\n")
         if stats.holdout_percent or stats.total.holdout.customers:
             out.write(f"uplift: {uplift_line(stats.total)}\n")
+        if stats.kinds:
+            out.write("by kind: " + "; ".join(kind_text(k) for k in stats.kinds) + "\n")

@@ -1,0 +1,135 @@
+"""Letters into a print shop's drop folder: one PDF per letter plus a manifest CSV per batch.
+
+``send`` renders the letter (letter_pdf) and writes ``<message key>.pdf`` to a
+hidden temporary file, fsyncs it and renames it into place, so the print shop
+never sees half a PDF. ``sync`` - called before the ledger records a group as
+sent - writes the group's manifest as a NEW file per batch,
+``manifest-<UTC time>-<digest of its keys>.csv`` (columns message_key, file,
+pages, sha256, address), the same way (temporary file, fsync, rename), then
+fsyncs the folder: a manifest appears whole or not at all, and every PDF it
+lists is already in place. A new file per batch rather than one appended file,
+because an append is not atomic (a crash could leave half a row the print shop
+reads) and rewriting one growing file would race with the print shop moving
+it away. The print shop goes by the manifests; a PDF no manifest lists was
+never reported sent (a crash between the two), and is written again - same
+name, same bytes - if the message is resent.
+
+A letter that cannot be printed (letter_pdf.LetterProblem: a character the
+font lacks, over the page limit, ...) is a permanent failure with the reason;
+a missing font fails ``open`` (nothing of the channel is claimed).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+import time
+from pathlib import Path
+
+from engine.errors import ChannelError
+from engine.model import ChannelConfig
+from engine.spec.config import resolve
+from engine.channels.base import Delivered, Failed, OutgoingMessage, Outcome
+from engine.channels.letter_pdf import (
+    LAYOUT_SETTINGS, LetterLayout, LetterProblem, channel_layout, layout_of, page_count, render,
+)
+
+#: the columns of a manifest
+MANIFEST_COLUMNS = ("message_key", "file", "pages", "sha256", "address")
+
+
+def open_session(config: ChannelConfig, root: Path) -> "DropFolder":
+    return DropFolder(config, root)
+
+
+def document(message: OutgoingMessage, config: ChannelConfig | None = None, root: Path | None = None) -> bytes:
+    """The exact PDF bytes this transport writes for ``message``, in the channel's layout (its format,
+    page limit and fonts; relative font paths under the project folder ``root``); a ``LetterProblem``
+    when it cannot be printed."""
+    layout = LetterLayout() if config is None else channel_layout(config.settings, root)
+    return render(message, layout).pdf
+
+
+class DropFolder:
+    def __init__(self, config: ChannelConfig, root: Path):
+        self.name = config.name
+        self.directory = root / resolve(str(config.settings["path"]))
+        try:
+            self.layout = layout_of({key: resolve(str(value)) for key, value in config.settings.items()
+                                     if key in LAYOUT_SETTINGS}, root)
+        except LetterProblem as exc:
+            raise ChannelError(f"channel '{config.name}': {exc}") from None
+        self._rows: list[tuple[str, str, int, str, str]] = []  # the manifest rows since the last sync
+
+    def _pdf(self, message: OutgoingMessage) -> tuple[bytes, int]:
+        """The letter's PDF as rendered (the document the ledger keeps) and its page count."""
+        if message.document is not None:
+            return message.document, page_count(message.document)
+        letter = render(message, self.layout)
+        return letter.pdf, letter.pages
+
+    def open(self) -> None:
+        try:
+            self.layout.check()
+        except LetterProblem as exc:
+            raise ChannelError(f"channel '{self.name}': {exc}") from None
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ChannelError(f"channel '{self.name}': cannot create the drop folder {self.directory}: {exc}") from None
+
+    def send(self, message: OutgoingMessage) -> Outcome:
+        try:
+            pdf, pages = self._pdf(message)
+        except LetterProblem as exc:
+            return Failed(detail=str(exc), permanent=True)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", message.key) + ".pdf"
+        try:
+            _write_atomically(self.directory / name, pdf)
+        except OSError as exc:
+            return Failed(detail=f"drop folder write failed: {exc}")
+        self._rows.append((message.key, name, pages, hashlib.sha256(pdf).hexdigest(), message.to))
+        return Delivered(provider_id=name, detail=f"written to the drop folder ({pages} pages)")
+
+    def sync(self) -> None:
+        """Write the manifest of the letters sent since the last sync, and make it and them durable."""
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\r\n")  # RFC 4180
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows(rows)
+        digest = hashlib.sha256("\n".join(row[0] for row in rows).encode()).hexdigest()[:12]
+        name = f"manifest-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{digest}.csv"
+        try:
+            _write_atomically(self.directory / name, text.getvalue().encode("utf-8"))
+            _fsync_directory(self.directory)
+        except OSError as exc:
+            self._rows = rows + self._rows
+            raise ChannelError(f"channel '{self.name}': cannot write the manifest in {self.directory}: {exc}") from None
+
+    def close(self) -> None:
+        try:
+            self.sync()
+        except ChannelError:
+            pass  # the ledger never recorded those letters as sent: they stay in doubt, as after a crash
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
