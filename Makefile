@@ -32,7 +32,7 @@ demo: install
 	$(BIN)/engine run --once --as-of $(AS_OF)
 	@echo
 	@echo "Three weeks later the re-engage series ends with a printed letter to high-value customers:"
-	$(BIN)/engine run --once --as-of $(LETTERS_AS_OF) --campaign re-engage
+	$(BIN)/engine run re-engage --once --as-of $(LETTERS_AS_OF)
 	@echo "  $$(ls var/outbox/letter/*.pdf 2>/dev/null | wc -l) letters (PDF) and their manifests in var/outbox/letter/"
 
 test: install-test
