@@ -11,6 +11,7 @@ import sys
 from datetime import timedelta
 
 import pytest
+import yaml
 
 from conftest import as_real_shop, recorded_outcomes, copy_project, database_url
 from engine import Reconciler, load_project
@@ -165,8 +166,9 @@ def test_cli_plan_jsonl_contract_and_run(demo_project, backend):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert rows
     for row in rows:
-        assert {"campaign", "step", "customer_id", "trigger_key", "channel", "due_at"} <= row.keys()
+        assert {"campaign", "step", "customer_id", "trigger_key", "channel", "kind", "due_at"} <= row.keys()
         assert row["due_at"].endswith("Z")
+        assert row["kind"] == yaml.safe_load((demo_project / "engine.yaml").read_text())["channels"][row["channel"]]["kind"]
     run = _engine("run", "--once", "--as-of", ANCHOR, cwd=demo_project)
     assert run.returncode == 0, run.stderr
     assert "sent" in run.stdout

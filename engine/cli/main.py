@@ -138,7 +138,8 @@ def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: 
         header = f"Plan at {format_instant(now)} for {len(selected)} campaign(s)"
         failed: dict[str, str] = {}  # a campaign that fails is reported; the others are planned
         write_plan(around_output(reconciler.due(now, selected, failures=failed), progress), fmt, sys.stdout,
-                   include_skipped=include_skipped, limit=limit, header=header)
+                   include_skipped=include_skipped, limit=limit, header=header,
+                   kinds={name: channel.kind for name, channel in reconciler.config.channels.items()})
     finally:
         progress.finish()
         reconciler.close()
@@ -343,7 +344,7 @@ def show_message(project_dir: Path, message_key: str, out: Path | None):
 
 @main.command()
 @click.argument("customer_id")
-@click.option("--channel", "kind", type=click.Choice(list(unsubscribe_link.KINDS)), default="all", show_default=True)
+@click.option("--kind", "--channel", "kind", type=click.Choice(list(unsubscribe_link.KINDS)), default="all", show_default=True)
 @click.pass_obj
 @handle_errors
 def unsubscribe(project_dir: Path, customer_id: str, kind: str):

@@ -252,7 +252,9 @@ def _verdict(reconciler: Reconciler, step: Step, filters: list[dict], stopped: l
              stale_after: datetime | None, ledger: dict | None, planned: DueMessage | None, now: datetime) -> Verdict:
     if planned is not None:
         if planned.action == "send":
-            return Verdict("send", None, f"due: send by {planned.channel} (variant {planned.variant})")
+            channel = reconciler.config.channels.get(planned.channel or "")
+            kind = f", a {channel.kind} channel" if channel is not None and channel.kind != planned.channel else ""
+            return Verdict("send", None, f"due: send by {planned.channel}{kind} (variant {planned.variant})")
         detail = f" ({planned.detail})" if planned.detail else ""
         return Verdict(planned.action, planned.reason, f"due: {planned.action} {planned.reason}{detail}: "
                        + REASONS.get(planned.reason, ""))
@@ -278,7 +280,7 @@ REASONS = {
     "stopped": "a stop condition fired after the trigger; later steps are never sent",
     "stale": "later than due + freshness: recorded as skipped, never sent late",
     "no_variant": "no variant's audience matched",
-    "no_contact": "no address for the channel (email address, phone number, live push subscription)",
+    "no_contact": "no address for the channel (email address, phone number, live push subscription, complete postal address)",
     "invalid_contact": "the phone number (or address) is not valid for the channel; it is never sent to",
     "holdout": "in the campaign's holdout group",
     "quiet_hours": "in quiet hours in the customer's time zone; sent when they end",

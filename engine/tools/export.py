@@ -99,7 +99,8 @@ def export_plan(reconciler: Reconciler, campaign: str, now: datetime, fmt: str, 
     """Write the messages of ``campaign`` due at ``now``, as ``engine plan --format csv|jsonl``; ``around``
     wraps the batches (progress.around_output: the reconciler's progress line off before each is written)."""
     counts = write_plan(around(reconciler.due(now, [reconciler.project.campaign(campaign)])), fmt, out,
-                        include_skipped=False, limit=0, header="")
+                        include_skipped=False, limit=0, header="",
+                        kinds={name: channel.kind for name, channel in reconciler.config.channels.items()})
     return sum(n for (_, _, outcome), n in counts.items() if outcome == "send")
 
 

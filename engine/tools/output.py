@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from typing import IO, TYPE_CHECKING, Iterable
+from typing import IO, TYPE_CHECKING, Iterable, Mapping
 
 from engine.channel_kinds import contact_fields
 from engine.errors import Issue
@@ -17,7 +17,8 @@ from engine.masking import mask
 if TYPE_CHECKING:  # annotations only: `engine validate` writes issues without importing the pass (SQLAlchemy)
     from engine.run.messages import DueMessage, PassReport
 
-PLAN_FIELDS = ["campaign", "step", "customer_id", "trigger_key", "channel", "due_at", "trigger_at", "action", "reason", "message_key"]
+PLAN_FIELDS = ["campaign", "step", "customer_id", "trigger_key", "channel", "kind", "due_at", "trigger_at", "action", "reason",
+               "message_key"]
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -27,8 +28,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def write_plan(batches: Iterable[list[DueMessage]], fmt: str, out: IO[str], *, include_skipped: bool,
-               limit: int, header: str) -> Counter:
-    """Write the plan; return counts per (campaign, step, action[:reason])."""
+               limit: int, header: str, kinds: Mapping[str, str]) -> Counter:
+    """Write the plan; return counts per (campaign, step, action[:reason]). ``kinds``: each channel's kind
+    (engine.yaml), shown beside the channel."""
     counts: Counter = Counter()
     sample: list[DueMessage] = []
     writer = None
@@ -41,9 +43,9 @@ def write_plan(batches: Iterable[list[DueMessage]], fmt: str, out: IO[str], *, i
             if m.action != "send" and not include_skipped:
                 continue
             if fmt == "jsonl":
-                out.write(json.dumps(m.as_dict()) + "\n")
+                out.write(json.dumps(_row(m, kinds)) + "\n")
             elif fmt == "csv":
-                writer.writerow(m.as_dict())
+                writer.writerow(_row(m, kinds))
             elif len(sample) < limit:
                 sample.append(m)
     if fmt == "table":
@@ -54,11 +56,20 @@ def write_plan(batches: Iterable[list[DueMessage]], fmt: str, out: IO[str], *, i
             total = sum(n for (_, _, a), n in counts.items() if include_skipped or a == "send")
             out.write(f"\n{'First ' + str(shown) + ' of ' + str(total) if shown < total else 'All'} messages:\n")
             contacts = contact_fields()
-            out.write(_table(["campaign", "step", "customer", "/".join(contacts), "trigger", "channel", "due_at", "action"],
+            out.write(_table(["campaign", "step", "customer", "/".join(contacts), "trigger", "channel", "kind", "due_at",
+                              "action"],
                              [[m.campaign, m.step, m.customer_id, next(filter(None, map(m.customer.get, contacts)), None) or "-",
-                               m.trigger_key, m.channel, m.as_dict()["due_at"], m.action + (f" ({m.reason})" if m.reason else "")]
+                               m.trigger_key, m.channel or "-", kinds.get(m.channel or "", "-"), m.as_dict()["due_at"],
+                               m.action + (f" ({m.reason})" if m.reason else "")]
                               for m in sample]) + "\n")
     return counts
+
+
+def _row(m: DueMessage, kinds: Mapping[str, str]) -> dict:
+    """A message of the plan as a jsonl/csv row: its fields and its channel's kind (None before a channel)."""
+    row = m.as_dict()
+    row["kind"] = kinds.get(m.channel) if m.channel else None
+    return row
 
 
 def summary_table(counts: Counter, main_outcome: str) -> str:
