@@ -27,6 +27,13 @@ FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="shop-campaign-engine" \
       org.opencontainers.image.description="Declarative, git-native campaign engine: the reconciler as a service"
 
+# Letters: WeasyPrint lays them out over pango, in DejaVu Sans (the letter channel's default font).
+# Unpinned on purpose: bookworm's point releases carry the security fixes of these libraries.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core \
+ && rm -rf /var/lib/apt/lists/*
+
 RUN groupadd --system --gid 10001 engine \
  && useradd --system --uid 10001 --gid engine --home-dir /app --no-create-home --shell /usr/sbin/nologin engine
 
