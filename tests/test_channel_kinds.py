@@ -127,7 +127,7 @@ def open_session(config, root):
     return Loft(root / str(config.settings["roost"]))
 
 
-def document(message):
+def document(message, config=None, root=None):
     return json.dumps({"to": message.to, "subject": message.subject, "text": message.text,
                        "leg_band": message.parts.get("leg_band"), "headers": dict(message.headers)}).encode()
 

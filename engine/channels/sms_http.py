@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Mapping
 
 import httpx
 
@@ -34,13 +35,22 @@ def document(message: OutgoingMessage, config: ChannelConfig | None = None, root
                       ensure_ascii=False).encode("utf-8")
 
 
+#: seconds a request to the provider may take unless ``timeout`` says otherwise
+DEFAULT_TIMEOUT = 10
+
+
+def setting_defaults(settings: Mapping[str, object]) -> list[tuple[str, str, str]]:
+    """(setting, value, note) of each setting a channel on this transport may leave out (engine config show)."""
+    return [("token", "(none)", "default"), ("timeout", str(DEFAULT_TIMEOUT), "default (seconds)")]
+
+
 class HttpSmsChannel:
     def __init__(self, config: ChannelConfig):
         settings = config.settings
         self.name = config.name
         self.url = resolve(str(settings["url"]))
         self.token = resolve(str(settings["token"])) if "token" in settings else None
-        self.timeout = float(resolve(str(settings.get("timeout", 10))))
+        self.timeout = float(resolve(str(settings.get("timeout", DEFAULT_TIMEOUT))))
         self._client: httpx.Client | None = None
 
     def open(self) -> None:

@@ -34,6 +34,7 @@ import smtplib
 import ssl
 import threading
 from pathlib import Path
+from typing import Mapping
 
 from engine.spec.config import resolve
 from engine.errors import ChannelError
@@ -61,17 +62,34 @@ def document(message: OutgoingMessage, config: ChannelConfig | None = None, root
     return message.to_bytes("\r\n")
 
 
+#: seconds a connection attempt or a reply may take unless ``timeout`` says otherwise
+DEFAULT_TIMEOUT = 30
+
+
+def default_port(security: str) -> int:
+    """The submission port of a ``security`` setting: 465 implicit TLS, 587 STARTTLS, else 25."""
+    return {"ssl": 465, "starttls": 587}.get(security, 25)
+
+
+def setting_defaults(settings: Mapping[str, object]) -> list[tuple[str, str, str]]:
+    """(setting, value, note) of each setting a channel on this transport may leave out (engine config show)."""
+    security = str(settings.get("security", "none"))
+    return [("security", "none", "default"), ("port", str(default_port(security)), f"default for security {security}"),
+            ("username", "(none)", "default"), ("password", "(none)", "default"),
+            ("timeout", str(DEFAULT_TIMEOUT), "default (seconds)"), ("connections", str(DEFAULT_CONNECTIONS), "default"),
+            ("pipelining", "true", "default")]
+
+
 class SmtpChannel:
     def __init__(self, config: ChannelConfig):
         settings = config.settings
         self.name = config.name
         self.host = resolve(str(settings["host"]))
         self.security = str(settings.get("security", "none"))
-        default_port = {"ssl": 465, "starttls": 587}.get(self.security, 25)
-        self.port = int(resolve(str(settings.get("port", default_port))))
+        self.port = int(resolve(str(settings.get("port", default_port(self.security)))))
         self.username = resolve(str(settings["username"])) if "username" in settings else None
         self.password = resolve(str(settings["password"])) if "password" in settings else None
-        self.timeout = float(resolve(str(settings.get("timeout", 30))))
+        self.timeout = float(resolve(str(settings.get("timeout", DEFAULT_TIMEOUT))))
         # "max_connections" is the setting's older name
         self.connections = max(1, int(resolve(str(settings.get("connections", settings.get("max_connections", DEFAULT_CONNECTIONS))))))
         # off only for a server that advertises PIPELINING and then mishandles it

@@ -8,6 +8,7 @@ from, and passwords, tokens, secrets and keys masked.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from dataclasses import dataclass, replace
@@ -168,7 +169,6 @@ SECTIONS = ("project", "warehouse", "ledger", "demo", "shop", "defaults", "polic
 
 def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]:
     """(setting, value, origin) of every setting engine.yaml may leave out, as the engine runs with it."""
-    from engine.channels.smtp import DEFAULT_CONNECTIONS
     from engine.run.dispatch import DEFAULT_IN_FLIGHT
     from engine.spec.config import SHOP_SETTINGS
     from engine.spec.dbt import DEFAULT_MANIFEST
@@ -204,18 +204,10 @@ def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]
         found += [(f"{prefix}.from", "(not set)", "required outside the demo"),
                   (f"{prefix}.delivery", "at_most_once", "default"),
                   (f"{prefix}.in_flight", str(DEFAULT_IN_FLIGHT), "default")]
-        if channel.transport == "smtp":
-            security = str(channel.settings.get("security", "none"))
-            found += [(f"{prefix}.security", "none", "default"),
-                      (f"{prefix}.port", str({"ssl": 465, "starttls": 587}.get(security, 25)), f"default for security {security}"),
-                      (f"{prefix}.username", none, "default"), (f"{prefix}.password", none, "default"),
-                      (f"{prefix}.timeout", "30", "default (seconds)"),
-                      (f"{prefix}.connections", str(DEFAULT_CONNECTIONS), "default"),
-                      (f"{prefix}.pipelining", "true", "default")]
-        elif channel.transport == "http":
-            found += [(f"{prefix}.token", none, "default"), (f"{prefix}.timeout", "10", "default (seconds)")]
-        elif channel.transport == "file":
-            found.append((f"{prefix}.path", "var/outbox", "default"))
+        # each transport module says what its settings default to (``setting_defaults``), if it has any
+        transport = importlib.import_module(channel_kinds.transport(channel.transport).module)
+        found += [(f"{prefix}.{setting}", value, note)
+                  for setting, value, note in getattr(transport, "setting_defaults", lambda _settings: [])(channel.settings)]
         found += [(f"{prefix}.{setting}", value, "default")
                   for setting, value in channel_kinds.kind(channel.kind).setting_defaults.items()]
     return found
