@@ -76,6 +76,17 @@ class LoggedLedger:
                 _message_event(r, logging.INFO)
         return inserted
 
+    def claim_with_codes(self, records: list[Record], wanted: dict, now: datetime):
+        claims = self._ledger.claim_with_codes(records, wanted, now)
+        started = self._monotonic()
+        for r in records:
+            if r.message_key in claims.claimed:
+                self._claimed_at[r.message_key] = started
+                _message_event(r, logging.DEBUG)
+            elif r.message_key in claims.no_code:
+                _message_event(dataclasses.replace(r, status="skipped", reason="no_code"), logging.INFO)
+        return claims
+
     def record_outcomes(self, records: Iterable[Record], now: datetime) -> None:
         records = list(records)
         self._ledger.record_outcomes(records, now)
