@@ -48,10 +48,13 @@ class PoolLevel:
     def low(self) -> bool:
         return self.left <= self.low_at
 
+    def fix(self) -> str:
+        return (f"add codes to its table {self.table}" if self.table
+                else f"import more with engine codes import {self.pool} FILE.csv")
+
     def warning(self) -> str:
-        source = f"to table {self.table}" if self.table else f"engine codes import {self.pool} FILE.csv"
-        return (f"coupon pool {self.pool} has {self.left} unused code(s) left of {self.codes} (low_at: {self.low_at}); "
-                f"messages that find it empty are skipped (no_code): add codes ({source})")
+        return (f"coupon pool {self.pool} is running low: {self.left} unused code(s) left of {self.codes} "
+                f"(low_at: {self.low_at}); a message that finds it empty is skipped (no_code): {self.fix()}")
 
 
 def wanted_codes(messages: list[DueMessage], project: Project, secret: str) -> dict[str, CodeWanted]:

@@ -165,7 +165,7 @@ class CouponStore:
         codes, claims = coupon_codes_table.c, coupon_claims_table.c
         pools = sorted(set(pools))
         counts = {pool: (0, 0) for pool in pools}
-        if not pools:
+        if not pools or not self.has_coupon_tables():
             return counts
         with self.db.engine.connect() as conn:
             total = dict(conn.execute(sa.select(codes.pool, sa.func.count()).where(codes.pool.in_(pools))
@@ -174,11 +174,19 @@ class CouponStore:
                                      .group_by(claims.pool)).all())
         return {pool: (int(total.get(pool, 0)), int(used.get(pool, 0))) for pool in pools}
 
+    def has_coupon_tables(self) -> bool:
+        """Whether the ledger has the coupon tables (a read-only command may open a ledger older than 0004)."""
+        try:
+            with self.db.engine.connect() as conn:
+                return sa.inspect(conn).has_table(coupon_claims_table.name)
+        except sa.exc.SQLAlchemyError:
+            return False
+
     def codes_of(self, keys: list[str]) -> dict[str, tuple[str, str]]:
         """message key -> (pool, code) of the messages among ``keys`` that got a code (pool "" generated)."""
         c = coupon_claims_table.c
         found: dict[str, tuple[str, str]] = {}
-        if not keys:
+        if not keys or not self.has_coupon_tables():
             return found
         with self.db.engine.connect() as conn:
             for start in range(0, len(keys), 500):
@@ -204,6 +212,8 @@ class CouponStore:
             query = (sa.select(codes.code, codes.source, claims.message_key, claims.customer_id, claims.campaign,
                                claims.step, claims.claimed_at, ledger.status, ledger.reason)
                      .select_from(joined).where(codes.pool == pool).order_by(codes.code))
+        if not self.has_coupon_tables():
+            return
         with self.db.engine.connect() as conn:
             result = conn.execution_options(yield_per=batch_size).execute(query)
             for row in result.mappings():
