@@ -216,11 +216,14 @@ def test_a_missing_or_duplicated_pool_table_fails_its_campaign_with_the_fix(tmp_
     assert "coupon pool spring: cannot read column code of table shop_codes" in run.output
     assert "create the table with the shop's codes, or fix table/column of coupons.spring in engine.yaml" in run.output
     assert "cannot read column code of table shop_codes" in invoke(root, "plan", "--as-of", AS_OF).stderr
+    checked = invoke(root, "validate", "--check-warehouse")
+    assert checked.exit_code == 1 and re.search(r"engine.yaml:\d+:\d+: error: coupon pool spring: cannot read", checked.output)
     sql(root.url, "CREATE TABLE shop_codes (code VARCHAR(32))", "INSERT INTO shop_codes VALUES ('A-1'), ('A-2'), ('A-1')")
     run = invoke(root, "run", "--once", "--as-of", AS_OF)
     assert run.exit_code == 1
     assert "table shop_codes has 1 code(s) more than once (e.g. A-1)" in run.output
     assert "remove the duplicates from the table" in run.output
+    assert "has 1 code(s) more than once" in invoke(root, "validate", "--check-warehouse").output
     assert not (root / "var" / "outbox" / "email").exists() or not list((root / "var" / "outbox" / "email").iterdir())
 
 
