@@ -79,37 +79,54 @@ class CouponStore:
                 self._lock(conn)
                 keys = sorted(wanted)
                 kept = self._codes_of(conn, keys)  # claimed before, then released: the same code again
-                free: dict[str, list[str]] = {}
+                free: dict[str, list[str]] = {}  # per pool, the codes to hand out next at the end
                 for pool in sorted({w.pool for k, w in wanted.items() if k not in kept} - {GENERATED}):
                     needed = sum(1 for k, w in wanted.items() if w.pool == pool and k not in kept)
                     free[pool] = self._free_codes(conn, pool, needed)[::-1]
-                insert = _insert(self.db)(ledger_table).on_conflict_do_nothing().returning(ledger_table.c.message_key)
                 outcome = CodeClaims(set(), {}, set())
-                new_claims = []
-                for record, row in zip(records, rows):  # a row each: the steps with codes are few
-                    key, want = record.message_key, wanted[record.message_key]
-                    code = kept.get(key) or (want.generated if want.pool == GENERATED else None)
-                    if code is None and free.get(want.pool):
-                        code = free[want.pool][-1]
-                    if code is None:  # recorded as skipped, never claimed: no message goes without its code
-                        row = {**row, "status": "skipped", "reason": "no_code", "attempts": 0,
-                               "detail": f"coupon pool {want.pool} has no unused code left"}
-                    if conn.execute(insert.values(row)).first() is None:
-                        continue  # another process has this message
-                    if code is None:
-                        outcome.no_code.add(key)
-                        continue
-                    outcome.claimed.add(key)
-                    outcome.codes[key] = code
-                    if key not in kept:
-                        if want.pool != GENERATED:
-                            free[want.pool].pop()
-                        new_claims.append((want.pool, code, record))
+                new_claims: list[tuple[str, str, Record]] = []
+                pending = list(zip(records, rows))
+                while pending:  # more than once only when another process held some of the messages
+                    coded, without = [], []
+                    for record, row in pending:
+                        key, want = record.message_key, wanted[record.message_key]
+                        code = kept.get(key) or (want.generated if want.pool == GENERATED else None)
+                        if code is None and free.get(want.pool):
+                            code = free[want.pool].pop()
+                        (coded if code is not None else without).append((record, row, code))
+                    inserted = self._insert_rows(conn, [row for _, row, _ in coded])
+                    returned = False
+                    for record, _, code in coded:
+                        key, pool = record.message_key, wanted[record.message_key].pool
+                        if key not in inserted:  # another process has this message: its code stays free
+                            if pool != GENERATED and key not in kept:
+                                free[pool].append(code)
+                                returned = True
+                            continue
+                        outcome.claimed.add(key)
+                        outcome.codes[key] = code
+                        if key not in kept:
+                            new_claims.append((pool, code, record))
+                    pending = [(record, row) for record, row, _ in without]
+                    if pending and not returned:  # recorded as skipped, never claimed: no message without its code
+                        skips = [{**row, "status": "skipped", "reason": "no_code", "attempts": 0,
+                                  "detail": f"coupon pool {wanted[record.message_key].pool} has no unused code left"}
+                                 for record, row in pending]
+                        outcome.no_code.update(self._insert_rows(conn, skips))
+                        pending = []
                 self._add_claims(conn, new_claims, now)
                 conn.commit()
         except sa.exc.SQLAlchemyError as exc:
             raise self.db._error("claiming messages with their coupon codes failed on", exc) from None
         return outcome
+
+    def _insert_rows(self, conn: sa.Connection, rows: list[dict]) -> set[str]:
+        """Insert ledger rows whose key is new, on ``conn``; the keys inserted."""
+        insert = _insert(self.db)(ledger_table).on_conflict_do_nothing().returning(ledger_table.c.message_key)
+        inserted: set[str] = set()
+        for start in range(0, len(rows), 500):  # SQLAlchemy sends each chunk as one multi-row INSERT
+            inserted |= {row[0] for row in conn.execute(insert, rows[start:start + 500])}
+        return inserted
 
     def _lock(self, conn: sa.Connection) -> None:
         lock = self.db.dialect.migration_lock  # PostgreSQL: an advisory lock; SQLite: BEGIN IMMEDIATE
