@@ -62,6 +62,20 @@ def _insert(db: Database):
     return import_module(f"sqlalchemy.dialects.{db.dialect.on_conflict_insert}").insert
 
 
+def _unnest_insert(conn: sa.Connection, table: sa.Table, rows: list[dict], conflict: str | None = None) -> set[str]:
+    """DuckDB: ``rows`` inserted as one statement over one LIST parameter per column (as ``Ledger.write_new``
+    does); with ``conflict``, rows whose ``conflict`` column exists are left out and the others' values returned."""
+    names = list(rows[0])
+    types = ["TIMESTAMP" if isinstance(table.c[n].type, sa.DateTime) else "INTEGER" if isinstance(table.c[n].type, sa.Integer)
+             else "VARCHAR" for n in names]
+    unnest = ", ".join(f"unnest(CAST(${i} AS {t}[]))" for i, t in enumerate(types, 1))
+    sql = f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {unnest}"
+    if conflict is not None:
+        sql += f" ON CONFLICT ({conflict}) DO NOTHING RETURNING {conflict}"
+    result = conn.exec_driver_sql(sql, tuple([row[n] for row in rows] for n in names))
+    return {row[0] for row in result} if conflict is not None else set()
+
+
 class CouponStore:
     """The ledger's coupon tables (a mixin of ``Ledger``)."""
 
@@ -122,10 +136,16 @@ class CouponStore:
 
     def _insert_rows(self, conn: sa.Connection, rows: list[dict]) -> set[str]:
         """Insert ledger rows whose key is new, on ``conn``; the keys inserted."""
-        insert = _insert(self.db)(ledger_table).on_conflict_do_nothing().returning(ledger_table.c.message_key)
+        # the conflict target named: DuckDB checks a bare ON CONFLICT against every unique index the slow way
+        insert = (_insert(self.db)(ledger_table).on_conflict_do_nothing(index_elements=[ledger_table.c.message_key])
+                  .returning(ledger_table.c.message_key))
         inserted: set[str] = set()
         for start in range(0, len(rows), 500):  # SQLAlchemy sends each chunk as one multi-row INSERT
-            inserted |= {row[0] for row in conn.execute(insert, rows[start:start + 500])}
+            chunk = rows[start:start + 500]
+            if self.db.dialect.array_parameters == "positional":  # DuckDB: one LIST parameter per column
+                inserted |= _unnest_insert(conn, ledger_table, chunk, conflict="message_key")
+            else:
+                inserted |= {row[0] for row in conn.execute(insert, chunk)}
         return inserted
 
     def _lock(self, conn: sa.Connection) -> None:
@@ -153,12 +173,14 @@ class CouponStore:
                  .order_by(codes.imported_at, codes.code).limit(n))
         return [row[0] for row in conn.execute(query)]
 
-    @staticmethod
-    def _add_claims(conn: sa.Connection, claims: list[tuple[str, str, Record]], now: datetime) -> None:
-        if claims:
-            conn.execute(coupon_claims_table.insert(), [
-                {"pool": pool, "code": code, "message_key": r.message_key, "customer_id": r.customer_id,
-                 "campaign": r.campaign, "step": r.step, "claimed_at": _naive(now)} for pool, code, r in claims])
+    def _add_claims(self, conn: sa.Connection, claims: list[tuple[str, str, Record]], now: datetime) -> None:
+        rows = [{"pool": pool, "code": code, "message_key": r.message_key, "customer_id": r.customer_id,
+                 "campaign": r.campaign, "step": r.step, "claimed_at": _naive(now)} for pool, code, r in claims]
+        for start in range(0, len(rows), 500):
+            if self.db.dialect.array_parameters == "positional":  # DuckDB: executemany is a statement per row
+                _unnest_insert(conn, coupon_claims_table, rows[start:start + 500])
+            else:
+                conn.execute(coupon_claims_table.insert(), rows[start:start + 500])
 
     # --- the pools -------------------------------------------------------------------
 
