@@ -17,7 +17,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -27,8 +27,8 @@ from click.testing import CliRunner
 from conftest import copy_project, database_url, load_history, write
 from engine import Reconciler, load_project
 from engine.cli.main import main
-from engine.run.coupons import pool_levels
-from engine.service.metrics import Metrics
+from engine.clock import FixedClock
+from engine.service.loop import Service
 from engine.state.warehouse import Database
 from servers import SmtpSink
 
@@ -168,14 +168,15 @@ def test_a_low_pool_is_a_plan_warning_and_a_metric(project, tmp_path):
     assert "coupon pool spring is running low: 2 unused code(s) left of 7 (low_at: 2)" in later.stderr
     assert "2 unused code(s) left" not in invoke(project, "codes", "status").output  # the table, not the warning
     assert re.search(r"spring\s+imported\s+7\s+5\s+2\s+2  LOW", invoke(project, "codes", "status").output)
-    # the metric the service sets after each pass (loop._measure_pools)
-    r = Reconciler(load_project(project))
+    # the metric the service sets after each pass, on /metrics
+    service = Service(project, interval=60, metrics_port=0, clock=FixedClock(datetime(2025, 1, 6, 12, 2, tzinfo=UTC)))
     try:
-        metrics = Metrics()
-        metrics.record_pools(pool_levels(r.project, r.ledger))
+        service.start()
+        assert service.run_pass() is not None
+        with urllib.request.urlopen(f"http://127.0.0.1:{service.server.port}/metrics", timeout=10) as response:
+            exposition = response.read().decode()
     finally:
-        r.close()
-    exposition = metrics.exposition().decode()
+        service.close()
     assert 'engine_coupon_codes_left{pool="spring"} 2.0' in exposition
     assert 'engine_coupon_pool_low{pool="spring"} 1.0' in exposition
 
