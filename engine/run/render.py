@@ -2,8 +2,7 @@
 
 Owns what a template sees (the customer, the trigger's record and items or the day's events,
 loaded for a whole batch in a few queries; the unsubscribe link; the discount code claimed with the
-message) and the
-envelope (the address comes from the engine's record, taken before any template runs). Must not
+message) and the envelope (the address comes from the engine's record, taken before any template runs). Must not
 write to the ledger or send: the failures it returns are recorded by the caller.
 """
 from __future__ import annotations
