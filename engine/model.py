@@ -142,6 +142,8 @@ class ProjectConfig:
     scan_url: str = "https://shop.example/scan"
     #: where the service sends whoever follows a valid printed link; default: the shop's website (shop.url)
     scan_landing_url: str = "https://shop.example/"
+    #: pools of the shop's own coupon codes, by name (``coupons:``)
+    coupon_pools: Mapping[str, "CouponPool"] = field(default_factory=dict)
     #: named customer segments for ``engine export``: name -> filter expression
     segments: Mapping[str, str] = field(default_factory=dict)
     #: DuckDB settings (memory_limit, threads) for the warehouse connection; empty keeps DuckDB's defaults
@@ -194,8 +196,24 @@ class QuietHours:
 
 @dataclass(frozen=True)
 class DiscountCode:
+    """A step's code per recipient: generated (``prefix`` + HMAC of the message key) or, with ``pool``,
+    the next unused code of a pool of the shop's own codes (``coupons:`` in engine.yaml)."""
+
     prefix: str = ""
     length: int = 8
+    pool: str | None = None
+
+
+@dataclass(frozen=True)
+class CouponPool:
+    """Codes the shop's platform knows, handed out at most once each (``coupons.<name>`` in engine.yaml):
+    read from a warehouse ``table`` (its ``column``) at every pass, or imported with ``engine codes import``
+    when there is no table. At ``low_at`` codes left or fewer, plan warns and a metric says so."""
+
+    name: str
+    table: str | None = None
+    column: str = "code"
+    low_at: int = 100
 
 
 @dataclass(frozen=True)

@@ -137,9 +137,12 @@ def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: 
         selected = _select(reconciler, campaigns)
         header = f"Plan at {format_instant(now)} for {len(selected)} campaign(s)"
         failed: dict[str, str] = {}  # a campaign that fails is reported; the others are planned
-        write_plan(around_output(reconciler.due(now, selected, failures=failed), progress), fmt, sys.stdout,
-                   include_skipped=include_skipped, limit=limit, header=header,
+        sends: dict[str, int] = {}  # coupon pool -> messages planned with its codes
+        write_plan(around_output(counting_coded_sends(reconciler.due(now, selected, failures=failed), project, sends),
+                                 progress), fmt, sys.stdout, include_skipped=include_skipped, limit=limit, header=header,
                    kinds={name: channel.kind for name, channel in reconciler.config.channels.items()})
+        for warning in plan_pool_warnings(project, reconciler, selected, sends):
+            click.echo(f"Warning: {warning}", err=True)
     finally:
         progress.finish()
         reconciler.close()
@@ -313,12 +316,15 @@ def show_message(project_dir: Path, message_key: str, out: Path | None):
     config = reconciler.config
     try:
         row = reconciler.ledger.get(message_key)
+        coupon = reconciler.ledger.codes_of([message_key]).get(message_key)
     finally:
         reconciler.close()
     if row is None:
         raise click.ClickException(f"no message with key '{message_key}' in the ledger (keys look like campaign:step:customer:trigger)")
     click.echo(f"# {row['message_key']}: {row['status']}" + (f" ({row['reason']})" if row["reason"] else "")
                + f", attempts {row['attempts']}, updated {row['updated_at']}", err=True)
+    if coupon is not None:
+        click.echo(f"# coupon code: {coupon[1]} ({f'pool {coupon[0]}' if coupon[0] else 'generated'})", err=True)
     if row["detail"]:
         click.echo(mask(f"# provider: {row['detail']}"), err=True)
     if not row["content"]:
@@ -412,6 +418,7 @@ def ledger_upgrade(project_dir: Path):
 
 
 from engine.cli.backtest import backtest  # noqa: E402 - registered after main exists
+from engine.cli.codes import codes, counting_coded_sends, plan_pool_warnings  # noqa: E402 - registered after main exists
 from engine.cli.customer import customer  # noqa: E402
 from engine.cli.explain import explain  # noqa: E402
 from engine.cli.init import init  # noqa: E402
@@ -420,6 +427,7 @@ from engine.cli.stats import report, stats  # noqa: E402
 
 for _command in (explain, customer, export, backtest, stats, report, init):
     main.add_command(_command)
+main.add_command(codes)
 accept_project_anywhere(main)  # after every command is registered
 
 

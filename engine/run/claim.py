@@ -2,13 +2,17 @@
 those this process inserted go on.
 
 Owns the rule that a channel which cannot open gets no claims, and the ``claimed`` failpoint.
-Must not render, send, or record anything but the claims.
+A message whose step gives a coupon code is claimed together with its code (coupons.py), or
+recorded as skipped (no_code) when its pool is empty. Must not render, send, or record anything
+but the claims.
 """
 from __future__ import annotations
 
 from datetime import datetime
 
 from engine.faults import checkpoint
+from engine.model import Project
+from engine.run.coupons import wanted_codes
 from engine.run.messages import DueMessage, PassReport
 from engine.run.record import as_record
 from engine.run.sessions import ChannelSessions
@@ -16,13 +20,23 @@ from engine.state.ledger import Ledger
 
 
 def claim(batch: list[DueMessage], ledger: Ledger, sessions: ChannelSessions, now: datetime,
-          report: PassReport) -> list[DueMessage]:
-    """The batch's ``send`` messages this process claimed, in batch order."""
+          report: PassReport, project: Project | None = None, secret: str = "") -> list[DueMessage]:
+    """The batch's ``send`` messages this process claimed, in batch order; with ``project``, those whose
+    step gives a coupon code carry it (``DueMessage.code``), ``secret`` signing the generated ones."""
     # open channels before claiming: a channel that cannot open gets no claims
     sendable = [m for m in batch if m.action == "send" and sessions.get(m.channel) is not None]
     for m in batch:
         if m.action == "send" and sessions.get(m.channel) is None:
             report.add(m.campaign, m.step, "not_sent:channel_unavailable", channel=m.channel)
-    claimed = ledger.write_new((as_record(m, "claimed") for m in sendable), now)
+    wanted = wanted_codes(sendable, project, secret) if project is not None else {}
+    claimed = ledger.write_new((as_record(m, "claimed") for m in sendable if m.key not in wanted), now)
+    if wanted:
+        coded = ledger.claim_with_codes([as_record(m, "claimed") for m in sendable if m.key in wanted], wanted, now)
+        claimed |= coded.claimed
+        for m in sendable:
+            if m.key in coded.codes:
+                m.code = coded.codes[m.key]
+            elif m.key in coded.no_code:
+                report.add(m.campaign, m.step, "skipped:no_code", channel=m.channel)
     checkpoint("claimed")
     return [m for m in sendable if m.key in claimed]

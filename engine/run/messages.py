@@ -36,6 +36,8 @@ class DueMessage:
     detail: str | None = None
     #: ids of the step's variants this customer qualifies for, in preference order (channel choice)
     candidates: tuple[str, ...] = ()
+    #: the coupon code claimed with the message, when its step gives one (claim.py)
+    code: str | None = None
 
     @property
     def key(self) -> str:

@@ -21,6 +21,7 @@ from engine.model import Campaign, Project
 from engine.progress import Progress
 from engine.run import plan, policies
 from engine.run.claim import claim
+from engine.run.coupons import sync_pools
 from engine.run.contacts import attach_contacts
 from engine.run.isolation import isolated
 from engine.run.ledger_state import open_ledger, record_segment_entries
@@ -122,10 +123,11 @@ class Reconciler:
             recover(now, project, config, ledger, sessions, report)
             retry(now, project, config, ledger, sources, sessions, report)
             self.enter_segments(now, selected, failures=report.failed_campaigns)
+            sync_pools(project, self.warehouse, ledger, selected, now, report.failed_campaigns)
             renderer = Renderer(project.templates_dir)
             for batch in self.due(now, selected, failures=report.failed_campaigns):
                 record_decisions(batch, ledger, now, report)
-                claimed = claim(batch, ledger, sessions, now, report)
+                claimed = claim(batch, ledger, sessions, now, report, project, secret)
                 rendered = render(claimed, project, config, renderer, secret, sources, report, now)
                 record_failures(rendered.failures, ledger, now)
                 sent = send(rendered.messages, rendered.contents, now, sessions, ledger, config, report)

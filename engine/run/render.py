@@ -1,8 +1,8 @@
 """The render stage: each claimed message becomes the message a channel sends, or a render failure.
 
 Owns what a template sees (the customer, the trigger's record and items or the day's events,
-loaded for a whole batch in a few queries; the unsubscribe link; the discount code) and the
-envelope (the address comes from the engine's record, taken before any template runs). Must not
+loaded for a whole batch in a few queries; the unsubscribe link; the discount code claimed with the
+message) and the envelope (the address comes from the engine's record, taken before any template runs). Must not
 write to the ledger or send: the failures it returns are recorded by the caller.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ from engine.channel_kinds.declaration import PRINTED_LINK
 from engine.channels import OutgoingMessage, with_document
 from engine.channels.base import DocumentProblem
 from engine.clock import format_instant, parse_stored_timestamp
-from engine.decide import discount_code
 from engine.errors import TemplateError
 from engine.model import Project, ProjectConfig
 from engine.spec.config import shop_settings
@@ -68,7 +67,12 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
                                                       kind.unsubscribe_scope)
         context["scan_url"] = scan_link.link(config.scan_url, secret, m.key)
         if step.discount_code is not None:
-            context["discount_code"] = discount_code(secret, m.key, step.discount_code.prefix, step.discount_code.length)
+            if m.code is None:  # claimed without its code (not through claim.py): never sent without it
+                rendered.failures.append(as_record(m, "skipped", reason="no_code",
+                                                   detail="claimed without the coupon code its step gives"))
+                report.add(m.campaign, m.step, "skipped:no_code", channel=m.channel)
+                continue
+            context["discount_code"] = m.code  # claimed with the message: a pool's code, or the generated one
         try:
             content = renderer.render(variant.template, channel.kind, context)
         except TemplateError as exc:

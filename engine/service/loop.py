@@ -36,6 +36,7 @@ from engine.logs import declare_personal, event
 from engine.masking import mask
 from engine.service.metrics import Metrics
 from engine.model import Project
+from engine.run.coupons import pool_levels
 from engine.run.messages import PassReport
 from engine.run.reconcile import Reconciler
 from engine.service.reload import LoadResult, ProjectWatcher
@@ -75,6 +76,17 @@ class LoggedLedger:
             else:
                 _message_event(r, logging.INFO)
         return inserted
+
+    def claim_with_codes(self, records: list[Record], wanted: dict, now: datetime):
+        claims = self._ledger.claim_with_codes(records, wanted, now)
+        started = self._monotonic()
+        for r in records:
+            if r.message_key in claims.claimed:
+                self._claimed_at[r.message_key] = started
+                _message_event(r, logging.DEBUG)
+            elif r.message_key in claims.no_code:
+                _message_event(dataclasses.replace(r, status="skipped", reason="no_code"), logging.INFO)
+        return claims
 
     def record_outcomes(self, records: Iterable[Record], now: datetime) -> None:
         records = list(records)
@@ -276,7 +288,22 @@ class Service:
               f"in {duration:.2f}s", now=format_instant(now), sent=sent, skipped=skipped, failed=failed,
               due=sum(report.counts.values()), duration=round(duration, 4))
         self._measure_backlog(reconciler, now)
+        self._measure_pools(reconciler)
         return report
+
+    def _measure_pools(self, reconciler: Reconciler) -> None:
+        """The coupon pools' unused codes (the pass copied the warehouse tables' codes into the ledger)."""
+        if not reconciler.project.config.coupon_pools:
+            return
+        try:
+            levels = pool_levels(reconciler.project, reconciler.ledger)
+        except EngineError as exc:
+            event("ledger.unreadable", f"Could not count the coupon pools: {str(exc).splitlines()[0]}", logging.WARNING)
+            return
+        self.metrics.record_pools(levels)
+        for level in levels:
+            if level.low:
+                event("coupons.low", level.warning(), logging.WARNING, pool=level.pool, left=level.left)
 
     def _measure_backlog(self, reconciler: Reconciler, now: datetime) -> None:
         """Claimed rows without an outcome: left by a pass that died between claim and send."""

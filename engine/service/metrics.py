@@ -17,6 +17,7 @@ from prometheus_client import (
 )
 
 from engine import __version__
+from engine.run.coupons import PoolLevel
 from engine.run.messages import PassReport
 
 PASS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -66,6 +67,10 @@ class Metrics:
         self.reload_failures = Counter("engine_config_reload_failures", "Project changes refused (invalid); the last valid project kept running.",
                                        registry=registry)
         self.campaigns = Gauge("engine_campaigns_active", "Campaigns the reconciler runs.", registry=registry)
+        self.coupon_codes_left = Gauge("engine_coupon_codes_left", "Unused codes of each coupon pool after the last pass.",
+                                       ["pool"], registry=registry)
+        self.coupon_pool_low = Gauge("engine_coupon_pool_low", "1 when a coupon pool has its low_at (engine.yaml) unused codes "
+                                     "or fewer: messages that find it empty are skipped (no_code).", ["pool"], registry=registry)
         self.campaign_failures = Counter("engine_campaign_failures", "Passes in which a campaign's query or decisions failed "
                                          "(it sent nothing more that pass; the other campaigns went on).",
                                          ["campaign"], registry=registry)
@@ -90,6 +95,12 @@ class Metrics:
                 self.failed.labels(*labels, reason or "unknown").inc(n)
             else:
                 self.deferred.labels(*labels, reason or kind).inc(n)
+
+    def record_pools(self, levels: list[PoolLevel]) -> None:
+        """The coupon pools' unused codes and whether each is running low (run.coupons.pool_levels)."""
+        for level in levels:
+            self.coupon_codes_left.labels(level.pool).set(level.left)
+            self.coupon_pool_low.labels(level.pool).set(1 if level.low else 0)
 
     def record_failed_pass(self, duration: float) -> None:
         self.passes.labels("error").inc()

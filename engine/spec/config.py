@@ -30,7 +30,7 @@ from engine.spec import dbt
 from engine.spec.load import Document, load_yaml_file
 from engine.masking import remember, secret_references
 from engine.model import (
-    ENTITY_COLUMNS, ChannelConfig, DemoConfig, EntitySource, FrequencyCap, ProjectConfig, QuietHours, RetryPolicy,
+    ENTITY_COLUMNS, ChannelConfig, CouponPool, DemoConfig, EntitySource, FrequencyCap, ProjectConfig, QuietHours, RetryPolicy,
 )
 from engine.spec.schemas import schema_issues
 from engine.spec.unsafe_defaults import unsafe_setting_issues
@@ -150,6 +150,8 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         segments=dict(data.get("segments", {})),
         currency=defaults.get("currency", ProjectConfig.currency),
         shop=shop_settings(data.get("shop") or {}),
+        coupon_pools={name: CouponPool(name=name, table=spec.get("table"), column=spec.get("column", "code"),
+                                       low_at=spec.get("low_at", 100)) for name, spec in (data.get("coupons") or {}).items()},
         **_policies(doc, data.get("policies", {}), channels, issues),
     )
     if config.is_demo and "unsubscribe_url" not in data.get("policies", {}) and config.shop["url"]:

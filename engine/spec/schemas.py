@@ -107,6 +107,12 @@ def _slug(text: str) -> str:
     return slug or "second-order"
 
 
+def _identifier(text: str) -> str:
+    """'coupon code' -> 'coupon_code', '1st' -> '_1st': a name SQL takes unquoted."""
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_")
+    return "_" + name if name[:1].isdigit() else name
+
+
 _UNITS = {"second": "s", "sec": "s", "minute": "m", "min": "m", "hour": "h", "day": "d", "week": "w"}
 
 
@@ -137,6 +143,10 @@ _PATTERN_WORDS = (
      lambda t: f'ref("{_slug(t).replace("-", "_")}")'),
     (lambda p: p == "^[A-Za-z0-9_-]{1,32}$", "1 to 32 letters A-Z or a-z, digits 0-9, '-' and '_'",
      lambda t: (re.sub(r"[^A-Za-z0-9_-]+", "-", t).strip("-")[:32] or "topic")),
+    (lambda p: p == "^[A-Za-z_][A-Za-z0-9_]*$", "a column name: letters, digits and '_', not starting with a digit",
+     lambda t: _identifier(t) or "code"),
+    (lambda p: p.startswith("^[A-Za-z_][A-Za-z0-9_]*(\\."), "a table name, or schema.table: letters, digits and '_'",
+     lambda t: ".".join(filter(None, map(_identifier, t.split(".")[:3]))) or "coupon_codes"),
     (lambda p: p == "^[A-Za-z]{2}$", "a two-letter ISO 3166 country code", lambda t: "DE"),
     (lambda p: p == "^[A-Z]{3}$", "a three-letter ISO 4217 currency code in capitals",
      lambda t: (re.sub(r"[^A-Z]+", "", t.upper()) + "EUR")[:3] if len(re.sub(r"[^A-Z]+", "", t.upper())) >= 3 else "EUR"),

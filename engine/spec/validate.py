@@ -326,19 +326,36 @@ def _step(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Tri
     _check_filter(doc, where + ("audience",), raw.get("audience"), attributes, issues, config)
     quiet = raw.get("quiet_hours")
     code = raw.get("discount_code")
+    if code is not None and code.get("pool") is not None:
+        _check_pool(doc, config, where + ("discount_code",), code, issues)
     delivery = raw.get("delivery")
     return Step(
         id=raw["id"], delay=delay, freshness=freshness, variants=tuple(variants),
         audience=raw.get("audience"),
         send_at=parse_clock(raw["send_at"]) if "send_at" in raw else None,
         quiet_hours=parse_quiet_hours(quiet) if quiet else None,
-        discount_code=DiscountCode(prefix=code.get("prefix", ""), length=code.get("length", 8)) if code is not None else None,
+        discount_code=DiscountCode(prefix=code.get("prefix", ""), length=code.get("length", 8),
+                                   pool=code.get("pool")) if code is not None else None,
         actions=tuple(Action(kind=k, tag=t) for a in raw.get("actions", []) for k, t in a.items()),
         delivery=DeliveryOptions(
             ttl=duration_setting(doc, where + ("delivery", "ttl"), delivery["ttl"], issues) if "ttl" in delivery else None,
             urgency=delivery.get("urgency"), topic=delivery.get("topic"),
         ) if delivery is not None else None,
     )
+
+
+def _check_pool(doc: Document, config: ProjectConfig, where: tuple, code: dict, issues: list[Issue]) -> None:
+    """A step's coupon pool is one of engine.yaml's, and its codes are not generated too."""
+    pool = code["pool"]
+    if pool not in config.coupon_pools:
+        known = ", ".join(sorted(config.coupon_pools)) or "none"
+        issues.append(doc.issue(where + ("pool",), f"coupon pool '{pool}' is not in engine.yaml (pools: {known})",
+                                fix=f"add it under coupons: in engine.yaml, e.g. coupons: {{{pool}: {{table: shop.coupon_codes}}}} "
+                                    f"(or without table, then import its codes: engine codes import {pool} FILE.csv)"))
+    for generated in ("prefix", "length"):
+        if generated in code:
+            issues.append(doc.issue(where + (generated,), f"{generated} is for generated codes; pool {pool}'s codes "
+                                    "are the shop's own", fix=f"remove {generated}, or the pool"))
 
 
 def sample_context(config: ProjectConfig, trigger: Trigger, discount_code: bool) -> dict:

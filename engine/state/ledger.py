@@ -16,7 +16,7 @@ Life cycle of a message row::
                                                |            passes the policies again; quiet hours hold it)
                                                \--> failed (permanent: the address is suppressed)
     skipped (reason: stale, stopped, no_variant, no_contact, invalid_contact, no_consent,
-             suppressed, frequency_cap, reentry)
+             suppressed, frequency_cap, reentry, no_code)
     claimed, older than the claim timeout (the process died):
         without content -> released (deleted; nothing was sent, the next pass re-derives it),
                            or skipped (stale) when past its freshness window
@@ -29,7 +29,9 @@ records the previous group's outcomes), committed before the group is sent,
 and only on a claim without content (a compare-and-set: one process hands a
 message over). So "no content" proves "not sent", and a crash leaves in doubt
 only the groups in flight. Also here: suppressed addresses (hard bounces),
-unsubscribes and tags.
+unsubscribes and tags. A message whose step gives a coupon code is claimed
+together with its code, or skipped (no_code) when its pool is empty
+(``CouponStore``, coupons.py).
 
 The tables are declared in ``ledger_tables``; ``Ledger`` is the ``LedgerReader``
 the tools read through (ledger_reader.py) and implements ``LedgerWriter``
@@ -47,6 +49,7 @@ import sqlalchemy as sa
 
 from engine.dialects import Dialect
 from engine.state import migrations
+from engine.state.coupons import CouponStore
 from engine.state.ledger_reader import LedgerReader
 from engine.state.ledger_tables import (  # noqa: F401 - re-exported: the tests and benchmarks build ledgers from them
     entries_table, gone_contacts_table, ledger_table, metadata, suppressions_table, tags_table, unsubscribes_table,
@@ -92,7 +95,7 @@ def _conflict_insert(dialect: Dialect):
 SNAPSHOT_LIMIT = 50_000
 
 
-class Ledger(LedgerReader, LedgerWriter):
+class Ledger(CouponStore, LedgerReader, LedgerWriter):
     """The ledger as the pass uses it: its reads (``LedgerReader``'s and the policies'), and every write
     (``LedgerWriter``, ledger_writer.py, lists them)."""
 
@@ -185,9 +188,11 @@ class Ledger(LedgerReader, LedgerWriter):
                 continue
         return inserted
 
-    def write_new(self, records: Iterable[Record], now: datetime) -> set[str]:
+    @staticmethod
+    def ledger_rows(records: Iterable[Record], now: datetime) -> list[dict]:
+        """The ledger rows of new ``records`` (claims and skips), created at ``now``."""
         now = _naive(now)
-        rows = [
+        return [
             {
                 "message_key": r.message_key, "campaign": r.campaign, "step": r.step,
                 "customer_id": r.customer_id, "trigger_key": r.trigger_key, "channel": r.channel,
@@ -198,6 +203,9 @@ class Ledger(LedgerReader, LedgerWriter):
             }
             for r in records
         ]
+
+    def write_new(self, records: Iterable[Record], now: datetime) -> set[str]:
+        rows = self.ledger_rows(records, now)
         inserted: set[str] = set()
         for start in range(0, len(rows), 500):
             inserted |= self._insert_ignoring_existing(rows[start:start + 500])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from engine.state.tables import (
-    ENTRIES_TABLE, GONE_CONTACTS_TABLE, LEDGER_TABLE, SUPPRESSIONS_TABLE, TAGS_TABLE, UNSUBSCRIBES_TABLE,
+    COUPON_CLAIMS_TABLE, COUPON_CODES_TABLE, ENTRIES_TABLE, GONE_CONTACTS_TABLE, LEDGER_TABLE, SUPPRESSIONS_TABLE, TAGS_TABLE, UNSUBSCRIBES_TABLE,
 )
 
 metadata = sa.MetaData()
@@ -90,4 +90,32 @@ gone_contacts_table = sa.Table(
     sa.Column("message_key", sa.String(400)),
     sa.Column("detail", sa.Text),
     sa.Column("gone_at", sa.DateTime, nullable=False),
+)
+
+#: The codes of the pools of the shop's own coupon codes (engine.yaml ``coupons:``): imported from a CSV file
+#: (``engine codes import``) or copied from the pool's warehouse table at every pass. Migration 0004.
+coupon_codes_table = sa.Table(
+    COUPON_CODES_TABLE,
+    metadata,
+    sa.Column("pool", sa.String(64), primary_key=True),
+    sa.Column("code", sa.String(128), primary_key=True),
+    sa.Column("source", sa.Text),  # file:line of the import, or the warehouse table
+    sa.Column("imported_at", sa.DateTime, nullable=False),
+)
+
+#: Every code handed to a message, claimed in the transaction that claims the message: a code of a pool
+#: (pool, code) at most once, a message (message_key) at most one code. Generated codes are kept too,
+#: with pool "" (they are unique by construction). Never deleted: a code whose message was not sent
+#: stays with it ("burnt"). Migration 0004.
+coupon_claims_table = sa.Table(
+    COUPON_CLAIMS_TABLE,
+    metadata,
+    sa.Column("pool", sa.String(64), primary_key=True),
+    sa.Column("code", sa.String(128), primary_key=True),
+    sa.Column("message_key", sa.String(400), nullable=False),
+    sa.Column("customer_id", sa.String(128), nullable=False),
+    sa.Column("campaign", sa.String(64), nullable=False),
+    sa.Column("step", sa.String(64), nullable=False),
+    sa.Column("claimed_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("message_key", name="engine_coupon_claims_message"),
 )

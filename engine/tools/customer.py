@@ -2,7 +2,7 @@
 
 Attributes and orders come from the warehouse through the source mapping
 (lookup.py); participation is every ledger row of the customer (campaign,
-step, status, reason, channel, when), with the message as stored when asked
+step, status, reason, channel, when, the coupon code claimed with it), with the message as stored when asked
 (``dispatch.deserialize``, as ``engine show-message``), plus the engine's
 tags and unsubscribes. Read-only.
 """
@@ -94,8 +94,12 @@ def customer_view(reconciler: Reconciler, customer_id: str, *, all_orders: bool 
 
 def _ledger(reconciler: Reconciler, customer_id: str, messages: bool) -> list[dict]:
     rows = []
-    for row in reconciler.ledger.customer_messages(customer_id, LEDGER_FIELDS + (("content",) if messages else ())):
+    found = reconciler.ledger.customer_messages(customer_id, LEDGER_FIELDS + (("content",) if messages else ()))
+    codes = reconciler.ledger.codes_of([row["message_key"] for row in found])  # the coupon claimed with each
+    for row in found:
         entry = {k: plain(row[k]) for k in LEDGER_FIELDS}
+        pool, code = codes.get(row["message_key"], (None, None))
+        entry["discount_code"], entry["coupon_pool"] = code, pool or None
         if messages:
             entry["message"] = _message(row["message_key"], row["content"])
         rows.append(entry)
@@ -127,6 +131,8 @@ def format_text(view: CustomerView) -> str:
         outcome = r["status"] + (f" ({r['reason']})" if r["reason"] else "")
         lines.append(f"  {r['created_at']}  {r['campaign']}/{r['step']}  {r['channel'] or '-'}  {outcome}"
                      f"  trigger {r['trigger_key']}  [{r['message_key']}]")
+        if r.get("discount_code"):
+            lines.append(f"      code: {r['discount_code']}" + (f" (pool {r['coupon_pool']})" if r["coupon_pool"] else " (generated)"))
         message = r.get("message")
         if message:
             lines.append(f"      To: {message['to']}  From: {message['from']}")

@@ -289,6 +289,7 @@ REASONS = {
     "frequency_cap": "a frequency cap is reached",
     "reentry": "the re-entry rule blocks this trigger instance",
     "recently_contacted": "something was sent to the customer recently",
+    "no_code": "the step's coupon pool had no unused code left when the message was claimed; never sent without one",
 }
 
 

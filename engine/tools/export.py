@@ -8,7 +8,8 @@ Streamed: rows are written as the database returns them, batch by batch
   filter language (``compile.segment_query``);
 - a campaign: the messages due now, the rows and columns of ``engine plan``
   (``Reconciler.due``, ``output.write_plan``);
-- a campaign with ``history``: its ledger rows (``LedgerReader.history``).
+- a campaign with ``history``: its ledger rows (``LedgerReader.history``), each with the coupon
+  code claimed with the message.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from engine.sql.shipping import state_needs
 
 HISTORY_FIELDS = ("message_key", "campaign", "step", "customer_id", "trigger_key", "variant", "channel", "status",
                   "reason", "detail", "trigger_at", "due_at", "created_at", "updated_at", "attempts", "next_attempt_at")
+#: with the history: the coupon code claimed with each message and its pool (empty: a generated code)
+CODE_FIELDS = ("discount_code", "coupon_pool")
 BATCH_SIZE = 5000
 
 
@@ -90,8 +93,29 @@ def export_segment(reconciler: Reconciler, where: str, now: datetime, fmt: str, 
 def export_history(reconciler: Reconciler, campaign: str, fmt: str, out: IO[str], progress: Progress = Progress()) -> int:
     """Write every ledger row of ``campaign`` (without the stored content); return how many."""
     dialect = reconciler.ledger.dialect  # the ledger opened (a missing one: empty, in memory)
-    write = _writer(fmt, out, list(HISTORY_FIELDS))
-    return _write_stream(reconciler.ledger.history(campaign, HISTORY_FIELDS, dialect, BATCH_SIZE), write, progress)
+    write = _writer(fmt, out, list(HISTORY_FIELDS) + list(CODE_FIELDS))
+    return _write_stream(_with_codes(reconciler, reconciler.ledger.history(campaign, HISTORY_FIELDS, dialect, BATCH_SIZE)),
+                         write, progress)
+
+
+def _with_codes(reconciler: Reconciler, batches: Iterator[list]) -> Iterator[list]:
+    """Each history row with the coupon code claimed with its message (one lookup per batch)."""
+    for rows in batches:
+        codes = reconciler.ledger.codes_of([row._mapping["message_key"] for row in rows])
+        yield [_Row({**row._mapping, **dict(zip(CODE_FIELDS, _code(codes.get(row._mapping["message_key"]))))})
+               for row in rows]
+
+
+def _code(found: tuple[str, str] | None) -> tuple[str | None, str | None]:
+    """(discount_code, coupon_pool) of a claimed code; pool "" (generated) is written as empty."""
+    return (found[1], found[0] or None) if found else (None, None)
+
+
+class _Row:
+    """A row of ``_write_stream`` made here: its mapping."""
+
+    def __init__(self, mapping: dict):
+        self._mapping = mapping
 
 
 def export_plan(reconciler: Reconciler, campaign: str, now: datetime, fmt: str, out: IO[str],

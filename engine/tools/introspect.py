@@ -34,6 +34,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from engine.run.coupons import CouponPoolError, read_pool_table
 from engine.decide import known_zone
 from engine.sql.compile import render_sql, source_select
 from engine.spec.config import CONFIG_FILE, database_url, load_config
@@ -109,6 +110,12 @@ def warehouse_issues(config: ProjectConfig, paths: Iterable[str] | None = None) 
         issues = [issue for entity, source in config.sources.items() for issue in checker.source(entity, source)]
         if checker.customer_kinds:
             issues += filter_issues(config, campaign_files(config.root, paths), checker.customer_kinds)
+        for pool in config.coupon_pools.values():  # a pool's table: there, and no empty or duplicate code
+            if pool.table is not None:
+                try:
+                    read_pool_table(db, pool, config.dialect)
+                except CouponPoolError as exc:
+                    issues.append(doc.issue(("coupons", pool.name, "table"), str(exc)))
         return issues
     finally:
         db.dispose()
