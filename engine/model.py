@@ -26,7 +26,7 @@ ENTITY_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "orders": (
         ("order_id", "customer_id", "created_at"),
-        ("status", "total", "currency", "payment_method", "delivery_date"),
+        ("status", "total", "currency", "payment_method", "delivery_date", "shipping_country"),
     ),
     "order_items": (("order_id",), ("product_id", "name", "quantity", "price", "image_url", "url", "category")),
     "checkouts": (("checkout_id", "customer_id", "created_at"), ("completed_at", "total", "currency", "url")),

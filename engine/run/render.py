@@ -99,6 +99,13 @@ def template_context(m: DueMessage, trigger_record: dict) -> dict:
     }
 
 
+def item_summary(items: list[dict]) -> dict:
+    """``trigger.item_count`` (a quantity counts that many, a row without one, one) and
+    ``trigger.categories`` (distinct, sorted) of an order's or a checkout's items, as filters count them."""
+    count = sum(int(item["quantity"]) if item.get("quantity") is not None else 1 for item in items)
+    return {"item_count": count, "categories": sorted({str(i["category"]) for i in items if i.get("category") is not None})}
+
+
 class TriggerContexts:
     """Loads what a template shows about the trigger, for a whole batch in a few queries:
     the order or checkout and its items, or the day's events (viewed products, searches)."""
@@ -129,6 +136,7 @@ class TriggerContexts:
             for m in group:
                 record = dict(records.get(m.trigger_key, [{}])[0])
                 record["items"] = items.get(m.trigger_key, [])
+                record.update(item_summary(record["items"]))
                 contexts[(name, m.customer_id, m.trigger_key)] = record
         return contexts
 
@@ -151,5 +159,5 @@ class TriggerContexts:
         contexts = {}
         for (customer_id, key), events in by_instance.items():
             events.sort(key=lambda e: str(e["occurred_at"]), reverse=True)
-            contexts[(campaign, customer_id, key)] = {"items": events, "events": events}
+            contexts[(campaign, customer_id, key)] = {**events[0], "items": events, "events": events}
         return contexts

@@ -17,7 +17,7 @@ from engine import channel_kinds
 from engine.errors import FilterError, Issue
 from engine.clock import Duration
 from engine.spec.config import duration_setting, parse_clock, parse_quiet_hours, shop_settings
-from engine.sql.filter_types import attribute_kinds, check_types, filter_attributes
+from engine.sql.filter_types import attribute_kinds, check_types, filter_attributes, trigger_properties
 from engine.sql.filters import parse_filter, referenced_functions
 from engine.spec.load import Document, display_path, format_path, load_yaml_file
 from engine.model import (
@@ -120,12 +120,23 @@ def _check_trigger(doc: Document, config: ProjectConfig, trigger: Trigger, issue
     kind.check(trigger, config, _TriggerFile(doc, config, issues))
 
 
+class _Attributes(list):
+    """What a campaign's filters may name, and the properties of its trigger the mapping lacks
+    (``trigger.x`` -> the "entity.column" to map), for the fix of a filter naming one."""
+
+    def __init__(self, config: ProjectConfig, trigger: Trigger | None):
+        record = kind_of(trigger).template_record if trigger is not None else None
+        entity = record.entity if record is not None else None
+        super().__init__(filter_attributes(config, entity))
+        self.unmapped = {k: v for k, v in trigger_properties(config, entity).items() if v is not None}
+
+
 def _check_filter(doc: Document, path: tuple, text: str | None, attributes: list[str], issues: list[Issue],
                   config: ProjectConfig) -> None:
     if text is None:
         return
     try:
-        tree = parse_filter(text, attributes)
+        tree = parse_filter(text, attributes, getattr(attributes, "unmapped", None))
         check_types(tree, attribute_kinds(config), text)
     except FilterError as exc:
         issues.append(doc.issue(path, exc.message, fix=exc.fix, position=doc.value_position(path, exc.offset)))
@@ -138,8 +149,8 @@ def _check_filter(doc: Document, path: tuple, text: str | None, attributes: list
 def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) -> tuple[Campaign, list[Issue]]:
     data = doc.data
     issues: list[Issue] = []
-    attributes = filter_attributes(config)
     trigger = _trigger(doc, config, data["trigger"], issues)
+    attributes = _Attributes(config, trigger)
     _check_trigger(doc, config, trigger, issues)
     for index, stop in enumerate(data.get("stop", [])):
         for entity in STOP_CONDITIONS[stop]:
@@ -238,11 +249,11 @@ def _checks_despite_schema(doc: Document, config: ProjectConfig, renderer: Rende
 
     data = doc.data if isinstance(doc.data, dict) else {}
     issues: list[Issue] = []
-    attributes = filter_attributes(config)
     trigger = None
     if usable(("trigger",), dict):
         trigger = _trigger(doc, config, data["trigger"], issues)
         _check_trigger(doc, config, trigger, issues)
+    attributes = _Attributes(config, trigger)
     for index, stop in enumerate(usable(("stop",), list, whole=False) or []):
         if isinstance(stop, str) and stop in STOP_CONDITIONS and usable(("stop", index)):
             column = "unsubscribed_at" if stop == "unsubscribed" else None
@@ -358,6 +369,8 @@ def sample_context(config: ProjectConfig, trigger: Trigger, discount_code: bool)
     trigger_entity, item_entity = (template_record.entity, template_record.items) if template_record else (None, None)
     trigger_record = record(trigger_entity) if trigger_entity and trigger_entity in config.sources else {}
     items = [record(item_entity)] if item_entity and item_entity in config.sources else []
+    if template_record is not None and template_record.key_column is not None and trigger_record:
+        trigger_record.update(item_count=1, categories=["sample"])  # render.item_summary
     context = {
         "customer": record("customers"),
         "trigger": {"key": "1", "at": "2025-01-01 00:00:00", **trigger_record},

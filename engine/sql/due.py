@@ -18,8 +18,8 @@ from sqlglot import exp
 
 from engine.model import Campaign, ProjectConfig
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, StateRelations, col, is_customer, lit, per_zone_window, step_window, text,
-    variant_columns, without_ledger_rows,
+    CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, StateRelations, col, is_customer, join_trigger_properties, lit,
+    per_zone_window, step_window, text, variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
 from engine.sql.triggers.registry import kind_of
@@ -58,7 +58,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     windows = [step_window(step, now, config.stale_horizon) for step in campaign.steps]
     earliest = None if any(w.earliest is None for w in windows) else min(w.earliest for w in windows)
     builder.ctes["trigger_instances"] = kind.instances(builder, campaign, earliest)
-    attributes = filter_attributes(config)
+    attributes = filter_attributes(config, kind.template_record and kind.template_record.entity)
     width = variant_columns(campaign)
     selects = []
     for step, window in zip(campaign.steps, windows):
@@ -105,6 +105,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
         )
         query = builder.join_facts(query, col("t", "customer_id")).where(*conditions)
+        query = join_trigger_properties(builder, query, lambda: kind.properties_select(builder, campaign))
         if exclude_ledger and kind.keys_in_sql:
             query = without_ledger_rows(query, campaign, step)
         selects.append(query)
@@ -148,7 +149,7 @@ def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, cust
     builder = QueryBuilder(config, now, dialect or config.dialect, state=state)
     customers = builder.source("customers")
     builder.ctes["trigger_instances"] = kind.instances(builder, campaign, None)
-    attributes = filter_attributes(config)
+    attributes = filter_attributes(config, kind.template_record and kind.template_record.entity)
     checks: list[FilterCheck] = []
 
     def add(scope: str, text_: str, step: str | None = None, variant: str | None = None) -> None:
@@ -175,6 +176,7 @@ def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, cust
         .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
     )
     query = builder.join_facts(query, col("t", "customer_id"))
+    query = join_trigger_properties(builder, query, lambda: kind.properties_select(builder, campaign))
     conditions = [is_customer(col("t", "customer_id"), customer_id), *kind.conditions(campaign.trigger)]
     query = query.where(*conditions).order_by(exp.Ordered(this=col("t", "trigger_at"), desc=True),
                                               exp.Ordered(this=col("t", "trigger_key"), desc=True))
