@@ -171,6 +171,7 @@ STOP_CONDITIONS = {
     "ordered_again": ("orders",),
     "came_back": ("events",),
     "unsubscribed": ("customers",),
+    "left_segment": ("customers",),  # a segment_entry trigger's segment no longer matches the customer
 }
 
 

@@ -156,6 +156,10 @@ def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) ->
         for entity in STOP_CONDITIONS[stop]:
             column = "unsubscribed_at" if stop == "unsubscribed" else None
             _needs(doc, config, ("stop", index), f"stop condition {stop}", entity, column, issues)
+        if stop == "left_segment" and not kind_of(trigger).has_segment:
+            segment_kinds = " / ".join(kind.name for kind in KINDS if kind.has_segment)
+            issues.append(doc.issue(("stop", index), f"stop condition left_segment needs a segment trigger, not {trigger.kind}",
+                                    fix=f"use a {segment_kinds} trigger, or another stop condition"))
     _check_filter(doc, ("audience",), data.get("audience"), attributes, issues, config)
     reentry = _reentry(doc, data.get("reentry", "per_trigger"), issues)
     steps = [_step(doc, config, renderer, trigger, ("steps", index), raw, attributes, issues)

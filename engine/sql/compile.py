@@ -306,6 +306,8 @@ class QueryBuilder:
         #: a filter names the trigger's own properties (``trigger.total``): the query joins the trigger's
         #: row as ``tp`` (``join_trigger_properties``)
         self.uses_trigger_properties = False
+        #: "the customer no longer matches the trigger's segment" (stop ``left_segment``), set by a segment_entry trigger
+        self.left_segment: exp.Expression | None = None
 
     def ts(self, value: datetime) -> exp.Expression:
         return ts(value, self.dialect)
@@ -399,6 +401,8 @@ class QueryBuilder:
         if stop == "unsubscribed":
             unsubscribed = col("c", "unsubscribed_at")
             return exp.and_(unsubscribed.is_(exp.null()).not_(), unsubscribed <= self.ts(self.now))
+        if stop == "left_segment" and self.left_segment is not None:
+            return self.left_segment.copy()
         raise ValueError(f"unknown stop condition {stop}")  # pragma: no cover
 
     # --- filters ---------------------------------------------------------------

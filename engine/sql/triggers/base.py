@@ -71,6 +71,8 @@ class TriggerKind:
     #: a segment trigger: who entered the segment is recorded each pass (the ledger's entries), and the
     #: due query reads those entries (brought to the warehouse when the ledger is elsewhere)
     records_entries: bool = False
+    #: a named segment's entry: the stop condition ``left_segment`` applies (``QueryBuilder.left_segment``)
+    has_segment: bool = False
     #: further ``trigger_instances`` columns each due row carries, after ``trigger_at``
     extra_columns: tuple[str, ...] = ()
 

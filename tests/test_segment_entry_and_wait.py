@@ -1,0 +1,137 @@
+"""Issue 18 point 6: the ``segment_entry`` trigger (with the ``left_segment`` stop condition) and
+the early-firing wait of a step (``wait_until: {event: ..., at_most: 3d}``), at exact instants on
+every backend, with the literal due sets and what the template is told.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from conftest import copy_project, database_url, load_history, write
+from engine import Reconciler, load_project
+
+UTC = timezone.utc
+T0 = datetime(2025, 1, 6, 12, 0)
+
+
+def at(**delta) -> datetime:
+    return (T0 + timedelta(**delta)).replace(tzinfo=UTC)
+
+
+def customer(i):
+    return {"customer_id": i, "email": f"c{i}@example.com", "phone": None, "first_name": f"C{i}",
+            "created_at": T0 - timedelta(days=400), "timezone": None}
+
+
+def order(i, customer_id, when, total=10):
+    return {"order_id": i, "customer_id": customer_id, "created_at": when, "status": "completed", "total": total}
+
+
+TEMPLATE = """
+{% extends "layouts/email.j2" %}
+{% block title %}Hello{% endblock %}
+{% block intro %}Step {{ step }} of {{ trigger.key }}.{% endblock %}
+"""
+#: a step with wait_until: the template knows how the wait ended
+WAIT_TEMPLATE = """
+{% extends "layouts/email.j2" %}
+{% block title %}Hello{% endblock %}
+{% block intro %}Step {{ step }} of {{ trigger.key }}, wait: {{ wait.outcome }} at {{ wait.at }}.{% endblock %}
+"""
+
+
+@pytest.fixture
+def shop(tmp_path, backend, monkeypatch):
+    """shop(campaign_yaml, **rows) -> a Reconciler over a project with only that campaign and the
+    segment ``recent`` (ordered within 10 days)."""
+    root = copy_project(tmp_path / "project")
+    yaml = root / "engine.yaml"
+    yaml.write_text(yaml.read_text() + "\nsegments:\n  recent: last_order_at > days_ago(10)\n")
+    for path in (root / "campaigns.d").glob("*.yaml"):
+        path.unlink()
+    write(root / "templates" / "point6" / "hello.email.j2", TEMPLATE)
+    write(root / "templates" / "point6" / "wait.email.j2", WAIT_TEMPLATE)
+    url = database_url(backend, tmp_path)
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    opened = []
+
+    def load(text: str, **rows) -> Reconciler:
+        write(root / "campaigns.d" / "point6.yaml", text)
+        load_history(url, **rows)
+        reconciler = Reconciler(load_project(root))
+        opened.append(reconciler)
+        return reconciler
+
+    load.root = root
+    yield load
+    for reconciler in opened:
+        reconciler.close()
+
+
+def due(reconciler: Reconciler, now: datetime) -> set[tuple]:
+    return {(m.step, m.customer_id, m.trigger_key, m.outcome) + ((m.due_at,) if m.outcome == "send" else ())
+            for batch in reconciler.due(now) for m in batch}
+
+
+def sent(root) -> list[str]:
+    return sorted(p.read_text() for p in (root / "var" / "outbox" / "email").glob("*.eml"))
+
+
+SEGMENT_CAMPAIGN = """
+name: point6
+trigger: {segment_entry: {segment: recent}}
+stop: [left_segment]
+steps:
+  - id: welcome
+    delay: 0m
+    freshness: 1d
+    channel: email
+    template: point6/hello.email.j2
+  - id: later
+    delay: 7d
+    freshness: 1d
+    channel: email
+    template: point6/hello.email.j2
+"""
+
+
+def test_segment_entry_enters_at_the_first_pass_and_left_segment_stops(shop):
+    """Customer 1 ordered 5 days before T0 (in the segment at T0, out of it from T0+5d); customer 2
+    orders at T0+1d, enters at the next pass and is still in the segment 7 days after that."""
+    r = shop(SEGMENT_CAMPAIGN, customers=[customer(1), customer(2), customer(3)],
+             orders=[order(1, 1, T0 - timedelta(days=5)), order(2, 2, T0 + timedelta(days=1)),
+                     order(3, 3, T0 - timedelta(days=30))])
+    assert due(r, at()) == {("welcome", "1", "entered", "send", at())}  # planning records nothing
+    r.run_once(at())  # the pass records customer 1's entry at T0 and sends the welcome
+    assert due(r, at(hours=1)) == set()
+    assert due(r, at(days=1, hours=1)) == {("welcome", "2", "entered", "send", at(days=1, hours=1))}
+    r.run_once(at(days=1, hours=1))
+    # 7 days after each entry: customer 1 left the segment (last order 12 days ago), customer 2 is in it
+    assert due(r, at(days=7)) == {("later", "1", "entered", "skip:stopped")}
+    assert due(r, at(days=8, hours=1)) == {("later", "1", "entered", "skip:stopped"),
+                                           ("later", "2", "entered", "send", at(days=8, hours=1))}
+    assert len(sent(shop.root)) == 2
+
+
+def test_segment_entry_validation(tmp_path):
+    root = copy_project(tmp_path / "project")
+    write(root / "campaigns.d" / "point6.yaml", SEGMENT_CAMPAIGN.replace("recent", "nosuch")
+          .replace("point6/hello.email.j2", "registration/first-order.email.j2"))
+    write(root / "campaigns.d" / "other.yaml", """
+        name: other
+        trigger: {registration: {}}
+        stop: [left_segment]
+        steps:
+          - {id: hello, delay: 1d, freshness: 1d, channel: email, template: registration/first-order.email.j2}
+        """)
+    result = subprocess.run([sys.executable, "-m", "engine.cli.main", "validate", "--project", str(root)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout
+    assert "2 error(s)" in result.stdout, result.stdout
+    assert "point6.yaml:2:27: error: there is no segment named 'nosuch' in " in result.stdout, result.stdout
+    assert "engine.yaml (named: none)" in result.stdout and "fix: add it under segments: in " in result.stdout
+    assert "other.yaml:3:8: error: stop condition left_segment needs a segment trigger, not registration" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
