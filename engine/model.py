@@ -235,6 +235,24 @@ class DeliveryOptions:
         return headers
 
 
+#: What a step's ``wait_until`` may await besides an event type: name -> the entity it reads.
+WAIT_EVENTS = {"ordered": "orders", "came_back": "events"}
+
+
+@dataclass(frozen=True)
+class WaitUntil:
+    """An early-firing wait: the step goes at the first ``event`` after the trigger (``ordered``: an order;
+    ``came_back``: any event; else an event of that type), not before its delay, or ``at_most`` after the
+    trigger when none came before; the template is told which (``wait.outcome``: "event" | "timeout")."""
+
+    event: str
+    at_most: timedelta
+
+    @property
+    def entity(self) -> str:
+        return WAIT_EVENTS.get(self.event, "events")
+
+
 @dataclass(frozen=True)
 class Step:
     id: str
@@ -248,6 +266,8 @@ class Step:
     actions: tuple[Action, ...] = ()
     #: for kinds whose provider queues messages (``ChannelKind.delivery_options``): TTL, urgency, topic
     delivery: DeliveryOptions | None = None
+    #: ``wait_until`` + ``at_most``: sent when the awaited event happens or the time runs out, whichever first
+    wait: WaitUntil | None = None
 
     @property
     def channels(self) -> tuple[str, ...]:

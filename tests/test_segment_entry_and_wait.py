@@ -39,7 +39,7 @@ TEMPLATE = """
 WAIT_TEMPLATE = """
 {% extends "layouts/email.j2" %}
 {% block title %}Hello{% endblock %}
-{% block intro %}Step {{ step }} of {{ trigger.key }}, wait: {{ wait.outcome }} at {{ wait.at }}.{% endblock %}
+{% block intro %}Step {{ step }} of {{ trigger.key }}, wait: {{ wait.outcome }} at {{ wait.deadline }}.{% endblock %}
 """
 
 
@@ -135,3 +135,78 @@ def test_segment_entry_validation(tmp_path):
     assert "engine.yaml (named: none)" in result.stdout and "fix: add it under segments: in " in result.stdout
     assert "other.yaml:3:8: error: stop condition left_segment needs a segment trigger, not registration" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def wait_campaign(event: str = "ordered") -> str:
+    return f"""
+name: point6
+trigger: {{registration: {{}}}}
+stop: [unsubscribed]
+steps:
+  - id: early
+    delay: 2h
+    wait_until: {event}
+    at_most: 3d
+    freshness: 1d
+    channel: email
+    template: point6/wait.email.j2
+"""
+
+
+def test_wait_until_fires_at_the_event_or_when_the_time_runs_out(shop):
+    """Registered at T0 each; customer 1 orders after a day, 2 never, 3 exactly when the 3 days run out
+    (the timeout), 4 an hour after registering (before the step's 2 h delay: sent at the delay)."""
+    r = shop(wait_campaign(), customers=[{**customer(i), "created_at": T0} for i in range(1, 5)],
+             orders=[order(1, 1, T0 + timedelta(days=1)), order(3, 3, T0 + timedelta(days=3)),
+                     order(4, 4, T0 + timedelta(hours=1))])
+    assert due(r, at(hours=1, minutes=59)) == set()
+    assert due(r, at(hours=2)) == {("early", "4", "4", "send", at(hours=2))}
+    assert due(r, at(days=1) - timedelta(seconds=1)) == {("early", "4", "4", "send", at(hours=2))}
+    assert due(r, at(days=1)) == {("early", "4", "4", "send", at(hours=2)), ("early", "1", "1", "send", at(days=1))}
+    r.run_once(at(days=1))
+    assert due(r, at(days=3) - timedelta(seconds=1)) == set()
+    assert due(r, at(days=3)) == {("early", "2", "2", "send", at(days=3)), ("early", "3", "3", "send", at(days=3))}
+    r.run_once(at(days=3))
+    texts = {text.split("To: c")[1][0]: text for text in sent(shop.root)}
+    assert sorted(texts) == ["1", "2", "3", "4"]
+    for cid, outcome in (("1", "event"), ("4", "event"), ("2", "timeout"), ("3", "timeout")):
+        assert f"Step early of {cid}, wait: {outcome} at 2025-01-09 12:00:00" in texts[cid], (cid, texts[cid])
+
+
+def test_wait_until_an_event_type_or_any_event(shop):
+    views = [{"event_id": 1, "customer_id": 1, "type": "product_viewed", "occurred_at": T0 + timedelta(hours=5)},
+             {"event_id": 2, "customer_id": 2, "type": "login", "occurred_at": T0 + timedelta(hours=6)},
+             {"event_id": 3, "customer_id": 3, "type": "login", "occurred_at": T0 - timedelta(hours=6)}]
+    customers = [{**customer(i), "created_at": T0} for i in range(1, 4)]
+    r = shop(wait_campaign("product_viewed"), customers=customers, events=views)
+    assert due(r, at(hours=6)) == {("early", "1", "1", "send", at(hours=5))}
+    r = shop(wait_campaign("came_back"), customers=customers, events=views)
+    assert due(r, at(hours=6)) == {("early", "1", "1", "send", at(hours=5)), ("early", "2", "2", "send", at(hours=6))}
+    # a freshness of 1 day after the deadline: at the deadline the event's sends are stale, customer 3 times out
+    assert due(r, at(days=3)) == {("early", "1", "1", "skip:stale"), ("early", "2", "2", "skip:stale"),
+                                  ("early", "3", "3", "send", at(days=3))}
+
+
+@pytest.mark.parametrize("step, message", [
+    ("wait_until: ordered", "wait_until and at_most go together"),
+    ("at_most: 3d", "wait_until and at_most go together"),
+    ("wait_until: ordered\n    at_most: 1h", "at_most (1h) must be longer than the step's delay (2h)"),
+    ("wait_until: ordered\n    at_most: 3d\n    send_at: '09:00'", "send_at would hold it back"),
+])
+def test_wait_until_validation(tmp_path, step, message):
+    root = copy_project(tmp_path / "project")
+    write(root / "campaigns.d" / "point6.yaml", f"""
+name: point6
+trigger: {{registration: {{}}}}
+stop: [unsubscribed]
+steps:
+  - id: early
+    delay: 2h
+    {step}
+    freshness: 1d
+    channel: email
+    template: registration/first-order.email.j2
+""")
+    result = subprocess.run([sys.executable, "-m", "engine.cli.main", "validate", "--project", str(root)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and message in result.stdout and "point6.yaml:" in result.stdout, result.stdout

@@ -16,7 +16,7 @@ from sqlglot import exp
 from engine import channel_kinds, unsubscribe
 from engine.channels import OutgoingMessage, with_document
 from engine.clock import format_instant, parse_stored_timestamp
-from engine.decide import discount_code
+from engine.decide import discount_code, wait_outcome
 from engine.errors import TemplateError
 from engine.model import Project, ProjectConfig
 from engine.spec.config import shop_settings
@@ -63,6 +63,8 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         context["shop"] = shop
         context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id,
                                                       kind.unsubscribe_scope)
+        if step.wait is not None:
+            context["wait"] = wait_outcome(m.trigger_at, step, m.due_at)
         if step.discount_code is not None:
             context["discount_code"] = discount_code(secret, m.key, step.discount_code.prefix, step.discount_code.length)
         try:

@@ -135,7 +135,8 @@ def step_window(step: Step, now: datetime, stale_horizon: timedelta) -> StepWind
     if step.freshness is None:
         return StepWindow(due_cutoff + months, None)
     slack = SEND_AT_SLACK if step.send_at is not None else timedelta(0)
-    return StepWindow(due_cutoff + months, due_cutoff - step.freshness - stale_horizon - slack - months)
+    latest = due_cutoff if step.wait is None else now - step.wait.at_most  # a wait is due at the latest at_most after
+    return StepWindow(due_cutoff + months, latest - step.freshness - stale_horizon - slack - months)
 
 
 #: A calendar day starts at the customer's local midnight (date triggers): up to 14 h before midnight
@@ -455,6 +456,24 @@ class QueryBuilder:
 
     def bind(self, text_: str, attributes: list[str]) -> exp.Expression:
         return bind_filter(parse_filter(text_, attributes), self.attribute, self.function)
+
+
+#: The due query's column with the instant of a ``wait_until`` step's awaited event (campaigns with such a step).
+WAIT_COLUMN = "wait_event_at"
+
+
+def awaited_event(builder: QueryBuilder, step: Step) -> exp.Expression:
+    """The instant of the first event ``step`` awaits (``wait_until``) after the instance's trigger (``t``)
+    and by ``now``; NULL while none came. ``ordered``: an order; ``came_back``: any event; else that type."""
+    wait = step.wait
+    if wait.event == "ordered":
+        rows, at, conditions = builder.source("orders"), "created_at", []
+    else:
+        rows, at = builder.source("events"), "occurred_at"
+        conditions = [] if wait.event == "came_back" else [col("w", "type").eq(lit(wait.event))]
+    return (exp.select(exp.Min(this=col("w", at))).from_(exp.to_table(rows).as_("w"))
+            .where(col("w", "customer_id").eq(col("t", "customer_id")), col("w", at) > col("t", "trigger_at"),
+                   col("w", at) <= builder.ts(builder.now), *conditions)).subquery()
 
 
 def join_trigger_properties(builder: QueryBuilder, query: exp.Select,

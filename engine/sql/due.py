@@ -19,13 +19,14 @@ from sqlglot import exp
 from engine.model import Campaign, ProjectConfig
 from engine.sql.compile import (
     CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, StateRelations, col, is_customer, join_trigger_properties, lit,
-    per_zone_window, step_window, text, variant_columns, without_ledger_rows,
+    WAIT_COLUMN, awaited_event, per_zone_window, step_window, text, variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
 from engine.sql.triggers.registry import kind_of
 
 #: a typed NULL: PostgreSQL resolves a UNION of untyped NULLs to text, then fails against 1/0
 _INT = exp.DataType.build("INT")
+_TIMESTAMP = exp.DataType.build("TIMESTAMP")
 
 
 def keys_in_sql(campaign: Campaign) -> bool:
@@ -70,6 +71,13 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             if step.send_at is not None and zones is not None:
                 conditions += per_zone_window(builder, step, window, zones)
         conditions += kind.conditions(campaign.trigger)
+        waits = []
+        if any(s.wait is not None for s in campaign.steps):  # the awaited event's instant (NULL for other steps)
+            waited = awaited_event(builder, step) if step.wait is not None else exp.cast(exp.null(), _TIMESTAMP)
+            waits.append(exp.alias_(waited, WAIT_COLUMN))
+            if step.wait is not None:  # due once the time ran out or the event came
+                conditions.append(exp.or_(col("t", "trigger_at") <= builder.ts(now - step.wait.at_most),
+                                          waited.copy().is_(exp.null()).not_()))
         for text_ in (campaign.audience, step.audience):
             if text_:
                 conditions.append(builder.bind(text_, attributes))
@@ -98,6 +106,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                 col("t", "trigger_at"),
                 exp.alias_(stopped_by, "stopped_by"),
                 *[col("t", column) for column in kind.extra_columns],
+                *waits,
                 *matches,
                 *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in config.customer_attributes()],
             )
