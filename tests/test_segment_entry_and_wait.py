@@ -210,3 +210,15 @@ steps:
     result = subprocess.run([sys.executable, "-m", "engine.cli.main", "validate", "--project", str(root)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and message in result.stdout and "point6.yaml:" in result.stdout, result.stdout
+
+
+def test_explain_tells_the_wait_and_its_due_time(shop):
+    from engine.tools.explain import explain, format_text
+
+    r = shop(wait_campaign(), customers=[{**customer(i), "created_at": T0} for i in (1, 2)],
+             orders=[order(1, 1, T0 + timedelta(days=1))])
+    text = format_text(explain(r, "point6", "1", at(days=1, hours=1)))
+    assert "wait_until ordered (at most 3d after the trigger: due at the event, or then)" in text, text
+    assert "instance 1 at 2025-01-06T12:00:00Z: due 2025-01-07T12:00:00Z" in text, text
+    text = format_text(explain(r, "point6", "2", at(days=1, hours=1)))
+    assert "instance 2 at 2025-01-06T12:00:00Z: due 2025-01-09T12:00:00Z" in text, text  # no order yet: the timeout
