@@ -59,6 +59,23 @@ def due_time(trigger_at: datetime, step: Step, zone: ZoneInfo) -> datetime:
     return at_local_time(base, step.send_at, zone) if step.send_at is not None else base
 
 
+def waited_due(trigger_at: datetime, step: Step, event_at: datetime | None) -> datetime:
+    """The due time of a step with ``wait_until``: the awaited event (the first after the trigger), not
+    before the step's delay; or the time running out (trigger + ``at_most``) when no event came before it.
+    An event at the very instant the time runs out is the timeout (``wait_outcome`` reads it back so)."""
+    deadline = trigger_at + step.wait.at_most
+    if event_at is None or event_at >= deadline:
+        return deadline
+    return max(trigger_at + step.delay, event_at)
+
+
+def wait_outcome(trigger_at: datetime, step: Step, due_at: datetime) -> dict:
+    """What a template of a ``wait_until`` step is told (``wait``): outcome "event" when the awaited
+    event came before the time ran out, else "timeout"; the event awaited and the deadline."""
+    deadline = trigger_at + step.wait.at_most
+    return {"outcome": "event" if due_at < deadline else "timeout", "event": step.wait.event, "deadline": deadline}
+
+
 def yearly_occurrence(day: date, year: int) -> date:
     """``day``'s month and day in ``year``; Feb 29 becomes Feb 28 in common years."""
     try:

@@ -26,7 +26,7 @@ ENTITY_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "orders": (
         ("order_id", "customer_id", "created_at"),
-        ("status", "total", "currency", "payment_method", "delivery_date"),
+        ("status", "total", "currency", "payment_method", "delivery_date", "shipping_country"),
     ),
     "order_items": (("order_id",), ("product_id", "name", "quantity", "price", "image_url", "url", "category")),
     "checkouts": (("checkout_id", "customer_id", "created_at"), ("completed_at", "total", "currency", "url")),
@@ -178,6 +178,7 @@ STOP_CONDITIONS = {
     "ordered_again": ("orders",),
     "came_back": ("events",),
     "unsubscribed": ("customers",),
+    "left_segment": ("customers",),  # a segment_entry trigger's segment no longer matches the customer
 }
 
 
@@ -257,6 +258,24 @@ class DeliveryOptions:
         return headers
 
 
+#: What a step's ``wait_until`` may await besides an event type: name -> the entity it reads.
+WAIT_EVENTS = {"ordered": "orders", "came_back": "events"}
+
+
+@dataclass(frozen=True)
+class WaitUntil:
+    """An early-firing wait: the step goes at the first ``event`` after the trigger (``ordered``: an order;
+    ``came_back``: any event; else an event of that type), not before its delay, or ``at_most`` after the
+    trigger when none came before; the template is told which (``wait.outcome``: "event" | "timeout")."""
+
+    event: str
+    at_most: timedelta
+
+    @property
+    def entity(self) -> str:
+        return WAIT_EVENTS.get(self.event, "events")
+
+
 @dataclass(frozen=True)
 class Step:
     id: str
@@ -270,6 +289,8 @@ class Step:
     actions: tuple[Action, ...] = ()
     #: for kinds whose provider queues messages (``ChannelKind.delivery_options``): TTL, urgency, topic
     delivery: DeliveryOptions | None = None
+    #: ``wait_until`` + ``at_most``: sent when the awaited event happens or the time runs out, whichever first
+    wait: WaitUntil | None = None
 
     @property
     def channels(self) -> tuple[str, ...]:

@@ -181,3 +181,19 @@ def test_filters_are_type_checked_against_the_warehouse_column_types(tmp_path, b
     assert "'city' is text and '5' is a number" in issues[0].message and issues[0].fix
     result = CliRunner().invoke(main, ["--project", str(root), "validate", "--check-warehouse"])
     assert result.exit_code == 1 and f"second-order.yaml:{line}:33: error: 'city' is text" in result.output
+
+
+def test_check_warehouse_checks_the_trigger_property_columns(tmp_path, monkeypatch):
+    """orders.shipping_country (trigger.shipping_country) is an optional mapping entry like any other:
+    mapped to a column the warehouse lacks, --check-warehouse reports it at its entry; mapped right, it passes."""
+    url = database_url("duckdb", tmp_path)
+    _shop(url)
+    root = _project(tmp_path, url, monkeypatch, lambda s: s["orders"]["columns"].update(shipping_country="ship_country"))
+    line, column = _at(root, "shipping_country: ship_country", "ship_country")
+    result = CliRunner().invoke(main, ["--project", str(root), "validate", "--check-warehouse"])
+    assert result.exit_code == 1
+    assert f"engine.yaml:{line}:{column}: error:" in result.output and "ship_country" in result.output, result.output
+    root = _project(tmp_path / "right", url, monkeypatch,
+                    lambda s: s["orders"]["columns"].update(shipping_country="shipping_country"))
+    result = CliRunner().invoke(main, ["--project", str(root), "validate", "--check-warehouse"])
+    assert result.exit_code == 0, result.output

@@ -32,6 +32,7 @@ TABLE_OBJECTS = {name for name in vars(tables) if name.endswith("_TABLE")} | {
 JOINS_ENGINE_STATE = {
     "sql/compile.py": "the due queries join segment entries, tags and the ledger in SQL (issue 14 point 4)",
     "sql/triggers/at_risk.py": "the at-risk segment's trigger reads and writes its entries in SQL",
+    "sql/triggers/segment_entry.py": "the named segment's trigger reads and writes its entries in SQL",
     "sql/shipping.py": "copies the entries and tags a pass's queries join into the warehouse session (point 4)",
     "run/ledger_state.py": "chooses which of those copies a pass needs, read through the ledger's reader",
 }

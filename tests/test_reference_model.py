@@ -248,6 +248,22 @@ def step_due(trigger_at: datetime, step: dict, zone: ZoneInfo) -> datetime:
     return next_local(base, clock(step["send_at"]), zone) if "send_at" in step else base
 
 
+def wait_due(instance: "Instance", step: dict, shop: "History", now: datetime) -> datetime:
+    """A step with ``wait_until``: at the first awaited happening after the trigger (by ``now``), not
+    before the delay; at trigger + at_most when none came strictly before that (README: the language)."""
+    deadline = instance.at + duration(step["at_most"])
+    awaited = step["wait_until"]
+    if awaited == "ordered":
+        times = [utc(o["created_at"]) for o in shop.orders if o["customer_id"] == instance.customer_id]
+    else:
+        times = [utc(e["occurred_at"]) for e in shop.events if e["customer_id"] == instance.customer_id
+                 and awaited in ("came_back", e["type"])]
+    first = min((t for t in times if instance.at < t <= now), default=None)
+    if first is None or first >= deadline:
+        return deadline
+    return max(instance.at + duration(step["delay"]), first)
+
+
 def yearly(day: date, year: int) -> date:
     if day.month == 2 and day.day == 29 and not (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)):
         return date(year, 2, 28)
@@ -457,7 +473,7 @@ def reference_plan(spec: dict, shop: History, now: datetime) -> set[tuple]:
             customer = customers.get(instance.customer_id)
             if customer is None:
                 continue
-            due = step_due(instance.at, step, zone_of(customer))
+            due = wait_due(instance, step, shop, now) if "wait_until" in step else step_due(instance.at, step, zone_of(customer))
             if due > now:
                 continue  # not due yet
             if "freshness" in step and now > shift(due, step["freshness"]) + STALE_HORIZON:
@@ -882,3 +898,55 @@ def test_reentry_once_keeps_the_first_instance(tmp_path, backend="duckdb"):
         ("welcome-series", "discount", "8", "2025-01-01", "send"),
         ("welcome-series", "thanks", "8", "2025-01-06", "skip:reentry"),
     }
+
+
+def _order(order_id: int, cid: int, at: datetime) -> dict:
+    return {"order_id": order_id, "customer_id": cid, "created_at": at, "status": "completed", "total": 10,
+            "payment_method": "card", "delivery_date": None}
+
+
+def _view(event_id: int, cid: int, at: datetime) -> dict:
+    return {"event_id": event_id, "customer_id": cid, "type": "product_viewed", "occurred_at": at}
+
+
+WAIT_CAMPAIGN = """
+name: wait-for-order
+trigger: {registration: {}}
+audience: email IS NOT NULL
+stop: [unsubscribed]
+steps:
+  - {id: early, delay: 2h, wait_until: ordered, at_most: 3d, freshness: 1d, channel: email,
+     template: registration/first-order.email.j2}
+  - {id: viewed, delay: 0m, wait_until: product_viewed, at_most: 1d, freshness: 12h, channel: email,
+     template: registration/first-order.email.j2}
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_early_firing_wait_at_both_ends_matches_the_model(backend, tmp_path):
+    """wait_until (issue 18 point 6): customer 8 orders a day after registering and views a product after
+    5 hours (the event comes before the timeout), customer 9 does neither (the timeout comes first), customer
+    10 orders exactly when the 3 days run out (the timeout: an event at that instant is too late), customer
+    11 views a product before registering (not after the trigger: the timeout)."""
+    registered = datetime(2025, 1, 6, 12, 0)
+    shop = History(customers=[_customer(c, created_at=registered) for c in (8, 9, 10, 11)],
+                   orders=[_order(1, 8, registered + timedelta(days=1)), _order(2, 10, registered + timedelta(days=3))],
+                   events=[_view(1, 8, registered + timedelta(hours=5)), _view(2, 11, registered - timedelta(hours=1))])
+    planner = EnginePlanner(backend, tmp_path)
+    (planner.project_root / "campaigns.d" / "wait-for-order.yaml").write_text(WAIT_CAMPAIGN)
+    with _warehouse_env(planner._new_url()):
+        planner.project = load_project(planner.project_root)
+    spec = yaml.safe_load(WAIT_CAMPAIGN)
+    for now, expected in [
+        (registered + timedelta(hours=6), {("viewed", "8", "send", "2025-01-06 17:00:00")}),
+        (registered + timedelta(days=1), {("early", "8", "send", "2025-01-07 12:00:00"),
+                                          *{("viewed", c, "send", "2025-01-07 12:00:00") for c in ("9", "10", "11")}}),
+        (registered + timedelta(days=3), {("early", "9", "send", "2025-01-09 12:00:00"),
+                                          ("early", "10", "send", "2025-01-09 12:00:00"),
+                                          ("early", "11", "send", "2025-01-09 12:00:00")}),
+    ]:
+        now = now.replace(tzinfo=UTC)
+        engine = planner.plan(shop, now, ["wait-for-order"]).get("wait-for-order", set())
+        model = reference_plan(spec, shop, now)
+        assert engine == model, compare(spec, engine, model)
+        assert {(r[1], r[2], r[4], r[6]) for r in model if r[4] == "send"} == expected

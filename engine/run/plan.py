@@ -14,14 +14,16 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from engine.clock import UTC, parse_stored_date, parse_stored_timestamp
-from engine.decide import anniversary_instance, customer_zone, due_time, local_midnight, matching_variants, stable_bucket
+from engine.decide import (
+    anniversary_instance, customer_zone, due_time, local_midnight, matching_variants, stable_bucket, waited_due,
+)
 from engine.errors import WarehouseError
 from engine.model import Campaign, ProjectConfig
 from engine.progress import Progress
 from engine.run.messages import DueMessage
 from engine.dialects import dialect_named
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, MAX_ZONES, VARIANT_PREFIX,
+    CUSTOMER_PREFIX, MAX_ZONES, VARIANT_PREFIX, WAIT_COLUMN,
     render_sql, shared_facts_create, shared_facts_drop, shared_facts_used, variant_columns, zones_query,
 )
 from engine.run.ledger_state import shipped_state
@@ -124,6 +126,7 @@ class RowLayout:
         self.yearly = not keys_in_sql(campaign)  # a yearly date: Python derives the instance
         self.local_date = kind_of(campaign.trigger).local_date  # a date: the customer's local midnight
         self.anniversary = position.get("anniversary")
+        self.wait = position.get(WAIT_COLUMN)  # the awaited event's instant (steps with wait_until)
         self.matches = [position[f"{VARIANT_PREFIX}{i}"] for i in range(variant_columns(campaign))]
         # the customer's attributes are the query's last columns (compile.due_query)
         self.customer_start = min(i for name, i in position.items() if name.startswith(CUSTOMER_PREFIX))
@@ -132,6 +135,10 @@ class RowLayout:
         self.steps = {step.id: step for step in campaign.steps}
         #: steps with an A/B split: only those need the customer's stable bucket
         self.split_steps = {step.id for step in campaign.steps if any(v.percent is not None for v in step.variants)}
+
+
+def _instant(value) -> datetime:
+    return value.replace(tzinfo=UTC) if type(value) is datetime and value.tzinfo is None else parse_stored_timestamp(value)
 
 
 def decide_row(campaign: Campaign, row, now: datetime, config: ProjectConfig,
@@ -156,10 +163,11 @@ def decide_row(campaign: Campaign, row, now: datetime, config: ProjectConfig,
         zone = customer_zone(customer.get("timezone"), config.default_timezone)
         trigger_at = local_midnight(parse_stored_date(row[layout.trigger_at]), zone)
     else:
-        value = row[layout.trigger_at]
-        trigger_at = value.replace(tzinfo=UTC) if type(value) is datetime and value.tzinfo is None \
-            else parse_stored_timestamp(value)
-    if step.send_at is None:  # the common case needs no time zone
+        trigger_at = _instant(row[layout.trigger_at])
+    if step.wait is not None:  # the awaited event or the time running out (no send_at: validation)
+        event_at = row[layout.wait]
+        due_at = waited_due(trigger_at, step, None if event_at is None else _instant(event_at))
+    elif step.send_at is None:  # the common case needs no time zone
         due_at = trigger_at + step.delay
     else:
         due_at = due_time(trigger_at, step, customer_zone(customer.get("timezone"), config.default_timezone))

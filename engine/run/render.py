@@ -18,6 +18,7 @@ from engine.channel_kinds.declaration import PRINTED_LINK
 from engine.channels import OutgoingMessage, with_document
 from engine.channels.base import DocumentProblem
 from engine.clock import format_instant, parse_stored_timestamp
+from engine.decide import wait_outcome
 from engine.errors import TemplateError
 from engine.model import Project, ProjectConfig
 from engine.spec.config import shop_settings
@@ -66,6 +67,8 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id,
                                                       kind.unsubscribe_scope)
         context["scan_url"] = scan_link.link(config.scan_url, secret, m.key)
+        if step.wait is not None:
+            context["wait"] = wait_outcome(m.trigger_at, step, m.due_at)
         if step.discount_code is not None:
             if m.code is None:  # claimed without its code (not through claim.py): never sent without it
                 rendered.failures.append(as_record(m, "skipped", reason="no_code",
@@ -113,6 +116,13 @@ def template_context(m: DueMessage, trigger_record: dict) -> dict:
     }
 
 
+def item_summary(items: list[dict]) -> dict:
+    """``trigger.item_count`` (a quantity counts that many, a row without one, one) and
+    ``trigger.categories`` (distinct, sorted) of an order's or a checkout's items, as filters count them."""
+    count = sum(int(item["quantity"]) if item.get("quantity") is not None else 1 for item in items)
+    return {"item_count": count, "categories": sorted({str(i["category"]) for i in items if i.get("category") is not None})}
+
+
 class TriggerContexts:
     """Loads what a template shows about the trigger, for a whole batch in a few queries:
     the order or checkout and its items, or the day's events (viewed products, searches)."""
@@ -143,6 +153,7 @@ class TriggerContexts:
             for m in group:
                 record = dict(records.get(m.trigger_key, [{}])[0])
                 record["items"] = items.get(m.trigger_key, [])
+                record.update(item_summary(record["items"]))
                 contexts[(name, m.customer_id, m.trigger_key)] = record
         return contexts
 
@@ -165,5 +176,5 @@ class TriggerContexts:
         contexts = {}
         for (customer_id, key), events in by_instance.items():
             events.sort(key=lambda e: str(e["occurred_at"]), reverse=True)
-            contexts[(campaign, customer_id, key)] = {"items": events, "events": events}
+            contexts[(campaign, customer_id, key)] = {**events[0], "items": events, "events": events}
         return contexts

@@ -10,6 +10,7 @@ reports both.
 """
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterable
 
@@ -17,11 +18,12 @@ from engine import channel_kinds
 from engine.errors import FilterError, Issue
 from engine.clock import Duration
 from engine.spec.config import duration_setting, parse_clock, parse_quiet_hours, shop_settings
-from engine.sql.filter_types import attribute_kinds, check_types, filter_attributes
+from engine.sql.filter_types import attribute_kinds, check_types, filter_attributes, trigger_properties
 from engine.sql.filters import parse_filter, referenced_functions
 from engine.spec.load import Document, display_path, format_path, load_yaml_file
 from engine.model import (
-    STOP_CONDITIONS, Action, Campaign, DeliveryOptions, DiscountCode, ProjectConfig, Reentry, Step, Trigger, Variant,
+    STOP_CONDITIONS, WAIT_EVENTS, Action, Campaign, DeliveryOptions, DiscountCode, ProjectConfig, Reentry, Step, Trigger,
+    Variant, WaitUntil,
 )
 from engine.sql.triggers.registry import KINDS, kind_named, kind_of
 from engine.templating.render import Renderer
@@ -120,12 +122,23 @@ def _check_trigger(doc: Document, config: ProjectConfig, trigger: Trigger, issue
     kind.check(trigger, config, _TriggerFile(doc, config, issues))
 
 
+class _Attributes(list):
+    """What a campaign's filters may name, and the properties of its trigger the mapping lacks
+    (``trigger.x`` -> the "entity.column" to map), for the fix of a filter naming one."""
+
+    def __init__(self, config: ProjectConfig, trigger: Trigger | None):
+        record = kind_of(trigger).template_record if trigger is not None else None
+        entity = record.entity if record is not None else None
+        super().__init__(filter_attributes(config, entity))
+        self.unmapped = {k: v for k, v in trigger_properties(config, entity).items() if v is not None}
+
+
 def _check_filter(doc: Document, path: tuple, text: str | None, attributes: list[str], issues: list[Issue],
                   config: ProjectConfig) -> None:
     if text is None:
         return
     try:
-        tree = parse_filter(text, attributes)
+        tree = parse_filter(text, attributes, getattr(attributes, "unmapped", None))
         check_types(tree, attribute_kinds(config), text)
     except FilterError as exc:
         issues.append(doc.issue(path, exc.message, fix=exc.fix, position=doc.value_position(path, exc.offset)))
@@ -138,13 +151,17 @@ def _check_filter(doc: Document, path: tuple, text: str | None, attributes: list
 def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) -> tuple[Campaign, list[Issue]]:
     data = doc.data
     issues: list[Issue] = []
-    attributes = filter_attributes(config)
     trigger = _trigger(doc, config, data["trigger"], issues)
+    attributes = _Attributes(config, trigger)
     _check_trigger(doc, config, trigger, issues)
     for index, stop in enumerate(data.get("stop", [])):
         for entity in STOP_CONDITIONS[stop]:
             column = "unsubscribed_at" if stop == "unsubscribed" else None
             _needs(doc, config, ("stop", index), f"stop condition {stop}", entity, column, issues)
+        if stop == "left_segment" and not kind_of(trigger).has_segment:
+            segment_kinds = " / ".join(kind.name for kind in KINDS if kind.has_segment)
+            issues.append(doc.issue(("stop", index), f"stop condition left_segment needs a segment trigger, not {trigger.kind}",
+                                    fix=f"use a {segment_kinds} trigger, or another stop condition"))
     _check_filter(doc, ("audience",), data.get("audience"), attributes, issues, config)
     reentry = _reentry(doc, data.get("reentry", "per_trigger"), issues)
     steps = [_step(doc, config, renderer, trigger, ("steps", index), raw, attributes, issues)
@@ -192,7 +209,8 @@ def _check_variant_ids(doc: Document, where: tuple, ids: list[tuple[int, str]], 
 
 
 def _check_channel(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Trigger | None, where: tuple,
-                   channel_name: str, template: str | None, discount_code: bool, issues: list[Issue]) -> None:
+                   channel_name: str, template: str | None, discount_code: bool, issues: list[Issue],
+                   wait: bool = False) -> None:
     """The channel at ``where`` must be configured; its ``template`` (unless None) must suit its kind and
     render against the variables of ``trigger`` (not checked without one)."""
     channel = config.channels.get(channel_name)
@@ -201,7 +219,7 @@ def _check_channel(doc: Document, config: ProjectConfig, renderer: Renderer, tri
         issues.append(doc.issue(where + ("channel",), f"channel '{channel_name}' is not configured (configured: {known})",
                                 fix=f"add it under channels: in {config.file} or use a configured one"))
     elif template is not None and trigger is not None:
-        sample = sample_context(config, trigger, discount_code)
+        sample = sample_context(config, trigger, discount_code, wait)
         for problem in renderer.check(template, channel.kind, sample):
             if problem.template is not None and problem.line is not None:  # at its line in the template itself
                 used_by = doc.issue(where + ("template",), "")
@@ -238,11 +256,11 @@ def _checks_despite_schema(doc: Document, config: ProjectConfig, renderer: Rende
 
     data = doc.data if isinstance(doc.data, dict) else {}
     issues: list[Issue] = []
-    attributes = filter_attributes(config)
     trigger = None
     if usable(("trigger",), dict):
         trigger = _trigger(doc, config, data["trigger"], issues)
         _check_trigger(doc, config, trigger, issues)
+    attributes = _Attributes(config, trigger)
     for index, stop in enumerate(usable(("stop",), list, whole=False) or []):
         if isinstance(stop, str) and stop in STOP_CONDITIONS and usable(("stop", index)):
             column = "unsubscribed_at" if stop == "unsubscribed" else None
@@ -260,7 +278,7 @@ def _checks_despite_schema(doc: Document, config: ProjectConfig, renderer: Rende
         discount = "discount_code" in raw
         if usable(where + ("channel",)):
             _check_channel(doc, config, renderer, trigger, where, raw["channel"], usable(where + ("template",)),
-                           discount, issues)
+                           discount, issues, "wait_until" in raw)
         variant_ids = []
         for v_index, variant in enumerate(usable(where + ("variants",), list, whole=False) or []):
             v_where = where + ("variants", v_index)
@@ -270,7 +288,7 @@ def _checks_despite_schema(doc: Document, config: ProjectConfig, renderer: Rende
                 variant_ids.append((v_index, variant["id"]))
             if usable(v_where + ("channel",)):
                 _check_channel(doc, config, renderer, trigger, v_where, variant["channel"],
-                               usable(v_where + ("template",)), discount, issues)
+                               usable(v_where + ("template",)), discount, issues, "wait_until" in raw)
             _check_filter(doc, v_where + ("audience",), usable(v_where + ("audience",)), attributes, issues, config)
         _check_variant_ids(doc, where, variant_ids, issues)
     _check_step_ids(doc, step_ids, issues)
@@ -314,7 +332,7 @@ def _step(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Tri
     for v_index, v in enumerate(raw_variants):
         v_where = where + ("variants", v_index) if "variants" in raw else where
         _check_channel(doc, config, renderer, trigger, v_where, v["channel"], v["template"],
-                       raw.get("discount_code") is not None, issues)
+                       raw.get("discount_code") is not None, issues, "wait_until" in raw)
         _check_filter(doc, v_where + ("audience",), v.get("audience"), attributes, issues, config)
         variants.append(Variant(id=v["id"], channel=v["channel"], template=v["template"],
                                 audience=v.get("audience"), percent=v.get("percent")))
@@ -324,6 +342,7 @@ def _step(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Tri
             issues.append(doc.issue(where + ("variants",), "the percents of the variants add up to more than 100",
                                     fix="split at most 100 % of customers"))
     _check_filter(doc, where + ("audience",), raw.get("audience"), attributes, issues, config)
+    wait = _wait(doc, config, trigger, where, raw, delay, issues)
     quiet = raw.get("quiet_hours")
     code = raw.get("discount_code")
     if code is not None and code.get("pool") is not None:
@@ -341,6 +360,7 @@ def _step(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Tri
             ttl=duration_setting(doc, where + ("delivery", "ttl"), delivery["ttl"], issues) if "ttl" in delivery else None,
             urgency=delivery.get("urgency"), topic=delivery.get("topic"),
         ) if delivery is not None else None,
+        wait=wait,
     )
 
 
@@ -358,7 +378,34 @@ def _check_pool(doc: Document, config: ProjectConfig, where: tuple, code: dict, 
                                     "are the shop's own", fix=f"remove {generated}, or the pool"))
 
 
-def sample_context(config: ProjectConfig, trigger: Trigger, discount_code: bool) -> dict:
+def _wait(doc: Document, config: ProjectConfig, trigger: Trigger, where: tuple, raw: dict, delay,
+          issues: list[Issue]) -> WaitUntil | None:
+    """The step's early-firing wait (``wait_until`` + ``at_most``), or None; each misuse an issue."""
+    if "wait_until" not in raw and "at_most" not in raw:
+        return None
+    if "wait_until" not in raw or "at_most" not in raw:
+        present = "wait_until" if "wait_until" in raw else "at_most"
+        issues.append(doc.issue(where + (present,), "wait_until and at_most go together",
+                                fix="give both, e.g. wait_until: ordered and at_most: 3d (sent at the order, or after 3 days)"))
+        return None
+    event = raw["wait_until"]
+    at_most = duration_setting(doc, where + ("at_most",), raw["at_most"], issues)
+    _needs(doc, config, where + ("wait_until",), f"wait_until {event}", WAIT_EVENTS.get(event, "events"), None, issues)
+    kind = kind_of(trigger)
+    if kind.dated or kind.local_date or not kind.keys_in_sql:
+        issues.append(doc.issue(where + ("wait_until",), f"wait_until awaits events after an instant; a {trigger.kind} "
+                                "trigger is a date", fix="use wait_until with a trigger of an order, checkout, event or segment"))
+    if "send_at" in raw:
+        issues.append(doc.issue(where + ("send_at",), "a step with wait_until goes at the moment the event happens; "
+                                "send_at would hold it back", fix="remove send_at (quiet hours still apply) or wait_until"))
+    if not isinstance(delay, timedelta) or not at_most > delay:
+        issues.append(doc.issue(where + ("at_most",), f"at_most ({raw['at_most']}) must be longer than the step's delay "
+                                f"({raw['delay']}): the delay is the earliest the step goes, at_most after the trigger the latest",
+                                fix="lengthen at_most, or shorten the delay"))
+    return WaitUntil(event=event, at_most=at_most)
+
+
+def sample_context(config: ProjectConfig, trigger: Trigger, discount_code: bool, wait: bool = False) -> dict:
     """A context with every variable a template of this trigger may use, for validation.
 
     Rendering each template against it with StrictUndefined turns a missing or
@@ -375,6 +422,8 @@ def sample_context(config: ProjectConfig, trigger: Trigger, discount_code: bool)
     trigger_entity, item_entity = (template_record.entity, template_record.items) if template_record else (None, None)
     trigger_record = record(trigger_entity) if trigger_entity and trigger_entity in config.sources else {}
     items = [record(item_entity)] if item_entity and item_entity in config.sources else []
+    if template_record is not None and template_record.key_column is not None and trigger_record:
+        trigger_record.update(item_count=1, categories=["sample"])  # render.item_summary
     context = {
         "customer": record("customers"),
         "trigger": {"key": "1", "at": "2025-01-01 00:00:00", **trigger_record},
@@ -388,6 +437,8 @@ def sample_context(config: ProjectConfig, trigger: Trigger, discount_code: bool)
     }
     if discount_code:
         context["discount_code"] = "SAMPLE-CODE"
+    if wait:  # decide.wait_outcome
+        context["wait"] = {"outcome": "event", "event": "ordered", "deadline": "2025-01-04 00:00:00"}
     return context
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 import sqlglot
@@ -33,7 +33,7 @@ from engine.clock import CalendarDuration, sql_timestamp_text, to_utc
 from engine.decide import customer_zone
 from engine.dialects import dialect_named, drop_temporary_table
 from engine.sql.filter_types import segment_attributes
-from engine.sql.filters import bind_filter, parse_filter
+from engine.sql.filters import TRIGGER_PREFIX, bind_filter, parse_filter
 from engine.state.tables import ENTRIES_TABLE, LEDGER_TABLE, TAGS_TABLE
 from engine.model import CUSTOMER_FACTS, ENTITY_COLUMNS, Campaign, EntitySource, ProjectConfig, Step
 
@@ -135,7 +135,8 @@ def step_window(step: Step, now: datetime, stale_horizon: timedelta) -> StepWind
     if step.freshness is None:
         return StepWindow(due_cutoff + months, None)
     slack = SEND_AT_SLACK if step.send_at is not None else timedelta(0)
-    return StepWindow(due_cutoff + months, due_cutoff - step.freshness - stale_horizon - slack - months)
+    latest = due_cutoff if step.wait is None else now - step.wait.at_most  # a wait is due at the latest at_most after
+    return StepWindow(due_cutoff + months, latest - step.freshness - stale_horizon - slack - months)
 
 
 #: A calendar day starts at the customer's local midnight (date triggers): up to 14 h before midnight
@@ -303,6 +304,11 @@ class QueryBuilder:
         #: "an order after the trigger" as the trigger kind knows it by identity (an order trigger: a
         #: later order in its ranking, ties at one instant included); None: by time (``ordered_after_trigger``)
         self.later_order: exp.Expression | None = None
+        #: a filter names the trigger's own properties (``trigger.total``): the query joins the trigger's
+        #: row as ``tp`` (``join_trigger_properties``)
+        self.uses_trigger_properties = False
+        #: "the customer no longer matches the trigger's segment" (stop ``left_segment``), set by a segment_entry trigger
+        self.left_segment: exp.Expression | None = None
 
     def ts(self, value: datetime) -> exp.Expression:
         return ts(value, self.dialect)
@@ -396,11 +402,16 @@ class QueryBuilder:
         if stop == "unsubscribed":
             unsubscribed = col("c", "unsubscribed_at")
             return exp.and_(unsubscribed.is_(exp.null()).not_(), unsubscribed <= self.ts(self.now))
+        if stop == "left_segment" and self.left_segment is not None:
+            return self.left_segment.copy()
         raise ValueError(f"unknown stop condition {stop}")  # pragma: no cover
 
     # --- filters ---------------------------------------------------------------
 
     def attribute(self, name: str) -> exp.Expression:
+        if name.startswith(TRIGGER_PREFIX):
+            self.uses_trigger_properties = True
+            return col("tp", name[len(TRIGGER_PREFIX):])
         if name in ("order_count", "total_spent"):
             self.uses_facts = True
             return exp.func("COALESCE", col("f", name), exp.Literal.number(0))
@@ -438,10 +449,46 @@ class QueryBuilder:
                 .where(col("o3", "customer_id").eq(col("c", "customer_id")),
                        col("i3", "category").eq(lit(argument.this)),
                        col("o3", "created_at") <= self.ts(self.now)))
+        if name == "trigger_has_category":  # the instance's order (an order trigger's key is the order id)
+            return exists(one_from(self.source("order_items"), "i6").where(
+                text(col("i6", "order_id")).eq(col("t", "trigger_key")), col("i6", "category").eq(lit(argument.this))))
         raise ValueError(f"unknown function {name}")  # pragma: no cover
 
     def bind(self, text_: str, attributes: list[str]) -> exp.Expression:
         return bind_filter(parse_filter(text_, attributes), self.attribute, self.function)
+
+
+#: The due query's column with the instant of a ``wait_until`` step's awaited event (campaigns with such a step).
+WAIT_COLUMN = "wait_event_at"
+
+
+def awaited_event(builder: QueryBuilder, step: Step) -> exp.Expression:
+    """The instant of the first event ``step`` awaits (``wait_until``) after the instance's trigger (``t``)
+    and by ``now``; NULL while none came. ``ordered``: an order; ``came_back``: any event; else that type."""
+    wait = step.wait
+    if wait.event == "ordered":
+        rows, at, conditions = builder.source("orders"), "created_at", []
+    else:
+        rows, at = builder.source("events"), "occurred_at"
+        conditions = [] if wait.event == "came_back" else [col("w", "type").eq(lit(wait.event))]
+    return (exp.select(exp.Min(this=col("w", at))).from_(exp.to_table(rows).as_("w"))
+            .where(col("w", "customer_id").eq(col("t", "customer_id")), col("w", at) > col("t", "trigger_at"),
+                   col("w", at) <= builder.ts(builder.now), *conditions)).subquery()
+
+
+def join_trigger_properties(builder: QueryBuilder, query: exp.Select,
+                            properties: Callable[[], exp.Query | None]) -> exp.Select:
+    """LEFT JOIN the trigger's own properties as ``tp`` on the instance (``t``) when a filter of the query
+    named one; ``properties`` builds the kind's rows (customer_id, trigger_key, property...), one per instance."""
+    if not builder.uses_trigger_properties:
+        return query
+    if "trigger_properties" not in builder.ctes:
+        rows = properties()
+        if rows is None:  # pragma: no cover - validation admits trigger.* only for kinds that have properties
+            raise ValueError("this trigger has no properties")
+        builder.ctes["trigger_properties"] = rows
+    on = exp.and_(col("tp", "customer_id").eq(col("t", "customer_id")), col("tp", "trigger_key").eq(col("t", "trigger_key")))
+    return query.join(exp.to_table("trigger_properties").as_("tp"), on=on, join_type="left")
 
 
 def entry_exists(builder: QueryBuilder, campaign: Campaign) -> exp.Select:

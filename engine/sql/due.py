@@ -18,14 +18,15 @@ from sqlglot import exp
 
 from engine.model import Campaign, ProjectConfig
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, StateRelations, col, is_customer, lit, per_zone_window, step_window, text,
-    variant_columns, without_ledger_rows,
+    CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, StateRelations, col, is_customer, join_trigger_properties, lit,
+    WAIT_COLUMN, awaited_event, per_zone_window, step_window, text, variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
 from engine.sql.triggers.registry import kind_of
 
 #: a typed NULL: PostgreSQL resolves a UNION of untyped NULLs to text, then fails against 1/0
 _INT = exp.DataType.build("INT")
+_TIMESTAMP = exp.DataType.build("TIMESTAMP")
 
 
 def keys_in_sql(campaign: Campaign) -> bool:
@@ -58,7 +59,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     windows = [step_window(step, now, config.stale_horizon) for step in campaign.steps]
     earliest = None if any(w.earliest is None for w in windows) else min(w.earliest for w in windows)
     builder.ctes["trigger_instances"] = kind.instances(builder, campaign, earliest)
-    attributes = filter_attributes(config)
+    attributes = filter_attributes(config, kind.template_record and kind.template_record.entity)
     width = variant_columns(campaign)
     selects = []
     for step, window in zip(campaign.steps, windows):
@@ -70,6 +71,13 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             if step.send_at is not None and zones is not None:
                 conditions += per_zone_window(builder, step, window, zones)
         conditions += kind.conditions(campaign.trigger)
+        waits = []
+        if any(s.wait is not None for s in campaign.steps):  # the awaited event's instant (NULL for other steps)
+            waited = awaited_event(builder, step) if step.wait is not None else exp.cast(exp.null(), _TIMESTAMP)
+            waits.append(exp.alias_(waited, WAIT_COLUMN))
+            if step.wait is not None:  # due once the time ran out or the event came
+                conditions.append(exp.or_(col("t", "trigger_at") <= builder.ts(now - step.wait.at_most),
+                                          waited.copy().is_(exp.null()).not_()))
         for text_ in (campaign.audience, step.audience):
             if text_:
                 conditions.append(builder.bind(text_, attributes))
@@ -98,6 +106,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                 col("t", "trigger_at"),
                 exp.alias_(stopped_by, "stopped_by"),
                 *[col("t", column) for column in kind.extra_columns],
+                *waits,
                 *matches,
                 *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in config.customer_attributes()],
             )
@@ -105,6 +114,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
         )
         query = builder.join_facts(query, col("t", "customer_id")).where(*conditions)
+        query = join_trigger_properties(builder, query, lambda: kind.properties_select(builder, campaign))
         if exclude_ledger and kind.keys_in_sql:
             query = without_ledger_rows(query, campaign, step)
         selects.append(query)
@@ -148,7 +158,7 @@ def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, cust
     builder = QueryBuilder(config, now, dialect or config.dialect, state=state)
     customers = builder.source("customers")
     builder.ctes["trigger_instances"] = kind.instances(builder, campaign, None)
-    attributes = filter_attributes(config)
+    attributes = filter_attributes(config, kind.template_record and kind.template_record.entity)
     checks: list[FilterCheck] = []
 
     def add(scope: str, text_: str, step: str | None = None, variant: str | None = None) -> None:
@@ -175,6 +185,7 @@ def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, cust
         .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
     )
     query = builder.join_facts(query, col("t", "customer_id"))
+    query = join_trigger_properties(builder, query, lambda: kind.properties_select(builder, campaign))
     conditions = [is_customer(col("t", "customer_id"), customer_id), *kind.conditions(campaign.trigger)]
     query = query.where(*conditions).order_by(exp.Ordered(this=col("t", "trigger_at"), desc=True),
                                               exp.Ordered(this=col("t", "trigger_key"), desc=True))

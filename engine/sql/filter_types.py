@@ -2,7 +2,8 @@
 
 Owns the attributes a campaign or segment filter may name given the source
 mapping (``filter_attributes``, ``segment_attributes``: config, validate and
-compile all need them, so they live below all three), the kinds of value a
+compile all need them, so they live below all three) - among them the trigger's own
+properties (``trigger.total``, ``TRIGGER_PROPERTIES``) -, the kinds of value a
 filter attribute holds - ``number``, ``text``, ``instant`` (timestamp or date)
 or ``boolean``, None when unknown - and the check that a parsed filter
 (``filters.parse_filter``) combines them in ways every warehouse accepts: no
@@ -27,19 +28,69 @@ from engine.sql.filters import source_offset
 from engine.model import CUSTOMER_FACTS, SINCE_TRIGGER_FACTS, ProjectConfig
 
 
-def filter_attributes(config: ProjectConfig) -> list[str]:
-    """Every attribute a filter may name, given what the source mapping provides."""
+#: The trigger's own properties a campaign filter may name as ``trigger.<name>``, by the entity whose
+#: row a trigger instance is (``TemplateRecord.entity`` of its kind): property -> (what it needs mapped:
+#: (entity, column or None for the entity alone), or None when always there; the kind of its value).
+#: ``categories`` is a list: filters ask for one with ``trigger_has_category('shoes')``.
+TRIGGER_PROPERTIES: dict[str, dict[str, tuple[tuple[str, str | None] | None, str]]] = {
+    "orders": {
+        "total": (("orders", "total"), "number"), "status": (("orders", "status"), "text"),
+        "item_count": (("order_items", None), "number"), "categories": (("order_items", "category"), "list"),
+        "payment_method": (("orders", "payment_method"), "text"),
+        "shipping_country": (("orders", "shipping_country"), "text"), "currency": (("orders", "currency"), "text"),
+    },
+    "checkouts": {
+        "total": (("checkouts", "total"), "number"), "item_count": (("checkout_items", None), "number"),
+        "currency": (("checkouts", "currency"), "text"),
+    },
+    "events": {
+        "type": (None, "text"), "product_id": (("events", "product_id"), "text"),
+        "product_name": (("events", "product_name"), "text"), "price": (("events", "price"), "number"),
+        "search_query": (("events", "search_query"), "text"), "url": (("events", "url"), "text"),
+    },
+}
+#: ``filter_attributes``' default: the trigger properties of every trigger (for parsing validated filters)
+ANY_TRIGGER = "*"
+
+
+def _mapped(config: ProjectConfig, needs: tuple[str, str | None] | None) -> bool:
+    if needs is None:
+        return True
+    entity, column = needs
+    source = config.sources.get(entity)
+    return source is not None and (column is None or source.has_column(column))
+
+
+def trigger_properties(config: ProjectConfig, record: str | None) -> dict[str, str | None]:
+    """``trigger.<name>`` -> None for each property of a trigger whose instances are rows of ``record``
+    the mapping provides, and -> "entity.column" (what to map) for each it lacks."""
+    found: dict[str, str | None] = {}
+    for entity, properties in TRIGGER_PROPERTIES.items():
+        if record not in (entity, ANY_TRIGGER) or entity not in config.sources:
+            continue
+        for name, (needs, _) in properties.items():
+            mapped = _mapped(config, needs)
+            if mapped or f"trigger.{name}" not in found:
+                found[f"trigger.{name}"] = None if mapped else ".".join(filter(None, needs))
+    return found
+
+
+def filter_attributes(config: ProjectConfig, record: str | None = ANY_TRIGGER) -> list[str]:
+    """Every attribute a filter may name, given what the source mapping provides: with the properties
+    (``trigger.total``, ...) of a trigger whose instances are rows of the entity ``record`` (None: a
+    trigger without any; the default ``ANY_TRIGGER``: those of every trigger, to read validated filters)."""
     attributes = list(config.customer_attributes())
     orders = config.sources.get("orders")
     if orders is not None:
         attributes += [f for f in CUSTOMER_FACTS if f != "last_payment_method" or orders.has_column("payment_method")]
     attributes += [name for name, (entity, _) in SINCE_TRIGGER_FACTS.items() if entity in config.sources]
+    attributes += [name for name, missing in trigger_properties(config, record).items() if missing is None]
     return attributes
 
 
 def segment_attributes(config: ProjectConfig) -> list[str]:
     """What a segment filter may name: a campaign filter's attributes minus those about a trigger."""
-    return [a for a in filter_attributes(config) if a not in SINCE_TRIGGER_FACTS]
+    return [a for a in filter_attributes(config, None) if a not in SINCE_TRIGGER_FACTS]
 
 
 #: The engine's per-customer facts and "since the trigger" facts.
@@ -59,7 +110,7 @@ FUNCTION_KINDS: dict[type[exp.Expression], tuple[str | None, str | None]] = {
     exp.Abs: ("number", "number"),
 }
 ENGINE_FUNCTION_KINDS = {"days_ago": "instant", "hours_ago": "instant", "has_tag": "boolean",
-                         "bought_category": "boolean"}
+                         "bought_category": "boolean", "trigger_has_category": "boolean"}
 
 _WORDS = {"number": "a number", "text": "text", "instant": "a timestamp", "boolean": "true/false"}
 _INSTANT_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?")
@@ -73,6 +124,8 @@ def attribute_kinds(config: ProjectConfig, warehouse_kinds: Mapping[str, str] | 
     """Kind of every attribute whose kind is known; ``warehouse_kinds`` (mapped customer column ->
     kind, from the warehouse's declared types) overrides what the model implies."""
     kinds = dict(FACT_KINDS)
+    kinds.update({f"trigger.{name}": kind for properties in TRIGGER_PROPERTIES.values()
+                  for name, (_, kind) in properties.items() if kind != "list"})
     customers = config.sources.get("customers")
     for name, expression in (customers.columns.items() if customers else ()):
         if name in CUSTOMER_COLUMN_KINDS and re.fullmatch(r"\w+", expression.strip()):
@@ -103,7 +156,7 @@ class _Checker:
         if isinstance(node, exp.Paren):
             return self.kind(node.this)
         if isinstance(node, exp.Column):
-            return self.kinds.get(node.name)
+            return self.kinds.get(f"{node.table}.{node.name}" if node.table else node.name)
         if isinstance(node, exp.Literal):
             return "literal:" + node.this if node.is_string else "number"
         if isinstance(node, exp.Boolean):

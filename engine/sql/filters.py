@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import sqlglot
 from sqlglot import exp
@@ -48,7 +48,10 @@ ENGINE_FUNCTIONS: dict[str, tuple[str, str]] = {
     "hours_ago": ("number", "the instant N hours before now"),
     "has_tag": ("string", "the customer has this engine tag (set by a campaign action)"),
     "bought_category": ("string", "the customer ordered an item of this category"),
+    "trigger_has_category": ("string", "the triggering order has an item of this category"),
 }
+#: The prefix of the trigger's own properties (``trigger.total``): the one qualified name a filter may use.
+TRIGGER_PREFIX = "trigger."
 
 
 #: The largest argument of the time functions (a hundred years): more overflows the date arithmetic.
@@ -109,14 +112,18 @@ def _check_size(text: str) -> None:
                               fix="simplify it: remove redundant brackets and double negations", offset=token.start)
 
 
-def parse_filter(text: str, attributes: Iterable[str]) -> exp.Expression:
+def parse_filter(text: str, attributes: Iterable[str], unmapped: Mapping[str, str] | None = None) -> exp.Expression:
     """Parse ``text`` and check it against the whitelist and the known attributes.
 
-    Returns the AST with bare (unqualified) columns; ``bind_filter`` later
-    replaces them with the warehouse expressions. A ``FilterError`` carries the
-    offset of the offending text in ``text`` where sqlglot reports it.
+    Returns the AST with bare (unqualified) columns, or ``trigger.<property>``
+    ones for the trigger's own properties (known as "trigger.<property>");
+    ``bind_filter`` later replaces them with the warehouse expressions. A
+    ``FilterError`` carries the offset of the offending text in ``text`` where
+    sqlglot reports it. ``unmapped``: trigger properties the trigger has but the
+    mapping lacks -> the "entity.column" to map (for the error's fix).
     """
     known = sorted(set(attributes))
+    unmapped = unmapped or {}
     try:
         _check_quotes(text)
         _check_size(text)
@@ -148,13 +155,18 @@ def parse_filter(text: str, attributes: Iterable[str]) -> exp.Expression:
             offset=source_offset(query, text, keyword="select"),
         )
     for node in tree.walk():
-        _check_node(node, known, text)
+        _check_node(node, known, text, unmapped)
         node.comments = None  # sqlglot would carry -- and /* */ comments into the SQL: nothing but the whitelist goes there
     return tree
 
 
+def attribute_name(column: exp.Column) -> str:
+    """The attribute a checked filter's column names: ``total_spent``, or ``trigger.total``."""
+    return TRIGGER_PREFIX + column.name if column.table else column.name
+
+
 def referenced_attributes(tree: exp.Expression) -> set[str]:
-    return {column.name for column in tree.find_all(exp.Column)}
+    return {attribute_name(column) for column in tree.find_all(exp.Column)}
 
 
 def referenced_functions(tree: exp.Expression) -> set[str]:
@@ -172,7 +184,7 @@ def bind_filter(
 
     def replace(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.Column):
-            return resolve(node.name)
+            return resolve(attribute_name(node))
         if isinstance(node, exp.Anonymous) and call is not None:
             return call(node.name.lower(), node.expressions[0])
         return node
@@ -180,18 +192,52 @@ def bind_filter(
     return tree.copy().transform(replace)
 
 
-def _check_node(node: exp.Expression, known: list[str], text: str) -> None:
+def _check_trigger_property(node: exp.Column, known: list[str], text: str, unmapped: Mapping[str, str]) -> None:
+    name = TRIGGER_PREFIX + node.name
+    properties = [k for k in known if k.startswith(TRIGGER_PREFIX)]
+    offset = source_offset(node, text)
+    if name == TRIGGER_PREFIX + "categories" and (name in known or name in unmapped):
+        raise FilterError("trigger.categories is a list of the order's item categories, not a value",
+                          fix="ask for one category with trigger_has_category('shoes')", offset=offset)
+    if name in unmapped:
+        entity, _, column = unmapped[name].partition(".")
+        where = f"sources.{entity}.columns.{column}" if column else f"sources.{entity}"
+        raise FilterError(f"{name} needs {unmapped[name]}, which engine.yaml does not map",
+                          fix=f"map it in engine.yaml ({where}), or remove {name} from the filter", offset=offset)
+    if name not in known:
+        shown = name if len(name) <= 60 else name[:60] + "..."
+        if not properties:
+            raise FilterError(f"'{shown}': this filter has no trigger properties",
+                              fix="trigger.* names the triggering order, checkout or event (e.g. trigger.total > 50) "
+                                  "in the audiences of a campaign with such a trigger; segments have none",
+                              offset=offset)
+        close = difflib.get_close_matches(node.name[:100], [p[len(TRIGGER_PREFIX):] for p in properties], n=2, cutoff=0.75)
+        hint = f" (did you mean {' or '.join(repr(TRIGGER_PREFIX + c) for c in close)}?)" if close else ""
+        raise FilterError(f"the trigger has no property '{shown}'" + hint,
+                          fix="use one of: " + ", ".join(p for p in properties if p != TRIGGER_PREFIX + "categories")
+                          + " (a mapped column of the order, checkout or event becomes one: engine.yaml sources)",
+                          offset=offset)
+
+
+def _check_node(node: exp.Expression, known: list[str], text: str, unmapped: Mapping[str, str] | None = None) -> None:
     if isinstance(node, exp.Column):
+        if node.table == "trigger" and not node.args.get("db") and not node.args.get("catalog"):
+            _check_trigger_property(node, known, text, unmapped or {})
+            return
         if node.table or node.args.get("db") or node.args.get("catalog"):
             raise FilterError(
                 f"'{node.sql()}' is a qualified column; filters name attributes only",
-                fix=f"write just the attribute name, e.g. {node.name}",
+                fix=f"write trigger.{node.name} (the triggering order's, checkout's or event's own property)"
+                if TRIGGER_PREFIX + node.name in known else f"write just the attribute name, e.g. {node.name}",
                 offset=source_offset(node, text),
             )
         if node.name not in known:
             shown = node.name if len(node.name) <= 60 else node.name[:60] + "..."
+            hint = _did_you_mean(node.name[:100], known)
+            if TRIGGER_PREFIX + node.name in known:
+                hint = f" (did you mean 'trigger.{node.name}', the trigger's own property?)"
             raise FilterError(
-                f"unknown attribute '{shown}'" + _did_you_mean(node.name[:100], known),
+                f"unknown attribute '{shown}'" + hint,
                 fix="use one of the known attributes: " + ", ".join(known)
                 + " (extra customer columns can be mapped in engine.yaml sources.customers.columns)",
                 offset=source_offset(node, text),
@@ -206,6 +252,16 @@ def _check_node(node: exp.Expression, known: list[str], text: str) -> None:
         return
     if isinstance(node, exp.Anonymous) and node.name.lower() in ENGINE_FUNCTIONS:
         _check_engine_function(node, text)
+        if node.name.lower() == "trigger_has_category":
+            categories = TRIGGER_PREFIX + "categories"
+            if categories in (unmapped or {}):
+                raise FilterError(f"trigger_has_category() needs {unmapped[categories]}, which engine.yaml does not map",
+                                  fix="map it in engine.yaml (sources.order_items.columns.category)",
+                                  offset=source_offset(node, text, keyword=node.name))
+            if categories not in known:
+                raise FilterError("trigger_has_category() asks about the triggering order's items: this filter has no "
+                                  "order trigger", fix="use it in a campaign with an order trigger, or bought_category('...') "
+                                  "for any order of the customer", offset=source_offset(node, text, keyword=node.name))
         return
     if isinstance(node, exp.Func):
         name = node.sql_name() if not isinstance(node, exp.Anonymous) else node.name

@@ -41,6 +41,7 @@ TABLES = {
         sa.Column("created_at", sa.DateTime), sa.Column("status", sa.String),
         sa.Column("total", sa.Numeric(12, 2)), sa.Column("payment_method", sa.String),
         sa.Column("delivery_date", sa.Date),
+        sa.Column("shipping_country", sa.String),  # not generated: tests set it (trigger.shipping_country)
     ),
     "order_items": sa.Table(
         "order_items", shop_metadata,

@@ -97,10 +97,13 @@ class StepInfo:
     send_at: time | None
     audience: str | None
     instances: list[InstanceStep] = field(default_factory=list)
+    #: ``wait_until``: (the awaited event, at most how long after the trigger), or None
+    wait: tuple[str, timedelta] | None = None
 
     def as_dict(self) -> dict:
         return {"id": self.id, "delay": _duration(self.delay), "freshness": _duration(self.freshness),
                 "send_at": self.send_at.strftime("%H:%M") if self.send_at else None, "audience": self.audience,
+                **({"wait_until": self.wait[0], "at_most": _duration(self.wait[1])} if self.wait else {}),
                 "instances": [i.as_dict() for i in self.instances]}
 
 
@@ -156,7 +159,8 @@ def explain(reconciler: Reconciler, campaign_name: str, customer_id: str, now: d
 
     steps = []
     for step in campaign.steps:
-        info = StepInfo(step.id, step.delay, step.freshness, step.send_at, step.audience)
+        info = StepInfo(step.id, step.delay, step.freshness, step.send_at, step.audience,
+                        wait=(step.wait.event, step.wait.at_most) if step.wait is not None else None)
         for row in rows[:MAX_INSTANCES]:
             info.instances.append(_explain_instance(reconciler, campaign, step, row, checks, zone, now,
                                                     planned, candidates, recorded, customer_id))
@@ -225,6 +229,9 @@ def _explain_instance(reconciler: Reconciler, campaign: Campaign, step: Step, ro
                       planned: dict, candidates: dict, recorded: dict, customer_id: str) -> InstanceStep:
     key, trigger_at, due_at = kind_of(campaign.trigger).explain_instance(campaign.trigger, step, row, zone, now,
                                                                          reconciler.config.stale_horizon)
+    if step.wait is not None and trigger_at is not None:  # the latest; the due query knows whether the event came
+        decided = candidates.get(message_key(campaign.name, step.id, customer_id, key))
+        due_at = decided.due_at if decided is not None else trigger_at + step.wait.at_most
     stale_after = due_at + step.freshness if step.freshness is not None and due_at is not None else None
     filters, stopped = [], []
     for check in checks:
@@ -305,7 +312,9 @@ def format_text(e: Explanation) -> str:
     for s in e.steps:
         lines.append("")
         lines.append(f"step {s.id}: delay {_duration(s.delay)}, freshness {_duration(s.freshness) or '-'}, "
-                     f"send_at {s.send_at.strftime('%H:%M') if s.send_at else '-'}")
+                     f"send_at {s.send_at.strftime('%H:%M') if s.send_at else '-'}"
+                     + (f", wait_until {s.wait[0]} (at most {_duration(s.wait[1])} after the trigger: due at the "
+                        "event, or then)" if s.wait else ""))
         for i in s.instances:
             if i.trigger_key is None:
                 lines.append(f"  => {i.verdict.text}")

@@ -18,7 +18,8 @@ from sqlglot import exp
 from engine.clock import CalendarDuration, Duration, format_duration, parse_stored_timestamp
 from engine.decide import due_time
 from engine.model import Campaign, ProjectConfig, Step, Trigger
-from engine.sql.compile import QueryBuilder, StepWindow
+from engine.sql.compile import QueryBuilder, StepWindow, col, text
+from engine.sql.filter_types import TRIGGER_PROPERTIES, trigger_properties
 
 
 class CampaignFile(Protocol):
@@ -70,6 +71,8 @@ class TriggerKind:
     #: a segment trigger: who entered the segment is recorded each pass (the ledger's entries), and the
     #: due query reads those entries (brought to the warehouse when the ledger is elsewhere)
     records_entries: bool = False
+    #: a named segment's entry: the stop condition ``left_segment`` applies (``QueryBuilder.left_segment``)
+    has_segment: bool = False
     #: further ``trigger_instances`` columns each due row carries, after ``trigger_at``
     extra_columns: tuple[str, ...] = ()
 
@@ -97,6 +100,29 @@ class TriggerKind:
         """The conditions that keep the instances a step may be due for in ``window``;
         None: ``trigger_at`` between the window's bounds (the due query's own, per time zone)."""
         return None
+
+    def properties_select(self, builder: QueryBuilder, campaign: Campaign) -> exp.Query | None:
+        """The trigger's own properties (``trigger.total``, ...: ``filter_types.TRIGGER_PROPERTIES``) as rows
+        (customer_id, trigger_key, property...), one per instance; None when the kind has none. The default:
+        the row of the template record's entity whose key column is the trigger key, with the number of
+        its items (a quantity counts that many; a row without one, one)."""
+        record = self.template_record
+        if record is None or record.key_column is None:
+            return None
+        properties = mapped_properties(builder.config, record.entity)
+        rows = builder.source(record.entity)
+        key = col("r", record.key_column)
+        projections = [col("r", "customer_id"), exp.alias_(text(key), "trigger_key")]
+        projections += [col("r", name) for name, (needs, _) in properties.items() if needs and needs[0] == record.entity]
+        query = exp.select(*projections).from_(exp.to_table(rows).as_("r"))
+        if "item_count" in properties:
+            items = builder.source(record.items)
+            counted = (exp.select(col("i", record.key_column), exp.alias_(exp.Sum(this=exp.func(
+                "COALESCE", col("i", "quantity"), exp.Literal.number(1))), "item_count"))
+                .from_(exp.to_table(items).as_("i")).group_by(col("i", record.key_column)))
+            query = query.select(exp.alias_(exp.func("COALESCE", col("n", "item_count"), exp.Literal.number(0)), "item_count"))
+            query = query.join(counted.subquery("n"), on=col("n", record.key_column).eq(key.copy()), join_type="left")
+        return query
 
     def entries_select(self, builder: QueryBuilder, campaign: Campaign) -> exp.Query | None:
         """For segment triggers: (campaign, customer_id, trigger_key, entered_at) of who entered the
@@ -132,6 +158,13 @@ class TriggerKind:
     def backtest_refusal(self, campaign: Campaign) -> str | None:
         """Why ``engine backtest`` cannot replay ``campaign``'s trigger, or None when it can."""
         return None
+
+
+def mapped_properties(config: ProjectConfig, entity: str) -> dict:
+    """The trigger properties of rows of ``entity`` the mapping provides: name -> (needs, kind)."""
+    available = trigger_properties(config, entity)
+    return {name: spec for name, spec in TRIGGER_PROPERTIES.get(entity, {}).items()
+            if available.get(f"trigger.{name}", "missing") is None}
 
 
 def _shown(value) -> str:

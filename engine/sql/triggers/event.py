@@ -14,7 +14,7 @@ from sqlglot import exp
 
 from engine.model import Campaign, ProjectConfig, Trigger
 from engine.sql.compile import QueryBuilder, col, day_text, lit, text
-from engine.sql.triggers.base import CampaignFile, TemplateRecord, TriggerKind
+from engine.sql.triggers.base import CampaignFile, TemplateRecord, TriggerKind, mapped_properties
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,26 @@ class EventKind(TriggerKind):
             .from_(exp.to_table(events).as_("e")).where(*conditions)
             .group_by(col("e", "customer_id"), day.copy())
         )
+
+
+    def properties_select(self, builder: QueryBuilder, campaign: Campaign) -> exp.Query:
+        """The instance's event: for ``per: day`` the day's last one of the type (the one that times the
+        instance; of several at that instant, the highest event id where mapped)."""
+        trigger = campaign.trigger
+        events = builder.source("events")
+        properties = [col("e", name) for name, (needs, _) in mapped_properties(builder.config, "events").items()]
+        conditions = [col("e", "type").eq(lit(trigger.type)), col("e", "occurred_at") <= builder.ts(builder.now)]
+        if trigger.per == "event":
+            return (exp.select(col("e", "customer_id"), exp.alias_(text(col("e", "event_id")), "trigger_key"), *properties)
+                    .from_(exp.to_table(events).as_("e")).where(*conditions))
+        day = day_text(col("e", "occurred_at"), builder.dialect)
+        latest = exp.Window(this=exp.RowNumber(), partition_by=[col("e", "customer_id"), day.copy()],
+                            order=exp.Order(expressions=[exp.Ordered(this=col("e", "occurred_at"), desc=True),
+                                                         exp.Ordered(this=col("e", "event_id"), desc=True)]))
+        ranked = (exp.select(col("e", "customer_id"), exp.alias_(day, "trigger_key"), *properties,
+                             exp.alias_(latest, "newest"))
+                  .from_(exp.to_table(events).as_("e")).where(*conditions))
+        return exp.select("*").from_(ranked.subquery("d")).where(exp.column("newest").eq(exp.Literal.number(1)))
 
 
 KIND = EventKind()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from engine.model import Trigger
 from engine.sql.triggers import (
     anniversary, at_risk, checkout_abandoned, event, last_activity, order_date, order_placed, registration,
+    segment_entry,
 )
 from engine.sql.triggers.base import TriggerKind
 
@@ -21,6 +22,7 @@ KINDS: tuple[TriggerKind, ...] = (
     order_date.KIND,
     last_activity.KIND,
     at_risk.KIND,
+    segment_entry.KIND,
 )
 
 _BY_MODEL = {kind.model: kind for kind in KINDS}
