@@ -44,8 +44,9 @@ class DeclarationProblem:
     fix: str
 
 
-def declaration_syntax() -> str:
-    return "{# uses: promotions #} (or {# uses: promotions limit 2 #}) on a line of its own at the top of the template"
+def declaration_syntax(name: str = "promotions", where: str = "the template") -> str:
+    return (f"add {{# uses: {name} #}} on a line of its own at the top of {where} (it shows at most {DEFAULT_LIMIT}; "
+            f"{{# uses: {name} limit 1 #}} at most one)")
 
 
 def declared_lists(source: str) -> tuple[dict[str, int], list[DeclarationProblem]]:
@@ -58,8 +59,7 @@ def declared_lists(source: str) -> tuple[dict[str, int], list[DeclarationProblem
             entry = " ".join(raw.split())
             found = _ENTRY.match(entry)
             if found is None:
-                problems.append(DeclarationProblem(f"cannot read the declaration '{entry}'", line,
-                                                   "write " + declaration_syntax()))
+                problems.append(DeclarationProblem(f"cannot read the declaration '{entry}'", line, declaration_syntax()))
                 continue
             name = found.group("name")
             if name not in LISTS:
@@ -101,7 +101,7 @@ def template_declarations(env: jinja2.Environment, name: str, layout: str | None
         for list_name, line in undeclared_uses(tree, declared):
             problems.append((current, DeclarationProblem(
                 f"template '{current}' line {line} uses the list '{list_name}', which '{name}' does not declare",
-                line, f"declare it at the top of templates/{name}: " + declaration_syntax().replace("promotions", list_name))))
+                line, declaration_syntax(list_name, f"templates/{name}"))))
         for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
             child = node.template.value if isinstance(node.template, nodes.Const) else None
             if isinstance(child, str) and child != layout and child not in seen:

@@ -70,7 +70,7 @@ TABLES = {
     # the shop's promotions (engine/sql/promotions.py): campaign / step NULL feed every campaign / step
     "promotions": sa.Table(
         "promotions", shop_metadata,
-        sa.Column("promotion_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("promotion_id", sa.Integer, index=True),  # one row per campaign a promotion feeds
         sa.Column("title", sa.String), sa.Column("description", sa.String), sa.Column("image_url", sa.String),
         sa.Column("url", sa.String), sa.Column("valid_from", sa.DateTime), sa.Column("valid_to", sa.DateTime),
         sa.Column("campaign", sa.String), sa.Column("step", sa.String),
