@@ -240,3 +240,29 @@ def test_a_template_that_shows_promotions_needs_them_mapped(tmp_path):
         ("re-engage.yaml", "template 're-engage/miss-you.email.j2' shows promotions, but engine.yaml maps no promotions"),
         ("second-order.yaml", "template 'second-order/nudge.email.j2' shows promotions, but engine.yaml maps no promotions")]
     assert all("map sources.promotions" in i.fix for i in issues)
+
+
+# --- the layout's promotion block ------------------------------------------------------------------------
+
+
+def test_a_template_may_fill_the_promotion_block_itself_and_the_footer_stays_the_layouts(tmp_path):
+    from conftest import REPO
+    from engine.templating.render import Renderer
+
+    write(tmp_path / "layouts" / "email.j2", (REPO / "templates" / "layouts" / "email.j2").read_text())
+    write(tmp_path / "own.email.j2", """{# uses: promotions limit 1 #}
+        {% extends "layouts/email.j2" %}
+        {% block title %}T{% endblock %}
+        {% block promotion %}{% for p in promotions %}Today only: {{ p.title }}{% endfor %}{% endblock %}
+        """)
+    context = {"customer": {"first_name": "A"}, "unsubscribe_url": "https://shop.example/u?c=1",
+               "shop": {"name": "Shop", "address": "", "legal": "", "url": ""},
+               "promotions": [{"title": "Cake & coffee", "description": "", "image_url": None, "url": None}]}
+    renderer = Renderer(tmp_path)
+
+    content = renderer.render("own.email.j2", "email", context)
+
+    assert "Today only: Cake & coffee" in content.text and "Today only: Cake &amp; coffee" in content.html
+    assert "* Cake" not in content.text  # the layout's own presentation gave way to the template's
+    assert content.text.endswith("Unsubscribe: https://shop.example/u?c=1")
+    assert renderer.declared_lists("own.email.j2") == {"promotions": 1}
