@@ -228,18 +228,35 @@ def test_check_warehouse_names_promotions_without_title_or_for_a_campaign_or_ste
     assert len(messages) == 3, messages
 
 
-def test_a_template_that_shows_promotions_needs_them_mapped(tmp_path):
+def test_a_template_that_shows_promotions_without_them_mapped_is_warned_of_and_shows_none(tmp_path, monkeypatch):
     from engine.spec.project import check_project
 
     root = copy_project(tmp_path / "project")
     text = (root / "engine.yaml").read_text()
     (root / "engine.yaml").write_text(text[:text.index("  promotions:")] + text[text.index("  push_subscriptions:"):])
-    issues = [i for i in check_project(root)[1] if i.severity == "error"]
+    project, issues = check_project(root)
 
-    assert sorted((i.file.rsplit("/", 1)[-1], i.message.replace(f"{root}/", "")) for i in issues) == [
-        ("re-engage.yaml", "template 're-engage/miss-you.email.j2' shows promotions, but engine.yaml maps no promotions"),
-        ("second-order.yaml", "template 'second-order/nudge.email.j2' shows promotions, but engine.yaml maps no promotions")]
-    assert all("map sources.promotions" in i.fix for i in issues)
+    assert project is not None and not [i for i in issues if i.severity == "error"]
+    warned = [i for i in issues if "promotions" in i.message]
+    assert sorted((i.file.rsplit("/", 1)[-1], i.message.replace(f"{root}/", "")) for i in warned) == [
+        ("re-engage.yaml", "template 're-engage/miss-you.email.j2' shows promotions, but engine.yaml maps no promotions: "
+                           "it shows none"),
+        ("second-order.yaml", "template 'second-order/nudge.email.j2' shows promotions, but engine.yaml maps no "
+                              "promotions: it shows none")]
+    assert all("map sources.promotions" in i.fix for i in warned)
+    # and a pass sends the email without a promotion block
+    url = database_url("sqlite", tmp_path)
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    for path in (root / "campaigns.d").glob("*.yaml"):
+        if path.name != "second-order.yaml":
+            path.unlink()
+    load_history(url, customers=[{"customer_id": 1, "email": "c1@example.com", "created_at": T0 - timedelta(days=30)}],
+                 orders=[{"order_id": 1, "customer_id": 1, "created_at": T0, "status": "completed", "total": 5}],
+                 promotions=[promotion(1, "Not mapped, not shown")])
+    report, rows, queries = run_pass(root, T0 + timedelta(days=7, minutes=1))
+    assert {(c, s) for c, s, _, _ in rows} == {("second-order", "sent")} and queries == []
+    [(text, html)] = outbox(root)["second-order"]
+    assert "Thank you for your first order" in text and "Not mapped" not in text + html
 
 
 # --- the layout's promotion block ------------------------------------------------------------------------

@@ -203,7 +203,8 @@ def _check_channel(doc: Document, config: ProjectConfig, renderer: Renderer, tri
     elif template is not None and trigger is not None:
         if "promotions" in renderer.declared_lists(template) and "promotions" not in config.sources:
             issues.append(doc.issue(where + ("template",), f"template '{template}' shows promotions, but {config.file} "
-                                    "maps no promotions", fix="map sources.promotions (promotion_id, title, ...) in "
+                                    "maps no promotions: it shows none", severity="warning",
+                                    fix="map sources.promotions (promotion_id, title, ...) in "
                                     f"{config.file}, or remove the {{# uses: promotions #}} declaration"))
         sample = sample_context(config, trigger, discount_code)
         for problem in renderer.check(template, channel.kind, sample):
