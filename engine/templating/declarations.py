@@ -88,8 +88,8 @@ def undeclared_uses(tree: nodes.Template, declared: dict[str, int]) -> list[tupl
 def template_declarations(env: jinja2.Environment, name: str, layout: str | None
                           ) -> tuple[dict[str, int], list[tuple[str, DeclarationProblem]]]:
     """What template ``name`` declares, and the problems of it and of every template it extends, includes or
-    imports except the layout: (template, problem). Each template declares for itself, except that a
-    campaign template's declaration covers the templates it extends (its own base templates)."""
+    imports except the layout: (template, problem). The campaign template's declaration covers every template
+    it reaches (its own base templates, includes and imports); theirs are not read."""
     source = env.loader.get_source(env, name)[0]
     declared, own = declared_lists(source)
     problems = [(name, p) for p in own]

@@ -150,8 +150,8 @@ class Renderer:
         if name not in self._declared:
             try:
                 self._declared[name] = template_declarations(self._plain, name, self.layout)[0]
-            except (jinja2.TemplateError, OSError, UnicodeDecodeError):
-                self._declared[name] = {}
+            except (jinja2.TemplateError, OSError, UnicodeDecodeError, RecursionError):
+                self._declared[name] = {}  # the render itself reports why
         return self._declared[name]
 
     def _undefined_problems(self, name: str, declared: channel_kinds.ChannelKind, sample: dict[str, Any],
