@@ -35,6 +35,8 @@ ENTITY_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("customer_id", "type", "occurred_at"),
         ("event_id", "product_id", "product_name", "url", "image_url", "price", "search_query"),
     ),
+    # the shop's current promotions (engine/sql/promotions.py): campaign / step NULL feed every campaign / step
+    "promotions": (("promotion_id", "title"), ("description", "image_url", "url", "valid_from", "valid_to", "campaign", "step")),
     # contacts kept apart from the customers, several per customer (push subscriptions): their kinds declare them
     **{name: (entity.columns, ()) for name, entity in contact_entities().items()},
 }

@@ -26,6 +26,7 @@ from engine.sql.triggers.event import Event
 from engine.sql.triggers.registry import kind_of
 from engine.run.dispatch import serialize
 from engine.run.messages import DueMessage, PassReport
+from engine.run import promotions as promotion_lists
 from engine.run.record import as_record
 from engine.run.sources import SourceRows
 from engine.state.ledger import Record
@@ -47,6 +48,7 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
     """Render every claimed message of a batch, each with its document (the bytes its transport hands
     over); ``secret`` signs unsubscribe links and discount codes, ``now`` dates the messages."""
     contexts = TriggerContexts(sources, project, config).load(claimed)
+    promotions = promotion_lists.batch_promotions(claimed, project, config, renderer, sources.warehouse, now)
     rendered = Rendered()
     date = format_datetime(now.astimezone(timezone.utc))  # an RFC 5322 Date: the pass's instant
     shop = shop_settings(config.shop)  # the layout's shop name, postal address, legal footer
@@ -69,6 +71,14 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         context["scan_url"] = scan_link.link(config.scan_url, secret, m.key)
         if step.wait is not None:
             context["wait"] = wait_outcome(m.trigger_at, step, m.due_at)
+        shown = promotion_lists.shown_limit(m, project, renderer)
+        if shown is not None:
+            context[promotion_lists.LIST] = promotions.get((m.campaign, m.step), [])[:shown]
+            why = promotion_lists.problem(context[promotion_lists.LIST])
+            if why is not None:  # never sent half-filled
+                rendered.failures.append(as_record(m, "skipped", reason=promotion_lists.INVALID, detail=why))
+                report.add(m.campaign, m.step, f"skipped:{promotion_lists.INVALID}", channel=m.channel)
+                continue
         if step.discount_code is not None:
             if m.code is None:  # claimed without its code (not through claim.py): never sent without it
                 rendered.failures.append(as_record(m, "skipped", reason="no_code",

@@ -219,6 +219,11 @@ def _check_channel(doc: Document, config: ProjectConfig, renderer: Renderer, tri
         issues.append(doc.issue(where + ("channel",), f"channel '{channel_name}' is not configured (configured: {known})",
                                 fix=f"add it under channels: in {config.file} or use a configured one"))
     elif template is not None and trigger is not None:
+        if "promotions" in renderer.declared_lists(template) and "promotions" not in config.sources:
+            issues.append(doc.issue(where + ("template",), f"template '{template}' shows promotions, but {config.file} "
+                                    "maps no promotions: it shows none", severity="warning",
+                                    fix="map sources.promotions (promotion_id, title, ...) in "
+                                    f"{config.file}, or remove the {{# uses: promotions #}} declaration"))
         sample = sample_context(config, trigger, discount_code, wait)
         for problem in renderer.check(template, channel.kind, sample):
             if problem.template is not None and problem.line is not None:  # at its line in the template itself
@@ -439,10 +444,14 @@ def sample_context(config: ProjectConfig, trigger: Trigger, discount_code: bool,
         context["discount_code"] = "SAMPLE-CODE"
     if wait:  # decide.wait_outcome
         context["wait"] = {"outcome": "event", "event": "ordered", "deadline": "2025-01-04 00:00:00"}
+    # the lists a template may declare (templating/declarations.py); a template sees only those it declares
+    promotion = {name: _SAMPLE_VALUES.get(name, "sample") for group in ENTITY_COLUMNS["promotions"] for name in group}
+    context["promotions"] = [promotion, {**promotion, "promotion_id": 2}]
     return context
 
 
-_SAMPLE_VALUES = {"price": 9.5, "total": 19.0, "quantity": 1}
+_SAMPLE_VALUES = {"price": 9.5, "total": 19.0, "quantity": 1, "promotion_id": 1, "valid_from": "2025-01-01 00:00:00",
+                  "valid_to": "2025-02-01 00:00:00"}
 
 
 def lint(doc: Document, campaign: Campaign, config: ProjectConfig) -> list[Issue]:

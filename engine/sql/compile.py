@@ -52,7 +52,8 @@ DUE_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "
 
 #: Canonical columns holding instants. Where a dialect keeps instants as text (SQLite: no timestamp
 #: type; Dialect.instant_text_format) they are normalised to one text format so that comparisons are exact.
-INSTANT_COLUMNS = frozenset({"created_at", "completed_at", "occurred_at", "unsubscribed_at", "delivery_date"})
+INSTANT_COLUMNS = frozenset({"created_at", "completed_at", "occurred_at", "unsubscribed_at", "delivery_date",
+                             "valid_from", "valid_to"})
 
 
 def ts(value: datetime, dialect: str) -> exp.Expression:

@@ -24,6 +24,7 @@ from markupsafe import escape
 
 from engine import channel_kinds
 from engine.errors import TemplateError
+from engine.templating.declarations import LISTS, template_declarations
 from engine.templating.layout import EMAIL_LAYOUT, FOOTERS, lock_violations
 from engine.templating.sandbox import BudgetExceeded, Limits, TemplateSandbox, budget, read_only
 from engine.templating.loader import FolderLoader, TemplateOutsideFolder, TemplateTooLarge
@@ -77,6 +78,7 @@ class Renderer:
         self._cache: dict[tuple[str, bool], jinja2.Template] = {}
         self._chains: dict[tuple[str, str, bool], list[jinja2.Template] | None] = {}
         self._locks: dict[str, str | None] = {}
+        self._declared: dict[str, dict[str, int]] = {}
 
     def _template(self, name: str, html: bool) -> jinja2.Template:
         key = (name, html)
@@ -108,6 +110,12 @@ class Renderer:
             if violations:
                 return [TemplateProblem(f"{v.message} ({v.file}" + (f":{v.line})" if v.line else ")"), line=v.line, fix=v.fix)
                         for v in violations]
+        declared_lists, list_problems = template_declarations(self._plain, name, self.layout)
+        if list_problems:
+            return [TemplateProblem(f"template '{name}' {p.message}" if at == name and not p.message.startswith("template ")
+                                    else p.message, line=p.line, fix=p.fix, template=at) for at, p in list_problems]
+        # a list reaches only the templates that declare it (the layout shows it behind "is defined")
+        sample = {key: value for key, value in sample.items() if key not in LISTS or key in declared_lists}
         try:
             with budget(self.limits):
                 data = read_only(sample)
@@ -135,6 +143,16 @@ class Renderer:
             return [TemplateProblem(f"template '{name}' fails to render: {exc}{_where(exc)}", line=_line(exc),
                                     fix=f"fix templates/{name}")]
         return self._missing_blocks(name, kind, blocks)
+
+    def declared_lists(self, name: str) -> dict[str, int]:
+        """The lists template ``name`` declares it shows (declarations.py), with the most items of each;
+        cached (the run asks once per message). A template that cannot be read declares none."""
+        if name not in self._declared:
+            try:
+                self._declared[name] = template_declarations(self._plain, name, self.layout)[0]
+            except (jinja2.TemplateError, OSError, UnicodeDecodeError, RecursionError):
+                self._declared[name] = {}  # the render itself reports why
+        return self._declared[name]
 
     def _undefined_problems(self, name: str, declared: channel_kinds.ChannelKind, sample: dict[str, Any],
                             locked: bool, first: jinja2.UndefinedError) -> list[TemplateProblem]:

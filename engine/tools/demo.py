@@ -69,6 +69,14 @@ TABLES = {
         sa.Column("customer_id", sa.Integer, index=True), sa.Column("endpoint", sa.String),
         sa.Column("p256dh", sa.String), sa.Column("auth", sa.String),
     ),
+    # the shop's promotions (engine/sql/promotions.py): campaign / step NULL feed every campaign / step
+    "promotions": sa.Table(
+        "promotions", shop_metadata,
+        sa.Column("promotion_id", sa.Integer, index=True),  # one row per campaign a promotion feeds
+        sa.Column("title", sa.String), sa.Column("description", sa.String), sa.Column("image_url", sa.String),
+        sa.Column("url", sa.String), sa.Column("valid_from", sa.DateTime), sa.Column("valid_to", sa.DateTime),
+        sa.Column("campaign", sa.String), sa.Column("step", sa.String),
+    ),
     "events": sa.Table(
         "events", shop_metadata,
         sa.Column("event_id", sa.Integer, primary_key=True, autoincrement=False),
@@ -171,7 +179,31 @@ def generate_shop(seed: int = 42, customers: int = 2000, anchor: str = "2025-01-
             data.rows["checkout_items"] += items
         _events(rng, data, customer_id, registered, end)
     _push_subscriptions(random.Random(f"{seed}:push"), data)
+    data.rows["promotions"] = _promotions(end)
     return data
+
+
+def _promotions(end: datetime) -> list[dict]:
+    """A few promotions around ``end``: one for every campaign, one for second-order, one for re-engage's
+    first step, one that ended and one that has not begun (no random draws: the rest of the shop is unchanged)."""
+    shop = "https://beanandbrew.example"
+
+    def promotion(promotion_id: int, title: str, description: str, starts: int, ends: int, campaign: str | None = None,
+                  step: str | None = None) -> dict:
+        return {"promotion_id": promotion_id, "title": title, "description": description,
+                "image_url": f"{shop}/img/promo-{promotion_id}.jpg", "url": f"{shop}/offers/{promotion_id}",
+                "valid_from": end + timedelta(days=starts), "valid_to": end + timedelta(days=ends),
+                "campaign": campaign, "step": step}
+
+    return [
+        promotion(1, "Winter blend week", "Our dark winter roast, 15 % off until the end of the month.", -9, 21),
+        promotion(2, "A free tasting set with your second order", "Three single origins to find your favourite.",
+                  -30, 20, campaign="second-order"),
+        promotion(3, "Welcome back: free shipping this week", "On every order, no minimum.", -4, 3,
+                  campaign="re-engage", step="miss-you"),
+        promotion(4, "Christmas gift boxes", "Wrapped and ready to give.", -40, -9),
+        promotion(5, "Valentine's pairing", "Two mugs and a blend to share.", 20, 35),
+    ]
 
 
 def _push_subscriptions(rng: random.Random, data: ShopData) -> None:

@@ -44,6 +44,9 @@ MEANING = {
     "type": "event type, e.g. product_viewed, search, login", "completed_at": "when it became an order (NULL: open)",
     "timezone": "IANA zone, e.g. Europe/Berlin", "birthday": "date of birth", "unsubscribed_at": "unsubscribed from all",
     "total": "amount (number)", "status": "e.g. completed, cancelled",
+    "title": "what the email shows first", "valid_from": "shown from (timestamp, UTC; NULL: always)",
+    "valid_to": "shown until, excluded (NULL: no end)", "campaign": "the campaign it feeds (NULL: every one)",
+    "step": "the step it feeds (NULL: every one)",
     **{kind.address_column: f"where the customer receives {kind.label}" for kind in channel_kinds.KINDS.values()
        if kind.address_column},
 }

@@ -51,7 +51,10 @@ EXPECTED_KIND = {
     "created_at": "instant", "completed_at": "instant", "occurred_at": "instant",
     "unsubscribed_at": "instant", "delivery_date": "instant", "birthday": "instant",
     "total": "number", "price": "number", "quantity": "number",
+    "valid_from": "instant", "valid_to": "instant",
 }
+#: Promotions shown as examples of a problem (without a title, for a campaign or step that does not exist).
+SHOWN_PROMOTIONS = 5
 _KIND_WORDS = {"instant": "a timestamp or date", "number": "a number", "text": "text", "boolean": "a boolean"}
 _CAST_TO = {"instant": "TIMESTAMP", "number": "DECIMAL(12, 2)", "quantity": "INTEGER"}
 
@@ -116,6 +119,8 @@ def warehouse_issues(config: ProjectConfig, paths: Iterable[str] | None = None) 
                     read_pool_table(db, pool, config.dialect)
                 except CouponPoolError as exc:
                     issues.append(doc.issue(("coupons", pool.name, "table"), str(exc)))
+        if "promotions" in config.sources and not any(i.path.startswith("sources.promotions") for i in issues):
+            issues += checker.promotion_rows(config.sources["promotions"], _campaign_steps(campaign_files(config.root)))
         return issues
     finally:
         db.dispose()
@@ -153,6 +158,18 @@ def filter_issues(config: ProjectConfig, files: list[Path], customer_kinds: dict
     return issues
 
 
+def _campaign_steps(files: list[Path]) -> dict[str, list[str]]:
+    """campaign name -> its step ids, as the campaign files say (an unreadable file adds nothing:
+    engine validate reports it)."""
+    steps: dict[str, list[str]] = {}
+    for path in files:
+        data = load_yaml_file(path, display_path(path)).data
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            raw = data.get("steps") if isinstance(data.get("steps"), list) else []
+            steps[data["name"]] = [s["id"] for s in raw if isinstance(s, dict) and isinstance(s.get("id"), str)]
+    return steps
+
+
 def _filters(data) -> Iterator[tuple[tuple, str]]:
     """(document path, text) of every filter of a campaign file's data."""
     if not isinstance(data, dict):
@@ -167,6 +184,12 @@ def _filters(data) -> Iterator[tuple[tuple, str]]:
         for v_index, variant in enumerate(step.get("variants") if isinstance(step.get("variants"), list) else []):
             if isinstance(variant, dict) and isinstance(variant.get("audience"), str):
                 yield ("steps", index, "variants", v_index, "audience"), variant["audience"]
+
+
+def _examples(ids: list[str]) -> str:
+    shown = ", ".join(ids[:SHOWN_PROMOTIONS])
+    return ("promotion " if len(ids) == 1 else "promotions ") + shown + (f" and {len(ids) - SHOWN_PROMOTIONS} more"
+                                                                            if len(ids) > SHOWN_PROMOTIONS else "")
 
 
 def _first_line(exc: Exception) -> str:
@@ -226,6 +249,43 @@ class _Checker:
                 issue = self._type_issue(entity, name, source.columns[name], name in listed, expected, relation, mapped)
                 if issue is not None:
                     issues.append(issue)
+        return issues
+
+    def promotion_rows(self, source: EntitySource, campaigns: dict[str, list[str]]) -> list[Issue]:
+        """The promotions no message can show: without a title (a message that would show one is skipped
+        as invalid_promotion), or for a campaign or step that does not exist (they feed nothing). One
+        query over the mapped promotions; the campaigns and steps compared in Python."""
+        promotions = source_select(source, self.dialect).subquery("p")
+        query = exp.select(*[exp.column(c, table="p") for c in ("promotion_id", "title", "campaign", "step")]) \
+            .from_(promotions).order_by(exp.column("promotion_id", table="p"))
+        try:
+            with self.db.engine.connect() as conn:
+                rows = conn.execute(sa.text(render_sql(query, self.dialect))).all()
+        except sa.exc.SQLAlchemyError:
+            return []  # the mapping itself was probed already
+        listed = set(((self.doc.data or {}).get("sources", {}).get("promotions", {}) or {}).get("columns", {}) or {})
+        untitled = [str(i) for i, title, _, _ in rows if title is None or not str(title).strip()]
+        issues = []
+        if untitled:
+            issues.append(self.doc.issue(
+                ("sources", "promotions", "columns", "title") if "title" in listed else ("sources", "promotions"),
+                f"{len(untitled)} promotion{'s have' if len(untitled) != 1 else ' has'} no title: "
+                f"{_examples(untitled)}; a message that would show one is skipped (invalid_promotion)",
+                fix="give every promotion a title in the shop's promotions table (or end it with valid_to)"))
+        for i, _, campaign, step in rows:
+            if campaign is not None and campaign not in campaigns:
+                issues.append(self.doc.issue(
+                    ("sources", "promotions", "columns", "campaign") if "campaign" in listed else ("sources", "promotions"),
+                    f"promotion {i} is for campaign '{campaign}', which does not exist" + _did_you_mean(campaign, list(campaigns)),
+                    fix="set its campaign to one of " + ", ".join(sorted(campaigns)) + " (or NULL: every campaign)"))
+            elif step is not None and step not in (campaigns.get(campaign) if campaign is not None
+                                                     else [s for ids in campaigns.values() for s in ids]):
+                known = campaigns[campaign] if campaign is not None else sorted({s for ids in campaigns.values() for s in ids})
+                issues.append(self.doc.issue(
+                    ("sources", "promotions", "columns", "step") if "step" in listed else ("sources", "promotions"),
+                    f"promotion {i} is for step '{step}'" + (f" of campaign '{campaign}'" if campaign else "")
+                    + ", which does not exist" + _did_you_mean(step, known),
+                    fix="set its step to one of " + ", ".join(known) + " (or NULL: every step)"))
         return issues
 
     def _zone_issues(self, source: EntitySource, listed: bool) -> list[Issue]:
