@@ -35,6 +35,8 @@ ENTITY_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("customer_id", "type", "occurred_at"),
         ("event_id", "product_id", "product_name", "url", "image_url", "price", "search_query"),
     ),
+    # the shop's catalogue: what product lists in templates show (engine.sql.product_lists)
+    "products": (("product_id", "name", "url", "image", "price", "category"), ("in_stock",)),
     # contacts kept apart from the customers, several per customer (push subscriptions): their kinds declare them
     **{name: (entity.columns, ()) for name, entity in contact_entities().items()},
 }

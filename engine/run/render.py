@@ -1,7 +1,8 @@
 """The render stage: each claimed message becomes the message a channel sends, or a render failure.
 
 Owns what a template sees (the customer, the trigger's record and items or the day's events,
-loaded for a whole batch in a few queries; the unsubscribe link; the discount code) and the
+loaded for a whole batch in a few queries; the product lists its template declares, run.lists;
+the unsubscribe link; the discount code) and the
 envelope (the address comes from the engine's record, taken before any template runs). Must not
 write to the ledger or send: the failures it returns are recorded by the caller.
 """
@@ -23,6 +24,7 @@ from engine.spec.config import shop_settings
 from engine.sql.triggers.event import Event
 from engine.sql.triggers.registry import kind_of
 from engine.run.dispatch import serialize
+from engine.run.lists import NO_PRODUCTS, declared, load_lists, missing_list
 from engine.run.messages import DueMessage, PassReport
 from engine.run.record import as_record
 from engine.run.sources import SourceRows
@@ -45,6 +47,7 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
     """Render every claimed message of a batch, each with its document (the bytes its transport hands
     over); ``secret`` signs unsubscribe links and discount codes, ``now`` dates the messages."""
     contexts = TriggerContexts(sources, project, config).load(claimed)
+    lists = load_lists(claimed, project, renderer, sources, now)  # product lists: one query per kind
     rendered = Rendered()
     date = format_datetime(now.astimezone(timezone.utc))  # an RFC 5322 Date: the pass's instant
     shop = shop_settings(config.shop)  # the layout's shop name, postal address, legal footer
@@ -59,7 +62,15 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
             rendered.failures.append(as_record(m, "skipped", reason="invalid_contact"))
             report.add(m.campaign, m.step, "skipped:invalid_contact", channel=m.channel)
             continue
+        shown = declared(m, project, renderer)
+        empty = missing_list(shown, lists, m.customer_id)
+        if empty is not None:  # never sent half-filled
+            rendered.failures.append(as_record(m, "skipped", reason=NO_PRODUCTS,
+                                               detail=f"the list {empty} of its template is empty for this customer"))
+            report.add(m.campaign, m.step, f"skipped:{NO_PRODUCTS}", channel=m.channel)
+            continue
         context = template_context(m, contexts.get((m.campaign, m.customer_id, m.trigger_key), {}))
+        context.update({name: lists[name][m.customer_id] for name in shown})
         context["shop"] = shop
         context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id,
                                                       kind.unsubscribe_scope)

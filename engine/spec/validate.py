@@ -17,6 +17,7 @@ from engine import channel_kinds
 from engine.errors import FilterError, Issue
 from engine.clock import Duration
 from engine.spec.config import duration_setting, parse_clock, parse_quiet_hours, shop_settings
+from engine.spec.lists import template_lists
 from engine.sql.filter_types import attribute_kinds, check_types, filter_attributes
 from engine.sql.filters import parse_filter, referenced_functions
 from engine.spec.load import Document, display_path, format_path, load_yaml_file
@@ -202,7 +203,8 @@ def _check_channel(doc: Document, config: ProjectConfig, renderer: Renderer, tri
                                 fix=f"add it under channels: in {config.file} or use a configured one"))
     elif template is not None and trigger is not None:
         sample = sample_context(config, trigger, discount_code)
-        for problem in renderer.check(template, channel.kind, sample):
+        list_problems, lists = template_lists(config, renderer, template)  # {# uses: ... #}: product lists
+        for problem in list_problems or renderer.check(template, channel.kind, {**sample, **lists}):
             if problem.template is not None and problem.line is not None:  # at its line in the template itself
                 used_by = doc.issue(where + ("template",), "")
                 issues.append(Issue(file=display_path(config.root / TEMPLATE_DIR / problem.template), line=problem.line,

@@ -61,6 +61,13 @@ TABLES = {
         sa.Column("name", sa.String), sa.Column("quantity", sa.Integer),
         sa.Column("price", sa.Numeric(12, 2)), sa.Column("image_url", sa.String),
     ),
+    # the catalogue (engine.sql.product_lists): what viewed products and recommendations show
+    "products": sa.Table(
+        "products", shop_metadata,
+        sa.Column("product_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("name", sa.String), sa.Column("url", sa.String), sa.Column("image", sa.String),
+        sa.Column("price", sa.Numeric(12, 2)), sa.Column("category", sa.String), sa.Column("in_stock", sa.Boolean),
+    ),
     # web push subscriptions (channel_kinds.push): several per customer, one per browser or device
     "push_subscriptions": sa.Table(
         "push_subscriptions", shop_metadata,
@@ -165,7 +172,18 @@ def generate_shop(seed: int = 42, customers: int = 2000, anchor: str = "2025-01-
             data.rows["checkout_items"] += items
         _events(rng, data, customer_id, registered, end)
     _push_subscriptions(random.Random(f"{seed}:push"), data)
+    data.rows["products"] = catalogue()
     return data
+
+
+def catalogue() -> list[dict]:
+    """The shop's products; the last one has no photo yet, so product lists leave it out."""
+    rows = [{"product_id": product_id, "name": name, "url": f"https://beanandbrew.example/p/{product_id}",
+             "image": f"https://beanandbrew.example/img/{product_id}.jpg", "price": price,
+             "category": CATEGORIES[product_id], "in_stock": True} for product_id, name, price in PRODUCTS]
+    rows.append({"product_id": len(PRODUCTS) + 1, "name": "Espresso cups (2)", "url": f"https://beanandbrew.example/p/{len(PRODUCTS) + 1}",
+                 "image": None, "price": 18.00, "category": "accessories", "in_stock": True})
+    return rows
 
 
 def _push_subscriptions(rng: random.Random, data: ShopData) -> None:
