@@ -277,3 +277,24 @@ def test_a_message_whose_list_is_empty_is_skipped_with_a_reason(backend, tmp_pat
     assert [p.name for p in sent] == ["search-abandonment_results_1_2025-01-09.eml"]
     body = sent[0].read_text()
     assert "Hand grinder (89.00 EUR): https://beanandbrew.example/p/5" in body
+
+
+def test_check_warehouse_names_incomplete_products_and_unknown_categories(tmp_path, monkeypatch):
+    from engine.tools.introspect import check_warehouse
+
+    url = database_url("duckdb", tmp_path)
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    root = copy_project(tmp_path / "project")
+    product = {"url": "https://shop.test/p", "image": "https://shop.test/i.jpg", "price": 5, "category": "coffee", "in_stock": True}
+    load_history(url, products=[{**product, "product_id": 1, "name": "Beans"},
+                                {**product, "product_id": 2, "name": "Mug", "image": None},
+                                {**product, "product_id": 3, "name": "Cup", "image": ""},
+                                {**product, "product_id": 4, "name": "Kettle", "price": None}],
+                 order_items=[{"order_id": 1, "product_id": 1, "category": "coffee"},
+                              {"order_id": 1, "product_id": 9, "category": "tea"}])
+    warnings = [f"{i.file}:{i.line}: {i.message}" for i in check_warehouse(root) if i.severity == "warning"]
+    assert any("2 product(s) have no image (e.g. 2, 3)" in w for w in warnings), warnings
+    assert any("1 product(s) have a NULL price (e.g. 4)" in w for w in warnings), warnings
+    assert any("order lines have categories no product has: 'tea'" in w for w in warnings), warnings
+    line = next(n for n, text in enumerate((root / "engine.yaml").read_text().splitlines(), 1) if text.startswith("  products:"))
+    assert all(w.split(":")[1] == str(line) for w in warnings if "product" in w), warnings
