@@ -65,13 +65,13 @@ def expected_lists(rows: dict, now: datetime) -> dict[str, dict[str, list[str]]]
                 viewed[pid] = max(viewed.get(pid, e["occurred_at"]), e["occurred_at"])
         result["viewed_products"][str(c)] = top({pid: (-at.timestamp(),) for pid, at in viewed.items()}, c)
 
-        together: dict[str, set] = {}
+        together: dict[str, int] = {}  # per product q: sum over the customer's products p of orders with p and q
         for o, p in lines:
             if p in bought[c]:
                 for o2, q in lines:
                     if o2 == o and q != p:
-                        together.setdefault(q, set()).add(o)
-        result["bought_together"][str(c)] = top({q: (-len(os),) for q, os in together.items()}, c, bought[c])
+                        together[q] = together.get(q, 0) + 1
+        result["bought_together"][str(c)] = top({q: (-n,) for q, n in together.items()}, c, bought[c])
 
         categorised = [(o, pid, products[pid]["category"]) for o, pid in lines
                        if pid in products and products[pid]["category"] is not None]

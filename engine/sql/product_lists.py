@@ -7,8 +7,10 @@ stock or no ``in_stock`` mapped):
 
 - ``viewed_products``: the products of the customer's ``product_viewed`` events in the last
   ``LOOKBACK`` up to now, each once, the most recently viewed first;
-- ``bought_together``: products that share orders with what the customer bought, by the number of
-  orders holding one of the customer's products and that product, most first;
+- ``bought_together``: products bought together with what the customer bought: for each product,
+  the number of orders (anyone's) holding it with one of the customer's products, summed over
+  the customer's products, most first (the pair counts are one GROUP BY over the order lines,
+  shared by every customer of the batch);
 - ``category_top_sellers``: the best sellers (by number of orders) of the customer's favourite
   category (the category of most of their ordered products, ties by name);
 - ``search_related``: products whose name or category contains one of the customer's ``search``
@@ -95,15 +97,15 @@ candidates AS (
         description="products bought in the same orders as the customer's products, most often first",
         sql=_ORDERS + """,
 pairs AS (
-  SELECT DISTINCT b.customer_id, other.order_id, other.pid
-  FROM bought AS b
-  JOIN lines AS mine ON mine.pid = b.pid
-  JOIN lines AS other ON other.order_id = mine.order_id AND other.pid <> mine.pid
+  SELECT a.pid AS bought_pid, b.pid, COUNT(*) AS orders
+  FROM lines AS a JOIN lines AS b ON b.order_id = a.order_id AND b.pid <> a.pid
+  GROUP BY a.pid, b.pid
 ),
 candidates AS (
-  SELECT p.customer_id, p.pid, NULL AS sort_at, COUNT(*) AS score FROM pairs AS p
-  WHERE NOT EXISTS (SELECT 1 FROM bought AS x WHERE x.customer_id = p.customer_id AND x.pid = p.pid)
-  GROUP BY p.customer_id, p.pid
+  SELECT m.customer_id, p.pid, NULL AS sort_at, SUM(p.orders) AS score
+  FROM bought AS m JOIN pairs AS p ON p.bought_pid = m.pid
+  WHERE NOT EXISTS (SELECT 1 FROM bought AS x WHERE x.customer_id = m.customer_id AND x.pid = p.pid)
+  GROUP BY m.customer_id, p.pid
 )""",
         order="c.score DESC, c.pid"),
     ListKind(
