@@ -252,7 +252,7 @@ def test_validation_renders_declared_lists_against_samples(tmp_path):
 
 @pytest.mark.parametrize("backend", ["duckdb"])
 def test_a_message_whose_list_is_empty_is_skipped_with_a_reason(backend, tmp_path, monkeypatch):
-    """Two searches yesterday: 'grinder' matches the hand grinder (sent, listing it), 'gift' matches
+    """Two searches yesterday: 'grinder' matches the hand grinder (sent, listing it), 'tea' matches
     nothing (skipped as no_products, never sent with an empty list)."""
     from engine.tools.demo import catalogue
 
@@ -264,7 +264,7 @@ def test_a_message_whose_list_is_empty_is_skipped_with_a_reason(backend, tmp_pat
                  customers=[{"customer_id": c, "email": f"c{c}@shop.test", "first_name": "C", "timezone": "UTC",
                              "created_at": NOW - timedelta(days=90)} for c in (1, 2)],
                  events=[{"event_id": 1, "customer_id": 1, "type": "search", "occurred_at": yesterday, "search_query": "grinder"},
-                         {"event_id": 2, "customer_id": 2, "type": "search", "occurred_at": yesterday, "search_query": "gift"}])
+                         {"event_id": 2, "customer_id": 2, "type": "search", "occurred_at": yesterday, "search_query": "tea"}])
     project: Project = load_project(root)
     reconciler = Reconciler(project)
     try:

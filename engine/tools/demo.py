@@ -177,16 +177,15 @@ def generate_shop(seed: int = 42, customers: int = 2000, anchor: str = "2025-01-
 
 
 def catalogue() -> list[dict]:
-    """The shop's products: those the history sells, two new ones nobody has bought yet (search
-    abandonment finds them), and one without a photo yet, which product lists leave out."""
-    def product(product_id: int, name: str, price: float, category: str, image: bool = True) -> dict:
+    """The shop's products: those the history sells and two new ones nobody has bought yet (search
+    abandonment finds them)."""
+    def product(product_id: int, name: str, price: float, category: str) -> dict:
         return {"product_id": product_id, "name": name, "url": f"https://beanandbrew.example/p/{product_id}",
-                "image": f"https://beanandbrew.example/img/{product_id}.jpg" if image else None, "price": price,
+                "image": f"https://beanandbrew.example/img/{product_id}.jpg", "price": price,
                 "category": category, "in_stock": True}
 
     rows = [product(product_id, name, price, CATEGORIES[product_id]) for product_id, name, price in PRODUCTS]
-    return rows + [product(11, "Espresso cups (2)", 18.00, "accessories", image=False),
-                   product(12, "Gift box", 35.00, "gifts"), product(13, "Cold brew filter bags", 7.50, "accessories")]
+    return rows + [product(11, "Gift box", 35.00, "gifts"), product(12, "Cold brew filter bags", 7.50, "accessories")]
 
 
 def _push_subscriptions(rng: random.Random, data: ShopData) -> None:
