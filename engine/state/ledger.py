@@ -15,7 +15,7 @@ Life cycle of a message row::
                                                |       \--> skipped (no_consent, suppressed, frequency_cap: the retry
                                                |            passes the policies again; quiet hours hold it)
                                                \--> failed (permanent: the address is suppressed)
-    skipped (reason: stale, stopped, no_variant, no_contact, invalid_contact, no_consent,
+    skipped (reason: stale, stopped, no_variant, no_contact, invalid_contact, no_consent, no_products,
              suppressed, frequency_cap, reentry)
     claimed, older than the claim timeout (the process died):
         without content -> released (deleted; nothing was sent, the next pass re-derives it),
