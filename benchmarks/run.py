@@ -36,6 +36,8 @@ templates/) into a scratch directory pointed at it, and measures in one run:
 - letters (PDF, DIN 5008 window, QR code) rendered per second, beside emails
   (their MIME bytes) built per second from the same parts in the same run
   (``--letters N``, 0 skips it);
+- a pass of the campaigns whose templates show product lists, next to the same pass with fixed
+  lists instead (benchmarks/lists.py; target <= 1.3x);
 - peak RSS of this process (the shop is built in a child process, so this is
   the engine's own footprint, plus DuckDB's buffers), and of a child process
   planning a shop where all ``--memory-customers`` customers are due.
@@ -72,13 +74,14 @@ if str(REPO) not in sys.path:  # runnable from a checkout without `pip install -
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # dispatch.py, smtp_sink.py next to this file
 
 import dispatch  # noqa: E402
+import lists as lists_bench  # noqa: E402 - a pass with product lists next to one without
 import push  # noqa: E402 - web push dispatch against a loopback push service
 from dispatch import _timed  # noqa: E402 - one median timer for both scripts
 from smtp_sink import SinkProcess  # noqa: E402
 import webhook as webhook_bench  # noqa: E402
 
 FLOOR_SQL = "SELECT customer_id, count(*), min(created_at), max(created_at) FROM orders GROUP BY 1"
-GENERATOR_VERSION = 2  # bump when the generated data changes (invalidates --keep reuse)
+GENERATOR_VERSION = 3  # bump when the generated data changes (invalidates --keep reuse)
 
 # Same catalogue, names and cities as engine/demo.py, so templates render the same way.
 PRODUCTS = [
@@ -288,6 +291,9 @@ def build_shop(path: str, customers: int, orders: int, anchor: str, seed: int) -
         ORDER BY k.checkout_id
     """)
     _build_events(con, A, s)
+    # the catalogue, as engine/demo.py has it: what product lists in templates show
+    con.execute("INSERT INTO products SELECT product_id, name, 'https://shop.example.com/p/' || product_id, "
+                "'https://shop.example.com/img/' || product_id || '.jpg', price, category, TRUE FROM bench_products")
     counts = {name: con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
               for name in ("customers", "orders", "order_items", "checkouts", "checkout_items", "events")}
     con.execute("CHECKPOINT")
@@ -351,6 +357,7 @@ SQLITE_COPY = {
     "checkout_items": "SELECT checkout_id, product_id, name, quantity, CAST(price AS DOUBLE), image_url FROM checkout_items",
     "events": "SELECT event_id, customer_id, type, {ts:occurred_at}, product_id, product_name, url, image_url, "
               "CAST(price AS DOUBLE), search_query FROM events",
+    "products": "SELECT product_id, name, url, image, CAST(price AS DOUBLE), category, CAST(in_stock AS INTEGER) FROM products",
 }
 SQLALCHEMY_SQLITE_DATETIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
 
@@ -708,6 +715,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
                          "seconds": seconds, "floor": floor,
                          "note": f"vs {later:.3f} s without them (x{seconds / later:.1f}); history added in {filled:.1f} s; "
                                  + _run_note(report, seconds)})
+        rows += lists_bench.measure_lists(reconciler, project_dir, now, max(repeat, 3), _reset_ledger)
         rows.append({"what": "peak RSS after plan / after run", "rows": None, "seconds": None,
                      "note": f"{rss_plan:.0f} MB / {rss_run:.0f} MB"})
     finally:

@@ -37,6 +37,8 @@ ENTITY_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     # the shop's current promotions (engine/sql/promotions.py): campaign / step NULL feed every campaign / step
     "promotions": (("promotion_id", "title"), ("description", "image_url", "url", "valid_from", "valid_to", "campaign", "step")),
+    # the shop's catalogue: what product lists in templates show (engine.sql.product_lists)
+    "products": (("product_id", "name", "url", "image", "price", "category"), ("in_stock",)),
     # contacts kept apart from the customers, several per customer (push subscriptions): their kinds declare them
     **{name: (entity.columns, ()) for name, entity in contact_entities().items()},
 }

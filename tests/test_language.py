@@ -108,14 +108,19 @@ def test_browse_abandonment_is_one_series_per_day_and_stops_when_they_come_back(
 
 
 def test_the_viewed_products_reach_the_email(shop):
-    views = [event(1, 1, "product_viewed", T0, product_name="Kettle", url="https://x/k", image_url="https://x/k.jpg"),
-             event(2, 1, "product_viewed", T0 + timedelta(minutes=5), product_name="Mug", url="https://x/m", image_url="https://x/m.jpg")]
-    r = shop(keep=("browse-abandonment",), campaigns={}, customers=[customer(1)], events=views)
+    views = [event(1, 1, "product_viewed", T0, product_id=1, product_name="Kettle"),
+             event(2, 1, "product_viewed", T0 + timedelta(minutes=5), product_id=2, product_name="Mug")]
+    products = [{"product_id": 1, "name": "Kettle", "url": "https://x/k", "image": "https://x/k.jpg", "price": 49,
+                 "category": "equipment", "in_stock": True},
+                {"product_id": 2, "name": "Mug", "url": "https://x/m", "image": "https://x/m.jpg", "price": 22,
+                 "category": "accessories", "in_stock": True}]
+    r = shop(keep=("browse-abandonment",), campaigns={}, customers=[customer(1)], events=views, products=products)
     r.run_once(at(days=1, minutes=10))
     sent = sorted((r.project.config.root / "var" / "outbox" / "email").glob("*.eml"))
     assert len(sent) == 1
     text = sent[0].read_text()
-    assert "Mug: https://x/m" in text and "Kettle: https://x/k" in text
+    # the catalogue's products, each once, the most recently viewed first
+    assert "- Mug (22.00 EUR): https://x/m\n  - Kettle (49.00 EUR): https://x/k" in text.replace("\r\n", "\n")
 
 
 def test_search_abandonment_goes_out_at_nine_the_next_morning(shop):

@@ -1,7 +1,8 @@
 """The render stage: each claimed message becomes the message a channel sends, or a render failure.
 
 Owns what a template sees (the customer, the trigger's record and items or the day's events,
-loaded for a whole batch in a few queries; the unsubscribe link; the discount code claimed with the
+loaded for a whole batch in a few queries; the promotions and product lists its template declares,
+run.promotions and run.lists; the unsubscribe link; the discount code claimed with the
 message) and the envelope (the address comes from the engine's record, taken before any template runs). Must not
 write to the ledger or send: the failures it returns are recorded by the caller.
 """
@@ -25,6 +26,7 @@ from engine.spec.config import shop_settings
 from engine.sql.triggers.event import Event
 from engine.sql.triggers.registry import kind_of
 from engine.run.dispatch import serialize
+from engine.run.lists import NO_PRODUCTS, declared, load_lists, missing_list
 from engine.run.messages import DueMessage, PassReport
 from engine.run import promotions as promotion_lists
 from engine.run.record import as_record
@@ -49,6 +51,7 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
     over); ``secret`` signs unsubscribe links and discount codes, ``now`` dates the messages."""
     contexts = TriggerContexts(sources, project, config).load(claimed)
     promotions = promotion_lists.batch_promotions(claimed, project, config, renderer, sources.warehouse, now)
+    lists = load_lists(claimed, project, renderer, sources, now)  # product lists: one query per kind
     rendered = Rendered()
     date = format_datetime(now.astimezone(timezone.utc))  # an RFC 5322 Date: the pass's instant
     shop = shop_settings(config.shop)  # the layout's shop name, postal address, legal footer
@@ -63,7 +66,15 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
             rendered.failures.append(as_record(m, "skipped", reason="invalid_contact"))
             report.add(m.campaign, m.step, "skipped:invalid_contact", channel=m.channel)
             continue
+        shown = declared(m, project, renderer)
+        empty = missing_list(shown, lists, m.customer_id)
+        if empty is not None:  # never sent half-filled
+            rendered.failures.append(as_record(m, "skipped", reason=NO_PRODUCTS,
+                                               detail=f"the list {empty} of its template is empty for this customer"))
+            report.add(m.campaign, m.step, f"skipped:{NO_PRODUCTS}", channel=m.channel)
+            continue
         context = template_context(m, contexts.get((m.campaign, m.customer_id, m.trigger_key), {}))
+        context.update({name: lists[name][m.customer_id] for name in shown})
         context["shop"] = shop
         context["recipient"] = to
         context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id,
@@ -71,9 +82,9 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         context["scan_url"] = scan_link.link(config.scan_url, secret, m.key)
         if step.wait is not None:
             context["wait"] = wait_outcome(m.trigger_at, step, m.due_at)
-        shown = promotion_lists.shown_limit(m, project, renderer)
-        if shown is not None:
-            context[promotion_lists.LIST] = promotions.get((m.campaign, m.step), [])[:shown]
+        promotions_shown = promotion_lists.shown_limit(m, project, renderer)
+        if promotions_shown is not None:
+            context[promotion_lists.LIST] = promotions.get((m.campaign, m.step), [])[:promotions_shown]
             why = promotion_lists.problem(context[promotion_lists.LIST])
             if why is not None:  # never sent half-filled
                 rendered.failures.append(as_record(m, "skipped", reason=promotion_lists.INVALID, detail=why))

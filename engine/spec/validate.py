@@ -18,7 +18,10 @@ from engine import channel_kinds
 from engine.errors import FilterError, Issue
 from engine.clock import Duration
 from engine.spec.config import duration_setting, parse_clock, parse_quiet_hours, shop_settings
+from engine.spec.lists import template_lists
 from engine.sql.filter_types import attribute_kinds, check_types, filter_attributes, trigger_properties
+from engine.spec.lists import template_lists
+from engine.sql.filter_types import attribute_kinds, check_types, filter_attributes
 from engine.sql.filters import parse_filter, referenced_functions
 from engine.spec.load import Document, display_path, format_path, load_yaml_file
 from engine.model import (
@@ -225,7 +228,8 @@ def _check_channel(doc: Document, config: ProjectConfig, renderer: Renderer, tri
                                     fix="map sources.promotions (promotion_id, title, ...) in "
                                     f"{config.file}, or remove the {{# uses: promotions #}} declaration"))
         sample = sample_context(config, trigger, discount_code, wait)
-        for problem in renderer.check(template, channel.kind, sample):
+        list_problems, lists = template_lists(config, renderer, template)  # {# uses: ... #}: product lists
+        for problem in list_problems or renderer.check(template, channel.kind, {**sample, **lists}):
             if problem.template is not None and problem.line is not None:  # at its line in the template itself
                 used_by = doc.issue(where + ("template",), "")
                 issues.append(Issue(file=display_path(config.root / TEMPLATE_DIR / problem.template), line=problem.line,

@@ -16,7 +16,7 @@ Life cycle of a message row::
                                                |            passes the policies again; quiet hours hold it)
                                                \--> failed (permanent: the address is suppressed)
     skipped (reason: stale, stopped, no_variant, no_contact, invalid_contact, no_consent,
-             suppressed, frequency_cap, reentry, no_code; at render: invalid_promotion)
+             suppressed, frequency_cap, reentry, no_code; at render: invalid_promotion, no_products)
     claimed, older than the claim timeout (the process died):
         without content -> released (deleted; nothing was sent, the next pass re-derives it),
                            or skipped (stale) when past its freshness window

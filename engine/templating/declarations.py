@@ -29,6 +29,11 @@ from jinja2 import nodes
 LISTS = {
     "promotions": "the shop's promotions valid at the pass's instant for the campaign and step "
                   "(promotion_id, title, description, image_url, url, valid_from, valid_to)",
+    # the product lists (engine.sql.product_lists; their limit is the engine's, a declared one is not read)
+    "viewed_products": "the products the customer viewed lately, most recent first",
+    "bought_together": "products bought together with the customer's, not bought by them yet",
+    "category_top_sellers": "top sellers of the customer's favourite category, not bought by them yet",
+    "search_related": "products matching the customer's recent searches, not bought by them yet",
 }
 DEFAULT_LIMIT = 3
 MAX_LIMIT = 20

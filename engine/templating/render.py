@@ -25,6 +25,7 @@ from markupsafe import escape
 from engine import channel_kinds
 from engine.errors import TemplateError
 from engine.templating.declarations import LISTS, template_declarations
+from engine.templating.lists import ListUses, list_uses
 from engine.templating.layout import EMAIL_LAYOUT, FOOTERS, lock_violations
 from engine.templating.sandbox import BudgetExceeded, Limits, TemplateSandbox, budget, read_only
 from engine.templating.loader import FolderLoader, TemplateOutsideFolder, TemplateTooLarge
@@ -79,6 +80,7 @@ class Renderer:
         self._chains: dict[tuple[str, str, bool], list[jinja2.Template] | None] = {}
         self._locks: dict[str, str | None] = {}
         self._declared: dict[str, dict[str, int]] = {}
+        self._list_uses: dict[tuple[str, tuple[str, ...]], ListUses] = {}
 
     def _template(self, name: str, html: bool) -> jinja2.Template:
         key = (name, html)
@@ -177,6 +179,15 @@ class Renderer:
                                     line=_line(first), template=frame[0] if frame else None,
                                     fix=f"use only what this trigger provides ({', '.join(sorted(sample))})")]
         return [TemplateProblem(use.message, line=use.line, fix=use.fix, template=use.template) for use in uses]
+
+    def list_uses(self, name: str, known: Iterable[str]) -> ListUses:
+        """The lists template ``name`` declares (``{# uses: ... #}``) and the ``known`` ones it reads undeclared."""
+        key = (name, tuple(known))
+        if key not in self._list_uses:
+            env = self._plain
+            source = env.loader.get_source(env, name)[0]
+            self._list_uses[key] = list_uses(source, env.parse(source), key[1])
+        return self._list_uses[key]
 
     def _parse(self, name: str) -> nodes.Template:
         env = self._plain

@@ -63,6 +63,13 @@ TABLES = {
         sa.Column("name", sa.String), sa.Column("quantity", sa.Integer),
         sa.Column("price", sa.Numeric(12, 2)), sa.Column("image_url", sa.String),
     ),
+    # the catalogue (engine.sql.product_lists): what viewed products and recommendations show
+    "products": sa.Table(
+        "products", shop_metadata,
+        sa.Column("product_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("name", sa.String), sa.Column("url", sa.String), sa.Column("image", sa.String),
+        sa.Column("price", sa.Numeric(12, 2)), sa.Column("category", sa.String), sa.Column("in_stock", sa.Boolean),
+    ),
     # web push subscriptions (channel_kinds.push): several per customer, one per browser or device
     "push_subscriptions": sa.Table(
         "push_subscriptions", shop_metadata,
@@ -180,6 +187,7 @@ def generate_shop(seed: int = 42, customers: int = 2000, anchor: str = "2025-01-
         _events(rng, data, customer_id, registered, end)
     _push_subscriptions(random.Random(f"{seed}:push"), data)
     data.rows["promotions"] = _promotions(end)
+    data.rows["products"] = catalogue()
     return data
 
 
@@ -204,6 +212,18 @@ def _promotions(end: datetime) -> list[dict]:
         promotion(4, "Christmas gift boxes", "Wrapped and ready to give.", -40, -9),
         promotion(5, "Valentine's pairing", "Two mugs and a blend to share.", 20, 35),
     ]
+
+
+def catalogue() -> list[dict]:
+    """The shop's products: those the history sells and two new ones nobody has bought yet (search
+    abandonment finds them)."""
+    def product(product_id: int, name: str, price: float, category: str) -> dict:
+        return {"product_id": product_id, "name": name, "url": f"https://beanandbrew.example/p/{product_id}",
+                "image": f"https://beanandbrew.example/img/{product_id}.jpg", "price": price,
+                "category": category, "in_stock": True}
+
+    rows = [product(product_id, name, price, CATEGORIES[product_id]) for product_id, name, price in PRODUCTS]
+    return rows + [product(11, "Gift box", 35.00, "gifts"), product(12, "Cold brew filter bags", 7.50, "accessories")]
 
 
 def _push_subscriptions(rng: random.Random, data: ShopData) -> None:

@@ -36,6 +36,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from engine.run.coupons import CouponPoolError, read_pool_table
 from engine.decide import known_zone
+from engine.tools.catalogue_check import catalogue_issues
 from engine.sql.compile import render_sql, source_select
 from engine.spec.config import CONFIG_FILE, database_url, load_config
 from engine.errors import FilterError, Issue
@@ -50,13 +51,13 @@ from engine.state.warehouse import Database, masked
 EXPECTED_KIND = {
     "created_at": "instant", "completed_at": "instant", "occurred_at": "instant",
     "unsubscribed_at": "instant", "delivery_date": "instant", "birthday": "instant",
-    "total": "number", "price": "number", "quantity": "number",
+    "total": "number", "price": "number", "quantity": "number", "in_stock": "boolean",
     "valid_from": "instant", "valid_to": "instant",
 }
 #: Promotions shown as examples of a problem (without a title, for a campaign or step that does not exist).
 SHOWN_PROMOTIONS = 5
 _KIND_WORDS = {"instant": "a timestamp or date", "number": "a number", "text": "text", "boolean": "a boolean"}
-_CAST_TO = {"instant": "TIMESTAMP", "number": "DECIMAL(12, 2)", "quantity": "INTEGER"}
+_CAST_TO = {"instant": "TIMESTAMP", "number": "DECIMAL(12, 2)", "quantity": "INTEGER", "boolean": "BOOLEAN"}
 
 _INSTANT = {"DATE", "DATETIME", "SMALLDATETIME", "DATETIMEOFFSET"}
 _TEXT = {"VARCHAR", "CHAR", "CHARACTER", "TEXT", "STRING", "NVARCHAR", "NCHAR", "CLOB", "BPCHAR", "CITEXT",
@@ -240,6 +241,8 @@ class _Checker:
                                    fix="check the SQL expressions under sources." + entity + ".columns in the warehouse's dialect")]
         if entity == "customers" and "timezone" in source.columns:
             issues += self._zone_issues(source, "timezone" in listed)
+        if entity == "products":
+            issues += catalogue_issues(self.config, self.doc, self.db)
         if not self.db.dialect.typed_columns:
             return issues  # no real column types (SQLite): timestamps are text by design
         if entity == "customers":
