@@ -12,8 +12,6 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   consumed fully (compile + query + streaming + per-row decisions);
 - the plan and the plan a minute later again with every due query built and rendered at each
   pass, as before issue 15.3 (``sql.prepared.COMPILE_ONCE`` off): the gain of compiling once;
-- on PostgreSQL, the plan again with its rows through SQLAlchemy's text cursor, as before issue
-  15.4 (``state.warehouse.DRIVER_FETCH`` off): the gain of psycopg's binary cursor;
 - the plan per campaign, split into compile (once per project version), SQL (execute + fetch the
   rendered due query) and the rest (Python per-row work);
 - a full ``run_once(now)`` into the file outbox on an empty ledger, then a
@@ -606,6 +604,7 @@ def _compiled_per_pass(reconciler, now, repeat: int, floor: float, what: str) ->
         for campaign in campaigns:
             prepared.due_statement(campaign, config, now, exclude_ledger=True, shared_facts=True)
     try:
+        statements(True)  # compiled for this shape of the statements (no zones) before the timing
         build, _ = _timed(lambda: statements(False), repeat)
         bind, _ = _timed(lambda: statements(True), repeat)
     finally:
@@ -614,18 +613,6 @@ def _compiled_per_pass(reconciler, now, repeat: int, floor: float, what: str) ->
                  "note": f"{build:.3f} s to build and render them (each pass before 15.3), {bind * 1000:.1f} ms to bind "
                          f"the compiled ones: x{build / bind:.0f}"})
     return rows
-
-
-def _text_cursor(reconciler, now, repeat: int, floor: float) -> list[dict]:
-    """The plan at ``now`` with rows through psycopg's binary cursor and through SQLAlchemy's text
-    cursor, as before issue 15.4 (state.warehouse.DRIVER_FETCH off), measured in turn."""
-    from engine.state import warehouse
-
-    binary, text = _alternated(reconciler, now, repeat, lambda on: setattr(warehouse, "DRIVER_FETCH", on))
-    return [{"what": "  same plan, rows through psycopg's binary cursor (15.4)", "rows": None, "seconds": binary,
-             "floor": floor, "note": "median of turns with the row below"},
-            {"what": "  same plan, rows through SQLAlchemy's text cursor (before 15.4)", "rows": None, "seconds": text,
-             "floor": floor, "note": f"binary cursor: x{text / binary:.2f} faster"}]
 
 
 def _create_facts(reconciler, now) -> None:
@@ -694,8 +681,6 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         rows.append({"what": f"plan: all {len(campaigns)} campaigns", "rows": counts["rows"], "seconds": plan,
                      "floor": floor, "note": f"{counts['send']:,} send, {counts['skip']:,} skip", "headline": True})
         rows += _compiled_per_pass(reconciler, now, repeat, floor, "  same plan")
-        if engine.dialects.dialect_named(project.config.dialect).binary_results:
-            rows += _text_cursor(reconciler, now, repeat, floor)
 
         if engine.dialects.dialect_named(project.config.dialect).temporary_tables:
             facts_s, _ = _timed(lambda: _create_facts(reconciler, now), repeat)

@@ -77,9 +77,6 @@ class Dialect:
     #: a pass binds the instants of a due query compiled once as parameters (sql.prepared); else
     #: they are written into its text as literals (drivers the engine does not run, only renders for)
     binds_instants: bool = False
-    #: results are read through the driver's own server-side cursor in binary format (psycopg):
-    #: instants and numbers arrive as binary values, not text each row parses (state.warehouse)
-    binary_results: bool = False
 
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
@@ -108,7 +105,7 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             connect_statements=("SET cursor_tuple_fraction = 1.0",),
             on_conflict_insert="postgresql", array_parameters="named",
             migration_lock="SELECT pg_advisory_xact_lock({key})", analyze_ledger=True, type_codes_are_oids=True,
-            binds_instants=True, binary_results=True),
+            binds_instants=True),
     Dialect("snowflake", url_schemes=("snowflake",), temporary_tables=True),
     Dialect("bigquery", url_schemes=("bigquery",), inline_rows="unnest"),
     Dialect("spark", url_schemes=("hive",          # PyHive against the Spark Thrift Server

@@ -9,8 +9,6 @@ check, with every credential masked (masking.mask), the driver's words included.
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -157,9 +155,6 @@ class Session:
         """As ``Database.stream``, on this connection; ends its read transaction when done, so the
         next statement sees what other connections (the ledger) wrote in the meantime.
         ``parameters``: values of the ``:name`` bind parameters in ``sql``."""
-        if DRIVER_FETCH and self.database.dialect.binary_results:
-            yield from self._stream_binary(sql, batch_size, parameters)
-            return
         try:
             # options on the statement: Connection.execution_options would stick to the pinned connection
             statement = sa.text(sql).execution_options(stream_results=True, yield_per=batch_size)
@@ -177,57 +172,11 @@ class Session:
             self._rollback()  # PostgreSQL refuses every later statement of a failed transaction
             raise self.database._error("query failed on", exc) from None
 
-    def _stream_binary(self, sql: str, batch_size: int, parameters: Mapping[str, Any] | None) -> Iterator[list]:
-        """``stream`` through psycopg's server-side cursor in binary format (Dialect.binary_results):
-        the driver reads instants and numbers from their binary form instead of parsing text, about
-        a fifth less time per row than SQLAlchemy's text cursor (benchmarks/run.py, issue 15.4). The
-        statement is compiled by SQLAlchemy (bind syntax, escaping); rows keep the shape of
-        SQLAlchemy's (``_fields``, by position); the read transaction ends when done, as in ``stream``."""
-        compiled = sa.text(sql).bindparams(**(parameters or {})).compile(dialect=self.conn.dialect)
-        driver = self.conn.connection.driver_connection
-        error = self.conn.dialect.loaded_dbapi.Error
-        cursor = driver.cursor(name=f"engine_stream_{next(_CURSOR_NUMBERS)}", binary=True)
-        failed = False
-        try:
-            cursor.itersize = batch_size
-            cursor.execute(compiled.string, compiled.params)
-            row = _row_type(tuple(column.name for column in cursor.description))
-            while True:
-                rows = cursor.fetchmany(batch_size)
-                if not rows:
-                    break
-                yield list(map(row, rows))
-        except error as exc:
-            failed = True
-            for rollback in (driver.rollback, cursor.close, self._rollback):
-                try:
-                    rollback()
-                except error:  # the connection itself is gone: the next statement says so
-                    pass
-            raise self.database._error("query failed on", exc) from None
-        finally:
-            if not failed:  # done, or the reader stopped early: end the read transaction either way
-                cursor.close()
-                driver.commit()
-                self.conn.commit()
-
     def _rollback(self) -> None:
         try:
             self.conn.rollback()
         except sa.exc.SQLAlchemyError:  # the connection itself is gone: the next statement says so
             pass
-
-
-#: False: every result through SQLAlchemy's cursor (benchmarks/run.py's before/after of issue 15.4)
-DRIVER_FETCH = True
-_CURSOR_NUMBERS = itertools.count()
-
-
-@functools.lru_cache(maxsize=256)
-def _row_type(fields: tuple[str, ...]) -> type:
-    """A tuple with SQLAlchemy's Row's ``_fields`` and ``_mapping`` (what the plan stage reads)."""
-    return type("Row", (tuple,), {"__slots__": (), "_fields": fields,
-                                  "_mapping": property(lambda self: dict(zip(fields, self)))})
 
 
 #: A size DuckDB's memory_limit takes (the pattern of schema/project.schema.json).
