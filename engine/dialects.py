@@ -85,7 +85,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             stream_source_ctes=True, local_file=True, settings_section="duckdb",
             setting_defaults=("memory_limit: (DuckDB's: 80% of RAM)", "threads: (DuckDB's: one per CPU core)"),
             on_conflict_insert="postgresql",
-            array_parameters="positional", one_writer_per_file=True, binds_instants=True),
+            # binds_instants off: the compiled query gets its instants written in as literals, which DuckDB
+            # ran 5 % faster than bound parameters (benchmarks/README.md, issue 15.3)
+            array_parameters="positional", one_writer_per_file=True),
     Dialect("sqlite", url_schemes=("sqlite",), instant_text_format="%Y-%m-%d %H:%M:%f", typed_columns=False,
             temporary_tables=True, temporary_schema="temp", local_file=True,
             # WAL lets the reconciler stream the due set while it writes ledger rows. A 64 MB page cache
