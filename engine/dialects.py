@@ -75,7 +75,7 @@ class Dialect:
     #: one writing process per database file: a lock error means another process holds it
     one_writer_per_file: bool = False
     #: a pass binds the instants of a due query compiled once as parameters (sql.prepared); else
-    #: they are written into its text as literals (drivers the engine does not run, only renders for)
+    #: they are written into its text as literals (DuckDB: faster so; drivers the engine only renders for)
     binds_instants: bool = False
 
 
