@@ -10,8 +10,10 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   the engine streams its plan through;
 - the plan: ``Reconciler(project).due(now)`` for every shipped campaign,
   consumed fully (compile + query + streaming + per-row decisions);
-- the plan per campaign, split into compile, SQL (execute + fetch the rendered
-  due query) and the rest (Python per-row work);
+- the plan and the plan a minute later again with every due query built and rendered at each
+  pass, as before issue 15.3 (``sql.prepared.COMPILE_ONCE`` off): the gain of compiling once;
+- the plan per campaign, split into compile (once per project version), SQL (execute + fetch the
+  rendered due query) and the rest (Python per-row work);
 - a full ``run_once(now)`` into the file outbox on an empty ledger, then a
   second pass at the same instant and a third one minute later (the
   incremental cost of a steady-state pass), and the ledger's size after them;
@@ -588,6 +590,51 @@ def _consume_plan(reconciler, now, campaigns=None) -> dict:
     return counts
 
 
+def _alternated(reconciler, now, repeat: int, switch) -> tuple[float, float]:
+    """Median seconds of the plan at ``now`` with ``switch(True)`` and with ``switch(False)``, the
+    two measured in turn (at least 3 pairs), so that a load changing meanwhile weighs on both alike."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for _ in range(max(repeat, 3)):
+            for on in (True, False):
+                switch(on)
+                started = time.perf_counter()
+                _consume_plan(reconciler, now)
+                times[on].append(time.perf_counter() - started)
+    finally:
+        switch(True)
+    return statistics.median(times[True]), statistics.median(times[False])
+
+
+def _compiled_per_pass(reconciler, now, repeat: int, floor: float, what: str) -> list[dict]:
+    """The plan at ``now`` with due queries compiled once per project version (the cache warm: the
+    service's steady state) and with every query built and rendered at each pass, as before issue
+    15.3 (sql.prepared.COMPILE_ONCE off), measured in turn; then the compile work alone."""
+    from engine.sql import prepared
+
+    once, per_pass = _alternated(reconciler, now, repeat, lambda on: setattr(prepared, "COMPILE_ONCE", on))
+    rows = [{"what": f"{what}, compiled once (15.3)", "rows": None, "seconds": once, "floor": floor,
+             "note": "median of turns with the row below"},
+            {"what": f"{what}, compiled per pass (before 15.3)", "rows": None, "seconds": per_pass, "floor": floor,
+             "note": f"compile once per project version: x{per_pass / once:.2f} faster ({per_pass - once:.3f} s less per pass)"}]
+    config, campaigns = reconciler.config, reconciler.campaigns()
+
+    def statements(on: bool) -> None:
+        prepared.COMPILE_ONCE = on
+        for campaign in campaigns:
+            prepared.due_statement(campaign, config, now, exclude_ledger=True, shared_facts=True)
+    try:
+        statements(True)  # compiled for this shape of the statements (no zones) before the timing
+        build, _ = _timed(lambda: statements(False), repeat)
+        bind, _ = _timed(lambda: statements(True), repeat)
+    finally:
+        prepared.COMPILE_ONCE = True
+    rows.append({"what": f"  the {len(campaigns)} due queries: built and rendered / bound", "rows": None, "seconds": bind,
+                 "note": f"{build:.3f} s to build and render them (each pass before 15.3), {bind * 1000:.1f} ms to bind "
+                         f"the compiled ones: x{build / bind:.0f}"})
+    return rows
+
+
 def _create_facts(reconciler, now) -> None:
     import engine
     from engine.sql.compile import SHARED_FACTS, shared_facts_create
@@ -653,6 +700,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         plan, counts = _timed(lambda: _consume_plan(reconciler, now), repeat)
         rows.append({"what": f"plan: all {len(campaigns)} campaigns", "rows": counts["rows"], "seconds": plan,
                      "floor": floor, "note": f"{counts['send']:,} send, {counts['skip']:,} skip", "headline": True})
+        rows += _compiled_per_pass(reconciler, now, repeat, floor, "  same plan")
 
         if engine.dialects.dialect_named(project.config.dialect).temporary_tables:
             facts_s, _ = _timed(lambda: _create_facts(reconciler, now), repeat)
@@ -665,8 +713,8 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
             sql_s, _ = _timed(lambda: _consume_sql(reconciler.warehouse, sql), repeat)
             plan_s, counts = _timed(lambda: _consume_plan(reconciler, now, [campaign]), repeat)
             rows.append({"what": f"  plan {campaign.name}", "rows": counts["rows"], "seconds": plan_s, "floor": floor,
-                         "note": f"{counts['send']:,} send; compile {compile_s * 1000:.0f} ms, SQL+fetch {sql_s:.3f} s, "
-                                 f"rest (per-row Python) {max(plan_s - sql_s - compile_s, 0):.3f} s"})
+                         "note": f"{counts['send']:,} send; compile {compile_s * 1000:.0f} ms (once per project version), "
+                                 f"SQL+fetch {sql_s:.3f} s, rest (per-row Python) {max(plan_s - sql_s, 0):.3f} s"})
         # The steady state: the ledger holds what the first pass decided, and the plan a minute later
         # only finds what became due since. This is what a reconciler pays every interval.
         filled = _record_plan(reconciler, now)
@@ -675,6 +723,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
                      "floor": floor, "headline": True,
                      "note": f"{counts['send']:,} send, {counts['skip']:,} skip; the ledger holds the plan above "
                              f"({filled:,} rows, recorded without sending)"})
+        rows += _compiled_per_pass(reconciler, now + timedelta(minutes=1), repeat, floor, "  same plan one minute later")
         _reset_ledger(reconciler, project_dir)
         rss_plan = _peak_rss_mb()
 

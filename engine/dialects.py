@@ -74,6 +74,9 @@ class Dialect:
     type_codes_are_oids: bool = False
     #: one writing process per database file: a lock error means another process holds it
     one_writer_per_file: bool = False
+    #: a pass binds the instants of a due query compiled once as parameters (sql.prepared); else
+    #: they are written into its text as literals (DuckDB: faster so; drivers the engine only renders for)
+    binds_instants: bool = False
 
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
@@ -82,6 +85,8 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             stream_source_ctes=True, local_file=True, settings_section="duckdb",
             setting_defaults=("memory_limit: (DuckDB's: 80% of RAM)", "threads: (DuckDB's: one per CPU core)"),
             on_conflict_insert="postgresql",
+            # binds_instants off: the compiled query gets its instants written in as literals, which DuckDB
+            # ran 5 % faster than bound parameters (benchmarks/README.md, issue 15.3)
             array_parameters="positional", one_writer_per_file=True),
     Dialect("sqlite", url_schemes=("sqlite",), instant_text_format="%Y-%m-%d %H:%M:%f", typed_columns=False,
             temporary_tables=True, temporary_schema="temp", local_file=True,
@@ -93,7 +98,7 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             on_conflict_insert="sqlite",
             # pysqlite begins transactions lazily (and not before DDL); BEGIN IMMEDIATE takes the
             # write lock now - a second process waits (busy_timeout) until the first commits
-            migration_lock="BEGIN IMMEDIATE"),
+            migration_lock="BEGIN IMMEDIATE", binds_instants=True),
     Dialect("postgres", url_schemes=("postgresql", "postgres"), temporary_tables=True, temporary_schema="pg_temp",
             # stream() reads through server-side cursors, which PostgreSQL plans for the first 10 % of
             # rows (cursor_tuple_fraction 0.1): fast-start nested loops that took over 15 minutes for
@@ -101,7 +106,8 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # always reads every row, so it asks for that plan. Committed: a rollback would undo a SET.
             connect_statements=("SET cursor_tuple_fraction = 1.0",),
             on_conflict_insert="postgresql", array_parameters="named",
-            migration_lock="SELECT pg_advisory_xact_lock({key})", analyze_ledger=True, type_codes_are_oids=True),
+            migration_lock="SELECT pg_advisory_xact_lock({key})", analyze_ledger=True, type_codes_are_oids=True,
+            binds_instants=True),
     Dialect("snowflake", url_schemes=("snowflake",), temporary_tables=True),
     Dialect("bigquery", url_schemes=("bigquery",), inline_rows="unnest"),
     Dialect("spark", url_schemes=("hive",          # PyHive against the Spark Thrift Server

@@ -24,10 +24,11 @@ from engine.run.messages import DueMessage
 from engine.dialects import dialect_named
 from engine.sql.compile import (
     CUSTOMER_PREFIX, MAX_ZONES, VARIANT_PREFIX, WAIT_COLUMN,
-    render_sql, shared_facts_create, shared_facts_drop, shared_facts_used, variant_columns, zones_query,
+    render_sql, shared_facts_drop, variant_columns, zones_query,
 )
 from engine.run.ledger_state import shipped_state
-from engine.sql.due import due_query, keys_in_sql
+from engine.sql.due import keys_in_sql
+from engine.sql.prepared import due_statement, facts_statement
 from engine.sql.shipping import StateNeeds, state_needs
 from engine.sql.triggers.registry import kind_of
 from engine.state.ledger import Ledger
@@ -60,14 +61,16 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
         zones = customer_zones(session, config, campaigns) if customer_id is None else None
 
         def rows_of(campaign: Campaign) -> Iterator[list]:
-            query = due_query(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
-                              shared_facts=shared, zones=zones, state=relations or None)
-            for entity in shared_facts_used(query):
+            # compiled once per project version, bound to ``now`` here (sql.prepared)
+            query = due_statement(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
+                                  shared_facts=shared, zones=zones, state=relations or None,
+                                  bind=dialect_named(config.dialect).binds_instants)
+            for entity in query.facts:
                 if entity not in created:
                     drop_facts(session, config, entity)
-                    session.execute(render_sql(shared_facts_create(entity, config, now), config.dialect))
+                    session.execute(facts_statement(entity, config, now).text)
                     created.append(entity)
-            yield from session.stream(render_sql(query, config.dialect), batch_size)
+            yield from session.stream(query.text, batch_size, query.parameters)
 
         try:
             yield rows_of

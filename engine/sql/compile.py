@@ -34,6 +34,7 @@ from engine.decide import customer_zone
 from engine.dialects import dialect_named, drop_temporary_table
 from engine.sql.filter_types import segment_attributes
 from engine.sql.filters import TRIGGER_PREFIX, bind_filter, parse_filter
+from engine.sql.instants import PassInstant, derive, placeholder
 from engine.state.tables import ENTRIES_TABLE, LEDGER_TABLE, TAGS_TABLE
 from engine.model import CUSTOMER_FACTS, ENTITY_COLUMNS, Campaign, EntitySource, ProjectConfig, Step
 
@@ -56,13 +57,23 @@ INSTANT_COLUMNS = frozenset({"created_at", "completed_at", "occurred_at", "unsub
                              "valid_from", "valid_to"})
 
 
-def ts(value: datetime, dialect: str) -> exp.Expression:
+def ts(value: datetime | PassInstant, dialect: str) -> exp.Expression:
     """A timestamp literal that compares exactly with the dialect's timestamp columns (text with
-    milliseconds where instants are text, as Dialect.instant_text_format's ``%f`` writes them)."""
+    milliseconds where instants are text, as Dialect.instant_text_format's ``%f`` writes them).
+    A ``PassInstant`` (a query compiled once, sql.prepared) becomes the same expression around a
+    placeholder text, which the pass replaces by ``instant_text`` of its instant."""
+    text_ = placeholder(value) if isinstance(value, PassInstant) else instant_text(value, dialect)
+    if dialect_named(dialect).instant_text_format is not None:
+        return exp.Literal.string(text_)
+    return exp.cast(exp.Literal.string(text_), _type("TIMESTAMP"))
+
+
+def instant_text(value: datetime, dialect: str) -> str:
+    """The text of ``ts``'s literal for ``value``."""
     if dialect_named(dialect).instant_text_format is not None:
         naive = to_utc(value).replace(tzinfo=None)
-        return exp.Literal.string(naive.strftime("%Y-%m-%d %H:%M:%S.") + f"{naive.microsecond // 1000:03d}")
-    return exp.cast(exp.Literal.string(sql_timestamp_text(value)), _type("TIMESTAMP"))
+        return naive.strftime("%Y-%m-%d %H:%M:%S.") + f"{naive.microsecond // 1000:03d}"
+    return sql_timestamp_text(value)
 
 
 def text(value: exp.Expression) -> exp.Expression:
@@ -525,14 +536,15 @@ def without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step) -> ex
 def per_zone_window(builder: QueryBuilder, step: Step, window: StepWindow, zones: Sequence[object]) -> list[exp.Expression]:
     """The trigger time bounds of ``zone_window`` for each of ``zones`` (the customers' time zone
     values), chosen by the customer's zone column; other values keep the plain ``window``."""
-    default = builder.config.default_timezone
-    bounds = {value: zone_window(step, builder.now, builder.config.stale_horizon, customer_zone(value, default))
+    default, horizon = builder.config.default_timezone, builder.config.stale_horizon
+    # zone_window of the pass instant (derive: at bind time when the query is compiled once)
+    bounds = {value: derive(builder.now, lambda now, z=customer_zone(value, default): zone_window(step, now, horizon, z))
               for value in zones if value is None or isinstance(value, str)}
     zone = col("c", "timezone")
 
     def pick(attribute: str) -> exp.Expression:
         ifs = [exp.If(this=zone.copy().is_(exp.null()) if value is None else zone.copy().eq(lit(value)),
-                      true=builder.ts(getattr(bound, attribute)))
+                      true=builder.ts(derive(bound, lambda window: getattr(window, attribute))))
                for value, bound in bounds.items()]
         return exp.Case(ifs=ifs, default=builder.ts(getattr(window, attribute)))
 

@@ -150,13 +150,15 @@ class Session:
             self.conn.rollback()
             raise self.database._error("statement failed on", exc) from None
 
-    def stream(self, sql: str, batch_size: int = 1000) -> Iterator[list[sa.Row]]:
+    def stream(self, sql: str, batch_size: int = 1000,
+               parameters: Mapping[str, Any] | None = None) -> Iterator[list[sa.Row]]:
         """As ``Database.stream``, on this connection; ends its read transaction when done, so the
-        next statement sees what other connections (the ledger) wrote in the meantime."""
+        next statement sees what other connections (the ledger) wrote in the meantime.
+        ``parameters``: values of the ``:name`` bind parameters in ``sql``."""
         try:
             # options on the statement: Connection.execution_options would stick to the pinned connection
             statement = sa.text(sql).execution_options(stream_results=True, yield_per=batch_size)
-            result = self.conn.execute(statement)
+            result = self.conn.execute(statement, parameters) if parameters else self.conn.execute(statement)
             try:
                 while True:
                     rows = result.fetchmany(batch_size)
