@@ -24,21 +24,15 @@ from engine.masking import mask
 from engine.model import ChannelConfig
 from engine.spec.config import resolve
 from engine.channels.base import Delivered, Failed, OutgoingMessage, Outcome
-from engine.channels.letter_pdf import (
-    LAYOUT_SETTINGS, LetterLayout, LetterProblem, channel_layout, layout_of, page_count, render,
-)
+from engine.channels.letter_pdf import LetterProblem, channel_document, pdf_and_pages, session_layout
 
 
 def open_session(config: ChannelConfig, root: Path) -> "PrintApi":
     return PrintApi(config, root)
 
 
-def document(message: OutgoingMessage, config: ChannelConfig | None = None, root: Path | None = None) -> bytes:
-    """The exact PDF bytes this transport posts for ``message``, in the channel's layout (its format,
-    page limit and fonts; relative font paths under the project folder ``root``); a ``LetterProblem``
-    when it cannot be printed."""
-    layout = LetterLayout() if config is None else channel_layout(config.settings, root)
-    return render(message, layout).pdf
+#: the exact PDF bytes this transport hands over (letter_pdf lays it out for both letter transports)
+document = channel_document
 
 
 class PrintApi:
@@ -49,19 +43,8 @@ class PrintApi:
         self.auth_header = resolve(str(settings.get("auth_header", "Authorization")))
         self.auth = resolve(str(settings["auth"])) if "auth" in settings else None
         self.timeout = float(resolve(str(settings.get("timeout", 30))))
-        try:
-            self.layout = layout_of({key: resolve(str(value)) for key, value in settings.items()
-                                     if key in LAYOUT_SETTINGS}, root)
-        except LetterProblem as exc:
-            raise ChannelError(f"channel '{config.name}': {exc}") from None
+        self.layout = session_layout(config, root)
         self._client: httpx.Client | None = None
-
-    def _pdf(self, message: OutgoingMessage) -> tuple[bytes, int]:
-        """The letter's PDF as rendered (the document the ledger keeps) and its page count."""
-        if message.document is not None:
-            return message.document, page_count(message.document)
-        letter = render(message, self.layout)
-        return letter.pdf, letter.pages
 
     def open(self) -> None:
         try:
@@ -75,7 +58,7 @@ class PrintApi:
         if self._client is None:
             raise ChannelError(f"channel '{self.name}' is not open")
         try:
-            pdf, pages = self._pdf(message)
+            pdf, pages = pdf_and_pages(message, self.layout)
         except LetterProblem as exc:
             return Failed(detail=str(exc), permanent=True)
         fields = {"message_key": message.key, "address": message.to, "pages": str(pages)}

@@ -32,9 +32,7 @@ from engine.errors import ChannelError
 from engine.model import ChannelConfig
 from engine.spec.config import resolve
 from engine.channels.base import Delivered, Failed, OutgoingMessage, Outcome
-from engine.channels.letter_pdf import (
-    LAYOUT_SETTINGS, LetterLayout, LetterProblem, channel_layout, layout_of, page_count, render,
-)
+from engine.channels.letter_pdf import LetterProblem, channel_document, pdf_and_pages, session_layout
 
 #: the columns of a manifest
 MANIFEST_COLUMNS = ("message_key", "file", "pages", "sha256", "address")
@@ -44,31 +42,16 @@ def open_session(config: ChannelConfig, root: Path) -> "DropFolder":
     return DropFolder(config, root)
 
 
-def document(message: OutgoingMessage, config: ChannelConfig | None = None, root: Path | None = None) -> bytes:
-    """The exact PDF bytes this transport writes for ``message``, in the channel's layout (its format,
-    page limit and fonts; relative font paths under the project folder ``root``); a ``LetterProblem``
-    when it cannot be printed."""
-    layout = LetterLayout() if config is None else channel_layout(config.settings, root)
-    return render(message, layout).pdf
+#: the exact PDF bytes this transport hands over (letter_pdf lays it out for both letter transports)
+document = channel_document
 
 
 class DropFolder:
     def __init__(self, config: ChannelConfig, root: Path):
         self.name = config.name
         self.directory = root / resolve(str(config.settings["path"]))
-        try:
-            self.layout = layout_of({key: resolve(str(value)) for key, value in config.settings.items()
-                                     if key in LAYOUT_SETTINGS}, root)
-        except LetterProblem as exc:
-            raise ChannelError(f"channel '{config.name}': {exc}") from None
+        self.layout = session_layout(config, root)
         self._rows: list[tuple[str, str, int, str, str]] = []  # the manifest rows since the last sync
-
-    def _pdf(self, message: OutgoingMessage) -> tuple[bytes, int]:
-        """The letter's PDF as rendered (the document the ledger keeps) and its page count."""
-        if message.document is not None:
-            return message.document, page_count(message.document)
-        letter = render(message, self.layout)
-        return letter.pdf, letter.pages
 
     def open(self) -> None:
         try:
@@ -82,7 +65,7 @@ class DropFolder:
 
     def send(self, message: OutgoingMessage) -> Outcome:
         try:
-            pdf, pages = self._pdf(message)
+            pdf, pages = pdf_and_pages(message, self.layout)
         except LetterProblem as exc:
             return Failed(detail=str(exc), permanent=True)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", message.key) + ".pdf"

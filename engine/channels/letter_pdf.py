@@ -34,6 +34,8 @@ from typing import Mapping
 
 from engine.channel_kinds.declaration import PRINTED_LINK
 from engine.channels.base import DocumentProblem, OutgoingMessage
+from engine.errors import ChannelError
+from engine.model import ChannelConfig
 from engine.spec.config import resolve
 
 DEJAVU = "/usr/share/fonts/truetype/dejavu"
@@ -139,6 +141,32 @@ def channel_layout(settings: Mapping[str, object], root: Path | None) -> LetterL
     project folder: the transports' ``document`` runs per message."""
     return _layout(tuple(sorted((key, resolve(str(value))) for key, value in settings.items()
                                 if key in LAYOUT_SETTINGS)), root)
+
+
+def channel_document(message: OutgoingMessage, config: ChannelConfig | None = None, root: Path | None = None) -> bytes:
+    """The exact PDF bytes a letter transport hands over for ``message`` (both transports' ``document``),
+    in the channel's layout (its format, page limit and fonts; relative font paths under the project
+    folder ``root``); a ``LetterProblem`` when it cannot be printed."""
+    layout = LetterLayout() if config is None else channel_layout(config.settings, root)
+    return render(message, layout).pdf
+
+
+def session_layout(config: ChannelConfig, root: Path) -> LetterLayout:
+    """A transport session's layout; a ``ChannelError`` naming the channel when its settings cannot give one."""
+    try:
+        return layout_of({key: resolve(str(value)) for key, value in config.settings.items() if key in LAYOUT_SETTINGS},
+                         root)
+    except LetterProblem as exc:
+        raise ChannelError(f"channel '{config.name}': {exc}") from None
+
+
+def pdf_and_pages(message: OutgoingMessage, layout: LetterLayout) -> tuple[bytes, int]:
+    """The letter's PDF as rendered at render time (the document the ledger keeps, sent byte for byte) and
+    its page count; rendered here only for a message stored without its document."""
+    if message.document is not None:
+        return message.document, page_count(message.document)
+    letter = render(message, layout)
+    return letter.pdf, letter.pages
 
 
 @functools.lru_cache(maxsize=32)
