@@ -12,11 +12,19 @@ real ledger and the outbox are never touched and the warehouse is only read.
 Why a separate database and not scratch tables in the warehouse: a backtest
 must not write into a production warehouse. The reconciler already supports
 a ledger in another database (the due query then skips the SQL anti-join and
-the keys are looked up in batches), so the simulation is the production code
-path. What that rules out - as for a separate ``ledger.url`` - are campaigns
-that need engine tables *inside* the warehouse: segment triggers (``at_risk``
-writes ``engine_entries`` there) and ``has_tag()`` filters (today's tags
-would leak into the past). Those are refused with a message.
+the keys are looked up in batches, and the engine state its queries join is
+shipped into the warehouse session for the pass), so the simulation is the
+production code path.
+
+The engine's own state is replayed, never read from today: the scratch
+ledger starts empty, and at every instant the segment entries of a segment
+trigger (``at_risk``, ``segment_entry``) are recorded into it as a pass at
+that instant would have recorded them, and the tags a would-be send sets
+(step actions) are applied to it. A campaign that filters with ``has_tag()``
+is replayed together with the campaigns whose steps set or remove those
+tags (``tag_sources``), so its tags are the ones the past would have had;
+only the named campaign is counted. Tags set outside any campaign are not
+known to the past and are not replayed.
 
 No look-ahead: the compiled queries bound every trigger, stop condition and
 customer fact by the simulated instant (orders placed later do not stop a
@@ -41,8 +49,7 @@ from engine.clock import format_instant, to_utc
 from engine.sql.compile import col, lit, render_sql, source_select, text, ts
 from engine.sql.triggers.registry import kind_of
 from engine.errors import EngineError
-from engine.sql.filter_types import filter_attributes
-from engine.sql.filters import parse_filter, referenced_functions
+from engine.sql.shipping import state_needs
 from engine.state.ledger import Ledger, Record
 from engine.model import Campaign, Project
 from engine.progress import Progress
@@ -92,17 +99,23 @@ def instants(start: datetime, end: datetime, every: timedelta) -> list[datetime]
 
 
 def check_backtestable(project: Project, campaign: Campaign) -> None:
-    """Refuse campaigns whose decisions need engine tables inside the warehouse (see module docstring)."""
+    """Refuse a campaign whose trigger kind cannot be replayed (its ``backtest_refusal``)."""
     refusal = kind_of(campaign.trigger).backtest_refusal(campaign)
     if refusal is not None:
         raise BacktestError(refusal)
-    attributes = filter_attributes(project.config)
-    filters = [campaign.audience] + [s.audience for s in campaign.steps] + \
-              [v.audience for s in campaign.steps for v in s.variants]
-    for text_ in filter(None, filters):
-        if "has_tag" in referenced_functions(parse_filter(text_, attributes)):
-            raise BacktestError(f"campaign '{campaign.name}' filters with has_tag(), which reads today's tags: "
-                                "replayed in the past they would leak the future. Remove has_tag() to backtest it")
+
+
+def tag_sources(project: Project, campaign: Campaign) -> list[Campaign]:
+    """The other campaigns whose steps set or remove a tag ``campaign``'s filters read (``has_tag``),
+    and, in turn, those whose tags they read: replayed with it so its tags are the past's."""
+    wanted: list[Campaign] = []
+    reading = [campaign]
+    while reading:
+        tags = set(state_needs(reading, project.config).tags)
+        reading = [other for other in project.campaigns if other is not campaign and other not in wanted
+                   and any(action.tag in tags for step in other.steps for action in step.actions)]
+        wanted += reading
+    return wanted
 
 
 def backtest(project: Project, name: str, start: datetime, end: datetime, every: timedelta,
@@ -117,14 +130,16 @@ def backtest(project: Project, name: str, start: datetime, end: datetime, every:
     progress = progress or Progress()
     report = BacktestReport(campaign=campaign.name, start=steps[0], end=to_utc(end), every=every,
                             instants=len(steps), conversion_window=campaign.conversion_window)
+    replayed = [campaign, *tag_sources(project, campaign)]
     with tempfile.TemporaryDirectory(prefix="engine-backtest-") as scratch:
         ledger_db = Database(f"sqlite:///{Path(scratch) / 'scratch-ledger.db'}")
         reconciler = Reconciler(project, batch_size=batch_size, ledger=Ledger(ledger_db), progress=progress)
         try:
             for index, now in enumerate(steps, 1):
                 progress.stage("instant", index, len(steps), format_instant(now))
-                for batch in reconciler.due(now, [campaign]):
-                    _record(reconciler.ledger, batch, now, report)
+                reconciler.enter_segments(now, replayed)  # the entries a pass at ``now`` records, into the scratch
+                for batch in reconciler.due(now, replayed):
+                    _record(project, reconciler.ledger, batch, now, report)
             _conversions(reconciler, campaign, report, progress, batch_size)
         finally:
             reconciler.close()
@@ -132,9 +147,10 @@ def backtest(project: Project, name: str, start: datetime, end: datetime, every:
     return report
 
 
-def _record(ledger: Ledger, batch: list[DueMessage], now: datetime, report: BacktestReport) -> None:
-    """Write the batch's decisions to the scratch ledger as a live pass would have, and count them.
-    Deferred messages (quiet hours) stay due, exactly as in a live pass."""
+def _record(project: Project, ledger: Ledger, batch: list[DueMessage], now: datetime, report: BacktestReport) -> None:
+    """Write the batch's decisions to the scratch ledger as a live pass would have (a would-be send's
+    tag actions included), and count those of the backtested campaign. Deferred messages (quiet
+    hours) stay due, exactly as in a live pass."""
     decided = [m for m in batch if m.action in ("send", "skip")]
     records = [Record(message_key=m.key, campaign=m.campaign, step=m.step, customer_id=m.customer_id,
                       trigger_key=m.trigger_key, channel=m.channel, due_at=m.due_at, trigger_at=m.trigger_at,
@@ -142,9 +158,14 @@ def _record(ledger: Ledger, batch: list[DueMessage], now: datetime, report: Back
                       reason=m.reason if m.action == "skip" else None, detail=m.detail)
                for m in decided]
     written = ledger.write_new(records, now)
+    tag_changes = [(m.customer_id, action.kind, action.tag, m.campaign) for m in decided
+                   if m.action == "send" and m.key in written
+                   for action in project.campaign(m.campaign).step(m.step).actions]
+    if tag_changes:
+        ledger.apply_tags(tag_changes, now)
     day = now.date().isoformat()
     for m in decided:
-        if m.key in written:
+        if m.key in written and m.campaign == report.campaign:
             report.counts[(m.step, day, "sent" if m.action == "send" else f"skipped:{m.reason}")] += 1
 
 

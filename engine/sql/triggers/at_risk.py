@@ -122,10 +122,6 @@ class AtRiskKind(TriggerKind):
                                    f"the share's newest {format_instant(cut_at)}")
         return facts, text_ + f", {position - members} places after the share"
 
-    def backtest_refusal(self, campaign: Campaign) -> str:
-        return (f"campaign '{campaign.name}' has a segment trigger (at_risk), which records segment entries "
-                "in the warehouse; a backtest never writes there. Backtest campaigns with other triggers")
-
 
 def _members(builder: QueryBuilder, trigger: AtRisk) -> None:
     """CTEs ending in ``at_risk_members(customer_id, trigger_key)``; the key is the last order.

@@ -82,10 +82,6 @@ class SegmentEntryKind(TriggerKind):
         return exp.insert(self.entries_select(builder, campaign), ENTRIES_TABLE,
                           columns=["campaign", "customer_id", "trigger_key", "entered_at"])
 
-    def backtest_refusal(self, campaign: Campaign) -> str:
-        return (f"campaign '{campaign.name}' has a segment trigger (segment_entry), which records segment entries "
-                "in the warehouse; a backtest never writes there. Backtest campaigns with other triggers")
-
 
 def _condition(builder: QueryBuilder, campaign: Campaign) -> exp.Expression:
     """The segment's filter over the customer ``c`` (and the facts the query joins)."""
