@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
+from sqlglot import exp
+
 from engine.clock import UTC, parse_stored_date, parse_stored_timestamp
 from engine.decide import anniversary_instance, customer_zone, due_time, local_midnight, matching_variants, stable_bucket
 from engine.errors import WarehouseError
@@ -45,6 +47,10 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
              ) -> Iterator[Callable[[Campaign], Iterator[list]]]:
     """One pass's reads of the due sets: gives ``rows_of(campaign)``, the campaign's due rows in batches.
 
+    ``rows_of(campaign, settled)``: ``settled`` as ``due_query`` takes it ("exclude": without the
+    skips the warehouse settles, "only": those skips' ledger columns); ``wrap`` turns the query into
+    the statement that runs (the settle stage's ``INSERT ... SELECT`` into the ledger).
+
     Per-customer facts (order count, last order, last event...) are computed once per pass into
     temporary tables on one connection and shared by every campaign's query (issue 7); they are
     dropped when the pass ends, also on failure. ``exclude_ledger``: the query itself leaves out
@@ -57,15 +63,19 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
         created: list[str] = []
         zones = customer_zones(session, config, campaigns) if customer_id is None else None
 
-        def rows_of(campaign: Campaign) -> Iterator[list]:
+        def rows_of(campaign: Campaign, settled: str = "include",
+                    wrap: Callable[[exp.Query], exp.Expression] | None = None) -> Iterator[list]:
             query = due_query(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
-                              shared_facts=shared, zones=zones, state=relations or None)
+                              shared_facts=shared, zones=zones, state=relations or None, settled=settled)
             for entity in shared_facts_used(query):
                 if entity not in created:
                     drop_facts(session, config, entity)
                     session.execute(render_sql(shared_facts_create(entity, config, now), config.dialect))
                     created.append(entity)
-            yield from session.stream(render_sql(query, config.dialect), batch_size)
+            if wrap is None:
+                yield from session.stream(render_sql(query, config.dialect), batch_size)
+            else:
+                yield session.returning(render_sql(wrap(query), config.dialect))
 
         try:
             yield rows_of
