@@ -9,20 +9,14 @@ a ledger in another database) and one, on the same shop with the ledger emptied,
 """
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
-from zoneinfo import ZoneInfo
-
 import sqlalchemy as sa
 import pytest
-from hypothesis import example, given, settings, strategies as st
 
 from conftest import BACKENDS, copy_project, database_url
 from engine import Reconciler, load_project
-from engine.clock import UTC, parse_instant
-from engine.decide import due_time
-from engine.model import Step
+from engine.clock import parse_instant
 from engine.run import plan, settle
-from engine.sql.due import settled_in_sql, zone_due_times
+from engine.sql.due import settled_in_sql
 from engine.state.ledger import ledger_table, metadata
 from engine.state.warehouse import Database
 from engine.tools.demo import build_demo, load_shop
@@ -121,37 +115,3 @@ def test_the_edge_rows_settle_in_sql_as_row_by_row_at_every_instant(tmp_path, mo
     finally:
         for reconciler in reconcilers:
             reconciler.close()
-
-
-ZONES = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu", "Pacific/Apia", "UTC",
-         "America/Santiago", "Europe/London"]
-
-
-@settings(max_examples=300, deadline=None)
-# the fall-back hour in Berlin: 02:15 CET (01:15 UTC) compares as before 02:30 on the local clock, so
-# Python's due time is 02:30 CEST (00:30 UTC), before the trigger: such a day is left to Python
-@example(zone="Europe/Berlin", now=datetime(2024, 10, 29, 12), send_at=time(2, 30), delay_minutes=0,
-         freshness_hours=72, offsets=[2 * 86400 + 10 * 3600 + 45 * 60])
-@given(zone=st.sampled_from(ZONES),
-       now=st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2026, 12, 31)),
-       send_at=st.times(), delay_minutes=st.integers(0, 7 * 24 * 60), freshness_hours=st.integers(1, 72),
-       offsets=st.lists(st.integers(0, 12 * 24 * 60 * 60), min_size=1, max_size=20))
-def test_a_local_send_time_is_due_in_sql_exactly_when_python_says(zone, now, send_at, delay_minutes, freshness_hours,
-                                                                  offsets):
-    """``zone_due_times`` (the due times a pass settles in SQL for a step with ``send_at``, DST
-    changes of every kind around: 30-minute shifts, southern summers, a skipped day) agrees with
-    ``decide.due_time`` for every trigger it covers, and covers only rows that are due by ``now`` and
-    not beyond the stale horizon."""
-    now = now.replace(tzinfo=UTC)
-    step = Step(id="s", delay=timedelta(minutes=delay_minutes), variants=(), freshness=timedelta(hours=freshness_hours),
-                send_at=send_at)
-    horizon, tz = timedelta(days=7), ZoneInfo(zone)
-    pairs = zone_due_times(step, now, horizon, tz)
-    for offset in offsets:
-        trigger_at = now - step.delay - timedelta(seconds=offset)
-        covering = [this for previous, this in pairs if previous < trigger_at + step.delay <= this]
-        assert len(covering) <= 1
-        if covering:
-            due = due_time(trigger_at, step, tz)
-            assert due == covering[0]
-            assert due <= now and not now > due + step.freshness + horizon

@@ -38,10 +38,9 @@ _LEDGER_COLUMNS = ("message_key", "campaign", "step", "customer_id", "trigger_ke
 
 
 def settles(campaign: Campaign, shard: tuple[int, int] | None, customer_id: str | None = None) -> bool:
-    """Whether a pass records this campaign's settled skips here (a step that may be settled in SQL -
-    a local send time once the customers' zones are known -, and no replica shard or single
-    customer to cut the rows to: those keep the row-by-row path)."""
-    return shard is None and customer_id is None and bool(settled_steps(campaign, zones=()))
+    """Whether a pass records this campaign's settled skips here (a step settled in SQL, and no
+    replica shard or single customer to cut the rows to: those keep the row-by-row path)."""
+    return shard is None and customer_id is None and bool(settled_steps(campaign))
 
 
 def in_one_statement(config: ProjectConfig, ledger_in_query: bool) -> bool:
@@ -52,18 +51,15 @@ def in_one_statement(config: ProjectConfig, ledger_in_query: bool) -> bool:
 
 def insert_settled(campaign: Campaign, now: datetime):
     """The function turning ``due_query(settled="only")`` into the INSERT of its rows into the ledger."""
-    delays = _fixed_delays(campaign)
+    delays = {step.id: step.delay for step in settled_steps(campaign)}
     instant = exp.cast(exp.Literal.string(now.replace(tzinfo=None).isoformat(sep=" ")), "TIMESTAMP")
 
     def wrap(query: exp.Query) -> exp.Expression:
         row = "s"
         trigger_at = exp.cast(col(row, "trigger_at"), "TIMESTAMP")
-        due_at = exp.cast(col(row, "due_at"), "TIMESTAMP")
-        if delays:  # trigger + delay where the row has no due time of its own
-            due_at = exp.Coalesce(this=due_at, expressions=[
-                exp.Case(ifs=[exp.If(this=col(row, "step").eq(lit(step)),
-                                     true=exp.Add(this=trigger_at.copy(), expression=_interval(delay)))
-                              for step, delay in delays.items()])])
+        due_at = exp.Case(ifs=[exp.If(this=col(row, "step").eq(lit(step)),
+                                      true=exp.Add(this=trigger_at.copy(), expression=_interval(delay)))
+                               for step, delay in delays.items()])
         key = col(row, "campaign")
         for part in ("step", "customer_id", "trigger_key"):
             key = exp.DPipe(this=exp.DPipe(this=key, expression=lit(":"), safe=True), expression=col(row, part), safe=True)
@@ -83,12 +79,6 @@ def insert_settled(campaign: Campaign, now: datetime):
     return wrap
 
 
-def _fixed_delays(campaign: Campaign) -> dict:
-    """step id -> delay of the steps settled in SQL whose due time is trigger time + delay (the
-    others, with a local send time, come with their due time)."""
-    return {step.id: step.delay for step in settled_steps(campaign) if step.send_at is None}
-
-
 def _interval(delay) -> exp.Expression:
     seconds = delay.total_seconds()
     return exp.Interval(this=exp.Literal.string(f"{seconds:.6f}".rstrip("0").rstrip(".")), unit=exp.Var(this="SECOND"))
@@ -103,16 +93,15 @@ def record_settled(campaign: Campaign, rows_of, config: ProjectConfig, ledger: L
         for rows in rows_of(campaign, "only", insert_settled(campaign, now)):
             counts.update(tuple(row) for row in rows)
     else:
-        delays = _fixed_delays(campaign)
+        delays = {step.id: step.delay for step in settled_steps(campaign)}
         for rows in rows_of(campaign, "only"):
             records = {}
             for row in rows:
-                name, step, customer_id, trigger_key, trigger_at, reason, detail, variant, channel, due_at = row
+                name, step, customer_id, trigger_key, trigger_at, reason, detail, variant, channel = row
                 at = parse_stored_timestamp(trigger_at)
-                due_at = at + delays[step] if due_at is None else parse_stored_timestamp(due_at)
                 key = message_key(name, step, customer_id, trigger_key)
                 records[key] = Record(message_key=key, campaign=name, step=step, customer_id=customer_id,
-                                      trigger_key=trigger_key, channel=channel, status="skipped", due_at=due_at,
+                                      trigger_key=trigger_key, channel=channel, status="skipped", due_at=at + delays[step],
                                       trigger_at=at, variant=variant, reason=reason, detail=detail)
             for key in ledger.write_new(records.values(), now):
                 r = records[key]

@@ -11,18 +11,16 @@ Pure: builds expressions, executes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Sequence
-from zoneinfo import ZoneInfo
 
 from sqlglot import exp
 
-from engine.clock import UTC
-from engine.decide import customer_zone
-from engine.model import Campaign, ProjectConfig, Step
+from engine.model import Campaign, ProjectConfig
+from engine.model import Step
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, calendar_slack, col,
-    is_customer, lit, per_zone_window, step_window, text, variant_columns, without_ledger_rows,
+    CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, calendar_slack, col, is_customer, lit,
+    per_zone_window, step_window, text, variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
 from engine.sql.triggers.registry import kind_of
@@ -36,52 +34,26 @@ def keys_in_sql(campaign: Campaign) -> bool:
     return kind_of(campaign.trigger).keys_in_sql
 
 
-#: the columns of ``due_query(settled="only")``: a ledger row of a skip the warehouse decided (stale,
-#: stopped); ``due_at`` is NULL for a fixed delay (trigger_at + delay), set for a local send time
+#: the columns of ``settled_query``: a ledger row of a skip the warehouse decided (stale, stopped)
 SETTLED_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "reason", "detail", "variant",
-                   "channel", "due_at")
+                   "channel")
 
 
-def settled_in_sql(campaign: Campaign, step: Step, zones: Sequence[object] | None = None) -> bool:
+def settled_in_sql(campaign: Campaign, step: Step) -> bool:
     """Whether the warehouse alone decides which of this step's rows are settled skips (stale,
-    stopped), with their due time, variant and channel: the due time is the trigger time plus a
-    fixed delay, or, given the customers' time ``zones``, the next local send time after it
-    (``zone_due_times``); no calendar months, no local date or yearly instance (their instants
-    need the customer's zone in Python), and the variant is the first whose audience matches (no
-    A/B share). Such a row never reaches Python in a pass (``due_query(settled=...)``)."""
+    stopped), with their variant and channel: the due time is the trigger time plus a fixed delay
+    (no local send time, no calendar months, no local date or yearly instance, which need the
+    customer's time zone in Python) and the variant is the first whose audience matches (no A/B
+    share). Such a row never reaches Python in a pass (``due_query(settled=...)``)."""
     kind = kind_of(campaign.trigger)
-    return (kind.keys_in_sql and not kind.local_date and (step.send_at is None or zones is not None)
-            and not calendar_slack(step) and (step.freshness is not None or bool(campaign.stop))
+    return (kind.keys_in_sql and not kind.local_date and step.send_at is None and not calendar_slack(step)
+            and (step.freshness is not None or bool(campaign.stop))
             and all(variant.percent is None for variant in step.variants))
 
 
-def settled_steps(campaign: Campaign, zones: Sequence[object] | None = None) -> list[Step]:
+def settled_steps(campaign: Campaign) -> list[Step]:
     """The steps of ``campaign`` whose settled skips the warehouse decides (``settled_in_sql``)."""
-    return [step for step in campaign.steps if settled_in_sql(campaign, step, zones)]
-
-
-def zone_due_times(step: Step, now: datetime, stale_horizon: timedelta, zone: ZoneInfo) -> list[tuple[datetime, datetime]]:
-    """For a step with a local send time, in one time zone: (previous, this) pairs of consecutive
-    local send times (UTC) such that a trigger with ``previous < trigger + delay <= this`` is due
-    exactly at ``this`` (``decide.due_time``), for every ``this`` due by ``now`` and within the
-    stale horizon. A pair around a change of the zone's UTC offset is left out: the local clock
-    jumps there, and Python decides those rows."""
-    clock = step.send_at
-    day = now.astimezone(zone).date() + timedelta(days=1)
-    while (this := datetime.combine(day, clock, tzinfo=zone).astimezone(UTC)) > now:  # the last one by now
-        day -= timedelta(days=1)
-    oldest = now - (step.freshness or timedelta(0)) - stale_horizon
-    pairs = []
-    while this >= oldest:
-        day -= timedelta(days=1)
-        previous = datetime.combine(day, clock, tzinfo=zone).astimezone(UTC)
-        steady = (this - previous == timedelta(days=1)
-                  and (previous - timedelta(days=1)).astimezone(zone).utcoffset()
-                  == (this + timedelta(days=1)).astimezone(zone).utcoffset())
-        if steady:
-            pairs.append((previous, this))
-        this = previous
-    return pairs
+    return [step for step in campaign.steps if settled_in_sql(campaign, step)]
 
 
 def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
@@ -116,7 +88,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     width = variant_columns(campaign)
     selects = []
     for step, window in zip(campaign.steps, windows):
-        apart = settled != "include" and settled_in_sql(campaign, step, zones)
+        apart = settled != "include" and settled_in_sql(campaign, step)
         if settled == "only" and not apart:
             continue
         conditions = kind.window(builder, window)
@@ -136,16 +108,15 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
         if campaign.stop:
             stopped_by = exp.Case(ifs=[exp.If(this=builder.stop_condition(stop), true=lit(stop)) for stop in campaign.stop])
         if apart:
-            due_at = None if step.send_at is None else zone_due_at(builder, step, zones)
-            reason = settled_reason(builder, step, window, stopped_by, due_at)
+            reason = settled_reason(builder, step, window, stopped_by)
             if settled == "exclude":
                 conditions.append(reason.is_(exp.null()))
                 selects.append(_due_select(builder, campaign, step, kind, exp.null(), conditions, customers, attributes,
                                            width, exclude_ledger))
                 continue
             conditions.append(reason.copy().is_(exp.null()).not_())
-            selects.append(_settled_select(builder, campaign, step, reason, stopped_by, due_at, conditions, customers,
-                                           attributes, exclude_ledger))
+            selects.append(_settled_select(builder, campaign, step, reason, stopped_by, conditions, customers, attributes,
+                                           exclude_ledger))
             continue
         selects.append(_due_select(builder, campaign, step, kind, stopped_by, conditions, customers, attributes, width,
                                    exclude_ledger))
@@ -162,48 +133,21 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     return builder.with_ctes(body)
 
 
-def settled_reason(builder: QueryBuilder, step: Step, window: StepWindow, stopped_by: exp.Expression,
-                   due_at: exp.Expression | None) -> exp.Expression:
+def settled_reason(builder: QueryBuilder, step: Step, window: StepWindow, stopped_by: exp.Expression) -> exp.Expression:
     """'stopped' or 'stale' for a due row of a ``settled_in_sql`` step whose skip the warehouse
     decides, else NULL: ``plan.decide_row``'s rules (a stop condition first; stale from due +
-    freshness on, half-open). For a fixed delay on the trigger time: the step's window already
-    holds exactly the rows that are due and not beyond the stale horizon (no slack for such a
-    step). For a local send time on ``due_at`` (``zone_due_at``): NULL where Python decides."""
+    freshness on, half-open) on the trigger time. The step's window already holds exactly the rows
+    that are due and not beyond the stale horizon (no slack for such a step)."""
     ifs = []
-    known = exp.true() if due_at is None else due_at.copy().is_(exp.null()).not_()
     if not isinstance(stopped_by, exp.Null):
-        ifs.append(exp.If(this=exp.and_(known, stopped_by.copy().is_(exp.null()).not_()), true=lit("stopped")))
+        ifs.append(exp.If(this=stopped_by.copy().is_(exp.null()).not_(), true=lit("stopped")))
     if step.freshness is not None:
-        cutoff = builder.now - step.freshness
-        stale = (col("t", "trigger_at") <= builder.ts(cutoff - step.delay) if due_at is None
-                 else due_at.copy() <= builder.ts(cutoff))
-        ifs.append(exp.If(this=stale, true=lit("stale")))
+        ifs.append(exp.If(this=col("t", "trigger_at") <= builder.ts(window.due_cutoff - step.freshness), true=lit("stale")))
     return exp.Case(ifs=ifs)
 
 
-def zone_due_at(builder: QueryBuilder, step: Step, zones: Sequence[object]) -> exp.Expression:
-    """The exact due time of a row of a step with a local send time, chosen by the customer's
-    time zone value and the trigger time among ``zone_due_times``; NULL where Python decides
-    (a zone value not listed, a change of UTC offset, beyond the due and stale bounds)."""
-    default, zone = builder.config.default_timezone, col("c", "timezone")
-    ifs = []
-    for value in zones:
-        if value is not None and not isinstance(value, str):
-            continue
-        pairs = zone_due_times(step, builder.now, builder.config.stale_horizon, customer_zone(value, default))
-        if not pairs:
-            continue
-        trigger_at = col("t", "trigger_at")
-        inner = exp.Case(ifs=[exp.If(this=exp.and_(trigger_at.copy() > builder.ts(previous - step.delay),
-                                                   trigger_at.copy() <= builder.ts(this - step.delay)),
-                                     true=builder.ts(this)) for previous, this in pairs])
-        ifs.append(exp.If(this=zone.copy().is_(exp.null()) if value is None else zone.copy().eq(lit(value)), true=inner))
-    return exp.Case(ifs=ifs) if ifs else exp.cast(exp.null(), "TIMESTAMP")
-
-
 def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, reason: exp.Expression,
-                    stopped_by: exp.Expression, due_at: exp.Expression | None, conditions: list, customers: str,
-                    attributes, exclude_ledger: bool) -> exp.Select:
+                    stopped_by: exp.Expression, conditions: list, customers: str, attributes, exclude_ledger: bool) -> exp.Select:
     """``SETTLED_COLUMNS`` of a step's settled skips: the variant and channel of the first variant
     whose audience matches (``decide.matching_variants`` without shares), NULL when none does."""
     variant, channel = [], []
@@ -222,7 +166,6 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, reaso
             exp.alias_(stopped_by, "detail"),
             exp.alias_(exp.Case(ifs=variant) if variant else exp.cast(exp.null(), "VARCHAR"), "variant"),
             exp.alias_(exp.Case(ifs=channel) if channel else exp.cast(exp.null(), "VARCHAR"), "channel"),
-            exp.alias_(exp.cast(exp.null(), "TIMESTAMP") if due_at is None else due_at, "due_at"),
         )
         .from_(exp.to_table("trigger_instances").as_("t"))
         .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
