@@ -581,9 +581,9 @@ def _consume_sql(warehouse, sql: str) -> int:
     return sum(len(rows) for rows in warehouse.stream(sql))
 
 
-def _consume_plan(reconciler, now, campaigns=None) -> dict:
+def _consume_plan(reconciler, now, campaigns=None, report=None) -> dict:
     counts = {"rows": 0, "send": 0, "skip": 0}
-    for batch in reconciler.due(now, campaigns):
+    for batch in reconciler.due(now, campaigns, report=report):
         counts["rows"] += len(batch)
         for m in batch:
             counts["send" if m.action == "send" else "skip"] += 1
@@ -633,6 +633,36 @@ def _compiled_per_pass(reconciler, now, repeat: int, floor: float, what: str) ->
                  "note": f"{build:.3f} s to build and render them (each pass before 15.3), {bind * 1000:.1f} ms to bind "
                          f"the compiled ones: x{build / bind:.0f}"})
     return rows
+
+
+def _pass_plan(reconciler, project_dir: Path, now, repeat: int, in_sql: bool) -> tuple[float, dict]:
+    """The plan as ``run_once`` runs it on an empty ledger, skips recorded (median of ``repeat``, the
+    ledger emptied before each, untimed). ``in_sql``: the skips the warehouse settles (stale,
+    stopped) are recorded set-based and never reach Python (``engine.run.settle``); else, as before
+    that stage, they come as messages and are recorded with the other skips (``record_decisions``).
+    ``counts``: the rows that reached Python (send, skip) and the ``settled`` skips that did not."""
+    from unittest import mock
+
+    from engine.run import settle
+    from engine.run.messages import PassReport
+    from engine.run.record import record_decisions
+
+    times, counts = [], {}
+    for _ in range(repeat):
+        _reset_ledger(reconciler, project_dir)
+        report, settled = PassReport(now=now), PassReport(now=now)
+        counts = {"rows": 0, "send": 0, "skip": 0}
+        with mock.patch.object(settle, "settles", settle.settles if in_sql else (lambda *_args, **_kwargs: False)):
+            started = time.perf_counter()
+            for batch in reconciler.due(now, report=settled):
+                counts["rows"] += len(batch)
+                for m in batch:
+                    counts["send" if m.action == "send" else "skip"] += 1
+                record_decisions(batch, reconciler.ledger, now, report)
+            times.append(time.perf_counter() - started)
+        counts["settled"] = settled.total("skipped")
+    _reset_ledger(reconciler, project_dir)
+    return statistics.median(times), counts
 
 
 def _create_facts(reconciler, now) -> None:
@@ -701,6 +731,15 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         rows.append({"what": f"plan: all {len(campaigns)} campaigns", "rows": counts["rows"], "seconds": plan,
                      "floor": floor, "note": f"{counts['send']:,} send, {counts['skip']:,} skip", "headline": True})
         rows += _compiled_per_pass(reconciler, now, repeat, floor, "  same plan")
+
+        before, old = _pass_plan(reconciler, project_dir, now, repeat, in_sql=False)
+        rows.append({"what": "plan as a pass runs it, skips recorded row by row", "rows": old["rows"], "seconds": before,
+                     "floor": floor, "note": f"{old['rows']:,} rows reach Python ({old['send']:,} send, {old['skip']:,} skip)"})
+        after, new = _pass_plan(reconciler, project_dir, now, repeat, in_sql=True)
+        rows.append({"what": "plan as a pass runs it, settled skips in SQL", "rows": new["rows"], "seconds": after,
+                     "floor": floor, "headline": True,
+                     "note": f"{new['rows']:,} rows reach Python ({new['send']:,} send, {new['skip']:,} skip), "
+                             f"{new['settled']:,} stale/stopped skips recorded set-based; x{after / before:.2f} of row by row"})
 
         if engine.dialects.dialect_named(project.config.dialect).temporary_tables:
             facts_s, _ = _timed(lambda: _create_facts(reconciler, now), repeat)

@@ -187,6 +187,15 @@ def test_wait_until_an_event_type_or_any_event(shop):
                                   ("early", "3", "3", "send", at(days=3))}
 
 
+def test_a_pass_never_settles_a_waiting_step_in_sql_as_stale(shop):
+    """A pass records stale and stopped skips in SQL from the trigger time plus a fixed delay
+    (engine.run.settle); a waiting step is due at the event or when the wait runs out, so 12 h after
+    customer 1's timeout (freshness 1 d) it is sent, though trigger + delay + freshness lies 1 d behind."""
+    r = shop(wait_campaign(), customers=[{**customer(1), "created_at": T0}])
+    r.run_once(at(days=3, hours=12))
+    assert [text for text in sent(shop.root) if "wait: timeout at 2025-01-09 12:00:00" in text], sent(shop.root)
+
+
 @pytest.mark.parametrize("step, message", [
     ("wait_until: ordered", "wait_until and at_most go together"),
     ("at_most: 3d", "wait_until and at_most go together"),

@@ -19,7 +19,7 @@ from typing import Iterator
 
 from engine.model import Campaign, Project
 from engine.progress import Progress
-from engine.run import plan, policies
+from engine.run import plan, policies, settle
 from engine.run.claim import claim
 from engine.run.coupons import sync_pools
 from engine.run.contacts import attach_contacts
@@ -74,7 +74,8 @@ class Reconciler:
         return [c for c in self.project.campaigns if c.enabled]
 
     def due(self, now: datetime, campaigns: list[Campaign] | None = None,
-            customer_id: str | None = None, failures: dict[str, str] | None = None) -> Iterator[list[DueMessage]]:
+            customer_id: str | None = None, failures: dict[str, str] | None = None,
+            report: PassReport | None = None) -> Iterator[list[DueMessage]]:
         """Batches of messages due at ``now`` and not yet in the ledger, policies applied.
 
         Campaigns go in priority order (highest first), so when a frequency cap
@@ -87,6 +88,10 @@ class Reconciler:
         recorded there by name with the reason, and the other campaigns go on;
         the batches it yielded before failing stand. Without, the error ends
         the iteration.
+
+        With ``report`` (a pass), the skips the warehouse settles (stale, stopped: ``settle``) are
+        recorded set-based and counted there before each campaign's other rows are planned, and
+        are not among the batches; without (the plan, explain), they come as ``skip`` messages.
         """
         selected = campaigns if campaigns is not None else self.campaigns()
         ordered = sorted(selected, key=lambda c: -c.priority)
@@ -101,7 +106,12 @@ class Reconciler:
                     continue  # failed earlier in this pass (its segment entries)
                 self.progress.stage("campaign", position, len(ordered), campaign.name)
                 with isolated(campaign.name, failures):
-                    for batch in plan.decided_batches(campaign, rows_of(campaign), now, self.config, self.ledger,
+                    settled = "include"
+                    if report is not None and settle.settles(campaign, self.shard, customer_id):
+                        settle.record_settled(campaign, rows_of, self.config, self.ledger, now, report,
+                                              ledger_in_query=in_query)
+                        settled = "exclude"
+                    for batch in plan.decided_batches(campaign, rows_of(campaign, settled), now, self.config, self.ledger,
                                                       ledger_in_query=in_query, shard=self.shard,
                                                       progress=self.progress):
                         batch = policies.apply_stages(attach_contacts(batch, self.config, sources, self.ledger,
@@ -125,7 +135,7 @@ class Reconciler:
             self.enter_segments(now, selected, failures=report.failed_campaigns)
             sync_pools(project, self.warehouse, ledger, selected, now, report.failed_campaigns)
             renderer = Renderer(project.templates_dir)
-            for batch in self.due(now, selected, failures=report.failed_campaigns):
+            for batch in self.due(now, selected, failures=report.failed_campaigns, report=report):
                 record_decisions(batch, ledger, now, report)
                 claimed = claim(batch, ledger, sessions, now, report, project, secret)
                 rendered = render(claimed, project, config, renderer, secret, sources, report, now)

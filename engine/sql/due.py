@@ -17,9 +17,11 @@ from typing import Sequence
 from sqlglot import exp
 
 from engine.model import Campaign, ProjectConfig
+from engine.model import Step
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, StateRelations, col, is_customer, join_trigger_properties, lit,
-    WAIT_COLUMN, awaited_event, per_zone_window, step_window, text, variant_columns, without_ledger_rows,
+    CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN, awaited_event,
+    calendar_slack, col, is_customer, join_trigger_properties, lit, per_zone_window, step_window, text,
+    variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
 from engine.sql.triggers.registry import kind_of
@@ -34,9 +36,34 @@ def keys_in_sql(campaign: Campaign) -> bool:
     return kind_of(campaign.trigger).keys_in_sql
 
 
+#: the columns of ``settled_query``: a ledger row of a skip the warehouse decided (stale, stopped)
+SETTLED_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "reason", "detail", "variant",
+                   "channel")
+
+
+def settled_in_sql(campaign: Campaign, step: Step) -> bool:
+    """Whether the warehouse alone decides which of this step's rows are settled skips (stale,
+    stopped), with their variant and channel: the due time is the trigger time plus a fixed delay
+    (no local send time, no calendar months, no local date or yearly instance, which need the
+    customer's time zone in Python, no ``wait_until``: its due time is the awaited event's or the
+    wait's end) and the variant is the first whose audience matches (no A/B share). Such a row
+    never reaches Python in a pass (``due_query(settled=...)``)."""
+    kind = kind_of(campaign.trigger)
+    return (kind.keys_in_sql and not kind.local_date and step.send_at is None and not calendar_slack(step)
+            and step.wait is None
+            and (step.freshness is not None or bool(campaign.stop))
+            and all(variant.percent is None for variant in step.variants))
+
+
+def settled_steps(campaign: Campaign) -> list[Step]:
+    """The steps of ``campaign`` whose settled skips the warehouse decides (``settled_in_sql``)."""
+    return [step for step in campaign.steps if settled_in_sql(campaign, step)]
+
+
 def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
               dialect: str | None = None, customer_id: str | None = None, shared_facts: bool = False,
-              zones: Sequence[object] | None = None, state: StateRelations | None = None) -> exp.Query:
+              zones: Sequence[object] | None = None, state: StateRelations | None = None,
+              settled: str = "include") -> exp.Query:
     """All due (and recently stale or stopped) rows of every step of ``campaign`` at ``now``.
 
     Columns: DUE_COLUMNS, the kind's ``extra_columns`` (``anniversary`` for yearly triggers),
@@ -52,6 +79,8 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     (``zones_query``); steps with a local send time then cut their time window
     per zone (``zone_window``) instead of allowing a day of slack for any zone.
     ``state``: where the engine state it joins (entries, tags) is, when the ledger is elsewhere.
+    ``settled``: "include" (the plan: every row), "exclude" (a pass: the settled skips of the
+    ``settled_in_sql`` steps left out, ``settled_query`` records them) or "only" (``settled_query``).
     """
     kind = kind_of(campaign.trigger)
     builder = QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts, state=state)
@@ -63,6 +92,9 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     width = variant_columns(campaign)
     selects = []
     for step, window in zip(campaign.steps, windows):
+        apart = settled != "include" and settled_in_sql(campaign, step)
+        if settled == "only" and not apart:
+            continue
         conditions = kind.window(builder, window)
         if conditions is None:  # the common case: the instant between the window's bounds
             conditions = [col("t", "trigger_at") <= builder.ts(window.due_cutoff)]
@@ -86,47 +118,109 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
         stopped_by = exp.null()
         if campaign.stop:
             stopped_by = exp.Case(ifs=[exp.If(this=builder.stop_condition(stop), true=lit(stop)) for stop in campaign.stop])
-        matches = []
-        for index in range(width):
-            variant = step.variants[index] if index < len(step.variants) else None
-            if variant is None:
-                value: exp.Expression = exp.cast(exp.null(), _INT)
-            elif variant.audience is None:
-                value = exp.Literal.number(1)
-            else:
-                value = exp.Case(ifs=[exp.If(this=builder.bind(variant.audience, attributes), true=exp.Literal.number(1))],
-                                 default=exp.Literal.number(0))
-            matches.append(exp.alias_(value, f"{VARIANT_PREFIX}{index}"))
-        query = (
-            exp.select(
-                exp.alias_(lit(campaign.name), "campaign"),
-                exp.alias_(lit(step.id), "step"),
-                exp.alias_(text(col("t", "customer_id")), "customer_id"),
-                col("t", "trigger_key"),
-                col("t", "trigger_at"),
-                exp.alias_(stopped_by, "stopped_by"),
-                *[col("t", column) for column in kind.extra_columns],
-                *waits,
-                *matches,
-                *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in config.customer_attributes()],
-            )
-            .from_(exp.to_table("trigger_instances").as_("t"))
-            .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
-        )
-        query = builder.join_facts(query, col("t", "customer_id")).where(*conditions)
-        query = join_trigger_properties(builder, query, lambda: kind.properties_select(builder, campaign))
-        if exclude_ledger and kind.keys_in_sql:
-            query = without_ledger_rows(query, campaign, step)
-        selects.append(query)
+        if apart:
+            reason = settled_reason(builder, step, window, stopped_by)
+            if settled == "exclude":
+                conditions.append(reason.is_(exp.null()))
+                selects.append(_due_select(builder, campaign, step, kind, exp.null(), waits, conditions, customers,
+                                           attributes, width, exclude_ledger))
+                continue
+            conditions.append(reason.copy().is_(exp.null()).not_())
+            selects.append(_settled_select(builder, campaign, step, kind, reason, stopped_by, conditions, customers,
+                                               attributes, exclude_ledger))
+            continue
+        selects.append(_due_select(builder, campaign, step, kind, stopped_by, waits, conditions, customers, attributes,
+                                   width, exclude_ledger))
+    if not selects:  # settled="only", no step settled in SQL
+        return exp.select(*[exp.alias_(exp.null(), c) for c in SETTLED_COLUMNS]).where(exp.false())
     body: exp.Query = selects[0]
     for other in selects[1:]:
         body = exp.union(body, other, distinct=False)
-    ordered = campaign.reentry.mode != "per_trigger"
+    ordered = campaign.reentry.mode != "per_trigger" and settled != "only"
     if not isinstance(body, exp.Select) or ordered:
         body = exp.select("*").from_(body.subquery("due_steps"))
     if ordered:  # re-entry rules let the earliest instance in: it must come first
         body = body.order_by(exp.column("trigger_at"), exp.column("customer_id"), exp.column("trigger_key"))
     return builder.with_ctes(body)
+
+
+def settled_reason(builder: QueryBuilder, step: Step, window: StepWindow, stopped_by: exp.Expression) -> exp.Expression:
+    """'stopped' or 'stale' for a due row of a ``settled_in_sql`` step whose skip the warehouse
+    decides, else NULL: ``plan.decide_row``'s rules (a stop condition first; stale from due +
+    freshness on, half-open) on the trigger time. The step's window already holds exactly the rows
+    that are due and not beyond the stale horizon (no slack for such a step)."""
+    ifs = []
+    if not isinstance(stopped_by, exp.Null):
+        ifs.append(exp.If(this=stopped_by.copy().is_(exp.null()).not_(), true=lit("stopped")))
+    if step.freshness is not None:
+        ifs.append(exp.If(this=col("t", "trigger_at") <= builder.ts(window.due_cutoff - step.freshness), true=lit("stale")))
+    return exp.Case(ifs=ifs)
+
+
+def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, reason: exp.Expression,
+                    stopped_by: exp.Expression, conditions: list, customers: str, attributes, exclude_ledger: bool) -> exp.Select:
+    """``SETTLED_COLUMNS`` of a step's settled skips: the variant and channel of the first variant
+    whose audience matches (``decide.matching_variants`` without shares), NULL when none does."""
+    variant, channel = [], []
+    for candidate in step.variants:
+        match = exp.true() if candidate.audience is None else builder.bind(candidate.audience, attributes)
+        variant.append(exp.If(this=match, true=lit(candidate.id)))
+        channel.append(exp.If(this=match.copy(), true=lit(candidate.channel)))
+    query = (
+        exp.select(
+            exp.alias_(lit(campaign.name), "campaign"),
+            exp.alias_(lit(step.id), "step"),
+            exp.alias_(text(col("t", "customer_id")), "customer_id"),
+            exp.alias_(text(col("t", "trigger_key")), "trigger_key"),
+            col("t", "trigger_at"),
+            exp.alias_(reason, "reason"),
+            exp.alias_(stopped_by, "detail"),
+            exp.alias_(exp.Case(ifs=variant) if variant else exp.cast(exp.null(), "VARCHAR"), "variant"),
+            exp.alias_(exp.Case(ifs=channel) if channel else exp.cast(exp.null(), "VARCHAR"), "channel"),
+        )
+        .from_(exp.to_table("trigger_instances").as_("t"))
+        .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
+    )
+    query = builder.join_facts(query, col("t", "customer_id")).where(*conditions)
+    query = join_trigger_properties(builder, query, lambda: kind.properties_select(builder, campaign))
+    return without_ledger_rows(query, campaign, step) if exclude_ledger else query
+
+
+def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, stopped_by: exp.Expression, waits: list,
+                conditions: list, customers: str, attributes, width: int, exclude_ledger: bool) -> exp.Select:
+    """One step's candidate rows with every column ``plan.decide_row`` reads (see ``due_query``)."""
+    matches = []
+    for index in range(width):
+        variant = step.variants[index] if index < len(step.variants) else None
+        if variant is None:
+            value: exp.Expression = exp.cast(exp.null(), _INT)
+        elif variant.audience is None:
+            value = exp.Literal.number(1)
+        else:
+            value = exp.Case(ifs=[exp.If(this=builder.bind(variant.audience, attributes), true=exp.Literal.number(1))],
+                             default=exp.Literal.number(0))
+        matches.append(exp.alias_(value, f"{VARIANT_PREFIX}{index}"))
+    query = (
+        exp.select(
+            exp.alias_(lit(campaign.name), "campaign"),
+            exp.alias_(lit(step.id), "step"),
+            exp.alias_(text(col("t", "customer_id")), "customer_id"),
+            col("t", "trigger_key"),
+            col("t", "trigger_at"),
+            exp.alias_(stopped_by, "stopped_by"),
+            *[col("t", column) for column in kind.extra_columns],
+            *waits,
+            *matches,
+            *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in builder.config.customer_attributes()],
+        )
+        .from_(exp.to_table("trigger_instances").as_("t"))
+        .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
+    )
+    query = builder.join_facts(query, col("t", "customer_id")).where(*conditions)
+    query = join_trigger_properties(builder, query, lambda: kind.properties_select(builder, campaign))
+    if exclude_ledger and kind.keys_in_sql:
+        query = without_ledger_rows(query, campaign, step)
+    return query
 
 
 @dataclass(frozen=True)

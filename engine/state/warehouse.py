@@ -150,6 +150,17 @@ class Session:
             self.conn.rollback()
             raise self.database._error("statement failed on", exc) from None
 
+    def returning(self, sql: str) -> list[sa.Row]:
+        """Run a write with ``RETURNING`` (no server-side cursor: PostgreSQL has them for queries only),
+        commit it and give back the rows it returned."""
+        try:
+            rows = self.conn.execute(sa.text(sql)).all()
+            self.conn.commit()
+            return rows
+        except sa.exc.SQLAlchemyError as exc:
+            self._rollback()
+            raise self.database._error("statement failed on", exc) from None
+
     def stream(self, sql: str, batch_size: int = 1000,
                parameters: Mapping[str, Any] | None = None) -> Iterator[list[sa.Row]]:
         """As ``Database.stream``, on this connection; ends its read transaction when done, so the

@@ -1,0 +1,111 @@
+"""The settle stage: the skips the warehouse decides (stale, stopped) recorded set-based, never as messages.
+
+A row of a step ``due.settled_in_sql`` accepts is settled when SQL alone knows it is skipped: a
+stop condition holds, or its freshness ran out (``due.settled_reason``, ``plan.decide_row``'s rules).
+Most candidate rows of a first pass are such old history: recorded once and never seen again.
+They are recorded here before the campaign's other rows are planned (``due_query(settled="exclude")``
+leaves them out), so no ``DueMessage``, customer dictionary or policy ever sees them:
+
+- the ledger shares the warehouse's database, the dialect keeps instants as timestamps and has
+  ``INSERT ... ON CONFLICT``: one ``INSERT INTO engine_ledger ... SELECT`` per campaign, whose
+  ``RETURNING`` gives only (step, reason, channel) of the rows it inserted, for the pass report;
+- elsewhere (a ledger in another database, SQLite's instants as text): the settled rows' ledger
+  columns stream in batches into the ledger's bulk insert (``Ledger.write_new``).
+
+Either way a skip another process recorded first is neither written again nor counted. Owns the
+ledger row of a settled skip (key, due time, statuses) in SQL and in Python; must not decide
+which rows are settled (due.py does) nor plan, render or send.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from sqlglot import exp
+
+from engine.clock import parse_stored_timestamp
+from engine.dialects import dialect_named
+from engine.model import Campaign, ProjectConfig
+from engine.run.messages import PassReport
+from engine.sql.compile import col, lit
+from engine.sql.due import settled_steps
+from engine.state.ledger import Ledger, Record, message_key
+from engine.state.tables import LEDGER_TABLE
+
+#: the ledger's columns an INSERT of settled skips fills (attempts 0 and content NULL by default)
+_LEDGER_COLUMNS = ("message_key", "campaign", "step", "customer_id", "trigger_key", "variant", "channel", "status",
+                   "reason", "detail", "trigger_at", "due_at", "created_at", "updated_at")
+
+
+def settles(campaign: Campaign, shard: tuple[int, int] | None, customer_id: str | None = None) -> bool:
+    """Whether a pass records this campaign's settled skips here (a step settled in SQL, and no
+    replica shard or single customer to cut the rows to: those keep the row-by-row path)."""
+    return shard is None and customer_id is None and bool(settled_steps(campaign))
+
+
+def in_one_statement(config: ProjectConfig, ledger_in_query: bool) -> bool:
+    """Whether the settled skips go in one ``INSERT ... SELECT`` (else a bulk insert from Python)."""
+    dialect = dialect_named(config.dialect)
+    return ledger_in_query and dialect.on_conflict_insert is not None and dialect.instant_text_format is None
+
+
+def insert_settled(campaign: Campaign, now: datetime):
+    """The function turning ``due_query(settled="only")`` into the INSERT of its rows into the ledger."""
+    delays = {step.id: step.delay for step in settled_steps(campaign)}
+    instant = exp.cast(exp.Literal.string(now.replace(tzinfo=None).isoformat(sep=" ")), "TIMESTAMP")
+
+    def wrap(query: exp.Query) -> exp.Expression:
+        row = "s"
+        trigger_at = exp.cast(col(row, "trigger_at"), "TIMESTAMP")
+        due_at = exp.Case(ifs=[exp.If(this=col(row, "step").eq(lit(step)),
+                                      true=exp.Add(this=trigger_at.copy(), expression=_interval(delay)))
+                               for step, delay in delays.items()])
+        key = col(row, "campaign")
+        for part in ("step", "customer_id", "trigger_key"):
+            key = exp.DPipe(this=exp.DPipe(this=key, expression=lit(":"), safe=True), expression=col(row, part), safe=True)
+        values = {
+            "message_key": key, "campaign": col(row, "campaign"), "step": col(row, "step"),
+            "customer_id": col(row, "customer_id"), "trigger_key": col(row, "trigger_key"),
+            "variant": col(row, "variant"), "channel": col(row, "channel"), "status": lit("skipped"),
+            "reason": col(row, "reason"), "detail": col(row, "detail"), "trigger_at": trigger_at,
+            "due_at": due_at, "created_at": instant.copy(), "updated_at": instant.copy(),
+        }
+        select = exp.select(*[exp.alias_(values[name], name) for name in _LEDGER_COLUMNS]).from_(query.subquery(row))
+        insert = exp.insert(select, exp.to_table(LEDGER_TABLE), columns=list(_LEDGER_COLUMNS))
+        insert.set("conflict", exp.OnConflict(conflict_keys=[exp.to_identifier("message_key")], action=exp.var("DO NOTHING")))
+        insert.set("returning", exp.Returning(expressions=[exp.column("step"), exp.column("reason"), exp.column("channel")]))
+        return insert
+
+    return wrap
+
+
+def _interval(delay) -> exp.Expression:
+    seconds = delay.total_seconds()
+    return exp.Interval(this=exp.Literal.string(f"{seconds:.6f}".rstrip("0").rstrip(".")), unit=exp.Var(this="SECOND"))
+
+
+def record_settled(campaign: Campaign, rows_of, config: ProjectConfig, ledger: Ledger, now: datetime,
+                   report: PassReport, *, ledger_in_query: bool) -> None:
+    """Record ``campaign``'s settled skips at ``now`` and count the new ones in ``report``
+    (``rows_of``: ``plan.due_rows``'s reader, on the pass's warehouse session)."""
+    counts: Counter = Counter()
+    if in_one_statement(config, ledger_in_query):
+        for rows in rows_of(campaign, "only", insert_settled(campaign, now)):
+            counts.update(tuple(row) for row in rows)
+    else:
+        delays = {step.id: step.delay for step in settled_steps(campaign)}
+        for rows in rows_of(campaign, "only"):
+            records = {}
+            for row in rows:
+                name, step, customer_id, trigger_key, trigger_at, reason, detail, variant, channel = row
+                at = parse_stored_timestamp(trigger_at)
+                key = message_key(name, step, customer_id, trigger_key)
+                records[key] = Record(message_key=key, campaign=name, step=step, customer_id=customer_id,
+                                      trigger_key=trigger_key, channel=channel, status="skipped", due_at=at + delays[step],
+                                      trigger_at=at, variant=variant, reason=reason, detail=detail)
+            for key in ledger.write_new(records.values(), now):
+                r = records[key]
+                counts[(r.step, r.reason, r.channel)] += 1
+    for (step, reason, channel), n in counts.items():
+        report.add(campaign.name, step, f"skipped:{reason}", n, channel=channel)
+

@@ -1,0 +1,117 @@
+"""The skips the warehouse settles (stale, stopped) are recorded set-based and never reach Python as
+messages, with the ledger and the pass report exactly as the row-by-row path writes them.
+
+The demo shop at its anchor has hundreds of such skips (second orders placed before the nudge,
+carts bought after the reminder, stale re-engage messages...). One pass runs with the settle stage
+(engine.run.settle: an INSERT ... SELECT where the ledger shares the warehouse, a bulk insert from
+a ledger in another database) and one, on the same shop with the ledger emptied, through
+``plan.decide_row`` alone; every ledger row but the rendered content and every count must agree.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+import pytest
+
+from conftest import BACKENDS, copy_project, database_url
+from engine import Reconciler, load_project
+from engine.clock import parse_instant
+from engine.run import plan, settle
+from engine.sql.due import settled_in_sql
+from engine.state.ledger import ledger_table, metadata
+from engine.state.warehouse import Database
+from engine.tools.demo import build_demo, load_shop
+from history import INSTANTS, shared_history
+
+NOW = parse_instant("2025-01-10T00:00:00Z")
+COMPARED = [c for c in ledger_table.columns if c.name != "content"]
+
+
+def _ledger_rows(reconciler: Reconciler) -> list[tuple]:
+    """The ledger's rows but their content, a sent file's path in the outbox relative to the project."""
+    detail = COMPARED.index(ledger_table.c.detail)
+    with reconciler.ledger.db.engine.connect() as conn:
+        rows = [list(row) for row in conn.execute(sa.select(*COMPARED))]
+    for row in rows:
+        if row[detail] and "/var/outbox/" in row[detail]:
+            row[detail] = row[detail][row[detail].index("/var/outbox/"):]
+    return sorted(map(tuple, rows))
+
+
+def _empty_ledger(reconciler: Reconciler) -> None:
+    with reconciler.ledger.db.engine.begin() as conn:
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
+
+
+def _pass(reconciler: Reconciler, monkeypatch, settled_in_sql_too: bool, now=NOW):
+    """One pass at ``now``: the ledger rows, the report's counts and the settled skips that reached Python."""
+    reached: list = []
+    decide = plan.decide_row
+
+    def watched(campaign, row, now, config, layout=None):
+        message = decide(campaign, row, now, config, layout)
+        step = campaign.step(row[layout.step]) if layout else None
+        if message is not None and message.reason in ("stale", "stopped") and step and settled_in_sql(campaign, step):
+            reached.append(message.key)
+        return message
+
+    with monkeypatch.context() as patch:
+        patch.setattr(plan, "decide_row", watched)
+        if not settled_in_sql_too:
+            patch.setattr(settle, "settles", lambda *_args, **_kwargs: False)
+        report = reconciler.run_once(now)
+    assert not report.failed_campaigns and not report.errors
+    return _ledger_rows(reconciler), report.by_channel, reached
+
+
+@pytest.mark.parametrize("backend,separate_ledger", [("duckdb", False), ("sqlite", False), ("postgres", False),
+                                                     ("duckdb", True)])
+def test_settled_skips_are_recorded_in_sql_exactly_as_row_by_row(tmp_path, monkeypatch, backend, separate_ledger):
+    root = copy_project(tmp_path / "project")
+    if separate_ledger:  # the bulk path: the settled rows' ledger columns come to Python, no messages
+        text = (root / "engine.yaml").read_text()
+        (root / "engine.yaml").write_text(text.replace("demo:", f"ledger:\n  url: sqlite:///{tmp_path / 'ledger.db'}\n\ndemo:", 1))
+    url = database_url(backend, tmp_path)
+    build_demo(url, seed=42, customers=2000, anchor="2025-01-10T00:00:00Z")
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    reconciler = Reconciler(load_project(root))
+    try:
+        rows, counts, reached = _pass(reconciler, monkeypatch, settled_in_sql_too=True)
+        _empty_ledger(reconciler)
+        expected_rows, expected_counts, reached_before = _pass(reconciler, monkeypatch, settled_in_sql_too=False)
+    finally:
+        reconciler.close()
+    settled = [r for r in expected_rows if r[COMPARED.index(ledger_table.c.reason)] in ("stale", "stopped")]
+    assert len(settled) > 100 and len(reached_before) > 100  # the demo has such history: the test can fail
+    assert reached == []  # none of them became a message in the pass that settles them in SQL
+    assert rows == expected_rows
+    assert counts == expected_counts
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_edge_rows_settle_in_sql_as_row_by_row_at_every_instant(tmp_path, monkeypatch, backend):
+    """The cross-engine history (tests/history.py: a stale row exactly at due + freshness, one due
+    250 ms after the anchor, tied orders...) lived through its instants by two ledgers, one pass
+    per instant each: the one that settles in SQL writes what the row-by-row one writes."""
+    history = shared_history()
+    reconcilers = []
+    for name in ("in_sql", "row_by_row"):
+        url = database_url(backend, tmp_path, name)
+        db = Database(url)
+        load_shop(db, history)
+        db.dispose()
+        monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+        reconcilers.append(Reconciler(load_project(copy_project(tmp_path / name))))
+    in_sql, row_by_row = reconcilers
+    try:
+        for label, now in INSTANTS.items():
+            rows, counts, reached = _pass(in_sql, monkeypatch, True, now)
+            expected_rows, expected_counts, _ = _pass(row_by_row, monkeypatch, False, now)
+            assert reached == [], label
+            assert rows == expected_rows, label
+            assert counts == expected_counts, label
+        stale = ("second-order:nudge:90004:900040", "stale")  # exactly at due + freshness
+        assert stale in {(r[0], r[COMPARED.index(ledger_table.c.reason)]) for r in rows}
+    finally:
+        for reconciler in reconcilers:
+            reconciler.close()
