@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -154,41 +155,58 @@ def test_preview_writes_nothing(shop, tmp_path):
     sent = {"campaign": campaign, "step": step, "customer_id": customer_id}
     letter = next(r for r in plan_rows(shop, "2025-02-01T00:00:00Z", "re-engage") if r["step"] == "letter")
     due = next(r for r in plan_rows(shop, T1) if r["kind"] == "email")
-    for args in ([sent["campaign"], sent["step"], sent["customer_id"], "--as-of", T1],
-                 ["re-engage", "letter", letter["customer_id"], "--as-of", T1, "--out", str(tmp_path / "l")],
-                 [due["campaign"], due["step"], due["customer_id"], "--as-of", T1, "--out", str(tmp_path / "e")]):
-        result = cli(shop, "preview", *args)
-        assert result.exit_code == 0, result.output
-    assert "already in the ledger (sent); rendered as if due" in cli(shop, "preview", *[
-        sent["campaign"], sent["step"], sent["customer_id"], "--as-of", T1]).stderr
+    runs = ([sent["campaign"], sent["step"], sent["customer_id"], "--as-of", T1],
+            ["re-engage", "letter", letter["customer_id"], "--as-of", T1, "--out", str(tmp_path / "l")],
+            [due["campaign"], due["step"], due["customer_id"], "--as-of", T1, "--out", str(tmp_path / "e")])
+    # both databases opened read-only: any write would fail the command
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ENGINE_LEDGER_URL", f"sqlite:///file:{shop / 'var' / 'ledger.sqlite'}?mode=ro&uri=true")
+        patch.setenv("ENGINE_WAREHOUSE_URL", f"duckdb:///{shop / 'var' / 'demo-shop.duckdb'}?access_mode=read_only")
+        results = [cli(shop, "preview", *args) for args in runs]
+        refused = cli(shop, "run", "--once", "--as-of", T1)  # the same settings refuse a pass: the proof can fail
+    assert [r.exit_code for r in results] == [0, 0, 0], [r.output for r in results]
+    assert results[0].stderr.strip().endswith("already in the ledger (sent); rendered as if due")
+    assert refused.exit_code == 1 and "not writable" in refused.stderr
     assert state(shop) == before
+
+
+@pytest.fixture(scope="module")
+def reconciler(shop):
+    from engine import Reconciler, load_project
+
+    reconciler = Reconciler(load_project(shop), writes=False)
+    yield reconciler
+    reconciler.close()
 
 
 @pytest.mark.parametrize("args, message", [
     (["no-such", "x", "1"], "no campaign named 'no-such' in campaigns.d/"),
     (["re-engage", "no-such", "1"], "campaign re-engage has no step 'no-such' (its steps: miss-you"),
     (["re-engage", "letter", "424242"], "no customer with id '424242'"),
-    (["birthday", "greeting", "1", "--variant", "fax"], "has no variant 'fax'"),
+    (["birthday", "greeting", "1", "fax"], "has no variant 'fax'"),
 ])
-def test_bad_input_is_one_message(shop, args, message):
-    result = cli(shop, "preview", *args, "--as-of", T1)
-    assert result.exit_code == 1
-    assert message in result.stderr and "Traceback" not in result.output
-    assert len(result.stderr.strip().splitlines()) == 1
+def test_bad_input_is_one_message(reconciler, args, message):
+    from engine.errors import EngineError
+    from engine.tools.preview import preview
+
+    with pytest.raises(EngineError, match=re.escape(message)):
+        preview(reconciler, *args[:3], datetime(2025, 1, 12, 12, tzinfo=timezone.utc), *args[3:])
 
 
-def test_a_customer_without_an_address_for_the_kind(shop):
-    import duckdb
+def test_bad_input_on_the_command_line(shop):
+    result = cli(shop, "preview", "re-engage", "no-such", "1", "--as-of", T1)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        "Error: campaign re-engage has no step 'no-such' (its steps: miss-you, new-arrivals, last-call, letter)"]
 
-    with duckdb.connect(str(shop / "var" / "demo-shop.duckdb"), read_only=True) as db:
-        [customer_id] = db.execute("SELECT min(c.customer_id) FROM customers c JOIN orders o USING (customer_id) "
-                                   "WHERE c.phone IS NULL").fetchone()
-    result = cli(shop, "preview", "birthday", "greeting", str(customer_id), "--variant", "sms", "--as-of", T1)
-    if "no anniversary trigger instance" in result.stderr:  # no birthday mapped: the delivery SMS instead
-        result = cli(shop, "preview", "delivery", "arriving-tomorrow", str(customer_id), "--as-of", T1)
-    assert result.exit_code == 1, result.output
-    assert f"customer {customer_id} has no phone for the sms channel" in result.stderr
-    assert "Traceback" not in result.output
+
+def test_a_customer_without_an_address_for_the_kind(reconciler):
+    from engine.tools.preview import PreviewError, preview
+
+    [(customer_id,)] = reconciler.warehouse.fetch_all(
+        "SELECT min(customer_id) FROM customers WHERE phone IS NULL AND birthday IS NOT NULL")
+    with pytest.raises(PreviewError, match=f"customer {customer_id} has no phone for the sms channel sms of step greeting"):
+        preview(reconciler, "birthday", "greeting", str(customer_id), datetime(2025, 1, 12, 12, tzinfo=timezone.utc), "sms")
 
 
 def test_pull_request_script_previews_each_changed_template(shop, tmp_path):
