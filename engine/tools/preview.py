@@ -42,6 +42,9 @@ from engine.tools.customer import find_customer
 
 #: What a coupon step shows instead of a code: a preview never claims one.
 PREVIEW_CODE = "PREVIEW-CODE"
+#: How a document that is a PDF (a letter's, engine.channels.letter_pdf) begins: the kinds declare no document
+#: type, and the bytes themselves are what ``--out`` writes.
+PDF_MAGIC = b"%PDF-"
 
 
 class PreviewError(EngineError):
@@ -67,7 +70,7 @@ class Preview:
             if self.message.html:
                 files["message.html"] = self.message.html.encode()
             return files
-        if document.startswith(b"%PDF"):
+        if document.startswith(PDF_MAGIC):
             return {"message.pdf": document}
         return {"message.json": document}
 
@@ -84,7 +87,7 @@ class Preview:
             lines.append(f"{'subject' if 'subject' in parts else 'title'}: {title}")
         if text:
             lines += ["", text.rstrip("\n")]
-        elif not self.message.document or not self.message.document.startswith(b"%PDF"):
+        elif not (self.message.document or b"").startswith(PDF_MAGIC):
             lines += ["", (self.message.document or b"").decode("utf-8", "replace")]
         else:
             lines += ["", f"(a PDF of {len(self.message.document)} bytes: --out DIR writes it)"]
