@@ -424,10 +424,12 @@ from engine.cli.explain import explain  # noqa: E402
 from engine.cli.init import init  # noqa: E402
 from engine.cli.export import export  # noqa: E402
 from engine.cli.stats import report, stats  # noqa: E402
+from engine.cli.preview import preview  # noqa: E402
 
 for _command in (explain, customer, export, backtest, stats, report, init):
     main.add_command(_command)
 main.add_command(codes)
+main.add_command(preview)
 accept_project_anywhere(main)  # after every command is registered
 
 
