@@ -9,6 +9,7 @@ import pytest
 
 from engine import load_project
 from engine.templating.render import Renderer
+from engine.spec.lists import template_lists
 from engine.spec.validate import sample_context
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,11 +23,14 @@ def full_root(renderer: Renderer):
 
 def shipped():
     project = load_project(REPO)
+    renderer = Renderer(REPO / "templates")
     for campaign in project.campaigns:
         for step in campaign.steps:
             for variant in step.variants:
                 kind = project.config.channels[variant.channel].kind
-                context = sample_context(project.config, campaign.trigger, step.discount_code is not None)
+                context = sample_context(project.config, campaign.trigger, step.discount_code is not None,
+                                         step.wait is not None)
+                context.update(template_lists(project.config, renderer, variant.template)[1])  # the product lists it declares
                 yield pytest.param(variant.template, kind, context, id=f"{campaign.name}-{step.id}-{variant.id}")
 
 

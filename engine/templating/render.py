@@ -181,12 +181,16 @@ class Renderer:
         return [TemplateProblem(use.message, line=use.line, fix=use.fix, template=use.template) for use in uses]
 
     def list_uses(self, name: str, known: Iterable[str]) -> ListUses:
-        """The lists template ``name`` declares (``{# uses: ... #}``) and the ``known`` ones it reads undeclared."""
+        """The lists template ``name`` declares (``{# uses: ... #}``) and the ``known`` ones it reads undeclared;
+        cached. A template that cannot be read declares none (the render itself reports why)."""
         key = (name, tuple(known))
         if key not in self._list_uses:
             env = self._plain
-            source = env.loader.get_source(env, name)[0]
-            self._list_uses[key] = list_uses(source, env.parse(source), key[1])
+            try:
+                source = env.loader.get_source(env, name)[0]
+                self._list_uses[key] = list_uses(source, env.parse(source), key[1])
+            except (jinja2.TemplateError, OSError, UnicodeDecodeError, RecursionError):
+                self._list_uses[key] = ListUses()
         return self._list_uses[key]
 
     def _parse(self, name: str) -> nodes.Template:
