@@ -199,6 +199,7 @@ def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]
     found.append(("policies.scan_url", config.scan_url, "default: the unsubscribe URL's host, path /scan"))
     found.append(("policies.scan_landing_url", config.scan_landing_url, "default: shop.url"))
     found.append(("segments", none, "default"))
+    found.append(("coupons", none, "default (codes are generated unless a step names a pool)"))
     for name, channel in config.channels.items():
         prefix = f"channels.{name}"
         found += [(f"{prefix}.from", "(not set)", "required outside the demo"),
