@@ -29,8 +29,7 @@ from engine.model import Campaign, ProjectConfig
 from engine.run.messages import PassReport
 from engine.sql.compile import col, lit
 from engine.sql.due import settled_steps
-from engine.state.ledger import Ledger, Record, message_key
-from engine.state.tables import LEDGER_TABLE
+from engine.state.ledger import Ledger, Record, insert_new_rows, message_key
 
 #: the ledger's columns an INSERT of settled skips fills (attempts 0 and content NULL by default)
 _LEDGER_COLUMNS = ("message_key", "campaign", "step", "customer_id", "trigger_key", "variant", "channel", "status",
@@ -71,10 +70,7 @@ def insert_settled(campaign: Campaign, now: datetime):
             "due_at": due_at, "created_at": instant.copy(), "updated_at": instant.copy(),
         }
         select = exp.select(*[exp.alias_(values[name], name) for name in _LEDGER_COLUMNS]).from_(query.subquery(row))
-        insert = exp.insert(select, exp.to_table(LEDGER_TABLE), columns=list(_LEDGER_COLUMNS))
-        insert.set("conflict", exp.OnConflict(conflict_keys=[exp.to_identifier("message_key")], action=exp.var("DO NOTHING")))
-        insert.set("returning", exp.Returning(expressions=[exp.column("step"), exp.column("reason"), exp.column("channel")]))
-        return insert
+        return insert_new_rows(select, list(_LEDGER_COLUMNS))
 
     return wrap
 

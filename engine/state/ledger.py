@@ -511,3 +511,16 @@ class Ledger(CouponStore, LedgerReader, LedgerWriter):
         insert = _conflict_insert(self.db.dialect)
         for start in range(0, len(values), 1000):  # one transaction per thousand entries
             self.db.execute(insert(entries_table).on_conflict_do_nothing(), values[start:start + 1000])
+
+
+def insert_new_rows(select: "exp.Select", columns: list[str]) -> "exp.Insert":
+    """The ledger's ``INSERT ... SELECT`` of ``select``'s rows (its ``columns``, named as the ledger's):
+    a message key the ledger holds already is left as it is (ON CONFLICT DO NOTHING), and the step,
+    reason and channel of each row written come back (RETURNING), for the pass's report. For a
+    ledger in the warehouse's database, on a dialect with both (engine.run.settle decides)."""
+    from sqlglot import exp
+
+    insert = exp.insert(select, exp.to_table(LEDGER_TABLE), columns=list(columns))
+    insert.set("conflict", exp.OnConflict(conflict_keys=[exp.to_identifier("message_key")], action=exp.var("DO NOTHING")))
+    insert.set("returning", exp.Returning(expressions=[exp.column("step"), exp.column("reason"), exp.column("channel")]))
+    return insert
