@@ -233,7 +233,7 @@ def test_a_template_that_shows_promotions_without_them_mapped_is_warned_of_and_s
 
     root = copy_project(tmp_path / "project")
     text = (root / "engine.yaml").read_text()
-    (root / "engine.yaml").write_text(text[:text.index("  promotions:")] + text[text.index("  push_subscriptions:"):])
+    (root / "engine.yaml").write_text(text[:text.index("  promotions:")] + text[text.index("  products:"):])
     project, issues = check_project(root)
 
     assert project is not None and not [i for i in issues if i.severity == "error"]
