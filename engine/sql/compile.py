@@ -511,6 +511,35 @@ def entry_exists(builder: QueryBuilder, campaign: Campaign) -> exp.Select:
     )
 
 
+def segment_instances(builder: QueryBuilder, campaign: Campaign, members: str) -> exp.Query:
+    """A segment trigger's instances: the recorded entries up to the instant, and the members of the
+    ``members`` CTE (customer_id, trigger_key) not entered yet, entering now."""
+    now = builder.ts(builder.now)
+    entered = (
+        exp.select(col("c", "customer_id"), col("e", "trigger_key"), exp.alias_(col("e", "entered_at"), "trigger_at"))
+        .from_(exp.to_table(builder.state_table(ENTRIES_TABLE)).as_("e"))
+        .join(exp.to_table(builder.source("customers")).as_("c"), on=text(col("c", "customer_id")).eq(col("e", "customer_id")))
+        .where(col("e", "campaign").eq(lit(campaign.name)), col("e", "entered_at") <= now)
+    )
+    entering = (
+        exp.select(col("m", "customer_id"), col("m", "trigger_key"), exp.alias_(now.copy(), "trigger_at"))
+        .from_(exp.to_table(members).as_("m"))
+        .where(exists(entry_exists(builder, campaign)).not_())
+    )
+    return exp.union(entered, entering, distinct=False)
+
+
+def new_segment_entries(builder: QueryBuilder, campaign: Campaign, members: str) -> exp.Query:
+    """The entries a pass records for a segment trigger: the ``members`` CTE's rows not entered yet,
+    as (campaign, customer_id, trigger_key, entered_at = the instant)."""
+    select = (
+        exp.select(lit(campaign.name), text(col("m", "customer_id")), col("m", "trigger_key"), builder.ts(builder.now))
+        .from_(exp.to_table(members).as_("m"))
+        .where(exists(entry_exists(builder, campaign)).not_())
+    )
+    return builder.with_ctes(select)
+
+
 def without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step) -> exp.Select:
     """Leave out instances the ledger already holds for this step: an anti-join written as a
     LEFT JOIN on the ledger's unique identity plus ``IS NULL`` rather than ``NOT EXISTS``.

@@ -14,7 +14,7 @@ from sqlglot import exp
 
 from engine.clock import Duration, format_duration, format_instant, parse_stored_timestamp
 from engine.model import Campaign, Trigger
-from engine.sql.compile import QueryBuilder, col, entry_exists, exists, is_customer, lit, text
+from engine.sql.compile import QueryBuilder, col, is_customer, new_segment_entries, segment_instances, text
 from engine.sql.triggers.base import CampaignFile, TemplateRecord, TriggerKind
 from engine.state.tables import ENTRIES_TABLE
 
@@ -41,30 +41,12 @@ class AtRiskKind(TriggerKind):
         return AtRisk(window=window, percent=settings.get("percent", 60))
 
     def instances(self, builder: QueryBuilder, campaign: Campaign, earliest: datetime | None) -> exp.Query:
-        now = builder.ts(builder.now)
         _members(builder, campaign.trigger)
-        customers = builder.source("customers")
-        entered = (
-            exp.select(col("c", "customer_id"), col("e", "trigger_key"), exp.alias_(col("e", "entered_at"), "trigger_at"))
-            .from_(exp.to_table(builder.state_table(ENTRIES_TABLE)).as_("e"))
-            .join(exp.to_table(customers).as_("c"), on=text(col("c", "customer_id")).eq(col("e", "customer_id")))
-            .where(col("e", "campaign").eq(lit(campaign.name)), col("e", "entered_at") <= now)
-        )
-        entering = (
-            exp.select(col("m", "customer_id"), col("m", "trigger_key"), exp.alias_(now.copy(), "trigger_at"))
-            .from_(exp.to_table("at_risk_members").as_("m"))
-            .where(exists(entry_exists(builder, campaign)).not_())
-        )
-        return exp.union(entered, entering, distinct=False)
+        return segment_instances(builder, campaign, "at_risk_members")
 
     def entries_select(self, builder: QueryBuilder, campaign: Campaign) -> exp.Query:
         _members(builder, campaign.trigger)
-        select = (
-            exp.select(lit(campaign.name), text(col("m", "customer_id")), col("m", "trigger_key"), builder.ts(builder.now))
-            .from_(exp.to_table("at_risk_members").as_("m"))
-            .where(exists(entry_exists(builder, campaign)).not_())
-        )
-        return builder.with_ctes(select)
+        return new_segment_entries(builder, campaign, "at_risk_members")
 
     def entries_insert(self, builder: QueryBuilder, campaign: Campaign) -> exp.Insert:
         return exp.insert(self.entries_select(builder, campaign), ENTRIES_TABLE,

@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlglot import exp
 
 from engine.model import Campaign, ProjectConfig, Trigger
-from engine.sql.compile import QueryBuilder, col, entry_exists, exists, lit, text
+from engine.sql.compile import QueryBuilder, col, lit, new_segment_entries, segment_instances
 from engine.sql.filter_types import segment_attributes
 from engine.sql.triggers.base import CampaignFile, TriggerKind
 from engine.state.tables import ENTRIES_TABLE
@@ -52,31 +52,13 @@ class SegmentEntryKind(TriggerKind):
                          f"add it under segments: in {config.file} (name: filter), or name one of those")
 
     def instances(self, builder: QueryBuilder, campaign: Campaign, earliest: datetime | None) -> exp.Query:
-        now = builder.ts(builder.now)
         _members(builder, campaign)
-        customers = builder.source("customers")
         builder.left_segment = exp.paren(exp.not_(exp.func("COALESCE", _condition(builder, campaign), exp.false())))
-        entered = (
-            exp.select(col("c", "customer_id"), col("e", "trigger_key"), exp.alias_(col("e", "entered_at"), "trigger_at"))
-            .from_(exp.to_table(builder.state_table(ENTRIES_TABLE)).as_("e"))
-            .join(exp.to_table(customers).as_("c"), on=text(col("c", "customer_id")).eq(col("e", "customer_id")))
-            .where(col("e", "campaign").eq(lit(campaign.name)), col("e", "entered_at") <= now)
-        )
-        entering = (
-            exp.select(col("m", "customer_id"), col("m", "trigger_key"), exp.alias_(now.copy(), "trigger_at"))
-            .from_(exp.to_table("segment_members").as_("m"))
-            .where(exists(entry_exists(builder, campaign)).not_())
-        )
-        return exp.union(entered, entering, distinct=False)
+        return segment_instances(builder, campaign, "segment_members")
 
     def entries_select(self, builder: QueryBuilder, campaign: Campaign) -> exp.Query:
         _members(builder, campaign)
-        select = (
-            exp.select(lit(campaign.name), text(col("m", "customer_id")), col("m", "trigger_key"), builder.ts(builder.now))
-            .from_(exp.to_table("segment_members").as_("m"))
-            .where(exists(entry_exists(builder, campaign)).not_())
-        )
-        return builder.with_ctes(select)
+        return new_segment_entries(builder, campaign, "segment_members")
 
     def entries_insert(self, builder: QueryBuilder, campaign: Campaign) -> exp.Insert:
         return exp.insert(self.entries_select(builder, campaign), ENTRIES_TABLE,
