@@ -250,7 +250,7 @@ def build_shop(path: str, customers: int, orders: int, anchor: str, seed: int) -
     con.execute(f"INSERT INTO order_items {_items_sql('order_id', 'bench_orders', s, category=True)} ORDER BY 1, 2")
     # delivery two to five days after the order (the last few days' orders deliver after the anchor)
     con.execute(f"""
-        INSERT INTO orders
+        INSERT INTO orders (order_id, customer_id, created_at, status, total, payment_method, delivery_date)
         SELECT o.order_id, o.customer_id, o.created_at,
                CASE WHEN hash(o.order_id, {s}, 6) % 100 < 95 THEN 'completed' ELSE 'cancelled' END,
                t.total,
