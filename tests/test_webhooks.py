@@ -466,3 +466,21 @@ def test_sns_host_patterns_match_one_label_per_star():
         sns_canonical({"Type": "Notification", "MessageId": "m"})
     assert refused.value.status == 400
     assert signatures.unix_time("1736510400") == datetime(2025, 1, 10, 12, tzinfo=timezone.utc)
+
+
+def test_an_smtp_channel_on_sendgrid_names_the_ledger_key_in_its_events_header():
+    """sendgrid_events: the X-SMTPAPI unique argument SendGrid copies into every event (engine_message_key)."""
+    import email
+    import email.policy
+
+    from engine.channels import smtp
+    from engine.model import ChannelConfig
+
+    message = OutgoingMessage(key="welcome:mail:Jörg 7:1", kind="email", to="jorg@beanandbrew.de",
+                              sender="Shop <shop@beanandbrew.de>", parts={"subject": "Hi", "text": "Hello"})
+    on = ChannelConfig("email", "email", "smtp", {"host": "smtp.sendgrid.net", "sendgrid_events": True})
+    off = ChannelConfig("email", "email", "smtp", {"host": "smtp.sendgrid.net"})
+    sent = email.message_from_bytes(smtp.document(message, on), policy=email.policy.default)
+    assert json.loads(sent["X-SMTPAPI"]) == {"unique_args": {"engine_message_key": "welcome:mail:Jörg 7:1"}}
+    assert "X-SMTPAPI" not in email.message_from_bytes(smtp.document(message, off), policy=email.policy.default)
+    assert smtp.document(message, off) == smtp.document(message)  # unchanged without the setting
