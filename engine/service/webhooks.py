@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping
 
 import httpx
+from sqlalchemy.exc import SQLAlchemyError
 
 from engine import channel_kinds
 from engine.clock import Clock, parse_duration, parse_instant, to_utc
@@ -148,7 +149,7 @@ def _instant(value: object, fallback: datetime) -> datetime:
             return _naive(unix_time(str(int(value))))
         if isinstance(value, str):
             return _naive(parse_instant(value))
-    except (ValueError, Refused):
+    except (ValueError, OverflowError, Refused):
         pass
     return _naive(fallback)
 
@@ -193,7 +194,7 @@ def sendgrid_events(batch: object, received: datetime) -> list[Event]:
         raise Refused(400, "the body is not a JSON array of SendGrid events")
     found = []
     for item in batch:
-        kind = SENDGRID_TYPES.get(item.get("event"))
+        kind = SENDGRID_TYPES.get(item["event"]) if isinstance(item.get("event"), str) else None
         provider_id = item.get("sg_event_id")
         if kind is None or not isinstance(provider_id, str) or not provider_id:
             continue
@@ -223,8 +224,10 @@ def sms_events(receipt: object, received: datetime) -> list[Event]:
     kind = SMS_STATUSES.get(status.lower())
     if kind is None:
         return []
-    provider_id = receipt.get("event_id") or (f"{receipt['id']}:{status.lower()}" if receipt.get("id") else None) \
-        or f"{reference}:{status.lower()}"
+    given, provider_message = receipt.get("event_id"), receipt.get("id")
+    provider_id = (given if isinstance(given, (str, int)) and given != "" else
+                   f"{provider_message}:{status.lower()}" if isinstance(provider_message, (str, int)) and provider_message != ""
+                   else f"{reference}:{status.lower()}")
     return [Event(event_id=_event_id("sms_http", str(provider_id)), message_key=reference, type=kind,
                   occurred_at=_instant(receipt.get("timestamp"), received), provider="sms_http",
                   detail=_detail(status.lower(), receipt.get("error")))]
@@ -284,8 +287,9 @@ class Webhooks:
                 event("webhook.refused", f"Refused a {provider} webhook: {refused.reason}", logging.WARNING,
                       provider=provider, status=refused.status)
                 return _answer(refused.status, refused.reason)
-            except EngineError as exc:
-                event("webhook.unavailable", f"Could not record {provider} events: {str(exc).splitlines()[0]}",
+            except (EngineError, SQLAlchemyError) as exc:  # the ledger: the provider retries a 503
+                first_line = (str(exc).strip().splitlines() or [""])[0] if isinstance(exc, EngineError) else ""
+                event("webhook.unavailable", f"Could not record {provider} events: {type(exc).__name__} {first_line}",
                       logging.WARNING, provider=provider)
                 return _answer(503, "events cannot be recorded right now, try again later")
         return handle
@@ -299,7 +303,7 @@ class Webhooks:
             raise Refused(400, "the body is not an SNS message")
         if message.get("Signature") is None:
             raise Refused(401, "the SNS message is not signed")
-        if message.get("TopicArn") not in settings.topic_arns:
+        if not isinstance(message.get("TopicArn"), str) or message["TopicArn"] not in settings.topic_arns:
             raise Refused(403, "the SNS topic is not one of responses.ses.topic_arns")
         verify_sns(message, self.certificates, settings.certificate_urls, now)
         try:
