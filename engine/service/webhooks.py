@@ -44,7 +44,7 @@ from engine.service.signatures import (
     load_ecdsa_key, unix_time, verify_ecdsa, verify_hmac, verify_sns,
 )
 from engine.spec.config import resolve
-from engine.state.events import SUPPRESSING, Event
+from engine.state.events import SUPPRESSING, Event, provider_event_id
 
 #: the endpoints, by provider (the provider's name is also the first part of its events' ids)
 PATHS = {"ses": "/webhooks/ses", "sendgrid": "/webhooks/sendgrid", "sms_http": "/webhooks/sms"}
@@ -154,10 +154,6 @@ def _instant(value: object, fallback: datetime) -> datetime:
     return _naive(fallback)
 
 
-def _event_id(provider: str, provider_id: str) -> str:
-    return f"{provider}:{provider_id}"[:200]
-
-
 def ses_events(sns_message_id: str, published: datetime, content: object) -> list[Event]:
     """An SES notification (``notificationType``) or event-publishing record (``eventType``) as events."""
     if not isinstance(content, dict):
@@ -181,7 +177,7 @@ def ses_events(sns_message_id: str, published: datetime, content: object) -> lis
         kind, detail, at = "undelivered", _detail("Reject"), mail.get("timestamp")
     else:  # Send, Open, Click (the service tracks those itself), DeliveryDelay, Rendering Failure, ...
         return []
-    return [Event(event_id=_event_id("ses", sns_message_id), message_key=key or "", type=kind,
+    return [Event(event_id=provider_event_id("ses", sns_message_id), message_key=key or "", type=kind,
                   occurred_at=_instant(at, published), provider="ses", detail=detail)]
 
 
@@ -201,7 +197,7 @@ def sendgrid_events(batch: object, received: datetime) -> list[Event]:
         if kind == "bounce" and item.get("type") == "blocked":
             kind = "soft_bounce"
         key = item.get(SENDGRID_KEY)
-        found.append(Event(event_id=_event_id("sendgrid", provider_id),
+        found.append(Event(event_id=provider_event_id("sendgrid", provider_id),
                            message_key=key if isinstance(key, str) else "", type=kind,
                            occurred_at=_instant(item.get("timestamp"), received), provider="sendgrid",
                            detail=_detail(item.get("type") if kind != "undelivered" else "dropped",
@@ -228,7 +224,7 @@ def sms_events(receipt: object, received: datetime) -> list[Event]:
     provider_id = (given if isinstance(given, (str, int)) and given != "" else
                    f"{provider_message}:{status.lower()}" if isinstance(provider_message, (str, int)) and provider_message != ""
                    else f"{reference}:{status.lower()}")
-    return [Event(event_id=_event_id("sms_http", str(provider_id)), message_key=reference, type=kind,
+    return [Event(event_id=provider_event_id("sms_http", str(provider_id)), message_key=reference, type=kind,
                   occurred_at=_instant(receipt.get("timestamp"), received), provider="sms_http",
                   detail=_detail(status.lower(), receipt.get("error")))]
 
