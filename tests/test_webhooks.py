@@ -497,3 +497,23 @@ def test_an_smtp_channel_on_sendgrid_names_the_ledger_key_in_its_events_header()
     assert json.loads(sent["X-SMTPAPI"]) == {"unique_args": {"engine_message_key": "welcome:mail:Jörg 7:1"}}
     assert "X-SMTPAPI" not in email.message_from_bytes(smtp.document(message, off), policy=email.policy.default)
     assert smtp.document(message, off) == smtp.document(message)  # unchanged without the setting
+
+
+def test_config_show_lists_the_response_settings_with_secrets_masked(tmp_path):
+    from click.testing import CliRunner
+
+    from engine.cli.main import main
+
+    root = copy_project(tmp_path / "project")
+    with open(root / "engine.yaml", "a") as config:
+        config.write(f"\nresponses:\n  ses:\n    topic_arns: [{TOPIC}]\n  sms_http:\n    secret: ${{SMS_WEBHOOK_SECRET}}\n")
+    env = {"ENGINE_CODE_SECRET": SECRET, "SMS_WEBHOOK_SECRET": SMS_SECRET}
+    result = CliRunner().invoke(main, ["--project", str(root), "config", "show", "--format", "json"], env=env)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert SMS_SECRET not in result.output and shown["responses.sms_http.secret"]["value"] == "***"
+    assert shown["responses.ses.topic_arns[0]"]["value"] == TOPIC
+    assert shown["responses.ses.certificate_urls"] == {"value": "https://sns.*.amazonaws.com/", "origin": "default",
+                                                       "secret": False}
+    assert shown["responses.sendgrid.public_key"]["origin"] == "default: /webhooks/sendgrid answers 404"
+    assert shown["responses.sms_http.tolerance"]["value"] == "5m"
