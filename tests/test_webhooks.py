@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from conftest import copy_project, load_history
+from conftest import copy_project, database_url, load_history
 from engine import channel_kinds, logs
 from engine.channels.base import OutgoingMessage
 from engine.clock import FixedClock, format_instant, parse_instant
@@ -117,11 +117,13 @@ def stored(key: str) -> str:
 
 
 @pytest.fixture
-def service(tmp_path, monkeypatch):
+def service(tmp_path, monkeypatch, request):
+    """The service over a small shop (SQLite unless the test asks for another backend), the ledger holding
+    the three messages of ADDRESSES, sent an hour ago."""
     certs = CertificateServer()
     keys = Keys(certs)
     root = copy_project(tmp_path / "project")
-    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    url = database_url(getattr(request, "param", "sqlite"), tmp_path)
     load_history(url, customers=[{"customer_id": i, "email": f"c{i}@beanandbrew.de", "created_at": NOW}
                                  for i in (1, 2, 3)])
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
@@ -407,21 +409,22 @@ def test_sms_receipts_are_verified_and_recorded_once(service):
     assert_logs_name_nobody(service)
 
 
+@pytest.mark.parametrize("service", ["sqlite", "duckdb"], indirect=True)
 def test_the_same_event_delivered_twice_at_once_is_recorded_once(service):
     receipt = {"reference": SMS_KEY, "status": "delivered", "event_id": "dlr-race"}
-    barrier = threading.Barrier(2)
+    barrier = threading.Barrier(4)  # as many as the service has workers
     answers: list[tuple[int, str]] = []
 
     def deliver():
         barrier.wait()
         answers.append(sms(service, receipt))
 
-    threads = [threading.Thread(target=deliver) for _ in range(2)]
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert len(answers) == 2 and all(status in (200, 503) for status, _ in answers), answers
+    assert len(answers) == 4 and all(status in (200, 503) for status, _ in answers), answers
     assert [e[0] for e in events(service)] == ["sms_http:dlr-race"]
     for _ in range(5):  # the provider's retry of an attempt answered 503: a duplicate now
         if all(status == 200 for status, _ in answers):
