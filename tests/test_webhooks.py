@@ -459,13 +459,27 @@ def test_unconfigured_providers_answer_404_and_settings_are_checked(tmp_path, mo
     load_history(url, customers=[])
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
     monkeypatch.setenv("ENGINE_CODE_SECRET", SECRET)
+    config_file = root / "engine.yaml"
+    shipped = config_file.read_text()
     svc = Service(root, 3600.0, metrics_port=free_port(), clock=FixedClock(NOW))
     svc.start()
     try:
         for path in ("/webhooks/ses", "/webhooks/sendgrid", "/webhooks/sms"):
             assert post(svc, path, b"{}")[0] == 404, path
+        # a reload with a secret that cannot verify is refused, naming the setting; the last project keeps running
+        config_file.write_text(shipped + "\nresponses:\n  sms_http: {secret: too-short}\n")
+        assert svc.reload_if_changed() is False
+        _, detail = svc.readiness()
+        assert any("responses.sms_http.secret: a signing secret needs at least 32" in e for e in detail["config"]["errors"])
     finally:
         svc.close()
+    # and the service does not start with it
+    monkeypatch.delenv("TEST_SENDGRID_KEY", raising=False)
+    config_file.write_text(shipped + "\nresponses:\n  sendgrid: {public_key: \"${TEST_SENDGRID_KEY}\"}\n")
+    svc = Service(root, 3600.0, metrics_port=free_port(), clock=FixedClock(NOW))
+    with pytest.raises(ConfigError, match="environment variable TEST_SENDGRID_KEY is not set"):
+        svc.start()
+    svc.close()
 
 
 def test_sns_host_patterns_match_one_label_per_star():

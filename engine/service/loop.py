@@ -387,6 +387,7 @@ class Service:
 
     def _build(self, project: Project) -> Reconciler:
         declare_personal(project.config.customer_attributes())  # never logged unless asked
+        webhooks.check(project.config)  # a provider's key or secret that cannot verify: refused like any bad setting
         reconciler = Reconciler(project, shard=self.shard)
         reconciler.ledger = LoggedLedger(reconciler.ledger, self.monotonic)
         return reconciler

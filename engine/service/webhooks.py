@@ -129,6 +129,13 @@ def provider_settings(responses: Mapping[str, Any], provider: str):
     return SmsSettings(tuple(s.encode("utf-8") for s in [secret, *previous]), _tolerance(spec, where))
 
 
+def check(config) -> None:
+    """ConfigError naming the first ``responses:`` setting that cannot work (a key that is none, a secret too
+    short, an unset variable): the service refuses to start with it, or keeps the last project on a reload."""
+    for provider in PATHS:
+        provider_settings(getattr(config, "responses", None) or {}, provider)
+
+
 # --- what the providers say --------------------------------------------------------------------------------------
 
 
