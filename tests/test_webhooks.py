@@ -301,6 +301,8 @@ def test_ses_refuses_what_sns_did_not_sign_and_records_nothing(service):
     status, text = send_sns(service, sns(service, ses_bounce(None), "sns-11"))  # headers not included
     assert status == 200 and json.loads(text)["unknown"] == 1
     assert events(service) == [] and suppressions(service) == []
+    assert set(service.certs.requests) == {"/SimpleNotificationService-test.pem",  # nothing else was fetched
+                                           "/SimpleNotificationService-expired.pem"}
     refused = [e for e in log_events(service) if e["event"] == "webhook.refused"]
     assert len(refused) == len(cases) + 3 and {e["status"] for e in refused} == {400, 401, 403}
     assert_logs_name_nobody(service)
