@@ -154,6 +154,9 @@ class ProjectConfig:
     duckdb_settings: Mapping[str, str | int] = field(default_factory=dict)
     #: ISO 4217 code of the shop's currency (orders' totals): how ``engine report`` shows revenue
     currency: str = "EUR"
+    #: provider event webhooks (``responses:``): provider -> its settings as written (secrets as ``${VAR}``);
+    #: read, resolved and checked by engine.service.webhooks
+    responses: Mapping[str, Mapping] = field(default_factory=dict)
 
     @property
     def ledger_shares_warehouse(self) -> bool:

@@ -28,7 +28,9 @@ later stage the message is a transient failure, retried by the ledger.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import re
 import smtplib
 import ssl
@@ -58,7 +60,12 @@ def open_session(config: ChannelConfig, root: Path) -> "SmtpChannel":
 
 def document(message: OutgoingMessage, config: ChannelConfig | None = None, root: Path | None = None) -> bytes:
     """What SMTP hands over: the RFC 5322 message, lines ending in CRLF (the DATA content before
-    dot-stuffing)."""
+    dot-stuffing). With ``sendgrid_events`` it carries SendGrid's X-SMTPAPI header naming the ledger key
+    as the unique argument ``engine_message_key``, which SendGrid copies into every event of the message
+    (the service's /webhooks/sendgrid finds the message by it)."""
+    if config is not None and config.settings.get("sendgrid_events") is True:
+        tag = json.dumps({"unique_args": {"engine_message_key": message.key}}, separators=(",", ":"))
+        message = dataclasses.replace(message, headers={**message.headers, "X-SMTPAPI": tag})
     return message.to_bytes("\r\n")
 
 
@@ -77,7 +84,7 @@ def setting_defaults(settings: Mapping[str, object]) -> list[tuple[str, str, str
     return [("security", "none", "default"), ("port", str(default_port(security)), f"default for security {security}"),
             ("username", "(none)", "default"), ("password", "(none)", "default"),
             ("timeout", str(DEFAULT_TIMEOUT), "default (seconds)"), ("connections", str(DEFAULT_CONNECTIONS), "default"),
-            ("pipelining", "true", "default")]
+            ("pipelining", "true", "default"), ("sendgrid_events", "false", "default")]
 
 
 class SmtpChannel:

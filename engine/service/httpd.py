@@ -23,8 +23,8 @@ worker. The limits, all enforced by waitress except the request deadline:
 
 Other endpoints (tracking, provider webhooks) come in as ``routes``: a path's
 ``Route`` names the methods it answers (others: 405 with ``Allow``) and the
-largest body it takes (larger: 413, before the body is read; the server-wide
-limit is the largest of them, at most ``MAX_ROUTE_BODY_BYTES``), and its
+largest body it takes (larger: 413, before the body is read: each path has its
+own limit, at most ``MAX_ROUTE_BODY_BYTES``; other paths keep ``MAX_BODY_BYTES``), and its
 handler gets a ``Request`` (method, path, query, lower-case headers, body,
 client address) and returns an ``Answer``. A route's path takes precedence
 over a built-in endpoint of the same path.
@@ -34,6 +34,7 @@ request's query string (unsubscribe links carry signed ids).
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import socket
@@ -46,6 +47,7 @@ from typing import Callable, Iterable, Mapping
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 
 from engine.errors import ConfigError
@@ -132,6 +134,18 @@ class _Channel(HTTPChannel):
         elif self.request_started is None:
             self.request_started = time.monotonic()
         return accepted
+
+
+class _Parser(HTTPRequestParser):
+    """waitress's request parser, with the body limit of the request's path: a route's own, else
+    ``MAX_BODY_BYTES`` (so a large route limit does not raise the built-in endpoints'). waitress reads the
+    limit from ``adj`` only after the header, so swapping it there refuses a larger body before it is read."""
+
+    limits: Mapping[str, Adjustments] = {}
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        self.adj = self.limits.get(self.path, self.adj)
 
 
 class _Server(TcpWSGIServer):
@@ -280,13 +294,18 @@ class StatusServer:
         adjustments = Adjustments(
             sockets=[sock], threads=WORKERS, connection_limit=MAX_CONNECTIONS,
             max_request_header_size=MAX_HEADER_BYTES,
-            max_request_body_size=max([MAX_BODY_BYTES, *(r.max_body + 1 for r in (routes or {}).values())]),
+            max_request_body_size=MAX_BODY_BYTES,
             channel_timeout=IDLE_TIMEOUT, cleanup_interval=SWEEP_INTERVAL, asyncore_use_poll=True,
             log_socket_errors=False, expose_tracebacks=False, ident="engine")
+        limits = {path: copy.copy(adjustments) for path in routes or {}}
+        for path, limit in limits.items():
+            limit.max_request_body_size = routes[path].max_body + 1
+        parser = type("_PathParser", (_Parser,), {"limits": limits})
         self._map: dict = {}
         self.server = _Server(_app(readiness, metrics, unsubscribe, scan, routes), map=self._map,
                               _sock=sock, adj=adjustments, bind_socket=False,
                               sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
+        self.server.channel_class = type("_PathChannel", (_Channel,), {"parser_class": parser})
         self._address = sock.getsockname()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="engine-http", daemon=True)

@@ -41,6 +41,7 @@ from engine.run.messages import PassReport
 from engine.run.reconcile import Reconciler
 from engine.service.reload import LoadResult, ProjectWatcher
 from engine.service.settings import DEFAULT_METRICS_PORT
+from engine.service import webhooks
 
 #: /readyz fails when the last completed pass ended longer ago than this many intervals
 #: (or pass durations, when passes take longer than the interval).
@@ -168,7 +169,8 @@ class Service:
         self._check_secrets(result.project)
         self.server = StatusServer(self.metrics_host, self.metrics_port, readiness=self.readiness,
                                    metrics=self.metrics.wsgi_app(),
-                                   unsubscribe=self.unsubscribe, scan=self.scan)
+                                   unsubscribe=self.unsubscribe, scan=self.scan,
+                                   routes={**webhooks.routes(lambda: self._reconciler, self.clock)})
         self.server.start()
         event("http.listening", f"Serving /healthz, /readyz and /metrics on http://{self.server.host}:{self.server.port}",
               host=self.server.host, port=self.server.port)
@@ -385,6 +387,7 @@ class Service:
 
     def _build(self, project: Project) -> Reconciler:
         declare_personal(project.config.customer_attributes())  # never logged unless asked
+        webhooks.check(project.config)  # a provider's key or secret that cannot verify: refused like any bad setting
         reconciler = Reconciler(project, shard=self.shard)
         reconciler.ledger = LoggedLedger(reconciler.ledger, self.monotonic)
         return reconciler

@@ -164,7 +164,7 @@ def _place(line: Shown) -> tuple[int, str]:
 
 #: the order of ``engine config show``'s sections
 SECTIONS = ("project", "warehouse", "ledger", "demo", "shop", "defaults", "policies", "segments", "channels",
-            "sources", "service")
+            "sources", "responses", "service")
 
 
 def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]:
@@ -198,6 +198,7 @@ def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]
         found.append(("policies.unsubscribe_url", "(not set)", "required outside the demo"))
     found.append(("policies.scan_url", config.scan_url, "default: the unsubscribe URL's host, path /scan"))
     found.append(("policies.scan_landing_url", config.scan_landing_url, "default: shop.url"))
+    found += response_defaults()
     found.append(("segments", none, "default"))
     found.append(("coupons", none, "default (codes are generated unless a step names a pool)"))
     for name, channel in config.channels.items():
@@ -212,6 +213,21 @@ def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]
         found += [(f"{prefix}.{setting}", value, "default")
                   for setting, value in channel_kinds.kind(channel.kind).setting_defaults.items()]
     return found
+
+
+def response_defaults() -> list[tuple[str, str, str]]:
+    """(setting, value, origin) of every ``responses:`` setting (the provider webhooks, engine.service.webhooks)."""
+    from engine.service.signatures import DEFAULT_CERTIFICATE_URLS, DEFAULT_TOLERANCE  # cryptography: not at --help
+
+    return [("responses.ses.topic_arns", "(none)", "default: /webhooks/ses answers 404"),
+            ("responses.ses.certificate_urls", ", ".join(DEFAULT_CERTIFICATE_URLS), "default"),
+            ("responses.ses.confirm_subscriptions", "true", "default"),
+            ("responses.ses.tolerance", DEFAULT_TOLERANCE, "default"),
+            ("responses.sendgrid.public_key", "(none)", "default: /webhooks/sendgrid answers 404"),
+            ("responses.sendgrid.tolerance", DEFAULT_TOLERANCE, "default"),
+            ("responses.sms_http.secret", "(none)", "default: /webhooks/sms answers 404"),
+            ("responses.sms_http.previous_secrets", "(none)", "default"),
+            ("responses.sms_http.tolerance", DEFAULT_TOLERANCE, "default")]
 
 
 def _walk(prefix: str, value: Any, env: Mapping[str, str]) -> list[Shown]:

@@ -152,6 +152,7 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         shop=shop_settings(data.get("shop") or {}),
         coupon_pools={name: CouponPool(name=name, table=spec.get("table"), column=spec.get("column", "code"),
                                        low_at=spec.get("low_at", 100)) for name, spec in (data.get("coupons") or {}).items()},
+        responses=dict(data.get("responses") or {}),
         **_policies(doc, data.get("policies", {}), channels, issues),
     )
     if config.is_demo and "unsubscribe_url" not in data.get("policies", {}) and config.shop["url"]:
