@@ -40,8 +40,9 @@ from typing import Iterator
 
 from sqlglot import exp
 
-from engine.clock import CalendarDuration, Duration, sql_timestamp_text
+from engine.clock import Duration, sql_timestamp_text
 from engine.dialects import dialect_named
+from engine.sql.attribution import instant, plus
 from engine.sql.compile import col, day_text, lit, render_sql, source_select, text, ts
 from engine.errors import ConfigError
 from engine.model import Campaign, ProjectConfig
@@ -136,49 +137,6 @@ class CampaignStats:
                 "steps": [s.as_dict() for s in self.steps], "kinds": [k.as_dict() for k in self.kinds],
                 "daily": {d: {"sent": v.sent, "conversions": v.conversions, "revenue": round(v.revenue, 2)}
                           for d, v in sorted(self.daily.items())}}
-
-
-def instant(value: exp.Expression, dialect: str) -> exp.Expression:
-    """A ledger timestamp comparable with the warehouse's (instants kept as text, SQLite: the
-    compiler's one text form, Dialect.instant_text_format)."""
-    text_format = dialect_named(dialect).instant_text_format
-    if text_format is not None:
-        return exp.Anonymous(this="STRFTIME", expressions=[lit(text_format), value])
-    return value
-
-
-def plus(value: exp.Expression, delta: Duration, dialect: str) -> exp.Expression:
-    """``value + delta`` in SQL; calendar months (``6mo``) with the month-end rule (Aug 31 + 6 months =
-    Feb 28/29, as ``clock.add_months``): an interval of MONTH where instants are typed (DuckDB and
-    PostgreSQL clamp so), spelled out on SQLite, whose ``'+6 months'`` modifier would overflow into March."""
-    months, rest = (delta.months, delta.rest) if isinstance(delta, CalendarDuration) else (0, delta)
-    seconds = int(rest.total_seconds())
-    text_format = dialect_named(dialect).instant_text_format
-    if text_format is not None:
-        if months:
-            value = _sqlite_add_months(value, months)
-        return exp.Anonymous(this="STRFTIME", expressions=[lit(text_format), value, lit(f"+{seconds} seconds")])
-    if months:
-        value = exp.Add(this=value, expression=exp.Interval(this=lit(str(months)), unit=exp.var("MONTH")))
-    return exp.Add(this=value, expression=exp.Interval(this=lit(str(seconds)), unit=exp.var("SECOND")))
-
-
-def _sqlite_add_months(value: exp.Expression, months: int) -> exp.Expression:
-    """``value`` (instant text) plus ``months`` calendar months, the day clamped to the target month's
-    last: the target month's first day, plus min(day, its last day) - 1 days, then the time of day."""
-    def fn(name: str, *args: exp.Expression) -> exp.Expression:
-        return exp.Anonymous(this=name, expressions=list(args))
-
-    def day_of(date_value: exp.Expression) -> exp.Expression:
-        return exp.cast(fn("STRFTIME", lit("%d"), date_value), exp.DataType.build("INT"))
-
-    first = fn("DATE", value.copy(), lit("start of month"), lit(f"{months:+d} months"))
-    last = fn("DATE", value.copy(), lit("start of month"), lit(f"{months + 1:+d} months"), lit("-1 days"))
-    day = exp.paren(exp.Sub(this=fn("MIN", day_of(value.copy()), day_of(last)), expression=exp.Literal.number(1)))
-    date_part = fn("DATE", first, exp.DPipe(this=exp.DPipe(this=lit("+"), expression=day, safe=True),
-                                             expression=lit(" days"), safe=True))
-    return exp.DPipe(this=exp.DPipe(this=date_part, expression=lit(" "), safe=True),
-                     expression=fn("STRFTIME", lit("%H:%M:%f"), value.copy()), safe=True)
 
 
 class _Queries:
