@@ -337,6 +337,9 @@ class Campaign:
     holdout: float = 0.0
     #: skip (recently_contacted) when anything was sent to the customer within this time
     not_contacted_within: timedelta | None = None
+    #: "order": a step's variants in file order; "by_response": per customer, the channel kinds ranked by
+    #: how their past messages led to orders and unsubscribes (engine.run.responses), file order breaking ties
+    channel_choice: str = "order"
     file: str = ""
 
     def step(self, step_id: str) -> Step:

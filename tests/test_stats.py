@@ -255,12 +255,13 @@ def test_the_queries_render_and_parse_back_in_every_dialect(dialect, project_dir
     config = replace(project.config, dialect=dialect)
     campaign = project.campaign("second-order")
     queries = _Queries(campaign, dialect, T0, None)
-    row = type("Row", (), {"step": "nudge", "customer_id": "1", "trigger_key": "9", "grp": "sent", "message_at": T0})
+    row = type("Row", (), {"step": "nudge", "variant": None, "channel": "email", "customer_id": "1", "trigger_key": "9",
+                           "grp": "sent", "message_at": T0})
     for query in (queries.outcomes(), queries.entered(), queries.group_sizes(), queries.unsubscribed(),
-                  queries.sent_per_day()):
+                  queries.sent_per_day(), queries.events()):
         assert sqlglot.parse_one(render_sql(query, dialect), read=dialect) is not None
     for messages in (queries.messages(), messages_values([row], dialect)):
         parsed = sqlglot.parse_one(render_sql(conversions_query(campaign, config, messages), dialect), read=dialect)
         cte = next(c for c in parsed.find_all(exp.CTE) if c.alias == "msgs")
         names = [column.name for column in cte.args["alias"].columns]
-        assert names == ["step", "customer_id", "trigger_key", "grp", "message_at"]
+        assert names == ["step", "variant", "channel", "customer_id", "trigger_key", "grp", "message_at"]

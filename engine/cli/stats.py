@@ -25,7 +25,7 @@ def period_text(since: datetime | None, until: datetime | None) -> str:
 
 
 def collect(project_dir: Path, campaigns: tuple[str, ...], since: datetime | None, until: datetime | None,
-            progress: Progress = Progress()):
+            progress: Progress = Progress(), include_machine: bool = False):
     """Statistics of the named campaigns (default: every campaign of the project, disabled ones included)."""
     from engine.tools.stats import StatsReader
 
@@ -35,7 +35,7 @@ def collect(project_dir: Path, campaigns: tuple[str, ...], since: datetime | Non
             selected = [project.campaign(c) for c in campaigns] if campaigns else list(project.campaigns)
         except KeyError as exc:
             raise click.UsageError(exc.args[0]) from None
-        reader = StatsReader(project.config, reconciler.warehouse, reconciler.ledger)
+        reader = StatsReader(project.config, reconciler.warehouse, reconciler.ledger, include_machine=include_machine)
         collected = []
         for index, campaign in enumerate(selected, 1):
             progress.stage("campaign", index, len(selected), campaign.name)
@@ -46,18 +46,25 @@ def collect(project_dir: Path, campaigns: tuple[str, ...], since: datetime | Non
         reconciler.close()
 
 
+machine_option = click.option(
+    "--include-machine", "include_machine", is_flag=True,
+    help="Count machine opens (mail privacy prefetch) and link-scanner clicks as opens and clicks (default: left out).")
+
+
 @click.command()
 @campaign_option
 @time_range_options
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
+@machine_option
 @quiet_option
 @click.pass_obj
 @handle_errors
-def stats(project_dir: Path, campaigns, since, until, fmt: str, quiet: bool):
-    """Per campaign and step: entered, sent, skipped, failed, unsubscribed, converted, revenue, holdout uplift."""
+def stats(project_dir: Path, campaigns, since, until, fmt: str, include_machine: bool, quiet: bool):
+    """Per campaign, step, variant and kind: entered, sent, skipped, failed, delivered, opened, clicked, bounced,
+    complaints, unsubscribed, converted, revenue, holdout uplift; A/B variants by conversion and click rate."""
     from engine.tools.stats_output import write_stats
 
-    all_stats = collect(project_dir, campaigns, since, until, progress_for("stats", quiet))
+    all_stats = collect(project_dir, campaigns, since, until, progress_for("stats", quiet), include_machine)
     write_stats(all_stats, fmt, sys.stdout, period_text(since, until))
 
 
@@ -67,15 +74,16 @@ def stats(project_dir: Path, campaigns, since, until, fmt: str, quiet: bool):
               help="Directory to write index.html into (created if missing).")
 @time_range_options
 @click.option("--as-of", "as_of", callback=instant_option_value, metavar="INSTANT", help="The 'generated' time shown (default: now).")
+@machine_option
 @quiet_option
 @click.pass_obj
 @handle_errors
-def report(project_dir: Path, campaigns, out_dir: Path, since, until, as_of, quiet: bool):
+def report(project_dir: Path, campaigns, out_dir: Path, since, until, as_of, include_machine: bool, quiet: bool):
     """Write a self-contained HTML report (funnels, holdout uplift, sends and conversions per day)."""
     from engine.spec.config import load_config
     from engine.tools.report import write_report
 
-    all_stats = collect(project_dir, campaigns, since, until, progress_for("report", quiet))
+    all_stats = collect(project_dir, campaigns, since, until, progress_for("report", quiet), include_machine)
     generated = format_instant(as_of or SystemClock().now())
     currency = load_config(project_dir)[0].currency  # collect() has loaded it already: it is valid
     path = write_report(out_dir, all_stats, period_text(since, until), generated, currency)

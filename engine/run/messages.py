@@ -38,6 +38,8 @@ class DueMessage:
     candidates: tuple[str, ...] = ()
     #: the coupon code claimed with the message, when its step gives one (claim.py)
     code: str | None = None
+    #: why the candidates are in this order (``channel_choice: by_response``, engine.run.responses), for explain
+    choice: str | None = None
 
     @property
     def key(self) -> str:

@@ -30,6 +30,7 @@ from engine.run.plan import BATCH_SIZE
 from engine.run.record import record_decisions, record_failures, record_sent
 from engine.run.recover import recover
 from engine.run.render import render
+from engine.run.responses import ResponseReader, order_by_response
 from engine.run.retry import retry
 from engine.run.segments import enter_segment
 from engine.run.send import send
@@ -99,6 +100,7 @@ class Reconciler:
         self.ledger.snapshot_policies()
         in_query = self.ledger_shares_warehouse
         sources = SourceRows(self.warehouse, self.config, self.key_kinds)
+        responses = ResponseReader(self.config, self.warehouse, self.ledger, in_query)
         with plan.due_rows(self.warehouse, self.ledger, self.config, now, ordered, exclude_ledger=in_query,
                            customer_id=customer_id, batch_size=self.batch_size) as rows_of:
             for position, campaign in enumerate(ordered, 1):
@@ -114,8 +116,9 @@ class Reconciler:
                     for batch in plan.decided_batches(campaign, rows_of(campaign, settled), now, self.config, self.ledger,
                                                       ledger_in_query=in_query, shard=self.shard,
                                                       progress=self.progress):
-                        batch = policies.apply_stages(attach_contacts(batch, self.config, sources, self.ledger,
-                                                                      rules.channel_of), rules)
+                        batch = attach_contacts(batch, self.config, sources, self.ledger, rules.channel_of)
+                        batch = policies.apply_stages(order_by_response(batch, campaign, responses, rules.channel_of),
+                                                      rules)
                         if batch:
                             yield batch
 

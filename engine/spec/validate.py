@@ -165,6 +165,11 @@ def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) ->
             segment_kinds = " / ".join(kind.name for kind in KINDS if kind.has_segment)
             issues.append(doc.issue(("stop", index), f"stop condition left_segment needs a segment trigger, not {trigger.kind}",
                                     fix=f"use a {segment_kinds} trigger, or another stop condition"))
+    if data.get("channel_choice") == "by_response":
+        if "orders" not in config.sources:
+            issues.append(doc.issue(("channel_choice",), "channel_choice by_response needs the 'orders' entity "
+                                    "(a kind is chosen by the orders its messages led to), which engine.yaml does not map",
+                                    fix=f"add sources.orders to {config.file}, or remove channel_choice"))
     _check_filter(doc, ("audience",), data.get("audience"), attributes, issues, config)
     reentry = _reentry(doc, data.get("reentry", "per_trigger"), issues)
     steps = [_step(doc, config, renderer, trigger, ("steps", index), raw, attributes, issues)
@@ -181,6 +186,7 @@ def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) ->
         not_contacted_within=(duration_setting(doc, ("not_contacted_within",), data["not_contacted_within"], issues,
                                                months=True)
                               if "not_contacted_within" in data else None),
+        channel_choice=data.get("channel_choice", "order"),
         trigger=trigger,
         audience=data.get("audience"),
         stop=tuple(data.get("stop", ())),

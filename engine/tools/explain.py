@@ -261,7 +261,8 @@ def _verdict(reconciler: Reconciler, step: Step, filters: list[dict], stopped: l
         if planned.action == "send":
             channel = reconciler.config.channels.get(planned.channel or "")
             kind = f", a {channel.kind} channel" if channel is not None and channel.kind != planned.channel else ""
-            return Verdict("send", None, f"due: send by {planned.channel}{kind} (variant {planned.variant})")
+            choice = f"; {planned.choice}" if planned.choice else ""  # channel_choice: by_response
+            return Verdict("send", None, f"due: send by {planned.channel}{kind} (variant {planned.variant}){choice}")
         detail = f" ({planned.detail})" if planned.detail else ""
         return Verdict(planned.action, planned.reason, f"due: {planned.action} {planned.reason}{detail}: "
                        + REASONS.get(planned.reason, ""))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from engine.tools.stats import CampaignStats, StepStats
 from engine.clock import format_duration
-from engine.tools.stats_output import percent, uplift_line
+from engine.tools.stats_output import ab_text, percent, uplift_line
 from engine.tools.uplift import SIGNIFICANCE
 
 CSS = """
@@ -137,7 +137,40 @@ def _campaign(stats: CampaignStats, currency: str) -> str:
     return (f'<section class="campaign" id="campaign-{escape(stats.name)}" data-campaign="{escape(stats.name)}">'
             f"<h2>{escape(stats.name)}</h2><p class=\"meta\">an order counts if placed within "
             f"{format_duration(stats.conversion_window)} of a message{holdout}</p>"
-            f'<div class="charts">{_funnel(total)}{_daily(stats)}</div>{uplift}{_steps_table(stats, currency)}</section>')
+            f'<div class="charts">{_funnel(total)}{_daily(stats)}</div>{uplift}{_steps_table(stats, currency)}'
+            f"{_responses_table(stats)}{_ab_tests(stats)}</section>")
+
+
+def _responses_table(stats: CampaignStats) -> str:
+    """Per step, variant and kind: sent, delivered, opened, clicked, click rate, bounced, complaints,
+    unsubscribed, bought, conversion rate."""
+    if not any(vars(stats.total.engagement).values()) and not stats.ab_tests:
+        return ""  # no response recorded (tracking off, or no provider events): nothing to show
+    head = ("<tr><th>responses</th><th>sent</th><th>delivered</th><th>opened</th><th>clicked</th><th>click rate</th>"
+            "<th>bounced</th><th>complaints</th><th>unsubscribed</th><th>bought</th><th>conversion rate</th></tr>")
+    rows = []
+    named = [(f"step {f.step}", f) for f in stats.steps] + [("all steps", stats.total)]
+    named += [(f"variant {v.step}/{v.variant}", v) for v in stats.variants]
+    named += [(f"kind {k.kind}", k) for k in stats.kinds if k.sent]
+    for name, f in named:
+        e = f.engagement
+        cells = {"sent": count(f.sent), "delivered": count(e.delivered), "opened": count(e.opened),
+                 "clicked": count(e.clicked), "click-rate": percent(f.click_rate), "bounced": count(e.bounced),
+                 "complained": count(e.complained), "unsubscribed": count(f.unsubscribed),
+                 "converted": count(f.reached.converted),
+                 "rate": percent(f.reached.converted / f.reached.customers if f.reached.customers else None)}
+        rows.append(f'<tr data-responses="{escape(name)}"><td>{escape(name)}</td>'
+                    + "".join(f'<td data-r="{k}">{escape(v)}</td>' for k, v in cells.items()) + "</tr>")
+    return (f"<div class=\"table\"><table>{head}{''.join(rows)}</table></div>"
+            '<p class="meta">Opened, clicked: messages opened, or with a link followed, at least once (an email '
+            "client's privacy prefetch and a link scanner's checks left out); click rate = clicked / sent. Bounced: "
+            "undeliverable for good (the address is then suppressed); complaints: marked as spam. An A/B variant is "
+            "compared with the step's first by conversion rate and by click rate, with the uplift's test.</p>")
+
+
+def _ab_tests(stats: CampaignStats) -> str:
+    return "".join(f'<p class="uplift" data-ab="{escape(t.step)}:{escape(t.variant)}">{escape(ab_text(t))}</p>'
+                   for t in stats.ab_tests)
 
 
 def _steps_table(stats: CampaignStats, currency: str) -> str:

@@ -6,12 +6,13 @@ import json
 from typing import IO
 
 from engine.clock import format_duration
-from engine.tools.stats import CampaignStats, KindStats, StepStats
+from engine.tools.stats import ABTest, CampaignStats, Engagement, KindStats, StepStats, VariantStats, verdict
 
 CSV_FIELDS = ["campaign", "step", "entered", "sent", "failed", "unknown", "in_flight", "skipped", "skipped_by_reason",
               "unsubscribed", "sent_customers", "converted", "orders", "revenue", "conversion_rate",
               "holdout_customers", "holdout_converted", "holdout_orders", "holdout_revenue", "holdout_rate",
-              "uplift_points", "uplift_relative", "p_value", "note"]
+              "uplift_points", "uplift_relative", "p_value", "note", "delivered", "opened", "clicked", "clicks",
+              "click_rate", "bounced", "complained"]
 ALL_STEPS = "*"
 
 
@@ -30,7 +31,30 @@ def kind_text(figures: KindStats) -> str:
     skipped = sum(figures.skipped.values())
     if skipped:
         counts.append(f"skipped {skipped} (" + ", ".join(f"{r} {n}" for r, n in sorted(figures.skipped.items())) + ")")
-    return f"{figures.kind} " + (", ".join(counts) or "-")
+    return f"{figures.kind} " + (", ".join(counts) or "-") + responses_text(figures.engagement, figures.sent,
+                                                                            figures.unsubscribed)
+
+
+def responses_text(e: Engagement, sent: int, unsubscribed: int) -> str:
+    """" (opened 40, clicked 12 = 10.0%, bounced 1)": the responses that happened, nothing when none did."""
+    parts = [f"{label} {n}" for label, n in (("delivered", e.delivered), ("opened", e.opened)) if n]
+    if e.clicked:
+        parts.append(f"clicked {e.clicked} = {percent(e.clicked / sent) if sent else '-'}")
+    parts += [f"{label} {n}" for label, n in (("scanned", e.scanned), ("bounced", e.bounced),
+                                               ("complained", e.complained), ("unsubscribed", unsubscribed)) if n]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def variant_text(v: VariantStats) -> str:
+    rate = v.reached.converted / v.reached.customers if v.reached.customers else None
+    return (f"{v.step}/{v.variant}: sent {v.sent}, converted {v.reached.converted} of {v.reached.customers} "
+            f"= {percent(rate)}, click rate {percent(v.click_rate)}" + responses_text(v.engagement, v.sent, v.unsubscribed))
+
+
+def ab_text(t: ABTest) -> str:
+    c, k = t.conversion, t.clicks
+    return (f"A/B {t.step}: {t.variant} vs {t.control}: conversion {percent(c.sent_rate)} vs {percent(c.holdout_rate)}, "
+            f"{verdict(c)}; click rate {percent(k.sent_rate)} vs {percent(k.holdout_rate)}, {verdict(k)}")
 
 
 def uplift_line(figures: StepStats) -> str:
@@ -57,6 +81,10 @@ def row(stats: CampaignStats, figures: StepStats) -> dict:
         "holdout_orders": figures.holdout.orders, "holdout_revenue": f"{figures.holdout.revenue:.2f}",
         "holdout_rate": _number(c.holdout_rate), "uplift_points": _number(c.uplift_points),
         "uplift_relative": _number(c.uplift_relative), "p_value": _number(c.p_value), "note": c.note,
+        "delivered": figures.engagement.delivered, "opened": figures.engagement.opened,
+        "clicked": figures.engagement.clicked, "clicks": figures.engagement.clicks,
+        "click_rate": _number(figures.click_rate), "bounced": figures.engagement.bounced,
+        "complained": figures.engagement.complained,
     }
 
 
@@ -78,7 +106,8 @@ def write_stats(all_stats: list[CampaignStats], fmt: str, out: IO[str], header: 
         return
     out.write(header + "\n")
     headers = ["step", "entered", "sent", "failed", "unknown", "skipped", "unsub", "converted", "rate", "revenue",
-               "holdout", "h.converted", "h.rate"]
+               "holdout", "h.converted", "h.rate", "delivered", "opened", "clicked", "click rate", "bounced",
+               "complaints"]
     for stats in all_stats:
         holdout = f", holdout {stats.holdout_percent:g}%" if stats.holdout_percent else ""
         out.write(f"\n{stats.name} (conversion window {format_duration(stats.conversion_window)}{holdout})\n")
@@ -88,7 +117,9 @@ def write_stats(all_stats: list[CampaignStats], fmt: str, out: IO[str], header: 
             lines.append([figures.step or "(all)", figures.entered, figures.sent, figures.failed, figures.unknown,
                           skipped_text(figures), figures.unsubscribed, figures.reached.converted, percent(c.sent_rate),
                           f"{figures.reached.revenue:.2f}", figures.holdout.customers, figures.holdout.converted,
-                          percent(c.holdout_rate)])
+                          percent(c.holdout_rate), figures.engagement.delivered, figures.engagement.opened,
+                          figures.engagement.clicked, percent(figures.click_rate), figures.engagement.bounced,
+                          figures.engagement.complained])
         widths = [max(len(str(x)) for x in column) for column in zip(headers, *lines)]
         for values in [headers, ["-" * w for w in widths], *lines]:
             out.write("  ".join(str(v).ljust(w) for v, w in zip(values, widths)).rstrip() + "\n")
@@ -96,3 +127,9 @@ def write_stats(all_stats: list[CampaignStats], fmt: str, out: IO[str], header: 
             out.write(f"uplift: {uplift_line(stats.total)}\n")
         if stats.kinds:
             out.write("by kind: " + "; ".join(kind_text(k) for k in stats.kinds) + "\n")
+        if len(stats.variants) > len(stats.steps) or any(stats.ab_tests):
+            out.write("by variant: " + "; ".join(variant_text(v) for v in stats.variants) + "\n")
+        for test in stats.ab_tests:
+            out.write(ab_text(test) + "\n")
+        if stats.include_machine:
+            out.write("opens and clicks include machine opens and link-scanner clicks\n")
