@@ -1,0 +1,148 @@
+"""Replicas share the work on one PostgreSQL ledger, and one of them dies mid-pass (issue 21.3).
+
+Four ``engine run --once`` processes at once against one PostgreSQL database
+(shop and ledger, a real server from tests/pg.py), the loopback SMTP sink and
+SMS provider of the kill test (tests/kill_harness.py: its shop, campaigns and
+checks). One replica is SIGKILLed once it has recorded some of its messages,
+so it leaves claims behind. Its pass instant is one second later than the
+others', which is how its ledger rows are told apart (a row's ``updated_at`` is
+its pass instant). Two ways to split the work:
+
+- ``shard``: ``--shard i/4``, each replica plans every due row and keeps its
+  customers' (engine/run/plan.py ``shard_of``). After the claim timeout, the
+  three survivors' next pass settles the dead replica's stale claims
+  (engine/run/recover.py: released when never rendered, ``unknown`` when
+  rendered under at_most_once), but only the owner of a shard derives its
+  messages: the dead replica's shard is delivered when it comes back (as a
+  restarted pod of a StatefulSet does);
+- ``claims``: no shard; every replica plans everything and the unique message
+  key decides who sends (engine/state/ledger.py: a claim is an INSERT that
+  only one process wins). A replica claims a whole batch (up to 1,000 rows
+  of a campaign) at once, so here the victim starts first and wins some; the
+  others start once it holds claims. The survivors alone deliver everything.
+
+Either way (kill_harness.KillTest.problems): nothing arrives twice, every
+planned message ends sent, skipped or failed with a reason, or unknown only if
+the kill left it in doubt; nothing stays claimed.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import database_url
+from kill_harness import STEP, KillTest
+from engine.state.ledger import ledger_table
+from servers import SmsProvider, SmtpSink
+
+REPLICAS = 4
+VICTIM = 1
+CUSTOMERS = 120
+TIMEOUT = 120  # seconds any pass of this test may take, well above what it takes here
+
+
+def _start(test: KillTest, as_of, shard: str | None, name: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "engine.cli.main", "run", "--once", "--quiet", "--as-of", as_of.isoformat() + "Z"]
+    if shard:
+        args += ["--shard", shard]
+    log = open(test.logs / f"{name}.log", "w")
+    try:
+        return subprocess.Popen(args, cwd=test.root, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    finally:
+        log.close()
+
+
+def _wait(test: KillTest, processes: dict[str, subprocess.Popen]) -> None:
+    for name, process in processes.items():
+        code = process.wait(timeout=TIMEOUT)
+        if code not in (0, 1):  # 1: some message failed (the addresses that refuse for good)
+            log = (test.logs / f"{name}.log").read_text()
+            raise AssertionError(f"replica {name} ended with {code}:\n{log[-3000:]}")
+
+
+def _rows_at(test: KillTest, instant, *conditions) -> list:
+    c = ledger_table.c
+    with test.db.engine.connect() as conn:
+        return conn.execute(sa.select(c.message_key, c.status, c.content.is_not(None)).where(
+            c.updated_at == instant, *conditions)).all()
+
+
+def _claimed(test: KillTest) -> int:
+    c = ledger_table.c
+    with test.db.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).where(c.status == "claimed")).scalar()
+
+
+def _pass(test: KillTest, mode: str, replicas: list[int], label: str) -> None:
+    test.now += STEP  # more than the claim timeout (1m): whatever a dead replica claimed is stale now
+    test.passes += 1
+    processes = {f"{label}-{i}": _start(test, test.now, f"{i}/{REPLICAS}" if mode == "shard" else None, f"{label}-{i}")
+                 for i in replicas}
+    _wait(test, processes)
+
+
+@pytest.mark.parametrize("mode", ["shard", "claims"])
+def test_replicas_split_the_work_and_a_killed_one_strands_nothing(mode, tmp_path):
+    with SmtpSink() as smtp, SmsProvider() as sms:
+        smtp.pipelining = True
+        smtp.delay = 0.02  # a provider slow enough that the kill lands while the victim is sending
+        test = KillTest(tmp_path, database_url("postgres", tmp_path), "at_most_once", CUSTOMERS, 1, smtp, sms)
+        try:
+            test.add_round()
+            test.now += STEP
+            test.passes += 1
+            victim_at = test.now + timedelta(seconds=1)
+            shard = (lambda i: f"{i}/{REPLICAS}") if mode == "shard" else (lambda i: None)
+            victim = _start(test, victim_at, shard(VICTIM), f"first-{VICTIM}")
+            deadline = time.monotonic() + TIMEOUT
+            if mode == "claims":  # the first claim takes a whole batch (up to 1,000): let the victim win some
+                while not _rows_at(test, victim_at):
+                    assert victim.poll() is None and time.monotonic() < deadline, "the victim claimed nothing"
+                    time.sleep(0.01)
+            processes = {f"first-{i}": _start(test, test.now, shard(i), f"first-{i}") for i in range(REPLICAS) if i != VICTIM}
+            while len(_rows_at(test, victim_at, ledger_table.c.status != "claimed")) < 10:
+                assert victim.poll() is None, f"the victim ended ({victim.returncode}) before it recorded 10 outcomes"
+                assert time.monotonic() < deadline, "the victim recorded nothing in time"
+                time.sleep(0.01)
+            victim.send_signal(signal.SIGKILL)
+            assert victim.wait(timeout=30) == -signal.SIGKILL
+            _wait(test, processes)
+
+            left = _rows_at(test, victim_at, ledger_table.c.status == "claimed")
+            assert left, "the kill left no claim behind: it did not land mid-pass"
+            test.in_doubt |= {key for key, _, rendered in left if rendered}
+            planned = set(test.expected)
+            c = ledger_table.c
+            with test.db.engine.connect() as conn:
+                recorded = {k for (k,) in conn.execute(sa.select(c.message_key))}
+            if mode == "claims":  # the survivors claimed everything the victim had not
+                assert recorded == planned, f"{len(planned - recorded)} messages unclaimed after the first pass"
+
+            # the next pass of the survivors alone, after the claim timeout: the victim's claims are settled
+            survivors = [i for i in range(REPLICAS) if i != VICTIM]
+            _pass(test, mode, survivors, "survivors")
+            assert _claimed(test) == 0, "stale claims of the dead replica were not taken over"
+            if mode == "claims":  # (retries of the addresses that refuse once may still be pending)
+                with test.db.engine.connect() as conn:
+                    recorded = {k for (k,) in conn.execute(sa.select(c.message_key))}
+                assert recorded >= planned, f"the survivors left {len(planned - recorded)} messages behind"
+            else:  # the victim's shard comes back (a restarted pod), and its messages go out
+                _pass(test, mode, list(range(REPLICAS)), "restarted")
+            for attempt in range(5):  # retries of the addresses that refuse once
+                if test.quiet():
+                    break
+                _pass(test, mode, list(range(REPLICAS)) if mode == "shard" else survivors, f"after-{attempt}")
+            assert test.quiet(), "still busy after the final passes"
+            problems = test.problems()
+        finally:
+            test.close()
+    assert not problems, "\n  ".join(problems[:40])
+    print(test.summary.line())
