@@ -146,3 +146,53 @@ def test_replicas_split_the_work_and_a_killed_one_strands_nothing(mode, tmp_path
             test.close()
     assert not problems, "\n  ".join(problems[:40])
     print(test.summary.line())
+
+
+def test_replicas_entering_the_same_segment_at_once_both_succeed(tmp_path, monkeypatch):
+    """Two replicas' passes record the at-risk segment's entries at the same moment (re-engage): the
+    second one's INSERT waits on the first one's uncommitted rows, then keeps them (ON CONFLICT DO
+    NOTHING) instead of failing the campaign with a duplicate key (found by benchmarks/run.py --replicas)."""
+    import threading
+    from datetime import datetime, timezone
+
+    from conftest import copy_project
+    from engine import Reconciler, load_project
+    from engine.run.segments import enter_segment
+    from engine.sql.compile import render_sql
+    from engine.sql.due import entries_insert
+    from engine.tools.demo import generate_shop, load_shop
+    from engine.state.warehouse import Database
+
+    url = database_url("postgres", tmp_path)
+    db = Database(url)
+    load_shop(db, generate_shop(customers=300))
+    root = copy_project(tmp_path / "project")
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    reconciler = Reconciler(load_project(root))
+    now = datetime(2025, 1, 10, tzinfo=timezone.utc)
+    campaign, config = reconciler.project.campaign("re-engage"), reconciler.config
+    reconciler.ledger.ensure_schema()
+    errors: list[Exception] = []
+    first = db.engine.connect()
+    try:
+        transaction = first.begin()  # the first replica's entries, not yet committed
+        entered = first.execute(sa.text(render_sql(entries_insert(campaign, config, now), config.dialect))).rowcount
+        assert entered > 0
+
+        def second_replica():
+            try:
+                enter_segment(campaign, reconciler.warehouse, config, now)
+            except Exception as exc:  # noqa: BLE001 - the assertion below shows it
+                errors.append(exc)
+        thread = threading.Thread(target=second_replica)
+        thread.start()
+        time.sleep(1.0)  # the second INSERT waits on the first one's rows
+        transaction.commit()
+        thread.join(timeout=60)
+    finally:
+        first.close()
+    assert not errors, errors[0]
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM engine_entries")).scalar() == entered
+    reconciler.close()
+    db.dispose()
