@@ -196,3 +196,54 @@ def test_replicas_entering_the_same_segment_at_once_both_succeed(tmp_path, monke
         assert conn.execute(sa.text("SELECT count(*) FROM engine_entries")).scalar() == entered
     reconciler.close()
     db.dispose()
+
+
+def test_postgresql_going_away_mid_pass_is_a_clear_error_and_the_next_pass_continues(tmp_path):
+    """The ledger's PostgreSQL server stops (immediate shutdown) while a pass sends: the pass ends
+    with an ``Error:`` line naming the database and no traceback; once the server is back, the next
+    passes settle what it left (claims older than the claim timeout) and nothing arrives twice.
+    A server of its own (tests/pg.py's class), so the session's server is not touched."""
+    import pg
+
+    try:
+        server = pg.PostgresServer()
+    except (FileNotFoundError, RuntimeError) as exc:
+        pg.server()  # skips, or fails under ENGINE_REQUIRE_POSTGRES, with the session's reason
+        pytest.skip(str(exc))
+    try:
+        with SmtpSink() as smtp, SmsProvider() as sms:
+            smtp.pipelining = True
+            smtp.delay = 0.02
+            test = KillTest(tmp_path, server.new_database(), "at_most_once", CUSTOMERS, 2, smtp, sms)
+            try:
+                test.add_round()
+                test.now += STEP
+                test.passes += 1
+                process = _start(test, test.now, None, "interrupted")
+                deadline = time.monotonic() + TIMEOUT
+                while len(_rows_at(test, test.now, ledger_table.c.status != "claimed")) < 10:
+                    assert process.poll() is None and time.monotonic() < deadline, "the pass recorded nothing in time"
+                    time.sleep(0.01)
+                test.db.dispose()
+                server._run([server.pg_ctl, "-D", str(server.data), "-m", "immediate", "stop"])
+                code = process.wait(timeout=TIMEOUT)
+                log = (test.logs / "interrupted.log").read_text()
+                assert code not in (0, -signal.SIGKILL), log[-2000:]
+                assert "Error:" in log and "Traceback" not in log, log[-3000:]
+                assert "127.0.0.1" in log or "postgresql" in log, log[-2000:]  # the database is named
+                options = f"-p {server.port} -k {server.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+                server._run([server.pg_ctl, "-D", str(server.data), "-o", options, "-l",
+                             str(server.directory / "log"), "-w", "start"])
+                left = _rows_at(test, test.now, ledger_table.c.status == "claimed")
+                test.in_doubt |= {key for key, _, rendered in left if rendered}
+                for attempt in range(6):
+                    _pass(test, "claims", [0], f"after-{attempt}")
+                    if test.quiet():
+                        break
+                assert test.quiet(), "still busy after the server came back"
+                problems = test.problems()
+            finally:
+                test.close()
+    finally:
+        server.stop()
+    assert not problems, "\n  ".join(problems[:40])
