@@ -44,14 +44,14 @@ def _server_cpu(url: str) -> float | None:
 
     db = Database(url)
     try:
-        [(backend,)] = db.fetch_all("SELECT pg_backend_pid()")
-    finally:
-        db.dispose()
-    try:
-        ppid = int(Path(f"/proc/{backend}/stat").read_text().rpartition(")")[2].split()[1])
+        with db.engine.connect() as conn:  # the backend must live while its parent is looked up
+            backend = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            ppid = int(Path(f"/proc/{backend}/stat").read_text().rpartition(")")[2].split()[1])
         fields = Path(f"/proc/{ppid}/stat").read_text().rpartition(")")[2].split()
     except (OSError, IndexError, ValueError):
         return None
+    finally:
+        db.dispose()
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
