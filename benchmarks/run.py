@@ -44,6 +44,10 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   the engine's own footprint, plus DuckDB's buffers), and of a child process
   planning a shop where all ``--memory-customers`` customers are due.
 
+``--replicas 1,2,4`` measures only a pass split over N ``engine run --once --shard i/N`` processes on PostgreSQL
+(benchmarks/replicas.py); ``--duckdb-memory-limit 1GB`` only the plan with that DuckDB memory limit next to
+the plan without one (spilling to disk).
+
 ``--sqlite`` loads the same rows into SQLite and repeats the measurements there;
 ``--postgres`` does the same in a throwaway PostgreSQL cluster (``--postgres-url``: an
 existing database).
