@@ -44,6 +44,10 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   the engine's own footprint, plus DuckDB's buffers), and of a child process
   planning a shop where all ``--memory-customers`` customers are due.
 
+``--replicas 1,2,4`` measures only a pass split over N ``engine run --once --shard i/N`` processes on PostgreSQL
+(benchmarks/replicas.py); ``--duckdb-memory-limit 1GB`` only the plan with that DuckDB memory limit next to
+the plan without one (spilling to disk).
+
 ``--sqlite`` loads the same rows into SQLite and repeats the measurements there;
 ``--postgres`` does the same in a throwaway PostgreSQL cluster (``--postgres-url``: an
 existing database).
@@ -78,6 +82,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # dispatch.py, smtp_si
 import dispatch  # noqa: E402
 import lists as lists_bench  # noqa: E402 - a pass with product lists next to one without
 import push  # noqa: E402 - web push dispatch against a loopback push service
+import replicas as replicas_bench  # noqa: E402 - a pass split over N replicas on PostgreSQL
 from dispatch import _timed  # noqa: E402 - one median timer for both scripts
 from smtp_sink import SinkProcess  # noqa: E402
 import webhook as webhook_bench  # noqa: E402
@@ -877,6 +882,76 @@ def measure_memory(directory: Path, project_dir: Path, customers: int, anchor: s
                      f"{result['due']:,} due messages of {built['counts']['customers']:,} customers"}]
 
 
+def memory_limit_child(project_dir: str, url: str, now_iso: str, spill_dir: str) -> dict:
+    """Child-process entry: the plan of the shipped campaigns consumed to the end, with the project's
+    warehouse.duckdb settings; its seconds, rows, peak RSS (VmHWM) and the most bytes DuckDB kept in its
+    temporary directory (``spill_dir``, polled every 20 ms) meanwhile."""
+    import threading
+
+    import engine
+
+    os.environ["ENGINE_WAREHOUSE_URL"] = url
+    reconciler = engine.Reconciler(engine.load_project(Path(project_dir)))
+    peak, done = [0], threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.02):
+            try:
+                size = sum(f.stat().st_size for f in Path(spill_dir).rglob("*") if f.is_file())
+            except OSError:  # a file removed while summing
+                continue
+            peak[0] = max(peak[0], size)
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    started = time.perf_counter()
+    try:
+        counts = _consume_plan(reconciler, datetime.fromisoformat(now_iso))
+    finally:
+        seconds = time.perf_counter() - started
+        done.set()
+        watcher.join()
+        reconciler.close()
+    return {**counts, "seconds": seconds, "peak_mb": dispatch._high_water_mb(), "spill_mb": peak[0] / 1e6}
+
+
+def measure_memory_limit(url: str, project_dir: Path, now: datetime, limit: str, repeat: int,
+                         directory: Path) -> list[dict]:
+    """The plan with ``warehouse.duckdb.memory_limit: limit`` next to the plan without one, each run in a fresh
+    child process, alternately (median of ``repeat``, at least 1): seconds, peak RSS, peak spill to disk."""
+    limited = directory / "project-memory-limit"
+    shutil.rmtree(limited, ignore_errors=True)
+    shutil.copytree(project_dir, limited)
+    yaml = limited / "engine.yaml"
+    yaml.write_text(yaml.read_text().replace("warehouse:\n", f"warehouse:\n  duckdb: {{memory_limit: '{limit}'}}\n", 1))
+    spill_dir = str(directory / "shop.duckdb.tmp")  # DuckDB's default temp_directory for the file
+    results: dict[str, list[dict]] = {"unlimited": [], limit: []}
+    spawn = multiprocessing.get_context("spawn")
+    for turn in range(max(repeat, 1)):
+        for name, target in (("unlimited", project_dir), (limit, limited)):
+            print(f"  plan, memory limit {name} (turn {turn + 1}) ...", flush=True)
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                try:
+                    results[name].append(pool.submit(memory_limit_child, str(target), url, now.isoformat(),
+                                                     spill_dir).result())
+                except Exception as exc:  # noqa: BLE001 - the engine's own error (e.g. out of memory) is the result
+                    results[name].append({"error": str(exc).strip().splitlines()[0]})
+            print(f"    {results[name][-1]}", flush=True)
+    rows, base = [], None
+    for name, runs in results.items():
+        ok = [r for r in runs if "error" not in r]
+        if not ok:
+            rows.append({"backend": "duckdb", "what": f"plan, memory_limit {name}", "rows": None, "seconds": None,
+                         "note": f"FAILED: {runs[0]['error']}"})
+            continue
+        seconds = statistics.median(r["seconds"] for r in ok)
+        base = base or seconds
+        rows.append({"backend": "duckdb", "what": f"plan, memory_limit {name}", "rows": ok[0]["rows"], "seconds": seconds,
+                     "note": f"x{seconds / base:.2f} the unlimited plan; peak RSS {max(r['peak_mb'] for r in ok):.0f} MB, "
+                             f"spilled at most {max(r['spill_mb'] for r in ok):.0f} MB; {ok[0]['send']:,} send, "
+                             f"{ok[0]['skip']:,} skip; {len(ok)} of {len(runs)} runs"})
+    return rows
+
+
 START_COMMANDS = {"engine --help": ["--help"], "engine validate": ["validate"]}
 
 
@@ -1075,6 +1150,24 @@ def ledger_growth(args) -> int:
 LEDGER_BATCH_NOTE = f"{dispatch.LEDGER_BATCH:,} keys per operation, {dispatch.HISTORY_CAMPAIGNS} retired campaigns of history"
 
 
+def _replica_counts(value: str) -> list[int]:
+    try:
+        counts = [int(x) for x in value.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a list of replica counts like 1,2,4")
+    return counts
+
+
+def _print_summary(args, counts: dict, rows: list[dict]) -> None:
+    print()
+    print(f"{counts['customers']:,} customers / {counts['orders']:,} orders at {args.anchor}; {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}; load average {' / '.join(f'{a:.2f}' for a in os.getloadavg())} at the end")
+    print()
+    print(_format_table(rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1116,6 +1209,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="backends of --ledger-growth, comma-separated (default sqlite,duckdb,postgresql)")
     parser.add_argument("--letters", type=int, default=None, metavar="N",
                         help="letters rendered to PDF for letters/s, beside emails/s (default 200, --quick 50; 0 skips it)")
+    parser.add_argument("--replicas", metavar="N,N,...", type=_replica_counts,
+                        help="only one pass split over N replicas (engine run --once --shard i/N, real processes) "
+                             "on PostgreSQL to the SMTP sink, for each N (e.g. 1,2,4): messages and PG transactions/s")
+    parser.add_argument("--duckdb-memory-limit", metavar="SIZE",
+                        help="only the plan on DuckDB with warehouse.duckdb.memory_limit SIZE (e.g. 1GB, spilling to "
+                             "disk) next to the plan without a limit, alternately")
     parser.add_argument("--anchor", default="2025-01-10T00:00:00Z", help="end of the history and the plan instant")
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     args = parser.parse_args(argv)
@@ -1151,8 +1250,10 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copytree(REPO / "templates", project_dir / "templates")
     smtp_dir, sink = None, None
     pg_server, pg_url = None, None
-    print("Measuring start-up (median of 5) ...", flush=True)
-    start_rows = measure_start(project_dir)
+    only_one = args.replicas or args.duckdb_memory_limit  # modes that measure only that, on the shop
+    if not only_one:
+        print("Measuring start-up (median of 5) ...", flush=True)
+    start_rows = [] if only_one else measure_start(project_dir)
     if args.start:
         print(f"load average {' / '.join(f'{a:.2f}' for a in os.getloadavg())}; {os.cpu_count()} CPUs, "
               f"Python {platform.python_version()}")
@@ -1178,8 +1279,23 @@ def main(argv: list[str] | None = None) -> int:
               + (" (reused)" if built["reused"] else f" in {built['seconds']:.1f} s") + f", builder peak RSS {built['rss_mb']:.0f} MB")
         if args.sqlite:
             print(f"  SQLite copy: {built['sqlite']['method']}, {built['sqlite']['seconds']:.1f} s")
-        if args.postgres or args.postgres_url:
+        if args.postgres or args.postgres_url or args.replicas:
             pg_server, pg_url = _prepare_postgres(args.postgres_url, directory)
+        if args.replicas:
+            if pg_url is None or sink is None:
+                raise SystemExit("--replicas needs PostgreSQL (see above) and the SMTP sink (drop --no-smtp, --no-run)")
+            print(f"Measuring a pass split over {', '.join(map(str, args.replicas))} replica(s) ...", flush=True)
+            rows = replicas_bench.measure_replicas(pg_url, smtp_dir, sink, _naive_anchor(args.anchor),
+                                                   args.replicas, directory / "logs")
+            rows += replicas_bench.ledger_bytes(pg_url, directory)
+            _print_summary(args, counts, rows)
+            return 0
+        if args.duckdb_memory_limit:
+            rows = measure_memory_limit(f"duckdb:///{directory / 'shop.duckdb'}", project_dir,
+                                        _naive_anchor(args.anchor).replace(tzinfo=timezone.utc),
+                                        args.duckdb_memory_limit, args.repeat, directory)
+            _print_summary(args, counts, rows)
+            return 0
 
         now = _naive_anchor(args.anchor).replace(tzinfo=timezone.utc)
         run_repeat = 0 if args.no_run else args.run_repeat

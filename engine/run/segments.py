@@ -10,6 +10,7 @@ from datetime import datetime
 from engine.model import Campaign, ProjectConfig
 from engine.sql.compile import render_sql
 from engine.sql.due import entries_insert
+from engine.state.ledger import keep_recorded_entries
 from engine.state.warehouse import Database
 
 
@@ -17,4 +18,6 @@ def enter_segment(campaign: Campaign, warehouse: Database, config: ProjectConfig
     """Record the campaign's new segment entries at ``now`` (nothing for other triggers)."""
     insert = entries_insert(campaign, config, now)
     if insert is not None:
+        if warehouse.dialect.on_conflict_insert is not None:  # replicas may enter the same customers at once
+            insert = keep_recorded_entries(insert)
         warehouse.execute(render_sql(insert, config.dialect))

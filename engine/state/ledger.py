@@ -514,6 +514,20 @@ class Ledger(CouponStore, EventStore, LedgerReader, LedgerWriter):
             self.db.execute(insert(entries_table).on_conflict_do_nothing(), values[start:start + 1000])
 
 
+def keep_recorded_entries(insert: "exp.Insert") -> "exp.Insert":
+    """A segment's ``INSERT`` of new entries that leaves an entry already recorded as it is (ON CONFLICT
+    DO NOTHING on the entry's key): replicas entering the same customers at the same pass both
+    succeed, and the first one's ``entered_at`` stays. For a ledger in the warehouse's database, on a
+    dialect with conflict handling (``Dialect.on_conflict_insert``)."""
+    from sqlglot import exp
+
+    insert = insert.copy()
+    insert.set("conflict", exp.OnConflict(
+        conflict_keys=[exp.to_identifier(name) for name in ("campaign", "customer_id", "trigger_key")],
+        action=exp.var("DO NOTHING")))
+    return insert
+
+
 def insert_new_rows(select: "exp.Select", columns: list[str]) -> "exp.Insert":
     """The ledger's ``INSERT ... SELECT`` of ``select``'s rows (its ``columns``, named as the ledger's):
     a message key the ledger holds already is left as it is (ON CONFLICT DO NOTHING), and the step,

@@ -9,6 +9,7 @@ check, with every credential masked (masking.mask), the driver's words included.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -19,6 +20,10 @@ from sqlalchemy.engine import make_url
 from engine.dialects import Dialect, dialect_of_backend
 from engine.errors import WarehouseError
 from engine.masking import is_secret_name, mask, remember, remember_url
+
+# SQLAlchemy logs a cursor it cannot close (the server went away mid-stream) through its pool's logger,
+# with a traceback, on stderr when nothing handles it; the WarehouseError that follows says it once.
+logging.getLogger("sqlalchemy.pool").addHandler(logging.NullHandler())
 
 
 def masked(url: str) -> str:
@@ -176,9 +181,18 @@ class Session:
                     if not rows:
                         break
                     yield rows
-            finally:
+            except GeneratorExit:  # the reader stopped early: close, but never raise from a closing generator
+                try:
+                    result.close()
+                    self.conn.commit()
+                except sa.exc.SQLAlchemyError:  # the connection is gone: the next statement says so
+                    self._rollback()
+                raise
+            except BaseException:
                 result.close()
-                self.conn.commit()
+                raise
+            result.close()
+            self.conn.commit()
         except sa.exc.SQLAlchemyError as exc:
             self._rollback()  # PostgreSQL refuses every later statement of a failed transaction
             raise self.database._error("query failed on", exc) from None
