@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from sqlglot import exp
-
 from engine.clock import UTC, parse_stored_date, parse_stored_timestamp
 from engine.decide import (
     anniversary_instance, customer_zone, due_time, local_midnight, matching_variants, stable_bucket, waited_due,
@@ -26,11 +24,11 @@ from engine.run.messages import DueMessage
 from engine.dialects import dialect_named
 from engine.sql.compile import (
     CUSTOMER_PREFIX, MAX_ZONES, VARIANT_PREFIX, WAIT_COLUMN,
-    render_sql, shared_facts_drop, shared_facts_used, variant_columns, zones_query,
+    render_sql, shared_facts_drop, variant_columns, zones_query,
 )
 from engine.run.ledger_state import shipped_state
-from engine.sql.due import due_query, keys_in_sql
-from engine.sql.prepared import due_statement, facts_statement
+from engine.sql.due import keys_in_sql
+from engine.sql.prepared import Wrap, due_statement, facts_statement
 from engine.sql.shipping import StateNeeds, state_needs
 from engine.sql.triggers.registry import kind_of
 from engine.state.ledger import Ledger
@@ -66,18 +64,13 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
         created: list[str] = []
         zones = customer_zones(session, config, campaigns) if customer_id is None else None
 
-        def rows_of(campaign: Campaign, settled: str = "include",
-                    wrap: Callable[[exp.Query], exp.Expression] | None = None) -> Iterator[list]:
-            if wrap is None:  # the read: compiled once per project version, bound to ``now`` here (sql.prepared)
-                statement = due_statement(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
-                                          shared_facts=shared, zones=zones, state=relations or None,
-                                          bind=dialect_named(config.dialect).binds_instants, settled=settled)
-                facts = statement.facts
-            else:  # the settled write (INSERT ... SELECT ... RETURNING): built per pass, one per campaign
-                query = due_query(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
-                                  shared_facts=shared, zones=zones, state=relations or None, settled=settled)
-                facts = tuple(shared_facts_used(query))
-            for entity in facts:
+        def rows_of(campaign: Campaign, settled: str = "include", wrap: Wrap | None = None) -> Iterator[list]:
+            # compiled once per project version, bound to ``now`` here (sql.prepared); with ``wrap``, the
+            # settled write (INSERT ... SELECT ... RETURNING), one per campaign
+            statement = due_statement(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
+                                      shared_facts=shared, zones=zones, state=relations or None,
+                                      bind=dialect_named(config.dialect).binds_instants, settled=settled, wrap=wrap)
+            for entity in statement.facts:
                 if entity not in created:
                     drop_facts(session, config, entity)
                     session.execute(facts_statement(entity, config, now).text)
@@ -85,7 +78,7 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
             if wrap is None:
                 yield from session.stream(statement.text, batch_size, statement.parameters)
             else:
-                yield session.returning(render_sql(wrap(query), config.dialect))
+                yield session.returning(statement.text, statement.parameters)
 
         try:
             yield rows_of

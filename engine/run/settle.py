@@ -27,8 +27,9 @@ from engine.clock import parse_stored_timestamp
 from engine.dialects import dialect_named
 from engine.model import Campaign, ProjectConfig
 from engine.run.messages import PassReport
-from engine.sql.compile import col, lit
+from engine.sql.compile import col, lit, ts
 from engine.sql.due import settled_steps
+from engine.sql.instants import PassInstant
 from engine.state.ledger import Ledger, Record, insert_new_rows, message_key
 
 #: the ledger's columns an INSERT of settled skips fills (attempts 0 and content NULL by default)
@@ -48,31 +49,28 @@ def in_one_statement(config: ProjectConfig, ledger_in_query: bool) -> bool:
     return ledger_in_query and dialect.on_conflict_insert is not None and dialect.instant_text_format is None
 
 
-def insert_settled(campaign: Campaign, now: datetime):
-    """The function turning ``due_query(settled="only")`` into the INSERT of its rows into the ledger."""
+def insert_settled(campaign: Campaign, now: datetime | PassInstant, query: exp.Query, dialect: str) -> exp.Expression:
+    """``query`` (``due_query(settled="only")`` at ``now``, a datetime or the symbolic instant of a
+    statement compiled once: ``sql.prepared``) turned into the INSERT of its rows into the ledger."""
     delays = {step.id: step.delay for step in settled_steps(campaign)}
-    instant = exp.cast(exp.Literal.string(now.replace(tzinfo=None).isoformat(sep=" ")), "TIMESTAMP")
-
-    def wrap(query: exp.Query) -> exp.Expression:
-        row = "s"
-        trigger_at = exp.cast(col(row, "trigger_at"), "TIMESTAMP")
-        due_at = exp.Case(ifs=[exp.If(this=col(row, "step").eq(lit(step)),
-                                      true=exp.Add(this=trigger_at.copy(), expression=_interval(delay)))
-                               for step, delay in delays.items()])
-        key = col(row, "campaign")
-        for part in ("step", "customer_id", "trigger_key"):
-            key = exp.DPipe(this=exp.DPipe(this=key, expression=lit(":"), safe=True), expression=col(row, part), safe=True)
-        values = {
-            "message_key": key, "campaign": col(row, "campaign"), "step": col(row, "step"),
-            "customer_id": col(row, "customer_id"), "trigger_key": col(row, "trigger_key"),
-            "variant": col(row, "variant"), "channel": col(row, "channel"), "status": lit("skipped"),
-            "reason": col(row, "reason"), "detail": col(row, "detail"), "trigger_at": trigger_at,
-            "due_at": due_at, "created_at": instant.copy(), "updated_at": instant.copy(),
-        }
-        select = exp.select(*[exp.alias_(values[name], name) for name in _LEDGER_COLUMNS]).from_(query.subquery(row))
-        return insert_new_rows(select, list(_LEDGER_COLUMNS))
-
-    return wrap
+    instant = ts(now, dialect)  # the pass instant, bound like the query's own
+    row = "s"
+    trigger_at = exp.cast(col(row, "trigger_at"), "TIMESTAMP")
+    due_at = exp.Case(ifs=[exp.If(this=col(row, "step").eq(lit(step)),
+                                  true=exp.Add(this=trigger_at.copy(), expression=_interval(delay)))
+                           for step, delay in delays.items()])
+    key = col(row, "campaign")
+    for part in ("step", "customer_id", "trigger_key"):
+        key = exp.DPipe(this=exp.DPipe(this=key, expression=lit(":"), safe=True), expression=col(row, part), safe=True)
+    values = {
+        "message_key": key, "campaign": col(row, "campaign"), "step": col(row, "step"),
+        "customer_id": col(row, "customer_id"), "trigger_key": col(row, "trigger_key"),
+        "variant": col(row, "variant"), "channel": col(row, "channel"), "status": lit("skipped"),
+        "reason": col(row, "reason"), "detail": col(row, "detail"), "trigger_at": trigger_at,
+        "due_at": due_at, "created_at": instant.copy(), "updated_at": instant.copy(),
+    }
+    select = exp.select(*[exp.alias_(values[name], name) for name in _LEDGER_COLUMNS]).from_(query.subquery(row))
+    return insert_new_rows(select, list(_LEDGER_COLUMNS))
 
 
 def _interval(delay) -> exp.Expression:
@@ -86,7 +84,7 @@ def record_settled(campaign: Campaign, rows_of, config: ProjectConfig, ledger: L
     (``rows_of``: ``plan.due_rows``'s reader, on the pass's warehouse session)."""
     counts: Counter = Counter()
     if in_one_statement(config, ledger_in_query):
-        for rows in rows_of(campaign, "only", insert_settled(campaign, now)):
+        for rows in rows_of(campaign, "only", insert_settled):
             counts.update(tuple(row) for row in rows)
     else:
         delays = {step.id: step.delay for step in settled_steps(campaign)}
