@@ -37,10 +37,34 @@ _LEDGER_COLUMNS = ("message_key", "campaign", "step", "customer_id", "trigger_ke
                    "reason", "detail", "trigger_at", "due_at", "created_at", "updated_at")
 
 
+#: A campaign whose last pass (in this process) found fewer settled skips than this reads them row
+#: by row: the settle statement scans the campaign's trigger instances once more, which costs more
+#: than deciding and recording a few hundred rows in Python (benchmarks/README.md).
+SETTLE_FROM = 1000
+
+
 def settles(campaign: Campaign, shard: tuple[int, int] | None, customer_id: str | None = None) -> bool:
-    """Whether a pass records this campaign's settled skips here (a step settled in SQL, and no
+    """Whether a pass can record this campaign's settled skips here (a step settled in SQL, and no
     replica shard or single customer to cut the rows to: those keep the row-by-row path)."""
     return shard is None and customer_id is None and bool(settled_steps(campaign))
+
+
+def worth_settling(campaign: Campaign, last_count: int | None, ledger: Ledger) -> bool:
+    """Whether settling ``campaign``'s skips in SQL pays in this pass. ``last_count``: the settled
+    skips its last pass in this process found (either way), None before its first. A first pass
+    settles a campaign the ledger has never seen (a new campaign or ledger: its whole history of
+    stale and stopped rows); a campaign already running has only the few skips that became due
+    since its last pass, until a pass finds ``SETTLE_FROM`` of them (a backlog)."""
+    if last_count is None:
+        return not ledger.holds_campaign(campaign.name)
+    return last_count >= SETTLE_FROM
+
+
+def settled_count(campaign: Campaign, batch) -> int:
+    """How many messages of ``batch`` (``plan.decided_batches``'s) are skips this stage would have
+    settled: stale or stopped, on a step settled in SQL (for the next pass's ``worth_settling``)."""
+    steps = {step.id for step in settled_steps(campaign)}
+    return sum(1 for m in batch if m.action == "skip" and m.reason in ("stale", "stopped") and m.step in steps)
 
 
 def in_one_statement(config: ProjectConfig, ledger_in_query: bool) -> bool:
@@ -79,9 +103,9 @@ def _interval(delay) -> exp.Expression:
 
 
 def record_settled(campaign: Campaign, rows_of, config: ProjectConfig, ledger: Ledger, now: datetime,
-                   report: PassReport, *, ledger_in_query: bool) -> None:
-    """Record ``campaign``'s settled skips at ``now`` and count the new ones in ``report``
-    (``rows_of``: ``plan.due_rows``'s reader, on the pass's warehouse session)."""
+                   report: PassReport, *, ledger_in_query: bool) -> int:
+    """Record ``campaign``'s settled skips at ``now``, count the new ones in ``report`` and return
+    how many (``rows_of``: ``plan.due_rows``'s reader, on the pass's warehouse session)."""
     counts: Counter = Counter()
     if in_one_statement(config, ledger_in_query):
         for rows in rows_of(campaign, "only", insert_settled):
@@ -102,4 +126,5 @@ def record_settled(campaign: Campaign, rows_of, config: ProjectConfig, ledger: L
                 counts[(r.step, r.reason, r.channel)] += 1
     for (step, reason, channel), n in counts.items():
         report.add(campaign.name, step, f"skipped:{reason}", n, channel=channel)
+    return sum(counts.values())
 
