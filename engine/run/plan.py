@@ -21,13 +21,13 @@ from engine.errors import WarehouseError
 from engine.model import Campaign, ProjectConfig
 from engine.progress import Progress
 from engine.run.messages import DueMessage
-from engine.dialects import dialect_named
+from engine.dialects import dialect_named, drop_temporary_table
 from engine.sql.compile import (
     CUSTOMER_PREFIX, MAX_ZONES, VARIANT_PREFIX, WAIT_COLUMN,
     render_sql, shared_facts_drop, variant_columns, zones_query,
 )
 from engine.run.ledger_state import shipped_state
-from engine.sql.due import keys_in_sql
+from engine.sql.due import ZONE_DUE_TABLE, keys_in_sql, zone_due_create, zone_due_inserts, zone_due_rows
 from engine.sql.prepared import Wrap, due_statement, facts_statement
 from engine.sql.shipping import StateNeeds, state_needs
 from engine.sql.triggers.registry import kind_of
@@ -63,13 +63,24 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
     with warehouse.session() as session, shipped_state(session, ledger, needs, config) as relations:
         created: list[str] = []
         zones = customer_zones(session, config, campaigns) if customer_id is None else None
+        # the exact local due times the settled rows of steps with a local send time join (a
+        # temporary table, filled at the first settle statement of the pass)
+        zone_due = ZONE_DUE_TABLE if zones is not None and dialect_named(config.dialect).temporary_tables else None
 
         def rows_of(campaign: Campaign, settled: str = "include", wrap: Wrap | None = None) -> Iterator[list]:
             # compiled once per project version, bound to ``now`` here (sql.prepared); with ``wrap``, the
             # settled write (INSERT ... SELECT ... RETURNING), one per campaign
+            settling = zone_due if settled != "include" else None
+            if settling is not None and settling not in created:
+                drop_zone_due(session, config)
+                session.execute(zone_due_create(config.dialect))
+                created.append(settling)
+                for insert in zone_due_inserts(zone_due_rows(campaigns, config, now, zones), config.dialect):
+                    session.execute(insert)
             statement = due_statement(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
                                       shared_facts=shared, zones=zones, state=relations or None,
-                                      bind=dialect_named(config.dialect).binds_instants, settled=settled, wrap=wrap)
+                                      bind=dialect_named(config.dialect).binds_instants, settled=settled, wrap=wrap,
+                                      zone_due=settling)
             for entity in statement.facts:
                 if entity not in created:
                     drop_facts(session, config, entity)
@@ -85,7 +96,10 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
         finally:  # temporary tables outlive the pass in a pooled connection; the next CREATE drops them too
             for entity in created:
                 try:
-                    drop_facts(session, config, entity, created=True)
+                    if entity == zone_due:
+                        drop_zone_due(session, config, created=True)
+                    else:
+                        drop_facts(session, config, entity, created=True)
                 except WarehouseError:  # do not hide the error that ended the pass
                     break
 
@@ -94,6 +108,13 @@ def drop_facts(session: Session, config: ProjectConfig, entity: str, created: bo
     """Drop a pass's fact table: by its temporary schema where the dialect can name it (never a
     permanent table of the same name); elsewhere only a table this pass ``created``."""
     statement = shared_facts_drop(entity, config.dialect, created)
+    if statement is not None:
+        session.execute(statement)
+
+
+def drop_zone_due(session: Session, config: ProjectConfig, created: bool = False) -> None:
+    """Drop the pass's table of local due times (as ``drop_facts``)."""
+    statement = drop_temporary_table(dialect_named(config.dialect), ZONE_DUE_TABLE, created)
     if statement is not None:
         session.execute(statement)
 

@@ -46,7 +46,7 @@ SETTLE_FROM = 1000
 def settles(campaign: Campaign, shard: tuple[int, int] | None, customer_id: str | None = None) -> bool:
     """Whether a pass can record this campaign's settled skips here (a step settled in SQL, and no
     replica shard or single customer to cut the rows to: those keep the row-by-row path)."""
-    return shard is None and customer_id is None and bool(settled_steps(campaign))
+    return shard is None and customer_id is None and bool(settled_steps(campaign, zone_due=True))
 
 
 def worth_settling(campaign: Campaign, last_count: int | None, ledger: Ledger) -> bool:
@@ -63,7 +63,7 @@ def worth_settling(campaign: Campaign, last_count: int | None, ledger: Ledger) -
 def settled_count(campaign: Campaign, batch) -> int:
     """How many messages of ``batch`` (``plan.decided_batches``'s) are skips this stage would have
     settled: stale or stopped, on a step settled in SQL (for the next pass's ``worth_settling``)."""
-    steps = {step.id for step in settled_steps(campaign)}
+    steps = {step.id for step in settled_steps(campaign, zone_due=True)}
     return sum(1 for m in batch if m.action == "skip" and m.reason in ("stale", "stopped") and m.step in steps)
 
 
@@ -76,13 +76,16 @@ def in_one_statement(config: ProjectConfig, ledger_in_query: bool) -> bool:
 def insert_settled(campaign: Campaign, now: datetime | PassInstant, query: exp.Query, dialect: str) -> exp.Expression:
     """``query`` (``due_query(settled="only")`` at ``now``, a datetime or the symbolic instant of a
     statement compiled once: ``sql.prepared``) turned into the INSERT of its rows into the ledger."""
-    delays = {step.id: step.delay for step in settled_steps(campaign)}
+    delays = _fixed_delays(campaign)
     instant = ts(now, dialect)  # the pass instant, bound like the query's own
     row = "s"
     trigger_at = exp.cast(col(row, "trigger_at"), "TIMESTAMP")
-    due_at = exp.Case(ifs=[exp.If(this=col(row, "step").eq(lit(step)),
-                                  true=exp.Add(this=trigger_at.copy(), expression=_interval(delay)))
-                           for step, delay in delays.items()])
+    due_at = exp.cast(col(row, "due_at"), "TIMESTAMP")  # a local send time's, from the zone table
+    if delays:  # trigger + delay where the row has no due time of its own
+        due_at = exp.Coalesce(this=due_at, expressions=[
+            exp.Case(ifs=[exp.If(this=col(row, "step").eq(lit(step)),
+                                 true=exp.Add(this=trigger_at.copy(), expression=_interval(delay)))
+                          for step, delay in delays.items()])])
     key = col(row, "campaign")
     for part in ("step", "customer_id", "trigger_key"):
         key = exp.DPipe(this=exp.DPipe(this=key, expression=lit(":"), safe=True), expression=col(row, part), safe=True)
@@ -95,6 +98,12 @@ def insert_settled(campaign: Campaign, now: datetime | PassInstant, query: exp.Q
     }
     select = exp.select(*[exp.alias_(values[name], name) for name in _LEDGER_COLUMNS]).from_(query.subquery(row))
     return insert_new_rows(select, list(_LEDGER_COLUMNS))
+
+
+def _fixed_delays(campaign: Campaign) -> dict:
+    """step id -> delay of the steps settled in SQL whose due time is trigger time + delay (the
+    others, with a local send time, come with their due time)."""
+    return {step.id: step.delay for step in settled_steps(campaign, zone_due=True) if step.send_at is None}
 
 
 def _interval(delay) -> exp.Expression:
@@ -111,15 +120,16 @@ def record_settled(campaign: Campaign, rows_of, config: ProjectConfig, ledger: L
         for rows in rows_of(campaign, "only", insert_settled):
             counts.update(tuple(row) for row in rows)
     else:
-        delays = {step.id: step.delay for step in settled_steps(campaign)}
+        delays = _fixed_delays(campaign)
         for rows in rows_of(campaign, "only"):
             records = {}
             for row in rows:
-                name, step, customer_id, trigger_key, trigger_at, reason, detail, variant, channel = row
+                name, step, customer_id, trigger_key, trigger_at, reason, detail, variant, channel, due_at = row
                 at = parse_stored_timestamp(trigger_at)
+                due_at = at + delays[step] if due_at is None else parse_stored_timestamp(due_at)
                 key = message_key(name, step, customer_id, trigger_key)
                 records[key] = Record(message_key=key, campaign=name, step=step, customer_id=customer_id,
-                                      trigger_key=trigger_key, channel=channel, status="skipped", due_at=at + delays[step],
+                                      trigger_key=trigger_key, channel=channel, status="skipped", due_at=due_at,
                                       trigger_at=at, variant=variant, reason=reason, detail=detail)
             for key in ledger.write_new(records.values(), now):
                 r = records[key]
