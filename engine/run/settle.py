@@ -12,9 +12,11 @@ leaves them out), so no ``DueMessage``, customer dictionary or policy ever sees 
 - elsewhere (a ledger in another database, SQLite's instants as text): the settled rows' ledger
   columns stream in batches into the ledger's bulk insert (``Ledger.write_new``).
 
-Either way a skip another process recorded first is neither written again nor counted. Owns the
-ledger row of a settled skip (key, due time, statuses) in SQL and in Python; must not decide
-which rows are settled (due.py does) nor plan, render or send.
+Either way a skip another process recorded first is neither written again nor counted. The
+statement scans the campaign's trigger instances once more, so a pass runs it only where that
+pays (``worth_settling``). Owns the ledger row of a settled skip (key, due time, statuses) in SQL
+and in Python and that choice; must not decide which rows are settled (due.py does) nor plan,
+render or send.
 """
 from __future__ import annotations
 
