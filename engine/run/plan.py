@@ -4,7 +4,7 @@ Owns the pass's reads of the warehouse for the due sets (``due_rows``: one sessi
 per-customer fact tables, the customers' time zones) and the decision on each row
 (``decide_row``: exact due time, freshness, stop condition, qualifying variants), the replica's
 shard and the subtraction of what the ledger already holds. Must not apply a policy, write to
-the ledger or the warehouse's own tables (the pass's temporary fact tables aside), or send.
+the ledger or the warehouse's own tables (the pass's temporary fact and zone tables aside), or send.
 """
 from __future__ import annotations
 
