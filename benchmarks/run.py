@@ -640,11 +640,13 @@ def _compiled_per_pass(reconciler, now, repeat: int, floor: float, what: str) ->
     return rows
 
 
-def _pass_plan(reconciler, project_dir: Path, now, repeat: int, in_sql: bool) -> tuple[float, dict]:
-    """The plan as ``run_once`` runs it on an empty ledger, skips recorded (median of ``repeat``, the
-    ledger emptied before each, untimed). ``in_sql``: the skips the warehouse settles (stale,
-    stopped) are recorded set-based and never reach Python (``engine.run.settle``); else, as before
-    that stage, they come as messages and are recorded with the other skips (``record_decisions``).
+def _pass_plan(reconciler, project_dir: Path, now, repeat: int, settling: str, reset: bool = True) -> tuple[float, dict]:
+    """The plan as ``run_once`` runs it, skips recorded (median of ``repeat``; with ``reset``, on a
+    ledger emptied before each, untimed). ``settling``: "sql" - the skips the warehouse settles
+    (stale, stopped) are recorded set-based and never reach Python (``engine.run.settle``), for
+    every campaign that can; "row" - as before that stage, they come as messages and are recorded
+    with the other skips (``record_decisions``); "decided" - as a pass decides per campaign
+    (``settle.worth_settling``, in a fresh process: nothing remembered of earlier passes).
     ``counts``: the rows that reached Python (send, skip) and the ``settled`` skips that did not."""
     from unittest import mock
 
@@ -653,21 +655,52 @@ def _pass_plan(reconciler, project_dir: Path, now, repeat: int, in_sql: bool) ->
     from engine.run.record import record_decisions
 
     times, counts = [], {}
+    choose = {"sql": lambda *_args: True, "row": lambda *_args: False, "decided": settle.worth_settling}[settling]
     for _ in range(repeat):
-        _reset_ledger(reconciler, project_dir)
+        if reset:
+            _reset_ledger(reconciler, project_dir)
+        reconciler.settled_last.clear()
         report, settled = PassReport(now=now), PassReport(now=now)
         counts = {"rows": 0, "send": 0, "skip": 0}
-        with mock.patch.object(settle, "settles", settle.settles if in_sql else (lambda *_args, **_kwargs: False)):
+        with mock.patch.object(settle, "worth_settling", choose):
             started = time.perf_counter()
             for batch in reconciler.due(now, report=settled):
                 counts["rows"] += len(batch)
                 for m in batch:
                     counts["send" if m.action == "send" else "skip"] += 1
-                record_decisions(batch, reconciler.ledger, now, report)
+                if reset:
+                    record_decisions(batch, reconciler.ledger, now, report)
             times.append(time.perf_counter() - started)
         counts["settled"] = settled.total("skipped")
-    _reset_ledger(reconciler, project_dir)
+    if reset:
+        _reset_ledger(reconciler, project_dir)
     return statistics.median(times), counts
+
+
+def _pass_plan_rows(reconciler, project_dir: Path, now, repeat: int, floor: float, later: bool) -> list[dict]:
+    """The plan as a pass runs it, row by row, settled in SQL and as the pass decides, in turns
+    (``repeat`` rounds, medians): cold (an emptied ledger) or, ``later``, a minute after the plan the
+    ledger holds (the row-by-row and decided rounds record nothing then, so every round sees the same)."""
+    modes = ("row", "sql", "decided")
+    seconds: dict[str, list[float]] = {mode: [] for mode in modes}
+    counts: dict[str, dict] = {}
+    for _ in range(repeat):
+        for mode in modes:
+            took, counts[mode] = _pass_plan(reconciler, project_dir, now, 1, mode, reset=not later)
+            seconds[mode].append(took)
+    median = {mode: statistics.median(values) for mode, values in seconds.items()}
+    when = "one minute later, ledger filled" if later else "empty ledger"
+    labels = {"row": "skips recorded row by row", "sql": "settled skips in SQL", "decided": "settled as the pass decides"}
+    rows = []
+    for mode in modes:
+        c = counts[mode]
+        note = f"{c['rows']:,} rows reach Python ({c['send']:,} send, {c['skip']:,} skip)"
+        if mode != "row":
+            note += (f", {c['settled']:,} stale/stopped skips recorded set-based; x{median[mode] / median['row']:.2f} "
+                     f"of row by row")
+        rows.append({"what": f"plan as a pass runs it ({when}), {labels[mode]}", "rows": c["rows"], "seconds": median[mode],
+                     "floor": floor, "headline": mode == "decided" and not later, "note": note})
+    return rows
 
 
 def _create_facts(reconciler, now) -> None:
@@ -737,14 +770,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
                      "floor": floor, "note": f"{counts['send']:,} send, {counts['skip']:,} skip", "headline": True})
         rows += _compiled_per_pass(reconciler, now, repeat, floor, "  same plan")
 
-        before, old = _pass_plan(reconciler, project_dir, now, repeat, in_sql=False)
-        rows.append({"what": "plan as a pass runs it, skips recorded row by row", "rows": old["rows"], "seconds": before,
-                     "floor": floor, "note": f"{old['rows']:,} rows reach Python ({old['send']:,} send, {old['skip']:,} skip)"})
-        after, new = _pass_plan(reconciler, project_dir, now, repeat, in_sql=True)
-        rows.append({"what": "plan as a pass runs it, settled skips in SQL", "rows": new["rows"], "seconds": after,
-                     "floor": floor, "headline": True,
-                     "note": f"{new['rows']:,} rows reach Python ({new['send']:,} send, {new['skip']:,} skip), "
-                             f"{new['settled']:,} stale/stopped skips recorded set-based; x{after / before:.2f} of row by row"})
+        rows += _pass_plan_rows(reconciler, project_dir, now, repeat, floor, later=False)
 
         if engine.dialects.dialect_named(project.config.dialect).temporary_tables:
             facts_s, _ = _timed(lambda: _create_facts(reconciler, now), repeat)
@@ -768,6 +794,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
                      "note": f"{counts['send']:,} send, {counts['skip']:,} skip; the ledger holds the plan above "
                              f"({filled:,} rows, recorded without sending)"})
         rows += _compiled_per_pass(reconciler, now + timedelta(minutes=1), repeat, floor, "  same plan one minute later")
+        rows += _pass_plan_rows(reconciler, project_dir, now + timedelta(minutes=1), repeat, floor, later=True)
         _reset_ledger(reconciler, project_dir)
         rss_plan = _peak_rss_mb()
 

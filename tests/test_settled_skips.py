@@ -9,14 +9,20 @@ a ledger in another database) and one, on the same shop with the ledger emptied,
 """
 from __future__ import annotations
 
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
 import sqlalchemy as sa
 import pytest
+from hypothesis import example, given, settings, strategies as st
 
 from conftest import BACKENDS, copy_project, database_url
 from engine import Reconciler, load_project
-from engine.clock import parse_instant
+from engine.clock import UTC, parse_instant
+from engine.decide import due_time
+from engine.model import Step
 from engine.run import plan, settle
-from engine.sql.due import settled_in_sql
+from engine.sql.due import settled_in_sql, zone_due_times
 from engine.state.ledger import ledger_table, metadata
 from engine.state.warehouse import Database
 from engine.tools.demo import build_demo, load_shop
@@ -51,7 +57,7 @@ def _pass(reconciler: Reconciler, monkeypatch, settled_in_sql_too: bool, now=NOW
     def watched(campaign, row, now, config, layout=None):
         message = decide(campaign, row, now, config, layout)
         step = campaign.step(row[layout.step]) if layout else None
-        if message is not None and message.reason in ("stale", "stopped") and step and settled_in_sql(campaign, step):
+        if message is not None and message.reason in ("stale", "stopped") and step and settled_in_sql(campaign, step, zone_due=True):
             reached.append(message.key)
         return message
 
@@ -59,6 +65,8 @@ def _pass(reconciler: Reconciler, monkeypatch, settled_in_sql_too: bool, now=NOW
         patch.setattr(plan, "decide_row", watched)
         if not settled_in_sql_too:
             patch.setattr(settle, "settles", lambda *_args, **_kwargs: False)
+        else:  # every pass settles, however few skips the last one found
+            patch.setattr(settle, "SETTLE_FROM", 0)
         report = reconciler.run_once(now)
     assert not report.failed_campaigns and not report.errors
     return _ledger_rows(reconciler), report.by_channel, reached
@@ -84,6 +92,9 @@ def test_settled_skips_are_recorded_in_sql_exactly_as_row_by_row(tmp_path, monke
     settled = [r for r in expected_rows if r[COMPARED.index(ledger_table.c.reason)] in ("stale", "stopped")]
     assert len(settled) > 100 and len(reached_before) > 100  # the demo has such history: the test can fail
     assert reached == []  # none of them became a message in the pass that settles them in SQL
+    local = {(c.name, step.id) for c in load_project(root).campaigns for step in c.steps if step.send_at is not None}
+    campaign, step = COMPARED.index(ledger_table.c.campaign), COMPARED.index(ledger_table.c.step)
+    assert sum((r[campaign], r[step]) in local for r in settled) > 100  # local send times settle too (the zone table)
     assert rows == expected_rows
     assert counts == expected_counts
 
@@ -115,3 +126,87 @@ def test_the_edge_rows_settle_in_sql_as_row_by_row_at_every_instant(tmp_path, mo
     finally:
         for reconciler in reconcilers:
             reconciler.close()
+
+
+def test_a_pass_settles_in_sql_only_where_it_pays(tmp_path, monkeypatch):
+    """The settle statement scans a campaign's trigger instances once more: a first pass runs it for
+    a campaign the ledger has never seen; a pass after one that found fewer than ``SETTLE_FROM``
+    settled skips (either way) reads them row by row, and one after a pass that found more settles
+    again; a new process on a ledger that holds the campaign starts row by row."""
+    url = database_url("duckdb", tmp_path)
+    build_demo(url, seed=42, customers=2000, anchor="2025-01-10T00:00:00Z")
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    root = copy_project(tmp_path / "project")
+    settling = {c.name for c in load_project(root).campaigns if c.enabled and settle.settles(c, None)}
+    ran: list[str] = []
+    record = settle.record_settled
+
+    def watched(campaign, *args, **kwargs):
+        ran.append(campaign.name)
+        return record(campaign, *args, **kwargs)
+
+    monkeypatch.setattr(settle, "record_settled", watched)
+    reconciler = Reconciler(load_project(root))
+    try:
+        reconciler.run_once(NOW)
+        assert set(ran) == settling  # an empty ledger: every campaign that can settles
+        found = dict(reconciler.settled_last)
+        assert sum(found.values()) > 100 and set(found) == settling
+        many = {name for name, n in found.items() if n >= 50}
+        assert many and many != settling  # some campaigns found many, some few: the test can fail
+        monkeypatch.setattr(settle, "SETTLE_FROM", 50)
+        ran.clear()
+        reconciler.run_once(NOW + timedelta(days=1))
+        assert set(ran) == many
+        # the passes that went row by row counted what they would have settled, for the next pass
+        later = dict(reconciler.settled_last)
+        ran.clear()
+        reconciler.run_once(NOW + timedelta(days=2))
+        assert set(ran) == {name for name, n in later.items() if n >= 50}
+        assert any(later[name] > 0 for name in settling - many)  # a day's stale or stopped rows, counted row by row
+    finally:
+        reconciler.close()
+    fresh = Reconciler(load_project(root))
+    try:
+        ran.clear()
+        fresh.run_once(NOW + timedelta(days=3))
+        assert ran == []  # every settling campaign is in the ledger: a new process starts row by row
+    finally:
+        fresh.close()
+
+
+ZONES = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu", "Pacific/Apia", "UTC",
+         "America/Santiago", "Europe/London"]
+
+
+@settings(max_examples=300, deadline=None)
+# the fall-back hour in Berlin: 02:15 CET (01:15 UTC) compares as before 02:30 on the local clock, so
+# Python's due time is 02:30 CEST (00:30 UTC), before the trigger: such a day is left to Python
+@example(zone="Europe/Berlin", now=datetime(2024, 10, 29, 12), send_at=time(2, 30), delay_minutes=0,
+         freshness_hours=72, offsets=[2 * 86400 + 10 * 3600 + 45 * 60])
+@given(zone=st.sampled_from(ZONES),
+       now=st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2026, 12, 31)),
+       send_at=st.times(), delay_minutes=st.integers(0, 7 * 24 * 60), freshness_hours=st.integers(1, 72),
+       offsets=st.lists(st.integers(0, 12 * 24 * 60 * 60), min_size=1, max_size=20))
+def test_a_local_send_time_is_due_in_sql_exactly_when_python_says(zone, now, send_at, delay_minutes, freshness_hours,
+                                                                  offsets):
+    """``zone_due_times`` (the due times a pass settles in SQL for a step with ``send_at``, through the
+    pass's zone table, DST changes of every kind around: 30-minute shifts, southern summers, a
+    skipped day) agrees with ``decide.due_time`` for every trigger it covers, and covers only rows
+    that are due by ``now`` and not beyond the stale horizon."""
+    now = now.replace(tzinfo=UTC)
+    step = Step(id="s", delay=timedelta(minutes=delay_minutes), variants=(), freshness=timedelta(hours=freshness_hours),
+                send_at=send_at)
+    horizon, tz = timedelta(days=7), ZoneInfo(zone)
+    pairs = zone_due_times(step, now, horizon, tz)
+    for offset in offsets:
+        trigger_at = now - step.delay - timedelta(seconds=offset)
+        covering = [this for previous, this in pairs if previous < trigger_at + step.delay <= this]
+        assert len(covering) <= 1
+        if covering:
+            due = due_time(trigger_at, step, tz)
+            assert due == covering[0]
+            assert due <= now and not now > due + step.freshness + horizon
+    # the pairs cover every trigger due within the horizon but for the days around an offset change
+    steady = [this for previous, this in pairs]
+    assert steady == sorted(steady, reverse=True) and len(steady) >= (freshness_hours // 24 + 7) - 3

@@ -4,7 +4,7 @@ Owns the pass's reads of the warehouse for the due sets (``due_rows``: one sessi
 per-customer fact tables, the customers' time zones) and the decision on each row
 (``decide_row``: exact due time, freshness, stop condition, qualifying variants), the replica's
 shard and the subtraction of what the ledger already holds. Must not apply a policy, write to
-the ledger or the warehouse's own tables (the pass's temporary fact tables aside), or send.
+the ledger or the warehouse's own tables (the pass's temporary fact and zone tables aside), or send.
 """
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-
-from sqlglot import exp
 
 from engine.clock import UTC, parse_stored_date, parse_stored_timestamp
 from engine.decide import (
@@ -23,14 +21,14 @@ from engine.errors import WarehouseError
 from engine.model import Campaign, ProjectConfig
 from engine.progress import Progress
 from engine.run.messages import DueMessage
-from engine.dialects import dialect_named
+from engine.dialects import dialect_named, drop_temporary_table
 from engine.sql.compile import (
     CUSTOMER_PREFIX, MAX_ZONES, VARIANT_PREFIX, WAIT_COLUMN,
-    render_sql, shared_facts_drop, shared_facts_used, variant_columns, zones_query,
+    render_sql, shared_facts_drop, variant_columns, zones_query,
 )
 from engine.run.ledger_state import shipped_state
-from engine.sql.due import due_query, keys_in_sql
-from engine.sql.prepared import due_statement, facts_statement
+from engine.sql.due import ZONE_DUE_TABLE, keys_in_sql, zone_due_create, zone_due_inserts, zone_due_rows
+from engine.sql.prepared import Wrap, due_statement, facts_statement
 from engine.sql.shipping import StateNeeds, state_needs
 from engine.sql.triggers.registry import kind_of
 from engine.state.ledger import Ledger
@@ -65,19 +63,25 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
     with warehouse.session() as session, shipped_state(session, ledger, needs, config) as relations:
         created: list[str] = []
         zones = customer_zones(session, config, campaigns) if customer_id is None else None
+        # the exact local due times the settled rows of steps with a local send time join (a
+        # temporary table, filled at the first settle statement of the pass)
+        zone_due = ZONE_DUE_TABLE if zones is not None and dialect_named(config.dialect).temporary_tables else None
 
-        def rows_of(campaign: Campaign, settled: str = "include",
-                    wrap: Callable[[exp.Query], exp.Expression] | None = None) -> Iterator[list]:
-            if wrap is None:  # the read: compiled once per project version, bound to ``now`` here (sql.prepared)
-                statement = due_statement(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
-                                          shared_facts=shared, zones=zones, state=relations or None,
-                                          bind=dialect_named(config.dialect).binds_instants, settled=settled)
-                facts = statement.facts
-            else:  # the settled write (INSERT ... SELECT ... RETURNING): built per pass, one per campaign
-                query = due_query(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
-                                  shared_facts=shared, zones=zones, state=relations or None, settled=settled)
-                facts = tuple(shared_facts_used(query))
-            for entity in facts:
+        def rows_of(campaign: Campaign, settled: str = "include", wrap: Wrap | None = None) -> Iterator[list]:
+            # compiled once per project version, bound to ``now`` here (sql.prepared); with ``wrap``, the
+            # settled write (INSERT ... SELECT ... RETURNING), one per campaign
+            settling = zone_due if settled != "include" else None
+            if settling is not None and settling not in created:
+                drop_zone_due(session, config)
+                session.execute(zone_due_create(config.dialect))
+                created.append(settling)
+                for insert in zone_due_inserts(zone_due_rows(campaigns, config, now, zones), config.dialect):
+                    session.execute(insert)
+            statement = due_statement(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
+                                      shared_facts=shared, zones=zones, state=relations or None,
+                                      bind=dialect_named(config.dialect).binds_instants, settled=settled, wrap=wrap,
+                                      zone_due=settling)
+            for entity in statement.facts:
                 if entity not in created:
                     drop_facts(session, config, entity)
                     session.execute(facts_statement(entity, config, now).text)
@@ -85,14 +89,17 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
             if wrap is None:
                 yield from session.stream(statement.text, batch_size, statement.parameters)
             else:
-                yield session.returning(render_sql(wrap(query), config.dialect))
+                yield session.returning(statement.text, statement.parameters)
 
         try:
             yield rows_of
         finally:  # temporary tables outlive the pass in a pooled connection; the next CREATE drops them too
             for entity in created:
                 try:
-                    drop_facts(session, config, entity, created=True)
+                    if entity == zone_due:
+                        drop_zone_due(session, config, created=True)
+                    else:
+                        drop_facts(session, config, entity, created=True)
                 except WarehouseError:  # do not hide the error that ended the pass
                     break
 
@@ -101,6 +108,13 @@ def drop_facts(session: Session, config: ProjectConfig, entity: str, created: bo
     """Drop a pass's fact table: by its temporary schema where the dialect can name it (never a
     permanent table of the same name); elsewhere only a table this pass ``created``."""
     statement = shared_facts_drop(entity, config.dialect, created)
+    if statement is not None:
+        session.execute(statement)
+
+
+def drop_zone_due(session: Session, config: ProjectConfig, created: bool = False) -> None:
+    """Drop the pass's table of local due times (as ``drop_facts``)."""
+    statement = drop_temporary_table(dialect_named(config.dialect), ZONE_DUE_TABLE, created)
     if statement is not None:
         session.execute(statement)
 

@@ -64,6 +64,7 @@ class Reconciler:
         else:
             self.ledger, self.ledger_shares_warehouse = open_ledger(self.config, self.warehouse, writes)
         self.key_kinds: dict[tuple[str, str], str] = {}  # (entity, id column) -> "int" | "str" | "cast"
+        self.settled_last: dict[str, int] = {}  # campaign -> settled skips its last pass found (settle.worth_settling)
 
     def close(self) -> None:
         self.warehouse.dispose()
@@ -92,7 +93,9 @@ class Reconciler:
 
         With ``report`` (a pass), the skips the warehouse settles (stale, stopped: ``settle``) are
         recorded set-based and counted there before each campaign's other rows are planned, and
-        are not among the batches; without (the plan, explain), they come as ``skip`` messages.
+        are not among the batches, when that pays (``settle.worth_settling``: a campaign new to
+        the ledger, or whose last pass found many); otherwise, and without ``report`` (the plan,
+        explain), they come as ``skip`` messages.
         """
         selected = campaigns if campaigns is not None else self.campaigns()
         ordered = sorted(selected, key=lambda c: -c.priority)
@@ -108,14 +111,19 @@ class Reconciler:
                     continue  # failed earlier in this pass (its segment entries)
                 self.progress.stage("campaign", position, len(ordered), campaign.name)
                 with isolated(campaign.name, failures):
-                    settled = "include"
+                    settled, counted = "include", None
                     if report is not None and settle.settles(campaign, self.shard, customer_id):
-                        settle.record_settled(campaign, rows_of, self.config, self.ledger, now, report,
-                                              ledger_in_query=in_query)
-                        settled = "exclude"
+                        if settle.worth_settling(campaign, self.settled_last.get(campaign.name), self.ledger):
+                            self.settled_last[campaign.name] = settle.record_settled(
+                                campaign, rows_of, self.config, self.ledger, now, report, ledger_in_query=in_query)
+                            settled = "exclude"
+                        else:  # row by row this time; what it finds decides the next pass
+                            counted = self.settled_last[campaign.name] = 0
                     for batch in plan.decided_batches(campaign, rows_of(campaign, settled), now, self.config, self.ledger,
                                                       ledger_in_query=in_query, shard=self.shard,
                                                       progress=self.progress):
+                        if counted is not None:
+                            self.settled_last[campaign.name] += settle.settled_count(campaign, batch)
                         batch = attach_contacts(batch, self.config, sources, self.ledger, rules.channel_of)
                         batch = policies.apply_stages(order_by_response(batch, campaign, responses, rules.channel_of),
                                                       rules)

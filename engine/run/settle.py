@@ -12,9 +12,11 @@ leaves them out), so no ``DueMessage``, customer dictionary or policy ever sees 
 - elsewhere (a ledger in another database, SQLite's instants as text): the settled rows' ledger
   columns stream in batches into the ledger's bulk insert (``Ledger.write_new``).
 
-Either way a skip another process recorded first is neither written again nor counted. Owns the
-ledger row of a settled skip (key, due time, statuses) in SQL and in Python; must not decide
-which rows are settled (due.py does) nor plan, render or send.
+Either way a skip another process recorded first is neither written again nor counted. The
+statement scans the campaign's trigger instances once more, so a pass runs it only where that
+pays (``worth_settling``). Owns the ledger row of a settled skip (key, due time, statuses) in SQL
+and in Python and that choice; must not decide which rows are settled (due.py does) nor plan,
+render or send.
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ from engine.clock import parse_stored_timestamp
 from engine.dialects import dialect_named
 from engine.model import Campaign, ProjectConfig
 from engine.run.messages import PassReport
-from engine.sql.compile import col, lit
+from engine.sql.compile import col, lit, ts
 from engine.sql.due import settled_steps
+from engine.sql.instants import PassInstant
 from engine.state.ledger import Ledger, Record, insert_new_rows, message_key
 
 #: the ledger's columns an INSERT of settled skips fills (attempts 0 and content NULL by default)
@@ -36,10 +39,34 @@ _LEDGER_COLUMNS = ("message_key", "campaign", "step", "customer_id", "trigger_ke
                    "reason", "detail", "trigger_at", "due_at", "created_at", "updated_at")
 
 
+#: A campaign whose last pass (in this process) found fewer settled skips than this reads them row
+#: by row: the settle statement scans the campaign's trigger instances once more, which costs more
+#: than deciding and recording a few hundred rows in Python (benchmarks/README.md).
+SETTLE_FROM = 1000
+
+
 def settles(campaign: Campaign, shard: tuple[int, int] | None, customer_id: str | None = None) -> bool:
-    """Whether a pass records this campaign's settled skips here (a step settled in SQL, and no
+    """Whether a pass can record this campaign's settled skips here (a step settled in SQL, and no
     replica shard or single customer to cut the rows to: those keep the row-by-row path)."""
-    return shard is None and customer_id is None and bool(settled_steps(campaign))
+    return shard is None and customer_id is None and bool(settled_steps(campaign, zone_due=True))
+
+
+def worth_settling(campaign: Campaign, last_count: int | None, ledger: Ledger) -> bool:
+    """Whether settling ``campaign``'s skips in SQL pays in this pass. ``last_count``: the settled
+    skips its last pass in this process found (either way), None before its first. A first pass
+    settles a campaign the ledger has never seen (a new campaign or ledger: its whole history of
+    stale and stopped rows); a campaign already running has only the few skips that became due
+    since its last pass, until a pass finds ``SETTLE_FROM`` of them (a backlog)."""
+    if last_count is None:
+        return not ledger.holds_campaign(campaign.name)
+    return last_count >= SETTLE_FROM
+
+
+def settled_count(campaign: Campaign, batch) -> int:
+    """How many messages of ``batch`` (``plan.decided_batches``'s) are skips this stage would have
+    settled: stale or stopped, on a step settled in SQL (for the next pass's ``worth_settling``)."""
+    steps = {step.id for step in settled_steps(campaign, zone_due=True)}
+    return sum(1 for m in batch if m.action == "skip" and m.reason in ("stale", "stopped") and m.step in steps)
 
 
 def in_one_statement(config: ProjectConfig, ledger_in_query: bool) -> bool:
@@ -48,31 +75,37 @@ def in_one_statement(config: ProjectConfig, ledger_in_query: bool) -> bool:
     return ledger_in_query and dialect.on_conflict_insert is not None and dialect.instant_text_format is None
 
 
-def insert_settled(campaign: Campaign, now: datetime):
-    """The function turning ``due_query(settled="only")`` into the INSERT of its rows into the ledger."""
-    delays = {step.id: step.delay for step in settled_steps(campaign)}
-    instant = exp.cast(exp.Literal.string(now.replace(tzinfo=None).isoformat(sep=" ")), "TIMESTAMP")
+def insert_settled(campaign: Campaign, now: datetime | PassInstant, query: exp.Query, dialect: str) -> exp.Expression:
+    """``query`` (``due_query(settled="only")`` at ``now``, a datetime or the symbolic instant of a
+    statement compiled once: ``sql.prepared``) turned into the INSERT of its rows into the ledger."""
+    delays = _fixed_delays(campaign)
+    instant = ts(now, dialect)  # the pass instant, bound like the query's own
+    row = "s"
+    trigger_at = exp.cast(col(row, "trigger_at"), "TIMESTAMP")
+    due_at = exp.cast(col(row, "due_at"), "TIMESTAMP")  # a local send time's, from the zone table
+    if delays:  # trigger + delay where the row has no due time of its own
+        due_at = exp.Coalesce(this=due_at, expressions=[
+            exp.Case(ifs=[exp.If(this=col(row, "step").eq(lit(step)),
+                                 true=exp.Add(this=trigger_at.copy(), expression=_interval(delay)))
+                          for step, delay in delays.items()])])
+    key = col(row, "campaign")
+    for part in ("step", "customer_id", "trigger_key"):
+        key = exp.DPipe(this=exp.DPipe(this=key, expression=lit(":"), safe=True), expression=col(row, part), safe=True)
+    values = {
+        "message_key": key, "campaign": col(row, "campaign"), "step": col(row, "step"),
+        "customer_id": col(row, "customer_id"), "trigger_key": col(row, "trigger_key"),
+        "variant": col(row, "variant"), "channel": col(row, "channel"), "status": lit("skipped"),
+        "reason": col(row, "reason"), "detail": col(row, "detail"), "trigger_at": trigger_at,
+        "due_at": due_at, "created_at": instant.copy(), "updated_at": instant.copy(),
+    }
+    select = exp.select(*[exp.alias_(values[name], name) for name in _LEDGER_COLUMNS]).from_(query.subquery(row))
+    return insert_new_rows(select, list(_LEDGER_COLUMNS))
 
-    def wrap(query: exp.Query) -> exp.Expression:
-        row = "s"
-        trigger_at = exp.cast(col(row, "trigger_at"), "TIMESTAMP")
-        due_at = exp.Case(ifs=[exp.If(this=col(row, "step").eq(lit(step)),
-                                      true=exp.Add(this=trigger_at.copy(), expression=_interval(delay)))
-                               for step, delay in delays.items()])
-        key = col(row, "campaign")
-        for part in ("step", "customer_id", "trigger_key"):
-            key = exp.DPipe(this=exp.DPipe(this=key, expression=lit(":"), safe=True), expression=col(row, part), safe=True)
-        values = {
-            "message_key": key, "campaign": col(row, "campaign"), "step": col(row, "step"),
-            "customer_id": col(row, "customer_id"), "trigger_key": col(row, "trigger_key"),
-            "variant": col(row, "variant"), "channel": col(row, "channel"), "status": lit("skipped"),
-            "reason": col(row, "reason"), "detail": col(row, "detail"), "trigger_at": trigger_at,
-            "due_at": due_at, "created_at": instant.copy(), "updated_at": instant.copy(),
-        }
-        select = exp.select(*[exp.alias_(values[name], name) for name in _LEDGER_COLUMNS]).from_(query.subquery(row))
-        return insert_new_rows(select, list(_LEDGER_COLUMNS))
 
-    return wrap
+def _fixed_delays(campaign: Campaign) -> dict:
+    """step id -> delay of the steps settled in SQL whose due time is trigger time + delay (the
+    others, with a local send time, come with their due time)."""
+    return {step.id: step.delay for step in settled_steps(campaign, zone_due=True) if step.send_at is None}
 
 
 def _interval(delay) -> exp.Expression:
@@ -81,27 +114,29 @@ def _interval(delay) -> exp.Expression:
 
 
 def record_settled(campaign: Campaign, rows_of, config: ProjectConfig, ledger: Ledger, now: datetime,
-                   report: PassReport, *, ledger_in_query: bool) -> None:
-    """Record ``campaign``'s settled skips at ``now`` and count the new ones in ``report``
-    (``rows_of``: ``plan.due_rows``'s reader, on the pass's warehouse session)."""
+                   report: PassReport, *, ledger_in_query: bool) -> int:
+    """Record ``campaign``'s settled skips at ``now``, count the new ones in ``report`` and return
+    how many (``rows_of``: ``plan.due_rows``'s reader, on the pass's warehouse session)."""
     counts: Counter = Counter()
     if in_one_statement(config, ledger_in_query):
-        for rows in rows_of(campaign, "only", insert_settled(campaign, now)):
+        for rows in rows_of(campaign, "only", insert_settled):
             counts.update(tuple(row) for row in rows)
     else:
-        delays = {step.id: step.delay for step in settled_steps(campaign)}
+        delays = _fixed_delays(campaign)
         for rows in rows_of(campaign, "only"):
             records = {}
             for row in rows:
-                name, step, customer_id, trigger_key, trigger_at, reason, detail, variant, channel = row
+                name, step, customer_id, trigger_key, trigger_at, reason, detail, variant, channel, due_at = row
                 at = parse_stored_timestamp(trigger_at)
+                due_at = at + delays[step] if due_at is None else parse_stored_timestamp(due_at)
                 key = message_key(name, step, customer_id, trigger_key)
                 records[key] = Record(message_key=key, campaign=name, step=step, customer_id=customer_id,
-                                      trigger_key=trigger_key, channel=channel, status="skipped", due_at=at + delays[step],
+                                      trigger_key=trigger_key, channel=channel, status="skipped", due_at=due_at,
                                       trigger_at=at, variant=variant, reason=reason, detail=detail)
             for key in ledger.write_new(records.values(), now):
                 r = records[key]
                 counts[(r.step, r.reason, r.channel)] += 1
     for (step, reason, channel), n in counts.items():
         report.add(campaign.name, step, f"skipped:{reason}", n, channel=channel)
+    return sum(counts.values())
 

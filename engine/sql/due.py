@@ -11,17 +11,21 @@ Pure: builds expressions, executes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Sequence
+from zoneinfo import ZoneInfo
 
 from sqlglot import exp
 
+from engine.clock import UTC
+from engine.decide import customer_zone
+from engine.dialects import dialect_named
 from engine.model import Campaign, ProjectConfig
 from engine.model import Step
 from engine.sql.compile import (
     CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN, awaited_event,
-    calendar_slack, col, is_customer, join_trigger_properties, lit, per_zone_window, step_window, text,
-    variant_columns, without_ledger_rows,
+    calendar_slack, col, is_customer, join_trigger_properties, lit, per_zone_window, render_sql, step_window, text,
+    ts, variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
 from engine.sql.triggers.registry import kind_of
@@ -36,34 +40,101 @@ def keys_in_sql(campaign: Campaign) -> bool:
     return kind_of(campaign.trigger).keys_in_sql
 
 
-#: the columns of ``settled_query``: a ledger row of a skip the warehouse decided (stale, stopped)
+#: the columns of ``due_query(settled="only")``: a ledger row of a skip the warehouse decided (stale,
+#: stopped); ``due_at`` is NULL for a fixed delay (trigger_at + delay), set for a local send time
 SETTLED_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "reason", "detail", "variant",
-                   "channel")
+                   "channel", "due_at")
+
+#: The pass's temporary table of exact local due times (``zone_due_rows``), which the settled rows
+#: of steps with a local send time join, and its columns (``lo < trigger_at <= hi``: due at ``due_at``)
+ZONE_DUE_TABLE = "engine_pass_zone_due"
+ZONE_DUE_COLUMNS = ("campaign", "step", "zone", "lo", "hi", "due_at")
 
 
-def settled_in_sql(campaign: Campaign, step: Step) -> bool:
+def settled_in_sql(campaign: Campaign, step: Step, zone_due: bool = False) -> bool:
     """Whether the warehouse alone decides which of this step's rows are settled skips (stale,
-    stopped), with their variant and channel: the due time is the trigger time plus a fixed delay
-    (no local send time, no calendar months, no local date or yearly instance, which need the
-    customer's time zone in Python, no ``wait_until``: its due time is the awaited event's or the
-    wait's end) and the variant is the first whose audience matches (no A/B share). Such a row
-    never reaches Python in a pass (``due_query(settled=...)``)."""
+    stopped), with their due time, variant and channel: the due time is the trigger time plus a
+    fixed delay, or, with the pass's ``zone_due`` table, the next local send time after it
+    (``zone_due_times``); no calendar months, no local date or yearly instance (their instants
+    need the customer's zone in Python), no ``wait_until`` (its due time is the awaited event's or
+    the wait's end), and the variant is the first whose audience matches (no A/B share). Such a
+    row never reaches Python in a pass (``due_query(settled=...)``)."""
     kind = kind_of(campaign.trigger)
-    return (kind.keys_in_sql and not kind.local_date and step.send_at is None and not calendar_slack(step)
-            and step.wait is None
+    return (kind.keys_in_sql and not kind.local_date and (step.send_at is None or zone_due)
+            and not calendar_slack(step) and step.wait is None
             and (step.freshness is not None or bool(campaign.stop))
             and all(variant.percent is None for variant in step.variants))
 
 
-def settled_steps(campaign: Campaign) -> list[Step]:
+def settled_steps(campaign: Campaign, zone_due: bool = False) -> list[Step]:
     """The steps of ``campaign`` whose settled skips the warehouse decides (``settled_in_sql``)."""
-    return [step for step in campaign.steps if settled_in_sql(campaign, step)]
+    return [step for step in campaign.steps if settled_in_sql(campaign, step, zone_due)]
+
+
+def zone_due_times(step: Step, now: datetime, stale_horizon: timedelta, zone: ZoneInfo) -> list[tuple[datetime, datetime]]:
+    """For a step with a local send time, in one time zone: (previous, this) pairs of consecutive
+    local send times (UTC) such that a trigger with ``previous < trigger + delay <= this`` is due
+    exactly at ``this`` (``decide.due_time``), for every ``this`` due by ``now`` and within the
+    stale horizon. A pair around a change of the zone's UTC offset is left out: the local clock
+    jumps there, and Python decides those rows."""
+    clock = step.send_at
+    day = now.astimezone(zone).date() + timedelta(days=1)
+    while (this := datetime.combine(day, clock, tzinfo=zone).astimezone(UTC)) > now:  # the last one by now
+        day -= timedelta(days=1)
+    oldest = now - (step.freshness or timedelta(0)) - stale_horizon
+    pairs = []
+    while this >= oldest:
+        day -= timedelta(days=1)
+        previous = datetime.combine(day, clock, tzinfo=zone).astimezone(UTC)
+        steady = (this - previous == timedelta(days=1)
+                  and (previous - timedelta(days=1)).astimezone(zone).utcoffset()
+                  == (this + timedelta(days=1)).astimezone(zone).utcoffset())
+        if steady:
+            pairs.append((previous, this))
+        this = previous
+    return pairs
+
+
+def zone_due_rows(campaigns: Sequence[Campaign], config: ProjectConfig, now: datetime,
+                  zones: Sequence[object]) -> list[tuple]:
+    """The rows of ``ZONE_DUE_TABLE`` at ``now``: per campaign, step with a local send time settled
+    in SQL and customers' time zone value (NULL as ''; values that are not text are left to
+    Python), each (previous, this) pair of ``zone_due_times`` as trigger-time bounds."""
+    rows = []
+    keys = {"" if value is None else value: value for value in zones if value is None or isinstance(value, str)}
+    for campaign in campaigns:
+        for step in settled_steps(campaign, zone_due=True):
+            if step.send_at is None:
+                continue
+            for key, value in keys.items():
+                zone = customer_zone(value, config.default_timezone)
+                rows += [(campaign.name, step.id, key, previous - step.delay, this - step.delay, this)
+                         for previous, this in zone_due_times(step, now, config.stale_horizon, zone)]
+    return rows
+
+
+def zone_due_create(dialect: str) -> str:
+    """CREATE TEMPORARY TABLE of ``ZONE_DUE_TABLE`` (instants as text where the dialect keeps them so)."""
+    instant = "VARCHAR(32)" if dialect_named(dialect).instant_text_format is not None else "TIMESTAMP"
+    kinds = {"campaign": "VARCHAR(64)", "step": "VARCHAR(64)", "zone": "VARCHAR(200)"}
+    columns = ", ".join(f"{name} {kinds.get(name, instant)}" for name in ZONE_DUE_COLUMNS)
+    return f"CREATE TEMPORARY TABLE {ZONE_DUE_TABLE} ({columns})"
+
+
+def zone_due_inserts(rows: Sequence[tuple], dialect: str, batch: int = 500) -> list[str]:
+    """INSERT statements filling ``ZONE_DUE_TABLE`` with ``rows``, ``batch`` rows each."""
+    statements = []
+    for start in range(0, len(rows), batch):
+        values = exp.values([tuple(lit(v) if isinstance(v, str) else ts(v, dialect) for v in row)
+                             for row in rows[start:start + batch]])
+        statements.append(render_sql(exp.insert(values, ZONE_DUE_TABLE, columns=list(ZONE_DUE_COLUMNS)), dialect))
+    return statements
 
 
 def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
               dialect: str | None = None, customer_id: str | None = None, shared_facts: bool = False,
               zones: Sequence[object] | None = None, state: StateRelations | None = None,
-              settled: str = "include") -> exp.Query:
+              settled: str = "include", zone_due: str | None = None) -> exp.Query:
     """All due (and recently stale or stopped) rows of every step of ``campaign`` at ``now``.
 
     Columns: DUE_COLUMNS, the kind's ``extra_columns`` (``anniversary`` for yearly triggers),
@@ -81,6 +152,8 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     ``state``: where the engine state it joins (entries, tags) is, when the ledger is elsewhere.
     ``settled``: "include" (the plan: every row), "exclude" (a pass: the settled skips of the
     ``settled_in_sql`` steps left out, ``settled_query`` records them) or "only" (``settled_query``).
+    ``zone_due``: the pass's ``ZONE_DUE_TABLE``, filled (``zone_due_rows``): steps with a local send
+    time settle too, their rows joined with it by zone and trigger time.
     """
     kind = kind_of(campaign.trigger)
     builder = QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts, state=state)
@@ -92,7 +165,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     width = variant_columns(campaign)
     selects = []
     for step, window in zip(campaign.steps, windows):
-        apart = settled != "include" and settled_in_sql(campaign, step)
+        apart = settled != "include" and settled_in_sql(campaign, step, zone_due is not None)
         if settled == "only" and not apart:
             continue
         conditions = kind.window(builder, window)
@@ -119,15 +192,18 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
         if campaign.stop:
             stopped_by = exp.Case(ifs=[exp.If(this=builder.stop_condition(stop), true=lit(stop)) for stop in campaign.stop])
         if apart:
-            reason = settled_reason(builder, step, window, stopped_by)
+            due_at = None if step.send_at is None else col("z", "due_at")
+            reason = settled_reason(builder, step, window, stopped_by, due_at)
             if settled == "exclude":
                 conditions.append(reason.is_(exp.null()))
-                selects.append(_due_select(builder, campaign, step, kind, exp.null(), waits, conditions, customers,
-                                           attributes, width, exclude_ledger))
+                selects.append(_zone_join(_due_select(builder, campaign, step, kind, exp.null(), waits, conditions,
+                                                      customers, attributes, width, exclude_ledger),
+                                          campaign, step, zone_due))
                 continue
             conditions.append(reason.copy().is_(exp.null()).not_())
-            selects.append(_settled_select(builder, campaign, step, kind, reason, stopped_by, conditions, customers,
-                                               attributes, exclude_ledger))
+            selects.append(_zone_join(_settled_select(builder, campaign, step, kind, reason, stopped_by, due_at, conditions,
+                                                      customers, attributes, exclude_ledger),
+                                      campaign, step, zone_due))
             continue
         selects.append(_due_select(builder, campaign, step, kind, stopped_by, waits, conditions, customers, attributes,
                                    width, exclude_ledger))
@@ -144,21 +220,39 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     return builder.with_ctes(body)
 
 
-def settled_reason(builder: QueryBuilder, step: Step, window: StepWindow, stopped_by: exp.Expression) -> exp.Expression:
+def settled_reason(builder: QueryBuilder, step: Step, window: StepWindow, stopped_by: exp.Expression,
+                   due_at: exp.Expression | None = None) -> exp.Expression:
     """'stopped' or 'stale' for a due row of a ``settled_in_sql`` step whose skip the warehouse
     decides, else NULL: ``plan.decide_row``'s rules (a stop condition first; stale from due +
-    freshness on, half-open) on the trigger time. The step's window already holds exactly the rows
-    that are due and not beyond the stale horizon (no slack for such a step)."""
+    freshness on, half-open). For a fixed delay, on the trigger time: the step's window already
+    holds exactly the rows that are due and not beyond the stale horizon (no slack for such a
+    step). For a local send time, on ``due_at`` (the zone table's): NULL where Python decides."""
     ifs = []
+    known = exp.true() if due_at is None else due_at.copy().is_(exp.null()).not_()
     if not isinstance(stopped_by, exp.Null):
-        ifs.append(exp.If(this=stopped_by.copy().is_(exp.null()).not_(), true=lit("stopped")))
+        stopped = stopped_by.copy().is_(exp.null()).not_()
+        ifs.append(exp.If(this=stopped if due_at is None else exp.and_(known, stopped), true=lit("stopped")))
     if step.freshness is not None:
-        ifs.append(exp.If(this=col("t", "trigger_at") <= builder.ts(window.due_cutoff - step.freshness), true=lit("stale")))
+        stale = (col("t", "trigger_at") <= builder.ts(window.due_cutoff - step.freshness) if due_at is None
+                 else due_at.copy() <= builder.ts(builder.now - step.freshness))
+        ifs.append(exp.If(this=stale, true=lit("stale")))
     return exp.Case(ifs=ifs)
 
 
+def _zone_join(query: exp.Select, campaign: Campaign, step: Step, zone_due: str | None) -> exp.Select:
+    """A step with a local send time: LEFT JOIN its exact due times by the customer's zone value
+    (NULL as '') and the trigger time (at most one row: a zone's pairs do not overlap)."""
+    if step.send_at is None:
+        return query
+    on = exp.and_(col("z", "campaign").eq(lit(campaign.name)), col("z", "step").eq(lit(step.id)),
+                  col("z", "zone").eq(exp.Coalesce(this=text(col("c", "timezone")), expressions=[lit("")])),
+                  col("t", "trigger_at") > col("z", "lo"), col("t", "trigger_at") <= col("z", "hi"))
+    return query.join(exp.to_table(zone_due).as_("z"), on=on, join_type="left")
+
+
 def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, reason: exp.Expression,
-                    stopped_by: exp.Expression, conditions: list, customers: str, attributes, exclude_ledger: bool) -> exp.Select:
+                    stopped_by: exp.Expression, due_at: exp.Expression | None, conditions: list, customers: str,
+                    attributes, exclude_ledger: bool) -> exp.Select:
     """``SETTLED_COLUMNS`` of a step's settled skips: the variant and channel of the first variant
     whose audience matches (``decide.matching_variants`` without shares), NULL when none does."""
     variant, channel = [], []
@@ -177,6 +271,7 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind,
             exp.alias_(stopped_by, "detail"),
             exp.alias_(exp.Case(ifs=variant) if variant else exp.cast(exp.null(), "VARCHAR"), "variant"),
             exp.alias_(exp.Case(ifs=channel) if channel else exp.cast(exp.null(), "VARCHAR"), "channel"),
+            exp.alias_(exp.cast(exp.null(), _TIMESTAMP) if due_at is None else due_at, "due_at"),
         )
         .from_(exp.to_table("trigger_instances").as_("t"))
         .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))

@@ -135,6 +135,9 @@ class _Cache:
 
 _cache = _Cache(CACHE_SIZE)
 
+#: turns a campaign's due query at an instant (a datetime or a PassInstant) into the statement run
+Wrap = Callable[[Campaign, "datetime | PassInstant", exp.Query, str], exp.Expression]
+
 
 def forget() -> None:
     """Drop every compiled query (the benchmark's cold compile; a reload needs no call)."""
@@ -153,15 +156,23 @@ def _state_shape(state: StateRelations | None) -> Hashable | None:
 
 def due_statement(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
                   customer_id: str | None = None, shared_facts: bool = False, zones: Sequence[object] | None = None,
-                  state: StateRelations | None = None, bind: bool = True, settled: str = "include") -> Statement:
+                  state: StateRelations | None = None, bind: bool = True, settled: str = "include",
+                  wrap: Wrap | None = None, zone_due: str | None = None) -> Statement:
     """The campaign's due query at ``now`` (``due.due_query``'s arguments): compiled once per project
     version and bound here; built as before for one customer (``customer_id``, ``engine explain``),
     for engine state shipped as VALUES, and for a query whose shape depends on the instant.
     ``bind``: parameters (the pass); False: literals in the text. ``settled``: as ``due_query``'s
-    (a pass reads "exclude" where the settle stage recorded the settled skips)."""
+    (a pass reads "exclude" where the settle stage recorded the settled skips). ``wrap``: the
+    statement that runs is ``wrap(campaign, now, query, dialect)`` (the settle stage's INSERT ... SELECT),
+    compiled once with it; a module-level function, part of the cache key. ``zone_due``: as
+    ``due_query``'s (a table name: its rows, filled per pass, do not shape the SQL)."""
+    def built(instant):
+        query = due_query(campaign, config, instant, exclude_ledger=exclude_ledger, customer_id=customer_id,
+                          shared_facts=shared_facts, zones=zones, state=state, settled=settled, zone_due=zone_due)
+        return query if wrap is None else wrap(campaign, instant, query, config.dialect)
+
     def literal() -> Statement:
-        query = due_query(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
-                          shared_facts=shared_facts, zones=zones, state=state, settled=settled)
+        query = built(now)
         return Statement(render_sql(query, config.dialect), None, tuple(shared_facts_used(query)))
 
     state_shape = _state_shape(state)
@@ -170,10 +181,8 @@ def due_statement(campaign: Campaign, config: ProjectConfig, now: datetime, *, e
     if zones is not None:  # the customers' zones in any order (SELECT DISTINCT) shape the same query
         zones = sorted(zones, key=lambda zone: (zone is not None, str(zone)))
     shape = ("due", config.dialect, exclude_ledger, shared_facts, None if zones is None else tuple(zones), state_shape,
-             settled)
-    prepared = _cache.get((config, campaign), shape, lambda: prepare(
-        lambda instant: due_query(campaign, config, instant, exclude_ledger=exclude_ledger, shared_facts=shared_facts,
-                                  zones=zones, state=state, settled=settled), config.dialect))
+             settled, wrap, zone_due)
+    prepared = _cache.get((config, campaign), shape, lambda: prepare(built, config.dialect))
     if prepared is None:
         return literal()
     return prepared.bound(now) if bind else prepared.literal(now)

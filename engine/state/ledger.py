@@ -474,6 +474,12 @@ class Ledger(CouponStore, EventStore, LedgerReader, LedgerWriter):
                 found |= {row[0] for row in rows}
         return found
 
+    def holds_campaign(self, campaign: str) -> bool:
+        """Whether the ledger holds any row of ``campaign`` (its identity index leads with the campaign)."""
+        with self.db.engine.connect() as conn:
+            return conn.execute(sa.select(ledger_table.c.campaign).where(ledger_table.c.campaign == campaign)
+                                .limit(1)).first() is not None
+
     def sent_instances(self, campaign: str, customer_ids: list[str]) -> dict[str, list[tuple[str, datetime]]]:
         """customer -> [(trigger_key, trigger_at)] of instances with a claimed or sent message
         (re-entry rules: an instance 'entered' when something went out for it)."""

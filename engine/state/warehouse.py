@@ -155,11 +155,11 @@ class Session:
             self.conn.rollback()
             raise self.database._error("statement failed on", exc) from None
 
-    def returning(self, sql: str) -> list[sa.Row]:
+    def returning(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[sa.Row]:
         """Run a write with ``RETURNING`` (no server-side cursor: PostgreSQL has them for queries only),
-        commit it and give back the rows it returned."""
+        commit it and give back the rows it returned. ``parameters``: as ``stream``'s."""
         try:
-            rows = self.conn.execute(sa.text(sql)).all()
+            rows = self.conn.execute(sa.text(sql), parameters).all() if parameters else self.conn.execute(sa.text(sql)).all()
             self.conn.commit()
             return rows
         except sa.exc.SQLAlchemyError as exc:
