@@ -23,6 +23,7 @@ files or send (the transports do).
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import html
@@ -316,6 +317,11 @@ img {{ max-width: 100% }}
 """
     fetcher = _only({Path(layout.font).resolve().as_uri(), Path(layout.font_bold).resolve().as_uri()})
     return CSS(string=css, font_config=fonts, url_fetcher=fetcher), fonts
+
+
+# the cached font configurations own temporary folders they remove when collected: collect them while the
+# interpreter still works (at exit the modules' globals are gone, and weasyprint's cleanup fails noisily)
+atexit.register(_stylesheet.cache_clear)
 
 
 def _html(message: OutgoingMessage, layout: LetterLayout) -> str:
