@@ -81,7 +81,9 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id,
                                                       kind.unsubscribe_scope)
         tracked = is_tracked(m, project, config)
-        context["scan_url"] = scan_link.link(config.scan_url, secret, m.key)
+        # a tracked printed link records its scan; an untracked one (the old form) only redirects
+        context["scan_url"] = (tokens.link(config.scan_url, tokens.seal(secret, "scan", m.key, now)) if tracked
+                               else scan_link.link(config.scan_url, secret, m.key))
         if step.wait is not None:
             context["wait"] = wait_outcome(m.trigger_at, step, m.due_at)
         promotions_shown = promotion_lists.shown_limit(m, project, renderer)
