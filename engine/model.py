@@ -108,8 +108,9 @@ class RetryPolicy:
 class TrackingPolicy:
     """``policies.tracking`` of engine.yaml: opens, clicks and scans (engine.tracking, the service's /open, /click)."""
 
-    #: false: no pixel and no click redirect in any message (UTM parameters are still added)
-    enabled: bool = True
+    #: true: HTML emails get the open pixel and the click redirect, letters a scan token; off unless
+    #: engine.yaml turns it on (consent: in the EU a tracking pixel needs it; a pixel is an image to spam filters)
+    enabled: bool = False
     #: base of /open and /click; default: the unsubscribe link's service
     url: str = "https://shop.example"
     #: a tracking token (pixel, link, printed link) older than this is refused (410)

@@ -282,6 +282,7 @@ policies:
   unsubscribe_url: http://127.0.0.1:{port}/unsubscribe
   scan_url: http://127.0.0.1:{port}/scan
   scan_landing_url: https://www.my-shop.de/welcome-back
+  tracking: {{enabled: true}}
 """
 
 CAMPAIGN = """

@@ -59,7 +59,7 @@ channels:
     from: "Shop <hello@my-shop.de>"
 policies:
   unsubscribe_url: http://127.0.0.1:{port}/unsubscribe
-  tracking: {{token_ttl: 30d}}
+  tracking: {{enabled: true, token_ttl: 30d}}
 """
 
 CAMPAIGN = """
@@ -336,3 +336,39 @@ def test_chromium_opening_the_email_records_one_open_and_following_its_link_one_
     recorded = [(e[1], e[2]) for e in events(root) if e[0] == key]
     assert sorted(recorded) == [("click", 0), ("open", 0)], (recorded, before, result.stderr[-2000:])
     assert "/product?id=7&utm_source=engine&utm_campaign=thanks" in target.paths  # landed on the target
+
+
+def test_engine_serve_tracking_serves_health_and_tracking_only(project):
+    """`engine serve-tracking`: a process of its own answering /healthz, /readyz and the tracking endpoints from
+    the same project, without passes and without /unsubscribe."""
+    import signal
+    import sys
+    import time
+
+    root, _, _, emails = project
+    port = free_port()
+    pixel, = anchors(email_of(emails, "thanks", 1)).images
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-c", "from engine.cli.main import main; main()", "serve-tracking",
+                                "--port", str(port)], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if request(port, "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "serve-tracking did not start"
+            time.sleep(0.2)
+        assert request(port, path_of(pixel))[0] == 410  # the real clock: made in 2025, the lifetime is 30d
+        key = tracking.open_token(pixel.split("t=")[1], SECRET, "open", SERVICE_AT).message_key
+        fresh = tracking.link("/open", tracking.seal(SECRET, "open", key, datetime.now().astimezone()))
+        assert request(port, fresh)[0] == 200
+        assert request(port, "/readyz")[0] == 200
+        assert request(port, "/unsubscribe?c=1&k=email&s=" + "0" * 32)[0] == 404
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 0, output
+    assert "pass.finished" not in output and "Pass at" not in output  # no passes

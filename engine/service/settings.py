@@ -198,7 +198,7 @@ def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]
         found.append(("policies.unsubscribe_url", "(not set)", "required outside the demo"))
     found.append(("policies.scan_url", config.scan_url, "default: the unsubscribe URL's host, path /scan"))
     found.append(("policies.scan_landing_url", config.scan_landing_url, "default: shop.url"))
-    found += [("policies.tracking.enabled", "true", "default"),
+    found += [("policies.tracking.enabled", "false", "default"),
               ("policies.tracking.url", config.tracking.url, "default: the unsubscribe URL's host (/open, /click)"),
               ("policies.tracking.token_ttl", format_duration(config.tracking.token_ttl), "default"),
               ("policies.tracking.machine_seconds", str(config.tracking.machine_seconds), "default")]
