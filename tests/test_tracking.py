@@ -355,7 +355,7 @@ def test_engine_serve_tracking_serves_health_and_tracking_only(project):
         deadline = time.monotonic() + 60
         while True:
             try:
-                if request(port, "/healthz")[0] == 200:
+                if request(port, "/readyz")[0] == 200:  # the project loaded (/healthz answers before)
                     break
             except OSError:
                 pass
@@ -365,7 +365,7 @@ def test_engine_serve_tracking_serves_health_and_tracking_only(project):
         key = tracking.open_token(pixel.split("t=")[1], SECRET, "open", SERVICE_AT).message_key
         fresh = tracking.link("/open", tracking.seal(SECRET, "open", key, datetime.now().astimezone()))
         assert request(port, fresh)[0] == 200
-        assert request(port, "/readyz")[0] == 200
+        assert request(port, "/healthz")[0] == 200
         assert request(port, "/unsubscribe?c=1&k=email&s=" + "0" * 32)[0] == 404
     finally:
         process.send_signal(signal.SIGTERM)

@@ -17,14 +17,20 @@ of the old form (``?m=...&s=...``, letters printed before tokens) still
 redirects, unrecorded: the ledger keeps no index from its hash to a message.
 
 Machine opens and scanner clicks (``tracking.machine_reason``) are recorded
-with ``machine`` true and the rule in ``detail``. When the ledger cannot be
+with ``machine`` true and the rule in ``detail``. Each process remembers
+(bounded, least recently used first out) the messages it looked up - a
+message's ledger row does not change once it was sent - and the events it
+recorded, so a replayed pixel costs no database round trip; another replica
+replaying it finds the event in the table (nothing new recorded either). When the ledger cannot be
 reached the answer is given all the same (the token alone proves the URL) and
 the miss is logged. Must not sign tokens (the render stage does) nor render.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Protocol
 from urllib.parse import parse_qsl
@@ -42,11 +48,44 @@ PIXEL = bytes.fromhex("47494638396101000100800000ffffff00000021f90401000000002c0
 #: bytes a tracking request may carry in its body (they carry none)
 MAX_BODY = 1024
 TEXT = "text/plain; charset=utf-8"
+#: messages and event ids a process remembers (each)
+REMEMBERED = 20_000
 
 
 class EventLedger(Protocol):
     def message_refs(self, keys: list[str]) -> dict: ...
     def record_events(self, events: list[Event], now: datetime) -> list: ...
+
+
+class Memory:
+    """What this process already knows: message rows it looked up, event ids it recorded; bounded, thread-safe."""
+
+    def __init__(self, size: int = REMEMBERED):
+        self._size = size
+        self._refs: OrderedDict[str, object] = OrderedDict()
+        self._events: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def ref(self, key: str):
+        with self._lock:
+            ref = self._refs.get(key)
+            if ref is not None:
+                self._refs.move_to_end(key)
+            return ref
+
+    def recorded(self, event_id_: str) -> bool:
+        with self._lock:
+            return event_id_ in self._events
+
+    def remember(self, key: str, ref: object = None, event_id_: str | None = None) -> None:
+        with self._lock:
+            for table, name, value in ((self._refs, key, ref), (self._events, event_id_, None)):
+                if name is None or (table is self._refs and ref is None):
+                    continue
+                table[name] = value
+                table.move_to_end(name)
+                if len(table) > self._size:
+                    table.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -56,6 +95,7 @@ class Tracking:
     config: ProjectConfig
     secrets: tuple[str, ...]
     ledger: EventLedger
+    memory: Memory = field(default_factory=Memory)
 
 
 def routes(current: Callable[[], Tracking | None], clock: Clock) -> dict[str, Route]:
@@ -83,21 +123,27 @@ def answer(type_: str, request: Request, state: Tracking | None, now: datetime) 
         token = tracking.open_token(given["t"], state.secrets, type_, now, state.config.tracking.token_ttl)
     except tracking.TokenRefused as refused:
         return _refused(type_, refused)
-    try:
-        ref = state.ledger.message_refs([token.message_key]).get(token.message_key)
-    except EngineError as exc:
-        _unrecorded(type_, exc)
-        return _done(type_, token, state)
+    ref = state.memory.ref(token.message_key)
     if ref is None:
-        return _refused(type_, tracking.TokenRefused(404, "this link names no message of this shop"))
+        try:
+            ref = state.ledger.message_refs([token.message_key]).get(token.message_key)
+        except EngineError as exc:
+            _unrecorded(type_, exc)
+            return _done(type_, token, state)
+        if ref is None:
+            return _refused(type_, tracking.TokenRefused(404, "this link names no message of this shop"))
+        state.memory.remember(token.message_key, ref)
     sent_at = to_utc(ref.updated_at) if ref.updated_at is not None else None
     reason = tracking.machine_reason(type_, request.method, request.headers, now, sent_at,
                                      state.config.tracking.machine_seconds)
     parts = [type_, token.message_key, *([token.url] if token.url else []), "machine" if reason else "person"]
     recorded = Event(event_id=event_id(*parts), message_key=token.message_key, type=type_, occurred_at=now,
                      machine=reason is not None, provider="tracking", url=token.url, detail=reason)
+    if state.memory.recorded(recorded.event_id):
+        return _done(type_, token, state)
     try:
         state.ledger.record_events([recorded], now)
+        state.memory.remember(token.message_key, event_id_=recorded.event_id)
     except EngineError as exc:
         _unrecorded(type_, exc)
     return _done(type_, token, state)
