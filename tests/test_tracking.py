@@ -264,6 +264,7 @@ def test_the_service_records_opens_clicks_and_scans_once_and_refuses_bad_request
         scan = tracking.link("/scan", tracking.seal(SECRET, "scan", key, parse_instant(PASS_AT)))
         status, headers, _ = request(port, scan)
         assert (status, headers["Location"]) == (302, f"{target.url}/home")
+        assert service.tracking_state().writer.flush()
         recorded = events(root)
         url = f"{target.url}/product?id=7&utm_source=engine&utm_campaign=thanks"
         assert recorded == [(key, "click", 0, url, None), (key, "click", 1, url, "head_request"),
@@ -289,6 +290,7 @@ def test_the_service_records_opens_clicks_and_scans_once_and_refuses_bad_request
         assert request(port, path_of(click), body=b"x" * 4096, method="GET",
                        headers={"Content-Length": "4096"})[0] == 413
         assert request(port, "/open?t=" + "A" * 20000)[0] == 431
+        assert service.tracking_state().writer.flush()
         assert events(root) == recorded  # nothing recorded for any of them
     finally:
         service.close()
@@ -331,6 +333,7 @@ def test_chromium_opening_the_email_records_one_open_and_following_its_link_one_
         result = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-agent={PERSON}",
                                  "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
                                 capture_output=True, text=True, timeout=90)
+        assert service.tracking_state().writer.flush()
     finally:
         service.close()
     recorded = [(e[1], e[2]) for e in events(root) if e[0] == key]

@@ -251,9 +251,16 @@ class Service:
             self.server = None
         with self._lock:
             reconciler, self._reconciler = self._reconciler, None
+        self._flush_tracking(reconciler)
         if reconciler is not None:
             reconciler.close()
         self.watcher.release(None)
+
+    def _flush_tracking(self, reconciler: Reconciler | None) -> None:
+        """The tracking events of ``reconciler``'s ledger still being written: written before it closes."""
+        cached = self._tracking
+        if cached is not None and cached[0] is reconciler:
+            cached[1].writer.flush()
 
     # --- one pass -----------------------------------------------------------------
 
@@ -358,6 +365,7 @@ class Service:
             self._loaded_at = format_instant(self.clock.now())
             self._config_errors = []
         if old is not None:
+            self._flush_tracking(old)
             old.close()
         self.watcher.release(keep=reconciler.project)
         for issue in result.issues:

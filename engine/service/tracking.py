@@ -21,13 +21,19 @@ with ``machine`` true and the rule in ``detail``. Each process remembers
 (bounded, least recently used first out) the messages it looked up - a
 message's ledger row does not change once it was sent - and the events it
 recorded, so a replayed pixel costs no database round trip; another replica
-replaying it finds the event in the table (nothing new recorded either). When the ledger cannot be
+replaying it finds the event in the table (nothing new recorded either).
+New events are written by one thread per project (``Writer``): each
+``record_events`` call takes every event that arrived meanwhile (up to
+``BATCH``), one insert and one commit for all of them, so concurrent clicks do
+not queue for the database's write lock one commit each. The answer does not
+wait for it: an event is lost only if the process dies within that moment. When the ledger cannot be
 reached the answer is given all the same (the token alone proves the URL) and
 the miss is logged. Must not sign tokens (the render stage does) nor render.
 """
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -50,6 +56,8 @@ MAX_BODY = 1024
 TEXT = "text/plain; charset=utf-8"
 #: messages and event ids a process remembers (each)
 REMEMBERED = 20_000
+#: events recorded by one insert at most
+BATCH = 500
 
 
 class EventLedger(Protocol):
@@ -88,6 +96,61 @@ class Memory:
                     table.popitem(last=False)
 
 
+class Writer:
+    """Records events on a thread of its own, in batches of whatever arrived while the last one was written."""
+
+    def __init__(self, ledger: EventLedger, memory: Memory):
+        self._ledger, self._memory = ledger, memory
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, recorded: Event, now: datetime) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="engine-tracking-writer", daemon=True)
+                self._thread.start()
+        self._queue.put((recorded, now))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything put before this call is written (or failed and logged); False on timeout."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch, waiting = [], []
+            item = self._queue.get()
+            while True:
+                (waiting if isinstance(item, threading.Event) else batch).append(item)
+                if len(batch) >= BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._write(batch)
+            for done in waiting:
+                done.set()
+
+    def _write(self, batch: list[tuple[Event, datetime]]) -> None:
+        try:
+            self._ledger.record_events([recorded for recorded, _ in batch], batch[-1][1])
+        except EngineError as exc:
+            _unrecorded(batch[0][0].type, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - the writer thread must outlive one failed batch
+            event("tracking.unrecorded", f"Could not record {len(batch)} tracking event(s): {type(exc).__name__}",
+                  logging.ERROR)
+            return
+        for recorded, _ in batch:
+            self._memory.remember(recorded.message_key, event_id_=recorded.event_id)
+
+
 @dataclass(frozen=True)
 class Tracking:
     """What the endpoints need of the running project: its settings, its verifying keys, its ledger."""
@@ -96,6 +159,11 @@ class Tracking:
     secrets: tuple[str, ...]
     ledger: EventLedger
     memory: Memory = field(default_factory=Memory)
+    writer: Writer | None = None
+
+    def __post_init__(self) -> None:
+        if self.writer is None:
+            object.__setattr__(self, "writer", Writer(self.ledger, self.memory))
 
 
 def routes(current: Callable[[], Tracking | None], clock: Clock) -> dict[str, Route]:
@@ -139,13 +207,8 @@ def answer(type_: str, request: Request, state: Tracking | None, now: datetime) 
     parts = [type_, token.message_key, *([token.url] if token.url else []), "machine" if reason else "person"]
     recorded = Event(event_id=event_id(*parts), message_key=token.message_key, type=type_, occurred_at=now,
                      machine=reason is not None, provider="tracking", url=token.url, detail=reason)
-    if state.memory.recorded(recorded.event_id):
-        return _done(type_, token, state)
-    try:
-        state.ledger.record_events([recorded], now)
-        state.memory.remember(token.message_key, event_id_=recorded.event_id)
-    except EngineError as exc:
-        _unrecorded(type_, exc)
+    if not state.memory.recorded(recorded.event_id):
+        state.writer.put(recorded, now)
     return _done(type_, token, state)
 
 
