@@ -260,7 +260,7 @@ class Service:
         """The tracking events of ``reconciler``'s ledger still being written: written before it closes."""
         cached = self._tracking
         if cached is not None and cached[0] is reconciler:
-            cached[1].writer.flush()
+            cached[1].writer.close()
 
     # --- one pass -----------------------------------------------------------------
 

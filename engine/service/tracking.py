@@ -120,11 +120,22 @@ class Writer:
         self._queue.put(done)
         return done.wait(timeout)
 
+    def close(self, timeout: float = 10.0) -> bool:
+        """Write what is queued, then end the thread (the project's ledger is about to close)."""
+        written = self.flush(timeout)
+        if self._thread is not None:
+            self._queue.put(None)
+        return written
+
     def _run(self) -> None:
-        while True:
+        stopping = False
+        while not stopping:
             batch, waiting = [], []
             item = self._queue.get()
             while True:
+                if item is None:
+                    stopping = True
+                    break
                 (waiting if isinstance(item, threading.Event) else batch).append(item)
                 if len(batch) >= BATCH:
                     break
