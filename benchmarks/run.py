@@ -35,6 +35,8 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   (encryption and VAPID included) as a ratio of the ceiling, beside email's;
   ``--no-push`` skips this;
 - a pass's ledger operations on 1,000 keys, empty ledger vs ``--history`` rows;
+- the tracking endpoints' requests per second (/open replayed, /click recording a new event each)
+  beside /healthz's, under a bounded loopback load (benchmarks/tracking.py; ``--tracking N``, 0 skips it);
 - letters (PDF, DIN 5008 window, QR code) rendered per second, beside emails
   (their MIME bytes) built per second from the same parts in the same run
   (``--letters N``, 0 skips it);
@@ -86,6 +88,7 @@ import replicas as replicas_bench  # noqa: E402 - a pass split over N replicas o
 from dispatch import _timed  # noqa: E402 - one median timer for both scripts
 from smtp_sink import SinkProcess  # noqa: E402
 import webhook as webhook_bench  # noqa: E402
+import tracking as tracking_bench  # noqa: E402 - /open, /click beside /healthz
 
 FLOOR_SQL = "SELECT customer_id, count(*), min(created_at), max(created_at) FROM orders GROUP BY 1"
 GENERATOR_VERSION = 3  # bump when the generated data changes (invalidates --keep reuse)
@@ -1242,6 +1245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duckdb-memory-limit", metavar="SIZE",
                         help="only the plan on DuckDB with warehouse.duckdb.memory_limit SIZE (e.g. 1GB, spilling to "
                              "disk) next to the plan without a limit, alternately")
+    parser.add_argument("--tracking", type=int, default=None, metavar="N",
+                        help="requests per tracking measurement (/healthz, /open, /click; default 4000, --quick 2000; 0 skips it)")
     parser.add_argument("--anchor", default="2025-01-10T00:00:00Z", help="end of the history and the plan instant")
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     args = parser.parse_args(argv)
@@ -1251,6 +1256,8 @@ def main(argv: list[str] | None = None) -> int:
         args.history = 200_000 if args.quick else 1_000_000
     if args.letters is None:
         args.letters = 50 if args.quick else 200
+    if args.tracking is None:
+        args.tracking = 2000 if args.quick else 4000
     if args.memory_customers is None:
         args.memory_customers = 50_000 if args.quick else 1_000_000
     if args.repeat < 1 or args.run_repeat < 1:
@@ -1355,6 +1362,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += measure("postgres", pg_url, project_dir, now, args.repeat, run_repeat, smtp_dir, **common)
         if args.letters:
             rows += measure_letters(args.letters)
+        if args.tracking:
+            rows += tracking_bench.measure_tracking(args.tracking)
         if args.memory_customers:
             rows += measure_memory(directory, project_dir, args.memory_customers, args.anchor, args.seed, now)
 

@@ -15,6 +15,9 @@ from engine.channel_kinds import address_fields, consent_columns, contact_entiti
 
 # --- the engine's entities and their canonical columns ----------------------
 
+#: the shop's optional boolean customer column: false (or NULL) means no open/click tracking for the customer
+TRACKING_CONSENT = "tracking_consent"
+
 #: For each entity: (required columns, optional columns). Required columns default
 #: to a column of the same name; optional ones exist only when mapped. The customers'
 #: address and consent columns are those the channel kinds declare (engine.channel_kinds).
@@ -22,7 +25,7 @@ ENTITY_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "customers": (
         ("customer_id",),
         (*contact_fields(), *address_fields(), "first_name", "last_name", "created_at", "locale", "timezone",
-         "birthday", "unsubscribed_at", *consent_columns()),
+         "birthday", "unsubscribed_at", *consent_columns(), TRACKING_CONSENT),
     ),
     "orders": (
         ("order_id", "customer_id", "created_at"),
@@ -102,6 +105,29 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class TrackingPolicy:
+    """``policies.tracking`` of engine.yaml: opens, clicks and scans (engine.tracking, the service's /open, /click)."""
+
+    #: true: HTML emails get the open pixel and the click redirect, letters a scan token; off unless
+    #: engine.yaml turns it on (consent: in the EU a tracking pixel needs it; a pixel is an image to spam filters)
+    enabled: bool = False
+    #: base of /open and /click; default: the unsubscribe link's service
+    url: str = "https://shop.example"
+    #: a tracking token (pixel, link, printed link) older than this is refused (410)
+    token_ttl: timedelta = timedelta(days=400)
+    #: an open or click this soon after sending is a machine's (recorded with machine = true)
+    machine_seconds: int = 10
+
+
+@dataclass(frozen=True)
+class StepTracking:
+    """``tracking:`` of a campaign or step: ``false`` (``enabled``: False) or its UTM parameters."""
+
+    enabled: bool = True
+    utm: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """Marks the warehouse as the embedded demo shop, generated when missing."""
 
@@ -146,6 +172,8 @@ class ProjectConfig:
     scan_url: str = "https://shop.example/scan"
     #: where the service sends whoever follows a valid printed link; default: the shop's website (shop.url)
     scan_landing_url: str = "https://shop.example/"
+    #: open and click tracking (``policies.tracking``)
+    tracking: TrackingPolicy = field(default_factory=lambda: TrackingPolicy())
     #: pools of the shop's own coupon codes, by name (``coupons:``)
     coupon_pools: Mapping[str, "CouponPool"] = field(default_factory=dict)
     #: named customer segments for ``engine export``: name -> filter expression
@@ -298,6 +326,8 @@ class Step:
     delivery: DeliveryOptions | None = None
     #: ``wait_until`` + ``at_most``: sent when the awaited event happens or the time runs out, whichever first
     wait: WaitUntil | None = None
+    #: ``tracking:`` of the step (None: the campaign's)
+    tracking: StepTracking | None = None
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -341,6 +371,12 @@ class Campaign:
     #: how their past messages led to orders and unsubscribes (engine.run.responses), file order breaking ties
     channel_choice: str = "order"
     file: str = ""
+    #: ``tracking:`` of the campaign: ``false`` turns open and click tracking off, ``utm`` adds UTM parameters
+    tracking: StepTracking = field(default_factory=lambda: StepTracking())
+
+    def tracking_of(self, step_id: str) -> StepTracking:
+        """The step's ``tracking:``, else the campaign's."""
+        return self.step(step_id).tracking or self.tracking
 
     def step(self, step_id: str) -> Step:
         for step in self.steps:

@@ -282,6 +282,7 @@ policies:
   unsubscribe_url: http://127.0.0.1:{port}/unsubscribe
   scan_url: http://127.0.0.1:{port}/scan
   scan_landing_url: https://www.my-shop.de/welcome-back
+  tracking: {{enabled: true}}
 """
 
 CAMPAIGN = """
@@ -418,9 +419,13 @@ def test_letters_of_a_pass_go_to_the_drop_folder_and_their_qr_codes_resolve(tmp_
                     str(tmp_path / "qr")], check=True, timeout=60)
     decoded = subprocess.run(["zbarimg", "-q", "--raw", str(tmp_path / "qr.png")], capture_output=True, text=True,
                              timeout=60).stdout.strip()
-    assert decoded == scan_link.link(f"http://127.0.0.1:{port}/scan", SECRET, "notify:thanks:1:1")
+    from engine import tracking
     from engine.clock import FixedClock, parse_instant
     from engine.service.loop import Service
+
+    # a tracking token (engine/tracking.py) sealed at the pass's instant: its scan is recorded (test_tracking.py)
+    assert decoded == tracking.link(f"http://127.0.0.1:{port}/scan", tracking.seal(
+        SECRET, "scan", "notify:thanks:1:1", parse_instant("2025-01-06T12:05:00Z")))
 
     service = Service(root, 3600, metrics_port=port, clock=FixedClock(parse_instant("2025-01-06T12:05:00Z")))
     service.start()  # loads the project and serves HTTP; no pass is needed to resolve a link
@@ -429,6 +434,9 @@ def test_letters_of_a_pass_go_to_the_drop_folder_and_their_qr_codes_resolve(tmp_
         assert (status, headers.get("Location")) == (302, "https://www.my-shop.de/welcome-back")
         assert get(decoded[:-1] + ("0" if decoded[-1] != "0" else "1"))[0] == 404  # forged: no such message
         assert get(f"http://127.0.0.1:{port}/scan?m=1&s=2")[0] == 400  # not a link the engine makes
+        # a link of the old form (letters printed before tokens) still leads to the landing page
+        old = scan_link.link(f"http://127.0.0.1:{port}/scan", SECRET, "notify:thanks:1:1")
+        assert get(old)[:1] == (302,) and get(old)[1].get("Location") == "https://www.my-shop.de/welcome-back"
     finally:
         service.close()
 

@@ -218,8 +218,26 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
     sys.exit(1 if report.errors or report.failed_campaigns or report.total("failed") else 0)
 
 
+@main.command(name="serve-tracking")
+@click.option("--host", envvar="ENGINE_METRICS_HOST", default=settings.ENV["metrics_host"][1], show_default=True,
+              help="Address to serve on (0.0.0.0 to be reachable from outside). Env: ENGINE_METRICS_HOST.")
+@click.option("--port", envvar="ENGINE_METRICS_PORT", type=click.IntRange(0, 65535),
+              default=settings.DEFAULT_METRICS_PORT, show_default=True, help="Port (0: any free port). Env: ENGINE_METRICS_PORT.")
+@click.option("--log-level", envvar="ENGINE_LOG_LEVEL", type=click.Choice(logs.LEVELS, case_sensitive=False),
+              default="info", show_default=True, help="Env: ENGINE_LOG_LEVEL.")
+@click.option("--log-format", envvar="ENGINE_LOG_FORMAT", type=click.Choice(logs.FORMATS, case_sensitive=False),
+              default="text", show_default=True, help="Env: ENGINE_LOG_FORMAT.")
+@click.pass_obj
+@handle_errors
+def serve_tracking(project_dir: Path, host: str, port: int, log_level: str, log_format: str):
+    """Serve only /healthz, /readyz, /metrics and the tracking endpoints (/open, /click, /scan), no passes:
+    for a setup where the reconciler is not public. Reloads a changed project every minute."""
+    logs.configure(log_level.lower(), log_format.lower(), False)
+    _loop(project_dir, 60.0, (), host, port, tracking_only=True)
+
+
 def _loop(project_dir: Path, seconds: float, campaigns, metrics_host: str, metrics_port: int,
-          shard: tuple[int, int] | None = None) -> None:
+          shard: tuple[int, int] | None = None, tracking_only: bool = False) -> None:
     """The service (engine.service.loop) until SIGTERM/SIGINT; a second signal exits at once."""
     from engine.service.loop import Service
 
@@ -236,7 +254,7 @@ def _loop(project_dir: Path, seconds: float, campaigns, metrics_host: str, metri
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     service = Service(project_dir, seconds, campaigns=campaigns, metrics_host=metrics_host, metrics_port=metrics_port,
-                      shard=shard)
+                      shard=shard, tracking_only=tracking_only)
     try:
         service.start()
         service.run(stop)

@@ -8,20 +8,20 @@ write to the ledger or send: the failures it returns are recorded by the caller.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
 from sqlglot import exp
 
-from engine import channel_kinds, scan_link, unsubscribe
+from engine import channel_kinds, scan_link, tracking as tokens, unsubscribe
 from engine.channel_kinds.declaration import PRINTED_LINK
 from engine.channels import OutgoingMessage, with_document
 from engine.channels.base import DocumentProblem
 from engine.clock import format_instant, parse_stored_timestamp
 from engine.decide import wait_outcome
 from engine.errors import TemplateError
-from engine.model import Project, ProjectConfig
+from engine.model import TRACKING_CONSENT, Project, ProjectConfig
 from engine.spec.config import shop_settings
 from engine.sql.triggers.event import Event
 from engine.sql.triggers.registry import kind_of
@@ -33,6 +33,7 @@ from engine.run.record import as_record
 from engine.run.sources import SourceRows
 from engine.state.ledger import Record
 from engine.templating.render import Renderer
+from engine.templating.tracking import track_html
 
 
 @dataclass
@@ -79,7 +80,10 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         context["recipient"] = to
         context["unsubscribe_url"] = unsubscribe.link(config.unsubscribe_url, secret, m.customer_id,
                                                       kind.unsubscribe_scope)
-        context["scan_url"] = scan_link.link(config.scan_url, secret, m.key)
+        tracked = is_tracked(m, project, config)
+        # a tracked printed link records its scan; an untracked one (the old form) only redirects
+        context["scan_url"] = (tokens.link(config.scan_url, tokens.seal(secret, "scan", m.key, now)) if tracked
+                               else scan_link.link(config.scan_url, secret, m.key))
         if step.wait is not None:
             context["wait"] = wait_outcome(m.trigger_at, step, m.due_at)
         promotions_shown = promotion_lists.shown_limit(m, project, renderer)
@@ -103,6 +107,9 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
             rendered.failures.append(as_record(m, "failed", reason="render_error", detail=str(exc)))
             report.add(m.campaign, m.step, "failed:render_error", channel=m.channel)
             continue
+        if "html" in content.parts:  # the HTML as sent: pixel, click redirects, UTM parameters
+            content = replace(content, parts={**content.parts, "html": track_links(
+                content.parts["html"], m, project, config, secret, now, tracked, keep=(context["unsubscribe_url"], context["scan_url"]))})
         sender = str(channel.settings.get("from", "shop@example.com"))
         headers = kind.headers(context["unsubscribe_url"], campaign=m.campaign, sender=sender)
         message = OutgoingMessage(
@@ -122,6 +129,27 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
         rendered.messages.append((m, message))
         rendered.contents.append(serialize(message, {"discount_code": context.get("discount_code")}))
     return rendered
+
+
+def is_tracked(m: DueMessage, project: Project, config: ProjectConfig) -> bool:
+    """Opens, clicks and scans of this message are tracked: on in engine.yaml (policies.tracking.enabled), in
+    its campaign or step (tracking:), and for its customer (the mapped tracking_consent column, if any, true)."""
+    if not config.tracking.enabled or not project.campaign(m.campaign).tracking_of(m.step).enabled:
+        return False
+    return TRACKING_CONSENT not in m.customer or bool(m.customer[TRACKING_CONSENT])
+
+
+def track_links(html: str, m: DueMessage, project: Project, config: ProjectConfig, secret: str, now: datetime,
+                tracked: bool, keep: tuple[str, ...]) -> str:
+    """The HTML part with its campaign's (step's) UTM parameters and, when ``tracked``, its links through the
+    signed click redirect and the open pixel (engine.tracking makes the tokens)."""
+    utm = project.campaign(m.campaign).tracking_of(m.step).utm
+    if not tracked and not utm:
+        return html
+    base = config.tracking.url
+    click = (lambda url: tokens.link(f"{base}/click", tokens.seal(secret, "click", m.key, now, url))) if tracked else None
+    pixel = tokens.link(f"{base}/open", tokens.seal(secret, "open", m.key, now)) if tracked else None
+    return track_html(html, click=click, pixel_url=pixel, utm=utm, keep=keep)
 
 
 def template_context(m: DueMessage, trigger_record: dict) -> dict:

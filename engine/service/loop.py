@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 from engine.clock import Clock, SystemClock, format_instant, to_utc
 from engine.tools.demo import ensure_demo
 from engine.errors import EngineError, ProjectInvalid
-from engine import scan_link, unsubscribe as unsubscribe_link
+from engine import unsubscribe as unsubscribe_link
 from engine.spec.code_secret import code_secrets, secret_issues
 from engine.sql.compile import render_sql
 from engine.service.httpd import StatusServer
@@ -40,6 +40,7 @@ from engine.run.coupons import pool_levels
 from engine.run.messages import PassReport
 from engine.run.reconcile import Reconciler
 from engine.service.reload import LoadResult, ProjectWatcher
+from engine.service import tracking
 from engine.service.settings import DEFAULT_METRICS_PORT
 from engine.service import webhooks
 
@@ -124,8 +125,12 @@ class Service:
     def __init__(self, root: Path | str, interval: float, *, campaigns: Iterable[str] = (),
                  metrics_host: str = "127.0.0.1", metrics_port: int = DEFAULT_METRICS_PORT,
                  clock: Clock | None = None, monotonic: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, shard: tuple[int, int] | None = None):
+                 wall: Callable[[], float] = time.time, shard: tuple[int, int] | None = None,
+                 tracking_only: bool = False):
         self.shard = shard
+        #: ``engine serve-tracking``: health and the tracking endpoints only, no passes (interval: reload checks)
+        self.tracking_only = tracking_only
+        self._tracking: tuple[Reconciler, tracking.Tracking] | None = None
         if interval <= 0:
             raise ValueError("the interval must be positive")
         self.root = Path(root).resolve()
@@ -169,8 +174,9 @@ class Service:
         self._check_secrets(result.project)
         self.server = StatusServer(self.metrics_host, self.metrics_port, readiness=self.readiness,
                                    metrics=self.metrics.wsgi_app(),
-                                   unsubscribe=self.unsubscribe, scan=self.scan,
-                                   routes={**webhooks.routes(lambda: self._reconciler, self.clock)})
+                                   unsubscribe=None if self.tracking_only else self.unsubscribe,
+                                   routes={**tracking.routes(self.tracking_state, self.clock),
+                                           **webhooks.routes(lambda: self._reconciler, self.clock)})
         self.server.start()
         event("http.listening", f"Serving /healthz, /readyz and /metrics on http://{self.server.host}:{self.server.port}",
               host=self.server.host, port=self.server.port)
@@ -215,21 +221,19 @@ class Service:
         event("customer.unsubscribed", f"Unsubscribed a customer from {kind} by link", kind=kind)
         return 200, "You are unsubscribed."
 
-    def scan(self, query: str) -> tuple[int, str, str | None]:
-        """/scan: a printed link (a letter's QR code). A link signed with a code secret redirects (302)
-        to policies.scan_landing_url; 400: not a link the engine makes; 404: no key signed it."""
+    def tracking_state(self) -> tracking.Tracking | None:
+        """What /open, /click and /scan need of the running project (its keys resolved once per project)."""
         reconciler = self._reconciler
         if reconciler is None:
-            return 503, "not ready, try again in a minute", None
-        try:
-            scan_link.check(query, code_secrets(reconciler.config).verifying)
-        except scan_link.ScanRefused as refused:
-            event("scan.refused", f"Refused a printed link: {refused.reason}", logging.WARNING, status=refused.status)
-            return refused.status, refused.reason, None
-        except EngineError:
-            return 503, "this link cannot be followed right now, try again later", None
-        landing = reconciler.config.scan_landing_url
-        return 302, f"see {landing}", landing
+            return None
+        cached = self._tracking
+        if cached is None or cached[0] is not reconciler:
+            try:
+                secrets = code_secrets(reconciler.config).verifying
+            except EngineError:
+                return None
+            cached = self._tracking = (reconciler, tracking.Tracking(reconciler.config, secrets, reconciler.ledger))
+        return cached[1]
 
     def run(self, stop: threading.Event) -> None:
         """Pass, wait, repeat until ``stop`` is set; the pass in progress always finishes."""
@@ -239,7 +243,8 @@ class Service:
         while not stop.is_set():
             started = self.monotonic()
             self.reload_if_changed()
-            self.run_pass()
+            if not self.tracking_only:
+                self.run_pass()
             stop.wait(max(0.0, self.interval - (self.monotonic() - started)))
 
     def close(self) -> None:
@@ -248,9 +253,16 @@ class Service:
             self.server = None
         with self._lock:
             reconciler, self._reconciler = self._reconciler, None
+        self._flush_tracking(reconciler)
         if reconciler is not None:
             reconciler.close()
         self.watcher.release(None)
+
+    def _flush_tracking(self, reconciler: Reconciler | None) -> None:
+        """The tracking events of ``reconciler``'s ledger still being written: written before it closes."""
+        cached = self._tracking
+        if cached is not None and cached[0] is reconciler:
+            cached[1].writer.close()
 
     # --- one pass -----------------------------------------------------------------
 
@@ -355,6 +367,7 @@ class Service:
             self._loaded_at = format_instant(self.clock.now())
             self._config_errors = []
         if old is not None:
+            self._flush_tracking(old)
             old.close()
         self.watcher.release(keep=reconciler.project)
         for issue in result.issues:
@@ -443,7 +456,9 @@ class Service:
                 checks[name] = mask(str(exc))
                 ok = False
         limit = STALE_PASSES * max(self.interval, last_duration)
-        if last_end is None:
+        if self.tracking_only:
+            checks["last_pass"] = "no passes: tracking only"
+        elif last_end is None:
             checks["last_pass"] = "no pass completed yet"
             ok = False
         else:

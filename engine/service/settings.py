@@ -199,6 +199,10 @@ def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]
     found.append(("policies.scan_url", config.scan_url, "default: the unsubscribe URL's host, path /scan"))
     found.append(("policies.scan_landing_url", config.scan_landing_url, "default: shop.url"))
     found += response_defaults()
+    found += [("policies.tracking.enabled", "false", "default"),
+              ("policies.tracking.url", config.tracking.url, "default: the unsubscribe URL's host (/open, /click)"),
+              ("policies.tracking.token_ttl", format_duration(config.tracking.token_ttl), "default"),
+              ("policies.tracking.machine_seconds", str(config.tracking.machine_seconds), "default")]
     found.append(("segments", none, "default"))
     found.append(("coupons", none, "default (codes are generated unless a step names a pool)"))
     for name, channel in config.channels.items():

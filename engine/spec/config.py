@@ -31,6 +31,7 @@ from engine.spec.load import Document, load_yaml_file
 from engine.masking import remember, secret_references
 from engine.model import (
     ENTITY_COLUMNS, ChannelConfig, CouponPool, DemoConfig, EntitySource, FrequencyCap, ProjectConfig, QuietHours, RetryPolicy,
+    TrackingPolicy,
 )
 from engine.spec.schemas import schema_issues
 from engine.spec.unsafe_defaults import unsafe_setting_issues
@@ -162,6 +163,9 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
     if "scan_url" not in given:  # a letter's printed link goes to the same service as the unsubscribe link
         config = replace(config, scan_url=re.sub(r"/unsubscribe/?$", "", config.unsubscribe_url.split("?")[0].rstrip("/"))
                          + "/scan")
+    if "url" not in (given.get("tracking") or {}):  # /open and /click: the same service as the unsubscribe link
+        config = replace(config, tracking=replace(config.tracking, url=re.sub(
+            r"/unsubscribe/?$", "", config.unsubscribe_url.split("?")[0].rstrip("/"))))
     if "scan_landing_url" not in given and config.shop.get("url"):
         config = replace(config, scan_landing_url=config.shop["url"])
     issues += _segment_issues(doc, config)
@@ -233,6 +237,13 @@ def _policies(doc: Document, spec: dict, channels: dict, issues: list[Issue]) ->
     for name in ("scan_url", "scan_landing_url"):
         if name in spec:
             policies[name] = spec[name]
+    tracking = spec.get("tracking") or {}
+    policies["tracking"] = TrackingPolicy(
+        enabled=tracking.get("enabled", TrackingPolicy.enabled),
+        url=str(tracking.get("url", TrackingPolicy.url)).rstrip("/"),
+        token_ttl=(duration_setting(doc, ("policies", "tracking", "token_ttl"), tracking["token_ttl"], issues)
+                   if "token_ttl" in tracking else TrackingPolicy.token_ttl),
+        machine_seconds=tracking.get("machine_seconds", TrackingPolicy.machine_seconds))
     return policies
 
 

@@ -25,8 +25,8 @@ from engine.sql.filter_types import attribute_kinds, check_types, filter_attribu
 from engine.sql.filters import parse_filter, referenced_functions
 from engine.spec.load import Document, display_path, format_path, load_yaml_file
 from engine.model import (
-    STOP_CONDITIONS, WAIT_EVENTS, Action, Campaign, DeliveryOptions, DiscountCode, ProjectConfig, Reentry, Step, Trigger,
-    Variant, WaitUntil,
+    STOP_CONDITIONS, WAIT_EVENTS, Action, Campaign, DeliveryOptions, DiscountCode, ProjectConfig, Reentry, Step,
+    StepTracking, Trigger, Variant, WaitUntil,
 )
 from engine.sql.triggers.registry import KINDS, kind_named, kind_of
 from engine.templating.render import Renderer
@@ -193,6 +193,7 @@ def _build_campaign(doc: Document, config: ProjectConfig, renderer: Renderer) ->
         reentry=reentry,
         steps=tuple(steps),
         file=doc.file,
+        tracking=step_tracking(data.get("tracking")) or StepTracking(),
     )
     issues += lint(doc, campaign, config)
     return campaign, issues
@@ -376,7 +377,17 @@ def _step(doc: Document, config: ProjectConfig, renderer: Renderer, trigger: Tri
             urgency=delivery.get("urgency"), topic=delivery.get("topic"),
         ) if delivery is not None else None,
         wait=wait,
+        tracking=step_tracking(raw.get("tracking")),
     )
+
+
+def step_tracking(raw: bool | dict | None) -> StepTracking | None:
+    """``tracking:`` of a campaign or step (the schema checked its shape): false, or ``enabled`` and ``utm``."""
+    if raw is None:
+        return None
+    if isinstance(raw, bool):
+        return StepTracking(enabled=raw)
+    return StepTracking(enabled=raw.get("enabled", True), utm=dict(raw.get("utm") or {}))
 
 
 def _check_pool(doc: Document, config: ProjectConfig, where: tuple, code: dict, issues: list[Issue]) -> None:
