@@ -5,7 +5,7 @@ and the engine state its queries join, brought to a warehouse in another databas
   never written to unless the ledger shares its database). A read-only command never creates
   anything: a ledger database without the engine's tables (or a ledger file that does not exist yet)
   reads as an empty ledger, held in memory. Failures name the engine.yaml setting at its line.
-- ``shipped_state``: the segment entries and tags a pass's queries join, copied into the warehouse
+- ``shipped_state``: the segment entries, tags and response events a pass's queries join, copied into the warehouse
   session (engine.sql.shipping) when the ledger lives elsewhere, dropped when the pass ends.
 - ``record_segment_entries``: who entered a segment, computed in the warehouse, recorded in the ledger.
 
@@ -31,7 +31,7 @@ from engine.sql.shipping import (
 )
 from engine.state import migrations
 from engine.state.ledger import Ledger
-from engine.state.tables import ENTRIES_TABLE
+from engine.state.tables import ENTRIES_TABLE, EVENTS_TABLE
 from engine.state.warehouse import Database, Session, file_of
 
 #: A ledger that does not exist yet, for commands that only read: empty, in memory, written by nothing.
@@ -115,8 +115,12 @@ def shipped_state(session: Session, ledger: Ledger, needs: StateNeeds, config: P
     created: list[str] = []
     try:
         for table in needs.tables():
-            rows = (ledger.segment_entries(list(needs.segment_campaigns)) if table == ENTRIES_TABLE
-                    else ledger.tag_holders(list(needs.tags)))
+            if table == ENTRIES_TABLE:
+                rows = ledger.segment_entries(list(needs.segment_campaigns))
+            elif table == EVENTS_TABLE:
+                rows = ledger.engagement_rows()
+            else:
+                rows = ledger.tag_holders(list(needs.tags))
             if shipping.transport(dialect) == "values":
                 relations[table] = values_relation(table, rows, dialect)
                 continue
