@@ -242,6 +242,10 @@ def test_a_new_kind_is_its_module_its_schema_entry_and_nothing_else(tmp_path):
                for row in map(json.loads, result.stdout.splitlines())}
     assert planned == {"1": ("send", None), "2": ("skip", "no_contact"), "3": ("skip", "no_consent"),
                        "4": ("skip", "no_consent"), "5": ("skip", "no_contact")}
+    # the plan's table shows each message's contact of its own kind (the loft, not the customer's email)
+    table = engine_cli("plan", "--as-of", "2025-01-06T12:05:00Z").stdout
+    header, row = [line.split() for line in table.splitlines() if line.split()[:2] in (["campaign", "step"], ["notify", "coo"])][-2:]
+    assert header[:4] == ["campaign", "step", "customer", "contact"] and row[2:4] == ["1", "loft-1"], table
 
     # the pass opens the kind's own transport, with its headers and the address from its contact field
     result = engine_cli("run", "--once", "--as-of", "2025-01-06T12:05:00Z")

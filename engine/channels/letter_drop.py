@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import re
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from engine.errors import ChannelError
 from engine.model import ChannelConfig
 from engine.spec.config import resolve
 from engine.channels.base import Delivered, Failed, OutgoingMessage, Outcome
+from engine.channels.files import fsync_directory, write_atomically
 from engine.channels.letter_pdf import LetterProblem, channel_document, pdf_and_pages, session_layout
 
 #: the columns of a manifest
@@ -70,7 +70,7 @@ class DropFolder:
             return Failed(detail=str(exc), permanent=True)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", message.key) + ".pdf"
         try:
-            _write_atomically(self.directory / name, pdf)
+            write_atomically(self.directory / name, pdf)
         except OSError as exc:
             return Failed(detail=f"drop folder write failed: {exc}")
         self._rows.append((message.key, name, pages, hashlib.sha256(pdf).hexdigest(), message.to))
@@ -88,8 +88,8 @@ class DropFolder:
         digest = hashlib.sha256("\n".join(row[0] for row in rows).encode()).hexdigest()[:12]
         name = f"manifest-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{digest}.csv"
         try:
-            _write_atomically(self.directory / name, text.getvalue().encode("utf-8"))
-            _fsync_directory(self.directory)
+            write_atomically(self.directory / name, text.getvalue().encode("utf-8"))
+            fsync_directory(self.directory)
         except OSError as exc:
             self._rows = rows + self._rows
             raise ChannelError(f"channel '{self.name}': cannot write the manifest in {self.directory}: {exc}") from None
@@ -99,20 +99,3 @@ class DropFolder:
             self.sync()
         except ChannelError:
             pass  # the ledger never recorded those letters as sent: they stay in doubt, as after a crash
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
-
-
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -20,6 +20,7 @@ from engine import channel_kinds
 from engine.errors import ChannelError
 from engine.model import ChannelConfig
 from engine.channels.base import Delivered, Failed, OutgoingMessage, Outcome
+from engine.channels.files import fsync_directory, write_atomically
 
 
 def open_session(config: ChannelConfig, root: Path) -> "FileOutbox":
@@ -57,12 +58,7 @@ class FileOutbox:
             if channel_kinds.kind(message.kind).rfc5322:
                 name = re.sub(r"[^A-Za-z0-9_.-]+", "_", message.key) + ".eml"
                 path = folder / name
-                partial = path.with_name(f".{name}.partial")
-                with open(partial, "wb") as file:
-                    file.write(data)
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(partial, path)
+                write_atomically(path, data)
                 self._written_files.add(folder)
                 return Delivered(provider_id=str(path), detail="written to outbox")
             if self._lines is None:
@@ -80,10 +76,10 @@ class FileOutbox:
             if self._lines is not None:
                 os.fsync(self._lines)
             if self._new_lines_file and self._lines_folder is not None:
-                _fsync_directory(self._lines_folder)
+                fsync_directory(self._lines_folder)
                 self._new_lines_file = False
             for folder in sorted(self._written_files):
-                _fsync_directory(folder)
+                fsync_directory(folder)
             self._written_files.clear()
         except OSError as exc:
             raise ChannelError(f"channel '{self.config.name}': cannot sync outbox {self.directory}: {exc}") from None
@@ -92,11 +88,3 @@ class FileOutbox:
         if self._lines is not None:
             os.close(self._lines)
             self._lines = None
-
-
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -1,4 +1,4 @@
-"""The service's HTTP endpoints on waitress: /healthz, /readyz, /metrics, /unsubscribe and /scan.
+"""The service's HTTP endpoints on waitress: /healthz, /readyz, /metrics, /unsubscribe, /scan and routes.
 
 Owns the socket, the HTTP server's limits and the routing of requests; what
 "ready" means, what the metrics say, what an unsubscribe link does and where a
@@ -21,6 +21,14 @@ worker. The limits, all enforced by waitress except the request deadline:
 - a connection with no request in progress for ``IDLE_TIMEOUT`` seconds: closed;
 - at most ``MAX_CONNECTIONS`` open connections; more wait in the listen backlog.
 
+Other endpoints (tracking, provider webhooks) come in as ``routes``: a path's
+``Route`` names the methods it answers (others: 405 with ``Allow``) and the
+largest body it takes (larger: 413, before the body is read; the server-wide
+limit is the largest of them, at most ``MAX_ROUTE_BODY_BYTES``), and its
+handler gets a ``Request`` (method, path, query, lower-case headers, body,
+client address) and returns an ``Answer``. A route's path takes precedence
+over a built-in endpoint of the same path.
+
 Client misbehaviour is never logged with a traceback, and nothing here logs a
 request's query string (unsubscribe links carry signed ids).
 """
@@ -31,8 +39,9 @@ import logging
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
@@ -60,7 +69,55 @@ MAX_CONNECTIONS = 200
 #: Seconds between two sweeps for connections past a timeout.
 SWEEP_INTERVAL = 0.5
 
+#: The largest body limit a route may ask for.
+MAX_ROUTE_BODY_BYTES = 1024 * 1024
+
 TEXT = "text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class Request:
+    """A complete request, as a route's handler gets it."""
+
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+    remote_addr: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A route's answer: status, body, its content type and any further headers (e.g. Location)."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = TEXT
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    """An endpoint served besides the built-in ones: its handler, the methods it answers and its body limit."""
+
+    handle: Callable[[Request], Answer]
+    methods: tuple[str, ...] = ("GET", "HEAD")
+    max_body: int = MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_body > MAX_ROUTE_BODY_BYTES:
+            raise ValueError(f"a route's body limit is at most {MAX_ROUTE_BODY_BYTES} bytes, not {self.max_body}")
+
+
+def _request(environ: dict, method: str, path: str) -> Request:
+    headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")}
+    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if environ.get(key):
+            headers[key.replace("_", "-").lower()] = environ[key]
+    length = int(environ.get("CONTENT_LENGTH") or 0)  # waitress checked it is a number within the limit
+    body = environ["wsgi.input"].read(length) if length > 0 else b""
+    return Request(method, path, environ.get("QUERY_STRING", ""), headers, body, environ.get("REMOTE_ADDR", ""))
 
 
 class _Channel(HTTPChannel):
@@ -116,8 +173,23 @@ Scan = Callable[[str], tuple[int, str, str | None]]
 
 
 def _app(readiness: Readiness, metrics: WSGIApp,
-         unsubscribe: Callable[[str, bool], tuple[int, str]] | None, scan: Scan | None = None):
-    """The WSGI application: the five endpoints and the plain-text answers for anything else."""
+         unsubscribe: Callable[[str, bool], tuple[int, str]] | None, scan: Scan | None = None,
+         routes: Mapping[str, Route] | None = None):
+    """The WSGI application: the five endpoints, the routes and the plain-text answers for anything else."""
+    routes = dict(routes or {})
+
+    def route_answer(route: Route, environ: dict, method: str, path: str) -> Answer:
+        if method not in route.methods:
+            return Answer(405, f"method not allowed; use {', '.join(route.methods)}\n".encode(),
+                          headers=(("Allow", ", ".join(route.methods)),))
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return Answer(400, b"Content-Length is not a number\n")
+        if length > route.max_body:
+            return Answer(413, f"the body is larger than {route.max_body} bytes\n".encode())
+        return route.handle(_request(environ, method, path))
+
     redirects: dict[int, str] = {}  # per worker thread: the Location of the answer being built
 
     def answer(method: str, path: str, query: str) -> tuple[int, bytes, str]:
@@ -163,6 +235,12 @@ def _app(readiness: Readiness, metrics: WSGIApp,
                 status_line, headers, body = scrape(environ)
                 start_response(status_line, headers + [("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
                 return [body]
+            if path in routes:
+                answered = route_answer(routes[path], environ, method, path)
+                start_response(f"{answered.status} {HTTPStatus(answered.status).phrase}",
+                               [("Content-Type", answered.content_type), ("Content-Length", str(len(answered.body))),
+                                ("Cache-Control", "no-store"), *answered.headers])
+                return [answered.body]
             status, body, content_type = answer(method, path, environ.get("QUERY_STRING", ""))
         except Exception as exc:  # noqa: BLE001 - one failed answer, logged on one line without the query
             first_line = (str(exc).strip().splitlines() or [""])[0]
@@ -183,7 +261,8 @@ class StatusServer:
 
     def __init__(self, host: str, port: int, *, readiness: Readiness,
                  metrics: WSGIApp,
-                 unsubscribe: Callable[[str, bool], tuple[int, str]] | None = None, scan: Scan | None = None):
+                 unsubscribe: Callable[[str, bool], tuple[int, str]] | None = None, scan: Scan | None = None,
+                 routes: Mapping[str, Route] | None = None):
         try:
             sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
             try:
@@ -200,11 +279,12 @@ class StatusServer:
         _route_waitress_logs()
         adjustments = Adjustments(
             sockets=[sock], threads=WORKERS, connection_limit=MAX_CONNECTIONS,
-            max_request_header_size=MAX_HEADER_BYTES, max_request_body_size=MAX_BODY_BYTES,
+            max_request_header_size=MAX_HEADER_BYTES,
+            max_request_body_size=max([MAX_BODY_BYTES, *(r.max_body + 1 for r in (routes or {}).values())]),
             channel_timeout=IDLE_TIMEOUT, cleanup_interval=SWEEP_INTERVAL, asyncore_use_poll=True,
             log_socket_errors=False, expose_tracebacks=False, ident="engine")
         self._map: dict = {}
-        self.server = _Server(_app(readiness, metrics, unsubscribe, scan), map=self._map,
+        self.server = _Server(_app(readiness, metrics, unsubscribe, scan, routes), map=self._map,
                               _sock=sock, adj=adjustments, bind_socket=False,
                               sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
         self._address = sock.getsockname()

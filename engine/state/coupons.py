@@ -58,16 +58,16 @@ def _naive(value: datetime) -> datetime:
     return value.replace(tzinfo=None) if value.tzinfo else value
 
 
-def _insert(db: Database):
+def conflict_insert(db: Database):
     return import_module(f"sqlalchemy.dialects.{db.dialect.on_conflict_insert}").insert
 
 
-def _unnest_insert(conn: sa.Connection, table: sa.Table, rows: list[dict], conflict: str | None = None) -> set[str]:
+def unnest_insert(conn: sa.Connection, table: sa.Table, rows: list[dict], conflict: str | None = None) -> set[str]:
     """DuckDB: ``rows`` inserted as one statement over one LIST parameter per column (as ``Ledger.write_new``
     does); with ``conflict``, rows whose ``conflict`` column exists are left out and the others' values returned."""
     names = list(rows[0])
     types = ["TIMESTAMP" if isinstance(table.c[n].type, sa.DateTime) else "INTEGER" if isinstance(table.c[n].type, sa.Integer)
-             else "VARCHAR" for n in names]
+             else "BOOLEAN" if isinstance(table.c[n].type, sa.Boolean) else "VARCHAR" for n in names]
     unnest = ", ".join(f"unnest(CAST(${i} AS {t}[]))" for i, t in enumerate(types, 1))
     sql = f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {unnest}"
     if conflict is not None:
@@ -137,13 +137,13 @@ class CouponStore:
     def _insert_rows(self, conn: sa.Connection, rows: list[dict]) -> set[str]:
         """Insert ledger rows whose key is new, on ``conn``; the keys inserted."""
         # the conflict target named: DuckDB checks a bare ON CONFLICT against every unique index the slow way
-        insert = (_insert(self.db)(ledger_table).on_conflict_do_nothing(index_elements=[ledger_table.c.message_key])
+        insert = (conflict_insert(self.db)(ledger_table).on_conflict_do_nothing(index_elements=[ledger_table.c.message_key])
                   .returning(ledger_table.c.message_key))
         inserted: set[str] = set()
         for start in range(0, len(rows), 500):  # SQLAlchemy sends each chunk as one multi-row INSERT
             chunk = rows[start:start + 500]
             if self.db.dialect.array_parameters == "positional":  # DuckDB: one LIST parameter per column
-                inserted |= _unnest_insert(conn, ledger_table, chunk, conflict="message_key")
+                inserted |= unnest_insert(conn, ledger_table, chunk, conflict="message_key")
             else:
                 inserted |= {row[0] for row in conn.execute(insert, chunk)}
         return inserted
@@ -178,7 +178,7 @@ class CouponStore:
                  "campaign": r.campaign, "step": r.step, "claimed_at": _naive(now)} for pool, code, r in claims]
         for start in range(0, len(rows), 500):
             if self.db.dialect.array_parameters == "positional":  # DuckDB: executemany is a statement per row
-                _unnest_insert(conn, coupon_claims_table, rows[start:start + 500])
+                unnest_insert(conn, coupon_claims_table, rows[start:start + 500])
             else:
                 conn.execute(coupon_claims_table.insert(), rows[start:start + 500])
 

@@ -50,9 +50,10 @@ import sqlalchemy as sa
 from engine.dialects import Dialect
 from engine.state import migrations
 from engine.state.coupons import CouponStore
+from engine.state.events import EventStore
 from engine.state.ledger_reader import LedgerReader
 from engine.state.ledger_tables import (  # noqa: F401 - re-exported: the tests and benchmarks build ledgers from them
-    entries_table, gone_contacts_table, ledger_table, metadata, suppressions_table, tags_table, unsubscribes_table,
+    entries_table, events_table, gone_contacts_table, ledger_table, metadata, suppressions_table, tags_table, unsubscribes_table,
 )
 from engine.state.ledger_writer import LedgerWriter, Record
 from engine.state.tables import LEDGER_TABLE
@@ -95,7 +96,7 @@ def _conflict_insert(dialect: Dialect):
 SNAPSHOT_LIMIT = 50_000
 
 
-class Ledger(CouponStore, LedgerReader, LedgerWriter):
+class Ledger(CouponStore, EventStore, LedgerReader, LedgerWriter):
     """The ledger as the pass uses it: its reads (``LedgerReader``'s and the policies'), and every write
     (``LedgerWriter``, ledger_writer.py, lists them)."""
 

@@ -25,8 +25,8 @@ from typing import Iterator, Sequence
 import sqlalchemy as sa
 from sqlglot import exp
 
-from engine.state.ledger_tables import entries_table, ledger_table, tags_table, unsubscribes_table
-from engine.state.tables import LEDGER_TABLE, UNSUBSCRIBES_TABLE
+from engine.state.ledger_tables import entries_table, events_table, ledger_table, tags_table, unsubscribes_table
+from engine.state.tables import EVENTS_TABLE, LEDGER_TABLE, UNSUBSCRIBES_TABLE
 from engine.state.warehouse import Database
 
 def messages_relation(alias: str) -> exp.Table:
@@ -37,6 +37,12 @@ def messages_relation(alias: str) -> exp.Table:
 def unsubscribes_relation(alias: str) -> exp.Table:
     """The ledger's unsubscribes (customer_id, kind, source, created_at) as a sqlglot table named ``alias``."""
     return exp.to_table(UNSUBSCRIBES_TABLE).as_(alias)
+
+
+def events_relation(alias: str) -> exp.Table:
+    """The ledger's response events (engine_events: event_id, message_key, customer_id, campaign, step,
+    variant, channel, type, machine, provider, url, detail, occurred_at, recorded_at) as a sqlglot table."""
+    return exp.to_table(EVENTS_TABLE).as_(alias)
 
 
 class LedgerReader:
@@ -77,6 +83,13 @@ class LedgerReader:
         c = ledger_table.c
         conditions = [c.customer_id == customer_id] + ([c.campaign == campaign] if campaign is not None else [])
         query = sa.select(*[c[name] for name in fields]).where(*conditions).order_by(c.created_at, c.message_key)
+        with self.db.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+
+    def customer_events(self, customer_id: str) -> list[dict]:
+        """The customer's response events (every column), oldest first."""
+        c = events_table.c
+        query = sa.select(events_table).where(c.customer_id == customer_id).order_by(c.occurred_at, c.event_id)
         with self.db.engine.connect() as conn:
             return [dict(row) for row in conn.execute(query).mappings()]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from engine.state.tables import (
-    COUPON_CLAIMS_TABLE, COUPON_CODES_TABLE, ENTRIES_TABLE, GONE_CONTACTS_TABLE, LEDGER_TABLE, SUPPRESSIONS_TABLE, TAGS_TABLE, UNSUBSCRIBES_TABLE,
+    COUPON_CLAIMS_TABLE, COUPON_CODES_TABLE, ENTRIES_TABLE, EVENTS_TABLE, GONE_CONTACTS_TABLE, LEDGER_TABLE, SUPPRESSIONS_TABLE, TAGS_TABLE, UNSUBSCRIBES_TABLE,
 )
 
 metadata = sa.MetaData()
@@ -118,4 +118,31 @@ coupon_claims_table = sa.Table(
     sa.Column("step", sa.String(64), nullable=False),
     sa.Column("claimed_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("message_key", name="engine_coupon_claims_message"),
+)
+
+#: Customers' responses to messages (opens, clicks, scans, deliveries, bounces, complaints), one row per
+#: event, recorded once: ``event_id`` is the dedupe key (a provider's event id, or a tracking event's own).
+#: The message's customer, campaign, step, variant and channel are copied from its ledger row when the
+#: event is recorded, so response attributes join without the ledger. Migration 0005.
+events_table = sa.Table(
+    EVENTS_TABLE,
+    metadata,
+    sa.Column("event_id", sa.String(200), primary_key=True),
+    sa.Column("message_key", sa.String(400), nullable=False),
+    sa.Column("customer_id", sa.String(128), nullable=False),
+    sa.Column("campaign", sa.String(64), nullable=False),
+    sa.Column("step", sa.String(64), nullable=False),
+    sa.Column("variant", sa.String(64)),
+    sa.Column("channel", sa.String(64)),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("machine", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("provider", sa.String(32)),
+    sa.Column("url", sa.Text),
+    sa.Column("detail", sa.Text),
+    sa.Column("occurred_at", sa.DateTime, nullable=False),
+    sa.Column("recorded_at", sa.DateTime, nullable=False),
+    sa.Index("engine_events_customer", "customer_id"),
+    sa.Index("engine_events_campaign", "campaign", "step"),
+    sa.Index("engine_events_message", "message_key"),
+    sa.Index("engine_events_occurred", "occurred_at"),
 )

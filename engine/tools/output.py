@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from typing import IO, TYPE_CHECKING, Iterable, Mapping
 
-from engine.channel_kinds import contact_fields
+from engine.channel_kinds import KINDS, contact_fields
 from engine.errors import Issue
 from engine.masking import mask
 
@@ -55,14 +55,21 @@ def write_plan(batches: Iterable[list[DueMessage]], fmt: str, out: IO[str], *, i
             shown = len(sample)
             total = sum(n for (_, _, a), n in counts.items() if include_skipped or a == "send")
             out.write(f"\n{'First ' + str(shown) + ' of ' + str(total) if shown < total else 'All'} messages:\n")
-            contacts = contact_fields()
-            out.write(_table(["campaign", "step", "customer", "/".join(contacts), "trigger", "channel", "kind", "due_at",
+            out.write(_table(["campaign", "step", "customer", "contact", "trigger", "channel", "kind", "due_at",
                               "action"],
-                             [[m.campaign, m.step, m.customer_id, next(filter(None, map(m.customer.get, contacts)), None) or "-",
+                             [[m.campaign, m.step, m.customer_id, _contact(m, kinds.get(m.channel or "")),
                                m.trigger_key, m.channel or "-", kinds.get(m.channel or "", "-"), m.as_dict()["due_at"],
                                m.action + (f" ({m.reason})" if m.reason else "")]
                               for m in sample]) + "\n")
     return counts
+
+
+def _contact(m: DueMessage, kind: str | None) -> str:
+    """The customer's contact field of the message's channel kind (its email for an email, its phone for an
+    SMS); before a channel is chosen, or for a kind addressed otherwise, the first contact field the customer has."""
+    column = KINDS[kind].address_column if kind in KINDS else None
+    value = m.customer.get(column) if column else next(filter(None, map(m.customer.get, contact_fields())), None)
+    return str(value) if value else "-"
 
 
 def _row(m: DueMessage, kinds: Mapping[str, str]) -> dict:
