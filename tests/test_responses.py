@@ -9,6 +9,7 @@ warehouse as a temporary table, or as VALUES for dialects without temporary tabl
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -19,6 +20,7 @@ from engine import Reconciler, load_project
 from engine.cli.main import main
 from engine.errors import FilterError
 from engine.sql import responses
+from engine.sql.responses import CLICK, OPEN
 from engine.sql.compile import render_sql
 from engine.sql.due import due_query
 from engine.sql.filter_types import attribute_kinds, check_types, filter_attributes
@@ -180,16 +182,21 @@ def test_unknown_attributes_name_the_response_attributes(tmp_path):
     config = load_project(copy_project(tmp_path)).config
     with pytest.raises(FilterError) as caught:
         parse_filter("opened_last_email_at < days_ago(90)", filter_attributes(config))
-    message = str(caught.value)
+    assert "unknown attribute 'opened_last_email_at'" in str(caught.value)
     for name in ("last_opened_at", "last_clicked_at", "last_engaged_at"):
-        assert name in message
-    assert "did you mean" in message
+        assert name in caught.value.fix
+    with pytest.raises(FilterError) as caught:
+        parse_filter("last_opend_at < days_ago(90)", filter_attributes(config))
+    assert "did you mean 'last_opened_at'" in str(caught.value)
+    with pytest.raises(FilterError) as caught:
+        parse_filter("last_engaged_at(sms) IS NULL", filter_attributes(config))
+    assert "one string literal" in str(caught.value) and "last_engaged_at('sms'), in quotes" in caught.value.fix
 
 
 @pytest.mark.parametrize("text, problem, fix", [
     ("emails_opened(90d) > 0", "plain number", "emails_opened(90)"),
     ("last_engaged_at('fax') IS NULL", "no channel kind 'fax'", "last_engaged_at('email')"),
-    ("last_engaged_at(90) IS NULL", "one string literal", None),
+    ("last_engaged_at(90) IS NULL", "one string literal", "one of "),
     ("emails_clicked('90') > 1", "one number literal", None),
     ("emails_opened(99999) > 0", "beyond the largest argument", None),
 ])
@@ -219,3 +226,111 @@ def test_validate_names_the_file_of_a_bad_response_filter(tmp_path):
     result = CliRunner().invoke(main, ["--project", str(root), "validate"])
     assert result.exit_code != 0
     assert "re-activate.yaml" in result.output and "'sms'" in result.output
+
+
+# --- engine customer: each message with its responses ----------------------------------------------------
+
+
+def test_the_customer_timeline_shows_each_message_with_its_responses(tmp_path, monkeypatch):
+    root = copy_project(tmp_path / "project")
+    for path in (root / "campaigns.d").glob("*.yaml"):
+        if path.stem != "abandoned-cart":
+            path.unlink()
+    url = database_url("duckdb", tmp_path)
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    load_history(url, customers=[{"customer_id": 1, "email": "anna@example.com", "first_name": "Anna",
+                                  "created_at": NOW - 300 * DAY}],
+                 checkouts=[{"checkout_id": 500, "customer_id": 1, "created_at": NOW - timedelta(hours=2), "total": 30}])
+    reconciler = Reconciler(load_project(root))
+    try:
+        reconciler.run_once(NOW.replace(tzinfo=UTC))
+        [key] = [row["message_key"] for row in reconciler.ledger.customer_messages("1", ("message_key",))]
+        link = "https://beanandbrew.example/cart?token=s3cr3t-value&utm_source=engine"
+        reconciler.ledger.record_events([
+            Event(event_id(OPEN, key, "machine"), key, "open", NOW + timedelta(minutes=1), machine=True, provider="tracking"),
+            Event(event_id(OPEN, key, "human"), key, "open", NOW + timedelta(hours=2), provider="tracking"),
+            Event(event_id(CLICK, key, link), key, "click", NOW + timedelta(hours=3), provider="tracking", url=link),
+            Event("ses:abc-1", key, "complaint", NOW + timedelta(days=1), provider="ses", detail="abuse"),
+        ], NOW + timedelta(days=1))
+        result = CliRunner().invoke(main, ["--project", str(root), "customer", "1", "--format", "json"],
+                                    env={"ENGINE_WAREHOUSE_URL": url})
+        assert result.exit_code == 0, result.output
+        [message] = json.loads(result.output)["ledger"]
+        assert message["opened_at"] == str(NOW + timedelta(hours=2))  # the human open, not the machine's
+        assert message["clicked_at"] == str(NOW + timedelta(hours=3))
+        assert message["complained_at"] == str(NOW + timedelta(days=1)) and message["bounced_at"] is None
+        assert [r["type"] for r in message["responses"]] == ["open", "open", "click", "complaint"]
+        assert message["responses"][0]["machine"] is True
+        text = CliRunner().invoke(main, ["--project", str(root), "customer", "1"],
+                                  env={"ENGINE_WAREHOUSE_URL": url}).output
+        assert "s3cr3t-value" not in result.output + text  # a secret link parameter is masked
+        assert "token=***" in text and "utm_source=engine" in text
+        assert f"opened at {NOW + timedelta(minutes=1)} (machine: not engagement)" in text
+        assert f"opened at {NOW + timedelta(hours=2)}" in text
+        assert f"complained at {NOW + timedelta(days=1)}  (abuse)" in text
+    finally:
+        reconciler.close()
+
+
+# --- retention --------------------------------------------------------------------------------------------
+
+
+class Monotonic:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_service_deletes_events_older_than_the_retention_once_an_hour(tmp_path, caplog):
+    from engine.clock import FixedClock
+    from engine.service.loop import RETENTION_EVERY, Service
+
+    root = copy_project(tmp_path / "project")
+    for path in (root / "campaigns.d").glob("*.yaml"):
+        path.unlink()
+    text = (root / "engine.yaml").read_text()
+    text = text.replace("customers: 2000", "customers: 10").replace(
+        "defaults:", "policies:\n  responses:\n    retention: 30d\n\ndefaults:", 1)
+    (root / "engine.yaml").write_text(text)
+    now = datetime(2025, 1, 10, tzinfo=UTC)
+    monotonic = Monotonic()
+    service = Service(root, interval=60, metrics_port=0, monotonic=monotonic, clock=FixedClock(now))
+    try:
+        service.start()
+        ledger = service._reconciler.ledger
+        ledger.write_new([Record(message_key="past:s:1:1", campaign="past", step="s", customer_id="1",
+                                 trigger_key="1", channel="email", status="sent")], NOW - 90 * DAY)
+        naive = now.replace(tzinfo=None)
+        ledger.record_events([Event(event_id(OPEN, "past:s:1:1", "old"), "past:s:1:1", "open", naive - 31 * DAY),
+                              Event(event_id(CLICK, "past:s:1:1", "new"), "past:s:1:1", "click", naive - 29 * DAY)], naive)
+        with caplog.at_level("INFO"):
+            assert service.run_pass() is not None  # the first pass applies the retention
+        assert [e["type"] for e in ledger.customer_events("1")] == ["click"]
+        assert any("Deleted 1 response events" in r.getMessage() for r in caplog.records)
+        assert "engine_response_events_deleted_total 1.0" in service.metrics.exposition().decode()
+        ledger.record_events([Event(event_id(OPEN, "past:s:1:1", "older"), "past:s:1:1", "open", naive - 40 * DAY)], naive)
+        monotonic.now += RETENTION_EVERY - 1
+        service.run_pass()  # within the hour: not again
+        assert len(ledger.customer_events("1")) == 2
+        monotonic.now += 1
+        service.run_pass()
+        assert [e["type"] for e in ledger.customer_events("1")] == ["click"]
+        assert "engine_response_events_deleted_total 2.0" in service.metrics.exposition().decode()
+    finally:
+        service.close()
+
+
+def test_config_show_lists_the_retention_and_a_too_short_one_is_refused(tmp_path):
+    root = copy_project(tmp_path)
+    result = CliRunner().invoke(main, ["--project", str(root), "config", "show", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["policies.responses.retention"] == {
+        "value": "400d", "origin": "default", "secret": False}
+    path = root / "engine.yaml"
+    path.write_text(path.read_text().replace("defaults:", "policies:\n  responses:\n    retention: 2h\n\ndefaults:", 1))
+    result = CliRunner().invoke(main, ["--project", str(root), "validate"])
+    assert result.exit_code != 0
+    assert "policies.responses.retention" in result.output or "engine.yaml:" in result.output
+    assert "at least 1d" in result.output

@@ -71,8 +71,12 @@ def _check_engine_function(node: exp.Anonymous, text: str) -> None:
     args = node.expressions
     ok = len(args) == 1 and isinstance(args[0], exp.Literal) and args[0].is_string == (kind == "string")
     if not ok:
-        example = f"{name}(30)" if kind == "number" else f"{name}('vip')"
-        raise FilterError(f"{name}() takes one {kind} literal ({meaning})", fix=f"write e.g. {example}",
+        fix = f"write e.g. {name}(30)" if kind == "number" else f"write e.g. {name}('vip')"
+        if kind == "string" and len(args) == 1 and isinstance(args[0], exp.Column) and not args[0].table:
+            fix = f"write {name}('{args[0].name}'), in quotes"  # has_tag(vip), last_engaged_at(sms)
+        elif name in responses.KIND_ARGUMENT:
+            fix = responses.kind_fix(name)
+        raise FilterError(f"{name}() takes one {kind} literal ({meaning})", fix=fix,
                           offset=source_offset(node, text, keyword=name))
     problem = responses.unknown_kind(name, str(args[0].this))
     if problem is not None:
@@ -243,8 +247,6 @@ def _check_node(node: exp.Expression, known: list[str], text: str, unmapped: Map
             hint = _did_you_mean(node.name[:100], known)
             if TRIGGER_PREFIX + node.name in known:
                 hint = f" (did you mean 'trigger.{node.name}', the trigger's own property?)"
-            if isinstance(node.parent, exp.Anonymous) and node.parent.name.lower() in responses.KIND_ARGUMENT:
-                hint = f" (did you mean {node.parent.name.lower()}('{node.name}'), the kind in quotes?)"
             raise FilterError(
                 f"unknown attribute '{shown}'" + hint,
                 fix="use one of the known attributes: " + ", ".join(known)
