@@ -334,3 +334,37 @@ def test_config_show_lists_the_retention_and_a_too_short_one_is_refused(tmp_path
     assert result.exit_code != 0
     assert "policies.responses.retention" in result.output or "engine.yaml:" in result.output
     assert "at least 1d" in result.output
+
+
+@pytest.mark.parametrize("separate_ledger", [False, True])
+def test_re_activate_enters_the_lapsed_readers_and_sends_them_the_email(tmp_path, monkeypatch, separate_ledger):
+    """The shipped campaign end to end: its segment reads the responses when it records entries, too."""
+    root = copy_project(tmp_path / "project")
+    for path in (root / "campaigns.d").glob("*.yaml"):
+        if path.stem != "re-activate":
+            path.unlink()
+    if separate_ledger:
+        text = (root / "engine.yaml").read_text()
+        (root / "engine.yaml").write_text(text.replace("demo:", f"ledger:\n  url: sqlite:///{tmp_path / 'ledger.db'}\n\ndemo:", 1))
+    url = database_url("duckdb", tmp_path)
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    load_history(url, customers=[{"customer_id": c, "email": f"c{c}@example.com", "first_name": f"C{c}",
+                                  "created_at": NOW - 400 * DAY} for c in (1, 2, 3)])
+    reconciler = Reconciler(load_project(root))
+    try:
+        ledger = reconciler.ledger
+        ledger.write_new([Record(message_key=f"past:s:{c}:1", campaign="past", step="s", customer_id=str(c),
+                                 trigger_key="1", channel="email", status="sent") for c in (1, 2, 3)], NOW - 200 * DAY)
+        ledger.record_events([
+            Event(event_id(OPEN, "past:s:1:1"), "past:s:1:1", "open", NOW - 100 * DAY),     # lapsed
+            Event(event_id(OPEN, "past:s:2:1"), "past:s:2:1", "open", NOW - 100 * DAY),
+            Event(event_id(CLICK, "past:s:2:1"), "past:s:2:1", "click", NOW - 10 * DAY),    # came back
+            Event(event_id(OPEN, "past:s:3:1", "m"), "past:s:3:1", "open", NOW - 100 * DAY),
+            Event(event_id(OPEN, "past:s:3:1", "mm"), "past:s:3:1", "open", NOW - 5 * DAY, machine=True),  # lapsed
+        ], NOW)
+        report = reconciler.run_once(NOW.replace(tzinfo=UTC))
+        assert not report.errors and not report.failed_campaigns
+        sent = {(r["customer_id"], r["step"], r["status"]) for r in ledger.rows_where() if r["campaign"] == "re-activate"}
+        assert sent == {("1", "still-reading", "sent"), ("3", "still-reading", "sent")}
+    finally:
+        reconciler.close()

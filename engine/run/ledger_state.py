@@ -27,7 +27,7 @@ from engine.sql import shipping
 from engine.sql.due import entries_select
 from engine.sql.triggers.registry import kind_of
 from engine.sql.shipping import (
-    StateNeeds, copy_relation, create_copy, drop_copy, insert_copy, values_relation,
+    StateNeeds, copy_relation, create_copy, drop_copy, insert_copy, state_needs, values_relation,
 )
 from engine.state import migrations
 from engine.state.ledger import Ledger
@@ -160,7 +160,8 @@ def record_segment_entries(warehouse: Database, ledger: Ledger, campaign: Campai
     if not kind_of(campaign.trigger).records_entries:
         return
     with warehouse.session() as session:
-        with shipped_state(session, ledger, StateNeeds(segment_campaigns=(campaign.name,)), config) as state:
+        # the segment's entries, and the tags and responses its filter reads
+        with shipped_state(session, ledger, state_needs([campaign], config), config) as state:
             select = entries_select(campaign, config, now, state)
             if select is None:
                 return
