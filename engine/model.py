@@ -162,6 +162,9 @@ class ProjectConfig:
     retry: "RetryPolicy" = field(default_factory=lambda: RetryPolicy())
     #: a claim older than this without an outcome means its process died
     claim_timeout: timedelta = timedelta(minutes=10)
+    #: response events (opens, clicks, bounces, ...) older than this are deleted by the service
+    #: (``policies.responses.retention``)
+    response_retention: timedelta = timedelta(days=400)
     #: base of the signed one-click unsubscribe link (RFC 8058) in every marketing email; outside the demo
     #: engine.yaml must name it (spec.unsafe_defaults), the demo falls back to an example domain
     unsubscribe_url: str = "https://shop.example/unsubscribe"

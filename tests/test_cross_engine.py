@@ -6,13 +6,15 @@ is loaded into DuckDB, SQLite and PostgreSQL. Each engine then lives through the
 same instants in order, as a reconciler would: segment entries are recorded
 (as ``run_once`` does before it computes), the due set is computed through the
 ``Reconciler`` API, and a deterministic half of it is written to the ledger, so
-later instants also prove the ledger anti-join and the segment series.
+later instants also prove the ledger anti-join and the segment series. After the first instant some
+of the messages it claimed get responses (opens, clicks, a machine open; ``record_responses``), so the
+campaigns filtering on them (re-activate's lapsed readers) have work and every engine must agree on it.
 For every campaign the project has (others add campaigns; they are iterated,
 not listed) and every instant, the due sets must be identical.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -20,6 +22,7 @@ from conftest import BACKENDS, REPO, copy_project, database_url
 from engine import Reconciler, load_project
 from engine.clock import format_instant
 from engine.tools.demo import load_shop
+from engine.state.events import Event, event_id
 from engine.state.ledger import Record
 from engine.state.warehouse import Database
 from history import INSTANTS, shared_history
@@ -27,6 +30,8 @@ from history import INSTANTS, shared_history
 CAMPAIGNS = [c.name for c in load_project(REPO).campaigns if c.enabled]
 #: campaigns shipped with issue 2; the history is shaped so that each has work
 KNOWN = ("second-order", "abandoned-cart", "re-engage")
+#: responses to every other message claimed at the first instant, in turn: (type, days before it, machine)
+RESPONSES = (("open", 100, False), ("click", 5, False), ("open", 95, False), ("open", 1, True))
 
 Plan = dict[tuple[str, str], set[tuple]]  # (instant label, campaign) -> due set
 
@@ -43,9 +48,22 @@ def claim_half(reconciler: Reconciler, messages: list, now: datetime) -> None:
     ], now)
 
 
+def record_responses(reconciler: Reconciler, messages: list, now: datetime) -> None:
+    """Responses to the messages sent at ``now`` (those ``claim_half`` wrote), through the ledger's interface:
+    old opens (their customers lapse 90 days later), a recent click, a machine open (not engagement)."""
+    sent = sorted((m for m in messages if m.action == "send"), key=lambda m: m.key)[::2]
+    events = []
+    for index, m in enumerate(sent):
+        kind, days, machine = RESPONSES[index % len(RESPONSES)]
+        events.append(Event(event_id=event_id(kind, m.key, "machine" if machine else "human"), message_key=m.key,
+                            type=kind, occurred_at=(now - timedelta(days=days)).replace(tzinfo=None), machine=machine,
+                            provider="tracking"))
+    reconciler.ledger.record_events(events, now.replace(tzinfo=None))
+
+
 def live_through_instants(reconciler: Reconciler) -> Plan:
     plan: Plan = {}
-    for label, now in INSTANTS.items():
+    for index, (label, now) in enumerate(INSTANTS.items()):
         reconciler.enter_segments(now)  # what run_once does first
         messages = [m for batch in reconciler.due(now) for m in batch]
         for name in CAMPAIGNS:
@@ -54,6 +72,8 @@ def live_through_instants(reconciler: Reconciler) -> Plan:
             plan.setdefault((label, m.campaign), set()).add(
                 (m.campaign, m.step, m.customer_id, m.trigger_key, format_instant(m.due_at), m.action, m.reason))
         claim_half(reconciler, messages, now)
+        if index == 0:
+            record_responses(reconciler, messages, now)
     return plan
 
 
@@ -114,6 +134,8 @@ def test_the_history_gives_every_shipped_campaign_work_and_hits_the_edge_rows(pl
         carts = {row[2:4] + row[5:] for row in plan[("anchor", "abandoned-cart")]}
         assert {("90001", "900001", "send", None), ("90007", "900007", "send", None)} <= carts
         assert not any(row[0] in ("90006", "90008") for row in carts)
+    if "re-activate" in CAMPAIGNS:  # the lapsed readers: an email opened 95 or more days before the first instant
+        assert any(row[1] == "still-reading" for row in plan[("anchor", "re-activate")])
     if "re-engage" in CAMPAIGNS:
         entering = {row[2] for row in plan[("anchor", "re-engage")] if row[1] == "miss-you"}
         assert entering & {"99998", "99999", "100000", "100001"} == {"99998", "99999"}

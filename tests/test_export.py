@@ -21,7 +21,6 @@ T0 = datetime(2025, 1, 6, 12, 0)
 AS_OF = "2025-01-14T12:00:00Z"  # T0 + 8d
 
 SEGMENTS = """
-segments:
   repeat: order_count >= 3
   berlin-reachable: lower(city) = 'berlin' AND email IS NOT NULL
 """
@@ -45,8 +44,8 @@ def project(tmp_path, backend, monkeypatch):
     for path in (root / "campaigns.d").glob("*.yaml"):
         if path.stem != "second-order":
             path.unlink()
-    with open(root / "engine.yaml", "a", encoding="utf-8") as config:
-        config.write(SEGMENTS)
+    config = root / "engine.yaml"  # beside the shipped segment (re-activate's lapsed readers)
+    config.write_text(config.read_text().replace("\nsegments:\n", "\nsegments:" + SEGMENTS, 1))
     url = database_url(backend, tmp_path)
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
     load_history(url, **rows())
@@ -111,7 +110,7 @@ def test_bad_input_is_one_clear_error(project):
     assert since.exit_code == 1 and "unknown attribute 'ordered_since_trigger'" in since.output
     unknown = invoke(project, "export", "nobody")
     assert unknown.exit_code == 1
-    assert "no segment or campaign named 'nobody' (segments: berlin-reachable, repeat; campaigns: second-order)" in unknown.output
+    assert "no segment or campaign named 'nobody' (segments: berlin-reachable, lapsed_readers, repeat; campaigns: second-order)" in unknown.output
     history = invoke(project, "export", "repeat", "--history")
     assert history.exit_code == 2 and "--history exports a campaign's ledger rows" in history.output
 

@@ -141,6 +141,10 @@ def NE(a, b):
     return None if a is None or b is None else a != b
 
 
+def LT(a, b):
+    return None if a is None or b is None else a < b
+
+
 @dataclass
 class FilterContext:
     customer: dict
@@ -148,9 +152,16 @@ class FilterContext:
     ordered_since_trigger: bool
     #: the sum of the totals of the customer's orders up to now (none: 0)
     total_spent: float = 0
+    now: datetime | None = None
 
     def has_tag(self, tag: str) -> bool:
         return False  # a fresh ledger holds no tags
+
+    def last_engaged_at(self, kind: str) -> datetime | None:
+        return None  # a fresh ledger holds no response events (nothing was sent, so nothing was opened)
+
+    def days_ago(self, days: float) -> datetime:
+        return self.now - timedelta(days=days)
 
 
 #: Every filter text the shipped campaigns use, translated by hand. A new filter
@@ -167,10 +178,14 @@ FILTERS = {
         lambda c: OR(EQ(c.customer["customer_type"], "company"), c.customer["is_wholesaler"]),
     "customer_type <> 'company' AND NOT ordered_since_trigger":
         lambda c: AND(NE(c.customer["customer_type"], "company"), NOT(c.ordered_since_trigger)),
+    "email IS NOT NULL AND last_engaged_at('email') < days_ago(90)":
+        lambda c: AND(c.customer["email"] is not None, LT(c.last_engaged_at("email"), c.days_ago(90))),
 }
+#: engine.yaml's named segments (segment_entry triggers), filters in the language above
+SEGMENTS = ENGINE_YAML.get("segments") or {}
 
 TRIGGER_KINDS = {"order_placed", "checkout_abandoned", "registration", "event", "anniversary", "order_date",
-                 "last_activity", "at_risk"}
+                 "last_activity", "at_risk", "segment_entry"}
 
 
 def holds(text: str | None, context: FilterContext) -> bool:
@@ -355,7 +370,19 @@ def trigger_instances(spec: dict, shop: History, now: datetime) -> list[Instance
                         key=lambda o: (o["created_at"], o["customer_id"]))
         return [Instance(o["customer_id"], str(o["order_id"]), now) for position, o in enumerate(recent, start=1)
                 if position * 100 <= len(recent) * percent]
+    if kind == "segment_entry":
+        # An empty entries table: the segment's members now enter now, once (key 'entered').
+        text = SEGMENTS[options["segment"]]
+        return [Instance(c["customer_id"], "entered", now) for c in shop.customers
+                if holds(text, customer_context(c, shop, now))]
     raise NotImplementedError(f"the reference model has no trigger '{kind}'")
+
+
+def customer_context(customer: dict, shop: History, now: datetime, ordered_since_trigger: bool = False) -> FilterContext:
+    """What a filter reads of ``customer`` at ``now`` (with a fresh ledger)."""
+    orders = [o for o in shop.orders if o["customer_id"] == customer["customer_id"] and utc(o["created_at"]) <= now]
+    return FilterContext(customer, len(orders), ordered_since_trigger,
+                         total_spent=sum(o.get("total") or 0 for o in orders), now=now)
 
 
 def anniversary_instance(customer: dict, attribute: str, step: dict, now: datetime) -> Instance | None:
@@ -391,6 +418,8 @@ def stop_holds(stop: str, customer: dict, shop: History, instance: Instance, now
         return any(e["customer_id"] == cid and trigger_at < utc(e["occurred_at"]) <= now for e in shop.events)
     if stop == "unsubscribed":
         return customer["unsubscribed_at"] is not None and utc(customer["unsubscribed_at"]) <= now
+    if stop == "left_segment":
+        return False  # with an empty entries table every instance is a member now: none has left
     raise NotImplementedError(f"the reference model has no stop condition '{stop}'")
 
 
@@ -457,8 +486,6 @@ def reference_plan(spec: dict, shop: History, now: datetime) -> set[tuple]:
     with an empty ledger. The first five are the due set; variant and due time are checked as well."""
     (kind, options), = spec["trigger"].items()
     customers = {c["customer_id"]: c for c in shop.customers}
-    order_count = {cid: sum(1 for o in shop.orders if o["customer_id"] == cid and utc(o["created_at"]) <= now)
-                   for cid in customers}
     yearly_trigger = kind == "anniversary"
     instances = [] if yearly_trigger else trigger_instances(spec, shop, now)
     plan = set()
@@ -478,10 +505,7 @@ def reference_plan(spec: dict, shop: History, now: datetime) -> set[tuple]:
                 continue  # not due yet
             if "freshness" in step and now > shift(due, step["freshness"]) + STALE_HORIZON:
                 continue  # beyond the stale horizon: not even reported
-            context = FilterContext(customer, order_count[instance.customer_id], ordered_again(instance, shop, now),
-                                    total_spent=sum(o.get("total") or 0 for o in shop.orders
-                                                    if o["customer_id"] == instance.customer_id
-                                                    and utc(o["created_at"]) <= now))
+            context = customer_context(customer, shop, now, ordered_again(instance, shop, now))
             if not (holds(spec.get("audience"), context) and holds(step.get("audience"), context)):
                 continue
             candidates = qualifying_variants(spec, step, customer, context)
@@ -500,7 +524,12 @@ def modelled(spec: dict) -> list[str]:
     texts = [spec.get("audience")] + [s.get("audience") for s in spec["steps"]]
     texts += [v.get("audience") for s in spec["steps"] for v in s.get("variants", [])]
     missing += [f"filter {t!r}" for t in texts if t is not None and " ".join(t.split()) not in FILTERS]
-    missing += [f"stop {s}" for s in spec.get("stop", []) if s not in ("ordered_again", "came_back", "unsubscribed")]
+    if kind == "segment_entry":
+        segment = SEGMENTS.get(spec["trigger"][kind]["segment"])
+        if segment is None or " ".join(segment.split()) not in FILTERS:
+            missing.append(f"segment {spec['trigger'][kind]['segment']!r}")
+    missing += [f"stop {s}" for s in spec.get("stop", [])
+                if s not in ("ordered_again", "came_back", "unsubscribed", "left_segment")]
     reentry = spec.get("reentry", "per_trigger")
     if reentry not in ("per_trigger", "once"):
         missing.append(f"reentry {reentry}")

@@ -49,7 +49,7 @@ def shop(tmp_path, backend, monkeypatch):
     segment ``recent`` (ordered within 10 days)."""
     root = copy_project(tmp_path / "project")
     yaml = root / "engine.yaml"
-    yaml.write_text(yaml.read_text() + "\nsegments:\n  recent: last_order_at > days_ago(10)\n")
+    yaml.write_text(yaml.read_text().replace("\nsegments:\n", "\nsegments:\n  recent: last_order_at > days_ago(10)\n", 1))
     for path in (root / "campaigns.d").glob("*.yaml"):
         path.unlink()
     write(root / "templates" / "point6" / "hello.email.j2", TEMPLATE)
@@ -132,7 +132,7 @@ def test_segment_entry_validation(tmp_path):
     assert result.returncode == 1, result.stdout
     assert "2 error(s)" in result.stdout, result.stdout
     assert "point6.yaml:2:27: error: there is no segment named 'nosuch' in " in result.stdout, result.stdout
-    assert "engine.yaml (named: none)" in result.stdout and "fix: add it under segments: in " in result.stdout
+    assert "engine.yaml (named: lapsed_readers)" in result.stdout and "fix: add it under segments: in " in result.stdout
     assert "other.yaml:3:8: error: stop condition left_segment needs a segment trigger, not registration" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
 

@@ -5,7 +5,7 @@ and the engine state its queries join, brought to a warehouse in another databas
   never written to unless the ledger shares its database). A read-only command never creates
   anything: a ledger database without the engine's tables (or a ledger file that does not exist yet)
   reads as an empty ledger, held in memory. Failures name the engine.yaml setting at its line.
-- ``shipped_state``: the segment entries and tags a pass's queries join, copied into the warehouse
+- ``shipped_state``: the segment entries, tags and response events a pass's queries join, copied into the warehouse
   session (engine.sql.shipping) when the ledger lives elsewhere, dropped when the pass ends.
 - ``record_segment_entries``: who entered a segment, computed in the warehouse, recorded in the ledger.
 
@@ -27,11 +27,11 @@ from engine.sql import shipping
 from engine.sql.due import entries_select
 from engine.sql.triggers.registry import kind_of
 from engine.sql.shipping import (
-    StateNeeds, copy_relation, create_copy, drop_copy, insert_copy, values_relation,
+    StateNeeds, copy_relation, create_copy, drop_copy, insert_copy, state_needs, values_relation,
 )
 from engine.state import migrations
 from engine.state.ledger import Ledger
-from engine.state.tables import ENTRIES_TABLE
+from engine.state.tables import ENTRIES_TABLE, EVENTS_TABLE
 from engine.state.warehouse import Database, Session, file_of
 
 #: A ledger that does not exist yet, for commands that only read: empty, in memory, written by nothing.
@@ -115,8 +115,12 @@ def shipped_state(session: Session, ledger: Ledger, needs: StateNeeds, config: P
     created: list[str] = []
     try:
         for table in needs.tables():
-            rows = (ledger.segment_entries(list(needs.segment_campaigns)) if table == ENTRIES_TABLE
-                    else ledger.tag_holders(list(needs.tags)))
+            if table == ENTRIES_TABLE:
+                rows = ledger.segment_entries(list(needs.segment_campaigns))
+            elif table == EVENTS_TABLE:
+                rows = ledger.engagement_rows()
+            else:
+                rows = ledger.tag_holders(list(needs.tags))
             if shipping.transport(dialect) == "values":
                 relations[table] = values_relation(table, rows, dialect)
                 continue
@@ -156,7 +160,8 @@ def record_segment_entries(warehouse: Database, ledger: Ledger, campaign: Campai
     if not kind_of(campaign.trigger).records_entries:
         return
     with warehouse.session() as session:
-        with shipped_state(session, ledger, StateNeeds(segment_campaigns=(campaign.name,)), config) as state:
+        # the segment's entries, and the tags and responses its filter reads
+        with shipped_state(session, ledger, state_needs([campaign], config), config) as state:
             select = entries_select(campaign, config, now, state)
             if select is None:
                 return

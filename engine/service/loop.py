@@ -4,7 +4,8 @@ Owns the interval loop of ``engine run --interval``: at the start of each
 pass it reloads a changed project (``reload.py``; an invalid change is logged
 issue by issue and the last valid project keeps running), runs one pass,
 turns its ``PassReport`` into metrics (``metrics.py``) and log events
-(``logs.py``), and measures the ledger backlog. It answers readiness for
+(``logs.py``), measures the ledger backlog, and deletes response events older than
+policies.responses.retention (after the first pass, then at most once an hour). It answers readiness for
 ``httpd.py``: warehouse and ledger reachable and the last pass recent; its
 detail names the campaigns that failed alone in the last pass.
 
@@ -44,6 +45,8 @@ from engine.service import tracking
 from engine.service.settings import DEFAULT_METRICS_PORT
 from engine.service import webhooks
 
+#: The service deletes response events older than policies.responses.retention at most this often (seconds).
+RETENTION_EVERY = 3600.0
 #: /readyz fails when the last completed pass ended longer ago than this many intervals
 #: (or pass durations, when passes take longer than the interval).
 STALE_PASSES = 3
@@ -151,6 +154,7 @@ class Service:
         self._config_errors: list[str] = []
         self._last_error: str | None = None
         self._failed_campaigns: dict[str, str] = {}  # of the last completed pass
+        self._retention_at: float | None = None  # monotonic time of the last retention run
 
     # --- life cycle --------------------------------------------------------------
 
@@ -303,7 +307,26 @@ class Service:
               due=sum(report.counts.values()), duration=round(duration, 4))
         self._measure_backlog(reconciler, now)
         self._measure_pools(reconciler)
+        self._apply_retention(reconciler, now)
         return report
+
+    def _apply_retention(self, reconciler: Reconciler, now: datetime) -> None:
+        """Delete response events older than policies.responses.retention: after the first pass, then at
+        most once per ``RETENTION_EVERY`` (one DELETE over the events' occurred_at index)."""
+        started = self.monotonic()
+        if self._retention_at is not None and started - self._retention_at < RETENTION_EVERY:
+            return
+        self._retention_at = started
+        cutoff = to_utc(now) - reconciler.project.config.response_retention
+        try:
+            deleted = reconciler.ledger.delete_events_before(cutoff.replace(tzinfo=None))
+        except EngineError as exc:
+            event("ledger.unreadable", f"Could not delete old response events: {str(exc).splitlines()[0]}", logging.WARNING)
+            return
+        self.metrics.events_deleted.inc(deleted)
+        event("responses.retention", f"Deleted {deleted} response events that occurred before {format_instant(cutoff)} "
+              f"(policies.responses.retention)", logging.INFO if deleted else logging.DEBUG,
+              deleted=deleted, cutoff=format_instant(cutoff))
 
     def _measure_pools(self, reconciler: Reconciler) -> None:
         """The coupon pools' unused codes (the pass copied the warehouse tables' codes into the ledger)."""

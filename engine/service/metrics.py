@@ -74,6 +74,8 @@ class Metrics:
         self.campaign_failures = Counter("engine_campaign_failures", "Passes in which a campaign's query or decisions failed "
                                          "(it sent nothing more that pass; the other campaigns went on).",
                                          ["campaign"], registry=registry)
+        self.events_deleted = Counter("engine_response_events_deleted", "Response events (opens, clicks, bounces, ...) "
+                                      "deleted for being older than policies.responses.retention.", registry=registry)
 
     def record_pass(self, report: PassReport, duration: float, ended_at: float) -> None:
         """Count one completed pass and every message decision in its report."""

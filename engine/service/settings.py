@@ -190,7 +190,8 @@ def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]
               ("policies.retry.max_attempts", str(RetryPolicy.max_attempts), "default"),
               ("policies.retry.backoff", format_duration(RetryPolicy.backoff), "default"),
               ("policies.retry.max_backoff", format_duration(RetryPolicy.max_backoff), "default"),
-              ("policies.claim_timeout", format_duration(config.claim_timeout), "default")]
+              ("policies.claim_timeout", format_duration(config.claim_timeout), "default"),
+              ("policies.responses.retention", format_duration(config.response_retention), "default")]
     if config.is_demo:
         found.append(("policies.unsubscribe_url", config.unsubscribe_url,
                       "default of the demo" + (" (shop.url + /unsubscribe)" if config.shop.get("url") else "")))

@@ -232,6 +232,15 @@ def _policies(doc: Document, spec: dict, channels: dict, issues: list[Issue]) ->
     }
     if "claim_timeout" in spec:
         policies["claim_timeout"] = duration_setting(doc, ("policies", "claim_timeout"), spec["claim_timeout"], issues)
+    if "retention" in (spec.get("responses") or {}):
+        path = ("policies", "responses", "retention")
+        known = len(issues)
+        retention = duration_setting(doc, path, spec["responses"]["retention"], issues)
+        if len(issues) == known and retention < timedelta(days=1):
+            issues.append(doc.issue(path, f"a retention of {spec['responses']['retention']} deletes response events "
+                                    "before segments and statistics can read them",
+                                    fix="keep them at least 1d (the default is 400d)"))
+        policies["response_retention"] = retention
     if "unsubscribe_url" in spec:
         policies["unsubscribe_url"] = spec["unsubscribe_url"]
     for name in ("scan_url", "scan_landing_url"):

@@ -34,8 +34,9 @@ from engine.decide import customer_zone
 from engine.dialects import dialect_named, drop_temporary_table
 from engine.sql.filter_types import segment_attributes
 from engine.sql.filters import TRIGGER_PREFIX, bind_filter, parse_filter
+from engine.sql import responses
 from engine.sql.instants import PassInstant, derive, placeholder
-from engine.state.tables import ENTRIES_TABLE, LEDGER_TABLE, TAGS_TABLE
+from engine.state.tables import ENTRIES_TABLE, EVENTS_TABLE, LEDGER_TABLE, TAGS_TABLE
 from engine.model import CUSTOMER_FACTS, ENTITY_COLUMNS, Campaign, EntitySource, ProjectConfig, Step
 
 #: Where the engine state a query joins lives when the ledger is in another database: ledger table
@@ -321,6 +322,8 @@ class QueryBuilder:
         self.uses_trigger_properties = False
         #: "the customer no longer matches the trigger's segment" (stop ``left_segment``), set by a segment_entry trigger
         self.left_segment: exp.Expression | None = None
+        #: the response facts (last_opened_at, emails_opened(90), ...) the filters use, joined as ``fr``
+        self.responses = responses.ResponseColumns()
 
     def ts(self, value: datetime) -> exp.Expression:
         return ts(value, self.dialect)
@@ -363,6 +366,8 @@ class QueryBuilder:
 
     def with_ctes(self, body: exp.Query) -> exp.Query:
         for name, query in self.ctes.items():
+            if name == responses.FACTS_CTE:  # built last: every filter of the query has named its columns
+                query = self._response_facts()
             body = body.with_(name, as_=query, materialized=self._materialized(name), copy=False)  # built fresh: no copy
         return body
 
@@ -404,7 +409,37 @@ class QueryBuilder:
         if self.uses_event_facts if events is None else events:
             query = query.join(exp.to_table(self.event_facts()).as_("fe"),
                                on=col("fe", "customer_id").eq(customer.copy()), join_type="left")
+        if self.responses:
+            query = query.join(exp.to_table(responses.FACTS_CTE).as_("fr"),
+                               on=col("fr", "customer_id").eq(text(customer.copy())), join_type="left")
         return query
+
+    # --- responses (the ledger's events) -----------------------------------------
+
+    def _response_column(self, name: str) -> exp.Column:
+        """``fr.<name>``, registering the response facts CTE (after the relation it reads) on first use."""
+        if responses.FACTS_CTE not in self.ctes:
+            self._engagement_rows()
+            self.ctes[responses.FACTS_CTE] = exp.select(exp.Literal.number(1))  # replaced by with_ctes
+        return col("fr", name)
+
+    def _engagement_rows(self) -> str:
+        """Where this query reads the human engagement rows: the pass's copy of them (the ledger in another
+        database, ``sql.shipping``), else a CTE over the ledger's events table."""
+        if EVENTS_TABLE in self.state:
+            return self.state_table(EVENTS_TABLE)
+        name = "engagements"
+        if name not in self.ctes:
+            self.ctes[name] = responses.engagement_select(EVENTS_TABLE, dialect_named(self.dialect).instant_text_format)
+        return name
+
+    def _response_facts(self) -> exp.Select:
+        channels: dict[str, list[str]] = {}
+        for channel in self.config.channels.values():
+            channels.setdefault(channel.kind, []).append(channel.name)
+        return self.responses.facts_select(
+            self._engagement_rows(), self.ts(self.now), lambda days: self.ts(self.now - timedelta(days=days)),
+            {kind: tuple(sorted(names)) for kind, names in channels.items()})
 
     def stop_condition(self, stop: str) -> exp.Expression:
         if stop == "ordered_again":
@@ -439,6 +474,8 @@ class QueryBuilder:
         if name in CUSTOMER_FACTS:
             self.uses_facts = True
             return col("f", name)
+        if name in responses.ATTRIBUTES:
+            return self._response_column(self.responses.attribute(name))
         if name == "ordered_since_trigger":
             return self.ordered_after_trigger()
         if name == "came_back_since_trigger":
@@ -453,6 +490,11 @@ class QueryBuilder:
         if name == "has_tag":
             return exists(one_from(self.state_table(TAGS_TABLE), "g").where(
                 col("g", "customer_id").eq(text(col("c", "customer_id"))), col("g", "tag").eq(lit(argument.this))))
+        if name in responses.WINDOW_COUNTS:
+            column = self._response_column(self.responses.function(name, str(argument.this)))
+            return exp.func("COALESCE", column, exp.Literal.number(0))
+        if name in responses.FUNCTIONS:
+            return self._response_column(self.responses.function(name, str(argument.this)))
         if name == "bought_category":
             orders, items = self.source("orders"), self.source("order_items")
             return exists(

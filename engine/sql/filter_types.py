@@ -24,6 +24,7 @@ from sqlglot import exp
 
 from engine.channel_kinds import contact_fields
 from engine.errors import FilterError
+from engine.sql import responses
 from engine.sql.filters import source_offset
 from engine.model import CUSTOMER_FACTS, SINCE_TRIGGER_FACTS, ProjectConfig
 
@@ -84,6 +85,7 @@ def filter_attributes(config: ProjectConfig, record: str | None = ANY_TRIGGER) -
     if orders is not None:
         attributes += [f for f in CUSTOMER_FACTS if f != "last_payment_method" or orders.has_column("payment_method")]
     attributes += [name for name, (entity, _) in SINCE_TRIGGER_FACTS.items() if entity in config.sources]
+    attributes += list(responses.ATTRIBUTES)  # the ledger's response events (last_opened_at, ...)
     attributes += [name for name, missing in trigger_properties(config, record).items() if missing is None]
     return attributes
 
@@ -97,6 +99,7 @@ def segment_attributes(config: ProjectConfig) -> list[str]:
 FACT_KINDS = {
     "order_count": "number", "total_spent": "number", "first_order_at": "instant", "last_order_at": "instant",
     "last_payment_method": "text", "ordered_since_trigger": "boolean", "came_back_since_trigger": "boolean",
+    **responses.ATTRIBUTE_KINDS,
 }
 #: Canonical customer columns whose kind the entity model implies (when mapped to a plain column):
 #: every channel kind's contact field holds text.
@@ -110,7 +113,7 @@ FUNCTION_KINDS: dict[type[exp.Expression], tuple[str | None, str | None]] = {
     exp.Abs: ("number", "number"),
 }
 ENGINE_FUNCTION_KINDS = {"days_ago": "instant", "hours_ago": "instant", "has_tag": "boolean",
-                         "bought_category": "boolean", "trigger_has_category": "boolean"}
+                         "bought_category": "boolean", "trigger_has_category": "boolean", **responses.FUNCTION_KINDS}
 
 _WORDS = {"number": "a number", "text": "text", "instant": "a timestamp", "boolean": "true/false"}
 _INSTANT_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?")

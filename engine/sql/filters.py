@@ -20,6 +20,7 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType
 
 from engine.errors import FilterError
+from engine.sql import responses
 
 ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
     exp.And, exp.Or, exp.Not, exp.Paren,
@@ -49,13 +50,15 @@ ENGINE_FUNCTIONS: dict[str, tuple[str, str]] = {
     "has_tag": ("string", "the customer has this engine tag (set by a campaign action)"),
     "bought_category": ("string", "the customer ordered an item of this category"),
     "trigger_has_category": ("string", "the triggering order has an item of this category"),
+    **responses.FUNCTIONS,  # the customer's responses: emails_opened(90), last_engaged_at('<kind>'), ...
 }
 #: The prefix of the trigger's own properties (``trigger.total``): the one qualified name a filter may use.
 TRIGGER_PREFIX = "trigger."
 
 
 #: The largest argument of the time functions (a hundred years): more overflows the date arithmetic.
-ENGINE_FUNCTION_MAXIMUM = {"days_ago": 36_600, "hours_ago": 878_400}
+ENGINE_FUNCTION_MAXIMUM = {"days_ago": 36_600, "hours_ago": 878_400,
+                           **{name: responses.MAXIMUM_DAYS for name in responses.WINDOW_COUNTS}}
 #: Longest filter, in characters; deepest nesting of brackets and NOT / unary minus signs.
 MAX_FILTER_CHARS = 4000
 MAX_FILTER_NESTING = 16
@@ -68,9 +71,16 @@ def _check_engine_function(node: exp.Anonymous, text: str) -> None:
     args = node.expressions
     ok = len(args) == 1 and isinstance(args[0], exp.Literal) and args[0].is_string == (kind == "string")
     if not ok:
-        example = f"{name}(30)" if kind == "number" else f"{name}('vip')"
-        raise FilterError(f"{name}() takes one {kind} literal ({meaning})", fix=f"write e.g. {example}",
+        fix = f"write e.g. {name}(30)" if kind == "number" else f"write e.g. {name}('vip')"
+        if kind == "string" and len(args) == 1 and isinstance(args[0], exp.Column) and not args[0].table:
+            fix = f"write {name}('{args[0].name}'), in quotes"  # has_tag(vip), last_engaged_at(sms)
+        elif name in responses.KIND_ARGUMENT:
+            fix = responses.kind_fix(name)
+        raise FilterError(f"{name}() takes one {kind} literal ({meaning})", fix=fix,
                           offset=source_offset(node, text, keyword=name))
+    problem = responses.unknown_kind(name, str(args[0].this))
+    if problem is not None:
+        raise FilterError(problem, fix=responses.kind_fix(name), offset=source_offset(args[0], text))
     maximum = ENGINE_FUNCTION_MAXIMUM.get(name)
     if maximum is not None:
         try:
@@ -132,6 +142,7 @@ def parse_filter(text: str, attributes: Iterable[str], unmapped: Mapping[str, st
         raise FilterError("the filter is nested too deeply to read",
                           fix="simplify it: remove redundant brackets and double negations") from None
     except (ParseError, TokenError) as exc:
+        _check_day_suffix(text)
         problem, offset = _parse_problem(exc, text)
         raise FilterError(
             f"filter does not parse: {problem}",
@@ -296,6 +307,18 @@ def source_offset(node: exp.Expression, text: str, keyword: str | None = None) -
 def _did_you_mean(name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+_DAY_SUFFIX = re.compile(r"\b(\w+)\(\s*(\d+(?:\.\d+)?)\s*d\s*\)", re.IGNORECASE)
+
+
+def _check_day_suffix(text: str) -> None:
+    """``emails_opened(90d)`` (as durations are written elsewhere): the functions take a plain number of days."""
+    for found in _DAY_SUFFIX.finditer(text):
+        name = found.group(1).lower()
+        if ENGINE_FUNCTIONS.get(name, ("",))[0] == "number":
+            raise FilterError(f"{found.group()}: {name}() takes a plain number, without 'd' ({ENGINE_FUNCTIONS[name][1]})",
+                              fix=f"write {name}({found.group(2)})", offset=found.start())
 
 
 def _parse_problem(exc: Exception, text: str) -> tuple[str, int | None]:

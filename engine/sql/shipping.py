@@ -34,16 +34,20 @@ from engine.dialects import dialect_named, drop_temporary_table
 from engine.model import Campaign, ProjectConfig
 from engine.sql.compile import lit, render_sql, ts
 from engine.sql.filter_types import filter_attributes, segment_attributes
-from engine.sql.filters import parse_filter
+from engine.sql import responses
+from engine.sql.filters import parse_filter, referenced_attributes, referenced_functions
 from engine.sql.triggers.registry import kind_of
-from engine.state.tables import ENTRIES_TABLE, TAGS_TABLE
+from engine.state.tables import ENTRIES_TABLE, EVENTS_TABLE, TAGS_TABLE
 
-#: The pass's copy of each ledger table and its columns with their SQL types.
-PASS_TABLES = {ENTRIES_TABLE: "engine_pass_entries", TAGS_TABLE: "engine_pass_tags"}
+#: The pass's copy of each ledger table and its columns with their SQL types (of the events: the human
+#: engagement rows only, ``responses.ENGAGEMENT_COLUMNS``).
+PASS_TABLES = {ENTRIES_TABLE: "engine_pass_entries", TAGS_TABLE: "engine_pass_tags", EVENTS_TABLE: "engine_pass_events"}
 COLUMNS = {
     ENTRIES_TABLE: (("campaign", "VARCHAR(64)"), ("customer_id", "VARCHAR(128)"), ("trigger_key", "VARCHAR(128)"),
                     ("entered_at", "TIMESTAMP")),
     TAGS_TABLE: (("customer_id", "VARCHAR(128)"), ("tag", "VARCHAR(64)")),
+    EVENTS_TABLE: (("customer_id", "VARCHAR(128)"), ("channel", "VARCHAR(64)"), ("type", "VARCHAR(16)"),
+                   ("message_key", "VARCHAR(400)"), ("occurred_at", "TIMESTAMP")),
 }
 #: Rows per INSERT statement into a temporary copy.
 INSERT_BATCH = 1000
@@ -51,16 +55,19 @@ INSERT_BATCH = 1000
 
 @dataclass(frozen=True)
 class StateNeeds:
-    """What a pass's queries read of engine state: the entries of these segment campaigns, the holders of these tags."""
+    """What a pass's queries read of engine state: the entries of these segment campaigns, the holders of these
+    tags, and whether the customers' responses (``responses``: the human engagement events)."""
 
     segment_campaigns: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    responses: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.segment_campaigns or self.tags)
+        return bool(self.segment_campaigns or self.tags or self.responses)
 
     def tables(self) -> tuple[str, ...]:
-        return ((ENTRIES_TABLE,) if self.segment_campaigns else ()) + ((TAGS_TABLE,) if self.tags else ())
+        return (((ENTRIES_TABLE,) if self.segment_campaigns else ()) + ((TAGS_TABLE,) if self.tags else ())
+                + ((EVENTS_TABLE,) if self.responses else ()))
 
 
 def _tags_in(text: str, attributes: Sequence[str]) -> set[str]:
@@ -69,9 +76,15 @@ def _tags_in(text: str, attributes: Sequence[str]) -> set[str]:
             if node.name.lower() == "has_tag" and node.expressions}
 
 
+def _reads_responses(text: str, attributes: Sequence[str]) -> bool:
+    tree = parse_filter(text, attributes)
+    return bool(referenced_attributes(tree) & set(responses.ATTRIBUTES)
+                or referenced_functions(tree) & set(responses.FUNCTIONS))
+
+
 def state_needs(campaigns: Iterable[Campaign], config: ProjectConfig, filters: Iterable[str] = ()) -> StateNeeds:
     """The engine state ``campaigns`` (and extra segment ``filters``, for ``engine export``) read."""
-    segments, tags = set(), set()
+    segments, tags, reads_responses = set(), set(), False
     attributes = filter_attributes(config)
     for campaign in campaigns:
         if kind_of(campaign.trigger).records_entries:
@@ -80,9 +93,15 @@ def state_needs(campaigns: Iterable[Campaign], config: ProjectConfig, filters: I
                 [v.audience for s in campaign.steps for v in s.variants]
         for text in filter(None, texts):
             tags |= _tags_in(text, attributes)
+            reads_responses = reads_responses or _reads_responses(text, attributes)
+        segment = campaign.trigger.segment if kind_of(campaign.trigger).has_segment else None
+        if segment in config.segments:  # a segment trigger's members: its segment's filter
+            tags |= _tags_in(config.segments[segment], segment_attributes(config))
+            reads_responses = reads_responses or _reads_responses(config.segments[segment], segment_attributes(config))
     for text in filters:
         tags |= _tags_in(text, segment_attributes(config))
-    return StateNeeds(tuple(sorted(segments)), tuple(sorted(tags)))
+        reads_responses = reads_responses or _reads_responses(text, segment_attributes(config))
+    return StateNeeds(tuple(sorted(segments)), tuple(sorted(tags)), reads_responses)
 
 
 def transport(dialect: str) -> str:

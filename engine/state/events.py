@@ -175,6 +175,16 @@ class EventStore:
                 continue
         return inserted
 
+    def engagement_rows(self) -> list[tuple]:
+        """(customer_id, channel, type, message_key, occurred_at) of every human engagement event
+        (``ENGAGEMENT``, not ``machine``): what response filters read, copied to a warehouse in another
+        database for a pass (engine.sql.shipping)."""
+        c = events_table.c
+        with self.db.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(
+                sa.select(c.customer_id, c.channel, c.type, c.message_key, c.occurred_at)
+                .where(c.machine.is_(False), c.type.in_(ENGAGEMENT)))]
+
     def delete_events_before(self, cutoff: datetime) -> int:
         """Retention: delete the events that occurred before ``cutoff``; the number deleted."""
         with self.db.engine.begin() as conn:

@@ -3,8 +3,9 @@
 Attributes and orders come from the warehouse through the source mapping
 (lookup.py); participation is every ledger row of the customer (campaign,
 step, status, reason, channel, when, the coupon code claimed with it), with the message as stored when asked
-(``dispatch.deserialize``, as ``engine show-message``), plus the engine's
-tags and unsubscribes. Read-only.
+(``dispatch.deserialize``, as ``engine show-message``) and the responses the ledger recorded for it (opened,
+clicked, scanned, bounced, complained: ``Ledger.customer_events``; a click's URL with its secret parameters
+masked, machine opens and scanner clicks flagged), plus the engine's tags and unsubscribes. Read-only.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from decimal import Decimal
 from engine.sql.compile import render_sql
 from engine.run.dispatch import deserialize
 from engine.errors import EngineError
+from engine.masking import mask_url
 from engine.sql.lookup import customer_query, order_count_query, order_items_query, orders_query
 from engine.run.reconcile import Reconciler
 
@@ -23,6 +25,12 @@ LATEST_ORDERS = 10
 
 class UnknownCustomer(EngineError):
     """The customer id names no customer in the warehouse."""
+
+#: a response's fields shown per message (``engine_events``), and the first human occurrence of which
+#: types each message summarises as "<type>_at" (opened_at, clicked_at, ...)
+RESPONSE_FIELDS = ("type", "occurred_at", "machine", "provider", "url", "detail")
+RESPONSE_SUMMARY = {"open": "opened_at", "click": "clicked_at", "scan": "scanned_at", "bounce": "bounced_at",
+                    "soft_bounce": "soft_bounced_at", "complaint": "complained_at", "delivered": "delivered_at"}
 
 LEDGER_FIELDS = ("message_key", "campaign", "step", "trigger_key", "variant", "channel", "status", "reason",
                  "detail", "due_at", "created_at", "updated_at", "attempts")
@@ -96,14 +104,43 @@ def _ledger(reconciler: Reconciler, customer_id: str, messages: bool) -> list[di
     rows = []
     found = reconciler.ledger.customer_messages(customer_id, LEDGER_FIELDS + (("content",) if messages else ()))
     codes = reconciler.ledger.codes_of([row["message_key"] for row in found])  # the coupon claimed with each
+    responses = _responses(reconciler, customer_id)
     for row in found:
         entry = {k: plain(row[k]) for k in LEDGER_FIELDS}
+        entry["responses"] = responses.get(row["message_key"], [])
+        for kind, field in RESPONSE_SUMMARY.items():
+            entry[field] = next((r["occurred_at"] for r in entry["responses"] if r["type"] == kind and not r["machine"]), None)
         pool, code = codes.get(row["message_key"], (None, None))
         entry["discount_code"], entry["coupon_pool"] = code, pool or None
         if messages:
             entry["message"] = _message(row["message_key"], row["content"])
         rows.append(entry)
     return rows
+
+
+def _responses(reconciler: Reconciler, customer_id: str) -> dict[str, list[dict]]:
+    """The customer's response events by message key, oldest first; a click's URL masked (secret parameters)."""
+    found: dict[str, list[dict]] = {}
+    for event in reconciler.ledger.customer_events(customer_id):
+        shown = {k: plain(event.get(k)) for k in RESPONSE_FIELDS}
+        shown["machine"] = bool(shown["machine"])
+        if shown["url"]:
+            shown["url"] = mask_url(shown["url"])
+        found.setdefault(event["message_key"], []).append(shown)
+    return found
+
+
+def _response_line(response: dict) -> str:
+    words = {"open": "opened", "click": "clicked", "scan": "scanned", "bounce": "bounced", "soft_bounce": "soft-bounced",
+             "complaint": "complained", "delivered": "delivered", "undelivered": "undelivered"}
+    line = f"      {words.get(response['type'], response['type'])} at {response['occurred_at']}"
+    if response["machine"]:
+        line += " (machine: not engagement)"
+    if response["url"]:
+        line += f"  {response['url']}"
+    if response["detail"]:
+        line += f"  ({response['detail']})"
+    return line
 
 
 def _message(key: str, content: str | None) -> dict | None:
@@ -131,6 +168,7 @@ def format_text(view: CustomerView) -> str:
         outcome = r["status"] + (f" ({r['reason']})" if r["reason"] else "")
         lines.append(f"  {r['created_at']}  {r['campaign']}/{r['step']}  {r['channel'] or '-'}  {outcome}"
                      f"  trigger {r['trigger_key']}  [{r['message_key']}]")
+        lines += [_response_line(response) for response in r["responses"]]
         if r.get("discount_code"):
             lines.append(f"      code: {r['discount_code']}" + (f" (pool {r['coupon_pool']})" if r["coupon_pool"] else " (generated)"))
         message = r.get("message")
