@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -20,6 +21,13 @@ from sqlalchemy.engine import make_url
 from engine.dialects import Dialect, dialect_of_backend
 from engine.errors import WarehouseError
 from engine.masking import is_secret_name, mask, remember, remember_url
+
+# Without a logging configuration (the commands), Python prints a library's ERROR records on stderr
+# with their traceback (logging.lastResort): SQLAlchemy's pool failing to close a connection to a
+# server gone away, Thrift's socket failing to connect. The WarehouseError that follows says it in
+# one line; a configured logging (the service) still receives them.
+for _library in ("sqlalchemy.pool", "thrift"):
+    logging.getLogger(_library).addHandler(logging.NullHandler())
 
 
 def masked(url: str) -> str:
