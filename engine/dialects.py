@@ -74,6 +74,9 @@ class Dialect:
     type_codes_are_oids: bool = False
     #: one writing process per database file: a lock error means another process holds it
     one_writer_per_file: bool = False
+    #: exceptions the driver raises outside DB-API's (so SQLAlchemy passes them on unwrapped), as
+    #: "module.Class": a server gone away is then the same clear WarehouseError as any other
+    driver_errors: tuple[str, ...] = ()
     #: a pass binds the instants of a due query compiled once as parameters (sql.prepared); else
     #: they are written into its text as literals (DuckDB: faster so; drivers the engine only renders for)
     binds_instants: bool = False
@@ -111,7 +114,12 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
     Dialect("snowflake", url_schemes=("snowflake",), temporary_tables=True),
     Dialect("bigquery", url_schemes=("bigquery",), inline_rows="unnest"),
     Dialect("spark", url_schemes=("hive",          # PyHive against the Spark Thrift Server
-                                  "databricks")),  # databricks-sqlalchemy; Databricks SQL runs Spark SQL
+                                  "databricks"),   # databricks-sqlalchemy; Databricks SQL runs Spark SQL
+            # a cluster's default session time zone may be any: the engine's instants are UTC
+            # (tests/test_spark_engine.py runs a server whose default is Pacific/Auckland)
+            connect_statements=("SET TIME ZONE 'UTC'",),
+            # PyHive lets Thrift's transport errors through (a refused connection, a server gone mid-query)
+            driver_errors=("thrift.transport.TTransport.TTransportException",)),
     Dialect("trino", url_schemes=("trino",)),
 )}
 

@@ -9,6 +9,7 @@ check, with every credential masked (masking.mask), the driver's words included.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import re
 from pathlib import Path
@@ -21,9 +22,12 @@ from engine.dialects import Dialect, dialect_of_backend
 from engine.errors import WarehouseError
 from engine.masking import is_secret_name, mask, remember, remember_url
 
-# SQLAlchemy logs a cursor it cannot close (the server went away mid-stream) through its pool's logger,
-# with a traceback, on stderr when nothing handles it; the WarehouseError that follows says it once.
-logging.getLogger("sqlalchemy.pool").addHandler(logging.NullHandler())
+# Without a logging configuration (the commands), Python prints a library's ERROR records on stderr
+# with their traceback (logging.lastResort): SQLAlchemy's pool failing to close a cursor or a connection
+# to a server gone away mid-stream, Thrift's socket failing to connect. The WarehouseError that follows
+# says it in one line; a configured logging (the service) still receives them.
+for _library in ("sqlalchemy.pool", "thrift"):
+    logging.getLogger(_library).addHandler(logging.NullHandler())
 
 
 def masked(url: str) -> str:
@@ -80,6 +84,8 @@ class Database:
         self.backend = self.engine.dialect.name
         #: what this database can do (engine.dialects): the one place its differences are looked up
         self.dialect: Dialect = dialect_of_backend(self.backend)
+        #: what a failure of this database raises: SQLAlchemy's errors and the driver's own (Dialect.driver_errors)
+        self.errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, *_driver_errors(self.dialect))
         if self.dialect.connect_statements:
             sa.event.listen(self.engine, "connect", _run_on_connect(self.dialect.connect_statements))
         if self.dialect.settings_section and duckdb_settings:
@@ -93,7 +99,7 @@ class Database:
         try:
             with self.engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
-        except sa.exc.SQLAlchemyError as exc:
+        except self.errors as exc:
             raise self._error("cannot connect to", exc) from None
 
     def stream(self, sql: str, batch_size: int = 1000) -> Iterator[list[sa.Row]]:
@@ -108,14 +114,14 @@ class Database:
         try:
             with self.engine.connect() as conn:
                 yield Session(self, conn)
-        except sa.exc.SQLAlchemyError as exc:
+        except self.errors as exc:
             raise self._error("query failed on", exc) from None
 
     def fetch_all(self, sql: str) -> list[sa.Row]:
         try:
             with self.engine.connect() as conn:
                 return list(conn.execute(sa.text(sql)))
-        except sa.exc.SQLAlchemyError as exc:
+        except self.errors as exc:
             raise self._error("query failed on", exc) from None
 
     def execute(self, statement: Any, parameters: Any = None) -> list[sa.Row]:
@@ -126,14 +132,14 @@ class Database:
                     statement = sa.text(statement)
                 result = conn.execute(statement, parameters) if parameters is not None else conn.execute(statement)
                 return list(result) if result.returns_rows else []
-        except sa.exc.SQLAlchemyError as exc:
+        except self.errors as exc:
             raise self._error("statement failed on", exc) from None
 
     def dispose(self) -> None:
         self.engine.dispose()
 
-    def _error(self, what: str, exc: Exception) -> WarehouseError:
-        detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+    def _error(self, what: str, exc: BaseException) -> WarehouseError:
+        detail = _driver_words(exc)
         if self.dialect.settings_section and "Out of Memory" in detail:
             detail += (f"; raise or remove warehouse.{self.dialect.settings_section}.memory_limit in engine.yaml, "
                        "or free memory on the host")
@@ -151,7 +157,7 @@ class Session:
         try:
             self.conn.execute(sa.text(sql))
             self.conn.commit()
-        except sa.exc.SQLAlchemyError as exc:
+        except self.database.errors as exc:
             self.conn.rollback()
             raise self.database._error("statement failed on", exc) from None
 
@@ -162,7 +168,7 @@ class Session:
             rows = self.conn.execute(sa.text(sql), parameters).all() if parameters else self.conn.execute(sa.text(sql)).all()
             self.conn.commit()
             return rows
-        except sa.exc.SQLAlchemyError as exc:
+        except self.database.errors as exc:
             self._rollback()
             raise self.database._error("statement failed on", exc) from None
 
@@ -185,7 +191,7 @@ class Session:
                 try:
                     result.close()
                     self.conn.commit()
-                except sa.exc.SQLAlchemyError:  # the connection is gone: the next statement says so
+                except self.database.errors:  # the connection is gone: the next statement says so
                     self._rollback()
                 raise
             except BaseException:
@@ -193,15 +199,38 @@ class Session:
                 raise
             result.close()
             self.conn.commit()
-        except sa.exc.SQLAlchemyError as exc:
+        except self.database.errors as exc:
             self._rollback()  # PostgreSQL refuses every later statement of a failed transaction
             raise self.database._error("query failed on", exc) from None
 
     def _rollback(self) -> None:
         try:
             self.conn.rollback()
-        except sa.exc.SQLAlchemyError:  # the connection itself is gone: the next statement says so
+        except self.database.errors:  # the connection itself is gone: the next statement says so
             pass
+
+
+def _driver_errors(dialect: Dialect) -> list[type[BaseException]]:
+    """The exception classes of ``Dialect.driver_errors`` whose driver is installed."""
+    found = []
+    for name in dialect.driver_errors:
+        module, _, cls = name.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), cls))
+        except (ImportError, AttributeError):  # that driver is not the one in use
+            continue
+    return found
+
+
+def _driver_words(exc: BaseException) -> str:
+    """The first line of what the driver said. A HiveServer2 response (PyHive's errors carry the
+    Thrift struct) says it in ``status.errorMessage``: that, not the struct's repr with its stack."""
+    orig = getattr(exc, "orig", None) or exc
+    response = orig.args[0] if getattr(orig, "args", None) else None
+    message = getattr(getattr(response, "status", None), "errorMessage", None)
+    text = message if isinstance(message, str) and message.strip() else str(orig)
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
 
 
 #: A size DuckDB's memory_limit takes (the pattern of schema/project.schema.json).
