@@ -169,8 +169,11 @@ def test_a_pass_settles_in_sql_only_where_it_pays(tmp_path, monkeypatch):
     fresh = Reconciler(load_project(root))
     try:
         ran.clear()
+        in_ledger = {row[0] for row in fresh.ledger.counts()}
         fresh.run_once(NOW + timedelta(days=3))
-        assert ran == []  # every settling campaign is in the ledger: a new process starts row by row
+        # a campaign the ledger holds rows of: a new process starts row by row; one nobody was ever due
+        # for (the shipped re-activate on the demo's data) settles again, which costs one query
+        assert set(ran) == settling - in_ledger and settling & in_ledger
     finally:
         fresh.close()
 
