@@ -342,8 +342,8 @@ def test_chromium_opening_the_email_records_one_open_and_following_its_link_one_
 
 
 def test_engine_serve_tracking_serves_health_and_tracking_only(project):
-    """`engine serve-tracking`: a process of its own answering /healthz, /readyz and the tracking endpoints from
-    the same project, without passes and without /unsubscribe."""
+    """`engine serve-tracking`: a process of its own answering /healthz, /readyz, the tracking endpoints and the
+    provider webhooks from the same project, without passes and without /unsubscribe."""
     import signal
     import sys
     import time
@@ -370,6 +370,9 @@ def test_engine_serve_tracking_serves_health_and_tracking_only(project):
         assert request(port, fresh)[0] == 200
         assert request(port, "/healthz")[0] == 200
         assert request(port, "/unsubscribe?c=1&k=email&s=" + "0" * 32)[0] == 404
+        # the provider webhooks are public endpoints too: served here (this project configures no provider)
+        status, _, body = request(port, "/webhooks/sms", "POST", body=b"{}")
+        assert status == 404 and b"not configured" in body, body
     finally:
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=60)[0].decode()

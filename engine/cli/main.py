@@ -230,8 +230,8 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
 @click.pass_obj
 @handle_errors
 def serve_tracking(project_dir: Path, host: str, port: int, log_level: str, log_format: str):
-    """Serve only /healthz, /readyz, /metrics and the tracking endpoints (/open, /click, /scan), no passes:
-    for a setup where the reconciler is not public. Reloads a changed project every minute."""
+    """Serve only /healthz, /readyz, /metrics, the tracking endpoints (/open, /click, /scan) and the provider
+    webhooks (/webhooks/...), no passes: for a setup where the reconciler is not public. Reloads a changed project every minute."""
     logs.configure(log_level.lower(), log_format.lower(), False)
     _loop(project_dir, 60.0, (), host, port, tracking_only=True)
 
