@@ -136,7 +136,7 @@ class Writer:
                 if item is None:
                     stopping = True
                     break
-                (waiting if isinstance(item, threading.Event) else batch).append(item)
+                (batch if isinstance(item, tuple) else waiting).append(item)  # (event, now), or a flush's signal
                 if len(batch) >= BATCH:
                     break
                 try:
