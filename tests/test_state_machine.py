@@ -225,26 +225,6 @@ def guarded(method):
     return run
 
 
-@contextmanager
-def each_due_query_compiled_once():
-    """The plan (``Reconciler.due``) and the pass then ask for the same due query at one instant;
-    compile it once per (campaign, config, instant). Only saves time: the SQL is a pure function of
-    these, and sqlglot renders a copy, so the cached AST is never changed."""
-    original = engine.run.plan.due_query
-    cache: dict = {}
-
-    def due_query(campaign, config, now, **options):
-        key = (id(campaign), id(config), now, tuple(sorted(options.items())))
-        if key not in cache:
-            if len(cache) > 64:
-                cache.clear()
-            cache[key] = (campaign, config, original(campaign, config, now, **options))  # holds the objects: ids stay unique
-        return cache[key][2]
-
-    with mock.patch.object(engine.run.plan, "due_query", due_query):
-        yield
-
-
 class Crash(Exception):
     """Raised at an in-process failpoint: the pass dies there, like a process killed by SIGKILL."""
 
@@ -679,10 +659,10 @@ def test_delivery_guarantees_hold_under_any_interleaving(backend, tmp_path):
     with SmtpSink() as smtp, SmsProvider() as sms:
         res = Resources(backend, tmp_path, smtp, sms)
         machine = seed(SEEDS[backend])(type(f"DeliveryMachine_{backend}", (DeliveryMachine,), {"res": res}))
-        with each_due_query_compiled_once():
-            run_state_machine_as_test(machine, settings=settings(
-                max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
-                print_blob=False, phases=PHASES, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+        # each due query is compiled once per project version by the engine itself (engine.sql.prepared)
+        run_state_machine_as_test(machine, settings=settings(
+            max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
+            print_blob=False, phases=PHASES, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
     print(f"\n{backend}: {res.examples} examples, {res.steps} steps, {res.passes} passes, "
           f"in-process crashes {dict(res.crashes)}, killed processes {dict(res.real_crashes)}, "
           f"deliveries {dict(res.deliveries)}, {res.listed} keys listed -> {dict(res.outcomes)}, "
