@@ -32,9 +32,9 @@ def server():
     routes = {"/hook": Route(_echo, methods=("POST",), max_body=64 * 1024),
               "/open": Route(lambda r: Answer(200, b"GIF89a", "image/gif")),
               "/scan": Route(lambda r: Answer(302, b"", headers=(("Location", "https://shop.test/landing"),))),
-              "/broken": Route(_fail)}
-    server = StatusServer("127.0.0.1", 0, readiness=lambda: (True, {}), metrics=Metrics().wsgi_app(), routes=routes,
-                          scan=lambda query: (404, "built-in", None))
+              "/broken": Route(_fail),
+              "/readyz": Route(lambda r: Answer(200, b"the route's\n"))}
+    server = StatusServer("127.0.0.1", 0, readiness=lambda: (True, {}), metrics=Metrics().wsgi_app(), routes=routes)
     server.start()
     yield server
     server.stop()
@@ -76,7 +76,8 @@ def test_a_failing_route_is_500_and_the_log_has_no_query(server, capsys):
 
 
 def test_a_routes_path_wins_over_the_built_in_endpoint(server):
-    status, headers, _ = _request(server, "GET", "/scan?m=1")
+    assert _request(server, "GET", "/readyz")[::2] == (200, b"the route's\n")  # not the readiness JSON
+    status, headers, _ = _request(server, "GET", "/scan?m=1")  # a route's own headers: a redirect
     assert status == 302 and headers["Location"] == "https://shop.test/landing"
     assert _request(server, "GET", "/healthz")[::2] == (200, b"ok\n")
 

@@ -1,9 +1,9 @@
-"""The service's HTTP endpoints on waitress: /healthz, /readyz, /metrics, /unsubscribe, /scan and routes.
+"""The service's HTTP endpoints on waitress: /healthz, /readyz, /metrics, /unsubscribe and routes.
 
 Owns the socket, the HTTP server's limits and the routing of requests; what
-"ready" means, what the metrics say, what an unsubscribe link does and where a
-printed link (a letter's QR code, /scan) leads come in as callables from
-``loop.py``. /metrics is prometheus-client's own WSGI
+"ready" means, what the metrics say and what an unsubscribe link does come in
+as callables from ``loop.py``; the tracking endpoints (/open, /click, /scan) and
+the provider webhooks are routes. /metrics is prometheus-client's own WSGI
 exposition (``Metrics.wsgi_app``): it picks the Prometheus text format or
 OpenMetrics from the scraper's Accept header and gzips on request; this module
 only routes to it and adds the same limits and headers as every other answer. Binds to 127.0.0.1 unless told otherwise
@@ -182,14 +182,10 @@ def _route_waitress_logs() -> None:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 
-#: /scan: a printed link's query -> (status, text, the URL to redirect to or None)
-Scan = Callable[[str], tuple[int, str, str | None]]
-
-
 def _app(readiness: Readiness, metrics: WSGIApp,
-         unsubscribe: Callable[[str, bool], tuple[int, str]] | None, scan: Scan | None = None,
+         unsubscribe: Callable[[str, bool], tuple[int, str]] | None,
          routes: Mapping[str, Route] | None = None):
-    """The WSGI application: the five endpoints, the routes and the plain-text answers for anything else."""
+    """The WSGI application: the built-in endpoints, the routes and the plain-text answers for anything else."""
     routes = dict(routes or {})
 
     def route_answer(route: Route, environ: dict, method: str, path: str) -> Answer:
@@ -204,7 +200,6 @@ def _app(readiness: Readiness, metrics: WSGIApp,
             return Answer(413, f"the body is larger than {route.max_body} bytes\n".encode())
         return route.handle(_request(environ, method, path))
 
-    redirects: dict[int, str] = {}  # per worker thread: the Location of the answer being built
 
     def answer(method: str, path: str, query: str) -> tuple[int, bytes, str]:
         if method == "POST":  # RFC 8058 one-click: POST <link> with List-Unsubscribe=One-Click
@@ -223,11 +218,6 @@ def _app(readiness: Readiness, metrics: WSGIApp,
                 ready, detail = False, {"error": f"{type(exc).__name__}: {exc}"}
             body = (json.dumps({"ready": ready, **detail}, indent=2, default=str) + "\n").encode()
             return (200 if ready else 503), body, "application/json"
-        if path == "/scan" and scan is not None:
-            status, text, location = scan(query)
-            if location is not None:
-                redirects[threading.get_ident()] = location
-            return status, (text + "\n").encode(), TEXT
         if path == "/unsubscribe" and unsubscribe is not None:
             # a GET only confirms: mail scanners follow links, so the change needs the POST
             status, text = unsubscribe(query, False)
@@ -261,10 +251,9 @@ def _app(readiness: Readiness, metrics: WSGIApp,
             event("http.error", f"{method} {path} failed: {type(exc).__name__}: {first_line}", logging.ERROR,
                   path=path)
             status, body, content_type = 500, b"internal error; see the service log\n", TEXT
-        location = redirects.pop(threading.get_ident(), None)
         start_response(f"{status} {HTTPStatus(status).phrase}",
                        [("Content-Type", content_type), ("Content-Length", str(len(body))),
-                        ("Cache-Control", "no-store"), *([("Location", location)] if location else [])])
+                        ("Cache-Control", "no-store")])
         return [body]
 
     return application
@@ -275,7 +264,7 @@ class StatusServer:
 
     def __init__(self, host: str, port: int, *, readiness: Readiness,
                  metrics: WSGIApp,
-                 unsubscribe: Callable[[str, bool], tuple[int, str]] | None = None, scan: Scan | None = None,
+                 unsubscribe: Callable[[str, bool], tuple[int, str]] | None = None,
                  routes: Mapping[str, Route] | None = None):
         try:
             sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -302,7 +291,7 @@ class StatusServer:
             limit.max_request_body_size = routes[path].max_body + 1
         parser = type("_PathParser", (_Parser,), {"limits": limits})
         self._map: dict = {}
-        self.server = _Server(_app(readiness, metrics, unsubscribe, scan, routes), map=self._map,
+        self.server = _Server(_app(readiness, metrics, unsubscribe, routes), map=self._map,
                               _sock=sock, adj=adjustments, bind_socket=False,
                               sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
         self.server.channel_class = type("_PathChannel", (_Channel,), {"parser_class": parser})
