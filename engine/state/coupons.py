@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import import_module
 from typing import Iterable, Iterator
 
 import sqlalchemy as sa
 
+from engine.state.bulk import conflict_insert, unnest_insert
 from engine.state.ledger_tables import coupon_claims_table, coupon_codes_table, ledger_table
 from engine.state.ledger_writer import Record
 from engine.state.warehouse import Database
@@ -56,24 +56,6 @@ class CodeClaims:
 
 def _naive(value: datetime) -> datetime:
     return value.replace(tzinfo=None) if value.tzinfo else value
-
-
-def conflict_insert(db: Database):
-    return import_module(f"sqlalchemy.dialects.{db.dialect.on_conflict_insert}").insert
-
-
-def unnest_insert(conn: sa.Connection, table: sa.Table, rows: list[dict], conflict: str | None = None) -> set[str]:
-    """DuckDB: ``rows`` inserted as one statement over one LIST parameter per column (as ``Ledger.write_new``
-    does); with ``conflict``, rows whose ``conflict`` column exists are left out and the others' values returned."""
-    names = list(rows[0])
-    types = ["TIMESTAMP" if isinstance(table.c[n].type, sa.DateTime) else "INTEGER" if isinstance(table.c[n].type, sa.Integer)
-             else "BOOLEAN" if isinstance(table.c[n].type, sa.Boolean) else "VARCHAR" for n in names]
-    unnest = ", ".join(f"unnest(CAST(${i} AS {t}[]))" for i, t in enumerate(types, 1))
-    sql = f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {unnest}"
-    if conflict is not None:
-        sql += f" ON CONFLICT ({conflict}) DO NOTHING RETURNING {conflict}"
-    result = conn.exec_driver_sql(sql, tuple([row[n] for row in rows] for n in names))
-    return {row[0] for row in result} if conflict is not None else set()
 
 
 class CouponStore:
@@ -137,7 +119,7 @@ class CouponStore:
     def _insert_rows(self, conn: sa.Connection, rows: list[dict]) -> set[str]:
         """Insert ledger rows whose key is new, on ``conn``; the keys inserted."""
         # the conflict target named: DuckDB checks a bare ON CONFLICT against every unique index the slow way
-        insert = (conflict_insert(self.db)(ledger_table).on_conflict_do_nothing(index_elements=[ledger_table.c.message_key])
+        insert = (conflict_insert(self.db.dialect)(ledger_table).on_conflict_do_nothing(index_elements=[ledger_table.c.message_key])
                   .returning(ledger_table.c.message_key))
         inserted: set[str] = set()
         for start in range(0, len(rows), 500):  # SQLAlchemy sends each chunk as one multi-row INSERT

@@ -25,7 +25,7 @@ from typing import Iterable
 
 import sqlalchemy as sa
 
-from engine.state.coupons import conflict_insert, unnest_insert
+from engine.state.bulk import conflict_insert, unnest_insert
 from engine.state.ledger_tables import events_table, ledger_table
 from engine.state.warehouse import Database
 
@@ -156,7 +156,7 @@ class EventStore:
                     if dialect.array_parameters == "positional":  # DuckDB: one LIST parameter per column
                         return unnest_insert(conn, events_table, rows, conflict="event_id")
                     if dialect.on_conflict_insert is not None:
-                        statement = (conflict_insert(self.db)(events_table).on_conflict_do_nothing()
+                        statement = (conflict_insert(self.db.dialect)(events_table).on_conflict_do_nothing()
                                      .returning(events_table.c.event_id))
                         return {row[0] for row in conn.execute(statement, rows)}
             except sa.exc.SQLAlchemyError as exc:

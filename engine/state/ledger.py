@@ -40,15 +40,14 @@ the tools read through (ledger_reader.py) and implements ``LedgerWriter``
 from __future__ import annotations
 
 from datetime import datetime
-from importlib import import_module
 from typing import Iterable
 
 import hashlib
 
 import sqlalchemy as sa
 
-from engine.dialects import Dialect
 from engine.state import migrations
+from engine.state.bulk import array_type, conflict_insert, unnest_insert
 from engine.state.coupons import CouponStore
 from engine.state.events import EventStore
 from engine.state.ledger_reader import LedgerReader
@@ -61,10 +60,8 @@ from engine.state.warehouse import Database
 
 STATUSES = ("claimed", "sent", "failed", "skipped", "unknown")
 
-#: Rows per set-based UPDATE, and the SQL type of each ledger column for the array parameters.
+#: Rows per set-based UPDATE.
 UPDATE_CHUNK = 1000
-_ARRAY_TYPES = {c.name: "TIMESTAMP" if isinstance(c.type, sa.DateTime) else "INTEGER" if isinstance(c.type, sa.Integer)
-                else "VARCHAR" for c in ledger_table.columns}
 
 
 def message_key(campaign: str, step: str, customer_id: str, trigger_key: str) -> str:
@@ -83,12 +80,6 @@ def _parse(value) -> datetime | None:
 
 def _digest(contact: str) -> str:
     return hashlib.sha256(contact.encode()).hexdigest()
-
-
-def _conflict_insert(dialect: Dialect):
-    """The SQLAlchemy ``insert()`` that has ``on_conflict_do_nothing`` for ``dialect``
-    (Dialect.on_conflict_insert: DuckDB speaks PostgreSQL's)."""
-    return import_module(f"sqlalchemy.dialects.{dialect.on_conflict_insert}").insert
 
 
 #: Unsubscribe and suppression tables up to this many rows are read whole once per pass
@@ -163,22 +154,16 @@ class Ledger(CouponStore, EventStore, LedgerReader, LedgerWriter):
         dialect = self.db.dialect
         if dialect.array_parameters == "positional":  # DuckDB
             # one LIST parameter per column: no statement to compile, no thousands of parameters to bind
-            names = list(rows[0])
-            unnest = ", ".join(f"unnest(CAST(${i} AS {_ARRAY_TYPES[n]}[]))" for i, n in enumerate(names, 1))
-            # the conflict target matters: a bare ON CONFLICT DO NOTHING makes DuckDB check every unique
-            # index the slow way (1.3 s per 500 rows on a 200k-row ledger, 30x the targeted form). The key is
-            # a function of the identity columns, so a conflict on those is always one on the key too.
-            sql = (f"INSERT INTO {LEDGER_TABLE} ({', '.join(names)}) SELECT {unnest} "
-                   "ON CONFLICT (message_key) DO NOTHING RETURNING message_key")
+            # The key is a function of the identity columns, so a conflict on those is always one on the key too.
             try:
                 with self.db.engine.begin() as conn:
-                    return {row[0] for row in conn.exec_driver_sql(sql, tuple([row[n] for row in rows] for n in names))}
+                    return unnest_insert(conn, ledger_table, rows, conflict="message_key")
             except sa.exc.SQLAlchemyError as exc:
                 raise self.db._error("statement failed on", exc) from None
         if dialect.on_conflict_insert is not None:
             # a list of rows: SQLAlchemy's "insertmanyvalues" sends them as one multi-row INSERT
             # (up to 1000 rows) from a statement compiled once and cached, not once per chunk
-            statement = _conflict_insert(dialect)(ledger_table).on_conflict_do_nothing().returning(ledger_table.c.message_key)
+            statement = conflict_insert(dialect)(ledger_table).on_conflict_do_nothing().returning(ledger_table.c.message_key)
             return {row[0] for row in self.db.execute(statement, rows)}
         inserted = set()  # other backends: one row at a time, the key decides
         for row in rows:
@@ -252,12 +237,12 @@ class Ledger(CouponStore, EventStore, LedgerReader, LedgerWriter):
             chunk = rows[start:start + UPDATE_CHUNK]
             values = [[columns[n][i] for i in chunk] for n in arrays]
             if arrays_as == "positional":  # DuckDB: positional $n; Python lists bind as DuckDB LISTs
-                unnest = ", ".join(f"unnest(CAST(${i} AS {_ARRAY_TYPES[n]}[])) AS {n}" for i, n in enumerate(arrays, 1))
+                unnest = ", ".join(f"unnest(CAST(${i} AS {array_type(ledger_table.c[n])}[])) AS {n}" for i, n in enumerate(arrays, 1))
                 sql = (f"UPDATE {table} SET {assignments}, updated_at = CAST(${len(arrays) + 1} AS TIMESTAMP) "
                        f"FROM (SELECT {unnest}) AS v WHERE {table}.message_key = v.message_key AND {condition}{returning}")
                 result = conn.exec_driver_sql(sql, (*values, _naive(now)))
             else:  # PostgreSQL: lists bind as arrays; unnest of several arrays zips them
-                unnest = ", ".join(f"CAST(:a{i} AS {_ARRAY_TYPES[n]}[])" for i, n in enumerate(arrays))
+                unnest = ", ".join(f"CAST(:a{i} AS {array_type(ledger_table.c[n])}[])" for i, n in enumerate(arrays))
                 sql = (f"UPDATE {table} SET {assignments}, updated_at = :u FROM unnest({unnest}) AS v({', '.join(arrays)}) "
                        f"WHERE {table}.message_key = v.message_key AND {condition}{returning}")
                 result = conn.execute(sa.text(sql), {**{f"a{i}": v for i, v in enumerate(values)}, "u": _naive(now)})
@@ -372,7 +357,7 @@ class Ledger(CouponStore, EventStore, LedgerReader, LedgerWriter):
 
     def _insert_ignore(self, table: sa.Table, row: dict) -> None:
         if self.db.dialect.on_conflict_insert is not None:
-            self.db.execute(_conflict_insert(self.db.dialect)(table).values(row).on_conflict_do_nothing())
+            self.db.execute(conflict_insert(self.db.dialect)(table).values(row).on_conflict_do_nothing())
             return
         try:  # pragma: no cover - other backends
             self.db.execute(table.insert().values(row))
@@ -515,7 +500,7 @@ class Ledger(CouponStore, EventStore, LedgerReader, LedgerWriter):
             for row in values:
                 self._insert_ignore(entries_table, row)
             return
-        insert = _conflict_insert(self.db.dialect)
+        insert = conflict_insert(self.db.dialect)
         for start in range(0, len(values), 1000):  # one transaction per thousand entries
             self.db.execute(insert(entries_table).on_conflict_do_nothing(), values[start:start + 1000])
 
