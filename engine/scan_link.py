@@ -21,16 +21,13 @@ import re
 from typing import Sequence
 from urllib.parse import parse_qsl, urlencode, urlparse
 
+from engine.refusals import Refused
+
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
-class ScanRefused(Exception):
+class ScanRefused(Refused):
     """A printed link the engine does not honour: ``status`` 400 (malformed) or 404 (not signed by it)."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 def token(message_key: str) -> str:

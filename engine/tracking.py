@@ -46,6 +46,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from engine.refusals import Refused
+
 #: what a token may name, with its type byte
 TYPES = {"open": 1, "click": 2, "scan": 3}
 #: a token's lifetime unless policies.tracking.token_ttl says otherwise: a year and a month, so a
@@ -63,14 +65,9 @@ _HEADER = struct.Struct(">BIH")  # type, made at (epoch seconds), length of the 
 _CONTEXT = [b"engine tracking token v1"]  # associated data: a token of another use never opens as one of these
 
 
-class TokenRefused(Exception):
+class TokenRefused(Refused):
     """A token the service does not honour: ``status`` 400 (malformed), 404 (not sealed by this shop,
     or not of this type) or 410 (expired)."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 @dataclass(frozen=True)

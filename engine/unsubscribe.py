@@ -22,6 +22,7 @@ from typing import Sequence
 from urllib.parse import parse_qsl, urlencode, urlparse
 
 from engine.channel_kinds import unsubscribe_scopes
+from engine.refusals import Refused
 
 #: what a link (and ``engine unsubscribe --channel``) may name: each channel kind's scope, or all
 KINDS = (*unsubscribe_scopes(), "all")
@@ -32,13 +33,8 @@ _CUSTOMER_ID = re.compile(r"[^\W_]|[-_.:@+/#~]")
 _SIGNATURE = re.compile(r"[0-9a-f]{32}")
 
 
-class LinkRefused(Exception):
+class LinkRefused(Refused):
     """An unsubscribe link the engine does not honour: ``status`` 400 (malformed) or 403 (bad signature)."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 def signature(secret: str, customer_id: str, kind: str) -> str:

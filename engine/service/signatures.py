@@ -39,6 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from engine import refusals
 from engine.clock import to_utc
 
 #: the signed fields of each SNS message type, in the order of the canonical string
@@ -63,13 +64,8 @@ _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class Refused(Exception):
+class Refused(refusals.Refused):
     """Not a genuine (or not an acceptable) webhook: the HTTP status to answer and why, without personal data."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 # --- allowed URLs ------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from engine import scan_link, tracking
 from engine.clock import Clock, to_utc
 from engine.errors import EngineError
 from engine.logs import event
+from engine.refusals import Refused
 from engine.model import ProjectConfig
 from engine.service.httpd import Answer, Request, Route
 from engine.state.events import Event, event_id
@@ -250,12 +251,12 @@ def _old_scan(query: str, state: Tracking) -> Answer:
     try:
         scan_link.check(query, state.secrets)
     except scan_link.ScanRefused as refused:
-        return _refused("scan", tracking.TokenRefused(refused.status, refused.reason))
+        return _refused("scan", refused)
     landing = state.config.scan_landing_url
     return Answer(302, f"see {landing}\n".encode(), TEXT, headers=(("Location", landing),))
 
 
-def _refused(type_: str, refused: tracking.TokenRefused) -> Answer:
+def _refused(type_: str, refused: Refused) -> Answer:
     event("tracking.refused", f"Refused a {type_} request: {refused.reason}", logging.WARNING,
           endpoint=f"/{type_}", status=refused.status)
     return Answer(refused.status, (refused.reason + "\n").encode(), TEXT)
