@@ -115,56 +115,68 @@ def rate(count: int, of: int) -> float | None:
     return count / of if of else None
 
 
-@dataclass
-class StepStats:
-    """One step's figures; ``step`` None is the whole campaign."""
+@dataclass(kw_only=True)
+class Reach:
+    """What every row of the figures has: the messages sent, the customers they reached, the
+    unsubscribes and conversions that followed, and the responses (opens, clicks, bounces, ...)."""
 
-    step: str | None
-    entered: int = 0
     sent: int = 0
-    failed: int = 0
-    unknown: int = 0
-    in_flight: int = 0
-    skipped: Counter = field(default_factory=Counter)
     unsubscribed: int = 0
     reached: Group = field(default_factory=Group)
-    holdout: Group = field(default_factory=Group)
     engagement: Engagement = field(default_factory=Engagement)
 
     @property
     def click_rate(self) -> float | None:
         return rate(self.engagement.clicked, self.sent)
+
+    def reach_dict(self) -> dict:
+        return {"sent": self.sent, "unsubscribed": self.unsubscribed, "sent_group": self.reached.as_dict(),
+                "engagement": self.engagement.as_dict(self.sent)}
+
+
+@dataclass(kw_only=True)
+class Outcomes(Reach):
+    """A ``Reach`` with the ledger's other outcomes: failed, unknown, in flight and skipped by reason."""
+
+    failed: int = 0
+    unknown: int = 0
+    in_flight: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def outcome_figures(self) -> dict:
+        """sent, failed, unknown, in_flight, skipped, unsubscribed, sent_group: in the order the outputs show them."""
+        return {"sent": self.sent, "failed": self.failed, "unknown": self.unknown, "in_flight": self.in_flight,
+                "skipped": dict(sorted(self.skipped.items())), "unsubscribed": self.unsubscribed,
+                "sent_group": self.reached.as_dict()}
+
+
+@dataclass
+class StepStats(Outcomes):
+    """One step's figures; ``step`` None is the whole campaign."""
+
+    step: str | None
+    entered: int = 0
+    holdout: Group = field(default_factory=Group)
 
     @property
     def comparison(self) -> Comparison:
         return compare(self.reached.converted, self.reached.customers, self.holdout.converted, self.holdout.customers)
 
     def as_dict(self) -> dict:
-        return {"step": self.step, "entered": self.entered, "sent": self.sent, "failed": self.failed,
-                "unknown": self.unknown, "in_flight": self.in_flight, "skipped": dict(sorted(self.skipped.items())),
-                "unsubscribed": self.unsubscribed, "sent_group": self.reached.as_dict(),
+        return {"step": self.step, "entered": self.entered, **self.outcome_figures(),
                 "holdout_group": self.holdout.as_dict(), "uplift": self.comparison.as_dict(),
                 "engagement": self.engagement.as_dict(self.sent)}
 
 
 @dataclass
-class VariantStats:
+class VariantStats(Reach):
     """One variant of a step: its messages, the customers it reached and what came of it."""
 
     step: str
     variant: str
-    sent: int = 0
-    unsubscribed: int = 0
-    reached: Group = field(default_factory=Group)
-    engagement: Engagement = field(default_factory=Engagement)
-
-    @property
-    def click_rate(self) -> float | None:
-        return rate(self.engagement.clicked, self.sent)
 
     def as_dict(self) -> dict:
-        return {"step": self.step, "variant": self.variant, "sent": self.sent, "unsubscribed": self.unsubscribed,
-                "sent_group": self.reached.as_dict(), "engagement": self.engagement.as_dict(self.sent)}
+        return {"step": self.step, "variant": self.variant, **self.reach_dict()}
 
 
 @dataclass(frozen=True)
@@ -199,29 +211,14 @@ def verdict(c: Comparison) -> str:
 
 
 @dataclass
-class KindStats:
+class KindStats(Outcomes):
     """The outcomes of a campaign's messages of one channel kind (email, sms, push, webhook, letter):
     the kind of the channel each ledger row names; "-" for rows decided before a channel was chosen."""
 
     kind: str
-    sent: int = 0
-    failed: int = 0
-    unknown: int = 0
-    in_flight: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    unsubscribed: int = 0
-    reached: Group = field(default_factory=Group)
-    engagement: Engagement = field(default_factory=Engagement)
-
-    @property
-    def click_rate(self) -> float | None:
-        return rate(self.engagement.clicked, self.sent)
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "sent": self.sent, "failed": self.failed, "unknown": self.unknown,
-                "in_flight": self.in_flight, "skipped": dict(sorted(self.skipped.items())),
-                "unsubscribed": self.unsubscribed, "sent_group": self.reached.as_dict(),
-                "engagement": self.engagement.as_dict(self.sent)}
+        return {"kind": self.kind, **self.outcome_figures(), "engagement": self.engagement.as_dict(self.sent)}
 
 
 @dataclass
