@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 
 import pytest
 
@@ -85,3 +86,17 @@ def test_a_routes_path_wins_over_the_built_in_endpoint(server):
 def test_a_route_may_not_ask_for_more_than_the_largest_body_limit():
     with pytest.raises(ValueError, match="at most"):
         Route(_echo, max_body=MAX_ROUTE_BODY_BYTES + 1)
+
+
+def test_accepted_connections_send_without_nagle_delay(server):
+    """waitress writes an answer's header and its body in two sends: with Nagle's algorithm on, the body
+    would wait for the client's (delayed, up to 40 ms) ACK of the header on a keep-alive connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for _ in range(2):  # the same keep-alive connection answers both
+            conn.request("GET", "/open")
+            assert conn.getresponse().read() == b"GIF89a"
+        (channel,) = server.server.active_channels.values()
+        assert channel.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        conn.close()
