@@ -40,6 +40,9 @@ templates/) into a scratch directory pointed at it, and measures in one run:
 - letters (PDF, DIN 5008 window, QR code) rendered per second, beside emails
   (their MIME bytes) built per second from the same parts in the same run
   (``--letters N``, 0 skips it);
+- the plan of second-order and re-engage beside a hand-written SQL finding the same due sets
+  (asserted), with and without the shared order rows (benchmarks/hand_sql.py; target <= 1.5x),
+  and the sequential scans of each source per pass (benchmarks/scans.py);
 - a pass of the campaigns whose templates show product lists, next to the same pass with fixed
   lists instead (benchmarks/lists.py; target <= 1.3x);
 - peak RSS of this process (the shop is built in a child process, so this is
@@ -82,6 +85,7 @@ if str(REPO) not in sys.path:  # runnable from a checkout without `pip install -
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # dispatch.py, smtp_sink.py next to this file
 
 import dispatch  # noqa: E402
+import hand_sql as hand_bench  # noqa: E402 - two campaigns' plan beside a hand-written SQL (issue 15.2)
 import lists as lists_bench  # noqa: E402 - a pass with product lists next to one without
 import push  # noqa: E402 - web push dispatch against a loopback push service
 import replicas as replicas_bench  # noqa: E402 - a pass split over N replicas on PostgreSQL
@@ -772,6 +776,10 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         rows.append({"what": f"plan: all {len(campaigns)} campaigns", "rows": counts["rows"], "seconds": plan,
                      "floor": floor, "note": f"{counts['send']:,} send, {counts['skip']:,} skip", "headline": True})
         rows += _compiled_per_pass(reconciler, now, repeat, floor, "  same plan")
+        if backend in ("duckdb", "postgres"):  # the hand-written SQL's interval arithmetic
+            rows += hand_bench.measure_hand_sql(reconciler, now, repeat, floor)
+        if backend == "duckdb":  # scans counted in DuckDB's physical plans
+            rows += hand_bench.measure_scans(reconciler, now)
 
         rows += _pass_plan_rows(reconciler, project_dir, now, repeat, floor, later=False)
 
