@@ -1,9 +1,9 @@
 """One scan of each source for all campaigns of a pass (issue 15.2), checked on the structure.
 
 A pass on DuckDB is run with every statement explained on its connection (benchmarks/scans.py:
-the ``SEQ_SCAN`` operators of each physical plan). The order campaigns with a time window read the
-pass's shared order rows (``compile.SHARED_ROWS``) and never the orders table; the orders table is
-scanned for the order campaigns once, by that table; and the decisions are those of the pass in
+the ``SEQ_SCAN`` operators of each physical plan). The order campaigns and the ``per: day`` event
+campaigns with a time window read the pass's shared rows (``compile.SHARED_ROWS``) and never the
+orders or events table; each source is scanned for them once, by that table; and the decisions are those of the pass in
 which every campaign scans the orders itself (``compile.SHARE_ROWS`` off), at every instant of the
 cross-engine history. test_shared_facts.py compares the rows of each due query on every database.
 """
@@ -53,28 +53,36 @@ def _sharing(on: bool, monkeypatch) -> None:
     monkeypatch.setattr(compile_, "SHARE_ROWS", on)
 
 
-def test_order_campaigns_read_the_orders_once_per_pass(reconciler, monkeypatch):
-    now = INSTANTS["anchor"]
-    readers = [c.name for c in reconciler.campaigns()
-               if kind_of(c.trigger).shared_rows == "order_rows" and kind_of(c.trigger).reads_shared_rows(c)]
-    assert len(readers) >= 4, "the shipped project has order campaigns with time windows"
+#: each shared rows table, the source it is read from
+SOURCE = {"order_rows": "orders", "event_days": "events"}
 
+
+def test_campaigns_read_each_source_once_per_pass_for_their_instances(reconciler, monkeypatch):
+    now = INSTANTS["anchor"]
+    assert set(SOURCE) == set(compile_.SHARED_ROWS)
     _sharing(False, monkeypatch)
     before, seen_before = scans.pass_scans(reconciler, now)
     _sharing(True, monkeypatch)
     after, seen_after = scans.pass_scans(reconciler, now)
-
     per_before, per_after = _per_campaign(seen_before), _per_campaign(seen_after)
-    # before: each order campaign scanned the orders itself, the ranked ones twice (window + history)
-    assert sum(per_before[name].get("orders", 0) for name in readers) >= len(readers) + 3
-    # after: none of them reads the orders; the shared rows read them once, the facts once
-    assert all(per_after[name].get("orders", 0) == 0 and per_after[name].get("engine_order_rows") == 1
-               for name in readers), {name: per_after[name] for name in readers}
-    assert per_after["engine_order_rows"].get("orders") == 1
-    assert per_after["engine_order_facts"].get("orders") == 1
-    assert after["orders"] == before["orders"] - sum(per_before[name].get("orders", 0) for name in readers) + 1
-    # every other source is read as often as before
-    for table in ("customers", "events", "checkouts"):
+
+    saved = {}
+    for name, source in SOURCE.items():
+        table = compile_.SHARED_ROWS[name]
+        readers = [c.name for c in reconciler.campaigns()
+                   if kind_of(c.trigger).shared_rows == name and kind_of(c.trigger).reads_shared_rows(c)]
+        assert len(readers) >= 3, f"the shipped project has campaigns reading {name}"
+        # before: each of them scanned the source itself (the ranked order campaigns twice: window + history)
+        assert all(per_before[c].get(source, 0) >= 1 for c in readers), {c: per_before[c] for c in readers}
+        # after: none of them reads the source, each reads the shared table once, built by one scan
+        assert all(per_after[c].get(source, 0) == 0 and per_after[c].get(table) == 1 for c in readers), \
+            {c: per_after[c] for c in readers}
+        assert per_after[table].get(source) == 1
+        saved[source] = sum(per_before[c].get(source, 0) for c in readers) - 1
+    assert saved["orders"] >= 6 and saved["events"] >= 2
+    for source in ("orders", "events"):
+        assert after[source] == before[source] - saved[source], source
+    for table in ("customers", "checkouts"):  # read as often as before
         assert after[table] == before[table], table
 
 

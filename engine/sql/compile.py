@@ -54,7 +54,9 @@ SHARED_FACTS = {"orders": "engine_order_facts", "events": "engine_event_facts"}
 #: temporary table). ``order_rows``: the orders of the union of the campaigns' time windows, each
 #: with its rank among the customer's orders (counted against the per-customer facts, so that no
 #: campaign scans the history before its window) and the time of the next order.
-SHARED_ROWS = {"order_rows": "engine_order_rows"}
+#: ``event_days``: per customer, event type and UTC day from the earliest window start of the
+#: ``per: day`` event campaigns on, the day's last event of the type (their instances).
+SHARED_ROWS = {"order_rows": "engine_order_rows", "event_days": "engine_event_days"}
 #: False: every campaign computes its per-order facts with its own scans, as before issue 15.2
 #: (benchmarks/run.py's and tests/test_shared_rows.py's switch to compare)
 SHARE_ROWS = True
