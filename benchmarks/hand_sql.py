@@ -97,6 +97,18 @@ def measure_hand_sql(reconciler, now: datetime, repeat: int, floor: float) -> li
     ]
 
 
+def measure_shared_rows(reconciler, now: datetime, repeat: int, floor: float, alternated) -> list[dict]:
+    """The plan of every campaign with the shared per-order rows (15.2) and with every campaign
+    scanning its trigger source itself, in turns (``alternated``: run.py's)."""
+    from engine.sql import compile as compile_
+
+    shared, own = alternated(reconciler, now, repeat, lambda on: setattr(compile_, "SHARE_ROWS", on))
+    return [{"what": "  same plan, shared per-order rows (15.2)", "rows": None, "seconds": shared, "floor": floor,
+             "note": "median of turns with the row below"},
+            {"what": "  same plan, each campaign scanning its source (before 15.2)", "rows": None, "seconds": own,
+             "floor": floor, "note": f"shared rows: x{own / shared:.2f} faster ({own - shared:.3f} s less per pass)"}]
+
+
 def measure_scans(reconciler, now: datetime) -> list[dict]:
     """Sequential scans of each source per pass (DuckDB's plans), with and without the shared order rows."""
     import scans

@@ -1,7 +1,8 @@
 """The plan stage: a campaign's due rows, read from the warehouse, become ``DueMessage`` batches.
 
 Owns the pass's reads of the warehouse for the due sets (``due_rows``: one session, the shared
-per-customer fact tables, the customers' time zones) and the decision on each row
+per-customer fact tables and per-order rows, created once per pass in dependency order, the
+customers' time zones) and the decision on each row
 (``decide_row``: exact due time, freshness, stop condition, qualifying variants), the replica's
 shard and the subtraction of what the ledger already holds. Must not apply a policy, write to
 the ledger or the warehouse's own tables (the pass's temporary fact and zone tables aside), or send.

@@ -16,7 +16,18 @@ the per-customer facts, ``QueryBuilder`` (a query's CTEs, filters and stop
 conditions) and the joins with the engine's state (ledger, tags, segment
 entries). ``due.py`` assembles the due query from them and the campaign's
 trigger kind (``triggers/``), which builds on them too; nothing here knows a
-trigger kind. Pure: builds expressions, executes nothing.
+trigger kind.
+
+What a pass shares (``shared_facts=True``; engine/run/plan.py creates the tables once per pass
+on one connection, in temporary tables, and drops them at its end): per-customer facts
+(``SHARED_FACTS``: one GROUP BY of the orders, one of the events), and per-order facts
+(``SHARED_ROWS``: the rows of a source within the union of the campaigns' windows, with what
+the trigger kind derives from them - the order's rank and next order, the day's last event -
+built by the kind, ``TriggerKind.shared_rows_select``). So each source is scanned once for
+all campaigns' instances, not once (or twice) per campaign, and a rank is counted against the
+per-customer facts instead of a scan of the history before the window. A query compiled for one
+customer, or for a dialect without temporary tables, computes the same in its own CTEs.
+Pure: builds expressions, executes nothing.
 """
 from __future__ import annotations
 
