@@ -40,6 +40,9 @@ templates/) into a scratch directory pointed at it, and measures in one run:
 - letters (PDF, DIN 5008 window, QR code) rendered per second, beside emails
   (their MIME bytes) built per second from the same parts in the same run
   (``--letters N``, 0 skips it);
+- the plan of second-order and re-engage beside a hand-written SQL finding the same due sets
+  (asserted), with and without the shared order rows (benchmarks/hand_sql.py; target <= 1.5x),
+  and the sequential scans of each source per pass (benchmarks/scans.py);
 - a pass of the campaigns whose templates show product lists, next to the same pass with fixed
   lists instead (benchmarks/lists.py; target <= 1.3x);
 - peak RSS of this process (the shop is built in a child process, so this is
@@ -82,6 +85,7 @@ if str(REPO) not in sys.path:  # runnable from a checkout without `pip install -
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # dispatch.py, smtp_sink.py next to this file
 
 import dispatch  # noqa: E402
+import hand_sql as hand_bench  # noqa: E402 - two campaigns' plan beside a hand-written SQL (issue 15.2)
 import lists as lists_bench  # noqa: E402 - a pass with product lists next to one without
 import push  # noqa: E402 - web push dispatch against a loopback push service
 import replicas as replicas_bench  # noqa: E402 - a pass split over N replicas on PostgreSQL
@@ -643,6 +647,17 @@ def _compiled_per_pass(reconciler, now, repeat: int, floor: float, what: str) ->
     return rows
 
 
+def _shared_rows_rows(reconciler, now, repeat: int, floor: float, backend: str) -> list[dict]:
+    """Issue 15.2: the plan with and without the shared per-order rows, two campaigns beside a
+    hand-written SQL, and the scans per pass (benchmarks/hand_sql.py, scans.py)."""
+    rows = hand_bench.measure_shared_rows(reconciler, now, repeat, floor, _alternated)
+    if backend in ("duckdb", "postgres"):  # the hand-written SQL's interval arithmetic
+        rows += hand_bench.measure_hand_sql(reconciler, now, repeat, floor)
+    if backend == "duckdb":  # scans counted in DuckDB's physical plans
+        rows += hand_bench.measure_scans(reconciler, now)
+    return rows
+
+
 def _pass_plan(reconciler, project_dir: Path, now, repeat: int, settling: str, reset: bool = True) -> tuple[float, dict]:
     """The plan as ``run_once`` runs it, skips recorded (median of ``repeat``; with ``reset``, on a
     ledger emptied before each, untimed). ``settling``: "sql" - the skips the warehouse settles
@@ -772,6 +787,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         rows.append({"what": f"plan: all {len(campaigns)} campaigns", "rows": counts["rows"], "seconds": plan,
                      "floor": floor, "note": f"{counts['send']:,} send, {counts['skip']:,} skip", "headline": True})
         rows += _compiled_per_pass(reconciler, now, repeat, floor, "  same plan")
+        rows += _shared_rows_rows(reconciler, now, repeat, floor, backend)
 
         rows += _pass_plan_rows(reconciler, project_dir, now, repeat, floor, later=False)
 
@@ -849,6 +865,26 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         rows += dispatch.measure_smtp(backend, url, smtp_dir, now, sink, _reset_ledger, _run_note, _recorded, quick)
     for row in rows:
         row.setdefault("backend", backend)
+    return rows
+
+
+def measure_shared_rows_only(url: str, project_dir: Path, now: datetime, repeat: int) -> list[dict]:
+    """``--shared-rows``: the floor, then ``_shared_rows_rows`` on an empty ledger."""
+    import engine
+
+    os.environ["ENGINE_WAREHOUSE_URL"] = url
+    reconciler = engine.Reconciler(engine.load_project(project_dir))
+    try:
+        _reset_ledger(reconciler, project_dir)
+        _consume_sql(reconciler.warehouse, FLOOR_SQL)
+        floor, floor_rows = _timed(lambda: _consume_sql(reconciler.warehouse, FLOOR_SQL), repeat)
+        rows = [{"what": "floor: orders GROUP BY customer_id", "rows": floor_rows, "seconds": floor}]
+        _consume_plan(reconciler, now)
+        rows += _shared_rows_rows(reconciler, now, repeat, floor, "duckdb")
+    finally:
+        reconciler.close()
+    for row in rows:
+        row["backend"] = "duckdb"
     return rows
 
 
@@ -1245,6 +1281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duckdb-memory-limit", metavar="SIZE",
                         help="only the plan on DuckDB with warehouse.duckdb.memory_limit SIZE (e.g. 1GB, spilling to "
                              "disk) next to the plan without a limit, alternately")
+    parser.add_argument("--shared-rows", action="store_true",
+                        help="only the floor, the plan with and without the shared per-order rows (issue 15.2), two "
+                             "campaigns beside a hand-written SQL and the scans per pass, on DuckDB")
     parser.add_argument("--tracking", type=int, default=None, metavar="N",
                         help="requests per tracking measurement (/healthz, /open, /click; default 4000, --quick 2000; 0 skips it)")
     parser.add_argument("--anchor", default="2025-01-10T00:00:00Z", help="end of the history and the plan instant")
@@ -1284,7 +1323,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copytree(REPO / "templates", project_dir / "templates")
     smtp_dir, sink = None, None
     pg_server, pg_url = None, None
-    only_one = args.replicas or args.duckdb_memory_limit  # modes that measure only that, on the shop
+    only_one = args.replicas or args.duckdb_memory_limit or args.shared_rows  # modes that measure only that, on the shop
     if not only_one:
         print("Measuring start-up (median of 5) ...", flush=True)
     start_rows = [] if only_one else measure_start(project_dir)
@@ -1322,6 +1361,11 @@ def main(argv: list[str] | None = None) -> int:
             rows = replicas_bench.measure_replicas(pg_url, smtp_dir, sink, _naive_anchor(args.anchor),
                                                    args.replicas, directory / "logs")
             rows += replicas_bench.ledger_bytes(pg_url, directory)
+            _print_summary(args, counts, rows)
+            return 0
+        if args.shared_rows:
+            rows = measure_shared_rows_only(f"duckdb:///{directory / 'shop.duckdb'}", project_dir,
+                                            _naive_anchor(args.anchor).replace(tzinfo=timezone.utc), args.repeat)
             _print_summary(args, counts, rows)
             return 0
         if args.duckdb_memory_limit:

@@ -18,14 +18,17 @@ from conftest import REPO, copy_project, database_url
 from engine import Reconciler, load_project, render_sql
 from engine.dialects import DIALECTS
 from engine.sql.compile import (
-    SHARED_FACTS, shared_facts_create, shared_facts_drop, shared_facts_used,
+    SHARED_FACTS, SHARED_ROWS, shared_facts_create, shared_facts_used, shared_table,
 )
+from engine.run.plan import create_shared_table
 from engine.sql.due import due_query
 from engine.tools.demo import load_shop
 from engine.state.warehouse import Database
 from history import INSTANTS, shared_history
 
 PROJECT = load_project(REPO)
+#: every temporary table a pass creates to share facts (per customer, per order)
+SHARED_TABLES = (*SHARED_FACTS.values(), *SHARED_ROWS.values())
 CAMPAIGNS = [c.name for c in PROJECT.campaigns if c.enabled]
 
 
@@ -47,35 +50,37 @@ def reconciler(backend, tmp_path, monkeypatch):
 
 def test_shared_facts_give_the_rows_of_per_query_facts(reconciler):
     config = reconciler.config
-    compared = used = 0
+    compared = used = rows_used = 0
     for label, now in INSTANTS.items():
         reconciler.enter_segments(now)  # as run_once does before planning
         with reconciler.warehouse.session() as session:
-            for entity in SHARED_FACTS:
-                session.execute(shared_facts_drop(entity, config.dialect))
-                session.execute(render_sql(shared_facts_create(entity, config, now), config.dialect))
+            created: list[str] = []
+            for entity in (*SHARED_FACTS, *SHARED_ROWS):  # as a pass creates them (plan.due_rows)
+                create_shared_table(session, config, now, reconciler.campaigns(), entity, created)
             for campaign in reconciler.campaigns():
                 alone = due_query(campaign, config, now, exclude_ledger=True)
                 shared = due_query(campaign, config, now, exclude_ledger=True, shared_facts=True)
                 used += bool(shared_facts_used(shared))
+                rows_used += "order_rows" in shared_facts_used(shared)
                 expected = _rows(reconciler.warehouse.stream(render_sql(alone, config.dialect)))
                 got = _rows(session.stream(render_sql(shared, config.dialect)))
                 assert got == expected, f"{campaign.name} at {label}: shared facts differ from per-query facts"
                 compared += len(expected)
-            for table in SHARED_FACTS.values():
-                session.execute(f"DROP TABLE {table}")
+            for entity in created:
+                session.execute(f"DROP TABLE {shared_table(entity)}")
     assert compared > 100, "the history should give the campaigns rows to compare"
     assert used >= 4, "most shipped campaigns read per-customer facts (stop conditions, audiences, segments)"
+    assert rows_used >= 4, "the order campaigns with time windows read the shared order rows"
 
 
 def test_a_pass_never_drops_a_permanent_table_of_the_same_name(reconciler):
     """An unqualified DROP TABLE IF EXISTS drops the permanent table when no temporary one
     exists (DuckDB, SQLite and PostgreSQL alike): the pass names the temporary schema."""
-    for table in SHARED_FACTS.values():
+    for table in SHARED_TABLES:
         reconciler.warehouse.execute(f"CREATE TABLE {table} (kept INTEGER)")
         reconciler.warehouse.execute(f"INSERT INTO {table} VALUES (7)")
     assert any(batch for batch in reconciler.due(INSTANTS["anchor"]))
-    for table in SHARED_FACTS.values():
+    for table in SHARED_TABLES:
         assert [tuple(row) for row in reconciler.warehouse.fetch_all(f"SELECT kept FROM {table}")] == [(7,)]
 
 
@@ -85,7 +90,7 @@ def test_a_pass_drops_its_fact_tables_and_can_run_again(reconciler):
     second = sorted(m.key for batch in reconciler.due(now) for m in batch)  # CREATE again: the first pass dropped them
     assert first and first == second
     with reconciler.warehouse.session() as session:
-        for table in SHARED_FACTS.values():
+        for table in SHARED_TABLES:
             with pytest.raises(Exception):
                 list(session.stream(f"SELECT * FROM {table}"))
 

@@ -1,7 +1,8 @@
 """The plan stage: a campaign's due rows, read from the warehouse, become ``DueMessage`` batches.
 
 Owns the pass's reads of the warehouse for the due sets (``due_rows``: one session, the shared
-per-customer fact tables, the customers' time zones) and the decision on each row
+per-customer fact tables and per-order rows, created once per pass in dependency order, the
+customers' time zones) and the decision on each row
 (``decide_row``: exact due time, freshness, stop condition, qualifying variants), the replica's
 shard and the subtraction of what the ledger already holds. Must not apply a policy, write to
 the ledger or the warehouse's own tables (the pass's temporary fact and zone tables aside), or send.
@@ -53,8 +54,10 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
     the statement that runs (the settle stage's ``INSERT ... SELECT`` into the ledger).
 
     Per-customer facts (order count, last order, last event...) are computed once per pass into
-    temporary tables on one connection and shared by every campaign's query (issue 7); they are
-    dropped when the pass ends, also on failure. ``exclude_ledger``: the query itself leaves out
+    temporary tables on one connection and shared by every campaign's query (issue 7), and so are
+    per-order facts (the orders of the order campaigns' windows with their rank and next order:
+    ``compile.SHARED_ROWS``, issue 15.2), so that each source is scanned once for all campaigns; they
+    are dropped when the pass ends, also on failure. ``exclude_ledger``: the query itself leaves out
     what the ledger holds (the ledger shares the warehouse's database); otherwise the engine state the
     queries join (segment entries, tags) is brought from ``ledger`` into the session for the pass.
     """
@@ -82,10 +85,7 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
                                       bind=dialect_named(config.dialect).binds_instants, settled=settled, wrap=wrap,
                                       zone_due=settling)
             for entity in statement.facts:
-                if entity not in created:
-                    drop_facts(session, config, entity)
-                    session.execute(facts_statement(entity, config, now).text)
-                    created.append(entity)
+                create_shared_table(session, config, now, campaigns, entity, created)
             if wrap is None:
                 yield from session.stream(statement.text, batch_size, statement.parameters)
             else:
@@ -102,6 +102,21 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
                         drop_facts(session, config, entity, created=True)
                 except WarehouseError:  # do not hide the error that ended the pass
                     break
+
+
+def create_shared_table(session: Session, config: ProjectConfig, now: datetime, campaigns: list[Campaign],
+                        name: str, created: list[str]) -> None:
+    """Create the pass's shared table ``name`` (``compile.SHARED_FACTS`` / ``SHARED_ROWS``) unless in
+    ``created``, after the shared tables it reads (the order rows read the order facts); appends to ``created``."""
+    if name in created:
+        return
+    statement = facts_statement(name, config, now, campaigns)
+    for needed in statement.facts:
+        if needed != name:
+            create_shared_table(session, config, now, campaigns, needed, created)
+    drop_facts(session, config, name)
+    session.execute(statement.text)
+    created.append(name)
 
 
 def drop_facts(session: Session, config: ProjectConfig, entity: str, created: bool = False) -> None:

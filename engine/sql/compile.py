@@ -16,11 +16,23 @@ the per-customer facts, ``QueryBuilder`` (a query's CTEs, filters and stop
 conditions) and the joins with the engine's state (ledger, tags, segment
 entries). ``due.py`` assembles the due query from them and the campaign's
 trigger kind (``triggers/``), which builds on them too; nothing here knows a
-trigger kind. Pure: builds expressions, executes nothing.
+trigger kind.
+
+What a pass shares (``shared_facts=True``; engine/run/plan.py creates the tables once per pass
+on one connection, in temporary tables, and drops them at its end): per-customer facts
+(``SHARED_FACTS``: one GROUP BY of the orders, one of the events), and per-order facts
+(``SHARED_ROWS``: the rows of a source within the union of the campaigns' windows, with what
+the trigger kind derives from them - the order's rank and next order, the day's last event -
+built by the kind, ``TriggerKind.shared_rows_select``). So each source is scanned once for
+all campaigns' instances, not once (or twice) per campaign, and a rank is counted against the
+per-customer facts instead of a scan of the history before the window. A query compiled for one
+customer, or for a dialect without temporary tables, computes the same in its own CTEs.
+Pure: builds expressions, executes nothing.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Mapping, Sequence
@@ -48,6 +60,17 @@ VARIANT_PREFIX = "variant_match_"
 #: Per-customer fact tables a reconciler pass materialises once and every campaign query of
 #: the pass joins (entity they are derived from -> temporary table name).
 SHARED_FACTS = {"orders": "engine_order_facts", "events": "engine_event_facts"}
+#: Per-order fact tables a pass materialises once, from one scan of the source, for every campaign
+#: whose trigger kind reads them (``TriggerKind.shared_rows``: the kind builds the rows; name ->
+#: temporary table). ``order_rows``: the orders of the union of the campaigns' time windows, each
+#: with its rank among the customer's orders (counted against the per-customer facts, so that no
+#: campaign scans the history before its window) and the time of the next order.
+#: ``event_days``: per customer, event type and UTC day from the earliest window start of the
+#: ``per: day`` event campaigns on, the day's last event of the type (their instances).
+SHARED_ROWS = {"order_rows": "engine_order_rows", "event_days": "engine_event_days"}
+#: False: every campaign computes its per-order facts with its own scans, as before issue 15.2
+#: (benchmarks/run.py's and tests/test_shared_rows.py's switch to compare)
+SHARE_ROWS = True
 
 #: The columns every due row starts with, in this order.
 DUE_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "stopped_by")
@@ -245,15 +268,27 @@ def _later(value: exp.Expression, than: exp.Expression) -> exp.Expression:
     return exp.paren(exp.and_(value.is_(exp.null()).not_(), than.copy().is_(exp.null()).not_(), value.copy() > than.copy()))
 
 
-def facts_select(builder: "QueryBuilder", entity: str) -> exp.Select:
+def counted_column(statuses: Sequence[str]) -> str:
+    """The order facts' column counting a customer's orders of ``statuses`` (any order of them):
+    named by the set, so that a query compiled once finds it whatever other sets a pass counts."""
+    digest = hashlib.sha256("\x1f".join(sorted(set(statuses))).encode()).hexdigest()[:12]
+    return f"placed_{digest}"
+
+
+def facts_select(builder: "QueryBuilder", entity: str, counted: Sequence[Sequence[str]] = ()) -> exp.Select:
     """One row per customer with what ``entity`` says about them up to ``now``.
 
-    orders: order_count, first_order_at, last_order_at, total_spent;
-    events: last_event_at (any type), last_login_at. A plain GROUP BY each, the cost of the benchmark's floor.
+    orders: order_count, first_order_at, last_order_at, total_spent, and per status set of
+    ``counted`` the number of orders of those statuses (``counted_column``: what the shared order
+    rows number an order of those statuses against); events: last_event_at (any type),
+    last_login_at. A plain GROUP BY each, the cost of the benchmark's floor.
     """
     now = builder.ts(builder.now)
     if entity == "orders":
         orders = builder.source("orders")
+        counts = [exp.alias_(exp.Sum(this=exp.Case(
+            ifs=[exp.If(this=col("o", "status").isin(*[lit(s) for s in sorted(set(statuses))]), true=exp.Literal.number(1))],
+            default=exp.Literal.number(0))), counted_column(statuses)) for statuses in counted]
         return (
             exp.select(
                 col("o", "customer_id"),
@@ -261,6 +296,7 @@ def facts_select(builder: "QueryBuilder", entity: str) -> exp.Select:
                 exp.alias_(exp.Min(this=col("o", "created_at")), "first_order_at"),
                 exp.alias_(exp.Max(this=col("o", "created_at")), "last_order_at"),
                 exp.alias_(exp.Sum(this=col("o", "total")), "total_spent"),
+                *counts,
             )
             .from_(exp.to_table(orders).as_("o"))
             .where(col("o", "created_at") <= now)
@@ -277,25 +313,37 @@ def facts_select(builder: "QueryBuilder", entity: str) -> exp.Select:
     )
 
 
-def shared_facts_create(entity: str, config: ProjectConfig, now: datetime) -> exp.Create:
-    """CREATE TEMPORARY TABLE of one ``SHARED_FACTS`` relation, for a pass on one connection."""
+def shared_facts_create(entity: str, config: ProjectConfig, now: datetime,
+                        counted: Sequence[Sequence[str]] = ()) -> exp.Create:
+    """CREATE TEMPORARY TABLE of one ``SHARED_FACTS`` relation, for a pass on one connection
+    (``counted``: as ``facts_select``'s)."""
     builder = QueryBuilder(config, now, config.dialect)
-    query = builder.with_ctes(facts_select(builder, entity))
-    return exp.Create(this=exp.to_table(SHARED_FACTS[entity]), kind="TABLE", expression=query,
+    return temporary_table(SHARED_FACTS[entity], builder.with_ctes(facts_select(builder, entity, counted)))
+
+
+def temporary_table(name: str, query: exp.Query) -> exp.Create:
+    """CREATE TEMPORARY TABLE ``name`` AS ``query``."""
+    return exp.Create(this=exp.to_table(name), kind="TABLE", expression=query,
                       properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
 
 
+def shared_table(name: str) -> str:
+    """The temporary table of a ``SHARED_FACTS`` entity or of a ``SHARED_ROWS`` name."""
+    return SHARED_FACTS[name] if name in SHARED_FACTS else SHARED_ROWS[name]
+
+
 def shared_facts_drop(entity: str, dialect: str, created: bool = False) -> str | None:
-    """DROP TABLE IF EXISTS for one ``SHARED_FACTS`` table left on a pooled connection by an
-    earlier pass, by the dialect's temporary schema so that it can never drop a permanent table of
+    """DROP TABLE IF EXISTS for one ``SHARED_FACTS`` (or ``SHARED_ROWS``) table left on a pooled connection
+    by an earlier pass, by the dialect's temporary schema so that it can never drop a permanent table of
     the same name; where that schema cannot be named, only a table this pass ``created`` (else None)."""
-    return drop_temporary_table(dialect_named(dialect), SHARED_FACTS[entity], created)
+    return drop_temporary_table(dialect_named(dialect), shared_table(entity), created)
 
 
 def shared_facts_used(query: exp.Expression) -> list[str]:
-    """The entities whose ``SHARED_FACTS`` table ``query`` reads (to create before running it)."""
+    """The entities whose ``SHARED_FACTS`` table ``query`` reads, then the names of the ``SHARED_ROWS``
+    tables it reads (to create before running it)."""
     names = {table.name for table in query.find_all(exp.Table)}
-    return [entity for entity, table in SHARED_FACTS.items() if table in names]
+    return [name for name, table in (*SHARED_FACTS.items(), *SHARED_ROWS.items()) if table in names]
 
 
 class QueryBuilder:
@@ -355,6 +403,11 @@ class QueryBuilder:
     def event_facts(self) -> str:
         """Per-customer time of the newest event as of ``now`` (for came_back)."""
         return self._facts("events")
+
+    def shared_rows(self, name: str) -> str | None:
+        """The pass's ``SHARED_ROWS`` table ``name`` when this query reads the shared tables, else None
+        (the trigger kind computes its per-order facts in CTEs of this query)."""
+        return SHARED_ROWS[name] if self.shared_facts and SHARE_ROWS else None
 
     def _facts(self, entity: str) -> str:
         if self.shared_facts:

@@ -24,8 +24,8 @@ from engine.model import Campaign, ProjectConfig
 from engine.model import Step
 from engine.sql.compile import (
     CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN, awaited_event,
-    calendar_slack, col, is_customer, join_trigger_properties, lit, per_zone_window, render_sql, step_window, text,
-    ts, variant_columns, without_ledger_rows,
+    SHARED_ROWS, calendar_slack, col, is_customer, join_trigger_properties, lit, per_zone_window, render_sql,
+    shared_facts_create, step_window, temporary_table, text, ts, variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
 from engine.sql.triggers.registry import kind_of
@@ -129,6 +129,34 @@ def zone_due_inserts(rows: Sequence[tuple], dialect: str, batch: int = 500) -> l
                              for row in rows[start:start + batch]])
         statements.append(render_sql(exp.insert(values, ZONE_DUE_TABLE, columns=list(ZONE_DUE_COLUMNS)), dialect))
     return statements
+
+
+def counted_statuses(campaigns: Sequence[Campaign]) -> tuple[tuple[str, ...], ...]:
+    """The status sets whose per-customer order count the pass's order facts hold for the shared
+    order rows of ``campaigns`` (``TriggerKind.counted_statuses``), sorted."""
+    counted = {kind_of(c.trigger).counted_statuses(c) for c in campaigns}
+    return tuple(sorted(s for s in counted if s is not None))
+
+
+def shared_table_create(name: str, config: ProjectConfig, now: datetime,
+                        campaigns: Sequence[Campaign]) -> exp.Create | None:
+    """CREATE TEMPORARY TABLE of one shared table of a pass over ``campaigns``: per-customer facts
+    (``SHARED_FACTS``: the order facts with the counts the shared rows need) or per-order rows
+    (``SHARED_ROWS``: built by the trigger kind for its campaigns that read them); None when no
+    campaign reads the rows."""
+    if name not in SHARED_ROWS:
+        return shared_facts_create(name, config, now, counted_statuses(campaigns) if name == "orders" else ())
+    readers: dict[object, list[Campaign]] = {}
+    for campaign in campaigns:
+        kind = kind_of(campaign.trigger)
+        if kind.shared_rows == name and kind.reads_shared_rows(campaign):
+            readers.setdefault(kind, []).append(campaign)
+    if len(readers) != 1:  # one kind per shared table (none: not read)
+        return None
+    (kind, readers_of_kind), = readers.items()
+    builder = QueryBuilder(config, now, config.dialect, shared_facts=True)
+    rows = kind.shared_rows_select(builder, readers_of_kind)
+    return None if rows is None else temporary_table(SHARED_ROWS[name], builder.with_ctes(rows))
 
 
 def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,

@@ -32,8 +32,9 @@ from typing import Hashable
 from sqlglot import exp
 
 from engine.model import Campaign, ProjectConfig
-from engine.sql.compile import StateRelations, instant_text, render_sql, shared_facts_create, shared_facts_used
-from engine.sql.due import due_query
+from engine.sql import compile
+from engine.sql.compile import SHARED_ROWS, StateRelations, instant_text, render_sql, shared_facts_create, shared_facts_used
+from engine.sql.due import counted_statuses, due_query, shared_table_create
 from engine.sql.instants import NotParameterisable, PassInstant, Placeholders, collecting
 
 #: False: build and render every query at every pass, as before issue 15 (benchmarks/run.py's switch)
@@ -180,7 +181,7 @@ def due_statement(campaign: Campaign, config: ProjectConfig, now: datetime, *, e
         return literal()
     if zones is not None:  # the customers' zones in any order (SELECT DISTINCT) shape the same query
         zones = sorted(zones, key=lambda zone: (zone is not None, str(zone)))
-    shape = ("due", config.dialect, exclude_ledger, shared_facts, None if zones is None else tuple(zones), state_shape,
+    shape = ("due", config.dialect, exclude_ledger, shared_facts, shared_facts and compile.SHARE_ROWS, None if zones is None else tuple(zones), state_shape,
              settled, wrap, zone_due)
     prepared = _cache.get((config, campaign), shape, lambda: prepare(built, config.dialect))
     if prepared is None:
@@ -188,14 +189,30 @@ def due_statement(campaign: Campaign, config: ProjectConfig, now: datetime, *, e
     return prepared.bound(now) if bind else prepared.literal(now)
 
 
-def facts_statement(entity: str, config: ProjectConfig, now: datetime) -> Statement:
-    """CREATE TEMPORARY TABLE of one shared fact table at ``now``, compiled once per project version,
-    with literals (a CREATE TABLE AS takes no bind parameters in every database)."""
+def facts_statement(entity: str, config: ProjectConfig, now: datetime, campaigns: Sequence[Campaign] = ()) -> Statement:
+    """CREATE TEMPORARY TABLE of one shared table of a pass over ``campaigns`` at ``now`` (a
+    ``SHARED_FACTS`` entity or a ``SHARED_ROWS`` name: ``due.shared_table_create``), compiled once
+    per project version, with literals (a CREATE TABLE AS takes no bind parameters in every
+    database). ``facts``: the other shared tables it reads, to create first."""
+    def built(instant):
+        create = shared_table_create(entity, config, instant, campaigns)
+        if create is None:  # pragma: no cover - a pass creates the rows a due query of it reads
+            raise ValueError(f"no campaign of the pass reads the shared table {entity}")
+        return create
+
+    def literal() -> Statement:
+        create = built(now)
+        return Statement(render_sql(create, config.dialect), None, _needed(create, entity))
+
     if not COMPILE_ONCE:
-        return Statement(render_sql(shared_facts_create(entity, config, now), config.dialect), None)
-    prepared = _cache.get((config,), ("facts", entity, config.dialect), lambda: prepare(
-        lambda instant: shared_facts_create(entity, config, instant), config.dialect))
+        return literal()
+    owners = (config, *campaigns) if entity in SHARED_ROWS else (config,)
+    shape = ("facts", entity, config.dialect, counted_statuses(campaigns) if entity == "orders" else len(campaigns))
+    prepared = _cache.get(owners, shape, lambda: prepare(built, config.dialect))
     if prepared is None:  # pragma: no cover - the facts depend on the instant only through ts()
-        return Statement(render_sql(shared_facts_create(entity, config, now), config.dialect), None)
+        return literal()
     return prepared.literal(now)
 
+
+def _needed(create: exp.Expression, entity: str) -> tuple[str, ...]:
+    return tuple(name for name in shared_facts_used(create) if name != entity)

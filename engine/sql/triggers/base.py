@@ -75,6 +75,9 @@ class TriggerKind:
     has_segment: bool = False
     #: further ``trigger_instances`` columns each due row carries, after ``trigger_at``
     extra_columns: tuple[str, ...] = ()
+    #: the ``compile.SHARED_ROWS`` table a pass builds once (``shared_rows_select``) for this kind's
+    #: campaigns that read it (``reads_shared_rows``); None: the kind reads no shared per-row facts
+    shared_rows: str | None = None
 
     # --- the campaign file -----------------------------------------------------------
 
@@ -91,6 +94,20 @@ class TriggerKind:
         """trigger_instances(customer_id, trigger_key, trigger_at [, extra columns]) as of ``builder.now``.
         ``earliest``: no step can use an instance triggered before it (None: no such bound)."""
         raise NotImplementedError
+
+    def reads_shared_rows(self, campaign: Campaign) -> bool:
+        """Whether a pass's due query of ``campaign`` reads the kind's ``shared_rows`` table."""
+        return False
+
+    def counted_statuses(self, campaign: Campaign) -> tuple[str, ...] | None:
+        """The order statuses whose per-customer count the pass's order facts must hold for the shared
+        rows of ``campaign`` (``compile.counted_column``); None: none."""
+        return None
+
+    def shared_rows_select(self, builder: QueryBuilder, campaigns: list[Campaign]) -> exp.Query | None:
+        """The rows of the ``shared_rows`` table for ``campaigns`` (those of this kind that read it), as of
+        ``builder.now``; the table every one of their due queries reads instead of scanning the source."""
+        return None
 
     def conditions(self, trigger: Trigger) -> list[exp.Expression]:
         """Further conditions on the instances (alias ``t``) of every due and explain query."""

@@ -4,7 +4,17 @@ Instances are orders (key: the order id, instant: its creation); with ``statuses
 orders of those statuses count, also for ``nth``. Orders are ranked by (created_at,
 order_id), so two orders at the same instant (shops that store a date only) are two
 orders: "ordered again" (the stop condition, ``ordered_since_trigger``) is any order -
-of any status - ranked after the trigger's order, compared by identity, not by time. Pure.
+of any status - ranked after the trigger's order, compared by identity, not by time.
+
+In a pass (shared facts), every order campaign whose steps all have a time window reads its
+instances from the pass's shared order rows (``compile.SHARED_ROWS["order_rows"]``,
+``shared_rows_select``): the orders of the union of those campaigns' windows, read in one scan,
+each with its rank (``nth``, and per status set of a campaign) and the time of the customer's
+next order, from one sort. A rank counts the orders before the window from the per-customer facts
+(order_count, and the count per status set: ``compile.counted_column``), so no campaign scans
+the history before its window, nor sorts the window again. Elsewhere (``engine explain``, a
+campaign without a window, a dialect without temporary tables) each query computes the same
+columns itself (``orders_followed``, ``orders_before_window``). Pure.
 """
 from __future__ import annotations
 
@@ -14,7 +24,8 @@ from datetime import datetime
 from sqlglot import exp
 
 from engine.model import Campaign, ProjectConfig, Trigger
-from engine.sql.compile import QueryBuilder, col, lit, text
+from engine.sql.compile import QueryBuilder, col, counted_column, lit, step_window, text
+from engine.sql.instants import derive
 from engine.sql.triggers.base import CampaignFile, TemplateRecord, TriggerKind
 
 
@@ -32,6 +43,7 @@ class OrderPlacedKind(TriggerKind):
     model = OrderPlaced
     entities = ("orders",)
     template_record = TemplateRecord("orders", "order_items", "order_id")
+    shared_rows = "order_rows"
 
     def parse(self, settings: dict, file: CampaignFile) -> OrderPlaced:
         return OrderPlaced(nth=settings.get("nth"), statuses=tuple(settings.get("statuses", ())))
@@ -44,6 +56,9 @@ class OrderPlacedKind(TriggerKind):
         """With ``nth``: the rank of each order among the customer's (counted) orders. ``earliest``
         lets the rank read only the orders from then on plus a count of each customer's earlier
         orders - a GROUP BY instead of a window sorted over every order."""
+        shared = builder.shared_rows(self.shared_rows) if earliest is not None else None
+        if shared is not None:
+            return _shared_instances(builder, campaign, shared, earliest)
         trigger = campaign.trigger
         now = builder.ts(builder.now)
         orders = builder.source("orders")
@@ -85,6 +100,91 @@ class OrderPlacedKind(TriggerKind):
 
     def conditions(self, trigger: OrderPlaced) -> list[exp.Expression]:
         return [col("t", "nth").eq(trigger.nth)] if trigger.nth is not None else []
+
+    def reads_shared_rows(self, campaign: Campaign) -> bool:
+        """Every step has a time window (``due_query``'s ``earliest``): without one, the instances reach
+        back to the first order, and the shared rows would be every order, sorted, at every pass."""
+        return all(step.freshness is not None for step in campaign.steps)
+
+    def counted_statuses(self, campaign: Campaign) -> tuple[str, ...] | None:
+        trigger = campaign.trigger
+        if trigger.nth is None or not trigger.statuses or not self.reads_shared_rows(campaign):
+            return None
+        return tuple(sorted(set(trigger.statuses)))
+
+    def shared_rows_select(self, builder: QueryBuilder, campaigns: list[Campaign]) -> exp.Query | None:
+        """The orders by ``now`` from the earliest window start of ``campaigns`` on (one scan), with
+        ``next_order_at`` (any status), ``nth`` (the rank among all the customer's orders) and per status
+        set of a campaign with ``nth`` its rank among the orders of those statuses (``ranked_column``),
+        all over one ordering by (created_at, order_id). A rank is the number of the customer's orders
+        (of the set) by ``now`` - from the per-customer facts, which the rows join - minus those of the
+        window ranked after it: the history before the window is never read again."""
+        if not campaigns:
+            return None
+        horizon = builder.config.stale_horizon
+        steps = [step for campaign in campaigns for step in campaign.steps]
+        start = derive(builder.now, lambda now: min(step_window(step, now, horizon).earliest for step in steps))
+        statuses = sorted({s for s in (self.counted_statuses(c) for c in campaigns) if s is not None})
+        partition = [col("n", "customer_id")]
+
+        def order() -> exp.Order:
+            return exp.Order(expressions=[exp.Ordered(this=col("n", "created_at")), exp.Ordered(this=col("n", "order_id"))])
+
+        def after(total: exp.Expression, counted: exp.Expression) -> exp.Expression:
+            """``counted`` orders of the customer's window ranked after this one (total minus running)."""
+            whole = exp.Window(this=total, partition_by=[p.copy() for p in partition])
+            running = exp.Window(this=counted, partition_by=[p.copy() for p in partition], order=order(),
+                                 spec=exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING",
+                                                     end="CURRENT ROW"))
+            return exp.paren(exp.Sub(this=whole, expression=running))
+
+        one = exp.Literal.number(1)
+        projections = [
+            col("n", "customer_id"), col("n", "order_id"), col("n", "created_at"), col("n", "status"),
+            exp.alias_(exp.Window(this=exp.Lead(this=col("n", "created_at")), partition_by=[p.copy() for p in partition],
+                                  order=order()), "next_order_at"),
+            exp.alias_(exp.Sub(this=col("f", "order_count"),
+                               expression=after(exp.Count(this=exp.Star()), exp.Count(this=exp.Star()))), "nth"),
+        ]
+        for counted in statuses:
+            matches = exp.Case(ifs=[exp.If(this=col("n", "status").isin(*[lit(s) for s in counted]), true=one.copy())],
+                               default=exp.Literal.number(0))
+            projections.append(exp.alias_(exp.Sub(this=col("f", counted_column(counted)),
+                                                  expression=after(exp.Sum(this=matches), exp.Sum(this=matches.copy()))),
+                                          ranked_column(counted)))
+        facts = builder.customer_facts()
+        return (
+            exp.select(*projections)
+            .from_(exp.to_table(builder.source("orders")).as_("n"))
+            .join(exp.to_table(facts).as_("f"), on=col("f", "customer_id").eq(col("n", "customer_id")))
+            .where(col("n", "created_at") <= builder.ts(builder.now), col("n", "created_at") >= builder.ts(start))
+        )
+
+
+def ranked_column(statuses: tuple[str, ...]) -> str:
+    """The shared order rows' column with an order's rank among the customer's orders of ``statuses``
+    (all orders: ``nth``)."""
+    return "nth" if not statuses else "nth_" + counted_column(statuses).removeprefix("placed_")
+
+
+def _shared_instances(builder: QueryBuilder, campaign: Campaign, rows: str, earliest: datetime) -> exp.Query:
+    """The instances read from the pass's shared order rows (``shared_rows_select``), from ``earliest`` on."""
+    trigger = campaign.trigger
+    projections = [
+        col("o", "customer_id"),
+        exp.alias_(text(col("o", "order_id")), "trigger_key"),
+        exp.alias_(col("o", "created_at"), "trigger_at"),
+    ]
+    conditions = [col("o", "created_at") <= builder.ts(builder.now), col("o", "created_at") >= builder.ts(earliest)]
+    if trigger.statuses:
+        conditions.append(col("o", "status").isin(*[lit(s) for s in trigger.statuses]))
+    if _asks_for_later_orders(campaign):
+        projections.append(col("o", "next_order_at"))
+        builder.later_order = exp.paren(col("t", "next_order_at").is_(exp.null()).not_())
+    if trigger.nth is not None:
+        statuses = tuple(sorted(set(trigger.statuses)))
+        projections.append(exp.alias_(col("o", ranked_column(statuses)), "nth"))
+    return exp.select(*projections).from_(exp.to_table(rows).as_("o")).where(*conditions)
 
 
 def _asks_for_later_orders(campaign: Campaign) -> bool:
