@@ -109,18 +109,37 @@ def in_quiet_hours(now: datetime, quiet: QuietHours | None, zone: ZoneInfo) -> b
     return quiet.contains(now.astimezone(zone).time())
 
 
+def hash32(text: str) -> int:
+    """The first 4 bytes of SHA-256 of ``text``'s UTF-8, big-endian: a stable hash (not Python's salted
+    one) that every supported database computes the same (engine.dialects ``hash32_sql``)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+def bucket_prefix(campaign: str) -> str:
+    """What ``stable_bucket`` hashes before the customer id (the due query writes it so too)."""
+    return f"{campaign}:"
+
+
 def stable_bucket(campaign: str, customer_id: str) -> int:
     """0..99 from a hash of campaign and customer: the same customer always lands in the same bucket."""
-    digest = hashlib.sha256(f"{campaign}:{customer_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % 100
+    return hash32(bucket_prefix(campaign) + customer_id) % 100
+
+
+def holdout_prefix(campaign: str) -> str:
+    """What ``in_holdout`` hashes before the customer id."""
+    return f"holdout:{campaign}:"
+
+
+def holdout_cut(percent: float) -> int:
+    """The customers whose holdout hash modulo 10,000 is below this are in a ``percent`` holdout."""
+    return round(percent * 100)
 
 
 def in_holdout(campaign: str, customer_id: str, percent: float) -> bool:
     """Whether the customer is in the campaign's holdout group (stable, and independent of the A/B bucket)."""
     if percent <= 0:
         return False
-    digest = hashlib.sha256(f"holdout:{campaign}:{customer_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % 10000 < round(percent * 100)
+    return hash32(holdout_prefix(campaign) + customer_id) % 10000 < holdout_cut(percent)
 
 
 def matching_variants(step: Step, matches: list[object], bucket: int) -> list[Variant]:

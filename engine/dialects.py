@@ -80,6 +80,13 @@ class Dialect:
     #: a pass binds the instants of a due query compiled once as parameters (sql.prepared); else
     #: they are written into its text as literals (DuckDB: faster so; drivers the engine only renders for)
     binds_instants: bool = False
+    #: the first 4 bytes of SHA-256 of the UTF-8 text ``hashed_text``, big-endian, as a non-negative
+    #: integer (``decide.hash32``: A/B buckets, holdout groups, replica shards), as an SQL expression
+    #: in this dialect that sql.compile parses and fills in; None: Python computes them per row
+    hash32_sql: str | None = None
+    #: the name of a deterministic function of that value the engine registers on every connection
+    #: it opens (state.warehouse: SQLite has no SHA-256); None: the database has ``hash32_sql``'s own
+    hash32_function: str | None = None
 
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
@@ -90,7 +97,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             on_conflict_insert="postgresql",
             # binds_instants off: the compiled query gets its instants written in as literals, which DuckDB
             # ran 5 % faster than bound parameters (benchmarks/README.md, issue 15.3)
-            array_parameters="positional", one_writer_per_file=True),
+            array_parameters="positional", one_writer_per_file=True,
+            # SHA256() is the hex digest: its first 8 digits, read as a hexadecimal integer
+            hash32_sql="CAST('0x' || SUBSTRING(SHA256(hashed_text), 1, 8) AS BIGINT)"),
     Dialect("sqlite", url_schemes=("sqlite",), instant_text_format="%Y-%m-%d %H:%M:%f", typed_columns=False,
             temporary_tables=True, temporary_schema="temp", local_file=True,
             # WAL lets the reconciler stream the due set while it writes ledger rows. A 64 MB page cache
@@ -101,7 +110,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             on_conflict_insert="sqlite",
             # pysqlite begins transactions lazily (and not before DDL); BEGIN IMMEDIATE takes the
             # write lock now - a second process waits (busy_timeout) until the first commits
-            migration_lock="BEGIN IMMEDIATE", binds_instants=True),
+            migration_lock="BEGIN IMMEDIATE", binds_instants=True,
+            # no SHA-256 in SQLite: the engine registers decide.hash32 on each connection it opens
+            hash32_sql="ENGINE_HASH32(hashed_text)", hash32_function="ENGINE_HASH32"),
     Dialect("postgres", url_schemes=("postgresql", "postgres"), temporary_tables=True, temporary_schema="pg_temp",
             # stream() reads through server-side cursors, which PostgreSQL plans for the first 10 % of
             # rows (cursor_tuple_fraction 0.1): fast-start nested loops that took over 15 minutes for
@@ -110,17 +121,25 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             connect_statements=("SET cursor_tuple_fraction = 1.0",),
             on_conflict_insert="postgresql", array_parameters="named",
             migration_lock="SELECT pg_advisory_xact_lock({key})", analyze_ledger=True, type_codes_are_oids=True,
-            binds_instants=True),
-    Dialect("snowflake", url_schemes=("snowflake",), temporary_tables=True),
-    Dialect("bigquery", url_schemes=("bigquery",), inline_rows="unnest"),
+            binds_instants=True,
+            # sha256() takes bytes (the text's UTF-8); 'x' || 8 hex digits is a bit string of 32 bits,
+            # whose cast to bigint is unsigned
+            hash32_sql="CAST(CAST('x' || SUBSTRING(ENCODE(SHA256(CONVERT_TO(hashed_text, 'UTF8')), 'hex') FROM 1 FOR 8)"
+                       " AS BIT(32)) AS BIGINT)"),
+    Dialect("snowflake", url_schemes=("snowflake",), temporary_tables=True,
+            hash32_sql="TO_NUMBER(SUBSTRING(SHA2(hashed_text, 256), 1, 8), 'XXXXXXXX')"),
+    Dialect("bigquery", url_schemes=("bigquery",), inline_rows="unnest",
+            hash32_sql="CAST(CONCAT('0x', SUBSTR(TO_HEX(SHA256(hashed_text)), 1, 8)) AS INT64)"),
     Dialect("spark", url_schemes=("hive",          # PyHive against the Spark Thrift Server
                                   "databricks"),   # databricks-sqlalchemy; Databricks SQL runs Spark SQL
             # a cluster's default session time zone may be any: the engine's instants are UTC
             # (tests/test_spark_engine.py runs a server whose default is Pacific/Auckland)
             connect_statements=("SET TIME ZONE 'UTC'",),
             # PyHive lets Thrift's transport errors through (a refused connection, a server gone mid-query)
-            driver_errors=("thrift.transport.TTransport.TTransportException",)),
-    Dialect("trino", url_schemes=("trino",)),
+            driver_errors=("thrift.transport.TTransport.TTransportException",),
+            hash32_sql="CAST(CONV(SUBSTRING(SHA2(hashed_text, 256), 1, 8), 16, 10) AS BIGINT)"),
+    Dialect("trino", url_schemes=("trino",),
+            hash32_sql="FROM_BASE(SUBSTR(TO_HEX(SHA256(TO_UTF8(hashed_text))), 1, 8), 16)"),
 )}
 
 _BY_SCHEME = {scheme: d for d in DIALECTS.values() for scheme in d.url_schemes}

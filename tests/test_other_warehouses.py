@@ -27,7 +27,7 @@ from engine import load_project, render_sql
 from engine.dialects import dialect_named, dialect_of_url
 from engine.errors import WarehouseError
 from engine.sql import shipping
-from engine.sql.due import due_query, entries_select, explain_query
+from engine.sql.due import ZONE_DUE_TABLE, due_query, entries_select, explain_query, settled_steps
 from engine.sql.triggers.registry import kind_of
 from engine.state.tables import ENTRIES_TABLE, TAGS_TABLE
 
@@ -74,6 +74,11 @@ def pass_queries(dialect: str) -> dict[str, str]:
     for campaign in PROJECT.campaigns:
         queries[f"{campaign.name} due"] = render_sql(
             due_query(campaign, config, NOW, exclude_ledger=False, state=state), dialect)
+        # a replica's pass: its shard and the settled skips (A/B buckets) decided by the stable hash in SQL
+        for settled in ("exclude", "only") if settled_steps(campaign, True, dialect) else ("exclude",):
+            queries[f"{campaign.name} due, shard 1/3, settled {settled}"] = render_sql(
+                due_query(campaign, config, NOW, exclude_ledger=False, state=state, settled=settled,
+                          zone_due=ZONE_DUE_TABLE, shard=(1, 3)), dialect)
         queries[f"{campaign.name} explain"] = render_sql(
             explain_query(campaign, config, NOW, "c-4711", state=state)[0], dialect)
         if kind_of(campaign.trigger).records_entries:
@@ -88,7 +93,11 @@ def test_every_pass_query_parses_back_in_its_dialect(dialect):
     for label, sql in pass_queries(dialect).items():
         tree = sqlglot.parse_one(sql, read=dialect)  # raises ParseError on anything the dialect cannot read
         assert tree.sql(dialect=dialect) == sql, f"{label}: does not render back to the same text"
-        unknown = sorted({node.name for node in tree.find_all(exp.Anonymous)})
+        # the stable hash's own functions (Dialect.hash32_sql; Spark's CONV, computed on a real Spark
+        # session in tests/test_spark.py) are the dialect's builtins sqlglot parses as anonymous
+        declared = {node.name for node in sqlglot.parse_one(dialect_named(dialect).hash32_sql, read=dialect)
+                    .find_all(exp.Anonymous)}
+        unknown = sorted({node.name for node in tree.find_all(exp.Anonymous)} - declared)
         assert not unknown, f"{label}: functions sqlglot does not know in {dialect}: {unknown}"
         assert not list(tree.find_all(exp.Placeholder, exp.Parameter)), f"{label}: binds parameters"
         assert not list(tree.find_all(exp.AtTimeZone, exp.ConvertTimezone)), f"{label}: time zone SQL"
@@ -99,6 +108,7 @@ def test_every_pass_query_parses_back_in_its_dialect(dialect):
         if "'vip'" in sql or "'re-engage'" in sql and "c-4711" in sql:
             reads_state += 1
     assert reads_state >= 3  # re-engage and inactivity (entries), the has_tag('vip') campaigns
+    assert "'welcome-series:'" in pass_queries(dialect)["welcome-series due, shard 1/3, settled only"]  # its A/B bucket
 
 
 @pytest.mark.parametrize("dialect", list(WAREHOUSES))

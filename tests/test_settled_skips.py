@@ -57,7 +57,8 @@ def _pass(reconciler: Reconciler, monkeypatch, settled_in_sql_too: bool, now=NOW
     def watched(campaign, row, now, config, layout=None):
         message = decide(campaign, row, now, config, layout)
         step = campaign.step(row[layout.step]) if layout else None
-        if message is not None and message.reason in ("stale", "stopped") and step and settled_in_sql(campaign, step, zone_due=True):
+        if message is not None and message.reason in settle.SETTLED_REASONS and step \
+                and settled_in_sql(campaign, step, zone_due=True, dialect=config.dialect):
             reached.append(message.key)
         return message
 
@@ -95,6 +96,11 @@ def test_settled_skips_are_recorded_in_sql_exactly_as_row_by_row(tmp_path, monke
     local = {(c.name, step.id) for c in load_project(root).campaigns for step in c.steps if step.send_at is not None}
     campaign, step = COMPARED.index(ledger_table.c.campaign), COMPARED.index(ledger_table.c.step)
     assert sum((r[campaign], r[step]) in local for r in settled) > 100  # local send times settle too (the zone table)
+    shares = {(c.name, step.id) for c in load_project(root).campaigns for step in c.steps
+              if any(v.percent is not None for v in step.variants)}
+    variant = COMPARED.index(ledger_table.c.variant)
+    split = {r[variant] for r in settled if (r[campaign], r[step]) in shares}
+    assert len(split) == 2  # A/B steps settle too, each customer's variant by the stable bucket in SQL
     assert rows == expected_rows
     assert counts == expected_counts
 
@@ -137,7 +143,8 @@ def test_a_pass_settles_in_sql_only_where_it_pays(tmp_path, monkeypatch):
     build_demo(url, seed=42, customers=2000, anchor="2025-01-10T00:00:00Z")
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
     root = copy_project(tmp_path / "project")
-    settling = {c.name for c in load_project(root).campaigns if c.enabled and settle.settles(c, None)}
+    project = load_project(root)
+    settling = {c.name for c in project.campaigns if c.enabled and settle.settles(c, project.config, None)}
     ran: list[str] = []
     record = settle.record_settled
 

@@ -9,14 +9,13 @@ the ledger or the warehouse's own tables (the pass's temporary fact and zone tab
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
 from engine.clock import UTC, parse_stored_date, parse_stored_timestamp
 from engine.decide import (
-    anniversary_instance, customer_zone, due_time, local_midnight, matching_variants, stable_bucket, waited_due,
+    anniversary_instance, customer_zone, due_time, hash32, local_midnight, matching_variants, stable_bucket, waited_due,
 )
 from engine.errors import WarehouseError
 from engine.model import Campaign, ProjectConfig
@@ -28,6 +27,7 @@ from engine.sql.compile import (
     render_sql, shared_facts_drop, variant_columns, zones_query,
 )
 from engine.run.ledger_state import shipped_state
+from engine.sql.hashing import hashes_in_sql
 from engine.sql.due import ZONE_DUE_TABLE, keys_in_sql, zone_due_create, zone_due_inserts, zone_due_rows
 from engine.sql.prepared import Wrap, due_statement, facts_statement
 from engine.sql.shipping import StateNeeds, state_needs
@@ -39,14 +39,21 @@ BATCH_SIZE = 1000
 
 
 def shard_of(customer_id: str, count: int) -> int:
-    """Which of ``count`` replicas owns this customer (a stable hash, not Python's salted one)."""
-    return int.from_bytes(hashlib.sha256(customer_id.encode()).digest()[:4], "big") % count
+    """Which of ``count`` replicas owns this customer (a stable hash, not Python's salted one); the
+    due query computes the same in SQL (``shard_in_sql``)."""
+    return hash32(customer_id) % count
+
+
+def shard_in_sql(config: ProjectConfig) -> bool:
+    """Whether the due queries themselves keep only a replica's shard (the dialect computes
+    ``decide.hash32``); else ``decided_batches`` cuts each batch to it in Python."""
+    return hashes_in_sql(config.dialect)
 
 
 @contextmanager
 def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: datetime, campaigns: list[Campaign], *,
              exclude_ledger: bool, customer_id: str | None, batch_size: int,
-             ) -> Iterator[Callable[[Campaign], Iterator[list]]]:
+             shard: tuple[int, int] | None = None) -> Iterator[Callable[[Campaign], Iterator[list]]]:
     """One pass's reads of the due sets: gives ``rows_of(campaign)``, the campaign's due rows in batches.
 
     ``rows_of(campaign, settled)``: ``settled`` as ``due_query`` takes it ("exclude": without the
@@ -60,6 +67,7 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
     are dropped when the pass ends, also on failure. ``exclude_ledger``: the query itself leaves out
     what the ledger holds (the ledger shares the warehouse's database); otherwise the engine state the
     queries join (segment entries, tags) is brought from ``ledger`` into the session for the pass.
+    ``shard``: (index, count) of a replica, kept by the queries themselves (``shard_in_sql`` must hold).
     """
     shared = dialect_named(config.dialect).temporary_tables and customer_id is None
     needs = StateNeeds() if exclude_ledger else state_needs(campaigns, config)
@@ -83,7 +91,7 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
             statement = due_statement(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
                                       shared_facts=shared, zones=zones, state=relations or None,
                                       bind=dialect_named(config.dialect).binds_instants, settled=settled, wrap=wrap,
-                                      zone_due=settling)
+                                      zone_due=settling, shard=shard)
             for entity in statement.facts:
                 create_shared_table(session, config, now, campaigns, entity, created)
             if wrap is None:
@@ -146,8 +154,9 @@ def customer_zones(session: Session, config: ProjectConfig, campaigns: list[Camp
 def decided_batches(campaign: Campaign, row_batches: Iterator[list], now: datetime, config: ProjectConfig,
                     ledger: Ledger, *, ledger_in_query: bool, shard: tuple[int, int] | None,
                     progress: Progress) -> Iterator[list[DueMessage]]:
-    """Each batch of a campaign's due rows decided (``decide_row``), cut to this replica's shard,
-    minus what the ledger holds (unless the query already left it out); a batch may end up empty."""
+    """Each batch of a campaign's due rows decided (``decide_row``), cut to this replica's ``shard``
+    (given where the query did not: ``shard_in_sql``), minus what the ledger holds (unless the query
+    already left it out); a batch may end up empty."""
     layout = None
     for rows in row_batches:
         progress.rows(len(rows))

@@ -104,15 +104,18 @@ class Reconciler:
         in_query = self.ledger_shares_warehouse
         sources = SourceRows(self.warehouse, self.config, self.key_kinds)
         responses = ResponseReader(self.config, self.warehouse, self.ledger, in_query)
+        # a replica's shard: in the due queries where the dialect computes the stable hash, else per batch
+        sql_shard = self.shard if plan.shard_in_sql(self.config) else None
+        python_shard = None if sql_shard is not None else self.shard
         with plan.due_rows(self.warehouse, self.ledger, self.config, now, ordered, exclude_ledger=in_query,
-                           customer_id=customer_id, batch_size=self.batch_size) as rows_of:
+                           customer_id=customer_id, batch_size=self.batch_size, shard=sql_shard) as rows_of:
             for position, campaign in enumerate(ordered, 1):
                 if failures is not None and campaign.name in failures:
                     continue  # failed earlier in this pass (its segment entries)
                 self.progress.stage("campaign", position, len(ordered), campaign.name)
                 with isolated(campaign.name, failures):
                     settled, counted = "include", None
-                    if report is not None and settle.settles(campaign, self.shard, customer_id):
+                    if report is not None and settle.settles(campaign, self.config, python_shard, customer_id):
                         if settle.worth_settling(campaign, self.settled_last.get(campaign.name), self.ledger):
                             self.settled_last[campaign.name] = settle.record_settled(
                                 campaign, rows_of, self.config, self.ledger, now, report, ledger_in_query=in_query)
@@ -120,10 +123,10 @@ class Reconciler:
                         else:  # row by row this time; what it finds decides the next pass
                             counted = self.settled_last[campaign.name] = 0
                     for batch in plan.decided_batches(campaign, rows_of(campaign, settled), now, self.config, self.ledger,
-                                                      ledger_in_query=in_query, shard=self.shard,
+                                                      ledger_in_query=in_query, shard=python_shard,
                                                       progress=self.progress):
                         if counted is not None:
-                            self.settled_last[campaign.name] += settle.settled_count(campaign, batch)
+                            self.settled_last[campaign.name] += settle.settled_count(campaign, batch, self.config)
                         batch = attach_contacts(batch, self.config, sources, self.ledger, rules.channel_of)
                         batch = policies.apply_stages(order_by_response(batch, campaign, responses, rules.channel_of),
                                                       rules)

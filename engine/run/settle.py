@@ -1,7 +1,8 @@
-"""The settle stage: the skips the warehouse decides (stale, stopped) recorded set-based, never as messages.
+"""The settle stage: the skips the warehouse decides (stale, stopped, no_variant) recorded set-based, never as messages.
 
 A row of a step ``due.settled_in_sql`` accepts is settled when SQL alone knows it is skipped: a
-stop condition holds, or its freshness ran out (``due.settled_reason``, ``plan.decide_row``'s rules).
+stop condition holds, its freshness ran out, or no variant qualifies, A/B shares included
+(``due.settled_reason``, ``plan.decide_row``'s rules).
 Most candidate rows of a first pass are such old history: recorded once and never seen again.
 They are recorded here before the campaign's other rows are planned (``due_query(settled="exclude")``
 leaves them out), so no ``DueMessage``, customer dictionary or policy ever sees them:
@@ -45,10 +46,16 @@ _LEDGER_COLUMNS = ("message_key", "campaign", "step", "customer_id", "trigger_ke
 SETTLE_FROM = 1000
 
 
-def settles(campaign: Campaign, shard: tuple[int, int] | None, customer_id: str | None = None) -> bool:
+#: the skip reasons the warehouse settles (``due.settled_reason``)
+SETTLED_REASONS = ("stale", "stopped", "no_variant")
+
+
+def settles(campaign: Campaign, config: ProjectConfig, shard: tuple[int, int] | None,
+            customer_id: str | None = None) -> bool:
     """Whether a pass can record this campaign's settled skips here (a step settled in SQL, and no
-    replica shard or single customer to cut the rows to: those keep the row-by-row path)."""
-    return shard is None and customer_id is None and bool(settled_steps(campaign, zone_due=True))
+    replica shard Python cuts the rows to - ``plan.shard_in_sql`` - nor single customer: those keep
+    the row-by-row path)."""
+    return shard is None and customer_id is None and bool(settled_steps(campaign, zone_due=True, dialect=config.dialect))
 
 
 def worth_settling(campaign: Campaign, last_count: int | None, ledger: Ledger) -> bool:
@@ -62,11 +69,11 @@ def worth_settling(campaign: Campaign, last_count: int | None, ledger: Ledger) -
     return last_count >= SETTLE_FROM
 
 
-def settled_count(campaign: Campaign, batch) -> int:
+def settled_count(campaign: Campaign, batch, config: ProjectConfig) -> int:
     """How many messages of ``batch`` (``plan.decided_batches``'s) are skips this stage would have
-    settled: stale or stopped, on a step settled in SQL (for the next pass's ``worth_settling``)."""
-    steps = {step.id for step in settled_steps(campaign, zone_due=True)}
-    return sum(1 for m in batch if m.action == "skip" and m.reason in ("stale", "stopped") and m.step in steps)
+    settled: stale, stopped or no_variant, on a step settled in SQL (for the next pass's ``worth_settling``)."""
+    steps = {step.id for step in settled_steps(campaign, zone_due=True, dialect=config.dialect)}
+    return sum(1 for m in batch if m.action == "skip" and m.reason in SETTLED_REASONS and m.step in steps)
 
 
 def in_one_statement(config: ProjectConfig, ledger_in_query: bool) -> bool:
@@ -78,7 +85,7 @@ def in_one_statement(config: ProjectConfig, ledger_in_query: bool) -> bool:
 def insert_settled(campaign: Campaign, now: datetime | PassInstant, query: exp.Query, dialect: str) -> exp.Expression:
     """``query`` (``due_query(settled="only")`` at ``now``, a datetime or the symbolic instant of a
     statement compiled once: ``sql.prepared``) turned into the INSERT of its rows into the ledger."""
-    delays = _fixed_delays(campaign)
+    delays = _fixed_delays(campaign, dialect)
     instant = ts(now, dialect)  # the pass instant, bound like the query's own
     row = "s"
     trigger_at = exp.cast(col(row, "trigger_at"), "TIMESTAMP")
@@ -102,10 +109,11 @@ def insert_settled(campaign: Campaign, now: datetime | PassInstant, query: exp.Q
     return insert_new_rows(select, list(_LEDGER_COLUMNS))
 
 
-def _fixed_delays(campaign: Campaign) -> dict:
+def _fixed_delays(campaign: Campaign, dialect: str) -> dict:
     """step id -> delay of the steps settled in SQL whose due time is trigger time + delay (the
     others, with a local send time, come with their due time)."""
-    return {step.id: step.delay for step in settled_steps(campaign, zone_due=True) if step.send_at is None}
+    return {step.id: step.delay for step in settled_steps(campaign, zone_due=True, dialect=dialect)
+            if step.send_at is None}
 
 
 def _interval(delay) -> exp.Expression:
@@ -122,7 +130,7 @@ def record_settled(campaign: Campaign, rows_of, config: ProjectConfig, ledger: L
         for rows in rows_of(campaign, "only", insert_settled):
             counts.update(tuple(row) for row in rows)
     else:
-        delays = _fixed_delays(campaign)
+        delays = _fixed_delays(campaign, config.dialect)
         for rows in rows_of(campaign, "only"):
             records = {}
             for row in rows:

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from sqlglot import exp
 
 from engine.clock import UTC
-from engine.decide import customer_zone
+from engine.decide import bucket_prefix, customer_zone
 from engine.dialects import dialect_named
 from engine.model import Campaign, ProjectConfig
 from engine.model import Step
@@ -28,6 +28,7 @@ from engine.sql.compile import (
     shared_facts_create, step_window, temporary_table, text, ts, variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
+from engine.sql.hashing import hash_bucket, hashes_in_sql
 from engine.sql.triggers.registry import kind_of
 
 #: a typed NULL: PostgreSQL resolves a UNION of untyped NULLs to text, then fails against 1/0
@@ -51,24 +52,33 @@ ZONE_DUE_TABLE = "engine_pass_zone_due"
 ZONE_DUE_COLUMNS = ("campaign", "step", "zone", "lo", "hi", "due_at")
 
 
-def settled_in_sql(campaign: Campaign, step: Step, zone_due: bool = False) -> bool:
-    """Whether the warehouse alone decides which of this step's rows are settled skips (stale,
-    stopped), with their due time, variant and channel: the due time is the trigger time plus a
-    fixed delay, or, with the pass's ``zone_due`` table, the next local send time after it
+def settled_in_sql(campaign: Campaign, step: Step, zone_due: bool = False, dialect: str | None = None) -> bool:
+    """Whether the warehouse alone decides which of this step's rows are settled skips (stopped,
+    stale, no_variant), with their due time, variant and channel: the due time is the trigger time
+    plus a fixed delay, or, with the pass's ``zone_due`` table, the next local send time after it
     (``zone_due_times``); no calendar months, no local date or yearly instance (their instants
     need the customer's zone in Python), no ``wait_until`` (its due time is the awaited event's or
-    the wait's end), and the variant is the first whose audience matches (no A/B share). Such a
-    row never reaches Python in a pass (``due_query(settled=...)``)."""
+    the wait's end), and the variant is the first whose audience matches and, for an A/B share,
+    whose share holds the customer's stable bucket: computed by ``dialect``'s SQL (``hashing``; a
+    step with a share is not settled in SQL without it). Such a row never reaches Python in a pass
+    (``due_query(settled=...)``)."""
     kind = kind_of(campaign.trigger)
+    shares = any(variant.percent is not None for variant in step.variants)
     return (kind.keys_in_sql and not kind.local_date and (step.send_at is None or zone_due)
             and not calendar_slack(step) and step.wait is None
-            and (step.freshness is not None or bool(campaign.stop))
-            and all(variant.percent is None for variant in step.variants))
+            and (step.freshness is not None or bool(campaign.stop) or _may_match_none(step))
+            and (not shares or (dialect is not None and hashes_in_sql(dialect))))
 
 
-def settled_steps(campaign: Campaign, zone_due: bool = False) -> list[Step]:
+def _may_match_none(step: Step) -> bool:
+    """Whether a customer may qualify for none of the step's variants (a skip ``no_variant``): every
+    variant has an audience or an A/B share."""
+    return all(variant.audience is not None or variant.percent is not None for variant in step.variants)
+
+
+def settled_steps(campaign: Campaign, zone_due: bool = False, dialect: str | None = None) -> list[Step]:
     """The steps of ``campaign`` whose settled skips the warehouse decides (``settled_in_sql``)."""
-    return [step for step in campaign.steps if settled_in_sql(campaign, step, zone_due)]
+    return [step for step in campaign.steps if settled_in_sql(campaign, step, zone_due, dialect)]
 
 
 def zone_due_times(step: Step, now: datetime, stale_horizon: timedelta, zone: ZoneInfo) -> list[tuple[datetime, datetime]]:
@@ -103,7 +113,7 @@ def zone_due_rows(campaigns: Sequence[Campaign], config: ProjectConfig, now: dat
     rows = []
     keys = {"" if value is None else value: value for value in zones if value is None or isinstance(value, str)}
     for campaign in campaigns:
-        for step in settled_steps(campaign, zone_due=True):
+        for step in settled_steps(campaign, zone_due=True, dialect=config.dialect):
             if step.send_at is None:
                 continue
             for key, value in keys.items():
@@ -162,7 +172,8 @@ def shared_table_create(name: str, config: ProjectConfig, now: datetime,
 def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
               dialect: str | None = None, customer_id: str | None = None, shared_facts: bool = False,
               zones: Sequence[object] | None = None, state: StateRelations | None = None,
-              settled: str = "include", zone_due: str | None = None) -> exp.Query:
+              settled: str = "include", zone_due: str | None = None,
+              shard: tuple[int, int] | None = None) -> exp.Query:
     """All due (and recently stale or stopped) rows of every step of ``campaign`` at ``now``.
 
     Columns: DUE_COLUMNS, the kind's ``extra_columns`` (``anniversary`` for yearly triggers),
@@ -182,6 +193,8 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     ``settled_in_sql`` steps left out, ``settled_query`` records them) or "only" (``settled_query``).
     ``zone_due``: the pass's ``ZONE_DUE_TABLE``, filled (``zone_due_rows``): steps with a local send
     time settle too, their rows joined with it by zone and trigger time.
+    ``shard``: (index, count) of a replica: only the customers whose ``decide.hash32`` of the id is
+    ``index`` modulo ``count`` (``plan.shard_of``); the dialect must compute it (``hashing``).
     """
     kind = kind_of(campaign.trigger)
     builder = QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts, state=state)
@@ -193,7 +206,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     width = variant_columns(campaign)
     selects = []
     for step, window in zip(campaign.steps, windows):
-        apart = settled != "include" and settled_in_sql(campaign, step, zone_due is not None)
+        apart = settled != "include" and settled_in_sql(campaign, step, zone_due is not None, builder.dialect)
         if settled == "only" and not apart:
             continue
         conditions = kind.window(builder, window)
@@ -216,12 +229,17 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                 conditions.append(builder.bind(text_, attributes))
         if customer_id is not None:
             conditions.append(is_customer(col("t", "customer_id"), customer_id))
+        if shard is not None:
+            index, count = shard
+            conditions.append(hash_bucket("", text(col("t", "customer_id")), count, builder.dialect)
+                              .eq(exp.Literal.number(index)))
         stopped_by = exp.null()
         if campaign.stop:
             stopped_by = exp.Case(ifs=[exp.If(this=builder.stop_condition(stop), true=lit(stop)) for stop in campaign.stop])
         if apart:
             due_at = None if step.send_at is None else col("z", "due_at")
-            reason = settled_reason(builder, step, window, stopped_by, due_at)
+            matches = variant_matches(builder, campaign, step, attributes)
+            reason = settled_reason(builder, step, window, stopped_by, due_at, matches)
             if settled == "exclude":
                 conditions.append(reason.is_(exp.null()))
                 selects.append(_zone_join(_due_select(builder, campaign, step, kind, exp.null(), waits, conditions,
@@ -230,7 +248,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                 continue
             conditions.append(reason.copy().is_(exp.null()).not_())
             selects.append(_zone_join(_settled_select(builder, campaign, step, kind, reason, stopped_by, due_at, conditions,
-                                                      customers, attributes, exclude_ledger),
+                                                      customers, matches, exclude_ledger),
                                       campaign, step, zone_due))
             continue
         selects.append(_due_select(builder, campaign, step, kind, stopped_by, waits, conditions, customers, attributes,
@@ -248,13 +266,33 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     return builder.with_ctes(body)
 
 
+def variant_matches(builder: QueryBuilder, campaign: Campaign, step: Step, attributes) -> list[exp.Expression]:
+    """Per variant of ``step``, in file order, whether the customer qualifies for it: its audience and,
+    for an A/B variant, its share holding the customer's stable bucket (``decide.matching_variants``,
+    ``decide.stable_bucket`` computed in SQL: ``hashing``)."""
+    bucket = None
+    if any(variant.percent is not None for variant in step.variants):
+        bucket = hash_bucket(bucket_prefix(campaign.name), text(col("t", "customer_id")), 100, builder.dialect)
+    start, matches = 0, []
+    for variant in step.variants:
+        conditions = [] if variant.audience is None else [builder.bind(variant.audience, attributes)]
+        if variant.percent is not None:
+            conditions += [bucket.copy() >= exp.Literal.number(start),
+                           bucket.copy() < exp.Literal.number(start + variant.percent)]
+            start += variant.percent
+        matches.append(exp.and_(*conditions) if conditions else exp.true())
+    return matches
+
+
 def settled_reason(builder: QueryBuilder, step: Step, window: StepWindow, stopped_by: exp.Expression,
-                   due_at: exp.Expression | None = None) -> exp.Expression:
-    """'stopped' or 'stale' for a due row of a ``settled_in_sql`` step whose skip the warehouse
-    decides, else NULL: ``plan.decide_row``'s rules (a stop condition first; stale from due +
-    freshness on, half-open). For a fixed delay, on the trigger time: the step's window already
-    holds exactly the rows that are due and not beyond the stale horizon (no slack for such a
-    step). For a local send time, on ``due_at`` (the zone table's): NULL where Python decides."""
+                   due_at: exp.Expression | None = None,
+                   matches: Sequence[exp.Expression] = ()) -> exp.Expression:
+    """'stopped', 'stale' or 'no_variant' for a due row of a ``settled_in_sql`` step whose skip the
+    warehouse decides, else NULL: ``plan.decide_row``'s rules (a stop condition first; stale from due
+    + freshness on, half-open; then no variant among ``matches``, ``variant_matches``'s, qualifies).
+    For a fixed delay, on the trigger time: the step's window already holds exactly the rows that are
+    due and not beyond the stale horizon (no slack for such a step). For a local send time, on
+    ``due_at`` (the zone table's): NULL where Python decides."""
     ifs = []
     known = exp.true() if due_at is None else due_at.copy().is_(exp.null()).not_()
     if not isinstance(stopped_by, exp.Null):
@@ -264,7 +302,16 @@ def settled_reason(builder: QueryBuilder, step: Step, window: StepWindow, stoppe
         stale = (col("t", "trigger_at") <= builder.ts(window.due_cutoff - step.freshness) if due_at is None
                  else due_at.copy() <= builder.ts(builder.now - step.freshness))
         ifs.append(exp.If(this=stale, true=lit("stale")))
+    if matches and not any(isinstance(match, exp.Boolean) and match.this for match in matches):
+        none = _first_match(matches, [lit("1")] * len(matches)).is_(exp.null())
+        ifs.append(exp.If(this=none if due_at is None else exp.and_(known.copy(), none), true=lit("no_variant")))
     return exp.Case(ifs=ifs)
+
+
+def _first_match(matches: Sequence[exp.Expression], values: Sequence[exp.Expression]) -> exp.Expression:
+    """CASE giving the value of the first variant that qualifies, NULL when none does (a NULL
+    audience does not qualify, as in Python)."""
+    return exp.Case(ifs=[exp.If(this=match.copy(), true=value) for match, value in zip(matches, values)])
 
 
 def _zone_join(query: exp.Select, campaign: Campaign, step: Step, zone_due: str | None) -> exp.Select:
@@ -280,14 +327,11 @@ def _zone_join(query: exp.Select, campaign: Campaign, step: Step, zone_due: str 
 
 def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, reason: exp.Expression,
                     stopped_by: exp.Expression, due_at: exp.Expression | None, conditions: list, customers: str,
-                    attributes, exclude_ledger: bool) -> exp.Select:
+                    matches: Sequence[exp.Expression], exclude_ledger: bool) -> exp.Select:
     """``SETTLED_COLUMNS`` of a step's settled skips: the variant and channel of the first variant
-    whose audience matches (``decide.matching_variants`` without shares), NULL when none does."""
-    variant, channel = [], []
-    for candidate in step.variants:
-        match = exp.true() if candidate.audience is None else builder.bind(candidate.audience, attributes)
-        variant.append(exp.If(this=match, true=lit(candidate.id)))
-        channel.append(exp.If(this=match.copy(), true=lit(candidate.channel)))
+    that qualifies (``variant_matches``: ``decide.matching_variants``), NULL when none does."""
+    variant = [exp.If(this=match.copy(), true=lit(candidate.id)) for match, candidate in zip(matches, step.variants)]
+    channel = [exp.If(this=match.copy(), true=lit(candidate.channel)) for match, candidate in zip(matches, step.variants)]
     query = (
         exp.select(
             exp.alias_(lit(campaign.name), "campaign"),

@@ -158,7 +158,8 @@ def _state_shape(state: StateRelations | None) -> Hashable | None:
 def due_statement(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclude_ledger: bool,
                   customer_id: str | None = None, shared_facts: bool = False, zones: Sequence[object] | None = None,
                   state: StateRelations | None = None, bind: bool = True, settled: str = "include",
-                  wrap: Wrap | None = None, zone_due: str | None = None) -> Statement:
+                  wrap: Wrap | None = None, zone_due: str | None = None,
+                  shard: tuple[int, int] | None = None) -> Statement:
     """The campaign's due query at ``now`` (``due.due_query``'s arguments): compiled once per project
     version and bound here; built as before for one customer (``customer_id``, ``engine explain``),
     for engine state shipped as VALUES, and for a query whose shape depends on the instant.
@@ -166,10 +167,12 @@ def due_statement(campaign: Campaign, config: ProjectConfig, now: datetime, *, e
     (a pass reads "exclude" where the settle stage recorded the settled skips). ``wrap``: the
     statement that runs is ``wrap(campaign, now, query, dialect)`` (the settle stage's INSERT ... SELECT),
     compiled once with it; a module-level function, part of the cache key. ``zone_due``: as
-    ``due_query``'s (a table name: its rows, filled per pass, do not shape the SQL)."""
+    ``due_query``'s (a table name: its rows, filled per pass, do not shape the SQL). ``shard``: as
+    ``due_query``'s (a replica's (index, count), part of the cache key)."""
     def built(instant):
         query = due_query(campaign, config, instant, exclude_ledger=exclude_ledger, customer_id=customer_id,
-                          shared_facts=shared_facts, zones=zones, state=state, settled=settled, zone_due=zone_due)
+                          shared_facts=shared_facts, zones=zones, state=state, settled=settled, zone_due=zone_due,
+                          shard=shard)
         return query if wrap is None else wrap(campaign, instant, query, config.dialect)
 
     def literal() -> Statement:
@@ -182,7 +185,7 @@ def due_statement(campaign: Campaign, config: ProjectConfig, now: datetime, *, e
     if zones is not None:  # the customers' zones in any order (SELECT DISTINCT) shape the same query
         zones = sorted(zones, key=lambda zone: (zone is not None, str(zone)))
     shape = ("due", config.dialect, exclude_ledger, shared_facts, shared_facts and compile.SHARE_ROWS, None if zones is None else tuple(zones), state_shape,
-             settled, wrap, zone_due)
+             settled, wrap, zone_due, shard)
     prepared = _cache.get((config, campaign), shape, lambda: prepare(built, config.dialect))
     if prepared is None:
         return literal()

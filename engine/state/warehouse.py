@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from engine.decide import hash32
 from engine.dialects import Dialect, dialect_of_backend
 from engine.errors import WarehouseError
 from engine.masking import is_secret_name, mask, remember, remember_url
@@ -88,6 +89,8 @@ class Database:
         self.errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, *_driver_errors(self.dialect))
         if self.dialect.connect_statements:
             sa.event.listen(self.engine, "connect", _run_on_connect(self.dialect.connect_statements))
+        if self.dialect.hash32_function:
+            sa.event.listen(self.engine, "connect", _register_hash32(self.dialect.hash32_function))
         if self.dialect.settings_section and duckdb_settings:
             sa.event.listen(self.engine, "connect", _duckdb_settings(duckdb_settings))
 
@@ -262,6 +265,18 @@ def _duckdb_settings(settings: Mapping[str, str | int]) -> Callable[[Any, Any], 
             cursor.execute(statement)
         cursor.close()
     return apply
+
+
+def _register_hash32(name: str) -> Callable[[Any, Any], None]:
+    """A connect hook that registers ``decide.hash32`` as the SQL function ``name`` (Dialect.hash32_function:
+    SQLite has no SHA-256), deterministic so SQLite may use it in indexes and fold repeated calls;
+    NULL gives NULL."""
+    def function(value: Any) -> int | None:
+        return None if value is None else hash32(str(value))
+
+    def register(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.create_function(name, 1, function, deterministic=True)
+    return register
 
 
 def _run_on_connect(statements: tuple[str, ...]) -> Callable[[Any, Any], None]:
