@@ -104,6 +104,10 @@ class Reconciler:
         in_query = self.ledger_shares_warehouse
         sources = SourceRows(self.warehouse, self.config, self.key_kinds)
         responses = ResponseReader(self.config, self.warehouse, self.ledger, in_query)
+        # a campaign this process has not planned yet settles when the ledger has none of it: one query for all
+        unknown = [c.name for c in ordered if report is not None and c.name not in self.settled_last
+                   and settle.settles(c, self.shard, customer_id)]
+        held = self.ledger.campaigns_held(unknown) if unknown else set()
         with plan.due_rows(self.warehouse, self.ledger, self.config, now, ordered, exclude_ledger=in_query,
                            customer_id=customer_id, batch_size=self.batch_size) as rows_of:
             for position, campaign in enumerate(ordered, 1):
@@ -113,7 +117,7 @@ class Reconciler:
                 with isolated(campaign.name, failures):
                     settled, counted = "include", None
                     if report is not None and settle.settles(campaign, self.shard, customer_id):
-                        if settle.worth_settling(campaign, self.settled_last.get(campaign.name), self.ledger):
+                        if settle.worth_settling(campaign, self.settled_last.get(campaign.name), held):
                             self.settled_last[campaign.name] = settle.record_settled(
                                 campaign, rows_of, self.config, self.ledger, now, report, ledger_in_query=in_query)
                             settled = "exclude"
