@@ -177,12 +177,38 @@ def test_a_pass_settles_in_sql_only_where_it_pays(tmp_path, monkeypatch):
     try:
         ran.clear()
         in_ledger = {row[0] for row in fresh.ledger.counts()}
+        asked: list[list[str]] = []
+        held = fresh.ledger.campaigns_held
+        monkeypatch.setattr(fresh.ledger, "campaigns_held", lambda names: asked.append(names) or held(names))
         fresh.run_once(NOW + timedelta(days=3))
+        assert len(asked) == 1 and set(asked[0]) == settling  # one query for every campaign of the pass
         # a campaign the ledger holds rows of: a new process starts row by row; one nobody was ever due
         # for (the shipped re-activate on the demo's data) settles again, which costs one query
         assert set(ran) == settling - in_ledger and settling & in_ledger
     finally:
         fresh.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_campaigns_held_is_one_statement_that_agrees_with_the_rows(backend, tmp_path):
+    """``Ledger.campaigns_held``: exactly the asked campaigns that have a row, whatever their number."""
+    from engine.state.ledger import Ledger
+
+    ledger = Ledger(Database(database_url(backend, tmp_path, "ledger")))
+    try:
+        ledger.ensure_schema()
+        rows = [{"message_key": f"k{i}", "campaign": name, "step": "s", "customer_id": str(i), "trigger_key": "t",
+                 "variant": "", "channel": "email", "status": "skipped", "reason": "stale", "attempts": 0,
+                 "trigger_at": NOW, "due_at": NOW, "created_at": NOW, "updated_at": NOW}
+                for i, name in enumerate(["a", "b", "b", "it's"])]
+        with ledger.db.engine.begin() as conn:
+            conn.execute(ledger_table.insert(), rows)
+        assert ledger.campaigns_held([]) == set()
+        assert ledger.campaigns_held(["a"]) == {"a"}
+        assert ledger.campaigns_held(["c"]) == set()
+        assert ledger.campaigns_held(["a", "b", "c", "it's", "b"]) == {"a", "b", "it's"}
+    finally:
+        ledger.close()
 
 
 ZONES = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu", "Pacific/Apia", "UTC",

@@ -107,6 +107,10 @@ class Reconciler:
         # a replica's shard: in the due queries where the dialect computes the stable hash, else per batch
         sql_shard = self.shard if plan.shard_in_sql(self.config) else None
         python_shard = None if sql_shard is not None else self.shard
+        # a campaign this process has not planned yet settles when the ledger has none of it: one query for all
+        unknown = [c.name for c in ordered if report is not None and c.name not in self.settled_last
+                   and settle.settles(c, self.config, python_shard, customer_id)]
+        held = self.ledger.campaigns_held(unknown) if unknown else set()
         with plan.due_rows(self.warehouse, self.ledger, self.config, now, ordered, exclude_ledger=in_query,
                            customer_id=customer_id, batch_size=self.batch_size, shard=sql_shard) as rows_of:
             for position, campaign in enumerate(ordered, 1):
@@ -116,7 +120,7 @@ class Reconciler:
                 with isolated(campaign.name, failures):
                     settled, counted = "include", None
                     if report is not None and settle.settles(campaign, self.config, python_shard, customer_id):
-                        if settle.worth_settling(campaign, self.settled_last.get(campaign.name), self.ledger):
+                        if settle.worth_settling(campaign, self.settled_last.get(campaign.name), held):
                             self.settled_last[campaign.name] = settle.record_settled(
                                 campaign, rows_of, self.config, self.ledger, now, report, ledger_in_query=in_query)
                             settled = "exclude"

@@ -22,6 +22,7 @@ render or send.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Container
 from datetime import datetime
 
 from sqlglot import exp
@@ -58,14 +59,15 @@ def settles(campaign: Campaign, config: ProjectConfig, shard: tuple[int, int] | 
     return shard is None and customer_id is None and bool(settled_steps(campaign, zone_due=True, dialect=config.dialect))
 
 
-def worth_settling(campaign: Campaign, last_count: int | None, ledger: Ledger) -> bool:
+def worth_settling(campaign: Campaign, last_count: int | None, held: Container[str]) -> bool:
     """Whether settling ``campaign``'s skips in SQL pays in this pass. ``last_count``: the settled
-    skips its last pass in this process found (either way), None before its first. A first pass
-    settles a campaign the ledger has never seen (a new campaign or ledger: its whole history of
-    stale and stopped rows); a campaign already running has only the few skips that became due
-    since its last pass, until a pass finds ``SETTLE_FROM`` of them (a backlog)."""
+    skips its last pass in this process found (either way), None before its first; ``held``: the
+    campaigns the ledger holds rows of (``Ledger.campaigns_held``, one query for the whole pass). A
+    first pass settles a campaign the ledger has never seen (a new campaign or ledger: its whole
+    history of stale and stopped rows); a campaign already running has only the few skips that
+    became due since its last pass, until a pass finds ``SETTLE_FROM`` of them (a backlog)."""
     if last_count is None:
-        return not ledger.holds_campaign(campaign.name)
+        return campaign.name not in held
     return last_count >= SETTLE_FROM
 
 
