@@ -26,10 +26,11 @@ New events are written by one thread per project (``Writer``): woken by an
 event, it waits ``LINGER`` for more, then one ``record_events`` call takes
 every event that arrived meanwhile (up to ``BATCH``), one insert and one commit
 for all of them, so concurrent clicks do not queue for the database's write
-lock one commit each, and the requests do not wake the writer one each (each
-wake-up, and each of the writer's statements, is a hand-over of the
-interpreter's lock between threads: on a loaded machine that, not the work,
-was most of a new click's time). The answer does not wait for it: an event is
+lock one commit each, and the requests do not wake the writer one each (woken
+by every click it wrote batches of about ten, and the hand-overs of the
+interpreter's lock between its thread and the server's - 29-37 voluntary
+context switches per click, ~3 per replayed pixel - were most of a new click's
+time on a loaded machine: benchmarks/README.md). The answer does not wait for it: an event is
 lost only if the process dies within that moment (``LINGER`` and one commit);
 ``flush`` and ``close`` cut the wait short. When the ledger cannot be
 reached the answer is given all the same (the token alone proves the URL) and
