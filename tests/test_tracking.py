@@ -378,3 +378,46 @@ def test_engine_serve_tracking_serves_health_and_tracking_only(project):
         output = process.communicate(timeout=60)[0].decode()
     assert process.returncode == 0, output
     assert "pass.finished" not in output and "Pass at" not in output  # no passes
+
+
+def test_the_writer_gathers_the_events_that_arrive_while_it_lingers_and_flush_cuts_the_wait_short(tmp_path):
+    """One record_events call (one insert, one commit) for the clicks that arrived while the writer waited for
+    more, each recorded once; flush does not wait out the linger (here 30 s)."""
+    import time
+
+    from engine.model import ProjectConfig
+    from engine.service import tracking as endpoints
+    from engine.state.events import Event, event_id
+    from engine.state.ledger import Ledger, Record
+    from engine.state.warehouse import Database
+
+    sent_at = parse_instant(PASS_AT)
+    ledger = Ledger(Database(f"sqlite:///{tmp_path / 'ledger.db'}"))
+    ledger.ensure_schema()
+    record = Record(message_key="c:s:1:1", campaign="c", step="s", customer_id="1", trigger_key="1", channel="mail",
+                    status="claimed", due_at=sent_at)
+    ledger.write_new([record], sent_at)
+    ledger.record_outcomes([replace(record, status="sent")], sent_at)
+    calls = []
+
+    class Counting:
+        def message_refs(self, keys):
+            return ledger.message_refs(keys)
+
+        def record_events(self, events, now):
+            calls.append(len(events))
+            return ledger.record_events(events, now)
+
+    writer = endpoints.Writer(Counting(), endpoints.Memory(), linger=30)
+    clicks = [Event(event_id=event_id("click", "c:s:1:1", f"https://shop.example/{i}", "person"), message_key="c:s:1:1",
+                    type="click", occurred_at=SERVICE_AT, provider="tracking", url=f"https://shop.example/{i}")
+              for i in range(50)]
+    for click in clicks + clicks[:10]:  # ten of them twice: recorded once
+        writer.put(click, SERVICE_AT)
+    started = time.monotonic()
+    assert writer.flush(timeout=20)
+    assert time.monotonic() - started < 15
+    assert calls == [60]
+    assert len(ledger.customer_events("1")) == 50
+    assert writer.close()
+    ledger.close()

@@ -22,11 +22,17 @@ with ``machine`` true and the rule in ``detail``. Each process remembers
 message's ledger row does not change once it was sent - and the events it
 recorded, so a replayed pixel costs no database round trip; another replica
 replaying it finds the event in the table (nothing new recorded either).
-New events are written by one thread per project (``Writer``): each
-``record_events`` call takes every event that arrived meanwhile (up to
-``BATCH``), one insert and one commit for all of them, so concurrent clicks do
-not queue for the database's write lock one commit each. The answer does not
-wait for it: an event is lost only if the process dies within that moment. When the ledger cannot be
+New events are written by one thread per project (``Writer``): woken by an
+event, it waits ``LINGER`` for more, then one ``record_events`` call takes
+every event that arrived meanwhile (up to ``BATCH``), one insert and one commit
+for all of them, so concurrent clicks do not queue for the database's write
+lock one commit each, and the requests do not wake the writer one each (woken
+by every click it wrote batches of about ten, and the hand-overs of the
+interpreter's lock between its thread and the server's - 29-37 voluntary
+context switches per click, ~3 per replayed pixel - were most of a new click's
+time on a loaded machine: benchmarks/README.md). The answer does not wait for it: an event is
+lost only if the process dies within that moment (``LINGER`` and one commit);
+``flush`` and ``close`` cut the wait short. When the ledger cannot be
 reached the answer is given all the same (the token alone proves the URL) and
 the miss is logged. Must not sign tokens (the render stage does) nor render.
 """
@@ -59,6 +65,8 @@ TEXT = "text/plain; charset=utf-8"
 REMEMBERED = 20_000
 #: events recorded by one insert at most
 BATCH = 500
+#: seconds the writer waits, once an event woke it, for more to write with it
+LINGER = 0.05
 
 
 class EventLedger(Protocol):
@@ -86,25 +94,34 @@ class Memory:
         with self._lock:
             return event_id_ in self._events
 
-    def remember(self, key: str, ref: object = None, event_id_: str | None = None) -> None:
+    def remember_events(self, event_ids: list[str]) -> None:
+        """Remember that ``event_ids`` are recorded (one hold of the lock for a whole batch)."""
         with self._lock:
-            for table, name, value in ((self._refs, key, ref), (self._events, event_id_, None)):
-                if name is None or (table is self._refs and ref is None):
-                    continue
-                table[name] = value
-                table.move_to_end(name)
-                if len(table) > self._size:
-                    table.popitem(last=False)
+            for event_id_ in event_ids:
+                self._events[event_id_] = None
+                self._events.move_to_end(event_id_)
+            while len(self._events) > self._size:
+                self._events.popitem(last=False)
+
+    def remember(self, key: str, ref: object) -> None:
+        """Remember message ``key``'s ledger row ``ref``."""
+        with self._lock:
+            self._refs[key] = ref
+            self._refs.move_to_end(key)
+            if len(self._refs) > self._size:
+                self._refs.popitem(last=False)
 
 
 class Writer:
     """Records events on a thread of its own, in batches of whatever arrived while the last one was written."""
 
-    def __init__(self, ledger: EventLedger, memory: Memory):
-        self._ledger, self._memory = ledger, memory
+    def __init__(self, ledger: EventLedger, memory: Memory, linger: float = LINGER):
+        """``linger``: seconds to wait for more events once one arrived (0: write whatever is there)."""
+        self._ledger, self._memory, self._linger = ledger, memory, linger
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._hurry = threading.Event()  # set by flush and close: write now, without lingering
 
     def put(self, recorded: Event, now: datetime) -> None:
         with self._lock:
@@ -119,6 +136,7 @@ class Writer:
             return True
         done = threading.Event()
         self._queue.put(done)
+        self._hurry.set()
         return done.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> bool:
@@ -133,6 +151,9 @@ class Writer:
         while not stopping:
             batch, waiting = [], []
             item = self._queue.get()
+            if isinstance(item, tuple) and self._linger > 0 and not self._hurry.is_set():
+                self._hurry.wait(self._linger)  # not woken by each put meanwhile: they join this batch
+            self._hurry.clear()
             while True:
                 if item is None:
                     stopping = True
@@ -159,8 +180,7 @@ class Writer:
             event("tracking.unrecorded", f"Could not record {len(batch)} tracking event(s): {type(exc).__name__}",
                   logging.ERROR)
             return
-        for recorded, _ in batch:
-            self._memory.remember(recorded.message_key, event_id_=recorded.event_id)
+        self._memory.remember_events([recorded.event_id for recorded, _ in batch])
 
 
 @dataclass(frozen=True)
