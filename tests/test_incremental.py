@@ -278,3 +278,30 @@ def test_an_order_dated_after_the_instant_counts_once_the_instant_reaches_it(sho
             ("None",) if instant < now + timedelta(hours=2) else ("1",)]
         assert kept.facts_costs[0].mode == "incremental"
     assert kept.facts_costs[0].mark.watermark == now  # the row was not read again: the customer was pending
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "sqlite"])
+def test_a_ledger_from_before_the_watermarks_is_upgraded_and_keeps_them(backend, tmp_path):
+    """A ledger at revision 0005 has no engine_watermarks: the start's upgrade (migration 0006) adds it."""
+    from datetime import datetime, timezone
+
+    from engine.state import migrations
+    from engine.state.ledger import Ledger
+    from engine.state.watermarks import Watermark
+
+    db = Database(database_url(backend, tmp_path, "ledger"))
+    migrations.ensure(db)
+    with db.engine.begin() as conn:  # what 0005 left: no watermark table, version 0005
+        conn.execute(sa.text("DROP TABLE engine_watermarks"))
+        conn.execute(sa.text(f"UPDATE {migrations.VERSION_TABLE} SET version_num = '0005'"))
+    assert migrations.status(db).pending == ("0006",)
+    ledger = Ledger(db)
+    ledger.ensure_schema()
+    assert migrations.status(db).current == (migrations.HEAD,)
+    assert ledger.watermark("orders") is None
+    at = datetime(2025, 1, 10, 9, 30, 15, tzinfo=timezone.utc)
+    mark = Watermark("orders", at - timedelta(minutes=3), at, at - timedelta(hours=2), "f" * 64, 12, 3)
+    ledger.save_watermark(mark)
+    ledger.save_watermark(mark)  # an upsert: still one row
+    assert ledger.watermark("orders") == mark
+    db.dispose()

@@ -13,7 +13,7 @@ refreshes it before it plans:
    dated after its instant that ``now`` has reached (``pending_at``, sql.kept_facts);
 3. recompute those customers' facts from all of their rows (``WHERE customer_id IN touched``:
    exact under status updates, changed totals and rows that arrive late) and replace their kept
-   rows, in one transaction;
+   rows, in one transaction (on PostgreSQL under an advisory lock: replicas take turns);
 4. move the watermark (engine_watermarks in the ledger, migration 0006) to the newest change value
    read, never past ``now``; the due queries then join the kept table instead of the GROUP BY.
 
@@ -50,7 +50,7 @@ from engine.model import CHANGE_COLUMN, ProjectConfig
 from engine.sql.compile import StateRelations, render_sql
 from engine.sql.kept_facts import (
     KEPT_FACTS, TOUCHED, changes_select, change_expression, fingerprint, kept_create, kept_drop, kept_relations,
-    kept_replace, touched_count, touched_create,
+    kept_replace, touched_create, touched_summary,
 )
 from engine.state.ledger import Ledger
 from engine.state.warehouse import Database, Session
@@ -61,6 +61,8 @@ from engine.state.watermarks import Watermark
 SAFETY_LAG = timedelta(minutes=10)
 #: Kept facts older than this are rebuilt whole (a deleted row, a commit later than the lag).
 REBUILD_AFTER = timedelta(days=1)
+#: The lock number of Dialect.refresh_lock ("kept" in ASCII; the migrations' is "engine").
+REFRESH_LOCK_KEY = 0x6B657074
 
 
 @dataclass(frozen=True)
@@ -166,48 +168,55 @@ def refresh(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: dat
     return kept_relations(kept), done
 
 
-def _missing(session: Session, entity: str) -> bool:
-    try:
-        list(session.stream(f"SELECT 1 FROM {KEPT_FACTS[entity]} WHERE 1 = 0"))
-    except WarehouseError:
-        return True
-    return False
+def _locked(dialect: str, statements: list[str]) -> list[str]:
+    """``statements`` after the dialect's refresh lock: replicas refreshing at once take turns (each
+    then deletes what the other inserted before inserting its own, never a customer twice)."""
+    lock = dialect_named(dialect).refresh_lock
+    return statements if lock is None else [lock.format(key=REFRESH_LOCK_KEY), *statements]
 
 
 def _newest(value, now: datetime) -> datetime | None:
     return None if value is None else min(parse_stored_timestamp(value), now)
 
 
+def _one(session: Session, sql: str) -> tuple:
+    (row,) = [tuple(r) for rows in session.stream(sql) for r in rows]
+    return row
+
+
 def _refresh(session: Session, ledger: Ledger, config: ProjectConfig, entity: str, now: datetime,
              cost: SourceCost) -> SourceCost:
     dialect, mark = config.dialect, cost.mark
-    if _rebuild_reason(config, entity, mark, now) is not None or _missing(session, entity):
-        # the newest change first: whatever changes while the table is built is read again next time
-        (rows_read, newest), = [tuple(r) for rows in session.stream(render_sql(changes_select(config, entity, None), dialect))
-                                for r in rows]
-        session.execute(kept_drop(entity))
-        session.execute(render_sql(kept_create(config, entity, now), dialect))
-        (customers,), = [tuple(r) for rows in session.stream(f"SELECT COUNT(*) FROM {KEPT_FACTS[entity]}") for r in rows]
+    touched = None
+    if _rebuild_reason(config, entity, mark, now) is None:
+        since = None if mark.watermark is None else mark.watermark - SAFETY_LAG
+        drop = drop_temporary_table(dialect_named(dialect), TOUCHED[entity])
+        if drop is not None:
+            session.execute(drop)
+        try:
+            session.execute(render_sql(touched_create(config, entity, since, now), dialect))
+        except WarehouseError:  # the kept table is gone (dropped by hand): built again below
+            pass
+        else:
+            try:
+                touched, rows_read, newest = _one(session, render_sql(touched_summary(entity), dialect))
+                if touched:
+                    session.execute_together(_locked(dialect, [render_sql(s, dialect)
+                                                               for s in kept_replace(config, entity, now)]))
+            finally:
+                done = drop_temporary_table(dialect_named(dialect), TOUCHED[entity], created=True)
+                if done is not None:
+                    session.execute(done)
+    if touched is None:  # a build: the newest change first, so what changes meanwhile is read again next time
+        rows_read, newest = _one(session, render_sql(changes_select(config, entity, None), dialect))
+        session.execute_together(_locked(dialect, [kept_drop(entity), render_sql(kept_create(config, entity, now), dialect)]))
+        (customers,) = _one(session, f"SELECT COUNT(*) FROM {KEPT_FACTS[entity]}")
         mark = Watermark(entity, _newest(newest, now), now, now, fingerprint(config, entity), int(rows_read), int(customers))
         ledger.save_watermark(mark)
-        return replace(cost, reason=f"rebuilt whole; {cost.reason}", mark=mark)
-    since = None if mark.watermark is None else mark.watermark - SAFETY_LAG
-    (rows_read, newest), = [tuple(r) for rows in session.stream(render_sql(changes_select(config, entity, since), dialect))
-                            for r in rows]
-    drop = drop_temporary_table(dialect_named(dialect), TOUCHED[entity])
-    if drop is not None:
-        session.execute(drop)
-    session.execute(render_sql(touched_create(config, entity, since, now), dialect))
-    try:
-        (touched,), = [tuple(r) for rows in session.stream(render_sql(touched_count(entity), dialect)) for r in rows]
-        if touched:
-            session.execute_together([render_sql(s, dialect) for s in kept_replace(config, entity, now)])
-    finally:
-        done = drop_temporary_table(dialect_named(dialect), TOUCHED[entity], created=True)
-        if done is not None:
-            session.execute(done)
+        return replace(cost, reason=f"built whole; {cost.reason}", mark=mark)
     newest = _newest(newest, now)
     watermark = mark.watermark if newest is None or (mark.watermark is not None and newest < mark.watermark) else newest
-    mark = Watermark(entity, watermark, max(now, mark.facts_at), mark.built_at, mark.fingerprint, int(rows_read), int(touched))
+    mark = Watermark(entity, watermark, max(now, mark.facts_at), mark.built_at, mark.fingerprint, int(rows_read),
+                     int(touched))
     ledger.save_watermark(mark)
     return replace(cost, mark=mark)

@@ -113,22 +113,29 @@ def changes_select(config: ProjectConfig, entity: str, since: datetime | None) -
 
 
 def touched_create(config: ProjectConfig, entity: str, since: datetime | None, now: datetime) -> exp.Create:
-    """CREATE TEMPORARY TABLE of the customers to recompute: those with a row changed after ``since``
-    and those with a row dated after their facts' instant that ``now`` has reached (``pending_at``)."""
+    """CREATE TEMPORARY TABLE of the customers to recompute, with what was read of each: those with
+    rows changed after ``since`` (how many, the newest change) and those with a row dated after their
+    facts' instant that ``now`` has reached (``pending_at``). One scan of the source's change column."""
     builder = QueryBuilder(config, now, config.dialect)
     rows = builder.source(entity)
-    changed = exp.select(col("r", "customer_id")).from_(exp.to_table(rows).as_("r"))
+    changed = (exp.select(col("r", "customer_id"), exp.alias_(exp.Count(this=exp.Star()), "rows_read"),
+                          exp.alias_(exp.Max(this=col("r", CHANGE_COLUMN)), "newest"))
+               .from_(exp.to_table(rows).as_("r")).group_by(col("r", "customer_id")))
     if since is not None:
         changed = changed.where(col("r", CHANGE_COLUMN) > builder.ts(since))
-    pending = (exp.select(col("p", "customer_id")).from_(exp.to_table(KEPT_FACTS[entity]).as_("p"))
-               .where(col("p", "pending_at") <= builder.ts(now)))
-    query = builder.with_ctes(exp.union(changed, pending, distinct=True))
+    pending = (exp.select(col("p", "customer_id"), exp.alias_(exp.Literal.number(0), "rows_read"),
+                          exp.alias_(exp.Null(), "newest"))
+               .from_(exp.to_table(KEPT_FACTS[entity]).as_("p")).where(col("p", "pending_at") <= builder.ts(now)))
+    query = builder.with_ctes(exp.union(changed, pending, distinct=False))
     return exp.Create(this=exp.to_table(TOUCHED[entity]), kind="TABLE", expression=query,
                       properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
 
 
-def touched_count(entity: str) -> exp.Query:
-    return exp.select(exp.Count(this=exp.Star())).from_(exp.to_table(TOUCHED[entity]))
+def touched_summary(entity: str) -> exp.Query:
+    """The customers to recompute, the rows read and the newest change value read."""
+    return exp.select(exp.Count(this=exp.Distinct(expressions=[exp.column("customer_id")])),
+                      exp.func("COALESCE", exp.Sum(this=exp.column("rows_read")), exp.Literal.number(0)),
+                      exp.Max(this=exp.column("newest"))).from_(exp.to_table(TOUCHED[entity]))
 
 
 def kept_replace(config: ProjectConfig, entity: str, facts_at: datetime) -> list[exp.Expression]:
