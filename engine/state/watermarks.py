@@ -1,7 +1,7 @@
 """The incremental pass's watermarks in the ledger: ``engine_watermarks``, one row per kept source.
 
 Owns that table's reads and writes: ``watermark(source)`` (the row, or None: never kept, or a
-ledger from before migration 0006 until ``ensure_schema`` upgrades it) and ``save_watermark`` (an
+ledger from before migration 0006 that a read-only command does not upgrade) and ``save_watermark`` (an
 upsert, written after the kept facts it describes, so a crash between the two only makes the next
 pass read the same rows again). What a watermark means, and when the kept facts are used, is
 engine.run.incremental's; this module must not read the warehouse or decide anything.
@@ -51,8 +51,14 @@ class WatermarkStore:
 
     def watermark(self, source: str) -> Watermark | None:
         w = watermarks_table.c
-        with self.db.engine.connect() as conn:
-            row = conn.execute(sa.select(watermarks_table).where(w.source == source)).mappings().first()
+        try:
+            with self.db.engine.connect() as conn:
+                row = conn.execute(sa.select(watermarks_table).where(w.source == source)).mappings().first()
+        except sa.exc.SQLAlchemyError:
+            with self.db.engine.connect() as conn:
+                if sa.inspect(conn).has_table(watermarks_table.name):
+                    raise
+            return None  # a ledger a read-only command did not upgrade (before 0006), or none yet
         if row is None:
             return None
         return Watermark(row["source"], _aware(row["watermark"]), _aware(row["facts_at"]), _aware(row["built_at"]),
