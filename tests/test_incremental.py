@@ -306,3 +306,13 @@ def test_a_ledger_from_before_the_watermarks_is_upgraded_and_keeps_them(backend,
     ledger.save_watermark(mark)  # an upsert: still one row
     assert ledger.watermark("orders") == mark
     db.dispose()
+
+
+@pytest.mark.parametrize("backend", ["duckdb"])
+def test_a_change_column_that_is_not_an_instant_is_a_validate_error(shop, tmp_path):
+    db, full, kept, _ = shop
+    project = copy_project(tmp_path / "text")
+    _map_change_column(project, orders="status", events=None)
+    result = CliRunner().invoke(main, ["--project", str(project), "validate", "--check-warehouse"])
+    assert result.exit_code != 0
+    assert "updated_at" in result.output and "timestamp" in result.output, result.output
