@@ -68,6 +68,9 @@ class Dialect:
     #: the statement that takes the lock a ledger upgrade runs under (``{key}``: the engine's
     #: lock number); None: a plain transaction
     migration_lock: str | None = None
+    #: the statement that serialises refreshes of the kept facts (engine.run.incremental) among replicas,
+    #: first in their transaction (``{key}``: the lock number); None: the database serialises writers itself
+    refresh_lock: str | None = None
     #: the ledger's tables are ANALYZEd after a pass (PostgreSQL plans with stale statistics)
     analyze_ledger: bool = False
     #: the driver describes result columns by type OID (PostgreSQL), looked up in ``pg_type``
@@ -121,6 +124,8 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             connect_statements=("SET cursor_tuple_fraction = 1.0",),
             on_conflict_insert="postgresql", array_parameters="named",
             migration_lock="SELECT pg_advisory_xact_lock({key})", analyze_ledger=True, type_codes_are_oids=True,
+            # two replicas replacing the same customers' kept facts at once would each insert them
+            refresh_lock="SELECT pg_advisory_xact_lock({key})",
             binds_instants=True,
             # sha256() takes bytes (the text's UTF-8); 'x' || 8 hex digits is a bit string of 32 bits,
             # whose cast to bigint is unsigned

@@ -21,6 +21,10 @@ TRACKING_CONSENT = "tracking_consent"
 #: For each entity: (required columns, optional columns). Required columns default
 #: to a column of the same name; optional ones exist only when mapped. The customers'
 #: address and consent columns are those the channel kinds declare (engine.channel_kinds).
+#: The column telling when a row last changed (its ingestion or update time): mapped, the engine keeps the
+#: source's per-customer facts incrementally (engine.run.incremental); never projected unless mapped.
+CHANGE_COLUMN = "updated_at"
+
 ENTITY_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "customers": (
         ("customer_id",),
@@ -29,14 +33,14 @@ ENTITY_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "orders": (
         ("order_id", "customer_id", "created_at"),
-        ("status", "total", "currency", "payment_method", "delivery_date", "shipping_country"),
+        ("status", "total", "currency", "payment_method", "delivery_date", "shipping_country", CHANGE_COLUMN),
     ),
     "order_items": (("order_id",), ("product_id", "name", "quantity", "price", "image_url", "url", "category")),
     "checkouts": (("checkout_id", "customer_id", "created_at"), ("completed_at", "total", "currency", "url")),
     "checkout_items": (("checkout_id",), ("product_id", "name", "quantity", "price", "image_url", "url")),
     "events": (
         ("customer_id", "type", "occurred_at"),
-        ("event_id", "product_id", "product_name", "url", "image_url", "price", "search_query"),
+        ("event_id", "product_id", "product_name", "url", "image_url", "price", "search_query", CHANGE_COLUMN),
     ),
     # the shop's current promotions (engine/sql/promotions.py): campaign / step NULL feed every campaign / step
     "promotions": (("promotion_id", "title"), ("description", "image_url", "url", "valid_from", "valid_to", "campaign", "step")),

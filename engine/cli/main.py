@@ -111,13 +111,26 @@ def compile_command(project_dir: Path, campaign: str, dialect: str | None, as_of
 @click.option("--diff", "diff_ref", is_flag=False, flag_value="", default=None, metavar="[REF]",
               help="Compare with the campaigns at git REF (default: merge base of HEAD and main): recipients added/removed per step.")
 @click.option("--sample", default=5, show_default=True, type=click.IntRange(0), help="With --diff: customer ids shown per step.")
+@click.option("--explain-cost", is_flag=True,
+              help="Instead of the plan: per source, whether a pass reads only what changed (watermark, rows read) or all of it, and why.")
 @shard_option
 @quiet_option
 @click.pass_obj
 @handle_errors
 def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: bool, limit: int, diff_ref, sample: int,
-         shard, quiet: bool):
+         explain_cost: bool, shard, quiet: bool):
     """Show who would receive which message now (or at --as-of), without sending; --diff: what a change alters."""
+    if explain_cost:
+        from engine.run.incremental import cost_report
+
+        project, reconciler = _reconciler(project_dir, shard, progress_for("plan", True))
+        try:
+            now = (FixedClock(as_of) if as_of else SystemClock()).now()
+            click.echo("\n".join(cost_report(reconciler.config, reconciler.ledger, now,
+                                             shares=reconciler.ledger_shares_warehouse)))
+        finally:
+            reconciler.close()
+        return
     if diff_ref is not None:
         from engine.cli.plan_diff import DIFF_FORMATS, run_plan_diff
 

@@ -23,7 +23,7 @@ from engine.progress import Progress
 from engine.run.messages import DueMessage
 from engine.dialects import dialect_named, drop_temporary_table
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, MAX_ZONES, VARIANT_PREFIX, WAIT_COLUMN,
+    CUSTOMER_PREFIX, MAX_ZONES, VARIANT_PREFIX, WAIT_COLUMN, StateRelations,
     render_sql, shared_facts_drop, variant_columns, zones_query,
 )
 from engine.run.ledger_state import shipped_state
@@ -52,7 +52,7 @@ def shard_in_sql(config: ProjectConfig) -> bool:
 
 @contextmanager
 def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: datetime, campaigns: list[Campaign], *,
-             exclude_ledger: bool, customer_id: str | None, batch_size: int,
+             exclude_ledger: bool, customer_id: str | None, batch_size: int, kept: StateRelations | None = None,
              shard: tuple[int, int] | None = None) -> Iterator[Callable[[Campaign], Iterator[list]]]:
     """One pass's reads of the due sets: gives ``rows_of(campaign)``, the campaign's due rows in batches.
 
@@ -68,6 +68,7 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
     what the ledger holds (the ledger shares the warehouse's database); otherwise the engine state the
     queries join (segment entries, tags) is brought from ``ledger`` into the session for the pass.
     ``shard``: (index, count) of a replica, kept by the queries themselves (``shard_in_sql`` must hold).
+    ``kept``: the per-customer facts the engine keeps up to date (run.incremental), read instead.
     """
     shared = dialect_named(config.dialect).temporary_tables and customer_id is None
     needs = StateNeeds() if exclude_ledger else state_needs(campaigns, config)
@@ -89,7 +90,7 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
                 for insert in zone_due_inserts(zone_due_rows(campaigns, config, now, zones), config.dialect):
                     session.execute(insert)
             statement = due_statement(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
-                                      shared_facts=shared, zones=zones, state=relations or None,
+                                      shared_facts=shared, zones=zones, state={**relations, **(kept or {})} or None,
                                       bind=dialect_named(config.dialect).binds_instants, settled=settled, wrap=wrap,
                                       zone_due=settling, shard=shard)
             for entity in statement.facts:

@@ -19,7 +19,7 @@ from typing import Iterator
 
 from engine.model import Campaign, Project
 from engine.progress import Progress
-from engine.run import plan, policies, settle
+from engine.run import incremental, plan, policies, settle
 from engine.run.claim import claim
 from engine.run.coupons import sync_pools
 from engine.run.contacts import attach_contacts
@@ -65,6 +65,9 @@ class Reconciler:
             self.ledger, self.ledger_shares_warehouse = open_ledger(self.config, self.warehouse, writes)
         self.key_kinds: dict[tuple[str, str], str] = {}  # (entity, id column) -> "int" | "str" | "cast"
         self.settled_last: dict[str, int] = {}  # campaign -> settled skips its last pass found (settle.worth_settling)
+        self.writes = writes
+        #: how the last ``due`` read each source's per-customer facts (run.incremental; ``engine plan --explain-cost``)
+        self.facts_costs: list[incremental.SourceCost] = []
 
     def close(self) -> None:
         self.warehouse.dispose()
@@ -111,8 +114,10 @@ class Reconciler:
         unknown = [c.name for c in ordered if report is not None and c.name not in self.settled_last
                    and settle.settles(c, self.config, python_shard, customer_id)]
         held = self.ledger.campaigns_held(unknown) if unknown else set()
+        kept, self.facts_costs = incremental.refresh(self.warehouse, self.ledger, self.config, now,
+                                                     writes=self.writes and customer_id is None, shares=in_query)
         with plan.due_rows(self.warehouse, self.ledger, self.config, now, ordered, exclude_ledger=in_query,
-                           customer_id=customer_id, batch_size=self.batch_size, shard=sql_shard) as rows_of:
+                           customer_id=customer_id, batch_size=self.batch_size, shard=sql_shard, kept=kept) as rows_of:
             for position, campaign in enumerate(ordered, 1):
                 if failures is not None and campaign.name in failures:
                     continue  # failed earlier in this pass (its segment entries)

@@ -49,7 +49,7 @@ from engine.sql.filters import TRIGGER_PREFIX, bind_filter, parse_filter
 from engine.sql import responses
 from engine.sql.instants import PassInstant, derive, placeholder
 from engine.state.tables import ENTRIES_TABLE, EVENTS_TABLE, LEDGER_TABLE, TAGS_TABLE
-from engine.model import CUSTOMER_FACTS, ENTITY_COLUMNS, Campaign, EntitySource, ProjectConfig, Step
+from engine.model import CHANGE_COLUMN, CUSTOMER_FACTS, ENTITY_COLUMNS, Campaign, EntitySource, ProjectConfig, Step
 
 #: Where the engine state a query joins lives when the ledger is in another database: ledger table
 #: name (ENTRIES_TABLE, TAGS_TABLE) -> a temporary table, or a SELECT (over VALUES) read as a CTE.
@@ -78,7 +78,7 @@ DUE_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "
 #: Canonical columns holding instants. Where a dialect keeps instants as text (SQLite: no timestamp
 #: type; Dialect.instant_text_format) they are normalised to one text format so that comparisons are exact.
 INSTANT_COLUMNS = frozenset({"created_at", "completed_at", "occurred_at", "unsubscribed_at", "delivery_date",
-                             "valid_from", "valid_to"})
+                             "valid_from", "valid_to", CHANGE_COLUMN})
 
 
 def ts(value: datetime | PassInstant, dialect: str) -> exp.Expression:
@@ -248,6 +248,8 @@ def _source_select(source: EntitySource, dialect: str) -> exp.Select:
     if source.entity == "customers":
         names += [c for c in source.columns if c not in names]
     for name in names:
+        if name == CHANGE_COLUMN and name not in source.columns:
+            continue  # read by the incremental pass only, where mapped (no NULL column in every query)
         if name in source.columns:
             value = sqlglot.parse_one(source.columns[name], read=dialect)
             if text_format is not None and name in INSTANT_COLUMNS:
@@ -410,6 +412,8 @@ class QueryBuilder:
         return SHARED_ROWS[name] if self.shared_facts and SHARE_ROWS else None
 
     def _facts(self, entity: str) -> str:
+        if isinstance(self.state.get(SHARED_FACTS[entity]), exp.Table):  # kept by the engine (sql.kept_facts)
+            return self.state_table(SHARED_FACTS[entity])
         if self.shared_facts:
             return SHARED_FACTS[entity]
         name = f"{entity[:-1]}_facts"

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from engine.state.tables import (
     COUPON_CLAIMS_TABLE, COUPON_CODES_TABLE, ENTRIES_TABLE, EVENTS_TABLE, GONE_CONTACTS_TABLE, LEDGER_TABLE, SUPPRESSIONS_TABLE, TAGS_TABLE, UNSUBSCRIBES_TABLE,
+    WATERMARKS_TABLE,
 )
 
 metadata = sa.MetaData()
@@ -145,4 +146,21 @@ events_table = sa.Table(
     sa.Index("engine_events_campaign", "campaign", "step"),
     sa.Index("engine_events_message", "message_key"),
     sa.Index("engine_events_occurred", "occurred_at"),
+)
+
+#: The incremental pass's bookkeeping (engine.run.incremental), one row per source whose per-customer facts
+#: the engine keeps in its own table: how far its change column was read (``watermark``, the warehouse's
+#: value), the instant the kept facts are exact at (``facts_at``), when they were last rebuilt whole
+#: (``built_at``), what they were built from (``fingerprint`` of the mapping) and what the last refresh read.
+#: Migration 0006.
+watermarks_table = sa.Table(
+    WATERMARKS_TABLE,
+    metadata,
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("watermark", sa.DateTime),
+    sa.Column("facts_at", sa.DateTime, nullable=False),
+    sa.Column("built_at", sa.DateTime, nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("rows_read", sa.BigInteger, nullable=False),
+    sa.Column("customers_touched", sa.BigInteger, nullable=False),
 )

@@ -164,6 +164,16 @@ class Session:
             self.conn.rollback()
             raise self.database._error("statement failed on", exc) from None
 
+    def execute_together(self, statements: list[str]) -> None:
+        """Run ``statements`` in one transaction on this connection: all of them or none."""
+        try:
+            for sql in statements:
+                self.conn.execute(sa.text(sql))
+            self.conn.commit()
+        except self.database.errors as exc:
+            self._rollback()
+            raise self.database._error("statement failed on", exc) from None
+
     def returning(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[sa.Row]:
         """Run a write with ``RETURNING`` (no server-side cursor: PostgreSQL has them for queries only),
         commit it and give back the rows it returned. ``parameters``: as ``stream``'s."""

@@ -53,6 +53,7 @@ EXPECTED_KIND = {
     "unsubscribed_at": "instant", "delivery_date": "instant", "birthday": "instant",
     "total": "number", "price": "number", "quantity": "number", "in_stock": "boolean",
     "valid_from": "instant", "valid_to": "instant",
+    "updated_at": "instant",  # the incremental pass's change column (model.CHANGE_COLUMN)
 }
 #: Promotions shown as examples of a problem (without a title, for a campaign or step that does not exist).
 SHOWN_PROMOTIONS = 5

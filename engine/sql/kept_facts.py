@@ -1,0 +1,154 @@
+"""The SQL of the per-customer facts the engine keeps in its own tables (issue 15 point 5).
+
+A pass's due queries join per-customer facts (compile.SHARED_FACTS: order count, first and last
+order, total spent; the newest event and login). Computed from scratch they are a GROUP BY over
+the source's whole history at every pass. Where the source maps a change column
+(``updated_at``, model.CHANGE_COLUMN) the engine instead keeps them in a permanent table next to
+the warehouse's (``KEPT_FACTS``) and recomputes, at each pass, only the customers whose rows
+changed. This module builds those statements; when they are used (and the watermark) is
+engine.run.incremental's.
+
+A kept row holds a customer's facts as of the instant ``facts_at`` it was computed at (the rows
+with ``created_at <= facts_at``, exactly what ``compile.facts_select`` gives at that instant: a
+fact over no row is NULL, as a customer missing from the GROUP BY reads through the LEFT JOIN)
+plus ``pending_at``, the earliest of their rows dated after it: an order placed in the future of
+the pass (a clock ahead, a pre-order) becomes a fact when the instant reaches it, so a later
+refresh recomputes such customers too. Touched customers are recomputed from all their rows (not
+patched from the delta), so a status update, a changed total or a row that arrives late all end
+in the same facts a full computation gives.
+
+Pure: builds expressions, executes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+
+from sqlglot import exp
+
+from engine.model import CHANGE_COLUMN, ProjectConfig
+from engine.sql.compile import SHARED_FACTS, QueryBuilder, StateRelations, col, lit
+
+#: Permanent fact tables the engine keeps (entity -> table), in the warehouse's database when the
+#: ledger shares it. Separate names from the pass's temporary SHARED_FACTS tables.
+KEPT_FACTS = {"orders": "engine_kept_order_facts", "events": "engine_kept_event_facts"}
+#: Temporary table of the customers one refresh recomputes (entity -> name).
+TOUCHED = {"orders": "engine_touched_orders", "events": "engine_touched_events"}
+#: The instant column of each source the facts are computed over.
+TIME_COLUMN = {"orders": "created_at", "events": "occurred_at"}
+#: Changes when the facts or the way they are kept change: every kept table is then rebuilt.
+FACTS_VERSION = 1
+
+
+def change_expression(config: ProjectConfig, entity: str) -> str | None:
+    """The warehouse expression of ``entity``'s change column, or None when it maps none."""
+    source = config.sources.get(entity)
+    return None if source is None else source.columns.get(CHANGE_COLUMN)
+
+
+def fingerprint(config: ProjectConfig, entity: str) -> str:
+    """What the kept facts of ``entity`` were computed from: a different one means a rebuild."""
+    source = config.sources[entity]
+    text = json.dumps([FACTS_VERSION, config.dialect, entity, source.table, source.query, sorted(source.columns.items())])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _facts_columns(entity: str, row: str, facts_at: exp.Expression) -> list[exp.Expression]:
+    """The facts of ``compile.facts_select`` as of ``facts_at``, as conditional aggregates, and ``pending_at``."""
+    at = col(row, TIME_COLUMN[entity])
+    settled = at <= facts_at
+
+    def when(condition: exp.Expression, value: exp.Expression) -> exp.Case:
+        return exp.Case(ifs=[exp.If(this=condition, true=value)])
+
+    if entity == "orders":
+        facts = [
+            exp.alias_(exp.func("NULLIF", exp.Count(this=when(settled.copy(), exp.Literal.number(1))), exp.Literal.number(0)),
+                       "order_count"),
+            exp.alias_(exp.Min(this=when(settled.copy(), at.copy())), "first_order_at"),
+            exp.alias_(exp.Max(this=when(settled.copy(), at.copy())), "last_order_at"),
+            exp.alias_(exp.Sum(this=when(settled.copy(), col(row, "total"))), "total_spent"),
+        ]
+    else:
+        login = exp.and_(settled.copy(), col(row, "type").eq(lit("login")))
+        facts = [exp.alias_(exp.Max(this=when(settled.copy(), at.copy())), "last_event_at"),
+                 exp.alias_(exp.Max(this=when(login, at.copy())), "last_login_at")]
+    pending = exp.alias_(exp.Min(this=when(at.copy() > facts_at.copy(), at.copy())), "pending_at")
+    return [col(row, "customer_id"), *facts, pending]
+
+
+def kept_facts_select(config: ProjectConfig, entity: str, facts_at: datetime, touched: str | None = None) -> exp.Query:
+    """One row per customer (every customer with a row; only those in the ``touched`` table when given)
+    with their facts as of ``facts_at`` and ``pending_at``."""
+    builder = QueryBuilder(config, facts_at, config.dialect)
+    rows = builder.source(entity)
+    query = exp.select(*_facts_columns(entity, "r", builder.ts(facts_at))).from_(exp.to_table(rows).as_("r"))
+    if touched is not None:
+        query = query.where(col("r", "customer_id").isin(query=exp.select(col("k", "customer_id"))
+                                                          .from_(exp.to_table(touched).as_("k"))))
+    return builder.with_ctes(query.group_by(col("r", "customer_id")))
+
+
+def kept_create(config: ProjectConfig, entity: str, facts_at: datetime) -> exp.Create:
+    """CREATE TABLE of the kept facts of every customer (a build: the first pass, or after a rebuild)."""
+    return exp.Create(this=exp.to_table(KEPT_FACTS[entity]), kind="TABLE",
+                      expression=kept_facts_select(config, entity, facts_at))
+
+
+def kept_drop(entity: str) -> str:
+    return f"DROP TABLE IF EXISTS {KEPT_FACTS[entity]}"
+
+
+def changes_select(config: ProjectConfig, entity: str, since: datetime | None) -> exp.Query:
+    """How many rows changed after ``since`` (all rows when None) and the newest change value among them."""
+    builder = QueryBuilder(config, since or datetime.min, config.dialect)
+    rows = builder.source(entity)
+    changed = col("r", CHANGE_COLUMN)
+    query = exp.select(exp.alias_(exp.Count(this=exp.Star()), "rows_read"),
+                       exp.alias_(exp.Max(this=changed), "newest")).from_(exp.to_table(rows).as_("r"))
+    if since is not None:
+        query = query.where(changed.copy() > builder.ts(since))
+    return builder.with_ctes(query)
+
+
+def touched_create(config: ProjectConfig, entity: str, since: datetime | None, now: datetime) -> exp.Create:
+    """CREATE TEMPORARY TABLE of the customers to recompute, with what was read of each: those with
+    rows changed after ``since`` (how many, the newest change) and those with a row dated after their
+    facts' instant that ``now`` has reached (``pending_at``). One scan of the source's change column."""
+    builder = QueryBuilder(config, now, config.dialect)
+    rows = builder.source(entity)
+    changed = (exp.select(col("r", "customer_id"), exp.alias_(exp.Count(this=exp.Star()), "rows_read"),
+                          exp.alias_(exp.Max(this=col("r", CHANGE_COLUMN)), "newest"))
+               .from_(exp.to_table(rows).as_("r")).group_by(col("r", "customer_id")))
+    if since is not None:
+        changed = changed.where(col("r", CHANGE_COLUMN) > builder.ts(since))
+    pending = (exp.select(col("p", "customer_id"), exp.alias_(exp.Literal.number(0), "rows_read"),
+                          exp.alias_(exp.Null(), "newest"))
+               .from_(exp.to_table(KEPT_FACTS[entity]).as_("p")).where(col("p", "pending_at") <= builder.ts(now)))
+    query = builder.with_ctes(exp.union(changed, pending, distinct=False))
+    return exp.Create(this=exp.to_table(TOUCHED[entity]), kind="TABLE", expression=query,
+                      properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
+
+
+def touched_summary(entity: str) -> exp.Query:
+    """The customers to recompute, the rows read and the newest change value read."""
+    return exp.select(exp.Count(this=exp.Distinct(expressions=[exp.column("customer_id")])),
+                      exp.func("COALESCE", exp.Sum(this=exp.column("rows_read")), exp.Literal.number(0)),
+                      exp.Max(this=exp.column("newest"))).from_(exp.to_table(TOUCHED[entity]))
+
+
+def kept_replace(config: ProjectConfig, entity: str, facts_at: datetime) -> list[exp.Expression]:
+    """DELETE the touched customers' kept rows and INSERT them recomputed as of ``facts_at``
+    (one transaction: the caller's)."""
+    kept, touched = KEPT_FACTS[entity], TOUCHED[entity]
+    delete = exp.delete(kept).where(exp.column("customer_id").isin(
+        query=exp.select(col("k", "customer_id")).from_(exp.to_table(touched).as_("k"))))
+    insert = exp.insert(kept_facts_select(config, entity, facts_at, touched), kept)
+    return [delete, insert]
+
+
+def kept_relations(entities: list[str]) -> StateRelations:
+    """The relations the due queries read ``entities``' facts from instead of computing them
+    (compile.QueryBuilder._facts: by the SHARED_FACTS name, as engine state)."""
+    return {SHARED_FACTS[entity]: exp.to_table(KEPT_FACTS[entity]) for entity in entities}
