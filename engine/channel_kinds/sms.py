@@ -35,10 +35,12 @@ def e164(address: str, settings: Mapping[str, object]) -> str | None:
 
 
 def region_problems(settings: Mapping[str, object], root: str) -> list[tuple[str, str, str]]:
+    region = settings.get(REGION_SETTING)
+    if region is None:  # nothing to check: validating a project then never loads phonenumbers' metadata
+        return []
     import phonenumbers
 
-    region = settings.get(REGION_SETTING)
-    if region is None or str(region).upper() in phonenumbers.SUPPORTED_REGIONS:
+    if str(region).upper() in phonenumbers.SUPPORTED_REGIONS:
         return []
     return [(REGION_SETTING, f"'{region}' is not a region phone numbers are known for",
              "give the ISO 3166 country code of numbers written without +country code, e.g. DE, AT, GB or US")]

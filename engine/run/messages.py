@@ -6,6 +6,7 @@ or decide anything: the stages fill them in.
 """
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -81,9 +82,13 @@ class PassReport:
     #: campaign -> why its segment entries, query or decisions failed this pass (the others went on)
     failed_campaigns: dict[str, str] = field(default_factory=dict)
 
+    #: the send stage counts on its own thread while the next batch is rendered (reconcile)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
     def add(self, campaign: str, step: str, outcome: str, n: int = 1, channel: str | None = None) -> None:
-        self.counts[(campaign, step, outcome)] += n
-        self.by_channel[(campaign, step, channel, outcome)] += n
+        with self._lock:
+            self.counts[(campaign, step, outcome)] += n
+            self.by_channel[(campaign, step, channel, outcome)] += n
 
     def total(self, outcome_prefix: str) -> int:
         return sum(n for (_, _, outcome), n in self.counts.items() if outcome.startswith(outcome_prefix))

@@ -6,6 +6,13 @@ or restart needs no special path. ``due`` (the plan) is the same computation
 without the writes. The warehouse computes due sets (sql.compile); Python only
 sees due rows, in batches, and keeps counts, never the whole set.
 
+A batch is sent on one background thread while the next is planned, claimed and
+rendered (the send stage waits on the network and the ledger's hand-over writes,
+the others on Python): at most one batch is sending at any moment, each batch is
+claimed before it is sent as always, and the batch in flight is finished and
+recorded before the next is sent and before the next campaign is planned (so a
+campaign sees the tags of the ones before it, as without the overlap).
+
 Owns the order of the stages and what binds them: the project, its databases,
 the pass's channel sessions and report. Each stage is a module of engine.run
 called with its collaborators; this module must not decide, render, send or
@@ -14,8 +21,9 @@ write to a database itself.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
-from typing import Iterator
+from typing import Callable, Iterator
 
 from engine.model import Campaign, Project
 from engine.progress import Progress
@@ -80,7 +88,8 @@ class Reconciler:
 
     def due(self, now: datetime, campaigns: list[Campaign] | None = None,
             customer_id: str | None = None, failures: dict[str, str] | None = None,
-            report: PassReport | None = None) -> Iterator[list[DueMessage]]:
+            report: PassReport | None = None,
+            before_campaign: Callable[[], None] | None = None) -> Iterator[list[DueMessage]]:
         """Batches of messages due at ``now`` and not yet in the ledger, policies applied.
 
         Campaigns go in priority order (highest first), so when a frequency cap
@@ -99,6 +108,9 @@ class Reconciler:
         are not among the batches, when that pays (``settle.worth_settling``: a campaign new to
         the ledger, or whose last pass found many); otherwise, and without ``report`` (the plan,
         explain), they come as ``skip`` messages.
+
+        ``before_campaign`` (a pass: finish the batch still sending) is called before each
+        campaign's rows are settled or queried.
         """
         selected = campaigns if campaigns is not None else self.campaigns()
         ordered = sorted(selected, key=lambda c: -c.priority)
@@ -122,6 +134,8 @@ class Reconciler:
                 if failures is not None and campaign.name in failures:
                     continue  # failed earlier in this pass (its segment entries)
                 self.progress.stage("campaign", position, len(ordered), campaign.name)
+                if before_campaign is not None:
+                    before_campaign()
                 with isolated(campaign.name, failures):
                     settled, counted = "include", None
                     if report is not None and settle.settles(campaign, self.config, python_shard, customer_id):
@@ -158,16 +172,23 @@ class Reconciler:
             self.enter_segments(now, selected, failures=report.failed_campaigns)
             sync_pools(project, self.warehouse, ledger, selected, now, report.failed_campaigns)
             renderer = Renderer(project.templates_dir)
-            for batch in self.due(now, selected, failures=report.failed_campaigns, report=report):
-                record_decisions(batch, ledger, now, report)
-                claimed = claim(batch, ledger, sessions, now, report, project, secret)
-                rendered = render(claimed, project, config, renderer, secret, sources, report, now)
-                record_failures(rendered.failures, ledger, now)
-                sent = send(rendered.messages, rendered.contents, now, sessions, ledger, config, report)
-                record_sent(sent, project, ledger, now, report)
-                if stop is not None and stop.is_set():
-                    report.errors.append("stopped early on request; the rest is due at the next pass")
-                    break
+            with ThreadPoolExecutor(1, thread_name_prefix="engine-send") as sender:
+                sending = _Sending(sender, project, ledger, now, report)
+                try:
+                    for batch in self.due(now, selected, failures=report.failed_campaigns, report=report,
+                                          before_campaign=sending.finish):
+                        record_decisions(batch, ledger, now, report)
+                        claimed = claim(batch, ledger, sessions, now, report, project, secret)
+                        rendered = render(claimed, project, config, renderer, secret, sources, report, now)
+                        record_failures(rendered.failures, ledger, now)
+                        sending.finish()  # one batch in flight at a time
+                        sending.start(send, rendered.messages, rendered.contents, now, sessions, ledger, config, report)
+                        if stop is not None and stop.is_set():
+                            report.errors.append("stopped early on request; the rest is due at the next pass")
+                            break
+                    sending.finish()
+                finally:
+                    sending.finish_quietly()  # an error ended the loop: the batch in flight still ends recorded
         finally:
             sessions.close()
         if sum(report.counts.values()) >= STATISTICS_AFTER:
@@ -185,6 +206,31 @@ class Reconciler:
                     enter_segment(campaign, self.warehouse, self.config, now)
                 else:  # computed in the warehouse, recorded in the ledger
                     record_segment_entries(self.warehouse, self.ledger, campaign, self.config, now)
+
+
+class _Sending:
+    """The batch the send stage is sending on its thread, recorded (``record_sent``) when it is finished."""
+
+    def __init__(self, sender: ThreadPoolExecutor, project: Project, ledger: Ledger, now: datetime,
+                 report: PassReport):
+        self.sender, self.project, self.ledger, self.now, self.report = sender, project, ledger, now, report
+        self.in_flight: Future | None = None
+
+    def start(self, send_stage: Callable, *args) -> None:
+        self.in_flight = self.sender.submit(send_stage, *args)
+
+    def finish(self) -> None:
+        """Wait for the batch in flight (its error is raised here) and record it."""
+        if self.in_flight is not None:
+            done, self.in_flight = self.in_flight, None
+            record_sent(done.result(), self.project, self.ledger, self.now, self.report)
+
+    def finish_quietly(self) -> None:
+        """``finish`` while another error is on its way out: that error is the one reported."""
+        try:
+            self.finish()
+        except Exception:  # noqa: BLE001 - the pass's own error propagates; this one could only hide it
+            pass
 
 
 __all__ = ["BATCH_SIZE", "DueMessage", "PassReport", "Reconciler", "STATISTICS_AFTER"]

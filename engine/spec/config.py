@@ -358,8 +358,11 @@ def _source(doc: Document, entity: str, spec: dict, dialect: str, dbt_relation) 
                                     + (f" (did you mean '{close[0]}'?)" if close else ""),
                                     fix="known columns: " + ", ".join(required + optional)))
         try:
-            tree = sqlglot.parse_one(expression, read=dialect)
-            problem = None if isinstance(tree, (exp.Condition, exp.Subquery)) else "is not a column or expression"
+            if _plain_column(expression, dialect):  # a column name needs no parser (nor the dialect's modules)
+                problem = None
+            else:
+                tree = sqlglot.parse_one(expression, read=dialect)
+                problem = None if isinstance(tree, (exp.Condition, exp.Subquery)) else "is not a column or expression"
         except (ParseError, TokenError) as exc:
             problem = f"does not parse: {_sql_error(exc)}"
         if problem:
@@ -368,6 +371,34 @@ def _source(doc: Document, entity: str, spec: dict, dialect: str, dbt_relation) 
     columns = {name: given.get(name, name) for name in required}
     columns.update(given)
     return EntitySource(entity=entity, table=table, query=spec.get("query"), columns=columns), issues
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: per supported dialect, the identifier-shaped keywords of its sqlglot tokenizer that the base tokenizer
+#: lacks (tests/test_fast_start.py keeps these complete): such a word goes through the dialect's parser
+DIALECT_KEYWORDS = {name: frozenset(words.split()) for name, words in {
+    "duckdb": "ATTACH BITSTRING CONNECT DETACH DISCONNECT FORCE INSTALL LOGICAL MACRO ONLY PIVOT_WIDER POSITIONAL RESET "
+              "SIGNED SUMMARIZE TIMESTAMP_MS TIMESTAMP_NS TIMESTAMP_S TIMESTAMP_US UBIGINT UINTEGER USMALLINT UTINYINT",
+    "sqlite": "ATTACH DETACH MATCH REINDEX",
+    "postgres": "BIGSERIAL CSTRING DECLARE DO EXEC HSTORE INOUT MONEY NAME OID ONLY POINT REFRESH REGCLASS REGCOLLATION "
+                "REGCONFIG REGDICTIONARY REGNAMESPACE REGOPER REGOPERATOR REGPROC REGPROCEDURE REGROLE REGTYPE REINDEX "
+                "RESET SERIAL SMALLSERIAL TYPE VARIADIC XML",
+    "snowflake": "BYTEINT GET INTEGRATION LS MATCH_CONDITION MATCH_RECOGNIZE MINUS PACKAGE POLICY POOL PUT REMOVE RM ROLE "
+                 "RULE SAMPLE SQL_DOUBLE SQL_VARCHAR STAGE STREAMLIT TAG TIMESTAMP_TZ TOP UNDROP VOLUME WAREHOUSE",
+    "bigquery": "BYTEINT BYTES CURRENT_DATETIME DECLARE ELSEIF EXCEPTION EXPORT FLOAT64 LOOP MODEL RECORD REPEAT WHILE",
+    "spark": "DECLARE MINUS REFRESH SERDEPROPERTIES",
+    "trino": "DECLARE HYPERLOGLOG IPADDRESS IPPREFIX MATCH_RECOGNIZE REFRESH START TDIGEST",
+}.items()}
+
+
+def _plain_column(expression: object, dialect: str) -> bool:
+    """A bare column name, which ``dialect`` reads as a column: checked without a parser, so validating
+    a project does not load the dialect's sqlglot modules (issue 15.7). An identifier that is a keyword
+    of sqlglot's base tokenizer or of the dialect's, or a dialect not in the table, is parsed."""
+    from sqlglot.tokens import Tokenizer
+
+    return (isinstance(expression, str) and dialect in DIALECT_KEYWORDS and _IDENTIFIER.fullmatch(expression) is not None
+            and expression.upper() not in Tokenizer.KEYWORDS and expression.upper() not in DIALECT_KEYWORDS[dialect])
 
 
 def _sql_error(exc: Exception) -> str:

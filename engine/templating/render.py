@@ -74,6 +74,7 @@ class Renderer:
         common = dict(loader=loader, undefined=undefined, trim_blocks=True, lstrip_blocks=True)
         self._plain = TemplateSandbox(autoescape=False, **common)
         self._html = TemplateSandbox(autoescape=True, **common)
+        self._html.parsed = self._plain.parsed  # one syntax tree per template for both
         self.limits = limits
         self.layout = layout
         self._cache: dict[tuple[str, bool], jinja2.Template] = {}

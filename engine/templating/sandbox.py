@@ -33,6 +33,7 @@ from decimal import Decimal
 from typing import Any, Iterator
 
 import jinja2
+from jinja2 import nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.filters import make_attrgetter
 from jinja2.runtime import LoopContext
@@ -323,6 +324,18 @@ class TemplateSandbox(ImmutableSandboxedEnvironment):
         for name, check in _FILTER_CHECKS.items():
             self.filters[name] = _checked_filter(self.filters[name], check)
         self.filters["join"] = _materialized_join(self.filters["join"])
+        #: (source, name, filename) -> its syntax tree: the engine's checks (layout lock, declared lists,
+        #: inheritance chain) read the same few templates once per message kind; a Renderer shares one
+        #: dict between its two environments (parsing does not depend on autoescaping)
+        self.parsed: dict[tuple[str, str | None, str | None], nodes.Template] = {}
+
+    def parse(self, source: str, name: str | None = None, filename: str | None = None) -> nodes.Template:
+        """Jinja's ``parse``, remembered per source (the trees are only read: ``find_all``)."""
+        key = (source, name, filename)
+        tree = self.parsed.get(key)
+        if tree is None:
+            tree = self.parsed[key] = super().parse(source, name, filename)
+        return tree
 
     # -- hooks called by the compiled template code
 
