@@ -778,6 +778,61 @@ def _incremental_rows(reconciler, project_dir: Path, later, repeat: int, floor: 
     ]
 
 
+class _RowsRead:
+    """Counts the due rows a plan reads from the warehouse (each reaches Python's ``decide_row``)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def stage(self, *_args) -> None:
+        pass
+
+    def rows(self, count: int) -> None:
+        self.count += count
+
+
+def _hash_in_sql_rows(reconciler, project_dir: Path, now, repeat: int, floor: float) -> list[dict]:
+    """The stable hash in the due queries (engine.sql.hashing: A/B buckets, a replica's shard) against
+    Python per row as before (``hashing.IN_SQL`` off), measured in turns: the cold plan as a pass runs
+    it (settled skips in SQL: A/B steps settle only with the hash in SQL), and the plan of replica
+    0 of 2 (``--shard 0/2``: cut in the query's WHERE, or after the fetch in Python)."""
+    from engine.sql import hashing
+
+    seconds: dict[str, list[float]] = {}
+    found: dict[str, dict] = {}
+    progress = reconciler.progress
+    try:
+        for _ in range(max(repeat, 2)):
+            for on in (True, False):
+                hashing.IN_SQL = on
+                took, counts = _pass_plan(reconciler, project_dir, now, 1, "sql")
+                seconds.setdefault(f"settle {on}", []).append(took)
+                found[f"settle {on}"] = counts
+                reconciler.shard, reconciler.progress = (0, 2), _RowsRead()
+                started = time.perf_counter()
+                counts = _consume_plan(reconciler, now)
+                seconds.setdefault(f"shard {on}", []).append(time.perf_counter() - started)
+                found[f"shard {on}"] = {**counts, "read": reconciler.progress.count}
+                reconciler.shard, reconciler.progress = None, progress
+    finally:
+        hashing.IN_SQL, reconciler.shard, reconciler.progress = True, None, progress
+    median = {key: statistics.median(values) for key, values in seconds.items()}
+    rows = []
+    for on, label in ((True, "hash in SQL"), (False, "hash in Python (before)")):
+        c = found[f"settle {on}"]
+        rows.append({"what": f"plan as a pass runs it (empty ledger), settled in SQL, {label}", "rows": c["rows"],
+                     "seconds": median[f"settle {on}"], "floor": floor,
+                     "note": f"{c['rows']:,} rows reach Python ({c['skip']:,} skip), {c['settled']:,} settled in SQL"
+                             + ("" if not on else f"; x{median['settle True'] / median['settle False']:.2f} of before")})
+    for on, label in ((True, "shard in the due queries' WHERE"), (False, "shard cut in Python after the fetch (before)")):
+        c = found[f"shard {on}"]
+        rows.append({"what": f"plan of replica 0/2, {label}", "rows": c["read"], "seconds": median[f"shard {on}"],
+                     "floor": floor,
+                     "note": f"{c['read']:,} due rows read into Python, {c['rows']:,} messages"
+                             + ("" if not on else f"; x{median['shard True'] / median['shard False']:.2f} of before")})
+    return rows
+
+
 def _create_facts(reconciler, now) -> None:
     import engine
     from engine.sql.compile import SHARED_FACTS, shared_facts_create
@@ -847,6 +902,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         rows += _shared_rows_rows(reconciler, now, repeat, floor, backend)
 
         rows += _pass_plan_rows(reconciler, project_dir, now, repeat, floor, later=False)
+        rows += _hash_in_sql_rows(reconciler, project_dir, now, repeat, floor)
 
         if engine.dialects.dialect_named(project.config.dialect).temporary_tables:
             facts_s, _ = _timed(lambda: _create_facts(reconciler, now), repeat)

@@ -8,8 +8,9 @@ so it leaves claims behind. Its pass instant is one second later than the
 others', which is how its ledger rows are told apart (a row's ``updated_at`` is
 its pass instant). Two ways to split the work:
 
-- ``shard``: ``--shard i/4``, each replica plans every due row and keeps its
-  customers' (engine/run/plan.py ``shard_of``). After the claim timeout, the
+- ``shard``: ``--shard i/4``, each replica's due queries keep only its
+  customers (the stable hash in SQL, engine/sql/hashing.py: plan.py ``shard_of``'s
+  assignment). After the claim timeout, the
   three survivors' next pass settles the dead replica's stale claims
   (engine/run/recover.py: released when never rendered, ``unknown`` when
   rendered under at_most_once), but only the owner of a shard derives its

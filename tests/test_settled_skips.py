@@ -1,5 +1,6 @@
-"""The skips the warehouse settles (stale, stopped) are recorded set-based and never reach Python as
-messages, with the ledger and the pass report exactly as the row-by-row path writes them.
+"""The skips the warehouse settles (stale, stopped, no_variant; A/B steps by the stable hash in SQL)
+are recorded set-based and never reach Python as messages, with the ledger and the pass report
+exactly as the row-by-row path writes them.
 
 The demo shop at its anchor has hundreds of such skips (second orders placed before the nudge,
 carts bought after the reminder, stale re-engage messages...). One pass runs with the settle stage
@@ -252,3 +253,38 @@ def test_a_local_send_time_is_due_in_sql_exactly_when_python_says(zone, now, sen
     # days), and a fourth when the send time falls in the hour a spring-forward skips
     steady = [this for previous, this in pairs]
     assert steady == sorted(steady, reverse=True) and len(steady) >= (freshness_hours // 24 + 7) - 4
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "sqlite"])
+def test_a_split_that_leaves_customers_out_settles_their_no_variant_skips_in_sql(tmp_path, monkeypatch, backend):
+    """second-order's nudge, without freshness (its whole history is due), as an A/B test of two 30 %
+    shares, the second only for customers with a phone: 40 % of customers (by the stable bucket, computed in SQL) and the second share's customers
+    without a phone qualify for no variant. Those skips, and the stopped ones of both shares, are
+    settled in SQL exactly as Python decides them row by row."""
+    root = copy_project(tmp_path / "project")
+    path = root / "campaigns.d" / "second-order.yaml"
+    path.write_text(path.read_text().replace("""    freshness: 2d          # never send this more than two days late
+    channel: email
+    template: second-order/nudge.email.j2""", """    variants:
+      - {id: a, percent: 30, channel: email, template: second-order/nudge.email.j2}
+      - {id: b, percent: 30, audience: phone IS NOT NULL, channel: email, template: second-order/nudge.email.j2}"""))
+    url = database_url(backend, tmp_path)
+    build_demo(url, seed=42, customers=1000, anchor="2025-01-10T00:00:00Z")
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    project = load_project(root)
+    assert settled_in_sql(project.campaign("second-order"), project.campaign("second-order").step("nudge"), True,
+                          project.config.dialect)
+    reconciler = Reconciler(project)
+    try:
+        rows, counts, reached = _pass(reconciler, monkeypatch, settled_in_sql_too=True)
+        _empty_ledger(reconciler)
+        expected_rows, expected_counts, reached_before = _pass(reconciler, monkeypatch, settled_in_sql_too=False)
+    finally:
+        reconciler.close()
+    reason, variant = COMPARED.index(ledger_table.c.reason), COMPARED.index(ledger_table.c.variant)
+    campaign = COMPARED.index(ledger_table.c.campaign)
+    nudges = [r for r in expected_rows if r[campaign] == "second-order"]
+    assert sum(r[reason] == "no_variant" for r in nudges) > 20 and {r[variant] for r in nudges} >= {"a", "b", None}
+    assert len(reached_before) > 20 and reached == []
+    assert rows == expected_rows
+    assert counts == expected_counts

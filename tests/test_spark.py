@@ -196,3 +196,16 @@ def test_spark_due_rows_equal_duckdb_for_every_campaign_and_instant(spark, tmp_p
     print(f"\nSpark: {queries} due queries, {compared} rows equal to DuckDB's; seconds: "
           + ", ".join(f"{k} {v:.1f}" for k, v in TIMINGS.items()))
     assert compared > 100
+
+
+def test_spark_assigns_buckets_holdouts_and_shards_as_python_does(spark):
+    """The stable hash of engine/sql/hashing.py in Spark SQL (SHA2, CONV) on the ids of tests/test_hashing.py."""
+    from test_hashing import CAMPAIGN, assignment_query, customer_ids
+    from engine.decide import hash32, in_holdout, stable_bucket
+    from engine.run.plan import shard_of
+
+    ids = customer_ids()
+    spark.createDataFrame([(i,) for i in ids], "id STRING").createOrReplaceTempView("ids")
+    rows = {row[0]: tuple(row[1:]) for row in spark.sql(assignment_query("spark")).collect()}
+    assert rows == {i: (hash32(i), stable_bucket(CAMPAIGN, i), int(in_holdout(CAMPAIGN, i, 12.5)), shard_of(i, 7))
+                    for i in ids}

@@ -229,7 +229,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                 conditions.append(builder.bind(text_, attributes))
         if customer_id is not None:
             conditions.append(is_customer(col("t", "customer_id"), customer_id))
-        if shard is not None:
+        if shard is not None and shard[1] > 1:  # one replica of one: every customer, no hash to compute
             index, count = shard
             conditions.append(hash_bucket("", text(col("t", "customer_id")), count, builder.dialect)
                               .eq(exp.Literal.number(index)))

@@ -18,11 +18,13 @@ from engine.dialects import dialect_named
 
 #: the column name standing for the hashed text in every ``Dialect.hash32_sql``
 HASHED_TEXT = "hashed_text"
+#: False: no dialect computes the hash, Python does per row, as before (benchmarks/run.py's switch)
+IN_SQL = True
 
 
 def hashes_in_sql(dialect: str) -> bool:
     """Whether ``dialect``'s SQL computes ``decide.hash32`` (else Python does, per row)."""
-    return dialect_named(dialect).hash32_sql is not None
+    return IN_SQL and dialect_named(dialect).hash32_sql is not None
 
 
 @functools.lru_cache(maxsize=None)

@@ -35,6 +35,7 @@ from engine.model import Campaign, ProjectConfig
 from engine.sql import compile
 from engine.sql.compile import SHARED_ROWS, StateRelations, instant_text, render_sql, shared_facts_create, shared_facts_used
 from engine.sql.due import counted_statuses, due_query, shared_table_create
+from engine.sql.hashing import hashes_in_sql
 from engine.sql.instants import NotParameterisable, PassInstant, Placeholders, collecting
 
 #: False: build and render every query at every pass, as before issue 15 (benchmarks/run.py's switch)
@@ -184,8 +185,9 @@ def due_statement(campaign: Campaign, config: ProjectConfig, now: datetime, *, e
         return literal()
     if zones is not None:  # the customers' zones in any order (SELECT DISTINCT) shape the same query
         zones = sorted(zones, key=lambda zone: (zone is not None, str(zone)))
-    shape = ("due", config.dialect, exclude_ledger, shared_facts, shared_facts and compile.SHARE_ROWS, None if zones is None else tuple(zones), state_shape,
-             settled, wrap, zone_due, shard)
+    shape = ("due", config.dialect, exclude_ledger, shared_facts, shared_facts and compile.SHARE_ROWS,
+             None if zones is None else tuple(zones), state_shape, settled, wrap, zone_due, shard,
+             hashes_in_sql(config.dialect))
     prepared = _cache.get((config, campaign), shape, lambda: prepare(built, config.dialect))
     if prepared is None:
         return literal()
