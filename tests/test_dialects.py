@@ -43,7 +43,7 @@ def test_the_supported_dialects_are_the_ones_the_schema_and_the_command_line_off
 
 
 def allowed(value, hint) -> bool:
-    """``value`` is one that the annotation ``hint`` admits (a Literal choice, None, a tuple of str, a type)."""
+    """``value`` is one that the annotation ``hint`` admits (a Literal choice, None, a tuple or frozenset of str, a type)."""
     origin = get_origin(hint)
     if origin is Literal:
         return value in get_args(hint)
@@ -51,6 +51,8 @@ def allowed(value, hint) -> bool:
         return any(allowed(value, arg) for arg in get_args(hint))
     if origin is tuple:
         return isinstance(value, tuple) and all(isinstance(item, str) for item in value)
+    if origin is frozenset:
+        return isinstance(value, frozenset) and all(isinstance(item, str) for item in value)
     return value is None if hint is type(None) else isinstance(value, hint)
 
 

@@ -22,7 +22,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from engine import channel_kinds
 from engine.clock import MAX_DURATION, CalendarMonthsNotAccepted, Duration, DurationTooLong, parse_duration, parse_instant
-from engine.dialects import dialect_of_url
+from engine.dialects import dialect_named, dialect_of_url
 from engine.errors import ConfigError, FilterError, Issue
 from engine.sql.filter_types import segment_attributes
 from engine.sql.filters import parse_filter
@@ -374,21 +374,6 @@ def _source(doc: Document, entity: str, spec: dict, dialect: str, dbt_relation) 
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-#: per supported dialect, the identifier-shaped keywords of its sqlglot tokenizer that the base tokenizer
-#: lacks (tests/test_fast_start.py keeps these complete): such a word goes through the dialect's parser
-DIALECT_KEYWORDS = {name: frozenset(words.split()) for name, words in {
-    "duckdb": "ATTACH BITSTRING CONNECT DETACH DISCONNECT FORCE INSTALL LOGICAL MACRO ONLY PIVOT_WIDER POSITIONAL RESET "
-              "SIGNED SUMMARIZE TIMESTAMP_MS TIMESTAMP_NS TIMESTAMP_S TIMESTAMP_US UBIGINT UINTEGER USMALLINT UTINYINT",
-    "sqlite": "ATTACH DETACH MATCH REINDEX",
-    "postgres": "BIGSERIAL CSTRING DECLARE DO EXEC HSTORE INOUT MONEY NAME OID ONLY POINT REFRESH REGCLASS REGCOLLATION "
-                "REGCONFIG REGDICTIONARY REGNAMESPACE REGOPER REGOPERATOR REGPROC REGPROCEDURE REGROLE REGTYPE REINDEX "
-                "RESET SERIAL SMALLSERIAL TYPE VARIADIC XML",
-    "snowflake": "BYTEINT GET INTEGRATION LS MATCH_CONDITION MATCH_RECOGNIZE MINUS PACKAGE POLICY POOL PUT REMOVE RM ROLE "
-                 "RULE SAMPLE SQL_DOUBLE SQL_VARCHAR STAGE STREAMLIT TAG TIMESTAMP_TZ TOP UNDROP VOLUME WAREHOUSE",
-    "bigquery": "BYTEINT BYTES CURRENT_DATETIME DECLARE ELSEIF EXCEPTION EXPORT FLOAT64 LOOP MODEL RECORD REPEAT WHILE",
-    "spark": "DECLARE MINUS REFRESH SERDEPROPERTIES",
-    "trino": "DECLARE HYPERLOGLOG IPADDRESS IPPREFIX MATCH_RECOGNIZE REFRESH START TDIGEST",
-}.items()}
 
 
 def _plain_column(expression: object, dialect: str) -> bool:
@@ -397,8 +382,9 @@ def _plain_column(expression: object, dialect: str) -> bool:
     of sqlglot's base tokenizer or of the dialect's, or a dialect not in the table, is parsed."""
     from sqlglot.tokens import Tokenizer
 
-    return (isinstance(expression, str) and dialect in DIALECT_KEYWORDS and _IDENTIFIER.fullmatch(expression) is not None
-            and expression.upper() not in Tokenizer.KEYWORDS and expression.upper() not in DIALECT_KEYWORDS[dialect])
+    keywords = dialect_named(dialect).tokenizer_keywords
+    return (isinstance(expression, str) and keywords is not None and _IDENTIFIER.fullmatch(expression) is not None
+            and expression.upper() not in Tokenizer.KEYWORDS and expression.upper() not in keywords)
 
 
 def _sql_error(exc: Exception) -> str:
