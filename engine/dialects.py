@@ -4,8 +4,8 @@ Owns: which URL schemes (and SQLAlchemy backend names) choose which sqlglot dial
 dialect's capabilities: how instants are stored (SQLite: text), temporary tables and where a
 session keeps them, how literal rows are written (VALUES or UNNEST), CTE materialisation, and
 for a database the engine connects to (warehouse or ledger): per-connection statements,
-conflict handling for claims, array parameters, the migration lock, planner statistics and how
-the driver describes column types. Every other module asks this table (``dialect_named``,
+conflict handling for claims, array parameters, the migration lock, planner statistics, how
+the driver describes column types and how a statement is stopped at warehouse.statement_timeout. Every other module asks this table (``dialect_named``,
 ``dialect_of_url``, ``dialect_of_backend``) instead of comparing a dialect's name; a test checks
 that no other module does.
 
@@ -80,17 +80,29 @@ class Dialect:
     #: a pass binds the instants of a due query compiled once as parameters (sql.prepared); else
     #: they are written into its text as literals (DuckDB: faster so; drivers the engine only renders for)
     binds_instants: bool = False
+    #: how engine.yaml ``warehouse.statement_timeout`` ends a statement that runs too long: ``server``
+    #: (the database's own limit, set for the statement's transaction by ``timeout_statement``),
+    #: ``interrupt`` (the DB-API connection's ``interrupt()``, called from a timer thread); None: not
+    #: supported, and a project that sets it is refused when the engine connects
+    statement_timeout: Literal["server", "interrupt"] | None = None
+    #: the statement that sets the server's limit for the current transaction (``{milliseconds}``)
+    timeout_statement: str | None = None
+    #: the SQLSTATE of a statement the server cancelled (its time limit ran out)
+    timeout_sqlstate: str | None = None
 
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
 DIALECTS: dict[str, Dialect] = {d.name: d for d in (
     Dialect("duckdb", url_schemes=("duckdb",), temporary_tables=True, temporary_schema="temp.main",
             stream_source_ctes=True, local_file=True, settings_section="duckdb",
-            setting_defaults=("memory_limit: (DuckDB's: 80% of RAM)", "threads: (DuckDB's: one per CPU core)"),
+            setting_defaults=("memory_limit: (DuckDB's: 80% of RAM)", "threads: (DuckDB's: one per CPU core)",
+                              "temp_directory: (DuckDB's: the database file's name + .tmp)"),
             on_conflict_insert="postgresql",
             # binds_instants off: the compiled query gets its instants written in as literals, which DuckDB
             # ran 5 % faster than bound parameters (benchmarks/README.md, issue 15.3)
-            array_parameters="positional", one_writer_per_file=True),
+            array_parameters="positional", one_writer_per_file=True,
+            # DuckDBPyConnection.interrupt(): DuckDB has no statement time limit of its own
+            statement_timeout="interrupt"),
     Dialect("sqlite", url_schemes=("sqlite",), instant_text_format="%Y-%m-%d %H:%M:%f", typed_columns=False,
             temporary_tables=True, temporary_schema="temp", local_file=True,
             # WAL lets the reconciler stream the due set while it writes ledger rows. A 64 MB page cache
@@ -101,7 +113,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             on_conflict_insert="sqlite",
             # pysqlite begins transactions lazily (and not before DDL); BEGIN IMMEDIATE takes the
             # write lock now - a second process waits (busy_timeout) until the first commits
-            migration_lock="BEGIN IMMEDIATE", binds_instants=True),
+            migration_lock="BEGIN IMMEDIATE", binds_instants=True,
+            # sqlite3.Connection.interrupt() (sqlite3_interrupt), made to be called from another thread
+            statement_timeout="interrupt"),
     Dialect("postgres", url_schemes=("postgresql", "postgres"), temporary_tables=True, temporary_schema="pg_temp",
             # stream() reads through server-side cursors, which PostgreSQL plans for the first 10 % of
             # rows (cursor_tuple_fraction 0.1): fast-start nested loops that took over 15 minutes for
@@ -110,7 +124,11 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             connect_statements=("SET cursor_tuple_fraction = 1.0",),
             on_conflict_insert="postgresql", array_parameters="named",
             migration_lock="SELECT pg_advisory_xact_lock({key})", analyze_ledger=True, type_codes_are_oids=True,
-            binds_instants=True),
+            binds_instants=True,
+            # the server's own limit, for the statement's transaction only (a ledger in the same database
+            # writes without it); each FETCH of a streamed query is a statement of its own
+            statement_timeout="server", timeout_statement="SET LOCAL statement_timeout = {milliseconds}",
+            timeout_sqlstate="57014"),
     Dialect("snowflake", url_schemes=("snowflake",), temporary_tables=True),
     Dialect("bigquery", url_schemes=("bigquery",), inline_rows="unnest"),
     Dialect("spark", url_schemes=("hive",          # PyHive against the Spark Thrift Server
