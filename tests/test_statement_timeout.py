@@ -160,3 +160,33 @@ def test_the_setting_is_checked_and_shown(tmp_path):
     write(root / "engine.yaml", (root / "engine.yaml").read_text().replace("statement_timeout: 2m", "statement_timeout: soon"))
     refused = CliRunner().invoke(main, ["--project", str(root), "validate"])
     assert refused.exit_code == 1 and "statement_timeout" in refused.output, refused.output
+
+
+@pytest.mark.parametrize("project", ["duckdb"], indirect=True)
+def test_the_service_counts_a_timeout_by_reason_on_metrics(project):
+    import urllib.request
+
+    from engine.clock import FixedClock, parse_instant
+    from engine.service.loop import Service
+
+    with SmtpSink() as smtp:
+        configure(project, smtp.port)
+        project.load({"first": campaign("first"), "cart": CART},
+                     customers=customers(N), orders=orders(N), checkouts=checkouts(N))
+        with_timeout(project, f"{LIMIT_S}s")
+        map_checkouts(project, SLOW_CHECKOUTS["duckdb"])
+        service = Service(project, interval=60, metrics_port=0, clock=FixedClock(parse_instant(AS_OF)))
+        try:
+            service.start()
+            started = time.monotonic()
+            report = service.run_pass()
+            assert time.monotonic() - started < BOUND_S
+            with urllib.request.urlopen(f"http://127.0.0.1:{service.server.port}/metrics", timeout=10) as response:
+                exposition = response.read().decode()
+        finally:
+            service.close()
+    assert set(report.failed_campaigns) == {"cart"}
+    assert 'engine_warehouse_errors_total{reason="timeout"} 1.0' in exposition
+    assert 'engine_warehouse_errors_total{reason="unreachable"} 0.0' in exposition
+    assert 'engine_campaign_failures_total{campaign="cart"} 1.0' in exposition
+    assert 'engine_passes_total{result="incomplete"} 1.0' in exposition
