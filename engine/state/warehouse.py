@@ -158,31 +158,19 @@ class Database:
     @contextlib.contextmanager
     def connect(self) -> Iterator[sa.Connection]:
         """A plain SQLAlchemy connection (introspection's probes) whose every statement is limited by
-        ``statement_timeout``: PostgreSQL's setting for the connection's session, reset before it goes
-        back to the pool; elsewhere the driver's ``interrupt()`` armed around each execution."""
+        ``statement_timeout`` as in a ``Session``: the dialect's limit set before each statement, the
+        driver's ``interrupt()`` armed around it (a failed statement's timer is cancelled by the next)."""
+        deadline = None
         with self.engine.connect() as conn:
-            if not self.statement_timeout:
-                yield conn
-                return
-            deadline = StatementDeadline(self, conn)
-            if self.dialect.statement_timeout == "server":
-                milliseconds = max(1, round(self.statement_timeout * 1000))
-                conn.execute(sa.text(f"SET statement_timeout = {milliseconds}"))
-                conn.commit()
-                try:
-                    yield conn
-                finally:
-                    with contextlib.suppress(*self.errors):
-                        conn.rollback()
-                        conn.execute(sa.text("RESET statement_timeout"))
-                        conn.commit()
-                return
-            sa.event.listen(conn, "before_cursor_execute", lambda *_: deadline.arm())
-            sa.event.listen(conn, "after_cursor_execute", lambda *_: deadline.disarm())
+            if self.statement_timeout:
+                deadline = StatementDeadline(self, conn)
+                sa.event.listen(conn, "before_cursor_execute", deadline.before_cursor_execute)
+                sa.event.listen(conn, "after_cursor_execute", lambda *_: deadline.disarm())
             try:
                 yield conn
             finally:
-                deadline.disarm()
+                if deadline is not None:
+                    deadline.disarm()
 
     def take_failures(self) -> Counter[str]:
         """The failed statements by reason since the last call, and start counting again."""
@@ -262,8 +250,15 @@ class StatementDeadline:
         finally:
             self.disarm()
 
+    def before_cursor_execute(self, _conn, cursor, *_args) -> None:
+        """SQLAlchemy's event before each statement of a ``Database.connect`` connection."""
+        if self.seconds and self.dialect.statement_timeout == "server":
+            cursor.execute(self.dialect.timeout_statement.format(milliseconds=max(1, round(self.seconds * 1000))))
+        self.arm()
+
     def arm(self) -> None:
         """Start the clock of one call into the driver (``interrupt`` dialects; else nothing)."""
+        self.disarm()
         self.fired = False
         if not self.seconds or self.dialect.statement_timeout != "interrupt":
             return
