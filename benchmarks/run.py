@@ -376,9 +376,11 @@ SQLITE_COPY = {
 SQLALCHEMY_SQLITE_DATETIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
 
 
-#: the columns SQLITE_COPY's SELECT gives, where the table has more (customers: every kind's address columns)
+#: the columns SQLITE_COPY's SELECT gives, where the table has more (customers: every kind's address columns;
+#: orders: shipping_country, which the generator leaves empty)
 SQLITE_COLUMNS = {"customers": "customer_id, email, phone, first_name, last_name, created_at, city, birthday, timezone, "
-                               "customer_type, is_wholesaler, affiliate_program, customer_group, unsubscribed_at"}
+                               "customer_type, is_wholesaler, affiliate_program, customer_group, unsubscribed_at",
+                  "orders": "order_id, customer_id, created_at, status, total, payment_method, delivery_date"}
 
 
 def _copy_columns(table: str) -> str:
@@ -594,11 +596,13 @@ def _consume_sql(warehouse, sql: str) -> int:
 
 
 def _consume_plan(reconciler, now, campaigns=None, report=None) -> dict:
-    counts = {"rows": 0, "send": 0, "skip": 0}
+    """Rows of the plan at ``now``: all, send, skip (deferrals included) and deferrals alone."""
+    counts = {"rows": 0, "send": 0, "skip": 0, "defer": 0}
     for batch in reconciler.due(now, campaigns, report=report):
         counts["rows"] += len(batch)
         for m in batch:
             counts["send" if m.action == "send" else "skip"] += 1
+            counts["defer"] += m.action == "defer"
     return counts
 
 
@@ -872,10 +876,12 @@ def _reset_ledger(reconciler, project_dir: Path) -> None:
 
 def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: int, run_repeat: int,
             smtp_dir: Path | None = None, sink=None, quick: bool = False, history: int = 0,
-            customers: int = 0) -> list[dict]:
+            customers: int = 0, capacity: bool = False) -> list[dict]:
     """All measurements on one warehouse; rows for the result table (``run_repeat`` 0: no run_once;
     ``smtp_dir``: a copy of the project whose email channel is ``sink``, the loopback SMTP sink;
-    ``history``: rows of history added to the ledger before one more pass)."""
+    ``history``: rows of history added to the ledger before one more pass; ``capacity``: only the
+    rows the capacity model checks - floor, plan, plan per campaign, plan a minute later - without
+    the warm-up plan and the alternated variants)."""
     import engine
     import engine.dialects
 
@@ -894,15 +900,17 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         floor, floor_rows = _timed(lambda: _consume_sql(reconciler.warehouse, FLOOR_SQL), repeat)
         rows.append({"what": "floor: orders GROUP BY customer_id", "rows": floor_rows, "seconds": floor})
 
-        _consume_plan(reconciler, now)
+        if not capacity:
+            _consume_plan(reconciler, now)
         plan, counts = _timed(lambda: _consume_plan(reconciler, now), repeat)
         rows.append({"what": f"plan: all {len(campaigns)} campaigns", "rows": counts["rows"], "seconds": plan,
-                     "floor": floor, "note": f"{counts['send']:,} send, {counts['skip']:,} skip", "headline": True})
-        rows += _compiled_per_pass(reconciler, now, repeat, floor, "  same plan")
-        rows += _shared_rows_rows(reconciler, now, repeat, floor, backend)
-
-        rows += _pass_plan_rows(reconciler, project_dir, now, repeat, floor, later=False)
-        rows += _hash_in_sql_rows(reconciler, project_dir, now, repeat, floor)
+                     "floor": floor, "note": f"{counts['send']:,} send, {counts['skip']:,} skip "
+                                             f"({counts['defer']:,} of them deferred)", "headline": True})
+        if not capacity:
+            rows += _compiled_per_pass(reconciler, now, repeat, floor, "  same plan")
+            rows += _shared_rows_rows(reconciler, now, repeat, floor, backend)
+            rows += _pass_plan_rows(reconciler, project_dir, now, repeat, floor, later=False)
+            rows += _hash_in_sql_rows(reconciler, project_dir, now, repeat, floor)
 
         if engine.dialects.dialect_named(project.config.dialect).temporary_tables:
             facts_s, _ = _timed(lambda: _create_facts(reconciler, now), repeat)
@@ -923,11 +931,12 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         later_plan, counts = _timed(lambda: _consume_plan(reconciler, now + timedelta(minutes=1)), repeat)
         rows.append({"what": "plan one minute later, ledger filled", "rows": counts["rows"], "seconds": later_plan,
                      "floor": floor, "headline": True,
-                     "note": f"{counts['send']:,} send, {counts['skip']:,} skip; the ledger holds the plan above "
-                             f"({filled:,} rows, recorded without sending)"})
-        rows += _incremental_rows(reconciler, project_dir, now + timedelta(minutes=1), repeat, floor)
-        rows += _compiled_per_pass(reconciler, now + timedelta(minutes=1), repeat, floor, "  same plan one minute later")
-        rows += _pass_plan_rows(reconciler, project_dir, now + timedelta(minutes=1), repeat, floor, later=True)
+                     "note": f"{counts['send']:,} send, {counts['skip']:,} skip ({counts['defer']:,} of them deferred); "
+                             f"the ledger holds the plan above ({filled:,} rows, recorded without sending)"})
+        if not capacity:
+            rows += _incremental_rows(reconciler, project_dir, now + timedelta(minutes=1), repeat, floor)
+            rows += _compiled_per_pass(reconciler, now + timedelta(minutes=1), repeat, floor, "  same plan one minute later")
+            rows += _pass_plan_rows(reconciler, project_dir, now + timedelta(minutes=1), repeat, floor, later=True)
         _reset_ledger(reconciler, project_dir)
         rss_plan = _peak_rss_mb()
 
@@ -1400,11 +1409,18 @@ def main(argv: list[str] | None = None) -> int:
                              "campaigns beside a hand-written SQL and the scans per pass, on DuckDB")
     parser.add_argument("--tracking", type=int, default=None, metavar="N",
                         help="requests per tracking measurement (/healthz, /open, /click; default 4000, --quick 2000; 0 skips it)")
+    parser.add_argument("--capacity", action="store_true",
+                        help="only the plan rows the capacity model checks (floor, plan, plan per campaign, plan a "
+                             "minute later), one round each without warm-up or alternated variants; implies --no-run "
+                             "--no-smtp --no-push and skips history, letters, tracking and memory")
     parser.add_argument("--anchor", default="2025-01-10T00:00:00Z", help="end of the history and the plan instant")
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
     args = parser.parse_args(argv)
     if args.quick:
         args.customers, args.orders, args.repeat = 10_000, 100_000, 1
+    if args.capacity:
+        args.no_run = args.no_smtp = args.no_push = True
+        args.history = args.letters = args.tracking = args.memory_customers = 0
     if args.history is None:
         args.history = 200_000 if args.quick else 1_000_000
     if args.letters is None:
@@ -1438,9 +1454,9 @@ def main(argv: list[str] | None = None) -> int:
     smtp_dir, sink = None, None
     pg_server, pg_url = None, None
     only_one = args.replicas or args.duckdb_memory_limit or args.shared_rows  # modes that measure only that, on the shop
-    if not only_one:
+    if not only_one and not args.capacity:
         print("Measuring start-up (median of 5) ...", flush=True)
-    start_rows = [] if only_one else measure_start(project_dir)
+    start_rows = [] if only_one or args.capacity else measure_start(project_dir)
     if args.start:
         print(f"load average {' / '.join(f'{a:.2f}' for a in os.getloadavg())}; {os.cpu_count()} CPUs, "
               f"Python {platform.python_version()}")
@@ -1493,7 +1509,8 @@ def main(argv: list[str] | None = None) -> int:
         run_repeat = 0 if args.no_run else args.run_repeat
         rows = list(start_rows)
         print("Measuring duckdb ...", flush=True)
-        common = dict(sink=sink, quick=args.quick, history=args.history, customers=counts["customers"])
+        common = dict(sink=sink, quick=args.quick, history=args.history, customers=counts["customers"],
+                      capacity=args.capacity)
         rows += measure("duckdb", f"duckdb:///{directory / 'shop.duckdb'}", project_dir, now, args.repeat, run_repeat,
                         smtp_dir, **common)
         if sink is not None and args.sink == "fast":

@@ -4,8 +4,8 @@ Owns: which URL schemes (and SQLAlchemy backend names) choose which sqlglot dial
 dialect's capabilities: how instants are stored (SQLite: text), temporary tables and where a
 session keeps them, how literal rows are written (VALUES or UNNEST), CTE materialisation, and
 for a database the engine connects to (warehouse or ledger): per-connection statements,
-conflict handling for claims, array parameters, the migration lock, planner statistics and how
-the driver describes column types. Every other module asks this table (``dialect_named``,
+conflict handling for claims, array parameters, the migration lock, planner statistics, how
+the driver describes column types and how a statement is stopped at warehouse.statement_timeout. Every other module asks this table (``dialect_named``,
 ``dialect_of_url``, ``dialect_of_backend``) instead of comparing a dialect's name; a test checks
 that no other module does.
 
@@ -94,6 +94,15 @@ class Dialect:
     #: lacks (tests/test_fast_start.py keeps them complete): a source column mapped to a plain name
     #: that is none of these is checked without loading the dialect's parser (spec.config); None: parse
     tokenizer_keywords: frozenset[str] | None = None
+    #: how engine.yaml ``warehouse.statement_timeout`` ends a statement that runs too long: ``server``
+    #: (the database's own limit, set for the statement's transaction by ``timeout_statement``),
+    #: ``interrupt`` (the DB-API connection's ``interrupt()``, called from a timer thread); None: not
+    #: supported, and a project that sets it is refused when the engine connects
+    statement_timeout: Literal["server", "interrupt"] | None = None
+    #: the statement that sets the server's limit for the current transaction (``{milliseconds}``)
+    timeout_statement: str | None = None
+    #: the SQLSTATE of a statement the server cancelled (its time limit ran out)
+    timeout_sqlstate: str | None = None
 
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
@@ -104,13 +113,16 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
                 "UBIGINT UINTEGER USMALLINT UTINYINT").split()),
             url_schemes=("duckdb",), temporary_tables=True, temporary_schema="temp.main",
             stream_source_ctes=True, local_file=True, settings_section="duckdb",
-            setting_defaults=("memory_limit: (DuckDB's: 80% of RAM)", "threads: (DuckDB's: one per CPU core)"),
+            setting_defaults=("memory_limit: (DuckDB's: 80% of RAM)", "threads: (DuckDB's: one per CPU core)",
+                              "temp_directory: (DuckDB's: the database file's name + .tmp)"),
             on_conflict_insert="postgresql",
             # binds_instants off: the compiled query gets its instants written in as literals, which DuckDB
             # ran 5 % faster than bound parameters (benchmarks/README.md, issue 15.3)
             array_parameters="positional", one_writer_per_file=True,
             # SHA256() is the hex digest: its first 8 digits, read as a hexadecimal integer
-            hash32_sql="CAST('0x' || SUBSTRING(SHA256(hashed_text), 1, 8) AS BIGINT)"),
+            hash32_sql="CAST('0x' || SUBSTRING(SHA256(hashed_text), 1, 8) AS BIGINT)",
+            # DuckDBPyConnection.interrupt(): DuckDB has no statement time limit of its own
+            statement_timeout="interrupt"),
     Dialect("sqlite", tokenizer_keywords=frozenset((
                 "ATTACH DETACH MATCH REINDEX").split()),
             url_schemes=("sqlite",), instant_text_format="%Y-%m-%d %H:%M:%f", typed_columns=False,
@@ -125,7 +137,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # write lock now - a second process waits (busy_timeout) until the first commits
             migration_lock="BEGIN IMMEDIATE", binds_instants=True,
             # no SHA-256 in SQLite: the engine registers decide.hash32 on each connection it opens
-            hash32_sql="ENGINE_HASH32(hashed_text)", hash32_function="ENGINE_HASH32"),
+            hash32_sql="ENGINE_HASH32(hashed_text)", hash32_function="ENGINE_HASH32",
+            # sqlite3.Connection.interrupt() (sqlite3_interrupt), made to be called from another thread
+            statement_timeout="interrupt"),
     Dialect("postgres", tokenizer_keywords=frozenset((
                 "BIGSERIAL CSTRING DECLARE DO EXEC HSTORE INOUT MONEY NAME OID ONLY POINT REFRESH REGCLASS "
                 "REGCOLLATION REGCONFIG REGDICTIONARY REGNAMESPACE REGOPER REGOPERATOR REGPROC REGPROCEDURE "
@@ -144,7 +158,11 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # sha256() takes bytes (the text's UTF-8); 'x' || 8 hex digits is a bit string of 32 bits,
             # whose cast to bigint is unsigned
             hash32_sql="CAST(CAST('x' || SUBSTRING(ENCODE(SHA256(CONVERT_TO(hashed_text, 'UTF8')), 'hex') FROM 1 FOR 8)"
-                       " AS BIT(32)) AS BIGINT)"),
+                       " AS BIT(32)) AS BIGINT)",
+            # the server's own limit, for the statement's transaction only (a ledger in the same database
+            # writes without it); each FETCH of a streamed query is a statement of its own
+            statement_timeout="server", timeout_statement="SET LOCAL statement_timeout = {milliseconds}",
+            timeout_sqlstate="57014"),
     Dialect("snowflake", tokenizer_keywords=frozenset((
                 "BYTEINT GET INTEGRATION LS MATCH_CONDITION MATCH_RECOGNIZE MINUS PACKAGE POLICY POOL PUT "
                 "REMOVE RM ROLE RULE SAMPLE SQL_DOUBLE SQL_VARCHAR STAGE STREAMLIT TAG TIMESTAMP_TZ TOP "

@@ -85,7 +85,18 @@ class FilterError(EngineError):
 
 
 class WarehouseError(EngineError):
-    """The warehouse or ledger database could not be reached or queried."""
+    """The warehouse or ledger database could not be reached or queried.
+
+    ``reason`` says which (the service counts it, ``engine_warehouse_errors{reason}``): ``timeout``
+    (a statement ran longer than engine.yaml's warehouse.statement_timeout), ``unreachable`` (no
+    connection, or it was lost) or ``query`` (the database refused or failed the statement).
+    """
+
+    REASONS = ("timeout", "unreachable", "query")
+
+    def __init__(self, message: str, reason: str = "query"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class TemplateError(EngineError):

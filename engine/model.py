@@ -185,8 +185,10 @@ class ProjectConfig:
     coupon_pools: Mapping[str, "CouponPool"] = field(default_factory=dict)
     #: named customer segments for ``engine export``: name -> filter expression
     segments: Mapping[str, str] = field(default_factory=dict)
-    #: DuckDB settings (memory_limit, threads) for the warehouse connection; empty keeps DuckDB's defaults
+    #: DuckDB settings (memory_limit, threads, temp_directory) for the warehouse connection; empty keeps DuckDB's defaults
     duckdb_settings: Mapping[str, str | int] = field(default_factory=dict)
+    #: seconds one warehouse read may run before the engine stops it (``warehouse.statement_timeout``); None: no limit
+    statement_timeout: float | None = None
     #: ISO 4217 code of the shop's currency (orders' totals): how ``engine report`` shows revenue
     currency: str = "EUR"
     #: provider event webhooks (``responses:``): provider -> its settings as written (secrets as ``${VAR}``);

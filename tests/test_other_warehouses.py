@@ -172,3 +172,33 @@ def test_a_spark_server_that_does_not_answer_is_one_clear_error():
     finally:
         database.dispose()
     assert str(raised.value).startswith(f"cannot connect to {url}: Could not connect")
+
+
+#: a Databricks SQL warehouse as databricks-sqlalchemy takes it (token as the password)
+DATABRICKS = ("databricks://token:dapi0123456789abcdef@adb-123.azuredatabricks.net"
+              "?http_path=/sql/1.0/warehouses/abc&catalog=main&schema=shop")
+
+
+def test_a_databricks_url_chooses_the_spark_dialect_and_without_its_driver_is_one_clear_error():
+    """databricks-sqlalchemy registers the ``databricks`` backend, which the engine reads as Spark SQL
+    (the SQL parsed above, run through hive:// in tests/test_spark_engine.py). Not run against a
+    workspace. With the driver installed, the engine opens it with the Spark row (no connection made)
+    and the dialect takes the URL's http_path, catalog and schema; without it, one clear error that
+    does not show the token."""
+    from engine.state.warehouse import Database
+
+    assert dialect_of_url(DATABRICKS) == "spark"
+    if _module_installed("databricks.sqlalchemy"):
+        database = Database(DATABRICKS)
+        try:
+            assert database.backend == "databricks" and database.dialect is dialect_named("spark")
+            _, arguments = database.engine.dialect.create_connect_args(database.engine.url)
+            assert (arguments["http_path"], arguments["catalog"], arguments["schema"]) == \
+                ("/sql/1.0/warehouses/abc", "main", "shop")
+        finally:
+            database.dispose()
+        return
+    with pytest.raises(WarehouseError) as raised:
+        Database(DATABRICKS)
+    message = str(raised.value)
+    assert "install its driver" in message and "dapi0123456789abcdef" not in message, message

@@ -21,6 +21,7 @@ import sys
 import traceback
 from datetime import timedelta
 from pathlib import Path
+from typing import Mapping
 
 import click
 
@@ -48,7 +49,8 @@ def handle_errors(command):
             sys.exit(1)
         except WarehouseError as exc:
             click.echo(mask(f"Error: {exc}"), err=True)
-            echo_mapping_issues()
+            if mapping_may_explain({exc.reason: 1}):
+                echo_mapping_issues()
             sys.exit(1)
         except EngineError as exc:
             click.echo(mask(f"Error: {exc}"), err=True)
@@ -73,6 +75,13 @@ def exit_on_closed_pipe() -> None:
     except (OSError, ValueError, AttributeError):  # not a real file (a test runner's buffer)
         pass
     sys.exit(CLOSED_PIPE_STATUS)
+
+
+def mapping_may_explain(warehouse_failures: Mapping[str, int]) -> bool:
+    """Whether engine.yaml's mapping may explain failed warehouse statements (``Database.failures``): a
+    statement the warehouse refused may be its fault; one stopped at warehouse.statement_timeout or a
+    lost connection is not, and checking the mapping would only meet the same slow or absent warehouse."""
+    return not warehouse_failures or bool(warehouse_failures.get("query"))
 
 
 def echo_mapping_issues() -> None:

@@ -26,7 +26,7 @@ from engine.clock import FixedClock, SystemClock, format_instant, parse_interval
 from engine.dialects import DIALECTS
 from engine.cli.common import (
     accept_project_anywhere, as_of_option, campaign_option, echo_mapping_issues, handle_errors, load_project,
-    open_reconciler as _reconciler, quiet_option, shard_option, version_option,
+    mapping_may_explain, open_reconciler as _reconciler, quiet_option, shard_option, version_option,
 )
 from engine.masking import mask
 from engine.progress import around_output, progress_for
@@ -162,7 +162,8 @@ def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: 
     for name, reason in failed.items():
         click.echo(f"Error: campaign {name} could not be planned (the others were): {reason}", err=True)
     if failed:
-        echo_mapping_issues()
+        if mapping_may_explain(reconciler.warehouse.failures):
+            echo_mapping_issues()
         sys.exit(1)
 
 
@@ -226,7 +227,7 @@ def run(project_dir: Path, once: bool, interval: str | None, as_of, campaigns, m
         write_report(report, sys.stdout, sys.stderr)
     finally:
         reconciler.close()
-    if report.failed_campaigns:
+    if report.failed_campaigns and mapping_may_explain(reconciler.warehouse.failures):
         echo_mapping_issues()
     sys.exit(1 if report.errors or report.failed_campaigns or report.total("failed") else 0)
 

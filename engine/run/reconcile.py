@@ -65,7 +65,8 @@ class Reconciler:
         self.project, self.config, self.shard, self.batch_size = project, project.config, shard, batch_size
         self.progress = progress or Progress()
         self.warehouse = Database(database_url(self.config, "warehouse"), must_exist=True,
-                                  duckdb_settings=self.config.duckdb_settings)
+                                  duckdb_settings=self.config.duckdb_settings,
+                                  statement_timeout=self.config.statement_timeout)
         if ledger is not None:
             self.ledger, self.ledger_shares_warehouse = ledger, False
             self.ledger.ensure_schema()

@@ -289,6 +289,7 @@ class Service:
         finally:
             if isinstance(reconciler.ledger, LoggedLedger):
                 reconciler.ledger.forget_claims()
+            self.metrics.record_warehouse_errors(reconciler.warehouse.take_failures())
         duration = self.monotonic() - started
         self.metrics.record_pass(report, duration, self.wall())
         with self._lock:

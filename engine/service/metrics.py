@@ -9,7 +9,7 @@ services (tests) never share counters.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 from prometheus_client import (
     CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector,
@@ -17,6 +17,7 @@ from prometheus_client import (
 )
 
 from engine import __version__
+from engine.errors import WarehouseError
 from engine.run.coupons import PoolLevel
 from engine.run.messages import PassReport
 
@@ -74,6 +75,12 @@ class Metrics:
         self.campaign_failures = Counter("engine_campaign_failures", "Passes in which a campaign's query or decisions failed "
                                          "(it sent nothing more that pass; the other campaigns went on).",
                                          ["campaign"], registry=registry)
+        self.warehouse_errors = Counter("engine_warehouse_errors", "Warehouse statements that failed during passes, by reason: "
+                                        "timeout (stopped at warehouse.statement_timeout), unreachable (no connection, "
+                                        "or it was lost), query (the database refused or failed it).",
+                                        ["reason"], registry=registry)
+        for reason in WarehouseError.REASONS:  # every reason shows from the start, at 0
+            self.warehouse_errors.labels(reason)
         self.events_deleted = Counter("engine_response_events_deleted", "Response events (opens, clicks, bounces, ...) "
                                       "deleted for being older than policies.responses.retention.", registry=registry)
 
@@ -103,6 +110,11 @@ class Metrics:
         for level in levels:
             self.coupon_codes_left.labels(level.pool).set(level.left)
             self.coupon_pool_low.labels(level.pool).set(1 if level.low else 0)
+
+    def record_warehouse_errors(self, by_reason: Mapping[str, int]) -> None:
+        """Failed warehouse statements by reason (``Database.take_failures``)."""
+        for reason, n in by_reason.items():
+            self.warehouse_errors.labels(reason).inc(n)
 
     def record_failed_pass(self, duration: float) -> None:
         self.passes.labels("error").inc()

@@ -118,6 +118,8 @@ def effective_config(root: Path, settings: Mapping[str, tuple[str | None, str]] 
     shown.append(Shown("warehouse.dialect", config.dialect,
                        CONFIG_FILE if "dialect" in data["warehouse"] else "from the URL"))
     shown += _walk("warehouse.duckdb", data["warehouse"].get("duckdb") or {}, env)
+    if "statement_timeout" in data["warehouse"]:
+        shown.append(show_value("warehouse.statement_timeout", data["warehouse"]["statement_timeout"], env))
     ledger = dict(data.get("ledger") or {})
     if env.get(LEDGER_URL_ENV, "") != "":
         ledger_url = show_value("ledger.url", f"${{{LEDGER_URL_ENV}}}", env)
@@ -178,6 +180,7 @@ def defaults_of(config: ProjectConfig, data: dict) -> list[tuple[str, str, str]]
     dialect = dialect_named(config.dialect)
     found += [(f"warehouse.{dialect.settings_section}.{name}", value, "default")
               for name, value in (setting.split(": ", 1) for setting in dialect.setting_defaults)]
+    found += [("warehouse.statement_timeout", "(none: no limit)", "default")]
     found += [("demo", "false", "default")]
     found += [(f"shop.{name}", "(empty)", "default") for name in SHOP_SETTINGS]
     found += [("dbt.manifest", DEFAULT_MANIFEST, "default (relative to the project)"),

@@ -136,7 +136,8 @@ def load_config(root: Path) -> tuple[ProjectConfig | None, list[Issue]]:
         root=root,
         warehouse_url=warehouse_url,
         ledger_url=_ledger_url(ledger.get("url"), warehouse_url),
-        duckdb_settings=dict(data["warehouse"].get("duckdb") or {}),
+        duckdb_settings=_duckdb_settings(data["warehouse"].get("duckdb") or {}, root),
+        statement_timeout=_statement_timeout(doc, data["warehouse"], issues),
         sources=sources,
         channels=channels,
         stale_horizon=stale_horizon,
@@ -192,6 +193,23 @@ def _segment_issues(doc: Document, config: ProjectConfig) -> list[Issue]:
             issues.append(doc.issue(path, f"segment '{name}': {exc.message}", fix=exc.fix,
                                     position=doc.value_position(path, exc.offset)))
     return issues
+
+
+def _duckdb_settings(settings: dict, root: Path) -> dict:
+    """engine.yaml ``warehouse.duckdb`` as written, its temp_directory relative to the project."""
+    settings = dict(settings)
+    if isinstance(settings.get("temp_directory"), str) and settings["temp_directory"].strip():
+        settings["temp_directory"] = str(root / settings["temp_directory"])  # an absolute path stays as it is
+    return settings
+
+
+def _statement_timeout(doc: Document, warehouse: dict, issues: list[Issue]) -> float | None:
+    """engine.yaml ``warehouse.statement_timeout`` in seconds; None (no limit) when absent or zero."""
+    if "statement_timeout" not in warehouse:
+        return None
+    seconds = duration_setting(doc, ("warehouse", "statement_timeout"), warehouse["statement_timeout"],
+                               issues).total_seconds()
+    return seconds or None
 
 
 def duration_setting(doc: Document, path: tuple, text: str, issues: list[Issue], months: bool = False) -> Duration:

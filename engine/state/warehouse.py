@@ -4,7 +4,15 @@ Owns SQLAlchemy engines for both the warehouse (read) and the ledger (write).
 Results are streamed in batches with server-side cursors where the driver
 has them, so memory stays flat however many rows are due. Connection and
 query failures become ``WarehouseError`` naming the database and what to
-check, with every credential masked (masking.mask), the driver's words included.
+check, with every credential masked (masking.mask), the driver's words included,
+and the reason (timeout, unreachable, query) that the service counts.
+
+engine.yaml ``warehouse.statement_timeout`` limits each statement of the
+warehouse's reads (``Session``, ``stream``, ``fetch_all``) the way the
+dialect can (``Dialect.statement_timeout``): PostgreSQL's own
+``statement_timeout`` for the statement's transaction, DuckDB's and SQLite's
+``interrupt()`` from a timer thread. ``Database.execute`` (the ledger's
+writes, when the ledger shares the warehouse's database) is never limited.
 """
 from __future__ import annotations
 
@@ -12,6 +20,8 @@ import contextlib
 import importlib
 import logging
 import re
+import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -65,9 +75,11 @@ def file_of(url: str) -> Path | None:
 class Database:
     """One SQLAlchemy engine plus the few operations the engine needs."""
 
-    def __init__(self, url: str, *, must_exist: bool = False, duckdb_settings: Mapping[str, str | int] | None = None):
-        """``duckdb_settings`` (engine.yaml ``warehouse.duckdb``: memory_limit, threads) are SET on every
-        connection to a DuckDB database and ignored for others."""
+    def __init__(self, url: str, *, must_exist: bool = False, duckdb_settings: Mapping[str, str | int] | None = None,
+                 statement_timeout: float | None = None):
+        """``duckdb_settings`` (engine.yaml ``warehouse.duckdb``: memory_limit, threads, temp_directory) are
+        SET on every connection to a DuckDB database and ignored for others. ``statement_timeout``
+        (seconds, engine.yaml ``warehouse.statement_timeout``): the longest one read may run."""
         self.url = url
         _remember_credentials(url)  # whatever a driver quotes later, its messages will not show them
         try:
@@ -93,6 +105,14 @@ class Database:
             sa.event.listen(self.engine, "connect", _register_hash32(self.dialect.hash32_function))
         if self.dialect.settings_section and duckdb_settings:
             sa.event.listen(self.engine, "connect", _duckdb_settings(duckdb_settings))
+            _make_temp_directory(duckdb_settings.get("temp_directory"), self.dialect.settings_section)
+        if statement_timeout and self.dialect.statement_timeout is None:
+            raise WarehouseError(mask(f"warehouse.statement_timeout: the engine cannot limit a statement's time on "
+                                      f"{self.backend} ({url}); remove the setting from engine.yaml and use the "
+                                      "database's own limit"))
+        self.statement_timeout = statement_timeout or None
+        #: failed statements by reason (WarehouseError.reason) since the last ``take_failures``
+        self.failures: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"Database({masked(self.url)})"
@@ -103,7 +123,7 @@ class Database:
             with self.engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
         except self.errors as exc:
-            raise self._error("cannot connect to", exc) from None
+            raise self._error("cannot connect to", exc, reason="unreachable") from None
 
     def stream(self, sql: str, batch_size: int = 1000) -> Iterator[list[sa.Row]]:
         """Run ``sql`` and yield its rows in batches, never holding all of them."""
@@ -115,17 +135,50 @@ class Database:
         """One connection kept for several statements that share its state, such as the
         temporary tables of a reconciler pass. Each statement commits when it is done."""
         try:
-            with self.engine.connect() as conn:
+            connection = self.engine.connect()
+        except self.errors as exc:
+            raise self._error("cannot connect to", exc, reason="unreachable") from None
+        try:
+            with connection as conn:
                 yield Session(self, conn)
         except self.errors as exc:
             raise self._error("query failed on", exc) from None
 
     def fetch_all(self, sql: str) -> list[sa.Row]:
         try:
-            with self.engine.connect() as conn:
-                return list(conn.execute(sa.text(sql)))
+            connection = self.engine.connect()
         except self.errors as exc:
-            raise self._error("query failed on", exc) from None
+            raise self._error("cannot connect to", exc, reason="unreachable") from None
+        deadline = None
+        try:
+            with connection as conn:
+                deadline = StatementDeadline(self, conn)
+                with deadline.statement():
+                    return list(conn.execute(sa.text(sql)))
+        except self.errors as exc:
+            raise self._error("query failed on", exc, deadline) from None
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[sa.Connection]:
+        """A plain SQLAlchemy connection (introspection's probes) whose every statement is limited by
+        ``statement_timeout`` as in a ``Session``: the dialect's limit set before each statement, the
+        driver's ``interrupt()`` armed around it (a failed statement's timer is cancelled by the next)."""
+        deadline = None
+        with self.engine.connect() as conn:
+            if self.statement_timeout:
+                deadline = StatementDeadline(self, conn)
+                sa.event.listen(conn, "before_cursor_execute", deadline.before_cursor_execute)
+                sa.event.listen(conn, "after_cursor_execute", lambda *_: deadline.disarm())
+            try:
+                yield conn
+            finally:
+                if deadline is not None:
+                    deadline.disarm()
+
+    def take_failures(self) -> Counter[str]:
+        """The failed statements by reason since the last call, and start counting again."""
+        taken, self.failures = self.failures, Counter()
+        return taken
 
     def execute(self, statement: Any, parameters: Any = None) -> list[sa.Row]:
         """Run one statement in its own transaction; return the rows it returns, if any."""
@@ -141,12 +194,106 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    def _error(self, what: str, exc: BaseException) -> WarehouseError:
+    def _error(self, what: str, exc: BaseException, deadline: "StatementDeadline | None" = None,
+               reason: str | None = None) -> WarehouseError:
         detail = _driver_words(exc)
-        if self.dialect.settings_section and "Out of Memory" in detail:
+        if reason is None:
+            reason = self._reason(exc, deadline)
+        if reason == "timeout":
+            detail = (f"stopped after warehouse.statement_timeout ({self.statement_timeout:g} s): {detail}; raise "
+                      "warehouse.statement_timeout in engine.yaml or make the query cheaper (engine explain shows it)")
+        elif self.dialect.settings_section and "Out of Memory" in detail:
             detail += (f"; raise or remove warehouse.{self.dialect.settings_section}.memory_limit in engine.yaml, "
                        "or free memory on the host")
-        return WarehouseError(mask(f"{what} {self.url}: {detail}"))
+        self.failures[reason] += 1
+        return WarehouseError(mask(f"{what} {self.url}: {detail}"), reason=reason)
+
+    def _reason(self, exc: BaseException, deadline: "StatementDeadline | None") -> str:
+        """timeout (our limit ended it), unreachable (the connection failed or was lost) or query."""
+        if deadline is not None and deadline.ended(exc):
+            return "timeout"
+        # SQLAlchemy marks the errors its dialect recognises as a lost connection; the driver's own
+        # errors (Dialect.driver_errors) are its transport's
+        if getattr(exc, "connection_invalidated", False) or not isinstance(exc, sa.exc.SQLAlchemyError):
+            return "unreachable"
+        return "query"
+
+
+class StatementDeadline:
+    """engine.yaml ``warehouse.statement_timeout`` on one connection, as its dialect can enforce it.
+
+    ``with deadline.statement():`` around a statement's execution (on PostgreSQL it first sets the
+    server's ``statement_timeout`` for the transaction), ``with deadline.call():`` around each later
+    fetch of its rows: with ``interrupt``, a timer thread calls the driver's ``interrupt()`` (DuckDB,
+    SQLite: both made for a call from another thread) if the call is still running when the time is
+    up. Time spent outside the driver (the pass deciding and sending between fetches) is not counted.
+    A lock keeps a late timer from interrupting the next statement.
+    """
+
+    def __init__(self, database: Database, conn: sa.Connection):
+        self.dialect, self.conn, self.seconds = database.dialect, conn, database.statement_timeout
+        self.fired = False
+        self._lock = threading.Lock()
+        self._running = False
+        self._timer: threading.Timer | None = None
+
+    @contextlib.contextmanager
+    def statement(self) -> Iterator[None]:
+        if self.seconds and self.dialect.statement_timeout == "server":
+            milliseconds = max(1, round(self.seconds * 1000))
+            self.conn.execute(sa.text(self.dialect.timeout_statement.format(milliseconds=milliseconds)))
+        with self.call():
+            yield
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        self.arm()
+        try:
+            yield
+        finally:
+            self.disarm()
+
+    def before_cursor_execute(self, _conn, cursor, *_args) -> None:
+        """SQLAlchemy's event before each statement of a ``Database.connect`` connection."""
+        if self.seconds and self.dialect.statement_timeout == "server":
+            cursor.execute(self.dialect.timeout_statement.format(milliseconds=max(1, round(self.seconds * 1000))))
+        self.arm()
+
+    def arm(self) -> None:
+        """Start the clock of one call into the driver (``interrupt`` dialects; else nothing)."""
+        self.disarm()
+        self.fired = False
+        if not self.seconds or self.dialect.statement_timeout != "interrupt":
+            return
+        driver = self.conn.connection.dbapi_connection
+
+        def interrupt() -> None:
+            with self._lock:
+                if self._running:
+                    self.fired = True
+                    driver.interrupt()
+
+        self._timer = threading.Timer(self.seconds, interrupt)
+        self._timer.daemon = True
+        with self._lock:
+            self._running = True
+        self._timer.start()
+
+    def disarm(self) -> None:
+        """The call returned (or failed): a timer that has not fired never will."""
+        with self._lock:
+            self._running = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def ended(self, exc: BaseException) -> bool:
+        """``exc`` is the limit ending the statement: our interrupt, or the server's cancellation."""
+        if self.fired:
+            return True
+        orig = getattr(exc, "orig", None)
+        code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        return bool(self.seconds) and code is not None and code == self.dialect.timeout_sqlstate
 
 
 class Session:
@@ -155,35 +302,39 @@ class Session:
     def __init__(self, database: Database, conn: sa.Connection):
         self.database = database
         self.conn = conn
+        self.deadline = StatementDeadline(database, conn)
 
     def execute(self, sql: str) -> None:
         try:
-            self.conn.execute(sa.text(sql))
+            with self.deadline.statement():
+                self.conn.execute(sa.text(sql))
             self.conn.commit()
         except self.database.errors as exc:
-            self.conn.rollback()
-            raise self.database._error("statement failed on", exc) from None
+            self._rollback()
+            raise self.database._error("statement failed on", exc, self.deadline) from None
 
     def execute_together(self, statements: list[str]) -> None:
         """Run ``statements`` in one transaction on this connection: all of them or none."""
         try:
             for sql in statements:
-                self.conn.execute(sa.text(sql))
+                with self.deadline.statement():
+                    self.conn.execute(sa.text(sql))
             self.conn.commit()
         except self.database.errors as exc:
             self._rollback()
-            raise self.database._error("statement failed on", exc) from None
+            raise self.database._error("statement failed on", exc, self.deadline) from None
 
     def returning(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[sa.Row]:
         """Run a write with ``RETURNING`` (no server-side cursor: PostgreSQL has them for queries only),
         commit it and give back the rows it returned. ``parameters``: as ``stream``'s."""
         try:
-            rows = self.conn.execute(sa.text(sql), parameters).all() if parameters else self.conn.execute(sa.text(sql)).all()
+            with self.deadline.statement():
+                rows = self.conn.execute(sa.text(sql), parameters).all() if parameters else self.conn.execute(sa.text(sql)).all()
             self.conn.commit()
             return rows
         except self.database.errors as exc:
             self._rollback()
-            raise self.database._error("statement failed on", exc) from None
+            raise self.database._error("statement failed on", exc, self.deadline) from None
 
     def stream(self, sql: str, batch_size: int = 1000,
                parameters: Mapping[str, Any] | None = None) -> Iterator[list[sa.Row]]:
@@ -193,10 +344,12 @@ class Session:
         try:
             # options on the statement: Connection.execution_options would stick to the pinned connection
             statement = sa.text(sql).execution_options(stream_results=True, yield_per=batch_size)
-            result = self.conn.execute(statement, parameters) if parameters else self.conn.execute(statement)
+            with self.deadline.statement():
+                result = self.conn.execute(statement, parameters) if parameters else self.conn.execute(statement)
             try:
                 while True:
-                    rows = result.fetchmany(batch_size)
+                    with self.deadline.call():
+                        rows = result.fetchmany(batch_size)
                     if not rows:
                         break
                     yield rows
@@ -214,7 +367,7 @@ class Session:
             self.conn.commit()
         except self.database.errors as exc:
             self._rollback()  # PostgreSQL refuses every later statement of a failed transaction
-            raise self.database._error("query failed on", exc) from None
+            raise self.database._error("query failed on", exc, self.deadline) from None
 
     def _rollback(self) -> None:
         try:
@@ -265,9 +418,13 @@ def _duckdb_settings(settings: Mapping[str, str | int]) -> Callable[[Any, Any], 
             statements.append(f"SET threads = {value}")
         elif name == "memory_limit" and isinstance(value, str) and _MEMORY_SIZE.match(value):
             statements.append(f"SET memory_limit = '{value.strip()}'")
+        elif name == "temp_directory" and isinstance(value, str) and value.strip() and "\0" not in value:
+            # a path (spec.config made it absolute); a quote in it is doubled, as in any SQL string literal
+            statements.append("SET temp_directory = '{}'".format(value.replace("'", "''")))
         else:
             raise WarehouseError(f"warehouse.duckdb.{name}: {value!r} is not a DuckDB setting the engine takes; "
-                                 "use memory_limit (e.g. '512MB') or threads (a whole number from 1)")
+                                 "use memory_limit (e.g. '512MB'), threads (a whole number from 1) or "
+                                 "temp_directory (a folder)")
 
     def apply(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
@@ -287,6 +444,18 @@ def _register_hash32(name: str) -> Callable[[Any, Any], None]:
     def register(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.create_function(name, 1, function, deterministic=True)
     return register
+
+
+def _make_temp_directory(folder: object, section: str) -> None:
+    """Create warehouse.duckdb.temp_directory with its parents, as the database file's folder is
+    (DuckDB creates the last level only, and only when it first spills)."""
+    if not isinstance(folder, str) or not folder.strip():
+        return
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WarehouseError(f"warehouse.{section}.temp_directory: cannot create {folder}: {exc.strerror}; "
+                             "name a folder the engine can write") from None
 
 
 def _run_on_connect(statements: tuple[str, ...]) -> Callable[[Any, Any], None]:

@@ -108,7 +108,8 @@ def warehouse_issues(config: ProjectConfig, paths: Iterable[str] | None = None) 
     URL) when the database cannot be reached at all.
     """
     doc = load_yaml_file(config.root / CONFIG_FILE, config.file)
-    db = Database(database_url(config, "warehouse"), must_exist=True, duckdb_settings=config.duckdb_settings)
+    db = Database(database_url(config, "warehouse"), must_exist=True, duckdb_settings=config.duckdb_settings,
+                  statement_timeout=config.statement_timeout)
     try:
         db.check()
         checker = _Checker(config, doc, db)
@@ -263,7 +264,7 @@ class _Checker:
         query = exp.select(*[exp.column(c, table="p") for c in ("promotion_id", "title", "campaign", "step")]) \
             .from_(promotions).order_by(exp.column("promotion_id", table="p"))
         try:
-            with self.db.engine.connect() as conn:
+            with self.db.connect() as conn:
                 rows = conn.execute(sa.text(render_sql(query, self.dialect))).all()
         except sa.exc.SQLAlchemyError:
             return []  # the mapping itself was probed already
@@ -301,7 +302,7 @@ class _Checker:
         values = exp.select(zone, exp.alias_(exp.Count(this=exp.Star()), "customers")).from_(customers) \
             .where(zone.is_(exp.null()).not_()).group_by(zone.copy())
         try:
-            with self.db.engine.connect() as conn:
+            with self.db.connect() as conn:
                 counts = {value: n for value, n in conn.execute(sa.text(render_sql(values, self.dialect))).all()
                           if isinstance(value, str) and value.strip() and not known_zone(value)}
                 if not counts:
@@ -411,7 +412,7 @@ class _Checker:
     def _probe(self, sql: str, label: str = "the mapping") -> tuple[_Relation | None, str | None]:
         """Run ``sql`` (which returns no rows); its columns and, where the driver tells, their types."""
         try:
-            with self.db.engine.connect() as conn:
+            with self.db.connect() as conn:
                 result = conn.execute(sa.text(sql))
                 description = result.cursor.description if result.cursor is not None else None
                 keys = list(result.keys())
