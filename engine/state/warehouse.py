@@ -305,13 +305,7 @@ class Session:
         self.deadline = StatementDeadline(database, conn)
 
     def execute(self, sql: str) -> None:
-        try:
-            with self.deadline.statement():
-                self.conn.execute(sa.text(sql))
-            self.conn.commit()
-        except self.database.errors as exc:
-            self._rollback()
-            raise self.database._error("statement failed on", exc, self.deadline) from None
+        self.execute_together([sql])
 
     def execute_together(self, statements: list[str]) -> None:
         """Run ``statements`` in one transaction on this connection: all of them or none."""
