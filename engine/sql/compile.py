@@ -175,6 +175,19 @@ def step_window(step: Step, now: datetime, stale_horizon: timedelta) -> StepWind
     return StepWindow(due_cutoff + months, latest - step.freshness - stale_horizon - slack - months)
 
 
+def earliest_start(steps: Sequence[Step], now: datetime, stale_horizon: timedelta) -> datetime:
+    """The earliest window start of ``steps`` (each has one) at ``now``: where a table shared by their
+    campaigns begins. A step whose window cannot be computed (a delay beyond the calendar) is left out:
+    its campaign's own query fails alone (tests/test_campaign_isolation.py), never the others'."""
+    starts = []
+    for step in steps:
+        try:
+            starts.append(step_window(step, now, stale_horizon).earliest)
+        except OverflowError:
+            continue
+    return min(starts, default=now)
+
+
 #: A calendar day starts at the customer's local midnight (date triggers): up to 14 h before midnight
 #: UTC (UTC+14, Pacific/Kiritimati) and up to 12 h after it (UTC-12). SQL windows over dates widen by these.
 LOCAL_DAY_EARLIER = timedelta(hours=14)

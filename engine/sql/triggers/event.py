@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from sqlglot import exp
 
 from engine.model import Campaign, ProjectConfig, Trigger
-from engine.sql.compile import QueryBuilder, col, day_text, lit, step_window, text
+from engine.sql.compile import QueryBuilder, col, day_text, earliest_start, lit, text
 from engine.sql.instants import derive
 from engine.sql.triggers.base import CampaignFile, TemplateRecord, TriggerKind, mapped_properties
 
@@ -86,7 +86,7 @@ class EventKind(TriggerKind):
             return None
         horizon = builder.config.stale_horizon
         steps = [step for campaign in campaigns for step in campaign.steps]
-        start = derive(builder.now, lambda now: _day_start(min(step_window(s, now, horizon).earliest for s in steps)))
+        start = derive(builder.now, lambda now: _day_start(earliest_start(steps, now, horizon)))
         types = sorted({campaign.trigger.type for campaign in campaigns})
         day = day_text(col("e", "occurred_at"), builder.dialect)
         return (

@@ -24,7 +24,7 @@ from datetime import datetime
 from sqlglot import exp
 
 from engine.model import Campaign, ProjectConfig, Trigger
-from engine.sql.compile import QueryBuilder, col, counted_column, lit, step_window, text
+from engine.sql.compile import QueryBuilder, col, counted_column, earliest_start, lit, text
 from engine.sql.instants import derive
 from engine.sql.triggers.base import CampaignFile, TemplateRecord, TriggerKind
 
@@ -123,7 +123,7 @@ class OrderPlacedKind(TriggerKind):
             return None
         horizon = builder.config.stale_horizon
         steps = [step for campaign in campaigns for step in campaign.steps]
-        start = derive(builder.now, lambda now: min(step_window(step, now, horizon).earliest for step in steps))
+        start = derive(builder.now, lambda now: earliest_start(steps, now, horizon))
         statuses = sorted({s for s in (self.counted_statuses(c) for c in campaigns) if s is not None})
         partition = [col("n", "customer_id")]
 
