@@ -239,9 +239,9 @@ class StatementDeadline:
 
     @contextlib.contextmanager
     def statement(self) -> Iterator[None]:
-        if self.seconds and self.dialect.statement_timeout == "server":
-            milliseconds = max(1, round(self.seconds * 1000))
-            self.conn.execute(sa.text(self.dialect.timeout_statement.format(milliseconds=milliseconds)))
+        limit = self._server_limit()
+        if limit is not None:
+            self.conn.execute(sa.text(limit))
         with self.call():
             yield
 
@@ -255,9 +255,16 @@ class StatementDeadline:
 
     def before_cursor_execute(self, _conn, cursor, *_args) -> None:
         """SQLAlchemy's event before each statement of a ``Database.connect`` connection."""
-        if self.seconds and self.dialect.statement_timeout == "server":
-            cursor.execute(self.dialect.timeout_statement.format(milliseconds=max(1, round(self.seconds * 1000))))
+        limit = self._server_limit()
+        if limit is not None:
+            cursor.execute(limit)
         self.arm()
+
+    def _server_limit(self) -> str | None:
+        """The statement that sets the server's own limit for the transaction (``server`` dialects), if any."""
+        if not self.seconds or self.dialect.statement_timeout != "server":
+            return None
+        return self.dialect.timeout_statement.format(milliseconds=max(1, round(self.seconds * 1000)))
 
     def arm(self) -> None:
         """Start the clock of one call into the driver (``interrupt`` dialects; else nothing)."""
