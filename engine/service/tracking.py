@@ -98,18 +98,19 @@ class Memory:
         """Remember that ``event_ids`` are recorded (one hold of the lock for a whole batch)."""
         with self._lock:
             for event_id_ in event_ids:
-                self._events[event_id_] = None
-                self._events.move_to_end(event_id_)
-            while len(self._events) > self._size:
-                self._events.popitem(last=False)
+                self._keep(self._events, event_id_, None)
 
     def remember(self, key: str, ref: object) -> None:
         """Remember message ``key``'s ledger row ``ref``."""
         with self._lock:
-            self._refs[key] = ref
-            self._refs.move_to_end(key)
-            if len(self._refs) > self._size:
-                self._refs.popitem(last=False)
+            self._keep(self._refs, key, ref)
+
+    def _keep(self, table: OrderedDict, key: str, value: object) -> None:
+        """``key`` as the newest of ``table``, the oldest beyond ``size`` forgotten (the lock held)."""
+        table[key] = value
+        table.move_to_end(key)
+        if len(table) > self._size:
+            table.popitem(last=False)
 
 
 class Writer:
