@@ -33,7 +33,7 @@ from sqlglot import exp
 
 from engine.model import Campaign, ProjectConfig
 from engine.sql import compile
-from engine.sql.compile import SHARED_ROWS, StateRelations, instant_text, render_sql, shared_facts_create, shared_facts_used
+from engine.sql.compile import SHARED_ROWS, StateRelations, instant_text, render_sql, shared_facts_used
 from engine.sql.due import counted_statuses, due_query, shared_table_create
 from engine.sql.hashing import hashes_in_sql
 from engine.sql.instants import NotParameterisable, PassInstant, Placeholders, collecting

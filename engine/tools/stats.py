@@ -53,7 +53,7 @@ from engine.sql.attribution import instant, plus
 from engine.sql.compile import col, day_text, lit, render_sql, source_select, text, ts
 from engine.errors import ConfigError
 from engine.model import Campaign, ProjectConfig
-from engine.state.events import ENGAGEMENT, EVENT_TYPES
+from engine.state.events import EVENT_TYPES
 from engine.state.ledger_reader import LedgerReader, events_relation, messages_relation, unsubscribes_relation
 from engine.state.warehouse import Database
 from engine.tools.uplift import MIN_EXPECTED, SIGNIFICANCE, Comparison, compare
