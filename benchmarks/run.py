@@ -766,7 +766,7 @@ def _incremental_rows(reconciler, project_dir: Path, later, repeat: int, floor: 
             raise SystemExit(f"benchmark: the incremental plan differs from the full one: {counts[True]} vs {counts[False]}")
         modes = ", ".join(cost.line() for cost in kept.facts_costs)
         refresh, _ = _timed(lambda: incremental.refresh(kept.warehouse, kept.ledger, kept.config, later, writes=True,
-                                                        shares=True), repeat)
+                                                        shares=True, campaigns=kept.project.campaigns), repeat)
         full_facts, _ = _timed(lambda: _create_facts(reconciler, later), repeat)
     finally:
         kept.close()

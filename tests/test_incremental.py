@@ -29,7 +29,9 @@ from conftest import copy_project, database_url
 from engine import Reconciler, load_project
 from engine.cli.main import main
 from engine.run import incremental
-from engine.sql.compile import QueryBuilder, facts_select, render_sql
+from engine.run import plan
+from engine.sql.compile import SHARED_FACTS, QueryBuilder, facts_select, render_sql
+from engine.sql.due import counted_statuses
 from engine.sql.kept_facts import KEPT_FACTS
 from engine.state.warehouse import Database
 from engine.tools.demo import load_shop
@@ -92,10 +94,12 @@ def shop(backend, tmp_path, monkeypatch, loaded):
     db.dispose()
 
 
-def _full_facts(config, entity: str, now) -> str:
-    """compile.facts_select: the facts a pass computes from the whole history."""
+def _full_facts(config, entity: str, now, campaigns=()) -> str:
+    """compile.facts_select: the facts a pass computes from the whole history (the orders of each
+    status set ``campaigns`` rank by counted, as the kept facts count them)."""
     builder = QueryBuilder(config, now, config.dialect)
-    return render_sql(builder.with_ctes(facts_select(builder, entity)), config.dialect)
+    counted = counted_statuses(campaigns) if entity == "orders" else ()
+    return render_sql(builder.with_ctes(facts_select(builder, entity, counted)), config.dialect)
 
 
 def _rows(db: Database, sql: str) -> list[tuple]:
@@ -159,8 +163,13 @@ def _changes(db: Database, rng: random.Random, now, ids: dict) -> dict[str, int]
     return made
 
 
-def test_the_incremental_pass_plans_what_a_full_pass_plans(shop, backend):
+def test_the_incremental_pass_plans_what_a_full_pass_plans(shop, backend, monkeypatch):
     db, full, kept, _ = shop
+    counted = counted_statuses(kept.project.campaigns)
+    assert counted  # a campaign ranks by a status set (second-completed-order): the kept facts count it
+    created: list[str] = []  # the shared tables each pass creates (plan.create_shared_table)
+    statement = plan.facts_statement
+    monkeypatch.setattr(plan, "facts_statement", lambda name, *args: created.append(name) or statement(name, *args))
     rng = random.Random(f"incremental-{backend}")  # seeded: another sequence per backend
     with db.engine.connect() as conn:
         ids = {"order": conn.execute(sa.text("SELECT max(order_id) FROM orders")).scalar() + 1000,
@@ -173,13 +182,18 @@ def test_the_incremental_pass_plans_what_a_full_pass_plans(shop, backend):
             now += rng.choice([timedelta(minutes=1), timedelta(minutes=17), timedelta(hours=3), timedelta(days=2)])
             _changes(db, rng, now, ids)
         expected = _due_set(full, now)
+        assert {"orders", "order_rows"} <= set(created)  # without a change column: the GROUP BY, then the rows
+        created.clear()
         got = _due_set(kept, now)
+        # with one: the shared order rows read the kept facts; the pass runs no GROUP BY of the orders
+        assert "order_rows" in created and not set(created) & set(SHARED_FACTS), created
+        created.clear()
         assert [c.mode for c in kept.facts_costs] == ["incremental", "incremental"], kept.facts_costs
         assert [c.mode for c in full.facts_costs] == ["full", "full"]
         assert got == expected, (number, sorted(got ^ expected)[:10])
         for entity, known in (("orders", "order_count"), ("events", "last_event_at")):  # the kept facts themselves
             kept_rows = [row[:-1] for row in _rows(db, f"SELECT * FROM {KEPT_FACTS[entity]} WHERE {known} IS NOT NULL")]
-            assert kept_rows == _rows(db, _full_facts(kept.config, entity, now)), (number, entity)
+            assert kept_rows == _rows(db, _full_facts(kept.config, entity, now, kept.project.campaigns)), (number, entity)
         compared += len(expected)
         touched += number and kept.facts_costs[0].mark.customers_touched
     assert compared > 100  # the due sets are not empty
@@ -217,11 +231,12 @@ def test_past_instants_read_only_commands_and_unmapped_sources_compute_whole(sho
     assert "before the kept facts" in kept.facts_costs[0].reason
     reader = Reconciler(load_project(kept_dir), writes=False)
     try:
-        costs = incremental.costs(reader.config, reader.ledger, now, writes=False, shares=True)
+        costs = incremental.costs(reader.config, reader.ledger, now, writes=False, shares=True,
+                                  campaigns=reader.project.campaigns)
         assert [c.mode for c in costs] == ["full", "full"] and "only reads" in costs[0].reason
     finally:
         reader.close()
-    costs = incremental.costs(full.config, full.ledger, now, writes=True, shares=True)
+    costs = incremental.costs(full.config, full.ledger, now, writes=True, shares=True, campaigns=full.project.campaigns)
     assert "no change column" in costs[0].reason and "sources.orders.columns.updated_at" in costs[0].reason
 
 
@@ -245,7 +260,8 @@ def test_creation_time_as_change_column_is_accepted_with_its_caveat(shop, tmp_pa
     _map_change_column(project, orders="created_at", events=None)
     reconciler = Reconciler(load_project(project))
     try:
-        costs = incremental.costs(reconciler.config, reconciler.ledger, INSTANTS["anchor"], writes=True, shares=True)
+        costs = incremental.costs(reconciler.config, reconciler.ledger, INSTANTS["anchor"], writes=True, shares=True,
+                                  campaigns=reconciler.project.campaigns)
         assert costs[0].mode == "incremental" and "status updates" in costs[0].reason
         assert costs[1].mode == "full"
     finally:

@@ -127,7 +127,8 @@ def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: 
         try:
             now = (FixedClock(as_of) if as_of else SystemClock()).now()
             click.echo("\n".join(cost_report(reconciler.config, reconciler.ledger, now,
-                                             shares=reconciler.ledger_shares_warehouse)))
+                                             shares=reconciler.ledger_shares_warehouse,
+                                             campaigns=project.campaigns)))
         finally:
             reconciler.close()
         return

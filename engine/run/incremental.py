@@ -15,13 +15,16 @@ refreshes it before it plans:
    exact under status updates, changed totals and rows that arrive late) and replace their kept
    rows, in one transaction (on PostgreSQL under an advisory lock: replicas take turns);
 4. move the watermark (engine_watermarks in the ledger, migration 0006) to the newest change value
-   read, never past ``now``; the due queries then join the kept table instead of the GROUP BY.
+   read, never past ``now``; the due queries then join the kept table instead of the GROUP BY, and so
+   do the shared order rows: the kept order facts count the orders of every status set the project's
+   campaigns rank by (``campaigns``: sql.kept_facts ``counted``), so a pass with kept order facts
+   runs no GROUP BY of the orders.
 
 The watermark is the warehouse's own value (no clock of this host is compared with it), read
 again with ``SAFETY_LAG`` of overlap, which catches rows whose transaction committed up to that
 long after the change time it wrote. The kept table is rebuilt whole (one GROUP BY, as without a
 change column) the first time, when the source's mapping changes (``fingerprint``), when the
-table is gone, and after ``REBUILD_AFTER`` - which also bounds what no watermark can see: a row
+table is gone, when a campaign counts another status set, and after ``REBUILD_AFTER`` - which also bounds what no watermark can see: a row
 deleted from the source, or one committed later than the lag.
 
 Limits, said by ``engine plan --explain-cost``: a change column must move on every insert and
@@ -40,14 +43,16 @@ command that only reads.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from engine.clock import parse_stored_timestamp, to_utc
 from engine.dialects import dialect_named, drop_temporary_table
 from engine.errors import WarehouseError
-from engine.model import CHANGE_COLUMN, ProjectConfig
+from engine.model import CHANGE_COLUMN, Campaign, ProjectConfig
 from engine.sql.compile import StateRelations, render_sql
+from engine.sql.due import counted_statuses
 from engine.sql.kept_facts import (
     KEPT_FACTS, TOUCHED, changes_select, change_expression, fingerprint, kept_create, kept_drop, kept_relations,
     kept_replace, touched_create, touched_summary,
@@ -112,9 +117,13 @@ def _caveat(config: ProjectConfig, entity: str) -> str:
     return f"change column {CHANGE_COLUMN} = {change_expression(config, entity)}"
 
 
-def costs(config: ProjectConfig, ledger: Ledger, now: datetime, *, writes: bool, shares: bool) -> list[SourceCost]:
-    """Per source with per-customer facts, how a pass at ``now`` reads them (without reading them)."""
+def costs(config: ProjectConfig, ledger: Ledger, now: datetime, *, writes: bool, shares: bool,
+          campaigns: Sequence[Campaign]) -> list[SourceCost]:
+    """Per source with per-customer facts, how a pass at ``now`` reads them (without reading them).
+    ``campaigns``: the project's (all of them, so a pass over a few keeps the same table): the
+    status sets their shared order rows count are kept too."""
     found = []
+    counted = counted_statuses(campaigns)
     for entity in KEPT_FACTS:
         reason = _full_reason(config, entity, writes=writes, shares=shares)
         if reason is not None:
@@ -125,26 +134,29 @@ def costs(config: ProjectConfig, ledger: Ledger, now: datetime, *, writes: bool,
             found.append(SourceCost(entity, "full", f"the instant is before the kept facts' ({_shown(mark.facts_at)}): "
                                                     "a past instant is computed whole", mark))
             continue
-        rebuild = _rebuild_reason(config, entity, mark, to_utc(now))
+        rebuild = _rebuild_reason(config, entity, mark, to_utc(now), counted)
         found.append(SourceCost(entity, "incremental", _caveat(config, entity) + (f"; {rebuild}" if rebuild else ""), mark))
     return found
 
 
-def _rebuild_reason(config: ProjectConfig, entity: str, mark: Watermark | None, now: datetime) -> str | None:
+def _rebuild_reason(config: ProjectConfig, entity: str, mark: Watermark | None, now: datetime,
+                    counted: Sequence[Sequence[str]]) -> str | None:
     if mark is None:
         return "the first pass builds the kept table whole"
-    if mark.fingerprint != fingerprint(config, entity):
-        return "the mapping changed since the kept table was built: the next pass rebuilds it whole"
+    if mark.fingerprint != fingerprint(config, entity, counted):
+        return ("the mapping or the order status sets the campaigns count changed since the kept table was built: "
+                "the next pass rebuilds it whole")
     if now - mark.built_at > REBUILD_AFTER:
         return f"built more than {REBUILD_AFTER.days} day(s) ago: the next pass rebuilds it whole"
     return None
 
 
-def cost_report(config: ProjectConfig, ledger: Ledger, now: datetime, *, shares: bool) -> list[str]:
+def cost_report(config: ProjectConfig, ledger: Ledger, now: datetime, *, shares: bool,
+                campaigns: Sequence[Campaign]) -> list[str]:
     """``engine plan --explain-cost``: how a pass of ``engine run`` at ``now`` reads each source's
     per-customer facts, and what the last refresh read."""
     lines = [f"Per-customer facts of an `engine run` pass at {_shown(now)}:"]
-    lines += [f"  {cost.line()}" for cost in costs(config, ledger, now, writes=True, shares=shares)]
+    lines += [f"  {cost.line()}" for cost in costs(config, ledger, now, writes=True, shares=shares, campaigns=campaigns)]
     if "checkouts" in config.sources:
         lines.append("  checkouts: no per-customer facts (each campaign reads only its steps' time window)")
     lines.append("Commands that only read (plan, explain, backtest) compute the facts whole: they keep nothing.")
@@ -152,17 +164,19 @@ def cost_report(config: ProjectConfig, ledger: Ledger, now: datetime, *, shares:
 
 
 def refresh(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: datetime, *, writes: bool,
-            shares: bool) -> tuple[StateRelations, list[SourceCost]]:
-    """Bring every kept fact table up to ``now``; the relations the due queries read them from
-    (compile.QueryBuilder: by the shared facts' name) and what each source cost."""
-    planned = costs(config, ledger, now, writes=writes, shares=shares)
+            shares: bool, campaigns: Sequence[Campaign]) -> tuple[StateRelations, list[SourceCost]]:
+    """Bring every kept fact table up to ``now``; the relations the due queries and the shared order
+    rows read them from (compile.QueryBuilder: by the shared facts' name) and what each source cost.
+    ``campaigns``: as ``costs``'."""
+    planned = costs(config, ledger, now, writes=writes, shares=shares, campaigns=campaigns)
+    counted = counted_statuses(campaigns)
     if not any(cost.mode == "incremental" for cost in planned):
         return {}, planned
     done, kept = [], []
     with warehouse.session() as session:
         for cost in planned:
             if cost.mode == "incremental":
-                cost = _refresh(session, ledger, config, cost.entity, to_utc(now), cost)
+                cost = _refresh(session, ledger, config, cost.entity, to_utc(now), cost, counted)
                 kept.append(cost.entity)
             done.append(cost)
     return kept_relations(kept), done
@@ -185,10 +199,10 @@ def _one(session: Session, sql: str) -> tuple:
 
 
 def _refresh(session: Session, ledger: Ledger, config: ProjectConfig, entity: str, now: datetime,
-             cost: SourceCost) -> SourceCost:
+             cost: SourceCost, counted: Sequence[Sequence[str]]) -> SourceCost:
     dialect, mark = config.dialect, cost.mark
     touched = None
-    if _rebuild_reason(config, entity, mark, now) is None:
+    if _rebuild_reason(config, entity, mark, now, counted) is None:
         since = None if mark.watermark is None else mark.watermark - SAFETY_LAG
         drop = drop_temporary_table(dialect_named(dialect), TOUCHED[entity])
         if drop is not None:
@@ -202,16 +216,17 @@ def _refresh(session: Session, ledger: Ledger, config: ProjectConfig, entity: st
                 touched, rows_read, newest = _one(session, render_sql(touched_summary(entity), dialect))
                 if touched:
                     session.execute_together(_locked(dialect, [render_sql(s, dialect)
-                                                               for s in kept_replace(config, entity, now)]))
+                                                               for s in kept_replace(config, entity, now, counted)]))
             finally:
                 done = drop_temporary_table(dialect_named(dialect), TOUCHED[entity], created=True)
                 if done is not None:
                     session.execute(done)
     if touched is None:  # a build: the newest change first, so what changes meanwhile is read again next time
         rows_read, newest = _one(session, render_sql(changes_select(config, entity, None), dialect))
-        session.execute_together(_locked(dialect, [kept_drop(entity), render_sql(kept_create(config, entity, now), dialect)]))
+        session.execute_together(_locked(dialect, [kept_drop(entity), render_sql(kept_create(config, entity, now, counted), dialect)]))
         (customers,) = _one(session, f"SELECT COUNT(*) FROM {KEPT_FACTS[entity]}")
-        mark = Watermark(entity, _newest(newest, now), now, now, fingerprint(config, entity), int(rows_read), int(customers))
+        mark = Watermark(entity, _newest(newest, now), now, now, fingerprint(config, entity, counted), int(rows_read),
+                         int(customers))
         ledger.save_watermark(mark)
         return replace(cost, reason=f"built whole; {cost.reason}", mark=mark)
     newest = _newest(newest, now)

@@ -94,7 +94,7 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
                                       bind=dialect_named(config.dialect).binds_instants, settled=settled, wrap=wrap,
                                       zone_due=settling, shard=shard)
             for entity in statement.facts:
-                create_shared_table(session, config, now, campaigns, entity, created)
+                create_shared_table(session, config, now, campaigns, entity, created, kept)
             if wrap is None:
                 yield from session.stream(statement.text, batch_size, statement.parameters)
             else:
@@ -114,15 +114,16 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
 
 
 def create_shared_table(session: Session, config: ProjectConfig, now: datetime, campaigns: list[Campaign],
-                        name: str, created: list[str]) -> None:
+                        name: str, created: list[str], kept: StateRelations | None = None) -> None:
     """Create the pass's shared table ``name`` (``compile.SHARED_FACTS`` / ``SHARED_ROWS``) unless in
-    ``created``, after the shared tables it reads (the order rows read the order facts); appends to ``created``."""
+    ``created``, after the shared tables it reads (the order rows read the order facts, or the kept
+    ones: ``kept``, run.incremental); appends to ``created``."""
     if name in created:
         return
-    statement = facts_statement(name, config, now, campaigns)
+    statement = facts_statement(name, config, now, campaigns, kept)
     for needed in statement.facts:
         if needed != name:
-            create_shared_table(session, config, now, campaigns, needed, created)
+            create_shared_table(session, config, now, campaigns, needed, created, kept)
     drop_facts(session, config, name)
     session.execute(statement.text)
     created.append(name)

@@ -128,7 +128,8 @@ class Reconciler:
                    and settle.settles(c, self.config, python_shard, customer_id)]
         held = self.ledger.campaigns_held(unknown) if unknown else set()
         kept, self.facts_costs = incremental.refresh(self.warehouse, self.ledger, self.config, now,
-                                                     writes=self.writes and customer_id is None, shares=in_query)
+                                                     writes=self.writes and customer_id is None, shares=in_query,
+                                                     campaigns=self.project.campaigns)
         with plan.due_rows(self.warehouse, self.ledger, self.config, now, ordered, exclude_ledger=in_query,
                            customer_id=customer_id, batch_size=self.batch_size, shard=sql_shard, kept=kept) as rows_of:
             for position, campaign in enumerate(ordered, 1):

@@ -148,12 +148,12 @@ def counted_statuses(campaigns: Sequence[Campaign]) -> tuple[tuple[str, ...], ..
     return tuple(sorted(s for s in counted if s is not None))
 
 
-def shared_table_create(name: str, config: ProjectConfig, now: datetime,
-                        campaigns: Sequence[Campaign]) -> exp.Create | None:
+def shared_table_create(name: str, config: ProjectConfig, now: datetime, campaigns: Sequence[Campaign],
+                        kept: StateRelations | None = None) -> exp.Create | None:
     """CREATE TEMPORARY TABLE of one shared table of a pass over ``campaigns``: per-customer facts
     (``SHARED_FACTS``: the order facts with the counts the shared rows need) or per-order rows
-    (``SHARED_ROWS``: built by the trigger kind for its campaigns that read them); None when no
-    campaign reads the rows."""
+    (``SHARED_ROWS``: built by the trigger kind for its campaigns that read them, over the kept
+    per-customer facts where ``kept`` names them: sql.kept_facts); None when no campaign reads the rows."""
     if name not in SHARED_ROWS:
         return shared_facts_create(name, config, now, counted_statuses(campaigns) if name == "orders" else ())
     readers: dict[object, list[Campaign]] = {}
@@ -164,7 +164,7 @@ def shared_table_create(name: str, config: ProjectConfig, now: datetime,
     if len(readers) != 1:  # one kind per shared table (none: not read)
         return None
     (kind, readers_of_kind), = readers.items()
-    builder = QueryBuilder(config, now, config.dialect, shared_facts=True)
+    builder = QueryBuilder(config, now, config.dialect, shared_facts=True, state=kept)
     rows = kind.shared_rows_select(builder, readers_of_kind)
     return None if rows is None else temporary_table(SHARED_ROWS[name], builder.with_ctes(rows))
 

@@ -15,7 +15,11 @@ plus ``pending_at``, the earliest of their rows dated after it: an order placed 
 the pass (a clock ahead, a pre-order) becomes a fact when the instant reaches it, so a later
 refresh recomputes such customers too. Touched customers are recomputed from all their rows (not
 patched from the delta), so a status update, a changed total or a row that arrives late all end
-in the same facts a full computation gives.
+in the same facts a full computation gives. The order facts also count the orders of each status
+set the project's campaigns rank by (``counted``: ``compile.counted_column``, as the pass's
+temporary facts do), so the shared order rows (``compile.SHARED_ROWS``) read the kept table too
+and a pass with kept facts runs no GROUP BY of the orders; the sets are part of the
+``fingerprint``, so a campaign that ranks by another set rebuilds the table.
 
 Pure: builds expressions, executes nothing.
 """
@@ -25,10 +29,12 @@ import hashlib
 import json
 from datetime import datetime
 
+from collections.abc import Sequence
+
 from sqlglot import exp
 
 from engine.model import CHANGE_COLUMN, ProjectConfig
-from engine.sql.compile import SHARED_FACTS, QueryBuilder, StateRelations, col, lit
+from engine.sql.compile import SHARED_FACTS, QueryBuilder, StateRelations, col, counted_column, lit
 
 #: Permanent fact tables the engine keeps (entity -> table), in the warehouse's database when the
 #: ledger shares it. Separate names from the pass's temporary SHARED_FACTS tables.
@@ -38,7 +44,9 @@ TOUCHED = {"orders": "engine_touched_orders", "events": "engine_touched_events"}
 #: The instant column of each source the facts are computed over.
 TIME_COLUMN = {"orders": "created_at", "events": "occurred_at"}
 #: Changes when the facts or the way they are kept change: every kept table is then rebuilt.
-FACTS_VERSION = 1
+FACTS_VERSION = 2
+#: status sets whose per-customer order count the kept order facts hold (``compile.counted_column``)
+Counted = Sequence[Sequence[str]]
 
 
 def change_expression(config: ProjectConfig, entity: str) -> str | None:
@@ -47,15 +55,23 @@ def change_expression(config: ProjectConfig, entity: str) -> str | None:
     return None if source is None else source.columns.get(CHANGE_COLUMN)
 
 
-def fingerprint(config: ProjectConfig, entity: str) -> str:
-    """What the kept facts of ``entity`` were computed from: a different one means a rebuild."""
+def _sets(entity: str, counted: Counted) -> list[list[str]]:
+    """The status sets an ``entity``'s kept facts count, each sorted, in a stable order (orders only)."""
+    return sorted({tuple(sorted(set(s))) for s in counted}) if entity == "orders" else []
+
+
+def fingerprint(config: ProjectConfig, entity: str, counted: Counted = ()) -> str:
+    """What the kept facts of ``entity`` were computed from (the source's mapping, the status sets
+    counted): a different one means a rebuild."""
     source = config.sources[entity]
-    text = json.dumps([FACTS_VERSION, config.dialect, entity, source.table, source.query, sorted(source.columns.items())])
+    text = json.dumps([FACTS_VERSION, config.dialect, entity, source.table, source.query, sorted(source.columns.items()),
+                       [list(s) for s in _sets(entity, counted)]])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _facts_columns(entity: str, row: str, facts_at: exp.Expression) -> list[exp.Expression]:
-    """The facts of ``compile.facts_select`` as of ``facts_at``, as conditional aggregates, and ``pending_at``."""
+def _facts_columns(entity: str, row: str, facts_at: exp.Expression, counted: Counted = ()) -> list[exp.Expression]:
+    """The facts of ``compile.facts_select`` as of ``facts_at`` (with its ``counted`` columns), as
+    conditional aggregates, and ``pending_at``."""
     at = col(row, TIME_COLUMN[entity])
     settled = at <= facts_at
 
@@ -70,6 +86,10 @@ def _facts_columns(entity: str, row: str, facts_at: exp.Expression) -> list[exp.
             exp.alias_(exp.Max(this=when(settled.copy(), at.copy())), "last_order_at"),
             exp.alias_(exp.Sum(this=when(settled.copy(), col(row, "total"))), "total_spent"),
         ]
+        facts += [exp.alias_(exp.Sum(this=exp.Case(ifs=[exp.If(
+            this=exp.and_(settled.copy(), col(row, "status").isin(*[lit(s) for s in statuses])),
+            true=exp.Literal.number(1))], default=exp.Literal.number(0))), counted_column(statuses))
+            for statuses in _sets(entity, counted)]
     else:
         login = exp.and_(settled.copy(), col(row, "type").eq(lit("login")))
         facts = [exp.alias_(exp.Max(this=when(settled.copy(), at.copy())), "last_event_at"),
@@ -78,22 +98,23 @@ def _facts_columns(entity: str, row: str, facts_at: exp.Expression) -> list[exp.
     return [col(row, "customer_id"), *facts, pending]
 
 
-def kept_facts_select(config: ProjectConfig, entity: str, facts_at: datetime, touched: str | None = None) -> exp.Query:
+def kept_facts_select(config: ProjectConfig, entity: str, facts_at: datetime, touched: str | None = None,
+                      counted: Counted = ()) -> exp.Query:
     """One row per customer (every customer with a row; only those in the ``touched`` table when given)
-    with their facts as of ``facts_at`` and ``pending_at``."""
+    with their facts as of ``facts_at`` (the orders of each ``counted`` status set counted) and ``pending_at``."""
     builder = QueryBuilder(config, facts_at, config.dialect)
     rows = builder.source(entity)
-    query = exp.select(*_facts_columns(entity, "r", builder.ts(facts_at))).from_(exp.to_table(rows).as_("r"))
+    query = exp.select(*_facts_columns(entity, "r", builder.ts(facts_at), counted)).from_(exp.to_table(rows).as_("r"))
     if touched is not None:
         query = query.where(col("r", "customer_id").isin(query=exp.select(col("k", "customer_id"))
                                                           .from_(exp.to_table(touched).as_("k"))))
     return builder.with_ctes(query.group_by(col("r", "customer_id")))
 
 
-def kept_create(config: ProjectConfig, entity: str, facts_at: datetime) -> exp.Create:
+def kept_create(config: ProjectConfig, entity: str, facts_at: datetime, counted: Counted = ()) -> exp.Create:
     """CREATE TABLE of the kept facts of every customer (a build: the first pass, or after a rebuild)."""
     return exp.Create(this=exp.to_table(KEPT_FACTS[entity]), kind="TABLE",
-                      expression=kept_facts_select(config, entity, facts_at))
+                      expression=kept_facts_select(config, entity, facts_at, counted=counted))
 
 
 def kept_drop(entity: str) -> str:
@@ -138,13 +159,13 @@ def touched_summary(entity: str) -> exp.Query:
                       exp.Max(this=exp.column("newest"))).from_(exp.to_table(TOUCHED[entity]))
 
 
-def kept_replace(config: ProjectConfig, entity: str, facts_at: datetime) -> list[exp.Expression]:
+def kept_replace(config: ProjectConfig, entity: str, facts_at: datetime, counted: Counted = ()) -> list[exp.Expression]:
     """DELETE the touched customers' kept rows and INSERT them recomputed as of ``facts_at``
     (one transaction: the caller's)."""
     kept, touched = KEPT_FACTS[entity], TOUCHED[entity]
     delete = exp.delete(kept).where(exp.column("customer_id").isin(
         query=exp.select(col("k", "customer_id")).from_(exp.to_table(touched).as_("k"))))
-    insert = exp.insert(kept_facts_select(config, entity, facts_at, touched), kept)
+    insert = exp.insert(kept_facts_select(config, entity, facts_at, touched, counted), kept)
     return [delete, insert]
 
 

@@ -194,13 +194,15 @@ def due_statement(campaign: Campaign, config: ProjectConfig, now: datetime, *, e
     return prepared.bound(now) if bind else prepared.literal(now)
 
 
-def facts_statement(entity: str, config: ProjectConfig, now: datetime, campaigns: Sequence[Campaign] = ()) -> Statement:
+def facts_statement(entity: str, config: ProjectConfig, now: datetime, campaigns: Sequence[Campaign] = (),
+                    kept: StateRelations | None = None) -> Statement:
     """CREATE TEMPORARY TABLE of one shared table of a pass over ``campaigns`` at ``now`` (a
     ``SHARED_FACTS`` entity or a ``SHARED_ROWS`` name: ``due.shared_table_create``), compiled once
     per project version, with literals (a CREATE TABLE AS takes no bind parameters in every
-    database). ``facts``: the other shared tables it reads, to create first."""
+    database). ``facts``: the other shared tables it reads, to create first. ``kept``: the
+    per-customer facts the engine keeps (run.incremental), which shared rows read instead."""
     def built(instant):
-        create = shared_table_create(entity, config, instant, campaigns)
+        create = shared_table_create(entity, config, instant, campaigns, kept)
         if create is None:  # pragma: no cover - a pass creates the rows a due query of it reads
             raise ValueError(f"no campaign of the pass reads the shared table {entity}")
         return create
@@ -212,7 +214,11 @@ def facts_statement(entity: str, config: ProjectConfig, now: datetime, campaigns
     if not COMPILE_ONCE:
         return literal()
     owners = (config, *campaigns) if entity in SHARED_ROWS else (config,)
-    shape = ("facts", entity, config.dialect, counted_statuses(campaigns) if entity == "orders" else len(campaigns))
+    kept_shape = _state_shape(kept)
+    if kept_shape is None:  # pragma: no cover - kept facts are tables
+        return literal()
+    shape = ("facts", entity, config.dialect, counted_statuses(campaigns) if entity == "orders" else len(campaigns),
+             kept_shape)
     prepared = _cache.get(owners, shape, lambda: prepare(built, config.dialect))
     if prepared is None:  # pragma: no cover - the facts depend on the instant only through ts()
         return literal()
