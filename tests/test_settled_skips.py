@@ -25,6 +25,7 @@ from engine.model import Step
 from engine.run import plan, settle
 from engine.sql.due import settled_in_sql, zone_due_times
 from engine.state.ledger import ledger_table, metadata
+from engine.state.ledger_tables import settled_table
 from engine.state.warehouse import Database
 from engine.tools.demo import build_demo, load_shop
 from history import INSTANTS, shared_history
@@ -139,7 +140,9 @@ def test_a_pass_settles_in_sql_only_where_it_pays(tmp_path, monkeypatch):
     """The settle statement scans a campaign's trigger instances once more: a first pass runs it for
     a campaign the ledger has never seen; a pass after one that found fewer than ``SETTLE_FROM``
     settled skips (either way) reads them row by row, and one after a pass that found more settles
-    again; a new process on a ledger that holds the campaign starts row by row."""
+    again; a new process decides from the counts the ledger remembers, settles every campaign after a
+    gap longer than ``REMEMBERED_FOR``, and on a ledger that remembers none starts row by row where the
+    ledger holds the campaign."""
     url = database_url("duckdb", tmp_path)
     build_demo(url, seed=42, customers=2000, anchor="2025-01-10T00:00:00Z")
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
@@ -174,20 +177,94 @@ def test_a_pass_settles_in_sql_only_where_it_pays(tmp_path, monkeypatch):
         assert any(later[name] > 0 for name in settling - many)  # a day's stale or stopped rows, counted row by row
     finally:
         reconciler.close()
+    last = dict(reconciler.settled_last)
+    # a new process a minute later decides as the running one would: from the counts the ledger remembers
+    # (engine_settled), without asking which campaigns it holds rows of
+    fresh = Reconciler(load_project(root))
+    asked: list[list[str]] = []
+    try:
+        held = fresh.ledger.campaigns_held
+        monkeypatch.setattr(fresh.ledger, "campaigns_held", lambda names: asked.append(names) or held(names))
+        ran.clear()
+        fresh.run_once(NOW + timedelta(days=2, minutes=1))
+        assert set(ran) == {name for name, n in last.items() if n >= 50} and asked == []
+    finally:
+        fresh.close()
+    # after a gap of more than settle.REMEMBERED_FOR without a pass, a backlog may wait: every campaign settles
     fresh = Reconciler(load_project(root))
     try:
         ran.clear()
+        fresh.run_once(NOW + timedelta(days=3))
+        assert set(ran) == settling
+    finally:
+        fresh.close()
+    # a ledger that remembers nothing (from before migration 0007)
+    fresh = Reconciler(load_project(root))
+    try:
+        with fresh.ledger.db.engine.begin() as conn:
+            conn.execute(settled_table.delete())
+        ran.clear()
         in_ledger = {row[0] for row in fresh.ledger.counts()}
-        asked: list[list[str]] = []
         held = fresh.ledger.campaigns_held
         monkeypatch.setattr(fresh.ledger, "campaigns_held", lambda names: asked.append(names) or held(names))
-        fresh.run_once(NOW + timedelta(days=3))
+        fresh.run_once(NOW + timedelta(days=4))
         assert len(asked) == 1 and set(asked[0]) == settling  # one query for every campaign of the pass
         # a campaign the ledger holds rows of: a new process starts row by row; one nobody was ever due
         # for (the shipped re-activate on the demo's data) settles again, which costs one query
         assert set(ran) == settling - in_ledger and settling & in_ledger
     finally:
         fresh.close()
+
+
+def test_passes_and_restarts_deciding_from_the_remembered_counts_record_what_row_by_row_records(tmp_path, monkeypatch):
+    """Settling in SQL or row by row is only a question of cost: a ledger planned by passes that
+    decide it from what they remember (in the process, else from the ledger: ``engine_settled``) -
+    a minute apart, across restarts and after a gap - holds at every step exactly the rows a ledger
+    planned row by row holds, and both ways were taken."""
+    reconcilers = {}
+    for name in ("deciding", "row_by_row"):
+        url = database_url("duckdb", tmp_path, name)
+        build_demo(url, seed=42, customers=2000, anchor="2025-01-10T00:00:00Z")
+        reconcilers[name] = (url, copy_project(tmp_path / name))
+    monkeypatch.setattr(settle, "SETTLE_FROM", 20)  # the demo's passes find tens of skips: both ways are taken
+    ran: list[str] = []
+    record = settle.record_settled
+    monkeypatch.setattr(settle, "record_settled", lambda campaign, *a, **k: ran.append(campaign.name) or record(campaign, *a, **k))
+    minute = timedelta(minutes=1)
+    schedule = [(NOW, False), (NOW + minute, False), (NOW + 2 * minute, True), (NOW + 3 * minute, False),
+                (NOW + timedelta(hours=5), True), (NOW + timedelta(hours=5) + minute, True),
+                (NOW + timedelta(days=1), False)]  # (instant, a new process first)
+    open_ = {}
+
+    def reconciler(name: str, restart: bool) -> Reconciler:
+        if restart and name in open_:
+            open_.pop(name).close()
+        if name not in open_:
+            url, root = reconcilers[name]
+            monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+            open_[name] = Reconciler(load_project(root))
+        return open_[name]
+
+    settled_passes, row_passes = 0, 0
+    try:
+        for now, restart in schedule:
+            ran.clear()
+            deciding = reconciler("deciding", restart)
+            report = deciding.run_once(now)
+            assert not report.failed_campaigns and not report.errors
+            settled_passes += bool(ran)
+            row_passes += bool(set(deciding.settled_last) - set(ran))
+            with monkeypatch.context() as patch:
+                patch.setattr(settle, "settles", lambda *_args, **_kwargs: False)
+                expected = reconciler("row_by_row", restart).run_once(now)
+            assert _ledger_rows(deciding) == _ledger_rows(open_["row_by_row"]), now
+            assert report.by_channel == expected.by_channel, now
+        assert settled_passes >= 3 and row_passes >= 3  # SQL and row by row both taken, after restarts too
+        skips = [r for r in _ledger_rows(open_["row_by_row"]) if r[COMPARED.index(ledger_table.c.reason)] in ("stale", "stopped")]
+        assert len(skips) > 100
+    finally:
+        for opened in open_.values():
+            opened.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -123,10 +123,15 @@ class Reconciler:
         # a replica's shard: in the due queries where the dialect computes the stable hash, else per batch
         sql_shard = self.shard if plan.shard_in_sql(self.config) else None
         python_shard = None if sql_shard is not None else self.shard
-        # a campaign this process has not planned yet settles when the ledger has none of it: one query for all
+        # a campaign this process has not planned yet: as the ledger remembers its last pass (engine_settled),
+        # else it settles when the ledger has none of its rows - one query each for all campaigns
         unknown = [c.name for c in ordered if report is not None and c.name not in self.settled_last
                    and settle.settles(c, self.config, python_shard, customer_id)]
+        if unknown:
+            self.settled_last.update(settle.remembered(self.ledger.settled_memory(unknown), now))
+            unknown = [name for name in unknown if name not in self.settled_last]
         held = self.ledger.campaigns_held(unknown) if unknown else set()
+        planned: list[str] = []  # the campaigns whose settled skips this pass counted, remembered at its end
         kept, self.facts_costs = incremental.refresh(self.warehouse, self.ledger, self.config, now,
                                                      writes=self.writes and customer_id is None, shares=in_query,
                                                      campaigns=self.project.campaigns)
@@ -147,6 +152,7 @@ class Reconciler:
                             settled = "exclude"
                         else:  # row by row this time; what it finds decides the next pass
                             counted = self.settled_last[campaign.name] = 0
+                        planned.append(campaign.name)
                     for batch in plan.decided_batches(campaign, rows_of(campaign, settled), now, self.config, self.ledger,
                                                       ledger_in_query=in_query, shard=python_shard,
                                                       progress=self.progress):
@@ -157,6 +163,8 @@ class Reconciler:
                                                       rules)
                         if batch:
                             yield batch
+        if planned:  # a new process decides as this one would (settle.remembered)
+            self.ledger.remember_settled({name: self.settled_last[name] for name in planned}, now)
 
     def run_once(self, now: datetime, campaigns: list[Campaign] | None = None,
                  stop: threading.Event | None = None) -> PassReport:

@@ -22,12 +22,12 @@ render or send.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Container
-from datetime import datetime
+from collections.abc import Container, Mapping
+from datetime import datetime, timedelta
 
 from sqlglot import exp
 
-from engine.clock import parse_stored_timestamp
+from engine.clock import parse_stored_timestamp, to_utc
 from engine.dialects import dialect_named
 from engine.model import Campaign, ProjectConfig
 from engine.run.messages import PassReport
@@ -59,9 +59,25 @@ def settles(campaign: Campaign, config: ProjectConfig, shard: tuple[int, int] | 
     return shard is None and customer_id is None and bool(settled_steps(campaign, zone_due=True, dialect=config.dialect))
 
 
+#: How long a campaign's count remembered in the ledger (``engine_settled``, ``remembered``) stands for
+#: a new process: after a longer gap without a pass (a stopped service, a cron that did not run) a
+#: backlog of settled skips may be waiting, and the next pass settles it in SQL.
+REMEMBERED_FOR = timedelta(hours=1)
+
+
+def remembered(memory: Mapping[str, tuple[datetime, int]], now: datetime) -> dict[str, int]:
+    """``worth_settling``'s ``last_count`` of each campaign the ledger remembers
+    (``Ledger.settled_memory``: the instant of its last pass and the settled skips that pass found),
+    for a process that has not planned it yet: the count, or ``SETTLE_FROM`` (a backlog) when that
+    pass is more than ``REMEMBERED_FOR`` before ``now``. Only decides SQL or row by row: both record
+    the same skips."""
+    return {name: found if to_utc(now) - at <= REMEMBERED_FOR else SETTLE_FROM for name, (at, found) in memory.items()}
+
+
 def worth_settling(campaign: Campaign, last_count: int | None, held: Container[str]) -> bool:
     """Whether settling ``campaign``'s skips in SQL pays in this pass. ``last_count``: the settled
-    skips its last pass in this process found (either way), None before its first; ``held``: the
+    skips its last pass found (either way: in this process, else as the ledger remembers it,
+    ``remembered``), None when neither knows; ``held``: the
     campaigns the ledger holds rows of (``Ledger.campaigns_held``, one query for the whole pass). A
     first pass settles a campaign the ledger has never seen (a new campaign or ledger: its whole
     history of stale and stopped rows); a campaign already running has only the few skips that

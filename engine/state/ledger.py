@@ -56,6 +56,7 @@ from engine.state.ledger_tables import (  # noqa: F401 - re-exported: the tests 
 )
 from engine.state.ledger_writer import LedgerWriter, Record
 from engine.state.tables import LEDGER_TABLE
+from engine.state.settled import SettledStore
 from engine.state.watermarks import WatermarkStore
 from engine.state.warehouse import Database
 
@@ -88,7 +89,7 @@ def _digest(contact: str) -> str:
 SNAPSHOT_LIMIT = 50_000
 
 
-class Ledger(CouponStore, EventStore, WatermarkStore, LedgerReader, LedgerWriter):
+class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader, LedgerWriter):
     """The ledger as the pass uses it: its reads (``LedgerReader``'s and the policies'), and every write
     (``LedgerWriter``, ledger_writer.py, lists them)."""
 

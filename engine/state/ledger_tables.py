@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from engine.state.tables import (
     COUPON_CLAIMS_TABLE, COUPON_CODES_TABLE, ENTRIES_TABLE, EVENTS_TABLE, GONE_CONTACTS_TABLE, LEDGER_TABLE, SUPPRESSIONS_TABLE, TAGS_TABLE, UNSUBSCRIBES_TABLE,
-    WATERMARKS_TABLE,
+    SETTLED_TABLE, WATERMARKS_TABLE,
 )
 
 metadata = sa.MetaData()
@@ -163,4 +163,16 @@ watermarks_table = sa.Table(
     sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("rows_read", sa.BigInteger, nullable=False),
     sa.Column("customers_touched", sa.BigInteger, nullable=False),
+)
+
+#: The settle stage's memory (engine.run.settle.worth_settling), one row per campaign: the instant of the
+#: last pass that planned it (``settled_at``) and how many settled skips (stale, stopped, no_variant) that
+#: pass found, in SQL or row by row (``found``), so that a new process decides as a running one would.
+#: Migration 0007.
+settled_table = sa.Table(
+    SETTLED_TABLE,
+    metadata,
+    sa.Column("campaign", sa.String(64), primary_key=True),
+    sa.Column("settled_at", sa.DateTime, nullable=False),
+    sa.Column("found", sa.BigInteger, nullable=False),
 )
