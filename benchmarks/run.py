@@ -682,6 +682,7 @@ def _pass_plan(reconciler, project_dir: Path, now, repeat: int, settling: str, r
         if reset:
             _reset_ledger(reconciler, project_dir)
         reconciler.settled_last.clear()
+        reconciler.settled_remembered.clear()  # a new process: what the ledger remembers is read again
         report, settled = PassReport(now=now), PassReport(now=now)
         counts = {"rows": 0, "send": 0, "skip": 0}
         with mock.patch.object(settle, "worth_settling", choose):

@@ -102,3 +102,47 @@ def test_the_per_zone_window_keeps_every_row_python_would_keep_and_little_else()
                     assert min(kept) - window.earliest <= slack
                     assert window.earliest >= plain.earliest and window.due_cutoff <= plain.due_cutoff + ZONE_MARGIN
     assert checked > 100_000
+
+
+def test_the_per_zone_date_window_keeps_every_date_python_would_keep_and_at_most_a_day_more():
+    """compile._local_day_bound: for a date trigger (order_date: the customer's local midnight of the
+    date), the per-zone bounds as dates. Every date Python keeps (due by now, not past due +
+    freshness + stale horizon) must pass both bounds - compared as a date column compares with a
+    timestamp, at its midnight - and no date more than a day beyond the kept ones may."""
+    from datetime import date
+
+    from engine.decide import due_time, local_midnight
+    from engine.model import Step
+    from engine.sql.compile import _local_day_bound, zone_window
+
+    checked = tight = 0
+    for name in ZONES + ["America/Santiago", "Asia/Beirut", "America/Havana"]:  # + a clock that skips midnight
+        zone = ZoneInfo(name)
+        instants = [datetime(2025, 3, 1, 7, 13, tzinfo=timezone.utc), datetime(2025, 7, 4, 23, 59, tzinfo=timezone.utc)]
+        for change in _offset_changes(zone)[:2]:
+            instants += [change + timedelta(hours=h) for h in (-26, -3, 1, 2, 3, 9, 25)]
+        for now in instants:
+            for delay, clock, freshness in STEPS:
+                step = Step("s", delay, (), freshness=freshness, send_at=clock)
+                window = zone_window(step, now, HORIZON, zone)
+                latest = _local_day_bound(window, zone, "due_cutoff").replace(tzinfo=None)
+                earliest = None if window.earliest is None else _local_day_bound(window, zone, "earliest").replace(tzinfo=None)
+                kept, passed = [], []
+                day = (now - delay).date() + timedelta(days=3)
+                while day >= (now - delay).date() - timedelta(days=12):
+                    midnight = datetime.combine(day, time(0))  # a date compared with a timestamp
+                    inside = midnight <= latest and (earliest is None or midnight >= earliest)
+                    due = due_time(local_midnight(day, zone), step, zone)
+                    if due <= now and not (freshness is not None and now > due + freshness + HORIZON):
+                        kept.append(day)
+                        assert inside, f"{name} {now} {step}: due date {day} cut off ({earliest} - {latest})"
+                    elif inside:
+                        passed.append(day)
+                    day -= timedelta(days=1)
+                    checked += 1
+                assert kept or freshness is not None and freshness < timedelta(days=1), f"{name} {now} {step}"
+                if kept:  # the bounds reach at most a day beyond the kept dates on each side
+                    assert all(min(kept) - timedelta(days=1) <= d <= max(kept) + timedelta(days=1) for d in passed), \
+                        f"{name} {now} {step}: {passed} beyond {min(kept)} - {max(kept)}"
+                    tight += not passed
+    assert checked > 10_000 and tight > 100

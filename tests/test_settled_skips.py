@@ -365,3 +365,16 @@ def test_a_split_that_leaves_customers_out_settles_their_no_variant_skips_in_sql
     assert len(reached_before) > 20 and reached == []
     assert rows == expected_rows
     assert counts == expected_counts
+
+
+def test_a_steady_pass_tells_the_ledger_only_what_changed_or_would_read_as_a_gap():
+    """settle.to_remember: a count the ledger does not hold, or holds from more than half of
+    ``REMEMBERED_FOR`` ago, is written; the same count written a minute ago is not."""
+    written = NOW - timedelta(minutes=1)
+    remembered = {"same": (written, 3), "other": (written, 3), "old": (NOW - settle.REMEMBERED_FOR, 3)}
+    found = {"same": 3, "other": 4, "old": 3, "new": 0}
+    assert settle.to_remember(found, remembered, NOW) == {"other": 4, "old": 3, "new": 0}
+    assert settle.to_remember({"same": 3}, remembered, NOW + settle.REMEMBERED_FOR / 2 - timedelta(minutes=2)) == {}
+    # what a new process reads: the count, or a backlog after a gap longer than REMEMBERED_FOR
+    assert settle.remembered(remembered, NOW) == {"same": 3, "other": 3, "old": 3}
+    assert settle.remembered(remembered, NOW + timedelta(minutes=1)) == {"same": 3, "other": 3, "old": settle.SETTLE_FROM}

@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Callable, Iterator
 
+from engine.clock import to_utc
 from engine.model import Campaign, Project
 from engine.progress import Progress
 from engine.run import incremental, plan, policies, settle
@@ -74,6 +75,8 @@ class Reconciler:
             self.ledger, self.ledger_shares_warehouse = open_ledger(self.config, self.warehouse, writes)
         self.key_kinds: dict[tuple[str, str], str] = {}  # (entity, id column) -> "int" | "str" | "cast"
         self.settled_last: dict[str, int] = {}  # campaign -> settled skips its last pass found (settle.worth_settling)
+        #: campaign -> (instant, count) the ledger holds of it (engine_settled), as this process read or wrote it
+        self.settled_remembered: dict[str, tuple[datetime, int]] = {}
         self.writes = writes
         #: how the last ``due`` read each source's per-customer facts (run.incremental; ``engine plan --explain-cost``)
         self.facts_costs: list[incremental.SourceCost] = []
@@ -128,7 +131,9 @@ class Reconciler:
         unknown = [c.name for c in ordered if report is not None and c.name not in self.settled_last
                    and settle.settles(c, self.config, python_shard, customer_id)]
         if unknown:
-            self.settled_last.update(settle.remembered(self.ledger.settled_memory(unknown), now))
+            memory = self.ledger.settled_memory(unknown)
+            self.settled_remembered.update(memory)
+            self.settled_last.update(settle.remembered(memory, now))
             unknown = [name for name in unknown if name not in self.settled_last]
         held = self.ledger.campaigns_held(unknown) if unknown else set()
         planned: list[str] = []  # the campaigns whose settled skips this pass counted, remembered at its end
@@ -163,8 +168,11 @@ class Reconciler:
                                                       rules)
                         if batch:
                             yield batch
-        if planned:  # a new process decides as this one would (settle.remembered)
-            self.ledger.remember_settled({name: self.settled_last[name] for name in planned}, now)
+        # a new process decides as this one would (settle.remembered); a steady pass writes nothing
+        changed = settle.to_remember({name: self.settled_last[name] for name in planned}, self.settled_remembered, now)
+        if changed:
+            self.ledger.remember_settled(changed, now)
+            self.settled_remembered.update({name: (to_utc(now), count) for name, count in changed.items()})
 
     def run_once(self, now: datetime, campaigns: list[Campaign] | None = None,
                  stop: threading.Event | None = None) -> PassReport:

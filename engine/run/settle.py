@@ -74,6 +74,17 @@ def remembered(memory: Mapping[str, tuple[datetime, int]], now: datetime) -> dic
     return {name: found if to_utc(now) - at <= REMEMBERED_FOR else SETTLE_FROM for name, (at, found) in memory.items()}
 
 
+def to_remember(found: Mapping[str, int], remembered: Mapping[str, tuple[datetime, int]],
+                now: datetime) -> dict[str, int]:
+    """Of a pass's counts (``found``), those the ledger must be told (``Ledger.remember_settled``):
+    a count it does not hold (``remembered``: what this process read or wrote last), or one it
+    wrote more than half of ``REMEMBERED_FOR`` ago (so that it never reads as a gap between
+    passes). A steady pass writes nothing."""
+    return {name: count for name, count in found.items()
+            if name not in remembered or remembered[name][1] != count
+            or to_utc(now) - remembered[name][0] > REMEMBERED_FOR / 2}
+
+
 def worth_settling(campaign: Campaign, last_count: int | None, held: Container[str]) -> bool:
     """Whether settling ``campaign``'s skips in SQL pays in this pass. ``last_count``: the settled
     skips its last pass found (either way: in this process, else as the ledger remembers it,

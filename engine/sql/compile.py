@@ -674,20 +674,49 @@ def without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step) -> ex
         col("l", "message_key").is_(exp.null()))
 
 
-def per_zone_window(builder: QueryBuilder, step: Step, window: StepWindow, zones: Sequence[object]) -> list[exp.Expression]:
+def _local_day_bound(window: StepWindow, zone: ZoneInfo, attribute: str) -> datetime:
+    """A ``zone_window`` bound on trigger instants as a bound on the dates whose local midnight in
+    ``zone`` is the instant (a date trigger, ``TriggerKind.local_date``), written as that date's
+    midnight, a second before: ``due_cutoff`` becomes the last second of the latest date whose
+    midnight is at or before it, ``earliest`` the second before the first date whose midnight is
+    at or after it. A second off midnight, so that a date column, a date kept as text (which sorts
+    before its own midnight's text) and a timestamp column holding the date with a time of day
+    all compare alike. ``zone_window``'s margin covers a midnight the local clock skips or repeats."""
+    value = getattr(window, attribute)
+    local = value.astimezone(zone)
+    day = local.date()
+    if attribute == "due_cutoff" or local.time() != datetime.min.time():
+        day += timedelta(days=1)
+    return datetime.combine(day, datetime.min.time(), tzinfo=value.tzinfo) - timedelta(seconds=1)
+
+
+def per_zone_window(builder: QueryBuilder, step: Step, window: StepWindow, zones: Sequence[object],
+                    dates: bool = False) -> list[exp.Expression]:
     """The trigger time bounds of ``zone_window`` for each of ``zones`` (the customers' time zone
-    values), chosen by the customer's zone column; other values keep the plain ``window``."""
+    values), chosen by the customer's zone column; other values keep the plain ``window``.
+    ``dates``: the trigger is a date anchored at the customer's local midnight (``TriggerKind.local_date``):
+    the bounds become dates (``_local_day_bound``), other values keep the window widened by the
+    farthest zones (``LOCAL_DAY_EARLIER``, ``LOCAL_DAY_LATER``)."""
     default, horizon = builder.config.default_timezone, builder.config.stale_horizon
     # zone_window of the pass instant (derive: at bind time when the query is compiled once)
     bounds = {value: derive(builder.now, lambda now, z=customer_zone(value, default): zone_window(step, now, horizon, z))
               for value in zones if value is None or isinstance(value, str)}
+    zones_of = {value: customer_zone(value, default) for value in bounds}
     zone = col("c", "timezone")
+
+    def bound_of(value, attribute: str):
+        if dates:
+            return derive(bounds[value], lambda window, z=zones_of[value]: _local_day_bound(window, z, attribute))
+        return derive(bounds[value], lambda window: getattr(window, attribute))
 
     def pick(attribute: str) -> exp.Expression:
         ifs = [exp.If(this=zone.copy().is_(exp.null()) if value is None else zone.copy().eq(lit(value)),
-                      true=builder.ts(derive(bound, lambda window: getattr(window, attribute))))
-               for value, bound in bounds.items()]
-        return exp.Case(ifs=ifs, default=builder.ts(getattr(window, attribute)))
+                      true=builder.ts(bound_of(value, attribute)))
+               for value in bounds]
+        plain = getattr(window, attribute)
+        if dates:
+            plain = plain + LOCAL_DAY_LATER if attribute == "due_cutoff" else plain - LOCAL_DAY_EARLIER
+        return exp.Case(ifs=ifs, default=builder.ts(plain))
 
     if not bounds:
         return []

@@ -216,6 +216,10 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                 conditions.append(col("t", "trigger_at") >= builder.ts(window.earliest))
             if step.send_at is not None and zones is not None:
                 conditions += per_zone_window(builder, step, window, zones)
+        elif kind.local_date and kind.keys_in_sql and step.send_at is not None and zones is not None:
+            # a date anchored at the customer's local midnight: per zone, the dates that can be due and not
+            # yet beyond the stale horizon, not the plain window widened by the farthest zones on both sides
+            conditions += per_zone_window(builder, step, window, zones, dates=True)
         conditions += kind.conditions(campaign.trigger)
         waits = []
         if any(s.wait is not None for s in campaign.steps):  # the awaited event's instant (NULL for other steps)
