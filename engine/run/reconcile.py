@@ -146,6 +146,7 @@ class Reconciler:
                             settled = "exclude"
                         else:  # row by row this time; what it finds decides the next pass
                             counted = self.settled_last[campaign.name] = 0
+                    reentry_before = rules.state.history_skips.get(campaign.name, 0)
                     for batch in plan.decided_batches(campaign, rows_of(campaign, settled), now, self.config, self.ledger,
                                                       ledger_in_query=in_query, shard=python_shard,
                                                       progress=self.progress):
@@ -156,6 +157,8 @@ class Reconciler:
                                                       rules)
                         if batch:
                             yield batch
+                    if counted is not None:  # the re-entry skips the policy stage found, which SQL could settle
+                        self.settled_last[campaign.name] += rules.state.history_skips.get(campaign.name, 0) - reentry_before
 
     def run_once(self, now: datetime, campaigns: list[Campaign] | None = None,
                  stop: threading.Event | None = None) -> PassReport:
