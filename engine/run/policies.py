@@ -278,10 +278,10 @@ def reentry_history(batch: list, inputs: PolicyInputs) -> list:
     fresh, decided = inputs.state.new_instances, []
     for m in batch:
         if m.action == "send" and m.campaign in history:
-            mine = fresh.setdefault((m.campaign, m.customer_id), set())
+            mine = fresh.get((m.campaign, m.customer_id), ())
             held = [(k, at) for k, at in history[m.campaign].get(m.customer_id, []) if k not in mine]
-            if m.trigger_key not in {k for k, _ in held}:
-                mine.add(m.trigger_key)  # not in the ledger before: a claim of it later is this pass's
+            if m.trigger_key not in {k for k, _ in held}:  # new: a claim of it the ledger holds later is this pass's
+                fresh.setdefault((m.campaign, m.customer_id), set()).add(m.trigger_key)
             if _blocks(rules[m.campaign], m, held):
                 m = replace(m, action="skip", reason="reentry")
                 campaign = inputs.campaigns[m.campaign]

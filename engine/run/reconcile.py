@@ -158,7 +158,8 @@ class Reconciler:
                         if batch:
                             yield batch
                     if counted is not None:  # the re-entry skips the policy stage found, which SQL could settle
-                        self.settled_last[campaign.name] += rules.state.history_skips.get(campaign.name, 0) - reentry_before
+                        found = rules.state.history_skips.get(campaign.name, 0) - reentry_before
+                        self.settled_last[campaign.name] += found
 
     def run_once(self, now: datetime, campaigns: list[Campaign] | None = None,
                  stop: threading.Event | None = None) -> PassReport:

@@ -1,4 +1,4 @@
-"""The settle stage: the skips the warehouse decides (stale, stopped, no_variant, reentry) recorded set-based, never as messages.
+"""The settle stage: the skips the warehouse decides (stale, stopped, no_variant, reentry) recorded set-based.
 
 A row of a step ``due.settled_in_sql`` accepts is settled when SQL alone knows it is skipped: a
 stop condition holds, its freshness ran out, or no variant qualifies, A/B shares included

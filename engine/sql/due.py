@@ -23,7 +23,8 @@ from engine.dialects import dialect_named
 from engine.model import Campaign, ProjectConfig
 from engine.model import Step
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, REENTRY_HISTORY, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN, awaited_event,
+    CUSTOMER_PREFIX, REENTRY_HISTORY, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN,
+    awaited_event,
     SHARED_ROWS, calendar_slack, col, exists, is_customer, join_trigger_properties, lit, per_zone_window, render_sql,
     shared_facts_create, step_window, temporary_table, text, ts, variant_columns, without_ledger_rows,
 )
