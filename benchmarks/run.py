@@ -838,6 +838,38 @@ def _hash_in_sql_rows(reconciler, project_dir: Path, now, repeat: int, floor: fl
     return rows
 
 
+def _holdout_rows(reconciler, now, repeat: int, floor: float) -> list[dict]:
+    """What deciding a holdout in Python costs (issue 15.1: could the warehouse hash it, as it does A/B
+    buckets?): the plan's messages that reach the holdout stage (send after channel choice), each
+    campaign given ``holdout: 10`` (no shipped campaign has one), through ``policies.holdout``, beside
+    the plan itself in the same run. The stage runs after channel choice on purpose, so SQL could
+    only hand it the bucket as a column; the Python hash is the most it could save."""
+    import dataclasses
+
+    from engine.run import policies
+
+    started = time.perf_counter()
+    batches, kept = [], 0
+    for batch in reconciler.due(now):
+        sending = [m for m in batch if m.action == "send"]
+        if kept < 200_000:  # bounded memory at any size
+            batches.append(sending)
+            kept += len(sending)
+    plan_seconds = time.perf_counter() - started
+    held = [dataclasses.replace(c, holdout=10) for c in reconciler.campaigns()]
+    inputs = policies.first_attempt_inputs(reconciler.config, reconciler.ledger, now, held, held)
+    took = []
+    for _ in range(max(repeat, 3)):
+        started = time.perf_counter()
+        skipped = sum(m.action == "skip" for batch in batches for m in policies.holdout(batch, inputs))
+        took.append(time.perf_counter() - started)
+    seconds = statistics.median(took)
+    per = seconds / kept * 1e6 if kept else 0.0
+    return [{"what": "  holdout decided in Python (every campaign holdout: 10)", "rows": kept, "seconds": seconds,
+             "floor": floor, "note": f"{per:.2f} us per message, {skipped:,} held out; "
+                                     f"x{seconds / plan_seconds:.3f} of the plan ({plan_seconds:.2f} s) beside it"}]
+
+
 def _create_facts(reconciler, now) -> None:
     import engine
     from engine.sql.compile import SHARED_FACTS, shared_facts_create
@@ -912,6 +944,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
             rows += _shared_rows_rows(reconciler, now, repeat, floor, backend)
             rows += _pass_plan_rows(reconciler, project_dir, now, repeat, floor, later=False)
             rows += _hash_in_sql_rows(reconciler, project_dir, now, repeat, floor)
+            rows += _holdout_rows(reconciler, now, repeat, floor)
 
         if engine.dialects.dialect_named(project.config.dialect).temporary_tables:
             facts_s, _ = _timed(lambda: _create_facts(reconciler, now), repeat)

@@ -27,7 +27,8 @@ from engine import load_project, render_sql
 from engine.dialects import dialect_named, dialect_of_url
 from engine.errors import WarehouseError
 from engine.sql import shipping
-from engine.sql.due import ZONE_DUE_TABLE, due_query, entries_select, explain_query, settled_steps
+from engine.sql.compile import REENTRY_HISTORY
+from engine.sql.due import ZONE_DUE_TABLE, due_query, entries_select, explain_query, reentry_in_sql, settled_steps
 from engine.sql.triggers.registry import kind_of
 from engine.state.tables import ENTRIES_TABLE, TAGS_TABLE
 
@@ -75,9 +76,11 @@ def pass_queries(dialect: str) -> dict[str, str]:
         queries[f"{campaign.name} due"] = render_sql(
             due_query(campaign, config, NOW, exclude_ledger=False, state=state), dialect)
         # a replica's pass: its shard and the settled skips (A/B buckets) decided by the stable hash in SQL
+        # (a re-entry campaign's: the pass's copy of the ledger's sent instances, engine.run.plan.copy_history)
+        history = {REENTRY_HISTORY: shipping.copy_relation(REENTRY_HISTORY)} if reentry_in_sql(campaign, dialect) else {}
         for settled in ("exclude", "only") if settled_steps(campaign, True, dialect) else ("exclude",):
             queries[f"{campaign.name} due, shard 1/3, settled {settled}"] = render_sql(
-                due_query(campaign, config, NOW, exclude_ledger=False, state=state, settled=settled,
+                due_query(campaign, config, NOW, exclude_ledger=False, state={**state, **history}, settled=settled,
                           zone_due=ZONE_DUE_TABLE, shard=(1, 3)), dialect)
         queries[f"{campaign.name} explain"] = render_sql(
             explain_query(campaign, config, NOW, "c-4711", state=state)[0], dialect)

@@ -18,7 +18,10 @@ others as ``reentry``. That order is not part of the documented semantics (see
 test_reentry_once_keeps_the_first_instance), so for these campaigns the
 comparison is explicit: when the model has sends for several trigger keys of
 one customer, the engine must keep the sends of exactly one of those keys and
-turn every other send of that customer into ``skip:reentry``.
+turn every other send of that customer into ``skip:reentry``. The model plans
+against an empty ledger, so re-entry against the ledger's history (decided
+before channel choice, in SQL or by ``policies.reentry_history``) never applies
+here; tests/test_settled_skips.py proves that part, SQL against row by row.
 
 Bounded for CI (a fixed seed per backend, a few examples each, ~1 s of CPU per
 example - mostly compiling the 13 campaigns); ENGINE_MODEL_EXAMPLES=200 runs a

@@ -23,12 +23,15 @@ from engine.progress import Progress
 from engine.run.messages import DueMessage
 from engine.dialects import dialect_named, drop_temporary_table
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, MAX_ZONES, VARIANT_PREFIX, WAIT_COLUMN, StateRelations,
+    CUSTOMER_PREFIX, MAX_ZONES, REENTRY_HISTORY, VARIANT_PREFIX, WAIT_COLUMN, StateRelations,
     render_sql, shared_facts_drop, variant_columns, zones_query,
 )
 from engine.run.ledger_state import shipped_state
 from engine.sql.hashing import hashes_in_sql
-from engine.sql.due import ZONE_DUE_TABLE, keys_in_sql, zone_due_create, zone_due_inserts, zone_due_rows
+from engine.sql.due import (
+    ZONE_DUE_TABLE, keys_in_sql, reentry_in_sql, zone_due_create, zone_due_inserts, zone_due_rows,
+)
+from engine.sql.shipping import copy_relation, create_copy, drop_copy, insert_copy
 from engine.sql.prepared import Wrap, due_statement, facts_statement
 from engine.sql.shipping import StateNeeds, state_needs
 from engine.sql.triggers.registry import kind_of
@@ -69,6 +72,9 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
     queries join (segment entries, tags) is brought from ``ledger`` into the session for the pass.
     ``shard``: (index, count) of a replica, kept by the queries themselves (``shard_in_sql`` must hold).
     ``kept``: the per-customer facts the engine keeps up to date (run.incremental), read instead.
+    The settle statement of a campaign whose re-entry SQL decides (``due.reentry_in_sql``) reads the
+    ledger's sent instances of the campaign: its table, or, from a ledger in another database, a copy
+    of them made for that statement (``Ledger.entered_instances``; only when the settle stage runs).
     """
     shared = dialect_named(config.dialect).temporary_tables and customer_id is None
     needs = StateNeeds() if exclude_ledger else state_needs(campaigns, config)
@@ -78,6 +84,7 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
         # the exact local due times the settled rows of steps with a local send time join (a
         # temporary table, filled at the first settle statement of the pass)
         zone_due = ZONE_DUE_TABLE if zones is not None and dialect_named(config.dialect).temporary_tables else None
+        copied: list[str] = []  # the campaigns whose sent instances the pass's re-entry copy holds
 
         def rows_of(campaign: Campaign, settled: str = "include", wrap: Wrap | None = None) -> Iterator[list]:
             # compiled once per project version, bound to ``now`` here (sql.prepared); with ``wrap``, the
@@ -89,8 +96,13 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
                 created.append(settling)
                 for insert in zone_due_inserts(zone_due_rows(campaigns, config, now, zones), config.dialect):
                     session.execute(insert)
+            history = {}
+            if settled != "include" and not exclude_ledger and reentry_in_sql(campaign, config.dialect):
+                copy_history(session, ledger, config, campaign, copied)
+                history = {REENTRY_HISTORY: copy_relation(REENTRY_HISTORY)}
             statement = due_statement(campaign, config, now, exclude_ledger=exclude_ledger, customer_id=customer_id,
-                                      shared_facts=shared, zones=zones, state={**relations, **(kept or {})} or None,
+                                      shared_facts=shared, zones=zones,
+                                      state={**relations, **(kept or {}), **history} or None,
                                       bind=dialect_named(config.dialect).binds_instants, settled=settled, wrap=wrap,
                                       zone_due=settling, shard=shard)
             for entity in statement.facts:
@@ -103,6 +115,11 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
         try:
             yield rows_of
         finally:  # temporary tables outlive the pass in a pooled connection; the next CREATE drops them too
+            if copied:
+                try:
+                    session.execute(drop_copy(REENTRY_HISTORY, config.dialect, created=True))
+                except WarehouseError:  # do not hide the error that ended the pass
+                    pass
             for entity in created:
                 try:
                     if entity == zone_due:
@@ -111,6 +128,22 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
                         drop_facts(session, config, entity, created=True)
                 except WarehouseError:  # do not hide the error that ended the pass
                     break
+
+
+def copy_history(session: Session, ledger: Ledger, config: ProjectConfig, campaign: Campaign,
+                 copied: list[str]) -> None:
+    """Add ``campaign``'s sent instances (``Ledger.entered_instances``) to the pass's copy in the
+    warehouse session (created at the first such campaign of the pass) unless in ``copied``."""
+    if campaign.name in copied:
+        return
+    if not copied:
+        stale = drop_copy(REENTRY_HISTORY, config.dialect)  # left on a pooled connection by a pass that died
+        if stale is not None:
+            session.execute(stale)
+        session.execute(create_copy(REENTRY_HISTORY, config.dialect))
+    copied.append(campaign.name)
+    for statement in insert_copy(REENTRY_HISTORY, ledger.entered_instances(campaign.name), config.dialect):
+        session.execute(statement)
 
 
 def create_shared_table(session: Session, config: ProjectConfig, now: datetime, campaigns: list[Campaign],

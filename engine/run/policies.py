@@ -3,7 +3,10 @@
 ``STAGES`` is their one ordered list, run by ``apply_stages`` on the first
 attempt of a message (the plan) and on its retries alike; a stage marked
 ``on_retry=False`` (holdout, re-entry) was decided with the first attempt and
-is left out for a retry. The two stages that read the ledger, both set-based
+is left out for a retry. Re-entry comes in two parts: against the ledger's
+history first (``reentry_history``, before channel choice: what the settle
+stage decides in SQL), against what this pass sent before last (``reentry``).
+The two stages that read the ledger, both set-based
 per batch (one ledger query per concern, never one per message):
 
 ``choose_channels`` (R-M2, R-P1, R-P4): a step may offer several variants the
@@ -36,6 +39,7 @@ from engine import channel_kinds
 from engine.channel_kinds import ChannelKind
 from engine.clock import to_utc
 from engine.decide import customer_zone, in_holdout, in_quiet_hours
+from engine.sql.due import reentry_in_sql, settled_in_sql
 from engine.state.ledger import Ledger
 from engine.model import Campaign, ProjectConfig, QuietHours
 
@@ -47,6 +51,12 @@ class PolicyState:
     sends: dict[str, list[tuple[datetime, str, str]]] = field(default_factory=dict)  # (at, channel, campaign)
     #: re-entry: (campaign, customer) -> the instances (trigger key, trigger time) sent in this pass
     entered: dict[tuple[str, str], list[tuple[str, datetime]]] = field(default_factory=dict)
+    #: re-entry: (campaign, customer) -> trigger keys the ledger did not hold when this pass first met
+    #: them: a claim of theirs the ledger holds later is this pass's own, not history (``reentry_history``)
+    new_instances: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    #: campaign -> messages ``reentry_history`` skipped on steps whose skips a pass can settle in SQL
+    #: (counted for ``settle.worth_settling``, as ``settle.settled_count`` counts decide_row's)
+    history_skips: dict[str, int] = field(default_factory=dict)
 
 
 def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_of: dict[str, str]) -> list:
@@ -242,28 +252,57 @@ def quiet_hours(batch: list, inputs: PolicyInputs) -> list:
     return decided
 
 
-def reentry(batch: list, inputs: PolicyInputs) -> list:
-    """Skip instances the campaign's re-entry rule forbids (once ever / within the cool-down),
-    counting what the ledger holds and what this pass sent before."""
+def _blocks(rule, m, earlier: list[tuple[str, datetime | None]]) -> bool:
+    """Whether instances ``earlier`` (trigger key, first trigger time) forbid ``m``'s under ``rule``:
+    another instance at all (once), or one less than the cool-down before or after it."""
+    others = [at for key, at in earlier if key != m.trigger_key]
+    if rule.mode == "once":
+        return bool(others)
+    return any(at is not None and m.trigger_at - rule.cooldown < to_utc(at) < m.trigger_at + rule.cooldown
+               for at in others)
+
+
+def reentry_history(batch: list, inputs: PolicyInputs) -> list:
+    """Skip instances the campaign's re-entry rule forbids because of what the ledger held before this
+    pass (a sent or claimed instance: once ever / within the cool-down). A rule about the instance, so
+    it comes before channel choice: a customer the campaign cannot reach is recorded ``reentry``, and
+    so is one in quiet hours. The settle stage decides the same in SQL (``due.settled_reason``) where it
+    runs; this stage decides the rest (and finds nothing more where SQL already has). Instances this
+    pass met first are left to ``reentry``."""
     rules = {name: inputs.campaigns[name].reentry for name in dict.fromkeys(m.campaign for m in batch)}
     history = {name: inputs.ledger.sent_instances(name, sorted({m.customer_id for m in batch
                                                                  if m.campaign == name and m.action == "send"}))
                for name, rule in rules.items() if rule.mode != "per_trigger"}
     if not history:
         return batch
+    fresh, decided = inputs.state.new_instances, []
+    for m in batch:
+        if m.action == "send" and m.campaign in history:
+            mine = fresh.get((m.campaign, m.customer_id), ())
+            held = [(k, at) for k, at in history[m.campaign].get(m.customer_id, []) if k not in mine]
+            if m.trigger_key not in {k for k, _ in held}:  # new: a claim of it the ledger holds later is this pass's
+                fresh.setdefault((m.campaign, m.customer_id), set()).add(m.trigger_key)
+            if _blocks(rules[m.campaign], m, held):
+                m = replace(m, action="skip", reason="reentry")
+                campaign = inputs.campaigns[m.campaign]
+                if reentry_in_sql(campaign, inputs.config.dialect) and \
+                        settled_in_sql(campaign, campaign.step(m.step), zone_due=True, dialect=inputs.config.dialect):
+                    skips = inputs.state.history_skips
+                    skips[m.campaign] = skips.get(m.campaign, 0) + 1
+        decided.append(m)
+    return decided
+
+
+def reentry(batch: list, inputs: PolicyInputs) -> list:
+    """Skip instances the campaign's re-entry rule forbids because of what this pass sent before
+    (``PolicyState.entered``; the ledger's history is ``reentry_history``'s). After channel choice and
+    quiet hours: only an instance that goes out enters."""
+    rules = {name: inputs.campaigns[name].reentry for name in dict.fromkeys(m.campaign for m in batch)}
     entered = inputs.state.entered
     decided = []
     for m in batch:
-        if m.action == "send" and m.campaign in history:
-            rule = rules[m.campaign]
-            earlier = [(k, at) for k, at in history[m.campaign].get(m.customer_id, [])
-                       + entered.get((m.campaign, m.customer_id), []) if k != m.trigger_key]
-            if rule.mode == "once":
-                blocked = bool(earlier)
-            else:
-                blocked = any(at is not None and m.trigger_at - rule.cooldown < to_utc(at) < m.trigger_at + rule.cooldown
-                              for _, at in earlier)
-            if blocked:
+        if m.action == "send" and rules[m.campaign].mode != "per_trigger":
+            if _blocks(rules[m.campaign], m, entered.get((m.campaign, m.customer_id), [])):
                 m = replace(m, action="skip", reason="reentry")
             else:
                 entered.setdefault((m.campaign, m.customer_id), []).append((m.trigger_key, m.trigger_at))
@@ -284,10 +323,14 @@ class PolicyStage:
     on_retry: bool = True
 
 
-#: The policy stages in the order they run, for first attempts and retries alike. Channel choice
-#: comes first because holdout aside every later stage depends on the channel finally chosen;
-#: contact pressure comes last so that only messages that will go out count against the caps.
+#: The policy stages in the order they run, for first attempts and retries alike. Re-entry against
+#: the ledger's history comes first: a rule about the trigger instance, whatever the channel (the
+#: settle stage decides it in SQL, before any row reaches Python). Channel choice comes next because
+#: every later stage depends on the channel finally chosen (holdout: the control group is the
+#: reachable customers left out); contact pressure comes last so that only messages that will go
+#: out count against the caps.
 STAGES: tuple[PolicyStage, ...] = (
+    PolicyStage("reentry_history", reentry_history, on_retry=False),
     PolicyStage("channel_choice", channel_choice),
     PolicyStage("holdout", holdout, on_retry=False),
     PolicyStage("quiet_hours", quiet_hours),

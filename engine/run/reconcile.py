@@ -158,6 +158,7 @@ class Reconciler:
                         else:  # row by row this time; what it finds decides the next pass
                             counted = self.settled_last[campaign.name] = 0
                         planned.append(campaign.name)
+                    reentry_before = rules.state.history_skips.get(campaign.name, 0)
                     for batch in plan.decided_batches(campaign, rows_of(campaign, settled), now, self.config, self.ledger,
                                                       ledger_in_query=in_query, shard=python_shard,
                                                       progress=self.progress):
@@ -168,6 +169,9 @@ class Reconciler:
                                                       rules)
                         if batch:
                             yield batch
+                    if counted is not None:  # the re-entry skips the policy stage found, which SQL could settle
+                        found = rules.state.history_skips.get(campaign.name, 0) - reentry_before
+                        self.settled_last[campaign.name] += found
         # a new process decides as this one would (settle.remembered); a steady pass writes nothing
         changed = settle.to_remember({name: self.settled_last[name] for name in planned}, self.settled_remembered, now)
         if changed:

@@ -1,8 +1,9 @@
-"""The settle stage: the skips the warehouse decides (stale, stopped, no_variant) recorded set-based, never as messages.
+"""The settle stage: the skips the warehouse decides (stale, stopped, no_variant, reentry) recorded set-based.
 
 A row of a step ``due.settled_in_sql`` accepts is settled when SQL alone knows it is skipped: a
 stop condition holds, its freshness ran out, or no variant qualifies, A/B shares included
-(``due.settled_reason``, ``plan.decide_row``'s rules).
+(``due.settled_reason``, ``plan.decide_row``'s rules), or the campaign's re-entry rule forbids it
+because of the instances the ledger holds (``policies.reentry_history``'s rule; ``due.reentry_in_sql``).
 Most candidate rows of a first pass are such old history: recorded once and never seen again.
 They are recorded here before the campaign's other rows are planned (``due_query(settled="exclude")``
 leaves them out), so no ``DueMessage``, customer dictionary or policy ever sees them:
@@ -47,8 +48,8 @@ _LEDGER_COLUMNS = ("message_key", "campaign", "step", "customer_id", "trigger_ke
 SETTLE_FROM = 1000
 
 
-#: the skip reasons the warehouse settles (``due.settled_reason``)
-SETTLED_REASONS = ("stale", "stopped", "no_variant")
+#: the skip reasons the warehouse settles (``due.settled_reason``); all but reentry are decide_row's
+SETTLED_REASONS = ("stale", "stopped", "no_variant", "reentry")
 
 
 def settles(campaign: Campaign, config: ProjectConfig, shard: tuple[int, int] | None,
@@ -100,7 +101,8 @@ def worth_settling(campaign: Campaign, last_count: int | None, held: Container[s
 
 def settled_count(campaign: Campaign, batch, config: ProjectConfig) -> int:
     """How many messages of ``batch`` (``plan.decided_batches``'s) are skips this stage would have
-    settled: stale, stopped or no_variant, on a step settled in SQL (for the next pass's ``worth_settling``)."""
+    settled: stale, stopped or no_variant, on a step settled in SQL (for the next pass's ``worth_settling``;
+    the re-entry skips the policy stage finds are counted there: ``PolicyState.history_skips``)."""
     steps = {step.id for step in settled_steps(campaign, zone_due=True, dialect=config.dialect)}
     return sum(1 for m in batch if m.action == "skip" and m.reason in SETTLED_REASONS and m.step in steps)
 

@@ -54,6 +54,10 @@ from engine.model import CHANGE_COLUMN, CUSTOMER_FACTS, ENTITY_COLUMNS, Campaign
 #: Where the engine state a query joins lives when the ledger is in another database: ledger table
 #: name (ENTRIES_TABLE, TAGS_TABLE) -> a temporary table, or a SELECT (over VALUES) read as a CTE.
 StateRelations = Mapping[str, exp.Expression]
+#: The ``StateRelations`` key of the ledger's sent instances (campaign, customer, trigger key, first
+#: trigger time) the settled rows of a re-entry campaign read when the ledger is in another database
+#: (the pass's copy, engine.sql.shipping); with the ledger in the query, they read its table
+REENTRY_HISTORY = "reentry_history"
 
 CUSTOMER_PREFIX = "cust__"
 VARIANT_PREFIX = "variant_match_"

@@ -23,13 +23,15 @@ from engine.dialects import dialect_named
 from engine.model import Campaign, ProjectConfig
 from engine.model import Step
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN, awaited_event,
-    SHARED_ROWS, calendar_slack, col, is_customer, join_trigger_properties, lit, per_zone_window, render_sql,
+    CUSTOMER_PREFIX, REENTRY_HISTORY, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN,
+    awaited_event,
+    SHARED_ROWS, calendar_slack, col, exists, is_customer, join_trigger_properties, lit, per_zone_window, render_sql,
     shared_facts_create, step_window, temporary_table, text, ts, variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
 from engine.sql.hashing import hash_bucket, hashes_in_sql
 from engine.sql.triggers.registry import kind_of
+from engine.state.tables import LEDGER_TABLE
 
 #: a typed NULL: PostgreSQL resolves a UNION of untyped NULLs to text, then fails against 1/0
 _INT = exp.DataType.build("INT")
@@ -52,6 +54,20 @@ ZONE_DUE_TABLE = "engine_pass_zone_due"
 ZONE_DUE_COLUMNS = ("campaign", "step", "zone", "lo", "hi", "due_at")
 
 
+#: the ledger statuses of an instance that "entered" (``Ledger.sent_instances``)
+ENTERED_STATUSES = ("claimed", "sent")
+
+
+def reentry_in_sql(campaign: Campaign, dialect: str | None) -> bool:
+    """Whether the warehouse decides ``campaign``'s re-entry against the ledger's history
+    (``reentry_blocked``): a rule other than per_trigger, a dialect with temporary tables (the
+    ledger's own table in the query, or the pass's copy of its sent instances), and variants in file
+    order (``channel_choice: by_response`` reorders them in Python first, and the skip records the
+    first)."""
+    return (campaign.reentry.mode != "per_trigger" and campaign.channel_choice == "order"
+            and dialect is not None and dialect_named(dialect).temporary_tables)
+
+
 def settled_in_sql(campaign: Campaign, step: Step, zone_due: bool = False, dialect: str | None = None) -> bool:
     """Whether the warehouse alone decides which of this step's rows are settled skips (stopped,
     stale, no_variant), with their due time, variant and channel: the due time is the trigger time
@@ -61,12 +77,14 @@ def settled_in_sql(campaign: Campaign, step: Step, zone_due: bool = False, diale
     the wait's end), and the variant is the first whose audience matches and, for an A/B share,
     whose share holds the customer's stable bucket: computed by ``dialect``'s SQL (``hashing``; a
     step with a share is not settled in SQL without it). Such a row never reaches Python in a pass
-    (``due_query(settled=...)``)."""
+    (``due_query(settled=...)``). Re-entry against the ledger's history settles too where
+    ``reentry_in_sql``."""
     kind = kind_of(campaign.trigger)
     shares = any(variant.percent is not None for variant in step.variants)
     return (kind.keys_in_sql and not kind.local_date and (step.send_at is None or zone_due)
             and not calendar_slack(step) and step.wait is None
-            and (step.freshness is not None or bool(campaign.stop) or _may_match_none(step))
+            and (step.freshness is not None or bool(campaign.stop) or _may_match_none(step)
+                 or reentry_in_sql(campaign, dialect))
             and (not shares or (dialect is not None and hashes_in_sql(dialect))))
 
 
@@ -195,9 +213,16 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     time settle too, their rows joined with it by zone and trigger time.
     ``shard``: (index, count) of a replica: only the customers whose ``decide.hash32`` of the id is
     ``index`` modulo ``count`` (``plan.shard_of``); the dialect must compute it (``hashing``).
+    Settled rows of a campaign with re-entry in SQL (``reentry_in_sql``) read the ledger's sent
+    instances: its table with ``exclude_ledger``, else ``state[REENTRY_HISTORY]``.
     """
     kind = kind_of(campaign.trigger)
     builder = QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts, state=state)
+    history = None
+    if settled != "include" and reentry_in_sql(campaign, builder.dialect):
+        history = exp.to_table(LEDGER_TABLE) if exclude_ledger else (state or {}).get(REENTRY_HISTORY)
+        if history is None:
+            raise ValueError(f"{campaign.name}: settling re-entry in SQL needs the ledger's sent instances")
     customers = builder.source("customers")
     windows = [step_window(step, now, config.stale_horizon) for step in campaign.steps]
     earliest = None if any(w.earliest is None for w in windows) else min(w.earliest for w in windows)
@@ -243,7 +268,8 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
         if apart:
             due_at = None if step.send_at is None else col("z", "due_at")
             matches = variant_matches(builder, campaign, step, attributes)
-            reason = settled_reason(builder, step, window, stopped_by, due_at, matches)
+            blocked = None if history is None else reentry_blocked(builder, campaign, history, exclude_ledger)
+            reason = settled_reason(builder, step, window, stopped_by, due_at, matches, blocked)
             if settled == "exclude":
                 conditions.append(reason.is_(exp.null()))
                 selects.append(_zone_join(_due_select(builder, campaign, step, kind, exp.null(), waits, conditions,
@@ -289,11 +315,12 @@ def variant_matches(builder: QueryBuilder, campaign: Campaign, step: Step, attri
 
 
 def settled_reason(builder: QueryBuilder, step: Step, window: StepWindow, stopped_by: exp.Expression,
-                   due_at: exp.Expression | None = None,
-                   matches: Sequence[exp.Expression] = ()) -> exp.Expression:
-    """'stopped', 'stale' or 'no_variant' for a due row of a ``settled_in_sql`` step whose skip the
-    warehouse decides, else NULL: ``plan.decide_row``'s rules (a stop condition first; stale from due
-    + freshness on, half-open; then no variant among ``matches``, ``variant_matches``'s, qualifies).
+                   due_at: exp.Expression | None = None, matches: Sequence[exp.Expression] = (),
+                   blocked: exp.Expression | None = None) -> exp.Expression:
+    """'stopped', 'stale', 'no_variant' or 'reentry' for a due row of a ``settled_in_sql`` step whose
+    skip the warehouse decides, else NULL: ``plan.decide_row``'s rules (a stop condition first; stale
+    from due + freshness on, half-open; then no variant among ``matches``, ``variant_matches``'s,
+    qualifies), then ``policies.reentry_history``'s (``blocked``: ``reentry_blocked``).
     For a fixed delay, on the trigger time: the step's window already holds exactly the rows that are
     due and not beyond the stale horizon (no slack for such a step). For a local send time, on
     ``due_at`` (the zone table's): NULL where Python decides."""
@@ -309,7 +336,52 @@ def settled_reason(builder: QueryBuilder, step: Step, window: StepWindow, stoppe
     if matches and not any(isinstance(match, exp.Boolean) and match.this for match in matches):
         none = _first_match(matches, [lit("1")] * len(matches)).is_(exp.null())
         ifs.append(exp.If(this=none if due_at is None else exp.and_(known.copy(), none), true=lit("no_variant")))
+    if blocked is not None:
+        ifs.append(exp.If(this=blocked if due_at is None else exp.and_(known.copy(), blocked), true=lit("reentry")))
     return exp.Case(ifs=ifs)
+
+
+def reentry_blocked(builder: QueryBuilder, campaign: Campaign, history: exp.Expression,
+                    ledger: bool) -> exp.Expression:
+    """Whether the ledger's history forbids the row's instance under the campaign's re-entry rule
+    (``policies.reentry_history``): an instance of another trigger key that entered (claimed or sent)
+    at all (once), or whose first trigger time is less than the cool-down before or after the row's.
+    ``history``: the ledger's table (``ledger``) or the pass's copy of its sent instances (one row per
+    instance, its first trigger time)."""
+    rule = campaign.reentry
+    conditions = [col("h", "campaign").eq(lit(campaign.name))]
+    if ledger:
+        conditions.append(col("h", "status").isin(*[lit(s) for s in ENTERED_STATUSES]))
+    same_customer = [col("h", "customer_id").eq(text(col("t", "customer_id"))),
+                     col("h", "trigger_key").neq(text(col("t", "trigger_key")))]
+    if rule.mode == "once":
+        return exists(exp.select(exp.Literal.number(1)).from_(history.copy().as_("h"))
+                      .where(*conditions, *same_customer))
+    instances = exp.select(col("h", "customer_id"), col("h", "trigger_key"),
+                           exp.alias_(exp.Min(this=col("h", "trigger_at")) if ledger else col("h", "trigger_at"),
+                                      "trigger_at")).from_(history.copy().as_("h")).where(*conditions)
+    if ledger:
+        instances = instances.group_by(col("h", "customer_id"), col("h", "trigger_key"))
+    earliest, latest = _shifted(builder, col("t", "trigger_at"), -rule.cooldown), \
+        _shifted(builder, col("t", "trigger_at"), rule.cooldown)
+    at = _shifted(builder, col("h", "trigger_at"), None)
+    return exists(exp.select(exp.Literal.number(1)).from_(instances.subquery("h"))
+                  .where(*same_customer, at > earliest, at.copy() < latest))
+
+
+def _shifted(builder: QueryBuilder, instant: exp.Expression, by: timedelta | None) -> exp.Expression:
+    """``instant`` moved ``by`` (None: as it is), in a form that compares exactly with the other
+    instants so written: a TIMESTAMP, or where instants are text the dialect's text format."""
+    text_format = dialect_named(builder.dialect).instant_text_format
+    if text_format is not None:
+        shift = [] if by is None else [lit(f"{by.total_seconds():+.3f} seconds")]
+        return exp.Anonymous(this="STRFTIME", expressions=[lit(text_format), instant, *shift])
+    value = exp.cast(instant, _TIMESTAMP)
+    if by is None:
+        return value
+    interval = exp.Interval(this=exp.Literal.string(f"{abs(by.total_seconds()):.6f}".rstrip("0").rstrip(".")),
+                            unit=exp.Var(this="SECOND"))
+    return exp.Add(this=value, expression=interval) if by >= timedelta(0) else exp.Sub(this=value, expression=interval)
 
 
 def _first_match(matches: Sequence[exp.Expression], values: Sequence[exp.Expression]) -> exp.Expression:

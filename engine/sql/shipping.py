@@ -32,7 +32,7 @@ from sqlglot import exp
 
 from engine.dialects import dialect_named, drop_temporary_table
 from engine.model import Campaign, ProjectConfig
-from engine.sql.compile import lit, render_sql, ts
+from engine.sql.compile import REENTRY_HISTORY, lit, render_sql, ts
 from engine.sql.filter_types import filter_attributes, segment_attributes
 from engine.sql import responses
 from engine.sql.filters import parse_filter, referenced_attributes, referenced_functions
@@ -41,8 +41,13 @@ from engine.state.tables import ENTRIES_TABLE, EVENTS_TABLE, TAGS_TABLE
 
 #: The pass's copy of each ledger table and its columns with their SQL types (of the events: the human
 #: engagement rows only, ``responses.ENGAGEMENT_COLUMNS``).
-PASS_TABLES = {ENTRIES_TABLE: "engine_pass_entries", TAGS_TABLE: "engine_pass_tags", EVENTS_TABLE: "engine_pass_events"}
+PASS_TABLES = {ENTRIES_TABLE: "engine_pass_entries", TAGS_TABLE: "engine_pass_tags", EVENTS_TABLE: "engine_pass_events",
+               REENTRY_HISTORY: "engine_pass_reentry"}
 COLUMNS = {
+    # the sent instances of the campaigns whose re-entry a pass settles in SQL (``Ledger.entered_instances``),
+    # copied at their settle statement only (engine.run.plan.due_rows), not with the state of every query
+    REENTRY_HISTORY: (("campaign", "VARCHAR(64)"), ("customer_id", "VARCHAR(128)"), ("trigger_key", "VARCHAR(128)"),
+                      ("trigger_at", "TIMESTAMP")),
     ENTRIES_TABLE: (("campaign", "VARCHAR(64)"), ("customer_id", "VARCHAR(128)"), ("trigger_key", "VARCHAR(128)"),
                     ("entered_at", "TIMESTAMP")),
     TAGS_TABLE: (("customer_id", "VARCHAR(128)"), ("tag", "VARCHAR(64)")),

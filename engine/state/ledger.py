@@ -492,6 +492,18 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
                     found.setdefault(customer_id, []).append((trigger_key, _parse(trigger_at)))
         return found
 
+    def entered_instances(self, campaign: str) -> list[tuple[str, str, str, datetime]]:
+        """(campaign, customer_id, trigger_key, first trigger_at) of every instance of ``campaign`` with a
+        claimed or sent message, as ``sent_instances`` finds them: what a pass copies into the warehouse
+        session to settle the campaign's re-entry in SQL when the ledger is in another database."""
+        c = ledger_table.c
+        query = (sa.select(c.customer_id, c.trigger_key, sa.func.min(c.trigger_at))
+                 .where(c.campaign == campaign, c.status.in_(("claimed", "sent")))
+                 .group_by(c.customer_id, c.trigger_key))
+        with self.db.engine.connect() as conn:
+            return [(campaign, customer_id, trigger_key, _parse(trigger_at))
+                    for customer_id, trigger_key, trigger_at in conn.execute(query)]
+
     def apply_tags(self, changes: list[tuple[str, str, str, str]], now: datetime) -> None:
         """(customer_id, 'set_tag'|'remove_tag', tag, campaign) in order; setting an existing tag is a no-op."""
         for customer_id, kind, tag, campaign in changes:
