@@ -124,6 +124,11 @@ def budget(limits: Limits) -> Iterator[Budget]:
         _current.reset(token)
 
 
+def emitted(size: int) -> None:
+    """Charge ``size`` characters of output the engine produced for the template (a footer rendered once)."""
+    _budget().emit(size)
+
+
 def _budget() -> Budget:
     current = _current.get()
     if current is None:
@@ -587,4 +592,4 @@ def read_only(value: Any, depth: int = 0) -> Any:
 _CONTAINERS = (dict, list, tuple)
 
 
-__all__ = ["Budget", "BudgetExceeded", "Limits", "ReadOnlyDict", "TemplateSandbox", "budget", "read_only"]
+__all__ = ["Budget", "BudgetExceeded", "Limits", "ReadOnlyDict", "TemplateSandbox", "budget", "emitted", "read_only"]
