@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import re
 from email.utils import parseaddr
+from functools import lru_cache
 from typing import Mapping
 
 from engine.channel_kinds.declaration import FILE_OUTBOX, ChannelKind, Transport
@@ -20,10 +21,16 @@ def list_headers(unsubscribe_url: str, *, campaign: str, sender: str) -> Mapping
     the sender's domain, so a mail client can group and filter a campaign's messages) and the
     one-click unsubscribe (RFC 2369, RFC 8058). Spam filters read mailing-list headers without a
     List-Id as an incomplete list (SpamAssassin's LIST_PARTIAL_SHORT_MSG)."""
+    return {"List-Id": _list_id(campaign, sender), "List-Unsubscribe": f"<{unsubscribe_url}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+
+
+@lru_cache(maxsize=256)
+def _list_id(campaign: str, sender: str) -> str:
+    """The campaign's List-Id, the same for all its messages from ``sender`` (parsed once: a pass asks per message)."""
     domain = parseaddr(sender)[1].rpartition("@")[2] or "engine.invalid"
     label = re.sub(r"[^A-Za-z0-9-]+", "-", campaign).strip("-") or "campaign"
-    return {"List-Id": f"<{label}.{domain}>", "List-Unsubscribe": f"<{unsubscribe_url}>",
-            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    return f"<{label}.{domain}>"
 
 
 def sample_address(rng: random.Random, first_name: str, last_name: str, customer_id: int) -> str | None:

@@ -14,6 +14,7 @@ templates.
 """
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -27,7 +28,7 @@ from engine.errors import TemplateError
 from engine.templating.declarations import LISTS, template_declarations
 from engine.templating.lists import ListUses, list_uses
 from engine.templating.layout import EMAIL_LAYOUT, FOOTERS, lock_violations
-from engine.templating.sandbox import BudgetExceeded, Limits, TemplateSandbox, budget, read_only
+from engine.templating.sandbox import BudgetExceeded, Limits, TemplateSandbox, budget, emitted, read_only
 from engine.templating.loader import FolderLoader, TemplateOutsideFolder, TemplateTooLarge
 from engine.templating.undefined import RecordingUndefined, describe, record_uses
 
@@ -82,6 +83,8 @@ class Renderer:
         self._locks: dict[str, str | None] = {}
         self._declared: dict[str, dict[str, int]] = {}
         self._list_uses: dict[tuple[str, tuple[str, ...]], ListUses] = {}
+        self._footer_reads_link_only: dict[bool, bool] = {}  # mode (html) -> _footer_once may serve it
+        self._footer_forms: dict[tuple[bool, tuple], str] = {}  # (html, the shop's settings) -> footer with the stand-in
 
     def _template(self, name: str, html: bool) -> jinja2.Template:
         key = (name, html)
@@ -307,7 +310,7 @@ class Renderer:
                 if plain.names & set(_html_parts(declared)):
                     parts.update(self._render_blocks(name, data, html=True, wanted=_html_parts(declared)))
                 if locked:
-                    footer_text, footer_html = self._footers(data, html="html" in parts)
+                    footer_text, footer_html = self._footers(data, html="html" in parts, once=True)
                     parts["text"] = parts.get("text", "") + footer_text
                     if "html" in parts:
                         parts["html"] += footer_html
@@ -336,9 +339,10 @@ class Renderer:
         if self._locks[name] is not None:
             raise TemplateError(f"template '{name}' failed to render: {self._locks[name]}")
 
-    def _footers(self, data: dict[str, Any], html: bool) -> tuple[str, str]:
+    def _footers(self, data: dict[str, Any], html: bool, once: bool = False) -> tuple[str, str]:
         """The layout's footer blocks, rendered by the engine from the layout itself (never from the
-        campaign template's blocks); each must contain the unsubscribe link."""
+        campaign template's blocks); each must contain the unsubscribe link. ``once`` (a pass's
+        messages): a footer that only prints the link is rendered once per shop (``_footer_once``)."""
         url = str(data.get("unsubscribe_url", ""))
         parts = []
         for mode in (False, True) if html else (False,):
@@ -346,12 +350,47 @@ class Renderer:
             block = FOOTERS["html" if mode else "text"]
             if block not in layout.blocks:
                 raise TemplateError(f"the layout '{self.layout}' has no '{block}' block")
-            ctx = layout.new_context({**data, "format": "html" if mode else "text"})
-            footer = "".join(layout.blocks[block](ctx))
+            footer = self._footer_once(layout, block, mode, data, url) if once else None
+            if footer is None:
+                ctx = layout.new_context({**data, "format": "html" if mode else "text"})
+                footer = "".join(layout.blocks[block](ctx))
             if not url or (escape(url) if mode else url) not in footer:
                 raise TemplateError(f"the footer block '{block}' of the layout '{self.layout}' does not contain the unsubscribe link")
             parts.append(footer)
         return parts[0], parts[1] if html else ""
+
+    def _footer_once(self, layout: jinja2.Template, block: str, html: bool, data: dict[str, Any],
+                     url: str) -> str | None:
+        """The footer ``block`` for ``data``, from one render per pass and shop with a stand-in for the
+        unsubscribe link, which is then replaced by the link (escaped in HTML, as ``{{ }}`` does).
+
+        Only for a footer that reads nothing but ``shop``, ``format`` and the link, and uses the link
+        only by printing it as it is (``{{ unsubscribe_url }}``): its output is then the same text
+        with the link in those places, byte for byte. Any other footer (a test on the link, a filter
+        on it, another variable, ``self``) gives None: the caller renders it per message. The output
+        budget is charged as if it had been rendered."""
+        if html not in self._footer_reads_link_only:
+            env = self._html if html else self._plain
+            tree = env.parse(env.loader.get_source(env, self.layout)[0])
+            self._footer_reads_link_only[html] = _prints_link_only(tree, block)
+        shop = data.get("shop")
+        if not self._footer_reads_link_only[html] or not isinstance(shop, Mapping):
+            return None
+        try:
+            key = (html, tuple(sorted(shop.items())))
+            hash(key)
+        except TypeError:  # settings that are not plain values: rendered per message
+            return None
+        if key not in self._footer_forms:
+            def render_form() -> str:  # in a budget of its own, not the message's
+                with budget(self.limits):
+                    ctx = layout.new_context({"shop": shop, "unsubscribe_url": _LINK_STANDIN,
+                                              "format": "html" if html else "text"})
+                    return "".join(layout.blocks[block](ctx))
+            self._footer_forms[key] = contextvars.Context().run(render_form)
+        footer = self._footer_forms[key].replace(_LINK_STANDIN, str(escape(url)) if html else url)
+        emitted(len(footer))
+        return footer
 
     def _render_blocks(self, name: str, context: dict[str, Any], html: bool, wanted: Iterable[str]) -> "_Blocks":
         """Render the message blocks of ``name``, following ``{% extends %}`` to its layout.
@@ -436,6 +475,28 @@ def _inside_block(top: nodes.Node, target: nodes.Node) -> bool:
         if target is block or any(target is n for n in block.find_all(type(target))):
             return True
     return False
+
+
+#: What a footer rendered once per pass has in place of the unsubscribe link (letters and digits: escaping leaves it).
+_LINK_STANDIN = "engineUnsubscribeLinkStandIn7f3a9c"
+#: The variables a footer rendered once may read (``_prints_link_only``).
+_FOOTER_READS = frozenset({"shop", "format", "unsubscribe_url"})
+
+
+def _prints_link_only(tree: nodes.Template, block: str) -> bool:
+    """Whether the layout's ``block`` reads no variable but ``_FOOTER_READS``, uses no filter whose
+    output varies (``random``), and uses ``unsubscribe_url`` only as a whole ``{{ unsubscribe_url }}``."""
+    found = [b for b in tree.find_all(nodes.Block) if b.name == block]
+    if len(found) != 1:
+        return False
+    names = list(found[0].find_all(nodes.Name))
+    if any(n.name not in _FOOTER_READS or n.ctx != "load" for n in names):
+        return False
+    if any(f.name == "random" for f in found[0].find_all(nodes.Filter)):
+        return False
+    printed = [child for output in found[0].find_all(nodes.Output) for child in output.nodes
+               if isinstance(child, nodes.Name) and child.name == "unsubscribe_url"]
+    return len(printed) == sum(n.name == "unsubscribe_url" for n in names)
 
 
 def _plain_parts(declared: channel_kinds.ChannelKind) -> tuple[str, ...]:

@@ -124,6 +124,11 @@ def budget(limits: Limits) -> Iterator[Budget]:
         _current.reset(token)
 
 
+def emitted(size: int) -> None:
+    """Charge ``size`` characters of output the engine produced for the template (a footer rendered once)."""
+    _budget().emit(size)
+
+
 def _budget() -> Budget:
     current = _current.get()
     if current is None:
@@ -349,7 +354,14 @@ class TemplateSandbox(ImmutableSandboxedEnvironment):
         return result
 
     def budgeted_emit(self, text: str) -> str:
-        _budget().emit(len(text))  # called for every piece of output: keep it this short
+        # called for every piece of output: ``Budget.emit`` inlined for the usual case (within the
+        # bound, not a tick that looks at the clock); anything else goes through it as it is
+        b = _current.get()
+        if b is None or b.output + len(text) > b.limits.output or not (b.ticks + 1) & 31:
+            _budget().emit(len(text))
+            return text
+        b.output += len(text)
+        b.ticks += 1
         return text
 
     def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
@@ -397,6 +409,13 @@ class TemplateSandbox(ImmutableSandboxedEnvironment):
         return True
 
     def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is ReadOnlyDict and type(attribute) is str and not _dict_attribute(attribute):
+            # ``customer.first_name``: what Jinja's getattr comes to for a key that is no attribute of
+            # the dict (its getattr fails, the item is returned), without raising AttributeError first
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass  # the undefined value, as the full path makes it
         if isinstance(obj, jinja2.Undefined):  # report the first undefined or forbidden step, not this one
             obj._fail_with_undefined_error()
         if isinstance(obj, (str, bytes, bytearray)) and isinstance(attribute, str):
@@ -571,6 +590,17 @@ class ReadOnlyList(list):
     __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
 
 
+_DICT_ATTRIBUTES: dict[str, bool] = {}
+
+
+def _dict_attribute(name: str) -> bool:
+    """Whether ``name`` is an attribute of ``ReadOnlyDict`` (a method: ``items``, ``get``...), remembered."""
+    known = _DICT_ATTRIBUTES.get(name)
+    if known is None:
+        known = _DICT_ATTRIBUTES[name] = hasattr(ReadOnlyDict, name) if len(_DICT_ATTRIBUTES) < 10_000 else True
+    return known
+
+
 def read_only(value: Any, depth: int = 0) -> Any:
     """A copy of ``value`` whose dicts and lists cannot be changed; other values are immutable already."""
     if depth > 8:
@@ -587,4 +617,4 @@ def read_only(value: Any, depth: int = 0) -> Any:
 _CONTAINERS = (dict, list, tuple)
 
 
-__all__ = ["Budget", "BudgetExceeded", "Limits", "ReadOnlyDict", "TemplateSandbox", "budget", "read_only"]
+__all__ = ["Budget", "BudgetExceeded", "Limits", "ReadOnlyDict", "TemplateSandbox", "budget", "emitted", "read_only"]
