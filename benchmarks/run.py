@@ -784,7 +784,7 @@ def _incremental_rows(reconciler, project_dir: Path, later, repeat: int, floor: 
 
 
 class _RowsRead:
-    """Counts the due rows a plan reads from the warehouse (each reaches Python's ``decide_row``)."""
+    """Counts the due rows a plan reads from the warehouse (each reaches Python's ``decide_rows``)."""
 
     def __init__(self):
         self.count = 0

@@ -6,7 +6,7 @@ The demo shop at its anchor has hundreds of such skips (second orders placed bef
 carts bought after the reminder, stale re-engage messages...). One pass runs with the settle stage
 (engine.run.settle: an INSERT ... SELECT where the ledger shares the warehouse, a bulk insert from
 a ledger in another database) and one, on the same shop with the ledger emptied, through
-``plan.decide_row`` alone; every ledger row but the rendered content and every count must agree.
+``plan.decide_rows`` alone; every ledger row but the rendered content and every count must agree.
 """
 from __future__ import annotations
 
@@ -55,18 +55,18 @@ def _empty_ledger(reconciler: Reconciler) -> None:
 def _pass(reconciler: Reconciler, monkeypatch, settled_in_sql_too: bool, now=NOW):
     """One pass at ``now``: the ledger rows, the report's counts and the settled skips that reached Python."""
     reached: list = []
-    decide = plan.decide_row
+    decide = plan.decide_rows
 
-    def watched(campaign, row, now, config, layout=None):
-        message = decide(campaign, row, now, config, layout)
-        step = campaign.step(row[layout.step]) if layout else None
-        if message is not None and message.reason in settle.SETTLED_REASONS and step \
-                and settled_in_sql(campaign, step, zone_due=True, dialect=config.dialect):
-            reached.append(message.key)
-        return message
+    def watched(campaign, rows, now, config, layout):
+        messages = decide(campaign, rows, now, config, layout)
+        for message in messages:
+            if message.reason in settle.SETTLED_REASONS \
+                    and settled_in_sql(campaign, campaign.step(message.step), zone_due=True, dialect=config.dialect):
+                reached.append(message.key)
+        return messages
 
     with monkeypatch.context() as patch:
-        patch.setattr(plan, "decide_row", watched)
+        patch.setattr(plan, "decide_rows", watched)
         if not settled_in_sql_too:
             patch.setattr(settle, "settles", lambda *_args, **_kwargs: False)
         else:  # every pass settles, however few skips the last one found

@@ -26,16 +26,16 @@ REPLICAS = 2
 def _plan(root, shard, monkeypatch) -> tuple[set, list[str]]:
     """(message keys with their action and reason, the customer id of every row that reached Python)."""
     reached: list[str] = []
-    decide = plan.decide_row
+    decide = plan.decide_rows
 
-    def watched(campaign, row, now, config, layout=None):
-        reached.append(str(row[layout.customer_id]))
-        return decide(campaign, row, now, config, layout)
+    def watched(campaign, rows, now, config, layout):
+        reached.extend(str(row[layout.customer_id]) for row in rows)
+        return decide(campaign, rows, now, config, layout)
 
     reconciler = Reconciler(load_project(root), shard=shard)
     try:
         with monkeypatch.context() as patch:
-            patch.setattr(plan, "decide_row", watched)
+            patch.setattr(plan, "decide_rows", watched)
             keys = {(m.key, m.customer_id, m.action, m.reason) for batch in reconciler.due(NOW) for m in batch}
     finally:
         reconciler.close()

@@ -27,13 +27,19 @@ def attach_contacts(batch: list[DueMessage], config: ProjectConfig, sources: Sou
     """Fill each sending customer's contact attribute of every kind with a contact source that one of its
     candidate variants uses (``channel_of``: "campaign:step:variant" -> channel)."""
     wanted: dict[str, tuple[ChannelKind, list[DueMessage]]] = {}
+    kinds: dict[tuple[str, str, str], ChannelKind | None] = {}  # (campaign, step, variant) -> a kind with a contact source
     for m in batch:
         if m.action != "send":
             continue
         for variant_id in m.candidates:
-            channel = channel_of.get(f"{m.campaign}:{m.step}:{variant_id}")
-            kind = channel_kinds.kind(config.channels[channel].kind) if channel in config.channels else None
-            if kind is not None and kind.contact_entity is not None:
+            target = (m.campaign, m.step, variant_id)
+            if target in kinds:
+                kind = kinds[target]
+            else:
+                channel = channel_of.get(f"{m.campaign}:{m.step}:{variant_id}")
+                kind = channel_kinds.kind(config.channels[channel].kind) if channel in config.channels else None
+                kind = kinds[target] = kind if kind is not None and kind.contact_entity is not None else None
+            if kind is not None:
                 wanted.setdefault(kind.name, (kind, []))[1].append(m)
     for kind, messages in wanted.values():
         entity = kind.contact_entity

@@ -4,7 +4,8 @@ Owns the pass's reads of the warehouse for the due sets (``due_rows``: one sessi
 per-customer fact tables and per-order rows, created once per pass in dependency order, the
 customers' time zones) and the decision on each row
 (``decide_row``: exact due time, freshness, stop condition, qualifying variants), the replica's
-shard and the subtraction of what the ledger already holds. Must not apply a policy, write to
+shard and the subtraction of what the ledger already holds; ``decide_rows`` decides a batch, the
+common step inline. Must not apply a policy, write to
 the ledger or the warehouse's own tables (the pass's temporary fact and zone tables aside), or send.
 """
 from __future__ import annotations
@@ -196,7 +197,7 @@ def decided_batches(campaign: Campaign, row_batches: Iterator[list], now: dateti
     for rows in row_batches:
         progress.rows(len(rows))
         layout = layout or RowLayout(rows[0]._fields, campaign)
-        batch = [m for m in (decide_row(campaign, row, now, config, layout) for row in rows) if m is not None]
+        batch = decide_rows(campaign, rows, now, config, layout)
         if shard is not None:
             index, count = shard
             batch = [m for m in batch if shard_of(m.customer_id, count) == index]
@@ -226,10 +227,78 @@ class RowLayout:
         self.steps = {step.id: step for step in campaign.steps}
         #: steps with an A/B split: only those need the customer's stable bucket
         self.split_steps = {step.id for step in campaign.steps if any(v.percent is not None for v in step.variants)}
+        #: the steps ``decide_rows`` decides inline (the common case), by id
+        self.plain = {step.id: step for step in campaign.steps
+                      if not (self.yearly or self.local_date) and step.wait is None and step.send_at is None
+                      and step.id not in self.split_steps}
+
+
+def decide_rows(campaign: Campaign, rows: list, now: datetime, config: ProjectConfig,
+                layout: RowLayout) -> list[DueMessage]:
+    """``decide_row`` over a batch of rows, the rows not due left out.
+
+    The common step (a plain instant trigger, no local send time, no wait, no A/B split: ``RowLayout.plain``)
+    is decided inline, with the qualifying variants worked out once per distinct audience match;
+    any other row goes through ``decide_row``. Same decisions either way (tests/test_decide_rows).
+    """
+    if not layout.plain:
+        return [m for m in (decide_row(campaign, row, now, config, layout) for row in rows) if m is not None]
+    plain, steps_of = layout.plain, layout.steps
+    step_at, customer_at, key_at, trigger_at_at, stopped_at = (
+        layout.step, layout.customer_id, layout.trigger_key, layout.trigger_at, layout.stopped_by)
+    start, names, match_at = layout.customer_start, layout.customer_names, layout.matches
+    horizon, name = config.stale_horizon, campaign.name
+    #: (step id, audience matches) -> (candidate variants, first variant) of a plain step
+    chosen: dict[tuple, tuple] = {}
+    decided = []
+    for row in rows:
+        step_id = row[step_at]
+        step = plain.get(step_id)
+        if step is None:
+            message = decide_row(campaign, row, now, config, layout)
+            if message is not None:
+                decided.append(message)
+            continue
+        trigger_at = row[trigger_at_at]
+        trigger_at = _EPOCH_UTC + (trigger_at - _EPOCH) if type(trigger_at) is datetime and trigger_at.tzinfo is None \
+            else parse_stored_timestamp(trigger_at)
+        due_at = trigger_at + step.delay
+        if due_at > now:
+            continue
+        freshness = step.freshness
+        if freshness is not None and now > due_at + freshness + horizon:
+            continue
+        matches = (step_id, *[row[i] for i in match_at])
+        choice = chosen.get(matches)
+        if choice is None:
+            candidates = matching_variants(steps_of[step_id], list(matches[1:]), 0)
+            choice = chosen[matches] = (tuple(v.id for v in candidates), candidates[0] if candidates else None)
+        candidates, first = choice
+        customer = dict(zip(names, row[start:]))
+        customer_id = customer["customer_id"] = str(row[customer_at])
+        message = DueMessage(name, step_id, customer_id, str(row[key_at]), trigger_at, due_at,
+                             first.channel if first else None, customer, "send", None,
+                             first.id if first else None)
+        stopped_by = row[stopped_at]
+        if stopped_by:
+            message.action, message.reason, message.detail = "skip", "stopped", str(stopped_by)
+        elif freshness is not None and now >= due_at + freshness:
+            message.action, message.reason = "skip", "stale"
+        elif first is None:
+            message.action, message.reason = "skip", "no_variant"
+        else:
+            message.candidates = candidates
+        decided.append(message)
+    return decided
+
+
+#: a naive UTC timestamp made aware by adding it to the aware epoch: ten times cheaper than ``replace(tzinfo=UTC)``
+_EPOCH, _EPOCH_UTC = datetime(1970, 1, 1), datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _instant(value) -> datetime:
-    return value.replace(tzinfo=UTC) if type(value) is datetime and value.tzinfo is None else parse_stored_timestamp(value)
+    return _EPOCH_UTC + (value - _EPOCH) if type(value) is datetime and value.tzinfo is None \
+        else parse_stored_timestamp(value)
 
 
 def decide_row(campaign: Campaign, row, now: datetime, config: ProjectConfig,

@@ -68,36 +68,28 @@ def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_
     sending = [m for m in batch if m.action == "send"]
     if not sending:
         return batch
-
-    def kind_of(m, variant_id: str) -> ChannelKind:
-        return channel_kinds.kind(config.channels[channel_of[f"{m.campaign}:{m.step}:{variant_id}"]].kind)
-
-    def address_of(m, variant_id: str) -> str | None:
-        """The address as the channel sends it (None: missing or invalid)."""
-        kind = kind_of(m, variant_id)
-        address = kind.address(m.customer)
-        if not kind.usable_address(address):
-            return None
-        return kind.normal_address(str(address), config.channels[channel_of[f"{m.campaign}:{m.step}:{variant_id}"]].settings)
-
+    targets = _Targets(config, channel_of)
     unsubscribed = ledger.unsubscribed(sorted({m.customer_id for m in sending}))
     addresses: dict[str, set[str]] = {}
-    #: each candidate's address as the channel sends it, normalised once (a phone number is parsed here only)
-    address_by: dict[tuple[str, str], str | None] = {}
+    #: per sending message, each candidate's (variant, channel, kind, raw contact value, address as the channel
+    #: sends it - None: missing or invalid): a phone number is parsed here only, once
+    options: list[list[tuple]] = []
     for m in sending:
+        found = []
         for variant_id in m.candidates:
-            address = address_by[(m.key, variant_id)] = address_of(m, variant_id)
+            channel, kind, settings = targets.of(m.campaign, m.step, variant_id)
+            raw = kind.address(m.customer)
+            address = kind.normal_address(str(raw), settings) if kind.usable_address(raw) else None
             if address is not None:
-                kind = kind_of(m, variant_id)
                 addresses.setdefault(kind.name, set()).add(kind.suppression_key(address))
+            found.append((variant_id, channel, kind, raw, address))
+        options.append(found)
     suppressed = {(kind, address) for kind, found in addresses.items()
                   for address in ledger.suppressed(kind, sorted(found))}
 
-    def obstacle(m, variant_id: str) -> str | None:
-        kind = kind_of(m, variant_id)
-        if not kind.usable_address(kind.address(m.customer)):
+    def obstacle(m, kind: ChannelKind, raw: object, address: str | None) -> str | None:
+        if not kind.usable_address(raw):
             return "no_contact"
-        address = address_by[(m.key, variant_id)]
         if address is None:
             return "invalid_contact"
         column = kind.consent_column
@@ -109,16 +101,38 @@ def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_
         return None
 
     decided = []
+    candidates_of = iter(options)
     for m in batch:
         if m.action == "send":
-            reasons = [obstacle(m, variant_id) for variant_id in m.candidates]
-            chosen = next((v for v, reason in zip(m.candidates, reasons) if reason is None), None)
-            if chosen is None:
-                m = replace(m, action="skip", reason=reasons[0])
-            elif chosen != m.variant:
-                m = replace(m, variant=chosen, channel=channel_of[f"{m.campaign}:{m.step}:{chosen}"])
+            first_reason = None
+            for variant_id, channel, kind, raw, address in next(candidates_of):
+                reason = obstacle(m, kind, raw, address)
+                if reason is None:
+                    if variant_id != m.variant:
+                        m = replace(m, variant=variant_id, channel=channel)
+                    break
+                first_reason = first_reason or reason
+            else:
+                m = replace(m, action="skip", reason=first_reason)
         decided.append(m)
     return decided
+
+
+class _Targets:
+    """(campaign, step, variant) -> (channel name, its kind, its settings), looked up once per batch."""
+
+    def __init__(self, config: ProjectConfig, channel_of: Mapping[str, str]):
+        self.config, self.channel_of = config, channel_of
+        self.found: dict[tuple[str, str, str], tuple[str, ChannelKind, Mapping]] = {}
+
+    def of(self, campaign: str, step: str, variant: str) -> tuple[str, ChannelKind, Mapping]:
+        key = (campaign, step, variant)
+        target = self.found.get(key)
+        if target is None:
+            name = self.channel_of[f"{campaign}:{step}:{variant}"]
+            channel = self.config.channels[name]
+            target = self.found[key] = (name, channel_kinds.kind(channel.kind), channel.settings)
+        return target
 
 
 def apply_policies(config: ProjectConfig, ledger: Ledger, batch: list, now: datetime, state: PolicyState,
@@ -129,6 +143,12 @@ def apply_policies(config: ProjectConfig, ledger: Ledger, batch: list, now: date
         return batch
     recency = {name: window for name, window in (recency or {}).items() if window is not None}
     caps = config.frequency_caps
+    if not caps and not any(m.campaign in recency for m in sending):
+        # nothing to check, and only caps and recency windows read the pass's sends (see below)
+        if recency:
+            for m in sending:
+                state.sends.setdefault(m.customer_id, []).append((now, m.channel, m.campaign))
+        return batch
     windows = [cap.per for cap in caps] + [recency[m.campaign] for m in sending if m.campaign in recency]
     history: dict[str, list[tuple[datetime, str, str]]] = {}
     if windows:
@@ -210,6 +230,8 @@ def channel_choice(batch: list, inputs: PolicyInputs) -> list:
 
 def holdout(batch: list, inputs: PolicyInputs) -> list:
     """The campaign's holdout group is skipped (stable per customer)."""
+    if not any(inputs.campaigns[name].holdout > 0 for name in {m.campaign for m in batch if m.action == "send"}):
+        return batch
     decided = []
     for m in batch:
         if m.action == "send":
@@ -243,10 +265,22 @@ def quiet_hours(batch: list, inputs: PolicyInputs) -> list:
     (not recorded: the message stays due, for the first pass after they end). A kind that does not
     observe quiet hours (its declaration) is deferred only by those set for its channel."""
     decided = []
+    quiet_of: dict[tuple, QuietHours | None] = {}  # (campaign, step, channel) -> its quiet hours
+    quiet_in: dict[tuple, bool] = {}  # (quiet hours, the customer's time zone value) -> whether now is in them
     for m in batch:
         if m.action == "send":
-            zone = customer_zone(m.customer.get("timezone"), inputs.config.default_timezone)
-            if in_quiet_hours(inputs.now, _quiet_hours_for(inputs, m), zone):
+            target = (m.campaign, m.step, m.channel)
+            quiet = quiet_of[target] if target in quiet_of else quiet_of.setdefault(target, _quiet_hours_for(inputs, m))
+            if quiet is None:
+                decided.append(m)
+                continue
+            zone_name = m.customer.get("timezone")
+            local = (quiet, zone_name if isinstance(zone_name, str) else "")
+            quiet_now = quiet_in.get(local)
+            if quiet_now is None:
+                quiet_now = quiet_in[local] = in_quiet_hours(
+                    inputs.now, quiet, customer_zone(zone_name, inputs.config.default_timezone))
+            if quiet_now:
                 m = replace(m, action="defer", reason="quiet_hours")
         decided.append(m)
     return decided
