@@ -469,3 +469,44 @@ def test_reentry_against_the_ledger_settles_in_sql_exactly_as_row_by_row(tmp_pat
     else:  # the cool-down lets those sent for a signup older than 7 days in again: sent, or no_contact
         assert {outcomes[c] for c in set(outcomes) - unreachable} == {"reentry", "sent"}
         assert {outcomes[c] for c in set(outcomes) & unreachable} == {"reentry", "no_contact"}
+
+
+def test_reentry_against_the_ledger_comes_before_channel_choice_and_quiet_hours(tmp_path):
+    """The policy stages in their order (``policies.STAGES``): welcome-series (re-entry ``once``) sent
+    customer 7 a series for 2025-01-01. Their new instances are ``reentry`` whether or not the customer
+    can be reached and whatever the quiet hours (email made quiet all day here): recorded at once, not
+    ``no_contact``, not deferred. Customer 8, with no history, meets channel choice and quiet hours."""
+    from engine.model import QuietHours
+    from engine.run.messages import DueMessage
+    from engine.state.ledger import Ledger
+    from conftest import REPO
+
+    project = load_project(REPO)
+    ledger = Ledger(Database(f"sqlite:///{tmp_path / 'ledger.db'}"))
+    ledger.ensure_schema()
+    at = NOW - timedelta(days=9)
+    with ledger.db.engine.begin() as conn:
+        conn.execute(ledger_table.insert(), [{
+            "message_key": "welcome-series:thanks:7:2025-01-01", "campaign": "welcome-series", "step": "thanks",
+            "customer_id": "7", "trigger_key": "2025-01-01", "variant": "default", "channel": "email",
+            "status": "sent", "attempts": 1, "trigger_at": at, "due_at": at, "created_at": at, "updated_at": at}])
+    config = dataclasses.replace(project.config, quiet_hours={**project.config.quiet_hours,
+                                                               "email": QuietHours(time(0, 0), time(23, 59))})
+    campaign = project.campaign("welcome-series")
+
+    def message(customer_id: str, key: str, email: str | None) -> DueMessage:
+        trigger_at = NOW - timedelta(hours=int(key[-2:]))
+        return DueMessage("welcome-series", "thanks", customer_id, key, trigger_at, trigger_at, "email",
+                          {"customer_id": customer_id, "email": email, "timezone": "UTC"}, "send", None, "default",
+                          candidates=("default",))
+
+    batch = [message("7", "2025-01-08", None), message("7", "2025-01-09", "seven@example.com"),
+             message("8", "2025-01-08", None), message("8", "2025-01-09", "eight@example.com")]
+    try:
+        inputs = policies.first_attempt_inputs(config, ledger, NOW, [campaign], project.campaigns)
+        decided = policies.apply_stages(batch, inputs)
+    finally:
+        ledger.close()
+    assert [(m.customer_id, m.action, m.reason) for m in decided] == [
+        ("7", "skip", "reentry"), ("7", "skip", "reentry"), ("8", "skip", "no_contact"), ("8", "defer", "quiet_hours")]
+    assert [stage.name for stage in policies.STAGES][:2] == ["reentry_history", "channel_choice"]
