@@ -967,6 +967,10 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
                      "floor": floor, "headline": True,
                      "note": f"{counts['send']:,} send, {counts['skip']:,} skip ({counts['defer']:,} of them deferred); "
                              f"the ledger holds the plan above ({filled:,} rows, recorded without sending)"})
+        if capacity:  # the floor again: under a changing load, the plans' ratios lie between the two
+            floor_end, _ = _timed(lambda: _consume_sql(reconciler.warehouse, FLOOR_SQL), repeat)
+            rows.append({"what": "floor again, after the plans", "rows": None, "seconds": floor_end,
+                         "note": f"x{floor_end / floor:.2f} of the first floor"})
         if not capacity:
             rows += _incremental_rows(reconciler, project_dir, now + timedelta(minutes=1), repeat, floor)
             rows += _compiled_per_pass(reconciler, now + timedelta(minutes=1), repeat, floor, "  same plan one minute later")
@@ -1445,7 +1449,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="requests per tracking measurement (/healthz, /open, /click; default 4000, --quick 2000; 0 skips it)")
     parser.add_argument("--capacity", action="store_true",
                         help="only the plan rows the capacity model checks (floor, plan, plan as a pass runs it, plan "
-                             "per campaign, plan a minute later), one round each without warm-up or alternated variants; implies --no-run "
+                             "per campaign, plan a minute later, the floor again), one round each without warm-up or alternated variants; implies --no-run "
                              "--no-smtp --no-push and skips history, letters, tracking and memory")
     parser.add_argument("--anchor", default="2025-01-10T00:00:00Z", help="end of the history and the plan instant")
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")
