@@ -907,6 +907,34 @@ def _reset_ledger(reconciler, project_dir: Path) -> None:
     shutil.rmtree(project_dir / "var" / "outbox", ignore_errors=True)
 
 
+class _PrintedRows(list):
+    """The result rows of one backend, each printed (with the load average) as it is measured, so a
+    run stopped early, or one still going, has left its numbers on the screen; the table at the end
+    shows them again."""
+
+    def __init__(self, backend: str):
+        super().__init__()
+        self.backend = backend
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        seconds = "" if row.get("seconds") is None else f" {row['seconds']:.3f} s"
+        ratio = f" x{row['seconds'] / row['floor']:.1f} floor" if row.get("floor") and row.get("seconds") else ""
+        rows = "" if row.get("rows") is None else f" {row['rows']:,} rows"
+        load = " / ".join(f"{a:.2f}" for a in os.getloadavg())
+        measured = f"{rows}{seconds}{ratio}" + (";" if row.get("note") and (rows or seconds) else "")
+        print(f"  [{self.backend} {time.strftime('%H:%M:%S')} load {load}] {row['what'].strip()}:{measured}"
+              + (f" {row['note']}" if row.get("note") else ""), flush=True)
+
+    def extend(self, rows) -> None:
+        for row in rows:
+            self.append(row)
+
+    def __iadd__(self, rows):
+        self.extend(rows)
+        return self
+
+
 def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: int, run_repeat: int,
             smtp_dir: Path | None = None, sink=None, quick: bool = False, history: int = 0,
             customers: int = 0, capacity: bool = False) -> list[dict]:
@@ -923,7 +951,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
     if project.config.dialect != backend:
         raise SystemExit(f"expected the {backend} dialect, the project says {project.config.dialect}")
     reconciler = engine.Reconciler(project)
-    rows: list[dict] = []
+    rows: list[dict] = _PrintedRows(backend)
     campaigns = reconciler.campaigns()
     try:
         _reset_ledger(reconciler, project_dir)  # a kept directory may hold an old ledger
@@ -939,6 +967,12 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         rows.append({"what": f"plan: all {len(campaigns)} campaigns", "rows": counts["rows"], "seconds": plan,
                      "floor": floor, "note": f"{counts['send']:,} send, {counts['skip']:,} skip "
                                              f"({counts['defer']:,} of them deferred)", "headline": True})
+        if capacity:  # the same plan as a pass runs it: settled skips recorded set-based, the rest decided
+            pass_s, counts = _pass_plan(reconciler, project_dir, now, 1, "decided")
+            rows.append({"what": "plan as a pass runs it (empty ledger), settled as the pass decides",
+                         "rows": counts["rows"], "seconds": pass_s, "floor": floor,
+                         "note": f"{counts['rows']:,} rows reach Python ({counts['send']:,} send, {counts['skip']:,} skip), "
+                                 f"{counts['settled']:,} stale/stopped skips recorded set-based; skips recorded"})
         if not capacity:
             rows += _compiled_per_pass(reconciler, now, repeat, floor, "  same plan")
             rows += _shared_rows_rows(reconciler, now, repeat, floor, backend)
@@ -967,6 +1001,10 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
                      "floor": floor, "headline": True,
                      "note": f"{counts['send']:,} send, {counts['skip']:,} skip ({counts['defer']:,} of them deferred); "
                              f"the ledger holds the plan above ({filled:,} rows, recorded without sending)"})
+        if capacity:  # the floor again: under a changing load, the plans' ratios lie between the two
+            floor_end, _ = _timed(lambda: _consume_sql(reconciler.warehouse, FLOOR_SQL), repeat)
+            rows.append({"what": "floor again, after the plans", "rows": None, "seconds": floor_end,
+                         "note": f"x{floor_end / floor:.2f} of the first floor"})
         if not capacity:
             rows += _incremental_rows(reconciler, project_dir, now + timedelta(minutes=1), repeat, floor)
             rows += _compiled_per_pass(reconciler, now + timedelta(minutes=1), repeat, floor, "  same plan one minute later")
@@ -1444,8 +1482,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking", type=int, default=None, metavar="N",
                         help="requests per tracking measurement (/healthz, /open, /click; default 4000, --quick 2000; 0 skips it)")
     parser.add_argument("--capacity", action="store_true",
-                        help="only the plan rows the capacity model checks (floor, plan, plan per campaign, plan a "
-                             "minute later), one round each without warm-up or alternated variants; implies --no-run "
+                        help="only the plan rows the capacity model checks (floor, plan, plan as a pass runs it, plan "
+                             "per campaign, plan a minute later, the floor again), one round each without warm-up or alternated variants; implies --no-run "
                              "--no-smtp --no-push and skips history, letters, tracking and memory")
     parser.add_argument("--anchor", default="2025-01-10T00:00:00Z", help="end of the history and the plan instant")
     parser.add_argument("--seed", type=int, default=42, help="generator seed (default 42)")

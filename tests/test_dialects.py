@@ -139,6 +139,36 @@ def test_the_compiled_sql_follows_the_row(row: Dialect):
             assert sqlglot.parse_one(create, read=row.name) is not None
 
 
+def test_sqlite_searches_the_orders_of_the_at_risk_members_by_customer(tmp_path):
+    """The at_risk trigger reads the orders twice (its per-customer facts, then its members' last
+    orders): SQLite materialised that source without the orders' indexes and scanned all orders
+    once per member - at 1M orders a pass's segment entries did not finish. Written NOT
+    MATERIALIZED (``stream_source_ctes``), the join searches the orders by customer; the customers
+    (``materialised_sources``) keep the copy SQLite joins through an automatic index."""
+    from conftest import REPO
+
+    from engine import load_project, render_sql
+    from engine.sql.due import due_query
+    from engine.state.ledger import Ledger
+    from engine.state.warehouse import Database
+    from engine.tools.demo import create_tables
+
+    row = DIALECTS["sqlite"]
+    db = Database(f"sqlite:///{tmp_path / 'shop.db'}")
+    try:
+        create_tables(db)
+        Ledger(db).ensure_schema()
+        project = load_project(REPO)
+        sql = render_sql(due_query(project.campaign("re-engage"), project.config, datetime(2025, 1, 10, tzinfo=timezone.utc),
+                                   exclude_ledger=True, dialect=row.name), row.name)
+        assert "src_orders AS NOT MATERIALIZED" in sql and "src_customers AS (" in sql
+        plan = [detail for *_, detail in db.fetch_all(f"EXPLAIN QUERY PLAN {sql}")]
+        assert any(d.startswith("SEARCH orders USING INDEX") and "customer_id=?" in d for d in plan), plan
+        assert not any(d.startswith("MATERIALIZE src_orders") for d in plan), plan
+    finally:
+        db.dispose()
+
+
 def test_sqlite_strftime_writes_the_compilers_instant_literals():
     """The text form of instants: SQLite's STRFTIME with the row's format gives exactly ts()'s literal."""
     import sqlite3

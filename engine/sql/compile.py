@@ -446,17 +446,22 @@ class QueryBuilder:
         return body
 
     def _materialized(self, name: str) -> bool | None:
-        """``False`` (NOT MATERIALIZED) for source CTEs where Dialect.stream_source_ctes (DuckDB), else
-        the database's choice.
+        """``False`` (NOT MATERIALIZED) for source CTEs where Dialect.stream_source_ctes (DuckDB,
+        SQLite) but not of its ``materialised_sources``, else the database's choice.
 
         DuckDB materialises a CTE that is read twice - ``src_customers`` is, by
         the trigger and by the customer join - and holds every row and column of
         it in memory while the query runs: 200 MB per million customers. A
         source CTE only renames columns, so reading the table again costs a scan
-        and lets the rows stream. Other dialects keep their default (PostgreSQL
+        and lets the rows stream. SQLite materialises one without its table's
+        indexes: a join on it by key scanned it whole for every outer row (the
+        at_risk trigger's members and their last orders). Other dialects keep their default (PostgreSQL
         spills a materialised CTE to disk; others may not know the keyword).
         """
-        return False if dialect_named(self.dialect).stream_source_ctes and name.startswith("src_") else None
+        dialect = dialect_named(self.dialect)
+        if dialect.stream_source_ctes and name.startswith("src_") and name[4:] not in dialect.materialised_sources:
+            return False
+        return None
 
     # --- what happened after the trigger (stop conditions, since-trigger facts) ---
 
