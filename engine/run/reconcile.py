@@ -51,7 +51,8 @@ from engine.state.ledger import Ledger
 from engine.state.warehouse import Database
 from engine.templating.render import Renderer
 
-#: A pass that recorded at least this many outcomes refreshes the ledger's planner statistics.
+#: A pass that recorded at least this many outcomes refreshes the ledger's planner statistics at its end,
+#: and as soon as its settle statements have written this many skips (before the next campaign's query).
 STATISTICS_AFTER = 10_000
 
 
@@ -137,6 +138,7 @@ class Reconciler:
             unknown = [name for name in unknown if name not in self.settled_last]
         held = self.ledger.campaigns_held(unknown) if unknown else set()
         planned: list[str] = []  # the campaigns whose settled skips this pass counted, remembered at its end
+        unanalysed = 0  # settled skips written since the ledger's planner statistics were refreshed
         kept, self.facts_costs = incremental.refresh(self.warehouse, self.ledger, self.config, now,
                                                      writes=self.writes and customer_id is None, shares=in_query,
                                                      campaigns=self.project.campaigns)
@@ -155,6 +157,10 @@ class Reconciler:
                             self.settled_last[campaign.name] = settle.record_settled(
                                 campaign, rows_of, self.config, self.ledger, now, report, ledger_in_query=in_query)
                             settled = "exclude"
+                            unanalysed += self.settled_last[campaign.name]
+                            if unanalysed >= STATISTICS_AFTER:  # the next campaigns' queries join a ledger grown
+                                self.ledger.refresh_statistics()  # from nothing: planned for it, not for empty
+                                unanalysed = 0
                         else:  # row by row this time; what it finds decides the next pass
                             counted = self.settled_last[campaign.name] = 0
                         planned.append(campaign.name)
