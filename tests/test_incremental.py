@@ -32,7 +32,7 @@ from engine.run import incremental
 from engine.run import plan
 from engine.sql.compile import SHARED_FACTS, QueryBuilder, facts_select, render_sql
 from engine.sql.due import counted_statuses
-from engine.sql.kept_facts import KEPT_FACTS
+from engine.sql.kept_facts import KEPT_FACTS, kept_replace, touched_create
 from engine.state.warehouse import Database
 from engine.tools.demo import load_shop
 from history import ANCHOR, INSTANTS, shared_history
@@ -198,6 +198,16 @@ def test_the_incremental_pass_plans_what_a_full_pass_plans(shop, backend, monkey
         touched += number and kept.facts_costs[0].mark.customers_touched
     assert compared > 100  # the due sets are not empty
     assert touched > 0  # the later passes recomputed customers from the delta, not the whole history
+    # the refresh's statements, rendered once with stand-in instants, are the text a rendering at the pass's gives
+    config, since = kept.config, now - timedelta(minutes=10, microseconds=1500)
+    for entity in KEPT_FACTS:
+        for _ in range(2):  # built, then from the cache
+            assert incremental._statements(config, "touched", entity, (), since, now,
+                                           lambda s, n: [touched_create(config, entity, s, n)]) == \
+                [render_sql(touched_create(config, entity, since, now), config.dialect)]
+            assert incremental._statements(config, "replace", entity, counted, None, now,
+                                           lambda _s, n: kept_replace(config, entity, n, counted)) == \
+                [render_sql(statement, config.dialect) for statement in kept_replace(config, entity, now, counted)]
 
 
 def test_a_late_row_the_watermark_reads_changes_the_facts_and_the_plan(shop):
@@ -307,10 +317,11 @@ def test_a_ledger_from_before_the_watermarks_is_upgraded_and_keeps_them(backend,
 
     db = Database(database_url(backend, tmp_path, "ledger"))
     migrations.ensure(db)
-    with db.engine.begin() as conn:  # what 0005 left: no watermark table, version 0005
+    with db.engine.begin() as conn:  # what 0005 left: no watermark table (nor the later settle memory), version 0005
         conn.execute(sa.text("DROP TABLE engine_watermarks"))
+        conn.execute(sa.text("DROP TABLE engine_settled"))
         conn.execute(sa.text(f"UPDATE {migrations.VERSION_TABLE} SET version_num = '0005'"))
-    assert migrations.status(db).pending == ("0006",)
+    assert migrations.status(db).pending[0] == "0006"
     ledger = Ledger(db)
     assert ledger.watermark("orders") is None  # read-only commands do not upgrade: no watermark yet
     ledger.ensure_schema()

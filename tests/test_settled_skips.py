@@ -275,7 +275,7 @@ def test_passes_and_restarts_deciding_from_the_remembered_counts_record_what_row
     for name in ("deciding", "row_by_row"):
         url = database_url("duckdb", tmp_path, name)
         build_demo(url, seed=42, customers=2000, anchor="2025-01-10T00:00:00Z")
-        reconcilers[name] = (url, copy_project(tmp_path / name))
+        reconcilers[name] = (url, load_project(copy_project(tmp_path / name)))  # validated once: a restart reuses it
     monkeypatch.setattr(settle, "SETTLE_FROM", 20)  # the demo's passes find tens of skips: both ways are taken
     ran: list[str] = []
     record = settle.record_settled
@@ -290,9 +290,9 @@ def test_passes_and_restarts_deciding_from_the_remembered_counts_record_what_row
         if restart and name in open_:
             open_.pop(name).close()
         if name not in open_:
-            url, root = reconcilers[name]
+            url, project = reconcilers[name]
             monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
-            open_[name] = Reconciler(load_project(root))
+            open_[name] = Reconciler(project)  # a new process's state: nothing remembered but the ledger
         return open_[name]
 
     settled_passes, row_passes = 0, 0

@@ -47,11 +47,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from engine.clock import parse_stored_timestamp, to_utc
+from engine.clock import UTC, parse_stored_timestamp, to_utc
 from engine.dialects import dialect_named, drop_temporary_table
 from engine.errors import WarehouseError
 from engine.model import CHANGE_COLUMN, Campaign, ProjectConfig
-from engine.sql.compile import StateRelations, render_sql
+from engine.sql.compile import StateRelations, instant_text, render_sql
 from engine.sql.due import counted_statuses
 from engine.sql.kept_facts import (
     KEPT_FACTS, TOUCHED, changes_select, change_expression, fingerprint, kept_create, kept_drop, kept_relations,
@@ -198,6 +198,34 @@ def _one(session: Session, sql: str) -> tuple:
     return row
 
 
+#: Stand-in instants the refresh statements are rendered with once (``_statements``); a pass writes
+#: its own instants' text in their place. Dates no shop's SQL holds, to the millisecond.
+_STAND_IN_SINCE = datetime(1901, 2, 3, 4, 5, 6, 789000, tzinfo=UTC)
+_STAND_IN_NOW = datetime(1902, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
+#: (project config's identity, statement, entity, counted sets, since given) -> (config, rendered texts)
+_rendered: dict[tuple, tuple[ProjectConfig, list[str]]] = {}
+
+
+def _statements(config: ProjectConfig, what: str, entity: str, counted: Sequence[Sequence[str]],
+                since: datetime | None, now: datetime, build) -> list[str]:
+    """``build(since, now)``'s statements (sqlglot expressions), built and rendered once per project
+    version with stand-in instants (their sqlglot work cost more than the statements themselves at
+    every pass) and given the pass's instants as the literals ``compile.ts`` writes."""
+    key = (id(config), what, entity, tuple(map(tuple, counted)), since is None)
+    entry = _rendered.get(key)
+    if entry is None or entry[0] is not config:
+        built = build(None if since is None else _STAND_IN_SINCE, _STAND_IN_NOW)
+        entry = (config, [render_sql(statement, config.dialect) for statement in built])
+        while len(_rendered) >= 64:  # older project versions fall out
+            _rendered.pop(next(iter(_rendered)))
+        _rendered[key] = entry
+    dialect = config.dialect
+    texts = [text.replace(instant_text(_STAND_IN_NOW, dialect), instant_text(now, dialect)) for text in entry[1]]
+    if since is not None:
+        texts = [text.replace(instant_text(_STAND_IN_SINCE, dialect), instant_text(since, dialect)) for text in texts]
+    return texts
+
+
 def _refresh(session: Session, ledger: Ledger, config: ProjectConfig, entity: str, now: datetime,
              cost: SourceCost, counted: Sequence[Sequence[str]]) -> SourceCost:
     dialect, mark = config.dialect, cost.mark
@@ -208,15 +236,19 @@ def _refresh(session: Session, ledger: Ledger, config: ProjectConfig, entity: st
         if drop is not None:
             session.execute(drop)
         try:
-            session.execute(render_sql(touched_create(config, entity, since, now), dialect))
+            (create,) = _statements(config, "touched", entity, (), since, now,
+                                    lambda since_, now_: [touched_create(config, entity, since_, now_)])
+            session.execute(create)
         except WarehouseError:  # the kept table is gone (dropped by hand): built again below
             pass
         else:
             try:
-                touched, rows_read, newest = _one(session, render_sql(touched_summary(entity), dialect))
+                (summary,) = _statements(config, "summary", entity, (), None, now, lambda *_: [touched_summary(entity)])
+                touched, rows_read, newest = _one(session, summary)
                 if touched:
-                    session.execute_together(_locked(dialect, [render_sql(s, dialect)
-                                                               for s in kept_replace(config, entity, now, counted)]))
+                    session.execute_together(_locked(dialect, _statements(
+                        config, "replace", entity, counted, None, now,
+                        lambda _since, now_: kept_replace(config, entity, now_, counted))))
             finally:
                 done = drop_temporary_table(dialect_named(dialect), TOUCHED[entity], created=True)
                 if done is not None:
