@@ -59,6 +59,24 @@ def map_checkouts(root, query: str | None) -> None:
     (root / "engine.yaml").write_text(text)
 
 
+#: a segment campaign: before each pass plans, its entries are one INSERT ... SELECT over the orders
+AT_RISK = """\
+name: drifting
+trigger: {at_risk: {window: 6mo, percent: 60}}
+steps:
+  - {id: mail, delay: 0m, freshness: 2d, channel: email, template: second-order/nudge.email.j2}
+"""
+SLOW_ORDERS = {backend: query.replace("checkouts", "orders", 1) for backend, query in SLOW_CHECKOUTS.items()}
+
+
+def map_orders(root, query: str) -> None:
+    """The orders source as ``query``."""
+    text = (root / "engine.yaml").read_text()
+    start = text.index("  orders:\n")
+    end = text.index("\n    columns:", start)
+    (root / "engine.yaml").write_text(text[:start] + f'  orders:\n    query: "{query}"' + text[end:])
+
+
 def with_timeout(root, value: str) -> None:
     text = (root / "engine.yaml").read_text()
     (root / "engine.yaml").write_text(text.replace("warehouse:\n", f"warehouse:\n  statement_timeout: {value}\n", 1))
@@ -99,6 +117,25 @@ def test_a_query_past_the_limit_fails_its_campaign_alone_and_the_next_pass_sends
         result, _ = run_once(project)
         assert result.returncode == 0, result.stdout + result.stderr
         assert Counter(smtp.keys()) == Counter(keys("first") + keys("cart"))  # the rest, and each message once
+
+
+@pytest.mark.parametrize("project", ["postgres", "duckdb"], indirect=True)
+def test_a_segments_entries_past_the_limit_fail_their_campaign_alone(project):
+    """The segment entries a pass records before it plans (an INSERT ... SELECT over the orders) run
+    under the limit too: at 1M orders on SQLite that statement once ran for minutes unbounded."""
+    backend = "postgres" if project.url.startswith("postgresql") else "duckdb"
+    with SmtpSink() as smtp:
+        configure(project, smtp.port)
+        project.load({"drifting": AT_RISK}, customers=customers(N), orders=orders(N))
+        with_timeout(project, f"{LIMIT_S}s")
+        map_orders(project, SLOW_ORDERS[backend])
+        result, seconds = run_once(project)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert seconds < BOUND_S, f"the pass took {seconds:.0f} s: the limit did not stop the entries"
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1, result.stderr
+        assert "campaign drifting failed" in errors[0] and "warehouse.statement_timeout (1 s)" in errors[0], errors[0]
+        assert "Traceback" not in result.stderr and smtp.keys() == []
 
 
 def test_sqlite_is_interrupted_and_its_connection_stays_usable(tmp_path):

@@ -20,4 +20,5 @@ def enter_segment(campaign: Campaign, warehouse: Database, config: ProjectConfig
     if insert is not None:
         if warehouse.dialect.on_conflict_insert is not None:  # replicas may enter the same customers at once
             insert = keep_recorded_entries(insert)
-        warehouse.execute(render_sql(insert, config.dialect))
+        with warehouse.session() as session:  # under warehouse.statement_timeout, as the due queries are
+            session.execute(render_sql(insert, config.dialect))
