@@ -59,6 +59,13 @@ StateRelations = Mapping[str, exp.Expression]
 #: (the pass's copy, engine.sql.shipping); with the ledger in the query, they read its table
 REENTRY_HISTORY = "reentry_history"
 
+
+def ledger_relation() -> exp.Table:
+    """The ledger's table, for a query that joins it where the ledger shares the warehouse's database
+    (the names of engine state are this module's to import: tests/test_ledger_interface.py)."""
+    return exp.to_table(LEDGER_TABLE)
+
+
 CUSTOMER_PREFIX = "cust__"
 VARIANT_PREFIX = "variant_match_"
 #: Per-customer fact tables a reconciler pass materialises once and every campaign query of

@@ -25,13 +25,13 @@ from engine.model import Step
 from engine.sql.compile import (
     CUSTOMER_PREFIX, REENTRY_HISTORY, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN,
     awaited_event,
-    SHARED_ROWS, calendar_slack, col, exists, is_customer, join_trigger_properties, lit, per_zone_window, render_sql,
+    SHARED_ROWS, calendar_slack, col, exists, is_customer, join_trigger_properties, ledger_relation, lit, per_zone_window,
+    render_sql,
     shared_facts_create, step_window, temporary_table, text, ts, variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
 from engine.sql.hashing import hash_bucket, hashes_in_sql
 from engine.sql.triggers.registry import kind_of
-from engine.state.tables import LEDGER_TABLE
 
 #: a typed NULL: PostgreSQL resolves a UNION of untyped NULLs to text, then fails against 1/0
 _INT = exp.DataType.build("INT")
@@ -220,7 +220,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     builder = QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts, state=state)
     history = None
     if settled != "include" and reentry_in_sql(campaign, builder.dialect):
-        history = exp.to_table(LEDGER_TABLE) if exclude_ledger else (state or {}).get(REENTRY_HISTORY)
+        history = ledger_relation() if exclude_ledger else (state or {}).get(REENTRY_HISTORY)
         if history is None:
             raise ValueError(f"{campaign.name}: settling re-entry in SQL needs the ledger's sent instances")
     customers = builder.source("customers")
