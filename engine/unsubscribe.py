@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from functools import lru_cache
 from typing import Sequence
-from urllib.parse import parse_qsl, urlencode, urlparse
+from urllib.parse import parse_qsl, quote_plus, urlparse
 
 from engine.channel_kinds import unsubscribe_scopes
 from engine.refusals import Refused
@@ -37,12 +38,22 @@ class LinkRefused(Refused):
     """An unsubscribe link the engine does not honour: ``status`` 400 (malformed) or 403 (bad signature)."""
 
 
+@lru_cache(maxsize=16)
+def keyed(secret: str) -> hmac.HMAC:
+    """HMAC-SHA256 keyed with ``secret`` and nothing fed yet: each signature copies it instead of keying
+    again (the key's two padded blocks hashed once per secret, not once per message). Never updated."""
+    return hmac.new(secret.encode(), digestmod=hashlib.sha256)
+
+
 def signature(secret: str, customer_id: str, kind: str) -> str:
-    return hmac.new(secret.encode(), f"unsubscribe:{customer_id}:{kind}".encode(), hashlib.sha256).hexdigest()[:32]
+    mac = keyed(secret).copy()
+    mac.update(f"unsubscribe:{customer_id}:{kind}".encode())
+    return mac.hexdigest()[:32]
 
 
 def link(base_url: str, secret: str, customer_id: str, kind: str) -> str:
-    query = urlencode({"c": customer_id, "k": kind, "s": signature(secret, customer_id, kind)})
+    # what urlencode({"c": ..., "k": ..., "s": ...}) gives, without its per-call generality (half the time)
+    query = f"c={quote_plus(str(customer_id))}&k={quote_plus(str(kind))}&s={signature(secret, customer_id, kind)}"
     return f"{base_url}{'&' if '?' in base_url else '?'}{query}"
 
 

@@ -144,7 +144,9 @@ class Database:
         except self.errors as exc:
             raise self._error("query failed on", exc) from None
 
-    def fetch_all(self, sql: str) -> list[sa.Row]:
+    def fetch_all(self, sql: str, driver_parameters: tuple | None = None) -> list[sa.Row]:
+        """The rows of query ``sql``; with ``driver_parameters`` the text goes to the driver as it
+        is (``exec_driver_sql``: its own placeholders, such as DuckDB's ``$1``) with those values."""
         try:
             connection = self.engine.connect()
         except self.errors as exc:
@@ -154,6 +156,8 @@ class Database:
             with connection as conn:
                 deadline = StatementDeadline(self, conn)
                 with deadline.statement():
+                    if driver_parameters is not None:
+                        return list(conn.exec_driver_sql(sql, driver_parameters))
                     return list(conn.execute(sa.text(sql)))
         except self.errors as exc:
             raise self._error("query failed on", exc, deadline) from None
