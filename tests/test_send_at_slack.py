@@ -20,6 +20,14 @@ from engine.decide import at_local_time
 CLOCKS = [time(0, 0), time(0, 30), time(1, 30), time(2, 30), time(3, 0), time(10, 0), time(23, 59)]
 
 
+def _instants_around_changes(zone: ZoneInfo) -> list[datetime]:
+    """Two ordinary instants and instants around the zone's first two offset changes (DST)."""
+    instants = [datetime(2025, 3, 1, 7, 13, tzinfo=timezone.utc), datetime(2025, 7, 4, 23, 59, tzinfo=timezone.utc)]
+    for change in _offset_changes(zone)[:2]:
+        instants += [change + timedelta(hours=h) for h in (-26, -3, 1, 2, 3, 9, 25)]
+    return instants
+
+
 def _offset_changes(zone: ZoneInfo) -> list[datetime]:
     """UTC days (00:00) on which ``zone``'s UTC offset differs from the day before."""
     changes, day = [], datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -76,10 +84,7 @@ def test_the_per_zone_window_keeps_every_row_python_would_keep_and_little_else()
     checked = 0
     for name in ZONES:
         zone = ZoneInfo(name)
-        instants = [datetime(2025, 3, 1, 7, 13, tzinfo=timezone.utc), datetime(2025, 7, 4, 23, 59, tzinfo=timezone.utc)]
-        for change in _offset_changes(zone)[:2]:
-            instants += [change + timedelta(hours=h) for h in (-26, -3, 1, 2, 3, 9, 25)]
-        for now in instants:
+        for now in _instants_around_changes(zone):
             for delay, clock, freshness in STEPS:
                 step = Step("s", delay, (), freshness=freshness, send_at=clock)
                 window, plain = zone_window(step, now, HORIZON, zone), step_window(step, now, HORIZON)
@@ -109,8 +114,6 @@ def test_the_per_zone_date_window_keeps_every_date_python_would_keep_and_at_most
     date), the per-zone bounds as dates. Every date Python keeps (due by now, not past due +
     freshness + stale horizon) must pass both bounds - compared as a date column compares with a
     timestamp, at its midnight - and no date more than a day beyond the kept ones may."""
-    from datetime import date
-
     from engine.decide import due_time, local_midnight
     from engine.model import Step
     from engine.sql.compile import _local_day_bound, zone_window
@@ -118,10 +121,7 @@ def test_the_per_zone_date_window_keeps_every_date_python_would_keep_and_at_most
     checked = tight = 0
     for name in ZONES + ["America/Santiago", "Asia/Beirut", "America/Havana"]:  # + a clock that skips midnight
         zone = ZoneInfo(name)
-        instants = [datetime(2025, 3, 1, 7, 13, tzinfo=timezone.utc), datetime(2025, 7, 4, 23, 59, tzinfo=timezone.utc)]
-        for change in _offset_changes(zone)[:2]:
-            instants += [change + timedelta(hours=h) for h in (-26, -3, 1, 2, 3, 9, 25)]
-        for now in instants:
+        for now in _instants_around_changes(zone):
             for delay, clock, freshness in STEPS:
                 step = Step("s", delay, (), freshness=freshness, send_at=clock)
                 window = zone_window(step, now, HORIZON, zone)

@@ -89,6 +89,16 @@ def run_once(root) -> tuple[subprocess.CompletedProcess, float]:
     return result, time.monotonic() - started
 
 
+def assert_stopped_alone(result: subprocess.CompletedProcess, seconds: float, campaign: str) -> None:
+    """The pass ended within the bound, exit 1, one ``Error:`` line naming ``campaign`` and the limit."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert seconds < BOUND_S, f"the pass took {seconds:.0f} s: the limit did not stop the statement"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    assert f"campaign {campaign} failed" in errors[0] and "warehouse.statement_timeout (1 s)" in errors[0], errors[0]
+    assert "Traceback" not in result.stderr
+
+
 def keys(name: str) -> list[str]:
     instance = (lambda i: 100 + i) if name == "cart" else (lambda i: i)
     return [f"{name}:mail:{i}:{instance(i)}" for i in range(1, N + 1)]
@@ -104,13 +114,7 @@ def test_a_query_past_the_limit_fails_its_campaign_alone_and_the_next_pass_sends
         with_timeout(project, f"{LIMIT_S}s")
         map_checkouts(project, SLOW_CHECKOUTS[backend])
 
-        result, seconds = run_once(project)
-        assert result.returncode == 1, result.stdout + result.stderr
-        assert seconds < BOUND_S, f"the pass took {seconds:.0f} s: the limit did not stop the query"
-        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-        assert len(errors) == 1, result.stderr
-        assert "campaign cart failed" in errors[0] and "warehouse.statement_timeout (1 s)" in errors[0], errors[0]
-        assert "Traceback" not in result.stderr
+        assert_stopped_alone(*run_once(project), "cart")
         assert sorted(smtp.keys()) == sorted(keys("first"))  # the other campaign sent, the stopped one nothing
 
         map_checkouts(project, None)  # the warehouse is fast again
@@ -129,13 +133,8 @@ def test_a_segments_entries_past_the_limit_fail_their_campaign_alone(project):
         project.load({"drifting": AT_RISK}, customers=customers(N), orders=orders(N))
         with_timeout(project, f"{LIMIT_S}s")
         map_orders(project, SLOW_ORDERS[backend])
-        result, seconds = run_once(project)
-        assert result.returncode == 1, result.stdout + result.stderr
-        assert seconds < BOUND_S, f"the pass took {seconds:.0f} s: the limit did not stop the entries"
-        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-        assert len(errors) == 1, result.stderr
-        assert "campaign drifting failed" in errors[0] and "warehouse.statement_timeout (1 s)" in errors[0], errors[0]
-        assert "Traceback" not in result.stderr and smtp.keys() == []
+        assert_stopped_alone(*run_once(project), "drifting")
+        assert smtp.keys() == []
 
 
 def test_sqlite_is_interrupted_and_its_connection_stays_usable(tmp_path):
