@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from functools import lru_cache
 from typing import Sequence
 from urllib.parse import parse_qsl, urlparse
 
 from engine.refusals import Refused
+from engine.signing import sign
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -36,17 +36,8 @@ def token(message_key: str) -> str:
     return hashlib.sha256(message_key.encode()).hexdigest()[:32]
 
 
-@lru_cache(maxsize=16)
-def keyed(secret: str) -> hmac.HMAC:
-    """HMAC-SHA256 keyed with ``secret`` and nothing fed yet, copied per signature (as unsubscribe.keyed:
-    this module sits beside it, not above it). Never updated."""
-    return hmac.new(secret.encode(), digestmod=hashlib.sha256)
-
-
 def signature(secret: str, message_token: str) -> str:
-    mac = keyed(secret).copy()
-    mac.update(f"scan:{message_token}".encode())
-    return mac.hexdigest()[:32]
+    return sign(secret, f"scan:{message_token}")[:32]
 
 
 def link(base_url: str, secret: str, message_key: str) -> str:

@@ -15,15 +15,14 @@ recording the unsubscribe is the ledger's job.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
-from functools import lru_cache
 from typing import Sequence
 from urllib.parse import parse_qsl, quote_plus, urlparse
 
 from engine.channel_kinds import unsubscribe_scopes
 from engine.refusals import Refused
+from engine.signing import sign
 
 #: what a link (and ``engine unsubscribe --channel``) may name: each channel kind's scope, or all
 KINDS = (*unsubscribe_scopes(), "all")
@@ -38,17 +37,8 @@ class LinkRefused(Refused):
     """An unsubscribe link the engine does not honour: ``status`` 400 (malformed) or 403 (bad signature)."""
 
 
-@lru_cache(maxsize=16)
-def keyed(secret: str) -> hmac.HMAC:
-    """HMAC-SHA256 keyed with ``secret`` and nothing fed yet: each signature copies it instead of keying
-    again (the key's two padded blocks hashed once per secret, not once per message). Never updated."""
-    return hmac.new(secret.encode(), digestmod=hashlib.sha256)
-
-
 def signature(secret: str, customer_id: str, kind: str) -> str:
-    mac = keyed(secret).copy()
-    mac.update(f"unsubscribe:{customer_id}:{kind}".encode())
-    return mac.hexdigest()[:32]
+    return sign(secret, f"unsubscribe:{customer_id}:{kind}")[:32]
 
 
 def link(base_url: str, secret: str, customer_id: str, kind: str) -> str:
