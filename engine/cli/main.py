@@ -141,6 +141,7 @@ def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: 
                              sample, shard, sys.stdout)
     if fmt not in (None, "table", "jsonl", "csv"):
         raise click.UsageError(f"--format {fmt} is for --diff; the plan itself is table, jsonl or csv")
+    from engine.run.settle import SettledCounts
     from engine.tools.output import write_plan
 
     fmt = fmt or "table"
@@ -152,9 +153,12 @@ def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: 
         header = f"Plan at {format_instant(now)} for {len(selected)} campaign(s)"
         failed: dict[str, str] = {}  # a campaign that fails is reported; the others are planned
         sends: dict[str, int] = {}  # coupon pool -> messages planned with its codes
-        write_plan(around_output(counting_coded_sends(reconciler.due(now, selected, failures=failed), project, sends),
-                                 progress), fmt, sys.stdout, include_skipped=include_skipped, limit=limit, header=header,
-                   kinds={name: channel.kind for name, channel in reconciler.config.channels.items()})
+        # without --include-skipped, the skips the warehouse settles are only counted, in SQL
+        settled = None if include_skipped else SettledCounts()
+        write_plan(around_output(counting_coded_sends(reconciler.due(now, selected, failures=failed, settled_counts=settled),
+                                                      project, sends), progress),
+                   fmt, sys.stdout, include_skipped=include_skipped, limit=limit, header=header,
+                   kinds={name: channel.kind for name, channel in reconciler.config.channels.items()}, settled=settled)
         for warning in plan_pool_warnings(project, reconciler, selected, sends):
             click.echo(f"Warning: {warning}", err=True)
     finally:

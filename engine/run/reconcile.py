@@ -94,7 +94,8 @@ class Reconciler:
     def due(self, now: datetime, campaigns: list[Campaign] | None = None,
             customer_id: str | None = None, failures: dict[str, str] | None = None,
             report: PassReport | None = None,
-            before_campaign: Callable[[], None] | None = None) -> Iterator[list[DueMessage]]:
+            before_campaign: Callable[[], None] | None = None,
+            settled_counts: settle.SettledCounts | None = None) -> Iterator[list[DueMessage]]:
         """Batches of messages due at ``now`` and not yet in the ledger, policies applied.
 
         Campaigns go in priority order (highest first), so when a frequency cap
@@ -114,9 +115,17 @@ class Reconciler:
         the ledger, or whose last pass found many); otherwise, and without ``report`` (the plan,
         explain), they come as ``skip`` messages.
 
+        With ``settled_counts`` instead (a plan that shows only how many skips there are: ``engine
+        plan`` without ``--include-skipped``), those skips are counted in SQL into it, nothing
+        written (``settle.count_settled``), and are not among the batches, where a pass would settle
+        them (the same rule, read from the ledger, remembering nothing); the batches and the counts
+        together are the plan without it.
+
         ``before_campaign`` (a pass: finish the batch still sending) is called before each
         campaign's rows are settled or queried.
         """
+        if report is not None and settled_counts is not None:
+            raise ValueError("a pass records its settled skips: settled_counts is for a plan")
         selected = campaigns if campaigns is not None else self.campaigns()
         ordered = sorted(selected, key=lambda c: -c.priority)
         rules = policies.first_attempt_inputs(self.config, self.ledger, now, ordered, self.project.campaigns)
@@ -129,7 +138,8 @@ class Reconciler:
         python_shard = None if sql_shard is not None else self.shard
         # a campaign this process has not planned yet: as the ledger remembers its last pass (engine_settled),
         # else it settles when the ledger has none of its rows - one query each for all campaigns
-        unknown = [c.name for c in ordered if report is not None and c.name not in self.settled_last
+        settling = report is not None or settled_counts is not None
+        unknown = [c.name for c in ordered if settling and c.name not in self.settled_last
                    and settle.settles(c, self.config, python_shard, customer_id)]
         if unknown:
             memory = self.ledger.settled_memory(unknown)
@@ -164,6 +174,10 @@ class Reconciler:
                         else:  # row by row this time; what it finds decides the next pass
                             counted = self.settled_last[campaign.name] = 0
                         planned.append(campaign.name)
+                    elif settled_counts is not None and settle.settles(campaign, self.config, python_shard, customer_id) \
+                            and settle.worth_settling(campaign, self.settled_last.get(campaign.name), held):
+                        settle.count_settled(campaign, rows_of, self.ledger, settled_counts, ledger_in_query=in_query)
+                        settled = "exclude"
                     reentry_before = rules.state.history_skips.get(campaign.name, 0)
                     for batch in plan.decided_batches(campaign, rows_of(campaign, settled), now, self.config, self.ledger,
                                                       ledger_in_query=in_query, shard=python_shard,

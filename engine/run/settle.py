@@ -16,14 +16,22 @@ leaves them out), so no ``DueMessage``, customer dictionary or policy ever sees 
 
 Either way a skip another process recorded first is neither written again nor counted. The
 statement scans the campaign's trigger instances once more, so a pass runs it only where that
-pays (``worth_settling``). Owns the ledger row of a settled skip (key, due time, statuses) in SQL
-and in Python and that choice; must not decide which rows are settled (due.py does) nor plan,
-render or send.
+pays (``worth_settling``).
+
+A plan that shows only how many of them there are (``engine plan`` without ``--include-skipped``)
+counts them the same way, writing nothing (``count_settled`` into ``SettledCounts``): one
+``SELECT step, reason, channel, count(*) ... GROUP BY`` per campaign where the ledger shares the
+warehouse, else their keys streamed and those the ledger holds left out.
+
+Owns the ledger row of a settled skip (key, due time, statuses) in SQL and in Python, their
+counts, and those choices; must not decide which rows are settled (due.py does) nor plan, render
+or send.
 """
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Container, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlglot import exp
@@ -179,3 +187,55 @@ def record_settled(campaign: Campaign, rows_of, config: ProjectConfig, ledger: L
         report.add(campaign.name, step, f"skipped:{reason}", n, channel=channel)
     return sum(counts.values())
 
+
+
+@dataclass
+class SettledCounts:
+    """The settled skips a plan counted in SQL instead of receiving them as skip messages
+    (``Reconciler.due(settled_counts=...)``): per (campaign, step, reason, channel), channel None
+    where no variant qualifies. Filled while the plan's batches are consumed: complete once they end."""
+
+    by_channel: Counter = field(default_factory=Counter)
+
+    def add(self, campaign: str, step: str, reason: str, channel: str | None, count: int) -> None:
+        self.by_channel[(campaign, step, reason, channel)] += count
+
+    def outcomes(self) -> Counter:
+        """Per (campaign, step, outcome), as the plan counts its messages (``DueMessage.outcome``: "skip:stale")."""
+        counts: Counter = Counter()
+        for (campaign, step, reason, _channel), count in self.by_channel.items():
+            counts[(campaign, step, f"skip:{reason}")] += count
+        return counts
+
+
+def count_select(campaign: Campaign, now: datetime | PassInstant, query: exp.Query, dialect: str) -> exp.Expression:
+    """``query`` (``due_query(settled="only")``) turned into the count of its rows per step, reason
+    and channel: what a plan shows of them (a ``prepared.Wrap``: compiled once, like the query)."""
+    row = "s"
+    keys = [col(row, "step"), col(row, "reason"), col(row, "channel")]
+    return (exp.select(*keys, exp.alias_(exp.Count(this=exp.Star()), "settled"))
+            .from_(query.subquery(row)).group_by(*[key.copy() for key in keys]))
+
+
+def count_settled(campaign: Campaign, rows_of, ledger: Ledger, counts: SettledCounts, *,
+                  ledger_in_query: bool) -> int:
+    """Count ``campaign``'s settled skips into ``counts`` without recording them and return how many
+    (``rows_of``: ``plan.due_rows``'s reader): one aggregate where the ledger shares the warehouse
+    (the query leaves out what it holds), else the rows' keys streamed, those the ledger holds left
+    out (as ``plan.decided_batches`` leaves them out of a plan's messages)."""
+    found = 0
+    if ledger_in_query:
+        for rows in rows_of(campaign, "only", count_select):
+            for step, reason, channel, count in rows:
+                counts.add(campaign.name, step, reason, channel, count)
+                found += count
+        return found
+    for rows in rows_of(campaign, "only"):
+        keys = [(message_key(name, step, customer_id, trigger_key), step, reason, channel)
+                for name, step, customer_id, trigger_key, _at, reason, _detail, _variant, channel, _due in rows]
+        known = ledger.existing_keys([key for key, *_ in keys])
+        for key, step, reason, channel in keys:
+            if key not in known:
+                counts.add(campaign.name, step, reason, channel, 1)
+                found += 1
+    return found

@@ -16,6 +16,7 @@ from engine.masking import mask
 
 if TYPE_CHECKING:  # annotations only: `engine validate` writes issues without importing the pass (SQLAlchemy)
     from engine.run.messages import DueMessage, PassReport
+    from engine.run.settle import SettledCounts
 
 PLAN_FIELDS = ["campaign", "step", "customer_id", "trigger_key", "channel", "kind", "due_at", "trigger_at", "action", "reason",
                "message_key"]
@@ -28,9 +29,10 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def write_plan(batches: Iterable[list[DueMessage]], fmt: str, out: IO[str], *, include_skipped: bool,
-               limit: int, header: str, kinds: Mapping[str, str]) -> Counter:
+               limit: int, header: str, kinds: Mapping[str, str], settled: SettledCounts | None = None) -> Counter:
     """Write the plan; return counts per (campaign, step, action[:reason]). ``kinds``: each channel's kind
-    (engine.yaml), shown beside the channel."""
+    (engine.yaml), shown beside the channel. ``settled``: the skips the plan counted in SQL instead of
+    listing them (``Reconciler.due(settled_counts=...)``, without ``include_skipped``), counted with the others."""
     counts: Counter = Counter()
     sample: list[DueMessage] = []
     writer = None
@@ -48,6 +50,8 @@ def write_plan(batches: Iterable[list[DueMessage]], fmt: str, out: IO[str], *, i
                 writer.writerow(_row(m, kinds))
             elif len(sample) < limit:
                 sample.append(m)
+    if settled is not None:  # complete now that the batches are consumed
+        counts.update(settled.outcomes())
     if fmt == "table":
         out.write(header + "\n\n")
         out.write(summary_table(counts, "send") + "\n")
