@@ -8,8 +8,10 @@ templates/) into a scratch directory pointed at it, and measures in one run:
 - the floor: ``SELECT customer_id, count(*), min(created_at), max(created_at)
   FROM orders GROUP BY 1``, all rows fetched through the same SQLAlchemy path
   the engine streams its plan through;
-- the plan: ``Reconciler(project).due(now)`` for every shipped campaign,
-  consumed fully (compile + query + streaming + per-row decisions);
+- the plan: ``Reconciler(project).due(now)`` for every shipped campaign as ``engine plan`` runs it
+  (the skips the warehouse settles counted in SQL: ``settled_counts``), consumed fully (compile +
+  query + streaming + per-row decisions), beside it in turns the same plan with every skip decided
+  row by row as before (``engine plan --include-skipped``, explain);
 - the plan and the plan a minute later again with every due query built and rendered at each
   pass, as before issue 15.3 (``sql.prepared.COMPILE_ONCE`` off): the gain of compiling once;
 - the plan per campaign, split into compile (once per project version), SQL (execute + fetch the
@@ -595,15 +597,42 @@ def _consume_sql(warehouse, sql: str) -> int:
     return sum(len(rows) for rows in warehouse.stream(sql))
 
 
-def _consume_plan(reconciler, now, campaigns=None, report=None) -> dict:
-    """Rows of the plan at ``now``: all, send, skip (deferrals included) and deferrals alone."""
+def _consume_plan(reconciler, now, campaigns=None, report=None, counted: bool = False) -> dict:
+    """Rows of the plan at ``now``: all, send, skip (deferrals included) and deferrals alone.
+    ``counted``: as ``engine plan`` runs it (without --include-skipped), the skips the warehouse
+    settles counted in SQL (``settled``: how many), not among the rows; else every skip a message."""
+    from engine.run.settle import SettledCounts
+
+    settled = SettledCounts() if counted else None
     counts = {"rows": 0, "send": 0, "skip": 0, "defer": 0}
-    for batch in reconciler.due(now, campaigns, report=report):
+    for batch in reconciler.due(now, campaigns, report=report, settled_counts=settled):
         counts["rows"] += len(batch)
         for m in batch:
             counts["send" if m.action == "send" else "skip"] += 1
             counts["defer"] += m.action == "defer"
+    counts["settled"] = sum(settled.by_channel.values()) if settled is not None else 0
     return counts
+
+
+def _plan_rows(reconciler, now, repeat: int, floor: float, campaigns: int) -> list[dict]:
+    """The plan as ``engine plan`` runs it (the settled skips counted in SQL: ``settle.count_settled``)
+    and, in turns with it (``repeat`` rounds, medians), every skip decided row by row as before."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    counts: dict[bool, dict] = {}
+    for _ in range(repeat):
+        for counted in (True, False):
+            started = time.perf_counter()
+            counts[counted] = _consume_plan(reconciler, now, counted=True) if counted else _consume_plan(reconciler, now)
+            times[counted].append(time.perf_counter() - started)
+    counted_s, row_s = statistics.median(times[True]), statistics.median(times[False])
+    c, r = counts[True], counts[False]
+    return [{"what": f"plan: all {campaigns} campaigns", "rows": c["rows"], "seconds": counted_s, "floor": floor,
+             "headline": True,
+             "note": f"{c['send']:,} send, {c['skip']:,} skip ({c['defer']:,} of them deferred) reach Python, "
+                     f"{c['settled']:,} settled skips counted in SQL (engine plan); x{counted_s / row_s:.2f} of row by row"},
+            {"what": "  same plan, every skip decided row by row (before)", "rows": r["rows"], "seconds": row_s,
+             "floor": floor, "note": f"{r['send']:,} send, {r['skip']:,} skip: engine plan --include-skipped, explain; "
+                                     "in turns with the row above"}]
 
 
 def _alternated(reconciler, now, repeat: int, switch) -> tuple[float, float]:
@@ -961,12 +990,10 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         floor, floor_rows = _timed(lambda: _consume_sql(reconciler.warehouse, FLOOR_SQL), repeat)
         rows.append({"what": "floor: orders GROUP BY customer_id", "rows": floor_rows, "seconds": floor})
 
-        if not capacity:
+        if not capacity:  # warm-up: both ways' statements compiled (--capacity: cold, as a new engine plan)
+            _consume_plan(reconciler, now, counted=True)
             _consume_plan(reconciler, now)
-        plan, counts = _timed(lambda: _consume_plan(reconciler, now), repeat)
-        rows.append({"what": f"plan: all {len(campaigns)} campaigns", "rows": counts["rows"], "seconds": plan,
-                     "floor": floor, "note": f"{counts['send']:,} send, {counts['skip']:,} skip "
-                                             f"({counts['defer']:,} of them deferred)", "headline": True})
+        rows += _plan_rows(reconciler, now, 1 if capacity else repeat, floor, len(campaigns))
         if capacity:  # the same plan as a pass runs it: settled skips recorded set-based, the rest decided
             pass_s, counts = _pass_plan(reconciler, project_dir, now, 1, "decided")
             rows.append({"what": "plan as a pass runs it (empty ledger), settled as the pass decides",
@@ -996,11 +1023,11 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         # The steady state: the ledger holds what the first pass decided, and the plan a minute later
         # only finds what became due since. This is what a reconciler pays every interval.
         filled = _record_plan(reconciler, now)
-        later_plan, counts = _timed(lambda: _consume_plan(reconciler, now + timedelta(minutes=1)), repeat)
+        later_plan, counts = _timed(lambda: _consume_plan(reconciler, now + timedelta(minutes=1), counted=True), repeat)
         rows.append({"what": "plan one minute later, ledger filled", "rows": counts["rows"], "seconds": later_plan,
                      "floor": floor, "headline": True,
-                     "note": f"{counts['send']:,} send, {counts['skip']:,} skip ({counts['defer']:,} of them deferred); "
-                             f"the ledger holds the plan above ({filled:,} rows, recorded without sending)"})
+                     "note": f"{counts['send']:,} send, {counts['skip']:,} skip ({counts['defer']:,} of them deferred), "
+                             f"{counts['settled']:,} counted in SQL (engine plan); the ledger holds the plan above ({filled:,} rows, recorded without sending)"})
         if capacity:  # the floor again: under a changing load, the plans' ratios lie between the two
             floor_end, _ = _timed(lambda: _consume_sql(reconciler.warehouse, FLOOR_SQL), repeat)
             rows.append({"what": "floor again, after the plans", "rows": None, "seconds": floor_end,

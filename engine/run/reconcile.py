@@ -118,8 +118,8 @@ class Reconciler:
         With ``settled_counts`` instead (a plan that shows only how many skips there are: ``engine
         plan`` without ``--include-skipped``), those skips are counted in SQL into it, nothing
         written (``settle.count_settled``), and are not among the batches, where a pass would settle
-        them (the same rule, read from the ledger, remembering nothing); the batches and the counts
-        together are the plan without it.
+        them (``settle.worth_settling`` on what the ledger remembers; a plan records no count of its
+        own); the batches and the counts together are the plan without it.
 
         ``before_campaign`` (a pass: finish the batch still sending) is called before each
         campaign's rows are settled or queried.
