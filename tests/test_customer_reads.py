@@ -7,6 +7,7 @@ as with every key; the templates that read beyond their named keys must give Non
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import pytest
@@ -107,6 +108,20 @@ def test_a_changed_template_is_read_again(tmp_path):
     assert template_reads(folder, "t.sms.j2") == {"first_name"}
     _write(folder, {"t.sms.j2": "{% block text %}{{ customer.city }}{% endblock %}"})
     assert template_reads(folder, "t.sms.j2") == {"city"}
+    # the same size, written in place, its modification time set back: still seen (the change time)
+    path = folder / "t.sms.j2"
+    before = path.stat()
+    path.write_text("{% block text %}{{ customer.town }}{% endblock %}")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_ino == before.st_ino
+    assert template_reads(folder, "t.sms.j2") == {"town"}
+    # a link repointed to another file of the folder
+    _write(folder, {"a.j2": "{{ customer.email }}", "b.j2": "{{ customer.phone }}"})
+    (folder / "link.j2").symlink_to(folder / "a.j2")
+    assert template_reads(folder, "link.j2") == {"email"}
+    (folder / "link.j2").unlink()
+    (folder / "link.j2").symlink_to(folder / "b.j2")
+    assert template_reads(folder, "link.j2") == {"phone"}
 
 
 class _Recording(dict):

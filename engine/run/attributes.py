@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from engine import channel_kinds
 from engine.model import TRACKING_CONSENT, Campaign, Project
 from engine.templating.layout import EMAIL_LAYOUT
-from engine.templating.reads import template_reads
+from engine.templating.reads import TemplateReads
 
 #: read by the plan (a local send time, a yearly or local date trigger) and by the quiet hours
 ZONE = "timezone"
@@ -29,14 +29,18 @@ KEY = "customer_id"
 
 
 def due_columns(project: Project, campaigns: Sequence[Campaign]) -> dict[str, tuple[str, ...] | None]:
-    """Campaign name -> the customer attributes its due query fetches (``customer_columns``)."""
-    return {campaign.name: customer_columns(project, campaign) for campaign in campaigns}
+    """Campaign name -> the customer attributes its due query fetches (``customer_columns``); each
+    template file is read once."""
+    templates = TemplateReads(project.templates_dir)
+    return {campaign.name: customer_columns(project, campaign, templates) for campaign in campaigns}
 
 
-def customer_columns(project: Project, campaign: Campaign) -> tuple[str, ...] | None:
+def customer_columns(project: Project, campaign: Campaign,
+                     templates: TemplateReads | None = None) -> tuple[str, ...] | None:
     """The mapped customer attributes ``campaign``'s messages read after its due query, in the mapping's
     order; None when that is all of them (or a template may read any)."""
     config = project.config
+    templates = templates or TemplateReads(project.templates_dir)
     mapped = config.customer_attributes()
     needed = {KEY, ZONE, TRACKING_CONSENT, *channel_kinds.contact_fields()}
     for step in campaign.steps:
@@ -47,7 +51,7 @@ def customer_columns(project: Project, campaign: Campaign) -> tuple[str, ...] | 
             kind = channel_kinds.kind(channel.kind)
             needed.update(kind.customer_columns)
             layout = (EMAIL_LAYOUT,) if kind.locked_layout else ()
-            reads = template_reads(project.templates_dir, variant.template, layout)
+            reads = templates.of(variant.template, layout)
             if reads is None:
                 return None
             needed.update(reads)

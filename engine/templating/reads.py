@@ -11,12 +11,14 @@ key: then the answer is None (all of them), and so it is for a template that can
 parsed (its render fails anyway). Conservative by construction: a key can only be left out when
 every use of the variable names its keys.
 
-Reads template sources through the folder's loader; the analysis of a source is remembered by
-its text, so a pass re-reads the files (a changed template is seen at the next pass) but parses
-only what changed. Renders nothing.
+Reads template sources through the folder's loader; the analysis of a file is remembered until
+the file changes (its inode, size, modification or change time, and its link's: two stats per file and
+pass; the folder's real path is resolved at every pass), and that of a source by its text, so a
+changed template is seen at the next pass and only what changed is parsed again. Renders nothing.
 """
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -24,14 +26,28 @@ import jinja2
 from jinja2 import nodes
 
 from engine.templating.loader import FolderLoader
-from engine.templating.sandbox import ReadOnlyDict, TemplateSandbox
+from engine.templating.sandbox import ReadOnlyDict
 
 #: template analyses remembered (source text -> keys read or None, templates it reaches); a bound, not a tuning
 _REMEMBERED = 2048
 
 _lock = threading.Lock()
-_environments: dict[str, TemplateSandbox] = {}
+#: parses templates (the syntax only: no loader, sandbox or cache of its own is involved)
+_SYNTAX = jinja2.Environment()
 _analyses: dict[tuple[str, str], tuple[frozenset[str] | None, tuple[str, ...]]] = {}
+#: (folder, template, variable) -> (its real path, that file's ``_identity`` when analysed, its analysis)
+_files: dict[tuple[str, str, str], tuple[str, tuple[int, ...] | None, tuple[frozenset[str] | None, tuple[str, ...]] | None]] = {}
+
+
+def _identity(path: str, real: str) -> tuple[int, ...] | None:
+    """What changes when a template file is replaced, written or linked elsewhere: the inode and change
+    time (ns; a write sets it, and nothing sets it back) of its path (a link itself) and the inode, size,
+    modification and change time of the real file it was read from."""
+    try:
+        link, found = os.lstat(path), os.stat(real)
+    except OSError:
+        return None
+    return link.st_ino, link.st_ctime_ns, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns
 
 
 def template_reads(templates_dir: Path | str, name: str, also: tuple[str, ...] = (),
@@ -39,37 +55,56 @@ def template_reads(templates_dir: Path | str, name: str, also: tuple[str, ...] =
     """The keys of ``variable`` that template ``name`` - with every template it extends, includes or
     imports, and the templates ``also`` (a layout whose blocks the engine renders itself) - reads;
     None when some use may read any key."""
-    env = _environment(templates_dir)
-    reads: set[str] = set()
-    seen: set[str] = set()
-    pending = [name, *also]
-    while pending:
-        current = pending.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        try:
-            source = env.loader.get_source(env, current)[0]
-        except (jinja2.TemplateNotFound, OSError, UnicodeDecodeError):
-            return None
-        analysed = _analysis(env, variable, source)
-        if analysed is None or analysed[0] is None:
-            return None
-        reads |= analysed[0]
-        pending += analysed[1]
-    return frozenset(reads)
+    return TemplateReads(templates_dir, variable).of(name, also)
 
 
-def _environment(templates_dir: Path | str) -> TemplateSandbox:
-    key = str(templates_dir)
-    with _lock:
-        env = _environments.get(key)
-        if env is None:
-            env = _environments[key] = TemplateSandbox(loader=FolderLoader(templates_dir))
-        return env
+class TemplateReads:
+    """``template_reads`` for several templates of one folder, each file read once (a pass's view of it)."""
+
+    def __init__(self, templates_dir: Path | str, variable: str = "customer"):
+        self.loader, self.variable = FolderLoader(templates_dir), variable  # the folder's real path, as of now
+        self.read: dict[str, tuple[frozenset[str] | None, tuple[str, ...]] | None] = {}
+
+    def of(self, name: str, also: tuple[str, ...] = ()) -> frozenset[str] | None:
+        reads: set[str] = set()
+        seen: set[str] = set()
+        pending = [name, *also]
+        while pending:
+            current = pending.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            analysed = self._analysed(current)
+            if analysed is None or analysed[0] is None:
+                return None
+            reads |= analysed[0]
+            pending += analysed[1]
+        return frozenset(reads)
+
+    def _analysed(self, name: str) -> tuple[frozenset[str] | None, tuple[str, ...]] | None:
+        if name not in self.read:
+            key = (self.loader.folder, name, self.variable)
+            path = os.path.join(self.loader.folder, name)
+            with _lock:
+                known = _files.get(key)
+            if known is not None and _identity(path, known[0]) == known[1]:  # the file as analysed before
+                self.read[name] = known[2]
+                return known[2]
+            try:
+                source, real, _ = self.loader.get_source(_SYNTAX, name)
+                identity = _identity(path, real)
+            except (jinja2.TemplateNotFound, OSError, UnicodeDecodeError):
+                self.read[name] = None
+            else:
+                self.read[name] = _analysis(self.variable, source)
+                with _lock:
+                    if len(_files) >= _REMEMBERED:
+                        _files.clear()
+                    _files[key] = (real, identity, self.read[name])
+        return self.read[name]
 
 
-def _analysis(env: TemplateSandbox, variable: str, source: str) -> tuple[frozenset[str] | None, tuple[str, ...]] | None:
+def _analysis(variable: str, source: str) -> tuple[frozenset[str] | None, tuple[str, ...]] | None:
     """(keys read or None, the templates it reaches) of one template's text; None when it does not parse
     or reaches a template by a computed name."""
     key = (variable, source)
@@ -78,7 +113,7 @@ def _analysis(env: TemplateSandbox, variable: str, source: str) -> tuple[frozens
     if found is not None:
         return found
     try:
-        tree = jinja2.Environment().parse(source)  # the syntax only: no loader, sandbox or cache involved
+        tree = _SYNTAX.parse(source)
     except jinja2.TemplateSyntaxError:
         return None
     children = []
