@@ -215,14 +215,10 @@ class TriggerContexts:
     def _events(self, campaign: str, trigger: Event, group: list[DueMessage]) -> dict[tuple[str, str, str], dict]:
         """The instance's events, newest first: for per-day triggers all of that day's events of the type."""
         customers = sorted({m.customer_id for m in group})
-        condition = exp.and_(
-            exp.column("type").eq(exp.Literal.string(trigger.type)),
-            self.sources.key_condition("events", "customer_id", customers),
-            copy=False,
-        )
+        of_type = exp.column("type").eq(exp.Literal.string(trigger.type))
         wanted = {(m.customer_id, m.trigger_key) for m in group}
         by_instance: dict[tuple[str, str], list[dict]] = {}
-        for values in self.sources.query("events", condition):
+        for values in self.sources.rows_by_keys("events", "customer_id", customers, where=of_type):
             at = parse_stored_timestamp(values["occurred_at"])
             key = str(values["event_id"]) if trigger.per == "event" else at.date().isoformat()
             instance = (str(values["customer_id"]), key)
