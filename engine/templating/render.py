@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 
 import jinja2
 from jinja2 import nodes
+from jinja2.runtime import new_context
 from markupsafe import escape
 
 from engine import channel_kinds
@@ -415,8 +416,12 @@ class Renderer:
         that, which renders every block once more just to throw it away.
         """
         template = self._template(name, html=html)
-        # what Template.new_context makes (the template's globals, then the data), in one copy instead of two
-        ctx = template.new_context({**self._globals(template), **context, "format": "html" if html else "text"}, shared=True)
+        # what Template.new_context makes (the template's globals, then the data), in one copy instead of two,
+        # with the globals as a plain dict (the context lists their names: no walk of Jinja's ChainMap per render)
+        template_globals = self._globals(template)
+        ctx = new_context(template.environment, template.name, template.blocks,
+                          {**template_globals, **context, "format": "html" if html else "text"}, shared=True,
+                          globals=template_globals)
         chain = self._chain(name, html)
         if chain is None:
             for _ in template.root_render_func(ctx):

@@ -664,7 +664,11 @@ def read_only(value: Any, depth: int = 0) -> Any:
     if type(value) in _READ_ONLY or depth > 8:
         return value
     if isinstance(value, dict):
-        return ReadOnlyDict({k: read_only(v, depth + 1) if isinstance(v, _CONTAINERS) else v for k, v in value.items()})
+        copy = ReadOnlyDict(value)  # the dict copied in C, then its containers replaced by read-only copies
+        for key, item in value.items():
+            if type(item) not in _SCALARS and isinstance(item, _CONTAINERS):
+                dict.__setitem__(copy, key, read_only(item, depth + 1))
+        return copy
     if isinstance(value, (list, tuple)):
         copy = ReadOnlyList()
         list.extend(copy, (read_only(v, depth + 1) if isinstance(v, _CONTAINERS) else v for v in value))
@@ -674,6 +678,8 @@ def read_only(value: Any, depth: int = 0) -> Any:
 
 _CONTAINERS = (dict, list, tuple)
 _READ_ONLY = frozenset({ReadOnlyDict, ReadOnlyList})
+#: value types that are never containers (checked first: most of a customer's values)
+_SCALARS = frozenset({str, int, float, bool, type(None), Decimal, dt.datetime, dt.date})
 
 
 __all__ = ["Budget", "BudgetExceeded", "Limits", "ReadOnlyDict", "TemplateSandbox", "budget", "emitted", "read_only"]
