@@ -9,7 +9,7 @@ import pytest
 
 from engine.errors import TemplateError
 from engine.templating.render import Renderer
-from engine.templating.sandbox import Limits
+from engine.templating.sandbox import Limits, read_only
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = (REPO / "templates" / "layouts" / "email.j2").read_text()
@@ -74,3 +74,16 @@ def test_a_footer_rendered_once_still_needs_the_link_and_counts_against_the_outp
     for renderer in (Renderer(root, limits=Limits(output=size - 50)), per_message(Renderer(root, limits=Limits(output=size - 50)))):
         with pytest.raises(TemplateError, match="output budget"):
             renderer.render("a.email.j2", "email", context("Ann", URLS[0]))
+
+
+def test_a_shop_shared_by_a_batch_is_read_once_and_another_shop_gets_its_own_footer(tmp_path):
+    """A batch passes one read-only shop to all its messages (run/render.py): the footer's key is taken
+    from it once; a different shop, even right after, gets its own footer."""
+    root = project(tmp_path, SHIPPED)
+    once, each = Renderer(root), per_message(Renderer(root))
+    shops = [read_only(context("x", "u")["shop"]), read_only({"name": "Other", "address": None, "legal": None, "url": None})]
+    for shop in shops + shops[::-1] + shops:
+        for name, url in zip(("Ann", "Bob & <Co>"), URLS):
+            assert once.render("a.email.j2", "email", context(name, url, shop)) == each.render("a.email.j2", "email", context(name, url, shop))
+    assert once._footer_shop[0] is shops[1]
+    assert len(once._footer_forms) == 4  # (text, html) x two shops

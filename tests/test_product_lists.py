@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from conftest import BACKENDS, copy_project, database_url, load_history, write
 from engine import Reconciler, load_project
 from engine.model import Project
+from engine.run.lists import list_statement
 from engine.run.sources import SourceRows
 from engine.spec.config import load_config
 from engine.spec.project import check_project
-from engine.sql.compile import render_sql
-from engine.sql.product_lists import LIST_KINDS, list_query
+from engine.sql.product_lists import LIST_KINDS
 from engine.state.warehouse import Database
 
 NOW = datetime(2025, 1, 10, 12, 0, 0)
@@ -161,9 +161,8 @@ def engine_lists(sources: SourceRows, now: datetime) -> dict[str, dict[str, list
     config, keys = sources.config, [str(c) for c in CUSTOMERS]
     result = {}
     for name in LIST_KINDS:
-        query = list_query(name, config, lambda entity: sources.key_condition(entity, "customer_id", keys), now)
         lists: dict[str, list[str]] = {}
-        for row in sources.warehouse.fetch_all(render_sql(query, config.dialect)):
+        for row in sources.warehouse.fetch_all(*list_statement(name, keys, sources, now)):  # the run's statement
             lists.setdefault(row.customer_id, []).append(str(row.product_id))
             assert row.position == len(lists[row.customer_id])
         result[name] = lists

@@ -63,3 +63,68 @@ def test_bound_keys_give_the_rows_of_the_literal_in_list(kind, tmp_path, monkeyp
             assert bound.by_key("order_items", "order_id", odd) == literal_by_key(bound, "order_items", "order_id", odd)
     finally:
         db.dispose()
+
+
+def _demo_shop(tmp_path, monkeypatch):
+    url = f"duckdb:///{tmp_path / 'shop.duckdb'}"
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    db = Database(url)
+    create_tables(db)
+    load_shop(db, generate_shop(seed=7, customers=150))
+    config, issues = load_config(copy_project(tmp_path / "project"))
+    assert not [i for i in issues if i.severity == "error"]
+    return db, config
+
+
+def test_events_of_a_type_by_bound_keys_are_the_rows_of_the_literal_condition(tmp_path, monkeypatch):
+    from sqlglot import exp
+
+    db, config = _demo_shop(tmp_path, monkeypatch)
+    try:
+        customers = sorted({str(r[0]) for r in db.fetch_all("SELECT customer_id FROM events")})[::2] + ["999999"]
+        kinds = sorted({str(r[0]) for r in db.fetch_all("SELECT type FROM events")})
+        assert len(customers) > 10 and kinds
+        sources, asked = SourceRows(db, config, {}), []
+        fetch_all = db.fetch_all
+        monkeypatch.setattr(db, "fetch_all", lambda sql, parameters=None: asked.append((sql, parameters)) or fetch_all(sql, parameters))
+        for kind in kinds:
+            of_type = exp.column("type").eq(exp.Literal.string(kind))
+            got = sources.rows_by_keys("events", "customer_id", customers, where=of_type)
+            expected = sources.query("events", exp.and_(of_type.copy(), sources.key_condition("events", "customer_id", customers)))
+            assert got and sorted(map(repr, got)) == sorted(map(repr, expected))
+        bound = [(sql, parameters) for sql, parameters in asked if parameters is not None]
+        assert len(bound) == len(kinds) and all(len(parameters) == 1 for _, parameters in bound)  # the keys: one array
+        assert len({sql for sql, _ in bound}) == len(kinds)  # one text per event type, no key in it
+        assert all("IN (SELECT unnest(CAST($1 AS" in sql for sql, _ in bound)
+    finally:
+        db.dispose()
+
+
+def test_product_lists_by_bound_keys_are_the_lists_of_the_literal_condition_and_built_once_per_pass(tmp_path, monkeypatch):
+    from datetime import datetime, timezone
+
+    from engine.run import lists
+    from engine.sql.product_lists import LIST_KINDS
+
+    db, config = _demo_shop(tmp_path, monkeypatch)
+    now = datetime(2025, 1, 10, tzinfo=timezone.utc)
+    try:
+        customers = sorted({str(r[0]) for r in db.fetch_all("SELECT customer_id FROM customers")}, key=int)
+        batches = [customers[:60], customers[60:]]
+        sources = SourceRows(db, config, {})
+        literal = SourceRows(db, config, {})
+        monkeypatch.setattr(literal, "bound_keys", lambda *args: None)  # the literal IN lists, as before
+        found = 0
+        for name in LIST_KINDS:
+            for keys in batches:
+                statement, parameters = lists.list_statement(name, keys, sources, now)
+                assert parameters and "IN (SELECT UNNEST(CAST($1 AS" in statement.upper()
+                got = [dict(r._mapping) for r in db.fetch_all(statement, parameters)]
+                expected = [dict(r._mapping) for r in db.fetch_all(*lists.list_statement(name, keys, literal, now))]
+                assert got == expected, name
+                found += len(got)
+        assert found
+        # one statement per list kind for the pass, whatever the batch
+        assert sorted(key[1] for key in sources.statements) == sorted(LIST_KINDS) and not literal.statements
+    finally:
+        db.dispose()

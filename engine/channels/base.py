@@ -62,12 +62,19 @@ class OutgoingMessage:
         non-ASCII or overlong header: RFC 2047 words, folding; a body line over
         998 bytes: quoted-printable) goes through ``to_email()``.
         """
-        boundary = self.boundary()
+        digest = self.idempotency_key()  # the key's hash, once: the Message-ID's and the boundary's
+        boundary = f"==engine-{digest}"
         headers = [("From", self.sender), ("To", self.to), ("Subject", self.subject or ""),
-                   ("Message-ID", self.message_id()), ("X-Engine-Message-Key", self.key), *self.headers.items()]
+                   ("Message-ID", f"<{digest}@{_sender_domain(self.sender)}>"), ("X-Engine-Message-Key", self.key),
+                   *self.headers.items()]
         text = _body(self.text or "", linesep)
         html = _body(self.html, linesep) if self.html else None
-        if (not all(_plain_header(name, value) for name, value in headers) or text is None
+        plain = True
+        for name, value in headers:
+            if not _plain_header(name, value):
+                plain = False
+                break
+        if (not plain or text is None
                 or (self.html and (html is None or boundary.encode() in text or boundary.encode() in html))):
             email = self.to_email()
             return email.as_bytes(policy=email.policy.clone(linesep=linesep))
@@ -126,11 +133,17 @@ def _plain_header(name: str, value: str) -> bool:
 def _body(text: str, linesep: str) -> tuple[str, bytes] | None:
     """(transfer encoding, body ending in a line break) as the email package writes a short-lined
     text part: 7bit if ASCII, else 8bit UTF-8; None when a line is longer than 998 bytes."""
-    lines = text.encode("utf-8").splitlines()  # \n, \r\n and \r, as the email package splits them
+    data = text.encode("utf-8")
+    nl = linesep.encode("ascii")
+    encoding = "7bit" if text.isascii() else "8bit"
+    if b"\r" not in data:  # lines end in \n only: the same bytes as splitting them, without the list
+        if len(data) > _MAX_LINE and max(map(len, data.split(b"\n"))) > _MAX_LINE:
+            return None
+        return encoding, (data.replace(b"\n", nl) if nl != b"\n" else data) + (b"" if data.endswith(b"\n") else nl)
+    lines = data.splitlines()  # \n, \r\n and \r, as the email package splits them
     if any(len(line) > _MAX_LINE for line in lines):
         return None
-    nl = linesep.encode("ascii")
-    return ("7bit" if text.isascii() else "8bit"), nl.join(lines) + nl
+    return encoding, nl.join(lines) + nl
 
 
 class DocumentProblem(Exception):

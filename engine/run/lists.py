@@ -41,13 +41,37 @@ def load_lists(messages: list[DueMessage], project: Project, renderer: Renderer,
     lists: dict[str, dict[str, list[dict]]] = {}
     for name, customers in wanted.items():
         keys = sorted(customers)
-        query = list_query(name, config, lambda entity: sources.key_condition(entity, "customer_id", keys), now)
+        statement, parameters = list_statement(name, keys, sources, now)
         by_customer: dict[str, list[dict]] = {}
-        for row in sources.warehouse.fetch_all(render_sql(query, config.dialect)):
+        for row in sources.warehouse.fetch_all(statement, parameters):
             item = dict(row._mapping)
             by_customer.setdefault(str(item.pop("customer_id")), []).append(item)
         lists[name] = by_customer
     return lists
+
+
+def list_statement(name: str, keys: list[str], sources: SourceRows, now: datetime) -> tuple[str, tuple | None]:
+    """The SQL of list ``name`` for the customers ``keys`` and its driver parameters: where the dialect
+    binds the keys as array parameters (``SourceRows.key_filter``), one text per list, instant and key
+    types, built and rendered once per pass (``sources.statements``); else with the keys in it."""
+    config = sources.config
+    types = tuple((entity, bound[0] if (bound := sources.bound_keys(entity, "customer_id", keys)) else None)
+                  for entity in ("events", "orders") if entity in config.sources)
+    cached = sources.statements.get(("list", name, now, types))
+    if cached is None:
+        parameters: list = []
+        order: list[str] = []  # the entity of each parameter, in their order
+
+        def customers(entity: str):
+            condition = sources.key_filter(entity, "customer_id", keys, parameters)
+            order.extend([entity] * (len(parameters) - len(order)))
+            return condition
+        sql = render_sql(list_query(name, config, customers, now), config.dialect)
+        if any(element is None for _, element in types):  # keys in the text (a literal IN list): not reused
+            return sql, tuple(parameters) if parameters else None
+        cached = sources.statements[("list", name, now, types)] = (sql, tuple(order))
+    sql, order = cached
+    return sql, tuple(sources.bound_keys(entity, "customer_id", keys)[1] for entity in order)
 
 
 def missing_list(names: tuple[str, ...], lists: dict[str, dict[str, list[dict]]], customer_id: str) -> str | None:

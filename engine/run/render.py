@@ -33,6 +33,7 @@ from engine.run.record import as_record
 from engine.run.sources import SourceRows
 from engine.state.ledger import Record
 from engine.templating.render import Renderer
+from engine.templating.sandbox import read_only
 from engine.templating.tracking import track_html
 
 
@@ -55,7 +56,9 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
     lists = load_lists(claimed, project, renderer, sources, now)  # product lists: one query per kind
     rendered = Rendered()
     date = format_datetime(now.astimezone(timezone.utc))  # an RFC 5322 Date: the pass's instant
-    shop = shop_settings(config.shop)  # the layout's shop name, postal address, legal footer
+    # the layout's shop name, postal address, legal footer; read-only copies made once per batch, not per message
+    shop = read_only(shop_settings(config.shop))
+    shown_promotions: dict[tuple[str, str, int], list] = {}  # (campaign, step, how many) -> the list a template sees
     for m in claimed:
         step = project.campaign(m.campaign).step(m.step)
         variant = step.variant(m.variant)
@@ -88,7 +91,10 @@ def render(claimed: list[DueMessage], project: Project, config: ProjectConfig, r
             context["wait"] = wait_outcome(m.trigger_at, step, m.due_at)
         promotions_shown = promotion_lists.shown_limit(m, project, renderer)
         if promotions_shown is not None:
-            context[promotion_lists.LIST] = promotions.get((m.campaign, m.step), [])[:promotions_shown]
+            target = (m.campaign, m.step, promotions_shown)
+            if target not in shown_promotions:
+                shown_promotions[target] = read_only(promotions.get((m.campaign, m.step), [])[:promotions_shown])
+            context[promotion_lists.LIST] = shown_promotions[target]
             why = promotion_lists.problem(context[promotion_lists.LIST])
             if why is not None:  # never sent half-filled
                 rendered.failures.append(as_record(m, "skipped", reason=promotion_lists.INVALID, detail=why))
@@ -209,14 +215,10 @@ class TriggerContexts:
     def _events(self, campaign: str, trigger: Event, group: list[DueMessage]) -> dict[tuple[str, str, str], dict]:
         """The instance's events, newest first: for per-day triggers all of that day's events of the type."""
         customers = sorted({m.customer_id for m in group})
-        condition = exp.and_(
-            exp.column("type").eq(exp.Literal.string(trigger.type)),
-            self.sources.key_condition("events", "customer_id", customers),
-            copy=False,
-        )
+        of_type = exp.column("type").eq(exp.Literal.string(trigger.type))
         wanted = {(m.customer_id, m.trigger_key) for m in group}
         by_instance: dict[tuple[str, str], list[dict]] = {}
-        for values in self.sources.query("events", condition):
+        for values in self.sources.rows_by_keys("events", "customer_id", customers, where=of_type):
             at = parse_stored_timestamp(values["occurred_at"])
             key = str(values["event_id"]) if trigger.per == "event" else at.date().isoformat()
             instance = (str(values["customer_id"]), key)

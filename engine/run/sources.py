@@ -4,14 +4,16 @@ items, a day's events, the attributes of customers due for a retry.
 Owns the ``IN (keys)`` condition on the native column type (learnt from one sample value and
 remembered in the ``key_kinds`` the caller keeps). Where the dialect binds a list as one array
 parameter (DuckDB, ``Dialect.array_parameters == "positional"``) a lookup by key is one statement
-text per source, column and type, rendered once and reused with the keys as that parameter: no
-sqlglot rendering of a thousand literals per batch. Must not write, decide anything about a
+text per source, column, type and condition (an event's type), rendered once and reused with the keys
+as that parameter, and a statement another module builds (the product lists) gets the keys as such a
+parameter too (``key_filter``): no sqlglot rendering of a thousand literals per batch. Must not write, decide anything about a
 message, or know which stage asks.
 """
 from __future__ import annotations
 
 import re
 
+import sqlglot
 from sqlglot import exp
 
 from engine.model import ProjectConfig
@@ -30,7 +32,9 @@ class SourceRows:
         self.warehouse = warehouse
         self.config = config
         self.key_kinds = key_kinds
-        self._by_key_sql: dict[tuple[str, str, str], str] = {}  # (entity, column, element type) -> statement
+        self._by_key_sql: dict[tuple[str, str, str, str | None], str] = {}  # (entity, column, element type, condition) -> statement
+        #: statements other modules build over these keys' parameters, kept for the pass (run/lists.py)
+        self.statements: dict[tuple, tuple[str, tuple]] = {}
 
     def query(self, entity: str, condition: exp.Expression) -> list[dict]:
         query = (  # copy=False: the condition may hold a thousand keys, copying them costs more than the query
@@ -74,19 +78,38 @@ class SourceRows:
         if entity not in self.config.sources or not keys:
             return {}
         grouped: dict[str, list[dict]] = {}
-        bound = self._bound_keys(entity, id_column, keys) if self.warehouse.dialect.array_parameters == "positional" else None
-        if bound is not None:
-            rows = [dict(row._mapping) for row in self.warehouse.fetch_all(self._by_key_statement(entity, id_column, bound[0]),
-                                                                            (bound[1],))]
-        else:
-            rows = self.query(entity, self.key_condition(entity, id_column, keys))
-        for values in rows:
+        for values in self.rows_by_keys(entity, id_column, keys):
             grouped.setdefault(str(values[id_column]), []).append(values)
         return grouped
 
-    def _bound_keys(self, entity: str, column: str, keys: list[str]) -> tuple[str, list] | None:
-        """``keys`` as one array parameter, with its element type, matched as ``key_condition`` matches
-        them: integers for an integer column (when every key is one a BIGINT holds), else text."""
+    def rows_by_keys(self, entity: str, column: str, keys: list[str], where: exp.Expression | None = None) -> list[dict]:
+        """The rows of ``entity`` that match ``where`` (a condition without keys, e.g. an event's type) and
+        whose ``column`` is one of ``keys``: where the dialect binds a list as one array parameter, one
+        statement text per source, column, key type and condition, with the keys as that parameter."""
+        bound = self.bound_keys(entity, column, keys)
+        if bound is not None:
+            statement = self._by_key_statement(entity, column, bound[0], where)
+            return [dict(row._mapping) for row in self.warehouse.fetch_all(statement, (bound[1],))]
+        condition = self.key_condition(entity, column, keys)
+        return self.query(entity, condition if where is None else exp.and_(where, condition, copy=False))
+
+    def key_filter(self, entity: str, column: str, keys: list[str], parameters: list) -> exp.Expression:
+        """``column IN (keys)`` for a statement the caller builds: where the dialect binds a list as one
+        array parameter, ``column IN (SELECT unnest(CAST($n AS type[])))`` with the keys appended to
+        ``parameters`` (``$n`` its position there), else ``key_condition``'s literal list."""
+        bound = self.bound_keys(entity, column, keys)
+        if bound is None:
+            return self.key_condition(entity, column, keys)
+        parameters.append(bound[1])
+        return sqlglot.parse_one(self._bound_condition(column, bound[0], len(parameters)), read=self.config.dialect)
+
+    def bound_keys(self, entity: str, column: str, keys: list[str]) -> tuple[str, list] | None:
+        """``keys`` as one array parameter with its element type ("BIGINT", "VARCHAR", or "CAST": text
+        against the column cast to text), matched as ``key_condition`` matches them: integers for an integer
+        column (when every key is one a BIGINT holds), else text; None where the dialect binds no array
+        positionally or the keys do not fit one (the literal ``IN`` list then)."""
+        if self.warehouse.dialect.array_parameters != "positional" or not keys:
+            return None
         kind = self.key_kind(entity, column)
         if kind == "int" and all(_CANONICAL_INT.fullmatch(k) for k in keys):
             numbers = [int(k) for k in keys]
@@ -95,17 +118,24 @@ class SourceRows:
             return None  # the literal IN list compares them as the column's own type
         return ("VARCHAR" if kind == "str" else "CAST"), list(keys)
 
-    def _by_key_statement(self, entity: str, column: str, element: str) -> str:
-        """``SELECT * FROM src WHERE column IN (the array parameter $1)``, rendered once per source,
-        column and element type; "CAST" compares the column cast to text, as ``key_condition``."""
-        key = (entity, column, element)
+    def _by_key_statement(self, entity: str, column: str, element: str, where: exp.Expression | None = None) -> str:
+        """``SELECT * FROM src WHERE [where AND] column IN (the array parameter $1)``, rendered once per
+        source, column, element type and condition; "CAST" compares the column cast to text, as
+        ``key_condition``."""
+        dialect = self.config.dialect
+        extra = render_sql(where, dialect) if where is not None else None
+        key = (entity, column, element, extra)
         cached = self._by_key_sql.get(key)
         if cached is None:
-            dialect = self.config.dialect
-            target = exp.column(column).sql(dialect=dialect)
-            if element == "CAST":
-                target, element = f"CAST({target} AS VARCHAR)", "VARCHAR"
             source = render_sql(source_select(self.config.sources[entity], dialect), dialect)
+            condition = self._bound_condition(column, element, 1)
             cached = self._by_key_sql[key] = (
-                f"WITH src AS ({source}) SELECT * FROM src WHERE {target} IN (SELECT unnest(CAST($1 AS {element}[])))")
+                f"WITH src AS ({source}) SELECT * FROM src WHERE {f'{extra} AND ' if extra else ''}{condition}")
         return cached
+
+    def _bound_condition(self, column: str, element: str, position: int) -> str:
+        """``column IN`` the array parameter ``$position`` of ``element``s ("CAST": the column cast to text)."""
+        target = exp.column(column).sql(dialect=self.config.dialect)
+        if element == "CAST":
+            target, element = f"CAST({target} AS VARCHAR)", "VARCHAR"
+        return f"{target} IN (SELECT unnest(CAST(${position} AS {element}[])))"

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 
 import jinja2
 from jinja2 import nodes
+from jinja2.runtime import new_context
 from markupsafe import escape
 
 from engine import channel_kinds
@@ -28,7 +29,7 @@ from engine.errors import TemplateError
 from engine.templating.declarations import LISTS, template_declarations
 from engine.templating.lists import ListUses, list_uses
 from engine.templating.layout import EMAIL_LAYOUT, FOOTERS, lock_violations
-from engine.templating.sandbox import BudgetExceeded, Limits, TemplateSandbox, budget, emitted, read_only
+from engine.templating.sandbox import BudgetExceeded, Limits, ReadOnlyDict, TemplateSandbox, budget, emitted, read_only
 from engine.templating.loader import FolderLoader, TemplateOutsideFolder, TemplateTooLarge
 from engine.templating.undefined import RecordingUndefined, describe, record_uses
 
@@ -85,6 +86,9 @@ class Renderer:
         self._list_uses: dict[tuple[str, tuple[str, ...]], ListUses] = {}
         self._footer_reads_link_only: dict[bool, bool] = {}  # mode (html) -> _footer_once may serve it
         self._footer_forms: dict[tuple[bool, tuple], str] = {}  # (html, the shop's settings) -> footer with the stand-in
+        self._footer_shop: tuple[Any, tuple] | None = None  # the last shop mapping seen, with its settings as a key
+        self._template_globals: dict[jinja2.Template, dict[str, Any]] = {}
+        self._kind_parts: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # kind -> (plain parts, html parts)
 
     def _template(self, name: str, html: bool) -> jinja2.Template:
         key = (name, html)
@@ -301,14 +305,17 @@ class Renderer:
         """
         declared = channel_kinds.kind(kind)
         locked = declared.locked_layout and self.layout is not None
+        if kind not in self._kind_parts:
+            self._kind_parts[kind] = (_plain_parts(declared), _html_parts(declared))
+        plain_parts, html_parts = self._kind_parts[kind]
         try:
             with budget(self.limits):
                 data = read_only(context)
                 if locked:
                     self._require_lock(name)
-                parts = dict(plain := self._render_blocks(name, data, html=False, wanted=_plain_parts(declared)))
-                if plain.names & set(_html_parts(declared)):
-                    parts.update(self._render_blocks(name, data, html=True, wanted=_html_parts(declared)))
+                parts = dict(plain := self._render_blocks(name, data, html=False, wanted=plain_parts))
+                if not plain.names.isdisjoint(html_parts):
+                    parts.update(self._render_blocks(name, data, html=True, wanted=html_parts))
                 if locked:
                     footer_text, footer_html = self._footers(data, html="html" in parts, once=True)
                     parts["text"] = parts.get("text", "") + footer_text
@@ -376,11 +383,16 @@ class Renderer:
         shop = data.get("shop")
         if not self._footer_reads_link_only[html] or not isinstance(shop, Mapping):
             return None
-        try:
-            key = (html, tuple(sorted(shop.items())))
-            hash(key)
-        except TypeError:  # settings that are not plain values: rendered per message
-            return None
+        if self._footer_shop is not None and self._footer_shop[0] is shop and type(shop) is ReadOnlyDict:
+            settings = self._footer_shop[1]  # the same read-only mapping as the last message's (a batch shares one)
+        else:
+            try:
+                settings = tuple(sorted(shop.items()))
+                hash(settings)
+            except TypeError:  # settings that are not plain values: rendered per message
+                return None
+            self._footer_shop = (shop, settings)
+        key = (html, settings)
         if key not in self._footer_forms:
             def render_form() -> str:  # in a budget of its own, not the message's
                 with budget(self.limits):
@@ -404,7 +416,12 @@ class Renderer:
         that, which renders every block once more just to throw it away.
         """
         template = self._template(name, html=html)
-        ctx = template.new_context({**context, "format": "html" if html else "text"})
+        # what Template.new_context makes (the template's globals, then the data), in one copy instead of two,
+        # with the globals as a plain dict (the context lists their names: no walk of Jinja's ChainMap per render)
+        template_globals = self._globals(template)
+        ctx = new_context(template.environment, template.name, template.blocks,
+                          {**template_globals, **context, "format": "html" if html else "text"}, shared=True,
+                          globals=template_globals)
         chain = self._chain(name, html)
         if chain is None:
             for _ in template.root_render_func(ctx):
@@ -415,6 +432,14 @@ class Renderer:
                     ctx.blocks.setdefault(block, []).append(render)
         rendered = {block: "".join(ctx.blocks[block][0](ctx)) for block in wanted if block in ctx.blocks}
         return _Blocks(rendered, names=frozenset(ctx.blocks))
+
+    def _globals(self, template: jinja2.Template) -> dict[str, Any]:
+        """The template's globals (the sandbox's ``range``, ``lipsum``... layered over Jinja's) as one dict,
+        made once per template: ``new_context`` would copy its chain of mappings per render."""
+        found = self._template_globals.get(template)
+        if found is None:
+            found = self._template_globals[template] = dict(template.globals)
+        return found
 
     def _chain(self, name: str, html: bool) -> list[jinja2.Template] | None:
         """The templates ``name`` extends, nearest first; None when running its root could do more

@@ -36,7 +36,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.filters import make_attrgetter
-from jinja2.runtime import LoopContext
+from jinja2.runtime import BlockReference, LoopContext, TemplateReference
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import generate_lorem_ipsum
 from markupsafe import EscapeFormatter, Markup
@@ -240,6 +240,11 @@ class _BudgetedCodeGenerator(CodeGenerator):
             return result
         return super().visit(node, *args, **kwargs)
 
+    def visit_Template(self, node, frame=None):
+        super().visit_Template(node, frame)
+        text_only = sorted(block.name for block in node.find_all(nodes.Block) if _text_only(block))
+        self.writeline(f"{_TEXT_BLOCKS} = {tuple(text_only)!r}")
+
     def visit_Concat(self, node, frame):
         if frame.eval_ctx.volatile:
             join = "(markup_join if context.eval_ctx.volatile else str_join)"
@@ -263,6 +268,16 @@ class _BudgetedCodeGenerator(CodeGenerator):
     def _output_child_post(self, node, frame, finalize):
         super()._output_child_post(node, frame, finalize)
         self.write(")")
+
+
+#: the name under which a compiled template lists its blocks that are nothing but text
+_TEXT_BLOCKS = "engine_text_blocks"
+
+
+def _text_only(block: nodes.Block) -> bool:
+    """Whether ``block`` holds only output of template data: no expression, tag or nested block."""
+    return not block.required and all(
+        isinstance(node, nodes.Output) and all(isinstance(part, nodes.TemplateData) for part in node.nodes) for node in block.body)
 
 
 class _Counted:
@@ -333,6 +348,8 @@ class TemplateSandbox(ImmutableSandboxedEnvironment):
         #: inheritance chain) read the same few templates once per message kind; a Renderer shares one
         #: dict between its two environments (parsing does not depend on autoescaping)
         self.parsed: dict[tuple[str, str | None, str | None], nodes.Template] = {}
+        #: a block's compiled function -> its output, for blocks that are nothing but text (``constant_block``)
+        self.constant_blocks: dict[Any, str | None] = {}
 
     def parse(self, source: str, name: str | None = None, filename: str | None = None) -> nodes.Template:
         """Jinja's ``parse``, remembered per source (the trees are only read: ``find_all``)."""
@@ -387,6 +404,8 @@ class TemplateSandbox(ImmutableSandboxedEnvironment):
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (Jinja's signature)
         b = _budget()
         b.tick()
+        if type(__obj) is BlockReference and not args and kwargs.keys() <= {"_block_vars"}:
+            return __self._call_block(b, __obj)
         if isinstance(__obj, LoopContext) and args:  # a recursive loop's next level
             args = (_Counted(args[0]),) + args[1:]
         b.depth += 1
@@ -396,6 +415,33 @@ class TemplateSandbox(ImmutableSandboxedEnvironment):
             return super().call(__context, __obj, *args, **kwargs)
         finally:
             b.depth -= 1
+
+    def _call_block(self, b: Budget, block: BlockReference) -> str:
+        """``self.title()``: what Jinja's call comes to for a block (no argument, no context passed, safe to
+        call), within the nesting bound; a block that is nothing but text gives its text from its first
+        render on, charged to the output budget as if it had been rendered again."""
+        b.depth += 1
+        try:
+            if b.depth > b.limits.calls:
+                raise BudgetExceeded(f"calls nest deeper than {b.limits.calls} (a macro or recursive loop that never ends?)")
+            render = block._stack[block._depth]
+            text = self.constant_blocks.get(render)
+            if text is not None:
+                b.emit(len(text))
+                return text
+            text = block()
+            if render not in self.constant_blocks and len(self.constant_blocks) < 10_000:
+                self.constant_blocks[render] = text if self.constant_block(render) else None
+            return text
+        finally:
+            b.depth -= 1
+
+    def constant_block(self, render: Any) -> bool:
+        """Whether the block whose compiled function is ``render`` is nothing but text (the code generator
+        lists such blocks in the template's module: ``_TEXT_BLOCKS``), so its output is the same for every
+        context."""
+        return (self.finalize is None
+                and render.__name__.removeprefix("block_") in getattr(render, "__globals__", {}).get(_TEXT_BLOCKS, ()))
 
     # -- what a template may touch
 
@@ -409,6 +455,13 @@ class TemplateSandbox(ImmutableSandboxedEnvironment):
         return True
 
     def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is TemplateReference and type(attribute) is str and attribute[:1] != "_":
+            # ``self.title``: a block (a TemplateReference has no attribute but private ones), what Jinja's
+            # getattr comes to after its getattr fails; an unknown block takes the full path
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
         if type(obj) is ReadOnlyDict and type(attribute) is str and not _dict_attribute(attribute):
             # ``customer.first_name``: what Jinja's getattr comes to for a key that is no attribute of
             # the dict (its getattr fails, the item is returned), without raising AttributeError first
@@ -574,7 +627,8 @@ _FILTER_CHECKS = {
 
 
 class ReadOnlyDict(dict):
-    """A dict a template can read but not change (even outside the sandbox's own checks)."""
+    """A dict a template can read but not change (even outside the sandbox's own checks); made by ``read_only``
+    only, which takes one as a finished copy."""
 
     def _refuse(self, *args, **kwargs):
         raise TypeError("template data is read-only")
@@ -602,11 +656,19 @@ def _dict_attribute(name: str) -> bool:
 
 
 def read_only(value: Any, depth: int = 0) -> Any:
-    """A copy of ``value`` whose dicts and lists cannot be changed; other values are immutable already."""
-    if depth > 8:
+    """A copy of ``value`` whose dicts and lists cannot be changed; other values are immutable already.
+
+    A ``ReadOnlyDict`` or ``ReadOnlyList`` is such a copy already (only this function makes them): it is
+    given as it is, so data shared by many renders (the shop's settings, a batch's promotions) is copied
+    once, not per message."""
+    if type(value) in _READ_ONLY or depth > 8:
         return value
     if isinstance(value, dict):
-        return ReadOnlyDict({k: read_only(v, depth + 1) if isinstance(v, _CONTAINERS) else v for k, v in value.items()})
+        copy = ReadOnlyDict(value)  # the dict copied in C, then its containers replaced by read-only copies
+        for key, item in value.items():
+            if type(item) not in _SCALARS and isinstance(item, _CONTAINERS):
+                dict.__setitem__(copy, key, read_only(item, depth + 1))
+        return copy
     if isinstance(value, (list, tuple)):
         copy = ReadOnlyList()
         list.extend(copy, (read_only(v, depth + 1) if isinstance(v, _CONTAINERS) else v for v in value))
@@ -615,6 +677,9 @@ def read_only(value: Any, depth: int = 0) -> Any:
 
 
 _CONTAINERS = (dict, list, tuple)
+_READ_ONLY = frozenset({ReadOnlyDict, ReadOnlyList})
+#: value types that are never containers (checked first: most of a customer's values)
+_SCALARS = frozenset({str, int, float, bool, type(None), Decimal, dt.datetime, dt.date})
 
 
 __all__ = ["Budget", "BudgetExceeded", "Limits", "ReadOnlyDict", "TemplateSandbox", "budget", "emitted", "read_only"]
