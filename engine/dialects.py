@@ -76,6 +76,9 @@ class Dialect:
     refresh_lock: str | None = None
     #: the ledger's tables are ANALYZEd after a pass (PostgreSQL plans with stale statistics)
     analyze_ledger: bool = False
+    #: a pass's temporary tables are ANALYZEd once created (``analyze_temporary_table``): the
+    #: planner has no statistics of a table until then, and autovacuum never looks at temporary ones
+    analyze_temporary_tables: bool = False
     #: the driver describes result columns by type OID (PostgreSQL), looked up in ``pg_type``
     type_codes_are_oids: bool = False
     #: one writing process per database file: a lock error means another process holds it
@@ -159,9 +162,16 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # rows (cursor_tuple_fraction 0.1): fast-start nested loops that took over 15 minutes for
             # one due query on a 1M-order shop, against 2.4 s with the plan for all rows. The engine
             # always reads every row, so it asks for that plan. Committed: a rollback would undo a SET.
-            connect_statements=("SET cursor_tuple_fraction = 1.0",),
+            # JIT off: a due query costs far above jit_above_cost (it reads the whole shop), so the
+            # server compiled 100+ expressions per query with LLVM at each pass: 1.6-4 s of a query of
+            # 1-5 s on the 1M-order benchmark shop, run once and compiled again at the next pass
+            # (benchmarks/README.md). Per connection, like the cursor setting: the server's default is untouched.
+            connect_statements=("SET cursor_tuple_fraction = 1.0", "SET jit = off"),
             on_conflict_insert="postgresql", array_parameters="named",
             migration_lock="SELECT pg_advisory_xact_lock({key})", analyze_ledger=True, type_codes_are_oids=True,
+            # the pass's fact tables unanalysed: joins of them guessed at 30M rows (then JIT, sorts on
+            # disk), or at 1 row, and nested loops over the customers ran 25 s a minute later at 1M orders
+            analyze_temporary_tables=True,
             # two replicas replacing the same customers' kept facts at once would each insert them
             refresh_lock="SELECT pg_advisory_xact_lock({key})",
             binds_instants=True,
@@ -221,6 +231,14 @@ def dialect_of_backend(backend: str) -> Dialect:
     backend renders as sqlglot's dialect of the same name, with every capability absent."""
     found = _BY_SCHEME.get(backend)
     return found if found is not None else Dialect(backend)
+
+
+def analyze_temporary_table(dialect: Dialect, table: str) -> str | None:
+    """ANALYZE of a session's temporary ``table`` just created, where the dialect's planner needs it
+    (``analyze_temporary_tables``); None elsewhere. By the temporary schema: never a permanent table."""
+    if not dialect.analyze_temporary_tables:
+        return None
+    return f"ANALYZE {dialect.temporary_schema}.{table}" if dialect.temporary_schema else f"ANALYZE {table}"
 
 
 def drop_temporary_table(dialect: Dialect, table: str, created: bool = False) -> str | None:

@@ -22,10 +22,10 @@ from engine.errors import WarehouseError
 from engine.model import Campaign, ProjectConfig
 from engine.progress import Progress
 from engine.run.messages import DueMessage
-from engine.dialects import dialect_named, drop_temporary_table
+from engine.dialects import analyze_temporary_table, dialect_named, drop_temporary_table
 from engine.sql.compile import (
     CUSTOMER_PREFIX, MAX_ZONES, REENTRY_HISTORY, VARIANT_PREFIX, WAIT_COLUMN, StateRelations,
-    render_sql, shared_facts_drop, variant_columns, zones_query,
+    render_sql, shared_facts_drop, shared_table, variant_columns, zones_query,
 )
 from engine.run.ledger_state import shipped_state
 from engine.sql.hashing import hashes_in_sql
@@ -154,7 +154,7 @@ def create_shared_table(session: Session, config: ProjectConfig, now: datetime, 
                         name: str, created: list[str], kept: StateRelations | None = None) -> None:
     """Create the pass's shared table ``name`` (``compile.SHARED_FACTS`` / ``SHARED_ROWS``) unless in
     ``created``, after the shared tables it reads (the order rows read the order facts, or the kept
-    ones: ``kept``, run.incremental); appends to ``created``."""
+    ones: ``kept``, run.incremental), then analysed where the dialect needs it; appends to ``created``."""
     if name in created:
         return
     statement = facts_statement(name, config, now, campaigns, kept)
@@ -164,6 +164,9 @@ def create_shared_table(session: Session, config: ProjectConfig, now: datetime, 
     drop_facts(session, config, name)
     session.execute(statement.text)
     created.append(name)
+    analyze = analyze_temporary_table(dialect_named(config.dialect), shared_table(name))
+    if analyze is not None:  # the due queries joining it are planned for its real size (PostgreSQL)
+        session.execute(analyze)
 
 
 def drop_facts(session: Session, config: ProjectConfig, entity: str, created: bool = False) -> None:
