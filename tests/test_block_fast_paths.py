@@ -17,6 +17,9 @@ SOURCES = {
     "missing": "{{ self.missing() }}", "private": "{{ self._TemplateReference__context }}",
     "recursive": "{% block loop %}{{ self.loop() }}{% endblock %}",
     "super": '{% extends "layout" %}{% block title %}[{{ super() }}]{% endblock %}',
+    # the same text block called with autoescaping switched off, then on, then off again
+    "scopes": ("{% autoescape false %}{{ self.amp() }}{% endautoescape %}|{{ self.amp() }}|{% autoescape false %}"
+               "{{ self.amp() }}{% endautoescape %}|{% block amp %}a & <b>{% endblock %}"),
 }
 
 

@@ -428,11 +428,12 @@ class TemplateSandbox(ImmutableSandboxedEnvironment):
             text = self.constant_blocks.get(render)
             if text is not None:
                 b.emit(len(text))
-                return text
-            text = block()
+                # as BlockReference.__call__ returns it: markup where the caller autoescapes ({% autoescape %} may switch)
+                return Markup(text) if block._context.eval_ctx.autoescape else text
+            rendered = block()
             if render not in self.constant_blocks and len(self.constant_blocks) < 10_000:
-                self.constant_blocks[render] = text if self.constant_block(render) else None
-            return text
+                self.constant_blocks[render] = str(rendered) if self.constant_block(render) else None
+            return rendered
         finally:
             b.depth -= 1
 
