@@ -130,3 +130,16 @@ def test_the_fast_writer_is_the_standard_librarys_email_package_byte_for_byte(su
     for linesep in ("\n", "\r\n"):
         reference = message.to_email()
         assert message.to_bytes(linesep) == reference.as_bytes(policy=reference.policy.clone(linesep=linesep))
+
+
+def test_a_body_that_holds_the_mime_boundary_keeps_both_parts_whole():
+    probe = OutgoingMessage(key="c:s:1:1", kind="email", to="a@example.com", sender="shop@example.com",
+                            parts={"subject": "s", "text": "t", "html": "<p>h</p>"})
+    boundary = probe.boundary()
+    text, html = f"before\n--{boundary}\nafter", f"<p>--{boundary}--</p>"
+    message = OutgoingMessage(key="c:s:1:1", kind="email", to="a@example.com", sender="shop@example.com",
+                              parts={"subject": "s", "text": text, "html": html})
+    parsed = email.message_from_bytes(message.to_bytes("\r\n"), policy=email.policy.default)
+    plain, rich = parsed.iter_parts()
+    assert parsed.get_boundary() != boundary
+    assert (plain.get_content().replace("\r\n", "\n").rstrip("\n"), rich.get_content().rstrip("\r\n")) == (text, html)

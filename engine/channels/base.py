@@ -75,7 +75,7 @@ class OutgoingMessage:
                 plain = False
                 break
         if (not plain or text is None
-                or (self.html and (html is None or boundary.encode() in text or boundary.encode() in html))):
+                or (self.html and (html is None or boundary.encode() in text[1] or boundary.encode() in html[1]))):
             email = self.to_email()
             return email.as_bytes(policy=email.policy.clone(linesep=linesep))
         head = "".join(f"{name}: {value}{linesep}" if value else f"{name}:{linesep}" for name, value in headers)
@@ -115,7 +115,10 @@ class OutgoingMessage:
         email.set_content(self.text or "")
         if self.html:
             email.add_alternative(self.html, subtype="html")
-            email.set_boundary(self.boundary())
+            boundary = self.boundary()
+            while boundary in (self.text or "") or boundary in self.html:  # a body that holds it would end its part
+                boundary += "="
+            email.set_boundary(boundary)
         return email
 
 
