@@ -911,7 +911,10 @@ def _create_facts(reconciler, now) -> None:
 
 def _record_plan(reconciler, now) -> int:
     """Record the plan at ``now`` in the ledger as a pass would (segment entries first; sends as
-    'sent', skips as 'skipped', deferrals not at all) without rendering or sending anything."""
+    'sent', skips as 'skipped', deferrals not at all) without rendering or sending anything, then
+    refresh the ledger's planner statistics as a pass that recorded that many does at its end
+    (``Reconciler.run_once``, ``STATISTICS_AFTER``): the plan a minute later follows such a pass."""
+    from engine.run.reconcile import STATISTICS_AFTER
     from engine.run.record import as_record
 
     reconciler.enter_segments(now)
@@ -920,6 +923,8 @@ def _record_plan(reconciler, now) -> int:
         records = [as_record(m, "sent" if m.action == "send" else "skipped", reason=m.reason, detail=m.detail)
                    for m in batch if m.action != "defer"]
         recorded += len(reconciler.ledger.write_new(records, now))
+    if recorded >= STATISTICS_AFTER:
+        reconciler.ledger.refresh_statistics()
     return recorded
 
 
