@@ -79,6 +79,10 @@ class Dialect:
     #: a pass's temporary tables are ANALYZEd once created (``analyze_temporary_table``): the
     #: planner has no statistics of a table until then, and autovacuum never looks at temporary ones
     analyze_temporary_tables: bool = False
+    #: the ledger keeps its (status, next_attempt_at) index (engine_ledger_status). DuckDB reads
+    #: no query through a composite index, and updates a row whose indexed column changes as a
+    #: delete and insert of the whole row, its stored content included: every outcome did (migration 0008)
+    ledger_status_index: bool = True
     #: the driver describes result columns by type OID (PostgreSQL), looked up in ``pg_type``
     type_codes_are_oids: bool = False
     #: one writing process per database file: a lock error means another process holds it
@@ -124,7 +128,7 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             on_conflict_insert="postgresql",
             # binds_instants off: the compiled query gets its instants written in as literals, which DuckDB
             # ran 5 % faster than bound parameters (benchmarks/README.md, issue 15.3)
-            array_parameters="positional", one_writer_per_file=True,
+            array_parameters="positional", one_writer_per_file=True, ledger_status_index=False,
             # SHA256() is the hex digest: its first 8 digits, read as a hexadecimal integer
             hash32_sql="CAST('0x' || SUBSTRING(SHA256(hashed_text), 1, 8) AS BIGINT)",
             # DuckDBPyConnection.interrupt(): DuckDB has no statement time limit of its own
