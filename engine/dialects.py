@@ -68,6 +68,11 @@ class Dialect:
     #: (DuckDB: Python lists bound to ``$n`` as LISTs), ``named`` (PostgreSQL arrays, unnest
     #: zips them); None: one prepared statement for all rows
     array_parameters: Literal["positional", "named"] | None = None
+    #: a batch's lookup keys bound as one array parameter (engine.run.sources), as "element: condition"
+    #: for the keys' element types BIGINT (an integer column), VARCHAR (a text column) and CAST (the column
+    #: cast to text); ``{column}`` the column, ``{parameter}`` the placeholder (``$n`` where array
+    #: parameters are positional, ``:keysn`` where named); empty: the keys are written in as literals
+    key_array_conditions: tuple[str, ...] = ()
     #: the statement that takes the lock a ledger upgrade runs under (``{key}``: the engine's
     #: lock number); None: a plain transaction
     migration_lock: str | None = None
@@ -122,6 +127,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # binds_instants off: the compiled query gets its instants written in as literals, which DuckDB
             # ran 5 % faster than bound parameters (benchmarks/README.md, issue 15.3)
             array_parameters="positional", one_writer_per_file=True,
+            key_array_conditions=("BIGINT: {column} IN (SELECT unnest(CAST({parameter} AS BIGINT[])))",
+                                  "VARCHAR: {column} IN (SELECT unnest(CAST({parameter} AS VARCHAR[])))",
+                                  "CAST: CAST({column} AS VARCHAR) IN (SELECT unnest(CAST({parameter} AS VARCHAR[])))"),
             # SHA256() is the hex digest: its first 8 digits, read as a hexadecimal integer
             hash32_sql="CAST('0x' || SUBSTRING(SHA256(hashed_text), 1, 8) AS BIGINT)",
             # DuckDBPyConnection.interrupt(): DuckDB has no statement time limit of its own
@@ -161,6 +169,11 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # always reads every row, so it asks for that plan. Committed: a rollback would undo a SET.
             connect_statements=("SET cursor_tuple_fraction = 1.0",),
             on_conflict_insert="postgresql", array_parameters="named",
+            # psycopg sends a list of str untyped: the server reads it as the column's own array type, so
+            # citext, char(n) and enum columns compare as they do with a literal IN list (text[] would not)
+            key_array_conditions=("BIGINT: {column} = ANY(CAST({parameter} AS BIGINT[]))",
+                                  "VARCHAR: {column} = ANY({parameter})",
+                                  "CAST: CAST({column} AS TEXT) = ANY(CAST({parameter} AS TEXT[]))"),
             migration_lock="SELECT pg_advisory_xact_lock({key})", analyze_ledger=True, type_codes_are_oids=True,
             # two replicas replacing the same customers' kept facts at once would each insert them
             refresh_lock="SELECT pg_advisory_xact_lock({key})",
