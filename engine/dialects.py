@@ -171,7 +171,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             on_conflict_insert="postgresql", array_parameters="named",
             # psycopg sends a list of str untyped: the server reads it as the column's own array type, so
             # citext, char(n) and enum columns compare as they do with a literal IN list (text[] would not)
-            key_array_conditions=("BIGINT: {column} = ANY(CAST({parameter} AS BIGINT[]))",
+            # integers: a semi-join, not '= ANY(bigint[])', which an integer column cannot hash (int4 = int8):
+            # evaluated as a filter it searched the 1,000 keys linearly per row, 2-3x slower than the literal list
+            key_array_conditions=("BIGINT: {column} IN (SELECT unnest(CAST({parameter} AS BIGINT[])))",
                                   "VARCHAR: {column} = ANY({parameter})",
                                   "CAST: CAST({column} AS TEXT) = ANY(CAST({parameter} AS TEXT[]))"),
             migration_lock="SELECT pg_advisory_xact_lock({key})", analyze_ledger=True, type_codes_are_oids=True,

@@ -16,7 +16,7 @@ from engine.tools.demo import create_tables, generate_shop, load_shop
 #: how order_items.order_id is stored, and the key kind SourceRows learns from it
 COLUMN_TYPES = {"int": None, "str": "VARCHAR", "cast": "DECIMAL(18,0)"}
 #: the databases that bind a batch's keys as one array, and the text of that condition
-BOUND = {"duckdb": "IN (SELECT UNNEST(CAST(", "postgres": "= ANY("}
+BOUND = {"duckdb": "IN (SELECT UNNEST(CAST($1 AS", "postgres": ":KEYS1"}
 
 
 def literal_by_key(sources: SourceRows, entity: str, column: str, keys: list[str]) -> dict[str, list[dict]]:
