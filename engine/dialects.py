@@ -4,7 +4,7 @@ Owns: which URL schemes (and SQLAlchemy backend names) choose which sqlglot dial
 dialect's capabilities: how instants are stored (SQLite: text), temporary tables and where a
 session keeps them, how literal rows are written (VALUES or UNNEST), CTE materialisation, and
 for a database the engine connects to (warehouse or ledger): per-connection statements,
-conflict handling for claims, array parameters, the migration lock, planner statistics, how
+conflict handling for claims, array parameters (and a batch's lookup keys as one), the migration lock, planner statistics, how
 the driver describes column types and how a statement is stopped at warehouse.statement_timeout. Every other module asks this table (``dialect_named``,
 ``dialect_of_url``, ``dialect_of_backend``) instead of comparing a dialect's name; a test checks
 that no other module does.
