@@ -4,7 +4,7 @@ Owns: which URL schemes (and SQLAlchemy backend names) choose which sqlglot dial
 dialect's capabilities: how instants are stored (SQLite: text), temporary tables and where a
 session keeps them, how literal rows are written (VALUES or UNNEST), CTE materialisation, and
 for a database the engine connects to (warehouse or ledger): per-connection statements,
-conflict handling for claims, array parameters, the migration lock, planner statistics, how
+conflict handling for claims, array parameters (and a batch's lookup keys as one), the migration lock, planner statistics, how
 the driver describes column types and how a statement is stopped at warehouse.statement_timeout. Every other module asks this table (``dialect_named``,
 ``dialect_of_url``, ``dialect_of_backend``) instead of comparing a dialect's name; a test checks
 that no other module does.
@@ -68,6 +68,11 @@ class Dialect:
     #: (DuckDB: Python lists bound to ``$n`` as LISTs), ``named`` (PostgreSQL arrays, unnest
     #: zips them); None: one prepared statement for all rows
     array_parameters: Literal["positional", "named"] | None = None
+    #: a batch's lookup keys bound as one array parameter (engine.run.sources), as "element: condition"
+    #: for the keys' element types BIGINT (an integer column), VARCHAR (a text column) and CAST (the column
+    #: cast to text); ``{column}`` the column, ``{parameter}`` the placeholder (``$n`` where array
+    #: parameters are positional, ``:keysn`` where named); empty: the keys are written in as literals
+    key_array_conditions: tuple[str, ...] = ()
     #: the statement that takes the lock a ledger upgrade runs under (``{key}``: the engine's
     #: lock number); None: a plain transaction
     migration_lock: str | None = None
@@ -129,6 +134,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # binds_instants off: the compiled query gets its instants written in as literals, which DuckDB
             # ran 5 % faster than bound parameters (benchmarks/README.md, issue 15.3)
             array_parameters="positional", one_writer_per_file=True, ledger_status_index=False,
+            key_array_conditions=("BIGINT: {column} IN (SELECT unnest(CAST({parameter} AS BIGINT[])))",
+                                  "VARCHAR: {column} IN (SELECT unnest(CAST({parameter} AS VARCHAR[])))",
+                                  "CAST: CAST({column} AS VARCHAR) IN (SELECT unnest(CAST({parameter} AS VARCHAR[])))"),
             # SHA256() is the hex digest: its first 8 digits, read as a hexadecimal integer
             hash32_sql="CAST('0x' || SUBSTRING(SHA256(hashed_text), 1, 8) AS BIGINT)",
             # DuckDBPyConnection.interrupt(): DuckDB has no statement time limit of its own
@@ -172,6 +180,13 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # (benchmarks/README.md). Per connection, like the cursor setting: the server's default is untouched.
             connect_statements=("SET cursor_tuple_fraction = 1.0", "SET jit = off"),
             on_conflict_insert="postgresql", array_parameters="named",
+            # psycopg sends a list of str untyped: the server reads it as the column's own array type, so
+            # citext, char(n) and enum columns compare as they do with a literal IN list (text[] would not)
+            # integers: a semi-join, not '= ANY(bigint[])', which an integer column cannot hash (int4 = int8):
+            # evaluated as a filter it searched the 1,000 keys linearly per row, 2-3x slower than the literal list
+            key_array_conditions=("BIGINT: {column} IN (SELECT unnest(CAST({parameter} AS BIGINT[])))",
+                                  "VARCHAR: {column} = ANY({parameter})",
+                                  "CAST: CAST({column} AS TEXT) = ANY(CAST({parameter} AS TEXT[]))"),
             migration_lock="SELECT pg_advisory_xact_lock({key})", analyze_ledger=True, type_codes_are_oids=True,
             # the pass's fact tables unanalysed: joins of them guessed at 30M rows (then JIT, sorts on
             # disk), or at 1 row, and nested loops over the customers ran 25 s a minute later at 1M orders

@@ -85,7 +85,8 @@ def test_a_database_outside_the_table_has_every_capability_absent():
     other = dialect_of_backend("mysql")
     assert other.name == "mysql"  # rendered in sqlglot's dialect of that name, as before
     assert other == Dialect("mysql") and dialect_named("mysql") == Dialect("mysql")
-    assert not other.temporary_tables and other.on_conflict_insert is None and other.array_parameters is None
+    assert not other.temporary_tables and other.on_conflict_insert is None and other.array_parameters is None \
+        and not other.key_array_conditions
     assert other.connect_statements == () and other.migration_lock is None
 
 

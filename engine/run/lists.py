@@ -50,7 +50,7 @@ def load_lists(messages: list[DueMessage], project: Project, renderer: Renderer,
     return lists
 
 
-def list_statement(name: str, keys: list[str], sources: SourceRows, now: datetime) -> tuple[str, tuple | None]:
+def list_statement(name: str, keys: list[str], sources: SourceRows, now: datetime) -> tuple[str, tuple | dict | None]:
     """The SQL of list ``name`` for the customers ``keys`` and its driver parameters: where the dialect
     binds the keys as array parameters (``SourceRows.key_filter``), one text per list, instant and key
     types, built and rendered once per pass (``sources.statements``); else with the keys in it."""
@@ -68,10 +68,10 @@ def list_statement(name: str, keys: list[str], sources: SourceRows, now: datetim
             return condition
         sql = render_sql(list_query(name, config, customers, now), config.dialect)
         if any(element is None for _, element in types):  # keys in the text (a literal IN list): not reused
-            return sql, tuple(parameters) if parameters else None
+            return sql, sources.driver_parameters(parameters) if parameters else None
         cached = sources.statements[("list", name, now, types)] = (sql, tuple(order))
     sql, order = cached
-    return sql, tuple(sources.bound_keys(entity, "customer_id", keys)[1] for entity in order)
+    return sql, sources.driver_parameters([sources.bound_keys(entity, "customer_id", keys)[1] for entity in order])
 
 
 def missing_list(names: tuple[str, ...], lists: dict[str, dict[str, list[dict]]], customer_id: str) -> str | None:

@@ -3,7 +3,7 @@ items, a day's events, the attributes of customers due for a retry.
 
 Owns the ``IN (keys)`` condition on the native column type (learnt from one sample value and
 remembered in the ``key_kinds`` the caller keeps). Where the dialect binds a list as one array
-parameter (DuckDB, ``Dialect.array_parameters == "positional"``) a lookup by key is one statement
+parameter (``Dialect.key_array_conditions``: DuckDB's LIST, PostgreSQL's array) a lookup by key is one statement
 text per source, column, type and condition (an event's type), rendered once and reused with the keys
 as that parameter, and a statement another module builds (the product lists) gets the keys as such a
 parameter too (``key_filter``): no sqlglot rendering of a thousand literals per batch. Must not write, decide anything about a
@@ -89,26 +89,43 @@ class SourceRows:
         bound = self.bound_keys(entity, column, keys)
         if bound is not None:
             statement = self._by_key_statement(entity, column, bound[0], where)
-            return [dict(row._mapping) for row in self.warehouse.fetch_all(statement, (bound[1],))]
+            return [dict(row._mapping) for row in self.warehouse.fetch_all(statement, self.driver_parameters([bound[1]]))]
         condition = self.key_condition(entity, column, keys)
         return self.query(entity, condition if where is None else exp.and_(where, condition, copy=False))
 
     def key_filter(self, entity: str, column: str, keys: list[str], parameters: list) -> exp.Expression:
         """``column IN (keys)`` for a statement the caller builds: where the dialect binds a list as one
-        array parameter, ``column IN (SELECT unnest(CAST($n AS type[])))`` with the keys appended to
-        ``parameters`` (``$n`` its position there), else ``key_condition``'s literal list."""
+        array parameter, the dialect's condition on it (``column IN (SELECT unnest(CAST($n AS type[])))``,
+        ``column = ANY(:keysn)``) with the keys appended to ``parameters`` (n their position there), else
+        ``key_condition``'s literal list. ``driver_parameters(parameters)`` is what the driver takes."""
         bound = self.bound_keys(entity, column, keys)
         if bound is None:
             return self.key_condition(entity, column, keys)
         parameters.append(bound[1])
-        return sqlglot.parse_one(self._bound_condition(column, bound[0], len(parameters)), read=self.config.dialect)
+        placeholder = self._placeholder(len(parameters))
+        # parsed with a column in the placeholder's place (sqlglot would write :name as %(name)s for
+        # PostgreSQL), which becomes the placeholder's text, rendered as it is
+        condition = sqlglot.parse_one(self._bound_condition(column, bound[0], "engine_bound_keys"),
+                                      read=self.config.dialect)
+        return condition.transform(lambda node: exp.var(placeholder) if isinstance(node, exp.Column)
+                                   and node.name == "engine_bound_keys" else node)
+
+    def driver_parameters(self, arrays: list) -> tuple | dict:
+        """The values of the array placeholders ``key_filter`` wrote, in their order, as the driver
+        takes them: positional (``$n``) or by name (``:keysn``)."""
+        if self.warehouse.dialect.array_parameters == "named":
+            return {f"keys{n}": values for n, values in enumerate(arrays, 1)}
+        return tuple(arrays)
+
+    def _placeholder(self, position: int) -> str:
+        return f":keys{position}" if self.warehouse.dialect.array_parameters == "named" else f"${position}"
 
     def bound_keys(self, entity: str, column: str, keys: list[str]) -> tuple[str, list] | None:
         """``keys`` as one array parameter with its element type ("BIGINT", "VARCHAR", or "CAST": text
         against the column cast to text), matched as ``key_condition`` matches them: integers for an integer
         column (when every key is one a BIGINT holds), else text; None where the dialect binds no array
-        positionally or the keys do not fit one (the literal ``IN`` list then)."""
-        if self.warehouse.dialect.array_parameters != "positional" or not keys:
+        of keys (``Dialect.key_array_conditions``) or the keys do not fit one (the literal ``IN`` list then)."""
+        if not self.warehouse.dialect.key_array_conditions or not keys:
             return None
         kind = self.key_kind(entity, column)
         if kind == "int" and all(_CANONICAL_INT.fullmatch(k) for k in keys):
@@ -128,14 +145,16 @@ class SourceRows:
         cached = self._by_key_sql.get(key)
         if cached is None:
             source = render_sql(source_select(self.config.sources[entity], dialect), dialect)
-            condition = self._bound_condition(column, element, 1)
+            condition = self._bound_condition(column, element, self._placeholder(1))
             cached = self._by_key_sql[key] = (
                 f"WITH src AS ({source}) SELECT * FROM src WHERE {f'{extra} AND ' if extra else ''}{condition}")
         return cached
 
-    def _bound_condition(self, column: str, element: str, position: int) -> str:
-        """``column IN`` the array parameter ``$position`` of ``element``s ("CAST": the column cast to text)."""
-        target = exp.column(column).sql(dialect=self.config.dialect)
-        if element == "CAST":
-            target, element = f"CAST({target} AS VARCHAR)", "VARCHAR"
-        return f"{target} IN (SELECT unnest(CAST(${position} AS {element}[])))"
+    def _bound_condition(self, column: str, element: str, parameter: str) -> str:
+        """The dialect's condition: ``column`` is one of the array ``parameter``'s ``element``s ("CAST":
+        the column cast to text)."""
+        for entry in self.warehouse.dialect.key_array_conditions:
+            name, _, condition = entry.partition(": ")
+            if name == element:
+                return condition.format(column=exp.column(column).sql(dialect=self.config.dialect), parameter=parameter)
+        raise ValueError(f"no key array condition for {element}")

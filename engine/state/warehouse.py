@@ -144,9 +144,10 @@ class Database:
         except self.errors as exc:
             raise self._error("query failed on", exc) from None
 
-    def fetch_all(self, sql: str, driver_parameters: tuple | None = None) -> list[sa.Row]:
-        """The rows of query ``sql``; with ``driver_parameters`` the text goes to the driver as it
-        is (``exec_driver_sql``: its own placeholders, such as DuckDB's ``$1``) with those values."""
+    def fetch_all(self, sql: str, driver_parameters: tuple | dict | None = None) -> list[sa.Row]:
+        """The rows of query ``sql``; with ``driver_parameters`` a tuple the text goes to the driver as it
+        is (``exec_driver_sql``: its own placeholders, such as DuckDB's ``$1``) with those values, a dict
+        the values of its ``:name`` bind parameters."""
         try:
             connection = self.engine.connect()
         except self.errors as exc:
@@ -156,6 +157,8 @@ class Database:
             with connection as conn:
                 deadline = StatementDeadline(self, conn)
                 with deadline.statement():
+                    if isinstance(driver_parameters, dict):
+                        return list(conn.execute(sa.text(sql), driver_parameters))
                     if driver_parameters is not None:
                         return list(conn.exec_driver_sql(sql, driver_parameters))
                     return list(conn.execute(sa.text(sql)))
