@@ -49,7 +49,20 @@ class SettledStore:
         if not found:
             return
         at = now.astimezone(UTC).replace(tzinfo=None)
-        with self.db.engine.begin() as conn:
-            conn.execute(settled_table.delete().where(settled_table.c.campaign.in_(sorted(found))))
-            conn.execute(settled_table.insert(), [{"campaign": name, "settled_at": at, "found": int(count)}
-                                                  for name, count in sorted(found.items())])
+        rows = [{"campaign": name, "settled_at": at, "found": int(count)} for name, count in sorted(found.items())]
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self.db.engine.begin() as conn:
+                    conn.execute(settled_table.delete().where(settled_table.c.campaign.in_(sorted(found))))
+                    conn.execute(settled_table.insert(), rows)
+                return
+            except sa.exc.IntegrityError:
+                # replicas ending a pass at once: another inserted a campaign's row after this delete read
+                # none (rolled back, nothing written); again, the delete now sees theirs. Only a hint: when
+                # they keep winning, theirs stands and a pass decides from it just as well
+                if attempt == _ATTEMPTS - 1:
+                    return
+
+
+#: tries of ``remember_settled`` against replicas writing the same campaigns' rows at the same moment
+_ATTEMPTS = 3
