@@ -300,12 +300,10 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     body: exp.Query = selects[0]
     for other in selects[1:]:
         body = exp.union(body, other, distinct=False)
-    ordered = settled != "only"
+    ordered = campaign.reentry.mode != "per_trigger" and settled != "only"
     if not isinstance(body, exp.Select) or ordered:
         body = exp.select("*").from_(body.subquery("due_steps"))
-    if ordered:  # re-entry rules let the earliest instance in: it must come first; and the same rows in the
-        # same order at every run (a plan's listing, an export, which instance a frequency cap lets through),
-        # whatever join order the warehouse picks (DuckDB's parallel hash joins shuffle it)
+    if ordered:  # re-entry rules let the earliest instance in: it must come first
         body = body.order_by(exp.column("trigger_at"), exp.column("customer_id"), exp.column("trigger_key"))
     return builder.with_ctes(body)
 
