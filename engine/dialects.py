@@ -22,6 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+#: the element types of a batch's bound lookup keys (``Dialect.key_array_conditions``)
+KeyElement = Literal["BIGINT", "VARCHAR", "CAST"]
+
 
 @dataclass(frozen=True)
 class Dialect:
@@ -68,11 +71,11 @@ class Dialect:
     #: (DuckDB: Python lists bound to ``$n`` as LISTs), ``named`` (PostgreSQL arrays, unnest
     #: zips them); None: one prepared statement for all rows
     array_parameters: Literal["positional", "named"] | None = None
-    #: a batch's lookup keys bound as one array parameter (engine.run.sources), as "element: condition"
+    #: a batch's lookup keys bound as one array parameter (engine.run.sources), as (element, condition)
     #: for the keys' element types BIGINT (an integer column), VARCHAR (a text column) and CAST (the column
     #: cast to text); ``{column}`` the column, ``{parameter}`` the placeholder (``$n`` where array
     #: parameters are positional, ``:keysn`` where named); empty: the keys are written in as literals
-    key_array_conditions: tuple[str, ...] = ()
+    key_array_conditions: tuple[tuple[KeyElement, str], ...] = ()
     #: the statement that takes the lock a ledger upgrade runs under (``{key}``: the engine's
     #: lock number); None: a plain transaction
     migration_lock: str | None = None
@@ -134,9 +137,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # binds_instants off: the compiled query gets its instants written in as literals, which DuckDB
             # ran 5 % faster than bound parameters (benchmarks/README.md, issue 15.3)
             array_parameters="positional", one_writer_per_file=True, ledger_status_index=False,
-            key_array_conditions=("BIGINT: {column} IN (SELECT unnest(CAST({parameter} AS BIGINT[])))",
-                                  "VARCHAR: {column} IN (SELECT unnest(CAST({parameter} AS VARCHAR[])))",
-                                  "CAST: CAST({column} AS VARCHAR) IN (SELECT unnest(CAST({parameter} AS VARCHAR[])))"),
+            key_array_conditions=(("BIGINT", "{column} IN (SELECT unnest(CAST({parameter} AS BIGINT[])))"),
+                                  ("VARCHAR", "{column} IN (SELECT unnest(CAST({parameter} AS VARCHAR[])))"),
+                                  ("CAST", "CAST({column} AS VARCHAR) IN (SELECT unnest(CAST({parameter} AS VARCHAR[])))")),
             # SHA256() is the hex digest: its first 8 digits, read as a hexadecimal integer
             hash32_sql="CAST('0x' || SUBSTRING(SHA256(hashed_text), 1, 8) AS BIGINT)",
             # DuckDBPyConnection.interrupt(): DuckDB has no statement time limit of its own
@@ -184,9 +187,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # citext, char(n) and enum columns compare as they do with a literal IN list (text[] would not)
             # integers: a semi-join, not '= ANY(bigint[])', which an integer column cannot hash (int4 = int8):
             # evaluated as a filter it searched the 1,000 keys linearly per row, 2-3x slower than the literal list
-            key_array_conditions=("BIGINT: {column} IN (SELECT unnest(CAST({parameter} AS BIGINT[])))",
-                                  "VARCHAR: {column} = ANY({parameter})",
-                                  "CAST: CAST({column} AS TEXT) = ANY(CAST({parameter} AS TEXT[]))"),
+            key_array_conditions=(("BIGINT", "{column} IN (SELECT unnest(CAST({parameter} AS BIGINT[])))"),
+                                  ("VARCHAR", "{column} = ANY({parameter})"),
+                                  ("CAST", "CAST({column} AS TEXT) = ANY(CAST({parameter} AS TEXT[]))")),
             migration_lock="SELECT pg_advisory_xact_lock({key})", analyze_ledger=True, type_codes_are_oids=True,
             # the pass's fact tables unanalysed: joins of them guessed at 30M rows (then JIT, sorts on
             # disk), or at 1 row, and nested loops over the customers ran 25 s a minute later at 1M orders

@@ -43,14 +43,18 @@ def test_the_supported_dialects_are_the_ones_the_schema_and_the_command_line_off
 
 
 def allowed(value, hint) -> bool:
-    """``value`` is one that the annotation ``hint`` admits (a Literal choice, None, a tuple or frozenset of str, a type)."""
+    """``value`` is one that the annotation ``hint`` admits (a Literal choice, None, a type, a frozenset of str,
+    a tuple of items each admitted: ``tuple[X, ...]`` or one hint per position)."""
     origin = get_origin(hint)
     if origin is Literal:
         return value in get_args(hint)
     if origin in (Union, UnionType):
         return any(allowed(value, arg) for arg in get_args(hint))
     if origin is tuple:
-        return isinstance(value, tuple) and all(isinstance(item, str) for item in value)
+        args = get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return isinstance(value, tuple) and all(allowed(item, args[0]) for item in value)
+        return isinstance(value, tuple) and len(value) == len(args) and all(map(allowed, value, args))
     if origin is frozenset:
         return isinstance(value, frozenset) and all(isinstance(item, str) for item in value)
     return value is None if hint is type(None) else isinstance(value, hint)

@@ -153,8 +153,7 @@ class SourceRows:
     def _bound_condition(self, column: str, element: str, parameter: str) -> str:
         """The dialect's condition: ``column`` is one of the array ``parameter``'s ``element``s ("CAST":
         the column cast to text)."""
-        for entry in self.warehouse.dialect.key_array_conditions:
-            name, _, condition = entry.partition(": ")
+        for name, condition in self.warehouse.dialect.key_array_conditions:
             if name == element:
                 return condition.format(column=exp.column(column).sql(dialect=self.config.dialect), parameter=parameter)
         raise ValueError(f"no key array condition for {element}")
