@@ -86,9 +86,8 @@ def measure_smtp(backend: str, url: str, project_dir: Path, now: datetime, sink,
         rows.append({"what": "  of which dispatch (send_all, hand-over writes included)", "rows": emails, "seconds": dispatch_seconds[0],
                      "note": f"{emails / max(dispatch_seconds[0], 1e-9):,.0f} emails/s while dispatching"})
         stored = reconciler.ledger.db.execute(
-            "SELECT l.message_key, k.content FROM engine_ledger AS l JOIN engine_ledger_content AS k "
-            "ON k.message_key = l.message_key WHERE l.channel = 'email' AND l.status = 'sent' "
-            f"ORDER BY l.message_key LIMIT {2000 if quick else 5000}")
+            "SELECT message_key, content FROM engine_ledger WHERE channel = 'email' AND status = 'sent' "
+            f"ORDER BY message_key LIMIT {2000 if quick else 5000}")
     finally:
         send_stage.send_all = original
         reconciler.close()

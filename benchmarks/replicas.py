@@ -160,16 +160,14 @@ def ledger_bytes(url: str, directory: Path) -> list[dict]:
     with the stored content's share (rendered messages kept for show-message)."""
     import sqlalchemy as sa
 
-    from engine.state.ledger import Ledger, ledger_content_table, ledger_table
+    from engine.state.ledger import Ledger, ledger_table
     from engine.state.warehouse import Database
 
     db = Database(url)
     with db.engine.connect() as conn:
         rows = conn.execute(sa.select(ledger_table)).mappings().all()
-        contents = conn.execute(sa.select(ledger_content_table)).mappings().all()
-        total = conn.execute(sa.text("SELECT pg_total_relation_size('engine_ledger') "
-                                     "+ pg_total_relation_size('engine_ledger_content')")).scalar()
-        content = conn.execute(sa.text("SELECT coalesce(sum(pg_column_size(content)), 0) FROM engine_ledger_content")).scalar()
+        total = conn.execute(sa.text("SELECT pg_total_relation_size('engine_ledger')")).scalar()
+        content = conn.execute(sa.text("SELECT coalesce(sum(pg_column_size(content)), 0) FROM engine_ledger")).scalar()
     db.dispose()
     if not rows:
         return []
@@ -180,14 +178,12 @@ def ledger_bytes(url: str, directory: Path) -> list[dict]:
     empty = path.stat().st_size
     with lite.engine.begin() as conn:
         conn.execute(ledger_table.insert(), [dict(r) for r in rows])
-        if contents:
-            conn.execute(ledger_content_table.insert(), [dict(r) for r in contents])
     with lite.engine.connect() as conn:
         conn.execute(sa.text("PRAGMA wal_checkpoint(TRUNCATE)"))
         conn.execute(sa.text("VACUUM"))
     lite.dispose()
     lite_bytes = path.stat().st_size - empty
-    with_content = len(contents)
+    with_content = sum(1 for r in rows if r["content"] is not None)
     n = len(rows)
     return [{"backend": "postgres", "what": "ledger bytes per row", "rows": n, "seconds": None,
              "note": f"{total / n:.0f} B/row with indexes ({total / 1e6:.1f} MB); stored content {content / n:.0f} B/row "

@@ -1144,11 +1144,11 @@ def _database_bytes(reconciler, url: str) -> int:
 
 
 def _ledger_size(reconciler, url: str, size_before: int) -> str:
-    by_status = reconciler.ledger.db.execute("SELECT status, count(*) FROM engine_ledger GROUP BY status ORDER BY status")
+    by_status = reconciler.ledger.db.execute(
+        "SELECT status, count(*), sum(length(content)) FROM engine_ledger GROUP BY status ORDER BY status")
     [(entries,)] = reconciler.ledger.db.execute("SELECT count(*) FROM engine_entries")
-    [(content,)] = reconciler.ledger.db.execute("SELECT sum(length(content)) FROM engine_ledger_content")
-    total = sum(n for _, n in by_status)
-    content = content or 0
+    total = sum(n for _, n, _ in by_status)
+    content = sum(c or 0 for _, _, c in by_status)
     growth = _database_bytes(reconciler, url) - size_before
     return (f"{total:,} rows ({', '.join(f'{n:,} {status}' for status, n, _ in by_status)}), "
             f"content {content / 1e6:.1f} MB, {entries:,} engine_entries rows; database file +{growth / 1e6:.1f} MB")

@@ -88,11 +88,6 @@ class Dialect:
     #: no query through a composite index, and updates a row whose indexed column changes as a
     #: delete and insert of the whole row, its stored content included: every outcome did (migration 0008)
     ledger_status_index: bool = True
-    #: rows can be locked until the transaction ends (``SELECT ... FOR SHARE`` / ``FOR UPDATE``) by concurrent
-    #: writers that do not serialise otherwise (PostgreSQL): the hand-over locks the claims it appends content
-    #: for, and recovery locks a claim before it looks for its content (a statement under READ COMMITTED then
-    #: sees what the hand-over committed). SQLite serialises writers itself; DuckDB has one writing process
-    row_locks: bool = False
     #: the driver describes result columns by type OID (PostgreSQL), looked up in ``pg_type``
     type_codes_are_oids: bool = False
     #: one writing process per database file: a lock error means another process holds it
@@ -192,7 +187,7 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             key_array_conditions=("BIGINT: {column} IN (SELECT unnest(CAST({parameter} AS BIGINT[])))",
                                   "VARCHAR: {column} = ANY({parameter})",
                                   "CAST: CAST({column} AS TEXT) = ANY(CAST({parameter} AS TEXT[]))"),
-            migration_lock="SELECT pg_advisory_xact_lock({key})", analyze_ledger=True, row_locks=True, type_codes_are_oids=True,
+            migration_lock="SELECT pg_advisory_xact_lock({key})", analyze_ledger=True, type_codes_are_oids=True,
             # the pass's fact tables unanalysed: joins of them guessed at 30M rows (then JIT, sorts on
             # disk), or at 1 row, and nested loops over the customers ran 25 s a minute later at 1M orders
             analyze_temporary_tables=True,

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 
 from conftest import REPO, load_history, write
 from engine.tools.demo import TABLES
-from engine.state.ledger import Ledger, ledger_content_table, ledger_table
+from engine.state.ledger import Ledger, ledger_table
 from engine.state.warehouse import Database
 from forkserver import ForkServer
 
@@ -221,8 +221,7 @@ class KillTest:
         c = ledger_table.c
         with self.db.engine.connect() as conn:
             rows = conn.execute(sa.select(c.message_key, c.channel).where(
-                c.status == "claimed", sa.exists().where(ledger_content_table.c.message_key == c.message_key),
-                c.updated_at == self.now)).all()
+                c.status == "claimed", c.content.is_not(None), c.updated_at == self.now)).all()
             decided = conn.execute(sa.select(sa.func.count()).where(c.status != "claimed")).scalar()
         in_doubt = Counter(channel for _, channel in rows)
         self.kills.append(Kill(self.now, delay, in_doubt))

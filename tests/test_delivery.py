@@ -392,9 +392,7 @@ def test_kill_9_at_any_point_never_sends_twice_or_loses_a_message(project, deliv
         project.load({"notify": campaign()}, customers=customers(n), orders=orders(n))
         db = Database(project.url)
         for point in CRASH_POINTS:
-            if point != CRASH_POINTS[0]:  # a ledger as new: the messages and their stored contents
-                db.execute("DELETE FROM engine_ledger")
-                db.execute("DELETE FROM engine_ledger_content")
+            db.execute("DELETE FROM engine_ledger") if point != CRASH_POINTS[0] else None
             smtp.messages.clear()
             crashed = _run(project, "2025-01-06T12:01:00Z", {"ENGINE_FAILPOINT": point})
             assert crashed.returncode == -signal.SIGKILL, crashed.stderr
@@ -431,8 +429,7 @@ def test_a_kill_leaves_in_doubt_only_the_messages_in_flight(project):
         assert crashed.returncode == -signal.SIGKILL, crashed.stderr
         db = Database(project.url)
         try:
-            in_doubt = db.fetch_all("SELECT message_key FROM engine_ledger JOIN engine_ledger_content USING (message_key) "
-                                  "WHERE status = 'claimed'")
+            in_doubt = db.fetch_all("SELECT message_key FROM engine_ledger WHERE status = 'claimed' AND content IS NOT NULL")
             assert 0 < len(in_doubt) <= connections * in_flight
             delivered_before = set(smtp.keys())
             assert len(delivered_before) >= 99

@@ -45,7 +45,7 @@ def _ledger_rows(reconciler: Reconciler) -> list[dict]:
     import sqlalchemy as sa
 
     with reconciler.ledger.db.engine.connect() as conn:
-        return reconciler.ledger.with_contents(conn, [dict(row._mapping) for row in conn.execute(sa.select(ledger_table))])
+        return [dict(row._mapping) for row in conn.execute(sa.select(ledger_table))]
 
 
 def _show(root, key, *args, env):

@@ -3,14 +3,13 @@ this group, chunked set-based UPDATEs; on DuckDB counted first, RETURNING only w
 hands over exactly the claims still free, and leaves the ledger as one write per message would."""
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
 from conftest import database_url
 from engine.dialects import dialect_of_backend
-from engine.state.ledger import UPDATE_CHUNK, Ledger, Record, ledger_content_table, ledger_table
+from engine.state.ledger import UPDATE_CHUNK, Ledger, Record, ledger_table
 from engine.state.warehouse import Database
 
 NOW = datetime(2025, 1, 10, 12, 0)
@@ -40,13 +39,8 @@ def content(i: int) -> str:
 
 
 def rows(db: Database) -> list[dict]:
-    """Every ledger row with its stored content (None: never handed over) and when it was handed over."""
-    t = ledger_content_table.c
-    query = (sa.select(ledger_table, t.content, t.stored_at)
-             .select_from(ledger_table.outerjoin(ledger_content_table, t.message_key == ledger_table.c.message_key))
-             .order_by(ledger_table.c.message_key))
     with db.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(query).mappings()]
+        return [dict(r) for r in conn.execute(sa.select(ledger_table).order_by(ledger_table.c.message_key)).mappings()]
 
 
 def new_ledger(backend: str, tmp_path, name: str) -> tuple[Database, Ledger]:
@@ -100,7 +94,7 @@ def test_a_batched_hand_over_hands_over_only_the_free_claims_and_writes_what_one
         assert stored[key(COUNT - 3)]["status"] == "sent" and stored[key(COUNT - 3)]["content"] is None
         assert [stored[key(i)]["status"] for i in (1, 7, 40)] == ["sent", "failed", "claimed"]
         assert stored[key(7)]["next_attempt_at"] == LATER + timedelta(hours=1)
-        assert stored[key(40)]["content"] == content(40) and stored[key(40)]["stored_at"] == LATER
+        assert stored[key(40)]["content"] == content(40) and stored[key(40)]["updated_at"] == LATER
 
         # a second hand-over of the same group hands over nothing and changes nothing
         before = rows(batched_db)
@@ -122,49 +116,5 @@ def test_the_status_index_is_kept_where_the_dialect_keeps_it(backend, tmp_path):
             names = {index["name"] for index in sa.inspect(db.engine).get_indexes("engine_ledger")}
         assert "engine_ledger_customer" in names
         assert ("engine_ledger_status" in names) == dialect_of_backend(db.engine.dialect.name).ledger_status_index
-    finally:
-        db.dispose()
-
-
-def test_a_claim_handed_over_since_the_timeout_is_not_stale(backend, tmp_path):
-    """Recovery takes a claim for dead only when neither its claim nor its hand-over is recent: the
-    content is appended to engine_ledger_content (0009), the claim's row keeps its updated_at, so a
-    claim handed over late in a long pass (being sent now) is not resent or marked unknown by another."""
-    db, ledger = new_ledger(backend, tmp_path, "ledger")
-    try:
-        assert ledger.write_new([claim(i) for i in range(3)], NOW) == {key(i) for i in range(3)}
-        assert ledger.store_content([(key(1), content(1))], NOW + timedelta(minutes=12)) == {key(1)}
-        timeout = timedelta(minutes=10)
-        assert [row["message_key"] for row in ledger.stale_claims(NOW + timedelta(minutes=15) - timeout)] == [key(0), key(2)]
-        stale = ledger.stale_claims(NOW + timedelta(minutes=23) - timeout)
-        assert [(row["message_key"], row["content"]) for row in stale] == [(key(0), None), (key(1), content(1)), (key(2), None)]
-    finally:
-        db.dispose()
-
-
-def test_recovery_waits_for_a_hand_over_in_flight_and_leaves_its_claims(tmp_path):
-    """PostgreSQL: a replica's recovery (release, skip_unsent_claim) meets a hand-over not yet committed.
-    Under READ COMMITTED a statement would not see the content appended meanwhile; recovery locks the
-    claim first (the hand-over holds it FOR SHARE), waits for the commit, then sees the content and
-    leaves both claims to their sender (without the locks: one released, one skipped, both being sent)."""
-    import concurrent.futures
-
-    db, ledger = new_ledger("postgres", tmp_path, "ledger")
-    try:
-        assert ledger.write_new([claim(1), claim(2)], NOW) == {key(1), key(2)}
-        with db.engine.connect() as conn, concurrent.futures.ThreadPoolExecutor(2) as pool:
-            conn.begin()
-            assert ledger._append_contents(conn, [(key(1), content(1)), (key(2), content(2))], LATER) == {key(1), key(2)}
-            recovered = [pool.submit(ledger.release, key(1)), pool.submit(ledger.skip_unsent_claim, key(2), "stale", LATER)]
-            waiting = "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            with db.engine.connect() as watch:
-                for _ in range(600):  # until both wait for the hand-over's locks (or, wrongly, are done)
-                    if all(f.done() for f in recovered) or watch.exec_driver_sql(waiting).scalar() == 2:
-                        break
-                    time.sleep(0.05)
-            conn.commit()
-            assert [f.result(timeout=60) for f in recovered] == [False, False]
-        assert [(row["message_key"], row["status"], row["content"]) for row in rows(db)] == [
-            (key(1), "claimed", content(1)), (key(2), "claimed", content(2))]
     finally:
         db.dispose()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -96,26 +96,15 @@ def fill(db: Database) -> None:
 
 
 def contents(db: Database) -> dict[str, list[dict]]:
-    """Every row of ROWS' tables; a message's content from engine_ledger_content once it is there (0009)."""
     result = {}
     with db.engine.connect() as conn:
-        moved = sa.inspect(conn).has_table("engine_ledger_content")
         for table, rows in ROWS.items():
             columns = list(rows[0])
-            order = ", ".join(str(i) for i in range(1, len(columns) + 1))
-            if table == "engine_ledger" and moved:
-                selected = ", ".join("k.content" if c == "content" else f"l.{c}" for c in columns)
-                source = "engine_ledger l LEFT JOIN engine_ledger_content k ON k.message_key = l.message_key"
-            else:
-                selected, source = ", ".join(columns), table
-            fetched = conn.execute(sa.text(f"SELECT {selected} FROM {source} ORDER BY {order}")).mappings()
+            order = ", ".join(columns)
+            fetched = conn.execute(sa.text(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}")).mappings()
             result[table] = [{k: (datetime.fromisoformat(v) if isinstance(v, str) and k.endswith("_at") else v)
                               for k, v in row.items()} for row in fetched]
     return result
-
-
-def _instant(value) -> datetime:
-    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 def expected_contents() -> dict[str, list[dict]]:
@@ -190,21 +179,6 @@ def test_a_previous_release_ledger_upgrades_in_place_with_every_row(url):
     assert ledger.tags("8") == ["vip"]
     assert ledger.unsubscribed(["1", "2"]) == {("1", "email"), ("2", "all")}
     assert ledger.get("welcome:hello:3:3")["status"] == "sent"
-    # 0009: the contents moved to engine_ledger_content, handed over when their row was last updated
-    with db.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT COUNT(*) FROM engine_ledger WHERE content IS NOT NULL").scalar() == 0
-        moved = [tuple(row) for row in conn.exec_driver_sql(
-            "SELECT message_key, content, stored_at FROM engine_ledger_content ORDER BY message_key")]
-    assert [(key, content, _instant(at)) for key, content, at in moved] == [
-        ("welcome:hello:2:2", '{"subject": "Hi", "body": "stored, not sent"}', T), ("welcome:hello:3:3", '{"subject": "Hi"}', T),
-        ("welcome:hello:7:7", "{}", T)]
-    assert ledger.get("welcome:hello:2:2")["content"] == '{"subject": "Hi", "body": "stored, not sent"}'
-    assert ledger.get("welcome:hello:1:1")["content"] is None
-    # recovery after a kill: the claim handed over keeps its content (resent as stored), the other has none
-    stale = {row["message_key"]: row["content"] for row in ledger.stale_claims(T + timedelta(minutes=1))}
-    assert stale == {"welcome:hello:1:1": None, "welcome:hello:2:2": '{"subject": "Hi", "body": "stored, not sent"}'}
-    assert not ledger.release("welcome:hello:2:2") and ledger.release("welcome:hello:1:1")
-    before["engine_ledger"] = [row for row in before["engine_ledger"] if row["message_key"] != "welcome:hello:1:1"]
 
     assert migrations.ensure(db) == []  # a second upgrade is a no-op
     assert revisions(db) == [migrations.HEAD] and contents(db) == before

@@ -205,7 +205,6 @@ def fresh_ledger(warehouse: Path) -> None:
 
     db = Database(f"sqlite:///{warehouse}")
     db.execute("DELETE FROM engine_ledger")
-    db.execute("DELETE FROM engine_ledger_content")
     db.dispose()
 
 

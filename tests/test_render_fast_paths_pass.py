@@ -47,7 +47,7 @@ def _pass(tmp_path, name: str, shop, monkeypatch) -> dict[str, tuple[str, str]]:
             reconciler.run_once(NOW)
             reconciler.run_once(NOW + timedelta(days=14))
             with reconciler.ledger.db.engine.connect() as conn:
-                rows = reconciler.ledger.with_contents(conn, [dict(r._mapping) for r in conn.execute(sa.select(ledger_table))])
+                rows = [dict(r._mapping) for r in conn.execute(sa.select(ledger_table))]
         finally:
             reconciler.close()
     stored = {row["message_key"]: (row["status"], row["content"]) for row in rows}

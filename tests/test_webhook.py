@@ -102,9 +102,9 @@ def at(**delta):
 
 
 def ledger(reconciler) -> dict[str, dict]:
+    c = ledger_table.c
     with reconciler.ledger.db.engine.connect() as conn:
-        rows = reconciler.ledger.with_contents(conn, [row._asdict() for row in conn.execute(sa.select(ledger_table))])
-    return {row["message_key"]: row for row in rows}
+        return {row.message_key: row._asdict() for row in conn.execute(sa.select(ledger_table))}
 
 
 def engine_cli(root, *args, env=None, timeout=120):

@@ -17,12 +17,13 @@ from engine.run.messages import DueMessage, PassReport
 from engine.state.ledger import Ledger, Record
 
 
-def as_record(m: DueMessage, status: str, reason: str | None = None, detail: str | None = None) -> Record:
+def as_record(m: DueMessage, status: str, reason: str | None = None, detail: str | None = None,
+              content: str | None = None) -> Record:
     """The ledger row of message ``m`` with ``status``."""
     return Record(
         message_key=m.key, campaign=m.campaign, step=m.step, customer_id=m.customer_id,
         trigger_key=m.trigger_key, channel=m.channel, status=status, due_at=m.due_at, trigger_at=m.trigger_at,
-        variant=m.variant, reason=reason, detail=detail,
+        variant=m.variant, reason=reason, detail=detail, content=content,
     )
 
 

@@ -26,14 +26,10 @@ Life cycle of a message row::
 The content is the hand-over: it is stored group by group (``hand_over``, one
 transaction per group of messages about to go to a provider, which also
 records the previous group's outcomes), committed before the group is sent,
-and only for a claim without content (a compare-and-set: one process hands a
+and only on a claim without content (a compare-and-set: one process hands a
 message over). So "no content" proves "not sent", and a crash leaves in doubt
-only the groups in flight. The content is appended to ``engine_ledger_content``
-(migration 0009), one row per message never updated, not written into the
-message's wide row: the content table's key is the compare-and-set, and a
-join to the claim checks it is still claimed (on PostgreSQL locked, so that
-recovery, which locks a claim before looking for its content, waits for it).
-Also here: suppressed addresses (hard bounces), unsubscribes and tags. A message whose step gives a coupon code is claimed
+only the groups in flight. Also here: suppressed addresses (hard bounces),
+unsubscribes and tags. A message whose step gives a coupon code is claimed
 together with its code, or skipped (no_code) when its pool is empty
 (``CouponStore``, coupons.py).
 
@@ -56,11 +52,10 @@ from engine.state.coupons import CouponStore
 from engine.state.events import EventStore
 from engine.state.ledger_reader import LedgerReader
 from engine.state.ledger_tables import (  # noqa: F401 - re-exported: the tests and benchmarks build ledgers from them
-    entries_table, events_table, gone_contacts_table, ledger_content_table, ledger_table, metadata, suppressions_table, tags_table,
-    unsubscribes_table,
+    entries_table, events_table, gone_contacts_table, ledger_table, metadata, suppressions_table, tags_table, unsubscribes_table,
 )
 from engine.state.ledger_writer import LedgerWriter, Record
-from engine.state.tables import LEDGER_CONTENT_TABLE, LEDGER_TABLE
+from engine.state.tables import LEDGER_TABLE
 from engine.state.settled import SettledStore
 from engine.state.watermarks import WatermarkStore
 from engine.state.warehouse import Database
@@ -195,7 +190,7 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
                 "customer_id": r.customer_id, "trigger_key": r.trigger_key, "channel": r.channel,
                 "status": r.status, "reason": r.reason, "detail": r.detail, "due_at": _naive(r.due_at),
                 "trigger_at": _naive(r.trigger_at), "variant": r.variant,
-                "created_at": now, "updated_at": now,
+                "created_at": now, "updated_at": now, "content": r.content,
                 "attempts": 1 if r.status == "claimed" else 0,
             }
             for r in records
@@ -208,13 +203,21 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
             inserted |= self._insert_ignoring_existing(rows[start:start + 500])
         return inserted
 
-    def _update_claimed(self, conn: sa.Connection, columns: dict[str, list], now: datetime) -> None:
+    def _update_claimed(self, conn: sa.Connection, columns: dict[str, list], now: datetime,
+                        hand_over: bool = False, counted: bool = False) -> set[str]:
         """Set ``columns`` (name -> one value per row; "message_key" picks the row) and updated_at on
-        the rows still 'claimed' on ``conn`` (the caller's transaction).
+        the rows still 'claimed' on ``conn`` (the caller's transaction). With ``hand_over`` only on
+        claims without content yet, returning the keys updated (else an empty set).
+
+        ``counted`` (DuckDB, with ``hand_over``): no RETURNING - with it a hand-over cost DuckDB ~1.9x
+        the CPU, commit included (benchmarks/README.md) -, only the count of rows updated; every key was handed over
+        when it equals the number of keys, otherwise ``_NotAllHandedOver`` is raised and the caller
+        rolls back and asks again with RETURNING (``_handing_over``).
 
         Set-based on DuckDB and PostgreSQL: each column travels as one array parameter and the UPDATE
         joins the ledger to their unnest, one statement per chunk. SQLite: one prepared UPDATE for
-        all rows (executemany, a C loop, as fast as a join there).
+        all rows (executemany, a C loop, as fast as a join there), or per row when the rows that
+        matched are wanted.
         """
         first: dict[str, int] = {}  # a key given twice: the first wins, as with one UPDATE per row
         for index, key in enumerate(columns["message_key"]):
@@ -222,97 +225,45 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
         rows = sorted(first.values())
         names = [n for n in columns if n != "message_key"]
         table, arrays_as = LEDGER_TABLE, self.db.dialect.array_parameters
+        updated: set[str] = set()
         if arrays_as is None:
             c = ledger_table.c
             statement = ledger_table.update().where(c.message_key == sa.bindparam("k"), c.status == "claimed")
+            if hand_over:
+                statement = statement.where(c.content.is_(None))
             statement = statement.values(updated_at=sa.bindparam("u"), **{n: sa.bindparam(f"v_{n}") for n in names})
-            conn.execute(statement, [{"k": columns["message_key"][i], "u": _naive(now),
-                                      **{f"v_{n}": columns[n][i] for n in names}} for i in rows])
-            return
+            parameters = [{"k": columns["message_key"][i], "u": _naive(now), **{f"v_{n}": columns[n][i] for n in names}}
+                          for i in rows]
+            if not hand_over:
+                conn.execute(statement, parameters)
+            for row in parameters if hand_over else ():
+                if conn.execute(statement, row).rowcount == 1:
+                    updated.add(row["k"])
+            return updated
         arrays = ["message_key"] + names
         assignments = ", ".join(f"{n} = v.{n}" for n in names)
-        condition = f"{table}.status = 'claimed'"
+        condition = f"{table}.status = 'claimed'" + (f" AND {table}.content IS NULL" if hand_over else "")
+        returning = f" RETURNING {table}.message_key" if hand_over and not counted else ""
         for start in range(0, len(rows), UPDATE_CHUNK):
             chunk = rows[start:start + UPDATE_CHUNK]
             values = [[columns[n][i] for i in chunk] for n in arrays]
             if arrays_as == "positional":  # DuckDB: positional $n; Python lists bind as DuckDB LISTs
                 unnest = ", ".join(f"unnest(CAST(${i} AS {array_type(ledger_table.c[n])}[])) AS {n}" for i, n in enumerate(arrays, 1))
                 sql = (f"UPDATE {table} SET {assignments}, updated_at = CAST(${len(arrays) + 1} AS TIMESTAMP) "
-                       f"FROM (SELECT {unnest}) AS v WHERE {table}.message_key = v.message_key AND {condition}")
-                conn.exec_driver_sql(sql, (*values, _naive(now)))
+                       f"FROM (SELECT {unnest}) AS v WHERE {table}.message_key = v.message_key AND {condition}{returning}")
+                result = conn.exec_driver_sql(sql, (*values, _naive(now)))
             else:  # PostgreSQL: lists bind as arrays; unnest of several arrays zips them
                 unnest = ", ".join(f"CAST(:a{i} AS {array_type(ledger_table.c[n])}[])" for i, n in enumerate(arrays))
                 sql = (f"UPDATE {table} SET {assignments}, updated_at = :u FROM unnest({unnest}) AS v({', '.join(arrays)}) "
-                       f"WHERE {table}.message_key = v.message_key AND {condition}")
-                conn.execute(sa.text(sql), {**{f"a{i}": v for i, v in enumerate(values)}, "u": _naive(now)})
-
-    def _append_contents(self, conn: sa.Connection, contents: list[tuple[str, str]], now: datetime,
-                         counted: bool = False) -> set[str]:
-        """The hand-over on ``conn`` (the caller's transaction): append the content of each claim still
-        'claimed' and without content to ``engine_ledger_content``; the keys appended (a key given
-        twice: the first content wins). The content table's key is the compare-and-set (ON CONFLICT DO
-        NOTHING: one process hands a message over); the join to the ledger leaves out a claim released,
-        finished or skipped by another process meanwhile, and on PostgreSQL locks it (FOR SHARE) until
-        the commit, so that recovery, which locks a claim before it looks for its content, sees it.
-
-        ``counted`` (DuckDB): neither RETURNING (with it a hand-over cost DuckDB ~1.9x the CPU, benchmarks/
-        README.md) nor ON CONFLICT (~0.05 ms more per email), only the count of rows appended; every key
-        was handed over when it equals the number of keys, otherwise - or when a key has content already
-        (the key's unique violation) - ``_NotAllHandedOver`` is raised and the caller rolls back and asks
-        again with both (``_handing_over``). Set-based on DuckDB and PostgreSQL (the keys and contents as two
-        array parameters, one statement per chunk); SQLite: one INSERT per row, its count tells.
-        """
-        first: dict[str, str] = {}
-        for key, content in contents:
-            first.setdefault(key, content)
-        dialect, table, ledger, at = self.db.dialect, LEDGER_CONTENT_TABLE, LEDGER_TABLE, _naive(now)
-        stored: set[str] = set()
-        if dialect.array_parameters is None:
-            c, l = ledger_content_table.c, ledger_table.c
-            claim = sa.select(sa.bindparam("k", type_=c.message_key.type), sa.bindparam("c", type_=c.content.type),
-                              sa.bindparam("u", type_=c.stored_at.type)).where(l.message_key == sa.bindparam("k"),
-                                                                               l.status == "claimed")
-            if dialect.on_conflict_insert is None:  # pragma: no cover - other backends: the key checked first
-                statement = ledger_content_table.insert().from_select(
-                    ["message_key", "content", "stored_at"],
-                    claim.where(~sa.exists().where(c.message_key == sa.bindparam("k"))))
-            else:
-                statement = conflict_insert(dialect)(ledger_content_table).from_select(
-                    ["message_key", "content", "stored_at"], claim).on_conflict_do_nothing()
-            for key, content in first.items():
-                if conn.execute(statement, {"k": key, "c": content, "u": at}).rowcount == 1:
-                    stored.add(key)
-            return stored
-        keys, values = list(first), list(first.values())
-        lock = " FOR SHARE OF l" if dialect.row_locks else ""
-        conflict = "" if counted else " ON CONFLICT (message_key) DO NOTHING RETURNING message_key"
-        for start in range(0, len(keys), UPDATE_CHUNK):
-            chunk = (keys[start:start + UPDATE_CHUNK], values[start:start + UPDATE_CHUNK])
-            if dialect.array_parameters == "positional":  # DuckDB: Python lists bind as LISTs to $n
-                source, parameters = ("(SELECT unnest(CAST($1 AS VARCHAR[])) AS message_key, "
-                                      "unnest(CAST($2 AS VARCHAR[])) AS content) AS v", "CAST($3 AS TIMESTAMP)")
-            else:  # PostgreSQL: lists bind as arrays; unnest of two arrays zips them
-                source, parameters = ("unnest(CAST(:k AS VARCHAR[]), CAST(:c AS VARCHAR[])) AS v(message_key, content)",
-                                      "CAST(:u AS TIMESTAMP)")
-            sql = (f"INSERT INTO {table} (message_key, content, stored_at) SELECT v.message_key, v.content, {parameters} "
-                   f"FROM {source} JOIN {ledger} AS l ON l.message_key = v.message_key WHERE l.status = 'claimed'"
-                   f"{lock}{conflict}")
-            if counted:  # DuckDB
-                try:
-                    result = conn.exec_driver_sql(sql, (*chunk, at))
-                except sa.exc.IntegrityError:  # some key has content already: handed over by another process
-                    raise _NotAllHandedOver from None
-            elif dialect.array_parameters == "positional":
-                result = conn.exec_driver_sql(sql, (*chunk, at))
-            else:
-                result = conn.execute(sa.text(sql), {"k": chunk[0], "c": chunk[1], "u": at})
-            if counted:
-                if result.rowcount != len(chunk[0]):
+                       f"WHERE {table}.message_key = v.message_key AND {condition}{returning}")
+                result = conn.execute(sa.text(sql), {**{f"a{i}": v for i, v in enumerate(values)}, "u": _naive(now)})
+            if hand_over and counted:
+                if result.rowcount != len(chunk):
                     raise _NotAllHandedOver
-                stored.update(chunk[0])
-            else:
-                stored |= {row[0] for row in result}
-        return stored
+                updated.update(columns["message_key"][i] for i in chunk)
+            elif hand_over:
+                updated |= {row[0] for row in result}
+        return updated
 
     def _transaction(self, work) -> set[str]:
         """``work(conn)`` in one transaction; database errors become ``WarehouseError``."""
@@ -327,6 +278,10 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
         return {"message_key": [r.message_key for r in records], "status": [r.status for r in records],
                 "reason": [r.reason for r in records], "detail": [r.detail for r in records],
                 "next_attempt_at": [_naive(r.next_attempt_at) for r in records]}
+
+    @staticmethod
+    def _content_columns(contents: list[tuple[str, str]]) -> dict[str, list]:
+        return {"message_key": [k for k, _ in contents], "content": [c for _, c in contents]}
 
     def record_outcomes(self, records: Iterable[Record], now: datetime) -> None:
         """Set the final status of claimed messages (set-based where the backend allows)."""
@@ -343,7 +298,8 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
         """
         if not contents:
             return set()
-        return self._handing_over(lambda conn, counted: self._append_contents(conn, contents, now, counted))
+        return self._handing_over(lambda conn, counted: self._update_claimed(
+            conn, self._content_columns(contents), now, hand_over=True, counted=counted))
 
     def hand_over(self, outcomes: list[Record], contents: list[tuple[str, str]], now: datetime) -> set[str]:
         """One transaction per group of messages going to a provider: the outcomes of the group
@@ -354,7 +310,7 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
                 self._update_claimed(conn, self._outcome_columns(outcomes), now)
             if not contents:
                 return set()
-            return self._append_contents(conn, contents, now, counted)
+            return self._update_claimed(conn, self._content_columns(contents), now, hand_over=True, counted=counted)
         return self._handing_over(work) if outcomes or contents else set()
 
     def _handing_over(self, work) -> set[str]:
@@ -369,11 +325,9 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
         return self._transaction(lambda conn: work(conn, False))
 
     def rows_where(self, *conditions, limit: int = 1000) -> list[dict]:
-        """Up to ``limit`` ledger rows matching ``conditions``, by key, each with its ``content`` (None: none stored)."""
         with self.db.engine.connect() as conn:
             query = sa.select(ledger_table).where(*conditions).order_by(ledger_table.c.message_key).limit(limit)
-            rows = [dict(row) for row in conn.execute(query).mappings()]
-            return self.with_contents(conn, rows)
+            return [dict(row) for row in conn.execute(query).mappings()]
 
     def retries_due(self, now: datetime, limit: int = 1000) -> list[dict]:
         c = ledger_table.c
@@ -381,20 +335,8 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
                                c.next_attempt_at <= _naive(now), limit=limit)
 
     def stale_claims(self, older_than: datetime, limit: int = 1000) -> list[dict]:
-        """Claims neither claimed (``updated_at``) nor handed over (``stored_at``) since ``older_than``."""
-        c, t = ledger_table.c, ledger_content_table.c
-        handed_over_since = sa.exists().where(t.message_key == c.message_key, t.stored_at >= _naive(older_than))
-        return self.rows_where(c.status == "claimed", c.updated_at < _naive(older_than), ~handed_over_since, limit=limit)
-
-    def _lock_claim(self, conn: sa.Connection, key: str) -> None:
-        """Where rows are locked (``Dialect.row_locks``): lock the claim ``key`` before looking for its
-        content, so that a hand-over appending it right now is waited for and seen by the next statement."""
-        if self.db.dialect.row_locks:
-            conn.execute(sa.select(ledger_table.c.message_key).where(ledger_table.c.message_key == key).with_for_update())
-
-    @staticmethod
-    def _no_content(key: str):
-        return ~sa.exists().where(ledger_content_table.c.message_key == key)
+        c = ledger_table.c
+        return self.rows_where(c.status == "claimed", c.updated_at < _naive(older_than), limit=limit)
 
     def reclaim(self, row: dict, now: datetime) -> bool:
         """Take over a failed or stale claimed row for another attempt; True if this process won it."""
@@ -412,9 +354,8 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
         """Delete a claim that was never rendered, hence never sent: the next pass derives it again."""
         c = ledger_table.c
         with self.db.engine.begin() as conn:
-            self._lock_claim(conn, key)
             return conn.execute(ledger_table.delete().where(
-                c.message_key == key, c.status == "claimed", self._no_content(key))).rowcount == 1
+                c.message_key == key, c.status == "claimed", c.content.is_(None))).rowcount == 1
 
     def skip_failed(self, key: str, reason: str, now: datetime) -> bool:
         """A failed message whose retry a policy now forbids (unsubscribed, suppressed, capped):
@@ -429,9 +370,8 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
         send now: skipped with ``reason`` instead of released."""
         c = ledger_table.c
         with self.db.engine.begin() as conn:
-            self._lock_claim(conn, key)
             return conn.execute(ledger_table.update().where(
-                c.message_key == key, c.status == "claimed", self._no_content(key)).values(
+                c.message_key == key, c.status == "claimed", c.content.is_(None)).values(
                 status="skipped", reason=reason, detail="claimed by a pass that died before sending it",
                 updated_at=_naive(now))).rowcount == 1
 

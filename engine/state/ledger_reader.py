@@ -25,9 +25,7 @@ from typing import Iterator, Sequence
 import sqlalchemy as sa
 from sqlglot import exp
 
-from engine.state.ledger_tables import (
-    entries_table, events_table, ledger_content_table, ledger_table, tags_table, unsubscribes_table,
-)
+from engine.state.ledger_tables import entries_table, events_table, ledger_table, tags_table, unsubscribes_table
 from engine.state.tables import EVENTS_TABLE, LEDGER_TABLE, UNSUBSCRIBES_TABLE
 from engine.state.warehouse import Database
 
@@ -75,39 +73,18 @@ class LedgerReader:
     # --- named reads ------------------------------------------------------------------
 
     def get(self, key: str) -> dict | None:
-        """Every column of the message ``key``, its ``content`` included (None: none stored), or None."""
+        """Every column of the message ``key`` (content included), or None."""
         with self.db.engine.connect() as conn:
             row = conn.execute(sa.select(ledger_table).where(ledger_table.c.message_key == key)).mappings().first()
-            return self.with_contents(conn, [dict(row)])[0] if row else None
+            return dict(row) if row else None
 
     def customer_messages(self, customer_id: str, fields: Sequence[str], campaign: str | None = None) -> list[dict]:
-        """``fields`` of the customer's messages (of one ``campaign`` if given), oldest first; the field
-        ``content`` is the message's stored content (engine_ledger_content), None when none was stored."""
+        """``fields`` of the customer's messages (of one ``campaign`` if given), oldest first."""
         c = ledger_table.c
         conditions = [c.customer_id == customer_id] + ([c.campaign == campaign] if campaign is not None else [])
-        columns = [c[name] for name in fields if name != "content"]
-        if "content" in fields and "message_key" not in fields:
-            columns.append(c.message_key)
-        query = sa.select(*columns).where(*conditions).order_by(c.created_at, c.message_key)
+        query = sa.select(*[c[name] for name in fields]).where(*conditions).order_by(c.created_at, c.message_key)
         with self.db.engine.connect() as conn:
-            rows = [dict(row) for row in conn.execute(query).mappings()]
-            if "content" in fields:
-                rows = self.with_contents(conn, rows)
-        return [{name: row[name] for name in fields} for row in rows]
-
-    def with_contents(self, conn: sa.Connection, rows: list[dict]) -> list[dict]:
-        """``rows`` (ledger rows with their ``message_key``), each given its ``content`` from
-        engine_ledger_content (None: never handed over), read by key on ``conn``."""
-        keys = [row["message_key"] for row in rows]
-        found: dict[str, str] = {}
-        t = ledger_content_table.c
-        # an IN list of the keys, never a join: DuckDB then reads the content of the matching rows only (a
-        # join to a LIST parameter's unnest read every content: 290 ms against 32 for 1,000 of 300k rows)
-        for start in range(0, len(keys), 500):
-            found.update(conn.execute(sa.select(t.message_key, t.content).where(t.message_key.in_(keys[start:start + 500]))).all())
-        for row in rows:
-            row["content"] = found.get(row["message_key"])
-        return rows
+            return [dict(row) for row in conn.execute(query).mappings()]
 
     def customer_events(self, customer_id: str) -> list[dict]:
         """The customer's response events (every column), oldest first."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from engine.state.tables import (
-    COUPON_CLAIMS_TABLE, COUPON_CODES_TABLE, ENTRIES_TABLE, EVENTS_TABLE, GONE_CONTACTS_TABLE, LEDGER_CONTENT_TABLE, LEDGER_TABLE,
-    SUPPRESSIONS_TABLE, TAGS_TABLE, UNSUBSCRIBES_TABLE, SETTLED_TABLE, WATERMARKS_TABLE,
+    COUPON_CLAIMS_TABLE, COUPON_CODES_TABLE, ENTRIES_TABLE, EVENTS_TABLE, GONE_CONTACTS_TABLE, LEDGER_TABLE, SUPPRESSIONS_TABLE, TAGS_TABLE, UNSUBSCRIBES_TABLE,
+    SETTLED_TABLE, WATERMARKS_TABLE,
 )
 
 metadata = sa.MetaData()
@@ -32,7 +32,7 @@ ledger_table = sa.Table(
     sa.Column("due_at", sa.DateTime),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
-    # "content" (0001) is still in the database, always NULL since migration 0009: ledger_content_table
+    sa.Column("content", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("next_attempt_at", sa.DateTime),
     sa.UniqueConstraint("campaign", "step", "customer_id", "trigger_key", name="engine_ledger_identity"),
@@ -40,18 +40,6 @@ ledger_table = sa.Table(
     # would move the row's entry in this index each time
     sa.Index("engine_ledger_customer", "customer_id"),
     sa.Index("engine_ledger_status", "status", "next_attempt_at"),
-)
-
-#: The hand-over: a message's rendered content, appended when its group goes to a provider and never
-#: updated (a row here is what proves "maybe sent"; a claim without one was never sent). ``stored_at``:
-#: when it was handed over. Appended instead of written into the wide ledger row, which DuckDB and SQLite
-#: rewrite whole at every UPDATE. Migration 0009.
-ledger_content_table = sa.Table(
-    LEDGER_CONTENT_TABLE,
-    metadata,
-    sa.Column("message_key", sa.String(400), primary_key=True),
-    sa.Column("content", sa.Text, nullable=False),
-    sa.Column("stored_at", sa.DateTime, nullable=False),
 )
 
 entries_table = sa.Table(

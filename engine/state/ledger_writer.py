@@ -31,6 +31,7 @@ class Record:
     variant: str | None = None
     reason: str | None = None
     detail: str | None = None
+    content: str | None = None
     next_attempt_at: datetime | None = None
 
 
