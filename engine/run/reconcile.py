@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 from engine.clock import to_utc
 from engine.model import Campaign, Project
 from engine.progress import Progress
-from engine.run import incremental, plan, policies, settle
+from engine.run import attributes, incremental, plan, policies, settle
 from engine.run.claim import claim
 from engine.run.coupons import sync_pools
 from engine.run.contacts import attach_contacts
@@ -152,8 +152,11 @@ class Reconciler:
         kept, self.facts_costs = incremental.refresh(self.warehouse, self.ledger, self.config, now,
                                                      writes=self.writes and customer_id is None, shares=in_query,
                                                      campaigns=self.project.campaigns)
+        # the customer attributes each campaign's rows carry: those read after the query (one customer: all)
+        columns = attributes.due_columns(self.project, ordered) if customer_id is None else None
         with plan.due_rows(self.warehouse, self.ledger, self.config, now, ordered, exclude_ledger=in_query,
-                           customer_id=customer_id, batch_size=self.batch_size, shard=sql_shard, kept=kept) as rows_of:
+                           customer_id=customer_id, batch_size=self.batch_size, shard=sql_shard, kept=kept,
+                           columns=columns) as rows_of:
             for position, campaign in enumerate(ordered, 1):
                 if failures is not None and campaign.name in failures:
                     continue  # failed earlier in this pass (its segment entries)
