@@ -200,7 +200,8 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
               dialect: str | None = None, customer_id: str | None = None, shared_facts: bool = False,
               zones: Sequence[object] | None = None, state: StateRelations | None = None,
               settled: str = "include", zone_due: str | None = None,
-              shard: tuple[int, int] | None = None, customer_columns: Sequence[str] | None = None) -> exp.Query:
+              shard: tuple[int, int] | None = None, customer_columns: Sequence[str] | None = None,
+              ordered: bool = False) -> exp.Query:
     """All due (and recently stale or stopped) rows of every step of ``campaign`` at ``now``.
 
     Columns: DUE_COLUMNS, the kind's ``extra_columns`` (``anniversary`` for yearly triggers),
@@ -225,6 +226,12 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     ``index`` modulo ``count`` (``plan.shard_of``); the dialect must compute it (``hashing``).
     Settled rows of a campaign with re-entry in SQL (``reentry_in_sql``) read the ledger's sent
     instances: its table with ``exclude_ledger``, else ``state[REENTRY_HISTORY]``.
+    Row order: a campaign with a re-entry rule returns its rows by (trigger_at, customer_id,
+    trigger_key) (the earliest instance is the one let in); ``ordered`` (what lists the rows: an
+    export, ``engine plan --format csv|jsonl``, one customer's plan) returns every campaign's rows by
+    (trigger_at, customer_id, trigger_key, step), the same at every run. Otherwise the order is the
+    warehouse's (a pass, the plan's table: no sort of the whole due set; engine.run.policies says
+    what follows from it).
     """
     kind = kind_of(campaign.trigger)
     builder = QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts, state=state)
@@ -300,11 +307,13 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     body: exp.Query = selects[0]
     for other in selects[1:]:
         body = exp.union(body, other, distinct=False)
-    ordered = campaign.reentry.mode != "per_trigger" and settled != "only"
-    if not isinstance(body, exp.Select) or ordered:
+    by_instance = campaign.reentry.mode != "per_trigger"
+    sort = settled != "only" and (ordered or by_instance)
+    if not isinstance(body, exp.Select) or sort:
         body = exp.select("*").from_(body.subquery("due_steps"))
-    if ordered:  # re-entry rules let the earliest instance in: it must come first
-        body = body.order_by(exp.column("trigger_at"), exp.column("customer_id"), exp.column("trigger_key"))
+    if sort:  # re-entry rules let the earliest instance in: it must come first; a listing: the same at every run
+        keys = ("trigger_at", "customer_id", "trigger_key") + (("step",) if ordered else ())
+        body = body.order_by(*[exp.column(key) for key in keys])
     return builder.with_ctes(body)
 
 
