@@ -35,7 +35,8 @@ DIFF_FORMATS = (None, "text", "markdown", "json")
 
 def plan_keys(reconciler, now: datetime, campaigns: list[Campaign]) -> Iterator[PlanKey]:
     """The keys of the messages a pass would send (skips and quiet-hour deferrals are not recipients);
-    ``ordered``: a frequency cap lets the same one of a customer's instances through in both plans."""
+    each campaign's rows sorted by the warehouse (``Reconciler.due(ordered=True)``), so a frequency cap
+    lets the same one of a customer's instances through in both plans."""
     for batch in reconciler.due(now, campaigns, ordered=True):
         for m in batch:
             if m.action == "send":
