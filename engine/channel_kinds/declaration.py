@@ -161,6 +161,9 @@ class ChannelKind:
     address_fields: tuple[str, ...] = ()
     #: a customer's address from their mapped columns when it spans several (``address``); None: incomplete
     address_of: Callable[[Mapping[str, object]], object] | None = None
+    #: the customer columns ``address_of`` reads besides the contact field and ``address_fields`` (a letter's
+    #: recipient name): a pass fetches only the columns something reads (engine.run.attributes)
+    recipient_fields: tuple[str, ...] = ()
     #: quiet hours defer its messages; False (a letter takes days): only quiet hours configured for the
     #: channel itself in defaults.quiet_hours do (engine.run.policies)
     observes_quiet_hours: bool = True
@@ -189,6 +192,13 @@ class ChannelKind:
     def parts(self) -> tuple[str, ...]:
         """Every template block a message of this kind is made of."""
         return tuple(dict.fromkeys(self.required_parts + self.body_parts + self.optional_parts))
+
+    @property
+    def customer_columns(self) -> tuple[str, ...]:
+        """The customer columns a message of this kind reads outside its template: its address (the contact
+        field, ``address_fields``, ``recipient_fields``) and its consent column."""
+        columns = (self.address_column, *self.address_fields, *self.recipient_fields, self.consent_column)
+        return tuple(dict.fromkeys(column for column in columns if column))
 
     @property
     def address_column(self) -> str | None:

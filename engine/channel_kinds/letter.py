@@ -82,6 +82,7 @@ KIND = ChannelKind(
     contact_field="street",
     address_fields=ADDRESS_FIELDS,
     address_of=postal_address,
+    recipient_fields=("first_name", "last_name"),
     consent_column=f"{NAME}_consent",
     transports=(Transport("drop_folder", ("path",), "engine.channels.letter_drop"),
                 Transport("print_api", ("url",), "engine.channels.letter_api")),

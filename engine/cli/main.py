@@ -155,8 +155,10 @@ def plan(project_dir: Path, as_of, campaigns, fmt: str | None, include_skipped: 
         sends: dict[str, int] = {}  # coupon pool -> messages planned with its codes
         # without --include-skipped, the skips the warehouse settles are only counted, in SQL
         settled = None if include_skipped else SettledCounts()
-        write_plan(around_output(counting_coded_sends(reconciler.due(now, selected, failures=failed, settled_counts=settled),
-                                                      project, sends), progress),
+        # every message listed (csv, jsonl): in the same order at every run, sorted by the warehouse;
+        # the table lists its first --limit by the same order without a sort of the due set (write_plan)
+        due = reconciler.due(now, selected, failures=failed, settled_counts=settled, ordered=fmt != "table")
+        write_plan(around_output(counting_coded_sends(due, project, sends), progress),
                    fmt, sys.stdout, include_skipped=include_skipped, limit=limit, header=header,
                    kinds={name: channel.kind for name, channel in reconciler.config.channels.items()}, settled=settled)
         for warning in plan_pool_warnings(project, reconciler, selected, sends):

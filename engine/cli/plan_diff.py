@@ -34,8 +34,10 @@ DIFF_FORMATS = (None, "text", "markdown", "json")
 
 
 def plan_keys(reconciler, now: datetime, campaigns: list[Campaign]) -> Iterator[PlanKey]:
-    """The keys of the messages a pass would send (skips and quiet-hour deferrals are not recipients)."""
-    for batch in reconciler.due(now, campaigns):
+    """The keys of the messages a pass would send (skips and quiet-hour deferrals are not recipients);
+    each campaign's rows sorted by the warehouse (``Reconciler.due(ordered=True)``), so a frequency cap
+    lets the same one of a customer's instances through in both plans."""
+    for batch in reconciler.due(now, campaigns, ordered=True):
         for m in batch:
             if m.action == "send":
                 yield (m.campaign, m.step, m.customer_id, m.trigger_key)

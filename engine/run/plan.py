@@ -10,7 +10,7 @@ the ledger or the warehouse's own tables (the pass's temporary fact and zone tab
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -57,7 +57,9 @@ def shard_in_sql(config: ProjectConfig) -> bool:
 @contextmanager
 def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: datetime, campaigns: list[Campaign], *,
              exclude_ledger: bool, customer_id: str | None, batch_size: int, kept: StateRelations | None = None,
-             shard: tuple[int, int] | None = None) -> Iterator[Callable[[Campaign], Iterator[list]]]:
+             shard: tuple[int, int] | None = None,
+             columns: Mapping[str, tuple[str, ...] | None] | None = None,
+             ordered: bool = False) -> Iterator[Callable[[Campaign], Iterator[list]]]:
     """One pass's reads of the due sets: gives ``rows_of(campaign)``, the campaign's due rows in batches.
 
     ``rows_of(campaign, settled)``: ``settled`` as ``due_query`` takes it ("exclude": without the
@@ -73,6 +75,9 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
     queries join (segment entries, tags) is brought from ``ledger`` into the session for the pass.
     ``shard``: (index, count) of a replica, kept by the queries themselves (``shard_in_sql`` must hold).
     ``kept``: the per-customer facts the engine keeps up to date (run.incremental), read instead.
+    ``columns``: campaign name -> the customer attributes its rows carry (run.attributes; default all).
+    ``ordered``: each campaign's rows in a fixed order (``due_query``'s: for what lists them), else the
+    warehouse's order (no sort of the due set).
     The settle statement of a campaign whose re-entry SQL decides (``due.reentry_in_sql``) reads the
     ledger's sent instances of the campaign: its table, or, from a ledger in another database, a copy
     of them made for that statement (``Ledger.entered_instances``; only when the settle stage runs).
@@ -105,7 +110,8 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
                                       shared_facts=shared, zones=zones,
                                       state={**relations, **(kept or {}), **history} or None,
                                       bind=dialect_named(config.dialect).binds_instants, settled=settled, wrap=wrap,
-                                      zone_due=settling, shard=shard)
+                                      zone_due=settling, shard=shard,
+                                      customer_columns=(columns or {}).get(campaign.name), ordered=ordered)
             for entity in statement.facts:
                 create_shared_table(session, config, now, campaigns, entity, created, kept)
             if wrap is None:

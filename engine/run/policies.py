@@ -25,6 +25,27 @@ campaign condition) and frequency caps per channel or across all, counting
 what the ledger holds plus what this pass already decided, so campaigns
 handled earlier in the pass (higher priority) win.
 
+Within one campaign, a cap that leaves a customer room for fewer messages than the instances due
+to them at once (several orders of a per_trigger campaign, say) lets through those that come
+first. Which come first is the due query's row order: by (trigger instant, customer, trigger key)
+for a campaign with a re-entry rule (``due.due_query``: the earliest instance enters), and for a
+listing of every message (an export, ``engine plan --format csv|jsonl``, a plan diff, one
+customer's plan: ``Reconciler.due(ordered=True)``, step as the last key); otherwise - a pass, the
+plan's table - whatever order the warehouse returns, which on DuckDB with several threads can
+change from one run to the next, so a pass may let another of the customer's instances through
+than the sorted listing shows. Deciding it by (trigger instant, trigger key) there needs to know,
+before the first of a customer's instances is decided, whether an earlier one is still to come.
+The rows in that order (a sort of the whole due set by the warehouse: peak RSS 38-41 MB higher for
+150k more due rows, 14-21 MB unsorted, where tests/test_memory allows 32 MB) or each row's rank among its customer's
+instances (a window: the same sort) do not keep memory flat; nor does holding back every message
+that takes a customer's last room until the campaign's rows end (with a cap of one a day, nearly
+the whole due set in Python). What could: each row carrying how many instances its customer has
+due (an aggregate of the due set joined back, one hash entry per due customer, at the price of
+evaluating the campaign's instances twice per query), and only the customers with several held
+back and decided in order at the campaign's end. Not done: every due query of a per_trigger
+campaign under a cap would pay it, for the few customers with several instances due at once.
+How many instances of one step a cap lets through per customer does not depend on the order.
+
 A message a policy stops becomes ``skip`` with the policy's reason; it is
 recorded, so the decision is visible later (quiet hours only ``defer``). Reads
 the ledger, writes nothing; must not send, render or record.

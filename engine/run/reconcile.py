@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 from engine.clock import to_utc
 from engine.model import Campaign, Project
 from engine.progress import Progress
-from engine.run import incremental, plan, policies, settle
+from engine.run import attributes, incremental, plan, policies, settle
 from engine.run.claim import claim
 from engine.run.coupons import sync_pools
 from engine.run.contacts import attach_contacts
@@ -95,7 +95,7 @@ class Reconciler:
             customer_id: str | None = None, failures: dict[str, str] | None = None,
             report: PassReport | None = None,
             before_campaign: Callable[[], None] | None = None,
-            settled_counts: settle.SettledCounts | None = None) -> Iterator[list[DueMessage]]:
+            settled_counts: settle.SettledCounts | None = None, ordered: bool = False) -> Iterator[list[DueMessage]]:
         """Batches of messages due at ``now`` and not yet in the ledger, policies applied.
 
         Campaigns go in priority order (highest first), so when a frequency cap
@@ -123,12 +123,18 @@ class Reconciler:
 
         ``before_campaign`` (a pass: finish the batch still sending) is called before each
         campaign's rows are settled or queried.
+
+        ``ordered`` (what lists every message: an export, ``engine plan --format csv|jsonl``, a
+        plan diff): each campaign's rows come by (trigger instant, customer, trigger key, step),
+        sorted by the warehouse, so the listing and the policies' choices among one customer's
+        instances are the same at every run; one customer's plan (``customer_id``) always is. A
+        pass and the plan's table read the rows in the warehouse's order: no sort of the due set.
         """
         if report is not None and settled_counts is not None:
             raise ValueError("a pass records its settled skips: settled_counts is for a plan")
         selected = campaigns if campaigns is not None else self.campaigns()
-        ordered = sorted(selected, key=lambda c: -c.priority)
-        rules = policies.first_attempt_inputs(self.config, self.ledger, now, ordered, self.project.campaigns)
+        by_priority = sorted(selected, key=lambda c: -c.priority)
+        rules = policies.first_attempt_inputs(self.config, self.ledger, now, by_priority, self.project.campaigns)
         self.ledger.snapshot_policies()
         in_query = self.ledger_shares_warehouse
         sources = SourceRows(self.warehouse, self.config, self.key_kinds)
@@ -139,7 +145,7 @@ class Reconciler:
         # a campaign this process has not planned yet: as the ledger remembers its last pass (engine_settled),
         # else it settles when the ledger has none of its rows - one query each for all campaigns
         settling = report is not None or settled_counts is not None
-        unknown = [c.name for c in ordered if settling and c.name not in self.settled_last
+        unknown = [c.name for c in by_priority if settling and c.name not in self.settled_last
                    and settle.settles(c, self.config, python_shard, customer_id)]
         if unknown:
             memory = self.ledger.settled_memory(unknown)
@@ -152,12 +158,15 @@ class Reconciler:
         kept, self.facts_costs = incremental.refresh(self.warehouse, self.ledger, self.config, now,
                                                      writes=self.writes and customer_id is None, shares=in_query,
                                                      campaigns=self.project.campaigns)
-        with plan.due_rows(self.warehouse, self.ledger, self.config, now, ordered, exclude_ledger=in_query,
-                           customer_id=customer_id, batch_size=self.batch_size, shard=sql_shard, kept=kept) as rows_of:
-            for position, campaign in enumerate(ordered, 1):
+        # the customer attributes each campaign's rows carry: those read after the query (one customer: all)
+        columns = attributes.due_columns(self.project, by_priority) if customer_id is None else None
+        with plan.due_rows(self.warehouse, self.ledger, self.config, now, by_priority, exclude_ledger=in_query,
+                           customer_id=customer_id, batch_size=self.batch_size, shard=sql_shard, kept=kept,
+                           columns=columns, ordered=ordered or customer_id is not None) as rows_of:
+            for position, campaign in enumerate(by_priority, 1):
                 if failures is not None and campaign.name in failures:
                     continue  # failed earlier in this pass (its segment entries)
-                self.progress.stage("campaign", position, len(ordered), campaign.name)
+                self.progress.stage("campaign", position, len(by_priority), campaign.name)
                 if before_campaign is not None:
                     before_campaign()
                 with isolated(campaign.name, failures):

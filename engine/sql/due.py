@@ -200,12 +200,14 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
               dialect: str | None = None, customer_id: str | None = None, shared_facts: bool = False,
               zones: Sequence[object] | None = None, state: StateRelations | None = None,
               settled: str = "include", zone_due: str | None = None,
-              shard: tuple[int, int] | None = None) -> exp.Query:
+              shard: tuple[int, int] | None = None, customer_columns: Sequence[str] | None = None,
+              ordered: bool = False) -> exp.Query:
     """All due (and recently stale or stopped) rows of every step of ``campaign`` at ``now``.
 
     Columns: DUE_COLUMNS, the kind's ``extra_columns`` (``anniversary`` for yearly triggers),
     ``variant_match_<i>`` (1/0/NULL) per variant position, then
-    ``cust__<attribute>`` for every customer attribute. With ``exclude_ledger``
+    ``cust__<attribute>`` for every customer attribute (``customer_columns``: only those, in the
+    mapping's order, ``customer_id`` always; run.attributes). With ``exclude_ledger``
     rows already in the ledger are left out in SQL (the ledger shares the
     warehouse's database). ``dialect`` defaults to the warehouse's; the AST is
     built for it (SQLite needs its own timestamp form). ``customer_id`` keeps
@@ -224,6 +226,12 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     ``index`` modulo ``count`` (``plan.shard_of``); the dialect must compute it (``hashing``).
     Settled rows of a campaign with re-entry in SQL (``reentry_in_sql``) read the ledger's sent
     instances: its table with ``exclude_ledger``, else ``state[REENTRY_HISTORY]``.
+    Row order: a campaign with a re-entry rule returns its rows by (trigger_at, customer_id,
+    trigger_key) (the earliest instance is the one let in); ``ordered`` (what lists the rows: an
+    export, ``engine plan --format csv|jsonl``, one customer's plan) returns every campaign's rows by
+    (trigger_at, customer_id, trigger_key, step), the same at every run. Otherwise the order is the
+    warehouse's (a pass, the plan's table: no sort of the whole due set; engine.run.policies says
+    what follows from it).
     """
     kind = kind_of(campaign.trigger)
     builder = QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts, state=state)
@@ -238,6 +246,8 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     builder.ctes["trigger_instances"] = kind.instances(builder, campaign, earliest)
     attributes = filter_attributes(config, kind.template_record and kind.template_record.entity)
     width = variant_columns(campaign)
+    fetched = [a for a in config.customer_attributes()
+               if customer_columns is None or a in customer_columns or a == "customer_id"]
     selects = []
     for step, window in zip(campaign.steps, windows):
         apart = settled != "include" and settled_in_sql(campaign, step, zone_due is not None, builder.dialect)
@@ -282,7 +292,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             if settled == "exclude":
                 conditions.append(reason.is_(exp.null()))
                 selects.append(_zone_join(_due_select(builder, campaign, step, kind, exp.null(), waits, conditions,
-                                                      customers, attributes, width, exclude_ledger),
+                                                      customers, attributes, width, exclude_ledger, fetched),
                                           campaign, step, zone_due))
                 continue
             conditions.append(reason.copy().is_(exp.null()).not_())
@@ -291,17 +301,19 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                                       campaign, step, zone_due))
             continue
         selects.append(_due_select(builder, campaign, step, kind, stopped_by, waits, conditions, customers, attributes,
-                                   width, exclude_ledger))
+                                   width, exclude_ledger, fetched))
     if not selects:  # settled="only", no step settled in SQL
         return exp.select(*[exp.alias_(exp.null(), c) for c in SETTLED_COLUMNS]).where(exp.false())
     body: exp.Query = selects[0]
     for other in selects[1:]:
         body = exp.union(body, other, distinct=False)
-    ordered = campaign.reentry.mode != "per_trigger" and settled != "only"
-    if not isinstance(body, exp.Select) or ordered:
+    by_instance = campaign.reentry.mode != "per_trigger"
+    sort = settled != "only" and (ordered or by_instance)
+    if not isinstance(body, exp.Select) or sort:
         body = exp.select("*").from_(body.subquery("due_steps"))
-    if ordered:  # re-entry rules let the earliest instance in: it must come first
-        body = body.order_by(exp.column("trigger_at"), exp.column("customer_id"), exp.column("trigger_key"))
+    if sort:  # re-entry rules let the earliest instance in: it must come first; a listing: the same at every run
+        keys = ("trigger_at", "customer_id", "trigger_key") + (("step",) if ordered else ())
+        body = body.order_by(*[exp.column(key) for key in keys])
     return builder.with_ctes(body)
 
 
@@ -439,8 +451,10 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind,
 
 
 def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, stopped_by: exp.Expression, waits: list,
-                conditions: list, customers: str, attributes, width: int, exclude_ledger: bool) -> exp.Select:
-    """One step's candidate rows with every column ``plan.decide_row`` reads (see ``due_query``)."""
+                conditions: list, customers: str, attributes, width: int, exclude_ledger: bool,
+                fetched: Sequence[str]) -> exp.Select:
+    """One step's candidate rows with every column ``plan.decide_row`` reads (see ``due_query``), and the
+    customer attributes ``fetched``."""
     matches = []
     for index in range(width):
         variant = step.variants[index] if index < len(step.variants) else None
@@ -463,7 +477,7 @@ def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, sto
             *[col("t", column) for column in kind.extra_columns],
             *waits,
             *matches,
-            *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in builder.config.customer_attributes()],
+            *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in fetched],
         )
         .from_(exp.to_table("trigger_instances").as_("t"))
         .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))

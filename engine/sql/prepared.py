@@ -160,7 +160,8 @@ def due_statement(campaign: Campaign, config: ProjectConfig, now: datetime, *, e
                   customer_id: str | None = None, shared_facts: bool = False, zones: Sequence[object] | None = None,
                   state: StateRelations | None = None, bind: bool = True, settled: str = "include",
                   wrap: Wrap | None = None, zone_due: str | None = None,
-                  shard: tuple[int, int] | None = None) -> Statement:
+                  shard: tuple[int, int] | None = None, customer_columns: Sequence[str] | None = None,
+                  ordered: bool = False) -> Statement:
     """The campaign's due query at ``now`` (``due.due_query``'s arguments): compiled once per project
     version and bound here; built as before for one customer (``customer_id``, ``engine explain``),
     for engine state shipped as VALUES, and for a query whose shape depends on the instant.
@@ -169,11 +170,14 @@ def due_statement(campaign: Campaign, config: ProjectConfig, now: datetime, *, e
     statement that runs is ``wrap(campaign, now, query, dialect)`` (the settle stage's INSERT ... SELECT),
     compiled once with it; a module-level function, part of the cache key. ``zone_due``: as
     ``due_query``'s (a table name: its rows, filled per pass, do not shape the SQL). ``shard``: as
-    ``due_query``'s (a replica's (index, count), part of the cache key)."""
+    ``due_query``'s (a replica's (index, count), part of the cache key). ``customer_columns``: as
+    ``due_query``'s (the attributes fetched, from the templates as they are now: part of the cache key,
+    so a template that reads another attribute compiles the query anew). ``ordered``: as ``due_query``'s
+    (rows in a fixed order for what lists them; part of the cache key)."""
     def built(instant):
         query = due_query(campaign, config, instant, exclude_ledger=exclude_ledger, customer_id=customer_id,
                           shared_facts=shared_facts, zones=zones, state=state, settled=settled, zone_due=zone_due,
-                          shard=shard)
+                          shard=shard, customer_columns=customer_columns, ordered=ordered)
         return query if wrap is None else wrap(campaign, instant, query, config.dialect)
 
     def literal() -> Statement:
@@ -187,7 +191,7 @@ def due_statement(campaign: Campaign, config: ProjectConfig, now: datetime, *, e
         zones = sorted(zones, key=lambda zone: (zone is not None, str(zone)))
     shape = ("due", config.dialect, exclude_ledger, shared_facts, shared_facts and compile.SHARE_ROWS,
              None if zones is None else tuple(zones), state_shape, settled, wrap, zone_due, shard,
-             hashes_in_sql(config.dialect))
+             hashes_in_sql(config.dialect), None if customer_columns is None else tuple(customer_columns), ordered)
     prepared = _cache.get((config, campaign), shape, lambda: prepare(built, config.dialect))
     if prepared is None:
         return literal()

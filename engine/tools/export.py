@@ -7,7 +7,8 @@ Streamed: rows are written as the database returns them, batch by batch
   matching customers' id and mapped attributes, compiled from the campaign
   filter language (``compile.segment_query``);
 - a campaign: the messages due now, the rows and columns of ``engine plan``
-  (``Reconciler.due``, ``output.write_plan``);
+  (``Reconciler.due``, ``output.write_plan``), in the same order at every run (``ordered``: the
+  warehouse sorts them);
 - a campaign with ``history``: its ledger rows (``LedgerReader.history``), each with the coupon
   code claimed with the message.
 """
@@ -122,7 +123,7 @@ def export_plan(reconciler: Reconciler, campaign: str, now: datetime, fmt: str, 
                 around: Callable[[Iterable], Iterable] = lambda batches: batches) -> int:
     """Write the messages of ``campaign`` due at ``now``, as ``engine plan --format csv|jsonl``; ``around``
     wraps the batches (progress.around_output: the reconciler's progress line off before each is written)."""
-    counts = write_plan(around(reconciler.due(now, [reconciler.project.campaign(campaign)])), fmt, out,
+    counts = write_plan(around(reconciler.due(now, [reconciler.project.campaign(campaign)], ordered=True)), fmt, out,
                         include_skipped=False, limit=0, header="",
                         kinds={name: channel.kind for name, channel in reconciler.config.channels.items()})
     return sum(n for (_, _, outcome), n in counts.items() if outcome == "send")

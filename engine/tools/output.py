@@ -1,14 +1,17 @@
 """Formatting plans, pass reports and validation issues for people and machines.
 
 Streams: ``write_plan`` writes each batch as it arrives (jsonl/csv) and only
-keeps counts plus a bounded sample for the table format.
+keeps counts plus a bounded sample for the table format: the first ``limit`` messages by
+``listing_order``, kept as they stream by (never the whole plan), so the table shows the same
+messages at every run whatever order the warehouse returned them in.
 """
 from __future__ import annotations
 
 import csv
+import heapq
 import json
 from collections import Counter
-from typing import IO, TYPE_CHECKING, Iterable, Mapping
+from typing import IO, TYPE_CHECKING, Iterable, Iterator, Mapping
 
 from engine.channel_kinds import KINDS, contact_fields
 from engine.errors import Issue
@@ -34,22 +37,31 @@ def write_plan(batches: Iterable[list[DueMessage]], fmt: str, out: IO[str], *, i
     (engine.yaml), shown beside the channel. ``settled``: the skips the plan counted in SQL instead of
     listing them (``Reconciler.due(settled_counts=...)``, without ``include_skipped``), counted with the others."""
     counts: Counter = Counter()
-    sample: list[DueMessage] = []
     writer = None
     if fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=PLAN_FIELDS, extrasaction="ignore")
         writer.writeheader()
-    for batch in batches:
-        for m in batch:
-            counts[(m.campaign, m.step, m.outcome)] += 1
-            if m.action != "send" and not include_skipped:
-                continue
-            if fmt == "jsonl":
-                out.write(json.dumps(_row(m, kinds)) + "\n")
-            elif fmt == "csv":
-                writer.writerow(_row(m, kinds))
-            elif len(sample) < limit:
-                sample.append(m)
+    campaigns: dict[str, int] = {}  # campaign -> its place in the stream (the priority order of the pass)
+
+    def listed() -> Iterator[DueMessage]:
+        for batch in batches:
+            for m in batch:
+                counts[(m.campaign, m.step, m.outcome)] += 1
+                if m.action != "send" and not include_skipped:
+                    continue
+                if fmt == "jsonl":
+                    out.write(json.dumps(_row(m, kinds)) + "\n")
+                elif fmt == "csv":
+                    writer.writerow(_row(m, kinds))
+                else:
+                    campaigns.setdefault(m.campaign, len(campaigns))
+                    yield m
+
+    rows = listed()
+    # the table's first ``limit`` messages by listing_order: O(limit) memory, the same at every run
+    sample = heapq.nsmallest(limit, rows, key=lambda m: listing_order(m, campaigns)) if fmt == "table" else []
+    for _ in rows:  # what is left (every message of csv/jsonl, written as it streams by; a --limit 0 table)
+        pass
     if settled is not None:  # complete now that the batches are consumed
         counts.update(settled.outcomes())
     if fmt == "table":
@@ -66,6 +78,13 @@ def write_plan(batches: Iterable[list[DueMessage]], fmt: str, out: IO[str], *, i
                                m.action + (f" ({m.reason})" if m.reason else "")]
                               for m in sample]) + "\n")
     return counts
+
+
+def listing_order(m: DueMessage, campaigns: Mapping[str, int]) -> tuple:
+    """Where a message stands in the plan's listing: its campaign's place (``campaigns``: the priority
+    order the plan followed), then its trigger instant, customer, trigger key and step - the order of
+    the rows the warehouse sorts for a listing of every message (``due_query(ordered=True)``)."""
+    return campaigns[m.campaign], m.trigger_at, m.customer_id, m.trigger_key, m.step
 
 
 def _contact(m: DueMessage, kind: str | None) -> str:
