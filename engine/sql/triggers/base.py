@@ -123,7 +123,9 @@ class TriggerKind:
         windows (``builder.windows``), by the very conditions the due query puts on ``trigger_at`` (the
         kind's ``window``, else the window's bounds), so that a kind can leave out, before it joins or
         materialises its instances, those no step can be due for: the same rows, since every step's
-        rows also meet its own window's conditions. None when the query has no windows (every instance)."""
+        rows also meet its own window's conditions. None when the query has no windows (every instance).
+        A kind that uses it writes its ``window`` on ``t.trigger_at`` alone (nothing else is in scope
+        where the instances are built)."""
         if not builder.windows:
             return None
         either = []
