@@ -398,6 +398,10 @@ class QueryBuilder:
         self.left_segment: exp.Expression | None = None
         #: the response facts (last_opened_at, emails_opened(90), ...) the filters use, joined as ``fr``
         self.responses = responses.ResponseColumns()
+        #: the time windows of the due query's steps, set before the trigger's instances are built: a kind
+        #: may leave out the instances no step can be due for (``TriggerKind.within_windows``); None: a
+        #: query without windows (``engine explain``: every instance)
+        self.windows: Sequence[StepWindow] | None = None
 
     def ts(self, value: datetime) -> exp.Expression:
         return ts(value, self.dialect)

@@ -243,6 +243,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     customers = builder.source("customers")
     windows = [step_window(step, now, config.stale_horizon) for step in campaign.steps]
     earliest = None if any(w.earliest is None for w in windows) else min(w.earliest for w in windows)
+    builder.windows = windows
     builder.ctes["trigger_instances"] = kind.instances(builder, campaign, earliest)
     attributes = filter_attributes(config, kind.template_record and kind.template_record.entity)
     width = variant_columns(campaign)

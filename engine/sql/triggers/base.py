@@ -118,6 +118,26 @@ class TriggerKind:
         None: ``trigger_at`` between the window's bounds (the due query's own, per time zone)."""
         return None
 
+    def within_windows(self, builder: QueryBuilder, instant: exp.Expression) -> exp.Expression | None:
+        """``instant`` - what becomes an instance's ``trigger_at`` - inside one of the due query's step
+        windows (``builder.windows``), by the very conditions the due query puts on ``trigger_at`` (the
+        kind's ``window``, else the window's bounds), so that a kind can leave out, before it joins or
+        materialises its instances, those no step can be due for: the same rows, since every step's
+        rows also meet its own window's conditions. None when the query has no windows (every instance).
+        A kind that uses it writes its ``window`` on ``t.trigger_at`` alone (nothing else is in scope
+        where the instances are built)."""
+        if not builder.windows:
+            return None
+        either = []
+        for window in builder.windows:
+            conditions = self.window(builder, window)
+            if conditions is None:  # due.due_query's plain bounds
+                conditions = [col("t", "trigger_at") <= builder.ts(window.due_cutoff)]
+                if window.earliest is not None:
+                    conditions.append(col("t", "trigger_at") >= builder.ts(window.earliest))
+            either.append(exp.paren(exp.and_(*[_on_instant(c, instant) for c in conditions])))
+        return exp.or_(*either)
+
     def properties_select(self, builder: QueryBuilder, campaign: Campaign) -> exp.Query | None:
         """The trigger's own properties (``trigger.total``, ...: ``filter_types.TRIGGER_PROPERTIES``) as rows
         (customer_id, trigger_key, property...), one per instance; None when the kind has none. The default:
@@ -188,3 +208,9 @@ def _shown(value) -> str:
     if isinstance(value, (timedelta, CalendarDuration)):
         return format_duration(value) if value else "0m"
     return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, tuple) else str(value)
+
+
+def _on_instant(condition: exp.Expression, instant: exp.Expression) -> exp.Expression:
+    """``condition`` on the instance's ``t.trigger_at`` written on ``instant`` instead."""
+    return condition.transform(lambda node: instant.copy() if isinstance(node, exp.Column) and node.table == "t"
+                               and node.name == "trigger_at" else node)

@@ -49,6 +49,10 @@ class LastActivityKind(TriggerKind):
         When that was comes from the per-customer facts (newest order, newest
         login); only those customers' activities at that very instant are read
         back for the key. Ties take the greatest key, as ORDER BY key DESC would.
+        In a due query, only the customers whose last activity lies in a step's
+        window (``within_windows``), and only the activities in one: the key is
+        looked up for the few customers a step can be due for, not joined (and
+        sorted, on PostgreSQL) for every customer's whole history at every pass.
         """
         trigger = campaign.trigger
         now = builder.ts(builder.now)
@@ -59,7 +63,8 @@ class LastActivityKind(TriggerKind):
                 exp.select(col("o", "customer_id"),
                            exp.alias_(exp.DPipe(this=lit("order:"), expression=text(col("o", "order_id")), safe=True), "activity_key"),
                            exp.alias_(col("o", "created_at"), "activity_at"))
-                .from_(exp.to_table(orders).as_("o")).where(col("o", "created_at") <= now))
+                .from_(exp.to_table(orders).as_("o"))
+                .where(col("o", "created_at") <= now, *self._windowed(builder, col("o", "created_at"))))
             newest.append(col("f", "last_order_at"))
         if "login" in trigger.activities:
             events = builder.source("events")
@@ -67,7 +72,9 @@ class LastActivityKind(TriggerKind):
                 exp.select(col("e", "customer_id"),
                            exp.alias_(exp.DPipe(this=lit("login:"), expression=text(col("e", "event_id")), safe=True), "activity_key"),
                            exp.alias_(col("e", "occurred_at"), "activity_at"))
-                .from_(exp.to_table(events).as_("e")).where(col("e", "type").eq(lit("login")), col("e", "occurred_at") <= now.copy()))
+                .from_(exp.to_table(events).as_("e"))
+                .where(col("e", "type").eq(lit("login")), col("e", "occurred_at") <= now.copy(),
+                       *self._windowed(builder, col("e", "occurred_at"))))
             newest.append(col("fe", "last_login_at"))
         activities = parts[0]
         for part in parts[1:]:
@@ -83,7 +90,8 @@ class LastActivityKind(TriggerKind):
         base = exp.select(col("c", "customer_id"), exp.alias_(activity_at, "activity_at")).from_(exp.to_table(customers).as_("c"))
         base = builder.join_facts(base, col("c", "customer_id"), orders="order" in trigger.activities,
                                   events="login" in trigger.activities)
-        builder.ctes["last_activity"] = base.where(activity_at.copy().is_(exp.null()).not_())
+        builder.ctes["last_activity"] = base.where(activity_at.copy().is_(exp.null()).not_(),
+                                                   *self._windowed(builder, activity_at))
         return (
             exp.select(col("l", "customer_id"), exp.alias_(exp.Max(this=col("a", "activity_key")), "trigger_key"),
                        exp.alias_(col("l", "activity_at"), "trigger_at"))
@@ -92,6 +100,11 @@ class LastActivityKind(TriggerKind):
                                                                    col("a", "activity_at").eq(col("l", "activity_at"))))
             .group_by(col("l", "customer_id"), col("l", "activity_at"))
         )
+
+    def _windowed(self, builder: QueryBuilder, instant: exp.Expression) -> list[exp.Expression]:
+        """``instant`` within a step's window, as a list of conditions (none without windows)."""
+        within = self.within_windows(builder, instant)
+        return [] if within is None else [within]
 
 
 KIND = LastActivityKind()

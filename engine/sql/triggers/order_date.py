@@ -42,13 +42,17 @@ class OrderDateKind(TriggerKind):
         file.needs(("trigger", self.name), f"trigger {self.name}", "orders", trigger.column)
 
     def instances(self, builder: QueryBuilder, campaign: Campaign, earliest: datetime | None) -> exp.Query:
+        """The orders with the date; in a due query only those whose date lies in a step's window
+        (``within_windows``): the instances are not every order with a date, materialised at every pass."""
         column = campaign.trigger.column
         orders = builder.source("orders")
+        conditions = [col("o", column).is_(exp.null()).not_(), col("o", "created_at") <= builder.ts(builder.now)]
+        within = self.within_windows(builder, col("o", column))
         return (
             exp.select(col("o", "customer_id"), exp.alias_(text(col("o", "order_id")), "trigger_key"),
                        exp.alias_(col("o", column), "trigger_at"))
             .from_(exp.to_table(orders).as_("o"))
-            .where(col("o", column).is_(exp.null()).not_(), col("o", "created_at") <= builder.ts(builder.now))
+            .where(*conditions, *([] if within is None else [within]))
         )
 
     def window(self, builder: QueryBuilder, window: StepWindow) -> list[exp.Expression]:
