@@ -2,7 +2,10 @@
 
 Owns SQLAlchemy engines for both the warehouse (read) and the ledger (write).
 Results are streamed in batches with server-side cursors where the driver
-has them, so memory stays flat however many rows are due. Connection and
+has them, so memory stays flat however many rows are due; where the dialect
+names its driver (``Dialect.driver_stream``: psycopg 3, duckdb_engine) a
+``Session.stream`` runs on the driver's own cursor (state.driver_rows), the
+same values without SQLAlchemy's result layer. Connection and
 query failures become ``WarehouseError`` naming the database and what to
 check, with every credential masked (masking.mask), the driver's words included,
 and the reason (timeout, unreachable, query) that the service counts.
