@@ -121,6 +121,10 @@ class Dialect:
     timeout_statement: str | None = None
     #: the SQLSTATE of a statement the server cancelled (its time limit ran out)
     timeout_sqlstate: str | None = None
+    #: the SQLAlchemy driver name (``engine.dialect.driver``) whose own cursor a streamed read uses
+    #: directly (state.driver_rows: the driver's rows without SQLAlchemy's result layer, the same
+    #: values); None, or another driver of the dialect: SQLAlchemy's cursor
+    driver_stream: str | None = None
 
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
@@ -143,7 +147,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # SHA256() is the hex digest: its first 8 digits, read as a hexadecimal integer
             hash32_sql="CAST('0x' || SUBSTRING(SHA256(hashed_text), 1, 8) AS BIGINT)",
             # DuckDBPyConnection.interrupt(): DuckDB has no statement time limit of its own
-            statement_timeout="interrupt"),
+            statement_timeout="interrupt",
+            # the connection's own result, fetched without SQLAlchemy's result layer (benchmarks/README.md, issue 15.4)
+            driver_stream="duckdb_engine"),
     Dialect("sqlite", tokenizer_keywords=frozenset((
                 "ATTACH DETACH MATCH REINDEX").split()),
             url_schemes=("sqlite",), instant_text_format="%Y-%m-%d %H:%M:%f", typed_columns=False,
@@ -204,7 +210,10 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # the server's own limit, for the statement's transaction only (a ledger in the same database
             # writes without it); each FETCH of a streamed query is a statement of its own
             statement_timeout="server", timeout_statement="SET LOCAL statement_timeout = {milliseconds}",
-            timeout_sqlstate="57014"),
+            timeout_sqlstate="57014",
+            # psycopg 3's named cursor, text format: its binary format loaded the due rows no faster (text,
+            # date and numeric columns slower, timestamps faster; benchmarks/README.md, issue 15.4)
+            driver_stream="psycopg"),
     Dialect("snowflake", tokenizer_keywords=frozenset((
                 "BYTEINT GET INTEGRATION LS MATCH_CONDITION MATCH_RECOGNIZE MINUS PACKAGE POLICY POOL PUT "
                 "REMOVE RM ROLE RULE SAMPLE SQL_DOUBLE SQL_VARCHAR STAGE STREAMLIT TAG TIMESTAMP_TZ TOP "

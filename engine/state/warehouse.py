@@ -2,7 +2,10 @@
 
 Owns SQLAlchemy engines for both the warehouse (read) and the ledger (write).
 Results are streamed in batches with server-side cursors where the driver
-has them, so memory stays flat however many rows are due. Connection and
+has them, so memory stays flat however many rows are due; where the dialect
+names its driver (``Dialect.driver_stream``: psycopg 3, duckdb_engine) a
+``Session.stream`` runs on the driver's own cursor (state.driver_rows), the
+same values without SQLAlchemy's result layer. Connection and
 query failures become ``WarehouseError`` naming the database and what to
 check, with every credential masked (masking.mask), the driver's words included,
 and the reason (timeout, unreachable, query) that the service counts.
@@ -32,6 +35,7 @@ from engine.decide import hash32
 from engine.dialects import Dialect, dialect_of_backend
 from engine.errors import WarehouseError
 from engine.masking import is_secret_name, mask, remember, remember_url
+from engine.state import driver_rows
 
 # Without a logging configuration (the commands), Python prints a library's ERROR records on stderr
 # with their traceback (logging.lastResort): SQLAlchemy's pool failing to close a cursor or a connection
@@ -113,6 +117,11 @@ class Database:
         self.statement_timeout = statement_timeout or None
         #: failed statements by reason (WarehouseError.reason) since the last ``take_failures``
         self.failures: Counter[str] = Counter()
+        #: streamed reads run on the driver's own cursor (``Dialect.driver_stream``), not SQLAlchemy's
+        self.driver_stream = bool(self.dialect.driver_stream) and self.engine.dialect.driver == self.dialect.driver_stream \
+            and self.engine.dialect.driver in driver_rows.READERS
+        #: statements run on the driver's own cursor since the database was opened (failed ones too)
+        self.driver_streamed = 0
 
     def __repr__(self) -> str:
         return f"Database({masked(self.url)})"
@@ -349,6 +358,9 @@ class Session:
         """As ``Database.stream``, on this connection; ends its read transaction when done, so the
         next statement sees what other connections (the ledger) wrote in the meantime.
         ``parameters``: values of the ``:name`` bind parameters in ``sql``."""
+        if self.database.driver_stream and driver_rows.takes(self.conn.dialect.driver, parameters):
+            yield from self._driver_stream(sql, batch_size, parameters)
+            return
         try:
             # options on the statement: Connection.execution_options would stick to the pinned connection
             statement = sa.text(sql).execution_options(stream_results=True, yield_per=batch_size)
@@ -375,6 +387,54 @@ class Session:
             self.conn.commit()
         except self.database.errors as exc:
             self._rollback()  # PostgreSQL refuses every later statement of a failed transaction
+            raise self.database._error("query failed on", exc, self.deadline) from None
+
+    def _driver_stream(self, sql: str, batch_size: int, parameters: Mapping[str, Any] | None) -> Iterator[list]:
+        """``stream`` on the driver's own server-side cursor (``Database.driver_stream``): the statement
+        as SQLAlchemy would send it (its ``:name`` parameters in the driver's style), in the pinned
+        connection's transaction, committed at the end; a driver error becomes SQLAlchemy's, as ``stream``'s."""
+        dialect = self.conn.dialect
+        driver_error = dialect.loaded_dbapi.Error
+        compiled = sa.text(sql).compile(dialect=dialect)
+        text, values = str(compiled), compiled.construct_params(parameters or {})
+        connection = self.conn.connection.dbapi_connection
+        rows = None
+        try:
+            if not self.conn.in_transaction():
+                self.conn.begin()  # the driver's statements join it: commit() below ends them
+            self.database.driver_streamed += 1
+            with self.deadline.statement():
+                rows = driver_rows.stream(dialect.driver, connection, text, values, batch_size)
+                batch = next(rows, None)  # DECLARE and the first FETCH: the statement runs
+            try:
+                while batch is not None:
+                    yield batch
+                    with self.deadline.call():
+                        batch = next(rows, None)
+            except GeneratorExit:  # the reader stopped early: close, but never raise from a closing generator
+                try:
+                    rows.close()
+                    self.conn.commit()
+                except (*self.database.errors, driver_error):  # the connection is gone: the next statement says so
+                    self._rollback()
+                raise
+            self.conn.commit()
+        except driver_error as exc:
+            lost = dialect.is_disconnect(exc, connection, None)
+            if rows is not None:
+                try:
+                    rows.close()  # its cursor: nothing to close on the server after an error
+                except driver_error:
+                    pass
+            if lost:
+                self.conn.invalidate()  # the pool must not hand the dead connection out again
+            else:
+                self._rollback()  # PostgreSQL refuses every later statement of a failed transaction
+            # SQLAlchemy's error, as its own cursor would have raised it: the reason (timeout, unreachable) and the driver's words
+            wrapped = sa.exc.DBAPIError.instance(text, values, exc, driver_error, dialect=dialect, connection_invalidated=lost)
+            raise self.database._error("query failed on", wrapped, self.deadline) from None
+        except self.database.errors as exc:
+            self._rollback()
             raise self.database._error("query failed on", exc, self.deadline) from None
 
     def _rollback(self) -> None:
