@@ -559,3 +559,62 @@ def test_reentry_against_the_ledger_comes_before_channel_choice_and_quiet_hours(
     assert [(m.customer_id, m.action, m.reason) for m in decided] == [
         ("7", "skip", "reentry"), ("7", "skip", "reentry"), ("8", "skip", "no_contact"), ("8", "defer", "quiet_hours")]
     assert [stage.name for stage in policies.STAGES][:2] == ["reentry_history", "channel_choice"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stop_holds_where_a_local_send_time_is_left_to_python(tmp_path, monkeypatch, backend):
+    """Around a change of the zone's UTC offset the pass's zone table holds no due time
+    (``zone_due_times`` leaves those pairs to Python), so such rows reach Python. They must still
+    carry their stop condition: a customer who ordered after registering is recorded 'stopped' and
+    never sent, as the row-by-row path records it (the pass's statement without settled rows once
+    gave them no stop: sent)."""
+    from engine.tools.demo import TABLES, create_tables
+    from conftest import write
+
+    now = parse_instant("2025-03-31T09:30:00Z")  # 11:30 in Berlin, the day after the clocks went forward
+    registered = datetime(2025, 3, 29, 12, 0)  # + 1 day: due at the next 11:00 local, 2025-03-31 09:00 UTC
+    customer = {"first_name": "Ann", "last_name": "Lee", "created_at": registered, "city": "Berlin",
+                "timezone": "Europe/Berlin", "customer_group": "standard"}
+    reconcilers = []
+    for name in ("in_sql", "row_by_row"):
+        url = database_url(backend, tmp_path, name)
+        db = Database(url)
+        create_tables(db)
+        with db.engine.begin() as conn:
+            conn.execute(TABLES["customers"].insert(), [
+                {**customer, "customer_id": 1, "email": "ordered@example.com"},
+                {**customer, "customer_id": 2, "email": "waiting@example.com"}])
+            conn.execute(TABLES["orders"].insert(), [{"order_id": 10, "customer_id": 1, "status": "paid",
+                                                      "created_at": registered + timedelta(hours=3), "total": 20}])
+        db.dispose()
+        monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+        project = copy_project(tmp_path / name)
+        for campaign in (project / "campaigns.d").glob("*.yaml"):
+            campaign.unlink()
+        write(project / "campaigns.d" / "nudge.yaml", """
+            name: nudge
+            trigger:
+              registration: {}
+            stop: [ordered_again]
+            steps:
+              - id: hello
+                delay: 1d
+                freshness: 2d
+                send_at: "11:00"
+                channel: email
+                template: registration/first-order.email.j2
+        """)
+        reconcilers.append(Reconciler(load_project(project)))
+    in_sql, row_by_row = reconcilers
+    try:
+        rows, counts, _ = _pass(in_sql, monkeypatch, True, now)
+        expected_rows, expected_counts, _ = _pass(row_by_row, monkeypatch, False, now)
+        names = [c.name for c in COMPARED]
+        outcomes = {row[names.index("customer_id")]: (row[names.index("status")], row[names.index("reason")])
+                    for row in expected_rows}
+        assert outcomes["1"][1] == "stopped" and outcomes["2"][0] != "skipped", outcomes  # the case is the one meant
+        assert rows == expected_rows
+        assert counts == expected_counts
+    finally:
+        for reconciler in reconcilers:
+            reconciler.close()

@@ -292,7 +292,11 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             reason = settled_reason(builder, step, window, stopped_by, due_at, matches, blocked)
             if settled == "exclude":
                 conditions.append(reason.is_(exp.null()))
-                selects.append(_zone_join(_due_select(builder, campaign, step, kind, exp.null(), waits, conditions,
+                # a fixed delay: no row left here is stopped (it would be settled); a local send time whose due
+                # time the zone table lacks (a change of UTC offset, a zone value that is not text) is decided
+                # in Python, which must see its stop condition
+                left_stopped = exp.null() if due_at is None else stopped_by
+                selects.append(_zone_join(_due_select(builder, campaign, step, kind, left_stopped, waits, conditions,
                                                       customers, attributes, width, exclude_ledger, fetched),
                                           campaign, step, zone_due))
                 continue
