@@ -118,16 +118,17 @@ class TriggerKind:
         None: ``trigger_at`` between the window's bounds (the due query's own, per time zone)."""
         return None
 
-    def within_windows(self, builder: QueryBuilder, instant: exp.Expression) -> exp.Expression | None:
+    def within_windows(self, builder: QueryBuilder, instant: exp.Expression) -> list[exp.Expression]:
         """``instant`` - what becomes an instance's ``trigger_at`` - inside one of the due query's step
         windows (``builder.windows``), by the very conditions the due query puts on ``trigger_at`` (the
         kind's ``window``, else the window's bounds), so that a kind can leave out, before it joins or
         materialises its instances, those no step can be due for: the same rows, since every step's
-        rows also meet its own window's conditions. None when the query has no windows (every instance).
+        rows also meet its own window's conditions. As a list of conditions for a WHERE: one, or none when
+        the query has no windows (every instance).
         A kind that uses it writes its ``window`` on ``t.trigger_at`` alone (nothing else is in scope
         where the instances are built)."""
         if not builder.windows:
-            return None
+            return []
         either = []
         for window in builder.windows:
             conditions = self.window(builder, window)
@@ -136,7 +137,7 @@ class TriggerKind:
                 if window.earliest is not None:
                     conditions.append(col("t", "trigger_at") >= builder.ts(window.earliest))
             either.append(exp.paren(exp.and_(*[_on_instant(c, instant) for c in conditions])))
-        return exp.or_(*either)
+        return [exp.or_(*either)]
 
     def properties_select(self, builder: QueryBuilder, campaign: Campaign) -> exp.Query | None:
         """The trigger's own properties (``trigger.total``, ...: ``filter_types.TRIGGER_PROPERTIES``) as rows

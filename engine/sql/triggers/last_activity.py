@@ -64,7 +64,7 @@ class LastActivityKind(TriggerKind):
                            exp.alias_(exp.DPipe(this=lit("order:"), expression=text(col("o", "order_id")), safe=True), "activity_key"),
                            exp.alias_(col("o", "created_at"), "activity_at"))
                 .from_(exp.to_table(orders).as_("o"))
-                .where(col("o", "created_at") <= now, *self._windowed(builder, col("o", "created_at"))))
+                .where(col("o", "created_at") <= now, *self.within_windows(builder, col("o", "created_at"))))
             newest.append(col("f", "last_order_at"))
         if "login" in trigger.activities:
             events = builder.source("events")
@@ -74,7 +74,7 @@ class LastActivityKind(TriggerKind):
                            exp.alias_(col("e", "occurred_at"), "activity_at"))
                 .from_(exp.to_table(events).as_("e"))
                 .where(col("e", "type").eq(lit("login")), col("e", "occurred_at") <= now.copy(),
-                       *self._windowed(builder, col("e", "occurred_at"))))
+                       *self.within_windows(builder, col("e", "occurred_at"))))
             newest.append(col("fe", "last_login_at"))
         activities = parts[0]
         for part in parts[1:]:
@@ -91,7 +91,7 @@ class LastActivityKind(TriggerKind):
         base = builder.join_facts(base, col("c", "customer_id"), orders="order" in trigger.activities,
                                   events="login" in trigger.activities)
         builder.ctes["last_activity"] = base.where(activity_at.copy().is_(exp.null()).not_(),
-                                                   *self._windowed(builder, activity_at))
+                                                   *self.within_windows(builder, activity_at))
         return (
             exp.select(col("l", "customer_id"), exp.alias_(exp.Max(this=col("a", "activity_key")), "trigger_key"),
                        exp.alias_(col("l", "activity_at"), "trigger_at"))
@@ -100,11 +100,6 @@ class LastActivityKind(TriggerKind):
                                                                    col("a", "activity_at").eq(col("l", "activity_at"))))
             .group_by(col("l", "customer_id"), col("l", "activity_at"))
         )
-
-    def _windowed(self, builder: QueryBuilder, instant: exp.Expression) -> list[exp.Expression]:
-        """``instant`` within a step's window, as a list of conditions (none without windows)."""
-        within = self.within_windows(builder, instant)
-        return [] if within is None else [within]
 
 
 KIND = LastActivityKind()

@@ -47,12 +47,11 @@ class OrderDateKind(TriggerKind):
         column = campaign.trigger.column
         orders = builder.source("orders")
         conditions = [col("o", column).is_(exp.null()).not_(), col("o", "created_at") <= builder.ts(builder.now)]
-        within = self.within_windows(builder, col("o", column))
         return (
             exp.select(col("o", "customer_id"), exp.alias_(text(col("o", "order_id")), "trigger_key"),
                        exp.alias_(col("o", column), "trigger_at"))
             .from_(exp.to_table(orders).as_("o"))
-            .where(*conditions, *([] if within is None else [within]))
+            .where(*conditions, *self.within_windows(builder, col("o", column)))
         )
 
     def window(self, builder: QueryBuilder, window: StepWindow) -> list[exp.Expression]:
