@@ -125,6 +125,12 @@ class Dialect:
     #: directly (state.driver_rows: the driver's rows without SQLAlchemy's result layer, the same
     #: values); None, or another driver of the dialect: SQLAlchemy's cursor
     driver_stream: str | None = None
+    #: the collation that orders text by code point, as Python compares ``str``, written on the text keys
+    #: of a sorted due query (``due.due_query``: a listing, the earliest instance a re-entry rule lets in):
+    #: the database's default may order by language (a PostgreSQL database created with an ICU or
+    #: en_US locale puts "a-2" before "A1"), and the plan's table picks its first rows in Python by the
+    #: same keys (tools.output.listing_order); None: the default already orders by code point
+    code_point_collation: str | None = None
 
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
@@ -188,7 +194,7 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # 1-5 s on the 1M-order benchmark shop, run once and compiled again at the next pass
             # (benchmarks/README.md). Per connection, like the cursor setting: the server's default is untouched.
             connect_statements=("SET cursor_tuple_fraction = 1.0", "SET jit = off"),
-            on_conflict_insert="postgresql", array_parameters="named",
+            on_conflict_insert="postgresql", array_parameters="named", code_point_collation="C",
             # psycopg sends a list of str untyped: the server reads it as the column's own array type, so
             # citext, char(n) and enum columns compare as they do with a literal IN list (text[] would not)
             # integers: a semi-join, not '= ANY(bigint[])', which an integer column cannot hash (int4 = int8):

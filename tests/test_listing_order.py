@@ -123,3 +123,52 @@ def test_the_table_shows_the_first_messages_of_the_sorted_listing(project, monke
              for row in list(csv.DictReader(io.StringIO(listed.getvalue())))[:7]]
     shown = [line.split() for line in table.getvalue().splitlines()[-7:]]  # campaign step customer contact trigger ...
     assert [(cells[0], cells[2], cells[4]) for cells in shown] == first
+
+
+LANGUAGE_ORDERED_IDS = ["B", "_c", "a1", "A1", "b", "a-2"]  # by code point: A1 B _c a-2 a1 b; en-US: _c a-2 a1 A1 b B
+
+
+def test_a_database_that_orders_text_by_language_lists_as_the_table_shows(tmp_path, monkeypatch):
+    """A PostgreSQL database whose default collation orders text by language (ICU en-US: "a-2" before "A1",
+    punctuation and case weighed last) still lists text ids in code point order: the csv sorts its keys
+    with the dialect's ``code_point_collation``, as the table's ``listing_order`` compares them in Python."""
+    import sqlalchemy as sa
+
+    import pg
+    server = pg.server()
+    name = "icu_" + tmp_path.name.lower().replace("-", "_")[-20:]
+    admin = sa.create_engine(f"{server.server_url}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"))
+    admin.dispose()
+    url = f"{server.server_url}/{name}"
+    root = copy_project(tmp_path / "project")
+    for path in (root / "campaigns.d").glob("*.yaml"):
+        path.unlink()
+    write(root / "campaigns.d" / "every-order.yaml", EVERY_ORDER)
+    at = NOW - timedelta(hours=5)  # every message ties on its trigger instant: the ids decide the order
+    load_history(url, customers=[{"customer_id": i, "email": f"c{i}@example.com", "created_at": NOW - timedelta(days=9)}
+                                 for i in range(1, 7)],
+                 orders=[{"order_id": i, "customer_id": i, "created_at": at, "status": "completed", "total": 1.0}
+                         for i in range(1, 7)])
+    shop = sa.create_engine(url)
+    with shop.begin() as conn:  # text customer ids, as a shop keyed by handles or external ids has them
+        for table in ("customers", "orders"):
+            conn.execute(sa.text(f"ALTER TABLE {table} ALTER COLUMN customer_id TYPE text"))
+            for i, text_id in enumerate(LANGUAGE_ORDERED_IDS, start=1):
+                conn.execute(sa.text(f"UPDATE {table} SET customer_id = :new WHERE customer_id = :old"),
+                             {"new": text_id, "old": str(i)})
+        assert [r[0] for r in conn.execute(sa.text("SELECT customer_id FROM customers ORDER BY customer_id"))] \
+            == ["_c", "a-2", "a1", "A1", "b", "B"]  # the database's own order is the language's
+    shop.dispose()
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+
+    def plan(*args: str) -> str:
+        result = CliRunner().invoke(main, ["--project", str(root), "plan", "--as-of", "2025-03-01T12:00:00Z",
+                                           "--quiet", *args])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    listed = [row["customer_id"] for row in csv.DictReader(io.StringIO(plan("--format", "csv")))]
+    shown = [line.split()[2] for line in plan().splitlines()[-6:]]  # campaign step customer contact ...
+    assert listed == shown == sorted(LANGUAGE_ORDERED_IDS) == ["A1", "B", "_c", "a-2", "a1", "b"]

@@ -317,8 +317,12 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     if not isinstance(body, exp.Select) or sort:
         body = exp.select("*").from_(body.subquery("due_steps"))
     if sort:  # re-entry rules let the earliest instance in: it must come first; a listing: the same at every run
-        keys = ("trigger_at", "customer_id", "trigger_key") + (("step",) if ordered else ())
-        body = body.order_by(*[exp.column(key) for key in keys])
+        collation = dialect_named(builder.dialect).code_point_collation  # the text keys as Python orders them
+        keys = [exp.column("trigger_at")] + [
+            exp.column(key) if collation is None else
+            exp.Collate(this=exp.column(key), expression=exp.to_identifier(collation, quoted=True))
+            for key in ("customer_id", "trigger_key") + (("step",) if ordered else ())]
+        body = body.order_by(*keys)
     return builder.with_ctes(body)
 
 

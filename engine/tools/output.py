@@ -83,7 +83,8 @@ def write_plan(batches: Iterable[list[DueMessage]], fmt: str, out: IO[str], *, i
 def listing_order(m: DueMessage, campaigns: Mapping[str, int]) -> tuple:
     """Where a message stands in the plan's listing: its campaign's place (``campaigns``: the priority
     order the plan followed), then its trigger instant, customer, trigger key and step - the order of
-    the rows the warehouse sorts for a listing of every message (``due_query(ordered=True)``)."""
+    the rows the warehouse sorts for a listing of every message (``due_query(ordered=True)``, its text
+    keys in the dialect's ``code_point_collation``: compared by code point, as Python compares ``str``)."""
     return campaigns[m.campaign], m.trigger_at, m.customer_id, m.trigger_key, m.step
 
 
