@@ -66,7 +66,8 @@ def counting_scans():
         note(self, sql, parameters)
         return returning(self, sql, parameters)
 
-    with mock.patch.object(Session, "execute_together", execute_together_), mock.patch.object(Session, "stream", stream_), \
+    with mock.patch.object(Session, "execute_together", execute_together_), \
+            mock.patch.object(Session, "stream", stream_), \
             mock.patch.object(Session, "returning", returning_):
         yield seen
 
