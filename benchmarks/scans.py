@@ -48,14 +48,15 @@ def counting_scans():
     from engine.state.warehouse import Session
 
     seen: list[tuple[str, Counter]] = []
-    execute, stream, returning = Session.execute, Session.stream, Session.returning
+    execute_together, stream, returning = Session.execute_together, Session.stream, Session.returning
 
     def note(session, sql, parameters=None):
         seen.append((sql, statement_scans(session.conn, sql, parameters)))
 
-    def execute_(self, sql):
-        note(self, sql)
-        return execute(self, sql)
+    def execute_together_(self, statements):  # Session.execute runs its statement through it
+        for sql in statements:
+            note(self, sql)
+        return execute_together(self, statements)
 
     def stream_(self, sql, batch_size=1000, parameters=None):
         note(self, sql, parameters)
@@ -65,7 +66,8 @@ def counting_scans():
         note(self, sql, parameters)
         return returning(self, sql, parameters)
 
-    with mock.patch.object(Session, "execute", execute_), mock.patch.object(Session, "stream", stream_), \
+    with mock.patch.object(Session, "execute_together", execute_together_), \
+            mock.patch.object(Session, "stream", stream_), \
             mock.patch.object(Session, "returning", returning_):
         yield seen
 

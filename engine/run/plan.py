@@ -24,7 +24,7 @@ from engine.progress import Progress
 from engine.run.messages import DueMessage
 from engine.dialects import analyze_temporary_table, dialect_named, drop_temporary_table
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, MAX_ZONES, REENTRY_HISTORY, VARIANT_PREFIX, WAIT_COLUMN, StateRelations,
+    CUSTOMER_PREFIX, MAX_ZONES, REENTRY_HISTORY, SHARED_FACTS, VARIANT_PREFIX, WAIT_COLUMN, StateRelations,
     render_sql, shared_facts_drop, shared_table, variant_columns, zones_query,
 )
 from engine.run.ledger_state import shipped_state
@@ -165,11 +165,19 @@ def create_shared_table(session: Session, config: ProjectConfig, now: datetime, 
         if needed != name:
             create_shared_table(session, config, now, campaigns, needed, created, kept)
     drop_facts(session, config, name)
-    session.execute(statement.text)
+    session.execute_together(creation_statements(config, name, statement.text))
     created.append(name)
     analyze = analyze_temporary_table(dialect_named(config.dialect), shared_table(name))
-    if analyze is not None:  # the due queries joining it are planned for its real size (PostgreSQL)
-        session.execute(analyze)
+    if analyze:  # the due queries joining it are planned for its real size (PostgreSQL)
+        session.execute_together(analyze)
+
+
+def creation_statements(config: ProjectConfig, name: str, create: str) -> list[str]:
+    """The statements, one transaction, that create the pass's shared table ``name`` by ``create``
+    (its CREATE ... AS): a per-customer fact table (``SHARED_FACTS``, a GROUP BY of a whole source)
+    after the dialect's ``whole_aggregate_statements``."""
+    settings = dialect_named(config.dialect).whole_aggregate_statements if name in SHARED_FACTS else ()
+    return [*settings, create]
 
 
 def drop_facts(session: Session, config: ProjectConfig, entity: str, created: bool = False) -> None:

@@ -1,0 +1,189 @@
+"""The plan a minute later on a PostgreSQL shop, per statement, for two or more checkouts alternately,
+each in a fresh process; with the server's CPU, which a loaded machine disturbs far less than wall time.
+
+    python benchmarks/pg_minute.py --url URL --project DIR [--fill] [--rounds 5] [--plans 3] CHECKOUT...
+
+``URL``: a database holding a shop copied by ``run.py --postgres --keep DIR`` (or ``--postgres-url``),
+on this machine; ``DIR``: that run's ``project/``. ``--fill`` first records the plan at the shop's anchor
+in the ledger as ``run.py``'s minute-later row does (``_record_plan``). Then per round and checkout
+(``PYTHONPATH`` = the checkout) a child runs ``Reconciler.due`` at the anchor + 1 minute ``--plans``
+times as ``engine plan`` runs it (the settled skips counted in SQL), the first in the process cold.
+Printed per child: each plan's wall seconds, the CPU seconds of the server's processes (the
+postmaster's children, live and exited: ``/proc``, so the server must run here), the client's CPU
+and the floor (``run.FLOOR_SQL``) with the load average; at the end per checkout the medians over
+the warm plans and, with ``--statements``, each statement's wall and server CPU (the last warm plan).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()  # [0] state, [1] ppid, [11:15] utime stime cutime cstime
+
+
+def server_cpu(postmaster: int) -> float:
+    """CPU seconds of the server: the postmaster's own and its exited children's (cutime, cstime), plus
+    its live children's (backends, parallel workers, background processes)."""
+    total = sum(int(x) for x in _stat(postmaster)[11:15])
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = _stat(int(name))
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == postmaster:
+                total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+def child(url: str, project: Path, plans: int, fill: bool) -> None:
+    sys.path.insert(0, str(HERE))
+    os.environ["ENGINE_WAREHOUSE_URL"] = url
+    import run as bench
+
+    import engine
+    import engine.run.plan as plan
+    from engine.state import warehouse
+
+    reconciler = engine.Reconciler(engine.load_project(project))
+    meta = json.loads((project.parent / "shop.json").read_text())
+    now = bench._naive_anchor(meta["shop"]["anchor"]).replace(tzinfo=bench.timezone.utc)
+    if fill:
+        bench._reset_ledger(reconciler, project)
+        print(json.dumps({"filled": bench._record_plan(reconciler, now)}))
+        return
+    [(backend,)] = reconciler.warehouse.execute("SELECT pg_backend_pid()")
+    postmaster = int(_stat(backend)[1])
+    spent: dict = collections.defaultdict(lambda: [0.0, 0.0])
+    original = (warehouse.Session.execute_together, warehouse.Session.stream, warehouse.Session.returning)
+
+    current = {"campaign": "-"}
+    due_statement = plan.due_statement
+
+    def named(campaign, *args, **kwargs):  # the campaign whose statements run next
+        current["campaign"] = campaign.name
+        return due_statement(campaign, *args, **kwargs)
+
+    plan.due_statement = named
+
+    def label(sql: str) -> str:
+        words = sql.split()
+        if words[:3] == ["CREATE", "TEMPORARY", "TABLE"] or words[0] in ("ANALYZE", "DROP", "INSERT"):
+            return " ".join(words[:5])[:70]
+        return f"{current['campaign']}: {' '.join(words)[:40]}"
+
+    def timed(key: str, started: float, cpu: float) -> None:
+        spent[key][0] += time.perf_counter() - started
+        spent[key][1] += server_cpu(postmaster) - cpu
+
+    def execute_together(self, statements):
+        started, cpu = time.perf_counter(), server_cpu(postmaster)
+        try:
+            return original[0](self, statements)
+        finally:
+            timed(label(statements[-1]), started, cpu)
+
+    def stream(self, sql, batch_size=1000, parameters=None):
+        started, cpu = time.perf_counter(), server_cpu(postmaster)
+        for rows in original[1](self, sql, batch_size, parameters):
+            timed(label(sql), started, cpu)
+            yield rows
+            started, cpu = time.perf_counter(), server_cpu(postmaster)
+        timed(label(sql), started, cpu)
+
+    def returning(self, sql, parameters=None):
+        started, cpu = time.perf_counter(), server_cpu(postmaster)
+        try:
+            return original[2](self, sql, parameters)
+        finally:
+            timed(label(sql), started, cpu)
+
+    warehouse.Session.execute_together, warehouse.Session.stream, warehouse.Session.returning = \
+        execute_together, stream, returning
+    result: dict = {"wall": [], "server": [], "client": [], "rows": []}
+    for _ in range(plans):
+        spent.clear()
+        started, cpu, client = time.perf_counter(), server_cpu(postmaster), time.process_time()
+        counts = bench._consume_plan(reconciler, now + timedelta(minutes=1), counted=True)
+        result["wall"].append(time.perf_counter() - started)
+        result["server"].append(server_cpu(postmaster) - cpu)
+        result["client"].append(time.process_time() - client)
+        result["rows"].append(counts["rows"])
+    warehouse.Session.execute_together, warehouse.Session.stream, warehouse.Session.returning = original
+    floors = []
+    for _ in range(3):
+        started = time.perf_counter()
+        bench._consume_sql(reconciler.warehouse, bench.FLOOR_SQL)
+        floors.append(time.perf_counter() - started)
+    result["floor"] = statistics.median(floors)
+    result["statements"] = {key: value for key, value in spent.items()}
+    result["load"] = open("/proc/loadavg").read().split()[:3]
+    print(json.dumps(result))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkouts", nargs="*", type=Path)
+    parser.add_argument("--url", required=True, help="SQLAlchemy URL (postgresql+psycopg://...)")
+    parser.add_argument("--project", type=Path, required=True)
+    parser.add_argument("--fill", action="store_true", help="record the plan at the anchor first")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--plans", type=int, default=3, help="plans per process, the first cold (default 3)")
+    parser.add_argument("--statements", action="store_true", help="print each statement's medians")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.url, args.project.resolve(), args.plans, args.fill)
+        return 0
+
+    def run_child(checkout: Path, fill: bool = False) -> dict:
+        command = [sys.executable, __file__, "--child", "--url", args.url, "--project", str(args.project),
+                   "--plans", str(args.plans)] + (["--fill"] if fill else [])
+        out = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(checkout.resolve())},
+                             capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(out.stderr[-3000:])
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    if args.fill:
+        print(f"ledger filled: {run_child(args.checkouts[0] if args.checkouts else HERE.parent, True)}", flush=True)
+    collected: dict = collections.defaultdict(list)
+    for round_ in range(args.rounds):
+        for checkout in args.checkouts:
+            r = run_child(checkout)
+            collected[checkout].append(r)
+            seconds = {key: " ".join(f"{x:.2f}" for x in r[key]) for key in ("wall", "server", "client")}
+            print(f"round {round_} {checkout}: wall {seconds['wall']} s, server CPU {seconds['server']} s, "
+                  f"client CPU {seconds['client']} s, floor {r['floor']:.3f} s, rows {r['rows']}, "
+                  f"load {' '.join(r['load'])}", flush=True)
+    for checkout, results in collected.items():
+        warm = lambda key: statistics.median(x for r in results for x in r[key][1:] or r[key])  # noqa: E731
+        print(f"{checkout}: medians of the warm plans: wall {warm('wall'):.3f} s, server CPU {warm('server'):.3f} s, "
+              f"client CPU {warm('client'):.3f} s; floor {statistics.median(r['floor'] for r in results):.3f} s")
+        if args.statements:
+            keys = sorted({k for r in results for k in r["statements"]},
+                          key=lambda k: -statistics.median(r["statements"].get(k, [0, 0])[1] for r in results))
+            for key in keys:
+                wall = statistics.median(r["statements"].get(key, [0, 0])[0] for r in results)
+                cpu = statistics.median(r["statements"].get(key, [0, 0])[1] for r in results)
+                if wall >= 0.005:
+                    print(f"  {wall:7.3f} s wall {cpu:6.2f} s server CPU  {key}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
