@@ -41,9 +41,10 @@ a hash partition, not a sort; PostgreSQL and SQLite sort by customer for it). A 
 goes straight through; the rows of one with several are held back until the last arrives and are
 then decided in that order (``plan.in_customer_order``); the window returns them together, so at
 most a few customers are held at once (3 in the 1M-order shop). Measured with a cap of one a day on
-the shipped campaigns (7 of the 14 count their rows) at 1M orders, medians of 5 alternated rounds at
-load 7-11: the plan's CPU +7 % (3.78 s against 3.52 s), peak RSS +7 MB; an aggregate of the due set
-joined back instead: +17 % CPU (the campaign's rows evaluated twice), +19 MB. Trigger keys compare
+the shipped campaigns (7 of the 14 count their rows) at 1M orders, medians of 5 alternated rounds
+(benchmarks/capped_ab.py; benchmarks/README.md): the plan's CPU within the noise (+7 % at load 7-11,
+-5 % at load 12-16), peak RSS +5 to +7 MB; an aggregate of the due set joined back instead: +17 %
+CPU (the campaign's rows evaluated twice), +19 MB. Trigger keys compare
 as the warehouse orders text in the listing and as Python does in the pass: the same for keys of
 digits (order ids, dates); a collation ordering punctuation or case otherwise could differ.
 A recency window (``not_contacted_within``) does not depend on this order: it counts only the
