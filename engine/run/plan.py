@@ -4,7 +4,8 @@ Owns the pass's reads of the warehouse for the due sets (``due_rows``: one sessi
 per-customer fact tables and per-order rows, created once per pass in dependency order, the
 customers' time zones) and the decision on each row
 (``decide_row``: exact due time, freshness, stop condition, qualifying variants), the replica's
-shard and the subtraction of what the ledger already holds; ``decide_rows`` decides a batch, the
+shard and the subtraction of what the ledger already holds, and the order of one customer's several
+rows where a frequency cap could pick among them (``in_customer_order``); ``decide_rows`` decides a batch, the
 common step inline. Must not apply a policy, write to
 the ledger or the warehouse's own tables (the pass's temporary fact and zone tables aside), or send.
 """
@@ -30,7 +31,7 @@ from engine.sql.compile import (
 from engine.run.ledger_state import shipped_state
 from engine.sql.hashing import hashes_in_sql
 from engine.sql.due import (
-    ZONE_DUE_TABLE, keys_in_sql, reentry_in_sql, zone_due_create, zone_due_inserts, zone_due_rows,
+    CUSTOMER_ROWS, ZONE_DUE_TABLE, keys_in_sql, reentry_in_sql, zone_due_create, zone_due_inserts, zone_due_rows,
 )
 from engine.sql.shipping import copy_relation, create_copy, drop_copy, insert_copy
 from engine.sql.prepared import Wrap, due_statement, facts_statement
@@ -209,9 +210,12 @@ def decided_batches(campaign: Campaign, row_batches: Iterator[list], now: dateti
                     progress: Progress) -> Iterator[list[DueMessage]]:
     """Each batch of a campaign's due rows decided (``decide_row``), cut to this replica's ``shard``
     (given where the query did not: ``shard_in_sql``), minus what the ledger holds (unless the query
-    already left it out); a batch may end up empty."""
+    already left it out); a batch may end up empty. The rows of a customer with several due at once come
+    together in the sorted listing's order where the query counts them (``in_customer_order``)."""
     layout = None
-    for rows in row_batches:
+    for rows in in_customer_order(row_batches):
+        if not rows:
+            continue
         progress.rows(len(rows))
         layout = layout or RowLayout(rows[0]._fields, campaign)
         batch = decide_rows(campaign, rows, now, config, layout)
@@ -222,6 +226,49 @@ def decided_batches(campaign: Campaign, row_batches: Iterator[list], now: dateti
             known = ledger.existing_keys([m.key for m in batch])
             batch = [m for m in batch if m.key not in known]
         yield batch
+
+
+def in_customer_order(row_batches: Iterator[list]) -> Iterator[list]:
+    """``row_batches`` as they come, but where the rows carry ``due.CUSTOMER_ROWS`` (a cap may leave a
+    customer room for fewer of them than are due: ``due.counts_customer_rows``): the rows of a customer
+    who has several are held back until the last of them arrives, then let through together by (trigger
+    instant, trigger key, step), as the sorted listing (``due_query(ordered=True)``) has them. The cap
+    then lets the same ones through at every run, whatever order the warehouse returns the rows in.
+    Holds only customers with several rows, each until its rows are complete (the query counts exactly
+    the rows it returns: a window over its due set, whose rows of one customer come out together); any
+    left at the end (none) follow in the listing's order. A batch may end up empty (all held)."""
+    counted = customer = None
+    held: dict[object, list] = {}
+    row_batches = iter(row_batches)
+    for rows in row_batches:
+        if counted is None and rows:
+            fields = rows[0]._fields
+            if CUSTOMER_ROWS not in fields:
+                yield rows
+                yield from row_batches
+                return
+            counted, customer = fields.index(CUSTOMER_ROWS), fields.index("customer_id")
+            instant, key, step = fields.index("trigger_at"), fields.index("trigger_key"), fields.index("step")
+        out = []
+        for row in rows:
+            if row[counted] == 1:
+                out.append(row)
+                continue
+            mine = held.setdefault(row[customer], [])
+            mine.append(row)
+            if len(mine) >= row[counted]:
+                del held[row[customer]]
+                out += sorted(mine, key=lambda r: _listing_key(r[instant], r[key], r[step]))
+        yield out
+    if held:
+        yield sorted((row for rows in held.values() for row in rows),
+                     key=lambda r: _listing_key(r[instant], r[customer], r[key], r[step]))
+
+
+def _listing_key(*values) -> tuple:
+    """A sort key of raw column values in the warehouse's ascending order, NULLs last (as DuckDB and
+    PostgreSQL sort them)."""
+    return tuple((False, value) if value is not None else (True, 0) for value in values)
 
 
 class RowLayout:

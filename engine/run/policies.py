@@ -25,26 +25,30 @@ campaign condition) and frequency caps per channel or across all, counting
 what the ledger holds plus what this pass already decided, so campaigns
 handled earlier in the pass (higher priority) win.
 
-Within one campaign, a cap that leaves a customer room for fewer messages than the instances due
-to them at once (several orders of a per_trigger campaign, say) lets through those that come
-first. Which come first is the due query's row order: by (trigger instant, customer, trigger key)
-for a campaign with a re-entry rule (``due.due_query``: the earliest instance enters), and for a
-listing of every message (an export, ``engine plan --format csv|jsonl``, a plan diff, one
-customer's plan: ``Reconciler.due(ordered=True)``, step as the last key); otherwise - a pass, the
-plan's table - whatever order the warehouse returns, which on DuckDB with several threads can
-change from one run to the next, so a pass may let another of the customer's instances through
-than the sorted listing shows. Deciding it by (trigger instant, trigger key) there needs to know,
-before the first of a customer's instances is decided, whether an earlier one is still to come.
-The rows in that order (a sort of the whole due set by the warehouse: peak RSS 38-41 MB higher for
-150k more due rows, 14-21 MB unsorted, where tests/test_memory allows 32 MB) or each row's rank among its customer's
-instances (a window: the same sort) do not keep memory flat; nor does holding back every message
-that takes a customer's last room until the campaign's rows end (with a cap of one a day, nearly
-the whole due set in Python). What could: each row carrying how many instances its customer has
-due (an aggregate of the due set joined back, one hash entry per due customer, at the price of
-evaluating the campaign's instances twice per query), and only the customers with several held
-back and decided in order at the campaign's end. Not done: every due query of a per_trigger
-campaign under a cap would pay it, for the few customers with several instances due at once.
-How many instances of one step a cap lets through per customer does not depend on the order.
+Within one campaign, a cap that leaves a customer room for fewer messages than the rows due to them
+at once (several orders of a campaign on every order, two steps fresh at once) lets through those
+that come first by (trigger instant, trigger key, step): the order of the listing of every message
+(an export, ``engine plan --format csv|jsonl``, a plan diff, one customer's plan:
+``Reconciler.due(ordered=True)``, whose rows the warehouse sorts), so that a pass and the plan's
+table let through the instances the listing shows, at every run and on every engine. A campaign
+with a re-entry rule has its rows sorted too (``due.due_query``: the earliest instance enters).
+Elsewhere the rows come in the warehouse's order, unsorted (on DuckDB with several threads it
+changes from run to run), and where the order can change what is sent (``due.counts_customer_rows``:
+a cap may limit the campaign's messages, and the trigger kind can give a customer several instances
+at once - its ``several_at_once`` - or two steps' windows overlap) each row carries how many rows
+its customer has in the campaign's due set (``count(*) OVER (PARTITION BY customer_id)``: on DuckDB
+a hash partition, not a sort; PostgreSQL and SQLite sort by customer for it). A customer's only row
+goes straight through; the rows of one with several are held back until the last arrives and are
+then decided in that order (``plan.in_customer_order``); the window returns them together, so at
+most a few customers are held at once (3 in the 1M-order shop). Measured with a cap of one a day on
+the shipped campaigns (7 of the 14 count their rows) at 1M orders, medians of 5 alternated rounds
+(benchmarks/capped_ab.py; benchmarks/README.md): the plan's CPU within the noise (+7 % at load 7-11,
+-5 % at load 12-16), peak RSS +5 to +7 MB; an aggregate of the due set joined back instead: +17 %
+CPU (the campaign's rows evaluated twice), +19 MB. Trigger keys compare
+as the warehouse orders text in the listing and as Python does in the pass: the same for keys of
+digits (order ids, dates); a collation ordering punctuation or case otherwise could differ.
+A recency window (``not_contacted_within``) does not depend on this order: it counts only the
+other campaigns' sends. How many messages of a step a cap lets through per customer never does.
 
 A message a policy stops becomes ``skip`` with the policy's reason; it is
 recorded, so the decision is visible later (quiet hours only ``defer``). Reads

@@ -128,7 +128,9 @@ class Reconciler:
         plan diff): each campaign's rows come by (trigger instant, customer, trigger key, step),
         sorted by the warehouse, so the listing and the policies' choices among one customer's
         instances are the same at every run; one customer's plan (``customer_id``) always is. A
-        pass and the plan's table read the rows in the warehouse's order: no sort of the due set.
+        pass and the plan's table read the rows in the warehouse's order: no sort of the due set; where a
+        frequency cap could pick among one customer's rows, theirs are decided in the listing's order all
+        the same (``plan.in_customer_order``), so a pass sends the instances the listing shows.
         """
         if report is not None and settled_counts is not None:
             raise ValueError("a pass records its settled skips: settled_counts is for a plan")

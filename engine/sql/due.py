@@ -54,6 +54,48 @@ ZONE_DUE_TABLE = "engine_pass_zone_due"
 ZONE_DUE_COLUMNS = ("campaign", "step", "zone", "lo", "hi", "due_at")
 
 
+#: The column of a pass's due row with the number of rows its customer has in the campaign's due set
+#: (``counts_customer_rows``), before the customer's attributes
+CUSTOMER_ROWS = "customer_rows"
+#: any instant: the step windows ``counts_customer_rows`` compares are offsets from it
+_ANY_INSTANT = datetime(2001, 1, 1, tzinfo=UTC)
+
+
+def counts_customer_rows(campaign: Campaign, config: ProjectConfig) -> bool:
+    """Whether each row of a pass's due query of ``campaign`` carries how many rows its customer has in
+    the campaign's due set (``CUSTOMER_ROWS``), so that the plan stage lets the rows of a customer with
+    several through in (trigger instant, trigger key, step) order, the sorted listing's
+    (``plan.in_customer_order``; engine.run.policies says why). Only where the order can change what
+    is sent: a frequency cap may limit the campaign's messages (one across channels, or one of a channel
+    a variant sends on), and one customer may have several rows a step can send at once - several
+    instances (the kind's ``several_at_once``) or several steps whose windows of fresh rows overlap. A
+    campaign with a re-entry rule has its rows sorted anyway (``due_query``)."""
+    if campaign.reentry.mode != "per_trigger":
+        return False
+    channels = {variant.channel for step in campaign.steps for variant in step.variants}
+    if not any(cap.channel is None or cap.channel in channels for cap in config.frequency_caps):
+        return False
+    return kind_of(campaign.trigger).several_at_once(campaign.trigger) or _steps_overlap(campaign.steps)
+
+
+def _steps_overlap(steps: Sequence[Step]) -> bool:
+    """Whether two of ``steps`` can be due and fresh for one instance at once: their windows of trigger
+    instants without the stale horizon (``step_window``: the due query's, slack included) overlap."""
+    bounds = []
+    for step in steps:
+        try:
+            window = step_window(step, _ANY_INSTANT, timedelta(0))
+        except OverflowError:  # a delay beyond the calendar: its campaign's query fails anyway
+            return True
+        bounds.append((window.earliest, window.due_cutoff))
+    for index, (earliest, cutoff) in enumerate(bounds):
+        for other_earliest, other_cutoff in bounds[index + 1:]:
+            starts = [start for start in (earliest, other_earliest) if start is not None]
+            if not starts or max(starts) <= min(cutoff, other_cutoff):
+                return True
+    return False
+
+
 #: the ledger statuses of an instance that "entered" (``Ledger.sent_instances``)
 ENTERED_STATUSES = ("claimed", "sent")
 
@@ -230,8 +272,10 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     trigger_key) (the earliest instance is the one let in); ``ordered`` (what lists the rows: an
     export, ``engine plan --format csv|jsonl``, one customer's plan) returns every campaign's rows by
     (trigger_at, customer_id, trigger_key, step), the same at every run. Otherwise the order is the
-    warehouse's (a pass, the plan's table: no sort of the whole due set; engine.run.policies says
-    what follows from it).
+    warehouse's (a pass, the plan's table: no sort of the whole due set), and where a frequency cap
+    could pick among a customer's rows (``counts_customer_rows``) each row carries ``CUSTOMER_ROWS``,
+    the number of rows of its customer (a window per customer), before the customer's attributes:
+    the plan stage decides a customer's several rows in the listing's order (engine.run.policies).
     """
     kind = kind_of(campaign.trigger)
     builder = QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts, state=state)
@@ -314,6 +358,8 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
         body = exp.union(body, other, distinct=False)
     by_instance = campaign.reentry.mode != "per_trigger"
     sort = settled != "only" and (ordered or by_instance)
+    if settled != "only" and not sort and counts_customer_rows(campaign, config):
+        return builder.with_ctes(_with_customer_rows(body))
     if not isinstance(body, exp.Select) or sort:
         body = exp.select("*").from_(body.subquery("due_steps"))
     if sort:  # re-entry rules let the earliest instance in: it must come first; a listing: the same at every run
@@ -324,6 +370,17 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             for key in ("customer_id", "trigger_key") + (("step",) if ordered else ())]
         body = body.order_by(*keys)
     return builder.with_ctes(body)
+
+
+def _with_customer_rows(body: exp.Query) -> exp.Select:
+    """``body``'s rows with ``CUSTOMER_ROWS`` before the customer's attributes: a window counting the
+    rows per customer - a hash partition of the due set, not a sort of it."""
+    names = body.named_selects
+    attributes = [name for name in names if name.startswith(CUSTOMER_PREFIX)]
+    counted = exp.Window(this=exp.Count(this=exp.Star()), partition_by=[exp.column("customer_id")])
+    return exp.select(*[exp.column(name) for name in names if name not in attributes],
+                      exp.alias_(counted, CUSTOMER_ROWS),
+                      *[exp.column(name) for name in attributes]).from_(body.subquery("due_steps"))
 
 
 def variant_matches(builder: QueryBuilder, campaign: Campaign, step: Step, attributes) -> list[exp.Expression]:

@@ -37,6 +37,9 @@ class AnniversaryKind(TriggerKind):
     keys_in_sql = False
     extra_columns = ("anniversary",)
 
+    def several_at_once(self, trigger: Anniversary) -> bool:
+        return False  # one date per customer, one instance of it a year (Python derives it)
+
     def parse(self, settings: dict, file: CampaignFile) -> Anniversary:
         return Anniversary(attribute=settings.get("attribute", "birthday"))
 

@@ -95,6 +95,14 @@ class TriggerKind:
         ``earliest``: no step can use an instance triggered before it (None: no such bound)."""
         raise NotImplementedError
 
+    def several_at_once(self, trigger: Trigger) -> bool:
+        """Whether one customer may have several instances a step is due for at once (every order, every
+        checkout, a day of events): a frequency cap may then leave room for fewer of them than are due, and
+        which go out must not depend on the warehouse's row order (``due.counts_customer_rows``). False for
+        a kind that gives a customer at most one such instance (their registration, their latest activity,
+        the k-th order, the year's birthday)."""
+        return True
+
     def reads_shared_rows(self, campaign: Campaign) -> bool:
         """Whether a pass's due query of ``campaign`` reads the kind's ``shared_rows`` table."""
         return False

@@ -33,6 +33,9 @@ class LastActivityKind(TriggerKind):
     entities = ()  # those of its activities (check)
     ends_by_itself = True
 
+    def several_at_once(self, trigger: LastActivity) -> bool:
+        return False  # the newest activity only: a newer one replaces the instance
+
     def parse(self, settings: dict, file: CampaignFile) -> LastActivity:
         return LastActivity(activities=tuple(settings.get("activity", ["order"])))
 

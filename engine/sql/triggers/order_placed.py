@@ -45,6 +45,9 @@ class OrderPlacedKind(TriggerKind):
     template_record = TemplateRecord("orders", "order_items", "order_id")
     shared_rows = "order_rows"
 
+    def several_at_once(self, trigger: OrderPlaced) -> bool:
+        return trigger.nth is None  # every order; the k-th is one
+
     def parse(self, settings: dict, file: CampaignFile) -> OrderPlaced:
         return OrderPlaced(nth=settings.get("nth"), statuses=tuple(settings.get("statuses", ())))
 

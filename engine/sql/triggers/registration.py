@@ -23,6 +23,9 @@ class RegistrationKind(TriggerKind):
     model = Registration
     entities = ("customers",)
 
+    def several_at_once(self, trigger: Registration) -> bool:
+        return False  # one registration per customer
+
     def parse(self, settings: dict, file: CampaignFile) -> Registration:
         return Registration()
 
