@@ -26,6 +26,7 @@ from engine.sql.due import settled_in_sql
 from engine.tools.demo import build_demo
 from engine.tools.output import write_plan
 from engine.state.ledger import ledger_table
+from engine.state.warehouse import Session
 from test_settled_skips import COMPARED, NOW, _pass, _reentry_project, _signed_up_again
 
 #: instants of the demo shop's history: before the anchor, the anchor, and after the pass at the anchor
@@ -197,3 +198,38 @@ def test_engine_plan_counts_in_sql_unless_it_lists_the_skips(tmp_path, monkeypat
     assert len(decided) > 100  # listed: decided row by row
     listed_keys = {json.loads(line)["message_key"] for line in listed.splitlines()}
     assert {m.key for m in decided} <= listed_keys
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "sqlite", "postgres"])
+def test_the_counts_come_from_the_statement_that_returns_the_rows(tmp_path, monkeypatch, backend):
+    """Where the ledger shares the warehouse, a campaign's settled skips are counted by the statement
+    that returns its other rows (``due_query(settled="count")``: the due query evaluated once, its
+    settled rows as one summary row per step, reason and channel): one statement per campaign, as
+    the row-by-row plan runs, and the same counts, table and listing."""
+    url = database_url(backend, tmp_path)
+    build_demo(url, seed=42, customers=1000, anchor="2025-01-10T00:00:00Z")
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    reconciler = Reconciler(load_project(copy_project(tmp_path / "project")))
+    names = [c.name for c in reconciler.campaigns()]
+    ran: list[str] = []
+
+    def recorded(method):
+        def run(self, sql, *args, **kwargs):
+            ran.append(sql)
+            return method(self, sql, *args, **kwargs)
+        return run
+
+    try:
+        for fmt in ("table", "jsonl"):
+            ran.clear()
+            with monkeypatch.context() as patch:
+                for name in ("stream", "returning"):  # a statement's rows streamed, or all at once
+                    patch.setattr(Session, name, recorded(getattr(Session, name)))
+                text, counts, reached, settled = _plan(reconciler, monkeypatch, NOW, True, fmt)
+            statements = {name: sum(f"'{name}' AS campaign" in sql for sql in ran) for name in names}
+            assert statements == {name: 1 for name in names}, fmt  # each campaign's due query ran once
+            assert reached == [] and sum(settled.by_channel.values()) > 100, fmt  # counted in SQL
+            expected_text, expected_counts, _, _ = _plan(reconciler, monkeypatch, NOW, False, fmt)
+            assert counts == expected_counts and text == expected_text, fmt
+    finally:
+        reconciler.close()

@@ -185,10 +185,17 @@ class Reconciler:
                         planned.append(campaign.name)
                     elif settled_counts is not None and settle.settles(campaign, self.config, python_shard, customer_id) \
                             and settle.worth_settling(campaign, self.settled_last.get(campaign.name), held):
-                        settle.count_settled(campaign, rows_of, self.ledger, settled_counts, ledger_in_query=in_query)
-                        settled = "exclude"
+                        if settle.counts_with_rows(self.config, in_query):  # in the statement of the rows
+                            settled = "count"
+                        else:
+                            settle.count_settled(campaign, rows_of, self.ledger, settled_counts,
+                                                 ledger_in_query=in_query)
+                            settled = "exclude"
                     reentry_before = rules.state.history_skips.get(campaign.name, 0)
-                    for batch in plan.decided_batches(campaign, rows_of(campaign, settled), now, self.config, self.ledger,
+                    row_batches = rows_of(campaign, settled)
+                    if settled == "count":
+                        row_batches = settle.counted_rows(campaign, row_batches, settled_counts)
+                    for batch in plan.decided_batches(campaign, row_batches, now, self.config, self.ledger,
                                                       ledger_in_query=in_query, shard=python_shard,
                                                       progress=self.progress):
                         if counted is not None:

@@ -30,7 +30,7 @@ or send.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Container, Mapping
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -41,7 +41,7 @@ from engine.dialects import dialect_named
 from engine.model import Campaign, ProjectConfig
 from engine.run.messages import PassReport
 from engine.sql.compile import col, lit, ts
-from engine.sql.due import settled_steps
+from engine.sql.due import COUNT_CHANNEL, COUNT_COLUMN, COUNT_REASON, settled_steps
 from engine.sql.instants import PassInstant
 from engine.state.ledger import Ledger, Record, insert_new_rows, message_key
 
@@ -239,3 +239,29 @@ def count_settled(campaign: Campaign, rows_of, ledger: Ledger, counts: SettledCo
                 counts.add(campaign.name, step, reason, channel, 1)
                 found += 1
     return found
+
+
+def counts_with_rows(config: ProjectConfig, ledger_in_query: bool) -> bool:
+    """Whether a plan counts a campaign's settled skips in the statement that returns its other rows
+    (``due_query(settled="count")``, ``counted_rows``): the ledger shares the warehouse, so the
+    statement itself leaves out what it holds. Else ``count_settled``."""
+    return ledger_in_query
+
+
+def counted_rows(campaign: Campaign, row_batches: Iterator[list], counts: SettledCounts) -> Iterator[list]:
+    """The batches of ``campaign``'s ``due_query(settled="count")`` rows without its summary rows
+    (``COUNT_COLUMN`` set: one per step, reason and channel), whose counts go into ``counts``; a batch
+    left empty is not given. Complete once the batches end: the summary rows come in any order."""
+    at = None
+    for rows in row_batches:
+        if at is None:
+            fields = rows[0]._fields
+            at = [fields.index(name) for name in (COUNT_COLUMN, "step", COUNT_REASON, COUNT_CHANNEL)]
+        count_at, step_at, reason_at, channel_at = at
+        kept = [row for row in rows if row[count_at] is None]
+        if len(kept) < len(rows):
+            for row in rows:
+                if row[count_at] is not None:
+                    counts.add(campaign.name, row[step_at], row[reason_at], row[channel_at], row[count_at])
+        if kept:
+            yield kept

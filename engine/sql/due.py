@@ -48,6 +48,15 @@ def keys_in_sql(campaign: Campaign) -> bool:
 SETTLED_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "reason", "detail", "variant",
                    "channel", "due_at")
 
+#: the columns ``due_query(settled="count")`` adds before the customer attributes: a row's settled
+#: reason (NULL: a row to decide, the only rows listed) and the channel of its first qualifying
+#: variant, and ``COUNT_COLUMN``, set only on a summary row (one per step, reason and channel: how
+#: many settled rows; its other columns NULL but ``step``), NULL on every other row
+COUNT_REASON, COUNT_CHANNEL, COUNT_COLUMN = "settled_reason", "settled_channel", "settled_count"
+#: the CTE of the "count" statement holding the due rows, read twice (the rows, the summary)
+COUNT_CTE = "engine_due"
+_BIGINT = exp.DataType.build("BIGINT")
+
 #: The pass's temporary table of exact local due times (``zone_due_rows``), which the settled rows
 #: of steps with a local send time join, and its columns (``lo < trigger_at <= hi``: due at ``due_at``)
 ZONE_DUE_TABLE = "engine_pass_zone_due"
@@ -219,7 +228,12 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     per zone (``zone_window``) instead of allowing a day of slack for any zone.
     ``state``: where the engine state it joins (entries, tags) is, when the ledger is elsewhere.
     ``settled``: "include" (the plan: every row), "exclude" (a pass: the settled skips of the
-    ``settled_in_sql`` steps left out, ``settled_query`` records them) or "only" (``settled_query``).
+    ``settled_in_sql`` steps left out, ``settled_query`` records them), "only" (``settled_query``)
+    or "count" (a plan that counts them: the rows of "exclude" plus, in the same statement, one
+    summary row per step, reason and channel of the settled skips with their count in
+    ``COUNT_COLUMN``, NULL on the other rows: ``COUNT_CTE`` holds the due rows once, read by both;
+    the rows' columns are "exclude"'s plus ``COUNT_REASON``, ``COUNT_CHANNEL`` and ``COUNT_COLUMN``
+    before the customer attributes).
     ``zone_due``: the pass's ``ZONE_DUE_TABLE``, filled (``zone_due_rows``): steps with a local send
     time settle too, their rows joined with it by zone and trigger time.
     ``shard``: (index, count) of a replica: only the customers whose ``decide.hash32`` of the id is
@@ -290,6 +304,14 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             matches = variant_matches(builder, campaign, step, attributes)
             blocked = None if history is None else reentry_blocked(builder, campaign, history, exclude_ledger)
             reason = settled_reason(builder, step, window, stopped_by, due_at, matches, blocked)
+            if settled == "count":  # every row, its reason and the channel it would be recorded with
+                counted = [exp.alias_(reason, COUNT_REASON),
+                           exp.alias_(_first_channel(step, matches), COUNT_CHANNEL),
+                           exp.alias_(exp.cast(exp.null(), _BIGINT), COUNT_COLUMN)]
+                selects.append(_zone_join(_due_select(builder, campaign, step, kind, stopped_by, waits, conditions,
+                                                      customers, attributes, width, exclude_ledger, fetched, counted),
+                                          campaign, step, zone_due))
+                continue
             if settled == "exclude":
                 conditions.append(reason.is_(exp.null()))
                 # a fixed delay: no row left here is stopped (it would be settled); a local send time whose due
@@ -305,13 +327,21 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                                                       customers, matches, exclude_ledger),
                                       campaign, step, zone_due))
             continue
+        counted = None
+        if settled == "count":  # not settled in SQL: every row decided in Python
+            counted = [exp.alias_(exp.cast(exp.null(), "VARCHAR"), COUNT_REASON),
+                       exp.alias_(exp.cast(exp.null(), "VARCHAR"), COUNT_CHANNEL),
+                       exp.alias_(exp.cast(exp.null(), _BIGINT), COUNT_COLUMN)]
         selects.append(_due_select(builder, campaign, step, kind, stopped_by, waits, conditions, customers, attributes,
-                                   width, exclude_ledger, fetched))
+                                   width, exclude_ledger, fetched, counted))
     if not selects:  # settled="only", no step settled in SQL
         return exp.select(*[exp.alias_(exp.null(), c) for c in SETTLED_COLUMNS]).where(exp.false())
     body: exp.Query = selects[0]
     for other in selects[1:]:
         body = exp.union(body, other, distinct=False)
+    due = None
+    if settled == "count":
+        due, body = body, _counted_body(selects[0])
     by_instance = campaign.reentry.mode != "per_trigger"
     sort = settled != "only" and (ordered or by_instance)
     if not isinstance(body, exp.Select) or sort:
@@ -319,7 +349,30 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     if sort:  # re-entry rules let the earliest instance in: it must come first; a listing: the same at every run
         keys = ("trigger_at", "customer_id", "trigger_key") + (("step",) if ordered else ())
         body = body.order_by(*[exp.column(key) for key in keys])
-    return builder.with_ctes(body)
+    query = builder.with_ctes(body)
+    return query if due is None else query.with_(COUNT_CTE, as_=due, copy=False)
+
+
+def _counted_body(first: exp.Select) -> exp.Query:
+    """``due_query(settled="count")``'s body over ``COUNT_CTE``: its rows not settled, then one
+    summary row per step, reason and channel of the settled ones (``first``: a step's select, for
+    the column names; every column but those NULL, which each dialect types as the rows' column)."""
+    names = first.named_selects
+    keys = ("step", COUNT_REASON, COUNT_CHANNEL)
+    rows = exp.select("*").from_(COUNT_CTE).where(exp.column(COUNT_REASON).is_(exp.null()))
+    summary = exp.select(*[
+        exp.column(name) if name in keys
+        else exp.alias_(exp.Count(this=exp.Star()), name) if name == COUNT_COLUMN
+        else exp.alias_(exp.null(), name)
+        for name in names
+    ]).from_(COUNT_CTE).where(exp.column(COUNT_REASON).is_(exp.null()).not_()).group_by(*[exp.column(k) for k in keys])
+    return exp.union(rows, summary, distinct=False)
+
+
+def _first_channel(step: Step, matches: Sequence[exp.Expression]) -> exp.Expression:
+    """The channel of the first of ``step``'s variants that qualifies (``variant_matches``), NULL when none does."""
+    channel = [exp.If(this=match.copy(), true=lit(candidate.channel)) for match, candidate in zip(matches, step.variants)]
+    return exp.Case(ifs=channel) if channel else exp.cast(exp.null(), "VARCHAR")
 
 
 def variant_matches(builder: QueryBuilder, campaign: Campaign, step: Step, attributes) -> list[exp.Expression]:
@@ -433,7 +486,6 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind,
     """``SETTLED_COLUMNS`` of a step's settled skips: the variant and channel of the first variant
     that qualifies (``variant_matches``: ``decide.matching_variants``), NULL when none does."""
     variant = [exp.If(this=match.copy(), true=lit(candidate.id)) for match, candidate in zip(matches, step.variants)]
-    channel = [exp.If(this=match.copy(), true=lit(candidate.channel)) for match, candidate in zip(matches, step.variants)]
     query = (
         exp.select(
             exp.alias_(lit(campaign.name), "campaign"),
@@ -444,7 +496,7 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind,
             exp.alias_(reason, "reason"),
             exp.alias_(stopped_by, "detail"),
             exp.alias_(exp.Case(ifs=variant) if variant else exp.cast(exp.null(), "VARCHAR"), "variant"),
-            exp.alias_(exp.Case(ifs=channel) if channel else exp.cast(exp.null(), "VARCHAR"), "channel"),
+            exp.alias_(_first_channel(step, matches), "channel"),
             exp.alias_(exp.cast(exp.null(), _TIMESTAMP) if due_at is None else due_at, "due_at"),
         )
         .from_(exp.to_table("trigger_instances").as_("t"))
@@ -457,9 +509,9 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind,
 
 def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, stopped_by: exp.Expression, waits: list,
                 conditions: list, customers: str, attributes, width: int, exclude_ledger: bool,
-                fetched: Sequence[str]) -> exp.Select:
-    """One step's candidate rows with every column ``plan.decide_row`` reads (see ``due_query``), and the
-    customer attributes ``fetched``."""
+                fetched: Sequence[str], counted: Sequence[exp.Expression] | None = None) -> exp.Select:
+    """One step's candidate rows with every column ``plan.decide_row`` reads (see ``due_query``), then
+    ``counted`` (``due_query(settled="count")``'s columns), and the customer attributes ``fetched``."""
     matches = []
     for index in range(width):
         variant = step.variants[index] if index < len(step.variants) else None
@@ -482,6 +534,7 @@ def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, sto
             *[col("t", column) for column in kind.extra_columns],
             *waits,
             *matches,
+            *(counted or ()),
             *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in fetched],
         )
         .from_(exp.to_table("trigger_instances").as_("t"))
