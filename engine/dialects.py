@@ -54,6 +54,12 @@ class Dialect:
     stream_source_ctes: bool = False
     #: the sources (entity names) whose CTE is left to the database's choice all the same
     materialised_sources: tuple[str, ...] = ()
+    #: how a plan counts a campaign's settled skips in the statement that returns its other rows
+    #: (``due_query(settled="count")``): ``summary`` (the due rows held once in a CTE read twice: the
+    #: unsettled rows, and one row per step, reason and channel with its count) or ``rows`` (every
+    #: settled row returned with its reason, no CTE, counted in Python: SQLite, which materialises a
+    #: CTE read twice together with the trigger instances and source CTEs it reads, without their indexes)
+    settled_counts: Literal["summary", "rows"] = "summary"
     #: the database is a local file (URL path): created with its folder, removed by the demo
     local_file: bool = False
     #: statements run (and committed) on every new connection the engine opens
@@ -160,7 +166,7 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # The customers stay materialised: SQLite, without statistics on the shop's tables, joins
             # them well through the automatic index it builds on the copy; inlined, it scanned the
             # pass's order facts once per customer (inactivity, re-engage a minute later at 1M orders)
-            stream_source_ctes=True, materialised_sources=("customers",),
+            stream_source_ctes=True, materialised_sources=("customers",), settled_counts="rows",
             # WAL lets the reconciler stream the due set while it writes ledger rows. A 64 MB page cache
             # (default 2 MB) holds the upper levels of the ledger's indexes: without it every claim read
             # each level of each index from the file again, and a write cost 1.5x as much at 2M rows

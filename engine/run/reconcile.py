@@ -117,8 +117,9 @@ class Reconciler:
 
         With ``settled_counts`` instead (a plan that shows only how many skips there are: ``engine
         plan`` without ``--include-skipped``), those skips are counted in SQL into it, nothing
-        written (``settle.count_settled``), and are not among the batches, where a pass would settle
-        them (``settle.worth_settling`` on what the ledger remembers; a plan records no count of its
+        written (by the statement that returns the campaign's other rows: ``settle.counted_rows``;
+        from a ledger in another database ``settle.count_settled``), and are not among the batches,
+        where a pass would settle them (``settle.worth_settling`` on what the ledger remembers; a plan records no count of its
         own); the batches and the counts together are the plan without it.
 
         ``before_campaign`` (a pass: finish the batch still sending) is called before each
@@ -185,11 +186,10 @@ class Reconciler:
                         planned.append(campaign.name)
                     elif settled_counts is not None and settle.settles(campaign, self.config, python_shard, customer_id) \
                             and settle.worth_settling(campaign, self.settled_last.get(campaign.name), held):
-                        if settle.counts_with_rows(self.config, in_query):  # in the statement of the rows
+                        if in_query:  # counted by the statement of the other rows (the ledger's left out)
                             settled = "count"
-                        else:
-                            settle.count_settled(campaign, rows_of, self.ledger, settled_counts,
-                                                 ledger_in_query=in_query)
+                        else:  # a ledger elsewhere: the settled rows' keys first, those it holds not counted
+                            settle.count_settled(campaign, rows_of, self.ledger, settled_counts)
                             settled = "exclude"
                     reentry_before = rules.state.history_skips.get(campaign.name, 0)
                     row_batches = rows_of(campaign, settled)

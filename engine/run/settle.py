@@ -19,9 +19,12 @@ statement scans the campaign's trigger instances once more, so a pass runs it on
 pays (``worth_settling``).
 
 A plan that shows only how many of them there are (``engine plan`` without ``--include-skipped``)
-counts them the same way, writing nothing (``count_settled`` into ``SettledCounts``): one
-``SELECT step, reason, channel, count(*) ... GROUP BY`` per campaign where the ledger shares the
-warehouse, else their keys streamed and those the ledger holds left out.
+counts them, writing nothing, into ``SettledCounts``: where the ledger shares the warehouse, in the
+statement that returns the campaign's other rows (``due_query(settled="count")``: the due rows held
+once, the unsettled ones returned and one summary row per step, reason and channel counting the
+settled ones; ``counted_rows`` takes those out of the batches), so the due query runs once, as in
+the row-by-row plan; from a ledger in another database, which no warehouse statement can read,
+their keys streamed and those the ledger holds left out (``count_settled``), then the other rows.
 
 Owns the ledger row of a settled skip (key, due time, statuses) in SQL and in Python, their
 counts, and those choices; must not decide which rows are settled (due.py does) nor plan, render
@@ -208,28 +211,12 @@ class SettledCounts:
         return counts
 
 
-def count_select(campaign: Campaign, now: datetime | PassInstant, query: exp.Query, dialect: str) -> exp.Expression:
-    """``query`` (``due_query(settled="only")``) turned into the count of its rows per step, reason
-    and channel: what a plan shows of them (a ``prepared.Wrap``: compiled once, like the query)."""
-    row = "s"
-    keys = [col(row, "step"), col(row, "reason"), col(row, "channel")]
-    return (exp.select(*keys, exp.alias_(exp.Count(this=exp.Star()), "settled"))
-            .from_(query.subquery(row)).group_by(*[key.copy() for key in keys]))
-
-
-def count_settled(campaign: Campaign, rows_of, ledger: Ledger, counts: SettledCounts, *,
-                  ledger_in_query: bool) -> int:
-    """Count ``campaign``'s settled skips into ``counts`` without recording them and return how many
-    (``rows_of``: ``plan.due_rows``'s reader): one aggregate where the ledger shares the warehouse
-    (the query leaves out what it holds), else the rows' keys streamed, those the ledger holds left
-    out (as ``plan.decided_batches`` leaves them out of a plan's messages)."""
+def count_settled(campaign: Campaign, rows_of, ledger: Ledger, counts: SettledCounts) -> int:
+    """Count ``campaign``'s settled skips into ``counts`` without recording them and return how many,
+    for a ledger in another database (``rows_of``: ``plan.due_rows``'s reader): the rows' keys
+    streamed, those the ledger holds left out (as ``plan.decided_batches`` leaves them out of a
+    plan's messages). Where the ledger shares the warehouse, ``counted_rows`` instead."""
     found = 0
-    if ledger_in_query:
-        for rows in rows_of(campaign, "only", count_select):
-            for step, reason, channel, count in rows:
-                counts.add(campaign.name, step, reason, channel, count)
-                found += count
-        return found
     for rows in rows_of(campaign, "only"):
         keys = [(message_key(name, step, customer_id, trigger_key), step, reason, channel)
                 for name, step, customer_id, trigger_key, _at, reason, _detail, _variant, channel, _due in rows]
@@ -241,27 +228,23 @@ def count_settled(campaign: Campaign, rows_of, ledger: Ledger, counts: SettledCo
     return found
 
 
-def counts_with_rows(config: ProjectConfig, ledger_in_query: bool) -> bool:
-    """Whether a plan counts a campaign's settled skips in the statement that returns its other rows
-    (``due_query(settled="count")``, ``counted_rows``): the ledger shares the warehouse, so the
-    statement itself leaves out what it holds. Else ``count_settled``."""
-    return ledger_in_query
-
-
 def counted_rows(campaign: Campaign, row_batches: Iterator[list], counts: SettledCounts) -> Iterator[list]:
-    """The batches of ``campaign``'s ``due_query(settled="count")`` rows without its summary rows
-    (``COUNT_COLUMN`` set: one per step, reason and channel), whose counts go into ``counts``; a batch
-    left empty is not given. Complete once the batches end: the summary rows come in any order."""
+    """The batches of ``campaign``'s ``due_query(settled="count")`` rows without its settled ones
+    (``COUNT_REASON`` set), which are counted into ``counts``: a summary row by its ``COUNT_COLUMN``
+    (one per step, reason and channel), a settled row itself as one (``Dialect.settled_counts``
+    "rows"); a batch left empty is not given. Complete once the batches end: they come in any order."""
     at = None
     for rows in row_batches:
         if at is None:
             fields = rows[0]._fields
-            at = [fields.index(name) for name in (COUNT_COLUMN, "step", COUNT_REASON, COUNT_CHANNEL)]
-        count_at, step_at, reason_at, channel_at = at
-        kept = [row for row in rows if row[count_at] is None]
+            at = [fields.index(name) for name in (COUNT_REASON, "step", COUNT_CHANNEL, COUNT_COLUMN)]
+        reason_at, step_at, channel_at, count_at = at
+        kept = [row for row in rows if row[reason_at] is None]
         if len(kept) < len(rows):
+            add, name = counts.add, campaign.name
             for row in rows:
-                if row[count_at] is not None:
-                    counts.add(campaign.name, row[step_at], row[reason_at], row[channel_at], row[count_at])
+                if row[reason_at] is not None:
+                    count = row[count_at]
+                    add(name, row[step_at], row[reason_at], row[channel_at], 1 if count is None else count)
         if kept:
             yield kept

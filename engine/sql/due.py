@@ -25,8 +25,8 @@ from engine.model import Step
 from engine.sql.compile import (
     CUSTOMER_PREFIX, REENTRY_HISTORY, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN,
     awaited_event,
-    SHARED_ROWS, calendar_slack, col, exists, is_customer, join_trigger_properties, ledger_relation, lit, per_zone_window,
-    render_sql,
+    SHARED_ROWS, calendar_slack, col, exists, instant_text, is_customer, join_trigger_properties, ledger_relation, lit,
+    per_zone_window, render_sql,
     shared_facts_create, step_window, temporary_table, text, ts, variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
@@ -177,6 +177,22 @@ def zone_due_inserts(rows: Sequence[tuple], dialect: str, batch: int = 500) -> l
             for start in range(0, len(rows), batch)]
 
 
+def zone_due_arrays(rows: Sequence[tuple], dialect: str) -> tuple[str, tuple[list, ...]] | None:
+    """Where the dialect binds one LIST parameter per column (``Dialect.array_parameters``
+    "positional": DuckDB), the INSERT filling ``ZONE_DUE_TABLE`` with ``rows`` in one statement over
+    such lists, and the lists (instants as ``instant_text``'s text, cast in SQL as ``ts``'s literals
+    are); None elsewhere (``zone_due_inserts``). DuckDB binds a VALUES list of a few hundred rows
+    in about 50 ms, the lists in about 2."""
+    if dialect_named(dialect).array_parameters != "positional":
+        return None
+    instants = {"lo", "hi", "due_at"}
+    unnest = ", ".join(f"unnest(CAST(${i} AS {'TIMESTAMP' if name in instants else 'VARCHAR'}[]))"
+                       for i, name in enumerate(ZONE_DUE_COLUMNS, 1))
+    columns = tuple([instant_text(v, dialect) if name in instants else v for v in values]
+                    for name, values in zip(ZONE_DUE_COLUMNS, zip(*rows)))
+    return f"INSERT INTO {ZONE_DUE_TABLE} ({', '.join(ZONE_DUE_COLUMNS)}) SELECT {unnest}", columns
+
+
 def counted_statuses(campaigns: Sequence[Campaign]) -> tuple[tuple[str, ...], ...]:
     """The status sets whose per-customer order count the pass's order facts hold for the shared
     order rows of ``campaigns`` (``TriggerKind.counted_statuses``), sorted."""
@@ -232,8 +248,9 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     or "count" (a plan that counts them: the rows of "exclude" plus, in the same statement, one
     summary row per step, reason and channel of the settled skips with their count in
     ``COUNT_COLUMN``, NULL on the other rows: ``COUNT_CTE`` holds the due rows once, read by both;
-    the rows' columns are "exclude"'s plus ``COUNT_REASON``, ``COUNT_CHANNEL`` and ``COUNT_COLUMN``
-    before the customer attributes).
+    where the dialect counts ``rows`` (``Dialect.settled_counts``), every settled row itself with its
+    ``COUNT_REASON`` and ``COUNT_COLUMN`` NULL; the rows' columns are "exclude"'s plus
+    ``COUNT_REASON``, ``COUNT_CHANNEL`` and ``COUNT_COLUMN`` before the customer attributes).
     ``zone_due``: the pass's ``ZONE_DUE_TABLE``, filled (``zone_due_rows``): steps with a local send
     time settle too, their rows joined with it by zone and trigger time.
     ``shard``: (index, count) of a replica: only the customers whose ``decide.hash32`` of the id is
@@ -340,7 +357,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     for other in selects[1:]:
         body = exp.union(body, other, distinct=False)
     due = None
-    if settled == "count":
+    if settled == "count" and dialect_named(builder.dialect).settled_counts == "summary":
         due, body = body, _counted_body(selects[0])
     by_instance = campaign.reentry.mode != "per_trigger"
     sort = settled != "only" and (ordered or by_instance)
