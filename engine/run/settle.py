@@ -19,12 +19,14 @@ statement scans the campaign's trigger instances once more, so a pass runs it on
 pays (``worth_settling``).
 
 A plan that shows only how many of them there are (``engine plan`` without ``--include-skipped``)
-counts them, writing nothing, into ``SettledCounts``: where the ledger shares the warehouse, in the
-statement that returns the campaign's other rows (``due_query(settled="count")``: the due rows held
-once, the unsettled ones returned and one summary row per step, reason and channel counting the
-settled ones; ``counted_rows`` takes those out of the batches), so the due query runs once, as in
-the row-by-row plan; from a ledger in another database, which no warehouse statement can read,
-their keys streamed and those the ledger holds left out (``count_settled``), then the other rows.
+counts them, writing nothing, into ``SettledCounts``: where the ledger shares the warehouse, from
+the statement that returns the campaign's other rows (``due_query(settled="count")``), so the due
+query runs once, as in the row-by-row plan - one summary row per step, reason and channel where the
+database evaluates a CTE read twice once and out of core (``Dialect.settled_counts``: PostgreSQL),
+else the settled rows themselves, narrow of work (no decision, no message), counted as they stream;
+``counted_rows`` takes them out of the batches. From a ledger in another database, which no
+warehouse statement can read, their keys are streamed and those the ledger holds left out
+(``count_settled``), then the other rows are read.
 
 Owns the ledger row of a settled skip (key, due time, statuses) in SQL and in Python, their
 counts, and those choices; must not decide which rows are settled (due.py does) nor plan, render
