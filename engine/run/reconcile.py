@@ -119,8 +119,8 @@ class Reconciler:
         plan`` without ``--include-skipped``), those skips are counted in SQL into it, nothing
         written (by the statement that returns the campaign's other rows: ``settle.counted_rows``;
         from a ledger in another database ``settle.count_settled``), and are not among the batches,
-        where a pass would settle them (``settle.worth_settling`` on what the ledger remembers; a plan records no count of its
-        own); the batches and the counts together are the plan without it.
+        where a pass would settle them (``settle.worth_settling`` on what the ledger remembers; a plan
+        records no count of its own); the batches and the counts together are the plan without it.
 
         ``before_campaign`` (a pass: finish the batch still sending) is called before each
         campaign's rows are settled or queried.

@@ -382,8 +382,8 @@ def _counted_body(first: exp.Select) -> exp.Query:
         else exp.alias_(exp.Count(this=exp.Star()), name) if name == COUNT_COLUMN
         else exp.alias_(exp.null(), name)
         for name in names
-    ]).from_(COUNT_CTE).where(exp.column(COUNT_REASON).is_(exp.null()).not_()).group_by(*[exp.column(k) for k in keys])
-    return exp.union(rows, summary, distinct=False)
+    ]).from_(COUNT_CTE).where(exp.column(COUNT_REASON).is_(exp.null()).not_())
+    return exp.union(rows, summary.group_by(*[exp.column(key) for key in keys]), distinct=False)
 
 
 def _first_channel(step: Step, matches: Sequence[exp.Expression]) -> exp.Expression:
