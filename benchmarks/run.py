@@ -615,7 +615,7 @@ def _consume_plan(reconciler, now, campaigns=None, report=None, counted: bool = 
 
 
 def _plan_rows(reconciler, now, repeat: int, floor: float, campaigns: int) -> list[dict]:
-    """The plan as ``engine plan`` runs it (the settled skips counted in SQL: ``settle.count_settled``)
+    """The plan as ``engine plan`` runs it (the settled skips counted in SQL: ``settle.counted_rows``)
     and, in turns with it (``repeat`` rounds, medians), every skip decided row by row as before."""
     times: dict[bool, list[float]] = {True: [], False: []}
     counts: dict[bool, dict] = {}

@@ -54,6 +54,12 @@ class Dialect:
     stream_source_ctes: bool = False
     #: the sources (entity names) whose CTE is left to the database's choice all the same
     materialised_sources: tuple[str, ...] = ()
+    #: how a plan counts a campaign's settled skips in the statement that returns its other rows
+    #: (``due_query(settled="count")``): ``summary`` (the due rows held once in a CTE read twice: the
+    #: unsettled rows, and one row per step, reason and channel with its count; the database must
+    #: evaluate such a CTE once, out of core) or ``rows`` (every settled row returned with its reason,
+    #: no CTE, counted in Python as it streams)
+    settled_counts: Literal["summary", "rows"] = "rows"
     #: the database is a local file (URL path): created with its folder, removed by the demo
     local_file: bool = False
     #: statements run (and committed) on every new connection the engine opens
@@ -153,6 +159,8 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # binds_instants off: the compiled query gets its instants written in as literals, which DuckDB
             # ran 5 % faster than bound parameters (benchmarks/README.md, issue 15.3)
             array_parameters="positional", one_writer_per_file=True, ledger_status_index=False,
+            # settled_counts "rows": DuckDB holds a CTE read twice whole in memory, so the summary form kept
+            # every due row of a campaign there (+20 MB peak RSS at 254k due rows; as fast as rows within noise)
             key_array_conditions=(("BIGINT", "{column} IN (SELECT unnest(CAST({parameter} AS BIGINT[])))"),
                                   ("VARCHAR", "{column} IN (SELECT unnest(CAST({parameter} AS VARCHAR[])))"),
                                   ("CAST", "CAST({column} AS VARCHAR) IN (SELECT unnest(CAST({parameter} AS VARCHAR[])))")),
@@ -173,6 +181,8 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # them well through the automatic index it builds on the copy; inlined, it scanned the
             # pass's order facts once per customer (inactivity, re-engage a minute later at 1M orders)
             stream_source_ctes=True, materialised_sources=("customers",),
+            # settled_counts "rows": a CTE read twice makes SQLite materialise it with the trigger instances
+            # and source CTEs it reads, without their indexes (+20-40 ms per small campaign's statement)
             # WAL lets the reconciler stream the due set while it writes ledger rows. A 64 MB page cache
             # (default 2 MB) holds the upper levels of the ledger's indexes: without it every claim read
             # each level of each index from the file again, and a write cost 1.5x as much at 2M rows
@@ -201,6 +211,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # (benchmarks/README.md). Per connection, like the cursor setting: the server's default is untouched.
             connect_statements=("SET cursor_tuple_fraction = 1.0", "SET jit = off"),
             on_conflict_insert="postgresql", array_parameters="named", code_point_collation="C",
+            # a CTE read twice is evaluated once into a tuplestore that spills to disk past work_mem: the
+            # counted plan's due query runs once, and its settled rows stay on the server (benchmarks/README.md)
+            settled_counts="summary",
             # psycopg sends a list of str untyped: the server reads it as the column's own array type, so
             # citext, char(n) and enum columns compare as they do with a literal IN list (text[] would not)
             # integers: a semi-join, not '= ANY(bigint[])', which an integer column cannot hash (int4 = int8):

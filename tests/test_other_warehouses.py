@@ -78,7 +78,7 @@ def pass_queries(dialect: str) -> dict[str, str]:
         # a replica's pass: its shard and the settled skips (A/B buckets) decided by the stable hash in SQL
         # (a re-entry campaign's: the pass's copy of the ledger's sent instances, engine.run.plan.copy_history)
         history = {REENTRY_HISTORY: shipping.copy_relation(REENTRY_HISTORY)} if reentry_in_sql(campaign, dialect) else {}
-        for settled in ("exclude", "only") if settled_steps(campaign, True, dialect) else ("exclude",):
+        for settled in ("exclude", "only", "count") if settled_steps(campaign, True, dialect) else ("exclude",):
             queries[f"{campaign.name} due, shard 1/3, settled {settled}"] = render_sql(
                 due_query(campaign, config, NOW, exclude_ledger=False, state={**state, **history}, settled=settled,
                           zone_due=ZONE_DUE_TABLE, shard=(1, 3)), dialect)

@@ -2,9 +2,10 @@
 
 ``engine plan`` without ``--include-skipped`` (table, jsonl, csv) lists the messages that go out
 and counts the skips. The stale, stopped, no_variant and reentry skips a pass settles in SQL
-(engine.run.settle) are counted there too, per step, reason and channel, one aggregate per
-campaign (``settle.count_settled``; from a ledger in another database their keys, those it holds
-left out), and never reach ``plan.decide_rows``. Proven here against the row-by-row plan on the
+(engine.run.settle) are counted there too, per step, reason and channel, by the statement that
+returns the campaign's other rows (``due_query(settled="count")``, ``settle.counted_rows``; from a
+ledger in another database their keys, those it holds left out: ``settle.count_settled``), and
+never reach ``plan.decide_rows``. Proven here against the row-by-row plan on the
 demo shop at several instants, all campaigns, on DuckDB, SQLite and PostgreSQL, the ledger shared
 or in another database: the same counts per campaign, step and reason, the same printed table and
 the same listed messages. With ``--include-skipped`` the skips are listed, row by row as before.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from click.testing import CliRunner
@@ -26,6 +27,7 @@ from engine.sql.due import settled_in_sql
 from engine.tools.demo import build_demo
 from engine.tools.output import write_plan
 from engine.state.ledger import ledger_table
+from engine.state.warehouse import Session
 from test_settled_skips import COMPARED, NOW, _pass, _reentry_project, _signed_up_again
 
 #: instants of the demo shop's history: before the anchor, the anchor, and after the pass at the anchor
@@ -197,3 +199,68 @@ def test_engine_plan_counts_in_sql_unless_it_lists_the_skips(tmp_path, monkeypat
     assert len(decided) > 100  # listed: decided row by row
     listed_keys = {json.loads(line)["message_key"] for line in listed.splitlines()}
     assert {m.key for m in decided} <= listed_keys
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "sqlite", "postgres"])
+def test_the_counts_come_from_the_statement_that_returns_the_rows(tmp_path, monkeypatch, backend):
+    """Where the ledger shares the warehouse, a campaign's settled skips are counted by the statement
+    that returns its other rows (``due_query(settled="count")``: the due query evaluated once, its
+    settled rows as one summary row per step, reason and channel): one statement per campaign, as
+    the row-by-row plan runs, and the same counts, table and listing."""
+    url = database_url(backend, tmp_path)
+    build_demo(url, seed=42, customers=1000, anchor="2025-01-10T00:00:00Z")
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    reconciler = Reconciler(load_project(copy_project(tmp_path / "project")))
+    names = [c.name for c in reconciler.campaigns()]
+    ran: list[str] = []
+
+    def recorded(method):
+        def run(self, sql, *args, **kwargs):
+            ran.append(sql)
+            return method(self, sql, *args, **kwargs)
+        return run
+
+    try:
+        for fmt in ("table", "jsonl"):
+            ran.clear()
+            with monkeypatch.context() as patch:
+                for name in ("stream", "returning"):  # a statement's rows streamed, or all at once
+                    patch.setattr(Session, name, recorded(getattr(Session, name)))
+                text, counts, reached, settled = _plan(reconciler, monkeypatch, NOW, True, fmt)
+            statements = {name: sum(f"'{name}' AS campaign" in sql for sql in ran) for name in names}
+            assert statements == {name: 1 for name in names}, fmt  # each campaign's due query ran once
+            assert reached == [] and sum(settled.by_channel.values()) > 100, fmt  # counted in SQL
+            expected_text, expected_counts, _, _ = _plan(reconciler, monkeypatch, NOW, False, fmt)
+            assert counts == expected_counts and text == expected_text, fmt
+    finally:
+        reconciler.close()
+
+
+def test_the_zone_table_filled_from_list_parameters_holds_the_rows_of_its_inserts(tmp_path):
+    """DuckDB fills the pass's table of local due times (what a counted or settling plan joins first)
+    from one LIST parameter per column (``due.zone_due_arrays``: a VALUES list of a few hundred rows
+    costs it ~50 ms to bind, every such plan); the rows are those the literal INSERTs write, around a
+    change of UTC offset, with microseconds, for odd zones and the NULL zone."""
+    import sqlalchemy as sa
+
+    from engine.sql.due import ZONE_DUE_TABLE, zone_due_arrays, zone_due_create, zone_due_inserts, zone_due_rows
+    from engine.state.warehouse import Database
+
+    project = load_project(copy_project(tmp_path / "project"))
+    config = project.config
+    now = datetime(2025, 3, 30, 0, 30, 0, 123456, tzinfo=timezone.utc)  # Europe's clocks go forward at 01:00 UTC
+    rows = zone_due_rows(project.campaigns, config, now,
+                         [None, "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "not/a zone"])
+    assert len(rows) > 100
+    assert zone_due_arrays(rows, "sqlite") is None and zone_due_arrays(rows, "postgres") is None  # VALUES there
+    db = Database(f"duckdb:///{tmp_path / 'zones.duckdb'}")
+    tables = []
+    with db.session() as session:
+        for name, fill in (("values", lambda: [session.execute(s) for s in zone_due_inserts(rows, "duckdb")]),
+                           ("arrays", lambda: session.execute_driver(*zone_due_arrays(rows, "duckdb")))):
+            session.execute(f"DROP TABLE IF EXISTS {ZONE_DUE_TABLE}")
+            session.execute(zone_due_create("duckdb"))
+            fill()
+            tables.append(sorted(session.conn.execute(sa.text(f"SELECT * FROM {ZONE_DUE_TABLE}")).fetchall()))
+    db.dispose()
+    assert len(tables[0]) == len(rows) and tables[1] == tables[0]

@@ -31,7 +31,8 @@ from engine.sql.compile import (
 from engine.run.ledger_state import shipped_state
 from engine.sql.hashing import hashes_in_sql
 from engine.sql.due import (
-    CUSTOMER_ROWS, ZONE_DUE_TABLE, keys_in_sql, reentry_in_sql, zone_due_create, zone_due_inserts, zone_due_rows,
+    CUSTOMER_ROWS, ZONE_DUE_TABLE, keys_in_sql, reentry_in_sql, zone_due_arrays, zone_due_create, zone_due_inserts,
+    zone_due_rows,
 )
 from engine.sql.shipping import copy_relation, create_copy, drop_copy, insert_copy
 from engine.sql.prepared import Wrap, due_statement, facts_statement
@@ -101,8 +102,13 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
                 drop_zone_due(session, config)
                 session.execute(zone_due_create(config.dialect))
                 created.append(settling)
-                for insert in zone_due_inserts(zone_due_rows(campaigns, config, now, zones), config.dialect):
-                    session.execute(insert)
+                zone_rows = zone_due_rows(campaigns, config, now, zones)
+                arrays = zone_due_arrays(zone_rows, config.dialect) if zone_rows else None
+                if arrays is not None:  # one LIST parameter per column
+                    session.execute_driver(*arrays)
+                else:
+                    for insert in zone_due_inserts(zone_rows, config.dialect):
+                        session.execute(insert)
             history = {}
             if settled != "include" and not exclude_ledger and reentry_in_sql(campaign, config.dialect):
                 copy_history(session, ledger, config, campaign, copied)

@@ -117,9 +117,10 @@ class Reconciler:
 
         With ``settled_counts`` instead (a plan that shows only how many skips there are: ``engine
         plan`` without ``--include-skipped``), those skips are counted in SQL into it, nothing
-        written (``settle.count_settled``), and are not among the batches, where a pass would settle
-        them (``settle.worth_settling`` on what the ledger remembers; a plan records no count of its
-        own); the batches and the counts together are the plan without it.
+        written (by the statement that returns the campaign's other rows: ``settle.counted_rows``;
+        from a ledger in another database ``settle.count_settled``), and are not among the batches,
+        where a pass would settle them (``settle.worth_settling`` on what the ledger remembers; a plan
+        records no count of its own); the batches and the counts together are the plan without it.
 
         ``before_campaign`` (a pass: finish the batch still sending) is called before each
         campaign's rows are settled or queried.
@@ -187,10 +188,16 @@ class Reconciler:
                         planned.append(campaign.name)
                     elif settled_counts is not None and settle.settles(campaign, self.config, python_shard, customer_id) \
                             and settle.worth_settling(campaign, self.settled_last.get(campaign.name), held):
-                        settle.count_settled(campaign, rows_of, self.ledger, settled_counts, ledger_in_query=in_query)
-                        settled = "exclude"
+                        if in_query:  # counted by the statement of the other rows (the ledger's left out)
+                            settled = "count"
+                        else:  # a ledger elsewhere: the settled rows' keys first, those it holds not counted
+                            settle.count_settled(campaign, rows_of, self.ledger, settled_counts)
+                            settled = "exclude"
                     reentry_before = rules.state.history_skips.get(campaign.name, 0)
-                    for batch in plan.decided_batches(campaign, rows_of(campaign, settled), now, self.config, self.ledger,
+                    row_batches = rows_of(campaign, settled)
+                    if settled == "count":
+                        row_batches = settle.counted_rows(campaign, row_batches, settled_counts)
+                    for batch in plan.decided_batches(campaign, row_batches, now, self.config, self.ledger,
                                                       ledger_in_query=in_query, shard=python_shard,
                                                       progress=self.progress):
                         if counted is not None:

@@ -19,9 +19,14 @@ statement scans the campaign's trigger instances once more, so a pass runs it on
 pays (``worth_settling``).
 
 A plan that shows only how many of them there are (``engine plan`` without ``--include-skipped``)
-counts them the same way, writing nothing (``count_settled`` into ``SettledCounts``): one
-``SELECT step, reason, channel, count(*) ... GROUP BY`` per campaign where the ledger shares the
-warehouse, else their keys streamed and those the ledger holds left out.
+counts them, writing nothing, into ``SettledCounts``: where the ledger shares the warehouse, from
+the statement that returns the campaign's other rows (``due_query(settled="count")``), so the due
+query runs once, as in the row-by-row plan - one summary row per step, reason and channel where the
+database evaluates a CTE read twice once and out of core (``Dialect.settled_counts``: PostgreSQL),
+else the settled rows themselves, narrow of work (no decision, no message), counted as they stream;
+``counted_rows`` takes them out of the batches. From a ledger in another database, which no
+warehouse statement can read, their keys are streamed and those the ledger holds left out
+(``count_settled``), then the other rows are read.
 
 Owns the ledger row of a settled skip (key, due time, statuses) in SQL and in Python, their
 counts, and those choices; must not decide which rows are settled (due.py does) nor plan, render
@@ -30,7 +35,7 @@ or send.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Container, Mapping
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -41,7 +46,7 @@ from engine.dialects import dialect_named
 from engine.model import Campaign, ProjectConfig
 from engine.run.messages import PassReport
 from engine.sql.compile import col, lit, ts
-from engine.sql.due import settled_steps
+from engine.sql.due import COUNT_CHANNEL, COUNT_COLUMN, COUNT_REASON, settled_steps
 from engine.sql.instants import PassInstant
 from engine.state.ledger import Ledger, Record, insert_new_rows, message_key
 
@@ -208,28 +213,12 @@ class SettledCounts:
         return counts
 
 
-def count_select(campaign: Campaign, now: datetime | PassInstant, query: exp.Query, dialect: str) -> exp.Expression:
-    """``query`` (``due_query(settled="only")``) turned into the count of its rows per step, reason
-    and channel: what a plan shows of them (a ``prepared.Wrap``: compiled once, like the query)."""
-    row = "s"
-    keys = [col(row, "step"), col(row, "reason"), col(row, "channel")]
-    return (exp.select(*keys, exp.alias_(exp.Count(this=exp.Star()), "settled"))
-            .from_(query.subquery(row)).group_by(*[key.copy() for key in keys]))
-
-
-def count_settled(campaign: Campaign, rows_of, ledger: Ledger, counts: SettledCounts, *,
-                  ledger_in_query: bool) -> int:
-    """Count ``campaign``'s settled skips into ``counts`` without recording them and return how many
-    (``rows_of``: ``plan.due_rows``'s reader): one aggregate where the ledger shares the warehouse
-    (the query leaves out what it holds), else the rows' keys streamed, those the ledger holds left
-    out (as ``plan.decided_batches`` leaves them out of a plan's messages)."""
+def count_settled(campaign: Campaign, rows_of, ledger: Ledger, counts: SettledCounts) -> int:
+    """Count ``campaign``'s settled skips into ``counts`` without recording them and return how many,
+    for a ledger in another database (``rows_of``: ``plan.due_rows``'s reader): the rows' keys
+    streamed, those the ledger holds left out (as ``plan.decided_batches`` leaves them out of a
+    plan's messages). Where the ledger shares the warehouse, ``counted_rows`` instead."""
     found = 0
-    if ledger_in_query:
-        for rows in rows_of(campaign, "only", count_select):
-            for step, reason, channel, count in rows:
-                counts.add(campaign.name, step, reason, channel, count)
-                found += count
-        return found
     for rows in rows_of(campaign, "only"):
         keys = [(message_key(name, step, customer_id, trigger_key), step, reason, channel)
                 for name, step, customer_id, trigger_key, _at, reason, _detail, _variant, channel, _due in rows]
@@ -239,3 +228,25 @@ def count_settled(campaign: Campaign, rows_of, ledger: Ledger, counts: SettledCo
                 counts.add(campaign.name, step, reason, channel, 1)
                 found += 1
     return found
+
+
+def counted_rows(campaign: Campaign, row_batches: Iterator[list], counts: SettledCounts) -> Iterator[list]:
+    """The batches of ``campaign``'s ``due_query(settled="count")`` rows without its settled ones
+    (``COUNT_REASON`` set), which are counted into ``counts``: a summary row by its ``COUNT_COLUMN``
+    (one per step, reason and channel), a settled row itself as one (``Dialect.settled_counts``
+    "rows"); a batch left empty is not given. Complete once the batches end: they come in any order."""
+    at = None
+    for rows in row_batches:
+        if at is None:
+            fields = rows[0]._fields
+            at = [fields.index(name) for name in (COUNT_REASON, "step", COUNT_CHANNEL, COUNT_COLUMN)]
+        reason_at, step_at, channel_at, count_at = at
+        kept = [row for row in rows if row[reason_at] is None]
+        if len(kept) < len(rows):
+            add, name = counts.add, campaign.name
+            for row in rows:
+                if row[reason_at] is not None:
+                    count = row[count_at]
+                    add(name, row[step_at], row[reason_at], row[channel_at], 1 if count is None else count)
+        if kept:
+            yield kept

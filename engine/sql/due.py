@@ -25,8 +25,8 @@ from engine.model import Step
 from engine.sql.compile import (
     CUSTOMER_PREFIX, REENTRY_HISTORY, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN,
     awaited_event,
-    SHARED_ROWS, calendar_slack, col, exists, is_customer, join_trigger_properties, ledger_relation, lit, per_zone_window,
-    render_sql,
+    SHARED_ROWS, calendar_slack, col, exists, instant_text, is_customer, join_trigger_properties, ledger_relation, lit,
+    per_zone_window, render_sql,
     shared_facts_create, step_window, temporary_table, text, ts, variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
@@ -47,6 +47,15 @@ def keys_in_sql(campaign: Campaign) -> bool:
 #: stopped); ``due_at`` is NULL for a fixed delay (trigger_at + delay), set for a local send time
 SETTLED_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "reason", "detail", "variant",
                    "channel", "due_at")
+
+#: the columns ``due_query(settled="count")`` adds before the customer attributes: a row's settled
+#: reason (NULL: a row to decide, the only rows listed) and the channel of its first qualifying
+#: variant, and ``COUNT_COLUMN``, set only on a summary row (one per step, reason and channel: how
+#: many settled rows; its other columns NULL but ``step``), NULL on every other row
+COUNT_REASON, COUNT_CHANNEL, COUNT_COLUMN = "settled_reason", "settled_channel", "settled_count"
+#: the CTE of the "count" statement holding the due rows, read twice (the rows, the summary)
+COUNT_CTE = "engine_due"
+_BIGINT = exp.DataType.build("BIGINT")
 
 #: The pass's temporary table of exact local due times (``zone_due_rows``), which the settled rows
 #: of steps with a local send time join, and its columns (``lo < trigger_at <= hi``: due at ``due_at``)
@@ -210,6 +219,22 @@ def zone_due_inserts(rows: Sequence[tuple], dialect: str, batch: int = 500) -> l
             for start in range(0, len(rows), batch)]
 
 
+def zone_due_arrays(rows: Sequence[tuple], dialect: str) -> tuple[str, tuple[list, ...]] | None:
+    """Where the dialect binds one LIST parameter per column (``Dialect.array_parameters``
+    "positional": DuckDB), the INSERT filling ``ZONE_DUE_TABLE`` with ``rows`` in one statement over
+    such lists, and the lists (instants as ``instant_text``'s text, cast in SQL as ``ts``'s literals
+    are); None elsewhere (``zone_due_inserts``). DuckDB binds a VALUES list of a few hundred rows
+    in about 50 ms, the lists in about 2."""
+    if dialect_named(dialect).array_parameters != "positional":
+        return None
+    instants = {"lo", "hi", "due_at"}
+    unnest = ", ".join(f"unnest(CAST(${i} AS {'TIMESTAMP' if name in instants else 'VARCHAR'}[]))"
+                       for i, name in enumerate(ZONE_DUE_COLUMNS, 1))
+    columns = tuple([instant_text(v, dialect) if name in instants else v for v in values]
+                    for name, values in zip(ZONE_DUE_COLUMNS, zip(*rows)))
+    return f"INSERT INTO {ZONE_DUE_TABLE} ({', '.join(ZONE_DUE_COLUMNS)}) SELECT {unnest}", columns
+
+
 def counted_statuses(campaigns: Sequence[Campaign]) -> tuple[tuple[str, ...], ...]:
     """The status sets whose per-customer order count the pass's order facts hold for the shared
     order rows of ``campaigns`` (``TriggerKind.counted_statuses``), sorted."""
@@ -261,7 +286,13 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     per zone (``zone_window``) instead of allowing a day of slack for any zone.
     ``state``: where the engine state it joins (entries, tags) is, when the ledger is elsewhere.
     ``settled``: "include" (the plan: every row), "exclude" (a pass: the settled skips of the
-    ``settled_in_sql`` steps left out, ``settled_query`` records them) or "only" (``settled_query``).
+    ``settled_in_sql`` steps left out, ``settled_query`` records them), "only" (``settled_query``)
+    or "count" (a plan that counts them: the rows of "exclude" plus, in the same statement, one
+    summary row per step, reason and channel of the settled skips with their count in
+    ``COUNT_COLUMN``, NULL on the other rows: ``COUNT_CTE`` holds the due rows once, read by both;
+    where the dialect counts ``rows`` (``Dialect.settled_counts``), every settled row itself with its
+    ``COUNT_REASON`` and ``COUNT_COLUMN`` NULL; the rows' columns are "exclude"'s plus
+    ``COUNT_REASON``, ``COUNT_CHANNEL`` and ``COUNT_COLUMN`` before the customer attributes).
     ``zone_due``: the pass's ``ZONE_DUE_TABLE``, filled (``zone_due_rows``): steps with a local send
     time settle too, their rows joined with it by zone and trigger time.
     ``shard``: (index, count) of a replica: only the customers whose ``decide.hash32`` of the id is
@@ -334,6 +365,14 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             matches = variant_matches(builder, campaign, step, attributes)
             blocked = None if history is None else reentry_blocked(builder, campaign, history, exclude_ledger)
             reason = settled_reason(builder, step, window, stopped_by, due_at, matches, blocked)
+            if settled == "count":  # every row, its reason and the channel it would be recorded with
+                counted = [exp.alias_(reason, COUNT_REASON),
+                           exp.alias_(_first_channel(step, matches), COUNT_CHANNEL),
+                           exp.alias_(exp.cast(exp.null(), _BIGINT), COUNT_COLUMN)]
+                selects.append(_zone_join(_due_select(builder, campaign, step, kind, stopped_by, waits, conditions,
+                                                      customers, attributes, width, exclude_ledger, fetched, counted),
+                                          campaign, step, zone_due))
+                continue
             if settled == "exclude":
                 conditions.append(reason.is_(exp.null()))
                 # a fixed delay: no row left here is stopped (it would be settled); a local send time whose due
@@ -349,8 +388,13 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                                                       customers, matches, exclude_ledger),
                                       campaign, step, zone_due))
             continue
+        counted = None
+        if settled == "count":  # not settled in SQL: every row decided in Python
+            counted = [exp.alias_(exp.cast(exp.null(), "VARCHAR"), COUNT_REASON),
+                       exp.alias_(exp.cast(exp.null(), "VARCHAR"), COUNT_CHANNEL),
+                       exp.alias_(exp.cast(exp.null(), _BIGINT), COUNT_COLUMN)]
         selects.append(_due_select(builder, campaign, step, kind, stopped_by, waits, conditions, customers, attributes,
-                                   width, exclude_ledger, fetched))
+                                   width, exclude_ledger, fetched, counted))
     if not selects:  # settled="only", no step settled in SQL
         return exp.select(*[exp.alias_(exp.null(), c) for c in SETTLED_COLUMNS]).where(exp.false())
     body: exp.Query = selects[0]
@@ -358,9 +402,13 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
         body = exp.union(body, other, distinct=False)
     by_instance = campaign.reentry.mode != "per_trigger"
     sort = settled != "only" and (ordered or by_instance)
-    if settled != "only" and not sort and counts_customer_rows(campaign, config):
-        return builder.with_ctes(_with_customer_rows(body))
-    if not isinstance(body, exp.Select) or sort:
+    per_customer = settled != "only" and not sort and counts_customer_rows(campaign, config)
+    due = None
+    if settled == "count" and dialect_named(builder.dialect).settled_counts == "summary":
+        due, body = body, _counted_body(selects[0], per_customer)
+    if per_customer and due is None:  # the settled rows of a "count" statement are not counted: taken out first
+        body = _with_customer_rows(body, unsettled_only=settled == "count")
+    elif not isinstance(body, exp.Select) or sort:
         body = exp.select("*").from_(body.subquery("due_steps"))
     if sort:  # re-entry rules let the earliest instance in: it must come first; a listing: the same at every run
         collation = dialect_named(builder.dialect).code_point_collation  # the text keys as Python orders them
@@ -369,18 +417,53 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             exp.Collate(this=exp.column(key), expression=exp.to_identifier(collation, quoted=True))
             for key in ("customer_id", "trigger_key") + (("step",) if ordered else ())]
         body = body.order_by(*keys)
-    return builder.with_ctes(body)
+    query = builder.with_ctes(body)
+    return query if due is None else query.with_(COUNT_CTE, as_=due, copy=False)
 
 
-def _with_customer_rows(body: exp.Query) -> exp.Select:
+def _counted_body(first: exp.Select, per_customer: bool) -> exp.Query:
+    """``due_query(settled="count")``'s body over ``COUNT_CTE``: its rows not settled, then one
+    summary row per step, reason and channel of the settled ones (``first``: a step's select, for
+    the column names; every column but those NULL, which each dialect types as the rows' column).
+    ``per_customer``: the rows carry ``CUSTOMER_ROWS``, counting a customer's rows not settled."""
+    keys = ("step", COUNT_REASON, COUNT_CHANNEL)
+    unsettled = exp.column(COUNT_REASON).is_(exp.null())
+    if per_customer:
+        rows = _with_customer_rows(first, source=exp.to_table(COUNT_CTE)).where(unsettled)
+        names = rows.named_selects
+    else:
+        rows = exp.select("*").from_(COUNT_CTE).where(unsettled)
+        names = first.named_selects
+    summary = exp.select(*[
+        exp.column(name) if name in keys
+        else exp.alias_(exp.Count(this=exp.Star()), name) if name == COUNT_COLUMN
+        else exp.alias_(exp.null(), name)
+        for name in names
+    ]).from_(COUNT_CTE).where(exp.column(COUNT_REASON).is_(exp.null()).not_())
+    return exp.union(rows, summary.group_by(*[exp.column(key) for key in keys]), distinct=False)
+
+
+def _first_channel(step: Step, matches: Sequence[exp.Expression]) -> exp.Expression:
+    """The channel of the first of ``step``'s variants that qualifies (``variant_matches``), NULL when none does."""
+    channel = [exp.If(this=match.copy(), true=lit(candidate.channel)) for match, candidate in zip(matches, step.variants)]
+    return exp.Case(ifs=channel) if channel else exp.cast(exp.null(), "VARCHAR")
+
+
+def _with_customer_rows(body: exp.Query, *, unsettled_only: bool = False,
+                        source: exp.Expression | None = None) -> exp.Select:
     """``body``'s rows with ``CUSTOMER_ROWS`` before the customer's attributes: a window counting the
-    rows per customer - a hash partition of the due set, not a sort of it."""
+    rows per customer - a hash partition of the due set, not a sort of it. ``unsettled_only``: only
+    rows without ``COUNT_REASON`` count (a "count" statement's settled rows are taken out before the
+    plan stage sees them); ``source``: read from it (the counted statement's CTE), not from ``body``."""
     names = body.named_selects
     attributes = [name for name in names if name.startswith(CUSTOMER_PREFIX)]
-    counted = exp.Window(this=exp.Count(this=exp.Star()), partition_by=[exp.column("customer_id")])
+    counted_rows = exp.Star() if not unsettled_only else exp.Case(
+        ifs=[exp.If(this=exp.column(COUNT_REASON).is_(exp.null()), true=exp.Literal.number(1))])
+    counted = exp.Window(this=exp.Count(this=counted_rows), partition_by=[exp.column("customer_id")])
     return exp.select(*[exp.column(name) for name in names if name not in attributes],
                       exp.alias_(counted, CUSTOMER_ROWS),
-                      *[exp.column(name) for name in attributes]).from_(body.subquery("due_steps"))
+                      *[exp.column(name) for name in attributes]).from_(
+        source if source is not None else body.subquery("due_steps"))
 
 
 def variant_matches(builder: QueryBuilder, campaign: Campaign, step: Step, attributes) -> list[exp.Expression]:
@@ -494,7 +577,6 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind,
     """``SETTLED_COLUMNS`` of a step's settled skips: the variant and channel of the first variant
     that qualifies (``variant_matches``: ``decide.matching_variants``), NULL when none does."""
     variant = [exp.If(this=match.copy(), true=lit(candidate.id)) for match, candidate in zip(matches, step.variants)]
-    channel = [exp.If(this=match.copy(), true=lit(candidate.channel)) for match, candidate in zip(matches, step.variants)]
     query = (
         exp.select(
             exp.alias_(lit(campaign.name), "campaign"),
@@ -505,7 +587,7 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind,
             exp.alias_(reason, "reason"),
             exp.alias_(stopped_by, "detail"),
             exp.alias_(exp.Case(ifs=variant) if variant else exp.cast(exp.null(), "VARCHAR"), "variant"),
-            exp.alias_(exp.Case(ifs=channel) if channel else exp.cast(exp.null(), "VARCHAR"), "channel"),
+            exp.alias_(_first_channel(step, matches), "channel"),
             exp.alias_(exp.cast(exp.null(), _TIMESTAMP) if due_at is None else due_at, "due_at"),
         )
         .from_(exp.to_table("trigger_instances").as_("t"))
@@ -518,9 +600,9 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind,
 
 def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, stopped_by: exp.Expression, waits: list,
                 conditions: list, customers: str, attributes, width: int, exclude_ledger: bool,
-                fetched: Sequence[str]) -> exp.Select:
-    """One step's candidate rows with every column ``plan.decide_row`` reads (see ``due_query``), and the
-    customer attributes ``fetched``."""
+                fetched: Sequence[str], counted: Sequence[exp.Expression] | None = None) -> exp.Select:
+    """One step's candidate rows with every column ``plan.decide_row`` reads (see ``due_query``), then
+    ``counted`` (``due_query(settled="count")``'s columns), and the customer attributes ``fetched``."""
     matches = []
     for index in range(width):
         variant = step.variants[index] if index < len(step.variants) else None
@@ -543,6 +625,7 @@ def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, sto
             *[col("t", column) for column in kind.extra_columns],
             *waits,
             *matches,
+            *(counted or ()),
             *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in fetched],
         )
         .from_(exp.to_table("trigger_instances").as_("t"))

@@ -341,6 +341,17 @@ class Session:
             self._rollback()
             raise self.database._error("statement failed on", exc, self.deadline) from None
 
+    def execute_driver(self, sql: str, parameters: tuple) -> None:
+        """Run ``sql`` as the driver takes it (its own placeholders, such as DuckDB's ``$1``) with
+        ``parameters``, and commit."""
+        try:
+            with self.deadline.statement():
+                self.conn.exec_driver_sql(sql, parameters)
+            self.conn.commit()
+        except self.database.errors as exc:
+            self._rollback()
+            raise self.database._error("statement failed on", exc, self.deadline) from None
+
     def returning(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[sa.Row]:
         """Run a write with ``RETURNING`` (no server-side cursor: PostgreSQL has them for queries only),
         commit it and give back the rows it returned. ``parameters``: as ``stream``'s."""
