@@ -61,7 +61,8 @@ def project(tmp_path_factory) -> Path:
 
 def _shop(url: str, completed: int) -> None:
     """Each customer's abandoned checkouts in the last day, the newest stored first (checkout k of every
-    customer, then ``completed`` completed ones, then checkout k + 1); some customers' two at one instant."""
+    customer, then ``completed`` completed ones, then checkout k + 1); some customers' two at one instant;
+    every fifth customer's stale one of three days ago."""
     at = NOW.replace(tzinfo=None)
     customers = [{"customer_id": i, "email": f"c{i}@example.com", "created_at": at - timedelta(days=99)}
                  for i in range(1, CUSTOMERS + 1)]
@@ -73,6 +74,9 @@ def _shop(url: str, completed: int) -> None:
         checkouts += [{"checkout_id": 10_000_000 + k * completed + j, "customer_id": 1 + j % CUSTOMERS, "total": 1.0,
                        "created_at": at - timedelta(days=30), "completed_at": at - timedelta(days=30)}
                       for j in range(completed)]
+    # every fifth customer's checkout of three days ago: too old to send (stale), settled in SQL, never sent
+    checkouts += [{"checkout_id": 50 + 1_000 * i, "customer_id": i, "total": 5.0, "created_at": at - timedelta(days=3)}
+                  for i in range(5, CUSTOMERS + 1, 5)]
     load_history(url, customers=customers, checkouts=checkouts)
 
 
@@ -99,10 +103,18 @@ def _listed(root: Path, url: str, monkeypatch) -> Sends:
 
 
 def _pass(root: Path, url: str, monkeypatch) -> tuple[Sends, Sends]:
-    """(the plan's sends, the sends a pass recorded) on the ledger at ``url`` (fresh)."""
+    """(the plan's sends, the sends a pass recorded) on the ledger at ``url`` (fresh). The plan as ``engine
+    plan`` runs it, its settled skips counted in SQL (``settled="count"``: the counted rows are not among
+    those a customer's count holds back), must send what the plan with every skip a row sends."""
+    from engine.run.settle import SettledCounts
+
     reconciler = _reconciler(root, url, monkeypatch)
     try:
         planned = {(m.customer_id, m.trigger_key) for batch in reconciler.due(NOW) for m in batch if m.action == "send"}
+        counts = SettledCounts()
+        counted = {(m.customer_id, m.trigger_key) for batch in reconciler.due(NOW, settled_counts=counts)
+                   for m in batch if m.action == "send"}
+        assert counted == planned and sum(counts.by_channel.values()) > 0  # the counted statement ran
         reconciler.run_once(NOW)
         rows = reconciler.ledger.rows_where(ledger_table.c.status == "sent", limit=10 * CUSTOMERS)
     finally:
