@@ -11,10 +11,12 @@ sent one campaign after the other records.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 
 from engine import Reconciler, load_project
 from engine.progress import Progress
+from engine.run.dispatch import SWITCH_INTERVAL
 from servers import SmtpSink
 from test_delivery import at, campaign, configure, customers, orders, project, statuses  # noqa: F401 - fixture
 
@@ -133,5 +135,35 @@ def test_the_tags_a_campaign_sets_are_seen_by_the_next_campaigns_query(project):
             report = r.run_once(at(minutes=1))
             assert report.counts[("tagging", "mail", "sent")] == 3
             assert report.counts[("tagged", "mail", "sent")] == 3
+        finally:
+            r.close()
+
+
+class IntervalSink(SmtpSink):
+    """Records the interpreter's thread switch interval at each message (the sink runs in this process)."""
+
+    def __init__(self):
+        super().__init__()
+        self.intervals: list[float] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.intervals.append(sys.getswitchinterval())
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_while_a_pass_sends_the_interpreter_hands_the_gil_over_sooner_and_restores_it_after(project):
+    """A send worker whose provider answered gets the GIL after ``SWITCH_INTERVAL``, not Python's 5 ms
+    (engine.run.dispatch.sending_threads); the process's interval is what it was once the pass ends."""
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL  # the test can fail
+    with IntervalSink() as smtp:
+        configure(project, smtp.port)
+        project.load({"first": campaign("first")}, customers=customers(3), orders=orders(3))
+        r = Reconciler(load_project(project))
+        try:
+            report = r.run_once(at(minutes=1))
+            assert report.counts[("first", "mail", "sent")] == 3
+            assert smtp.intervals == [SWITCH_INTERVAL] * 3
+            assert sys.getswitchinterval() == before
         finally:
             r.close()

@@ -36,6 +36,7 @@ from engine.progress import Progress
 from engine.run import attributes, incremental, plan, policies, settle
 from engine.run.claim import claim
 from engine.run.coupons import sync_pools
+from engine.run.dispatch import sending_threads
 from engine.run.contacts import attach_contacts
 from engine.run.isolation import isolated
 from engine.run.ledger_state import open_ledger, record_segment_entries
@@ -239,7 +240,7 @@ class Reconciler:
             self.enter_segments(now, selected, failures=report.failed_campaigns)
             sync_pools(project, self.warehouse, ledger, selected, now, report.failed_campaigns)
             renderer = Renderer(project.templates_dir)
-            with ThreadPoolExecutor(1, thread_name_prefix="engine-send") as sender:
+            with sending_threads(), ThreadPoolExecutor(1, thread_name_prefix="engine-send") as sender:
                 sending = _Sending(sender, project, ledger, now, report)
                 try:
                     for batch in self.due(now, selected, failures=report.failed_campaigns, report=report,
