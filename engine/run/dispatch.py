@@ -7,20 +7,23 @@ get a next attempt with exponential backoff and a deterministic jitter (a
 hash of the message key and attempt, so replicas spread out but tests stay
 reproducible); permanent ones are final and suppress the address.
 
-Must not decide, claim, render or write to the ledger: the send stage's
-``hand_over`` callback records outcomes and stores contents.
+Owns the send threads' share of the interpreter while a pass runs (``sending_threads``). Must not
+decide, claim, render or write to the ledger: the send stage's ``hand_over`` callback records
+outcomes and stores contents.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+import contextlib
 import queue
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Callable, Iterator
 
 from engine import channel_kinds
 from engine.channels import ChannelSession, Delivered, Failed, OutgoingMessage, Outcome
@@ -214,6 +217,32 @@ class _GroupCommit:
         return request.allowed
 
 
+#: The interpreter's thread switch interval while a pass sends (``sending_threads``), in seconds.
+SWITCH_INTERVAL = 0.0005
+
+_switch_lock = threading.Lock()
+_switch_users: list[float] = []  # the interval before the first of the passes sending now (one entry each)
+
+
+@contextlib.contextmanager
+def sending_threads() -> Iterator[None]:
+    """While a pass plans and renders on its main thread and sends on others: the interpreter hands the
+    GIL over after ``SWITCH_INTERVAL`` instead of Python's 5 ms. A send worker whose provider answered
+    waits for the GIL; with the main thread busy in Python (rendering the next batch) it waited up to
+    5 ms at each answer, several per message (benchmarks/README.md). Restored when the last pass of
+    the process that lowered it ends; never raised above what it was."""
+    with _switch_lock:
+        _switch_users.append(sys.getswitchinterval())
+        sys.setswitchinterval(min(_switch_users[0], SWITCH_INTERVAL))
+    try:
+        yield
+    finally:
+        with _switch_lock:
+            before = _switch_users.pop()
+            if not _switch_users:
+                sys.setswitchinterval(before)
+
+
 def _take(pending: queue.SimpleQueue, count: int) -> list[int]:
     """Up to ``count`` items from ``pending`` (fewer when it runs out)."""
     group = []
@@ -225,4 +254,5 @@ def _take(pending: queue.SimpleQueue, count: int) -> list[int]:
     return group
 
 
-__all__ = ["DEFAULT_IN_FLIGHT", "Delivered", "Failed", "HandOver", "Sent", "deserialize", "next_attempt", "send_all", "serialize"]
+__all__ = ["DEFAULT_IN_FLIGHT", "Delivered", "Failed", "HandOver", "SWITCH_INTERVAL", "Sent", "deserialize", "next_attempt",
+           "send_all", "sending_threads", "serialize"]

@@ -47,7 +47,7 @@ def batch_promotions(messages: Iterable[DueMessage], project: Project, config: P
     if source is None:  # validation refuses such a template; a project changed under a running pass shows none
         return found
     query = promotions_query(source, config.dialect, now, [(c, s, n) for (c, s), n in limits.items()])
-    for row in warehouse.fetch_all(render_sql(query, config.dialect)):
+    for row in warehouse.fetch_all(render_sql(query, config.dialect, copy=False)):  # built for this one query
         values = dict(row._mapping)
         target = (str(values.pop(TARGET_CAMPAIGN)), str(values.pop(TARGET_STEP)))
         values.pop(POSITION)

@@ -10,8 +10,12 @@ A batch is sent on one background thread while the next is planned, claimed and
 rendered (the send stage waits on the network and the ledger's hand-over writes,
 the others on Python): at most one batch is sending at any moment, each batch is
 claimed before it is sent as always, and the batch in flight is finished and
-recorded before the next is sent and before the next campaign is planned (so a
-campaign sees the tags of the ones before it, as without the overlap).
+recorded before the next is sent. The last batch of a campaign goes on sending
+while the next campaign's settled skips are recorded and its first rows are queried
+and decided; it is finished and recorded before those rows meet the contacts and
+policies (which read what sending records: suppressions, gone contacts, recent
+sends), and before the next campaign's statements run at all when it may set tags
+(a campaign sees the tags of the ones before it, as without the overlap).
 
 Owns the order of the stages and what binds them: the project, its databases,
 the pass's channel sessions and report. Each stage is a module of engine.run
@@ -20,6 +24,7 @@ write to a database itself.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
@@ -31,6 +36,7 @@ from engine.progress import Progress
 from engine.run import attributes, incremental, plan, policies, settle
 from engine.run.claim import claim
 from engine.run.coupons import sync_pools
+from engine.run.dispatch import sending_threads
 from engine.run.contacts import attach_contacts
 from engine.run.isolation import isolated
 from engine.run.ledger_state import open_ledger, record_segment_entries
@@ -95,6 +101,7 @@ class Reconciler:
             customer_id: str | None = None, failures: dict[str, str] | None = None,
             report: PassReport | None = None,
             before_campaign: Callable[[], None] | None = None,
+            before_decisions: Callable[[], None] | None = None,
             settled_counts: settle.SettledCounts | None = None, ordered: bool = False) -> Iterator[list[DueMessage]]:
         """Batches of messages due at ``now`` and not yet in the ledger, policies applied.
 
@@ -122,8 +129,11 @@ class Reconciler:
         where a pass would settle them (``settle.worth_settling`` on what the ledger remembers; a plan
         records no count of its own); the batches and the counts together are the plan without it.
 
-        ``before_campaign`` (a pass: finish the batch still sending) is called before each
-        campaign's rows are settled or queried.
+        ``before_campaign`` (a pass: finish the batch still sending if it may set tags) is called
+        before each campaign's rows are settled or queried; ``before_decisions`` (a pass: finish
+        the batch still sending) once per campaign, after its first rows are decided (``decide_row``)
+        and before they meet the contacts and policies. Neither runs inside the campaign's isolation:
+        their errors end the iteration.
 
         ``ordered`` (what lists every message: an export, ``engine plan --format csv|jsonl``, a
         plan diff): each campaign's rows come by (trigger instant, customer, trigger key, step),
@@ -197,9 +207,16 @@ class Reconciler:
                     row_batches = rows_of(campaign, settled)
                     if settled == "count":
                         row_batches = settle.counted_rows(campaign, row_batches, settled_counts)
-                    for batch in plan.decided_batches(campaign, row_batches, now, self.config, self.ledger,
-                                                      ledger_in_query=in_query, shard=python_shard,
-                                                      progress=self.progress):
+                    decided = plan.decided_batches(campaign, row_batches, now, self.config, self.ledger,
+                                                   ledger_in_query=in_query, shard=python_shard, progress=self.progress)
+                    # a pass: the campaign's query runs and its first rows are decided while the batch in flight sends
+                    first = next(decided, None) if before_decisions is not None else None
+                if failures is not None and campaign.name in failures:
+                    continue  # its statements failed (recorded by isolated)
+                if first is not None:
+                    before_decisions()
+                with isolated(campaign.name, failures):
+                    for batch in decided if first is None else itertools.chain([first], decided):
                         if counted is not None:
                             self.settled_last[campaign.name] += settle.settled_count(campaign, batch, self.config)
                         batch = attach_contacts(batch, self.config, sources, self.ledger, rules.channel_of)
@@ -232,17 +249,20 @@ class Reconciler:
             self.enter_segments(now, selected, failures=report.failed_campaigns)
             sync_pools(project, self.warehouse, ledger, selected, now, report.failed_campaigns)
             renderer = Renderer(project.templates_dir)
-            with ThreadPoolExecutor(1, thread_name_prefix="engine-send") as sender:
+            with sending_threads(), ThreadPoolExecutor(1, thread_name_prefix="engine-send") as sender:
                 sending = _Sending(sender, project, ledger, now, report)
                 try:
                     for batch in self.due(now, selected, failures=report.failed_campaigns, report=report,
-                                          before_campaign=sending.finish):
+                                          before_campaign=sending.finish_if_tagging,
+                                          before_decisions=sending.finish):
                         record_decisions(batch, ledger, now, report)
                         claimed = claim(batch, ledger, sessions, now, report, project, secret)
                         rendered = render(claimed, project, config, renderer, secret, sources, report, now)
                         record_failures(rendered.failures, ledger, now)
                         sending.finish()  # one batch in flight at a time
-                        sending.start(send, rendered.messages, rendered.contents, now, sessions, ledger, config, report)
+                        sending.start(send, rendered.messages, rendered.contents, now, sessions, ledger, config, report,
+                                      tagging=any(project.campaign(m.campaign).step(m.step).actions
+                                                  for m, _ in rendered.messages))
                         if stop is not None and stop.is_set():
                             report.errors.append("stopped early on request; the rest is due at the next pass")
                             break
@@ -275,9 +295,15 @@ class _Sending:
                  report: PassReport):
         self.sender, self.project, self.ledger, self.now, self.report = sender, project, ledger, now, report
         self.in_flight: Future | None = None
+        self.tagging = False  # a message in flight may set tags when delivered (its step's actions)
 
-    def start(self, send_stage: Callable, *args) -> None:
-        self.in_flight = self.sender.submit(send_stage, *args)
+    def start(self, send_stage: Callable, *args, tagging: bool = True) -> None:
+        self.in_flight, self.tagging = self.sender.submit(send_stage, *args), tagging
+
+    def finish_if_tagging(self) -> None:
+        """``finish`` when the batch in flight may set tags: the next campaign's statements read them."""
+        if self.tagging:
+            self.finish()
 
     def finish(self) -> None:
         """Wait for the batch in flight (its error is raised here) and record it."""

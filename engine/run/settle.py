@@ -149,7 +149,8 @@ def insert_settled(campaign: Campaign, now: datetime | PassInstant, query: exp.Q
         "reason": col(row, "reason"), "detail": col(row, "detail"), "trigger_at": trigger_at,
         "due_at": due_at, "created_at": instant.copy(), "updated_at": instant.copy(),
     }
-    select = exp.select(*[exp.alias_(values[name], name) for name in _LEDGER_COLUMNS]).from_(query.subquery(row))
+    select = exp.select(*[exp.alias_(values[name], name, copy=False) for name in _LEDGER_COLUMNS]).from_(
+        query.subquery(row, copy=False), copy=False)  # built for this statement: no copies of the query
     return insert_new_rows(select, list(_LEDGER_COLUMNS))
 
 

@@ -492,16 +492,17 @@ class QueryBuilder:
     def join_facts(self, query: exp.Select, customer: exp.Column, orders: bool | None = None,
                    events: bool | None = None) -> exp.Select:
         """LEFT JOIN the fact relations (order facts as ``f``, event facts as ``fe``) on ``customer``:
-        by default those this query's filters and stop conditions used."""
+        by default those this query's filters and stop conditions used. Joins onto ``query`` itself
+        (no copy: callers pass a query they are building)."""
         if self.uses_facts if orders is None else orders:
             query = query.join(exp.to_table(self.customer_facts()).as_("f"),
-                               on=col("f", "customer_id").eq(customer.copy()), join_type="left")
+                               on=col("f", "customer_id").eq(customer.copy()), join_type="left", copy=False)
         if self.uses_event_facts if events is None else events:
             query = query.join(exp.to_table(self.event_facts()).as_("fe"),
-                               on=col("fe", "customer_id").eq(customer.copy()), join_type="left")
+                               on=col("fe", "customer_id").eq(customer.copy()), join_type="left", copy=False)
         if self.responses:
             query = query.join(exp.to_table(responses.FACTS_CTE).as_("fr"),
-                               on=col("fr", "customer_id").eq(text(customer.copy())), join_type="left")
+                               on=col("fr", "customer_id").eq(text(customer.copy())), join_type="left", copy=False)
         return query
 
     # --- responses (the ledger's events) -----------------------------------------
@@ -623,7 +624,8 @@ def awaited_event(builder: QueryBuilder, step: Step) -> exp.Expression:
 def join_trigger_properties(builder: QueryBuilder, query: exp.Select,
                             properties: Callable[[], exp.Query | None]) -> exp.Select:
     """LEFT JOIN the trigger's own properties as ``tp`` on the instance (``t``) when a filter of the query
-    named one; ``properties`` builds the kind's rows (customer_id, trigger_key, property...), one per instance."""
+    named one; ``properties`` builds the kind's rows (customer_id, trigger_key, property...), one per instance.
+    Joins onto ``query`` itself (no copy), as ``QueryBuilder.join_facts``."""
     if not builder.uses_trigger_properties:
         return query
     if "trigger_properties" not in builder.ctes:
@@ -632,7 +634,7 @@ def join_trigger_properties(builder: QueryBuilder, query: exp.Select,
             raise ValueError("this trigger has no properties")
         builder.ctes["trigger_properties"] = rows
     on = exp.and_(col("tp", "customer_id").eq(col("t", "customer_id")), col("tp", "trigger_key").eq(col("t", "trigger_key")))
-    return query.join(exp.to_table("trigger_properties").as_("tp"), on=on, join_type="left")
+    return query.join(exp.to_table("trigger_properties").as_("tp"), on=on, join_type="left", copy=False)
 
 
 def entry_exists(builder: QueryBuilder, campaign: Campaign) -> exp.Select:
@@ -688,6 +690,7 @@ def without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step) -> ex
     step's ledger rows are the hash table and the candidates stream (3x cheaper
     at 5M orders). SQLite and PostgreSQL use the identity index either way.
     Same rows: the identity is unique, so a candidate matches at most one row.
+    Extends ``query`` itself (no copy: callers pass the step's query they are building).
     """
     on = exp.and_(
         col("l", "campaign").eq(lit(campaign.name)),
@@ -695,8 +698,8 @@ def without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step) -> ex
         col("l", "customer_id").eq(text(col("t", "customer_id"))),
         col("l", "trigger_key").eq(col("t", "trigger_key")),
     )
-    return query.join(exp.to_table(LEDGER_TABLE).as_("l"), on=on, join_type="left").where(
-        col("l", "campaign").is_(exp.null()))
+    return query.join(exp.to_table(LEDGER_TABLE).as_("l"), on=on, join_type="left", copy=False).where(
+        col("l", "campaign").is_(exp.null()), copy=False)
 
 
 def _local_day_bound(window: StepWindow, zone: ZoneInfo, attribute: str) -> datetime:
@@ -782,5 +785,7 @@ def segment_query(config: ProjectConfig, now: datetime, where: str, dialect: str
     return builder.with_ctes(query.where(condition).order_by(col("c", "customer_id")))
 
 
-def render_sql(expression: exp.Expression, dialect: str, pretty: bool = False) -> str:
-    return expression.sql(dialect=dialect, pretty=pretty)
+def render_sql(expression: exp.Expression, dialect: str, pretty: bool = False, copy: bool = True) -> str:
+    """``expression`` as SQL text of ``dialect``. ``copy=False`` for a tree built only to be rendered:
+    sqlglot's generator may rewrite the tree for the dialect, so by default it renders a copy."""
+    return expression.sql(dialect=dialect, pretty=pretty, copy=copy)

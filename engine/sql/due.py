@@ -397,9 +397,10 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                                    width, exclude_ledger, fetched, counted))
     if not selects:  # settled="only", no step settled in SQL
         return exp.select(*[exp.alias_(exp.null(), c) for c in SETTLED_COLUMNS]).where(exp.false())
+    # every select and the body are built here and used once: the builders need not copy them
     body: exp.Query = selects[0]
     for other in selects[1:]:
-        body = exp.union(body, other, distinct=False)
+        body = exp.union(body, other, distinct=False, copy=False)
     by_instance = campaign.reentry.mode != "per_trigger"
     sort = settled != "only" and (ordered or by_instance)
     per_customer = settled != "only" and not sort and counts_customer_rows(campaign, config)
@@ -409,14 +410,14 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     if per_customer and due is None:  # the settled rows of a "count" statement are not counted: taken out first
         body = _with_customer_rows(body, unsettled_only=settled == "count")
     elif not isinstance(body, exp.Select) or sort:
-        body = exp.select("*").from_(body.subquery("due_steps"))
+        body = exp.select("*").from_(body.subquery("due_steps", copy=False), copy=False)
     if sort:  # re-entry rules let the earliest instance in: it must come first; a listing: the same at every run
         collation = dialect_named(builder.dialect).code_point_collation  # the text keys as Python orders them
         keys = [exp.column("trigger_at")] + [
             exp.column(key) if collation is None else
             exp.Collate(this=exp.column(key), expression=exp.to_identifier(collation, quoted=True))
             for key in ("customer_id", "trigger_key") + (("step",) if ordered else ())]
-        body = body.order_by(*keys)
+        body = body.order_by(*keys, copy=False)
     query = builder.with_ctes(body)
     return query if due is None else query.with_(COUNT_CTE, as_=due, copy=False)
 
@@ -568,7 +569,7 @@ def _zone_join(query: exp.Select, campaign: Campaign, step: Step, zone_due: str 
     on = exp.and_(col("z", "campaign").eq(lit(campaign.name)), col("z", "step").eq(lit(step.id)),
                   col("z", "zone").eq(exp.Coalesce(this=text(col("c", "timezone")), expressions=[lit("")])),
                   col("t", "trigger_at") > col("z", "lo"), col("t", "trigger_at") <= col("z", "hi"))
-    return query.join(exp.to_table(zone_due).as_("z"), on=on, join_type="left")
+    return query.join(exp.to_table(zone_due).as_("z"), on=on, join_type="left", copy=False)
 
 
 def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, reason: exp.Expression,
@@ -590,10 +591,10 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind,
             exp.alias_(_first_channel(step, matches), "channel"),
             exp.alias_(exp.cast(exp.null(), _TIMESTAMP) if due_at is None else due_at, "due_at"),
         )
-        .from_(exp.to_table("trigger_instances").as_("t"))
-        .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
+        .from_(exp.to_table("trigger_instances").as_("t"), copy=False)
+        .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")), copy=False)
     )
-    query = builder.join_facts(query, col("t", "customer_id")).where(*conditions)
+    query = builder.join_facts(query, col("t", "customer_id")).where(*conditions, copy=False)
     query = join_trigger_properties(builder, query, lambda: kind.properties_select(builder, campaign))
     return without_ledger_rows(query, campaign, step) if exclude_ledger else query
 
@@ -628,10 +629,10 @@ def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, sto
             *(counted or ()),
             *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in fetched],
         )
-        .from_(exp.to_table("trigger_instances").as_("t"))
-        .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")))
+        .from_(exp.to_table("trigger_instances").as_("t"), copy=False)
+        .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")), copy=False)
     )
-    query = builder.join_facts(query, col("t", "customer_id")).where(*conditions)
+    query = builder.join_facts(query, col("t", "customer_id")).where(*conditions, copy=False)
     query = join_trigger_properties(builder, query, lambda: kind.properties_select(builder, campaign))
     if exclude_ledger and kind.keys_in_sql:
         query = without_ledger_rows(query, campaign, step)

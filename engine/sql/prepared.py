@@ -82,7 +82,8 @@ class PreparedQuery:
 
 def prepare(build: Callable[[PassInstant], exp.Expression], dialect: str) -> PreparedQuery | None:
     """``build(instant)`` compiled once with a symbolic instant, or None when its shape depends on
-    the instant's value (then it must be built per pass)."""
+    the instant's value (then it must be built per pass). ``build`` returns a tree of its own (it
+    is rendered without a copy)."""
     try:
         with collecting() as placeholders:
             query = build(PassInstant.now())
@@ -92,7 +93,8 @@ def prepare(build: Callable[[PassInstant], exp.Expression], dialect: str) -> Pre
 
 
 def _rendered(query: exp.Expression, placeholders: Placeholders, dialect: str) -> PreparedQuery | None:
-    text = render_sql(query, dialect)
+    facts = tuple(shared_facts_used(query))
+    text = render_sql(query, dialect, copy=False)  # built for this rendering only: no copy of the tree
     instants = []
     for index, instant in enumerate(placeholders.instants):
         name = f"{placeholders.prefix}{index}"
@@ -103,7 +105,7 @@ def _rendered(query: exp.Expression, placeholders: Placeholders, dialect: str) -
         instants.append((name, instant))
     if f"'{placeholders.prefix}" in text:  # never: a mark the renderer changed
         return None
-    return PreparedQuery(text, tuple(instants), dialect, tuple(shared_facts_used(query)), placeholders.prefix)
+    return PreparedQuery(text, tuple(instants), dialect, facts, placeholders.prefix)
 
 
 class _Cache:
@@ -182,7 +184,8 @@ def due_statement(campaign: Campaign, config: ProjectConfig, now: datetime, *, e
 
     def literal() -> Statement:
         query = built(now)
-        return Statement(render_sql(query, config.dialect), None, tuple(shared_facts_used(query)))
+        facts = tuple(shared_facts_used(query))
+        return Statement(render_sql(query, config.dialect, copy=False), None, facts)
 
     state_shape = _state_shape(state)
     if not COMPILE_ONCE or customer_id is not None or state_shape is None:
@@ -213,7 +216,8 @@ def facts_statement(entity: str, config: ProjectConfig, now: datetime, campaigns
 
     def literal() -> Statement:
         create = built(now)
-        return Statement(render_sql(create, config.dialect), None, _needed(create, entity))
+        needed = _needed(create, entity)
+        return Statement(render_sql(create, config.dialect, copy=False), None, needed)
 
     if not COMPILE_ONCE:
         return literal()

@@ -35,7 +35,7 @@ def promotions_query(source: EntitySource, dialect: str, now: datetime,
                    for campaign, step, limit in sorted(set(targets))]
     union: exp.Query = target_rows[0]
     for row in target_rows[1:]:
-        union = exp.union(union, row, distinct=False)
+        union = exp.union(union, row, distinct=False, copy=False)  # every part built here: no copies
     p, t = "p", "t"
 
     def pc(name: str) -> exp.Column:
@@ -63,9 +63,10 @@ def promotions_query(source: EntitySource, dialect: str, now: datetime,
                    exp.alias_(specificity, "specificity"),
                    exp.alias_(_row_number([tc(TARGET_CAMPAIGN), tc(TARGET_STEP), pc("promotion_id")],
                                           [exp.Ordered(this=specificity.copy())]), "copy_rank"))
-        .from_(exp.alias_(union.subquery(), t))
-        .join(exp.alias_(source_select(source, dialect).subquery(), p), on=feeds, join_type="inner")
-        .where(valid)
+        .from_(exp.alias_(union.subquery(copy=False), t, copy=False), copy=False)
+        .join(exp.alias_(source_select(source, dialect).subquery(copy=False), p, copy=False), on=feeds,
+              join_type="inner", copy=False)
+        .where(valid, copy=False)
     )
     ranked = (
         exp.select(exp.Star(), exp.alias_(_row_number(
@@ -74,14 +75,14 @@ def promotions_query(source: EntitySource, dialect: str, now: datetime,
              exp.Ordered(this=null_last(exp.column("valid_from"))),
              exp.Ordered(this=exp.column("valid_from"), desc=True),
              exp.Ordered(this=exp.column("promotion_id"))]), POSITION))
-        .from_(matched.subquery("matched"))
-        .where(exp.column("copy_rank").eq(exp.Literal.number(1)))
+        .from_(matched.subquery("matched", copy=False), copy=False)
+        .where(exp.column("copy_rank").eq(exp.Literal.number(1)), copy=False)
     )
     return (
         exp.select(exp.column(TARGET_CAMPAIGN), exp.column(TARGET_STEP), exp.column(POSITION), *own)
-        .from_(ranked.subquery("ranked"))
-        .where(exp.column(POSITION) <= exp.column("target_limit"))
-        .order_by(exp.column(TARGET_CAMPAIGN), exp.column(TARGET_STEP), exp.column(POSITION))
+        .from_(ranked.subquery("ranked", copy=False), copy=False)
+        .where(exp.column(POSITION) <= exp.column("target_limit"), copy=False)
+        .order_by(exp.column(TARGET_CAMPAIGN), exp.column(TARGET_STEP), exp.column(POSITION), copy=False)
     )
 
 

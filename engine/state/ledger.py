@@ -574,7 +574,7 @@ def insert_new_rows(select: "exp.Select", columns: list[str]) -> "exp.Insert":
     ledger in the warehouse's database, on a dialect with both (engine.run.settle decides)."""
     from sqlglot import exp
 
-    insert = exp.insert(select, exp.to_table(LEDGER_TABLE), columns=list(columns))
+    insert = exp.insert(select, exp.to_table(LEDGER_TABLE), columns=list(columns), copy=False)  # the caller's own select
     insert.set("conflict", exp.OnConflict(conflict_keys=[exp.to_identifier("message_key")], action=exp.var("DO NOTHING")))
     insert.set("returning", exp.Returning(expressions=[exp.column("step"), exp.column("reason"), exp.column("channel")]))
     return insert
