@@ -182,51 +182,57 @@ class Reconciler:
                 self.progress.stage("campaign", position, len(by_priority), campaign.name)
                 if before_campaign is not None:
                     before_campaign()
-                with isolated(campaign.name, failures):
-                    settled, counted = "include", None
-                    if report is not None and settle.settles(campaign, self.config, python_shard, customer_id):
-                        if settle.worth_settling(campaign, self.settled_last.get(campaign.name), held):
-                            self.settled_last[campaign.name] = settle.record_settled(
-                                campaign, rows_of, self.config, self.ledger, now, report, ledger_in_query=in_query)
-                            settled = "exclude"
-                            unanalysed += self.settled_last[campaign.name]
-                            if unanalysed >= STATISTICS_AFTER:  # the next campaigns' queries join a ledger grown
-                                self.ledger.refresh_statistics()  # from nothing: planned for it, not for empty
-                                unanalysed = 0
-                        else:  # row by row this time; what it finds decides the next pass
-                            counted = self.settled_last[campaign.name] = 0
-                        planned.append(campaign.name)
-                    elif settled_counts is not None and settle.settles(campaign, self.config, python_shard, customer_id) \
-                            and settle.worth_settling(campaign, self.settled_last.get(campaign.name), held):
-                        if in_query:  # counted by the statement of the other rows (the ledger's left out)
-                            settled = "count"
-                        else:  # a ledger elsewhere: the settled rows' keys first, those it holds not counted
-                            settle.count_settled(campaign, rows_of, self.ledger, settled_counts)
-                            settled = "exclude"
-                    reentry_before = rules.state.history_skips.get(campaign.name, 0)
-                    row_batches = rows_of(campaign, settled)
-                    if settled == "count":
-                        row_batches = settle.counted_rows(campaign, row_batches, settled_counts)
-                    decided = plan.decided_batches(campaign, row_batches, now, self.config, self.ledger,
-                                                   ledger_in_query=in_query, shard=python_shard, progress=self.progress)
-                    # a pass: the campaign's query runs and its first rows are decided while the batch in flight sends
-                    first = next(decided, None) if before_decisions is not None else None
-                if failures is not None and campaign.name in failures:
-                    continue  # its statements failed (recorded by isolated)
-                if first is not None:
-                    before_decisions()
-                with isolated(campaign.name, failures):
-                    for batch in decided if first is None else itertools.chain([first], decided):
-                        if counted is not None:
-                            self.settled_last[campaign.name] += settle.settled_count(campaign, batch, self.config)
-                        batch = attach_contacts(batch, self.config, sources, self.ledger, rules.channel_of)
-                        batch = policies.apply_stages(order_by_response(batch, campaign, responses, rules.channel_of),
-                                                      rules)
-                        if batch:
-                            yield batch
-                    if counted is not None:  # the re-entry skips the policy stage found, which SQL could settle
-                        found = rules.state.history_skips.get(campaign.name, 0) - reentry_before
-                        self.settled_last[campaign.name] += found
+                decided = None  # the campaign's decided batches, closed below
+                try:
+                    with isolated(campaign.name, failures):
+                        settled, counted = "include", None
+                        if report is not None and settle.settles(campaign, self.config, python_shard, customer_id):
+                            if settle.worth_settling(campaign, self.settled_last.get(campaign.name), held):
+                                self.settled_last[campaign.name] = settle.record_settled(
+                                    campaign, rows_of, self.config, self.ledger, now, report, ledger_in_query=in_query)
+                                settled = "exclude"
+                                unanalysed += self.settled_last[campaign.name]
+                                if unanalysed >= STATISTICS_AFTER:  # the next campaigns' queries join a ledger grown
+                                    self.ledger.refresh_statistics()  # from nothing: planned for it, not for empty
+                                    unanalysed = 0
+                            else:  # row by row this time; what it finds decides the next pass
+                                counted = self.settled_last[campaign.name] = 0
+                            planned.append(campaign.name)
+                        elif settled_counts is not None and settle.settles(campaign, self.config, python_shard, customer_id) \
+                                and settle.worth_settling(campaign, self.settled_last.get(campaign.name), held):
+                            if in_query:  # counted by the statement of the other rows (the ledger's left out)
+                                settled = "count"
+                            else:  # a ledger elsewhere: the settled rows' keys first, those it holds not counted
+                                settle.count_settled(campaign, rows_of, self.ledger, settled_counts)
+                                settled = "exclude"
+                        reentry_before = rules.state.history_skips.get(campaign.name, 0)
+                        row_batches = rows_of(campaign, settled)
+                        if settled == "count":
+                            row_batches = settle.counted_rows(campaign, row_batches, settled_counts)
+                        decided = plan.decided_batches(campaign, row_batches, now, self.config, self.ledger,
+                                                       ledger_in_query=in_query, shard=python_shard, progress=self.progress)
+                        del row_batches  # held by ``decided`` alone: closing it closes the query's stream
+                        # a pass: the campaign's query runs and its first rows are decided while the batch in flight sends
+                        first = next(decided, None) if before_decisions is not None else None
+                    if failures is not None and campaign.name in failures:
+                        continue  # its statements failed (recorded by isolated)
+                    if first is not None:
+                        before_decisions()
+                    with isolated(campaign.name, failures):
+                        for batch in decided if first is None else itertools.chain([first], decided):
+                            if counted is not None:
+                                self.settled_last[campaign.name] += settle.settled_count(campaign, batch, self.config)
+                            batch = attach_contacts(batch, self.config, sources, self.ledger, rules.channel_of)
+                            batch = policies.apply_stages(order_by_response(batch, campaign, responses, rules.channel_of),
+                                                          rules)
+                            if batch:
+                                yield batch
+                        if counted is not None:  # the re-entry skips the policy stage found, which SQL could settle
+                            found = rules.state.history_skips.get(campaign.name, 0) - reentry_before
+                            self.settled_last[campaign.name] += found
+                finally:  # a consumer that stops early: the query's cursor closes before due_rows drops its tables
+                    if decided is not None:
+                        decided.close()
         # a new process decides as this one would (settle.remembered); a steady pass writes nothing
         changed = settle.to_remember({name: self.settled_last[name] for name in planned}, self.settled_remembered, now)
         if changed:
