@@ -330,39 +330,37 @@ class Session:
     def execute(self, sql: str) -> None:
         self.execute_together([sql])
 
-    def execute_together(self, statements: list[str]) -> None:
-        """Run ``statements`` in one transaction on this connection: all of them or none."""
+    @contextlib.contextmanager
+    def _committed(self) -> Iterator[None]:
+        """Commit what the block ran on this connection; on a database error roll back and raise it
+        as the clear WarehouseError (``Database._error``)."""
         try:
-            for sql in statements:
-                with self.deadline.statement():
-                    self.conn.execute(sa.text(sql))
+            yield
             self.conn.commit()
         except self.database.errors as exc:
             self._rollback()
             raise self.database._error("statement failed on", exc, self.deadline) from None
+
+    def execute_together(self, statements: list[str]) -> None:
+        """Run ``statements`` in one transaction on this connection: all of them or none."""
+        with self._committed():
+            for sql in statements:
+                with self.deadline.statement():
+                    self.conn.execute(sa.text(sql))
 
     def execute_driver(self, sql: str, parameters: tuple) -> None:
         """Run ``sql`` as the driver takes it (its own placeholders, such as DuckDB's ``$1``) with
         ``parameters``, and commit."""
-        try:
-            with self.deadline.statement():
-                self.conn.exec_driver_sql(sql, parameters)
-            self.conn.commit()
-        except self.database.errors as exc:
-            self._rollback()
-            raise self.database._error("statement failed on", exc, self.deadline) from None
+        with self._committed(), self.deadline.statement():
+            self.conn.exec_driver_sql(sql, parameters)
 
     def returning(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[sa.Row]:
         """Run a write with ``RETURNING`` (no server-side cursor: PostgreSQL has them for queries only),
         commit it and give back the rows it returned. ``parameters``: as ``stream``'s."""
-        try:
+        with self._committed():
             with self.deadline.statement():
                 rows = self.conn.execute(sa.text(sql), parameters).all() if parameters else self.conn.execute(sa.text(sql)).all()
-            self.conn.commit()
-            return rows
-        except self.database.errors as exc:
-            self._rollback()
-            raise self.database._error("statement failed on", exc, self.deadline) from None
+        return rows
 
     def stream(self, sql: str, batch_size: int = 1000,
                parameters: Mapping[str, Any] | None = None) -> Iterator[list[sa.Row]]:
