@@ -143,6 +143,11 @@ class Dialect:
     #: en_US locale puts "a-2" before "A1"), and the plan's table picks its first rows in Python by the
     #: same keys (tools.output.listing_order); None: the default already orders by code point
     code_point_collation: str | None = None
+    #: a due query whose steps leave out the ledger's rows reads the campaign's ledger rows once, into a
+    #: materialised CTE each step's anti-join reads (sql.compile.campaign_ledger), instead of scanning the
+    #: ledger's table once per step (DuckDB: no index serves the anti-join; PostgreSQL and SQLite look each
+    #: candidate up in the ledger's identity index, which a CTE would not have)
+    campaign_ledger_cte: bool = False
 
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
@@ -169,7 +174,10 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # DuckDBPyConnection.interrupt(): DuckDB has no statement time limit of its own
             statement_timeout="interrupt",
             # the connection's own result, fetched without SQLAlchemy's result layer (benchmarks/README.md, issue 15.4)
-            driver_stream="duckdb_engine"),
+            driver_stream="duckdb_engine",
+            # one scan of the ledger per campaign: a minute later at 1M orders, order-follow-up's due query (3 steps)
+            # 0.069 -> 0.052 s CPU, welcome-series' 0.029 -> 0.019 (benchmarks/README.md, issue 15)
+            campaign_ledger_cte=True),
     Dialect("sqlite", tokenizer_keywords=frozenset((
                 "ATTACH DETACH MATCH REINDEX").split()),
             url_schemes=("sqlite",), instant_text_format="%Y-%m-%d %H:%M:%f", typed_columns=False,

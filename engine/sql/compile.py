@@ -402,6 +402,9 @@ class QueryBuilder:
         #: may leave out the instances no step can be due for (``TriggerKind.within_windows``); None: a
         #: query without windows (``engine explain``: every instance)
         self.windows: Sequence[StepWindow] | None = None
+        #: the CTE holding the campaign's ledger rows that the steps' anti-joins read (``campaign_ledger``);
+        #: None: each step's anti-join reads the ledger's table (``without_ledger_rows``)
+        self.campaign_ledger: str | None = None
 
     def ts(self, value: datetime) -> exp.Expression:
         return ts(value, self.dialect)
@@ -674,12 +677,26 @@ def new_segment_entries(builder: QueryBuilder, campaign: Campaign, members: str)
     return builder.with_ctes(select)
 
 
-def without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step) -> exp.Select:
+#: The CTE of a due query with its campaign's ledger rows (``campaign_ledger``)
+CAMPAIGN_LEDGER = "engine_campaign_ledger"
+
+
+def campaign_ledger(campaign: Campaign) -> exp.Select:
+    """The identities (step, customer, trigger key) of the ledger's rows of ``campaign``: a CTE of the
+    due query that every step's anti-join reads (``without_ledger_rows``), where the dialect reads the
+    ledger once per campaign instead of once per step (``Dialect.campaign_ledger_cte``)."""
+    return (exp.select(col("l", "step"), col("l", "customer_id"), col("l", "trigger_key"))
+            .from_(exp.to_table(LEDGER_TABLE).as_("l")).where(col("l", "campaign").eq(lit(campaign.name))))
+
+
+def without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step, ledger: str | None = None) -> exp.Select:
     """Leave out instances the ledger already holds for this step: an anti-join written as a
     LEFT JOIN on the ledger's unique identity plus ``IS NULL`` rather than ``NOT EXISTS``.
+    ``ledger``: the query's CTE of the campaign's ledger rows (``campaign_ledger``), joined by the
+    rest of the identity; None: the ledger's table.
 
-    The column tested is one the join condition compares (``campaign``), so that PostgreSQL sees
-    the anti-join: with another column (it was ``message_key``) it planned an outer join filtered
+    The column tested is one the join condition compares (``campaign``; ``step`` on the CTE), so that
+    PostgreSQL sees the anti-join: with another column (it was ``message_key``) it planned an outer join filtered
     by ``IS NULL`` on a column without NULLs, estimated at 1 row, and nested loops above it over
     every customer (25 s a minute later at 1M orders, benchmarks/README.md).
 
@@ -692,14 +709,17 @@ def without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step) -> ex
     Same rows: the identity is unique, so a candidate matches at most one row.
     Extends ``query`` itself (no copy: callers pass the step's query they are building).
     """
-    on = exp.and_(
-        col("l", "campaign").eq(lit(campaign.name)),
+    on = [
         col("l", "step").eq(lit(step.id)),
         col("l", "customer_id").eq(text(col("t", "customer_id"))),
         col("l", "trigger_key").eq(col("t", "trigger_key")),
-    )
-    return query.join(exp.to_table(LEDGER_TABLE).as_("l"), on=on, join_type="left", copy=False).where(
-        col("l", "campaign").is_(exp.null()), copy=False)
+    ]
+    if ledger is None:
+        on.insert(0, col("l", "campaign").eq(lit(campaign.name)))
+    tested = col("l", "campaign" if ledger is None else "step")
+    relation = exp.to_table(LEDGER_TABLE if ledger is None else ledger)
+    return query.join(relation.as_("l"), on=exp.and_(*on), join_type="left", copy=False).where(
+        tested.is_(exp.null()), copy=False)
 
 
 def _local_day_bound(window: StepWindow, zone: ZoneInfo, attribute: str) -> datetime:

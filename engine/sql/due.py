@@ -23,8 +23,8 @@ from engine.dialects import dialect_named
 from engine.model import Campaign, ProjectConfig
 from engine.model import Step
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, REENTRY_HISTORY, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN,
-    awaited_event,
+    CAMPAIGN_LEDGER, CUSTOMER_PREFIX, REENTRY_HISTORY, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN,
+    awaited_event, campaign_ledger,
     SHARED_ROWS, calendar_slack, col, exists, instant_text, is_customer, join_trigger_properties, ledger_relation, lit,
     per_zone_window, render_sql,
     shared_facts_create, step_window, temporary_table, text, ts, variant_columns, without_ledger_rows,
@@ -319,6 +319,9 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     windows = [step_window(step, now, config.stale_horizon) for step in campaign.steps]
     earliest = None if any(w.earliest is None for w in windows) else min(w.earliest for w in windows)
     builder.windows = windows
+    # several steps' anti-joins: the campaign's ledger rows read once (Dialect.campaign_ledger_cte)
+    if exclude_ledger and kind.keys_in_sql and len(campaign.steps) > 1 and dialect_named(builder.dialect).campaign_ledger_cte:
+        builder.campaign_ledger = CAMPAIGN_LEDGER
     builder.ctes["trigger_instances"] = kind.instances(builder, campaign, earliest)
     attributes = filter_attributes(config, kind.template_record and kind.template_record.entity)
     width = variant_columns(campaign)
@@ -419,6 +422,8 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             for key in ("customer_id", "trigger_key") + (("step",) if ordered else ())]
         body = body.order_by(*keys, copy=False)
     query = builder.with_ctes(body)
+    if builder.campaign_ledger is not None:
+        query = query.with_(CAMPAIGN_LEDGER, as_=campaign_ledger(campaign), materialized=True, copy=False)
     return query if due is None else query.with_(COUNT_CTE, as_=due, copy=False)
 
 
@@ -596,7 +601,7 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind,
     )
     query = builder.join_facts(query, col("t", "customer_id")).where(*conditions, copy=False)
     query = join_trigger_properties(builder, query, lambda: kind.properties_select(builder, campaign))
-    return without_ledger_rows(query, campaign, step) if exclude_ledger else query
+    return without_ledger_rows(query, campaign, step, builder.campaign_ledger) if exclude_ledger else query
 
 
 def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, stopped_by: exp.Expression, waits: list,
@@ -635,7 +640,7 @@ def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, sto
     query = builder.join_facts(query, col("t", "customer_id")).where(*conditions, copy=False)
     query = join_trigger_properties(builder, query, lambda: kind.properties_select(builder, campaign))
     if exclude_ledger and kind.keys_in_sql:
-        query = without_ledger_rows(query, campaign, step)
+        query = without_ledger_rows(query, campaign, step, builder.campaign_ledger)
     return query
 
 
