@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from operator import itemgetter
 from datetime import datetime
+from operator import itemgetter
 
 from engine.clock import UTC, parse_stored_date, parse_stored_timestamp
 from engine.decide import (
@@ -311,9 +311,9 @@ def decide_rows(campaign: Campaign, rows: list, now: datetime, config: ProjectCo
 
     The common step (a plain instant trigger, no local send time, no wait, no A/B split: ``RowLayout.plain``)
     is decided inline: what is the same for every row of a step and trigger instant (the instant made
-    aware, the due time, whether it is due or stale) once per distinct pair, the qualifying variants
-    once per distinct audience match; any other row goes through ``decide_row``. Same decisions either
-    way (tests/test_decide_rows).
+    aware, the due time, whether it is due or stale) once for a run of rows that share them, the
+    qualifying variants once per distinct audience match; any other row goes through ``decide_row``.
+    Same decisions either way (tests/test_decide_rows).
     """
     if not layout.plain:
         return [m for m in (decide_row(campaign, row, now, config, layout) for row in rows) if m is not None]
@@ -322,7 +322,7 @@ def decide_rows(campaign: Campaign, rows: list, now: datetime, config: ProjectCo
         layout.step, layout.customer_id, layout.trigger_key, layout.trigger_at, layout.stopped_by)
     start, names, match_at = layout.customer_start, layout.customer_names, layout.matches
     horizon, name = config.stale_horizon, campaign.name
-    #: (step id, audience matches) -> (candidate variants, channel, first variant id, skip reason) of a plain step
+    #: (step id, audience matches) -> (candidate variant ids, the first one's channel, its id) of a plain step
     chosen: dict[tuple, tuple] = {}
     #: the last row's step id and stored trigger instant, and their (trigger instant, due time, stale); None:
     #: not due (the rows of a step often share their instant: a segment entered at this pass)
