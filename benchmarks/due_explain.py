@@ -60,11 +60,11 @@ def child(shop_dir: Path, db: Path, mode: str, plans: int, campaigns: list[str])
 
     stream, returning = warehouse.Session.stream, warehouse.Session.returning
 
-    def timed_stream(self, sql, batch_size=1000, parameters=None):
+    def timed_stream(self, sql, batch_size=1000, parameters=None, **options):
         explain(self, sql, parameters)
         entry = timings[current["campaign"]]
         started, cpu = time.perf_counter(), time.process_time()
-        for rows in stream(self, sql, batch_size, parameters):
+        for rows in stream(self, sql, batch_size, parameters, **options):
             entry[2] += time.perf_counter() - started
             entry[3] += time.process_time() - cpu
             yield rows

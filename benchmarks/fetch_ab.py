@@ -76,12 +76,12 @@ def main() -> None:
         finally:
             session.conn.commit()
 
-    def timed(session, sql, batch_size=1000, parameters=None):
+    def timed(session, sql, batch_size=1000, parameters=None, **options):
         ways = {"sqlalchemy": lambda: way(session, sql, parameters, False),
                 "driver": lambda: way(session, sql, parameters, True),
                 ("binary" if postgres else "fetchall"): lambda: raw(session, sql, parameters)}
         if parameters and not postgres:  # DuckDB's reader takes no parameters
-            yield from stream(session, sql, batch_size, parameters)
+            yield from stream(session, sql, batch_size, parameters, **options)
             return
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
         rows = 0
@@ -93,7 +93,7 @@ def main() -> None:
         measured.append((rows, " ".join(sql.split())[:70],
                          {name: (statistics.median(t[0] for t in v), statistics.median(t[1] for t in v))
                           for name, v in times.items()}))
-        yield from stream(session, sql, batch_size, parameters)
+        yield from stream(session, sql, batch_size, parameters, **options)
 
     warehouse.Session.stream = timed
     now = datetime.fromisoformat(args.anchor).astimezone(timezone.utc)

@@ -97,9 +97,9 @@ def child(url: str, project: Path, plans: int, fill: bool) -> None:
         finally:
             timed(label(statements[-1]), started, cpu)
 
-    def stream(self, sql, batch_size=1000, parameters=None):
+    def stream(self, sql, batch_size=1000, parameters=None, **options):
         started, cpu = time.perf_counter(), server_cpu(postmaster)
-        for rows in original[1](self, sql, batch_size, parameters):
+        for rows in original[1](self, sql, batch_size, parameters, **options):
             timed(label(sql), started, cpu)
             yield rows
             started, cpu = time.perf_counter(), server_cpu(postmaster)

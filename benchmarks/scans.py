@@ -58,9 +58,9 @@ def counting_scans():
             note(self, sql)
         return execute_together(self, statements)
 
-    def stream_(self, sql, batch_size=1000, parameters=None):
+    def stream_(self, sql, batch_size=1000, parameters=None, **options):
         note(self, sql, parameters)
-        return stream(self, sql, batch_size, parameters)
+        return stream(self, sql, batch_size, parameters, **options)
 
     def returning_(self, sql, parameters=None):
         note(self, sql, parameters)

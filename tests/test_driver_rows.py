@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from conftest import copy_project, database_url
 from engine import Reconciler, load_project
 from engine.errors import WarehouseError
-from engine.state.driver_rows import Row
+from engine.state.driver_rows import Row, Rows
 from engine.state.warehouse import Database
 from engine.tools.demo import load_shop
 from history import INSTANTS, shared_history
@@ -115,6 +115,30 @@ def test_every_column_type_comes_back_as_sqlalchemys_cursor_gives_it(typed):
     assert (row.id, row.city) == (1, "Köln")
     with pytest.raises(AttributeError):
         row.no_such_column  # noqa: B018
+
+
+def test_positional_batches_are_the_drivers_plain_tuples_with_the_column_names_once(typed):
+    """How the plan's due rows come (``Session.stream(positional=True)``: read by position only): the same
+    values in the same batches as the ``Row`` rows, each row the driver's plain tuple (no object made per row,
+    and one the garbage collector stops tracking), the column names once on the batch (``Rows.fields``); on
+    SQLAlchemy's cursor its rows, in the same kind of batch."""
+    sql = "SELECT * FROM typed ORDER BY id"
+    with typed.session() as session:
+        rows = list(session.stream(sql, 2))
+        streamed = typed.driver_streamed
+        plain = list(session.stream(sql, 2, positional=True))
+    assert typed.driver_streamed == streamed + 1, "the driver's cursor was not used"
+    assert [len(b) for b in plain] == [2, 1] and described(plain) == described(rows)
+    assert all(type(row) is tuple for batch in plain for row in batch)
+    assert all(type(batch) is Rows and batch.fields == rows[0][0]._fields for batch in plain)
+    typed.driver_stream = False
+    try:
+        with typed.session() as session:
+            slow = list(session.stream(sql, 2, positional=True))
+    finally:
+        typed.driver_stream = True
+    assert [len(b) for b in slow] == [2, 1] and described(slow) == described(rows)
+    assert all(type(batch) is Rows and batch.fields == plain[0].fields for batch in slow)
 
 
 def test_postgres_types_without_a_python_type_of_their_own_come_back_as_text(typed):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
+from operator import itemgetter
 
 from engine.clock import UTC, parse_stored_date, parse_stored_timestamp
 from engine.decide import (
@@ -38,6 +39,7 @@ from engine.sql.shipping import copy_relation, create_copy, drop_copy, insert_co
 from engine.sql.prepared import Wrap, due_statement, facts_statement
 from engine.sql.shipping import StateNeeds, state_needs
 from engine.sql.triggers.registry import kind_of
+from engine.state.driver_rows import Rows
 from engine.state.ledger import Ledger
 from engine.state.warehouse import Database, Session
 
@@ -122,7 +124,7 @@ def due_rows(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: da
             for entity in statement.facts:
                 create_shared_table(session, config, now, campaigns, entity, created, kept)
             if wrap is None:
-                yield from session.stream(statement.text, batch_size, statement.parameters)
+                yield from session.stream(statement.text, batch_size, statement.parameters, positional=True)
             else:
                 yield session.returning(statement.text, statement.parameters)
 
@@ -211,7 +213,7 @@ def customer_zones(session: Session, config: ProjectConfig, campaigns: list[Camp
     return zones if len(zones) <= MAX_ZONES else None
 
 
-def decided_batches(campaign: Campaign, row_batches: Iterator[list], now: datetime, config: ProjectConfig,
+def decided_batches(campaign: Campaign, row_batches: Iterator[Rows], now: datetime, config: ProjectConfig,
                     ledger: Ledger, *, ledger_in_query: bool, shard: tuple[int, int] | None,
                     progress: Progress) -> Iterator[list[DueMessage]]:
     """Each batch of a campaign's due rows decided (``decide_row``), cut to this replica's ``shard``
@@ -223,7 +225,7 @@ def decided_batches(campaign: Campaign, row_batches: Iterator[list], now: dateti
         if not rows:
             continue
         progress.rows(len(rows))
-        layout = layout or RowLayout(rows[0]._fields, campaign)
+        layout = layout or RowLayout(rows.fields, campaign)
         batch = decide_rows(campaign, rows, now, config, layout)
         if shard is not None:
             index, count = shard
@@ -234,7 +236,7 @@ def decided_batches(campaign: Campaign, row_batches: Iterator[list], now: dateti
         yield batch
 
 
-def in_customer_order(row_batches: Iterator[list]) -> Iterator[list]:
+def in_customer_order(row_batches: Iterator[Rows]) -> Iterator[Rows]:
     """``row_batches`` as they come, but where the rows carry ``due.CUSTOMER_ROWS`` (a cap may leave a
     customer room for fewer of them than are due: ``due.counts_customer_rows``): the rows of a customer
     who has several are held back until the last of them arrives, then let through together by (trigger
@@ -248,14 +250,14 @@ def in_customer_order(row_batches: Iterator[list]) -> Iterator[list]:
     row_batches = iter(row_batches)
     for rows in row_batches:
         if counted is None and rows:
-            fields = rows[0]._fields
+            fields = rows.fields
             if CUSTOMER_ROWS not in fields:
                 yield rows
                 yield from row_batches
                 return
             counted, customer = fields.index(CUSTOMER_ROWS), fields.index("customer_id")
             instant, key, step = fields.index("trigger_at"), fields.index("trigger_key"), fields.index("step")
-        out = []
+        out = Rows((), rows.fields)
         for row in rows:
             if row[counted] == 1:
                 out.append(row)
@@ -267,8 +269,8 @@ def in_customer_order(row_batches: Iterator[list]) -> Iterator[list]:
                 out += sorted(mine, key=lambda r: _listing_key(r[instant], r[key], r[step]))
         yield out
     if held:
-        yield sorted((row for rows in held.values() for row in rows),
-                     key=lambda r: _listing_key(r[instant], r[customer], r[key], r[step]))
+        yield Rows(sorted((row for rows in held.values() for row in rows),
+                          key=lambda r: _listing_key(r[instant], r[customer], r[key], r[step])), fields)
 
 
 def _listing_key(*values) -> tuple:
@@ -308,58 +310,76 @@ def decide_rows(campaign: Campaign, rows: list, now: datetime, config: ProjectCo
     """``decide_row`` over a batch of rows, the rows not due left out.
 
     The common step (a plain instant trigger, no local send time, no wait, no A/B split: ``RowLayout.plain``)
-    is decided inline, with the qualifying variants worked out once per distinct audience match;
-    any other row goes through ``decide_row``. Same decisions either way (tests/test_decide_rows).
+    is decided inline: what is the same for every row of a step and trigger instant (the instant made
+    aware, the due time, whether it is due or stale) once for a run of rows that share them, the
+    qualifying variants once per distinct audience match; any other row goes through ``decide_row``.
+    Same decisions either way (tests/test_decide_rows).
     """
     if not layout.plain:
         return [m for m in (decide_row(campaign, row, now, config, layout) for row in rows) if m is not None]
-    plain, steps_of = layout.plain, layout.steps
+    plain = layout.plain
     step_at, customer_at, key_at, trigger_at_at, stopped_at = (
         layout.step, layout.customer_id, layout.trigger_key, layout.trigger_at, layout.stopped_by)
     start, names, match_at = layout.customer_start, layout.customer_names, layout.matches
     horizon, name = config.stale_horizon, campaign.name
-    #: (step id, audience matches) -> (candidate variants, first variant) of a plain step
+    #: (step id, audience matches) -> (candidate variant ids, the first one's channel, its id) of a plain step
     chosen: dict[tuple, tuple] = {}
+    #: the last row's step id and stored trigger instant, and their (trigger instant, due time, stale); None:
+    #: not due (the rows of a step often share their instant: a segment entered at this pass)
+    last_step = last_stored = times = None
+    choice_of = itemgetter(step_at, *match_at)  # a tuple: at least two positions, or the step id alone
     decided = []
+    append = decided.append
     for row in rows:
         step_id = row[step_at]
-        step = plain.get(step_id)
-        if step is None:
+        if step_id not in plain:
             message = decide_row(campaign, row, now, config, layout)
             if message is not None:
-                decided.append(message)
+                append(message)
             continue
-        trigger_at = row[trigger_at_at]
-        trigger_at = _EPOCH_UTC + (trigger_at - _EPOCH) if type(trigger_at) is datetime and trigger_at.tzinfo is None \
-            else parse_stored_timestamp(trigger_at)
-        due_at = trigger_at + step.delay
-        if due_at > now:
+        stored = row[trigger_at_at]
+        if stored != last_stored or step_id != last_step or last_step is None:
+            times, last_step, last_stored = _plain_timing(plain[step_id], stored, now, horizon), step_id, stored
+        if times is None:
             continue
-        freshness = step.freshness
-        if freshness is not None and now > due_at + freshness + horizon:
-            continue
-        matches = (step_id, *[row[i] for i in match_at])
+        trigger_at, due_at, stale = times
+        matches = choice_of(row)
         choice = chosen.get(matches)
         if choice is None:
-            candidates = matching_variants(steps_of[step_id], list(matches[1:]), 0)
-            choice = chosen[matches] = (tuple(v.id for v in candidates), candidates[0] if candidates else None)
-        candidates, first = choice
+            step = plain[step_id]
+            candidates = matching_variants(step, [row[i] for i in match_at], 0)
+            first = candidates[0] if candidates else None
+            choice = chosen[matches] = (tuple(v.id for v in candidates), first.channel if first else None,
+                                        first.id if first else None)
+        candidates, channel, variant = choice
         customer = dict(zip(names, row[start:]))
         customer_id = customer["customer_id"] = str(row[customer_at])
-        message = DueMessage(name, step_id, customer_id, str(row[key_at]), trigger_at, due_at,
-                             first.channel if first else None, customer, "send", None,
-                             first.id if first else None)
+        message = DueMessage(name, step_id, customer_id, str(row[key_at]), trigger_at, due_at, channel, customer,
+                             "send", None, variant)
         stopped_by = row[stopped_at]
         if stopped_by:
             message.action, message.reason, message.detail = "skip", "stopped", str(stopped_by)
-        elif freshness is not None and now >= due_at + freshness:
+        elif stale:
             message.action, message.reason = "skip", "stale"
-        elif first is None:
+        elif variant is None:
             message.action, message.reason = "skip", "no_variant"
         else:
             message.candidates = candidates
-        decided.append(message)
+        append(message)
     return decided
+
+
+def _plain_timing(step, stored, now: datetime, horizon) -> tuple | None:
+    """(trigger instant, due time, stale) of a plain step's row whose trigger instant is ``stored``, or
+    None when it is not due (yet, or any more): ``decide_row``'s rules."""
+    trigger_at = _instant(stored)
+    due_at = trigger_at + step.delay
+    if due_at > now:
+        return None
+    freshness = step.freshness
+    if freshness is not None and now > due_at + freshness + horizon:
+        return None
+    return trigger_at, due_at, freshness is not None and now >= due_at + freshness
 
 
 #: a naive UTC timestamp made aware by adding it to the aware epoch: ten times cheaper than ``replace(tzinfo=UTC)``

@@ -84,55 +84,80 @@ class PolicyState:
     history_skips: dict[str, int] = field(default_factory=dict)
 
 
+#: what ``choose_channels`` notes of a candidate whose customer has no address of its kind, or one it cannot send to
+_NO_CONTACT, _INVALID_CONTACT = object(), object()
+
+
 def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_of: dict[str, str]) -> list:
     """Settle each ``send`` message on its first receivable candidate variant.
 
     ``channel_of`` maps "campaign:step:variant" to the variant's channel; a
     message's ``candidates`` are its qualifying variant ids in preference order.
+    What is the same for every message of a step and candidate list (each candidate's channel,
+    kind and settings) is looked up once per batch; per message, only its customer's addresses.
     """
     sending = [m for m in batch if m.action == "send"]
     if not sending:
         return batch
     targets = _Targets(config, channel_of)
     unsubscribed = ledger.unsubscribed(sorted({m.customer_id for m in sending}))
+    unsubscribing = {customer_id for customer_id, _ in unsubscribed}  # the customers with any unsubscribe
     addresses: dict[str, set[str]] = {}
-    #: per sending message, each candidate's (variant, channel, kind, raw contact value, address as the channel
-    #: sends it - None: missing or invalid): a phone number is parsed here only, once
-    options: list[list[tuple]] = []
+    #: (campaign, step, candidates) -> each candidate's (variant, channel, kind, settings)
+    chains: dict[tuple, tuple] = {}
+    #: per sending message, its candidates' chain; per candidate of each in turn, the address's suppression key
+    #: (the address as the channel sends it: a phone number is parsed here only, once), or why there is none
+    chain_of: list[tuple] = []
+    noted: list = []
     for m in sending:
-        found = []
-        for variant_id in m.candidates:
-            channel, kind, settings = targets.of(m.campaign, m.step, variant_id)
-            raw = kind.address(m.customer)
-            address = kind.normal_address(str(raw), settings) if kind.usable_address(raw) else None
-            if address is not None:
-                addresses.setdefault(kind.name, set()).add(kind.suppression_key(address))
-            found.append((variant_id, channel, kind, raw, address))
-        options.append(found)
-    suppressed = {(kind, address) for kind, found in addresses.items()
-                  for address in ledger.suppressed(kind, sorted(found))}
-
-    def obstacle(m, kind: ChannelKind, raw: object, address: str | None) -> str | None:
-        if not kind.usable_address(raw):
-            return "no_contact"
-        if address is None:
-            return "invalid_contact"
-        column = kind.consent_column
-        if (column in m.customer and not m.customer[column]) or \
-                (m.customer_id, kind.unsubscribe_scope) in unsubscribed or (m.customer_id, "all") in unsubscribed:
-            return "no_consent"
-        if (kind.name, kind.suppression_key(address)) in suppressed:
-            return "suppressed"
-        return None
+        target = (m.campaign, m.step, m.candidates)
+        chain = chains.get(target)
+        if chain is None:
+            chain = chains[target] = tuple((variant_id, *targets.of(m.campaign, m.step, variant_id))
+                                           for variant_id in m.candidates)
+        chain_of.append(chain)
+        customer = m.customer
+        for _, _, kind, settings in chain:
+            raw = kind.address(customer)
+            if not kind.usable_address(raw):
+                noted.append(_NO_CONTACT)
+                continue
+            address = kind.normal_address(str(raw), settings)
+            if address is None:
+                noted.append(_INVALID_CONTACT)
+                continue
+            key = kind.suppression_key(address)
+            found = addresses.get(kind.name)
+            if found is None:
+                found = addresses[kind.name] = set()
+            found.add(key)
+            noted.append(key)
+    #: kind -> the suppressed addresses among the batch's (kinds with none left out)
+    suppressed = {kind: keys for kind, keys in
+                  ((kind, ledger.suppressed(kind, sorted(found))) for kind, found in addresses.items()) if keys}
 
     decided = []
-    candidates_of = iter(options)
+    chain_iter = iter(chain_of)
+    at = 0  # the next message's first candidate in ``noted``
     for m in batch:
         if m.action == "send":
             first_reason = None
-            for variant_id, channel, kind, raw, address in next(candidates_of):
-                reason = obstacle(m, kind, raw, address)
-                if reason is None:
+            customer_id, customer = m.customer_id, m.customer
+            chain = next(chain_iter)
+            first, at = at, at + len(chain)
+            for offset, (variant_id, channel, kind, _) in enumerate(chain):
+                key = noted[first + offset]
+                if key is _NO_CONTACT:
+                    reason = "no_contact"
+                elif key is _INVALID_CONTACT:
+                    reason = "invalid_contact"
+                elif (kind.consent_column in customer and not customer[kind.consent_column]) or \
+                        (customer_id in unsubscribing and ((customer_id, kind.unsubscribe_scope) in unsubscribed
+                                                           or (customer_id, "all") in unsubscribed)):
+                    reason = "no_consent"
+                elif kind.name in suppressed and key in suppressed[kind.name]:
+                    reason = "suppressed"
+                else:
                     if variant_id != m.variant:
                         m = replace(m, variant=variant_id, channel=channel)
                     break
@@ -357,6 +382,8 @@ def reentry(batch: list, inputs: PolicyInputs) -> list:
     (``PolicyState.entered``; the ledger's history is ``reentry_history``'s). After channel choice and
     quiet hours: only an instance that goes out enters."""
     rules = {name: inputs.campaigns[name].reentry for name in dict.fromkeys(m.campaign for m in batch)}
+    if all(rule.mode == "per_trigger" for rule in rules.values()):
+        return batch  # every instance may enter: nothing to remember or skip
     entered = inputs.state.entered
     decided = []
     for m in batch:

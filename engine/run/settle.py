@@ -48,6 +48,7 @@ from engine.run.messages import PassReport
 from engine.sql.compile import col, lit, ts
 from engine.sql.due import COUNT_CHANNEL, COUNT_COLUMN, COUNT_REASON, settled_steps
 from engine.sql.instants import PassInstant
+from engine.state.driver_rows import Rows
 from engine.state.ledger import Ledger, Record, insert_new_rows, message_key
 
 #: the ledger's columns an INSERT of settled skips fills (attempts 0 and content NULL by default)
@@ -231,7 +232,7 @@ def count_settled(campaign: Campaign, rows_of, ledger: Ledger, counts: SettledCo
     return found
 
 
-def counted_rows(campaign: Campaign, row_batches: Iterator[list], counts: SettledCounts) -> Iterator[list]:
+def counted_rows(campaign: Campaign, row_batches: Iterator[Rows], counts: SettledCounts) -> Iterator[Rows]:
     """The batches of ``campaign``'s ``due_query(settled="count")`` rows without its settled ones
     (``COUNT_REASON`` set), which are counted into ``counts``: a summary row by its ``COUNT_COLUMN``
     (one per step, reason and channel), a settled row itself as one (``Dialect.settled_counts``
@@ -239,10 +240,10 @@ def counted_rows(campaign: Campaign, row_batches: Iterator[list], counts: Settle
     at = None
     for rows in row_batches:
         if at is None:
-            fields = rows[0]._fields
+            fields = rows.fields
             at = [fields.index(name) for name in (COUNT_REASON, "step", COUNT_CHANNEL, COUNT_COLUMN)]
         reason_at, step_at, channel_at, count_at = at
-        kept = [row for row in rows if row[reason_at] is None]
+        kept = Rows((row for row in rows if row[reason_at] is None), rows.fields)
         if len(kept) < len(rows):
             add, name = counts.add, campaign.name
             for row in rows:

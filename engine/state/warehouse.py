@@ -362,26 +362,29 @@ class Session:
                 rows = self.conn.execute(sa.text(sql), parameters).all() if parameters else self.conn.execute(sa.text(sql)).all()
         return rows
 
-    def stream(self, sql: str, batch_size: int = 1000,
-               parameters: Mapping[str, Any] | None = None) -> Iterator[list[sa.Row]]:
+    def stream(self, sql: str, batch_size: int = 1000, parameters: Mapping[str, Any] | None = None,
+               positional: bool = False) -> Iterator[list[sa.Row]]:
         """As ``Database.stream``, on this connection; ends its read transaction when done, so the
         next statement sees what other connections (the ledger) wrote in the meantime.
-        ``parameters``: values of the ``:name`` bind parameters in ``sql``."""
+        ``parameters``: values of the ``:name`` bind parameters in ``sql``. ``positional``: for a reader
+        that reads the rows by position only - each batch a ``driver_rows.Rows`` (the column names once,
+        the driver's plain tuples on its own cursor), not a row object per row."""
         if self.database.driver_stream and driver_rows.takes(self.conn.dialect.driver, parameters):
-            yield from self._driver_stream(sql, batch_size, parameters)
+            yield from self._driver_stream(sql, batch_size, parameters, positional)
             return
         try:
             # options on the statement: Connection.execution_options would stick to the pinned connection
             statement = sa.text(sql).execution_options(stream_results=True, yield_per=batch_size)
             with self.deadline.statement():
                 result = self.conn.execute(statement, parameters) if parameters else self.conn.execute(statement)
+            fields = tuple(result.keys()) if positional else None
             try:
                 while True:
                     with self.deadline.call():
                         rows = result.fetchmany(batch_size)
                     if not rows:
                         break
-                    yield rows
+                    yield driver_rows.Rows(rows, fields) if positional else rows
             except GeneratorExit:  # the reader stopped early: close, but never raise from a closing generator
                 try:
                     result.close()
@@ -398,7 +401,8 @@ class Session:
             self._rollback()  # PostgreSQL refuses every later statement of a failed transaction
             raise self.database._error("query failed on", exc, self.deadline) from None
 
-    def _driver_stream(self, sql: str, batch_size: int, parameters: Mapping[str, Any] | None) -> Iterator[list]:
+    def _driver_stream(self, sql: str, batch_size: int, parameters: Mapping[str, Any] | None,
+                       positional: bool = False) -> Iterator[list]:
         """``stream`` on the driver's own server-side cursor (``Database.driver_stream``): the statement
         as SQLAlchemy would send it (its ``:name`` parameters in the driver's style), in the pinned
         connection's transaction, committed at the end; a driver error becomes SQLAlchemy's, as ``stream``'s."""
@@ -413,7 +417,7 @@ class Session:
                 self.conn.begin()  # the driver's statements join it: commit() below ends them
             self.database.driver_streamed += 1
             with self.deadline.statement():
-                rows = driver_rows.stream(dialect.driver, connection, text, values, batch_size)
+                rows = driver_rows.stream(dialect.driver, connection, text, values, batch_size, positional)
                 batch = next(rows, None)  # DECLARE and the first FETCH: the statement runs
             try:
                 while batch is not None:
