@@ -217,9 +217,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             connect_statements=("SET cursor_tuple_fraction = 1.0", "SET jit = off"),
             on_conflict_insert="postgresql", array_parameters="named", code_point_collation="C",
             # the trigger instances and customers inlined in each step: the steps' windows were estimated
-            # at 0.5 % of a materialised CTE (518 rows where 48,178 came), the customers written to a
+            # at 0.5 % of a materialised CTE (delivery: 506 rows where 48,178 came), the customers written to a
             # temporary file per query; a minute later at 1M orders the due queries' server CPU
-            # 1.6 -> 0.9 s, inactivity 0.59 -> 0.13 s (benchmarks/README.md)
+            # 1.7 -> 1.0 s, inactivity's 0.57 -> 0.14 s (benchmarks/README.md)
             inline_instances=True,
             # a CTE read twice is evaluated once into a tuplestore that spills to disk past work_mem: the
             # counted plan's due query runs once, and its settled rows stay on the server (benchmarks/README.md)
