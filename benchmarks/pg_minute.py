@@ -51,11 +51,11 @@ def server_cpu(postmaster: int) -> float:
 
 
 def child(url: str, project: Path, plans: int, fill: bool) -> None:
-    sys.path.insert(0, str(HERE))
     os.environ["ENGINE_WAREHOUSE_URL"] = url
+    import engine  # the checkout's (PYTHONPATH) first: run.py puts its own checkout first on sys.path
+    sys.path.insert(0, str(HERE))
     import run as bench
 
-    import engine
     import engine.run.plan as plan
     from engine.state import warehouse
 
@@ -132,6 +132,7 @@ def child(url: str, project: Path, plans: int, fill: bool) -> None:
     result["floor"] = statistics.median(floors)
     result["statements"] = {key: value for key, value in spent.items()}
     result["load"] = open("/proc/loadavg").read().split()[:3]
+    result["engine"] = str(Path(engine.__file__).parent.parent)
     print(json.dumps(result))
 
 
@@ -165,6 +166,8 @@ def main() -> int:
     for round_ in range(args.rounds):
         for checkout in args.checkouts:
             r = run_child(checkout)
+            if Path(r["engine"]).resolve() != checkout.resolve():
+                raise SystemExit(f"the child ran the engine of {r['engine']}, not of {checkout}")
             collected[checkout].append(r)
             seconds = {key: " ".join(f"{x:.2f}" for x in r[key]) for key in ("wall", "server", "client")}
             print(f"round {round_} {checkout}: wall {seconds['wall']} s, server CPU {seconds['server']} s, "

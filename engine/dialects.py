@@ -54,6 +54,11 @@ class Dialect:
     stream_source_ctes: bool = False
     #: the sources (entity names) whose CTE is left to the database's choice all the same
     materialised_sources: tuple[str, ...] = ()
+    #: a due query's trigger instances and customers' source are written NOT MATERIALIZED (unless the
+    #: trigger kind computes its instances once: ``TriggerKind.instances_once``), so that each step's
+    #: window is planned on the tables' own statistics: a CTE read twice is otherwise evaluated once
+    #: into a store without statistics, each step's window on it guessed at a fixed fraction
+    inline_instances: bool = False
     #: how a plan counts a campaign's settled skips in the statement that returns its other rows
     #: (``due_query(settled="count")``): ``summary`` (the due rows held once in a CTE read twice: the
     #: unsettled rows, and one row per step, reason and channel with its count; the database must
@@ -219,6 +224,11 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # (benchmarks/README.md). Per connection, like the cursor setting: the server's default is untouched.
             connect_statements=("SET cursor_tuple_fraction = 1.0", "SET jit = off"),
             on_conflict_insert="postgresql", array_parameters="named", code_point_collation="C",
+            # the trigger instances and customers inlined in each step: the steps' windows were estimated
+            # at 0.5 % of a materialised CTE (delivery: 506 rows where 48,178 came), the customers written to a
+            # temporary file per query; a minute later at 1M orders the due queries' server CPU
+            # 1.7 -> 1.0 s, inactivity's 0.57 -> 0.14 s (benchmarks/README.md)
+            inline_instances=True,
             # a CTE read twice is evaluated once into a tuplestore that spills to disk past work_mem: the
             # counted plan's due query runs once, and its settled rows stay on the server (benchmarks/README.md)
             settled_counts="summary",

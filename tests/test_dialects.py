@@ -135,7 +135,8 @@ def test_the_compiled_sql_follows_the_row(row: Dialect):
     now = datetime(2025, 1, 10, tzinfo=timezone.utc)
     sql = render_sql(due_query(project.campaign("second-order"), project.config, now, exclude_ledger=True,
                                dialect=row.name), row.name)
-    assert ("NOT MATERIALIZED" in sql) == row.stream_source_ctes
+    assert ("NOT MATERIALIZED" in sql) == (row.stream_source_ctes or row.inline_instances)
+    assert ("trigger_instances AS NOT MATERIALIZED" in sql) == row.inline_instances
     assert (f"STRFTIME('{row.instant_text_format}'" in sql) == (row.instant_text_format is not None)
     if row.temporary_tables:
         for entity in SHARED_FACTS:

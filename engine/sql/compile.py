@@ -406,6 +406,10 @@ class QueryBuilder:
         #: None: each step's anti-join reads the ledger's table (``without_ledger_rows``)
         self.campaign_ledger: str | None = None
 
+        #: CTEs written NOT MATERIALIZED whatever the dialect's default (a due query's trigger instances
+        #: and customers where ``Dialect.inline_instances``: ``due.due_query`` names them)
+        self.inlined: tuple[str, ...] = ()
+
     def ts(self, value: datetime) -> exp.Expression:
         return ts(value, self.dialect)
 
@@ -460,8 +464,9 @@ class QueryBuilder:
         return body
 
     def _materialized(self, name: str) -> bool | None:
-        """``False`` (NOT MATERIALIZED) for source CTEs where Dialect.stream_source_ctes (DuckDB,
-        SQLite) but not of its ``materialised_sources``, else the database's choice.
+        """``False`` (NOT MATERIALIZED) for the CTEs ``inlined`` and for source CTEs where
+        Dialect.stream_source_ctes (DuckDB, SQLite) but not of its ``materialised_sources``, else
+        the database's choice.
 
         DuckDB materialises a CTE that is read twice - ``src_customers`` is, by
         the trigger and by the customer join - and holds every row and column of
@@ -473,6 +478,8 @@ class QueryBuilder:
         spills a materialised CTE to disk; others may not know the keyword).
         """
         dialect = dialect_named(self.dialect)
+        if name in self.inlined:
+            return False
         if dialect.stream_source_ctes and name.startswith("src_") and name[4:] not in dialect.materialised_sources:
             return False
         return None

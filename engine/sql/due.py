@@ -316,6 +316,8 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
         if history is None:
             raise ValueError(f"{campaign.name}: settling re-entry in SQL needs the ledger's sent instances")
     customers = builder.source("customers")
+    if dialect_named(builder.dialect).inline_instances and not kind.instances_once:
+        builder.inlined = (customers, "trigger_instances")
     windows = [step_window(step, now, config.stale_horizon) for step in campaign.steps]
     earliest = None if any(w.earliest is None for w in windows) else min(w.earliest for w in windows)
     builder.windows = windows

@@ -75,6 +75,10 @@ class TriggerKind:
     has_segment: bool = False
     #: further ``trigger_instances`` columns each due row carries, after ``trigger_at``
     extra_columns: tuple[str, ...] = ()
+    #: the due query computes the instances once for all its steps even where the dialect inlines them in
+    #: each step (``Dialect.inline_instances``): they are a scan of a whole source that no step's window
+    #: narrows through an index, which each step would repeat
+    instances_once: bool = False
     #: the ``compile.SHARED_ROWS`` table a pass builds once (``shared_rows_select``) for this kind's
     #: campaigns that read it (``reads_shared_rows``); None: the kind reads no shared per-row facts
     shared_rows: str | None = None
