@@ -405,7 +405,6 @@ class QueryBuilder:
         #: the CTE holding the campaign's ledger rows that the steps' anti-joins read (``campaign_ledger``);
         #: None: each step's anti-join reads the ledger's table (``without_ledger_rows``)
         self.campaign_ledger: str | None = None
-
         #: CTEs written NOT MATERIALIZED whatever the dialect's default (a due query's trigger instances
         #: and customers where ``Dialect.inline_instances``: ``due.due_query`` names them)
         self.inlined: tuple[str, ...] = ()
