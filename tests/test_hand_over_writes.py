@@ -93,3 +93,48 @@ def test_a_batch_of_claims_is_one_insert_where_the_dialect_binds_lists(tmp_path)
         with db.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM engine_ledger")).scalar() == 1_300
         db.dispose()
+
+
+def test_a_pass_writes_each_batch_s_skips_in_the_statement_of_its_claims(tmp_path, monkeypatch):
+    """A pass on DuckDB inserts a batch's skips and claims with one INSERT (the record stage's skips handed to
+    the claim stage): statements carry both; the pass report counts exactly the skips the ledger holds."""
+    import re
+    from collections import Counter
+
+    import sqlalchemy as sa
+
+    from conftest import copy_project
+    from engine import Reconciler, load_project
+    from engine.clock import parse_instant
+    from engine.tools.demo import build_demo
+    from servers import SmsProvider, SmtpSink
+    from test_end_to_end import configure_channels
+
+    shop = tmp_path / "shop.duckdb"
+    build_demo(str(shop), seed=42, customers=400, anchor="2025-01-10T00:00:00Z")
+    root = copy_project(tmp_path / "project")
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", f"duckdb:///{shop}")
+    monkeypatch.setenv("SMS_TOKEN", "secret-token")
+    inserts: list[Counter] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        found = re.match(r"\s*INSERT INTO engine_ledger \(([^)]*)\) SELECT unnest", statement)
+        if found:
+            columns = [c.strip() for c in found.group(1).split(",")]
+            inserts.append(Counter(parameters[columns.index("status")]))
+
+    with SmtpSink() as smtp, SmsProvider() as sms:
+        configure_channels(root, smtp.port, sms.url)
+        reconciler = Reconciler(load_project(root), batch_size=100)
+        sa.event.listen(reconciler.ledger.db.engine, "before_cursor_execute", seen)
+        try:
+            report = reconciler.run_once(parse_instant("2025-01-10T00:00:00Z"))
+            with reconciler.ledger.db.engine.connect() as conn:
+                held = Counter({(c, s, f"skipped:{r}"): n for c, s, r, n in conn.execute(sa.text(
+                    "SELECT campaign, step, reason, count(*) FROM engine_ledger WHERE status = 'skipped' GROUP BY ALL"))})
+        finally:
+            reconciler.close()
+    mixed = [c for c in inserts if c["claimed"] and c["skipped"]]
+    assert mixed and report.total("sent") > 100, inserts
+    counted = Counter({(c, s, outcome): n for (c, s, outcome), n in report.counts.items() if outcome.startswith("skipped:")})
+    assert counted == held

@@ -273,8 +273,8 @@ class Reconciler:
                     for batch in self.due(now, selected, failures=report.failed_campaigns, report=report,
                                           before_campaign=sending.finish_if_tagging,
                                           before_decisions=sending.finish):
-                        record_decisions(batch, ledger, now, report)
-                        claimed = claim(batch, ledger, sessions, now, report, project, secret)
+                        skips = record_decisions(batch, ledger, now, report, write=False)  # written with the claims
+                        claimed = claim(batch, ledger, sessions, now, report, project, secret, skips=skips)
                         rendered = render(claimed, project, config, renderer, secret, sources, report, now)
                         record_failures(rendered.failures, ledger, now)
                         sending.finish()  # one batch in flight at a time
