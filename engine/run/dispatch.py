@@ -116,19 +116,13 @@ def send_all(messages: list[tuple[str, OutgoingMessage]], sessions: dict[str, Ch
     sent. Before outcomes are recorded the session's ``sync`` (if it has one)
     makes what it accepted durable. A message ``hand_over`` refuses is not
     sent: its result is None. Hand-overs are group-committed (``_GroupCommit``):
-    the workers that ask while a ledger write runs share the next one. A worker
-    that finds the queue empty leaves the outcomes of its last group to one
-    write after every worker is done (``hand_over(outcomes, [])`` once per call,
-    not once per worker); meanwhile it holds no other group, so the bound above
-    holds.
+    the workers that ask while a ledger write runs share the next one.
     """
     by_channel: dict[str, list[int]] = {}
     for index, (channel, _) in enumerate(messages):
         by_channel.setdefault(channel, []).append(index)
     results: list[Sent | None] = [None] * len(messages)
     commit = _GroupCommit(hand_over) if hand_over is not None else None
-    last: list[tuple[int, Sent]] = []  # the workers' last groups, recorded by one write when all are done
-    last_lock = threading.Lock()
 
     def work(channel: str, pending: queue.SimpleQueue, group_size: int) -> None:
         session = sessions[channel]
@@ -140,11 +134,7 @@ def send_all(messages: list[tuple[str, OutgoingMessage]], sessions: dict[str, Ch
             if done and (hand_over is not None or not group) and hasattr(session, "sync"):
                 session.sync()
             allowed = set(group)
-            if commit is not None and not group:  # synced above: recorded with the other workers' last groups
-                with last_lock:
-                    last.extend(done)
-                return
-            if commit is not None:
+            if commit is not None and (done or group):
                 allowed = commit(done, group)
                 done = []
                 if group:
@@ -173,22 +163,12 @@ def send_all(messages: list[tuple[str, OutgoingMessage]], sessions: dict[str, Ch
         group_size = 1 if hand_over is None else max(1, min((in_flight or {}).get(channel, DEFAULT_IN_FLIGHT),
                                                              -(-len(indices) // width)))
         workers += [(channel, pending, group_size)] * width
-    failed = True
-    try:
-        if len(workers) == 1:
-            work(*workers[0])
-        elif workers:
-            with ThreadPoolExecutor(max_workers=len(workers)) as pool:
-                for future in [pool.submit(work, *worker) for worker in workers]:
-                    future.result()
-        failed = False
-    finally:  # after a worker's error too: what the providers accepted is recorded if the ledger still takes it
-        if last and hand_over is not None:
-            try:
-                hand_over(sorted(last, key=lambda done: done[0]), [])
-            except Exception:  # noqa: BLE001 - a worker's error is on its way out: that one is reported
-                if not failed:
-                    raise
+    if len(workers) == 1:
+        work(*workers[0])
+    elif workers:
+        with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+            for future in [pool.submit(work, *worker) for worker in workers]:
+                future.result()
     return results
 
 
