@@ -87,10 +87,22 @@ class Reconciler:
         self.writes = writes
         #: how the last ``due`` read each source's per-customer facts (run.incremental; ``engine plan --explain-cost``)
         self.facts_costs: list[incremental.SourceCost] = []
+        self._renderer: Renderer | None = None  # made at the first pass, reused by the next (``renderer``)
 
     def close(self) -> None:
         self.warehouse.dispose()
         self.ledger.close()
+
+    def renderer(self) -> Renderer:
+        """The passes' renderer: made once per project (a reload builds a new Reconciler, as it builds a new
+        project from a snapshot of its templates), so a template is compiled at the first pass that renders
+        it and every later pass reuses it; one changed on disk meanwhile is compiled again
+        (``Renderer.forget_changed``, once per pass)."""
+        if self._renderer is None or self._renderer.templates_dir != self.project.templates_dir:
+            self._renderer = Renderer(self.project.templates_dir)
+        else:
+            self._renderer.forget_changed()
+        return self._renderer
 
     def campaigns(self, names: list[str] | None = None) -> list[Campaign]:
         if names:
@@ -254,15 +266,15 @@ class Reconciler:
             retry(now, project, config, ledger, sources, sessions, report)
             self.enter_segments(now, selected, failures=report.failed_campaigns)
             sync_pools(project, self.warehouse, ledger, selected, now, report.failed_campaigns)
-            renderer = Renderer(project.templates_dir)
+            renderer = self.renderer()
             with sending_threads(), ThreadPoolExecutor(1, thread_name_prefix="engine-send") as sender:
                 sending = _Sending(sender, project, ledger, now, report)
                 try:
                     for batch in self.due(now, selected, failures=report.failed_campaigns, report=report,
                                           before_campaign=sending.finish_if_tagging,
                                           before_decisions=sending.finish):
-                        record_decisions(batch, ledger, now, report)
-                        claimed = claim(batch, ledger, sessions, now, report, project, secret)
+                        skips = record_decisions(batch, ledger, now, report, write=False)  # written with the claims
+                        claimed = claim(batch, ledger, sessions, now, report, project, secret, skips=skips)
                         rendered = render(claimed, project, config, renderer, secret, sources, report, now)
                         record_failures(rendered.failures, ledger, now)
                         sending.finish()  # one batch in flight at a time

@@ -27,17 +27,26 @@ def as_record(m: DueMessage, status: str, reason: str | None = None, detail: str
     )
 
 
-def record_decisions(batch: list[DueMessage], ledger: Ledger, now: datetime, report: PassReport) -> None:
+def record_decisions(batch: list[DueMessage], ledger: Ledger, now: datetime, report: PassReport,
+                     write: bool = True) -> list[Record]:
     """Count the deferred messages (not recorded: they stay due) and record the skipped ones;
-    a skip another process recorded first is not counted again."""
+    a skip another process recorded first is not counted again. With ``write`` False (a pass: the
+    skips go in the same statement as the batch's claims, ``claim(..., skips=)``) the skips' rows are
+    returned unwritten, to be counted by ``count_skips`` with what that statement inserted."""
     for m in batch:
         if m.action == "defer":
             report.add(m.campaign, m.step, m.outcome, channel=m.channel)
-    skips = [m for m in batch if m.action == "skip"]
-    recorded = ledger.write_new((as_record(m, "skipped", reason=m.reason, detail=m.detail) for m in skips), now)
-    for m in skips:
-        if m.key in recorded:
-            report.add(m.campaign, m.step, f"skipped:{m.reason}", channel=m.channel)
+    skips = [as_record(m, "skipped", reason=m.reason, detail=m.detail) for m in batch if m.action == "skip"]
+    if write:
+        count_skips(skips, ledger.write_new(skips, now), report)
+    return skips
+
+
+def count_skips(skips: list[Record], recorded: set[str], report: PassReport) -> None:
+    """Count the skips this process recorded (``recorded``: the keys its write inserted)."""
+    for r in skips:
+        if r.message_key in recorded:
+            report.add(r.campaign, r.step, f"skipped:{r.reason}", channel=r.channel)
 
 
 def record_failures(failures: list[Record], ledger: Ledger, now: datetime) -> None:

@@ -71,14 +71,19 @@ class Renderer:
 
     def __init__(self, templates_dir: Path, limits: Limits = Limits(), layout: str | None = EMAIL_LAYOUT,
                  undefined: type[jinja2.Undefined] = jinja2.StrictUndefined):
-        loader = FolderLoader(templates_dir)
         self.templates_dir = templates_dir
-        common = dict(loader=loader, undefined=undefined, trim_blocks=True, lstrip_blocks=True)
+        self.limits = limits
+        self.layout = layout
+        self._undefined = undefined
+        self._start()
+
+    def _start(self) -> None:
+        """The two environments, with nothing compiled, parsed or read from a template yet."""
+        loader = FolderLoader(self.templates_dir)
+        common = dict(loader=loader, undefined=self._undefined, trim_blocks=True, lstrip_blocks=True)
         self._plain = TemplateSandbox(autoescape=False, **common)
         self._html = TemplateSandbox(autoescape=True, **common)
         self._html.parsed = self._plain.parsed  # one syntax tree per template for both
-        self.limits = limits
-        self.layout = layout
         self._cache: dict[tuple[str, bool], jinja2.Template] = {}
         self._chains: dict[tuple[str, str, bool], list[jinja2.Template] | None] = {}
         self._locks: dict[str, str | None] = {}
@@ -89,6 +94,18 @@ class Renderer:
         self._footer_shop: tuple[Any, tuple] | None = None  # the last shop mapping seen, with its settings as a key
         self._template_globals: dict[jinja2.Template, dict[str, Any]] = {}
         self._kind_parts: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # kind -> (plain parts, html parts)
+
+    def forget_changed(self) -> bool:
+        """Start again from nothing compiled when a template this renderer loaded changed on disk since
+        (Jinja's own up-to-date check of each: one ``stat``); True when it did. A renderer kept across
+        passes (``Reconciler.renderer``) calls this once per pass, not per message: a pass renders
+        from the templates as they were when it started (the service renders from a snapshot per
+        project version, which never changes)."""
+        loaded = [t for env in (self._plain, self._html) for t in (env.cache or {}).values()]
+        if all(t.is_up_to_date for t in loaded):
+            return False
+        self._start()
+        return True
 
     def _template(self, name: str, html: bool) -> jinja2.Template:
         key = (name, html)
