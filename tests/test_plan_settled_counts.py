@@ -23,6 +23,7 @@ from conftest import copy_project, database_url
 from engine import Reconciler, load_project
 from engine.cli.main import main
 from engine.run import plan, settle
+from engine.sql import due
 from engine.sql.due import settled_in_sql
 from engine.tools.demo import build_demo
 from engine.tools.output import write_plan
@@ -264,3 +265,41 @@ def test_the_zone_table_filled_from_list_parameters_holds_the_rows_of_its_insert
             tables.append(sorted(session.conn.execute(sa.text(f"SELECT * FROM {ZONE_DUE_TABLE}")).fetchall()))
     db.dispose()
     assert len(tables[0]) == len(rows) and tables[1] == tables[0]
+
+
+@pytest.mark.parametrize("backend", ["duckdb"])
+def test_the_settled_rows_counted_as_they_pass_carry_no_customer_values(tmp_path, monkeypatch, backend):
+    """Where the settled rows themselves come in the stream (``Dialect.settled_counts`` "rows"), only
+    to be counted (``settle.counted_rows``), and the dialect narrows them (``narrow_settled_rows``:
+    DuckDB; on SQLite it cost CPU), every column but the campaign, step and the counted ones is NULL
+    on them: no customer attribute, key or time for the driver to convert. The counts, table and
+    listing are still those of the row-by-row plan."""
+    url = database_url(backend, tmp_path)
+    build_demo(url, seed=42, customers=1000, anchor="2025-01-10T00:00:00Z")
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    reconciler = Reconciler(load_project(copy_project(tmp_path / "project")))
+    counted = settle.counted_rows
+    seen: list = []
+
+    def watched(campaign, row_batches, counts):
+        def batches():
+            for rows in row_batches:
+                seen.extend(row._asdict() for row in rows if getattr(row, due.COUNT_REASON) is not None)
+                yield rows
+        return counted(campaign, batches(), counts)
+
+    kept = {"campaign", "step", due.COUNT_REASON, due.COUNT_CHANNEL, due.COUNT_COLUMN}
+    try:
+        for fmt in ("table", "jsonl"):
+            seen.clear()
+            with monkeypatch.context() as patch:
+                patch.setattr(settle, "counted_rows", watched)
+                text, counts, reached, settled = _plan(reconciler, monkeypatch, NOW, True, fmt)
+            assert len(seen) == sum(settled.by_channel.values()) > 100, fmt  # every settled row came in the stream
+            assert {name: value for row in seen for name, value in row.items()
+                    if name not in kept and value is not None} == {}, fmt
+            assert any(name.startswith(due.CUSTOMER_PREFIX) for name in seen[0]), fmt
+            expected_text, expected_counts, _, _ = _plan(reconciler, monkeypatch, NOW, False, fmt)
+            assert reached == [] and counts == expected_counts and text == expected_text, fmt
+    finally:
+        reconciler.close()
