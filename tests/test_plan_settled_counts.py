@@ -283,8 +283,9 @@ def test_the_settled_rows_counted_as_they_pass_carry_no_customer_values(tmp_path
 
     def watched(campaign, row_batches, counts):
         def batches():
-            for rows in row_batches:
-                seen.extend(row._asdict() for row in rows if getattr(row, due.COUNT_REASON) is not None)
+            for rows in row_batches:  # the driver's plain tuples, their column names once per batch
+                reason = rows.fields.index(due.COUNT_REASON)
+                seen.extend(dict(zip(rows.fields, row)) for row in rows if row[reason] is not None)
                 yield rows
         return counted(campaign, batches(), counts)
 
