@@ -82,7 +82,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # runnable from a checkout without `pip install -e .`
+#: the checkouts the caller named on PYTHONPATH that hold an engine: theirs is the one measured (an A/B
+#: tool's child runs another checkout's engine beside this script's run.py)
+_NAMED = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if (Path(entry) / "engine").is_dir()]
+if not _NAMED and str(REPO) not in sys.path:  # runnable from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # dispatch.py, smtp_sink.py next to this file
 
