@@ -24,18 +24,19 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+
+import checkouts
 
 HERE = Path(__file__).resolve().parent
 
 
 def child(shop: Path, project: str, plans: int, fill: bool) -> None:
     os.environ["ENGINE_WAREHOUSE_URL"] = f"duckdb:///{shop / 'shop.duckdb'}"
-    import engine  # the checkout's (PYTHONPATH) first: run.py puts its own checkout first on sys.path
+    import engine
     sys.path.insert(0, str(HERE))
     import run as bench
 
@@ -49,7 +50,8 @@ def child(shop: Path, project: str, plans: int, fill: bool) -> None:
     if fill:
         bench._reset_ledger(reconciler, shop / project)
         filled = bench._record_plan(reconciler, now)
-        print(json.dumps({"filled": filled, "settles": bench._remember_steady(reconciler, later)}))
+        print(json.dumps({"filled": filled, "settles": bench._remember_steady(reconciler, later),
+                          "engine": checkouts.engine_checkout()}))
         return
     spent: dict = collections.defaultdict(lambda: [0.0, 0.0])
     original = (warehouse.Session.execute_together, warehouse.Session.stream, warehouse.Session.returning,
@@ -124,7 +126,7 @@ def child(shop: Path, project: str, plans: int, fill: bool) -> None:
         floor_cpu.append(time.process_time() - cpu)
     result["floor"], result["floor_cpu"] = statistics.median(floors), statistics.median(floor_cpu)
     result["load"] = open("/proc/loadavg").read().split()[:3]
-    result["engine"] = str(Path(engine.__file__).parent.parent)
+    result["engine"] = checkouts.engine_checkout()
     print(json.dumps(result))
 
 
@@ -144,13 +146,8 @@ def main() -> int:
         return 0
 
     def run_child(checkout: Path, fill: bool = False) -> dict:
-        command = [sys.executable, __file__, "--child", "--shop", str(args.shop), "--project", args.project,
-                   "--plans", str(args.plans)] + (["--fill"] if fill else [])
-        out = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(checkout.resolve())},
-                             capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(out.stderr[-3000:])
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        arguments = ["--shop", str(args.shop), "--project", args.project, "--plans", str(args.plans)]
+        return checkouts.run_child(__file__, checkout, arguments + (["--fill"] if fill else []))
 
     if args.fill:
         print(f"ledger filled: {run_child(args.checkouts[0] if args.checkouts else HERE.parent, True)}", flush=True)
@@ -158,8 +155,6 @@ def main() -> int:
     for round_ in range(args.rounds):
         for checkout in args.checkouts:
             r = run_child(checkout)
-            if Path(r["engine"]).resolve() != checkout.resolve():
-                raise SystemExit(f"the child ran the engine of {r['engine']}, not of {checkout}")
             collected[checkout].append(r)
             wall, cpu = statistics.median(r["wall"][1:]), statistics.median(r["cpu"][1:])
             print(f"round {round_} {checkout}: plan wall {wall:.3f} s, CPU {cpu:.3f} s; floor wall {r['floor']:.3f} s, "

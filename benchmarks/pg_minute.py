@@ -20,11 +20,12 @@ import collections
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+
+import checkouts
 
 HERE = Path(__file__).resolve().parent
 TICK = os.sysconf("SC_CLK_TCK")
@@ -52,7 +53,7 @@ def server_cpu(postmaster: int) -> float:
 
 def child(url: str, project: Path, plans: int, fill: bool) -> None:
     os.environ["ENGINE_WAREHOUSE_URL"] = url
-    import engine  # the checkout's (PYTHONPATH) first: run.py puts its own checkout first on sys.path
+    import engine
     sys.path.insert(0, str(HERE))
     import run as bench
 
@@ -64,7 +65,7 @@ def child(url: str, project: Path, plans: int, fill: bool) -> None:
     now = bench._naive_anchor(meta["shop"]["anchor"]).replace(tzinfo=bench.timezone.utc)
     if fill:
         bench._reset_ledger(reconciler, project)
-        print(json.dumps({"filled": bench._record_plan(reconciler, now)}))
+        print(json.dumps({"filled": bench._record_plan(reconciler, now), "engine": checkouts.engine_checkout()}))
         return
     [(backend,)] = reconciler.warehouse.execute("SELECT pg_backend_pid()")
     postmaster = int(_stat(backend)[1])
@@ -132,7 +133,7 @@ def child(url: str, project: Path, plans: int, fill: bool) -> None:
     result["floor"] = statistics.median(floors)
     result["statements"] = {key: value for key, value in spent.items()}
     result["load"] = open("/proc/loadavg").read().split()[:3]
-    result["engine"] = str(Path(engine.__file__).parent.parent)
+    result["engine"] = checkouts.engine_checkout()
     print(json.dumps(result))
 
 
@@ -152,13 +153,8 @@ def main() -> int:
         return 0
 
     def run_child(checkout: Path, fill: bool = False) -> dict:
-        command = [sys.executable, __file__, "--child", "--url", args.url, "--project", str(args.project),
-                   "--plans", str(args.plans)] + (["--fill"] if fill else [])
-        out = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(checkout.resolve())},
-                             capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(out.stderr[-3000:])
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        arguments = ["--url", args.url, "--project", str(args.project), "--plans", str(args.plans)]
+        return checkouts.run_child(__file__, checkout, arguments + (["--fill"] if fill else []))
 
     if args.fill:
         print(f"ledger filled: {run_child(args.checkouts[0] if args.checkouts else HERE.parent, True)}", flush=True)
@@ -166,8 +162,6 @@ def main() -> int:
     for round_ in range(args.rounds):
         for checkout in args.checkouts:
             r = run_child(checkout)
-            if Path(r["engine"]).resolve() != checkout.resolve():
-                raise SystemExit(f"the child ran the engine of {r['engine']}, not of {checkout}")
             collected[checkout].append(r)
             seconds = {key: " ".join(f"{x:.2f}" for x in r[key]) for key in ("wall", "server", "client")}
             print(f"round {round_} {checkout}: wall {seconds['wall']} s, server CPU {seconds['server']} s, "
