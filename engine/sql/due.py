@@ -310,19 +310,20 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     """
     kind = kind_of(campaign.trigger)
     builder = QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts, state=state)
+    declared = dialect_named(builder.dialect)  # what the dialect declares (engine.dialects)
     history = None
     if settled != "include" and reentry_in_sql(campaign, builder.dialect):
         history = ledger_relation() if exclude_ledger else (state or {}).get(REENTRY_HISTORY)
         if history is None:
             raise ValueError(f"{campaign.name}: settling re-entry in SQL needs the ledger's sent instances")
     customers = builder.source("customers")
-    if dialect_named(builder.dialect).inline_instances and not kind.instances_once:
+    if declared.inline_instances and not kind.instances_once:
         builder.inlined = (customers, "trigger_instances")
     windows = [step_window(step, now, config.stale_horizon) for step in campaign.steps]
     earliest = None if any(w.earliest is None for w in windows) else min(w.earliest for w in windows)
     builder.windows = windows
     # several steps' anti-joins: the campaign's ledger rows read once (Dialect.campaign_ledger_cte)
-    if exclude_ledger and kind.keys_in_sql and len(campaign.steps) > 1 and dialect_named(builder.dialect).campaign_ledger_cte:
+    if exclude_ledger and kind.keys_in_sql and len(campaign.steps) > 1 and declared.campaign_ledger_cte:
         builder.campaign_ledger = CAMPAIGN_LEDGER
     builder.ctes["trigger_instances"] = kind.instances(builder, campaign, earliest)
     attributes = filter_attributes(config, kind.template_record and kind.template_record.entity)
@@ -411,16 +412,16 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     sort = settled != "only" and (ordered or by_instance)
     per_customer = settled != "only" and not sort and counts_customer_rows(campaign, config)
     due = None
-    if settled == "count" and dialect_named(builder.dialect).settled_counts == "summary":
+    if settled == "count" and declared.settled_counts == "summary":
         due, body = body, _counted_body(selects[0], per_customer)
-    elif counting and dialect_named(builder.dialect).narrow_settled_rows:  # settled rows streamed to be counted
+    elif counting and declared.narrow_settled_rows:  # settled rows streamed to be counted
         body = _narrowed(body)
     if per_customer and due is None:  # the settled rows of a "count" statement are not counted: taken out first
         body = _with_customer_rows(body, unsettled_only=settled == "count")
     elif not isinstance(body, exp.Select) or sort:
         body = exp.select("*").from_(body.subquery("due_steps", copy=False), copy=False)
     if sort:  # re-entry rules let the earliest instance in: it must come first; a listing: the same at every run
-        collation = dialect_named(builder.dialect).code_point_collation  # the text keys as Python orders them
+        collation = declared.code_point_collation  # the text keys as Python orders them
         keys = [exp.column("trigger_at")] + [
             exp.column(key) if collation is None else
             exp.Collate(this=exp.column(key), expression=exp.to_identifier(collation, quoted=True))
