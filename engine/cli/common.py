@@ -25,6 +25,7 @@ from typing import Mapping
 
 import click
 
+from engine import heap
 from engine.clock import format_instant, parse_instant
 from engine.errors import EngineError, ProjectInvalid, WarehouseError
 from engine.masking import mask
@@ -41,6 +42,7 @@ def handle_errors(command):
             try:
                 return command(*args, **kwargs)
             finally:
+                heap.release()  # what open_reconciler froze (a test runner's process goes on)
                 sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
         except BrokenPipeError:
             exit_on_closed_pipe()
@@ -223,7 +225,9 @@ def open_reconciler(project_dir: Path, shard: tuple[int, int] | None = None, pro
         if warning and sys.stderr.isatty():  # for whoever runs the demo; piped stderr stays as it was
             click.echo(f"Warning: {warning}", err=True)
     ensure_demo(project.config, echo=lambda text: click.echo(mask(text), err=True))
-    return project, Reconciler(project, shard=shard, progress=progress, writes=writes)
+    reconciler = Reconciler(project, shard=shard, progress=progress, writes=writes)
+    heap.settle(collect=False)  # modules, project and reconciler live until the command ends (handle_errors releases)
+    return project, reconciler
 
 
 def load_project(project_dir: Path):

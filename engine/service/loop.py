@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 from engine.clock import Clock, SystemClock, format_instant, to_utc
 from engine.tools.demo import ensure_demo
 from engine.errors import EngineError, ProjectInvalid
-from engine import unsubscribe as unsubscribe_link
+from engine import heap, unsubscribe as unsubscribe_link
 from engine.spec.code_secret import code_secrets, secret_issues
 from engine.sql.compile import render_sql
 from engine.service.httpd import StatusServer
@@ -155,6 +155,9 @@ class Service:
         self._last_error: str | None = None
         self._failed_campaigns: dict[str, str] = {}  # of the last completed pass
         self._retention_at: float | None = None  # monotonic time of the last retention run
+        #: the next pass that completes freezes what the process holds (engine.heap): set at start and reload,
+        #: so the reconciler's compiled statements and templates are frozen with the modules and the project
+        self._settle_heap = False
 
     # --- life cycle --------------------------------------------------------------
 
@@ -189,6 +192,7 @@ class Service:
         with self._lock:
             self._reconciler = reconciler
             self._loaded_at = format_instant(self.clock.now())
+        self._settle_heap = True
         self.metrics.campaigns.set(len(reconciler.campaigns(list(self.names) or None)))
         event("project.loaded", f"Loaded {self.root}: {_campaign_list(reconciler)}",
               campaigns=[c.name for c in reconciler.campaigns(list(self.names) or None)])
@@ -261,6 +265,7 @@ class Service:
         if reconciler is not None:
             reconciler.close()
         self.watcher.release(None)
+        heap.release()
 
     def _flush_tracking(self, reconciler: Reconciler | None) -> None:
         """The tracking events of ``reconciler``'s ledger still being written: written before it closes."""
@@ -309,6 +314,9 @@ class Service:
         self._measure_backlog(reconciler, now)
         self._measure_pools(reconciler)
         self._apply_retention(reconciler, now)
+        if self._settle_heap:
+            heap.settle(collect=True)
+            self._settle_heap = False
         return report
 
     def _apply_retention(self, reconciler: Reconciler, now: datetime) -> None:
@@ -393,6 +401,8 @@ class Service:
         if old is not None:
             self._flush_tracking(old)
             old.close()
+        heap.release()  # the old project's reference cycles become collectable; the next pass settles again
+        self._settle_heap = True
         self.watcher.release(keep=reconciler.project)
         for issue in result.issues:
             _issue_event(issue)
