@@ -261,7 +261,6 @@ def child(args, reconciler, later, keys) -> int:
 
         def cut(session, config, now, campaigns, name, created, kept=None):
             if args.child == "kept" and name == "order_rows" and name not in created:
-                create(session, config, now, campaigns, "orders", created, kept)  # the other campaigns read it
                 session.execute("CREATE TEMPORARY TABLE engine_order_rows AS SELECT * FROM engine_kept_rows")
                 created.append(name)
                 return
