@@ -3,6 +3,7 @@ issue 15's "incremental pass" for the plan a minute later (measured, nothing cha
 
     python benchmarks/open_instances.py --shop DIR [--project project] [--minutes 1] [--cost]
     python benchmarks/open_instances.py --shop DIR [--project project] --plan-ab ROUNDS
+    python benchmarks/open_instances.py --shop DIR --project project-changes --maintenance
 
 ``DIR``: a shop kept by ``run.py --keep DIR`` whose ledger holds the plan recorded at the anchor
 (``duckdb_minute.py --fill``). For the pass at the anchor + ``--minutes`` (``later``), after the one at
@@ -42,6 +43,14 @@ made before the clock starts; the DELETE counted: "cut"), and with those cut row
 clock and copied in where the pass builds its order rows ("kept": as if a pass kept the open instances'
 rows up to date for free - the upper bound of what keeping them saves). Alternated processes; the plans'
 row counts must be equal (the open + new instances hold every due row).
+
+``--maintenance`` (a project with a change column on orders): what keeping those rows would add per pass,
+each statement timed alone (process CPU, median of 7) on the shop: the customers whose orders changed
+since the previous pass's instant minus the safety lag (one scan of the change column; kept facts' refresh
+runs the same), deleting their kept rows and those fallen out of the windows, inserting their rows ranked
+anew (the pass's order rows statement with the customers filtered before the window), the trim after the
+pass (the kept rows whose instances are not in the ledger: an anti-join with the order campaigns' ledger
+rows), and copying the kept rows into the pass (what "kept" pays).
 """
 from __future__ import annotations
 
@@ -65,6 +74,8 @@ def main() -> int:
     parser.add_argument("--cost", action="store_true", help="time the due queries over open + new instances")
     parser.add_argument("--plan-ab", type=int, default=0, metavar="ROUNDS",
                         help="the whole plan a minute later as today vs over open + new order instances")
+    parser.add_argument("--maintenance", action="store_true",
+                        help="time the statements keeping the order campaigns' open rows would add per pass")
     parser.add_argument("--child", choices=("today", "cut", "kept"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     shop = args.shop.resolve()
@@ -141,6 +152,8 @@ def main() -> int:
     print(f"measured in {time.perf_counter() - started:.1f} s; load {open('/proc/loadavg').read().split()[:3]}")
     if args.cost:
         cost(reconciler, later, zones, keys)
+    if args.maintenance:
+        maintenance(reconciler, earlier, later, keys)
     return 0
 
 
@@ -229,6 +242,93 @@ def cost(reconciler, later, zones, keys) -> None:
 
 
 
+def order_keys(reconciler, later, keys) -> str:
+    """A SELECT of the distinct (c, k) keys of the order_placed campaigns' open + new instances at ``later``."""
+    parts = []
+    for campaign in reconciler.campaigns():
+        if campaign.trigger.kind != "order_placed":
+            continue
+        bare = dataclasses.replace(campaign, audience=None,
+                                   steps=tuple(dataclasses.replace(s, audience=None) for s in campaign.steps))
+        parts.append(f"({keys(bare, later, True)}) UNION ALL (({keys(bare, later, False)}) "
+                     f"EXCEPT ({keys(bare, later - timedelta(minutes=1), False)}))")
+    return "SELECT DISTINCT c, k FROM (" + " UNION ALL ".join(parts) + ") o"
+
+
+def maintenance(reconciler, earlier, later, keys) -> None:
+    """``--maintenance`` (see the module's docstring)."""
+    import statistics
+
+    from engine.run.incremental import SAFETY_LAG
+    from engine.run.plan import create_shared_table, drop_facts
+    from engine.sql.compile import SHARED_ROWS, instant_text
+    from engine.sql.prepared import facts_statement
+
+    config, campaigns = reconciler.config, reconciler.campaigns()
+    change = config.sources["orders"].columns.get("updated_at")
+    if change is None:
+        print("--maintenance needs a change column on orders (--project project-changes)")
+        return
+    rows_table = SHARED_ROWS["order_rows"]
+    names = ", ".join(f"'{c.name}'" for c in campaigns if c.trigger.kind == "order_placed")
+    since = instant_text(earlier - SAFETY_LAG, config.dialect)
+    create = facts_statement("order_rows", config, later, campaigns).text
+    select = create[create.index(" AS ") + len(" AS "):]
+    where = select.rindex("WHERE") + len("WHERE")
+    ranked = f"{select[:where]} n.customer_id IN (SELECT customer_id FROM engine_touched) AND {select[where:]}"
+    with reconciler.warehouse.session() as session:
+        made: list[str] = []
+        create_shared_table(session, config, later, campaigns, "order_rows", made)
+        session.execute(f"CREATE TEMPORARY TABLE engine_kept_keys AS {order_keys(reconciler, later, keys)}")
+        session.execute(f"CREATE TEMPORARY TABLE engine_kept_whole AS SELECT r.* FROM {rows_table} r SEMI JOIN "
+                        "engine_kept_keys k ON k.c = CAST(r.customer_id AS VARCHAR) AND k.k = CAST(r.order_id AS VARCHAR)")
+
+        def timed(sql: str, before: str | None = None) -> float:
+            spent = []
+            for _ in range(7):
+                if before:
+                    session.execute(before)
+                started = time.process_time()
+                if sql.startswith("SELECT"):
+                    for _batch in session.stream(sql):
+                        pass
+                else:
+                    session.execute(sql)
+                spent.append(time.process_time() - started)
+            return statistics.median(spent)
+
+        fresh = "CREATE OR REPLACE TEMPORARY TABLE engine_kept_rows AS SELECT * FROM engine_kept_whole"
+        steps = [
+            ("customers whose orders changed (kept facts' refresh runs the same scan)",
+             f"CREATE OR REPLACE TEMPORARY TABLE engine_touched AS SELECT customer_id FROM {config.sources['orders'].table} "
+             f"WHERE {change} > CAST('{since}' AS TIMESTAMP) GROUP BY customer_id", None),
+            ("delete their kept rows and those fallen out of the windows",
+             "DELETE FROM engine_kept_rows WHERE customer_id IN (SELECT customer_id FROM engine_touched) "
+             "OR created_at < (SELECT MIN(created_at) FROM engine_kept_whole)", fresh),
+            ("insert their rows ranked anew (customers filtered before the window)",
+             f"INSERT INTO engine_kept_rows {ranked}", fresh),
+            ("the trim after the pass: kept rows not in the ledger (anti-join)",
+             f"SELECT COUNT(*) FROM engine_kept_whole r WHERE NOT EXISTS (SELECT 1 FROM engine_ledger l WHERE "
+             f"l.campaign IN ({names}) AND l.customer_id = CAST(r.customer_id AS VARCHAR) "
+             f"AND l.trigger_key = CAST(r.order_id AS VARCHAR))", None),
+            ("copy the kept rows into the pass", "CREATE OR REPLACE TEMPORARY TABLE engine_kept_copy AS "
+                                                  "SELECT * FROM engine_kept_whole", None),
+        ]
+        print(f"\nper-pass statements of kept order rows (process CPU, median of 7; load "
+              f"{open('/proc/loadavg').read().split()[:3]}):")
+        total = 0.0
+        for what, sql, before in steps:
+            spent = timed(sql, before)
+            total += spent
+            print(f"  {spent:.4f} s  {what}", flush=True)
+        (touched,), = [tuple(r) for batch in session.stream("SELECT COUNT(*) FROM engine_touched") for r in batch]
+        print(f"  {total:.4f} s in all; {touched:,} customer(s) touched; load {open('/proc/loadavg').read().split()[:3]}")
+        for table in ("engine_touched", "engine_kept_rows", "engine_kept_copy", "engine_kept_whole", "engine_kept_keys"):
+            session.execute(f"DROP TABLE IF EXISTS {table}")
+        for name in reversed(made):
+            drop_facts(session, config, name, created=True)
+
+
 def child(args, reconciler, later, keys) -> int:
     """One ``--plan-ab`` process: 4 plans a minute later, as today, cut or kept (the module's docstring)."""
     import statistics
@@ -239,17 +339,9 @@ def child(args, reconciler, later, keys) -> int:
     import engine.run.plan as plan
 
     if args.child in ("cut", "kept"):
-        parts = []
-        for campaign in reconciler.campaigns():
-            if campaign.trigger.kind != "order_placed":
-                continue
-            bare = dataclasses.replace(campaign, audience=None,
-                                       steps=tuple(dataclasses.replace(s, audience=None) for s in campaign.steps))
-            parts.append(f"({keys(bare, later, True)}) UNION ALL (({keys(bare, later, False)}) "
-                         f"EXCEPT ({keys(bare, later - timedelta(minutes=1), False)}))")
         with reconciler.warehouse.session() as session:
             session.execute("DROP TABLE IF EXISTS engine_kept_keys")
-            session.execute("CREATE TABLE engine_kept_keys AS SELECT DISTINCT c, k FROM (" + " UNION ALL ".join(parts) + ") o")
+            session.execute(f"CREATE TABLE engine_kept_keys AS {order_keys(reconciler, later, keys)}")
         create = plan.create_shared_table
         cutting = ("DELETE FROM engine_order_rows WHERE NOT EXISTS (SELECT 1 FROM engine_kept_keys k "
                    "WHERE k.c = CAST(engine_order_rows.customer_id AS VARCHAR) "
