@@ -125,10 +125,10 @@ def settled_in_sql(campaign: Campaign, step: Step, zone_due: bool = False, diale
     """Whether the warehouse alone decides which of this step's rows are settled skips (stopped,
     stale, no_variant), with their due time, variant and channel: the due time is the trigger time
     plus a fixed delay, or, with the pass's ``zone_due`` table, the next local send time after it
-    (``zone_due_times``); no calendar months, no yearly instance (their instants
-    need the customer's zone in Python) but, with ``zone_due``, a local date's (its local midnight and due
-    time per zone value and date: ``zone_due_rows``; re-entry per trigger), no ``wait_until`` (its due time is the awaited event's or
-    the wait's end), and the variant is the first whose audience matches and, for an A/B share,
+    (``zone_due_times``), or for a local date, with ``zone_due`` where ``settles_local_date``, the
+    due time from the customer's local midnight (per zone value and day: ``zone_due_days``); no
+    calendar months, no yearly instance (their instants need the customer's zone in Python), no
+    ``wait_until`` (its due time is the awaited event's or the wait's end), and the variant is the first whose audience matches and, for an A/B share,
     whose share holds the customer's stable bucket: computed by ``dialect``'s SQL (``hashing``; a
     step with a share is not settled in SQL without it). Such a row never reaches Python in a pass
     (``due_query(settled=...)``). Re-entry against the ledger's history settles too where
@@ -136,12 +136,19 @@ def settled_in_sql(campaign: Campaign, step: Step, zone_due: bool = False, diale
     kind = kind_of(campaign.trigger)
     shares = any(variant.percent is not None for variant in step.variants)
     return (kind.keys_in_sql and (not zoned(campaign, step) or zone_due)
-            # a local date's re-entry compares instances by their local midnight, which the history join lacks
-            and not (kind.local_date and campaign.reentry.mode != "per_trigger")
+            and (not kind.local_date or settles_local_date(campaign, dialect))
             and not calendar_slack(step) and step.wait is None
             and (step.freshness is not None or bool(campaign.stop) or _may_match_none(step)
                  or reentry_in_sql(campaign, dialect))
             and (not shares or (dialect is not None and hashes_in_sql(dialect))))
+
+
+def settles_local_date(campaign: Campaign, dialect: str | None) -> bool:
+    """Whether a campaign whose trigger is a local date (``TriggerKind.local_date``) may have its skips
+    settled in SQL: the dialect declares it (``Dialect.settles_local_dates``) and its re-entry rule is
+    per_trigger (the history join compares instants, not local midnights)."""
+    return (dialect is not None and dialect_named(dialect).settles_local_dates
+            and campaign.reentry.mode == "per_trigger")
 
 
 def zoned(campaign: Campaign, step: Step) -> bool:
