@@ -34,7 +34,7 @@ import checkouts
 HERE = Path(__file__).resolve().parent
 
 
-def child(shop: Path, project: str, plans: int, fill: bool) -> None:
+def child(shop: Path, project: str, plans: int, fill: bool, cold: bool = False) -> None:
     os.environ["ENGINE_WAREHOUSE_URL"] = f"duckdb:///{shop / 'shop.duckdb'}"
     import engine
     sys.path.insert(0, str(HERE))
@@ -47,6 +47,9 @@ def child(shop: Path, project: str, plans: int, fill: bool) -> None:
     now = bench._naive_anchor(meta["shop"]["anchor"]).replace(tzinfo=bench.timezone.utc)
     later = now + timedelta(minutes=1)
     reconciler = engine.Reconciler(engine.load_project(shop / project))
+    if cold:  # the cold plan: an empty ledger, planned at the anchor (run.py's headline plan)
+        bench._reset_ledger(reconciler, shop / project)
+        later = now
     if fill:
         bench._reset_ledger(reconciler, shop / project)
         filled = bench._record_plan(reconciler, now)
@@ -139,14 +142,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--plans", type=int, default=4, help="plans per process, the first cold (default 4)")
     parser.add_argument("--statements", action="store_true", help="print each statement's medians")
+    parser.add_argument("--cold", action="store_true",
+                        help="the cold plan instead: each child empties the ledger and plans at the anchor")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.shop.resolve(), args.project, args.plans, args.fill)
+        child(args.shop.resolve(), args.project, args.plans, args.fill, args.cold)
         return 0
 
     def run_child(checkout: Path, fill: bool = False) -> dict:
-        arguments = ["--shop", str(args.shop), "--project", args.project, "--plans", str(args.plans)]
+        arguments = ["--shop", str(args.shop), "--project", args.project, "--plans", str(args.plans)] + (
+            ["--cold"] if args.cold else [])
         return checkouts.run_child(__file__, checkout, arguments + (["--fill"] if fill else []))
 
     if args.fill:

@@ -174,3 +174,43 @@ def test_product_lists_by_bound_keys_are_the_lists_of_the_literal_condition_and_
         assert sorted(key[1] for key in sources.statements) == sorted(LIST_KINDS) and not literal.statements
     finally:
         db.dispose()
+
+
+def test_a_source_without_a_value_is_asked_its_key_type_once_per_pass(tmp_path, monkeypatch):
+    """A source with no row yet (a shop without web push subscriptions) gives no value to learn its key
+    column's type from: a pass's reader asks once and matches by text ("cast": the column cast to text, the
+    same rows) for the rest of the pass, not at every batch (21 sample queries per plan at 1M orders); the
+    next pass's reader asks again, and once a row is there learns the type and finds it."""
+    url = database_url("duckdb", tmp_path)
+    db = Database(url)
+    create_tables(db)
+    shop = generate_shop(seed=7, customers=150)
+    load_shop(db, shop)
+    subscription = dict(shop.rows["push_subscriptions"][0])
+    db.execute("DELETE FROM push_subscriptions")
+    config, issues = load_config(copy_project(tmp_path / "project"))
+    assert not [i for i in issues if i.severity == "error"]
+    samples: list[str] = []  # the key type's sample queries: the only statements with LIMIT 1
+    fetch_all = db.fetch_all
+
+    def counted(sql, parameters=None):
+        samples.extend([sql] if "LIMIT 1" in sql.upper() else [])
+        return fetch_all(sql, parameters)
+
+    monkeypatch.setattr(db, "fetch_all", counted)
+    key_kinds: dict = {}
+    customer = str(subscription["customer_id"])
+    try:
+        one_pass = SourceRows(db, config, key_kinds)
+        for _ in range(3):  # three batches of one pass
+            assert one_pass.by_key("push_subscriptions", "customer_id", [customer, "999999"]) == {}
+        assert len(samples) == 1 and key_kinds == {}
+        db.execute(f"INSERT INTO push_subscriptions (customer_id, endpoint, p256dh, auth) VALUES "
+                   f"({subscription['customer_id']}, '{subscription['endpoint']}', '{subscription['p256dh']}', "
+                   f"'{subscription['auth']}')")
+        assert list(one_pass.by_key("push_subscriptions", "customer_id", [customer])) == [customer]  # cast: found
+        next_pass = SourceRows(db, config, key_kinds)
+        assert list(next_pass.by_key("push_subscriptions", "customer_id", [customer])) == [customer]
+        assert len(samples) == 2 and key_kinds == {("push_subscriptions", "customer_id"): "int"}
+    finally:
+        db.dispose()

@@ -33,7 +33,7 @@ from engine.run.ledger_state import shipped_state
 from engine.sql.hashing import hashes_in_sql
 from engine.sql.due import (
     CUSTOMER_ROWS, ZONE_DUE_TABLE, keys_in_sql, reentry_in_sql, zone_due_arrays, zone_due_create, zone_due_inserts,
-    zone_due_rows,
+    zone_due_rows, settles_local_date, zoned,
 )
 from engine.sql.shipping import copy_relation, create_copy, drop_copy, insert_copy
 from engine.sql.prepared import Wrap, due_statement, facts_statement
@@ -206,8 +206,10 @@ def drop_zone_due(session: Session, config: ProjectConfig, created: bool = False
 
 def customer_zones(session: Session, config: ProjectConfig, campaigns: list[Campaign]) -> list | None:
     """The customers' distinct time zone values, when a campaign has a local send time (its
-    query then cuts its time window per zone); None when there are too many to list."""
-    if not any(step.send_at is not None and keys_in_sql(c) for c in campaigns for step in c.steps):
+    query then cuts its time window per zone) or a local date whose settled rows it anchors per zone
+    (``due.settles_local_date``); None when there are too many to list."""
+    if not any(keys_in_sql(c) and (step.send_at is not None or zoned(c, step) and settles_local_date(c, config.dialect))
+               for c in campaigns for step in c.steps):
         return None
     zones = [row[0] for rows in session.stream(render_sql(zones_query(config), config.dialect)) for row in rows]
     return zones if len(zones) <= MAX_ZONES else None

@@ -46,7 +46,7 @@ from engine.dialects import dialect_named
 from engine.model import Campaign, ProjectConfig
 from engine.run.messages import PassReport
 from engine.sql.compile import col, lit, ts
-from engine.sql.due import COUNT_CHANNEL, COUNT_COLUMN, COUNT_REASON, settled_steps
+from engine.sql.due import COUNT_CHANNEL, COUNT_COLUMN, COUNT_REASON, settled_steps, zoned
 from engine.sql.instants import PassInstant
 from engine.state.driver_rows import Rows
 from engine.state.ledger import Ledger, Record, insert_new_rows, message_key
@@ -157,9 +157,9 @@ def insert_settled(campaign: Campaign, now: datetime | PassInstant, query: exp.Q
 
 def _fixed_delays(campaign: Campaign, dialect: str) -> dict:
     """step id -> delay of the steps settled in SQL whose due time is trigger time + delay (the
-    others, with a local send time, come with their due time)."""
+    others, with a local send time or date: ``due.zoned``, come with their due time)."""
     return {step.id: step.delay for step in settled_steps(campaign, zone_due=True, dialect=dialect)
-            if step.send_at is None}
+            if not zoned(campaign, step)}
 
 
 def _interval(delay) -> exp.Expression:

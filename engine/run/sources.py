@@ -2,7 +2,8 @@
 items, a day's events, the attributes of customers due for a retry.
 
 Owns the ``IN (keys)`` condition on the native column type (learnt from one sample value and
-remembered in the ``key_kinds`` the caller keeps). Where the dialect binds a list as one array
+remembered in the ``key_kinds`` the caller keeps; a source with no value yet is asked again by the next
+pass's reader, not at every batch). Where the dialect binds a list as one array
 parameter (``Dialect.key_array_conditions``: DuckDB's LIST, PostgreSQL's array) a lookup by key is one statement
 text per source, column, type and condition (an event's type), rendered once and reused with the keys
 as that parameter, and a statement another module builds (the product lists) gets the keys as such a
@@ -32,6 +33,8 @@ class SourceRows:
         self.warehouse = warehouse
         self.config = config
         self.key_kinds = key_kinds
+        #: (entity, column) found without a value by this reader (one pass): "cast" until the next pass's reader
+        self._no_value: set[tuple[str, str]] = set()
         self._by_key_sql: dict[tuple[str, str, str, str | None], str] = {}  # (entity, column, element type, condition) -> statement
         #: statements other modules build over these keys' parameters, kept for the pass (run/lists.py)
         self.statements: dict[tuple, tuple[str, tuple]] = {}
@@ -48,13 +51,16 @@ class SourceRows:
         or unknown yet), from one sample value; remembered in ``key_kinds``."""
         kinds = self.key_kinds
         if (entity, column) not in kinds:
+            if (entity, column) in self._no_value:
+                return "cast"
             query = (
                 exp.select(exp.column(column)).from_("src").where(exp.column(column).is_(exp.null()).not_()).limit(1)
                 .with_("src", as_=source_select(self.config.sources[entity], self.config.dialect))
             )
             rows = self.warehouse.fetch_all(render_sql(query, self.config.dialect))
-            if not rows:
-                return "cast"  # nothing to match yet; look again next time
+            if not rows:  # nothing to match yet: "cast" matches any key (the column cast to text); the next
+                self._no_value.add((entity, column))  # pass looks again (an empty push_subscriptions source
+                return "cast"  # was asked at every batch of a plan: 21 queries, 0.05-0.07 s CPU at 1M orders)
             value = rows[0][0]
             kinds[(entity, column)] = ("int" if isinstance(value, int) and not isinstance(value, bool)
                                        else "str" if isinstance(value, str) else "cast")

@@ -18,14 +18,14 @@ from zoneinfo import ZoneInfo
 from sqlglot import exp
 
 from engine.clock import UTC
-from engine.decide import bucket_prefix, customer_zone
+from engine.decide import bucket_prefix, customer_zone, due_time, local_midnight
 from engine.dialects import dialect_named
 from engine.model import Campaign, ProjectConfig
 from engine.model import Step
 from engine.sql.compile import (
     CAMPAIGN_LEDGER, CUSTOMER_PREFIX, REENTRY_HISTORY, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN,
     awaited_event, campaign_ledger,
-    SHARED_ROWS, calendar_slack, col, exists, instant_text, is_customer, join_trigger_properties, ledger_relation, lit,
+    SHARED_ROWS, calendar_slack, col, day_text, exists, instant_text, is_customer, join_trigger_properties, ledger_relation, lit,
     per_zone_window, render_sql,
     shared_facts_create, step_window, temporary_table, text, ts, variant_columns, without_ledger_rows,
 )
@@ -58,9 +58,11 @@ COUNT_CTE = "engine_due"
 _BIGINT = exp.DataType.build("BIGINT")
 
 #: The pass's temporary table of exact local due times (``zone_due_rows``), which the settled rows
-#: of steps with a local send time join, and its columns (``lo < trigger_at <= hi``: due at ``due_at``)
+#: of steps with a local send time or a local date (``zoned``) join, and its columns: a trigger instant
+#: with ``lo < trigger_at <= hi`` is due at ``due_at``; a local date (``TriggerKind.local_date``) whose
+#: 'YYYY-MM-DD' is ``day`` begins at ``trigger_at`` (the customer's local midnight) and is due at ``due_at``
 ZONE_DUE_TABLE = "engine_pass_zone_due"
-ZONE_DUE_COLUMNS = ("campaign", "step", "zone", "lo", "hi", "due_at")
+ZONE_DUE_COLUMNS = ("campaign", "step", "zone", "lo", "hi", "due_at", "day", "trigger_at")
 
 
 #: The column of a pass's due row with the number of rows its customer has in the campaign's due set
@@ -123,20 +125,37 @@ def settled_in_sql(campaign: Campaign, step: Step, zone_due: bool = False, diale
     """Whether the warehouse alone decides which of this step's rows are settled skips (stopped,
     stale, no_variant), with their due time, variant and channel: the due time is the trigger time
     plus a fixed delay, or, with the pass's ``zone_due`` table, the next local send time after it
-    (``zone_due_times``); no calendar months, no local date or yearly instance (their instants
-    need the customer's zone in Python), no ``wait_until`` (its due time is the awaited event's or
-    the wait's end), and the variant is the first whose audience matches and, for an A/B share,
+    (``zone_due_times``), or for a local date, with ``zone_due`` where ``settles_local_date``, the
+    due time from the customer's local midnight (per zone value and day: ``zone_due_days``); no
+    calendar months, no yearly instance (their instants need the customer's zone in Python), no
+    ``wait_until`` (its due time is the awaited event's or the wait's end), and the variant is the first whose audience matches and, for an A/B share,
     whose share holds the customer's stable bucket: computed by ``dialect``'s SQL (``hashing``; a
     step with a share is not settled in SQL without it). Such a row never reaches Python in a pass
     (``due_query(settled=...)``). Re-entry against the ledger's history settles too where
     ``reentry_in_sql``."""
     kind = kind_of(campaign.trigger)
     shares = any(variant.percent is not None for variant in step.variants)
-    return (kind.keys_in_sql and not kind.local_date and (step.send_at is None or zone_due)
+    return (kind.keys_in_sql and (not zoned(campaign, step) or zone_due)
+            and (not kind.local_date or settles_local_date(campaign, dialect))
             and not calendar_slack(step) and step.wait is None
             and (step.freshness is not None or bool(campaign.stop) or _may_match_none(step)
                  or reentry_in_sql(campaign, dialect))
             and (not shares or (dialect is not None and hashes_in_sql(dialect))))
+
+
+def settles_local_date(campaign: Campaign, dialect: str | None) -> bool:
+    """Whether a campaign whose trigger is a local date (``TriggerKind.local_date``) may have its skips
+    settled in SQL: the dialect declares it (``Dialect.settles_local_dates``) and its re-entry rule is
+    per_trigger (the history join compares instants, not local midnights)."""
+    return (dialect is not None and dialect_named(dialect).settles_local_dates
+            and campaign.reentry.mode == "per_trigger")
+
+
+def zoned(campaign: Campaign, step: Step) -> bool:
+    """Whether a row's due time (and, for a local date, its trigger instant) depends on the customer's
+    time zone: a local send time, or a date anchored at the customer's local midnight. Settled in SQL,
+    such a step's rows join the pass's ``ZONE_DUE_TABLE`` for them (``_zone_join``)."""
+    return step.send_at is not None or kind_of(campaign.trigger).local_date
 
 
 def _may_match_none(step: Step) -> bool:
@@ -176,26 +195,50 @@ def zone_due_times(step: Step, now: datetime, stale_horizon: timedelta, zone: Zo
 
 def zone_due_rows(campaigns: Sequence[Campaign], config: ProjectConfig, now: datetime,
                   zones: Sequence[object]) -> list[tuple]:
-    """The rows of ``ZONE_DUE_TABLE`` at ``now``: per campaign, step with a local send time settled
-    in SQL and customers' time zone value (NULL as ''; values that are not text are left to
-    Python), each (previous, this) pair of ``zone_due_times`` as trigger-time bounds."""
+    """The rows of ``ZONE_DUE_TABLE`` at ``now``: per campaign, ``zoned`` step settled in SQL and
+    customers' time zone value (NULL as ''; values that are not text are left to Python), each
+    (previous, this) pair of ``zone_due_times`` as trigger-time bounds; for a local date, each day
+    whose due time (``zone_due_days``) is due by ``now`` and within the stale horizon."""
     rows = []
     keys = {"" if value is None else value: value for value in zones if value is None or isinstance(value, str)}
     for campaign in campaigns:
+        local_date = kind_of(campaign.trigger).local_date
         for step in settled_steps(campaign, zone_due=True, dialect=config.dialect):
-            if step.send_at is None:
+            if not zoned(campaign, step):
                 continue
             for key, value in keys.items():
                 zone = customer_zone(value, config.default_timezone)
-                rows += [(campaign.name, step.id, key, previous - step.delay, this - step.delay, this)
-                         for previous, this in zone_due_times(step, now, config.stale_horizon, zone)]
+                if local_date:
+                    rows += [(campaign.name, step.id, key, None, None, due_at, day.isoformat(), trigger_at)
+                             for day, trigger_at, due_at in zone_due_days(step, now, config.stale_horizon, zone)]
+                else:
+                    rows += [(campaign.name, step.id, key, previous - step.delay, this - step.delay, this, None, None)
+                             for previous, this in zone_due_times(step, now, config.stale_horizon, zone)]
     return rows
+
+
+def zone_due_days(step: Step, now: datetime, stale_horizon: timedelta, zone: ZoneInfo) -> list[tuple]:
+    """For a step of a local-date trigger, in one time zone: (day, its local midnight, due time) of every
+    day whose due time (``decide.due_time`` from its local midnight, ``decide.local_midnight``: what
+    ``plan.decide_row`` computes per row) is due by ``now`` and not beyond the stale horizon (the same
+    ``oldest`` as ``zone_due_times``)."""
+    oldest = now - (step.freshness or timedelta(0)) - stale_horizon
+    day = (oldest - step.delay).astimezone(zone).date() - timedelta(days=2)
+    last = (now - step.delay).astimezone(zone).date() + timedelta(days=2)
+    days = []
+    while day <= last:
+        trigger_at = local_midnight(day, zone)
+        due_at = due_time(trigger_at, step, zone)
+        if oldest <= due_at <= now:
+            days.append((day, trigger_at, due_at))
+        day += timedelta(days=1)
+    return days
 
 
 def zone_due_create(dialect: str) -> str:
     """CREATE TEMPORARY TABLE of ``ZONE_DUE_TABLE`` (instants as text where the dialect keeps them so)."""
     instant = "VARCHAR(32)" if dialect_named(dialect).instant_text_format is not None else "TIMESTAMP"
-    kinds = {"campaign": "VARCHAR(64)", "step": "VARCHAR(64)", "zone": "VARCHAR(200)"}
+    kinds = {"campaign": "VARCHAR(64)", "step": "VARCHAR(64)", "zone": "VARCHAR(200)", "day": "VARCHAR(10)"}
     columns = ", ".join(f"{name} {kinds.get(name, instant)}" for name in ZONE_DUE_COLUMNS)
     return f"CREATE TEMPORARY TABLE {ZONE_DUE_TABLE} ({columns})"
 
@@ -212,7 +255,8 @@ def zone_due_inserts(rows: Sequence[tuple], dialect: str, batch: int = 500) -> l
     def value(v) -> str:
         text_ = rendered.get(v)
         if text_ is None:
-            text_ = rendered[v] = render_sql(lit(v) if isinstance(v, str) else ts(v, dialect), dialect)
+            text_ = rendered[v] = "NULL" if v is None else render_sql(lit(v) if isinstance(v, str) else ts(v, dialect),
+                                                                      dialect)
         return text_
 
     return [f"{head} " + ", ".join("(" + ", ".join(value(v) for v in row) + ")" for row in rows[start:start + batch])
@@ -227,10 +271,10 @@ def zone_due_arrays(rows: Sequence[tuple], dialect: str) -> tuple[str, tuple[lis
     in about 50 ms, the lists in about 2."""
     if dialect_named(dialect).array_parameters != "positional":
         return None
-    instants = {"lo", "hi", "due_at"}
+    instants = {"lo", "hi", "due_at", "trigger_at"}
     unnest = ", ".join(f"unnest(CAST(${i} AS {'TIMESTAMP' if name in instants else 'VARCHAR'}[]))"
                        for i, name in enumerate(ZONE_DUE_COLUMNS, 1))
-    columns = tuple([instant_text(v, dialect) if name in instants else v for v in values]
+    columns = tuple([instant_text(v, dialect) if name in instants and v is not None else v for v in values]
                     for name, values in zip(ZONE_DUE_COLUMNS, zip(*rows)))
     return f"INSERT INTO {ZONE_DUE_TABLE} ({', '.join(ZONE_DUE_COLUMNS)}) SELECT {unnest}", columns
 
@@ -367,7 +411,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
         if campaign.stop:
             stopped_by = exp.Case(ifs=[exp.If(this=builder.stop_condition(stop), true=lit(stop)) for stop in campaign.stop])
         if apart:
-            due_at = None if step.send_at is None else col("z", "due_at")
+            due_at = col("z", "due_at") if zoned(campaign, step) else None
             matches = variant_matches(builder, campaign, step, attributes)
             blocked = None if history is None else reentry_blocked(builder, campaign, history, exclude_ledger)
             reason = settled_reason(builder, step, window, stopped_by, due_at, matches, blocked)
@@ -378,22 +422,22 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                 counting = True
                 selects.append(_zone_join(_due_select(builder, campaign, step, kind, stopped_by, waits, conditions,
                                                       customers, attributes, width, exclude_ledger, fetched, counted),
-                                          campaign, step, zone_due))
+                                          campaign, step, zone_due, builder.dialect))
                 continue
             if settled == "exclude":
                 conditions.append(reason.is_(exp.null()))
-                # a fixed delay: no row left here is stopped (it would be settled); a local send time whose due
-                # time the zone table lacks (a change of UTC offset, a zone value that is not text) is decided
+                # a fixed delay: no row left here is stopped (it would be settled); a local send time or date whose
+                # due time the zone table lacks (a change of UTC offset, a zone value that is not text) is decided
                 # in Python, which must see its stop condition
                 left_stopped = exp.null() if due_at is None else stopped_by
                 selects.append(_zone_join(_due_select(builder, campaign, step, kind, left_stopped, waits, conditions,
                                                       customers, attributes, width, exclude_ledger, fetched),
-                                          campaign, step, zone_due))
+                                          campaign, step, zone_due, builder.dialect))
                 continue
             conditions.append(reason.copy().is_(exp.null()).not_())
             selects.append(_zone_join(_settled_select(builder, campaign, step, kind, reason, stopped_by, due_at, conditions,
                                                       customers, matches, exclude_ledger),
-                                      campaign, step, zone_due))
+                                      campaign, step, zone_due, builder.dialect))
             continue
         counted = None
         if settled == "count":  # not settled in SQL: every row decided in Python
@@ -585,14 +629,19 @@ def _first_match(matches: Sequence[exp.Expression], values: Sequence[exp.Express
     return exp.Case(ifs=[exp.If(this=match.copy(), true=value) for match, value in zip(matches, values)])
 
 
-def _zone_join(query: exp.Select, campaign: Campaign, step: Step, zone_due: str | None) -> exp.Select:
-    """A step with a local send time: LEFT JOIN its exact due times by the customer's zone value
-    (NULL as '') and the trigger time (at most one row: a zone's pairs do not overlap)."""
-    if step.send_at is None:
+def _zone_join(query: exp.Select, campaign: Campaign, step: Step, zone_due: str | None,
+               dialect: str | None = None) -> exp.Select:
+    """A ``zoned`` step: LEFT JOIN its exact due times by the customer's zone value (NULL as '') and the
+    trigger time (at most one row: a zone's pairs do not overlap), or a local date's day (``dialect``'s
+    'YYYY-MM-DD' of it: ``compile.day_text``, as ``clock.parse_stored_date`` reads a date or timestamp)."""
+    if not zoned(campaign, step):
         return query
+    if kind_of(campaign.trigger).local_date:
+        when = [col("z", "day").eq(day_text(col("t", "trigger_at"), dialect))]
+    else:
+        when = [col("t", "trigger_at") > col("z", "lo"), col("t", "trigger_at") <= col("z", "hi")]
     on = exp.and_(col("z", "campaign").eq(lit(campaign.name)), col("z", "step").eq(lit(step.id)),
-                  col("z", "zone").eq(exp.Coalesce(this=text(col("c", "timezone")), expressions=[lit("")])),
-                  col("t", "trigger_at") > col("z", "lo"), col("t", "trigger_at") <= col("z", "hi"))
+                  col("z", "zone").eq(exp.Coalesce(this=text(col("c", "timezone")), expressions=[lit("")])), *when)
     return query.join(exp.to_table(zone_due).as_("z"), on=on, join_type="left", copy=False)
 
 
@@ -608,7 +657,8 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind,
             exp.alias_(lit(step.id), "step"),
             exp.alias_(text(col("t", "customer_id")), "customer_id"),
             exp.alias_(text(col("t", "trigger_key")), "trigger_key"),
-            col("t", "trigger_at"),
+            # a local date: its instant is the customer's local midnight (the zone table's), as decide_row's
+            exp.alias_(col("z", "trigger_at"), "trigger_at") if kind.local_date else col("t", "trigger_at"),
             exp.alias_(reason, "reason"),
             exp.alias_(stopped_by, "detail"),
             exp.alias_(exp.Case(ifs=variant) if variant else exp.cast(exp.null(), "VARCHAR"), "variant"),
