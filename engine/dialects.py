@@ -156,6 +156,13 @@ class Dialect:
     #: ledger's table once per step (DuckDB: no index serves the anti-join; PostgreSQL and SQLite look each
     #: candidate up in the ledger's identity index, which a CTE would not have)
     campaign_ledger_cte: bool = False
+    #: an aggregate of ``picked`` in the row with the greatest ``latest`` - ties on ``latest`` broken by the
+    #: greatest ``picked``, a NULL ``picked`` below any other of its instant and the answer only when every row
+    #: of that instant has one; rows whose ``latest`` is NULL left out - as SQL in this dialect that sql.compile
+    #: parses and fills in (``last_by``): the order facts then carry each customer's last order id
+    #: (``last_order_id``, the at_risk trigger's key) from their one scan of the orders. None: the key is found
+    #: by joining the members' last orders (a second scan of the orders)
+    last_by_sql: str | None = None
 
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
@@ -268,7 +275,8 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             timeout_sqlstate="57014",
             # psycopg 3's named cursor, text format: its binary format loaded the due rows no faster (text,
             # date and numeric columns slower, timestamps faster; benchmarks/README.md, issue 15.4)
-            driver_stream="psycopg"),
+            driver_stream="psycopg",
+            last_by_sql="(ARRAY_AGG(picked ORDER BY latest DESC, picked DESC NULLS LAST) FILTER (WHERE latest IS NOT NULL))[1]"),
     Dialect("snowflake", tokenizer_keywords=frozenset((
                 "BYTEINT GET INTEGRATION LS MATCH_CONDITION MATCH_RECOGNIZE MINUS PACKAGE POLICY POOL PUT "
                 "REMOVE RM ROLE RULE SAMPLE SQL_DOUBLE SQL_VARCHAR STAGE STREAMLIT TAG TIMESTAMP_TZ TOP "
@@ -289,7 +297,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             connect_statements=("SET TIME ZONE 'UTC'",),
             # PyHive lets Thrift's transport errors through (a refused connection, a server gone mid-query)
             driver_errors=("thrift.transport.TTransport.TTransportException",),
-            hash32_sql="CAST(CONV(SUBSTRING(SHA2(hashed_text, 256), 1, 8), 16, 10) AS BIGINT)"),
+            hash32_sql="CAST(CONV(SUBSTRING(SHA2(hashed_text, 256), 1, 8), 16, 10) AS BIGINT)",
+            # MAX_BY leaves out the rows whose ordering is NULL
+            last_by_sql="MAX_BY(picked, CASE WHEN latest IS NOT NULL THEN STRUCT(latest, picked IS NOT NULL, picked) END)"),
     Dialect("trino", tokenizer_keywords=frozenset((
                 "DECLARE HYPERLOGLOG IPADDRESS IPPREFIX MATCH_RECOGNIZE REFRESH START TDIGEST").split()),
             url_schemes=("trino",),

@@ -30,6 +30,7 @@ from engine import Reconciler, load_project
 from engine.cli.main import main
 from engine.run import incremental
 from engine.run import plan
+from engine.sql import compile as compile_
 from engine.sql.compile import SHARED_FACTS, QueryBuilder, facts_select, render_sql
 from engine.sql.due import counted_statuses
 from engine.sql.kept_facts import KEPT_FACTS, kept_replace, touched_create
@@ -96,10 +97,12 @@ def shop(backend, tmp_path, monkeypatch, loaded):
 
 def _full_facts(config, entity: str, now, campaigns=()) -> str:
     """compile.facts_select: the facts a pass computes from the whole history (the orders of each
-    status set ``campaigns`` rank by counted, as the kept facts count them)."""
+    status set ``campaigns`` rank by counted and the last order's id where the dialect has it, as the
+    kept facts hold them)."""
     builder = QueryBuilder(config, now, config.dialect)
     counted = counted_statuses(campaigns) if entity == "orders" else ()
-    return render_sql(builder.with_ctes(facts_select(builder, entity, counted)), config.dialect)
+    return render_sql(builder.with_ctes(facts_select(builder, entity, counted, last_order=entity == "orders")),
+                      config.dialect)
 
 
 def _rows(db: Database, sql: str) -> list[tuple]:
@@ -343,3 +346,31 @@ def test_a_change_column_that_is_not_an_instant_is_a_validate_error(shop, tmp_pa
     result = CliRunner().invoke(main, ["--project", str(project), "validate", "--check-warehouse"])
     assert result.exit_code != 0
     assert "updated_at" in result.output and "timestamp" in result.output, result.output
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # a dialect whose order facts carry the last order id
+def test_kept_order_facts_from_before_the_last_order_id_are_rebuilt_with_it(shop, monkeypatch):
+    """A deployment's kept order facts built by an engine without the last order id (the at_risk
+    trigger's key, compile.last_order_in_facts) are rebuilt whole by the next pass, which then reads
+    the key from them: the kept table's shape is part of its fingerprint."""
+    db, full, kept, kept_dir = shop
+    now = INSTANTS["anchor"]
+
+    def columns() -> set[str]:
+        return {column["name"] for column in sa.inspect(db.engine).get_columns(KEPT_FACTS["orders"])}
+
+    with monkeypatch.context() as before:
+        before.setattr(compile_, "LAST_ORDER_IN_FACTS", False)
+        assert _due_set(kept, now) == _due_set(full, now)
+    assert "last_order_id" not in columns()
+    upgraded = Reconciler(load_project(kept_dir))  # a new process: nothing compiled yet
+    try:
+        later = now + timedelta(minutes=1)
+        got = _due_set(upgraded, later)
+        assert [c.mode for c in upgraded.facts_costs] == ["incremental", "incremental"]
+        assert upgraded.facts_costs[0].reason.startswith("built whole"), upgraded.facts_costs[0]
+        assert "last_order_id" in columns()
+        assert got == _due_set(full, later)
+        assert any(row[0] == "re-engage" for row in got)
+    finally:
+        upgraded.close()

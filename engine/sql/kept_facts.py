@@ -17,7 +17,9 @@ refresh recomputes such customers too. Touched customers are recomputed from all
 patched from the delta), so a status update, a changed total or a row that arrives late all end
 in the same facts a full computation gives. The order facts also count the orders of each status
 set the project's campaigns rank by (``counted``: ``compile.counted_column``, as the pass's
-temporary facts do), so the shared order rows (``compile.SHARED_ROWS``) read the kept table too
+temporary facts do) and, where the dialect finds it in the same scan, the last order's id
+(``compile.last_order_in_facts``: the at_risk trigger's key; a table kept without it has another
+``fingerprint``, so the next pass rebuilds it whole), so the shared order rows (``compile.SHARED_ROWS``) read the kept table too
 and a pass with kept facts runs no GROUP BY of the orders; the sets are part of the
 ``fingerprint``, so a campaign that ranks by another set rebuilds the table.
 
@@ -34,7 +36,9 @@ from collections.abc import Sequence
 from sqlglot import exp
 
 from engine.model import CHANGE_COLUMN, ProjectConfig
-from engine.sql.compile import SHARED_FACTS, QueryBuilder, StateRelations, col, counted_column, lit
+from engine.sql.compile import (
+    LAST_ORDER_ID, SHARED_FACTS, QueryBuilder, StateRelations, col, counted_column, last_by, last_order_in_facts, lit,
+)
 
 #: Permanent fact tables the engine keeps (entity -> table), in the warehouse's database when the
 #: ledger shares it. Separate names from the pass's temporary SHARED_FACTS tables.
@@ -64,12 +68,16 @@ def fingerprint(config: ProjectConfig, entity: str, counted: Counted = ()) -> st
     """What the kept facts of ``entity`` were computed from (the source's mapping, the status sets
     counted): a different one means a rebuild."""
     source = config.sources[entity]
-    text = json.dumps([FACTS_VERSION, config.dialect, entity, source.table, source.query, sorted(source.columns.items()),
-                       [list(s) for s in _sets(entity, counted)]])
+    shape = [FACTS_VERSION, config.dialect, entity, source.table, source.query, sorted(source.columns.items()),
+             [list(s) for s in _sets(entity, counted)]]
+    if entity == "orders" and last_order_in_facts(config.dialect):  # a table kept without the column is rebuilt
+        shape.append(LAST_ORDER_ID)
+    text = json.dumps(shape)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _facts_columns(entity: str, row: str, facts_at: exp.Expression, counted: Counted = ()) -> list[exp.Expression]:
+def _facts_columns(entity: str, row: str, facts_at: exp.Expression, dialect: str,
+                   counted: Counted = ()) -> list[exp.Expression]:
     """The facts of ``compile.facts_select`` as of ``facts_at`` (with its ``counted`` columns), as
     conditional aggregates, and ``pending_at``."""
     at = col(row, TIME_COLUMN[entity])
@@ -86,6 +94,8 @@ def _facts_columns(entity: str, row: str, facts_at: exp.Expression, counted: Cou
             exp.alias_(exp.Max(this=when(settled.copy(), at.copy())), "last_order_at"),
             exp.alias_(exp.Sum(this=when(settled.copy(), col(row, "total"))), "total_spent"),
         ]
+        if last_order_in_facts(dialect):  # of the orders settled by facts_at: the others' instant NULL
+            facts.append(exp.alias_(last_by(col(row, "order_id"), when(settled.copy(), at.copy()), dialect), LAST_ORDER_ID))
         facts += [exp.alias_(exp.Sum(this=exp.Case(ifs=[exp.If(
             this=exp.and_(settled.copy(), col(row, "status").isin(*[lit(s) for s in statuses])),
             true=exp.Literal.number(1))], default=exp.Literal.number(0))), counted_column(statuses))
@@ -104,7 +114,7 @@ def kept_facts_select(config: ProjectConfig, entity: str, facts_at: datetime, to
     with their facts as of ``facts_at`` (the orders of each ``counted`` status set counted) and ``pending_at``."""
     builder = QueryBuilder(config, facts_at, config.dialect)
     rows = builder.source(entity)
-    query = exp.select(*_facts_columns(entity, "r", builder.ts(facts_at), counted)).from_(exp.to_table(rows).as_("r"))
+    query = exp.select(*_facts_columns(entity, "r", builder.ts(facts_at), config.dialect, counted)).from_(exp.to_table(rows).as_("r"))
     if touched is not None:
         query = query.where(col("r", "customer_id").isin(query=exp.select(col("k", "customer_id"))
                                                           .from_(exp.to_table(touched).as_("k"))))
