@@ -31,9 +31,9 @@ from engine.cli.main import main
 from engine.run import incremental
 from engine.run import plan
 from engine.sql import compile as compile_
-from engine.sql.compile import SHARED_FACTS, QueryBuilder, facts_select, render_sql
+from engine.sql.compile import SHARED_FACTS, QueryBuilder, earliest_start, facts_select, render_sql, ts
 from engine.sql.due import counted_statuses
-from engine.sql.kept_facts import KEPT_FACTS, kept_replace, touched_create
+from engine.sql.kept_facts import KEPT_FACTS, KEPT_ROWS, row_readers, kept_replace, kept_rows_select, touched_create
 from engine.state.warehouse import Database
 from engine.tools.demo import load_shop
 from history import ANCHOR, INSTANTS, shared_history
@@ -188,8 +188,8 @@ def test_the_incremental_pass_plans_what_a_full_pass_plans(shop, backend, monkey
         assert {"orders", "order_rows"} <= set(created)  # without a change column: the GROUP BY, then the rows
         created.clear()
         got = _due_set(kept, now)
-        # with one: the shared order rows read the kept facts; the pass runs no GROUP BY of the orders
-        assert "order_rows" in created and not set(created) & set(SHARED_FACTS), created
+        # with one: the pass runs no GROUP BY of the orders and ranks no order rows: both are kept
+        assert not set(created) & {"orders", "order_rows"}, created
         created.clear()
         assert [c.mode for c in kept.facts_costs] == ["incremental", "incremental"], kept.facts_costs
         assert [c.mode for c in full.facts_costs] == ["full", "full"]
@@ -197,6 +197,12 @@ def test_the_incremental_pass_plans_what_a_full_pass_plans(shop, backend, monkey
         for entity, known in (("orders", "order_count"), ("events", "last_event_at")):  # the kept facts themselves
             kept_rows = [row[:-1] for row in _rows(db, f"SELECT * FROM {KEPT_FACTS[entity]} WHERE {known} IS NOT NULL")]
             assert kept_rows == _rows(db, _full_facts(kept.config, entity, now, kept.project.campaigns)), (number, entity)
+        # the kept order rows of the window: those a computation at this instant gives (over the facts just compared)
+        start = ts(earliest_start([s for c in row_readers(kept.project.campaigns) for s in c.steps], now,
+                                  kept.config.stale_horizon), kept.config.dialect).sql(kept.config.dialect)
+        fresh = render_sql(kept_rows_select(kept.config, now, kept.project.campaigns), kept.config.dialect)
+        assert _rows(db, f"SELECT * FROM {KEPT_ROWS['order_rows']} WHERE created_at >= {start}") == \
+            _rows(db, f"SELECT * FROM ({fresh}) fresh WHERE created_at >= {start}"), number
         compared += len(expected)
         touched += number and kept.facts_costs[0].mark.customers_touched
     assert compared > 100  # the due sets are not empty

@@ -485,6 +485,8 @@ class QueryBuilder:
     def shared_rows(self, name: str) -> str | None:
         """The pass's ``SHARED_ROWS`` table ``name`` when this query reads the shared tables, else None
         (the trigger kind computes its per-order facts in CTEs of this query)."""
+        if SHARE_ROWS and isinstance(self.state.get(SHARED_ROWS[name]), exp.Table):  # kept by the engine (kept_facts)
+            return self.state_table(SHARED_ROWS[name])
         return SHARED_ROWS[name] if self.shared_facts and SHARE_ROWS else None
 
     def _facts(self, entity: str, last_order: bool = False) -> str:
