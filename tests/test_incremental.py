@@ -380,3 +380,16 @@ def test_kept_order_facts_from_before_the_last_order_id_are_rebuilt_with_it(shop
         assert any(row[0] == "re-engage" for row in got)
     finally:
         upgraded.close()
+
+
+@pytest.mark.parametrize("backend", ["duckdb"])  # no dialect in it: one backend is enough
+def test_kept_order_rows_dropped_by_hand_are_built_again(shop):
+    """A kept order rows table that is gone (dropped by hand) is built again, with the facts, by the next
+    pass - even one that touches no customer - which then plans what a full pass plans."""
+    db, full, kept, _ = shop
+    now = INSTANTS["anchor"]
+    assert _due_set(kept, now) == _due_set(full, now)
+    db.execute(f"DROP TABLE {KEPT_ROWS['order_rows']}")
+    later = now + timedelta(minutes=1)
+    assert _due_set(kept, later) == _due_set(full, later)
+    assert kept.facts_costs[0].reason.startswith("built whole"), kept.facts_costs[0]

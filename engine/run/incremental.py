@@ -259,25 +259,20 @@ def _refresh(session: Session, ledger: Ledger, config: ProjectConfig, entity: st
         if drop is not None:
             session.execute(drop)
         try:
-            (create,) = _statements(config, "touched", entity, (), since, now,
-                                    lambda since_, now_: [touched_create(config, entity, since_, now_)])
+            (create,) = _statements(config, "touched" if rows is None else "touched, rows", entity, (), since, now,
+                                    lambda since_, now_: [touched_create(config, entity, since_, now_, rows is not None)])
             session.execute(create)
-        except WarehouseError:  # the kept table is gone (dropped by hand): built again below
+        except WarehouseError:  # a kept table is gone (dropped by hand): built again below
             pass
         else:
             try:
                 (summary,) = _statements(config, "summary", entity, (), None, now, lambda *_: [touched_summary(entity)])
                 touched, rows_read, newest = _one(session, summary)
                 if touched:
-                    try:
-                        session.execute_together(_locked(dialect, _statements(
-                            config, "replace", entity, counted, None, now,
-                            lambda _since, now_: kept_replace(config, entity, now_, counted))
-                            + (kept_rows_replace(config, now, campaigns) if rows is not None else [])))
-                    except WarehouseError:  # the kept order rows are gone (dropped by hand): built again below
-                        if rows is None:
-                            raise
-                        touched = None
+                    session.execute_together(_locked(dialect, _statements(
+                        config, "replace", entity, counted, None, now,
+                        lambda _since, now_: kept_replace(config, entity, now_, counted))
+                        + (kept_rows_replace(config, now, campaigns) if rows is not None else [])))
             finally:
                 done = drop_temporary_table(dialect_named(dialect), TOUCHED[entity], created=True)
                 if done is not None:

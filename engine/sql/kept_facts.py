@@ -154,10 +154,13 @@ def changes_select(config: ProjectConfig, entity: str, since: datetime | None) -
     return builder.with_ctes(query)
 
 
-def touched_create(config: ProjectConfig, entity: str, since: datetime | None, now: datetime) -> exp.Create:
+def touched_create(config: ProjectConfig, entity: str, since: datetime | None, now: datetime,
+                   rows: bool = False) -> exp.Create:
     """CREATE TEMPORARY TABLE of the customers to recompute, with what was read of each: those with
     rows changed after ``since`` (how many, the newest change) and those with a row dated after their
-    facts' instant that ``now`` has reached (``pending_at``). One scan of the source's change column."""
+    facts' instant that ``now`` has reached (``pending_at``). One scan of the source's change column.
+    ``rows``: the kept order rows are kept too, and the statement names their table (no row of it), so
+    that it fails, and the refresh builds both again, when that table is gone."""
     builder = QueryBuilder(config, now, config.dialect)
     rows = builder.source(entity)
     changed = (exp.select(col("r", "customer_id"), exp.alias_(exp.Count(this=exp.Star()), "rows_read"),
@@ -168,6 +171,9 @@ def touched_create(config: ProjectConfig, entity: str, since: datetime | None, n
     pending = (exp.select(col("p", "customer_id"), exp.alias_(exp.Literal.number(0), "rows_read"),
                           exp.alias_(exp.Null(), "newest"))
                .from_(exp.to_table(KEPT_FACTS[entity]).as_("p")).where(col("p", "pending_at") <= builder.ts(now)))
+    if rows:
+        pending = exp.union(pending, exp.select(col("w", "customer_id"), exp.Literal.number(0), exp.Null())
+                            .from_(exp.to_table(KEPT_ROWS["order_rows"]).as_("w")).where(exp.false()), distinct=False)
     query = builder.with_ctes(exp.union(changed, pending, distinct=False))
     return exp.Create(this=exp.to_table(TOUCHED[entity]), kind="TABLE", expression=query,
                       properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
