@@ -346,6 +346,17 @@ def analyze_temporary_table(dialect: Dialect, table: str) -> list[str]:
     return [dialect.analyze_target_statement.format(target=TEMPORARY_STATISTICS_TARGET), analyze]
 
 
+def analyze_kept_table(dialect: Dialect, table: str) -> list[str]:
+    """``analyze_temporary_table`` for a permanent table the engine keeps in the warehouse's database and
+    has just built (the incremental pass's kept order rows): the same planner, the same need."""
+    if not dialect.analyze_temporary_tables:
+        return []
+    analyze = f"ANALYZE {table}"
+    if dialect.analyze_target_statement is None:
+        return [analyze]
+    return [dialect.analyze_target_statement.format(target=TEMPORARY_STATISTICS_TARGET), analyze]
+
+
 def drop_temporary_table(dialect: Dialect, table: str, created: bool = False) -> str | None:
     """DROP TABLE IF EXISTS of a session's temporary ``table``, by its temporary schema. Where the
     dialect cannot name that schema an unqualified DROP could hit a permanent table of the same name,

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 
 from sqlglot import exp
 
+from engine.dialects import analyze_kept_table, dialect_named
 from engine.model import CHANGE_COLUMN, Campaign, ProjectConfig
 from engine.sql.compile import (
     LAST_ORDER_ID, SHARED_FACTS, SHARED_ROWS, QueryBuilder, StateRelations, col, counted_column, last_by,
@@ -243,7 +244,10 @@ def kept_rows_build(config: ProjectConfig, now: datetime, campaigns: Sequence[Ca
     if query is None:
         return []
     create = exp.Create(this=exp.to_table(KEPT_ROWS["order_rows"]), kind="TABLE", expression=query)
-    return [f"DROP TABLE IF EXISTS {KEPT_ROWS['order_rows']}", render_sql(create, config.dialect)]
+    # analysed where the planner needs it, as the pass's own order rows were (their readers' plans at 1M on
+    # PostgreSQL without statistics: second-order 0.02 -> 0.41 s, order-follow-up 0.14 -> 0.32 s server CPU)
+    return [f"DROP TABLE IF EXISTS {KEPT_ROWS['order_rows']}", render_sql(create, config.dialect),
+            *analyze_kept_table(dialect_named(config.dialect), KEPT_ROWS["order_rows"])]
 
 
 def kept_rows_replace(config: ProjectConfig, now: datetime, campaigns: Sequence[Campaign]) -> list[str]:
