@@ -160,6 +160,13 @@ class Dialect:
     #: ledger's table once per step (DuckDB: no index serves the anti-join; PostgreSQL and SQLite look each
     #: candidate up in the ledger's identity index, which a CTE would not have)
     campaign_ledger_cte: bool = False
+    #: an aggregate of ``picked`` in the row with the greatest ``latest`` - ties on ``latest`` broken by the
+    #: greatest ``picked``, a NULL ``picked`` below any other of its instant and the answer only when every row
+    #: of that instant has one; rows whose ``latest`` is NULL left out - as SQL in this dialect that sql.compile
+    #: parses and fills in (``last_by``): the order facts then carry each customer's last order id
+    #: (``last_order_id``, the at_risk trigger's key) from their one scan of the orders. None: the key is found
+    #: by joining the members' last orders (a second scan of the orders)
+    last_by_sql: str | None = None
 
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
@@ -275,7 +282,8 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             timeout_sqlstate="57014",
             # psycopg 3's named cursor, text format: its binary format loaded the due rows no faster (text,
             # date and numeric columns slower, timestamps faster; benchmarks/README.md, issue 15.4)
-            driver_stream="psycopg"),
+            driver_stream="psycopg",
+            last_by_sql="(ARRAY_AGG(picked ORDER BY latest DESC, picked DESC NULLS LAST) FILTER (WHERE latest IS NOT NULL))[1]"),
     Dialect("snowflake", tokenizer_keywords=frozenset((
                 "BYTEINT GET INTEGRATION LS MATCH_CONDITION MATCH_RECOGNIZE MINUS PACKAGE POLICY POOL PUT "
                 "REMOVE RM ROLE RULE SAMPLE SQL_DOUBLE SQL_VARCHAR STAGE STREAMLIT TAG TIMESTAMP_TZ TOP "
@@ -296,7 +304,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             connect_statements=("SET TIME ZONE 'UTC'",),
             # PyHive lets Thrift's transport errors through (a refused connection, a server gone mid-query)
             driver_errors=("thrift.transport.TTransport.TTransportException",),
-            hash32_sql="CAST(CONV(SUBSTRING(SHA2(hashed_text, 256), 1, 8), 16, 10) AS BIGINT)"),
+            hash32_sql="CAST(CONV(SUBSTRING(SHA2(hashed_text, 256), 1, 8), 16, 10) AS BIGINT)",
+            # MAX_BY leaves out the rows whose ordering is NULL
+            last_by_sql="MAX_BY(picked, CASE WHEN latest IS NOT NULL THEN STRUCT(latest, picked IS NOT NULL, picked) END)"),
     Dialect("trino", tokenizer_keywords=frozenset((
                 "DECLARE HYPERLOGLOG IPADDRESS IPPREFIX MATCH_RECOGNIZE REFRESH START TDIGEST").split()),
             url_schemes=("trino",),
@@ -338,6 +348,17 @@ def analyze_temporary_table(dialect: Dialect, table: str) -> list[str]:
     if not dialect.analyze_temporary_tables:
         return []
     analyze = f"ANALYZE {dialect.temporary_schema}.{table}" if dialect.temporary_schema else f"ANALYZE {table}"
+    if dialect.analyze_target_statement is None:
+        return [analyze]
+    return [dialect.analyze_target_statement.format(target=TEMPORARY_STATISTICS_TARGET), analyze]
+
+
+def analyze_kept_table(dialect: Dialect, table: str) -> list[str]:
+    """``analyze_temporary_table`` for a permanent table the engine keeps in the warehouse's database and
+    has just built (the incremental pass's kept order rows): the same planner, the same need."""
+    if not dialect.analyze_temporary_tables:
+        return []
+    analyze = f"ANALYZE {table}"
     if dialect.analyze_target_statement is None:
         return [analyze]
     return [dialect.analyze_target_statement.format(target=TEMPORARY_STATISTICS_TARGET), analyze]

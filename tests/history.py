@@ -20,6 +20,9 @@ The edge rows, by customer id:
 - 99998 .. 100001: four customers whose last orders tie at the 60 % edge of
   the at-risk segment at the anchor, so the tie-break by customer id decides
   who is in; the ids change length so text ordering would differ from numeric.
+- 90011: an at-risk member whose last two orders share an instant (ids 10000110 and 9900110: the key
+  is the greater id, by number - by text it would be the other) and whose order a day earlier has a
+  greater id still (the key is of the last instant, not the greatest id).
 - 90006: a checkout completed exactly at the anchor (not abandoned then), 90007
   one started exactly an hour before it (due exactly then), 90008 one with a
   NULL total and no email; an order of customer 90999, who does not exist.
@@ -43,6 +46,10 @@ INSTANTS = {label: (ANCHOR + delta).replace(tzinfo=timezone.utc) for label, delt
 AT_RISK_SINCE = datetime(2024, 7, 10)
 AT_RISK_PERCENT = 60
 TIE_GROUP = (99_998, 99_999, 100_000, 100_001)
+#: 90011's last two orders (a tie at one instant) early in the at-risk window: a member at the anchor
+LAST_ORDER_TIE = AT_RISK_SINCE + timedelta(days=5, hours=3)
+#: the at_risk trigger's key of 90011: the greater id of its last instant
+LAST_ORDER_TIE_KEY = "10000110"
 
 
 def _customer(customer_id: int, email: bool = True, phone: bool = False) -> dict:
@@ -91,6 +98,9 @@ def shared_history() -> ShopData:
         _order(900_050, 90005, ANCHOR - 7 * day + timedelta(milliseconds=250)),
         _order(900_990, 90999, ANCHOR - 7 * day),
     ]
+    rows["customers"].append(_customer(90011))
+    rows["orders"] += [_order(9_900_110, 90011, LAST_ORDER_TIE), _order(10_000_110, 90011, LAST_ORDER_TIE),
+                       _order(10_500_110, 90011, LAST_ORDER_TIE - day)]
     tie = _tie_instant(rows["orders"])
     rows["orders"] += [_order(910_000 + i, i, tie, total=None if i % 2 else 12.5) for i in TIE_GROUP]
     rows["checkouts"] += [

@@ -25,7 +25,7 @@ from engine.tools.demo import load_shop
 from engine.state.events import Event, event_id
 from engine.state.ledger import Record
 from engine.state.warehouse import Database
-from history import INSTANTS, shared_history
+from history import INSTANTS, LAST_ORDER_TIE_KEY, shared_history
 
 CAMPAIGNS = [c.name for c in load_project(REPO).campaigns if c.enabled]
 #: campaigns shipped with issue 2; the history is shaped so that each has work
@@ -139,5 +139,8 @@ def test_the_history_gives_every_shipped_campaign_work_and_hits_the_edge_rows(pl
     if "re-engage" in CAMPAIGNS:
         entering = {row[2] for row in plan[("anchor", "re-engage")] if row[1] == "miss-you"}
         assert entering & {"99998", "99999", "100000", "100001"} == {"99998", "99999"}
+        # two last orders at one instant: the greater id, by number (tests/history.py)
+        assert {row[3] for label in INSTANTS for row in plan[(label, "re-engage")] if row[2] == "90011"} == {
+            LAST_ORDER_TIE_KEY}
         assert any(row[1] == "new-arrivals" for row in plan[("+7d", "re-engage")])
         assert any(row[1] == "last-call" for row in plan[("+14d", "re-engage")])

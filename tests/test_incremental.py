@@ -30,9 +30,10 @@ from engine import Reconciler, load_project
 from engine.cli.main import main
 from engine.run import incremental
 from engine.run import plan
-from engine.sql.compile import SHARED_FACTS, QueryBuilder, facts_select, render_sql
+from engine.sql import compile as compile_
+from engine.sql.compile import SHARED_FACTS, QueryBuilder, earliest_start, facts_select, render_sql, ts
 from engine.sql.due import counted_statuses
-from engine.sql.kept_facts import KEPT_FACTS, kept_replace, touched_create
+from engine.sql.kept_facts import KEPT_FACTS, KEPT_ROWS, row_readers, kept_replace, kept_rows_select, touched_create
 from engine.state.warehouse import Database
 from engine.tools.demo import load_shop
 from history import ANCHOR, INSTANTS, shared_history
@@ -96,10 +97,12 @@ def shop(backend, tmp_path, monkeypatch, loaded):
 
 def _full_facts(config, entity: str, now, campaigns=()) -> str:
     """compile.facts_select: the facts a pass computes from the whole history (the orders of each
-    status set ``campaigns`` rank by counted, as the kept facts count them)."""
+    status set ``campaigns`` rank by counted and the last order's id where the dialect has it, as the
+    kept facts hold them)."""
     builder = QueryBuilder(config, now, config.dialect)
     counted = counted_statuses(campaigns) if entity == "orders" else ()
-    return render_sql(builder.with_ctes(facts_select(builder, entity, counted)), config.dialect)
+    return render_sql(builder.with_ctes(facts_select(builder, entity, counted, last_order=entity == "orders")),
+                      config.dialect)
 
 
 def _rows(db: Database, sql: str) -> list[tuple]:
@@ -185,8 +188,8 @@ def test_the_incremental_pass_plans_what_a_full_pass_plans(shop, backend, monkey
         assert {"orders", "order_rows"} <= set(created)  # without a change column: the GROUP BY, then the rows
         created.clear()
         got = _due_set(kept, now)
-        # with one: the shared order rows read the kept facts; the pass runs no GROUP BY of the orders
-        assert "order_rows" in created and not set(created) & set(SHARED_FACTS), created
+        # with one: the pass runs no GROUP BY of the orders and ranks no order rows: both are kept
+        assert not set(created) & {"orders", "order_rows"}, created
         created.clear()
         assert [c.mode for c in kept.facts_costs] == ["incremental", "incremental"], kept.facts_costs
         assert [c.mode for c in full.facts_costs] == ["full", "full"]
@@ -194,6 +197,12 @@ def test_the_incremental_pass_plans_what_a_full_pass_plans(shop, backend, monkey
         for entity, known in (("orders", "order_count"), ("events", "last_event_at")):  # the kept facts themselves
             kept_rows = [row[:-1] for row in _rows(db, f"SELECT * FROM {KEPT_FACTS[entity]} WHERE {known} IS NOT NULL")]
             assert kept_rows == _rows(db, _full_facts(kept.config, entity, now, kept.project.campaigns)), (number, entity)
+        # the kept order rows of the window: those a computation at this instant gives (over the facts just compared)
+        start = ts(earliest_start([s for c in row_readers(kept.project.campaigns) for s in c.steps], now,
+                                  kept.config.stale_horizon), kept.config.dialect).sql(kept.config.dialect)
+        fresh = render_sql(kept_rows_select(kept.config, now, kept.project.campaigns), kept.config.dialect)
+        assert _rows(db, f"SELECT * FROM {KEPT_ROWS['order_rows']} WHERE created_at >= {start}") == \
+            _rows(db, f"SELECT * FROM ({fresh}) fresh WHERE created_at >= {start}"), number
         compared += len(expected)
         touched += number and kept.facts_costs[0].mark.customers_touched
     assert compared > 100  # the due sets are not empty
@@ -343,3 +352,44 @@ def test_a_change_column_that_is_not_an_instant_is_a_validate_error(shop, tmp_pa
     result = CliRunner().invoke(main, ["--project", str(project), "validate", "--check-warehouse"])
     assert result.exit_code != 0
     assert "updated_at" in result.output and "timestamp" in result.output, result.output
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # a dialect whose order facts carry the last order id
+def test_kept_order_facts_from_before_the_last_order_id_are_rebuilt_with_it(shop, monkeypatch):
+    """A deployment's kept order facts built by an engine without the last order id (the at_risk
+    trigger's key, compile.last_order_in_facts) are rebuilt whole by the next pass, which then reads
+    the key from them: the kept table's shape is part of its fingerprint."""
+    db, full, kept, kept_dir = shop
+    now = INSTANTS["anchor"]
+
+    def columns() -> set[str]:
+        return {column["name"] for column in sa.inspect(db.engine).get_columns(KEPT_FACTS["orders"])}
+
+    with monkeypatch.context() as before:
+        before.setattr(compile_, "LAST_ORDER_IN_FACTS", False)
+        assert _due_set(kept, now) == _due_set(full, now)
+    assert "last_order_id" not in columns()
+    upgraded = Reconciler(load_project(kept_dir))  # a new process: nothing compiled yet
+    try:
+        later = now + timedelta(minutes=1)
+        got = _due_set(upgraded, later)
+        assert [c.mode for c in upgraded.facts_costs] == ["incremental", "incremental"]
+        assert upgraded.facts_costs[0].reason.startswith("built whole"), upgraded.facts_costs[0]
+        assert "last_order_id" in columns()
+        assert got == _due_set(full, later)
+        assert any(row[0] == "re-engage" for row in got)
+    finally:
+        upgraded.close()
+
+
+@pytest.mark.parametrize("backend", ["duckdb"])  # no dialect in it: one backend is enough
+def test_kept_order_rows_dropped_by_hand_are_built_again(shop):
+    """A kept order rows table that is gone (dropped by hand) is built again, with the facts, by the next
+    pass - even one that touches no customer - which then plans what a full pass plans."""
+    db, full, kept, _ = shop
+    now = INSTANTS["anchor"]
+    assert _due_set(kept, now) == _due_set(full, now)
+    db.execute(f"DROP TABLE {KEPT_ROWS['order_rows']}")
+    later = now + timedelta(minutes=1)
+    assert _due_set(kept, later) == _due_set(full, later)
+    assert kept.facts_costs[0].reason.startswith("built whole"), kept.facts_costs[0]

@@ -18,7 +18,9 @@ refreshes it before it plans:
    read, never past ``now``; the due queries then join the kept table instead of the GROUP BY, and so
    do the shared order rows: the kept order facts count the orders of every status set the project's
    campaigns rank by (``campaigns``: sql.kept_facts ``counted``), so a pass with kept order facts
-   runs no GROUP BY of the orders.
+   runs no GROUP BY of the orders. The shared order rows themselves (the windows' orders ranked) are
+   kept too (sql.kept_facts ``KEPT_ROWS``), recomputed in step 3's transaction for the same touched
+   customers, so a pass ranks only their orders; their readers' windows are part of the fingerprint.
 
 The watermark is the warehouse's own value (no clock of this host is compared with it), read
 again with ``SAFETY_LAG`` of overlap, which catches rows whose transaction committed up to that
@@ -55,7 +57,8 @@ from engine.sql.compile import StateRelations, instant_text, render_sql
 from engine.sql.due import counted_statuses
 from engine.sql.kept_facts import (
     KEPT_FACTS, TOUCHED, changes_select, change_expression, fingerprint, kept_create, kept_drop, kept_relations,
-    kept_replace, touched_create, touched_summary,
+    kept_replace, kept_rows_build, kept_rows_relations, kept_rows_replace, rows_fingerprint, touched_create,
+    touched_summary,
 )
 from engine.state.ledger import Ledger
 from engine.state.warehouse import Database, Session
@@ -123,7 +126,7 @@ def costs(config: ProjectConfig, ledger: Ledger, now: datetime, *, writes: bool,
     ``campaigns``: the project's (all of them, so a pass over a few keeps the same table): the
     status sets their shared order rows count are kept too."""
     found = []
-    counted = counted_statuses(campaigns)
+    counted, rows = counted_statuses(campaigns), _rows_fingerprint(config, campaigns)
     for entity in KEPT_FACTS:
         reason = _full_reason(config, entity, writes=writes, shares=shares)
         if reason is not None:
@@ -134,18 +137,34 @@ def costs(config: ProjectConfig, ledger: Ledger, now: datetime, *, writes: bool,
             found.append(SourceCost(entity, "full", f"the instant is before the kept facts' ({_shown(mark.facts_at)}): "
                                                     "a past instant is computed whole", mark))
             continue
-        rebuild = _rebuild_reason(config, entity, mark, to_utc(now), counted)
+        rebuild = _rebuild_reason(config, entity, mark, to_utc(now), counted, rows)
         found.append(SourceCost(entity, "incremental", _caveat(config, entity) + (f"; {rebuild}" if rebuild else ""), mark))
     return found
 
 
+#: (project config's identity, the campaigns' identities) -> (config, campaigns, ``rows_fingerprint``)
+_rows_shapes: dict[tuple, tuple] = {}
+
+
+def _rows_fingerprint(config: ProjectConfig, campaigns: Sequence[Campaign]) -> str | None:
+    """``kept_facts.rows_fingerprint``, rendered once per project version."""
+    key = (id(config), tuple(id(c) for c in campaigns))
+    entry = _rows_shapes.get(key)
+    if entry is None or entry[0] is not config:
+        entry = (config, list(campaigns), rows_fingerprint(config, campaigns))
+        while len(_rows_shapes) >= 16:  # older project versions fall out
+            _rows_shapes.pop(next(iter(_rows_shapes)))
+        _rows_shapes[key] = entry
+    return entry[2]
+
+
 def _rebuild_reason(config: ProjectConfig, entity: str, mark: Watermark | None, now: datetime,
-                    counted: Sequence[Sequence[str]]) -> str | None:
+                    counted: Sequence[Sequence[str]], rows: str | None) -> str | None:
     if mark is None:
         return "the first pass builds the kept table whole"
-    if mark.fingerprint != fingerprint(config, entity, counted):
-        return ("the mapping or the order status sets the campaigns count changed since the kept table was built: "
-                "the next pass rebuilds it whole")
+    if mark.fingerprint != fingerprint(config, entity, counted, rows):
+        return ("the mapping, the order status sets the campaigns count or the windows of the order rows they read "
+                "changed since the kept table was built: the next pass rebuilds it whole")
     if now - mark.built_at > REBUILD_AFTER:
         return f"built more than {REBUILD_AFTER.days} day(s) ago: the next pass rebuilds it whole"
     return None
@@ -176,10 +195,13 @@ def refresh(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: dat
     with warehouse.session() as session:
         for cost in planned:
             if cost.mode == "incremental":
-                cost = _refresh(session, ledger, config, cost.entity, to_utc(now), cost, counted)
+                cost = _refresh(session, ledger, config, cost.entity, to_utc(now), cost, counted, campaigns)
                 kept.append(cost.entity)
             done.append(cost)
-    return kept_relations(kept), done
+    relations = kept_relations(kept)
+    if "orders" in kept and _rows_fingerprint(config, campaigns) is not None:  # kept with the order facts
+        relations = {**relations, **kept_rows_relations()}
+    return relations, done
 
 
 def _locked(dialect: str, statements: list[str]) -> list[str]:
@@ -227,19 +249,20 @@ def _statements(config: ProjectConfig, what: str, entity: str, counted: Sequence
 
 
 def _refresh(session: Session, ledger: Ledger, config: ProjectConfig, entity: str, now: datetime,
-             cost: SourceCost, counted: Sequence[Sequence[str]]) -> SourceCost:
+             cost: SourceCost, counted: Sequence[Sequence[str]], campaigns: Sequence[Campaign]) -> SourceCost:
     dialect, mark = config.dialect, cost.mark
     touched = None
-    if _rebuild_reason(config, entity, mark, now, counted) is None:
+    rows = _rows_fingerprint(config, campaigns) if entity == "orders" else None
+    if _rebuild_reason(config, entity, mark, now, counted, rows) is None:
         since = None if mark.watermark is None else mark.watermark - SAFETY_LAG
         drop = drop_temporary_table(dialect_named(dialect), TOUCHED[entity])
         if drop is not None:
             session.execute(drop)
         try:
-            (create,) = _statements(config, "touched", entity, (), since, now,
-                                    lambda since_, now_: [touched_create(config, entity, since_, now_)])
+            (create,) = _statements(config, "touched" if rows is None else "touched, rows", entity, (), since, now,
+                                    lambda since_, now_: [touched_create(config, entity, since_, now_, rows is not None)])
             session.execute(create)
-        except WarehouseError:  # the kept table is gone (dropped by hand): built again below
+        except WarehouseError:  # a kept table is gone (dropped by hand): built again below
             pass
         else:
             try:
@@ -248,16 +271,18 @@ def _refresh(session: Session, ledger: Ledger, config: ProjectConfig, entity: st
                 if touched:
                     session.execute_together(_locked(dialect, _statements(
                         config, "replace", entity, counted, None, now,
-                        lambda _since, now_: kept_replace(config, entity, now_, counted))))
+                        lambda _since, now_: kept_replace(config, entity, now_, counted))
+                        + (kept_rows_replace(config, now, campaigns) if rows is not None else [])))
             finally:
                 done = drop_temporary_table(dialect_named(dialect), TOUCHED[entity], created=True)
                 if done is not None:
                     session.execute(done)
     if touched is None:  # a build: the newest change first, so what changes meanwhile is read again next time
         rows_read, newest = _one(session, render_sql(changes_select(config, entity, None), dialect))
-        session.execute_together(_locked(dialect, [kept_drop(entity), render_sql(kept_create(config, entity, now, counted), dialect)]))
+        session.execute_together(_locked(dialect, [kept_drop(entity), render_sql(kept_create(config, entity, now, counted), dialect)]
+                                         + (kept_rows_build(config, now, campaigns) if rows is not None else [])))
         (customers,) = _one(session, f"SELECT COUNT(*) FROM {KEPT_FACTS[entity]}")
-        mark = Watermark(entity, _newest(newest, now), now, now, fingerprint(config, entity, counted), int(rows_read),
+        mark = Watermark(entity, _newest(newest, now), now, now, fingerprint(config, entity, counted, rows), int(rows_read),
                          int(customers))
         ledger.save_watermark(mark)
         return replace(cost, reason=f"built whole; {cost.reason}", mark=mark)

@@ -301,13 +301,45 @@ def counted_column(statuses: Sequence[str]) -> str:
     return f"placed_{digest}"
 
 
-def facts_select(builder: "QueryBuilder", entity: str, counted: Sequence[Sequence[str]] = ()) -> exp.Select:
+#: False: no dialect's order facts carry the last order id, every at_risk query joins its members'
+#: last orders as before (benchmarks' switch to compare; ``last_order_in_facts``)
+LAST_ORDER_IN_FACTS = True
+#: the column names standing for the picked value and its instant in every ``Dialect.last_by_sql``
+LAST_BY_PICKED, LAST_BY_LATEST = "picked", "latest"
+#: the order facts' column with the customer's last order id (``last_order_in_facts``)
+LAST_ORDER_ID = "last_order_id"
+
+
+def last_order_in_facts(dialect: str) -> bool:
+    """Whether ``dialect``'s order facts carry ``LAST_ORDER_ID``: the id of the customer's last order
+    by ``now`` (of those at its instant, the greatest id), as the at_risk trigger keys an entry."""
+    return LAST_ORDER_IN_FACTS and dialect_named(dialect).last_by_sql is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _last_by_template(dialect: str) -> exp.Expression:
+    return sqlglot.parse_one(dialect_named(dialect).last_by_sql, read=dialect)
+
+
+def last_by(picked: exp.Expression, latest: exp.Expression, dialect: str) -> exp.Expression:
+    """The aggregate of ``Dialect.last_by_sql``: ``picked`` of the row with the greatest ``latest``
+    (ties: the greatest ``picked``; rows whose ``latest`` is NULL left out)."""
+    def fill(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Column) and not node.table and node.name in (LAST_BY_PICKED, LAST_BY_LATEST):
+            return (picked if node.name == LAST_BY_PICKED else latest).copy()
+        return node
+    return _last_by_template(dialect).copy().transform(fill)
+
+
+def facts_select(builder: "QueryBuilder", entity: str, counted: Sequence[Sequence[str]] = (),
+                 last_order: bool = False) -> exp.Select:
     """One row per customer with what ``entity`` says about them up to ``now``.
 
-    orders: order_count, first_order_at, last_order_at, total_spent, and per status set of
-    ``counted`` the number of orders of those statuses (``counted_column``: what the shared order
-    rows number an order of those statuses against); events: last_event_at (any type),
-    last_login_at. A plain GROUP BY each, the cost of the benchmark's floor.
+    orders: order_count, first_order_at, last_order_at, total_spent, with ``last_order`` the last
+    order's id where the dialect has the aggregate (``last_order_in_facts``), and per status set of ``counted`` the
+    number of orders of those statuses (``counted_column``: what the shared order rows number an
+    order of those statuses against); events: last_event_at (any type), last_login_at. A plain
+    GROUP BY each, the cost of the benchmark's floor.
     """
     now = builder.ts(builder.now)
     if entity == "orders":
@@ -315,6 +347,8 @@ def facts_select(builder: "QueryBuilder", entity: str, counted: Sequence[Sequenc
         counts = [exp.alias_(exp.Sum(this=exp.Case(
             ifs=[exp.If(this=col("o", "status").isin(*[lit(s) for s in sorted(set(statuses))]), true=exp.Literal.number(1))],
             default=exp.Literal.number(0))), counted_column(statuses)) for statuses in counted]
+        last = ([exp.alias_(last_by(col("o", "order_id"), col("o", "created_at"), builder.dialect), LAST_ORDER_ID)]
+                if last_order and last_order_in_facts(builder.dialect) else [])
         return (
             exp.select(
                 col("o", "customer_id"),
@@ -322,6 +356,7 @@ def facts_select(builder: "QueryBuilder", entity: str, counted: Sequence[Sequenc
                 exp.alias_(exp.Min(this=col("o", "created_at")), "first_order_at"),
                 exp.alias_(exp.Max(this=col("o", "created_at")), "last_order_at"),
                 exp.alias_(exp.Sum(this=col("o", "total")), "total_spent"),
+                *last,
                 *counts,
             )
             .from_(exp.to_table(orders).as_("o"))
@@ -340,11 +375,11 @@ def facts_select(builder: "QueryBuilder", entity: str, counted: Sequence[Sequenc
 
 
 def shared_facts_create(entity: str, config: ProjectConfig, now: datetime,
-                        counted: Sequence[Sequence[str]] = ()) -> exp.Create:
+                        counted: Sequence[Sequence[str]] = (), last_order: bool = False) -> exp.Create:
     """CREATE TEMPORARY TABLE of one ``SHARED_FACTS`` relation, for a pass on one connection
-    (``counted``: as ``facts_select``'s)."""
+    (``counted``, ``last_order``: as ``facts_select``'s)."""
     builder = QueryBuilder(config, now, config.dialect)
-    return temporary_table(SHARED_FACTS[entity], builder.with_ctes(facts_select(builder, entity, counted)))
+    return temporary_table(SHARED_FACTS[entity], builder.with_ctes(facts_select(builder, entity, counted, last_order)))
 
 
 def temporary_table(name: str, query: exp.Query) -> exp.Create:
@@ -436,6 +471,13 @@ class QueryBuilder:
         """Per-customer order facts as of ``now``: the shared pass table, or a CTE of this query."""
         return self._facts("orders")
 
+    def last_order_facts(self) -> str | None:
+        """The order facts as ``customer_facts``, with ``LAST_ORDER_ID``; None where the dialect cannot
+        find it in their scan (``last_order_in_facts``). The kept facts always carry it there, the pass's
+        shared table when a campaign of the pass asks (``TriggerKind.last_order_id``: this query's does),
+        this query's CTE once asked here."""
+        return self._facts("orders", last_order=True) if last_order_in_facts(self.dialect) else None
+
     def event_facts(self) -> str:
         """Per-customer time of the newest event as of ``now`` (for came_back)."""
         return self._facts("events")
@@ -443,16 +485,19 @@ class QueryBuilder:
     def shared_rows(self, name: str) -> str | None:
         """The pass's ``SHARED_ROWS`` table ``name`` when this query reads the shared tables, else None
         (the trigger kind computes its per-order facts in CTEs of this query)."""
+        if SHARE_ROWS and isinstance(self.state.get(SHARED_ROWS[name]), exp.Table):  # kept by the engine (kept_facts)
+            return self.state_table(SHARED_ROWS[name])
         return SHARED_ROWS[name] if self.shared_facts and SHARE_ROWS else None
 
-    def _facts(self, entity: str) -> str:
+    def _facts(self, entity: str, last_order: bool = False) -> str:
         if isinstance(self.state.get(SHARED_FACTS[entity]), exp.Table):  # kept by the engine (sql.kept_facts)
             return self.state_table(SHARED_FACTS[entity])
         if self.shared_facts:
             return SHARED_FACTS[entity]
         name = f"{entity[:-1]}_facts"
-        if name not in self.ctes:
-            self.ctes[name] = facts_select(self, entity)
+        # built again with the last order id if a filter built it first (its placeholders then go: built per pass)
+        if name not in self.ctes or (last_order and LAST_ORDER_ID not in self.ctes[name].named_selects):
+            self.ctes[name] = facts_select(self, entity, last_order=last_order)
         return name
 
     def with_ctes(self, body: exp.Query) -> exp.Query:

@@ -286,6 +286,12 @@ def counted_statuses(campaigns: Sequence[Campaign]) -> tuple[tuple[str, ...], ..
     return tuple(sorted(s for s in counted if s is not None))
 
 
+def last_order_asked(campaigns: Sequence[Campaign]) -> bool:
+    """Whether a campaign of ``campaigns`` reads its customers' last order ids (``TriggerKind.last_order_id``):
+    the pass's order facts then carry them where the dialect can (``compile.facts_select``)."""
+    return any(kind_of(c.trigger).last_order_id for c in campaigns)
+
+
 def shared_table_create(name: str, config: ProjectConfig, now: datetime, campaigns: Sequence[Campaign],
                         kept: StateRelations | None = None) -> exp.Create | None:
     """CREATE TEMPORARY TABLE of one shared table of a pass over ``campaigns``: per-customer facts
@@ -293,7 +299,9 @@ def shared_table_create(name: str, config: ProjectConfig, now: datetime, campaig
     (``SHARED_ROWS``: built by the trigger kind for its campaigns that read them, over the kept
     per-customer facts where ``kept`` names them: sql.kept_facts); None when no campaign reads the rows."""
     if name not in SHARED_ROWS:
-        return shared_facts_create(name, config, now, counted_statuses(campaigns) if name == "orders" else ())
+        if name != "orders":
+            return shared_facts_create(name, config, now)
+        return shared_facts_create(name, config, now, counted_statuses(campaigns), last_order_asked(campaigns))
     readers: dict[object, list[Campaign]] = {}
     for campaign in campaigns:
         kind = kind_of(campaign.trigger)

@@ -34,7 +34,7 @@ from sqlglot import exp
 from engine.model import Campaign, ProjectConfig
 from engine.sql import compile
 from engine.sql.compile import SHARED_ROWS, StateRelations, instant_text, render_sql, shared_facts_used
-from engine.sql.due import counted_statuses, due_query, shared_table_create
+from engine.sql.due import counted_statuses, due_query, last_order_asked, shared_table_create
 from engine.sql.hashing import hashes_in_sql
 from engine.sql.instants import NotParameterisable, PassInstant, Placeholders, collecting
 
@@ -226,7 +226,7 @@ def facts_statement(entity: str, config: ProjectConfig, now: datetime, campaigns
     if kept_shape is None:  # pragma: no cover - kept facts are tables
         return literal()
     shape = ("facts", entity, config.dialect, counted_statuses(campaigns) if entity == "orders" else len(campaigns),
-             kept_shape)
+             entity == "orders" and last_order_asked(campaigns), kept_shape)
     prepared = _cache.get(owners, shape, lambda: prepare(built, config.dialect))
     if prepared is None:  # pragma: no cover - the facts depend on the instant only through ts()
         return literal()

@@ -14,7 +14,9 @@ from sqlglot import exp
 
 from engine.clock import Duration, format_duration, format_instant, parse_stored_timestamp
 from engine.model import Campaign, Trigger
-from engine.sql.compile import QueryBuilder, col, is_customer, new_segment_entries, segment_instances, text
+from engine.sql.compile import (
+    LAST_ORDER_ID, QueryBuilder, col, is_customer, new_segment_entries, segment_instances, text,
+)
 from engine.sql.triggers.base import CampaignFile, TemplateRecord, TriggerKind
 from engine.state.tables import ENTRIES_TABLE
 
@@ -35,6 +37,7 @@ class AtRiskKind(TriggerKind):
     entities = ("orders",)
     template_record = TemplateRecord("orders", "order_items", "order_id")
     records_entries = True
+    last_order_id = True
 
     def parse(self, settings: dict, file: CampaignFile) -> AtRisk:
         window = file.duration(("trigger", self.name, "window"), settings.get("window", "26w"))
@@ -109,10 +112,12 @@ def _members(builder: QueryBuilder, trigger: AtRisk) -> None:
     """CTEs ending in ``at_risk_members(customer_id, trigger_key)``; the key is the last order.
 
     Ranks the customers' last orders from the per-customer facts (no window over
-    all orders); only the members' last order ids are looked up in the orders.
+    all orders); the members' last order ids are the facts' own where the dialect's one scan of the
+    orders finds them (``QueryBuilder.last_order_facts``), else looked up in the orders.
     """
     now = builder.now
-    facts = builder.customer_facts()
+    with_last = builder.last_order_facts()
+    facts = builder.customer_facts() if with_last is None else with_last
     position = exp.Window(
         this=exp.RowNumber(),
         order=exp.Order(expressions=[exp.Ordered(this=col("l", "last_order_at")), exp.Ordered(this=col("l", "customer_id"))]),
@@ -127,6 +132,14 @@ def _members(builder: QueryBuilder, trigger: AtRisk) -> None:
         .from_(exp.to_table(facts).as_("l"))
         .where(col("l", "last_order_at") > builder.ts(now - trigger.window))
     )
+    member = (exp.Mul(this=col("r", "position"), expression=exp.Literal.number(100))
+              <= exp.Mul(this=col("r", "population"), expression=exp.Literal.number(trigger.percent)))
+    if with_last is not None:  # the facts' scan of the orders found it, with the same tie-break
+        builder.ctes["active_ranked"] = builder.ctes["active_ranked"].select(col("l", LAST_ORDER_ID), copy=False)
+        builder.ctes["at_risk_members"] = (
+            exp.select(col("r", "customer_id"), exp.alias_(text(col("r", LAST_ORDER_ID)), "trigger_key"))
+            .from_(exp.to_table("active_ranked").as_("r")).where(member))
+        return
     orders = builder.source("orders")
     # ties on the last order's time: the highest order id, as ORDER BY created_at DESC, order_id DESC would pick
     builder.ctes["at_risk_members"] = (
@@ -134,8 +147,7 @@ def _members(builder: QueryBuilder, trigger: AtRisk) -> None:
         .from_(exp.to_table("active_ranked").as_("r"))
         .join(exp.to_table(orders).as_("o"), on=exp.and_(col("o", "customer_id").eq(col("r", "customer_id")),
                                                          col("o", "created_at").eq(col("r", "last_order_at"))))
-        .where(exp.Mul(this=col("r", "position"), expression=exp.Literal.number(100))
-               <= exp.Mul(this=col("r", "population"), expression=exp.Literal.number(trigger.percent)))
+        .where(member)
         .group_by(col("r", "customer_id"))
     )
 

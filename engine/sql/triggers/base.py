@@ -82,6 +82,9 @@ class TriggerKind:
     #: the ``compile.SHARED_ROWS`` table a pass builds once (``shared_rows_select``) for this kind's
     #: campaigns that read it (``reads_shared_rows``); None: the kind reads no shared per-row facts
     shared_rows: str | None = None
+    #: the instances read each customer's last order id (of those at the last order's instant, the greatest),
+    #: which the pass's order facts then carry where the dialect finds it in their scan (``compile.LAST_ORDER_ID``)
+    last_order_id: bool = False
 
     # --- the campaign file -----------------------------------------------------------
 
