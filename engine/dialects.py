@@ -345,20 +345,19 @@ def analyze_temporary_table(dialect: Dialect, table: str) -> list[str]:
     """The statements (one transaction) that ANALYZE a session's temporary ``table`` just created, where
     the dialect's planner needs it (``analyze_temporary_tables``), at ``TEMPORARY_STATISTICS_TARGET``
     where the dialect can set it; none elsewhere. By the temporary schema: never a permanent table."""
-    if not dialect.analyze_temporary_tables:
-        return []
-    analyze = f"ANALYZE {dialect.temporary_schema}.{table}" if dialect.temporary_schema else f"ANALYZE {table}"
-    if dialect.analyze_target_statement is None:
-        return [analyze]
-    return [dialect.analyze_target_statement.format(target=TEMPORARY_STATISTICS_TARGET), analyze]
+    return _analyze(dialect, f"{dialect.temporary_schema}.{table}" if dialect.temporary_schema else table)
 
 
 def analyze_kept_table(dialect: Dialect, table: str) -> list[str]:
     """``analyze_temporary_table`` for a permanent table the engine keeps in the warehouse's database and
     has just built (the incremental pass's kept order rows): the same planner, the same need."""
+    return _analyze(dialect, table)
+
+
+def _analyze(dialect: Dialect, qualified: str) -> list[str]:
     if not dialect.analyze_temporary_tables:
         return []
-    analyze = f"ANALYZE {table}"
+    analyze = f"ANALYZE {qualified}"
     if dialect.analyze_target_statement is None:
         return [analyze]
     return [dialect.analyze_target_statement.format(target=TEMPORARY_STATISTICS_TARGET), analyze]
