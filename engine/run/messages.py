@@ -42,6 +42,15 @@ class DueMessage:
     #: why the candidates are in this order (``channel_choice: by_response``, engine.run.responses), for explain
     choice: str | None = None
 
+    def decided(self, action: str, reason: str | None) -> DueMessage:
+        """A copy with ``action`` and ``reason``: what ``dataclasses.replace(self, action=..., reason=...)``
+        gives, by one positional call (a policy stage makes one for each message it stops: 0.5 us instead
+        of 3.6, ~4,500 quiet-hour deferrals a minute at 1M orders). Every field in declaration order
+        (tests/test_messages: equal to ``replace`` for a message with every field set)."""
+        return DueMessage(self.campaign, self.step, self.customer_id, self.trigger_key, self.trigger_at, self.due_at,
+                          self.channel, self.customer, action, reason, self.variant, self.detail, self.candidates,
+                          self.code, self.choice)
+
     @property
     def key(self) -> str:
         return message_key(self.campaign, self.step, self.customer_id, self.trigger_key)

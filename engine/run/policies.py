@@ -163,7 +163,7 @@ def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_
                     break
                 first_reason = first_reason or reason
             else:
-                m = replace(m, action="skip", reason=first_reason)
+                m = m.decided("skip", first_reason)
         decided.append(m)
     return decided
 
@@ -215,7 +215,7 @@ def apply_policies(config: ProjectConfig, ledger: Ledger, batch: list, now: date
             elif caps and _capped(config, m, now, sends):
                 reason = "frequency_cap"
             if reason is not None:
-                m = replace(m, action="skip", reason=reason)
+                m = m.decided("skip", reason)
             elif caps or recency:
                 # Only caps and recency windows read the pass's sends; without them, remembering
                 # every customer sent to would grow by ~160 bytes per message (160 MB per million).
@@ -287,7 +287,7 @@ def holdout(batch: list, inputs: PolicyInputs) -> list:
         if m.action == "send":
             campaign = inputs.campaigns[m.campaign]
             if in_holdout(campaign.name, m.customer_id, campaign.holdout):
-                m = replace(m, action="skip", reason="holdout")
+                m = m.decided("skip", "holdout")
         decided.append(m)
     return decided
 
@@ -331,7 +331,7 @@ def quiet_hours(batch: list, inputs: PolicyInputs) -> list:
                 quiet_now = quiet_in[local] = in_quiet_hours(
                     inputs.now, quiet, customer_zone(zone_name, inputs.config.default_timezone))
             if quiet_now:
-                m = replace(m, action="defer", reason="quiet_hours")
+                m = m.decided("defer", "quiet_hours")
         decided.append(m)
     return decided
 
@@ -367,7 +367,7 @@ def reentry_history(batch: list, inputs: PolicyInputs) -> list:
             if m.trigger_key not in {k for k, _ in held}:  # new: a claim of it the ledger holds later is this pass's
                 fresh.setdefault((m.campaign, m.customer_id), set()).add(m.trigger_key)
             if _blocks(rules[m.campaign], m, held):
-                m = replace(m, action="skip", reason="reentry")
+                m = m.decided("skip", "reentry")
                 campaign = inputs.campaigns[m.campaign]
                 if reentry_in_sql(campaign, inputs.config.dialect) and \
                         settled_in_sql(campaign, campaign.step(m.step), zone_due=True, dialect=inputs.config.dialect):
@@ -389,7 +389,7 @@ def reentry(batch: list, inputs: PolicyInputs) -> list:
     for m in batch:
         if m.action == "send" and rules[m.campaign].mode != "per_trigger":
             if _blocks(rules[m.campaign], m, entered.get((m.campaign, m.customer_id), [])):
-                m = replace(m, action="skip", reason="reentry")
+                m = m.decided("skip", "reentry")
             else:
                 entered.setdefault((m.campaign, m.customer_id), []).append((m.trigger_key, m.trigger_at))
         decided.append(m)
