@@ -6,9 +6,9 @@ send times, waits, A/B splits, yearly and date triggers all have rows there).
 """
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 
-from conftest import copy_project, database_url
+from conftest import REPO, copy_project, database_url
 from engine import Reconciler, load_project
 from engine.clock import parse_instant
 from engine.run import plan
@@ -51,3 +51,59 @@ def test_decide_rows_decides_as_decide_row_one_by_one(tmp_path, monkeypatch):
         assert inline > 100 and compared - inline > 20, (inline, compared)
     finally:
         reconciler.close()
+
+
+#: a yearly trigger's days near the instants below (Feb 29 is Feb 28 in common years), and zones from UTC+14 to
+#: UTC-11 with and without DST, an unknown one and none (the project's default)
+YEARLY_DAYS = [date(2000, 2, 29), date(1990, 2, 28), date(1985, 3, 1), date(1970, 12, 31), date(1999, 1, 1),
+               date(1980, 1, 10), date(1981, 1, 9), date(1979, 3, 30), date(1983, 3, 31)]
+YEARLY_ZONES = ["Europe/Berlin", "Pacific/Kiritimati", "Pacific/Pago_Pago", "America/New_York", "Asia/Kolkata",
+                "Mars/Olympus", None]
+
+
+def test_a_yearly_rows_timing_is_worked_out_once_per_day_and_zone(monkeypatch):
+    """A yearly row's latest occurrence, due time and freshness depend on its day of the year, the step, the
+    zone and the instant alone: ``decide_row`` works them out once per (day, zone) of a query
+    (``RowLayout.yearly_timings``), not per row, and decides every row as with a layout of its own (no
+    timing shared), at instants around the days' 09:00 local, midnight UTC, Feb 28/29 of a leap and a
+    common year, New Year and the clocks going forward in Europe and the US."""
+    from engine.run.plan import RowLayout, decide_row
+    from engine.sql.compile import CUSTOMER_PREFIX, VARIANT_PREFIX, variant_columns
+
+    project = load_project(REPO)
+    campaign = project.campaign("birthday")
+    step = campaign.steps[0].id
+    fields = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "stopped_by", "anniversary",
+              *(f"{VARIANT_PREFIX}{i}" for i in range(variant_columns(campaign))),
+              *(f"{CUSTOMER_PREFIX}{name}" for name in ("customer_id", "email", "phone", "timezone")))
+    rows, n = [], 0
+    for day in YEARLY_DAYS:
+        for zone in YEARLY_ZONES:
+            for stopped in (None, "unsubscribed"):  # two customers of each day and zone
+                n += 1
+                rows.append(("birthday", step, n, "-", None, stopped, day, *([True] * variant_columns(campaign)),
+                             n, f"c{n}@example.com", None, zone))
+    calls = []
+    found = plan.anniversary_instance
+
+    def counted(*args):
+        calls.append(args)
+        return found(*args)
+
+    monkeypatch.setattr(plan, "anniversary_instance", counted)
+    instants = [parse_instant(text) for text in (
+        "2025-01-10T00:01:00Z", "2025-01-09T23:59:00Z", "2025-01-10T08:00:00Z", "2025-01-10T09:00:00Z",
+        "2024-02-28T08:00:00Z", "2024-02-29T08:00:00Z", "2024-02-29T20:00:00Z", "2025-02-28T08:00:00Z",
+        "2025-02-28T19:00:00Z", "2025-03-01T09:00:00Z", "2024-12-31T20:00:00Z", "2025-01-01T08:00:00Z",
+        "2025-01-01T20:00:00Z", "2025-03-30T07:00:00Z", "2025-03-30T08:00:00Z", "2025-03-09T14:00:00Z",
+        "2025-03-31T07:30:00Z", "2025-12-31T19:00:00Z")]
+    decided = 0
+    for now in instants:
+        layout = RowLayout(fields, campaign)
+        calls.clear()
+        shared = [decide_row(campaign, row, now, project.config, layout) for row in rows]
+        assert 0 < len(calls) <= len(YEARLY_DAYS) * len(YEARLY_ZONES) < len(rows)  # once per (day, zone) at most
+        alone = [decide_row(campaign, row, now, project.config, RowLayout(fields, campaign)) for row in rows]
+        assert [m and _fields(m) for m in shared] == [m and _fields(m) for m in alone], now
+        decided += sum(m is not None for m in shared)
+    assert decided > 50  # due rows were decided, sent or skipped stale/stopped, not only rows left out

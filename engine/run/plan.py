@@ -292,6 +292,11 @@ class RowLayout:
         self.yearly = not keys_in_sql(campaign)  # a yearly date: Python derives the instance
         self.local_date = kind_of(campaign.trigger).local_date  # a date: the customer's local midnight
         self.anniversary = position.get("anniversary")
+        #: the customer's time zone column (a yearly row's timing is worked out before the customer's dict)
+        self.timezone = position.get(f"{CUSTOMER_PREFIX}timezone")
+        #: (now, step id, month, day, zone) -> a yearly row's timing (``_yearly_timing``): the same for every
+        #: customer born on that day in that zone, so worked out once per query (a pass) and not per row
+        self.yearly_timings: dict[tuple, tuple | None] = {}
         self.wait = position.get(WAIT_COLUMN)  # the awaited event's instant (steps with wait_until)
         self.matches = [position[f"{VARIANT_PREFIX}{i}"] for i in range(variant_columns(campaign))]
         # the customer's attributes are the query's last columns (compile.due_query)
@@ -402,31 +407,32 @@ def decide_row(campaign: Campaign, row, now: datetime, config: ProjectConfig,
     """
     layout = layout or RowLayout(row._fields, campaign)
     step = layout.steps[row[layout.step]]
+    if layout.yearly:  # before the customer's dict is built: many rows of the warehouse's window are not due
+        timing = _yearly_timing(layout, step, row, now, config)
+        if timing is None:
+            return None
     customer = dict(zip(layout.customer_names, row[layout.customer_start:]))
     customer_id = customer["customer_id"] = str(row[layout.customer_id])
-    trigger_key = row[layout.trigger_key]
     if layout.yearly:
-        zone = customer_zone(customer.get("timezone"), config.default_timezone)
-        instance = anniversary_instance(parse_stored_date(row[layout.anniversary]), step, now, zone)
-        if instance is None:
+        trigger_at, trigger_key, due_at = timing
+    else:
+        trigger_key = row[layout.trigger_key]
+        if layout.local_date:
+            zone = customer_zone(customer.get("timezone"), config.default_timezone)
+            trigger_at = local_midnight(parse_stored_date(row[layout.trigger_at]), zone)
+        else:
+            trigger_at = _instant(row[layout.trigger_at])
+        if step.wait is not None:  # the awaited event or the time running out (no send_at: validation)
+            event_at = row[layout.wait]
+            due_at = waited_due(trigger_at, step, None if event_at is None else _instant(event_at))
+        elif step.send_at is None:  # the common case needs no time zone
+            due_at = trigger_at + step.delay
+        else:
+            due_at = due_time(trigger_at, step, customer_zone(customer.get("timezone"), config.default_timezone))
+        if due_at > now:
             return None
-        trigger_at, trigger_key = instance
-    elif layout.local_date:
-        zone = customer_zone(customer.get("timezone"), config.default_timezone)
-        trigger_at = local_midnight(parse_stored_date(row[layout.trigger_at]), zone)
-    else:
-        trigger_at = _instant(row[layout.trigger_at])
-    if step.wait is not None:  # the awaited event or the time running out (no send_at: validation)
-        event_at = row[layout.wait]
-        due_at = waited_due(trigger_at, step, None if event_at is None else _instant(event_at))
-    elif step.send_at is None:  # the common case needs no time zone
-        due_at = trigger_at + step.delay
-    else:
-        due_at = due_time(trigger_at, step, customer_zone(customer.get("timezone"), config.default_timezone))
-    if due_at > now:
-        return None
-    if step.freshness is not None and now > due_at + step.freshness + config.stale_horizon:
-        return None
+        if step.freshness is not None and now > due_at + step.freshness + config.stale_horizon:
+            return None
     matches = [row[i] for i in layout.matches]
     bucket = stable_bucket(campaign.name, customer_id) if step.id in layout.split_steps else 0
     candidates = matching_variants(step, matches, bucket)
@@ -444,3 +450,27 @@ def decide_row(campaign: Campaign, row, now: datetime, config: ProjectConfig,
     else:
         message.candidates = tuple(v.id for v in candidates)
     return message
+
+
+def _yearly_timing(layout: RowLayout, step, row, now: datetime, config: ProjectConfig) -> tuple | None:
+    """(trigger instant, trigger key, due time) of a yearly row: the latest occurrence of its day whose step is
+    due by ``now`` in the customer's zone (``anniversary_instance``), or None when there is none or it is past
+    its freshness (``decide_row``'s rules). It depends on the day's month and day alone (Feb 29 is Feb 28 in
+    common years), the step, the zone and ``now``: worked out once per such key (``RowLayout.yearly_timings``).
+    A date trigger's step has no ``wait_until`` (validation): its due time is ``due_time``'s."""
+    raw = row[layout.timezone] if layout.timezone is not None else None
+    zone = customer_zone(raw, config.default_timezone)
+    day = parse_stored_date(row[layout.anniversary])
+    key = (now, step.id, day.month, day.day, zone)
+    timings = layout.yearly_timings
+    if key in timings:
+        return timings[key]
+    timing = None
+    instance = anniversary_instance(day, step, now, zone)
+    if instance is not None:
+        trigger_at, trigger_key = instance
+        due_at = due_time(trigger_at, step, zone)
+        if due_at <= now and not (step.freshness is not None and now > due_at + step.freshness + config.stale_horizon):
+            timing = (trigger_at, trigger_key, due_at)
+    timings[key] = timing
+    return timing
