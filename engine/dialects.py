@@ -167,12 +167,6 @@ class Dialect:
     #: (``last_order_id``, the at_risk trigger's key) from their one scan of the orders. None: the key is found
     #: by joining the members' last orders (a second scan of the orders)
     last_by_sql: str | None = None
-    #: a due query of several steps joins the customers' mapped columns (``cust__*``) once, to the rows its
-    #: steps return (the window, the ledger's anti-join and the SQL filters applied), instead of in each
-    #: step (``due._late_customers``); each step still joins the customers for the columns its filters read.
-    #: DuckDB reads every customer's projected columns at each join (its join filter on the id is a range),
-    #: so each step's join read them all again
-    late_customer_columns: bool = False
 
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
@@ -207,10 +201,7 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             driver_stream="duckdb_engine",
             # one scan of the ledger per campaign: a minute later at 1M orders, order-follow-up's due query (3 steps)
             # 0.069 -> 0.052 s CPU, welcome-series' 0.029 -> 0.019 (benchmarks/README.md, issue 15)
-            campaign_ledger_cte=True,
-            # the customers' columns joined once per due query, not once per step: MEASURED, NOT KEPT (reverted in the next
-            # commit): a minute later at 1M plan CPU x0.99, cold x1.07 (benchmarks/README.md, issue 15, late24)
-            late_customer_columns=True),
+            campaign_ledger_cte=True),
     Dialect("sqlite", tokenizer_keywords=frozenset((
                 "ATTACH DETACH MATCH REINDEX").split()),
             url_schemes=("sqlite",), instant_text_format="%Y-%m-%d %H:%M:%f", typed_columns=False,

@@ -68,9 +68,6 @@ ZONE_DUE_COLUMNS = ("campaign", "step", "zone", "lo", "hi", "due_at", "day", "tr
 #: The column of a pass's due row with the number of rows its customer has in the campaign's due set
 #: (``counts_customer_rows``), before the customer's attributes
 CUSTOMER_ROWS = "customer_rows"
-#: The column of each step's rows with the trigger instance's customer id, to which a due query whose
-#: customers' columns are joined once (``Dialect.late_customer_columns``) joins them (``_late_customers``)
-CUSTOMER_KEY = "engine_customer_key"
 #: any instant: the step windows ``counts_customer_rows`` compares are offsets from it
 _ANY_INSTANT = datetime(2001, 1, 1, tzinfo=UTC)
 
@@ -385,9 +382,6 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     width = variant_columns(campaign)
     fetched = [a for a in config.customer_attributes()
                if customer_columns is None or a in customer_columns or a == "customer_id"]
-    # several steps: the customers' columns joined once, to the rows the steps return (not for settled="only":
-    # its rows carry none)
-    late = declared.late_customer_columns and settled != "only" and len(campaign.steps) > 1
     selects, counting = [], False
     for step, window in zip(campaign.steps, windows):
         apart = settled != "include" and settled_in_sql(campaign, step, zone_due is not None, builder.dialect)
@@ -435,8 +429,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                            exp.alias_(exp.cast(exp.null(), _BIGINT), COUNT_COLUMN)]
                 counting = True
                 selects.append(_zone_join(_due_select(builder, campaign, step, kind, stopped_by, waits, conditions,
-                                                      customers, attributes, width, exclude_ledger, fetched, counted,
-                                                      late),
+                                                      customers, attributes, width, exclude_ledger, fetched, counted),
                                           campaign, step, zone_due, builder.dialect))
                 continue
             if settled == "exclude":
@@ -446,8 +439,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                 # in Python, which must see its stop condition
                 left_stopped = exp.null() if due_at is None else stopped_by
                 selects.append(_zone_join(_due_select(builder, campaign, step, kind, left_stopped, waits, conditions,
-                                                      customers, attributes, width, exclude_ledger, fetched,
-                                                      late=late),
+                                                      customers, attributes, width, exclude_ledger, fetched),
                                           campaign, step, zone_due, builder.dialect))
                 continue
             conditions.append(reason.copy().is_(exp.null()).not_())
@@ -461,21 +453,19 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                        exp.alias_(exp.cast(exp.null(), "VARCHAR"), COUNT_CHANNEL),
                        exp.alias_(exp.cast(exp.null(), _BIGINT), COUNT_COLUMN)]
         selects.append(_due_select(builder, campaign, step, kind, stopped_by, waits, conditions, customers, attributes,
-                                   width, exclude_ledger, fetched, counted, late))
+                                   width, exclude_ledger, fetched, counted))
     if not selects:  # settled="only", no step settled in SQL
         return exp.select(*[exp.alias_(exp.null(), c) for c in SETTLED_COLUMNS]).where(exp.false())
     # every select and the body are built here and used once: the builders need not copy them
     body: exp.Query = selects[0]
     for other in selects[1:]:
         body = exp.union(body, other, distinct=False, copy=False)
-    if late:
-        body = _late_customers(body, customers, fetched)
     by_instance = campaign.reentry.mode != "per_trigger"
     sort = settled != "only" and (ordered or by_instance)
     per_customer = settled != "only" and not sort and counts_customer_rows(campaign, config)
     due = None
     if settled == "count" and declared.settled_counts == "summary":
-        due, body = body, _counted_body(body if late else selects[0], per_customer)
+        due, body = body, _counted_body(selects[0], per_customer)
     elif counting and declared.narrow_settled_rows:  # settled rows streamed to be counted
         body = _narrowed(body)
     if per_customer and due is None:  # the settled rows of a "count" statement are not counted: taken out first
@@ -493,20 +483,6 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     if builder.campaign_ledger is not None:
         query = query.with_(CAMPAIGN_LEDGER, as_=campaign_ledger(campaign), materialized=True, copy=False)
     return query if due is None else query.with_(COUNT_CTE, as_=due, copy=False)
-
-
-def _late_customers(body: exp.Query, customers: str, fetched: Sequence[str]) -> exp.Select:
-    """``body``'s rows (its steps' selects, each with ``CUSTOMER_KEY`` last: ``_due_select(late=True)``)
-    with the customer attributes ``fetched`` as ``cust__<attribute>``, joined once to the rows the steps
-    return (``Dialect.late_customer_columns``). Each step keeps its own join with the customers, which
-    the columns its filters, stop conditions and variants read come through (and which drops an instance
-    without a customer, as before); this join only adds the columns."""
-    rows = [name for name in body.named_selects if name != CUSTOMER_KEY]
-    return (exp.select(*[col("due_steps", name) for name in rows],
-                       *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in fetched])
-            .from_(body.subquery("due_steps", copy=False), copy=False)
-            .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("due_steps", CUSTOMER_KEY)),
-                  copy=False))
 
 
 def _counted_body(first: exp.Select, per_customer: bool) -> exp.Query:
@@ -707,11 +683,9 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind,
 
 def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, stopped_by: exp.Expression, waits: list,
                 conditions: list, customers: str, attributes, width: int, exclude_ledger: bool,
-                fetched: Sequence[str], counted: Sequence[exp.Expression] | None = None,
-                late: bool = False) -> exp.Select:
+                fetched: Sequence[str], counted: Sequence[exp.Expression] | None = None) -> exp.Select:
     """One step's candidate rows with every column ``plan.decide_row`` reads (see ``due_query``), then
-    ``counted`` (``due_query(settled="count")``'s columns), and the customer attributes ``fetched``;
-    ``late``: instead of them, the instance's customer id as ``CUSTOMER_KEY`` (``_late_customers``)."""
+    ``counted`` (``due_query(settled="count")``'s columns), and the customer attributes ``fetched``."""
     matches = []
     for index in range(width):
         variant = step.variants[index] if index < len(step.variants) else None
@@ -735,8 +709,7 @@ def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, sto
             *waits,
             *matches,
             *(counted or ()),
-            *([exp.alias_(col("t", "customer_id"), CUSTOMER_KEY)] if late else
-              [exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in fetched]),
+            *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in fetched],
         )
         .from_(exp.to_table("trigger_instances").as_("t"), copy=False)
         .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")), copy=False)
