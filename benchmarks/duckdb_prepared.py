@@ -98,20 +98,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
     shop = args.shop.resolve()
-    os.environ["ENGINE_WAREHOUSE_URL"] = f"duckdb:///{shop / 'shop.duckdb'}"
     import duckdb
     import sqlalchemy as sa
 
-    import engine
     sys.path.insert(0, str(HERE))
     import run as bench
 
+    reconciler, now = bench.kept_duckdb_shop(shop, args.project)
+    import engine
     from engine import dialects
 
-    meta = json.loads((shop / "shop.json").read_text())
-    now = bench._naive_anchor(meta["shop"]["anchor"]).replace(tzinfo=bench.timezone.utc)
     later = now + timedelta(minutes=1)
-    reconciler = engine.Reconciler(engine.load_project(shop / args.project))
     print(f"engine {engine.__file__}, DuckDB {duckdb.__version__}; load {load()}", flush=True)
     literal = record(bench, reconciler, later)
     name = reconciler.config.dialect

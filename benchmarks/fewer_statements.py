@@ -129,17 +129,15 @@ def main() -> int:
     parser.add_argument("--dump", type=Path, help="write the recorded statements and the modes' SQL here")
     args = parser.parse_args()
     shop = args.shop.resolve()
-    os.environ["ENGINE_WAREHOUSE_URL"] = f"duckdb:///{shop / 'shop.duckdb'}"
     import duckdb
 
-    import engine
     sys.path.insert(0, str(HERE))
     import run as bench
 
-    meta = json.loads((shop / "shop.json").read_text())
-    now = bench._naive_anchor(meta["shop"]["anchor"]).replace(tzinfo=bench.timezone.utc)
+    reconciler, now = bench.kept_duckdb_shop(shop, args.project)
+    import engine
+
     later = now + timedelta(minutes=1)
-    reconciler = engine.Reconciler(engine.load_project(shop / args.project))
     dialect = reconciler.config.dialect
     print(f"engine {engine.__file__}, DuckDB {duckdb.__version__}; load {load()}", flush=True)
     due, creates, drops = record(bench, reconciler, later)

@@ -592,6 +592,18 @@ def _naive_anchor(anchor: str) -> datetime:
     return value
 
 
+def kept_duckdb_shop(shop: Path, project: str = "project"):
+    """A DuckDB shop kept by ``--keep`` (``shop``: its directory) opened by a measuring tool in its own process:
+    the engine's warehouse URL set to its ``shop.duckdb``, ``project`` loaded; (the reconciler, the shop's
+    anchor as an aware UTC instant)."""
+    os.environ["ENGINE_WAREHOUSE_URL"] = f"duckdb:///{shop / 'shop.duckdb'}"
+    import engine
+
+    meta = json.loads((shop / "shop.json").read_text())
+    anchor = _naive_anchor(meta["shop"]["anchor"]).replace(tzinfo=timezone.utc)
+    return engine.Reconciler(engine.load_project(shop / project)), anchor
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
