@@ -12,7 +12,7 @@ from datetime import datetime
 
 from engine.model import Project
 from engine.run.messages import DueMessage
-from engine.run.sources import SourceRows
+from engine.run.sources import SourceRows, as_dicts
 from engine.sql.compile import render_sql
 from engine.sql.product_lists import LIST_KINDS, list_query
 from engine.templating.render import Renderer
@@ -43,8 +43,7 @@ def load_lists(messages: list[DueMessage], project: Project, renderer: Renderer,
         keys = sorted(customers)
         statement, parameters = list_statement(name, keys, sources, now)
         by_customer: dict[str, list[dict]] = {}
-        for row in sources.warehouse.fetch_all(statement, parameters):
-            item = dict(row._mapping)
+        for item in as_dicts(sources.warehouse.fetch_all(statement, parameters)):
             by_customer.setdefault(str(item.pop("customer_id")), []).append(item)
         lists[name] = by_customer
     return lists

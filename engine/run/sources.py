@@ -25,6 +25,16 @@ _CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")  # what CAST(integer AS VARCHA
 _BIGINT = (-2**63, 2**63 - 1)  # what a BIGINT[] parameter holds
 
 
+def as_dicts(rows: list) -> list[dict]:
+    """Each row (SQLAlchemy's, or ``driver_rows.Row``: a tuple with ``_fields``) as a dict by column name:
+    what ``dict(row._mapping)`` gives, with the names taken once for all rows (a render batch reads ~3
+    rows per message: the mapping per row cost more than the query)."""
+    if not rows:
+        return []
+    fields = rows[0]._fields
+    return [dict(zip(fields, row)) for row in rows]
+
+
 class SourceRows:
     """Reads ``config``'s sources from ``warehouse``; ``key_kinds`` ((entity, column) -> "int" |
     "str" | "cast") is the caller's, so what it learns outlives one pass."""
@@ -44,7 +54,7 @@ class SourceRows:
             exp.select("*").from_("src").where(condition, copy=False)
             .with_("src", as_=source_select(self.config.sources[entity], self.config.dialect), copy=False)
         )
-        return [dict(row._mapping) for row in self.warehouse.fetch_all(render_sql(query, self.config.dialect))]
+        return as_dicts(self.warehouse.fetch_all(render_sql(query, self.config.dialect)))
 
     def key_kind(self, entity: str, column: str) -> str:
         """How ``column`` of ``entity`` holds its values: "int", "str", or "cast" (anything else,
@@ -95,7 +105,7 @@ class SourceRows:
         bound = self.bound_keys(entity, column, keys)
         if bound is not None:
             statement = self._by_key_statement(entity, column, bound[0], where)
-            return [dict(row._mapping) for row in self.warehouse.fetch_all(statement, self.driver_parameters([bound[1]]))]
+            return as_dicts(self.warehouse.fetch_all(statement, self.driver_parameters([bound[1]])))
         condition = self.key_condition(entity, column, keys)
         return self.query(entity, condition if where is None else exp.and_(where, condition, copy=False))
 

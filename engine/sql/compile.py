@@ -100,7 +100,7 @@ def ts(value: datetime | PassInstant, dialect: str) -> exp.Expression:
     text_ = placeholder(value) if isinstance(value, PassInstant) else instant_text(value, dialect)
     if dialect_named(dialect).instant_text_format is not None:
         return exp.Literal.string(text_)
-    return exp.cast(exp.Literal.string(text_), _type("TIMESTAMP"))
+    return exp.cast(exp.Literal.string(text_), _type("TIMESTAMP"), copy=False)  # both built here: nothing to copy
 
 
 def instant_text(value: datetime, dialect: str) -> str:
@@ -116,7 +116,7 @@ def text(value: exp.Expression) -> exp.Expression:
 
 
 def col(table: str, name: str) -> exp.Column:
-    return exp.column(exp.to_identifier(name), table=exp.to_identifier(table))
+    return exp.column(exp.to_identifier(name), table=exp.to_identifier(table), copy=False)  # identifiers built here
 
 
 def lit(value: str) -> exp.Literal:
@@ -291,7 +291,14 @@ def _source_select(source: EntitySource, dialect: str) -> exp.Select:
 def _later(value: exp.Expression, than: exp.Expression) -> exp.Expression:
     """``value > than``, false (never NULL) when either side is NULL, so that NOT of it is true."""
     # parenthesised: a filter may negate it (NOT ordered_since_trigger)
-    return exp.paren(exp.and_(value.is_(exp.null()).not_(), than.copy().is_(exp.null()).not_(), value.copy() > than.copy()))
+    # ``is_`` and ``>`` copy ``value`` and ``than``: what they build is this function's, used once (no further copies)
+    return exp.paren(exp.and_(not_null(value), not_null(than), value > than, copy=False), copy=False)
+
+
+def not_null(value: exp.Expression) -> exp.Expression:
+    """``value IS NOT NULL`` written as ``NOT value IS NULL`` (``value.is_(exp.null()).not_()``'s SQL), with
+    one copy of ``value`` (``is_``'s) instead of two."""
+    return exp.not_(value.is_(exp.null()), copy=False)
 
 
 def counted_column(statuses: Sequence[str]) -> str:
@@ -593,7 +600,7 @@ class QueryBuilder:
             return self.active_after_trigger()
         if stop == "unsubscribed":
             unsubscribed = col("c", "unsubscribed_at")
-            return exp.and_(unsubscribed.is_(exp.null()).not_(), unsubscribed <= self.ts(self.now))
+            return exp.and_(not_null(unsubscribed), unsubscribed <= self.ts(self.now), copy=False)
         if stop == "left_segment" and self.left_segment is not None:
             return self.left_segment.copy()
         raise ValueError(f"unknown stop condition {stop}")  # pragma: no cover
@@ -769,7 +776,7 @@ def without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step, ledge
         on.insert(0, col("l", "campaign").eq(lit(campaign.name)))
     tested = col("l", "campaign" if ledger is None else "step")
     relation = exp.to_table(LEDGER_TABLE if ledger is None else ledger)
-    return query.join(relation.as_("l"), on=exp.and_(*on), join_type="left", copy=False).where(
+    return query.join(relation.as_("l"), on=exp.and_(*on, copy=False), join_type="left", copy=False).where(
         tested.is_(exp.null()), copy=False)
 
 
@@ -809,7 +816,7 @@ def per_zone_window(builder: QueryBuilder, step: Step, window: StepWindow, zones
         return derive(bounds[value], lambda window: getattr(window, attribute))
 
     def pick(attribute: str) -> exp.Expression:
-        ifs = [exp.If(this=zone.copy().is_(exp.null()) if value is None else zone.copy().eq(lit(value)),
+        ifs = [exp.If(this=zone.is_(exp.null()) if value is None else zone.eq(lit(value)),  # both copy ``zone``
                       true=builder.ts(bound_of(value, attribute)))
                for value in bounds]
         plain = getattr(window, attribute)

@@ -24,7 +24,7 @@ from engine.model import Campaign, ProjectConfig
 from engine.model import Step
 from engine.sql.compile import (
     CAMPAIGN_LEDGER, CUSTOMER_PREFIX, REENTRY_HISTORY, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN,
-    awaited_event, campaign_ledger,
+    awaited_event, campaign_ledger, not_null,
     SHARED_ROWS, calendar_slack, col, day_text, exists, instant_text, is_customer, join_trigger_properties, ledger_relation, lit,
     per_zone_window, render_sql,
     shared_facts_create, step_window, temporary_table, text, ts, variant_columns, without_ledger_rows,
@@ -405,7 +405,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
             waits.append(exp.alias_(waited, WAIT_COLUMN))
             if step.wait is not None:  # due once the time ran out or the event came
                 conditions.append(exp.or_(col("t", "trigger_at") <= builder.ts(now - step.wait.at_most),
-                                          waited.copy().is_(exp.null()).not_()))
+                                          not_null(waited)))
         for text_ in (campaign.audience, step.audience):
             if text_:
                 conditions.append(builder.bind(text_, attributes))
@@ -433,7 +433,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                                           campaign, step, zone_due, builder.dialect))
                 continue
             if settled == "exclude":
-                conditions.append(reason.is_(exp.null()))
+                conditions.append(exp.Is(this=reason, expression=exp.Null()))  # ``reason.is_(exp.null())``: reason's one use
                 # a fixed delay: no row left here is stopped (it would be settled); a local send time or date whose
                 # due time the zone table lacks (a change of UTC offset, a zone value that is not text) is decided
                 # in Python, which must see its stop condition
@@ -442,7 +442,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                                                       customers, attributes, width, exclude_ledger, fetched),
                                           campaign, step, zone_due, builder.dialect))
                 continue
-            conditions.append(reason.copy().is_(exp.null()).not_())
+            conditions.append(not_null(reason))
             selects.append(_zone_join(_settled_select(builder, campaign, step, kind, reason, stopped_by, due_at, conditions,
                                                       customers, matches, exclude_ledger),
                                       campaign, step, zone_due, builder.dialect))
@@ -571,20 +571,21 @@ def settled_reason(builder: QueryBuilder, step: Step, window: StepWindow, stoppe
     For a fixed delay, on the trigger time: the step's window already holds exactly the rows that are
     due and not beyond the stale horizon (no slack for such a step). For a local send time, on
     ``due_at`` (the zone table's): NULL where Python decides."""
+    # built here and used once (``known`` elsewhere as a copy): the combinations take them without copying
     ifs = []
-    known = exp.true() if due_at is None else due_at.copy().is_(exp.null()).not_()
+    known = exp.true() if due_at is None else not_null(due_at)
     if not isinstance(stopped_by, exp.Null):
-        stopped = stopped_by.copy().is_(exp.null()).not_()
-        ifs.append(exp.If(this=stopped if due_at is None else exp.and_(known, stopped), true=lit("stopped")))
+        stopped = not_null(stopped_by)
+        ifs.append(exp.If(this=stopped if due_at is None else exp.and_(known, stopped, copy=False), true=lit("stopped")))
     if step.freshness is not None:
         stale = (col("t", "trigger_at") <= builder.ts(window.due_cutoff - step.freshness) if due_at is None
-                 else due_at.copy() <= builder.ts(builder.now - step.freshness))
+                 else due_at <= builder.ts(builder.now - step.freshness))  # ``<=`` copies ``due_at``
         ifs.append(exp.If(this=stale, true=lit("stale")))
     if matches and not any(isinstance(match, exp.Boolean) and match.this for match in matches):
         none = _first_match(matches, [lit("1")] * len(matches)).is_(exp.null())
-        ifs.append(exp.If(this=none if due_at is None else exp.and_(known.copy(), none), true=lit("no_variant")))
+        ifs.append(exp.If(this=none if due_at is None else exp.and_(known.copy(), none, copy=False), true=lit("no_variant")))
     if blocked is not None:
-        ifs.append(exp.If(this=blocked if due_at is None else exp.and_(known.copy(), blocked), true=lit("reentry")))
+        ifs.append(exp.If(this=blocked if due_at is None else exp.and_(known.copy(), blocked, copy=False), true=lit("reentry")))
     return exp.Case(ifs=ifs)
 
 
@@ -649,7 +650,7 @@ def _zone_join(query: exp.Select, campaign: Campaign, step: Step, zone_due: str 
     else:
         when = [col("t", "trigger_at") > col("z", "lo"), col("t", "trigger_at") <= col("z", "hi")]
     on = exp.and_(col("z", "campaign").eq(lit(campaign.name)), col("z", "step").eq(lit(step.id)),
-                  col("z", "zone").eq(exp.Coalesce(this=text(col("c", "timezone")), expressions=[lit("")])), *when)
+                  col("z", "zone").eq(exp.Coalesce(this=text(col("c", "timezone")), expressions=[lit("")])), *when, copy=False)
     return query.join(exp.to_table(zone_due).as_("z"), on=on, join_type="left", copy=False)
 
 
@@ -667,8 +668,8 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind,
             exp.alias_(text(col("t", "trigger_key")), "trigger_key"),
             # a local date: its instant is the customer's local midnight (the zone table's), as decide_row's
             exp.alias_(col("z", "trigger_at"), "trigger_at") if kind.local_date else col("t", "trigger_at"),
-            exp.alias_(reason, "reason"),
-            exp.alias_(stopped_by, "detail"),
+            exp.alias_(reason, "reason", copy=False),  # due_query's, built for this statement
+            exp.alias_(stopped_by, "detail", copy=False),
             exp.alias_(exp.Case(ifs=variant) if variant else exp.cast(exp.null(), "VARCHAR"), "variant"),
             exp.alias_(_first_channel(step, matches), "channel"),
             exp.alias_(exp.cast(exp.null(), _TIMESTAMP) if due_at is None else due_at, "due_at"),
@@ -709,7 +710,7 @@ def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, sto
             *waits,
             *matches,
             *(counted or ()),
-            *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a)) for a in fetched],
+            *[exp.alias_(col("c", a), exp.to_identifier(CUSTOMER_PREFIX + a), copy=False) for a in fetched],
         )
         .from_(exp.to_table("trigger_instances").as_("t"), copy=False)
         .join(exp.to_table(customers).as_("c"), on=col("c", "customer_id").eq(col("t", "customer_id")), copy=False)

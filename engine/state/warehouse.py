@@ -166,11 +166,12 @@ class Database:
             with connection as conn:
                 deadline = StatementDeadline(self, conn)
                 with deadline.statement():
+                    # fetchall: the driver's fetchall, not a fetchone per row (list(result))
                     if isinstance(driver_parameters, dict):
-                        return list(conn.execute(sa.text(sql), driver_parameters))
+                        return conn.execute(sa.text(sql), driver_parameters).fetchall()
                     if driver_parameters is not None:
-                        return list(conn.exec_driver_sql(sql, driver_parameters))
-                    return list(conn.execute(sa.text(sql)))
+                        return conn.exec_driver_sql(sql, driver_parameters).fetchall()
+                    return conn.execute(sa.text(sql)).fetchall()
         except self.errors as exc:
             raise self._error("query failed on", exc, deadline) from None
 

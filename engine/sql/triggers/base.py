@@ -151,8 +151,8 @@ class TriggerKind:
                 conditions = [col("t", "trigger_at") <= builder.ts(window.due_cutoff)]
                 if window.earliest is not None:
                     conditions.append(col("t", "trigger_at") >= builder.ts(window.earliest))
-            either.append(exp.paren(exp.and_(*[_on_instant(c, instant) for c in conditions])))
-        return [exp.or_(*either)]
+            either.append(exp.paren(exp.and_(*[_on_instant(c, instant) for c in conditions], copy=False), copy=False))
+        return [exp.or_(*either, copy=False)]  # built here, used once: no copies
 
     def properties_select(self, builder: QueryBuilder, campaign: Campaign) -> exp.Query | None:
         """The trigger's own properties (``trigger.total``, ...: ``filter_types.TRIGGER_PROPERTIES``) as rows
