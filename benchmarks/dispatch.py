@@ -52,12 +52,14 @@ def measure_smtp(backend: str, url: str, project_dir: Path, now: datetime, sink,
     """The first pass with emails to ``sink``; then the sink's ceiling and the bare dispatch path."""
     import engine
     import engine.run.send as send_stage
+    from engine import heap
     from engine.channels.smtp import SmtpChannel
     from engine.run.dispatch import deserialize
 
     os.environ["ENGINE_WAREHOUSE_URL"] = url
     project = engine.load_project(project_dir)
     reconciler = engine.Reconciler(project)
+    heap.settle(collect=False)  # as `engine run` does once start-up is done (cli.common.open_reconciler)
     channel = project.config.channels["email"]
     connections = SmtpChannel(channel).connections
     dispatch_seconds = [0.0]
@@ -91,6 +93,7 @@ def measure_smtp(backend: str, url: str, project_dir: Path, now: datetime, sink,
     finally:
         send_stage.send_all = original
         reconciler.close()
+        heap.release()
     if not stored:
         return rows
     messages = [deserialize(key, content) for key, content in stored]

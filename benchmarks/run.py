@@ -22,7 +22,8 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   then that minute-later pass again once the ledger holds ``--history`` extra
   rows of history;
 - the first pass again with emails to a loopback SMTP sink in its own process
-  (benchmarks/smtp_sink.py), the time inside dispatch, the sink's ceiling (a
+  (benchmarks/smtp_sink.py), start-up's objects frozen as ``engine run`` freezes them
+  (``engine.heap.settle``), the time inside dispatch, the sink's ceiling (a
   bare smtplib client) and the engine's dispatch path alone as a ratio of it
   (benchmarks/dispatch.py); ``--no-smtp`` skips this;
 - webhook posts per second to a loopback receiver (signing included) beside emails per second
