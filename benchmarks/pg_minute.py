@@ -1,7 +1,8 @@
 """The plan a minute later on a PostgreSQL shop, per statement, for two or more checkouts alternately,
 each in a fresh process; with the server's CPU, which a loaded machine disturbs far less than wall time.
 
-    python benchmarks/pg_minute.py --url URL --project DIR [--fill] [--rounds 5] [--plans 3] CHECKOUT...
+    python benchmarks/pg_minute.py --url URL --project DIR [--fill | --cold | --pass] [--flip CAPABILITY]
+        [--rounds 5] [--plans 3] [--statements] CHECKOUT...
 
 ``URL``: a database holding a shop copied by ``run.py --postgres --keep DIR`` (or ``--postgres-url``),
 on this machine; ``DIR``: that run's ``project/``. ``--fill`` first records the plan at the shop's anchor
@@ -12,11 +13,20 @@ Printed per child: each plan's wall seconds, the CPU seconds of the server's pro
 postmaster's children, live and exited: ``/proc``, so the server must run here), the client's CPU
 and the floor (``run.FLOOR_SQL``) with the load average; at the end per checkout the medians over
 the warm plans and, with ``--statements``, each statement's wall and server CPU (the last warm plan).
+
+``--cold``: each child empties the ledger and plans at the anchor instead (run.py's headline plan, the
+settled skips counted). ``--pass``: each plan is the first pass's own plan at the anchor (run.py's "plan as
+a pass runs it (empty ledger), settled as the pass decides": skips recorded, the ledger emptied before each,
+untimed). ``--flip CAPABILITY``: each checkout runs twice per round, as its dialect table declares it and
+with that boolean ``Dialect`` capability of the shop's dialect flipped in the child (an A/B of a
+declaration on one checkout; the order of the two alternates per round), with the flipped/declared ratios
+of the medians at the end.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import statistics
@@ -51,18 +61,26 @@ def server_cpu(postmaster: int) -> float:
     return total / TICK
 
 
-def child(url: str, project: Path, plans: int, fill: bool) -> None:
+def child(url: str, project: Path, plans: int, fill: bool, mode: str = "minute", flip: str | None = None) -> None:
     os.environ["ENGINE_WAREHOUSE_URL"] = url
     import engine
     sys.path.insert(0, str(HERE))
     import run as bench
 
     import engine.run.plan as plan
+    from engine.dialects import DIALECTS, dialect_of_url
     from engine.state import warehouse
 
+    if flip:  # this process's dialect table only: the engine reads its capability from it
+        name = dialect_of_url(url)
+        DIALECTS[name] = dataclasses.replace(DIALECTS[name], **{flip: not getattr(DIALECTS[name], flip)})
     reconciler = engine.Reconciler(engine.load_project(project))
     meta = json.loads((project.parent / "shop.json").read_text())
     now = bench._naive_anchor(meta["shop"]["anchor"]).replace(tzinfo=bench.timezone.utc)
+    later = now + timedelta(minutes=1)
+    if mode in ("cold", "pass"):
+        bench._reset_ledger(reconciler, project)
+        later = now
     if fill:
         bench._reset_ledger(reconciler, project)
         print(json.dumps({"filled": bench._record_plan(reconciler, now), "engine": checkouts.engine_checkout()}))
@@ -115,16 +133,24 @@ def child(url: str, project: Path, plans: int, fill: bool) -> None:
 
     warehouse.Session.execute_together, warehouse.Session.stream, warehouse.Session.returning = \
         execute_together, stream, returning
-    result: dict = {"wall": [], "server": [], "client": [], "rows": []}
+    result: dict = {"wall": [], "server": [], "client": [], "rows": [], "settled": [], "flipped": bool(flip)}
     for _ in range(plans):
+        if mode == "pass":  # untimed, as run.py's _pass_plan: an empty ledger, nothing remembered
+            bench._reset_ledger(reconciler, project)
+            reconciler.settled_last.clear()
+            reconciler.settled_remembered.clear()
         spent.clear()
         started, cpu, client = time.perf_counter(), server_cpu(postmaster), time.process_time()
-        counts = bench._consume_plan(reconciler, now + timedelta(minutes=1), counted=True)
+        counts = _first_pass_plan(reconciler, later) if mode == "pass" else \
+            bench._consume_plan(reconciler, later, counted=True)
         result["wall"].append(time.perf_counter() - started)
         result["server"].append(server_cpu(postmaster) - cpu)
         result["client"].append(time.process_time() - client)
         result["rows"].append(counts["rows"])
+        result["settled"].append(counts["settled"])
     warehouse.Session.execute_together, warehouse.Session.stream, warehouse.Session.returning = original
+    if mode == "pass":
+        bench._reset_ledger(reconciler, project)
     floors = []
     for _ in range(3):
         started = time.perf_counter()
@@ -137,23 +163,50 @@ def child(url: str, project: Path, plans: int, fill: bool) -> None:
     print(json.dumps(result))
 
 
+def _first_pass_plan(reconciler, now) -> dict:
+    """The plan as the first pass runs it (run.py's ``_pass_plan`` with "decided"): each campaign settled
+    as the pass decides (``settle.worth_settling``), the skips that reach Python recorded row by row."""
+    from engine.run.messages import PassReport
+    from engine.run.record import record_decisions
+
+    report, settled = PassReport(now=now), PassReport(now=now)
+    counts = {"rows": 0}
+    for batch in reconciler.due(now, report=settled):
+        counts["rows"] += len(batch)
+        record_decisions(batch, reconciler.ledger, now, report)
+    counts["settled"] = settled.total("skipped")
+    return counts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkouts", nargs="*", type=Path)
     parser.add_argument("--url", required=True, help="SQLAlchemy URL (postgresql+psycopg://...)")
     parser.add_argument("--project", type=Path, required=True)
-    parser.add_argument("--fill", action="store_true", help="record the plan at the anchor first")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--fill", action="store_true", help="record the plan at the anchor first")
+    mode.add_argument("--cold", action="store_true",
+                      help="the cold plan instead: each child empties the ledger and plans at the anchor")
+    mode.add_argument("--pass", dest="first_pass", action="store_true",
+                      help="the first pass's own plan instead: skips recorded, the ledger emptied before each plan")
+    parser.add_argument("--flip", metavar="CAPABILITY",
+                        help="each checkout also with this boolean Dialect capability flipped (A/B of a declaration)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--plans", type=int, default=3, help="plans per process, the first cold (default 3)")
     parser.add_argument("--statements", action="store_true", help="print each statement's medians")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    chosen = "cold" if args.cold else "pass" if args.first_pass else "minute"
     if args.child:
-        child(args.url, args.project.resolve(), args.plans, args.fill)
+        child(args.url, args.project.resolve(), args.plans, args.fill, chosen, args.flip)
         return 0
+    if args.flip and not isinstance(getattr(_dialect(args.url), args.flip, None), bool):
+        parser.error(f"--flip {args.flip}: not a boolean capability of the Dialect table")
 
-    def run_child(checkout: Path, fill: bool = False) -> dict:
-        arguments = ["--url", args.url, "--project", str(args.project), "--plans", str(args.plans)]
+    def run_child(checkout: Path, fill: bool = False, flip: bool = False) -> dict:
+        arguments = ["--url", args.url, "--project", str(args.project), "--plans", str(args.plans)] + (
+            ["--cold"] if args.cold else ["--pass"] if args.first_pass else []) + (
+            ["--flip", args.flip] if flip else [])
         return checkouts.run_child(__file__, checkout, arguments + (["--fill"] if fill else []))
 
     if args.fill:
@@ -161,16 +214,22 @@ def main() -> int:
     collected: dict = collections.defaultdict(list)
     for round_ in range(args.rounds):
         for checkout in args.checkouts:
-            r = run_child(checkout)
-            collected[checkout].append(r)
-            seconds = {key: " ".join(f"{x:.2f}" for x in r[key]) for key in ("wall", "server", "client")}
-            print(f"round {round_} {checkout}: wall {seconds['wall']} s, server CPU {seconds['server']} s, "
-                  f"client CPU {seconds['client']} s, floor {r['floor']:.3f} s, rows {r['rows']}, "
-                  f"load {' '.join(r['load'])}", flush=True)
+            for flip in ((False, True) if round_ % 2 == 0 else (True, False)) if args.flip else (False,):
+                r = run_child(checkout, flip=flip)
+                r["total"] = [server + client for server, client in zip(r["server"], r["client"])]
+                variant = f"{checkout}{f' {args.flip} flipped' if flip else ''}"
+                collected[variant].append(r)
+                seconds = {key: " ".join(f"{x:.2f}" for x in r[key]) for key in ("wall", "server", "client")}
+                print(f"round {round_} {variant}: wall {seconds['wall']} s, server CPU {seconds['server']} s, "
+                      f"client CPU {seconds['client']} s, floor {r['floor']:.3f} s, rows {r['rows']}, "
+                      f"settled {r['settled']}, load {' '.join(r['load'])}", flush=True)
+    medians: dict = {}
     for checkout, results in collected.items():
         warm = lambda key: statistics.median(x for r in results for x in r[key][1:] or r[key])  # noqa: E731
+        medians[checkout] = {key: warm(key) for key in ("wall", "server", "client", "total")}
         print(f"{checkout}: medians of the warm plans: wall {warm('wall'):.3f} s, server CPU {warm('server'):.3f} s, "
-              f"client CPU {warm('client'):.3f} s; floor {statistics.median(r['floor'] for r in results):.3f} s")
+              f"client CPU {warm('client'):.3f} s, server + client {warm('total'):.3f} s; "
+              f"floor {statistics.median(r['floor'] for r in results):.3f} s")
         if args.statements:
             keys = sorted({k for r in results for k in r["statements"]},
                           key=lambda k: -statistics.median(r["statements"].get(k, [0, 0])[1] for r in results))
@@ -179,7 +238,23 @@ def main() -> int:
                 cpu = statistics.median(r["statements"].get(key, [0, 0])[1] for r in results)
                 if wall >= 0.005:
                     print(f"  {wall:7.3f} s wall {cpu:6.2f} s server CPU  {key}")
+    if args.flip:
+        for checkout in map(str, args.checkouts):
+            declared, flipped = collected[checkout], collected[f"{checkout} {args.flip} flipped"]
+            ratios = {key: medians[f"{checkout} {args.flip} flipped"][key] / medians[checkout][key]
+                      for key in ("wall", "server", "client", "total")}
+            lower = {key: sum(statistics.median(f[key][1:] or f[key]) < statistics.median(d[key][1:] or d[key])
+                              for d, f in zip(declared, flipped)) for key in ("server", "client", "total")}
+            print(f"{checkout}: {args.flip} flipped / declared: wall x{ratios['wall']:.3f}, "
+                  + ", ".join(f"{name} CPU x{ratios[key]:.3f} (lower in {lower[key]} of {len(declared)} rounds)"
+                              for key, name in (("server", "server"), ("client", "client"), ("total", "server + client"))))
     return 0
+
+
+def _dialect(url: str):
+    from engine.dialects import dialect_named, dialect_of_url
+
+    return dialect_named(dialect_of_url(url) or "")
 
 
 if __name__ == "__main__":

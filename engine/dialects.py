@@ -188,7 +188,7 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # their columns NULL but the counted ones: the counted plan's CPU x0.90 at 1M (SQLite: x1.08, not set)
             narrow_settled_rows=True,
             # delivery's 51,530 stale/stopped skips at 1M orders counted in SQL: the cold plan's CPU x0.82, the first
-            # pass's plan x0.73 (SQLite at 100k: x1.02 and x1.09, not set; PostgreSQL unmeasured, not set)
+            # pass's plan x0.73 (SQLite at 100k: x1.02 and x1.09, not set; PostgreSQL below)
             settles_local_dates=True,
             key_array_conditions=(("BIGINT", "{column} IN (SELECT unnest(CAST({parameter} AS BIGINT[])))"),
                                   ("VARCHAR", "{column} IN (SELECT unnest(CAST({parameter} AS VARCHAR[])))"),
@@ -251,6 +251,10 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # a CTE read twice is evaluated once into a tuplestore that spills to disk past work_mem: the
             # counted plan's due query runs once, and its settled rows stay on the server (benchmarks/README.md)
             settled_counts="summary",
+            # delivery's 51,530 stale/stopped skips at 1M orders counted (and recorded) in SQL, the zone table joined
+            # per day: server + client CPU of the cold counted plan x0.86, of the first pass's plan x0.61 (--quick
+            # shop: x0.94, x0.70); the server's own CPU unchanged (x0.97-1.04), the client's x0.27-0.89
+            settles_local_dates=True,
             # psycopg sends a list of str untyped: the server reads it as the column's own array type, so
             # citext, char(n) and enum columns compare as they do with a literal IN list (text[] would not)
             # integers: a semi-join, not '= ANY(bigint[])', which an integer column cannot hash (int4 = int8):

@@ -108,12 +108,12 @@ def test_settled_skips_are_recorded_in_sql_exactly_as_row_by_row(tmp_path, monke
     assert counts == expected_counts
 
 
-@pytest.mark.parametrize("backend,declared", [("duckdb", False), ("sqlite", True)])
+@pytest.mark.parametrize("backend,declared", [("duckdb", False), ("postgres", False), ("sqlite", True)])
 def test_the_skips_of_a_local_date_are_settled_in_sql_too(tmp_path, monkeypatch, backend, declared):
     """A date anchored at the customer's local midnight (delivery's order_date: its instant and due time
     depend on the customer's zone) has its stale and stopped skips settled in SQL too where the dialect
-    declares it (``Dialect.settles_local_dates``: DuckDB as shipped; SQLite, instants as text and the ledger's
-    bulk insert, with the declaration made here) - the pass's zone table holds each zone value's days with
+    declares it (``Dialect.settles_local_dates``: DuckDB and PostgreSQL as shipped; SQLite, instants as text
+    and the ledger's bulk insert, with the declaration made here) - the pass's zone table holds each zone value's days with
     their local midnight and due time (``due.zone_due_days``) - none of them reaching Python, with the ledger
     rows and the report's counts of row by row."""
     from engine.dialects import DIALECTS
