@@ -222,6 +222,7 @@ def kept_rows_select(config: ProjectConfig, now: datetime, campaigns: Sequence[C
     if not readers:
         return None
     builder = QueryBuilder(config, now, config.dialect, shared_facts=True, state=kept_relations(["orders"]))
+    builder.whole_scans = touched is None
     rows = kind_of(readers[0].trigger).shared_rows_select(builder, readers)
     if rows is None:
         return None
