@@ -224,3 +224,22 @@ def test_one_customers_rows_are_not_read_by_a_whole_scan():
     touched = kept_rows_select(sqlite, now, campaigns, touched="engine_touched_orders")
     assert rows is not None and "LIMIT -1" in render_sql(rows, "sqlite")
     assert all("LIMIT -1" not in sql for sql in (one, explained, render_sql(touched, "sqlite")))
+
+
+def test_a_scan_keeps_every_column_when_its_reader_names_one_without_its_table():
+    """A scan's columns are narrowed to those its reader names by the scan's alias; a column named without
+    its table might be the scan's, so then every column stays (narrowed, ``created_at`` would be missing)."""
+    import dataclasses
+
+    from sqlglot import exp
+
+    from engine.sql.compile import QueryBuilder, col
+
+    sqlite = dataclasses.replace(PROJECT.config, dialect="sqlite")
+    builder = QueryBuilder(sqlite, INSTANTS["anchor"], "sqlite")
+    named = builder.with_ctes(exp.select(col("o", "customer_id")).from_(builder.scanned("orders", "o")))
+    assert "(SELECT customer_id FROM src_orders LIMIT -1) AS o" in render_sql(named, "sqlite")
+    builder = QueryBuilder(sqlite, INSTANTS["anchor"], "sqlite")
+    bare = builder.with_ctes(exp.select(col("o", "customer_id"), exp.column("created_at"))
+                             .from_(builder.scanned("orders", "o")))
+    assert "(SELECT * FROM src_orders LIMIT -1) AS o" in render_sql(bare, "sqlite")

@@ -526,15 +526,21 @@ class QueryBuilder:
 
     def _narrow_scans(self, query: exp.Query) -> None:
         """Each ``scanned`` subquery of ``query`` selects only its source's columns that the SELECT reading it
-        names by its alias (a superset where a nested query reuses the alias): the co-routine converts no
-        column nobody reads (an order's delivery date for the order facts: x0.85 of that statement at 1M)."""
+        names by its alias (a superset where a nested query reuses the alias; all of them where it names a
+        column without its table): the co-routine converts no column nobody reads (an order's delivery date for the order facts: x0.85 of that statement at 1M)."""
         for scan in list(query.find_all(exp.Subquery)):
             source = scan.meta.get(_SCANNED)
             reader = scan.find_ancestor(exp.Select) if source is not None else None
             if reader is None:
                 continue
-            used = {c.name for c in reader.find_all(exp.Column) if c.table == scan.alias}
-            columns = [name for name in self.ctes[source].named_selects if name in used]
+            named = [c for key, value in reader.args.items() if key not in ("with", "with_")  # not the CTEs it carries
+                     for part in (value if isinstance(value, list) else [value]) if isinstance(part, exp.Expression)
+                     for c in part.find_all(exp.Column)]
+            available = self.ctes[source].named_selects
+            if any(not c.table and c.name in available for c in named):  # it might be the scan's: all kept
+                continue
+            used = {c.name for c in named if c.table == scan.alias}
+            columns = [name for name in available if name in used]
             scan.this.set("expressions", [exp.column(name) for name in columns] or [exp.Star()])
 
     def _materialized(self, name: str) -> bool | None:
