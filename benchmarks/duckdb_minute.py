@@ -1,9 +1,11 @@
 """The plan a minute later on a DuckDB shop, per statement, for two or more checkouts alternately, each in a
 fresh process; with the process's CPU (DuckDB's threads included), which a loaded machine disturbs far
-less than wall time. pg_minute.py's counterpart for DuckDB.
+less than wall time. pg_minute.py's counterpart for DuckDB; with ``--sqlite``, for the shop's SQLite copy
+(``shop.db``, run.py --sqlite; the ledger in it, as run.py's SQLite rows have it), whose statements also run in
+the process.
 
-    python benchmarks/duckdb_minute.py --shop DIR [--fill] [--project project-changes] [--rounds 5]
-        [--plans 4] [--statements] CHECKOUT...
+    python benchmarks/duckdb_minute.py --shop DIR [--sqlite] [--fill] [--project project-changes] [--rounds 5]
+        [--plans 4] [--statements] [--cold] CHECKOUT...
 
 ``DIR``: a shop kept by ``run.py --keep DIR`` (its ``shop.duckdb``, ``shop.json`` and ``project/``; for
 ``--project project-changes``, the copy with the change column mapped that run.py's minute-later rows
@@ -34,8 +36,8 @@ import checkouts
 HERE = Path(__file__).resolve().parent
 
 
-def child(shop: Path, project: str, plans: int, fill: bool, cold: bool = False) -> None:
-    os.environ["ENGINE_WAREHOUSE_URL"] = f"duckdb:///{shop / 'shop.duckdb'}"
+def child(shop: Path, project: str, plans: int, fill: bool, cold: bool = False, sqlite: bool = False) -> None:
+    os.environ["ENGINE_WAREHOUSE_URL"] = f"sqlite:///{shop / 'shop.db'}" if sqlite else f"duckdb:///{shop / 'shop.duckdb'}"
     import engine
     sys.path.insert(0, str(HERE))
     import run as bench
@@ -144,15 +146,16 @@ def main() -> int:
     parser.add_argument("--statements", action="store_true", help="print each statement's medians")
     parser.add_argument("--cold", action="store_true",
                         help="the cold plan instead: each child empties the ledger and plans at the anchor")
+    parser.add_argument("--sqlite", action="store_true", help="the shop's SQLite copy (shop.db) instead of shop.duckdb")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.shop.resolve(), args.project, args.plans, args.fill, args.cold)
+        child(args.shop.resolve(), args.project, args.plans, args.fill, args.cold, args.sqlite)
         return 0
 
     def run_child(checkout: Path, fill: bool = False) -> dict:
         arguments = ["--shop", str(args.shop), "--project", args.project, "--plans", str(args.plans)] + (
-            ["--cold"] if args.cold else [])
+            ["--cold"] if args.cold else []) + (["--sqlite"] if args.sqlite else [])
         return checkouts.run_child(__file__, checkout, arguments + (["--fill"] if fill else []))
 
     if args.fill:

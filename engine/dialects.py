@@ -167,6 +167,13 @@ class Dialect:
     #: (``last_order_id``, the at_risk trigger's key) from their one scan of the orders. None: the key is found
     #: by joining the members' last orders (a second scan of the orders)
     last_by_sql: str | None = None
+    #: a source read whole by a scan (the order and event facts and the shared order rows and event days a pass
+    #: creates, an order date trigger's instances, the incremental pass's scan of the change column) is read through a subquery ``LIMIT -1`` (no limit) that the
+    #: planner cannot flatten into its reader: SQLite then evaluates it once per row as a co-routine, and each
+    #: converted column (an instant's STRFTIME) once; flattened, every reference to the column computed it
+    #: again (delivery's trigger instances: 6 STRFTIMEs per order) and a GROUP BY read the table through the
+    #: customer id's index, a row lookup per order
+    unflattened_scans: bool = False
 
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
@@ -227,7 +234,10 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # no SHA-256 in SQLite: the engine registers decide.hash32 on each connection it opens
             hash32_sql="ENGINE_HASH32(hashed_text)", hash32_function="ENGINE_HASH32",
             # sqlite3.Connection.interrupt() (sqlite3_interrupt), made to be called from another thread
-            statement_timeout="interrupt"),
+            statement_timeout="interrupt",
+            # a minute later at 1M orders: order facts 2.7 -> 1.9 s, order rows 2.4 -> 1.3 s, delivery's due query
+            # 2.0 -> 1.3 s (benchmarks/README.md, issue 15)
+            unflattened_scans=True),
     Dialect("postgres", tokenizer_keywords=frozenset((
                 "BIGSERIAL CSTRING DECLARE DO EXEC HSTORE INOUT MONEY NAME OID ONLY POINT REFRESH REGCLASS "
                 "REGCOLLATION REGCONFIG REGDICTIONARY REGNAMESPACE REGOPER REGOPERATOR REGPROC REGPROCEDURE "

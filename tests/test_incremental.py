@@ -393,3 +393,44 @@ def test_kept_order_rows_dropped_by_hand_are_built_again(shop):
     later = now + timedelta(minutes=1)
     assert _due_set(kept, later) == _due_set(full, later)
     assert kept.facts_costs[0].reason.startswith("built whole"), kept.facts_costs[0]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_scan_of_the_change_column_converts_each_row_once_on_sqlite(shop):
+    """The touched customers' statement reads the whole source's change column (Dialect.unflattened_scans):
+    SQLite converts each order's ``updated_at`` once (its own STRFTIME, counted), not again in the WHERE and
+    the MAX; and the GROUP BY no longer reads the orders through the customer id's index."""
+    import sqlite3
+    from collections import Counter
+
+    db, _full, kept, _dir = shop
+    connection = sqlite3.connect(db.url.split(":///", 1)[1])
+    native, calls = sqlite3.connect(":memory:"), Counter()
+
+    def strftime(form, value):  # SQLite's own, counted (a function of the connection overrides the built-in)
+        calls[form] += 1
+        return native.execute("SELECT STRFTIME(?, ?)", (form, value)).fetchone()[0]
+
+    connection.create_function("STRFTIME", 2, strftime, deterministic=True)
+    orders = connection.execute("SELECT COUNT(*) FROM orders").fetchone()[0]
+    connection.execute(f"CREATE TABLE {KEPT_FACTS['orders']} (customer_id INTEGER, pending_at TEXT)")
+    connection.execute(f"CREATE TABLE {KEPT_ROWS['order_rows']} (customer_id INTEGER)")
+    since = INSTANTS["anchor"] - timedelta(days=3650)  # every order changed since
+    statement = touched_create(kept.config, "orders", since, INSTANTS["anchor"], rows=True)
+    connection.execute(render_sql(statement, kept.config.dialect))
+    assert connection.execute("SELECT SUM(rows_read) FROM temp.engine_touched_orders").fetchone()[0] == orders
+    assert sum(calls.values()) == orders
+
+
+def test_the_touched_customers_name_the_kept_order_rows_only_when_they_are_kept():
+    """``touched_create(rows=False)`` (the events; orders no campaign ranks) does not name the kept order rows'
+    table: a statement naming a table that is not there fails, and the refresh then builds the facts whole at
+    every pass. (The source's name once rebound the ``rows`` flag, so every touched statement named it.)"""
+    from conftest import REPO
+
+    config = load_project(REPO).config
+    for entity in ("orders", "events"):
+        alone = render_sql(touched_create(config, entity, None, INSTANTS["anchor"]), config.dialect)
+        assert KEPT_ROWS["order_rows"] not in alone, entity
+    kept = render_sql(touched_create(config, "orders", None, INSTANTS["anchor"], rows=True), config.dialect)
+    assert KEPT_ROWS["order_rows"] in kept

@@ -153,3 +153,93 @@ def test_per_zone_windows_change_no_decision_only_the_rows_fetched(reconciler, m
         decided, fetched, fetched_without = decided + len(with_zones), fetched + rows, fetched_without + rows_without
     assert decided > 50
     assert fetched < fetched_without, "the per-zone windows should leave out rows that are not due yet or long gone"
+
+
+def test_a_whole_scan_converts_each_rows_instant_once_on_sqlite(tmp_path, monkeypatch):
+    """SQLite keeps instants as text and normalises each through STRFTIME in the source's CTE; flattened into
+    a reader, every reference to the column computed it again (the order facts' WHERE, MIN and MAX: three
+    times per order; delivery's trigger instances six). Where Dialect.unflattened_scans, the statements that
+    read a source whole (a pass's fact tables and shared rows, an order date trigger's instances) convert each
+    row's instants once: SQLite's own STRFTIME, counted per call, on the cross-engine history."""
+    import sqlite3
+    from collections import Counter
+
+    from engine.dialects import dialect_named
+    from engine.sql.due import shared_table_create
+
+    url = database_url("sqlite", tmp_path)
+    db = Database(url)
+    load_shop(db, shared_history())
+    db.dispose()
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    project = load_project(copy_project(tmp_path / "project"))
+    config, now = project.config, INSTANTS["anchor"]
+    assert dialect_named(config.dialect).unflattened_scans
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+    native, calls = sqlite3.connect(":memory:"), Counter()
+
+    def strftime(form, value):  # SQLite's own, counted (a function of the connection overrides the built-in)
+        calls[form] += 1
+        return native.execute("SELECT STRFTIME(?, ?)", (form, value)).fetchone()[0]
+
+    connection.create_function("STRFTIME", 2, strftime, deterministic=True)
+    orders, events = (connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("orders", "events"))
+    assert orders > 50 and events > 10
+    campaigns = [c for c in project.campaigns if c.enabled]
+    converted = {}
+    for entity in (*SHARED_FACTS, *SHARED_ROWS):
+        create = shared_table_create(entity, config, now, campaigns)
+        if create is None:
+            continue
+        calls.clear()
+        connection.execute(render_sql(create, config.dialect))
+        converted[entity] = sum(calls.values())
+    # one instant per row of each source these statements read (created_at, occurred_at)
+    assert converted == {"orders": orders, "events": events, "order_rows": orders, "event_days": events}
+    calls.clear()
+    delivery = due_query(project.campaign("delivery"), config, now, exclude_ledger=False, shared_facts=True)
+    connection.execute(render_sql(delivery, config.dialect)).fetchall()
+    customers = connection.execute("SELECT COUNT(*) FROM customers").fetchone()[0]
+    # created_at and delivery_date of each order, created_at and unsubscribed_at of each customer
+    assert sum(calls.values()) <= 2 * orders + 2 * customers
+
+
+def test_one_customers_rows_are_not_read_by_a_whole_scan():
+    """A statement about one customer (``engine explain``, a due query for one customer) or about the touched
+    customers of the kept order rows finds their orders through the table's index: no ``LIMIT -1`` scan."""
+    from engine.sql.due import explain_query
+    from engine.sql.kept_facts import kept_rows_select
+
+    import dataclasses
+
+    now = INSTANTS["anchor"]
+    sqlite = dataclasses.replace(PROJECT.config, dialect="sqlite")
+    delivery = PROJECT.campaign("delivery")
+    whole = render_sql(due_query(delivery, sqlite, now, exclude_ledger=False), "sqlite")
+    assert "LIMIT -1" in whole
+    one = render_sql(due_query(delivery, sqlite, now, exclude_ledger=False, customer_id="7"), "sqlite")
+    explained = render_sql(explain_query(delivery, sqlite, now, "7")[0], "sqlite")
+    campaigns = [c for c in PROJECT.campaigns if c.enabled]
+    rows = kept_rows_select(sqlite, now, campaigns)
+    touched = kept_rows_select(sqlite, now, campaigns, touched="engine_touched_orders")
+    assert rows is not None and "LIMIT -1" in render_sql(rows, "sqlite")
+    assert all("LIMIT -1" not in sql for sql in (one, explained, render_sql(touched, "sqlite")))
+
+
+def test_a_scan_keeps_every_column_when_its_reader_names_one_without_its_table():
+    """A scan's columns are narrowed to those its reader names by the scan's alias; a column named without
+    its table might be the scan's, so then every column stays (narrowed, ``created_at`` would be missing)."""
+    import dataclasses
+
+    from sqlglot import exp
+
+    from engine.sql.compile import QueryBuilder, col
+
+    sqlite = dataclasses.replace(PROJECT.config, dialect="sqlite")
+    builder = QueryBuilder(sqlite, INSTANTS["anchor"], "sqlite")
+    named = builder.with_ctes(exp.select(col("o", "customer_id")).from_(builder.scanned("orders", "o")))
+    assert "(SELECT customer_id FROM src_orders LIMIT -1) AS o" in render_sql(named, "sqlite")
+    builder = QueryBuilder(sqlite, INSTANTS["anchor"], "sqlite")
+    bare = builder.with_ctes(exp.select(col("o", "customer_id"), exp.column("created_at"))
+                             .from_(builder.scanned("orders", "o")))
+    assert "(SELECT * FROM src_orders LIMIT -1) AS o" in render_sql(bare, "sqlite")

@@ -350,7 +350,6 @@ def facts_select(builder: "QueryBuilder", entity: str, counted: Sequence[Sequenc
     """
     now = builder.ts(builder.now)
     if entity == "orders":
-        orders = builder.source("orders")
         counts = [exp.alias_(exp.Sum(this=exp.Case(
             ifs=[exp.If(this=col("o", "status").isin(*[lit(s) for s in sorted(set(statuses))]), true=exp.Literal.number(1))],
             default=exp.Literal.number(0))), counted_column(statuses)) for statuses in counted]
@@ -366,16 +365,15 @@ def facts_select(builder: "QueryBuilder", entity: str, counted: Sequence[Sequenc
                 *last,
                 *counts,
             )
-            .from_(exp.to_table(orders).as_("o"))
+            .from_(builder.scanned("orders", "o"))
             .where(col("o", "created_at") <= now)
             .group_by(col("o", "customer_id"))
         )
-    events = builder.source("events")
     login_at = exp.Case(ifs=[exp.If(this=col("e", "type").eq(lit("login")), true=col("e", "occurred_at"))])
     return (
         exp.select(col("e", "customer_id"), exp.alias_(exp.Max(this=col("e", "occurred_at")), "last_event_at"),
                    exp.alias_(exp.Max(this=login_at), "last_login_at"))
-        .from_(exp.to_table(events).as_("e"))
+        .from_(builder.scanned("events", "e"))
         .where(col("e", "occurred_at") <= now)
         .group_by(col("e", "customer_id"))
     )
@@ -387,6 +385,10 @@ def shared_facts_create(entity: str, config: ProjectConfig, now: datetime,
     (``counted``, ``last_order``: as ``facts_select``'s)."""
     builder = QueryBuilder(config, now, config.dialect)
     return temporary_table(SHARED_FACTS[entity], builder.with_ctes(facts_select(builder, entity, counted, last_order)))
+
+
+#: the meta key of a ``QueryBuilder.scanned`` subquery: the name of the source CTE it reads
+_SCANNED = "engine_scanned_source"
 
 
 def temporary_table(name: str, query: exp.Query) -> exp.Create:
@@ -450,6 +452,10 @@ class QueryBuilder:
         #: CTEs written NOT MATERIALIZED whatever the dialect's default (a due query's trigger instances
         #: and customers where ``Dialect.inline_instances``: ``due.due_query`` names them)
         self.inlined: tuple[str, ...] = ()
+        #: the statements built read their sources whole (``scanned``); False for one that keeps only a few
+        #: customers' rows afterwards (the kept order rows of the touched customers), whose condition must
+        #: reach the source table's index
+        self.whole_scans = True
 
     def ts(self, value: datetime) -> exp.Expression:
         return ts(value, self.dialect)
@@ -459,6 +465,16 @@ class QueryBuilder:
         if name not in self.ctes:
             self.ctes[name] = source_select(self.config.sources[entity], self.dialect)
         return name
+
+    def scanned(self, entity: str, alias: str) -> exp.Expression:
+        """``entity``'s source as ``alias`` for a statement that scans it whole: its CTE, or where
+        Dialect.unflattened_scans a subquery of it the planner evaluates once per row (``LIMIT -1``)."""
+        source = self.source(entity)
+        if not (self.whole_scans and dialect_named(self.dialect).unflattened_scans):
+            return exp.to_table(source).as_(alias)
+        scan = exp.select("*").from_(source).limit(exp.Neg(this=exp.Literal.number(1))).subquery(alias)
+        scan.meta[_SCANNED] = source  # its columns narrowed to those its reader uses (``with_ctes``)
+        return scan
 
     def state_table(self, name: str) -> str:
         """Where this query reads the ledger's table ``name`` (entries, tags): the table itself when the
@@ -512,7 +528,27 @@ class QueryBuilder:
             if name == responses.FACTS_CTE:  # built last: every filter of the query has named its columns
                 query = self._response_facts()
             body = body.with_(name, as_=query, materialized=self._materialized(name), copy=False)  # built fresh: no copy
+        self._narrow_scans(body)
         return body
+
+    def _narrow_scans(self, query: exp.Query) -> None:
+        """Each ``scanned`` subquery of ``query`` selects only its source's columns that the SELECT reading it
+        names by its alias (a superset where a nested query reuses the alias; all of them where it names a
+        column without its table): the co-routine converts no column nobody reads (an order's delivery date for the order facts: x0.85 of that statement at 1M)."""
+        for scan in list(query.find_all(exp.Subquery)):
+            source = scan.meta.get(_SCANNED)
+            reader = scan.find_ancestor(exp.Select) if source is not None else None
+            if reader is None:
+                continue
+            named = [c for key, value in reader.args.items() if key not in ("with", "with_")  # not the CTEs it carries
+                     for part in (value if isinstance(value, list) else [value]) if isinstance(part, exp.Expression)
+                     for c in part.find_all(exp.Column)]
+            available = self.ctes[source].named_selects
+            if any(not c.table and c.name in available for c in named):  # it might be the scan's: all kept
+                continue
+            used = {c.name for c in named if c.table == scan.alias}
+            columns = [name for name in available if name in used]
+            scan.this.set("expressions", [exp.column(name) for name in columns] or [exp.Star()])
 
     def _materialized(self, name: str) -> bool | None:
         """``False`` (NOT MATERIALIZED) for the CTEs ``inlined`` and for source CTEs where

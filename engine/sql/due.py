@@ -363,6 +363,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     kind = kind_of(campaign.trigger)
     builder = QueryBuilder(config, now, dialect or config.dialect, shared_facts=shared_facts, state=state)
     declared = dialect_named(builder.dialect)  # what the dialect declares (engine.dialects)
+    builder.whole_scans = customer_id is None  # one customer's rows: their orders found by the index
     history = None
     if settled != "include" and reentry_in_sql(campaign, builder.dialect):
         history = ledger_relation() if exclude_ledger else (state or {}).get(REENTRY_HISTORY)
@@ -749,6 +750,7 @@ def explain_query(campaign: Campaign, config: ProjectConfig, now: datetime, cust
     """
     kind = kind_of(campaign.trigger)
     builder = QueryBuilder(config, now, dialect or config.dialect, state=state)
+    builder.whole_scans = False  # one customer's rows: their orders found by the index
     customers = builder.source("customers")
     builder.ctes["trigger_instances"] = kind.instances(builder, campaign, None)
     attributes = filter_attributes(config, kind.template_record and kind.template_record.entity)

@@ -163,10 +163,9 @@ def touched_create(config: ProjectConfig, entity: str, since: datetime | None, n
     ``rows``: the kept order rows are kept too, and the statement names their table (no row of it), so
     that it fails, and the refresh builds both again, when that table is gone."""
     builder = QueryBuilder(config, now, config.dialect)
-    rows = builder.source(entity)
     changed = (exp.select(col("r", "customer_id"), exp.alias_(exp.Count(this=exp.Star()), "rows_read"),
                           exp.alias_(exp.Max(this=col("r", CHANGE_COLUMN)), "newest"))
-               .from_(exp.to_table(rows).as_("r")).group_by(col("r", "customer_id")))
+               .from_(builder.scanned(entity, "r")).group_by(col("r", "customer_id")))
     if since is not None:
         changed = changed.where(col("r", CHANGE_COLUMN) > builder.ts(since))
     pending = (exp.select(col("p", "customer_id"), exp.alias_(exp.Literal.number(0), "rows_read"),
@@ -222,6 +221,7 @@ def kept_rows_select(config: ProjectConfig, now: datetime, campaigns: Sequence[C
     if not readers:
         return None
     builder = QueryBuilder(config, now, config.dialect, shared_facts=True, state=kept_relations(["orders"]))
+    builder.whole_scans = touched is None
     rows = kind_of(readers[0].trigger).shared_rows_select(builder, readers)
     if rows is None:
         return None

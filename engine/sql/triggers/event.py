@@ -92,7 +92,7 @@ class EventKind(TriggerKind):
         return (
             exp.select(col("e", "customer_id"), col("e", "type"), exp.alias_(day, "trigger_key"),
                        exp.alias_(exp.Max(this=col("e", "occurred_at")), "trigger_at"))
-            .from_(exp.to_table(builder.source("events")).as_("e"))
+            .from_(builder.scanned("events", "e"))
             .where(col("e", "type").isin(*[lit(t) for t in types]), col("e", "occurred_at") <= builder.ts(builder.now),
                    col("e", "occurred_at") >= builder.ts(start))
             .group_by(col("e", "customer_id"), col("e", "type"), day.copy())

@@ -49,12 +49,11 @@ class OrderDateKind(TriggerKind):
         """The orders with the date; in a due query only those whose date lies in a step's window
         (``within_windows``): the instances are not every order with a date, materialised at every pass."""
         column = campaign.trigger.column
-        orders = builder.source("orders")
         conditions = [col("o", column).is_(exp.null()).not_(), col("o", "created_at") <= builder.ts(builder.now)]
         return (
             exp.select(col("o", "customer_id"), exp.alias_(text(col("o", "order_id")), "trigger_key"),
                        exp.alias_(col("o", column), "trigger_at"))
-            .from_(exp.to_table(orders).as_("o"))
+            .from_(builder.scanned("orders", "o"))
             .where(*conditions, *self.within_windows(builder, col("o", column)))
         )
 

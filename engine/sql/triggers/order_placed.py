@@ -160,7 +160,7 @@ class OrderPlacedKind(TriggerKind):
         facts = builder.customer_facts()
         return (
             exp.select(*projections)
-            .from_(exp.to_table(builder.source("orders")).as_("n"))
+            .from_(builder.scanned("orders", "n"))
             .join(exp.to_table(facts).as_("f"), on=col("f", "customer_id").eq(col("n", "customer_id")))
             .where(col("n", "created_at") <= builder.ts(builder.now), col("n", "created_at") >= builder.ts(start))
         )
