@@ -168,8 +168,8 @@ class Dialect:
     #: by joining the members' last orders (a second scan of the orders)
     last_by_sql: str | None = None
     #: a source read whole by a scan (the order and event facts and the shared order rows and event days a pass
-    #: creates, an order date trigger's instances, the incremental pass's scan of the change column) is read through a subquery ``LIMIT -1`` (no limit) that the
-    #: planner cannot flatten into its reader: SQLite then evaluates it once per row as a co-routine, and each
+    #: creates, an order date trigger's instances, the incremental pass's scan of the change column) is read
+    #: through a subquery ``LIMIT -1`` (no limit) that the planner cannot flatten into its reader: SQLite then evaluates it once per row as a co-routine, and each
     #: converted column (an instant's STRFTIME) once; flattened, every reference to the column computed it
     #: again (delivery's trigger instances: 6 STRFTIMEs per order) and a GROUP BY read the table through the
     #: customer id's index, a row lookup per order

@@ -534,7 +534,8 @@ class QueryBuilder:
     def _narrow_scans(self, query: exp.Query) -> None:
         """Each ``scanned`` subquery of ``query`` selects only its source's columns that the SELECT reading it
         names by its alias (a superset where a nested query reuses the alias; all of them where it names a
-        column without its table): the co-routine converts no column nobody reads (an order's delivery date for the order facts: x0.85 of that statement at 1M)."""
+        column without its table): the co-routine converts no column nobody reads (an order's delivery date
+        for the order facts: x0.85 of that statement at 1M)."""
         for scan in list(query.find_all(exp.Subquery)):
             source = scan.meta.get(_SCANNED)
             reader = scan.find_ancestor(exp.Select) if source is not None else None
