@@ -94,7 +94,10 @@ def _pass(test: KillTest, mode: str, replicas: list[int], label: str) -> None:
 def test_replicas_split_the_work_and_a_killed_one_strands_nothing(mode, tmp_path):
     with SmtpSink() as smtp, SmsProvider() as sms:
         smtp.pipelining = True
-        smtp.delay = 0.05  # a provider slow enough that the kill lands while the victim is sending (0.02 was not, once, under load)
+        # a provider slow enough that the kill lands while the victim is sending: 0.02 s per message was not, once,
+        # under load; 0.05 s with the kill after 10 outcomes was not, once, at load ~4 (the send stage's ledger
+        # writes gather every connection's outcomes, so the 10th became visible with most of the ~30 written)
+        smtp.delay = 0.1
         test = KillTest(tmp_path, database_url("postgres", tmp_path), "at_most_once", CUSTOMERS, 1, smtp, sms)
         try:
             test.add_round()
@@ -109,8 +112,8 @@ def test_replicas_split_the_work_and_a_killed_one_strands_nothing(mode, tmp_path
                     assert victim.poll() is None and time.monotonic() < deadline, "the victim claimed nothing"
                     time.sleep(0.01)
             processes = {f"first-{i}": _start(test, test.now, shard(i), f"first-{i}") for i in range(REPLICAS) if i != VICTIM}
-            while len(_rows_at(test, victim_at, ledger_table.c.status != "claimed")) < 10:
-                assert victim.poll() is None, f"the victim ended ({victim.returncode}) before it recorded 10 outcomes"
+            while len(_rows_at(test, victim_at, ledger_table.c.status != "claimed")) < 3:
+                assert victim.poll() is None, f"the victim ended ({victim.returncode}) before it recorded 3 outcomes"
                 assert time.monotonic() < deadline, "the victim recorded nothing in time"
                 time.sleep(0.01)
             victim.send_signal(signal.SIGKILL)
