@@ -141,8 +141,8 @@ def child(url: str, project: Path, plans: int, fill: bool, mode: str = "minute",
             reconciler.settled_remembered.clear()
         spent.clear()
         started, cpu, client = time.perf_counter(), server_cpu(postmaster), time.process_time()
-        counts = _first_pass_plan(reconciler, later) if mode == "pass" else \
-            bench._consume_plan(reconciler, later, counted=True)
+        counts = bench._pass_plan(reconciler, project, later, 1, "decided", reset=False, record=True)[1] \
+            if mode == "pass" else bench._consume_plan(reconciler, later, counted=True)
         result["wall"].append(time.perf_counter() - started)
         result["server"].append(server_cpu(postmaster) - cpu)
         result["client"].append(time.process_time() - client)
@@ -161,21 +161,6 @@ def child(url: str, project: Path, plans: int, fill: bool, mode: str = "minute",
     result["load"] = open("/proc/loadavg").read().split()[:3]
     result["engine"] = checkouts.engine_checkout()
     print(json.dumps(result))
-
-
-def _first_pass_plan(reconciler, now) -> dict:
-    """The plan as the first pass runs it (run.py's ``_pass_plan`` with "decided"): each campaign settled
-    as the pass decides (``settle.worth_settling``), the skips that reach Python recorded row by row."""
-    from engine.run.messages import PassReport
-    from engine.run.record import record_decisions
-
-    report, settled = PassReport(now=now), PassReport(now=now)
-    counts = {"rows": 0}
-    for batch in reconciler.due(now, report=settled):
-        counts["rows"] += len(batch)
-        record_decisions(batch, reconciler.ledger, now, report)
-    counts["settled"] = settled.total("skipped")
-    return counts
 
 
 def main() -> int:

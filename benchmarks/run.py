@@ -707,9 +707,11 @@ def _shared_rows_rows(reconciler, now, repeat: int, floor: float, backend: str) 
     return rows
 
 
-def _pass_plan(reconciler, project_dir: Path, now, repeat: int, settling: str, reset: bool = True) -> tuple[float, dict]:
+def _pass_plan(reconciler, project_dir: Path, now, repeat: int, settling: str, reset: bool = True,
+               record: bool | None = None) -> tuple[float, dict]:
     """The plan as ``run_once`` runs it, skips recorded (median of ``repeat``; with ``reset``, on a
-    ledger emptied before each, untimed). ``settling``: "sql" - the skips the warehouse settles
+    ledger emptied before each, untimed; ``record``: the decisions recorded, by default only with
+    ``reset`` - a plan a minute later must see the same ledger each time). ``settling``: "sql" - the skips the warehouse settles
     (stale, stopped) are recorded set-based and never reach Python (``engine.run.settle``), for
     every campaign that can; "row" - as before that stage, they come as messages and are recorded
     with the other skips (``record_decisions``); "decided" - as a pass decides per campaign
@@ -736,7 +738,7 @@ def _pass_plan(reconciler, project_dir: Path, now, repeat: int, settling: str, r
                 counts["rows"] += len(batch)
                 for m in batch:
                     counts["send" if m.action == "send" else "skip"] += 1
-                if reset:
+                if reset if record is None else record:
                     record_decisions(batch, reconciler.ledger, now, report)
             times.append(time.perf_counter() - started)
         counts["settled"] = settled.total("skipped")
