@@ -174,6 +174,11 @@ class Dialect:
     #: again (delivery's trigger instances: 6 STRFTIMEs per order) and a GROUP BY read the table through the
     #: customer id's index, a row lookup per order
     unflattened_scans: bool = False
+    #: a pass's due queries read the customers from one temporary table built once per pass
+    #: (``sql.compile.SHARED_CUSTOMERS``), and the pass's customers and per-customer fact tables are
+    #: indexed on the customer id once created (``index_temporary_table``); elsewhere each due query
+    #: reads the customers' source itself
+    shared_customers: bool = False
 
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
@@ -237,7 +242,11 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             statement_timeout="interrupt",
             # a minute later at 1M orders: order facts 2.7 -> 1.9 s, order rows 2.4 -> 1.3 s, delivery's due query
             # 2.0 -> 1.3 s (benchmarks/README.md, issue 15)
-            unflattened_scans=True),
+            unflattened_scans=True,
+            # 1M orders: the plan a minute later 7.17 -> 5.57 s CPU, cold 8.22 -> 6.89 s; without the fact
+            # tables' indexes inactivity took 8 s, without the id-as-text index re-engage did not finish
+            # (benchmarks/README.md, issue 15)
+            shared_customers=True),
     Dialect("postgres", tokenizer_keywords=frozenset((
                 "BIGSERIAL CSTRING DECLARE DO EXEC HSTORE INOUT MONEY NAME OID ONLY POINT REFRESH REGCLASS "
                 "REGCOLLATION REGCONFIG REGDICTIONARY REGNAMESPACE REGOPER REGOPERATOR REGPROC REGPROCEDURE "
@@ -375,6 +384,20 @@ def _analyze(dialect: Dialect, qualified: str) -> list[str]:
     if dialect.analyze_target_statement is None:
         return [analyze]
     return [dialect.analyze_target_statement.format(target=TEMPORARY_STATISTICS_TARGET), analyze]
+
+
+def index_temporary_table(dialect: Dialect, table: str, unique: bool) -> list[str]:
+    """The statement indexing a session's temporary ``table`` just created on its customer id where the
+    dialect reads the customers from a pass table (``shared_customers``); none elsewhere. In the temporary
+    schema: never an index on the shop's tables."""
+    if not dialect.shared_customers:
+        return []
+    kind = "UNIQUE INDEX" if unique else "INDEX"
+    indexes = [f"CREATE {kind} {dialect.temporary_schema}.ix_{table} ON {table} (customer_id)"]
+    if not unique:  # the customers: also by the id as text, as the ledger's and entries' rows join them
+        indexes.append(f"CREATE INDEX {dialect.temporary_schema}.ix_{table}_text ON {table} "
+                       "(CAST(customer_id AS TEXT))")
+    return indexes
 
 
 def drop_temporary_table(dialect: Dialect, table: str, created: bool = False) -> str | None:

@@ -186,6 +186,7 @@ def test_sqlite_looks_up_the_newest_activity_of_the_customers_in_a_window_by_cus
 
     from engine import load_project, render_sql
     from engine.run import plan
+    from engine.sql.compile import shared_facts_used
     from engine.sql.due import due_query
     from engine.state.ledger import Ledger
     from engine.state.warehouse import Database
@@ -202,12 +203,13 @@ def test_sqlite_looks_up_the_newest_activity_of_the_customers_in_a_window_by_cus
         project = load_project(REPO)
         assert project.config.dialect == row.name
         campaigns = [c for c in project.campaigns if c.enabled]
-        sql = render_sql(due_query(project.campaign("inactivity"), project.config, now, exclude_ledger=True,
-                                   dialect=row.name, shared_facts=True), row.name)
+        query = due_query(project.campaign("inactivity"), project.config, now, exclude_ledger=True,
+                          dialect=row.name, shared_facts=True)
+        sql = render_sql(query, row.name)
         with db.session() as session:
             created: list[str] = []
             try:
-                for entity in ("orders", "events"):
+                for entity in shared_facts_used(query):  # the customers, orders and events (as a pass does)
                     plan.create_shared_table(session, project.config, now, campaigns, entity, created)
                 details = [r[-1] for r in session.conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").all()]
             finally:

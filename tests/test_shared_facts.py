@@ -18,7 +18,7 @@ from conftest import REPO, copy_project, database_url
 from engine import Reconciler, load_project, render_sql
 from engine.dialects import DIALECTS
 from engine.sql.compile import (
-    SHARED_FACTS, SHARED_ROWS, shared_facts_create, shared_facts_used, shared_table,
+    SHARED_CUSTOMERS, SHARED_FACTS, SHARED_ROWS, shared_facts_create, shared_facts_used, shared_table,
 )
 from engine.run.plan import create_shared_table
 from engine.sql.due import due_query
@@ -28,7 +28,7 @@ from history import INSTANTS, shared_history
 
 PROJECT = load_project(REPO)
 #: every temporary table a pass creates to share facts (per customer, per order)
-SHARED_TABLES = (*SHARED_FACTS.values(), *SHARED_ROWS.values())
+SHARED_TABLES = (*SHARED_CUSTOMERS.values(), *SHARED_FACTS.values(), *SHARED_ROWS.values())
 CAMPAIGNS = [c.name for c in PROJECT.campaigns if c.enabled]
 
 
@@ -55,7 +55,7 @@ def test_shared_facts_give_the_rows_of_per_query_facts(reconciler):
         reconciler.enter_segments(now)  # as run_once does before planning
         with reconciler.warehouse.session() as session:
             created: list[str] = []
-            for entity in (*SHARED_FACTS, *SHARED_ROWS):  # as a pass creates them (plan.due_rows)
+            for entity in (*SHARED_CUSTOMERS, *SHARED_FACTS, *SHARED_ROWS):  # as a pass creates them (plan.due_rows)
                 create_shared_table(session, config, now, reconciler.campaigns(), entity, created)
             for campaign in reconciler.campaigns():
                 alone = due_query(campaign, config, now, exclude_ledger=True)
@@ -106,7 +106,9 @@ def test_shared_facts_sql_snapshot(dialect, snapshot):
     assert statements == snapshot
     for sql in statements:
         assert sqlglot.parse_one(sql, read=dialect) is not None
-    assert set(shared_facts_used(query)) == {"orders", "events"}
+    from engine.dialects import dialect_named
+    customers = {"customers"} if dialect_named(dialect).shared_customers else set()  # SQLite: the pass's copy
+    assert set(shared_facts_used(query)) == {"orders", "events", *customers}
 
 
 def test_a_query_failing_mid_pass_is_reported_not_hidden_by_the_cleanup(reconciler):
@@ -187,13 +189,14 @@ def test_a_whole_scan_converts_each_rows_instant_once_on_sqlite(tmp_path, monkey
     assert orders > 50 and events > 10
     campaigns = [c for c in project.campaigns if c.enabled]
     converted = {}
-    for entity in (*SHARED_FACTS, *SHARED_ROWS):
+    for entity in (*SHARED_CUSTOMERS, *SHARED_FACTS, *SHARED_ROWS):  # the customers read by delivery below
         create = shared_table_create(entity, config, now, campaigns)
         if create is None:
             continue
         calls.clear()
         connection.execute(render_sql(create, config.dialect))
-        converted[entity] = sum(calls.values())
+        if entity not in SHARED_CUSTOMERS:
+            converted[entity] = sum(calls.values())
     # one instant per row of each source these statements read (created_at, occurred_at)
     assert converted == {"orders": orders, "events": events, "order_rows": orders, "event_days": events}
     calls.clear()
@@ -243,3 +246,43 @@ def test_a_scan_keeps_every_column_when_its_reader_names_one_without_its_table()
     bare = builder.with_ctes(exp.select(col("o", "customer_id"), exp.column("created_at"))
                              .from_(builder.scanned("orders", "o")))
     assert "(SELECT * FROM src_orders LIMIT -1) AS o" in render_sql(bare, "sqlite")
+
+
+def test_sqlite_due_queries_read_the_pass_customers_by_index(tmp_path, monkeypatch):
+    """Where Dialect.shared_customers (SQLite), a pass copies the customers' source once into a temporary
+    table and indexes it and the per-customer fact tables on the customer id: each due query reads that
+    copy and finds a customer's facts by the index (EXPLAIN QUERY PLAN on a real SQLite file), instead of
+    materialising the customers per query; no index lands on the shop's own tables."""
+    url = database_url("sqlite", tmp_path)
+    db = Database(url)
+    load_shop(db, shared_history())
+    db.dispose()
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    reconciler = Reconciler(load_project(copy_project(tmp_path / "project")))
+    config, now = reconciler.config, INSTANTS["anchor"]
+    try:
+        with reconciler.warehouse.session() as session:
+            created: list[str] = []
+            plans = {}
+            for name in ("inactivity", "re-engage", "welcome-series"):
+                query = due_query(next(c for c in reconciler.campaigns() if c.name == name), config, now, exclude_ledger=True, shared_facts=True)
+                for entity in shared_facts_used(query):  # as a pass creates them (plan.due_rows)
+                    create_shared_table(session, config, now, reconciler.campaigns(), entity, created)
+                sql = render_sql(query, config.dialect)
+                assert "src_customers" not in sql, f"{name} materialises the customers' source itself"
+                plans[name] = " | ".join(str(row[-1]) for rows in session.stream(f"EXPLAIN QUERY PLAN {sql}")
+                                         for row in rows)
+            indexes = {row[0]: row[1] for rows in session.stream("SELECT name, tbl_name FROM temp.sqlite_master "
+                                                                 "WHERE type = 'index'") for row in rows}
+            shop_indexes = [row[0] for rows in session.stream("SELECT name FROM main.sqlite_master WHERE type = 'index' "
+                                                              "AND name LIKE 'ix_engine%'") for row in rows]
+    finally:
+        reconciler.close()
+    assert "customers" in created and "orders" in created
+    assert indexes == {"ix_engine_customers": "engine_customers", "ix_engine_customers_text": "engine_customers",
+                       "ix_engine_order_facts": "engine_order_facts",
+                       **({"ix_engine_event_facts": "engine_event_facts"} if "events" in created else {})}
+    assert shop_indexes == []
+    for name, plan in plans.items():
+        assert "engine_customers" in plan, f"{name}: {plan}"
+        assert "INDEX ix_engine_" in plan, f"{name} finds no customer's row by the pass's indexes: {plan}"

@@ -24,9 +24,9 @@ from engine.errors import WarehouseError
 from engine.model import Campaign, ProjectConfig
 from engine.progress import Progress
 from engine.run.messages import DueMessage
-from engine.dialects import analyze_temporary_table, dialect_named, drop_temporary_table
+from engine.dialects import analyze_temporary_table, dialect_named, drop_temporary_table, index_temporary_table
 from engine.sql.compile import (
-    CUSTOMER_PREFIX, MAX_ZONES, REENTRY_HISTORY, SHARED_FACTS, VARIANT_PREFIX, WAIT_COLUMN, StateRelations,
+    CUSTOMER_PREFIX, MAX_ZONES, REENTRY_HISTORY, SHARED_FACTS, SHARED_ROWS, VARIANT_PREFIX, WAIT_COLUMN, StateRelations,
     render_sql, shared_facts_drop, shared_table, variant_columns, zones_query,
 )
 from engine.run.ledger_state import shipped_state
@@ -164,9 +164,10 @@ def copy_history(session: Session, ledger: Ledger, config: ProjectConfig, campai
 
 def create_shared_table(session: Session, config: ProjectConfig, now: datetime, campaigns: list[Campaign],
                         name: str, created: list[str], kept: StateRelations | None = None) -> None:
-    """Create the pass's shared table ``name`` (``compile.SHARED_FACTS`` / ``SHARED_ROWS``) unless in
-    ``created``, after the shared tables it reads (the order rows read the order facts, or the kept
-    ones: ``kept``, run.incremental), then analysed where the dialect needs it; appends to ``created``."""
+    """Create the pass's shared table ``name`` (``compile.SHARED_FACTS`` / ``SHARED_ROWS`` /
+    ``SHARED_CUSTOMERS``) unless in ``created``, after the shared tables it reads (the order rows read the
+    order facts, or the kept ones: ``kept``, run.incremental), then indexed and analysed where the dialect
+    needs it; appends to ``created``."""
     if name in created:
         return
     statement = facts_statement(name, config, now, campaigns, kept)
@@ -176,6 +177,9 @@ def create_shared_table(session: Session, config: ProjectConfig, now: datetime, 
     drop_facts(session, config, name)
     session.execute_together(creation_statements(config, name, statement.text))
     created.append(name)
+    index = index_temporary_table(dialect_named(config.dialect), shared_table(name), unique=name in SHARED_FACTS)
+    if index and name not in SHARED_ROWS:  # the due queries find a customer's row by it (SQLite)
+        session.execute_together(index)
     analyze = analyze_temporary_table(dialect_named(config.dialect), shared_table(name))
     if analyze:  # the due queries joining it are planned for its real size (PostgreSQL)
         session.execute_together(analyze)

@@ -82,6 +82,9 @@ SHARED_ROWS = {"order_rows": "engine_order_rows", "event_days": "engine_event_da
 #: False: every campaign computes its per-order facts with its own scans, as before issue 15.2
 #: (benchmarks/run.py's and tests/test_shared_rows.py's switch to compare)
 SHARE_ROWS = True
+#: the pass's copy of the customers' source where Dialect.shared_customers: built once per pass, indexed
+#: on the customer id, read by the pass's due queries instead of each materialising the source
+SHARED_CUSTOMERS = {"customers": "engine_customers"}
 
 #: The columns every due row starts with, in this order.
 DUE_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "stopped_by")
@@ -387,6 +390,13 @@ def shared_facts_create(entity: str, config: ProjectConfig, now: datetime,
     return temporary_table(SHARED_FACTS[entity], builder.with_ctes(facts_select(builder, entity, counted, last_order)))
 
 
+def shared_customers_create(config: ProjectConfig, now: datetime) -> exp.Create:
+    """CREATE TEMPORARY TABLE of the pass's customers (``SHARED_CUSTOMERS``): their source's rows."""
+    builder = QueryBuilder(config, now, config.dialect)
+    return temporary_table(SHARED_CUSTOMERS["customers"],
+                           builder.with_ctes(exp.select("*").from_(builder.source("customers"))))
+
+
 #: the meta key of a ``QueryBuilder.scanned`` subquery: the name of the source CTE it reads
 _SCANNED = "engine_scanned_source"
 
@@ -399,7 +409,7 @@ def temporary_table(name: str, query: exp.Query) -> exp.Create:
 
 def shared_table(name: str) -> str:
     """The temporary table of a ``SHARED_FACTS`` entity or of a ``SHARED_ROWS`` name."""
-    return SHARED_FACTS[name] if name in SHARED_FACTS else SHARED_ROWS[name]
+    return {**SHARED_FACTS, **SHARED_ROWS, **SHARED_CUSTOMERS}[name]
 
 
 def shared_facts_drop(entity: str, dialect: str, created: bool = False) -> str | None:
@@ -413,7 +423,8 @@ def shared_facts_used(query: exp.Expression) -> list[str]:
     """The entities whose ``SHARED_FACTS`` table ``query`` reads, then the names of the ``SHARED_ROWS``
     tables it reads (to create before running it)."""
     names = {table.name for table in query.find_all(exp.Table)}
-    return [name for name, table in (*SHARED_FACTS.items(), *SHARED_ROWS.items()) if table in names]
+    return [name for name, table in (*SHARED_CUSTOMERS.items(), *SHARED_FACTS.items(), *SHARED_ROWS.items())
+            if table in names]
 
 
 class QueryBuilder:
@@ -461,6 +472,8 @@ class QueryBuilder:
         return ts(value, self.dialect)
 
     def source(self, entity: str) -> str:
+        if entity in SHARED_CUSTOMERS and self.shared_facts and dialect_named(self.dialect).shared_customers:
+            return SHARED_CUSTOMERS[entity]  # the pass's table (``shared_customers_create``)
         name = f"src_{entity}"
         if name not in self.ctes:
             self.ctes[name] = source_select(self.config.sources[entity], self.dialect)

@@ -24,10 +24,10 @@ from engine.model import Campaign, ProjectConfig
 from engine.model import Step
 from engine.sql.compile import (
     CAMPAIGN_LEDGER, CUSTOMER_PREFIX, REENTRY_HISTORY, VARIANT_PREFIX, QueryBuilder, StateRelations, StepWindow, WAIT_COLUMN,
-    awaited_event, campaign_ledger, not_null,
+    SHARED_CUSTOMERS, awaited_event, campaign_ledger, not_null,
     SHARED_ROWS, calendar_slack, col, day_text, exists, instant_text, is_customer, join_trigger_properties, ledger_relation, lit,
     per_zone_window, render_sql,
-    shared_facts_create, step_window, temporary_table, text, ts, variant_columns, without_ledger_rows,
+    shared_customers_create, shared_facts_create, step_window, temporary_table, text, ts, variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
 from engine.sql.hashing import hash_bucket, hashes_in_sql
@@ -298,6 +298,8 @@ def shared_table_create(name: str, config: ProjectConfig, now: datetime, campaig
     (``SHARED_FACTS``: the order facts with the counts the shared rows need) or per-order rows
     (``SHARED_ROWS``: built by the trigger kind for its campaigns that read them, over the kept
     per-customer facts where ``kept`` names them: sql.kept_facts); None when no campaign reads the rows."""
+    if name in SHARED_CUSTOMERS:
+        return shared_customers_create(config, now)
     if name not in SHARED_ROWS:
         if name != "orders":
             return shared_facts_create(name, config, now)
