@@ -248,36 +248,28 @@ def test_a_scan_keeps_every_column_when_its_reader_names_one_without_its_table()
     assert "(SELECT * FROM src_orders LIMIT -1) AS o" in render_sql(bare, "sqlite")
 
 
-def test_sqlite_due_queries_read_the_pass_customers_by_index(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_sqlite_due_queries_read_the_pass_customers_by_index(reconciler):
     """Where Dialect.shared_customers (SQLite), a pass copies the customers' source once into a temporary
     table and indexes it and the per-customer fact tables on the customer id: each due query reads that
     copy and finds a customer's facts by the index (EXPLAIN QUERY PLAN on a real SQLite file), instead of
     materialising the customers per query; no index lands on the shop's own tables."""
-    url = database_url("sqlite", tmp_path)
-    db = Database(url)
-    load_shop(db, shared_history())
-    db.dispose()
-    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
-    reconciler = Reconciler(load_project(copy_project(tmp_path / "project")))
     config, now = reconciler.config, INSTANTS["anchor"]
-    try:
-        with reconciler.warehouse.session() as session:
-            created: list[str] = []
-            plans = {}
-            for name in ("inactivity", "re-engage", "welcome-series"):
-                query = due_query(next(c for c in reconciler.campaigns() if c.name == name), config, now, exclude_ledger=True, shared_facts=True)
-                for entity in shared_facts_used(query):  # as a pass creates them (plan.due_rows)
-                    create_shared_table(session, config, now, reconciler.campaigns(), entity, created)
-                sql = render_sql(query, config.dialect)
-                assert "src_customers" not in sql, f"{name} materialises the customers' source itself"
-                plans[name] = " | ".join(str(row[-1]) for rows in session.stream(f"EXPLAIN QUERY PLAN {sql}")
-                                         for row in rows)
-            indexes = {row[0]: row[1] for rows in session.stream("SELECT name, tbl_name FROM temp.sqlite_master "
-                                                                 "WHERE type = 'index'") for row in rows}
-            shop_indexes = [row[0] for rows in session.stream("SELECT name FROM main.sqlite_master WHERE type = 'index' "
-                                                              "AND name LIKE 'ix_engine%'") for row in rows]
-    finally:
-        reconciler.close()
+    with reconciler.warehouse.session() as session:
+        created: list[str] = []
+        plans = {}
+        for name in ("inactivity", "re-engage", "welcome-series"):
+            query = due_query(next(c for c in reconciler.campaigns() if c.name == name), config, now, exclude_ledger=True, shared_facts=True)
+            for entity in shared_facts_used(query):  # as a pass creates them (plan.due_rows)
+                create_shared_table(session, config, now, reconciler.campaigns(), entity, created)
+            sql = render_sql(query, config.dialect)
+            assert "src_customers" not in sql, f"{name} materialises the customers' source itself"
+            plans[name] = " | ".join(str(row[-1]) for rows in session.stream(f"EXPLAIN QUERY PLAN {sql}")
+                                     for row in rows)
+        indexes = {row[0]: row[1] for rows in session.stream("SELECT name, tbl_name FROM temp.sqlite_master "
+                                                             "WHERE type = 'index'") for row in rows}
+        shop_indexes = [row[0] for rows in session.stream("SELECT name FROM main.sqlite_master WHERE type = 'index' "
+                                                          "AND name LIKE 'ix_engine%'") for row in rows]
     assert "customers" in created and "orders" in created
     assert indexes == {"ix_engine_customers": "engine_customers", "ix_engine_customers_text": "engine_customers",
                        "ix_engine_order_facts": "engine_order_facts",
