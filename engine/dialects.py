@@ -223,7 +223,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # member, and a pass's segment entries did not finish at 1M orders (benchmarks/README.md).
             # The customers stay materialised: SQLite, without statistics on the shop's tables, joins
             # them well through the automatic index it builds on the copy; inlined, it scanned the
-            # pass's order facts once per customer (inactivity, re-engage a minute later at 1M orders)
+            # pass's order facts once per customer (inactivity, re-engage a minute later at 1M orders). A pass's
+            # due queries read the pass's indexed customers table instead (shared_customers, below): this holds
+            # for the queries that do not (one customer's, explain's, a segment's entries)
             stream_source_ctes=True, materialised_sources=("customers",),
             # settled_counts "rows": a CTE read twice makes SQLite materialise it with the trigger instances
             # and source CTEs it reads, without their indexes (+20-40 ms per small campaign's statement)
