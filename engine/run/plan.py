@@ -177,9 +177,10 @@ def create_shared_table(session: Session, config: ProjectConfig, now: datetime, 
     drop_facts(session, config, name)
     session.execute_together(creation_statements(config, name, statement.text))
     created.append(name)
-    index = index_temporary_table(dialect_named(config.dialect), shared_table(name), unique=name in SHARED_FACTS)
-    if index and name not in SHARED_ROWS:  # the due queries find a customer's row by it (SQLite)
-        session.execute_together(index)
+    if name not in SHARED_ROWS:  # the due queries find a customer's row by it (SQLite)
+        index = index_temporary_table(dialect_named(config.dialect), shared_table(name), unique=name in SHARED_FACTS)
+        if index:
+            session.execute_together(index)
     analyze = analyze_temporary_table(dialect_named(config.dialect), shared_table(name))
     if analyze:  # the due queries joining it are planned for its real size (PostgreSQL)
         session.execute_together(analyze)
