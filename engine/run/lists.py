@@ -12,9 +12,10 @@ from datetime import datetime
 
 from engine.model import Project
 from engine.run.messages import DueMessage
-from engine.run.sources import SourceRows, as_dicts
+from engine.run.sources import SourceRows
 from engine.sql.compile import render_sql
 from engine.sql.product_lists import LIST_KINDS, list_query
+from engine.state.warehouse import as_dicts
 from engine.templating.render import Renderer
 
 #: the skip reason of a message whose declared list is empty

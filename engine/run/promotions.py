@@ -17,7 +17,7 @@ from engine.model import Project, ProjectConfig
 from engine.run.messages import DueMessage
 from engine.sql.compile import render_sql
 from engine.sql.promotions import POSITION, TARGET_CAMPAIGN, TARGET_STEP, promotions_query
-from engine.state.warehouse import Database
+from engine.state.warehouse import Database, as_dicts
 from engine.templating.render import Renderer
 
 LIST = "promotions"
@@ -47,8 +47,7 @@ def batch_promotions(messages: Iterable[DueMessage], project: Project, config: P
     if source is None:  # validation refuses such a template; a project changed under a running pass shows none
         return found
     query = promotions_query(source, config.dialect, now, [(c, s, n) for (c, s), n in limits.items()])
-    for row in warehouse.fetch_all(render_sql(query, config.dialect, copy=False)):  # built for this one query
-        values = dict(row._mapping)
+    for values in as_dicts(warehouse.fetch_all(render_sql(query, config.dialect, copy=False))):  # built for this one query
         target = (str(values.pop(TARGET_CAMPAIGN)), str(values.pop(TARGET_STEP)))
         values.pop(POSITION)
         found[target].append(values)

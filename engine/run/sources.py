@@ -19,20 +19,10 @@ from sqlglot import exp
 
 from engine.model import ProjectConfig
 from engine.sql.compile import render_sql, source_select
-from engine.state.warehouse import Database
+from engine.state.warehouse import Database, as_dicts
 
 _CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")  # what CAST(integer AS VARCHAR) gives
 _BIGINT = (-2**63, 2**63 - 1)  # what a BIGINT[] parameter holds
-
-
-def as_dicts(rows: list) -> list[dict]:
-    """Each row (SQLAlchemy's, or ``driver_rows.Row``: a tuple with ``_fields``) as a dict by column name:
-    what ``dict(row._mapping)`` gives, with the names taken once for all rows (a render batch reads ~3
-    rows per message: the mapping per row cost more than the query)."""
-    if not rows:
-        return []
-    fields = rows[0]._fields
-    return [dict(zip(fields, row)) for row in rows]
 
 
 class SourceRows:

@@ -76,6 +76,16 @@ def file_of(url: str) -> Path | None:
     return None
 
 
+def as_dicts(rows: list) -> list[dict]:
+    """Each row (SQLAlchemy's, or ``driver_rows.Row``: a tuple with ``_fields``) as a dict by column name:
+    what ``dict(row._mapping)`` gives, with the names taken once for all rows (a render batch reads ~3
+    rows per message: the mapping per row cost more than the query)."""
+    if not rows:
+        return []
+    fields = rows[0]._fields
+    return [dict(zip(fields, row)) for row in rows]
+
+
 class Database:
     """One SQLAlchemy engine plus the few operations the engine needs."""
 
