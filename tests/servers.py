@@ -153,6 +153,8 @@ class SmsProvider:
         #: phone number -> the body of an error answer, formatted with the request's to and reference
         #: (providers quote the recipient back: "invalid number {to}")
         self.reply_for: dict[str, str] = {}
+        #: phone number -> the raw body of its 200 answer instead of {"id": ...} (a provider's odd answer)
+        self.accepted_body: dict[str, bytes] = {}
         self.honour_idempotency = True
         self.answered: dict[str, bytes] = {}  # idempotency key -> the body of its 200 answer
         self.lock = threading.Lock()
@@ -181,6 +183,8 @@ class SmsProvider:
                         payload = json.dumps({"id": f"sms-{len(sink.requests)}"} if status == 200 else {"error": "refused"}).encode()
                         if status != 200 and body.get("to") in sink.reply_for:
                             payload = sink.reply_for[body["to"]].format(to=body["to"], reference=body.get("reference")).encode()
+                        if status == 200 and body.get("to") in sink.accepted_body:
+                            payload = sink.accepted_body[body["to"]]
                         if status == 200 and key is not None:
                             sink.answered[key] = payload
                 if sink.delay:

@@ -199,6 +199,26 @@ def test_sms_provider_errors_and_timeouts_are_retried_and_4xx_is_final(project):
             r.close()
 
 
+def test_an_sms_provider_accepting_with_an_odd_body_is_delivery_without_an_id(project):
+    """A 2xx is delivery whatever its body says: JSON that is not an object, or no JSON at all, gives an
+    empty provider id, never a traceback (the message was accepted: recording it failed would send it again)."""
+    with SmsProvider() as sms, SmtpSink() as smtp:
+        configure(project, smtp.port, sms.url)
+        project.load({"notify": campaign(channel="sms", template="re-engage/last-call.sms.j2")},
+                     customers=customers(3), orders=orders(3))
+        sms.accepted_body["+491700000001"] = b'["queued"]'
+        sms.accepted_body["+491700000002"] = b"OK"
+        r = Reconciler(load_project(project))
+        try:
+            report = r.run_once(at(minutes=1))
+            assert report.counts[("notify", "mail", "sent")] == 3
+            assert {key: status[:2] for key, status in statuses(r).items()} == {
+                f"notify:mail:{n}:{n}": ("sent", None) for n in (1, 2, 3)}
+            assert sorted(sms.delivered()) == [f"notify:mail:{n}:{n}" for n in (1, 2, 3)]
+        finally:
+            r.close()
+
+
 def test_a_dead_sms_provider_does_not_stop_email(project):
     with SmtpSink() as smtp, SmsProvider() as sms:
         sms.delay = 3  # longer than the 1 s client timeout

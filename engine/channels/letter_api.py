@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 
 from engine.errors import ChannelError
-from engine.masking import mask
 from engine.model import ChannelConfig
 from engine.spec.config import resolve
-from engine.channels.base import Delivered, Failed, OutgoingMessage, Outcome
+from engine.channels.base import Failed, OutgoingMessage, Outcome
+from engine.channels.http_answer import outcome, unanswered
 from engine.channels.letter_pdf import LetterProblem, channel_document, pdf_and_pages, session_layout
 
 
@@ -67,15 +67,8 @@ class PrintApi:
             response = self._client.post(self.url, data=fields, files=files,
                                          headers={"Idempotency-Key": f'"{message.idempotency_key()}"'})
         except httpx.HTTPError as exc:
-            return Failed(detail=mask(f"{type(exc).__name__}: {exc}"))  # httpx may quote the URL and its token
-        if response.is_success:
-            try:
-                provider_id = str(response.json().get("id", ""))
-            except (ValueError, AttributeError):
-                provider_id = ""
-            return Delivered(provider_id=provider_id, detail=f"{response.status_code} ({pages} pages)")
-        transient = response.status_code == 429 or response.status_code >= 500
-        return Failed(detail=f"{response.status_code} {response.text[:200]}", permanent=not transient)
+            return unanswered(exc)
+        return outcome(response, f" ({pages} pages)")
 
     def close(self) -> None:
         if self._client is not None:

@@ -20,9 +20,9 @@ import httpx
 
 from engine.spec.config import resolve
 from engine.errors import ChannelError
-from engine.masking import mask
 from engine.model import ChannelConfig
-from engine.channels.base import Delivered, Failed, OutgoingMessage, Outcome
+from engine.channels.base import OutgoingMessage, Outcome
+from engine.channels.http_answer import outcome, unanswered
 
 
 def open_session(config: ChannelConfig, root: Path) -> "HttpSmsChannel":
@@ -66,15 +66,8 @@ class HttpSmsChannel:
                                          headers={"Content-Type": "application/json",
                                                   "Idempotency-Key": f'"{message.idempotency_key()}"'})
         except httpx.HTTPError as exc:
-            return Failed(detail=mask(f"{type(exc).__name__}: {exc}"))  # httpx may quote the URL and its token
-        if response.is_success:
-            try:
-                provider_id = str(response.json().get("id", ""))
-            except ValueError:
-                provider_id = ""
-            return Delivered(provider_id=provider_id, detail=f"{response.status_code}")
-        transient = response.status_code == 429 or response.status_code >= 500
-        return Failed(detail=f"{response.status_code} {response.text[:200]}", permanent=not transient)
+            return unanswered(exc)
+        return outcome(response)
 
     def close(self) -> None:
         if self._client is not None:
