@@ -10,8 +10,11 @@ hand-written SQL then the engine's plan of the two campaigns (``Reconciler.due``
 as hand_sql measures it). Printed per process, medians of its rounds: CPU seconds of the whole process
 (DuckDB's threads included: the steadier figure on a shared machine) of the hand-written SQL and of the
 plan, and inside the plan: SQL (statements on the pass's session, execute and stream, the driver's fetch
-of the rows included), ``plan.decide_rows``, ``attach_contacts``, each policy stage, and the garbage
+of the rows included; each shared table's CREATE and DROP and each campaign's due query on a line of its
+own), ``plan.decide_rows``, ``attach_contacts``, each policy stage, and the garbage
 collector's passes by generation (they run inside the other parts: not added up), with the load average.
+``--frozen``: each process freezes what start-up left (``engine.heap.settle``) before it measures, as
+``engine plan`` and ``engine run`` do.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -28,7 +32,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def child(shop: Path, rounds: int) -> dict:
+def statement_label(sql: object) -> str:
+    """What a statement of the plan is counted under: a shared table's CREATE or DROP by its name, a due
+    query by its campaign, anything else as SQL."""
+    text = " ; ".join(sql) if isinstance(sql, list) else str(sql)
+    table = re.match(r"\s*(CREATE\s+(?:TEMPORARY\s+)?TABLE|DROP\s+TABLE(?:\s+IF\s+EXISTS)?)\s+(\S+)", text, re.I)
+    if table:
+        return f"SQL {table.group(1).split()[0].upper()} {table.group(2).split('.')[-1]}"
+    campaign = re.search(r"SELECT '([^']+)' AS campaign", text)
+    return f"SQL due query {campaign.group(1)}" if campaign else "SQL other"
+
+
+def child(shop: Path, rounds: int, frozen: bool = False) -> dict:
     import dataclasses
     import gc
     from datetime import datetime, timezone
@@ -44,19 +59,22 @@ def child(shop: Path, rounds: int) -> dict:
     spent: collections.Counter = collections.Counter()
 
     def timed(function, label: str, generator: bool = False):
+        def labelled(args) -> str:  # a session's statement (its first argument after self) by what it is
+            return statement_label(args[1]) if label == "SQL" and len(args) > 1 else label
+
         def call(*args, **kwargs):
             started = time.process_time()
             try:
                 return function(*args, **kwargs)
             finally:
-                spent[label] += time.process_time() - started
+                spent[labelled(args)] += time.process_time() - started
 
         def stream(*args, **kwargs):  # the time inside the generator, each batch's fetch
-            rows = function(*args, **kwargs)
+            rows, name = function(*args, **kwargs), labelled(args)
             while True:
                 started = time.process_time()
                 batch = next(rows, None)
-                spent[label] += time.process_time() - started
+                spent[name] += time.process_time() - started
                 if batch is None:
                     return
                 yield batch
@@ -80,6 +98,9 @@ def child(shop: Path, rounds: int) -> dict:
     project_dir = shop / "project"
     reconciler = engine.Reconciler(engine.load_project(project_dir))
     bench._reset_ledger(reconciler, project_dir)
+    if frozen:
+        from engine import heap
+        heap.settle(collect=False)  # as engine plan does once start-up is done (cli.common.open_reconciler)
     now = datetime.fromisoformat(json.loads((shop / "shop.json").read_text())["shop"]["anchor"].replace("Z", "+00:00"))
     now = now.astimezone(timezone.utc)
     campaigns = [reconciler.project.campaign(name) for name in hand_sql.CAMPAIGNS]
@@ -111,16 +132,18 @@ def main() -> int:
     parser.add_argument("--shop", type=Path, required=True, help="a shop kept by run.py --keep DIR")
     parser.add_argument("--rounds", type=int, default=7, help="rounds per process (medians)")
     parser.add_argument("--turns", type=int, default=3, help="fresh processes per checkout, in turn")
+    parser.add_argument("--frozen", action="store_true", help="freeze start-up's objects first, as engine plan")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("checkouts", nargs="*", type=Path)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.shop.resolve(), args.rounds)))
+        print(json.dumps(child(args.shop.resolve(), args.rounds, args.frozen)))
         return 0
     for turn in range(args.turns):
         for checkout in args.checkouts:
             load = " ".join(open("/proc/loadavg").read().split()[:3])
-            done = subprocess.run([sys.executable, __file__, "--child", "--shop", str(args.shop), "--rounds", str(args.rounds)],
+            done = subprocess.run([sys.executable, __file__, "--child", "--shop", str(args.shop), "--rounds", str(args.rounds),
+                                   *(["--frozen"] if args.frozen else [])],
                                   env={**os.environ, "PYTHONPATH": str(checkout.resolve())}, capture_output=True, text=True)
             if done.returncode != 0:
                 print(done.stderr, file=sys.stderr)

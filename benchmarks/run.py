@@ -44,8 +44,8 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   (their MIME bytes) built per second from the same parts in the same run
   (``--letters N``, 0 skips it);
 - the plan of second-order and re-engage beside a hand-written SQL finding the same due sets
-  (asserted), with and without the shared order rows (benchmarks/hand_sql.py; target <= 1.5x),
-  and the sequential scans of each source per pass (benchmarks/scans.py);
+  (asserted), with and without the shared order rows, and with start-up frozen as ``engine plan``
+  freezes it (benchmarks/hand_sql.py; target <= 1.5x), and the sequential scans of each source per pass (benchmarks/scans.py);
 - a pass of the campaigns whose templates show product lists, next to the same pass with fixed
   lists instead (benchmarks/lists.py; target <= 1.3x);
 - peak RSS of this process (the shop is built in a child process, so this is

@@ -100,10 +100,10 @@ def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_
     if not sending:
         return batch
     targets = _Targets(config, channel_of)
-    unsubscribed = ledger.unsubscribed(sorted({m.customer_id for m in sending}))
+    unsubscribed = ledger.unsubscribed({m.customer_id for m in sending})  # sorted by the ledger where it queries
     unsubscribing = {customer_id for customer_id, _ in unsubscribed}  # the customers with any unsubscribe
     addresses: dict[str, set[str]] = {}
-    #: (campaign, step, candidates) -> each candidate's (variant, channel, kind, settings)
+    #: (campaign, step, candidates) -> each candidate's (variant, channel, kind, settings, plain field, addresses): ``_link``
     chains: dict[tuple, tuple] = {}
     #: per sending message, its candidates' chain; per candidate of each in turn, the address's suppression key
     #: (the address as the channel sends it: a phone number is parsed here only, once), or why there is none
@@ -113,28 +113,32 @@ def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_
         target = (m.campaign, m.step, m.candidates)
         chain = chains.get(target)
         if chain is None:
-            chain = chains[target] = tuple((variant_id, *targets.of(m.campaign, m.step, variant_id))
+            chain = chains[target] = tuple(_link(variant_id, *targets.of(m.campaign, m.step, variant_id), addresses)
                                            for variant_id in m.candidates)
         chain_of.append(chain)
         customer = m.customer
-        for _, _, kind, settings in chain:
-            raw = kind.address(customer)
-            if not kind.usable_address(raw):
-                noted.append(_NO_CONTACT)
-                continue
-            address = kind.normal_address(str(raw), settings)
-            if address is None:
-                noted.append(_INVALID_CONTACT)
-                continue
-            key = kind.suppression_key(address)
-            found = addresses.get(kind.name)
-            if found is None:
-                found = addresses[kind.name] = set()
+        for _, _, kind, settings, plain, found in chain:
+            if plain is not None:  # the field's value is the address and its key (``ChannelKind.plain_address``)
+                raw = customer.get(plain)
+                if not raw:
+                    noted.append(_NO_CONTACT)
+                    continue
+                key = str(raw)
+            else:
+                raw = kind.address(customer)
+                if not kind.usable_address(raw):
+                    noted.append(_NO_CONTACT)
+                    continue
+                address = kind.normal_address(str(raw), settings)
+                if address is None:
+                    noted.append(_INVALID_CONTACT)
+                    continue
+                key = kind.suppression_key(address)
             found.add(key)
             noted.append(key)
     #: kind -> the suppressed addresses among the batch's (kinds with none left out)
     suppressed = {kind: keys for kind, keys in
-                  ((kind, ledger.suppressed(kind, sorted(found))) for kind, found in addresses.items()) if keys}
+                  ((kind, ledger.suppressed(kind, found)) for kind, found in addresses.items() if found) if keys}
 
     decided = []
     chain_iter = iter(chain_of)
@@ -145,7 +149,7 @@ def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_
             customer_id, customer = m.customer_id, m.customer
             chain = next(chain_iter)
             first, at = at, at + len(chain)
-            for offset, (variant_id, channel, kind, _) in enumerate(chain):
+            for offset, (variant_id, channel, kind, _, _, _) in enumerate(chain):
                 key = noted[first + offset]
                 if key is _NO_CONTACT:
                     reason = "no_contact"
@@ -166,6 +170,13 @@ def choose_channels(config: ProjectConfig, ledger: Ledger, batch: list, channel_
                 m = m.decided("skip", first_reason)
         decided.append(m)
     return decided
+
+
+def _link(variant_id: str, channel: str, kind: ChannelKind, settings: Mapping, addresses: dict[str, set[str]]) -> tuple:
+    """One candidate of a chain: (variant, channel, kind, settings, the contact field when the kind's address
+    is that field's value as given - else None -, the batch's set of the kind's addresses)."""
+    return (variant_id, channel, kind, settings, kind.contact_field if kind.plain_address else None,
+            addresses.setdefault(kind.name, set()))
 
 
 class _Targets:

@@ -40,7 +40,7 @@ the tools read through (ledger_reader.py) and implements ``LedgerWriter``
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Iterable
+from typing import Collection, Iterable
 
 import hashlib
 
@@ -405,9 +405,12 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
         if self._suppressed is not None:
             self._suppressed.setdefault(kind, set()).add(address)
 
-    def suppressed(self, kind: str, addresses: list[str]) -> set[str]:
+    def suppressed(self, kind: str, addresses: Collection[str]) -> set[str]:
+        """Which of ``addresses`` (of kind ``kind``) are suppressed: from the snapshot when there is one (none
+        when it holds no suppression at all), else one query per 500 of them in sorted order."""
         if self._suppressed is not None:
-            return self._suppressed.get(kind, set()).intersection(addresses)
+            return self._suppressed[kind].intersection(addresses) if kind in self._suppressed else set()
+        addresses = sorted(addresses)
         t = suppressions_table.c
         found: set[str] = set()
         with self.db.engine.connect() as conn:
@@ -441,11 +444,14 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
         if self._unsubscribed is not None:
             self._unsubscribed.setdefault(customer_id, set()).add(kind)
 
-    def unsubscribed(self, customer_ids: list[str]) -> set[tuple[str, str]]:
-        """(customer_id, kind) pairs; kind 'all' means every channel."""
+    def unsubscribed(self, customer_ids: Collection[str]) -> set[tuple[str, str]]:
+        """(customer_id, kind) pairs of ``customer_ids``; kind 'all' means every channel. From the snapshot when
+        there is one (none at once when it holds no unsubscribe), else one query per 500 ids in sorted order."""
         if self._unsubscribed is not None:
+            unsubscribed = self._unsubscribed
             return {(customer_id, kind) for customer_id in customer_ids
-                    for kind in self._unsubscribed.get(customer_id, ())}
+                    for kind in unsubscribed.get(customer_id, ())} if unsubscribed else set()
+        customer_ids = sorted(customer_ids)
         t = unsubscribes_table.c
         found: set[tuple[str, str]] = set()
         with self.db.engine.connect() as conn:
