@@ -5,16 +5,17 @@ its layout and size cost the plan a minute later (issue 15, steady target, helpe
 
 ``COPY``: a COPY of a shop kept by ``run.py --keep`` with its ledger filled (``duckdb_minute.py --fill``); its
 ``shop.duckdb`` is changed in place. ``--fill`` writes the ledger as one first pass does, campaign after
-campaign, so each campaign's rows sit together and DuckDB's zonemaps prune the others when a due query reads
-one campaign's rows; a ledger that grew pass after pass has the campaigns interleaved. The tool rewrites the
+campaign, so each campaign's rows sit together and DuckDB's zonemaps prune the others when a due query reads one
+campaign's rows; a ledger that grew pass after pass has the campaigns interleaved. The tool rewrites the
 ledger's rows (all columns, in one transaction; its constraints and indexes stay) in ``--order``: ``hash``
 (``hash(message_key)``: interleaved, as such a ledger) or ``campaign`` (campaign, step: as ``--fill`` leaves
 it), each row ``--copies`` times (copy k > 0 with ``#k`` appended to its message key and trigger key, so it
 matches no instance: a ledger of more history with the same due set), then prints the ledger's rows and row
 groups and, per campaign of ``--campaigns``, the process CPU of reading its rows' keys (``sum(hash(customer_id,
-trigger_key))``, median of 11). Then compare the plan a minute later on the original and the copy with
-``duckdb_minute.py`` (benchmarks/README: "DuckDB a minute later - the thread count, the ledger's anti-joins
-and the customers' scans").
+trigger_key))``, median of 11). ``--uncompressed-keys``: the table is created again (its constraints and indexes
+as they were) with ``customer_id`` and ``trigger_key`` stored ``USING COMPRESSION uncompressed``. Then compare
+the plan a minute later on the original and the copy with ``duckdb_minute.py`` (benchmarks/README: "DuckDB a
+minute later - the thread count, the ledger's anti-joins and the customers' scans").
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ def main() -> int:
     parser.add_argument("--shop", type=Path, required=True, help="a COPY of a kept shop (changed in place)")
     parser.add_argument("--order", choices=sorted(ORDERS), default="hash")
     parser.add_argument("--copies", type=int, default=1, help="each ledger row this many times (default 1)")
+    parser.add_argument("--uncompressed-keys", action="store_true",
+                        help="create the ledger again with customer_id and trigger_key USING COMPRESSION uncompressed")
     parser.add_argument("--campaigns", default="second-order,vip,abandoned-cart",
                         help="campaigns whose key read is timed (comma-separated)")
     args = parser.parse_args()
@@ -70,14 +73,30 @@ def main() -> int:
     connection.execute("BEGIN")
     connection.execute(f"CREATE TEMPORARY TABLE ledger_rows AS SELECT {selected} "
                        f"FROM engine_ledger, range({args.copies}) AS copies(k)")
-    connection.execute("DELETE FROM engine_ledger")
+    if args.uncompressed_keys:  # DuckDB takes a column's compression in CREATE TABLE only, not in ALTER
+        table = connection.execute("SELECT sql FROM duckdb_tables() WHERE table_name = 'engine_ledger'").fetchone()[0]
+        indexes = [sql for sql, in connection.execute(
+            "SELECT sql FROM duckdb_indexes() WHERE table_name = 'engine_ledger'").fetchall()]
+        for key in ("customer_id", "trigger_key"):
+            table = table.replace(f"{key} VARCHAR NOT NULL",
+                                  f"{key} VARCHAR NOT NULL USING COMPRESSION uncompressed", 1)
+        connection.execute("DROP TABLE engine_ledger")
+        connection.execute(table)
+        for index in indexes:
+            connection.execute(index)
+    else:
+        connection.execute("DELETE FROM engine_ledger")
     connection.execute(f"INSERT INTO engine_ledger SELECT * FROM ledger_rows ORDER BY {ORDERS[args.order]}")
     connection.execute("DROP TABLE ledger_rows")
     connection.execute("COMMIT")
     connection.execute("CHECKPOINT")
     total = connection.execute("SELECT count(*) FROM engine_ledger").fetchone()[0]
-    groups = connection.execute("SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('engine_ledger')").fetchone()[0]
-    print(f"ledger: {rows} -> {total} rows in {groups} row groups, order {args.order}")
+    groups = connection.execute(
+        "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('engine_ledger')").fetchone()[0]
+    stored = dict(connection.execute("SELECT column_name, min(compression) FROM pragma_storage_info('engine_ledger') "
+                                     "WHERE column_name IN ('customer_id', 'trigger_key') AND segment_type = 'VARCHAR' "
+                                     "GROUP BY column_name").fetchall())
+    print(f"ledger: {rows} -> {total} rows in {groups} row groups, order {args.order}, keys stored {stored}")
     for campaign in filter(None, args.campaigns.split(",")):
         print(f"  {campaign}: its keys read in {read_cpu(connection, campaign) * 1000:.2f} ms CPU")
     print(f"load {' '.join(open('/proc/loadavg').read().split()[:3])}")
