@@ -10,7 +10,9 @@ ledger emptied first (run.py ``_reset_ledger``), what start-up left frozen (``en
 while dispatching (as ``dispatch.measure_smtp``), the CPU seconds of the whole process (every thread,
 DuckDB's included) per email, and the CPU of the main thread's stages and of the hand-over writes
 (``time.thread_time`` around each stage) with the load average. CPU per email is the figure to compare
-on a shared machine: the wall time follows the load.
+on a shared machine: the wall time follows the load. The main thread's wait for the batch in flight is
+also printed as wall time ("waited"): its CPU is nearly nil, so the CPU figures alone hide that the main
+thread spends a quarter of the pass waiting for the send stage (benchmarks/README.md, emails25).
 """
 from __future__ import annotations
 
@@ -54,17 +56,20 @@ def child(repo: Path, port: int, work: Path, shop: Path) -> None:
     import engine.run.send as send_stage
 
     cpu: dict[str, float] = collections.defaultdict(float)
+    waited = [0.0]  # wall seconds of the main thread in "wait for send"
     for module, owner, attribute, label in STAGES:
         target = importlib.import_module(module)
         target = getattr(target, owner) if owner else target
         original = getattr(target, attribute)
 
         def timed(*args, __original=original, __label=label, **kwargs):
-            started = time.thread_time()
+            started, wall = time.thread_time(), time.perf_counter()
             try:
                 return __original(*args, **kwargs)
             finally:
                 cpu[__label] += time.thread_time() - started
+                if __label == "wait for send":
+                    waited[0] += time.perf_counter() - wall
         setattr(target, attribute, timed)
     dispatch = [0.0]
     send_all = send_stage.send_all
@@ -86,7 +91,7 @@ def child(repo: Path, port: int, work: Path, shop: Path) -> None:
     wall, process, main = time.perf_counter() - wall0, time.process_time() - cpu0, time.thread_time() - main0
     reconciler.close()
     print(json.dumps({"wall": wall, "cpu": process, "main": main, "dispatch": dispatch[0], "sent": report.total("sent"),
-                      "skipped": report.total("skipped"), "errors": report.errors[:3], "stages": cpu,
+                      "skipped": report.total("skipped"), "errors": report.errors[:3], "stages": cpu, "waited": waited[0],
                       "load": os.getloadavg()[0]}))
 
 
@@ -123,7 +128,8 @@ def main() -> int:
                       f"({emails / max(d['dispatch'], 1e-9):5.0f}/s dispatching), {emails:,} emails; CPU ms/email: "
                       f"process {per(d['cpu'])}, main thread {per(d['main'])} ("
                       + ", ".join(f"{k} {per(v)}" for k, v in d["stages"].items() if k != "hand-over writes")
-                      + f"), hand-over writes {per(d['stages'].get('hand-over writes', 0))}; load {d['load']:.1f}"
+                      + f"), hand-over writes {per(d['stages'].get('hand-over writes', 0))}; main thread waited for"
+                      f" the batch in flight {d.get('waited', 0):.2f} s of wall ({d.get('waited', 0) / d['wall']:.0%}); load {d['load']:.1f}"
                       + (f"; errors {d['errors']}" if d["errors"] else ""), flush=True)
     finally:
         sink.stop()

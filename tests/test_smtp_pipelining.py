@@ -201,3 +201,88 @@ def test_pipelining_false_in_engine_yaml_is_accepted_and_keeps_the_plain_path(pr
     assert sorted(sink.keys()) == expected_keys(3)
     assert sum(read.upper().startswith(b"MAIL FROM") for read in sink.reads) == 3
     assert not any(b"RCPT" in read.upper() and b"MAIL" in read.upper() for read in sink.reads)
+
+
+def _gone_second(sink):
+    sink.refuse["gone@example.com"] = "550 5.1.1 no such user"
+
+
+def _mail_refused_second(sink):
+    sink.mail_replies = ["250 OK", "451 4.3.0 try again later"]
+
+
+def _data_refused_first(sink):
+    sink.data_script["c1@example.com"] = ["554 5.6.0 content rejected"]
+
+
+def _data_421_first(sink):
+    sink.data_script["c1@example.com"] = ["421 4.7.0 closing"]
+
+
+def _rcpt_421_second(sink):
+    sink.script["gone@example.com"] = ["421 4.7.0 closing"]
+
+
+def _closing_after_two(over_limit):
+    def configure_sink(sink):
+        sink.max_per_connection, sink.over_limit = 2, over_limit
+    return configure_sink
+
+
+GROUP_CASES = {
+    "all accepted": (lambda sink: None, [1, 2, 3, 4]),
+    "recipient refused in the middle": (_gone_second, [1, "gone", 3, 4]),
+    "MAIL refused in the middle": (_mail_refused_second, [1, 2, 3]),
+    "content refused, the next envelope already sent": (_data_refused_first, [1, 2, 3]),
+    "421 at the end of data, the next envelope already sent": (_data_421_first, [1, 2, 3]),
+    "421 at a chained RCPT": (_rcpt_421_second, [1, "gone", 3]),
+    "421 at a chained MAIL": (_closing_after_two("421"), [1, 2, 3, 4, 5]),
+    "hang-up at a chained MAIL": (_closing_after_two("disconnect"), [1, 2, 3, 4, 5]),
+    "a non-ASCII recipient in the middle": (lambda sink: None, [1, "ü", 3]),
+}
+
+
+def _group_messages(spec: list) -> list[OutgoingMessage]:
+    recipients = {"gone": "gone@example.com", "ü": "jürgen@example.com"}
+    return [message(i, to=recipients[part]) if part in recipients else message(i) for i, part in enumerate(spec, 1)]
+
+
+@pytest.mark.parametrize("case", sorted(GROUP_CASES))
+def test_a_group_sent_chained_has_the_outcomes_and_bytes_of_one_send_per_message(case):
+    """``send_group`` (a message's content and the next one's MAIL, RCPT and DATA in one write) against
+    ``send`` per message, each on a fresh server configured alike: the same outcome for every message,
+    the same messages accepted with the same bytes, whatever the server refuses or closes where."""
+    configure_sink, spec = GROUP_CASES[case]
+    seen = {}
+    for way in ("send", "send_group"):
+        with SmtpSink() as sink:
+            sink.pipelining = True
+            configure_sink(sink)
+            session = SmtpChannel(ChannelConfig(name="email", kind="email", transport="smtp",
+                                                settings={"host": "127.0.0.1", "port": sink.port, "connections": 1}))
+            session.open()
+            try:
+                messages = _group_messages(spec)
+                outcomes = [session.send(m) for m in messages] if way == "send" else list(session.send_group(messages))
+            finally:
+                session.close()
+            seen[way] = (outcomes, sink.keys(), sink.contents, sink.reads)
+    assert seen["send_group"][:3] == seen["send"][:3]
+    if case == "all accepted":  # chained: every envelope after the first came with the content before it
+        assert sum(read.startswith(b"From: ") and b"\r\n.\r\nMAIL FROM" in read for read in seen["send_group"][3]) == 3
+
+
+def test_a_group_stopped_early_leaves_no_reply_unread_on_a_pooled_connection(sink):
+    """Abandoning ``send_group`` after the first outcome (the next envelope is on the wire, its replies
+    unread): that connection is dropped, so the next message on the session is answered by its own replies."""
+    session = SmtpChannel(ChannelConfig(name="email", kind="email", transport="smtp",
+                                        settings={"host": "127.0.0.1", "port": sink.port, "connections": 1}))
+    session.open()
+    try:
+        group = session.send_group([message(1), message(2)])
+        assert isinstance(next(group), Delivered)
+        group.close()
+        assert session.send(message(3)) == Delivered(provider_id=message(3).message_id(), detail="250 accepted")
+    finally:
+        session.close()
+    assert sink.keys() == ["test:mail:1:1", "test:mail:3:3"]

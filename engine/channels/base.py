@@ -185,7 +185,9 @@ class ChannelSession(Protocol):
     ``send`` returns ``Delivered`` only once the provider has the message (an SMTP 250, an HTTP
     2xx, the outbox's file written). A session whose acceptance is not yet durable at that point
     also has ``sync()``, which makes everything sent so far durable; dispatch calls it before the
-    ledger records those messages as sent (the file outbox fsyncs there).
+    ledger records those messages as sent (the file outbox fsyncs there). A session may also have
+    ``send_group(messages)``, an iterator of their outcomes in order, the same as ``send`` gives one by
+    one (SMTP chains them on one connection); dispatch then hands it each group.
     """
 
     def open(self) -> None: ...
