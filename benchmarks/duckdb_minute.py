@@ -5,7 +5,7 @@ less than wall time. pg_minute.py's counterpart for DuckDB; with ``--sqlite``, f
 the process.
 
     python benchmarks/duckdb_minute.py --shop DIR [--sqlite] [--fill] [--project project-changes] [--rounds 5]
-        [--plans 4] [--statements] [--cold] CHECKOUT...
+        [--plans 4] [--statements] [--cold] [--flip CAPABILITY] CHECKOUT...
 
 ``DIR``: a shop kept by ``run.py --keep DIR`` (its ``shop.duckdb``, ``shop.json`` and ``project/``; for
 ``--project project-changes``, the copy with the change column mapped that run.py's minute-later rows
@@ -16,7 +16,9 @@ child runs ``Reconciler.due`` at the anchor + 1 minute ``--plans`` times as ``en
 settled skips counted in SQL), the first in the process cold. Printed per child: the warm plans' median
 wall and CPU seconds, the floor's (``run.FLOOR_SQL``) and the load average; at the end per checkout the
 medians and, with ``--statements``, each statement's wall and CPU (medians over the warm plans of every
-round; what is left of the plan's CPU is Python's: decisions, policies, SQLAlchemy).
+round; what is left of the plan's CPU is Python's: decisions, policies, SQLAlchemy). ``--flip CAPABILITY``: each
+checkout also with that boolean ``Dialect`` capability of the shop's dialect flipped in the child, as
+pg_minute.py's (``checkouts.flip``), with the flipped/declared ratios at the end.
 """
 from __future__ import annotations
 
@@ -36,8 +38,14 @@ import checkouts
 HERE = Path(__file__).resolve().parent
 
 
-def child(shop: Path, project: str, plans: int, fill: bool, cold: bool = False, sqlite: bool = False) -> None:
-    os.environ["ENGINE_WAREHOUSE_URL"] = f"sqlite:///{shop / 'shop.db'}" if sqlite else f"duckdb:///{shop / 'shop.duckdb'}"
+def _url(shop: Path, sqlite: bool) -> str:
+    return f"sqlite:///{shop / 'shop.db'}" if sqlite else f"duckdb:///{shop / 'shop.duckdb'}"
+
+
+def child(shop: Path, project: str, plans: int, fill: bool, cold: bool = False, sqlite: bool = False,
+          flip: str | None = None) -> None:
+    os.environ["ENGINE_WAREHOUSE_URL"] = _url(shop, sqlite)
+    checkouts.flip(os.environ["ENGINE_WAREHOUSE_URL"], flip)
     import engine
     sys.path.insert(0, str(HERE))
     import run as bench
@@ -147,26 +155,29 @@ def main() -> int:
     parser.add_argument("--cold", action="store_true",
                         help="the cold plan instead: each child empties the ledger and plans at the anchor")
     parser.add_argument("--sqlite", action="store_true", help="the shop's SQLite copy (shop.db) instead of shop.duckdb")
+    checkouts.add_flip_argument(parser)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.shop.resolve(), args.project, args.plans, args.fill, args.cold, args.sqlite)
+        child(args.shop.resolve(), args.project, args.plans, args.fill, args.cold, args.sqlite, args.flip)
         return 0
+    checkouts.check_flip(parser, _url(args.shop, args.sqlite), args.flip)
 
-    def run_child(checkout: Path, fill: bool = False) -> dict:
+    def run_child(checkout: Path, fill: bool = False, flip: bool = False) -> dict:
         arguments = ["--shop", str(args.shop), "--project", args.project, "--plans", str(args.plans)] + (
-            ["--cold"] if args.cold else []) + (["--sqlite"] if args.sqlite else [])
+            ["--cold"] if args.cold else []) + (["--sqlite"] if args.sqlite else []) + (
+            ["--flip", args.flip] if flip else [])
         return checkouts.run_child(__file__, checkout, arguments + (["--fill"] if fill else []))
 
     if args.fill:
         print(f"ledger filled: {run_child(args.checkouts[0] if args.checkouts else HERE.parent, True)}", flush=True)
     collected: dict = collections.defaultdict(list)
     for round_ in range(args.rounds):
-        for checkout in args.checkouts:
-            r = run_child(checkout)
-            collected[checkout].append(r)
+        for checkout, flip in ((c, f) for c in args.checkouts for f in checkouts.flip_order(round_, args.flip)):
+            r, name = run_child(checkout, flip=flip), checkouts.variant(checkout, args.flip, flip)
+            collected[name].append(r)
             wall, cpu = statistics.median(r["wall"][1:]), statistics.median(r["cpu"][1:])
-            print(f"round {round_} {checkout}: plan wall {wall:.3f} s, CPU {cpu:.3f} s; floor wall {r['floor']:.3f} s, "
+            print(f"round {round_} {name}: plan wall {wall:.3f} s, CPU {cpu:.3f} s; floor wall {r['floor']:.3f} s, "
                   f"CPU {r['floor_cpu']:.3f} s; CPU x{cpu / r['floor_cpu']:.1f} the floor's; rows {r['rows'][-1]}; "
                   f"load {' '.join(r['load'])}", flush=True)
     for checkout, results in collected.items():
@@ -185,6 +196,8 @@ def main() -> int:
                 if cpu >= 0.002:
                     print(f"  {wall:7.3f} s wall {cpu:6.3f} s CPU  {key}")
             print(f"  {total:.3f} s CPU in statements; the rest of the plan's CPU is Python's")
+    if args.flip:
+        print("\n".join(checkouts.flip_ratios(collected, args.checkouts, args.flip, {"wall": "wall", "cpu": "CPU"})))
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import json
 import os
 import statistics
@@ -68,12 +67,9 @@ def child(url: str, project: Path, plans: int, fill: bool, mode: str = "minute",
     import run as bench
 
     import engine.run.plan as plan
-    from engine.dialects import DIALECTS, dialect_of_url
     from engine.state import warehouse
 
-    if flip:  # this process's dialect table only: the engine reads its capability from it
-        name = dialect_of_url(url)
-        DIALECTS[name] = dataclasses.replace(DIALECTS[name], **{flip: not getattr(DIALECTS[name], flip)})
+    checkouts.flip(url, flip)
     reconciler = engine.Reconciler(engine.load_project(project))
     meta = json.loads((project.parent / "shop.json").read_text())
     now = bench._naive_anchor(meta["shop"]["anchor"]).replace(tzinfo=bench.timezone.utc)
@@ -174,8 +170,7 @@ def main() -> int:
                       help="the cold plan instead: each child empties the ledger and plans at the anchor")
     mode.add_argument("--pass", dest="first_pass", action="store_true",
                       help="the first pass's own plan instead: skips recorded, the ledger emptied before each plan")
-    parser.add_argument("--flip", metavar="CAPABILITY",
-                        help="each checkout also with this boolean Dialect capability flipped (A/B of a declaration)")
+    checkouts.add_flip_argument(parser)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--plans", type=int, default=3, help="plans per process, the first cold (default 3)")
     parser.add_argument("--statements", action="store_true", help="print each statement's medians")
@@ -185,8 +180,7 @@ def main() -> int:
     if args.child:
         child(args.url, args.project.resolve(), args.plans, args.fill, chosen, args.flip)
         return 0
-    if args.flip and not isinstance(getattr(_dialect(args.url), args.flip, None), bool):
-        parser.error(f"--flip {args.flip}: not a boolean capability of the Dialect table")
+    checkouts.check_flip(parser, args.url, args.flip)
 
     def run_child(checkout: Path, fill: bool = False, flip: bool = False) -> dict:
         arguments = ["--url", args.url, "--project", str(args.project), "--plans", str(args.plans)] + (
@@ -199,19 +193,17 @@ def main() -> int:
     collected: dict = collections.defaultdict(list)
     for round_ in range(args.rounds):
         for checkout in args.checkouts:
-            for flip in ((False, True) if round_ % 2 == 0 else (True, False)) if args.flip else (False,):
+            for flip in checkouts.flip_order(round_, args.flip):
                 r = run_child(checkout, flip=flip)
                 r["total"] = [server + client for server, client in zip(r["server"], r["client"])]
-                variant = f"{checkout}{f' {args.flip} flipped' if flip else ''}"
+                variant = checkouts.variant(checkout, args.flip, flip)
                 collected[variant].append(r)
                 seconds = {key: " ".join(f"{x:.2f}" for x in r[key]) for key in ("wall", "server", "client")}
                 print(f"round {round_} {variant}: wall {seconds['wall']} s, server CPU {seconds['server']} s, "
                       f"client CPU {seconds['client']} s, floor {r['floor']:.3f} s, rows {r['rows']}, "
                       f"settled {r['settled']}, load {' '.join(r['load'])}", flush=True)
-    medians: dict = {}
     for checkout, results in collected.items():
         warm = lambda key: statistics.median(x for r in results for x in r[key][1:] or r[key])  # noqa: E731
-        medians[checkout] = {key: warm(key) for key in ("wall", "server", "client", "total")}
         print(f"{checkout}: medians of the warm plans: wall {warm('wall'):.3f} s, server CPU {warm('server'):.3f} s, "
               f"client CPU {warm('client'):.3f} s, server + client {warm('total'):.3f} s; "
               f"floor {statistics.median(r['floor'] for r in results):.3f} s")
@@ -224,22 +216,9 @@ def main() -> int:
                 if wall >= 0.005:
                     print(f"  {wall:7.3f} s wall {cpu:6.2f} s server CPU  {key}")
     if args.flip:
-        for checkout in map(str, args.checkouts):
-            declared, flipped = collected[checkout], collected[f"{checkout} {args.flip} flipped"]
-            ratios = {key: medians[f"{checkout} {args.flip} flipped"][key] / medians[checkout][key]
-                      for key in ("wall", "server", "client", "total")}
-            lower = {key: sum(statistics.median(f[key][1:] or f[key]) < statistics.median(d[key][1:] or d[key])
-                              for d, f in zip(declared, flipped)) for key in ("server", "client", "total")}
-            print(f"{checkout}: {args.flip} flipped / declared: wall x{ratios['wall']:.3f}, "
-                  + ", ".join(f"{name} CPU x{ratios[key]:.3f} (lower in {lower[key]} of {len(declared)} rounds)"
-                              for key, name in (("server", "server"), ("client", "client"), ("total", "server + client"))))
+        print("\n".join(checkouts.flip_ratios(collected, args.checkouts, args.flip, {
+            "wall": "wall", "server": "server CPU", "client": "client CPU", "total": "server + client CPU"})))
     return 0
-
-
-def _dialect(url: str):
-    from engine.dialects import dialect_named, dialect_of_url
-
-    return dialect_named(dialect_of_url(url) or "")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ for every campaign and instant, with segment entries recorded as a pass does.
 """
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import sqlglot
 
@@ -162,7 +164,9 @@ def test_a_whole_scan_converts_each_rows_instant_once_on_sqlite(tmp_path, monkey
     a reader, every reference to the column computed it again (the order facts' WHERE, MIN and MAX: three
     times per order; delivery's trigger instances six). Where Dialect.unflattened_scans, the statements that
     read a source whole (a pass's fact tables and shared rows, an order date trigger's instances) convert each
-    row's instants once: SQLite's own STRFTIME, counted per call, on the cross-engine history."""
+    row's instants once: SQLite's own STRFTIME, counted per call, on the cross-engine history. The per-customer
+    facts (Dialect.instant_number_sql) format none per row: each row's instant is read as its julian day, and
+    only the customer's aggregates are formatted."""
     import sqlite3
     from collections import Counter
 
@@ -197,8 +201,12 @@ def test_a_whole_scan_converts_each_rows_instant_once_on_sqlite(tmp_path, monkey
         connection.execute(render_sql(create, config.dialect))
         if entity not in SHARED_CUSTOMERS:
             converted[entity] = sum(calls.values())
-    # one instant per row of each source these statements read (created_at, occurred_at)
-    assert converted == {"orders": orders, "events": events, "order_rows": orders, "event_days": events}
+    # one instant per row of each source the shared rows read (created_at, occurred_at); the facts compare and
+    # aggregate each row's instant as a number (Dialect.instant_number_sql) and format two per customer
+    facts = {entity: connection.execute(f"SELECT COUNT(*) FROM temp.{SHARED_FACTS[entity]}").fetchone()[0]
+             for entity in SHARED_FACTS}
+    assert converted == {"orders": 2 * facts["orders"], "events": 2 * facts["events"], "order_rows": orders,
+                         "event_days": events}
     calls.clear()
     delivery = due_query(project.campaign("delivery"), config, now, exclude_ledger=False, shared_facts=True)
     connection.execute(render_sql(delivery, config.dialect)).fetchall()
@@ -278,3 +286,52 @@ def test_sqlite_due_queries_read_the_pass_customers_by_index(reconciler):
     for name, plan in plans.items():
         assert "engine_customers" in plan, f"{name}: {plan}"
         assert "INDEX ix_engine_" in plan, f"{name} finds no customer's row by the pass's indexes: {plan}"
+
+
+def test_sqlite_facts_from_instant_numbers_equal_the_text_facts(tmp_path, monkeypatch):
+    """Dialect.instant_number_sql (SQLite: the julian day) changes how the per-customer facts compute, not what
+    they hold: on a real SQLite file with the cross-engine history plus instants the shop might store in other
+    text forms (a 'T' and 'Z', an offset, sub-millisecond digits that JULIANDAY rounds as STRFTIME's %f does
+    not - 59.9996 s, half a millisecond -, a julian day number, a day alone, text that is no date, NULL), the
+    order and event fact tables with and without the declaration are equal row by row, value and storage
+    class (a pass's temporary tables, at two instants)."""
+    import dataclasses
+    import sqlite3
+
+    from engine.dialects import dialect_named
+
+    url = database_url("sqlite", tmp_path)
+    db = Database(url)
+    load_shop(db, shared_history())
+    db.dispose()
+    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
+    config = load_project(copy_project(tmp_path / "project")).config
+    assert dialect_named(config.dialect).instant_number_sql
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+    odd = ["2025-01-05T10:00:00Z", "2025-01-05 11:00:00+02:00", "2025-01-05 09:59:59.9996", "2460680.25",
+           "2025-01-04", "not a date", None, "2025-01-05 09:59:59.999", "2025-01-05 10:00:00.0004",
+           "2025-01-04 08:00:00.1235", "2025-01-04 08:00:00.123456", "2025-01-04 08:00:00.12349"]
+    for n, value in enumerate(odd):  # customers 1-4 get them besides their own rows
+        connection.execute("INSERT INTO orders (order_id, customer_id, created_at, status, total) "
+                           "VALUES (?, ?, ?, 'completed', 1)", (800_000 + n, 1 + n % 4, value))
+        connection.execute("INSERT INTO events (event_id, customer_id, type, occurred_at) VALUES (?, ?, ?, ?)",
+                           (800_000 + n, 1 + n % 4, "login" if n % 3 else "page_view", value))
+    connection.commit()
+    declared = DIALECTS[config.dialect]
+
+    def facts(entity: str, now, numbers: bool) -> list[tuple]:
+        monkeypatch.setitem(DIALECTS, config.dialect, declared if numbers else dataclasses.replace(
+            declared, instant_number_sql=None))
+        table = SHARED_FACTS[entity]
+        connection.execute(f"DROP TABLE IF EXISTS temp.{table}")
+        connection.execute(render_sql(shared_facts_create(entity, config, now, [("completed",)] if entity == "orders"
+                                                          else ()), config.dialect))
+        columns = [row[1] for row in connection.execute(f"PRAGMA temp.table_info({table})")]
+        return connection.execute(f"SELECT *, {', '.join(f'TYPEOF({c})' for c in columns)} FROM temp.{table} "
+                                  "ORDER BY customer_id").fetchall()
+
+    for now in (INSTANTS["anchor"], INSTANTS["anchor"] - timedelta(days=5, hours=14)):
+        for entity in SHARED_FACTS:
+            with_numbers, as_text = facts(entity, now, True), facts(entity, now, False)
+            assert len(with_numbers) > 50
+            assert with_numbers == as_text, entity

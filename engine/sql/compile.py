@@ -85,6 +85,8 @@ SHARE_ROWS = True
 #: the pass's copy of the customers' source where Dialect.shared_customers: built once per pass, indexed
 #: on the customer id, read by the pass's due queries instead of each materialising the source
 SHARED_CUSTOMERS = {"customers": "engine_customers"}
+#: the suffix of a source column holding an instant as a number (``QueryBuilder.instant_numbers``)
+INSTANT_NUMBER_SUFFIX = "_number"
 
 #: The columns every due row starts with, in this order.
 DUE_COLUMNS = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "stopped_by")
@@ -341,6 +343,19 @@ def last_by(picked: exp.Expression, latest: exp.Expression, dialect: str) -> exp
     return _last_by_template(dialect).copy().transform(fill)
 
 
+#: the columns standing for an instant's shop value and text form in every ``Dialect.instant_number_sql``
+INSTANT_VALUE, INSTANT_TEXT = "instant_value", "instant_text"
+
+
+def instant_number(value: exp.Expression, text_: exp.Expression, dialect: str) -> exp.Expression:
+    """``Dialect.instant_number_sql`` of an instant: its shop ``value`` and its text form ``text_``."""
+    def fill(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Column) and not node.table and node.name in (INSTANT_VALUE, INSTANT_TEXT):
+            return (value if node.name == INSTANT_VALUE else text_).copy()
+        return node
+    return sqlglot.parse_one(dialect_named(dialect).instant_number_sql, read=dialect).transform(fill)
+
+
 def facts_select(builder: "QueryBuilder", entity: str, counted: Sequence[Sequence[str]] = (),
                  last_order: bool = False) -> exp.Select:
     """One row per customer with what ``entity`` says about them up to ``now``.
@@ -352,6 +367,7 @@ def facts_select(builder: "QueryBuilder", entity: str, counted: Sequence[Sequenc
     GROUP BY each, the cost of the benchmark's floor.
     """
     now = builder.ts(builder.now)
+    instant, as_text, by_now = builder.instant_numbers("orders" if entity == "orders" else "events", now)
     if entity == "orders":
         counts = [exp.alias_(exp.Sum(this=exp.Case(
             ifs=[exp.If(this=col("o", "status").isin(*[lit(s) for s in sorted(set(statuses))]), true=exp.Literal.number(1))],
@@ -362,22 +378,23 @@ def facts_select(builder: "QueryBuilder", entity: str, counted: Sequence[Sequenc
             exp.select(
                 col("o", "customer_id"),
                 exp.alias_(exp.Count(this=exp.Star()), "order_count"),
-                exp.alias_(exp.Min(this=col("o", "created_at")), "first_order_at"),
-                exp.alias_(exp.Max(this=col("o", "created_at")), "last_order_at"),
+                exp.alias_(as_text(exp.Min(this=col("o", instant("created_at")))), "first_order_at"),
+                exp.alias_(as_text(exp.Max(this=col("o", instant("created_at")))), "last_order_at"),
                 exp.alias_(exp.Sum(this=col("o", "total")), "total_spent"),
                 *last,
                 *counts,
             )
             .from_(builder.scanned("orders", "o"))
-            .where(col("o", "created_at") <= now)
+            .where(col("o", instant("created_at")) <= by_now)
             .group_by(col("o", "customer_id"))
         )
-    login_at = exp.Case(ifs=[exp.If(this=col("e", "type").eq(lit("login")), true=col("e", "occurred_at"))])
+    login_at = exp.Case(ifs=[exp.If(this=col("e", "type").eq(lit("login")), true=col("e", instant("occurred_at")))])
     return (
-        exp.select(col("e", "customer_id"), exp.alias_(exp.Max(this=col("e", "occurred_at")), "last_event_at"),
-                   exp.alias_(exp.Max(this=login_at), "last_login_at"))
+        exp.select(col("e", "customer_id"),
+                   exp.alias_(as_text(exp.Max(this=col("e", instant("occurred_at")))), "last_event_at"),
+                   exp.alias_(as_text(exp.Max(this=login_at)), "last_login_at"))
         .from_(builder.scanned("events", "e"))
-        .where(col("e", "occurred_at") <= now)
+        .where(col("e", instant("occurred_at")) <= by_now)
         .group_by(col("e", "customer_id"))
     )
 
@@ -478,6 +495,34 @@ class QueryBuilder:
         if name not in self.ctes:
             self.ctes[name] = source_select(self.config.sources[entity], self.dialect)
         return name
+
+    def instant_numbers(self, entity: str, now: exp.Expression) -> tuple[
+            Callable[[str], str], Callable[[exp.Expression], exp.Expression], exp.Expression]:
+        """For a statement aggregating ``entity``'s instants (``facts_select``), where Dialect.instant_number_sql:
+        the name of the source's column holding an instant column as that number (added to the source's CTE,
+        computed from the shop's value: no text formatted per row), the aggregate turned back into the
+        instant's text, and ``now`` as a number; elsewhere the instant column itself, the aggregate unchanged
+        and ``now``."""
+        dialect = dialect_named(self.dialect)
+        text_format = dialect.instant_text_format
+        if dialect.instant_number_sql is None or text_format is None:
+            return (lambda name: name), (lambda value: value), now
+        source = self.ctes[self.source(entity)]
+
+        def numbered(name: str) -> str:
+            number = f"{name}{INSTANT_NUMBER_SUFFIX}"
+            if number not in source.named_selects:
+                text_ = next(p.this for p in source.expressions if p.alias_or_name == name)
+                value = text_.expressions[1] if isinstance(text_, exp.Anonymous) and text_.name.upper() == "STRFTIME" \
+                    else text_  # the shop's value (source_select formats it)
+                source.select(exp.alias_(instant_number(value, text_, self.dialect), exp.to_identifier(number)),
+                              copy=False)
+            return number
+
+        def as_text(value: exp.Expression) -> exp.Expression:
+            return exp.Anonymous(this="STRFTIME", expressions=[lit(text_format), value])
+
+        return numbered, as_text, instant_number(now, now, self.dialect)
 
     def scanned(self, entity: str, alias: str) -> exp.Expression:
         """``entity``'s source as ``alias`` for a statement that scans it whole: its CTE, or where
