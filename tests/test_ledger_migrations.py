@@ -558,3 +558,25 @@ def test_a_duckdb_0009_that_fails_or_is_killed_midway_leaves_the_old_ledger(tmp_
     assert migrations.ensure(db) == ["0009"]  # and the next start upgrades it
     assert every_row(db) == rows and stored_compressions(db)["declared uncompressed"] == set(KEYS)
     db.dispose()
+
+
+def test_a_duckdb_0009_without_the_memory_it_needs_says_so_and_leaves_the_old_ledger(tmp_path):
+    """The rebuild copies the whole ledger in one transaction: under a memory_limit too small for it the start
+    fails with DuckDB's out-of-memory error and the hint to raise the limit (not the one-writer hint, which its
+    "could not allocate block" once matched), and the ledger stays at 0008 with every row."""
+    path = tmp_path / "ledger.duckdb"
+    db = Database(f"duckdb:///{path}")
+    upgrade_to(db, "0008")
+    fill_interleaved(db, 30000)
+    rows = every_row(db)
+    db.dispose()
+    limited = Database(f"duckdb:///{path}", duckdb_settings={"memory_limit": "4MB"})
+    with pytest.raises(WarehouseError) as error:
+        Ledger(limited).ensure_schema()
+    limited.dispose()
+    message = str(error.value)
+    assert "could not allocate block" in message and "raise or remove warehouse.duckdb.memory_limit" in message
+    assert "one writing process" not in message
+    db = Database(f"duckdb:///{path}")
+    assert revisions(db) == ["0008"] and every_row(db) == rows
+    db.dispose()

@@ -21,6 +21,7 @@ Must not: know the ledger's queries (ledger.py), read engine.yaml, or print.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -228,7 +229,8 @@ def _error(db: Database, what: str, exc: Exception) -> WarehouseError:
     if "readonly" in text.lower().replace("-", "") or "read-only" in text.lower() or "permission denied" in text.lower():
         return WarehouseError(f"{text}; the ledger must be writable to create or upgrade its tables: give the engine "
                               f"write access there, or point {SETTING} at a writable database")
-    if "lock" in text.lower() and db.dialect.one_writer_per_file:
+    # "lock" as a word's start: DuckDB's out-of-memory errors say "could not allocate block"
+    if re.search(r"\block", text.lower()) and db.dialect.one_writer_per_file:
         return WarehouseError(f"{text}; DuckDB allows one writing process per file: stop the other engine process, "
                               "or use PostgreSQL (or SQLite) to run replicas")
     return WarehouseError(f"{text}; check {SETTING}")
