@@ -2,9 +2,10 @@
 
 A ledger grown pass after pass holds the campaigns' rows interleaved, so on DuckDB every due query's ledger
 anti-join decodes the ``customer_id`` and ``trigger_key`` of the whole ledger (dictionary/FSST strings,
-DuckDB's default): a minute later at 1M orders, x1.20 slower with 249k interleaved rows and x1.78 with ~1M
-than with the rows grouped by campaign. Stored plain (``Dialect.uncompressed_ledger_columns``) they cost a few
-MB more per million rows and are read without decoding (benchmarks/README.md). DuckDB takes a column's
+DuckDB's default): a minute later at 1M orders, x1.20 slower with 249k rows interleaved than grouped by
+campaign, x1.78 more with ~1M interleaved rows. Stored plain (``Dialect.uncompressed_ledger_columns``) they cost
+a few MB more per million rows and are read without decoding: x0.87 and x0.75 (benchmarks/README.md). The copy
+needs memory (a 1M-row ledger: more than a 256 MB DuckDB memory_limit). DuckDB takes a column's
 compression only in CREATE TABLE, so on such a dialect the table is built again: the same columns, types,
 defaults and keys (frozen here as 0001 wrote them), every row copied, the old table dropped with its indexes,
 the new one renamed and the indexes the ledger has at 0008 built again - all in the upgrade's one transaction
