@@ -115,6 +115,13 @@ class Dialect:
     #: no query through a composite index, and updates a row whose indexed column changes as a
     #: delete and insert of the whole row, its stored content included: every outcome did (migration 0008)
     ledger_status_index: bool = True
+    #: the ledger's columns (engine_ledger's) stored without compression, and the clause that says so after a
+    #: column's type in CREATE TABLE (migration 0009 rebuilds the table with it: the database takes a column's
+    #: compression only there). A ledger grown pass after pass holds every campaign's rows interleaved, so each
+    #: due query's ledger anti-join decodes the key columns of the whole ledger (DuckDB's dictionary/FSST
+    #: strings); stored plain they are read without decoding, for a few more MB per million rows
+    uncompressed_ledger_columns: tuple[str, ...] = ()
+    uncompressed_column_clause: str | None = None
     #: the driver describes result columns by type OID (PostgreSQL), looked up in ``pg_type``
     type_codes_are_oids: bool = False
     #: one writing process per database file: a lock error means another process holds it
@@ -201,6 +208,10 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # binds_instants off: the compiled query gets its instants written in as literals, which DuckDB
             # ran 5 % faster than bound parameters (benchmarks/README.md, issue 15.3)
             array_parameters="positional", one_writer_per_file=True, ledger_status_index=False,
+            # an interleaved ledger's keys read plain: a minute later at 1M orders x0.89 (249k ledger rows) and
+            # x0.71 (~1M rows) of the compressed keys' CPU (benchmarks/README.md, issue 15)
+            uncompressed_ledger_columns=("customer_id", "trigger_key"),
+            uncompressed_column_clause="USING COMPRESSION uncompressed",
             # settled_counts "rows": DuckDB holds a CTE read twice whole in memory, so the summary form kept
             # every due row of a campaign there (+20 MB peak RSS at 254k due rows; as fast as rows within noise);
             # their columns NULL but the counted ones: the counted plan's CPU x0.90 at 1M (SQLite: x1.08, not set)

@@ -70,6 +70,7 @@ def test_every_row_has_every_capability_with_a_valid_value(row: Dialect):
     # capabilities that only make sense together
     assert row.temporary_schema is None or row.temporary_tables
     assert row.typed_columns or row.instant_text_format is not None
+    assert bool(row.uncompressed_ledger_columns) == (row.uncompressed_column_clause is not None)
 
 
 def test_a_url_scheme_chooses_exactly_one_dialect():

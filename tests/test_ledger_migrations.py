@@ -385,3 +385,198 @@ def test_an_unreachable_ledger_is_one_error_line(tmp_path, monkeypatch):
         assert result.returncode == 1 and result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
         assert "secret" not in result.stderr and "Traceback" not in result.stderr
         assert "warehouse.url" in result.stderr
+
+
+# --- revision 0009: the ledger's keys stored uncompressed where the dialect says so (DuckDB) ---------------------
+
+KEYS = ("customer_id", "trigger_key")
+
+
+def upgrade_to(db: Database, target: str) -> None:
+    """Bring ``db`` to ``target`` only, as an engine whose head it was did (one transaction)."""
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+
+    script = migrations._script()
+    with db.engine.connect() as conn:
+        conn.begin()
+        context = MigrationContext.configure(conn, opts={
+            "version_table": migrations.VERSION_TABLE, "fn": lambda rev, _context: script._upgrade_revs(target, rev)})
+        with Operations.context(context):
+            context.run_migrations()
+        conn.commit()
+
+
+def fill_interleaved(db: Database, rows: int = 6000) -> None:
+    """``rows`` ledger rows of 4 campaigns interleaved (as passes leave them), every column set, beside ROWS."""
+    fill(db)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(f"""
+            INSERT INTO engine_ledger SELECT
+                'c' || (i % 4) || ':s:' || (i % 997) || ':' || i, 'c' || (i % 4), 's', CAST(i % 997 AS VARCHAR),
+                'order-' || i, CASE WHEN i % 3 = 0 THEN 'b' END, 'email', CASE WHEN i % 5 = 0 THEN 'skipped' ELSE 'sent' END,
+                CASE WHEN i % 5 = 0 THEN 'stale' END, CASE WHEN i % 7 = 0 THEN 'detail ' || i END,
+                TIMESTAMP '2025-01-01 08:00:00' + INTERVAL (i) SECOND, TIMESTAMP '2025-01-02 08:00:00.123456',
+                TIMESTAMP '2025-01-03 08:00:00', TIMESTAMP '2025-01-04 08:00:00' + INTERVAL (i) MICROSECOND,
+                CASE WHEN i % 2 = 0 THEN '{{"subject": "é ' || i || '"}}' END, i % 4,
+                CASE WHEN i % 11 = 0 THEN TIMESTAMP '2025-01-05 08:00:00' END
+            FROM range({rows}) AS r(i)""")
+
+
+def every_row(db: Database) -> list[tuple]:
+    with db.engine.connect() as conn:
+        return [tuple(row) for row in conn.exec_driver_sql("SELECT * FROM engine_ledger ORDER BY message_key")]
+
+
+def duckdb_catalog(db: Database) -> dict:
+    """The ledger's columns (type, default, nullability), constraints and indexes as DuckDB's catalog has them."""
+    with db.engine.connect() as conn:
+        def rows(sql: str) -> list[tuple]:
+            return sorted(tuple(map(str, row)) for row in conn.exec_driver_sql(sql))
+        return {
+            "columns": rows("SELECT column_index, column_name, data_type, column_default, is_nullable "
+                            "FROM duckdb_columns() WHERE table_name = 'engine_ledger'"),
+            "constraints": rows("SELECT constraint_type, constraint_text, constraint_column_names "
+                                "FROM duckdb_constraints() WHERE table_name = 'engine_ledger'"),
+            "indexes": rows("SELECT index_name, is_unique, sql FROM duckdb_indexes() WHERE table_name = 'engine_ledger'"),
+        }
+
+
+def stored_compressions(db: Database) -> dict[str, set[str]]:
+    """Per ledger column, the compressions of its stored string segments (after a checkpoint), and in the
+    catalog's DDL whether the column is declared uncompressed."""
+    with db.engine.connect() as conn:
+        conn.exec_driver_sql("CHECKPOINT")
+        found: dict[str, set[str]] = {}
+        for column, compression in conn.exec_driver_sql(
+                "SELECT column_name, compression FROM pragma_storage_info('engine_ledger') "
+                "WHERE segment_type = 'VARCHAR'"):
+            found.setdefault(column, set()).add(compression)
+        ddl = conn.exec_driver_sql("SELECT sql FROM duckdb_tables() WHERE table_name = 'engine_ledger'").scalar()
+    declared = {column for column in found if f"{column} VARCHAR USING COMPRESSION Uncompressed" in ddl}
+    return {**found, "declared uncompressed": declared}
+
+
+def test_duckdb_0009_stores_the_ledger_keys_uncompressed_keeping_every_row_and_index(tmp_path):
+    """A ledger at 0008 (as the engine before this revision left it) with interleaved campaigns: 0009 keeps every
+    row value for value, every column's type, default and nullability, the keys and the index, and stores
+    customer_id and trigger_key uncompressed (declared in the catalog and so written); other columns as before."""
+    db = Database(f"duckdb:///{tmp_path / 'ledger.duckdb'}")
+    upgrade_to(db, "0008")
+    fill_interleaved(db)
+    rows, catalog = every_row(db), duckdb_catalog(db)
+    before = stored_compressions(db)
+    assert before["declared uncompressed"] == set() and all(before[key] != {"Uncompressed"} for key in KEYS)
+
+    assert migrations.ensure(db) == ["0009"]
+    assert revisions(db) == ["0009"]
+    assert every_row(db) == rows and len(rows) == 6000 + len(ROWS["engine_ledger"])
+    assert duckdb_catalog(db) == catalog
+    after = stored_compressions(db)
+    assert after["declared uncompressed"] == set(KEYS)
+    assert all(after[key] == {"Uncompressed"} for key in KEYS)
+    assert after["campaign"] == before["campaign"] != {"Uncompressed"}  # only the keys changed
+    # the upgraded ledger serves the engine: its keys still refuse a second claim of an identity
+    ledger = Ledger(db)
+    assert ledger.get("welcome:hello:3:3")["status"] == "sent"
+    assert ledger.existing_keys(["c1:s:1:1", "nope"]) == {"c1:s:1:1"}
+    with pytest.raises(sa.exc.IntegrityError):
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO engine_ledger SELECT * REPLACE ('other' AS message_key) "
+                                 "FROM engine_ledger WHERE message_key = 'c1:s:1:1'")
+    with pytest.raises(sa.exc.IntegrityError):
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO engine_ledger SELECT * REPLACE ('x' AS trigger_key) "
+                                 "FROM engine_ledger WHERE message_key = 'c1:s:1:1'")
+    assert every_row(db) == rows
+    db.dispose()
+
+
+def test_a_new_duckdb_ledger_stores_its_keys_uncompressed(tmp_path):
+    db = Database(f"duckdb:///{tmp_path / 'ledger.duckdb'}")
+    assert migrations.ensure(db)[-1] == "0009"
+    fill_interleaved(db)
+    stored = stored_compressions(db)
+    assert stored["declared uncompressed"] == set(KEYS)
+    assert all(stored[key] == {"Uncompressed"} for key in KEYS) and stored["campaign"] != {"Uncompressed"}
+    db.dispose()
+
+
+def test_0009_changes_nothing_on_sqlite_and_postgresql(url):
+    if url.startswith("duckdb"):
+        pytest.skip("DuckDB's rebuild: the tests above")
+    db = Database(url)
+    upgrade_to(db, "0008")
+    fill(db)
+    shape, before = schema(db), contents(db)
+    assert migrations.ensure(db) == ["0009"]
+    assert (schema(db), contents(db)) == (shape, before)
+    db.dispose()
+
+
+CRASHER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from engine.state import migrations
+    from engine.state.warehouse import Database
+    migrations.ensure(Database(sys.argv[1]), [Path(sys.argv[2])])
+""")
+
+
+@pytest.mark.parametrize("ending", ["error", "kill"])
+def test_a_duckdb_0009_that_fails_or_is_killed_midway_leaves_the_old_ledger(tmp_path, ending):
+    """0009 runs in the upgrade's one transaction: a failure after its rebuild (a later revision failing in the
+    same upgrade), or the process killed there, leaves the ledger at 0008 with every row, compressed keys."""
+    marker = tmp_path / "rebuilt"
+    body = (f'op.execute("INSERT INTO no_such_table VALUES (1)")\n' if ending == "error" else
+            f'import time, pathlib\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(120)\n')
+    ran = "SELECT sql FROM duckdb_tables() WHERE table_name = 'engine_ledger'"
+    extra = _extra_revisions(tmp_path / "versions", f"assert op.get_bind().exec_driver_sql({ran!r}).scalar()"
+                                                    f".count('USING COMPRESSION') == 2  # 0009 ran before\n" + body)
+    url = f"duckdb:///{tmp_path / 'ledger.duckdb'}"
+    db = Database(url)
+    upgrade_to(db, "0008")
+    fill_interleaved(db)
+    rows, catalog = every_row(db), duckdb_catalog(db)
+    db.dispose()
+    if ending == "error":
+        with pytest.raises(WarehouseError, match="migration to revision 9001 failed"):
+            migrations.ensure(Database(url), [extra])
+    else:
+        process = subprocess.Popen([sys.executable, "-c", CRASHER, url, str(extra)],
+                                   env={**os.environ, "PYTHONPATH": str(REPO)})
+        deadline = time.monotonic() + 120
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the upgrade never reached the revision after 0009"
+        process.kill()
+        process.wait()
+    db = Database(url)
+    assert revisions(db) == ["0008"]
+    assert every_row(db) == rows and duckdb_catalog(db) == catalog
+    assert stored_compressions(db)["declared uncompressed"] == set()
+    assert migrations.ensure(db) == ["0009"]  # and the next start upgrades it
+    assert every_row(db) == rows and stored_compressions(db)["declared uncompressed"] == set(KEYS)
+    db.dispose()
+
+
+def test_a_duckdb_0009_without_the_memory_it_needs_says_so_and_leaves_the_old_ledger(tmp_path):
+    """The rebuild copies the whole ledger in one transaction: under a memory_limit too small for it the start
+    fails with DuckDB's out-of-memory error and the hint to raise the limit (not the one-writer hint, which its
+    "could not allocate block" once matched), and the ledger stays at 0008 with every row."""
+    path = tmp_path / "ledger.duckdb"
+    db = Database(f"duckdb:///{path}")
+    upgrade_to(db, "0008")
+    fill_interleaved(db, 30000)
+    rows = every_row(db)
+    db.dispose()
+    limited = Database(f"duckdb:///{path}", duckdb_settings={"memory_limit": "4MB"})
+    with pytest.raises(WarehouseError) as error:
+        Ledger(limited).ensure_schema()
+    limited.dispose()
+    message = str(error.value)
+    assert "could not allocate block" in message and "raise or remove warehouse.duckdb.memory_limit" in message
+    assert "one writing process" not in message
+    db = Database(f"duckdb:///{path}")
+    assert revisions(db) == ["0008"] and every_row(db) == rows
+    db.dispose()

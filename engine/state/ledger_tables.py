@@ -21,6 +21,7 @@ ledger_table = sa.Table(
     sa.Column("message_key", sa.String(400), primary_key=True),
     sa.Column("campaign", sa.String(64), nullable=False),
     sa.Column("step", sa.String(64), nullable=False),
+    # customer_id and trigger_key: stored uncompressed where Dialect.uncompressed_ledger_columns says so (0009)
     sa.Column("customer_id", sa.String(128), nullable=False),
     sa.Column("trigger_key", sa.String(128), nullable=False),
     sa.Column("variant", sa.String(64)),

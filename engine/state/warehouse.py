@@ -229,7 +229,7 @@ class Database:
         if reason == "timeout":
             detail = (f"stopped after warehouse.statement_timeout ({self.statement_timeout:g} s): {detail}; raise "
                       "warehouse.statement_timeout in engine.yaml or make the query cheaper (engine explain shows it)")
-        elif self.dialect.settings_section and "Out of Memory" in detail:
+        elif self.dialect.settings_section and ("Out of Memory" in detail or "could not allocate block" in detail):
             detail += (f"; raise or remove warehouse.{self.dialect.settings_section}.memory_limit in engine.yaml, "
                        "or free memory on the host")
         self.failures[reason] += 1

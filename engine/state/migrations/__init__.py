@@ -21,6 +21,7 @@ Must not: know the ledger's queries (ledger.py), read engine.yaml, or print.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -33,7 +34,7 @@ from engine.state.warehouse import Database
 VERSION_TABLE = "engine_schema_version"
 #: The newest revision in versions/ (tests/test_ledger_migrations.py checks it against alembic's head),
 #: known without importing alembic so the start-up check at head stays one query.
-HEAD = "0008"
+HEAD = "0009"
 #: Revision 0001's tables and columns: what a ledger of the release before versioned migrations holds.
 BASELINE = "0001"
 BASELINE_TABLES = {
@@ -228,7 +229,8 @@ def _error(db: Database, what: str, exc: Exception) -> WarehouseError:
     if "readonly" in text.lower().replace("-", "") or "read-only" in text.lower() or "permission denied" in text.lower():
         return WarehouseError(f"{text}; the ledger must be writable to create or upgrade its tables: give the engine "
                               f"write access there, or point {SETTING} at a writable database")
-    if "lock" in text.lower() and db.dialect.one_writer_per_file:
+    # "lock" as a word's start: DuckDB's out-of-memory errors say "could not allocate block"
+    if re.search(r"\block", text.lower()) and db.dialect.one_writer_per_file:
         return WarehouseError(f"{text}; DuckDB allows one writing process per file: stop the other engine process, "
                               "or use PostgreSQL (or SQLite) to run replicas")
     return WarehouseError(f"{text}; check {SETTING}")
