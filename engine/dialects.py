@@ -190,7 +190,9 @@ class Dialect:
     #: does and that the text form's STRFTIME turns back into exactly that text, as SQL in this dialect that
     #: sql.compile parses and fills in (``instant_value``: the shop's value, ``instant_text``: its text form).
     #: A per-customer fact table (``sql.compile.facts_select``) then filters and aggregates these numbers per
-    #: row and formats its results once per customer; None: it formats every row's instant
+    #: row and formats its results once per customer, and the whole scans of the orders (an order date
+    #: trigger's instances, the shared order rows) filter and order on them and format only the rows they
+    #: keep; None: they format every row's instant
     instant_number_sql: str | None = None
 
 
@@ -271,7 +273,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # later 5.58 -> 5.09 s, cold 7.51 -> 6.75 s. JULIANDAY rounds a value's sub-millisecond digits as
             # STRFTIME's %f does not (59.9996 s: the next second, %f's 59.999), so a value with a 4th decimal of
             # 4-9 is numbered from its text form: on 100,000 random instants of every form SQLite reads each
-            # number's text equals the value's and they order as the texts (benchmarks/README.md, issue 15)
+            # number's text equals the value's and they order as the texts (benchmarks/README.md, issue 15).
+            # Delivery's order dates and the shared order rows' window compared as numbers too (only the kept
+            # rows formatted): at 1M orders delivery 1.25 -> 0.62 s, the order rows 1.08 -> 0.85 s CPU
             instant_number_sql="CASE WHEN instant_value GLOB '*.[0-9][0-9][0-9][4-9]*' THEN JULIANDAY(instant_text) "
                                "ELSE JULIANDAY(instant_value) END"),
     Dialect("postgres", tokenizer_keywords=frozenset((

@@ -356,6 +356,23 @@ def instant_number(value: exp.Expression, text_: exp.Expression, dialect: str) -
     return sqlglot.parse_one(dialect_named(dialect).instant_number_sql, read=dialect).transform(fill)
 
 
+_COMPARISONS = (exp.LTE, exp.GTE, exp.LT, exp.GT, exp.EQ)
+
+
+def numbered_comparisons(conditions: Sequence[exp.Expression], column: exp.Column, number: exp.Column,
+                         dialect: str) -> list[exp.Expression] | None:
+    """``conditions`` comparing the instant ``column`` with instants, written on its number ``number``
+    (``QueryBuilder.instant_numbers``) and each compared instant's ``instant_number``: the same rows, since the
+    numbers order as the texts do. None when a condition reads ``column`` otherwise (it stays on the text)."""
+    def on_number(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, _COMPARISONS) and node.this == column and not node.expression.find(exp.Column):
+            bound = node.expression
+            return type(node)(this=number.copy(), expression=instant_number(bound, bound, dialect))
+        return node
+    numbered = [condition.transform(on_number) for condition in conditions]
+    return None if any(c == column for condition in numbered for c in condition.find_all(exp.Column)) else numbered
+
+
 def facts_select(builder: "QueryBuilder", entity: str, counted: Sequence[Sequence[str]] = (),
                  last_order: bool = False) -> exp.Select:
     """One row per customer with what ``entity`` says about them up to ``now``.
@@ -498,7 +515,8 @@ class QueryBuilder:
 
     def instant_numbers(self, entity: str, now: exp.Expression) -> tuple[
             Callable[[str], str], Callable[[exp.Expression], exp.Expression], exp.Expression]:
-        """For a statement aggregating ``entity``'s instants (``facts_select``), where Dialect.instant_number_sql:
+        """For a statement aggregating ``entity``'s instants (``facts_select``) or filtering a whole scan of it on
+        them (an order date trigger's instances, the shared order rows), where Dialect.instant_number_sql:
         the name of the source's column holding an instant column as that number (added to the source's CTE,
         computed from the shop's value: no text formatted per row), the aggregate turned back into the
         instant's text, and ``now`` as a number; elsewhere the instant column itself, the aggregate unchanged

@@ -15,7 +15,9 @@ from sqlglot import exp
 from engine.clock import parse_stored_date
 from engine.decide import due_time, local_midnight
 from engine.model import Campaign, ProjectConfig, Step, Trigger
-from engine.sql.compile import LOCAL_DAY_EARLIER, LOCAL_DAY_LATER, QueryBuilder, StepWindow, col, text
+from engine.sql.compile import (
+    LOCAL_DAY_EARLIER, LOCAL_DAY_LATER, QueryBuilder, StepWindow, col, numbered_comparisons, text,
+)
 from engine.sql.triggers.base import CampaignFile, TemplateRecord, TriggerKind
 
 
@@ -49,12 +51,24 @@ class OrderDateKind(TriggerKind):
         """The orders with the date; in a due query only those whose date lies in a step's window
         (``within_windows``): the instances are not every order with a date, materialised at every pass."""
         column = campaign.trigger.column
-        conditions = [col("o", column).is_(exp.null()).not_(), col("o", "created_at") <= builder.ts(builder.now)]
+        scan = builder.scanned("orders", "o")
+        now = builder.ts(builder.now)  # one placeholder of a compiled query, in the text or in its number
+        instant, as_text, by_now = builder.instant_numbers("orders", now)
+        windows = self.within_windows(builder, col("o", column))
+        numbered = numbered_comparisons(windows, col("o", column), col("o", instant(column)), builder.dialect) \
+            if instant(column) != column else None
+        if numbered is not None:  # compared as numbers, only the kept dates formatted (Dialect.instant_number_sql)
+            trigger_at = as_text(col("o", instant(column)))
+            conditions = [col("o", instant(column)).is_(exp.null()).not_(), col("o", instant("created_at")) <= by_now,
+                          *numbered]
+        else:
+            trigger_at = col("o", column)
+            conditions = [col("o", column).is_(exp.null()).not_(), col("o", "created_at") <= now, *windows]
         return (
             exp.select(col("o", "customer_id"), exp.alias_(text(col("o", "order_id")), "trigger_key"),
-                       exp.alias_(col("o", column), "trigger_at"))
-            .from_(builder.scanned("orders", "o"))
-            .where(*conditions, *self.within_windows(builder, col("o", column)))
+                       exp.alias_(trigger_at, "trigger_at"))
+            .from_(scan)
+            .where(*conditions)
         )
 
     def window(self, builder: QueryBuilder, window: StepWindow) -> list[exp.Expression]:

@@ -24,7 +24,7 @@ from datetime import datetime
 from sqlglot import exp
 
 from engine.model import Campaign, ProjectConfig, Trigger
-from engine.sql.compile import QueryBuilder, col, counted_column, earliest_start, lit, text
+from engine.sql.compile import QueryBuilder, col, counted_column, earliest_start, lit, numbered_comparisons, text
 from engine.sql.instants import derive
 from engine.sql.triggers.base import CampaignFile, TemplateRecord, TriggerKind
 
@@ -129,9 +129,15 @@ class OrderPlacedKind(TriggerKind):
         start = derive(builder.now, lambda now: earliest_start(steps, now, horizon))
         statuses = sorted({s for s in (self.counted_statuses(c) for c in campaigns) if s is not None})
         partition = [col("n", "customer_id")]
+        scan = builder.scanned("orders", "n")
+        # where Dialect.instant_number_sql the window and the ordering read each order's instant as its number,
+        # and only the window's orders have it formatted (the numbers order as the texts do, ties included)
+        now = builder.ts(builder.now)  # one placeholder of a compiled query (``numbered_comparisons`` copies it)
+        instant, as_text, _ = builder.instant_numbers("orders", now)
+        created = col("n", instant("created_at"))
 
         def order() -> exp.Order:
-            return exp.Order(expressions=[exp.Ordered(this=col("n", "created_at")), exp.Ordered(this=col("n", "order_id"))])
+            return exp.Order(expressions=[exp.Ordered(this=created.copy()), exp.Ordered(this=col("n", "order_id"))])
 
         def after(counted: exp.Expression, current: exp.Expression) -> exp.Expression:
             """``counted`` orders of the customer's window ranked after this one: those from this one on
@@ -145,9 +151,12 @@ class OrderPlacedKind(TriggerKind):
 
         one = exp.Literal.number(1)
         projections = [
-            col("n", "customer_id"), col("n", "order_id"), col("n", "created_at"), col("n", "status"),
-            exp.alias_(exp.Window(this=exp.Lead(this=col("n", "created_at")), partition_by=[p.copy() for p in partition],
-                                  order=order()), "next_order_at"),
+            col("n", "customer_id"), col("n", "order_id"),
+            col("n", "created_at") if created.name == "created_at"
+            else exp.alias_(as_text(created.copy()), "created_at"),
+            col("n", "status"),
+            exp.alias_(as_text(exp.Window(this=exp.Lead(this=created.copy()),
+                                          partition_by=[p.copy() for p in partition], order=order())), "next_order_at"),
             exp.alias_(exp.Sub(this=col("f", "order_count"),
                                expression=after(exp.Count(this=exp.Star()), exp.Literal.number(1))), "nth"),
         ]
@@ -158,11 +167,14 @@ class OrderPlacedKind(TriggerKind):
                                                   expression=after(exp.Sum(this=matches), matches.copy())),
                                           ranked_column(counted)))
         facts = builder.customer_facts()
+        window = [col("n", "created_at") <= now, col("n", "created_at") >= builder.ts(start)]
+        if created.name != "created_at":
+            window = numbered_comparisons(window, col("n", "created_at"), created, builder.dialect) or window
         return (
             exp.select(*projections)
-            .from_(builder.scanned("orders", "n"))
+            .from_(scan)
             .join(exp.to_table(facts).as_("f"), on=col("f", "customer_id").eq(col("n", "customer_id")))
-            .where(col("n", "created_at") <= builder.ts(builder.now), col("n", "created_at") >= builder.ts(start))
+            .where(*window)
         )
 
 
