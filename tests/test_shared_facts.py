@@ -38,14 +38,19 @@ def _rows(stream) -> list[tuple]:
     return sorted((tuple(str(value) for value in row) for rows in stream for row in rows), key=str)
 
 
-@pytest.fixture
-def reconciler(backend, tmp_path, monkeypatch):
+def _shop_project(backend, tmp_path, monkeypatch):
+    """A real ``backend`` shop holding the cross-engine history, and the shipped project pointed at it: (url, project)."""
     url = database_url(backend, tmp_path)
     db = Database(url)
     load_shop(db, shared_history())
     db.dispose()
     monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
-    reconciler = Reconciler(load_project(copy_project(tmp_path / "project")))
+    return url, load_project(copy_project(tmp_path / "project"))
+
+
+@pytest.fixture
+def reconciler(backend, tmp_path, monkeypatch):
+    reconciler = Reconciler(_shop_project(backend, tmp_path, monkeypatch)[1])
     yield reconciler
     reconciler.close()
 
@@ -174,12 +179,7 @@ def test_a_whole_scan_converts_each_rows_instant_once_on_sqlite(tmp_path, monkey
     from engine.dialects import dialect_named
     from engine.sql.due import shared_table_create
 
-    url = database_url("sqlite", tmp_path)
-    db = Database(url)
-    load_shop(db, shared_history())
-    db.dispose()
-    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
-    project = load_project(copy_project(tmp_path / "project"))
+    url, project = _shop_project("sqlite", tmp_path, monkeypatch)
     config, now = project.config, INSTANTS["anchor"]
     assert dialect_named(config.dialect).unflattened_scans
     connection = sqlite3.connect(url.removeprefix("sqlite:///"))
@@ -305,12 +305,8 @@ def test_sqlite_facts_from_instant_numbers_equal_the_text_facts(tmp_path, monkey
 
     from engine.dialects import dialect_named
 
-    url = database_url("sqlite", tmp_path)
-    db = Database(url)
-    load_shop(db, shared_history())
-    db.dispose()
-    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
-    config = load_project(copy_project(tmp_path / "project")).config
+    url, project = _shop_project("sqlite", tmp_path, monkeypatch)
+    config = project.config
     assert dialect_named(config.dialect).instant_number_sql
     connection = sqlite3.connect(url.removeprefix("sqlite:///"))
     odd = ["2025-01-05T10:00:00Z", "2025-01-05 11:00:00+02:00", "2025-01-05 09:59:59.9996", "2460680.25",
@@ -361,12 +357,7 @@ def test_sqlite_order_rows_and_delivery_instances_from_instant_numbers_equal_the
     from engine.sql.due import shared_table_create
     from sqlglot import exp
 
-    url = database_url("sqlite", tmp_path)
-    db = Database(url)
-    load_shop(db, shared_history())
-    db.dispose()
-    monkeypatch.setenv("ENGINE_WAREHOUSE_URL", url)
-    project = load_project(copy_project(tmp_path / "project"))
+    url, project = _shop_project("sqlite", tmp_path, monkeypatch)
     config = project.config
     assert dialect_named(config.dialect).instant_number_sql
     campaigns = [c for c in project.campaigns if c.enabled]
