@@ -187,7 +187,9 @@ def _outcomes(session: ChannelSession, messages: list[OutgoingMessage]) -> Itera
     sent = 0
     while sent < len(messages):
         rest = messages[sent:]
-        outcomes = session.send_group(rest) if hasattr(session, "send_group") else (session.send(m) for m in rest)
+        # a group of one is sent as it is: chaining needs a next message (and ``send`` costs less)
+        chained = len(rest) > 1 and hasattr(session, "send_group")
+        outcomes = session.send_group(rest) if chained else (session.send(m) for m in rest)
         try:
             for outcome in outcomes:
                 sent += 1
