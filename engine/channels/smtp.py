@@ -227,15 +227,17 @@ class SmtpChannel:
         still has a reply to read."""
         pending = collections.deque(messages)
         while pending:
-            if self.pipelining and _chained_envelope(pending[0]) is not None:
-                chained = yield from self._chain(pending)
+            envelope = _chained_envelope(pending[0]) if self.pipelining else None
+            if envelope is not None:
+                chained = yield from self._chain(pending, envelope)
                 if chained:
                     continue
             yield self.send(pending.popleft())
 
-    def _chain(self, pending: collections.deque) -> Iterator[Outcome]:
-        """Send ``pending``'s messages from its first, chained on one connection, taking each off as its
-        outcome is given; stops at a message it cannot chain or when the connection is dropped. Returns
+    def _chain(self, pending: collections.deque, envelope: bytes | None) -> Iterator[Outcome]:
+        """Send ``pending``'s messages from its first (``envelope``: its ``_chained_envelope``), chained on one
+        connection, taking each off as its outcome is given; stops at a message it cannot chain or when the
+        connection is dropped. Each message's envelope is made once. Returns
         False when the connection does not pipeline (nothing sent: the caller sends the first through
         ``send``)."""
         smtp = self._borrow()
@@ -254,9 +256,10 @@ class SmtpChannel:
             written = False  # pending[0]'s MAIL, RCPT and DATA went out with the content before it
             while pending:
                 message = pending[0]
-                envelope = _chained_envelope(message)
-                if envelope is None:  # never after a written envelope: only a chainable message is written
-                    return True
+                if not written:  # else its envelope went out with the content before it
+                    envelope = envelope if envelope is not None else _chained_envelope(message)
+                    if envelope is None:
+                        return True
                 clean = False
                 try:
                     failed = self._open_data(smtp, None if written else envelope)
@@ -270,7 +273,7 @@ class SmtpChannel:
                         outcome, smtp = self._once_more(message)
                         yield outcome
                     return True
-                written, reused = False, True
+                written, reused, envelope = False, True, None
                 if failed is not None:  # refused: the transaction was reset or the connection closed
                     clean = True
                     pending.popleft()
