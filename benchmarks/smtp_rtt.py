@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
-import socket
 import statistics
 import sys
 import time
@@ -26,35 +24,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from checkouts import engine_checkout, run_child  # noqa: E402
+from smtp_sink import ChildServer, SinkProcess  # noqa: E402
 
 
-class LatencyProxy:
+class LatencyProxy(ChildServer):
     """A TCP proxy on a free loopback port to ``port``, each chunk held ``delay`` seconds each way."""
 
     def __init__(self, port: int, delay: float):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        context = multiprocessing.get_context("spawn")
-        ready = context.Event()
-        self._process = context.Process(target=_serve, args=(self.port, port, delay, ready), daemon=True)
-        self._process.start()
-        if not ready.wait(30):
-            self.stop()
-            raise SystemExit("the latency proxy did not start")
-
-    def stop(self) -> None:
-        self._process.terminate()
-        self._process.join(10)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
+        super().__init__(_serve, (port, delay), "the latency proxy")
 
 
-def _serve(listen: int, target: int, delay: float, ready) -> None:
+def _serve(listen: int, ready, target: int, delay: float) -> None:
     async def pump(reader, writer):
         held: asyncio.Queue = asyncio.Queue()
 
@@ -127,8 +107,6 @@ def main() -> None:
         return
     if not args.checkouts or args.delay_ms < 0 or args.count < 1 or args.rounds < 1:
         parser.error("name one or two checkouts; --delay-ms >= 0, --count and --rounds >= 1")
-    from smtp_sink import SinkProcess
-
     rates: dict[Path, list[float]] = {checkout: [] for checkout in args.checkouts}
     with SinkProcess("fast") as sink, LatencyProxy(sink.port, args.delay_ms / 1000) as proxy:
         for round_ in range(args.rounds):

@@ -96,23 +96,42 @@ def _serve_aiosmtpd(port: int, ready, received) -> None:
     threading.Event().wait()  # until terminated
 
 
-class SinkProcess:
-    """A sink (``fast`` or ``aiosmtpd``) on a free loopback port, in a child process."""
+class ChildServer:
+    """A server on a free loopback port in a spawned child process, ``target(port, ready, *args)``, which sets
+    ``ready`` once it listens; ``what`` names it when it does not start (the SMTP sinks, smtp_rtt's proxy)."""
 
-    def __init__(self, kind: str = "fast"):
+    def __init__(self, target, args: tuple, what: str):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        self.kind = kind
         context = multiprocessing.get_context("spawn")
-        self._ready, self._received = context.Event(), context.Value("q", 0, lock=False)
-        target = _serve_fast if kind == "fast" else _serve_aiosmtpd
-        self._process = context.Process(target=target, args=(self.port, self._ready, self._received), daemon=True)
+        ready = context.Event()
+        self._process = context.Process(target=target, args=(self.port, ready, *args), daemon=True)
         self._process.start()
-        if not self._ready.wait(60):
+        if not ready.wait(60):
             self.stop()
-            raise SystemExit(f"the {kind} SMTP sink did not start" + (" (is aiosmtpd installed? pip install -e '.[test]')"
-                                                                      if kind == "aiosmtpd" else ""))
+            raise SystemExit(f"{what} did not start")
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.join(10)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class SinkProcess(ChildServer):
+    """A sink (``fast`` or ``aiosmtpd``) on a free loopback port, in a child process."""
+
+    def __init__(self, kind: str = "fast"):
+        self.kind = kind
+        self._received = multiprocessing.get_context("spawn").Value("q", 0, lock=False)
+        super().__init__(_serve_fast if kind == "fast" else _serve_aiosmtpd, (self._received,),
+                         f"the {kind} SMTP sink" + (" (is aiosmtpd installed? pip install -e '.[test]')"
+                                                    if kind == "aiosmtpd" else ""))
 
     def received(self) -> int:
         return self._received.value
@@ -126,16 +145,6 @@ class SinkProcess:
         except OSError:
             return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        self._process.terminate()
-        self._process.join(10)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def ceiling(port: int, message: bytes, count: int, connections: int, pipelined: bool = False) -> float:
