@@ -174,6 +174,11 @@ class Dialect:
     #: (``last_order_id``, the at_risk trigger's key) from their one scan of the orders. None: the key is found
     #: by joining the members' last orders (a second scan of the orders)
     last_by_sql: str | None = None
+    #: ``last_by_sql`` for the incremental pass's kept order facts only (sql.kept_facts), where the aggregate is
+    #: computed when the table is built and for the customers a refresh recomputes, not over every order at
+    #: every pass: the kept facts then carry ``last_order_id`` and the at_risk members' join of the orders goes.
+    #: None: ``last_by_sql`` (kept facts without it where that is None too)
+    kept_last_by_sql: str | None = None
     #: a source read whole by a scan (the order and event facts and the shared order rows and event days a pass
     #: creates, an order date trigger's instances, the incremental pass's scan of the change column) is read
     #: through a subquery ``LIMIT -1`` (no limit) that the planner cannot flatten into its reader: SQLite then evaluates it once per row as a co-routine, and each
@@ -232,7 +237,12 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             driver_stream="duckdb_engine",
             # one scan of the ledger per campaign: a minute later at 1M orders, order-follow-up's due query (3 steps)
             # 0.069 -> 0.052 s CPU, welcome-series' 0.029 -> 0.019 (benchmarks/README.md, issue 15)
-            campaign_ledger_cte=True),
+            campaign_ledger_cte=True,
+            # a tuple per order (ARG_MAX_NULL: a NULL id at the last instant is the answer, as the join's MAX of
+            # none): in the pass's GROUP BY x1.14 of a minute-later plan at 1M (not declared as last_by_sql); in
+            # the kept facts paid only at their build and for the touched customers, re-engage's members' join of
+            # 743k orders gone: a minute later with the change column at 1M x0.96 (benchmarks/README.md, issue 15)
+            kept_last_by_sql="ARG_MAX_NULL(picked, CASE WHEN NOT latest IS NULL THEN (latest, NOT picked IS NULL, picked) END)"),
     Dialect("sqlite", tokenizer_keywords=frozenset((
                 "ATTACH DETACH MATCH REINDEX").split()),
             url_schemes=("sqlite",), instant_text_format="%Y-%m-%d %H:%M:%f", typed_columns=False,

@@ -322,25 +322,32 @@ LAST_BY_PICKED, LAST_BY_LATEST = "picked", "latest"
 LAST_ORDER_ID = "last_order_id"
 
 
-def last_order_in_facts(dialect: str) -> bool:
+def _last_by_sql(dialect: str, kept: bool) -> str | None:
+    found = dialect_named(dialect)
+    return (found.kept_last_by_sql or found.last_by_sql) if kept else found.last_by_sql
+
+
+def last_order_in_facts(dialect: str, kept: bool = False) -> bool:
     """Whether ``dialect``'s order facts carry ``LAST_ORDER_ID``: the id of the customer's last order
-    by ``now`` (of those at its instant, the greatest id), as the at_risk trigger keys an entry."""
-    return LAST_ORDER_IN_FACTS and dialect_named(dialect).last_by_sql is not None
+    by ``now`` (of those at its instant, the greatest id), as the at_risk trigger keys an entry.
+    ``kept``: the incremental pass's kept order facts (``Dialect.kept_last_by_sql``), not the pass's."""
+    return LAST_ORDER_IN_FACTS and _last_by_sql(dialect, kept) is not None
 
 
 @functools.lru_cache(maxsize=None)
-def _last_by_template(dialect: str) -> exp.Expression:
-    return sqlglot.parse_one(dialect_named(dialect).last_by_sql, read=dialect)
+def _last_by_template(dialect: str, kept: bool) -> exp.Expression:
+    return sqlglot.parse_one(_last_by_sql(dialect, kept), read=dialect)
 
 
-def last_by(picked: exp.Expression, latest: exp.Expression, dialect: str) -> exp.Expression:
-    """The aggregate of ``Dialect.last_by_sql``: ``picked`` of the row with the greatest ``latest``
-    (ties: the greatest ``picked``; rows whose ``latest`` is NULL left out)."""
+def last_by(picked: exp.Expression, latest: exp.Expression, dialect: str, kept: bool = False) -> exp.Expression:
+    """The aggregate of ``Dialect.last_by_sql`` (``kept``: of ``kept_last_by_sql``, for the kept order facts):
+    ``picked`` of the row with the greatest ``latest`` (ties: the greatest ``picked``; rows whose ``latest``
+    is NULL left out)."""
     def fill(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.Column) and not node.table and node.name in (LAST_BY_PICKED, LAST_BY_LATEST):
             return (picked if node.name == LAST_BY_PICKED else latest).copy()
         return node
-    return _last_by_template(dialect).copy().transform(fill)
+    return _last_by_template(dialect, kept).copy().transform(fill)
 
 
 #: the columns standing for an instant's shop value and text form in every ``Dialect.instant_number_sql``
@@ -374,14 +381,15 @@ def numbered_comparisons(conditions: Sequence[exp.Expression], column: exp.Colum
 
 
 def facts_select(builder: "QueryBuilder", entity: str, counted: Sequence[Sequence[str]] = (),
-                 last_order: bool = False) -> exp.Select:
+                 last_order: bool = False, kept: bool = False) -> exp.Select:
     """One row per customer with what ``entity`` says about them up to ``now``.
 
     orders: order_count, first_order_at, last_order_at, total_spent, with ``last_order`` the last
     order's id where the dialect has the aggregate (``last_order_in_facts``), and per status set of ``counted`` the
     number of orders of those statuses (``counted_column``: what the shared order rows number an
     order of those statuses against); events: last_event_at (any type), last_login_at. A plain
-    GROUP BY each, the cost of the benchmark's floor.
+    GROUP BY each, the cost of the benchmark's floor. ``kept``: the last order's id as the kept order facts
+    find it (``last_order_in_facts(kept=True)``; what they are compared with).
     """
     now = builder.ts(builder.now)
     instant, as_text, by_now = builder.instant_numbers("orders" if entity == "orders" else "events", now)
@@ -389,8 +397,8 @@ def facts_select(builder: "QueryBuilder", entity: str, counted: Sequence[Sequenc
         counts = [exp.alias_(exp.Sum(this=exp.Case(
             ifs=[exp.If(this=col("o", "status").isin(*[lit(s) for s in sorted(set(statuses))]), true=exp.Literal.number(1))],
             default=exp.Literal.number(0))), counted_column(statuses)) for statuses in counted]
-        last = ([exp.alias_(last_by(col("o", "order_id"), col("o", "created_at"), builder.dialect), LAST_ORDER_ID)]
-                if last_order and last_order_in_facts(builder.dialect) else [])
+        last = ([exp.alias_(last_by(col("o", "order_id"), col("o", "created_at"), builder.dialect, kept), LAST_ORDER_ID)]
+                if last_order and last_order_in_facts(builder.dialect, kept) else [])
         return (
             exp.select(
                 col("o", "customer_id"),
@@ -574,8 +582,10 @@ class QueryBuilder:
         """The order facts as ``customer_facts``, with ``LAST_ORDER_ID``; None where the dialect cannot
         find it in their scan (``last_order_in_facts``). The kept facts always carry it there, the pass's
         shared table when a campaign of the pass asks (``TriggerKind.last_order_id``: this query's does),
-        this query's CTE once asked here."""
-        return self._facts("orders", last_order=True) if last_order_in_facts(self.dialect) else None
+        this query's CTE once asked here. The kept facts carry it where the dialect finds it in their
+        build (``last_order_in_facts(kept=True)``: also where the pass's cannot afford it)."""
+        kept = isinstance(self.state.get(SHARED_FACTS["orders"]), exp.Table)
+        return self._facts("orders", last_order=True) if last_order_in_facts(self.dialect, kept) else None
 
     def event_facts(self) -> str:
         """Per-customer time of the newest event as of ``now`` (for came_back)."""

@@ -18,7 +18,8 @@ patched from the delta), so a status update, a changed total or a row that arriv
 in the same facts a full computation gives. The order facts also count the orders of each status
 set the project's campaigns rank by (``counted``: ``compile.counted_column``, as the pass's
 temporary facts do) and, where the dialect finds it in the same scan, the last order's id
-(``compile.last_order_in_facts``: the at_risk trigger's key; a table kept without it has another
+(``compile.last_order_in_facts(kept=True)``, ``Dialect.kept_last_by_sql``: the at_risk trigger's key, also
+where the pass's own facts leave it out for its cost; a table kept without it has another
 ``fingerprint``, so the next pass rebuilds it whole), so the shared order rows (``compile.SHARED_ROWS``) read the kept table too
 and a pass with kept facts runs no GROUP BY of the orders; the sets are part of the
 ``fingerprint``, so a campaign that ranks by another set rebuilds the table. Beside them the shared
@@ -80,7 +81,7 @@ def fingerprint(config: ProjectConfig, entity: str, counted: Counted = (), rows:
     source = config.sources[entity]
     shape = [FACTS_VERSION, config.dialect, entity, source.table, source.query, sorted(source.columns.items()),
              [list(s) for s in _sets(entity, counted)]]
-    if entity == "orders" and last_order_in_facts(config.dialect):  # a table kept without the column is rebuilt
+    if entity == "orders" and last_order_in_facts(config.dialect, kept=True):  # a table kept without the column is rebuilt
         shape.append(LAST_ORDER_ID)
     if entity == "orders" and rows is not None:  # the kept order rows' statement (``rows_fingerprint``)
         shape.append(rows)
@@ -106,8 +107,9 @@ def _facts_columns(entity: str, row: str, facts_at: exp.Expression, dialect: str
             exp.alias_(exp.Max(this=when(settled.copy(), at.copy())), "last_order_at"),
             exp.alias_(exp.Sum(this=when(settled.copy(), col(row, "total"))), "total_spent"),
         ]
-        if last_order_in_facts(dialect):  # of the orders settled by facts_at: the others' instant NULL
-            facts.append(exp.alias_(last_by(col(row, "order_id"), when(settled.copy(), at.copy()), dialect), LAST_ORDER_ID))
+        if last_order_in_facts(dialect, kept=True):  # of the orders settled by facts_at: the others' instant NULL
+            facts.append(exp.alias_(last_by(col(row, "order_id"), when(settled.copy(), at.copy()), dialect, kept=True),
+                                    LAST_ORDER_ID))
         facts += [exp.alias_(exp.Sum(this=exp.Case(ifs=[exp.If(
             this=exp.and_(settled.copy(), col(row, "status").isin(*[lit(s) for s in statuses])),
             true=exp.Literal.number(1))], default=exp.Literal.number(0))), counted_column(statuses))
