@@ -33,7 +33,10 @@ from engine.run import plan
 from engine.sql import compile as compile_
 from engine.sql.compile import SHARED_FACTS, QueryBuilder, earliest_start, facts_select, render_sql, ts
 from engine.sql.due import counted_statuses, due_query
-from engine.sql.kept_facts import KEPT_FACTS, KEPT_ROWS, row_readers, kept_replace, kept_rows_select, touched_create
+from engine.sql import kept_facts, prepared
+from engine.sql.kept_facts import (
+    KEPT_FACTS, KEPT_ROWS, row_readers, kept_replace, kept_rows_replace, kept_rows_select, touched_create,
+)
 from engine.state.warehouse import Database
 from engine.tools.demo import load_shop
 from history import ANCHOR, INSTANTS, shared_history
@@ -388,6 +391,32 @@ def test_kept_order_facts_from_before_the_last_order_id_are_rebuilt_with_it(shop
         assert f"l.{compile_.LAST_ORDER_ID}" in sql and "src_orders" not in sql, sql
     finally:
         upgraded.close()
+
+
+@pytest.mark.parametrize("backend", ["duckdb"])  # no dialect in it: one backend is enough
+def test_the_kept_order_rows_replace_is_compiled_once(shop, monkeypatch):
+    """A refresh writes the touched customers' kept order rows with a DELETE and INSERT compiled once per
+    project version (sql.prepared), not built and rendered at every pass; the passes plan what a full pass
+    plans, and the compiled texts are those a rendering at the pass's instant gives."""
+    db, full, kept, _ = shop
+    now = INSTANTS["anchor"]
+    _due_set(kept, now)  # builds the kept tables
+    _due_set(kept, now + timedelta(minutes=1))  # the first refresh compiles
+    _due_set(full, now)  # its project version's rows fingerprint (incremental.costs) made
+    built = []
+    select = kept_facts.kept_rows_select
+    monkeypatch.setattr(kept_facts, "kept_rows_select", lambda *args, **kwargs: built.append(args) or select(*args, **kwargs))
+    for minutes in (2, 3):
+        later = now + timedelta(minutes=minutes)
+        _changes(db, random.Random(minutes), later, {"order": 5_000_000 + minutes * 1000,
+                                                     "customer": 6_000_000 + minutes * 1000, "event": 7_000_000 + minutes * 1000})
+        assert _due_set(kept, later) == _due_set(full, later)
+        assert kept.facts_costs[0].mark.customers_touched > 0  # the rows were replaced
+    assert built == []
+    for at in (later, later + timedelta(days=3, hours=5, microseconds=1500)):
+        assert prepared.kept_rows_replace_statements(kept.config, at, kept.project.campaigns) == \
+            kept_rows_replace(kept.config, at, kept.project.campaigns)
+    assert len(kept_rows_replace(kept.config, later, kept.project.campaigns)) == 2
 
 
 @pytest.mark.parametrize("backend", ["duckdb"])  # no dialect in it: one backend is enough

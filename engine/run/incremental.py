@@ -55,9 +55,10 @@ from engine.errors import WarehouseError
 from engine.model import CHANGE_COLUMN, Campaign, ProjectConfig
 from engine.sql.compile import StateRelations, instant_text, render_sql
 from engine.sql.due import counted_statuses
+from engine.sql.prepared import kept_rows_replace_statements
 from engine.sql.kept_facts import (
     KEPT_FACTS, TOUCHED, changes_select, change_expression, fingerprint, kept_create, kept_drop, kept_relations,
-    kept_replace, kept_rows_build, kept_rows_relations, kept_rows_replace, rows_fingerprint, touched_create,
+    kept_replace, kept_rows_build, kept_rows_relations, rows_fingerprint, touched_create,
     touched_summary,
 )
 from engine.state.ledger import Ledger
@@ -272,7 +273,7 @@ def _refresh(session: Session, ledger: Ledger, config: ProjectConfig, entity: st
                     session.execute_together(_locked(dialect, _statements(
                         config, "replace", entity, counted, None, now,
                         lambda _since, now_: kept_replace(config, entity, now_, counted))
-                        + (kept_rows_replace(config, now, campaigns) if rows is not None else [])))
+                        + (kept_rows_replace_statements(config, now, campaigns) if rows is not None else [])))
             finally:
                 done = drop_temporary_table(dialect_named(dialect), TOUCHED[entity], created=True)
                 if done is not None:

@@ -36,6 +36,7 @@ from engine.sql import compile
 from engine.sql.compile import SHARED_ROWS, StateRelations, instant_text, render_sql, shared_facts_used
 from engine.sql.due import counted_statuses, due_query, last_order_asked, shared_table_create
 from engine.sql.hashing import hashes_in_sql
+from engine.sql.kept_facts import kept_rows_delete, kept_rows_insert, kept_rows_replace
 from engine.sql.instants import NotParameterisable, PassInstant, Placeholders, collecting
 
 #: False: build and render every query at every pass, as before issue 15 (benchmarks/run.py's switch)
@@ -231,6 +232,30 @@ def facts_statement(entity: str, config: ProjectConfig, now: datetime, campaigns
     if prepared is None:  # pragma: no cover - the facts depend on the instant only through ts()
         return literal()
     return prepared.literal(now)
+
+
+def kept_rows_replace_statements(config: ProjectConfig, now: datetime, campaigns: Sequence[Campaign]) -> list[str]:
+    """``kept_facts.kept_rows_replace`` at ``now`` (the incremental refresh's DELETE and INSERT of the touched
+    customers' kept order rows), compiled once per project version and written with the pass's literals:
+    built and rendered at every refresh, its order rows statement cost ~10 ms of Python a minute later."""
+    def literal() -> list[str]:
+        return kept_rows_replace(config, now, campaigns)
+
+    if not COMPILE_ONCE:
+        return literal()
+    def insert(instant):
+        built = kept_rows_insert(config, instant, campaigns)
+        if built is None:  # no campaign reads the rows: nothing to compile (literal() gives none)
+            raise NotParameterisable("no kept order rows")
+        return built
+
+    texts = []
+    for shape, build in (("kept rows delete", lambda _instant: kept_rows_delete()), ("kept rows insert", insert)):
+        compiled = _cache.get((config, *campaigns), (shape, config.dialect), lambda: prepare(build, config.dialect))
+        if compiled is None:
+            return literal()
+        texts.append(compiled.literal(now).text)
+    return texts
 
 
 def _needed(create: exp.Expression, entity: str) -> tuple[str, ...]:
