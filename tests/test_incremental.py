@@ -419,6 +419,40 @@ def test_the_kept_order_rows_replace_is_compiled_once(shop, monkeypatch):
     assert len(kept_rows_replace(kept.config, later, kept.project.campaigns)) == 2
 
 
+@pytest.mark.parametrize("backend", ["duckdb", "sqlite"])
+def test_a_refresh_reads_and_writes_the_watermarks_once(shop, monkeypatch):
+    """A pass keeping both sources' facts reads their watermarks in one statement and writes both in one
+    transaction, after the kept facts; what it wrote is what the next pass reads."""
+    db, full, kept, _ = shop
+    now = INSTANTS["anchor"]
+    _due_set(kept, now)  # builds both kept tables
+    statements: list[tuple[int, str]] = []  # (the transaction it ran in, its SQL) on the ledger's engine
+    begun = [0]
+
+    def executed(_conn, _cursor, sql, *_args):
+        statements.append((begun[0], sql))
+
+    def began(_conn):
+        begun[0] += 1
+
+    ledger_engine = kept.ledger.db.engine
+    sa.event.listen(ledger_engine, "before_cursor_execute", executed)
+    sa.event.listen(ledger_engine, "begin", began)
+    try:
+        later = now + timedelta(minutes=1)
+        got = _due_set(kept, later)
+    finally:
+        sa.event.remove(ledger_engine, "before_cursor_execute", executed)
+        sa.event.remove(ledger_engine, "begin", began)
+    marked = [(begin, sql.lstrip().split()[0].upper()) for begin, sql in statements if "engine_watermarks" in sql]
+    assert [verb for _, verb in marked] == ["SELECT", "UPDATE", "UPDATE"], marked
+    assert marked[1][0] == marked[2][0]  # one transaction
+    assert got == _due_set(full, later)
+    marks = kept.ledger.watermarks(["orders", "events"])
+    assert [c.mark for c in kept.facts_costs] == [marks["orders"], marks["events"]]
+    assert all(mark.facts_at == later for mark in marks.values())
+
+
 @pytest.mark.parametrize("backend", ["duckdb"])  # no dialect in it: one backend is enough
 def test_kept_order_rows_dropped_by_hand_are_built_again(shop):
     """A kept order rows table that is gone (dropped by hand) is built again, with the facts, by the next

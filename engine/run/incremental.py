@@ -128,12 +128,15 @@ def costs(config: ProjectConfig, ledger: Ledger, now: datetime, *, writes: bool,
     status sets their shared order rows count are kept too."""
     found = []
     counted, rows = counted_statuses(campaigns), _rows_fingerprint(config, campaigns)
+    reasons = {entity: _full_reason(config, entity, writes=writes, shares=shares) for entity in KEPT_FACTS}
+    kept = [entity for entity, reason in reasons.items() if reason is None]
+    marks = ledger.watermarks(kept) if kept else {}  # one read for every kept source
     for entity in KEPT_FACTS:
-        reason = _full_reason(config, entity, writes=writes, shares=shares)
+        reason = reasons[entity]
         if reason is not None:
             found.append(SourceCost(entity, "full", reason))
             continue
-        mark = ledger.watermark(entity)
+        mark = marks.get(entity)
         if mark is not None and to_utc(now) < mark.facts_at:
             found.append(SourceCost(entity, "full", f"the instant is before the kept facts' ({_shown(mark.facts_at)}): "
                                                     "a past instant is computed whole", mark))
@@ -196,9 +199,11 @@ def refresh(warehouse: Database, ledger: Ledger, config: ProjectConfig, now: dat
     with warehouse.session() as session:
         for cost in planned:
             if cost.mode == "incremental":
-                cost = _refresh(session, ledger, config, cost.entity, to_utc(now), cost, counted, campaigns)
+                cost = _refresh(session, config, cost.entity, to_utc(now), cost, counted, campaigns)
                 kept.append(cost.entity)
             done.append(cost)
+    # after every source's kept facts, in one transaction: a crash before it makes the next pass read the rows again
+    ledger.save_watermarks([cost.mark for cost in done if cost.mode == "incremental"])
     relations = kept_relations(kept)
     if "orders" in kept and _rows_fingerprint(config, campaigns) is not None:  # kept with the order facts
         relations = {**relations, **kept_rows_relations()}
@@ -249,8 +254,9 @@ def _statements(config: ProjectConfig, what: str, entity: str, counted: Sequence
     return texts
 
 
-def _refresh(session: Session, ledger: Ledger, config: ProjectConfig, entity: str, now: datetime,
+def _refresh(session: Session, config: ProjectConfig, entity: str, now: datetime,
              cost: SourceCost, counted: Sequence[Sequence[str]], campaigns: Sequence[Campaign]) -> SourceCost:
+    """``entity``'s kept facts brought up to ``now``; the cost with the watermark to save (``refresh`` saves them)."""
     dialect, mark = config.dialect, cost.mark
     touched = None
     rows = _rows_fingerprint(config, campaigns) if entity == "orders" else None
@@ -285,11 +291,9 @@ def _refresh(session: Session, ledger: Ledger, config: ProjectConfig, entity: st
         (customers,) = _one(session, f"SELECT COUNT(*) FROM {KEPT_FACTS[entity]}")
         mark = Watermark(entity, _newest(newest, now), now, now, fingerprint(config, entity, counted, rows), int(rows_read),
                          int(customers))
-        ledger.save_watermark(mark)
         return replace(cost, reason=f"built whole; {cost.reason}", mark=mark)
     newest = _newest(newest, now)
     watermark = mark.watermark if newest is None or (mark.watermark is not None and newest < mark.watermark) else newest
     mark = Watermark(entity, watermark, max(now, mark.facts_at), mark.built_at, mark.fingerprint, int(rows_read),
                      int(touched))
-    ledger.save_watermark(mark)
     return replace(cost, mark=mark)
