@@ -167,6 +167,11 @@ class Dialect:
     #: ledger's table once per step (DuckDB: no index serves the anti-join; PostgreSQL and SQLite look each
     #: candidate up in the ledger's identity index, which a CTE would not have)
     campaign_ledger_cte: bool = False
+    #: a due query's anti-join reads only the ledger rows whose ``trigger_at`` can lie in the step's window,
+    #: for trigger kinds whose instant cannot move out of it (``TriggerKind.instant_drift``,
+    #: ``compile.ledger_since``): the anti-join's hash table is built from the window's rows, and a ledger
+    #: grown in time order has its older row groups skipped by their zone maps
+    ledger_instant_cut: bool = False
     #: an aggregate of ``picked`` in the row with the greatest ``latest`` - ties on ``latest`` broken by the
     #: greatest ``picked``, a NULL ``picked`` below any other of its instant and the answer only when every row
     #: of that instant has one; rows whose ``latest`` is NULL left out - as SQL in this dialect that sql.compile
@@ -232,7 +237,7 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             driver_stream="duckdb_engine",
             # one scan of the ledger per campaign: a minute later at 1M orders, order-follow-up's due query (3 steps)
             # 0.069 -> 0.052 s CPU, welcome-series' 0.029 -> 0.019 (benchmarks/README.md, issue 15)
-            campaign_ledger_cte=True),
+            campaign_ledger_cte=True, ledger_instant_cut=True),
     Dialect("sqlite", tokenizer_keywords=frozenset((
                 "ATTACH DETACH MATCH REINDEX").split()),
             url_schemes=("sqlite",), instant_text_format="%Y-%m-%d %H:%M:%f", typed_columns=False,
