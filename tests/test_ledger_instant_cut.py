@@ -176,3 +176,14 @@ def test_the_cut_keeps_every_due_query_compiled_once(monkeypatch):
         assert compiled(True) == without
     finally:
         prepared.forget()
+
+
+def test_a_kind_that_declares_a_drift_keeps_the_plain_window():
+    """``ledger_since`` starts from the windows' ``earliest``: a kind with its own ``window`` conditions (a date
+    widened by the zones, a yearly instance) could keep instances before it, so it must declare no drift."""
+    from engine.sql.triggers.base import TriggerKind
+    from engine.sql.triggers.registry import KINDS
+
+    declaring = [kind for kind in KINDS if type(kind).instant_drift is not TriggerKind.instant_drift]
+    assert len(declaring) >= 5, [kind.name for kind in declaring]
+    assert [kind.name for kind in declaring if type(kind).window is not TriggerKind.window] == []

@@ -117,7 +117,9 @@ class TriggerKind:
         time); the bound of a kind whose instant moves within one (a day's last event). Lets a due query's
         anti-join leave out the ledger rows older than its window (``compile.ledger_since``). None (the
         default): the instant may move anywhere (a delivery date pushed back, a segment entry, a yearly
-        date), so the ledger's rows of an instance in the window may hold any instant."""
+        date), so the ledger's rows of an instance in the window may hold any instant. A kind that declares
+        one keeps the default ``window`` (``trigger_at`` at or after each window's ``earliest``), which the
+        bound is computed from (tests/test_ledger_instant_cut.py checks it)."""
         return None
 
     def reads_shared_rows(self, campaign: Campaign) -> bool:
