@@ -167,6 +167,11 @@ class Dialect:
     #: ledger's table once per step (DuckDB: no index serves the anti-join; PostgreSQL and SQLite look each
     #: candidate up in the ledger's identity index, which a CTE would not have)
     campaign_ledger_cte: bool = False
+    #: a due query's anti-join reads only the ledger rows whose ``trigger_at`` can lie in the step's window,
+    #: for trigger kinds whose instant cannot move out of it (``TriggerKind.instant_drift``,
+    #: ``compile.ledger_since``): the anti-join's hash table is built from the window's rows, and a ledger
+    #: grown in time order has its older row groups skipped by their zone maps
+    ledger_instant_cut: bool = False
     #: an aggregate of ``picked`` in the row with the greatest ``latest`` - ties on ``latest`` broken by the
     #: greatest ``picked``, a NULL ``picked`` below any other of its instant and the answer only when every row
     #: of that instant has one; rows whose ``latest`` is NULL left out - as SQL in this dialect that sql.compile
@@ -242,7 +247,11 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # none): in the pass's GROUP BY x1.14 of a minute-later plan at 1M (not declared as last_by_sql); in
             # the kept facts paid only at their build and for the touched customers, re-engage's members' join of
             # 743k orders gone: a minute later with the change column at 1M x0.96 (benchmarks/README.md, issue 15)
-            kept_last_by_sql="ARG_MAX_NULL(picked, CASE WHEN NOT latest IS NULL THEN (latest, NOT picked IS NULL, picked) END)"),
+            kept_last_by_sql="ARG_MAX_NULL(picked, CASE WHEN NOT latest IS NULL THEN (latest, NOT picked IS NULL, picked) END)",
+            # the ledger rows older than the windows left out of the anti-joins: a minute later at 1M orders with a
+            # ~1M-row ledger grown in time order x0.80 of the plan's CPU, on the benchmark's ledger x0.96 (noise);
+            # SQLite probes its identity index instead, where the bound cost x1.03 (benchmarks/README.md, issue 15)
+            ledger_instant_cut=True),
     Dialect("sqlite", tokenizer_keywords=frozenset((
                 "ATTACH DETACH MATCH REINDEX").split()),
             url_schemes=("sqlite",), instant_text_format="%Y-%m-%d %H:%M:%f", typed_columns=False,

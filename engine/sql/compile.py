@@ -502,6 +502,9 @@ class QueryBuilder:
         #: the CTE holding the campaign's ledger rows that the steps' anti-joins read (``campaign_ledger``);
         #: None: each step's anti-join reads the ledger's table (``without_ledger_rows``)
         self.campaign_ledger: str | None = None
+        #: step id -> the earliest ``trigger_at`` a ledger row of an instance in the step's window can hold
+        #: (``ledger_since``): the anti-joins leave out the campaign's older ledger rows; empty: every row
+        self.ledger_since: dict[str, datetime] = {}
         #: CTEs written NOT MATERIALIZED whatever the dialect's default (a due query's trigger instances
         #: and customers where ``Dialect.inline_instances``: ``due.due_query`` names them)
         self.inlined: tuple[str, ...] = ()
@@ -862,15 +865,47 @@ def new_segment_entries(builder: QueryBuilder, campaign: Campaign, members: str)
 CAMPAIGN_LEDGER = "engine_campaign_ledger"
 
 
-def campaign_ledger(campaign: Campaign) -> exp.Select:
+#: How much earlier than the instance's own instant a ledger row of it may store its ``trigger_at`` beyond
+#: the kind's ``TriggerKind.instant_drift``: the row holds the instant as the pass that recorded it read it
+#: (naive UTC, from Python's parse or the settled write's CAST; text with milliseconds or microseconds on
+#: SQLite), so the cut by ``ledger_since`` keeps a day below the window for any such representation.
+LEDGER_INSTANT_SLACK = timedelta(days=1)
+
+
+def ledger_since(earliest: datetime | None, drift: timedelta | None) -> datetime | None:
+    """The earliest ``trigger_at`` a ledger row can hold and still be the row of an instance whose
+    instant is ``earliest`` or later, for a kind whose stored instant lies at most ``drift`` before the
+    instance's (``TriggerKind.instant_drift``); None: no such bound (no window start, or a moving instant)."""
+    if earliest is None or drift is None:
+        return None
+    return earliest - drift - LEDGER_INSTANT_SLACK
+
+
+def campaign_ledger(builder: "QueryBuilder", campaign: Campaign) -> exp.Select:
     """The identities (step, customer, trigger key) of the ledger's rows of ``campaign``: a CTE of the
     due query that every step's anti-join reads (``without_ledger_rows``), where the dialect reads the
-    ledger once per campaign instead of once per step (``Dialect.campaign_ledger_cte``)."""
-    return (exp.select(col("l", "step"), col("l", "customer_id"), col("l", "trigger_key"))
-            .from_(exp.to_table(LEDGER_TABLE).as_("l")).where(col("l", "campaign").eq(lit(campaign.name))))
+    ledger once per campaign instead of once per step (``Dialect.campaign_ledger_cte``). Where each step
+    has a ``ledger_since`` bound, only the rows from the earliest of them on."""
+    query = (exp.select(col("l", "step"), col("l", "customer_id"), col("l", "trigger_key"))
+             .from_(exp.to_table(LEDGER_TABLE).as_("l")).where(col("l", "campaign").eq(lit(campaign.name))))
+    bounds = [builder.ledger_since.get(step.id) for step in campaign.steps]
+    if bounds and all(bound is not None for bound in bounds):
+        query = query.where(ledger_row_since(builder.ts(min(bounds))))
+    return query
 
 
-def without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step, ledger: str | None = None) -> exp.Select:
+def ledger_row_since(bound: exp.Expression) -> exp.Expression:
+    """The ledger row ``l`` may be the row of an instance whose ``trigger_at`` is ``bound`` or later: its
+    own ``trigger_at`` is not before ``bound``, or it has none (the column allows NULL; this engine always
+    writes it, a row without one is never left out). DuckDB still skips the row groups whose zone map lies
+    wholly before ``bound`` (one campaign's keys on a ~1M-row ledger grown in time order: 17.1 ms read
+    whole, 5.4 ms cut, 5.5 ms with the NULL test)."""
+    at = col("l", "trigger_at")
+    return exp.paren(exp.or_(at >= bound, at.copy().is_(exp.null()), copy=False), copy=False)
+
+
+def without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step, ledger: str | None = None,
+                        since: exp.Expression | None = None) -> exp.Select:
     """Leave out instances the ledger already holds for this step: an anti-join written as a
     LEFT JOIN on the ledger's unique identity plus ``IS NULL`` rather than ``NOT EXISTS``.
     ``ledger``: the query's CTE of the campaign's ledger rows (``campaign_ledger``), joined by the
@@ -888,6 +923,8 @@ def without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step, ledge
     step's ledger rows are the hash table and the candidates stream (3x cheaper
     at 5M orders). SQLite and PostgreSQL use the identity index either way.
     Same rows: the identity is unique, so a candidate matches at most one row.
+    ``since``: a lower bound on the ledger rows' ``trigger_at`` (``ledger_since``) where the step reads the
+    ledger's table (the CTE is cut by ``campaign_ledger``: a per-step bound on it as well measured no gain).
     Extends ``query`` itself (no copy: callers pass the step's query they are building).
     """
     on = [
@@ -897,6 +934,8 @@ def without_ledger_rows(query: exp.Select, campaign: Campaign, step: Step, ledge
     ]
     if ledger is None:
         on.insert(0, col("l", "campaign").eq(lit(campaign.name)))
+        if since is not None:  # the step's ``ledger_since``: its older ledger rows match none of its instances
+            on.append(ledger_row_since(since))
     tested = col("l", "campaign" if ledger is None else "step")
     relation = exp.to_table(LEDGER_TABLE if ledger is None else ledger)
     return query.join(relation.as_("l"), on=exp.and_(*on, copy=False), join_type="left", copy=False).where(

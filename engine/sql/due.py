@@ -27,7 +27,7 @@ from engine.sql.compile import (
     SHARED_CUSTOMERS, awaited_event, campaign_ledger, not_null,
     SHARED_ROWS, calendar_slack, col, day_text, exists, instant_text, is_customer, join_trigger_properties, ledger_relation, lit,
     per_zone_window, render_sql,
-    shared_customers_create, shared_facts_create, step_window, temporary_table, text, ts, variant_columns, without_ledger_rows,
+    shared_customers_create, shared_facts_create, step_window, ledger_since, temporary_table, text, ts, variant_columns, without_ledger_rows,
 )
 from engine.sql.filter_types import filter_attributes
 from engine.sql.hashing import hash_bucket, hashes_in_sql
@@ -380,6 +380,10 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     # several steps' anti-joins: the campaign's ledger rows read once (Dialect.campaign_ledger_cte)
     if exclude_ledger and kind.keys_in_sql and len(campaign.steps) > 1 and declared.campaign_ledger_cte:
         builder.campaign_ledger = CAMPAIGN_LEDGER
+    if exclude_ledger and kind.keys_in_sql and declared.ledger_instant_cut:
+        drift = kind.instant_drift(campaign.trigger)
+        builder.ledger_since = {step.id: bound for step, window in zip(campaign.steps, windows)
+                                if (bound := ledger_since(window.earliest, drift)) is not None}
     builder.ctes["trigger_instances"] = kind.instances(builder, campaign, earliest)
     attributes = filter_attributes(config, kind.template_record and kind.template_record.entity)
     width = variant_columns(campaign)
@@ -484,7 +488,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
         body = body.order_by(*keys, copy=False)
     query = builder.with_ctes(body)
     if builder.campaign_ledger is not None:
-        query = query.with_(CAMPAIGN_LEDGER, as_=campaign_ledger(campaign), materialized=True, copy=False)
+        query = query.with_(CAMPAIGN_LEDGER, as_=campaign_ledger(builder, campaign), materialized=True, copy=False)
     return query if due is None else query.with_(COUNT_CTE, as_=due, copy=False)
 
 
@@ -682,7 +686,8 @@ def _settled_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind,
     )
     query = builder.join_facts(query, col("t", "customer_id")).where(*conditions, copy=False)
     query = join_trigger_properties(builder, query, lambda: kind.properties_select(builder, campaign))
-    return without_ledger_rows(query, campaign, step, builder.campaign_ledger) if exclude_ledger else query
+    return without_ledger_rows(query, campaign, step, builder.campaign_ledger, _since(builder, step)) \
+        if exclude_ledger else query
 
 
 def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, stopped_by: exp.Expression, waits: list,
@@ -721,8 +726,16 @@ def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, sto
     query = builder.join_facts(query, col("t", "customer_id")).where(*conditions, copy=False)
     query = join_trigger_properties(builder, query, lambda: kind.properties_select(builder, campaign))
     if exclude_ledger and kind.keys_in_sql:
-        query = without_ledger_rows(query, campaign, step, builder.campaign_ledger)
+        query = without_ledger_rows(query, campaign, step, builder.campaign_ledger, _since(builder, step))
     return query
+
+
+def _since(builder: QueryBuilder, step: Step) -> exp.Expression | None:
+    """The step's ``ledger_since`` bound as a timestamp of the query where its anti-join reads the ledger's
+    table; None without one, or where it reads the campaign's CTE (``campaign_ledger`` cuts that). Made only
+    when used: a compiled query's instant that its text lacks makes it built per pass (``sql.prepared``)."""
+    bound = builder.ledger_since.get(step.id)
+    return None if bound is None or builder.campaign_ledger is not None else builder.ts(bound)
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,18 @@ class TriggerKind:
         the k-th order, the year's birthday)."""
         return True
 
+    def instant_drift(self, trigger: Trigger) -> timedelta | None:
+        """How much earlier than an instance's ``trigger_at`` today the ``trigger_at`` that a ledger row of
+        the same instance (campaign, customer, trigger key) holds can be, whenever it was recorded: zero for
+        a kind whose instant never changes for its key (an order's placement, a checkout's start, an event's
+        time); the bound of a kind whose instant moves within one (a day's last event). Lets a due query's
+        anti-join leave out the ledger rows older than its window (``compile.ledger_since``). None (the
+        default): the instant may move anywhere (a delivery date pushed back, a segment entry, a yearly
+        date), so the ledger's rows of an instance in the window may hold any instant. A kind that declares
+        one keeps the default ``window`` (``trigger_at`` at or after each window's ``earliest``), which the
+        bound is computed from (tests/test_ledger_instant_cut.py checks it)."""
+        return None
+
     def reads_shared_rows(self, campaign: Campaign) -> bool:
         """Whether a pass's due query of ``campaign`` reads the kind's ``shared_rows`` table."""
         return False

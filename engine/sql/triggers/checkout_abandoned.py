@@ -6,7 +6,7 @@ so a campaign needs no stop condition. Pure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlglot import exp
 
@@ -34,6 +34,10 @@ class CheckoutAbandonedKind(TriggerKind):
 
     def check(self, trigger: CheckoutAbandoned, config: ProjectConfig, file: CampaignFile) -> None:
         file.needs(("trigger", self.name), "abandoned checkouts", "checkouts", "completed_at")
+
+    def instant_drift(self, trigger: CheckoutAbandoned) -> timedelta:
+        """An instance is a checkout, timed at its start (``created_at``), which does not change."""
+        return timedelta(0)
 
     def instances(self, builder: QueryBuilder, campaign: Campaign, earliest: datetime | None) -> exp.Query:
         now = builder.ts(builder.now)

@@ -14,7 +14,7 @@ customer, type and day. Elsewhere each query groups the events of its type itsel
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlglot import exp
 
@@ -73,6 +73,12 @@ class EventKind(TriggerKind):
             .from_(exp.to_table(events).as_("e")).where(*conditions)
             .group_by(col("e", "customer_id"), day.copy())
         )
+
+    def instant_drift(self, trigger: Event) -> timedelta:
+        """``per: event``: an event, timed when it occurred, which does not change. ``per: day``: timed at the
+        day's last event of the type so far, which a later event that day moves, but within the UTC day its
+        key names: an earlier record of it holds an instant of that day, under a day before the present one."""
+        return timedelta(0) if trigger.per == "event" else timedelta(days=1)
 
     def reads_shared_rows(self, campaign: Campaign) -> bool:
         """A ``per: day`` trigger whose steps all have a time window (``due_query``'s ``earliest``)."""

@@ -6,7 +6,7 @@ Steps are timed from it ("60 days inactive"); a newer activity is a new instance
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlglot import exp
 
@@ -45,6 +45,11 @@ class LastActivityKind(TriggerKind):
             file.needs(where, "order activity", "orders")
         if "login" in trigger.activities:
             file.needs(where, "login activity", "events", "event_id")
+
+    def instant_drift(self, trigger: LastActivity) -> timedelta:
+        """An instance's key names its activity ('order:12', 'login:98'), timed when that happened: a newer
+        activity is another instance, the instant of a key does not change."""
+        return timedelta(0)
 
     def instances(self, builder: QueryBuilder, campaign: Campaign, earliest: datetime | None) -> exp.Query:
         """The newest activity per customer; its key ('order:12', 'login:98') names the instance.

@@ -19,7 +19,7 @@ columns itself (``orders_followed``, ``orders_before_window``). Pure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlglot import exp
 
@@ -103,6 +103,10 @@ class OrderPlacedKind(TriggerKind):
 
     def conditions(self, trigger: OrderPlaced) -> list[exp.Expression]:
         return [col("t", "nth").eq(trigger.nth)] if trigger.nth is not None else []
+
+    def instant_drift(self, trigger: OrderPlaced) -> timedelta:
+        """An instance is an order, timed at its placement (``created_at``), which does not change."""
+        return timedelta(0)
 
     def reads_shared_rows(self, campaign: Campaign) -> bool:
         """Every step has a time window (``due_query``'s ``earliest``): without one, the instances reach

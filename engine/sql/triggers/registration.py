@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlglot import exp
 
@@ -31,6 +31,10 @@ class RegistrationKind(TriggerKind):
 
     def check(self, trigger: Registration, config: ProjectConfig, file: CampaignFile) -> None:
         file.needs(("trigger", self.name), f"trigger {self.name}", "customers", "created_at")
+
+    def instant_drift(self, trigger: Registration) -> timedelta:
+        """An instance is the customer, timed at their registration (``created_at``), which does not change."""
+        return timedelta(0)
 
     def instances(self, builder: QueryBuilder, campaign: Campaign, earliest: datetime | None) -> exp.Query:
         customers = builder.source("customers")
