@@ -331,11 +331,11 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
         MATCHED clause stores the content of the claims of ``contents`` still without one, and the second
         sets the outcome columns of the claims of ``outcomes`` - what the two UPDATEs of ``_update_claimed``
         do, each clause setting only its own columns, with one join of the ledger and one statement instead of
-        two (a pass's hand-over of 64 + 64 rows on DuckDB: CPU per write x0.6-0.7, benchmarks/README.md). Returns
-        the keys of ``contents`` when every row was updated; ``_NotAllHandedOver`` otherwise (an outcome's
-        claim finished or a content's claim taken elsewhere: rare), so the caller rolls back and does the
-        two UPDATEs with RETURNING. None: not one statement's work (a key in both, or more rows than a
-        chunk) - the caller does the two UPDATEs."""
+        two (64 + 64 rows on DuckDB: CPU per write x0.6 on a ledger copied mid-pass, the first pass's hand-over
+        CPU x0.9: benchmarks/README.md). Returns the keys of ``contents`` when every row was updated;
+        ``_NotAllHandedOver`` otherwise (an outcome's claim finished or a content's claim taken elsewhere:
+        rare), so the caller rolls back and does the two UPDATEs with RETURNING. None: not one statement's
+        work (a key in both, or more rows than a chunk) - the caller does the two UPDATEs."""
         rows: dict[str, tuple[bool, int]] = {}  # key -> (handing over, its index): a key given twice, the first wins
         for handing, columns in ((False, outcomes), (True, contents)):
             first: dict[str, int] = {}
