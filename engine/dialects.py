@@ -214,7 +214,7 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # binds_instants off: the compiled query gets its instants written in as literals, which DuckDB
             # ran 5 % faster than bound parameters (benchmarks/README.md, issue 15.3)
             array_parameters="positional", one_writer_per_file=True, ledger_status_index=False,
-            # the hand-over's two UPDATEs as one MERGE: a first pass's hand-over CPU x0.89-0.91 (benchmarks/README.md, issue 15)
+            # the hand-over's two UPDATEs as one MERGE: a first pass's hand-over CPU x0.83-0.91 (benchmarks/README.md, issue 15)
             merged_hand_over=True,
             # an interleaved ledger's keys read plain: a minute later at 1M orders x0.89 (249k ledger rows) and
             # x0.71 (~1M rows) of the compressed keys' CPU (benchmarks/README.md, issue 15)
