@@ -115,6 +115,10 @@ class Dialect:
     #: no query through a composite index, and updates a row whose indexed column changes as a
     #: delete and insert of the whole row, its stored content included: every outcome did (migration 0008)
     ledger_status_index: bool = True
+    #: a hand-over (the outcomes of the group before and this group's content) is one MERGE with a WHEN
+    #: MATCHED clause each - one join of the ledger, one statement - that reports the rows it changed (DuckDB);
+    #: else two set-based UPDATEs (``Ledger.hand_over``)
+    merged_hand_over: bool = False
     #: the ledger's columns (engine_ledger's) stored without compression, and the clause that says so after a
     #: column's type in CREATE TABLE (migration 0009 rebuilds the table with it: the database takes a column's
     #: compression only there). A ledger grown pass after pass holds every campaign's rows interleaved, so each
@@ -220,6 +224,8 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # binds_instants off: the compiled query gets its instants written in as literals, which DuckDB
             # ran 5 % faster than bound parameters (benchmarks/README.md, issue 15.3)
             array_parameters="positional", one_writer_per_file=True, ledger_status_index=False,
+            # the hand-over's two UPDATEs as one MERGE: a first pass's hand-over CPU x0.83-0.91 (benchmarks/README.md, issue 15)
+            merged_hand_over=True,
             # an interleaved ledger's keys read plain: a minute later at 1M orders x0.89 (249k ledger rows) and
             # x0.71 (~1M rows) of the compressed keys' CPU (benchmarks/README.md, issue 15)
             uncompressed_ledger_columns=("customer_id", "trigger_key"),

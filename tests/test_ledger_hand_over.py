@@ -118,3 +118,71 @@ def test_the_status_index_is_kept_where_the_dialect_keeps_it(backend, tmp_path):
         assert ("engine_ledger_status" in names) == dialect_of_backend(db.engine.dialect.name).ledger_status_index
     finally:
         db.dispose()
+
+
+def ledger_statements(db: Database) -> list[str]:
+    """The statements that write the ledger from now on (BEGIN/COMMIT and reads not counted)."""
+    seen: list[str] = []
+
+    @sa.event.listens_for(db.engine, "before_cursor_execute")
+    def count(conn, cursor, statement, parameters, context, executemany):  # noqa: ARG001 - SQLAlchemy's signature
+        if statement.lstrip().upper().startswith(("UPDATE", "MERGE", "INSERT", "DELETE")):
+            seen.append(statement)
+    return seen
+
+
+def test_a_pass_sized_hand_over_is_one_statement_where_the_dialect_merges_it_and_writes_what_two_updates_would(tmp_path):
+    """A pass's hand-over (a group's outcomes and the next group's content, ``Dialect.merged_hand_over``:
+    DuckDB) is one MERGE; it writes what one write per message would, and a claim taken or finished by
+    another process meanwhile (in either half) makes it fall back to the two UPDATEs with RETURNING."""
+    merged_db, merged = new_ledger("duckdb", tmp_path, "merged")
+    single_db, single = new_ledger("duckdb", tmp_path, "single")
+    try:
+        for ledger in (merged, single):
+            assert ledger.write_new([claim(i) for i in range(260)], NOW) == {key(i) for i in range(260)}
+        groups = [list(range(start, start + 64)) for start in range(0, 256, 64)]
+        seen = ledger_statements(merged_db)
+        assert merged.hand_over([], [(key(i), content(i)) for i in groups[0]], NOW) == {key(i) for i in groups[0]}
+        del seen[:]
+        # the usual hand-over: one statement for both halves; a key given twice: the first wins
+        doubled = [(key(i), content(i)) for i in groups[1]] + [(key(64), "second")]
+        assert merged.hand_over([outcome(i) for i in groups[0]] + [outcome(0)], doubled, NOW) == {key(i) for i in groups[1]}
+        assert len(seen) == 1 and seen[0].lstrip().upper().startswith("MERGE"), seen
+        # the same writes one message at a time
+        for i in groups[0] + groups[1]:
+            assert single.hand_over([], [(key(i), content(i))], NOW) == {key(i)}
+        for i in groups[0]:
+            assert single.hand_over([outcome(i)], [], NOW) == set()
+
+        # another process meanwhile hands over the next group's first claim: the merged statement does not
+        # update every row, and the two UPDATEs with RETURNING follow
+        for ledger in (merged, single):
+            assert ledger.store_content([(key(128), "theirs")], NOW) == {key(128)}
+        del seen[:]
+        assert merged.hand_over([outcome(i) for i in groups[1]], [(key(i), content(i)) for i in groups[2]], LATER) == {
+            key(i) for i in groups[2][1:]}
+        assert [s.lstrip().split()[0].upper() for s in seen] == ["MERGE", "UPDATE", "UPDATE"], seen
+        for i in groups[1]:
+            single.hand_over([outcome(i)], [], LATER)
+        assert set().union(*(single.hand_over([], [(key(i), content(i))], LATER) for i in groups[2])) == {
+            key(i) for i in groups[2][1:]}
+        # ... or finishes a claim of the group before (its outcome recorded by it): the same
+        for ledger in (merged, single):
+            ledger.record_outcomes([outcome(191)], LATER)
+        del seen[:]
+        assert merged.hand_over([outcome(i) for i in groups[2][1:]], [(key(i), content(i)) for i in groups[3]], LATER) == {
+            key(i) for i in groups[3]}
+        assert [s.lstrip().split()[0].upper() for s in seen] == ["MERGE", "UPDATE", "UPDATE"], seen
+        for i in groups[2][1:]:
+            single.hand_over([outcome(i)], [], LATER)
+        assert set().union(*(single.hand_over([], [(key(i), content(i))], LATER) for i in groups[3])) == {key(i) for i in groups[3]}
+
+        assert rows(merged_db) == rows(single_db)
+        stored = {row["message_key"]: row for row in rows(merged_db)}
+        assert stored[key(64)]["content"] == content(64) and stored[key(128)]["content"] == "theirs"
+        assert [stored[key(i)]["status"] for i in (1, 7, 127, 128, 191, 192, 259)] == [
+            "sent", "failed", "sent", "claimed", "sent", "claimed", "claimed"]
+        assert stored[key(259)]["content"] is None
+    finally:
+        merged_db.dispose()
+        single_db.dispose()

@@ -311,14 +311,59 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
     def hand_over(self, outcomes: list[Record], contents: list[tuple[str, str]], now: datetime) -> set[str]:
         """One transaction per group of messages going to a provider: the outcomes of the group
         sent before it (``record_outcomes``), then the content of this group (``store_content``);
-        returns the keys of ``contents`` this process may now send."""
+        returns the keys of ``contents`` this process may now send. Both in one statement where the
+        dialect merges them (``_merged_hand_over``)."""
         def work(conn: sa.Connection, counted: bool) -> set[str]:
+            if counted and outcomes and contents and self.db.dialect.merged_hand_over:
+                merged = self._merged_hand_over(conn, self._outcome_columns(outcomes), self._content_columns(contents), now)
+                if merged is not None:
+                    return merged
             if outcomes:
                 self._update_claimed(conn, self._outcome_columns(outcomes), now)
             if not contents:
                 return set()
             return self._update_claimed(conn, self._content_columns(contents), now, hand_over=True, counted=counted)
         return self._handing_over(work) if outcomes or contents else set()
+
+    def _merged_hand_over(self, conn: sa.Connection, outcomes: dict[str, list], contents: dict[str, list],
+                          now: datetime) -> set[str] | None:
+        """A counted hand-over as one statement (``Dialect.merged_hand_over``): a MERGE whose first WHEN
+        MATCHED clause stores the content of the claims of ``contents`` still without one, and the second
+        sets the outcome columns of the claims of ``outcomes`` - what the two UPDATEs of ``_update_claimed``
+        do, each clause setting only its own columns, with one join of the ledger and one statement instead of
+        two (64 + 64 rows on DuckDB: CPU per write x0.6 on a ledger copied mid-pass, the first pass's hand-over
+        CPU x0.9: benchmarks/README.md). Returns the keys of ``contents`` when every row was updated;
+        ``_NotAllHandedOver`` otherwise (an outcome's claim finished or a content's claim taken elsewhere:
+        rare), so the caller rolls back and does the two UPDATEs with RETURNING. None: not one statement's
+        work (a key in both, or more rows than a chunk) - the caller does the two UPDATEs."""
+        rows: dict[str, tuple[bool, int]] = {}  # key -> (handing over, its index): a key given twice, the first wins
+        for handing, columns in ((False, outcomes), (True, contents)):
+            first: dict[str, int] = {}
+            for index, key in enumerate(columns["message_key"]):
+                first.setdefault(key, index)
+            if first.keys() & rows.keys():
+                return None
+            rows.update((key, (handing, index)) for key, index in first.items())
+        if len(rows) > UPDATE_CHUNK:
+            return None
+        names = {handing: [n for n in columns if n != "message_key"] for handing, columns in ((False, outcomes), (True, contents))}
+        arrays = ["message_key", "handing", *names[False], *names[True]]
+        values: list[list] = [list(rows), [handing for handing, _ in rows.values()]]
+        for name in arrays[2:]:
+            values.append([(contents if handing else outcomes)[name][index] if name in names[handing] else None
+                           for handing, index in rows.values()])
+        types = {"handing": "BOOLEAN", **{n: array_type(ledger_table.c[n]) for n in arrays if n != "handing"}}
+        table, at = LEDGER_TABLE, f"CAST(${len(arrays) + 1} AS TIMESTAMP)"
+        unnest = ", ".join(f"unnest(CAST(${i} AS {types[n]}[])) AS {n}" for i, n in enumerate(arrays, 1))
+        sets = {handing: ", ".join([f"{n} = v.{n}" for n in names[handing]] + [f"updated_at = {at}"]) for handing in (True, False)}
+        sql = (f"MERGE INTO {table} USING (SELECT {unnest}) AS v ON {table}.message_key = v.message_key "
+               f"WHEN MATCHED AND v.handing AND {table}.status = 'claimed' AND {table}.content IS NULL "
+               f"THEN UPDATE SET {sets[True]} "
+               f"WHEN MATCHED AND NOT v.handing AND {table}.status = 'claimed' THEN UPDATE SET {sets[False]}")
+        result = conn.exec_driver_sql(sql, (*values, _naive(now)))
+        if result.rowcount != len(rows):
+            raise _NotAllHandedOver
+        return {key for key, (handing, _) in rows.items() if handing}
 
     def _handing_over(self, work) -> set[str]:
         """``work(conn, counted)`` in one transaction: on DuckDB first counted (``_update_claimed``), and
