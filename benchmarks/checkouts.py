@@ -19,6 +19,22 @@ import sys
 from pathlib import Path
 
 
+def name_campaigns() -> dict:
+    """In a child: ``engine.run.plan.due_statement`` wrapped so that the returned dict's "campaign" holds the
+    name of the campaign whose due statement runs next (the A/B tools label the statements they time by it)."""
+    import engine.run.plan as plan
+
+    current = {"campaign": "-"}
+    due_statement = plan.due_statement
+
+    def named(campaign, *arguments, **options):
+        current["campaign"] = campaign.name
+        return due_statement(campaign, *arguments, **options)
+
+    plan.due_statement = named
+    return current
+
+
 def engine_checkout() -> str:
     """In a child: the checkout whose engine this process imported."""
     import engine

@@ -50,7 +50,6 @@ def child(shop: Path, project: str, plans: int, fill: bool, cold: bool = False, 
     sys.path.insert(0, str(HERE))
     import run as bench
 
-    import engine.run.plan as plan
     from engine.state import warehouse
 
     meta = json.loads((shop / "shop.json").read_text())
@@ -69,14 +68,7 @@ def child(shop: Path, project: str, plans: int, fill: bool, cold: bool = False, 
     spent: dict = collections.defaultdict(lambda: [0.0, 0.0])
     original = (warehouse.Session.execute_together, warehouse.Session.stream, warehouse.Session.returning,
                 warehouse.Session.execute_driver)
-    current = {"campaign": "-"}
-    due_statement = plan.due_statement
-
-    def named(campaign, *args, **kwargs):  # the campaign whose statements run next
-        current["campaign"] = campaign.name
-        return due_statement(campaign, *args, **kwargs)
-
-    plan.due_statement = named
+    current = checkouts.name_campaigns()  # the campaign whose statements run next
 
     def label(sql: str) -> str:
         words = sql.split()

@@ -66,7 +66,6 @@ def child(url: str, project: Path, plans: int, fill: bool, mode: str = "minute",
     sys.path.insert(0, str(HERE))
     import run as bench
 
-    import engine.run.plan as plan
     from engine.state import warehouse
 
     checkouts.flip(url, flip)
@@ -86,14 +85,7 @@ def child(url: str, project: Path, plans: int, fill: bool, mode: str = "minute",
     spent: dict = collections.defaultdict(lambda: [0.0, 0.0])
     original = (warehouse.Session.execute_together, warehouse.Session.stream, warehouse.Session.returning)
 
-    current = {"campaign": "-"}
-    due_statement = plan.due_statement
-
-    def named(campaign, *args, **kwargs):  # the campaign whose statements run next
-        current["campaign"] = campaign.name
-        return due_statement(campaign, *args, **kwargs)
-
-    plan.due_statement = named
+    current = checkouts.name_campaigns()  # the campaign whose statements run next
 
     def label(sql: str) -> str:
         words = sql.split()

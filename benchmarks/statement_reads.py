@@ -56,11 +56,11 @@ def main() -> int:
     shop = args.shop.resolve()
     os.environ["ENGINE_WAREHOUSE_URL"] = f"duckdb:///{shop / 'shop.duckdb'}"
     sys.path.insert(0, str(HERE))
+    import checkouts
     import run as bench
     import sqlalchemy as sa
 
     import engine
-    import engine.run.plan as plan
     from engine.state import warehouse
 
     meta = json.loads((shop / "shop.json").read_text())
@@ -74,14 +74,7 @@ def main() -> int:
         dbapi_connection.execute(f"PRAGMA profiling_output='{profile}'")
 
     reconciler.warehouse.engine.dispose()  # every connection from now on is profiled
-    current = {"campaign": "-"}
-    due_statement = plan.due_statement
-
-    def named(campaign, *arguments, **options):  # the campaign whose statement runs next
-        current["campaign"] = campaign.name
-        return due_statement(campaign, *arguments, **options)
-
-    plan.due_statement = named
+    current = checkouts.name_campaigns()  # the campaign whose statements run next
     seen: list[dict] = []
 
     def record(sql: str, cpu: float, returned: int | None = None) -> None:
