@@ -80,6 +80,20 @@ def message_key(campaign: str, step: str, customer_id: str, trigger_key: str) ->
     return f"{campaign}:{step}:{customer_id}:{trigger_key}"
 
 
+def _first_indexes(keys: list[str]) -> dict[str, int]:
+    """Each key's first index in ``keys``: a key given twice, the first wins, as with one UPDATE per row."""
+    first: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        first.setdefault(key, index)
+    return first
+
+
+def _positional_unnest(arrays: list[str], types: dict[str, str]) -> str:
+    """DuckDB's select list zipping positional LIST parameters ``$1``.. (one per name of ``arrays``, in order,
+    of SQL element type ``types[name]``) into rows with those column names."""
+    return ", ".join(f"unnest(CAST(${i} AS {types[n]}[])) AS {n}" for i, n in enumerate(arrays, 1))
+
+
 def _naive(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=None) if value is not None and value.tzinfo else value
 
@@ -226,10 +240,7 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
         all rows (executemany, a C loop, as fast as a join there), or per row when the rows that
         matched are wanted.
         """
-        first: dict[str, int] = {}  # a key given twice: the first wins, as with one UPDATE per row
-        for index, key in enumerate(columns["message_key"]):
-            first.setdefault(key, index)
-        rows = sorted(first.values())
+        rows = sorted(_first_indexes(columns["message_key"]).values())
         names = [n for n in columns if n != "message_key"]
         table, arrays_as = LEDGER_TABLE, self.db.dialect.array_parameters
         updated: set[str] = set()
@@ -255,7 +266,7 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
             chunk = rows[start:start + UPDATE_CHUNK]
             values = [[columns[n][i] for i in chunk] for n in arrays]
             if arrays_as == "positional":  # DuckDB: positional $n; Python lists bind as DuckDB LISTs
-                unnest = ", ".join(f"unnest(CAST(${i} AS {array_type(ledger_table.c[n])}[])) AS {n}" for i, n in enumerate(arrays, 1))
+                unnest = _positional_unnest(arrays, {n: array_type(ledger_table.c[n]) for n in arrays})
                 sql = (f"UPDATE {table} SET {assignments}, updated_at = CAST(${len(arrays) + 1} AS TIMESTAMP) "
                        f"FROM (SELECT {unnest}) AS v WHERE {table}.message_key = v.message_key AND {condition}{returning}")
                 result = conn.exec_driver_sql(sql, (*values, _naive(now)))
@@ -338,9 +349,7 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
         work (a key in both, or more rows than a chunk) - the caller does the two UPDATEs."""
         rows: dict[str, tuple[bool, int]] = {}  # key -> (handing over, its index): a key given twice, the first wins
         for handing, columns in ((False, outcomes), (True, contents)):
-            first: dict[str, int] = {}
-            for index, key in enumerate(columns["message_key"]):
-                first.setdefault(key, index)
+            first = _first_indexes(columns["message_key"])
             if first.keys() & rows.keys():
                 return None
             rows.update((key, (handing, index)) for key, index in first.items())
@@ -354,7 +363,7 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
                            for handing, index in rows.values()])
         types = {"handing": "BOOLEAN", **{n: array_type(ledger_table.c[n]) for n in arrays if n != "handing"}}
         table, at = LEDGER_TABLE, f"CAST(${len(arrays) + 1} AS TIMESTAMP)"
-        unnest = ", ".join(f"unnest(CAST(${i} AS {types[n]}[])) AS {n}" for i, n in enumerate(arrays, 1))
+        unnest = _positional_unnest(arrays, types)
         sets = {handing: ", ".join([f"{n} = v.{n}" for n in names[handing]] + [f"updated_at = {at}"]) for handing in (True, False)}
         sql = (f"MERGE INTO {table} USING (SELECT {unnest}) AS v ON {table}.message_key = v.message_key "
                f"WHEN MATCHED AND v.handing AND {table}.status = 'claimed' AND {table}.content IS NULL "
