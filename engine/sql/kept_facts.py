@@ -252,30 +252,25 @@ def kept_rows_build(config: ProjectConfig, now: datetime, campaigns: Sequence[Ca
             *analyze_kept_table(dialect_named(config.dialect), KEPT_ROWS["order_rows"])]
 
 
-def kept_rows_replacing(config: ProjectConfig, now: datetime, campaigns: Sequence[Campaign]) -> list[exp.Expression]:
-    """DELETE the touched customers' kept order rows and INSERT them computed at ``now`` (after the facts'
-    ``kept_replace``, in its transaction); none when no campaign reads them. ``now``: an instant or a
-    ``PassInstant`` (compiled once: sql.prepared.kept_rows_replace_statements)."""
-    insert = kept_rows_insert(config, now, campaigns)
-    return [] if insert is None else [kept_rows_delete(), insert]
-
-
 def kept_rows_delete() -> exp.Delete:
-    """DELETE the touched customers' kept order rows (``kept_rows_replacing``'s first)."""
+    """DELETE the touched customers' kept order rows (``kept_rows_replace``'s first)."""
     return exp.delete(KEPT_ROWS["order_rows"]).where(exp.column("customer_id").isin(
         query=exp.select(col("k", "customer_id")).from_(exp.to_table(TOUCHED["orders"]).as_("k"))))
 
 
 def kept_rows_insert(config: ProjectConfig, now: datetime, campaigns: Sequence[Campaign]) -> exp.Insert | None:
-    """INSERT the touched customers' kept order rows computed at ``now`` (``kept_rows_replacing``'s second);
-    None when no campaign reads them."""
+    """INSERT the touched customers' kept order rows computed at ``now`` (``kept_rows_replace``'s second);
+    None when no campaign reads them. ``now``: an instant or a ``PassInstant`` (compiled once:
+    sql.prepared.kept_rows_replace_statements)."""
     query = kept_rows_select(config, now, campaigns, TOUCHED["orders"])
     return None if query is None else exp.insert(query, KEPT_ROWS["order_rows"])
 
 
 def kept_rows_replace(config: ProjectConfig, now: datetime, campaigns: Sequence[Campaign]) -> list[str]:
-    """``kept_rows_replacing`` rendered."""
-    return [render_sql(statement, config.dialect) for statement in kept_rows_replacing(config, now, campaigns)]
+    """DELETE the touched customers' kept order rows and INSERT them computed at ``now`` (after the facts'
+    ``kept_replace``, in its transaction), rendered; none when no campaign reads them."""
+    insert = kept_rows_insert(config, now, campaigns)
+    return [] if insert is None else [render_sql(statement, config.dialect) for statement in (kept_rows_delete(), insert)]
 
 
 def kept_rows_relations() -> StateRelations:
