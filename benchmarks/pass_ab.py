@@ -20,6 +20,7 @@ import argparse
 import collections
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -89,10 +90,18 @@ def child(repo: Path, port: int, work: Path, shop: Path) -> None:
     cpu0, wall0, main0 = time.process_time(), time.perf_counter(), time.thread_time()
     report = reconciler.run_once(datetime(2025, 1, 10, tzinfo=timezone.utc))
     wall, process, main = time.perf_counter() - wall0, time.process_time() - cpu0, time.thread_time() - main0
+    # what the pass left in the write-ahead log, and the checkpoint that moves it into the file after the pass
+    # (the service's, between passes; at close otherwise): the same statement on either checkout
+    wal_file = work / "shop.duckdb.wal"
+    wal = wal_file.stat().st_size if wal_file.exists() else 0
+    wall1, cpu1 = time.perf_counter(), time.process_time()
+    reconciler.ledger.db.execute("CHECKPOINT")
+    after = (time.perf_counter() - wall1, time.process_time() - cpu1)
     reconciler.close()
     print(json.dumps({"wall": wall, "cpu": process, "main": main, "dispatch": dispatch[0], "sent": report.total("sent"),
                       "skipped": report.total("skipped"), "errors": report.errors[:3], "stages": cpu, "waited": waited[0],
-                      "load": os.getloadavg()[0]}))
+                      "load": os.getloadavg()[0], "wal": wal, "checkpoint": after,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def main() -> int:
@@ -130,6 +139,8 @@ def main() -> int:
                       + ", ".join(f"{k} {per(v)}" for k, v in d["stages"].items() if k != "hand-over writes")
                       + f"), hand-over writes {per(d['stages'].get('hand-over writes', 0))}; main thread waited for"
                       f" the batch in flight {d.get('waited', 0):.2f} s of wall ({d.get('waited', 0) / d['wall']:.0%}); load {d['load']:.1f}"
+                      + f"; WAL after the pass {d['wal'] / 2**20:.1f} MiB, its checkpoint {d['checkpoint'][0]:.3f} s"
+                      f" (CPU {d['checkpoint'][1]:.3f}); peak RSS {d['rss_mb']:.0f} MB"
                       + (f"; errors {d['errors']}" if d["errors"] else ""), flush=True)
     finally:
         sink.stop()

@@ -119,6 +119,16 @@ class Dialect:
     #: MATCHED clause each - one join of the ledger, one statement - that reports the rows it changed (DuckDB);
     #: else two set-based UPDATEs (``Ledger.hand_over``)
     merged_hand_over: bool = False
+    #: the statement that keeps the database from checkpointing by itself until its write-ahead log holds
+    #: ``{limit}`` (``WAL_HOLD_LIMIT``): run on every connection of a ledger a pass writes (``Database.hold_checkpoints``),
+    #: so that a first pass's automatic checkpoint - taken inside whichever commit crosses the database's own
+    #: threshold, most often a hand-over's, while the send workers wait on it - is taken instead by
+    #: ``checkpoint_statement`` once the pass has ended (the service, between passes: ``Ledger.checkpoint``). The log
+    #: is fsynced at every commit either way: what a commit wrote survives a kill as before, only replayed from a
+    #: longer log when the database is opened again. None: the database's own checkpoints are left as they are
+    checkpoint_hold: str | None = None
+    #: the statement that checkpoints the database (its write-ahead log moved into the file), run by ``Ledger.checkpoint``
+    checkpoint_statement: str | None = None
     #: the ledger's columns (engine_ledger's) stored without compression, and the clause that says so after a
     #: column's type in CREATE TABLE (migration 0009 rebuilds the table with it: the database takes a column's
     #: compression only there). A ledger grown pass after pass holds every campaign's rows interleaved, so each
@@ -210,6 +220,11 @@ class Dialect:
     instant_number_sql: str | None = None
 
 
+#: The write-ahead log a ledger may grow to before its database checkpoints by itself (``Dialect.checkpoint_hold``):
+#: a pass that writes more (~4.7 KB of log per email sent, the content) still checkpoints inside its commits, once per
+#: this much, so the log stays bounded; below it a pass writes without one and the service checkpoints after it
+WAL_HOLD_LIMIT = "256MiB"
+
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
 DIALECTS: dict[str, Dialect] = {d.name: d for d in (
     Dialect("duckdb", tokenizer_keywords=frozenset((
@@ -226,6 +241,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             array_parameters="positional", one_writer_per_file=True, ledger_status_index=False,
             # the hand-over's two UPDATEs as one MERGE: a first pass's hand-over CPU x0.83-0.91 (benchmarks/README.md, issue 15)
             merged_hand_over=True,
+            # the automatic checkpoint (DuckDB's at 16 MiB of WAL: 144-680 ms inside a first pass's hand-over commit,
+            # the send workers waiting) held to WAL_HOLD_LIMIT and taken between passes (benchmarks/README.md, issue 15)
+            checkpoint_hold="SET checkpoint_threshold = '{limit}'", checkpoint_statement="CHECKPOINT",
             # an interleaved ledger's keys read plain: a minute later at 1M orders x0.89 (249k ledger rows) and
             # x0.71 (~1M rows) of the compressed keys' CPU (benchmarks/README.md, issue 15)
             uncompressed_ledger_columns=("customer_id", "trigger_key"),

@@ -76,6 +76,7 @@ def open_ledger(config: ProjectConfig, warehouse: Database, writes: bool) -> tup
         try:
             ledger.ensure_schema()
             ledger.check_writable()
+            db.hold_checkpoints()  # checkpointed between passes (Ledger.checkpoint), not inside a pass's commits
         except WarehouseError as exc:
             raise _located(config, exc, _WRITABLE_FIX if _refused(exc) and "must be writable" not in str(exc) else "") from None
         return ledger, shares

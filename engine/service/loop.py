@@ -311,6 +311,7 @@ class Service:
         event("pass.finished", f"Pass at {format_instant(now)}: {sent} sent, {skipped} skipped, {failed} failed "
               f"in {duration:.2f}s", now=format_instant(now), sent=sent, skipped=skipped, failed=failed,
               due=sum(report.counts.values()), duration=round(duration, 4))
+        self._checkpoint(reconciler)
         self._measure_backlog(reconciler, now)
         self._measure_pools(reconciler)
         self._apply_retention(reconciler, now)
@@ -318,6 +319,14 @@ class Service:
             heap.settle(collect=True)
             self._settle_heap = False
         return report
+
+    def _checkpoint(self, reconciler: Reconciler) -> None:
+        """The ledger's checkpoint, between passes, where its database holds its own off during a pass
+        (``Ledger.checkpoint``): no send worker waits on it, and the next pass starts on a short log."""
+        try:
+            reconciler.ledger.checkpoint()
+        except EngineError as exc:  # the next pass's commits checkpoint at the hold's limit all the same
+            event("ledger.checkpoint_failed", f"Could not checkpoint the ledger: {str(exc).splitlines()[0]}", logging.WARNING)
 
     def _apply_retention(self, reconciler: Reconciler, now: datetime) -> None:
         """Delete response events older than policies.responses.retention: after the first pass, then at

@@ -149,6 +149,16 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
         engine wrote them."""
         migrations.ensure(self.db)
 
+    def checkpoint(self) -> None:
+        """Checkpoint the ledger's database where the dialect holds its automatic checkpoints off
+        (``Dialect.checkpoint_hold``, ``Database.hold_checkpoints``): its write-ahead log moved into the
+        file now, while no pass is writing (the service, between passes). Durability is not what it buys:
+        every commit's log was fsynced already; it keeps the log (and the next open's replay) short, and
+        out of the next pass's commits. Nothing elsewhere."""
+        statement = self.db.dialect.checkpoint_statement
+        if statement is not None and self.db.dialect.checkpoint_hold is not None:
+            self.db.execute(statement)
+
     def check_writable(self) -> None:
         """Fail now, having written nothing, when the ledger's database refuses writes (a read-only
         file or connection, a role without INSERT/UPDATE/DELETE): a DELETE of no row, rolled back."""

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from engine.decide import hash32
-from engine.dialects import Dialect, dialect_of_backend
+from engine.dialects import WAL_HOLD_LIMIT, Dialect, dialect_of_backend
 from engine.errors import WarehouseError
 from engine.masking import is_secret_name, mask, remember, remember_url
 from engine.state import driver_rows
@@ -125,6 +125,7 @@ class Database:
                                       f"{self.backend} ({url}); remove the setting from engine.yaml and use the "
                                       "database's own limit"))
         self.statement_timeout = statement_timeout or None
+        self._holding_checkpoints = False  # hold_checkpoints has set its hook
         #: failed statements by reason (WarehouseError.reason) since the last ``take_failures``
         self.failures: Counter[str] = Counter()
         #: streamed reads run on the driver's own cursor (``Dialect.driver_stream``), not SQLAlchemy's
@@ -217,6 +218,20 @@ class Database:
                 return list(result) if result.returns_rows else []
         except self.errors as exc:
             raise self._error("statement failed on", exc) from None
+
+    def hold_checkpoints(self) -> None:
+        """Keep this database from checkpointing by itself until its write-ahead log holds ``WAL_HOLD_LIMIT``
+        (``Dialect.checkpoint_hold``; a ledger a pass writes: ``open_ledger``), so that a checkpoint is taken
+        when the engine asks (``Ledger.checkpoint``) rather than inside a pass's commits. Set on every connection
+        opened from now on, and now on one (the setting is the database's: connections already open share it).
+        Nothing where the dialect declares no hold; once per Database."""
+        hold = self.dialect.checkpoint_hold
+        if hold is None or self._holding_checkpoints:
+            return
+        statement = hold.format(limit=WAL_HOLD_LIMIT)
+        sa.event.listen(self.engine, "connect", _run_on_connect((statement,)))
+        self._holding_checkpoints = True
+        self.execute(statement)
 
     def dispose(self) -> None:
         self.engine.dispose()
