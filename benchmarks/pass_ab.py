@@ -12,7 +12,9 @@ DuckDB's included) per email, and the CPU of the main thread's stages and of the
 (``time.thread_time`` around each stage) with the load average. CPU per email is the figure to compare
 on a shared machine: the wall time follows the load. The main thread's wait for the batch in flight is
 also printed as wall time ("waited"): its CPU is nearly nil, so the CPU figures alone hide that the main
-thread spends a quarter of the pass waiting for the send stage (benchmarks/README.md, emails25).
+thread spends a quarter of the pass waiting for the send stage (benchmarks/README.md, emails25). After the
+pass: the write-ahead log it left in the DuckDB file and the ``CHECKPOINT`` that moves it into the file, timed
+outside the pass (the service's between passes since send27; at close before), and the process's peak RSS.
 """
 from __future__ import annotations
 

@@ -223,7 +223,7 @@ class Dialect:
 #: The write-ahead log a ledger may grow to before its database checkpoints by itself (``Dialect.checkpoint_hold``):
 #: a pass that writes more (~4.7 KB of log per email sent, the content) still checkpoints inside its commits, once per
 #: this much, so the log stays bounded; below it a pass writes without one and the service checkpoints after it
-WAL_HOLD_LIMIT = "256MiB"
+WAL_HOLD_LIMIT = "64MiB"
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
 DIALECTS: dict[str, Dialect] = {d.name: d for d in (

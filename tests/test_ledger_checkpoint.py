@@ -134,6 +134,6 @@ def test_the_service_checkpoints_the_ledger_after_its_pass(tmp_path):
         assert report is not None and report.total("sent") > 50
         # the pass wrote its claims, contents and outcomes (hundreds of KB of log); none of it is left in the log
         assert wal_size(database) < 64 * 1024, (before, wal_size(database))
-        assert reconciler.ledger.db.execute("SELECT current_setting('checkpoint_threshold')")[0][0] == "256.0 MiB"
+        assert reconciler.ledger.db.execute("SELECT current_setting('checkpoint_threshold')")[0][0] == "64.0 MiB"
     finally:
         service.close()
