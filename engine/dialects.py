@@ -3,7 +3,7 @@
 Owns: which URL schemes (and SQLAlchemy backend names) choose which sqlglot dialect, and each
 dialect's capabilities: how instants are stored (SQLite: text), temporary tables and where a
 session keeps them, how literal rows are written (VALUES or UNNEST), CTE materialisation, and
-for a database the engine connects to (warehouse or ledger): per-connection statements,
+for a database the engine connects to (warehouse or ledger): per-connection statements, when a ledger checkpoints,
 conflict handling for claims, array parameters (and a batch's lookup keys as one), the migration lock, planner statistics, how
 the driver describes column types and how a statement is stopped at warehouse.statement_timeout. Every other module asks this table (``dialect_named``,
 ``dialect_of_url``, ``dialect_of_backend``) instead of comparing a dialect's name; a test checks
@@ -221,8 +221,10 @@ class Dialect:
 
 
 #: The write-ahead log a ledger may grow to before its database checkpoints by itself (``Dialect.checkpoint_hold``):
-#: a pass that writes more (~4.7 KB of log per email sent, the content) still checkpoints inside its commits, once per
-#: this much, so the log stays bounded; below it a pass writes without one and the service checkpoints after it
+#: a pass that writes more (~5 KB of log per email sent, most of it the content) still checkpoints inside its commits,
+#: once per this much, so the log stays bounded; below it (a first pass of up to ~13,000 emails) a pass writes without
+#: one and the service checkpoints after it. Not larger: DuckDB's checkpoint grows faster than the log it moves (a
+#: first pass at 1M orders, 71,733 emails, load ~10: 256 MiB x0.72 of the base's emails/s, 64 MiB x1.33)
 WAL_HOLD_LIMIT = "64MiB"
 
 #: Every supported dialect, in the order commands list them (``engine compile --dialect``).
@@ -241,8 +243,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             array_parameters="positional", one_writer_per_file=True, ledger_status_index=False,
             # the hand-over's two UPDATEs as one MERGE: a first pass's hand-over CPU x0.83-0.91 (benchmarks/README.md, issue 15)
             merged_hand_over=True,
-            # the automatic checkpoint (DuckDB's at 16 MiB of WAL: 144-680 ms inside a first pass's hand-over commit,
-            # the send workers waiting) held to WAL_HOLD_LIMIT and taken between passes (benchmarks/README.md, issue 15)
+            # the automatic checkpoint (DuckDB's at 16 MiB of WAL: twice in a --quick first pass, 144-680 ms each inside a
+            # commit, the send workers waiting) held to WAL_HOLD_LIMIT and taken between passes: that pass's emails/s
+            # x1.19-1.36, CPU per email x0.84-0.94, at load 6-10 (benchmarks/README.md, issue 15)
             checkpoint_hold="SET checkpoint_threshold = '{limit}'", checkpoint_statement="CHECKPOINT",
             # an interleaved ledger's keys read plain: a minute later at 1M orders x0.89 (249k ledger rows) and
             # x0.71 (~1M rows) of the compressed keys' CPU (benchmarks/README.md, issue 15)
