@@ -245,7 +245,7 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             merged_hand_over=True,
             # the automatic checkpoint (DuckDB's at 16 MiB of WAL: twice in a --quick first pass, 144-680 ms each inside a
             # commit, the send workers waiting) held to WAL_HOLD_LIMIT and taken between passes: that pass's emails/s
-            # x1.19-1.36, CPU per email x0.84-0.94, at load 6-10 (benchmarks/README.md, issue 15)
+            # x1.08-1.36, CPU per email x0.84-0.97, at load 6-12 (benchmarks/README.md, issue 15)
             checkpoint_hold="SET checkpoint_threshold = '{limit}'", checkpoint_statement="CHECKPOINT",
             # an interleaved ledger's keys read plain: a minute later at 1M orders x0.89 (249k ledger rows) and
             # x0.71 (~1M rows) of the compressed keys' CPU (benchmarks/README.md, issue 15)
