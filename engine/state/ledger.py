@@ -488,7 +488,7 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
         found: set[str] = set()
         if not digests:  # none of the batch's customers has a contact of the kind: nothing to ask
             return found
-        listed = self._listed("digest", 2) if digests else None
+        listed = self._listed("digest", 2)
         if listed is not None:  # one statement: the digests as one LIST parameter
             rows = self._rows_by_list(f"SELECT digest FROM {gone_contacts_table.name} WHERE kind = $1 AND {listed}",
                                       (kind, digests))
