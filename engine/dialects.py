@@ -65,9 +65,6 @@ class Dialect:
     #: evaluate such a CTE once, out of core) or ``rows`` (every settled row returned with its reason,
     #: no CTE, counted in Python as it streams)
     settled_counts: Literal["summary", "rows"] = "rows"
-    #: with ``rows``: the settled rows' columns but those counted are NULL (``due._narrowed``), so the
-    #: driver converts no customer values for them
-    narrow_settled_rows: bool = False
     #: a date anchored at the customer's local midnight (``TriggerKind.local_date``) has its settled skips
     #: decided in SQL too, its local midnight and due time per zone and day from the pass's zone table
     #: (``due.settled_in_sql``); else its rows are decided in Python
@@ -251,10 +248,11 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # x0.71 (~1M rows) of the compressed keys' CPU (benchmarks/README.md, issue 15)
             uncompressed_ledger_columns=("customer_id", "trigger_key"),
             uncompressed_column_clause="USING COMPRESSION uncompressed",
-            # settled_counts "rows": DuckDB holds a CTE read twice whole in memory, so the summary form kept
-            # every due row of a campaign there (+20 MB peak RSS at 254k due rows; as fast as rows within noise);
-            # their columns NULL but the counted ones: the counted plan's CPU x0.90 at 1M (SQLite: x1.08, not set)
-            narrow_settled_rows=True,
+            # settled_counts "summary": the cold counted plan at 1M orders (172,522 settled skips) CPU x0.86 of the
+            # settled rows streamed narrowed to be counted in Python (its Python x0.77, the statements' CPU x0.98):
+            # DuckDB holds a CTE read twice in its buffer manager (+20 MB peak RSS at 254k due rows, measured in
+            # session 21 when it was as fast as the rows; benchmarks/README.md, issue 15, cold27)
+            settled_counts="summary",
             # delivery's 51,530 stale/stopped skips at 1M orders counted in SQL: the cold plan's CPU x0.82, the first
             # pass's plan x0.73 (SQLite at 100k: x1.02 and x1.09, not set; PostgreSQL below)
             settles_local_dates=True,

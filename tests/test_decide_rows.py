@@ -107,3 +107,53 @@ def test_a_yearly_rows_timing_is_worked_out_once_per_day_and_zone(monkeypatch):
         assert [m and _fields(m) for m in shared] == [m and _fields(m) for m in alone], now
         decided += sum(m is not None for m in shared)
     assert decided > 50  # due rows were decided, sent or skipped stale/stopped, not only rows left out
+
+
+#: zones east and west of UTC, with and without DST, an unknown one, none (the default) and a value that is not text
+SEND_AT_ZONES = ["Europe/Berlin", "Pacific/Kiritimati", "Pacific/Pago_Pago", "America/New_York", "Asia/Kolkata",
+                 "Australia/Lord_Howe", "Mars/Olympus", None, 7]
+
+
+def test_a_local_send_times_rows_are_decided_inline_as_decide_row_decides_them():
+    """A step with a local send time (order-follow-up's cross-sell and review request, 10:00 local) is decided
+    inline (``RowLayout.plain``): its due time from the pairs of consecutive send times worked out once per
+    step and zone of a query (``plan._send_times``: ``due.zone_due_times``, what the settled rows' zone table
+    holds), a trigger outside them by ``decide.due_time``. Every row as ``decide_row`` decides it, at instants
+    around 10:00 local, the clocks going forward and back in Europe and the US (the pairs around them left
+    out), with triggers every 37 minutes over the steps' windows."""
+    from engine.run.plan import RowLayout, decide_row, decide_rows
+    from engine.sql.compile import CUSTOMER_PREFIX, VARIANT_PREFIX, variant_columns
+
+    project = load_project(REPO)
+    campaign = project.campaign("order-follow-up")
+    zoned = [step.id for step in campaign.steps if step.send_at is not None]
+    assert zoned  # the shipped campaign has local send times
+    fields = ("campaign", "step", "customer_id", "trigger_key", "trigger_at", "stopped_by",
+              *(f"{VARIANT_PREFIX}{i}" for i in range(variant_columns(campaign))),
+              *(f"{CUSTOMER_PREFIX}{name}" for name in ("customer_id", "email", "phone", "timezone")))
+    layout = RowLayout(fields, campaign)
+    assert set(zoned) <= set(layout.plain)  # inline, not row by row
+    instants = [parse_instant(text) for text in (
+        "2025-01-10T00:00:00Z", "2025-01-10T09:00:00Z", "2025-01-10T09:30:00Z", "2025-03-30T08:00:00Z",
+        "2025-03-31T08:00:00Z", "2025-04-02T09:00:00Z", "2025-03-10T14:00:00Z", "2025-10-27T09:00:00Z",
+        "2025-11-03T15:00:00Z")]
+    decided = inline = 0
+    for now in instants:
+        rows, n = [], 0
+        for step in campaign.steps:
+            for minutes in range(0, 60 * 24 * 24, 37):  # triggers over the last 24 days
+                n += 1
+                zone = SEND_AT_ZONES[n % len(SEND_AT_ZONES)]
+                stopped = "unsubscribed" if n % 13 == 0 else None
+                trigger = (now - timedelta(minutes=minutes)).replace(tzinfo=None)
+                rows.append(("order-follow-up", step.id, n, str(n), trigger, stopped,
+                             *([n % 3 != 0] * variant_columns(campaign)), n, f"c{n}@example.com", None, zone))
+        layout = RowLayout(fields, campaign)
+        together = [_fields(m) for m in decide_rows(campaign, rows, now, project.config, layout)]
+        one_by_one = [_fields(m) for m in (decide_row(campaign, row, now, project.config, RowLayout(fields, campaign))
+                                           for row in rows) if m is not None]
+        assert together == one_by_one, now
+        assert layout.send_times  # the pairs were worked out (the inline path ran)
+        decided += len(together)
+        inline += sum(1 for m in together if m[0]["step"] in zoned)
+    assert inline > 1000 and decided > inline  # due rows of the zoned steps were decided, sent or skipped

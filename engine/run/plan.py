@@ -11,6 +11,7 @@ the ledger or the warehouse's own tables (the pass's temporary fact and zone tab
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -33,7 +34,7 @@ from engine.run.ledger_state import shipped_state
 from engine.sql.hashing import hashes_in_sql
 from engine.sql.due import (
     CUSTOMER_ROWS, ZONE_DUE_TABLE, keys_in_sql, reentry_in_sql, zone_due_arrays, zone_due_create, zone_due_inserts,
-    zone_due_rows, settles_local_date, zoned,
+    zone_due_rows, zone_due_times, settles_local_date, zoned,
 )
 from engine.sql.shipping import copy_relation, create_copy, drop_copy, insert_copy
 from engine.sql.prepared import Wrap, due_statement, facts_statement
@@ -311,10 +312,13 @@ class RowLayout:
         self.steps = {step.id: step for step in campaign.steps}
         #: steps with an A/B split: only those need the customer's stable bucket
         self.split_steps = {step.id for step in campaign.steps if any(v.percent is not None for v in step.variants)}
-        #: the steps ``decide_rows`` decides inline (the common case), by id
+        #: the steps ``decide_rows`` decides inline (the common case), by id: a plain instant, or one with a
+        #: local send time when the rows carry the customer's zone (its due time by ``_send_times``)
         self.plain = {step.id: step for step in campaign.steps
-                      if not (self.yearly or self.local_date) and step.wait is None and step.send_at is None
-                      and step.id not in self.split_steps}
+                      if not (self.yearly or self.local_date) and step.wait is None
+                      and (step.send_at is None or self.timezone is not None) and step.id not in self.split_steps}
+        #: (step id, zone value) -> a local send time's due times at the query's instant (``_send_times``)
+        self.send_times: dict[tuple, tuple] = {}
 
 
 def decide_rows(campaign: Campaign, rows: list, now: datetime, config: ProjectConfig,
@@ -330,8 +334,8 @@ def decide_rows(campaign: Campaign, rows: list, now: datetime, config: ProjectCo
     if not layout.plain:
         return [m for m in (decide_row(campaign, row, now, config, layout) for row in rows) if m is not None]
     plain = layout.plain
-    step_at, customer_at, key_at, trigger_at_at, stopped_at = (
-        layout.step, layout.customer_id, layout.trigger_key, layout.trigger_at, layout.stopped_by)
+    step_at, customer_at, key_at, trigger_at_at, stopped_at, zone_at = (
+        layout.step, layout.customer_id, layout.trigger_key, layout.trigger_at, layout.stopped_by, layout.timezone)
     start, names, match_at = layout.customer_start, layout.customer_names, layout.matches
     horizon, name = config.stale_horizon, campaign.name
     #: (step id, audience matches) -> (candidate variant ids, the first one's channel, its id) of a plain step
@@ -350,15 +354,17 @@ def decide_rows(campaign: Campaign, rows: list, now: datetime, config: ProjectCo
                 append(message)
             continue
         stored = row[trigger_at_at]
-        if stored != last_stored or step_id != last_step or last_step is None:
-            times, last_step, last_stored = _plain_timing(plain[step_id], stored, now, horizon), step_id, stored
+        step = plain[step_id]
+        if step.send_at is not None:  # the customer's zone decides: never shared with the next row
+            times, last_step = _zoned_timing(layout, step, stored, row[zone_at], now, config), None
+        elif stored != last_stored or step_id != last_step or last_step is None:
+            times, last_step, last_stored = _plain_timing(step, stored, now, horizon), step_id, stored
         if times is None:
             continue
         trigger_at, due_at, stale = times
         matches = choice_of(row)
         choice = chosen.get(matches)
         if choice is None:
-            step = plain[step_id]
             candidates = matching_variants(step, [row[i] for i in match_at], 0)
             first = candidates[0] if candidates else None
             choice = chosen[matches] = (tuple(v.id for v in candidates), first.channel if first else None,
@@ -392,6 +398,40 @@ def _plain_timing(step, stored, now: datetime, horizon) -> tuple | None:
     if freshness is not None and now > due_at + freshness + horizon:
         return None
     return trigger_at, due_at, freshness is not None and now >= due_at + freshness
+
+
+def _zoned_timing(layout: RowLayout, step, stored, zone_value, now: datetime, config: ProjectConfig) -> tuple | None:
+    """``_plain_timing`` of a row of a step with a local send time, in the customer's zone (``zone_value``, the
+    row's time zone column): its due time is that of the pair of consecutive local send times around the
+    trigger + delay (``due.zone_due_times``: what the settled rows' zone table holds, from ``decide.due_time``
+    itself), found by bisection in the pairs worked out once per step and zone value of a query
+    (``_send_times``); a trigger outside them (not due yet, beyond the stale horizon, or around a change of
+    the zone's UTC offset, which the pairs leave out) by ``decide.due_time`` as ``decide_row`` computes it."""
+    trigger_at = _instant(stored)
+    starts, pairs, zone = _send_times(layout, step, zone_value, now, config)
+    base = trigger_at + step.delay
+    at = bisect_left(starts, base) - 1  # the last pair whose previous send time is before the base
+    due_at = pairs[at][1] if at >= 0 and base <= pairs[at][1] else due_time(trigger_at, step, zone)
+    if due_at > now:
+        return None
+    freshness = step.freshness
+    if freshness is not None and now > due_at + freshness + config.stale_horizon:
+        return None
+    return trigger_at, due_at, freshness is not None and now >= due_at + freshness
+
+
+def _send_times(layout: RowLayout, step, zone_value, now: datetime, config: ProjectConfig) -> tuple:
+    """(the pairs' previous send times, the (previous, this) pairs in that order, the zone) of ``step`` in the
+    zone of a customer whose time zone column holds ``zone_value`` (``decide.customer_zone``: a value that is
+    not text, or unknown, is the project's default), at ``now``: once per query (``RowLayout.send_times``)."""
+    name = zone_value if isinstance(zone_value, str) else ""
+    key = (step.id, name)
+    found = layout.send_times.get(key)
+    if found is None:
+        zone = customer_zone(name, config.default_timezone)
+        pairs = sorted(zone_due_times(step, now, config.stale_horizon, zone))
+        found = layout.send_times[key] = ([previous for previous, _ in pairs], pairs, zone)
+    return found
 
 
 #: a naive UTC timestamp made aware by adding it to the aware epoch: ten times cheaper than ``replace(tzinfo=UTC)``

@@ -22,8 +22,8 @@ A plan that shows only how many of them there are (``engine plan`` without ``--i
 counts them, writing nothing, into ``SettledCounts``: where the ledger shares the warehouse, from
 the statement that returns the campaign's other rows (``due_query(settled="count")``), so the due
 query runs once, as in the row-by-row plan - one summary row per step, reason and channel where the
-database evaluates a CTE read twice once and out of core (``Dialect.settled_counts``: PostgreSQL),
-else the settled rows themselves, narrow of work (no decision, no message), counted as they stream;
+database evaluates a CTE read twice once and out of core (``Dialect.settled_counts``: PostgreSQL,
+DuckDB), else the settled rows themselves (SQLite), no decision and no message, counted as they stream;
 ``counted_rows`` takes them out of the batches. From a ledger in another database, which no
 warehouse statement can read, their keys are streamed and those the ledger holds left out
 (``count_settled``), then the other rows are read.

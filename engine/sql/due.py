@@ -389,7 +389,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     width = variant_columns(campaign)
     fetched = [a for a in config.customer_attributes()
                if customer_columns is None or a in customer_columns or a == "customer_id"]
-    selects, counting = [], False
+    selects = []
     for step, window in zip(campaign.steps, windows):
         apart = settled != "include" and settled_in_sql(campaign, step, zone_due is not None, builder.dialect)
         if settled == "only" and not apart:
@@ -434,7 +434,6 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
                 counted = [exp.alias_(reason, COUNT_REASON),
                            exp.alias_(_first_channel(step, matches), COUNT_CHANNEL),
                            exp.alias_(exp.cast(exp.null(), _BIGINT), COUNT_COLUMN)]
-                counting = True
                 selects.append(_zone_join(_due_select(builder, campaign, step, kind, stopped_by, waits, conditions,
                                                       customers, attributes, width, exclude_ledger, fetched, counted),
                                           campaign, step, zone_due, builder.dialect))
@@ -473,8 +472,6 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
     due = None
     if settled == "count" and declared.settled_counts == "summary":
         due, body = body, _counted_body(selects[0], per_customer)
-    elif counting and declared.narrow_settled_rows:  # settled rows streamed to be counted
-        body = _narrowed(body)
     if per_customer and due is None:  # the settled rows of a "count" statement are not counted: taken out first
         body = _with_customer_rows(body, unsettled_only=settled == "count")
     elif not isinstance(body, exp.Select) or sort:
@@ -512,19 +509,6 @@ def _counted_body(first: exp.Select, per_customer: bool) -> exp.Query:
         for name in names
     ]).from_(COUNT_CTE).where(exp.column(COUNT_REASON).is_(exp.null()).not_())
     return exp.union(rows, summary.group_by(*[exp.column(key) for key in keys]), distinct=False)
-
-
-def _narrowed(body: exp.Query) -> exp.Select:
-    """``body``'s rows with every column but those ``settle.counted_rows`` reads NULL on a settled row
-    (``COUNT_REASON`` set): counted and never decided, such a row needs no customer values, and the
-    driver converts fewer (``Dialect.settled_counts`` "rows" with ``narrow_settled_rows``)."""
-    kept = ("campaign", "step", COUNT_REASON, COUNT_CHANNEL, COUNT_COLUMN)
-    unsettled = exp.column(COUNT_REASON).is_(exp.null())
-    return exp.select(*[
-        exp.column(name) if name in kept
-        else exp.alias_(exp.Case(ifs=[exp.If(this=unsettled.copy(), true=exp.column(name))]), name)
-        for name in body.named_selects
-    ]).from_(body.subquery("due_steps", copy=False), copy=False)
 
 
 def _first_channel(step: Step, matches: Sequence[exp.Expression]) -> exp.Expression:
