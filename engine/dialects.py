@@ -112,6 +112,13 @@ class Dialect:
     #: no query through a composite index, and updates a row whose indexed column changes as a
     #: delete and insert of the whole row, its stored content included: every outcome did (migration 0008)
     ledger_status_index: bool = True
+    #: the ledger keeps its per-customer index engine_ledger_customer (customer_id), and the readers by
+    #: customer (frequency caps, re-entry history, one customer's messages) read through it. False (migration
+    #: 0010): no index led by the customer - each claim put an entry on a random leaf of one as big as the
+    #: ledger, all of SQLite's extra write cost at 10M rows - and the readers seek the identity index at each
+    #: (campaign, step) the ledger holds; the caps only at the steps that sent within their window, found
+    #: through engine_ledger_sends (campaign, step, updated_at of the rows sent or in flight)
+    ledger_customer_index: bool = True
     #: a hand-over (the outcomes of the group before and this group's content) is one MERGE with a WHEN
     #: MATCHED clause each - one join of the ledger, one statement - that reports the rows it changed (DuckDB);
     #: else two set-based UPDATEs (``Ledger.hand_over``)
@@ -301,6 +308,9 @@ DIALECTS: dict[str, Dialect] = {d.name: d for d in (
             # pysqlite begins transactions lazily (and not before DDL); BEGIN IMMEDIATE takes the
             # write lock now - a second process waits (busy_timeout) until the first commits
             migration_lock="BEGIN IMMEDIATE", binds_instants=True,
+            # no engine_ledger_customer (migration 0010): its random leaf per claim was SQLite's whole extra
+            # write cost at 10M ledger rows (benchmarks/README.md, issue 15)
+            ledger_customer_index=False,
             # no SHA-256 in SQLite: the engine registers decide.hash32 on each connection it opens
             hash32_sql="ENGINE_HASH32(hashed_text)", hash32_function="ENGINE_HASH32",
             # sqlite3.Connection.interrupt() (sqlite3_interrupt), made to be called from another thread

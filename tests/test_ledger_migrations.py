@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 import pg
 from conftest import copy_project
+from engine.dialects import dialect_of_backend
 from engine.state import migrations
 from engine.errors import WarehouseError
 from engine.state.ledger import Ledger
@@ -468,8 +469,8 @@ def test_duckdb_0009_stores_the_ledger_keys_uncompressed_keeping_every_row_and_i
     before = stored_compressions(db)
     assert before["declared uncompressed"] == set() and all(before[key] != {"Uncompressed"} for key in KEYS)
 
-    assert migrations.ensure(db) == ["0009"]
-    assert revisions(db) == ["0009"]
+    assert migrations.ensure(db) == ["0009", "0010"]
+    assert revisions(db) == ["0010"]
     assert every_row(db) == rows and len(rows) == 6000 + len(ROWS["engine_ledger"])
     assert duckdb_catalog(db) == catalog
     after = stored_compressions(db)
@@ -494,7 +495,7 @@ def test_duckdb_0009_stores_the_ledger_keys_uncompressed_keeping_every_row_and_i
 
 def test_a_new_duckdb_ledger_stores_its_keys_uncompressed(tmp_path):
     db = Database(f"duckdb:///{tmp_path / 'ledger.duckdb'}")
-    assert migrations.ensure(db)[-1] == "0009"
+    assert migrations.ensure(db)[-2:] == ["0009", "0010"]
     fill_interleaved(db)
     stored = stored_compressions(db)
     assert stored["declared uncompressed"] == set(KEYS)
@@ -509,8 +510,33 @@ def test_0009_changes_nothing_on_sqlite_and_postgresql(url):
     upgrade_to(db, "0008")
     fill(db)
     shape, before = schema(db), contents(db)
-    assert migrations.ensure(db) == ["0009"]
+    upgrade_to(db, "0009")
     assert (schema(db), contents(db)) == (shape, before)
+    db.dispose()
+
+
+# --- revision 0010: no index led by the customer where the dialect says so (SQLite) --------------------------
+
+
+def test_0010_drops_the_customer_index_where_the_dialect_says_so_keeping_every_row(url):
+    """A ledger at 0009 with rows in every state: 0010 keeps every row; on SQLite (``ledger_customer_index``
+    False) engine_ledger_customer gives way to engine_ledger_sends, elsewhere the schema is unchanged. The
+    readers on such a ledger: tests/test_ledger_customer_reads.py."""
+    db = Database(url)
+    upgrade_to(db, "0009")
+    fill(db)
+    shape, before = schema(db), contents(db)
+    assert migrations.ensure(db) == ["0010"]
+    assert revisions(db) == ["0010"] and contents(db) == before
+    if dialect_of_backend(db.engine.dialect.name).ledger_customer_index:
+        assert schema(db) == shape
+    else:
+        ddl = set(schema(db)["ddl"])
+        assert set(shape["ddl"]) - ddl == {"CREATE INDEX engine_ledger_customer ON engine_ledger (customer_id)"}
+        assert ddl - set(shape["ddl"]) == {"CREATE INDEX engine_ledger_sends ON engine_ledger (campaign, step, updated_at) "
+                                           "WHERE status NOT IN ('failed', 'skipped')"}
+    assert Ledger(db).customer_messages("3", ("message_key", "status")) == [
+        {"message_key": "welcome:hello:3:3", "status": "sent"}]
     db.dispose()
 
 
@@ -555,7 +581,7 @@ def test_a_duckdb_0009_that_fails_or_is_killed_midway_leaves_the_old_ledger(tmp_
     assert revisions(db) == ["0008"]
     assert every_row(db) == rows and duckdb_catalog(db) == catalog
     assert stored_compressions(db)["declared uncompressed"] == set()
-    assert migrations.ensure(db) == ["0009"]  # and the next start upgrades it
+    assert migrations.ensure(db) == ["0009", "0010"]  # and the next start upgrades it
     assert every_row(db) == rows and stored_compressions(db)["declared uncompressed"] == set(KEYS)
     db.dispose()
 

@@ -50,7 +50,7 @@ from engine.state import migrations
 from engine.state.bulk import array_type, conflict_insert, unnest_insert
 from engine.state.coupons import CouponStore
 from engine.state.events import EventStore
-from engine.state.ledger_reader import LedgerReader
+from engine.state.ledger_reader import LedgerReader, at_steps, ledger_steps
 from engine.state.ledger_tables import (  # noqa: F401 - re-exported: the tests and benchmarks build ledgers from them
     entries_table, events_table, gone_contacts_table, ledger_table, metadata, suppressions_table, tags_table, unsubscribes_table,
 )
@@ -553,6 +553,8 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
             for customer_id, updated_at, channel, campaign in rows:
                 found.setdefault(customer_id, []).append((_parse(updated_at), channel, campaign))
             return found
+        if not self.db.dialect.ledger_customer_index:
+            return self._recent_sends_without_customer_index(customer_ids, _naive(since), not_sent)
         for start in range(0, len(customer_ids), 500):
             query = sa.select(c.customer_id, c.updated_at, c.channel, c.campaign).where(
                 c.customer_id.in_(customer_ids[start:start + 500]), c.status.not_in(not_sent),
@@ -581,6 +583,27 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
                 return conn.exec_driver_sql(sql, parameters).fetchall()
         except sa.exc.SQLAlchemyError as exc:
             raise self.db._error("query failed on", exc) from None
+
+    def _recent_sends_without_customer_index(self, customer_ids: list[str], since: datetime,
+                                             not_sent: list[str]) -> dict[str, list[tuple[datetime, str, str]]]:
+        """``recent_sends`` on a ledger without a per-customer index (``Dialect.ledger_customer_index``,
+        migration 0010): the steps that sent within the window (one seek of engine_ledger_sends per step the
+        ledger holds, in the statement that walks them), then the identity index sought at those steps for
+        each customer, their rows filtered as above. Same rows. A step that sent before the window only is
+        not read at all: cheaper than the customer index, which read every row of a customer's history."""
+        c = ledger_table.c
+        found: dict[str, list[tuple[datetime, str, str]]] = {}
+        with self.db.engine.connect() as conn:
+            pairs = ledger_steps(conn, sent_since=since) if customer_ids else []
+            if not pairs:
+                return found
+            for start in range(0, len(customer_ids), 500):
+                query = sa.select(c.customer_id, c.updated_at, c.channel, c.campaign).where(
+                    at_steps(pairs), c.customer_id.in_(customer_ids[start:start + 500]), c.status.not_in(not_sent),
+                    c.updated_at >= since)
+                for customer_id, updated_at, channel, campaign in conn.execute(query):
+                    found.setdefault(customer_id, []).append((_parse(updated_at), channel, campaign))
+        return found
 
     def existing_keys(self, keys: list[str]) -> set[str]:
         """Which of ``keys`` the ledger already holds (for a ledger in another database)."""
@@ -624,14 +647,21 @@ class Ledger(CouponStore, EventStore, WatermarkStore, SettledStore, LedgerReader
             for customer_id, trigger_key, trigger_at in rows:
                 found.setdefault(customer_id, []).append((trigger_key, _parse(trigger_at)))
             return found
-        for start in range(0, len(customer_ids), 500):
-            chunk = customer_ids[start:start + 500]
-            query = (
-                sa.select(c.customer_id, c.trigger_key, sa.func.min(c.trigger_at))
-                .where(c.campaign == campaign, c.customer_id.in_(chunk), c.status.in_(("claimed", "sent")))
-                .group_by(c.customer_id, c.trigger_key)
-            )
-            with self.db.engine.connect() as conn:
+        if not customer_ids:
+            return found
+        with self.db.engine.connect() as conn:
+            # without a per-customer index: the identity index, at each of the campaign's steps the ledger holds
+            steps = None if self.db.dialect.ledger_customer_index else [step for _, step in ledger_steps(conn, campaign)]
+            if steps == []:
+                return found
+            for start in range(0, len(customer_ids), 500):
+                chunk = customer_ids[start:start + 500]
+                query = (
+                    sa.select(c.customer_id, c.trigger_key, sa.func.min(c.trigger_at))
+                    .where(c.campaign == campaign, c.customer_id.in_(chunk), c.status.in_(("claimed", "sent")),
+                           *([c.step.in_(steps)] if steps is not None else []))
+                    .group_by(c.customer_id, c.trigger_key)
+                )
                 for customer_id, trigger_key, trigger_at in conn.execute(query):
                     found.setdefault(customer_id, []).append((trigger_key, _parse(trigger_at)))
         return found

@@ -45,6 +45,51 @@ def events_relation(alias: str) -> exp.Table:
     return exp.to_table(EVENTS_TABLE).as_(alias)
 
 
+#: the statuses of a message neither sent nor in flight, as engine_ledger_sends' condition names them (0010)
+NOT_SENDING = ("failed", "skipped")
+
+
+def ledger_steps(conn: sa.Connection, campaign: str | None = None, sent_since: datetime | None = None) -> list[tuple[str, str]]:
+    """Every (campaign, step) the ledger holds (of ``campaign`` only, if given; with ``sent_since``, only those
+    with a row sent or in flight updated since then), in order, in one statement: a recursive walk that seeks
+    the identity index (campaign, step, ...) once per campaign and once per pair, however many rows each holds,
+    and engine_ledger_sends once per pair for ``sent_since`` - what lets a ledger without a per-customer index
+    (``Dialect.ledger_customer_index``) find a customer's rows by seeking the identity index at (campaign,
+    step, customer_id) for each pair. The statuses are literals: SQLite reads a partial index only for a
+    condition that contains the index's own."""
+    first = ("SELECT :campaign" if campaign is not None else f"SELECT MIN(campaign) FROM {LEDGER_TABLE}")
+    walk = "" if campaign is not None else (
+        f" UNION ALL SELECT (SELECT MIN(l.campaign) FROM {LEDGER_TABLE} AS l WHERE l.campaign > c.campaign) "
+        f"FROM campaigns AS c WHERE c.campaign IS NOT NULL")
+    statuses = ", ".join(f"'{status}'" for status in NOT_SENDING)
+    sent = "" if sent_since is None else (
+        f" AND EXISTS (SELECT 1 FROM {LEDGER_TABLE} AS l WHERE l.campaign = pairs.campaign AND l.step = pairs.step "
+        f"AND l.status NOT IN ({statuses}) AND l.updated_at >= :since)")
+    sql = (f"WITH RECURSIVE campaigns (campaign) AS ({first}{walk}), "
+           f"pairs (campaign, step) AS (SELECT c.campaign, (SELECT MIN(l.step) FROM {LEDGER_TABLE} AS l "
+           f"WHERE l.campaign = c.campaign) FROM campaigns AS c WHERE c.campaign IS NOT NULL "
+           f"UNION ALL SELECT p.campaign, (SELECT MIN(l.step) FROM {LEDGER_TABLE} AS l "
+           f"WHERE l.campaign = p.campaign AND l.step > p.step) FROM pairs AS p WHERE p.step IS NOT NULL) "
+           f"SELECT campaign, step FROM pairs WHERE step IS NOT NULL{sent} ORDER BY campaign, step")
+    text = sa.text(sql)
+    if campaign is not None:
+        text = text.bindparams(sa.bindparam("campaign", campaign, type_=ledger_table.c.campaign.type))
+    if sent_since is not None:
+        text = text.bindparams(sa.bindparam("since", sent_since, type_=ledger_table.c.updated_at.type))
+    return [(row[0], row[1]) for row in conn.execute(text)]
+
+
+def at_steps(pairs: list[tuple[str, str]]) -> sa.ColumnElement:
+    """The ledger rows of ``pairs`` (campaign, step): per campaign, its steps - one seek of the identity index
+    per pair with the customer given beside it (SQLite reads each OR term through the index), never the pairs
+    of one campaign's steps with another's."""
+    c = ledger_table.c
+    steps: dict[str, list[str]] = {}
+    for campaign, step in pairs:
+        steps.setdefault(campaign, []).append(step)
+    return sa.or_(*[sa.and_(c.campaign == campaign, c.step.in_(names)) for campaign, names in steps.items()])
+
+
 class LedgerReader:
     """Read-only access to the ledger in ``db`` (the warehouse's database or its own)."""
 
@@ -84,6 +129,14 @@ class LedgerReader:
         conditions = [c.customer_id == customer_id] + ([c.campaign == campaign] if campaign is not None else [])
         query = sa.select(*[c[name] for name in fields]).where(*conditions).order_by(c.created_at, c.message_key)
         with self.db.engine.connect() as conn:
+            if not self.db.dialect.ledger_customer_index:  # the identity index, at each (campaign, step) held
+                pairs = ledger_steps(conn, campaign)
+                if not pairs:
+                    return []
+                # every campaign with every step: a pair the ledger does not hold is a seek that finds nothing
+                # (20 customers at 10M rows, 33 campaigns: 2-3 ms each, against 8 ms per campaign's OR term)
+                query = query.where(c.campaign.in_(sorted({name for name, _ in pairs})),
+                                    c.step.in_(sorted({step for _, step in pairs})))
             return [dict(row) for row in conn.execute(query).mappings()]
 
     def customer_events(self, customer_id: str) -> list[dict]:
