@@ -2,7 +2,7 @@
 its layout and size cost the plan a minute later (issue 15, steady target, helper duck25).
 
     python benchmarks/ledger_layout.py --shop COPY [--order hash|campaign|grown] [--since DAYS] [--copies 1]
-        [--older-copies] [--campaigns a,b,c]
+        [--older-copies] [--campaigns a,b,c] [--sqlite DB] [--postgres URL]
 
 ``COPY``: a COPY of a shop kept by ``run.py --keep`` with its ledger filled (``duckdb_minute.py --fill``); its
 ``shop.duckdb`` is changed in place. ``--fill`` writes the ledger as one first pass does, campaign after
@@ -14,12 +14,14 @@ it) or ``grown`` (as a ledger written by a first pass ``--since`` days before th
 pass every minute: the rows the first pass recorded - those whose step was due by then, ``trigger_at`` + the
 step's delay of the shop's project - first, in campaign and step order as its settled writes leave them, then
 every later row in the order the passes appended them, by that due time: each row group a span of time with
-the campaigns interleaved), each row ``--copies`` times (copy k > 0 with ``#k`` appended to its message key and trigger key, so it
+the campaigns interleaved; each row's ``created_at`` and ``updated_at`` the instant its pass wrote it), each row ``--copies`` times (copy k > 0 with ``#k`` appended to its message key and trigger key, so it
 matches no instance: a ledger of more history with the same due set; with ``--older-copies`` copy k's
 ``trigger_at`` also moves back k times the ledger's span of trigger instants, as older history would be), then
 prints the ledger's rows and row
 groups and, per campaign of ``--campaigns``, the process CPU of reading its rows' keys (``sum(hash(customer_id,
-trigger_key))``, median of 11). ``--uncompressed-keys``: the table is created again (its constraints and indexes
+trigger_key))``, median of 11). ``--postgres URL``: likewise into a PostgreSQL copy of the shop (COPY, then VACUUM ANALYZE).
+``grow`` (``rewrite`` in ``grown`` order) is the one generator of a grown ledger: run.py's minute-later row on a
+grown ledger calls it too. ``--uncompressed-keys``: the table is created again (its constraints and indexes
 as they were) with ``customer_id`` and ``trigger_key`` stored ``USING COMPRESSION uncompressed``. Then compare
 the plan a minute later on the original and the copy with ``duckdb_minute.py`` (benchmarks/README: "DuckDB a
 minute later - the thread count, the ledger's anti-joins and the customers' scans").
@@ -41,6 +43,8 @@ ORDERS = {"hash": "hash(message_key)", "campaign": "campaign, step, message_key"
           "grown": "recorded_at >= first_pass, CASE WHEN recorded_at < first_pass THEN campaign END, "
                    "CASE WHEN recorded_at < first_pass THEN step END, recorded_at, message_key"}
 SUFFIXED = ("message_key", "trigger_key")
+#: the columns a pass writes with its own instant when it appends a row (a grown ledger's rows get their pass's)
+RECORDED = ("created_at", "updated_at")
 
 
 def read_cpu(connection, campaign: str, times: int = 11) -> float:
@@ -68,6 +72,71 @@ def _step_delays(project: Path, at: datetime) -> list[tuple[str, str, float]]:
             for campaign in engine.load_project(project).campaigns for step in campaign.steps]
 
 
+def rewrite(connection, order: str, copies: int = 1, older_copies: bool = False, uncompressed_keys: bool = False,
+            first_pass: datetime | None = None, project: Path | None = None) -> list[str]:
+    """Rewrite the ledger of the DuckDB ``connection`` in ``order`` (``ORDERS``), each row ``copies`` times (see
+    the module's text), in one transaction, then checkpoint; returns the ledger's columns. ``grown``: as a ledger
+    written by a first pass at ``first_pass`` (naive UTC) and then a pass every minute, by ``project``'s step
+    delays; each row's ``created_at`` and ``updated_at`` become the instant its pass recorded it (the first pass's
+    for the rows it recorded, never after the row's own ``created_at``), as that pass would have written them.
+    The one generator of a grown ledger: this tool's ``--order grown`` and run.py's minute-later row on a grown
+    ledger (``grow``) both call it."""
+    columns = [name for name, *_ in connection.execute("DESCRIBE engine_ledger").fetchall()]
+    span = connection.execute("SELECT epoch(max(trigger_at)) - epoch(min(trigger_at)) + 86400 "
+                              "FROM engine_ledger").fetchone()[0] or 86400
+
+    def selected(name: str) -> str:
+        if name in SUFFIXED:
+            return f"{name} || CASE WHEN k = 0 THEN '' ELSE '#' || k END AS {name}"
+        if name == "trigger_at" and older_copies:
+            return f"trigger_at - to_seconds(CAST(k * {span} AS BIGINT)) AS trigger_at"
+        return name
+
+    def written(name: str) -> str:
+        if order == "grown" and name in RECORDED:  # the pass that appended the row wrote it then
+            return f"least({name}, greatest(recorded_at, first_pass)) AS {name}"
+        return name
+
+    connection.execute("BEGIN")
+    connection.execute(f"CREATE TEMPORARY TABLE ledger_rows AS SELECT {', '.join(map(selected, columns))} "
+                       f"FROM engine_ledger, range({copies}) AS copies(k)")
+    source = "ledger_rows"
+    if order == "grown":
+        connection.execute("CREATE TEMPORARY TABLE step_delays (campaign VARCHAR, step VARCHAR, delay_s DOUBLE)")
+        connection.executemany("INSERT INTO step_delays VALUES (?, ?, ?)", _step_delays(project, first_pass))
+        source = (f"(SELECT r.*, r.trigger_at + to_seconds(CAST(coalesce(d.delay_s, 0) AS BIGINT)) AS recorded_at, "
+                  f"TIMESTAMP '{first_pass:%Y-%m-%d %H:%M:%S}' AS first_pass FROM ledger_rows r "
+                  f"LEFT JOIN step_delays d ON d.campaign = r.campaign AND d.step = r.step)")
+    if uncompressed_keys:  # DuckDB takes a column's compression in CREATE TABLE only, not in ALTER
+        table = connection.execute("SELECT sql FROM duckdb_tables() WHERE table_name = 'engine_ledger'").fetchone()[0]
+        indexes = [sql for sql, in connection.execute(
+            "SELECT sql FROM duckdb_indexes() WHERE table_name = 'engine_ledger'").fetchall()]
+        for key in ("customer_id", "trigger_key"):
+            table = table.replace(f"{key} VARCHAR NOT NULL",
+                                  f"{key} VARCHAR NOT NULL USING COMPRESSION uncompressed", 1)
+        connection.execute("DROP TABLE engine_ledger")
+        connection.execute(table)
+        for index in indexes:
+            connection.execute(index)
+    else:
+        connection.execute("DELETE FROM engine_ledger")
+    connection.execute(f"INSERT INTO engine_ledger SELECT {', '.join(map(written, columns))} FROM {source} "
+                       f"ORDER BY {ORDERS[order]}")
+    connection.execute("DROP TABLE ledger_rows")
+    connection.execute("COMMIT")
+    connection.execute("CHECKPOINT")
+    return columns
+
+
+def grow(connection, project: Path, anchor: datetime, since_days: float, copies: int = 1,
+         older_copies: bool = False) -> int:
+    """The ledger of ``connection`` rewritten as grown since ``since_days`` before ``anchor`` (naive UTC) with
+    ``copies`` of each row (``rewrite``); returns its rows."""
+    rewrite(connection, "grown", copies=copies, older_copies=older_copies,
+            first_pass=anchor - timedelta(days=since_days), project=project)
+    return connection.execute("SELECT count(*) FROM engine_ledger").fetchone()[0]
+
+
 def _to_sqlite(connection, columns: list[str], target: Path) -> int:
     """The DuckDB ledger's rows in its storage order into ``target``'s ``engine_ledger`` (emptied first), the
     instants as SQLAlchemy writes them to SQLite (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
@@ -89,6 +158,25 @@ def _to_sqlite(connection, columns: list[str], target: Path) -> int:
     return copied
 
 
+def _to_postgres(connection, columns: list[str], url: str) -> int:
+    """The DuckDB ledger's rows in its storage order into the ``engine_ledger`` of the PostgreSQL database at
+    ``url`` (emptied first; a SQLAlchemy or libpq URL), by COPY, then ANALYZE."""
+    import psycopg
+
+    copied = 0
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as database:
+        database.execute("DELETE FROM engine_ledger")
+        cursor = connection.execute(f"SELECT {', '.join(columns)} FROM engine_ledger ORDER BY rowid")
+        with database.cursor().copy(f"COPY engine_ledger ({', '.join(columns)}) FROM STDIN") as copy:
+            while rows := cursor.fetchmany(50_000):
+                for row in rows:
+                    copy.write_row(row)
+                copied += len(rows)
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as database:
+        database.execute("VACUUM ANALYZE engine_ledger")
+    return copied
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shop", type=Path, required=True, help="a COPY of a kept shop (changed in place)")
@@ -101,6 +189,9 @@ def main() -> int:
     parser.add_argument("--sqlite", type=Path,
                         help="then copy the rewritten ledger's rows, in its order, into this SQLite shop's ledger "
                              "(a COPY of the same shop's shop.db, its ledger emptied first)")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="then copy the rewritten ledger's rows, in its order, into the ledger of the PostgreSQL "
+                             "database at URL (a copy of the same shop, its ledger filled by pg_minute.py --fill)")
     parser.add_argument("--uncompressed-keys", action="store_true",
                         help="create the ledger again with customer_id and trigger_key USING COMPRESSION uncompressed")
     parser.add_argument("--campaigns", default="second-order,vip,abandoned-cart",
@@ -121,45 +212,10 @@ def main() -> int:
         parser.error(f"{database} has no engine ledger: fill it first (duckdb_minute.py --shop DIR --fill)")
     if not rows:
         parser.error(f"the ledger in {database} is empty: fill it first (duckdb_minute.py --shop DIR --fill)")
-    columns = [name for name, *_ in connection.execute("DESCRIBE engine_ledger").fetchall()]
-    span = connection.execute("SELECT epoch(max(trigger_at)) - epoch(min(trigger_at)) + 86400 "
-                              "FROM engine_ledger").fetchone()[0] or 86400
-
-    def selected(name: str) -> str:
-        if name in SUFFIXED:
-            return f"{name} || CASE WHEN k = 0 THEN '' ELSE '#' || k END AS {name}"
-        if name == "trigger_at" and args.older_copies:
-            return f"trigger_at - to_seconds(CAST(k * {span} AS BIGINT)) AS trigger_at"
-        return name
-
-    connection.execute("BEGIN")
-    connection.execute(f"CREATE TEMPORARY TABLE ledger_rows AS SELECT {', '.join(map(selected, columns))} "
-                       f"FROM engine_ledger, range({args.copies}) AS copies(k)")
-    source = "ledger_rows"
-    if args.order == "grown":
-        first_pass = _first_pass(args.shop, args.since)
-        connection.execute("CREATE TEMPORARY TABLE step_delays (campaign VARCHAR, step VARCHAR, delay_s DOUBLE)")
-        connection.executemany("INSERT INTO step_delays VALUES (?, ?, ?)", _step_delays(args.shop / "project", first_pass))
-        source = (f"(SELECT r.*, r.trigger_at + to_seconds(CAST(coalesce(d.delay_s, 0) AS BIGINT)) AS recorded_at, "
-                  f"TIMESTAMP '{first_pass:%Y-%m-%d %H:%M:%S}' AS first_pass FROM ledger_rows r "
-                  f"LEFT JOIN step_delays d ON d.campaign = r.campaign AND d.step = r.step)")
-    if args.uncompressed_keys:  # DuckDB takes a column's compression in CREATE TABLE only, not in ALTER
-        table = connection.execute("SELECT sql FROM duckdb_tables() WHERE table_name = 'engine_ledger'").fetchone()[0]
-        indexes = [sql for sql, in connection.execute(
-            "SELECT sql FROM duckdb_indexes() WHERE table_name = 'engine_ledger'").fetchall()]
-        for key in ("customer_id", "trigger_key"):
-            table = table.replace(f"{key} VARCHAR NOT NULL",
-                                  f"{key} VARCHAR NOT NULL USING COMPRESSION uncompressed", 1)
-        connection.execute("DROP TABLE engine_ledger")
-        connection.execute(table)
-        for index in indexes:
-            connection.execute(index)
-    else:
-        connection.execute("DELETE FROM engine_ledger")
-    connection.execute(f"INSERT INTO engine_ledger SELECT {', '.join(columns)} FROM {source} ORDER BY {ORDERS[args.order]}")
-    connection.execute("DROP TABLE ledger_rows")
-    connection.execute("COMMIT")
-    connection.execute("CHECKPOINT")
+    columns = rewrite(connection, args.order, copies=args.copies, older_copies=args.older_copies,
+                      uncompressed_keys=args.uncompressed_keys,
+                      first_pass=_first_pass(args.shop, args.since) if args.order == "grown" else None,
+                      project=args.shop / "project")
     total = connection.execute("SELECT count(*) FROM engine_ledger").fetchone()[0]
     groups = connection.execute(
         "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('engine_ledger')").fetchone()[0]
@@ -175,6 +231,8 @@ def main() -> int:
         print(f"  {campaign}: its keys read in {read_cpu(connection, campaign) * 1000:.2f} ms CPU")
     if args.sqlite is not None:
         print(f"  {_to_sqlite(connection, columns, args.sqlite)} rows copied to {args.sqlite}")
+    if args.postgres is not None:
+        print(f"  {_to_postgres(connection, columns, args.postgres)} rows copied to {args.postgres}")
     print(f"load {' '.join(open('/proc/loadavg').read().split()[:3])}")
     connection.close()
     return 0

@@ -6,7 +6,8 @@ each in a fresh process; with the server's CPU, which a loaded machine disturbs 
 
 ``URL``: a database holding a shop copied by ``run.py --postgres --keep DIR`` (or ``--postgres-url``),
 on this machine; ``DIR``: that run's ``project/``. ``--fill`` first records the plan at the shop's anchor
-in the ledger as ``run.py``'s minute-later row does (``_record_plan``). Then per round and checkout
+in the ledger and writes the settle memory of the steady state as ``run.py``'s minute-later row does
+(``_record_plan``, ``_remember_steady``). Then per round and checkout
 (``PYTHONPATH`` = the checkout) a child runs ``Reconciler.due`` at the anchor + 1 minute ``--plans``
 times as ``engine plan`` runs it (the settled skips counted in SQL), the first in the process cold.
 Printed per child: each plan's wall seconds, the CPU seconds of the server's processes (the
@@ -78,7 +79,9 @@ def child(url: str, project: Path, plans: int, fill: bool, mode: str = "minute",
         later = now
     if fill:
         bench._reset_ledger(reconciler, project)
-        print(json.dumps({"filled": bench._record_plan(reconciler, now), "engine": checkouts.engine_checkout()}))
+        filled = bench._record_plan(reconciler, now)  # then the steady state's settle memory, as duckdb_minute's
+        print(json.dumps({"filled": filled, "settles": bench._remember_steady(reconciler, now + timedelta(minutes=1)),
+                          "engine": checkouts.engine_checkout()}))
         return
     [(backend,)] = reconciler.warehouse.execute("SELECT pg_backend_pid()")
     postmaster = int(_stat(backend)[1])

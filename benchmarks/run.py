@@ -16,6 +16,9 @@ templates/) into a scratch directory pointed at it, and measures in one run:
   pass, as before issue 15.3 (``sql.prepared.COMPILE_ONCE`` off): the gain of compiling once;
 - the plan per campaign, split into compile (once per project version), SQL (execute + fetch the
   rendered due query) and the rest (Python per-row work);
+- the plan a minute later on the ledger the plan above filled (its rows only, inside today's windows)
+  and, on DuckDB, on that ledger grown in time order (``ledger_layout.grow``: ~13 months of history, as
+  passes append it), the steady plan a shop pays after months;
 - a full ``run_once(now)`` into the file outbox on an empty ledger, then a
   second pass at the same instant and a third one minute later (the
   incremental cost of a steady-state pass), and the ledger's size after them;
@@ -973,6 +976,44 @@ def _remember_steady(reconciler, later) -> int:
     return sum(found.values())
 
 
+#: run.py's grown ledger (``_grown_minute_rows``): the filled ledger's rows this many times, the older copies
+#: moved back by the ledger's span each (~13 months of history at the default size), grown since this many days
+GROWN_COPIES, GROWN_SINCE_DAYS = 4, 400
+
+
+def _grown_minute_rows(reconciler, url: str, project_dir: Path, now, repeat: int, floor: float) -> list[dict]:
+    """The plan a minute later on the ledger a shop grows pass after pass (issue 15's steady target): the
+    filled ledger (``_record_plan``: one plan's rows, all inside today's windows, which flatters the steady
+    plan) rewritten by ``ledger_layout.grow`` - ``GROWN_COPIES`` times its rows, the older copies moved back
+    in time, appended in the order passes since ``GROWN_SINCE_DAYS`` days before ``now`` would have written
+    them, each with its pass's ``created_at`` - then the same plan as the filled row's. DuckDB only: the
+    generator is DuckDB SQL, and DuckDB is where a ledger's order decides what a plan reads (benchmarks/README
+    "DuckDB a minute later on a ledger grown in time order"); elsewhere no row."""
+    if reconciler.warehouse.backend != "duckdb":
+        return []
+    import ledger_layout
+
+    later = now + timedelta(minutes=1)
+    for database in {id(d): d for d in (reconciler.warehouse, reconciler.ledger.db)}.values():
+        database.dispose()  # the rewrite's own connection: no pooled one holds the file meanwhile
+    started = time.perf_counter()
+    con = _duckdb_connect(url.removeprefix("duckdb:///"))
+    try:
+        grown = ledger_layout.grow(con, project_dir, now.replace(tzinfo=None), GROWN_SINCE_DAYS, GROWN_COPIES,
+                                   older_copies=True)
+    finally:
+        con.close()
+    rewrite = time.perf_counter() - started
+    _remember_steady(reconciler, later)
+    seconds, counts = _timed(lambda: _consume_plan(reconciler, later, counted=True), repeat)
+    return [{"what": "plan one minute later, ledger grown in time order", "rows": counts["rows"], "seconds": seconds,
+             "floor": floor, "headline": True,
+             "note": f"{counts['send']:,} send, {counts['skip']:,} skip ({counts['defer']:,} of them deferred), "
+                     f"{counts['settled']:,} counted in SQL; the ledger: the filled row's {grown // GROWN_COPIES:,} rows "
+                     f"{GROWN_COPIES} times ({grown:,}), older copies back in time, appended as passes since "
+                     f"{GROWN_SINCE_DAYS} days would (ledger_layout.grow, {rewrite:.0f} s)"}]
+
+
 def _reset_ledger(reconciler, project_dir: Path) -> None:
     """Drop the ledger's tables and its schema version and empty the outbox: the next pass starts
     from nothing (ensure_schema creates the ledger anew; with the version table left, it would
@@ -1077,7 +1118,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
         filled = _record_plan(reconciler, now)
         found_later = _remember_steady(reconciler, now + timedelta(minutes=1))
         later_plan, counts = _timed(lambda: _consume_plan(reconciler, now + timedelta(minutes=1), counted=True), repeat)
-        rows.append({"what": "plan one minute later, ledger filled", "rows": counts["rows"], "seconds": later_plan,
+        rows.append({"what": "plan one minute later, ledger filled (the first plan's rows only)", "rows": counts["rows"], "seconds": later_plan,
                      "floor": floor, "headline": True,
                      "note": f"{counts['send']:,} send, {counts['skip']:,} skip ({counts['defer']:,} of them deferred), "
                              f"{counts['settled']:,} counted in SQL (engine plan); the ledger holds the plan above ({filled:,} rows, recorded without sending) "
@@ -1091,6 +1132,7 @@ def measure(backend: str, url: str, project_dir: Path, now: datetime, repeat: in
             rows += _incremental_rows(reconciler, project_dir, now + timedelta(minutes=1), repeat, floor)
             rows += _compiled_per_pass(reconciler, now + timedelta(minutes=1), repeat, floor, "  same plan one minute later")
             rows += _pass_plan_rows(reconciler, project_dir, now + timedelta(minutes=1), repeat, floor, later=True)
+            rows += _grown_minute_rows(reconciler, url, project_dir, now, repeat, floor)
         _reset_ledger(reconciler, project_dir)
         rss_plan = _peak_rss_mb()
 

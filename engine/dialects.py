@@ -187,8 +187,10 @@ class Dialect:
     campaign_ledger_cte: bool = False
     #: a due query's anti-join reads only the ledger rows whose ``trigger_at`` can lie in the step's window,
     #: for trigger kinds whose instant cannot move out of it (``TriggerKind.instant_drift``,
-    #: ``compile.ledger_since``): the anti-join's hash table is built from the window's rows, and a ledger
-    #: grown in time order has its older row groups skipped by their zone maps
+    #: ``compile.ledger_since``), and only the rows written since the earliest instance could be, for a kind
+    #: that bounds it (``TriggerKind.ledger_created_since``: a delivery date's order placed): the anti-join's
+    #: hash table is built from the window's rows, and a ledger grown in time order has its older row groups
+    #: skipped by their zone maps
     ledger_instant_cut: bool = False
     #: an aggregate of ``picked`` in the row with the greatest ``latest`` - ties on ``latest`` broken by the
     #: greatest ``picked``, a NULL ``picked`` below any other of its instant and the answer only when every row

@@ -4,6 +4,12 @@ changes no plan: a kind whose instant moves (a delivery date pushed back) is nev
 row still blocks the instance in its new window; the kinds whose instant stays (orders, checkouts, events)
 plan the same rows with and without the cut, pass after pass, a minute, a day and a month apart.
 
+The kinds whose instant moves are cut otherwise (session 27): a delivery date's ledger rows by when they were
+written - not before the earliest placement among the orders in the windows (``ledger_created_since``) - and
+an at-risk entry's by its instant, the entry's own (``instant_drift`` 0; re-engage's letter step, which has no
+window, keeps every row of its own); a test moves delivery dates and has at-risk customers order again between
+passes, and shows a wrong bound planning a resend.
+
 Real DuckDB and SQLite files (the demo shop); the cut is declared for the backend in each test (DuckDB
 declares it as shipped). Each test also shows that it fails when the cut is wrong: applied to the
 delivery date, or cutting above the window's start.
@@ -17,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import REPO, copy_project, database_url
-from engine import Reconciler, load_project
+from engine import Reconciler, load_project, render_sql
 from engine.clock import parse_instant
 from engine.dialects import DIALECTS
 from engine.sql import compile as compile_, prepared
@@ -187,3 +193,115 @@ def test_a_kind_that_declares_a_drift_keeps_the_plain_window():
     declaring = [kind for kind in KINDS if type(kind).instant_drift is not TriggerKind.instant_drift]
     assert len(declaring) >= 5, [kind.name for kind in declaring]
     assert [kind.name for kind in declaring if type(kind).window is not TriggerKind.window] == []
+
+
+def _moved_and_reordered(reconciler: Reconciler, now, round_: int) -> None:
+    """What a shop does between passes: a few recent orders' delivery dates move a few days (later or earlier; a
+    moved date's ledger row keeps the old date under the same key), and a few customers the at-risk segment entered
+    order again (their entry's key is their last order: a new order stops it, and a later entry has
+    another key). The orders are placed before ``now``; no order's placement is rewritten."""
+    with reconciler.warehouse.engine.begin() as conn:
+        moved = conn.execute(sa.text(
+            "SELECT order_id, delivery_date FROM orders WHERE delivery_date IS NOT NULL AND created_at <= :now "
+            "AND created_at >= :since ORDER BY (order_id * 7919 + :round) % 1009 LIMIT 12"),
+            {"now": now.replace(tzinfo=None), "since": (now - timedelta(days=5)).replace(tzinfo=None), "round": round_}).all()
+        for i, (order_id, day) in enumerate(moved):
+            day = date.fromisoformat(day) if isinstance(day, str) else day
+            conn.execute(sa.text("UPDATE orders SET delivery_date = :day WHERE order_id = :id"),
+                         {"day": day + timedelta(days=(1, 3, 6, -1)[i % 4]), "id": order_id})
+        entered = [customer for customer, in conn.execute(sa.text(
+            "SELECT customer_id FROM engine_entries WHERE campaign = 're-engage' ORDER BY customer_id LIMIT 5"))]
+        top = conn.execute(sa.text("SELECT max(order_id) FROM orders")).scalar_one()
+        for i, customer in enumerate(entered):
+            conn.execute(sa.text(
+                "INSERT INTO orders (order_id, customer_id, created_at, status, total, payment_method, delivery_date) "
+                "VALUES (:id, :customer, :at, 'completed', 42, 'card', :day)"),
+                {"id": top + 1 + i, "customer": int(customer), "at": (now - timedelta(hours=2)).replace(tzinfo=None),
+                 "day": (now + timedelta(days=2)).date()})
+
+
+@pytest.mark.parametrize("campaign_name", ["delivery", "re-engage"])
+def test_the_moving_kinds_cuts_plan_the_same_rows_as_dates_move_and_customers_order_again(tmp_path, monkeypatch,
+                                                                                          campaign_name):
+    """delivery (``order_date``: its ledger rows cut by when they were written, ``ledger_created_since``) and
+    re-engage (``at_risk``: by their instant, the entry's, except the letter step's, which has no window): passes
+    from a month before the anchor to a day before it, then a plan a minute after it, delivery dates moved and at-risk customers ordering
+    again between them. Before each pass the campaign's plan with the cut and without it are the same rows;
+    by the end the ledger holds rows the cut leaves out; a wrong cut - delivery's bound taken from the
+    orders' delivery dates, at_risk declaring its instant may lie ten days later than its ledger row's -
+    plans other rows (a moved delivery's email, an entry's second message, sent again)."""
+    reconciler = _reconciler(tmp_path, monkeypatch, "duckdb")
+    campaign = reconciler.project.campaign(campaign_name)
+    start = NOW - timedelta(days=30)
+    instants = [start, start + timedelta(minutes=1), start + timedelta(days=3), start + timedelta(days=10),
+                start + timedelta(days=15), start + timedelta(days=20), NOW - timedelta(days=1)]
+    try:
+        for round_, now in enumerate(instants):
+            if round_:
+                _moved_and_reordered(reconciler, now, round_)
+            _declare(monkeypatch, "duckdb", True)
+            cut = _plan(reconciler, now, [campaign])
+            _declare(monkeypatch, "duckdb", False)
+            assert cut == _plan(reconciler, now, [campaign]), now
+            _declare(monkeypatch, "duckdb", True)
+            report = reconciler.run_once(now)
+            assert not report.failed_campaigns and not report.errors
+        later = NOW + timedelta(minutes=1)  # the demo's orders end at NOW: today's windows hold unmoved ones too
+        _moved_and_reordered(reconciler, later, len(instants))
+        _declare(monkeypatch, "duckdb", True)
+        right = _plan(reconciler, later, [campaign])
+        _declare(monkeypatch, "duckdb", False)
+        assert right == _plan(reconciler, later, [campaign])
+        # the due query cuts the campaign's ledger rows: by when they were written, by their instant
+        _declare(monkeypatch, "duckdb", True)
+        sql = render_sql(due_query(campaign, reconciler.config, later, exclude_ledger=True), "duckdb")
+        assert ("l.created_at >= " if campaign_name == "delivery" else "l.trigger_at >= ") in sql
+        # the ledger holds rows the cut leaves out
+        ledger = ledger_table.c
+        with reconciler.ledger.db.engine.connect() as conn:
+            if campaign_name == "delivery":
+                placed = conn.execute(sa.text(
+                    "SELECT min(created_at) FROM orders WHERE delivery_date BETWEEN :low AND :high"),
+                    {"low": (later - timedelta(days=8)).date(), "high": (later + timedelta(days=2)).date()}).scalar_one()
+                below = ledger.created_at < placed
+            else:
+                bound = min(ledger_since(step_window(s, later, reconciler.config.stale_horizon).earliest, timedelta(0))
+                            for s in campaign.steps if s.freshness is not None)
+                below = sa.and_(ledger.trigger_at < bound.replace(tzinfo=None), ledger.step != "letter")
+            assert conn.execute(sa.select(sa.func.count()).select_from(ledger_table).where(
+                ledger.campaign == campaign_name, below)).scalar_one() > 20
+        # a wrong cut plans other rows
+        if campaign_name == "delivery":
+            # the order of the oldest did-it-arrive row, its date moved into that step's window now: its
+            # placement takes the bound below its row, which still blocks it
+            with reconciler.ledger.db.engine.connect() as conn:
+                key, order_id = conn.execute(sa.select(ledger.message_key, ledger.trigger_key).where(
+                    ledger.campaign == "delivery", ledger.step == "did-it-arrive")
+                    .order_by(ledger.created_at, ledger.message_key).limit(1)).one()
+            with reconciler.warehouse.engine.begin() as conn:
+                conn.execute(sa.text("UPDATE orders SET delivery_date = :day WHERE order_id = :id"),
+                             {"day": (later - timedelta(days=3)).date(), "id": int(order_id)})
+            _declare(monkeypatch, "duckdb", True)
+            right = _plan(reconciler, later, [campaign])
+            _declare(monkeypatch, "duckdb", False)
+            assert right == _plan(reconciler, later, [campaign])
+            assert key not in {row[0] for row in right}
+            from sqlglot import exp
+
+            placement = order_date.KIND.ledger_created_since
+
+            def by_date(builder, campaign_):  # the earliest delivery date in the windows, not placement
+                bound = placement(builder, campaign_)
+                bound.find(exp.Min).set("this", exp.column(campaign_.trigger.column, "o"))
+                return bound
+            monkeypatch.setattr(order_date.KIND, "ledger_created_since", by_date)
+            _declare(monkeypatch, "duckdb", True)
+            assert key in {row[0] for row in _plan(reconciler, later, [campaign])}
+        else:
+            from engine.sql.triggers import at_risk
+            monkeypatch.setattr(at_risk.KIND, "instant_drift", lambda trigger: -timedelta(days=10))
+        _declare(monkeypatch, "duckdb", True)
+        assert _plan(reconciler, later, [campaign]) != right
+    finally:
+        prepared.forget()
+        reconciler.close()

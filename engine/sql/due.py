@@ -384,6 +384,7 @@ def due_query(campaign: Campaign, config: ProjectConfig, now: datetime, *, exclu
         drift = kind.instant_drift(campaign.trigger)
         builder.ledger_since = {step.id: bound for step, window in zip(campaign.steps, windows)
                                 if (bound := ledger_since(window.earliest, drift)) is not None}
+        builder.ledger_created = kind.ledger_created_since(builder, campaign)
     builder.ctes["trigger_instances"] = kind.instances(builder, campaign, earliest)
     attributes = filter_attributes(config, kind.template_record and kind.template_record.entity)
     width = variant_columns(campaign)
@@ -710,7 +711,9 @@ def _due_select(builder: QueryBuilder, campaign: Campaign, step: Step, kind, sto
     query = builder.join_facts(query, col("t", "customer_id")).where(*conditions, copy=False)
     query = join_trigger_properties(builder, query, lambda: kind.properties_select(builder, campaign))
     if exclude_ledger and kind.keys_in_sql:
-        query = without_ledger_rows(query, campaign, step, builder.campaign_ledger, _since(builder, step))
+        created = None if builder.ledger_created is None or builder.campaign_ledger is not None \
+            else builder.ledger_created.copy()
+        query = without_ledger_rows(query, campaign, step, builder.campaign_ledger, _since(builder, step), created)
     return query
 
 

@@ -43,6 +43,12 @@ class AtRiskKind(TriggerKind):
         window = file.duration(("trigger", self.name, "window"), settings.get("window", "26w"))
         return AtRisk(window=window, percent=settings.get("percent", 60))
 
+    def instant_drift(self, trigger: AtRisk) -> timedelta:
+        """An instance is a recorded entry, timed at ``entered_at``, which the entry keeps (an entry is
+        recorded once per key, ``compile.entry_exists``); an entry happening now is timed at the pass's
+        instant, which its entry row then records (``compile.segment_instances``)."""
+        return timedelta(0)
+
     def instances(self, builder: QueryBuilder, campaign: Campaign, earliest: datetime | None) -> exp.Query:
         _members(builder, campaign.trigger)
         return segment_instances(builder, campaign, "at_risk_members")

@@ -122,6 +122,15 @@ class TriggerKind:
         bound is computed from (tests/test_ledger_instant_cut.py checks it)."""
         return None
 
+    def ledger_created_since(self, builder: QueryBuilder, campaign: Campaign) -> exp.Expression | None:
+        """For a kind whose instant may move (``instant_drift`` None): an expression of the due query, a lower
+        bound on the ``created_at`` of every ledger row of an instance the query can return - the row was
+        written by a pass that saw the instance, so not before what made it one (an order's placement);
+        ``compile.campaign_ledger`` and ``without_ledger_rows`` leave out the campaign's ledger rows written
+        before it where the dialect cuts the ledger by instant (``Dialect.ledger_instant_cut``). None (the
+        default): no such bound (tests/test_ledger_instant_cut.py checks the kinds that declare one)."""
+        return None
+
     def reads_shared_rows(self, campaign: Campaign) -> bool:
         """Whether a pass's due query of ``campaign`` reads the kind's ``shared_rows`` table."""
         return False

@@ -14,6 +14,7 @@ from sqlglot import exp
 
 from engine.clock import parse_stored_date
 from engine.decide import due_time, local_midnight
+from engine.dialects import dialect_named
 from engine.model import Campaign, ProjectConfig, Step, Trigger
 from engine.sql.compile import (
     LOCAL_DAY_EARLIER, LOCAL_DAY_LATER, QueryBuilder, StepWindow, col, numbered_comparisons, text,
@@ -70,6 +71,20 @@ class OrderDateKind(TriggerKind):
             .from_(scan)
             .where(*conditions)
         )
+
+    def ledger_created_since(self, builder: QueryBuilder, campaign: Campaign) -> exp.Expression | None:
+        """The earliest placement among the orders whose date lies in a step's window: a ledger row of such an
+        order was written by a pass that saw it placed (``instances``: ``created_at`` at or before the pass's
+        instant, which the row's ``created_at`` holds, compared alike), however its date has moved since (its
+        row keeps the old date under the same key, so ``instant_drift`` is None). None where the dates are
+        compared as numbers (no such bound built)."""
+        column = campaign.trigger.column
+        if dialect_named(builder.dialect).instant_number_sql is not None or not builder.windows:
+            return None
+        return (exp.select(exp.Min(this=col("o", "created_at")))
+                .from_(builder.scanned("orders", "o"))
+                .where(col("o", column).is_(exp.null()).not_(), col("o", "created_at") <= builder.ts(builder.now),
+                       *self.within_windows(builder, col("o", column)))).subquery()
 
     def window(self, builder: QueryBuilder, window: StepWindow) -> list[exp.Expression]:
         """The dates whose local midnight, in any time zone, can fall in ``window``."""

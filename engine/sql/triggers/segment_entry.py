@@ -12,7 +12,7 @@ backtest (which never writes there) cannot replay it. Pure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlglot import exp
 
@@ -50,6 +50,12 @@ class SegmentEntryKind(TriggerKind):
             file.problem(("trigger", self.name, "segment"),
                          f"there is no segment named '{trigger.segment}' in {config.file} (named: {named})",
                          f"add it under segments: in {config.file} (name: filter), or name one of those")
+
+    def instant_drift(self, trigger: SegmentEntry) -> timedelta:
+        """An instance is a recorded entry, timed at ``entered_at``, which the entry keeps (one per customer
+        and campaign, never recorded again); an entry happening now is timed at the pass's instant, which
+        its entry row then records (``compile.segment_instances``)."""
+        return timedelta(0)
 
     def instances(self, builder: QueryBuilder, campaign: Campaign, earliest: datetime | None) -> exp.Query:
         _members(builder, campaign)
