@@ -64,7 +64,7 @@ class OrderDateKind(TriggerKind):
                           *numbered]
         else:
             trigger_at = col("o", column)
-            conditions = [col("o", column).is_(exp.null()).not_(), col("o", "created_at") <= now, *windows]
+            conditions = self._placed_with_date_in_windows(column, now, windows)
         return (
             exp.select(col("o", "customer_id"), exp.alias_(text(col("o", "order_id")), "trigger_key"),
                        exp.alias_(trigger_at, "trigger_at"))
@@ -83,8 +83,15 @@ class OrderDateKind(TriggerKind):
             return None
         return (exp.select(exp.Min(this=col("o", "created_at")))
                 .from_(builder.scanned("orders", "o"))
-                .where(col("o", column).is_(exp.null()).not_(), col("o", "created_at") <= builder.ts(builder.now),
-                       *self.within_windows(builder, col("o", column)))).subquery()
+                .where(*self._placed_with_date_in_windows(column, builder.ts(builder.now),
+                                                          self.within_windows(builder, col("o", column))))).subquery()
+
+    @staticmethod
+    def _placed_with_date_in_windows(column: str, now: exp.Expression, windows: list[exp.Expression]) -> list[exp.Expression]:
+        """The conditions on an order ``o`` that make it an instance where dates are compared as text: a date,
+        placed by ``now``, the date in a step's window (``windows``: ``within_windows``) - what ``instances``
+        selects and ``ledger_created_since`` bounds the placements of."""
+        return [col("o", column).is_(exp.null()).not_(), col("o", "created_at") <= now, *windows]
 
     def window(self, builder: QueryBuilder, window: StepWindow) -> list[exp.Expression]:
         """The dates whose local midnight, in any time zone, can fall in ``window``."""
